@@ -1,0 +1,69 @@
+/** Account administration shared by the admin HTTP API and the `npm run admin` tool. */
+import { z } from 'zod'
+import { ImError } from '../errors.js'
+import { UserId } from '../protocol/schemas.js'
+import { StoreConflictError, type MetadataStore, type UserRecord } from '../store/types.js'
+import { generateApiKey, generatePassword, hashApiKey, hashPassword } from '../auth/secrets.js'
+
+export const CreateUserInput = z.object({
+  id: UserId,
+  password: z.string().min(8, 'at least 8 characters').max(256).optional(),
+  displayName: z.string().min(1).max(100).optional()
+}).strict()
+
+export const CreateBotInput = z.object({
+  id: UserId,
+  displayName: z.string().min(1).max(100).optional()
+}).strict()
+
+export interface PublicUser { id: string, kind: string, displayName: string, disabled: boolean, createdAt: number }
+
+function publicUser (u: UserRecord): PublicUser {
+  return { id: u.id, kind: u.kind, displayName: u.displayName, disabled: u.disabled, createdAt: u.createdAt }
+}
+
+export async function createUser (meta: MetadataStore, input: z.infer<typeof CreateUserInput>): Promise<{ user: PublicUser, password: string }> {
+  const password = input.password ?? generatePassword()
+  const record: UserRecord = { id: input.id, kind: 'user', displayName: input.displayName ?? input.id, secretHash: await hashPassword(password), disabled: false, createdAt: Date.now() }
+  try {
+    await meta.userCreate(record)
+  } catch (err) {
+    if (err instanceof StoreConflictError) throw new ImError('CONFLICT', `user ${input.id} already exists`)
+    throw err
+  }
+  return { user: publicUser(record), password }
+}
+
+export async function createBot (meta: MetadataStore, input: z.infer<typeof CreateBotInput>): Promise<{ user: PublicUser, apiKey: string }> {
+  const apiKey = generateApiKey()
+  const record: UserRecord = { id: input.id, kind: 'bot', displayName: input.displayName ?? input.id, secretHash: hashApiKey(apiKey), disabled: false, createdAt: Date.now() }
+  try {
+    await meta.userCreate(record)
+  } catch (err) {
+    if (err instanceof StoreConflictError) throw new ImError('CONFLICT', `user ${input.id} already exists`)
+    throw err
+  }
+  return { user: publicUser(record), apiKey }
+}
+
+export async function setDisabled (meta: MetadataStore, id: string, disabled: boolean): Promise<void> {
+  if (!(await meta.userSetDisabled(id, disabled))) throw new ImError('NOT_FOUND', `no such user: ${id}`)
+}
+
+/** New password (users) or new API key (bots); the old one stops working at once. */
+export async function resetSecret (meta: MetadataStore, id: string, password?: string): Promise<{ password?: string, apiKey?: string }> {
+  const user = await meta.userGet(id)
+  if (user === null) throw new ImError('NOT_FOUND', `no such user: ${id}`)
+  if (user.kind === 'bot') {
+    const apiKey = generateApiKey()
+    await meta.userSetSecret(id, hashApiKey(apiKey))
+    return { apiKey }
+  }
+  const pw = password ?? generatePassword()
+  await meta.userSetSecret(id, await hashPassword(pw))
+  return { password: pw }
+}
+
+export async function listUsers (meta: MetadataStore): Promise<PublicUser[]> {
+  return (await meta.userList()).map(publicUser)
+}

@@ -1,0 +1,153 @@
+/**
+ * Aedes hooks: who may connect, publish, subscribe and receive.
+ *
+ * - authenticate: username = user id, password = password (users) or API key (bots);
+ *   clientId must be `<user>:<device>` [topics.md "Connecting"]. Wrong credentials: CONNACK 4;
+ *   disabled account: CONNACK 5; a clientId not bound to the username: CONNACK 2.
+ * - authorizePublish: clients publish requests to im/req/<op> only. The request is handled
+ *   here, before Aedes writes PUBACK, so for `send` a PUBACK means "stored". The packet is then
+ *   re-pointed at a sink topic so Aedes routes it nowhere. Publishes anywhere else are answered
+ *   with an error reply and dropped; the connection stays up [MQTT-3.3.5-2 allows dropping].
+ * - authorizeSubscribe: only filters inside the caller's own im/u/<user>/ subtree; anything
+ *   else gets SUBACK 0x80 and the connection stays up.
+ * - authorizeForward: O(1) defense in depth: only topics of the receiving user's subtree.
+ */
+import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
+import { ImError, toWireError } from '../errors.js'
+import type { Logger } from '../log.js'
+import type { MetadataStore } from '../store/types.js'
+import { verifySecret } from '../auth/secrets.js'
+import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId, userPrefix } from '../protocol/topics.js'
+import type { Dispatcher } from '../im/dispatcher.js'
+import type { Publisher } from '../im/publisher.js'
+import type { Caller } from '../im/context.js'
+import { TokenBucket } from './rate-limit.js'
+
+interface Session extends Caller {
+  prefix: string
+  bucket: TokenBucket
+}
+
+export interface HookOptions {
+  meta: MetadataStore
+  dispatcher: Dispatcher
+  publisher: Publisher
+  logger: Logger
+  requestsPerSecond: number
+  requestBurst: number
+  now?: () => number
+}
+
+function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
+  const err = new Error(message) as AuthenticateError
+  err.returnCode = returnCode
+  return err
+}
+
+/** Successful (user, secret, hash) checks, so a reconnect storm does not cost one scrypt each. */
+class VerifiedCache {
+  private readonly entries = new Map<string, true>()
+  constructor (private readonly max = 10_000) {}
+  has (key: string): boolean { return this.entries.has(key) }
+  add (key: string): void {
+    this.entries.set(key, true)
+    if (this.entries.size > this.max) {
+      const oldest = this.entries.keys().next().value
+      if (oldest !== undefined) this.entries.delete(oldest)
+    }
+  }
+}
+
+export class BrokerHooks {
+  private readonly sessions = new WeakMap<Client, Session>()
+  private readonly verified = new VerifiedCache()
+  private readonly now: () => number
+
+  constructor (private readonly opts: HookOptions) {
+    this.now = opts.now ?? Date.now
+  }
+
+  install (broker: Aedes): void {
+    broker.authenticate = (client, username, password, done) => {
+      this.authenticate(client, username, password).then(() => done(null, true), (err: AuthenticateError) => done(err, false))
+    }
+    broker.authorizePublish = (client, packet, done) => {
+      this.authorizePublish(client, packet).then(() => done(null), (err: Error) => done(err))
+    }
+    broker.authorizeSubscribe = (client, sub, done) => { done(null, this.authorizeSubscribe(client, sub)) }
+    broker.authorizeForward = (client, packet) => this.authorizeForward(client, packet)
+  }
+
+  /** The identity of a connected client (for events such as presence). */
+  sessionOf (client: Client): Caller | undefined {
+    return this.sessions.get(client)
+  }
+
+  private async authenticate (client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    if (username === undefined || password === undefined) throw authError(4, 'username and password are required')
+    const bound = parseClientId(client.id)
+    if (bound === null || bound.userId !== username) {
+      throw authError(2, 'clientId must be "<username>:<device>" with device of 1-64 of A-Z a-z 0-9 _ -')
+    }
+    let user
+    try {
+      user = await this.opts.meta.userGet(username)
+    } catch (err) {
+      this.opts.logger.error('authentication lookup failed', { err: String(err) })
+      throw authError(3, 'server unavailable')
+    }
+    const secret = password.toString('utf8')
+    if (user === null) throw authError(4, 'bad username or password')
+    const cacheKey = `${user.id}\u0000${user.secretHash}\u0000${secret}`
+    if (!this.verified.has(cacheKey)) {
+      if (!(await verifySecret(secret, user.secretHash))) throw authError(4, 'bad username or password')
+      this.verified.add(cacheKey)
+    }
+    if (user.disabled) throw authError(5, 'account disabled')
+    this.sessions.set(client, {
+      userId: user.id,
+      deviceId: bound.deviceId,
+      prefix: userPrefix(user.id),
+      bucket: new TokenBucket(this.opts.requestsPerSecond, this.opts.requestBurst, this.now)
+    })
+  }
+
+  private async authorizePublish (client: Client | null, packet: PublishPacket): Promise<void> {
+    // Wills are published by Aedes itself on behalf of a client: never allowed here (no topic is
+    // writable by clients except requests, which make no sense as a will).
+    const session = client === null ? undefined : this.sessions.get(client)
+    const topic = packet.topic
+    packet.topic = SINK_TOPIC
+    packet.retain = false
+    if (session === undefined || client === null) return
+    if (!topic.startsWith(REQUEST_PREFIX)) {
+      const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
+      const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)
+      this.opts.publisher.reply(session.userId, session.deviceId, { id: null, op: topic, ok: false, error: toWireError(err) })
+      return
+    }
+    const op = topic.slice(REQUEST_PREFIX.length)
+    if (!session.bucket.take()) {
+      const err = new ImError('RATE_LIMITED', `more than ${this.opts.requestsPerSecond} requests per second; retry later`)
+      this.opts.publisher.reply(session.userId, session.deviceId, { id: null, op, ok: false, error: toWireError(err) })
+      return
+    }
+    const reply = await this.opts.dispatcher.handle(session, op, packet.payload as Buffer)
+    this.opts.publisher.reply(session.userId, session.deviceId, reply)
+    packet.payload = Buffer.alloc(0)
+  }
+
+  private authorizeSubscribe (client: Client, sub: Subscription): Subscription | null {
+    const session = this.sessions.get(client)
+    if (session === undefined) return null
+    if (!isOwnFilter(sub.topic, session.userId)) return null
+    if (sub.qos > 1) sub.qos = 1
+    return sub
+  }
+
+  private authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const session = this.sessions.get(client)
+    if (session === undefined || !packet.topic.startsWith(session.prefix)) return null
+    return packet
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * Configuration: config/default.json, then the JSON file named by MQIM_CONFIG (deep-merged),
+ * then environment overrides. Validated by zod; an invalid value stops start-up with a
+ * message naming the field and the expected form.
+ */
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import path from 'node:path'
+import { z } from 'zod'
+
+const port = z.number().int().min(0).max(65535)
+
+const MemoryAdapter = z.object({ adapter: z.literal('memory') }).strict()
+const MongoAdapter = z.object({
+  adapter: z.literal('mongodb'),
+  /** mongodb://host:port/ (MongoDB 6+, or FerretDB in tests) */
+  url: z.string().regex(/^mongodb(\+srv)?:\/\//, 'a mongodb:// or mongodb+srv:// URL'),
+  database: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, 'a database name of letters, digits, _ or -').default('mqim')
+}).strict()
+const MySqlAdapter = z.object({
+  adapter: z.literal('mysql'),
+  /** mysql://user:password@host:port/database (MySQL 8 or MariaDB 10.11+) */
+  url: z.string().regex(/^mysql:\/\/.+\/[A-Za-z0-9_]+$/, 'a mysql://user:password@host:port/database URL'),
+  poolSize: z.number().int().min(1).max(200).default(10)
+}).strict()
+
+export const ConfigSchema = z.object({
+  /** Interface the listeners bind to. */
+  host: z.string().min(1),
+  /** MQTT over TCP. 0 = pick a free port. */
+  mqtt: z.object({ port }).strict(),
+  /** HTTP: MQTT over WebSocket at /mqtt, /healthz, and the loopback-only admin API at /admin. */
+  http: z.object({ port }).strict(),
+  /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
+  tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
+    .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
+  /** Where the server keeps its admin token (and nothing else on the embedded default). */
+  dataDir: z.string().min(1),
+  messageStore: z.discriminatedUnion('adapter', [MemoryAdapter, MongoAdapter]),
+  metadataStore: z.discriminatedUnion('adapter', [MemoryAdapter, MySqlAdapter]),
+  broker: z.object({
+    /** Disconnect a client whose socket does not drain within this time (Aedes drainTimeout). */
+    drainTimeoutMs: z.number().int().min(100),
+    /** Aedes/mqemitter in-flight message slots. */
+    concurrency: z.number().int().min(1),
+    connectTimeoutMs: z.number().int().min(100)
+  }).strict(),
+  limits: z.object({
+    /** Largest accepted request payload in bytes (default 64 KiB). */
+    maxPayloadBytes: z.number().int().min(256).max(16 * 1024 * 1024),
+    /** Largest history page; larger requests are clamped. */
+    historyPageMax: z.number().int().min(1).max(10000),
+    groupMembersMax: z.number().int().min(2),
+    /** Token bucket per connection: sustained requests per second and burst size. */
+    requestsPerSecond: z.number().positive(),
+    requestBurst: z.number().int().min(1)
+  }).strict(),
+  sequencer: z.object({
+    /** Group commit: at most this many messages per MongoDB insert. */
+    batchMaxMessages: z.number().int().min(1).max(10000),
+    /** Group commit: wait up to this long for more messages before writing (0 = next tick). */
+    batchDelayMs: z.number().min(0).max(1000),
+    /** How long a failing write is retried before the senders get UNAVAILABLE. */
+    writeRetryMs: z.number().int().min(0)
+  }).strict(),
+  log: z.object({ level: z.enum(['debug', 'info', 'warn', 'error', 'silent']) }).strict()
+}).strict()
+
+export type Config = z.infer<typeof ConfigSchema>
+
+export class ConfigError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+export const DEFAULT_CONFIG_PATH = path.resolve(here, '..', 'config', 'default.json')
+
+type Json = Record<string, unknown>
+
+function isObject (v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+export function deepMerge (base: Json, over: Json): Json {
+  const out: Json = { ...base }
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k]
+    // a store section replaces the default wholesale when the adapter changes
+    out[k] = isObject(b) && isObject(v) && !('adapter' in v && v.adapter !== b.adapter) ? deepMerge(b, v) : v
+  }
+  return out
+}
+
+function readJson (file: string): Json {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`)
+  }
+  try {
+    const parsed: unknown = JSON.parse(text)
+    if (!isObject(parsed)) throw new Error('top level must be a JSON object')
+    return parsed
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+function envPort (env: NodeJS.ProcessEnv, name: string): number | undefined {
+  const raw = env[name]
+  if (raw === undefined || raw === '') return undefined
+  if (!/^\d+$/.test(raw) || Number(raw) > 65535) throw new ConfigError(`${name}: expected a port number 0-65535, got "${raw}"`)
+  return Number(raw)
+}
+
+/** Environment overrides, documented in README "Configuration". */
+export function envOverrides (env: NodeJS.ProcessEnv): Json {
+  const o: Json = {}
+  if (env.MQIM_HOST) o.host = env.MQIM_HOST
+  const mqttPort = envPort(env, 'MQIM_MQTT_PORT')
+  if (mqttPort !== undefined) o.mqtt = { port: mqttPort }
+  const httpPort = envPort(env, 'MQIM_HTTP_PORT')
+  if (httpPort !== undefined) o.http = { port: httpPort }
+  const tls: Json = {}
+  const tlsPort = envPort(env, 'MQIM_TLS_PORT')
+  if (tlsPort !== undefined) tls.port = tlsPort
+  if (env.MQIM_TLS_CERT) tls.cert = env.MQIM_TLS_CERT
+  if (env.MQIM_TLS_KEY) tls.key = env.MQIM_TLS_KEY
+  if (Object.keys(tls).length > 0) o.tls = tls
+  if (env.MQIM_DATA_DIR) o.dataDir = env.MQIM_DATA_DIR
+  if (env.MQIM_MONGO_URL) {
+    o.messageStore = { adapter: 'mongodb', url: env.MQIM_MONGO_URL, ...(env.MQIM_MONGO_DB ? { database: env.MQIM_MONGO_DB } : {}) }
+  }
+  if (env.MQIM_MYSQL_URL) o.metadataStore = { adapter: 'mysql', url: env.MQIM_MYSQL_URL }
+  if (env.MQIM_LOG_LEVEL) o.log = { level: env.MQIM_LOG_LEVEL }
+  return o
+}
+
+function describeIssue (issue: z.core.$ZodIssue): string {
+  const field = issue.path.length > 0 ? issue.path.join('.') : '(top level)'
+  return `${field}: ${issue.message}`
+}
+
+/** Validates a raw config object; throws ConfigError naming every bad field. */
+export function parseConfig (raw: unknown): Config {
+  const result = ConfigSchema.safeParse(raw)
+  if (!result.success) {
+    throw new ConfigError('invalid configuration:\n  ' + result.error.issues.map(describeIssue).join('\n  '))
+  }
+  return result.data
+}
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv
+  /** Extra values merged last (tests use this for ports 0 and stores). */
+  overrides?: Json
+}
+
+export function loadConfig (options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env
+  let raw = readJson(DEFAULT_CONFIG_PATH)
+  if (env.MQIM_CONFIG) raw = deepMerge(raw, readJson(env.MQIM_CONFIG))
+  raw = deepMerge(raw, envOverrides(env))
+  if (options.overrides) raw = deepMerge(raw, options.overrides)
+  return parseConfig(raw)
+}

@@ -1,0 +1,32 @@
+/** Shared authorization steps for operations on one conversation. */
+import { ImError } from '../errors.js'
+import type { Role } from '../store/types.js'
+import type { ConversationEntry } from './directory.js'
+import type { Caller, Services } from './context.js'
+import type { MemberRecord } from '../store/types.js'
+
+/** The caller must be a member; unknown conversations look the same (no existence leak). */
+export async function requireMember (services: Services, caller: Caller, conversationId: string): Promise<{ entry: ConversationEntry, member: MemberRecord }> {
+  const found = await services.directory.member(conversationId, caller.userId)
+  if (found === null) throw new ImError('NOT_MEMBER')
+  return found
+}
+
+export function requireGroup (entry: ConversationEntry): void {
+  if (entry.conversation.kind !== 'group') throw new ImError('FORBIDDEN', 'direct conversations have exactly two members and cannot be changed')
+}
+
+const RANK: Record<Role, number> = { member: 0, admin: 1, owner: 2 }
+
+export function requireRole (member: MemberRecord, atLeast: Role): void {
+  if (RANK[member.role] < RANK[atLeast]) throw new ImError('FORBIDDEN', `only a group ${atLeast}${atLeast === 'owner' ? '' : ' or owner'} may do this`)
+}
+
+export function outranks (a: Role, b: Role): boolean {
+  return RANK[a] > RANK[b]
+}
+
+/** Latest stored seq of a conversation. The store is authoritative (other nodes write too). */
+export async function lastSeqOf (services: Services, conversationId: string): Promise<number> {
+  return await services.messages.lastSeq(conversationId)
+}

@@ -1,0 +1,27 @@
+/** What every operation handler gets: who is calling, and the services it may use. */
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import type { MessageStore, MetadataStore } from '../store/types.js'
+import type { ConversationDirectory } from './directory.js'
+import type { Publisher } from './publisher.js'
+import type { Sequencer } from './sequencer.js'
+import type { ReceiptAggregator } from './receipts.js'
+
+export interface Caller {
+  userId: string
+  deviceId: string
+}
+
+export interface Services {
+  config: Config
+  logger: Logger
+  meta: MetadataStore
+  messages: MessageStore
+  sequencer: Sequencer
+  directory: ConversationDirectory
+  publisher: Publisher
+  receipts: ReceiptAggregator
+  now: () => number
+}
+
+export type Handler<Req, Res> = (caller: Caller, request: Req, services: Services) => Promise<Res>

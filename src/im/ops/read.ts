@@ -1,0 +1,42 @@
+/**
+ * read: move my read cursor up to seq (never backwards, never past the last message);
+ * mute: mute or unmute a conversation for me; receipts: who has read a given seq (aggregate).
+ */
+import type { RequestOf } from '../../protocol/schemas.js'
+import { ImError } from '../../errors.js'
+import type { Caller, Services } from '../context.js'
+import { requireMember, lastSeqOf } from '../access.js'
+
+export interface ReadResult { conv: string, readSeq: number, unread: number }
+
+export async function read (caller: Caller, req: RequestOf<'read'>, services: Services): Promise<ReadResult> {
+  const { member } = await requireMember(services, caller, req.conv)
+  const lastSeq = await lastSeqOf(services, req.conv)
+  const target = Math.min(req.seq, lastSeq)
+  const before = member.readSeq
+  const readSeq = await services.meta.memberAdvanceRead(req.conv, caller.userId, target)
+  if (readSeq === null) throw new ImError('NOT_MEMBER')
+  services.directory.noteRead(req.conv, caller.userId, readSeq)
+  const unread = Math.max(0, lastSeq - readSeq)
+  if (readSeq > before) {
+    // the cursor moved: tell my other devices, and the other members (receipts)
+    services.publisher.event([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })
+    await services.receipts.noteRead(req.conv, caller.userId, readSeq)
+  }
+  return { conv: req.conv, readSeq, unread }
+}
+
+export async function mute (caller: Caller, req: RequestOf<'mute'>, services: Services): Promise<{ conv: string, muted: boolean }> {
+  await requireMember(services, caller, req.conv)
+  const ok = await services.meta.memberSetMuted(req.conv, caller.userId, req.muted)
+  if (!ok) throw new ImError('NOT_MEMBER')
+  services.directory.noteMuted(req.conv, caller.userId, req.muted)
+  return { conv: req.conv, muted: req.muted }
+}
+
+export async function receipts (caller: Caller, req: RequestOf<'receipts'>, services: Services): Promise<{ conv: string, seq: number, readBy: number, members: number }> {
+  const { entry } = await requireMember(services, caller, req.conv)
+  let readBy = 0
+  for (const m of entry.members.values()) if (m.readSeq >= req.seq) readBy++
+  return { conv: req.conv, seq: req.seq, readBy, members: entry.members.size }
+}

@@ -1,0 +1,48 @@
+/**
+ * Everything the server publishes goes through here: messages to members' inboxes, events,
+ * and replies to one device. Per-user inbox topics (see topics.md, "Diffusion"): one QoS 1
+ * publish per member, so membership changes take effect at once and authorizeForward is a
+ * prefix check.
+ */
+import type { Aedes } from 'aedes'
+import type { StoredMessage } from '../store/types.js'
+import type { ImEvent, MessageEnvelope, Reply } from '../protocol/schemas.js'
+import { eventTopic, messageTopic, replyTopic } from '../protocol/topics.js'
+import type { Logger } from '../log.js'
+
+export function toEnvelope (m: StoredMessage): MessageEnvelope {
+  const e: MessageEnvelope = { conv: m.conversationId, seq: m.seq, msgId: m.clientMsgId, from: m.senderId, ts: m.ts, kind: m.kind, body: m.body }
+  if (m.replyTo !== null) e.replyTo = m.replyTo
+  return e
+}
+
+export class Publisher {
+  private readonly broker: Aedes
+  private readonly logger: Logger
+
+  constructor (broker: Aedes, logger: Logger) {
+    this.broker = broker
+    this.logger = logger
+  }
+
+  private publish (topic: string, payload: Buffer): void {
+    this.broker.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err?: Error) => {
+      if (err) this.logger.warn('publish failed', { topic, err: String(err) })
+    })
+  }
+
+  /** Delivers one stored message to every member, serialized once. */
+  message (message: StoredMessage, memberIds: Iterable<string>): void {
+    const payload = Buffer.from(JSON.stringify(toEnvelope(message)))
+    for (const userId of memberIds) this.publish(messageTopic(userId), payload)
+  }
+
+  event (userIds: Iterable<string>, event: ImEvent): void {
+    const payload = Buffer.from(JSON.stringify(event))
+    for (const userId of userIds) this.publish(eventTopic(userId), payload)
+  }
+
+  reply (userId: string, deviceId: string, reply: Reply): void {
+    this.publish(replyTopic(userId, deviceId), Buffer.from(JSON.stringify(reply)))
+  }
+}

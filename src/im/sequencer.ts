@@ -1,0 +1,295 @@
+/**
+ * The sequencer: gives every message of a conversation the next seq (1, 2, 3 ... no gap, no
+ * duplicate) and makes it durable before the sender is answered.
+ *
+ * - One writer per conversation inside this process: seqs are assigned from a cached lastSeq,
+ *   and only one batch is being written at a time, so commits (and deliveries) happen in seq order.
+ * - Across processes, the unique index (conversation, seq) is the arbiter: a seq conflict means
+ *   another node got there first; the cached lastSeq is reloaded and the message retried.
+ * - Idempotency rests on the unique key (conversation, sender, clientMsgId): a resend finds the
+ *   stored message and gets its seq back, and is not delivered again.
+ * - Group commit: messages that arrive while a batch is being written (or within batchDelayMs)
+ *   go into the next batch: one ordered insert for many senders and conversations.
+ * - Gapless under failure: inserts are ordered and stop at the first conflict, so what is stored
+ *   of a conversation is always a prefix of the seqs handed out; the unstored rest is re-queued
+ *   and gets the same seqs again. A write that fails for another reason is retried with the
+ *   same documents (safe: a stored one reports a clientMsgId conflict with its own seq) until
+ *   writeRetryMs has passed; then the senders get UNAVAILABLE and the conversations' lastSeq is
+ *   reloaded from the store before the next write.
+ */
+import { ImError } from '../errors.js'
+import type { MessageStore, StoredMessage, MessageKind } from '../store/types.js'
+import type { Logger } from '../log.js'
+
+export interface Draft {
+  conversationId: string
+  senderId: string
+  clientMsgId: string
+  kind: MessageKind
+  body: unknown
+  replyTo: number | null
+}
+
+export interface SubmitResult {
+  message: StoredMessage
+  /** True if this clientMsgId had been stored before: the seq is the one assigned then. */
+  duplicate: boolean
+}
+
+export interface SequencerOptions {
+  batchMaxMessages: number
+  batchDelayMs: number
+  writeRetryMs: number
+  /** Called with each batch of newly stored messages, in seq order, before senders are answered. */
+  onCommitted: (messages: StoredMessage[]) => void | Promise<void>
+  logger: Logger
+  now?: () => number
+  sleep?: (ms: number) => Promise<void>
+}
+
+interface Pending {
+  draft: Draft
+  key: string
+  resolve: (r: SubmitResult) => void
+  reject: (e: unknown) => void
+  /** Other submits of the same key that arrived while this one was pending. */
+  followers: Array<{ resolve: (r: SubmitResult) => void, reject: (e: unknown) => void }>
+}
+
+const RECENT_MAX = 100_000
+
+function keyOf (d: { conversationId: string, senderId: string, clientMsgId: string }): string {
+  return `${d.conversationId}/${d.senderId}/${d.clientMsgId}`
+}
+
+export class Sequencer {
+  private readonly store: MessageStore
+  private readonly opts: SequencerOptions
+  private readonly now: () => number
+  private readonly sleep: (ms: number) => Promise<void>
+  /** conversation -> highest seq known to be stored; absent = unknown, load from the store. */
+  private readonly lastSeq = new Map<string, number>()
+  /** key -> pending submit (in the queue or in the batch being written) */
+  private readonly pendingByKey = new Map<string, Pending>()
+  /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
+  private readonly recent = new Map<string, StoredMessage>()
+  /**
+   * Keys whose write had an unknown outcome (the store failed mid-write). If such a key later
+   * turns out to be stored, this process stored it and never delivered it: it is delivered then.
+   */
+  private readonly uncertain = new Set<string>()
+  private queue: Pending[] = []
+  private writing = false
+  private timer: NodeJS.Timeout | null = null
+  private idleWaiters: Array<() => void> = []
+  private closed = false
+
+  constructor (store: MessageStore, opts: SequencerOptions) {
+    this.store = store
+    this.opts = opts
+    this.now = opts.now ?? Date.now
+    this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
+  }
+
+  /** Stores the message (or finds the earlier copy of a resend) and resolves with its seq. */
+  submit (draft: Draft): Promise<SubmitResult> {
+    if (this.closed) return Promise.reject(new ImError('UNAVAILABLE', 'server is shutting down'))
+    const key = keyOf(draft)
+    const known = this.recent.get(key)
+    if (known !== undefined) return Promise.resolve({ message: { ...known }, duplicate: true })
+    const inFlight = this.pendingByKey.get(key)
+    if (inFlight !== undefined) {
+      return new Promise((resolve, reject) => {
+        inFlight.followers.push({ resolve: (r) => resolve({ ...r, duplicate: true }), reject })
+      })
+    }
+    return new Promise((resolve, reject) => {
+      const p: Pending = { draft, key, resolve, reject, followers: [] }
+      this.pendingByKey.set(key, p)
+      this.queue.push(p)
+      this.schedule()
+    })
+  }
+
+  /** The highest seq this process knows to be stored, if it knows. */
+  knownLastSeq (conversationId: string): number | undefined {
+    return this.lastSeq.get(conversationId)
+  }
+
+  /** Resolves when nothing is queued or being written. */
+  drain (): Promise<void> {
+    if (!this.writing && this.queue.length === 0) return Promise.resolve()
+    return new Promise(resolve => this.idleWaiters.push(resolve))
+  }
+
+  /** Refuses new submits and waits for the queued ones to be written. */
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== null) {
+      clearTimeout(this.timer)
+      this.timer = null
+      void this.flush()
+    }
+    await this.drain()
+  }
+
+  private schedule (): void {
+    if (this.writing || this.timer !== null) return
+    if (this.queue.length >= this.opts.batchMaxMessages || this.opts.batchDelayMs === 0) {
+      this.timer = setTimeout(() => { this.timer = null; void this.flush() }, 0)
+    } else {
+      this.timer = setTimeout(() => { this.timer = null; void this.flush() }, this.opts.batchDelayMs)
+    }
+  }
+
+  private async flush (): Promise<void> {
+    if (this.writing) return
+    this.writing = true
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.opts.batchMaxMessages)
+        await this.writeBatch(batch)
+      }
+    } finally {
+      this.writing = false
+      if (this.queue.length > 0) {
+        this.schedule()
+      } else {
+        const waiters = this.idleWaiters
+        this.idleWaiters = []
+        for (const w of waiters) w()
+      }
+    }
+  }
+
+  /** Step 1 of a batch: make sure every conversation in it has a known lastSeq. */
+  private async loadLastSeqs (batch: Pending[]): Promise<void> {
+    const unknown = [...new Set(batch.map(p => p.draft.conversationId))].filter(c => !this.lastSeq.has(c))
+    await Promise.all(unknown.map(async (c) => {
+      const seq = await this.store.lastSeq(c)
+      this.lastSeq.set(c, seq)
+    }))
+  }
+
+  /** Step 2: hand out seqs in arrival order. */
+  private assignSeqs (batch: Pending[], ts: number): StoredMessage[] {
+    const next = new Map<string, number>()
+    return batch.map(p => {
+      const c = p.draft.conversationId
+      const seq = (next.get(c) ?? this.lastSeq.get(c) ?? 0) + 1
+      next.set(c, seq)
+      return { ...p.draft, seq, ts }
+    })
+  }
+
+  private async writeBatch (batch: Pending[]): Promise<void> {
+    const deadline = this.now() + this.opts.writeRetryMs
+    let attempt = 0
+    let remaining = batch
+    while (remaining.length > 0) {
+      let docs: StoredMessage[]
+      let result
+      try {
+        await this.loadLastSeqs(remaining)
+        docs = this.assignSeqs(remaining, this.now())
+        result = await this.store.insertBatch(docs)
+      } catch (err) {
+        // Unknown outcome: an unknown prefix may be stored. Forget the cached lastSeqs of these
+        // conversations (reloaded next time) and retry until the deadline.
+        for (const p of remaining) {
+          this.lastSeq.delete(p.draft.conversationId)
+          this.markUncertain(p.key)
+        }
+        if (this.now() >= deadline || this.closedAndStuck(attempt)) {
+          this.opts.logger.error('message write failed; answering UNAVAILABLE', { messages: remaining.length, err: String(err) })
+          const error = new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err })
+          for (const p of remaining) this.fail(p, error)
+          return
+        }
+        attempt++
+        this.opts.logger.warn('message write failed; retrying', { attempt, err: String(err) })
+        await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
+        continue
+      }
+      const stored = docs.slice(0, result.inserted)
+      for (const m of stored) this.lastSeq.set(m.conversationId, m.seq)
+      let rest = remaining.slice(result.inserted)
+      const resolved: Array<[Pending, SubmitResult]> = stored.map((m, i) => [remaining[i], { message: m, duplicate: false }])
+      if (result.conflict !== undefined) {
+        const p = rest[0]
+        const doc = docs[result.inserted]
+        if (result.conflict.kind === 'seq') {
+          // Another node stored this seq first: reload and retry this one and the rest.
+          this.lastSeq.delete(doc.conversationId)
+        } else {
+          const existing = await this.findExisting(doc)
+          if (existing === null) {
+            this.lastSeq.delete(doc.conversationId)
+          } else {
+            rest = rest.slice(1)
+            // Stored by an earlier attempt of ours whose outcome was unknown: it was never
+            // delivered, so it counts as newly stored. Otherwise it is a resend.
+            const ours = this.uncertain.delete(p.key)
+            resolved.push([p, { message: existing, duplicate: !ours }])
+            if (ours) stored.push(existing)
+          }
+        }
+      }
+      await this.commit(stored, resolved)
+      remaining = rest
+    }
+  }
+
+  private closedAndStuck (attempt: number): boolean {
+    return this.closed && attempt >= 3
+  }
+
+  private async findExisting (doc: StoredMessage): Promise<StoredMessage | null> {
+    try {
+      return await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
+    } catch {
+      return null
+    }
+  }
+
+  /** Step 3: deliver the newly stored messages (in seq order), then answer the senders. */
+  private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>): Promise<void> {
+    if (stored.length > 0) {
+      stored.sort((a, b) => a.seq - b.seq)
+      try {
+        await this.opts.onCommitted(stored)
+      } catch (err) {
+        this.opts.logger.error('delivery of committed messages threw', { err: String(err) })
+      }
+    }
+    for (const [p, r] of resolved) {
+      this.uncertain.delete(p.key)
+      this.remember(p.key, r.message)
+      this.pendingByKey.delete(p.key)
+      p.resolve(r)
+      for (const f of p.followers) f.resolve({ message: { ...r.message }, duplicate: true })
+    }
+  }
+
+  private fail (p: Pending, err: unknown): void {
+    this.pendingByKey.delete(p.key)
+    p.reject(err)
+    for (const f of p.followers) f.reject(err)
+  }
+
+  private markUncertain (key: string): void {
+    this.uncertain.add(key)
+    if (this.uncertain.size > RECENT_MAX) {
+      const oldest = this.uncertain.values().next().value
+      if (oldest !== undefined) this.uncertain.delete(oldest)
+    }
+  }
+
+  private remember (key: string, message: StoredMessage): void {
+    this.recent.set(key, message)
+    if (this.recent.size > RECENT_MAX) {
+      const oldest = this.recent.keys().next().value
+      if (oldest !== undefined) this.recent.delete(oldest)
+    }
+  }
+}

@@ -1,0 +1,48 @@
+/** `npm start`: load config, start mqim, stop gracefully on SIGINT/SIGTERM. */
+import { loadConfig, ConfigError } from './config.js'
+import { createLogger } from './log.js'
+import { MqimServer } from './server.js'
+import { isEmbedded } from './store/index.js'
+
+async function main (): Promise<void> {
+  let config
+  try {
+    config = loadConfig()
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`mqim: ${err.message}\n`)
+      process.exit(2)
+    }
+    throw err
+  }
+  const logger = createLogger(config.log.level)
+  const server = await MqimServer.start({ config, logger })
+  if (isEmbedded(config)) {
+    process.stderr.write([
+      '',
+      `mqim is running on the embedded default: ${config.messageStore.adapter} message store, ${config.metadataStore.adapter} metadata store.`,
+      'In-memory data lasts until this process stops. For durable storage set MQIM_MONGO_URL and MQIM_MYSQL_URL (see README).',
+      `  MQTT:            mqtt://localhost:${server.ports.mqtt}`,
+      `  MQTT/WebSocket:  ws://localhost:${server.ports.http}/mqtt`,
+      'Create a user (in another terminal):  npm run admin -- user add alice',
+      ''
+    ].join('\n') + '\n')
+  }
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) return
+    stopping = true
+    logger.info('stopping', { signal })
+    server.stop().then(() => process.exit(0), (err: unknown) => {
+      logger.error('stop failed', { err: String(err) })
+      process.exit(1)
+    })
+  }
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`mqim: failed to start: ${err instanceof Error ? err.message : String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,114 @@
+/**
+ * Payload schemas: the single source of truth for the wire format (server, client SDK and
+ * topics.md). Requests are strict: unknown fields are refused with BAD_REQUEST.
+ */
+import { z } from 'zod'
+
+export const UserId = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id: 1-32 of a-z 0-9 _ . - starting with a letter or digit')
+export const ConvId = z.string().regex(/^[A-Za-z0-9_-]{1,40}$/, 'a conversation id')
+export const ClientMsgId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ -')
+export const RequestId = z.string().min(1).max(64)
+export const Seq = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
+export const RoleSchema = z.enum(['owner', 'admin', 'member'])
+export const GroupName = z.string().trim().min(1).max(100)
+
+const base = { id: RequestId }
+
+export const SendRequest = z.object({
+  ...base,
+  conv: ConvId,
+  msgId: ClientMsgId,
+  kind: z.enum(['text', 'custom']),
+  body: z.json(),
+  replyTo: Seq.min(1).optional()
+}).strict().superRefine((v, ctx) => {
+  if (v.kind === 'text' && (typeof v.body !== 'string' || v.body.length === 0)) {
+    ctx.addIssue({ code: 'custom', path: ['body'], message: 'a text message needs a non-empty string body' })
+  }
+})
+
+export const HistoryRequest = z.object({
+  ...base,
+  conv: ConvId,
+  /** Forward paging: messages with seq > after (oldest first). */
+  after: Seq.optional(),
+  /** Backward paging: messages with seq < before (the newest of them). */
+  before: Seq.min(1).optional(),
+  limit: z.number().int().min(1).optional()
+}).strict()
+
+export const ReadRequest = z.object({ ...base, conv: ConvId, seq: Seq }).strict()
+export const MuteRequest = z.object({ ...base, conv: ConvId, muted: z.boolean() }).strict()
+export const ListRequest = z.object({ ...base }).strict()
+export const DirectRequest = z.object({ ...base, user: UserId }).strict()
+export const CreateGroupRequest = z.object({ ...base, name: GroupName, members: z.array(UserId).max(10000) }).strict()
+export const AddMembersRequest = z.object({ ...base, conv: ConvId, members: z.array(UserId).min(1).max(10000) }).strict()
+export const RemoveMemberRequest = z.object({ ...base, conv: ConvId, user: UserId }).strict()
+export const LeaveRequest = z.object({ ...base, conv: ConvId }).strict()
+export const RenameRequest = z.object({ ...base, conv: ConvId, name: GroupName }).strict()
+export const SetRoleRequest = z.object({ ...base, conv: ConvId, user: UserId, role: RoleSchema }).strict()
+export const ReceiptsRequest = z.object({ ...base, conv: ConvId, seq: Seq.min(1) }).strict()
+export const MembersRequest = z.object({ ...base, conv: ConvId }).strict()
+
+/** Operation name (the last level of im/req/<op>) -> request schema. */
+export const REQUESTS = {
+  send: SendRequest,
+  history: HistoryRequest,
+  read: ReadRequest,
+  mute: MuteRequest,
+  list: ListRequest,
+  direct: DirectRequest,
+  'create-group': CreateGroupRequest,
+  'add-members': AddMembersRequest,
+  'remove-member': RemoveMemberRequest,
+  leave: LeaveRequest,
+  rename: RenameRequest,
+  'set-role': SetRoleRequest,
+  receipts: ReceiptsRequest,
+  members: MembersRequest
+} as const
+
+export type OpName = keyof typeof REQUESTS
+export type RequestOf<K extends OpName> = z.infer<(typeof REQUESTS)[K]>
+
+export function isOpName (name: string): name is OpName {
+  return Object.prototype.hasOwnProperty.call(REQUESTS, name)
+}
+
+/** Delivered on im/u/<user>/m, and the items of history results. */
+export interface MessageEnvelope {
+  conv: string
+  seq: number
+  msgId: string
+  from: string
+  ts: number
+  kind: 'text' | 'custom'
+  body: unknown
+  replyTo?: number
+}
+
+export interface ConversationSummary {
+  conv: string
+  kind: 'direct' | 'group'
+  /** Group name; for direct conversations null (see `peer`). */
+  name: string | null
+  /** Direct conversations: the other member. */
+  peer?: string
+  role: 'owner' | 'admin' | 'member'
+  lastSeq: number
+  last: MessageEnvelope | null
+  readSeq: number
+  unread: number
+  muted: boolean
+}
+
+/** Events on im/u/<user>/e. */
+export type ImEvent =
+  | { type: 'member', conv: string, action: 'added' | 'removed' | 'left' | 'role' | 'renamed', by: string, users: string[], role?: string, name?: string, kind: 'direct' | 'group' }
+  | { type: 'read', conv: string, readSeq: number, unread: number }
+  | { type: 'receipt', conv: string, kind: 'direct', user: string, readSeq: number }
+  | { type: 'receipt', conv: string, kind: 'group', lastSeq: number, members: number, readAll: number, minReadSeq: number }
+
+export type Reply =
+  | { id: string | null, op: string, ok: true, result: unknown }
+  | { id: string | null, op: string, ok: false, error: { code: string, message: string } }

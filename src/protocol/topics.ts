@@ -1,0 +1,52 @@
+/**
+ * Topic layout (documented in topics.md). Plain MQTT 3.1.1 topics, JSON payloads.
+ *
+ *   im/req/<op>              client -> server requests (publish only)
+ *   im/u/<user>/m            messages of all the user's conversations (server -> every device)
+ *   im/u/<user>/e            events: membership, read-cursor moves, receipts (server -> every device)
+ *   im/u/<user>/r/<device>   replies to requests made by one device (server -> that device)
+ *
+ * A client may subscribe to filters inside its own im/u/<user>/ subtree only.
+ */
+export const REQUEST_PREFIX = 'im/req/'
+/** Requests are re-pointed here after handling so that Aedes routes them nowhere. `$` topics never match `#` [MQTT-4.7.2-1]. */
+export const SINK_TOPIC = '$mqim/sink'
+
+export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
+
+export function userPrefix (userId: string): string {
+  return `im/u/${userId}/`
+}
+export function messageTopic (userId: string): string {
+  return `im/u/${userId}/m`
+}
+export function eventTopic (userId: string): string {
+  return `im/u/${userId}/e`
+}
+export function replyTopic (userId: string, deviceId: string): string {
+  return `im/u/${userId}/r/${deviceId}`
+}
+
+/** clientId scheme: `<user>:<device>`. Binds every session to the authenticated user. */
+export function parseClientId (clientId: string): { userId: string, deviceId: string } | null {
+  const i = clientId.indexOf(':')
+  if (i < 0) return null
+  const userId = clientId.slice(0, i)
+  const deviceId = clientId.slice(i + 1)
+  if (!USER_ID_PATTERN.test(userId) || !DEVICE_ID_PATTERN.test(deviceId)) return null
+  return { userId, deviceId }
+}
+
+/**
+ * True if `filter` (an MQTT subscription filter) can only match topics inside the user's own
+ * subtree. Wildcards are fine inside it; `#`, `+` in the user level, `$SYS` and everything else
+ * are refused.
+ */
+export function isOwnFilter (filter: string, userId: string): boolean {
+  const prefix = userPrefix(userId)
+  if (filter === `im/u/${userId}/#`) return true
+  if (!filter.startsWith(prefix)) return false
+  const rest = filter.slice(prefix.length)
+  return rest.length > 0
+}

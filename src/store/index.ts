@@ -1,0 +1,25 @@
+/** Adapters chosen by name from config; each validates its own sub-config. */
+import type { Config } from '../config.js'
+import type { MessageStore, MetadataStore } from './types.js'
+import { MemoryMessageStore } from './messages-memory.js'
+import { MongoMessageStore } from './messages-mongo.js'
+import { MemoryMetadataStore } from './metadata-memory.js'
+import { MySqlMetadataStore } from './metadata-mysql.js'
+
+export function createMessageStore (config: Config['messageStore']): MessageStore {
+  switch (config.adapter) {
+    case 'memory': return new MemoryMessageStore()
+    case 'mongodb': return new MongoMessageStore({ url: config.url, database: config.database })
+  }
+}
+
+export function createMetadataStore (config: Config['metadataStore']): MetadataStore {
+  switch (config.adapter) {
+    case 'memory': return new MemoryMetadataStore()
+    case 'mysql': return new MySqlMetadataStore({ url: config.url, poolSize: config.poolSize })
+  }
+}
+
+export function isEmbedded (config: Config): boolean {
+  return config.messageStore.adapter === 'memory' || config.metadataStore.adapter === 'memory'
+}

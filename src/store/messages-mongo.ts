@@ -1,0 +1,206 @@
+/**
+ * MessageStore on MongoDB 6+ (FerretDB v1.24 in tests).
+ *
+ * Correctness rests on two unique keys and insert-or-conflict, never on transactions or atomic
+ * counters (FerretDB has neither):
+ *   - `_id` = `${conversationId}/${senderId}/${clientMsgId}` (ids never contain '/'), so the
+ *     dedupe key IS the primary key. FerretDB only pushes `_id` equality down to storage, which
+ *     makes findByClientMsgId a primary-key lookup there too.
+ *   - the unique index `conv_seq` on {c: 1, s: 1}: at most one message per (conversation, seq).
+ *
+ * Document fields: c conversationId, s seq, m clientMsgId, u senderId, t ts, k kind, b body,
+ * bj "b holds JSON text", r replyTo.
+ *
+ * Bodies. A text body (a string) is stored as is in `b`. Every other body is stored in `b` as
+ * its JSON text, with `bj: true`. Storing custom bodies as BSON would not round-trip every JSON
+ * value: FerretDB rejects field names that start with '$' or contain '.' ("invalid key"), and
+ * MongoDB restricts such names in queries and updates. As a string, any JSON value (objects with
+ * any keys, arrays, strings, numbers, booleans, null) round-trips exactly. Custom bodies are
+ * opaque to the server, so nothing queries inside them.
+ */
+import { MongoBulkWriteError, MongoClient } from 'mongodb'
+import type { Collection, WriteError } from 'mongodb'
+import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
+
+export interface MongoMessageStoreOptions {
+  /** mongodb:// connection string. */
+  url: string
+  database: string
+  /** Collection name. Default: 'messages'. */
+  collection?: string
+}
+
+interface MessageDoc {
+  _id: string
+  c: string
+  s: number
+  m: string
+  u: string
+  t: number
+  k: MessageKind
+  b: unknown
+  bj?: true
+  r: number | null
+}
+
+const DUPLICATE_KEY = 11000
+const SEQ_INDEX = 'conv_seq'
+/**
+ * Acknowledged by a majority and journaled: a message is durable before the sequencer acks it.
+ * MongoDB accepts this on standalone servers and replica sets; FerretDB accepts and ignores it
+ * (each SQLite write is already durable when it returns).
+ */
+const DURABLE = { w: 'majority', journal: true } as const
+
+function messageId (conversationId: string, senderId: string, clientMsgId: string): string {
+  return `${conversationId}/${senderId}/${clientMsgId}`
+}
+
+function hasSlash (...ids: string[]): boolean {
+  return ids.some(id => id.includes('/'))
+}
+
+function toDoc (message: StoredMessage): MessageDoc {
+  const { conversationId, senderId, clientMsgId } = message
+  if (hasSlash(conversationId, senderId, clientMsgId)) {
+    throw new TypeError(`message ids must not contain '/': ${messageId(conversationId, senderId, clientMsgId)}`)
+  }
+  const doc: MessageDoc = {
+    _id: messageId(conversationId, senderId, clientMsgId),
+    c: conversationId,
+    s: message.seq,
+    m: clientMsgId,
+    u: senderId,
+    t: message.ts,
+    k: message.kind,
+    b: message.body,
+    r: message.replyTo
+  }
+  if (message.kind !== 'text' || typeof message.body !== 'string') {
+    const json = JSON.stringify(message.body) as string | undefined
+    if (json === undefined) throw new TypeError(`message body is not a JSON value: ${doc._id}`)
+    doc.b = json
+    doc.bj = true
+  }
+  return doc
+}
+
+function fromDoc (doc: MessageDoc): StoredMessage {
+  return {
+    conversationId: doc.c,
+    seq: doc.s,
+    clientMsgId: doc.m,
+    senderId: doc.u,
+    ts: doc.t,
+    kind: doc.k,
+    body: doc.bj === true ? JSON.parse(doc.b as string) : doc.b,
+    replyTo: doc.r ?? null
+  }
+}
+
+/**
+ * The duplicate-key error that stopped an ordered insert, or undefined if the error is anything
+ * else (which the caller rethrows). A write-concern error alongside it also counts as "anything
+ * else": the inserted prefix may then not be durable.
+ */
+function firstDuplicateKey (err: unknown): WriteError | undefined {
+  if (!(err instanceof MongoBulkWriteError)) return undefined
+  if (err.result.getWriteConcernError() !== undefined) return undefined
+  const writeErrors: readonly WriteError[] = Array.isArray(err.writeErrors) ? err.writeErrors : [err.writeErrors]
+  if (writeErrors.length === 0) return undefined
+  const first = writeErrors.reduce((a, b) => (b.index < a.index ? b : a))
+  return first.code === DUPLICATE_KEY ? first : undefined
+}
+
+/** Index name from a MongoDB duplicate-key message ("... index: conv_seq dup key: {...}"). */
+function indexNameOf (errmsg: string | undefined): string | undefined {
+  return errmsg === undefined ? undefined : /\bindex: (\S+)/.exec(errmsg)?.[1]
+}
+
+export class MongoMessageStore implements MessageStore {
+  private readonly client: MongoClient
+  private readonly messages: Collection<MessageDoc>
+
+  constructor (options: MongoMessageStoreOptions) {
+    this.client = new MongoClient(options.url)
+    this.messages = this.client.db(options.database).collection<MessageDoc>(options.collection ?? 'messages')
+  }
+
+  async init (): Promise<void> {
+    await this.client.connect()
+    // createIndex is a no-op when an identical index exists, so init() may run on every start.
+    await this.messages.createIndex({ c: 1, s: 1 }, { unique: true, name: SEQ_INDEX })
+  }
+
+  async close (): Promise<void> {
+    await this.client.close()
+  }
+
+  async insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult> {
+    if (messages.length === 0) return { inserted: 0 }
+    const docs = messages.map(toDoc)
+    try {
+      await this.messages.insertMany(docs, { ordered: true, writeConcern: DURABLE })
+      return { inserted: docs.length }
+    } catch (err) {
+      const duplicate = firstDuplicateKey(err)
+      if (duplicate === undefined) throw err
+      // Ordered insert: documents [0, index) are stored and nothing after `index` was attempted.
+      // The driver maps `index` back to the position in `docs` even when it splits the batch,
+      // on MongoDB and on FerretDB alike; `result.insertedCount` agrees for ordered inserts.
+      const inserted = duplicate.index
+      const kind = await this.conflictKind(docs[inserted], duplicate.errmsg)
+      if (kind === undefined) throw err
+      return { inserted, conflict: { kind } }
+    }
+  }
+
+  async findByClientMsgId (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {
+    if (hasSlash(conversationId, senderId, clientMsgId)) return null
+    const doc = await this.messages.findOne({ _id: messageId(conversationId, senderId, clientMsgId) })
+    return doc === null ? null : fromDoc(doc)
+  }
+
+  async lastSeq (conversationId: string): Promise<number> {
+    const [doc] = await this.messages.find({ c: conversationId }, { projection: { s: 1 } }).sort({ s: -1 }).limit(1).toArray()
+    return doc === undefined ? 0 : doc.s
+  }
+
+  async latest (conversationId: string): Promise<StoredMessage | null> {
+    const [doc] = await this.messages.find({ c: conversationId }).sort({ s: -1 }).limit(1).toArray()
+    return doc === undefined ? null : fromDoc(doc)
+  }
+
+  async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
+    // limit(0) means "no limit" to MongoDB, so an empty request never reaches the server.
+    if (query.limit <= 0 || query.fromSeq > query.toSeq) return []
+    const forward = query.direction === 'forward'
+    const docs = await this.messages
+      .find({ c: conversationId, s: { $gte: query.fromSeq, $lte: query.toSeq } })
+      .sort({ s: forward ? 1 : -1 })
+      .limit(query.limit)
+      .toArray()
+    if (!forward) docs.reverse()
+    return docs.map(fromDoc)
+  }
+
+  /**
+   * Which unique key the rejected document hit.
+   *
+   * MongoDB names the index in the message ("index: _id_ dup key: ..." or "index: conv_seq ...");
+   * the driver passes only `errmsg` through for bulk writes (no keyPattern/keyValue). FerretDB
+   * v1.24 names no index at all ("E11000 duplicate key error collection: db.messages"). So unless
+   * the message names `_id_`, the answer comes from a primary-key lookup: the document was not
+   * inserted, so if its `_id` exists, that key conflicted. Messages are never deleted, so the
+   * lookup cannot miss a conflict that happened. When both keys collide (a retried message), the
+   * answer is 'clientMsgId' on every server, which is what lets a retried batch report it.
+   * Returns undefined for a duplicate on an index this store does not know.
+   */
+  private async conflictKind (doc: MessageDoc, errmsg: string | undefined): Promise<'clientMsgId' | 'seq' | undefined> {
+    const index = indexNameOf(errmsg)
+    if (index === '_id_') return 'clientMsgId'
+    if (index !== undefined && index !== SEQ_INDEX) return undefined
+    const existing = await this.messages.findOne({ _id: doc._id }, { projection: { _id: 1 } })
+    return existing !== null ? 'clientMsgId' : 'seq'
+  }
+}

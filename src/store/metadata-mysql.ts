@@ -1,0 +1,410 @@
+/**
+ * MetadataStore on MySQL 8 / MariaDB 10.11 (mysql2/promise).
+ *
+ * Schema comes from the versioned migrations in ./migrations/mysql.ts, applied by init()
+ * under a named server lock so that several processes can start at once.
+ */
+import mysql from 'mysql2/promise'
+import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise'
+import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION } from './migrations/mysql.js'
+import {
+  StoreConflictError,
+  type ConversationKind,
+  type ConversationRecord,
+  type MemberRecord,
+  type MetadataStore,
+  type Role,
+  type UserKind,
+  type UserRecord
+} from './types.js'
+
+export { MYSQL_SCHEMA_VERSION }
+
+export interface MySqlMetadataStoreOptions {
+  /** mysql://user:pass@host:port/dbname — the database must exist. */
+  url: string
+  /** Maximum number of pooled connections. Default 10. */
+  poolSize?: number
+}
+
+const DEFAULT_POOL_SIZE = 10
+const DEFAULT_PORT = 3306
+/** Server-wide lock name held while migrations run (GET_LOCK). */
+const MIGRATION_LOCK = 'mqim_migrations'
+const MIGRATION_LOCK_TIMEOUT_SECONDS = 30
+/** Attempts of a transaction that InnoDB aborted as a deadlock victim. */
+const TRANSACTION_ATTEMPTS = 3
+
+const ER_DUP_ENTRY = 1062
+const ER_LOCK_DEADLOCK = 1213
+
+const USER_COLUMNS = 'id, kind, display_name, secret_hash, disabled, created_at'
+const CONVERSATION_COLUMNS = 'id, kind, name, direct_key, created_by, created_at'
+const MEMBER_COLUMNS = 'conversation_id, user_id, role, read_seq, muted, joined_at'
+
+interface UserRow extends RowDataPacket {
+  id: string
+  kind: UserKind
+  display_name: string
+  secret_hash: string
+  disabled: number
+  created_at: number | string
+}
+
+interface ConversationRow extends RowDataPacket {
+  id: string
+  kind: ConversationKind
+  name: string | null
+  direct_key: string | null
+  created_by: string
+  created_at: number | string
+}
+
+interface MemberRow extends RowDataPacket {
+  conversation_id: string
+  user_id: string
+  role: Role
+  read_seq: number | string
+  muted: number
+  joined_at: number | string
+}
+
+interface VersionRow extends RowDataPacket {
+  version: number | null
+}
+
+interface LockRow extends RowDataPacket {
+  acquired: number | null
+}
+
+interface ReadSeqRow extends RowDataPacket {
+  read_seq: number | string
+}
+
+export class MySqlMetadataStore implements MetadataStore {
+  private readonly pool: Pool
+  private closed = false
+
+  constructor (options: MySqlMetadataStoreOptions) {
+    const poolSize = options.poolSize ?? DEFAULT_POOL_SIZE
+    if (!Number.isInteger(poolSize) || poolSize < 1) {
+      throw new Error(`mysql metadata store: poolSize must be a positive integer, got ${String(options.poolSize)}`)
+    }
+    const target = parseMysqlUrl(options.url)
+    this.pool = mysql.createPool({
+      ...target,
+      connectionLimit: poolSize,
+      supportBigNumbers: true,
+      charset: 'utf8mb4',
+      timezone: 'Z',
+      // Affected-row counts of UPDATE are "rows matched", so setting a field to its current
+      // value still reports the row as found (mysql2's default, stated because we rely on it).
+      flags: ['FOUND_ROWS']
+    })
+  }
+
+  async init (): Promise<void> {
+    const conn = await this.pool.getConnection()
+    try {
+      const [lock] = await conn.query<LockRow[]>('SELECT GET_LOCK(?, ?) AS acquired', [MIGRATION_LOCK, MIGRATION_LOCK_TIMEOUT_SECONDS])
+      if (lock[0]?.acquired !== 1) {
+        throw new Error(`mysql metadata store: could not take the "${MIGRATION_LOCK}" lock within ${MIGRATION_LOCK_TIMEOUT_SECONDS}s; is another process stuck migrating?`)
+      }
+      try {
+        await migrate(conn)
+      } finally {
+        await conn.query('SELECT RELEASE_LOCK(?)', [MIGRATION_LOCK])
+      }
+    } finally {
+      conn.release()
+    }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool.end()
+  }
+
+  async userCreate (user: UserRecord): Promise<void> {
+    await this.write(
+      `INSERT INTO users (${USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`,
+      [user.id, user.kind, user.displayName, user.secretHash, user.disabled, user.createdAt],
+      `user "${user.id}" already exists`
+    )
+  }
+
+  async userGet (id: string): Promise<UserRecord | null> {
+    const [rows] = await this.pool.execute<UserRow[]>(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`, [id])
+    return rows.length === 0 ? null : toUser(rows[0])
+  }
+
+  async userList (): Promise<UserRecord[]> {
+    const [rows] = await this.pool.execute<UserRow[]>(`SELECT ${USER_COLUMNS} FROM users ORDER BY id`)
+    return rows.map(toUser)
+  }
+
+  async userSetDisabled (id: string, disabled: boolean): Promise<boolean> {
+    return await this.update('UPDATE users SET disabled = ? WHERE id = ?', [disabled, id])
+  }
+
+  async userSetSecret (id: string, secretHash: string): Promise<boolean> {
+    return await this.update('UPDATE users SET secret_hash = ? WHERE id = ?', [secretHash, id])
+  }
+
+  async conversationCreate (conversation: ConversationRecord, members: MemberRecord[]): Promise<void> {
+    assertMembersOf(conversation.id, members)
+    try {
+      await this.transaction(async (conn) => {
+        await conn.execute(
+          `INSERT INTO conversations (${CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`,
+          [conversation.id, conversation.kind, conversation.name, conversation.directKey, conversation.createdBy, conversation.createdAt]
+        )
+        if (members.length > 0) {
+          await conn.query(`INSERT INTO members (${MEMBER_COLUMNS}) VALUES ?`, [members.map(memberValues)])
+        }
+      })
+    } catch (err) {
+      throw mapConflict(err, `conversation "${conversation.id}"${conversation.directKey === null ? '' : ` or direct key "${conversation.directKey}"`} already exists, or a member is listed twice`)
+    }
+  }
+
+  async conversationGet (id: string): Promise<ConversationRecord | null> {
+    const [rows] = await this.pool.execute<ConversationRow[]>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE id = ?`, [id])
+    return rows.length === 0 ? null : toConversation(rows[0])
+  }
+
+  async conversationGetDirect (directKey: string): Promise<ConversationRecord | null> {
+    const [rows] = await this.pool.execute<ConversationRow[]>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?`, [directKey])
+    return rows.length === 0 ? null : toConversation(rows[0])
+  }
+
+  async conversationRename (id: string, name: string): Promise<boolean> {
+    return await this.update('UPDATE conversations SET name = ? WHERE id = ?', [name, id])
+  }
+
+  async memberList (conversationId: string): Promise<MemberRecord[]> {
+    const [rows] = await this.pool.execute<MemberRow[]>(
+      `SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? ORDER BY user_id`, [conversationId])
+    return rows.map(toMember)
+  }
+
+  async memberGet (conversationId: string, userId: string): Promise<MemberRecord | null> {
+    const [rows] = await this.pool.execute<MemberRow[]>(
+      `SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? AND user_id = ?`, [conversationId, userId])
+    return rows.length === 0 ? null : toMember(rows[0])
+  }
+
+  async memberAdd (members: MemberRecord[]): Promise<string[]> {
+    if (members.length === 0) return []
+    // One row at a time so each row's outcome is known; a duplicate key rolls back only its
+    // own statement (not the transaction). A fixed row order keeps concurrent calls from
+    // locking rows in opposite orders.
+    const ordered = [...members].sort(compareMemberKeys)
+    const added = await this.transaction(async (conn) => {
+      const ids = new Set<string>()
+      for (const member of ordered) {
+        try {
+          await conn.execute(`INSERT INTO members (${MEMBER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`, memberValues(member))
+          ids.add(keyOf(member))
+        } catch (err) {
+          if (errnoOf(err) !== ER_DUP_ENTRY) throw err
+        }
+      }
+      return ids
+    })
+    return members.filter((m) => added.delete(keyOf(m))).map((m) => m.userId)
+  }
+
+  async memberRemove (conversationId: string, userId: string): Promise<boolean> {
+    const [result] = await this.pool.execute<ResultSetHeader>(
+      'DELETE FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
+    return result.affectedRows > 0
+  }
+
+  async memberSetRole (conversationId: string, userId: string, role: Role): Promise<boolean> {
+    return await this.update('UPDATE members SET role = ? WHERE conversation_id = ? AND user_id = ?', [role, conversationId, userId])
+  }
+
+  async memberSetMuted (conversationId: string, userId: string, muted: boolean): Promise<boolean> {
+    return await this.update('UPDATE members SET muted = ? WHERE conversation_id = ? AND user_id = ?', [muted, conversationId, userId])
+  }
+
+  async memberAdvanceRead (conversationId: string, userId: string, seq: number): Promise<number | null> {
+    const found = await this.update(
+      'UPDATE members SET read_seq = GREATEST(read_seq, ?) WHERE conversation_id = ? AND user_id = ?',
+      [seq, conversationId, userId])
+    if (!found) return null
+    // A concurrent call may have raised it further, which is still the resulting readSeq.
+    const [rows] = await this.pool.execute<ReadSeqRow[]>(
+      'SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
+    return rows.length === 0 ? null : toSafeNumber(rows[0].read_seq, 'members.read_seq')
+  }
+
+  async memberListByUser (userId: string): Promise<MemberRecord[]> {
+    const [rows] = await this.pool.execute<MemberRow[]>(
+      `SELECT ${MEMBER_COLUMNS} FROM members WHERE user_id = ? ORDER BY conversation_id`, [userId])
+    return rows.map(toMember)
+  }
+
+  /** Runs an UPDATE; true if it matched a row. */
+  private async update (sql: string, values: Array<string | number | boolean>): Promise<boolean> {
+    const [result] = await this.pool.execute<ResultSetHeader>(sql, values)
+    return result.affectedRows > 0
+  }
+
+  /** Runs an INSERT, turning a duplicate key into StoreConflictError. */
+  private async write (sql: string, values: Array<string | number | boolean | null>, conflictMessage: string): Promise<void> {
+    try {
+      await this.pool.execute(sql, values)
+    } catch (err) {
+      throw mapConflict(err, conflictMessage)
+    }
+  }
+
+  /** Runs work in a transaction on one connection, retrying if InnoDB picks it as a deadlock victim. */
+  private async transaction<T> (work: (conn: PoolConnection) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const conn = await this.pool.getConnection()
+      let healthy = true
+      try {
+        await conn.beginTransaction()
+        const result = await work(conn)
+        await conn.commit()
+        return result
+      } catch (err) {
+        try {
+          await conn.rollback()
+        } catch {
+          // The connection is unusable; the server rolls back when it goes away.
+          healthy = false
+        }
+        if (errnoOf(err) === ER_LOCK_DEADLOCK && attempt < TRANSACTION_ATTEMPTS) continue
+        throw err
+      } finally {
+        if (healthy) conn.release()
+        else conn.destroy()
+      }
+    }
+  }
+}
+
+/** Brings the schema up to MYSQL_SCHEMA_VERSION. The caller holds the migration lock. */
+async function migrate (conn: PoolConnection): Promise<void> {
+  await conn.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INT NOT NULL,
+    name VARCHAR(255) NOT NULL,
+    applied_at BIGINT NOT NULL,
+    PRIMARY KEY (version)
+  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`)
+  const [rows] = await conn.query<VersionRow[]>('SELECT MAX(version) AS version FROM schema_migrations')
+  const current = rows[0]?.version ?? 0
+  if (current > MYSQL_SCHEMA_VERSION) {
+    throw new Error(`mysql metadata store: database schema version ${current} is newer than version ${MYSQL_SCHEMA_VERSION} known to this build of mqim; upgrade mqim or use another database`)
+  }
+  const pending = [...MYSQL_MIGRATIONS].sort((a, b) => a.version - b.version).filter((m) => m.version > current)
+  for (const migration of pending) {
+    for (const statement of migration.statements) {
+      await conn.query(statement)
+    }
+    await conn.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)',
+      [migration.version, migration.name, Date.now()])
+  }
+}
+
+function parseMysqlUrl (url: string): { host: string, port: number, user: string, password: string, database: string } {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new Error('mysql metadata store: url is not a valid URL (expected mysql://user:pass@host:port/dbname)')
+  }
+  if (parsed.protocol !== 'mysql:') {
+    throw new Error(`mysql metadata store: url must start with mysql://, got ${parsed.protocol}//`)
+  }
+  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''))
+  if (database === '' || database.includes('/')) {
+    throw new Error('mysql metadata store: url must name one database (mysql://user:pass@host:port/dbname)')
+  }
+  return {
+    host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: parsed.port === '' ? DEFAULT_PORT : Number(parsed.port),
+    user: decodeURIComponent(parsed.username),
+    password: decodeURIComponent(parsed.password),
+    database
+  }
+}
+
+function errnoOf (err: unknown): number | undefined {
+  if (typeof err === 'object' && err !== null && 'errno' in err && typeof err.errno === 'number') {
+    return err.errno
+  }
+  return undefined
+}
+
+function mapConflict (err: unknown, message: string): unknown {
+  return errnoOf(err) === ER_DUP_ENTRY ? new StoreConflictError(message) : err
+}
+
+function assertMembersOf (conversationId: string, members: MemberRecord[]): void {
+  const stray = members.find((m) => m.conversationId !== conversationId)
+  if (stray !== undefined) {
+    throw new Error(`conversationCreate: member "${stray.userId}" belongs to conversation "${stray.conversationId}", not "${conversationId}"`)
+  }
+}
+
+function keyOf (member: MemberRecord): string {
+  return `${member.conversationId}\u0000${member.userId}`
+}
+
+function compareMemberKeys (a: MemberRecord, b: MemberRecord): number {
+  const ka = keyOf(a)
+  const kb = keyOf(b)
+  return ka < kb ? -1 : ka > kb ? 1 : 0
+}
+
+function memberValues (m: MemberRecord): Array<string | number | boolean> {
+  return [m.conversationId, m.userId, m.role, m.readSeq, m.muted, m.joinedAt]
+}
+
+/** BIGINT columns come back as strings when they exceed 2^53 (supportBigNumbers); refuse to round them. */
+function toSafeNumber (value: number | string, column: string): number {
+  const n = Number(value)
+  if (!Number.isSafeInteger(n)) {
+    throw new Error(`mysql metadata store: ${column} value ${String(value)} is not a safe integer`)
+  }
+  return n
+}
+
+function toUser (row: UserRow): UserRecord {
+  return {
+    id: row.id,
+    kind: row.kind,
+    displayName: row.display_name,
+    secretHash: row.secret_hash,
+    disabled: row.disabled !== 0,
+    createdAt: toSafeNumber(row.created_at, 'users.created_at')
+  }
+}
+
+function toConversation (row: ConversationRow): ConversationRecord {
+  return {
+    id: row.id,
+    kind: row.kind,
+    name: row.name,
+    directKey: row.direct_key,
+    createdBy: row.created_by,
+    createdAt: toSafeNumber(row.created_at, 'conversations.created_at')
+  }
+}
+
+function toMember (row: MemberRow): MemberRecord {
+  return {
+    conversationId: row.conversation_id,
+    userId: row.user_id,
+    role: row.role,
+    readSeq: toSafeNumber(row.read_seq, 'members.read_seq'),
+    muted: row.muted !== 0,
+    joinedAt: toSafeNumber(row.joined_at, 'members.joined_at')
+  }
+}

@@ -1,0 +1,424 @@
+/**
+ * The MessageStore contract: every adapter runs this one suite (test/messages-*.test.ts).
+ * It talks to the store through the MessageStore interface only, never to the database behind it.
+ *
+ * The factory returns a new, empty store that has not been initialized yet; the suite calls
+ * init() before each test, then close() and the factory's cleanup() after it.
+ */
+import type { MessageStore, StoredMessage } from '../../src/store/types.js'
+
+export type MessageStoreFactory = () => Promise<{ store: MessageStore, cleanup?: () => Promise<void> }>
+
+const T0 = 1_767_225_600_000
+
+function message (conversationId: string, seq: number, overrides: Partial<StoredMessage> = {}): StoredMessage {
+  return {
+    conversationId,
+    seq,
+    clientMsgId: `m${seq}`,
+    senderId: 'alice',
+    ts: T0 + seq,
+    kind: 'text',
+    body: `message ${seq}`,
+    replyTo: null,
+    ...overrides
+  }
+}
+
+/** Messages with seqs from..to (inclusive) in one conversation. */
+function messages (conversationId: string, from: number, to: number): StoredMessage[] {
+  const out: StoredMessage[] = []
+  for (let seq = from; seq <= to; seq++) out.push(message(conversationId, seq))
+  return out
+}
+
+function seqs (list: StoredMessage[]): number[] {
+  return list.map(m => m.seq)
+}
+
+function seqRange (from: number, to: number): number[] {
+  const out: number[] = []
+  for (let seq = from; seq <= to; seq++) out.push(seq)
+  return out
+}
+
+/** Custom bodies covering every JSON type, including keys BSON documents cannot hold. */
+const CUSTOM_BODIES: Array<[string, unknown]> = [
+  ['a nested object', { type: 'card', title: 'Hi', items: [{ id: 1, tags: ['a', 'b'] }, { id: 2, tags: [] }], meta: { deep: { deeper: { deepest: true } } } }],
+  ['keys starting with $ and containing dots', { $x: 1, 'a.b': { $set: { 'c.d': 'e' } }, $: null, '.': [], '': 'empty key', nested: [{ $ref: 'x', $id: 'y' }] }],
+  ['an array', [1, 'two', { three: 3 }, [4], null, true, false]],
+  ['an empty object', {}],
+  ['an empty array', []],
+  ['a string', 'just a string'],
+  ['an empty string', ''],
+  ['an integer', 42],
+  ['a negative float', -12.375],
+  ['zero', 0],
+  ['a large integer', Number.MAX_SAFE_INTEGER],
+  ['a tiny float', 5e-324],
+  ['true', true],
+  ['false', false],
+  ['null', null],
+  ['unicode keys and values', { '名前': 'テスト', emoji: '👩‍👩‍👧‍👦🎉', rtl: 'مرحبا', 'ключ': 'значение' }],
+  ['an object with keys in non-alphabetical order', { z: 1, a: 2, m: { y: 1, b: 2 } }]
+]
+
+export function describeMessageStore (name: string, factory: MessageStoreFactory): void {
+  describe(`MessageStore contract: ${name}`, () => {
+    let store: MessageStore
+    let cleanup: (() => Promise<void>) | undefined
+
+    beforeEach(async () => {
+      const created = await factory()
+      store = created.store
+      cleanup = created.cleanup
+      await store.init()
+    })
+
+    afterEach(async () => {
+      await store.close()
+      if (cleanup !== undefined) await cleanup()
+    })
+
+    describe('insert and read back', () => {
+      it('stores every field exactly', async () => {
+        const first = message('c1', 1, { clientMsgId: 'Ab-_09', senderId: 'bob.smith', ts: 1_767_225_600_123 })
+        const reply = message('c1', 2, { clientMsgId: 'x'.repeat(64), replyTo: 1, body: 'a reply' })
+        expect(await store.insertBatch([first, reply])).toEqual({ inserted: 2 })
+
+        expect(await store.findByClientMsgId('c1', 'bob.smith', 'Ab-_09')).toStrictEqual(first)
+        expect(await store.findByClientMsgId('c1', 'alice', 'x'.repeat(64))).toStrictEqual(reply)
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 2, limit: 10, direction: 'forward' })).toStrictEqual([first, reply])
+        expect(await store.latest('c1')).toStrictEqual(reply)
+      })
+
+      it('round-trips unicode text', async () => {
+        const text = 'héllo wörld ✓ 你好 こんにちは 안녕 مرحبا שלום 👋🏽 👩‍💻 e\u0301 \u0000 tab\t newline\n "quotes" \\ back'
+        const stored = message('c1', 1, { body: text })
+        await store.insertBatch([stored])
+        expect(await store.latest('c1')).toStrictEqual(stored)
+      })
+
+      it('round-trips a text body that looks like JSON', async () => {
+        const stored = message('c1', 1, { body: '{"a":1}' })
+        await store.insertBatch([stored])
+        expect((await store.latest('c1'))?.body).toBe('{"a":1}')
+      })
+
+      it.each(CUSTOM_BODIES)('round-trips a custom body: %s', async (_label, body) => {
+        const stored = message('c1', 1, { kind: 'custom', body })
+        expect(await store.insertBatch([stored])).toEqual({ inserted: 1 })
+        const byId = await store.findByClientMsgId('c1', 'alice', 'm1')
+        expect(byId).toStrictEqual(stored)
+        expect(JSON.stringify(byId?.body)).toBe(JSON.stringify(body))
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 1, limit: 1, direction: 'backward' })).toStrictEqual([stored])
+        expect(await store.latest('c1')).toStrictEqual(stored)
+      })
+
+      it('stores every custom body in one batch', async () => {
+        const batch = CUSTOM_BODIES.map(([, body], i) => message('c1', i + 1, { kind: 'custom', body }))
+        expect(await store.insertBatch(batch)).toEqual({ inserted: batch.length })
+        expect(await store.range('c1', { fromSeq: 1, toSeq: batch.length, limit: batch.length, direction: 'forward' })).toStrictEqual(batch)
+      })
+
+      it('accepts an empty batch', async () => {
+        expect(await store.insertBatch([])).toEqual({ inserted: 0 })
+        expect(await store.lastSeq('c1')).toBe(0)
+      })
+
+      it('reports no conflict when the whole batch is stored', async () => {
+        const result = await store.insertBatch(messages('c1', 1, 3))
+        expect(result.inserted).toBe(3)
+        expect(result.conflict).toBeUndefined()
+      })
+
+      it('returns copies: neither the input nor a result aliases what is stored', async () => {
+        const input = message('c1', 1, { kind: 'custom', body: { list: [1, 2], inner: { v: 'a' } } })
+        await store.insertBatch([input]);
+        (input.body as { list: number[] }).list.push(3)
+        input.seq = 99
+
+        const read = await store.findByClientMsgId('c1', 'alice', 'm1')
+        expect(read?.body).toStrictEqual({ list: [1, 2], inner: { v: 'a' } })
+        expect(read?.seq).toBe(1)
+        if (read === null) throw new Error('not found');
+        (read.body as { inner: { v: string } }).inner.v = 'changed'
+        read.senderId = 'mallory'
+
+        const [ranged] = await store.range('c1', { fromSeq: 1, toSeq: 1, limit: 1, direction: 'forward' })
+        expect(ranged.body).toStrictEqual({ list: [1, 2], inner: { v: 'a' } })
+        expect(ranged.senderId).toBe('alice')
+        expect(await store.latest('c1')).toStrictEqual(ranged)
+      })
+    })
+
+    describe('ordered insert', () => {
+      it('stops at a clientMsgId conflict and stores nothing after it', async () => {
+        const a = message('c1', 1, { clientMsgId: 'A' })
+        const b = message('c1', 2, { clientMsgId: 'B' })
+        expect(await store.insertBatch([a, b])).toEqual({ inserted: 2 })
+
+        const c = message('c1', 3, { clientMsgId: 'C' })
+        const aAgain = message('c1', 4, { clientMsgId: 'A', body: 'resent' })
+        const d = message('c1', 5, { clientMsgId: 'D' })
+        expect(await store.insertBatch([c, aAgain, d])).toEqual({ inserted: 1, conflict: { kind: 'clientMsgId' } })
+
+        expect(await store.findByClientMsgId('c1', 'alice', 'C')).toStrictEqual(c)
+        expect(await store.findByClientMsgId('c1', 'alice', 'A')).toStrictEqual(a)
+        expect(await store.findByClientMsgId('c1', 'alice', 'D')).toBeNull()
+        expect(await store.lastSeq('c1')).toBe(3)
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' }))).toEqual([1, 2, 3])
+      })
+
+      it('stops at a seq conflict and stores nothing after it', async () => {
+        await store.insertBatch([message('c1', 1, { clientMsgId: 'A' }), message('c1', 2, { clientMsgId: 'B' })])
+
+        const c = message('c1', 3, { clientMsgId: 'C' })
+        const x = message('c1', 2, { clientMsgId: 'X', senderId: 'bob' })
+        const d = message('c1', 4, { clientMsgId: 'D' })
+        expect(await store.insertBatch([c, x, d])).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
+
+        expect(await store.findByClientMsgId('c1', 'alice', 'C')).toStrictEqual(c)
+        expect(await store.findByClientMsgId('c1', 'bob', 'X')).toBeNull()
+        expect(await store.findByClientMsgId('c1', 'alice', 'D')).toBeNull()
+        expect((await store.range('c1', { fromSeq: 2, toSeq: 2, limit: 1, direction: 'forward' }))[0].clientMsgId).toBe('B')
+        expect(await store.lastSeq('c1')).toBe(3)
+      })
+
+      it('reports a seq conflict at index 0', async () => {
+        await store.insertBatch([message('c1', 1, { clientMsgId: 'A' })])
+        expect(await store.insertBatch([message('c1', 1, { clientMsgId: 'B' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
+        expect(await store.findByClientMsgId('c1', 'alice', 'B')).toBeNull()
+      })
+
+      it('reports a clientMsgId conflict when retrying a batch that is already stored', async () => {
+        const batch = messages('c1', 1, 3)
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 3 })
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(batch)
+      })
+
+      it('makes a retry safe when only a prefix of the batch was stored', async () => {
+        const batch = messages('c1', 1, 4)
+        await store.insertBatch(batch.slice(0, 2))
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.insertBatch(batch.slice(1))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.insertBatch(batch.slice(2))).toEqual({ inserted: 2 })
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(batch)
+      })
+
+      it('reports a clientMsgId conflict with an earlier message of the same batch', async () => {
+        const batch = [
+          message('c1', 1, { clientMsgId: 'A' }),
+          message('c1', 2, { clientMsgId: 'B' }),
+          message('c1', 3, { clientMsgId: 'A' }),
+          message('c1', 4, { clientMsgId: 'C' })
+        ]
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 2, conflict: { kind: 'clientMsgId' } })
+        expect(await store.lastSeq('c1')).toBe(2)
+        expect(await store.findByClientMsgId('c1', 'alice', 'C')).toBeNull()
+      })
+
+      it('reports a seq conflict with an earlier message of the same batch', async () => {
+        const batch = [
+          message('c1', 1, { clientMsgId: 'A' }),
+          message('c1', 1, { clientMsgId: 'B' }),
+          message('c1', 2, { clientMsgId: 'C' })
+        ]
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' }))).toEqual([1])
+      })
+
+      it('inserts a batch that spans several conversations', async () => {
+        const batch = [message('c1', 1), message('c2', 1), message('c1', 2), message('c3', 1)]
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 4 })
+        expect(await store.lastSeq('c1')).toBe(2)
+        expect(await store.lastSeq('c2')).toBe(1)
+        expect(await store.lastSeq('c3')).toBe(1)
+      })
+    })
+
+    describe('lastSeq and latest', () => {
+      it('returns 0 and null for an empty conversation', async () => {
+        expect(await store.lastSeq('nobody-here')).toBe(0)
+        expect(await store.latest('nobody-here')).toBeNull()
+      })
+
+      it('returns the highest seq and its message', async () => {
+        const batch = messages('c1', 1, 5)
+        await store.insertBatch(batch)
+        expect(await store.lastSeq('c1')).toBe(5)
+        expect(await store.latest('c1')).toStrictEqual(batch[4])
+
+        await store.insertBatch([message('c1', 6)])
+        expect(await store.lastSeq('c1')).toBe(6)
+        expect((await store.latest('c1'))?.seq).toBe(6)
+      })
+
+      it('orders by seq, not by insertion order', async () => {
+        await store.insertBatch([message('c1', 9), message('c1', 3)])
+        await store.insertBatch([message('c1', 5)])
+        expect(await store.lastSeq('c1')).toBe(9)
+        expect((await store.latest('c1'))?.clientMsgId).toBe('m9')
+      })
+
+      it('orders seqs numerically beyond one digit', async () => {
+        await store.insertBatch(messages('c1', 1, 12))
+        expect(await store.lastSeq('c1')).toBe(12)
+      })
+    })
+
+    describe('isolation', () => {
+      it('keeps conversations apart', async () => {
+        const inC1 = message('c1', 1, { body: 'in c1' })
+        const inC2 = message('c2', 1, { body: 'in c2' })
+        expect(await store.insertBatch([inC1])).toEqual({ inserted: 1 })
+        // Same seq, same sender and clientMsgId, other conversation: not a conflict.
+        expect(await store.insertBatch([inC2])).toEqual({ inserted: 1 })
+        await store.insertBatch(messages('c2', 2, 7))
+
+        expect(await store.lastSeq('c1')).toBe(1)
+        expect(await store.lastSeq('c2')).toBe(7)
+        expect(await store.latest('c1')).toStrictEqual(inC1)
+        expect(await store.findByClientMsgId('c1', 'alice', 'm1')).toStrictEqual(inC1)
+        expect(await store.findByClientMsgId('c2', 'alice', 'm1')).toStrictEqual(inC2)
+        expect(await store.findByClientMsgId('c1', 'alice', 'm2')).toBeNull()
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 100, limit: 100, direction: 'forward' }))).toEqual([1])
+        expect(seqs(await store.range('c2', { fromSeq: 1, toSeq: 100, limit: 100, direction: 'forward' }))).toEqual(seqRange(1, 7))
+      })
+
+      it('does not confuse conversation ids that are prefixes of each other', async () => {
+        await store.insertBatch([message('c1', 1), message('c10', 1), message('c10', 2)])
+        expect(await store.lastSeq('c1')).toBe(1)
+        expect(await store.lastSeq('c10')).toBe(2)
+        expect(await store.lastSeq('c')).toBe(0)
+        expect(await store.range('c', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toEqual([])
+      })
+    })
+
+    describe('findByClientMsgId', () => {
+      it('finds a stored message and misses an unknown one', async () => {
+        const stored = message('c1', 1, { clientMsgId: 'hello' })
+        await store.insertBatch([stored])
+        expect(await store.findByClientMsgId('c1', 'alice', 'hello')).toStrictEqual(stored)
+        expect(await store.findByClientMsgId('c1', 'alice', 'goodbye')).toBeNull()
+        expect(await store.findByClientMsgId('c2', 'alice', 'hello')).toBeNull()
+        expect(await store.findByClientMsgId('c1', 'bob', 'hello')).toBeNull()
+      })
+
+      it('is scoped to the sender: the same clientMsgId from another sender is another message', async () => {
+        const fromAlice = message('c1', 1, { clientMsgId: 'same', senderId: 'alice', body: 'from alice' })
+        const fromBob = message('c1', 2, { clientMsgId: 'same', senderId: 'bob', body: 'from bob' })
+        expect(await store.insertBatch([fromAlice, fromBob])).toEqual({ inserted: 2 })
+        expect(await store.findByClientMsgId('c1', 'alice', 'same')).toStrictEqual(fromAlice)
+        expect(await store.findByClientMsgId('c1', 'bob', 'same')).toStrictEqual(fromBob)
+        expect(await store.insertBatch([message('c1', 3, { clientMsgId: 'same', senderId: 'bob' })]))
+          .toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+      })
+
+      it('treats clientMsgIds as case-sensitive', async () => {
+        await store.insertBatch([message('c1', 1, { clientMsgId: 'abc' }), message('c1', 2, { clientMsgId: 'ABC' })])
+        expect((await store.findByClientMsgId('c1', 'alice', 'abc'))?.seq).toBe(1)
+        expect((await store.findByClientMsgId('c1', 'alice', 'ABC'))?.seq).toBe(2)
+      })
+    })
+
+    describe('range', () => {
+      beforeEach(async () => {
+        expect(await store.insertBatch(messages('c1', 1, 20))).toEqual({ inserted: 20 })
+      })
+
+      it('returns the lowest seqs first when going forward', async () => {
+        const page = await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 5, direction: 'forward' })
+        expect(seqs(page)).toEqual([1, 2, 3, 4, 5])
+        expect(page[0]).toStrictEqual(message('c1', 1))
+      })
+
+      it('returns the highest seqs, sorted ascending, when going backward', async () => {
+        const page = await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 5, direction: 'backward' })
+        expect(seqs(page)).toEqual([16, 17, 18, 19, 20])
+        expect(page[4]).toStrictEqual(message('c1', 20))
+      })
+
+      it('includes both bounds', async () => {
+        expect(seqs(await store.range('c1', { fromSeq: 5, toSeq: 9, limit: 100, direction: 'forward' }))).toEqual([5, 6, 7, 8, 9])
+        expect(seqs(await store.range('c1', { fromSeq: 5, toSeq: 9, limit: 100, direction: 'backward' }))).toEqual([5, 6, 7, 8, 9])
+        expect(seqs(await store.range('c1', { fromSeq: 7, toSeq: 7, limit: 1, direction: 'forward' }))).toEqual([7])
+        expect(seqs(await store.range('c1', { fromSeq: 7, toSeq: 7, limit: 1, direction: 'backward' }))).toEqual([7])
+      })
+
+      it('applies the limit inside the bounds', async () => {
+        expect(seqs(await store.range('c1', { fromSeq: 5, toSeq: 15, limit: 3, direction: 'forward' }))).toEqual([5, 6, 7])
+        expect(seqs(await store.range('c1', { fromSeq: 5, toSeq: 15, limit: 3, direction: 'backward' }))).toEqual([13, 14, 15])
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 1, direction: 'backward' }))).toEqual([20])
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 1, direction: 'forward' }))).toEqual([1])
+      })
+
+      it('returns the whole range when the limit is larger', async () => {
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 1000, direction: 'forward' }))).toEqual(seqRange(1, 20))
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 20, direction: 'backward' }))).toEqual(seqRange(1, 20))
+      })
+
+      it('clips bounds that reach past the stored seqs', async () => {
+        expect(seqs(await store.range('c1', { fromSeq: 18, toSeq: 1000, limit: 10, direction: 'forward' }))).toEqual([18, 19, 20])
+        expect(seqs(await store.range('c1', { fromSeq: 18, toSeq: Number.MAX_SAFE_INTEGER, limit: 2, direction: 'backward' }))).toEqual([19, 20])
+      })
+
+      it('returns nothing for empty ranges', async () => {
+        expect(await store.range('c1', { fromSeq: 21, toSeq: 30, limit: 10, direction: 'forward' })).toEqual([])
+        expect(await store.range('c1', { fromSeq: 21, toSeq: 30, limit: 10, direction: 'backward' })).toEqual([])
+        expect(await store.range('c1', { fromSeq: 10, toSeq: 9, limit: 10, direction: 'forward' })).toEqual([])
+        expect(await store.range('c1', { fromSeq: 10, toSeq: 9, limit: 10, direction: 'backward' })).toEqual([])
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 0, direction: 'forward' })).toEqual([])
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 0, direction: 'backward' })).toEqual([])
+        expect(await store.range('other', { fromSeq: 1, toSeq: 20, limit: 10, direction: 'forward' })).toEqual([])
+      })
+
+      it('skips seqs that are not stored', async () => {
+        await store.insertBatch([message('c2', 1), message('c2', 2), message('c2', 5), message('c2', 6), message('c2', 9)])
+        expect(seqs(await store.range('c2', { fromSeq: 2, toSeq: 6, limit: 10, direction: 'forward' }))).toEqual([2, 5, 6])
+        expect(seqs(await store.range('c2', { fromSeq: 3, toSeq: 4, limit: 10, direction: 'forward' }))).toEqual([])
+        expect(seqs(await store.range('c2', { fromSeq: 1, toSeq: 9, limit: 2, direction: 'backward' }))).toEqual([6, 9])
+        expect(seqs(await store.range('c2', { fromSeq: 3, toSeq: 9, limit: 2, direction: 'forward' }))).toEqual([5, 6])
+      })
+    })
+
+    describe('many messages', () => {
+      it('stores 2,000 messages over several batches and pages through them', async () => {
+        const total = 2000
+        const batchSize = 250
+        const all = messages('big', 1, total)
+        for (let start = 0; start < total; start += batchSize) {
+          expect(await store.insertBatch(all.slice(start, start + batchSize))).toEqual({ inserted: batchSize })
+        }
+        await store.insertBatch(messages('small', 1, 3))
+
+        expect(await store.lastSeq('big')).toBe(total)
+        expect(await store.latest('big')).toStrictEqual(all[total - 1])
+
+        const everything = await store.range('big', { fromSeq: 1, toSeq: total, limit: total, direction: 'forward' })
+        expect(everything).toStrictEqual(all)
+
+        expect(seqs(await store.range('big', { fromSeq: 1000, toSeq: 1500, limit: 100, direction: 'backward' }))).toEqual(seqRange(1401, 1500))
+        expect(seqs(await store.range('big', { fromSeq: 1000, toSeq: 1500, limit: 100, direction: 'forward' }))).toEqual(seqRange(1000, 1099))
+        expect(seqs(await store.range('big', { fromSeq: 1999, toSeq: 5000, limit: 10, direction: 'forward' }))).toEqual([1999, 2000])
+        expect(seqs(await store.range('big', { fromSeq: 1, toSeq: total, limit: 3, direction: 'backward' }))).toEqual([1998, 1999, 2000])
+
+        // Sync in pages of 300, the way a reconnecting client fills a gap: no gaps, no repeats.
+        const synced: number[] = []
+        let from = 1
+        for (;;) {
+          const page = await store.range('big', { fromSeq: from, toSeq: total, limit: 300, direction: 'forward' })
+          if (page.length === 0) break
+          synced.push(...seqs(page))
+          from = page[page.length - 1].seq + 1
+        }
+        expect(synced).toEqual(seqRange(1, total))
+
+        expect(await store.findByClientMsgId('big', 'alice', 'm1234')).toStrictEqual(all[1233])
+        expect(await store.insertBatch([all[1500]])).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.lastSeq('small')).toBe(3)
+      })
+    })
+  })
+}
