@@ -174,8 +174,8 @@ export class MqimServer {
   private async doStop (): Promise<void> {
     const { sequencer, receipts, meta, messages, logger } = this.services
     const closing = this.servers.map(closeServer)
-    await sequencer.close()
     receipts.close()
+    await sequencer.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     this.wss.close()
     for (const s of this.sockets) s.destroy()

@@ -38,6 +38,18 @@ export interface HookOptions {
   now?: () => number
 }
 
+/** Best-effort request id of a payload, so that even a refused request can be correlated. */
+function requestIdOf (payload: Buffer): string | null {
+  if (payload.length > 1024 * 1024) return null
+  try {
+    const json: unknown = JSON.parse(payload.toString('utf8'))
+    const id = typeof json === 'object' && json !== null ? (json as Record<string, unknown>).id : undefined
+    return typeof id === 'string' && id.length > 0 && id.length <= 64 ? id : null
+  } catch {
+    return null
+  }
+}
+
 function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
   const err = new Error(message) as AuthenticateError
   err.returnCode = returnCode
@@ -129,7 +141,7 @@ export class BrokerHooks {
     const op = topic.slice(REQUEST_PREFIX.length)
     if (!session.bucket.take()) {
       const err = new ImError('RATE_LIMITED', `more than ${this.opts.requestsPerSecond} requests per second; retry later`)
-      this.opts.publisher.reply(session.userId, session.deviceId, { id: null, op, ok: false, error: toWireError(err) })
+      this.opts.publisher.reply(session.userId, session.deviceId, { id: requestIdOf(packet.payload as Buffer), op, ok: false, error: toWireError(err) })
       return
     }
     const reply = await this.opts.dispatcher.handle(session, op, packet.payload as Buffer)

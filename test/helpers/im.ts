@@ -1,0 +1,115 @@
+/** Integration-test helpers: a real server on port 0 and real mqtt.js clients over TCP or WebSocket. */
+import mqtt, { type MqttClient } from 'mqtt'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { loadConfig } from '../../src/config.js'
+import { createLogger } from '../../src/log.js'
+import { MqimServer } from '../../src/server.js'
+import { createUser } from '../../src/admin/accounts.js'
+import type { MessageStore, MetadataStore } from '../../src/store/types.js'
+import type { MessageEnvelope, Reply } from '../../src/protocol/schemas.js'
+
+export async function startServer (overrides: Record<string, unknown> = {}, stores?: { meta: MetadataStore, messages: MessageStore }): Promise<MqimServer> {
+  const config = loadConfig({
+    env: {},
+    overrides: { host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir: mkdtempSync(path.join(tmpdir(), 'mqim-')), log: { level: 'warn' }, ...overrides }
+  })
+  return await MqimServer.start({ config, logger: createLogger(config.log.level), stores })
+}
+
+export async function addUser (server: MqimServer, id: string, password = 'password-' + id): Promise<string> {
+  await createUser(server.services.meta, { id, password })
+  return password
+}
+
+export type Transport = 'tcp' | 'ws'
+
+export interface ImClient {
+  mqtt: MqttClient
+  userId: string
+  deviceId: string
+  messages: MessageEnvelope[]
+  events: Array<Record<string, unknown>>
+  replies: Reply[]
+  request: <T = any>(op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
+  requestRaw: (op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<Reply>
+  waitFor: (predicate: () => boolean, timeoutMs?: number, what?: string) => Promise<void>
+  end: () => Promise<void>
+}
+
+export function url (server: MqimServer, transport: Transport): string {
+  return transport === 'tcp' ? `mqtt://127.0.0.1:${server.ports.mqtt}` : `ws://127.0.0.1:${server.ports.http}/mqtt`
+}
+
+export async function waitUntil (predicate: () => boolean, timeoutMs = 20000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
+
+export interface ConnectOptions {
+  transport?: Transport
+  password?: string
+  clean?: boolean
+  subscribe?: boolean
+}
+
+export async function connect (server: MqimServer, userId: string, deviceId: string, options: ConnectOptions = {}): Promise<ImClient> {
+  const client = await mqtt.connectAsync(url(server, options.transport ?? 'tcp'), {
+    clientId: `${userId}:${deviceId}`,
+    username: userId,
+    password: options.password ?? 'password-' + userId,
+    protocolVersion: 4,
+    clean: options.clean ?? true,
+    reconnectPeriod: 0,
+    connectTimeout: 10000
+  })
+  const pending = new Map<string, (r: Reply) => void>()
+  const im: ImClient = {
+    mqtt: client,
+    userId,
+    deviceId,
+    messages: [],
+    events: [],
+    replies: [],
+    request: async (op, body, timeoutMs) => {
+      const reply = await im.requestRaw(op, body, timeoutMs)
+      if (!reply.ok) throw Object.assign(new Error(`${op} failed: ${reply.error.code}: ${reply.error.message}`), { code: reply.error.code })
+      return reply.result as any
+    },
+    requestRaw: async (op, body, timeoutMs = 20000) => {
+      const id = typeof body.id === 'string' ? body.id : randomUUID()
+      const payload = JSON.stringify({ id, ...body })
+      const reply = new Promise<Reply>((resolve, reject) => {
+        const timer = setTimeout(() => { pending.delete(id); reject(new Error(`timed out waiting for reply to ${op} ${id}`)) }, timeoutMs)
+        pending.set(id, (r) => { clearTimeout(timer); resolve(r) })
+      })
+      await client.publishAsync(`im/req/${op}`, payload, { qos: 1 })
+      return await reply
+    },
+    waitFor: async (predicate, timeoutMs = 20000, what = 'condition') => await waitUntil(predicate, timeoutMs, what),
+    end: async () => { await client.endAsync() }
+  }
+  client.on('message', (topic, payload) => {
+    const json = JSON.parse(payload.toString('utf8'))
+    if (topic === `im/u/${userId}/m`) im.messages.push(json)
+    else if (topic === `im/u/${userId}/e`) im.events.push(json)
+    else if (topic === `im/u/${userId}/r/${deviceId}`) {
+      im.replies.push(json)
+      const waiter = typeof json.id === 'string' ? pending.get(json.id) : undefined
+      if (waiter !== undefined) {
+        pending.delete(json.id)
+        waiter(json)
+      }
+    }
+  })
+  if (options.subscribe ?? true) {
+    const granted = await client.subscribeAsync([`im/u/${userId}/m`, `im/u/${userId}/e`, `im/u/${userId}/r/${deviceId}`], { qos: 1 })
+    if (granted.some(g => g.qos === 128)) throw new Error('subscription refused')
+  }
+  return im
+}

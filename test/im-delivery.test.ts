@@ -1,0 +1,161 @@
+/**
+ * The core guarantees over real sockets, on the embedded stores and on MongoDB + MySQL:
+ * concurrent senders over TCP and WebSocket, every device gets every message once and in
+ * order, acks carry seqs, history matches, resends are deduplicated, an offline member syncs
+ * what it missed, and read cursors move across devices.
+ */
+import { BACKENDS } from './helpers/backends.js'
+import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import type { MqimServer } from '../src/server.js'
+import type { MessageEnvelope } from '../src/protocol/schemas.js'
+
+const PER_SENDER = 1000
+
+function assertInOrderOnce (messages: MessageEnvelope[], conv: string, count: number): void {
+  const mine = messages.filter(m => m.conv === conv)
+  expect(mine.map(m => m.seq)).toEqual(Array.from({ length: count }, (_, i) => i + 1))
+}
+
+async function sendMany (client: ImClient, conv: string, prefix: string, n: number, window = 50): Promise<Array<{ seq: number, msgId: string }>> {
+  const acks: Array<{ seq: number, msgId: string }> = []
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      const i = next++
+      const msgId = `${prefix}-${i}`
+      const r = await client.request('send', { conv, msgId, kind: 'text', body: `${prefix} says ${i}` }, 60000)
+      expect(r.duplicate).toBe(false)
+      acks.push({ seq: r.seq, msgId })
+    }
+  }
+  await Promise.all(Array.from({ length: window }, worker))
+  return acks
+}
+
+describe.each(BACKENDS)('delivery on $name stores', (backend) => {
+  let server: MqimServer
+  const clients: ImClient[] = []
+  beforeAll(async () => {
+    // bursts of 1,000 requests per connection: above the default per-connection rate limit
+    server = await startServer({ limits: { requestsPerSecond: 100000, requestBurst: 100000 } }, await backend.make())
+    for (const u of ['alice', 'bob', 'carol']) await addUser(server, u)
+  })
+  afterAll(async () => {
+    await Promise.allSettled(clients.map(c => c.end()))
+    await server.stop()
+  })
+
+  test('2 senders x 1,000 messages over TCP and WebSocket: every device gets all 2,000 once, in seq order', async () => {
+    const alice = await connect(server, 'alice', 'phone', { transport: 'tcp' })
+    const bob = await connect(server, 'bob', 'laptop', { transport: 'ws' })
+    const carol = await connect(server, 'carol', 'phone', { transport: 'tcp' })
+    const carolWeb = await connect(server, 'carol', 'web', { transport: 'ws' })
+    const aliceTablet = await connect(server, 'alice', 'tablet', { transport: 'ws' })
+    clients.push(alice, bob, carol, carolWeb, aliceTablet)
+    const group = await alice.request('create-group', { name: 'burst', members: ['bob', 'carol'] })
+
+    const [aAcks, bAcks] = await Promise.all([
+      sendMany(alice, group.conv, 'a', PER_SENDER),
+      sendMany(bob, group.conv, 'b', PER_SENDER)
+    ])
+    // every ack carries a seq; together they are exactly 1..2000
+    const seqs = [...aAcks, ...bAcks].map(a => a.seq).sort((x, y) => x - y)
+    expect(seqs).toEqual(Array.from({ length: 2 * PER_SENDER }, (_, i) => i + 1))
+
+    for (const c of [alice, bob, carol, carolWeb, aliceTablet]) {
+      await c.waitFor(() => c.messages.filter(m => m.conv === group.conv).length >= 2 * PER_SENDER, 60000, `${c.userId}:${c.deviceId} deliveries`)
+    }
+    await new Promise(resolve => setTimeout(resolve, 200)) // would expose late duplicates
+    for (const c of [alice, bob, carol, carolWeb, aliceTablet]) assertInOrderOnce(c.messages, group.conv, 2 * PER_SENDER)
+    // per-sender order is preserved: alice's messages appear in the order she sent them is not
+    // promised under a window of 50, but each envelope matches its ack
+    const bySeq = new Map(carol.messages.map(m => [m.seq, m]))
+    for (const a of aAcks) expect(bySeq.get(a.seq)).toMatchObject({ msgId: a.msgId, from: 'alice', kind: 'text' })
+    for (const b of bAcks) expect(bySeq.get(b.seq)).toMatchObject({ msgId: b.msgId, from: 'bob' })
+
+    // history returns the same 2,000, page by page
+    const seen: MessageEnvelope[] = []
+    let after = 0
+    for (;;) {
+      const page = await carol.request('history', { conv: group.conv, after, limit: 500 })
+      expect(page.limit).toBeLessThanOrEqual(server.services.config.limits.historyPageMax)
+      seen.push(...page.messages)
+      if (!page.hasMore) break
+      after = page.messages[page.messages.length - 1].seq
+    }
+    expect(seen.map(m => m.seq)).toEqual(Array.from({ length: 2 * PER_SENDER }, (_, i) => i + 1))
+    expect(seen).toEqual(carol.messages.filter(m => m.conv === group.conv))
+  }, 180000)
+
+  test('a resend with the same msgId gets the same seq and is not delivered again', async () => {
+    const alice = await connect(server, 'alice', 'resend')
+    const bob = await connect(server, 'bob', 'resend')
+    clients.push(alice, bob)
+    const d = await alice.request('direct', { user: 'bob' })
+    const first = await alice.request('send', { conv: d.conv, msgId: 'once-1', kind: 'text', body: 'hello' })
+    const again = await alice.request('send', { conv: d.conv, msgId: 'once-1', kind: 'text', body: 'hello' })
+    expect(again).toMatchObject({ seq: first.seq, duplicate: true, msgId: 'once-1' })
+    // concurrent duplicates in flight
+    const burst = await Promise.all([1, 2, 3].map(() => alice.request('send', { conv: d.conv, msgId: 'once-2', kind: 'text', body: 'x' })))
+    expect(new Set(burst.map(r => r.seq)).size).toBe(1)
+    expect(burst.filter(r => !r.duplicate).length).toBe(1)
+    const marker = await alice.request('send', { conv: d.conv, msgId: 'once-3', kind: 'text', body: 'after' })
+    await bob.waitFor(() => bob.messages.some(m => m.seq === marker.seq && m.conv === d.conv))
+    expect(bob.messages.filter(m => m.conv === d.conv).map(m => m.msgId)).toEqual(['once-1', 'once-2', 'once-3'])
+    const h = await bob.request('history', { conv: d.conv })
+    expect(h.messages.map((m: MessageEnvelope) => m.msgId)).toEqual(['once-1', 'once-2', 'once-3'])
+  })
+
+  test('an offline member reconnects, pulls exactly what it missed, sees unread; reading on one device moves the other', async () => {
+    const alice = await connect(server, 'alice', 'sync')
+    const bobPhone = await connect(server, 'bob', 'phone')
+    clients.push(alice)
+    const g = await alice.request('create-group', { name: 'sync', members: ['bob'] })
+    await alice.request('send', { conv: g.conv, msgId: 's-0', kind: 'text', body: 'before' })
+    await bobPhone.waitFor(() => bobPhone.messages.some(m => m.conv === g.conv))
+    const lastSeen = Math.max(...bobPhone.messages.filter(m => m.conv === g.conv).map(m => m.seq))
+    await bobPhone.request('read', { conv: g.conv, seq: lastSeen })
+    await bobPhone.end()
+
+    await sendMany(alice, g.conv, 'sm', 120, 10)
+    const bobBack = await connect(server, 'bob', 'phone')
+    const bobTablet = await connect(server, 'bob', 'tablet')
+    clients.push(bobBack, bobTablet)
+    const listed = await bobBack.request('list', {})
+    const summary = listed.conversations.find((c: { conv: string }) => c.conv === g.conv)
+    expect(summary).toMatchObject({ lastSeq: 121, readSeq: 1, unread: 120, muted: false, kind: 'group', name: 'sync' })
+    expect(summary.last).toMatchObject({ seq: 121, from: 'alice' })
+
+    const pulled: MessageEnvelope[] = []
+    let after = lastSeen
+    for (;;) {
+      const page = await bobBack.request('history', { conv: g.conv, after, limit: 50 })
+      pulled.push(...page.messages)
+      if (!page.hasMore) break
+      after = page.messages[page.messages.length - 1].seq
+    }
+    expect(pulled.map(m => m.seq)).toEqual(Array.from({ length: 120 }, (_, i) => i + 2))
+
+    const r = await bobBack.request('read', { conv: g.conv, seq: 121 })
+    expect(r).toEqual({ conv: g.conv, readSeq: 121, unread: 0 })
+    await bobTablet.waitFor(() => bobTablet.events.some(e => e.type === 'read' && e.conv === g.conv && e.readSeq === 121))
+    // never backwards
+    const back = await bobTablet.request('read', { conv: g.conv, seq: 5 })
+    expect(back.readSeq).toBe(121)
+    const listed2 = await bobTablet.request('list', {})
+    expect(listed2.conversations.find((c: { conv: string }) => c.conv === g.conv)).toMatchObject({ readSeq: 121, unread: 0 })
+  })
+
+  test('a persistent session (clean=false) gets messages queued while it was offline', async () => {
+    const alice = await connect(server, 'alice', 'persist')
+    clients.push(alice)
+    const first = await connect(server, 'carol', 'persistent', { clean: false })
+    const d = await alice.request('create-group', { name: 'persist', members: ['carol'] })
+    await first.end()
+    for (let i = 0; i < 5; i++) await alice.request('send', { conv: d.conv, msgId: `p-${i}`, kind: 'text', body: `queued ${i}` })
+    const back = await connect(server, 'carol', 'persistent', { clean: false, subscribe: false })
+    clients.push(back)
+    await back.waitFor(() => back.messages.filter(m => m.conv === d.conv).length === 5, 10000, 'queued messages')
+    assertInOrderOnce(back.messages, d.conv, 5)
+  })
+})

@@ -1,0 +1,533 @@
+/**
+ * The Sequencer under injected store faults (test/helpers/faulty-store.ts): unknown-outcome
+ * writes that store a prefix and then throw, writes that fail before storing anything, another
+ * node taking seqs between batches, slow writes, and an outage longer than writeRetryMs.
+ *
+ * Everything is asserted through the public API (submit results, onCommitted) and by reading
+ * the store back. The invariants, in every scenario:
+ *   - per conversation the stored seqs are 1..N, gapless, and (sender, clientMsgId) is unique;
+ *   - every submit resolves with the seq its message is stored under;
+ *   - onCommitted gets every message this sequencer stored exactly once, in ascending seq per
+ *     conversation, including messages stored by a write whose outcome was unknown;
+ *   - a resend returns the original seq with duplicate=true and is not delivered again.
+ *
+ * Randomness comes from a seeded generator so a failure can be replayed. Retry back-off uses an
+ * injected sleep on a virtual clock, so no test waits for real back-off time.
+ */
+import { Sequencer, type Draft, type SubmitResult } from '../src/im/sequencer.js'
+import { ImError } from '../src/errors.js'
+import { createLogger } from '../src/log.js'
+import type { StoredMessage } from '../src/store/types.js'
+import { FaultyMessageStore } from './helpers/faulty-store.js'
+
+/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
+function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+function pick<T> (rng: () => number, items: readonly T[]): T {
+  return items[Math.floor(rng() * items.length)]
+}
+
+const tick = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
+const pause = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+function keyOf (m: { conversationId: string, senderId: string, clientMsgId: string }): string {
+  return `${m.conversationId}/${m.senderId}/${m.clientMsgId}`
+}
+
+function draft (conversationId: string, senderId: string, clientMsgId: string): Draft {
+  return { conversationId, senderId, clientMsgId, kind: 'text', body: `${senderId}: ${clientMsgId}`, replyTo: null }
+}
+
+interface HarnessOptions {
+  batchMaxMessages?: number
+  batchDelayMs?: number
+  /** Virtual milliseconds. */
+  writeRetryMs?: number
+  /** Called on each back-off sleep with the number of sleeps so far. */
+  onSleep?: (sleeps: number) => void
+}
+
+/** A Sequencer over a FaultyMessageStore, a virtual clock, and a recorder of onCommitted. */
+class Harness {
+  readonly sequencer: Sequencer
+  /** Every message passed to onCommitted, in call order. */
+  readonly delivered: StoredMessage[] = []
+  readonly batches: StoredMessage[][] = []
+  /** Deliveries that were not above the previous delivery of the same conversation. */
+  readonly outOfOrder: string[] = []
+  private readonly lastDelivered = new Map<string, number>()
+  /** Virtual time: advanced only by the sequencer's back-off sleeps. */
+  clock = 1_767_225_600_000
+  sleeps = 0
+
+  constructor (readonly store: FaultyMessageStore, options: HarnessOptions = {}) {
+    this.sequencer = new Sequencer(store, {
+      batchMaxMessages: options.batchMaxMessages ?? 100,
+      batchDelayMs: options.batchDelayMs ?? 1,
+      writeRetryMs: options.writeRetryMs ?? 1_000_000_000,
+      logger: createLogger('silent'),
+      now: () => this.clock,
+      sleep: async (ms) => {
+        this.sleeps++
+        this.clock += ms
+        options.onSleep?.(this.sleeps)
+        await tick()
+      },
+      onCommitted: (messages) => {
+        this.batches.push(messages.map(m => ({ ...m })))
+        for (const m of messages) {
+          const before = this.lastDelivered.get(m.conversationId) ?? 0
+          if (m.seq <= before) this.outOfOrder.push(`${m.conversationId}: seq ${m.seq} delivered after ${before}`)
+          this.lastDelivered.set(m.conversationId, m.seq)
+          this.delivered.push({ ...m })
+        }
+      }
+    })
+  }
+
+  submit (d: Draft): Promise<SubmitResult> {
+    return this.sequencer.submit(d)
+  }
+}
+
+interface Sent {
+  draft: Draft
+  result: Promise<SubmitResult>
+}
+
+interface Traffic {
+  senders: number
+  conversations: number
+  perSender: number
+  /** Probability of yielding (one tick, or a few ms) between two submits. */
+  yieldP?: number
+}
+
+/** Many senders submit to many conversations in a seeded random interleaving. */
+async function drive (h: Harness, rng: () => number, traffic: Traffic, prefix = 'm'): Promise<Sent[]> {
+  const convs = Array.from({ length: traffic.conversations }, (_, i) => `conv${i}`)
+  const next = Array.from({ length: traffic.senders }, () => 0)
+  const sent: Sent[] = []
+  const yieldP = traffic.yieldP ?? 0.3
+  for (;;) {
+    const live = next.map((n, s) => [n, s]).filter(([n]) => n < traffic.perSender).map(([, s]) => s)
+    if (live.length === 0) break
+    const s = pick(rng, live)
+    const d = draft(pick(rng, convs), `user${s}`, `${prefix}${next[s]++}`)
+    sent.push({ draft: d, result: h.submit(d) })
+    if (rng() < yieldP) {
+      if (rng() < 0.8) await tick()
+      else await pause(Math.floor(rng() * 4))
+    }
+  }
+  return sent
+}
+
+function conversationsOf (sent: Array<Sent | Draft>): string[] {
+  return [...new Set(sent.map(s => 'draft' in s ? s.draft.conversationId : s.conversationId))]
+}
+
+/**
+ * The invariants every scenario must keep. `others` are keys stored by "another node": they take
+ * seqs but are not this sequencer's to deliver.
+ */
+async function expectConsistent (h: Harness, conversations: string[], others: Set<string> = new Set()): Promise<Map<string, StoredMessage>> {
+  const stored = new Map<string, StoredMessage>()
+  for (const conv of conversations) {
+    const all = await h.store.all(conv)
+    expect(all.map(m => m.seq)).toEqual(Array.from({ length: all.length }, (_, i) => i + 1))
+    for (const m of all) {
+      expect(stored.has(keyOf(m))).toBe(false)
+      stored.set(keyOf(m), m)
+    }
+  }
+  expect(h.outOfOrder).toEqual([])
+  const deliveredKeys = h.delivered.map(keyOf)
+  expect(new Set(deliveredKeys).size).toBe(deliveredKeys.length)
+  const expected = [...stored.keys()].filter(k => !others.has(k)).sort()
+  expect([...deliveredKeys].sort()).toEqual(expected)
+  for (const m of h.delivered) expect(m).toEqual(stored.get(keyOf(m)))
+  return stored
+}
+
+/** Every submit resolved with the message stored under its key, as a first send. */
+async function expectResults (sent: Sent[], stored: Map<string, StoredMessage>): Promise<SubmitResult[]> {
+  const results = await Promise.all(sent.map(s => s.result))
+  results.forEach((r, i) => {
+    expect(r.duplicate).toBe(false)
+    expect(r.message).toEqual(stored.get(keyOf(sent[i].draft)))
+  })
+  return results
+}
+
+/** A sender's messages to one conversation get seqs in the order it submitted them. */
+function expectSubmitOrderKept (sent: Sent[], results: SubmitResult[]): void {
+  const last = new Map<string, number>()
+  sent.forEach((s, i) => {
+    const k = `${s.draft.conversationId}/${s.draft.senderId}`
+    expect(results[i].message.seq).toBeGreaterThan(last.get(k) ?? 0)
+    last.set(k, results[i].message.seq)
+  })
+}
+
+function byConversation (messages: StoredMessage[]): Map<string, number> {
+  const counts = new Map<string, number>()
+  for (const m of messages) counts.set(m.conversationId, (counts.get(m.conversationId) ?? 0) + 1)
+  return counts
+}
+
+const SEEDS = [1, 7, 42, 1234, 99991]
+
+describe('Sequencer', () => {
+  const open: Harness[] = []
+  const harness = (store = new FaultyMessageStore(), options?: HarnessOptions): Harness => {
+    const h = new Harness(store, options)
+    open.push(h)
+    return h
+  }
+  afterEach(async () => {
+    for (const h of open.splice(0)) await h.sequencer.close()
+  })
+
+  describe('without faults', () => {
+    test.each(SEEDS)('many senders and conversations: gapless, delivered once and in order (seed %i)', async (seed) => {
+      const h = harness()
+      const sent = await drive(h, prng(seed), { senders: 12, conversations: 7, perSender: 60 })
+      const results = await Promise.all(sent.map(s => s.result))
+      const stored = await expectConsistent(h, conversationsOf(sent))
+      expect(stored.size).toBe(sent.length)
+      await expectResults(sent, stored)
+      expectSubmitOrderKept(sent, results)
+    })
+
+    test('group commit: 500 concurrent submits take at most 10 insertBatch calls', async () => {
+      const h = harness(undefined, { batchMaxMessages: 500, batchDelayMs: 2 })
+      h.store.delayMs = 5
+      const rng = prng(5)
+      const sent: Sent[] = []
+      for (let i = 0; i < 500; i++) {
+        const d = draft(`conv${i % 13}`, `user${Math.floor(rng() * 40)}`, `g${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      await Promise.all(sent.map(s => s.result))
+      await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
+      expect(h.store.insertCalls).toBeLessThanOrEqual(10)
+      expect(h.store.insertBatchSizes.reduce((a, b) => a + b, 0)).toBe(500)
+    })
+
+    test('group commit: submits that trickle in while a slow write is in flight share the next write', async () => {
+      const h = harness(undefined, { batchMaxMessages: 500, batchDelayMs: 2 })
+      h.store.delayMs = 20
+      const rng = prng(11)
+      const sent: Sent[] = []
+      for (let i = 0; i < 500; i++) {
+        const d = draft(`conv${i % 5}`, `user${Math.floor(rng() * 20)}`, `t${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+        if (i % 50 === 49) await pause(3)
+      }
+      await Promise.all(sent.map(s => s.result))
+      await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
+      expect(h.store.insertCalls).toBeLessThanOrEqual(10)
+    })
+
+    test('batchMaxMessages caps the batch size', async () => {
+      const h = harness(undefined, { batchMaxMessages: 50, batchDelayMs: 2 })
+      const sent: Sent[] = []
+      for (let i = 0; i < 500; i++) {
+        const d = draft('conv', 'alice', `c${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      await Promise.all(sent.map(s => s.result))
+      await expectResults(sent, await expectConsistent(h, ['conv']))
+      expect(Math.max(...h.store.insertBatchSizes)).toBeLessThanOrEqual(50)
+      expect(h.store.insertCalls).toBe(10)
+    })
+  })
+
+  describe('unknown-outcome writes (a prefix stored, then the call throws)', () => {
+    test.each([0, 1, 3, 17, 99, 100])('one failure after storing %i of the batch', async (prefix) => {
+      const h = harness()
+      h.store.failInserts(1, { storePrefix: prefix })
+      const sent: Sent[] = []
+      for (let i = 0; i < 100; i++) {
+        const d = draft(`conv${i % 3}`, `user${i % 7}`, `p${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      const results = await Promise.all(sent.map(s => s.result))
+      const stored = await expectConsistent(h, conversationsOf(sent))
+      expect(stored.size).toBe(100)
+      expect(h.store.storedByFailedCalls).toHaveLength(prefix)
+      await expectResults(sent, stored)
+      expectSubmitOrderKept(sent, results)
+      // The messages stored by the failed call were delivered, each once, with their first seq.
+      for (const m of h.store.storedByFailedCalls) {
+        expect(h.delivered.filter(d => keyOf(d) === keyOf(m))).toEqual([m])
+      }
+    })
+
+    test('several failures in a row, each storing a little more', async () => {
+      const h = harness()
+      for (const k of [2, 5, 11]) h.store.failInserts(1, { storePrefix: k })
+      const sent: Sent[] = []
+      for (let i = 0; i < 60; i++) {
+        const d = draft(`conv${i % 2}`, `user${i % 4}`, `s${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      const results = await Promise.all(sent.map(s => s.result))
+      await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
+      expectSubmitOrderKept(sent, results)
+      expect(h.store.pendingFaults()).toBe(0)
+      expect(h.sleeps).toBeGreaterThanOrEqual(3)
+    })
+
+    test.each(SEEDS)('random prefix failures under concurrent traffic (seed %i)', async (seed) => {
+      const rng = prng(seed)
+      const h = harness(undefined, { batchMaxMessages: 40, batchDelayMs: 1 })
+      h.store.beforeInsert = async (messages) => {
+        if (rng() < 0.35) h.store.failInserts(1, { storePrefix: Math.floor(rng() * (messages.length + 1)) })
+      }
+      const sent = await drive(h, rng, { senders: 10, conversations: 6, perSender: 50 })
+      const results = await Promise.all(sent.map(s => s.result))
+      const stored = await expectConsistent(h, conversationsOf(sent))
+      expect(stored.size).toBe(sent.length)
+      await expectResults(sent, stored)
+      expectSubmitOrderKept(sent, results)
+      expect(h.store.storedByFailedCalls.length).toBeGreaterThan(0)
+    })
+  })
+
+  describe('failures before anything is stored', () => {
+    test('the batch is retried with the same seqs and nothing is lost', async () => {
+      const h = harness()
+      h.store.failInserts(4)
+      const sent: Sent[] = []
+      for (let i = 0; i < 30; i++) {
+        const d = draft(`conv${i % 3}`, `user${i % 5}`, `b${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      const results = await Promise.all(sent.map(s => s.result))
+      await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
+      expectSubmitOrderKept(sent, results)
+      expect(h.store.insertCalls).toBe(5)
+      expect(h.sleeps).toBe(4)
+    })
+
+    test('a restarted process whose first lastSeq loads fail retries them', async () => {
+      const store = new FaultyMessageStore()
+      const h = harness(store)
+      const first = await Promise.all([0, 1, 2].map(i => h.submit(draft('conv', 'alice', `x${i}`))))
+      expect(first.map(r => r.message.seq)).toEqual([1, 2, 3])
+      // Nothing is cached in the restarted process, so its first write has to load lastSeq.
+      const restarted = harness(store, { onSleep: (n) => { if (n === 3) store.setDown(false) } })
+      store.setDown(true)
+      const results = await Promise.all([3, 4].map(i => restarted.submit(draft('conv', 'bob', `y${i}`))))
+      expect(results.map(r => r.message.seq)).toEqual([4, 5])
+      expect(results.every(r => !r.duplicate)).toBe(true)
+      expect(restarted.sleeps).toBe(3)
+      await expectConsistent(restarted, ['conv'], new Set(first.map(r => keyOf(r.message))))
+    })
+  })
+
+  describe('another node takes seqs', () => {
+    test('between batches: seq conflicts are resolved by reloading, stored seqs stay gapless', async () => {
+      const h = harness()
+      const others = new Set<string>()
+      let round = 0
+      h.store.beforeInsert = async (messages) => {
+        if (round++ % 2 === 0) {
+          for (const m of await h.store.otherNodeInsert(messages[0].conversationId, 2)) others.add(keyOf(m))
+        }
+      }
+      const sent: Sent[] = []
+      for (let wave = 0; wave < 5; wave++) {
+        for (let i = 0; i < 20; i++) {
+          const d = draft(`conv${i % 2}`, `user${i % 3}`, `o${wave}-${i}`)
+          sent.push({ draft: d, result: h.submit(d) })
+        }
+        await Promise.all(sent.map(s => s.result))
+      }
+      const results = await Promise.all(sent.map(s => s.result))
+      const stored = await expectConsistent(h, conversationsOf(sent), others)
+      expect(stored.size).toBe(sent.length + others.size)
+      await expectResults(sent, stored)
+      expectSubmitOrderKept(sent, results)
+      expect(others.size).toBeGreaterThan(0)
+    })
+
+    test.each(SEEDS)('random other-node writes, prefix failures and slow writes together (seed %i)', async (seed) => {
+      const rng = prng(seed)
+      const h = harness(undefined, { batchMaxMessages: 25, batchDelayMs: 1 })
+      const others = new Set<string>()
+      h.store.beforeInsert = async (messages) => {
+        const r = rng()
+        if (r < 0.25) {
+          const conv = pick(rng, messages).conversationId
+          for (const m of await h.store.otherNodeInsert(conv, 1 + Math.floor(rng() * 3))) others.add(keyOf(m))
+        } else if (r < 0.5) {
+          h.store.failInserts(1, { storePrefix: Math.floor(rng() * (messages.length + 1)) })
+        }
+        if (rng() < 0.5) await pause(Math.floor(rng() * 5))
+      }
+      const sent = await drive(h, rng, { senders: 16, conversations: 5, perSender: 40, yieldP: 0.4 })
+      const results = await Promise.all(sent.map(s => s.result))
+      const stored = await expectConsistent(h, conversationsOf(sent), others)
+      expect(stored.size).toBe(sent.length + others.size)
+      await expectResults(sent, stored)
+      expectSubmitOrderKept(sent, results)
+      expect(others.size).toBeGreaterThan(0)
+    })
+  })
+
+  describe('resends (idempotency)', () => {
+    test('a resend of a stored message returns its seq with duplicate=true and is not delivered again', async () => {
+      const h = harness()
+      const sent = await drive(h, prng(3), { senders: 6, conversations: 4, perSender: 30 })
+      const originals = await Promise.all(sent.map(s => s.result))
+      const deliveredBefore = h.delivered.length
+      const rng = prng(4)
+      const again = sent.filter(() => rng() < 0.5)
+      // Resends mixed with new messages, in one burst.
+      const fresh = Array.from({ length: 20 }, (_, i) => draft(`conv${i % 4}`, 'late', `f${i}`))
+      const resent = again.map(s => h.submit({ ...s.draft, body: 'changed body is ignored' }))
+      const freshResults = await Promise.all(fresh.map(d => h.submit(d)))
+      const results = await Promise.all(resent)
+      results.forEach((r, i) => {
+        expect(r.duplicate).toBe(true)
+        expect(r.message).toEqual(originals[sent.indexOf(again[i])].message)
+      })
+      expect(freshResults.every(r => !r.duplicate)).toBe(true)
+      expect(h.delivered.length).toBe(deliveredBefore + fresh.length)
+      await expectConsistent(h, conversationsOf(sent))
+    })
+
+    test('a resend while the original is still being written shares its result', async () => {
+      const h = harness()
+      h.store.delayMs = 10
+      const d = draft('conv', 'alice', 'same')
+      const a = h.submit(d)
+      await tick()
+      const b = h.submit(d)
+      const [ra, rb] = await Promise.all([a, b])
+      expect(ra.duplicate).toBe(false)
+      expect(rb).toEqual({ message: ra.message, duplicate: true })
+      expect(h.delivered.map(keyOf)).toEqual([keyOf(d)])
+    })
+
+    test('a resend after a restart is answered from the store', async () => {
+      const store = new FaultyMessageStore()
+      const h = harness(store)
+      const sent = await drive(h, prng(8), { senders: 4, conversations: 3, perSender: 20 })
+      const originals = await Promise.all(sent.map(s => s.result))
+      const restarted = harness(store)
+      const results = await Promise.all(sent.map(s => restarted.submit(s.draft)))
+      results.forEach((r, i) => expect(r).toEqual({ message: originals[i].message, duplicate: true }))
+      expect(restarted.delivered).toEqual([])
+      const next = await restarted.submit(draft('conv0', 'user0', 'after-restart'))
+      expect(next.message.seq).toBe((await store.all('conv0')).length)
+      expect(next.duplicate).toBe(false)
+    })
+
+    test('a resend after a restart is not delivered again when its first write attempt fails', async () => {
+      const store = new FaultyMessageStore()
+      const h = harness(store)
+      const original = await h.submit(draft('conv', 'alice', 'm1'))
+      expect(h.delivered).toHaveLength(1)
+      const restarted = harness(store)
+      store.failInserts(1)
+      const again = await restarted.submit(draft('conv', 'alice', 'm1'))
+      expect(again).toEqual({ message: original.message, duplicate: true })
+      expect(restarted.delivered).toEqual([])
+    })
+  })
+
+  describe('an outage longer than writeRetryMs', () => {
+    test.each([0, 4, 25])('senders get UNAVAILABLE; after recovery a resend of the same ids is gapless and delivered once (%i stored before the outage)', async (prefix) => {
+      const h = harness(undefined, { writeRetryMs: 500 })
+      const rng = prng(prefix + 100)
+      const drafts = Array.from({ length: 40 }, (_, i) => draft(`conv${i % 3}`, `user${Math.floor(rng() * 6)}`, `u${i}`))
+      // The first write stores a prefix and loses the answer, then the store stays down.
+      h.store.failInserts(1, { storePrefix: prefix })
+      h.store.beforeInsert = async () => { if (h.store.pendingFaults() === 0) h.store.setDown(true) }
+      const outcomes = await Promise.allSettled(drafts.map(d => h.submit(d)))
+      for (const o of outcomes) {
+        expect(o.status).toBe('rejected')
+        const err = (o as PromiseRejectedResult).reason
+        expect(err).toBeInstanceOf(ImError)
+        expect((err as ImError).code).toBe('UNAVAILABLE')
+      }
+      expect(h.store.storedByFailedCalls).toHaveLength(prefix)
+      expect(h.delivered).toEqual([])
+
+      h.store.beforeInsert = null
+      h.store.setDown(false)
+      const shuffled = [...drafts].sort(() => rng() - 0.5)
+      const results = await Promise.all(shuffled.map(d => h.submit(d)))
+      const stored = await expectConsistent(h, conversationsOf(drafts))
+      expect(stored.size).toBe(drafts.length)
+      results.forEach((r, i) => expect(r.message).toEqual(stored.get(keyOf(shuffled[i]))))
+      // What the failed write stored keeps its first seq and is delivered now, once.
+      for (const m of h.store.storedByFailedCalls) {
+        expect(stored.get(keyOf(m))?.seq).toBe(m.seq)
+      }
+      expect(h.delivered).toHaveLength(drafts.length)
+      // A second resend is a plain duplicate.
+      const dup = await h.submit(drafts[0])
+      expect(dup.duplicate).toBe(true)
+      expect(h.delivered).toHaveLength(drafts.length)
+    })
+
+    test('the outage fails only the batches written during it', async () => {
+      const h = harness(undefined, { writeRetryMs: 300 })
+      const before = await Promise.all([0, 1, 2].map(i => h.submit(draft('conv', 'alice', `a${i}`))))
+      expect(before.map(r => r.message.seq)).toEqual([1, 2, 3])
+      h.store.setDown(true)
+      const during = await Promise.allSettled([0, 1].map(i => h.submit(draft('conv', 'bob', `b${i}`))))
+      expect(during.map(o => o.status)).toEqual(['rejected', 'rejected'])
+      h.store.setDown(false)
+      const after = await Promise.all([0, 1].map(i => h.submit(draft('conv', 'carol', `c${i}`))))
+      expect(after.map(r => r.message.seq)).toEqual([4, 5])
+      const resent = await Promise.all([0, 1].map(i => h.submit(draft('conv', 'bob', `b${i}`))))
+      expect(resent.map(r => r.message.seq)).toEqual([6, 7])
+      expect(resent.every(r => !r.duplicate)).toBe(true)
+      await expectConsistent(h, ['conv'])
+    })
+  })
+
+  describe('close()', () => {
+    test('drains queued messages, then refuses new ones with UNAVAILABLE', async () => {
+      const h = harness(undefined, { batchMaxMessages: 20, batchDelayMs: 5 })
+      h.store.delayMs = 5
+      h.store.failInserts(1, { storePrefix: 7 })
+      const sent: Sent[] = []
+      for (let i = 0; i < 100; i++) {
+        const d = draft(`conv${i % 4}`, `user${i % 9}`, `d${i}`)
+        sent.push({ draft: d, result: h.submit(d) })
+      }
+      await h.sequencer.close()
+      const settled = await Promise.allSettled(sent.map(s => s.result))
+      expect(settled.every(s => s.status === 'fulfilled')).toBe(true)
+      const stored = await expectConsistent(h, conversationsOf(sent))
+      expect(stored.size).toBe(100)
+      expect(byConversation(h.delivered)).toEqual(byConversation([...stored.values()]))
+      await expect(h.submit(draft('conv0', 'late', 'z'))).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+    })
+
+    test('gives up on a store that stays down instead of hanging', async () => {
+      const h = harness(undefined, { writeRetryMs: 1_000_000_000 })
+      h.store.setDown(true)
+      const pending = h.submit(draft('conv', 'alice', 'stuck'))
+      await tick()
+      await h.sequencer.close()
+      await expect(pending).rejects.toMatchObject({ code: 'UNAVAILABLE' })
+    })
+  })
+})
