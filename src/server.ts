@@ -117,12 +117,13 @@ export class MqimServer {
     const tokenFile = path.join(config.dataDir, 'admin-token')
     writeFileSync(tokenFile, adminToken + '\n', { mode: 0o600 })
     chmodSync(tokenFile, 0o600)
-    const admin = new AdminApi(meta, adminToken, logger)
+    const admin = new AdminApi(meta, adminToken, logger, (userId) => { hooks.disconnectUser(userId) })
 
     // 6. listeners
     const sockets = new Set<Duplex>()
     const track = (s: Duplex): void => { sockets.add(s); s.once('close', () => sockets.delete(s)) }
-    const mqttServer = net.createServer(socket => { track(socket); broker.handle(socket) })
+    // no Nagle: replies and deliveries are small writes that must not wait for delayed ACKs
+    const mqttServer = net.createServer(socket => { socket.setNoDelay(true); track(socket); broker.handle(socket) })
     const wss = new WebSocketServer({ noServer: true, maxPayload: config.limits.maxPayloadBytes + 64 * 1024 })
     const httpServer = http.createServer((req, res) => {
       const url = req.url ?? '/'
@@ -138,7 +139,7 @@ export class MqimServer {
       res.writeHead(404, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'MQTT over WebSocket is at /mqtt' }))
     })
-    httpServer.on('connection', track)
+    httpServer.on('connection', (socket: net.Socket) => { socket.setNoDelay(true); track(socket) })
     httpServer.on('upgrade', (req, socket, head) => {
       if ((req.url ?? '').split('?')[0] !== '/mqtt') {
         socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\n\r\n')
@@ -157,7 +158,7 @@ export class MqimServer {
       tls: null
     }
     if (config.tls.cert !== null && config.tls.key !== null) {
-      const tlsServer = tls.createServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, socket => { track(socket); broker.handle(socket) })
+      const tlsServer = tls.createServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, socket => { socket.setNoDelay(true); track(socket); broker.handle(socket) })
       servers.push(tlsServer)
       ports.tls = await listen(tlsServer, config.tls.port, config.host)
     }

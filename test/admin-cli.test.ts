@@ -98,7 +98,11 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
   test('user disable refuses logins with CONNACK 5; user enable lets them in again', async () => {
     const { stdout } = await cli('user', 'add', 'carol', '--password', 'carol-password', '--json')
     expect(JSON.parse(stdout).password).toBe('carol-password')
+    const live = await mqtt.connectAsync(`mqtt://127.0.0.1:${server.ports.mqtt}`, { clientId: 'carol:live', username: 'carol', password: 'carol-password', protocolVersion: 4, reconnectPeriod: 0 })
+    const closed = new Promise<void>(resolve => live.once('close', () => resolve()))
     expect(await cli('user', 'disable', 'carol')).toMatchObject({ code: 0 })
+    await closed // the open session of a disabled account is ended at once
+    await live.endAsync(true)
     expect(await login('carol', 'carol-password')).toBe(5)
     expect(await cli('user', 'enable', 'carol')).toMatchObject({ code: 0 })
     expect(await login('carol', 'carol-password')).toBe(0)

@@ -436,6 +436,20 @@ describe('Sequencer', () => {
       expect(next.duplicate).toBe(false)
     })
 
+    test('a failing lookup of a resent message is retried with back-off, not in a tight loop', async () => {
+      const store = new FaultyMessageStore()
+      const original = await harness(store).submit(draft('conv', 'alice', 'm1'))
+      // Restarted: the resend is not cached, its insert reports a clientMsgId conflict, and the
+      // lookup that follows fails until the second back-off. A safety valve ends a spin.
+      const restarted = harness(store, { onSleep: (n) => { if (n === 2) store.setDown(false) } })
+      store.setDown(true, ['findByClientMsgId'])
+      store.beforeInsert = async () => { if (store.insertCalls >= 50) store.setDown(false) }
+      const again = await restarted.submit(draft('conv', 'alice', 'm1'))
+      expect(again).toEqual({ message: original.message, duplicate: true })
+      expect(restarted.sleeps).toBe(2)
+      expect(store.insertCalls).toBeLessThanOrEqual(4)
+    })
+
     test('a resend after a restart is not delivered again when its first write attempt fails', async () => {
       const store = new FaultyMessageStore()
       const h = harness(store)

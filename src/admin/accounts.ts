@@ -16,6 +16,10 @@ export const CreateBotInput = z.object({
   displayName: z.string().min(1).max(100).optional()
 }).strict()
 
+export const ResetInput = z.object({
+  password: z.string().min(8, 'at least 8 characters').max(256).optional()
+}).strict()
+
 export interface PublicUser { id: string, kind: string, displayName: string, disabled: boolean, createdAt: number }
 
 function publicUser (u: UserRecord): PublicUser {
@@ -52,6 +56,7 @@ export async function setDisabled (meta: MetadataStore, id: string, disabled: bo
 
 /** New password (users) or new API key (bots); the old one stops working at once. */
 export async function resetSecret (meta: MetadataStore, id: string, password?: string): Promise<{ password?: string, apiKey?: string }> {
+  if (password !== undefined && !ResetInput.safeParse({ password }).success) throw new ImError('BAD_REQUEST', 'password: at least 8 characters')
   const user = await meta.userGet(id)
   if (user === null) throw new ImError('NOT_FOUND', `no such user: ${id}`)
   if (user.kind === 'bot') {

@@ -13,7 +13,7 @@ import { timingSafeEqual } from 'node:crypto'
 import { ImError, toWireError } from '../errors.js'
 import type { MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
-import { CreateBotInput, CreateUserInput, createBot, createUser, listUsers, resetSecret, setDisabled } from './accounts.js'
+import { CreateBotInput, CreateUserInput, ResetInput, createBot, createUser, listUsers, resetSecret, setDisabled } from './accounts.js'
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1'])
 const MAX_BODY = 64 * 1024
@@ -53,7 +53,13 @@ function statusOf (code: string): number {
 }
 
 export class AdminApi {
-  constructor (private readonly meta: MetadataStore, private readonly token: string, private readonly logger: Logger) {}
+  constructor (
+    private readonly meta: MetadataStore,
+    private readonly token: string,
+    private readonly logger: Logger,
+    /** Called after an account is disabled or its secret reset: its live sessions must end. */
+    private readonly onRevoked: (userId: string) => void = () => {}
+  ) {}
 
   private authorized (req: IncomingMessage): boolean {
     if (!LOOPBACK.has(req.socket.remoteAddress ?? '')) return false
@@ -91,13 +97,16 @@ export class AdminApi {
         const id = decodeURIComponent(parts[2])
         if (parts[3] === 'disable' || parts[3] === 'enable') {
           await setDisabled(this.meta, id, parts[3] === 'disable')
+          if (parts[3] === 'disable') this.onRevoked(id)
           send(res, 200, { id, disabled: parts[3] === 'disable' })
           return
         }
         if (parts[3] === 'reset') {
-          const body = await readJson(req) as { password?: unknown }
-          const password = typeof body.password === 'string' ? body.password : undefined
-          send(res, 200, { id, ...(await resetSecret(this.meta, id, password)) })
+          const input = ResetInput.safeParse(await readJson(req))
+          if (!input.success) throw new ImError('BAD_REQUEST', input.error.issues.map(i => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '))
+          const result = await resetSecret(this.meta, id, input.data.password)
+          this.onRevoked(id)
+          send(res, 200, { id, ...result })
           return
         }
       }

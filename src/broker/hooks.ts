@@ -72,6 +72,8 @@ class VerifiedCache {
 
 export class BrokerHooks {
   private readonly sessions = new WeakMap<Client, Session>()
+  /** Connected clients per user, to end the sessions of a disabled account. */
+  private readonly clientsByUser = new Map<string, Set<Client>>()
   private readonly verified = new VerifiedCache()
   private readonly now: () => number
 
@@ -88,6 +90,27 @@ export class BrokerHooks {
     }
     broker.authorizeSubscribe = (client, sub, done) => { done(null, this.authorizeSubscribe(client, sub)) }
     broker.authorizeForward = (client, packet) => this.authorizeForward(client, packet)
+    broker.on('clientReady', (client) => {
+      const s = this.sessions.get(client)
+      if (s === undefined) return
+      let set = this.clientsByUser.get(s.userId)
+      if (set === undefined) this.clientsByUser.set(s.userId, set = new Set())
+      set.add(client)
+    })
+    broker.on('clientDisconnect', (client) => {
+      const s = this.sessions.get(client)
+      const set = s === undefined ? undefined : this.clientsByUser.get(s.userId)
+      if (set === undefined || s === undefined) return
+      set.delete(client)
+      if (set.size === 0) this.clientsByUser.delete(s.userId)
+    })
+  }
+
+  /** Disconnects every session of the user on this node (account disabled or secret reset). */
+  disconnectUser (userId: string): number {
+    const clients = [...(this.clientsByUser.get(userId) ?? [])]
+    for (const c of clients) c.close()
+    return clients.length
   }
 
   /** The identity of a connected client (for events such as presence). */

@@ -5,7 +5,8 @@
  *   - failInserts(n, { storePrefix: k }): the next n insertBatch calls store the first k
  *     messages (an unknown-outcome failure: the write reached the database, the answer did not),
  *     or nothing with k = 0, and then throw.
- *   - setDown(true): every call throws until setDown(false) (the database is unreachable).
+ *   - setDown(true): every call throws until setDown(false) (the database is unreachable);
+ *     setDown(true, ['findByClientMsgId']) fails only the named operations.
  *   - beforeInsert: an async hook run before each insertBatch, e.g. to let another node take
  *     seqs (otherNodeInsert) or to delay the write.
  *   - delayMs: a fixed delay before each insertBatch answers.
@@ -36,7 +37,8 @@ export class FaultyMessageStore implements MessageStore {
   beforeInsert: ((messages: StoredMessage[]) => Promise<void>) | null = null
   delayMs = 0
   private faults: InsertFault[] = []
-  private down = false
+  /** null: up; otherwise the operations that throw (empty set: all of them). */
+  private down: Set<string> | null = null
 
   get insertCalls (): number {
     return this.insertBatchSizes.length
@@ -52,8 +54,8 @@ export class FaultyMessageStore implements MessageStore {
     return this.faults.length
   }
 
-  setDown (down: boolean): void {
-    this.down = down
+  setDown (down: boolean, ops: Array<keyof MessageStore> = []): void {
+    this.down = down ? new Set(ops) : null
   }
 
   async init (): Promise<void> { await this.inner.init() }
@@ -129,6 +131,6 @@ export class FaultyMessageStore implements MessageStore {
   }
 
   private check (op: string): void {
-    if (this.down) throw new InjectedFault(`${op}: store is down`)
+    if (this.down !== null && (this.down.size === 0 || this.down.has(op))) throw new InjectedFault(`${op}: store is down`)
   }
 }

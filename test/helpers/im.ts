@@ -68,6 +68,9 @@ export async function connect (server: MqimServer, userId: string, deviceId: str
     reconnectPeriod: 0,
     connectTimeout: 10000
   })
+  // Like every latency-sensitive MQTT client should: no Nagle on TCP (see topics.md).
+  const stream = client.stream as { setNoDelay?: (v: boolean) => void }
+  stream.setNoDelay?.(true)
   const pending = new Map<string, (r: Reply) => void>()
   const im: ImClient = {
     mqtt: client,

@@ -1,0 +1,156 @@
+/**
+ * Connect rules and authorization over real sockets: CONNACK codes, clientId binding,
+ * subscriptions outside one's own subtree refused with SUBACK 0x80 (connection kept),
+ * publishes to anything but im/req/<op> refused without routing, and no access to other
+ * people's conversations. An eavesdropper with every subscription it can get sees nothing.
+ */
+import mqtt from 'mqtt'
+import { MEMORY } from './helpers/backends.js'
+import { startServer, addUser, connect, url, type ImClient } from './helpers/im.js'
+import type { MqimServer } from '../src/server.js'
+import { createBot, setDisabled } from '../src/admin/accounts.js'
+
+/** SUBACK return codes for one SUBSCRIBE (mqtt.js rejects on 0x80; the packet is on the error). */
+async function subackCodes (client: ImClient, filters: string[]): Promise<number[]> {
+  try {
+    const granted = await client.mqtt.subscribeAsync(filters, { qos: 1 })
+    return granted.map(g => g.qos)
+  } catch (err) {
+    const packet = (err as { packet?: { granted?: number[] } }).packet
+    if (packet?.granted === undefined) throw err
+    return packet.granted
+  }
+}
+
+async function connectError (server: MqimServer, opts: { clientId: string, username?: string, password?: string }): Promise<number | undefined> {
+  try {
+    const c = await mqtt.connectAsync(url(server, 'tcp'), { ...opts, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000 })
+    await c.endAsync()
+    return 0
+  } catch (err) {
+    return (err as { code?: number }).code
+  }
+}
+
+describe('connect rules', () => {
+  let server: MqimServer
+  beforeAll(async () => {
+    server = await startServer({}, await MEMORY.make())
+    await addUser(server, 'alice')
+    await addUser(server, 'dave')
+  })
+  afterAll(async () => { await server.stop() })
+
+  test('right credentials with a bound clientId connect', async () => {
+    expect(await connectError(server, { clientId: 'alice:x', username: 'alice', password: 'password-alice' })).toBe(0)
+  })
+  test('wrong password, unknown user or no credentials: CONNACK 4', async () => {
+    expect(await connectError(server, { clientId: 'alice:x', username: 'alice', password: 'nope' })).toBe(4)
+    expect(await connectError(server, { clientId: 'zed:x', username: 'zed', password: 'whatever1' })).toBe(4)
+    expect(await connectError(server, { clientId: 'alice:x' })).toBe(4)
+  })
+  test('clientId not bound to the username: CONNACK 2 (no session takeover of another user)', async () => {
+    expect(await connectError(server, { clientId: 'dave:x', username: 'alice', password: 'password-alice' })).toBe(2)
+    expect(await connectError(server, { clientId: 'alice', username: 'alice', password: 'password-alice' })).toBe(2)
+    expect(await connectError(server, { clientId: 'alice:bad/device', username: 'alice', password: 'password-alice' })).toBe(2)
+  })
+  test('a disabled account: CONNACK 5', async () => {
+    await setDisabled(server.services.meta, 'dave', true)
+    expect(await connectError(server, { clientId: 'dave:x', username: 'dave', password: 'password-dave' })).toBe(5)
+    await setDisabled(server.services.meta, 'dave', false)
+    expect(await connectError(server, { clientId: 'dave:x', username: 'dave', password: 'password-dave' })).toBe(0)
+  })
+  test('bots authenticate with their API key, and only with it', async () => {
+    const { apiKey } = await createBot(server.services.meta, { id: 'echo' })
+    expect(await connectError(server, { clientId: 'echo:1', username: 'echo', password: apiKey })).toBe(0)
+    expect(await connectError(server, { clientId: 'echo:1', username: 'echo', password: apiKey.slice(0, -1) + 'x' })).toBe(4)
+  })
+})
+
+describe('authorization', () => {
+  let server: MqimServer
+  let alice: ImClient, bob: ImClient, eve: ImClient
+  let conv: string
+  beforeAll(async () => {
+    server = await startServer({}, await MEMORY.make())
+    for (const u of ['alice', 'bob', 'eve']) await addUser(server, u)
+    alice = await connect(server, 'alice', 'a')
+    bob = await connect(server, 'bob', 'b', { transport: 'ws' })
+    eve = await connect(server, 'eve', 'e')
+    conv = (await alice.request('direct', { user: 'bob' })).conv
+  })
+  afterAll(async () => {
+    await Promise.allSettled([alice.end(), bob.end(), eve.end()])
+    await server.stop()
+  })
+
+  test('subscriptions outside the own subtree get SUBACK 0x80 and the connection stays up', async () => {
+    const refused = ['#', '+/#', '$SYS/#', '$SYS/+/heartbeat', 'im/#', 'im/u/+/m', 'im/u/+/#', 'im/u/alice/m', 'im/u/alice/#', 'im/u/bob/r/b', 'im/req/send', 'im/req/#', `im/c/${conv}`, 'im/u/eve', '$mqim/sink']
+    for (const filter of refused) {
+      expect({ filter, codes: await subackCodes(eve, [filter]) }).toEqual({ filter, codes: [128] })
+    }
+    expect(eve.mqtt.connected).toBe(true)
+    expect(await subackCodes(eve, ['im/u/eve/#', 'im/u/eve/+', 'im/u/eve/r/+'])).toEqual([1, 1, 1])
+    // mixed: each filter is judged on its own
+    expect(await subackCodes(eve, ['im/u/eve/m', 'im/u/alice/m'])).toEqual([1, 128])
+    // still works afterwards
+    expect((await eve.request('list', {})).conversations).toEqual([])
+  })
+
+  test('requests on a conversation one is not in: NOT_MEMBER, nothing stored, nothing leaked', async () => {
+    const attempts: Array<[string, Record<string, unknown>]> = [
+      ['send', { conv, msgId: 'evil', kind: 'text', body: 'hi' }],
+      ['history', { conv }],
+      ['read', { conv, seq: 1 }],
+      ['mute', { conv, muted: true }],
+      ['members', { conv }],
+      ['receipts', { conv, seq: 1 }],
+      ['add-members', { conv, members: ['eve'] }],
+      ['rename', { conv, name: 'x' }],
+      ['leave', { conv }],
+      ['history', { conv: 'doesNotExist' }]
+    ]
+    for (const [op, body] of attempts) {
+      const r = await eve.requestRaw(op, body)
+      expect({ op, ok: r.ok, code: r.ok ? undefined : r.error.code }).toEqual({ op, ok: false, code: 'NOT_MEMBER' })
+    }
+    const h = await alice.request('history', { conv })
+    expect(h.messages).toEqual([])
+  })
+
+  test('publishing anywhere but im/req/<op> is refused, not routed, and costs no connection', async () => {
+    const before = bob.messages.length
+    await eve.mqtt.publishAsync('im/u/bob/m', JSON.stringify({ conv, seq: 99, from: 'alice', body: 'forged' }), { qos: 1 })
+    await eve.mqtt.publishAsync('im/u/bob/e', '{}', { qos: 1 })
+    await eve.mqtt.publishAsync('$SYS/x', 'x', { qos: 1 })
+    await eve.mqtt.publishAsync('chat/random', 'x', { qos: 0, retain: true })
+    await eve.waitFor(() => eve.replies.filter(r => r.id === null).length >= 3, 5000, 'error replies')
+    const codes = eve.replies.filter(r => r.id === null).map(r => (r.ok ? 'ok' : r.error.code))
+    expect(codes.slice(0, 3)).toEqual(['FORBIDDEN', 'FORBIDDEN', 'FORBIDDEN'])
+    // an honest marker proves ordering: anything routed would have arrived before it
+    const sent = await alice.request('send', { conv, msgId: 'marker', kind: 'text', body: 'real' })
+    await bob.waitFor(() => bob.messages.some(m => m.seq === sent.seq))
+    expect(bob.messages.slice(before).map(m => m.body)).toEqual(['real'])
+    expect(eve.mqtt.connected).toBe(true)
+    // a retained publish left nothing behind for new subscribers
+    const late = await connect(server, 'eve', 'late')
+    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(late.messages).toEqual([])
+    await late.end()
+  })
+
+  test('the eavesdropper saw nothing of the alice-bob conversation', async () => {
+    await alice.request('send', { conv, msgId: 'secret', kind: 'text', body: 'secret' })
+    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(eve.messages).toEqual([])
+    expect(eve.events.filter(e => e.conv === conv)).toEqual([])
+  })
+
+  test('replies go to the requesting device only', async () => {
+    const other = await connect(server, 'alice', 'other')
+    await alice.request('list', {})
+    await new Promise(resolve => setTimeout(resolve, 100))
+    expect(other.replies).toEqual([])
+    await other.end()
+  })
+})
