@@ -146,15 +146,25 @@ free_ports () {
     }' "$1"
 }
 
-tcp_open () { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# True when process $1 holds a listening TCP socket on 127.0.0.1:$2. This makes sure that what answers
+# on the port is our process, not whatever else grabbed the port meanwhile.
+listens_on () {
+  local pid="$1" hex inode
+  hex="$(printf '%04X' "$2")"
+  for inode in $(awk -v a="0100007F:$hex" '$2 == a && $4 == "0A" { print $10 }' /proc/net/tcp); do
+    ls -l "/proc/$pid/fd" 2>/dev/null | grep -q "socket:\[$inode\]" && return 0
+  done
+  return 1
+}
 
-# Is service $1 (on port $2) ready to serve?
+# Is service $1 (process $2, port $3) ready to serve? Each client call is bounded by `timeout`.
 ready () {
+  listens_on "$2" "$3" || return 1
   case "$1" in
-    mysql) mariadb-admin --no-defaults --protocol=tcp --host=127.0.0.1 --port="$2" --user=root \
-             --connect-timeout=2 ping >/dev/null 2>&1 ;;
-    redis) [ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" = PONG ] ;;
-    mongo) tcp_open "$2" ;;
+    mysql) timeout 5 mariadb-admin --no-defaults --protocol=tcp --host=127.0.0.1 --port="$3" \
+             --user=root --connect-timeout=2 ping >/dev/null 2>&1 ;;
+    redis) [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$3" ping 2>/dev/null)" = PONG ] ;;
+    mongo) return 0 ;;  # FerretDB listens only once its storage is ready
   esac
 }
 
@@ -201,7 +211,7 @@ launch () {
 await () {
   local svc="$1" port="$2" log_from="$3" deadline=$((SECONDS + TIMEOUT)) pid
   pid="$(pid_of "$svc")"
-  until ready "$svc" "$port"; do
+  until ready "$svc" "$pid" "$port"; do
     if ! pid_is "$pid" "$svc"; then
       rm -f "$DIR/$svc.pid"
       if tail -c +"$((log_from + 1))" "$DIR/$svc.log" | grep -qi 'address already in use'; then return 2; fi

@@ -1,0 +1,376 @@
+/**
+ * Crash drill: mqim runs as a child process on MongoDB (FerretDB) + MySQL (MariaDB). Two senders
+ * pipeline messages into one group over real MQTT; after ~1,000 acks the server gets SIGKILL.
+ * It is restarted on the same ports and databases, and then:
+ *   - every acknowledged message is in history under the seq its ack carried;
+ *   - history is seq 1..M with no gap and no msgId twice;
+ *   - resending every unacknowledged message with its msgId gives duplicate=true (with the stored
+ *     seq) for those that were stored, and M+1, M+2 ... with no gap for the others;
+ *   - new messages continue after that, and a member online after the restart receives exactly
+ *     the messages stored after it: nothing the resends found already stored is delivered again.
+ *
+ * Needs MQIM_MONGO_URL and MQIM_MYSQL_URL (npm test starts the services).
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { randomUUID } from 'node:crypto'
+import mqtt, { type MqttClient } from 'mqtt'
+import { MongoClient } from 'mongodb'
+import mysql from 'mysql2/promise'
+import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
+import { createUser } from '../src/admin/accounts.js'
+import type { MessageEnvelope, Reply } from '../src/protocol/schemas.js'
+import { freshMongo, freshMysqlUrl } from './helpers/db.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const SENDERS = ['alice', 'bob'] as const
+const RECEIVER = 'carol'
+/** Messages each sender may send before the crash. */
+const PER_SENDER = 1500
+/** SIGKILL once this many sends are acknowledged. */
+const KILL_AFTER_ACKS = 1000
+/** Sends in flight per sender (QoS 1 pipelining). */
+const WINDOW = 32
+/** New messages each sender sends after the restart. */
+const AFTER = 50
+const TIMEOUT_MS = 180_000
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+async function waitUntil (predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(10)
+  }
+}
+
+/** mqim as a child process: `node --import tsx src/main.ts` (so the pid is the server's own). */
+class ServerProcess {
+  private child: ChildProcess | null = null
+  private output = ''
+
+  constructor (private readonly env: NodeJS.ProcessEnv, private readonly httpPort: number) {}
+
+  async start (): Promise<void> {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env: this.env, stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = child
+    const keep = (chunk: Buffer): void => { this.output = (this.output + chunk.toString('utf8')).slice(-20_000) }
+    child.stdout?.on('data', keep)
+    child.stderr?.on('data', keep)
+    const deadline = Date.now() + 60_000
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`mqim exited during start-up (${child.exitCode ?? child.signalCode}):\n${this.output}`)
+      if (Date.now() > deadline) throw new Error(`mqim did not answer /healthz within 60 s:\n${this.output}`)
+      try {
+        const res = await fetch(`http://127.0.0.1:${this.httpPort}/healthz`)
+        if (res.ok) return
+      } catch {}
+      await sleep(100)
+    }
+  }
+
+  /** SIGKILL, and wait until the process is gone. */
+  async kill (): Promise<void> {
+    const child = this.child
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise(resolve => child.once('exit', resolve))
+    child.kill('SIGKILL')
+    await exited
+  }
+
+  get log (): string {
+    return this.output
+  }
+}
+
+/** A device of one user over MQTT/TCP, with replies matched to requests by id. */
+class Device {
+  readonly messages: MessageEnvelope[] = []
+  closed = false
+  private readonly waiting = new Map<string, { resolve: (r: Reply) => void, reject: (e: Error) => void }>()
+
+  private constructor (readonly userId: string, readonly deviceId: string, private readonly client: MqttClient) {
+    client.on('error', () => {})
+    client.on('close', () => {
+      this.closed = true
+      for (const w of this.waiting.values()) w.reject(new Error('connection closed'))
+      this.waiting.clear()
+    })
+    client.on('message', (topic, payload) => {
+      const json = JSON.parse(payload.toString('utf8'))
+      if (topic === `im/u/${userId}/m`) {
+        this.messages.push(json as MessageEnvelope)
+      } else if (topic === `im/u/${userId}/r/${deviceId}`) {
+        const reply = json as Reply
+        const w = reply.id === null ? undefined : this.waiting.get(reply.id)
+        if (w !== undefined) {
+          this.waiting.delete(reply.id as string)
+          w.resolve(reply)
+        }
+      }
+    })
+  }
+
+  static async connect (port: number, userId: string, deviceId: string): Promise<Device> {
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
+      clientId: `${userId}:${deviceId}`,
+      username: userId,
+      password: `password-${userId}`,
+      protocolVersion: 4,
+      clean: true,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000
+    })
+    const device = new Device(userId, deviceId, client)
+    const granted = await client.subscribeAsync([`im/u/${userId}/m`, `im/u/${userId}/r/${deviceId}`], { qos: 1 })
+    if (granted.some(g => g.qos === 128)) throw new Error('subscription refused')
+    return device
+  }
+
+  /** Publishes a request (QoS 1) and resolves with its reply; rejects if the connection drops. */
+  async requestRaw (op: string, body: Record<string, unknown>, timeoutMs = 30_000): Promise<Reply> {
+    if (this.closed) throw new Error('connection closed')
+    const id = randomUUID()
+    return await new Promise<Reply>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id)
+        reject(new Error(`no reply to ${op} within ${timeoutMs} ms`))
+      }, timeoutMs)
+      this.waiting.set(id, {
+        resolve: (r) => { clearTimeout(timer); resolve(r) },
+        reject: (e) => { clearTimeout(timer); reject(e) }
+      })
+      this.client.publish(`im/req/${op}`, JSON.stringify({ id, ...body }), { qos: 1 }, () => {})
+    })
+  }
+
+  async request<T> (op: string, body: Record<string, unknown>): Promise<T> {
+    const reply = await this.requestRaw(op, body)
+    if (!reply.ok) throw new Error(`${op} failed: ${reply.error.code}: ${reply.error.message}`)
+    return reply.result as T
+  }
+
+  async end (): Promise<void> {
+    if (!this.closed) await this.client.endAsync(true)
+  }
+}
+
+interface SendResult { conv: string, seq: number, msgId: string, duplicate: boolean }
+
+function body (msgId: string): string {
+  return `body of ${msgId}`
+}
+
+async function send (device: Device, conv: string, msgId: string): Promise<SendResult> {
+  return await device.request<SendResult>('send', { conv, msgId, kind: 'text', body: body(msgId) })
+}
+
+/** Runs `task` over `items` with at most `window` in flight. */
+async function pipelined<T> (items: T[], window: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await task(items[next++])
+  }
+  await Promise.all(Array.from({ length: window }, worker))
+}
+
+async function fullHistory (device: Device, conv: string): Promise<MessageEnvelope[]> {
+  const out: MessageEnvelope[] = []
+  for (;;) {
+    const page = await device.request<{ messages: MessageEnvelope[], hasMore: boolean }>('history', { conv, after: out.length === 0 ? 0 : out[out.length - 1].seq, limit: 1000 })
+    out.push(...page.messages)
+    if (!page.hasMore || page.messages.length === 0) return out
+  }
+}
+
+function expectGapless (history: MessageEnvelope[]): void {
+  expect(history.map(m => m.seq)).toEqual(Array.from({ length: history.length }, (_, i) => i + 1))
+  expect(new Set(history.map(m => `${m.from}/${m.msgId}`)).size).toBe(history.length)
+}
+
+function range (from: number, to: number): number[] {
+  return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i)
+}
+
+describe('crash drill: SIGKILL under load, restart, resend', () => {
+  let mysqlUrl: string
+  let mongo: { url: string, dbName: string }
+  let dataDir: string
+  let server: ServerProcess
+  let mqttPort: number
+  const devices: Device[] = []
+
+  beforeAll(async () => {
+    mysqlUrl = await freshMysqlUrl()
+    mongo = freshMongo()
+    const meta = new MySqlMetadataStore({ url: mysqlUrl })
+    await meta.init()
+    try {
+      for (const id of [...SENDERS, RECEIVER]) await createUser(meta, { id, password: `password-${id}` })
+    } finally {
+      await meta.close()
+    }
+    dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-crash-'))
+    // Pipelining senders would hit the default per-connection request rate limit.
+    const configFile = path.join(dataDir, 'config.json')
+    writeFileSync(configFile, JSON.stringify({ limits: { requestsPerSecond: 100_000, requestBurst: 100_000, historyPageMax: 1000 } }))
+    mqttPort = await freePort()
+    const httpPort = await freePort()
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      MQIM_CONFIG: configFile,
+      MQIM_HOST: '127.0.0.1',
+      MQIM_MONGO_URL: mongo.url,
+      MQIM_MONGO_DB: mongo.dbName,
+      MQIM_MYSQL_URL: mysqlUrl,
+      MQIM_MQTT_PORT: String(mqttPort),
+      MQIM_HTTP_PORT: String(httpPort),
+      MQIM_DATA_DIR: dataDir,
+      MQIM_LOG_LEVEL: 'warn'
+    }
+    delete env.NODE_OPTIONS
+    server = new ServerProcess(env, httpPort)
+    await server.start()
+  }, TIMEOUT_MS)
+
+  afterAll(async () => {
+    await Promise.allSettled(devices.map(async d => await d.end()))
+    await server?.kill()
+    if (mongo !== undefined) {
+      const client = new MongoClient(mongo.url)
+      try {
+        await client.connect()
+        await client.db(mongo.dbName).dropDatabase()
+      } finally {
+        await client.close()
+      }
+    }
+    if (mysqlUrl !== undefined) {
+      const conn = await mysql.createConnection(mysqlUrl)
+      try {
+        await conn.query(`DROP DATABASE \`${new URL(mysqlUrl).pathname.slice(1)}\``)
+      } finally {
+        await conn.end()
+      }
+    }
+    if (dataDir !== undefined) rmSync(dataDir, { recursive: true, force: true })
+  }, TIMEOUT_MS)
+
+  test('acked messages survive, history stays gapless, resends are idempotent', async () => {
+    const connect = async (userId: string, deviceId: string): Promise<Device> => {
+      const d = await Device.connect(mqttPort, userId, deviceId)
+      devices.push(d)
+      return d
+    }
+
+    // 1. before the crash: a group, two senders pipelining until the server is killed
+    const [alice, bob] = await Promise.all(SENDERS.map(async u => await connect(u, 'before')))
+    const { conv } = await alice.request<{ conv: string }>('create-group', { name: 'crash drill', members: ['bob', RECEIVER] })
+    /** msgId -> sender, for every send that was published */
+    const attempted = new Map<string, string>()
+    /** msgId -> seq, for every send answered OK */
+    const acked = new Map<string, number>()
+    let killing: Promise<void> | null = null
+    const load = async (device: Device): Promise<void> => {
+      const ids = Array.from({ length: PER_SENDER }, (_, i) => `${device.userId}-${i}`)
+      await pipelined(ids, WINDOW, async (msgId) => {
+        if (killing !== null || device.closed) return
+        attempted.set(msgId, device.userId)
+        let r: SendResult
+        try {
+          r = await send(device, conv, msgId)
+        } catch (err) {
+          if (killing !== null || device.closed) return
+          throw err
+        }
+        expect(r.duplicate).toBe(false)
+        acked.set(msgId, r.seq)
+        if (acked.size >= KILL_AFTER_ACKS && killing === null) killing = server.kill()
+      })
+    }
+    await Promise.all([load(alice), load(bob)])
+    expect(killing).not.toBeNull()
+    await killing
+    await waitUntil(() => alice.closed && bob.closed, 10_000, 'the senders to see the connection drop')
+    const ackedAtKill = acked.size
+    expect(ackedAtKill).toBeGreaterThanOrEqual(KILL_AFTER_ACKS)
+    expect(new Set(acked.values()).size).toBe(acked.size)
+
+    // 2. restart on the same ports and databases
+    await server.start()
+    const [alice2, bob2] = await Promise.all(SENDERS.map(async u => await connect(u, 'after')))
+    const carol = await connect(RECEIVER, 'after')
+    const sender = (userId: string): Device => (userId === 'alice' ? alice2 : bob2)
+
+    // 3. history: every acked message under its seq; 1..M gapless; nothing never sent
+    const history = await fullHistory(carol, conv)
+    expectGapless(history)
+    const M = history.length
+    const stored = new Map(history.map(m => [m.msgId, m]))
+    for (const [msgId, seq] of acked) {
+      expect(stored.get(msgId)).toMatchObject({ seq, from: attempted.get(msgId), body: body(msgId) })
+    }
+    for (const m of history) expect(attempted.get(m.msgId)).toBe(m.from)
+
+    // 4. resend everything that was not acked, with the same msgId, from both senders at once
+    const unacked = [...attempted.keys()].filter(id => !acked.has(id))
+    const storedUnacked = unacked.filter(id => stored.has(id))
+    const resent = new Map<string, SendResult>()
+    await Promise.all(SENDERS.map(async u => {
+      await pipelined(unacked.filter(id => attempted.get(id) === u), WINDOW, async (msgId) => {
+        resent.set(msgId, await send(sender(u), conv, msgId))
+      })
+    }))
+    const newSeqs: number[] = []
+    for (const msgId of unacked) {
+      const r = resent.get(msgId) as SendResult
+      const before = stored.get(msgId)
+      if (before !== undefined) {
+        expect(r).toMatchObject({ seq: before.seq, duplicate: true })
+      } else {
+        expect(r.duplicate).toBe(false)
+        newSeqs.push(r.seq)
+      }
+    }
+    const U = newSeqs.length
+    expect(newSeqs.sort((a, b) => a - b)).toEqual(range(M + 1, M + U))
+
+    // 5. new messages continue after that
+    const fresh: SendResult[] = []
+    for (let i = 0; i < AFTER; i++) {
+      for (const u of SENDERS) fresh.push(await send(sender(u), conv, `${u}-new-${i}`))
+    }
+    expect(fresh.map(r => r.seq)).toEqual(range(M + U + 1, M + U + fresh.length))
+    expect(fresh.every(r => !r.duplicate)).toBe(true)
+    const last = M + U + fresh.length
+
+    // 6. the final history, and what a member online since the restart received
+    const final = await fullHistory(carol, conv)
+    expectGapless(final)
+    expect(final.length).toBe(last)
+    expect(final.slice(0, M)).toEqual(history)
+    await waitUntil(() => carol.messages.length >= U + fresh.length, 20_000, 'carol to receive the messages stored after the restart')
+    await sleep(300)
+    expect(carol.messages.map(m => m.seq).sort((a, b) => a - b)).toEqual(range(M + 1, last))
+
+    console.log(`crash drill: ${attempted.size} sent before SIGKILL, ${ackedAtKill} acked, ${M} stored ` +
+      `(${storedUnacked.length} stored but not acked), ${unacked.length} resent -> ${storedUnacked.length} duplicates + ${U} new at ${M + 1}..${M + U}; ` +
+      `${fresh.length} new sends at ${M + U + 1}..${last}`)
+  }, TIMEOUT_MS)
+})
