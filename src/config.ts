@@ -3,7 +3,7 @@
  * then environment overrides. Validated by zod; an invalid value stops start-up with a
  * message naming the field and the expected form.
  */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { z } from 'zod'
@@ -20,7 +20,7 @@ const MongoAdapter = z.object({
 const MySqlAdapter = z.object({
   adapter: z.literal('mysql'),
   /** mysql://user:password@host:port/database (MySQL 8 or MariaDB 10.11+) */
-  url: z.string().regex(/^mysql:\/\/.+\/[A-Za-z0-9_]+$/, 'a mysql://user:password@host:port/database URL'),
+  url: z.string().regex(/^mysql:\/\/.+\/[A-Za-z0-9_]+(\?.*)?$/, 'a mysql://user:password@host:port/database URL (optionally ?ssl=true or ?ssl-ca=/path/ca.pem)'),
   poolSize: z.number().int().min(1).max(200).default(10)
 }).strict()
 
@@ -75,8 +75,17 @@ export class ConfigError extends Error {
   }
 }
 
-const here = path.dirname(fileURLToPath(import.meta.url))
-export const DEFAULT_CONFIG_PATH = path.resolve(here, '..', 'config', 'default.json')
+/** config/default.json of the package: found upwards from this file (src/ when run by tsx, dist/src/ when built). */
+function findDefaultConfig (): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 4; i++) {
+    const candidate = path.join(dir, 'config', 'default.json')
+    if (existsSync(candidate)) return candidate
+    dir = path.dirname(dir)
+  }
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'config', 'default.json')
+}
+export const DEFAULT_CONFIG_PATH = findDefaultConfig()
 
 type Json = Record<string, unknown>
 

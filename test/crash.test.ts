@@ -34,7 +34,7 @@ const PER_SENDER = 1500
 /** SIGKILL once this many sends are acknowledged. */
 const KILL_AFTER_ACKS = 1000
 /** Sends in flight per sender (QoS 1 pipelining). */
-const WINDOW = 32
+const WINDOW = 100
 /** New messages each sender sends after the restart. */
 const AFTER = 50
 const TIMEOUT_MS = 180_000
@@ -307,6 +307,7 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
     await Promise.all([load(alice), load(bob)])
     expect(killing).not.toBeNull()
     await killing
+    const killedAt = Date.now()
     await waitUntil(() => alice.closed && bob.closed, 10_000, 'the senders to see the connection drop')
     const ackedAtKill = acked.size
     expect(ackedAtKill).toBeGreaterThanOrEqual(KILL_AFTER_ACKS)
@@ -314,12 +315,14 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
 
     // 2. restart on the same ports and databases
     await server.start()
+    const restartedAt = Date.now()
     const [alice2, bob2] = await Promise.all(SENDERS.map(async u => await connect(u, 'after')))
     const carol = await connect(RECEIVER, 'after')
     const sender = (userId: string): Device => (userId === 'alice' ? alice2 : bob2)
 
     // 3. history: every acked message under its seq; 1..M gapless; nothing never sent
     const history = await fullHistory(carol, conv)
+    const historyAt = Date.now()
     expectGapless(history)
     const M = history.length
     const stored = new Map(history.map(m => [m.msgId, m]))
@@ -344,6 +347,11 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
       if (before !== undefined) {
         expect(r).toMatchObject({ seq: before.seq, duplicate: true })
       } else {
+        if (r.duplicate) {
+          const again = await fullHistory(carol, conv)
+          console.log(`DIAG ${msgId} r=${JSON.stringify(r)} M=${M} now=${again.length} acked=${acked.size} attempted=${attempted.size} killedAt=${killedAt} restartedAt=${restartedAt} historyAt=${historyAt} t=${Date.now()}`)
+          console.log('DIAG later rows', JSON.stringify(again.slice(M - 2, M + 5).map(m => [m.seq, m.msgId, m.ts])))
+        }
         expect(r.duplicate).toBe(false)
         newSeqs.push(r.seq)
       }

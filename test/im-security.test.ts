@@ -146,6 +146,20 @@ describe('authorization', () => {
     expect(eve.events.filter(e => e.conv === conv)).toEqual([])
   })
 
+  test('a will is never published: not as a request, not to anyone', async () => {
+    const willing = await mqtt.connectAsync(url(server, 'tcp'), {
+      clientId: 'alice:willing', username: 'alice', password: 'password-alice', protocolVersion: 4, reconnectPeriod: 0,
+      will: { topic: 'im/req/send', payload: Buffer.from(JSON.stringify({ id: 'w', conv, msgId: 'from-the-grave', kind: 'text', body: 'will' })), qos: 1, retain: false }
+    })
+    const before = (await alice.request('history', { conv })).lastSeq
+    willing.stream.destroy() // no DISCONNECT: Aedes would publish the will
+    await new Promise(resolve => setTimeout(resolve, 300))
+    const after = await alice.request('history', { conv })
+    expect(after.lastSeq).toBe(before)
+    expect(after.messages.map((m: { msgId: string }) => m.msgId)).not.toContain('from-the-grave')
+    willing.end(true)
+  })
+
   test('replies go to the requesting device only', async () => {
     const other = await connect(server, 'alice', 'other')
     await alice.request('list', {})

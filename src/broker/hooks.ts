@@ -148,13 +148,15 @@ export class BrokerHooks {
   }
 
   private async authorizePublish (client: Client | null, packet: PublishPacket): Promise<void> {
-    // Wills are published by Aedes itself on behalf of a client: never allowed here (no topic is
-    // writable by clients except requests, which make no sense as a will).
+    // Wills are accepted at CONNECT but never published: the only topics clients may write are
+    // requests, and a request should not run after its client has gone. Aedes passes the will
+    // packet itself (client.will), or client === null for a will left by a dead node.
+    const isWill = client === null || packet === (client as unknown as { will?: unknown }).will
     const session = client === null ? undefined : this.sessions.get(client)
     const topic = packet.topic
     packet.topic = SINK_TOPIC
     packet.retain = false
-    if (session === undefined || client === null) return
+    if (session === undefined || client === null || isWill) return
     if (!topic.startsWith(REQUEST_PREFIX)) {
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
       const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)

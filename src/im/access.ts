@@ -19,7 +19,7 @@ export function requireGroup (entry: ConversationEntry): void {
 const RANK: Record<Role, number> = { member: 0, admin: 1, owner: 2 }
 
 export function requireRole (member: MemberRecord, atLeast: Role): void {
-  if (RANK[member.role] < RANK[atLeast]) throw new ImError('FORBIDDEN', `only a group ${atLeast}${atLeast === 'owner' ? '' : ' or owner'} may do this`)
+  if (RANK[member.role] < RANK[atLeast]) throw new ImError('FORBIDDEN', atLeast === 'owner' ? 'only the group owner may do this' : 'only a group admin or the owner may do this')
 }
 
 export function outranks (a: Role, b: Role): boolean {

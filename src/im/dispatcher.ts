@@ -5,6 +5,7 @@
  */
 import type { z } from 'zod'
 import { ImError, toWireError } from '../errors.js'
+import { isStoreUnavailable } from '../store/errors.js'
 import { REQUESTS, isOpName, type OpName, type RequestOf, type Reply } from '../protocol/schemas.js'
 import type { Caller, Handler, Services } from './context.js'
 import { send } from './ops/send.js'
@@ -65,7 +66,10 @@ export class Dispatcher {
       const handler = HANDLERS[op] as Handler<unknown, unknown>
       const result = await handler(caller, parsed.data, this.services)
       return { id, op, ok: true, result }
-    } catch (err) {
+    } catch (caught) {
+      const err = !(caught instanceof ImError) && isStoreUnavailable(caught)
+        ? new ImError('UNAVAILABLE', 'a storage backend is unavailable; retry later', { cause: caught })
+        : caught
       if (!(err instanceof ImError)) {
         this.services.logger.error('request failed', { op, user: caller.userId, err: err instanceof Error ? err.stack : String(err) })
       } else if (err.code === 'UNAVAILABLE' || err.code === 'INTERNAL') {

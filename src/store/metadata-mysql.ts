@@ -4,6 +4,7 @@
  * Schema comes from the versioned migrations in ./migrations/mysql.ts, applied by init()
  * under a named server lock so that several processes can start at once.
  */
+import { readFileSync } from 'node:fs'
 import mysql from 'mysql2/promise'
 import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise'
 import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION } from './migrations/mysql.js'
@@ -312,7 +313,12 @@ async function migrate (conn: PoolConnection): Promise<void> {
   }
 }
 
-function parseMysqlUrl (url: string): { host: string, port: number, user: string, password: string, database: string } {
+/**
+ * mysql://user:pass@host:port/dbname[?ssl=true][&ssl-ca=/path/ca.pem]
+ *   ssl=true      TLS, server certificate checked against the system CAs
+ *   ssl-ca=FILE   TLS, server certificate checked against this CA bundle (PEM)
+ */
+function parseMysqlUrl (url: string): { host: string, port: number, user: string, password: string, database: string, ssl?: { ca?: Buffer, rejectUnauthorized: boolean } } {
   let parsed: URL
   try {
     parsed = new URL(url)
@@ -326,13 +332,22 @@ function parseMysqlUrl (url: string): { host: string, port: number, user: string
   if (database === '' || database.includes('/')) {
     throw new Error('mysql metadata store: url must name one database (mysql://user:pass@host:port/dbname)')
   }
-  return {
+  for (const key of parsed.searchParams.keys()) {
+    if (key !== 'ssl' && key !== 'ssl-ca') throw new Error(`mysql metadata store: unknown url parameter "${key}" (known: ssl, ssl-ca)`)
+  }
+  const target = {
     host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'),
     port: parsed.port === '' ? DEFAULT_PORT : Number(parsed.port),
     user: decodeURIComponent(parsed.username),
     password: decodeURIComponent(parsed.password),
     database
   }
+  const caFile = parsed.searchParams.get('ssl-ca')
+  if (caFile !== null) return { ...target, ssl: { ca: readFileSync(caFile), rejectUnauthorized: true } }
+  const ssl = parsed.searchParams.get('ssl')
+  if (ssl === 'true') return { ...target, ssl: { rejectUnauthorized: true } }
+  if (ssl !== null && ssl !== 'false') throw new Error('mysql metadata store: url parameter ssl must be true or false')
+  return target
 }
 
 function errnoOf (err: unknown): number | undefined {

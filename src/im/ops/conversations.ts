@@ -90,7 +90,7 @@ export async function removeMember (caller: Caller, req: RequestOf<'remove-membe
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'use leave to remove yourself')
   const target = entry.members.get(req.user)
   if (target === undefined) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
-  if (!outranks(member.role, target.role)) throw new ImError('FORBIDDEN', `a ${member.role} cannot remove a ${target.role}`)
+  if (!outranks(member.role, target.role)) throw new ImError('FORBIDDEN', `your role (${member.role}) cannot remove a member with role ${target.role}`)
   await services.meta.memberRemove(req.conv, req.user)
   services.directory.invalidate(req.conv)
   services.publisher.event(entry.members.keys(), { type: 'member', conv: req.conv, kind: 'group', action: 'removed', by: caller.userId, users: [req.user] })

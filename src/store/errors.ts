@@ -1,0 +1,24 @@
+/**
+ * Recognizes "the database is not reachable right now" across the MongoDB driver and mysql2, so
+ * that clients get UNAVAILABLE (retry later) instead of INTERNAL (a bug).
+ */
+const MONGO_UNAVAILABLE = new Set([
+  'MongoNetworkError', 'MongoNetworkTimeoutError', 'MongoServerSelectionError', 'MongoTopologyClosedError',
+  'MongoNotConnectedError', 'MongoPoolClearedError', 'MongoClientClosedError', 'MongoWriteConcernError'
+])
+const SOCKET_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN',
+  'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT', 'ER_CON_COUNT_ERROR', 'POOL_CLOSED', 'ER_SERVER_SHUTDOWN',
+  'ER_LOCK_WAIT_TIMEOUT', 'ER_LOCK_DEADLOCK'
+])
+
+export function isStoreUnavailable (err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const e = err as { name?: unknown, code?: unknown, fatal?: unknown, cause?: unknown, errorLabels?: unknown }
+  if (typeof e.name === 'string' && MONGO_UNAVAILABLE.has(e.name)) return true
+  if (typeof e.code === 'string' && SOCKET_CODES.has(e.code)) return true
+  if (e.fatal === true) return true
+  if (Array.isArray(e.errorLabels) && e.errorLabels.includes('RetryableWriteError')) return true
+  if (e.cause !== undefined && e.cause !== err) return isStoreUnavailable(e.cause)
+  return false
+}
