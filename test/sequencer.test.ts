@@ -36,6 +36,16 @@ function pick<T> (rng: () => number, items: readonly T[]): T {
   return items[Math.floor(rng() * items.length)]
 }
 
+/** Fisher-Yates, driven by the seeded generator. */
+function shuffle<T> (rng: () => number, items: readonly T[]): T[] {
+  const out = [...items]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1))
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
+}
+
 const tick = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
 const pause = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
@@ -483,7 +493,8 @@ describe('Sequencer', () => {
 
       h.store.beforeInsert = null
       h.store.setDown(false)
-      const shuffled = [...drafts].sort(() => rng() - 0.5)
+      // Senders resend in their own order, not in the order of the first attempt.
+      const shuffled = shuffle(rng, drafts)
       const results = await Promise.all(shuffled.map(d => h.submit(d)))
       const stored = await expectConsistent(h, conversationsOf(drafts))
       expect(stored.size).toBe(drafts.length)

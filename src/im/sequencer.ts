@@ -15,7 +15,9 @@
  *   and gets the same seqs again. A write that fails for another reason is retried with the
  *   same documents (safe: a stored one reports a clientMsgId conflict with its own seq) until
  *   writeRetryMs has passed; then the senders get UNAVAILABLE and the conversations' lastSeq is
- *   reloaded from the store before the next write.
+ *   reloaded from the store before the next write. Whatever such an abandoned write did store
+ *   ("orphans") is delivered, in seq order, when that lastSeq is reloaded; a later resend of it
+ *   is then answered as a duplicate.
  */
 import { ImError } from '../errors.js'
 import type { MessageStore, StoredMessage, MessageKind } from '../store/types.js'
@@ -56,6 +58,9 @@ interface Pending {
   followers: Array<{ resolve: (r: SubmitResult) => void, reject: (e: unknown) => void }>
 }
 
+/** A seq and ts this process tried to store a key under, in a write whose outcome is unknown. */
+interface Attempt { seq: number, ts: number }
+
 const RECENT_MAX = 100_000
 
 function keyOf (d: { conversationId: string, senderId: string, clientMsgId: string }): string {
@@ -74,10 +79,17 @@ export class Sequencer {
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
   private readonly recent = new Map<string, StoredMessage>()
   /**
-   * Keys whose write had an unknown outcome (the store failed mid-write). If such a key later
-   * turns out to be stored, this process stored it and never delivered it: it is delivered then.
+   * Keys whose write had an unknown outcome (the store failed mid-write), with the seq and ts of
+   * each attempt. If such a key later turns out to be stored under one of these, this process
+   * stored it and never delivered it: it is delivered then. Stored under anything else, it was
+   * stored (and delivered) by someone else: a plain resend.
    */
-  private readonly uncertain = new Set<string>()
+  private readonly uncertain = new Map<string, Attempt[]>()
+  /**
+   * conversation -> uncertain keys whose senders were answered UNAVAILABLE. Whatever of them is
+   * stored is delivered when the conversation's lastSeq is next loaded, before anything newer.
+   */
+  private readonly orphans = new Map<string, Set<string>>()
   private queue: Pending[] = []
   private writing = false
   private timer: NodeJS.Timeout | null = null
@@ -167,8 +179,32 @@ export class Sequencer {
     const unknown = [...new Set(batch.map(p => p.draft.conversationId))].filter(c => !this.lastSeq.has(c))
     await Promise.all(unknown.map(async (c) => {
       const seq = await this.store.lastSeq(c)
+      await this.recoverOrphans(c, seq)
       this.lastSeq.set(c, seq)
     }))
+  }
+
+  /**
+   * Step 1b: deliver what an abandoned (UNAVAILABLE) write of this conversation stored, so that
+   * deliveries stay in seq order. A later resend of those keys is then a plain duplicate.
+   */
+  private async recoverOrphans (conversationId: string, lastSeq: number): Promise<void> {
+    const keys = this.orphans.get(conversationId)
+    if (keys === undefined) return
+    const attempts = [...keys].flatMap(k => this.uncertain.get(k) ?? [])
+    const fromSeq = Math.min(...attempts.map(a => a.seq))
+    // only the seqs those attempts used can hold them
+    const toSeq = Math.min(lastSeq, Math.max(...attempts.map(a => a.seq)))
+    const found = attempts.length === 0 || fromSeq > toSeq
+      ? []
+      : (await this.store.range(conversationId, { fromSeq, toSeq, limit: toSeq - fromSeq + 1, direction: 'forward' }))
+          .filter(m => this.isOurs(keyOf(m), m))
+    this.orphans.delete(conversationId)
+    for (const m of found) {
+      this.uncertain.delete(keyOf(m))
+      this.remember(keyOf(m), m)
+    }
+    if (found.length > 0) await this.deliver(found)
   }
 
   /** Step 2: hand out seqs in arrival order. */
@@ -186,8 +222,24 @@ export class Sequencer {
     const deadline = this.now() + this.opts.writeRetryMs
     let attempt = 0
     let remaining = batch
+    /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
+    const backOff = async (err: unknown): Promise<boolean> => {
+      if (this.now() >= deadline || this.closedAndStuck(attempt)) {
+        this.opts.logger.error('message write failed; answering UNAVAILABLE', { messages: remaining.length, err: String(err) })
+        const error = new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err })
+        for (const p of remaining) {
+          if (this.uncertain.has(p.key)) this.addOrphan(p.draft.conversationId, p.key)
+          this.fail(p, error)
+        }
+        return false
+      }
+      attempt++
+      this.opts.logger.warn('message write failed; retrying', { attempt, err: String(err) })
+      await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
+      return true
+    }
     while (remaining.length > 0) {
-      let docs: StoredMessage[]
+      let docs: StoredMessage[] | undefined
       let result
       try {
         await this.loadLastSeqs(remaining)
@@ -196,24 +248,15 @@ export class Sequencer {
       } catch (err) {
         // Unknown outcome: an unknown prefix may be stored. Forget the cached lastSeqs of these
         // conversations (reloaded next time) and retry until the deadline.
-        for (const p of remaining) {
-          this.lastSeq.delete(p.draft.conversationId)
-          this.markUncertain(p.key)
-        }
-        if (this.now() >= deadline || this.closedAndStuck(attempt)) {
-          this.opts.logger.error('message write failed; answering UNAVAILABLE', { messages: remaining.length, err: String(err) })
-          const error = new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err })
-          for (const p of remaining) this.fail(p, error)
-          return
-        }
-        attempt++
-        this.opts.logger.warn('message write failed; retrying', { attempt, err: String(err) })
-        await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
+        for (const p of remaining) this.lastSeq.delete(p.draft.conversationId)
+        for (const d of docs ?? []) this.markUncertain(keyOf(d), { seq: d.seq, ts: d.ts })
+        if (!(await backOff(err))) return
         continue
       }
       const stored = docs.slice(0, result.inserted)
       for (const m of stored) this.lastSeq.set(m.conversationId, m.seq)
       let rest = remaining.slice(result.inserted)
+      let lookupError: unknown
       const resolved: Array<[Pending, SubmitResult]> = stored.map((m, i) => [remaining[i], { message: m, duplicate: false }])
       if (result.conflict !== undefined) {
         const p = rest[0]
@@ -222,14 +265,20 @@ export class Sequencer {
           // Another node stored this seq first: reload and retry this one and the rest.
           this.lastSeq.delete(doc.conversationId)
         } else {
-          const existing = await this.findExisting(doc)
+          let existing: StoredMessage | null = null
+          try {
+            existing = await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
+          } catch (err) {
+            lookupError = err
+          }
           if (existing === null) {
             this.lastSeq.delete(doc.conversationId)
           } else {
             rest = rest.slice(1)
             // Stored by an earlier attempt of ours whose outcome was unknown: it was never
             // delivered, so it counts as newly stored. Otherwise it is a resend.
-            const ours = this.uncertain.delete(p.key)
+            const ours = this.isOurs(p.key, existing)
+            this.uncertain.delete(p.key)
             resolved.push([p, { message: existing, duplicate: !ours }])
             if (ours) stored.push(existing)
           }
@@ -237,6 +286,7 @@ export class Sequencer {
       }
       await this.commit(stored, resolved)
       remaining = rest
+      if (lookupError !== undefined && remaining.length > 0 && !(await backOff(lookupError))) return
     }
   }
 
@@ -244,24 +294,9 @@ export class Sequencer {
     return this.closed && attempt >= 3
   }
 
-  private async findExisting (doc: StoredMessage): Promise<StoredMessage | null> {
-    try {
-      return await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
-    } catch {
-      return null
-    }
-  }
-
   /** Step 3: deliver the newly stored messages (in seq order), then answer the senders. */
   private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>): Promise<void> {
-    if (stored.length > 0) {
-      stored.sort((a, b) => a.seq - b.seq)
-      try {
-        await this.opts.onCommitted(stored)
-      } catch (err) {
-        this.opts.logger.error('delivery of committed messages threw', { err: String(err) })
-      }
-    }
+    if (stored.length > 0) await this.deliver(stored)
     for (const [p, r] of resolved) {
       this.uncertain.delete(p.key)
       this.remember(p.key, r.message)
@@ -271,16 +306,44 @@ export class Sequencer {
     }
   }
 
+  private async deliver (stored: StoredMessage[]): Promise<void> {
+    stored.sort((a, b) => a.seq - b.seq)
+    try {
+      await this.opts.onCommitted(stored)
+    } catch (err) {
+      this.opts.logger.error('delivery of committed messages threw', { err: String(err) })
+    }
+  }
+
+  /** True if `stored` is the copy of `key` that one of this process's unknown-outcome writes stored. */
+  private isOurs (key: string, stored: StoredMessage): boolean {
+    return this.uncertain.get(key)?.some(a => a.seq === stored.seq && a.ts === stored.ts) ?? false
+  }
+
+  private addOrphan (conversationId: string, key: string): void {
+    let keys = this.orphans.get(conversationId)
+    if (keys === undefined) {
+      keys = new Set()
+      this.orphans.set(conversationId, keys)
+    }
+    keys.add(key)
+  }
+
   private fail (p: Pending, err: unknown): void {
     this.pendingByKey.delete(p.key)
     p.reject(err)
     for (const f of p.followers) f.reject(err)
   }
 
-  private markUncertain (key: string): void {
-    this.uncertain.add(key)
+  private markUncertain (key: string, attempt: Attempt): void {
+    const attempts = this.uncertain.get(key)
+    if (attempts !== undefined) {
+      attempts.push(attempt)
+      return
+    }
+    this.uncertain.set(key, [attempt])
     if (this.uncertain.size > RECENT_MAX) {
-      const oldest = this.uncertain.values().next().value
+      const oldest = this.uncertain.keys().next().value
       if (oldest !== undefined) this.uncertain.delete(oldest)
     }
   }

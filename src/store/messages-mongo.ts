@@ -51,6 +51,14 @@ const SEQ_INDEX = 'conv_seq'
  * (each SQLite write is already durable when it returns).
  */
 const DURABLE = { w: 'majority', journal: true } as const
+/**
+ * At most this many documents per insert command. FerretDB v1.24 inserts a command's documents
+ * in chunks of 100 (its --test-batch-size) and, after a duplicate key in one chunk, still inserts
+ * the next chunk even when the insert is ordered (internal/handler/msg_insert.go: the `break`
+ * leaves only the per-document loop). Documents after the conflict would then be stored, at seqs
+ * the sequencer hands out again: a gap. One chunk per command keeps the ordered semantics.
+ */
+const INSERT_CHUNK = 100
 
 function messageId (conversationId: string, senderId: string, clientMsgId: string): string {
   return `${conversationId}/${senderId}/${clientMsgId}`
@@ -139,20 +147,21 @@ export class MongoMessageStore implements MessageStore {
   async insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult> {
     if (messages.length === 0) return { inserted: 0 }
     const docs = messages.map(toDoc)
-    try {
-      await this.messages.insertMany(docs, { ordered: true, writeConcern: DURABLE })
-      return { inserted: docs.length }
-    } catch (err) {
-      const duplicate = firstDuplicateKey(err)
-      if (duplicate === undefined) throw err
-      // Ordered insert: documents [0, index) are stored and nothing after `index` was attempted.
-      // The driver maps `index` back to the position in `docs` even when it splits the batch,
-      // on MongoDB and on FerretDB alike; `result.insertedCount` agrees for ordered inserts.
-      const inserted = duplicate.index
-      const kind = await this.conflictKind(docs[inserted], duplicate.errmsg)
-      if (kind === undefined) throw err
-      return { inserted, conflict: { kind } }
+    for (let start = 0; start < docs.length; start += INSERT_CHUNK) {
+      try {
+        await this.messages.insertMany(docs.slice(start, start + INSERT_CHUNK), { ordered: true, writeConcern: DURABLE })
+      } catch (err) {
+        const duplicate = firstDuplicateKey(err)
+        if (duplicate === undefined) throw err
+        // Ordered insert: documents [0, index) of this chunk are stored and nothing after
+        // `index` was attempted.
+        const inserted = start + duplicate.index
+        const kind = await this.conflictKind(docs[inserted], duplicate.errmsg)
+        if (kind === undefined) throw err
+        return { inserted, conflict: { kind } }
+      }
     }
+    return { inserted: docs.length }
   }
 
   async findByClientMsgId (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {

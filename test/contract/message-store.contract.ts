@@ -229,6 +229,21 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' }))).toEqual([1])
       })
 
+      it('stores nothing after a conflict in a large batch, wherever the conflict is', async () => {
+        // FerretDB 1.24 splits inserts into chunks of 100 and kept inserting later chunks after a
+        // duplicate in an ordered insert: a batch of 250 must still stop at the conflict.
+        await store.insertBatch([message('big', 1, { clientMsgId: 'first' })])
+        const batch = messages('big', 2, 251)
+        batch[0] = message('big', 2, { clientMsgId: 'first' })
+        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.lastSeq('big')).toBe(1)
+        const later = messages('big', 2, 251)
+        later[150] = message('big', 152, { clientMsgId: 'first' })
+        expect(await store.insertBatch(later)).toEqual({ inserted: 150, conflict: { kind: 'clientMsgId' } })
+        expect(await store.lastSeq('big')).toBe(151)
+        expect(seqs(await store.range('big', { fromSeq: 1, toSeq: 1000, limit: 1000, direction: 'forward' }))).toEqual(seqRange(1, 151))
+      })
+
       it('inserts a batch that spans several conversations', async () => {
         const batch = [message('c1', 1), message('c2', 1), message('c1', 2), message('c3', 1)]
         expect(await store.insertBatch(batch)).toEqual({ inserted: 4 })
