@@ -24,6 +24,7 @@ import { Dispatcher } from './im/dispatcher.js'
 import type { Services } from './im/context.js'
 import { BrokerHooks } from './broker/hooks.js'
 import { AdminApi } from './admin/http.js'
+import { serveStatic } from './http/static.js'
 
 export interface StartOptions {
   config: Config
@@ -136,8 +137,9 @@ export class MqimServer {
         void admin.handle(req, res)
         return
       }
+      if (serveStatic(req, res)) return
       res.writeHead(404, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'MQTT over WebSocket is at /mqtt' }))
+      res.end(JSON.stringify({ code: 'NOT_FOUND', message: 'no such page; MQTT over WebSocket is at /mqtt' }))
     })
     httpServer.on('connection', (socket: net.Socket) => { socket.setNoDelay(true); track(socket) })
     httpServer.on('upgrade', (req, socket, head) => {
