@@ -93,10 +93,12 @@ cmd_install () {
   have mariadbd && have mariadb-install-db && have mariadb && have mariadb-admin || pkgs+=(mariadb-server)
   have redis-server && have redis-cli || pkgs+=(redis-server)
   have mosquitto_pub || pkgs+=(mosquitto-clients)
+  [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+  [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing ${pkgs[*]}"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients chromium mosquitto
   fi
   # Rebuild when the binary is missing or does not run (e.g. one made by a plain `go install`, see above).
   ferretdb_works || build_ferretdb

@@ -34,11 +34,25 @@ export const ConfigSchema = z.object({
   /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
   tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
     .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
+  /** This node's name in a cluster (logs, presence); null = a random id per start. */
+  nodeId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -').nullable(),
   /** Where the server keeps its admin token (and nothing else on the embedded default). */
   dataDir: z.string().min(1),
   messageStore: z.discriminatedUnion('adapter', [MemoryAdapter, MongoAdapter]),
   metadataStore: z.discriminatedUnion('adapter', [MemoryAdapter, MySqlAdapter]),
   broker: z.object({
+    /** memory: one process (embedded default). redis: sessions, queues and routing shared by every node. */
+    persistence: z.discriminatedUnion('adapter', [
+      z.object({ adapter: z.literal('memory') }).strict(),
+      z.object({
+        adapter: z.literal('redis'),
+        url: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL'),
+        /** Offline QoS 1 messages older than this are dropped from session queues (clients sync by seq). */
+        packetTTLSeconds: z.number().int().min(1).default(7 * 24 * 3600),
+        /** At most this many queued messages are delivered on reconnect; the rest comes from history. */
+        maxSessionDelivery: z.number().int().min(1).default(1000)
+      }).strict()
+    ]),
     /** Disconnect a client whose socket does not drain within this time (Aedes drainTimeout). */
     drainTimeoutMs: z.number().int().min(100),
     /** Aedes/mqemitter in-flight message slots. */
@@ -145,6 +159,8 @@ export function envOverrides (env: NodeJS.ProcessEnv): Json {
     o.messageStore = { adapter: 'mongodb', url: env.MQIM_MONGO_URL, ...(env.MQIM_MONGO_DB ? { database: env.MQIM_MONGO_DB } : {}) }
   }
   if (env.MQIM_MYSQL_URL) o.metadataStore = { adapter: 'mysql', url: env.MQIM_MYSQL_URL }
+  if (env.MQIM_REDIS_URL) o.broker = { persistence: { adapter: 'redis', url: env.MQIM_REDIS_URL } }
+  if (env.MQIM_NODE_ID) o.nodeId = env.MQIM_NODE_ID
   if (env.MQIM_LOG_LEVEL) o.log = { level: env.MQIM_LOG_LEVEL }
   return o
 }

@@ -25,6 +25,11 @@ import type { Services } from './im/context.js'
 import { BrokerHooks } from './broker/hooks.js'
 import { AdminApi } from './admin/http.js'
 import { serveStatic } from './http/static.js'
+import { createBrokerBackends, dropSinkTopic, type BrokerBackends } from './broker/backends.js'
+import { MemoryPresenceStore, PresenceService, RedisPresenceStore } from './im/presence.js'
+import { INVALIDATE_TOPIC } from './protocol/topics.js'
+import type { Redis } from 'ioredis'
+import mqemitter from 'mqemitter'
 
 export interface StartOptions {
   config: Config
@@ -62,7 +67,9 @@ export class MqimServer {
     private readonly broker: Aedes,
     private readonly servers: net.Server[],
     private readonly wss: WebSocketServer,
-    private readonly sockets: Set<Duplex>
+    private readonly sockets: Set<Duplex>,
+    private readonly backends: BrokerBackends,
+    readonly nodeId: string
   ) {
     this.ports = ports
     this.adminToken = adminToken
@@ -81,8 +88,13 @@ export class MqimServer {
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())
     }
 
-    // 2. broker
+    // 2. broker (in-memory, or sessions and routing shared through Redis)
+    const nodeId = config.nodeId ?? `node-${randomBytes(4).toString('hex')}`
+    const backends = createBrokerBackends(config.broker.persistence, logger)
     const broker = await Aedes.createBroker({
+      id: nodeId,
+      persistence: backends.persistence,
+      mq: backends.mq ?? dropSinkTopic(mqemitter({ concurrency: config.broker.concurrency })),
       drainTimeout: config.broker.drainTimeoutMs,
       concurrency: config.broker.concurrency,
       connectTimeout: config.broker.connectTimeoutMs,
@@ -92,7 +104,20 @@ export class MqimServer {
     // 3. IM services
     const publisher = new Publisher(broker, logger)
     const directory = new ConversationDirectory(meta)
-    const receipts = new ReceiptAggregator(directory, messages, publisher, logger)
+    const receipts = new ReceiptAggregator(directory, meta, messages, publisher, logger)
+    const presence = new PresenceService({
+      store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),
+      meta,
+      directory,
+      publisher,
+      logger
+    })
+    // membership changes made on any node invalidate every node's cached copy
+    directory.broadcast = (conv) => publisher.control(INVALIDATE_TOPIC, conv)
+    await new Promise<void>(resolve => broker.subscribe(INVALIDATE_TOPIC, (packet, cb) => {
+      directory.invalidateLocal(packet.payload.toString())
+      cb()
+    }, () => resolve()))
     const sequencer = new Sequencer(messages, {
       ...config.sequencer,
       logger,
@@ -103,11 +128,20 @@ export class MqimServer {
         }
       }
     })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, now: Date.now }
     const dispatcher = new Dispatcher(services)
 
     // 4. hooks
-    const hooks = new BrokerHooks({ meta, dispatcher, publisher, logger, requestsPerSecond: config.limits.requestsPerSecond, requestBurst: config.limits.requestBurst })
+    const hooks = new BrokerHooks({
+      meta,
+      dispatcher,
+      publisher,
+      logger,
+      requestsPerSecond: config.limits.requestsPerSecond,
+      requestBurst: config.limits.requestBurst,
+      onSessionStart: (caller, connId) => { void presence.connected(caller.userId, connId) },
+      onSessionEnd: (caller, connId) => { void presence.disconnected(caller.userId, connId) }
+    })
     hooks.install(broker)
     broker.on('clientError', (client, err) => logger.debug('client error', { clientId: client.id, err: err.message }))
     broker.on('connectionError', (client, err) => logger.debug('connection error', { clientId: client?.id, err: err.message }))
@@ -129,8 +163,11 @@ export class MqimServer {
     const httpServer = http.createServer((req, res) => {
       const url = req.url ?? '/'
       if (url === '/healthz') {
-        res.writeHead(200, { 'content-type': 'application/json' })
-        res.end(JSON.stringify({ status: 'ok', clients: broker.connectedClients, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter }))
+        void health({ meta, messages, redis: backends.redis }).then(checks => {
+          const ok = Object.values(checks).every(c => c === 'ok')
+          res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' })
+          res.end(JSON.stringify({ status: ok ? 'ok' : 'degraded', node: nodeId, clients: broker.connectedClients, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter, broker: config.broker.persistence.adapter, checks }))
+        })
         return
       }
       if (url.startsWith('/admin/')) {
@@ -165,7 +202,7 @@ export class MqimServer {
       ports.tls = await listen(tlsServer, config.tls.port, config.host)
     }
     logger.info('mqim listening', { mqtt: ports.mqtt, http: ports.http, websocket: `/mqtt`, tls: ports.tls, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter })
-    return new MqimServer(ports, adminToken, services, broker, servers, wss, sockets)
+    return new MqimServer(ports, adminToken, services, broker, servers, wss, sockets, backends, nodeId)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -175,17 +212,44 @@ export class MqimServer {
   }
 
   private async doStop (): Promise<void> {
-    const { sequencer, receipts, meta, messages, logger } = this.services
+    const { sequencer, receipts, presence, meta, messages, logger } = this.services
+    // 1. stop accepting; 2. finish in-flight writes (and their deliveries); 3. disconnect
+    // clients so they reconnect elsewhere; 4. close stores and Redis
     const closing = this.servers.map(closeServer)
     receipts.close()
     await sequencer.close()
+    await presence.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     this.wss.close()
     for (const s of this.sockets) s.destroy()
     await Promise.all(closing)
-    await Promise.allSettled([meta.close(), messages.close()])
+    await Promise.allSettled([meta.close(), messages.close(), this.backends.close()])
     logger.info('mqim stopped')
   }
+}
+
+/** Each dependency answers a cheap query within 2 s, or it is reported as down. */
+async function health (deps: { meta: MetadataStore, messages: MessageStore, redis: Redis | null }): Promise<Record<string, 'ok' | 'down'>> {
+  const check = async (fn: () => Promise<unknown>): Promise<'ok' | 'down'> => {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await Promise.race([fn(), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error('timeout')), 2000) })])
+      return 'ok'
+    } catch {
+      return 'down'
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+  const checks: Record<string, 'ok' | 'down'> = {
+    messageStore: await check(async () => await deps.messages.findByClientMsgId('health', 'health', 'health')),
+    metadataStore: await check(async () => await deps.meta.userGet('health'))
+  }
+  if (deps.redis !== null) {
+    const redis = deps.redis
+    checks.redis = await check(async () => await redis.ping())
+  }
+  return checks
 }
 
 async function initStore (field: string, adapter: string, init: () => Promise<void>): Promise<void> {

@@ -13,6 +13,7 @@
  * - authorizeForward: O(1) defense in depth: only topics of the receiving user's subtree.
  */
 import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
+import { randomBytes } from 'node:crypto'
 import { ImError, toWireError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
@@ -24,6 +25,8 @@ import type { Caller } from '../im/context.js'
 import { TokenBucket } from './rate-limit.js'
 
 interface Session extends Caller {
+  /** Unique per connection (a clientId can reconnect, also on another node). */
+  connId: string
   prefix: string
   bucket: TokenBucket
 }
@@ -36,6 +39,9 @@ export interface HookOptions {
   requestsPerSecond: number
   requestBurst: number
   now?: () => number
+  /** Called when an authenticated session is ready, and when it ends. */
+  onSessionStart?: (caller: Caller, connId: string) => void
+  onSessionEnd?: (caller: Caller, connId: string) => void
 }
 
 /** Best-effort request id of a payload, so that even a refused request can be correlated. */
@@ -96,6 +102,7 @@ export class BrokerHooks {
       let set = this.clientsByUser.get(s.userId)
       if (set === undefined) this.clientsByUser.set(s.userId, set = new Set())
       set.add(client)
+      this.opts.onSessionStart?.(s, s.connId)
     })
     broker.on('clientDisconnect', (client) => {
       const s = this.sessions.get(client)
@@ -103,6 +110,7 @@ export class BrokerHooks {
       if (set === undefined || s === undefined) return
       set.delete(client)
       if (set.size === 0) this.clientsByUser.delete(s.userId)
+      this.opts.onSessionEnd?.(s, s.connId)
     })
   }
 
@@ -142,6 +150,7 @@ export class BrokerHooks {
     this.sessions.set(client, {
       userId: user.id,
       deviceId: bound.deviceId,
+      connId: randomBytes(8).toString('hex'),
       prefix: userPrefix(user.id),
       bucket: new TokenBucket(this.opts.requestsPerSecond, this.opts.requestBurst, this.now)
     })

@@ -6,6 +6,7 @@ import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
 import type { Sequencer } from './sequencer.js'
 import type { ReceiptAggregator } from './receipts.js'
+import type { PresenceService } from './presence.js'
 
 export interface Caller {
   userId: string
@@ -21,6 +22,7 @@ export interface Services {
   directory: ConversationDirectory
   publisher: Publisher
   receipts: ReceiptAggregator
+  presence: PresenceService
   now: () => number
 }
 

@@ -18,6 +18,9 @@ export class ConversationDirectory {
   private readonly generation = new Map<string, number>()
   private readonly maxEntries: number
 
+  /** Tells the other nodes (in a cluster) to drop their copy; set by the server. */
+  broadcast: (conversationId: string) => void = () => {}
+
   constructor (meta: MetadataStore, maxEntries = 50_000) {
     this.meta = meta
     this.maxEntries = maxEntries
@@ -58,7 +61,13 @@ export class ConversationDirectory {
     return { entry, member }
   }
 
+  /** After a change of the conversation or its members: drop the entry here and on every node. */
   invalidate (conversationId: string): void {
+    this.invalidateLocal(conversationId)
+    this.broadcast(conversationId)
+  }
+
+  invalidateLocal (conversationId: string): void {
     this.entries.delete(conversationId)
     this.loading.delete(conversationId)
     this.generation.set(conversationId, (this.generation.get(conversationId) ?? 0) + 1)

@@ -12,6 +12,7 @@ import { send } from './ops/send.js'
 import { history } from './ops/history.js'
 import { read, mute, receipts } from './ops/read.js'
 import { list } from './ops/list.js'
+import { presence } from './ops/presence.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -30,7 +31,8 @@ const HANDLERS: HandlerTable = {
   rename,
   'set-role': setRole,
   receipts,
-  members
+  members,
+  presence
 }
 
 function describeIssues (error: z.ZodError): string {

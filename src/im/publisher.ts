@@ -42,6 +42,13 @@ export class Publisher {
     for (const userId of userIds) this.publish(eventTopic(userId), payload)
   }
 
+  /** Server-to-server notice to every node (QoS 0; `$` topics reach no client). */
+  control (topic: string, payload: string): void {
+    this.broker.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 0, retain: false, dup: false }, (err?: Error) => {
+      if (err) this.logger.warn('control publish failed', { topic, err: String(err) })
+    })
+  }
+
   reply (userId: string, deviceId: string, reply: Reply): void {
     this.publish(replyTopic(userId, deviceId), Buffer.from(JSON.stringify(reply)))
   }

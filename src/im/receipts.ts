@@ -5,7 +5,7 @@
  */
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
-import type { MessageStore } from '../store/types.js'
+import type { MessageStore, MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
 
 export interface GroupReceiptSummary {
@@ -31,6 +31,7 @@ export class ReceiptAggregator {
 
   constructor (
     private readonly directory: ConversationDirectory,
+    private readonly meta: MetadataStore,
     private readonly messages: MessageStore,
     private readonly publisher: Publisher,
     private readonly logger: Logger,
@@ -65,11 +66,10 @@ export class ReceiptAggregator {
   }
 
   private async flushGroup (conversationId: string): Promise<void> {
-    const entry = await this.directory.get(conversationId)
-    if (entry === null) return
+    const members = await this.meta.memberList(conversationId)
     const lastSeq = await this.messages.lastSeq(conversationId)
-    const s = ReceiptAggregator.summarize([...entry.members.values()].map(m => m.readSeq), lastSeq)
-    this.publisher.event(entry.members.keys(), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
+    const s = ReceiptAggregator.summarize(members.map(m => m.readSeq), lastSeq)
+    this.publisher.event(members.map(m => m.userId), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
   }
 
   close (): void {

@@ -49,6 +49,7 @@ export const RenameRequest = z.object({ ...base, conv: ConvId, name: GroupName }
 export const SetRoleRequest = z.object({ ...base, conv: ConvId, user: UserId, role: RoleSchema }).strict()
 export const ReceiptsRequest = z.object({ ...base, conv: ConvId, seq: Seq.min(1) }).strict()
 export const MembersRequest = z.object({ ...base, conv: ConvId }).strict()
+export const PresenceRequest = z.object({ ...base, users: z.array(UserId).min(1).max(500) }).strict()
 
 /** Operation name (the last level of im/req/<op>) -> request schema. */
 export const REQUESTS = {
@@ -65,7 +66,8 @@ export const REQUESTS = {
   rename: RenameRequest,
   'set-role': SetRoleRequest,
   receipts: ReceiptsRequest,
-  members: MembersRequest
+  members: MembersRequest,
+  presence: PresenceRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS
@@ -108,6 +110,7 @@ export type ImEvent =
   | { type: 'read', conv: string, readSeq: number, unread: number }
   | { type: 'receipt', conv: string, kind: 'direct', user: string, readSeq: number }
   | { type: 'receipt', conv: string, kind: 'group', lastSeq: number, members: number, readAll: number, minReadSeq: number }
+  | { type: 'presence', user: string, online: boolean, lastSeen: number | null }
 
 export type Reply =
   | { id: string | null, op: string, ok: true, result: unknown }

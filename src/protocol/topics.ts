@@ -11,6 +11,8 @@
 export const REQUEST_PREFIX = 'im/req/'
 /** Requests are re-pointed here after handling so that Aedes routes them nowhere. `$` topics never match `#` [MQTT-4.7.2-1]. */
 export const SINK_TOPIC = '$mqim/sink'
+/** Server-to-server: a conversation's cached membership changed (payload: conversation id). */
+export const INVALIDATE_TOPIC = '$mqim/invalidate'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/

@@ -35,8 +35,10 @@ export async function mute (caller: Caller, req: RequestOf<'mute'>, services: Se
 }
 
 export async function receipts (caller: Caller, req: RequestOf<'receipts'>, services: Services): Promise<{ conv: string, seq: number, readBy: number, members: number }> {
-  const { entry } = await requireMember(services, caller, req.conv)
+  await requireMember(services, caller, req.conv)
+  // read cursors move on every node: count from the store, not the cache
+  const members = await services.meta.memberList(req.conv)
   let readBy = 0
-  for (const m of entry.members.values()) if (m.readSeq >= req.seq) readBy++
-  return { conv: req.conv, seq: req.seq, readBy, members: entry.members.size }
+  for (const m of members) if (m.readSeq >= req.seq) readBy++
+  return { conv: req.conv, seq: req.seq, readBy, members: members.length }
 }

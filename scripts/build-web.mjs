@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+/**
+ * Builds the browser chat page: web/src/main.ts (which imports the client SDK from src/client/) is
+ * bundled by esbuild into web/dist/app.js (minified, with a source map), and web/src/index.html and
+ * web/src/style.css are copied next to it. The server serves web/dist/ at `/` (src/http/static.ts).
+ *
+ *   node scripts/build-web.mjs            build once
+ *   node scripts/build-web.mjs --watch    rebuild on change (development)
+ *
+ * mqtt resolves to its browser build through the "browser" export condition (dist/mqtt.esm.js); the
+ * build fails if anything tries to pull a Node built-in module into the bundle.
+ */
+import * as esbuild from 'esbuild'
+import { copyFile, mkdir, rm } from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const src = path.join(root, 'web', 'src')
+const out = path.join(root, 'web', 'dist')
+const watch = process.argv.includes('--watch')
+
+/** Fails the build on any Node built-in (node:fs, crypto, ...) instead of letting it slip in. */
+const noNodeBuiltins = {
+  name: 'no-node-builtins',
+  setup (build) {
+    build.onResolve({ filter: /^node:/ }, args => ({
+      errors: [{ text: `Node built-in "${args.path}" imported by ${path.relative(root, args.importer)}: not allowed in the browser bundle` }]
+    }))
+  }
+}
+
+const copyStatic = {
+  name: 'copy-static',
+  setup (build) {
+    build.onEnd(async result => {
+      if (result.errors.length > 0) return
+      await Promise.all(['index.html', 'style.css'].map(f => copyFile(path.join(src, f), path.join(out, f))))
+    })
+  }
+}
+
+/** @type {import('esbuild').BuildOptions} */
+const options = {
+  absWorkingDir: root,
+  entryPoints: [path.join(src, 'main.ts')],
+  outfile: path.join(out, 'app.js'),
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: ['es2020', 'chrome100', 'firefox100', 'safari15'],
+  // The "browser" condition picks mqtt's dist/mqtt.esm.js (see node_modules/mqtt/package.json "exports").
+  conditions: ['browser', 'import'],
+  mainFields: ['browser', 'module', 'main'],
+  minify: true,
+  sourcemap: true,
+  legalComments: 'none',
+  define: { 'process.env.NODE_ENV': '"production"', global: 'globalThis' },
+  logLevel: 'warning',
+  metafile: true,
+  plugins: [noNodeBuiltins, copyStatic]
+}
+
+const started = Date.now()
+if (!watch) await rm(out, { recursive: true, force: true })
+await mkdir(out, { recursive: true })
+if (watch) {
+  const ctx = await esbuild.context(options)
+  await ctx.watch()
+  console.log('build-web: watching web/src and src/client')
+} else {
+  const result = await esbuild.build(options)
+  const bytes = result.metafile.outputs[path.relative(root, path.join(out, 'app.js'))]?.bytes ?? 0
+  console.log(`build-web: web/dist/app.js ${(bytes / 1024).toFixed(1)} KiB in ${Date.now() - started} ms`)
+}

@@ -1,0 +1,67 @@
+/**
+ * Where the broker keeps its state. Embedded default: Aedes' in-memory persistence and emitter
+ * (one process). Cluster: aedes-persistence-redis (sessions, subscriptions, offline QoS 1 queues,
+ * retained messages, wills) and mqemitter-redis (a publish on one node reaches subscribers on
+ * every node), both on the same Redis.
+ */
+import { Redis } from 'ioredis'
+import mqemitterRedis from 'mqemitter-redis'
+import aedesPersistenceRedis from 'aedes-persistence-redis'
+import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
+import { SINK_TOPIC } from '../protocol/topics.js'
+
+export interface BrokerBackends {
+  persistence?: unknown
+  mq?: unknown
+  /** A Redis connection for mqim's own use (presence, health), or null on the embedded default. */
+  redis: Redis | null
+  close: () => Promise<void>
+}
+
+interface Emitter {
+  emit: (message: { topic: string }, cb?: (err?: Error) => void) => unknown
+}
+
+/** Requests are re-pointed at SINK_TOPIC after handling; never send those through the emitter (or Redis). */
+export function dropSinkTopic<T> (mq: T): T {
+  const emitter = mq as unknown as Emitter
+  const emit = emitter.emit.bind(emitter)
+  emitter.emit = (message, cb) => {
+    if (message.topic === SINK_TOPIC) {
+      if (cb !== undefined) process.nextTick(cb)
+      return
+    }
+    return emit(message, cb)
+  }
+  return mq
+}
+
+export function createBrokerBackends (config: Config['broker']['persistence'], logger: Logger): BrokerBackends {
+  if (config.adapter === 'memory') return { redis: null, close: async () => {} }
+  const ttl = config.packetTTLSeconds
+  const connect = (name: string): Redis => {
+    const conn = new Redis(config.url, { connectionName: `mqim-${name}`, maxRetriesPerRequest: 3, lazyConnect: false })
+    conn.on('error', (err: Error) => logger.debug('redis error', { conn: name, err: err.message }))
+    return conn
+  }
+  const persistenceConn = connect('persistence')
+  const pub = connect('pub')
+  const sub = connect('sub')
+  const redis = connect('mqim')
+  const mq = mqemitterRedis({ pubConn: pub, subConn: sub, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
+  const persistence = aedesPersistenceRedis({
+    conn: persistenceConn,
+    maxSessionDelivery: config.maxSessionDelivery,
+    // offline QoS 1 messages expire; clients sync by seq for anything older
+    packetTTL: () => ttl
+  })
+  return {
+    persistence,
+    mq: dropSinkTopic(mq),
+    redis,
+    close: async () => {
+      await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
+    }
+  }
+}

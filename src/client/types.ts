@@ -1,0 +1,76 @@
+/** Public types of the client SDK. Wire payload types come from src/protocol/schemas.ts (one source of truth). */
+import type { ConversationSummary, ImEvent, MessageEnvelope } from '../protocol/schemas.js'
+import type { ImClientError } from './errors.js'
+
+export type { ConversationSummary, ImEvent, MessageEnvelope }
+
+/** Key/value persistence for the SDK's state (synced seq per conversation, outbox of unacked sends). */
+export interface ClientStorage {
+  get: (key: string) => Promise<string | null>
+  set: (key: string, value: string) => Promise<void>
+}
+
+export interface ImClientOptions {
+  /** `mqtt://host:1883` (Node) or `ws://host:8080/mqtt` (Node and browser). */
+  url: string
+  userId: string
+  /** Password, or a bot's API key (`mqk_…`). */
+  password: string
+  /** Device id (1-64 of A-Z a-z 0-9 _ -). The MQTT clientId is `${userId}:${deviceId}`, with clean: false. */
+  deviceId: string
+  /** Where the synced seq per conversation and the outbox live. Default: a MemoryStorage (nothing survives a restart). */
+  storage?: ClientStorage
+  /** How long a request waits for its reply before it rejects with TIMEOUT. Default 10000. */
+  requestTimeoutMs?: number
+  /** markRead calls within this window are merged into one `read` request per conversation. Default 500. */
+  readDebounceMs?: number
+  /** Delay between reconnect attempts. Default 1000. */
+  reconnectPeriodMs?: number
+  /** MQTT connect timeout. Default 10000. */
+  connectTimeoutMs?: number
+}
+
+export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'
+
+export type MemberEvent = Extract<ImEvent, { type: 'member' }>
+export type ReadEvent = Extract<ImEvent, { type: 'read' }>
+export type ReceiptEvent = Extract<ImEvent, { type: 'receipt' }>
+
+export interface ImClientEvents {
+  /** Each message exactly once per conversation, in seq order (gaps are filled first). */
+  message: (m: MessageEnvelope) => void
+  state: (s: ConnectionState) => void
+  member: (e: MemberEvent) => void
+  /** My own read cursor moved (this device or another one of mine). */
+  read: (e: ReadEvent) => void
+  /** Other members' reading progress. */
+  receipt: (e: ReceiptEvent) => void
+  /** A conversation is now contiguous up to lastSeq (after a gap fill or a reconnect sync). */
+  synced: (conv: string, lastSeq: number) => void
+  /** Background failures (sync, read flush, a send that failed for good) that have no promise to reject. */
+  error: (err: ImClientError) => void
+}
+
+export type Role = 'owner' | 'admin' | 'member'
+
+export interface SendOptions {
+  /** The seq of an earlier message of the conversation. */
+  replyTo?: number
+  /** Client message id (1-64 of A-Z a-z 0-9 _ -). Default: a random one. */
+  msgId?: string
+}
+
+export interface SendResult { conv: string, seq: number, msgId: string, ts: number, duplicate: boolean }
+export interface HistoryQuery { after?: number, before?: number, limit?: number }
+export interface HistoryResult { conv: string, messages: MessageEnvelope[], lastSeq: number, hasMore: boolean, limit: number }
+export interface DirectResult { conv: string, peer: string, created: boolean }
+export interface CreateGroupResult { conv: string, name: string, members: string[] }
+export interface AddMembersResult { conv: string, added: string[] }
+export interface RemoveMemberResult { conv: string, removed: string }
+export interface LeaveResult { conv: string, newOwner?: string }
+export interface RenameResult { conv: string, name: string }
+export interface SetRoleResult { conv: string, user: string, role: Role }
+export interface MembersResult { conv: string, kind: 'direct' | 'group', name: string | null, members: Array<{ user: string, role: Role }> }
+export interface MuteResult { conv: string, muted: boolean }
+export interface ReadResult { conv: string, readSeq: number, unread: number }
+export interface ReceiptsResult { conv: string, seq: number, readBy: number, members: number }

@@ -1,0 +1,224 @@
+/**
+ * Presence: a user is online while any of their devices is connected to any node. Each
+ * connection is an entry with an expiry that its node refreshes (heartbeat), so the entries of a
+ * node that died lapse on their own. Last-seen is kept per user. Contacts (the members of the
+ * user's conversations, up to a size limit) get `presence` events on transitions, at most one per
+ * user per `notifyIntervalMs` (the latest state wins).
+ */
+import type { Redis } from 'ioredis'
+import type { Logger } from '../log.js'
+import type { MetadataStore } from '../store/types.js'
+import type { ConversationDirectory } from './directory.js'
+import type { Publisher } from './publisher.js'
+
+export interface PresenceStatus { user: string, online: boolean, lastSeen: number | null }
+
+export interface PresenceStore {
+  /** Adds a live connection; true if the user had none before. */
+  add (userId: string, connId: string, expiresAt: number, now: number): Promise<boolean>
+  /** Removes a connection; true if the user has none left. */
+  remove (userId: string, connId: string, now: number): Promise<boolean>
+  refresh (entries: Array<{ userId: string, connId: string }>, expiresAt: number): Promise<void>
+  status (userIds: string[], now: number): Promise<PresenceStatus[]>
+  close (): Promise<void>
+}
+
+export class MemoryPresenceStore implements PresenceStore {
+  private readonly live = new Map<string, Map<string, number>>()
+  private readonly lastSeen = new Map<string, number>()
+
+  private liveCount (userId: string, now: number): number {
+    const conns = this.live.get(userId)
+    if (conns === undefined) return 0
+    let n = 0
+    for (const [id, exp] of conns) {
+      if (exp > now) n++
+      else conns.delete(id)
+    }
+    if (conns.size === 0) this.live.delete(userId)
+    return n
+  }
+
+  async add (userId: string, connId: string, expiresAt: number, now: number): Promise<boolean> {
+    const before = this.liveCount(userId, now)
+    let conns = this.live.get(userId)
+    if (conns === undefined) this.live.set(userId, conns = new Map())
+    conns.set(connId, expiresAt)
+    return before === 0
+  }
+
+  async remove (userId: string, connId: string, now: number): Promise<boolean> {
+    this.live.get(userId)?.delete(connId)
+    this.lastSeen.set(userId, now)
+    return this.liveCount(userId, now) === 0
+  }
+
+  async refresh (entries: Array<{ userId: string, connId: string }>, expiresAt: number): Promise<void> {
+    for (const e of entries) this.live.get(e.userId)?.set(e.connId, expiresAt)
+  }
+
+  async status (userIds: string[], now: number): Promise<PresenceStatus[]> {
+    return userIds.map(user => ({ user, online: this.liveCount(user, now) > 0, lastSeen: this.lastSeen.get(user) ?? null }))
+  }
+
+  async close (): Promise<void> {}
+}
+
+/** Redis: a sorted set per user (member = connection id, score = expiry) and a last-seen key. */
+export class RedisPresenceStore implements PresenceStore {
+  constructor (private readonly redis: Redis, private readonly prefix = 'mqim:') {}
+
+  private key (userId: string): string { return `${this.prefix}presence:${userId}` }
+  private seenKey (userId: string): string { return `${this.prefix}lastseen:${userId}` }
+
+  async add (userId: string, connId: string, expiresAt: number, now: number): Promise<boolean> {
+    const res = await this.redis.multi()
+      .zremrangebyscore(this.key(userId), '-inf', now)
+      .zcard(this.key(userId))
+      .zadd(this.key(userId), expiresAt, connId)
+      .pexpireat(this.key(userId), expiresAt)
+      .exec()
+    const before = Number(res?.[1]?.[1] ?? 0)
+    return before === 0
+  }
+
+  async remove (userId: string, connId: string, now: number): Promise<boolean> {
+    const res = await this.redis.multi()
+      .zrem(this.key(userId), connId)
+      .set(this.seenKey(userId), String(now))
+      .zcount(this.key(userId), `(${now}`, '+inf')
+      .exec()
+    return Number(res?.[2]?.[1] ?? 0) === 0
+  }
+
+  async refresh (entries: Array<{ userId: string, connId: string }>, expiresAt: number): Promise<void> {
+    if (entries.length === 0) return
+    const m = this.redis.multi()
+    for (const e of entries) {
+      m.zadd(this.key(e.userId), expiresAt, e.connId)
+      m.pexpireat(this.key(e.userId), expiresAt)
+    }
+    await m.exec()
+  }
+
+  async status (userIds: string[], now: number): Promise<PresenceStatus[]> {
+    if (userIds.length === 0) return []
+    const m = this.redis.multi()
+    for (const u of userIds) {
+      m.zcount(this.key(u), `(${now}`, '+inf')
+      m.get(this.seenKey(u))
+    }
+    const res = await m.exec()
+    return userIds.map((user, i) => {
+      const seen = res?.[2 * i + 1]?.[1]
+      return { user, online: Number(res?.[2 * i]?.[1] ?? 0) > 0, lastSeen: typeof seen === 'string' ? Number(seen) : null }
+    })
+  }
+
+  async close (): Promise<void> {}
+}
+
+export interface PresenceOptions {
+  store: PresenceStore
+  meta: MetadataStore
+  directory: ConversationDirectory
+  publisher: Publisher
+  logger: Logger
+  /** Entries live this long unless refreshed. */
+  ttlMs?: number
+  notifyIntervalMs?: number
+  /** Conversations larger than this do not get presence events of their members. */
+  maxAudience?: number
+  now?: () => number
+}
+
+export class PresenceService {
+  private readonly local = new Map<string, string>() // connId -> userId
+  private readonly lastNotified = new Map<string, number>()
+  private readonly pendingNotify = new Map<string, NodeJS.Timeout>()
+  private readonly heartbeat: NodeJS.Timeout
+  private readonly ttlMs: number
+  private readonly notifyIntervalMs: number
+  private readonly maxAudience: number
+  private readonly now: () => number
+
+  constructor (private readonly opts: PresenceOptions) {
+    this.ttlMs = opts.ttlMs ?? 90_000
+    this.notifyIntervalMs = opts.notifyIntervalMs ?? 5_000
+    this.maxAudience = opts.maxAudience ?? 500
+    this.now = opts.now ?? Date.now
+    this.heartbeat = setInterval(() => { void this.refresh() }, Math.max(1000, this.ttlMs / 3))
+    this.heartbeat.unref()
+  }
+
+  async connected (userId: string, connId: string): Promise<void> {
+    this.local.set(connId, userId)
+    try {
+      if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) this.scheduleNotify(userId)
+    } catch (err) {
+      this.opts.logger.warn('presence update failed', { userId, err: String(err) })
+    }
+  }
+
+  async disconnected (userId: string, connId: string): Promise<void> {
+    this.local.delete(connId)
+    try {
+      if (await this.opts.store.remove(userId, connId, this.now())) this.scheduleNotify(userId)
+    } catch (err) {
+      this.opts.logger.warn('presence update failed', { userId, err: String(err) })
+    }
+  }
+
+  async status (userIds: string[]): Promise<PresenceStatus[]> {
+    return await this.opts.store.status(userIds, this.now())
+  }
+
+  /** Everyone who shares a conversation (of at most maxAudience members) with the user. */
+  async contactsOf (userId: string): Promise<Set<string>> {
+    const contacts = new Set<string>()
+    for (const m of await this.opts.meta.memberListByUser(userId)) {
+      const entry = await this.opts.directory.get(m.conversationId)
+      if (entry === null || entry.members.size > this.maxAudience) continue
+      for (const u of entry.members.keys()) if (u !== userId) contacts.add(u)
+    }
+    return contacts
+  }
+
+  private scheduleNotify (userId: string): void {
+    if (this.pendingNotify.has(userId)) return
+    const wait = Math.max(0, (this.lastNotified.get(userId) ?? 0) + this.notifyIntervalMs - this.now())
+    const timer = setTimeout(() => {
+      this.pendingNotify.delete(userId)
+      this.lastNotified.set(userId, this.now())
+      this.notify(userId).catch(err => this.opts.logger.warn('presence notify failed', { userId, err: String(err) }))
+    }, wait)
+    timer.unref()
+    this.pendingNotify.set(userId, timer)
+  }
+
+  private async notify (userId: string): Promise<void> {
+    const [status] = await this.status([userId])
+    const contacts = await this.contactsOf(userId)
+    contacts.add(userId) // the user's own other devices see it too
+    this.opts.publisher.event(contacts, { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
+  }
+
+  private async refresh (): Promise<void> {
+    const entries = [...this.local].map(([connId, userId]) => ({ userId, connId }))
+    try {
+      await this.opts.store.refresh(entries, this.now() + this.ttlMs)
+    } catch (err) {
+      this.opts.logger.warn('presence heartbeat failed', { err: String(err) })
+    }
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.heartbeat)
+    for (const t of this.pendingNotify.values()) clearTimeout(t)
+    this.pendingNotify.clear()
+    // this node's connections end with it: mark them gone rather than waiting for expiry
+    await Promise.allSettled([...this.local].map(async ([connId, userId]) => await this.opts.store.remove(userId, connId, this.now())))
+    this.local.clear()
+    await this.opts.store.close()
+  }
+}
