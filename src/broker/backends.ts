@@ -37,6 +37,33 @@ export function dropSinkTopic<T> (mq: T): T {
   return mq
 }
 
+interface SubscriptionStore {
+  addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>
+}
+
+/**
+ * Aedes 1.2 calls persistence.addSubscriptions(client, allSubscriptionsOfThePacket) once per
+ * subscription of a SUBSCRIBE packet, concurrently. aedes-persistence-redis then waits for its
+ * own `$SYS/sub/add` broadcast to come back through the emitter, keyed by (client, first topic):
+ * with mqemitter-redis the replies arrive after all the calls have registered, the waiters
+ * overwrite each other, and a multi-topic SUBSCRIBE of a clean=false client never gets its
+ * SUBACK. Identical concurrent calls are therefore made once and share the result.
+ */
+export function coalesceAddSubscriptions<T> (persistence: T): T {
+  const store = persistence as unknown as SubscriptionStore
+  const add = store.addSubscriptions.bind(store)
+  const inFlight = new Map<string, Promise<unknown>>()
+  store.addSubscriptions = (client, subs) => {
+    const key = `${client.id}\u0000${subs.map(s => `${s.topic}\u0001${s.qos}`).join('\u0000')}`
+    const running = inFlight.get(key)
+    if (running !== undefined) return running
+    const p = add(client, subs).finally(() => inFlight.delete(key))
+    inFlight.set(key, p)
+    return p
+  }
+  return persistence
+}
+
 export function createBrokerBackends (config: Config['broker']['persistence'], logger: Logger): BrokerBackends {
   if (config.adapter === 'memory') return { redis: null, close: async () => {} }
   const ttl = config.packetTTLSeconds
@@ -57,7 +84,7 @@ export function createBrokerBackends (config: Config['broker']['persistence'], l
     packetTTL: () => ttl
   })
   return {
-    persistence,
+    persistence: coalesceAddSubscriptions(persistence),
     mq: dropSinkTopic(mq),
     redis,
     close: async () => {

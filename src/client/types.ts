@@ -4,10 +4,15 @@ import type { ImClientError } from './errors.js'
 
 export type { ConversationSummary, ImEvent, MessageEnvelope }
 
-/** Key/value persistence for the SDK's state (synced seq per conversation, outbox of unacked sends). */
+/**
+ * Key/value persistence for the SDK's state (synced seq per conversation, outbox of unacked sends),
+ * stored as one JSON value under the key `mqim:<user>:<device>`. `set` calls must take effect in the
+ * order they are made; a storage that writes synchronously inside `set` (all three shipped ones do)
+ * keeps the window in which a crash can lose a state change as small as it gets.
+ */
 export interface ClientStorage {
-  get: (key: string) => Promise<string | null>
-  set: (key: string, value: string) => Promise<void>
+  get(key: string): Promise<string | null>
+  set(key: string, value: string): Promise<void>
 }
 
 export interface ImClientOptions {
@@ -26,8 +31,19 @@ export interface ImClientOptions {
   readDebounceMs?: number
   /** Delay between reconnect attempts. Default 1000. */
   reconnectPeriodMs?: number
-  /** MQTT connect timeout. Default 10000. */
+  /** How long `ImClient.connect` waits to be online and synced before it rejects with TIMEOUT. Default 10000. */
   connectTimeoutMs?: number
+  /**
+   * A conversation this device meets after its first sync, other than by being added to it while
+   * connected (e.g. it shows up in `list` after a reconnect), replays at most this many of its latest
+   * messages as `message` events. Default 100.
+   */
+  maxBackfill?: number
+  /**
+   * Listeners attached before the first connection. Messages missed while offline are emitted during
+   * the initial sync, i.e. before `ImClient.connect` resolves: listen here to see them.
+   */
+  on?: Partial<ImClientEvents>
 }
 
 export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'
@@ -47,6 +63,8 @@ export interface ImClientEvents {
   receipt: (e: ReceiptEvent) => void
   /** A conversation is now contiguous up to lastSeq (after a gap fill or a reconnect sync). */
   synced: (conv: string, lastSeq: number) => void
+  /** A send was acknowledged: also for sends restored from storage after a restart, which have no promise. */
+  sent: (r: SendResult) => void
   /** Background failures (sync, read flush, a send that failed for good) that have no promise to reject. */
   error: (err: ImClientError) => void
 }

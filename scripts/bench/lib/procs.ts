@@ -8,7 +8,20 @@ import { readFileSync } from 'node:fs'
 import net from 'node:net'
 
 const children = new Set<ChildProcess>()
+const exitHooks: Array<() => void> = []
 let handlersInstalled = false
+
+/** Runs `fn` (synchronously) when the runner exits, however it exits short of SIGKILL. */
+export function onExit (fn: () => void): void {
+  installHandlers()
+  exitHooks.push(fn)
+}
+
+function runExitHooks (): void {
+  for (const fn of exitHooks.splice(0)) {
+    try { fn() } catch { /* best effort */ }
+  }
+}
 
 function killAll (signal: NodeJS.Signals): void {
   for (const c of children) {
@@ -21,7 +34,7 @@ function killAll (signal: NodeJS.Signals): void {
 function installHandlers (): void {
   if (handlersInstalled) return
   handlersInstalled = true
-  process.on('exit', () => killAll('SIGKILL'))
+  process.on('exit', () => { killAll('SIGKILL'); runExitHooks() })
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
       process.stderr.write(`\nbench: ${sig}: stopping every child process\n`)

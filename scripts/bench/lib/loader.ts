@@ -1,0 +1,154 @@
+/**
+ * The runner's side of the load generator: a pool of worker processes (scripts/bench/worker.ts,
+ * one per core by default) that each hold a share of the MQTT clients.
+ */
+import { fork, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { Histogram } from './hist.js'
+import { stopChild, track } from './procs.js'
+import type { ClientSpec, Command, ConnectResult, Counters, Report, Reply, SenderSpec } from './protocol.js'
+
+const WORKER = fileURLToPath(new URL('../worker.ts', import.meta.url))
+
+export interface Totals {
+  sent: number
+  acked: number
+  failed: number
+  failedCodes: Record<string, number>
+  publishErrors: number
+  received: number
+  peerReceived: number
+  clientErrors: number
+  latency: Histogram
+}
+
+export function sumCounters (list: Counters[]): Totals {
+  const t: Totals = { sent: 0, acked: 0, failed: 0, failedCodes: {}, publishErrors: 0, received: 0, peerReceived: 0, clientErrors: 0, latency: new Histogram() }
+  for (const c of list) {
+    t.sent += c.sent
+    t.acked += c.acked
+    t.failed += c.failed
+    t.publishErrors += c.publishErrors
+    t.received += c.received
+    t.peerReceived += c.peerReceived
+    t.clientErrors += c.clientErrors
+    for (const [k, v] of Object.entries(c.failedCodes)) t.failedCodes[k] = (t.failedCodes[k] ?? 0) + v
+    t.latency.merge(c.latency)
+  }
+  return t
+}
+
+class Worker {
+  private nextId = 1
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void, reject: (e: Error) => void }>()
+  readonly ready: Promise<void>
+
+  constructor (readonly child: ChildProcess, readonly index: number) {
+    let onReady: () => void = () => {}
+    this.ready = new Promise<void>(resolve => { onReady = resolve })
+    child.on('message', (msg: Reply | { ready: true }) => {
+      if ('ready' in msg) { onReady(); return }
+      const p = this.pending.get(msg.id)
+      if (p === undefined) return
+      this.pending.delete(msg.id)
+      if (msg.ok) p.resolve(msg.result)
+      else p.reject(new Error(`worker ${index}: ${msg.error}`))
+    })
+    child.once('exit', (code, signal) => {
+      for (const p of this.pending.values()) p.reject(new Error(`worker ${index} exited (${code ?? signal})`))
+      this.pending.clear()
+    })
+  }
+
+  call<T> (command: Command): Promise<T> {
+    const id = this.nextId++
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
+      this.child.send({ id, ...command })
+    })
+  }
+}
+
+export interface PoolConnectResult {
+  connected: number
+  failed: number
+  errors: string[]
+  elapsedMs: number
+  connectLatency: Histogram
+}
+
+export class LoaderPool {
+  private constructor (private readonly workers: Worker[]) {}
+
+  static async start (count: number): Promise<LoaderPool> {
+    const workers = Array.from({ length: count }, (_, i) => new Worker(track(fork(WORKER, [], {
+      execArgv: ['--import', 'tsx'],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+    })), i))
+    await Promise.all(workers.map(w => w.ready))
+    return new LoaderPool(workers)
+  }
+
+  get size (): number { return this.workers.length }
+
+  /** Worker pids (to account the load generator's own CPU). */
+  get pids (): number[] { return this.workers.map(w => w.child.pid ?? 0) }
+
+  /** Client specs are dealt to workers by `workerOf` (default: round robin). */
+  async connect (clients: ClientSpec[], concurrencyPerWorker: number, workerOf: (c: ClientSpec, i: number) => number = (_c, i) => i % this.workers.length): Promise<PoolConnectResult> {
+    const shares: ClientSpec[][] = this.workers.map(() => [])
+    clients.forEach((c, i) => shares[workerOf(c, i) % this.workers.length].push(c))
+    const t0 = performance.now()
+    const results = await Promise.all(this.workers.map((w, i) => w.call<ConnectResult>({ cmd: 'connect', clients: shares[i], concurrency: concurrencyPerWorker })))
+    const hist = new Histogram()
+    for (const r of results) hist.merge(r.connectLatency)
+    return {
+      connected: results.reduce((a, r) => a + r.connected, 0),
+      failed: results.reduce((a, r) => a + r.failed, 0),
+      errors: results.flatMap(r => r.errors),
+      elapsedMs: performance.now() - t0,
+      connectLatency: hist
+    }
+  }
+
+  /** Senders go to the worker that holds their client: `workerOfKey` must match the connect dealing. */
+  async start (senders: SenderSpec[], workerOfKey: (key: string) => number): Promise<void> {
+    const shares: SenderSpec[][] = this.workers.map(() => [])
+    for (const s of senders) shares[workerOfKey(s.key) % this.workers.length].push(s)
+    await Promise.all(this.workers.map((w, i) => w.call({ cmd: 'start', senders: shares[i] })))
+  }
+
+  async mark (): Promise<void> {
+    await Promise.all(this.workers.map(w => w.call({ cmd: 'mark' })))
+  }
+
+  private merge (reports: Report[]): { window: Totals, totals: Totals, inflight: number } {
+    return {
+      window: sumCounters(reports.map(r => r.window)),
+      totals: sumCounters(reports.map(r => r.totals)),
+      inflight: reports.reduce((a, r) => a + r.inflight, 0)
+    }
+  }
+
+  async report (): Promise<{ window: Totals, totals: Totals, inflight: number }> {
+    return this.merge(await Promise.all(this.workers.map(w => w.call<Report>({ cmd: 'report' }))))
+  }
+
+  async waitDone (timeoutMs: number): Promise<{ window: Totals, totals: Totals, inflight: number }> {
+    return this.merge(await Promise.all(this.workers.map(w => w.call<Report>({ cmd: 'waitDone', timeoutMs }))))
+  }
+
+  async stop (drainMs: number): Promise<{ window: Totals, totals: Totals, inflight: number }> {
+    return this.merge(await Promise.all(this.workers.map(w => w.call<Report>({ cmd: 'stop', drainMs }))))
+  }
+
+  /** Ends every client; the workers stay for the next measurement. */
+  async reset (): Promise<void> {
+    await Promise.all(this.workers.map(w => w.call({ cmd: 'reset' })))
+  }
+
+  /** Ends the worker processes (and with them their clients). */
+  async close (): Promise<void> {
+    await Promise.all(this.workers.map(async w => { await stopChild(w.child, 'SIGTERM', 3000) }))
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * Brokers under test, each started fresh in its own process for each measurement:
+ *   - mqim: `node --import tsx src/main.ts` with MQIM_* env (embedded stores, or FerretDB + MariaDB);
+ *   - aedes: raw Aedes without hooks (scripts/bench/aedes-broker.ts);
+ *   - mosquitto: /usr/sbin/mosquitto from Debian's packages.
+ * The pid held is the broker process itself (checked through /proc), so CPU and RSS figures are
+ * the broker's own accounting.
+ */
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ChildProcess } from 'node:child_process'
+import { canConnect, describeProc, freePorts, sampleProc, spawnTracked, stopChild, waitFor, type ProcSample } from './procs.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+export const MOSQUITTO = '/usr/sbin/mosquitto'
+
+export type TargetKind = 'mqim' | 'aedes' | 'mosquitto'
+
+export interface Target {
+  kind: TargetKind
+  label: string
+  pid: number
+  mqttUrl: string
+  /** mqim only */
+  httpPort: number | null
+  /** mqim only: bearer token of the admin API */
+  adminToken: string | null
+  logFile: string
+  sample: () => ProcSample
+  stop: () => Promise<void>
+}
+
+export interface MqimStores {
+  mongoUrl: string
+  mongoDb: string
+  mysqlUrl: string
+}
+
+export interface MqimOptions {
+  /** null: embedded in-memory stores */
+  stores: MqimStores | null
+  /** write a V8 CPU profile of the server into this directory when it stops */
+  cpuProfDir?: string
+  /** extra config merged into the MQIM_CONFIG file */
+  config?: Record<string, unknown>
+}
+
+function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port: number, logFile: string, extra: Partial<Target> = {}): Target {
+  const pid = child.pid
+  if (pid === undefined) throw new Error(`${label} did not start`)
+  return {
+    kind,
+    label,
+    pid,
+    mqttUrl: `mqtt://127.0.0.1:${port}`,
+    httpPort: null,
+    adminToken: null,
+    logFile,
+    sample: () => sampleProc(pid),
+    stop: async () => { await stopChild(child, 'SIGTERM', 15_000) },
+    ...extra
+  }
+}
+
+function logTail (file: string): string {
+  try {
+    return readFileSync(file, 'utf8').split('\n').slice(-15).join('\n')
+  } catch {
+    return ''
+  }
+}
+
+async function started (label: string, child: ChildProcess, logFile: string, ready: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  let exited: string | null = null
+  child.once('exit', (code, signal) => { exited = `exited with ${code ?? signal}` })
+  try {
+    await waitFor(`${label} to accept connections`, async () => {
+      if (exited !== null) throw new Error(exited)
+      return await ready()
+    }, timeoutMs, 100)
+  } catch (err) {
+    await stopChild(child, 'SIGKILL', 1000)
+    throw new Error(`${label} failed to start (${exited ?? (err as Error).message}); log ${logFile}:\n${logTail(logFile)}`)
+  }
+}
+
+function checkPid (label: string, pid: number, comm: string, cmdlinePart: string): void {
+  const d = describeProc(pid)
+  if (d.comm !== comm || !d.cmdline.includes(cmdlinePart)) {
+    throw new Error(`${label}: pid ${pid} is "${d.comm}" (${d.cmdline}), not the broker process`)
+  }
+}
+
+/** The environment without MQIM_* variables (e.g. MQIM_REDIS_URL would switch on cluster mode). */
+function cleanEnv (): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MQIM_') && k !== 'NODE_OPTIONS') env[k] = v
+  return env
+}
+
+export async function startMqim (dir: string, options: MqimOptions): Promise<Target> {
+  mkdirSync(dir, { recursive: true })
+  const [mqttPort, httpPort, tlsPort] = await freePorts(3)
+  const dataDir = path.join(dir, 'data')
+  const configFile = path.join(dir, 'config.json')
+  writeFileSync(configFile, JSON.stringify({
+    // the load generator sends far more than a person: lift the per-connection token bucket
+    limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000 },
+    ...options.config
+  }, null, 2))
+  const env: NodeJS.ProcessEnv = {
+    ...cleanEnv(),
+    MQIM_CONFIG: configFile,
+    MQIM_HOST: '127.0.0.1',
+    MQIM_MQTT_PORT: String(mqttPort),
+    MQIM_HTTP_PORT: String(httpPort),
+    MQIM_TLS_PORT: String(tlsPort),
+    MQIM_DATA_DIR: dataDir,
+    MQIM_LOG_LEVEL: 'warn'
+  }
+  if (options.stores !== null) {
+    env.MQIM_MONGO_URL = options.stores.mongoUrl
+    env.MQIM_MONGO_DB = options.stores.mongoDb
+    env.MQIM_MYSQL_URL = options.stores.mysqlUrl
+  }
+  const args = [
+    ...(options.cpuProfDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []),
+    '--import', 'tsx', 'src/main.ts'
+  ]
+  const logFile = path.join(dir, 'mqim.log')
+  const log = createWriteStream(logFile)
+  const child = spawnTracked(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout?.pipe(log)
+  child.stderr?.pipe(log)
+  const label = options.stores === null ? 'mqim (embedded)' : 'mqim (FerretDB+MariaDB)'
+  const tokenFile = path.join(dataDir, 'admin-token')
+  await started(label, child, logFile, async () => {
+    if (!existsSync(tokenFile)) return false
+    const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
+    await res.text()
+    return res.status === 200
+  })
+  checkPid(label, child.pid!, 'node', 'src/main.ts')
+  return makeTarget('mqim', label, child, mqttPort, logFile, {
+    httpPort,
+    adminToken: readFileSync(tokenFile, 'utf8').trim()
+  })
+}
+
+export async function startAedes (dir: string): Promise<Target> {
+  mkdirSync(dir, { recursive: true })
+  const [port] = await freePorts(1)
+  const logFile = path.join(dir, 'aedes.log')
+  const log = createWriteStream(logFile)
+  const script = path.join(ROOT, 'scripts', 'bench', 'aedes-broker.ts')
+  // stdin is a pipe the broker watches: it exits if the runner dies
+  const child = spawnTracked(process.execPath, ['--import', 'tsx', script, String(port)], { cwd: ROOT, env: cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
+  child.stdout?.pipe(log)
+  child.stderr?.pipe(log)
+  await started('raw Aedes', child, logFile, async () => await canConnect(port))
+  checkPid('raw Aedes', child.pid!, 'node', 'aedes-broker.ts')
+  return makeTarget('aedes', 'raw Aedes', child, port, logFile)
+}
+
+export async function startMosquitto (dir: string): Promise<Target> {
+  if (!existsSync(MOSQUITTO)) throw new Error(`${MOSQUITTO} is missing: run "bash scripts/services.sh install" (Debian package mosquitto)`)
+  mkdirSync(dir, { recursive: true })
+  const [port] = await freePorts(1)
+  const conf = path.join(dir, 'mosquitto.conf')
+  writeFileSync(conf, [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'persistence false',
+    // like Aedes: no cap on QoS 1 messages in flight or queued per client (the defaults, 20 and
+    // 1000, would drop group fan-out beyond the queue)
+    'max_inflight_messages 0',
+    'max_queued_messages 0',
+    'set_tcp_nodelay true',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    ''
+  ].join('\n'))
+  const logFile = path.join(dir, 'mosquitto.log')
+  const log = createWriteStream(logFile)
+  const child = spawnTracked(MOSQUITTO, ['-c', conf], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout?.pipe(log)
+  child.stderr?.pipe(log)
+  await started('Mosquitto', child, logFile, async () => await canConnect(port))
+  checkPid('Mosquitto', child.pid!, 'mosquitto', conf)
+  return makeTarget('mosquitto', 'Mosquitto', child, port, logFile)
+}
+
+export async function startTarget (kind: TargetKind, dir: string, mqim: MqimOptions = { stores: null }): Promise<Target> {
+  switch (kind) {
+    case 'mqim': return await startMqim(dir, mqim)
+    case 'aedes': return await startAedes(dir)
+    case 'mosquitto': return await startMosquitto(dir)
+  }
+}

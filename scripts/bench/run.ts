@@ -1,0 +1,409 @@
+/**
+ * `npm run bench`: mqim against raw Aedes and Mosquitto on the same machine, in the same run.
+ *
+ *   npm run bench                      full run: table on stdout, JSON in bench-results/
+ *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
+ *   options: --rounds N   --workers N   --only direct,group,connections,sync,store
+ *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
+ *            --keep       (keep the scratch directory with broker logs)
+ *
+ * Every broker runs in its own process, started fresh for each measurement; the load comes from
+ * worker processes (scripts/bench/worker.ts). Rounds interleave the brokers (aedes, mqim,
+ * mosquitto, then the reverse order) and the ratios are medians over rounds of per-round ratios.
+ * See BENCHMARKS.md.
+ */
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { randomBytes } from 'node:crypto'
+import mysql from 'mysql2/promise'
+import { median } from './lib/hist.js'
+import { LoaderPool } from './lib/loader.js'
+import { onExit } from './lib/procs.js'
+import { MOSQUITTO, ROOT, type MqimStores, type TargetKind } from './lib/targets.js'
+import {
+  runConnections, runDirect, runGroup, runRawInsert, runSync,
+  type ConnParams, type ConnResult, type Ctx, type DirectParams, type FlowResult, type FlowTiming, type GroupParams, type RawInsertResult, type SyncParams, type SyncResult
+} from './scenarios.js'
+
+// ---------------------------------------------------------------------------------------------
+// options
+// ---------------------------------------------------------------------------------------------
+
+const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
+type Scenario = typeof SCENARIOS[number]
+
+function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean } {
+  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    const value = (): string => {
+      const eq = a.indexOf('=')
+      if (eq >= 0) return a.slice(eq + 1)
+      const v = argv[++i]
+      if (v === undefined) throw new Error(`${a} needs a value`)
+      return v
+    }
+    if (a === '--quick') out.quick = true
+    else if (a === '--profile') out.profile = true
+    else if (a === '--keep') out.keep = true
+    else if (a.startsWith('--rounds')) out.rounds = Math.max(1, Number(value()))
+    else if (a.startsWith('--workers')) out.workers = Math.max(1, Number(value()))
+    else if (a.startsWith('--only')) {
+      const names = value().split(',').map(s => s.trim())
+      for (const n of names) if (!(SCENARIOS as readonly string[]).includes(n)) throw new Error(`unknown scenario "${n}" (${SCENARIOS.join(', ')})`)
+      out.only = new Set(names as Scenario[])
+    } else if (a === '--help' || a === '-h') {
+      process.stdout.write(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 13).map(l => l.replace(/^ \* ?/, '')).join('\n') + '\n')
+      process.exit(0)
+    } else throw new Error(`unknown option ${a}`)
+  }
+  return out
+}
+
+interface Sizes {
+  rounds: number
+  direct: DirectParams
+  directTiming: FlowTiming
+  groups: GroupParams[]
+  groupTiming: FlowTiming
+  connections: ConnParams
+  connectionRounds: number
+  sync: SyncParams
+  syncRounds: number
+  store: DirectParams
+  storeTiming: FlowTiming
+  rawInsert: { batch: number, seconds: number }
+  storeRounds: number
+}
+
+const BODY = 100
+
+function sizes (quick: boolean, rounds: number | null): Sizes {
+  if (quick) {
+    return {
+      rounds: rounds ?? 1,
+      direct: { pairs: 50, window: 8, bodyBytes: BODY },
+      directTiming: { warmMs: 1500, measureMs: 4000 },
+      groups: [{ members: 50, senders: 4, window: 8, bodyBytes: BODY }, { members: 500, senders: 2, window: 4, bodyBytes: BODY }],
+      groupTiming: { warmMs: 1000, measureMs: 3000 },
+      connections: { users: 50, devicesPerUser: 100 },
+      connectionRounds: 1,
+      sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
+      syncRounds: 1,
+      store: { pairs: 50, window: 8, bodyBytes: BODY },
+      storeTiming: { warmMs: 1500, measureMs: 4000 },
+      rawInsert: { batch: 500, seconds: 4 },
+      storeRounds: 1
+    }
+  }
+  return {
+    rounds: rounds ?? 3,
+    direct: { pairs: 200, window: 4, bodyBytes: BODY },
+    directTiming: { warmMs: 3000, measureMs: 10_000 },
+    groups: [{ members: 50, senders: 4, window: 8, bodyBytes: BODY }, { members: 500, senders: 3, window: 4, bodyBytes: BODY }],
+    groupTiming: { warmMs: 2000, measureMs: 8000 },
+    connections: { users: 100, devicesPerUser: 100 },
+    connectionRounds: 2,
+    sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
+    syncRounds: 3,
+    store: { pairs: 100, window: 8, bodyBytes: BODY },
+    storeTiming: { warmMs: 3000, measureMs: 10_000 },
+    rawInsert: { batch: 500, seconds: 8 },
+    storeRounds: rounds ?? 3
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// services (FerretDB + MariaDB) for the store scenario
+// ---------------------------------------------------------------------------------------------
+
+function startServices (log: (l: string) => void): { dir: string, env: Record<string, string> } {
+  const dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
+  const script = path.join(ROOT, 'scripts', 'services.sh')
+  onExit(() => {
+    try { execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore', timeout: 60_000 }) } catch { /* best effort */ }
+    rmSync(dir, { recursive: true, force: true })
+  })
+  log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
+  execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 })
+  const env: Record<string, string> = {}
+  for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
+    const m = /^export (\w+)='?([^']*)'?$/.exec(line.trim())
+    if (m !== null) env[m[1]] = m[2]
+  }
+  return { dir, env }
+}
+
+async function freshStores (env: Record<string, string>): Promise<MqimStores> {
+  const name = `bench_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
+  const base = new URL(env.MQIM_MYSQL_URL)
+  const conn = await mysql.createConnection({ host: base.hostname, port: Number(base.port), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) })
+  try {
+    await conn.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
+  } finally {
+    await conn.end()
+  }
+  base.pathname = `/${name}`
+  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: name, mysqlUrl: base.toString() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// reporting
+// ---------------------------------------------------------------------------------------------
+
+function machine (): Record<string, unknown> {
+  const version = (cmd: string, args: string[]): string => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 }).split('\n')[0].trim()
+    } catch (err) {
+      const out = (err as { stdout?: string }).stdout ?? ''
+      return out.split('\n')[0].trim() || 'unknown'
+    }
+  }
+  const pkg = (name: string): string => {
+    try { return (JSON.parse(readFileSync(path.join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version } catch { return 'unknown' }
+  }
+  return {
+    nproc: os.availableParallelism(),
+    cpu: os.cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30 * 10) / 10,
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    aedes: pkg('aedes'),
+    mqttjs: pkg('mqtt'),
+    mosquitto: version(MOSQUITTO, ['-h']),
+    loadAverage: os.loadavg().map(x => Math.round(x * 100) / 100)
+  }
+}
+
+const f = (x: number, d = 0): string => Number.isFinite(x) ? x.toFixed(d) : '-'
+
+function pad (cells: string[], widths: number[]): string {
+  return cells.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join('  ')
+}
+
+function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], raws: RawInsertResult[]): string {
+  const out: string[] = []
+  const head = ['scenario', 'broker', 'load', 'deliv/s', 'sends/s', 'p50 ms', 'p95 ms', 'p99 ms', 'srv CPU', 'CPU s/1k', 'loader', 'peak MiB', 'errors', 'n']
+  const widths = [12, 24, 6, 9, 8, 7, 7, 8, 7, 9, 6, 8, 6, 2]
+  out.push(pad(head, widths))
+  out.push(widths.map(w => '-'.repeat(w)).join('  '))
+  const groups = new Map<string, FlowResult[]>()
+  for (const r of flows) {
+    const key = `${r.scenario}|${r.label}|${r.load}`
+    groups.set(key, [...(groups.get(key) ?? []), r])
+  }
+  for (const rs of groups.values()) {
+    const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
+    out.push(pad([
+      rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
+      f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
+      f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
+      f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
+      f(m(r => r.peakRssMiB)), String(rs.reduce((a, r) => a + r.errors.total, 0)), String(rs.length)
+    ], widths))
+  }
+  if (conns.length > 0) {
+    out.push('')
+    out.push(pad(['connections', 'broker', 'conns', 'conn/s', 'p50 ms', 'p99 ms', 'KiB/conn', 'RSS MiB', 'errors', 'n'], [12, 24, 6, 8, 8, 8, 9, 8, 6, 2]))
+    const byLabel = new Map<string, ConnResult[]>()
+    for (const c of conns) byLabel.set(c.label, [...(byLabel.get(c.label) ?? []), c])
+    for (const cs of byLabel.values()) {
+      const m = (fn: (r: ConnResult) => number): number => median(cs.map(fn))
+      out.push(pad(['connections', cs[0].label, f(m(c => c.connections)), f(m(c => c.connectsPerSec)), f(m(c => c.connectLatencyMs.p50), 1), f(m(c => c.connectLatencyMs.p99), 1), f(m(c => c.kibPerConnection), 1), f(m(c => c.rssAfterMiB)), String(cs.reduce((a, c) => a + c.errors, 0)), String(cs.length)], [12, 24, 6, 8, 8, 8, 9, 8, 6, 2]))
+    }
+  }
+  if (syncs.length > 0) {
+    out.push('')
+    for (const s of syncs) out.push(`${s.scenario.padEnd(12)}  ${s.label.padEnd(24)}  ${s.messages} messages / ${s.conversations} conversations / ${s.pages} pages: ${f(s.syncSeconds, 2)} s (round ${s.round}, errors ${s.errors})`)
+  }
+  if (raws.length > 0) {
+    for (const r of raws) out.push(`${'raw-insert'.padEnd(12)}  ${'FerretDB insertMany'.padEnd(24)}  ${r.batch}/batch: ${f(r.docsPerSec)} docs/s, batch p50 ${f(r.batchLatencyMs.p50, 1)} ms p99 ${f(r.batchLatencyMs.p99, 1)} ms (round ${r.round})`)
+  }
+  return out.join('\n')
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------------
+
+async function main (): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2))
+  const S = sizes(opts.quick, opts.rounds)
+  const started = Date.now()
+  const log = (line: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${line}\n`) }
+  const resultsDir = path.join(ROOT, 'bench-results')
+  mkdirSync(resultsDir, { recursive: true })
+  const scratch = mkdtempSync(path.join(os.tmpdir(), 'mqim-bench-'))
+  if (!opts.keep) onExit(() => rmSync(scratch, { recursive: true, force: true }))
+  const cpuProfDir = opts.profile ? path.join(resultsDir, 'profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined
+  if (cpuProfDir !== undefined) mkdirSync(cpuProfDir, { recursive: true })
+
+  log(`mqim bench (${opts.quick ? 'quick' : 'full'}): ${S.rounds} round(s), ${opts.workers} load workers, scratch ${scratch}`)
+  const pool = await LoaderPool.start(opts.workers)
+  const ctx: Ctx = { pool, dir: scratch, cpuProfDir, log }
+  const flows: FlowResult[] = []
+  const conns: ConnResult[] = []
+  const syncs: SyncResult[] = []
+  const raws: RawInsertResult[] = []
+  const failures: string[] = []
+  // alternate the order each round so that drift on a noisy machine hits every broker alike
+  const order = (r: number): TargetKind[] => r % 2 === 1 ? ['aedes', 'mqim', 'mosquitto'] : ['mosquitto', 'mqim', 'aedes']
+  const attempt = async (what: string, fn: () => Promise<void>): Promise<void> => {
+    try {
+      await fn()
+    } catch (err) {
+      const msg = `${what}: ${err instanceof Error ? err.message : String(err)}`
+      failures.push(msg)
+      log(`FAILED ${msg}`)
+    }
+  }
+
+  try {
+    if (opts.only.has('direct')) {
+      log(`direct: ${S.direct.pairs} pairs, window ${S.direct.window}, ${S.direct.bodyBytes} B bodies`)
+      for (let r = 1; r <= S.rounds; r++) {
+        for (const kind of order(r)) {
+          await attempt(`direct ${kind} r${r}`, async () => { flows.push(...await runDirect(ctx, kind, r, S.direct, S.directTiming, kind === 'mqim')) })
+        }
+      }
+    }
+    if (opts.only.has('group')) {
+      for (const g of S.groups) {
+        log(`group${g.members}: ${g.members} members, ${g.senders} senders, window ${g.window}`)
+        for (let r = 1; r <= S.rounds; r++) {
+          for (const kind of order(r)) {
+            await attempt(`group${g.members} ${kind} r${r}`, async () => { flows.push(...await runGroup(ctx, kind, r, g, S.groupTiming)) })
+          }
+        }
+      }
+    }
+    if (opts.only.has('connections')) {
+      const n = S.connections.users * S.connections.devicesPerUser
+      log(`connections: ${n} idle clean=false connections (${S.connections.users} users x ${S.connections.devicesPerUser} devices)`)
+      for (let r = 1; r <= S.connectionRounds; r++) {
+        for (const kind of order(r)) {
+          await attempt(`connections ${kind} r${r}`, async () => { conns.push(await runConnections(ctx, kind, r, S.connections)) })
+        }
+      }
+    }
+    if (opts.only.has('sync')) {
+      log(`sync: ${S.sync.conversations * S.sync.messagesPerConversation} missed messages in ${S.sync.conversations} conversations (embedded stores)`)
+      for (let r = 1; r <= S.syncRounds; r++) {
+        await attempt(`sync r${r}`, async () => { syncs.push(await runSync(ctx, r, S.sync)) })
+      }
+    }
+    if (opts.only.has('store')) {
+      await attempt('store', async () => {
+        const services = startServices(log)
+        log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
+        for (let r = 1; r <= S.storeRounds; r++) {
+          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, services.env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
+          await attempt(`store mqim r${r}`, async () => {
+            const stores = await freshStores(services.env)
+            flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, false, { stores }, 'store'))
+          })
+        }
+        if (!opts.quick) {
+          await attempt('sync on FerretDB', async () => {
+            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(services.env) }, 'sync-ferret'))
+          })
+        }
+      })
+    }
+  } finally {
+    await pool.close()
+  }
+
+  // ratios: per round, then the median over rounds
+  const pick = (scenario: string, target: TargetKind, round: number, load: 'max' | 'paced' = 'max'): FlowResult | undefined =>
+    flows.find(x => x.scenario === scenario && x.target === target && x.round === round && x.load === load)
+  const perRound = (scenario: string, fn: (m: FlowResult, b: FlowResult) => number, base: TargetKind = 'aedes'): number[] => {
+    const out: number[] = []
+    for (let r = 1; r <= S.rounds; r++) {
+      const m = pick(scenario, 'mqim', r)
+      const b = pick(scenario, base, r)
+      if (m !== undefined && b !== undefined) out.push(fn(m, b))
+    }
+    return out
+  }
+  const rnd = (x: number, d = 3): number | null => Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null
+  const directRatios = perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec)
+  const cpuRatios = perRound('direct', (m, b) => m.cpuSecondsPer1kDelivered / b.cpuSecondsPer1kDelivered)
+  const storeRatios: number[] = []
+  for (let r = 1; r <= S.storeRounds; r++) {
+    const m = pick('store', 'mqim', r)
+    const raw = raws.find(x => x.round === r)
+    if (m !== undefined && raw !== undefined) storeRatios.push(m.storedPerSec / raw.docsPerSec)
+  }
+  const halfP99 = flows.filter(x => x.scenario === 'direct' && x.target === 'mqim' && x.load === 'paced').map(x => x.latencyMs.p99)
+  const kib = conns.filter(c => c.target === 'mqim').map(c => c.kibPerConnection)
+  const sync = syncs.filter(s => s.scenario === 'sync').map(s => s.syncSeconds)
+
+  const ratios = {
+    direct_vs_aedes: rnd(median(directRatios)),
+    cpu_per_msg_vs_aedes: rnd(median(cpuRatios)),
+    store_vs_raw_insert: rnd(median(storeRatios)),
+    p99_ms_at_half_load: rnd(median(halfP99), 1),
+    kib_per_connection: rnd(median(kib), 1),
+    sync_10k_s: rnd(median(sync), 3)
+  }
+  const goals: Array<[keyof typeof ratios, '>=' | '<=', number]> = [
+    ['direct_vs_aedes', '>=', 0.6],
+    ['cpu_per_msg_vs_aedes', '<=', 2],
+    ['store_vs_raw_insert', '>=', 0.5],
+    ['p99_ms_at_half_load', '<=', 50],
+    ['kib_per_connection', '<=', 50],
+    ['sync_10k_s', '<=', 2]
+  ]
+  const targets = goals.map(([key, op, goal]) => {
+    const v = ratios[key]
+    return { key, value: v, goal: `${op} ${goal}`, met: v === null ? null : op === '>=' ? v >= goal : v <= goal }
+  })
+  const extra = {
+    group50_vs_aedes: rnd(median(perRound('group50', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
+    group500_vs_aedes: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
+    direct_vs_mosquitto: rnd(median(perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
+    group500_vs_mosquitto: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
+    aedes_vs_mosquitto_direct: rnd(median(perRound('direct', (_m, b) => b.deliveredPerSec).map((a, i) => a / (perRound('direct', (_m, b) => b.deliveredPerSec, 'mosquitto')[i] ?? NaN)))),
+    sync_ferretdb_s: rnd(median(syncs.filter(s => s.scenario === 'sync-ferret').map(s => s.syncSeconds)), 3),
+    per_round: { direct_vs_aedes: directRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes: cpuRatios.map(x => rnd(x)), store_vs_raw_insert: storeRatios.map(x => rnd(x)), p99_ms_at_half_load: halfP99.map(x => rnd(x, 1)) }
+  }
+
+  const report = {
+    mode: opts.quick ? 'quick' : 'full',
+    startedAt: new Date(started).toISOString(),
+    durationSeconds: Math.round((Date.now() - started) / 1000),
+    machine: machine(),
+    workers: opts.workers,
+    sizes: S,
+    ratios,
+    targets,
+    extra,
+    failures,
+    flows,
+    connections: conns,
+    sync: syncs,
+    rawInsert: raws,
+    profiles: cpuProfDir ?? null
+  }
+  const stamp = new Date(started).toISOString().replace(/[:.]/g, '-')
+  const file = path.join(resultsDir, `bench-${report.mode}-${stamp}.json`)
+  writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
+  writeFileSync(path.join(resultsDir, `latest-${report.mode}.json`), JSON.stringify(report, null, 2) + '\n')
+
+  process.stdout.write('\n' + table(flows, conns, syncs, raws) + '\n\n')
+  for (const t of targets) process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.key.padEnd(22)} ${String(t.value).padStart(9)}   target ${t.goal}\n`)
+  process.stdout.write(`\nextra: ${JSON.stringify({ ...extra, per_round: undefined })}\n`)
+  if (failures.length > 0) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`)
+  process.stdout.write(`results: ${path.relative(ROOT, file)} (${report.durationSeconds} s)\n`)
+  process.stdout.write(JSON.stringify(ratios) + '\n')
+  process.exitCode = failures.length > 0 ? 1 : 0
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,308 @@
+/**
+ * Load-generator worker: a child process of the runner that holds many mqtt.js clients
+ * (MQTT 3.1.1 over TCP, TCP_NODELAY), sends with a bounded in-flight window (optionally paced),
+ * and measures send -> deliver latency from the timestamp at the start of each text body.
+ * Commands arrive over IPC (see lib/protocol.ts); the worker exits when the runner goes away.
+ */
+import mqtt, { type MqttClient } from 'mqtt'
+import { Histogram } from './lib/hist.js'
+import type { ClientSpec, Command, ConnectResult, Counters, Report, Reply, SenderSpec } from './lib/protocol.js'
+
+if (process.send === undefined) {
+  process.stderr.write('worker.ts is started by scripts/bench/run.ts\n')
+  process.exit(2)
+}
+process.on('disconnect', () => process.exit(0))
+
+const nowMs = (): number => performance.timeOrigin + performance.now()
+
+function newCounters (): Counters {
+  return { sent: 0, acked: 0, failed: 0, failedCodes: {}, publishErrors: 0, received: 0, peerReceived: 0, clientErrors: 0, latency: new Histogram().toData() }
+}
+
+class Tally {
+  c = newCounters()
+  hist = new Histogram()
+  snapshot (): Counters { return { ...this.c, failedCodes: { ...this.c.failedCodes }, latency: this.hist.toData() } }
+}
+
+const totals = new Tally()
+let windowTally = new Tally()
+let windowStart = performance.now()
+const both = (f: (t: Tally) => void): void => { f(totals); f(windowTally) }
+
+interface Live { spec: ClientSpec, client: MqttClient, replyPrefix: string, fromNeedle: Buffer, ended: boolean, sender: Sender | null }
+const clients = new Map<string, Live>()
+let closing = false
+
+const BODY = Buffer.from('"body":"')
+const OK_FALSE = Buffer.from('"ok":false')
+const CODE = Buffer.from('"code":"')
+const MSG_ID = Buffer.from('"msgId":"')
+const REQ_ID = Buffer.from('"id":"')
+
+/** The number n of "<prefix>-<n>" or "<n>" in the JSON string field starting after `needle`. */
+function numberAfter (payload: Buffer, needle: Buffer): number {
+  const at = payload.indexOf(needle)
+  if (at < 0) return NaN
+  const start = at + needle.length
+  const end = payload.indexOf(0x22, start)
+  if (end < 0) return NaN
+  const text = payload.toString('latin1', start, end)
+  return Number(text.slice(text.lastIndexOf('-') + 1))
+}
+
+function onMessage (live: Live, topic: string, payload: Buffer): void {
+  if (topic.startsWith(live.replyPrefix)) {
+    // a reply to one of our requests: only failures matter here
+    if (payload.indexOf(OK_FALSE) >= 0) {
+      const at = payload.indexOf(CODE)
+      const code = at < 0 ? 'UNKNOWN' : payload.toString('latin1', at + CODE.length, payload.indexOf(0x22, at + CODE.length))
+      both(t => { t.c.failed++; t.c.failedCodes[code] = (t.c.failedCodes[code] ?? 0) + 1 })
+      // a failed send is never delivered: it leaves the window now
+      if (live.sender !== null) release(live.sender, numberAfter(payload, REQ_ID), 'echo')
+    }
+    return
+  }
+  const echo = payload.indexOf(live.fromNeedle) >= 0
+  both(t => { t.c.received++ })
+  if (echo) {
+    if (live.sender !== null) release(live.sender, numberAfter(payload, MSG_ID), 'echo')
+    return
+  }
+  const at = payload.indexOf(BODY)
+  const sentAt = at < 0 ? NaN : parseFloat(payload.toString('latin1', at + BODY.length, at + BODY.length + 24))
+  const lat = nowMs() - sentAt
+  both(t => {
+    t.c.peerReceived++
+    if (Number.isFinite(lat)) t.hist.add(lat)
+  })
+}
+
+function connectOne (spec: ClientSpec): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(spec.url, {
+      clientId: spec.clientId,
+      username: spec.username,
+      password: spec.password,
+      protocolVersion: 4,
+      clean: spec.clean,
+      reconnectPeriod: 0,
+      connectTimeout: 60_000,
+      keepalive: 120,
+      resubscribe: false
+    })
+    let settled = false
+    const fail = (err: Error): void => {
+      if (!settled) { settled = true; client.end(true); reject(err) }
+    }
+    client.once('error', fail)
+    client.once('connect', () => {
+      const stream = client.stream as { setNoDelay?: (v: boolean) => void }
+      stream.setNoDelay?.(true)
+      const device = spec.clientId.slice(spec.clientId.indexOf(':') + 1)
+      const live: Live = { spec, client, replyPrefix: `im/u/${spec.me}/r/${device}`, fromNeedle: Buffer.from(`"from":"${spec.me}"`), ended: false, sender: null }
+      client.on('message', (topic, payload) => onMessage(live, topic, payload))
+      const done = (): void => {
+        settled = true
+        client.off('error', fail)
+        client.on('error', () => { if (!closing && !live.ended) both(t => { t.c.clientErrors++ }) })
+        client.on('close', () => { if (!closing && !live.ended) both(t => { t.c.clientErrors++ }) })
+        clients.set(spec.key, live)
+        resolve()
+      }
+      if (spec.subscribe.length === 0) { done(); return }
+      client.subscribe(spec.subscribe, { qos: 1 }, (err, granted) => {
+        if (err) { fail(err); return }
+        if (granted?.some(g => g.qos === 128)) { fail(new Error(`subscription refused for ${spec.clientId}`)); return }
+        done()
+      })
+    })
+  })
+}
+
+async function connectAll (specs: ClientSpec[], concurrency: number): Promise<ConnectResult> {
+  const started = performance.now()
+  const hist = new Histogram()
+  const errors: string[] = []
+  let failed = 0
+  let next = 0
+  const lane = async (): Promise<void> => {
+    while (next < specs.length) {
+      const spec = specs[next++]
+      const t0 = performance.now()
+      try {
+        await connectOne(spec)
+        hist.add(performance.now() - t0)
+      } catch (err) {
+        failed++
+        if (errors.length < 5) errors.push(`${spec.clientId}: ${(err as Error).message}`)
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, specs.length)) }, lane))
+  return { connected: specs.length - failed, failed, errors, elapsedMs: performance.now() - started, connectLatency: hist.toData() }
+}
+
+interface Sender {
+  spec: SenderSpec
+  live: Live
+  n: number
+  /** numbers of the messages in flight */
+  outstanding: Set<number>
+  tokens: number
+  pad: string
+}
+
+const senders: Sender[] = []
+let sending = false
+let pacer: NodeJS.Timeout | null = null
+let lastTick = 0
+let idleWaiters: Array<() => void> = []
+
+function inflightTotal (): number {
+  let n = 0
+  for (const s of senders) n += s.outstanding.size
+  return n
+}
+
+function senderDone (s: Sender): boolean {
+  return s.spec.count !== null && s.n >= s.spec.count && s.outstanding.size === 0
+}
+
+function checkIdle (): void {
+  if (idleWaiters.length === 0) return
+  const idle = sending ? senders.every(senderDone) : inflightTotal() === 0
+  if (!idle) return
+  const w = idleWaiters
+  idleWaiters = []
+  for (const f of w) f()
+}
+
+function release (s: Sender, n: number, how: 'echo' | 'ack' | 'error'): void {
+  if (how !== 'error' && how !== s.spec.release) return
+  if (!s.outstanding.delete(n)) return
+  pump(s)
+  checkIdle()
+}
+
+function sendOne (s: Sender): void {
+  const n = ++s.n
+  const spec = s.spec
+  const body = nowMs().toFixed(3) + '|' + s.pad
+  const payload = spec.mode === 'mqim'
+    ? `{"id":"${n}","conv":"${spec.conv}","msgId":"${spec.idPrefix}-${n}","kind":"text","body":"${body}"}`
+    : `{"conv":"${spec.conv}","seq":${n},"msgId":"${spec.idPrefix}-${n}","from":"${spec.from}","ts":${Date.now()},"kind":"text","body":"${body}"}`
+  s.outstanding.add(n)
+  both(t => { t.c.sent++ })
+  s.live.client.publish(spec.topic, payload, { qos: 1 }, (err) => {
+    if (err) {
+      both(t => { t.c.publishErrors++ })
+      release(s, n, 'error')
+    } else {
+      both(t => { t.c.acked++ })
+      release(s, n, 'ack')
+    }
+  })
+}
+
+function pump (s: Sender): void {
+  const spec = s.spec
+  while (sending && s.outstanding.size < spec.window && (spec.count === null || s.n < spec.count)) {
+    if (spec.rate !== null) {
+      if (s.tokens < 1) return
+      s.tokens -= 1
+    }
+    sendOne(s)
+  }
+}
+
+function start (specs: SenderSpec[]): void {
+  for (const spec of specs) {
+    const live = clients.get(spec.key)
+    if (live === undefined) throw new Error(`no connected client ${spec.key}`)
+    const padLen = Math.max(0, spec.bodyBytes - 15)
+    const s: Sender = { spec, live, n: 0, outstanding: new Set(), tokens: 0, pad: 'x'.repeat(padLen) }
+    live.sender = s
+    senders.push(s)
+  }
+  sending = true
+  if (senders.some(s => s.spec.rate !== null)) {
+    lastTick = performance.now()
+    pacer = setInterval(() => {
+      const t = performance.now()
+      const dt = (t - lastTick) / 1000
+      lastTick = t
+      for (const s of senders) {
+        if (s.spec.rate === null) continue
+        // at most 100 ms of backlog: a sender that fell behind does not burst to catch up
+        s.tokens = Math.min(s.tokens + s.spec.rate * dt, Math.max(1, s.spec.rate * 0.1))
+        pump(s)
+      }
+    }, 2)
+  }
+  // spread the first sends over a few ms so that the clients do not all fire at once
+  senders.forEach((s, i) => setTimeout(() => pump(s), i % 20))
+}
+
+function report (): Report {
+  return { window: windowTally.snapshot(), totals: totals.snapshot(), inflight: inflightTotal(), elapsedMs: performance.now() - windowStart }
+}
+
+async function waitIdle (timeoutMs: number): Promise<void> {
+  await new Promise<void>(resolve => {
+    const timer = setTimeout(() => { idleWaiters = idleWaiters.filter(f => f !== done); resolve() }, timeoutMs)
+    const done = (): void => { clearTimeout(timer); resolve() }
+    idleWaiters.push(done)
+    checkIdle()
+  })
+}
+
+async function handle (c: Command): Promise<unknown> {
+  switch (c.cmd) {
+    case 'connect': return await connectAll(c.clients, c.concurrency)
+    case 'start': start(c.senders); return null
+    case 'mark':
+      windowTally = new Tally()
+      windowStart = performance.now()
+      return null
+    case 'report': return report()
+    case 'waitDone':
+      await waitIdle(c.timeoutMs)
+      return report()
+    case 'stop': {
+      sending = false
+      if (pacer !== null) { clearInterval(pacer); pacer = null }
+      await waitIdle(c.drainMs)
+      const r = report()
+      for (const x of senders) x.live.sender = null
+      senders.length = 0
+      return r
+    }
+    case 'reset':
+      // end every client and forget all state; the process stays for the next measurement
+      closing = true
+      sending = false
+      if (pacer !== null) { clearInterval(pacer); pacer = null }
+      senders.length = 0
+      await Promise.all([...clients.values()].map(l => new Promise<void>(resolve => {
+        l.ended = true
+        const timer = setTimeout(resolve, 5000)
+        l.client.end(true, {}, () => { clearTimeout(timer); resolve() })
+      })))
+      clients.clear()
+      totals.c = newCounters()
+      totals.hist = new Histogram()
+      windowTally = new Tally()
+      closing = false
+      return null
+  }
+}
+
+process.on('message', (msg: { id: number } & Command) => {
+  handle(msg).then(
+    (result) => process.send!({ id: msg.id, ok: true, result } satisfies Reply),
+    (err: unknown) => process.send!({ id: msg.id, ok: false, error: err instanceof Error ? err.message : String(err) } satisfies Reply)
+  )
+})
+process.send({ ready: true })

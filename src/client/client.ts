@@ -1,0 +1,308 @@
+/** ImClient: the public face of the SDK, wiring the connection, ordering, outbox and read batching together. */
+import type { ConversationSummary, ImEvent, MessageEnvelope, OpName, RequestOf } from '../protocol/schemas.js'
+import { DEVICE_ID_PATTERN, USER_ID_PATTERN } from '../protocol/topics.js'
+import { Connection } from './connection.js'
+import { Emitter } from './emitter.js'
+import { ImClientError } from './errors.js'
+import { randomId } from './ids.js'
+import { Outbox } from './outbox.js'
+import { ReadBatcher } from './reads.js'
+import { MemoryStorage, StateStore, type OutboxEntry } from './storage.js'
+import { ConversationSync } from './sync.js'
+import type {
+  AddMembersResult, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
+  ImClientOptions, LeaveResult, MembersResult, MuteResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
+  Role, SendOptions, SendResult, SetRoleResult
+} from './types.js'
+
+/** The `result` of each operation's reply (topics.md, "Operations"). */
+interface Results extends Record<OpName, unknown> {
+  send: SendResult
+  history: HistoryResult
+  read: ReadResult
+  mute: MuteResult
+  list: { conversations: ConversationSummary[] }
+  direct: DirectResult
+  'create-group': CreateGroupResult
+  'add-members': AddMembersResult
+  'remove-member': RemoveMemberResult
+  leave: LeaveResult
+  rename: RenameResult
+  'set-role': SetRoleResult
+  members: MembersResult
+  receipts: ReceiptsResult
+}
+
+/** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
+const MSG_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
+
+const DEFAULTS = { requestTimeoutMs: 10000, readDebounceMs: 500, reconnectPeriodMs: 1000, connectTimeoutMs: 10000, maxBackfill: 100 }
+
+export class ImClient {
+  readonly userId: string
+  readonly deviceId: string
+  state: ConnectionState = 'connecting'
+
+  private readonly events = new Emitter<ImClientEvents>()
+  private readonly conn: Connection
+  private readonly sync: ConversationSync
+  private readonly outbox: Outbox
+  private readonly reads: ReadBatcher
+  private readonly options: ImClientOptions & typeof DEFAULTS
+  private onlineWaiters: Array<{ resolve: () => void, reject: (err: ImClientError) => void }> = []
+  private syncing: Promise<void> | null = null
+  private syncAgain = false
+
+  /**
+   * Connects and resolves once online with the initial sync done; rejects (and closes) on bad
+   * credentials or after `connectTimeoutMs`. Messages the initial sync emits reach the listeners
+   * given in `options.on` (listeners added with `on()` afterwards see what comes later).
+   */
+  static async connect (options: ImClientOptions): Promise<ImClient> {
+    if (!USER_ID_PATTERN.test(options.userId)) throw new ImClientError('BAD_REQUEST', `not a user id: ${options.userId}`)
+    if (!DEVICE_ID_PATTERN.test(options.deviceId)) throw new ImClientError('BAD_REQUEST', `not a device id (1-64 of A-Z a-z 0-9 _ -): ${options.deviceId}`)
+    const store = await StateStore.load(options.storage ?? new MemoryStorage(), `mqim:${options.userId}:${options.deviceId}`)
+    const client = new ImClient({ ...DEFAULTS, ...stripUndefined(options) }, store)
+    const timeoutMs = client.options.connectTimeoutMs
+    let timer: ReturnType<typeof setTimeout> | undefined
+    try {
+      await Promise.race([
+        client.whenOnline(),
+        new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new ImClientError('TIMEOUT', `not online within ${timeoutMs} ms`)) }, timeoutMs) })
+      ])
+    } catch (err) {
+      await client.close()
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
+    return client
+  }
+
+  private constructor (options: ImClientOptions & typeof DEFAULTS, private readonly store: StateStore) {
+    this.options = options
+    this.userId = options.userId
+    this.deviceId = options.deviceId
+    const emitError = (err: ImClientError): void => { this.events.emit('error', err) }
+    const isClosed = (): boolean => this.state === 'closed'
+    this.events.onListenerError = (err) => { emitError(new ImClientError('INTERNAL', `an event listener threw: ${String(err)}`)) }
+    for (const [event, fn] of Object.entries(options.on ?? {})) if (fn !== undefined) this.events.on(event as keyof ImClientEvents, fn)
+    this.sync = new ConversationSync({
+      store,
+      history: async (conv, after) => await this.call('history', { conv, after }),
+      emitMessage: (m) => { this.events.emit('message', m) },
+      emitSynced: (conv, seq) => { this.events.emit('synced', conv, seq) },
+      emitError,
+      maxBackfill: options.maxBackfill,
+      retryMs: options.reconnectPeriodMs,
+      isClosed
+    })
+    this.outbox = new Outbox({
+      store,
+      send: async (e) => await this.call('send', { ...e, body: e.body as RequestOf<'send'>['body'] }),
+      whenOnline: async () => { await this.whenOnline() },
+      emitSent: (r) => { this.events.emit('sent', r) },
+      emitError,
+      retryMs: Math.max(50, Math.min(options.reconnectPeriodMs, 500)),
+      isClosed
+    })
+    this.reads = new ReadBatcher({
+      debounceMs: options.readDebounceMs,
+      read: async (conv, seq) => await this.call('read', { conv, seq }),
+      emitError,
+      isClosed
+    })
+    this.conn = new Connection(options, {
+      up: () => { this.onUp() },
+      down: () => { if (this.state !== 'closed') this.setState('offline') },
+      failure: (err) => { this.onFailure(err) },
+      message: (m) => { this.sync.receive(m as MessageEnvelope) },
+      event: (e) => { this.onEvent(e as ImEvent) }
+    })
+  }
+
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<E extends keyof ImClientEvents>(event: E, fn: ImClientEvents[E]): () => void {
+    return this.events.on(event, fn)
+  }
+
+  /** Sends a text message. Resolves with the acknowledged seq; retried (same msgId) until acked; rejects only on permanent errors or close(). */
+  async send (conv: string, text: string, opts: SendOptions = {}): Promise<SendResult> {
+    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'text', body: text, ...replyTo(opts) })
+  }
+
+  /** Sends any JSON value as a `custom` message (cards, bot commands …). */
+  async sendCustom (conv: string, body: unknown, opts: SendOptions = {}): Promise<SendResult> {
+    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'custom', body, ...replyTo(opts) })
+  }
+
+  /** Messages stored in the outbox and not acknowledged yet. */
+  get unacked (): number {
+    return this.outbox.size
+  }
+
+  async list (): Promise<ConversationSummary[]> {
+    const { conversations } = await this.call('list', {})
+    for (const c of conversations) this.reads.known(c.conv, c.readSeq)
+    return conversations
+  }
+
+  /** One page of history; the messages also join the local copy (`messages(conv)`). */
+  async history (conv: string, q: HistoryQuery = {}): Promise<HistoryResult> {
+    const result = await this.call('history', { conv, ...stripUndefined(q) })
+    this.sync.merge(conv, result.messages)
+    return result
+  }
+
+  /** The local copy of a conversation: emitted messages and fetched history, seq ascending, no duplicates. */
+  messages (conv: string): MessageEnvelope[] {
+    return this.sync.messages(conv)
+  }
+
+  async direct (user: string): Promise<DirectResult> { return await this.call('direct', { user }) }
+  async createGroup (name: string, members: string[]): Promise<CreateGroupResult> { return await this.call('create-group', { name, members }) }
+  async addMembers (conv: string, members: string[]): Promise<AddMembersResult> { return await this.call('add-members', { conv, members }) }
+  async removeMember (conv: string, user: string): Promise<RemoveMemberResult> { return await this.call('remove-member', { conv, user }) }
+  async leave (conv: string): Promise<LeaveResult> { return await this.call('leave', { conv }) }
+  async rename (conv: string, name: string): Promise<RenameResult> { return await this.call('rename', { conv, name }) }
+  async setRole (conv: string, user: string, role: Role): Promise<SetRoleResult> { return await this.call('set-role', { conv, user, role }) }
+  async members (conv: string): Promise<MembersResult> { return await this.call('members', { conv }) }
+  async mute (conv: string, muted: boolean): Promise<MuteResult> { return await this.call('mute', { conv, muted }) }
+  async receipts (conv: string, seq: number): Promise<ReceiptsResult> { return await this.call('receipts', { conv, seq }) }
+
+  /** Marks everything up to `seq` read. Batched: debounced by `readDebounceMs`, only the highest seq per conversation is sent. */
+  markRead (conv: string, seq: number): void {
+    this.reads.mark(conv, seq)
+  }
+
+  /** Sends pending read marks now. */
+  async flushReads (): Promise<void> {
+    await this.reads.flush()
+  }
+
+  /** Sends pending read marks (when online), then disconnects. Unacked sends stay in storage for the next run. */
+  async close (): Promise<void> {
+    if (this.state === 'closed') return
+    if (this.state === 'online') await this.reads.flush().catch(() => {})
+    this.setState('closed')
+    this.reads.stop()
+    this.sync.stop()
+    this.outbox.stop()
+    for (const w of this.onlineWaiters) w.reject(new ImClientError('CLOSED', 'the client was closed'))
+    this.onlineWaiters = []
+    await this.conn.close()
+    await this.store.flush()
+  }
+
+  /**
+   * Sends a request and awaits its reply, resending after RATE_LIMITED for up to `requestTimeoutMs`. The fields are typed by the server's zod schemas
+   * (`RequestOf`); the schemas themselves are not bundled (zod would double the browser bundle), so
+   * the server validates and answers BAD_REQUEST.
+   */
+  private async call<K extends OpName>(op: K, fields: Omit<RequestOf<K>, 'id'>): Promise<Results[K]> {
+    // RATE_LIMITED is decided before anything else runs, so resending is safe for every operation.
+    const deadline = Date.now() + this.options.requestTimeoutMs
+    for (let delay = 50; ; delay = Math.min(delay * 2, 2000)) {
+      if (this.state === 'closed') throw new ImClientError('CLOSED', 'the client is closed', op)
+      try {
+        return await this.conn.request<Results[K]>(op, fields)
+      } catch (err) {
+        if (!(err instanceof ImClientError) || err.code !== 'RATE_LIMITED' || Date.now() + delay > deadline) throw err
+      }
+      await new Promise(resolve => setTimeout(resolve, delay))
+    }
+  }
+
+  /** Checks what would make a stored send fail for ever (msgId, text body) before it enters the outbox. */
+  private async enqueue (entry: OutboxEntry): Promise<SendResult> {
+    if (this.state === 'closed') throw new ImClientError('CLOSED', 'the client is closed', 'send')
+    if (!MSG_ID_PATTERN.test(entry.msgId)) throw new ImClientError('BAD_REQUEST', 'send: msgId must be 1-64 of A-Z a-z 0-9 _ -', 'send')
+    if (entry.kind === 'text' && (typeof entry.body !== 'string' || entry.body.length === 0)) throw new ImClientError('BAD_REQUEST', 'send: a text message needs a non-empty string', 'send')
+    if (entry.replyTo !== undefined && !(Number.isSafeInteger(entry.replyTo) && entry.replyTo >= 1)) throw new ImClientError('BAD_REQUEST', 'send: replyTo must be a seq >= 1', 'send')
+    return await this.outbox.add(entry)
+  }
+
+  private async whenOnline (): Promise<void> {
+    if (this.state === 'online') return
+    if (this.state === 'closed') throw new ImClientError('CLOSED', 'the client is closed')
+    await new Promise<void>((resolve, reject) => { this.onlineWaiters.push({ resolve, reject }) })
+  }
+
+  private setState (s: ConnectionState): void {
+    if (this.state === s) return
+    this.state = s
+    this.events.emit('state', s)
+    if (s === 'online') {
+      const waiters = this.onlineWaiters
+      this.onlineWaiters = []
+      for (const w of waiters) w.resolve()
+    }
+  }
+
+  /** Connected and subscribed: catch up with `list` + history, then go online. */
+  private onUp (): void {
+    if (this.state === 'closed') return
+    this.setState('connecting')
+    if (this.syncing !== null) {
+      this.syncAgain = true
+      return
+    }
+    this.syncing = this.syncLoop().finally(() => { this.syncing = null })
+  }
+
+  private async syncLoop (): Promise<void> {
+    do {
+      this.syncAgain = false
+      try {
+        await this.sync.catchUp(await this.list())
+        if (this.conn.connected && !this.syncAgain && this.state !== 'closed') {
+          this.setState('online')
+          this.outbox.resume()
+        }
+      } catch (err) {
+        if (this.state === 'closed') return
+        this.events.emit('error', err instanceof ImClientError ? err : new ImClientError('INTERNAL', String(err), 'list'))
+        await new Promise(resolve => setTimeout(resolve, this.options.reconnectPeriodMs))
+        if (this.conn.connected) this.syncAgain = true
+      }
+    } while (this.syncAgain && this.state !== 'closed')
+  }
+
+  private onFailure (err: ImClientError): void {
+    if (this.state === 'closed') return
+    this.events.emit('error', err)
+    if (err.code === 'AUTH' || err.code === 'FORBIDDEN' || err.code === 'BAD_REQUEST') {
+      // Retrying with the same credentials cannot succeed: stop, and fail whoever waits to be online.
+      for (const w of this.onlineWaiters) w.reject(err)
+      this.onlineWaiters = []
+      void this.close()
+    }
+  }
+
+  private onEvent (e: ImEvent): void {
+    switch (e.type) {
+      case 'member':
+        if (e.users.includes(this.userId)) {
+          if (e.action === 'added') this.sync.joined(e.conv)
+          else if (e.action === 'removed' || e.action === 'left') this.sync.forget(e.conv)
+        }
+        this.events.emit('member', e)
+        break
+      case 'read':
+        this.reads.known(e.conv, e.readSeq)
+        this.events.emit('read', e)
+        break
+      case 'receipt':
+        this.events.emit('receipt', e)
+        break
+    }
+  }
+}
+
+function replyTo (opts: SendOptions): { replyTo?: number } {
+  return opts.replyTo === undefined ? {} : { replyTo: opts.replyTo }
+}
+
+function stripUndefined<T extends object> (o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T
+}

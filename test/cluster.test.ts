@@ -1,0 +1,154 @@
+/**
+ * Two nodes sharing Redis (sessions, routing), MongoDB (messages) and MySQL (metadata), in one
+ * test process: clients on either node, concurrent senders through both, resends through the
+ * other node, persistent sessions moving between nodes, clientId takeover, presence.
+ * (Process-level crashes and outages are in test/drill.test.ts.)
+ */
+import { Redis } from 'ioredis'
+import { freshMongo, freshMysqlUrl, redisUrl } from './helpers/db.js'
+import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import type { MqimServer } from '../src/server.js'
+import type { MessageEnvelope } from '../src/protocol/schemas.js'
+
+async function clusterOverrides (redisDb: number): Promise<Record<string, unknown>> {
+  const mongo = freshMongo()
+  const redis = new URL(redisUrl())
+  redis.pathname = `/${redisDb}`
+  const conn = new Redis(redis.toString())
+  await conn.flushdb() // sessions of an earlier run must not leak into this one
+  await conn.quit()
+  return {
+    messageStore: { adapter: 'mongodb', url: mongo.url, database: mongo.dbName },
+    metadataStore: { adapter: 'mysql', url: await freshMysqlUrl() },
+    broker: { persistence: { adapter: 'redis', url: redis.toString() } },
+    limits: { requestsPerSecond: 100000, requestBurst: 100000 }
+  }
+}
+
+function inOrderOnce (messages: MessageEnvelope[], conv: string): number[] {
+  return messages.filter(m => m.conv === conv).map(m => m.seq)
+}
+
+describe('two nodes on Redis + MongoDB + MySQL', () => {
+  let n1: MqimServer
+  let n2: MqimServer
+  const clients: ImClient[] = []
+  beforeAll(async () => {
+    const overrides = await clusterOverrides(5)
+    n1 = await startServer({ ...overrides, nodeId: 'n1' })
+    n2 = await startServer({ ...overrides, nodeId: 'n2' })
+    for (const u of ['alice', 'bob', 'carol', 'dave']) await addUser(n1, u)
+  }, 60000)
+  afterAll(async () => {
+    await Promise.allSettled(clients.map(c => c.end()))
+    await Promise.allSettled([n1.stop(), n2.stop()])
+  })
+
+  test('senders on both nodes: seqs gapless and unique, every device gets every message once in order', async () => {
+    const alice = await connect(n1, 'alice', 'a', { transport: 'tcp' })
+    const bob = await connect(n2, 'bob', 'b', { transport: 'ws' })
+    const carol1 = await connect(n1, 'carol', 'c1')
+    const carol2 = await connect(n2, 'carol', 'c2')
+    clients.push(alice, bob, carol1, carol2)
+    const g = await alice.request('create-group', { name: 'cluster', members: ['bob', 'carol'] })
+    const PER = 400
+    const sendAll = async (c: ImClient, prefix: string): Promise<number[]> => {
+      const seqs: number[] = []
+      let next = 0
+      await Promise.all(Array.from({ length: 20 }, async () => {
+        while (next < PER) {
+          const i = next++
+          const r = await c.request('send', { conv: g.conv, msgId: `${prefix}${i}`, kind: 'text', body: `${prefix}${i}` }, 60000)
+          expect(r.duplicate).toBe(false)
+          seqs.push(r.seq)
+        }
+      }))
+      return seqs
+    }
+    const [a, b] = await Promise.all([sendAll(alice, 'a'), sendAll(bob, 'b')])
+    expect([...a, ...b].sort((x, y) => x - y)).toEqual(Array.from({ length: 2 * PER }, (_, i) => i + 1))
+    for (const c of [alice, bob, carol1, carol2]) {
+      await c.waitFor(() => c.messages.filter(m => m.conv === g.conv).length >= 2 * PER, 60000, `${c.userId}:${c.deviceId}`)
+    }
+    await new Promise(resolve => setTimeout(resolve, 300))
+    for (const c of [alice, bob, carol1, carol2]) {
+      const seqs = inOrderOnce(c.messages, g.conv)
+      // once each; in order per conversation
+      expect(seqs).toEqual(Array.from({ length: 2 * PER }, (_, i) => i + 1))
+    }
+    // a resend of alice's message through the other node: same seq, no new delivery
+    const again = await connect(n2, 'alice', 'a2')
+    clients.push(again)
+    const dup = await again.request('send', { conv: g.conv, msgId: 'a7', kind: 'text', body: 'a7' })
+    expect(dup.duplicate).toBe(true)
+    expect(dup.seq).toBe(a[7] ?? dup.seq)
+    const h = await again.request('history', { conv: g.conv, after: 2 * PER - 1 })
+    expect(h.lastSeq).toBe(2 * PER)
+  }, 120000)
+
+  test('membership changes on one node take effect on the other', async () => {
+    const alice = await connect(n1, 'alice', 'm1')
+    const dave = await connect(n2, 'dave', 'm2')
+    clients.push(alice, dave)
+    const g = await alice.request('create-group', { name: 'm', members: ['bob'] })
+    // node 2 learns the conversation (caches it) through a request there
+    expect((await dave.requestRaw('history', { conv: g.conv })).ok).toBe(false)
+    await alice.request('add-members', { conv: g.conv, members: ['dave'] })
+    // the invalidation reaches node 2: dave may now read and send there
+    await dave.waitFor(() => dave.events.some(e => e.conv === g.conv && e.action === 'added'))
+    const sent = await dave.request('send', { conv: g.conv, msgId: 'hi', kind: 'text', body: 'hi from n2' })
+    await alice.waitFor(() => alice.messages.some(m => m.conv === g.conv && m.seq === sent.seq))
+    await alice.request('remove-member', { conv: g.conv, user: 'dave' })
+    await dave.waitFor(() => dave.events.some(e => e.conv === g.conv && e.action === 'removed'))
+    await new Promise(resolve => setTimeout(resolve, 100))
+    expect((await dave.requestRaw('send', { conv: g.conv, msgId: 'nope', kind: 'text', body: 'x' })).ok).toBe(false)
+  })
+
+  test('a persistent session queued on one node is delivered on the other', async () => {
+    const alice = await connect(n1, 'alice', 'p')
+    clients.push(alice)
+    const d = await alice.request('direct', { user: 'dave' })
+    const first = await connect(n1, 'dave', 'phone', { clean: false })
+    await first.end()
+    for (let i = 0; i < 5; i++) await alice.request('send', { conv: d.conv, msgId: `q${i}`, kind: 'text', body: `queued ${i}` })
+    const back = await connect(n2, 'dave', 'phone', { clean: false, subscribe: false })
+    clients.push(back)
+    await back.waitFor(() => back.messages.filter(m => m.conv === d.conv).length >= 5, 15000, 'queued messages on node 2')
+    expect(inOrderOnce(back.messages, d.conv)).toEqual([1, 2, 3, 4, 5])
+  })
+
+  test('clientId takeover across nodes: the newer connection wins', async () => {
+    const old = await connect(n1, 'bob', 'same')
+    const closed = new Promise<void>(resolve => old.mqtt.once('close', () => resolve()))
+    const fresh = await connect(n2, 'bob', 'same')
+    clients.push(fresh)
+    await closed
+    expect((await fresh.request('list', {})).conversations.length).toBeGreaterThan(0)
+    old.mqtt.end(true)
+  })
+
+  test('presence: online while any device on any node is connected, with last-seen', async () => {
+    await addUser(n1, 'erin')
+    await addUser(n1, 'fred')
+    const fred = await connect(n1, 'fred', 'f')
+    clients.push(fred)
+    const erinA = await connect(n1, 'erin', 'x')
+    await erinA.request('direct', { user: 'fred' })
+    const erinB = await connect(n2, 'erin', 'y')
+    const status = async (): Promise<{ online: boolean, lastSeen: number | null }> => (await fred.request('presence', { users: ['erin'] })).users[0]
+    expect((await status()).online).toBe(true)
+    await erinA.end()
+    expect((await status()).online).toBe(true) // still on node 2
+    // contacts are told (the first transition at once; later ones at most every 5 s)
+    await fred.waitFor(() => fred.events.some(e => e.type === 'presence' && e.user === 'erin' && e.online === true), 5000, 'presence event')
+    await erinB.end()
+    await new Promise(resolve => setTimeout(resolve, 200))
+    const off = await status()
+    expect(off.online).toBe(false)
+    expect(off.lastSeen).toEqual(expect.any(Number))
+    // strangers see nothing
+    const dave = await connect(n2, 'dave', 'pz')
+    clients.push(dave)
+    expect((await dave.request('presence', { users: ['fred'] })).users[0]).toEqual({ user: 'fred', online: false, lastSeen: null })
+  })
+})
