@@ -95,10 +95,11 @@ cmd_install () {
   have mosquitto_pub || pkgs+=(mosquitto-clients)
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
   [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+  /usr/bin/python3 -c 'import paho.mqtt' >/dev/null 2>&1 || pkgs+=(python3-paho-mqtt)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing ${pkgs[*]}"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients chromium mosquitto
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients chromium mosquitto python3-paho-mqtt
   fi
   # Rebuild when the binary is missing or does not run (e.g. one made by a plain `go install`, see above).
   ferretdb_works || build_ferretdb

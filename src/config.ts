@@ -77,6 +77,14 @@ export const ConfigSchema = z.object({
     /** How long a failing write is retried before the senders get UNAVAILABLE. */
     writeRetryMs: z.number().int().min(0)
   }).strict(),
+  presence: z.object({
+    /** A connection counts as online this long after its node last refreshed it (a dead node's lapse). */
+    ttlMs: z.number().int().min(3000),
+    /** At most one presence event per user per interval (the latest state wins). */
+    notifyIntervalMs: z.number().int().min(0),
+    /** Members of conversations larger than this get no presence events of each other. */
+    maxAudience: z.number().int().min(2)
+  }).strict(),
   log: z.object({ level: z.enum(['debug', 'info', 'warn', 'error', 'silent']) }).strict()
 }).strict()
 

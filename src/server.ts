@@ -110,7 +110,8 @@ export class MqimServer {
       meta,
       directory,
       publisher,
-      logger
+      logger,
+      ...config.presence
     })
     // membership changes made on any node invalidate every node's cached copy
     directory.broadcast = (conv) => publisher.control(INVALIDATE_TOPIC, conv)

@@ -400,7 +400,8 @@ async function main (): Promise<void> {
   if (failures.length > 0) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`)
   process.stdout.write(`results: ${path.relative(ROOT, file)} (${report.durationSeconds} s)\n`)
   process.stdout.write(JSON.stringify(ratios) + '\n')
-  process.exitCode = failures.length > 0 ? 1 : 0
+  // exit now: a client or timer left behind by a failed step must not keep the runner alive
+  process.exit(failures.length > 0 ? 1 : 0)
 }
 
 main().catch((err: unknown) => {

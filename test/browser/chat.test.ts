@@ -9,10 +9,14 @@
 import type { Browser } from 'playwright-core'
 import { addUser, connect, startServer } from '../helpers/im.js'
 import type { MqimServer } from '../../src/server.js'
+import { ImClient } from '../../src/client/index.js'
 import {
   artifactPath, buildWeb, convItem, launchBrowser, login, message, openChat, openContext, sendText, unreadOf,
   type ChatPage
 } from '../helpers/browser.js'
+
+/** The page shows online state when the SDK offers presence; until then this test shows up as skipped. */
+const presenceTest = typeof (ImClient.prototype as unknown as Record<string, unknown>).presence === 'function' ? test : test.skip
 
 let server: MqimServer
 let browser: Browser
@@ -152,6 +156,22 @@ test('a message sent while the other is offline shows up when they come back', a
   const texts = await bob.page.getByTestId('message-list').getByTestId('msg-text').allTextContents()
   expect(texts).toEqual(['Hi Bob!', 'Are you there?', 'Hello Alice', 'While you were away'])
   await eventually(async () => await message(alice.page, 'While you were away').getByTestId('msg-status').getAttribute('data-status'), 'read', 'read receipt after coming back')
+})
+
+presenceTest('online state: a peer shows online, then offline with last seen, then online again', async () => {
+  await eventually(async () => await convItem(alice.page, 'bob').getAttribute('data-online'), 'true', 'bob online in alice\'s list')
+  await bob.page.getByTestId('chat-subtitle').filter({ hasText: 'online' }).waitFor()
+  await alice.page.getByTestId('chat-subtitle').filter({ hasText: 'online' }).waitFor()
+
+  // bob logs out: alice sees him go offline (presence events are rate-limited per user, hence the wait)
+  await bob.page.getByTestId('logout').click()
+  await bob.page.getByTestId('login-view').waitFor({ state: 'visible' })
+  await eventually(async () => await convItem(alice.page, 'bob').getAttribute('data-online'), 'false', 'bob offline in alice\'s list', 20000)
+  await alice.page.getByTestId('chat-subtitle').filter({ hasText: 'last seen' }).waitFor()
+
+  // and back
+  await login(bob, passwords.bob as string, 'bob-web')
+  await eventually(async () => await convItem(alice.page, 'bob').getAttribute('data-online'), 'true', 'bob back online', 20000)
 })
 
 test('a group is created and a member added through the page', async () => {

@@ -108,8 +108,9 @@ export class ImClient {
 
 /** Opens direct conversations a[i] <-> b[i] (a[i] asks); returns their ids. */
 export async function openDirects (target: Target, pairs: Array<[Account, Account]>): Promise<string[]> {
+  let n = 0
   return await inParallel(pairs, 16, async ([a, b]) => {
-    const im = await ImClient.connect(target, a, 'setup')
+    const im = await ImClient.connect(target, a, `setup${n++}`)
     try {
       return (await im.request<{ conv: string }>('direct', { user: b.id })).conv
     } finally {
