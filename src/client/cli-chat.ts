@@ -104,6 +104,7 @@ const client = await ImClient.connect({ url: args.url, userId: me, password, dev
 client.on('message', print)
 client.on('member', e => {
   if (e.name !== undefined) names.set(e.conv, e.name)
+  else if (e.kind === 'direct') names.set(e.conv, e.users.find(u => u !== me) ?? e.conv)
   if (e.action === 'added' && e.users.includes(me)) console.log(`* ${e.by} added you to ${e.name ?? 'a direct chat'} (${e.conv})`)
 })
 client.on('state', s => { if (s !== 'online') console.log(`* ${s}`) })

@@ -1,0 +1,73 @@
+/** The terminal client (src/client/cli-chat.ts) as a child process fed through stdin, chatting with an SDK client. */
+import { spawn } from 'node:child_process'
+import path from 'node:path'
+import { startServer, addUser, url, waitUntil } from './helpers/im.js'
+import type { MqimServer } from '../src/server.js'
+import { ImClient, type MessageEnvelope } from '../src/client/index.js'
+
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
+
+describe('terminal chat client', () => {
+  let server: MqimServer
+  let bob: ImClient | undefined
+
+  beforeAll(async () => {
+    server = await startServer()
+    await addUser(server, 'alice')
+    await addUser(server, 'bob')
+    await addUser(server, 'carol')
+  })
+  afterAll(async () => {
+    await bob?.close()
+    await server.stop()
+  })
+
+  test('lists, opens a direct chat, sends and receives, creates a group, quits', async () => {
+    bob = await ImClient.connect({ url: url(server, 'ws'), userId: 'bob', password: 'password-bob', deviceId: 'web' })
+    const got: MessageEnvelope[] = []
+    bob.on('message', m => { got.push(m) })
+
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'src/client/cli-chat.ts', '--user', 'alice', '--url', url(server, 'tcp')], {
+      cwd: ROOT, env: { ...process.env, NODE_OPTIONS: '', MQIM_PASSWORD: 'password-alice' }, stdio: ['pipe', 'pipe', 'pipe']
+    })
+    let out = ''
+    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
+    proc.stderr.on('data', (d: Buffer) => { out += d.toString() })
+    const exited = new Promise<number | null>(resolve => proc.on('exit', resolve))
+    const type = (line: string): void => { proc.stdin.write(line + '\n') }
+    const waitOut = async (text: string): Promise<void> => { await waitUntil(() => out.includes(text), 15000, `output "${text}" in:\n${out}`) }
+
+    try {
+      await waitOut('no conversations yet')
+      type('hello?') // nothing open yet
+      await waitOut('open a conversation first')
+
+      type('/open bob')
+      await waitOut('opened bob (')
+      type('hello from the terminal')
+      await waitUntil(() => got.some(m => m.from === 'alice' && m.body === 'hello from the terminal'), 10000, 'bob got the message')
+      const direct = got[0].conv
+      await bob.send(direct, 'hi terminal')
+      await waitOut('[bob] bob: hi terminal')
+
+      type('/group ops bob,carol')
+      await waitOut('opened ops (')
+      type('/echo this goes to the group as text')
+      await waitUntil(() => got.some(m => m.conv !== direct && m.body === '/echo this goes to the group as text'), 10000, 'group message')
+      const group = got.find(m => m.conv !== direct)?.conv ?? ''
+      await bob.send(group, 'group hi')
+      await waitOut('[ops] bob: group hi')
+
+      type('/list')
+      await waitOut(`${group}  group ops`)
+      expect(out).toContain(`${direct}  direct with bob`)
+
+      type('/open bob')
+      await waitOut('[bob] alice: hello from the terminal')
+      type('/quit')
+      expect(await exited).toBe(0)
+    } finally {
+      if (proc.exitCode === null) proc.kill('SIGKILL')
+    }
+  })
+})
