@@ -67,7 +67,7 @@ test('a gap is filled from history (paged) before the messages after it are emit
 test('catchUp on a fresh storage starts at lastSeq; later conversations start at the join or maxBackfill back', async () => {
   const t = await setup()
   t.server.lastSeq = 500
-  await t.sync.catchUp([{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, muted: false }])
+  await t.sync.catchUp(async () => [{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, muted: false }])
   expect(t.emitted).toEqual([])
   expect(t.calls).toEqual([])
   expect(t.store.state).toMatchObject({ initialized: true, synced: { old: 500 } })
@@ -87,7 +87,7 @@ test('catchUp on a fresh storage starts at lastSeq; later conversations start at
 test('catchUp forgets conversations that are no longer listed, and pulls what was missed', async () => {
   const t = await setup({ stored: { gone: 4, c1: 3 } })
   t.server.lastSeq = 6
-  await t.sync.catchUp([{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, muted: false }])
+  await t.sync.catchUp(async () => [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, muted: false }])
   expect(t.emitted.map(m => m.seq)).toEqual([4, 5, 6])
   expect(t.store.state.synced).toEqual({ c1: 6 })
   expect(t.synced).toEqual([['c1', 6]])

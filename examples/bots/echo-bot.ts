@@ -6,7 +6,7 @@
  *   /echo <text>   says <text> back
  *   /time          the server-independent current time (UTC, ISO 8601)
  *
- * Run it with a bot account (`npm run admin -- bot create echo` prints the API key):
+ * Run it with a bot account (`npm run admin -- bot add echo` prints the API key):
  *
  *   MQIM_URL=mqtt://localhost:1883 MQIM_BOT_ID=echo MQIM_BOT_KEY=mqk_… node --import tsx examples/bots/echo-bot.ts
  *

@@ -92,7 +92,7 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       connectionRounds: 1,
       sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
       syncRounds: 1,
-      store: { pairs: 50, window: 8, bodyBytes: BODY },
+      store: { pairs: 50, window: 32, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
       rawInsert: { batch: 500, seconds: 4 },
       storeRounds: 1
@@ -298,6 +298,7 @@ async function main (): Promise<void> {
     if (opts.only.has('store')) {
       await attempt('store', async () => {
         const services = startServices(log)
+        ctx.storePids = { ferretdb: Number(services.env.MQIM_MONGO_PID), mariadb: Number(services.env.MQIM_MYSQL_PID) }
         log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
         for (let r = 1; r <= S.storeRounds; r++) {
           await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, services.env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })

@@ -18,6 +18,7 @@
  *               the same FerretDB.
  */
 import path from 'node:path'
+import { readdirSync, renameSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { MongoClient } from 'mongodb'
 import { Histogram } from './lib/hist.js'
@@ -29,6 +30,8 @@ import { ImClient, createBots, createGroup, createUsers, openDirects, type Accou
 
 export interface Ctx {
   pool: LoaderPool
+  /** processes whose CPU is reported next to the broker's (e.g. FerretDB, MariaDB) */
+  storePids?: Record<string, number>
   /** per-measurement scratch directories go under here */
   dir: string
   /** V8 CPU profiles of the mqim server go here when set */
@@ -57,6 +60,8 @@ export interface FlowResult {
   cpuSecondsPer1kDelivered: number
   /** load generator workers' CPU seconds per wall second, all workers together */
   loaderCpuUtil: number
+  /** CPU seconds per wall second of the stores' processes (store scenario: ferretdb, mariadb) */
+  storeCpuUtil: Record<string, number>
   peakRssMiB: number
   errors: ErrorCounts
 }
@@ -213,6 +218,15 @@ interface Window {
   cpu0: ProcSample
   cpu1: ProcSample
   loaderCpuSeconds: number
+  storeCpuSeconds: Record<string, number>
+}
+
+function storeCpu (ctx: Ctx): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [name, pid] of Object.entries(ctx.storePids ?? {})) {
+    try { out[name] = sampleProc(pid).cpuSeconds } catch { /* gone */ }
+  }
+  return out
 }
 
 /** Starts senders, warms up, measures one window. The senders keep running afterwards. */
@@ -222,12 +236,16 @@ async function measureWindow (ctx: Ctx, target: Target, shape: Shape, senders: S
   await ctx.pool.mark()
   const cpu0 = target.sample()
   const l0 = loaderCpu(ctx.pool)
+  const s0 = storeCpu(ctx)
   await sleep(measureMs)
   const r = await ctx.pool.report()
   const cpu1 = target.sample()
   const l1 = loaderCpu(ctx.pool)
+  const s1 = storeCpu(ctx)
   const seconds = (cpu1.at - cpu0.at) / 1000
-  return { seconds, totals: r.window, cpu0, cpu1, loaderCpuSeconds: l1 - l0 }
+  const storeCpuSeconds: Record<string, number> = {}
+  for (const k of Object.keys(s1)) if (s0[k] !== undefined) storeCpuSeconds[k] = s1[k] - s0[k]
+  return { seconds, totals: r.window, cpu0, cpu1, loaderCpuSeconds: l1 - l0, storeCpuSeconds }
 }
 
 function resultOf (scenario: string, target: Target, round: number, w: Window, load: 'max' | 'paced', offeredRate: number | null): FlowResult {
@@ -249,6 +267,7 @@ function resultOf (scenario: string, target: Target, round: number, w: Window, l
     serverCpuUtil: cpu / w.seconds,
     cpuSecondsPer1kDelivered: t.received > 0 ? cpu / (t.received / 1000) : NaN,
     loaderCpuUtil: w.loaderCpuSeconds / w.seconds,
+    storeCpuUtil: Object.fromEntries(Object.entries(w.storeCpuSeconds).map(([k, v]) => [k, v / w.seconds])),
     peakRssMiB: w.cpu1.peakRssBytes / 1048576,
     errors: errorsOf(t, 0)
   }
@@ -281,12 +300,20 @@ function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number)
 }
 
 async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
-  const target = await startTarget(kind, dir, { ...mqim, cpuProfDir: kind === 'mqim' ? ctx.cpuProfDir : undefined })
+  const profDir = kind === 'mosquitto' ? undefined : ctx.cpuProfDir
+  const before = new Set(profDir === undefined ? [] : readdirSync(profDir))
+  const target = await startTarget(kind, dir, { ...mqim, cpuProfDir: profDir })
   try {
     return await fn(target)
   } finally {
     await ctx.pool.reset().catch(() => {})
     await target.stop()
+    if (profDir !== undefined) {
+      // name the profiles written at exit after the measurement (the main thread's is ".0.001")
+      for (const f of readdirSync(profDir)) {
+        if (!before.has(f) && f.startsWith('CPU.')) renameSync(path.join(profDir, f), path.join(profDir, `${path.basename(dir)}.${f}`))
+      }
+    }
   }
 }
 
@@ -322,7 +349,8 @@ export async function runFlow (
     const errors = errorsOf(totals, lost)
     const peak = target.sample().peakRssBytes / 1048576
     for (const r of results) { r.errors = errors; r.peakRssMiB = peak }
-    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)}`).join('; ')}; errors ${errors.total}`)
+    const others = (r: FlowResult): string => Object.entries(r.storeCpuUtil).map(([k, v]) => `, ${k} ${v.toFixed(2)}`).join('')
+    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)}, loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}`).join('; ')}; errors ${errors.total}`)
     return results
   })
 }
@@ -517,6 +545,7 @@ export interface RawInsertResult {
   seconds: number
   docsPerSec: number
   batchLatencyMs: { p50: number, p99: number }
+  storeCpuUtil: Record<string, number>
 }
 
 /**
@@ -535,6 +564,7 @@ export async function runRawInsert (ctx: Ctx, round: number, mongoUrl: string, b
     let docs = 0
     let n = 0
     const lat = new Histogram()
+    const c0 = storeCpu(ctx)
     const t0 = performance.now()
     const deadline = t0 + seconds * 1000
     while (performance.now() < deadline) {
@@ -550,8 +580,11 @@ export async function runRawInsert (ctx: Ctx, round: number, mongoUrl: string, b
       docs += batch
     }
     const elapsed = (performance.now() - t0) / 1000
-    const r: RawInsertResult = { scenario: 'raw-insert', round, batch, docs, seconds: elapsed, docsPerSec: docs / elapsed, batchLatencyMs: { p50: lat.percentile(50), p99: lat.percentile(99) } }
-    ctx.log(`  raw insertMany (${batch}/batch) r${round}: ${Math.round(r.docsPerSec)} docs/s, batch p50 ${r.batchLatencyMs.p50.toFixed(1)} ms`)
+    const c1 = storeCpu(ctx)
+    const storeCpuUtil: Record<string, number> = {}
+    for (const k of Object.keys(c1)) if (c0[k] !== undefined) storeCpuUtil[k] = (c1[k] - c0[k]) / elapsed
+    const r: RawInsertResult = { scenario: 'raw-insert', round, batch, docs, seconds: elapsed, docsPerSec: docs / elapsed, batchLatencyMs: { p50: lat.percentile(50), p99: lat.percentile(99) }, storeCpuUtil }
+    ctx.log(`  raw insertMany (${batch}/batch) r${round}: ${Math.round(r.docsPerSec)} docs/s, batch p50 ${r.batchLatencyMs.p50.toFixed(1)} ms, ferretdb cpu ${(storeCpuUtil.ferretdb ?? NaN).toFixed(2)}`)
     await coll.drop().catch(() => {})
     return r
   } finally {

@@ -85,7 +85,10 @@ export class ImClient {
     this.deviceId = options.deviceId
     const emitError = (err: ImClientError): void => { this.events.emit('error', err) }
     const isClosed = (): boolean => this.state === 'closed'
-    this.events.onListenerError = (err) => { emitError(new ImClientError('INTERNAL', `an event listener threw: ${String(err)}`)) }
+    this.events.onListenerError = (err, event) => {
+      if (event === 'error') setTimeout(() => { throw err }, 0) // an error listener that throws: like an unhandled error
+      else emitError(new ImClientError('INTERNAL', `a ${String(event)} listener threw: ${String(err)}`))
+    }
     for (const [event, fn] of Object.entries(options.on ?? {})) if (fn !== undefined) this.events.on(event as keyof ImClientEvents, fn)
     this.sync = new ConversationSync({
       store,
@@ -254,7 +257,7 @@ export class ImClient {
     do {
       this.syncAgain = false
       try {
-        await this.sync.catchUp(await this.list())
+        await this.sync.catchUp(async () => await this.list())
         if (this.conn.connected && !this.syncAgain && this.state !== 'closed') {
           this.setState('online')
           this.outbox.resume()

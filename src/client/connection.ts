@@ -91,7 +91,10 @@ export class Connection {
     if (this.closed) return
     this.closed = true
     for (const id of [...this.pending.keys()]) this.settle(id, new ImClientError('CLOSED', 'the client was closed'))
-    await this.mqtt.endAsync(false).catch(async () => { await this.mqtt.endAsync(true) })
+    // A graceful end (DISCONNECT) waits for in-flight publishes to be acknowledged, which never
+    // happens offline; their requests were just rejected and unacked sends stay in the outbox anyway.
+    const force = !this.mqtt.connected || Object.keys(this.mqtt.outgoing).length > 0
+    await this.mqtt.endAsync(force)
   }
 
   private onConnect (): void {

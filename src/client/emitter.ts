@@ -22,7 +22,7 @@ export class Emitter<Events extends { [E in keyof Events]: Listener }> {
       try {
         fn(...args)
       } catch (err) {
-        this.onListenerError(err)
+        this.onListenerError(err, event)
       }
     }
   }
@@ -31,5 +31,5 @@ export class Emitter<Events extends { [E in keyof Events]: Listener }> {
     return this.listeners.get(event)?.size ?? 0
   }
 
-  onListenerError: (err: unknown) => void = (err) => { setTimeout(() => { throw err }, 0) }
+  onListenerError: (err: unknown, event: keyof Events) => void = (err) => { setTimeout(() => { throw err }, 0) }
 }

@@ -96,11 +96,17 @@ export class ConversationSync {
     }
   }
 
-  /** After (re)connecting: pull what was missed in every conversation of `list`. */
-  async catchUp (summaries: ConversationSummary[]): Promise<void> {
+  /**
+   * After (re)connecting: pull what was missed in every conversation of `list`. Conversations known
+   * before the list was requested and missing from it were left while offline and are forgotten
+   * (one that appears while the request runs is kept).
+   */
+  async catchUp (list: () => Promise<ConversationSummary[]>): Promise<void> {
     const { state } = this.deps.store
+    const knownBefore = Object.keys(state.synced)
+    const summaries = await list()
     const listed = new Set(summaries.map(s => s.conv))
-    for (const conv of Object.keys(state.synced)) if (!listed.has(conv)) this.forget(conv)
+    for (const conv of knownBefore) if (!listed.has(conv)) this.forget(conv)
     for (const s of summaries) {
       const c = this.conv(s.conv)
       if (c.synced === undefined) this.setSynced(s.conv, c, state.initialized ? Math.max(0, s.lastSeq - this.deps.maxBackfill) : s.lastSeq)

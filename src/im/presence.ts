@@ -199,7 +199,6 @@ export class PresenceService {
   private async notify (userId: string): Promise<void> {
     const [status] = await this.status([userId])
     const contacts = await this.contactsOf(userId)
-    contacts.add(userId) // the user's own other devices see it too
     this.opts.publisher.event(contacts, { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
   }
 

@@ -148,14 +148,15 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   })
 }
 
-export async function startAedes (dir: string): Promise<Target> {
+export async function startAedes (dir: string, cpuProfDir?: string): Promise<Target> {
   mkdirSync(dir, { recursive: true })
   const [port] = await freePorts(1)
   const logFile = path.join(dir, 'aedes.log')
   const log = createWriteStream(logFile)
   const script = path.join(ROOT, 'scripts', 'bench', 'aedes-broker.ts')
   // stdin is a pipe the broker watches: it exits if the runner dies
-  const child = spawnTracked(process.execPath, ['--import', 'tsx', script, String(port)], { cwd: ROOT, env: cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
+  const prof = cpuProfDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : []
+  const child = spawnTracked(process.execPath, [...prof, '--import', 'tsx', script, String(port)], { cwd: ROOT, env: cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
   child.stdout?.pipe(log)
   child.stderr?.pipe(log)
   await started('raw Aedes', child, logFile, async () => await canConnect(port))
@@ -195,7 +196,7 @@ export async function startMosquitto (dir: string): Promise<Target> {
 export async function startTarget (kind: TargetKind, dir: string, mqim: MqimOptions = { stores: null }): Promise<Target> {
   switch (kind) {
     case 'mqim': return await startMqim(dir, mqim)
-    case 'aedes': return await startAedes(dir)
+    case 'aedes': return await startAedes(dir, mqim.cpuProfDir)
     case 'mosquitto': return await startMosquitto(dir)
   }
 }

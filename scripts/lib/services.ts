@@ -1,0 +1,172 @@
+/**
+ * The drills' backing services (MariaDB, FerretDB, Redis) through scripts/services.sh, and fresh
+ * databases on them for one run.
+ */
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { randomBytes } from 'node:crypto'
+import mysql from 'mysql2/promise'
+import { MongoClient } from 'mongodb'
+import { Redis } from 'ioredis'
+import { run } from './procs.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+const SERVICES_SH = path.join(ROOT, 'scripts', 'services.sh')
+
+export type ServiceName = 'mongo' | 'mysql' | 'redis'
+export const SERVICE_NAMES: readonly ServiceName[] = ['mongo', 'mysql', 'redis']
+/** The /healthz check that reports each service. */
+export const HEALTH_CHECK_OF: Record<ServiceName, 'messageStore' | 'metadataStore' | 'redis'> = {
+  mongo: 'messageStore',
+  mysql: 'metadataStore',
+  redis: 'redis'
+}
+
+/** Server URLs as written by services.sh (MySQL without a database name). */
+export interface ServiceUrls {
+  mysqlUrl: string
+  mongoUrl: string
+  redisUrl: string
+  /** The services.sh state directory, when known (needed for stop-one/start-one). */
+  dir: string | null
+}
+
+async function servicesSh (...args: string[]): Promise<string> {
+  return await run('bash', [SERVICES_SH, ...args], { cwd: ROOT })
+}
+
+export async function installServices (): Promise<void> {
+  await servicesSh('install')
+}
+
+function readEnvFile (dir: string): ServiceUrls {
+  const text = readFileSync(path.join(dir, 'env'), 'utf8')
+  const get = (name: string): string => {
+    const m = new RegExp(`^export ${name}=(.*)$`, 'm').exec(text)
+    if (m === null) throw new Error(`${dir}/env has no ${name}`)
+    return m[1].replace(/^'(.*)'$/, '$1')
+  }
+  return { mysqlUrl: get('MQIM_MYSQL_URL'), mongoUrl: get('MQIM_MONGO_URL'), redisUrl: get('MQIM_REDIS_URL'), dir }
+}
+
+/** Starts all three services on free ports with their state under `dir`. */
+export async function startServices (dir: string): Promise<ServiceUrls> {
+  await servicesSh('start', dir)
+  return readEnvFile(dir)
+}
+
+export async function stopServices (dir: string): Promise<void> {
+  await servicesSh('stop', dir)
+}
+
+export async function stopService (dir: string, svc: ServiceName): Promise<void> {
+  await servicesSh('stop-one', dir, svc)
+}
+
+/** Restarts one service on the same port and data. */
+export async function startService (dir: string, svc: ServiceName): Promise<void> {
+  await servicesSh('start-one', dir, svc)
+}
+
+/** The services named by MQIM_MYSQL_URL, MQIM_MONGO_URL and MQIM_REDIS_URL, if all three are set. */
+export function servicesFromEnv (env: NodeJS.ProcessEnv = process.env): ServiceUrls | null {
+  const { MQIM_MYSQL_URL: mysqlUrl, MQIM_MONGO_URL: mongoUrl, MQIM_REDIS_URL: redisUrl } = env
+  if (mysqlUrl === undefined || mysqlUrl === '' || mongoUrl === undefined || mongoUrl === '' || redisUrl === undefined || redisUrl === '') return null
+  return { mysqlUrl, mongoUrl, redisUrl, dir: env.MQIM_SERVICES_DIR ?? null }
+}
+
+/** Fresh databases of one drill run. */
+export interface DrillDatabases {
+  /** mysql:// URL with a new, empty database. */
+  mysqlUrl: string
+  mongoUrl: string
+  mongoDb: string
+  /** redis:// URL naming the (flushed) logical database. */
+  redisUrl: string
+  /** Drops the MySQL and MongoDB databases and flushes the Redis database. */
+  drop: () => Promise<void>
+}
+
+export function uniqueName (prefix: string): string {
+  return `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
+}
+
+/**
+ * Creates a MySQL database and picks a MongoDB database name; flushes Redis database `redisDb`.
+ * Redis pub/sub is not scoped by database: runs that share a Redis server must also use distinct
+ * user ids and node ids (the drills prefix both with a random run tag).
+ */
+export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<DrillDatabases> {
+  const base = new URL(urls.mysqlUrl)
+  const dbName = uniqueName('mqimdrill')
+  const admin = await mysql.createConnection({
+    host: base.hostname,
+    port: Number(base.port === '' ? 3306 : base.port),
+    user: decodeURIComponent(base.username),
+    password: decodeURIComponent(base.password)
+  })
+  try {
+    await admin.query(`CREATE DATABASE \`${dbName}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
+  } finally {
+    await admin.end()
+  }
+  const mysqlUrl = new URL(urls.mysqlUrl)
+  mysqlUrl.pathname = `/${dbName}`
+  const redisUrl = new URL(urls.redisUrl)
+  redisUrl.pathname = `/${redisDb}`
+  const flush = async (): Promise<void> => {
+    const conn = new Redis(redisUrl.toString(), { maxRetriesPerRequest: 2, lazyConnect: true })
+    conn.on('error', () => {})
+    try {
+      await conn.connect()
+      await conn.flushdb()
+    } finally {
+      conn.disconnect()
+    }
+  }
+  await flush()
+  const mongoDb = uniqueName('mqimdrill')
+  return {
+    mysqlUrl: mysqlUrl.toString(),
+    mongoUrl: urls.mongoUrl,
+    mongoDb,
+    redisUrl: redisUrl.toString(),
+    drop: async () => {
+      const mongo = new MongoClient(urls.mongoUrl, { serverSelectionTimeoutMS: 5000 })
+      await Promise.allSettled([
+        (async () => {
+          try {
+            await mongo.connect()
+            await mongo.db(mongoDb).dropDatabase()
+          } finally {
+            await mongo.close()
+          }
+        })(),
+        (async () => {
+          const conn = await mysql.createConnection(mysqlUrl.toString())
+          try {
+            await conn.query(`DROP DATABASE \`${dbName}\``)
+          } finally {
+            await conn.end()
+          }
+        })(),
+        flush()
+      ])
+    }
+  }
+}
+
+/** Number of message documents per conversation, straight from MongoDB. */
+export async function countStored (db: DrillDatabases, convs: string[]): Promise<Map<string, number>> {
+  const mongo = new MongoClient(db.mongoUrl, { serverSelectionTimeoutMS: 10_000 })
+  try {
+    await mongo.connect()
+    const coll = mongo.db(db.mongoDb).collection('messages')
+    const out = new Map<string, number>()
+    for (const c of convs) out.set(c, await coll.countDocuments({ c }))
+    return out
+  } finally {
+    await mongo.close()
+  }
+}
