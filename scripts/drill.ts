@@ -92,7 +92,8 @@ async function main (): Promise<number> {
     process.stdout.write(USAGE + '\n')
     return 0
   }
-  const log = (s: string): void => { process.stderr.write(`drill: ${s}\n`) }
+  const started = Date.now()
+  const log = (s: string): void => { process.stderr.write(`drill: [${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }
   const nodes = positiveInt('nodes', values.nodes, 2)
   if (nodes < 2) throw new Error('--nodes: at least 2 (one is killed)')
   const common = {

@@ -84,6 +84,17 @@ describe('bad input', () => {
     expect(h.messages.map((m: { body: unknown }) => m.body)).toEqual(bodies)
   })
 
+  test('a request redelivered by MQTT (DUP flag) is answered again, not run again', async () => {
+    const body = JSON.stringify({ id: 'grp-dup', name: 'once', members: ['bob'] })
+    const first = await raw('create-group', body)
+    const before = alice.replies.length
+    await alice.mqtt.publishAsync('im/req/create-group', body, { qos: 1, dup: true })
+    await alice.waitFor(() => alice.replies.length > before, 5000, 'reply to the redelivery')
+    expect(alice.replies[before]).toEqual(first)
+    const groups = (await alice.request('list', {})).conversations.filter((c: { name: string | null }) => c.name === 'once')
+    expect(groups).toHaveLength(1)
+  })
+
   test('over the rate limit: RATE_LIMITED with the request id, connection kept', async () => {
     const limited = await startServer({ limits: { requestsPerSecond: 1, requestBurst: 3 } }, await MEMORY.make())
     await addUser(limited, 'zoe')

@@ -6,6 +6,7 @@
  *   options: --rounds N   --workers N   --only direct,group,connections,sync,store
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
+ *            --services DIR  (use services already started by `scripts/services.sh start DIR`)
  *
  * Every broker runs in its own process, started fresh for each measurement; the load comes from
  * worker processes (scripts/bench/worker.ts). Rounds interleave the brokers (aedes, mqim,
@@ -34,8 +35,8 @@ import {
 const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
 type Scenario = typeof SCENARIOS[number]
 
-function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean } {
-  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false }
+function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean, services: string | null } {
+  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false, services: null as string | null }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const value = (): string => {
@@ -50,6 +51,7 @@ function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, wo
     else if (a === '--keep') out.keep = true
     else if (a.startsWith('--rounds')) out.rounds = Math.max(1, Number(value()))
     else if (a.startsWith('--workers')) out.workers = Math.max(1, Number(value()))
+    else if (a.startsWith('--services')) out.services = path.resolve(value())
     else if (a.startsWith('--only')) {
       const names = value().split(',').map(s => s.trim())
       for (const n of names) if (!(SCENARIOS as readonly string[]).includes(n)) throw new Error(`unknown scenario "${n}" (${SCENARIOS.join(', ')})`)
@@ -119,15 +121,21 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
 // services (FerretDB + MariaDB) for the store scenario
 // ---------------------------------------------------------------------------------------------
 
-function startServices (log: (l: string) => void): { dir: string, env: Record<string, string> } {
-  const dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
-  const script = path.join(ROOT, 'scripts', 'services.sh')
-  onExit(() => {
-    try { execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore', timeout: 60_000 }) } catch { /* best effort */ }
-    rmSync(dir, { recursive: true, force: true })
-  })
-  log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
-  execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 })
+function startServices (log: (l: string) => void, existing: string | null): { dir: string, env: Record<string, string> } {
+  let dir: string
+  if (existing !== null) {
+    dir = existing
+    log(`using the services of ${dir}`)
+  } else {
+    dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
+    const script = path.join(ROOT, 'scripts', 'services.sh')
+    onExit(() => {
+      try { execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore', timeout: 60_000 }) } catch { /* best effort */ }
+      rmSync(dir, { recursive: true, force: true })
+    })
+    log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
+    execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 })
+  }
   const env: Record<string, string> = {}
   for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
     const m = /^export (\w+)='?([^']*)'?$/.exec(line.trim())
@@ -297,7 +305,7 @@ async function main (): Promise<void> {
     }
     if (opts.only.has('store')) {
       await attempt('store', async () => {
-        const services = startServices(log)
+        const services = startServices(log, opts.services)
         ctx.storePids = { ferretdb: Number(services.env.MQIM_MONGO_PID), mariadb: Number(services.env.MQIM_MYSQL_PID) }
         log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
         for (let r = 1; r <= S.storeRounds; r++) {

@@ -333,6 +333,11 @@ export async function runFlow (
   return await withTarget(ctx, kind, targetDir(ctx, scenario, kind, round), options.mqim ?? { stores: null }, async (target) => {
     const shape = await makeShape(target)
     await connectShape(ctx, shape)
+    // prime: one message per sender, so every conversation is active before the clock starts
+    // (the sequencer loads a conversation's lastSeq from the store on its first message)
+    await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
+    await ctx.pool.waitDone(60_000)
+    await ctx.pool.stop(5000)
     const max = await measureWindow(ctx, target, shape, shape.senders, timing.warmMs, timing.measureMs)
     const results = [resultOf(scenario, target, round, max, 'max', null)]
     if (options.halfLoad === true) {

@@ -139,7 +139,9 @@ export class DrillCluster {
     let audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
     const lastSeq = new Map(audits.map(a => [a.conv, a.lastSeq]))
     const caughtUp = (): boolean => this.receivers.every(r => [...r.held].every(([c, list]) => list.length >= (lastSeq.get(c) ?? 0)))
+    const t0 = Date.now()
     await waitUntil(caughtUp, catchUpMs, 'the receivers to catch up').catch(() => {})
+    this.log(`history read (${audits.reduce((n, a) => n + a.history.length, 0)} messages); receivers ${caughtUp() ? 'caught up' : 'not caught up'} after ${Date.now() - t0} ms; final sync`)
     // the client-side backstop: sync by history from the highest contiguous seq (retried if a connection drops)
     for (let i = 0; i < 5; i++) {
       const errors = this.receivers.reduce((n, r) => n + r.syncErrors, 0)
@@ -150,6 +152,7 @@ export class DrillCluster {
     // read history again: a message stored by a resend during the first read must count too
     audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
     const storedCounts = await countStored(this.db, this.convs)
+    this.log('verified')
     return verify({ rec, audits, receivers: this.receivers, storedCounts })
   }
 
@@ -159,7 +162,9 @@ export class DrillCluster {
     this.closed = true
     await Promise.allSettled(this.clients.map(async c => await c.stop()))
     await Promise.allSettled(this.nodes.map(async n => await n.kill('SIGTERM', 15_000)))
+    this.log('nodes stopped')
     if (!keep) await this.db.drop()
+    this.log('databases dropped')
   }
 }
 
@@ -246,7 +251,10 @@ export async function runCrashDrill (opts: CrashDrillOptions): Promise<CrashDril
     log(`load done in ${loadMs} ms; verifying`)
     const figures = await cluster.verify(rec)
     const ackedAfterKill = rec.ackedBetween(goneAt)
-    const firstAfter = [...rec.acked.values()].map(a => a.at).filter(t => t >= goneAt).sort((a, b) => a - b)[0]
+    // recovery: the first ack that a sender of the victim got through another node
+    const victimSenders = new Set(cluster.senders.filter((_, i) => i % nodes === 0).map(s => s.userId))
+    const firstAfter = [...rec.acked].filter(([id, a]) => a.port !== victim.mqttPort && victimSenders.has(rec.messages.get(id)?.sender ?? ''))
+      .map(([, a]) => a.at).filter(t => t >= killedAt).sort((a, b) => a - b)[0]
     const report: CrashDrillReport = {
       ...figures,
       timeMs: loadMs,
@@ -277,12 +285,12 @@ export function describeCrash (r: CrashDrillReport, signal = 'SIGKILL'): string[
     `sent        ${r.sent} messages (${r.publishes} publishes)`,
     `acked       ${r.acked} (${r.ackedAtKill} before ${signal} of ${r.victim.id}, ${r.ackedAfterKill} after it had gone)`,
     `stored      ${r.stored}`,
-    `delivered   ${r.delivered} of ${r.expectedDeliveries} to receivers (${r.pushes} pushed, ${r.redelivered} redelivered copies dropped, ${r.fromHistory} fetched by history sync)`,
+    `delivered   ${r.delivered} of ${r.expectedDeliveries} to receivers (${r.pushes} pushed: ${r.redelivered} redelivered copies and ${r.outOfOrder} beyond a gap dropped; ${r.fromHistory} fetched by history sync)`,
     `lost        ${r.lost}`,
     `duplicated  ${r.duplicated}`,
     `gaps        ${r.gaps}`,
     `resent      ${r.resent} (failed attempts: ${errors})`,
-    `failovers   ${r.failovers} client connections moved to another node; first ack ${r.recoveryMs ?? '-'} ms after the ${signal}`,
+    `failovers   ${r.failovers} client connections moved to another node; their first ack through it ${r.recoveryMs ?? '-'} ms after the ${signal}`,
     `victim      ${r.victim.id} pid ${r.victim.pid} exit ${r.victim.exit?.signal ?? r.victim.exit?.code}`,
     `survivors   ${r.survivors.map(s => `${s.id} pid ${s.pid} ${s.running ? 'running' : 'GONE'}`).join(', ')}`,
     `time        ${(r.timeMs / 1000).toFixed(1)} s (${Math.round(r.acked / (r.timeMs / 1000))} msg/s)`,

@@ -45,6 +45,7 @@ export interface Figures {
   /** Pushed envelopes, redelivered copies dropped, messages fetched from history to fill gaps. */
   pushes: number
   redelivered: number
+  outOfOrder: number
   fromHistory: number
   lost: number
   duplicated: number
@@ -176,6 +177,7 @@ export function verify ({ rec, audits, receivers, storedCounts }: VerifyInput): 
     expectedDeliveries,
     pushes: receivers.reduce((n, r) => n + r.pushes, 0),
     redelivered: receivers.reduce((n, r) => n + r.redelivered, 0),
+    outOfOrder: receivers.reduce((n, r) => n + r.outOfOrder, 0),
     fromHistory: receivers.reduce((n, r) => n + r.fromHistory, 0),
     lost,
     duplicated,

@@ -22,6 +22,7 @@ import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId, userPrefix } fr
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
 import type { Caller } from '../im/context.js'
+import type { Reply } from '../protocol/schemas.js'
 import { TokenBucket } from './rate-limit.js'
 
 interface Session extends Caller {
@@ -76,8 +77,27 @@ class VerifiedCache {
   }
 }
 
+/**
+ * Replies of recent requests per device, so that a request redelivered by MQTT (DUP flag, e.g.
+ * mqtt.js resending unacknowledged publishes of a persistent session after a reconnect) is
+ * answered again instead of run again (a second create-group would make a second group).
+ */
+class RecentReplies {
+  private readonly entries = new Map<string, Reply>()
+  constructor (private readonly max = 20_000) {}
+  get (key: string): Reply | undefined { return this.entries.get(key) }
+  set (key: string, reply: Reply): void {
+    this.entries.set(key, reply)
+    if (this.entries.size > this.max) {
+      const oldest = this.entries.keys().next().value
+      if (oldest !== undefined) this.entries.delete(oldest)
+    }
+  }
+}
+
 export class BrokerHooks {
   private readonly sessions = new WeakMap<Client, Session>()
+  private readonly recentReplies = new RecentReplies()
   /** Connected clients per user, to end the sessions of a disabled account. */
   private readonly clientsByUser = new Map<string, Set<Client>>()
   private readonly verified = new VerifiedCache()
@@ -178,7 +198,14 @@ export class BrokerHooks {
       this.opts.publisher.reply(session.userId, session.deviceId, { id: requestIdOf(packet.payload as Buffer), op, ok: false, error: toWireError(err) })
       return
     }
-    const reply = await this.opts.dispatcher.handle(session, op, packet.payload as Buffer)
+    const payload = packet.payload as Buffer
+    const keyOf = (id: string | null): string | null => id === null ? null : `${session.userId}:${session.deviceId}\u0000${op}\u0000${id}`
+    // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
+    const dupKey = packet.dup ? keyOf(requestIdOf(payload)) : null
+    const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)
+    const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
+    const key = earlier === undefined ? keyOf(reply.id) : null
+    if (key !== null) this.recentReplies.set(key, reply)
     this.opts.publisher.reply(session.userId, session.deviceId, reply)
     packet.payload = Buffer.alloc(0)
   }

@@ -11,7 +11,7 @@ import { MemoryStorage, StateStore, type OutboxEntry } from './storage.js'
 import { ConversationSync } from './sync.js'
 import type {
   AddMembersResult, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
-  ImClientOptions, LeaveResult, MembersResult, MuteResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
+  ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
   Role, SendOptions, SendResult, SetRoleResult
 } from './types.js'
 
@@ -31,6 +31,7 @@ interface Results extends Record<OpName, unknown> {
   'set-role': SetRoleResult
   members: MembersResult
   receipts: ReceiptsResult
+  presence: PresenceResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -172,6 +173,8 @@ export class ImClient {
   async members (conv: string): Promise<MembersResult> { return await this.call('members', { conv }) }
   async mute (conv: string, muted: boolean): Promise<MuteResult> { return await this.call('mute', { conv, muted }) }
   async receipts (conv: string, seq: number): Promise<ReceiptsResult> { return await this.call('receipts', { conv, seq }) }
+  /** Online state and last-seen of users who share a conversation with me (others look offline). */
+  async presence (users: string[]): Promise<PresenceResult> { return await this.call('presence', { users }) }
 
   /** Marks everything up to `seq` read. Batched: debounced by `readDebounceMs`, only the highest seq per conversation is sent. */
   markRead (conv: string, seq: number): void {
@@ -297,6 +300,9 @@ export class ImClient {
         break
       case 'receipt':
         this.events.emit('receipt', e)
+        break
+      case 'presence':
+        this.events.emit('presence', e)
         break
     }
   }

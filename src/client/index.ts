@@ -19,7 +19,7 @@ export { ImClientError, type ImClientErrorCode } from './errors.js'
 export { MemoryStorage, LocalStorageStorage } from './storage.js'
 export type {
   ClientStorage, ImClientOptions, ConnectionState, ImClientEvents,
-  MemberEvent, ReadEvent, ReceiptEvent, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
+  MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
   SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult,
   ConversationSummary, ImEvent, MessageEnvelope

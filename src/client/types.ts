@@ -51,6 +51,7 @@ export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'
 export type MemberEvent = Extract<ImEvent, { type: 'member' }>
 export type ReadEvent = Extract<ImEvent, { type: 'read' }>
 export type ReceiptEvent = Extract<ImEvent, { type: 'receipt' }>
+export type PresenceEvent = Extract<ImEvent, { type: 'presence' }>
 
 export interface ImClientEvents {
   /** Each message exactly once per conversation, in seq order (gaps are filled first). */
@@ -61,6 +62,8 @@ export interface ImClientEvents {
   read: (e: ReadEvent) => void
   /** Other members' reading progress. */
   receipt: (e: ReceiptEvent) => void
+  /** A contact went online or offline (rate-limited by the server). */
+  presence: (e: PresenceEvent) => void
   /** A conversation is now contiguous up to lastSeq (after a gap fill or a reconnect sync). */
   synced: (conv: string, lastSeq: number) => void
   /** A send was acknowledged: also for sends restored from storage after a restart, which have no promise. */
@@ -92,3 +95,4 @@ export interface MembersResult { conv: string, kind: 'direct' | 'group', name: s
 export interface MuteResult { conv: string, muted: boolean }
 export interface ReadResult { conv: string, readSeq: number, unread: number }
 export interface ReceiptsResult { conv: string, seq: number, readBy: number, members: number }
+export interface PresenceResult { users: Array<{ user: string, online: boolean, lastSeen: number | null }> }

@@ -9,14 +9,11 @@
 import type { Browser } from 'playwright-core'
 import { addUser, connect, startServer } from '../helpers/im.js'
 import type { MqimServer } from '../../src/server.js'
-import { ImClient } from '../../src/client/index.js'
 import {
   artifactPath, buildWeb, convItem, launchBrowser, login, message, openChat, openContext, sendText, unreadOf,
   type ChatPage
 } from '../helpers/browser.js'
 
-/** The page shows online state when the SDK offers presence; until then this test shows up as skipped. */
-const presenceTest = typeof (ImClient.prototype as unknown as Record<string, unknown>).presence === 'function' ? test : test.skip
 
 let server: MqimServer
 let browser: Browser
@@ -158,7 +155,7 @@ test('a message sent while the other is offline shows up when they come back', a
   await eventually(async () => await message(alice.page, 'While you were away').getByTestId('msg-status').getAttribute('data-status'), 'read', 'read receipt after coming back')
 })
 
-presenceTest('online state: a peer shows online, then offline with last seen, then online again', async () => {
+test('online state: a peer shows online, then offline with last seen, then online again', async () => {
   await eventually(async () => await convItem(alice.page, 'bob').getAttribute('data-online'), 'true', 'bob online in alice\'s list')
   await bob.page.getByTestId('chat-subtitle').filter({ hasText: 'online' }).waitFor()
   await alice.page.getByTestId('chat-subtitle').filter({ hasText: 'online' }).waitFor()

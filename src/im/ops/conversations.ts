@@ -15,8 +15,9 @@ import { StoreConflictError, type ConversationRecord, type MemberRecord, type Ro
 import type { Caller, Services } from '../context.js'
 import { outranks, requireGroup, requireMember, requireRole } from '../access.js'
 
+/** 16 characters of [A-Za-z0-9_-], starting with a letter (never '-', which shells read as a flag). */
 export function newConversationId (): string {
-  return randomBytes(12).toString('base64url')
+  return 'c' + randomBytes(12).toString('base64url').slice(0, 15)
 }
 
 function newMember (conversationId: string, userId: string, role: Role, now: number): MemberRecord {
