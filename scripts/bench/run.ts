@@ -94,7 +94,7 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       connectionRounds: 1,
       sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
       syncRounds: 1,
-      store: { pairs: 50, window: 32, bodyBytes: BODY },
+      store: { pairs: 50, window: 8, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
       rawInsert: { batch: 500, seconds: 4 },
       storeRounds: 1
