@@ -124,6 +124,13 @@ async function main (): Promise<number> {
       await new Promise(resolve => setTimeout(resolve, 3000))
       log('stopping the load; verifying')
       figures = await drill.finish()
+      if (process.env.DRILL_DEBUG === '1') {
+        const ports = new Map(drill.cluster.nodes.map(n => [n.mqttPort, n.id]))
+        for (const a of drill.rec.attempts.filter(a => a.outcome !== 'ok').slice(0, 100)) {
+          log(`  ${a.msgId} ${a.outcome} via ${ports.get(a.port)}: published ${a.t0 - result.stoppingAt} ms after stop-one began, failed after ${a.t1 - a.t0} ms; later acked ${JSON.stringify(drill.rec.acked.get(a.msgId))}`)
+        }
+        for (const n of drill.cluster.nodes) log(`--- ${n.id} output ---\n${n.log.slice(-5000)}`)
+      }
     } finally {
       await drill.close(keep)
     }
@@ -157,7 +164,8 @@ async function main (): Promise<number> {
     messages,
     window: positiveInt('window', values.window, 32),
     killAt: values['kill-at'] === undefined ? 0.4 : Number(values['kill-at']),
-    signal
+    signal,
+    keep
   })
   process.stdout.write([...describeCrash(report, signal), finalLine(report)].join('\n') + '\n')
   return report.ok ? 0 : 1

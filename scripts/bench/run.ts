@@ -7,6 +7,8 @@
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
  *            --services DIR  (use services already started by `scripts/services.sh start DIR`)
+ *            --mqim-root DIR (run the mqim server from another checkout, e.g. with a patch to try)
+ *            --brokers mqim,aedes,mosquitto (which brokers the flow and connection scenarios run)
  *
  * Every broker runs in its own process, started fresh for each measurement; the load comes from
  * worker processes (scripts/bench/worker.ts). Rounds interleave the brokers (aedes, mqim,
@@ -35,8 +37,8 @@ import {
 const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
 type Scenario = typeof SCENARIOS[number]
 
-function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean, services: string | null } {
-  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false, services: null as string | null }
+function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean, services: string | null, mqimRoot: string | undefined, brokers: Set<TargetKind> } {
+  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false, services: null as string | null, mqimRoot: undefined as string | undefined, brokers: new Set<TargetKind>(['mqim', 'aedes', 'mosquitto']) }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const value = (): string => {
@@ -52,12 +54,19 @@ function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, wo
     else if (a.startsWith('--rounds')) out.rounds = Math.max(1, Number(value()))
     else if (a.startsWith('--workers')) out.workers = Math.max(1, Number(value()))
     else if (a.startsWith('--services')) out.services = path.resolve(value())
+    else if (a.startsWith('--mqim-root')) out.mqimRoot = path.resolve(value())
+    else if (a.startsWith('--brokers')) {
+      const names = value().split(',').map(x => x.trim())
+      for (const n of names) if (!['mqim', 'aedes', 'mosquitto'].includes(n)) throw new Error(`unknown broker "${n}" (mqim, aedes, mosquitto)`)
+      out.brokers = new Set(names as TargetKind[])
+    }
     else if (a.startsWith('--only')) {
       const names = value().split(',').map(s => s.trim())
       for (const n of names) if (!(SCENARIOS as readonly string[]).includes(n)) throw new Error(`unknown scenario "${n}" (${SCENARIOS.join(', ')})`)
       out.only = new Set(names as Scenario[])
     } else if (a === '--help' || a === '-h') {
-      process.stdout.write(readFileSync(new URL(import.meta.url), 'utf8').split('\n').slice(1, 13).map(l => l.replace(/^ \* ?/, '')).join('\n') + '\n')
+      const text = readFileSync(new URL(import.meta.url), 'utf8')
+      process.stdout.write(text.slice(text.indexOf('/**') + 4, text.indexOf('*/')).split('\n').map(l => l.replace(/^ \* ?/, '')).join('\n'))
       process.exit(0)
     } else throw new Error(`unknown option ${a}`)
   }
@@ -65,19 +74,21 @@ function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, wo
 }
 
 interface Sizes {
+  /** rounds of the direct scenario (each: mqim, aedes, mosquitto) */
   rounds: number
   direct: DirectParams
   directTiming: FlowTiming
+  groupRounds: number
   groups: GroupParams[]
   groupTiming: FlowTiming
   connections: ConnParams
   connectionRounds: number
   sync: SyncParams
   syncRounds: number
+  storeRounds: number
   store: DirectParams
   storeTiming: FlowTiming
   rawInsert: { batch: number, seconds: number }
-  storeRounds: number
 }
 
 const BODY = 100
@@ -85,35 +96,37 @@ const BODY = 100
 function sizes (quick: boolean, rounds: number | null): Sizes {
   if (quick) {
     return {
-      rounds: rounds ?? 1,
+      rounds: rounds ?? 2,
       direct: { pairs: 50, window: 8, bodyBytes: BODY },
-      directTiming: { warmMs: 1500, measureMs: 4000 },
+      directTiming: { warmMs: 1000, measureMs: 3000 },
+      groupRounds: rounds ?? 1,
       groups: [{ members: 50, senders: 4, window: 8, bodyBytes: BODY }, { members: 500, senders: 2, window: 4, bodyBytes: BODY }],
       groupTiming: { warmMs: 1000, measureMs: 3000 },
       connections: { users: 50, devicesPerUser: 100 },
       connectionRounds: 1,
       sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
       syncRounds: 1,
-      store: { pairs: 50, window: 8, bodyBytes: BODY },
+      storeRounds: rounds ?? 1,
+      store: { pairs: 200, window: 8, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
-      rawInsert: { batch: 500, seconds: 4 },
-      storeRounds: 1
+      rawInsert: { batch: 500, seconds: 4 }
     }
   }
   return {
     rounds: rounds ?? 3,
     direct: { pairs: 200, window: 4, bodyBytes: BODY },
     directTiming: { warmMs: 3000, measureMs: 10_000 },
+    groupRounds: rounds ?? 3,
     groups: [{ members: 50, senders: 4, window: 8, bodyBytes: BODY }, { members: 500, senders: 3, window: 4, bodyBytes: BODY }],
     groupTiming: { warmMs: 2000, measureMs: 8000 },
     connections: { users: 100, devicesPerUser: 100 },
     connectionRounds: 2,
     sync: { conversations: 20, messagesPerConversation: 500, pageLimit: 200 },
     syncRounds: 3,
-    store: { pairs: 100, window: 8, bodyBytes: BODY },
+    storeRounds: rounds ?? 3,
+    store: { pairs: 200, window: 8, bodyBytes: BODY },
     storeTiming: { warmMs: 3000, measureMs: 10_000 },
-    rawInsert: { batch: 500, seconds: 8 },
-    storeRounds: rounds ?? 3
+    rawInsert: { batch: 500, seconds: 8 }
   }
 }
 
@@ -249,16 +262,18 @@ async function main (): Promise<void> {
   const cpuProfDir = opts.profile ? path.join(resultsDir, 'profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined
   if (cpuProfDir !== undefined) mkdirSync(cpuProfDir, { recursive: true })
 
-  log(`mqim bench (${opts.quick ? 'quick' : 'full'}): ${S.rounds} round(s), ${opts.workers} load workers, scratch ${scratch}`)
+  log(`mqim bench (${opts.quick ? 'quick' : 'full'}): direct ${S.rounds} round(s), groups ${S.groupRounds}, store ${S.storeRounds}; ${opts.workers} load workers; scratch ${scratch}`)
   const pool = await LoaderPool.start(opts.workers)
-  const ctx: Ctx = { pool, dir: scratch, cpuProfDir, log }
+  const ctx: Ctx = { pool, dir: scratch, cpuProfDir, mqimRoot: opts.mqimRoot, log }
   const flows: FlowResult[] = []
   const conns: ConnResult[] = []
   const syncs: SyncResult[] = []
   const raws: RawInsertResult[] = []
   const failures: string[] = []
   // alternate the order each round so that drift on a noisy machine hits every broker alike
-  const order = (r: number): TargetKind[] => r % 2 === 1 ? ['aedes', 'mqim', 'mosquitto'] : ['mosquitto', 'mqim', 'aedes']
+  const enabled = (list: TargetKind[]): TargetKind[] => list.filter(k => opts.brokers.has(k))
+  const order = (r: number): TargetKind[] => enabled(r % 2 === 1 ? ['aedes', 'mqim', 'mosquitto'] : ['mosquitto', 'mqim', 'aedes'])
+  const directOrder = (r: number): TargetKind[] => enabled(r % 2 === 1 ? ['mqim', 'aedes', 'mosquitto'] : ['mqim', 'mosquitto', 'aedes'])
   const attempt = async (what: string, fn: () => Promise<void>): Promise<void> => {
     try {
       await fn()
@@ -271,17 +286,23 @@ async function main (): Promise<void> {
 
   try {
     if (opts.only.has('direct')) {
-      log(`direct: ${S.direct.pairs} pairs, window ${S.direct.window}, ${S.direct.bodyBytes} B bodies`)
+      log(`direct: ${S.direct.pairs} pairs, window ${S.direct.window}, ${S.direct.bodyBytes} B bodies; max load, then paced at half of mqim's max`)
       for (let r = 1; r <= S.rounds; r++) {
-        for (const kind of order(r)) {
-          await attempt(`direct ${kind} r${r}`, async () => { flows.push(...await runDirect(ctx, kind, r, S.direct, S.directTiming, kind === 'mqim')) })
+        // mqim first: its max rate sets the paced rate of the round, offered to every broker
+        let half: number | null = null
+        for (const kind of directOrder(r)) {
+          await attempt(`direct ${kind} r${r}`, async () => {
+            const res = await runDirect(ctx, kind, r, S.direct, S.directTiming, kind === 'mqim' ? 'half' : half)
+            if (kind === 'mqim') half = res[0].sendsPerSec / 2
+            flows.push(...res)
+          })
         }
       }
     }
     if (opts.only.has('group')) {
       for (const g of S.groups) {
         log(`group${g.members}: ${g.members} members, ${g.senders} senders, window ${g.window}`)
-        for (let r = 1; r <= S.rounds; r++) {
+        for (let r = 1; r <= S.groupRounds; r++) {
           for (const kind of order(r)) {
             await attempt(`group${g.members} ${kind} r${r}`, async () => { flows.push(...await runGroup(ctx, kind, r, g, S.groupTiming)) })
           }
@@ -312,7 +333,7 @@ async function main (): Promise<void> {
           await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, services.env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
           await attempt(`store mqim r${r}`, async () => {
             const stores = await freshStores(services.env)
-            flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, false, { stores }, 'store'))
+            flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, null, { stores }, 'store'))
           })
         }
         if (!opts.quick) {
@@ -331,7 +352,7 @@ async function main (): Promise<void> {
     flows.find(x => x.scenario === scenario && x.target === target && x.round === round && x.load === load)
   const perRound = (scenario: string, fn: (m: FlowResult, b: FlowResult) => number, base: TargetKind = 'aedes'): number[] => {
     const out: number[] = []
-    for (let r = 1; r <= S.rounds; r++) {
+    for (let r = 1; r <= (scenario === 'direct' ? S.rounds : S.groupRounds); r++) {
       const m = pick(scenario, 'mqim', r)
       const b = pick(scenario, base, r)
       if (m !== undefined && b !== undefined) out.push(fn(m, b))
@@ -340,7 +361,14 @@ async function main (): Promise<void> {
   }
   const rnd = (x: number, d = 3): number | null => Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null
   const directRatios = perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec)
-  const cpuRatios = perRound('direct', (m, b) => m.cpuSecondsPer1kDelivered / b.cpuSecondsPer1kDelivered)
+  // CPU per delivered message at equal load: both paced at half of mqim's max send rate
+  const cpuRatios: number[] = []
+  for (let r = 1; r <= S.rounds; r++) {
+    const m = pick('direct', 'mqim', r, 'paced')
+    const b = pick('direct', 'aedes', r, 'paced')
+    if (m !== undefined && b !== undefined) cpuRatios.push(m.cpuSecondsPer1kDelivered / b.cpuSecondsPer1kDelivered)
+  }
+  const cpuRatiosAtMax = perRound('direct', (m, b) => m.cpuSecondsPer1kDelivered / b.cpuSecondsPer1kDelivered)
   const storeRatios: number[] = []
   for (let r = 1; r <= S.storeRounds; r++) {
     const m = pick('store', 'mqim', r)
@@ -372,13 +400,14 @@ async function main (): Promise<void> {
     return { key, value: v, goal: `${op} ${goal}`, met: v === null ? null : op === '>=' ? v >= goal : v <= goal }
   })
   const extra = {
+    cpu_per_msg_vs_aedes_at_max: rnd(median(cpuRatiosAtMax)),
     group50_vs_aedes: rnd(median(perRound('group50', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
     group500_vs_aedes: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
     direct_vs_mosquitto: rnd(median(perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     group500_vs_mosquitto: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     aedes_vs_mosquitto_direct: rnd(median(perRound('direct', (_m, b) => b.deliveredPerSec).map((a, i) => a / (perRound('direct', (_m, b) => b.deliveredPerSec, 'mosquitto')[i] ?? NaN)))),
     sync_ferretdb_s: rnd(median(syncs.filter(s => s.scenario === 'sync-ferret').map(s => s.syncSeconds)), 3),
-    per_round: { direct_vs_aedes: directRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes: cpuRatios.map(x => rnd(x)), store_vs_raw_insert: storeRatios.map(x => rnd(x)), p99_ms_at_half_load: halfP99.map(x => rnd(x, 1)) }
+    per_round: { direct_vs_aedes: directRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes: cpuRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes_at_max: cpuRatiosAtMax.map(x => rnd(x)), store_vs_raw_insert: storeRatios.map(x => rnd(x)), p99_ms_at_half_load: halfP99.map(x => rnd(x, 1)) }
   }
 
   const report = {

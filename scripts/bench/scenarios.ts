@@ -36,6 +36,10 @@ export interface Ctx {
   dir: string
   /** V8 CPU profiles of the mqim server go here when set */
   cpuProfDir?: string
+  /** run mqim from another checkout (see MqimOptions.root) */
+  mqimRoot?: string
+  /** extra node options for the mqim server (see MqimOptions.nodeArgs) */
+  mqimNodeArgs?: string[]
   log: (line: string) => void
 }
 
@@ -58,6 +62,8 @@ export interface FlowResult {
   /** server CPU seconds per wall second (1.0 = one core busy) */
   serverCpuUtil: number
   cpuSecondsPer1kDelivered: number
+  /** the broker's read and write system calls per delivered message (socket I/O batching) */
+  syscallsPerDelivered: { read: number, write: number }
   /** load generator workers' CPU seconds per wall second, all workers together */
   loaderCpuUtil: number
   /** CPU seconds per wall second of the stores' processes (store scenario: ferretdb, mariadb) */
@@ -266,6 +272,7 @@ function resultOf (scenario: string, target: Target, round: number, w: Window, l
     serverCpuSeconds: cpu,
     serverCpuUtil: cpu / w.seconds,
     cpuSecondsPer1kDelivered: t.received > 0 ? cpu / (t.received / 1000) : NaN,
+    syscallsPerDelivered: { read: (w.cpu1.syscr - w.cpu0.syscr) / t.received, write: (w.cpu1.syscw - w.cpu0.syscw) / t.received },
     loaderCpuUtil: w.loaderCpuSeconds / w.seconds,
     storeCpuUtil: Object.fromEntries(Object.entries(w.storeCpuSeconds).map(([k, v]) => [k, v / w.seconds])),
     peakRssMiB: w.cpu1.peakRssBytes / 1048576,
@@ -302,7 +309,7 @@ function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number)
 async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
   const profDir = kind === 'mosquitto' ? undefined : ctx.cpuProfDir
   const before = new Set(profDir === undefined ? [] : readdirSync(profDir))
-  const target = await startTarget(kind, dir, { ...mqim, cpuProfDir: profDir })
+  const target = await startTarget(kind, dir, { ...mqim, cpuProfDir: profDir, root: ctx.mqimRoot, nodeArgs: ctx.mqimNodeArgs })
   try {
     return await fn(target)
   } finally {
@@ -318,8 +325,10 @@ async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: Mqi
 }
 
 /**
- * One measurement of a flow scenario: max load; for mqim with `halfLoad`, then paced at half the
- * send rate just measured (the p99 target is defined there).
+ * One measurement of a flow scenario on a fresh broker: max load (closed loop), then optionally
+ * paced: `paced: 'half'` offers half the send rate just measured (mqim: the p99 target is defined
+ * there), a number offers that rate (the baselines get mqim's half rate: CPU per message at equal
+ * load).
  */
 export async function runFlow (
   ctx: Ctx,
@@ -328,7 +337,7 @@ export async function runFlow (
   round: number,
   makeShape: (t: Target) => Promise<Shape>,
   timing: FlowTiming,
-  options: { halfLoad?: boolean, mqim?: MqimOptions } = {}
+  options: { paced?: 'half' | number | null, mqim?: MqimOptions } = {}
 ): Promise<FlowResult[]> {
   return await withTarget(ctx, kind, targetDir(ctx, scenario, kind, round), options.mqim ?? { stores: null }, async (target) => {
     const shape = await makeShape(target)
@@ -340,14 +349,15 @@ export async function runFlow (
     await ctx.pool.stop(5000)
     const max = await measureWindow(ctx, target, shape, shape.senders, timing.warmMs, timing.measureMs)
     const results = [resultOf(scenario, target, round, max, 'max', null)]
-    if (options.halfLoad === true) {
-      // let every delivery of the max phase arrive, then offer half the send rate just measured
+    const paced = options.paced ?? null
+    if (paced !== null) {
+      // let every delivery of the max phase arrive, then offer a fixed send rate
       await drain(ctx, shape.fanout)
-      const rate = results[0].sendsPerSec / 2
+      const rate = paced === 'half' ? results[0].sendsPerSec / 2 : paced
       const tag = nonce()
-      const paced = shape.senders.map(s => ({ ...s, rate: rate / shape.senders.length, window: s.window * 8, idPrefix: `${s.idPrefix}h${tag}` }))
-      const half = await measureWindow(ctx, target, shape, paced, Math.min(timing.warmMs, 1500), timing.measureMs)
-      results.push(resultOf(scenario, target, round, half, 'paced', rate))
+      const senders = shape.senders.map(s => ({ ...s, rate: rate / shape.senders.length, window: s.window * 8, idPrefix: `${s.idPrefix}h${tag}` }))
+      const w = await measureWindow(ctx, target, shape, senders, Math.min(timing.warmMs, 1500), timing.measureMs)
+      results.push(resultOf(scenario, target, round, w, 'paced', rate))
     }
     const { lost, totals } = await drain(ctx, shape.fanout)
     // errors over the whole connection set (all windows), lost deliveries included
@@ -355,13 +365,13 @@ export async function runFlow (
     const peak = target.sample().peakRssBytes / 1048576
     for (const r of results) { r.errors = errors; r.peakRssMiB = peak }
     const others = (r: FlowResult): string => Object.entries(r.storeCpuUtil).map(([k, v]) => `, ${k} ${v.toFixed(2)}`).join('')
-    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)}, loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}`).join('; ')}; errors ${errors.total}`)
+    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)} (${(r.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k, ${r.syscallsPerDelivered.write.toFixed(2)} w/${r.syscallsPerDelivered.read.toFixed(2)} r syscalls per delivery), loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}`).join('; ')}; errors ${errors.total}`)
     return results
   })
 }
 
-export async function runDirect (ctx: Ctx, kind: TargetKind, round: number, p: DirectParams, timing: FlowTiming, halfLoad: boolean, mqim?: MqimOptions, scenario = 'direct'): Promise<FlowResult[]> {
-  return await runFlow(ctx, scenario, kind, round, async t => await directShape(ctx, t, p), timing, { halfLoad, mqim })
+export async function runDirect (ctx: Ctx, kind: TargetKind, round: number, p: DirectParams, timing: FlowTiming, paced: 'half' | number | null, mqim?: MqimOptions, scenario = 'direct'): Promise<FlowResult[]> {
+  return await runFlow(ctx, scenario, kind, round, async t => await directShape(ctx, t, p), timing, { paced, mqim })
 }
 
 export async function runGroup (ctx: Ctx, kind: TargetKind, round: number, p: GroupParams, timing: FlowTiming): Promise<FlowResult[]> {

@@ -80,7 +80,8 @@ export class DrillCluster {
       id: `drill-${tag}-n${i + 1}`,
       db,
       dataDir: path.join(opts.workDir, `node${i + 1}`),
-      config: opts.nodeConfig
+      config: opts.nodeConfig,
+      onUnexpectedExit: (n) => log(`${n.id} (pid ${n.pid}) EXITED on its own (${n.exit?.code ?? n.exit?.signal}); its last output:\n${n.log.slice(-4000)}`)
     }))
     const cluster = new DrillCluster(opts, tag, db, nodes)
     try {
@@ -136,22 +137,21 @@ export class DrillCluster {
    * up or `catchUpMs` passed, runs the receivers' final sync, and verifies.
    */
   async verify (rec: Recorder, catchUpMs = 20_000): Promise<Figures> {
-    let audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
+    // nothing is sent any more: the store is final
+    const audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
     const lastSeq = new Map(audits.map(a => [a.conv, a.lastSeq]))
-    const caughtUp = (): boolean => this.receivers.every(r => [...r.held].every(([c, list]) => list.length >= (lastSeq.get(c) ?? 0)))
+    const behind = (r: Receiver): string[] => [...r.held].filter(([c, list]) => list.length < (lastSeq.get(c) ?? 0)).map(([c]) => c)
     const t0 = Date.now()
-    await waitUntil(caughtUp, catchUpMs, 'the receivers to catch up').catch(() => {})
-    this.log(`history read (${audits.reduce((n, a) => n + a.history.length, 0)} messages); receivers ${caughtUp() ? 'caught up' : 'not caught up'} after ${Date.now() - t0} ms; final sync`)
-    // the client-side backstop: sync by history from the highest contiguous seq (retried if a connection drops)
-    for (let i = 0; i < 5; i++) {
-      const errors = this.receivers.reduce((n, r) => n + r.syncErrors, 0)
-      await Promise.all(this.receivers.map(async r => await r.syncAll()))
-      if (this.receivers.reduce((n, r) => n + r.syncErrors, 0) === errors) break
-      await sleep(500)
+    await waitUntil(() => this.receivers.every(r => behind(r).length === 0), catchUpMs, 'the receivers to catch up').catch(() => {})
+    const lagging = this.receivers.reduce((n, r) => n + behind(r).length, 0)
+    this.log(`history read (${audits.reduce((n, a) => n + a.history.length, 0)} messages); receivers ${lagging === 0 ? 'caught up' : `behind in ${lagging} conversations`} after ${Date.now() - t0} ms`)
+    // the client-side backstop: every conversation whose lastSeq is above what the device holds is
+    // synced by history from its highest contiguous seq (retried if a connection drops)
+    for (let i = 0; i < 5 && this.receivers.some(r => behind(r).length > 0); i++) {
+      await Promise.all(this.receivers.map(async r => await Promise.all(behind(r).map(async c => await r.sync(c)))))
+      if (i > 0) await sleep(500)
     }
-    // read history again: a message stored by a resend during the first read must count too
-    audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
-    const storedCounts = await countStored(this.db, this.convs)
+    const storedCounts = await countStored(this.db)
     this.log('verified')
     return verify({ rec, audits, receivers: this.receivers, storedCounts })
   }
@@ -163,8 +163,12 @@ export class DrillCluster {
     await Promise.allSettled(this.clients.map(async c => await c.stop()))
     await Promise.allSettled(this.nodes.map(async n => await n.kill('SIGTERM', 15_000)))
     this.log('nodes stopped')
-    if (!keep) await this.db.drop()
-    this.log('databases dropped')
+    if (keep) {
+      this.log(`databases kept: MySQL ${this.db.mysqlUrl}, MongoDB ${this.db.mongoUrl} database ${this.db.mongoDb}, Redis ${this.db.redisUrl}`)
+    } else {
+      await this.db.drop()
+      this.log('databases dropped')
+    }
   }
 }
 
@@ -179,6 +183,8 @@ export interface CrashDrillOptions extends Omit<ClusterOptions, 'senders' | 'rec
   signal?: 'SIGKILL' | 'SIGTERM'
   /** Give up on the load after this long. */
   timeoutMs?: number
+  /** Keep the databases (for a look afterwards). */
+  keep?: boolean
 }
 
 export interface CrashDrillReport extends Figures {
@@ -275,7 +281,7 @@ export async function runCrashDrill (opts: CrashDrillOptions): Promise<CrashDril
     }
     return report
   } finally {
-    await cluster.close()
+    await cluster.close(opts.keep === true)
   }
 }
 
@@ -285,11 +291,11 @@ export function describeCrash (r: CrashDrillReport, signal = 'SIGKILL'): string[
     `sent        ${r.sent} messages (${r.publishes} publishes)`,
     `acked       ${r.acked} (${r.ackedAtKill} before ${signal} of ${r.victim.id}, ${r.ackedAfterKill} after it had gone)`,
     `stored      ${r.stored}`,
-    `delivered   ${r.delivered} of ${r.expectedDeliveries} to receivers (${r.pushes} pushed: ${r.redelivered} redelivered copies and ${r.outOfOrder} beyond a gap dropped; ${r.fromHistory} fetched by history sync)`,
+    `delivered   ${r.delivered} of ${r.expectedDeliveries} to receivers (${r.pushes} pushed: ${r.redelivered} redelivered copies dropped, ${r.outOfOrder} beyond a gap kept aside; ${r.fromHistory} fetched by history sync)`,
     `lost        ${r.lost}`,
     `duplicated  ${r.duplicated}`,
     `gaps        ${r.gaps}`,
-    `resent      ${r.resent} (failed attempts: ${errors})`,
+    `resent      ${r.resent} (failed attempts: ${errors}); ${r.ackedAsDuplicate} resends found their message already stored (duplicate: true)`,
     `failovers   ${r.failovers} client connections moved to another node; their first ack through it ${r.recoveryMs ?? '-'} ms after the ${signal}`,
     `victim      ${r.victim.id} pid ${r.victim.pid} exit ${r.victim.exit?.signal ?? r.victim.exit?.code}`,
     `survivors   ${r.survivors.map(s => `${s.id} pid ${s.pid} ${s.running ? 'running' : 'GONE'}`).join(', ')}`,
@@ -304,7 +310,8 @@ export function describeCrash (r: CrashDrillReport, signal = 'SIGKILL'): string[
 
 export interface OutageResult {
   service: ServiceName
-  /** services.sh stop-one returned / start-one returned (ms since epoch). */
+  /** services.sh stop-one was called / returned; start-one returned (ms since epoch). */
+  stoppingAt: number
   downAt: number
   upAt: number
   /** Health samples of each node during the outage that were 503 with the service's check down. */
@@ -373,8 +380,10 @@ export class OutageDrill {
     const before = rec.acked.size
     await waitUntil(() => rec.acked.size >= before + 20, 30_000, 'acks before the outage')
     this.log(`stopping ${service} (${rec.acked.size} acked so far)`)
+    const stoppingAt = Date.now()
     await stopService(dir, service)
     const downAt = Date.now()
+    this.log(`${service} stopped (services.sh stop-one took ${downAt - stoppingAt} ms)`)
     await sleep(outageMs)
     this.log(`starting ${service} again after ${Date.now() - downAt} ms (${rec.acked.size} acked; during the outage: ${JSON.stringify(rec.outcomes(downAt))})`)
     await startService(dir, service)
@@ -397,6 +406,7 @@ export class OutageDrill {
     const during = this.monitor.between(downAt, upAt)
     const result: OutageResult = {
       service,
+      stoppingAt,
       downAt,
       upAt,
       degradedSamples: during.filter(s => s.status === 503 && s.body?.status === 'degraded' && s.body.checks?.[check] === 'down').length,
@@ -404,9 +414,9 @@ export class OutageDrill {
       noAnswerSamples: during.filter(s => s.status === 0).length,
       healthyAfterMs: healthyAt === null ? null : healthyAt - upAt,
       resumedAfterMs: resumedAt === null ? null : resumedAt - upAt,
-      outcomesDuring: rec.outcomes(downAt, upAt),
+      outcomesDuring: rec.outcomes(stoppingAt, upAt),
       ackedDuring: rec.ackedBetween(downAt, upAt),
-      longestAckPauseMs: rec.longestAckPause(downAt, resumedAt ?? Date.now()),
+      longestAckPauseMs: rec.longestAckPause(stoppingAt, resumedAt ?? Date.now()),
       nodes: cluster.nodes.map(n => ({ id: n.id, pidBefore: this.pids.get(n.id), pidAfter: n.pid, running: n.running })),
       problems
     }

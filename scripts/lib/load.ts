@@ -203,7 +203,7 @@ export class Receiver {
   pushes = 0
   /** Pushed envelopes already held (QoS 1 redelivery, queued copies after a reconnect). */
   redelivered = 0
-  /** Pushed envelopes beyond a gap (dropped; the gap is filled from history first). */
+  /** Pushed envelopes beyond a gap (kept aside until history has filled the gap). */
   outOfOrder = 0
   /** Messages taken from history pages. */
   fromHistory = 0
@@ -212,6 +212,8 @@ export class Receiver {
   readonly problems: string[] = []
   private readonly running = new Map<string, Promise<void>>()
   private readonly again = new Set<string>()
+  /** conversation -> pushed envelopes beyond a gap, by seq */
+  private readonly ahead = new Map<string, Map<number, MessageEnvelope>>()
 
   constructor (readonly userId: string, deviceId: string, password: string, ports: number[], convs: string[]) {
     for (const c of convs) this.held.set(c, [])
@@ -254,17 +256,33 @@ export class Receiver {
     if (m.seq === list.length + 1) {
       list.push(m)
       if (source === 'history') this.fromHistory++
+      // what was pushed beyond the gap follows now
+      const ahead = this.ahead.get(m.conv)
+      if (ahead !== undefined) {
+        for (let next = ahead.get(list.length + 1); next !== undefined; next = ahead.get(list.length + 1)) {
+          ahead.delete(next.seq)
+          list.push(next)
+        }
+        for (const seq of ahead.keys()) if (seq <= list.length) ahead.delete(seq)
+      }
       return
     }
     if (source === 'push') {
+      // a gap: keep this one, fill the gap from history
       this.outOfOrder++
+      let ahead = this.ahead.get(m.conv)
+      if (ahead === undefined) this.ahead.set(m.conv, ahead = new Map())
+      ahead.set(m.seq, m)
       void this.sync(m.conv)
     } else {
       this.problems.push(`${this.userId}: history of ${m.conv} jumped from seq ${list.length} to ${m.seq}`)
     }
   }
 
-  /** Pages through `history {after: highest held}` until hasMore is false. Never throws. */
+  /**
+   * Pages through `history {after: highest held}` (up to the first message kept aside, if any)
+   * until hasMore is false. Never throws.
+   */
   async sync (conv: string): Promise<void> {
     const running = this.running.get(conv)
     if (running !== undefined) {
@@ -278,16 +296,21 @@ export class Receiver {
           this.syncs++
           for (;;) {
             const list = this.held.get(conv) as MessageEnvelope[]
-            const page = await this.client.call<{ messages: MessageEnvelope[], hasMore: boolean }>('history', { conv, after: list.length, limit: 1000 }, 30_000)
+            // only the gap, when later messages were pushed already
+            const ahead = this.ahead.get(conv)
+            const before = ahead === undefined || ahead.size === 0 ? undefined : Math.min(...ahead.keys())
+            const query = before === undefined ? { conv, after: list.length, limit: 1000 } : { conv, after: list.length, before, limit: 1000 }
+            const page = await this.client.call<{ messages: MessageEnvelope[], hasMore: boolean }>('history', query, 30_000)
             for (const m of page.messages) this.accept(m, 'history')
             if (!page.hasMore || page.messages.length === 0) break
           }
-        } while (this.again.has(conv))
+        } while (this.again.has(conv) && (this.ahead.get(conv)?.size ?? 0) > 0)
       } catch {
         // the connection dropped: the next connect syncs again
         this.syncErrors++
       } finally {
         this.running.delete(conv)
+        this.again.delete(conv)
       }
     })()
     this.running.set(conv, p)

@@ -17,6 +17,8 @@ export interface NodeOptions {
   /** Deep-merged over config/default.json (MQIM_CONFIG). */
   config?: Record<string, unknown>
   logLevel?: 'debug' | 'info' | 'warn' | 'error'
+  /** Called when the process exits without kill() having been called. */
+  onUnexpectedExit?: (node: MqimNode) => void
 }
 
 export interface HealthSample {
@@ -29,7 +31,7 @@ export interface HealthSample {
 
 /** Limits that a pipelining load would otherwise hit (per-connection request rate). */
 export const DRILL_CONFIG = {
-  limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000, historyPageMax: 1000 }
+  limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000, historyPageMax: 5000 }
 }
 
 export class MqimNode {
@@ -40,6 +42,7 @@ export class MqimNode {
   /** Exit of the current process, once it has exited. */
   exit: { code: number | null, signal: NodeJS.Signals | null } | null = null
   private exited: Promise<void> = Promise.resolve()
+  private killed = false
 
   constructor (readonly opts: NodeOptions) {}
 
@@ -79,8 +82,10 @@ export class MqimNode {
     const child = spawnTracked(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     this.child = child
     this.exit = null
+    this.killed = false
     this.exited = new Promise(resolve => child.once('exit', (code, signal) => {
       this.exit = { code, signal }
+      if (!this.killed) this.opts.onUnexpectedExit?.(this)
       resolve()
     }))
     const keep = (chunk: Buffer): void => { this.output = (this.output + chunk.toString('utf8')).slice(-20_000) }
@@ -101,6 +106,7 @@ export class MqimNode {
     const child = this.child
     if (child === null) return { code: null, signal: null }
     if (this.exit === null) {
+      this.killed = true
       child.kill(signal)
       const timer = signal === 'SIGKILL' ? undefined : setTimeout(() => { child.kill('SIGKILL') }, graceMs)
       await this.exited

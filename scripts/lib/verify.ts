@@ -15,13 +15,13 @@ import type { Receiver, Recorder } from './load.js'
 
 export interface ConvAudit { conv: string, lastSeq: number, history: MessageEnvelope[] }
 
-/** Reads a conversation's whole history, oldest first (pages of up to 1000). */
+/** Reads a conversation's whole history, oldest first (pages of up to 5000: the drills' historyPageMax). */
 export async function readHistory (client: DrillClient, conv: string): Promise<ConvAudit> {
   const history: MessageEnvelope[] = []
   let lastSeq = 0
   for (;;) {
     const after = history.length === 0 ? 0 : history[history.length - 1].seq
-    const page = await client.call<{ messages: MessageEnvelope[], hasMore: boolean, lastSeq: number }>('history', { conv, after, limit: 1000 }, 30_000)
+    const page = await client.call<{ messages: MessageEnvelope[], hasMore: boolean, lastSeq: number }>('history', { conv, after, limit: 5000 }, 60_000)
     history.push(...page.messages)
     lastSeq = Math.max(lastSeq, page.lastSeq)
     if (!page.hasMore || page.messages.length === 0) return { conv, lastSeq, history }
@@ -36,6 +36,8 @@ export interface Figures {
   /** Publishes that repeated the msgId of an earlier one. */
   resent: number
   acked: number
+  /** Messages whose first ack said duplicate: true (stored by an attempt whose reply was lost). */
+  ackedAsDuplicate: number
   /** Messages in history (all conversations). */
   stored: number
   /** Messages held by receivers after their final sync (sum over receivers). */
@@ -85,7 +87,7 @@ export function verify ({ rec, audits, receivers, storedCounts }: VerifyInput): 
       duplicated += history.length - seqs.size
       problems.push(`${conv}: history holds ${history.length - seqs.size} seqs twice`)
     }
-    const count = storedCounts?.get(conv)
+    const count = storedCounts === undefined ? undefined : storedCounts.get(conv) ?? 0
     if (count !== undefined && count !== lastSeq) {
       problems.push(`${conv}: MongoDB holds ${count} messages but lastSeq is ${lastSeq}`)
       if (count < lastSeq) gaps += lastSeq - count
@@ -172,6 +174,7 @@ export function verify ({ rec, audits, receivers, storedCounts }: VerifyInput): 
     publishes: rec.publishes,
     resent: rec.resent,
     acked: rec.acked.size,
+    ackedAsDuplicate: [...rec.acked.values()].filter(a => a.duplicate).length,
     stored: audits.reduce((n, a) => n + a.history.length, 0),
     delivered,
     expectedDeliveries,

@@ -54,6 +54,7 @@ class Worker {
       if (msg.ok) p.resolve(msg.result)
       else p.reject(new Error(`worker ${index}: ${msg.error}`))
     })
+    child.on('error', () => { /* a closed IPC channel: calls reject through exit below */ })
     child.once('exit', (code, signal) => {
       for (const p of this.pending.values()) p.reject(new Error(`worker ${index} exited (${code ?? signal})`))
       this.pending.clear()
@@ -62,9 +63,14 @@ class Worker {
 
   call<T> (command: Command): Promise<T> {
     const id = this.nextId++
+    if (!this.child.connected) return Promise.reject(new Error(`worker ${this.index} is gone`))
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
-      this.child.send({ id, ...command })
+      this.child.send({ id, ...command }, (err) => {
+        if (err === null) return
+        this.pending.delete(id)
+        reject(new Error(`worker ${this.index}: ${err.message}`))
+      })
     })
   }
 }

@@ -85,6 +85,9 @@ export interface ProcSample {
   rssBytes: number
   /** peak resident set size (VmHWM), bytes */
   peakRssBytes: number
+  /** read and write system calls so far (/proc/<pid>/io syscr, syscw; 0 if unreadable) */
+  syscr: number
+  syscw: number
   at: number
 }
 
@@ -100,7 +103,14 @@ export function sampleProc (pid: number): ProcSample {
     const m = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)
     return m === null ? 0 : Number(m[1]) * 1024
   }
-  return { cpuSeconds: (utime + stime) / ticksPerSecond(), rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM'), at: performance.now() }
+  let syscr = 0
+  let syscw = 0
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8')
+    syscr = Number(/^syscr: (\d+)/m.exec(io)?.[1] ?? 0)
+    syscw = Number(/^syscw: (\d+)/m.exec(io)?.[1] ?? 0)
+  } catch { /* not permitted */ }
+  return { cpuSeconds: (utime + stime) / ticksPerSecond(), rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM'), syscr, syscw, at: performance.now() }
 }
 
 /** The executable name and command line of a process, to check that a pid is the one we mean. */

@@ -44,6 +44,10 @@ export interface MqimOptions {
   cpuProfDir?: string
   /** extra config merged into the MQIM_CONFIG file */
   config?: Record<string, unknown>
+  /** run the server from this checkout instead of this one (A/B a patch: its src/main.ts, same node_modules) */
+  root?: string
+  /** extra node options for the server process, e.g. --max-semi-space-size=64 */
+  nodeArgs?: string[]
 }
 
 function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port: number, logFile: string, extra: Partial<Target> = {}): Target {
@@ -126,14 +130,15 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   }
   const args = [
     ...(options.cpuProfDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []),
+    ...(options.nodeArgs ?? []),
     '--import', 'tsx', 'src/main.ts'
   ]
   const logFile = path.join(dir, 'mqim.log')
   const log = createWriteStream(logFile)
-  const child = spawnTracked(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnTracked(process.execPath, args, { cwd: options.root ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout?.pipe(log)
   child.stderr?.pipe(log)
-  const label = options.stores === null ? 'mqim (embedded)' : 'mqim (FerretDB+MariaDB)'
+  const label = (options.stores === null ? 'mqim (embedded)' : 'mqim (FerretDB+MariaDB)') + (options.root !== undefined || (options.nodeArgs ?? []).length > 0 ? ' [alt]' : '')
   const tokenFile = path.join(dataDir, 'admin-token')
   await started(label, child, logFile, async () => {
     if (!existsSync(tokenFile)) return false
