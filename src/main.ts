@@ -16,6 +16,9 @@ async function main (): Promise<void> {
     throw err
   }
   const logger = createLogger(config.log.level)
+  // A rejected promise nobody awaited (a dependency's background failure) is logged, not fatal:
+  // every request path handles its own errors, and the server must ride out outages.
+  process.on('unhandledRejection', (reason) => logger.error('unhandled rejection', { err: reason instanceof Error ? reason.stack : String(reason) }))
   const server = await MqimServer.start({ config, logger })
   if (isEmbedded(config)) {
     process.stderr.write([

@@ -77,6 +77,9 @@ export function createBrokerBackends (config: Config['broker']['persistence'], l
   const sub = connect('sub')
   const redis = connect('mqim')
   const mq = mqemitterRedis({ pubConn: pub, subConn: sub, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
+  // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
+  // while Redis is down. ioredis reconnects by itself.
+  ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', (err: Error) => logger.warn('redis emitter error', { err: err.message }))
   const persistence = aedesPersistenceRedis({
     conn: persistenceConn,
     maxSessionDelivery: config.maxSessionDelivery,
