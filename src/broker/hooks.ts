@@ -195,7 +195,7 @@ export class BrokerHooks {
     const op = topic.slice(REQUEST_PREFIX.length)
     if (!session.bucket.take()) {
       const err = new ImError('RATE_LIMITED', `more than ${this.opts.requestsPerSecond} requests per second; retry later`)
-      this.opts.publisher.reply(session.userId, session.deviceId, { id: requestIdOf(packet.payload as Buffer), op, ok: false, error: toWireError(err) })
+      this.opts.publisher.reply(session.userId, session.deviceId, { id: requestIdOf(packet.payload as Buffer), op, ok: false, error: toWireError(err) }, client)
       return
     }
     const payload = packet.payload as Buffer
@@ -206,7 +206,7 @@ export class BrokerHooks {
     const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
     const key = earlier === undefined ? keyOf(reply.id) : null
     if (key !== null) this.recentReplies.set(key, reply)
-    this.opts.publisher.reply(session.userId, session.deviceId, reply)
+    this.opts.publisher.reply(session.userId, session.deviceId, reply, client)
     packet.payload = Buffer.alloc(0)
   }
 

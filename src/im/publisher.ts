@@ -4,7 +4,7 @@
  * publish per member, so membership changes take effect at once and authorizeForward is a
  * prefix check.
  */
-import type { Aedes } from 'aedes'
+import type { Aedes, Client } from 'aedes'
 import type { StoredMessage } from '../store/types.js'
 import type { ImEvent, MessageEnvelope, Reply } from '../protocol/schemas.js'
 import { eventTopic, messageTopic, replyTopic } from '../protocol/topics.js'
@@ -25,9 +25,11 @@ export class Publisher {
     this.logger = logger
   }
 
-  private publish (topic: string, payload: Buffer): void {
+  private publish (topic: string, payload: Buffer, onError?: () => void): void {
     this.broker.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err?: Error) => {
-      if (err) this.logger.warn('publish failed', { topic, err: String(err) })
+      if (!err) return
+      this.logger.warn('publish failed', { topic, err: String(err) })
+      onError?.()
     })
   }
 
@@ -49,7 +51,16 @@ export class Publisher {
     })
   }
 
-  reply (userId: string, deviceId: string, reply: Reply): void {
-    this.publish(replyTopic(userId, deviceId), Buffer.from(JSON.stringify(reply)))
+  /**
+   * Replies are routed like everything else (so a sibling device subscribed to this reply topic
+   * sees them too). If routing fails (Redis down in a cluster), the reply still reaches the
+   * requesting connection directly, at QoS 0, so a sender is never left without an answer.
+   */
+  reply (userId: string, deviceId: string, reply: Reply, requester?: Client): void {
+    const topic = replyTopic(userId, deviceId)
+    const payload = Buffer.from(JSON.stringify(reply))
+    this.publish(topic, payload, requester === undefined
+      ? undefined
+      : () => requester.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {}))
   }
 }
