@@ -399,7 +399,24 @@ async function main (): Promise<void> {
     const v = ratios[key]
     return { key, value: v, goal: `${op} ${goal}`, met: v === null ? null : op === '>=' ? v >= goal : v <= goal }
   })
+  // the same ratios over the rounds in which other jobs on the machine stayed below 0.2 cores
+  // during both windows of the pair (NaN when there is none)
+  const quiet = (x: FlowResult | undefined): boolean => x !== undefined && x.foreignCpuUtil < 0.2
+  const quietRatios = (load: 'max' | 'paced', fn: (m: FlowResult, b: FlowResult) => number): number[] => {
+    const out: number[] = []
+    for (let r = 1; r <= S.rounds; r++) {
+      const m = pick('direct', 'mqim', r, load)
+      const b = pick('direct', 'aedes', r, load)
+      if (m !== undefined && b !== undefined && quiet(m) && quiet(b)) out.push(fn(m, b))
+    }
+    return out
+  }
   const extra = {
+    quiet_rounds: {
+      direct_vs_aedes: quietRatios('max', (m, b) => m.deliveredPerSec / b.deliveredPerSec).map(x => rnd(x)),
+      cpu_per_msg_vs_aedes: quietRatios('paced', (m, b) => m.cpuSecondsPer1kDelivered / b.cpuSecondsPer1kDelivered).map(x => rnd(x)),
+      p99_ms_at_half_load: flows.filter(x => x.scenario === 'direct' && x.target === 'mqim' && x.load === 'paced' && quiet(x)).map(x => rnd(x.latencyMs.p99, 1))
+    },
     cpu_per_msg_vs_aedes_at_max: rnd(median(cpuRatiosAtMax)),
     group50_vs_aedes: rnd(median(perRound('group50', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
     group500_vs_aedes: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
@@ -412,6 +429,8 @@ async function main (): Promise<void> {
 
   const report = {
     mode: opts.quick ? 'quick' : 'full',
+    /** cores used by other jobs during the measurement windows (median); above ~0.2 the run was disturbed */
+    foreignLoadCores: rnd(median(flows.map(f => f.foreignCpuUtil)), 2),
     startedAt: new Date(started).toISOString(),
     durationSeconds: Math.round((Date.now() - started) / 1000),
     machine: machine(),
@@ -433,7 +452,23 @@ async function main (): Promise<void> {
   writeFileSync(path.join(resultsDir, `latest-${report.mode}.json`), JSON.stringify(report, null, 2) + '\n')
 
   process.stdout.write('\n' + table(flows, conns, syncs, raws) + '\n\n')
-  for (const t of targets) process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.key.padEnd(22)} ${String(t.value).padStart(9)}   target ${t.goal}\n`)
+  const foreign = median(flows.map(f => f.foreignCpuUtil))
+  if (foreign > 0.2) {
+    process.stdout.write(`NOTE: other jobs on this machine used ${foreign.toFixed(2)} cores (median over the measurement windows): the figures are disturbed; rerun on a quiet machine\n\n`)
+  }
+  // how busy the machine was (other jobs) in the windows behind each figure
+  const windowsOf: Partial<Record<keyof typeof ratios, FlowResult[]>> = {
+    direct_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'max' && x.target !== 'mosquitto'),
+    cpu_per_msg_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'paced' && x.target !== 'mosquitto'),
+    store_vs_raw_insert: flows.filter(x => x.scenario === 'store'),
+    p99_ms_at_half_load: flows.filter(x => x.scenario === 'direct' && x.load === 'paced' && x.target === 'mqim')
+  }
+  for (const t of targets) {
+    const ws = windowsOf[t.key] ?? []
+    const worst = ws.length === 0 ? 0 : Math.max(...ws.map(w => w.foreignCpuUtil))
+    const note = worst > 0.2 ? `   (disturbed: other jobs used up to ${worst.toFixed(2)} cores in its windows)` : ''
+    process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.key.padEnd(22)} ${String(t.value).padStart(9)}   target ${t.goal}${note}\n`)
+  }
   process.stdout.write(`\nextra: ${JSON.stringify({ ...extra, per_round: undefined })}\n`)
   if (failures.length > 0) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`)
   process.stdout.write(`results: ${path.relative(ROOT, file)} (${report.durationSeconds} s)\n`)

@@ -24,7 +24,7 @@ import { MongoClient } from 'mongodb'
 import { Histogram } from './lib/hist.js'
 import type { LoaderPool, Totals } from './lib/loader.js'
 import type { ClientSpec, SenderSpec } from './lib/protocol.js'
-import { sampleProc, sleep, type ProcSample } from './lib/procs.js'
+import { machineBusySeconds, sampleProc, sleep, type ProcSample } from './lib/procs.js'
 import { startTarget, type MqimOptions, type Target, type TargetKind } from './lib/targets.js'
 import { ImClient, createBots, createGroup, createUsers, openDirects, type Account } from './lib/im.js'
 
@@ -68,6 +68,11 @@ export interface FlowResult {
   loaderCpuUtil: number
   /** CPU seconds per wall second of the stores' processes (store scenario: ferretdb, mariadb) */
   storeCpuUtil: Record<string, number>
+  /**
+   * CPU used by everything else on the machine (other users' jobs), cores: the machine's busy time
+   * minus broker, load generator, stores and runner. Above ~0.2 the window was disturbed.
+   */
+  foreignCpuUtil: number
   peakRssMiB: number
   errors: ErrorCounts
 }
@@ -225,6 +230,7 @@ interface Window {
   cpu1: ProcSample
   loaderCpuSeconds: number
   storeCpuSeconds: Record<string, number>
+  foreignCpuSeconds: number
 }
 
 function storeCpu (ctx: Ctx): Record<string, number> {
@@ -240,6 +246,8 @@ async function measureWindow (ctx: Ctx, target: Target, shape: Shape, senders: S
   await ctx.pool.start(senders, shape.workerOf)
   await sleep(warmMs)
   await ctx.pool.mark()
+  const m0 = machineBusySeconds()
+  const me0 = process.cpuUsage()
   const cpu0 = target.sample()
   const l0 = loaderCpu(ctx.pool)
   const s0 = storeCpu(ctx)
@@ -248,10 +256,13 @@ async function measureWindow (ctx: Ctx, target: Target, shape: Shape, senders: S
   const cpu1 = target.sample()
   const l1 = loaderCpu(ctx.pool)
   const s1 = storeCpu(ctx)
+  const me = process.cpuUsage(me0)
+  const m1 = machineBusySeconds()
   const seconds = (cpu1.at - cpu0.at) / 1000
   const storeCpuSeconds: Record<string, number> = {}
   for (const k of Object.keys(s1)) if (s0[k] !== undefined) storeCpuSeconds[k] = s1[k] - s0[k]
-  return { seconds, totals: r.window, cpu0, cpu1, loaderCpuSeconds: l1 - l0, storeCpuSeconds }
+  const ours = (cpu1.cpuSeconds - cpu0.cpuSeconds) + (l1 - l0) + Object.values(storeCpuSeconds).reduce((a, b) => a + b, 0) + (me.user + me.system) / 1e6
+  return { seconds, totals: r.window, cpu0, cpu1, loaderCpuSeconds: l1 - l0, storeCpuSeconds, foreignCpuSeconds: Math.max(0, (m1 - m0) - ours) }
 }
 
 function resultOf (scenario: string, target: Target, round: number, w: Window, load: 'max' | 'paced', offeredRate: number | null): FlowResult {
@@ -275,6 +286,7 @@ function resultOf (scenario: string, target: Target, round: number, w: Window, l
     syscallsPerDelivered: { read: (w.cpu1.syscr - w.cpu0.syscr) / t.received, write: (w.cpu1.syscw - w.cpu0.syscw) / t.received },
     loaderCpuUtil: w.loaderCpuSeconds / w.seconds,
     storeCpuUtil: Object.fromEntries(Object.entries(w.storeCpuSeconds).map(([k, v]) => [k, v / w.seconds])),
+    foreignCpuUtil: w.foreignCpuSeconds / w.seconds,
     peakRssMiB: w.cpu1.peakRssBytes / 1048576,
     errors: errorsOf(t, 0)
   }
@@ -309,7 +321,15 @@ function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number)
 async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
   const profDir = kind === 'mosquitto' ? undefined : ctx.cpuProfDir
   const before = new Set(profDir === undefined ? [] : readdirSync(profDir))
-  const target = await startTarget(kind, dir, { ...mqim, cpuProfDir: profDir, root: ctx.mqimRoot, nodeArgs: ctx.mqimNodeArgs })
+  const options = { ...mqim, cpuProfDir: profDir, root: ctx.mqimRoot, nodeArgs: ctx.mqimNodeArgs }
+  let target: Target
+  try {
+    target = await startTarget(kind, dir, options)
+  } catch (err) {
+    // a shared machine can stall or kill a start once: try again before giving up
+    ctx.log(`  ${kind} did not start (${(err as Error).message.split('\n')[0]}); retrying once`)
+    target = await startTarget(kind, `${dir}-retry`, options)
+  }
   try {
     return await fn(target)
   } finally {
@@ -365,7 +385,7 @@ export async function runFlow (
     const peak = target.sample().peakRssBytes / 1048576
     for (const r of results) { r.errors = errors; r.peakRssMiB = peak }
     const others = (r: FlowResult): string => Object.entries(r.storeCpuUtil).map(([k, v]) => `, ${k} ${v.toFixed(2)}`).join('')
-    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)} (${(r.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k, ${r.syscallsPerDelivered.write.toFixed(2)} w/${r.syscallsPerDelivered.read.toFixed(2)} r syscalls per delivery), loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}`).join('; ')}; errors ${errors.total}`)
+    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)} (${(r.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k, ${r.syscallsPerDelivered.write.toFixed(2)} w/${r.syscallsPerDelivered.read.toFixed(2)} r syscalls per delivery), loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}, other jobs ${r.foreignCpuUtil.toFixed(2)}`).join('; ')}; errors ${errors.total}`)
     return results
   })
 }

@@ -222,7 +222,8 @@ function start (specs: SenderSpec[]): void {
     const live = clients.get(spec.key)
     if (live === undefined) throw new Error(`no connected client ${spec.key}`)
     const padLen = Math.max(0, spec.bodyBytes - 15)
-    const s: Sender = { spec, live, n: 0, outstanding: new Set(), tokens: 0, pad: 'x'.repeat(padLen) }
+    // paced senders start at a random phase, so that they do not all send in the same tick
+    const s: Sender = { spec, live, n: 0, outstanding: new Set(), tokens: spec.rate !== null ? Math.random() : 0, pad: 'x'.repeat(padLen) }
     live.sender = s
     senders.push(s)
   }

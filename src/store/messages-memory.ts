@@ -21,6 +21,8 @@ function senderKey (senderId: string, clientMsgId: string): string {
 }
 
 function copy (message: StoredMessage): StoredMessage {
+  // only object bodies can be shared mutable state; a shallow copy is enough for the rest (hot path)
+  if (typeof message.body !== 'object' || message.body === null) return { ...message }
   return structuredClone(message)
 }
 

@@ -113,6 +113,14 @@ export function sampleProc (pid: number): ProcSample {
   return { cpuSeconds: (utime + stime) / ticksPerSecond(), rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM'), syscr, syscw, at: performance.now() }
 }
 
+/** CPU seconds the whole machine spent busy (all cores, all processes) since boot, from /proc/stat. */
+export function machineBusySeconds (): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] // cpu user nice system idle iowait irq softirq steal ...
+  const f = line.trim().split(/\s+/).slice(1).map(Number)
+  const busy = f[0] + f[1] + f[2] + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0)
+  return busy / ticksPerSecond()
+}
+
 /** The executable name and command line of a process, to check that a pid is the one we mean. */
 export function describeProc (pid: number): { comm: string, cmdline: string } {
   return {
