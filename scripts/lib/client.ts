@@ -48,7 +48,6 @@ export class DrillClient {
   private readonly waiting = new Map<string, Waiter>()
   private connectedWaiters: Array<() => void> = []
   private stopped = false
-  private reconnecting: Promise<void> | null = null
 
   constructor (readonly opts: ClientOptions) {
     this.port = opts.ports[0]
@@ -58,7 +57,7 @@ export class DrillClient {
 
   /** First connection: the home node, failing over like a reconnect would. */
   async start (timeoutMs = 30_000): Promise<void> {
-    this.reconnecting = this.connectLoop(0)
+    void this.connectLoop(0)
     await this.waitConnected(timeoutMs)
   }
 
@@ -168,10 +167,11 @@ export class DrillClient {
       })
       const topics = [`im/u/${userId}/r/${deviceId}`]
       if (this.opts.inbox) topics.push(`im/u/${userId}/m`)
+      let timer: NodeJS.Timeout | undefined
       const granted = await Promise.race([
         client.subscribeAsync(topics, { qos: 1 }),
-        sleep(10_000).then(() => { throw new Error('SUBACK timeout') })
-      ])
+        new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('SUBACK timeout')), 10_000) })
+      ]).finally(() => clearTimeout(timer))
       if (granted.some(g => g.qos === 128)) throw new Error('subscription refused')
     } catch (err) {
       client.removeAllListeners('close')
@@ -223,6 +223,6 @@ export class DrillClient {
     if (this.stopped) return
     // Failover: the next node's port first, this one last.
     const idx = this.opts.ports.indexOf(this.port)
-    this.reconnecting = this.connectLoop((idx + 1) % this.opts.ports.length)
+    void this.connectLoop((idx + 1) % this.opts.ports.length)
   }
 }

@@ -243,8 +243,11 @@ export async function runCrashDrill (opts: CrashDrillOptions): Promise<CrashDril
     const progress = setInterval(() => log(`  ${rec.acked.size}/${opts.messages} acked, ${rec.resent} resent`), 5000)
     try {
       const timeoutMs = opts.timeoutMs ?? 600_000
-      const timedOut = sleep(timeoutMs).then(() => 'timeout' as const)
-      if (await Promise.race([load.done.then(() => 'done' as const), timedOut]) === 'timeout') {
+      let timer: NodeJS.Timeout | undefined
+      const timedOut = new Promise<'timeout'>(resolve => { timer = setTimeout(() => resolve('timeout'), timeoutMs) })
+      const outcome = await Promise.race([load.done.then(() => 'done' as const), timedOut])
+      clearTimeout(timer)
+      if (outcome === 'timeout') {
         load.stop()
         throw new Error(`the load did not finish within ${timeoutMs} ms (${rec.acked.size}/${opts.messages} acked)`)
       }
@@ -349,11 +352,14 @@ export class OutageDrill {
   private readonly load: SendLoad
   private readonly pids: Map<string, number | undefined>
 
+  private readonly requestTimeoutMs: number
+
   private constructor (readonly cluster: DrillCluster, readonly opts: OutageDrillOptions) {
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 12_000
     this.load = new SendLoad(cluster.senders, cluster.convs, this.rec, {
       window: opts.window ?? 8,
       ratePerSender: opts.ratePerSender,
-      requestTimeoutMs: opts.requestTimeoutMs ?? 10_000,
+      requestTimeoutMs: this.requestTimeoutMs,
       giveUpMs: 180_000
     })
     this.monitor = new HealthMonitor(cluster.nodes, 250)
@@ -431,13 +437,18 @@ export class OutageDrill {
     for (const outcome of Object.keys(result.outcomesDuring)) {
       if (outcome.startsWith('error:') && !['error:UNAVAILABLE', 'error:INTERNAL'].includes(outcome)) problems.push(`sends during the outage got ${outcome}`)
     }
+    const unanswered = result.outcomesDuring.timeout ?? 0
+    if (unanswered > 0) problems.push(`${unanswered} sends published during the outage got no answer within ${this.requestTimeoutMs} ms (neither an ack nor an error)`)
     this.log(`${service}: ${JSON.stringify({ ...result, nodes: undefined })}`)
+    if (problems.length > 0) for (const n of cluster.nodes) this.log(`--- last output of ${n.id} ---\n${n.log.slice(-3000)}`)
     return result
   }
 
   /** Stops the load, waits for every message to be acknowledged, and verifies. */
   async finish (): Promise<Figures> {
     this.load.stop()
+    const gone = this.cluster.nodes.filter(n => !n.running)
+    if (gone.length > 0) throw new Error(`cannot verify: ${gone.map(n => `${n.id} exited (${n.exit?.code ?? n.exit?.signal})`).join(', ')}`)
     await this.load.done
     await this.monitor.stop()
     return await this.cluster.verify(this.rec)

@@ -5,7 +5,7 @@
 import type { ChildProcess } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { freePort, sleep, spawnTracked } from './procs.js'
+import { freePort, sleep, spawnTracked, stoppingEverything } from './procs.js'
 import { ROOT, type DrillDatabases } from './services.js'
 import { deepMerge } from '../../src/config.js'
 
@@ -85,7 +85,7 @@ export class MqimNode {
     this.killed = false
     this.exited = new Promise(resolve => child.once('exit', (code, signal) => {
       this.exit = { code, signal }
-      if (!this.killed) this.opts.onUnexpectedExit?.(this)
+      if (!this.killed && !stoppingEverything()) this.opts.onUnexpectedExit?.(this)
       resolve()
     }))
     const keep = (chunk: Buffer): void => { this.output = (this.output + chunk.toString('utf8')).slice(-20_000) }

@@ -9,6 +9,12 @@ import net from 'node:net'
 const children = new Set<ChildProcess>()
 const cleanups: Array<() => Promise<void> | void> = []
 let signalHandlers = false
+let stoppingAll = false
+
+/** True once every child is being killed (signal, cleanup): their exits are expected. */
+export function stoppingEverything (): boolean {
+  return stoppingAll
+}
 
 export const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
@@ -34,6 +40,7 @@ export async function freePort (): Promise<number> {
 
 /** Kills every tracked child that is still running (synchronous: usable in an 'exit' handler). */
 export function killAllChildren (signal: NodeJS.Signals = 'SIGKILL'): void {
+  stoppingAll = true
   for (const c of children) {
     if (c.exitCode === null && c.signalCode === null) {
       try { c.kill(signal) } catch { /* already gone */ }
