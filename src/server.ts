@@ -27,7 +27,7 @@ import { AdminApi } from './admin/http.js'
 import { serveStatic } from './http/static.js'
 import { createBrokerBackends, dropSinkTopic, type BrokerBackends } from './broker/backends.js'
 import { MemoryPresenceStore, PresenceService, RedisPresenceStore } from './im/presence.js'
-import { INVALIDATE_TOPIC } from './protocol/topics.js'
+import { INVALIDATE_TOPIC, SEQ_TOPIC } from './protocol/topics.js'
 import type { Redis } from 'ioredis'
 import mqemitter from 'mqemitter'
 
@@ -82,7 +82,7 @@ export class MqimServer {
 
     // 1. stores: connect, migrate / ensure indexes
     const meta = options.stores?.meta ?? createMetadataStore(config.metadataStore)
-    const messages = options.stores?.messages ?? createMessageStore(config.messageStore)
+    const messages = options.stores?.messages ?? createMessageStore(config.messageStore, logger)
     if (options.stores === undefined) {
       await initStore('metadataStore', config.metadataStore.adapter, () => meta.init())
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())
@@ -102,7 +102,7 @@ export class MqimServer {
     })
 
     // 3. IM services
-    const publisher = new Publisher(broker, logger)
+    const publisher = new Publisher(broker, logger, backends.available)
     const directory = new ConversationDirectory(meta)
     const receipts = new ReceiptAggregator(directory, meta, messages, publisher, logger)
     const presence = new PresenceService({
@@ -123,12 +123,25 @@ export class MqimServer {
       ...config.sequencer,
       logger,
       onCommitted: async (stored) => {
+        const seqs: Record<string, number> = {}
         for (const m of stored) {
           const entry = directory.peek(m.conversationId) ?? await directory.get(m.conversationId)
           if (entry !== null) publisher.message(m, entry.members.keys())
+          seqs[m.conversationId] = Math.max(m.seq, seqs[m.conversationId] ?? 0)
         }
+        // other nodes writing these conversations advance their cached lastSeq (fewer seq conflicts)
+        if (backends.redis !== null) publisher.control(SEQ_TOPIC, JSON.stringify({ node: nodeId, seqs }))
       }
     })
+    if (backends.redis !== null) {
+      await new Promise<void>(resolve => broker.subscribe(SEQ_TOPIC, (packet, cb) => {
+        try {
+          const { node, seqs } = JSON.parse(packet.payload.toString()) as { node: string, seqs: Record<string, number> }
+          if (node !== nodeId) for (const [conv, seq] of Object.entries(seqs)) sequencer.observe(conv, seq)
+        } catch {}
+        cb()
+      }, () => resolve()))
+    }
     const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, now: Date.now }
     const dispatcher = new Dispatcher(services)
 

@@ -245,6 +245,10 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
       MQIM_LOG_LEVEL: 'warn'
     }
     delete env.NODE_OPTIONS
+    // A single node on purpose. npm test exports MQIM_REDIS_URL, which would make this server a
+    // cluster node on Redis db 0, and Redis pub/sub is not scoped by database: cluster.test.ts's
+    // messages for alice/bob/carol (running in parallel) then reach this server's clients.
+    delete env.MQIM_REDIS_URL
     server = new ServerProcess(env, httpPort)
     await server.start()
   }, TIMEOUT_MS)

@@ -93,10 +93,7 @@ describe('dependency outages under load (private services)', () => {
   }
   outage('mongo')
   outage('mysql')
-  // A Redis outage is not here yet: the node survives it and recovers, but while Redis is down
-  // Aedes' QoS 1 flow (persistence calls on PUBACK and delivery) stalls a client's packet
-  // pipeline, so some sends get no answer for > 12 s. Open on issue 3; reproduce with
-  // `npm run drill -- --outage redis`.
+  outage('redis')
 
   test('after the outages: every acknowledged message is in history under its seq; no gap, no duplicate', async () => {
     if (drill === undefined) throw new Error('the drill did not start')

@@ -16,6 +16,8 @@ export interface BrokerBackends {
   mq?: unknown
   /** A Redis connection for mqim's own use (presence, health), or null on the embedded default. */
   redis: Redis | null
+  /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
+  available: () => boolean
   close: () => Promise<void>
 }
 
@@ -65,7 +67,7 @@ export function coalesceAddSubscriptions<T> (persistence: T): T {
 }
 
 export function createBrokerBackends (config: Config['broker']['persistence'], logger: Logger): BrokerBackends {
-  if (config.adapter === 'memory') return { redis: null, close: async () => {} }
+  if (config.adapter === 'memory') return { redis: null, available: () => true, close: async () => {} }
   const ttl = config.packetTTLSeconds
   const connect = (name: string): Redis => {
     const conn = new Redis(config.url, { connectionName: `mqim-${name}`, maxRetriesPerRequest: 3, lazyConnect: false })
@@ -80,6 +82,14 @@ export function createBrokerBackends (config: Config['broker']['persistence'], l
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
   // while Redis is down. ioredis reconnects by itself.
   ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', (err: Error) => logger.warn('redis emitter error', { err: err.message }))
+  // mqemitter-redis.close() (called by Aedes' broker.close()) quits both connections without
+  // handling the promises: when one is already closed the rejection is unhandled and kills the
+  // process during a graceful stop. Close only the emitter here; close() below quits the connections.
+  const emitter = mq as unknown as { closing: boolean, _close: (cb: () => void) => void, close: (cb?: () => void) => void }
+  emitter.close = (cb) => {
+    emitter.closing = true
+    emitter._close(cb ?? (() => {}))
+  }
   const persistence = aedesPersistenceRedis({
     conn: persistenceConn,
     maxSessionDelivery: config.maxSessionDelivery,
@@ -90,6 +100,7 @@ export function createBrokerBackends (config: Config['broker']['persistence'], l
     persistence: coalesceAddSubscriptions(persistence),
     mq: dropSinkTopic(mq),
     redis,
+    available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     close: async () => {
       await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }

@@ -20,9 +20,13 @@ export class Publisher {
   private readonly broker: Aedes
   private readonly logger: Logger
 
-  constructor (broker: Aedes, logger: Logger) {
+  /** False while the broker cannot route publishes (a cluster whose Redis is down). */
+  readonly available: () => boolean
+
+  constructor (broker: Aedes, logger: Logger, available: () => boolean = () => true) {
     this.broker = broker
     this.logger = logger
+    this.available = available
   }
 
   private publish (topic: string, payload: Buffer, onError?: () => void): void {
@@ -59,8 +63,15 @@ export class Publisher {
   reply (userId: string, deviceId: string, reply: Reply, requester?: Client): void {
     const topic = replyTopic(userId, deviceId)
     const payload = Buffer.from(JSON.stringify(reply))
+    const direct = (client: Client): void => { client.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {}) }
+    // Routing known to be down: a publish would wait for Redis (Aedes' publish pipeline can hang
+    // until it is back), so answer the requester at once.
+    if (requester !== undefined && !this.available()) {
+      direct(requester)
+      return
+    }
     this.publish(topic, payload, requester === undefined
       ? undefined
-      : () => requester.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {}))
+      : () => direct(requester))
   }
 }

@@ -56,12 +56,16 @@ interface Pending {
   reject: (e: unknown) => void
   /** Other submits of the same key that arrived while this one was pending. */
   followers: Array<{ resolve: (r: SubmitResult) => void, reject: (e: unknown) => void }>
+  /** When it was submitted: it is answered (stored or UNAVAILABLE) about writeRetryMs later at the latest. */
+  at: number
 }
 
 /** A seq and ts this process tried to store a key under, in a write whose outcome is unknown. */
 interface Attempt { seq: number, ts: number }
 
 const RECENT_MAX = 100_000
+/** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
+const MAX_SEQ_STEPS = 16
 
 function keyOf (d: { conversationId: string, senderId: string, clientMsgId: string }): string {
   return `${d.conversationId}/${d.senderId}/${d.clientMsgId}`
@@ -74,6 +78,8 @@ export class Sequencer {
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> highest seq known to be stored; absent = unknown, load from the store. */
   private readonly lastSeq = new Map<string, number>()
+  /** conversation -> seq conflicts in a row (see writeBatch) */
+  private readonly seqSteps = new Map<string, number>()
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
@@ -116,11 +122,21 @@ export class Sequencer {
       })
     }
     return new Promise((resolve, reject) => {
-      const p: Pending = { draft, key, resolve, reject, followers: [] }
+      const p: Pending = { draft, key, resolve, reject, followers: [], at: this.now() }
       this.pendingByKey.set(key, p)
       this.queue.push(p)
       this.schedule()
     })
+  }
+
+  /**
+   * Another node stored `seq` in this conversation, so every seq up to it is stored (stored seqs
+   * are always a prefix). Raises the cached lastSeq so the next write does not collide with it.
+   * Conversations without a cached lastSeq are left alone: they load it (and recover orphans).
+   */
+  observe (conversationId: string, seq: number): void {
+    const known = this.lastSeq.get(conversationId)
+    if (known !== undefined && seq > known) this.lastSeq.set(conversationId, seq)
   }
 
   /** The highest seq this process knows to be stored, if it knows. */
@@ -219,7 +235,9 @@ export class Sequencer {
   }
 
   private async writeBatch (batch: Pending[]): Promise<void> {
-    const deadline = this.now() + this.opts.writeRetryMs
+    // Counted from the oldest submit: messages queued behind a failing write do not wait for
+    // that write's retries and then for their own.
+    const deadline = Math.min(...batch.map(p => p.at)) + this.opts.writeRetryMs
     let attempt = 0
     let remaining = batch
     /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
@@ -230,6 +248,14 @@ export class Sequencer {
         for (const p of remaining) {
           if (this.uncertain.has(p.key)) this.addOrphan(p.draft.conversationId, p.key)
           this.fail(p, error)
+        }
+        // Queued messages whose time is up as well are answered now rather than after one more
+        // failing attempt each (they were never written, so nothing of them can be stored).
+        const now = this.now()
+        const expired = this.queue.filter(p => p.at + this.opts.writeRetryMs <= now && !this.uncertain.has(p.key))
+        if (expired.length > 0) {
+          this.queue = this.queue.filter(p => !expired.includes(p))
+          for (const p of expired) this.fail(p, error)
         }
         return false
       }
@@ -254,7 +280,10 @@ export class Sequencer {
         continue
       }
       const stored = docs.slice(0, result.inserted)
-      for (const m of stored) this.lastSeq.set(m.conversationId, m.seq)
+      for (const m of stored) {
+        this.lastSeq.set(m.conversationId, Math.max(m.seq, this.lastSeq.get(m.conversationId) ?? 0))
+        this.seqSteps.delete(m.conversationId)
+      }
       let rest = remaining.slice(result.inserted)
       let lookupError: unknown
       const resolved: Array<[Pending, SubmitResult]> = stored.map((m, i) => [remaining[i], { message: m, duplicate: false }])
@@ -262,8 +291,19 @@ export class Sequencer {
         const p = rest[0]
         const doc = docs[result.inserted]
         if (result.conflict.kind === 'seq') {
-          // Another node stored this seq first: reload and retry this one and the rest.
-          this.lastSeq.delete(doc.conversationId)
+          // Another node stored this seq first. Stored seqs are always a prefix 1..M, so every seq
+          // up to this one is stored: retry at once after it, without a store round trip. (A node
+          // that reloads lastSeq while another node keeps writing the conversation can lose every
+          // race; on FerretDB lastSeq is a collection scan.) Reload after repeated conflicts.
+          const c = doc.conversationId
+          const steps = (this.seqSteps.get(c) ?? 0) + 1
+          if (steps > MAX_SEQ_STEPS) {
+            this.seqSteps.delete(c)
+            this.lastSeq.delete(c)
+          } else {
+            this.seqSteps.set(c, steps)
+            this.lastSeq.set(c, Math.max(doc.seq, this.lastSeq.get(c) ?? 0))
+          }
         } else {
           let existing: StoredMessage | null = null
           try {

@@ -13,6 +13,8 @@ export const REQUEST_PREFIX = 'im/req/'
 export const SINK_TOPIC = '$mqim/sink'
 /** Server-to-server: a conversation's cached membership changed (payload: conversation id). */
 export const INVALIDATE_TOPIC = '$mqim/invalidate'
+/** Server-to-server: {node, seqs: {conversation: highest seq just stored}} after each commit. */
+export const SEQ_TOPIC = '$mqim/seq'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/

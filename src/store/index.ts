@@ -1,15 +1,20 @@
 /** Adapters chosen by name from config; each validates its own sub-config. */
 import type { Config } from '../config.js'
+import type { Logger } from '../log.js'
 import type { MessageStore, MetadataStore } from './types.js'
 import { MemoryMessageStore } from './messages-memory.js'
 import { MongoMessageStore } from './messages-mongo.js'
 import { MemoryMetadataStore } from './metadata-memory.js'
 import { MySqlMetadataStore } from './metadata-mysql.js'
 
-export function createMessageStore (config: Config['messageStore']): MessageStore {
+export function createMessageStore (config: Config['messageStore'], logger?: Logger): MessageStore {
   switch (config.adapter) {
     case 'memory': return new MemoryMessageStore()
-    case 'mongodb': return new MongoMessageStore({ url: config.url, database: config.database })
+    case 'mongodb': return new MongoMessageStore({
+      url: config.url,
+      database: config.database,
+      onClientReplaced: (ms) => logger?.warn('mongodb client replaced: it had not reached the server for a while, although the server answers new connections', { failingForMs: ms })
+    })
   }
 }
 

@@ -21,6 +21,7 @@
 import { MongoBulkWriteError, MongoClient } from 'mongodb'
 import type { Collection, WriteError } from 'mongodb'
 import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
+import { isStoreUnavailable } from './errors.js'
 
 export interface MongoMessageStoreOptions {
   /** mongodb:// connection string. */
@@ -28,6 +29,8 @@ export interface MongoMessageStoreOptions {
   database: string
   /** Collection name. Default: 'messages'. */
   collection?: string
+  /** Called when the watchdog replaces a MongoClient that stopped reaching a reachable server. */
+  onClientReplaced?: (failingForMs: number) => void
 }
 
 interface MessageDoc {
@@ -44,6 +47,22 @@ interface MessageDoc {
 }
 
 const DUPLICATE_KEY = 11000
+/**
+ * How long an operation waits for a reachable server before it fails (unless the URL sets
+ * serverSelectionTimeoutMS). The driver's default, 30 s, makes a send hang through an outage,
+ * past the sequencer's writeRetryMs; failing fast lets the sequencer retry until writeRetryMs
+ * and then answer UNAVAILABLE.
+ */
+const SERVER_SELECTION_TIMEOUT_MS = 2000
+/**
+ * Watchdog. After the server restarts, the driver (mongodb 7.9) sometimes never reconnects: its
+ * monitor stays in a check that never ends, the server stays "Unknown", and every operation
+ * fails server selection until the process restarts, although the server answers new
+ * connections. When every operation has failed for WEDGED_AFTER_MS, a fresh connection is
+ * tried (at most every PROBE_EVERY_MS); if the server answers it, the client is replaced.
+ */
+const WEDGED_AFTER_MS = 10_000
+const PROBE_EVERY_MS = 5_000
 const SEQ_INDEX = 'conv_seq'
 /**
  * Acknowledged by a majority and journaled: a message is durable before the sequencer acks it.
@@ -126,12 +145,65 @@ function indexNameOf (errmsg: string | undefined): string | undefined {
 }
 
 export class MongoMessageStore implements MessageStore {
-  private readonly client: MongoClient
-  private readonly messages: Collection<MessageDoc>
+  private client!: MongoClient
+  private messages!: Collection<MessageDoc>
+  /** Since when every operation has failed for want of a server; null once one works. */
+  private failingSince: number | null = null
+  private lastProbe = 0
+  private probing = false
+  private closed = false
 
-  constructor (options: MongoMessageStoreOptions) {
-    this.client = new MongoClient(options.url)
-    this.messages = this.client.db(options.database).collection<MessageDoc>(options.collection ?? 'messages')
+  constructor (private readonly options: MongoMessageStoreOptions) {
+    this.newClient()
+  }
+
+  private newClient (): void {
+    const { url, database, collection } = this.options
+    const given = /[?&]serverSelectionTimeoutMS=/i.test(url)
+    this.client = new MongoClient(url, given ? {} : { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS })
+    this.messages = this.client.db(database).collection<MessageDoc>(collection ?? 'messages')
+  }
+
+  /** Runs one operation and tells the watchdog whether the server was reached. */
+  private async run<T> (op: (messages: Collection<MessageDoc>) => Promise<T>): Promise<T> {
+    try {
+      const result = await op(this.messages)
+      this.failingSince = null
+      return result
+    } catch (err) {
+      if (isStoreUnavailable(err)) this.unreachable()
+      else this.failingSince = null // the server answered (a duplicate key, say)
+      throw err
+    }
+  }
+
+  private unreachable (): void {
+    const now = Date.now()
+    this.failingSince ??= now
+    if (this.closed || this.probing || now - this.failingSince < WEDGED_AFTER_MS || now - this.lastProbe < PROBE_EVERY_MS) return
+    this.lastProbe = now
+    this.probing = true
+    void this.replaceIfWedged().finally(() => { this.probing = false })
+  }
+
+  private async replaceIfWedged (): Promise<void> {
+    const probe = new MongoClient(this.options.url, { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS })
+    try {
+      await probe.connect()
+      await probe.db('admin').command({ ping: 1 })
+    } catch {
+      return // the server is down indeed: keep waiting for it
+    } finally {
+      await probe.close().catch(() => {})
+    }
+    if (this.closed || this.failingSince === null) return // recovered meanwhile
+    const failingFor = Date.now() - this.failingSince
+    const old = this.client
+    this.newClient()
+    this.failingSince = null
+    this.options.onClientReplaced?.(failingFor)
+    // operations still waiting on the old client fail (unavailable) and are retried by their callers
+    await old.close(true).catch(() => {})
   }
 
   async init (): Promise<void> {
@@ -141,6 +213,7 @@ export class MongoMessageStore implements MessageStore {
   }
 
   async close (): Promise<void> {
+    this.closed = true
     await this.client.close()
   }
 
@@ -149,7 +222,7 @@ export class MongoMessageStore implements MessageStore {
     const docs = messages.map(toDoc)
     for (let start = 0; start < docs.length; start += INSERT_CHUNK) {
       try {
-        await this.messages.insertMany(docs.slice(start, start + INSERT_CHUNK), { ordered: true, writeConcern: DURABLE })
+        await this.run(async m => await m.insertMany(docs.slice(start, start + INSERT_CHUNK), { ordered: true, writeConcern: DURABLE }))
       } catch (err) {
         const duplicate = firstDuplicateKey(err)
         if (duplicate === undefined) throw err
@@ -166,17 +239,17 @@ export class MongoMessageStore implements MessageStore {
 
   async findByClientMsgId (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {
     if (hasSlash(conversationId, senderId, clientMsgId)) return null
-    const doc = await this.messages.findOne({ _id: messageId(conversationId, senderId, clientMsgId) })
+    const doc = await this.run(async m => await m.findOne({ _id: messageId(conversationId, senderId, clientMsgId) }))
     return doc === null ? null : fromDoc(doc)
   }
 
   async lastSeq (conversationId: string): Promise<number> {
-    const [doc] = await this.messages.find({ c: conversationId }, { projection: { s: 1 } }).sort({ s: -1 }).limit(1).toArray()
+    const [doc] = await this.run(async m => await m.find({ c: conversationId }, { projection: { s: 1 } }).sort({ s: -1 }).limit(1).toArray())
     return doc === undefined ? 0 : doc.s
   }
 
   async latest (conversationId: string): Promise<StoredMessage | null> {
-    const [doc] = await this.messages.find({ c: conversationId }).sort({ s: -1 }).limit(1).toArray()
+    const [doc] = await this.run(async m => await m.find({ c: conversationId }).sort({ s: -1 }).limit(1).toArray())
     return doc === undefined ? null : fromDoc(doc)
   }
 
@@ -184,11 +257,11 @@ export class MongoMessageStore implements MessageStore {
     // limit(0) means "no limit" to MongoDB, so an empty request never reaches the server.
     if (query.limit <= 0 || query.fromSeq > query.toSeq) return []
     const forward = query.direction === 'forward'
-    const docs = await this.messages
+    const docs = await this.run(async m => await m
       .find({ c: conversationId, s: { $gte: query.fromSeq, $lte: query.toSeq } })
       .sort({ s: forward ? 1 : -1 })
       .limit(query.limit)
-      .toArray()
+      .toArray())
     if (!forward) docs.reverse()
     return docs.map(fromDoc)
   }
@@ -209,7 +282,7 @@ export class MongoMessageStore implements MessageStore {
     const index = indexNameOf(errmsg)
     if (index === '_id_') return 'clientMsgId'
     if (index !== undefined && index !== SEQ_INDEX) return undefined
-    const existing = await this.messages.findOne({ _id: doc._id }, { projection: { _id: 1 } })
+    const existing = await this.run(async m => await m.findOne({ _id: doc._id }, { projection: { _id: 1 } }))
     return existing !== null ? 'clientMsgId' : 'seq'
   }
 }

@@ -24,6 +24,9 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     const last = await services.messages.lastSeq(req.conv)
     if (req.replyTo > last) throw new ImError('BAD_REQUEST', `replyTo ${req.replyTo} is beyond the last message (${last})`)
   }
+  // Routing (Redis) is down: the message could be stored but neither delivered nor acknowledged
+  // (the publishes would wait for Redis). Refuse it for now; the sender resends the same msgId.
+  if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
   // 3-5. assign seq, persist, deliver (in the sequencer's commit step)
   const { message, duplicate } = await services.sequencer.submit({
     conversationId: req.conv,
