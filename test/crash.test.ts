@@ -13,7 +13,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,6 +23,7 @@ import mysql from 'mysql2/promise'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import { createUser } from '../src/admin/accounts.js'
 import type { MessageEnvelope, Reply } from '../src/protocol/schemas.js'
+import { freePort } from '../scripts/lib/procs.js'
 import { freshMongo, freshMysqlUrl } from './helpers/db.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -38,17 +38,6 @@ const WINDOW = 100
 /** New messages each sender sends after the restart. */
 const AFTER = 50
 const TIMEOUT_MS = 180_000
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 

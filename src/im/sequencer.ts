@@ -237,7 +237,7 @@ export class Sequencer {
   private async writeBatch (batch: Pending[]): Promise<void> {
     // Counted from the oldest submit: messages queued behind a failing write do not wait for
     // that write's retries and then for their own.
-    const deadline = Math.min(...batch.map(p => p.at)) + this.opts.writeRetryMs
+    const deadline = batch[0].at + this.opts.writeRetryMs // the queue is in arrival order
     let attempt = 0
     let remaining = batch
     /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
