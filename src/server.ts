@@ -25,7 +25,7 @@ import type { Services } from './im/context.js'
 import { BrokerHooks } from './broker/hooks.js'
 import { AdminApi } from './admin/http.js'
 import { serveStatic } from './http/static.js'
-import { createBrokerBackends, dropSinkTopic, type BrokerBackends } from './broker/backends.js'
+import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { MemoryPresenceStore, PresenceService, RedisPresenceStore } from './im/presence.js'
 import { INVALIDATE_TOPIC, SEQ_TOPIC } from './protocol/topics.js'
 import type { Redis } from 'ioredis'
@@ -94,7 +94,7 @@ export class MqimServer {
     const broker = await Aedes.createBroker({
       id: nodeId,
       persistence: backends.persistence,
-      mq: backends.mq ?? dropSinkTopic(mqemitter({ concurrency: config.broker.concurrency })),
+      mq: backends.mq ?? mqemitter({ concurrency: config.broker.concurrency }),
       drainTimeout: config.broker.drainTimeoutMs,
       concurrency: config.broker.concurrency,
       connectTimeout: config.broker.connectTimeoutMs,
@@ -123,14 +123,16 @@ export class MqimServer {
       ...config.sequencer,
       logger,
       onCommitted: async (stored) => {
-        const seqs: Record<string, number> = {}
         for (const m of stored) {
           const entry = directory.peek(m.conversationId) ?? await directory.get(m.conversationId)
           if (entry !== null) publisher.message(m, entry.members.keys())
-          seqs[m.conversationId] = Math.max(m.seq, seqs[m.conversationId] ?? 0)
         }
         // other nodes writing these conversations advance their cached lastSeq (fewer seq conflicts)
-        if (backends.redis !== null) publisher.control(SEQ_TOPIC, JSON.stringify({ node: nodeId, seqs }))
+        if (backends.redis !== null) {
+          const seqs: Record<string, number> = {}
+          for (const m of stored) seqs[m.conversationId] = Math.max(m.seq, seqs[m.conversationId] ?? 0)
+          publisher.control(SEQ_TOPIC, JSON.stringify({ node: nodeId, seqs }))
+        }
       }
     })
     if (backends.redis !== null) {

@@ -167,4 +167,27 @@ describe('authorization', () => {
     expect(other.replies).toEqual([])
     await other.end()
   })
+
+  test('a reply arrives once and before its PUBACK; a watcher of im/u/alice/# sees it too', async () => {
+    const watcher = await mqtt.connectAsync(url(server, 'tcp'), { clientId: 'alice:watch', username: 'alice', password: 'password-alice', protocolVersion: 4, reconnectPeriod: 0 })
+    const watched: Array<{ topic: string, id: unknown }> = []
+    watcher.on('message', (topic, payload) => { watched.push({ topic, id: JSON.parse(payload.toString()).id }) })
+    await watcher.subscribeAsync('im/u/alice/#', { qos: 1 })
+    // the requester also watches its whole subtree: its reply topic matches twice
+    expect(await subackCodes(alice, ['im/u/alice/#'])).toEqual([1])
+    try {
+      const before = alice.replies.length
+      const id = 'once-' + Date.now()
+      // publishAsync resolves on the PUBACK: the reply, written before it, is already in
+      await alice.mqtt.publishAsync('im/req/list', JSON.stringify({ id }), { qos: 1 })
+      expect(alice.replies.slice(before).map(r => r.id)).toEqual([id])
+      await alice.waitFor(() => watched.some(w => w.id === id), 5000, 'the watcher to see the reply')
+      await new Promise(resolve => setTimeout(resolve, 100))
+      expect(alice.replies.slice(before).map(r => r.id)).toEqual([id])
+      expect(watched.filter(w => w.id === id)).toEqual([{ topic: 'im/u/alice/r/a', id }])
+    } finally {
+      await alice.mqtt.unsubscribeAsync('im/u/alice/#')
+      await watcher.endAsync()
+    }
+  })
 })

@@ -9,7 +9,6 @@ import mqemitterRedis from 'mqemitter-redis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { SINK_TOPIC } from '../protocol/topics.js'
 
 export interface BrokerBackends {
   persistence?: unknown
@@ -19,24 +18,6 @@ export interface BrokerBackends {
   /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
   available: () => boolean
   close: () => Promise<void>
-}
-
-interface Emitter {
-  emit: (message: { topic: string }, cb?: (err?: Error) => void) => unknown
-}
-
-/** Requests are re-pointed at SINK_TOPIC after handling; never send those through the emitter (or Redis). */
-export function dropSinkTopic<T> (mq: T): T {
-  const emitter = mq as unknown as Emitter
-  const emit = emitter.emit.bind(emitter)
-  emitter.emit = (message, cb) => {
-    if (message.topic === SINK_TOPIC) {
-      if (cb !== undefined) process.nextTick(cb)
-      return
-    }
-    return emit(message, cb)
-  }
-  return mq
 }
 
 interface SubscriptionStore {
@@ -98,7 +79,7 @@ export function createBrokerBackends (config: Config['broker']['persistence'], l
   })
   return {
     persistence: coalesceAddSubscriptions(persistence),
-    mq: dropSinkTopic(mq),
+    mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     close: async () => {

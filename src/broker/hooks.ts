@@ -14,21 +14,28 @@
  */
 import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
 import { randomBytes } from 'node:crypto'
+import type { Writable } from 'node:stream'
 import { ImError, toWireError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
 import { verifySecret } from '../auth/secrets.js'
-import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId, userPrefix } from '../protocol/topics.js'
+import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId, replyTopic, userPrefix } from '../protocol/topics.js'
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
 import type { Caller } from '../im/context.js'
-import type { Reply } from '../protocol/schemas.js'
+import type { OpName, Reply } from '../protocol/schemas.js'
 import { TokenBucket } from './rate-limit.js'
+import { WriteCoalescer } from './coalesce.js'
+import { BoundedMap } from '../util/bounded-map.js'
 
 interface Session extends Caller {
   /** Unique per connection (a clientId can reconnect, also on another node). */
   connId: string
+  /** `<user>:<device>` */
+  clientId: string
   prefix: string
+  /** This device's reply topic: replies are written to it directly, never routed to it. */
+  replyTopic: string
   bucket: TokenBucket
 }
 
@@ -57,6 +64,10 @@ function requestIdOf (payload: Buffer): string | null {
   }
 }
 
+function connOf (client: Client): Writable | undefined {
+  return (client as unknown as { conn?: Writable }).conn
+}
+
 function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
   const err = new Error(message) as AuthenticateError
   err.returnCode = returnCode
@@ -64,43 +75,28 @@ function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateErr
 }
 
 /** Successful (user, secret, hash) checks, so a reconnect storm does not cost one scrypt each. */
-class VerifiedCache {
-  private readonly entries = new Map<string, true>()
-  constructor (private readonly max = 10_000) {}
-  has (key: string): boolean { return this.entries.has(key) }
-  add (key: string): void {
-    this.entries.set(key, true)
-    if (this.entries.size > this.max) {
-      const oldest = this.entries.keys().next().value
-      if (oldest !== undefined) this.entries.delete(oldest)
-    }
-  }
-}
+const VERIFIED_MAX = 20_000
 
 /**
  * Replies of recent requests per device, so that a request redelivered by MQTT (DUP flag, e.g.
  * mqtt.js resending unacknowledged publishes of a persistent session after a reconnect) is
  * answered again instead of run again (a second create-group would make a second group).
  */
-class RecentReplies {
-  private readonly entries = new Map<string, Reply>()
-  constructor (private readonly max = 20_000) {}
-  get (key: string): Reply | undefined { return this.entries.get(key) }
-  set (key: string, reply: Reply): void {
-    this.entries.set(key, reply)
-    if (this.entries.size > this.max) {
-      const oldest = this.entries.keys().next().value
-      if (oldest !== undefined) this.entries.delete(oldest)
-    }
-  }
+const RECENT_REPLIES_MAX = 40_000
+/** Requests that change nothing are simply run again; their replies (pages of history) are not kept. */
+const READ_ONLY_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence'] satisfies OpName[])
+
+function replyKey (session: Session, op: string, id: string | null): string | null {
+  return id === null ? null : `${session.clientId}\u0000${op}\u0000${id}`
 }
 
 export class BrokerHooks {
   private readonly sessions = new WeakMap<Client, Session>()
-  private readonly recentReplies = new RecentReplies()
+  private readonly recentReplies = new BoundedMap<string, Reply>(RECENT_REPLIES_MAX)
   /** Connected clients per user, to end the sessions of a disabled account. */
   private readonly clientsByUser = new Map<string, Set<Client>>()
-  private readonly verified = new VerifiedCache()
+  private readonly verified = new BoundedMap<string, true>(VERIFIED_MAX)
+  private readonly coalescer = new WriteCoalescer()
   private readonly now: () => number
 
   constructor (private readonly opts: HookOptions) {
@@ -108,6 +104,16 @@ export class BrokerHooks {
   }
 
   install (broker: Aedes): void {
+    // Handled requests are re-pointed at SINK_TOPIC: skip Aedes' whole publish pipeline for them
+    // (offline-queue lookup, emitter, published hook) instead of routing them nowhere.
+    const publish = broker.publish.bind(broker) as (packet: PublishPacket, client: unknown, done?: (err?: Error) => void) => void
+    const patched = broker as unknown as { publish: (packet: PublishPacket, client?: unknown, done?: (err?: Error) => void) => void }
+    patched.publish = (packet, client, done) => {
+      if (packet.topic !== SINK_TOPIC) { publish(packet, client, done); return }
+      const cb = typeof client === 'function' ? client as (err?: Error) => void : done
+      if (cb !== undefined) process.nextTick(cb)
+    }
+    this.opts.publisher.holdWrites = (userIds) => { this.holdUsers(userIds) }
     broker.authenticate = (client, username, password, done) => {
       this.authenticate(client, username, password).then(() => done(null, true), (err: AuthenticateError) => done(err, false))
     }
@@ -141,6 +147,15 @@ export class BrokerHooks {
     return clients.length
   }
 
+  /** Coalesces what is written to every connection of these users this turn (see coalesce.ts). */
+  holdUsers (userIds: readonly string[]): void {
+    for (const userId of userIds) {
+      const clients = this.clientsByUser.get(userId)
+      if (clients === undefined) continue
+      for (const c of clients) this.coalescer.hold(connOf(c))
+    }
+  }
+
   /** The identity of a connected client (for events such as presence). */
   sessionOf (client: Client): Caller | undefined {
     return this.sessions.get(client)
@@ -164,14 +179,16 @@ export class BrokerHooks {
     const cacheKey = `${user.id}\u0000${user.secretHash}\u0000${secret}`
     if (!this.verified.has(cacheKey)) {
       if (!(await verifySecret(secret, user.secretHash))) throw authError(4, 'bad username or password')
-      this.verified.add(cacheKey)
+      this.verified.set(cacheKey, true)
     }
     if (user.disabled) throw authError(5, 'account disabled')
     this.sessions.set(client, {
       userId: user.id,
       deviceId: bound.deviceId,
       connId: randomBytes(8).toString('hex'),
+      clientId: client.id,
       prefix: userPrefix(user.id),
+      replyTopic: replyTopic(user.id, bound.deviceId),
       bucket: new TokenBucket(this.opts.requestsPerSecond, this.opts.requestBurst, this.now)
     })
   }
@@ -189,7 +206,7 @@ export class BrokerHooks {
     if (!topic.startsWith(REQUEST_PREFIX)) {
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
       const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)
-      this.opts.publisher.reply(session.userId, session.deviceId, { id: null, op: topic, ok: false, error: toWireError(err) })
+      this.opts.publisher.reply(session.userId, session.deviceId, { id: null, op: topic, ok: false, error: toWireError(err) }, client)
       return
     }
     const op = topic.slice(REQUEST_PREFIX.length)
@@ -199,13 +216,16 @@ export class BrokerHooks {
       return
     }
     const payload = packet.payload as Buffer
-    const keyOf = (id: string | null): string | null => id === null ? null : `${session.userId}:${session.deviceId}\u0000${op}\u0000${id}`
+    const cached = !READ_ONLY_OPS.has(op)
     // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
-    const dupKey = packet.dup ? keyOf(requestIdOf(payload)) : null
+    const dupKey = cached && packet.dup ? replyKey(session, op, requestIdOf(payload)) : null
     const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)
     const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
-    const key = earlier === undefined ? keyOf(reply.id) : null
+    const key = cached && earlier === undefined ? replyKey(session, op, reply.id) : null
     if (key !== null) this.recentReplies.set(key, reply)
+    // the reply, the PUBACK (written when this resolves) and the sender's own copy of a message
+    // leave in one write
+    this.coalescer.hold(connOf(client))
     this.opts.publisher.reply(session.userId, session.deviceId, reply, client)
     packet.payload = Buffer.alloc(0)
   }
@@ -221,6 +241,8 @@ export class BrokerHooks {
   private authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
     const session = this.sessions.get(client)
     if (session === undefined || !packet.topic.startsWith(session.prefix)) return null
+    // this device got its replies directly (Publisher.reply); the routed copy is for watchers
+    if (packet.topic === session.replyTopic) return null
     return packet
   }
 }

@@ -35,6 +35,9 @@ const HANDLERS: HandlerTable = {
   presence
 }
 
+/** Decoding is stateless with stream: false, so one decoder serves every request. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
+
 function describeIssues (error: z.ZodError): string {
   return error.issues.slice(0, 5).map(i => {
     const field = i.path.length > 0 ? i.path.join('.') : 'payload'
@@ -54,7 +57,7 @@ export class Dispatcher {
       }
       let json: unknown
       try {
-        json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(payload))
+        json = JSON.parse(UTF8.decode(payload))
       } catch {
         throw new ImError('BAD_JSON')
       }

@@ -5,6 +5,8 @@
  * prefix check.
  */
 import type { Aedes, Client } from 'aedes'
+import type { Writable } from 'node:stream'
+import mqttPacket from 'mqtt-packet'
 import type { StoredMessage } from '../store/types.js'
 import type { ImEvent, MessageEnvelope, Reply } from '../protocol/schemas.js'
 import { eventTopic, messageTopic, replyTopic } from '../protocol/topics.js'
@@ -22,6 +24,11 @@ export class Publisher {
 
   /** False while the broker cannot route publishes (a cluster whose Redis is down). */
   readonly available: () => boolean
+  /**
+   * Called with the recipients before a message or event is published to them, so that their
+   * connections can coalesce what the broker writes to them (src/broker/coalesce.ts).
+   */
+  holdWrites: (userIds: readonly string[]) => void = () => {}
 
   constructor (broker: Aedes, logger: Logger, available: () => boolean = () => true) {
     this.broker = broker
@@ -39,13 +46,17 @@ export class Publisher {
 
   /** Delivers one stored message to every member, serialized once. */
   message (message: StoredMessage, memberIds: Iterable<string>): void {
+    const ids = Array.isArray(memberIds) ? memberIds as string[] : [...memberIds]
     const payload = Buffer.from(JSON.stringify(toEnvelope(message)))
-    for (const userId of memberIds) this.publish(messageTopic(userId), payload)
+    this.holdWrites(ids)
+    for (const userId of ids) this.publish(messageTopic(userId), payload)
   }
 
   event (userIds: Iterable<string>, event: ImEvent): void {
+    const ids = Array.isArray(userIds) ? userIds as string[] : [...userIds]
     const payload = Buffer.from(JSON.stringify(event))
-    for (const userId of userIds) this.publish(eventTopic(userId), payload)
+    this.holdWrites(ids)
+    for (const userId of ids) this.publish(eventTopic(userId), payload)
   }
 
   /** Server-to-server notice to every node (QoS 0; `$` topics reach no client). */
@@ -56,22 +67,32 @@ export class Publisher {
   }
 
   /**
-   * Replies are routed like everything else (so a sibling device subscribed to this reply topic
-   * sees them too). If routing fails (Redis down in a cluster), the reply still reaches the
-   * requesting connection directly, at QoS 0, so a sender is never left without an answer.
+   * A reply is written straight to the requesting connection, before the request's PUBACK (so a
+   * client that has the PUBACK has the reply; a client that lost the connection first resends
+   * the request and gets the same reply from the hooks' reply cache). A QoS 0 copy is also
+   * routed, for other connections of the same user that watch the reply topic (mosquitto_sub on
+   * `im/u/<user>/#`); the requester itself skips that copy (BrokerHooks.authorizeForward).
+   * Without a requester (it has gone), only the routed copy is published.
    */
   reply (userId: string, deviceId: string, reply: Reply, requester?: Client): void {
     const topic = replyTopic(userId, deviceId)
     const payload = Buffer.from(JSON.stringify(reply))
-    const direct = (client: Client): void => { client.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, () => {}) }
-    // Routing known to be down: a publish would wait for Redis (Aedes' publish pipeline can hang
-    // until it is back), so answer the requester at once.
-    if (requester !== undefined && !this.available()) {
-      direct(requester)
-      return
-    }
-    this.publish(topic, payload, requester === undefined
-      ? undefined
-      : () => direct(requester))
+    if (requester !== undefined) writeDirect(requester, topic, payload)
+    // routing known to be down: a publish would wait for Redis (Aedes' publish pipeline can hang
+    // until it is back); the watchers miss this reply
+    if (!this.available()) return
+    this.broker.publish({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, (err?: Error) => {
+      if (err) this.logger.warn('reply publish failed', { topic, err: String(err) })
+    })
   }
+}
+
+/** Writes a QoS 0 publish to one connection now, bypassing routing. False if it is not connected. */
+export function writeDirect (client: Client, topic: string, payload: Buffer): boolean {
+  // the same test as Aedes' own writes: `connecting` stays true until a resumed session's queue
+  // has been sent, and requests are handled (and answered) during that time
+  const c = client as unknown as { connected?: boolean, connecting?: boolean, errored?: boolean, conn?: Writable }
+  if ((c.connected !== true && c.connecting !== true) || c.errored === true || c.conn === undefined || c.conn.destroyed) return false
+  mqttPacket.writeToStream({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, c.conn)
+  return true
 }

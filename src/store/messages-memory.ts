@@ -22,8 +22,9 @@ function senderKey (senderId: string, clientMsgId: string): string {
 
 function copy (message: StoredMessage): StoredMessage {
   // only object bodies can be shared mutable state; a shallow copy is enough for the rest (hot path)
-  if (typeof message.body !== 'object' || message.body === null) return { ...message }
-  return structuredClone(message)
+  const m = message
+  const body = typeof m.body !== 'object' || m.body === null ? m.body : structuredClone(m.body)
+  return { conversationId: m.conversationId, seq: m.seq, clientMsgId: m.clientMsgId, senderId: m.senderId, ts: m.ts, kind: m.kind, body, replyTo: m.replyTo }
 }
 
 /**

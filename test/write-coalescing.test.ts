@@ -1,0 +1,91 @@
+/**
+ * The building blocks of the hot path: BoundedMap (caches without O(n) eviction) and
+ * WriteCoalescer (one socket write per connection per commit).
+ */
+import { Writable } from 'node:stream'
+import { BoundedMap } from '../src/util/bounded-map.js'
+import { WriteCoalescer } from '../src/broker/coalesce.js'
+
+/** A writable that records each _writev/_write call (one call = one syscall on a socket). */
+function recorder (): { stream: Writable, calls: string[][] } {
+  const calls: string[][] = []
+  const stream = new Writable({
+    write (chunk: Buffer, _enc, cb) { calls.push([chunk.toString()]); cb() },
+    writev (chunks, cb) { calls.push(chunks.map(c => (c.chunk as Buffer).toString())); cb() }
+  })
+  return { stream, calls }
+}
+
+const turn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
+
+describe('BoundedMap', () => {
+  test('keeps at least the last max/2 keys, never more than max', () => {
+    const m = new BoundedMap<number, string>(10)
+    for (let i = 0; i < 1000; i++) {
+      m.set(i, `v${i}`)
+      expect(m.size).toBeLessThanOrEqual(10)
+      for (let k = Math.max(0, i - 4); k <= i; k++) expect(m.get(k)).toBe(`v${k}`)
+    }
+    expect(m.has(0)).toBe(false)
+    expect(m.get(0)).toBeUndefined()
+  })
+
+  test('set overwrites, delete removes from both generations', () => {
+    const m = new BoundedMap<string, number>(4)
+    m.set('a', 1)
+    m.set('b', 2) // generation full: a, b move to the previous one
+    m.set('a', 3)
+    expect(m.get('a')).toBe(3)
+    expect(m.size).toBe(2)
+    expect(m.delete('a')).toBe(true)
+    expect(m.has('a')).toBe(false)
+    expect(m.delete('a')).toBe(false)
+    expect(m.get('b')).toBe(2)
+  })
+
+  test('refuses a useless bound', () => {
+    expect(() => new BoundedMap(1)).toThrow(RangeError)
+  })
+})
+
+describe('WriteCoalescer', () => {
+  test('writes made while a connection is held leave in one call, after the deliveries queued by then', async () => {
+    const { stream, calls } = recorder()
+    const coalescer = new WriteCoalescer()
+    coalescer.hold(stream)
+    coalescer.hold(stream) // held once per turn
+    stream.write('puback')
+    // like an Aedes delivery: queued from a microtask, written in a setImmediate
+    await Promise.resolve()
+    setImmediate(() => stream.write('copy'))
+    stream.write('reply')
+    expect(calls).toEqual([])
+    await turn()
+    await turn()
+    expect(calls).toEqual([['puback', 'reply', 'copy']])
+    stream.write('later')
+    expect(calls).toEqual([['puback', 'reply', 'copy'], ['later']])
+  })
+
+  test('each held connection is released; a destroyed one is skipped', async () => {
+    const a = recorder()
+    const b = recorder()
+    const coalescer = new WriteCoalescer()
+    coalescer.hold(a.stream)
+    coalescer.hold(b.stream)
+    a.stream.write('1')
+    a.stream.write('2')
+    b.stream.write('x')
+    b.stream.destroy()
+    await turn()
+    await turn()
+    expect(a.calls).toEqual([['1', '2']])
+    expect(a.stream.writableCorked).toBe(0)
+    // held again in a later turn
+    coalescer.hold(a.stream)
+    a.stream.write('3')
+    a.stream.write('4')
+    coalescer.release()
+    expect(a.calls).toEqual([['1', '2'], ['3', '4']])
+  })
+})
