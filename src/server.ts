@@ -155,6 +155,7 @@ export class MqimServer {
       logger,
       requestsPerSecond: config.limits.requestsPerSecond,
       requestBurst: config.limits.requestBurst,
+      clustered: backends.redis !== null,
       onSessionStart: (caller, connId) => { void presence.connected(caller.userId, connId) },
       onSessionEnd: (caller, connId) => { void presence.disconnected(caller.userId, connId) }
     })

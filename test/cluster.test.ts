@@ -118,6 +118,21 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect(inOrderOnce(back.messages, d.conv)).toEqual([1, 2, 3, 4, 5])
   })
 
+  test('a watcher of im/u/<user>/# on the other node sees the replies; the requester gets each once', async () => {
+    await addUser(n1, 'gina')
+    const requester = await connect(n1, 'gina', 'cli')
+    const watcher = await connect(n2, 'gina', 'watch', { subscribe: false })
+    clients.push(requester, watcher)
+    const seen: string[] = []
+    watcher.mqtt.on('message', (topic, payload) => { if (topic === 'im/u/gina/r/cli') seen.push(JSON.parse(payload.toString()).id) })
+    await watcher.mqtt.subscribeAsync('im/u/gina/#', { qos: 1 })
+    for (const id of ['w1', 'w2', 'w3']) await requester.request('list', { id })
+    await watcher.waitFor(() => seen.length >= 3, 10000, 'the replies on node 2')
+    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(seen).toEqual(['w1', 'w2', 'w3'])
+    expect(requester.replies.map(r => r.id)).toEqual(['w1', 'w2', 'w3'])
+  })
+
   test('clientId takeover across nodes: the newer connection wins', async () => {
     const old = await connect(n1, 'bob', 'same')
     const closed = new Promise<void>(resolve => old.mqtt.once('close', () => resolve()))

@@ -1,10 +1,11 @@
 /**
- * The building blocks of the hot path: BoundedMap (caches without O(n) eviction) and
- * WriteCoalescer (one socket write per connection per commit).
+ * Building blocks of the hot path: BoundedMap (caches without O(n) eviction), WriteCoalescer
+ * (one socket write per connection per commit) and filterMatches (finding local reply watchers).
  */
 import { Writable } from 'node:stream'
 import { BoundedMap } from '../src/util/bounded-map.js'
 import { WriteCoalescer } from '../src/broker/coalesce.js'
+import { filterMatches } from '../src/protocol/topics.js'
 
 /** A writable that records each _writev/_write call (one call = one syscall on a socket). */
 function recorder (): { stream: Writable, calls: string[][] } {
@@ -87,5 +88,22 @@ describe('WriteCoalescer', () => {
     a.stream.write('4')
     coalescer.release()
     expect(a.calls).toEqual([['1', '2'], ['3', '4']])
+  })
+})
+
+describe('filterMatches', () => {
+  test.each([
+    ['im/u/alice/#', 'im/u/alice/r/cli', true],
+    ['im/u/alice/r/+', 'im/u/alice/r/cli', true],
+    ['im/u/alice/+/#', 'im/u/alice/r/cli', true],
+    ['im/u/alice/+/+', 'im/u/alice/r/cli', true],
+    ['im/u/alice/r/cli', 'im/u/alice/r/cli', true],
+    ['im/u/alice/r/#', 'im/u/alice/r', true],
+    ['im/u/alice/r/other', 'im/u/alice/r/cli', false],
+    ['im/u/alice/m', 'im/u/alice/r/cli', false],
+    ['im/u/alice/+', 'im/u/alice/r/cli', false],
+    ['im/u/alice/r/cli/x', 'im/u/alice/r/cli', false]
+  ])('%s ~ %s: %s', (filter, topic, expected) => {
+    expect(filterMatches(filter, topic)).toBe(expected)
   })
 })

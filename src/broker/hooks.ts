@@ -19,7 +19,7 @@ import { ImError, toWireError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
 import { verifySecret } from '../auth/secrets.js'
-import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId, replyTopic, userPrefix } from '../protocol/topics.js'
+import { REQUEST_PREFIX, SINK_TOPIC, filterMatches, isOwnFilter, parseClientId, replyTopic, userPrefix } from '../protocol/topics.js'
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
 import type { Caller } from '../im/context.js'
@@ -46,6 +46,8 @@ export interface HookOptions {
   logger: Logger
   requestsPerSecond: number
   requestBurst: number
+  /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
+  clustered: boolean
   now?: () => number
   /** Called when an authenticated session is ready, and when it ends. */
   onSessionStart?: (caller: Caller, connId: string) => void
@@ -83,8 +85,12 @@ const VERIFIED_MAX = 20_000
  * answered again instead of run again (a second create-group would make a second group).
  */
 const RECENT_REPLIES_MAX = 40_000
-/** Requests that change nothing are simply run again; their replies (pages of history) are not kept. */
-const READ_ONLY_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence'] satisfies OpName[])
+/**
+ * Requests whose replies are not kept: those that change nothing are simply run again, and a
+ * `send` is idempotent by itself (the sequencer answers a resent msgId with its seq, as a
+ * duplicate).
+ */
+const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send'] satisfies OpName[])
 
 function replyKey (session: Session, op: string, id: string | null): string | null {
   return id === null ? null : `${session.clientId}\u0000${op}\u0000${id}`
@@ -114,6 +120,9 @@ export class BrokerHooks {
       if (cb !== undefined) process.nextTick(cb)
     }
     this.opts.publisher.holdWrites = (userIds) => { this.holdUsers(userIds) }
+    // On one node every watcher of a reply topic is a local connection; in a cluster it may be on
+    // another node, so the publisher routes a copy.
+    if (!this.opts.clustered) this.opts.publisher.replyWatchers = (userId, topic, requester) => this.localWatchers(userId, topic, requester)
     broker.authenticate = (client, username, password, done) => {
       this.authenticate(client, username, password).then(() => done(null, true), (err: AuthenticateError) => done(err, false))
     }
@@ -154,6 +163,19 @@ export class BrokerHooks {
       if (clients === undefined) continue
       for (const c of clients) this.coalescer.hold(connOf(c))
     }
+  }
+
+  /** Connections of the user on this node, other than the requester, subscribed to a filter matching `topic`. */
+  private localWatchers (userId: string, topic: string, requester: Client | undefined): Client[] {
+    const clients = this.clientsByUser.get(userId)
+    if (clients === undefined || (clients.size === 1 && requester !== undefined && clients.has(requester))) return []
+    const watchers: Client[] = []
+    for (const c of clients) {
+      if (c === requester) continue
+      const subs = (c as unknown as { subscriptions?: Record<string, unknown> }).subscriptions ?? {}
+      if (Object.keys(subs).some(filter => filterMatches(filter, topic))) watchers.push(c)
+    }
+    return watchers
   }
 
   /** The identity of a connected client (for events such as presence). */
@@ -216,7 +238,7 @@ export class BrokerHooks {
       return
     }
     const payload = packet.payload as Buffer
-    const cached = !READ_ONLY_OPS.has(op)
+    const cached = !UNCACHED_OPS.has(op)
     // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
     const dupKey = cached && packet.dup ? replyKey(session, op, requestIdOf(payload)) : null
     const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)

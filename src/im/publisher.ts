@@ -29,6 +29,11 @@ export class Publisher {
    * connections can coalesce what the broker writes to them (src/broker/coalesce.ts).
    */
   holdWrites: (userIds: readonly string[]) => void = () => {}
+  /**
+   * The other connections of this node that watch a reply topic (a subscription of the same user
+   * matching it), or null when watchers may be anywhere (a cluster): then the copy is routed.
+   */
+  replyWatchers: (userId: string, topic: string, requester: Client | undefined) => Client[] | null = () => null
 
   constructor (broker: Aedes, logger: Logger, available: () => boolean = () => true) {
     this.broker = broker
@@ -69,15 +74,20 @@ export class Publisher {
   /**
    * A reply is written straight to the requesting connection, before the request's PUBACK (so a
    * client that has the PUBACK has the reply; a client that lost the connection first resends
-   * the request and gets the same reply from the hooks' reply cache). A QoS 0 copy is also
-   * routed, for other connections of the same user that watch the reply topic (mosquitto_sub on
-   * `im/u/<user>/#`); the requester itself skips that copy (BrokerHooks.authorizeForward).
-   * Without a requester (it has gone), only the routed copy is published.
+   * the request and gets the same reply from the hooks' reply cache). Other connections of the
+   * same user that watch the reply topic (mosquitto_sub on `im/u/<user>/#`) get a QoS 0 copy:
+   * written to them directly when they are all on this node, else routed (the requester skips
+   * the routed copy, see BrokerHooks.authorizeForward).
    */
   reply (userId: string, deviceId: string, reply: Reply, requester?: Client): void {
     const topic = replyTopic(userId, deviceId)
     const payload = Buffer.from(JSON.stringify(reply))
     if (requester !== undefined) writeDirect(requester, topic, payload)
+    const watchers = this.replyWatchers(userId, topic, requester)
+    if (watchers !== null) {
+      for (const w of watchers) writeDirect(w, topic, payload)
+      return
+    }
     // routing known to be down: a publish would wait for Redis (Aedes' publish pipeline can hang
     // until it is back); the watchers miss this reply
     if (!this.available()) return

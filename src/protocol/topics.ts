@@ -54,3 +54,16 @@ export function isOwnFilter (filter: string, userId: string): boolean {
   const rest = filter.slice(prefix.length)
   return rest.length > 0
 }
+
+/** True if the MQTT filter matches the topic (`+` one level, `#` this level and everything below). */
+export function filterMatches (filter: string, topic: string): boolean {
+  if (filter === topic) return true
+  const f = filter.split('/')
+  const t = topic.split('/')
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return true
+    if (i >= t.length) return false
+    if (f[i] !== '+' && f[i] !== t[i]) return false
+  }
+  return f.length === t.length
+}
