@@ -72,7 +72,7 @@ export const ConfigSchema = z.object({
   sequencer: z.object({
     /** Group commit: at most this many messages per MongoDB insert. */
     batchMaxMessages: z.number().int().min(1).max(10000),
-    /** Group commit: wait up to this long for more messages before writing (0 = next tick). */
+    /** Group commit: wait up to this long for more messages before writing (0 = at the end of the current event-loop turn). */
     batchDelayMs: z.number().min(0).max(1000),
     /** How long a failing write is retried before the senders get UNAVAILABLE. */
     writeRetryMs: z.number().int().min(0)

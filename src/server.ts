@@ -121,11 +121,13 @@ export class MqimServer {
     }, () => resolve()))
     const sequencer = new Sequencer(messages, {
       ...config.sequencer,
+      // the in-memory store finds a resent msgId as fast as a cache would
+      recentMax: config.messageStore.adapter === 'memory' ? 0 : undefined,
       logger,
       onCommitted: async (stored) => {
         for (const m of stored) {
           const entry = directory.peek(m.conversationId) ?? await directory.get(m.conversationId)
-          if (entry !== null) publisher.message(m, entry.members.keys())
+          if (entry !== null) publisher.message(m, entry.memberIds)
         }
         // other nodes writing these conversations advance their cached lastSeq (fewer seq conflicts)
         if (backends.redis !== null) {

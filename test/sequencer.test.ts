@@ -64,6 +64,7 @@ interface HarnessOptions {
   writeRetryMs?: number
   /** Called on each back-off sleep with the number of sleeps so far. */
   onSleep?: (sleeps: number) => void
+  recentMax?: number
 }
 
 /** A Sequencer over a FaultyMessageStore, a virtual clock, and a recorder of onCommitted. */
@@ -84,6 +85,7 @@ class Harness {
       batchMaxMessages: options.batchMaxMessages ?? 100,
       batchDelayMs: options.batchDelayMs ?? 1,
       writeRetryMs: options.writeRetryMs ?? 1_000_000_000,
+      recentMax: options.recentMax,
       logger: createLogger('silent'),
       now: () => this.clock,
       sleep: async (ms) => {
@@ -398,8 +400,11 @@ describe('Sequencer', () => {
   })
 
   describe('resends (idempotency)', () => {
-    test('a resend of a stored message returns its seq with duplicate=true and is not delivered again', async () => {
-      const h = harness()
+    test.each([
+      ['with the recent-keys cache', undefined],
+      ['without it (recentMax 0, the in-memory store\'s setting)', 0]
+    ])('a resend of a stored message returns its seq with duplicate=true and is not delivered again, %s', async (_name, recentMax) => {
+      const h = harness(undefined, { recentMax })
       const sent = await drive(h, prng(3), { senders: 6, conversations: 4, perSender: 30 })
       const originals = await Promise.all(sent.map(s => s.result))
       const deliveredBefore = h.delivered.length

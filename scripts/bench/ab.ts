@@ -6,6 +6,7 @@
  *
  *   node --import tsx scripts/bench/ab.ts --alt /tmp/mqim-patched [--rounds 6] [--pairs 50] [--window 8] [--measure 3000]
  *   node --import tsx scripts/bench/ab.ts --alt-node-args "--max-semi-space-size=64"   (B = same code, other node flags)
+ *   --keep: keep the scratch directory (each broker's log, e.g. with --alt-node-args "--trace-gc")
  */
 import os from 'node:os'
 import path from 'node:path'
@@ -31,7 +32,8 @@ const params = { pairs: Number(arg('--pairs', '50')), window: Number(arg('--wind
 const timing = { warmMs: 1000, measureMs: Number(arg('--measure', '3000')) }
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'mqim-ab-'))
-onExit(() => rmSync(scratch, { recursive: true, force: true }))
+if (args.includes('--keep')) process.stderr.write(`scratch (broker logs) kept in ${scratch}\n`)
+else onExit(() => rmSync(scratch, { recursive: true, force: true }))
 const pool = await LoaderPool.start(Math.max(2, os.availableParallelism()))
 const log = (l: string): void => { process.stderr.write(l + '\n') }
 const A: FlowResult[][] = []

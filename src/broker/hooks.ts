@@ -85,6 +85,7 @@ const VERIFIED_MAX = 20_000
  * answered again instead of run again (a second create-group would make a second group).
  */
 const RECENT_REPLIES_MAX = 40_000
+const EMPTY = Buffer.alloc(0)
 /**
  * Requests whose replies are not kept: those that change nothing are simply run again, and a
  * `send` is idempotent by itself (the sequencer answers a resent msgId with its seq, as a
@@ -249,7 +250,7 @@ export class BrokerHooks {
     // leave in one write
     this.coalescer.hold(connOf(client))
     this.opts.publisher.reply(session.userId, session.deviceId, reply, client)
-    packet.payload = Buffer.alloc(0)
+    packet.payload = EMPTY
   }
 
   private authorizeSubscribe (client: Client, sub: Subscription): Subscription | null {

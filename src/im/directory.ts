@@ -8,7 +8,9 @@ import type { ConversationRecord, MemberRecord, MetadataStore } from '../store/t
 
 export interface ConversationEntry {
   conversation: ConversationRecord
-  members: Map<string, MemberRecord>
+  members: ReadonlyMap<string, MemberRecord>
+  /** The members' ids (every message is published to each of them). */
+  memberIds: readonly string[]
 }
 
 export class ConversationDirectory {
@@ -41,7 +43,7 @@ export class ConversationDirectory {
       const conversation = await this.meta.conversationGet(conversationId)
       if (conversation === null) return null
       const list = await this.meta.memberList(conversationId)
-      const entry: ConversationEntry = { conversation, members: new Map(list.map(m => [m.userId, m])) }
+      const entry: ConversationEntry = { conversation, members: new Map(list.map(m => [m.userId, m])), memberIds: list.map(m => m.userId) }
       if ((this.generation.get(conversationId) ?? 0) === gen) this.store(conversationId, entry)
       return entry
     })()

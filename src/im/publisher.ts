@@ -50,8 +50,8 @@ export class Publisher {
   }
 
   /** Delivers one stored message to every member, serialized once. */
-  message (message: StoredMessage, memberIds: Iterable<string>): void {
-    const ids = Array.isArray(memberIds) ? memberIds as string[] : [...memberIds]
+  message (message: StoredMessage, memberIds: readonly string[]): void {
+    const ids = memberIds
     const payload = Buffer.from(JSON.stringify(toEnvelope(message)))
     this.holdWrites(ids)
     for (const userId of ids) this.publish(messageTopic(userId), payload)

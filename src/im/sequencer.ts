@@ -46,6 +46,12 @@ export interface SequencerOptions {
   /** Called with each batch of newly stored messages, in seq order, before senders are answered. */
   onCommitted: (messages: StoredMessage[]) => void | Promise<void>
   logger: Logger
+  /**
+   * Remember recently stored keys so that a resend is answered without a store round trip (at
+   * least half this many; default 200,000). 0 when the store's own duplicate lookup is as cheap
+   * (the in-memory store): a resend then costs one insert that reports the conflict.
+   */
+  recentMax?: number
   now?: () => number
   sleep?: (ms: number) => Promise<void>
 }
@@ -85,7 +91,7 @@ export class Sequencer {
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
-  private readonly recent = new BoundedMap<string, StoredMessage>(RECENT_MAX)
+  private readonly recent: BoundedMap<string, StoredMessage> | null
   /**
    * Keys whose write had an unknown outcome (the store failed mid-write), with the seq and ts of
    * each attempt. If such a key later turns out to be stored under one of these, this process
@@ -100,7 +106,7 @@ export class Sequencer {
   private readonly orphans = new Map<string, Set<string>>()
   private queue: Pending[] = []
   private writing = false
-  private timer: NodeJS.Timeout | null = null
+  private timer: NodeJS.Timeout | NodeJS.Immediate | null = null
   private idleWaiters: Array<() => void> = []
   private closed = false
 
@@ -108,6 +114,8 @@ export class Sequencer {
     this.store = store
     this.opts = opts
     this.now = opts.now ?? Date.now
+    const recentMax = opts.recentMax ?? RECENT_MAX
+    this.recent = recentMax > 0 ? new BoundedMap(Math.max(2, recentMax)) : null
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
   }
 
@@ -115,7 +123,7 @@ export class Sequencer {
   submit (draft: Draft): Promise<SubmitResult> {
     if (this.closed) return Promise.reject(new ImError('UNAVAILABLE', 'server is shutting down'))
     const key = keyOf(draft)
-    const known = this.recent.get(key)
+    const known = this.recent?.get(key)
     if (known !== undefined) return Promise.resolve({ message: { ...known }, duplicate: true })
     const inFlight = this.pendingByKey.get(key)
     if (inFlight !== undefined) {
@@ -156,7 +164,8 @@ export class Sequencer {
   async close (): Promise<void> {
     this.closed = true
     if (this.timer !== null) {
-      clearTimeout(this.timer)
+      if ('hasRef' in this.timer && 'refresh' in this.timer) clearTimeout(this.timer)
+      else clearImmediate(this.timer)
       this.timer = null
       void this.flush()
     }
@@ -166,7 +175,8 @@ export class Sequencer {
   private schedule (): void {
     if (this.writing || this.timer !== null) return
     if (this.queue.length >= this.opts.batchMaxMessages || this.opts.batchDelayMs === 0) {
-      this.timer = setTimeout(() => { this.timer = null; void this.flush() }, 0)
+      // at the end of this loop turn: whatever the turn's reads submitted is in the batch
+      this.timer = setImmediate(() => { this.timer = null; void this.flush() })
     } else {
       this.timer = setTimeout(() => { this.timer = null; void this.flush() }, this.opts.batchDelayMs)
     }
@@ -194,6 +204,7 @@ export class Sequencer {
 
   /** Step 1 of a batch: make sure every conversation in it has a known lastSeq. */
   private async loadLastSeqs (batch: Pending[]): Promise<void> {
+    if (batch.every(p => this.lastSeq.has(p.draft.conversationId))) return
     const unknown = [...new Set(batch.map(p => p.draft.conversationId))].filter(c => !this.lastSeq.has(c))
     await Promise.all(unknown.map(async (c) => {
       const seq = await this.store.lastSeq(c)
@@ -341,8 +352,9 @@ export class Sequencer {
   /** Step 3: deliver the newly stored messages (in seq order), then answer the senders. */
   private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>): Promise<void> {
     if (stored.length > 0) await this.deliver(stored)
+    const anyUncertain = this.uncertain.size > 0
     for (const [p, r] of resolved) {
-      this.uncertain.delete(p.key)
+      if (anyUncertain) this.uncertain.delete(p.key)
       this.remember(p.key, r.message)
       this.pendingByKey.delete(p.key)
       p.resolve(r)
@@ -389,6 +401,6 @@ export class Sequencer {
   }
 
   private remember (key: string, message: StoredMessage): void {
-    this.recent.set(key, message)
+    this.recent?.set(key, message)
   }
 }
