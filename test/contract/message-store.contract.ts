@@ -277,6 +277,26 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect((await store.latest('c1'))?.clientMsgId).toBe('m9')
       })
 
+      it('keeps every field with its seq when seqs are inserted before and between stored ones', async () => {
+        const stored = [
+          message('c1', 2, { body: 'two' }),
+          message('c1', 3, { kind: 'custom', body: { n: 3 }, ts: T0 + 300 }),
+          message('c1', 5, { body: 'five', senderId: 'bob', replyTo: 3 }),
+          message('c1', 6, { body: 'six' })
+        ]
+        expect(await store.insertBatch(stored)).toEqual({ inserted: 4 })
+        const four = message('c1', 4, { clientMsgId: 'middle', body: 'four', ts: T0 + 1, replyTo: 2 })
+        const one = message('c1', 1, { clientMsgId: 'front', body: 'one' })
+        expect(await store.insertBatch([four, one])).toEqual({ inserted: 2 })
+
+        const all = [one, stored[0], stored[1], four, stored[2], stored[3]]
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(all)
+        expect(await store.range('c1', { fromSeq: 3, toSeq: 5, limit: 2, direction: 'backward' })).toStrictEqual([four, stored[2]])
+        for (const m of all) expect(await store.findByClientMsgId('c1', m.senderId, m.clientMsgId)).toStrictEqual(m)
+        expect(await store.latest('c1')).toStrictEqual(stored[3])
+        expect(await store.insertBatch([message('c1', 4, { clientMsgId: 'again' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
+      })
+
       it('orders seqs numerically beyond one digit', async () => {
         await store.insertBatch(messages('c1', 1, 12))
         expect(await store.lastSeq('c1')).toBe(12)
