@@ -106,7 +106,8 @@ export class Sequencer {
   private readonly orphans = new Map<string, Set<string>>()
   private queue: Pending[] = []
   private writing = false
-  private timer: NodeJS.Timeout | NodeJS.Immediate | null = null
+  /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
+  private timer: { kind: 'timeout', handle: NodeJS.Timeout } | { kind: 'immediate', handle: NodeJS.Immediate } | null = null
   private idleWaiters: Array<() => void> = []
   private closed = false
 
@@ -164,8 +165,8 @@ export class Sequencer {
   async close (): Promise<void> {
     this.closed = true
     if (this.timer !== null) {
-      if ('hasRef' in this.timer && 'refresh' in this.timer) clearTimeout(this.timer)
-      else clearImmediate(this.timer)
+      if (this.timer.kind === 'timeout') clearTimeout(this.timer.handle)
+      else clearImmediate(this.timer.handle)
       this.timer = null
       void this.flush()
     }
@@ -176,9 +177,9 @@ export class Sequencer {
     if (this.writing || this.timer !== null) return
     if (this.queue.length >= this.opts.batchMaxMessages || this.opts.batchDelayMs === 0) {
       // at the end of this loop turn: whatever the turn's reads submitted is in the batch
-      this.timer = setImmediate(() => { this.timer = null; void this.flush() })
+      this.timer = { kind: 'immediate', handle: setImmediate(() => { this.timer = null; void this.flush() }) }
     } else {
-      this.timer = setTimeout(() => { this.timer = null; void this.flush() }, this.opts.batchDelayMs)
+      this.timer = { kind: 'timeout', handle: setTimeout(() => { this.timer = null; void this.flush() }, this.opts.batchDelayMs) }
     }
   }
 
