@@ -24,7 +24,11 @@ export async function history (caller: Caller, req: RequestOf<'history'>, servic
   await requireMember(services, caller, req.conv)
   const max = services.config.limits.historyPageMax
   const limit = Math.min(req.limit ?? max, max)
-  const lastSeq = await lastSeqOf(services, req.conv)
+  // On a single node (no Redis) every message of the conversation went through this node's
+  // sequencer, so the lastSeq it knows is the store's (a store query less per page; on FerretDB a
+  // collection scan less). In a cluster another node may have stored more: ask the store.
+  const known = services.config.broker.persistence.adapter === 'memory' ? services.sequencer.knownLastSeq(req.conv) : undefined
+  const lastSeq = known ?? await lastSeqOf(services, req.conv)
   const fromSeq = (req.after ?? 0) + 1
   const toSeq = Math.min(req.before !== undefined ? req.before - 1 : lastSeq, lastSeq)
   const direction = req.after !== undefined ? 'forward' : 'backward'
