@@ -4,11 +4,12 @@
  * Aedes writes every packet in its own turn of the event loop (a PUBACK inside the publish
  * handler's callback, each delivery in its own setImmediate), and each of those leaves in its
  * own writev syscall: a `send` cost the requester's socket three (PUBACK, reply, its own copy)
- * and every recipient's one per message. The sequencer commits messages in batches; before a
- * batch is delivered, the connections of its recipients are corked, and they are uncorked one
- * loop turn after the deliveries were queued, so everything written to a connection for that
- * batch leaves in one syscall. Nothing is held longer than that turn (a few ms at most under
- * load), and each connection is corked at most once per turn.
+ * and every recipient's one per message. The sequencer commits messages in batches; before each
+ * message or event is published, the connections of its recipients are corked (Publisher
+ * holdWrites), as is a requester's before its reply and PUBACK (BrokerHooks), and they are
+ * uncorked one loop turn after the deliveries were queued, so everything written to a connection
+ * for that batch leaves in one syscall. Nothing is held past that next turn, and each connection
+ * is corked at most once per turn.
  */
 import type { Writable } from 'node:stream'
 
@@ -36,7 +37,7 @@ export class WriteCoalescer {
     }
   }
 
-  /** Uncorks everything held (also used at shutdown). */
+  /** Uncorks everything held now. */
   readonly release = (): void => {
     const held = this.held
     this.held = []

@@ -5,12 +5,14 @@
  *   clientId must be `<user>:<device>` [topics.md "Connecting"]. Wrong credentials: CONNACK 4;
  *   disabled account: CONNACK 5; a clientId not bound to the username: CONNACK 2.
  * - authorizePublish: clients publish requests to im/req/<op> only. The request is handled
- *   here, before Aedes writes PUBACK, so for `send` a PUBACK means "stored". The packet is then
- *   re-pointed at a sink topic so Aedes routes it nowhere. Publishes anywhere else are answered
- *   with an error reply and dropped; the connection stays up [MQTT-3.3.5-2 allows dropping].
+ *   here, before Aedes writes PUBACK, so for `send` a PUBACK means "stored"; the reply is written
+ *   to the connection just before it. The packet is then re-pointed at a sink topic, whose
+ *   publishes skip Aedes' pipeline (see install). Publishes anywhere else are answered with an
+ *   error reply and dropped; the connection stays up [MQTT-3.3.5-2 allows dropping].
  * - authorizeSubscribe: only filters inside the caller's own im/u/<user>/ subtree; anything
  *   else gets SUBACK 0x80 and the connection stays up.
- * - authorizeForward: O(1) defense in depth: only topics of the receiving user's subtree.
+ * - authorizeForward: O(1) defense in depth: only topics of the receiving user's subtree, and
+ *   never a device's own reply topic (its replies are written to it directly).
  */
 import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
 import { randomBytes } from 'node:crypto'

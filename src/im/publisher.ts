@@ -41,20 +41,17 @@ export class Publisher {
     this.available = available
   }
 
-  private publish (topic: string, payload: Buffer, onError?: () => void): void {
+  private publish (topic: string, payload: Buffer): void {
     this.broker.publish({ cmd: 'publish', topic, payload, qos: 1, retain: false, dup: false }, (err?: Error) => {
-      if (!err) return
-      this.logger.warn('publish failed', { topic, err: String(err) })
-      onError?.()
+      if (err) this.logger.warn('publish failed', { topic, err: String(err) })
     })
   }
 
   /** Delivers one stored message to every member, serialized once. */
   message (message: StoredMessage, memberIds: readonly string[]): void {
-    const ids = memberIds
     const payload = Buffer.from(JSON.stringify(toEnvelope(message)))
-    this.holdWrites(ids)
-    for (const userId of ids) this.publish(messageTopic(userId), payload)
+    this.holdWrites(memberIds)
+    for (const userId of memberIds) this.publish(messageTopic(userId), payload)
   }
 
   event (userIds: Iterable<string>, event: ImEvent): void {
