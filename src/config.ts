@@ -193,6 +193,11 @@ export interface LoadOptions {
   overrides?: Json
 }
 
+/** True when nodes share the broker through Redis: other nodes may hold connections and write conversations. */
+export function isClustered (config: Config): boolean {
+  return config.broker.persistence.adapter !== 'memory'
+}
+
 export function loadConfig (options: LoadOptions = {}): Config {
   const env = options.env ?? process.env
   let raw = readJson(DEFAULT_CONFIG_PATH)

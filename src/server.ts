@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto'
 import type { Duplex } from 'node:stream'
 import { Aedes } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
-import type { Config } from './config.js'
+import { isClustered, type Config } from './config.js'
 import { createLogger, type Logger } from './log.js'
 import type { MessageStore, MetadataStore } from './store/types.js'
 import { createMessageStore, createMetadataStore } from './store/index.js'
@@ -157,7 +157,7 @@ export class MqimServer {
       logger,
       requestsPerSecond: config.limits.requestsPerSecond,
       requestBurst: config.limits.requestBurst,
-      clustered: backends.redis !== null,
+      clustered: isClustered(config),
       onSessionStart: (caller, connId) => { void presence.connected(caller.userId, connId) },
       onSessionEnd: (caller, connId) => { void presence.disconnected(caller.userId, connId) }
     })

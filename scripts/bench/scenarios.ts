@@ -136,22 +136,31 @@ async function directShape (ctx: Ctx, target: Target, p: DirectParams): Promise<
         subscribe: mq ? [`im/u/${u}/m`, `im/u/${u}/r/d`] : [`bench/c/${i}`],
         me: u
       })
-      senders.push({
-        key: u,
-        mode: mq ? 'mqim' : 'raw',
-        topic: mq ? 'im/req/send' : `bench/c/${i}`,
-        conv: mq ? convs[i] : fakeConvId(i),
-        from: u,
-        window: p.window,
-        release: 'echo',
-        rate: null,
-        bodyBytes: p.bodyBytes,
-        count: null,
-        idPrefix: `${u}-${tag}`
-      })
+      senders.push(closedLoopSender(u, mq, mq ? convs[i] : fakeConvId(i), `bench/c/${i}`, p, tag))
     }
   })
   return { clients, senders, fanout: 2, workerOf: (k) => workerOfPair.get(k) ?? 0 }
+}
+
+/**
+ * A sender of the flow scenarios: sends without end, at most `window` messages in flight end to end
+ * (one leaves the window when its own copy comes back). mqim: `send` requests; baselines: the
+ * envelope published to `rawTopic`.
+ */
+function closedLoopSender (u: string, mq: boolean, conv: string, rawTopic: string, p: { window: number, bodyBytes: number }, tag: string): SenderSpec {
+  return {
+    key: u,
+    mode: mq ? 'mqim' : 'raw',
+    topic: mq ? 'im/req/send' : rawTopic,
+    conv,
+    from: u,
+    window: p.window,
+    release: 'echo',
+    rate: null,
+    bodyBytes: p.bodyBytes,
+    count: null,
+    idPrefix: `${u}-${tag}`
+  }
 }
 
 export interface GroupParams { members: number, senders: number, window: number, bodyBytes: number }
@@ -179,19 +188,7 @@ async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Sh
     subscribe: mq ? [`im/u/${u}/m`, `im/u/${u}/r/d`] : ['bench/g/0'],
     me: u
   }))
-  const senders: SenderSpec[] = ids.slice(0, p.senders).map(u => ({
-    key: u,
-    mode: mq ? 'mqim' : 'raw',
-    topic: mq ? 'im/req/send' : 'bench/g/0',
-    conv,
-    from: u,
-    window: p.window,
-    release: 'echo',
-    rate: null,
-    bodyBytes: p.bodyBytes,
-    count: null,
-    idPrefix: `${u}-${tag}`
-  }))
+  const senders = ids.slice(0, p.senders).map(u => closedLoopSender(u, mq, conv, 'bench/g/0', p, tag))
   return { clients, senders, fanout: p.members, workerOf: (k) => (index.get(k) ?? 0) % W }
 }
 

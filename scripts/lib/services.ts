@@ -97,22 +97,27 @@ export function uniqueName (prefix: string): string {
  * Redis pub/sub is not scoped by database: runs that share a Redis server must also use distinct
  * user ids and node ids (the drills prefix both with a random run tag).
  */
-export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<DrillDatabases> {
-  const base = new URL(urls.mysqlUrl)
-  const dbName = uniqueName('mqimdrill')
+/** Creates an empty database (named `<prefix>_…`) on the MySQL/MariaDB server of `serverUrl`; returns its mysql:// URL. */
+export async function createMysqlDatabase (serverUrl: string, prefix: string): Promise<{ url: string, dbName: string }> {
+  const url = new URL(serverUrl)
+  const dbName = uniqueName(prefix)
   const admin = await mysql.createConnection({
-    host: base.hostname,
-    port: Number(base.port === '' ? 3306 : base.port),
-    user: decodeURIComponent(base.username),
-    password: decodeURIComponent(base.password)
+    host: url.hostname,
+    port: Number(url.port === '' ? 3306 : url.port),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password)
   })
   try {
     await admin.query(`CREATE DATABASE \`${dbName}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
   } finally {
     await admin.end()
   }
-  const mysqlUrl = new URL(urls.mysqlUrl)
-  mysqlUrl.pathname = `/${dbName}`
+  url.pathname = `/${dbName}`
+  return { url: url.toString(), dbName }
+}
+
+export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<DrillDatabases> {
+  const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, 'mqimdrill')
   const redisUrl = new URL(urls.redisUrl)
   redisUrl.pathname = `/${redisDb}`
   const flush = async (): Promise<void> => {
@@ -128,7 +133,7 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<D
   await flush()
   const mongoDb = uniqueName('mqimdrill')
   return {
-    mysqlUrl: mysqlUrl.toString(),
+    mysqlUrl,
     mongoUrl: urls.mongoUrl,
     mongoDb,
     redisUrl: redisUrl.toString(),
@@ -144,7 +149,7 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<D
           }
         })(),
         (async () => {
-          const conn = await mysql.createConnection(mysqlUrl.toString())
+          const conn = await mysql.createConnection(mysqlUrl)
           try {
             await conn.query(`DROP DATABASE \`${dbName}\``)
           } finally {

@@ -2,8 +2,7 @@
  * Access to the real test databases started by scripts/test.sh (or given by the caller).
  * Tests about a database never fall back to the in-memory adapters: a missing URL fails loudly.
  */
-import { randomBytes } from 'node:crypto'
-import mysql from 'mysql2/promise'
+import { createMysqlDatabase, uniqueName } from '../../scripts/lib/services.js'
 
 function requireEnv (name: string): string {
   const value = process.env[name]
@@ -13,30 +12,11 @@ function requireEnv (name: string): string {
   return value
 }
 
-export function uniqueName (prefix: string): string {
-  return `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
-}
-
 /** Creates a fresh, empty MySQL/MariaDB database and returns a mysql:// URL pointing at it. */
 export async function freshMysqlUrl (): Promise<string> {
-  const base = new URL(requireEnv('MQIM_MYSQL_URL'))
-  const dbName = uniqueName('mqimt')
-  const admin = await mysql.createConnection({
-    host: base.hostname,
-    port: Number(base.port || 3306),
-    user: decodeURIComponent(base.username),
-    password: decodeURIComponent(base.password)
-  })
-  try {
-    await admin.query(`CREATE DATABASE \`${dbName}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
-  } finally {
-    await admin.end()
-  }
-  base.pathname = `/${dbName}`
-  return base.toString()
+  return (await createMysqlDatabase(requireEnv('MQIM_MYSQL_URL'), 'mqimt')).url
 }
 
-/** Returns a MongoDB URL (FerretDB in tests) and a fresh database name. */
 export function freshMongo (): { url: string, dbName: string } {
   return { url: requireEnv('MQIM_MONGO_URL'), dbName: uniqueName('mqimt') }
 }

@@ -10,17 +10,8 @@ import type { ClientSpec, Command, ConnectResult, Counters, Report, Reply, Sende
 
 const WORKER = fileURLToPath(new URL('../worker.ts', import.meta.url))
 
-export interface Totals {
-  sent: number
-  acked: number
-  failed: number
-  failedCodes: Record<string, number>
-  publishErrors: number
-  received: number
-  peerReceived: number
-  clientErrors: number
-  latency: Histogram
-}
+/** Counters summed over the workers, with the latency histogram merged. */
+export type Totals = Omit<Counters, 'latency'> & { latency: Histogram }
 
 export function sumCounters (list: Counters[]): Totals {
   const t: Totals = { sent: 0, acked: 0, failed: 0, failedCodes: {}, publishErrors: 0, received: 0, peerReceived: 0, clientErrors: 0, latency: new Histogram() }

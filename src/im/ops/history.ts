@@ -9,6 +9,7 @@ import type { MessageEnvelope, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { requireMember, lastSeqOf } from '../access.js'
 import { toEnvelope } from '../publisher.js'
+import { isClustered } from '../../config.js'
 
 export interface HistoryResult {
   conv: string
@@ -27,7 +28,7 @@ export async function history (caller: Caller, req: RequestOf<'history'>, servic
   // On a single node (no Redis) every message of the conversation went through this node's
   // sequencer, so the lastSeq it knows is the store's (a store query less per page; on FerretDB a
   // collection scan less). In a cluster another node may have stored more: ask the store.
-  const known = services.config.broker.persistence.adapter === 'memory' ? services.sequencer.knownLastSeq(req.conv) : undefined
+  const known = isClustered(services.config) ? undefined : services.sequencer.knownLastSeq(req.conv)
   const lastSeq = known ?? await lastSeqOf(services, req.conv)
   const fromSeq = (req.after ?? 0) + 1
   const toSeq = Math.min(req.before !== undefined ? req.before - 1 : lastSeq, lastSeq)
