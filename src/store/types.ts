@@ -8,6 +8,8 @@
 export type UserKind = 'user' | 'bot'
 export type ConversationKind = 'direct' | 'group'
 export type Role = 'owner' | 'admin' | 'member'
+/** Who may add a user to groups: anyone, or only people who already share a conversation with them. */
+export type GroupInvites = 'anyone' | 'contacts'
 
 export interface UserRecord {
   /** Login name, also the MQTT username. Pattern: ^[a-z0-9][a-z0-9_.-]{0,31}$ */
@@ -19,6 +21,8 @@ export interface UserRecord {
   disabled: boolean
   /** epoch milliseconds */
   createdAt: number
+  /** Who may add this user to groups (default 'anyone'). */
+  groupInvites: GroupInvites
 }
 
 export interface ConversationRecord {
@@ -64,6 +68,16 @@ export interface MetadataStore {
   userSetDisabled (id: string, disabled: boolean): Promise<boolean>
   /** Returns false if no such user. */
   userSetSecret (id: string, secretHash: string): Promise<boolean>
+  /** Returns false if no such user. */
+  userSetGroupInvites (id: string, groupInvites: GroupInvites): Promise<boolean>
+  /**
+   * Users whose record changed (disabled, secret, settings) since `cursor`, and the cursor to
+   * pass next time. `null` starts now: no users, just a cursor. Every change made after a cursor
+   * was returned is reported by the next call with that cursor, also when it was made by another
+   * process (the admin tool writing MySQL directly); changes shortly before it may be reported
+   * again, so callers must be idempotent. Used to end the sessions of disabled accounts.
+   */
+  userChanges (cursor: string | null): Promise<{ users: UserRecord[], cursor: string }>
 
   /**
    * Creates the conversation and its initial members atomically: either all rows exist
@@ -72,6 +86,10 @@ export interface MetadataStore {
    */
   conversationCreate (conversation: ConversationRecord, members: MemberRecord[]): Promise<void>
   conversationGet (id: string): Promise<ConversationRecord | null>
+  /** Several conversations in one round trip; unknown ids are left out; no order. */
+  conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]>
+  /** Groups created by the user with createdAt >= since (the per-user creation quota). */
+  conversationCountCreatedSince (userId: string, since: number): Promise<number>
   conversationGetDirect (directKey: string): Promise<ConversationRecord | null>
   /** Returns false if no such conversation. */
   conversationRename (id: string, name: string): Promise<boolean>
@@ -80,9 +98,22 @@ export interface MetadataStore {
   memberGet (conversationId: string, userId: string): Promise<MemberRecord | null>
   /** Adds members that are not members yet; returns the user ids actually added. */
   memberAdd (members: MemberRecord[]): Promise<string[]>
-  /** Returns false if the user was not a member. */
-  memberRemove (conversationId: string, userId: string): Promise<boolean>
+  /** Members of several conversations in one round trip: conversation id -> members (absent: none). */
+  memberListMany (conversationIds: readonly string[]): Promise<Map<string, MemberRecord[]>>
+  /** Member counts of several conversations in one round trip (absent: 0). */
+  memberCountMany (conversationIds: readonly string[]): Promise<Map<string, number>>
+  /**
+   * Removes the member. With `successor` (another member), atomically makes the successor the
+   * owner in the same step: either both changes happen or neither. Returns false (and changes
+   * nothing) if userId was not a member, or the successor is not one.
+   */
+  memberRemove (conversationId: string, userId: string, successor?: string): Promise<boolean>
   memberSetRole (conversationId: string, userId: string, role: Role): Promise<boolean>
+  /**
+   * Atomically: `to` becomes the owner and `from` (the owner) an admin. Returns false and changes
+   * nothing unless both are members and from !== to.
+   */
+  memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean>
   memberSetMuted (conversationId: string, userId: string, muted: boolean): Promise<boolean>
   /**
    * readSeq = max(readSeq, seq). Returns the resulting readSeq, or null if not a member.
@@ -91,6 +122,12 @@ export interface MetadataStore {
   memberAdvanceRead (conversationId: string, userId: string, seq: number): Promise<number | null>
   /** All memberships of one user (for listing conversations and authorizing). */
   memberListByUser (userId: string): Promise<MemberRecord[]>
+  /** One page of a user's memberships, by conversation id ascending, ids > `after` (null: from the start). */
+  memberPageByUser (userId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]>
+  /** How many conversations the user is a member of. */
+  memberCountByUser (userId: string): Promise<number>
+  /** Of `others`, those who share at least one conversation with `userId`. */
+  memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>>
 }
 
 export type MessageKind = 'text' | 'custom'
@@ -149,6 +186,8 @@ export interface MessageStore {
   lastSeq (conversationId: string): Promise<number>
   /** The message with the highest seq, or null. */
   latest (conversationId: string): Promise<StoredMessage | null>
+  /** The latest message of each of several conversations in one round trip (absent: none). */
+  latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>>
   /** Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. */
   range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]>
 }
