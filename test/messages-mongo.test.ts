@@ -94,4 +94,13 @@ describe('MongoMessageStore specifics', () => {
       await store.close()
     }
   })
+
+  it('latestMany rejects when the server is unreachable (its per-conversation queries stop at the first failure)', async () => {
+    const store = new MongoMessageStore({ url: 'mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300', database: dbName })
+    try {
+      await expect(store.latestMany(Array.from({ length: 50 }, (_, i) => `c${i}`))).rejects.toThrow()
+    } finally {
+      await store.close()
+    }
+  })
 })

@@ -5,6 +5,7 @@
 import mysql from 'mysql2/promise'
 import { MYSQL_MIGRATIONS } from '../src/store/migrations/mysql.js'
 import { MYSQL_SCHEMA_VERSION, MySqlMetadataStore } from '../src/store/metadata-mysql.js'
+import type { UserRecord } from '../src/store/types.js'
 import { describeMetadataStore } from './contract/metadata-store.contract.js'
 import { freshMysqlUrl } from './helpers/db.js'
 
@@ -36,14 +37,39 @@ describeMetadataStore('mysql', async () => {
   return { store: new MySqlMetadataStore({ url, poolSize: 5 }), cleanup: async () => await dropDatabase(url) }
 })
 
+/** The migration 2 objects (columns and indexes) that exist in the database. */
+async function migration2Objects (url: string): Promise<string[]> {
+  let found: string[] = []
+  await onDatabase(url, async (conn, dbName) => {
+    const [columns] = await conn.query<mysql.RowDataPacket[]>(
+      "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'users' AND COLUMN_NAME IN ('group_invites', 'updated_at')",
+      [dbName])
+    const [indexes] = await conn.query<mysql.RowDataPacket[]>(
+      "SELECT DISTINCT INDEX_NAME AS name FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND INDEX_NAME IN ('idx_users_updated_at', 'idx_conversations_created_by')",
+      [dbName])
+    found = [...columns, ...indexes].map((row) => String(row.name)).sort()
+  })
+  return found
+}
+
+const MIGRATION_2_OBJECTS = ['group_invites', 'idx_conversations_created_by', 'idx_users_updated_at', 'updated_at']
+
+function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
 describe('MySqlMetadataStore specifics', () => {
   let url: string
   const stores: MySqlMetadataStore[] = []
 
-  function open (): MySqlMetadataStore {
-    const store = new MySqlMetadataStore({ url })
+  function open (options: { userChangesMarginMs?: number } = {}): MySqlMetadataStore {
+    const store = new MySqlMetadataStore({ url, ...options })
     stores.push(store)
     return store
+  }
+
+  function alice (): UserRecord {
+    return { id: 'alice', kind: 'user', displayName: 'A', secretHash: 'h', disabled: false, createdAt: 1, groupInvites: 'anyone' }
   }
 
   beforeEach(async () => {
@@ -65,7 +91,7 @@ describe('MySqlMetadataStore specifics', () => {
   test('init is idempotent: twice on one store, then again from a second store', async () => {
     const first = open()
     await first.init()
-    await first.userCreate({ id: 'alice', kind: 'user', displayName: 'A', secretHash: 'h', disabled: false, createdAt: 1 })
+    await first.userCreate(alice())
     await first.init()
     const second = open()
     await second.init()
@@ -80,7 +106,7 @@ describe('MySqlMetadataStore specifics', () => {
   test('stores starting concurrently on one fresh database migrate it once', async () => {
     const racing = [open(), open(), open()]
     await Promise.all(racing.map(async (s) => await s.init()))
-    await racing[0].userCreate({ id: 'alice', kind: 'user', displayName: 'A', secretHash: 'h', disabled: false, createdAt: 1 })
+    await racing[0].userCreate(alice())
     expect((await racing[2].userGet('alice'))?.id).toBe('alice')
 
     await onDatabase(url, async (conn, dbName) => {
@@ -107,5 +133,126 @@ describe('MySqlMetadataStore specifics', () => {
     expect(() => new MySqlMetadataStore({ url: 'postgres://u:p@localhost/db' })).toThrow(/mysql:\/\//)
     expect(() => new MySqlMetadataStore({ url: 'mysql://u:p@localhost:3306/' })).toThrow(/database/)
     expect(() => new MySqlMetadataStore({ url, poolSize: 0 })).toThrow(/poolSize/)
+    expect(() => new MySqlMetadataStore({ url, userChangesMarginMs: -1 })).toThrow(/userChangesMarginMs/)
+  })
+
+  describe('migration 2 is safe to run again (MySQL 8 has no ADD COLUMN / ADD INDEX IF NOT EXISTS)', () => {
+    test('run twice: with its version record gone, init applies nothing and records it again', async () => {
+      const store = open()
+      await store.init()
+      await store.userCreate({ ...alice(), groupInvites: 'contacts' })
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 2`)
+      })
+
+      await open().init()
+      expect(await migration2Objects(url)).toStrictEqual(MIGRATION_2_OBJECTS)
+      expect(await store.userGet('alice')).toStrictEqual({ ...alice(), groupInvites: 'contacts' })
+      await onDatabase(url, async (conn, dbName) => {
+        const [rows] = await conn.query<mysql.RowDataPacket[]>(`SELECT version FROM \`${dbName}\`.schema_migrations ORDER BY version`)
+        expect(rows.map((r) => r.version)).toStrictEqual(MYSQL_MIGRATIONS.map((m) => m.version))
+      })
+    })
+
+    test('after a crash half way through, init completes it', async () => {
+      await open().init()
+      // What a crash after the first two statements leaves: two of the four objects, no record.
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`ALTER TABLE \`${dbName}\`.users DROP INDEX idx_users_updated_at`)
+        await conn.query(`ALTER TABLE \`${dbName}\`.conversations DROP INDEX idx_conversations_created_by`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 2`)
+      })
+      expect(await migration2Objects(url)).toStrictEqual(['group_invites', 'updated_at'])
+
+      await open().init()
+      expect(await migration2Objects(url)).toStrictEqual(MIGRATION_2_OBJECTS)
+    })
+
+    test('upgrades a version-1 database with users in it', async () => {
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`USE \`${dbName}\``)
+        await conn.query('CREATE TABLE schema_migrations (version INT NOT NULL, name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL, PRIMARY KEY (version))')
+        for (const statement of MYSQL_MIGRATIONS[0].statements) {
+          if (typeof statement !== 'string') throw new Error('migration 1 has only plain statements')
+          await conn.query(statement)
+        }
+        await conn.query("INSERT INTO schema_migrations VALUES (1, 'users, conversations, members', 0)")
+        await conn.query("INSERT INTO users (id, kind, display_name, secret_hash, disabled, created_at) VALUES ('alice', 'user', 'A', 'h', 0, 1)")
+      })
+
+      const store = open()
+      await store.init()
+      expect(await store.userGet('alice')).toStrictEqual(alice())
+      const { cursor } = await store.userChanges(null)
+      await store.userSetGroupInvites('alice', 'contacts')
+      expect((await store.userChanges(cursor)).users).toStrictEqual([{ ...alice(), groupInvites: 'contacts' }])
+    })
+  })
+
+  describe('userChanges', () => {
+    test('sees changes made by another store on the same database (another process)', async () => {
+      const watcher = open()
+      const admin = open()
+      await watcher.init()
+      await admin.init()
+      await admin.userCreate(alice())
+      const { cursor } = await watcher.userChanges(null)
+
+      await admin.userSetDisabled('alice', true)
+      const changes = await watcher.userChanges(cursor)
+      expect(changes.users).toContainEqual({ ...alice(), disabled: true })
+    })
+
+    test('with no margin, reports exactly the users changed since the cursor', async () => {
+      const store = open({ userChangesMarginMs: 0 })
+      await store.init()
+      await store.userCreate(alice())
+      await store.userCreate({ ...alice(), id: 'bob' })
+      await sleep(20)
+      const { cursor } = await store.userChanges(null)
+      await sleep(20)
+
+      await store.userSetSecret('bob', 'new')
+      await sleep(20) // so that the next cursor is a later millisecond than bob's change
+      const changes = await store.userChanges(cursor)
+      expect(changes.users.map((u) => u.id)).toStrictEqual(['bob'])
+      expect((await store.userChanges(changes.cursor)).users).toStrictEqual([])
+    })
+
+    test('setting a value it already has is no change: MySQL keeps updated_at, nothing is reported', async () => {
+      const store = open({ userChangesMarginMs: 0 })
+      await store.init()
+      await store.userCreate(alice())
+      await sleep(20)
+      const { cursor } = await store.userChanges(null)
+      expect(await store.userSetDisabled('alice', false)).toBe(true)
+      expect((await store.userChanges(cursor)).users).toStrictEqual([])
+    })
+
+    test('the margin catches a change whose transaction commits after the next cursor was taken', async () => {
+      const withMargin = open()
+      const withoutMargin = open({ userChangesMarginMs: 0 })
+      await withMargin.init()
+      await withoutMargin.init()
+      await withMargin.userCreate(alice())
+      const start = (await withMargin.userChanges(null)).cursor
+
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`USE \`${dbName}\``)
+        await conn.query("SET time_zone = '+00:00'")
+        await conn.beginTransaction()
+        await conn.query("UPDATE users SET disabled = 1 WHERE id = 'alice'") // updated_at = now, not the commit time
+        await sleep(50)
+        const taken = await withMargin.userChanges(start)
+        const takenWithout = await withoutMargin.userChanges(start)
+        expect(taken.users.find((u) => u.disabled)).toBeUndefined() // not committed yet
+        await sleep(50)
+        await conn.commit()
+
+        expect((await withMargin.userChanges(taken.cursor)).users).toContainEqual({ ...alice(), disabled: true })
+        // Without the margin the change is stamped before the cursor and never reported.
+        expect((await withoutMargin.userChanges(takenWithout.cursor)).users).toStrictEqual([])
+      })
+    })
   })
 })

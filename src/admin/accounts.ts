@@ -28,7 +28,7 @@ function publicUser (u: UserRecord): PublicUser {
 
 export async function createUser (meta: MetadataStore, input: z.infer<typeof CreateUserInput>): Promise<{ user: PublicUser, password: string }> {
   const password = input.password ?? generatePassword()
-  const record: UserRecord = { id: input.id, kind: 'user', displayName: input.displayName ?? input.id, secretHash: await hashPassword(password), disabled: false, createdAt: Date.now() }
+  const record: UserRecord = { id: input.id, kind: 'user', displayName: input.displayName ?? input.id, secretHash: await hashPassword(password), disabled: false, createdAt: Date.now(), groupInvites: 'anyone' }
   try {
     await meta.userCreate(record)
   } catch (err) {
@@ -40,7 +40,7 @@ export async function createUser (meta: MetadataStore, input: z.infer<typeof Cre
 
 export async function createBot (meta: MetadataStore, input: z.infer<typeof CreateBotInput>): Promise<{ user: PublicUser, apiKey: string }> {
   const apiKey = generateApiKey()
-  const record: UserRecord = { id: input.id, kind: 'bot', displayName: input.displayName ?? input.id, secretHash: hashApiKey(apiKey), disabled: false, createdAt: Date.now() }
+  const record: UserRecord = { id: input.id, kind: 'bot', displayName: input.displayName ?? input.id, secretHash: hashApiKey(apiKey), disabled: false, createdAt: Date.now(), groupInvites: 'anyone' }
   try {
     await meta.userCreate(record)
   } catch (err) {

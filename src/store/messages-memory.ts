@@ -193,6 +193,16 @@ export class MemoryMessageStore implements MessageStore {
     return conversation === undefined || conversation.count === 0 ? null : this.decode(conversation, conversation.count - 1)
   }
 
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+    const result = new Map<string, StoredMessage>()
+    for (const conversationId of conversationIds) {
+      const conversation = this.conversations.get(conversationId)
+      if (conversation === undefined || conversation.count === 0 || result.has(conversationId)) continue
+      result.set(conversationId, this.decode(conversation, conversation.count - 1))
+    }
+    return result
+  }
+
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     const conversation = this.conversations.get(conversationId)
     if (conversation === undefined || query.limit <= 0 || query.fromSeq > query.toSeq) return []

@@ -78,6 +78,8 @@ const DURABLE = { w: 'majority', journal: true } as const
  * the sequencer hands out again: a gap. One chunk per command keeps the ordered semantics.
  */
 const INSERT_CHUNK = 100
+/** How many `latest` queries latestMany keeps in flight (see latestMany). */
+const LATEST_MANY_CONCURRENCY = 8
 
 function messageId (conversationId: string, senderId: string, clientMsgId: string): string {
   return `${conversationId}/${senderId}/${clientMsgId}`
@@ -137,6 +139,27 @@ function firstDuplicateKey (err: unknown): WriteError | undefined {
   if (writeErrors.length === 0) return undefined
   const first = writeErrors.reduce((a, b) => (b.index < a.index ? b : a))
   return first.code === DUPLICATE_KEY ? first : undefined
+}
+
+/**
+ * Runs `work` on every item, at most `limit` at a time; stops starting new items after the
+ * first failure, which it rethrows.
+ */
+async function forEachLimited<T> (items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  let failed = false
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const item = items[next++]
+      try {
+        await work(item)
+      } catch (err) {
+        failed = true
+        throw err
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
 /** Index name from a MongoDB duplicate-key message ("... index: conv_seq dup key: {...}"). */
@@ -251,6 +274,28 @@ export class MongoMessageStore implements MessageStore {
   async latest (conversationId: string): Promise<StoredMessage | null> {
     const [doc] = await this.run(async m => await m.find({ c: conversationId }).sort({ s: -1 }).limit(1).toArray())
     return doc === undefined ? null : fromDoc(doc)
+  }
+
+  /**
+   * One `latest` query per distinct conversation, LATEST_MANY_CONCURRENCY at a time: not one
+   * round trip, because no single query does this on both servers.
+   *   - The aggregation $match {c: {$in}}, $sort {c, s: -1}, $group {_id: '$c', $first: '$$ROOT'}
+   *     fails on FerretDB v1.24: its $group implements only the $count and $sum accumulators
+   *     ('$group accumulator "$first" is not implemented yet'; $max, $last and $top neither).
+   *   - find({c: {$in}}) returns every message of those conversations, not one of each.
+   * On MongoDB each `latest` is a short walk down the conv_seq index, so the cost is one small
+   * indexed query per conversation (the aggregation would feed $group every message of the
+   * conversations unless the planner turned it into a DISTINCT_SCAN). On FerretDB every query
+   * on `c` scans the collection (it pushes only _id equality down), as `latest` does. The
+   * concurrency bound, not chunking, is what keeps a list of thousands of ids in check.
+   */
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+    const result = new Map<string, StoredMessage>()
+    await forEachLimited([...new Set(conversationIds)], LATEST_MANY_CONCURRENCY, async (conversationId) => {
+      const message = await this.latest(conversationId)
+      if (message !== null) result.set(conversationId, message)
+    })
+    return result
   }
 
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {

@@ -2,12 +2,14 @@
  * In-process MetadataStore on Maps, for tests and single-process development.
  *
  * Behaves like the MySQL adapter: the same conflicts, the same "false / null when missing"
- * answers, ids compared exactly. Records are copied on the way in and out, so callers never
- * hold references to stored state.
+ * answers, ids compared exactly and sorted in the same (byte) order. Records are copied on the
+ * way in and out, so callers never hold references to stored state. No method awaits between
+ * its checks and its changes, so each is atomic.
  */
 import {
   StoreConflictError,
   type ConversationRecord,
+  type GroupInvites,
   type MemberRecord,
   type MetadataStore,
   type Role,
@@ -23,6 +25,10 @@ export class MemoryMetadataStore implements MetadataStore {
   private readonly members = new Map<string, Map<string, MemberRecord>>()
   /** user id → conversation ids, the equivalent of the MySQL index on members(user_id) */
   private readonly membershipsByUser = new Map<string, Set<string>>()
+  /** Counts user changes; userChanges cursors are values of it. */
+  private userVersion = 0
+  /** user id → userVersion of its last change (creation included), like users.updated_at */
+  private readonly userChangedAt = new Map<string, number>()
 
   async init (): Promise<void> {}
 
@@ -31,6 +37,7 @@ export class MemoryMetadataStore implements MetadataStore {
   async userCreate (user: UserRecord): Promise<void> {
     if (this.users.has(user.id)) throw new StoreConflictError(`user "${user.id}" already exists`)
     this.users.set(user.id, { ...user })
+    this.userChanged(user.id)
   }
 
   async userGet (id: string): Promise<UserRecord | null> {
@@ -43,17 +50,29 @@ export class MemoryMetadataStore implements MetadataStore {
   }
 
   async userSetDisabled (id: string, disabled: boolean): Promise<boolean> {
-    const user = this.users.get(id)
-    if (user === undefined) return false
-    user.disabled = disabled
-    return true
+    return this.userSet(id, 'disabled', disabled)
   }
 
   async userSetSecret (id: string, secretHash: string): Promise<boolean> {
-    const user = this.users.get(id)
-    if (user === undefined) return false
-    user.secretHash = secretHash
-    return true
+    return this.userSet(id, 'secretHash', secretHash)
+  }
+
+  async userSetGroupInvites (id: string, groupInvites: GroupInvites): Promise<boolean> {
+    return this.userSet(id, 'groupInvites', groupInvites)
+  }
+
+  /** The cursor is the change counter: exact, so nothing is reported twice here. */
+  async userChanges (cursor: string | null): Promise<{ users: UserRecord[], cursor: string }> {
+    const next = String(this.userVersion)
+    if (cursor === null) return { users: [], cursor: next }
+    if (!/^\d{1,15}$/.test(cursor)) throw new Error(`memory metadata store: not a userChanges cursor: "${cursor}"`)
+    const since = Number(cursor)
+    const users: UserRecord[] = []
+    for (const [id, version] of this.userChangedAt) {
+      const user = this.users.get(id)
+      if (version > since && user !== undefined) users.push({ ...user })
+    }
+    return { users: users.sort((a, b) => compare(a.id, b.id)), cursor: next }
   }
 
   async conversationCreate (conversation: ConversationRecord, members: MemberRecord[]): Promise<void> {
@@ -83,6 +102,23 @@ export class MemoryMetadataStore implements MetadataStore {
     return conversation === undefined ? null : { ...conversation }
   }
 
+  async conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]> {
+    const result: ConversationRecord[] = []
+    for (const id of new Set(ids)) {
+      const conversation = this.conversations.get(id)
+      if (conversation !== undefined) result.push({ ...conversation })
+    }
+    return result
+  }
+
+  async conversationCountCreatedSince (userId: string, since: number): Promise<number> {
+    let count = 0
+    for (const c of this.conversations.values()) {
+      if (c.kind === 'group' && c.createdBy === userId && c.createdAt >= since) count++
+    }
+    return count
+  }
+
   async conversationGetDirect (directKey: string): Promise<ConversationRecord | null> {
     const id = this.directKeys.get(directKey)
     return id === undefined ? null : await this.conversationGet(id)
@@ -96,9 +132,7 @@ export class MemoryMetadataStore implements MetadataStore {
   }
 
   async memberList (conversationId: string): Promise<MemberRecord[]> {
-    const byUser = this.members.get(conversationId)
-    if (byUser === undefined) return []
-    return [...byUser.values()].sort((a, b) => compare(a.userId, b.userId)).map((m) => ({ ...m }))
+    return this.listMembers(conversationId)
   }
 
   async memberGet (conversationId: string, userId: string): Promise<MemberRecord | null> {
@@ -116,13 +150,33 @@ export class MemoryMetadataStore implements MetadataStore {
     return added
   }
 
-  async memberRemove (conversationId: string, userId: string): Promise<boolean> {
-    const byUser = this.members.get(conversationId)
-    if (byUser?.delete(userId) !== true) return false
-    if (byUser.size === 0) this.members.delete(conversationId)
-    const conversationIds = this.membershipsByUser.get(userId)
-    conversationIds?.delete(conversationId)
-    if (conversationIds?.size === 0) this.membershipsByUser.delete(userId)
+  async memberListMany (conversationIds: readonly string[]): Promise<Map<string, MemberRecord[]>> {
+    const result = new Map<string, MemberRecord[]>()
+    for (const conversationId of new Set(conversationIds)) {
+      const members = this.listMembers(conversationId)
+      if (members.length > 0) result.set(conversationId, members)
+    }
+    return result
+  }
+
+  async memberCountMany (conversationIds: readonly string[]): Promise<Map<string, number>> {
+    const result = new Map<string, number>()
+    for (const conversationId of new Set(conversationIds)) {
+      const count = this.members.get(conversationId)?.size ?? 0
+      if (count > 0) result.set(conversationId, count)
+    }
+    return result
+  }
+
+  async memberRemove (conversationId: string, userId: string, successor?: string): Promise<boolean> {
+    if (this.findMember(conversationId, userId) === undefined) return false
+    if (successor !== undefined) {
+      // Check before changing anything: both changes happen, or neither.
+      const next = successor === userId ? undefined : this.findMember(conversationId, successor)
+      if (next === undefined) return false
+      next.role = 'owner'
+    }
+    this.deleteMember(conversationId, userId)
     return true
   }
 
@@ -130,6 +184,15 @@ export class MemoryMetadataStore implements MetadataStore {
     const member = this.findMember(conversationId, userId)
     if (member === undefined) return false
     member.role = role
+    return true
+  }
+
+  async memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean> {
+    const previous = this.findMember(conversationId, from)
+    const next = this.findMember(conversationId, to)
+    if (from === to || previous === undefined || next === undefined) return false
+    previous.role = 'admin'
+    next.role = 'owner'
     return true
   }
 
@@ -157,6 +220,55 @@ export class MemoryMetadataStore implements MetadataStore {
     return result
   }
 
+  async memberPageByUser (userId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]> {
+    if (!Number.isSafeInteger(page.limit)) throw new RangeError(`page limit must be an integer, got ${String(page.limit)}`)
+    if (page.limit <= 0) return []
+    const after = page.after
+    const conversationIds = [...(this.membershipsByUser.get(userId) ?? [])]
+      .filter((id) => after === null || compare(id, after) > 0)
+      .sort(compare)
+      .slice(0, page.limit)
+    return conversationIds.flatMap((conversationId) => {
+      const member = this.findMember(conversationId, userId)
+      return member === undefined ? [] : [{ ...member }]
+    })
+  }
+
+  async memberCountByUser (userId: string): Promise<number> {
+    return this.membershipsByUser.get(userId)?.size ?? 0
+  }
+
+  async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {
+    const mine = this.membershipsByUser.get(userId) ?? new Set<string>()
+    const shared = new Set<string>()
+    for (const other of new Set(others)) {
+      const theirs = this.membershipsByUser.get(other)
+      if (theirs !== undefined && intersects(mine, theirs)) shared.add(other)
+    }
+    return shared
+  }
+
+  /** Sets one field of a user; a change only if the value differs, like MySQL's updated_at. */
+  private userSet<K extends 'disabled' | 'secretHash' | 'groupInvites'> (id: string, field: K, value: UserRecord[K]): boolean {
+    const user = this.users.get(id)
+    if (user === undefined) return false
+    if (user[field] !== value) {
+      user[field] = value
+      this.userChanged(id)
+    }
+    return true
+  }
+
+  private userChanged (id: string): void {
+    this.userChangedAt.set(id, ++this.userVersion)
+  }
+
+  private listMembers (conversationId: string): MemberRecord[] {
+    const byUser = this.members.get(conversationId)
+    if (byUser === undefined) return []
+    return [...byUser.values()].sort((a, b) => compare(a.userId, b.userId)).map((m) => ({ ...m }))
+  }
+
   private findMember (conversationId: string, userId: string): MemberRecord | undefined {
     return this.members.get(conversationId)?.get(userId)
   }
@@ -175,9 +287,40 @@ export class MemoryMetadataStore implements MetadataStore {
     }
     conversationIds.add(member.conversationId)
   }
+
+  private deleteMember (conversationId: string, userId: string): void {
+    const byUser = this.members.get(conversationId)
+    byUser?.delete(userId)
+    if (byUser?.size === 0) this.members.delete(conversationId)
+    const conversationIds = this.membershipsByUser.get(userId)
+    conversationIds?.delete(conversationId)
+    if (conversationIds?.size === 0) this.membershipsByUser.delete(userId)
+  }
 }
 
-/** Code-unit order, which for the ASCII ids we allow is the byte order of utf8mb4_bin. */
+function intersects (a: Set<string>, b: Set<string>): boolean {
+  const [small, large] = a.size <= b.size ? [a, b] : [b, a]
+  for (const item of small) if (large.has(item)) return true
+  return false
+}
+
+/**
+ * The order of utf8mb4_bin: UTF-8 byte order, which is code point order. JavaScript's `<`
+ * compares UTF-16 code units, which agrees except where a surrogate (a code point above U+FFFF)
+ * meets U+E000..U+FFFF; rank() moves the surrogates above those. ('B' < 'a' here, as in MySQL.)
+ */
 function compare (a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0
+  const length = Math.min(a.length, b.length)
+  for (let i = 0; i < length; i++) {
+    const x = a.charCodeAt(i)
+    const y = b.charCodeAt(i)
+    if (x !== y) return rank(x) - rank(y)
+  }
+  return a.length - b.length
+}
+
+function rank (codeUnit: number): number {
+  if (codeUnit >= 0xd800 && codeUnit <= 0xdfff) return codeUnit + 0x2000
+  if (codeUnit >= 0xe000) return codeUnit - 0x800
+  return codeUnit
 }

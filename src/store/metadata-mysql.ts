@@ -3,15 +3,23 @@
  *
  * Schema comes from the versioned migrations in ./migrations/mysql.ts, applied by init()
  * under a named server lock so that several processes can start at once.
+ *
+ * Batched reads send one statement per IN_CHUNK distinct ids (`IN (...)`), so a call costs
+ * one round trip for up to IN_CHUNK ids and no query for none.
+ *
+ * The user change feed (userChanges) rests on users.updated_at, which the server sets from its
+ * own clock whenever a row changes, whoever changes it: see userChanges().
  */
 import { readFileSync } from 'node:fs'
 import mysql from 'mysql2/promise'
 import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise'
-import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION } from './migrations/mysql.js'
+import type { PoolConnection as CallbackPoolConnection } from 'mysql2'
+import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION, type MysqlStatement } from './migrations/mysql.js'
 import {
   StoreConflictError,
   type ConversationKind,
   type ConversationRecord,
+  type GroupInvites,
   type MemberRecord,
   type MetadataStore,
   type Role,
@@ -26,6 +34,12 @@ export interface MySqlMetadataStoreOptions {
   url: string
   /** Maximum number of pooled connections. Default 10. */
   poolSize?: number
+  /**
+   * userChanges() reports the users whose updated_at is at least (cursor - this margin), so that
+   * a change is still seen when its transaction commits up to this long after its UPDATE ran
+   * (updated_at is the time of the statement, not of the commit). Default 5000.
+   */
+  userChangesMarginMs?: number
 }
 
 const DEFAULT_POOL_SIZE = 10
@@ -35,11 +49,14 @@ const MIGRATION_LOCK = 'mqim_migrations'
 const MIGRATION_LOCK_TIMEOUT_SECONDS = 30
 /** Attempts of a transaction that InnoDB aborted as a deadlock victim. */
 const TRANSACTION_ATTEMPTS = 3
+/** Ids per statement of a batched read: bounds the statement and packet size. */
+const IN_CHUNK = 1000
+const DEFAULT_USER_CHANGES_MARGIN_MS = 5000
 
 const ER_DUP_ENTRY = 1062
 const ER_LOCK_DEADLOCK = 1213
 
-const USER_COLUMNS = 'id, kind, display_name, secret_hash, disabled, created_at'
+const USER_COLUMNS = 'id, kind, display_name, secret_hash, disabled, created_at, group_invites'
 const CONVERSATION_COLUMNS = 'id, kind, name, direct_key, created_by, created_at'
 const MEMBER_COLUMNS = 'conversation_id, user_id, role, read_seq, muted, joined_at'
 
@@ -50,6 +67,7 @@ interface UserRow extends RowDataPacket {
   secret_hash: string
   disabled: number
   created_at: number | string
+  group_invites: GroupInvites
 }
 
 interface ConversationRow extends RowDataPacket {
@@ -82,14 +100,36 @@ interface ReadSeqRow extends RowDataPacket {
   read_seq: number | string
 }
 
+interface CountRow extends RowDataPacket {
+  n: number | string
+}
+
+interface ConversationCountRow extends RowDataPacket {
+  conversation_id: string
+  n: number | string
+}
+
+interface UserIdRow extends RowDataPacket {
+  user_id: string
+}
+
+interface NowRow extends RowDataPacket {
+  now: Date
+}
+
 export class MySqlMetadataStore implements MetadataStore {
   private readonly pool: Pool
+  private readonly userChangesMarginMs: number
   private closed = false
 
   constructor (options: MySqlMetadataStoreOptions) {
     const poolSize = options.poolSize ?? DEFAULT_POOL_SIZE
     if (!Number.isInteger(poolSize) || poolSize < 1) {
       throw new Error(`mysql metadata store: poolSize must be a positive integer, got ${String(options.poolSize)}`)
+    }
+    this.userChangesMarginMs = options.userChangesMarginMs ?? DEFAULT_USER_CHANGES_MARGIN_MS
+    if (!Number.isSafeInteger(this.userChangesMarginMs) || this.userChangesMarginMs < 0) {
+      throw new Error(`mysql metadata store: userChangesMarginMs must be a non-negative integer, got ${String(options.userChangesMarginMs)}`)
     }
     const target = parseMysqlUrl(options.url)
     this.pool = mysql.createPool({
@@ -101,6 +141,16 @@ export class MySqlMetadataStore implements MetadataStore {
       // Affected-row counts of UPDATE are "rows matched", so setting a field to its current
       // value still reports the row as found (mysql2's default, stated because we rely on it).
       flags: ['FOUND_ROWS']
+    })
+    // The server stamps users.updated_at (and NOW()) in the session time zone. UTC on every
+    // connection makes those stamps one monotonic clock, with no daylight-saving jumps back, and
+    // the same in every process that runs this store; mysql2's `timezone: 'Z'` then reads and
+    // writes them as UTC. The event hands over mysql2's callback connection (its typings say
+    // otherwise); the command is queued before any other on the new connection, and a connection
+    // that cannot run it is closed, failing whatever was queued after it.
+    this.pool.on('connection', (connection) => {
+      const conn = connection as unknown as CallbackPoolConnection
+      conn.promise().query("SET time_zone = '+00:00'").catch(() => conn.destroy())
     })
   }
 
@@ -129,8 +179,8 @@ export class MySqlMetadataStore implements MetadataStore {
 
   async userCreate (user: UserRecord): Promise<void> {
     await this.write(
-      `INSERT INTO users (${USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`,
-      [user.id, user.kind, user.displayName, user.secretHash, user.disabled, user.createdAt],
+      `INSERT INTO users (${USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      [user.id, user.kind, user.displayName, user.secretHash, user.disabled, user.createdAt, user.groupInvites],
       `user "${user.id}" already exists`
     )
   }
@@ -153,6 +203,31 @@ export class MySqlMetadataStore implements MetadataStore {
     return await this.update('UPDATE users SET secret_hash = ? WHERE id = ?', [secretHash, id])
   }
 
+  async userSetGroupInvites (id: string, groupInvites: GroupInvites): Promise<boolean> {
+    return await this.update('UPDATE users SET group_invites = ? WHERE id = ?', [groupInvites, id])
+  }
+
+  /**
+   * The cursor is the database's NOW(3) in epoch milliseconds, read before the users: a change
+   * stamped at or after it is reported by the next call, and one stamped before it is visible to
+   * this call's read unless its transaction commits later than that read, which
+   * userChangesMarginMs covers by reading from (cursor - margin). Changes inside the margin are
+   * reported twice, as the interface allows. MySQL moves updated_at only when a value really
+   * changes (setting `disabled` to its current value does not), which is right: nothing changed,
+   * nothing to report. The clock is the server's, never Node's: several mqim processes and the
+   * admin tool share it. Someone changing users with plain SQL must set time_zone '+00:00' too,
+   * or the stamps of their changes are off by their UTC offset (reported late or never).
+   */
+  async userChanges (cursor: string | null): Promise<{ users: UserRecord[], cursor: string }> {
+    const since = cursor === null ? null : parseChangeCursor(cursor)
+    const [clock] = await this.pool.query<NowRow[]>('SELECT NOW(3) AS now')
+    const next = String(clock[0].now.getTime())
+    if (since === null) return { users: [], cursor: next }
+    const [rows] = await this.pool.query<UserRow[]>(
+      `SELECT ${USER_COLUMNS} FROM users WHERE updated_at >= ? ORDER BY id`, [new Date(since - this.userChangesMarginMs)])
+    return { users: rows.map(toUser), cursor: next }
+  }
+
   async conversationCreate (conversation: ConversationRecord, members: MemberRecord[]): Promise<void> {
     assertMembersOf(conversation.id, members)
     try {
@@ -173,6 +248,18 @@ export class MySqlMetadataStore implements MetadataStore {
   async conversationGet (id: string): Promise<ConversationRecord | null> {
     const [rows] = await this.pool.execute<ConversationRow[]>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE id = ?`, [id])
     return rows.length === 0 ? null : toConversation(rows[0])
+  }
+
+  async conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]> {
+    const rows = await this.selectIn<ConversationRow>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE id IN (?)`, ids)
+    return rows.map(toConversation)
+  }
+
+  async conversationCountCreatedSince (userId: string, since: number): Promise<number> {
+    // Served by idx_conversations_created_by (created_by, created_at).
+    const [rows] = await this.pool.execute<CountRow[]>(
+      "SELECT COUNT(*) AS n FROM conversations WHERE created_by = ? AND created_at >= ? AND kind = 'group'", [userId, since])
+    return toSafeNumber(rows[0].n, 'COUNT(*)')
   }
 
   async conversationGetDirect (directKey: string): Promise<ConversationRecord | null> {
@@ -217,14 +304,64 @@ export class MySqlMetadataStore implements MetadataStore {
     return members.filter((m) => added.delete(keyOf(m))).map((m) => m.userId)
   }
 
-  async memberRemove (conversationId: string, userId: string): Promise<boolean> {
+  async memberListMany (conversationIds: readonly string[]): Promise<Map<string, MemberRecord[]>> {
+    const rows = await this.selectIn<MemberRow>(
+      `SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id IN (?) ORDER BY conversation_id, user_id`, conversationIds)
+    const byConversation = new Map<string, MemberRecord[]>()
+    for (const row of rows) {
+      const members = byConversation.get(row.conversation_id)
+      if (members === undefined) byConversation.set(row.conversation_id, [toMember(row)])
+      else members.push(toMember(row))
+    }
+    return byConversation
+  }
+
+  async memberCountMany (conversationIds: readonly string[]): Promise<Map<string, number>> {
+    const rows = await this.selectIn<ConversationCountRow>(
+      'SELECT conversation_id, COUNT(*) AS n FROM members WHERE conversation_id IN (?) GROUP BY conversation_id', conversationIds)
+    return new Map(rows.map((row) => [row.conversation_id, toSafeNumber(row.n, 'COUNT(*)')]))
+  }
+
+  async memberRemove (conversationId: string, userId: string, successor?: string): Promise<boolean> {
+    if (successor !== undefined) return await this.memberRemoveWithSuccessor(conversationId, userId, successor)
     const [result] = await this.pool.execute<ResultSetHeader>(
       'DELETE FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
     return result.affectedRows > 0
   }
 
+  /** The owner leaves and hands over: both rows change in one transaction, or neither. */
+  private async memberRemoveWithSuccessor (conversationId: string, userId: string, successor: string): Promise<boolean> {
+    if (successor === userId) return false
+    return await this.transaction(async (conn) => {
+      // Lock both rows before changing either: a concurrent removal of the successor then
+      // waits for this transaction or makes it find one row and change nothing.
+      const [rows] = await conn.query<UserIdRow[]>(
+        'SELECT user_id FROM members WHERE conversation_id = ? AND user_id IN (?) FOR UPDATE', [conversationId, [userId, successor]])
+      if (rows.length !== 2) return false
+      await conn.execute("UPDATE members SET role = 'owner' WHERE conversation_id = ? AND user_id = ?", [conversationId, successor])
+      await conn.execute('DELETE FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
+      return true
+    })
+  }
+
   async memberSetRole (conversationId: string, userId: string, role: Role): Promise<boolean> {
     return await this.update('UPDATE members SET role = ? WHERE conversation_id = ? AND user_id = ?', [role, conversationId, userId])
+  }
+
+  /**
+   * One statement, so it is atomic without a transaction. The self-join updates each of the two
+   * rows only if the other one exists: both change, or (one of them is not a member) neither.
+   */
+  async memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean> {
+    if (from === to) return false
+    const [result] = await this.pool.execute<ResultSetHeader>(
+      `UPDATE members AS m
+         JOIN members AS other ON other.conversation_id = m.conversation_id
+                              AND other.user_id = CASE m.user_id WHEN ? THEN ? ELSE ? END
+         SET m.role = CASE m.user_id WHEN ? THEN 'owner' ELSE 'admin' END
+         WHERE m.conversation_id = ? AND m.user_id IN (?, ?)`,
+      [from, to, from, to, conversationId, from, to])
+    return result.affectedRows === 2
   }
 
   async memberSetMuted (conversationId: string, userId: string, muted: boolean): Promise<boolean> {
@@ -246,6 +383,47 @@ export class MySqlMetadataStore implements MetadataStore {
     const [rows] = await this.pool.execute<MemberRow[]>(
       `SELECT ${MEMBER_COLUMNS} FROM members WHERE user_id = ? ORDER BY conversation_id`, [userId])
     return rows.map(toMember)
+  }
+
+  async memberPageByUser (userId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]> {
+    if (!pageWanted(page.limit)) return []
+    // idx_members_user holds (user_id, conversation_id): the page is one index range, read in
+    // conversation_id order (utf8mb4_bin: byte order).
+    const [rows] = page.after === null
+      ? await this.pool.query<MemberRow[]>(
+        `SELECT ${MEMBER_COLUMNS} FROM members WHERE user_id = ? ORDER BY conversation_id LIMIT ?`, [userId, page.limit])
+      : await this.pool.query<MemberRow[]>(
+        `SELECT ${MEMBER_COLUMNS} FROM members WHERE user_id = ? AND conversation_id > ? ORDER BY conversation_id LIMIT ?`,
+        [userId, page.after, page.limit])
+    return rows.map(toMember)
+  }
+
+  async memberCountByUser (userId: string): Promise<number> {
+    const [rows] = await this.pool.execute<CountRow[]>('SELECT COUNT(*) AS n FROM members WHERE user_id = ?', [userId])
+    return toSafeNumber(rows[0].n, 'COUNT(*)')
+  }
+
+  async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {
+    const rows = await this.selectIn<UserIdRow>(
+      `SELECT DISTINCT theirs.user_id FROM members AS mine
+         JOIN members AS theirs ON theirs.conversation_id = mine.conversation_id
+         WHERE mine.user_id = ? AND theirs.user_id IN (?)`, others, [userId])
+    return new Set(rows.map((row) => row.user_id))
+  }
+
+  /**
+   * Runs a SELECT whose last placeholder is an `IN (?)` list once per IN_CHUNK distinct ids and
+   * concatenates the rows; with no ids it runs nothing. `leading` fills the placeholders before
+   * the list. Each id is in exactly one chunk, so rows keyed by it are never repeated.
+   */
+  private async selectIn<Row extends RowDataPacket> (sql: string, ids: readonly string[], leading: string[] = []): Promise<Row[]> {
+    const rows: Row[] = []
+    for (const chunk of chunksOf([...new Set(ids)], IN_CHUNK)) {
+      // query, not execute: mysql2 expands an array into a quoted list only client-side.
+      const [found] = await this.pool.query<Row[]>(sql, [...leading, chunk])
+      rows.push(...found)
+    }
+    return rows
   }
 
   /** Runs an UPDATE; true if it matched a row. */
@@ -306,11 +484,21 @@ async function migrate (conn: PoolConnection): Promise<void> {
   const pending = [...MYSQL_MIGRATIONS].sort((a, b) => a.version - b.version).filter((m) => m.version > current)
   for (const migration of pending) {
     for (const statement of migration.statements) {
-      await conn.query(statement)
+      await runMigrationStatement(conn, statement)
     }
     await conn.query('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)',
       [migration.version, migration.name, Date.now()])
   }
+}
+
+/** Runs one statement of a migration; a guarded one only if its guard finds it not applied. */
+async function runMigrationStatement (conn: PoolConnection, statement: MysqlStatement): Promise<void> {
+  if (typeof statement === 'string') {
+    await conn.query(statement)
+    return
+  }
+  const [applied] = await conn.query<RowDataPacket[]>(statement.appliedIf.sql, statement.appliedIf.values)
+  if (applied.length === 0) await conn.query(statement.sql)
 }
 
 /**
@@ -368,6 +556,25 @@ function assertMembersOf (conversationId: string, members: MemberRecord[]): void
   }
 }
 
+function chunksOf<T> (items: T[], size: number): T[][] {
+  const chunks: T[][] = []
+  for (let start = 0; start < items.length; start += size) chunks.push(items.slice(start, start + size))
+  return chunks
+}
+
+/** Whether a page limit asks for any rows (0 or less: none); throws if it is not an integer. */
+function pageWanted (limit: number): boolean {
+  if (!Number.isSafeInteger(limit)) throw new RangeError(`page limit must be an integer, got ${String(limit)}`)
+  return limit > 0
+}
+
+/** A userChanges cursor: epoch milliseconds of the database clock, as a decimal string. */
+function parseChangeCursor (cursor: string): number {
+  const ms = /^\d{1,15}$/.test(cursor) ? Number(cursor) : NaN
+  if (!Number.isSafeInteger(ms)) throw new Error(`mysql metadata store: not a userChanges cursor: "${cursor}"`)
+  return ms
+}
+
 function keyOf (member: MemberRecord): string {
   return `${member.conversationId}\u0000${member.userId}`
 }
@@ -398,7 +605,8 @@ function toUser (row: UserRow): UserRecord {
     displayName: row.display_name,
     secretHash: row.secret_hash,
     disabled: row.disabled !== 0,
-    createdAt: toSafeNumber(row.created_at, 'users.created_at')
+    createdAt: toSafeNumber(row.created_at, 'users.created_at'),
+    groupInvites: row.group_invites
   }
 }
 

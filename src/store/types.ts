@@ -76,6 +76,8 @@ export interface MetadataStore {
    * was returned is reported by the next call with that cursor, also when it was made by another
    * process (the admin tool writing MySQL directly); changes shortly before it may be reported
    * again, so callers must be idempotent. Used to end the sessions of disabled accounts.
+   * Cursors are opaque and adapter-specific; a malformed one throws. Setting a field to the value
+   * it has is no change (MySQL does not move updated_at then).
    */
   userChanges (cursor: string | null): Promise<{ users: UserRecord[], cursor: string }>
 
@@ -86,7 +88,7 @@ export interface MetadataStore {
    */
   conversationCreate (conversation: ConversationRecord, members: MemberRecord[]): Promise<void>
   conversationGet (id: string): Promise<ConversationRecord | null>
-  /** Several conversations in one round trip; unknown ids are left out; no order. */
+  /** Several conversations in one round trip; unknown ids are left out, repeated ids answered once; no order. */
   conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]>
   /** Groups created by the user with createdAt >= since (the per-user creation quota). */
   conversationCountCreatedSince (userId: string, since: number): Promise<number>
@@ -122,11 +124,18 @@ export interface MetadataStore {
   memberAdvanceRead (conversationId: string, userId: string, seq: number): Promise<number | null>
   /** All memberships of one user (for listing conversations and authorizing). */
   memberListByUser (userId: string): Promise<MemberRecord[]>
-  /** One page of a user's memberships, by conversation id ascending, ids > `after` (null: from the start). */
+  /**
+   * One page of a user's memberships, by conversation id ascending, ids > `after` (null: from the
+   * start). The order is byte order (MySQL utf8mb4_bin), so 'B' < 'a'. A limit of 0 or less gives
+   * an empty page; a limit that is not an integer throws RangeError.
+   */
   memberPageByUser (userId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]>
   /** How many conversations the user is a member of. */
   memberCountByUser (userId: string): Promise<number>
-  /** Of `others`, those who share at least one conversation with `userId`. */
+  /**
+   * Of `others`, those who share at least one conversation with `userId`. userId itself counts
+   * when listed and a member of any conversation.
+   */
   memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>>
 }
 

@@ -303,6 +303,73 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       })
     })
 
+    describe('latestMany', () => {
+      /** The map as [conversationId, message] pairs sorted by id, for exact comparison. */
+      function entries (map: Map<string, StoredMessage>): Array<[string, StoredMessage]> {
+        return [...map.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      }
+
+      it('returns an empty map for no ids', async () => {
+        await store.insertBatch(messages('c1', 1, 2))
+        expect(await store.latestMany([])).toStrictEqual(new Map())
+      })
+
+      it('returns the latest message of each conversation that has one, every field exact', async () => {
+        const c1 = messages('c1', 1, 3)
+        const c2Last = message('c2', 9, { kind: 'custom', body: { $x: 1, 'a.b': [null, true] }, senderId: 'bob', replyTo: 3 })
+        await store.insertBatch([...c1, message('c2', 3), c2Last])
+        await store.insertBatch([message('c2', 5)])
+        await store.insertBatch([message('c3', 1, { body: 'only one' })])
+
+        expect(entries(await store.latestMany(['c1', 'c2', 'c3', 'unknown']))).toStrictEqual([
+          ['c1', c1[2]],
+          ['c2', c2Last],
+          ['c3', message('c3', 1, { body: 'only one' })]
+        ])
+        expect((await store.latestMany(['c2'])).get('c2')).toStrictEqual(await store.latest('c2'))
+      })
+
+      it('leaves out unknown conversations and answers each duplicate id once', async () => {
+        await store.insertBatch([message('c1', 1), message('c1', 2)])
+        const result = await store.latestMany(['nope', 'c1', 'c1', 'also-nope', 'c1'])
+        expect(entries(result)).toStrictEqual([['c1', message('c1', 2)]])
+        expect(await store.latestMany(['nope', 'nope'])).toStrictEqual(new Map())
+      })
+
+      it('does not confuse ids that are prefixes of each other or differ in case', async () => {
+        await store.insertBatch([message('c', 1), message('c1', 1), message('c1', 2), message('c10', 1), message('C1', 1), message('C1', 2), message('C1', 3)])
+        const result = await store.latestMany(['c', 'c1', 'c10', 'C1', 'c100'])
+        expect([...result.keys()].sort()).toStrictEqual(['C1', 'c', 'c1', 'c10'])
+        expect(result.get('c')?.seq).toBe(1)
+        expect(result.get('c1')?.seq).toBe(2)
+        expect(result.get('c10')?.seq).toBe(1)
+        expect(result.get('C1')?.seq).toBe(3)
+      })
+
+      it('answers 2,500+ ids, most of them unknown and some repeated far apart', async () => {
+        const known = ['k0', 'k1', 'k2', 'k3', 'k4']
+        for (const [i, id] of known.entries()) await store.insertBatch(messages(id, 1, i + 1))
+        const ids = Array.from({ length: 2600 }, (_, i) => `x${i}`)
+        ids[0] = 'k0'
+        ids[999] = 'k1'
+        ids[1000] = 'k2'
+        ids[1001] = 'k0'
+        ids[2000] = 'k3'
+        ids[2599] = 'k4'
+        ids[2598] = 'k1'
+        const result = await store.latestMany(ids)
+        expect([...result.keys()].sort()).toStrictEqual(known)
+        for (const [i, id] of known.entries()) expect(result.get(id)).toStrictEqual(message(id, i + 1))
+      })
+
+      it('returns copies', async () => {
+        await store.insertBatch([message('c1', 1, { kind: 'custom', body: { list: [1] } })])
+        const first = await store.latestMany(['c1']);
+        (first.get('c1')?.body as { list: number[] }).list.push(2)
+        expect((await store.latestMany(['c1'])).get('c1')?.body).toStrictEqual({ list: [1] })
+      })
+    })
+
     describe('isolation', () => {
       it('keeps conversations apart', async () => {
         const inC1 = message('c1', 1, { body: 'in c1' })

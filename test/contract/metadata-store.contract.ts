@@ -23,7 +23,7 @@ export interface MetadataStoreFixture {
 const T0 = 1_700_000_000_123
 
 function user (id: string, overrides: Partial<UserRecord> = {}): UserRecord {
-  return { id, kind: 'user', displayName: `User ${id}`, secretHash: `hash-of-${id}`, disabled: false, createdAt: T0, ...overrides }
+  return { id, kind: 'user', displayName: `User ${id}`, secretHash: `hash-of-${id}`, disabled: false, createdAt: T0, groupInvites: 'anyone', ...overrides }
 }
 
 function group (id: string, overrides: Partial<ConversationRecord> = {}): ConversationRecord {
@@ -44,6 +44,23 @@ function byUserId (members: MemberRecord[]): MemberRecord[] {
 
 function byConversationId (members: MemberRecord[]): MemberRecord[] {
   return [...members].sort((a, b) => a.conversationId.localeCompare(b.conversationId))
+}
+
+/** utf8mb4_bin order: UTF-8 bytes, so 'B' < 'a' and '-' < '0' < 'A' < '_' < 'a'. */
+function byteOrder (a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b))
+}
+
+/** A map's entries sorted by key (byte order), for exact comparison. */
+function entries<V> (map: Map<string, V>): Array<[string, V]> {
+  return [...map.entries()].sort(([a], [b]) => byteOrder(a, b))
+}
+
+/** `count` ids none of which exist, with `known` placed at the given indexes (duplicates allowed). */
+function manyIds (count: number, known: Array<[number, string]>): string[] {
+  const ids = Array.from({ length: count }, (_, i) => `unknown-${i}`)
+  for (const [index, id] of known) ids[index] = id
+  return ids
 }
 
 export function describeMetadataStore (name: string, factory: () => Promise<MetadataStoreFixture>): void {
@@ -103,6 +120,25 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(await store.userSetDisabled('alice', false)).toBe(true)
         expect((await store.userGet('alice'))?.disabled).toBe(false)
         expect(await store.userSetDisabled('nobody', true)).toBe(false)
+        expect(await store.userGet('nobody')).toBeNull()
+      })
+
+      test('groupInvites round-trips and defaults to nothing but what was given', async () => {
+        await store.userCreate(user('alice', { groupInvites: 'contacts' }))
+        await store.userCreate(user('bob'))
+        expect(await store.userGet('alice')).toStrictEqual(user('alice', { groupInvites: 'contacts' }))
+        expect((await store.userGet('bob'))?.groupInvites).toBe('anyone')
+        expect((await store.userList()).map((u) => u.groupInvites).sort()).toStrictEqual(['anyone', 'contacts'])
+      })
+
+      test('userSetGroupInvites changes the setting and reports unknown users', async () => {
+        await store.userCreate(user('alice'))
+        expect(await store.userSetGroupInvites('alice', 'contacts')).toBe(true)
+        expect(await store.userGet('alice')).toStrictEqual(user('alice', { groupInvites: 'contacts' }))
+        expect(await store.userSetGroupInvites('alice', 'contacts')).toBe(true)
+        expect(await store.userSetGroupInvites('alice', 'anyone')).toBe(true)
+        expect(await store.userGet('alice')).toStrictEqual(user('alice'))
+        expect(await store.userSetGroupInvites('nobody', 'contacts')).toBe(false)
         expect(await store.userGet('nobody')).toBeNull()
       })
 
@@ -319,6 +355,362 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         ])
         expect(await store.memberListByUser('bob')).toStrictEqual([member('g2', 'bob')])
         expect(await store.memberListByUser('nobody')).toStrictEqual([])
+      })
+    })
+
+    describe('userChanges', () => {
+      /** The ids reported, each user checked against its current record. */
+      async function reported (users: UserRecord[]): Promise<string[]> {
+        for (const u of users) expect(u).toStrictEqual(await store.userGet(u.id))
+        return users.map((u) => u.id)
+      }
+
+      test('null starts now: no users, just a cursor', async () => {
+        await store.userCreate(user('alice'))
+        const first = await store.userChanges(null)
+        expect(first.users).toStrictEqual([])
+        expect(typeof first.cursor).toBe('string')
+      })
+
+      test('reports every kind of change made after the cursor, with the record as it is now', async () => {
+        for (const id of ['alice', 'bob', 'carol', 'dave']) await store.userCreate(user(id))
+        const { cursor } = await store.userChanges(null)
+
+        await store.userSetDisabled('alice', true)
+        await store.userSetSecret('bob', 'new-hash')
+        await store.userSetGroupInvites('carol', 'contacts')
+        await store.userCreate(user('erin', { kind: 'bot' }))
+        const changes = await store.userChanges(cursor)
+
+        expect(await reported(changes.users)).toEqual(expect.arrayContaining(['alice', 'bob', 'carol', 'erin']))
+        expect(new Set(changes.users.map((u) => u.id)).size).toBe(changes.users.length)
+        expect(changes.users.find((u) => u.id === 'alice')?.disabled).toBe(true)
+        expect(typeof changes.cursor).toBe('string')
+      })
+
+      test('a change made after each returned cursor is reported by the next call', async () => {
+        await store.userCreate(user('alice'))
+        let { cursor } = await store.userChanges(null)
+        for (let round = 0; round < 6; round++) {
+          await store.userSetDisabled('alice', round % 2 === 0)
+          const changes = await store.userChanges(cursor)
+          expect(await reported(changes.users)).toContain('alice')
+          expect(changes.users.find((u) => u.id === 'alice')?.disabled).toBe(round % 2 === 0)
+          cursor = changes.cursor
+        }
+      })
+
+      test('a cursor can be used again: it reports the same change again', async () => {
+        await store.userCreate(user('alice'))
+        const { cursor } = await store.userChanges(null)
+        await store.userSetSecret('alice', 'rotated')
+        expect(await reported((await store.userChanges(cursor)).users)).toContain('alice')
+        expect(await reported((await store.userChanges(cursor)).users)).toContain('alice')
+      })
+
+      test('a malformed cursor is rejected', async () => {
+        await expect(store.userChanges('not a cursor')).rejects.toThrow(/cursor/)
+      })
+    })
+
+    describe('batched conversation reads', () => {
+      test('conversationGetMany returns the known conversations once each, ids compared exactly', async () => {
+        await store.conversationCreate(group('g1'), [])
+        await store.conversationCreate(group('AbC'), [])
+        await store.conversationCreate(group('abc'), [])
+        await store.conversationCreate(direct('d1', 'alice', 'bob'), [])
+
+        const got = await store.conversationGetMany(['abc', 'g1', 'nope', 'g1', 'AbC', 'ABC', 'd1', 'abc'])
+        expect([...got].sort((a, b) => byteOrder(a.id, b.id))).toStrictEqual([group('AbC'), group('abc'), direct('d1', 'alice', 'bob'), group('g1')])
+        expect(await store.conversationGetMany([])).toStrictEqual([])
+        expect(await store.conversationGetMany(['nope', 'nope'])).toStrictEqual([])
+      })
+
+      test('conversationGetMany answers 2,500+ ids, known ones repeated across chunks', async () => {
+        for (const id of ['k0', 'k1', 'k2']) await store.conversationCreate(group(id), [])
+        const ids = manyIds(2600, [[0, 'k0'], [999, 'k1'], [1000, 'k2'], [1001, 'k0'], [2000, 'k1'], [2599, 'k2']])
+        const got = await store.conversationGetMany(ids)
+        expect([...got].sort((a, b) => byteOrder(a.id, b.id))).toStrictEqual([group('k0'), group('k1'), group('k2')])
+      })
+
+      test('conversationGetMany returns copies', async () => {
+        await store.conversationCreate(group('g1'), [])
+        const [got] = await store.conversationGetMany(['g1'])
+        got.name = 'changed'
+        expect(await store.conversationGetMany(['g1'])).toStrictEqual([group('g1')])
+      })
+
+      test('conversationCountCreatedSince counts the groups a user created at or after a time', async () => {
+        await store.conversationCreate(group('g1', { createdAt: T0 }), [])
+        await store.conversationCreate(group('g2', { createdAt: T0 + 10 }), [])
+        await store.conversationCreate(group('g3', { createdAt: T0 + 20 }), [])
+        await store.conversationCreate(group('g4', { createdAt: T0 + 20, createdBy: 'bob' }), [])
+        await store.conversationCreate(direct('d1', 'alice', 'carol'), []) // created by alice at T0 + 2: not a group
+
+        expect(await store.conversationCountCreatedSince('alice', 0)).toBe(3)
+        expect(await store.conversationCountCreatedSince('alice', T0)).toBe(3)
+        expect(await store.conversationCountCreatedSince('alice', T0 + 1)).toBe(2)
+        expect(await store.conversationCountCreatedSince('alice', T0 + 10)).toBe(2)
+        expect(await store.conversationCountCreatedSince('alice', T0 + 20)).toBe(1)
+        expect(await store.conversationCountCreatedSince('alice', T0 + 21)).toBe(0)
+        expect(await store.conversationCountCreatedSince('bob', 0)).toBe(1)
+        expect(await store.conversationCountCreatedSince('Alice', 0)).toBe(0)
+        expect(await store.conversationCountCreatedSince('nobody', 0)).toBe(0)
+      })
+    })
+
+    describe('batched member reads', () => {
+      beforeEach(async () => {
+        await store.conversationCreate(group('g1'), [member('g1', 'bob'), member('g1', 'alice', { role: 'owner', readSeq: 4 })])
+        await store.conversationCreate(group('g2'), [member('g2', 'carol', { muted: true })])
+        await store.conversationCreate(group('empty'), [])
+      })
+
+      test('memberListMany lists the members of each conversation that has any', async () => {
+        const lists = await store.memberListMany(['g2', 'g1', 'empty', 'nope', 'g1'])
+        expect(entries(lists).map(([id, members]) => [id, byUserId(members)])).toStrictEqual([
+          ['g1', [member('g1', 'alice', { role: 'owner', readSeq: 4 }), member('g1', 'bob')]],
+          ['g2', [member('g2', 'carol', { muted: true })]]
+        ])
+        expect(await store.memberListMany([])).toStrictEqual(new Map())
+        expect(await store.memberListMany(['empty', 'nope'])).toStrictEqual(new Map())
+      })
+
+      test('memberCountMany counts the members of each conversation that has any', async () => {
+        expect(entries(await store.memberCountMany(['g2', 'g1', 'empty', 'nope', 'g2']))).toStrictEqual([['g1', 2], ['g2', 1]])
+        expect(await store.memberCountMany([])).toStrictEqual(new Map())
+        expect(await store.memberCountMany(['empty'])).toStrictEqual(new Map())
+        await store.memberRemove('g2', 'carol')
+        expect(await store.memberCountMany(['g2'])).toStrictEqual(new Map())
+      })
+
+      test('memberListMany and memberCountMany answer 2,500+ ids, known ones repeated across chunks', async () => {
+        const ids = manyIds(2700, [[0, 'g1'], [999, 'g2'], [1000, 'g1'], [1999, 'g2'], [2000, 'empty'], [2699, 'g1']])
+        const lists = await store.memberListMany(ids)
+        expect([...lists.keys()].sort()).toStrictEqual(['g1', 'g2'])
+        expect(lists.get('g1')?.map((m) => m.userId).sort()).toStrictEqual(['alice', 'bob'])
+        expect(lists.get('g2')).toStrictEqual([member('g2', 'carol', { muted: true })])
+        expect(entries(await store.memberCountMany(ids))).toStrictEqual([['g1', 2], ['g2', 1]])
+      })
+
+      test('memberListMany returns copies', async () => {
+        const lists = await store.memberListMany(['g2'])
+        const carol = lists.get('g2')?.[0]
+        if (carol === undefined) throw new Error('carol missing')
+        carol.role = 'owner'
+        expect(await store.memberGet('g2', 'carol')).toStrictEqual(member('g2', 'carol', { muted: true }))
+      })
+    })
+
+    describe('ownership changes are all or nothing', () => {
+      const owner = member('g1', 'alice', { role: 'owner', readSeq: 4 })
+      const admin = member('g1', 'bob', { role: 'admin' })
+      const plain = member('g1', 'carol')
+
+      beforeEach(async () => {
+        await store.conversationCreate(group('g1'), [owner, admin, plain])
+        await store.conversationCreate(group('g2'), [member('g2', 'dave', { role: 'owner' })])
+      })
+
+      /** Asserts that g1 still has exactly its initial members. */
+      async function unchanged (): Promise<void> {
+        expect(byUserId(await store.memberList('g1'))).toStrictEqual([owner, admin, plain])
+      }
+
+      test('memberRemove with a successor removes the member and makes the successor the owner', async () => {
+        expect(await store.memberRemove('g1', 'alice', 'carol')).toBe(true)
+        expect(byUserId(await store.memberList('g1'))).toStrictEqual([admin, member('g1', 'carol', { role: 'owner' })])
+        expect(await store.memberGet('g1', 'alice')).toBeNull()
+        expect(await store.memberListByUser('alice')).toStrictEqual([])
+        expect(await store.memberCountByUser('alice')).toBe(0)
+      })
+
+      test('memberRemove with a successor who is not a member returns false and changes nothing', async () => {
+        expect(await store.memberRemove('g1', 'alice', 'mallory')).toBe(false)
+        expect(await store.memberRemove('g1', 'alice', 'dave')).toBe(false) // a member of another conversation
+        await unchanged()
+        expect(await store.memberGet('g1', 'mallory')).toBeNull()
+      })
+
+      test('memberRemove with a successor, of a user who is not a member, returns false and changes nothing', async () => {
+        expect(await store.memberRemove('g1', 'mallory', 'carol')).toBe(false)
+        expect(await store.memberRemove('g1', 'dave', 'carol')).toBe(false)
+        expect(await store.memberRemove('nope', 'alice', 'carol')).toBe(false)
+        await unchanged()
+        expect(await store.memberGet('g2', 'dave')).toStrictEqual(member('g2', 'dave', { role: 'owner' }))
+      })
+
+      test('memberRemove with the member as its own successor returns false and changes nothing', async () => {
+        expect(await store.memberRemove('g1', 'alice', 'alice')).toBe(false)
+        await unchanged()
+      })
+
+      test('concurrent owner leaves with different successors: exactly one happens', async () => {
+        const outcomes = await Promise.all([
+          store.memberRemove('g1', 'alice', 'bob'),
+          store.memberRemove('g1', 'alice', 'carol')
+        ])
+        expect(outcomes.filter((ok) => ok)).toHaveLength(1)
+        const roles = (await store.memberList('g1')).map((m) => m.role).sort()
+        expect(roles).toStrictEqual(outcomes[0] ? ['member', 'owner'] : ['admin', 'owner'])
+        expect(await store.memberGet('g1', 'alice')).toBeNull()
+      })
+
+      test('memberTransferOwnership makes `to` the owner and `from` an admin', async () => {
+        expect(await store.memberTransferOwnership('g1', 'alice', 'carol')).toBe(true)
+        expect(byUserId(await store.memberList('g1'))).toStrictEqual([
+          member('g1', 'alice', { role: 'admin', readSeq: 4 }),
+          admin,
+          member('g1', 'carol', { role: 'owner' })
+        ])
+        expect(await store.memberTransferOwnership('g1', 'carol', 'bob')).toBe(true)
+        expect((await store.memberList('g1')).map((m) => [m.userId, m.role]).sort()).toStrictEqual([
+          ['alice', 'admin'], ['bob', 'owner'], ['carol', 'admin']
+        ])
+      })
+
+      test('memberTransferOwnership returns false and changes nothing unless both are members and differ', async () => {
+        expect(await store.memberTransferOwnership('g1', 'alice', 'mallory')).toBe(false)
+        expect(await store.memberTransferOwnership('g1', 'alice', 'dave')).toBe(false)
+        expect(await store.memberTransferOwnership('g1', 'mallory', 'carol')).toBe(false)
+        expect(await store.memberTransferOwnership('g1', 'dave', 'carol')).toBe(false)
+        expect(await store.memberTransferOwnership('g1', 'alice', 'alice')).toBe(false)
+        expect(await store.memberTransferOwnership('g1', 'carol', 'carol')).toBe(false)
+        expect(await store.memberTransferOwnership('nope', 'alice', 'carol')).toBe(false)
+        await unchanged()
+        expect(await store.memberGet('g2', 'dave')).toStrictEqual(member('g2', 'dave', { role: 'owner' }))
+      })
+
+      test('memberTransferOwnership after the new owner left changes nothing', async () => {
+        expect(await store.memberRemove('g1', 'carol')).toBe(true)
+        expect(await store.memberTransferOwnership('g1', 'alice', 'carol')).toBe(false)
+        expect(byUserId(await store.memberList('g1'))).toStrictEqual([owner, admin])
+      })
+    })
+
+    describe('memberships by user', () => {
+      // Ids that sort differently byte-wise (utf8mb4_bin) and locale-wise: 'B' < 'a', '-' < '0',
+      // '_' between 'Z' and 'a'; and the longest valid id.
+      const ids = ['a', 'B', 'b', 'Z', '_', '-', '0', '9', 'A', 'aB', 'ab', 'a-b', 'a_b', 'zz', 'Z'.repeat(40), 'a0']
+      const ordered = [...ids].sort(byteOrder)
+
+      beforeEach(async () => {
+        for (const [i, id] of ids.entries()) {
+          await store.conversationCreate(group(id), [member(id, 'alice', { readSeq: i }), ...(i % 3 === 0 ? [member(id, 'bob')] : [])])
+        }
+      })
+
+      test('the expected order is byte order, not locale order', () => {
+        expect(ordered.indexOf('B')).toBeLessThan(ordered.indexOf('a'))
+        expect(ordered.indexOf('-')).toBeLessThan(ordered.indexOf('0'))
+        expect(ordered.indexOf('Z' + 'Z'.repeat(39))).toBeLessThan(ordered.indexOf('_'))
+        expect(ordered.indexOf('_')).toBeLessThan(ordered.indexOf('a'))
+        expect(ordered).not.toStrictEqual([...ids].sort((x, y) => x.localeCompare(y)))
+      })
+
+      test('memberPageByUser pages by conversation id in byte order, one at a time', async () => {
+        const seen: MemberRecord[] = []
+        let after: string | null = null
+        for (;;) {
+          const page: MemberRecord[] = await store.memberPageByUser('alice', { after, limit: 1 })
+          if (page.length === 0) break
+          expect(page).toHaveLength(1)
+          seen.push(...page)
+          after = page[0].conversationId
+        }
+        expect(seen.map((m) => m.conversationId)).toStrictEqual(ordered)
+        expect(seen).toStrictEqual(ordered.map((id) => member(id, 'alice', { readSeq: ids.indexOf(id) })))
+      })
+
+      test('memberPageByUser with larger pages covers everything once', async () => {
+        for (const limit of [3, 5, ids.length, ids.length + 1, 1000]) {
+          const seen: string[] = []
+          let after: string | null = null
+          for (;;) {
+            const page: MemberRecord[] = await store.memberPageByUser('alice', { after, limit })
+            expect(page.length).toBeLessThanOrEqual(limit)
+            seen.push(...page.map((m) => m.conversationId))
+            if (page.length < limit) break
+            after = page[page.length - 1].conversationId
+          }
+          expect(seen).toStrictEqual(ordered)
+        }
+      })
+
+      test('memberPageByUser edge cases: after the last id, after an id that is no membership, limit 0', async () => {
+        expect(await store.memberPageByUser('alice', { after: ordered[ordered.length - 1], limit: 10 })).toStrictEqual([])
+        expect((await store.memberPageByUser('alice', { after: ordered[ordered.length - 2], limit: 10 })).map((m) => m.conversationId))
+          .toStrictEqual([ordered[ordered.length - 1]])
+        // 'AA' is no conversation: the page starts at the next id in byte order.
+        expect((await store.memberPageByUser('alice', { after: 'AA', limit: 2 })).map((m) => m.conversationId))
+          .toStrictEqual(ordered.filter((id) => byteOrder(id, 'AA') > 0).slice(0, 2))
+        expect((await store.memberPageByUser('alice', { after: 'C', limit: 1 }))[0].conversationId).toBe('Z')
+        expect((await store.memberPageByUser('alice', { after: '', limit: 1 }))[0].conversationId).toBe(ordered[0])
+        expect(await store.memberPageByUser('alice', { after: null, limit: 0 })).toStrictEqual([])
+        expect(await store.memberPageByUser('nobody', { after: null, limit: 10 })).toStrictEqual([])
+        await expect(store.memberPageByUser('alice', { after: null, limit: 1.5 })).rejects.toThrow(RangeError)
+      })
+
+      test('memberPageByUser keeps byte order beyond ASCII too (ids the protocol never makes)', async () => {
+        // UTF-16 code-unit order would put U+FFFD after the emoji (a surrogate pair); bytes do not.
+        const unusual = ['\uFFFD', '😀', 'é', 'z~', 'Ω']
+        for (const id of unusual) await store.conversationCreate(group(id), [member(id, 'zed')])
+        const page = await store.memberPageByUser('zed', { after: null, limit: 10 })
+        expect(page.map((m) => m.conversationId)).toStrictEqual([...unusual].sort(byteOrder))
+        expect((await store.memberPageByUser('zed', { after: 'é', limit: 10 })).map((m) => m.conversationId))
+          .toStrictEqual(unusual.filter((id) => byteOrder(id, 'é') > 0).sort(byteOrder))
+      })
+
+      test('memberPageByUser lists only the user\'s own memberships', async () => {
+        const bobs = ids.filter((_, i) => i % 3 === 0).sort(byteOrder)
+        const page = await store.memberPageByUser('bob', { after: null, limit: 100 })
+        expect(page).toStrictEqual(bobs.map((id) => member(id, 'bob')))
+      })
+
+      test('memberCountByUser counts memberships', async () => {
+        expect(await store.memberCountByUser('alice')).toBe(ids.length)
+        expect(await store.memberCountByUser('bob')).toBe(ids.filter((_, i) => i % 3 === 0).length)
+        expect(await store.memberCountByUser('nobody')).toBe(0)
+        expect(await store.memberCountByUser('Alice')).toBe(0)
+        await store.memberRemove('a', 'alice')
+        expect(await store.memberCountByUser('alice')).toBe(ids.length - 1)
+      })
+    })
+
+    describe('memberSharedWith', () => {
+      beforeEach(async () => {
+        await store.conversationCreate(group('g1'), [member('g1', 'alice', { role: 'owner' }), member('g1', 'bob'), member('g1', 'carol')])
+        await store.conversationCreate(direct('d1', 'alice', 'dave'), [member('d1', 'alice'), member('d1', 'dave')])
+        await store.conversationCreate(group('g2'), [member('g2', 'bob'), member('g2', 'erin')])
+        await store.conversationCreate(group('g3'), [member('g3', 'frank')])
+      })
+
+      test('returns those of the others who share a conversation with the user', async () => {
+        expect(await store.memberSharedWith('alice', ['bob', 'dave', 'erin', 'frank', 'nobody', 'bob', 'Bob'])).toStrictEqual(new Set(['bob', 'dave']))
+        expect(await store.memberSharedWith('erin', ['alice', 'bob', 'carol'])).toStrictEqual(new Set(['bob']))
+        expect(await store.memberSharedWith('frank', ['alice', 'bob'])).toStrictEqual(new Set())
+        expect(await store.memberSharedWith('nobody', ['alice', 'bob'])).toStrictEqual(new Set())
+      })
+
+      test('returns nothing for no others', async () => {
+        expect(await store.memberSharedWith('alice', [])).toStrictEqual(new Set())
+      })
+
+      test('includes the user itself when asked and it is a member of any conversation', async () => {
+        expect(await store.memberSharedWith('alice', ['alice'])).toStrictEqual(new Set(['alice']))
+        expect(await store.memberSharedWith('nobody', ['nobody'])).toStrictEqual(new Set())
+      })
+
+      test('follows membership changes', async () => {
+        await store.memberRemove('d1', 'dave')
+        expect(await store.memberSharedWith('alice', ['dave', 'bob'])).toStrictEqual(new Set(['bob']))
+        await store.memberAdd([member('g1', 'frank')])
+        expect(await store.memberSharedWith('alice', ['frank'])).toStrictEqual(new Set(['frank']))
+      })
+
+      test('answers 2,500+ others, the shared ones repeated across chunks', async () => {
+        const others = manyIds(2600, [[0, 'bob'], [999, 'dave'], [1000, 'erin'], [1001, 'bob'], [2000, 'carol'], [2599, 'dave']])
+        expect(await store.memberSharedWith('alice', others)).toStrictEqual(new Set(['bob', 'carol', 'dave']))
       })
     })
 

@@ -91,6 +91,11 @@ export class FaultyMessageStore implements MessageStore {
     return await this.inner.latest(conversationId)
   }
 
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+    this.check('latestMany')
+    return await this.inner.latestMany(conversationIds)
+  }
+
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     this.check('range')
     return await this.inner.range(conversationId, query)

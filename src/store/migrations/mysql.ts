@@ -3,21 +3,57 @@
  *
  * Rules for adding a migration:
  * - append to MYSQL_MIGRATIONS with the next version; never edit or reorder an applied one;
- * - DDL commits implicitly in MySQL, so write each statement to be safe to re-run
- *   (IF NOT EXISTS / IF EXISTS): a crash between a statement and the version record
- *   makes the next start-up run the whole migration again.
+ * - DDL commits implicitly in MySQL, so write each statement to be safe to re-run: a crash
+ *   between a statement and the version record makes the next start-up run the whole
+ *   migration again. CREATE TABLE has IF NOT EXISTS everywhere. ALTER TABLE ... ADD COLUMN /
+ *   ADD INDEX IF NOT EXISTS exist in MariaDB only, not in MySQL 8: use addColumn() and
+ *   addIndex(), which skip the statement when information_schema shows it applied.
  *
  * Ids use utf8mb4_bin so that they compare byte for byte (case-sensitive), like the
- * in-memory adapter. Timestamps are epoch milliseconds in BIGINT columns.
+ * in-memory adapter. Timestamps are epoch milliseconds in BIGINT columns, except
+ * users.updated_at: a DATETIME(3) in UTC that the server sets itself (see metadata-mysql.ts).
  */
+
+/**
+ * A statement that is skipped when `appliedIf` (a query) returns a row: how DDL without an
+ * IF NOT EXISTS form is made safe to re-run.
+ */
+export interface GuardedStatement {
+  sql: string
+  appliedIf: { sql: string, values: string[] }
+}
+
+export type MysqlStatement = string | GuardedStatement
 
 export interface MysqlMigration {
   version: number
   name: string
-  statements: string[]
+  statements: MysqlStatement[]
 }
 
 const TABLE_OPTIONS = 'ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin'
+
+/** ALTER TABLE `table` ADD COLUMN `column` definition, unless the column exists. */
+function addColumn (table: string, column: string, definition: string): GuardedStatement {
+  return {
+    sql: `ALTER TABLE \`${table}\` ADD COLUMN \`${column}\` ${definition}`,
+    appliedIf: {
+      sql: 'SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?',
+      values: [table, column]
+    }
+  }
+}
+
+/** ALTER TABLE `table` ADD INDEX `index` (columns), unless an index of that name exists. */
+function addIndex (table: string, index: string, columns: string[]): GuardedStatement {
+  return {
+    sql: `ALTER TABLE \`${table}\` ADD INDEX \`${index}\` (${columns.map((c) => `\`${c}\``).join(', ')})`,
+    appliedIf: {
+      sql: 'SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ? LIMIT 1',
+      values: [table, index]
+    }
+  }
+}
 
 export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
   {
@@ -53,6 +89,19 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
         PRIMARY KEY (conversation_id, user_id),
         KEY idx_members_user (user_id)
       ) ${TABLE_OPTIONS}`
+    ]
+  },
+  {
+    version: 2,
+    name: 'users.group_invites, users.updated_at (change feed), conversations by creator',
+    statements: [
+      addColumn('users', 'group_invites', "ENUM('anyone', 'contacts') NOT NULL DEFAULT 'anyone'"),
+      // Set by the server on every change of the row, by whichever process makes it, from the
+      // database clock: userChanges() polls it. Existing rows get the time of the migration.
+      addColumn('users', 'updated_at', 'DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3)'),
+      addIndex('users', 'idx_users_updated_at', ['updated_at']),
+      // conversationCountCreatedSince: the per-user group-creation quota.
+      addIndex('conversations', 'idx_conversations_created_by', ['created_by', 'created_at'])
     ]
   }
 ]
