@@ -29,8 +29,18 @@ export const ConfigSchema = z.object({
   host: z.string().min(1),
   /** MQTT over TCP. 0 = pick a free port. */
   mqtt: z.object({ port }).strict(),
-  /** HTTP: MQTT over WebSocket at /mqtt, /healthz, and the loopback-only admin API at /admin. */
-  http: z.object({ port }).strict(),
+  /** HTTP: the chat page, MQTT over WebSocket at /mqtt, /healthz, and the loopback-only admin API at /admin. */
+  http: z.object({
+    port,
+    /** A request must arrive whole (headers and body) within this time; also the idle time of a socket before its first request. */
+    requestTimeoutMs: z.number().int().min(100).max(600_000),
+    /** An idle keep-alive socket (between requests) is closed after this time. */
+    keepAliveTimeoutMs: z.number().int().min(100).max(600_000),
+    /** Largest request body (admin API JSON). */
+    bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024),
+    /** Largest total size of the request line and headers. */
+    maxHeaderBytes: z.number().int().min(1024).max(1024 * 1024)
+  }).strict(),
   /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
   tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
     .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
@@ -53,21 +63,64 @@ export const ConfigSchema = z.object({
         maxSessionDelivery: z.number().int().min(1).default(1000)
       }).strict()
     ]),
-    /** Disconnect a client whose socket does not drain within this time (Aedes drainTimeout). */
+    /** A connection that has had bytes waiting to be written for this long (its reader stopped) is disconnected. */
     drainTimeoutMs: z.number().int().min(100),
-    /** Aedes/mqemitter in-flight message slots. */
-    concurrency: z.number().int().min(1),
+    /** A new connection must send CONNECT within this time. */
     connectTimeoutMs: z.number().int().min(100)
   }).strict(),
   limits: z.object({
-    /** Largest accepted request payload in bytes (default 64 KiB). */
+    /** Largest accepted request payload in bytes (default 64 KiB); larger ones get TOO_LARGE. */
     maxPayloadBytes: z.number().int().min(256).max(16 * 1024 * 1024),
-    /** Largest history page; larger requests are clamped. */
+    /** Largest MQTT packet after CONNECT, checked from its length field before it is buffered; larger ones close the connection. */
+    maxPacketBytes: z.number().int().min(1024).max(64 * 1024 * 1024),
+    /** Largest first packet (CONNECT) of a connection. */
+    maxConnectPacketBytes: z.number().int().min(256).max(1024 * 1024),
+    /** Deepest nesting of arrays and objects in a request (BAD_REQUEST beyond). */
+    maxJsonDepth: z.number().int().min(2).max(1000),
+    /** Largest history page in messages; larger requests are clamped. */
     historyPageMax: z.number().int().min(1).max(10000),
+    /** A history or list page stops before its reply reaches this many bytes (one message or conversation at least). */
+    pageBytes: z.number().int().min(1024),
+    /** Largest list page in conversations; larger requests are clamped. */
+    listPageMax: z.number().int().min(1).max(10000),
     groupMembersMax: z.number().int().min(2),
-    /** Token bucket per connection: sustained requests per second and burst size. */
+    /** Conversations one user may belong to; joining more is refused with LIMIT_REACHED. */
+    conversationsPerUser: z.number().int().min(1),
+    /** Groups one user may create per rolling hour (RATE_LIMITED beyond). */
+    groupsCreatedPerHour: z.number().int().min(1),
+    /** Token bucket per user, across all of the user's connections (and nodes): sustained requests per second. */
     requestsPerSecond: z.number().positive(),
-    requestBurst: z.number().int().min(1)
+    /** Token bucket size per user (burst). */
+    requestBurst: z.number().int().min(1),
+    /** Subscription filters one connection may hold (SUBACK 0x80 beyond). */
+    subscriptionsPerConnection: z.number().int().min(1).max(100_000),
+    /** Open connections per user on one node (CONNACK 3 beyond). */
+    connectionsPerUser: z.number().int().min(1),
+    /** Open sockets (MQTT over TCP/TLS, HTTP and WebSocket) per source address (closed at once beyond). */
+    connectionsPerAddress: z.number().int().min(1),
+    /** Bytes waiting to be written to one connection; a connection beyond it (its reader is too slow) is disconnected. */
+    outboundBufferBytes: z.number().int().min(64 * 1024),
+    /** Embedded broker: queued messages kept per offline persistent session (newer ones are not queued; clients sync by seq). */
+    sessionQueueMessages: z.number().int().min(1),
+    /** Embedded broker: queued payload bytes kept per offline persistent session. */
+    sessionQueueBytes: z.number().int().min(64 * 1024)
+  }).strict()
+    .refine(l => l.maxPacketBytes >= l.maxPayloadBytes + 1024, { message: 'must be at least maxPayloadBytes + 1024', path: ['maxPacketBytes'] })
+    // a whole page (a reply) plus a packet must fit in what may wait for one connection
+    .refine(l => l.outboundBufferBytes >= l.pageBytes + 2 * l.maxPacketBytes, { message: 'must be at least pageBytes + 2 * maxPacketBytes', path: ['outboundBufferBytes'] }),
+  auth: z.object({
+    /** Password hashes (scrypt) computed at once; the rest wait in line. */
+    maxConcurrentHashes: z.number().int().min(1).max(64),
+    /** Logins waiting for a hash; beyond it a login gets CONNACK 3 at once. */
+    maxQueuedLogins: z.number().int().min(0),
+    /** Failed logins of one user id or one source address before backoff starts. */
+    failuresBeforeBackoff: z.number().int().min(1),
+    /** First backoff after too many failures; doubles with each further failure. */
+    backoffBaseMs: z.number().int().min(1),
+    /** Longest backoff. */
+    backoffMaxMs: z.number().int().min(1),
+    /** How often the server looks for accounts disabled or reset in the metadata store by someone else. */
+    revocationPollMs: z.number().int().min(100)
   }).strict(),
   sequencer: z.object({
     /** Group commit: at most this many messages per MongoDB insert. */

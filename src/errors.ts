@@ -12,6 +12,8 @@ export const ERROR_CODES = {
   NOT_FOUND: 'no such user or conversation',
   CONFLICT: 'the operation conflicts with the current state',
   RATE_LIMITED: 'too many requests; slow down and retry',
+  REFUSED: "a user's settings do not allow this",
+  LIMIT_REACHED: 'a limit of this account was reached',
   UNAVAILABLE: 'a storage backend is unavailable; retry later with the same ids',
   INTERNAL: 'unexpected server error'
 } as const

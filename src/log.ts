@@ -1,25 +1,52 @@
-/** Minimal structured logger: one JSON line per entry on stderr. Injected, never global. */
+/**
+ * Logging: pino, injected (never global). JSON lines on stderr, or pretty lines when stderr is a
+ * terminal. Modules take a child logger with their bindings (node id, client id, connection id),
+ * errors go in the `err` field (pino's standard serializer keeps stack and cause), and credentials
+ * inside URLs (mysql://user:password@host) are masked wherever they appear in a line.
+ */
+import { pino, stdSerializers, type DestinationStream, type Logger as PinoLogger } from 'pino'
+
+export type Logger = PinoLogger
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent'
 
-export interface Logger {
-  debug (msg: string, fields?: Record<string, unknown>): void
-  info (msg: string, fields?: Record<string, unknown>): void
-  warn (msg: string, fields?: Record<string, unknown>): void
-  error (msg: string, fields?: Record<string, unknown>): void
+/** `scheme://user:password@` -> `scheme://user:***@` */
+const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*):[^\s/@]*@/gi
+
+export function maskCredentials (text: string): string {
+  return text.replace(URL_CREDENTIALS, '$1:***@')
 }
 
-const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 }
+function maskDeep (value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return maskCredentials(value)
+  // errors are left whole for the err serializer (which masks what it returns)
+  if (depth > 4 || typeof value !== 'object' || value === null || value instanceof Error) return value
+  if (Array.isArray(value)) return value.map(v => maskDeep(v, depth + 1))
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(value)) out[k] = maskDeep(v, depth + 1)
+  return out
+}
 
-export function createLogger (level: LogLevel, write: (line: string) => void = (l) => process.stderr.write(l + '\n')): Logger {
-  const min = ORDER[level]
-  const emit = (lvl: Exclude<LogLevel, 'silent'>, msg: string, fields?: Record<string, unknown>): void => {
-    if (ORDER[lvl] < min) return
-    write(JSON.stringify({ t: new Date().toISOString(), level: lvl, msg, ...fields }))
+export interface LoggerOptions {
+  /** Where lines go (tests capture them); default stderr. */
+  destination?: DestinationStream
+  /** Pretty, human-readable lines (pino-pretty); default: when stderr is a terminal. */
+  pretty?: boolean
+}
+
+export function createLogger (level: LogLevel, options: LoggerOptions = {}): Logger {
+  const pretty = options.destination === undefined && (options.pretty ?? process.stderr.isTTY === true)
+  const settings = {
+    level,
+    base: undefined,
+    serializers: { err: (err: Error) => maskDeep(stdSerializers.err(err), 0) },
+    formatters: { log: (object: Record<string, unknown>) => maskDeep(object, 0) as Record<string, unknown> },
+    hooks: {
+      // the message text itself (the `msg` field is not seen by formatters.log)
+      logMethod (this: PinoLogger, args: unknown[], method: (...a: unknown[]) => void) {
+        method.apply(this, args.map(a => typeof a === 'string' ? maskCredentials(a) : a))
+      }
+    }
   }
-  return {
-    debug: (m, f) => emit('debug', m, f),
-    info: (m, f) => emit('info', m, f),
-    warn: (m, f) => emit('warn', m, f),
-    error: (m, f) => emit('error', m, f)
-  }
+  if (pretty) return pino({ ...settings, transport: { target: 'pino-pretty', options: { destination: 2, translateTime: 'SYS:HH:MM:ss.l' } } })
+  return pino(settings, options.destination ?? pino.destination({ fd: 2, sync: true }))
 }

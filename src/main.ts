@@ -18,7 +18,7 @@ async function main (): Promise<void> {
   const logger = createLogger(config.log.level)
   // A rejected promise nobody awaited (a dependency's background failure) is logged, not fatal:
   // every request path handles its own errors, and the server must ride out outages.
-  process.on('unhandledRejection', (reason) => logger.error('unhandled rejection', { err: reason instanceof Error ? reason.stack : String(reason) }))
+  process.on('unhandledRejection', (reason) => logger.error({ err: reason }, 'unhandled rejection'))
   const server = await MqimServer.start({ config, logger })
   if (isEmbedded(config)) {
     process.stderr.write([
@@ -35,9 +35,9 @@ async function main (): Promise<void> {
   const stop = (signal: string): void => {
     if (stopping) return
     stopping = true
-    logger.info('stopping', { signal })
+    logger.info({ signal }, 'stopping')
     server.stop().then(() => process.exit(0), (err: unknown) => {
-      logger.error('stop failed', { err: String(err) })
+      logger.error({ err }, 'stop failed')
       process.exit(1)
     })
   }

@@ -3,11 +3,11 @@
  * writes that store a prefix and then throw, writes that fail before storing anything, another
  * node taking seqs between batches, slow writes, and an outage longer than writeRetryMs.
  *
- * Everything is asserted through the public API (submit results, onCommitted) and by reading
+ * Everything is asserted through the public API (submit results, the commit listener) and by reading
  * the store back. The invariants, in every scenario:
  *   - per conversation the stored seqs are 1..N, gapless, and (sender, clientMsgId) is unique;
  *   - every submit resolves with the seq its message is stored under;
- *   - onCommitted gets every message this sequencer stored exactly once, in ascending seq per
+ *   - the commit listener gets every message this sequencer stored exactly once, in ascending seq per
  *     conversation, including messages stored by a write whose outcome was unknown;
  *   - a resend returns the original seq with duplicate=true and is not delivered again.
  *
@@ -67,10 +67,10 @@ interface HarnessOptions {
   recentMax?: number
 }
 
-/** A Sequencer over a FaultyMessageStore, a virtual clock, and a recorder of onCommitted. */
+/** A Sequencer over a FaultyMessageStore, a virtual clock, and a recorder of committed batches. */
 class Harness {
   readonly sequencer: Sequencer
-  /** Every message passed to onCommitted, in call order. */
+  /** Every message passed to the commit listener, in call order. */
   readonly delivered: StoredMessage[] = []
   readonly batches: StoredMessage[][] = []
   /** Deliveries that were not above the previous delivery of the same conversation. */
@@ -81,7 +81,18 @@ class Harness {
   sleeps = 0
 
   constructor (readonly store: FaultyMessageStore, options: HarnessOptions = {}) {
-    this.sequencer = new Sequencer(store, {
+    const delivery = {
+      committed: (messages: StoredMessage[]) => {
+        this.batches.push(messages.map(m => ({ ...m })))
+        for (const m of messages) {
+          const before = this.lastDelivered.get(m.conversationId) ?? 0
+          if (m.seq <= before) this.outOfOrder.push(`${m.conversationId}: seq ${m.seq} delivered after ${before}`)
+          this.lastDelivered.set(m.conversationId, m.seq)
+          this.delivered.push({ ...m })
+        }
+      }
+    }
+    this.sequencer = new Sequencer(store, delivery, {
       batchMaxMessages: options.batchMaxMessages ?? 100,
       batchDelayMs: options.batchDelayMs ?? 1,
       writeRetryMs: options.writeRetryMs ?? 1_000_000_000,
@@ -93,15 +104,6 @@ class Harness {
         this.clock += ms
         options.onSleep?.(this.sleeps)
         await tick()
-      },
-      onCommitted: (messages) => {
-        this.batches.push(messages.map(m => ({ ...m })))
-        for (const m of messages) {
-          const before = this.lastDelivered.get(m.conversationId) ?? 0
-          if (m.seq <= before) this.outOfOrder.push(`${m.conversationId}: seq ${m.seq} delivered after ${before}`)
-          this.lastDelivered.set(m.conversationId, m.seq)
-          this.delivered.push({ ...m })
-        }
       }
     })
   }

@@ -1,9 +1,8 @@
 /**
- * Building blocks of the hot path: BoundedMap (caches without O(n) eviction), WriteCoalescer
- * (one socket write per connection per commit) and filterMatches (finding local reply watchers).
+ * Building blocks of the hot path: WriteCoalescer (one socket write per connection per commit)
+ * and filterMatches (finding local reply watchers).
  */
 import { Writable } from 'node:stream'
-import { BoundedMap } from '../src/util/bounded-map.js'
 import { WriteCoalescer } from '../src/broker/coalesce.js'
 import { filterMatches } from '../src/protocol/topics.js'
 
@@ -18,36 +17,6 @@ function recorder (): { stream: Writable, calls: string[][] } {
 }
 
 const turn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
-
-describe('BoundedMap', () => {
-  test('keeps at least the last max/2 keys, never more than max', () => {
-    const m = new BoundedMap<number, string>(10)
-    for (let i = 0; i < 1000; i++) {
-      m.set(i, `v${i}`)
-      expect(m.size).toBeLessThanOrEqual(10)
-      for (let k = Math.max(0, i - 4); k <= i; k++) expect(m.get(k)).toBe(`v${k}`)
-    }
-    expect(m.has(0)).toBe(false)
-    expect(m.get(0)).toBeUndefined()
-  })
-
-  test('set overwrites, delete removes from both generations', () => {
-    const m = new BoundedMap<string, number>(4)
-    m.set('a', 1)
-    m.set('b', 2) // generation full: a, b move to the previous one
-    m.set('a', 3)
-    expect(m.get('a')).toBe(3)
-    expect(m.size).toBe(2)
-    expect(m.delete('a')).toBe(true)
-    expect(m.has('a')).toBe(false)
-    expect(m.delete('a')).toBe(false)
-    expect(m.get('b')).toBe(2)
-  })
-
-  test('refuses a useless bound', () => {
-    expect(() => new BoundedMap(1)).toThrow(RangeError)
-  })
-})
 
 describe('WriteCoalescer', () => {
   test('writes made while a connection is held leave in one call, after the deliveries queued by then', async () => {

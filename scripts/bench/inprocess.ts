@@ -4,10 +4,10 @@
  * mqim's work (parse, validate, sequencer, store, serialize, Aedes' publish pipeline with no
  * subscriber) from the socket work that `npm run bench` measures together with it.
  *
- *   node --import tsx scripts/bench/inprocess.ts [--sends 200000] [--mode send|publish|reply]
+ *   node --import tsx scripts/bench/inprocess.ts [--sends 200000] [--mode send|publish|event]
  *
- * send: the whole request; publish: only Publisher.message to the two members; reply: only
- * serializing the reply. Prints CPU µs per operation and the heap at the end. The in-memory store
+ * send: the whole request; publish: only Publisher.message to the two members; event: only
+ * Publisher.event to one user. Prints CPU µs per operation and the heap at the end. The in-memory store
  * keeps every message, so `send` includes the cost of a growing heap (GC), as in production.
  */
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -23,8 +23,8 @@ const args = process.argv.slice(2)
 const arg = (name: string, dflt: string): string => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : dflt }
 const total = Number(arg('--sends', '200000'))
 const mode = arg('--mode', 'send')
-if (!['send', 'publish', 'reply'].includes(mode) || !(total > 0)) {
-  process.stderr.write('usage: inprocess.ts [--sends N] [--mode send|publish|reply]\n')
+if (!['send', 'publish', 'event'].includes(mode) || !(total > 0)) {
+  process.stderr.write('usage: inprocess.ts [--sends N] [--mode send|publish|event]\n')
   process.exit(2)
 }
 
@@ -52,7 +52,7 @@ try {
       } else if (mode === 'publish') {
         services.publisher.message({ conversationId: conv, seq: n, clientMsgId: id, senderId: 'alice', ts: Date.now(), kind: 'text', body, replyTo: null }, ['alice', 'bob'])
       } else {
-        services.publisher.reply('alice', 'a', { id, op: 'send', ok: true, result: { conv, seq: n, msgId: id, ts: Date.now(), duplicate: false } })
+        services.publisher.event(['alice'], { type: 'read', conv, readSeq: n, unread: 0 })
       }
     }
     await Promise.all(pending)

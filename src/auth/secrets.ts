@@ -23,8 +23,11 @@ export function generatePassword (): string {
   return randomBytes(12).toString('base64url')
 }
 
+/** Every API key starts with this; passwords may not (a login's cost depends only on this shape). */
+export const API_KEY_PREFIX = 'mqk_'
+
 export function generateApiKey (): string {
-  return 'mqk_' + randomBytes(32).toString('base64url')
+  return API_KEY_PREFIX + randomBytes(32).toString('base64url')
 }
 
 export function hashApiKey (key: string): string {

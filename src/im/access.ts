@@ -1,5 +1,6 @@
 /** Shared authorization steps for operations on one conversation. */
 import { ImError } from '../errors.js'
+import { isClustered } from '../config.js'
 import type { Role } from '../store/types.js'
 import type { ConversationEntry } from './directory.js'
 import type { Caller, Services } from './context.js'
@@ -26,7 +27,12 @@ export function outranks (a: Role, b: Role): boolean {
   return RANK[a] > RANK[b]
 }
 
-/** Latest stored seq of a conversation. The store is authoritative (other nodes write too). */
+/**
+ * Latest stored seq of a conversation. On a single node every message went through this node's
+ * sequencer, so what it knows is what the store holds (a store query less; on FerretDB a
+ * collection scan less). In a cluster another node may have stored more: the store answers.
+ */
 export async function lastSeqOf (services: Services, conversationId: string): Promise<number> {
-  return await services.messages.lastSeq(conversationId)
+  const known = isClustered(services.config) ? undefined : services.sequencer.knownLastSeq(conversationId)
+  return known ?? await services.messages.lastSeq(conversationId)
 }

@@ -1,10 +1,18 @@
 /**
  * Conversation directory: a read-through cache of conversations and their members, so that
- * authorizing a send and fanning it out cost no metadata round trip. Every membership change
- * made through this process invalidates the entry; `invalidate` is also the hook for changes
- * announced by other nodes.
+ * authorizing a send and fanning it out cost no metadata round trip. The least recently used
+ * conversations are evicted first. Every membership change made through this process invalidates
+ * the entry here and, over the cluster bus, on every other node.
+ *
+ * A load that races an invalidation must not store what it read before the change: every
+ * invalidation takes a number from a counter, and a load stores its result only if no
+ * invalidation of that conversation (or, after eviction of the record, possibly of it) came
+ * after the load started.
  */
+import { LRUCache } from 'lru-cache'
 import type { ConversationRecord, MemberRecord, MetadataStore } from '../store/types.js'
+import type { ClusterBus } from '../broker/bus.js'
+import { INVALIDATE_TOPIC } from '../protocol/topics.js'
 
 export interface ConversationEntry {
   conversation: ConversationRecord
@@ -14,18 +22,23 @@ export interface ConversationEntry {
 }
 
 export class ConversationDirectory {
-  private readonly meta: MetadataStore
-  private readonly entries = new Map<string, ConversationEntry>()
+  private readonly entries: LRUCache<string, ConversationEntry>
   private readonly loading = new Map<string, Promise<ConversationEntry | null>>()
-  private readonly generation = new Map<string, number>()
-  private readonly maxEntries: number
+  /** conversation -> number of its last invalidation */
+  private readonly invalidatedAt: LRUCache<string, number>
+  private clock = 0
+  /** The highest invalidation number forgotten by invalidatedAt (evicted). */
+  private forgottenUpTo = 0
 
-  /** Tells the other nodes (in a cluster) to drop their copy; set by the server. */
-  broadcast: (conversationId: string) => void = () => {}
-
-  constructor (meta: MetadataStore, maxEntries = 50_000) {
-    this.meta = meta
-    this.maxEntries = maxEntries
+  constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus, maxEntries = 50_000) {
+    this.entries = new LRUCache({ max: maxEntries })
+    this.invalidatedAt = new LRUCache({
+      max: maxEntries * 2,
+      dispose: (n) => { this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
+    })
+    bus.on(INVALIDATE_TOPIC, (notice) => {
+      if (typeof notice.conv === 'string') this.invalidateLocal(notice.conv)
+    })
   }
 
   /** Cached entry without I/O (undefined if not loaded). */
@@ -38,13 +51,12 @@ export class ConversationDirectory {
     if (hit !== undefined) return hit
     const inFlight = this.loading.get(conversationId)
     if (inFlight !== undefined) return await inFlight
-    const gen = this.generation.get(conversationId) ?? 0
+    const started = this.clock
     const load = (async () => {
       const conversation = await this.meta.conversationGet(conversationId)
       if (conversation === null) return null
-      const list = await this.meta.memberList(conversationId)
-      const entry: ConversationEntry = { conversation, members: new Map(list.map(m => [m.userId, m])), memberIds: list.map(m => m.userId) }
-      if ((this.generation.get(conversationId) ?? 0) === gen) this.store(conversationId, entry)
+      const entry = toEntry(conversation, await this.meta.memberList(conversationId))
+      if (!this.changedSince(conversationId, started)) this.entries.set(conversationId, entry)
       return entry
     })()
     this.loading.set(conversationId, load)
@@ -53,6 +65,29 @@ export class ConversationDirectory {
     } finally {
       if (this.loading.get(conversationId) === load) this.loading.delete(conversationId)
     }
+  }
+
+  /**
+   * Entries of several conversations; the missing ones are loaded together (two store round
+   * trips in all). Unknown conversations are absent from the result.
+   */
+  async getMany (conversationIds: readonly string[]): Promise<Map<string, ConversationEntry>> {
+    const out = new Map<string, ConversationEntry>()
+    const missing: string[] = []
+    for (const id of new Set(conversationIds)) {
+      const hit = this.entries.get(id)
+      if (hit !== undefined) out.set(id, hit)
+      else missing.push(id)
+    }
+    if (missing.length === 0) return out
+    const started = this.clock
+    const [conversations, members] = await Promise.all([this.meta.conversationGetMany(missing), this.meta.memberListMany(missing)])
+    for (const c of conversations) {
+      const entry = toEntry(c, members.get(c.id) ?? [])
+      if (!this.changedSince(c.id, started)) this.entries.set(c.id, entry)
+      out.set(c.id, entry)
+    }
+    return out
   }
 
   /** The member record if `userId` is a member, else null (also for unknown conversations). */
@@ -66,31 +101,31 @@ export class ConversationDirectory {
   /** After a change of the conversation or its members: drop the entry here and on every node. */
   invalidate (conversationId: string): void {
     this.invalidateLocal(conversationId)
-    this.broadcast(conversationId)
+    this.bus.publish(INVALIDATE_TOPIC, { conv: conversationId })
   }
 
   invalidateLocal (conversationId: string): void {
     this.entries.delete(conversationId)
     this.loading.delete(conversationId)
-    this.generation.set(conversationId, (this.generation.get(conversationId) ?? 0) + 1)
+    this.invalidatedAt.set(conversationId, ++this.clock)
   }
 
   /** Keeps a cached read cursor current without reloading the entry. */
   noteRead (conversationId: string, userId: string, readSeq: number): void {
-    const m = this.entries.get(conversationId)?.members.get(userId)
+    const m = this.entries.peek(conversationId)?.members.get(userId)
     if (m !== undefined && readSeq > m.readSeq) m.readSeq = readSeq
   }
 
   noteMuted (conversationId: string, userId: string, muted: boolean): void {
-    const m = this.entries.get(conversationId)?.members.get(userId)
+    const m = this.entries.peek(conversationId)?.members.get(userId)
     if (m !== undefined) m.muted = muted
   }
 
-  private store (conversationId: string, entry: ConversationEntry): void {
-    this.entries.set(conversationId, entry)
-    if (this.entries.size > this.maxEntries) {
-      const oldest = this.entries.keys().next().value
-      if (oldest !== undefined) this.entries.delete(oldest)
-    }
+  private changedSince (conversationId: string, started: number): boolean {
+    return (this.invalidatedAt.get(conversationId) ?? this.forgottenUpTo) > started
   }
+}
+
+function toEntry (conversation: ConversationRecord, list: MemberRecord[]): ConversationEntry {
+  return { conversation, members: new Map(list.map(m => [m.userId, m])), memberIds: list.map(m => m.userId) }
 }

@@ -1,7 +1,8 @@
 /**
  * The dispatcher: one entry point for every request. It knows who the caller is, and runs
- * size check -> JSON parse -> schema validation -> the operation's handler, mapping every
- * failure to a {code, message} reply (src/errors.ts). It never throws.
+ * UTF-8 decoding -> nesting depth -> JSON parse (for the request id) -> size limit -> operation
+ * name -> schema validation -> the operation's handler, mapping every failure to a
+ * {code, message} reply (src/errors.ts). It never throws.
  */
 import type { z } from 'zod'
 import { ImError, toWireError } from '../errors.js'
@@ -13,6 +14,7 @@ import { history } from './ops/history.js'
 import { read, mute, receipts } from './ops/read.js'
 import { list } from './ops/list.js'
 import { presence } from './ops/presence.js'
+import { settings } from './ops/settings.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -32,11 +34,42 @@ const HANDLERS: HandlerTable = {
   'set-role': setRole,
   receipts,
   members,
-  presence
+  presence,
+  settings
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */
 const UTF8 = new TextDecoder('utf-8', { fatal: true })
+
+const QUOTE = 34
+const BACKSLASH = 92
+const OPEN_BRACE = 123
+const OPEN_BRACKET = 91
+const CLOSE_BRACE = 125
+const CLOSE_BRACKET = 93
+
+/**
+ * True if arrays and objects in the JSON text nest deeper than `max`, counted on the text before
+ * it is parsed: deep values would cost recursion later (schema checks, serialization).
+ */
+export function nestsDeeperThan (text: string, max: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === BACKSLASH) i++
+      else if (c === QUOTE) inString = false
+    } else if (c === QUOTE) {
+      inString = true
+    } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      if (++depth > max) return true
+    } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+      depth--
+    }
+  }
+  return false
+}
 
 function describeIssues (error: z.ZodError): string {
   return error.issues.slice(0, 5).map(i => {
@@ -46,25 +79,42 @@ function describeIssues (error: z.ZodError): string {
   }).join('; ')
 }
 
+/** The parsed value, or undefined if the text is not JSON. */
+function parseJson (text: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
+/** The request id, when the payload is an object with a usable one (replies carry it back). */
+function idOf (json: unknown): string | null {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return null
+  const id = (json as Record<string, unknown>).id
+  return typeof id === 'string' && id.length > 0 && id.length <= 64 ? id : null
+}
+
 export class Dispatcher {
   constructor (private readonly services: Services) {}
 
   async handle (caller: Caller, op: string, payload: Buffer): Promise<Reply> {
     let id: string | null = null
     try {
-      if (payload.length > this.services.config.limits.maxPayloadBytes) {
-        throw new ImError('TOO_LARGE', `payload is ${payload.length} bytes; the limit is ${this.services.config.limits.maxPayloadBytes}`)
-      }
-      let json: unknown
+      const { maxPayloadBytes, maxJsonDepth } = this.services.config.limits
+      let text: string
       try {
-        json = JSON.parse(UTF8.decode(payload))
+        text = UTF8.decode(payload)
       } catch {
         throw new ImError('BAD_JSON')
       }
-      if (typeof json === 'object' && json !== null && !Array.isArray(json)) {
-        const maybeId = (json as Record<string, unknown>).id
-        if (typeof maybeId === 'string' && maybeId.length > 0 && maybeId.length <= 64) id = maybeId
-      }
+      const tooDeep = nestsDeeperThan(text, maxJsonDepth)
+      // deep values are not parsed at all (not even for the id): that would cost recursion later
+      const json = tooDeep ? undefined : parseJson(text)
+      id = idOf(json)
+      if (payload.length > maxPayloadBytes) throw new ImError('TOO_LARGE', `payload is ${payload.length} bytes; the limit is ${maxPayloadBytes}`)
+      if (tooDeep) throw new ImError('BAD_REQUEST', `arrays and objects nest deeper than ${maxJsonDepth} levels`)
+      if (json === undefined) throw new ImError('BAD_JSON')
       if (!isOpName(op)) throw new ImError('UNKNOWN_OP', `unknown operation "${op}"; see topics.md for the list`)
       const parsed = REQUESTS[op].safeParse(json)
       if (!parsed.success) throw new ImError('BAD_REQUEST', describeIssues(parsed.error))
@@ -76,9 +126,9 @@ export class Dispatcher {
         ? new ImError('UNAVAILABLE', 'a storage backend is unavailable; retry later', { cause: caught })
         : caught
       if (!(err instanceof ImError)) {
-        this.services.logger.error('request failed', { op, user: caller.userId, err: err instanceof Error ? err.stack : String(err) })
+        this.services.logger.error({ op, user: caller.userId, err }, 'request failed')
       } else if (err.code === 'UNAVAILABLE' || err.code === 'INTERNAL') {
-        this.services.logger.warn('request failed', { op, user: caller.userId, code: err.code, cause: String(err.cause ?? '') })
+        this.services.logger.warn({ op, user: caller.userId, code: err.code, err: err.cause }, 'request failed')
       }
       return { id, op, ok: false, error: toWireError(err) }
     }

@@ -6,6 +6,7 @@
  * user per `notifyIntervalMs` (the latest state wins).
  */
 import type { Redis } from 'ioredis'
+import { LRUCache } from 'lru-cache'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -133,8 +134,10 @@ export interface PresenceOptions {
 }
 
 export class PresenceService {
-  private readonly local = new Map<string, string>() // connId -> userId
-  private readonly lastNotified = new Map<string, number>()
+  /** connId -> userId of this node's connections (Sessions reports starts and ends in pairs). */
+  private readonly local = new Map<string, string>()
+  /** When each user's contacts were last told (kept while it can still delay the next event). */
+  private readonly lastNotified: LRUCache<string, number>
   private readonly pendingNotify = new Map<string, NodeJS.Timeout>()
   private readonly heartbeat: NodeJS.Timeout
   private readonly ttlMs: number
@@ -147,6 +150,7 @@ export class PresenceService {
     this.notifyIntervalMs = opts.notifyIntervalMs ?? 5_000
     this.maxAudience = opts.maxAudience ?? 500
     this.now = opts.now ?? Date.now
+    this.lastNotified = new LRUCache({ max: 100_000, ttl: Math.max(1, this.notifyIntervalMs), ttlAutopurge: false })
     this.heartbeat = setInterval(() => { void this.refresh() }, Math.max(1000, this.ttlMs / 3))
     this.heartbeat.unref()
   }
@@ -156,7 +160,7 @@ export class PresenceService {
     try {
       if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) this.scheduleNotify(userId)
     } catch (err) {
-      this.opts.logger.warn('presence update failed', { userId, err: String(err) })
+      this.opts.logger.warn({ userId, err }, 'presence update failed')
     }
   }
 
@@ -165,7 +169,7 @@ export class PresenceService {
     try {
       if (await this.opts.store.remove(userId, connId, this.now())) this.scheduleNotify(userId)
     } catch (err) {
-      this.opts.logger.warn('presence update failed', { userId, err: String(err) })
+      this.opts.logger.warn({ userId, err }, 'presence update failed')
     }
   }
 
@@ -173,12 +177,18 @@ export class PresenceService {
     return await this.opts.store.status(userIds, this.now())
   }
 
-  /** Everyone who shares a conversation (of at most maxAudience members) with the user. */
+  /**
+   * Everyone who shares a conversation (of at most maxAudience members) with the user: three
+   * store round trips at most (memberships, member counts, the members of the small ones that are
+   * not cached), whatever the number of conversations.
+   */
   async contactsOf (userId: string): Promise<Set<string>> {
+    const convIds = (await this.opts.meta.memberListByUser(userId)).map(m => m.conversationId)
+    const counts = await this.opts.meta.memberCountMany(convIds)
+    const small = convIds.filter(c => (counts.get(c) ?? 0) <= this.maxAudience)
     const contacts = new Set<string>()
-    for (const m of await this.opts.meta.memberListByUser(userId)) {
-      const entry = await this.opts.directory.get(m.conversationId)
-      if (entry === null || entry.members.size > this.maxAudience) continue
+    for (const entry of (await this.opts.directory.getMany(small)).values()) {
+      if (entry.members.size > this.maxAudience) continue
       for (const u of entry.members.keys()) if (u !== userId) contacts.add(u)
     }
     return contacts
@@ -190,7 +200,7 @@ export class PresenceService {
     const timer = setTimeout(() => {
       this.pendingNotify.delete(userId)
       this.lastNotified.set(userId, this.now())
-      this.notify(userId).catch(err => this.opts.logger.warn('presence notify failed', { userId, err: String(err) }))
+      this.notify(userId).catch((err: unknown) => this.opts.logger.warn({ userId, err }, 'presence notify failed'))
     }, wait)
     timer.unref()
     this.pendingNotify.set(userId, timer)
@@ -207,7 +217,7 @@ export class PresenceService {
     try {
       await this.opts.store.refresh(entries, this.now() + this.ttlMs)
     } catch (err) {
-      this.opts.logger.warn('presence heartbeat failed', { err: String(err) })
+      this.opts.logger.warn({ err }, 'presence heartbeat failed')
     }
   }
 

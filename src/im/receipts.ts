@@ -61,7 +61,7 @@ export class ReceiptAggregator {
     if (this.pending.has(conversationId)) return
     this.pending.set(conversationId, this.timers.setTimeout(() => {
       this.pending.delete(conversationId)
-      this.flushGroup(conversationId).catch(err => this.logger.warn('group receipt failed', { conversationId, err: String(err) }))
+      this.flushGroup(conversationId).catch((err: unknown) => this.logger.warn({ conversationId, err }, 'group receipt failed'))
     }, this.windowMs))
   }
 

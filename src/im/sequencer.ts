@@ -19,10 +19,13 @@
  *   ("orphans") is delivered, in seq order, when that lastSeq is reloaded; a later resend of it
  *   is then answered as a duplicate.
  */
+import { LRUCache } from 'lru-cache'
 import { ImError } from '../errors.js'
 import type { MessageStore, StoredMessage, MessageKind } from '../store/types.js'
 import type { Logger } from '../log.js'
-import { BoundedMap } from '../util/bounded-map.js'
+import type { CommitListener } from './delivery.js'
+import type { ClusterBus } from '../broker/bus.js'
+import { SEQ_TOPIC } from '../protocol/topics.js'
 
 export interface Draft {
   conversationId: string
@@ -43,9 +46,11 @@ export interface SequencerOptions {
   batchMaxMessages: number
   batchDelayMs: number
   writeRetryMs: number
-  /** Called with each batch of newly stored messages, in seq order, before senders are answered. */
-  onCommitted: (messages: StoredMessage[]) => void | Promise<void>
   logger: Logger
+  /** The other nodes' committed seqs arrive here (cluster); null on a single node. */
+  peers?: ClusterBus | null
+  /** Conversations whose lastSeq is kept (least recently written evicted; reloaded from the store). */
+  conversationsMax?: number
   /**
    * Remember recently stored keys so that a resend is answered without a store round trip (at
    * least half this many; default 200,000). 0 when the store's own duplicate lookup is as cheap
@@ -70,8 +75,10 @@ interface Pending {
 /** A seq and ts this process tried to store a key under, in a write whose outcome is unknown. */
 interface Attempt { seq: number, ts: number }
 
-/** Recently stored keys kept for resends (at least half of this many). */
+/** Recently stored keys kept for resends. */
 const RECENT_MAX = 200_000
+/** Conversations whose lastSeq is cached. */
+const CONVERSATIONS_MAX = 200_000
 /** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
 const MAX_SEQ_STEPS = 16
 
@@ -81,24 +88,25 @@ function keyOf (d: { conversationId: string, senderId: string, clientMsgId: stri
 
 export class Sequencer {
   private readonly store: MessageStore
+  private readonly delivery: CommitListener
   private readonly opts: SequencerOptions
   private readonly now: () => number
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> highest seq known to be stored; absent = unknown, load from the store. */
-  private readonly lastSeq = new Map<string, number>()
+  private readonly lastSeq: LRUCache<string, number>
   /** conversation -> seq conflicts in a row (see writeBatch) */
-  private readonly seqSteps = new Map<string, number>()
+  private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
-  private readonly recent: BoundedMap<string, StoredMessage> | null
+  private readonly recent: LRUCache<string, StoredMessage> | null
   /**
    * Keys whose write had an unknown outcome (the store failed mid-write), with the seq and ts of
    * each attempt. If such a key later turns out to be stored under one of these, this process
    * stored it and never delivered it: it is delivered then. Stored under anything else, it was
    * stored (and delivered) by someone else: a plain resend.
    */
-  private readonly uncertain = new BoundedMap<string, Attempt[]>(RECENT_MAX)
+  private readonly uncertain = new LRUCache<string, Attempt[]>({ max: RECENT_MAX })
   /**
    * conversation -> uncertain keys whose senders were answered UNAVAILABLE. Whatever of them is
    * stored is delivered when the conversation's lastSeq is next loaded, before anything newer.
@@ -111,13 +119,20 @@ export class Sequencer {
   private idleWaiters: Array<() => void> = []
   private closed = false
 
-  constructor (store: MessageStore, opts: SequencerOptions) {
+  constructor (store: MessageStore, delivery: CommitListener, opts: SequencerOptions) {
     this.store = store
+    this.delivery = delivery
     this.opts = opts
     this.now = opts.now ?? Date.now
     const recentMax = opts.recentMax ?? RECENT_MAX
-    this.recent = recentMax > 0 ? new BoundedMap(Math.max(2, recentMax)) : null
+    this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
+    this.lastSeq = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
+    opts.peers?.on(SEQ_TOPIC, (notice) => {
+      const seqs = notice.seqs
+      if (typeof seqs !== 'object' || seqs === null) return
+      for (const [conv, seq] of Object.entries(seqs)) if (typeof seq === 'number') this.observe(conv, seq)
+    })
   }
 
   /** Stores the message (or finds the earlier copy of a resend) and resolves with its seq. */
@@ -259,7 +274,7 @@ export class Sequencer {
     /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
     const backOff = async (err: unknown): Promise<boolean> => {
       if (this.now() >= deadline || this.closedAndStuck(attempt)) {
-        this.opts.logger.error('message write failed; answering UNAVAILABLE', { messages: remaining.length, err: String(err) })
+        this.opts.logger.error({ messages: remaining.length, err }, 'message write failed; answering UNAVAILABLE')
         const error = new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err })
         for (const p of remaining) {
           if (this.uncertain.has(p.key)) this.addOrphan(p.draft.conversationId, p.key)
@@ -276,7 +291,7 @@ export class Sequencer {
         return false
       }
       attempt++
-      this.opts.logger.warn('message write failed; retrying', { attempt, err: String(err) })
+      this.opts.logger.warn({ attempt, err }, 'message write failed; retrying')
       await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
       return true
     }
@@ -366,9 +381,9 @@ export class Sequencer {
   private async deliver (stored: StoredMessage[]): Promise<void> {
     stored.sort((a, b) => a.seq - b.seq)
     try {
-      await this.opts.onCommitted(stored)
+      await this.delivery.committed(stored)
     } catch (err) {
-      this.opts.logger.error('delivery of committed messages threw', { err: String(err) })
+      this.opts.logger.error({ err }, 'delivery of committed messages threw')
     }
   }
 

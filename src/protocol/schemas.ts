@@ -39,7 +39,13 @@ export const HistoryRequest = z.object({
 
 export const ReadRequest = z.object({ ...base, conv: ConvId, seq: Seq }).strict()
 export const MuteRequest = z.object({ ...base, conv: ConvId, muted: z.boolean() }).strict()
-export const ListRequest = z.object({ ...base }).strict()
+export const ListRequest = z.object({
+  ...base,
+  /** Where the page starts: the `next` of the previous page (absent: the first page). */
+  cursor: ConvId.optional(),
+  /** Page size; default and maximum limits.listPageMax. */
+  limit: z.number().int().min(1).optional()
+}).strict()
 export const DirectRequest = z.object({ ...base, user: UserId }).strict()
 export const CreateGroupRequest = z.object({ ...base, name: GroupName, members: z.array(UserId).max(10000) }).strict()
 export const AddMembersRequest = z.object({ ...base, conv: ConvId, members: z.array(UserId).min(1).max(10000) }).strict()
@@ -50,6 +56,9 @@ export const SetRoleRequest = z.object({ ...base, conv: ConvId, user: UserId, ro
 export const ReceiptsRequest = z.object({ ...base, conv: ConvId, seq: Seq.min(1) }).strict()
 export const MembersRequest = z.object({ ...base, conv: ConvId }).strict()
 export const PresenceRequest = z.object({ ...base, users: z.array(UserId).min(1).max(500) }).strict()
+export const GroupInvitesSchema = z.enum(['anyone', 'contacts'])
+/** Reads my settings, changing those given. */
+export const SettingsRequest = z.object({ ...base, groupInvites: GroupInvitesSchema.optional() }).strict()
 
 /** Operation name (the last level of im/req/<op>) -> request schema. */
 export const REQUESTS = {
@@ -67,7 +76,8 @@ export const REQUESTS = {
   'set-role': SetRoleRequest,
   receipts: ReceiptsRequest,
   members: MembersRequest,
-  presence: PresenceRequest
+  presence: PresenceRequest,
+  settings: SettingsRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS

@@ -11,10 +11,14 @@
 export const REQUEST_PREFIX = 'im/req/'
 /** Requests are re-pointed here after handling so that Aedes routes them nowhere. `$` topics never match `#` [MQTT-4.7.2-1]. */
 export const SINK_TOPIC = '$mqim/sink'
-/** Server-to-server: a conversation's cached membership changed (payload: conversation id). */
+/** Server-to-server notices (src/broker/bus.ts), JSON with the sending node's id in `node`. */
+export const CONTROL_FILTER = '$mqim/+'
+/** {conv}: a conversation's cached membership changed. */
 export const INVALIDATE_TOPIC = '$mqim/invalidate'
-/** Server-to-server: {node, seqs: {conversation: highest seq just stored}} after each commit. */
+/** {seqs: {conversation: highest seq just stored}} after each commit. */
 export const SEQ_TOPIC = '$mqim/seq'
+/** {user, reason}: end every session of this account (disabled, or its secret reset). */
+export const REVOKE_TOPIC = '$mqim/revoke'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/

@@ -13,7 +13,7 @@ export function createMessageStore (config: Config['messageStore'], logger?: Log
     case 'mongodb': return new MongoMessageStore({
       url: config.url,
       database: config.database,
-      onClientReplaced: (ms) => logger?.warn('mongodb client replaced: it had not reached the server for a while, although the server answers new connections', { failingForMs: ms })
+      onClientReplaced: (ms) => logger?.warn({ failingForMs: ms }, 'mongodb client replaced: it had not reached the server for a while, although the server answers new connections')
     })
   }
 }

@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto'
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
-import { StoreConflictError, type ConversationRecord, type MemberRecord, type Role } from '../../store/types.js'
+import { StoreConflictError, type ConversationRecord, type MemberRecord, type Role, type UserRecord } from '../../store/types.js'
 import type { Caller, Services } from '../context.js'
 import { outranks, requireGroup, requireMember, requireRole } from '../access.js'
 
@@ -24,10 +24,46 @@ function newMember (conversationId: string, userId: string, role: Role, now: num
   return { conversationId, userId, role, readSeq: 0, muted: false, joinedAt: now }
 }
 
-async function requireUsersExist (services: Services, userIds: string[]): Promise<void> {
+async function requireUsersExist (services: Services, userIds: string[]): Promise<UserRecord[]> {
   const missing: string[] = []
-  await Promise.all(userIds.map(async (u) => { if ((await services.meta.userGet(u)) === null) missing.push(u) }))
+  const found: UserRecord[] = []
+  await Promise.all(userIds.map(async (u) => {
+    const user = await services.meta.userGet(u)
+    if (user === null) missing.push(u)
+    else found.push(user)
+  }))
   if (missing.length > 0) throw new ImError('NOT_FOUND', `no such user: ${missing.sort().join(', ')}`)
+  return found
+}
+
+/** Each of these users may join one more conversation (limits.conversationsPerUser). */
+async function requireRoomFor (services: Services, userIds: string[]): Promise<void> {
+  const max = services.config.limits.conversationsPerUser
+  const full: string[] = []
+  await Promise.all(userIds.map(async (u) => { if (await services.meta.memberCountByUser(u) >= max) full.push(u) }))
+  if (full.length > 0) throw new ImError('LIMIT_REACHED', `already in ${max} conversations (the most one user may join): ${full.sort().join(', ')}`)
+}
+
+/**
+ * The caller may add these users to a group: they exist, their invitation setting lets the caller
+ * do it ('contacts': only people who already share a conversation with them), and they have room.
+ */
+async function requireInvitable (services: Services, caller: Caller, userIds: string[]): Promise<void> {
+  const users = await requireUsersExist(services, userIds)
+  const guarded = users.filter(u => u.groupInvites === 'contacts').map(u => u.id)
+  if (guarded.length > 0) {
+    const shared = await services.meta.memberSharedWith(caller.userId, guarded)
+    const refused = guarded.filter(u => !shared.has(u)).sort()
+    if (refused.length > 0) throw new ImError('REFUSED', `only people who share a conversation with them may add them to groups: ${refused.join(', ')}`)
+  }
+  await requireRoomFor(services, userIds)
+}
+
+/** limits.groupsCreatedPerHour, over a rolling hour, counted in the store (so across nodes and restarts). */
+async function requireGroupQuota (services: Services, caller: Caller): Promise<void> {
+  const max = services.config.limits.groupsCreatedPerHour
+  const created = await services.meta.conversationCountCreatedSince(caller.userId, services.now() - 3_600_000)
+  if (created >= max) throw new ImError('RATE_LIMITED', `at most ${max} groups per hour; retry later`)
 }
 
 export async function direct (caller: Caller, req: RequestOf<'direct'>, services: Services): Promise<{ conv: string, peer: string, created: boolean }> {
@@ -36,6 +72,7 @@ export async function direct (caller: Caller, req: RequestOf<'direct'>, services
   const existing = await services.meta.conversationGetDirect(directKey)
   if (existing !== null) return { conv: existing.id, peer: req.user, created: false }
   await requireUsersExist(services, [req.user])
+  await requireRoomFor(services, [caller.userId, req.user])
   const now = services.now()
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'direct', name: null, directKey, createdBy: caller.userId, createdAt: now }
   try {
@@ -55,7 +92,9 @@ export async function createGroup (caller: Caller, req: RequestOf<'create-group'
   if (others.length + 1 > services.config.limits.groupMembersMax) {
     throw new ImError('BAD_REQUEST', `a group has at most ${services.config.limits.groupMembersMax} members`)
   }
-  await requireUsersExist(services, others)
+  await requireGroupQuota(services, caller)
+  await requireInvitable(services, caller, others)
+  await requireRoomFor(services, [caller.userId])
   const now = services.now()
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'group', name: req.name, directKey: null, createdBy: caller.userId, createdAt: now }
   const members = [newMember(conversation.id, caller.userId, 'owner', now), ...others.map(u => newMember(conversation.id, u, 'member', now))]
@@ -73,7 +112,7 @@ export async function addMembers (caller: Caller, req: RequestOf<'add-members'>,
   if (entry.members.size + candidates.length > services.config.limits.groupMembersMax) {
     throw new ImError('BAD_REQUEST', `a group has at most ${services.config.limits.groupMembersMax} members`)
   }
-  await requireUsersExist(services, candidates)
+  await requireInvitable(services, caller, candidates)
   const now = services.now()
   const added = await services.meta.memberAdd(candidates.map(u => newMember(req.conv, u, 'member', now)))
   services.directory.invalidate(req.conv)
@@ -106,12 +145,10 @@ export async function leave (caller: Caller, req: RequestOf<'leave'>, services: 
     const rest = [...entry.members.values()].filter(m => m.userId !== caller.userId)
     const successor = rest.filter(m => m.role === 'admin').sort((a, b) => a.joinedAt - b.joinedAt)[0] ??
       rest.sort((a, b) => a.joinedAt - b.joinedAt)[0]
-    if (successor !== undefined) {
-      await services.meta.memberSetRole(req.conv, successor.userId, 'owner')
-      newOwner = successor.userId
-    }
+    newOwner = successor?.userId
   }
-  await services.meta.memberRemove(req.conv, caller.userId)
+  // leaving and handing over ownership are one change: never two owners, never none
+  if (!(await services.meta.memberRemove(req.conv, caller.userId, newOwner))) throw new ImError('CONFLICT', 'the membership changed meanwhile; retry')
   services.directory.invalidate(req.conv)
   services.publisher.event(entry.members.keys(), { type: 'member', conv: req.conv, kind: 'group', action: 'left', by: caller.userId, users: [caller.userId] })
   if (newOwner !== undefined) {
@@ -136,8 +173,10 @@ export async function setRole (caller: Caller, req: RequestOf<'set-role'>, servi
   requireRole(member, 'owner')
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'the owner hands over ownership by giving the owner role to another member')
   if (!entry.members.has(req.user)) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
-  await services.meta.memberSetRole(req.conv, req.user, req.role)
-  if (req.role === 'owner') await services.meta.memberSetRole(req.conv, caller.userId, 'admin')
+  const changed = req.role === 'owner'
+    ? await services.meta.memberTransferOwnership(req.conv, caller.userId, req.user) // one change: never two owners
+    : await services.meta.memberSetRole(req.conv, req.user, req.role)
+  if (!changed) throw new ImError('CONFLICT', 'the membership changed meanwhile; retry')
   services.directory.invalidate(req.conv)
   services.publisher.event(entry.members.keys(), { type: 'member', conv: req.conv, kind: 'group', action: 'role', by: caller.userId, users: [req.user], role: req.role })
   if (req.role === 'owner') {

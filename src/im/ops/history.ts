@@ -9,7 +9,7 @@ import type { MessageEnvelope, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { requireMember, lastSeqOf } from '../access.js'
 import { toEnvelope } from '../publisher.js'
-import { isClustered } from '../../config.js'
+import { countWithin } from './pages.js'
 
 export interface HistoryResult {
   conv: string
@@ -25,16 +25,24 @@ export async function history (caller: Caller, req: RequestOf<'history'>, servic
   await requireMember(services, caller, req.conv)
   const max = services.config.limits.historyPageMax
   const limit = Math.min(req.limit ?? max, max)
-  // On a single node (no Redis) every message of the conversation went through this node's
-  // sequencer, so the lastSeq it knows is the store's (a store query less per page; on FerretDB a
-  // collection scan less). In a cluster another node may have stored more: ask the store.
-  const known = isClustered(services.config) ? undefined : services.sequencer.knownLastSeq(req.conv)
-  const lastSeq = known ?? await lastSeqOf(services, req.conv)
+  const lastSeq = await lastSeqOf(services, req.conv)
   const fromSeq = (req.after ?? 0) + 1
   const toSeq = Math.min(req.before !== undefined ? req.before - 1 : lastSeq, lastSeq)
   const direction = req.after !== undefined ? 'forward' : 'backward'
   if (toSeq < fromSeq) return { conv: req.conv, messages: [], lastSeq, hasMore: false, limit }
   const found = await services.messages.range(req.conv, { fromSeq, toSeq, limit, direction })
+  const page = withinBytes(found.map(toEnvelope), services.config.limits.pageBytes, direction)
   const span = toSeq - fromSeq + 1
-  return { conv: req.conv, messages: found.map(toEnvelope), lastSeq, hasMore: span > found.length, limit }
+  return { conv: req.conv, messages: page, lastSeq, hasMore: span > page.length, limit }
+}
+
+/**
+ * The page cut to a byte budget, keeping at least one message: the messages nearest the start of
+ * the requested direction are kept, so paging on from the page's edge continues where it stopped.
+ */
+function withinBytes (messages: MessageEnvelope[], budget: number, direction: 'forward' | 'backward'): MessageEnvelope[] {
+  const ordered = direction === 'forward' ? messages : [...messages].reverse()
+  const n = countWithin(ordered, budget)
+  if (n === messages.length) return messages
+  return direction === 'forward' ? messages.slice(0, n) : messages.slice(messages.length - n)
 }

@@ -1,19 +1,40 @@
-/** list: my conversations with lastSeq, last-message preview, readSeq, unread count and muted flag. */
+/**
+ * list: my conversations with lastSeq, last-message preview, readSeq, unread count and muted
+ * flag, one page at a time in conversation-id order (a stable order: a page boundary does not
+ * move when new messages arrive, as it would in recency order; clients sort by last.ts).
+ * Steps: my memberships of the page -> their conversations and latest messages, each in one
+ * batched store call, whatever the page size.
+ */
 import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { toEnvelope } from '../publisher.js'
+import { countWithin } from './pages.js'
 
-export async function list (caller: Caller, _req: RequestOf<'list'>, services: Services): Promise<{ conversations: ConversationSummary[] }> {
-  const memberships = await services.meta.memberListByUser(caller.userId)
-  const summaries = await Promise.all(memberships.map(async (m): Promise<ConversationSummary | null> => {
-    const entry = await services.directory.get(m.conversationId)
-    if (entry === null) return null
-    const last = await services.messages.latest(m.conversationId)
+export interface ListResult {
+  conversations: ConversationSummary[]
+  /** The cursor of the next page, or null when this was the last one. */
+  next: string | null
+}
+
+export async function list (caller: Caller, req: RequestOf<'list'>, services: Services): Promise<ListResult> {
+  const max = services.config.limits.listPageMax
+  const limit = Math.min(req.limit ?? max, max)
+  // one more than the page tells whether another page follows
+  const page = await services.meta.memberPageByUser(caller.userId, { after: req.cursor ?? null, limit: limit + 1 })
+  const memberships = page.slice(0, limit)
+  const ids = memberships.map(m => m.conversationId)
+  const [conversations, latest] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids)])
+  const byId = new Map(conversations.map(c => [c.id, c]))
+  const summaries: ConversationSummary[] = []
+  for (const m of memberships) {
+    const conversation = byId.get(m.conversationId)
+    if (conversation === undefined) continue
+    const last = latest.get(m.conversationId) ?? null
     const lastSeq = last?.seq ?? 0
     const summary: ConversationSummary = {
       conv: m.conversationId,
-      kind: entry.conversation.kind,
-      name: entry.conversation.name,
+      kind: conversation.kind,
+      name: conversation.name,
       role: m.role,
       lastSeq,
       last: last === null ? null : toEnvelope(last),
@@ -21,13 +42,14 @@ export async function list (caller: Caller, _req: RequestOf<'list'>, services: S
       unread: Math.max(0, lastSeq - m.readSeq),
       muted: m.muted
     }
-    if (entry.conversation.kind === 'direct') {
-      const peer = [...entry.members.keys()].find(u => u !== caller.userId)
-      if (peer !== undefined) summary.peer = peer
-    }
-    return summary
-  }))
-  const conversations = summaries.filter((s): s is ConversationSummary => s !== null)
-  conversations.sort((a, b) => (b.last?.ts ?? 0) - (a.last?.ts ?? 0) || a.conv.localeCompare(b.conv))
-  return { conversations }
+    // a direct conversation's key is its two members: the peer needs no member lookup
+    const peer = conversation.directKey?.split('|').find(u => u !== caller.userId)
+    if (conversation.kind === 'direct' && peer !== undefined) summary.peer = peer
+    summaries.push(summary)
+  }
+  // a page also stops at the byte budget (previews can be large); the rest follows with `next`
+  const fit = countWithin(summaries, services.config.limits.pageBytes)
+  if (fit < summaries.length) return { conversations: summaries.slice(0, fit), next: summaries[fit - 1].conv }
+  const next = page.length > limit ? memberships[memberships.length - 1].conversationId : null
+  return { conversations: summaries, next }
 }

@@ -1,0 +1,134 @@
+/**
+ * Where connections come in: MQTT over TCP and TLS, and MQTT over WebSocket upgraded on the HTTP
+ * listener at /mqtt. Every socket is counted per source address (at most
+ * `connectionsPerAddress`, HTTP sockets included: closed at once beyond it), gets TCP_NODELAY,
+ * and is tracked so that stop() can end it. Every MQTT connection handed to the broker gets the
+ * per-connection guards of upstream.ts: a maximum packet size (a small one for CONNECT), SUBACK
+ * QoS at most 1, and writes that never hold the broker's shared delivery slots (the session
+ * bounds what waits to be written instead).
+ */
+import net from 'node:net'
+import tls from 'node:tls'
+import type { IncomingMessage, Server as HttpServer } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { Aedes, Client } from 'aedes'
+import { WebSocketServer, createWebSocketStream } from 'ws'
+import type { Logger } from '../log.js'
+import { grantAtMostQos1, limitPacketSize, neverWaitForDrain } from './upstream.js'
+
+export interface ListenerLimits {
+  connectionsPerAddress: number
+  maxConnectPacketBytes: number
+  maxPacketBytes: number
+}
+
+/** The source address of a client's connection (for WebSocket, of the HTTP request's socket). */
+export function addressOf (client: Client): string {
+  const conn = client.conn as Partial<net.Socket>
+  return client.req?.socket.remoteAddress ?? conn.remoteAddress ?? 'unknown'
+}
+
+export class Listeners {
+  private readonly sockets = new Set<Duplex>()
+  private readonly perAddress = new Map<string, number>()
+  private readonly servers: net.Server[] = []
+  private readonly wss: WebSocketServer
+  /** Sockets closed at once because their address had too many. */
+  refused = 0
+
+  constructor (
+    private readonly broker: Aedes,
+    private readonly limits: ListenerLimits,
+    private readonly onBackpressure: (client: Client) => void,
+    private readonly logger: Logger
+  ) {
+    // a frame may carry one whole MQTT packet; the packet limit itself is enforced by the parser
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: limits.maxPacketBytes + 16 })
+  }
+
+  /** Counts the socket against its address; false (and the socket is destroyed) over the limit. */
+  admit (socket: net.Socket): boolean {
+    const address = socket.remoteAddress ?? 'unknown'
+    const n = (this.perAddress.get(address) ?? 0) + 1
+    if (n > this.limits.connectionsPerAddress) {
+      this.refused++
+      this.logger.debug({ address }, 'connection refused: too many from this address')
+      socket.destroy()
+      return false
+    }
+    this.perAddress.set(address, n)
+    this.sockets.add(socket)
+    socket.setNoDelay(true) // replies and deliveries are small writes that must not wait for delayed ACKs
+    socket.once('close', () => {
+      this.sockets.delete(socket)
+      const left = (this.perAddress.get(address) ?? 1) - 1
+      if (left <= 0) this.perAddress.delete(address)
+      else this.perAddress.set(address, left)
+    })
+    return true
+  }
+
+  /** Hands an admitted connection to the broker with the per-connection guards. */
+  private attach (stream: Duplex, req?: IncomingMessage): void {
+    const client = this.broker.handle(stream, req)
+    limitPacketSize(client, this.limits.maxConnectPacketBytes, this.limits.maxPacketBytes)
+    grantAtMostQos1(client)
+    neverWaitForDrain(client, this.onBackpressure)
+  }
+
+  async listenTcp (port: number, host: string): Promise<number> {
+    return await this.listen(net.createServer(socket => { if (this.admit(socket)) this.attach(socket) }), port, host)
+  }
+
+  async listenTls (options: tls.TlsOptions, port: number, host: string): Promise<number> {
+    // counted at the TCP level, before the TLS handshake costs anything
+    const server = tls.createServer(options, socket => this.attach(socket))
+    server.on('connection', (socket: net.Socket) => { this.admit(socket) })
+    server.on('tlsClientError', () => {})
+    return await this.listen(server, port, host)
+  }
+
+  /** Serves MQTT over WebSocket on an HTTP server at /mqtt; its sockets are admitted here too. */
+  acceptWebSocket (http: HttpServer): void {
+    http.on('connection', (socket: net.Socket) => { this.admit(socket) })
+    http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if ((req.url ?? '').split('?')[0] !== '/mqtt') {
+        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+        return
+      }
+      // from here on MQTT keepalive decides when the connection is idle, not the HTTP timeouts
+      ;(socket as net.Socket).setTimeout(0)
+      this.wss.handleUpgrade(req, socket, head, ws => {
+        const stream = createWebSocketStream(ws)
+        stream.on('error', () => stream.destroy())
+        this.attach(stream, req)
+      })
+    })
+  }
+
+  private async listen (server: net.Server, port: number, host: string): Promise<number> {
+    this.servers.push(server)
+    return await new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, host, () => {
+        server.off('error', reject)
+        resolve((server.address() as net.AddressInfo).port)
+      })
+    })
+  }
+
+  /** Open sockets per address right now (for tests and health). */
+  countFrom (address: string): number {
+    return this.perAddress.get(address) ?? 0
+  }
+
+  /** Stops accepting; stopSockets() ends what is still open. */
+  async close (): Promise<void> {
+    await Promise.all(this.servers.map(async s => await new Promise<void>(resolve => s.close(() => resolve()))))
+  }
+
+  stopSockets (): void {
+    this.wss.close()
+    for (const s of this.sockets) s.destroy()
+  }
+}

@@ -1,0 +1,293 @@
+/**
+ * Sessions: who is connected to this node, and what may be written to each connection.
+ *
+ * - One Session per authenticated connection, registered when authentication succeeds (so a
+ *   revocation also reaches logins that have not finished connecting) and removed when the
+ *   connection closes. `started` fires once the broker has the client ready, `ended` once after
+ *   it closed, and only if it started: listeners (presence) always see them in pairs.
+ * - Clients by user: to end every session of an account, to hold (coalesce) the writes of a
+ *   commit's recipients (coalesce.ts), and to find the other connections of a user that watch
+ *   a reply topic.
+ * - Slow consumers: bytes waiting to be written to one connection are bounded
+ *   (`outboundBufferBytes`), and a connection whose socket has not drained for `drainTimeoutMs`
+ *   is disconnected. Its messages stay stored; the client syncs by seq when it returns.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Client } from 'aedes'
+import mqttPacket from 'mqtt-packet'
+import { LRUCache } from 'lru-cache'
+import type { Logger } from '../log.js'
+import { WriteCoalescer } from './coalesce.js'
+import { filterMatches, replyTopic, userPrefix } from '../protocol/topics.js'
+import { hasErrored } from './upstream.js'
+
+export interface Identity {
+  userId: string
+  deviceId: string
+}
+
+export interface Session extends Identity {
+  /** Unique per connection (a clientId can reconnect, also on another node). */
+  connId: string
+  /** `<user>:<device>` */
+  clientId: string
+  /** im/u/<user>/ : the subtree this connection may receive. */
+  prefix: string
+  /** This device's reply topic: replies are written to it directly, never routed to it. */
+  replyTopic: string
+  /** The stored secret hash the connection authenticated against (a reset ends the session). */
+  secretHash: string
+  /** Source address of the connection. */
+  address: string
+  /** Subscription filters granted to this connection. */
+  filters: Set<string>
+  /** Of those, the filters that match other devices' reply topics (watchers, e.g. im/u/<user>/#). */
+  watchFilters: Set<string>
+  logger: Logger
+}
+
+export interface SessionLimits {
+  /** Bytes waiting to be written to one connection before it is cut. */
+  outboundBufferBytes: number
+  /** Time a connection may go without draining before it is cut. */
+  drainTimeoutMs: number
+}
+
+type Listener = (session: Session) => void
+
+interface Entry {
+  session: Session
+  started: boolean
+  drainTimer: NodeJS.Timeout | null
+}
+
+export class Sessions {
+  private readonly entries = new Map<Client, Entry>()
+  private readonly byUser = new Map<string, Set<Client>>()
+  /** Users with at least one connection that watches other devices' replies. */
+  private readonly watching = new Map<string, Set<Client>>()
+  private readonly coalescer = new WriteCoalescer()
+  private readonly listeners: { started: Listener[], ended: Listener[] } = { started: [], ended: [] }
+  /** Revocation marks: a counter, and the mark at which each user was last revoked. */
+  private mark = 0
+  private readonly revokedAt = new LRUCache<string, number>({ max: 100_000, ttl: 10 * 60_000, ttlAutopurge: false })
+  /** Connections cut for not reading (slow consumers), since start. */
+  slowConsumersCut = 0
+
+  constructor (private readonly limits: SessionLimits, private readonly logger: Logger) {}
+
+  on (event: 'started' | 'ended', listener: Listener): void {
+    this.listeners[event].push(listener)
+  }
+
+  /** A new session for an authenticated client; it counts (and can be revoked) from now on. */
+  add (client: Client, identity: Identity & { secretHash: string, address: string }): Session {
+    const connId = randomBytes(8).toString('hex')
+    const session: Session = {
+      ...identity,
+      connId,
+      clientId: client.id,
+      prefix: userPrefix(identity.userId),
+      replyTopic: replyTopic(identity.userId, identity.deviceId),
+      filters: new Set(),
+      watchFilters: new Set(),
+      logger: this.logger.child({ client: client.id, conn: connId })
+    }
+    this.entries.set(client, { session, started: false, drainTimer: null })
+    let set = this.byUser.get(identity.userId)
+    if (set === undefined) this.byUser.set(identity.userId, set = new Set())
+    set.add(client)
+    client.conn.once('close', () => this.remove(client))
+    return session
+  }
+
+  get (client: Client): Session | undefined {
+    return this.entries.get(client)?.session
+  }
+
+  /** The broker has the client ready (CONNACK sent). Ignored if it already closed. */
+  start (client: Client): void {
+    const entry = this.entries.get(client)
+    if (entry === undefined || entry.started) return
+    entry.started = true
+    for (const l of this.listeners.started) l(entry.session)
+  }
+
+  private remove (client: Client): void {
+    const entry = this.entries.get(client)
+    if (entry === undefined) return
+    this.entries.delete(client)
+    if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
+    const { userId } = entry.session
+    removeFrom(this.byUser, userId, client)
+    removeFrom(this.watching, userId, client)
+    if (entry.started) for (const l of this.listeners.ended) l(entry.session)
+  }
+
+  /** Open connections of the user on this node, not counting one with the same clientId (it is being taken over). */
+  countOf (userId: string, exceptClientId?: string): number {
+    const clients = this.byUser.get(userId)
+    if (clients === undefined) return 0
+    let n = 0
+    for (const c of clients) if (c.id !== exceptClientId) n++
+    return n
+  }
+
+  /** Users with at least one connection on this node. */
+  users (): IterableIterator<string> {
+    return this.byUser.keys()
+  }
+
+  sessionsOf (userId: string): Session[] {
+    const out: Session[] = []
+    for (const c of this.byUser.get(userId) ?? []) {
+      const s = this.entries.get(c)?.session
+      if (s !== undefined) out.push(s)
+    }
+    return out
+  }
+
+  // ---- revocation ---------------------------------------------------------------------------
+
+  /** Taken before an authentication starts; see revokedSince. */
+  revocationMark (): number {
+    return this.mark
+  }
+
+  /** True if the user's sessions were ended after `mark` was taken (the login raced a revocation). */
+  revokedSince (userId: string, mark: number): boolean {
+    return (this.revokedAt.get(userId) ?? -1) > mark
+  }
+
+  /** Ends every session of the user on this node (those still connecting too); returns how many. */
+  disconnectUser (userId: string, reason: string): number {
+    return this.disconnectWhere(userId, () => true, reason)
+  }
+
+  /** Ends the user's sessions that match, and marks the user revoked for logins in flight. */
+  disconnectWhere (userId: string, match: (s: Session) => boolean, reason: string): number {
+    this.revokedAt.set(userId, ++this.mark)
+    let n = 0
+    for (const c of [...(this.byUser.get(userId) ?? [])]) {
+      const s = this.entries.get(c)?.session
+      if (s === undefined || !match(s)) continue
+      s.logger.info({ reason }, 'session ended by the server')
+      c.close()
+      n++
+    }
+    return n
+  }
+
+  // ---- subscriptions ------------------------------------------------------------------------
+
+  /** Records a granted filter; notes whether it watches other devices' replies. */
+  addFilter (client: Client, filter: string): void {
+    const entry = this.entries.get(client)
+    if (entry === undefined) return
+    const s = entry.session
+    s.filters.add(filter)
+    // a wildcard that matches the reply topics of every device (im/u/<user>/#, .../r/+, ...), or
+    // another device's reply topic by name
+    const anyDevice = `${s.prefix}r/\u0000` // no device is named this: it stands for "any other"
+    if (filterMatches(filter, anyDevice) || (filter.startsWith(`${s.prefix}r/`) && filter !== s.replyTopic)) {
+      s.watchFilters.add(filter)
+      let set = this.watching.get(s.userId)
+      if (set === undefined) this.watching.set(s.userId, set = new Set())
+      set.add(client)
+    }
+  }
+
+  removeFilters (client: Client, filters: readonly string[]): void {
+    const s = this.entries.get(client)?.session
+    if (s === undefined) return
+    for (const f of filters) {
+      s.filters.delete(f)
+      s.watchFilters.delete(f)
+    }
+    if (s.watchFilters.size === 0) removeFrom(this.watching, s.userId, client)
+  }
+
+  /**
+   * Connections of the user on this node, other than the requester, with a subscription matching
+   * `topic` (a reply topic). Only connections that watch replies at all are looked at.
+   */
+  watchers (userId: string, topic: string, requester: Client | undefined): Client[] {
+    const clients = this.watching.get(userId)
+    if (clients === undefined) return []
+    const out: Client[] = []
+    for (const c of clients) {
+      if (c === requester) continue
+      const s = this.entries.get(c)?.session
+      if (s === undefined) continue
+      for (const f of s.watchFilters) {
+        if (filterMatches(f, topic)) { out.push(c); break }
+      }
+    }
+    return out
+  }
+
+  // ---- writes -------------------------------------------------------------------------------
+
+  /** Coalesces what is written to every connection of these users this turn (see coalesce.ts). */
+  hold (userIds: readonly string[]): void {
+    for (const userId of userIds) {
+      const clients = this.byUser.get(userId)
+      if (clients === undefined) continue
+      for (const c of clients) this.coalescer.hold(c.conn)
+    }
+  }
+
+  holdClient (client: Client): void {
+    this.coalescer.hold(client.conn)
+  }
+
+  /** Writes a QoS 0 publish to one connection now, bypassing routing. False if it is not connected. */
+  writeDirect (client: Client, topic: string, payload: Buffer): boolean {
+    // the same test as Aedes' own writes: `connecting` stays true until a resumed session's queue
+    // has been sent, and requests are handled (and answered) during that time
+    if ((!client.connected && !client.connecting) || hasErrored(client) || client.conn.destroyed) return false
+    const flushed = mqttPacket.writeToStream({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, client.conn)
+    if (!flushed) this.backpressure(client)
+    return true
+  }
+
+  /**
+   * A write found the connection's buffer full. Cut the connection if too much is waiting, else
+   * give it drainTimeoutMs to drain. Called by the broker's writes (upstream.neverWaitForDrain)
+   * and by writeDirect.
+   */
+  readonly backpressure = (client: Client): void => {
+    const conn = client.conn
+    if (conn.destroyed) return
+    if (conn.writableLength > this.limits.outboundBufferBytes) {
+      this.cut(client, `more than ${this.limits.outboundBufferBytes} bytes waiting to be written`)
+      return
+    }
+    const entry = this.entries.get(client)
+    if (entry === undefined || entry.drainTimer !== null) return
+    entry.drainTimer = setTimeout(() => {
+      entry.drainTimer = null
+      this.cut(client, `socket did not drain within ${this.limits.drainTimeoutMs} ms`)
+    }, this.limits.drainTimeoutMs)
+    entry.drainTimer.unref()
+    conn.once('drain', () => {
+      if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
+      entry.drainTimer = null
+    })
+  }
+
+  private cut (client: Client, why: string): void {
+    if (client.conn.destroyed) return
+    this.slowConsumersCut++
+    const log = this.entries.get(client)?.session.logger ?? this.logger
+    log.warn({ reason: why, queuedBytes: client.conn.writableLength }, 'slow consumer disconnected')
+    client.conn.destroy()
+  }
+}
+
+function removeFrom (map: Map<string, Set<Client>>, key: string, client: Client): void {
+  const set = map.get(key)
+  if (set === undefined) return
+  set.delete(client)
+  if (set.size === 0) map.delete(key)
+}

@@ -1,0 +1,243 @@
+/**
+ * Every workaround for a behaviour of a dependency lives here, named after what it works around.
+ * The packages touched are pinned to exact versions in package.json, and test/upstream.test.ts
+ * checks each upstream behaviour directly: when an upgrade changes one, that test fails and says
+ * which workaround to revisit. What is worth reporting upstream is listed in ARCHITECTURE.md.
+ *
+ *   aedes 1.2.0
+ *     1. publishes of handled requests are re-pointed at SINK_TOPIC and skip Aedes' pipeline
+ *        (skipSinkPublishes);
+ *     2. the MQTT parser buffers a packet up to its claimed length (256 MB) before anything sees
+ *        it: the length is checked as soon as it is parsed (limitPacketSize, mqtt-packet 9.0.2);
+ *     3. a delivery to a socket that does not drain holds a slot of the shared emitter until the
+ *        socket drains or drainTimeout passes, stalling every other delivery: writes never wait
+ *        (neverWaitForDrain); the caller bounds what a connection may queue instead;
+ *     4. the granted QoS of a subscription is recorded before authorizeSubscribe runs, so a QoS 2
+ *        request is answered SUBACK 2 even if the hook lowers it: SUBSCRIBE packets are clamped
+ *        to QoS 1 before Aedes sees them (grantAtMostQos1);
+ *     5. Aedes calls persistence.addSubscriptions once per topic of a SUBSCRIBE, which with
+ *        aedes-persistence-redis 11.2.2 + mqemitter-redis hangs multi-topic SUBSCRIBEs of
+ *        persistent sessions (coalesceAddSubscriptions).
+ *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
+ *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
+ *   mqemitter 7.1.0
+ *     7. with a concurrency limit, releasing a queue of messages whose handlers finish
+ *        synchronously recurses once per message (stack overflow under load): the emitter runs
+ *        without a limit (createEmitter), which never queues; 3. keeps deliveries from piling up.
+ *   mqemitter-redis 7.2.1
+ *     8. close() quits its Redis connections without handling the promises: an already closed
+ *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
+ */
+import type { Aedes, Client, PublishPacket } from 'aedes'
+import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
+import mqemitter from 'mqemitter'
+import { SINK_TOPIC } from '../protocol/topics.js'
+
+/** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
+interface ClientInternals {
+  _parser: MqttParser
+  waitForDrain: (callback: (err: Error | null, client: Client) => void) => void
+  will?: unknown
+  errored?: boolean
+}
+
+/** The parts of mqtt-packet's Parser that limitPacketSize relies on. */
+interface MqttParser {
+  packet: { length: number }
+  _parseLength: () => boolean
+  _emitError: (err: Error) => void
+  prependListener: (event: 'packet', listener: (packet: { cmd: string, subscriptions?: Array<{ qos: number }> }) => void) => unknown
+}
+
+function internals (client: Client): ClientInternals {
+  return client as unknown as ClientInternals
+}
+
+/** The will packet Aedes passes to authorizePublish when it publishes a client's will. */
+export function isWillOf (client: Client, packet: PublishPacket): boolean {
+  return packet === internals(client).will
+}
+
+/** Aedes' own `errored` flag: set once the connection failed (writes would be lost). */
+export function hasErrored (client: Client): boolean {
+  return internals(client).errored === true
+}
+
+/** 1. Publishes to SINK_TOPIC complete at once without routing (handled requests). */
+export function skipSinkPublishes (broker: Aedes): void {
+  type Done = (err?: Error) => void
+  const target = broker as unknown as { publish: (packet: PublishPacket, client?: unknown, done?: Done) => void }
+  const publish = target.publish.bind(broker)
+  target.publish = (packet, client, done) => {
+    if (packet.topic !== SINK_TOPIC) { publish(packet, client, done); return }
+    const cb = typeof client === 'function' ? client as Done : done
+    if (cb !== undefined) process.nextTick(cb)
+  }
+}
+
+export class PacketTooLargeError extends Error {
+  constructor (readonly length: number, readonly limit: number) {
+    super(`MQTT packet of ${length} bytes exceeds the limit of ${limit} bytes`)
+    this.name = 'PacketTooLargeError'
+  }
+}
+
+/**
+ * 2. The first packet of a connection (CONNECT) may claim at most `connectLimit` bytes, every
+ * later one `limit`. The check runs as soon as the remaining-length field is parsed, before the
+ * body is buffered; a packet over the limit is a parser error, and Aedes closes the connection.
+ */
+export function limitPacketSize (client: Client, connectLimit: number, limit: number): void {
+  const parser = internals(client)._parser
+  const parseLength = parser._parseLength
+  let first = true
+  parser._parseLength = function (this: MqttParser): boolean {
+    const parsed = parseLength.call(this)
+    if (!parsed) return false
+    const max = first ? connectLimit : limit
+    first = false
+    if (this.packet.length > max) {
+      this._emitError(new PacketTooLargeError(this.packet.length, max))
+      return false
+    }
+    return true
+  }
+}
+
+/**
+ * 3. When a write finds the socket's buffer full, Aedes would wait for 'drain' before completing
+ * the delivery (and freeing its emitter slot). Instead the delivery completes at once and
+ * `onBackpressure` is told: the caller bounds the bytes queued and the time without draining.
+ */
+export function neverWaitForDrain (client: Client, onBackpressure: (client: Client) => void): void {
+  internals(client).waitForDrain = (callback) => {
+    onBackpressure(client)
+    setImmediate(callback, null, client)
+  }
+}
+
+/** 4. SUBSCRIBE requests for QoS 2 become QoS 1 before Aedes records (and acknowledges) them. */
+export function grantAtMostQos1 (client: Client): void {
+  internals(client)._parser.prependListener('packet', (packet) => {
+    if (packet.cmd !== 'subscribe' || packet.subscriptions === undefined) return
+    for (const s of packet.subscriptions) if (s.qos > 1) s.qos = 1
+  })
+}
+
+interface SubscriptionStore {
+  addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>
+}
+
+/**
+ * 5. Aedes 1.2 calls persistence.addSubscriptions(client, allSubscriptionsOfThePacket) once per
+ * subscription of a SUBSCRIBE packet, concurrently. aedes-persistence-redis then waits for its
+ * own `$SYS/sub/add` broadcast to come back through the emitter, keyed by (client, first topic):
+ * with mqemitter-redis the replies arrive after all the calls have registered, the waiters
+ * overwrite each other, and a multi-topic SUBSCRIBE of a clean=false client never gets its
+ * SUBACK. Identical concurrent calls are therefore made once and share the result.
+ */
+export function coalesceAddSubscriptions<T> (persistence: T): T {
+  const store = persistence as unknown as SubscriptionStore
+  const add = store.addSubscriptions.bind(store)
+  const inFlight = new Map<string, Promise<unknown>>()
+  store.addSubscriptions = async (client, subs) => {
+    const key = `${client.id}\u0000${subs.map(s => `${s.topic}\u0001${s.qos}`).join('\u0000')}`
+    const running = inFlight.get(key)
+    if (running !== undefined) return await running
+    const p = add(client, subs).finally(() => inFlight.delete(key))
+    inFlight.set(key, p)
+    return await p
+  }
+  return persistence
+}
+
+interface QueuedPacket { payload?: unknown }
+
+export interface SessionQueueLimits {
+  /** Messages kept per session; later ones are not queued. */
+  messages: number
+  /** Payload bytes kept per session. */
+  bytes: number
+}
+
+/**
+ * 6. Aedes' memory persistence with bounded offline queues: a persistent session (clean=false)
+ * keeps at most `limits.messages` queued messages and `limits.bytes` of their payloads; messages
+ * beyond are not queued (the client fills the gap by seq with `history`). Counts go down when a
+ * queued message is acknowledged (outgoingClearMessageId), the only way one leaves the queue.
+ */
+export class BoundedMemoryPersistence extends MemoryPersistence {
+  private readonly queued = new Map<string, { messages: number, bytes: number }>()
+  /** Messages not queued because a session's queue was full. */
+  dropped = 0
+
+  constructor (private readonly limits: SessionQueueLimits) {
+    super()
+  }
+
+  private admit (clientId: string, packet: QueuedPacket): boolean {
+    const size = payloadSize(packet)
+    const q = this.queued.get(clientId) ?? { messages: 0, bytes: 0 }
+    if (q.messages + 1 > this.limits.messages || q.bytes + size > this.limits.bytes) {
+      this.dropped++
+      return false
+    }
+    q.messages++
+    q.bytes += size
+    this.queued.set(clientId, q)
+    return true
+  }
+
+  override async outgoingEnqueue (sub: { clientId: string }, packet: QueuedPacket): Promise<void> {
+    if (this.admit(sub.clientId, packet)) await super.outgoingEnqueue(sub, packet)
+  }
+
+  override async outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: QueuedPacket): Promise<void> {
+    const admitted = subs.filter(s => this.admit(s.clientId, packet))
+    if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet)
+  }
+
+  override async outgoingClearMessageId (client: { id: string }, packet: { messageId?: number }): Promise<QueuedPacket | undefined> {
+    const removed: QueuedPacket | undefined = await super.outgoingClearMessageId(client, packet)
+    const q = this.queued.get(client.id)
+    if (removed !== undefined && q !== undefined) {
+      q.messages--
+      q.bytes -= payloadSize(removed)
+      if (q.messages <= 0) this.queued.delete(client.id)
+    }
+    return removed
+  }
+
+  /** Queued messages of one session as counted here (for tests and health). */
+  queuedOf (clientId: string): { messages: number, bytes: number } {
+    return { ...(this.queued.get(clientId) ?? { messages: 0, bytes: 0 }) }
+  }
+}
+
+function payloadSize (packet: QueuedPacket): number {
+  const p = packet.payload
+  return Buffer.isBuffer(p) ? p.length : typeof p === 'string' ? Buffer.byteLength(p) : 0
+}
+
+/**
+ * 7. The embedded broker's emitter, without a concurrency limit: with one, messages beyond the
+ * limit are queued and released recursively (mqemitter's `released` -> `_do` -> `released` ...
+ * when handlers complete synchronously, e.g. a message nobody subscribes to), which overflowed the
+ * stack after a stuck socket had filled the slots. Deliveries no longer hold slots (3.), so a limit
+ * would only add that hazard.
+ */
+export function createEmitter (): unknown {
+  return mqemitter({ concurrency: 0, matchEmptyLevels: true })
+}
+
+/**
+ * 8. mqemitter-redis' close() (called by Aedes' broker.close()) quits both of its connections
+ * without handling the promises. Close only the emitter; the owner quits the connections.
+ */
+export function closeEmitterQuietly (mq: unknown): void {
+  const emitter = mq as { closing: boolean, _close: (cb: () => void) => void, close: (cb?: () => void) => void }
+  emitter.close = (cb) => {
+    emitter.closing = true
+    emitter._close(cb ?? (() => {}))
+  }
+}

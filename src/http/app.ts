@@ -1,0 +1,141 @@
+/**
+ * The HTTP listener, on fastify: one router for the chat page (web/dist), `GET /healthz`, the
+ * admin API under `/admin/`, and the MQTT-over-WebSocket upgrade at `/mqtt` (src/broker/listeners.ts).
+ * One error handler maps every failure to `{code, message}` with an HTTP status; fastify's own
+ * limits cover the URL (malformed percent-encoding -> 400), headers, body size and the time a
+ * request may take, and security headers go on every response.
+ */
+import http from 'node:http'
+import { existsSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { fastify, type FastifyError, type FastifyInstance } from 'fastify'
+import fastifyStatic from '@fastify/static'
+import { serializerCompiler, validatorCompiler, hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod'
+import { ImError, toWireError, type ErrorCode } from '../errors.js'
+import type { Logger } from '../log.js'
+import { adminRoutes, type AdminDeps } from '../admin/http.js'
+
+export interface HttpOptions {
+  requestTimeoutMs: number
+  keepAliveTimeoutMs: number
+  bodyLimitBytes: number
+  maxHeaderBytes: number
+}
+
+export interface HttpDeps {
+  logger: Logger
+  admin: AdminDeps
+  /** GET /healthz: the body and whether everything is up (200) or not (503). */
+  health: () => Promise<{ ok: boolean, body: Record<string, unknown> }>
+  /** Where the built page lives (default: web/dist of the package). */
+  webRoot?: string
+}
+
+function findWebDist (): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  for (let i = 0; i < 5; i++) {
+    if (existsSync(path.join(dir, 'package.json'))) return path.join(dir, 'web', 'dist')
+    dir = path.dirname(dir)
+  }
+  return path.resolve('web', 'dist')
+}
+
+export const WEB_DIST = findWebDist()
+
+/** The page loads only its own script, styles and images and talks to its own origin. */
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
+  "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", "object-src 'none'"
+].join('; ')
+
+const SECURITY_HEADERS: Record<string, string> = {
+  'content-security-policy': CONTENT_SECURITY_POLICY,
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin'
+}
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  NOT_FOUND: 404, CONFLICT: 409, FORBIDDEN: 403, TOO_LARGE: 413, RATE_LIMITED: 429, UNAVAILABLE: 503, INTERNAL: 500
+}
+
+export function statusOf (code: ErrorCode): number {
+  return STATUS[code] ?? 400
+}
+
+/** fastify's own errors (bad URL, body too large, unsupported type, validation) as our codes. */
+function fromFastify (err: FastifyError): ImError {
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const issues = err.validation.map(v => `${v.instancePath === '' ? 'body' : v.instancePath.slice(1).replaceAll('/', '.')}: ${v.message ?? 'invalid'}`)
+    return new ImError('BAD_REQUEST', issues.slice(0, 5).join('; '))
+  }
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE': return new ImError('TOO_LARGE', 'request body too large')
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new ImError('BAD_REQUEST', 'send JSON (content-type: application/json)')
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY': return new ImError('BAD_JSON')
+  }
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new ImError('BAD_REQUEST', err.message)
+  return new ImError('INTERNAL', undefined, { cause: err })
+}
+
+export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Promise<FastifyInstance> {
+  const app = fastify({
+    logger: false,
+    bodyLimit: options.bodyLimitBytes,
+    routerOptions: { maxParamLength: 200 },
+    requestTimeout: options.requestTimeoutMs,
+    keepAliveTimeout: options.keepAliveTimeoutMs,
+    // a socket that sends nothing at all is closed after this long too
+    connectionTimeout: options.requestTimeoutMs,
+    return503OnClosing: true,
+    serverFactory: (handler) => http.createServer({
+      maxHeaderSize: options.maxHeaderBytes,
+      headersTimeout: options.requestTimeoutMs,
+      requestTimeout: options.requestTimeoutMs,
+      // how often Node checks the two timeouts above (default 30 s)
+      connectionsCheckingInterval: Math.min(1000, options.requestTimeoutMs)
+    }, handler)
+  })
+  const log = deps.logger.child({ component: 'http' })
+  app.setValidatorCompiler(validatorCompiler)
+  app.setSerializerCompiler(serializerCompiler)
+
+  app.addHook('onSend', async (_req, reply, payload) => {
+    reply.headers(SECURITY_HEADERS)
+    return payload
+  })
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const imErr = err instanceof ImError ? err : fromFastify(err)
+    if (imErr.code === 'INTERNAL') log.error({ err, url: req.url }, 'http request failed')
+    void reply.status(statusOf(imErr.code)).send(toWireError(imErr))
+  })
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: 'NOT_FOUND', message: `no such page: ${req.method} ${req.url.slice(0, 200)}; MQTT over WebSocket is at /mqtt` })
+  })
+
+  app.get('/healthz', async (_req, reply) => {
+    const { ok, body } = await deps.health()
+    return await reply.status(ok ? 200 : 503).send(body)
+  })
+
+  await app.register(adminRoutes, { prefix: '/admin', ...deps.admin })
+
+  const root = deps.webRoot ?? WEB_DIST
+  if (existsSync(path.join(root, 'index.html'))) {
+    await app.register(fastifyStatic, {
+      root,
+      index: ['index.html'],
+      wildcard: true,
+      dotfiles: 'deny',
+      setHeaders: (res, file) => { res.setHeader('cache-control', file.endsWith('index.html') ? 'no-cache' : 'public, max-age=300') }
+    })
+  } else {
+    app.get('/', async (_req, reply) => await reply.status(404).type('text/plain; charset=utf-8').send('The chat page is not built. Run: npm run build:web\n'))
+  }
+  await app.ready()
+  return app
+}
