@@ -7,8 +7,9 @@ export type { ConversationSummary, ImEvent, MessageEnvelope }
 /**
  * Key/value persistence for the SDK's state (synced seq per conversation, outbox of unacked sends),
  * stored as one JSON value under the key `mqim:<user>:<device>`. `set` calls must take effect in the
- * order they are made; a storage that writes synchronously inside `set` (all three shipped ones do)
- * keeps the window in which a crash can lose a state change as small as it gets.
+ * order they are made. A storage that writes synchronously inside `set` (all three shipped ones do)
+ * has an unacknowledged send stored before `send()` returns. The SDK coalesces the other writes
+ * (`saveIntervalMs`).
  */
 export interface ClientStorage {
   get(key: string): Promise<string | null>
@@ -39,6 +40,12 @@ export interface ImClientOptions {
    * messages as `message` events. Default 100.
    */
   maxBackfill?: number
+  /**
+   * Sync progress (and settled sends) is written to `storage` at most once per this many ms, the first
+   * change after a quiet interval at once; after a crash the messages of the last interval are emitted
+   * again. Unacknowledged sends are always written before they are published. Default 200.
+   */
+  saveIntervalMs?: number
   /**
    * Listeners attached before the first connection. Messages missed while offline are emitted during
    * the initial sync, i.e. before `ImClient.connect` resolves: listen here to see them.
