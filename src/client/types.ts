@@ -26,6 +26,14 @@ export interface ImClientOptions {
   deviceId: string
   /** Where the synced seq per conversation and the outbox live. Default: a MemoryStorage (nothing survives a restart). */
   storage?: ClientStorage
+  /**
+   * Runs mqtt.js's keepalive interval. Default: the runtime's setInterval (never mqtt.js's own worker,
+   * which it builds from a blob: URL that a Content-Security-Policy without `worker-src blob:` blocks,
+   * and then no ping is ever sent). Browsers slow a hidden tab's timers down to once a minute, which
+   * can delay pings past the server's keepalive limit; a page can pass intervals run by a Worker script
+   * of its own origin instead (web/src/timers.ts).
+   */
+  keepaliveTimer?: IntervalTimer
   /** How long a request waits for its reply before it rejects with TIMEOUT. Default 10000. */
   requestTimeoutMs?: number
   /** markRead calls within this window are merged into one `read` request per conversation. Default 500. */
@@ -51,6 +59,12 @@ export interface ImClientOptions {
    * the initial sync, i.e. before `ImClient.connect` resolves: listen here to see them.
    */
   on?: Partial<ImClientEvents>
+}
+
+/** setInterval/clearInterval, the shape mqtt.js takes as `timerVariant`. */
+export interface IntervalTimer {
+  set (fn: () => void, ms: number): number
+  clear (id: number): void
 }
 
 export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'
