@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
- * Builds the browser chat page: web/src/main.ts (which imports the client SDK from src/client/) is
- * bundled by esbuild into web/dist/app.js (minified, with a source map), and web/src/index.html and
- * web/src/style.css are copied next to it. The server serves web/dist/ at `/` (src/http/static.ts).
+ * Builds the browser chat page: web/src/main.tsx (Preact views; it imports the client SDK from
+ * src/client/) is bundled by esbuild into web/dist/app.js (minified, with a source map), the
+ * keepalive worker web/src/timer-worker.ts into web/dist/timer-worker.js, and web/src/index.html and
+ * web/src/style.css are copied next to them. The server serves web/dist/ at `/` (src/http/static.ts).
  *
  *   node scripts/build-web.mjs            build once
  *   node scripts/build-web.mjs --watch    rebuild on change (development)
@@ -43,8 +44,8 @@ const copyStatic = {
 /** @type {import('esbuild').BuildOptions} */
 const options = {
   absWorkingDir: root,
-  entryPoints: [path.join(src, 'main.ts')],
-  outfile: path.join(out, 'app.js'),
+  entryPoints: { app: path.join(src, 'main.tsx'), 'timer-worker': path.join(src, 'timer-worker.ts') },
+  outdir: out,
   bundle: true,
   format: 'esm',
   platform: 'browser',
@@ -52,6 +53,8 @@ const options = {
   // The "browser" condition picks mqtt's dist/mqtt.esm.js (see node_modules/mqtt/package.json "exports").
   conditions: ['browser', 'import'],
   mainFields: ['browser', 'module', 'main'],
+  jsx: 'automatic',
+  jsxImportSource: 'preact',
   minify: true,
   sourcemap: true,
   legalComments: 'none',

@@ -226,6 +226,20 @@ describe('client SDK', () => {
     }
   })
 
+  test('mqtt.js keepalive runs on the keepaliveTimer given (a page passes a worker of its own origin)', async () => {
+    const intervals = new Map<number, number>()
+    let next = 1
+    const keepaliveTimer = {
+      set: (_fn: () => void, ms: number): number => { intervals.set(next, ms); return next++ },
+      clear: (id: number): void => { intervals.delete(id) }
+    }
+    const alice = await client('alice', 'timed', 'tcp', { keepaliveTimer })
+    // half the 60 s keepalive: mqtt.js pings on the second tick
+    expect([...intervals.values()]).toEqual([30000])
+    await alice.close()
+    expect(intervals.size).toBe(0)
+  })
+
   test('sends are retried through RATE_LIMITED and each is stored once, in order', async () => {
     const limited = await startServer({ limits: { requestsPerSecond: 20, requestBurst: 5 } })
     try {

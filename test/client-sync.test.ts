@@ -48,6 +48,7 @@ test('in-order messages are emitted at once, duplicates are dropped', async () =
   expect(t.emitted.map(m => m.seq)).toEqual([1, 2])
   expect(t.calls).toEqual([])
   expect(t.store.state.synced.c1).toBe(2)
+  await t.store.flush()
   expect(JSON.parse((await t.storage.get('k')) ?? '{}').synced.c1).toBe(2)
 })
 
@@ -67,7 +68,7 @@ test('a gap is filled from history (paged) before the messages after it are emit
 test('catchUp on a fresh storage starts at lastSeq; later conversations start at the join or maxBackfill back', async () => {
   const t = await setup()
   t.server.lastSeq = 500
-  await t.sync.catchUp(async () => [{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, muted: false }])
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, muted: false }], complete: true }))
   expect(t.emitted).toEqual([])
   expect(t.calls).toEqual([])
   expect(t.store.state).toMatchObject({ initialized: true, synced: { old: 500 } })
@@ -87,10 +88,17 @@ test('catchUp on a fresh storage starts at lastSeq; later conversations start at
 test('catchUp forgets conversations that are no longer listed, and pulls what was missed', async () => {
   const t = await setup({ stored: { gone: 4, c1: 3 } })
   t.server.lastSeq = 6
-  await t.sync.catchUp(async () => [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, muted: false }])
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, muted: false }], complete: true }))
   expect(t.emitted.map(m => m.seq)).toEqual([4, 5, 6])
   expect(t.store.state.synced).toEqual({ c1: 6 })
   expect(t.synced).toEqual([['c1', 6]])
+})
+
+test('catchUp with an incomplete list (the page bound was hit) forgets nothing', async () => {
+  const t = await setup({ stored: { unlisted: 4, c1: 3 } })
+  t.server.lastSeq = 3
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 3, last: null, readSeq: 0, unread: 3, muted: false }], complete: false }))
+  expect(t.store.state.synced).toEqual({ unlisted: 4, c1: 3 })
 })
 
 test('history merged by the app: older pages join the local copy silently, newer messages go through ordering', async () => {

@@ -5,12 +5,13 @@ import { Connection } from './connection.js'
 import { Emitter } from './emitter.js'
 import { ImClientError } from './errors.js'
 import { randomId } from './ids.js'
+import { LIST_PAGE_LIMIT, LIST_PAGES_MAX, listAll, type ConversationList, type ListPage } from './list.js'
 import { Outbox } from './outbox.js'
 import { ReadBatcher } from './reads.js'
-import { MemoryStorage, StateStore, type OutboxEntry } from './storage.js'
+import { MemoryStorage, readState, StateStore, type OutboxEntry, type PersistedState } from './storage.js'
 import { ConversationSync } from './sync.js'
 import type {
-  AddMembersResult, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
+  AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
   Role, SendOptions, SendResult, SetRoleResult
 } from './types.js'
@@ -21,7 +22,7 @@ interface Results extends Record<OpName, unknown> {
   history: HistoryResult
   read: ReadResult
   mute: MuteResult
-  list: { conversations: ConversationSummary[] }
+  list: ListPage
   direct: DirectResult
   'create-group': CreateGroupResult
   'add-members': AddMembersResult
@@ -37,7 +38,7 @@ interface Results extends Record<OpName, unknown> {
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
 const MSG_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
 
-const DEFAULTS = { requestTimeoutMs: 10000, readDebounceMs: 500, reconnectPeriodMs: 1000, connectTimeoutMs: 10000, maxBackfill: 100 }
+const DEFAULTS = { requestTimeoutMs: 10000, readDebounceMs: 500, reconnectPeriodMs: 1000, connectTimeoutMs: 10000, maxBackfill: 100, saveIntervalMs: 200 }
 
 export class ImClient {
   readonly userId: string
@@ -49,6 +50,7 @@ export class ImClient {
   private readonly sync: ConversationSync
   private readonly outbox: Outbox
   private readonly reads: ReadBatcher
+  private readonly store: StateStore
   private readonly options: ImClientOptions & typeof DEFAULTS
   private onlineWaiters: Array<{ resolve: () => void, reject: (err: ImClientError) => void }> = []
   private syncing: Promise<void> | null = null
@@ -62,8 +64,9 @@ export class ImClient {
   static async connect (options: ImClientOptions): Promise<ImClient> {
     if (!USER_ID_PATTERN.test(options.userId)) throw new ImClientError('BAD_REQUEST', `not a user id: ${options.userId}`)
     if (!DEVICE_ID_PATTERN.test(options.deviceId)) throw new ImClientError('BAD_REQUEST', `not a device id (1-64 of A-Z a-z 0-9 _ -): ${options.deviceId}`)
-    const store = await StateStore.load(options.storage ?? new MemoryStorage(), `mqim:${options.userId}:${options.deviceId}`)
-    const client = new ImClient({ ...DEFAULTS, ...stripUndefined(options) }, store)
+    const storage = options.storage ?? new MemoryStorage()
+    const key = `mqim:${options.userId}:${options.deviceId}`
+    const client = new ImClient({ ...DEFAULTS, ...stripUndefined(options) }, storage, key, await readState(storage, key))
     const timeoutMs = client.options.connectTimeoutMs
     let timer: ReturnType<typeof setTimeout> | undefined
     try {
@@ -80,11 +83,15 @@ export class ImClient {
     return client
   }
 
-  private constructor (options: ImClientOptions & typeof DEFAULTS, private readonly store: StateStore) {
+  private constructor (options: ImClientOptions & typeof DEFAULTS, storage: ClientStorage, key: string, state: PersistedState) {
     this.options = options
     this.userId = options.userId
     this.deviceId = options.deviceId
     const emitError = (err: ImClientError): void => { this.events.emit('error', err) }
+    const store = this.store = new StateStore(storage, key, state, {
+      saveIntervalMs: options.saveIntervalMs,
+      onError: (err) => { emitError(new ImClientError('INTERNAL', `storage: ${String(err)}`)) }
+    })
     const isClosed = (): boolean => this.state === 'closed'
     this.events.onListenerError = (err, event) => {
       if (event === 'error') setTimeout(() => { throw err }, 0) // an error listener that throws: like an unhandled error
@@ -145,10 +152,9 @@ export class ImClient {
     return this.outbox.size
   }
 
+  /** Every conversation of mine (all pages), newest last message first. */
   async list (): Promise<ConversationSummary[]> {
-    const { conversations } = await this.call('list', {})
-    for (const c of conversations) this.reads.known(c.conv, c.readSeq)
-    return conversations
+    return (await this.listAll()).conversations
   }
 
   /** One page of history; the messages also join the local copy (`messages(conv)`). */
@@ -186,9 +192,14 @@ export class ImClient {
     await this.reads.flush()
   }
 
-  /** Sends pending read marks (when online), then disconnects. Unacked sends stay in storage for the next run. */
+  /**
+   * Writes the state, sends pending read marks (when online), then disconnects. Unacked sends stay in
+   * storage for the next run. The state is written first, in this tick: a page being hidden may get no
+   * further turn.
+   */
   async close (): Promise<void> {
     if (this.state === 'closed') return
+    const saved = this.store.flush()
     if (this.state === 'online') await this.reads.flush().catch(() => {})
     this.setState('closed')
     this.reads.stop()
@@ -197,7 +208,8 @@ export class ImClient {
     for (const w of this.onlineWaiters) w.reject(new ImClientError('CLOSED', 'the client was closed'))
     this.onlineWaiters = []
     await this.conn.close()
-    await this.store.flush()
+    await saved
+    await this.store.close()
   }
 
   /**
@@ -217,6 +229,14 @@ export class ImClient {
       }
       await new Promise(resolve => setTimeout(resolve, delay))
     }
+  }
+
+  /** All pages of `list`; an incomplete list (the page bound was hit) is reported as an error event. */
+  private async listAll (): Promise<ConversationList> {
+    const list = await listAll(async (cursor) => await this.call('list', cursor === undefined ? {} : { cursor, limit: LIST_PAGE_LIMIT }))
+    for (const c of list.conversations) this.reads.known(c.conv, c.readSeq)
+    if (!list.complete) this.events.emit('error', new ImClientError('INTERNAL', `list: gave up after ${LIST_PAGES_MAX} pages; the list is incomplete`, 'list'))
+    return list
   }
 
   /** Checks what would make a stored send fail for ever (msgId, text body) before it enters the outbox. */
@@ -260,7 +280,7 @@ export class ImClient {
     do {
       this.syncAgain = false
       try {
-        await this.sync.catchUp(async () => await this.list())
+        await this.sync.catchUp(async () => await this.listAll())
         if (this.conn.connected && !this.syncAgain && this.state !== 'closed') {
           this.setState('online')
           this.outbox.resume()

@@ -7,6 +7,7 @@ import mqtt, { type MqttClient } from 'mqtt'
 import type { OpName, Reply } from '../protocol/schemas.js'
 import { ImClientError, type ImClientErrorCode } from './errors.js'
 import { randomId } from './ids.js'
+import type { IntervalTimer } from './types.js'
 
 export interface ConnectionOptions {
   url: string
@@ -16,6 +17,7 @@ export interface ConnectionOptions {
   requestTimeoutMs: number
   reconnectPeriodMs: number
   connectTimeoutMs: number
+  keepaliveTimer?: IntervalTimer
 }
 
 export interface ConnectionHandlers {
@@ -56,7 +58,8 @@ export class Connection {
       clean: false,
       reconnectPeriod: options.reconnectPeriodMs,
       connectTimeout: options.connectTimeoutMs,
-      resubscribe: false
+      resubscribe: false,
+      timerVariant: options.keepaliveTimer ?? 'native'
     })
     this.mqtt.on('connect', () => { this.onConnect() })
     this.mqtt.on('close', () => { if (!this.closed) handlers.down() })

@@ -18,7 +18,7 @@ export { ImClient } from './client.js'
 export { ImClientError, type ImClientErrorCode } from './errors.js'
 export { MemoryStorage, LocalStorageStorage } from './storage.js'
 export type {
-  ClientStorage, ImClientOptions, ConnectionState, ImClientEvents,
+  ClientStorage, ImClientOptions, IntervalTimer, ConnectionState, ImClientEvents,
   MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
   SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult,

@@ -1,6 +1,7 @@
 /**
- * Sends that survive reconnects and restarts. A send is stored in the outbox before it is published,
- * and published again (same msgId, so the server stores it once) after timeouts, reconnects,
+ * Sends that survive reconnects and restarts. A send is stored in the outbox before it is published
+ * (written at once, not coalesced: `StateStore.saveNow`, before `add` returns its promise), and
+ * published again (same msgId, so the server stores it once) after timeouts, reconnects,
  * RATE_LIMITED and UNAVAILABLE, until a reply settles it. Per conversation the outbox sends one
  * message at a time, in order, because concurrent requests may be sequenced in any order (topics.md).
  */
@@ -40,7 +41,7 @@ export class Outbox {
     if (!state.outbox.some(e => key(e) === key(entry))) {
       state.outbox.push(entry)
       try {
-        await this.deps.store.save()
+        await this.deps.store.saveNow()
       } catch (err) {
         state.outbox.splice(state.outbox.indexOf(entry), 1)
         this.waiters.delete(key(entry))
@@ -103,7 +104,9 @@ export class Outbox {
     const { state } = this.deps.store
     const i = state.outbox.indexOf(entry)
     if (i >= 0) state.outbox.splice(i, 1)
-    this.deps.store.save().catch((err: unknown) => { this.deps.emitError(new ImClientError('INTERNAL', `storage: ${String(err)}`)) })
+    // Coalesced: should the process die before it is written, the entry is resent with the same msgId
+    // and the server answers it as a duplicate without storing it again.
+    this.deps.store.changed()
     const k = key(entry)
     const waiting = this.waiters.get(k) ?? []
     this.waiters.delete(k)

@@ -4,8 +4,10 @@
  * For each conversation the device keeps `synced`, the highest seq it holds without a gap (persisted):
  * a message with seq <= synced is a duplicate and dropped, seq = synced + 1 is emitted, and a higher
  * seq is held back while `history {after: synced}` is paged until `hasMore` is false (topics.md,
- * "Delivery guarantees"). Persisting `synced` after the `message` listeners ran makes delivery to
- * the app at least once across a crash and exactly once otherwise.
+ * "Delivery guarantees"). `synced` is persisted after the `message` listeners ran, coalesced
+ * (StateStore.changed: about one write per 200 ms however many messages arrive), which makes
+ * delivery to the app exactly once while the process lives and at least once across a crash: what
+ * was emitted after the last write is emitted again after a restart.
  *
  * Where a conversation starts (the first seq emitted is start + 1):
  *  - first sync of an empty storage: every listed conversation starts at its lastSeq; older messages
@@ -15,8 +17,9 @@
  *  - met in any other way later (it shows up in `list`, or a message arrives before its event): at
  *    most `maxBackfill` messages back from the newest seq known.
  */
-import type { ConversationSummary, MessageEnvelope } from '../protocol/schemas.js'
+import type { MessageEnvelope } from '../protocol/schemas.js'
 import { ImClientError } from './errors.js'
+import type { ConversationList } from './list.js'
 import type { StateStore } from './storage.js'
 import type { HistoryResult } from './types.js'
 
@@ -92,28 +95,28 @@ export class ConversationSync {
     this.convs.delete(conv)
     if (conv in this.deps.store.state.synced) {
       delete this.deps.store.state.synced[conv]
-      this.save()
+      this.deps.store.changed()
     }
   }
 
   /**
    * After (re)connecting: pull what was missed in every conversation of `list`. Conversations known
-   * before the list was requested and missing from it were left while offline and are forgotten
-   * (one that appears while the request runs is kept).
+   * before the list was requested and missing from a complete list were left while offline and are
+   * forgotten (one that appears while the request runs is kept).
    */
-  async catchUp (list: () => Promise<ConversationSummary[]>): Promise<void> {
+  async catchUp (list: () => Promise<ConversationList>): Promise<void> {
     const { state } = this.deps.store
     const knownBefore = Object.keys(state.synced)
-    const summaries = await list()
+    const { conversations: summaries, complete } = await list()
     const listed = new Set(summaries.map(s => s.conv))
-    for (const conv of knownBefore) if (!listed.has(conv)) this.forget(conv)
+    if (complete) for (const conv of knownBefore) if (!listed.has(conv)) this.forget(conv)
     for (const s of summaries) {
       const c = this.conv(s.conv)
       if (c.synced === undefined) this.setSynced(s.conv, c, state.initialized ? Math.max(0, s.lastSeq - this.deps.maxBackfill) : s.lastSeq)
       c.target = Math.max(c.target, s.lastSeq)
     }
     state.initialized = true
-    this.save()
+    this.deps.store.changed()
     const queue = [...summaries]
     const worker = async (): Promise<void> => {
       for (let s = queue.shift(); s !== undefined; s = queue.shift()) {
@@ -168,7 +171,7 @@ export class ConversationSync {
       if (c.local.length > LOCAL_MESSAGES_MAX) c.local.shift()
       this.setSynced(conv, c, next.seq)
       this.deps.emitMessage(next)
-      this.save()
+      this.deps.store.changed()
     }
     for (const seq of c.ahead.keys()) if (seq <= c.synced) c.ahead.delete(seq)
   }
@@ -213,10 +216,6 @@ export class ConversationSync {
     c.synced = seq
     c.target = Math.max(c.target, seq)
     this.deps.store.state.synced[conv] = seq
-  }
-
-  private save (): void {
-    this.deps.store.save().catch((err: unknown) => { this.deps.emitError(new ImClientError('INTERNAL', `storage: ${String(err)}`)) })
   }
 }
 

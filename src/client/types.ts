@@ -7,8 +7,9 @@ export type { ConversationSummary, ImEvent, MessageEnvelope }
 /**
  * Key/value persistence for the SDK's state (synced seq per conversation, outbox of unacked sends),
  * stored as one JSON value under the key `mqim:<user>:<device>`. `set` calls must take effect in the
- * order they are made; a storage that writes synchronously inside `set` (all three shipped ones do)
- * keeps the window in which a crash can lose a state change as small as it gets.
+ * order they are made. A storage that writes synchronously inside `set` (all three shipped ones do)
+ * has an unacknowledged send stored before `send()` returns. The SDK coalesces the other writes
+ * (`saveIntervalMs`).
  */
 export interface ClientStorage {
   get(key: string): Promise<string | null>
@@ -25,6 +26,14 @@ export interface ImClientOptions {
   deviceId: string
   /** Where the synced seq per conversation and the outbox live. Default: a MemoryStorage (nothing survives a restart). */
   storage?: ClientStorage
+  /**
+   * Runs mqtt.js's keepalive interval. Default: the runtime's setInterval (never mqtt.js's own worker,
+   * which it builds from a blob: URL that a Content-Security-Policy without `worker-src blob:` blocks,
+   * and then no ping is ever sent). Browsers slow a hidden tab's timers down to once a minute, which
+   * can delay pings past the server's keepalive limit; a page can pass intervals run by a Worker script
+   * of its own origin instead (web/src/timers.ts).
+   */
+  keepaliveTimer?: IntervalTimer
   /** How long a request waits for its reply before it rejects with TIMEOUT. Default 10000. */
   requestTimeoutMs?: number
   /** markRead calls within this window are merged into one `read` request per conversation. Default 500. */
@@ -40,10 +49,22 @@ export interface ImClientOptions {
    */
   maxBackfill?: number
   /**
+   * Sync progress (and settled sends) is written to `storage` at most once per this many ms, the first
+   * change after a quiet interval at once; after a crash the messages of the last interval are emitted
+   * again. Unacknowledged sends are always written before they are published. Default 200.
+   */
+  saveIntervalMs?: number
+  /**
    * Listeners attached before the first connection. Messages missed while offline are emitted during
    * the initial sync, i.e. before `ImClient.connect` resolves: listen here to see them.
    */
   on?: Partial<ImClientEvents>
+}
+
+/** setInterval/clearInterval, the shape mqtt.js takes as `timerVariant`. */
+export interface IntervalTimer {
+  set (fn: () => void, ms: number): number
+  clear (id: number): void
 }
 
 export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'

@@ -1,42 +1,4 @@
-/** Small DOM helpers: element lookup, element creation, formatting. */
-
-export function $<T extends HTMLElement = HTMLElement> (id: string): T {
-  const el = document.getElementById(id)
-  if (el === null) throw new Error(`missing #${id}`)
-  return el as T
-}
-
-type Attrs = Record<string, string | number | boolean | undefined | null>
-
-/** Creates an element; `attrs` keys starting with `data-`/`aria-` become attributes, `class` sets className. */
-export function h<K extends keyof HTMLElementTagNameMap> (tag: K, attrs: Attrs = {}, ...children: Array<Node | string | null | undefined | false>): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag)
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue
-    if (key === 'class') el.className = String(value)
-    else if (key === 'text') el.textContent = String(value)
-    else el.setAttribute(key, value === true ? '' : String(value))
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === false) continue
-    el.append(child)
-  }
-  return el
-}
-
-export function show (el: HTMLElement, visible: boolean): void {
-  el.hidden = !visible
-}
-
-export function showError (el: HTMLElement, err: unknown): void {
-  if (err === null || err === undefined || err === '') {
-    el.hidden = true
-    el.textContent = ''
-    return
-  }
-  el.textContent = describeError(err)
-  el.hidden = false
-}
+/** Formatting for the views: errors, times, avatar colours, user lists. */
 
 export function describeError (err: unknown): string {
   if (typeof err === 'string') return err

@@ -1,0 +1,195 @@
+/**
+ * The conversation list and which conversation is open: summaries from the SDK's `list` (kept live
+ * by `read`, `member` and `presence` events in between), opening and closing a chat (with the URL
+ * hash `#c=<conv>`, so reload and back work), and starting direct chats and groups.
+ */
+import type { ConversationSummary, ImClient, MemberEvent, ReadEvent } from '../../src/client/index.js'
+import { describeError } from './format.js'
+import type { Members } from './members.js'
+import type { Messages } from './messages.js'
+import type { AppStore, Presence } from './store.js'
+
+/** Presence is asked for at most this many direct-chat peers (the server's limit per request). */
+const PRESENCE_MAX = 500
+
+export class Conversations {
+  private listTimer: ReturnType<typeof setTimeout> | null = null
+  private closed = false
+
+  constructor (
+    private readonly client: ImClient,
+    private readonly store: AppStore,
+    private readonly messages: Messages,
+    private readonly members: Members
+  ) {}
+
+  async start (): Promise<void> {
+    await this.refresh()
+  }
+
+  close (): void {
+    this.closed = true
+    if (this.listTimer !== null) clearTimeout(this.listTimer)
+  }
+
+  known (conv: string): boolean {
+    return this.store.state.summaries.has(conv)
+  }
+
+  /** Refreshes the list soon (coalesced). */
+  scheduleRefresh (delayMs: number): void {
+    if (this.listTimer !== null) return
+    this.listTimer = setTimeout(() => {
+      this.listTimer = null
+      void this.refresh()
+    }, delayMs)
+  }
+
+  async refresh (): Promise<void> {
+    if (this.closed) return
+    try {
+      const list = await this.client.list()
+      if (this.closed) return
+      this.store.update(state => {
+        const seen = new Set<string>()
+        for (const s of list) {
+          seen.add(s.conv)
+          this.messages.confirm(s.conv, s.readSeq)
+          const old = state.summaries.get(s.conv)
+          // Never let an older snapshot undo what live events already told us.
+          if (old !== undefined && old.lastSeq > s.lastSeq) {
+            s.lastSeq = old.lastSeq
+            s.last = old.last
+          }
+          if (old !== undefined && old.readSeq > s.readSeq) s.readSeq = old.readSeq
+          s.unread = Math.max(0, s.lastSeq - s.readSeq)
+          state.summaries.set(s.conv, s)
+        }
+        for (const conv of [...state.summaries.keys()]) if (!seen.has(conv)) state.summaries.delete(conv)
+      })
+      const { active } = this.store.state
+      if (active !== null && !this.known(active)) this.closeChat()
+      else if (active === null) this.openFromHash()
+      void this.fetchPresence()
+    } catch (err) {
+      this.store.update(state => { state.sidebarError = describeError(err) })
+    }
+  }
+
+  onRead (e: ReadEvent): void {
+    const s = this.store.state.summaries.get(e.conv)
+    if (s === undefined || e.readSeq < s.readSeq) return
+    this.store.update(() => {
+      s.readSeq = e.readSeq
+      s.unread = Math.max(0, Math.min(e.unread, s.lastSeq - e.readSeq))
+      if (s.lastSeq < e.readSeq + e.unread) s.lastSeq = e.readSeq + e.unread
+    })
+  }
+
+  onMember (e: MemberEvent): void {
+    if (e.action === 'renamed' && e.name !== undefined) {
+      const s = this.store.state.summaries.get(e.conv)
+      const name = e.name
+      if (s !== undefined) this.store.update(() => { s.name = name })
+    }
+    this.scheduleRefresh(0)
+    if (e.conv === this.store.state.active && e.kind === 'group') void this.members.load()
+  }
+
+  onPresence (statuses: Presence[]): void {
+    if (this.closed) return
+    this.store.update(state => { for (const st of statuses) state.presence.set(st.user, st) })
+  }
+
+  /** Asks for the online state of every direct-chat peer (presence events keep it current afterwards). */
+  private async fetchPresence (): Promise<void> {
+    const peers = [...new Set([...this.store.state.summaries.values()].flatMap(s => s.peer !== undefined ? [s.peer] : []))].slice(0, PRESENCE_MAX)
+    if (peers.length === 0) return
+    try {
+      this.onPresence((await this.client.presence(peers)).users)
+    } catch (err) {
+      console.warn('presence', err)
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Open and close
+
+  async open (conv: string, push = true): Promise<void> {
+    const s = this.store.state.summaries.get(conv)
+    if (s === undefined) return
+    const switching = this.store.state.active !== conv
+    if (push && location.hash !== hashOf(conv)) history.pushState(null, '', hashOf(conv))
+    if (switching) this.messages.closed()
+    this.store.update(state => {
+      state.active = conv
+      if (switching) state.membersOpen = false
+    })
+    if (s.kind === 'group' && switching) void this.members.load()
+    await this.messages.opened(conv)
+  }
+
+  closeChat (push = true): void {
+    this.messages.closed()
+    this.store.update(state => { state.active = null })
+    if (push && location.hash !== '') history.pushState(null, '', location.pathname + location.search)
+  }
+
+  /** Back/forward: the hash says which chat is open. */
+  followHash (): void {
+    const conv = convFromHash()
+    if (conv !== '' && this.known(conv)) void this.open(conv, false)
+    else this.closeChat(false)
+  }
+
+  private openFromHash (): void {
+    const conv = convFromHash()
+    if (conv !== '' && this.known(conv)) void this.open(conv, false)
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // New conversations
+
+  /** Opens (creating it the first time) the direct chat with `user`; resolves false on failure (shown in the sidebar). */
+  async openDirect (user: string): Promise<boolean> {
+    return await this.guard(async () => {
+      const r = await this.client.direct(user)
+      this.added({ conv: r.conv, kind: 'direct', name: null, peer: r.peer, role: 'member', lastSeq: 0, last: null, readSeq: 0, unread: 0, muted: false })
+      await this.open(r.conv)
+    })
+  }
+
+  async createGroup (name: string, members: string[]): Promise<boolean> {
+    return await this.guard(async () => {
+      const r = await this.client.createGroup(name, members.filter(u => u !== this.store.state.me))
+      this.added({ conv: r.conv, kind: 'group', name: r.name, role: 'owner', lastSeq: 0, last: null, readSeq: 0, unread: 0, muted: false })
+      await this.open(r.conv)
+    })
+  }
+
+  private added (s: ConversationSummary): void {
+    this.store.update(state => {
+      state.touched.set(s.conv, Date.now())
+      if (!state.summaries.has(s.conv)) state.summaries.set(s.conv, s)
+    })
+  }
+
+  private async guard (fn: () => Promise<void>): Promise<boolean> {
+    this.store.update(state => { state.sidebarError = null })
+    try {
+      await fn()
+      return true
+    } catch (err) {
+      this.store.update(state => { state.sidebarError = describeError(err) })
+      return false
+    }
+  }
+}
+
+function hashOf (conv: string): string {
+  return `#c=${encodeURIComponent(conv)}`
+}
+
+function convFromHash (): string {
+  return decodeURIComponent(location.hash.replace(/^#c=/, ''))
+}

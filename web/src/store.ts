@@ -1,0 +1,146 @@
+/**
+ * The page's one state store. Controllers (session.ts, conversations.ts, messages.ts, members.ts)
+ * change the state through `update`; the views read it and re-render when the store notifies them,
+ * once per microtask however many updates ran. Nothing else holds what is shown.
+ */
+import type { ConnectionState, ConversationSummary, MessageEnvelope, PresenceEvent, Role } from '../../src/client/index.js'
+
+/** An own send not yet seen as a stored message. */
+export interface Pending { msgId: string, text: string, failed: boolean }
+
+export interface Member { user: string, role: Role }
+
+/** What the page holds for one conversation. */
+export interface ChatState {
+  messages: Map<number, MessageEnvelope>
+  /** Own sends not yet seen as stored messages, by msgId, in the order they were written. */
+  pending: Map<string, Pending>
+  /** True once the newest page has been fetched. */
+  loaded: boolean
+  loading: boolean
+  /** More messages exist below the lowest seq held. */
+  hasOlder: boolean
+  /** Direct: the peer's read cursor, as far as we know it. */
+  peerReadSeq: number
+  /** Group: how many others have read my last message, `receiptSeq`. */
+  receiptSeq: number
+  othersRead: number
+  /** Group: the members, once fetched. */
+  members?: Member[]
+}
+
+export type Presence = Omit<PresenceEvent, 'type'>
+
+export interface LoginState {
+  user: string
+  device: string
+  error: string | null
+  busy: boolean
+}
+
+export interface AppState {
+  /** `login`: the form; `restoring`: logging back in with this tab's saved session (nothing shown); `app`: logged in (also while reconnecting). */
+  phase: 'login' | 'restoring' | 'app'
+  login: LoginState
+  me: string
+  conn: ConnectionState
+  summaries: Map<string, ConversationSummary>
+  /** When a conversation was created or opened here: sorts conversations without messages. */
+  touched: Map<string, number>
+  chats: Map<string, ChatState>
+  /** The conversation on screen. */
+  active: string | null
+  /** Online state of direct-chat peers. */
+  presence: Map<string, Presence>
+  membersOpen: boolean
+  sidebarError: string | null
+  membersError: string | null
+  /** document.visibilityState === 'visible' */
+  pageVisible: boolean
+}
+
+export function initialState (): AppState {
+  return {
+    phase: 'login',
+    login: { user: '', device: '', error: null, busy: false },
+    me: '',
+    conn: 'connecting',
+    summaries: new Map(),
+    touched: new Map(),
+    chats: new Map(),
+    active: null,
+    presence: new Map(),
+    membersOpen: false,
+    sidebarError: null,
+    membersError: null,
+    pageVisible: true
+  }
+}
+
+export class Store<S> {
+  private readonly listeners = new Set<() => void>()
+  private scheduled = false
+
+  constructor (readonly state: S) {}
+
+  /** Changes the state; listeners are told once, in a microtask. */
+  update (change: (state: S) => void): void {
+    change(this.state)
+    if (this.scheduled) return
+    this.scheduled = true
+    queueMicrotask(() => {
+      this.scheduled = false
+      for (const fn of [...this.listeners]) fn()
+    })
+  }
+
+  subscribe (fn: () => void): () => void {
+    this.listeners.add(fn)
+    return () => { this.listeners.delete(fn) }
+  }
+}
+
+export type AppStore = Store<AppState>
+
+// --------------------------------------------------------------------------------------------------
+// Reading the state (pure)
+
+/** The chat state of a conversation, created on first use. */
+export function chatOf (state: AppState, conv: string): ChatState {
+  let c = state.chats.get(conv)
+  if (c === undefined) {
+    c = { messages: new Map(), pending: new Map(), loaded: false, loading: false, hasOlder: false, peerReadSeq: 0, receiptSeq: 0, othersRead: 0 }
+    state.chats.set(conv, c)
+  }
+  return c
+}
+
+export function titleOf (s: ConversationSummary): string {
+  return s.kind === 'direct' ? (s.peer ?? 'direct chat') : (s.name ?? 'group')
+}
+
+/** Unread as shown: nothing for the chat being looked at. */
+export function shownUnread (state: AppState, s: ConversationSummary): number {
+  return s.conv === state.active && state.pageVisible ? 0 : s.unread
+}
+
+/** Newest activity first: the last message, or when the conversation was created or opened here. */
+export function sortedSummaries (state: AppState): ConversationSummary[] {
+  const key = (s: ConversationSummary): number => Math.max(s.last?.ts ?? 0, state.touched.get(s.conv) ?? 0)
+  return [...state.summaries.values()].sort((a, b) => key(b) - key(a))
+}
+
+export function lastOwnSeq (chat: ChatState, me: string): number {
+  let best = 0
+  for (const m of chat.messages.values()) if (m.from === me && m.seq > best) best = m.seq
+  return best
+}
+
+export function bodyText (m: MessageEnvelope): string {
+  if (m.kind === 'text' && typeof m.body === 'string') return m.body
+  try {
+    return JSON.stringify(m.body)
+  } catch {
+    return String(m.body)
+  }
+}

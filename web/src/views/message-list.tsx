@@ -1,0 +1,138 @@
+/**
+ * The messages of the open chat, oldest first, with day separators, sender names in groups, read
+ * receipts on own messages and own sends still on their way. Keeps the view at the bottom while the
+ * reader is there (and after own sends), keeps it in place when older messages come in, loads older
+ * ones near the top, and reports which messages are on screen (for marking read).
+ */
+import type { JSX } from 'preact'
+import { useLayoutEffect, useRef } from 'preact/hooks'
+import type { MessageEnvelope } from '../../../src/client/index.js'
+import { clockTime, dayLabel } from '../format.js'
+import type { Messages } from '../messages.js'
+import { bodyText, lastOwnSeq, type ChatState } from '../store.js'
+
+interface Props {
+  conv: string
+  chat: ChatState
+  me: string
+  group: boolean
+  messages: Messages
+}
+
+/** Within this many pixels of the bottom, new messages scroll into view. */
+const STICK_PX = 120
+/** Within this many pixels of the top, the older page is loaded. */
+const LOAD_OLDER_PX = 80
+
+export function MessageList ({ conv, chat, me, group, messages }: Props) {
+  const box = useRef<HTMLDivElement>(null)
+  const list = useRef<HTMLOListElement>(null)
+  const observer = useRef<IntersectionObserver | null>(null)
+  const visible = useRef(new Set<number>())
+  /** At the bottom (as of the last scroll): new messages scroll into view. */
+  const stick = useRef(true)
+  /** scrollHeight - scrollTop after the last render or scroll: restored when older messages come in. */
+  const fromBottom = useRef(0)
+  const shown = useRef<{ first: number, last: number, pending: number } | null>(null)
+
+  const sorted = [...chat.messages.values()].sort((a, b) => a.seq - b.seq)
+
+  // Which messages are on screen (60 % visible), for marking read. One observer per chat.
+  useLayoutEffect(() => {
+    const io = new IntersectionObserver(entries => {
+      for (const e of entries) {
+        const seq = Number((e.target as HTMLElement).dataset.seq)
+        if (!Number.isFinite(seq)) continue
+        if (e.isIntersecting) visible.current.add(seq)
+        else visible.current.delete(seq)
+      }
+      messages.setVisible(conv, visible.current)
+    }, { root: box.current, threshold: 0.6 })
+    observer.current = io
+    return () => { io.disconnect() }
+  }, [])
+
+  // After every render: observe new bubbles, then place the scroll position.
+  useLayoutEffect(() => {
+    const el = box.current
+    if (el === null) return
+    for (const li of list.current?.querySelectorAll('li[data-seq]') ?? []) observer.current?.observe(li)
+    const now = { first: sorted[0]?.seq ?? 0, last: sorted[sorted.length - 1]?.seq ?? 0, pending: chat.pending.size }
+    const before = shown.current
+    const newest = sorted[sorted.length - 1]
+    if (before === null) {
+      el.scrollTop = el.scrollHeight
+    } else if (now.last > before.last || now.pending > before.pending) {
+      if (stick.current || now.pending > before.pending || newest?.from === me) el.scrollTop = el.scrollHeight
+    } else if (now.first < before.first) {
+      el.scrollTop = el.scrollHeight - fromBottom.current
+    }
+    shown.current = now
+    fromBottom.current = el.scrollHeight - el.scrollTop
+  })
+
+  const onScroll = (): void => {
+    const el = box.current
+    if (el === null) return
+    stick.current = el.scrollHeight - el.scrollTop - el.clientHeight < STICK_PX
+    fromBottom.current = el.scrollHeight - el.scrollTop
+    if (el.scrollTop < LOAD_OLDER_PX) void messages.loadOlder(conv)
+  }
+
+  return (
+    <div ref={box} class="messages" data-testid="messages" onScroll={onScroll}>
+      {chat.hasOlder && <button class="link older" data-testid="load-older" type="button" onClick={() => { void messages.loadOlder(conv) }}>Load older messages</button>}
+      <ol ref={list} class="message-list" data-testid="message-list" data-loaded={String(chat.loaded)}>
+        {items(sorted, chat, me, group)}
+        {[...chat.pending.values()].map(p => (
+          <li key={p.msgId} class={`msg own ${p.failed ? 'failed' : 'pending'}`} data-testid="msg-pending" data-msg-id={p.msgId}
+            title={p.failed ? 'Not sent: click to retry' : 'sending…'}
+            onClick={() => { if (p.failed) messages.resend(conv, p.msgId) }}>
+            <div class="bubble" data-testid="msg-text">{p.text}</div>
+            <div class="msg-meta"><span class="msg-status" data-status={p.failed ? 'failed' : 'sending'}>{p.failed ? 'not sent · tap to retry' : 'sending…'}</span></div>
+          </li>
+        ))}
+      </ol>
+    </div>
+  )
+}
+
+/** Stored messages with a day separator before each new day. */
+function items (sorted: MessageEnvelope[], chat: ChatState, me: string, group: boolean): JSX.Element[] {
+  const lastOwn = lastOwnSeq(chat, me)
+  const out: JSX.Element[] = []
+  let prevFrom = ''
+  let prevDay = ''
+  for (const m of sorted) {
+    const day = dayLabel(m.ts)
+    if (day !== prevDay) {
+      out.push(<li key={`day ${m.seq}`} class="day">{day}</li>)
+      prevDay = day
+      prevFrom = ''
+    }
+    const own = m.from === me
+    out.push(
+      <li key={m.seq} class={`msg${own ? ' own' : ''}`} data-testid="msg" data-seq={m.seq} data-from={m.from} data-own={own ? '' : undefined}>
+        {group && !own && m.from !== prevFrom && <span class="msg-sender" data-testid="msg-sender">{m.from}</span>}
+        <div class={`bubble${m.kind === 'custom' ? ' custom' : ''}`} data-testid="msg-text">{bodyText(m)}</div>
+        <div class="msg-meta">
+          <time dateTime={new Date(m.ts).toISOString()}>{clockTime(m.ts)}</time>
+          {own && <Status seq={m.seq} chat={chat} group={group} lastOwn={lastOwn} />}
+        </div>
+      </li>
+    )
+    prevFrom = m.from
+  }
+  return out
+}
+
+/** Direct: sent or read on every own message. Group: on my last message, how many others read it. */
+function Status ({ seq, chat, group, lastOwn }: { seq: number, chat: ChatState, group: boolean, lastOwn: number }) {
+  if (!group) {
+    const read = seq <= chat.peerReadSeq
+    return <span class="msg-status" data-testid="msg-status" data-status={read ? 'read' : 'sent'}>{read ? '✓✓ read' : '✓ sent'}</span>
+  }
+  if (seq !== lastOwn) return null
+  const n = chat.receiptSeq === seq ? chat.othersRead : 0
+  return <span class="msg-status" data-testid="msg-status" data-status={n > 0 ? 'read' : 'sent'} data-read-by={n}>{n > 0 ? `read by ${n}` : '✓ sent'}</span>
+}
