@@ -9,7 +9,7 @@ import http from 'node:http'
 import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { fastify, type FastifyError, type FastifyInstance } from 'fastify'
+import { fastify, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import { serializerCompiler, validatorCompiler, hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod'
 import { ImError, toWireError, type ErrorCode } from '../errors.js'
@@ -73,6 +73,7 @@ function fromFastify (err: FastifyError): ImError {
     return new ImError('BAD_REQUEST', issues.slice(0, 5).join('; '))
   }
   switch (err.code) {
+    case 'FST_ERR_BAD_URL': return new ImError('BAD_REQUEST', 'malformed URL')
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return new ImError('TOO_LARGE', 'request body too large')
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new ImError('BAD_REQUEST', 'send JSON (content-type: application/json)')
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
@@ -80,6 +81,11 @@ function fromFastify (err: FastifyError): ImError {
   }
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new ImError('BAD_REQUEST', err.message)
   return new ImError('INTERNAL', undefined, { cause: err })
+}
+
+/** Every error answer: the status for the code, and {code, message}. */
+function sendError (reply: FastifyReply, err: ImError): void {
+  void reply.code(statusOf(err.code)).send(toWireError(err))
 }
 
 export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Promise<FastifyInstance> {
@@ -92,6 +98,8 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
     // a socket that sends nothing at all is closed after this long too
     connectionTimeout: options.requestTimeoutMs,
     return503OnClosing: true,
+    // errors fastify raises before routing (a malformed URL, a bad content type) get our answer too
+    frameworkErrors: (err: FastifyError, _req: FastifyRequest, reply: FastifyReply) => { sendError(reply, fromFastify(err)) },
     serverFactory: (handler) => http.createServer({
       maxHeaderSize: options.maxHeaderBytes,
       headersTimeout: options.requestTimeoutMs,
@@ -111,7 +119,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const imErr = err instanceof ImError ? err : fromFastify(err)
     if (imErr.code === 'INTERNAL') log.error({ err, url: req.url }, 'http request failed')
-    void reply.status(statusOf(imErr.code)).send(toWireError(imErr))
+    sendError(reply, imErr)
   })
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ code: 'NOT_FOUND', message: `no such page: ${req.method} ${req.url.slice(0, 200)}; MQTT over WebSocket is at /mqtt` })

@@ -1,0 +1,175 @@
+/**
+ * Hostile users against accounts and conversations, over real sockets, on every store pair:
+ * password guessing (backoff per user id and per address, bounded hashes in flight, unknown users
+ * cost the same work), revocation racing a login, per-user request rate limits across
+ * connections, strangers adding people to groups, group and membership quotas, and `list` paging.
+ */
+import mqtt from 'mqtt'
+import { BACKENDS, DATABASES } from './helpers/backends.js'
+import { startServer, addUser, connect, url, type ImClient } from './helpers/im.js'
+import { RawClient } from './helpers/raw-mqtt.js'
+import { setDisabled } from '../src/admin/accounts.js'
+import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
+import type { MqimServer } from '../src/server.js'
+
+const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200 }
+
+async function loginCode (server: MqimServer, user: string, device: string, password: string, localAddress: string): Promise<number> {
+  const { client, code } = await RawClient.login(server.ports.mqtt, user, device, password, { localAddress })
+  client.end()
+  return code
+}
+
+describe.each(BACKENDS)('hostile users ($name)', (backend) => {
+  let server: MqimServer
+  const clients: ImClient[] = []
+  const track = (c: ImClient): ImClient => { clients.push(c); return c }
+
+  beforeAll(async () => {
+    server = await startServer({
+      auth: AUTH,
+      limits: { requestsPerSecond: 5, requestBurst: 10, groupsCreatedPerHour: 3, conversationsPerUser: 6, listPageMax: 4, connectionsPerUser: 8 }
+    }, await backend.make())
+    for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank', 'ivan', 'judy', 'kate', 'stranger']) await addUser(server, u)
+  })
+  afterEach(async () => { await Promise.allSettled(clients.splice(0).map(async c => await c.end())) })
+  afterAll(async () => { await server.stop() })
+
+  test('password guessing: backoff per address and per user id; the owner on a known address still gets in', async () => {
+    // alice has logged in from 127.0.0.1 before
+    expect(await loginCode(server, 'alice', 'home', 'password-alice', '127.0.0.1')).toBe(0)
+    for (let i = 0; i < AUTH.failuresBeforeBackoff; i++) expect(await loginCode(server, 'alice', 'x', 'wrong-guess', '127.0.0.20')).toBe(4)
+    // now that address is refused at once, even with the right password
+    expect(await loginCode(server, 'alice', 'x', 'password-alice', '127.0.0.20')).toBe(3)
+    expect(await loginCode(server, 'bob', 'x', 'password-bob', '127.0.0.20')).toBe(3)
+    // alice's id is in backoff for addresses she never used...
+    expect(await loginCode(server, 'alice', 'x', 'password-alice', '127.0.0.21')).toBe(3)
+    // ...but not where she logged in before, and other users elsewhere are not affected
+    expect(await loginCode(server, 'alice', 'home', 'password-alice', '127.0.0.1')).toBe(0)
+    expect(await loginCode(server, 'bob', 'x', 'password-bob', '127.0.0.21')).toBe(0)
+  })
+
+  test('bounded password hashes in flight: a burst of logins beyond the line is refused at once (CONNACK 3), unknown users included', async () => {
+    const attempts = Array.from({ length: 12 }, async (_, i) => await loginCode(server, i % 2 === 0 ? `ghost${i}` : 'carol', 'x', `wrong-${i}`, `127.0.1.${i + 1}`))
+    const codes = await Promise.all(attempts)
+    expect(codes.filter(c => c === 3).length).toBeGreaterThan(0)
+    expect(codes.every(c => c === 3 || c === 4)).toBe(true)
+    // unknown users go through the same limited hashing as wrong passwords: they were refused as busy too
+    expect(codes.some((c, i) => c === 3 && i % 2 === 0)).toBe(true)
+  })
+
+  test('revocation wins every race with a login in flight', async () => {
+    for (let round = 0; round < 10; round++) {
+      await setDisabled(server.services.meta, 'dave', false)
+      const attempt = mqtt.connectAsync(url(server, 'tcp'), { clientId: `dave:r${round}`, username: 'dave', password: 'password-dave', protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000 })
+      await new Promise(resolve => setTimeout(resolve, 5 + (round % 4) * 5))
+      // what the admin API does: disable, then end every session
+      await setDisabled(server.services.meta, 'dave', true)
+      server.internals.revocations.revoke('dave', 'test')
+      const client = await attempt.catch(() => null)
+      if (client !== null) {
+        await new Promise<void>(resolve => { if (!client.connected) resolve(); else client.once('close', () => resolve()) })
+        client.end(true)
+      }
+      expect(server.internals.sessions.countOf('dave')).toBe(0)
+    }
+    await setDisabled(server.services.meta, 'dave', false)
+  })
+
+  test('the request rate limit is per user, across all of the user\'s connections', async () => {
+    const devices = [track(await connect(server, 'erin', 'a')), track(await connect(server, 'erin', 'b')), track(await connect(server, 'erin', 'c'))]
+    // let the bucket refill after the logins' own requests
+    await new Promise(resolve => setTimeout(resolve, 2500))
+    const replies = await Promise.all(devices.flatMap(d => Array.from({ length: 10 }, async () => await d.requestRaw('presence', { users: ['erin'] }))))
+    const ok = replies.filter(r => r.ok).length
+    const limited = replies.filter(r => !r.ok && r.error.code === 'RATE_LIMITED').length
+    expect(ok + limited).toBe(30)
+    // a burst of 10, plus what refills (5/s) while 30 requests are handled
+    expect(ok).toBeLessThanOrEqual(13)
+    expect(limited).toBeGreaterThanOrEqual(17)
+  })
+
+  test('group invitations: "contacts" refuses strangers with REFUSED; sharing a conversation opens it', async () => {
+    const frank = track(await connect(server, 'frank', 'f'))
+    const stranger = track(await connect(server, 'stranger', 's'))
+    expect(await frank.request('settings', {})).toEqual({ groupInvites: 'anyone' })
+    expect(await frank.request('settings', { groupInvites: 'contacts' })).toEqual({ groupInvites: 'contacts' })
+    const bad = await frank.requestRaw('settings', { groupInvites: 'everyone' })
+    expect(bad.ok ? 'ok' : bad.error.code).toBe('BAD_REQUEST')
+    const refused = await stranger.requestRaw('create-group', { name: 'spam', members: ['frank'] })
+    expect(refused.ok ? 'ok' : refused.error.code).toBe('REFUSED')
+    const g = await stranger.request('create-group', { name: 'mine', members: [] })
+    const refusedAdd = await stranger.requestRaw('add-members', { conv: g.conv, members: ['frank'] })
+    expect(refusedAdd.ok ? 'ok' : refusedAdd.error.code).toBe('REFUSED')
+    // nothing half-written: frank is in neither group
+    expect((await frank.request('list', {})).conversations).toEqual([])
+    // once they share a conversation, the invitation goes through
+    await frank.request('direct', { user: 'stranger' })
+    expect((await stranger.request('add-members', { conv: g.conv, members: ['frank'] })).added).toEqual(['frank'])
+  })
+
+  test('groups created per hour are capped (RATE_LIMITED); conversations per user too (LIMIT_REACHED)', async () => {
+    const gina = track(await connect(server, 'gina', 'g'))
+    const hank = track(await connect(server, 'hank', 'h'))
+    for (let i = 0; i < 3; i++) await gina.request('create-group', { name: `g${i}`, members: ['hank'] })
+    const fourth = await gina.requestRaw('create-group', { name: 'g3', members: [] })
+    expect(fourth.ok ? 'ok' : fourth.error.code).toBe('RATE_LIMITED')
+    // hank is in 3 groups; 3 direct conversations fill his 6
+    for (const peer of ['ivan', 'judy', 'kate']) await hank.request('direct', { user: peer })
+    const full = await gina.requestRaw('direct', { user: 'hank' })
+    expect(full.ok ? 'ok' : full.error.code).toBe('LIMIT_REACHED')
+    expect(full.ok ? '' : full.error.message).toContain('hank')
+  })
+
+  test('list comes in pages of listPageMax with a cursor, in conversation-id order; all pages together are everything', async () => {
+    const hank = track(await connect(server, 'hank', 'list'))
+    const seen: string[] = []
+    let cursor: string | null = null
+    let pages = 0
+    do {
+      const page: { conversations: Array<{ conv: string }>, next: string | null } = await hank.request('list', cursor === null ? {} : { cursor })
+      expect(page.conversations.length).toBeLessThanOrEqual(4)
+      seen.push(...page.conversations.map(c => c.conv))
+      cursor = page.next
+      pages++
+    } while (cursor !== null && pages < 10)
+    expect(pages).toBe(2)
+    expect(seen.length).toBe(6)
+    expect([...seen].sort()).toEqual(seen)
+    expect(new Set(seen).size).toBe(6)
+    const bad = await hank.requestRaw('list', { cursor: 'not a conversation id!' })
+    expect(bad.ok ? 'ok' : bad.error.code).toBe('BAD_REQUEST')
+  })
+})
+
+describe('revocation through MySQL directly (another process changes the database)', () => {
+  let server: MqimServer
+  let other: MySqlMetadataStore
+  afterAll(async () => {
+    await other.close()
+    await server.stop()
+  })
+
+  test('a disable or a secret reset written by someone else ends the sessions within a few polls', async () => {
+    const stores = await DATABASES.make()
+    server = await startServer({ auth: { revocationPollMs: 200 } }, stores)
+    await addUser(server, 'lena')
+    await addUser(server, 'mike')
+    // the admin tool on MySQL: its own connection pool, no server involved
+    other = new MySqlMetadataStore({ url: (stores.meta as unknown as { url: string }).url })
+    await other.init()
+    const lena = await connect(server, 'lena', 'l')
+    const mike = await connect(server, 'mike', 'm')
+    const closed = (c: ImClient): Promise<void> => new Promise(resolve => { if (!c.mqtt.connected) resolve(); else c.mqtt.once('close', () => resolve()) })
+    const lenaGone = closed(lena)
+    await other.userSetDisabled('lena', true)
+    await lenaGone
+    const mikeGone = closed(mike)
+    await other.userSetSecret('mike', 'scrypt$16384$8$1$AAAA$BBBB')
+    await mikeGone
+    expect(server.internals.sessions.countOf('lena')).toBe(0)
+    expect(server.internals.sessions.countOf('mike')).toBe(0)
+    await lena.end()
+    await mike.end()
+  })
+})
