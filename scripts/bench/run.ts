@@ -19,11 +19,12 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { randomBytes } from 'node:crypto'
-import mysql from 'mysql2/promise'
+import { parseArgs } from 'node:util'
+import { headerComment, intOption, listOption, parseCommandLine, printUsage } from '../lib/cli.js'
+import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
+import { createMysqlDatabase, readServicesEnv, startServices, stopServices } from '../lib/services.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
-import { onExit } from './lib/procs.js'
 import { MOSQUITTO, ROOT, type MqimStores, type TargetKind } from './lib/targets.js'
 import {
   runConnections, runDirect, runGroup, runRawInsert, runSync,
@@ -36,41 +37,51 @@ import {
 
 const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
 type Scenario = typeof SCENARIOS[number]
+const BROKERS: readonly TargetKind[] = ['mqim', 'aedes', 'mosquitto']
 
-function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean, services: string | null, mqimRoot: string | undefined, brokers: Set<TargetKind> } {
-  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false, services: null as string | null, mqimRoot: undefined as string | undefined, brokers: new Set<TargetKind>(['mqim', 'aedes', 'mosquitto']) }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const value = (): string => {
-      const eq = a.indexOf('=')
-      if (eq >= 0) return a.slice(eq + 1)
-      const v = argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
+interface Options {
+  quick: boolean
+  rounds: number | null
+  workers: number
+  only: Set<Scenario>
+  profile: boolean
+  keep: boolean
+  services: string | null
+  mqimRoot: string | undefined
+  brokers: Set<TargetKind>
+}
+
+function options (argv: string[]): Options {
+  const usage = headerComment(new URL(import.meta.url))
+  return parseCommandLine(usage, () => {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        quick: { type: 'boolean' },
+        rounds: { type: 'string' },
+        workers: { type: 'string' },
+        only: { type: 'string' },
+        profile: { type: 'boolean' },
+        keep: { type: 'boolean' },
+        services: { type: 'string' },
+        'mqim-root': { type: 'string' },
+        brokers: { type: 'string' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    })
+    if (values.help === true) printUsage(usage)
+    return {
+      quick: values.quick === true,
+      rounds: values.rounds === undefined ? null : intOption('rounds', values.rounds, 1),
+      workers: intOption('workers', values.workers, Math.max(2, os.availableParallelism())),
+      only: new Set(listOption('only', values.only, SCENARIOS, SCENARIOS)),
+      profile: values.profile === true,
+      keep: values.keep === true,
+      services: values.services === undefined ? null : path.resolve(values.services),
+      mqimRoot: values['mqim-root'] === undefined ? undefined : path.resolve(values['mqim-root']),
+      brokers: new Set(listOption('brokers', values.brokers, BROKERS, BROKERS))
     }
-    if (a === '--quick') out.quick = true
-    else if (a === '--profile') out.profile = true
-    else if (a === '--keep') out.keep = true
-    else if (a.startsWith('--rounds')) out.rounds = Math.max(1, Number(value()))
-    else if (a.startsWith('--workers')) out.workers = Math.max(1, Number(value()))
-    else if (a.startsWith('--services')) out.services = path.resolve(value())
-    else if (a.startsWith('--mqim-root')) out.mqimRoot = path.resolve(value())
-    else if (a.startsWith('--brokers')) {
-      const names = value().split(',').map(x => x.trim())
-      for (const n of names) if (!['mqim', 'aedes', 'mosquitto'].includes(n)) throw new Error(`unknown broker "${n}" (mqim, aedes, mosquitto)`)
-      out.brokers = new Set(names as TargetKind[])
-    }
-    else if (a.startsWith('--only')) {
-      const names = value().split(',').map(s => s.trim())
-      for (const n of names) if (!(SCENARIOS as readonly string[]).includes(n)) throw new Error(`unknown scenario "${n}" (${SCENARIOS.join(', ')})`)
-      out.only = new Set(names as Scenario[])
-    } else if (a === '--help' || a === '-h') {
-      const text = readFileSync(new URL(import.meta.url), 'utf8')
-      process.stdout.write(text.slice(text.indexOf('/**') + 4, text.indexOf('*/')).split('\n').map(l => l.replace(/^ \* ?/, '')).join('\n'))
-      process.exit(0)
-    } else throw new Error(`unknown option ${a}`)
-  }
-  return out
+  })
 }
 
 interface Sizes {
@@ -134,40 +145,24 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
 // services (FerretDB + MariaDB) for the store scenario
 // ---------------------------------------------------------------------------------------------
 
-function startServices (log: (l: string) => void, existing: string | null): { dir: string, env: Record<string, string> } {
-  let dir: string
+async function services (log: (l: string) => void, existing: string | null): Promise<Record<string, string>> {
   if (existing !== null) {
-    dir = existing
-    log(`using the services of ${dir}`)
-  } else {
-    dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
-    const script = path.join(ROOT, 'scripts', 'services.sh')
-    onExit(() => {
-      try { execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore', timeout: 60_000 }) } catch { /* best effort */ }
-      rmSync(dir, { recursive: true, force: true })
-    })
-    log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
-    execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 })
+    log(`using the services of ${existing}`)
+    return readServicesEnv(existing)
   }
-  const env: Record<string, string> = {}
-  for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
-    const m = /^export (\w+)='?([^']*)'?$/.exec(line.trim())
-    if (m !== null) env[m[1]] = m[2]
-  }
-  return { dir, env }
+  const dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
+  onCleanup(async () => {
+    await stopServices(dir).catch(() => { /* best effort */ })
+    rmSync(dir, { recursive: true, force: true })
+  })
+  log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
+  await startServices(dir)
+  return readServicesEnv(dir)
 }
 
 async function freshStores (env: Record<string, string>): Promise<MqimStores> {
-  const name = `bench_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
-  const base = new URL(env.MQIM_MYSQL_URL)
-  const conn = await mysql.createConnection({ host: base.hostname, port: Number(base.port), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) })
-  try {
-    await conn.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
-  } finally {
-    await conn.end()
-  }
-  base.pathname = `/${name}`
-  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: name, mysqlUrl: base.toString() }
+  const { url, dbName } = await createMysqlDatabase(env.MQIM_MYSQL_URL, 'bench')
+  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: dbName, mysqlUrl: url }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,24 +202,26 @@ function pad (cells: string[], widths: number[]): string {
 
 function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], raws: RawInsertResult[]): string {
   const out: string[] = []
-  const head = ['scenario', 'broker', 'load', 'deliv/s', 'sends/s', 'p50 ms', 'p95 ms', 'p99 ms', 'srv CPU', 'CPU s/1k', 'loader', 'peak MiB', 'errors', 'n']
-  const widths = [12, 24, 6, 9, 8, 7, 7, 8, 7, 9, 6, 8, 6, 2]
-  out.push(pad(head, widths))
-  out.push(widths.map(w => '-'.repeat(w)).join('  '))
-  const groups = new Map<string, FlowResult[]>()
-  for (const r of flows) {
-    const key = `${r.scenario}|${r.label}|${r.load}`
-    groups.set(key, [...(groups.get(key) ?? []), r])
-  }
-  for (const rs of groups.values()) {
-    const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
-    out.push(pad([
-      rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
-      f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
-      f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
-      f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
-      f(m(r => r.peakRssMiB)), String(rs.reduce((a, r) => a + r.errors.total, 0)), String(rs.length)
-    ], widths))
+  if (flows.length > 0) {
+    const head = ['scenario', 'broker', 'load', 'deliv/s', 'sends/s', 'p50 ms', 'p95 ms', 'p99 ms', 'srv CPU', 'CPU s/1k', 'loader', 'peak MiB', 'errors', 'n']
+    const widths = [12, 24, 6, 9, 8, 7, 7, 8, 7, 9, 6, 8, 6, 2]
+    out.push(pad(head, widths))
+    out.push(widths.map(w => '-'.repeat(w)).join('  '))
+    const groups = new Map<string, FlowResult[]>()
+    for (const r of flows) {
+      const key = `${r.scenario}|${r.label}|${r.load}`
+      groups.set(key, [...(groups.get(key) ?? []), r])
+    }
+    for (const rs of groups.values()) {
+      const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
+      out.push(pad([
+        rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
+        f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
+        f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
+        f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
+        f(m(r => r.peakRssMiB)), String(rs.reduce((a, r) => a + r.errors.total, 0)), String(rs.length)
+      ], widths))
+    }
   }
   if (conns.length > 0) {
     out.push('')
@@ -250,15 +247,16 @@ function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], r
 // main
 // ---------------------------------------------------------------------------------------------
 
-async function main (): Promise<void> {
-  const opts = parseArgs(process.argv.slice(2))
+async function main (): Promise<number> {
+  const opts = options(process.argv.slice(2))
+  installSignalHandlers('bench')
   const S = sizes(opts.quick, opts.rounds)
   const started = Date.now()
   const log = (line: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${line}\n`) }
   const resultsDir = path.join(ROOT, 'bench-results')
   mkdirSync(resultsDir, { recursive: true })
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'mqim-bench-'))
-  if (!opts.keep) onExit(() => rmSync(scratch, { recursive: true, force: true }))
+  if (!opts.keep) onCleanup(() => rmSync(scratch, { recursive: true, force: true }))
   const cpuProfDir = opts.profile ? path.join(resultsDir, 'profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined
   if (cpuProfDir !== undefined) mkdirSync(cpuProfDir, { recursive: true })
 
@@ -326,19 +324,19 @@ async function main (): Promise<void> {
     }
     if (opts.only.has('store')) {
       await attempt('store', async () => {
-        const services = startServices(log, opts.services)
-        ctx.storePids = { ferretdb: Number(services.env.MQIM_MONGO_PID), mariadb: Number(services.env.MQIM_MYSQL_PID) }
+        const env = await services(log, opts.services)
+        ctx.storePids = { ferretdb: Number(env.MQIM_MONGO_PID), mariadb: Number(env.MQIM_MYSQL_PID) }
         log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
         for (let r = 1; r <= S.storeRounds; r++) {
-          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, services.env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
+          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
           await attempt(`store mqim r${r}`, async () => {
-            const stores = await freshStores(services.env)
+            const stores = await freshStores(env)
             flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, null, { stores }, 'store'))
           })
         }
         if (!opts.quick) {
           await attempt('sync on FerretDB', async () => {
-            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(services.env) }, 'sync-ferret'))
+            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(env) }, 'sync-ferret'))
           })
         }
       })
@@ -473,11 +471,16 @@ async function main (): Promise<void> {
   if (failures.length > 0) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`)
   process.stdout.write(`results: ${path.relative(ROOT, file)} (${report.durationSeconds} s)\n`)
   process.stdout.write(JSON.stringify(ratios) + '\n')
-  // exit now: a client or timer left behind by a failed step must not keep the runner alive
-  process.exit(failures.length > 0 ? 1 : 0)
+  return failures.length > 0 ? 1 : 0
 }
 
-main().catch((err: unknown) => {
+let status = 1
+try {
+  status = await main()
+} catch (err) {
   process.stderr.write(`bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-  process.exit(1)
-})
+} finally {
+  await runCleanups()
+}
+// exit now: a client or timer left behind by a failed step must not keep the runner alive
+process.exit(status)

@@ -80,7 +80,3 @@ export interface ConnectResult {
 }
 
 export interface Report { window: Counters, totals: Counters, inflight: number, elapsedMs: number }
-
-export type Reply =
-  | { id: number, ok: true, result: unknown }
-  | { id: number, ok: false, error: string }

@@ -8,11 +8,12 @@
  */
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { ChildProcess } from 'node:child_process'
-import { canConnect, describeProc, freePorts, sampleProc, spawnTracked, stopChild, waitFor, type ProcSample } from './procs.js'
+import { canConnect, freePorts, spawnTracked, stopChild, waitUntil } from '../../lib/procs.js'
+import { ROOT } from '../../lib/services.js'
+import { describeProc, sampleProc, type ProcSample } from './proc-stats.js'
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+export { ROOT }
 export const MOSQUITTO = '/usr/sbin/mosquitto'
 
 export type TargetKind = 'mqim' | 'aedes' | 'mosquitto'
@@ -42,8 +43,6 @@ export interface MqimOptions {
   stores: MqimStores | null
   /** write a V8 CPU profile of the server into this directory when it stops */
   cpuProfDir?: string
-  /** extra config merged into the MQIM_CONFIG file */
-  config?: Record<string, unknown>
   /** run the server from this checkout instead of this one (A/B a patch: its src/main.ts, same node_modules) */
   root?: string
   /** extra node options for the server process, e.g. --max-semi-space-size=64 */
@@ -79,10 +78,10 @@ async function started (label: string, child: ChildProcess, logFile: string, rea
   let exited: string | null = null
   child.once('exit', (code, signal) => { exited = `exited with ${code ?? signal}` })
   try {
-    await waitFor(`${label} to accept connections`, async () => {
+    await waitUntil(async () => {
       if (exited !== null) throw new Error(exited)
       return await ready()
-    }, timeoutMs, 100)
+    }, timeoutMs, `${label} to accept connections`, 100)
   } catch (err) {
     await stopChild(child, 'SIGKILL', 1000)
     throw new Error(`${label} failed to start (${exited ?? (err as Error).message}); log ${logFile}:\n${logTail(logFile)}`)
@@ -108,11 +107,8 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   const [mqttPort, httpPort, tlsPort] = await freePorts(3)
   const dataDir = path.join(dir, 'data')
   const configFile = path.join(dir, 'config.json')
-  writeFileSync(configFile, JSON.stringify({
-    // the load generator sends far more than a person: lift the per-connection token bucket
-    limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000 },
-    ...options.config
-  }, null, 2))
+  // the load generator sends far more than a person: lift the per-connection token bucket
+  writeFileSync(configFile, JSON.stringify({ limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000 } }, null, 2))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
     MQIM_CONFIG: configFile,
@@ -142,9 +138,13 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   const tokenFile = path.join(dataDir, 'admin-token')
   await started(label, child, logFile, async () => {
     if (!existsSync(tokenFile)) return false
-    const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
-    await res.text()
-    return res.status === 200
+    try {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
+      await res.text()
+      return res.status === 200
+    } catch {
+      return false
+    }
   })
   checkPid(label, child.pid!, 'node', 'src/main.ts')
   return makeTarget('mqim', label, child, mqttPort, logFile, {
