@@ -3,7 +3,9 @@
  *
  *   npm run bench                      full run: table on stdout, JSON in bench-results/
  *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
- *   options: --rounds N   --workers N   --only direct,group,connections,sync,store
+ *   npm run bench -- --only hostile    the bystander's p99 under attack / without (not in the default set)
+ *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile
+ *            --attacks stuck-subscriber,wrong-passwords,subscriptions (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
  *            --services DIR  (use services already started by `scripts/services.sh start DIR`)
@@ -23,8 +25,10 @@ import { parseArgs } from 'node:util'
 import { headerComment, intOption, listOption, parseCommandLine, printUsage } from '../lib/cli.js'
 import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
 import { createMysqlDatabase, readServicesEnv, startServices, stopServices } from '../lib/services.js'
+import { ATTACKS, runHostile, type HostileParams, type HostileResult } from './hostile.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
+import type { AttackName } from './lib/protocol.js'
 import { MOSQUITTO, ROOT, type MqimStores, type TargetKind } from './lib/targets.js'
 import {
   runConnections, runDirect, runGroup, runRawInsert, runSync,
@@ -35,8 +39,10 @@ import {
 // options
 // ---------------------------------------------------------------------------------------------
 
-const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
+const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile'] as const
 type Scenario = typeof SCENARIOS[number]
+/** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it). */
+const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'connections', 'sync', 'store']
 const BROKERS: readonly TargetKind[] = ['mqim', 'aedes', 'mosquitto']
 
 interface Options {
@@ -44,6 +50,7 @@ interface Options {
   rounds: number | null
   workers: number
   only: Set<Scenario>
+  attacks: AttackName[]
   profile: boolean
   keep: boolean
   services: string | null
@@ -61,6 +68,7 @@ function options (argv: string[]): Options {
         rounds: { type: 'string' },
         workers: { type: 'string' },
         only: { type: 'string' },
+        attacks: { type: 'string' },
         profile: { type: 'boolean' },
         keep: { type: 'boolean' },
         services: { type: 'string' },
@@ -74,7 +82,8 @@ function options (argv: string[]): Options {
       quick: values.quick === true,
       rounds: values.rounds === undefined ? null : intOption('rounds', values.rounds, 1),
       workers: intOption('workers', values.workers, Math.max(2, os.availableParallelism())),
-      only: new Set(listOption('only', values.only, SCENARIOS, SCENARIOS)),
+      only: new Set(listOption('only', values.only, SCENARIOS, DEFAULT_SCENARIOS)),
+      attacks: listOption('attacks', values.attacks, ATTACKS, ATTACKS),
       profile: values.profile === true,
       keep: values.keep === true,
       services: values.services === undefined ? null : path.resolve(values.services),
@@ -100,6 +109,7 @@ interface Sizes {
   store: DirectParams
   storeTiming: FlowTiming
   rawInsert: { batch: number, seconds: number }
+  hostile: HostileParams
 }
 
 const BODY = 100
@@ -120,7 +130,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       storeRounds: rounds ?? 1,
       store: { pairs: 200, window: 8, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
-      rawInsert: { batch: 500, seconds: 4 }
+      rawInsert: { batch: 500, seconds: 4 },
+      hostile: { rounds: rounds ?? 3, windowMs: 3000, warmMs: 1000, settleMaxMs: 10_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
     }
   }
   return {
@@ -137,7 +148,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
     storeRounds: rounds ?? 3,
     store: { pairs: 200, window: 8, bodyBytes: BODY },
     storeTiming: { warmMs: 3000, measureMs: 10_000 },
-    rawInsert: { batch: 500, seconds: 8 }
+    rawInsert: { batch: 500, seconds: 8 },
+    hostile: { rounds: rounds ?? 5, windowMs: 5000, warmMs: 1000, settleMaxMs: 15_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
   }
 }
 
@@ -194,6 +206,11 @@ function machine (): Record<string, unknown> {
   }
 }
 
+/** The key of an attack's ratio in the JSON line and the targets. */
+function hostileKey (attack: AttackName): string {
+  return `hostile_${attack.replace(/-/g, '_')}`
+}
+
 const f = (x: number, d = 0): string => Number.isFinite(x) ? x.toFixed(d) : '-'
 
 function pad (cells: string[], widths: number[]): string {
@@ -243,6 +260,27 @@ function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], r
   return out.join('\n')
 }
 
+function hostileTable (results: HostileResult[]): string {
+  const widths = [16, 24, 17, 19, 7, 7, 6, 9, 8, 8]
+  const out = [pad(['hostile', 'broker', 'p99 base rtt/dlv', 'p99 attack rtt/dlv', 'x rtt', 'x dlv', 'x', 'srv CPU', 'RSS MiB', 'rounds'], widths)]
+  out.push(widths.map(w => '-'.repeat(w)).join('  '))
+  for (const h of results) {
+    const cpu = (kind: 'baseline' | 'attack'): number => median(h.windows.filter(w => w.kind === kind).map(w => w.serverCpuUtil))
+    out.push(pad([
+      h.attack, h.label,
+      `${f(h.p99Ms.baseline.rtt, 1)} / ${f(h.p99Ms.baseline.delivery, 1)}`,
+      `${f(h.p99Ms.attack.rtt, 1)} / ${f(h.p99Ms.attack.delivery, 1)}`,
+      f(h.rttRatio ?? NaN, 1), f(h.deliveryRatio ?? NaN, 1), f(h.ratio ?? NaN, 1),
+      `${f(cpu('baseline'), 2)}/${f(cpu('attack'), 2)}`,
+      f(h.server.peakRssMiB), String(h.rounds.length)
+    ], widths))
+    const last = h.attacker[h.attacker.length - 1]
+    const counters = last === undefined ? 'none' : Object.entries(last.counters).map(([k, v]) => `${k} ${v}`).join(', ')
+    out.push(`${''.padEnd(16)}  server ${h.server.survived ? 'survived' : `did NOT survive: ${h.server.died ?? `/healthz ${h.server.healthz}`}`}; attacker (last round, ${last === undefined ? '-' : f(last.seconds, 1)} s): ${counters}`)
+  }
+  return out.join('\n')
+}
+
 // ---------------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +305,7 @@ async function main (): Promise<number> {
   const conns: ConnResult[] = []
   const syncs: SyncResult[] = []
   const raws: RawInsertResult[] = []
+  const hostile: HostileResult[] = []
   const failures: string[] = []
   // alternate the order each round so that drift on a noisy machine hits every broker alike
   const enabled = (list: TargetKind[]): TargetKind[] => list.filter(k => opts.brokers.has(k))
@@ -341,6 +380,13 @@ async function main (): Promise<number> {
         }
       })
     }
+    if (opts.only.has('hostile')) {
+      const h = S.hostile
+      log(`hostile: ${opts.attacks.join(', ')}; each on a fresh server at its default limits, ${h.rounds} rounds of a ${h.windowMs / 1000} s baseline window and a ${h.windowMs / 1000} s attack window; bystander ${h.bystanderRate} sends/s from 127.0.0.1, attacker from 127.0.0.2`)
+      for (const attack of opts.attacks) {
+        await attempt(`hostile ${attack}`, async () => { hostile.push(await runHostile(ctx, attack, h)) })
+      }
+    }
   } finally {
     await pool.close()
   }
@@ -377,7 +423,7 @@ async function main (): Promise<number> {
   const kib = conns.filter(c => c.target === 'mqim').map(c => c.kibPerConnection)
   const sync = syncs.filter(s => s.scenario === 'sync').map(s => s.syncSeconds)
 
-  const ratios = {
+  const ratios: Record<string, number | null> = {
     direct_vs_aedes: rnd(median(directRatios)),
     cpu_per_msg_vs_aedes: rnd(median(cpuRatios)),
     store_vs_raw_insert: rnd(median(storeRatios)),
@@ -385,17 +431,24 @@ async function main (): Promise<number> {
     kib_per_connection: rnd(median(kib), 1),
     sync_10k_s: rnd(median(sync), 3)
   }
-  const goals: Array<[keyof typeof ratios, '>=' | '<=', number]> = [
+  // hostile: the bystander's p99 under attack / without, per attack (only when it ran: the quick
+  // line of the default scenarios keeps its shape)
+  for (const h of hostile) ratios[hostileKey(h.attack)] = h.ratio === null ? null : rnd(h.ratio, 2)
+  const goals: Array<[string, '>=' | '<=', number]> = [
     ['direct_vs_aedes', '>=', 0.6],
     ['cpu_per_msg_vs_aedes', '<=', 2],
     ['store_vs_raw_insert', '>=', 0.5],
     ['p99_ms_at_half_load', '<=', 50],
     ['kib_per_connection', '<=', 50],
-    ['sync_10k_s', '<=', 2]
+    ['sync_10k_s', '<=', 2],
+    ...hostile.map(h => [hostileKey(h.attack), '<=', 3] as [string, '<=', number])
   ]
   const targets = goals.map(([key, op, goal]) => {
     const v = ratios[key]
-    return { key, value: v, goal: `${op} ${goal}`, met: v === null ? null : op === '>=' ? v >= goal : v <= goal }
+    const met = v === null ? null : op === '>=' ? v >= goal : v <= goal
+    // a server that did not survive the attack misses its target whatever the ratio of the rounds before
+    const h = hostile.find(x => hostileKey(x.attack) === key)
+    return { key, value: v, goal: `${op} ${goal}`, met: h !== undefined && !h.server.survived ? false : met }
   })
   // the same ratios over the rounds in which other jobs on the machine stayed below 0.2 cores
   // during both windows of the pair (NaN when there is none)
@@ -442,6 +495,7 @@ async function main (): Promise<number> {
     connections: conns,
     sync: syncs,
     rawInsert: raws,
+    hostile,
     profiles: cpuProfDir ?? null
   }
   const stamp = new Date(started).toISOString().replace(/[:.]/g, '-')
@@ -450,12 +504,13 @@ async function main (): Promise<number> {
   writeFileSync(path.join(resultsDir, `latest-${report.mode}.json`), JSON.stringify(report, null, 2) + '\n')
 
   process.stdout.write('\n' + table(flows, conns, syncs, raws) + '\n\n')
+  if (hostile.length > 0) process.stdout.write(hostileTable(hostile) + '\n\n')
   const foreign = median(flows.map(f => f.foreignCpuUtil))
   if (foreign > 0.2) {
     process.stdout.write(`NOTE: other jobs on this machine used ${foreign.toFixed(2)} cores (median over the measurement windows): the figures are disturbed; rerun on a quiet machine\n\n`)
   }
   // how busy the machine was (other jobs) in the windows behind each figure
-  const windowsOf: Partial<Record<keyof typeof ratios, FlowResult[]>> = {
+  const windowsOf: Partial<Record<string, FlowResult[]>> = {
     direct_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'max' && x.target !== 'mosquitto'),
     cpu_per_msg_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'paced' && x.target !== 'mosquitto'),
     store_vs_raw_insert: flows.filter(x => x.scenario === 'store'),
@@ -464,7 +519,12 @@ async function main (): Promise<number> {
   for (const t of targets) {
     const ws = windowsOf[t.key] ?? []
     const worst = ws.length === 0 ? 0 : Math.max(...ws.map(w => w.foreignCpuUtil))
-    const note = worst > 0.2 ? `   (disturbed: other jobs used up to ${worst.toFixed(2)} cores in its windows)` : ''
+    let note = worst > 0.2 ? `   (disturbed: other jobs used up to ${worst.toFixed(2)} cores in its windows)` : ''
+    const h = hostile.find(x => hostileKey(x.attack) === t.key)
+    if (h !== undefined) {
+      const busiest = Math.max(0, ...h.windows.map(w => w.foreignCpuUtil))
+      note = `   (server ${h.server.survived ? 'survived' : `did not survive: ${h.server.died ?? `/healthz ${h.server.healthz}`}`}; RSS ${h.server.rssEndMiB.toFixed(0)} MiB, peak ${h.server.peakRssMiB.toFixed(0)} MiB${busiest > 0.2 ? `; disturbed: other jobs used up to ${busiest.toFixed(2)} cores in its windows` : ''})`
+    }
     process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.key.padEnd(22)} ${String(t.value).padStart(9)}   target ${t.goal}${note}\n`)
   }
   process.stdout.write(`\nextra: ${JSON.stringify({ ...extra, per_round: undefined })}\n`)

@@ -312,11 +312,12 @@ async function drain (ctx: Ctx, fanout: number): Promise<{ lost: number, totals:
 
 export interface FlowTiming { warmMs: number, measureMs: number }
 
-function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number): string {
+export function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number): string {
   return path.join(ctx.dir, `${scenario}-${kind}-r${round}`)
 }
 
-async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
+/** Starts a broker fresh (retried once), runs `fn` on it, stops it (and names its CPU profiles). */
+export async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
   const profDir = kind === 'mosquitto' ? undefined : ctx.cpuProfDir
   const before = new Set(profDir === undefined ? [] : readdirSync(profDir))
   const options = { ...mqim, cpuProfDir: profDir, root: ctx.mqimRoot, nodeArgs: ctx.mqimNodeArgs }

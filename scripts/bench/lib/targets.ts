@@ -29,6 +29,8 @@ export interface Target {
   adminToken: string | null
   logFile: string
   sample: () => ProcSample
+  /** How the process ended, once it has (null while it runs). */
+  exit: () => { code: number | null, signal: NodeJS.Signals | null } | null
   stop: () => Promise<void>
 }
 
@@ -43,6 +45,11 @@ export interface MqimOptions {
   stores: MqimStores | null
   /** write a V8 CPU profile of the server into this directory when it stops */
   cpuProfDir?: string
+  /**
+   * 'lifted' (default): the limits meant for people are raised for the load generator (see
+   * BENCH_LIMITS); 'defaults': every limit as in config/default.json (the hostile scenario).
+   */
+  limits?: 'lifted' | 'defaults'
   /** run the server from this checkout instead of this one (A/B a patch: its src/main.ts, same node_modules) */
   root?: string
   /** extra node options for the server process, e.g. --max-semi-space-size=64 */
@@ -52,6 +59,8 @@ export interface MqimOptions {
 function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port: number, logFile: string, extra: Partial<Target> = {}): Target {
   const pid = child.pid
   if (pid === undefined) throw new Error(`${label} did not start`)
+  let exit: { code: number | null, signal: NodeJS.Signals | null } | null = child.exitCode !== null || child.signalCode !== null ? { code: child.exitCode, signal: child.signalCode } : null
+  child.once('exit', (code, signal) => { exit = { code, signal } })
   return {
     kind,
     label,
@@ -61,14 +70,15 @@ function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port:
     adminToken: null,
     logFile,
     sample: () => sampleProc(pid),
+    exit: () => exit,
     stop: async () => { await stopChild(child, 'SIGTERM', 15_000) },
     ...extra
   }
 }
 
-function logTail (file: string): string {
+export function logTail (file: string, lines = 15): string {
   try {
-    return readFileSync(file, 'utf8').split('\n').slice(-15).join('\n')
+    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n')
   } catch {
     return ''
   }
@@ -102,13 +112,32 @@ function cleanEnv (): NodeJS.ProcessEnv {
   return env
 }
 
+/**
+ * Limits raised for the load generator, which sends far more than a person and opens thousands of
+ * connections from 127.0.0.1 (many devices per user in `connections`). Only the keys that the
+ * server's config/default.json has are set: its config schema refuses unknown keys.
+ */
+const BENCH_LIMITS: Record<string, number> = {
+  requestsPerSecond: 1_000_000,
+  requestBurst: 1_000_000,
+  connectionsPerAddress: 100_000,
+  connectionsPerUser: 100_000
+}
+
+/** The `limits` section the bench gives the server of checkout `root` (see BENCH_LIMITS). */
+export function liftedLimits (root: string): Record<string, number> {
+  const defaults = JSON.parse(readFileSync(path.join(root, 'config', 'default.json'), 'utf8')) as { limits?: Record<string, unknown> }
+  const known = new Set(Object.keys(defaults.limits ?? {}))
+  return Object.fromEntries(Object.entries(BENCH_LIMITS).filter(([k]) => known.has(k)))
+}
+
 export async function startMqim (dir: string, options: MqimOptions): Promise<Target> {
   mkdirSync(dir, { recursive: true })
   const [mqttPort, httpPort, tlsPort] = await freePorts(3)
   const dataDir = path.join(dir, 'data')
   const configFile = path.join(dir, 'config.json')
-  // the load generator sends far more than a person: lift the per-connection token bucket
-  writeFileSync(configFile, JSON.stringify({ limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000 } }, null, 2))
+  const root = options.root ?? ROOT
+  writeFileSync(configFile, JSON.stringify(options.limits === 'defaults' ? {} : { limits: liftedLimits(root) }, null, 2))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
     MQIM_CONFIG: configFile,
@@ -131,7 +160,7 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   ]
   const logFile = path.join(dir, 'mqim.log')
   const log = createWriteStream(logFile)
-  const child = spawnTracked(process.execPath, args, { cwd: options.root ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnTracked(process.execPath, args, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout?.pipe(log)
   child.stderr?.pipe(log)
   const label = (options.stores === null ? 'mqim (embedded)' : 'mqim (FerretDB+MariaDB)') + (options.root !== undefined || (options.nodeArgs ?? []).length > 0 ? ' [alt]' : '')
