@@ -15,11 +15,12 @@ import * as esbuild from 'esbuild'
 import { copyFile, mkdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const src = path.join(root, 'web', 'src')
 const out = path.join(root, 'web', 'dist')
-const watch = process.argv.includes('--watch')
+const watch = parseArgs({ options: { watch: { type: 'boolean' } } }).values.watch === true
 
 /** Fails the build on any Node built-in (node:fs, crypto, ...) instead of letting it slip in. */
 const noNodeBuiltins = {

@@ -25,7 +25,8 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { describeCrash, describeOutage, OutageDrill, runCrashDrill } from './lib/drills.js'
-import { installSignalHandlers, onCleanup, runCleanups } from './lib/procs.js'
+import { intOption, oneOf, positiveNumber } from './lib/cli.js'
+import { installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
 import { installServices, servicesFromEnv, startServices, stopServices, SERVICE_NAMES, type ServiceName, type ServiceUrls } from './lib/services.js'
 import { finalLine } from './lib/verify.js'
 
@@ -42,13 +43,6 @@ const USAGE = `usage: npm run drill [-- options]
   --outage-seconds S   how long the service is down (default 10)
   --rate N             outage drill: messages per second per sender (default 100)
   --keep               keep the databases and the services' directory`
-
-function positiveInt (name: string, raw: string | undefined, dflt: number): number {
-  if (raw === undefined) return dflt
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: expected a positive integer, got "${raw}"`)
-  return n
-}
 
 async function services (keep: boolean, log: (s: string) => void): Promise<ServiceUrls> {
   const given = servicesFromEnv()
@@ -94,34 +88,33 @@ async function main (): Promise<number> {
   }
   const started = Date.now()
   const log = (s: string): void => { process.stderr.write(`drill: [${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }
-  const nodes = positiveInt('nodes', values.nodes, 2)
+  const nodes = intOption('nodes', values.nodes, 2)
   if (nodes < 2) throw new Error('--nodes: at least 2 (one is killed)')
   const common = {
     nodes,
-    conversations: positiveInt('conversations', values.conversations, 8),
-    senders: positiveInt('senders', values.senders, 2 * nodes),
-    receivers: positiveInt('receivers', values.receivers, 2 * nodes),
+    conversations: intOption('conversations', values.conversations, 8),
+    senders: intOption('senders', values.senders, 2 * nodes),
+    receivers: intOption('receivers', values.receivers, 2 * nodes),
     log
   }
   const keep = values.keep === true
-  installSignalHandlers()
+  installSignalHandlers('drill')
   const workDir = mkdtempSync(path.join(tmpdir(), 'mqim-drill-nodes-'))
   onCleanup(() => rmSync(workDir, { recursive: true, force: true }))
   const urls = await services(keep, log)
 
   if (values.outage !== undefined) {
-    const service = values.outage as ServiceName
-    if (!SERVICE_NAMES.includes(service)) throw new Error(`--outage: expected one of ${SERVICE_NAMES.join(', ')}, got "${values.outage}"`)
+    const service = oneOf<ServiceName>('outage', values.outage, SERVICE_NAMES, 'mongo')
     if (urls.dir === null) throw new Error('--outage with MQIM_*_URL given needs MQIM_SERVICES_DIR too (the services.sh directory), to stop and start the service')
-    const seconds = Number(values['outage-seconds'] ?? 10)
-    const drill = await OutageDrill.start({ ...common, services: urls, workDir, ratePerSender: positiveInt('rate', values.rate, 100), window: positiveInt('window', values.window, 16) })
+    const seconds = positiveNumber('outage-seconds', values['outage-seconds'], 10)
+    const drill = await OutageDrill.start({ ...common, services: urls, workDir, ratePerSender: intOption('rate', values.rate, 100), window: intOption('window', values.window, 16) })
     let figures
     let result
     const t0 = Date.now()
     try {
-      await new Promise(resolve => setTimeout(resolve, 3000))
+      await sleep(3000)
       result = await drill.outage(service, seconds * 1000)
-      await new Promise(resolve => setTimeout(resolve, 3000))
+      await sleep(3000)
       log('stopping the load; verifying')
       figures = await drill.finish()
       if (process.env.DRILL_DEBUG === '1') {
@@ -153,17 +146,16 @@ async function main (): Promise<number> {
     return ok ? 0 : 1
   }
 
-  const signal = (values.signal ?? 'SIGKILL').toUpperCase()
-  if (signal !== 'SIGKILL' && signal !== 'SIGTERM') throw new Error(`--signal: SIGKILL or SIGTERM, got "${values.signal}"`)
-  const messages = positiveInt('messages', values.messages, 10_000)
+  const signal = oneOf('signal', values.signal?.toUpperCase(), ['SIGKILL', 'SIGTERM'] as const, 'SIGKILL')
+  const messages = intOption('messages', values.messages, 10_000)
   log(`crash drill: ${messages} messages, ${common.conversations} conversations, ${nodes} nodes, ${common.senders} senders, ${common.receivers} receivers; ${signal} to node 1`)
   const report = await runCrashDrill({
     ...common,
     services: urls,
     workDir,
     messages,
-    window: positiveInt('window', values.window, 32),
-    killAt: values['kill-at'] === undefined ? 0.4 : Number(values['kill-at']),
+    window: intOption('window', values.window, 32),
+    killAt: positiveNumber('kill-at', values['kill-at'], 0.4),
     signal,
     keep
   })

@@ -23,7 +23,7 @@ import mysql from 'mysql2/promise'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import { createUser } from '../src/admin/accounts.js'
 import type { MessageEnvelope, Reply } from '../src/protocol/schemas.js'
-import { freePort } from '../scripts/lib/procs.js'
+import { freePort, sleep, waitUntil } from '../scripts/lib/procs.js'
 import { freshMongo, freshMysqlUrl } from './helpers/db.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -38,16 +38,6 @@ const WINDOW = 100
 /** New messages each sender sends after the restart. */
 const AFTER = 50
 const TIMEOUT_MS = 180_000
-
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
-
-async function waitUntil (predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
-  }
-}
 
 /** mqim as a child process: `node --import tsx src/main.ts` (so the pid is the server's own). */
 class ServerProcess {

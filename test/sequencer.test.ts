@@ -19,6 +19,7 @@ import { ImError } from '../src/errors.js'
 import { createLogger } from '../src/log.js'
 import type { StoredMessage } from '../src/store/types.js'
 import { FaultyMessageStore } from './helpers/faulty-store.js'
+import { sleep } from '../scripts/lib/procs.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
 function prng (seed: number): () => number {
@@ -47,7 +48,6 @@ function shuffle<T> (rng: () => number, items: readonly T[]): T[] {
 }
 
 const tick = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
-const pause = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
 function keyOf (m: { conversationId: string, senderId: string, clientMsgId: string }): string {
   return `${m.conversationId}/${m.senderId}/${m.clientMsgId}`
@@ -140,7 +140,7 @@ async function drive (h: Harness, rng: () => number, traffic: Traffic, prefix = 
     sent.push({ draft: d, result: h.submit(d) })
     if (rng() < yieldP) {
       if (rng() < 0.8) await tick()
-      else await pause(Math.floor(rng() * 4))
+      else await sleep(Math.floor(rng() * 4))
     }
   }
   return sent
@@ -246,7 +246,7 @@ describe('Sequencer', () => {
       for (let i = 0; i < 500; i++) {
         const d = draft(`conv${i % 5}`, `user${Math.floor(rng() * 20)}`, `t${i}`)
         sent.push({ draft: d, result: h.submit(d) })
-        if (i % 50 === 49) await pause(3)
+        if (i % 50 === 49) await sleep(3)
       }
       await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
@@ -389,7 +389,7 @@ describe('Sequencer', () => {
         } else if (r < 0.5) {
           h.store.failInserts(1, { storePrefix: Math.floor(rng() * (messages.length + 1)) })
         }
-        if (rng() < 0.5) await pause(Math.floor(rng() * 5))
+        if (rng() < 0.5) await sleep(Math.floor(rng() * 5))
       }
       const sent = await drive(h, rng, { senders: 16, conversations: 5, perSender: 40, yieldP: 0.4 })
       const results = await Promise.all(sent.map(s => s.result))

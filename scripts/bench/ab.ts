@@ -5,35 +5,50 @@
  * enough rounds (default 6).
  *
  *   node --import tsx scripts/bench/ab.ts --alt /tmp/mqim-patched [--rounds 6] [--pairs 50] [--window 8] [--measure 3000]
- *   node --import tsx scripts/bench/ab.ts --alt-node-args "--max-semi-space-size=64"   (B = same code, other node flags)
- *   --keep: keep the scratch directory (each broker's log, e.g. with --alt-node-args "--trace-gc")
+ *   node --import tsx scripts/bench/ab.ts --alt-node-args="--max-semi-space-size=64"   (B = same code, other node flags)
+ *   --keep: keep the scratch directory (each broker's log, e.g. with --alt-node-args="--trace-gc")
  */
 import os from 'node:os'
 import path from 'node:path'
 import { mkdtempSync, rmSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { headerComment, intOption, parseCommandLine, printUsage } from '../lib/cli.js'
+import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
-import { onExit } from './lib/procs.js'
 import { runDirect, type Ctx, type FlowResult } from './scenarios.js'
 
-const args = process.argv.slice(2)
-const arg = (name: string, dflt: string | null): string | null => {
-  const i = args.indexOf(name)
-  return i >= 0 ? args[i + 1] : dflt
-}
-const alt = arg('--alt', null)
-const altNodeArgs = (arg('--alt-node-args', '') ?? '').split(' ').filter(x => x !== '')
-if (alt === null && altNodeArgs.length === 0) {
-  process.stderr.write('usage: ab.ts (--alt DIR | --alt-node-args "--flag ...") [--rounds N] [--pairs N] [--window N] [--measure ms]\n')
-  process.exit(2)
-}
-const rounds = Number(arg('--rounds', '6'))
-const params = { pairs: Number(arg('--pairs', '50')), window: Number(arg('--window', '8')), bodyBytes: 100 }
-const timing = { warmMs: 1000, measureMs: Number(arg('--measure', '3000')) }
+const usage = headerComment(new URL(import.meta.url))
+const { alt, altNodeArgs, rounds, params, timing, keep } = parseCommandLine(usage, () => {
+  const { values } = parseArgs({
+    options: {
+      alt: { type: 'string' },
+      'alt-node-args': { type: 'string' },
+      rounds: { type: 'string' },
+      pairs: { type: 'string' },
+      window: { type: 'string' },
+      measure: { type: 'string' },
+      keep: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' }
+    }
+  })
+  if (values.help === true) printUsage(usage)
+  const altNodeArgs = (values['alt-node-args'] ?? '').split(' ').filter(x => x !== '')
+  if (values.alt === undefined && altNodeArgs.length === 0) throw new Error('give --alt DIR or --alt-node-args="--flag ..."')
+  return {
+    alt: values.alt ?? null,
+    altNodeArgs,
+    rounds: intOption('rounds', values.rounds, 6),
+    params: { pairs: intOption('pairs', values.pairs, 50), window: intOption('window', values.window, 8), bodyBytes: 100 },
+    timing: { warmMs: 1000, measureMs: intOption('measure', values.measure, 3000) },
+    keep: values.keep === true
+  }
+})
 
+installSignalHandlers('ab')
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'mqim-ab-'))
-if (args.includes('--keep')) process.stderr.write(`scratch (broker logs) kept in ${scratch}\n`)
-else onExit(() => rmSync(scratch, { recursive: true, force: true }))
+if (keep) process.stderr.write(`scratch (broker logs) kept in ${scratch}\n`)
+else onCleanup(() => rmSync(scratch, { recursive: true, force: true }))
 const pool = await LoaderPool.start(Math.max(2, os.availableParallelism()))
 const log = (l: string): void => { process.stderr.write(l + '\n') }
 const A: FlowResult[][] = []
@@ -54,6 +69,9 @@ try {
       ;(side === 'A' ? A : B).push(res)
     }
   }
+} catch (err) {
+  await runCleanups()
+  throw err
 } finally {
   await pool.close()
 }
@@ -73,4 +91,5 @@ const out = [
   `  B: ${B.map(r => `${Math.round(r[0].deliveredPerSec)}/s ${(r[0].cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k`).join(', ')}`
 ]
 process.stdout.write(out.join('\n') + '\n')
+await runCleanups()
 process.exit(0)

@@ -9,9 +9,14 @@
  * went away).
  */
 import net from 'node:net'
+import { parseArgs } from 'node:util'
 import { Aedes } from 'aedes'
+import { intOption, parseCommandLine } from '../lib/cli.js'
 
-const port = Number(process.argv[2] ?? 0)
+const port = parseCommandLine('usage: aedes-broker.ts <port>', () => {
+  const { positionals } = parseArgs({ allowPositionals: true })
+  return intOption('port', positionals[0], 0, 0)
+})
 const broker = await Aedes.createBroker({
   concurrency: 1000,
   drainTimeout: 10_000,

@@ -13,20 +13,20 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { headerComment, intOption, oneOf, parseCommandLine, printUsage } from '../lib/cli.js'
 import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
 import { MqimServer } from '../../src/server.js'
 import { createUser } from '../../src/admin/accounts.js'
 import { Dispatcher } from '../../src/im/dispatcher.js'
 
-const args = process.argv.slice(2)
-const arg = (name: string, dflt: string): string => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : dflt }
-const total = Number(arg('--sends', '200000'))
-const mode = arg('--mode', 'send')
-if (!['send', 'publish', 'event'].includes(mode) || !(total > 0)) {
-  process.stderr.write('usage: inprocess.ts [--sends N] [--mode send|publish|event]\n')
-  process.exit(2)
-}
+const usage = headerComment(new URL(import.meta.url))
+const { total, mode } = parseCommandLine(usage, () => {
+  const { values } = parseArgs({ options: { sends: { type: 'string' }, mode: { type: 'string' }, help: { type: 'boolean', short: 'h' } } })
+  if (values.help === true) printUsage(usage)
+  return { total: intOption('sends', values.sends, 200_000), mode: oneOf('mode', values.mode, ['send', 'publish', 'event'] as const, 'send') }
+})
 
 const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-inprocess-'))
 const config = loadConfig({ env: {}, overrides: { host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir, log: { level: 'error' } } })

@@ -6,21 +6,23 @@
  *   node --import tsx scripts/bench/profile-summary.ts <file.cpuprofile> [--top N] [--filter text]
  */
 import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { headerComment, intOption, parseCommandLine, printUsage } from '../lib/cli.js'
 
 interface CallFrame { functionName: string, url: string, lineNumber: number, columnNumber: number }
 interface Node { id: number, callFrame: CallFrame, hitCount?: number, children?: number[] }
 interface Profile { nodes: Node[], startTime: number, endTime: number, samples?: number[], timeDeltas?: number[] }
 
-const args = process.argv.slice(2)
-const file = args.find(a => !a.startsWith('--'))
-if (file === undefined) {
-  process.stderr.write('usage: profile-summary.ts <file.cpuprofile> [--top N] [--filter text]\n')
-  process.exit(2)
-}
-const topIdx = args.indexOf('--top')
-const TOP = topIdx >= 0 ? Number(args[topIdx + 1]) : 30
-const filterIdx = args.indexOf('--filter')
-const FILTER = filterIdx >= 0 ? args[filterIdx + 1] : null
+const usage = headerComment(new URL(import.meta.url))
+const { file, TOP, FILTER } = parseCommandLine(usage, () => {
+  const { values, positionals } = parseArgs({
+    options: { top: { type: 'string' }, filter: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true
+  })
+  if (values.help === true) printUsage(usage)
+  if (positionals.length !== 1) throw new Error('give one .cpuprofile file')
+  return { file: positionals[0], TOP: intOption('top', values.top, 30), FILTER: values.filter ?? null }
+})
 
 const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile
 const byId = new Map(profile.nodes.map(n => [n.id, n]))

@@ -3,7 +3,9 @@
  *
  *   npm run bench                      full run: table on stdout, JSON in bench-results/
  *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
- *   options: --rounds N   --workers N   --only direct,group,connections,sync,store
+ *   npm run bench -- --only hostile    the bystander's p99 under attack / without (not in the default set)
+ *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile
+ *            --attacks stuck-subscriber,wrong-passwords,subscriptions (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
  *            --services DIR  (use services already started by `scripts/services.sh start DIR`)
@@ -19,11 +21,14 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { randomBytes } from 'node:crypto'
-import mysql from 'mysql2/promise'
+import { parseArgs } from 'node:util'
+import { headerComment, intOption, listOption, parseCommandLine, printUsage } from '../lib/cli.js'
+import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
+import { createMysqlDatabase, readServicesEnv, startServices, stopServices } from '../lib/services.js'
+import { ATTACKS, runHostile, type HostileParams, type HostileResult } from './hostile.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
-import { onExit } from './lib/procs.js'
+import type { AttackName } from './lib/protocol.js'
 import { MOSQUITTO, ROOT, type MqimStores, type TargetKind } from './lib/targets.js'
 import {
   runConnections, runDirect, runGroup, runRawInsert, runSync,
@@ -34,43 +39,58 @@ import {
 // options
 // ---------------------------------------------------------------------------------------------
 
-const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store'] as const
+const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile'] as const
 type Scenario = typeof SCENARIOS[number]
+/** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it). */
+const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'connections', 'sync', 'store']
+const BROKERS: readonly TargetKind[] = ['mqim', 'aedes', 'mosquitto']
 
-function parseArgs (argv: string[]): { quick: boolean, rounds: number | null, workers: number, only: Set<Scenario>, profile: boolean, keep: boolean, services: string | null, mqimRoot: string | undefined, brokers: Set<TargetKind> } {
-  const out = { quick: false, rounds: null as number | null, workers: Math.max(2, os.availableParallelism()), only: new Set<Scenario>(SCENARIOS), profile: false, keep: false, services: null as string | null, mqimRoot: undefined as string | undefined, brokers: new Set<TargetKind>(['mqim', 'aedes', 'mosquitto']) }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const value = (): string => {
-      const eq = a.indexOf('=')
-      if (eq >= 0) return a.slice(eq + 1)
-      const v = argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
+interface Options {
+  quick: boolean
+  rounds: number | null
+  workers: number
+  only: Set<Scenario>
+  attacks: AttackName[]
+  profile: boolean
+  keep: boolean
+  services: string | null
+  mqimRoot: string | undefined
+  brokers: Set<TargetKind>
+}
+
+function options (argv: string[]): Options {
+  const usage = headerComment(new URL(import.meta.url))
+  return parseCommandLine(usage, () => {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        quick: { type: 'boolean' },
+        rounds: { type: 'string' },
+        workers: { type: 'string' },
+        only: { type: 'string' },
+        attacks: { type: 'string' },
+        profile: { type: 'boolean' },
+        keep: { type: 'boolean' },
+        services: { type: 'string' },
+        'mqim-root': { type: 'string' },
+        brokers: { type: 'string' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    })
+    if (values.help === true) printUsage(usage)
+    return {
+      quick: values.quick === true,
+      rounds: values.rounds === undefined ? null : intOption('rounds', values.rounds, 1),
+      workers: intOption('workers', values.workers, Math.max(2, os.availableParallelism())),
+      only: new Set(listOption('only', values.only, SCENARIOS, DEFAULT_SCENARIOS)),
+      attacks: listOption('attacks', values.attacks, ATTACKS, ATTACKS),
+      profile: values.profile === true,
+      keep: values.keep === true,
+      services: values.services === undefined ? null : path.resolve(values.services),
+      mqimRoot: values['mqim-root'] === undefined ? undefined : path.resolve(values['mqim-root']),
+      brokers: new Set(listOption('brokers', values.brokers, BROKERS, BROKERS))
     }
-    if (a === '--quick') out.quick = true
-    else if (a === '--profile') out.profile = true
-    else if (a === '--keep') out.keep = true
-    else if (a.startsWith('--rounds')) out.rounds = Math.max(1, Number(value()))
-    else if (a.startsWith('--workers')) out.workers = Math.max(1, Number(value()))
-    else if (a.startsWith('--services')) out.services = path.resolve(value())
-    else if (a.startsWith('--mqim-root')) out.mqimRoot = path.resolve(value())
-    else if (a.startsWith('--brokers')) {
-      const names = value().split(',').map(x => x.trim())
-      for (const n of names) if (!['mqim', 'aedes', 'mosquitto'].includes(n)) throw new Error(`unknown broker "${n}" (mqim, aedes, mosquitto)`)
-      out.brokers = new Set(names as TargetKind[])
-    }
-    else if (a.startsWith('--only')) {
-      const names = value().split(',').map(s => s.trim())
-      for (const n of names) if (!(SCENARIOS as readonly string[]).includes(n)) throw new Error(`unknown scenario "${n}" (${SCENARIOS.join(', ')})`)
-      out.only = new Set(names as Scenario[])
-    } else if (a === '--help' || a === '-h') {
-      const text = readFileSync(new URL(import.meta.url), 'utf8')
-      process.stdout.write(text.slice(text.indexOf('/**') + 4, text.indexOf('*/')).split('\n').map(l => l.replace(/^ \* ?/, '')).join('\n'))
-      process.exit(0)
-    } else throw new Error(`unknown option ${a}`)
-  }
-  return out
+  })
 }
 
 interface Sizes {
@@ -89,6 +109,7 @@ interface Sizes {
   store: DirectParams
   storeTiming: FlowTiming
   rawInsert: { batch: number, seconds: number }
+  hostile: HostileParams
 }
 
 const BODY = 100
@@ -109,7 +130,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       storeRounds: rounds ?? 1,
       store: { pairs: 200, window: 8, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
-      rawInsert: { batch: 500, seconds: 4 }
+      rawInsert: { batch: 500, seconds: 4 },
+      hostile: { rounds: rounds ?? 3, windowMs: 3000, warmMs: 1000, settleMaxMs: 10_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
     }
   }
   return {
@@ -126,7 +148,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
     storeRounds: rounds ?? 3,
     store: { pairs: 200, window: 8, bodyBytes: BODY },
     storeTiming: { warmMs: 3000, measureMs: 10_000 },
-    rawInsert: { batch: 500, seconds: 8 }
+    rawInsert: { batch: 500, seconds: 8 },
+    hostile: { rounds: rounds ?? 5, windowMs: 5000, warmMs: 1000, settleMaxMs: 15_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
   }
 }
 
@@ -134,40 +157,24 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
 // services (FerretDB + MariaDB) for the store scenario
 // ---------------------------------------------------------------------------------------------
 
-function startServices (log: (l: string) => void, existing: string | null): { dir: string, env: Record<string, string> } {
-  let dir: string
+async function services (log: (l: string) => void, existing: string | null): Promise<Record<string, string>> {
   if (existing !== null) {
-    dir = existing
-    log(`using the services of ${dir}`)
-  } else {
-    dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
-    const script = path.join(ROOT, 'scripts', 'services.sh')
-    onExit(() => {
-      try { execFileSync('bash', [script, 'stop', dir], { stdio: 'ignore', timeout: 60_000 }) } catch { /* best effort */ }
-      rmSync(dir, { recursive: true, force: true })
-    })
-    log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
-    execFileSync('bash', [script, 'start', dir], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 })
+    log(`using the services of ${existing}`)
+    return readServicesEnv(existing)
   }
-  const env: Record<string, string> = {}
-  for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
-    const m = /^export (\w+)='?([^']*)'?$/.exec(line.trim())
-    if (m !== null) env[m[1]] = m[2]
-  }
-  return { dir, env }
+  const dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
+  onCleanup(async () => {
+    await stopServices(dir).catch(() => { /* best effort */ })
+    rmSync(dir, { recursive: true, force: true })
+  })
+  log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
+  await startServices(dir)
+  return readServicesEnv(dir)
 }
 
 async function freshStores (env: Record<string, string>): Promise<MqimStores> {
-  const name = `bench_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
-  const base = new URL(env.MQIM_MYSQL_URL)
-  const conn = await mysql.createConnection({ host: base.hostname, port: Number(base.port), user: decodeURIComponent(base.username), password: decodeURIComponent(base.password) })
-  try {
-    await conn.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
-  } finally {
-    await conn.end()
-  }
-  base.pathname = `/${name}`
-  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: name, mysqlUrl: base.toString() }
+  const { url, dbName } = await createMysqlDatabase(env.MQIM_MYSQL_URL, 'bench')
+  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: dbName, mysqlUrl: url }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,6 +206,11 @@ function machine (): Record<string, unknown> {
   }
 }
 
+/** The key of an attack's ratio in the JSON line and the targets. */
+function hostileKey (attack: AttackName): string {
+  return `hostile_${attack.replace(/-/g, '_')}`
+}
+
 const f = (x: number, d = 0): string => Number.isFinite(x) ? x.toFixed(d) : '-'
 
 function pad (cells: string[], widths: number[]): string {
@@ -207,24 +219,26 @@ function pad (cells: string[], widths: number[]): string {
 
 function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], raws: RawInsertResult[]): string {
   const out: string[] = []
-  const head = ['scenario', 'broker', 'load', 'deliv/s', 'sends/s', 'p50 ms', 'p95 ms', 'p99 ms', 'srv CPU', 'CPU s/1k', 'loader', 'peak MiB', 'errors', 'n']
-  const widths = [12, 24, 6, 9, 8, 7, 7, 8, 7, 9, 6, 8, 6, 2]
-  out.push(pad(head, widths))
-  out.push(widths.map(w => '-'.repeat(w)).join('  '))
-  const groups = new Map<string, FlowResult[]>()
-  for (const r of flows) {
-    const key = `${r.scenario}|${r.label}|${r.load}`
-    groups.set(key, [...(groups.get(key) ?? []), r])
-  }
-  for (const rs of groups.values()) {
-    const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
-    out.push(pad([
-      rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
-      f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
-      f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
-      f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
-      f(m(r => r.peakRssMiB)), String(rs.reduce((a, r) => a + r.errors.total, 0)), String(rs.length)
-    ], widths))
+  if (flows.length > 0) {
+    const head = ['scenario', 'broker', 'load', 'deliv/s', 'sends/s', 'p50 ms', 'p95 ms', 'p99 ms', 'srv CPU', 'CPU s/1k', 'loader', 'peak MiB', 'errors', 'n']
+    const widths = [12, 24, 6, 9, 8, 7, 7, 8, 7, 9, 6, 8, 6, 2]
+    out.push(pad(head, widths))
+    out.push(widths.map(w => '-'.repeat(w)).join('  '))
+    const groups = new Map<string, FlowResult[]>()
+    for (const r of flows) {
+      const key = `${r.scenario}|${r.label}|${r.load}`
+      groups.set(key, [...(groups.get(key) ?? []), r])
+    }
+    for (const rs of groups.values()) {
+      const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
+      out.push(pad([
+        rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
+        f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
+        f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
+        f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
+        f(m(r => r.peakRssMiB)), String(rs.reduce((a, r) => a + r.errors.total, 0)), String(rs.length)
+      ], widths))
+    }
   }
   if (conns.length > 0) {
     out.push('')
@@ -246,19 +260,41 @@ function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], r
   return out.join('\n')
 }
 
+function hostileTable (results: HostileResult[]): string {
+  const widths = [16, 24, 17, 19, 7, 7, 6, 9, 8, 8]
+  const out = [pad(['hostile', 'broker', 'p99 base rtt/dlv', 'p99 attack rtt/dlv', 'x rtt', 'x dlv', 'x', 'srv CPU', 'RSS MiB', 'rounds'], widths)]
+  out.push(widths.map(w => '-'.repeat(w)).join('  '))
+  for (const h of results) {
+    const cpu = (kind: 'baseline' | 'attack'): number => median(h.windows.filter(w => w.kind === kind).map(w => w.serverCpuUtil))
+    out.push(pad([
+      h.attack, h.label,
+      `${f(h.p99Ms.baseline.rtt, 1)} / ${f(h.p99Ms.baseline.delivery, 1)}`,
+      `${f(h.p99Ms.attack.rtt, 1)} / ${f(h.p99Ms.attack.delivery, 1)}`,
+      f(h.rttRatio ?? NaN, 1), f(h.deliveryRatio ?? NaN, 1), f(h.ratio ?? NaN, 1),
+      `${f(cpu('baseline'), 2)}/${f(cpu('attack'), 2)}`,
+      f(h.server.peakRssMiB), String(h.rounds.length)
+    ], widths))
+    const last = h.attacker[h.attacker.length - 1]
+    const counters = last === undefined ? 'none' : Object.entries(last.counters).map(([k, v]) => `${k} ${v}`).join(', ')
+    out.push(`${''.padEnd(16)}  server ${h.server.survived ? 'survived' : `did NOT survive: ${h.server.died ?? `/healthz ${h.server.healthz}`}`}; attacker (last round, ${last === undefined ? '-' : f(last.seconds, 1)} s): ${counters}`)
+  }
+  return out.join('\n')
+}
+
 // ---------------------------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------------------------
 
-async function main (): Promise<void> {
-  const opts = parseArgs(process.argv.slice(2))
+async function main (): Promise<number> {
+  const opts = options(process.argv.slice(2))
+  installSignalHandlers('bench')
   const S = sizes(opts.quick, opts.rounds)
   const started = Date.now()
   const log = (line: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${line}\n`) }
   const resultsDir = path.join(ROOT, 'bench-results')
   mkdirSync(resultsDir, { recursive: true })
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'mqim-bench-'))
-  if (!opts.keep) onExit(() => rmSync(scratch, { recursive: true, force: true }))
+  if (!opts.keep) onCleanup(() => rmSync(scratch, { recursive: true, force: true }))
   const cpuProfDir = opts.profile ? path.join(resultsDir, 'profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined
   if (cpuProfDir !== undefined) mkdirSync(cpuProfDir, { recursive: true })
 
@@ -269,6 +305,7 @@ async function main (): Promise<void> {
   const conns: ConnResult[] = []
   const syncs: SyncResult[] = []
   const raws: RawInsertResult[] = []
+  const hostile: HostileResult[] = []
   const failures: string[] = []
   // alternate the order each round so that drift on a noisy machine hits every broker alike
   const enabled = (list: TargetKind[]): TargetKind[] => list.filter(k => opts.brokers.has(k))
@@ -326,22 +363,29 @@ async function main (): Promise<void> {
     }
     if (opts.only.has('store')) {
       await attempt('store', async () => {
-        const services = startServices(log, opts.services)
-        ctx.storePids = { ferretdb: Number(services.env.MQIM_MONGO_PID), mariadb: Number(services.env.MQIM_MYSQL_PID) }
+        const env = await services(log, opts.services)
+        ctx.storePids = { ferretdb: Number(env.MQIM_MONGO_PID), mariadb: Number(env.MQIM_MYSQL_PID) }
         log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
         for (let r = 1; r <= S.storeRounds; r++) {
-          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, services.env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
+          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
           await attempt(`store mqim r${r}`, async () => {
-            const stores = await freshStores(services.env)
+            const stores = await freshStores(env)
             flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, null, { stores }, 'store'))
           })
         }
         if (!opts.quick) {
           await attempt('sync on FerretDB', async () => {
-            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(services.env) }, 'sync-ferret'))
+            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(env) }, 'sync-ferret'))
           })
         }
       })
+    }
+    if (opts.only.has('hostile')) {
+      const h = S.hostile
+      log(`hostile: ${opts.attacks.join(', ')}; each on a fresh server at its default limits, ${h.rounds} rounds of a ${h.windowMs / 1000} s baseline window and a ${h.windowMs / 1000} s attack window; bystander ${h.bystanderRate} sends/s from 127.0.0.1, attacker from 127.0.0.2`)
+      for (const attack of opts.attacks) {
+        await attempt(`hostile ${attack}`, async () => { hostile.push(await runHostile(ctx, attack, h)) })
+      }
     }
   } finally {
     await pool.close()
@@ -379,7 +423,7 @@ async function main (): Promise<void> {
   const kib = conns.filter(c => c.target === 'mqim').map(c => c.kibPerConnection)
   const sync = syncs.filter(s => s.scenario === 'sync').map(s => s.syncSeconds)
 
-  const ratios = {
+  const ratios: Record<string, number | null> = {
     direct_vs_aedes: rnd(median(directRatios)),
     cpu_per_msg_vs_aedes: rnd(median(cpuRatios)),
     store_vs_raw_insert: rnd(median(storeRatios)),
@@ -387,17 +431,24 @@ async function main (): Promise<void> {
     kib_per_connection: rnd(median(kib), 1),
     sync_10k_s: rnd(median(sync), 3)
   }
-  const goals: Array<[keyof typeof ratios, '>=' | '<=', number]> = [
+  // hostile: the bystander's p99 under attack / without, per attack (only when it ran: the quick
+  // line of the default scenarios keeps its shape)
+  for (const h of hostile) ratios[hostileKey(h.attack)] = h.ratio === null ? null : rnd(h.ratio, 2)
+  const goals: Array<[string, '>=' | '<=', number]> = [
     ['direct_vs_aedes', '>=', 0.6],
     ['cpu_per_msg_vs_aedes', '<=', 2],
     ['store_vs_raw_insert', '>=', 0.5],
     ['p99_ms_at_half_load', '<=', 50],
     ['kib_per_connection', '<=', 50],
-    ['sync_10k_s', '<=', 2]
+    ['sync_10k_s', '<=', 2],
+    ...hostile.map(h => [hostileKey(h.attack), '<=', 3] as [string, '<=', number])
   ]
   const targets = goals.map(([key, op, goal]) => {
     const v = ratios[key]
-    return { key, value: v, goal: `${op} ${goal}`, met: v === null ? null : op === '>=' ? v >= goal : v <= goal }
+    const met = v === null ? null : op === '>=' ? v >= goal : v <= goal
+    // a server that did not survive the attack misses its target whatever the ratio of the rounds before
+    const h = hostile.find(x => hostileKey(x.attack) === key)
+    return { key, value: v, goal: `${op} ${goal}`, met: h !== undefined && !h.server.survived ? false : met }
   })
   // the same ratios over the rounds in which other jobs on the machine stayed below 0.2 cores
   // during both windows of the pair (NaN when there is none)
@@ -444,6 +495,7 @@ async function main (): Promise<void> {
     connections: conns,
     sync: syncs,
     rawInsert: raws,
+    hostile,
     profiles: cpuProfDir ?? null
   }
   const stamp = new Date(started).toISOString().replace(/[:.]/g, '-')
@@ -452,12 +504,13 @@ async function main (): Promise<void> {
   writeFileSync(path.join(resultsDir, `latest-${report.mode}.json`), JSON.stringify(report, null, 2) + '\n')
 
   process.stdout.write('\n' + table(flows, conns, syncs, raws) + '\n\n')
+  if (hostile.length > 0) process.stdout.write(hostileTable(hostile) + '\n\n')
   const foreign = median(flows.map(f => f.foreignCpuUtil))
   if (foreign > 0.2) {
     process.stdout.write(`NOTE: other jobs on this machine used ${foreign.toFixed(2)} cores (median over the measurement windows): the figures are disturbed; rerun on a quiet machine\n\n`)
   }
   // how busy the machine was (other jobs) in the windows behind each figure
-  const windowsOf: Partial<Record<keyof typeof ratios, FlowResult[]>> = {
+  const windowsOf: Partial<Record<string, FlowResult[]>> = {
     direct_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'max' && x.target !== 'mosquitto'),
     cpu_per_msg_vs_aedes: flows.filter(x => x.scenario === 'direct' && x.load === 'paced' && x.target !== 'mosquitto'),
     store_vs_raw_insert: flows.filter(x => x.scenario === 'store'),
@@ -466,18 +519,28 @@ async function main (): Promise<void> {
   for (const t of targets) {
     const ws = windowsOf[t.key] ?? []
     const worst = ws.length === 0 ? 0 : Math.max(...ws.map(w => w.foreignCpuUtil))
-    const note = worst > 0.2 ? `   (disturbed: other jobs used up to ${worst.toFixed(2)} cores in its windows)` : ''
+    let note = worst > 0.2 ? `   (disturbed: other jobs used up to ${worst.toFixed(2)} cores in its windows)` : ''
+    const h = hostile.find(x => hostileKey(x.attack) === t.key)
+    if (h !== undefined) {
+      const busiest = Math.max(0, ...h.windows.map(w => w.foreignCpuUtil))
+      note = `   (server ${h.server.survived ? 'survived' : `did not survive: ${h.server.died ?? `/healthz ${h.server.healthz}`}`}; RSS ${h.server.rssEndMiB.toFixed(0)} MiB, peak ${h.server.peakRssMiB.toFixed(0)} MiB${busiest > 0.2 ? `; disturbed: other jobs used up to ${busiest.toFixed(2)} cores in its windows` : ''})`
+    }
     process.stdout.write(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.key.padEnd(22)} ${String(t.value).padStart(9)}   target ${t.goal}${note}\n`)
   }
   process.stdout.write(`\nextra: ${JSON.stringify({ ...extra, per_round: undefined })}\n`)
   if (failures.length > 0) process.stdout.write(`\nfailures:\n  ${failures.join('\n  ')}\n`)
   process.stdout.write(`results: ${path.relative(ROOT, file)} (${report.durationSeconds} s)\n`)
   process.stdout.write(JSON.stringify(ratios) + '\n')
-  // exit now: a client or timer left behind by a failed step must not keep the runner alive
-  process.exit(failures.length > 0 ? 1 : 0)
+  return failures.length > 0 ? 1 : 0
 }
 
-main().catch((err: unknown) => {
+let status = 1
+try {
+  status = await main()
+} catch (err) {
   process.stderr.write(`bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
-  process.exit(1)
-})
+} finally {
+  await runCleanups()
+}
+// exit now: a client or timer left behind by a failed step must not keep the runner alive
+process.exit(status)

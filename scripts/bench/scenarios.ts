@@ -24,7 +24,8 @@ import { MongoClient } from 'mongodb'
 import { Histogram } from './lib/hist.js'
 import type { LoaderPool, Totals } from './lib/loader.js'
 import type { ClientSpec, SenderSpec } from './lib/protocol.js'
-import { machineBusySeconds, sampleProc, sleep, type ProcSample } from './lib/procs.js'
+import { sleep } from '../lib/procs.js'
+import { machineBusySeconds, sampleProc, type ProcSample } from './lib/proc-stats.js'
 import { startTarget, type MqimOptions, type Target, type TargetKind } from './lib/targets.js'
 import { ImClient, createBots, createGroup, createUsers, openDirects, type Account } from './lib/im.js'
 
@@ -311,11 +312,12 @@ async function drain (ctx: Ctx, fanout: number): Promise<{ lost: number, totals:
 
 export interface FlowTiming { warmMs: number, measureMs: number }
 
-function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number): string {
+export function targetDir (ctx: Ctx, scenario: string, kind: TargetKind, round: number): string {
   return path.join(ctx.dir, `${scenario}-${kind}-r${round}`)
 }
 
-async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
+/** Starts a broker fresh (retried once), runs `fn` on it, stops it (and names its CPU profiles). */
+export async function withTarget<T> (ctx: Ctx, kind: TargetKind, dir: string, mqim: MqimOptions, fn: (t: Target) => Promise<T>): Promise<T> {
   const profDir = kind === 'mosquitto' ? undefined : ctx.cpuProfDir
   const before = new Set(profDir === undefined ? [] : readdirSync(profDir))
   const options = { ...mqim, cpuProfDir: profDir, root: ctx.mqimRoot, nodeArgs: ctx.mqimNodeArgs }

@@ -6,13 +6,8 @@
  */
 import mqtt, { type MqttClient } from 'mqtt'
 import { Histogram } from './lib/hist.js'
-import type { ClientSpec, Command, ConnectResult, Counters, Report, Reply, SenderSpec } from './lib/protocol.js'
-
-if (process.send === undefined) {
-  process.stderr.write('worker.ts is started by scripts/bench/run.ts\n')
-  process.exit(2)
-}
-process.on('disconnect', () => process.exit(0))
+import { serveIpc } from './lib/ipc.js'
+import type { ClientSpec, Command, ConnectResult, Counters, Report, SenderSpec } from './lib/protocol.js'
 
 const nowMs = (): number => performance.timeOrigin + performance.now()
 
@@ -300,10 +295,4 @@ async function handle (c: Command): Promise<unknown> {
   }
 }
 
-process.on('message', (msg: { id: number } & Command) => {
-  handle(msg).then(
-    (result) => process.send!({ id: msg.id, ok: true, result } satisfies Reply),
-    (err: unknown) => process.send!({ id: msg.id, ok: false, error: err instanceof Error ? err.message : String(err) } satisfies Reply)
-  )
-})
-process.send({ ready: true })
+serveIpc('worker.ts', handle)

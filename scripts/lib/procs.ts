@@ -1,88 +1,102 @@
 /**
- * Child processes of the drills: every mqim node a drill starts is tracked here, so that none
- * outlives the drill (normal exit, error, SIGINT/SIGTERM). Cleanup hooks (e.g. stopping the
- * drill's own services) run on the same occasions.
+ * The scripts' one process module (drills, benchmark, and the tests that run them): child
+ * processes that never outlive the script (normal exit, error, SIGINT/SIGTERM/SIGHUP), cleanup
+ * hooks run on the same occasions, free ports, sleep and waitUntil.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import net from 'node:net'
+import { setTimeout as delay } from 'node:timers/promises'
 
 const children = new Set<ChildProcess>()
 const cleanups: Array<() => Promise<void> | void> = []
+let cleaning: Promise<void> = Promise.resolve()
+let exitHandler = false
 let signalHandlers = false
 let stoppingAll = false
+
+export async function sleep (ms: number): Promise<void> {
+  await delay(ms)
+}
+
+/** Polls `predicate` every `stepMs` until it returns true; throws after `timeoutMs`. Errors of the predicate propagate. */
+export async function waitUntil (predicate: () => boolean | Promise<boolean>, timeoutMs = 20_000, what = 'condition', stepMs = 10): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await sleep(stepMs)
+  }
+}
+
+/** N distinct free TCP ports on 127.0.0.1 (held open together, then released: take them soon). */
+export async function freePorts (n: number): Promise<number[]> {
+  const servers: net.Server[] = []
+  try {
+    for (let i = 0; i < n; i++) {
+      const s = net.createServer()
+      await new Promise<void>((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', () => resolve()) })
+      servers.push(s)
+    }
+    return servers.map(s => (s.address() as net.AddressInfo).port)
+  } finally {
+    await Promise.all(servers.map(async s => await new Promise<void>(resolve => s.close(() => resolve()))))
+  }
+}
+
+export async function freePort (): Promise<number> {
+  return (await freePorts(1))[0]
+}
+
+/** True when something accepts TCP connections on host:port. */
+export async function canConnect (port: number, host = '127.0.0.1'): Promise<boolean> {
+  return await new Promise(resolve => {
+    const s = net.connect(port, host)
+    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('error', () => resolve(false))
+  })
+}
 
 /** True once every child is being killed (signal, cleanup): their exits are expected. */
 export function stoppingEverything (): boolean {
   return stoppingAll
 }
 
-export const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
-
-export async function waitUntil (predicate: () => boolean, timeoutMs: number, what: string, stepMs = 20): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(stepMs)
-  }
+function running (c: ChildProcess): boolean {
+  return c.exitCode === null && c.signalCode === null
 }
 
-/** A free TCP port on 127.0.0.1 (released before returning, so take it soon). */
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-/** Kills every tracked child that is still running (synchronous: usable in an 'exit' handler). */
+/** Sends `signal` to every tracked child that is still running (synchronous: usable in an 'exit' handler). */
 export function killAllChildren (signal: NodeJS.Signals = 'SIGKILL'): void {
   stoppingAll = true
   for (const c of children) {
-    if (c.exitCode === null && c.signalCode === null) {
+    if (running(c)) {
       try { c.kill(signal) } catch { /* already gone */ }
     }
   }
 }
 
-/**
- * Installs SIGINT/SIGTERM handlers that kill the children, run the cleanup hooks and exit.
- * Only for scripts: inside jest, the test's afterAll does the cleanup.
- */
-export function installSignalHandlers (): void {
-  if (signalHandlers) return
-  signalHandlers = true
-  process.on('exit', () => killAllChildren('SIGKILL'))
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      process.stderr.write(`\ndrill: ${sig}: stopping every child process and service\n`)
-      killAllChildren('SIGKILL')
-      void runCleanups().finally(() => process.exit(130))
-    })
+/** Tracks a child so that it never outlives this process. */
+export function track<T extends ChildProcess> (child: T): T {
+  if (!exitHandler) {
+    exitHandler = true
+    process.on('exit', () => killAllChildren('SIGKILL'))
   }
-}
-
-/** Registers an async cleanup (run by runCleanups, in reverse order of registration). */
-export function onCleanup (fn: () => Promise<void> | void): void {
-  cleanups.push(fn)
-}
-
-export async function runCleanups (): Promise<void> {
-  killAllChildren('SIGKILL')
-  while (cleanups.length > 0) {
-    const fn = cleanups.pop() as () => Promise<void> | void
-    try { await fn() } catch (err) { process.stderr.write(`drill: cleanup failed: ${String(err)}\n`) }
-  }
-}
-
-export function spawnTracked (cmd: string, args: string[], options: SpawnOptions): ChildProcess {
-  const child = spawn(cmd, args, options)
   children.add(child)
   child.once('exit', () => children.delete(child))
   return child
+}
+
+export function spawnTracked (cmd: string, args: string[], options: SpawnOptions): ChildProcess {
+  return track(spawn(cmd, args, options))
+}
+
+/** Stops a child: `signal`, then SIGKILL after `graceMs`. Resolves once it has exited. */
+export async function stopChild (child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 10_000): Promise<void> {
+  if (!running(child)) return
+  const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
+  try { child.kill(signal) } catch { /* gone */ }
+  const timer = setTimeout(() => { try { child.kill('SIGKILL') } catch { /* gone */ } }, graceMs)
+  await exited
+  clearTimeout(timer)
 }
 
 /** Runs a command to completion; rejects with its output when it exits non-zero. */
@@ -98,4 +112,41 @@ export async function run (cmd: string, args: string[], options: SpawnOptions = 
       else reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}):\n${out.slice(-4000)}`))
     })
   })
+}
+
+/** Registers a cleanup (stop services, remove a scratch directory), run by runCleanups in reverse order of registration. */
+export function onCleanup (fn: () => Promise<void> | void): void {
+  cleanups.push(fn)
+}
+
+/** Kills every child, then runs the cleanups. Concurrent calls wait for the same cleanups. */
+export async function runCleanups (): Promise<void> {
+  killAllChildren('SIGKILL')
+  cleaning = cleaning.then(async () => {
+    while (cleanups.length > 0) {
+      const fn = cleanups.pop() as () => Promise<void> | void
+      try { await fn() } catch (err) { process.stderr.write(`cleanup failed: ${String(err)}\n`) }
+    }
+  })
+  await cleaning
+}
+
+/**
+ * SIGINT/SIGTERM/SIGHUP: SIGTERM to every child, SIGKILL after 1.5 s to those still running, the
+ * cleanups, exit status 130. For scripts only: inside jest, the test's afterAll cleans up.
+ */
+export function installSignalHandlers (name: string): void {
+  if (signalHandlers) return
+  signalHandlers = true
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`\n${name}: ${sig}: stopping every child process and cleaning up\n`)
+      killAllChildren('SIGTERM')
+      void (async () => {
+        const deadline = Date.now() + 1500
+        while ([...children].some(running) && Date.now() < deadline) await sleep(50)
+        await runCleanups()
+      })().finally(() => process.exit(130))
+    })
+  }
 }

@@ -40,12 +40,23 @@ export async function installServices (): Promise<void> {
   await servicesSh('install')
 }
 
-function readEnvFile (dir: string): ServiceUrls {
-  const text = readFileSync(path.join(dir, 'env'), 'utf8')
+/** Every variable of the `env` file that services.sh writes into `dir` (URLs, and pids such as MQIM_MONGO_PID). */
+export function readServicesEnv (dir: string): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
+    const m = /^export (\w+)=(.*)$/.exec(line.trim())
+    if (m !== null) env[m[1]] = m[2].replace(/^'(.*)'$/, '$1')
+  }
+  return env
+}
+
+/** The URLs of the services that services.sh started in `dir`. */
+export function servicesOfDir (dir: string): ServiceUrls {
+  const env = readServicesEnv(dir)
   const get = (name: string): string => {
-    const m = new RegExp(`^export ${name}=(.*)$`, 'm').exec(text)
-    if (m === null) throw new Error(`${dir}/env has no ${name}`)
-    return m[1].replace(/^'(.*)'$/, '$1')
+    const v = env[name]
+    if (v === undefined) throw new Error(`${dir}/env has no ${name}`)
+    return v
   }
   return { mysqlUrl: get('MQIM_MYSQL_URL'), mongoUrl: get('MQIM_MONGO_URL'), redisUrl: get('MQIM_REDIS_URL'), dir }
 }
@@ -53,7 +64,7 @@ function readEnvFile (dir: string): ServiceUrls {
 /** Starts all three services on free ports with their state under `dir`. */
 export async function startServices (dir: string): Promise<ServiceUrls> {
   await servicesSh('start', dir)
-  return readEnvFile(dir)
+  return servicesOfDir(dir)
 }
 
 export async function stopServices (dir: string): Promise<void> {
@@ -92,11 +103,6 @@ export function uniqueName (prefix: string): string {
   return `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
 }
 
-/**
- * Creates a MySQL database and picks a MongoDB database name; flushes Redis database `redisDb`.
- * Redis pub/sub is not scoped by database: runs that share a Redis server must also use distinct
- * user ids and node ids (the drills prefix both with a random run tag).
- */
 /** Creates an empty database (named `<prefix>_…`) on the MySQL/MariaDB server of `serverUrl`; returns its mysql:// URL. */
 export async function createMysqlDatabase (serverUrl: string, prefix: string): Promise<{ url: string, dbName: string }> {
   const url = new URL(serverUrl)
@@ -116,6 +122,11 @@ export async function createMysqlDatabase (serverUrl: string, prefix: string): P
   return { url: url.toString(), dbName }
 }
 
+/**
+ * Creates a MySQL database and picks a MongoDB database name; flushes Redis database `redisDb`.
+ * Redis pub/sub is not scoped by database: runs that share a Redis server must also use distinct
+ * user ids and node ids (the drills prefix both with a random run tag).
+ */
 export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<DrillDatabases> {
   const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, 'mqimdrill')
   const redisUrl = new URL(urls.redisUrl)

@@ -10,6 +10,7 @@ import { MqimServer } from '../../src/server.js'
 import { createUser } from '../../src/admin/accounts.js'
 import type { MessageStore, MetadataStore } from '../../src/store/types.js'
 import type { MessageEnvelope, Reply } from '../../src/protocol/schemas.js'
+import { waitUntil } from '../../scripts/lib/procs.js'
 
 export async function startServer (overrides: Record<string, unknown> = {}, stores?: { meta: MetadataStore, messages: MessageStore }): Promise<MqimServer> {
   const config = loadConfig({
@@ -43,13 +44,7 @@ export function url (server: MqimServer, transport: Transport): string {
   return transport === 'tcp' ? `mqtt://127.0.0.1:${server.ports.mqtt}` : `ws://127.0.0.1:${server.ports.http}/mqtt`
 }
 
-export async function waitUntil (predicate: () => boolean, timeoutMs = 20000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 10))
-  }
-}
+export { waitUntil }
 
 export interface ConnectOptions {
   transport?: Transport

@@ -45,18 +45,8 @@ export class Histogram {
     return this.max
   }
 
-  mean (): number {
-    return this.total === 0 ? NaN : this.sum / this.total
-  }
-
   toData (): HistogramData {
     return { counts: this.counts, total: this.total, max: this.max, sum: this.sum }
-  }
-
-  static from (data: HistogramData): Histogram {
-    const h = new Histogram()
-    h.merge(data)
-    return h
   }
 }
 

@@ -2,18 +2,18 @@
  * The runner's side of the load generator: a pool of worker processes (scripts/bench/worker.ts,
  * one per core by default) that each hold a share of the MQTT clients.
  */
-import { fork, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { Histogram } from './hist.js'
-import { stopChild, track } from './procs.js'
-import type { ClientSpec, Command, ConnectResult, Counters, Report, Reply, SenderSpec } from './protocol.js'
+import { IpcChild } from './ipc.js'
+import { stopChild } from '../../lib/procs.js'
+import type { ClientSpec, Command, ConnectResult, Counters, Report, SenderSpec } from './protocol.js'
 
 const WORKER = fileURLToPath(new URL('../worker.ts', import.meta.url))
 
 /** Counters summed over the workers, with the latency histogram merged. */
 export type Totals = Omit<Counters, 'latency'> & { latency: Histogram }
 
-export function sumCounters (list: Counters[]): Totals {
+function sumCounters (list: Counters[]): Totals {
   const t: Totals = { sent: 0, acked: 0, failed: 0, failedCodes: {}, publishErrors: 0, received: 0, peerReceived: 0, clientErrors: 0, latency: new Histogram() }
   for (const c of list) {
     t.sent += c.sent
@@ -29,42 +29,7 @@ export function sumCounters (list: Counters[]): Totals {
   return t
 }
 
-class Worker {
-  private nextId = 1
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void, reject: (e: Error) => void }>()
-  readonly ready: Promise<void>
-
-  constructor (readonly child: ChildProcess, readonly index: number) {
-    let onReady: () => void = () => {}
-    this.ready = new Promise<void>(resolve => { onReady = resolve })
-    child.on('message', (msg: Reply | { ready: true }) => {
-      if ('ready' in msg) { onReady(); return }
-      const p = this.pending.get(msg.id)
-      if (p === undefined) return
-      this.pending.delete(msg.id)
-      if (msg.ok) p.resolve(msg.result)
-      else p.reject(new Error(`worker ${index}: ${msg.error}`))
-    })
-    child.on('error', () => { /* a closed IPC channel: calls reject through exit below */ })
-    child.once('exit', (code, signal) => {
-      for (const p of this.pending.values()) p.reject(new Error(`worker ${index} exited (${code ?? signal})`))
-      this.pending.clear()
-    })
-  }
-
-  call<T> (command: Command): Promise<T> {
-    const id = this.nextId++
-    if (!this.child.connected) return Promise.reject(new Error(`worker ${this.index} is gone`))
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject })
-      this.child.send({ id, ...command }, (err) => {
-        if (err === null) return
-        this.pending.delete(id)
-        reject(new Error(`worker ${this.index}: ${err.message}`))
-      })
-    })
-  }
-}
+type Worker = IpcChild<Command>
 
 export interface PoolConnectResult {
   connected: number
@@ -78,10 +43,7 @@ export class LoaderPool {
   private constructor (private readonly workers: Worker[]) {}
 
   static async start (count: number): Promise<LoaderPool> {
-    const workers = Array.from({ length: count }, (_, i) => new Worker(track(fork(WORKER, [], {
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-    })), i))
+    const workers = Array.from({ length: count }, (_, i) => IpcChild.fork<Command>(WORKER, `worker ${i}`))
     await Promise.all(workers.map(w => w.ready))
     return new LoaderPool(workers)
   }
@@ -89,7 +51,7 @@ export class LoaderPool {
   get size (): number { return this.workers.length }
 
   /** Worker pids (to account the load generator's own CPU). */
-  get pids (): number[] { return this.workers.map(w => w.child.pid ?? 0) }
+  get pids (): number[] { return this.workers.map(w => w.pid) }
 
   /** Client specs are dealt to workers by `workerOf` (default: round robin). */
   async connect (clients: ClientSpec[], concurrencyPerWorker: number, workerOf: (c: ClientSpec, i: number) => number = (_c, i) => i % this.workers.length): Promise<PoolConnectResult> {

@@ -81,6 +81,31 @@ export interface ConnectResult {
 
 export interface Report { window: Counters, totals: Counters, inflight: number, elapsedMs: number }
 
-export type Reply =
-  | { id: number, ok: true, result: unknown }
-  | { id: number, ok: false, error: string }
+// -------------------------------------------------------------------------------------------------
+// the hostile scenario's attacker process (scripts/bench/attacker.ts)
+// -------------------------------------------------------------------------------------------------
+
+export type AttackName = 'stuck-subscriber' | 'wrong-passwords' | 'subscriptions'
+
+export interface AttackAccount { id: string, secret: string }
+
+export type AttackSpec =
+  /** `victim` subscribes im/u/<victim>/# and stops reading; `connections` devices of `sender` send it `bodyBytes` texts in `conv`, each as soon as the previous reply came. */
+  | { attack: 'stuck-subscriber', victim: AttackAccount, sender: AttackAccount, conv: string, connections: number, bodyBytes: number }
+  /** `parallel` fresh connections at a time log in as `user` with a wrong password; each is retried as soon as it is refused. */
+  | { attack: 'wrong-passwords', user: string, parallel: number, attemptTimeoutMs: number }
+  /** One device of `user` subscribes up to `maxFilters` filters im/u/<user>/x/<i>, `filtersPerPacket` per SUBSCRIBE; a second device sends texts in `conv`, `window` requests in flight. */
+  | { attack: 'subscriptions', user: AttackAccount, conv: string, maxFilters: number, filtersPerPacket: number, window: number }
+
+export type AttackCommand =
+  | { cmd: 'start', host: string, port: number, localAddress: string, spec: AttackSpec }
+  | { cmd: 'stop' }
+
+export interface AttackReport {
+  /** from `start` until the attack was in full swing (e.g. every subscription made) */
+  setupMs: number
+  /** from `start` to `stop` */
+  seconds: number
+  /** what the attacker did and what it got back (connections, CONNACK codes, requests, replies by error code ...) */
+  counters: Record<string, number>
+}

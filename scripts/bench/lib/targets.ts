@@ -8,11 +8,12 @@
  */
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { ChildProcess } from 'node:child_process'
-import { canConnect, describeProc, freePorts, sampleProc, spawnTracked, stopChild, waitFor, type ProcSample } from './procs.js'
+import { canConnect, freePorts, spawnTracked, stopChild, waitUntil } from '../../lib/procs.js'
+import { ROOT } from '../../lib/services.js'
+import { describeProc, sampleProc, type ProcSample } from './proc-stats.js'
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+export { ROOT }
 export const MOSQUITTO = '/usr/sbin/mosquitto'
 
 export type TargetKind = 'mqim' | 'aedes' | 'mosquitto'
@@ -28,6 +29,8 @@ export interface Target {
   adminToken: string | null
   logFile: string
   sample: () => ProcSample
+  /** How the process ended, once it has (null while it runs). */
+  exit: () => { code: number | null, signal: NodeJS.Signals | null } | null
   stop: () => Promise<void>
 }
 
@@ -42,8 +45,11 @@ export interface MqimOptions {
   stores: MqimStores | null
   /** write a V8 CPU profile of the server into this directory when it stops */
   cpuProfDir?: string
-  /** extra config merged into the MQIM_CONFIG file */
-  config?: Record<string, unknown>
+  /**
+   * 'lifted' (default): the limits meant for people are raised for the load generator (see
+   * BENCH_LIMITS); 'defaults': every limit as in config/default.json (the hostile scenario).
+   */
+  limits?: 'lifted' | 'defaults'
   /** run the server from this checkout instead of this one (A/B a patch: its src/main.ts, same node_modules) */
   root?: string
   /** extra node options for the server process, e.g. --max-semi-space-size=64 */
@@ -53,6 +59,8 @@ export interface MqimOptions {
 function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port: number, logFile: string, extra: Partial<Target> = {}): Target {
   const pid = child.pid
   if (pid === undefined) throw new Error(`${label} did not start`)
+  let exit: { code: number | null, signal: NodeJS.Signals | null } | null = child.exitCode !== null || child.signalCode !== null ? { code: child.exitCode, signal: child.signalCode } : null
+  child.once('exit', (code, signal) => { exit = { code, signal } })
   return {
     kind,
     label,
@@ -62,14 +70,15 @@ function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port:
     adminToken: null,
     logFile,
     sample: () => sampleProc(pid),
+    exit: () => exit,
     stop: async () => { await stopChild(child, 'SIGTERM', 15_000) },
     ...extra
   }
 }
 
-function logTail (file: string): string {
+export function logTail (file: string, lines = 15): string {
   try {
-    return readFileSync(file, 'utf8').split('\n').slice(-15).join('\n')
+    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n')
   } catch {
     return ''
   }
@@ -79,10 +88,10 @@ async function started (label: string, child: ChildProcess, logFile: string, rea
   let exited: string | null = null
   child.once('exit', (code, signal) => { exited = `exited with ${code ?? signal}` })
   try {
-    await waitFor(`${label} to accept connections`, async () => {
+    await waitUntil(async () => {
       if (exited !== null) throw new Error(exited)
       return await ready()
-    }, timeoutMs, 100)
+    }, timeoutMs, `${label} to accept connections`, 100)
   } catch (err) {
     await stopChild(child, 'SIGKILL', 1000)
     throw new Error(`${label} failed to start (${exited ?? (err as Error).message}); log ${logFile}:\n${logTail(logFile)}`)
@@ -103,16 +112,32 @@ function cleanEnv (): NodeJS.ProcessEnv {
   return env
 }
 
+/**
+ * Limits raised for the load generator, which sends far more than a person and opens thousands of
+ * connections from 127.0.0.1 (many devices per user in `connections`). Only the keys that the
+ * server's config/default.json has are set: its config schema refuses unknown keys.
+ */
+const BENCH_LIMITS: Record<string, number> = {
+  requestsPerSecond: 1_000_000,
+  requestBurst: 1_000_000,
+  connectionsPerAddress: 100_000,
+  connectionsPerUser: 100_000
+}
+
+/** The `limits` section the bench gives the server of checkout `root` (see BENCH_LIMITS). */
+export function liftedLimits (root: string): Record<string, number> {
+  const defaults = JSON.parse(readFileSync(path.join(root, 'config', 'default.json'), 'utf8')) as { limits?: Record<string, unknown> }
+  const known = new Set(Object.keys(defaults.limits ?? {}))
+  return Object.fromEntries(Object.entries(BENCH_LIMITS).filter(([k]) => known.has(k)))
+}
+
 export async function startMqim (dir: string, options: MqimOptions): Promise<Target> {
   mkdirSync(dir, { recursive: true })
   const [mqttPort, httpPort, tlsPort] = await freePorts(3)
   const dataDir = path.join(dir, 'data')
   const configFile = path.join(dir, 'config.json')
-  writeFileSync(configFile, JSON.stringify({
-    // the load generator sends far more than a person: lift the per-connection token bucket
-    limits: { requestsPerSecond: 1_000_000, requestBurst: 1_000_000 },
-    ...options.config
-  }, null, 2))
+  const root = options.root ?? ROOT
+  writeFileSync(configFile, JSON.stringify(options.limits === 'defaults' ? {} : { limits: liftedLimits(root) }, null, 2))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
     MQIM_CONFIG: configFile,
@@ -135,16 +160,20 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   ]
   const logFile = path.join(dir, 'mqim.log')
   const log = createWriteStream(logFile)
-  const child = spawnTracked(process.execPath, args, { cwd: options.root ?? ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawnTracked(process.execPath, args, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout?.pipe(log)
   child.stderr?.pipe(log)
   const label = (options.stores === null ? 'mqim (embedded)' : 'mqim (FerretDB+MariaDB)') + (options.root !== undefined || (options.nodeArgs ?? []).length > 0 ? ' [alt]' : '')
   const tokenFile = path.join(dataDir, 'admin-token')
   await started(label, child, logFile, async () => {
     if (!existsSync(tokenFile)) return false
-    const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
-    await res.text()
-    return res.status === 200
+    try {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`)
+      await res.text()
+      return res.status === 200
+    } catch {
+      return false
+    }
   })
   checkPid(label, child.pid!, 'node', 'src/main.ts')
   return makeTarget('mqim', label, child, mqttPort, logFile, {
