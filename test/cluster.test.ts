@@ -4,27 +4,10 @@
  * other node, persistent sessions moving between nodes, clientId takeover, presence.
  * (Process-level crashes and outages are in test/drill.test.ts.)
  */
-import { Redis } from 'ioredis'
-import { freshMongo, freshMysqlUrl, redisUrl } from './helpers/db.js'
+import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import type { MessageEnvelope } from '../src/protocol/schemas.js'
-
-async function clusterOverrides (redisDb: number): Promise<Record<string, unknown>> {
-  const mongo = freshMongo()
-  const redis = new URL(redisUrl())
-  redis.pathname = `/${redisDb}`
-  const conn = new Redis(redis.toString())
-  await conn.flushdb() // sessions of an earlier run must not leak into this one
-  await conn.quit()
-  return {
-    messageStore: { adapter: 'mongodb', url: mongo.url, database: mongo.dbName },
-    metadataStore: { adapter: 'mysql', url: await freshMysqlUrl() },
-    broker: { persistence: { adapter: 'redis', url: redis.toString() } },
-    limits: { requestsPerSecond: 100000, requestBurst: 100000 },
-    presence: { ttlMs: 90000, notifyIntervalMs: 50, maxAudience: 500 }
-  }
-}
 
 function inOrderOnce (messages: MessageEnvelope[], conv: string): number[] {
   return messages.filter(m => m.conv === conv).map(m => m.seq)
