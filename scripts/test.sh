@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `npm test` runs. Works on a fresh Debian 12 machine:
 #   1. installs the npm dependencies when node_modules is missing or older than package-lock.json;
-#   2. typechecks the whole project (src/, test/, scripts/);
+#   2. typechecks the whole project (src/, test/, scripts/, examples/, and web/ with its own tsconfig)
+#      and lints it (eslint.config.js: neostandard plus type-aware typescript-eslint rules);
 #   3. installs the test services if missing (scripts/services.sh install);
 #   4. unless MQIM_MYSQL_URL, MQIM_MONGO_URL and MQIM_REDIS_URL are all set already, starts MariaDB,
 #      FerretDB and Redis on free ports in a temporary directory, and stops them on exit;
@@ -19,6 +20,10 @@ fi
 
 echo "test.sh: typechecking" >&2
 npx tsc -p tsconfig.json --noEmit
+npx tsc -p web/tsconfig.json
+
+echo "test.sh: linting" >&2
+npx eslint .
 
 bash scripts/services.sh install
 
