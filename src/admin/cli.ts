@@ -269,11 +269,12 @@ function connectHint (config: Config, id: string, secret: string): string {
 
 function table (users: PublicUser[]): string[] {
   if (users.length === 0) return ['no users yet (create one with: npm run admin -- user add <id>)']
-  const rows = [['ID', 'KIND', 'STATUS', 'CREATED', 'NAME'], ...users.map(u => [
+  const header = ['ID', 'KIND', 'STATUS', 'CREATED', 'NAME']
+  const rows = [header, ...users.map(u => [
     u.id, u.kind, u.disabled ? 'disabled' : 'active', new Date(u.createdAt).toISOString().slice(0, 19) + 'Z', u.displayName
   ])]
-  const widths = rows[0].map((_, c) => Math.max(...rows.map(r => r[c].length)))
-  return rows.map(r => r.map((cell, c) => c === r.length - 1 ? cell : cell.padEnd(widths[c])).join('  '))
+  const widths = header.map((_, c) => Math.max(...rows.map(r => r[c]?.length ?? 0)))
+  return rows.map(r => r.map((cell, c) => c === r.length - 1 ? cell : cell.padEnd(widths[c] ?? 0)).join('  '))
 }
 
 class UsageError extends Error {}
@@ -333,7 +334,7 @@ async function main (argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     return 2
   }
   if (config.metadataStore.adapter === 'mysql' && (request.flags.server !== undefined || request.flags['data-dir'] !== undefined)) {
-    process.stderr.write(`mqim admin: --server and --data-dir are for the in-memory store; this config's metadataStore is mysql, which the tool changes directly\n`)
+    process.stderr.write('mqim admin: --server and --data-dir are for the in-memory store; this config\'s metadataStore is mysql, which the tool changes directly\n')
     return 2
   }
   let backend: AccountsBackend | undefined

@@ -38,12 +38,13 @@ export function hashApiKey (key: string): string {
 export async function verifySecret (secret: string, stored: string): Promise<boolean> {
   const parts = stored.split('$')
   if (parts[0] === 'sha256' && parts.length === 2) {
-    const want = Buffer.from(parts[1], 'hex')
+    const [, hex = ''] = parts
+    const want = Buffer.from(hex, 'hex')
     const got = createHash('sha256').update(secret, 'utf8').digest()
     return want.length === got.length && timingSafeEqual(want, got)
   }
   if (parts[0] === 'scrypt' && parts.length === 6) {
-    const [, n, r, p, salt, hash] = parts
+    const [, n, r, p, salt = '', hash = ''] = parts
     const want = Buffer.from(hash, 'base64url')
     const got = await scrypt(secret, Buffer.from(salt, 'base64url'), want.length, { N: Number(n), r: Number(r), p: Number(p), maxmem: 64 * 1024 * 1024 })
     return want.length === got.length && timingSafeEqual(want, got)

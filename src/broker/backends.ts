@@ -6,11 +6,10 @@
  * The workarounds applied to these packages are in upstream.ts.
  */
 import { Redis } from 'ioredis'
-import mqemitterRedis from 'mqemitter-redis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter } from './upstream.js'
+import { BoundedMemoryPersistence, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -46,10 +45,10 @@ export function createBrokerBackends (
   const pub = connect('pub')
   const sub = connect('sub')
   const redis = connect('mqim')
-  const mq = mqemitterRedis({ pubConn: pub, subConn: sub, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
+  const mq = createRedisEmitter(pub, sub)
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
   // while Redis is down. ioredis reconnects by itself.
-  ;(mq as unknown as { state: NodeJS.EventEmitter }).state.on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))
+  emitterState(mq).on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))
   closeEmitterQuietly(mq)
   const persistence = aedesPersistenceRedis({
     conn: persistenceConn,

@@ -22,12 +22,11 @@ export class WriteCoalescer {
   private scheduled = false
 
   /** Holds the connection's writes until the turn after the deliveries queued so far. */
-  hold (conn: Writable | undefined): void {
-    const c = conn as Holdable | undefined
-    if (c === undefined || c[HELD] === true || c.destroyed || typeof c.cork !== 'function') return
-    c[HELD] = true
-    c.cork()
-    this.held.push(c)
+  hold (conn: Holdable | undefined): void {
+    if (conn === undefined || conn[HELD] === true || conn.destroyed || typeof conn.cork !== 'function') return
+    conn[HELD] = true
+    conn.cork()
+    this.held.push(conn)
     if (!this.scheduled) {
       this.scheduled = true
       // Aedes queues each delivery in a setImmediate from the microtasks that follow a publish:

@@ -24,8 +24,8 @@ export interface ListenerLimits {
 
 /** The source address of a client's connection (for WebSocket, of the HTTP request's socket). */
 export function addressOf (client: Client): string {
-  const conn = client.conn as Partial<net.Socket>
-  return client.req?.socket.remoteAddress ?? conn.remoteAddress ?? 'unknown'
+  const conn = client.conn
+  return client.req?.socket.remoteAddress ?? ('remoteAddress' in conn ? conn.remoteAddress : undefined) ?? 'unknown'
 }
 
 export class Listeners {

@@ -30,7 +30,9 @@
  */
 import type { Aedes, Client, PublishPacket } from 'aedes'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
+import type { Redis } from 'ioredis'
 import mqemitter from 'mqemitter'
+import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
@@ -228,6 +230,20 @@ function payloadSize (packet: QueuedPacket): number {
  */
 export function createEmitter (): unknown {
   return mqemitter({ concurrency: 0, matchEmptyLevels: true })
+}
+
+/**
+ * The cluster's emitter: mqemitter-redis on two connections of the project's ioredis. Its typings
+ * name its own ioredis (5), whose Redis type ioredis 6's does not match; the calls it makes on the
+ * connections are the same in both.
+ */
+export function createRedisEmitter (pubConn: Redis, subConn: Redis): unknown {
+  return mqemitterRedis({ pubConn, subConn, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
+}
+
+/** mqemitter-redis' `state` emitter (not in its typings), where it re-emits its connections' errors. */
+export function emitterState (mq: unknown): NodeJS.EventEmitter {
+  return (mq as { state: NodeJS.EventEmitter }).state
 }
 
 /**

@@ -77,17 +77,20 @@ async function handle (line: string): Promise<boolean> {
     case '/quit': return false
     case '/?': console.log(HELP); return true
     case '/list': await printList(); return true
-    case '/open':
-      if (rest.length !== 1) console.log('usage: /open <conv|user|group name>')
-      else await open(rest[0])
+    case '/open': {
+      const [target] = rest
+      if (target === undefined || rest.length !== 1) console.log('usage: /open <conv|user|group name>')
+      else await open(target)
       return true
+    }
     case '/group': {
-      if (rest.length < 1) {
+      const [name, users = ''] = rest
+      if (name === undefined) {
         console.log('usage: /group <name> <user1,user2>')
         return true
       }
-      const members = (rest[1] ?? '').split(',').filter(u => u !== '')
-      const group = await client.createGroup(rest[0], members)
+      const members = users.split(',').filter(u => u !== '')
+      const group = await client.createGroup(name, members)
       names.set(group.conv, group.name)
       current = group.conv
       console.log(`opened ${group.name} (${group.conv}) with ${group.members.join(', ')}`)

@@ -17,7 +17,7 @@ import type {
 } from './types.js'
 
 /** The `result` of each operation's reply (topics.md, "Operations"). */
-interface Results extends Record<OpName, unknown> {
+export interface Results extends Record<OpName, unknown> {
   send: SendResult
   history: HistoryResult
   read: ReadResult

@@ -1,5 +1,6 @@
 /** A tiny typed event emitter (no Node `events`, so it runs in the browser unchanged). */
-type Listener = (...args: any[]) => void
+/** Any listener: every function type is assignable to this one (its parameters are checked per event). */
+type Listener = (...args: never[]) => void
 
 export class Emitter<Events extends { [E in keyof Events]: Listener }> {
   private readonly listeners = new Map<keyof Events, Set<Listener>>()

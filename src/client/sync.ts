@@ -221,15 +221,17 @@ export class ConversationSync {
 
 /** Inserts into a seq-ascending array unless that seq is already there. */
 function insert (list: MessageEnvelope[], m: MessageEnvelope): void {
-  let lo = 0
-  let hi = list.length
-  if (hi > 0 && list[hi - 1].seq < m.seq) {
+  const last = list[list.length - 1]
+  if (last !== undefined && last.seq < m.seq) {
     list.push(m)
     return
   }
+  let lo = 0
+  let hi = list.length
   while (lo < hi) {
     const mid = (lo + hi) >> 1
-    if (list[mid].seq < m.seq) lo = mid + 1
+    const at = list[mid]
+    if (at !== undefined && at.seq < m.seq) lo = mid + 1
     else hi = mid
   }
   if (list[lo]?.seq !== m.seq) list.splice(lo, 0, m)

@@ -208,6 +208,7 @@ export class PresenceService {
 
   private async notify (userId: string): Promise<void> {
     const [status] = await this.status([userId])
+    if (status === undefined) return
     const contacts = await this.contactsOf(userId)
     this.opts.publisher.event(contacts, { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
   }

@@ -252,8 +252,8 @@ export class Sequencer {
     if (found.length > 0) await this.deliver(found)
   }
 
-  /** Step 2: hand out seqs in arrival order. */
-  private assignSeqs (batch: Pending[], ts: number): StoredMessage[] {
+  /** Step 2: hand out seqs in arrival order; each pending message with its document. */
+  private assignSeqs (batch: Pending[], ts: number): Array<[Pending, StoredMessage]> {
     const next = new Map<string, number>()
     return batch.map(p => {
       const d = p.draft
@@ -261,14 +261,16 @@ export class Sequencer {
       const seq = (next.get(c) ?? this.lastSeq.get(c) ?? 0) + 1
       next.set(c, seq)
       // spelled out: a spread of the draft is several times slower on this hot path
-      return { conversationId: c, senderId: d.senderId, clientMsgId: d.clientMsgId, kind: d.kind, body: d.body, replyTo: d.replyTo, seq, ts }
+      return [p, { conversationId: c, senderId: d.senderId, clientMsgId: d.clientMsgId, kind: d.kind, body: d.body, replyTo: d.replyTo, seq, ts }]
     })
   }
 
   private async writeBatch (batch: Pending[]): Promise<void> {
     // Counted from the oldest submit: messages queued behind a failing write do not wait for
     // that write's retries and then for their own.
-    const deadline = batch[0].at + this.opts.writeRetryMs // the queue is in arrival order
+    const first = batch[0]
+    if (first === undefined) return
+    const deadline = first.at + this.opts.writeRetryMs // the queue is in arrival order
     let attempt = 0
     let remaining = batch
     /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
@@ -296,31 +298,32 @@ export class Sequencer {
       return true
     }
     while (remaining.length > 0) {
-      let docs: StoredMessage[] | undefined
+      let assigned: Array<[Pending, StoredMessage]> = []
       let result
       try {
         await this.loadLastSeqs(remaining)
-        docs = this.assignSeqs(remaining, this.now())
-        result = await this.store.insertBatch(docs)
+        assigned = this.assignSeqs(remaining, this.now())
+        result = await this.store.insertBatch(assigned.map(([, doc]) => doc))
       } catch (err) {
         // Unknown outcome: an unknown prefix may be stored. Forget the cached lastSeqs of these
         // conversations (reloaded next time) and retry until the deadline.
         for (const p of remaining) this.lastSeq.delete(p.draft.conversationId)
-        for (const d of docs ?? []) this.markUncertain(keyOf(d), { seq: d.seq, ts: d.ts })
+        for (const [, d] of assigned) this.markUncertain(keyOf(d), { seq: d.seq, ts: d.ts })
         if (!(await backOff(err))) return
         continue
       }
-      const stored = docs.slice(0, result.inserted)
+      const inserted = assigned.slice(0, result.inserted)
+      const stored = inserted.map(([, m]) => m)
       for (const m of stored) {
         this.lastSeq.set(m.conversationId, Math.max(m.seq, this.lastSeq.get(m.conversationId) ?? 0))
         this.seqSteps.delete(m.conversationId)
       }
       let rest = remaining.slice(result.inserted)
       let lookupError: unknown
-      const resolved: Array<[Pending, SubmitResult]> = stored.map((m, i) => [remaining[i], { message: m, duplicate: false }])
-      if (result.conflict !== undefined) {
-        const p = rest[0]
-        const doc = docs[result.inserted]
+      const resolved: Array<[Pending, SubmitResult]> = inserted.map(([p, message]) => [p, { message, duplicate: false }])
+      const conflicting = assigned[result.inserted] // the first one not inserted, when there is a conflict
+      if (result.conflict !== undefined && conflicting !== undefined) {
+        const [p, doc] = conflicting
         if (result.conflict.kind === 'seq') {
           // Another node stored this seq first. Stored seqs are always a prefix 1..M, so every seq
           // up to this one is stored: retry at once after it, without a store round trip. (A node

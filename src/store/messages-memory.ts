@@ -50,6 +50,13 @@ function isWellFormed (text: string): boolean {
   return (text as string & { isWellFormed: () => boolean }).isWellFormed()
 }
 
+/** `array[index]` for an index the caller keeps in range: past the end a typed array reads undefined. */
+function valueAt (array: Float64Array | Uint32Array, index: number): number {
+  const value = array[index]
+  if (value === undefined) throw new RangeError(`index ${index} is past the end of the array (${array.length})`)
+  return value
+}
+
 /** Writes a record at `offset` (the caller made sure it fits); returns its length in bytes. */
 function writeRecord (chunk: Buffer, offset: number, header: string, text: string): number {
   let end = offset + chunk.write(header, offset)
@@ -82,7 +89,8 @@ class Conversation {
     let hi = this.count
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
-      const before = inclusive ? seqs[mid] < seq : seqs[mid] <= seq
+      const at = valueAt(seqs, mid)
+      const before = inclusive ? at < seq : at <= seq
       if (before) lo = mid + 1
       else hi = mid
     }
@@ -135,8 +143,7 @@ export class MemoryMessageStore implements MessageStore {
 
   async insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult> {
     let conversation: Conversation | undefined
-    for (let i = 0; i < messages.length; i++) {
-      const message = messages[i]
+    for (const [i, message] of messages.entries()) {
       if (conversation === undefined || conversation.id !== message.conversationId) {
         conversation = this.conversation(message.conversationId)
       }
@@ -149,7 +156,7 @@ export class MemoryMessageStore implements MessageStore {
       const seq = message.seq
       const count = conversation.count
       let at = count
-      if (count > 0 && seq <= conversation.seqs[count - 1]) {
+      if (count > 0 && seq <= valueAt(conversation.seqs, count - 1)) {
         at = conversation.bound(seq, true) // < count
         if (conversation.seqs[at] === seq) return { inserted: i, conflict: { kind: 'seq' } }
       }
@@ -185,7 +192,7 @@ export class MemoryMessageStore implements MessageStore {
 
   async lastSeq (conversationId: string): Promise<number> {
     const conversation = this.conversations.get(conversationId)
-    return conversation === undefined || conversation.count === 0 ? 0 : conversation.seqs[conversation.count - 1]
+    return conversation === undefined || conversation.count === 0 ? 0 : valueAt(conversation.seqs, conversation.count - 1)
   }
 
   async latest (conversationId: string): Promise<StoredMessage | null> {
@@ -246,25 +253,31 @@ export class MemoryMessageStore implements MessageStore {
       }
     }
     const offset = this.used
-    const length = writeRecord(this.chunks[this.current], offset, header, text)
+    const length = writeRecord(this.chunkAt(this.current), offset, header, text)
     this.used = offset + length
     conversation.insert(at, seq, ts, this.current, offset, length)
   }
 
+  private chunkAt (index: number): Buffer {
+    const chunk = this.chunks[index]
+    if (chunk === undefined) throw new RangeError(`no chunk ${index} (${this.chunks.length} chunks)`)
+    return chunk
+  }
+
   private decode (conversation: Conversation, index: number): StoredMessage {
     const records = conversation.records
-    const chunk = this.chunks[records[index * 3]]
-    const start = records[index * 3 + 1]
-    const end = start + records[index * 3 + 2]
+    const chunk = this.chunkAt(valueAt(records, index * 3))
+    const start = valueAt(records, index * 3 + 1)
+    const end = start + valueAt(records, index * 3 + 2)
     const newline = chunk.indexOf(NEWLINE, start)
     const [clientMsgId, senderId, kind, replyTo, bodyIsJson] = JSON.parse(chunk.toString('utf8', start, newline)) as Header
     const text = chunk.toString('utf8', newline + 1, end)
     return {
       conversationId: conversation.id,
-      seq: conversation.seqs[index],
+      seq: valueAt(conversation.seqs, index),
       clientMsgId,
       senderId,
-      ts: conversation.timestamps[index],
+      ts: valueAt(conversation.timestamps, index),
       kind,
       body: bodyIsJson === 1 ? JSON.parse(text) : text,
       replyTo

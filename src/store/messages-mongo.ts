@@ -146,11 +146,11 @@ function firstDuplicateKey (err: unknown): WriteError | undefined {
  * first failure, which it rethrows.
  */
 async function forEachLimited<T> (items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0
+  const queue = items.values() // shared by the workers: each item is taken by one of them
   let failed = false
   const worker = async (): Promise<void> => {
-    while (!failed && next < items.length) {
-      const item = items[next++]
+    for (const item of queue) {
+      if (failed) return
       try {
         await work(item)
       } catch (err) {
@@ -252,7 +252,8 @@ export class MongoMessageStore implements MessageStore {
         // Ordered insert: documents [0, index) of this chunk are stored and nothing after
         // `index` was attempted.
         const inserted = start + duplicate.index
-        const kind = await this.conflictKind(docs[inserted], duplicate.errmsg)
+        const doc = docs[inserted]
+        const kind = doc === undefined ? undefined : await this.conflictKind(doc, duplicate.errmsg)
         if (kind === undefined) throw err
         return { inserted, conflict: { kind } }
       }

@@ -187,7 +187,7 @@ export class MySqlMetadataStore implements MetadataStore {
 
   async userGet (id: string): Promise<UserRecord | null> {
     const [rows] = await this.pool.execute<UserRow[]>(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`, [id])
-    return rows.length === 0 ? null : toUser(rows[0])
+    return rows[0] === undefined ? null : toUser(rows[0])
   }
 
   async userList (): Promise<UserRecord[]> {
@@ -221,7 +221,9 @@ export class MySqlMetadataStore implements MetadataStore {
   async userChanges (cursor: string | null): Promise<{ users: UserRecord[], cursor: string }> {
     const since = cursor === null ? null : parseChangeCursor(cursor)
     const [clock] = await this.pool.query<NowRow[]>('SELECT NOW(3) AS now')
-    const next = String(clock[0].now.getTime())
+    const now = clock[0]?.now
+    if (now === undefined) throw new Error('mysql metadata store: SELECT NOW(3) returned no row')
+    const next = String(now.getTime())
     if (since === null) return { users: [], cursor: next }
     const [rows] = await this.pool.query<UserRow[]>(
       `SELECT ${USER_COLUMNS} FROM users WHERE updated_at >= ? ORDER BY id`, [new Date(since - this.userChangesMarginMs)])
@@ -247,7 +249,7 @@ export class MySqlMetadataStore implements MetadataStore {
 
   async conversationGet (id: string): Promise<ConversationRecord | null> {
     const [rows] = await this.pool.execute<ConversationRow[]>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE id = ?`, [id])
-    return rows.length === 0 ? null : toConversation(rows[0])
+    return rows[0] === undefined ? null : toConversation(rows[0])
   }
 
   async conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]> {
@@ -259,12 +261,12 @@ export class MySqlMetadataStore implements MetadataStore {
     // Served by idx_conversations_created_by (created_by, created_at).
     const [rows] = await this.pool.execute<CountRow[]>(
       "SELECT COUNT(*) AS n FROM conversations WHERE created_by = ? AND created_at >= ? AND kind = 'group'", [userId, since])
-    return toSafeNumber(rows[0].n, 'COUNT(*)')
+    return toSafeNumber(rows[0]?.n, 'COUNT(*)')
   }
 
   async conversationGetDirect (directKey: string): Promise<ConversationRecord | null> {
     const [rows] = await this.pool.execute<ConversationRow[]>(`SELECT ${CONVERSATION_COLUMNS} FROM conversations WHERE direct_key = ?`, [directKey])
-    return rows.length === 0 ? null : toConversation(rows[0])
+    return rows[0] === undefined ? null : toConversation(rows[0])
   }
 
   async conversationRename (id: string, name: string): Promise<boolean> {
@@ -280,7 +282,7 @@ export class MySqlMetadataStore implements MetadataStore {
   async memberGet (conversationId: string, userId: string): Promise<MemberRecord | null> {
     const [rows] = await this.pool.execute<MemberRow[]>(
       `SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? AND user_id = ?`, [conversationId, userId])
-    return rows.length === 0 ? null : toMember(rows[0])
+    return rows[0] === undefined ? null : toMember(rows[0])
   }
 
   async memberAdd (members: MemberRecord[]): Promise<string[]> {
@@ -376,7 +378,7 @@ export class MySqlMetadataStore implements MetadataStore {
     // A concurrent call may have raised it further, which is still the resulting readSeq.
     const [rows] = await this.pool.execute<ReadSeqRow[]>(
       'SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
-    return rows.length === 0 ? null : toSafeNumber(rows[0].read_seq, 'members.read_seq')
+    return rows[0] === undefined ? null : toSafeNumber(rows[0].read_seq, 'members.read_seq')
   }
 
   async memberListByUser (userId: string): Promise<MemberRecord[]> {
@@ -400,7 +402,7 @@ export class MySqlMetadataStore implements MetadataStore {
 
   async memberCountByUser (userId: string): Promise<number> {
     const [rows] = await this.pool.execute<CountRow[]>('SELECT COUNT(*) AS n FROM members WHERE user_id = ?', [userId])
-    return toSafeNumber(rows[0].n, 'COUNT(*)')
+    return toSafeNumber(rows[0]?.n, 'COUNT(*)')
   }
 
   async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {
@@ -590,7 +592,7 @@ function memberValues (m: MemberRecord): Array<string | number | boolean> {
 }
 
 /** BIGINT columns come back as strings when they exceed 2^53 (supportBigNumbers); refuse to round them. */
-function toSafeNumber (value: number | string, column: string): number {
+function toSafeNumber (value: number | string | undefined, column: string): number {
   const n = Number(value)
   if (!Number.isSafeInteger(n)) {
     throw new Error(`mysql metadata store: ${column} value ${String(value)} is not a safe integer`)

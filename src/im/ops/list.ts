@@ -49,7 +49,8 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   }
   // a page also stops at the byte budget (previews can be large); the rest follows with `next`
   const fit = countWithin(summaries, services.config.limits.pageBytes)
-  if (fit < summaries.length) return { conversations: summaries.slice(0, fit), next: summaries[fit - 1].conv }
-  const next = page.length > limit ? memberships[memberships.length - 1].conversationId : null
+  const lastFit = summaries[fit - 1]
+  if (fit < summaries.length && lastFit !== undefined) return { conversations: summaries.slice(0, fit), next: lastFit.conv }
+  const next = page.length > limit ? memberships.at(-1)?.conversationId ?? null : null
   return { conversations: summaries, next }
 }
