@@ -18,7 +18,7 @@ export function App ({ store, session }: { store: AppStore, session: Session }) 
     return <LoginView login={state.login} onLogin={creds => { void session.login(creds) }} />
   }
   return (
-    <div class={`app${state.active !== null ? ' chat-open' : ''}`} data-testid="app-view">
+    <div class={`app${state.active !== null ? ' chat-open' : ''}`} data-testid='app-view'>
       <ConversationList state={state} chat={chat} onLogout={() => { void session.logout() }} />
       <ChatView state={state} chat={chat} />
     </div>

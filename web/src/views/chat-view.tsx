@@ -10,20 +10,20 @@ import { MessageList } from './message-list.js'
 export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   const s = state.active === null ? undefined : state.summaries.get(state.active)
   if (s === undefined) {
-    return <section class="chat" data-testid="chat-view"><div class="chat-empty" data-testid="chat-empty">Pick a conversation</div></section>
+    return <section class='chat' data-testid='chat-view'><div class='chat-empty' data-testid='chat-empty'>Pick a conversation</div></section>
   }
   const c = chatOf(state, s.conv)
   const group = s.kind === 'group'
   return (
-    <section class="chat" data-testid="chat-view">
-      <div class="chat-pane" data-conv={s.conv} data-kind={s.kind}>
-        <header class="bar">
-          <button class="back" data-testid="chat-back" type="button" aria-label="Back" onClick={() => { chat.conversations.closeChat() }}>‹</button>
-          <div class="title">
-            <b data-testid="chat-title">{titleOf(s)}</b>
-            <small data-testid="chat-subtitle">{subtitle(state, s, c)}</small>
+    <section class='chat' data-testid='chat-view'>
+      <div class='chat-pane' data-conv={s.conv} data-kind={s.kind}>
+        <header class='bar'>
+          <button class='back' data-testid='chat-back' type='button' aria-label='Back' onClick={() => { chat.conversations.closeChat() }}>‹</button>
+          <div class='title'>
+            <b data-testid='chat-title'>{titleOf(s)}</b>
+            <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
           </div>
-          {group && <button class="link" data-testid="members-toggle" type="button" onClick={() => { chat.members.toggle() }}>Members</button>}
+          {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
         </header>
         {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
         <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} messages={chat.messages} />

@@ -22,15 +22,17 @@ export function Composer ({ onSend }: { onSend: (text: string) => void }) {
   }
 
   return (
-    <form class="composer" data-testid="composer" onSubmit={e => { e.preventDefault(); submit() }}>
-      <textarea ref={input} data-testid="composer-input" rows={1} placeholder="Message" enterkeyhint="send" onInput={grow}
+    <form class='composer' data-testid='composer' onSubmit={e => { e.preventDefault(); submit() }}>
+      <textarea
+        ref={input} data-testid='composer-input' rows={1} placeholder='Message' enterkeyhint='send' onInput={grow}
         onKeyDown={e => {
           if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
             e.preventDefault()
             submit()
           }
-        }} />
-      <button data-testid="composer-send" type="submit">Send</button>
+        }}
+      />
+      <button data-testid='composer-send' type='submit'>Send</button>
     </form>
   )
 }

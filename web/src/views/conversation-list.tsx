@@ -11,19 +11,19 @@ export function ConversationList ({ state, chat, onLogout }: { state: AppState, 
   useEffect(() => { document.title = total > 0 ? `(${total}) mqim chat` : 'mqim chat' }, [total])
 
   return (
-    <aside class="sidebar" data-testid="sidebar">
-      <header class="bar">
-        <span class="me">
-          <span class="dot" data-testid="conn-state" data-state={state.conn} title={state.conn} />
-          <b data-testid="me">{state.me}</b>
+    <aside class='sidebar' data-testid='sidebar'>
+      <header class='bar'>
+        <span class='me'>
+          <span class='dot' data-testid='conn-state' data-state={state.conn} title={state.conn} />
+          <b data-testid='me'>{state.me}</b>
         </span>
-        <button class="link" data-testid="logout" type="button" onClick={onLogout}>Log out</button>
+        <button class='link' data-testid='logout' type='button' onClick={onLogout}>Log out</button>
       </header>
       <NewConversation chat={chat} error={state.sidebarError} />
-      <ul class="conv-list" data-testid="conv-list">
+      <ul class='conv-list' data-testid='conv-list'>
         {items.map(s => <ConversationItem key={s.conv} state={state} summary={s} onOpen={() => { void chat.conversations.open(s.conv) }} />)}
       </ul>
-      {items.length === 0 && <p class="hint pad" data-testid="conv-empty">No conversations yet. Open a chat by user id, or create a group.</p>}
+      {items.length === 0 && <p class='hint pad' data-testid='conv-empty'>No conversations yet. Open a chat by user id, or create a group.</p>}
     </aside>
   )
 }
@@ -35,21 +35,23 @@ function ConversationItem ({ state, summary: s, onOpen }: { state: AppState, sum
   const last = s.last
   const who = last === null ? '' : last.from === state.me ? 'You: ' : s.kind === 'group' ? `${last.from}: ` : ''
   return (
-    <li class={`conv${s.conv === state.active ? ' active' : ''}${unread > 0 ? ' unread' : ''}`} role="button" tabIndex={0}
-      data-testid="conv-item" data-conv={s.conv} data-name={title} data-kind={s.kind} data-unread={unread}
+    <li
+      class={`conv${s.conv === state.active ? ' active' : ''}${unread > 0 ? ' unread' : ''}`} role='button' tabIndex={0}
+      data-testid='conv-item' data-conv={s.conv} data-name={title} data-kind={s.kind} data-unread={unread}
       data-online={online === undefined ? undefined : String(online)}
       onClick={onOpen}
-      onKeyDown={e => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onOpen() } }}>
+      onKeyDown={e => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onOpen() } }}
+    >
       {/* a CSSOM style (not a style attribute in markup): allowed by the CSP's style-src 'self' */}
-      <span class="avatar" style={{ background: colorFor(title) }} aria-hidden="true">
+      <span class='avatar' style={{ background: colorFor(title) }} aria-hidden='true'>
         {s.kind === 'group' ? '#' : title.slice(0, 1)}
-        {online === true && <span class="presence" data-testid="conv-presence" title="online" />}
+        {online === true && <span class='presence' data-testid='conv-presence' title='online' />}
       </span>
-      <span class="conv-name" data-testid="conv-name">{title}</span>
-      <span class="conv-time">{last !== null ? shortTime(last.ts) : ''}</span>
-      <span class="conv-preview" data-testid="conv-preview">{last === null ? 'No messages yet' : who + bodyText(last)}</span>
+      <span class='conv-name' data-testid='conv-name'>{title}</span>
+      <span class='conv-time'>{last !== null ? shortTime(last.ts) : ''}</span>
+      <span class='conv-preview' data-testid='conv-preview'>{last === null ? 'No messages yet' : who + bodyText(last)}</span>
       {unread > 0
-        ? <span class={`badge${s.muted ? ' muted' : ''}`} data-testid="conv-unread">{unread > 999 ? '999+' : String(unread)}</span>
+        ? <span class={`badge${s.muted ? ' muted' : ''}`} data-testid='conv-unread'>{unread > 999 ? '999+' : String(unread)}</span>
         : <span />}
     </li>
   )
@@ -81,20 +83,20 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
   }
 
   return (
-    <div class="actions">
-      <form class="row" data-testid="direct-form" onSubmit={e => { void openDirect(e) }}>
-        <input ref={directUser} data-testid="direct-user" placeholder="Chat with user id…" autoCapitalize="none" spellcheck={false} required />
-        <button data-testid="direct-open" type="submit">Chat</button>
+    <div class='actions'>
+      <form class='row' data-testid='direct-form' onSubmit={e => { void openDirect(e) }}>
+        <input ref={directUser} data-testid='direct-user' placeholder='Chat with user id…' autoCapitalize='none' spellcheck={false} required />
+        <button data-testid='direct-open' type='submit'>Chat</button>
       </form>
-      <details ref={groupDetails} data-testid="group-new">
-        <summary data-testid="group-new-toggle">New group</summary>
-        <form ref={groupForm} class="stack" data-testid="group-form" onSubmit={e => { void createGroup(e) }}>
-          <input ref={groupName} data-testid="group-name" placeholder="Group name" maxLength={100} required />
-          <input ref={groupMembers} data-testid="group-members" placeholder="Members: bob, carol" autoCapitalize="none" spellcheck={false} />
-          <button data-testid="group-create" type="submit">Create group</button>
+      <details ref={groupDetails} data-testid='group-new'>
+        <summary data-testid='group-new-toggle'>New group</summary>
+        <form ref={groupForm} class='stack' data-testid='group-form' onSubmit={e => { void createGroup(e) }}>
+          <input ref={groupName} data-testid='group-name' placeholder='Group name' maxLength={100} required />
+          <input ref={groupMembers} data-testid='group-members' placeholder='Members: bob, carol' autoCapitalize='none' spellcheck={false} />
+          <button data-testid='group-create' type='submit'>Create group</button>
         </form>
       </details>
-      {error !== null && <p class="error" data-testid="sidebar-error" role="alert">{error}</p>}
+      {error !== null && <p class='error' data-testid='sidebar-error' role='alert'>{error}</p>}
     </div>
   )
 }

@@ -18,24 +18,30 @@ export function LoginView ({ login, onLogin }: { login: LoginState, onLogin: (cr
   }
 
   return (
-    <main class="login" data-testid="login-view">
-      <form class="card" data-testid="login-form" autoComplete="on" onSubmit={submit}>
+    <main class='login' data-testid='login-view'>
+      <form class='card' data-testid='login-form' autoComplete='on' onSubmit={submit}>
         <h1>mqim</h1>
-        <p class="hint">Chat over MQTT, right in the browser.</p>
+        <p class='hint'>Chat over MQTT, right in the browser.</p>
         <label>User id
-          <input ref={userInput} data-testid="login-user" name="username" autoComplete="username" autoCapitalize="none" spellcheck={false} required
-            value={user} onInput={e => { setUser(e.currentTarget.value) }} />
+          <input
+            ref={userInput} data-testid='login-user' name='username' autoComplete='username' autoCapitalize='none' spellcheck={false} required
+            value={user} onInput={e => { setUser(e.currentTarget.value) }}
+          />
         </label>
         <label>Password
-          <input ref={passwordInput} data-testid="login-password" name="password" type="password" autoComplete="current-password" required
-            value={password} onInput={e => { setPassword(e.currentTarget.value) }} />
+          <input
+            ref={passwordInput} data-testid='login-password' name='password' type='password' autoComplete='current-password' required
+            value={password} onInput={e => { setPassword(e.currentTarget.value) }}
+          />
         </label>
         <label>Device id
-          <input data-testid="login-device" name="device" autoCapitalize="none" spellcheck={false} pattern="[A-Za-z0-9_\-]{1,64}" required
-            value={device} onInput={e => { setDevice(e.currentTarget.value) }} />
+          <input
+            data-testid='login-device' name='device' autoCapitalize='none' spellcheck={false} pattern='[A-Za-z0-9_\-]{1,64}' required
+            value={device} onInput={e => { setDevice(e.currentTarget.value) }}
+          />
         </label>
-        <button data-testid="login-submit" type="submit" disabled={login.busy}>{login.busy ? 'Connecting…' : 'Log in'}</button>
-        {login.error !== null && <p class="error" data-testid="login-error" role="alert">{login.error}</p>}
+        <button data-testid='login-submit' type='submit' disabled={login.busy}>{login.busy ? 'Connecting…' : 'Log in'}</button>
+        {login.error !== null && <p class='error' data-testid='login-error' role='alert'>{login.error}</p>}
       </form>
     </main>
   )

@@ -80,16 +80,18 @@ export function MessageList ({ conv, chat, me, group, messages }: Props) {
   }
 
   return (
-    <div ref={box} class="messages" data-testid="messages" onScroll={onScroll}>
-      {chat.hasOlder && <button class="link older" data-testid="load-older" type="button" onClick={() => { void messages.loadOlder(conv) }}>Load older messages</button>}
-      <ol ref={list} class="message-list" data-testid="message-list" data-loaded={String(chat.loaded)}>
+    <div ref={box} class='messages' data-testid='messages' onScroll={onScroll}>
+      {chat.hasOlder && <button class='link older' data-testid='load-older' type='button' onClick={() => { void messages.loadOlder(conv) }}>Load older messages</button>}
+      <ol ref={list} class='message-list' data-testid='message-list' data-loaded={String(chat.loaded)}>
         {items(sorted, chat, me, group)}
         {[...chat.pending.values()].map(p => (
-          <li key={p.msgId} class={`msg own ${p.failed ? 'failed' : 'pending'}`} data-testid="msg-pending" data-msg-id={p.msgId}
+          <li
+            key={p.msgId} class={`msg own ${p.failed ? 'failed' : 'pending'}`} data-testid='msg-pending' data-msg-id={p.msgId}
             title={p.failed ? 'Not sent: click to retry' : 'sending…'}
-            onClick={() => { if (p.failed) messages.resend(conv, p.msgId) }}>
-            <div class="bubble" data-testid="msg-text">{p.text}</div>
-            <div class="msg-meta"><span class="msg-status" data-status={p.failed ? 'failed' : 'sending'}>{p.failed ? 'not sent · tap to retry' : 'sending…'}</span></div>
+            onClick={() => { if (p.failed) messages.resend(conv, p.msgId) }}
+          >
+            <div class='bubble' data-testid='msg-text'>{p.text}</div>
+            <div class='msg-meta'><span class='msg-status' data-status={p.failed ? 'failed' : 'sending'}>{p.failed ? 'not sent · tap to retry' : 'sending…'}</span></div>
           </li>
         ))}
       </ol>
@@ -106,16 +108,16 @@ function items (sorted: MessageEnvelope[], chat: ChatState, me: string, group: b
   for (const m of sorted) {
     const day = dayLabel(m.ts)
     if (day !== prevDay) {
-      out.push(<li key={`day ${m.seq}`} class="day">{day}</li>)
+      out.push(<li key={`day ${m.seq}`} class='day'>{day}</li>)
       prevDay = day
       prevFrom = ''
     }
     const own = m.from === me
     out.push(
-      <li key={m.seq} class={`msg${own ? ' own' : ''}`} data-testid="msg" data-seq={m.seq} data-from={m.from} data-own={own ? '' : undefined}>
-        {group && !own && m.from !== prevFrom && <span class="msg-sender" data-testid="msg-sender">{m.from}</span>}
-        <div class={`bubble${m.kind === 'custom' ? ' custom' : ''}`} data-testid="msg-text">{bodyText(m)}</div>
-        <div class="msg-meta">
+      <li key={m.seq} class={`msg${own ? ' own' : ''}`} data-testid='msg' data-seq={m.seq} data-from={m.from} data-own={own ? '' : undefined}>
+        {group && !own && m.from !== prevFrom && <span class='msg-sender' data-testid='msg-sender'>{m.from}</span>}
+        <div class={`bubble${m.kind === 'custom' ? ' custom' : ''}`} data-testid='msg-text'>{bodyText(m)}</div>
+        <div class='msg-meta'>
           <time dateTime={new Date(m.ts).toISOString()}>{clockTime(m.ts)}</time>
           {own && <Status seq={m.seq} chat={chat} group={group} lastOwn={lastOwn} />}
         </div>
@@ -130,9 +132,9 @@ function items (sorted: MessageEnvelope[], chat: ChatState, me: string, group: b
 function Status ({ seq, chat, group, lastOwn }: { seq: number, chat: ChatState, group: boolean, lastOwn: number }) {
   if (!group) {
     const read = seq <= chat.peerReadSeq
-    return <span class="msg-status" data-testid="msg-status" data-status={read ? 'read' : 'sent'}>{read ? '✓✓ read' : '✓ sent'}</span>
+    return <span class='msg-status' data-testid='msg-status' data-status={read ? 'read' : 'sent'}>{read ? '✓✓ read' : '✓ sent'}</span>
   }
   if (seq !== lastOwn) return null
   const n = chat.receiptSeq === seq ? chat.othersRead : 0
-  return <span class="msg-status" data-testid="msg-status" data-status={n > 0 ? 'read' : 'sent'} data-read-by={n}>{n > 0 ? `read by ${n}` : '✓ sent'}</span>
+  return <span class='msg-status' data-testid='msg-status' data-status={n > 0 ? 'read' : 'sent'} data-read-by={n}>{n > 0 ? `read by ${n}` : '✓ sent'}</span>
 }
