@@ -46,6 +46,7 @@ function env (name: string, fallback?: string): string {
 const botId = env('MQIM_BOT_ID')
 const stateDir = process.env.MQIM_BOT_STATE
 
+// eslint-disable-next-line prefer-const -- onMessage reads `bot` while connect() runs (the initial sync delivers commands): a const would still be uninitialized then
 let bot: ImClient | undefined
 /** Commands the initial sync delivers before `connect` has resolved. */
 const early: MessageEnvelope[] = []

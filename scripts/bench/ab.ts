@@ -51,12 +51,14 @@ if (keep) process.stderr.write(`scratch (broker logs) kept in ${scratch}\n`)
 else onCleanup(() => rmSync(scratch, { recursive: true, force: true }))
 const pool = await LoaderPool.start(Math.max(2, os.availableParallelism()))
 const log = (l: string): void => { process.stderr.write(l + '\n') }
-const A: FlowResult[][] = []
-const B: FlowResult[][] = []
+/** One side's results in a round: at the maximum rate, then paced at half of it. */
+interface SideResult { max: FlowResult, half: FlowResult }
+const results: Array<{ A: SideResult, B: SideResult }> = []
 try {
   for (let r = 1; r <= rounds; r++) {
     // A B, B A, A B ...: neither side always runs first
-    const order = r % 2 === 1 ? ['A', 'B'] : ['B', 'A']
+    const order = r % 2 === 1 ? ['A', 'B'] as const : ['B', 'A'] as const
+    const round: Partial<Record<'A' | 'B', SideResult>> = {}
     for (const side of order) {
       const ctx: Ctx = {
         pool,
@@ -65,9 +67,11 @@ try {
         mqimNodeArgs: side === 'B' ? altNodeArgs : undefined,
         log
       }
-      const res = await runDirect(ctx, 'mqim', r, params, timing, 'half')
-      ;(side === 'A' ? A : B).push(res)
+      const [max, half] = await runDirect(ctx, 'mqim', r, params, timing, 'half')
+      if (max === undefined || half === undefined) throw new Error(`round ${r}, side ${side}: expected a maximum and a half-rate result`)
+      round[side] = { max, half }
     }
+    if (round.A !== undefined && round.B !== undefined) results.push({ A: round.A, B: round.B })
   }
 } catch (err) {
   await runCleanups()
@@ -76,19 +80,19 @@ try {
   await pool.close()
 }
 
-const ratio = (fn: (r: FlowResult[]) => number): string => {
-  const xs = A.map((a, i) => fn(B[i]) / fn(a))
+const ratio = (fn: (r: SideResult) => number): string => {
+  const xs = results.map(({ A, B }) => fn(B) / fn(A))
   return `${median(xs).toFixed(3)} (rounds: ${xs.map(x => x.toFixed(2)).join(' ')})`
 }
 const out = [
   `B/A medians over ${rounds} rounds (direct, ${params.pairs} pairs, window ${params.window})`,
-  `  max deliveries/s        ${ratio(r => r[0].deliveredPerSec)}`,
-  `  CPU per delivery, max   ${ratio(r => r[0].cpuSecondsPer1kDelivered)}`,
-  `  CPU per delivery, half  ${ratio(r => r[1].cpuSecondsPer1kDelivered)}`,
-  `  p99 at half load        ${ratio(r => r[1].latencyMs.p99)}`,
-  `  write syscalls/delivery ${ratio(r => r[0].syscallsPerDelivered.write)}`,
-  `  A: ${A.map(r => `${Math.round(r[0].deliveredPerSec)}/s ${(r[0].cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k`).join(', ')}`,
-  `  B: ${B.map(r => `${Math.round(r[0].deliveredPerSec)}/s ${(r[0].cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k`).join(', ')}`
+  `  max deliveries/s        ${ratio(r => r.max.deliveredPerSec)}`,
+  `  CPU per delivery, max   ${ratio(r => r.max.cpuSecondsPer1kDelivered)}`,
+  `  CPU per delivery, half  ${ratio(r => r.half.cpuSecondsPer1kDelivered)}`,
+  `  p99 at half load        ${ratio(r => r.half.latencyMs.p99)}`,
+  `  write syscalls/delivery ${ratio(r => r.max.syscallsPerDelivered.write)}`,
+  `  A: ${results.map(({ A: r }) => `${Math.round(r.max.deliveredPerSec)}/s ${(r.max.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k`).join(', ')}`,
+  `  B: ${results.map(({ B: r }) => `${Math.round(r.max.deliveredPerSec)}/s ${(r.max.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k`).join(', ')}`
 ]
 process.stdout.write(out.join('\n') + '\n')
 await runCleanups()

@@ -51,7 +51,7 @@ class Attack {
     try {
       const rc = await conn.connack
       if (rc === 0) return conn
-      this.count(`${clientId.split(':')[1].replace(/\d+$/, '')} CONNACK ${rc}`)
+      this.count(`${(clientId.split(':')[1] ?? clientId).replace(/\d+$/, '')} CONNACK ${rc}`)
     } catch (err) {
       this.count(`connect failed: ${(err as Error).message}`)
     }

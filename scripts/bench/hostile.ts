@@ -210,7 +210,7 @@ export async function runHostile (ctx: Ctx, attack: AttackName, p: HostileParams
         log(`round ${r}: attacker ${JSON.stringify(report.counters)}`)
         if (!alive || noteDeath(`as the attack of round ${r} stopped`)) break
         // wait for the server to calm down: CPU over 500 ms near the first baseline's
-        const calm = Math.max(0.1, 1.5 * marks[0].serverCpuUtil)
+        const calm = Math.max(0.1, 1.5 * (marks[0]?.serverCpuUtil ?? 0))
         const w0 = performance.now()
         for (;;) {
           const c0 = serverCpu()
@@ -223,7 +223,7 @@ export async function runHostile (ctx: Ctx, attack: AttackName, p: HostileParams
       }
       // late replies and deliveries still count for their window
       by.pause()
-      const lastEnd = marks.length === 0 ? performance.now() : marks[marks.length - 1].end
+      const lastEnd = marks.at(-1)?.end ?? performance.now()
       await waitUntil(() => by.settled(lastEnd) || died(), p.requestTimeoutMs, 'the bystander').catch(() => {})
     } finally {
       clearInterval(sampler)

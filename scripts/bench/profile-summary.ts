@@ -20,8 +20,9 @@ const { file, TOP, FILTER } = parseCommandLine(usage, () => {
     allowPositionals: true
   })
   if (values.help === true) printUsage(usage)
-  if (positionals.length !== 1) throw new Error('give one .cpuprofile file')
-  return { file: positionals[0], TOP: intOption('top', values.top, 30), FILTER: values.filter ?? null }
+  const [file] = positionals
+  if (file === undefined || positionals.length !== 1) throw new Error('give one .cpuprofile file')
+  return { file, TOP: intOption('top', values.top, 30), FILTER: values.filter ?? null }
 })
 
 const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile
@@ -33,9 +34,9 @@ for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n
 const self = new Map<number, number>()
 const samples = profile.samples ?? []
 const deltas = profile.timeDeltas ?? []
-for (let i = 0; i < samples.length; i++) {
+for (const [i, id] of samples.entries()) {
   const dt = deltas[i + 1] ?? deltas[i] ?? 0
-  self.set(samples[i], (self.get(samples[i]) ?? 0) + dt)
+  self.set(id, (self.get(id) ?? 0) + dt)
 }
 const total = [...self.values()].reduce((a, b) => a + b, 0)
 
@@ -53,10 +54,10 @@ function label (cf: CallFrame): string {
 function pkg (cf: CallFrame): string {
   const u = shortUrl(cf.url)
   if (u.startsWith('(')) return cf.functionName.startsWith('(') ? cf.functionName : '(native/builtin)'
-  if (u.startsWith('node:')) return u.split('/')[0]
+  const [first = u, second] = u.split('/')
+  if (u.startsWith('node:')) return first
   if (u.startsWith('src/')) return u
-  const parts = u.split('/')
-  return parts[0].startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]
+  return first.startsWith('@') ? `${first}/${second}` : first
 }
 
 const ms = (us: number): string => (us / 1000).toFixed(0).padStart(7) + ' ms'

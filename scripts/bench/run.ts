@@ -24,7 +24,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, listOption, parseCommandLine, printUsage } from '../lib/cli.js'
 import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
-import { createMysqlDatabase, readServicesEnv, startServices, stopServices } from '../lib/services.js'
+import { createMysqlDatabase, readServicesEnv, servicesOfDir, startServices, stopServices, type ServiceUrls } from '../lib/services.js'
 import { ATTACKS, runHostile, type HostileParams, type HostileResult } from './hostile.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
@@ -157,10 +157,18 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
 // services (FerretDB + MariaDB) for the store scenario
 // ---------------------------------------------------------------------------------------------
 
-async function services (log: (l: string) => void, existing: string | null): Promise<Record<string, string>> {
+/** The services' URLs and the pids of their servers. */
+interface Services { urls: ServiceUrls, pids: { ferretdb: number, mariadb: number } }
+
+function servicesIn (dir: string): Services {
+  const env = readServicesEnv(dir)
+  return { urls: servicesOfDir(dir), pids: { ferretdb: Number(env.MQIM_MONGO_PID), mariadb: Number(env.MQIM_MYSQL_PID) } }
+}
+
+async function services (log: (l: string) => void, existing: string | null): Promise<Services> {
   if (existing !== null) {
     log(`using the services of ${existing}`)
-    return readServicesEnv(existing)
+    return servicesIn(existing)
   }
   const dir = mkdtempSync(path.join('/tmp', 'mqim-bench-svc-'))
   onCleanup(async () => {
@@ -169,12 +177,12 @@ async function services (log: (l: string) => void, existing: string | null): Pro
   })
   log(`starting FerretDB + MariaDB (+ Redis) with scripts/services.sh in ${dir}`)
   await startServices(dir)
-  return readServicesEnv(dir)
+  return servicesIn(dir)
 }
 
-async function freshStores (env: Record<string, string>): Promise<MqimStores> {
-  const { url, dbName } = await createMysqlDatabase(env.MQIM_MYSQL_URL, 'bench')
-  return { mongoUrl: env.MQIM_MONGO_URL, mongoDb: dbName, mysqlUrl: url }
+async function freshStores (urls: ServiceUrls): Promise<MqimStores> {
+  const { url, dbName } = await createMysqlDatabase(urls.mysqlUrl, 'bench')
+  return { mongoUrl: urls.mongoUrl, mongoDb: dbName, mysqlUrl: url }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,10 +192,10 @@ async function freshStores (env: Record<string, string>): Promise<MqimStores> {
 function machine (): Record<string, unknown> {
   const version = (cmd: string, args: string[]): string => {
     try {
-      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 }).split('\n')[0].trim()
+      return (execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 }).split('\n')[0] ?? '').trim()
     } catch (err) {
       const out = (err as { stdout?: string }).stdout ?? ''
-      return out.split('\n')[0].trim() || 'unknown'
+      return (out.split('\n')[0] ?? '').trim() || 'unknown'
     }
   }
   const pkg = (name: string): string => {
@@ -214,7 +222,7 @@ function hostileKey (attack: AttackName): string {
 const f = (x: number, d = 0): string => Number.isFinite(x) ? x.toFixed(d) : '-'
 
 function pad (cells: string[], widths: number[]): string {
-  return cells.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join('  ')
+  return cells.map((c, i) => i < 2 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0)).join('  ')
 }
 
 function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], raws: RawInsertResult[]): string {
@@ -230,9 +238,11 @@ function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], r
       groups.set(key, [...(groups.get(key) ?? []), r])
     }
     for (const rs of groups.values()) {
+      const [first] = rs
+      if (first === undefined) continue
       const m = (fn: (r: FlowResult) => number): number => median(rs.map(fn))
       out.push(pad([
-        rs[0].scenario, rs[0].label, rs[0].load === 'max' ? 'max' : 'half',
+        first.scenario, first.label, first.load === 'max' ? 'max' : 'half',
         f(m(r => r.deliveredPerSec)), f(m(r => r.sendsPerSec)),
         f(m(r => r.latencyMs.p50), 1), f(m(r => r.latencyMs.p95), 1), f(m(r => r.latencyMs.p99), 1),
         f(m(r => r.serverCpuUtil), 2), f(m(r => r.cpuSecondsPer1kDelivered), 4), f(m(r => r.loaderCpuUtil), 2),
@@ -245,9 +255,9 @@ function table (flows: FlowResult[], conns: ConnResult[], syncs: SyncResult[], r
     out.push(pad(['connections', 'broker', 'conns', 'conn/s', 'p50 ms', 'p99 ms', 'KiB/conn', 'RSS MiB', 'errors', 'n'], [12, 24, 6, 8, 8, 8, 9, 8, 6, 2]))
     const byLabel = new Map<string, ConnResult[]>()
     for (const c of conns) byLabel.set(c.label, [...(byLabel.get(c.label) ?? []), c])
-    for (const cs of byLabel.values()) {
+    for (const [label, cs] of byLabel) {
       const m = (fn: (r: ConnResult) => number): number => median(cs.map(fn))
-      out.push(pad(['connections', cs[0].label, f(m(c => c.connections)), f(m(c => c.connectsPerSec)), f(m(c => c.connectLatencyMs.p50), 1), f(m(c => c.connectLatencyMs.p99), 1), f(m(c => c.kibPerConnection), 1), f(m(c => c.rssAfterMiB)), String(cs.reduce((a, c) => a + c.errors, 0)), String(cs.length)], [12, 24, 6, 8, 8, 8, 9, 8, 6, 2]))
+      out.push(pad(['connections', label, f(m(c => c.connections)), f(m(c => c.connectsPerSec)), f(m(c => c.connectLatencyMs.p50), 1), f(m(c => c.connectLatencyMs.p99), 1), f(m(c => c.kibPerConnection), 1), f(m(c => c.rssAfterMiB)), String(cs.reduce((a, c) => a + c.errors, 0)), String(cs.length)], [12, 24, 6, 8, 8, 8, 9, 8, 6, 2]))
     }
   }
   if (syncs.length > 0) {
@@ -330,7 +340,8 @@ async function main (): Promise<number> {
         for (const kind of directOrder(r)) {
           await attempt(`direct ${kind} r${r}`, async () => {
             const res = await runDirect(ctx, kind, r, S.direct, S.directTiming, kind === 'mqim' ? 'half' : half)
-            if (kind === 'mqim') half = res[0].sendsPerSec / 2
+            const [max] = res
+            if (kind === 'mqim' && max !== undefined) half = max.sendsPerSec / 2
             flows.push(...res)
           })
         }
@@ -363,19 +374,19 @@ async function main (): Promise<number> {
     }
     if (opts.only.has('store')) {
       await attempt('store', async () => {
-        const env = await services(log, opts.services)
-        ctx.storePids = { ferretdb: Number(env.MQIM_MONGO_PID), mariadb: Number(env.MQIM_MYSQL_PID) }
+        const { urls, pids } = await services(log, opts.services)
+        ctx.storePids = pids
         log(`store: raw insertMany (${S.rawInsert.batch}/batch) vs mqim on FerretDB + MariaDB (${S.store.pairs} pairs, window ${S.store.window})`)
         for (let r = 1; r <= S.storeRounds; r++) {
-          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, env.MQIM_MONGO_URL, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
+          await attempt(`raw insert r${r}`, async () => { raws.push(await runRawInsert(ctx, r, urls.mongoUrl, S.rawInsert.batch, S.rawInsert.seconds, BODY)) })
           await attempt(`store mqim r${r}`, async () => {
-            const stores = await freshStores(env)
+            const stores = await freshStores(urls)
             flows.push(...await runDirect(ctx, 'mqim', r, S.store, S.storeTiming, null, { stores }, 'store'))
           })
         }
         if (!opts.quick) {
           await attempt('sync on FerretDB', async () => {
-            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(env) }, 'sync-ferret'))
+            syncs.push(await runSync(ctx, 1, S.sync, { stores: await freshStores(urls) }, 'sync-ferret'))
           })
         }
       })
@@ -444,7 +455,7 @@ async function main (): Promise<number> {
     ...hostile.map(h => [hostileKey(h.attack), '<=', 3] as [string, '<=', number])
   ]
   const targets = goals.map(([key, op, goal]) => {
-    const v = ratios[key]
+    const v = ratios[key] ?? null
     const met = v === null ? null : op === '>=' ? v >= goal : v <= goal
     // a server that did not survive the attack misses its target whatever the ratio of the rounds before
     const h = hostile.find(x => hostileKey(x.attack) === key)

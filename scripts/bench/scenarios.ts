@@ -124,6 +124,8 @@ async function directShape (ctx: Ctx, target: Target, p: DirectParams): Promise<
   }
   const secretOf = new Map(accounts.map(a => [a.id, a.secret]))
   ids.forEach(([a, b], i) => {
+    const conv = target.kind === 'mqim' ? convs[i] : fakeConvId(i)
+    if (conv === undefined) throw new Error(`pair ${i} has no conversation`)
     for (const u of [a, b]) {
       workerOfPair.set(u, i % W) // both ends in one worker: latency on one clock
       const mq = target.kind === 'mqim'
@@ -137,7 +139,7 @@ async function directShape (ctx: Ctx, target: Target, p: DirectParams): Promise<
         subscribe: mq ? [`im/u/${u}/m`, `im/u/${u}/r/d`] : [`bench/c/${i}`],
         me: u
       })
-      senders.push(closedLoopSender(u, mq, mq ? convs[i] : fakeConvId(i), `bench/c/${i}`, p, tag))
+      senders.push(closedLoopSender(u, mq, conv, `bench/c/${i}`, p, tag))
     }
   })
   return { clients, senders, fanout: 2, workerOf: (k) => workerOfPair.get(k) ?? 0 }
@@ -175,8 +177,10 @@ async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Sh
   let conv = fakeConvId(0)
   if (mq) {
     const accounts = await createBots(target, ids)
+    const [owner] = accounts
+    if (owner === undefined) throw new Error('a group needs at least one member')
     secretOf = new Map(accounts.map(a => [a.id, a.secret]))
-    conv = await createGroup(target, accounts[0], ids.slice(1), 'bench group')
+    conv = await createGroup(target, owner, ids.slice(1), 'bench group')
   }
   const index = new Map(ids.map((u, i) => [u, i]))
   const clients: ClientSpec[] = ids.map(u => ({
@@ -258,7 +262,10 @@ async function measureWindow (ctx: Ctx, target: Target, shape: Shape, senders: S
   const m1 = machineBusySeconds()
   const seconds = (cpu1.at - cpu0.at) / 1000
   const storeCpuSeconds: Record<string, number> = {}
-  for (const k of Object.keys(s1)) if (s0[k] !== undefined) storeCpuSeconds[k] = s1[k] - s0[k]
+  for (const [k, v1] of Object.entries(s1)) {
+    const v0 = s0[k]
+    if (v0 !== undefined) storeCpuSeconds[k] = v1 - v0
+  }
   const ours = (cpu1.cpuSeconds - cpu0.cpuSeconds) + (l1 - l0) + Object.values(storeCpuSeconds).reduce((a, b) => a + b, 0) + (me.user + me.system) / 1e6
   return { seconds, totals: r.window, cpu0, cpu1, loaderCpuSeconds: l1 - l0, storeCpuSeconds, foreignCpuSeconds: Math.max(0, (m1 - m0) - ours) }
 }
@@ -367,12 +374,13 @@ export async function runFlow (
     await ctx.pool.waitDone(60_000)
     await ctx.pool.stop(5000)
     const max = await measureWindow(ctx, target, shape, shape.senders, timing.warmMs, timing.measureMs)
-    const results = [resultOf(scenario, target, round, max, 'max', null)]
+    const atMax = resultOf(scenario, target, round, max, 'max', null)
+    const results = [atMax]
     const paced = options.paced ?? null
     if (paced !== null) {
       // let every delivery of the max phase arrive, then offer a fixed send rate
       await drain(ctx, shape.fanout)
-      const rate = paced === 'half' ? results[0].sendsPerSec / 2 : paced
+      const rate = paced === 'half' ? atMax.sendsPerSec / 2 : paced
       const tag = nonce()
       const senders = shape.senders.map(s => ({ ...s, rate: rate / shape.senders.length, window: s.window * 8, idPrefix: `${s.idPrefix}h${tag}` }))
       const w = await measureWindow(ctx, target, shape, senders, Math.min(timing.warmMs, 1500), timing.measureMs)
@@ -518,9 +526,11 @@ export async function runSync (ctx: Ctx, round: number, p: SyncParams, mqim: Mqi
     const index = new Map(others.map((o, i) => [o.id, i]))
     await ctx.pool.connect(clients, 20, (c) => (index.get(c.key) ?? 0) % W)
     const t0 = performance.now()
-    await ctx.pool.start(others.map((o, i) => ({
-      key: o.id, mode: 'mqim', topic: 'im/req/send', conv: convs[i], from: o.id, window: 32, release: 'ack', rate: null, bodyBytes: 100, count: p.messagesPerConversation, idPrefix: `${o.id}-${tag}`
-    })), (k) => (index.get(k) ?? 0) % W)
+    await ctx.pool.start(others.map((o, i) => {
+      const conv = convs[i]
+      if (conv === undefined) throw new Error(`no conversation with ${o.id}`)
+      return { key: o.id, mode: 'mqim', topic: 'im/req/send', conv, from: o.id, window: 32, release: 'ack', rate: null, bodyBytes: 100, count: p.messagesPerConversation, idPrefix: `${o.id}-${tag}` }
+    }), (k) => (index.get(k) ?? 0) % W)
     const filled = await ctx.pool.waitDone(120_000)
     const fillSeconds = (performance.now() - t0) / 1000
     const expected = p.conversations * p.messagesPerConversation
@@ -604,7 +614,8 @@ export async function runRawInsert (ctx: Ctx, round: number, mongoUrl: string, b
     while (performance.now() < deadline) {
       const batchDocs = Array.from({ length: batch }, () => {
         const c = n++ % convs
-        const s = ++seqs[c]
+        const s = (seqs[c] ?? 0) + 1
+        seqs[c] = s
         const conv = fakeConvId(c)
         return { _id: `${conv}/u${c}/m${s}` as unknown as never, c: conv, s, m: `m${s}`, u: `u${c}`, t: Date.now(), k: 'text', b: body, r: null }
       })
@@ -616,7 +627,10 @@ export async function runRawInsert (ctx: Ctx, round: number, mongoUrl: string, b
     const elapsed = (performance.now() - t0) / 1000
     const c1 = storeCpu(ctx)
     const storeCpuUtil: Record<string, number> = {}
-    for (const k of Object.keys(c1)) if (c0[k] !== undefined) storeCpuUtil[k] = (c1[k] - c0[k]) / elapsed
+    for (const [k, v1] of Object.entries(c1)) {
+      const v0 = c0[k]
+      if (v0 !== undefined) storeCpuUtil[k] = (v1 - v0) / elapsed
+    }
     const r: RawInsertResult = { scenario: 'raw-insert', round, batch, docs, seconds: elapsed, docsPerSec: docs / elapsed, batchLatencyMs: { p50: lat.percentile(50), p99: lat.percentile(99) }, storeCpuUtil }
     ctx.log(`  raw insertMany (${batch}/batch) r${round}: ${Math.round(r.docsPerSec)} docs/s, batch p50 ${r.batchLatencyMs.p50.toFixed(1)} ms, ferretdb cpu ${(storeCpuUtil.ferretdb ?? NaN).toFixed(2)}`)
     await coll.drop().catch(() => {})

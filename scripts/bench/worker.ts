@@ -121,10 +121,9 @@ async function connectAll (specs: ClientSpec[], concurrency: number): Promise<Co
   const hist = new Histogram()
   const errors: string[] = []
   let failed = 0
-  let next = 0
+  const queue = specs.values() // shared by the lanes: each spec is taken by one of them
   const lane = async (): Promise<void> => {
-    while (next < specs.length) {
-      const spec = specs[next++]
+    for (const spec of queue) {
       const t0 = performance.now()
       try {
         await connectOne(spec)
@@ -202,8 +201,9 @@ function sendOne (s: Sender): void {
 }
 
 function pump (s: Sender): void {
+  if (!sending) return
   const spec = s.spec
-  while (sending && s.outstanding.size < spec.window && (spec.count === null || s.n < spec.count)) {
+  while (s.outstanding.size < spec.window && (spec.count === null || s.n < spec.count)) {
     if (spec.rate !== null) {
       if (s.tokens < 1) return
       s.tokens -= 1

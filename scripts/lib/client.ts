@@ -50,7 +50,9 @@ export class DrillClient {
   private stopped = false
 
   constructor (readonly opts: ClientOptions) {
-    this.port = opts.ports[0]
+    const [home] = opts.ports
+    if (home === undefined) throw new Error('a DrillClient needs at least one port')
+    this.port = home
   }
 
   get clientId (): string { return `${this.opts.userId}:${this.opts.deviceId}` }
@@ -126,7 +128,7 @@ export class DrillClient {
   private async connectLoop (from: number): Promise<void> {
     const ports = this.opts.ports
     for (let i = 0; !this.stopped; i++) {
-      const port = ports[(from + i) % ports.length]
+      const port = ports[(from + i) % ports.length] ?? this.port // ports is never empty
       try {
         await this.attempt(port)
         return

@@ -62,8 +62,8 @@ export class DrillCluster {
 
   /** The nodes' MQTT ports, starting at node `home` (the failover order of its clients). */
   ports (home: number): number[] {
-    const n = this.nodes.length
-    return Array.from({ length: n }, (_, i) => this.nodes[(home + i) % n].mqttPort)
+    const start = home % this.nodes.length
+    return [...this.nodes.slice(start), ...this.nodes.slice(0, start)].map(node => node.mqttPort)
   }
 
   /** Conversations receiver j is a member of: two receivers per conversation, on different nodes. */
@@ -113,13 +113,13 @@ export class DrillCluster {
     await this.owner.start()
     const convReceivers: string[][] = []
     for (let k = 0; k < opts.conversations; k++) {
-      const rs = DrillCluster.receiversOf(k, opts.receivers).map(j => receivers[j])
+      const rs = DrillCluster.receiversOf(k, opts.receivers).flatMap(j => receivers[j] ?? [])
       const { conv } = await this.owner.call<{ conv: string }>('create-group', { name: `drill ${k}`, members: [...senders, ...rs] })
       this.convs.push(conv)
       convReceivers.push(rs)
     }
     receivers.forEach((r, j) => {
-      const mine = this.convs.filter((_, k) => convReceivers[k].includes(r))
+      const mine = this.convs.filter((_, k) => convReceivers[k]?.includes(r) === true)
       this.receivers.push(new Receiver(r, 'phone', passwordOf(r), this.ports(j % this.nodes.length), mine))
     })
     senders.forEach((s, i) => {
@@ -213,8 +213,8 @@ export async function runCrashDrill (opts: CrashDrillOptions): Promise<CrashDril
     receivers: opts.receivers ?? 2 * nodes
   })
   try {
-    const victim = cluster.nodes[0]
-    const survivors = cluster.nodes.slice(1)
+    const [victim, ...survivors] = cluster.nodes
+    if (victim === undefined) throw new Error('the drill needs a node to kill')
     const pids = new Map(survivors.map(n => [n.id, n.pid]))
     const rec = new Recorder()
     const load = new SendLoad(cluster.senders, cluster.convs, rec, {
@@ -405,7 +405,7 @@ export class OutageDrill {
       }
       if (resumedAt === null) {
         const ok = rec.attempts.filter(a => a.outcome === 'ok' && a.t0 >= upAt).map(a => a.t1).sort((a, b) => a - b)
-        if (ok.length > 0) resumedAt = ok[0]
+        resumedAt = ok[0] ?? null
       }
       await sleep(100)
     }

@@ -146,7 +146,9 @@ export class SendLoad {
           if (this.stopped) return
         }
         const msgId = `${s.userId}-${i}`
-        await this.sendOne(s, this.convs[(index + i) % this.convs.length], msgId)
+        const conv = this.convs[(index + i) % this.convs.length]
+        if (conv === undefined) throw new Error('no conversation to send to')
+        await this.sendOne(s, conv, msgId)
       }
     }
     await Promise.all(Array.from({ length: this.opts.window }, worker))
@@ -247,8 +249,8 @@ export class Receiver {
     }
     if (m.seq <= list.length) {
       const have = list[m.seq - 1]
-      if (have.msgId !== m.msgId || have.from !== m.from) {
-        this.problems.push(`${this.userId}: ${m.conv} seq ${m.seq} is ${have.from}/${have.msgId} but ${source} brought ${m.from}/${m.msgId}`)
+      if (have?.msgId !== m.msgId || have.from !== m.from) {
+        this.problems.push(`${this.userId}: ${m.conv} seq ${m.seq} is ${have?.from}/${have?.msgId} but ${source} brought ${m.from}/${m.msgId}`)
       }
       if (source === 'push') this.redelivered++
       return

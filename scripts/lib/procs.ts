@@ -27,8 +27,11 @@ export async function waitUntil (predicate: () => boolean | Promise<boolean>, ti
   }
 }
 
+/** `N` numbers: a tuple when `N` is a literal (freePorts(3) gives [number, number, number]). */
+type Ports<N extends number, Acc extends number[] = []> = number extends N ? number[] : Acc['length'] extends N ? Acc : Ports<N, [...Acc, number]>
+
 /** N distinct free TCP ports on 127.0.0.1 (held open together, then released: take them soon). */
-export async function freePorts (n: number): Promise<number[]> {
+export async function freePorts<const N extends number> (n: N): Promise<Ports<N>> {
   const servers: net.Server[] = []
   try {
     for (let i = 0; i < n; i++) {
@@ -36,14 +39,15 @@ export async function freePorts (n: number): Promise<number[]> {
       await new Promise<void>((resolve, reject) => { s.once('error', reject); s.listen(0, '127.0.0.1', () => resolve()) })
       servers.push(s)
     }
-    return servers.map(s => (s.address() as net.AddressInfo).port)
+    return servers.map(s => (s.address() as net.AddressInfo).port) as Ports<N>
   } finally {
     await Promise.all(servers.map(async s => await new Promise<void>(resolve => s.close(() => resolve()))))
   }
 }
 
 export async function freePort (): Promise<number> {
-  return (await freePorts(1))[0]
+  const [port] = await freePorts(1)
+  return port
 }
 
 /** True when something accepts TCP connections on host:port. */

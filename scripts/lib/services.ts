@@ -44,8 +44,8 @@ export async function installServices (): Promise<void> {
 export function readServicesEnv (dir: string): Record<string, string> {
   const env: Record<string, string> = {}
   for (const line of readFileSync(path.join(dir, 'env'), 'utf8').split('\n')) {
-    const m = /^export (\w+)=(.*)$/.exec(line.trim())
-    if (m !== null) env[m[1]] = m[2].replace(/^'(.*)'$/, '$1')
+    const [, name, value] = /^export (\w+)=(.*)$/.exec(line.trim()) ?? []
+    if (name !== undefined && value !== undefined) env[name] = value.replace(/^'(.*)'$/, '$1')
   }
   return env
 }

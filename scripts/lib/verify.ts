@@ -20,7 +20,7 @@ export async function readHistory (client: DrillClient, conv: string): Promise<C
   const history: MessageEnvelope[] = []
   let lastSeq = 0
   for (;;) {
-    const after = history.length === 0 ? 0 : history[history.length - 1].seq
+    const after = history.at(-1)?.seq ?? 0
     const page = await client.call<{ messages: MessageEnvelope[], hasMore: boolean, lastSeq: number }>('history', { conv, after, limit: 5000 }, 60_000)
     history.push(...page.messages)
     lastSeq = Math.max(lastSeq, page.lastSeq)

@@ -35,8 +35,8 @@ export interface WindowStats {
 
 function stats (values: number[], missing: number): LatencyStats {
   const v = [...values].sort((a, b) => a - b)
-  const at = (p: number): number => v.length === 0 ? NaN : v[Math.max(0, Math.ceil((p / 100) * v.length) - 1)]
-  return { p50: at(50), p99: at(99), max: v.length === 0 ? NaN : v[v.length - 1], samples: v.length, missing }
+  const at = (p: number): number => v[Math.max(0, Math.ceil((p / 100) * v.length) - 1)] ?? NaN
+  return { p50: at(50), p99: at(99), max: v.at(-1) ?? NaN, samples: v.length, missing }
 }
 
 async function connect (target: Target, account: Account, deviceId: string): Promise<MqttClient> {

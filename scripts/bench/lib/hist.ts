@@ -20,14 +20,14 @@ export class Histogram {
   add (ms: number): void {
     const us = Math.max(ms * 1000, 1)
     const i = Math.min(BUCKETS - 1, Math.floor(Math.log(us) / LOG_GROWTH))
-    this.counts[i]++
+    this.counts[i] = (this.counts[i] ?? 0) + 1
     this.total++
     this.sum += ms
     if (ms > this.max) this.max = ms
   }
 
   merge (other: HistogramData): void {
-    for (let i = 0; i < BUCKETS; i++) this.counts[i] += other.counts[i] ?? 0
+    for (let i = 0; i < BUCKETS; i++) this.counts[i] = (this.counts[i] ?? 0) + (other.counts[i] ?? 0)
     this.total += other.total
     this.sum += other.sum
     if (other.max > this.max) this.max = other.max
@@ -39,7 +39,7 @@ export class Histogram {
     const rank = Math.ceil((p / 100) * this.total)
     let seen = 0
     for (let i = 0; i < BUCKETS; i++) {
-      seen += this.counts[i]
+      seen += this.counts[i] ?? 0
       if (seen >= rank) return Math.min(this.max, GROWTH ** (i + 0.5) / 1000)
     }
     return this.max
@@ -56,5 +56,6 @@ export function median (values: number[]): number {
   const v = values.filter(x => Number.isFinite(x)).sort((a, b) => a - b)
   if (v.length === 0) return NaN
   const mid = v.length >> 1
-  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2
+  const upper = v[mid] ?? NaN
+  return v.length % 2 === 1 ? upper : ((v[mid - 1] ?? NaN) + upper) / 2
 }

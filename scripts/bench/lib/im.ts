@@ -17,16 +17,16 @@ async function admin (target: Target, route: string, body: unknown): Promise<Rec
   return json
 }
 
-async function inParallel<T, R> (items: T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+/** One result per item: a tuple of the same length when the items are a tuple. */
+type EachOf<T extends readonly unknown[], R> = { -readonly [K in keyof T]: R }
+
+async function inParallel<const T extends readonly unknown[], R> (items: T, concurrency: number, fn: (item: T[number]) => Promise<R>): Promise<EachOf<T, R>> {
   const out = new Array<R>(items.length)
-  let next = 0
+  const queue = items.entries() // shared by the workers: each item is taken by one of them
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i])
-    }
+    for (const [i, item] of queue) out[i] = await fn(item)
   }))
-  return out
+  return out as EachOf<T, R>
 }
 
 export interface Account { id: string, secret: string }
@@ -35,12 +35,12 @@ export interface Account { id: string, secret: string }
  * Bots: accounts whose secret is an API key (SHA-256), cheap to create and verify, so load
  * scenarios can have hundreds of accounts. They chat exactly like users.
  */
-export async function createBots (target: Target, ids: string[]): Promise<Account[]> {
+export async function createBots<const T extends readonly string[]> (target: Target, ids: T): Promise<EachOf<T, Account>> {
   return await inParallel(ids, 16, async id => ({ id, secret: (await admin(target, 'bots', { id })).apiKey as string }))
 }
 
 /** Users with passwords (scrypt hashed by the server: about 50 ms of server CPU each). */
-export async function createUsers (target: Target, ids: string[]): Promise<Account[]> {
+export async function createUsers<const T extends readonly string[]> (target: Target, ids: T): Promise<EachOf<T, Account>> {
   return await inParallel(ids, 4, async id => {
     const password = `pw-${id}-bench`
     await admin(target, 'users', { id, password })
@@ -48,7 +48,7 @@ export async function createUsers (target: Target, ids: string[]): Promise<Accou
   })
 }
 
-export interface Reply<T = any> { id: string | null, op: string, ok: boolean, result?: T, error?: { code: string, message: string } }
+export interface Reply<T = unknown> { id: string | null, op: string, ok: boolean, result?: T, error?: { code: string, message: string } }
 
 export class ImClient {
   private readonly pending = new Map<string, (r: Reply) => void>()
@@ -89,7 +89,7 @@ export class ImClient {
     return im
   }
 
-  async request<T = any> (op: string, body: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
+  async request<T = unknown> (op: string, body: Record<string, unknown>, timeoutMs = 60_000): Promise<T> {
     const id = `q${this.nextId++}`
     const reply = new Promise<Reply<T>>((resolve, reject) => {
       const timer = setTimeout(() => { this.pending.delete(id); reject(new Error(`no reply to ${op} within ${timeoutMs} ms`)) }, timeoutMs)
@@ -107,7 +107,7 @@ export class ImClient {
 }
 
 /** Opens direct conversations a[i] <-> b[i] (a[i] asks); returns their ids. */
-export async function openDirects (target: Target, pairs: Array<[Account, Account]>): Promise<string[]> {
+export async function openDirects<const T extends ReadonlyArray<readonly [Account, Account]>> (target: Target, pairs: T): Promise<EachOf<T, string>> {
   let n = 0
   return await inParallel(pairs, 16, async ([a, b]) => {
     const im = await ImClient.connect(target, a, `setup${n++}`)

@@ -55,10 +55,14 @@ export class LoaderPool {
 
   /** Client specs are dealt to workers by `workerOf` (default: round robin). */
   async connect (clients: ClientSpec[], concurrencyPerWorker: number, workerOf: (c: ClientSpec, i: number) => number = (_c, i) => i % this.workers.length): Promise<PoolConnectResult> {
-    const shares: ClientSpec[][] = this.workers.map(() => [])
-    clients.forEach((c, i) => shares[workerOf(c, i) % this.workers.length].push(c))
+    const shares = this.workers.map(w => ({ w, specs: new Array<ClientSpec>() }))
+    for (const [i, c] of clients.entries()) {
+      const share = shares[workerOf(c, i) % shares.length]
+      if (share === undefined) throw new RangeError(`workerOf gave no worker for client ${c.key}`)
+      share.specs.push(c)
+    }
     const t0 = performance.now()
-    const results = await Promise.all(this.workers.map((w, i) => w.call<ConnectResult>({ cmd: 'connect', clients: shares[i], concurrency: concurrencyPerWorker })))
+    const results = await Promise.all(shares.map(({ w, specs }) => w.call<ConnectResult>({ cmd: 'connect', clients: specs, concurrency: concurrencyPerWorker })))
     const hist = new Histogram()
     for (const r of results) hist.merge(r.connectLatency)
     return {
@@ -72,9 +76,13 @@ export class LoaderPool {
 
   /** Senders go to the worker that holds their client: `workerOfKey` must match the connect dealing. */
   async start (senders: SenderSpec[], workerOfKey: (key: string) => number): Promise<void> {
-    const shares: SenderSpec[][] = this.workers.map(() => [])
-    for (const s of senders) shares[workerOfKey(s.key) % this.workers.length].push(s)
-    await Promise.all(this.workers.map((w, i) => w.call({ cmd: 'start', senders: shares[i] })))
+    const shares = this.workers.map(w => ({ w, specs: new Array<SenderSpec>() }))
+    for (const s of senders) {
+      const share = shares[workerOfKey(s.key) % shares.length]
+      if (share === undefined) throw new RangeError(`workerOfKey gave no worker for sender ${s.key}`)
+      share.specs.push(s)
+    }
+    await Promise.all(shares.map(({ w, specs }) => w.call({ cmd: 'start', senders: specs })))
   }
 
   async mark (): Promise<void> {

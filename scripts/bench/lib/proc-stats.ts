@@ -55,9 +55,9 @@ export function sampleProc (pid: number): ProcSample {
 
 /** CPU seconds the whole machine spent busy (all cores, all processes) since boot, from /proc/stat. */
 export function machineBusySeconds (): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] // cpu user nice system idle iowait irq softirq steal ...
-  const f = line.trim().split(/\s+/).slice(1).map(Number)
-  const busy = f[0] + f[1] + f[2] + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0)
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '' // cpu user nice system idle iowait irq softirq steal ...
+  const [user = NaN, nice = NaN, system = NaN, , , irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number)
+  const busy = user + nice + system + irq + softirq + steal
   return busy / ticksPerSecond()
 }
 
