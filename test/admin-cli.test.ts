@@ -152,7 +152,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
       expect({ args: run.args, code: run.code }).toEqual({ args: run.args, code: 2 })
       expect(run.stderr).toContain('usage: npm run admin -- <command>')
     }
-    expect(runs[0].stderr).toMatch(/^mqim admin: unknown command: user frob$/m)
+    expect(runs[0]?.stderr).toMatch(/^mqim admin: unknown command: user frob$/m)
     const help = await runCli(['--help'])
     expect(help.code).toBe(0)
     expect(help.stdout).toContain('MQIM_MYSQL_URL')

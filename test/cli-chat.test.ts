@@ -46,7 +46,8 @@ describe('terminal chat client', () => {
       await waitOut('opened bob (')
       type('hello from the terminal')
       await waitUntil(() => got.some(m => m.from === 'alice' && m.body === 'hello from the terminal'), 10000, 'bob got the message')
-      const direct = got[0].conv
+      const direct = got[0]?.conv
+      if (direct === undefined) throw new Error('bob got no message')
       await bob.send(direct, 'hi terminal')
       await waitOut('[bob] bob: hi terminal')
 

@@ -25,7 +25,7 @@ function pagedServer (all: ConversationSummary[], size: number): { fetch: (curso
       const from = cursor === undefined ? 0 : sorted.findIndex(c => c.conv > cursor)
       const page = sorted.slice(from, from + size)
       const more = from + size < sorted.length
-      return { conversations: page, next: more ? page[page.length - 1].conv : null }
+      return { conversations: page, next: more ? page.at(-1)?.conv ?? null : null }
     }
   }
 }
@@ -38,8 +38,8 @@ test('every page is fetched until next is null, and the whole list comes back so
   expect(server.cursors).toEqual([undefined, 'c2', 'c5'])
   expect(list.conversations.map(c => c.conv)).toEqual(sortConversations([...all]).map(c => c.conv))
   // newest first, the conversation without messages last
-  expect(list.conversations[0].last?.ts).toBe(Math.max(...all.map(c => c.last?.ts ?? 0)))
-  expect(list.conversations[list.conversations.length - 1].conv).toBe('c3')
+  expect(list.conversations[0]?.last?.ts).toBe(Math.max(...all.map(c => c.last?.ts ?? 0)))
+  expect(list.conversations.at(-1)?.conv).toBe('c3')
 })
 
 test('a server from before paging (no next) is one page', async () => {

@@ -101,8 +101,8 @@ describe('SDK kill and restart', () => {
     children.push(second)
     await waitUntil(() => second.lines.some(l => l.startsWith('online')), 30000, 'child online again')
     // the restarted client found sends of the killed one in its outbox
-    expect(Number(/unacked=(\d+)/.exec(second.lines[0])?.[1])).toBeGreaterThan(0)
-    const resumed = Number(/resumed=(-?\d+)/.exec(second.lines[0])?.[1])
+    expect(Number(/unacked=(\d+)/.exec(second.lines[0] ?? '')?.[1])).toBeGreaterThan(0)
+    const resumed = Number(/resumed=(-?\d+)/.exec(second.lines[0] ?? '')?.[1])
     await waitUntil(() => second.lines.includes('all acked'), 60000, 'child sends acked')
     await aliceDone
 
@@ -131,8 +131,9 @@ describe('SDK kill and restart', () => {
     for (let after = 0; ;) {
       const page = await alice.history(conv, { after })
       stored.push(...page.messages)
-      if (!page.hasMore) break
-      after = page.messages[page.messages.length - 1].seq
+      const last = page.messages.at(-1)
+      if (!page.hasMore || last === undefined) break
+      after = last.seq
     }
     expect(stored.filter(m => m.from === 'bob').map(m => m.body)).toEqual(Array.from({ length: CHILD_SENDS }, (_, i) => `b-${i}`))
     expect(stored.filter(m => m.from === 'alice').map(m => m.body)).toEqual(Array.from({ length: ALICE_SENDS }, (_, i) => `a-${i}`))

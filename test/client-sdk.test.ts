@@ -63,7 +63,7 @@ describe('client SDK', () => {
     expect(card.seq).toBe(3)
     await waitUntil(() => seqs(bGot, direct.conv).length === 3 && seqs(aGot, direct.conv).length === 3, 5000, 'direct messages')
     expect(bGot.map(m => [m.seq, m.from, m.body])).toEqual([[1, 'alice', 'hello bob'], [2, 'bob', 'hi alice'], [3, 'alice', { card: { title: 'build passed' } }]])
-    expect(bGot[1].replyTo).toBe(1)
+    expect(bGot[1]?.replyTo).toBe(1)
     expect(bob.messages(direct.conv).map(m => m.seq)).toEqual([1, 2, 3])
 
     // bob reads: alice gets the direct receipt

@@ -83,13 +83,13 @@ describe('StateStore write coalescing', () => {
     store.state.outbox.push({ conv: 'c1', msgId: 'm1', kind: 'text', body: 'hi' })
     const saved = store.saveNow()
     // a synchronous storage has it before saveNow's caller gets control back
-    expect(JSON.parse(storage.writes[1])).toMatchObject({ synced: { c1: 2 }, outbox: [{ msgId: 'm1' }] })
+    expect(JSON.parse(storage.writes[1] ?? 'null')).toMatchObject({ synced: { c1: 2 }, outbox: [{ msgId: 'm1' }] })
     await saved
     store.state.synced.c1 = 3
     store.changed()
     expect(storage.writes).toHaveLength(2)
     await store.flush()
-    expect(JSON.parse(storage.writes[2]).synced.c1).toBe(3)
+    expect(JSON.parse(storage.writes[2] ?? 'null')?.synced.c1).toBe(3)
     store.state.synced.c1 = 4
     store.changed()
     await store.close()

@@ -69,8 +69,8 @@ describe('hostile clients against two nodes', () => {
     const mallory = track(await connect(n1, 'mallory', 'm'))
     const carol = track(await connect(n2, 'carol', 'c'))
     const bob = track(await connect(n1, 'bob', 'b'))
-    const victim = (await mallory.request('direct', { user: 'bob' })).conv as string
-    const bystander = (await carol.request('direct', { user: 'mallory' })).conv as string
+    const victim = (await mallory.request('direct', { user: 'bob' })).conv
+    const bystander = (await carol.request('direct', { user: 'mallory' })).conv
     const { client: stuck, code } = await RawClient.login(n2.ports.mqtt, 'bob', 'stuck', 'password-bob')
     expect(code).toBe(0)
     expect(await stuck.subscribe(['im/u/bob/#'])).toEqual([1])

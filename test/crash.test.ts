@@ -162,9 +162,9 @@ async function send (device: Device, conv: string, msgId: string): Promise<SendR
 
 /** Runs `task` over `items` with at most `window` in flight. */
 async function pipelined<T> (items: T[], window: number, task: (item: T) => Promise<void>): Promise<void> {
-  let next = 0
+  const queue = items.values() // shared by the workers: each item is taken by one of them
   const worker = async (): Promise<void> => {
-    while (next < items.length) await task(items[next++])
+    for (const item of queue) await task(item)
   }
   await Promise.all(Array.from({ length: window }, worker))
 }
@@ -172,7 +172,7 @@ async function pipelined<T> (items: T[], window: number, task: (item: T) => Prom
 async function fullHistory (device: Device, conv: string): Promise<MessageEnvelope[]> {
   const out: MessageEnvelope[] = []
   for (;;) {
-    const page = await device.request<{ messages: MessageEnvelope[], hasMore: boolean }>('history', { conv, after: out.length === 0 ? 0 : out[out.length - 1].seq, limit: 1000 })
+    const page = await device.request<{ messages: MessageEnvelope[], hasMore: boolean }>('history', { conv, after: out.at(-1)?.seq ?? 0, limit: 1000 })
     out.push(...page.messages)
     if (!page.hasMore || page.messages.length === 0) return out
   }
@@ -263,7 +263,7 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
     }
 
     // 1. before the crash: a group, two senders pipelining until the server is killed
-    const [alice, bob] = await Promise.all(SENDERS.map(async u => await connect(u, 'before')))
+    const [alice, bob] = await Promise.all([connect(SENDERS[0], 'before'), connect(SENDERS[1], 'before')])
     const { conv } = await alice.request<{ conv: string }>('create-group', { name: 'crash drill', members: ['bob', RECEIVER] })
     /** msgId -> sender, for every send that was published */
     const attempted = new Map<string, string>()
@@ -298,7 +298,7 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
 
     // 2. restart on the same ports and databases
     await server.start()
-    const [alice2, bob2] = await Promise.all(SENDERS.map(async u => await connect(u, 'after')))
+    const [alice2, bob2] = await Promise.all([connect(SENDERS[0], 'after'), connect(SENDERS[1], 'after')])
     const carol = await connect(RECEIVER, 'after')
     const sender = (userId: string): Device => (userId === 'alice' ? alice2 : bob2)
 

@@ -8,7 +8,7 @@ import mqtt from 'mqtt'
 import { BACKENDS } from './helpers/backends.js'
 import { freshMysqlUrl } from './helpers/db.js'
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
-import { startServer, addUser, connect, url, waitUntil, type ImClient } from './helpers/im.js'
+import { startServer, addUser, connect, url, waitUntil, type ImClient, type ResultOf } from './helpers/im.js'
 import { RawClient } from './helpers/raw-mqtt.js'
 import { setDisabled } from '../src/admin/accounts.js'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
@@ -130,10 +130,10 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     let cursor: string | null = null
     let pages = 0
     do {
-      const page: { conversations: Array<{ conv: string }>, next: string | null } = await hank.request('list', cursor === null ? {} : { cursor })
+      const page: ResultOf<'list'> = await hank.request('list', cursor === null ? {} : { cursor })
       expect(page.conversations.length).toBeLessThanOrEqual(4)
       seen.push(...page.conversations.map(c => c.conv))
-      cursor = page.next
+      cursor = page.next ?? null
       pages++
     } while (cursor !== null && pages < 10)
     expect(pages).toBe(2)

@@ -5,7 +5,7 @@
  * session queues, and too many connections per address or per user. Nothing of it may crash the
  * server or stall the bystanders; each is cut off or refused with a documented answer.
  */
-import { BACKENDS } from './helpers/backends.js'
+import { BACKENDS, MEMORY } from './helpers/backends.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 import { RawClient, fixedHeader } from './helpers/raw-mqtt.js'
 import type { MqimServer } from '../src/server.js'
@@ -72,8 +72,8 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
     const mallory = track(await connect(server, 'mallory', 'm'))
     const alice = track(await connect(server, 'alice', 'a'))
     const carol = track(await connect(server, 'carol', 'c', { transport: 'ws' }))
-    const victimConv = (await mallory.request('direct', { user: 'bob' })).conv as string
-    const bystanderConv = (await alice.request('direct', { user: 'carol' })).conv as string
+    const victimConv = (await mallory.request('direct', { user: 'bob' })).conv
+    const bystanderConv = (await alice.request('direct', { user: 'carol' })).conv
     const { client: stuck, code } = await RawClient.login(server.ports.mqtt, 'bob', 'stuck', 'password-bob')
     track(stuck)
     expect(code).toBe(0)
@@ -82,9 +82,9 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
 
     const body = 'x'.repeat(60_000)
     const acked: number[] = []
-    let flooding = true
+    const flooding = new AbortController()
     const flood = async (lane: number): Promise<void> => {
-      for (let i = 0; flooding && i < 150; i++) {
+      for (let i = 0; !flooding.signal.aborted && i < 150; i++) {
         const r = await mallory.request('send', { conv: victimConv, msgId: `f${lane}-${i}`, kind: 'text', body })
         acked.push(r.seq)
       }
@@ -96,7 +96,7 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
     // the server closes the stuck connection, long before drainTimeoutMs (the stuck client itself
     // does not notice: it reads nothing, not even the end of the stream)
     await carol.waitFor(() => server.internals.sessions.countOf('bob') === 0, 30_000, 'the stuck connection to be cut')
-    flooding = false
+    flooding.abort()
     await floods
     expect(server.internals.sessions.slowConsumersCut).toBeGreaterThanOrEqual(1)
     // every acknowledged message is stored: bob syncs by seq when he returns
@@ -133,7 +133,7 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
     const alice = track(await connect(server, 'alice', 'deep'))
     const conv = (await alice.request('direct', { user: 'erin' })).conv
     const deep = '['.repeat(3000) + ']'.repeat(3000)
-    const payload = `{"id":"d1","conv":"${conv as string}","msgId":"deep","kind":"custom","body":${deep}}`
+    const payload = `{"id":"d1","conv":"${conv}","msgId":"deep","kind":"custom","body":${deep}}`
     await alice.mqtt.publishAsync('im/req/send', payload, { qos: 1 })
     await alice.waitFor(() => alice.replies.some(r => r.op === 'send' && !r.ok), 5000, 'the error reply')
     const r = alice.replies.find(r => r.op === 'send')
@@ -170,7 +170,7 @@ describe('persistent-session queues of the embedded broker are bounded', () => {
   afterAll(async () => { await server.stop() })
 
   test('an offline clean=false session keeps at most sessionQueueMessages; the rest comes from history', async () => {
-    server = await startServer({ limits: { sessionQueueMessages: 10 } }, await BACKENDS[0].make())
+    server = await startServer({ limits: { sessionQueueMessages: 10 } }, await MEMORY.make())
     await addUser(server, 'alice')
     await addUser(server, 'dave')
     const alice = await connect(server, 'alice', 'a')

@@ -102,7 +102,7 @@ describe('HTTP listener', () => {
     const socket = net.connect(server.ports.http, '127.0.0.1')
     const request = 'GET / HTTP/1.1\r\nhost: x\r\n' + 'x-slow: ' + 'a'.repeat(400)
     let i = 0
-    const drip = setInterval(() => { if (!socket.destroyed) socket.write(request[i++ % request.length]) }, 50)
+    const drip = setInterval(() => { if (!socket.destroyed) socket.write(request.charAt(i++ % request.length)) }, 50)
     const closed = await new Promise<boolean>(resolve => {
       const timer = setTimeout(() => resolve(false), 10_000)
       socket.on('close', () => { clearTimeout(timer); resolve(true) })

@@ -80,8 +80,9 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
       const page = await carol.request('history', { conv: group.conv, after, limit: 500 })
       expect(page.limit).toBeLessThanOrEqual(server.services.config.limits.historyPageMax)
       seen.push(...page.messages)
-      if (!page.hasMore) break
-      after = page.messages[page.messages.length - 1].seq
+      const last = page.messages.at(-1)
+      if (!page.hasMore || last === undefined) break
+      after = last.seq
     }
     expect(seen.map(m => m.seq)).toEqual(Array.from({ length: 2 * PER_SENDER }, (_, i) => i + 1))
     expect(seen).toEqual(carol.messages.filter(m => m.conv === group.conv))
@@ -124,15 +125,16 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
     const listed = await bobBack.request('list', {})
     const summary = listed.conversations.find((c: { conv: string }) => c.conv === g.conv)
     expect(summary).toMatchObject({ lastSeq: 121, readSeq: 1, unread: 120, muted: false, kind: 'group', name: 'sync' })
-    expect(summary.last).toMatchObject({ seq: 121, from: 'alice' })
+    expect(summary?.last).toMatchObject({ seq: 121, from: 'alice' })
 
     const pulled: MessageEnvelope[] = []
     let after = lastSeen
     for (;;) {
       const page = await bobBack.request('history', { conv: g.conv, after, limit: 50 })
       pulled.push(...page.messages)
-      if (!page.hasMore) break
-      after = page.messages[page.messages.length - 1].seq
+      const last = page.messages.at(-1)
+      if (!page.hasMore || last === undefined) break
+      after = last.seq
     }
     expect(pulled.map(m => m.seq)).toEqual(Array.from({ length: 120 }, (_, i) => i + 2))
 

@@ -30,7 +30,9 @@ describe('bad input', () => {
     const before = alice.replies.length
     await alice.mqtt.publishAsync(`im/req/${op}`, payload, { qos: 1 })
     await alice.waitFor(() => alice.replies.length > before, 5000, `reply to raw ${op}`)
-    return alice.replies[before]
+    const reply = alice.replies[before]
+    if (reply === undefined) throw new Error(`no reply to raw ${op}`)
+    return reply
   }
 
   const cases: Array<[string, string, string, string | Buffer]> = [

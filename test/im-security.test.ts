@@ -148,7 +148,11 @@ describe('authorization', () => {
 
   test('a will is never published: not as a request, not to anyone', async () => {
     const willing = await mqtt.connectAsync(url(server, 'tcp'), {
-      clientId: 'alice:willing', username: 'alice', password: 'password-alice', protocolVersion: 4, reconnectPeriod: 0,
+      clientId: 'alice:willing',
+      username: 'alice',
+      password: 'password-alice',
+      protocolVersion: 4,
+      reconnectPeriod: 0,
       will: { topic: 'im/req/send', payload: Buffer.from(JSON.stringify({ id: 'w', conv, msgId: 'from-the-grave', kind: 'text', body: 'will' })), qos: 1, retain: false }
     })
     const before = (await alice.request('history', { conv })).lastSeq

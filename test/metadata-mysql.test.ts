@@ -104,7 +104,7 @@ describe('MySqlMetadataStore specifics', () => {
   })
 
   test('stores starting concurrently on one fresh database migrate it once', async () => {
-    const racing = [open(), open(), open()]
+    const racing = [open(), open(), open()] as const
     await Promise.all(racing.map(async (s) => await s.init()))
     await racing[0].userCreate(alice())
     expect((await racing[2].userGet('alice'))?.id).toBe('alice')
@@ -172,7 +172,9 @@ describe('MySqlMetadataStore specifics', () => {
       await onDatabase(url, async (conn, dbName) => {
         await conn.query(`USE \`${dbName}\``)
         await conn.query('CREATE TABLE schema_migrations (version INT NOT NULL, name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL, PRIMARY KEY (version))')
-        for (const statement of MYSQL_MIGRATIONS[0].statements) {
+        const [first] = MYSQL_MIGRATIONS
+        if (first === undefined) throw new Error('no migration 1')
+        for (const statement of first.statements) {
           if (typeof statement !== 'string') throw new Error('migration 1 has only plain statements')
           await conn.query(statement)
         }

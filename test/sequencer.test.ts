@@ -34,7 +34,9 @@ function prng (seed: number): () => number {
 }
 
 function pick<T> (rng: () => number, items: readonly T[]): T {
-  return items[Math.floor(rng() * items.length)]
+  const item = items[Math.floor(rng() * items.length)]
+  if (item === undefined) throw new RangeError('nothing to pick from')
+  return item
 }
 
 /** Fisher-Yates, driven by the seeded generator. */
@@ -42,7 +44,11 @@ function shuffle<T> (rng: () => number, items: readonly T[]): T[] {
   const out = [...items]
   for (let i = out.length - 1; i > 0; i--) {
     const j = Math.floor(rng() * (i + 1))
-    ;[out[i], out[j]] = [out[j], out[i]]
+    const a = out[i]
+    const b = out[j]
+    if (a === undefined || b === undefined) throw new RangeError(`cannot swap ${i} and ${j}`)
+    out[i] = b
+    out[j] = a
   }
   return out
 }
@@ -133,10 +139,12 @@ async function drive (h: Harness, rng: () => number, traffic: Traffic, prefix = 
   const sent: Sent[] = []
   const yieldP = traffic.yieldP ?? 0.3
   for (;;) {
-    const live = next.map((n, s) => [n, s]).filter(([n]) => n < traffic.perSender).map(([, s]) => s)
+    const live = next.flatMap((n, s) => n < traffic.perSender ? [s] : [])
     if (live.length === 0) break
     const s = pick(rng, live)
-    const d = draft(pick(rng, convs), `user${s}`, `${prefix}${next[s]++}`)
+    const n = next[s] ?? 0
+    next[s] = n + 1
+    const d = draft(pick(rng, convs), `user${s}`, `${prefix}${n}`)
     sent.push({ draft: d, result: h.submit(d) })
     if (rng() < yieldP) {
       if (rng() < 0.8) await tick()
@@ -176,9 +184,9 @@ async function expectConsistent (h: Harness, conversations: string[], others: Se
 /** Every submit resolved with the message stored under its key, as a first send. */
 async function expectResults (sent: Sent[], stored: Map<string, StoredMessage>): Promise<SubmitResult[]> {
   const results = await Promise.all(sent.map(s => s.result))
-  results.forEach((r, i) => {
-    expect(r.duplicate).toBe(false)
-    expect(r.message).toEqual(stored.get(keyOf(sent[i].draft)))
+  sent.forEach((s, i) => {
+    expect(results[i]?.duplicate).toBe(false)
+    expect(results[i]?.message).toEqual(stored.get(keyOf(s.draft)))
   })
   return results
 }
@@ -188,8 +196,9 @@ function expectSubmitOrderKept (sent: Sent[], results: SubmitResult[]): void {
   const last = new Map<string, number>()
   sent.forEach((s, i) => {
     const k = `${s.draft.conversationId}/${s.draft.senderId}`
-    expect(results[i].message.seq).toBeGreaterThan(last.get(k) ?? 0)
-    last.set(k, results[i].message.seq)
+    const seq = results[i]?.message.seq ?? NaN
+    expect(seq).toBeGreaterThan(last.get(k) ?? 0)
+    last.set(k, seq)
   })
 }
 
@@ -357,7 +366,7 @@ describe('Sequencer', () => {
       const others = new Set<string>()
       let round = 0
       h.store.beforeInsert = async (messages) => {
-        if (round++ % 2 === 0) {
+        if (round++ % 2 === 0 && messages[0] !== undefined) {
           for (const m of await h.store.otherNodeInsert(messages[0].conversationId, 2)) others.add(keyOf(m))
         }
       }
@@ -417,9 +426,9 @@ describe('Sequencer', () => {
       const resent = again.map(s => h.submit({ ...s.draft, body: 'changed body is ignored' }))
       const freshResults = await Promise.all(fresh.map(d => h.submit(d)))
       const results = await Promise.all(resent)
-      results.forEach((r, i) => {
-        expect(r.duplicate).toBe(true)
-        expect(r.message).toEqual(originals[sent.indexOf(again[i])].message)
+      again.forEach((s, i) => {
+        expect(results[i]?.duplicate).toBe(true)
+        expect(results[i]?.message).toEqual(originals[sent.indexOf(s)]?.message)
       })
       expect(freshResults.every(r => !r.duplicate)).toBe(true)
       expect(h.delivered.length).toBe(deliveredBefore + fresh.length)
@@ -446,7 +455,7 @@ describe('Sequencer', () => {
       const originals = await Promise.all(sent.map(s => s.result))
       const restarted = harness(store)
       const results = await Promise.all(sent.map(s => restarted.submit(s.draft)))
-      results.forEach((r, i) => expect(r).toEqual({ message: originals[i].message, duplicate: true }))
+      results.forEach((r, i) => expect(r).toEqual({ message: originals[i]?.message, duplicate: true }))
       expect(restarted.delivered).toEqual([])
       const next = await restarted.submit(draft('conv0', 'user0', 'after-restart'))
       expect(next.message.seq).toBe((await store.all('conv0')).length)
@@ -505,13 +514,14 @@ describe('Sequencer', () => {
       const results = await Promise.all(shuffled.map(d => h.submit(d)))
       const stored = await expectConsistent(h, conversationsOf(drafts))
       expect(stored.size).toBe(drafts.length)
-      results.forEach((r, i) => expect(r.message).toEqual(stored.get(keyOf(shuffled[i]))))
+      shuffled.forEach((d, i) => expect(results[i]?.message).toEqual(stored.get(keyOf(d))))
       // What the failed write stored keeps its first seq and is delivered now, once.
       for (const m of h.store.storedByFailedCalls) {
         expect(stored.get(keyOf(m))?.seq).toBe(m.seq)
       }
       expect(h.delivered).toHaveLength(drafts.length)
       // A second resend is a plain duplicate.
+      if (drafts[0] === undefined) throw new Error('no drafts')
       const dup = await h.submit(drafts[0])
       expect(dup.duplicate).toBe(true)
       expect(h.delivered).toHaveLength(drafts.length)

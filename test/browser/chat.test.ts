@@ -14,7 +14,6 @@ import {
   type ChatPage
 } from '../helpers/browser.js'
 
-
 let server: MqimServer
 let browser: Browser
 let baseUrl: string
@@ -128,7 +127,7 @@ test('a reload keeps the history', async () => {
   const probe = await connect(server, 'bob', 'probe', { password: passwords.bob })
   try {
     await eventually(async () => {
-      const { conversations } = await probe.request<{ conversations: Array<{ peer?: string, unread: number }> }>('list', {})
+      const { conversations } = await probe.request('list', {})
       return conversations.find(c => c.peer === 'alice')?.unread
     }, 0, "bob's unread count on the server")
   } finally {
@@ -220,7 +219,7 @@ test('scroll-back loads older pages of a long history', async () => {
   // dave sends 70 messages to alice with a plain MQTT client
   const dave = await connect(server, 'dave', 'seed', { password: passwords.dave })
   try {
-    const { conv } = await dave.request<{ conv: string }>('direct', { user: 'alice' })
+    const { conv } = await dave.request('direct', { user: 'alice' })
     for (let i = 1; i <= 70; i++) {
       await dave.request('send', { conv, msgId: `seed-${i}`, kind: 'text', body: `line ${i}` })
     }

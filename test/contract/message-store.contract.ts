@@ -59,7 +59,7 @@ const CUSTOM_BODIES: Array<[string, unknown]> = [
   ['true', true],
   ['false', false],
   ['null', null],
-  ['unicode keys and values', { '名前': 'テスト', emoji: '👩‍👩‍👧‍👦🎉', rtl: 'مرحبا', 'ключ': 'значение' }],
+  ['unicode keys and values', { 名前: 'テスト', emoji: '👩‍👩‍👧‍👦🎉', rtl: 'مرحبا', ключ: 'значение' }],
   ['an object with keys in non-alphabetical order', { z: 1, a: 2, m: { y: 1, b: 2 } }]
 ]
 
@@ -146,8 +146,8 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         read.senderId = 'mallory'
 
         const [ranged] = await store.range('c1', { fromSeq: 1, toSeq: 1, limit: 1, direction: 'forward' })
-        expect(ranged.body).toStrictEqual({ list: [1, 2], inner: { v: 'a' } })
-        expect(ranged.senderId).toBe('alice')
+        expect(ranged?.body).toStrictEqual({ list: [1, 2], inner: { v: 'a' } })
+        expect(ranged?.senderId).toBe('alice')
         expect(await store.latest('c1')).toStrictEqual(ranged)
       })
     })
@@ -181,7 +181,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect(await store.findByClientMsgId('c1', 'alice', 'C')).toStrictEqual(c)
         expect(await store.findByClientMsgId('c1', 'bob', 'X')).toBeNull()
         expect(await store.findByClientMsgId('c1', 'alice', 'D')).toBeNull()
-        expect((await store.range('c1', { fromSeq: 2, toSeq: 2, limit: 1, direction: 'forward' }))[0].clientMsgId).toBe('B')
+        expect((await store.range('c1', { fromSeq: 2, toSeq: 2, limit: 1, direction: 'forward' }))[0]?.clientMsgId).toBe('B')
         expect(await store.lastSeq('c1')).toBe(3)
       })
 
@@ -278,7 +278,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       })
 
       it('keeps every field with its seq when seqs are inserted before and between stored ones', async () => {
-        const stored = [
+        const stored: [StoredMessage, StoredMessage, StoredMessage, StoredMessage] = [
           message('c1', 2, { body: 'two' }),
           message('c1', 3, { kind: 'custom', body: { n: 3 }, ts: T0 + 300 }),
           message('c1', 5, { body: 'five', senderId: 'bob', replyTo: 3 }),
@@ -511,14 +511,15 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         let from = 1
         for (;;) {
           const page = await store.range('big', { fromSeq: from, toSeq: total, limit: 300, direction: 'forward' })
-          if (page.length === 0) break
+          const last = page.at(-1)
+          if (last === undefined) break
           synced.push(...seqs(page))
-          from = page[page.length - 1].seq + 1
+          from = last.seq + 1
         }
         expect(synced).toEqual(seqRange(1, total))
 
         expect(await store.findByClientMsgId('big', 'alice', 'm1234')).toStrictEqual(all[1233])
-        expect(await store.insertBatch([all[1500]])).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await store.insertBatch(all.slice(1500, 1501))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
         expect(await store.lastSeq('small')).toBe(3)
       })
     })

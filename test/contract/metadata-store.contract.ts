@@ -335,9 +335,10 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         const seqs = Array.from({ length: 50 }, () => 1 + Math.floor(Math.random() * 100_000))
         const results = await Promise.all(seqs.map(async (seq) => await store.memberAdvanceRead('g1', 'alice', seq)))
         const max = Math.max(4, ...seqs)
-        results.forEach((result, i) => {
+        seqs.forEach((seq, i) => {
+          const result = results[i]
           expect(result).not.toBeNull()
-          expect(result).toBeGreaterThanOrEqual(seqs[i])
+          expect(result).toBeGreaterThanOrEqual(seq)
           expect(result).toBeLessThanOrEqual(max)
         })
         expect((await store.memberGet('g1', 'alice'))?.readSeq).toBe(max)
@@ -436,6 +437,7 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       test('conversationGetMany returns copies', async () => {
         await store.conversationCreate(group('g1'), [])
         const [got] = await store.conversationGetMany(['g1'])
+        if (got === undefined) throw new Error('g1 missing')
         got.name = 'changed'
         expect(await store.conversationGetMany(['g1'])).toStrictEqual([group('g1')])
       })
@@ -613,10 +615,11 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         let after: string | null = null
         for (;;) {
           const page: MemberRecord[] = await store.memberPageByUser('alice', { after, limit: 1 })
-          if (page.length === 0) break
+          const [first] = page
+          if (first === undefined) break
           expect(page).toHaveLength(1)
           seen.push(...page)
-          after = page[0].conversationId
+          after = first.conversationId
         }
         expect(seen.map((m) => m.conversationId)).toStrictEqual(ordered)
         expect(seen).toStrictEqual(ordered.map((id) => member(id, 'alice', { readSeq: ids.indexOf(id) })))
@@ -630,22 +633,23 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
             const page: MemberRecord[] = await store.memberPageByUser('alice', { after, limit })
             expect(page.length).toBeLessThanOrEqual(limit)
             seen.push(...page.map((m) => m.conversationId))
-            if (page.length < limit) break
-            after = page[page.length - 1].conversationId
+            const last = page.at(-1)
+            if (page.length < limit || last === undefined) break
+            after = last.conversationId
           }
           expect(seen).toStrictEqual(ordered)
         }
       })
 
       test('memberPageByUser edge cases: after the last id, after an id that is no membership, limit 0', async () => {
-        expect(await store.memberPageByUser('alice', { after: ordered[ordered.length - 1], limit: 10 })).toStrictEqual([])
-        expect((await store.memberPageByUser('alice', { after: ordered[ordered.length - 2], limit: 10 })).map((m) => m.conversationId))
+        expect(await store.memberPageByUser('alice', { after: ordered.at(-1) ?? null, limit: 10 })).toStrictEqual([])
+        expect((await store.memberPageByUser('alice', { after: ordered.at(-2) ?? null, limit: 10 })).map((m) => m.conversationId))
           .toStrictEqual([ordered[ordered.length - 1]])
         // 'AA' is no conversation: the page starts at the next id in byte order.
         expect((await store.memberPageByUser('alice', { after: 'AA', limit: 2 })).map((m) => m.conversationId))
           .toStrictEqual(ordered.filter((id) => byteOrder(id, 'AA') > 0).slice(0, 2))
-        expect((await store.memberPageByUser('alice', { after: 'C', limit: 1 }))[0].conversationId).toBe('Z')
-        expect((await store.memberPageByUser('alice', { after: '', limit: 1 }))[0].conversationId).toBe(ordered[0])
+        expect((await store.memberPageByUser('alice', { after: 'C', limit: 1 }))[0]?.conversationId).toBe('Z')
+        expect((await store.memberPageByUser('alice', { after: '', limit: 1 }))[0]?.conversationId).toBe(ordered[0])
         expect(await store.memberPageByUser('alice', { after: null, limit: 0 })).toStrictEqual([])
         expect(await store.memberPageByUser('nobody', { after: null, limit: 10 })).toStrictEqual([])
         await expect(store.memberPageByUser('alice', { after: null, limit: 1.5 })).rejects.toThrow(RangeError)
@@ -725,6 +729,7 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         got.disabled = true
         got.displayName = 'changed after get'
         const listed = await store.userList()
+        if (listed[0] === undefined) throw new Error('no users listed')
         listed[0].secretHash = 'changed after list'
         listed.pop()
 
@@ -751,11 +756,11 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
 
       test('mutating returned or passed-in members does not change the store', async () => {
-        const initial = [member('g1', 'alice', { role: 'owner' })]
+        const initial: [MemberRecord, ...MemberRecord[]] = [member('g1', 'alice', { role: 'owner' })]
         await store.conversationCreate(group('g1'), initial)
         initial[0].role = 'member'
         initial.push(member('g1', 'mallory'))
-        const added = [member('g1', 'bob')]
+        const added: [MemberRecord] = [member('g1', 'bob')]
         await store.memberAdd(added)
         added[0].readSeq = 99
 
@@ -763,9 +768,11 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         if (got === null) throw new Error('alice missing')
         got.readSeq = 50
         const list = await store.memberList('g1')
+        if (list[0] === undefined || list[1] === undefined) throw new Error('members missing')
         list[0].muted = true
         list[1].role = 'owner'
         const mine = await store.memberListByUser('bob')
+        if (mine[0] === undefined) throw new Error('bob has no membership')
         mine[0].joinedAt = 0
 
         expect(byUserId(await store.memberList('g1'))).toStrictEqual([

@@ -9,7 +9,8 @@ import { createLogger } from '../../src/log.js'
 import { MqimServer } from '../../src/server.js'
 import { createUser } from '../../src/admin/accounts.js'
 import type { MessageStore, MetadataStore } from '../../src/store/types.js'
-import type { MessageEnvelope, Reply } from '../../src/protocol/schemas.js'
+import type { MessageEnvelope, OpName, Reply } from '../../src/protocol/schemas.js'
+import type { Results } from '../../src/client/client.js'
 import { waitUntil } from '../../scripts/lib/procs.js'
 
 export async function startServer (overrides: Record<string, unknown> = {}, stores?: { meta: MetadataStore, messages: MessageStore }): Promise<MqimServer> {
@@ -25,6 +26,9 @@ export async function addUser (server: MqimServer, id: string, password = 'passw
   return password
 }
 
+/** The `result` of a successful reply: typed for the protocol's operations (topics.md, "Operations"). */
+export type ResultOf<K extends string> = K extends OpName ? Results[K] : unknown
+
 export type Transport = 'tcp' | 'ws'
 
 export interface ImClient {
@@ -34,7 +38,7 @@ export interface ImClient {
   messages: MessageEnvelope[]
   events: Array<Record<string, unknown>>
   replies: Reply[]
-  request: <T = any>(op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<T>
+  request: <K extends string>(op: K, body: Record<string, unknown>, timeoutMs?: number) => Promise<ResultOf<K>>
   requestRaw: (op: string, body: Record<string, unknown>, timeoutMs?: number) => Promise<Reply>
   waitFor: (predicate: () => boolean, timeoutMs?: number, what?: string) => Promise<void>
   end: () => Promise<void>
@@ -77,7 +81,7 @@ export async function connect (server: MqimServer, userId: string, deviceId: str
     request: async (op, body, timeoutMs) => {
       const reply = await im.requestRaw(op, body, timeoutMs)
       if (!reply.ok) throw Object.assign(new Error(`${op} failed: ${reply.error.code}: ${reply.error.message}`), { code: reply.error.code })
-      return reply.result as any
+      return reply.result as ResultOf<typeof op>
     },
     requestRaw: async (op, body, timeoutMs = 20000) => {
       const id = typeof body.id === 'string' ? body.id : randomUUID()
