@@ -11,11 +11,19 @@
  * the connection), logs no error, stops cleanly, and the bystanders' every exchange succeeds
  * within --stall-ms. See scripts/fuzz/*.ts for what each part generates and checks.
  *
- *   npm run fuzz                          5,000 packets + 5,000 requests, the default seed
+ *   npm run fuzz                          5,000 packets + 5,000 requests, seed 20240601
  *   npm run fuzz -- --size 20000          20,000 of each
  *   npm run fuzz -- --seed 7              other inputs (a seed always names the same inputs)
- *   options: --packets N  --requests N  --packet-lanes N  --request-lanes N  --probe-ms N
- *            --stall-ms N  --shrink N (failures to shrink per stream, 0: none)  --json FILE
+ *   options:
+ *     --packets N, --requests N   each stream's size on its own (default: --size)
+ *     --packet-lanes N            raw connections at once (24)
+ *     --request-lanes N           mqtt.js clients of the fuzz user at once (4)
+ *     --probe-ms N                wait for the probe PINGREQ's answer before "unanswered" (300)
+ *     --stall-ms N                slowest bystander exchange allowed (2000)
+ *     --shrink N                  failures to shrink per stream, 0 for none (3)
+ *     --json FILE                 the whole report as JSON
+ *
+ * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
  *
  * Exit status 0 only when nothing failed; the last line is a one-line summary.
  */
