@@ -32,6 +32,7 @@ export function formatReport (r: FuzzReport): string[] {
     `stream 1, mutated MQTT packets: ${p.packets} packets (${p.bytes} bytes) in ${p.cases} connections (tcp ${p.byTransport.tcp}, ws ${p.byTransport.ws}; ${p.loggedIn} logged in first)`,
     `  connections: closed by the server ${p.outcomes.closed}, alive (answered PINGREQ) ${p.outcomes.alive}, unanswered (waiting for bytes) ${p.outcomes.unanswered}`,
     `  logged-in connections with only legal, unmutated packets (must stay alive): ${p.mustStayAlive}; CONNACKs to fuzzed CONNECTs: ${counts(p.connacks)}; replies checked: ${p.replies}`,
+    `  first packets claiming a length over the limit or a malformed one (must be closed): ${p.mustClose}`,
     `  fuzzed logins that left a will (never to be published, checked at the end): ${p.armedWills}`,
     '',
     `stream 2, fuzzed requests: ${q.sent} publishes, ${q.replies} replies, ${q.closedViolations} connections closed for protocol violations (expected), ${q.reconnects} reconnects, ${q.fromCache} answered from the redelivery cache`,

@@ -80,6 +80,8 @@ export interface FuzzReport {
     mustStayAlive: number
     /** Logins whose CONNECT carried the settings will (never to be published). */
     armedWills: number
+    /** Connections whose first packet claimed a length over the limit, or a malformed one (must be closed). */
+    mustClose: number
   }
   requests: {
     sent: number
@@ -174,7 +176,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
     seed,
     durationMs: 0,
     config: FUZZ_CONFIG,
-    packets: { cases: 0, packets: 0, bytes: 0, outcomes: { closed: 0, alive: 0, unanswered: 0 }, byTransport: { tcp: 0, ws: 0 }, loggedIn: 0, connacks: {}, replies: 0, mustStayAlive: 0, armedWills: 0 },
+    packets: { cases: 0, packets: 0, bytes: 0, outcomes: { closed: 0, alive: 0, unanswered: 0 }, byTransport: { tcp: 0, ws: 0 }, loggedIn: 0, connacks: {}, replies: 0, mustStayAlive: 0, armedWills: 0, mustClose: 0 },
     requests: { sent: 0, replies: 0, closedViolations: 0, reconnects: 0, fromCache: 0, codes: {}, byOp: {}, deviations: { count: 0, examples: [] } },
     bystander: { exchanges: 0, historyChecks: 0, failures: [], request: { p50: NaN, p99: NaN, max: NaN }, delivery: { p50: NaN, p99: NaN, max: NaN } },
     server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {} },
@@ -217,7 +219,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
     for (let k = 0; k < opts.requestLanes; k++) {
       lanes.push(new RequestLane({ url: k % 2 === 0 ? mqttUrl : wsUrl, key: fzKey, device: `c${k}`, limits, replyTimeoutMs: opts.replyTimeoutMs, convs }))
     }
-    pctx = { mqttPort: server.mqttPort, httpPort: server.httpPort, key: rawKey, probeMs: opts.probeMs, legalProbeMs: opts.replyTimeoutMs }
+    pctx = { mqttPort: server.mqttPort, httpPort: server.httpPort, key: rawKey, probeMs: opts.probeMs, legalProbeMs: opts.replyTimeoutMs, maxConnectPacketBytes: limits.maxConnectPacketBytes, maxPacketBytes: limits.maxPacketBytes }
     const packetResults: Array<PacketResult | undefined> = []
     const requestResults: Array<RequestResult | undefined> = []
 
@@ -257,6 +259,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
       if (pCases[i].login) p.loggedIn++
       if (pCases[i].login && pCases[i].packets.every(x => x.mutations.length === 0 && keepsConnection(x.base))) p.mustStayAlive++
       if (r.armedWill) p.armedWills++
+      if (r.mustClose) p.mustClose++
       for (const code of r.connacks) p.connacks[code] = (p.connacks[code] ?? 0) + 1
       p.replies += r.replies
       if (r.problem !== null) failures.push({ stream: 'packets', index: i, problem: r.problem, input: JSON.stringify(pCases[i]).slice(0, 3000), detail: `bytes: ${r.hex}` })

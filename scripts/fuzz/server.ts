@@ -44,6 +44,7 @@ export const FUZZ_CONFIG = {
 export interface ServerLimits {
   maxPayloadBytes: number
   maxPacketBytes: number
+  maxConnectPacketBytes: number
   maxJsonDepth: number
 }
 
@@ -80,7 +81,8 @@ export class FuzzServer {
 
   constructor (private readonly dir: string) {
     const defaults = JSON.parse(readFileSync(path.join(ROOT, 'config', 'default.json'), 'utf8')) as { limits: ServerLimits }
-    this.limits = { maxPayloadBytes: defaults.limits.maxPayloadBytes, maxPacketBytes: defaults.limits.maxPacketBytes, maxJsonDepth: defaults.limits.maxJsonDepth }
+    const { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth } = defaults.limits
+    this.limits = { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth }
   }
 
   get pid (): number | undefined { return this.child?.pid }
