@@ -9,7 +9,8 @@ import type { ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync, existsSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import WebSocket from 'ws'
-import { sampleProc, freePorts, waitFor, type ProcSample } from '../bench/lib/procs.js'
+import { sampleProc, type ProcSample } from '../bench/lib/proc-stats.js'
+import { freePorts, waitUntil } from '../lib/procs.js'
 import { spawnTracked } from '../lib/procs.js'
 import { ROOT } from '../bench/lib/targets.js'
 
@@ -117,10 +118,10 @@ export class FuzzServer {
       if (!this.stopping) this.onUnexpectedExit(this.exit)
     })
     const tokenFile = path.join(dataDir, 'admin-token')
-    await waitFor('the mqim server to answer /healthz', async () => {
+    await waitUntil(async () => {
       if (this.exit !== null) throw new Error(`mqim exited during start-up (${this.exit.code ?? this.exit.signal}):\n${this.stderr}`)
       return existsSync(tokenFile) && (await this.health()) === 200
-    }, 60_000, 100).catch((err: Error) => {
+    }, 60_000, 'the mqim server to answer /healthz', 100).catch((err: Error) => {
       throw new Error(`${err.message}\n${this.stderr.slice(-4000)}`)
     })
     this.adminToken = readFileSync(tokenFile, 'utf8').trim()
