@@ -68,8 +68,11 @@ export class Listeners {
     return true
   }
 
-  /** Hands an admitted connection to the broker with the per-connection guards. */
-  private attach (stream: Duplex, req?: IncomingMessage): void {
+  /**
+   * Hands a connection to the broker with the per-connection guards. The listeners call it for
+   * every admitted socket; in-process tests call it with an in-memory duplex, as Aedes' own do.
+   */
+  attach (stream: Duplex, req?: IncomingMessage): void {
     const client = this.broker.handle(stream, req)
     limitPacketSize(client, this.limits.maxConnectPacketBytes, this.limits.maxPacketBytes)
     grantAtMostQos1(client)

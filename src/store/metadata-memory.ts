@@ -45,6 +45,15 @@ export class MemoryMetadataStore implements MetadataStore {
     return user === undefined ? null : { ...user }
   }
 
+  async userGetMany (ids: readonly string[]): Promise<UserRecord[]> {
+    const found: UserRecord[] = []
+    for (const id of new Set(ids)) {
+      const user = this.users.get(id)
+      if (user !== undefined) found.push({ ...user })
+    }
+    return found
+  }
+
   async userList (): Promise<UserRecord[]> {
     return [...this.users.values()].sort((a, b) => compare(a.id, b.id)).map((u) => ({ ...u }))
   }
@@ -173,7 +182,7 @@ export class MemoryMetadataStore implements MetadataStore {
     if (successor !== undefined) {
       // Check before changing anything: both changes happen, or neither.
       const next = successor === userId ? undefined : this.findMember(conversationId, successor)
-      if (next === undefined) return false
+      if (next === undefined || this.findMember(conversationId, userId)?.role !== 'owner') return false
       next.role = 'owner'
     }
     this.deleteMember(conversationId, userId)
@@ -190,7 +199,7 @@ export class MemoryMetadataStore implements MetadataStore {
   async memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean> {
     const previous = this.findMember(conversationId, from)
     const next = this.findMember(conversationId, to)
-    if (from === to || previous === undefined || next === undefined) return false
+    if (from === to || previous?.role !== 'owner' || next === undefined) return false
     previous.role = 'admin'
     next.role = 'owner'
     return true
@@ -236,6 +245,15 @@ export class MemoryMetadataStore implements MetadataStore {
 
   async memberCountByUser (userId: string): Promise<number> {
     return this.membershipsByUser.get(userId)?.size ?? 0
+  }
+
+  async memberCountByUsers (userIds: readonly string[]): Promise<Map<string, number>> {
+    const result = new Map<string, number>()
+    for (const userId of new Set(userIds)) {
+      const count = this.membershipsByUser.get(userId)?.size ?? 0
+      if (count > 0) result.set(userId, count)
+    }
+    return result
   }
 
   async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {

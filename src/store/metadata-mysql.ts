@@ -113,6 +113,16 @@ interface UserIdRow extends RowDataPacket {
   user_id: string
 }
 
+interface UserCountRow extends RowDataPacket {
+  user_id: string
+  n: number | string
+}
+
+interface RoleRow extends RowDataPacket {
+  user_id: string
+  role: Role
+}
+
 interface NowRow extends RowDataPacket {
   now: Date
 }
@@ -188,6 +198,11 @@ export class MySqlMetadataStore implements MetadataStore {
   async userGet (id: string): Promise<UserRecord | null> {
     const [rows] = await this.pool.execute<UserRow[]>(`SELECT ${USER_COLUMNS} FROM users WHERE id = ?`, [id])
     return rows[0] === undefined ? null : toUser(rows[0])
+  }
+
+  async userGetMany (ids: readonly string[]): Promise<UserRecord[]> {
+    const rows = await this.selectIn<UserRow>(`SELECT ${USER_COLUMNS} FROM users WHERE id IN (?)`, ids)
+    return rows.map(toUser)
   }
 
   async userList (): Promise<UserRecord[]> {
@@ -337,9 +352,9 @@ export class MySqlMetadataStore implements MetadataStore {
     return await this.transaction(async (conn) => {
       // Lock both rows before changing either: a concurrent removal of the successor then
       // waits for this transaction or makes it find one row and change nothing.
-      const [rows] = await conn.query<UserIdRow[]>(
-        'SELECT user_id FROM members WHERE conversation_id = ? AND user_id IN (?) FOR UPDATE', [conversationId, [userId, successor]])
-      if (rows.length !== 2) return false
+      const [rows] = await conn.query<RoleRow[]>(
+        'SELECT user_id, role FROM members WHERE conversation_id = ? AND user_id IN (?) FOR UPDATE', [conversationId, [userId, successor]])
+      if (rows.length !== 2 || rows.find(r => r.user_id === userId)?.role !== 'owner') return false
       await conn.execute("UPDATE members SET role = 'owner' WHERE conversation_id = ? AND user_id = ?", [conversationId, successor])
       await conn.execute('DELETE FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
       return true
@@ -351,19 +366,20 @@ export class MySqlMetadataStore implements MetadataStore {
   }
 
   /**
-   * One statement, so it is atomic without a transaction. The self-join updates each of the two
-   * rows only if the other one exists: both change, or (one of them is not a member) neither.
+   * One transaction: both rows are locked and checked (from is the owner, to a member) before
+   * either changes, so a concurrent transfer or removal waits and then finds the new state.
    */
   async memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean> {
     if (from === to) return false
-    const [result] = await this.pool.execute<ResultSetHeader>(
-      `UPDATE members AS m
-         JOIN members AS other ON other.conversation_id = m.conversation_id
-                              AND other.user_id = CASE m.user_id WHEN ? THEN ? ELSE ? END
-         SET m.role = CASE m.user_id WHEN ? THEN 'owner' ELSE 'admin' END
-         WHERE m.conversation_id = ? AND m.user_id IN (?, ?)`,
-      [from, to, from, to, conversationId, from, to])
-    return result.affectedRows === 2
+    return await this.transaction(async (conn) => {
+      const [rows] = await conn.query<RoleRow[]>(
+        'SELECT user_id, role FROM members WHERE conversation_id = ? AND user_id IN (?) FOR UPDATE', [conversationId, [from, to]])
+      if (rows.length !== 2 || rows.find(r => r.user_id === from)?.role !== 'owner') return false
+      await conn.execute(
+        "UPDATE members SET role = CASE user_id WHEN ? THEN 'owner' ELSE 'admin' END WHERE conversation_id = ? AND user_id IN (?, ?)",
+        [to, conversationId, from, to])
+      return true
+    })
   }
 
   async memberSetMuted (conversationId: string, userId: string, muted: boolean): Promise<boolean> {
@@ -403,6 +419,13 @@ export class MySqlMetadataStore implements MetadataStore {
   async memberCountByUser (userId: string): Promise<number> {
     const [rows] = await this.pool.execute<CountRow[]>('SELECT COUNT(*) AS n FROM members WHERE user_id = ?', [userId])
     return toSafeNumber(rows[0]?.n, 'COUNT(*)')
+  }
+
+  async memberCountByUsers (userIds: readonly string[]): Promise<Map<string, number>> {
+    // served by idx_members_user (user_id)
+    const rows = await this.selectIn<UserCountRow>(
+      'SELECT user_id, COUNT(*) AS n FROM members WHERE user_id IN (?) GROUP BY user_id', userIds)
+    return new Map(rows.map((row) => [row.user_id, toSafeNumber(row.n, 'COUNT(*)')]))
   }
 
   async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {

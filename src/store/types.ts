@@ -63,6 +63,8 @@ export interface MetadataStore {
   /** Throws StoreConflictError if the id exists. */
   userCreate (user: UserRecord): Promise<void>
   userGet (id: string): Promise<UserRecord | null>
+  /** Several users in one round trip; unknown ids are left out; no order. */
+  userGetMany (ids: readonly string[]): Promise<UserRecord[]>
   userList (): Promise<UserRecord[]>
   /** Returns false if no such user. */
   userSetDisabled (id: string, disabled: boolean): Promise<boolean>
@@ -105,15 +107,17 @@ export interface MetadataStore {
   /** Member counts of several conversations in one round trip (absent: 0). */
   memberCountMany (conversationIds: readonly string[]): Promise<Map<string, number>>
   /**
-   * Removes the member. With `successor` (another member), atomically makes the successor the
-   * owner in the same step: either both changes happen or neither. Returns false (and changes
-   * nothing) if userId was not a member, or the successor is not one.
+   * Removes the member. With `successor` (another member), the leaver must be the owner, and the
+   * successor becomes the owner in the same step: either both changes happen or neither. Returns
+   * false (and changes nothing) if userId is not a member, or (with a successor) not the owner,
+   * or the successor is not a member. So two concurrent hand-overs never leave two owners.
    */
   memberRemove (conversationId: string, userId: string, successor?: string): Promise<boolean>
   memberSetRole (conversationId: string, userId: string, role: Role): Promise<boolean>
   /**
    * Atomically: `to` becomes the owner and `from` (the owner) an admin. Returns false and changes
-   * nothing unless both are members and from !== to.
+   * nothing unless `from` is the owner right now, `to` is a member, and from !== to: of two
+   * concurrent transfers by the same owner one succeeds, never both.
    */
   memberTransferOwnership (conversationId: string, from: string, to: string): Promise<boolean>
   memberSetMuted (conversationId: string, userId: string, muted: boolean): Promise<boolean>
@@ -132,6 +136,8 @@ export interface MetadataStore {
   memberPageByUser (userId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]>
   /** How many conversations the user is a member of. */
   memberCountByUser (userId: string): Promise<number>
+  /** How many conversations each of several users is a member of, in one round trip (absent: 0). */
+  memberCountByUsers (userIds: readonly string[]): Promise<Map<string, number>>
   /**
    * Of `others`, those who share at least one conversation with `userId`. userId itself counts
    * when listed and a member of any conversation.

@@ -98,6 +98,18 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(await store.userGet('nobody')).toBeNull()
       })
 
+      test('userGetMany returns the known users of a list (duplicates, unknown ids, many ids)', async () => {
+        const alice = user('alice')
+        const bob = user('bob', { kind: 'bot', groupInvites: 'contacts' })
+        await store.userCreate(alice)
+        await store.userCreate(bob)
+        const got = await store.userGetMany(['bob', 'nobody', 'alice', 'bob', 'Alice'])
+        expect([...got].sort((a, b) => a.id.localeCompare(b.id))).toStrictEqual([alice, bob])
+        expect(await store.userGetMany([])).toStrictEqual([])
+        const many = Array.from({ length: 2500 }, (_, i) => `u${i}`)
+        expect(await store.userGetMany([...many, 'alice'])).toStrictEqual([alice])
+      })
+
       test('userCreate with an existing id throws StoreConflictError and keeps the original', async () => {
         await store.userCreate(user('alice'))
         await expect(store.userCreate(user('alice', { displayName: 'Impostor' }))).rejects.toBeInstanceOf(StoreConflictError)
@@ -583,6 +595,22 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(await store.memberGet('g2', 'dave')).toStrictEqual(member('g2', 'dave', { role: 'owner' }))
       })
 
+      test('only the owner hands over: a non-owner `from` or leaver changes nothing', async () => {
+        expect(await store.memberTransferOwnership('g1', 'bob', 'carol')).toBe(false)
+        expect(await store.memberRemove('g1', 'bob', 'carol')).toBe(false)
+        await unchanged()
+      })
+
+      test('two concurrent transfers by the same owner: one happens, never two owners', async () => {
+        const outcomes = await Promise.all([
+          store.memberTransferOwnership('g1', 'alice', 'bob'),
+          store.memberTransferOwnership('g1', 'alice', 'carol')
+        ])
+        expect(outcomes.filter((ok) => ok)).toHaveLength(1)
+        const owners = (await store.memberList('g1')).filter((m) => m.role === 'owner').map((m) => m.userId)
+        expect(owners).toStrictEqual([outcomes[0] ? 'bob' : 'carol'])
+      })
+
       test('memberTransferOwnership after the new owner left changes nothing', async () => {
         expect(await store.memberRemove('g1', 'carol')).toBe(true)
         expect(await store.memberTransferOwnership('g1', 'alice', 'carol')).toBe(false)
@@ -669,6 +697,14 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         const bobs = ids.filter((_, i) => i % 3 === 0).sort(byteOrder)
         const page = await store.memberPageByUser('bob', { after: null, limit: 100 })
         expect(page).toStrictEqual(bobs.map((id) => member(id, 'bob')))
+      })
+
+      test('memberCountByUsers counts the memberships of several users at once', async () => {
+        const counts = await store.memberCountByUsers(['alice', 'bob', 'nobody', 'alice', 'Alice'])
+        expect(counts).toStrictEqual(new Map([['alice', ids.length], ['bob', ids.filter((_, i) => i % 3 === 0).length]]))
+        expect(await store.memberCountByUsers([])).toStrictEqual(new Map())
+        const many = Array.from({ length: 2500 }, (_, i) => `u${i}`)
+        expect(await store.memberCountByUsers([...many, 'bob'])).toStrictEqual(new Map([['bob', ids.filter((_, i) => i % 3 === 0).length]]))
       })
 
       test('memberCountByUser counts memberships', async () => {

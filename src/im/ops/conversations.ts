@@ -5,7 +5,11 @@
  *   - owner and admins add members and remove members of lower rank;
  *   - only the owner changes roles; giving `owner` to someone transfers ownership (the old
  *     owner becomes admin); an owner who leaves hands ownership to the longest-serving admin,
- *     else the longest-serving member.
+ *     else the longest-serving member; both hand-overs are one atomic store change;
+ *   - whoever adds people to a group must be allowed by each one's `groupInvites` setting
+ *     ('contacts': only people who already share a conversation with them; else REFUSED);
+ *   - nobody joins more than limits.conversationsPerUser conversations (LIMIT_REACHED), and
+ *     nobody creates more than limits.groupsCreatedPerHour groups an hour (RATE_LIMITED).
  * Every change is announced as a `member` event to everyone affected.
  */
 import { randomBytes } from 'node:crypto'
@@ -24,14 +28,11 @@ function newMember (conversationId: string, userId: string, role: Role, now: num
   return { conversationId, userId, role, readSeq: 0, muted: false, joinedAt: now }
 }
 
+/** The users, in one store round trip; NOT_FOUND names the unknown ones. */
 async function requireUsersExist (services: Services, userIds: string[]): Promise<UserRecord[]> {
-  const missing: string[] = []
-  const found: UserRecord[] = []
-  await Promise.all(userIds.map(async (u) => {
-    const user = await services.meta.userGet(u)
-    if (user === null) missing.push(u)
-    else found.push(user)
-  }))
+  const found = await services.meta.userGetMany(userIds)
+  const known = new Set(found.map(u => u.id))
+  const missing = userIds.filter(u => !known.has(u))
   if (missing.length > 0) throw new ImError('NOT_FOUND', `no such user: ${missing.sort().join(', ')}`)
   return found
 }
@@ -39,8 +40,8 @@ async function requireUsersExist (services: Services, userIds: string[]): Promis
 /** Each of these users may join one more conversation (limits.conversationsPerUser). */
 async function requireRoomFor (services: Services, userIds: string[]): Promise<void> {
   const max = services.config.limits.conversationsPerUser
-  const full: string[] = []
-  await Promise.all(userIds.map(async (u) => { if (await services.meta.memberCountByUser(u) >= max) full.push(u) }))
+  const counts = await services.meta.memberCountByUsers(userIds)
+  const full = userIds.filter(u => (counts.get(u) ?? 0) >= max)
   if (full.length > 0) throw new ImError('LIMIT_REACHED', `already in ${max} conversations (the most one user may join): ${full.sort().join(', ')}`)
 }
 

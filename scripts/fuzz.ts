@@ -1,0 +1,96 @@
+/**
+ * `npm run fuzz`: attacks a real mqim server (a child process on the embedded default, free
+ * ports) over real sockets with two fuzz streams at once, while two bystanders chat:
+ *
+ *   1. mutated MQTT packets on raw TCP and WebSocket connections, before and after a login;
+ *   2. fuzzed requests (every operation of src/protocol/schemas.ts, and bad payloads and topics)
+ *      from mqtt.js clients of a logged-in user.
+ *
+ * Passes when the server never dies, answers every well-formed publish with a reply of the
+ * documented form and code (never INTERNAL, never silence; only a protocol violation may close
+ * the connection), logs no error, stops cleanly, and the bystanders' every exchange succeeds
+ * within --stall-ms. See scripts/fuzz/*.ts for what each part generates and checks.
+ *
+ *   npm run fuzz                          5,000 packets + 5,000 requests, seed 20240601
+ *   npm run fuzz -- --size 20000          20,000 of each
+ *   npm run fuzz -- --seed 7              other inputs (a seed always names the same inputs)
+ *   options:
+ *     --packets N, --requests N   each stream's size on its own (default: --size)
+ *     --packet-lanes N            raw connections at once (24)
+ *     --request-lanes N           mqtt.js clients of the fuzz user at once (4)
+ *     --probe-ms N                wait for the probe PINGREQ's answer before "unanswered" (300)
+ *     --stall-ms N                slowest bystander exchange allowed (2000)
+ *     --shrink N                  failures to shrink per stream, 0 for none (3)
+ *     --json FILE                 the whole report as JSON
+ *
+ * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
+ *
+ * Exit status 0 only when nothing failed; the last line is a one-line summary.
+ */
+import { readFileSync, writeFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { DEFAULT_OPTIONS, runFuzz } from './fuzz/run.js'
+import { killAllChildren } from './lib/procs.js'
+import { formatReport, summaryLine } from './fuzz/report.js'
+
+function int (name: string, raw: string | undefined, dflt: number, min = 0): number {
+  if (raw === undefined) return dflt
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got "${raw}"`)
+  return n
+}
+
+async function main (): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      seed: { type: 'string' },
+      size: { type: 'string' },
+      packets: { type: 'string' },
+      requests: { type: 'string' },
+      'packet-lanes': { type: 'string' },
+      'request-lanes': { type: 'string' },
+      'probe-ms': { type: 'string' },
+      'stall-ms': { type: 'string' },
+      shrink: { type: 'string' },
+      json: { type: 'string' },
+      help: { type: 'boolean', short: 'h' }
+    }
+  })
+  if (values.help === true) {
+    const text = readFileSync(new URL(import.meta.url), 'utf8')
+    process.stdout.write(text.slice(text.indexOf('/**') + 4, text.indexOf('*/')).split('\n').map(l => l.replace(/^ \* ?/, '')).join('\n') + '\n')
+    return 0
+  }
+  const size = int('size', values.size, DEFAULT_OPTIONS.packets)
+  const started = Date.now()
+  const log = (s: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }
+  const report = await runFuzz({
+    seed: int('seed', values.seed, DEFAULT_OPTIONS.seed),
+    packets: int('packets', values.packets, size),
+    requests: int('requests', values.requests, size),
+    packetLanes: int('packet-lanes', values['packet-lanes'], DEFAULT_OPTIONS.packetLanes, 1),
+    requestLanes: int('request-lanes', values['request-lanes'], DEFAULT_OPTIONS.requestLanes, 1),
+    probeMs: int('probe-ms', values['probe-ms'], DEFAULT_OPTIONS.probeMs, 1),
+    stallMs: int('stall-ms', values['stall-ms'], DEFAULT_OPTIONS.stallMs, 1),
+    shrink: int('shrink', values.shrink, DEFAULT_OPTIONS.shrink),
+    log
+  })
+  if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(report, null, 2))
+  process.stdout.write(formatReport(report).join('\n') + '\n\n' + summaryLine(report) + '\n')
+  return report.ok ? 0 : 1
+}
+
+// the server child never outlives the fuzzer
+process.on('exit', () => killAllChildren('SIGKILL'))
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\nfuzz: ${sig}: stopping the server\n`)
+    killAllChildren('SIGKILL')
+    process.exit(130)
+  })
+}
+
+main().then(code => process.exit(code), (err: unknown) => {
+  process.stderr.write(`fuzz: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  process.exit(2)
+})

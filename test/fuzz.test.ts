@@ -1,0 +1,103 @@
+/**
+ * `npm run fuzz` at a bounded size: a real server process, 2,000 mutated MQTT packets and 2,000
+ * fuzzed requests at once while two bystanders chat. Asserts on the fuzzer's report: nothing
+ * failed, and the run reached what it is meant to reach (every connection outcome, the refusal
+ * codes, connections closed for protocol violations, bystander exchanges). A few checks of the
+ * oracle itself first, so that a pass means the checks could have failed.
+ */
+import fc from 'fast-check'
+import { runFuzz, type FuzzReport } from '../scripts/fuzz/run.js'
+import { expectationOf, judge } from '../scripts/fuzz/oracle.js'
+import { packetCase } from '../scripts/fuzz/packets.js'
+import { requestCase } from '../scripts/fuzz/requests.js'
+import { killAllChildren } from '../scripts/lib/procs.js'
+import type { Reply } from '../src/protocol/schemas.js'
+
+const LIMITS = { maxPayloadBytes: 65536, maxPacketBytes: 131072, maxJsonDepth: 32 }
+
+function expectation (topic: string, payload: string, qos = 1): Extract<ReturnType<typeof expectationOf>, { kind: 'reply' }> {
+  const exp = expectationOf(topic, Buffer.from(payload), qos, LIMITS)
+  if (exp.kind !== 'reply') throw new Error(`expected a reply expectation, got ${JSON.stringify(exp)}`)
+  return exp
+}
+
+describe('fuzz oracle', () => {
+  test('refuses replies the protocol does not allow', () => {
+    const bad = expectation('im/req/read', '{"id":"r1","conv":"c1","seq":-1}')
+    expect(bad.stages).toEqual([['BAD_REQUEST']])
+    const reply = (r: Partial<Reply> & Record<string, unknown>): Reply => ({ id: 'r1', op: 'read', ...r }) as Reply
+    expect(judge(bad, reply({ ok: false, error: { code: 'BAD_REQUEST', message: 'x' } }))).toEqual({ ok: true, deviation: null })
+    expect(judge(bad, reply({ ok: true, result: {} })).ok).toBe(false)
+    expect(judge(bad, reply({ ok: false, error: { code: 'NOT_MEMBER', message: 'x' } })).ok).toBe(false)
+    expect(judge(bad, reply({ ok: false, error: { code: 'OOPS', message: 'x' } })).ok).toBe(false)
+    expect(judge(bad, reply({ id: null, ok: false, error: { code: 'BAD_REQUEST', message: 'x' } })).ok).toBe(false)
+    expect(judge(bad, reply({ ok: false, error: { code: 'BAD_REQUEST' } as never })).ok).toBe(false)
+    const good = expectation('im/req/read', '{"id":"r1","conv":"c1","seq":1}')
+    expect(judge(good, reply({ ok: false, error: { code: 'INTERNAL', message: 'x' } })).ok).toBe(false)
+    expect(judge(good, reply({ ok: false, error: { code: 'UNKNOWN_OP', message: 'x' } })).ok).toBe(false)
+    expect(judge(good, reply({ ok: false, error: { code: 'NOT_MEMBER', message: 'x' } })).ok).toBe(true)
+  })
+
+  test('follows the documented order and the topic rules', () => {
+    const big = expectation('im/req/nope', `{"id":"r1","x":"${'a'.repeat(70_000)}"}`)
+    expect(big.stages).toEqual([['TOO_LARGE'], ['UNKNOWN_OP']])
+    expect(expectation('$mqim/revoke', '{}')).toMatchObject({ op: '$mqim/revoke', id: null, stages: [['FORBIDDEN']] })
+    expect(expectation('foo/bar', '{}')).toMatchObject({ stages: [['UNKNOWN_OP']] })
+    expect(expectationOf('im/req/' + 'a/'.repeat(100), Buffer.from('{}'), 1, LIMITS).kind).toBe('close')
+    expect(expectationOf('im/req/send', Buffer.alloc(140_000), 1, LIMITS).kind).toBe('close')
+    expect(expectation('im/req/list', '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]')).toMatchObject({ id: null, stages: [['BAD_REQUEST']] })
+  })
+
+  test('a seed names the same cases', () => {
+    expect(fc.sample(requestCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(requestCase, { seed: 5, numRuns: 50 }))
+    expect(fc.sample(packetCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(packetCase, { seed: 5, numRuns: 50 }))
+  })
+})
+
+describe('npm run fuzz, bounded', () => {
+  let report: FuzzReport
+
+  beforeAll(async () => {
+    report = await runFuzz({ packets: 2000, requests: 2000, shrink: 1 })
+  }, 120_000)
+
+  afterAll(() => { killAllChildren('SIGKILL') })
+
+  test('nothing failed: the server stayed up, answered every request as documented, logged no error, stopped cleanly', () => {
+    // on failure the diff shows every failure with its input (and the seed below)
+    expect({ seed: report.seed, failures: report.failures }).toEqual({ seed: report.seed, failures: [] })
+    expect(report.ok).toBe(true)
+    expect(report.server).toMatchObject({ alive: true, health: 200, errorLines: [], exit: { code: 0 } })
+  })
+
+  test('stream 1 reached every outcome, before and after a login, over TCP and WebSocket', () => {
+    const p = report.packets
+    expect(p.packets).toBeGreaterThanOrEqual(2000)
+    expect(p.outcomes.closed).toBeGreaterThan(0)
+    expect(p.outcomes.alive).toBeGreaterThan(0)
+    expect(p.outcomes.unanswered).toBeGreaterThan(0)
+    expect(p.byTransport.tcp).toBeGreaterThan(0)
+    expect(p.byTransport.ws).toBeGreaterThan(0)
+    expect(p.loggedIn).toBeGreaterThan(0)
+    expect(p.mustStayAlive).toBeGreaterThan(0)
+    expect(Object.keys(p.connacks)).toEqual(expect.arrayContaining(['0', '2', '4']))
+    expect(p.armedWills).toBeGreaterThan(0)
+  })
+
+  test('stream 2 got a reply to every well-formed publish, with the refusals it aimed at', () => {
+    const q = report.requests
+    expect(q.sent).toBe(2000)
+    expect(q.replies + q.closedViolations).toBe(q.sent)
+    expect(q.closedViolations).toBeGreaterThan(0)
+    expect(Object.keys(q.codes)).toEqual(expect.arrayContaining(['ok', 'BAD_REQUEST', 'BAD_JSON', 'TOO_LARGE', 'UNKNOWN_OP', 'FORBIDDEN', 'NOT_MEMBER', 'NOT_FOUND']))
+    expect(q.codes.INTERNAL).toBeUndefined()
+    // every operation was tried
+    expect(Object.keys(q.byOp)).toEqual(expect.arrayContaining(['send', 'history', 'read', 'mute', 'list', 'direct', 'create-group', 'add-members', 'remove-member', 'leave', 'rename', 'set-role', 'receipts', 'members', 'presence', 'settings']))
+  })
+
+  test('the bystanders chatted throughout without a failure', () => {
+    expect(report.bystander.failures).toEqual([])
+    expect(report.bystander.exchanges).toBeGreaterThan(10)
+    expect(report.bystander.delivery.p99).toBeLessThan(2000)
+  })
+})

@@ -1,0 +1,210 @@
+/**
+ * The upstream behaviours that src/broker/upstream.ts works around, checked on the pinned
+ * versions, in-process (no network, no services): each "upstream" test asserts the behaviour as
+ * it is today, so an upgrade that changes it fails here and names the workaround to revisit; each
+ * "workaround" test shows the patch doing its job. (The two Redis-only behaviours are in
+ * test/upstream-redis.test.ts.)
+ */
+import { Aedes, type Client } from 'aedes'
+import mqemitter from 'mqemitter'
+import mqttPacket from 'mqtt-packet'
+import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
+import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
+import { fixedHeader } from '../helpers/raw-mqtt.js'
+import {
+  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, createEmitter, grantAtMostQos1,
+  limitPacketSize, neverWaitForDrain, skipSinkPublishes
+} from '../../src/broker/upstream.js'
+import { SINK_TOPIC } from '../../src/protocol/topics.js'
+
+const turn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
+const settle = async (ms = 30): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+interface Emitter { current: number, length: number }
+
+async function connectClean (client: PacketEnd, id: string, clean = true): Promise<void> {
+  client.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean, clientId: id, keepalive: 0 })
+  await settle()
+}
+
+describe('mqtt-packet 9.0.2: the parser buffers a packet up to its claimed length (workaround 2)', () => {
+  test('upstream: a header claiming 200 MB is no error; the body is buffered as it comes', () => {
+    const parser = mqttPacket.parser()
+    const errors: Error[] = []
+    parser.on('error', (e: Error) => errors.push(e))
+    const buffered = parser.parse(Buffer.concat([fixedHeader(0x10, 200_000_000), Buffer.alloc(1_000_000)]))
+    expect(errors).toEqual([])
+    expect(buffered).toBe(1_000_000)
+    // what limitPacketSize relies on
+    expect(typeof (parser as unknown as { _parseLength: unknown })._parseLength).toBe('function')
+    expect(typeof (parser as unknown as { _emitError: unknown })._emitError).toBe('function')
+  })
+
+  test('workaround: the length is checked as soon as it is parsed; the first packet has its own limit', () => {
+    const parser = mqttPacket.parser()
+    const errors: Error[] = []
+    parser.on('error', (e: Error) => errors.push(e))
+    limitPacketSize({ _parser: parser } as unknown as Client, 100, 1000)
+    parser.parse(fixedHeader(0x10, 101))
+    expect(errors[0]).toBeInstanceOf(PacketTooLargeError)
+    expect((errors[0] as PacketTooLargeError).limit).toBe(100)
+
+    const after = mqttPacket.parser()
+    const later: Error[] = []
+    after.on('error', (e: Error) => later.push(e))
+    limitPacketSize({ _parser: after } as unknown as Client, 100, 1000)
+    after.parse(mqttPacket.generate({ cmd: 'pingreq' }))
+    after.parse(fixedHeader(0x30, 1000))
+    expect(later).toEqual([])
+    after.parse(Buffer.alloc(1000))
+    after.parse(fixedHeader(0x30, 1001))
+    expect(later.map(e => (e as PacketTooLargeError).length)).toEqual([1001])
+  })
+})
+
+describe('aedes 1.2.0: a delivery to a socket that does not drain holds an emitter slot (workaround 3)', () => {
+  async function stuckSubscriber (patch: boolean): Promise<{ broker: Aedes, mq: Emitter, client: Client, backpressure: number }> {
+    const mq = mqemitter({ concurrency: 10 }) as unknown as Emitter
+    const broker = await Aedes.createBroker({ mq, drainTimeout: 60_000 })
+    const { server, client: end } = duplexPair({ stuck: true, highWaterMark: 1024 })
+    const client = broker.handle(server)
+    let backpressure = 0
+    if (patch) neverWaitForDrain(client, () => { backpressure++ })
+    await connectClean(end, 'stuck')
+    end.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a/#', qos: 0 }] })
+    await settle()
+    for (let i = 0; i < 20; i++) broker.publish({ cmd: 'publish', topic: 'a/b', payload: Buffer.alloc(4096), qos: 0, retain: false, dup: false }, () => {})
+    await settle(100)
+    return { broker, mq, client, backpressure }
+  }
+
+  test('upstream: the slots stay taken until the socket drains (or drainTimeout)', async () => {
+    const { broker, mq } = await stuckSubscriber(false)
+    expect(mq.current).toBe(10)
+    expect(mq.length).toBe(10)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+  })
+
+  test('workaround: deliveries complete at once and the caller is told', async () => {
+    const { broker, mq, backpressure } = await stuckSubscriber(true)
+    expect(mq.current).toBe(0)
+    expect(mq.length).toBe(0)
+    expect(backpressure).toBeGreaterThan(0)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+  })
+})
+
+describe('aedes 1.2.0: the granted QoS is recorded before authorizeSubscribe (workaround 4)', () => {
+  async function subackFor (patch: boolean): Promise<number[]> {
+    const broker = await Aedes.createBroker()
+    broker.authorizeSubscribe = (_client, sub, done) => { sub.qos = Math.min(sub.qos, 1) as 0 | 1; done(null, sub) }
+    const { server, client: end } = duplexPair()
+    const client = broker.handle(server)
+    if (patch) grantAtMostQos1(client)
+    await connectClean(end, 'q')
+    end.send({ cmd: 'subscribe', messageId: 7, subscriptions: [{ topic: 'a', qos: 2 }, { topic: 'b', qos: 0 }] })
+    const suback = await end.next('suback')
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return (suback as unknown as { granted: number[] }).granted
+  }
+
+  test('upstream: a hook that lowers QoS 2 to 1 still answers SUBACK 2', async () => {
+    expect(await subackFor(false)).toEqual([2, 0])
+  })
+
+  test('workaround: QoS 2 requests become QoS 1 before Aedes records them', async () => {
+    expect(await subackFor(true)).toEqual([1, 0])
+  })
+})
+
+describe('aedes 1.2.0: addSubscriptions is called once per topic of a SUBSCRIBE (workaround 5)', () => {
+  test('upstream: three topics, three calls with the whole packet; workaround: identical concurrent calls made once', async () => {
+    const persistence = new MemoryPersistence()
+    const calls: string[][] = []
+    const add = persistence.addSubscriptions.bind(persistence)
+    persistence.addSubscriptions = async (c, subs) => {
+      calls.push(subs.map(s => s.topic))
+      await add(c, subs)
+    }
+    const broker = await Aedes.createBroker({ persistence })
+    const { server, client: end } = duplexPair()
+    broker.handle(server)
+    await connectClean(end, 'p', false)
+    end.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'a', qos: 1 }, { topic: 'b', qos: 1 }, { topic: 'c', qos: 1 }] })
+    await end.next('suback')
+    expect(calls).toEqual([['a', 'b', 'c'], ['a', 'b', 'c'], ['a', 'b', 'c']])
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+
+    let underlying = 0
+    const store = coalesceAddSubscriptions({ addSubscriptions: async (_c: { id: string }, _s: Array<{ topic: string, qos: number }>) => { underlying++; await settle(10) } })
+    const client = { id: 'p' }
+    const subs = [{ topic: 'a', qos: 1 }, { topic: 'b', qos: 1 }]
+    await Promise.all([store.addSubscriptions(client, subs), store.addSubscriptions(client, subs), store.addSubscriptions(client, subs)])
+    expect(underlying).toBe(1)
+  })
+})
+
+describe('aedes-persistence 11.0.0: offline queues are unbounded (workaround 6)', () => {
+  const packet = (i: number): Record<string, unknown> => ({ cmd: 'publish', topic: 't', payload: Buffer.alloc(100), qos: 1, brokerId: 'b', brokerCounter: i, messageId: i })
+
+  async function queued (p: MemoryPersistence): Promise<number> {
+    let n = 0
+    for await (const _ of p.outgoingStream({ id: 'c' })) n++
+    return n
+  }
+
+  test('upstream: 2,000 messages for one session, 2,000 queued', async () => {
+    const p = new MemoryPersistence()
+    for (let i = 1; i <= 2000; i++) await p.outgoingEnqueueCombi([{ clientId: 'c' }], packet(i))
+    expect(await queued(p)).toBe(2000)
+  })
+
+  test('workaround: at most `messages` and `bytes` per session; acknowledged ones make room', async () => {
+    const p = new BoundedMemoryPersistence({ messages: 10, bytes: 1_000_000 })
+    for (let i = 1; i <= 2000; i++) await p.outgoingEnqueueCombi([{ clientId: 'c' }, { clientId: 'd' }], packet(i))
+    expect(await queued(p)).toBe(10)
+    expect(p.queuedOf('c')).toEqual({ messages: 10, bytes: 1000 })
+    expect(p.dropped).toBe(2 * 1990)
+    await p.outgoingUpdate({ id: 'c' }, packet(1))
+    await p.outgoingClearMessageId({ id: 'c' }, { messageId: 1 })
+    expect(p.queuedOf('c')).toEqual({ messages: 9, bytes: 900 })
+    await p.outgoingEnqueue({ clientId: 'c' }, packet(3000))
+    expect(await queued(p)).toBe(10)
+    const small = new BoundedMemoryPersistence({ messages: 100, bytes: 250 })
+    for (let i = 1; i <= 5; i++) await small.outgoingEnqueue({ clientId: 'c' }, packet(i))
+    expect(small.queuedOf('c')).toEqual({ messages: 2, bytes: 200 })
+  })
+})
+
+describe('mqemitter 7.1.0: releasing a queue of synchronously finished messages recurses (workaround 7)', () => {
+  test('upstream: with a concurrency limit, 20,000 queued messages overflow the stack when the slot frees', () => {
+    const mq = mqemitter({ concurrency: 1 })
+    let release: (() => void) | undefined
+    mq.on('hold', (_msg: unknown, cb: () => void) => { release = cb })
+    mq.emit({ topic: 'hold' })
+    for (let i = 0; i < 20_000; i++) mq.emit({ topic: 'nobody' })
+    expect(() => release?.()).toThrow(RangeError)
+  })
+
+  test('workaround: the embedded emitter has no limit, so nothing queues', () => {
+    const mq = createEmitter() as { on: (t: string, f: (m: unknown, cb: () => void) => void) => void, emit: (m: unknown) => void, length: number, current: number }
+    mq.on('hold', () => {})
+    mq.emit({ topic: 'hold' })
+    for (let i = 0; i < 20_000; i++) mq.emit({ topic: 'nobody' })
+    expect(mq.length).toBe(0)
+  })
+})
+
+describe('aedes 1.2.0: handled requests need no routing (workaround 1)', () => {
+  test('a publish to SINK_TOPIC completes without reaching the emitter; others are routed as before', async () => {
+    const broker = await Aedes.createBroker()
+    skipSinkPublishes(broker)
+    const seen: string[] = []
+    await new Promise<void>(resolve => broker.subscribe('$mqim/+', (p, cb) => { seen.push(p.topic); cb() }, resolve))
+    await new Promise<void>(resolve => broker.publish({ cmd: 'publish', topic: SINK_TOPIC, payload: Buffer.alloc(0), qos: 0, retain: false, dup: false }, () => resolve()))
+    await new Promise<void>(resolve => broker.publish({ cmd: 'publish', topic: '$mqim/other', payload: Buffer.alloc(0), qos: 0, retain: false, dup: false }, () => resolve()))
+    await turn()
+    expect(seen).toEqual(['$mqim/other'])
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+  })
+})
