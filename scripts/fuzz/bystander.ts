@@ -115,8 +115,9 @@ export class Bystander {
   }
 
   async start (): Promise<void> {
-    this.sides = [await this.side(BYSTANDERS[0], this.opts.mqttUrl), await this.side(BYSTANDERS[1], this.opts.wsUrl)]
-    const { reply } = await this.request(this.sides[0], 'direct', { user: BYSTANDERS[1] })
+    const first = await this.side(BYSTANDERS[0], this.opts.mqttUrl)
+    this.sides = [first, await this.side(BYSTANDERS[1], this.opts.wsUrl)]
+    const { reply } = await this.request(first, 'direct', { user: BYSTANDERS[1] })
     if (reply === null || !reply.ok) throw new Error(`bystander setup: direct failed: ${JSON.stringify(reply)}`)
     this.conv = (reply.result as { conv: string }).conv
     this.loop = this.run()
@@ -130,6 +131,7 @@ export class Bystander {
   private async exchange (i: number): Promise<boolean> {
     const from = this.sides[i % 2]
     const to = this.sides[(i + 1) % 2]
+    if (from === undefined || to === undefined) throw new Error('the bystanders have not started')
     const msgId = `by-${i}`
     const started = performance.now()
     const { reply, ms } = await this.request(from, 'send', { conv: this.conv, msgId, kind: 'text', body: `bystander message ${i}` })

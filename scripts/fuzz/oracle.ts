@@ -172,7 +172,7 @@ export function judge (exp: Extract<Expectation, { kind: 'reply' }>, reply: Repl
     const allowed = exp.stages.flat()
     if (code === null) return { ok: false, problem: `ok:true for a payload with faults (${allowed.join(', ')})` }
     if (!allowed.includes(code as ErrorCode)) return { ok: false, problem: `${code} for a payload whose faults are ${allowed.join(', ')}` }
-    const first = exp.stages[0]
+    const first = exp.stages[0] ?? []
     return { ok: true, deviation: first.includes(code as ErrorCode) ? null : `${code} where the documented order gives ${first.join(' or ')} first (faults: ${exp.stages.map(s => s.join('|')).join(' → ')})` }
   }
   if (code !== null && PRE_OPERATION.has(code)) return { ok: false, problem: `${code} for a well-formed request` }

@@ -89,8 +89,9 @@ export function claimedLength (stream: Buffer): number | 'malformed' | null {
   let value = 0
   for (let i = 1; i <= 4; i++) {
     if (i >= stream.length) return null
-    value += (stream[i] & 0x7f) * 128 ** (i - 1)
-    if ((stream[i] & 0x80) === 0) return value
+    const byte = stream.readUInt8(i)
+    value += (byte & 0x7f) * 128 ** (i - 1)
+    if ((byte & 0x80) === 0) return value
   }
   return 'malformed'
 }
@@ -136,8 +137,8 @@ export async function runPacketCase (c: PacketCase, device: string, ctx: PacketC
     result.outcome = answered ? 'alive' : conn.closed ? 'closed' : 'unanswered'
     result.mustClose = mustClose !== null
     result.connacks = conn.packets.slice(before).filter(p => p.cmd === 'connack').map(p => (p as { returnCode?: number }).returnCode ?? -1)
-    const first = c.packets[0].base
-    result.armedWill = !c.login && result.connacks[0] === 0 && first.cmd === 'connect' && first.will?.topic === WILL_TOPIC && first.will.payload === WILL_PAYLOAD
+    const first = c.packets[0]?.base
+    result.armedWill = !c.login && result.connacks[0] === 0 && first?.cmd === 'connect' && first.will?.topic === WILL_TOPIC && first.will.payload === WILL_PAYLOAD
     const received = checkReceived(conn)
     result.replies = received.replies
     result.problem = received.problem

@@ -265,7 +265,7 @@ function varint (n: number): number[] {
 
 /** Offset of the first byte after the fixed header (type byte + remaining length), if well formed. */
 function headerEnd (b: Buffer): number | null {
-  for (let i = 1; i < Math.min(b.length, 5); i++) if ((b[i] & 0x80) === 0) return i + 1
+  for (let i = 1; i < Math.min(b.length, 5); i++) if ((b.readUInt8(i) & 0x80) === 0) return i + 1
   return null
 }
 
@@ -275,7 +275,8 @@ export function mutate (input: Buffer, m: Mutation): Buffer {
   switch (m.kind) {
     case 'flip': {
       if (len === 0) return b
-      b[m.at % len] ^= 1 << m.bit
+      const at = m.at % len
+      b[at] = b.readUInt8(at) ^ (1 << m.bit)
       return b
     }
     case 'truncate': return b.subarray(0, m.keep % (len + 1))
@@ -303,18 +304,18 @@ export function mutate (input: Buffer, m: Mutation): Buffer {
     }
     case 'flags': {
       if (len === 0) return b
-      b[0] = (b[0] & 0xf0) | m.nibble
+      b[0] = (b.readUInt8(0) & 0xf0) | m.nibble
       return b
     }
     case 'type': {
       if (len === 0) return b
-      b[0] = (m.type << 4) | (b[0] & 0x0f)
+      b[0] = (m.type << 4) | (b.readUInt8(0) & 0x0f)
       return b
     }
     case 'level': {
       // CONNECT: fixed header, protocol name (2-byte length + name), then the level
       const end = headerEnd(b)
-      if (end === null || (b[0] >> 4) !== 1 || len < end + 2) return b
+      if (end === null || (b.readUInt8(0) >> 4) !== 1 || len < end + 2) return b
       const at = end + 2 + b.readUInt16BE(end)
       if (at < len) b[at] = m.level
       return b

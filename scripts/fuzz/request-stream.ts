@@ -145,7 +145,7 @@ export class RequestLane {
     await this.until(() => this.closed || (replyIndex() >= 0 && (c.qos === 0 || acked)), this.opts.replyTimeoutMs)
 
     const at = replyIndex()
-    const rawReply = at >= 0 ? this.seen[at].reply : undefined
+    const rawReply = at >= 0 ? this.seen[at]?.reply : undefined
     if (exp.kind === 'close') {
       if (rawReply !== undefined) result.problem = `answered instead of closing the connection (${exp.why})`
       else if (!this.closed) result.problem = `the connection stayed open after a protocol violation (${exp.why})`

@@ -209,6 +209,7 @@ const extraValue = fc.oneof(
 
 function fieldEntry (key: string, optional: boolean): fc.Arbitrary<Array<[string, Val]>> {
   const gen = FIELDS[key]
+  if (gen === undefined) throw new Error(`scripts/fuzz/requests.ts has no generator for ${key}`)
   return fc.oneof(
     { arbitrary: gen.valid.map(v => [[key, v]] as Array<[string, Val]>), weight: 60 },
     { arbitrary: gen.bad.map(v => [[key, v]] as Array<[string, Val]>), weight: 2 },
@@ -257,11 +258,14 @@ const payload: fc.Arbitrary<Payload> = fc.oneof(
 
 /** Topics outside the operations: other im/ topics, $ topics, unknown operations, noise. */
 const rawTopic = fc.oneof(
-  { arbitrary: fc.constantFrom(
-    'im/req', 'im/req/', 'im/req/Send', 'im/req/send/x', 'im/req/__proto__', 'im/req/constructor', 'im/req/hasOwnProperty', 'im/req/toString',
+  {
+    arbitrary: fc.constantFrom(
+      'im/req', 'im/req/', 'im/req/Send', 'im/req/send/x', 'im/req/__proto__', 'im/req/constructor', 'im/req/hasOwnProperty', 'im/req/toString',
     `im/u/${FUZZ_USER}/m`, `im/u/${FUZZ_USER}/r/c0`, 'im/u/bya/m', 'im/u/bya/e', '$SYS/broker', '$mqim/revoke', '$mqim/sink', '$mqim/invalidate', '$mqim/seq',
     'im', '/', '//', 'x', 'IM/req/send', ' im/req/send'
-  ), weight: 4 },
+    ),
+    weight: 4
+  },
   { arbitrary: weird(1, 20).map(s => 'im/req/' + s.replace(/[+#]/g, '_')), weight: 3 },
   { arbitrary: weird(1, 30).map(s => s.replace(/[+#]/g, '_')), weight: 3 },
   // 100 levels is Aedes' maximum: more closes the connection

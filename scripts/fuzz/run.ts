@@ -138,14 +138,13 @@ function packetCases (seed: number, packets: number): PacketCase[] {
   return out
 }
 
-/** Runs `work` for indexes 0..n-1 on `lanes` concurrent workers, until done or `abort()`. */
-async function inLanes (n: number, lanes: number, abort: () => boolean, work: (lane: number, i: number) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(lanes, n) }, async (_v, lane) => {
-    while (!abort()) {
-      const i = next++
-      if (i >= n) return
-      await work(lane, i)
+/** Runs `work` for every item (with its index) on `lanes` concurrent workers, until done or `abort()`. */
+async function inLanes<T> (items: readonly T[], lanes: number, abort: () => boolean, work: (lane: number, item: T, i: number) => Promise<void>): Promise<void> {
+  const queue = items.entries() // shared by the lanes: each item is taken by one of them
+  await Promise.all(Array.from({ length: Math.min(lanes, items.length) }, async (_v, lane) => {
+    for (const [i, item] of queue) {
+      if (abort()) return
+      await work(lane, item, i)
     }
   }))
 }
@@ -225,21 +224,23 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
 
     const t0 = performance.now()
     await Promise.all([
-      inLanes(pCases.length, opts.packetLanes, abort, async (lane, i) => {
-        inFlight.set(`p${lane}`, `packet case ${i}: ${JSON.stringify(pCases[i]).slice(0, 1500)}`)
-        const r = await runPacketCase(pCases[i], `r${i}`, pctx as PacketContext)
+      inLanes(pCases, opts.packetLanes, abort, async (lane, pCase, i) => {
+        inFlight.set(`p${lane}`, `packet case ${i}: ${JSON.stringify(pCase).slice(0, 1500)}`)
+        const r = await runPacketCase(pCase, `r${i}`, pctx as PacketContext)
         // once the server is dead, what the cases in flight saw is its death, reported once above
         if (!crashed) packetResults[i] = r
         inFlight.delete(`p${lane}`)
       }),
-      inLanes(rCases.length, opts.requestLanes, abort, async (lane, i) => {
-        inFlight.set(`r${lane}`, `request case ${i}: ${describeCase(rCases[i]).slice(0, 1500)}`)
+      inLanes(rCases, opts.requestLanes, abort, async (lane, rCase, i) => {
+        inFlight.set(`r${lane}`, `request case ${i}: ${describeCase(rCase).slice(0, 1500)}`)
         try {
-          const r = await lanes[lane].run(rCases[i])
+          const requestLane = lanes[lane]
+          if (requestLane === undefined) throw new Error(`no request lane ${lane}`)
+          const r = await requestLane.run(rCase)
           if (!crashed) requestResults[i] = r
         } catch (err) {
           // the lane could not (re)connect: the server refused the fuzz user or is gone
-          if (!crashed) failures.push({ stream: 'requests', index: i, problem: `lane c${lane} failed: ${(err as Error).message}`, input: describeCase(rCases[i]) })
+          if (!crashed) failures.push({ stream: 'requests', index: i, problem: `lane c${lane} failed: ${(err as Error).message}`, input: describeCase(rCase) })
         }
         inFlight.delete(`r${lane}`)
       })
@@ -248,25 +249,25 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
 
     // ---- stream 1 figures
     const p = report.packets
-    for (let i = 0; i < pCases.length; i++) {
+    for (const [i, pCase] of pCases.entries()) {
       const r = packetResults[i]
       if (r === undefined) continue
       p.cases++
       p.packets += r.packets
       p.bytes += r.bytes
       p.outcomes[r.outcome]++
-      p.byTransport[pCases[i].transport]++
-      if (pCases[i].login) p.loggedIn++
-      if (pCases[i].login && pCases[i].packets.every(x => x.mutations.length === 0 && keepsConnection(x.base))) p.mustStayAlive++
+      p.byTransport[pCase.transport]++
+      if (pCase.login) p.loggedIn++
+      if (pCase.login && pCase.packets.every(x => x.mutations.length === 0 && keepsConnection(x.base))) p.mustStayAlive++
       if (r.armedWill) p.armedWills++
       if (r.mustClose) p.mustClose++
       for (const code of r.connacks) p.connacks[code] = (p.connacks[code] ?? 0) + 1
       p.replies += r.replies
-      if (r.problem !== null) failures.push({ stream: 'packets', index: i, problem: r.problem, input: JSON.stringify(pCases[i]).slice(0, 3000), detail: `bytes: ${r.hex}` })
+      if (r.problem !== null) failures.push({ stream: 'packets', index: i, problem: r.problem, input: JSON.stringify(pCase).slice(0, 3000), detail: `bytes: ${r.hex}` })
     }
     // ---- stream 2 figures
     const q = report.requests
-    for (let i = 0; i < rCases.length; i++) {
+    for (const [i, rCase] of rCases.entries()) {
       const r = requestResults[i]
       if (r === undefined) continue
       q.sent++
@@ -280,9 +281,9 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
       q.byOp[op][code] = (q.byOp[op][code] ?? 0) + 1
       if (r.deviation !== null) {
         q.deviations.count++
-        if (q.deviations.examples.length < 3) q.deviations.examples.push(`${r.deviation}: ${describeRequestFailure(rCases[i], r)}`)
+        if (q.deviations.examples.length < 3) q.deviations.examples.push(`${r.deviation}: ${describeRequestFailure(rCase, r)}`)
       }
-      if (r.problem !== null) failures.push({ stream: 'requests', index: i, problem: r.problem, input: describeCase(rCases[i]), detail: describeRequestFailure(rCases[i], r) })
+      if (r.problem !== null) failures.push({ stream: 'requests', index: i, problem: r.problem, input: describeCase(rCase), detail: describeRequestFailure(rCase, r) })
     }
     q.reconnects = lanes.reduce((s, l) => s + l.reconnects, 0)
 

@@ -148,9 +148,9 @@ describe('aedes-persistence 11.0.0: offline queues are unbounded (workaround 6)'
   const packet = (i: number): Record<string, unknown> => ({ cmd: 'publish', topic: 't', payload: Buffer.alloc(100), qos: 1, brokerId: 'b', brokerCounter: i, messageId: i })
 
   async function queued (p: MemoryPersistence): Promise<number> {
-    let n = 0
-    for await (const _ of p.outgoingStream({ id: 'c' })) n++
-    return n
+    const packets: unknown[] = []
+    for await (const packet of p.outgoingStream({ id: 'c' })) packets.push(packet)
+    return packets.length
   }
 
   test('upstream: 2,000 messages for one session, 2,000 queued', async () => {
