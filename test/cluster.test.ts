@@ -54,9 +54,13 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     for (const c of [alice, bob, carol1, carol2]) {
       await c.waitFor(() => c.messages.filter(m => m.conv === g.conv).length >= 2 * PER, 60000, `${c.userId}:${c.deviceId}`)
     }
-    await new Promise(resolve => setTimeout(resolve, 300))
+    // a late duplicate would arrive before a marker sent now, through either node
+    const marker = await bob.request('send', { conv: g.conv, msgId: 'marker', kind: 'text', body: 'marker' })
     for (const c of [alice, bob, carol1, carol2]) {
-      const seqs = inOrderOnce(c.messages, g.conv)
+      await c.waitFor(() => c.messages.some(m => m.conv === g.conv && m.seq === marker.seq), 20000, `${c.userId}:${c.deviceId} marker`)
+    }
+    for (const c of [alice, bob, carol1, carol2]) {
+      const seqs = inOrderOnce(c.messages, g.conv).filter(s => s !== marker.seq)
       // once each; in order per conversation
       expect(seqs).toEqual(Array.from({ length: 2 * PER }, (_, i) => i + 1))
     }
@@ -67,7 +71,7 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect(dup.duplicate).toBe(true)
     expect(dup.seq).toBe(a[7] ?? dup.seq)
     const h = await again.request('history', { conv: g.conv, after: 2 * PER - 1 })
-    expect(h.lastSeq).toBe(2 * PER)
+    expect(h.lastSeq).toBe(2 * PER + 1) // the marker
   }, 120000)
 
   test('membership changes on one node take effect on the other', async () => {
@@ -111,9 +115,11 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     await watcher.mqtt.subscribeAsync('im/u/gina/#', { qos: 1 })
     for (const id of ['w1', 'w2', 'w3']) await requester.request('list', { id })
     await watcher.waitFor(() => seen.length >= 3, 10000, 'the replies on node 2')
-    await new Promise(resolve => setTimeout(resolve, 200))
-    expect(seen).toEqual(['w1', 'w2', 'w3'])
-    expect(requester.replies.map(r => r.id)).toEqual(['w1', 'w2', 'w3'])
+    // duplicates would arrive before the copy of a later reply
+    await requester.request('list', { id: 'marker' })
+    await watcher.waitFor(() => seen.includes('marker'), 10000, 'the marker on node 2')
+    expect(seen).toEqual(['w1', 'w2', 'w3', 'marker'])
+    expect(requester.replies.map(r => r.id)).toEqual(['w1', 'w2', 'w3', 'marker'])
   })
 
   test('clientId takeover across nodes: the newer connection wins', async () => {

@@ -65,8 +65,12 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
     for (const c of [alice, bob, carol, carolWeb, aliceTablet]) {
       await c.waitFor(() => c.messages.filter(m => m.conv === group.conv).length >= 2 * PER_SENDER, 60000, `${c.userId}:${c.deviceId} deliveries`)
     }
-    await new Promise(resolve => setTimeout(resolve, 200)) // would expose late duplicates
-    for (const c of [alice, bob, carol, carolWeb, aliceTablet]) assertInOrderOnce(c.messages, group.conv, 2 * PER_SENDER)
+    // a late duplicate would arrive before a marker message sent now (deliveries follow commit order)
+    const marker = await alice.request('send', { conv: group.conv, msgId: 'marker', kind: 'text', body: 'marker' })
+    for (const c of [alice, bob, carol, carolWeb, aliceTablet]) {
+      await c.waitFor(() => c.messages.some(m => m.conv === group.conv && m.seq === marker.seq), 20000, `${c.userId}:${c.deviceId} marker`)
+    }
+    for (const c of [alice, bob, carol, carolWeb, aliceTablet]) assertInOrderOnce(c.messages, group.conv, 2 * PER_SENDER + 1)
     // per-sender order is preserved: alice's messages appear in the order she sent them is not
     // promised under a window of 50, but each envelope matches its ack
     const bySeq = new Map(carol.messages.map(m => [m.seq, m]))
@@ -84,7 +88,7 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
       if (!page.hasMore || last === undefined) break
       after = last.seq
     }
-    expect(seen.map(m => m.seq)).toEqual(Array.from({ length: 2 * PER_SENDER }, (_, i) => i + 1))
+    expect(seen.map(m => m.seq)).toEqual(Array.from({ length: 2 * PER_SENDER + 1 }, (_, i) => i + 1)) // and the marker
     expect(seen).toEqual(carol.messages.filter(m => m.conv === group.conv))
   }, 180000)
 

@@ -132,17 +132,23 @@ describe('authorization', () => {
     await bob.waitFor(() => bob.messages.some(m => m.seq === sent.seq))
     expect(bob.messages.slice(before).map(m => m.body)).toEqual(['real'])
     expect(eve.mqtt.connected).toBe(true)
-    // a retained publish left nothing behind for new subscribers
+    // a retained publish left nothing behind for new subscribers: retained messages come with the
+    // subscription, before the reply to a request made after it
     const late = await connect(server, 'eve', 'late')
-    await new Promise(resolve => setTimeout(resolve, 200))
+    await late.request('list', {})
     expect(late.messages).toEqual([])
+    expect(late.events).toEqual([])
     await late.end()
   })
 
   test('the eavesdropper saw nothing of the alice-bob conversation', async () => {
     await alice.request('send', { conv, msgId: 'secret', kind: 'text', body: 'secret' })
-    await new Promise(resolve => setTimeout(resolve, 200))
-    expect(eve.messages).toEqual([])
+    // a marker eve does get, sent after the secret: deliveries follow commit order, so a leaked
+    // secret would have reached eve before it
+    const withEve = (await alice.request('direct', { user: 'eve' })).conv
+    const marker = await alice.request('send', { conv: withEve, msgId: 'marker-eve', kind: 'text', body: 'for eve' })
+    await eve.waitFor(() => eve.messages.some(m => m.conv === withEve && m.seq === marker.seq), 5000, 'the marker')
+    expect(eve.messages.map(m => m.conv)).toEqual([withEve])
     expect(eve.events.filter(e => e.conv === conv)).toEqual([])
   })
 
@@ -157,9 +163,12 @@ describe('authorization', () => {
     })
     const before = (await alice.request('history', { conv })).lastSeq
     willing.stream.destroy() // no DISCONNECT: Aedes would publish the will
-    await new Promise(resolve => setTimeout(resolve, 300))
+    // Aedes publishes a will as the connection closes: once the server has dropped the session,
+    // it has happened (or not), and a marker sent now is stored after anything it caused
+    await alice.waitFor(() => !server.internals.sessions.sessionsOf('alice').some(s => s.deviceId === 'willing'), 5000, 'the session to end')
+    const marker = await alice.request('send', { conv, msgId: 'after-the-will', kind: 'text', body: 'marker' })
+    expect(marker.seq).toBe(before + 1)
     const after = await alice.request('history', { conv })
-    expect(after.lastSeq).toBe(before)
     expect(after.messages.map((m: { msgId: string }) => m.msgId)).not.toContain('from-the-grave')
     willing.end(true)
   })
@@ -167,8 +176,9 @@ describe('authorization', () => {
   test('replies go to the requesting device only', async () => {
     const other = await connect(server, 'alice', 'other')
     await alice.request('list', {})
-    await new Promise(resolve => setTimeout(resolve, 100))
-    expect(other.replies).toEqual([])
+    // other's own reply comes after anything routed to it for alice's request
+    await other.request('list', { id: 'mine' })
+    expect(other.replies.map(r => r.id)).toEqual(['mine'])
     await other.end()
   })
 
@@ -186,9 +196,13 @@ describe('authorization', () => {
       await alice.mqtt.publishAsync('im/req/list', JSON.stringify({ id }), { qos: 1 })
       expect(alice.replies.slice(before).map(r => r.id)).toEqual([id])
       await alice.waitFor(() => watched.some(w => w.id === id), 5000, 'the watcher to see the reply')
-      await new Promise(resolve => setTimeout(resolve, 100))
-      expect(alice.replies.slice(before).map(r => r.id)).toEqual([id])
+      // a second copy would arrive before the reply to a later request
+      const marker = 'marker-' + id
+      await alice.request('list', { id: marker })
+      await alice.waitFor(() => watched.some(w => w.id === marker), 5000, 'the watcher to see the marker')
+      expect(alice.replies.slice(before).map(r => r.id)).toEqual([id, marker])
       expect(watched.filter(w => w.id === id)).toEqual([{ topic: 'im/u/alice/r/a', id }])
+      expect(watched.filter(w => w.id === marker)).toEqual([{ topic: 'im/u/alice/r/a', id: marker }])
     } finally {
       await alice.mqtt.unsubscribeAsync('im/u/alice/#')
       await watcher.endAsync()

@@ -21,8 +21,8 @@ export class Revocations {
   private cursor: string | null = null
   private timer: NodeJS.Timeout | null = null
   private polling: Promise<void> | null = null
-  /** The (disabled, secret) state last seen per user, so a change reported twice acts once. */
-  private readonly seen = new LRUCache<string, string>({ max: 100_000 })
+  /** The (disabled, secret) state last seen per user: what changed since the last report. */
+  private readonly seen = new LRUCache<string, { disabled: boolean, secretHash: string }>({ max: 100_000 })
 
   constructor (
     private readonly sessions: Sessions,
@@ -62,13 +62,23 @@ export class Revocations {
     for (const user of changes.users) this.apply(user)
   }
 
+  /**
+   * A reported user (a change may be reported several times, and the first report of a user may
+   * be its creation). Disabled: every session ends, and logins in flight are refused, the first
+   * time it is seen disabled. Otherwise the sessions that logged in with another secret end, on
+   * every report (so a login that was in flight during an earlier report is caught by a later
+   * one); logins in flight are refused only when the secret is known to have changed.
+   */
   private apply (user: UserRecord): void {
-    const state = `${user.disabled ? 1 : 0}\u0000${user.secretHash}`
-    if (this.seen.get(user.id) === state) return
-    this.seen.set(user.id, state)
-    const ended = user.disabled
-      ? this.sessions.disconnectUser(user.id, 'account disabled')
-      : this.sessions.disconnectWhere(user.id, s => s.secretHash !== user.secretHash, 'secret reset')
+    const before = this.seen.get(user.id)
+    this.seen.set(user.id, { disabled: user.disabled, secretHash: user.secretHash })
+    let ended = 0
+    if (user.disabled) {
+      if (before?.disabled !== true) ended = this.sessions.disconnectUser(user.id, 'account disabled')
+    } else {
+      const secretChanged = before !== undefined && before.secretHash !== user.secretHash
+      ended = this.sessions.disconnectWhere(user.id, s => s.secretHash !== user.secretHash, 'secret reset', { mark: secretChanged })
+    }
     if (ended > 0) this.logger.info({ user: user.id, sessions: ended }, 'sessions ended after an account change in the store')
   }
 

@@ -4,8 +4,8 @@
  * `connectionsPerAddress`, HTTP sockets included: closed at once beyond it), gets TCP_NODELAY,
  * and is tracked so that stop() can end it. Every MQTT connection handed to the broker gets the
  * per-connection guards of upstream.ts: a maximum packet size (a small one for CONNECT), SUBACK
- * QoS at most 1, and writes that never hold the broker's shared delivery slots (the session
- * bounds what waits to be written instead).
+ * QoS at most 1, writes that never hold the broker's shared delivery slots (the session bounds
+ * what waits to be written instead), and no delivery before the CONNACK.
  */
 import net from 'node:net'
 import tls from 'node:tls'
@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream'
 import type { Aedes, Client } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
-import { grantAtMostQos1, limitPacketSize, neverWaitForDrain } from './upstream.js'
+import { connackFirst, grantAtMostQos1, limitPacketSize, neverWaitForDrain } from './upstream.js'
 
 export interface ListenerLimits {
   connectionsPerAddress: number
@@ -77,6 +77,7 @@ export class Listeners {
     limitPacketSize(client, this.limits.maxConnectPacketBytes, this.limits.maxPacketBytes)
     grantAtMostQos1(client)
     neverWaitForDrain(client, this.onBackpressure)
+    connackFirst(client)
   }
 
   async listenTcp (port: number, host: string): Promise<number> {

@@ -164,9 +164,12 @@ export class Sessions {
     return this.disconnectWhere(userId, () => true, reason)
   }
 
-  /** Ends the user's sessions that match, and marks the user revoked for logins in flight. */
-  disconnectWhere (userId: string, match: (s: Session) => boolean, reason: string): number {
-    this.revokedAt.set(userId, ++this.mark)
+  /**
+   * Ends the user's sessions that match; unless told otherwise also marks the user revoked, so that
+   * logins in flight (which may have read the account before the change) are refused.
+   */
+  disconnectWhere (userId: string, match: (s: Session) => boolean, reason: string, options: { mark: boolean } = { mark: true }): number {
+    if (options.mark) this.revokedAt.set(userId, ++this.mark)
     let n = 0
     for (const c of [...(this.byUser.get(userId) ?? [])]) {
       const s = this.entries.get(c)?.session

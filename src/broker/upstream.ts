@@ -18,6 +18,10 @@
  *     5. Aedes calls persistence.addSubscriptions once per topic of a SUBSCRIBE, which with
  *        aedes-persistence-redis 11.2.2 + mqemitter-redis hangs multi-topic SUBSCRIBEs of
  *        persistent sessions (coalesceAddSubscriptions).
+ *     9. a message routed to a persistent session between the restore of its subscriptions and
+ *        its CONNACK is written before the CONNACK [against MQTT-3.2.0-1]; mqtt.js then waits for
+ *        the PUBACK it queued for that PUBLISH and never reads the CONNACK (the connect times out):
+ *        deliveries to a client wait until it is connected (connackFirst).
  *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
  *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
  *   mqemitter 7.1.0
@@ -36,9 +40,13 @@ import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
+type Deliver = (packet: unknown, done: () => void) => void
+
 interface ClientInternals {
   _parser: MqttParser
   waitForDrain: (callback: (err: Error | null, client: Client) => void) => void
+  deliverQoS: Deliver
+  deliver0: Deliver
   will?: unknown
   errored?: boolean
 }
@@ -125,6 +133,35 @@ export function grantAtMostQos1 (client: Client): void {
     for (const s of packet.subscriptions) if (s.qos > 1) s.qos = 1
   })
 }
+
+/**
+ * 9. Deliveries to a client that is not connected yet (CONNACK and, for a persistent session, its
+ * queued messages not yet written) wait, in order, and go out once it is: after the queue, so a
+ * device still gets a conversation's messages in seq order (a message may come twice, once from
+ * the queue and once live; clients drop duplicates by seq). The emitter is told at once that the
+ * delivery is done (the connect may itself wait for the publish). At most `max` wait; beyond,
+ * they are not delivered live (clients sync by seq). If the connection ends first, they are dropped.
+ */
+export function connackFirst (client: Client, max = 1000): void {
+  const c = internals(client)
+  let waiting: Array<{ deliver: Deliver, packet: unknown }> | null = []
+  const defer = (deliver: Deliver): Deliver => (packet, done) => {
+    if (waiting === null) { deliver(packet, done); return }
+    // the emitter is released at once: the connect itself may be waiting for this publish
+    setImmediate(done)
+    if (waiting.length < max) waiting.push({ deliver, packet })
+  }
+  c.deliverQoS = defer(c.deliverQoS)
+  c.deliver0 = defer(c.deliver0)
+  client.once('connected', () => {
+    const ready = waiting ?? []
+    waiting = null
+    for (const w of ready) w.deliver(w.packet, noop)
+  })
+  client.conn.once('close', () => { waiting = null })
+}
+
+function noop (): void {}
 
 interface SubscriptionStore {
   addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>

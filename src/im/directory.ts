@@ -34,7 +34,8 @@ export class ConversationDirectory {
     this.entries = new LRUCache({ max: maxEntries })
     this.invalidatedAt = new LRUCache({
       max: maxEntries * 2,
-      dispose: (n) => { this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
+      // only a record evicted for room is forgotten (an overwrite keeps a newer number)
+      dispose: (n, _conv, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
     })
     bus.on(INVALIDATE_TOPIC, (notice) => {
       if (typeof notice.conv === 'string') this.invalidateLocal(notice.conv)

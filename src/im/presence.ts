@@ -178,9 +178,9 @@ export class PresenceService {
   }
 
   /**
-   * Everyone who shares a conversation (of at most maxAudience members) with the user: three
-   * store round trips at most (memberships, member counts, the members of the small ones that are
-   * not cached), whatever the number of conversations.
+   * Everyone who shares a conversation (of at most maxAudience members) with the user: four
+   * batched store calls at most (memberships, member counts, and the conversations and members of
+   * the small ones that are not cached), whatever the number of conversations.
    */
   async contactsOf (userId: string): Promise<Set<string>> {
     const convIds = (await this.opts.meta.memberListByUser(userId)).map(m => m.conversationId)

@@ -10,5 +10,6 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     outgoingUpdate (client: { id: string }, packet: unknown): Promise<void>
     outgoingClearMessageId (client: { id: string }, packet: unknown): Promise<{ payload?: unknown } | undefined>
     outgoingStream (client: { id: string }): Readable
+    delWill (client: { id: string }): Promise<unknown>
   }
 }

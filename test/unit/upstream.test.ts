@@ -12,7 +12,7 @@ import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../helpers/raw-mqtt.js'
 import {
-  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, createEmitter, grantAtMostQos1,
+  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, grantAtMostQos1,
   limitPacketSize, neverWaitForDrain, skipSinkPublishes
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
@@ -114,6 +114,45 @@ describe('aedes 1.2.0: the granted QoS is recorded before authorizeSubscribe (wo
 
   test('workaround: QoS 2 requests become QoS 1 before Aedes records them', async () => {
     expect(await subackFor(true)).toEqual([1, 0])
+  })
+})
+
+describe('aedes 1.2.0: a message routed between restoring a session and its CONNACK is written first (workaround 9)', () => {
+  async function firstPackets (patch: boolean): Promise<string[]> {
+    const persistence = new MemoryPersistence()
+    const broker = await Aedes.createBroker({ persistence })
+    // a persistent session with a subscription, offline
+    const first = duplexPair()
+    broker.handle(first.server)
+    await connectClean(first.client, 's', false)
+    first.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 0 }] })
+    await first.client.next('suback')
+    first.client.send({ cmd: 'disconnect' })
+    await settle()
+    // a message arrives while the session is being restored: after its subscriptions are back,
+    // before the CONNACK (Aedes deletes the old will in between)
+    const delWill = persistence.delWill.bind(persistence)
+    persistence.delWill = async (client) => {
+      await new Promise<void>(resolve => broker.publish({ cmd: 'publish', topic: 't', payload: Buffer.from('x'), qos: 0, retain: false, dup: false }, () => resolve()))
+      await settle()
+      return await delWill(client)
+    }
+    const again = duplexPair()
+    const client = broker.handle(again.server)
+    if (patch) connackFirst(client)
+    await connectClean(again.client, 's', false)
+    await again.client.next('connack')
+    await again.client.next('publish')
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return again.client.received.map(p => p.cmd)
+  }
+
+  test('upstream: the PUBLISH comes before the CONNACK', async () => {
+    expect(await firstPackets(false)).toEqual(['publish', 'connack'])
+  })
+
+  test('workaround: the CONNACK comes first, the message after it', async () => {
+    expect(await firstPackets(true)).toEqual(['connack', 'publish'])
   })
 })
 

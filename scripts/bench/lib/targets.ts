@@ -124,11 +124,22 @@ const BENCH_LIMITS: Record<string, number> = {
   connectionsPerUser: 100_000
 }
 
-/** The `limits` section the bench gives the server of checkout `root` (see BENCH_LIMITS). */
-export function liftedLimits (root: string): Record<string, number> {
-  const defaults = JSON.parse(readFileSync(path.join(root, 'config', 'default.json'), 'utf8')) as { limits?: Record<string, unknown> }
-  const known = new Set(Object.keys(defaults.limits ?? {}))
-  return Object.fromEntries(Object.entries(BENCH_LIMITS).filter(([k]) => known.has(k)))
+/** Login settings raised likewise: thousands of password users connect at once (scrypt in line, not refused). */
+const BENCH_AUTH: Record<string, number> = {
+  maxQueuedLogins: 1_000_000
+}
+
+/** The config the bench gives the server of checkout `root`: BENCH_LIMITS and BENCH_AUTH where it knows them. */
+export function liftedConfig (root: string): Record<string, Record<string, number>> {
+  const defaults = JSON.parse(readFileSync(path.join(root, 'config', 'default.json'), 'utf8')) as Record<string, Record<string, unknown> | undefined>
+  const lift = (section: string, values: Record<string, number>): Record<string, number> => {
+    const known = new Set(Object.keys(defaults[section] ?? {}))
+    return Object.fromEntries(Object.entries(values).filter(([k]) => known.has(k)))
+  }
+  const config: Record<string, Record<string, number>> = { limits: lift('limits', BENCH_LIMITS) }
+  const auth = lift('auth', BENCH_AUTH)
+  if (Object.keys(auth).length > 0) config.auth = auth
+  return config
 }
 
 export async function startMqim (dir: string, options: MqimOptions): Promise<Target> {
@@ -137,7 +148,7 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   const dataDir = path.join(dir, 'data')
   const configFile = path.join(dir, 'config.json')
   const root = options.root ?? ROOT
-  writeFileSync(configFile, JSON.stringify(options.limits === 'defaults' ? {} : { limits: liftedLimits(root) }, null, 2))
+  writeFileSync(configFile, JSON.stringify(options.limits === 'defaults' ? {} : liftedConfig(root), null, 2))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
     MQIM_CONFIG: configFile,

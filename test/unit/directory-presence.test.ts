@@ -1,0 +1,135 @@
+/**
+ * The conversation directory and presence in-process, on the in-memory metadata store with every
+ * store call counted: loads that race an invalidation do not cache stale members, the least
+ * recently used conversations are evicted first, batched loads cost two store calls whatever their
+ * size, and presence finds a user's contacts in a fixed number of calls.
+ */
+import { MemoryMetadataStore } from '../../src/store/metadata-memory.js'
+import type { ConversationRecord, MemberRecord, MetadataStore } from '../../src/store/types.js'
+import { ConversationDirectory } from '../../src/im/directory.js'
+import { MemoryPresenceStore, PresenceService } from '../../src/im/presence.js'
+import type { ClusterBus } from '../../src/broker/bus.js'
+import type { Publisher } from '../../src/im/publisher.js'
+import type { ImEvent } from '../../src/protocol/schemas.js'
+import { createLogger } from '../../src/log.js'
+
+/** The memory store with a count of calls per method, and an optional gate that holds memberList's answer. */
+function counted (inner: MetadataStore): { store: MetadataStore, calls: Map<string, number>, hold: { memberList: Promise<void> | null } } {
+  const calls = new Map<string, number>()
+  const hold: { memberList: Promise<void> | null } = { memberList: null }
+  const store = new Proxy(inner, {
+    get (target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver)
+      if (typeof value !== 'function' || typeof prop !== 'string') return value
+      return async (...args: unknown[]) => {
+        calls.set(prop, (calls.get(prop) ?? 0) + 1)
+        const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+        // held after reading: what comes back may be stale by the time it is used
+        if (prop === 'memberList' && hold.memberList !== null) await hold.memberList
+        return result
+      }
+    }
+  })
+  return { store, calls, hold }
+}
+
+const noBus = { on: () => {}, publish: () => {}, clustered: false } as unknown as ClusterBus
+
+function group (id: string): ConversationRecord {
+  return { id, kind: 'group', name: id, directKey: null, createdBy: 'alice', createdAt: 1 }
+}
+function member (conversationId: string, userId: string): MemberRecord {
+  return { conversationId, userId, role: 'member', readSeq: 0, muted: false, joinedAt: 1 }
+}
+
+describe('ConversationDirectory', () => {
+  test('a load that races an invalidation returns what it read but does not cache it', async () => {
+    const meta = new MemoryMetadataStore()
+    await meta.conversationCreate(group('g'), [member('g', 'alice')])
+    const { store, calls, hold } = counted(meta)
+    const directory = new ConversationDirectory(store, noBus)
+    let release: () => void = () => {}
+    hold.memberList = new Promise(resolve => { release = resolve })
+    const loading = directory.get('g')
+    while (calls.get('memberList') !== 1) await new Promise(resolve => setImmediate(resolve))
+    // the members were read (alice alone); bob joins before the load is done
+    await meta.memberAdd([member('g', 'bob')])
+    directory.invalidateLocal('g')
+    hold.memberList = null
+    release()
+    expect((await loading)?.memberIds).toEqual(['alice'])
+    expect(directory.peek('g')).toBeUndefined()
+    expect((await directory.get('g'))?.memberIds.slice().sort()).toEqual(['alice', 'bob'])
+    expect(directory.peek('g')).toBeDefined()
+  })
+
+  test('the least recently used conversations are evicted first', async () => {
+    const meta = new MemoryMetadataStore()
+    for (const id of ['a', 'b', 'c', 'd']) await meta.conversationCreate(group(id), [member(id, 'alice')])
+    const directory = new ConversationDirectory(meta, noBus, 3)
+    for (const id of ['a', 'b', 'c']) await directory.get(id)
+    await directory.get('a') // a is hot again
+    await directory.get('d') // room for d: b goes, not a
+    expect(['a', 'b', 'c', 'd'].map(id => directory.peek(id) !== undefined)).toEqual([true, false, true, true])
+  })
+
+  test('getMany loads the missing entries in two store calls, whatever their number', async () => {
+    const meta = new MemoryMetadataStore()
+    const ids = Array.from({ length: 300 }, (_, i) => `g${i}`)
+    for (const id of ids) await meta.conversationCreate(group(id), [member(id, 'alice'), member(id, `u${id}`)])
+    const { store, calls } = counted(meta)
+    const directory = new ConversationDirectory(store, noBus)
+    await directory.get('g0')
+    calls.clear()
+    const entries = await directory.getMany([...ids, 'nope', 'g1'])
+    expect(entries.size).toBe(300)
+    expect(Object.fromEntries(calls)).toEqual({ conversationGetMany: 1, memberListMany: 1 })
+    expect(entries.get('g7')?.memberIds).toEqual(['alice', 'ug7'])
+  })
+})
+
+describe('PresenceService', () => {
+  test('contacts of a user in 200 conversations cost four store calls, and big groups are left out', async () => {
+    const meta = new MemoryMetadataStore()
+    for (let i = 0; i < 200; i++) await meta.conversationCreate(group(`g${i}`), [member(`g${i}`, 'alice'), member(`g${i}`, `friend${i % 50}`)])
+    await meta.conversationCreate(group('big'), ['alice', ...Array.from({ length: 20 }, (_, i) => `crowd${i}`)].map(u => member('big', u)))
+    const { store, calls } = counted(meta)
+    const events: Array<{ to: string[], event: ImEvent }> = []
+    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+    const presence = new PresenceService({
+      store: new MemoryPresenceStore(), meta: store, directory: new ConversationDirectory(store, noBus), publisher,
+      logger: createLogger('silent'), maxAudience: 10, notifyIntervalMs: 0
+    })
+    const contacts = await presence.contactsOf('alice')
+    expect(contacts.size).toBe(50)
+    expect([...contacts].some(u => u.startsWith('crowd'))).toBe(false)
+    expect(Object.fromEntries(calls)).toEqual({ memberListByUser: 1, memberCountMany: 1, conversationGetMany: 1, memberListMany: 1 })
+    await presence.close()
+  })
+
+  test('online while any connection is up; one event per transition to the contacts', async () => {
+    const meta = new MemoryMetadataStore()
+    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
+    const events: Array<{ to: string[], event: ImEvent }> = []
+    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+    const presence = new PresenceService({
+      store: new MemoryPresenceStore(), meta, directory: new ConversationDirectory(meta, noBus), publisher,
+      logger: createLogger('silent'), notifyIntervalMs: 0
+    })
+    const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
+    await presence.connected('alice', 'c1')
+    await told(1)
+    await presence.connected('alice', 'c2')
+    await presence.disconnected('alice', 'c1')
+    expect((await presence.status(['alice']))[0]?.online).toBe(true)
+    await presence.disconnected('alice', 'c2')
+    expect((await presence.status(['alice']))[0]?.online).toBe(false)
+    await told(2)
+    // a third transition as a marker: an event for the second device's coming or the first's
+    // going (no transitions) would have come before it
+    await presence.connected('alice', 'c3')
+    await told(3)
+    expect(events.map(e => [e.to, (e.event as { online: boolean }).online])).toEqual([[['bob'], true], [['bob'], false], [['bob'], true]])
+    await presence.close()
+  })
+})
