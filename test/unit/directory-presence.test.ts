@@ -97,8 +97,13 @@ describe('PresenceService', () => {
     const events: Array<{ to: string[], event: ImEvent }> = []
     const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
     const presence = new PresenceService({
-      store: new MemoryPresenceStore(), meta: store, directory: new ConversationDirectory(store, noBus), publisher,
-      logger: createLogger('silent'), maxAudience: 10, notifyIntervalMs: 0
+      store: new MemoryPresenceStore(),
+      meta: store,
+      directory: new ConversationDirectory(store, noBus),
+      publisher,
+      logger: createLogger('silent'),
+      maxAudience: 10,
+      notifyIntervalMs: 0
     })
     const contacts = await presence.contactsOf('alice')
     expect(contacts.size).toBe(50)
@@ -113,8 +118,12 @@ describe('PresenceService', () => {
     const events: Array<{ to: string[], event: ImEvent }> = []
     const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
     const presence = new PresenceService({
-      store: new MemoryPresenceStore(), meta, directory: new ConversationDirectory(meta, noBus), publisher,
-      logger: createLogger('silent'), notifyIntervalMs: 0
+      store: new MemoryPresenceStore(),
+      meta,
+      directory: new ConversationDirectory(meta, noBus),
+      publisher,
+      logger: createLogger('silent'),
+      notifyIntervalMs: 0
     })
     const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
     await presence.connected('alice', 'c1')
