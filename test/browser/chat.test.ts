@@ -18,6 +18,13 @@ let server: MqimServer
 let browser: Browser
 let baseUrl: string
 const passwords: Record<string, string> = {}
+
+function passwordOf (user: string): string {
+  const password = passwords[user]
+  if (password === undefined) throw new Error(`no password for ${user}`)
+  return password
+}
+
 const opened: ChatPage[] = []
 let alice: ChatPage
 let bob: ChatPage
@@ -25,7 +32,7 @@ let bob: ChatPage
 async function open (user: string, device: string, viewport?: { width: number, height: number }): Promise<ChatPage> {
   const chat = await openContext(browser, baseUrl, user, viewport)
   opened.push(chat)
-  await login(chat, passwords[user] as string, device)
+  await login(chat, passwordOf(user), device)
   return chat
 }
 
@@ -166,7 +173,7 @@ test('online state: a peer shows online, then offline with last seen, then onlin
   await alice.page.getByTestId('chat-subtitle').filter({ hasText: 'last seen' }).waitFor()
 
   // and back
-  await login(bob, passwords.bob as string, 'bob-web')
+  await login(bob, passwordOf('bob'), 'bob-web')
   await eventually(async () => await convItem(alice.page, 'bob').getAttribute('data-online'), 'true', 'bob back online', 20000)
 })
 

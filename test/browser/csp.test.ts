@@ -25,6 +25,13 @@ const tunnels = new Set<net.Socket>()
 let browser: Browser
 let baseUrl: string
 const passwords: Record<string, string> = {}
+
+function passwordOf (user: string): string {
+  const password = passwords[user]
+  if (password === undefined) throw new Error(`no password for ${user}`)
+  return password
+}
+
 const contexts: BrowserContext[] = []
 
 interface CspPage { page: Page, problems: string[] }
@@ -80,7 +87,7 @@ async function openWithCsp (user: string): Promise<CspPage> {
   await waitUntil(() => workers.length > 0, 5000, 'the keepalive worker')
   expect(workers).toEqual(['/timer-worker.js'])
   await page.getByTestId('login-user').fill(user)
-  await page.getByTestId('login-password').fill(passwords[user] as string)
+  await page.getByTestId('login-password').fill(passwordOf(user))
   await page.getByTestId('login-submit').click()
   await page.getByTestId('app-view').waitFor({ state: 'visible' }).catch(err => { throw new Error(`${String(err)}\n${problems.join('\n')}`) })
   return { page, problems }

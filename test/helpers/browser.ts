@@ -16,9 +16,9 @@ export const CHROMIUM = process.env.MQIM_CHROMIUM ?? '/usr/bin/chromium'
 export function ensureChromium (): void {
   if (existsSync(CHROMIUM)) return
   const root = process.getuid?.() === 0
-  const run = (args: string[]): void => {
-    const [cmd, ...rest] = root ? args : ['sudo', '-n', ...args]
-    execFileSync(cmd as string, rest, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+  const run = (args: [string, ...string[]]): void => {
+    const [cmd, ...rest]: [string, ...string[]] = root ? args : ['sudo', '-n', ...args]
+    execFileSync(cmd, rest, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
   }
   try {
     run(['apt-get', 'update'])
