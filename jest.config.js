@@ -1,12 +1,24 @@
-/** jest + ts-jest in native ESM mode (run with NODE_OPTIONS=--experimental-vm-modules). */
-export default {
+/**
+ * jest + ts-jest in native ESM mode (run with NODE_OPTIONS=--experimental-vm-modules), in two
+ * projects: `unit` (test/unit/: no database, no Redis, nothing outside this process but loopback
+ * ports; `npm run test:unit` runs them on a bare machine) and `integration` (everything else, on
+ * real sockets and the real databases that scripts/test.sh starts). `npm test` runs both.
+ */
+const common = {
   testEnvironment: 'node',
+  testTimeout: 60000,
   extensionsToTreatAsEsm: ['.ts'],
   moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   transform: {
     '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json', diagnostics: { ignoreCodes: [151002] } }]
-  },
-  testMatch: ['<rootDir>/test/**/*.test.ts'],
+  }
+}
+
+export default {
   testTimeout: 60000,
-  maxWorkers: 2
+  maxWorkers: 2,
+  projects: [
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'] },
+    { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/**/*.test.ts'], testPathIgnorePatterns: ['<rootDir>/test/unit/'] }
+  ]
 }

@@ -1,6 +1,6 @@
 /** listAll: the SDK's loop over `list` pages (cursor, `next`), servers from before paging, the page bound, the local sort. */
-import { listAll, sortConversations, type ListPage } from '../src/client/list.js'
-import type { ConversationSummary } from '../src/protocol/schemas.js'
+import { listAll, sortConversations, type ListPage } from '../../src/client/list.js'
+import type { ConversationSummary } from '../../src/protocol/schemas.js'
 
 const summary = (conv: string, ts?: number): ConversationSummary => ({
   conv,

@@ -7,9 +7,9 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, type LoadOptions } from '../src/config.js'
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, type LoadOptions } from '../../src/config.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
 function tempDir (): string {
   return mkdtempSync(path.join(tmpdir(), 'mqim-config-'))

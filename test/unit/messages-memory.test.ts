@@ -1,6 +1,6 @@
-import { MemoryMessageStore } from '../src/store/messages-memory.js'
-import type { StoredMessage } from '../src/store/types.js'
-import { describeMessageStore } from './contract/message-store.contract.js'
+import { MemoryMessageStore } from '../../src/store/messages-memory.js'
+import type { StoredMessage } from '../../src/store/types.js'
+import { describeMessageStore } from '../contract/message-store.contract.js'
 
 describeMessageStore('memory', async () => ({ store: new MemoryMessageStore() }))
 

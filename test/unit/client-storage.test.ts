@@ -2,8 +2,8 @@
 import { mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { FileStorage, LocalStorageStorage, MemoryStorage, type ClientStorage } from '../src/client/node.js'
-import { StateStore } from '../src/client/storage.js'
+import { FileStorage, LocalStorageStorage, MemoryStorage, type ClientStorage } from '../../src/client/node.js'
+import { StateStore } from '../../src/client/storage.js'
 
 const fakeLocalStorage = (): { getItem: (k: string) => string | null, setItem: (k: string, v: string) => void } => {
   const m = new Map<string, string>()

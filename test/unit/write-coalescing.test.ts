@@ -3,8 +3,8 @@
  * and filterMatches (finding local reply watchers).
  */
 import { Writable } from 'node:stream'
-import { WriteCoalescer } from '../src/broker/coalesce.js'
-import { filterMatches } from '../src/protocol/topics.js'
+import { WriteCoalescer } from '../../src/broker/coalesce.js'
+import { filterMatches } from '../../src/protocol/topics.js'
 
 /** A writable that records each _writev/_write call (one call = one syscall on a socket). */
 function recorder (): { stream: Writable, calls: string[][] } {

@@ -14,12 +14,12 @@
  * Randomness comes from a seeded generator so a failure can be replayed. Retry back-off uses an
  * injected sleep on a virtual clock, so no test waits for real back-off time.
  */
-import { Sequencer, type Draft, type SubmitResult } from '../src/im/sequencer.js'
-import { ImError } from '../src/errors.js'
-import { createLogger } from '../src/log.js'
-import type { StoredMessage } from '../src/store/types.js'
-import { FaultyMessageStore } from './helpers/faulty-store.js'
-import { sleep } from '../scripts/lib/procs.js'
+import { Sequencer, type Draft, type SubmitResult } from '../../src/im/sequencer.js'
+import { ImError } from '../../src/errors.js'
+import { createLogger } from '../../src/log.js'
+import type { StoredMessage } from '../../src/store/types.js'
+import { FaultyMessageStore } from '../helpers/faulty-store.js'
+import { sleep } from '../../scripts/lib/procs.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
 function prng (seed: number): () => number {

@@ -1,9 +1,9 @@
 /** ConversationSync in process, with a scripted history: ordering, duplicates, gap fills and where a conversation starts. */
-import { ConversationSync, type SyncDeps } from '../src/client/sync.js'
-import { MemoryStorage, StateStore } from '../src/client/storage.js'
-import type { ImClientError } from '../src/client/errors.js'
-import type { MessageEnvelope } from '../src/protocol/schemas.js'
-import type { HistoryResult } from '../src/client/types.js'
+import { ConversationSync, type SyncDeps } from '../../src/client/sync.js'
+import { MemoryStorage, StateStore } from '../../src/client/storage.js'
+import type { ImClientError } from '../../src/client/errors.js'
+import type { MessageEnvelope } from '../../src/protocol/schemas.js'
+import type { HistoryResult } from '../../src/client/types.js'
 
 const msg = (seq: number, conv = 'c1'): MessageEnvelope => ({ conv, seq, msgId: `m${seq}`, from: 'alice', ts: seq, kind: 'text', body: `text ${seq}` })
 const tick = async (): Promise<void> => { await new Promise(resolve => setTimeout(resolve, 0)) }

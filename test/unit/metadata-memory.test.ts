@@ -1,6 +1,6 @@
-import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
-import type { UserRecord } from '../src/store/types.js'
-import { describeMetadataStore } from './contract/metadata-store.contract.js'
+import { MemoryMetadataStore } from '../../src/store/metadata-memory.js'
+import type { UserRecord } from '../../src/store/types.js'
+import { describeMetadataStore } from '../contract/metadata-store.contract.js'
 
 describeMetadataStore('memory', async () => ({ store: new MemoryMetadataStore() }))
 
