@@ -70,6 +70,11 @@ export class LoginGuard {
     return Math.max(0, until - now)
   }
 
+  /** True while the address itself is in backoff (whoever logs in from it). */
+  addressInBackoff (address: string): boolean {
+    return (this.failures.get(`a\u0000${address}`)?.until ?? 0) > this.now()
+  }
+
   failed (userId: string, address: string): void {
     this.count(`u\u0000${userId}`)
     this.count(`a\u0000${address}`)

@@ -33,17 +33,30 @@ export class Listeners {
   private readonly perAddress = new Map<string, number>()
   private readonly servers: net.Server[] = []
   private readonly wss: WebSocketServer
-  /** Sockets closed at once because their address had too many. */
+  /** Sockets closed at once because their address had too many, or is in login backoff. */
   refused = 0
 
   constructor (
     private readonly broker: Aedes,
     private readonly limits: ListenerLimits,
     private readonly onBackpressure: (client: Client) => void,
+    /** True while an address is in failed-login backoff: its MQTT connections are closed at once. */
+    private readonly inLoginBackoff: (address: string) => boolean,
     private readonly logger: Logger
   ) {
     // a frame may carry one whole MQTT packet; the packet limit itself is enforced by the parser
     this.wss = new WebSocketServer({ noServer: true, maxPayload: limits.maxPacketBytes + 16 })
+  }
+
+  /**
+   * An MQTT connection from an address in failed-login backoff is closed before anything is spent
+   * on it (no CONNECT is read: its answer would be CONNACK 3 anyway).
+   */
+  private refuseInBackoff (socket: { remoteAddress?: string, destroy: () => void }): boolean {
+    if (!this.inLoginBackoff(socket.remoteAddress ?? 'unknown')) return false
+    this.refused++
+    socket.destroy()
+    return true
   }
 
   /** Counts the socket against its address; false (and the socket is destroyed) over the limit. */
@@ -81,13 +94,13 @@ export class Listeners {
   }
 
   async listenTcp (port: number, host: string): Promise<number> {
-    return await this.listen(net.createServer(socket => { if (this.admit(socket)) this.attach(socket) }), port, host)
+    return await this.listen(net.createServer(socket => { if (!this.refuseInBackoff(socket) && this.admit(socket)) this.attach(socket) }), port, host)
   }
 
   async listenTls (options: tls.TlsOptions, port: number, host: string): Promise<number> {
     // counted at the TCP level, before the TLS handshake costs anything
     const server = tls.createServer(options, socket => this.attach(socket))
-    server.on('connection', (socket: net.Socket) => { this.admit(socket) })
+    server.on('connection', (socket: net.Socket) => { if (!this.refuseInBackoff(socket)) this.admit(socket) })
     server.on('tlsClientError', () => {})
     return await this.listen(server, port, host)
   }
@@ -100,6 +113,7 @@ export class Listeners {
         socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
         return
       }
+      if (this.refuseInBackoff(req.socket)) return
       // from here on MQTT keepalive decides when the connection is idle, not the HTTP timeouts
       ;(socket as net.Socket).setTimeout(0)
       this.wss.handleUpgrade(req, socket, head, ws => {
