@@ -135,11 +135,6 @@ export class Listeners {
     })
   }
 
-  /** Open sockets per address right now (for tests and health). */
-  countFrom (address: string): number {
-    return this.perAddress.get(address) ?? 0
-  }
-
   /** Stops accepting; stopSockets() ends what is still open. */
   async close (): Promise<void> {
     await Promise.all(this.servers.map(async s => await new Promise<void>(resolve => s.close(() => resolve()))))

@@ -133,11 +133,6 @@ export class Sessions {
     return n
   }
 
-  /** Users with at least one connection on this node. */
-  users (): IterableIterator<string> {
-    return this.byUser.keys()
-  }
-
   sessionsOf (userId: string): Session[] {
     const out: Session[] = []
     for (const c of this.byUser.get(userId) ?? []) {
