@@ -69,7 +69,7 @@ function idOf (value: unknown): string | null {
 
 /**
  * The id under which a redelivered (DUP) request finds an earlier reply: the server reads it
- * leniently (replacement characters for bad UTF-8, any depth), as src/broker/hooks.ts does.
+ * leniently (replacement characters for bad UTF-8, any depth), as src/gateway/hooks.ts does.
  */
 export function redeliveryId (payload: Buffer): string | null {
   if (payload.length > 1024 * 1024) return null

@@ -1,6 +1,6 @@
 /**
  * The HTTP listener, on fastify: one router for the chat page (web/dist), `GET /healthz`, the
- * admin API under `/admin/`, and the MQTT-over-WebSocket upgrade at `/mqtt` (src/broker/listeners.ts).
+ * admin API under `/admin/`, and the MQTT-over-WebSocket upgrade at `/mqtt` (src/gateway/listeners.ts).
  * One error handler maps every failure to `{code, message}` with an HTTP status; fastify's own
  * limits cover the URL (malformed percent-encoding -> 400), headers, body size and the time a
  * request may take, and security headers go on every response.

@@ -1,6 +1,6 @@
 /**
  * send: authorize -> validate -> assign seq + persist (sequencer, group commit) -> deliver -> ack.
- * The reply (and the PUBACK, see src/broker/hooks.ts) is sent only after the message is stored.
+ * The reply (and the PUBACK, see src/gateway/hooks.ts) is sent only after the message is stored.
  */
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'

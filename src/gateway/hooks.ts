@@ -27,10 +27,10 @@ import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId } from '../proto
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
 import type { OpName, Reply } from '../protocol/schemas.js'
-import type { Sessions, Session } from './sessions.js'
-import type { UserRateLimiter } from './rate-limit.js'
+import type { Sessions, Session } from '../broker/sessions.js'
+import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
-import { isWillOf, skipSinkPublishes } from './upstream.js'
+import { isWillOf, skipSinkPublishes } from '../broker/upstream.js'
 import { addressOf } from './listeners.js'
 
 export interface HookOptions {

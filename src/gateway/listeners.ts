@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream'
 import type { Aedes, Client } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
-import { connackFirst, grantAtMostQos1, limitPacketSize, neverWaitForDrain } from './upstream.js'
+import { connackFirst, grantAtMostQos1, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
 
 export interface ListenerLimits {
   connectionsPerAddress: number
