@@ -43,7 +43,6 @@ export interface Session extends Identity {
   filters: Set<string>
   /** Of those, the filters that match other devices' reply topics (watchers, e.g. im/u/<user>/#). */
   watchFilters: Set<string>
-  logger: Logger
 }
 
 export interface SessionLimits {
@@ -76,6 +75,11 @@ export class Sessions {
 
   constructor (private readonly limits: SessionLimits, private readonly logger: Logger) {}
 
+  /** A child logger bound to the connection, made when there is something to say (a connection costs no logger). */
+  private logOf (session: Session): Logger {
+    return this.logger.child({ client: session.clientId, conn: session.connId })
+  }
+
   on (event: 'started' | 'ended', listener: Listener): void {
     this.listeners[event].push(listener)
   }
@@ -90,8 +94,7 @@ export class Sessions {
       prefix: userPrefix(identity.userId),
       replyTopic: replyTopic(identity.userId, identity.deviceId),
       filters: new Set(),
-      watchFilters: new Set(),
-      logger: this.logger.child({ client: client.id, conn: connId })
+      watchFilters: new Set()
     }
     this.entries.set(client, { session, started: false, drainTimer: null })
     let set = this.byUser.get(identity.userId)
@@ -169,7 +172,7 @@ export class Sessions {
     for (const c of [...(this.byUser.get(userId) ?? [])]) {
       const s = this.entries.get(c)?.session
       if (s === undefined || !match(s)) continue
-      s.logger.info({ reason }, 'session ended by the server')
+      this.logOf(s).info({ reason }, 'session ended by the server')
       c.close()
       n++
     }
@@ -277,7 +280,8 @@ export class Sessions {
   private cut (client: Client, why: string): void {
     if (client.conn.destroyed) return
     this.slowConsumersCut++
-    const log = this.entries.get(client)?.session.logger ?? this.logger
+    const session = this.entries.get(client)?.session
+    const log = session === undefined ? this.logger : this.logOf(session)
     log.warn({ reason: why, queuedBytes: client.conn.writableLength }, 'slow consumer disconnected')
     client.conn.destroy()
   }
