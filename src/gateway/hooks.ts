@@ -141,6 +141,9 @@ export class BrokerHooks {
     if (sessions.countOf(user.id, client.id) >= this.opts.limits.connectionsPerUser) {
       throw authError(3, `more than ${this.opts.limits.connectionsPerUser} connections of this user`)
     }
+    // the connection may have gone while the account was looked up: its 'close' has fired already,
+    // and a session added now would never be removed
+    if (client.closed || client.conn.destroyed) throw authError(3, 'connection closed during login')
     sessions.add(client, { userId: user.id, deviceId: bound.deviceId, secretHash: user.secretHash, address })
   }
 

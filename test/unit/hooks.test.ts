@@ -40,6 +40,19 @@ describe('hooks over in-memory connections', () => {
     expect((await open('dave:u1', 'dave', 'password-dave')).code).toBe(5)
   })
 
+  test('a connection that goes while its password is checked leaves no session behind', async () => {
+    for (let i = 0; i < 5; i++) {
+      const { server: conn, client } = duplexPair()
+      server.internals.listeners.attach(conn)
+      client.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: `bob:gone${i}`, keepalive: 0, username: 'bob', password: Buffer.from('password-bob') })
+      await new Promise(resolve => setTimeout(resolve, 2))
+      conn.destroy()
+    }
+    // the checks finish after the connections went (a marker login after them is answered)
+    expect((await open('bob:after', 'bob', 'password-bob')).code).toBe(0)
+    expect(server.internals.sessions.sessionsOf('bob').map(s => s.deviceId)).toEqual(['after'])
+  })
+
   test('the reply comes before its PUBACK; foreign subscriptions and publishes are refused on the same connection', async () => {
     const { end } = await open('bob:u1', 'bob', 'password-bob')
     end.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'im/u/bob/#', qos: 1 }, { topic: 'im/u/alice/#', qos: 1 }, { topic: '#', qos: 0 }] })
