@@ -6,7 +6,7 @@
  */
 import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
-import { RawClient, fixedHeader } from './helpers/raw-mqtt.js'
+import { RawClient, fixedHeader } from '../scripts/lib/raw-mqtt.js'
 import type { MqimServer } from '../src/server.js'
 
 describe('hostile clients against two nodes', () => {

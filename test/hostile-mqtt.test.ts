@@ -7,7 +7,7 @@
  */
 import { BACKENDS, MEMORY } from './helpers/backends.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
-import { RawClient, fixedHeader } from './helpers/raw-mqtt.js'
+import { RawClient, fixedHeader } from '../scripts/lib/raw-mqtt.js'
 import type { MqimServer } from '../src/server.js'
 
 const LIMITS = {

@@ -1,7 +1,7 @@
 /**
  * The hostile scenario's attacker: a child process of the runner (scripts/bench/hostile.ts) that
- * runs one attack at a time over raw MQTT connections (lib/raw-mqtt.ts) from its own loopback
- * source address, so that the server's per-address limits see it apart from the bystander.
+ * runs one attack at a time over raw MQTT connections (scripts/lib/raw-mqtt.ts) from its own
+ * loopback source address, so that the server's per-address limits see it apart from the bystander.
  * Commands arrive over IPC (lib/protocol.ts: AttackCommand).
  *
  *   stuck-subscriber  a victim device subscribes im/u/<victim>/# at QoS 1 and stops reading its
@@ -14,19 +14,22 @@
  *                     the same user sends requests
  */
 import { randomBytes } from 'node:crypto'
+import { replyTopic, userPrefix } from '../../src/protocol/topics.js'
 import { sleep } from '../lib/procs.js'
+import { RawClient } from '../lib/raw-mqtt.js'
 import { serveIpc } from './lib/ipc.js'
-import { RawMqtt, type RawOptions } from './lib/raw-mqtt.js'
 import type { AttackAccount, AttackCommand, AttackReport, AttackSpec } from './lib/protocol.js'
 
-type Endpoint = Pick<RawOptions, 'host' | 'port' | 'localAddress'>
+/** The server's MQTT port on 127.0.0.1, and the loopback address the attacker connects from. */
+interface Endpoint { port: number, localAddress: string }
 
 const REQUEST_TIMEOUT_MS = 30_000
+const CONNACK_TIMEOUT_MS = 30_000
 
 class Attack {
   running = true
   readonly counters: Record<string, number> = {}
-  readonly live = new Set<RawMqtt>()
+  readonly live = new Set<RawClient>()
   readonly tasks: Array<Promise<void>> = []
   readonly started = performance.now()
   setupMs = 0
@@ -37,47 +40,54 @@ class Attack {
     this.counters[key] = (this.counters[key] ?? 0) + n
   }
 
-  /** A connection tracked for `stop`. */
-  open (clientId: string, account: AttackAccount | { id: string, secret: string }, connectTimeoutMs?: number): RawMqtt {
-    const conn = new RawMqtt({ ...this.at, clientId, username: account.id, password: account.secret, connectTimeoutMs })
+  /** A connection (still opening) tracked for `stop`. */
+  open (): RawClient {
+    const conn = new RawClient(this.at.port, { localAddress: this.at.localAddress })
     this.live.add(conn)
-    void conn.closed.then(() => this.live.delete(conn))
+    void conn.whenClosed.then(() => this.live.delete(conn))
     return conn
   }
 
   /** Opens a connection and waits for its CONNACK: the connection if accepted, else null (counted; a short pause when the server refuses TCP). */
-  async login (clientId: string, account: AttackAccount): Promise<RawMqtt | null> {
-    const conn = this.open(clientId, account)
+  async login (account: AttackAccount, device: string): Promise<RawClient | null> {
+    const conn = this.open()
     try {
-      const rc = await conn.connack
+      const rc = await conn.connect(account.id, device, account.secret, CONNACK_TIMEOUT_MS)
       if (rc === 0) return conn
-      this.count(`${(clientId.split(':')[1] ?? clientId).replace(/\d+$/, '')} CONNACK ${rc}`)
-    } catch (err) {
-      this.count(`connect failed: ${(err as Error).message}`)
+      this.count(`${device.replace(/\d+$/, '')} CONNACK ${rc}`)
+    } catch {
+      this.count(`connect failed: ${await noConnack(conn)}`)
     }
-    conn.destroy()
+    conn.end()
     await sleep(200)
     return null
   }
 
   async stop (): Promise<AttackReport> {
     this.running = false
-    for (const c of this.live) c.destroy()
+    for (const c of this.live) c.end()
     await Promise.allSettled(this.tasks)
     return { setupMs: this.setupMs, seconds: (performance.now() - this.started) / 1000, counters: this.counters }
   }
 }
 
+/** Why a login got no CONNACK, as the counters name it: the socket's error code, 'closed', or 'CONNACK timeout'. */
+async function noConnack (conn: RawClient): Promise<string> {
+  return conn.closed ? await conn.whenClosed : 'CONNACK timeout'
+}
+
 /**
- * Sends `send` requests on `conn` with `window` in flight, each followed by the next as soon as
- * its reply arrives, until the attack stops or the connection closes.
+ * Sends `send` requests on `conn` (logged in as `user`:`device`) with `window` in flight, each
+ * followed by the next as soon as its reply arrives, until the attack stops or the connection
+ * closes. Replies are read as they come, nothing is kept.
  */
-async function requestLoop (attack: Attack, conn: RawMqtt, replyTopic: string, payloadOf: (n: number) => string, window: number): Promise<void> {
+async function requestLoop (attack: Attack, conn: RawClient, user: string, device: string, bodyOf: (n: number) => Record<string, unknown>, window: number): Promise<void> {
   const waiting = new Map<string, (code: string) => void>()
-  conn.onPublish = (topic, payload) => {
-    if (topic !== replyTopic) return
+  const topic = replyTopic(user, device)
+  conn.onPacket = p => {
+    if (p.cmd !== 'publish' || p.topic !== topic) return
     let reply: { id?: unknown, ok?: boolean, error?: { code?: string } }
-    try { reply = JSON.parse(payload.toString('utf8')) } catch { return }
+    try { reply = JSON.parse(p.payload.toString()) } catch { return }
     const done = typeof reply.id === 'string' ? waiting.get(reply.id) : undefined
     if (done === undefined) return
     waiting.delete(reply.id as string)
@@ -85,12 +95,12 @@ async function requestLoop (attack: Attack, conn: RawMqtt, replyTopic: string, p
   }
   let n = 0
   const lane = async (): Promise<void> => {
-    while (attack.running && conn.isOpen) {
+    while (attack.running && !conn.closed) {
       const id = String(++n)
       const outcome = new Promise<string>(resolve => waiting.set(id, resolve))
-      conn.publish('im/req/send', payloadOf(n))
+      conn.request('send', bodyOf(n))
       attack.count('requests')
-      const code = await Promise.race([outcome, conn.closed.then(() => 'connection closed'), sleep(REQUEST_TIMEOUT_MS).then(() => 'no reply within 30 s')])
+      const code = await Promise.race([outcome, conn.whenClosed.then(() => 'connection closed'), sleep(REQUEST_TIMEOUT_MS).then(() => 'no reply within 30 s')])
       waiting.delete(id)
       if (attack.running) attack.count(code === 'ok' ? 'replies ok' : `replies ${code}`)
     }
@@ -98,24 +108,24 @@ async function requestLoop (attack: Attack, conn: RawMqtt, replyTopic: string, p
   await Promise.all(Array.from({ length: window }, lane))
 }
 
-const sendPayload = (conv: string, msgId: string, n: number, body: string): string =>
-  JSON.stringify({ id: String(n), conv, msgId, kind: 'text', body })
+const sendBody = (conv: string, msgId: string, n: number, body: string): Record<string, unknown> =>
+  ({ id: String(n), conv, msgId, kind: 'text', body })
 
 function stuckSubscriber (attack: Attack, spec: Extract<AttackSpec, { attack: 'stuck-subscriber' }>): Promise<void> {
   let ready: () => void = () => {}
   const victimReady = new Promise<void>(resolve => { ready = resolve })
   attack.tasks.push((async () => {
     while (attack.running) {
-      const conn = await attack.login(`${spec.victim.id}:stuck`, spec.victim)
+      const conn = await attack.login(spec.victim, 'stuck')
       if (conn === null) continue
-      const granted = await conn.subscribe([`im/u/${spec.victim.id}/#`], 1)
+      const granted = await conn.subscribe([`${userPrefix(spec.victim.id)}#`], 1).catch(() => [])
       if (granted[0] !== 0 && granted[0] !== 1) attack.count(`victim SUBACK ${granted[0] ?? 'none'}`)
       conn.stopReading()
       attack.count('victim connections')
       ready()
       // a write to a connection the server has dropped fails: reconnect then
-      const probe = setInterval(() => conn.ping(), 1000)
-      await conn.closed
+      const probe = setInterval(() => conn.send({ cmd: 'pingreq' }), 1000)
+      await conn.whenClosed
       clearInterval(probe)
       if (attack.running) attack.count('victim dropped by the server')
     }
@@ -126,10 +136,10 @@ function stuckSubscriber (attack: Attack, spec: Extract<AttackSpec, { attack: 's
     attack.tasks.push((async () => {
       await victimReady
       while (attack.running) {
-        const conn = await attack.login(`${spec.sender.id}:flood${i}`, spec.sender)
+        const conn = await attack.login(spec.sender, `flood${i}`)
         if (conn === null) continue
-        await requestLoop(attack, conn, `im/u/${spec.sender.id}/r/flood${i}`, n => sendPayload(spec.conv, `f${i}-${tag}-${n}`, n, body), 1)
-        conn.destroy()
+        await requestLoop(attack, conn, spec.sender.id, `flood${i}`, n => sendBody(spec.conv, `f${i}-${tag}-${n}`, n, body), 1)
+        conn.end()
         if (attack.running) attack.count('sender connections lost')
       }
     })())
@@ -142,19 +152,19 @@ function wrongPasswords (attack: Attack, spec: Extract<AttackSpec, { attack: 'wr
     attack.tasks.push((async () => {
       let n = 0
       while (attack.running) {
-        const conn = attack.open(`${spec.user}:w${i}`, { id: spec.user, secret: `wrong-${i}-${n++}` }, spec.attemptTimeoutMs)
+        const conn = attack.open()
         attack.count('attempts')
         let refusedTcp = false
         try {
-          const rc = await conn.connack
+          const rc = await conn.connect(spec.user, `w${i}`, `wrong-${i}-${n++}`, spec.attemptTimeoutMs)
           if (attack.running) attack.count(`CONNACK ${rc}`)
-        } catch (err) {
-          const why = (err as Error).message
+        } catch {
+          const why = await noConnack(conn)
           if (attack.running) attack.count(`no CONNACK: ${why}`)
           refusedTcp = why === 'ECONNREFUSED' || why === 'EADDRNOTAVAIL'
         }
-        conn.destroy()
-        await conn.closed
+        conn.end()
+        await conn.whenClosed
         if (refusedTcp) await sleep(100) // nobody listens (the server is gone): do not spin
       }
     })())
@@ -163,16 +173,19 @@ function wrongPasswords (attack: Attack, spec: Extract<AttackSpec, { attack: 'wr
 }
 
 async function subscriptions (attack: Attack, spec: Extract<AttackSpec, { attack: 'subscriptions' }>): Promise<void> {
-  const filter = (k: number): string => `im/u/${spec.user.id}/x/${k}`
+  const filter = (k: number): string => `${userPrefix(spec.user.id)}x/${k}`
   /** Subscribes filters [0, upTo) on a fresh connection; returns the connection and what SUBACK granted. */
-  const hold = async (upTo: number): Promise<{ conn: RawMqtt | null, granted: number }> => {
-    const conn = await attack.login(`${spec.user.id}:holder`, spec.user)
+  const hold = async (upTo: number): Promise<{ conn: RawClient | null, granted: number }> => {
+    const conn = await attack.login(spec.user, 'holder')
     if (conn === null) return { conn: null, granted: 0 }
     let granted = 0
     for (let i = 0; i < upTo && attack.running; i += spec.filtersPerPacket) {
-      const codes = await conn.subscribe(Array.from({ length: Math.min(spec.filtersPerPacket, upTo - i) }, (_, j) => filter(i + j)), 1)
-      if (codes.length === 0) {
-        attack.count('holder dropped by the server while subscribing')
+      let codes: number[]
+      try {
+        codes = await conn.subscribe(Array.from({ length: Math.min(spec.filtersPerPacket, upTo - i) }, (_, j) => filter(i + j)), 1)
+      } catch (err) {
+        attack.count(conn.closed ? 'holder dropped by the server while subscribing' : `holder: ${(err as Error).message}`)
+        conn.end()
         return { conn: null, granted }
       }
       const ok = codes.filter(c => c === 0 || c === 1).length
@@ -192,10 +205,10 @@ async function subscriptions (attack: Attack, spec: Extract<AttackSpec, { attack
   const tag = randomBytes(3).toString('hex')
   attack.tasks.push((async () => {
     while (attack.running) {
-      const conn = await attack.login(`${spec.user.id}:dev2`, spec.user)
+      const conn = await attack.login(spec.user, 'dev2')
       if (conn === null) continue
-      await requestLoop(attack, conn, `im/u/${spec.user.id}/r/dev2`, n => sendPayload(spec.conv, `s-${tag}-${n}`, n, 'x'.repeat(100)), spec.window)
-      conn.destroy()
+      await requestLoop(attack, conn, spec.user.id, 'dev2', n => sendBody(spec.conv, `s-${tag}-${n}`, n, 'x'.repeat(100)), spec.window)
+      conn.end()
       if (attack.running) attack.count('second device connections lost')
     }
   })())
@@ -207,7 +220,7 @@ async function handle (c: AttackCommand): Promise<unknown> {
   switch (c.cmd) {
     case 'start': {
       if (current !== null) throw new Error('an attack is running')
-      const attack = current = new Attack({ host: c.host, port: c.port, localAddress: c.localAddress })
+      const attack = current = new Attack({ port: c.port, localAddress: c.localAddress })
       const spec = c.spec
       const ready = spec.attack === 'stuck-subscriber'
         ? stuckSubscriber(attack, spec)

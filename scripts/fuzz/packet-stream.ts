@@ -11,8 +11,8 @@
  * maxPacketBytes after it), or is malformed, must be closed.
  */
 import type { Packet } from 'mqtt-packet'
-import { encode, keepsConnection, loginPacket, PINGREQ, RAW_USER, WILL_PAYLOAD, WILL_TOPIC, type PacketCase } from './packets.js'
-import { RawConnection } from './raw.js'
+import { RawClient } from '../lib/raw-mqtt.js'
+import { encode, keepsConnection, PINGREQ, RAW_USER, WILL_PAYLOAD, WILL_TOPIC, type PacketCase } from './packets.js'
 import { replyShapeProblem } from './oracle.js'
 
 export type PacketOutcome = 'closed' | 'alive' | 'unanswered'
@@ -63,7 +63,7 @@ function count (packets: Packet[], cmd: string): number {
 }
 
 /** Problems in what the server sent: malformed bytes, replies not of the documented form, non-JSON payloads. */
-function checkReceived (conn: RawConnection): { problem: string | null, replies: number } {
+function checkReceived (conn: RawClient): { problem: string | null, replies: number } {
   if (conn.malformed !== null) return { problem: `the server sent bytes that do not parse as MQTT: ${conn.malformed}`, replies: 0 }
   let replies = 0
   for (const p of conn.packets) {
@@ -100,20 +100,18 @@ export async function runPacketCase (c: PacketCase, device: string, ctx: PacketC
   const encoded = c.packets.map(p => encode(p, ctx.key))
   const bytes = Buffer.concat(encoded)
   const result: PacketResult = { outcome: 'unanswered', problem: null, packets: encoded.length, bytes: bytes.length, connacks: [], replies: 0, armedWill: false, mustClose: false, hex: bytes.subarray(0, 2048).toString('hex') }
-  let conn: RawConnection
+  let conn: RawClient
   try {
-    conn = await RawConnection.open(c.transport, c.transport === 'tcp' ? ctx.mqttPort : ctx.httpPort)
+    conn = await RawClient.open(c.transport === 'tcp' ? ctx.mqttPort : ctx.httpPort, { transport: c.transport })
   } catch (err) {
     result.problem = `could not open a ${c.transport} connection: ${(err as Error).message}`
     return result
   }
   try {
     if (c.login) {
-      conn.write(loginPacket(device, ctx.key))
-      await conn.until(() => count(conn.packets, 'connack') > 0, 10_000)
-      const connack = conn.packets.find(p => p.cmd === 'connack') as { returnCode?: number } | undefined
-      if (connack?.returnCode !== 0) {
-        result.problem = connack === undefined ? `a valid login got no CONNACK (${conn.closed ? 'closed' : 'timeout'})` : `a valid login got CONNACK ${connack.returnCode}`
+      const code = await conn.connect(RAW_USER, device, ctx.key).catch(() => null)
+      if (code !== 0) {
+        result.problem = code === null ? `a valid login got no CONNACK (${conn.closed ? 'closed' : 'timeout'})` : `a valid login got CONNACK ${code}`
         return result
       }
     }
@@ -150,6 +148,6 @@ export async function runPacketCase (c: PacketCase, device: string, ctx: PacketC
     }
     return result
   } finally {
-    conn.destroy()
+    conn.end()
   }
 }

@@ -9,6 +9,7 @@
  */
 import fc from 'fast-check'
 import mqttPacket, { type Packet } from 'mqtt-packet'
+import { fixedHeader } from '../lib/raw-mqtt.js'
 import { OPS } from './requests.js'
 
 /** Where a CONNECT's credentials come from; resolved against the live accounts by `encode`. */
@@ -251,18 +252,6 @@ function flipChar (key: string, n: number): Buffer {
   return Buffer.from(key.slice(0, i) + String.fromCharCode(c === 0x41 ? 0x42 : 0x41) + key.slice(i + 1))
 }
 
-/** MQTT's variable byte integer (at most 4 bytes for values up to 268,435,455). */
-function varint (n: number): number[] {
-  const out: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    out.push(b)
-  } while (n > 0)
-  return out
-}
-
 /** Offset of the first byte after the fixed header (type byte + remaining length), if well formed. */
 function headerEnd (b: Buffer): number | null {
   for (let i = 1; i < Math.min(b.length, 5); i++) if ((b.readUInt8(i) & 0x80) === 0) return i + 1
@@ -296,7 +285,7 @@ export function mutate (input: Buffer, m: Mutation): Buffer {
     case 'length': {
       const end = headerEnd(b)
       if (end === null) return b
-      return Buffer.concat([b.subarray(0, 1), Buffer.from(varint(m.value)), b.subarray(end)])
+      return Buffer.concat([fixedHeader(b.readUInt8(0), m.value), b.subarray(end)])
     }
     case 'bad-length': {
       const end = headerEnd(b) ?? Math.min(len, 1)
@@ -329,11 +318,6 @@ export function encode (p: { base: BasePacket, mutations: Mutation[] }, key: str
   let b = mqttPacket.generate(toPacket(p.base, key))
   for (const m of p.mutations) b = mutate(b, m)
   return b
-}
-
-/** The CONNECT the executor logs in with before a `login` case's packets. */
-export function loginPacket (device: string, key: string): Buffer {
-  return mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: `${RAW_USER}:${device}`, keepalive: 60, username: RAW_USER, password: Buffer.from(key) })
 }
 
 export const PINGREQ = mqttPacket.generate({ cmd: 'pingreq' })

@@ -10,7 +10,7 @@ import mqemitter from 'mqemitter'
 import mqttPacket from 'mqtt-packet'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
-import { fixedHeader } from '../helpers/raw-mqtt.js'
+import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
   BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, grantAtMostQos1,
   limitPacketSize, neverWaitForDrain, skipSinkPublishes
