@@ -73,7 +73,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
     expect(run).toMatchObject({ code: 0, stderr: '' })
     const password = /^password: (\S+)$/m.exec(run.stdout)?.[1] ?? ''
     expect(run.stdout).toMatch(/^created user alice$/m)
-    expect(run.stdout.trimEnd().split('\n').at(-1)).toBe(`connect: mosquitto_sub -h localhost -p 1883 -i alice:cli -u alice -P ${password} -t 'im/u/alice/#'`)
+    expect(run.stdout.trimEnd().split('\n').at(-1)).toBe(`connect: mosquitto_sub -h localhost -p <mqtt-port> -i alice:sub -u alice -P ${password} -q 1 -v -t 'im/u/alice/#'`)
     expect(password.length).toBeGreaterThanOrEqual(12)
     expect(await login('alice', password)).toBe(0)
     expect(await login('alice', password + 'x')).toBe(4)

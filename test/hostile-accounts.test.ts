@@ -98,7 +98,7 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     expect(limited).toBeGreaterThanOrEqual(17)
   })
 
-  test('group invitations: "contacts" refuses strangers with REFUSED; sharing a conversation opens it', async () => {
+  test('group invitations: "contacts" refuses strangers with REFUSED, also after they opened a direct conversation; one the user opened lets them in', async () => {
     const frank = track(await connect(server, 'frank', 'f'))
     const stranger = track(await connect(server, 'stranger', 's'))
     expect(await frank.request('settings', {})).toEqual({ groupInvites: 'anyone' })
@@ -112,9 +112,15 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     expect(refusedAdd.ok ? 'ok' : refusedAdd.error.code).toBe('REFUSED')
     // nothing half-written: frank is in neither group
     expect((await frank.request('list', {})).conversations).toEqual([])
-    // once they share a conversation, the invitation goes through
-    await frank.request('direct', { user: 'stranger' })
-    expect((await stranger.request('add-members', { conv: g.conv, members: ['frank'] })).added).toEqual(['frank'])
+    // opening a direct conversation with frank does not make the stranger frank's contact
+    await stranger.request('direct', { user: 'frank' })
+    const stillRefused = await stranger.requestRaw('add-members', { conv: g.conv, members: ['frank'] })
+    expect(stillRefused.ok ? 'ok' : stillRefused.error.code).toBe('REFUSED')
+    // a direct conversation frank opens himself does
+    const gina = track(await connect(server, 'gina', 'contacts'))
+    expect(await gina.request('settings', { groupInvites: 'contacts' })).toEqual({ groupInvites: 'contacts' })
+    await gina.request('direct', { user: 'stranger' })
+    expect((await stranger.request('add-members', { conv: g.conv, members: ['gina'] })).added).toEqual(['gina'])
   })
 
   test('groups created per hour are capped (RATE_LIMITED); conversations per user too (LIMIT_REACHED)', async () => {

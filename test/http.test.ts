@@ -66,9 +66,10 @@ describe('HTTP listener', () => {
     expect(statusOf(text)).toBe(400)
   })
 
-  test('headers over maxHeaderBytes: 431', async () => {
+  test('headers over maxHeaderBytes: 431 with {code, message}', async () => {
     const { text } = await rawHttp(server.ports.http, `GET / HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(8000)}\r\nconnection: close\r\n\r\n`)
     expect(statusOf(text)).toBe(431)
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'TOO_LARGE', message: expect.any(String) })
   })
 
   test('an admin body over bodyLimitBytes: 413 TOO_LARGE (even before the token is checked nothing breaks)', async () => {
@@ -132,5 +133,6 @@ describe('HTTP listener', () => {
   test('a WebSocket upgrade anywhere but /mqtt: 404', async () => {
     const { text } = await rawHttp(server.ports.http, 'GET /other HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n')
     expect(statusOf(text)).toBe(404)
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'NOT_FOUND', message: expect.any(String) })
   })
 })

@@ -24,7 +24,7 @@ commands:
   bot add <id> [--name N]
                        create a bot; prints its API key (shown only once)
   user list            list users and bots
-  user disable <id>    refuse new connections of a user or bot (CONNACK 5)
+  user disable <id>    refuse new connections of a user or bot (CONNACK 5) and end the open ones
   user enable <id>     allow them again
   user reset <id> [--password P]
                        new password for a user (generated unless given), new API key for a bot;
@@ -201,7 +201,7 @@ const COMMANDS: Record<string, Command> = {
     flags: ['password', 'name'],
     run: async (backend, id, flags, config) => {
       const { user, password } = await backend.createUser(validate(CreateUserInput, { id, password: flags.password, displayName: flags.name }))
-      return { json: { user, password }, text: [`created user ${user.id}`, `password: ${password}`, connectHint(config, user.id, password)] }
+      return { json: { user, password }, text: [`created user ${user.id}`, `password: ${password}`, connectHint(config, flags, user.id, password)] }
     }
   },
   'bot add': {
@@ -209,7 +209,7 @@ const COMMANDS: Record<string, Command> = {
     flags: ['name'],
     run: async (backend, id, flags, config) => {
       const { user, apiKey } = await backend.createBot(validate(CreateBotInput, { id, displayName: flags.name }))
-      return { json: { user, apiKey }, text: [`created bot ${user.id}`, `api key: ${apiKey}`, '(shown only once: store it now; `user reset` makes a new one)', connectHint(config, user.id, apiKey)] }
+      return { json: { user, apiKey }, text: [`created bot ${user.id}`, `api key: ${apiKey}`, '(shown only once: store it now; `user reset` makes a new one)', connectHint(config, flags, user.id, apiKey)] }
     }
   },
   'user list': {
@@ -225,7 +225,7 @@ const COMMANDS: Record<string, Command> = {
     flags: [],
     run: async (backend, id) => {
       await backend.setDisabled(id, true)
-      return { json: { id, disabled: true }, text: [`disabled ${id}: new connections are refused`] }
+      return { json: { id, disabled: true }, text: [`disabled ${id}: new connections are refused; open ones end (at once through a running server, within auth.revocationPollMs when written to MySQL)`] }
     }
   },
   'user enable': {
@@ -262,9 +262,14 @@ function shellQuote (s: string): string {
   return /^[A-Za-z0-9_.:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`
 }
 
-function connectHint (config: Config, id: string, secret: string): string {
-  const port = config.mqtt.port === 0 ? '<mqtt port>' : String(config.mqtt.port)
-  return `connect: mosquitto_sub -h localhost -p ${port} -i ${id}:cli -u ${id} -P ${shellQuote(secret)} -t 'im/u/${id}/#'`
+/**
+ * A line to try the account: a watcher of everything for the user, with its own device id (`sub`,
+ * so that a `mosquitto_pub -i <id>:cli` does not take its session over). The MQTT port is the
+ * configured one; with --server the tool cannot know that server's MQTT port.
+ */
+function connectHint (config: Config, flags: Flags, id: string, secret: string): string {
+  const port = flags.server !== undefined || config.mqtt.port === 0 ? '<mqtt-port>' : String(config.mqtt.port)
+  return `connect: mosquitto_sub -h localhost -p ${port} -i ${id}:sub -u ${id} -P ${shellQuote(secret)} -q 1 -v -t 'im/u/${id}/#'`
 }
 
 function table (users: PublicUser[]): string[] {

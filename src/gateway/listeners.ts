@@ -110,7 +110,8 @@ export class Listeners {
     http.on('connection', (socket: net.Socket) => { this.admit(socket) })
     http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if ((req.url ?? '').split('?')[0] !== '/mqtt') {
-        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+        const body = JSON.stringify({ code: 'NOT_FOUND', message: 'MQTT over WebSocket is at /mqtt' })
+        socket.end(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
         return
       }
       if (this.refuseInBackoff(req.socket)) return

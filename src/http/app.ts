@@ -6,6 +6,7 @@
  * request may take, and security headers go on every response.
  */
 import http from 'node:http'
+import type { Duplex } from 'node:stream'
 import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -83,6 +84,19 @@ function fromFastify (err: FastifyError): ImError {
   return new ImError('INTERNAL', undefined, { cause: err })
 }
 
+/** An answer written straight to a socket (no request object exists yet), then the socket closes. */
+export function rawError (socket: Duplex, err: Error & { code?: string }): void {
+  if (!socket.writable) { socket.destroy(); return }
+  const [status, reason, wire] = err.code === 'HPE_HEADER_OVERFLOW'
+    ? [431, 'Request Header Fields Too Large', { code: 'TOO_LARGE', message: 'request headers too large' }]
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'Request Timeout', { code: 'BAD_REQUEST', message: 'the request did not arrive in time' }]
+      : [400, 'Bad Request', { code: 'BAD_REQUEST', message: 'malformed HTTP request' }]
+  const body = JSON.stringify(wire)
+  // closed as soon as the answer is out, whatever the client keeps sending
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy())
+}
+
 /** Every error answer: the status for the code, and {code, message}. */
 function sendError (reply: FastifyReply, err: ImError): void {
   void reply.code(statusOf(err.code)).send(toWireError(err))
@@ -100,6 +114,8 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
     return503OnClosing: true,
     // errors fastify raises before routing (a malformed URL, a bad content type) get our answer too
     frameworkErrors: (err: FastifyError, _req: FastifyRequest, reply: FastifyReply) => { sendError(reply, fromFastify(err)) },
+    // errors Node's HTTP parser raises before any route (headers too large, a broken request line)
+    clientErrorHandler: (err, socket) => { rawError(socket, err) },
     serverFactory: (handler) => http.createServer({
       maxHeaderSize: options.maxHeaderBytes,
       headersTimeout: options.requestTimeoutMs,

@@ -256,14 +256,17 @@ export class MemoryMetadataStore implements MetadataStore {
     return result
   }
 
-  async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {
+  async memberContactOf (userId: string, others: readonly string[]): Promise<Set<string>> {
     const mine = this.membershipsByUser.get(userId) ?? new Set<string>()
-    const shared = new Set<string>()
+    const found = new Set<string>()
     for (const other of new Set(others)) {
-      const theirs = this.membershipsByUser.get(other)
-      if (theirs !== undefined && intersects(mine, theirs)) shared.add(other)
+      for (const id of this.membershipsByUser.get(other) ?? []) {
+        const c = this.conversations.get(id)
+        // a group they share, or a direct conversation the other one opened
+        if (c !== undefined && mine.has(id) && (c.kind === 'group' || c.createdBy === other)) { found.add(other); break }
+      }
     }
-    return shared
+    return found
   }
 
   /** Sets one field of a user; a change only if the value differs, like MySQL's updated_at. */
@@ -314,12 +317,6 @@ export class MemoryMetadataStore implements MetadataStore {
     conversationIds?.delete(conversationId)
     if (conversationIds?.size === 0) this.membershipsByUser.delete(userId)
   }
-}
-
-function intersects (a: Set<string>, b: Set<string>): boolean {
-  const [small, large] = a.size <= b.size ? [a, b] : [b, a]
-  for (const item of small) if (large.has(item)) return true
-  return false
 }
 
 /**

@@ -428,11 +428,12 @@ export class MySqlMetadataStore implements MetadataStore {
     return new Map(rows.map((row) => [row.user_id, toSafeNumber(row.n, 'COUNT(*)')]))
   }
 
-  async memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>> {
+  async memberContactOf (userId: string, others: readonly string[]): Promise<Set<string>> {
     const rows = await this.selectIn<UserIdRow>(
       `SELECT DISTINCT theirs.user_id FROM members AS mine
+         JOIN conversations AS c ON c.id = mine.conversation_id
          JOIN members AS theirs ON theirs.conversation_id = mine.conversation_id
-         WHERE mine.user_id = ? AND theirs.user_id IN (?)`, others, [userId])
+         WHERE mine.user_id = ? AND (c.kind = 'group' OR c.created_by = theirs.user_id) AND theirs.user_id IN (?)`, others, [userId])
     return new Set(rows.map((row) => row.user_id))
   }
 

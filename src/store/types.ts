@@ -139,10 +139,12 @@ export interface MetadataStore {
   /** How many conversations each of several users is a member of, in one round trip (absent: 0). */
   memberCountByUsers (userIds: readonly string[]): Promise<Map<string, number>>
   /**
-   * Of `others`, those who share at least one conversation with `userId`. userId itself counts
-   * when listed and a member of any conversation.
+   * Of `others`, those whose contact `userId` is: who share a group with userId, or a direct
+   * conversation that they opened themselves (createdBy). Opening a direct conversation with
+   * someone does not make one their contact. userId itself counts when listed and in a group or in
+   * a direct conversation it opened.
    */
-  memberSharedWith (userId: string, others: readonly string[]): Promise<Set<string>>
+  memberContactOf (userId: string, others: readonly string[]): Promise<Set<string>>
 }
 
 export type MessageKind = 'text' | 'custom'

@@ -717,40 +717,45 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
     })
 
-    describe('memberSharedWith', () => {
+    describe('memberContactOf', () => {
       beforeEach(async () => {
         await store.conversationCreate(group('g1'), [member('g1', 'alice', { role: 'owner' }), member('g1', 'bob'), member('g1', 'carol')])
-        await store.conversationCreate(direct('d1', 'alice', 'dave'), [member('d1', 'alice'), member('d1', 'dave')])
-        await store.conversationCreate(group('g2'), [member('g2', 'bob'), member('g2', 'erin')])
-        await store.conversationCreate(group('g3'), [member('g3', 'frank')])
+        // dave opened a direct conversation with alice; alice opened one with erin
+        await store.conversationCreate(direct('d1', 'dave', 'alice'), [member('d1', 'alice'), member('d1', 'dave')])
+        await store.conversationCreate(direct('d2', 'alice', 'erin'), [member('d2', 'alice'), member('d2', 'erin')])
+        await store.conversationCreate(group('g2'), [member('g2', 'bob'), member('g2', 'frank')])
+        await store.conversationCreate(group('g3'), [member('g3', 'gina')])
       })
 
-      test('returns those of the others who share a conversation with the user', async () => {
-        expect(await store.memberSharedWith('alice', ['bob', 'dave', 'erin', 'frank', 'nobody', 'bob', 'Bob'])).toStrictEqual(new Set(['bob', 'dave']))
-        expect(await store.memberSharedWith('erin', ['alice', 'bob', 'carol'])).toStrictEqual(new Set(['bob']))
-        expect(await store.memberSharedWith('frank', ['alice', 'bob'])).toStrictEqual(new Set())
-        expect(await store.memberSharedWith('nobody', ['alice', 'bob'])).toStrictEqual(new Set())
+      test('returns those of the others who share a group with the user, or a direct conversation they opened', async () => {
+        // bob: a group; dave: dave opened the direct one; erin: alice opened it, not erin
+        expect(await store.memberContactOf('alice', ['bob', 'dave', 'erin', 'frank', 'gina', 'nobody', 'bob', 'Bob'])).toStrictEqual(new Set(['bob', 'dave']))
+        // the other way round: alice opened d2, so erin is alice's contact; dave opened d1, so not
+        expect(await store.memberContactOf('erin', ['alice'])).toStrictEqual(new Set(['alice']))
+        expect(await store.memberContactOf('dave', ['alice'])).toStrictEqual(new Set())
+        expect(await store.memberContactOf('frank', ['alice', 'bob'])).toStrictEqual(new Set(['bob']))
+        expect(await store.memberContactOf('nobody', ['alice', 'bob'])).toStrictEqual(new Set())
       })
 
       test('returns nothing for no others', async () => {
-        expect(await store.memberSharedWith('alice', [])).toStrictEqual(new Set())
+        expect(await store.memberContactOf('alice', [])).toStrictEqual(new Set())
       })
 
-      test('includes the user itself when asked and it is a member of any conversation', async () => {
-        expect(await store.memberSharedWith('alice', ['alice'])).toStrictEqual(new Set(['alice']))
-        expect(await store.memberSharedWith('nobody', ['nobody'])).toStrictEqual(new Set())
+      test('includes the user itself when asked and it is in a group', async () => {
+        expect(await store.memberContactOf('alice', ['alice'])).toStrictEqual(new Set(['alice']))
+        expect(await store.memberContactOf('nobody', ['nobody'])).toStrictEqual(new Set())
       })
 
       test('follows membership changes', async () => {
         await store.memberRemove('d1', 'dave')
-        expect(await store.memberSharedWith('alice', ['dave', 'bob'])).toStrictEqual(new Set(['bob']))
+        expect(await store.memberContactOf('alice', ['dave', 'bob'])).toStrictEqual(new Set(['bob']))
         await store.memberAdd([member('g1', 'frank')])
-        expect(await store.memberSharedWith('alice', ['frank'])).toStrictEqual(new Set(['frank']))
+        expect(await store.memberContactOf('alice', ['frank'])).toStrictEqual(new Set(['frank']))
       })
 
-      test('answers 2,500+ others, the shared ones repeated across chunks', async () => {
+      test('answers 2,500+ others, the contacts repeated across chunks', async () => {
         const others = manyIds(2600, [[0, 'bob'], [999, 'dave'], [1000, 'erin'], [1001, 'bob'], [2000, 'carol'], [2599, 'dave']])
-        expect(await store.memberSharedWith('alice', others)).toStrictEqual(new Set(['bob', 'carol', 'dave']))
+        expect(await store.memberContactOf('alice', others)).toStrictEqual(new Set(['bob', 'carol', 'dave']))
       })
     })
 

@@ -7,7 +7,8 @@
  *     owner becomes admin); an owner who leaves hands ownership to the longest-serving admin,
  *     else the longest-serving member; both hand-overs are one atomic store change;
  *   - whoever adds people to a group must be allowed by each one's `groupInvites` setting
- *     ('contacts': only people who already share a conversation with them; else REFUSED);
+ *     ('contacts': only people who share a group with them, or a direct conversation they opened;
+ *     else REFUSED);
  *   - nobody joins more than limits.conversationsPerUser conversations (LIMIT_REACHED), and
  *     nobody creates more than limits.groupsCreatedPerHour groups an hour (RATE_LIMITED).
  * Every change is announced as a `member` event to everyone affected.
@@ -53,9 +54,10 @@ async function requireInvitable (services: Services, caller: Caller, userIds: st
   const users = await requireUsersExist(services, userIds)
   const guarded = users.filter(u => u.groupInvites === 'contacts').map(u => u.id)
   if (guarded.length > 0) {
-    const shared = await services.meta.memberSharedWith(caller.userId, guarded)
-    const refused = guarded.filter(u => !shared.has(u)).sort()
-    if (refused.length > 0) throw new ImError('REFUSED', `only people who share a conversation with them may add them to groups: ${refused.join(', ')}`)
+    // the caller must be their contact: in a group with them, or in a direct conversation they opened
+    const accepting = await services.meta.memberContactOf(caller.userId, guarded)
+    const refused = guarded.filter(u => !accepting.has(u)).sort()
+    if (refused.length > 0) throw new ImError('REFUSED', `only their contacts may add them to groups: ${refused.join(', ')}`)
   }
   await requireRoomFor(services, userIds)
 }
