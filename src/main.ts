@@ -5,10 +5,13 @@ import { createLogger } from './log.js'
 import { MqimServer } from './server.js'
 import { isEmbedded } from './store/index.js'
 
-/** The admin tool's command line for this server: with --server / --data-dir unless they are the defaults it assumes. */
-function adminCommand (config: Config, httpPort: number): string {
+/**
+ * How to add a user to this server with the admin tool: with --server / --data-dir when they are
+ * not the defaults the tool assumes (another terminal does not share this one's environment).
+ */
+function addUserCommand (config: Config, httpPort: number): string {
   const defaults = loadConfig({ env: {} })
-  const parts = ['npm run admin --']
+  const parts = ['npm run admin -- user add alice']
   if (httpPort !== defaults.http.port) parts.push(`--server http://127.0.0.1:${httpPort}`)
   if (path.resolve(config.dataDir) !== path.resolve(defaults.dataDir)) parts.push(`--data-dir ${config.dataDir}`)
   return parts.join(' ')
@@ -37,7 +40,7 @@ async function main (): Promise<void> {
       'In-memory data lasts until this process stops. For durable storage set MQIM_MONGO_URL and MQIM_MYSQL_URL (see README).',
       `  MQTT:            mqtt://localhost:${server.ports.mqtt}`,
       `  MQTT/WebSocket:  ws://localhost:${server.ports.http}/mqtt`,
-      `Create a user (in another terminal):  ${adminCommand(config, server.ports.http)} user add alice`,
+      `Create a user (in another terminal):  ${addUserCommand(config, server.ports.http)}`,
       ''
     ].join('\n') + '\n')
   }
