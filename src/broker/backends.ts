@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState } from './upstream.js'
+import { BoundedMemoryPersistence, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -28,7 +28,7 @@ export function createBrokerBackends (
 ): BrokerBackends {
   if (config.adapter === 'memory') {
     return {
-      persistence: new BoundedMemoryPersistence({ messages: limits.sessionQueueMessages, bytes: limits.sessionQueueBytes }),
+      persistence: recordQueueReplays(new BoundedMemoryPersistence({ messages: limits.sessionQueueMessages, bytes: limits.sessionQueueBytes }), limits.sessionQueueMessages),
       mq: createEmitter(),
       redis: null,
       available: () => true,
@@ -57,7 +57,7 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   return {
-    persistence: coalesceAddSubscriptions(persistence),
+    persistence: recordQueueReplays(coalesceAddSubscriptions(persistence), config.maxSessionDelivery + 1),
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',

@@ -22,6 +22,10 @@
  *        its CONNACK is written before the CONNACK [against MQTT-3.2.0-1]; mqtt.js then waits for
  *        the PUBACK it queued for that PUBLISH and never reads the CONNACK (the connect times out):
  *        deliveries to a client wait until it is connected (connackFirst).
+ *    10. a QoS 1 message is queued for the persistent sessions it matches before it is routed
+ *        (enqueueOffline, then emit): a session that reconnects in between gets it twice, once
+ *        from its queue and once live (over Redis the gap is a round trip); what the queue
+ *        replayed is remembered for a while and not delivered again live (dropQueueReplays).
  *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
  *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
  *   mqemitter 7.1.0
@@ -35,6 +39,7 @@
 import type { Aedes, Client, PublishPacket } from 'aedes'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import type { Redis } from 'ioredis'
+import { Transform, pipeline, type Readable } from 'node:stream'
 import mqemitter from 'mqemitter'
 import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
@@ -137,8 +142,8 @@ export function grantAtMostQos1 (client: Client): void {
 /**
  * 9. Deliveries to a client that is not connected yet (CONNACK and, for a persistent session, its
  * queued messages not yet written) wait, in order, and go out once it is: after the queue, so a
- * device still gets a conversation's messages in seq order (a message may come twice, once from
- * the queue and once live; clients drop duplicates by seq). The emitter is told at once that the
+ * device still gets a conversation's messages in seq order (one both queued and routed live is
+ * written once: see 10). The emitter is told at once that the
  * delivery is done (the connect may itself wait for the publish). At most `max` wait; beyond,
  * they are not delivered live (clients sync by seq). If the connection ends first, they are dropped.
  */
@@ -162,6 +167,67 @@ export function connackFirst (client: Client, max = 1000): void {
 }
 
 function noop (): void {}
+
+interface QueuedIdentity { brokerId?: string, brokerCounter?: number }
+
+/** The messages a session's queue replayed on its connection, by the broker's own identity. */
+const replayed = new WeakMap<object, Set<string>>()
+
+function identity (packet: QueuedIdentity): string | undefined {
+  return typeof packet.brokerId === 'string' && typeof packet.brokerCounter === 'number'
+    ? `${packet.brokerId}\u0000${packet.brokerCounter}`
+    : undefined
+}
+
+interface OutgoingStreamStore { outgoingStream: (client: object) => Readable }
+
+/**
+ * 10 (the persistence half). Aedes reads a reconnecting session's queue with
+ * persistence.outgoingStream(client) and writes every packet it yields; each packet's identity
+ * (brokerId, brokerCounter, the same on the live copy) is remembered for that client, at most
+ * `max` (the queue's own bound).
+ */
+export function recordQueueReplays<T> (persistence: T, max: number): T {
+  const store = persistence as unknown as OutgoingStreamStore
+  const stream = store.outgoingStream.bind(store)
+  store.outgoingStream = (client) => {
+    const keys = new Set<string>()
+    replayed.set(client, keys)
+    const tap = new Transform({
+      objectMode: true,
+      transform (packet: QueuedIdentity, _enc, next) {
+        const key = identity(packet)
+        if (key !== undefined && keys.size < max) keys.add(key)
+        next(null, packet)
+      }
+    })
+    // an error of the source destroys `tap` with it, which is what Aedes' own pipeline sees
+    pipeline(stream(client), tap, noop)
+    return tap
+  }
+  return persistence
+}
+
+/**
+ * 10 (the client half). A live delivery of a message the client's queue already replayed is
+ * dropped (the queued copy is the one awaiting PUBACK). Installed before connackFirst, so the
+ * deliveries held until the queue is written are checked when they are released. The memory of
+ * replays ends `windowMs` after the client is connected: by then the live copy of anything that
+ * was queued has long been routed.
+ */
+export function dropQueueReplays (client: Client, windowMs = 10_000): void {
+  const c = internals(client)
+  const deliver = c.deliverQoS
+  c.deliverQoS = (packet, done) => {
+    const keys = replayed.get(client)
+    const key = keys === undefined ? undefined : identity(packet as QueuedIdentity)
+    if (key !== undefined && keys?.delete(key) === true) { setImmediate(done); return }
+    deliver(packet, done)
+  }
+  client.once('connected', () => {
+    setTimeout(() => replayed.delete(client), windowMs).unref()
+  })
+}
 
 interface SubscriptionStore {
   addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>

@@ -12,8 +12,8 @@ import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
-  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, grantAtMostQos1,
-  limitPacketSize, neverWaitForDrain, skipSinkPublishes
+  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
+  grantAtMostQos1, limitPacketSize, neverWaitForDrain, recordQueueReplays, skipSinkPublishes
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
 
@@ -153,6 +153,51 @@ describe('aedes 1.2.0: a message routed between restoring a session and its CONN
 
   test('workaround: the CONNACK comes first, the message after it', async () => {
     expect(await firstPackets(true)).toEqual(['connack', 'publish'])
+  })
+})
+
+describe('aedes 1.2.0: a message is queued for a session before it is routed (workaround 10)', () => {
+  /** The PUBLISH packets a reconnecting session gets for one message queued while it was away and routed after it is back. */
+  async function deliveries (patch: boolean): Promise<string[]> {
+    const persistence = patch ? recordQueueReplays(new MemoryPersistence(), 100) : new MemoryPersistence()
+    const mq = mqemitter()
+    const broker = await Aedes.createBroker({ persistence, mq })
+    const first = duplexPair()
+    broker.handle(first.server)
+    await connectClean(first.client, 's', false)
+    first.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 1 }] })
+    await first.client.next('suback')
+    first.client.send({ cmd: 'disconnect' })
+    await settle()
+    // routing is slow (a Redis round trip, stretched): the message is queued for the offline
+    // session at once, and reaches the emitter only once the session is back
+    const emit = mq.emit.bind(mq)
+    let route: (() => void) | undefined
+    mq.emit = ((packet: { topic: string }, cb?: (err?: Error) => void) => {
+      if (packet.topic !== 't') return emit(packet as never, cb)
+      route = () => emit(packet as never, cb)
+      return mq
+    }) as typeof mq.emit
+    broker.publish({ cmd: 'publish', topic: 't', payload: Buffer.from('once'), qos: 1, retain: false, dup: false }, () => {})
+    await settle()
+    const again = duplexPair()
+    const client = broker.handle(again.server)
+    if (patch) { dropQueueReplays(client); connackFirst(client) }
+    await connectClean(again.client, 's', false)
+    await again.client.next('publish')
+    expect(route).toBeDefined()
+    route?.()
+    await settle(100)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return again.client.received.filter(p => p.cmd === 'publish').map(p => p.cmd === 'publish' ? String(p.payload) : '')
+  }
+
+  test('upstream: written twice, from the queue and live', async () => {
+    expect(await deliveries(false)).toEqual(['once', 'once'])
+  })
+
+  test('workaround: written once (the queued copy)', async () => {
+    expect(await deliveries(true)).toEqual(['once'])
   })
 })
 
