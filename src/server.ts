@@ -168,7 +168,7 @@ export class MqimServer {
   }
 
   private async doStop (): Promise<void> {
-    const { sequencer, receipts, presence, meta, messages, logger } = this.services
+    const { sequencer, receipts, presence, publisher, meta, messages, logger } = this.services
     const { listeners, revocations, backends } = this.internals
     // 1. stop accepting; 2. finish in-flight writes (and their deliveries); 3. disconnect
     // clients so they reconnect elsewhere; 4. close stores and Redis
@@ -178,6 +178,7 @@ export class MqimServer {
     await revocations.close()
     await sequencer.close()
     await presence.close()
+    publisher.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     listeners.stopSockets()
     await closing

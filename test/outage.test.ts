@@ -97,7 +97,12 @@ describe('dependency outages under load (private services)', () => {
 
   test('after the outages: every acknowledged message is in history under its seq; no gap, no duplicate', async () => {
     if (drill === undefined) throw new Error('the drill did not start')
-    const f = await drill.finish()
+    // fail before jest's own timeout, with what the drill logged on the way
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`the final verification took more than 80 s:\n${lines.join('\n')}`)), 80_000)
+    })
+    const f = await Promise.race([drill.finish(), deadline]).finally(() => clearTimeout(timer))
     const detail = f.problems.length === 0 ? [] : [finalLine(f), ...lines.splice(0)]
     expect({ problems: f.problems, detail }).toEqual({ problems: [], detail: [] })
     expect(f).toMatchObject({ lost: 0, duplicated: 0, gaps: 0 })

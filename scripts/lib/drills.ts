@@ -138,7 +138,9 @@ export class DrillCluster {
    */
   async verify (rec: Recorder, catchUpMs = 20_000): Promise<Figures> {
     // nothing is sent any more: the store is final
+    const tHistory = Date.now()
     const audits = await Promise.all(this.convs.map(async c => await readHistory(this.owner, c)))
+    this.log(`history of ${audits.length} conversations read in ${Date.now() - tHistory} ms`)
     const lastSeq = new Map(audits.map(a => [a.conv, a.lastSeq]))
     const behind = (r: Receiver): string[] => [...r.held].filter(([c, list]) => list.length < (lastSeq.get(c) ?? 0)).map(([c]) => c)
     const t0 = Date.now()
@@ -148,7 +150,9 @@ export class DrillCluster {
     // the client-side backstop: every conversation whose lastSeq is above what the device holds is
     // synced by history from its highest contiguous seq (retried if a connection drops)
     for (let i = 0; i < 5 && this.receivers.some(r => behind(r).length > 0); i++) {
+      const tSync = Date.now()
       await Promise.all(this.receivers.map(async r => await Promise.all(behind(r).map(async c => await r.sync(c)))))
+      this.log(`final sync round ${i + 1}: ${Date.now() - tSync} ms; still behind: ${this.receivers.reduce((n, r) => n + behind(r).length, 0)} conversations`)
       if (i > 0) await sleep(500)
     }
     const storedCounts = await countStored(this.db)
@@ -449,8 +453,10 @@ export class OutageDrill {
     this.load.stop()
     const gone = this.cluster.nodes.filter(n => !n.running)
     if (gone.length > 0) throw new Error(`cannot verify: ${gone.map(n => `${n.id} exited (${n.exit?.code ?? n.exit?.signal})`).join(', ')}`)
+    const t0 = Date.now()
     await this.load.done
     await this.monitor.stop()
+    this.log(`load stopped after ${Date.now() - t0} ms (${this.rec.acked.size} acked); verifying`)
     return await this.cluster.verify(this.rec)
   }
 

@@ -156,6 +156,7 @@ export class PresenceService {
   }
 
   async connected (userId: string, connId: string): Promise<void> {
+    if (this.closed) return
     this.local.set(connId, userId)
     try {
       if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) this.scheduleNotify(userId)
@@ -166,6 +167,8 @@ export class PresenceService {
 
   async disconnected (userId: string, connId: string): Promise<void> {
     this.local.delete(connId)
+    // close() has marked this node's connections gone already
+    if (this.closed) return
     try {
       if (await this.opts.store.remove(userId, connId, this.now())) this.scheduleNotify(userId)
     } catch (err) {
@@ -200,13 +203,14 @@ export class PresenceService {
     const timer = setTimeout(() => {
       this.pendingNotify.delete(userId)
       this.lastNotified.set(userId, this.now())
-      this.notify(userId).catch((err: unknown) => this.opts.logger.warn({ userId, err }, 'presence notify failed'))
+      this.notify(userId).catch((err: unknown) => this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed'))
     }, wait)
     timer.unref()
     this.pendingNotify.set(userId, timer)
   }
 
   private async notify (userId: string): Promise<void> {
+    if (this.closed) return
     const [status] = await this.status([userId])
     if (status === undefined) return
     const contacts = await this.contactsOf(userId)
@@ -222,7 +226,10 @@ export class PresenceService {
     }
   }
 
+  private closed = false
+
   async close (): Promise<void> {
+    this.closed = true
     clearInterval(this.heartbeat)
     for (const t of this.pendingNotify.values()) clearTimeout(t)
     this.pendingNotify.clear()

@@ -35,9 +35,20 @@ export class Publisher {
   }
 
   private publish (topic: string, payload: Buffer, qos: 0 | 1): void {
+    if (this.closed) return
     this.broker.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, (err?: Error) => {
-      if (err) this.opts.logger.warn({ topic, err }, 'publish failed')
+      if (err) this.opts.logger[this.closed ? 'debug' : 'warn']({ topic, err }, 'publish failed')
     })
+  }
+
+  private closed = false
+
+  /**
+   * The node is stopping: its stored messages have been delivered (the sequencer is closed), what
+   * is left are events about connections ending with it (clients sync by seq on reconnect).
+   */
+  close (): void {
+    this.closed = true
   }
 
   /** Delivers one stored message to every member, serialized once. */
