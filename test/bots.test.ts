@@ -79,10 +79,12 @@ describe('bots', () => {
       expect(Math.abs(Date.parse(replies(conv, t.seq, bot)[0]?.body as string) - Date.now())).toBeLessThan(60000)
     }
 
-    // no bot answered a bot or itself: after a pause, every bot message replies to one of alice's
-    await new Promise(resolve => setTimeout(resolve, 500))
+    // no bot answered a bot or itself. Bots take a conversation's messages in seq order, so an
+    // answer to a bot's message would come before their answers to a marker sent after it.
+    const marker = await a.send(group.conv, '/echo marker')
+    await waitUntil(() => ['echo', 'rawbot'].every(bot => replies(group.conv, marker.seq, bot).length === 1), 15000, 'answers to the marker')
     const fromAlice = new Set(got.filter(m => m.from === 'alice').map(m => `${m.conv}#${m.seq}`))
     for (const m of got.filter(m => m.from !== 'alice')) expect(fromAlice.has(`${m.conv}#${m.replyTo ?? 0}`)).toBe(true)
-    expect(got.filter(m => m.conv === group.conv)).toHaveLength(3 + 4)
+    expect(got.filter(m => m.conv === group.conv)).toHaveLength(3 + 4 + 3)
   })
 })

@@ -159,8 +159,10 @@ describe('client SDK', () => {
     // the initial sync is done when connect() resolves
     expect(seqs(got, conv)).toEqual(range(7, 56))
     expect(synced).toEqual([56])
-    await new Promise(resolve => setTimeout(resolve, 300))
-    expect(seqs(got, conv)).toEqual(range(7, 56))
+    // a queued copy arriving late would come before a marker sent now
+    await alice.send(conv, 'marker')
+    await waitUntil(() => got.length >= 51, 5000, 'marker')
+    expect(seqs(got, conv)).toEqual(range(7, 57))
     await erin.close()
 
     // 2) offline and the session is gone (a clean connect with the same clientId wipes it): only history can fill the gap
@@ -169,12 +171,12 @@ describe('client SDK', () => {
     await wipe.end()
     got = []
     erin = await client('erin', 'phone', 'tcp', { storage, on: { message: m => { got.push(m) } } })
-    expect(seqs(got, conv)).toEqual(range(57, 106))
+    expect(seqs(got, conv)).toEqual(range(58, 107))
     expect(got.map(m => m.body)).toEqual(range(0, 49).map(i => `gone ${i}`))
     await alice.send(conv, 'after')
     await waitUntil(() => got.length === 51, 5000, 'after')
-    expect(seqs(got, conv)).toEqual(range(57, 107))
-    expect(erin.messages(conv).map(m => m.seq)).toEqual(range(57, 107))
+    expect(seqs(got, conv)).toEqual(range(58, 108))
+    expect(erin.messages(conv).map(m => m.seq)).toEqual(range(58, 108))
   })
 
   test('a device kicked off reconnects by itself and fills what it missed before emitting newer messages', async () => {
@@ -213,14 +215,19 @@ describe('client SDK', () => {
       for (let seq = 1; seq <= 20; seq++) dave.markRead(conv, seq)
       dave.markRead(conv, 5) // lower: ignored
       await waitUntil(() => spy.events.some(e => e.type === 'read'), 5000, 'read event')
-      await new Promise(resolve => setTimeout(resolve, 500))
-      const reads = spy.events.filter(e => e.type === 'read')
-      expect(reads).toEqual([{ type: 'read', conv, readSeq: 20, unread: 0 }])
       // marking what the server already has sends nothing
       dave.markRead(conv, 20)
       await dave.flushReads()
-      await new Promise(resolve => setTimeout(resolve, 300))
-      expect(spy.events.filter(e => e.type === 'read')).toHaveLength(1)
+      // the marker: one more message read; any read request sent before it (a cursor moved to an
+      // intermediate seq) would have produced its event first
+      await alice.send(conv, 'm 20')
+      dave.markRead(conv, 21)
+      await dave.flushReads()
+      await waitUntil(() => spy.events.some(e => e.type === 'read' && e.readSeq === 21), 5000, 'marker read event')
+      expect(spy.events.filter(e => e.type === 'read')).toEqual([
+        { type: 'read', conv, readSeq: 20, unread: 0 },
+        { type: 'read', conv, readSeq: 21, unread: 0 }
+      ])
     } finally {
       await spy.end()
     }
