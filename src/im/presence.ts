@@ -176,6 +176,11 @@ export class PresenceService {
     }
   }
 
+  /** This node's connections as presence counts them (for health and tests). */
+  localConnections (): number {
+    return this.local.size
+  }
+
   async status (userIds: string[]): Promise<PresenceStatus[]> {
     return await this.opts.store.status(userIds, this.now())
   }
