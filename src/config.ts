@@ -96,6 +96,8 @@ export const ConfigSchema = z.object({
     subscriptionsPerConnection: z.number().int().min(1).max(100_000),
     /** Open connections per user on one node (CONNACK 3 beyond). */
     connectionsPerUser: z.number().int().min(1),
+    /** Persistent sessions (clean=false clientIds) kept per user; a device beyond it gets a clean session. */
+    persistentSessionsPerUser: z.number().int().min(1).max(10_000),
     /** Open sockets (MQTT over TCP/TLS, HTTP and WebSocket) per source address (closed at once beyond). */
     connectionsPerAddress: z.number().int().min(1),
     /** Bytes waiting to be written to one connection; a connection beyond it (its reader is too slow) is disconnected. */

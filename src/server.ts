@@ -28,6 +28,7 @@ import { Sessions } from './broker/sessions.js'
 import { Listeners } from './gateway/listeners.js'
 import { ClusterBus } from './broker/bus.js'
 import { UserRateLimiter } from './broker/rate-limit.js'
+import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -126,7 +127,10 @@ export class MqimServer {
       backends.redis === null ? null : { redis: backends.redis, logger })
     const revocations = new Revocations(sessions, meta, bus, logger, config.auth.revocationPollMs)
     await revocations.start()
-    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, rates, logger, limits: config.limits }).install(broker)
+    const quota = backends.redis === null
+      ? new MemorySessionQuota(config.limits.persistentSessionsPerUser)
+      : new RedisSessionQuota(backends.redis, config.limits.persistentSessionsPerUser)
+    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, rates, quota, logger, limits: config.limits }).install(broker)
 
     // 5. admin token
     mkdirSync(config.dataDir, { recursive: true })

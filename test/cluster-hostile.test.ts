@@ -8,6 +8,7 @@ import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import { RawClient, fixedHeader } from '../scripts/lib/raw-mqtt.js'
 import type { MqimServer } from '../src/server.js'
+import { checkSessionCap } from './helpers/session-cap.js'
 
 describe('hostile clients against two nodes', () => {
   let n1: MqimServer
@@ -19,7 +20,7 @@ describe('hostile clients against two nodes', () => {
     const base = await clusterOverrides(6)
     const overrides = {
       ...base,
-      limits: { requestsPerSecond: 10, requestBurst: 10, outboundBufferBytes: 512 * 1024, pageBytes: 200_000 },
+      limits: { requestsPerSecond: 10, requestBurst: 10, outboundBufferBytes: 512 * 1024, pageBytes: 200_000, persistentSessionsPerUser: 3 },
       // only the byte bound may cut the stuck subscriber below
       broker: { ...(base.broker as Record<string, unknown>), drainTimeoutMs: 120_000 }
     }
@@ -88,6 +89,11 @@ describe('hostile clients against two nodes', () => {
     const sent = await carol.request('send', { conv: bystander, msgId: 'after', kind: 'text', body: 'still here' })
     await mallory.waitFor(() => mallory.messages.some(m => m.conv === bystander && m.seq === sent.seq), 10_000, 'the bystander message')
     await bob.waitFor(() => bob.messages.filter(m => m.conv === victim).length > 0, 10_000, 'bob on node 1')
+  })
+
+  test('persistent sessions per user are bounded across the nodes: a device beyond the bound gets a clean session', async () => {
+    await addUser(n1, 'pers')
+    await checkSessionCap([n1, n2], 'pers', 3)
   })
 
   test('an oversized packet is cut on either node', async () => {

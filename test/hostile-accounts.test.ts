@@ -13,6 +13,7 @@ import { RawClient } from '../scripts/lib/raw-mqtt.js'
 import { setDisabled } from '../src/admin/accounts.js'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import type { MqimServer } from '../src/server.js'
+import { checkSessionCap } from './helpers/session-cap.js'
 
 const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200 }
 
@@ -36,7 +37,7 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
   beforeAll(async () => {
     server = await startServer({
       auth: AUTH,
-      limits: { requestsPerSecond: 5, requestBurst: 10, groupsCreatedPerHour: 3, conversationsPerUser: 6, listPageMax: 4, connectionsPerUser: 8 }
+      limits: { requestsPerSecond: 5, requestBurst: 10, groupsCreatedPerHour: 3, conversationsPerUser: 6, listPageMax: 4, connectionsPerUser: 8, persistentSessionsPerUser: 3 }
     }, await backend.make())
     for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank', 'ivan', 'judy', 'kate', 'stranger']) await addUser(server, u)
   })
@@ -134,6 +135,11 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     const full = await gina.requestRaw('direct', { user: 'hank' })
     expect(full.ok ? 'ok' : full.error.code).toBe('LIMIT_REACHED')
     expect(full.ok ? '' : full.error.message).toContain('hank')
+  })
+
+  test('persistent sessions per user are bounded: a device beyond the bound gets a clean session', async () => {
+    await addUser(server, 'pers')
+    await checkSessionCap([server], 'pers', 3)
   })
 
   test('list comes in pages of listPageMax with a cursor, in conversation-id order; all pages together are everything', async () => {

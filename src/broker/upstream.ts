@@ -26,6 +26,9 @@
  *        (enqueueOffline, then emit): a session that reconnects in between gets it twice, once
  *        from its queue and once live (over Redis the gap is a round trip); what the queue
  *        replayed is remembered for a while and not delivered again live (dropQueueReplays).
+ *    11. authenticate cannot turn a persistent session into a clean one: Aedes reads the CONNECT
+ *        packet's own flag after it (fetchSubs, cleanIncoming); the packet is kept from the parser
+ *        so that the flag can be changed (keepConnectPacket, makeSessionClean).
  *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
  *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
  *   mqemitter 7.1.0
@@ -61,7 +64,7 @@ interface MqttParser {
   packet: { length: number }
   _parseLength: () => boolean
   _emitError: (err: Error) => void
-  prependListener: (event: 'packet', listener: (packet: { cmd: string, subscriptions?: Array<{ qos: number }> }) => void) => unknown
+  prependListener: (event: 'packet', listener: (packet: { cmd: string, clean?: boolean, subscriptions?: Array<{ qos: number }> }) => void) => unknown
 }
 
 function internals (client: Client): ClientInternals {
@@ -129,6 +132,27 @@ export function neverWaitForDrain (client: Client, onBackpressure: (client: Clie
     onBackpressure(client)
     setImmediate(callback, null, client)
   }
+}
+
+const connectPackets = new WeakMap<object, { clean?: boolean }>()
+
+/** 11. Keeps the client's CONNECT packet, the object Aedes' connect handler reads. */
+export function keepConnectPacket (client: Client): void {
+  internals(client)._parser.prependListener('packet', (packet) => {
+    if (packet.cmd === 'connect') connectPackets.set(client, packet)
+  })
+}
+
+/**
+ * 11. During authenticate: the session being set up is clean (nothing restored, nothing kept
+ * after the connection), whatever the CONNECT asked for. False if the packet was not kept.
+ */
+export function makeSessionClean (client: Client): boolean {
+  const packet = connectPackets.get(client)
+  if (packet === undefined) return false
+  packet.clean = true
+  client.clean = true
+  return true
 }
 
 /** 4. SUBSCRIBE requests for QoS 2 become QoS 1 before Aedes records (and acknowledges) them. */

@@ -30,7 +30,8 @@ import type { OpName, Reply } from '../protocol/schemas.js'
 import type { Sessions, Session } from '../broker/sessions.js'
 import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
-import { isWillOf, skipSinkPublishes } from '../broker/upstream.js'
+import { isWillOf, makeSessionClean, skipSinkPublishes } from '../broker/upstream.js'
+import type { SessionQuota } from '../broker/session-quota.js'
 import { addressOf } from './listeners.js'
 
 export interface HookOptions {
@@ -40,11 +41,13 @@ export interface HookOptions {
   publisher: Publisher
   logins: LoginGuard
   rates: UserRateLimiter
+  quota: SessionQuota
   logger: Logger
   limits: {
     requestsPerSecond: number
     subscriptionsPerConnection: number
     connectionsPerUser: number
+    persistentSessionsPerUser: number
   }
 }
 
@@ -141,10 +144,34 @@ export class BrokerHooks {
     if (sessions.countOf(user.id, client.id) >= this.opts.limits.connectionsPerUser) {
       throw authError(3, `more than ${this.opts.limits.connectionsPerUser} connections of this user`)
     }
+    await this.boundPersistentSessions(client, user.id)
     // the connection may have gone while the account was looked up: its 'close' has fired already,
     // and a session added now would never be removed
     if (client.closed || client.conn.destroyed) throw authError(3, 'connection closed during login')
     sessions.add(client, { userId: user.id, deviceId: bound.deviceId, secretHash: user.secretHash, address })
+  }
+
+  /**
+   * A clean connect wipes its clientId's persistent session, so it no longer counts; a persistent
+   * one beyond limits.persistentSessionsPerUser is made clean (see broker/session-quota.ts).
+   */
+  private async boundPersistentSessions (client: Client, userId: string): Promise<void> {
+    const { quota, logger, limits } = this.opts
+    let admitted: boolean
+    try {
+      if (client.clean) {
+        await quota.forget(userId, client.id)
+        return
+      }
+      admitted = await quota.admit(userId, client.id)
+    } catch (err) {
+      logger.warn({ err }, 'session quota unavailable')
+      throw authError(3, 'server unavailable')
+    }
+    if (admitted) return
+    const max = limits.persistentSessionsPerUser
+    if (!makeSessionClean(client)) throw authError(3, `more than ${max} persistent sessions of this user`)
+    logger.debug({ client: client.id, max }, 'persistent sessions per user reached: a clean session instead')
   }
 
   private async authorizePublish (client: Client | null, packet: PublishPacket): Promise<void> {

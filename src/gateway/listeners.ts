@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream'
 import type { Aedes, Client } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
-import { connackFirst, dropQueueReplays, grantAtMostQos1, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
+import { connackFirst, dropQueueReplays, grantAtMostQos1, keepConnectPacket, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
 
 export interface ListenerLimits {
   connectionsPerAddress: number
@@ -89,6 +89,7 @@ export class Listeners {
     const client = this.broker.handle(stream, req)
     limitPacketSize(client, this.limits.maxConnectPacketBytes, this.limits.maxPacketBytes)
     grantAtMostQos1(client)
+    keepConnectPacket(client)
     neverWaitForDrain(client, this.onBackpressure)
     dropQueueReplays(client)
     connackFirst(client)
