@@ -13,7 +13,7 @@ import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
   BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
-  grantAtMostQos1, limitPacketSize, neverWaitForDrain, recordQueueReplays, skipSinkPublishes
+  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, recordQueueReplays, skipSinkPublishes
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
 
@@ -198,6 +198,49 @@ describe('aedes 1.2.0: a message is queued for a session before it is routed (wo
 
   test('workaround: written once (the queued copy)', async () => {
     expect(await deliveries(true)).toEqual(['once'])
+  })
+})
+
+describe('aedes 1.2.0: authenticate cannot make a persistent session clean (workaround 11)', () => {
+  /**
+   * A clientId with a stored session connects again (clean=false) and authenticate asks for a
+   * clean session: sessionPresent of that connect, and of one more connect after it.
+   */
+  async function sessionPresent (patch: boolean): Promise<[boolean, boolean]> {
+    const broker = await Aedes.createBroker({ persistence: new MemoryPersistence() })
+    let makeClean = false
+    broker.authenticate = (client, _u, _p, done) => {
+      if (makeClean && patch) makeSessionClean(client)
+      else if (makeClean) (client as { clean: boolean }).clean = true
+      done(null, true)
+    }
+    const visit = async (): Promise<boolean> => {
+      const pair = duplexPair()
+      const client = broker.handle(pair.server)
+      if (patch) keepConnectPacket(client)
+      await connectClean(pair.client, 's', false)
+      const connack = await pair.client.next('connack')
+      pair.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 1 }] })
+      await pair.client.next('suback')
+      pair.client.send({ cmd: 'disconnect' })
+      await settle()
+      return connack.cmd === 'connack' && connack.sessionPresent
+    }
+    await visit() // the stored session
+    makeClean = true
+    const made = await visit()
+    makeClean = false
+    const after = await visit()
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return [made, after]
+  }
+
+  test('upstream: setting client.clean there still restores the stored session, and keeps it (the CONNECT packet decides)', async () => {
+    expect(await sessionPresent(false)).toEqual([true, true])
+  })
+
+  test('workaround: the kept CONNECT packet is changed too: nothing restored, the session wiped', async () => {
+    expect(await sessionPresent(true)).toEqual([false, false])
   })
 })
 
