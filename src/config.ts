@@ -115,6 +115,8 @@ export const ConfigSchema = z.object({
     maxConcurrentHashes: z.number().int().min(1).max(64),
     /** Logins waiting for a hash; beyond it a login gets CONNACK 3 at once. */
     maxQueuedLogins: z.number().int().min(0),
+    /** Password checks one source address (an IPv6 /64) may have running or waiting, unless its user logged in from it before. */
+    loginsPerAddress: z.number().int().min(1),
     /** Failed logins of one user id or one source address before backoff starts. */
     failuresBeforeBackoff: z.number().int().min(1),
     /** First backoff after too many failures; doubles with each further failure. */

@@ -8,6 +8,11 @@
  *   guessing elsewhere cannot lock the owner out.
  * - A bounded number of password hashes in flight (scrypt runs on libuv's small shared thread
  *   pool, which also serves file reads): the rest wait in a bounded line; beyond it, at once Busy.
+ *   Two lines, each of maxQueuedLogins: one for a user on an address they have logged in from
+ *   before, served first, and one for everybody else, where one address (an IPv6 /64) holds at
+ *   most loginsPerAddress places. A flood of guesses from many addresses then fills only the second
+ *   line: returning users on their usual addresses still get in (a first login from a new address
+ *   competes with the flood; see README "Production").
  * - Timing that does not tell whether an account exists: the work done depends only on the shape
  *   of the presented secret (an API key `mqk_…` costs one SHA-256, anything else one scrypt),
  *   checked against a dummy hash when the account is unknown.
@@ -21,6 +26,8 @@ import { API_KEY_PREFIX, hashApiKey, hashPassword, verifySecret } from './secret
 export interface LoginGuardOptions {
   maxConcurrentHashes: number
   maxQueuedLogins: number
+  /** Places (running or waiting) one address may hold among the password checks of the open line. */
+  loginsPerAddress: number
   failuresBeforeBackoff: number
   backoffBaseMs: number
   backoffMaxMs: number
@@ -42,6 +49,23 @@ const VERIFIED_MAX = 20_000
 /** Failure records kept (per user id and per address), at most this many. */
 const FAILURES_MAX = 100_000
 
+/**
+ * The address a limit counts by: IPv4 addresses as they are, IPv6 by their /64 (one subscriber
+ * commonly has a whole /64 to pick from). IPv4-mapped IPv6 counts as IPv4.
+ */
+export function addressKey (address: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)
+  if (mapped !== null) return mapped[1] as string
+  if (!address.includes(':')) return address
+  const [head = '', tail] = address.toLowerCase().split('%')[0]?.split('::') ?? []
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === undefined || tail === '' ? [] : tail.split(':')
+  const groups = tail === undefined ? left : [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right]
+  return groups.slice(0, 4).map(g => g.replace(/^0+(?=.)/, '')).join(':') + '::/64'
+}
+
+type Lane = 'known' | 'open'
+
 export class LoginGuard {
   private readonly now: () => number
   private readonly failures: LRUCache<string, Failures>
@@ -52,7 +76,9 @@ export class LoginGuard {
   private readonly dummyPasswordHash: Promise<string>
   private readonly dummyApiKeyHash = hashApiKey(API_KEY_PREFIX + randomBytes(32).toString('base64url'))
   private active = 0
-  private readonly waiting: Array<() => void> = []
+  private readonly waiting: Record<Lane, Array<() => void>> = { known: [], open: [] }
+  /** Places each address holds in the open line (running or waiting). */
+  private readonly openByAddress = new Map<string, number>()
 
   constructor (private readonly opts: LoginGuardOptions) {
     this.now = opts.now ?? Date.now
@@ -64,7 +90,7 @@ export class LoginGuard {
   /** Milliseconds this attempt must wait before a password is checked (0: go ahead). */
   retryAfter (userId: string, address: string): number {
     const now = this.now()
-    const byAddress = this.failures.get(`a\u0000${address}`)
+    const byAddress = this.failures.get(`a\u0000${addressKey(address)}`)
     let until = byAddress?.until ?? 0
     if (!this.knownGood.has(`${userId}\u0000${address}`)) until = Math.max(until, this.failures.get(`u\u0000${userId}`)?.until ?? 0)
     return Math.max(0, until - now)
@@ -72,12 +98,12 @@ export class LoginGuard {
 
   /** True while the address itself is in backoff (whoever logs in from it). */
   addressInBackoff (address: string): boolean {
-    return (this.failures.get(`a\u0000${address}`)?.until ?? 0) > this.now()
+    return (this.failures.get(`a\u0000${addressKey(address)}`)?.until ?? 0) > this.now()
   }
 
   failed (userId: string, address: string): void {
     this.count(`u\u0000${userId}`)
-    this.count(`a\u0000${address}`)
+    this.count(`a\u0000${addressKey(address)}`)
   }
 
   succeeded (userId: string, address: string): void {
@@ -96,8 +122,9 @@ export class LoginGuard {
   /**
    * Checks a secret against the stored hash of an account (null: unknown account). The work done
    * depends only on the secret's shape. Throws LoginBusyError when too many checks are waiting.
+   * `address` picks the line (see the top of this file).
    */
-  async verify (userId: string, secret: string, storedHash: string | null): Promise<boolean> {
+  async verify (userId: string, secret: string, storedHash: string | null, address = ''): Promise<boolean> {
     const key = storedHash === null ? null : createHmac('sha256', this.cacheKey).update(`${userId}\u0000${storedHash}\u0000${secret}`).digest('base64url')
     if (key !== null && this.verified.has(key)) return true
     const isApiKey = secret.startsWith(API_KEY_PREFIX)
@@ -105,30 +132,43 @@ export class LoginGuard {
     const matchingKind = storedHash !== null && storedHash.startsWith(isApiKey ? 'sha256$' : 'scrypt$')
     const ok = isApiKey
       ? await verifySecret(secret, matchingKind ? storedHash : this.dummyApiKeyHash) && matchingKind
-      : await this.limited(async () => await verifySecret(secret, matchingKind ? storedHash : await this.dummyPasswordHash)) && matchingKind
+      : await this.limited(this.knownGood.has(`${userId}\u0000${address}`) ? 'known' : 'open', addressKey(address),
+        async () => await verifySecret(secret, matchingKind ? storedHash : await this.dummyPasswordHash)) && matchingKind
     if (ok && key !== null) this.verified.set(key, true)
     return ok
   }
 
-  /** Runs a password hash when a slot is free; waits in a bounded line otherwise. */
-  private async limited<T> (work: () => Promise<T>): Promise<T> {
-    if (this.active >= this.opts.maxConcurrentHashes) {
-      if (this.waiting.length >= this.opts.maxQueuedLogins) throw new LoginBusyError()
-      await new Promise<void>(resolve => this.waiting.push(resolve))
-    } else {
-      this.active++
-    }
+  /** Runs a password hash when a slot is free; waits in its bounded line otherwise. */
+  private async limited<T> (lane: Lane, address: string, work: () => Promise<T>): Promise<T> {
+    const line = this.waiting[lane]
+    // an address the server cannot tell (an in-process connection) is not counted
+    const counted = lane === 'open' && address !== 'unknown' && address !== ''
+    const held = counted ? this.openByAddress.get(address) ?? 0 : 0
+    if (held >= this.opts.loginsPerAddress) throw new LoginBusyError()
+    if (this.active >= this.opts.maxConcurrentHashes && line.length >= this.opts.maxQueuedLogins) throw new LoginBusyError()
+    if (counted) this.openByAddress.set(address, held + 1)
     try {
-      return await work()
+      if (this.active >= this.opts.maxConcurrentHashes) await new Promise<void>(resolve => line.push(resolve))
+      else this.active++
+      try {
+        return await work()
+      } finally {
+        // the slot passes to the next in line, the known line first
+        const next = this.waiting.known.shift() ?? this.waiting.open.shift()
+        if (next !== undefined) next()
+        else this.active--
+      }
     } finally {
-      const next = this.waiting.shift()
-      if (next !== undefined) next() // the slot passes to the next in line
-      else this.active--
+      if (counted) {
+        const left = (this.openByAddress.get(address) ?? 1) - 1
+        if (left > 0) this.openByAddress.set(address, left)
+        else this.openByAddress.delete(address)
+      }
     }
   }
 
   /** Password checks running and waiting (for tests and health). */
   load (): { active: number, waiting: number } {
-    return { active: this.active, waiting: this.waiting.length }
+    return { active: this.active, waiting: this.waiting.known.length + this.waiting.open.length }
   }
 }

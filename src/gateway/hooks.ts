@@ -129,7 +129,7 @@ export class BrokerHooks {
     }
     let ok: boolean
     try {
-      ok = await logins.verify(username, password.toString('utf8'), user?.secretHash ?? null)
+      ok = await logins.verify(username, password.toString('utf8'), user?.secretHash ?? null, address)
     } catch (err) {
       if (err instanceof LoginBusyError) throw authError(3, err.message)
       throw err

@@ -3,10 +3,10 @@
  * the bounded line of password checks, the work of a login depending only on the secret's shape,
  * and no plaintext secret kept in memory.
  */
-import { LoginBusyError, LoginGuard } from '../../src/auth/login-guard.js'
+import { LoginBusyError, LoginGuard, addressKey } from '../../src/auth/login-guard.js'
 import { generateApiKey, hashApiKey, hashPassword } from '../../src/auth/secrets.js'
 
-const OPTIONS = { maxConcurrentHashes: 1, maxQueuedLogins: 1, failuresBeforeBackoff: 3, backoffBaseMs: 1000, backoffMaxMs: 8000 }
+const OPTIONS = { maxConcurrentHashes: 1, maxQueuedLogins: 1, loginsPerAddress: 2, failuresBeforeBackoff: 3, backoffBaseMs: 1000, backoffMaxMs: 8000 }
 
 describe('LoginGuard', () => {
   let now = 1_000_000
@@ -50,6 +50,52 @@ describe('LoginGuard', () => {
     expect(await second).toBe(false)
     expect(g.load()).toEqual({ active: 0, waiting: 0 })
     expect(await g.verify('dave', 'right-password', hash)).toBe(true)
+  })
+
+  test('a flood of guesses fills only the open line: a user on an address they logged in from before goes first', async () => {
+    const g = guard()
+    const hash = await hashPassword('right-password')
+    g.succeeded('owner', '10.0.0.9')
+    // guesses for unknown users from many addresses: one runs, one waits, the rest are refused
+    const flood = Array.from({ length: 6 }, async (_, i) => await g.verify(`x${i}`, 'guess', null, `10.9.0.${i}`))
+    const outcomes = Promise.allSettled(flood)
+    expect(g.load()).toEqual({ active: 1, waiting: 1 })
+    // the owner on their known address is not refused and is served before the waiting guess
+    const order: string[] = []
+    const owner = g.verify('owner', 'right-password', hash, '10.0.0.9').then(ok => { order.push('owner'); return ok })
+    void flood[1]?.then(() => order.push('guess'), () => {})
+    expect(g.load()).toEqual({ active: 1, waiting: 2 })
+    expect(await owner).toBe(true)
+    const settled = await outcomes
+    expect(settled.map(r => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'rejected', 'rejected', 'rejected'])
+    expect(order).toEqual(['owner', 'guess'])
+    // the same owner on a new address is in the open line like anyone
+    expect(g.load()).toEqual({ active: 0, waiting: 0 })
+  })
+
+  test('one address holds at most loginsPerAddress places in the open line; an IPv6 /64 counts as one address', async () => {
+    const g = new LoginGuard({ ...OPTIONS, maxQueuedLogins: 10, now: () => now })
+    const a = [g.verify('u1', 'guess', null, '10.0.0.1'), g.verify('u2', 'guess', null, '10.0.0.1')]
+    await expect(g.verify('u3', 'guess', null, '10.0.0.1')).rejects.toBeInstanceOf(LoginBusyError)
+    const b = [g.verify('u4', 'guess', null, '2001:db8:1:2::1'), g.verify('u5', 'guess', null, '2001:db8:1:2:ffff::9')]
+    await expect(g.verify('u6', 'guess', null, '2001:db8:1:2:0:0:0:7')).rejects.toBeInstanceOf(LoginBusyError)
+    // another /64 and another IPv4 address still get places
+    const c = [g.verify('u7', 'guess', null, '2001:db8:1:3::1'), g.verify('u8', 'guess', null, '10.0.0.2')]
+    expect(g.load()).toEqual({ active: 1, waiting: 5 })
+    await Promise.all([...a, ...b, ...c])
+    // places are given back
+    expect(await g.verify('u3', 'guess', null, '10.0.0.1')).toBe(false)
+  })
+
+  test('addressKey: IPv4 as is, IPv4-mapped as IPv4, IPv6 by its /64 whatever the notation', () => {
+    expect(addressKey('192.0.2.7')).toBe('192.0.2.7')
+    expect(addressKey('::ffff:192.0.2.7')).toBe('192.0.2.7')
+    expect(addressKey('2001:db8:1:2::1')).toBe('2001:db8:1:2::/64')
+    expect(addressKey('2001:0DB8:0001:0002:aaaa:bbbb:cccc:dddd')).toBe('2001:db8:1:2::/64')
+    expect(addressKey('2001:db8::1')).toBe('2001:db8:0:0::/64')
+    expect(addressKey('::1')).toBe('0:0:0:0::/64')
+    expect(addressKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64')
+    expect(addressKey('unknown')).toBe('unknown')
   })
 
   test('an unknown user costs a password check like a known one; an API-key-shaped secret one SHA-256', async () => {
