@@ -96,7 +96,8 @@ export class MqimServer {
     const bus = await ClusterBus.create(broker, { nodeId, clustered, available: backends.available, logger })
 
     // 3. sessions, then the IM services from the bottom of the send path up
-    const sessions = new Sessions({ outboundBufferBytes: config.limits.outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs }, logger)
+    const { outboundBufferBytes, pageBytes, maxPacketBytes } = config.limits
+    const sessions = new Sessions({ outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs, replyBytes: pageBytes + maxPacketBytes }, logger)
     const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, logger })
     const directory = new ConversationDirectory(meta, bus)
     const delivery = new Delivery(directory, publisher, bus)

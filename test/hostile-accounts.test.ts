@@ -99,6 +99,46 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     expect(limited).toBeGreaterThanOrEqual(17)
   })
 
+  test('a large reply costs more of the rate: right after a 1 MiB history page the user is RATE_LIMITED', async () => {
+    await addUser(server, 'pager')
+    const [a, b] = [track(await connect(server, 'pager', 'a')), track(await connect(server, 'pager', 'b'))]
+    const { conv } = await a.request('direct', { user: 'alice' })
+    const body = 'x'.repeat(60_000)
+    for (let i = 0; i < 20; i++) {
+      for (;;) { // 5 per second: resend what is refused
+        const r = await a.requestRaw('send', { conv, msgId: `big${i}`, kind: 'text', body })
+        if (r.ok) break
+        expect(r.error.code).toBe('RATE_LIMITED')
+        await new Promise(resolve => setTimeout(resolve, 200))
+      }
+    }
+    // a full bucket (10): two small requests in a row pass
+    await new Promise(resolve => setTimeout(resolve, 2500))
+    expect((await a.requestRaw('presence', { users: ['alice'] })).ok).toBe(true)
+    expect((await b.requestRaw('presence', { users: ['alice'] })).ok).toBe(true)
+    // a full bucket again: a page of ~1 MiB costs 1 + 16 tokens, so the next request is refused
+    await new Promise(resolve => setTimeout(resolve, 2500))
+    const page = await a.request('history', { conv, after: 0, limit: 200 })
+    expect(page.messages.length).toBeGreaterThanOrEqual(15)
+    const next = await b.requestRaw('presence', { users: ['alice'] })
+    expect(next.ok ? 'ok' : next.error.code).toBe('RATE_LIMITED')
+  }, 30_000)
+
+  test('publishes to topics that are not requests count against the rate: beyond it they get no answer', async () => {
+    await addUser(server, 'noisy')
+    const c = track(await connect(server, 'noisy', 'a'))
+    await new Promise(resolve => setTimeout(resolve, 2500))
+    await Promise.all(Array.from({ length: 40 }, async (_, i) => await c.mqtt.publishAsync(`foo/${i}`, 'x', { qos: 1 })))
+    // the marker: a request after them, answered once the bucket has refilled
+    await new Promise(resolve => setTimeout(resolve, 400))
+    await c.request('presence', { users: ['noisy'] })
+    const answered = c.replies.filter(r => r.op.startsWith('foo/'))
+    expect(answered.every(r => !r.ok && r.error.code === 'UNKNOWN_OP')).toBe(true)
+    // a burst of 10, plus what refills (5/s) while 40 publishes are handled
+    expect(answered.length).toBeGreaterThanOrEqual(10)
+    expect(answered.length).toBeLessThanOrEqual(13)
+  })
+
   test('group invitations: "contacts" refuses strangers with REFUSED, also after they opened a direct conversation; one the user opened lets them in', async () => {
     const frank = track(await connect(server, 'frank', 'f'))
     const stranger = track(await connect(server, 'stranger', 's'))

@@ -72,13 +72,26 @@ export class UserRateLimiter {
 
   take (userId: string): boolean {
     if (!this.bucket(userId).take()) return false
-    if (this.sync !== null) {
-      const second = Math.floor(this.now() / 1000)
-      let users = this.granted.get(second)
-      if (users === undefined) this.granted.set(second, users = new Map())
-      users.set(userId, (users.get(userId) ?? 0) + 1)
-    }
+    this.record(userId, 1)
     return true
+  }
+
+  /**
+   * Charges `n` more tokens for a request that turned out to be expensive (a large reply): the
+   * bucket may go into debt, so the user's next requests wait longer.
+   */
+  charge (userId: string, n: number): void {
+    if (n <= 0) return
+    this.bucket(userId).debit(n)
+    this.record(userId, n)
+  }
+
+  private record (userId: string, n: number): void {
+    if (this.sync === null) return
+    const second = Math.floor(this.now() / 1000)
+    let users = this.granted.get(second)
+    if (users === undefined) this.granted.set(second, users = new Map())
+    users.set(userId, (users.get(userId) ?? 0) + n)
   }
 
   /** Reports the last complete second, and charges what other nodes granted the second before. */

@@ -50,6 +50,8 @@ export interface SessionLimits {
   outboundBufferBytes: number
   /** Time a connection may go without draining before it is cut. */
   drainTimeoutMs: number
+  /** The largest reply (a page plus a packet): roomToReply keeps this much of outboundBufferBytes free for it. */
+  replyBytes: number
 }
 
 type Listener = (session: Session) => void
@@ -58,6 +60,8 @@ interface Entry {
   session: Session
   started: boolean
   drainTimer: NodeJS.Timeout | null
+  /** Requests waiting for room to reply (see roomToReply), all on one 'drain'. */
+  drained: Promise<void> | null
 }
 
 export class Sessions {
@@ -96,7 +100,7 @@ export class Sessions {
       filters: new Set(),
       watchFilters: new Set()
     }
-    this.entries.set(client, { session, started: false, drainTimer: null })
+    this.entries.set(client, { session, started: false, drainTimer: null, drained: null })
     let set = this.byUser.get(identity.userId)
     if (set === undefined) this.byUser.set(identity.userId, set = new Set())
     set.add(client)
@@ -250,6 +254,38 @@ export class Sessions {
     const flushed = mqttPacket.writeToStream({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, client.conn)
     if (!flushed) this.backpressure(client)
     return true
+  }
+
+  /**
+   * True if the connection has room for a reply: what waits to be written leaves the largest reply
+   * room under outboundBufferBytes (nearly always). A client that asks for more at a time than it
+   * reads (concurrent history pages, say) is answered as it reads (see `drained`), instead of
+   * being cut as a slow reader. Also true once the connection is gone (the write is then a no-op).
+   */
+  hasRoom (client: Client): boolean {
+    const conn = client.conn
+    return conn.destroyed || !this.entries.has(client) || conn.writableLength <= Math.max(0, this.limits.outboundBufferBytes - this.limits.replyBytes)
+  }
+
+  /**
+   * Resolves when the connection's buffer has drained, or it closed (one that stops reading is cut
+   * by `backpressure` after drainTimeoutMs). Every waiter of a connection shares one listener.
+   */
+  async drained (client: Client): Promise<void> {
+    const entry = this.entries.get(client)
+    if (entry === undefined) return
+    const conn = client.conn
+    entry.drained ??= new Promise<void>(resolve => {
+      const done = (): void => {
+        entry.drained = null
+        conn.off('drain', done)
+        conn.off('close', done)
+        resolve()
+      }
+      conn.on('drain', done)
+      conn.on('close', done)
+    })
+    await entry.drained
   }
 
   /**

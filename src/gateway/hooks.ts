@@ -51,9 +51,19 @@ export interface HookOptions {
   }
 }
 
-/** Best-effort request id of a payload, so that even a refused request can be correlated. */
-function requestIdOf (payload: Buffer): string | null {
-  if (payload.length > 1024 * 1024) return null
+/** Reply bytes that cost one more token of the user's request rate (a 1 MiB page costs 17). */
+const REPLY_BYTES_PER_TOKEN = 64 * 1024
+/** Above this size a refused request's id is looked for in its first bytes only (no JSON parse). */
+const ID_PARSE_MAX_BYTES = 4096
+const LEADING_ID = /^\s*\{\s*"id"\s*:\s*"([^"\\]{1,64})"/
+
+/**
+ * Best-effort request id of a payload, so that even a refused request can be correlated. Unless
+ * `whole`, a large payload is not parsed for it (a flood of refused requests must stay cheap): its
+ * id is found only when it is the first field, as the SDK and the examples write it.
+ */
+function requestIdOf (payload: Buffer, whole = false): string | null {
+  if (payload.length > ID_PARSE_MAX_BYTES && !whole) return LEADING_ID.exec(payload.subarray(0, 256).toString('utf8'))?.[1] ?? null
   try {
     const json: unknown = JSON.parse(payload.toString('utf8'))
     const id = typeof json === 'object' && json !== null ? (json as Record<string, unknown>).id : undefined
@@ -184,8 +194,10 @@ export class BrokerHooks {
     packet.topic = SINK_TOPIC
     packet.retain = false
     if (session === undefined || client === null || isWill) return
-    const { publisher } = this.opts
+    const { publisher, rates } = this.opts
     if (!topic.startsWith(REQUEST_PREFIX)) {
+      // answered within the user's request rate; beyond it dropped (the earlier answers said why)
+      if (!rates.take(session.userId)) return
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
       const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)
       publisher.reply(session, { id: null, op: topic, ok: false, error: toWireError(err) }, client)
@@ -194,22 +206,27 @@ export class BrokerHooks {
     const op = topic.slice(REQUEST_PREFIX.length)
     const payload = packet.payload as Buffer
     packet.payload = EMPTY
-    if (!this.opts.rates.take(session.userId)) {
+    if (!rates.take(session.userId)) {
       const err = new ImError('RATE_LIMITED', `more than ${this.opts.limits.requestsPerSecond} requests per second from this user; retry later`)
       publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
       return
     }
     const cached = !UNCACHED_OPS.has(op)
     // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
-    const dupKey = cached && packet.dup ? replyKey(session, op, requestIdOf(payload)) : null
+    const dupKey = cached && packet.dup ? replyKey(session, op, requestIdOf(payload, true)) : null
     const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)
     const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
     const key = cached && earlier === undefined ? replyKey(session, op, reply.id) : null
     if (key !== null) this.recentReplies.set(key, reply)
+    // a client that asks faster than it reads its replies waits for its socket here (checked
+    // with no await between the check and the write: replies finishing together take turns)
+    while (!this.sessions.hasRoom(client)) await this.sessions.drained(client)
     // the reply, the PUBACK (written when this resolves) and the sender's own copy of a message
     // leave in one write
     this.sessions.holdClient(client)
-    publisher.reply(session, reply, client)
+    const bytes = publisher.reply(session, reply, client)
+    // the rate counts requests; a large request or reply costs more of it
+    rates.charge(session.userId, Math.floor((payload.length + bytes) / REPLY_BYTES_PER_TOKEN))
   }
 
   private authorizeSubscribe (client: Client, sub: Subscription): Subscription | null {

@@ -73,17 +73,18 @@ export class Publisher {
    * written to them directly on a single node, else routed (the requester skips the routed
    * copy, see BrokerHooks.authorizeForward).
    */
-  reply (session: Session, reply: Reply, requester: Client): void {
+  /** Writes a reply to the requester (and its watchers); returns the reply's size in bytes. */
+  reply (session: Session, reply: Reply, requester: Client): number {
     const topic = session.replyTopic
     const payload = Buffer.from(JSON.stringify(reply))
     this.sessions.writeDirect(requester, topic, payload)
     if (!this.opts.clustered) {
       for (const w of this.sessions.watchers(session.userId, topic, requester)) this.sessions.writeDirect(w, topic, payload)
-      return
+    } else if (this.opts.available()) {
+      // (routing known to be down: a publish would wait for Redis, as Aedes' publish pipeline can
+      // hang until it is back; the watchers miss this reply)
+      this.publish(topic, payload, 0)
     }
-    // routing known to be down: a publish would wait for Redis (Aedes' publish pipeline can hang
-    // until it is back); the watchers miss this reply
-    if (!this.opts.available()) return
-    this.publish(topic, payload, 0)
+    return payload.length
   }
 }
