@@ -130,6 +130,24 @@ describe('HTTP listener', () => {
     }
   })
 
+  test.each([
+    ['a bad Sec-WebSocket-Key', 'GET', 'websocket', 'bad', '13', 400],
+    ['a POST', 'POST', 'websocket', 'dGhlIHNhbXBsZSBub25jZQ==', '13', 405],
+    ['Upgrade: h2c', 'GET', 'h2c', 'dGhlIHNhbXBsZSBub25jZQ==', '13', 400],
+    ['version 8', 'GET', 'websocket', 'dGhlIHNhbXBsZSBub25jZQ==', '8', 400]
+  ])('a malformed upgrade at /mqtt (%s): %s answered with {code, message} in JSON', async (_what, method, upgrade, key, version, status) => {
+    const { text, closed } = await rawHttp(server.ports.http, `${method} /mqtt HTTP/1.1\r\nhost: x\r\nupgrade: ${upgrade}\r\nconnection: Upgrade\r\nsec-websocket-key: ${key}\r\nsec-websocket-version: ${version}\r\n\r\n`)
+    expect(statusOf(text)).toBe(status)
+    expect(text.toLowerCase()).toContain('content-type: application/json')
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4))).toEqual({ code: 'BAD_REQUEST', message: expect.any(String) })
+    expect(closed).toBe(true)
+  })
+
+  test('a path out of the page\'s root: 403 FORBIDDEN', async () => {
+    const { text } = await rawHttp(server.ports.http, 'GET /..%2fpackage.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n')
+    expect([statusOf(text), JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)).code]).toEqual([403, 'FORBIDDEN'])
+  })
+
   test('a WebSocket upgrade anywhere but /mqtt: 404', async () => {
     const { text } = await rawHttp(server.ports.http, 'GET /other HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n')
     expect(statusOf(text)).toBe(404)

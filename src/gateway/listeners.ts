@@ -14,6 +14,7 @@ import type { Duplex } from 'node:stream'
 import type { Aedes, Client } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
+import { rawAnswer } from '../http/app.js'
 import { connackFirst, dropQueueReplays, grantAtMostQos1, keepConnectPacket, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
 
 export interface ListenerLimits {
@@ -26,6 +27,20 @@ export interface ListenerLimits {
 export function addressOf (client: Client): string {
   const conn = client.conn
   return client.req?.socket.remoteAddress ?? ('remoteAddress' in conn ? conn.remoteAddress : undefined) ?? 'unknown'
+}
+
+/**
+ * What is wrong with a WebSocket upgrade request (RFC 6455 section 4.2.1), answered as
+ * {code, message} here rather than by the ws library's plain-text page; null if nothing.
+ */
+export function upgradeProblem (req: IncomingMessage): { status: number, reason: string, message: string } | null {
+  const bad = (message: string): { status: number, reason: string, message: string } => ({ status: 400, reason: 'Bad Request', message })
+  if (req.method !== 'GET') return { status: 405, reason: 'Method Not Allowed', message: 'a WebSocket upgrade is a GET' }
+  if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return bad('only "Upgrade: websocket" is served here')
+  const key = req.headers['sec-websocket-key']
+  if (key === undefined || !/^[A-Za-z0-9+/]{22}==$/.test(key.trim())) return bad('Sec-WebSocket-Key must be 16 bytes in base64')
+  if (req.headers['sec-websocket-version'] !== '13') return bad('Sec-WebSocket-Version must be 13')
+  return null
 }
 
 export class Listeners {
@@ -112,8 +127,12 @@ export class Listeners {
     http.on('connection', (socket: net.Socket) => { this.admit(socket) })
     http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if ((req.url ?? '').split('?')[0] !== '/mqtt') {
-        const body = JSON.stringify({ code: 'NOT_FOUND', message: 'MQTT over WebSocket is at /mqtt' })
-        socket.end(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+        rawAnswer(socket, 404, 'Not Found', { code: 'NOT_FOUND', message: 'MQTT over WebSocket is at /mqtt' })
+        return
+      }
+      const problem = upgradeProblem(req)
+      if (problem !== null) {
+        rawAnswer(socket, problem.status, problem.reason, { code: 'BAD_REQUEST', message: problem.message })
         return
       }
       if (this.refuseInBackoff(req.socket)) return

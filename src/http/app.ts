@@ -80,21 +80,29 @@ function fromFastify (err: FastifyError): ImError {
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_JSON_BODY': return new ImError('BAD_JSON')
   }
+  // @fastify/static answers a path outside the root (or a dot file) 403 and a missing file 404
+  if (err.statusCode === 403) return new ImError('FORBIDDEN', 'not allowed')
+  if (err.statusCode === 404) return new ImError('NOT_FOUND', 'no such page')
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return new ImError('BAD_REQUEST', err.message)
   return new ImError('INTERNAL', undefined, { cause: err })
 }
 
-/** An answer written straight to a socket (no request object exists yet), then the socket closes. */
-export function rawError (socket: Duplex, err: Error & { code?: string }): void {
+/**
+ * An answer written straight to a socket (no request object exists yet, or an upgrade that is
+ * refused), then the socket closes, whatever the client keeps sending.
+ */
+export function rawAnswer (socket: Duplex, status: number, reason: string, wire: { code: ErrorCode, message: string }): void {
   if (!socket.writable) { socket.destroy(); return }
-  const [status, reason, wire] = err.code === 'HPE_HEADER_OVERFLOW'
-    ? [431, 'Request Header Fields Too Large', { code: 'TOO_LARGE', message: 'request headers too large' }]
-    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-      ? [408, 'Request Timeout', { code: 'BAD_REQUEST', message: 'the request did not arrive in time' }]
-      : [400, 'Bad Request', { code: 'BAD_REQUEST', message: 'malformed HTTP request' }]
   const body = JSON.stringify(wire)
-  // closed as soon as the answer is out, whatever the client keeps sending
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy())
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+    `x-content-type-options: nosniff\r\nconnection: close\r\n\r\n${body}`, () => socket.destroy())
+}
+
+/** Node's HTTP parser errors (before any request object exists) as {code, message}. */
+export function rawError (socket: Duplex, err: Error & { code?: string }): void {
+  if (err.code === 'HPE_HEADER_OVERFLOW') rawAnswer(socket, 431, 'Request Header Fields Too Large', { code: 'TOO_LARGE', message: 'request headers too large' })
+  else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') rawAnswer(socket, 408, 'Request Timeout', { code: 'BAD_REQUEST', message: 'the request did not arrive in time' })
+  else rawAnswer(socket, 400, 'Bad Request', { code: 'BAD_REQUEST', message: 'malformed HTTP request' })
 }
 
 /** Every error answer: the status for the code, and {code, message}. */
