@@ -1,5 +1,6 @@
 /** `npm start`: load config, start mqim, stop gracefully on SIGINT/SIGTERM. */
 import path from 'node:path'
+import { parseArgs } from 'node:util'
 import { loadConfig, ConfigError, type Config } from './config.js'
 import { createLogger } from './log.js'
 import { MqimServer } from './server.js'
@@ -17,7 +18,34 @@ function addUserCommand (config: Config, httpPort: number): string {
   return parts.join(' ')
 }
 
+const USAGE = `Usage: npm start [-- --help]
+
+Starts mqim. It takes no arguments: it is configured by config/default.json, the JSON file named
+by MQIM_CONFIG (merged over it), and environment variables, among them:
+  MQIM_MQTT_PORT, MQIM_HTTP_PORT, MQIM_HOST      where it listens (1883, 8080, 0.0.0.0)
+  MQIM_DATA_DIR                                  where the admin token is kept (.mqim)
+  MQIM_MONGO_URL, MQIM_MYSQL_URL, MQIM_REDIS_URL durable stores and clustering (default: in memory)
+  MQIM_LOG_LEVEL                                 debug, info, warn, error or silent
+Every key, its default and its variable: README.md, "Configuration".
+`
+
+/** --help prints the usage; anything else given on the command line is an error (exit 2). */
+function handleArguments (): void {
+  let help: boolean | undefined
+  try {
+    help = parseArgs({ options: { help: { type: 'boolean', short: 'h' } }, strict: true }).values.help
+  } catch (err) {
+    process.stderr.write(`mqim: ${(err as Error).message}\n\n${USAGE}`)
+    process.exit(2)
+  }
+  if (help === true) {
+    process.stdout.write(USAGE)
+    process.exit(0)
+  }
+}
+
 async function main (): Promise<void> {
+  handleArguments()
   let config
   try {
     config = loadConfig()

@@ -48,6 +48,9 @@ describe('bad input', () => {
     ['replyTo beyond the last message', 'send', 'BAD_REQUEST', '{"id":"8","conv":"CONV","msgId":"k","kind":"text","body":"x","replyTo":999}'],
     ['negative seq', 'read', 'BAD_REQUEST', '{"id":"9","conv":"CONV","seq":-1}'],
     ['unknown operation', 'fly', 'UNKNOWN_OP', '{"id":"10"}'],
+    ['a group name with a NUL', 'create-group', 'BAD_REQUEST', '{"id":"12","name":"a\\u0000b","members":[]}'],
+    ['a group name with a right-to-left override', 'create-group', 'BAD_REQUEST', '{"id":"13","name":"evil\\u202egpj.exe","members":[]}'],
+    ['a group name of control characters only', 'create-group', 'BAD_REQUEST', '{"id":"14","name":"\\u0007\\u001b","members":[]}'],
     ['oversize payload', 'send', 'TOO_LARGE', JSON.stringify({ id: '11', conv: 'CONV', msgId: 'big', kind: 'text', body: 'x'.repeat(5000) })]
   ]
 

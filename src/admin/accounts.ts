@@ -1,19 +1,19 @@
 /** Account administration shared by the admin HTTP API and the `npm run admin` tool. */
 import { z } from 'zod'
 import { ImError } from '../errors.js'
-import { UserId } from '../protocol/schemas.js'
+import { DisplayText, UserId } from '../protocol/schemas.js'
 import { StoreConflictError, type MetadataStore, type UserRecord } from '../store/types.js'
 import { generateApiKey, generatePassword, hashApiKey, hashPassword } from '../auth/secrets.js'
 
 export const CreateUserInput = z.object({
   id: UserId,
   password: z.string().min(8, 'at least 8 characters').max(256).optional(),
-  displayName: z.string().min(1).max(100).optional()
+  displayName: DisplayText.optional()
 }).strict()
 
 export const CreateBotInput = z.object({
   id: UserId,
-  displayName: z.string().min(1).max(100).optional()
+  displayName: DisplayText.optional()
 }).strict()
 
 export const ResetInput = z.object({

@@ -10,7 +10,13 @@ export const ClientMsgId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, '1-64 of A-
 export const RequestId = z.string().min(1).max(64)
 export const Seq = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
 export const RoleSchema = z.enum(['owner', 'admin', 'member'])
-export const GroupName = z.string().trim().min(1).max(100)
+/**
+ * Text shown to other people as a name (group names, display names): no control characters
+ * (C0, DEL, C1) and no bidirectional overrides or isolates, which can make a name read as another.
+ */
+export const DisplayText = z.string().trim().min(1).max(100)
+  .refine(s => !/[\p{Cc}\u202a-\u202e\u2066-\u2069]/u.test(s), 'no control characters or bidirectional overrides')
+export const GroupName = DisplayText
 
 const base = { id: RequestId }
 

@@ -52,6 +52,8 @@ export function parseClientId (clientId: string): { userId: string, deviceId: st
  * are refused.
  */
 export function isOwnFilter (filter: string, userId: string): boolean {
+  // U+0000 is not allowed in a topic filter [MQTT-4.7.3-2]
+  if (filter.includes('\u0000')) return false
   const prefix = userPrefix(userId)
   if (filter === `im/u/${userId}/#`) return true
   if (!filter.startsWith(prefix)) return false
