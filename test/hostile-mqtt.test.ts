@@ -107,14 +107,15 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
   })
 
   test('20 history pages asked at once on one connection are answered as it reads, not cut as a slow reader', async () => {
-    const alice = track(await connect(server, 'alice', 'pages'))
-    const { conv } = await alice.request('direct', { user: 'erin' })
+    await addUser(server, 'pager')
+    const pager = track(await connect(server, 'pager', 'pages'))
+    const { conv } = await pager.request('direct', { user: 'bob' })
     const body = 'p'.repeat(60_000)
-    for (let i = 0; i < 40; i++) await alice.request('send', { conv, msgId: `page${i}`, kind: 'text', body })
+    for (let i = 0; i < 40; i++) await pager.request('send', { conv, msgId: `page${i}`, kind: 'text', body })
     // each page is ~180 KB (pageBytes 200,000): together ~3.6 MB, 7 times outboundBufferBytes
-    const pages = await Promise.all(Array.from({ length: 20 }, async () => await alice.request('history', { conv, after: 0, limit: 200 }, 20_000)))
+    const pages = await Promise.all(Array.from({ length: 20 }, async () => await pager.request('history', { conv, after: 0, limit: 200 }, 20_000)))
     for (const p of pages) expect(p.messages.length).toBe(3)
-    expect(alice.mqtt.connected).toBe(true)
+    expect(pager.mqtt.connected).toBe(true)
   }, 60_000)
 
   test('subscriptions per connection are capped: SUBACK 0x80 beyond, the connection stays', async () => {
