@@ -121,12 +121,14 @@ const BENCH_LIMITS: Record<string, number> = {
   requestsPerSecond: 1_000_000,
   requestBurst: 1_000_000,
   connectionsPerAddress: 100_000,
-  connectionsPerUser: 100_000
+  connectionsPerUser: 100_000,
+  persistentSessionsPerUser: 10_000
 }
 
 /** Login settings raised likewise: thousands of password users connect at once (scrypt in line, not refused). */
 const BENCH_AUTH: Record<string, number> = {
-  maxQueuedLogins: 1_000_000
+  maxQueuedLogins: 1_000_000,
+  loginsPerAddress: 1_000_000
 }
 
 /** The config the bench gives the server of checkout `root`: BENCH_LIMITS and BENCH_AUTH where it knows them. */
