@@ -53,8 +53,11 @@ export interface HookOptions {
 
 /** Reply bytes that cost one more token of the user's request rate (a 1 MiB page costs 17). */
 const REPLY_BYTES_PER_TOKEN = 64 * 1024
-/** Above this size a refused request's id is looked for in its first bytes only (no JSON parse). */
-const ID_PARSE_MAX_BYTES = 4096
+/**
+ * Above this size (the default request payload limit) a refused request's id is looked for in its
+ * first bytes only: refusing a request never costs more than handling one of the largest allowed.
+ */
+const ID_PARSE_MAX_BYTES = 64 * 1024
 const LEADING_ID = /^\s*\{\s*"id"\s*:\s*"([^"\\]{1,64})"/
 
 /**
