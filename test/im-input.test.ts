@@ -51,6 +51,7 @@ describe('bad input', () => {
     ['a group name with a NUL', 'create-group', 'BAD_REQUEST', '{"id":"12","name":"a\\u0000b","members":[]}'],
     ['a group name with a right-to-left override', 'create-group', 'BAD_REQUEST', '{"id":"13","name":"evil\\u202egpj.exe","members":[]}'],
     ['a group name of control characters only', 'create-group', 'BAD_REQUEST', '{"id":"14","name":"\\u0007\\u001b","members":[]}'],
+    ['a group name with a line separator', 'create-group', 'BAD_REQUEST', '{"id":"15","name":"two\\u2028lines","members":[]}'],
     ['oversize payload', 'send', 'TOO_LARGE', JSON.stringify({ id: '11', conv: 'CONV', msgId: 'big', kind: 'text', body: 'x'.repeat(5000) })]
   ]
 

@@ -210,7 +210,7 @@ export class BrokerHooks {
     const payload = packet.payload as Buffer
     packet.payload = EMPTY
     if (!rates.take(session.userId)) {
-      const err = new ImError('RATE_LIMITED', `more than ${this.opts.limits.requestsPerSecond} requests per second from this user; retry later`)
+      const err = new ImError('RATE_LIMITED', `this user's request rate is used up (${this.opts.limits.requestsPerSecond}/s; large requests and replies count more); retry in a second`)
       publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
       return
     }

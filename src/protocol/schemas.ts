@@ -12,10 +12,11 @@ export const Seq = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
 export const RoleSchema = z.enum(['owner', 'admin', 'member'])
 /**
  * Text shown to other people as a name (group names, display names): no control characters
- * (C0, DEL, C1) and no bidirectional overrides or isolates, which can make a name read as another.
+ * (C0, DEL, C1), no line or paragraph separators, and no bidirectional overrides or isolates,
+ * which can make a name read as another.
  */
 export const DisplayText = z.string().trim().min(1).max(100)
-  .refine(s => !/[\p{Cc}\u202a-\u202e\u2066-\u2069]/u.test(s), 'no control characters or bidirectional overrides')
+  .refine(s => !/[\p{Cc}\p{Zl}\p{Zp}\u202a-\u202e\u2066-\u2069]/u.test(s), 'no control characters, line breaks or bidirectional overrides')
 export const GroupName = DisplayText
 
 const base = { id: RequestId }
