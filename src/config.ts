@@ -96,6 +96,10 @@ export const ConfigSchema = z.object({
     subscriptionsPerConnection: z.number().int().min(1).max(100_000),
     /** Open connections per user on one node (CONNACK 3 beyond). */
     connectionsPerUser: z.number().int().min(1),
+    /** `history` and `list` requests (page replies) running at once on the node; the rest wait. */
+    pagesInFlight: z.number().int().min(1).max(10_000),
+    /** Of those, at once for one user. */
+    pagesInFlightPerUser: z.number().int().min(1).max(10_000),
     /** Persistent sessions (clean=false clientIds) kept per user; a device beyond it gets a clean session. */
     persistentSessionsPerUser: z.number().int().min(1).max(10_000),
     /** Open sockets (MQTT over TCP/TLS, HTTP and WebSocket) per source address (closed at once beyond). */

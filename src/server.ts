@@ -29,6 +29,7 @@ import { Listeners } from './gateway/listeners.js'
 import { ClusterBus } from './broker/bus.js'
 import { UserRateLimiter } from './broker/rate-limit.js'
 import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
+import { PageGate } from './gateway/page-gate.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -131,7 +132,8 @@ export class MqimServer {
     const quota = backends.redis === null
       ? new MemorySessionQuota(config.limits.persistentSessionsPerUser)
       : new RedisSessionQuota(backends.redis, config.limits.persistentSessionsPerUser)
-    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, rates, quota, logger, limits: config.limits }).install(broker)
+    const pages = new PageGate(config.limits.pagesInFlight, config.limits.pagesInFlightPerUser)
+    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, rates, quota, pages, logger, limits: config.limits }).install(broker)
 
     // 5. admin token
     mkdirSync(config.dataDir, { recursive: true })

@@ -32,6 +32,7 @@ import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
 import { isWillOf, makeSessionClean, skipSinkPublishes } from '../broker/upstream.js'
 import type { SessionQuota } from '../broker/session-quota.js'
+import { PageGateFullError, type PageGate } from './page-gate.js'
 import { addressOf } from './listeners.js'
 
 export interface HookOptions {
@@ -42,6 +43,7 @@ export interface HookOptions {
   logins: LoginGuard
   rates: UserRateLimiter
   quota: SessionQuota
+  pages: PageGate
   logger: Logger
   limits: {
     requestsPerSecond: number
@@ -95,6 +97,8 @@ const EMPTY = Buffer.alloc(0)
  * duplicate).
  */
 const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send'] satisfies OpName[])
+/** Requests answered with pages of up to limits.pageBytes: they go through the PageGate. */
+const PAGE_OPS: ReadonlySet<string> = new Set(['history', 'list'] satisfies OpName[])
 
 function replyKey (session: Session, op: string, id: string | null): string | null {
   return id === null ? null : `${session.clientId}\u0000${op}\u0000${id}`
@@ -214,9 +218,31 @@ export class BrokerHooks {
       publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
       return
     }
+    // requests answered with pages run a bounded number at a time (see page-gate.ts), until
+    // their reply is written
+    let leave: (() => void) | undefined
+    if (PAGE_OPS.has(op)) {
+      try {
+        leave = await this.opts.pages.enter(session.userId)
+      } catch (err) {
+        if (!(err instanceof PageGateFullError)) throw err
+        const busy = new ImError('UNAVAILABLE', 'too many history and list requests are waiting on this server; retry later')
+        publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(busy) }, client)
+        return
+      }
+    }
+    try {
+      await this.answer(client, session, op, payload, packet.dup)
+    } finally {
+      leave?.()
+    }
+  }
+
+  private async answer (client: Client, session: Session, op: string, payload: Buffer, dup: boolean): Promise<void> {
+    const { publisher, rates } = this.opts
     const cached = !UNCACHED_OPS.has(op)
     // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
-    const dupKey = cached && packet.dup ? replyKey(session, op, requestIdOf(payload, true)) : null
+    const dupKey = cached && dup ? replyKey(session, op, requestIdOf(payload, true)) : null
     const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)
     const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
     const key = cached && earlier === undefined ? replyKey(session, op, reply.id) : null
