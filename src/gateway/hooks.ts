@@ -169,15 +169,18 @@ export class BrokerHooks {
   }
 
   /**
-   * A clean connect wipes its clientId's persistent session, so it no longer counts; a persistent
-   * one beyond limits.persistentSessionsPerUser is made clean (see broker/session-quota.ts).
+   * A clean connect wipes its clientId's persistent session, so it no longer counts (forgotten once
+   * the connect is through, when Aedes has wiped it: a connect that fails first wipes nothing); a
+   * persistent one beyond limits.persistentSessionsPerUser is made clean (see broker/session-quota.ts).
    */
   private async boundPersistentSessions (client: Client, userId: string): Promise<void> {
     const { quota, logger, limits } = this.opts
     let admitted: boolean
     try {
       if (client.clean) {
-        await quota.forget(userId, client.id)
+        client.once('connected', () => {
+          quota.forget(userId, client.id).catch((err: unknown) => logger.warn({ err }, 'session quota unavailable'))
+        })
         return
       }
       admitted = await quota.admit(userId, client.id)
