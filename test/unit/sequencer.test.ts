@@ -124,6 +124,22 @@ interface Sent {
   result: Promise<SubmitResult>
 }
 
+/**
+ * Submits `n` drafts, `make(i)` each, without waiting for their results; `after(i)` may pause
+ * between two submits (a trickle).
+ */
+async function submitEach (h: Harness, n: number, make: (i: number) => Draft, after?: (i: number) => Promise<void> | undefined): Promise<Sent[]> {
+  const sent: Sent[] = []
+  for (let i = 0; i < n; i++) {
+    const d = make(i)
+    sent.push({ draft: d, result: h.submit(d) })
+    // no await at all unless `after` asks for one: the submits stay in one turn
+    const pause = after?.(i)
+    if (pause !== undefined) await pause
+  }
+  return sent
+}
+
 interface Traffic {
   senders: number
   conversations: number
@@ -236,11 +252,7 @@ describe('Sequencer', () => {
       const h = harness(undefined, { batchMaxMessages: 500, batchDelayMs: 2 })
       h.store.delayMs = 5
       const rng = prng(5)
-      const sent: Sent[] = []
-      for (let i = 0; i < 500; i++) {
-        const d = draft(`conv${i % 13}`, `user${Math.floor(rng() * 40)}`, `g${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 500, i => draft(`conv${i % 13}`, `user${Math.floor(rng() * 40)}`, `g${i}`))
       await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
       expect(h.store.insertCalls).toBeLessThanOrEqual(10)
@@ -251,12 +263,7 @@ describe('Sequencer', () => {
       const h = harness(undefined, { batchMaxMessages: 500, batchDelayMs: 2 })
       h.store.delayMs = 20
       const rng = prng(11)
-      const sent: Sent[] = []
-      for (let i = 0; i < 500; i++) {
-        const d = draft(`conv${i % 5}`, `user${Math.floor(rng() * 20)}`, `t${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-        if (i % 50 === 49) await sleep(3)
-      }
+      const sent = await submitEach(h, 500, i => draft(`conv${i % 5}`, `user${Math.floor(rng() * 20)}`, `t${i}`), i => i % 50 === 49 ? sleep(3) : undefined)
       await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
       expect(h.store.insertCalls).toBeLessThanOrEqual(10)
@@ -264,11 +271,7 @@ describe('Sequencer', () => {
 
     test('batchMaxMessages caps the batch size', async () => {
       const h = harness(undefined, { batchMaxMessages: 50, batchDelayMs: 2 })
-      const sent: Sent[] = []
-      for (let i = 0; i < 500; i++) {
-        const d = draft('conv', 'alice', `c${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 500, i => draft('conv', 'alice', `c${i}`))
       await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, ['conv']))
       expect(Math.max(...h.store.insertBatchSizes)).toBeLessThanOrEqual(50)
@@ -280,11 +283,7 @@ describe('Sequencer', () => {
     test.each([0, 1, 3, 17, 99, 100])('one failure after storing %i of the batch', async (prefix) => {
       const h = harness()
       h.store.failInserts(1, { storePrefix: prefix })
-      const sent: Sent[] = []
-      for (let i = 0; i < 100; i++) {
-        const d = draft(`conv${i % 3}`, `user${i % 7}`, `p${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 100, i => draft(`conv${i % 3}`, `user${i % 7}`, `p${i}`))
       const results = await Promise.all(sent.map(s => s.result))
       const stored = await expectConsistent(h, conversationsOf(sent))
       expect(stored.size).toBe(100)
@@ -300,11 +299,7 @@ describe('Sequencer', () => {
     test('several failures in a row, each storing a little more', async () => {
       const h = harness()
       for (const k of [2, 5, 11]) h.store.failInserts(1, { storePrefix: k })
-      const sent: Sent[] = []
-      for (let i = 0; i < 60; i++) {
-        const d = draft(`conv${i % 2}`, `user${i % 4}`, `s${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 60, i => draft(`conv${i % 2}`, `user${i % 4}`, `s${i}`))
       const results = await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
       expectSubmitOrderKept(sent, results)
@@ -332,11 +327,7 @@ describe('Sequencer', () => {
     test('the batch is retried with the same seqs and nothing is lost', async () => {
       const h = harness()
       h.store.failInserts(4)
-      const sent: Sent[] = []
-      for (let i = 0; i < 30; i++) {
-        const d = draft(`conv${i % 3}`, `user${i % 5}`, `b${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 30, i => draft(`conv${i % 3}`, `user${i % 5}`, `b${i}`))
       const results = await Promise.all(sent.map(s => s.result))
       await expectResults(sent, await expectConsistent(h, conversationsOf(sent)))
       expectSubmitOrderKept(sent, results)
@@ -549,11 +540,7 @@ describe('Sequencer', () => {
       const h = harness(undefined, { batchMaxMessages: 20, batchDelayMs: 5 })
       h.store.delayMs = 5
       h.store.failInserts(1, { storePrefix: 7 })
-      const sent: Sent[] = []
-      for (let i = 0; i < 100; i++) {
-        const d = draft(`conv${i % 4}`, `user${i % 9}`, `d${i}`)
-        sent.push({ draft: d, result: h.submit(d) })
-      }
+      const sent = await submitEach(h, 100, i => draft(`conv${i % 4}`, `user${i % 9}`, `d${i}`))
       await h.sequencer.close()
       const settled = await Promise.allSettled(sent.map(s => s.result))
       expect(settled.every(s => s.status === 'fulfilled')).toBe(true)

@@ -27,6 +27,22 @@ async function connectClean (client: PacketEnd, id: string, clean = true): Promi
   await settle()
 }
 
+/**
+ * Client `s` connects with clean=false (after `prepare` has seen its Aedes client), subscribes to
+ * `t` at `qos` and disconnects, leaving its session stored; resolves with CONNACK's sessionPresent.
+ */
+async function visitSession (broker: Aedes, qos: 0 | 1, prepare: (client: Client) => void = () => {}): Promise<boolean> {
+  const pair = duplexPair()
+  prepare(broker.handle(pair.server))
+  await connectClean(pair.client, 's', false)
+  const connack = await pair.client.next('connack')
+  pair.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos }] })
+  await pair.client.next('suback')
+  pair.client.send({ cmd: 'disconnect' })
+  await settle()
+  return connack.cmd === 'connack' && connack.sessionPresent
+}
+
 describe('mqtt-packet 9.0.2: the parser buffers a packet up to its claimed length (workaround 2)', () => {
   test('upstream: a header claiming 200 MB is no error; the body is buffered as it comes', () => {
     const parser = mqttPacket.parser()
@@ -122,13 +138,7 @@ describe('aedes 1.2.0: a message routed between restoring a session and its CONN
     const persistence = new MemoryPersistence()
     const broker = await Aedes.createBroker({ persistence })
     // a persistent session with a subscription, offline
-    const first = duplexPair()
-    broker.handle(first.server)
-    await connectClean(first.client, 's', false)
-    first.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 0 }] })
-    await first.client.next('suback')
-    first.client.send({ cmd: 'disconnect' })
-    await settle()
+    await visitSession(broker, 0)
     // a message arrives while the session is being restored: after its subscriptions are back,
     // before the CONNACK (Aedes deletes the old will in between)
     const delWill = persistence.delWill.bind(persistence)
@@ -162,13 +172,7 @@ describe('aedes 1.2.0: a message is queued for a session before it is routed (wo
     const persistence = patch ? recordQueueReplays(new MemoryPersistence(), 100) : new MemoryPersistence()
     const mq = mqemitter()
     const broker = await Aedes.createBroker({ persistence, mq })
-    const first = duplexPair()
-    broker.handle(first.server)
-    await connectClean(first.client, 's', false)
-    first.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 1 }] })
-    await first.client.next('suback')
-    first.client.send({ cmd: 'disconnect' })
-    await settle()
+    await visitSession(broker, 1)
     // routing is slow (a Redis round trip, stretched): the message is queued for the offline
     // session at once, and reaches the emitter only once the session is back
     const emit = mq.emit.bind(mq)
@@ -214,18 +218,7 @@ describe('aedes 1.2.0: authenticate cannot make a persistent session clean (work
       else if (makeClean) (client as { clean: boolean }).clean = true
       done(null, true)
     }
-    const visit = async (): Promise<boolean> => {
-      const pair = duplexPair()
-      const client = broker.handle(pair.server)
-      if (patch) keepConnectPacket(client)
-      await connectClean(pair.client, 's', false)
-      const connack = await pair.client.next('connack')
-      pair.client.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 't', qos: 1 }] })
-      await pair.client.next('suback')
-      pair.client.send({ cmd: 'disconnect' })
-      await settle()
-      return connack.cmd === 'connack' && connack.sessionPresent
-    }
+    const visit = async (): Promise<boolean> => await visitSession(broker, 1, client => { if (patch) keepConnectPacket(client) })
     await visit() // the stored session
     makeClean = true
     const made = await visit()
