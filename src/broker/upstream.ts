@@ -215,6 +215,8 @@ export function recordQueueReplays<T> (persistence: T, max: number): T {
   const store = persistence as unknown as OutgoingStreamStore
   const stream = store.outgoingStream.bind(store)
   store.outgoingStream = (client) => {
+    // a clean session has no queue to replay (Aedes reads it anyway)
+    if ((client as { clean?: boolean }).clean === true) return stream(client)
     const keys = new Set<string>()
     replayed.set(client, keys)
     const tap = new Transform({
@@ -249,7 +251,7 @@ export function dropQueueReplays (client: Client, windowMs = 10_000): void {
     deliver(packet, done)
   }
   client.once('connected', () => {
-    setTimeout(() => replayed.delete(client), windowMs).unref()
+    if (replayed.has(client)) setTimeout(() => replayed.delete(client), windowMs).unref()
   })
 }
 
