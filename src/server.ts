@@ -109,7 +109,7 @@ export class MqimServer {
       peers: clustered ? bus : null,
       logger
     })
-    const receipts = new ReceiptAggregator(directory, meta, messages, publisher, logger)
+    const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger)
     const presence = new PresenceService({
       store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),
       meta,

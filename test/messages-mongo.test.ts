@@ -2,7 +2,8 @@
  * The MessageStore contract on MongoMessageStore against the real server (FerretDB in tests),
  * plus what is specific to MongoDB. Each test gets a fresh database, dropped afterwards.
  */
-import { MongoClient } from 'mongodb'
+import { MongoClient, type Db, type ObjectId } from 'mongodb'
+import type { StoredMessage } from '../src/store/types.js'
 import { MongoMessageStore } from '../src/store/messages-mongo.js'
 import { describeMessageStore } from './contract/message-store.contract.js'
 import { freshMongo } from './helpers/db.js'
@@ -17,13 +18,17 @@ async function dropDatabase (url: string, dbName: string): Promise<void> {
   }
 }
 
-describeMessageStore('mongo', async () => {
-  const { url, dbName } = freshMongo()
-  return {
-    store: new MongoMessageStore({ url, database: dbName }),
-    cleanup: async () => await dropDatabase(url, dbName)
-  }
-})
+// 'auto' reads one document per primary-key lookup on FerretDB; 'batched' (MongoDB's way: $in and
+// range queries) is run here too, so that both paths meet the contract on the same server.
+for (const lookups of ['auto', 'batched'] as const) {
+  describeMessageStore(`mongo (${lookups} lookups)`, async () => {
+    const { url, dbName } = freshMongo()
+    return {
+      store: new MongoMessageStore({ url, database: dbName, lookups }),
+      cleanup: async () => await dropDatabase(url, dbName)
+    }
+  })
+}
 
 describe('MongoMessageStore specifics', () => {
   let url: string
@@ -72,14 +77,16 @@ describe('MongoMessageStore specifics', () => {
     }
   })
 
-  it('rejects ids containing "/", which would make the primary key ambiguous', async () => {
+  it('rejects conversation ids containing ":", which would make the primary key ambiguous', async () => {
     const store = new MongoMessageStore({ url, database: dbName })
     await store.init()
     try {
-      await expect(store.insertBatch([{ conversationId: 'c1', seq: 1, clientMsgId: 'a/b', senderId: 'u', ts: 1, kind: 'text', body: 'x', replyTo: null }]))
+      await expect(store.insertBatch([{ conversationId: 'c:1', seq: 1, clientMsgId: 'a', senderId: 'u', ts: 1, kind: 'text', body: 'x', replyTo: null }]))
         .rejects.toThrow(TypeError)
-      expect(await store.lastSeq('c1')).toBe(0)
-      expect(await store.findByClientMsgId('c1', 'u', 'a/b')).toBeNull()
+      expect(await store.lastSeq('c:1')).toBe(0)
+      // ids with '/' are fine now: no key is built from them
+      expect(await store.insertBatch([{ conversationId: 'c1', seq: 1, clientMsgId: 'a/b', senderId: 'u/v', ts: 1, kind: 'text', body: 'x', replyTo: null }])).toEqual({ inserted: 1 })
+      expect((await store.findByClientMsgId('c1', 'u/v', 'a/b'))?.seq).toBe(1)
     } finally {
       await store.close()
     }
@@ -95,12 +102,131 @@ describe('MongoMessageStore specifics', () => {
     }
   })
 
-  it('latestMany rejects when the server is unreachable (its per-conversation queries stop at the first failure)', async () => {
+  it('latestMany rejects when the server is unreachable', async () => {
     const store = new MongoMessageStore({ url: 'mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300', database: dbName })
     try {
       await expect(store.latestMany(Array.from({ length: 50 }, (_, i) => `c${i}`))).rejects.toThrow()
     } finally {
       await store.close()
     }
+  })
+
+  describe('heads', () => {
+    const msg = (conversationId: string, seq: number, extra: Partial<StoredMessage> = {}): StoredMessage =>
+      ({ conversationId, seq, clientMsgId: `m${seq}`, senderId: 'u', ts: 1000 + seq, kind: 'text', body: `body ${seq}`, replyTo: null, ...extra })
+
+    async function withDb<T> (fn: (db: Db) => Promise<T>): Promise<T> {
+      const client = new MongoClient(url)
+      try {
+        await client.connect()
+        return await fn(client.db(dbName))
+      } finally {
+        await client.close()
+      }
+    }
+
+    for (const lookups of ['single', 'batched'] as const) {
+      it(`a head left behind by a crash between the two writes is repaired by lastSeq and latest (${lookups} lookups)`, async () => {
+        const store = new MongoMessageStore({ url, database: dbName, lookups })
+        await store.init()
+        try {
+          await store.insertBatch([msg('c1', 1), msg('c1', 2)])
+          // messages stored without their head write: what a SIGKILL between the two leaves
+          await withDb(async db => await db.collection('messages').insertMany(Array.from({ length: 40 }, (_, i) => (
+            { _id: `c1:${3 + i}` as unknown as ObjectId, c: 'c1', s: 3 + i, m: `m${3 + i}`, u: 'u', t: 1003 + i, k: 'text', b: `body ${3 + i}`, r: null }))))
+          expect((await store.latestMany(['c1'])).get('c1')?.seq).toBe(2) // the head, as written
+          expect(await store.lastSeq('c1')).toBe(42)
+          expect((await store.latestMany(['c1'])).get('c1')).toStrictEqual(msg('c1', 42))
+          expect(await store.latest('c1')).toStrictEqual(msg('c1', 42))
+          const heads = await withDb(async db => await db.collection('messages_heads').find({ _id: 'c1' as unknown as ObjectId }).toArray())
+          expect(heads.map(h => h.h.s)).toEqual([42])
+        } finally {
+          await store.close()
+        }
+      })
+    }
+
+    it('a head never moves back: two stores (two nodes) writing one conversation in any order', async () => {
+      const a = new MongoMessageStore({ url, database: dbName })
+      const b = new MongoMessageStore({ url, database: dbName })
+      await Promise.all([a.init(), b.init()])
+      try {
+        // b stores 1..3 and a stores 4..6, but a's head write may land first: the head ends at 6
+        await a.insertBatch([msg('c1', 4), msg('c1', 5), msg('c1', 6)])
+        await b.insertBatch([msg('c1', 1), msg('c1', 2), msg('c1', 3)])
+        expect((await b.latestMany(['c1'])).get('c1')?.seq).toBe(6)
+        // concurrent first writes of new conversations: both heads created, none lost to the upsert race
+        const ids = Array.from({ length: 30 }, (_, i) => `n${i}`)
+        await Promise.all([
+          a.insertBatch(ids.map(c => msg(c, 2))),
+          b.insertBatch(ids.map(c => msg(c, 1)))
+        ])
+        const latest = await a.latestMany(ids)
+        expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
+      } finally {
+        await Promise.all([a.close(), b.close()])
+      }
+    })
+
+    it('a head is written only for what was stored: not for the messages after a conflict', async () => {
+      const store = new MongoMessageStore({ url, database: dbName })
+      await store.init()
+      try {
+        await store.insertBatch([msg('c1', 1)])
+        const result = await store.insertBatch([msg('c1', 2), msg('c1', 3, { clientMsgId: 'm1' }), msg('c1', 4)])
+        expect(result).toEqual({ inserted: 1, conflict: { kind: 'clientMsgId' } })
+        expect((await store.latestMany(['c1'])).get('c1')?.seq).toBe(2)
+        // a retried batch: the conflict comes with the stored message, no lookup by key needed
+        const retried = await store.insertBatch([msg('c1', 2), msg('c1', 3)])
+        expect(retried).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId', existing: msg('c1', 2) } })
+      } finally {
+        await store.close()
+      }
+    })
+
+    it('migrates messages of layout 1 (no heads, _id conversation/sender/clientMsgId) at init, and resumes an interrupted copy', async () => {
+      const old = Array.from({ length: 250 }, (_, i) => {
+        const conv = `c${i % 3}`
+        const seq = Math.floor(i / 3) + 1
+        return { _id: `${conv}/u/m${seq}`, c: conv, s: seq, m: `m${seq}`, u: 'u', t: 1000 + seq, k: i === 4 ? 'custom' : 'text', b: i === 4 ? '{"a":1}' : `body ${seq}`, ...(i === 4 ? { bj: true } : {}), r: null }
+      })
+      await withDb(async db => {
+        await db.collection('messages').insertMany(old as unknown as Array<{ _id: ObjectId }>)
+        await db.collection('messages').createIndex({ c: 1, s: 1 }, { unique: true, name: 'conv_seq' })
+      })
+      const migrated: Array<{ messages: number, conversations: number }> = []
+      const store = new MongoMessageStore({ url, database: dbName, onMigrated: info => migrated.push(info) })
+      await store.init()
+      try {
+        expect(migrated).toEqual([{ messages: 250, conversations: 3 }])
+        expect([await store.lastSeq('c0'), await store.lastSeq('c1'), await store.lastSeq('c2')]).toEqual([84, 83, 83])
+        expect((await store.latestMany(['c0', 'c1'])).get('c1')?.seq).toBe(83)
+        expect((await store.range('c1', { fromSeq: 1, toSeq: 3, limit: 3, direction: 'forward' })).map(m => [m.seq, m.body])).toEqual([[1, 'body 1'], [2, { a: 1 }], [3, 'body 3']])
+        expect((await store.findByClientMsgId('c2', 'u', 'm7'))?.seq).toBe(7)
+        expect(await store.insertBatch([msg('c0', 85, { clientMsgId: 'm3' })])).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        const names = await withDb(async db => (await db.listCollections({}, { nameOnly: true }).toArray()).map(c => c.name).sort())
+        expect(names).toEqual(['messages', 'messages_heads'])
+      } finally {
+        await store.close()
+      }
+
+      // an interrupted migration: renamed and partly copied, no marker; the next start finishes it
+      const other = `${dbName}x`
+      await withDb(async db => {
+        const client = db.client
+        const odb = client.db(other)
+        await odb.collection('messages_layout1').insertMany(old as unknown as Array<{ _id: ObjectId }>)
+        await odb.collection('messages').insertMany(old.slice(0, 100).map(d => ({ ...d, _id: `${d.c}:${d.s}` })) as unknown as Array<{ _id: ObjectId }>)
+      })
+      const resumed = new MongoMessageStore({ url, database: other })
+      try {
+        await resumed.init()
+        expect(await resumed.lastSeq('c0')).toBe(84)
+        expect((await resumed.range('c2', { fromSeq: 80, toSeq: 83, limit: 10, direction: 'forward' })).map(m => m.seq)).toEqual([80, 81, 82, 83])
+      } finally {
+        await resumed.close()
+        await dropDatabase(url, other)
+      }
+    })
   })
 })

@@ -11,7 +11,8 @@ export interface HealthDeps { meta: MetadataStore, messages: MessageStore, redis
 
 export async function checkHealth (deps: HealthDeps, info: Record<string, unknown>, deadlineMs = DEADLINE_MS): Promise<{ ok: boolean, body: Record<string, unknown> }> {
   const probes: Record<string, () => Promise<unknown>> = {
-    messageStore: async () => await deps.messages.findByClientMsgId('health', 'health', 'health'),
+    // a primary-key read on every MongoDB-compatible server (by key it would scan FerretDB)
+    messageStore: async () => await deps.messages.latestMany(['health']),
     metadataStore: async () => await deps.meta.userGet('health')
   }
   const redis = deps.redis

@@ -1,6 +1,5 @@
 /** Shared authorization steps for operations on one conversation. */
 import { ImError } from '../errors.js'
-import { isClustered } from '../config.js'
 import type { Role } from '../store/types.js'
 import type { ConversationEntry } from './directory.js'
 import type { Caller, Services } from './context.js'
@@ -28,11 +27,9 @@ export function outranks (a: Role, b: Role): boolean {
 }
 
 /**
- * Latest stored seq of a conversation. On a single node every message went through this node's
- * sequencer, so what it knows is what the store holds (a store query less; on FerretDB a
- * collection scan less). In a cluster another node may have stored more: the store answers.
+ * Latest stored seq of a conversation: from the sequencer when it can tell, else from the store
+ * (see Sequencer.lastSeqFor). `atLeast`: the caller needs to know only whether this seq is stored.
  */
-export async function lastSeqOf (services: Services, conversationId: string): Promise<number> {
-  const known = isClustered(services.config) ? undefined : services.sequencer.knownLastSeq(conversationId)
-  return known ?? await services.messages.lastSeq(conversationId)
+export async function lastSeqOf (services: Services, conversationId: string, atLeast?: number): Promise<number> {
+  return await services.sequencer.lastSeqFor(conversationId, atLeast)
 }

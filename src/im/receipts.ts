@@ -5,7 +5,7 @@
  */
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
-import type { MessageStore, MetadataStore } from '../store/types.js'
+import type { MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
 
 export interface GroupReceiptSummary {
@@ -32,7 +32,8 @@ export class ReceiptAggregator {
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly meta: MetadataStore,
-    private readonly messages: MessageStore,
+    /** The conversation's last stored seq (Sequencer.lastSeqFor). */
+    private readonly lastSeqOf: (conversationId: string) => Promise<number>,
     private readonly publisher: Publisher,
     private readonly logger: Logger,
     private readonly windowMs = 1000,
@@ -67,7 +68,7 @@ export class ReceiptAggregator {
 
   private async flushGroup (conversationId: string): Promise<void> {
     const members = await this.meta.memberList(conversationId)
-    const lastSeq = await this.messages.lastSeq(conversationId)
+    const lastSeq = await this.lastSeqOf(conversationId)
     const s = ReceiptAggregator.summarize(members.map(m => m.readSeq), lastSeq)
     this.publisher.event(members.map(m => m.userId), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
   }

@@ -170,6 +170,23 @@ export class Sequencer {
     return this.lastSeq.get(conversationId)
   }
 
+  /**
+   * The conversation's last stored seq, for readers (read, history, list, receipts), without a
+   * store query when this process can tell: on a single node every write goes through it, so
+   * what it knows is what is stored. In a cluster the other nodes' seqs arrive over the bus a
+   * little after they are stored, so what it knows answers only a caller that needs no more than
+   * `atLeast` (read: the seq being marked). Otherwise the store answers (exactly: see
+   * MessageStore.lastSeq), and the answer is kept.
+   */
+  async lastSeqFor (conversationId: string, atLeast = Number.POSITIVE_INFINITY): Promise<number> {
+    const known = this.lastSeq.get(conversationId)
+    if (known !== undefined && (this.opts.peers == null || known >= atLeast)) return known
+    const stored = await this.store.lastSeq(conversationId)
+    // Not while an abandoned write of this conversation waits to be delivered: loadLastSeqs does that.
+    if (!this.orphans.has(conversationId) && stored > (this.lastSeq.get(conversationId) ?? -1)) this.lastSeq.set(conversationId, stored)
+    return stored
+  }
+
   /** Resolves when nothing is queued or being written. */
   drain (): Promise<void> {
     if (!this.writing && this.queue.length === 0) return Promise.resolve()
@@ -339,9 +356,9 @@ export class Sequencer {
             this.lastSeq.set(c, Math.max(doc.seq, this.lastSeq.get(c) ?? 0))
           }
         } else {
-          let existing: StoredMessage | null = null
+          let existing: StoredMessage | null = result.conflict.existing ?? null
           try {
-            existing = await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
+            existing ??= await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
           } catch (err) {
             lookupError = err
           }

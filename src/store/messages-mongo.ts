@@ -1,12 +1,36 @@
 /**
  * MessageStore on MongoDB 6+ (FerretDB v1.24 in tests).
  *
- * Correctness rests on two unique keys and insert-or-conflict, never on transactions or atomic
+ * Correctness rests on unique keys and insert-or-conflict, never on transactions or atomic
  * counters (FerretDB has neither):
- *   - `_id` = `${conversationId}/${senderId}/${clientMsgId}` (ids never contain '/'), so the
- *     dedupe key IS the primary key. FerretDB only pushes `_id` equality down to storage, which
- *     makes findByClientMsgId a primary-key lookup there too.
- *   - the unique index `conv_seq` on {c: 1, s: 1}: at most one message per (conversation, seq).
+ *   - `_id` = `${conversationId}:${seq}` (conversation ids never contain ':'): at most one message
+ *     per (conversation, seq), and every message is reachable by its primary key. FerretDB v1.24
+ *     pushes exactly one filter down to SQLite: `{_id: <string>}` alone
+ *     (internal/backends/sqlite/collection.go); any other query, `$in` of ids included, decodes
+ *     every document of the collection. So everything on the hot paths is a primary-key lookup.
+ *   - the unique index `conv_key` on {c, u, m}: a clientMsgId is stored once per (conversation,
+ *     sender). Only a resend whose earlier copy the sequencer no longer remembers looks it up
+ *     by this key (findByClientMsgId): an index lookup on MongoDB, a scan on FerretDB.
+ *   - the unique index `conv_seq` on {c, s} (also the range index of history pages on MongoDB).
+ *
+ * Heads. A second collection (`<collection>_heads`) holds one document per conversation,
+ * `{_id: conversationId, h: {s, ...the message}}`: its latest message, so that lastSeq, latest
+ * and list previews cost a primary-key read rather than a sort over the messages. A head is
+ * written after its messages are stored, with `$max` on `h` (documents compare field by field,
+ * and `s` comes first, on MongoDB and on FerretDB alike): concurrent writers of one conversation
+ * on several nodes only ever move it forward, and it is never ahead of the messages. It may lag
+ * them when the process dies between the two writes (or the head write fails): lastSeq then
+ * looks past the head by primary key (seqs are gapless, see the sequencer), and writes the head
+ * it finds. The sequencer loads lastSeq that way before it writes a conversation again.
+ *
+ * Lookups. On MongoDB several ids are read with one `$in` and a range of seqs with one query on
+ * conv_seq; on FerretDB (detected at init from buildInfo) each id is read by itself, a bounded
+ * number at a time, which stays a primary-key lookup.
+ *
+ * Layout version. The heads collection holds `{_id: '$layout', v: 2}`. Layout 1 (before heads;
+ * `_id` = conversation/sender/clientMsgId) is migrated at init: the collection is renamed to
+ * `<collection>_layout1`, copied into a new one, heads are built, the marker is written, and the
+ * old collection is dropped. A crash during the copy resumes it at the next start.
  *
  * Document fields: c conversationId, s seq, m clientMsgId, u senderId, t ts, k kind, b body,
  * bj "b holds JSON text", r replyTo.
@@ -18,8 +42,8 @@
  * any keys, arrays, strings, numbers, booleans, null) round-trips exactly. Custom bodies are
  * opaque to the server, so nothing queries inside them.
  */
-import { MongoBulkWriteError, MongoClient } from 'mongodb'
-import type { Collection, WriteError } from 'mongodb'
+import { MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb'
+import type { AnyBulkWriteOperation, Collection, Db, WriteError } from 'mongodb'
 import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
 import { isStoreUnavailable } from './errors.js'
 
@@ -27,10 +51,18 @@ export interface MongoMessageStoreOptions {
   /** mongodb:// connection string. */
   url: string
   database: string
-  /** Collection name. Default: 'messages'. */
+  /** Collection name. Default: 'messages'. Heads live in `<collection>_heads`. */
   collection?: string
+  /**
+   * How several documents are read: 'batched' (one `$in` or range query: MongoDB), 'single' (one
+   * primary-key lookup per document, LOOKUP_CONCURRENCY at a time: FerretDB, which pushes nothing
+   * else down), 'auto' (default: 'single' when buildInfo names FerretDB).
+   */
+  lookups?: 'auto' | 'batched' | 'single'
   /** Called when the watchdog replaces a MongoClient that stopped reaching a reachable server. */
   onClientReplaced?: (failingForMs: number) => void
+  /** Called after init() migrated messages of layout 1 (see the header). */
+  onMigrated?: (info: { messages: number, conversations: number }) => void
 }
 
 interface MessageDoc {
@@ -44,6 +76,16 @@ interface MessageDoc {
   b: unknown
   bj?: true
   r: number | null
+}
+
+/** A conversation's latest message, without `_id` and `c`; `s` first, which is what `$max` compares first. */
+type HeadFields = Omit<MessageDoc, '_id' | 'c'>
+
+/** A head (`_id` a conversation id, `h` set) or the layout marker (`_id` LAYOUT_ID, `v` set). */
+interface HeadDoc {
+  _id: string
+  h?: HeadFields
+  v?: number
 }
 
 const DUPLICATE_KEY = 11000
@@ -64,6 +106,9 @@ const SERVER_SELECTION_TIMEOUT_MS = 2000
 const WEDGED_AFTER_MS = 10_000
 const PROBE_EVERY_MS = 5_000
 const SEQ_INDEX = 'conv_seq'
+const KEY_INDEX = 'conv_key'
+const LAYOUT_ID = '$layout'
+const LAYOUT_VERSION = 2
 /**
  * Acknowledged by a majority and journaled: a message is durable before the sequencer acks it.
  * MongoDB accepts this on standalone servers and replica sets; FerretDB accepts and ignores it
@@ -78,24 +123,27 @@ const DURABLE = { w: 'majority', journal: true } as const
  * the sequencer hands out again: a gap. One chunk per command keeps the ordered semantics.
  */
 const INSERT_CHUNK = 100
-/** How many `latest` queries latestMany keeps in flight (see latestMany). */
-const LATEST_MANY_CONCURRENCY = 8
+/** Primary-key lookups kept in flight by one call in 'single' mode. */
+const LOOKUP_CONCURRENCY = 16
+/**
+ * latestMany in 'single' mode reads up to this many heads one by one; more with one `$in`
+ * (a scan of the heads collection, one small document per conversation, on FerretDB).
+ */
+const SMALL_LOOKUP = 8
+/** Looking past a head: at most this many seqs per round trip. */
+const PROBE_MAX = 32
+/** Migration: documents per insert. */
+const COPY_BATCH = 1000
 
-function messageId (conversationId: string, senderId: string, clientMsgId: string): string {
-  return `${conversationId}/${senderId}/${clientMsgId}`
-}
-
-function hasSlash (...ids: string[]): boolean {
-  return ids.some(id => id.includes('/'))
+function idOf (conversationId: string, seq: number): string {
+  return `${conversationId}:${seq}`
 }
 
 function toDoc (message: StoredMessage): MessageDoc {
   const { conversationId, senderId, clientMsgId } = message
-  if (hasSlash(conversationId, senderId, clientMsgId)) {
-    throw new TypeError(`message ids must not contain '/': ${messageId(conversationId, senderId, clientMsgId)}`)
-  }
+  if (conversationId.includes(':')) throw new TypeError(`conversation ids must not contain ':': ${conversationId}`)
   const doc: MessageDoc = {
-    _id: messageId(conversationId, senderId, clientMsgId),
+    _id: idOf(conversationId, message.seq),
     c: conversationId,
     s: message.seq,
     m: clientMsgId,
@@ -107,14 +155,14 @@ function toDoc (message: StoredMessage): MessageDoc {
   }
   if (message.kind !== 'text' || typeof message.body !== 'string') {
     const json = JSON.stringify(message.body) as string | undefined
-    if (json === undefined) throw new TypeError(`message body is not a JSON value: ${doc._id}`)
+    if (json === undefined) throw new TypeError(`message body is not a JSON value: ${conversationId}/${senderId}/${clientMsgId}`)
     doc.b = json
     doc.bj = true
   }
   return doc
 }
 
-function fromDoc (doc: MessageDoc): StoredMessage {
+function fromDoc (doc: Omit<MessageDoc, '_id'>): StoredMessage {
   return {
     conversationId: doc.c,
     seq: doc.s,
@@ -127,18 +175,30 @@ function fromDoc (doc: MessageDoc): StoredMessage {
   }
 }
 
+function headFields (doc: MessageDoc): HeadFields {
+  const h: HeadFields = { s: doc.s, t: doc.t, u: doc.u, m: doc.m, k: doc.k, b: doc.b, r: doc.r }
+  if (doc.bj === true) h.bj = true
+  return h
+}
+
 /**
  * The duplicate-key error that stopped an ordered insert, or undefined if the error is anything
  * else (which the caller rethrows). A write-concern error alongside it also counts as "anything
  * else": the inserted prefix may then not be durable.
  */
 function firstDuplicateKey (err: unknown): WriteError | undefined {
+  const errors = writeErrorsOf(err)
+  if (errors === undefined || errors.length === 0) return undefined
+  const first = errors.reduce((a, b) => (b.index < a.index ? b : a))
+  return first.code === DUPLICATE_KEY ? first : undefined
+}
+
+/** The write errors of a bulk write that failed only on documents (no write-concern error). */
+function writeErrorsOf (err: unknown): readonly WriteError[] | undefined {
   if (!(err instanceof MongoBulkWriteError)) return undefined
   if (err.result.getWriteConcernError() !== undefined) return undefined
-  const writeErrors: readonly WriteError[] = Array.isArray(err.writeErrors) ? err.writeErrors : [err.writeErrors]
-  if (writeErrors.length === 0) return undefined
-  const first = writeErrors.reduce((a, b) => (b.index < a.index ? b : a))
-  return first.code === DUPLICATE_KEY ? first : undefined
+  const errors = err.writeErrors
+  return Array.isArray(errors) ? errors : [errors as WriteError]
 }
 
 /**
@@ -167,9 +227,16 @@ function indexNameOf (errmsg: string | undefined): string | undefined {
   return errmsg === undefined ? undefined : /\bindex: (\S+)/.exec(errmsg)?.[1]
 }
 
+function seqsFrom (first: number, count: number): number[] {
+  return Array.from({ length: Math.max(0, count) }, (_, i) => first + i)
+}
+
 export class MongoMessageStore implements MessageStore {
   private client!: MongoClient
   private messages!: Collection<MessageDoc>
+  private heads!: Collection<HeadDoc>
+  /** One query for several ids or a seq range (MongoDB), or one lookup per id (FerretDB). */
+  private batched = true
   /** Since when every operation has failed for want of a server; null once one works. */
   private failingSince: number | null = null
   private lastProbe = 0
@@ -180,17 +247,26 @@ export class MongoMessageStore implements MessageStore {
     this.newClient()
   }
 
+  private get collectionName (): string {
+    return this.options.collection ?? 'messages'
+  }
+
   private newClient (): void {
-    const { url, database, collection } = this.options
+    const { url } = this.options
     const given = /[?&]serverSelectionTimeoutMS=/i.test(url)
     this.client = new MongoClient(url, given ? {} : { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS })
-    this.messages = this.client.db(database).collection<MessageDoc>(collection ?? 'messages')
+    this.messages = this.db().collection<MessageDoc>(this.collectionName)
+    this.heads = this.db().collection<HeadDoc>(`${this.collectionName}_heads`)
+  }
+
+  private db (): Db {
+    return this.client.db(this.options.database)
   }
 
   /** Runs one operation and tells the watchdog whether the server was reached. */
-  private async run<T> (op: (messages: Collection<MessageDoc>) => Promise<T>): Promise<T> {
+  private async run<T> (op: () => Promise<T>): Promise<T> {
     try {
-      const result = await op(this.messages)
+      const result = await op()
       this.failingSince = null
       return result
     } catch (err) {
@@ -231,8 +307,73 @@ export class MongoMessageStore implements MessageStore {
 
   async init (): Promise<void> {
     await this.client.connect()
-    // createIndex is a no-op when an identical index exists, so init() may run on every start.
+    const lookups = this.options.lookups ?? 'auto'
+    if (lookups === 'auto') {
+      const info = await this.db().admin().command({ buildInfo: 1 })
+      this.batched = info.ferretdbVersion === undefined
+    } else {
+      this.batched = lookups === 'batched'
+    }
+    if (await this.heads.findOne({ _id: LAYOUT_ID }) === null) await this.upgradeLayout()
+    await this.createIndexes()
+  }
+
+  /** createIndex is a no-op when an identical index exists, so init() may run on every start. */
+  private async createIndexes (): Promise<void> {
     await this.messages.createIndex({ c: 1, s: 1 }, { unique: true, name: SEQ_INDEX })
+    await this.messages.createIndex({ c: 1, u: 1, m: 1 }, { unique: true, name: KEY_INDEX })
+  }
+
+  /** First start of this layout: migrate layout-1 messages, if any, then write the marker. */
+  private async upgradeLayout (): Promise<void> {
+    const oldName = `${this.collectionName}_layout1`
+    let old = (await this.db().listCollections({ name: oldName }, { nameOnly: true }).toArray()).length > 0
+    if (!old) {
+      const any = await this.messages.findOne({}, { projection: { _id: 1 } })
+      if (any !== null && any._id.includes('/')) {
+        await this.messages.rename(oldName)
+        old = true
+      }
+    }
+    await this.createIndexes()
+    if (old) await this.copyLayout1(this.db().collection<MessageDoc>(oldName))
+    try {
+      await this.heads.insertOne({ _id: LAYOUT_ID, v: LAYOUT_VERSION }, { writeConcern: DURABLE })
+    } catch (err) {
+      if (!(err instanceof MongoServerError && err.code === DUPLICATE_KEY)) throw err // another node wrote it
+    }
+    if (old) await this.db().collection(oldName).drop()
+  }
+
+  /** Copies layout-1 documents (idempotent: a resumed copy skips what is there) and builds heads. */
+  private async copyLayout1 (old: Collection<MessageDoc>): Promise<void> {
+    const latest = new Map<string, MessageDoc>()
+    let copied = 0
+    let batch: MessageDoc[] = []
+    const flush = async (): Promise<void> => {
+      if (batch.length === 0) return
+      try {
+        await this.messages.insertMany(batch, { ordered: false, writeConcern: DURABLE })
+      } catch (err) {
+        const errors = writeErrorsOf(err)
+        if (errors === undefined || errors.some(e => e.code !== DUPLICATE_KEY)) throw err
+      }
+      copied += batch.length
+      batch = []
+    }
+    for await (const doc of old.find({})) {
+      const moved = { ...doc, _id: idOf(doc.c, doc.s) }
+      batch.push(moved)
+      const known = latest.get(doc.c)
+      if (known === undefined || known.s < doc.s) latest.set(doc.c, moved)
+      if (batch.length >= COPY_BATCH) await flush()
+    }
+    await flush()
+    const heads = [...latest.values()]
+    for (let i = 0; i < heads.length; i += COPY_BATCH) await this.writeHeads(heads.slice(i, i + COPY_BATCH))
+    const [before, after] = await Promise.all([old.countDocuments({}), this.messages.countDocuments({})])
+    if (after < before) throw new Error(`migration of ${old.collectionName} left ${after} of ${before} messages; it resumes at the next start`)
+    this.options.onMigrated?.({ messages: copied, conversations: latest.size })
   }
 
   async close (): Promise<void> {
@@ -245,7 +386,7 @@ export class MongoMessageStore implements MessageStore {
     const docs = messages.map(toDoc)
     for (let start = 0; start < docs.length; start += INSERT_CHUNK) {
       try {
-        await this.run(async m => await m.insertMany(docs.slice(start, start + INSERT_CHUNK), { ordered: true, writeConcern: DURABLE }))
+        await this.run(async () => await this.messages.insertMany(docs.slice(start, start + INSERT_CHUNK), { ordered: true, writeConcern: DURABLE }))
       } catch (err) {
         const duplicate = firstDuplicateKey(err)
         if (duplicate === undefined) throw err
@@ -253,57 +394,67 @@ export class MongoMessageStore implements MessageStore {
         // `index` was attempted.
         const inserted = start + duplicate.index
         const doc = docs[inserted]
-        const kind = doc === undefined ? undefined : await this.conflictKind(doc, duplicate.errmsg)
-        if (kind === undefined) throw err
-        return { inserted, conflict: { kind } }
+        const conflict = doc === undefined ? undefined : await this.conflictOf(doc, duplicate.errmsg)
+        if (conflict === undefined) throw err
+        await this.writeHeads(docs.slice(0, inserted))
+        return { inserted, conflict }
       }
     }
+    await this.writeHeads(docs)
     return { inserted: docs.length }
   }
 
   async findByClientMsgId (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {
-    if (hasSlash(conversationId, senderId, clientMsgId)) return null
-    const doc = await this.run(async m => await m.findOne({ _id: messageId(conversationId, senderId, clientMsgId) }))
+    const doc = await this.run(async () => await this.messages.findOne({ c: conversationId, u: senderId, m: clientMsgId }))
     return doc === null ? null : fromDoc(doc)
   }
 
   async lastSeq (conversationId: string): Promise<number> {
-    const [doc] = await this.run(async m => await m.find({ c: conversationId }, { projection: { s: 1 } }).sort({ s: -1 }).limit(1).toArray())
-    return doc === undefined ? 0 : doc.s
+    return (await this.latestDoc(conversationId))?.s ?? 0
   }
 
   async latest (conversationId: string): Promise<StoredMessage | null> {
-    const [doc] = await this.run(async m => await m.find({ c: conversationId }).sort({ s: -1 }).limit(1).toArray())
-    return doc === undefined ? null : fromDoc(doc)
+    const doc = await this.latestDoc(conversationId)
+    return doc === null ? null : fromDoc(doc)
   }
 
   /**
-   * One `latest` query per distinct conversation, LATEST_MANY_CONCURRENCY at a time: not one
-   * round trip, because no single query does this on both servers.
-   *   - The aggregation $match {c: {$in}}, $sort {c, s: -1}, $group {_id: '$c', $first: '$$ROOT'}
-   *     fails on FerretDB v1.24: its $group implements only the $count and $sum accumulators
-   *     ('$group accumulator "$first" is not implemented yet'; $max, $last and $top neither).
-   *   - find({c: {$in}}) returns every message of those conversations, not one of each.
-   * On MongoDB each `latest` is a short walk down the conv_seq index, so the cost is one small
-   * indexed query per conversation (the aggregation would feed $group every message of the
-   * conversations unless the planner turned it into a DISTINCT_SCAN). On FerretDB every query
-   * on `c` scans the collection (it pushes only _id equality down), as `latest` does. The
-   * concurrency bound, not chunking, is what keeps a list of thousands of ids in check.
+   * From the head records, in one query: a head that lags its messages (see the header) is
+   * answered as it is; lastSeq of that conversation heals it.
    */
   async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+    const ids = [...new Set(conversationIds)]
+    const found: HeadDoc[] = []
+    if (ids.length === 0) return new Map()
+    if (this.batched || ids.length > SMALL_LOOKUP) {
+      found.push(...await this.run(async () => await this.heads.find({ _id: { $in: ids } }).toArray()))
+    } else {
+      await forEachLimited(ids, LOOKUP_CONCURRENCY, async (id) => {
+        const head = await this.run(async () => await this.heads.findOne({ _id: id }))
+        if (head !== null) found.push(head)
+      })
+    }
     const result = new Map<string, StoredMessage>()
-    await forEachLimited([...new Set(conversationIds)], LATEST_MANY_CONCURRENCY, async (conversationId) => {
-      const message = await this.latest(conversationId)
-      if (message !== null) result.set(conversationId, message)
-    })
+    for (const head of found) if (head.h !== undefined) result.set(head._id, fromDoc({ ...head.h, c: head._id }))
     return result
   }
 
+  /**
+   * On MongoDB one query on conv_seq. On FerretDB the seqs of the window are read by primary key:
+   * a conversation's seqs are gapless (the sequencer's invariant), so the window
+   * [fromSeq, fromSeq + limit) (forward) or (toSeq - limit, toSeq] (backward) holds the page.
+   */
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     // limit(0) means "no limit" to MongoDB, so an empty request never reaches the server.
     if (query.limit <= 0 || query.fromSeq > query.toSeq) return []
     const forward = query.direction === 'forward'
-    const docs = await this.run(async m => await m
+    if (!this.batched) {
+      const count = Math.min(query.limit, query.toSeq - query.fromSeq + 1)
+      const first = forward ? query.fromSeq : query.toSeq - count + 1
+      const docs = await this.byIds(seqsFrom(first, count).map(seq => idOf(conversationId, seq)))
+      return docs.sort((a, b) => a.s - b.s).map(fromDoc)
+    }
+    const docs = await this.run(async () => await this.messages
       .find({ c: conversationId, s: { $gte: query.fromSeq, $lte: query.toSeq } })
       .sort({ s: forward ? 1 : -1 })
       .limit(query.limit)
@@ -312,23 +463,91 @@ export class MongoMessageStore implements MessageStore {
     return docs.map(fromDoc)
   }
 
+  /** Documents by primary key, in no order; absent ids are left out. */
+  private async byIds (ids: readonly string[]): Promise<MessageDoc[]> {
+    if (ids.length === 0) return []
+    if (this.batched) return await this.run(async () => await this.messages.find({ _id: { $in: [...ids] } }).toArray())
+    const found: MessageDoc[] = []
+    await forEachLimited(ids, LOOKUP_CONCURRENCY, async (id) => {
+      const doc = await this.run(async () => await this.messages.findOne({ _id: id }))
+      if (doc !== null) found.push(doc)
+    })
+    return found
+  }
+
   /**
-   * Which unique key the rejected document hit.
+   * The conversation's latest message: its head, and whatever is stored past the head (a head
+   * written late, or not at all when the process died between the two writes), which is then
+   * written to the head. Seqs are gapless, so looking past the head stops at the first hole.
+   */
+  private async latestDoc (conversationId: string): Promise<MessageDoc | null> {
+    const head = await this.run(async () => await this.heads.findOne({ _id: conversationId }))
+    let latest: MessageDoc | null = head?.h === undefined ? null : { ...head.h, _id: idOf(conversationId, head.h.s), c: conversationId }
+    let past: MessageDoc | null = null
+    // FerretDB: one lookup first (almost always a miss), then wider steps; MongoDB: one $in per step
+    for (let step = this.batched ? PROBE_MAX : 1; ; step = Math.min(step * 4, PROBE_MAX)) {
+      const next = (latest?.s ?? 0) + 1
+      const docs = (await this.byIds(seqsFrom(next, step).map(seq => idOf(conversationId, seq)))).sort((a, b) => a.s - b.s)
+      let contiguous = 0
+      for (const doc of docs) {
+        if (doc.s !== next + contiguous) break
+        latest = doc
+        past = doc
+        contiguous++
+      }
+      if (contiguous < step) break
+    }
+    if (past !== null) await this.writeHeads([past])
+    return latest
+  }
+
+  /**
+   * Moves each conversation's head up to its latest document among `docs` (which are stored).
+   * `$max` never moves a head back; two nodes upserting a new head at once may see a duplicate
+   * key, after which the other's head exists and the update is tried once more.
+   */
+  private async writeHeads (docs: readonly MessageDoc[]): Promise<void> {
+    const latest = new Map<string, MessageDoc>()
+    for (const doc of docs) {
+      const known = latest.get(doc.c)
+      if (known === undefined || known.s < doc.s) latest.set(doc.c, doc)
+    }
+    if (latest.size === 0) return
+    let ops: Array<AnyBulkWriteOperation<HeadDoc>> = [...latest.values()].map(doc => ({
+      updateOne: { filter: { _id: doc.c }, update: { $max: { h: headFields(doc) } }, upsert: true }
+    }))
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.run(async () => await this.heads.bulkWrite(ops, { ordered: false, writeConcern: DURABLE }))
+        return
+      } catch (err) {
+        const errors = writeErrorsOf(err)
+        if (attempt > 0 || errors === undefined || errors.length === 0 || errors.some(e => e.code !== DUPLICATE_KEY)) throw err
+        ops = errors.flatMap(e => ops[e.index] ?? [])
+      }
+    }
+  }
+
+  /**
+   * Which unique key the rejected document hit, and the stored message when it is the same one.
    *
-   * MongoDB names the index in the message ("index: _id_ dup key: ..." or "index: conv_seq ...");
+   * MongoDB names the index in the message ("index: _id_ dup key: ..." or "index: conv_key ...");
    * the driver passes only `errmsg` through for bulk writes (no keyPattern/keyValue). FerretDB
    * v1.24 names no index at all ("E11000 duplicate key error collection: db.messages"). So unless
-   * the message names `_id_`, the answer comes from a primary-key lookup: the document was not
-   * inserted, so if its `_id` exists, that key conflicted. Messages are never deleted, so the
-   * lookup cannot miss a conflict that happened. When both keys collide (a retried message), the
-   * answer is 'clientMsgId' on every server, which is what lets a retried batch report it.
-   * Returns undefined for a duplicate on an index this store does not know.
+   * the message names conv_key, the answer comes from a primary-key lookup of the seq: a message
+   * there with this key is this message, stored before (a retried batch): a clientMsgId conflict,
+   * answered with it. Another message there: a seq conflict. Nothing there (messages are never
+   * deleted): the key index conflicted. When both keys collide the answer is 'clientMsgId' on every
+   * server, which is what lets a retried batch report it. Undefined for an index this store does
+   * not know.
    */
-  private async conflictKind (doc: MessageDoc, errmsg: string | undefined): Promise<'clientMsgId' | 'seq' | undefined> {
+  private async conflictOf (doc: MessageDoc, errmsg: string | undefined): Promise<InsertBatchResult['conflict']> {
     const index = indexNameOf(errmsg)
-    if (index === '_id_') return 'clientMsgId'
-    if (index !== undefined && index !== SEQ_INDEX) return undefined
-    const existing = await this.run(async m => await m.findOne({ _id: doc._id }, { projection: { _id: 1 } }))
-    return existing !== null ? 'clientMsgId' : 'seq'
+    if (index === KEY_INDEX) return { kind: 'clientMsgId' }
+    if (index !== undefined && index !== '_id_' && index !== SEQ_INDEX) return undefined
+    const atSeq = await this.run(async () => await this.messages.findOne({ _id: doc._id }))
+    if (atSeq === null) return index === undefined ? { kind: 'clientMsgId' } : undefined
+    if (atSeq.u === doc.u && atSeq.m === doc.m) return { kind: 'clientMsgId', existing: fromDoc(atSeq) }
+    return { kind: 'seq' }
   }
 }

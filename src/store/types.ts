@@ -173,6 +173,11 @@ export interface InsertBatchResult {
   conflict?: {
     /** 'clientMsgId': (conversation, sender, clientMsgId) exists. 'seq': (conversation, seq) exists. */
     kind: 'clientMsgId' | 'seq'
+    /**
+     * With 'clientMsgId': the stored message with that key, when the store found it while telling
+     * the conflicts apart (a retried batch); otherwise ask findByClientMsgId.
+     */
+    existing?: StoredMessage
   }
 }
 
@@ -199,12 +204,24 @@ export interface MessageStore {
    */
   insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult>
   findByClientMsgId (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null>
-  /** Highest stored seq of the conversation, 0 if none. */
+  /**
+   * Highest stored seq of the conversation, 0 if none. Exact: a store that keeps a head record per
+   * conversation looks past it and repairs it (see messages-mongo.ts).
+   */
   lastSeq (conversationId: string): Promise<number>
-  /** The message with the highest seq, or null. */
+  /** The message with the highest seq, or null. Exact, like lastSeq. */
   latest (conversationId: string): Promise<StoredMessage | null>
-  /** The latest message of each of several conversations in one round trip (absent: none). */
+  /**
+   * The latest message of each of several conversations in one query (absent: none), from head
+   * records where the store keeps them: never ahead of the stored messages, and behind them only
+   * after a crash between the two writes, until lastSeq or latest of that conversation repairs it.
+   */
   latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>>
-  /** Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. */
+  /**
+   * Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. Callers keep
+   * toSeq <= lastSeq. A store may read the seqs themselves ([fromSeq, fromSeq + limit) forward,
+   * (toSeq - limit, toSeq] backward): a conversation's seqs are gapless (the sequencer's
+   * invariant), so that is the same page; where seqs are missing, the page is then shorter.
+   */
   range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]>
 }

@@ -5,7 +5,7 @@
  * The factory returns a new, empty store that has not been initialized yet; the suite calls
  * init() before each test, then close() and the factory's cleanup() after it.
  */
-import type { MessageStore, StoredMessage } from '../../src/store/types.js'
+import type { InsertBatchResult, MessageStore, StoredMessage } from '../../src/store/types.js'
 
 export type MessageStoreFactory = () => Promise<{ store: MessageStore, cleanup?: () => Promise<void> }>
 
@@ -75,6 +75,21 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       await store.init()
     })
 
+    /**
+     * insertBatch, checking the conflict's `existing` message where the store gives one (it must
+     * be the stored message with that key) and leaving it out of the result compared.
+     */
+    async function insert (batch: StoredMessage[]): Promise<InsertBatchResult> {
+      const result = await store.insertBatch(batch)
+      const conflict = result.conflict
+      if (conflict?.existing === undefined) return result
+      const rejected = batch[result.inserted]
+      expect(conflict.kind).toBe('clientMsgId')
+      expect(rejected).toBeDefined()
+      if (rejected !== undefined) expect(conflict.existing).toStrictEqual(await store.findByClientMsgId(rejected.conversationId, rejected.senderId, rejected.clientMsgId))
+      return { inserted: result.inserted, conflict: { kind: conflict.kind } }
+    }
+
     afterEach(async () => {
       await store.close()
       if (cleanup !== undefined) await cleanup()
@@ -84,7 +99,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       it('stores every field exactly', async () => {
         const first = message('c1', 1, { clientMsgId: 'Ab-_09', senderId: 'bob.smith', ts: 1_767_225_600_123 })
         const reply = message('c1', 2, { clientMsgId: 'x'.repeat(64), replyTo: 1, body: 'a reply' })
-        expect(await store.insertBatch([first, reply])).toEqual({ inserted: 2 })
+        expect(await insert([first, reply])).toEqual({ inserted: 2 })
 
         expect(await store.findByClientMsgId('c1', 'bob.smith', 'Ab-_09')).toStrictEqual(first)
         expect(await store.findByClientMsgId('c1', 'alice', 'x'.repeat(64))).toStrictEqual(reply)
@@ -107,7 +122,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
 
       it.each(CUSTOM_BODIES)('round-trips a custom body: %s', async (_label, body) => {
         const stored = message('c1', 1, { kind: 'custom', body })
-        expect(await store.insertBatch([stored])).toEqual({ inserted: 1 })
+        expect(await insert([stored])).toEqual({ inserted: 1 })
         const byId = await store.findByClientMsgId('c1', 'alice', 'm1')
         expect(byId).toStrictEqual(stored)
         expect(JSON.stringify(byId?.body)).toBe(JSON.stringify(body))
@@ -117,12 +132,12 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
 
       it('stores every custom body in one batch', async () => {
         const batch = CUSTOM_BODIES.map(([, body], i) => message('c1', i + 1, { kind: 'custom', body }))
-        expect(await store.insertBatch(batch)).toEqual({ inserted: batch.length })
+        expect(await insert(batch)).toEqual({ inserted: batch.length })
         expect(await store.range('c1', { fromSeq: 1, toSeq: batch.length, limit: batch.length, direction: 'forward' })).toStrictEqual(batch)
       })
 
       it('accepts an empty batch', async () => {
-        expect(await store.insertBatch([])).toEqual({ inserted: 0 })
+        expect(await insert([])).toEqual({ inserted: 0 })
         expect(await store.lastSeq('c1')).toBe(0)
       })
 
@@ -156,12 +171,12 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       it('stops at a clientMsgId conflict and stores nothing after it', async () => {
         const a = message('c1', 1, { clientMsgId: 'A' })
         const b = message('c1', 2, { clientMsgId: 'B' })
-        expect(await store.insertBatch([a, b])).toEqual({ inserted: 2 })
+        expect(await insert([a, b])).toEqual({ inserted: 2 })
 
         const c = message('c1', 3, { clientMsgId: 'C' })
         const aAgain = message('c1', 4, { clientMsgId: 'A', body: 'resent' })
         const d = message('c1', 5, { clientMsgId: 'D' })
-        expect(await store.insertBatch([c, aAgain, d])).toEqual({ inserted: 1, conflict: { kind: 'clientMsgId' } })
+        expect(await insert([c, aAgain, d])).toEqual({ inserted: 1, conflict: { kind: 'clientMsgId' } })
 
         expect(await store.findByClientMsgId('c1', 'alice', 'C')).toStrictEqual(c)
         expect(await store.findByClientMsgId('c1', 'alice', 'A')).toStrictEqual(a)
@@ -176,7 +191,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         const c = message('c1', 3, { clientMsgId: 'C' })
         const x = message('c1', 2, { clientMsgId: 'X', senderId: 'bob' })
         const d = message('c1', 4, { clientMsgId: 'D' })
-        expect(await store.insertBatch([c, x, d])).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
+        expect(await insert([c, x, d])).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
 
         expect(await store.findByClientMsgId('c1', 'alice', 'C')).toStrictEqual(c)
         expect(await store.findByClientMsgId('c1', 'bob', 'X')).toBeNull()
@@ -187,23 +202,23 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
 
       it('reports a seq conflict at index 0', async () => {
         await store.insertBatch([message('c1', 1, { clientMsgId: 'A' })])
-        expect(await store.insertBatch([message('c1', 1, { clientMsgId: 'B' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
+        expect(await insert([message('c1', 1, { clientMsgId: 'B' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
         expect(await store.findByClientMsgId('c1', 'alice', 'B')).toBeNull()
       })
 
       it('reports a clientMsgId conflict when retrying a batch that is already stored', async () => {
         const batch = messages('c1', 1, 3)
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 3 })
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(batch)).toEqual({ inserted: 3 })
+        expect(await insert(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
         expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(batch)
       })
 
       it('makes a retry safe when only a prefix of the batch was stored', async () => {
         const batch = messages('c1', 1, 4)
         await store.insertBatch(batch.slice(0, 2))
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
-        expect(await store.insertBatch(batch.slice(1))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
-        expect(await store.insertBatch(batch.slice(2))).toEqual({ inserted: 2 })
+        expect(await insert(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(batch.slice(1))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(batch.slice(2))).toEqual({ inserted: 2 })
         expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(batch)
       })
 
@@ -214,7 +229,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
           message('c1', 3, { clientMsgId: 'A' }),
           message('c1', 4, { clientMsgId: 'C' })
         ]
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 2, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(batch)).toEqual({ inserted: 2, conflict: { kind: 'clientMsgId' } })
         expect(await store.lastSeq('c1')).toBe(2)
         expect(await store.findByClientMsgId('c1', 'alice', 'C')).toBeNull()
       })
@@ -225,7 +240,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
           message('c1', 1, { clientMsgId: 'B' }),
           message('c1', 2, { clientMsgId: 'C' })
         ]
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
+        expect(await insert(batch)).toEqual({ inserted: 1, conflict: { kind: 'seq' } })
         expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' }))).toEqual([1])
       })
 
@@ -235,18 +250,18 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         await store.insertBatch([message('big', 1, { clientMsgId: 'first' })])
         const batch = messages('big', 2, 251)
         batch[0] = message('big', 2, { clientMsgId: 'first' })
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(batch)).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
         expect(await store.lastSeq('big')).toBe(1)
         const later = messages('big', 2, 251)
         later[150] = message('big', 152, { clientMsgId: 'first' })
-        expect(await store.insertBatch(later)).toEqual({ inserted: 150, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(later)).toEqual({ inserted: 150, conflict: { kind: 'clientMsgId' } })
         expect(await store.lastSeq('big')).toBe(151)
         expect(seqs(await store.range('big', { fromSeq: 1, toSeq: 1000, limit: 1000, direction: 'forward' }))).toEqual(seqRange(1, 151))
       })
 
       it('inserts a batch that spans several conversations', async () => {
         const batch = [message('c1', 1), message('c2', 1), message('c1', 2), message('c3', 1)]
-        expect(await store.insertBatch(batch)).toEqual({ inserted: 4 })
+        expect(await insert(batch)).toEqual({ inserted: 4 })
         expect(await store.lastSeq('c1')).toBe(2)
         expect(await store.lastSeq('c2')).toBe(1)
         expect(await store.lastSeq('c3')).toBe(1)
@@ -284,17 +299,17 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
           message('c1', 5, { body: 'five', senderId: 'bob', replyTo: 3 }),
           message('c1', 6, { body: 'six' })
         ]
-        expect(await store.insertBatch(stored)).toEqual({ inserted: 4 })
+        expect(await insert(stored)).toEqual({ inserted: 4 })
         const four = message('c1', 4, { clientMsgId: 'middle', body: 'four', ts: T0 + 1, replyTo: 2 })
         const one = message('c1', 1, { clientMsgId: 'front', body: 'one' })
-        expect(await store.insertBatch([four, one])).toEqual({ inserted: 2 })
+        expect(await insert([four, one])).toEqual({ inserted: 2 })
 
         const all = [one, stored[0], stored[1], four, stored[2], stored[3]]
         expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 10, direction: 'forward' })).toStrictEqual(all)
         expect(await store.range('c1', { fromSeq: 3, toSeq: 5, limit: 2, direction: 'backward' })).toStrictEqual([four, stored[2]])
         for (const m of all) expect(await store.findByClientMsgId('c1', m.senderId, m.clientMsgId)).toStrictEqual(m)
         expect(await store.latest('c1')).toStrictEqual(stored[3])
-        expect(await store.insertBatch([message('c1', 4, { clientMsgId: 'again' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
+        expect(await insert([message('c1', 4, { clientMsgId: 'again' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
       })
 
       it('orders seqs numerically beyond one digit', async () => {
@@ -374,9 +389,9 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       it('keeps conversations apart', async () => {
         const inC1 = message('c1', 1, { body: 'in c1' })
         const inC2 = message('c2', 1, { body: 'in c2' })
-        expect(await store.insertBatch([inC1])).toEqual({ inserted: 1 })
+        expect(await insert([inC1])).toEqual({ inserted: 1 })
         // Same seq, same sender and clientMsgId, other conversation: not a conflict.
-        expect(await store.insertBatch([inC2])).toEqual({ inserted: 1 })
+        expect(await insert([inC2])).toEqual({ inserted: 1 })
         await store.insertBatch(messages('c2', 2, 7))
 
         expect(await store.lastSeq('c1')).toBe(1)
@@ -411,10 +426,10 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
       it('is scoped to the sender: the same clientMsgId from another sender is another message', async () => {
         const fromAlice = message('c1', 1, { clientMsgId: 'same', senderId: 'alice', body: 'from alice' })
         const fromBob = message('c1', 2, { clientMsgId: 'same', senderId: 'bob', body: 'from bob' })
-        expect(await store.insertBatch([fromAlice, fromBob])).toEqual({ inserted: 2 })
+        expect(await insert([fromAlice, fromBob])).toEqual({ inserted: 2 })
         expect(await store.findByClientMsgId('c1', 'alice', 'same')).toStrictEqual(fromAlice)
         expect(await store.findByClientMsgId('c1', 'bob', 'same')).toStrictEqual(fromBob)
-        expect(await store.insertBatch([message('c1', 3, { clientMsgId: 'same', senderId: 'bob' })]))
+        expect(await insert([message('c1', 3, { clientMsgId: 'same', senderId: 'bob' })]))
           .toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
       })
 
@@ -427,7 +442,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
 
     describe('range', () => {
       beforeEach(async () => {
-        expect(await store.insertBatch(messages('c1', 1, 20))).toEqual({ inserted: 20 })
+        expect(await insert(messages('c1', 1, 20))).toEqual({ inserted: 20 })
       })
 
       it('returns the lowest seqs first when going forward', async () => {
@@ -461,9 +476,10 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 20, limit: 20, direction: 'backward' }))).toEqual(seqRange(1, 20))
       })
 
-      it('clips bounds that reach past the stored seqs', async () => {
+      it('clips an upper bound that reaches past the stored seqs going forward', async () => {
+        // (backward, callers keep toSeq <= lastSeq: a store may read the window below toSeq)
         expect(seqs(await store.range('c1', { fromSeq: 18, toSeq: 1000, limit: 10, direction: 'forward' }))).toEqual([18, 19, 20])
-        expect(seqs(await store.range('c1', { fromSeq: 18, toSeq: Number.MAX_SAFE_INTEGER, limit: 2, direction: 'backward' }))).toEqual([19, 20])
+        expect(seqs(await store.range('c1', { fromSeq: 18, toSeq: 20, limit: 2, direction: 'backward' }))).toEqual([19, 20])
       })
 
       it('returns nothing for empty ranges', async () => {
@@ -476,12 +492,16 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect(await store.range('other', { fromSeq: 1, toSeq: 20, limit: 10, direction: 'forward' })).toEqual([])
       })
 
-      it('skips seqs that are not stored', async () => {
+      it('leaves out seqs that are not stored (the sequencer never leaves holes; a store may then give a shorter page)', async () => {
         await store.insertBatch([message('c2', 1), message('c2', 2), message('c2', 5), message('c2', 6), message('c2', 9)])
         expect(seqs(await store.range('c2', { fromSeq: 2, toSeq: 6, limit: 10, direction: 'forward' }))).toEqual([2, 5, 6])
         expect(seqs(await store.range('c2', { fromSeq: 3, toSeq: 4, limit: 10, direction: 'forward' }))).toEqual([])
-        expect(seqs(await store.range('c2', { fromSeq: 1, toSeq: 9, limit: 2, direction: 'backward' }))).toEqual([6, 9])
-        expect(seqs(await store.range('c2', { fromSeq: 3, toSeq: 9, limit: 2, direction: 'forward' }))).toEqual([5, 6])
+        expect(seqs(await store.range('c2', { fromSeq: 1, toSeq: 9, limit: 9, direction: 'backward' }))).toEqual([1, 2, 5, 6, 9])
+        // with holes, a limit below the span: the page holds only stored seqs, in order, from the requested end
+        const backward = seqs(await store.range('c2', { fromSeq: 1, toSeq: 9, limit: 2, direction: 'backward' }))
+        expect([[9], [6, 9]]).toContainEqual(backward)
+        const forward = seqs(await store.range('c2', { fromSeq: 3, toSeq: 9, limit: 3, direction: 'forward' }))
+        expect([[5], [5, 6, 9]]).toContainEqual(forward)
       })
     })
 
@@ -491,7 +511,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         const batchSize = 250
         const all = messages('big', 1, total)
         for (let start = 0; start < total; start += batchSize) {
-          expect(await store.insertBatch(all.slice(start, start + batchSize))).toEqual({ inserted: batchSize })
+          expect(await insert(all.slice(start, start + batchSize))).toEqual({ inserted: batchSize })
         }
         await store.insertBatch(messages('small', 1, 3))
 
@@ -519,7 +539,7 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect(synced).toEqual(seqRange(1, total))
 
         expect(await store.findByClientMsgId('big', 'alice', 'm1234')).toStrictEqual(all[1233])
-        expect(await store.insertBatch(all.slice(1500, 1501))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
+        expect(await insert(all.slice(1500, 1501))).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
         expect(await store.lastSeq('small')).toBe(3)
       })
     })

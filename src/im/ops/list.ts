@@ -2,8 +2,8 @@
  * list: my conversations with lastSeq, last-message preview, readSeq, unread count and muted
  * flag, one page at a time in conversation-id order (a stable order: a page boundary does not
  * move when new messages arrive, as it would in recency order; clients sort by last.ts).
- * Steps: my memberships of the page -> their conversations and latest messages, each in one
- * batched store call, whatever the page size.
+ * Steps: my memberships of the page -> their conversations and head records (latest messages),
+ * each in one batched store call, whatever the page size.
  */
 import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
@@ -30,7 +30,9 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
     const conversation = byId.get(m.conversationId)
     if (conversation === undefined) continue
     const last = latest.get(m.conversationId) ?? null
-    const lastSeq = last?.seq ?? 0
+    // the head record, or what this node's sequencer knows if that is more (a head lags its
+    // messages only after a crash between the two writes, until lastSeq repairs it)
+    const lastSeq = Math.max(last?.seq ?? 0, services.sequencer.knownLastSeq(m.conversationId) ?? 0)
     const summary: ConversationSummary = {
       conv: m.conversationId,
       kind: conversation.kind,

@@ -11,7 +11,7 @@ export interface ReadResult { conv: string, readSeq: number, unread: number }
 
 export async function read (caller: Caller, req: RequestOf<'read'>, services: Services): Promise<ReadResult> {
   const { member } = await requireMember(services, caller, req.conv)
-  const lastSeq = await lastSeqOf(services, req.conv)
+  const lastSeq = await lastSeqOf(services, req.conv, req.seq)
   const target = Math.min(req.seq, lastSeq)
   const before = member.readSeq
   const readSeq = await services.meta.memberAdvanceRead(req.conv, caller.userId, target)

@@ -5,7 +5,7 @@
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
-import { requireMember } from '../access.js'
+import { requireMember, lastSeqOf } from '../access.js'
 
 export interface SendResult {
   conv: string
@@ -23,7 +23,7 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
   else if (!cached.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
   // 2. validate what the schema cannot: replyTo must point at an existing message
   if (req.replyTo !== undefined) {
-    const last = await services.messages.lastSeq(req.conv)
+    const last = await lastSeqOf(services, req.conv, req.replyTo)
     if (req.replyTo > last) throw new ImError('BAD_REQUEST', `replyTo ${req.replyTo} is beyond the last message (${last})`)
   }
   // Routing (Redis) is down: the message could be stored but neither delivered nor acknowledged
