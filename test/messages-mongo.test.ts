@@ -2,7 +2,9 @@
  * The MessageStore contract on MongoMessageStore against the real server (FerretDB in tests),
  * plus what is specific to MongoDB. Each test gets a fresh database, dropped afterwards.
  */
+import net from 'node:net'
 import { MongoClient, type Db, type ObjectId } from 'mongodb'
+import { isStoreUnavailable } from '../src/store/errors.js'
 import type { StoredMessage } from '../src/store/types.js'
 import { MongoMessageStore } from '../src/store/messages-mongo.js'
 import { describeMessageStore } from './contract/message-store.contract.js'
@@ -102,6 +104,44 @@ describe('MongoMessageStore specifics', () => {
     }
   })
 
+  it('an operation the server takes and never answers fails after the operation timeout, as unavailable', async () => {
+    // a TCP relay to the real server that stops relaying on demand (a server that hangs, as
+    // FerretDB does on a large update command)
+    const target = new URL(url)
+    let frozen = false
+    const sockets = new Set<net.Socket>()
+    const relay = net.createServer(client => {
+      const upstream = net.connect(Number(target.port), target.hostname)
+      sockets.add(client).add(upstream)
+      client.on('data', d => { if (!frozen) upstream.write(d) })
+      upstream.on('data', d => { if (!frozen) client.write(d) })
+      const close = (): void => { client.destroy(); upstream.destroy() }
+      client.on('error', close).on('close', close)
+      upstream.on('error', close).on('close', close)
+    })
+    await new Promise<void>(resolve => relay.listen(0, '127.0.0.1', resolve))
+    const port = (relay.address() as net.AddressInfo).port
+    const store = new MongoMessageStore({ url: `mongodb://127.0.0.1:${port}/?socketTimeoutMS=1500`, database: dbName })
+    try {
+      await store.init()
+      expect(await store.insertBatch([{ conversationId: 'c1', seq: 1, clientMsgId: 'a', senderId: 'u', ts: 1, kind: 'text', body: 'x', replyTo: null }])).toEqual({ inserted: 1 })
+      frozen = true
+      const started = Date.now()
+      const err = await store.insertBatch([{ conversationId: 'c1', seq: 2, clientMsgId: 'b', senderId: 'u', ts: 2, kind: 'text', body: 'y', replyTo: null }]).then(() => null, (e: unknown) => e)
+      expect(Date.now() - started).toBeLessThan(5000)
+      expect(isStoreUnavailable(err)).toBe(true)
+      // a read too, on a new connection (the pool's handshake on a server that answers nothing)
+      const read = Date.now()
+      await expect(store.latestMany(['c1'])).rejects.toThrow()
+      expect(Date.now() - read).toBeLessThan(15_000)
+    } finally {
+      frozen = false
+      await store.close().catch(() => {})
+      for (const s of sockets) s.destroy()
+      await new Promise(resolve => relay.close(resolve))
+    }
+  })
+
   it('latestMany rejects when the server is unreachable', async () => {
     const store = new MongoMessageStore({ url: 'mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300', database: dbName })
     try {
@@ -156,15 +196,30 @@ describe('MongoMessageStore specifics', () => {
         await b.insertBatch([msg('c1', 1), msg('c1', 2), msg('c1', 3)])
         expect((await b.latestMany(['c1'])).get('c1')?.seq).toBe(6)
         // concurrent first writes of new conversations: both heads created, none lost to the upsert race
-        const ids = Array.from({ length: 30 }, (_, i) => `n${i}`)
-        await Promise.all([
-          a.insertBatch(ids.map(c => msg(c, 2))),
-          b.insertBatch(ids.map(c => msg(c, 1)))
-        ])
-        const latest = await a.latestMany(ids)
-        expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
+        for (let round = 0; round < 10; round++) {
+          const ids = Array.from({ length: 30 }, (_, i) => `n${round}-${i}`)
+          await Promise.all([
+            a.insertBatch(ids.map(c => msg(c, 2))),
+            b.insertBatch(ids.map(c => msg(c, 1)))
+          ])
+          const latest = await a.latestMany(ids)
+          expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
+        }
       } finally {
         await Promise.all([a.close(), b.close()])
+      }
+    })
+
+    it('a batch over 300 conversations updates their heads (FerretDB hangs on an update command of ~100 updates: they are split)', async () => {
+      const store = new MongoMessageStore({ url, database: dbName })
+      await store.init()
+      try {
+        const ids = Array.from({ length: 300 }, (_, i) => `w${i}`)
+        for (const seq of [1, 2]) expect(await store.insertBatch(ids.map(c => msg(c, seq)))).toEqual({ inserted: 300 })
+        const latest = await store.latestMany(ids)
+        expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
+      } finally {
+        await store.close()
       }
     })
 

@@ -20,5 +20,8 @@ export function isStoreUnavailable (err: unknown): boolean {
   if (e.fatal === true) return true
   if (Array.isArray(e.errorLabels) && e.errorLabels.includes('RetryableWriteError')) return true
   if (e.cause !== undefined && e.cause !== err) return isStoreUnavailable(e.cause)
+  // a bulk write (insertMany) that failed on the connection carries that failure here
+  const response = (err as { errorResponse?: unknown }).errorResponse
+  if (response instanceof Error && response !== err) return isStoreUnavailable(response)
   return false
 }

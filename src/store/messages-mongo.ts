@@ -97,6 +97,21 @@ const DUPLICATE_KEY = 11000
  */
 const SERVER_SELECTION_TIMEOUT_MS = 2000
 /**
+ * A connection on which the server sends nothing for this long is closed and its operation fails
+ * (unavailable), unless the URL sets socketTimeoutMS: a server that takes a command and never
+ * answers it (FerretDB does, see UPDATES_PER_COMMAND) must not hold a send, a history page or a list
+ * forever. The sequencer then retries until writeRetryMs and answers UNAVAILABLE. (The driver's
+ * timeoutMS would be the per-operation bound, but mongodb 7 ignores it.) Nothing on mqim's paths
+ * runs this long; the layout migration, which may, uses a client of its own without it.
+ */
+const SOCKET_TIMEOUT_MS = 5000
+/**
+ * A new connection's handshake fails after this long unless the URL sets connectTimeoutMS (the
+ * driver's default, 30 s, is how long an operation waits on a server that accepts connections and
+ * answers nothing: the pool opens a new connection for it after the socket timeout).
+ */
+const CONNECT_TIMEOUT_MS = 3000
+/**
  * Watchdog. After the server restarts, the driver (mongodb 7.9) sometimes never reconnects: its
  * monitor stays in a check that never ends, the server stays "Unknown", and every operation
  * fails server selection until the process restarts, although the server answers new
@@ -123,6 +138,17 @@ const DURABLE = { w: 'majority', journal: true } as const
  * the sequencer hands out again: a gap. One chunk per command keeps the ordered semantics.
  */
 const INSERT_CHUNK = 100
+/**
+ * At most this many updates per update command. FerretDB v1.24 keeps the query of every update of a
+ * command open until the command ends (internal/handler/msg_update.go: `defer closer.Close()` inside
+ * the loop over the updates), each holding one of the database's 100 SQLite connections: a command
+ * of ~100 updates of existing documents then waits for a connection forever, and with it every later
+ * write to that database (measured: 90 updates pass, 100 hang). Well below that, also with a
+ * second node's command running at the same time.
+ */
+const UPDATES_PER_COMMAND = 25
+/** Rounds of a head update command that meet duplicate keys (see updateHeads) before it fails. */
+const HEAD_WRITE_ATTEMPTS = 5
 /** Primary-key lookups kept in flight by one call in 'single' mode. */
 const LOOKUP_CONCURRENCY = 16
 /**
@@ -222,6 +248,13 @@ async function forEachLimited<T> (items: readonly T[], limit: number, work: (ite
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
+/** A write that failed only on a duplicate key, as MongoDB (a write error) or FerretDB (the command) reports it. */
+function isDuplicateKey (err: unknown): boolean {
+  const errors = writeErrorsOf(err)
+  if (errors !== undefined && errors.length > 0) return errors.every(e => e.code === DUPLICATE_KEY)
+  return err instanceof MongoServerError && err.code === DUPLICATE_KEY
+}
+
 /** Index name from a MongoDB duplicate-key message ("... index: conv_seq dup key: {...}"). */
 function indexNameOf (errmsg: string | undefined): string | undefined {
   return errmsg === undefined ? undefined : /\bindex: (\S+)/.exec(errmsg)?.[1]
@@ -253,8 +286,11 @@ export class MongoMessageStore implements MessageStore {
 
   private newClient (): void {
     const { url } = this.options
-    const given = /[?&]serverSelectionTimeoutMS=/i.test(url)
-    this.client = new MongoClient(url, given ? {} : { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS })
+    this.client = new MongoClient(url, {
+      ...(/[?&]serverSelectionTimeoutMS=/i.test(url) ? {} : { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS }),
+      ...(/[?&]socketTimeoutMS=/i.test(url) ? {} : { socketTimeoutMS: SOCKET_TIMEOUT_MS }),
+      ...(/[?&]connectTimeoutMS=/i.test(url) ? {} : { connectTimeoutMS: CONNECT_TIMEOUT_MS })
+    })
     this.messages = this.db().collection<MessageDoc>(this.collectionName)
     this.heads = this.db().collection<HeadDoc>(`${this.collectionName}_heads`)
   }
@@ -336,7 +372,16 @@ export class MongoMessageStore implements MessageStore {
       }
     }
     await this.createIndexes()
-    if (old) await this.copyLayout1(this.db().collection<MessageDoc>(oldName))
+    if (old) {
+      // scans and large writes: a client without the socket timeout
+      const client = new MongoClient(this.options.url, { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS, socketTimeoutMS: 0 })
+      try {
+        const db = client.db(this.options.database)
+        await this.copyLayout1(db.collection<MessageDoc>(oldName), db.collection<MessageDoc>(this.collectionName), db.collection<HeadDoc>(`${this.collectionName}_heads`))
+      } finally {
+        await client.close()
+      }
+    }
     try {
       await this.heads.insertOne({ _id: LAYOUT_ID, v: LAYOUT_VERSION }, { writeConcern: DURABLE })
     } catch (err) {
@@ -346,14 +391,14 @@ export class MongoMessageStore implements MessageStore {
   }
 
   /** Copies layout-1 documents (idempotent: a resumed copy skips what is there) and builds heads. */
-  private async copyLayout1 (old: Collection<MessageDoc>): Promise<void> {
+  private async copyLayout1 (old: Collection<MessageDoc>, messages: Collection<MessageDoc>, heads: Collection<HeadDoc>): Promise<void> {
     const latest = new Map<string, MessageDoc>()
     let copied = 0
     let batch: MessageDoc[] = []
     const flush = async (): Promise<void> => {
       if (batch.length === 0) return
       try {
-        await this.messages.insertMany(batch, { ordered: false, writeConcern: DURABLE })
+        await messages.insertMany(batch, { ordered: false, writeConcern: DURABLE })
       } catch (err) {
         const errors = writeErrorsOf(err)
         if (errors === undefined || errors.some(e => e.code !== DUPLICATE_KEY)) throw err
@@ -369,9 +414,9 @@ export class MongoMessageStore implements MessageStore {
       if (batch.length >= COPY_BATCH) await flush()
     }
     await flush()
-    const heads = [...latest.values()]
-    for (let i = 0; i < heads.length; i += COPY_BATCH) await this.writeHeads(heads.slice(i, i + COPY_BATCH))
-    const [before, after] = await Promise.all([old.countDocuments({}), this.messages.countDocuments({})])
+    const latestDocs = [...latest.values()]
+    for (let i = 0; i < latestDocs.length; i += COPY_BATCH) await this.writeHeads(latestDocs.slice(i, i + COPY_BATCH), heads)
+    const [before, after] = await Promise.all([old.countDocuments({}), messages.countDocuments({})])
     if (after < before) throw new Error(`migration of ${old.collectionName} left ${after} of ${before} messages; it resumes at the next start`)
     this.options.onMigrated?.({ messages: copied, conversations: latest.size })
   }
@@ -506,24 +551,33 @@ export class MongoMessageStore implements MessageStore {
    * `$max` never moves a head back; two nodes upserting a new head at once may see a duplicate
    * key, after which the other's head exists and the update is tried once more.
    */
-  private async writeHeads (docs: readonly MessageDoc[]): Promise<void> {
+  private async writeHeads (docs: readonly MessageDoc[], heads = this.heads): Promise<void> {
     const latest = new Map<string, MessageDoc>()
     for (const doc of docs) {
       const known = latest.get(doc.c)
       if (known === undefined || known.s < doc.s) latest.set(doc.c, doc)
     }
-    if (latest.size === 0) return
-    let ops: Array<AnyBulkWriteOperation<HeadDoc>> = [...latest.values()].map(doc => ({
+    const ops: Array<AnyBulkWriteOperation<HeadDoc>> = [...latest.values()].map(doc => ({
       updateOne: { filter: { _id: doc.c }, update: { $max: { h: headFields(doc) } }, upsert: true }
     }))
-    for (let attempt = 0; ; attempt++) {
+    for (let start = 0; start < ops.length; start += UPDATES_PER_COMMAND) {
+      await this.updateHeads(ops.slice(start, start + UPDATES_PER_COMMAND), heads)
+    }
+  }
+
+  /**
+   * One command. After a duplicate key (another node created one of these heads between this
+   * upsert's query and its insert) the whole command is run again: FerretDB stops an update command
+   * at its first failing update even when unordered, without saying which later ones it skipped,
+   * and every update here may run twice ($max). Each round creates at least the head that conflicted.
+   */
+  private async updateHeads (ops: Array<AnyBulkWriteOperation<HeadDoc>>, heads: Collection<HeadDoc>): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
       try {
-        await this.run(async () => await this.heads.bulkWrite(ops, { ordered: false, writeConcern: DURABLE }))
+        await this.run(async () => await heads.bulkWrite(ops, { ordered: false, writeConcern: DURABLE }))
         return
       } catch (err) {
-        const errors = writeErrorsOf(err)
-        if (attempt > 0 || errors === undefined || errors.length === 0 || errors.some(e => e.code !== DUPLICATE_KEY)) throw err
-        ops = errors.flatMap(e => ops[e.index] ?? [])
+        if (attempt >= HEAD_WRITE_ATTEMPTS || !isDuplicateKey(err)) throw err
       }
     }
   }
