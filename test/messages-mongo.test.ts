@@ -178,11 +178,11 @@ describe('MongoMessageStore specifics', () => {
           expect(await store.lastSeq('c1')).toBe(42)
           expect((await store.latestMany(['c1'])).get('c1')).toStrictEqual(msg('c1', 42))
           expect(await store.latest('c1')).toStrictEqual(msg('c1', 42))
-          const heads = await withDb(async db => await db.collection('messages_heads').find({ _id: 'c1' as unknown as ObjectId }).toArray())
-          expect(heads.map(h => h.h.s)).toEqual([42])
         } finally {
-          await store.close()
+          await store.close() // writes the heads not written yet
         }
+        const heads = await withDb(async db => await db.collection('messages_heads').find({ _id: 'c1' as unknown as ObjectId }).toArray())
+        expect(heads.map(h => h.h.s)).toEqual([42])
       })
     }
 
@@ -190,11 +190,22 @@ describe('MongoMessageStore specifics', () => {
       const a = new MongoMessageStore({ url, database: dbName })
       const b = new MongoMessageStore({ url, database: dbName })
       await Promise.all([a.init(), b.init()])
+      const written = async (ids: string[]): Promise<Array<number | undefined>> => {
+        // what is in the head records, after both stores wrote theirs (close flushes them)
+        const c = new MongoMessageStore({ url, database: dbName })
+        await c.init()
+        try {
+          const latest = await c.latestMany(ids)
+          return ids.map(id => latest.get(id)?.seq)
+        } finally {
+          await c.close()
+        }
+      }
       try {
         // b stores 1..3 and a stores 4..6, but a's head write may land first: the head ends at 6
         await a.insertBatch([msg('c1', 4), msg('c1', 5), msg('c1', 6)])
         await b.insertBatch([msg('c1', 1), msg('c1', 2), msg('c1', 3)])
-        expect((await b.latestMany(['c1'])).get('c1')?.seq).toBe(6)
+        expect((await a.latestMany(['c1'])).get('c1')?.seq).toBe(6)
         // concurrent first writes of new conversations: both heads created, none lost to the upsert race
         for (let round = 0; round < 10; round++) {
           const ids = Array.from({ length: 30 }, (_, i) => `n${round}-${i}`)
@@ -202,20 +213,28 @@ describe('MongoMessageStore specifics', () => {
             a.insertBatch(ids.map(c => msg(c, 2))),
             b.insertBatch(ids.map(c => msg(c, 1)))
           ])
-          const latest = await a.latestMany(ids)
-          expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
         }
       } finally {
         await Promise.all([a.close(), b.close()])
       }
+      expect(await written(['c1'])).toEqual([6])
+      for (let round = 0; round < 10; round++) {
+        const ids = Array.from({ length: 30 }, (_, i) => `n${round}-${i}`)
+        expect(await written(ids)).toEqual(ids.map(() => 2))
+      }
     })
 
     it('a batch over 300 conversations updates their heads (FerretDB hangs on an update command of ~100 updates: they are split)', async () => {
-      const store = new MongoMessageStore({ url, database: dbName })
+      let store = new MongoMessageStore({ url, database: dbName })
       await store.init()
+      const ids = Array.from({ length: 300 }, (_, i) => `w${i}`)
       try {
-        const ids = Array.from({ length: 300 }, (_, i) => `w${i}`)
-        for (const seq of [1, 2]) expect(await store.insertBatch(ids.map(c => msg(c, seq)))).toEqual({ inserted: 300 })
+        for (const seq of [1, 2]) {
+          expect(await store.insertBatch(ids.map(c => msg(c, seq)))).toEqual({ inserted: 300 })
+          await store.close() // writes the heads
+          store = new MongoMessageStore({ url, database: dbName })
+          await store.init()
+        }
         const latest = await store.latestMany(ids)
         expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
       } finally {

@@ -18,10 +18,13 @@
  * and list previews cost a primary-key read rather than a sort over the messages. A head is
  * written after its messages are stored, with `$max` on `h` (documents compare field by field,
  * and `s` comes first, on MongoDB and on FerretDB alike): concurrent writers of one conversation
- * on several nodes only ever move it forward, and it is never ahead of the messages. It may lag
- * them when the process dies between the two writes (or the head write fails): lastSeq then
- * looks past the head by primary key (seqs are gapless, see the sequencer), and writes the head
- * it finds. The sequencer loads lastSeq that way before it writes a conversation again.
+ * on several nodes only ever move it forward, and it is never ahead of the messages. Heads are
+ * written off the send path, each conversation's once per flush round however many batches the
+ * round covers (see noteHeads): the process that stored the messages answers from the heads it
+ * has not written yet; another process may see a head one round (some ms) behind. A head lags its
+ * messages for longer only when the process dies before the round (or the write fails): lastSeq
+ * then looks past the head by primary key (seqs are gapless, see the sequencer), and writes the
+ * head it finds. The sequencer loads lastSeq that way before it writes a conversation again.
  *
  * Lookups. On MongoDB several ids are read with one `$in` and a range of seqs with one query on
  * conv_seq; on FerretDB (detected at init from buildInfo) each id is read by itself, a bounded
@@ -147,6 +150,12 @@ const INSERT_CHUNK = 100
  * second node's command running at the same time.
  */
 const UPDATES_PER_COMMAND = 25
+/** A head flush round starts this long after the first message that needs one (more messages join it). */
+const HEAD_FLUSH_DELAY_MS = 20
+/** After a failed head flush, the next round waits this long. */
+const HEAD_RETRY_MS = 1000
+/** At most this many conversations wait for their heads to be written. */
+const PENDING_HEADS_MAX = 100_000
 /** Rounds of a head update command that meet duplicate keys (see updateHeads) before it fails. */
 const HEAD_WRITE_ATTEMPTS = 5
 /** Primary-key lookups kept in flight by one call in 'single' mode. */
@@ -275,6 +284,15 @@ export class MongoMessageStore implements MessageStore {
   private lastProbe = 0
   private probing = false
   private closed = false
+  /**
+   * conversation -> its latest stored message whose head is not written yet (see noteHeads). Read
+   * by latestMany and lastSeq, so this process never sees its own heads lag.
+   */
+  private readonly pendingHeads = new Map<string, MessageDoc>()
+  /** The heads being written by the flush in progress (still read as pending). */
+  private flushingHeads = new Map<string, MessageDoc>()
+  private headTimer: NodeJS.Timeout | null = null
+  private headFlush: Promise<void> | null = null
 
   constructor (private readonly options: MongoMessageStoreOptions) {
     this.newClient()
@@ -423,7 +441,73 @@ export class MongoMessageStore implements MessageStore {
 
   async close (): Promise<void> {
     this.closed = true
+    if (this.headTimer !== null) clearTimeout(this.headTimer)
+    this.headTimer = null
+    await this.headFlush
+    // the last heads, best effort: lastSeq repairs what is lost
+    await this.flushHeads().catch(() => {})
     await this.client.close()
+  }
+
+  /**
+   * Heads are written after their messages, off the send path: a background flush writes each
+   * conversation's latest head once per round (HEAD_FLUSH_DELAY_MS after the first message that
+   * needs one, then as long as there are more), however many batches it covers. Until then this
+   * process answers from pendingHeads; other processes may see a head that lags by a round, and
+   * after a crash heads lag until lastSeq repairs them (see the header).
+   */
+  private noteHeads (docs: readonly MessageDoc[]): void {
+    for (const doc of docs) {
+      const known = this.pendingHeads.get(doc.c)
+      if (known === undefined || known.s < doc.s) this.pendingHeads.set(doc.c, doc)
+    }
+    // bounded: the oldest go unwritten (lastSeq repairs them from the messages)
+    for (const c of this.pendingHeads.keys()) {
+      if (this.pendingHeads.size <= PENDING_HEADS_MAX) break
+      this.pendingHeads.delete(c)
+    }
+    this.scheduleHeads(HEAD_FLUSH_DELAY_MS)
+  }
+
+  private scheduleHeads (delayMs: number): void {
+    if (this.closed || this.headTimer !== null || this.headFlush !== null || this.pendingHeads.size === 0) return
+    this.headTimer = setTimeout(() => {
+      this.headTimer = null
+      let failed = false
+      this.headFlush = this.flushHeads()
+        .catch(() => { failed = true })
+        .finally(() => {
+          this.headFlush = null
+          this.scheduleHeads(failed ? HEAD_RETRY_MS : HEAD_FLUSH_DELAY_MS)
+        })
+    }, delayMs)
+    this.headTimer.unref()
+  }
+
+  private async flushHeads (): Promise<void> {
+    if (this.pendingHeads.size === 0) return
+    this.flushingHeads = new Map(this.pendingHeads)
+    this.pendingHeads.clear()
+    try {
+      await this.writeHeads([...this.flushingHeads.values()])
+    } catch (err) {
+      // written again next round, unless a newer message of the conversation came meanwhile
+      for (const [c, doc] of this.flushingHeads) {
+        const newer = this.pendingHeads.get(c)
+        if (newer === undefined || newer.s < doc.s) this.pendingHeads.set(c, doc)
+      }
+      throw err
+    } finally {
+      this.flushingHeads = new Map()
+    }
+  }
+
+  /** The head this process has stored messages for and not written yet, if any. */
+  private pendingHead (conversationId: string): MessageDoc | undefined {
+    const pending = this.pendingHeads.get(conversationId)
+    const flushing = this.flushingHeads.get(conversationId)
+    if (pending === undefined) return flushing
+    return flushing === undefined || flushing.s < pending.s ? pending : flushing
   }
 
   async insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult> {
@@ -441,11 +525,11 @@ export class MongoMessageStore implements MessageStore {
         const doc = docs[inserted]
         const conflict = doc === undefined ? undefined : await this.conflictOf(doc, duplicate.errmsg)
         if (conflict === undefined) throw err
-        await this.writeHeads(docs.slice(0, inserted))
+        this.noteHeads(docs.slice(0, inserted))
         return { inserted, conflict }
       }
     }
-    await this.writeHeads(docs)
+    this.noteHeads(docs)
     return { inserted: docs.length }
   }
 
@@ -479,9 +563,13 @@ export class MongoMessageStore implements MessageStore {
         if (head !== null) found.push(head)
       })
     }
-    const result = new Map<string, StoredMessage>()
-    for (const head of found) if (head.h !== undefined) result.set(head._id, fromDoc({ ...head.h, c: head._id }))
-    return result
+    const latest = new Map<string, Omit<MessageDoc, '_id'>>()
+    for (const head of found) if (head.h !== undefined) latest.set(head._id, { ...head.h, c: head._id })
+    for (const c of ids) {
+      const pending = this.pendingHead(c)
+      if (pending !== undefined && pending.s > (latest.get(c)?.s ?? 0)) latest.set(c, pending)
+    }
+    return new Map([...latest].map(([c, doc]) => [c, fromDoc(doc)]))
   }
 
   /**
@@ -528,6 +616,8 @@ export class MongoMessageStore implements MessageStore {
   private async latestDoc (conversationId: string): Promise<MessageDoc | null> {
     const head = await this.run(async () => await this.heads.findOne({ _id: conversationId }))
     let latest: MessageDoc | null = head?.h === undefined ? null : { ...head.h, _id: idOf(conversationId, head.h.s), c: conversationId }
+    const pending = this.pendingHead(conversationId)
+    if (pending !== undefined && pending.s > (latest?.s ?? 0)) latest = pending
     let past: MessageDoc | null = null
     // FerretDB: one lookup first (almost always a miss), then wider steps; MongoDB: one $in per step
     for (let step = this.batched ? PROBE_MAX : 1; ; step = Math.min(step * 4, PROBE_MAX)) {
@@ -542,7 +632,7 @@ export class MongoMessageStore implements MessageStore {
       }
       if (contiguous < step) break
     }
-    if (past !== null) await this.writeHeads([past])
+    if (past !== null) this.noteHeads([past])
     return latest
   }
 
