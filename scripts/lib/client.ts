@@ -28,6 +28,9 @@ export interface ClientOptions {
   /** Subscribe to im/u/<user>/m (message envelopes). Replies are always subscribed. */
   inbox: boolean
   onMessage?: (m: MessageEnvelope) => void
+  /** Subscribe to im/u/<user>/e (events) too, and hand each one to `onEvent`. Off by default. */
+  events?: boolean
+  onEvent?: (e: Record<string, unknown>) => void
   /** After every successful (re)connect and subscribe; `count` starts at 1. */
   onConnect?: (info: { port: number, count: number, sessionPresent: boolean }) => void
 }
@@ -45,6 +48,8 @@ export class DrillClient {
   /** CONNECT attempts that failed (refused, CONNACK error, timeout). */
   failedAttempts = 0
   private client: MqttClient | null = null
+  /** QoS 1 publishes of the current connection still waiting for their PUBACK. */
+  private awaitingPuback = 0
   private readonly waiting = new Map<string, Waiter>()
   private connectedWaiters: Array<() => void> = []
   private stopped = false
@@ -56,6 +61,12 @@ export class DrillClient {
   }
 
   get clientId (): string { return `${this.opts.userId}:${this.opts.deviceId}` }
+
+  /**
+   * Requests published on the current connection whose PUBACK has not come yet (a request that
+   * timed out waiting for its reply stays here until the server acknowledges it).
+   */
+  get unacked (): number { return this.awaitingPuback }
 
   /** First connection: the home node, failing over like a reconnect would. */
   async start (timeoutMs = 30_000): Promise<void> {
@@ -107,7 +118,10 @@ export class DrillClient {
         resolve: (r) => { clearTimeout(timer); resolve(r) },
         reject: (e) => { clearTimeout(timer); reject(e) }
       })
-      client.publish(`im/req/${op}`, JSON.stringify({ id, ...body }), { qos: 1 }, () => {})
+      this.awaitingPuback++
+      client.publish(`im/req/${op}`, JSON.stringify({ id, ...body }), { qos: 1 }, () => {
+        if (this.client === client) this.awaitingPuback--
+      })
     })
   }
 
@@ -169,6 +183,7 @@ export class DrillClient {
       })
       const topics = [`im/u/${userId}/r/${deviceId}`]
       if (this.opts.inbox) topics.push(`im/u/${userId}/m`)
+      if (this.opts.events === true) topics.push(`im/u/${userId}/e`)
       let timer: NodeJS.Timeout | undefined
       const granted = await Promise.race([
         client.subscribeAsync(topics, { qos: 1 }),
@@ -189,6 +204,7 @@ export class DrillClient {
     client.once('close', () => this.onLost(client))
     if (this.connects > 0 && port !== this.port) this.failovers++
     this.client = client
+    this.awaitingPuback = 0
     this.port = port
     this.connected = true
     this.connects++
@@ -206,6 +222,8 @@ export class DrillClient {
     const { userId, deviceId } = this.opts
     if (topic === `im/u/${userId}/m`) {
       this.opts.onMessage?.(json as MessageEnvelope)
+    } else if (topic === `im/u/${userId}/e`) {
+      if (typeof json === 'object' && json !== null) this.opts.onEvent?.(json as Record<string, unknown>)
     } else if (topic === `im/u/${userId}/r/${deviceId}`) {
       const reply = json as Reply
       const w = reply.id === null ? undefined : this.waiting.get(reply.id)

@@ -19,6 +19,14 @@ export interface NodeOptions {
   logLevel?: 'debug' | 'info' | 'warn' | 'error'
   /** Called when the process exits without kill() having been called. */
   onUnexpectedExit?: (node: MqimNode) => void
+  /** Extra node options for the server process, before `--import tsx` (e.g. `--trace-gc`). */
+  nodeArgs?: string[]
+  /**
+   * Called with each line the process writes to stdout (without its newline). A line for which it
+   * returns true is consumed: it is not kept in `log` (e.g. --trace-gc lines). Without it, stdout
+   * is kept as it comes.
+   */
+  onStdoutLine?: (line: string) => boolean | undefined
 }
 
 export interface HealthSample {
@@ -79,7 +87,7 @@ export class MqimNode {
     }
     // jest's --experimental-vm-modules must not leak into the server process
     delete env.NODE_OPTIONS
-    const child = spawnTracked(process.execPath, ['--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawnTracked(process.execPath, [...(this.opts.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     this.child = child
     this.exit = null
     this.killed = false
@@ -88,8 +96,20 @@ export class MqimNode {
       if (!this.killed && !stoppingEverything()) this.opts.onUnexpectedExit?.(this)
       resolve()
     }))
-    const keep = (chunk: Buffer): void => { this.output = (this.output + chunk.toString('utf8')).slice(-20_000) }
-    child.stdout?.on('data', keep)
+    const keep = (chunk: Buffer | string): void => { this.output = (this.output + chunk.toString()).slice(-20_000) }
+    const onLine = this.opts.onStdoutLine
+    if (onLine === undefined) {
+      child.stdout?.on('data', keep)
+    } else {
+      let partial = ''
+      child.stdout?.on('data', (chunk: Buffer) => {
+        const lines = (partial + chunk.toString('utf8')).split('\n')
+        partial = lines.pop() ?? ''
+        // a line that never ends is kept as output rather than held without bound
+        if (partial.length > 65_536) { keep(partial); partial = '' }
+        for (const line of lines) if (onLine(line) !== true) keep(line + '\n')
+      })
+    }
     child.stderr?.on('data', keep)
     const deadline = Date.now() + timeoutMs
     for (;;) {
