@@ -19,6 +19,7 @@ import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
 import { Publisher } from './im/publisher.js'
 import { Delivery } from './im/delivery.js'
+import { ReadCursors } from './im/read-cursors.js'
 import { ReceiptAggregator } from './im/receipts.js'
 import { Dispatcher } from './im/dispatcher.js'
 import type { Services } from './im/context.js'
@@ -120,7 +121,7 @@ export class MqimServer {
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), now: Date.now }
     const dispatcher = new Dispatcher(services)
 
     // 4. login defence, rate limits, revocation, hooks

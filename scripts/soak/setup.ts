@@ -122,7 +122,7 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
       db,
       dataDir: path.join(workDir, `node${i + 1}`),
       config: liftedConfig(ROOT),
-      nodeArgs: ['--trace-gc'],
+      nodeArgs: ['--trace-gc', ...(process.env.MQIM_SOAK_PROF_DIR !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${process.env.MQIM_SOAK_PROF_DIR}`] : [])],
       onStdoutLine: (line) => gc.line(line),
       onUnexpectedExit: (n) => {
         const what = `${n.id} (pid ${n.pid}) exited on its own (${n.exit?.code ?? n.exit?.signal})`

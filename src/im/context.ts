@@ -7,6 +7,7 @@ import type { Publisher } from './publisher.js'
 import type { Sequencer } from './sequencer.js'
 import type { ReceiptAggregator } from './receipts.js'
 import type { PresenceService } from './presence.js'
+import type { ReadCursors } from './read-cursors.js'
 
 export interface Caller {
   userId: string
@@ -23,6 +24,7 @@ export interface Services {
   publisher: Publisher
   receipts: ReceiptAggregator
   presence: PresenceService
+  readCursors: ReadCursors
   now: () => number
 }
 

@@ -219,6 +219,14 @@ export class MemoryMetadataStore implements MetadataStore {
     return member.readSeq
   }
 
+  async memberAdvanceReadMany (items: ReadonlyArray<{ conversationId: string, userId: string, seq: number }>): Promise<Array<number | null>> {
+    for (const { conversationId, userId, seq } of items) {
+      const member = this.findMember(conversationId, userId)
+      if (member !== undefined) member.readSeq = Math.max(member.readSeq, seq)
+    }
+    return items.map(({ conversationId, userId }) => this.findMember(conversationId, userId)?.readSeq ?? null)
+  }
+
   async memberListByUser (userId: string): Promise<MemberRecord[]> {
     const conversationIds = [...(this.membershipsByUser.get(userId) ?? [])].sort(compare)
     const result: MemberRecord[] = []

@@ -96,6 +96,9 @@ interface LockRow extends RowDataPacket {
   acquired: number | null
 }
 
+/** memberAdvanceReadMany: cursors per UPDATE (and SELECT) statement. */
+const READ_MANY_CHUNK = 500
+
 interface ReadSeqRow extends RowDataPacket {
   read_seq: number | string
 }
@@ -395,6 +398,35 @@ export class MySqlMetadataStore implements MetadataStore {
     const [rows] = await this.pool.execute<ReadSeqRow[]>(
       'SELECT read_seq FROM members WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
     return rows[0] === undefined ? null : toSafeNumber(rows[0].read_seq, 'members.read_seq')
+  }
+
+  /**
+   * Two statements per READ_MANY_CHUNK distinct cursors: one UPDATE joined with the cursors as a
+   * derived table (GREATEST keeps it forward-only under concurrent calls), one SELECT of the results.
+   * Client-side placeholders (query, not execute): a prepared statement per batch size would fill
+   * the statement cache.
+   */
+  async memberAdvanceReadMany (items: ReadonlyArray<{ conversationId: string, userId: string, seq: number }>): Promise<Array<number | null>> {
+    const wanted = new Map<string, { conversationId: string, userId: string, seq: number }>()
+    for (const item of items) {
+      const key = `${item.conversationId}\n${item.userId}`
+      const known = wanted.get(key)
+      if (known === undefined || known.seq < item.seq) wanted.set(key, item)
+    }
+    const cursors = [...wanted.values()]
+    const result = new Map<string, number>()
+    for (let start = 0; start < cursors.length; start += READ_MANY_CHUNK) {
+      const chunk = cursors.slice(start, start + READ_MANY_CHUNK)
+      const rows = chunk.map(() => 'SELECT ? AS c, ? AS u, ? AS s').join(' UNION ALL ')
+      await this.pool.query(
+        `UPDATE members m JOIN (${rows}) v ON m.conversation_id = v.c AND m.user_id = v.u SET m.read_seq = GREATEST(m.read_seq, v.s)`,
+        chunk.flatMap(c => [c.conversationId, c.userId, c.seq]))
+      const [found] = await this.pool.query<Array<ReadSeqRow & { conversation_id: string, user_id: string }>>(
+        `SELECT conversation_id, user_id, read_seq FROM members WHERE (conversation_id, user_id) IN (${chunk.map(() => '(?, ?)').join(', ')})`,
+        chunk.flatMap(c => [c.conversationId, c.userId]))
+      for (const row of found) result.set(`${row.conversation_id}\n${row.user_id}`, toSafeNumber(row.read_seq, 'members.read_seq'))
+    }
+    return items.map(i => result.get(`${i.conversationId}\n${i.userId}`) ?? null)
   }
 
   async memberListByUser (userId: string): Promise<MemberRecord[]> {

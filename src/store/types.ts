@@ -126,6 +126,12 @@ export interface MetadataStore {
    * Must be safe under concurrent calls (a single conditional UPDATE, not read-modify-write).
    */
   memberAdvanceRead (conversationId: string, userId: string, seq: number): Promise<number | null>
+  /**
+   * memberAdvanceRead of several (conversation, user) cursors in a constant number of round trips:
+   * the resulting readSeq of each item, in the order given (null: not a member). An item may repeat
+   * a cursor; each gets the cursor's resulting readSeq. Safe under concurrent calls, like memberAdvanceRead.
+   */
+  memberAdvanceReadMany (items: ReadonlyArray<{ conversationId: string, userId: string, seq: number }>): Promise<Array<number | null>>
   /** All memberships of one user (for listing conversations and authorizing). */
   memberListByUser (userId: string): Promise<MemberRecord[]>
   /**

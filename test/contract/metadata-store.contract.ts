@@ -343,6 +343,38 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(await store.memberGet('g1', 'bob')).toBeNull()
       })
 
+      test('memberAdvanceReadMany moves several cursors at once, forward only, in the order given', async () => {
+        await store.memberAdd([member('g1', 'bob'), member('g1', 'B0b')])
+        const result = await store.memberAdvanceReadMany([
+          { conversationId: 'g1', userId: 'alice', seq: 2 }, // alice's cursor is at 4: it stays
+          { conversationId: 'g1', userId: 'bob', seq: 7 },
+          { conversationId: 'g1', userId: 'carol', seq: 5 }, // not a member
+          { conversationId: 'nope', userId: 'alice', seq: 5 },
+          { conversationId: 'g1', userId: 'bob', seq: 3 }, // a repeat: the cursor's result
+          { conversationId: 'g1', userId: 'B0b', seq: 11 }, // ids differ in case only
+          { conversationId: 'g1', userId: 'alice', seq: 2 ** 40 + 1 }
+        ])
+        expect(result).toStrictEqual([2 ** 40 + 1, 7, null, null, 7, 11, 2 ** 40 + 1])
+        expect((await store.memberGet('g1', 'bob'))?.readSeq).toBe(7)
+        expect((await store.memberGet('g1', 'B0b'))?.readSeq).toBe(11)
+        expect(await store.memberGet('g1', 'carol')).toBeNull()
+        expect(await store.memberAdvanceReadMany([])).toStrictEqual([])
+      })
+
+      test('memberAdvanceReadMany over more cursors than one statement takes, racing single calls', async () => {
+        const users = Array.from({ length: 700 }, (_, i) => `u${i}`)
+        await store.memberAdd(users.map(u => member('g1', u)))
+        const [many] = await Promise.all([
+          store.memberAdvanceReadMany(users.map((u, i) => ({ conversationId: 'g1', userId: u, seq: i + 1 }))),
+          store.memberAdvanceRead('g1', 'u5', 1000)
+        ])
+        expect(many.slice(0, 5)).toStrictEqual([1, 2, 3, 4, 5])
+        expect([6, 1000]).toContain(many[5]) // u5: 6, or the single call's 1000 if that came first
+        expect(many.slice(6)).toStrictEqual(users.slice(6).map((_, i) => i + 7))
+        expect((await store.memberGet('g1', 'u5'))?.readSeq).toBe(1000)
+        expect((await store.memberGet('g1', 'u699'))?.readSeq).toBe(700)
+      })
+
       test('50 concurrent memberAdvanceRead calls end at the maximum', async () => {
         const seqs = Array.from({ length: 50 }, () => 1 + Math.floor(Math.random() * 100_000))
         const results = await Promise.all(seqs.map(async (seq) => await store.memberAdvanceRead('g1', 'alice', seq)))

@@ -14,7 +14,7 @@ export async function read (caller: Caller, req: RequestOf<'read'>, services: Se
   const lastSeq = await lastSeqOf(services, req.conv, req.seq)
   const target = Math.min(req.seq, lastSeq)
   const before = member.readSeq
-  const readSeq = await services.meta.memberAdvanceRead(req.conv, caller.userId, target)
+  const readSeq = await services.readCursors.advance(req.conv, caller.userId, target)
   if (readSeq === null) throw new ImError('NOT_MEMBER')
   services.directory.noteRead(req.conv, caller.userId, readSeq)
   const unread = Math.max(0, lastSeq - readSeq)
