@@ -48,6 +48,7 @@
 import { MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb'
 import type { AnyBulkWriteOperation, Collection, Db, WriteError } from 'mongodb'
 import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
+import { LRUCache } from 'lru-cache'
 import { isStoreUnavailable } from './errors.js'
 
 export interface MongoMessageStoreOptions {
@@ -167,6 +168,13 @@ const LOOKUP_CONCURRENCY = 16
 const SMALL_LOOKUP = 8
 /** Looking past a head: at most this many seqs per round trip. */
 const PROBE_MAX = 32
+/**
+ * Messages never change once stored, so the documents this process wrote or read by primary key
+ * are kept, up to this many bytes (a few minutes of a busy server's messages): history pages of
+ * recent messages, the common case of a device that syncs after a reconnect, are then read from
+ * memory. Small on purpose: a bigger cache would take longer to fill, its growth looking like a leak.
+ */
+const RECENT_DOC_BYTES = 8 * 1024 * 1024
 /** Migration: documents per insert. */
 const COPY_BATCH = 1000
 
@@ -292,6 +300,12 @@ export class MongoMessageStore implements MessageStore {
   /** The heads being written by the flush in progress (still read as pending). */
   private flushingHeads = new Map<string, MessageDoc>()
   private headTimer: NodeJS.Timeout | null = null
+  /** `_id` -> a stored message document (see RECENT_DOC_BYTES). */
+  private readonly recentDocs = new LRUCache<string, MessageDoc>({
+    maxSize: RECENT_DOC_BYTES,
+    // the body string dominates (UTF-16), plus the other fields and the entry itself
+    sizeCalculation: doc => 200 + 2 * (typeof doc.b === 'string' ? doc.b.length : 0)
+  })
   private headFlush: Promise<void> | null = null
 
   constructor (private readonly options: MongoMessageStoreOptions) {
@@ -525,11 +539,11 @@ export class MongoMessageStore implements MessageStore {
         const doc = docs[inserted]
         const conflict = doc === undefined ? undefined : await this.conflictOf(doc, duplicate.errmsg)
         if (conflict === undefined) throw err
-        this.noteHeads(docs.slice(0, inserted))
+        this.noteStored(docs.slice(0, inserted))
         return { inserted, conflict }
       }
     }
-    this.noteHeads(docs)
+    this.noteStored(docs)
     return { inserted: docs.length }
   }
 
@@ -596,16 +610,33 @@ export class MongoMessageStore implements MessageStore {
     return docs.map(fromDoc)
   }
 
+  /** Stored documents: kept (recentDocs) and their heads noted. */
+  private noteStored (docs: readonly MessageDoc[]): void {
+    for (const doc of docs) this.recentDocs.set(doc._id, doc)
+    this.noteHeads(docs)
+  }
+
   /** Documents by primary key, in no order; absent ids are left out. */
   private async byIds (ids: readonly string[]): Promise<MessageDoc[]> {
-    if (ids.length === 0) return []
-    if (this.batched) return await this.run(async () => await this.messages.find({ _id: { $in: [...ids] } }).toArray())
     const found: MessageDoc[] = []
-    await forEachLimited(ids, LOOKUP_CONCURRENCY, async (id) => {
-      const doc = await this.run(async () => await this.messages.findOne({ _id: id }))
-      if (doc !== null) found.push(doc)
-    })
-    return found
+    const missing: string[] = []
+    for (const id of ids) {
+      const doc = this.recentDocs.get(id)
+      if (doc !== undefined) found.push(doc)
+      else missing.push(id)
+    }
+    if (missing.length === 0) return found
+    const read: MessageDoc[] = []
+    if (this.batched) {
+      read.push(...await this.run(async () => await this.messages.find({ _id: { $in: missing } }).toArray()))
+    } else {
+      await forEachLimited(missing, LOOKUP_CONCURRENCY, async (id) => {
+        const doc = await this.run(async () => await this.messages.findOne({ _id: id }))
+        if (doc !== null) read.push(doc)
+      })
+    }
+    for (const doc of read) this.recentDocs.set(doc._id, doc)
+    return found.concat(read)
   }
 
   /**
