@@ -8,6 +8,15 @@
  *     seq) for those that were stored, and M+1, M+2 ... with no gap for the others;
  *   - new messages continue after that, and a member online after the restart receives exactly
  *     the messages stored after it: nothing the resends found already stored is delivered again.
+ * Head records (messages-mongo.ts, layout 2), read from MongoDB directly:
+ *   - at the SIGKILL, no conversation's head is ahead of its stored messages (it may be behind:
+ *     it is written after them; it may also have caught up already). One that caught up is set
+ *     back to an earlier stored message (what a crash some flush rounds earlier leaves), so the
+ *     repair is exercised on every run;
+ *   - a `list` right after the restart answers from the head as it is (lastSeq, last);
+ *   - history's lastSeq (from the store: the new sequencer knows nothing) repairs the head;
+ *   - once the resends and new messages are done, every head equals the highest stored seq,
+ *     and `list` reports lastSeq and last.seq equal to it.
  *
  * Needs MQIM_MONGO_URL and MQIM_MYSQL_URL (npm test starts the services).
  */
@@ -38,6 +47,8 @@ const WINDOW = 100
 /** New messages each sender sends after the restart. */
 const AFTER = 50
 const TIMEOUT_MS = 180_000
+/** A head that caught up at the kill is set back this many messages (see step 1c). */
+const REWIND = 100
 
 /** mqim as a child process: `node --import tsx src/main.ts` (so the pid is the server's own). */
 class ServerProcess {
@@ -183,6 +194,66 @@ function expectGapless (history: MessageEnvelope[]): void {
   expect(new Set(history.map(m => `${m.from}/${m.msgId}`)).size).toBe(history.length)
 }
 
+interface HeadState {
+  conv: string
+  /** h.s of the conversation's head record, 0 when it has none. */
+  head: number
+  /** Highest stored seq and number of stored messages. */
+  maxSeq: number
+  count: number
+}
+
+/**
+ * Every conversation's head against its stored messages, read from MongoDB directly (the
+ * messages collection `messages`: fields c, s; heads in `messages_heads`: {_id: conv, h: {s}}).
+ */
+async function headsVsMessages (mongo: { url: string, dbName: string }): Promise<HeadState[]> {
+  const client = new MongoClient(mongo.url)
+  try {
+    await client.connect()
+    const db = client.db(mongo.dbName)
+    const stored = new Map<string, { maxSeq: number, count: number }>()
+    for await (const doc of db.collection<{ c: string, s: number }>('messages').find({}, { projection: { _id: 0, c: 1, s: 1 } })) {
+      const known = stored.get(doc.c) ?? { maxSeq: 0, count: 0 }
+      stored.set(doc.c, { maxSeq: Math.max(known.maxSeq, doc.s), count: known.count + 1 })
+    }
+    const heads = new Map<string, number>()
+    for (const doc of await db.collection<{ _id: string, h?: { s: number } }>('messages_heads').find({}).toArray()) {
+      if (doc._id !== '$layout') heads.set(doc._id, doc.h?.s ?? 0)
+    }
+    return [...new Set([...stored.keys(), ...heads.keys()])].sort().map(conv => ({ conv, head: heads.get(conv) ?? 0, maxSeq: stored.get(conv)?.maxSeq ?? 0, count: stored.get(conv)?.count ?? 0 }))
+  } finally {
+    await client.close()
+  }
+}
+
+/**
+ * Sets the conversation's head back to its stored message `seq`, as the store writes heads:
+ * `h` = the message's fields without _id and c, `s` first (see headFields in messages-mongo.ts).
+ */
+async function rewindHead (mongo: { url: string, dbName: string }, conv: string, seq: number): Promise<number> {
+  const client = new MongoClient(mongo.url)
+  try {
+    await client.connect()
+    const db = client.db(mongo.dbName)
+    const doc = await db.collection<Record<string, unknown> & { _id: string }>('messages').findOne({ _id: `${conv}:${seq}` })
+    if (doc === null) throw new Error(`message ${conv}:${seq} is not stored`)
+    const h: Record<string, unknown> = { s: doc.s, t: doc.t, u: doc.u, m: doc.m, k: doc.k, b: doc.b, r: doc.r }
+    if (doc.bj === true) h.bj = true
+    await db.collection<{ _id: string, h?: unknown }>('messages_heads').updateOne({ _id: conv }, { $set: { h } }, { upsert: true })
+    return seq
+  } finally {
+    await client.close()
+  }
+}
+
+interface ListSummary { conv: string, lastSeq: number, last: MessageEnvelope | null, unread: number }
+
+async function listed (device: Device, conv: string): Promise<ListSummary | undefined> {
+  const page = await device.request<{ conversations: ListSummary[], next: string | null }>('list', {})
+  return page.conversations.find(c => c.conv === conv)
+}
+
 function range (from: number, to: number): number[] {
   return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i)
 }
@@ -296,16 +367,55 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
     expect(ackedAtKill).toBeGreaterThanOrEqual(KILL_AFTER_ACKS)
     expect(new Set(acked.values()).size).toBe(acked.size)
 
+    // 1b. the heads at the kill (the server is gone: nothing moves them now): never ahead of the
+    // messages; the seqs of each conversation are 1..count
+    // (a command the server sent just before it died may still be running: read until it settles)
+    let atKill = await headsVsMessages(mongo)
+    for (let settled = false; !settled;) {
+      await sleep(300)
+      const again = await headsVsMessages(mongo)
+      settled = JSON.stringify(again) === JSON.stringify(atKill)
+      atKill = again
+    }
+    expect(atKill.map(h => h.conv)).toEqual([conv])
+    for (const h of atKill) {
+      expect(h.maxSeq).toBe(h.count)
+      expect(h.head).toBeLessThanOrEqual(h.maxSeq)
+    }
+    const headAtKill = atKill[0] as HeadState
+
+    // 1c. When the flush won the race (the head is at the last stored message), the head is set
+    // back to the stored message REWIND seqs earlier: what a process that died before its last few
+    // flush rounds leaves. So the repair checked below (list answers from the head as it is; lastSeq looks past
+    // it and writes it) is exercised on every run, not only when the kill catches a head behind.
+    const headAtRestart = headAtKill.head < headAtKill.maxSeq ? headAtKill.head : await rewindHead(mongo, conv, Math.max(1, headAtKill.maxSeq - REWIND))
+
     // 2. restart on the same ports and databases
     await server.start()
     const [alice2, bob2] = await Promise.all([connect(SENDERS[0], 'after'), connect(SENDERS[1], 'after')])
     const carol = await connect(RECEIVER, 'after')
     const sender = (userId: string): Device => (userId === 'alice' ? alice2 : bob2)
+    // before anything reads lastSeq (history repairs the head): list answers from the head as it is
+    const listedAtRestart = await listed(carol, conv)
+    expect(listedAtRestart).toMatchObject({ lastSeq: headAtRestart, unread: headAtRestart })
+    expect(listedAtRestart?.last?.seq ?? 0).toBe(headAtRestart)
 
     // 3. history: every acked message under its seq; 1..M gapless; nothing never sent
     const history = await fullHistory(carol, conv)
     expectGapless(history)
     const M = history.length
+    expect(M).toBe(headAtKill.maxSeq)
+    expect(listedAtRestart?.last ?? null).toEqual(headAtRestart === 0 ? null : history[headAtRestart - 1])
+    // history took lastSeq from the store (the sequencer knew nothing yet), which looked past the
+    // head and wrote it: the head is healed before any new message
+    let repaired: HeadState[] = []
+    await waitUntil(async () => {
+      repaired = await headsVsMessages(mongo)
+      return repaired.every(h => h.head === h.maxSeq)
+    }, 10_000, 'lastSeq to repair the head', 100)
+      .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(repaired)}`) })
+    expect(repaired).toEqual([{ conv, head: M, maxSeq: M, count: M }])
+    expect(await listed(carol, conv)).toMatchObject({ lastSeq: M, last: history[M - 1] })
     const stored = new Map(history.map(m => [m.msgId, m]))
     for (const [msgId, seq] of acked) {
       expect(stored.get(msgId)).toMatchObject({ seq, from: attempted.get(msgId), body: body(msgId) })
@@ -346,6 +456,19 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
     expect(fresh.every(r => !r.duplicate)).toBe(true)
     const last = M + U + fresh.length
 
+    // 5b. heads healed: equal to the highest stored seq (written by the background flush, some
+    // ms after the last send), and list reports it
+    let healed: HeadState[] = []
+    await waitUntil(async () => {
+      healed = await headsVsMessages(mongo)
+      return healed.every(h => h.head === h.maxSeq)
+    }, 10_000, 'the heads to reach the stored messages', 100)
+      .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(healed)}`) })
+    expect(healed).toEqual([{ conv, head: last, maxSeq: last, count: last }])
+    const listedAfter = await listed(carol, conv)
+    expect(listedAfter).toMatchObject({ lastSeq: last, unread: last })
+    expect(listedAfter?.last).toMatchObject({ seq: last, msgId: `${SENDERS[SENDERS.length - 1]}-new-${AFTER - 1}`, from: SENDERS[SENDERS.length - 1] })
+
     // 6. the final history, and what a member online since the restart received
     const final = await fullHistory(carol, conv)
     expectGapless(final)
@@ -355,7 +478,8 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
     await sleep(300)
     expect(carol.messages.map(m => m.seq).sort((a, b) => a - b)).toEqual(range(M + 1, last))
 
-    console.log(`crash drill: ${attempted.size} sent before SIGKILL, ${ackedAtKill} acked, ${M} stored ` +
+    console.log(`crash drill: head at SIGKILL ${headAtKill.head} of ${headAtKill.maxSeq} stored (${headAtRestart === headAtKill.head ? 'behind' : `caught up: set back to ${headAtRestart}`}); ` +
+      `${attempted.size} sent before SIGKILL, ${ackedAtKill} acked, ${M} stored ` +
       `(${storedUnacked.length} stored but not acked), ${unacked.length} resent -> ${storedUnacked.length} duplicates + ${U} new at ${M + 1}..${M + U}; ` +
       `${fresh.length} new sends at ${M + U + 1}..${last}`)
   }, TIMEOUT_MS)

@@ -2,24 +2,30 @@
  * Presence under reconnect churn, in Redis mode (one node on Redis + MongoDB + MySQL): clean and
  * persistent sessions, graceful ends, dropped sockets, clientId takeovers and sockets that close
  * while their login is being checked. Afterwards presence counts exactly the connections that are
- * still open, and a user is online exactly when one of theirs is.
+ * still open, and a user is online exactly when one of theirs is. "Open" is what the test keeps and
+ * what the broker itself holds (Aedes' clients that are not closed, read through a cast); presence
+ * is both PresenceService's local entries (localConnections) and the live entries in Redis (one
+ * sorted set per user, mqim:presence:<user>, member = connection id).
  */
 import net from 'node:net'
 import mqttPacket from 'mqtt-packet'
+import { Redis } from 'ioredis'
 import { clusterOverrides } from './helpers/cluster.js'
+import { redisUrl } from './helpers/db.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 
 const USERS = Array.from({ length: 24 }, (_, i) => `churn${i}`)
 const ROUNDS = 240
 const PARALLEL = 12
+const REDIS_DB = 7
 
 describe('presence after reconnect churn (Redis mode)', () => {
   let server: MqimServer
   const kept: ImClient[] = []
 
   beforeAll(async () => {
-    server = await startServer({ ...(await clusterOverrides(7)), nodeId: 'churn' })
+    server = await startServer({ ...(await clusterOverrides(REDIS_DB)), nodeId: 'churn' })
     for (const u of USERS) await addUser(server, u)
     // every user's device `q` has a persistent session with messages queued
     await addUser(server, 'churnsrc')
@@ -36,6 +42,31 @@ describe('presence after reconnect churn (Redis mode)', () => {
     await Promise.allSettled(kept.map(async c => await c.end()))
     await server.stop()
   })
+
+  /**
+   * Connections the broker has open: its registered clients that are not closed (MqimServer's
+   * private `broker`). Not Aedes' connectedClients: in Redis mode, Aedes 1.2.0 registers a client
+   * whose socket closed during its CONNECT handling (after authenticate, before registerClient)
+   * and never unregisters it, so that count (and broker.clients) keeps closed clients.
+   */
+  function brokerConnections (): number {
+    const clients = (server as unknown as { broker: { clients: Record<string, { closed: boolean }> } }).broker.clients
+    return Object.values(clients).filter(c => !c.closed).length
+  }
+
+  /** user -> live (unexpired) presence entries in Redis, for the users that have any. */
+  async function redisEntries (users: string[]): Promise<Record<string, number>> {
+    const url = new URL(redisUrl())
+    url.pathname = `/${REDIS_DB}`
+    const redis = new Redis(url.toString())
+    try {
+      const now = Date.now()
+      const counts = await Promise.all(users.map(async u => await redis.zcount(`mqim:presence:${u}`, `(${now}`, '+inf')))
+      return Object.fromEntries(users.map((u, i) => [u, counts[i] as number]).filter(([, n]) => n !== 0))
+    } finally {
+      redis.disconnect()
+    }
+  }
 
   /**
    * A CONNECT with the right password whose socket closes before the CONNACK can come, or (when
@@ -101,6 +132,19 @@ describe('presence after reconnect churn (Redis mode)', () => {
     const presence = server.services.presence
     await waitUntil(() => presence.localConnections() === kept.length, 10_000, 'presence entries equal to the open connections')
       .catch((err: Error) => { throw new Error(`${err.message}: ${presence.localConnections()} entries, ${kept.length} open`) })
+    // the broker agrees on what is open (no connection the test lost track of, none left half-closed)
+    await waitUntil(() => brokerConnections() === kept.length, 10_000, 'the broker to count the open connections')
+      .catch((err: Error) => { throw new Error(`${err.message}: broker ${brokerConnections()}, ${kept.length} open`) })
+    expect(presence.localConnections()).toBe(brokerConnections())
+    // and Redis holds exactly one live entry per open connection: two for each user kept online
+    const everyone = [...USERS, 'churnsrc']
+    let entries: Record<string, number> = {}
+    await waitUntil(async () => {
+      entries = await redisEntries(everyone)
+      return Object.values(entries).reduce((a, b) => a + b, 0) === kept.length
+    }, 10_000, 'the Redis presence entries to equal the open connections', 50)
+      .catch((err: Error) => { throw new Error(`${err.message}: ${JSON.stringify(entries)}, ${kept.length} open`) })
+    expect(entries).toEqual(Object.fromEntries(USERS.slice(0, 8).map(u => [u, 2])))
     const statuses = await presence.status(USERS)
     expect(statuses.filter(s => s.online).map(s => s.user).sort()).toEqual([...online].sort())
     // the entries are per connection: closing one of two devices keeps the user online
@@ -111,5 +155,7 @@ describe('presence after reconnect churn (Redis mode)', () => {
     await b?.end()
     await waitUntil(() => presence.localConnections() === kept.length, 5000, 'both gone')
     expect((await presence.status([online[0] as string]))[0]?.online).toBe(false)
+    expect(await redisEntries(everyone)).toEqual(Object.fromEntries(USERS.slice(1, 8).map(u => [u, 2])))
+    await waitUntil(() => brokerConnections() === kept.length, 5000, 'the broker to count both gone')
   }, 120_000)
 })
