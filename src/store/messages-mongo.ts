@@ -175,6 +175,9 @@ const PROBE_MAX = 32
  * memory. Small on purpose: a bigger cache would take longer to fill, its growth looking like a leak.
  */
 const RECENT_DOC_BYTES = 8 * 1024 * 1024
+/** Start-up check of the heads: probes per round, and heads checked at most (the rest: lazily). */
+const HEAL_BATCH = 200
+const HEAL_MAX = 1_000_000
 /** Migration: documents per insert. */
 const COPY_BATCH = 1000
 
@@ -300,12 +303,15 @@ export class MongoMessageStore implements MessageStore {
   /** The heads being written by the flush in progress (still read as pending). */
   private flushingHeads = new Map<string, MessageDoc>()
   private headTimer: NodeJS.Timeout | null = null
+  /** The start-up check of the heads (healHeads), while it runs. */
+  private healing: Promise<void> | null = null
   /** `_id` -> a stored message document (see RECENT_DOC_BYTES). */
   private readonly recentDocs = new LRUCache<string, MessageDoc>({
     maxSize: RECENT_DOC_BYTES,
     // the body string dominates (UTF-16), plus the other fields and the entry itself
     sizeCalculation: doc => 200 + 2 * (typeof doc.b === 'string' ? doc.b.length : 0)
   })
+
   private headFlush: Promise<void> | null = null
 
   constructor (private readonly options: MongoMessageStoreOptions) {
@@ -384,6 +390,33 @@ export class MongoMessageStore implements MessageStore {
     }
     if (await this.heads.findOne({ _id: LAYOUT_ID }) === null) await this.upgradeLayout()
     await this.createIndexes()
+    this.healing = this.healHeads().catch(() => {}) // in the background; lastSeq repairs lazily too
+  }
+
+  /**
+   * At start-up, in the background: every head is checked against the messages past it (one
+   * primary-key probe each, HEAL_BATCH at a time) and repaired where a crash left it behind, so
+   * that `list` is right after a restart without waiting for each conversation to be touched. A
+   * conversation whose first messages were stored but whose head was never written has no head to
+   * check: it is repaired when it is next written or read.
+   */
+  private async healHeads (): Promise<void> {
+    let batch: Array<{ c: string, s: number }> = []
+    let checked = 0
+    const probe = async (): Promise<void> => {
+      const ids = batch.map(h => idOf(h.c, h.s + 1))
+      const past = new Set((await this.byIds(ids)).map(d => d.c))
+      for (const h of batch) if (past.has(h.c) && !this.closed) await this.latestDoc(h.c)
+      batch = []
+    }
+    for await (const head of this.heads.find({}, { projection: { 'h.s': 1 } })) {
+      if (this.closed || checked >= HEAL_MAX) return
+      if (head._id === LAYOUT_ID || head.h === undefined) continue
+      batch.push({ c: head._id, s: head.h.s })
+      checked++
+      if (batch.length >= HEAL_BATCH) await probe()
+    }
+    if (!this.closed) await probe()
   }
 
   /** createIndex is a no-op when an identical index exists, so init() may run on every start. */
@@ -455,6 +488,7 @@ export class MongoMessageStore implements MessageStore {
 
   async close (): Promise<void> {
     this.closed = true
+    await this.healing
     if (this.headTimer !== null) clearTimeout(this.headTimer)
     this.headTimer = null
     await this.headFlush
