@@ -46,6 +46,16 @@ export class ReadCursors {
     })
   }
 
+  /** One group; once more after a deadlock (InnoDB picked this group to roll back; nothing was changed). */
+  private async write (group: Pending[]): Promise<Array<number | null>> {
+    try {
+      return await this.meta.memberAdvanceReadMany(group)
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ER_LOCK_DEADLOCK') throw err
+      return await this.meta.memberAdvanceReadMany(group)
+    }
+  }
+
   private async flush (): Promise<void> {
     if (this.writing) return
     this.writing = true
@@ -53,7 +63,7 @@ export class ReadCursors {
       while (this.queue.length > 0) {
         const group = this.queue.splice(0, GROUP_MAX)
         try {
-          const results = await this.meta.memberAdvanceReadMany(group)
+          const results = await this.write(group)
           group.forEach((p, i) => p.resolve(results[i] ?? null))
         } catch (err) {
           for (const p of group) p.reject(err)

@@ -96,6 +96,11 @@ interface LockRow extends RowDataPacket {
   acquired: number | null
 }
 
+/** Byte order of ASCII ids, as utf8mb4_bin sorts them. */
+function compareBytes (a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}
+
 /** memberAdvanceReadMany: cursors per UPDATE (and SELECT) statement. */
 const READ_MANY_CHUNK = 500
 
@@ -413,7 +418,8 @@ export class MySqlMetadataStore implements MetadataStore {
       const known = wanted.get(key)
       if (known === undefined || known.seq < item.seq) wanted.set(key, item)
     }
-    const cursors = [...wanted.values()]
+    // in key order: two groups updating the same rows at once (two nodes) lock them in the same order
+    const cursors = [...wanted.values()].sort((a, b) => compareBytes(a.conversationId, b.conversationId) || compareBytes(a.userId, b.userId))
     const result = new Map<string, number>()
     for (let start = 0; start < cursors.length; start += READ_MANY_CHUNK) {
       const chunk = cursors.slice(start, start + READ_MANY_CHUNK)
