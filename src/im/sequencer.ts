@@ -91,6 +91,8 @@ const RECENT_MAX = 50_000
 const UNCERTAIN_MAX = 200_000
 /** Conversations whose lastSeq is cached. */
 const CONVERSATIONS_MAX = 200_000
+/** Resends of unremembered messages looked up at once (each may scan the collection on FerretDB). */
+const RESEND_LOOKUPS = 4
 /** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
 const MAX_SEQ_STEPS = 16
 
@@ -129,6 +131,8 @@ export class Sequencer {
   /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
   private timer: { kind: 'timeout', handle: NodeJS.Timeout } | { kind: 'immediate', handle: NodeJS.Immediate } | null = null
   private idleWaiters: Array<() => void> = []
+  /** Resend lookups running outside the write loop (lookUpResend). */
+  private resendLookups = 0
   private closed = false
 
   constructor (store: MessageStore, delivery: CommitListener, opts: SequencerOptions) {
@@ -373,12 +377,25 @@ export class Sequencer {
           }
         } else {
           let existing: StoredMessage | null = result.conflict.existing ?? null
+          const attempts = this.uncertain.get(p.key)
           try {
-            existing ??= await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
+            // ours, maybe: look where our unknown-outcome writes put it (by seq: a key read)
+            if (existing === null && attempts !== undefined) existing = await this.storedAttempt(doc, attempts)
+            // A plain resend of a message stored before what `recent` remembers: looking it up by
+            // its key may be slow (a collection scan on FerretDB), so it is done off the write
+            // loop and only its sender waits for it.
+            if (existing === null && attempts === undefined) {
+              rest = rest.slice(1)
+              this.lookUpResend(p)
+            } else {
+              existing ??= await this.store.findByClientMsgId(doc.conversationId, doc.senderId, doc.clientMsgId)
+            }
           } catch (err) {
             lookupError = err
           }
-          if (existing === null) {
+          if (attempts === undefined && existing === null && lookupError === undefined) {
+            // handed to lookUpResend
+          } else if (existing === null) {
             this.lastSeq.delete(doc.conversationId)
           } else {
             rest = rest.slice(1)
@@ -395,6 +412,54 @@ export class Sequencer {
       remaining = rest
       if (lookupError !== undefined && remaining.length > 0 && !(await backOff(lookupError))) return
     }
+  }
+
+  /** The copy of `doc`'s key that one of this process's unknown-outcome writes stored, if any. */
+  private async storedAttempt (doc: StoredMessage, attempts: readonly Attempt[]): Promise<StoredMessage | null> {
+    for (const a of attempts) {
+      const [atSeq] = await this.store.range(doc.conversationId, { fromSeq: a.seq, toSeq: a.seq, limit: 1, direction: 'forward' })
+      if (atSeq !== undefined && atSeq.senderId === doc.senderId && atSeq.clientMsgId === doc.clientMsgId) return atSeq
+    }
+    return null
+  }
+
+  /**
+   * Answers a resend whose earlier copy is stored but not remembered, outside the write loop (a
+   * resend is never delivered again, so its answer needs no place in the commit order). At most
+   * RESEND_LOOKUPS at once; beyond, UNAVAILABLE (resend later). A failing lookup is retried with
+   * back-off until writeRetryMs after the submit.
+   */
+  private lookUpResend (p: Pending): void {
+    if (this.resendLookups >= RESEND_LOOKUPS) {
+      this.fail(p, new ImError('UNAVAILABLE', 'too many resends of old messages being looked up; resend later with the same msgId'))
+      return
+    }
+    this.resendLookups++
+    const { conversationId, senderId, clientMsgId } = p.draft
+    void (async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const existing = await this.store.findByClientMsgId(conversationId, senderId, clientMsgId)
+          if (existing === null) {
+            // the key conflicted, yet nothing has it: write it again, in order, with the others
+            this.queue.push(p)
+            this.schedule()
+            return
+          }
+          this.remember(p.key, existing)
+          this.pendingByKey.delete(p.key)
+          p.resolve({ message: existing, duplicate: true })
+          for (const f of p.followers) f.resolve({ message: { ...existing }, duplicate: true })
+          return
+        } catch (err) {
+          if (this.now() >= p.at + this.opts.writeRetryMs || this.closedAndStuck(attempt)) {
+            this.fail(p, new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err }))
+            return
+          }
+          await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
+        }
+      }
+    })().finally(() => { this.resendLookups-- })
   }
 
   private closedAndStuck (attempt: number): boolean {

@@ -469,6 +469,49 @@ describe('Sequencer', () => {
       expect(store.insertCalls).toBeLessThanOrEqual(4)
     })
 
+    test('a resend the sequencer does not remember is looked up off the write loop: other sends, in its conversation too, do not wait for it', async () => {
+      const store = new FaultyMessageStore()
+      const original = await harness(store).submit(draft('conv', 'alice', 'm1'))
+      const restarted = harness(store) // remembers nothing
+      let release: () => void = () => {}
+      const gate = new Promise<void>(resolve => { release = resolve })
+      const lookups: string[] = []
+      const find = store.findByClientMsgId.bind(store)
+      store.findByClientMsgId = async (c, u, m) => { lookups.push(m); await gate; return await find(c, u, m) }
+      const resend = restarted.submit(draft('conv', 'alice', 'm1'))
+      // a slow lookup (a collection scan on FerretDB) holds only its own sender
+      const others = await Promise.all([restarted.submit(draft('conv', 'carol', 'c1')), restarted.submit(draft('conv2', 'bob', 'b1'))])
+      expect(others.map(r => [r.message.conversationId, r.message.seq, r.duplicate])).toEqual([['conv', 2, false], ['conv2', 1, false]])
+      // carol's message is remembered now: its resend needs no lookup
+      await expect(restarted.submit(draft('conv', 'carol', 'c1'))).resolves.toMatchObject({ duplicate: true, message: { seq: 2 } })
+      expect(lookups).toEqual(['m1'])
+      release()
+      expect(await resend).toMatchObject({ duplicate: true, message: { seq: original.message.seq, ts: original.message.ts } })
+      // delivered: the two new messages only, not the resend
+      expect(restarted.delivered.map(m => `${m.conversationId}:${m.seq}`).sort()).toEqual(['conv2:1', 'conv:2'])
+    })
+
+    test('a resend the sequencer does not remember is looked up off the write loop: beyond 4 at once, UNAVAILABLE', async () => {
+      const store = new FaultyMessageStore()
+      await Promise.all(['m1', 'm2', 'm3', 'm4', 'm5'].map(async m => await harness(store).submit(draft('conv', 'dave', m))))
+      const restarted = harness(store)
+      let release: () => void = () => {}
+      const gate = new Promise<void>(resolve => { release = resolve })
+      const find = store.findByClientMsgId.bind(store)
+      let waiting = 0
+      store.findByClientMsgId = async (c, u, m) => { waiting++; await gate; return await find(c, u, m) }
+      const resends = ['m1', 'm2', 'm3', 'm4', 'm5'].map(m => restarted.submit(draft('conv', 'dave', m)))
+      const settled = Promise.allSettled(resends)
+      const lookupsWaiting = (): number => waiting
+      for (let i = 0; i < 200 && lookupsWaiting() < 4; i++) await new Promise(resolve => setTimeout(resolve, 5))
+      await new Promise(resolve => setTimeout(resolve, 20))
+      expect(waiting).toBe(4)
+      release()
+      const outcomes = (await settled).map(r => r.status === 'fulfilled' ? r.value.duplicate : (r.reason as { code?: string }).code)
+      expect(outcomes.filter(o => o === true)).toHaveLength(4)
+      expect(outcomes.filter(o => o === 'UNAVAILABLE')).toHaveLength(1)
+    })
+
     test('a resend after a restart is not delivered again when its first write attempt fails', async () => {
       const store = new FaultyMessageStore()
       const h = harness(store)
