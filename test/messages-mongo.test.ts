@@ -265,6 +265,9 @@ describe('MongoMessageStore specifics', () => {
         return { _id: `${conv}/u/m${seq}`, c: conv, s: seq, m: `m${seq}`, u: 'u', t: 1000 + seq, k: i === 4 ? 'custom' : 'text', b: i === 4 ? '{"a":1}' : `body ${seq}`, ...(i === 4 ? { bj: true } : {}), r: null }
       })
       await withDb(async db => {
+        // first, two documents that are not messages: one without '/' in its _id and without a seq,
+        // one with an ObjectId _id (layout 1 is still detected, and neither stops the start)
+        await db.collection('messages').insertMany([{ _id: 'x', c: 'zz' }, { c: 'c0', s: 'bad' }] as unknown as Array<{ _id: ObjectId }>)
         await db.collection('messages').insertMany(old as unknown as Array<{ _id: ObjectId }>)
         await db.collection('messages').createIndex({ c: 1, s: 1 }, { unique: true, name: 'conv_seq' })
       })
@@ -272,14 +275,15 @@ describe('MongoMessageStore specifics', () => {
       const store = new MongoMessageStore({ url, database: dbName, onMigrated: info => migrated.push(info) })
       await store.init()
       try {
-        expect(migrated).toEqual([{ messages: 250, conversations: 3 }])
+        expect(migrated).toEqual([{ messages: 250, conversations: 3, skipped: 2 }])
         expect([await store.lastSeq('c0'), await store.lastSeq('c1'), await store.lastSeq('c2')]).toEqual([84, 83, 83])
         expect((await store.latestMany(['c0', 'c1'])).get('c1')?.seq).toBe(83)
         expect((await store.range('c1', { fromSeq: 1, toSeq: 3, limit: 3, direction: 'forward' })).map(m => [m.seq, m.body])).toEqual([[1, 'body 1'], [2, { a: 1 }], [3, 'body 3']])
         expect((await store.findByClientMsgId('c2', 'u', 'm7'))?.seq).toBe(7)
         expect(await store.insertBatch([msg('c0', 85, { clientMsgId: 'm3' })])).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })
         const names = await withDb(async db => (await db.listCollections({}, { nameOnly: true }).toArray()).map(c => c.name).sort())
-        expect(names).toEqual(['messages', 'messages_heads'])
+        // the skipped documents stay in the old collection for someone to look at
+        expect(names).toEqual(['messages', 'messages_heads', 'messages_layout1'])
       } finally {
         await store.close()
       }

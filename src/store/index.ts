@@ -13,7 +13,10 @@ export function createMessageStore (config: Config['messageStore'], logger?: Log
     case 'mongodb': return new MongoMessageStore({
       url: config.url,
       database: config.database,
-      onClientReplaced: (ms) => logger?.warn({ failingForMs: ms }, 'mongodb client replaced: it had not reached the server for a while, although the server answers new connections')
+      onClientReplaced: (ms) => logger?.warn({ failingForMs: ms }, 'mongodb client replaced: it had not reached the server for a while, although the server answers new connections'),
+      onMigrated: (info) => logger?.warn(info, info.skipped === 0
+        ? 'mongodb: messages migrated to layout 2; the old collection is dropped'
+        : 'mongodb: messages migrated to layout 2; documents that are not messages were skipped and left in <collection>_layout1')
     })
   }
 }

@@ -66,7 +66,7 @@ export interface MongoMessageStoreOptions {
   /** Called when the watchdog replaces a MongoClient that stopped reaching a reachable server. */
   onClientReplaced?: (failingForMs: number) => void
   /** Called after init() migrated messages of layout 1 (see the header). */
-  onMigrated?: (info: { messages: number, conversations: number }) => void
+  onMigrated?: (info: { messages: number, conversations: number, skipped: number }) => void
 }
 
 interface MessageDoc {
@@ -172,7 +172,9 @@ const PROBE_MAX = 32
 const RECENT_DOC_BYTES = 8 * 1024 * 1024
 /** Start-up check of the heads: probes per round, and heads checked at most (the rest: lazily). */
 const HEAL_BATCH = 200
-const HEAL_MAX = 1_000_000
+const HEAL_MAX = 200_000
+/** Pause between two rounds of the start-up check. */
+const HEAL_PAUSE_MS = 50
 /** Migration: documents per insert. */
 const COPY_BATCH = 1000
 
@@ -403,6 +405,8 @@ export class MongoMessageStore implements MessageStore {
       const past = new Set((await this.byIds(ids)).map(d => d.c))
       for (const h of batch) if (past.has(h.c) && !this.closed) await this.latestDoc(h.c)
       batch = []
+      // background work: leave the store to the requests between two rounds
+      await new Promise(resolve => setTimeout(resolve, HEAL_PAUSE_MS))
     }
     for await (const head of this.heads.find({}, { projection: { 'h.s': 1 } })) {
       if (this.closed || checked >= HEAL_MAX) return
@@ -425,19 +429,21 @@ export class MongoMessageStore implements MessageStore {
     const oldName = `${this.collectionName}_layout1`
     let old = (await this.db().listCollections({ name: oldName }, { nameOnly: true }).toArray()).length > 0
     if (!old) {
-      const any = await this.messages.findOne({}, { projection: { _id: 1 } })
-      if (any !== null && any._id.includes('/')) {
+      // any layout-1 document (its _id holds '/'; layout 2's never does), not just the first one
+      const any = await this.messages.findOne({ _id: { $regex: '/' } }, { projection: { _id: 1 } })
+      if (any !== null) {
         await this.messages.rename(oldName)
         old = true
       }
     }
     await this.createIndexes()
+    let skipped = 0
     if (old) {
       // scans and large writes: a client without the socket timeout
       const client = new MongoClient(this.options.url, { serverSelectionTimeoutMS: SERVER_SELECTION_TIMEOUT_MS, socketTimeoutMS: 0 })
       try {
         const db = client.db(this.options.database)
-        await this.copyLayout1(db.collection<MessageDoc>(oldName), db.collection<MessageDoc>(this.collectionName), db.collection<HeadDoc>(`${this.collectionName}_heads`))
+        skipped = await this.copyLayout1(db.collection<MessageDoc>(oldName), db.collection<MessageDoc>(this.collectionName), db.collection<HeadDoc>(`${this.collectionName}_heads`))
       } finally {
         await client.close()
       }
@@ -447,11 +453,13 @@ export class MongoMessageStore implements MessageStore {
     } catch (err) {
       if (!(err instanceof MongoServerError && err.code === DUPLICATE_KEY)) throw err // another node wrote it
     }
-    if (old) await this.db().collection(oldName).drop()
+    // documents that were skipped stay in the old collection for someone to look at
+    if (old && skipped === 0) await this.db().collection(oldName).drop()
   }
 
   /** Copies layout-1 documents (idempotent: a resumed copy skips what is there) and builds heads. */
-  private async copyLayout1 (old: Collection<MessageDoc>, messages: Collection<MessageDoc>, heads: Collection<HeadDoc>): Promise<void> {
+  /** Returns how many documents it skipped (not messages: no string conversation id and seq >= 1). */
+  private async copyLayout1 (old: Collection<MessageDoc>, messages: Collection<MessageDoc>, heads: Collection<HeadDoc>): Promise<number> {
     const latest = new Map<string, MessageDoc>()
     let copied = 0
     let batch: MessageDoc[] = []
@@ -466,7 +474,14 @@ export class MongoMessageStore implements MessageStore {
       copied += batch.length
       batch = []
     }
+    let skipped = 0
     for await (const doc of old.find({})) {
+      // not a message this store wrote (hand-made, or damaged): counted and reported, not copied;
+      // the old collection is then kept (see upgradeLayout)
+      if (typeof doc.c !== 'string' || doc.c.includes(':') || !Number.isSafeInteger(doc.s) || doc.s < 1) {
+        skipped++
+        continue
+      }
       const moved = { ...doc, _id: idOf(doc.c, doc.s) }
       batch.push(moved)
       const known = latest.get(doc.c)
@@ -477,8 +492,9 @@ export class MongoMessageStore implements MessageStore {
     const latestDocs = [...latest.values()]
     for (let i = 0; i < latestDocs.length; i += COPY_BATCH) await this.writeHeads(latestDocs.slice(i, i + COPY_BATCH), heads)
     const [before, after] = await Promise.all([old.countDocuments({}), messages.countDocuments({})])
-    if (after < before) throw new Error(`migration of ${old.collectionName} left ${after} of ${before} messages; it resumes at the next start`)
-    this.options.onMigrated?.({ messages: copied, conversations: latest.size })
+    if (after < before - skipped) throw new Error(`migration of ${old.collectionName} left ${after} of ${before - skipped} messages; it resumes at the next start`)
+    this.options.onMigrated?.({ messages: copied, conversations: latest.size, skipped })
+    return skipped
   }
 
   async close (): Promise<void> {
