@@ -617,6 +617,13 @@ export class MongoMessageStore implements MessageStore {
     const ids = [...new Set(conversationIds)]
     const found: HeadDoc[] = []
     if (ids.length === 0) return new Map()
+    // before the reads: a head still pending now is written after them at the earliest, and one
+    // that is not pending now was written before them
+    const pendingNow = new Map<string, MessageDoc>()
+    for (const c of ids) {
+      const pending = this.pendingHead(c)
+      if (pending !== undefined) pendingNow.set(c, pending)
+    }
     if (this.batched) {
       found.push(...await this.run(async () => await this.heads.find({ _id: { $in: ids } }).toArray()))
     } else {
@@ -627,9 +634,8 @@ export class MongoMessageStore implements MessageStore {
     }
     const latest = new Map<string, Omit<MessageDoc, '_id'>>()
     for (const head of found) if (head.h !== undefined) latest.set(head._id, { ...head.h, c: head._id })
-    for (const c of ids) {
-      const pending = this.pendingHead(c)
-      if (pending !== undefined && pending.s > (latest.get(c)?.s ?? 0)) latest.set(c, pending)
+    for (const [c, pending] of pendingNow) {
+      if (pending.s > (latest.get(c)?.s ?? 0)) latest.set(c, pending)
     }
     return new Map([...latest].map(([c, doc]) => [c, fromDoc(doc)]))
   }
@@ -693,9 +699,9 @@ export class MongoMessageStore implements MessageStore {
    * written to the head. Seqs are gapless, so looking past the head stops at the first hole.
    */
   private async latestDoc (conversationId: string): Promise<MessageDoc | null> {
+    const pending = this.pendingHead(conversationId) // before the read (see latestMany)
     const head = await this.run(async () => await this.heads.findOne({ _id: conversationId }))
     let latest: MessageDoc | null = head?.h === undefined ? null : { ...head.h, _id: idOf(conversationId, head.h.s), c: conversationId }
-    const pending = this.pendingHead(conversationId)
     if (pending !== undefined && pending.s > (latest?.s ?? 0)) latest = pending
     let past: MessageDoc | null = null
     // FerretDB: one lookup first (almost always a miss), then wider steps; MongoDB: one $in per step
