@@ -93,6 +93,8 @@ const UNCERTAIN_MAX = 200_000
 const CONVERSATIONS_MAX = 200_000
 /** Resends of unremembered messages looked up at once (each may scan the collection on FerretDB). */
 const RESEND_LOOKUPS = 4
+/** Resends waiting for a lookup; beyond, UNAVAILABLE. */
+const RESEND_WAITING = 1000
 /** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
 const MAX_SEQ_STEPS = 16
 
@@ -131,8 +133,9 @@ export class Sequencer {
   /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
   private timer: { kind: 'timeout', handle: NodeJS.Timeout } | { kind: 'immediate', handle: NodeJS.Immediate } | null = null
   private idleWaiters: Array<() => void> = []
-  /** Resend lookups running outside the write loop (lookUpResend). */
+  /** Resend lookups running outside the write loop (lookUpResend), and those waiting for their turn. */
   private resendLookups = 0
+  private readonly resendWaiting: Pending[] = []
   private closed = false
 
   constructor (store: MessageStore, delivery: CommitListener, opts: SequencerOptions) {
@@ -426,12 +429,14 @@ export class Sequencer {
   /**
    * Answers a resend whose earlier copy is stored but not remembered, outside the write loop (a
    * resend is never delivered again, so its answer needs no place in the commit order). At most
-   * RESEND_LOOKUPS at once; beyond, UNAVAILABLE (resend later). A failing lookup is retried with
+   * RESEND_LOOKUPS at once, the next RESEND_WAITING wait their turn (a restart makes every device
+   * resend its outbox), beyond that UNAVAILABLE (resend later). A failing lookup is retried with
    * back-off until writeRetryMs after the submit.
    */
   private lookUpResend (p: Pending): void {
     if (this.resendLookups >= RESEND_LOOKUPS) {
-      this.fail(p, new ImError('UNAVAILABLE', 'too many resends of old messages being looked up; resend later with the same msgId'))
+      if (this.resendWaiting.length < RESEND_WAITING) this.resendWaiting.push(p)
+      else this.fail(p, new ImError('UNAVAILABLE', 'too many resends of old messages being looked up; resend later with the same msgId'))
       return
     }
     this.resendLookups++
@@ -459,7 +464,11 @@ export class Sequencer {
           await this.sleep(Math.min(50 * 2 ** Math.min(attempt, 5), 1000))
         }
       }
-    })().finally(() => { this.resendLookups-- })
+    })().finally(() => {
+      this.resendLookups--
+      const next = this.resendWaiting.shift()
+      if (next !== undefined) this.lookUpResend(next)
+    })
   }
 
   private closedAndStuck (attempt: number): boolean {

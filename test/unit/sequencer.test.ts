@@ -491,25 +491,35 @@ describe('Sequencer', () => {
       expect(restarted.delivered.map(m => `${m.conversationId}:${m.seq}`).sort()).toEqual(['conv2:1', 'conv:2'])
     })
 
-    test('a resend the sequencer does not remember is looked up off the write loop: beyond 4 at once, UNAVAILABLE', async () => {
+    test('resends the sequencer does not remember: 4 lookups at once, 1,000 more wait their turn, beyond that UNAVAILABLE', async () => {
       const store = new FaultyMessageStore()
-      await Promise.all(['m1', 'm2', 'm3', 'm4', 'm5'].map(async m => await harness(store).submit(draft('conv', 'dave', m))))
+      const keys = Array.from({ length: 1006 }, (_, i) => `m${i}`)
+      const first = harness(store)
+      await Promise.all(keys.map(async m => await first.submit(draft('conv', 'dave', m))))
       const restarted = harness(store)
       let release: () => void = () => {}
       const gate = new Promise<void>(resolve => { release = resolve })
       const find = store.findByClientMsgId.bind(store)
-      let waiting = 0
-      store.findByClientMsgId = async (c, u, m) => { waiting++; await gate; return await find(c, u, m) }
-      const resends = ['m1', 'm2', 'm3', 'm4', 'm5'].map(m => restarted.submit(draft('conv', 'dave', m)))
+      let running = 0
+      let most = 0
+      store.findByClientMsgId = async (c, u, m) => {
+        running++
+        most = Math.max(most, running)
+        await gate
+        running--
+        return await find(c, u, m)
+      }
+      const resends = keys.map(m => restarted.submit(draft('conv', 'dave', m)))
       const settled = Promise.allSettled(resends)
-      const lookupsWaiting = (): number => waiting
-      for (let i = 0; i < 200 && lookupsWaiting() < 4; i++) await new Promise(resolve => setTimeout(resolve, 5))
-      await new Promise(resolve => setTimeout(resolve, 20))
-      expect(waiting).toBe(4)
+      const lookupsRunning = (): number => running
+      for (let i = 0; i < 400 && lookupsRunning() < 4; i++) await new Promise(resolve => setTimeout(resolve, 5))
+      await new Promise(resolve => setTimeout(resolve, 50))
       release()
       const outcomes = (await settled).map(r => r.status === 'fulfilled' ? r.value.duplicate : (r.reason as { code?: string }).code)
-      expect(outcomes.filter(o => o === true)).toHaveLength(4)
-      expect(outcomes.filter(o => o === 'UNAVAILABLE')).toHaveLength(1)
+      expect(most).toBe(4)
+      expect(outcomes.filter(o => o === true)).toHaveLength(1004)
+      expect(outcomes.filter(o => o === 'UNAVAILABLE')).toHaveLength(2)
+      expect(restarted.delivered).toHaveLength(0)
     })
 
     test('a resend after a restart is not delivered again when its first write attempt fails', async () => {
