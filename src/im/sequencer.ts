@@ -56,7 +56,7 @@ export interface SequencerOptions {
   conversationsMax?: number
   /**
    * Remember recently stored keys so that a resend is answered without a store round trip (at
-   * least half this many; default 50,000). 0 when the store's own duplicate lookup is as cheap
+   * least half this many; default 20,000). 0 when the store's own duplicate lookup is as cheap
    * (the in-memory store): a resend then costs one insert that reports the conflict.
    */
   recentMax?: number
@@ -83,10 +83,10 @@ interface Stored { seq: number, ts: number }
 
 /**
  * Recently stored keys kept for resends: a resend comes within seconds of the original (a reply
- * lost to a reconnect); one after that is looked up in the store. Each entry is a key and two
- * numbers (~200 bytes), filled in ~3 minutes at 300 sends/s, then constant.
+ * lost to a reconnect); one after that is looked up in the store (off the write loop). Each entry
+ * is a key and two numbers (~200 bytes), filled in ~70 s at 300 sends/s, then constant.
  */
-const RECENT_MAX = 50_000
+const RECENT_MAX = 20_000
 /** Keys whose write had an unknown outcome, kept until it is known. */
 const UNCERTAIN_MAX = 200_000
 /** Conversations whose lastSeq is cached. */
