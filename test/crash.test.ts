@@ -28,12 +28,11 @@ import { fileURLToPath } from 'node:url'
 import { randomUUID } from 'node:crypto'
 import mqtt, { type MqttClient } from 'mqtt'
 import { MongoClient } from 'mongodb'
-import mysql from 'mysql2/promise'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import { createUser } from '../src/admin/accounts.js'
 import type { MessageEnvelope, Reply } from '../src/protocol/schemas.js'
 import { freePort, sleep, waitUntil } from '../scripts/lib/procs.js'
-import { freshMongo, freshMysqlUrl } from './helpers/db.js'
+import { dropMongo, dropMysql, freshMongo, freshMysqlUrl } from './helpers/db.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const SENDERS = ['alice', 'bob'] as const
@@ -306,23 +305,8 @@ describe('crash drill: SIGKILL under load, restart, resend', () => {
   afterAll(async () => {
     await Promise.allSettled(devices.map(async d => await d.end()))
     await server?.kill()
-    if (mongo !== undefined) {
-      const client = new MongoClient(mongo.url)
-      try {
-        await client.connect()
-        await client.db(mongo.dbName).dropDatabase()
-      } finally {
-        await client.close()
-      }
-    }
-    if (mysqlUrl !== undefined) {
-      const conn = await mysql.createConnection(mysqlUrl)
-      try {
-        await conn.query(`DROP DATABASE \`${new URL(mysqlUrl).pathname.slice(1)}\``)
-      } finally {
-        await conn.end()
-      }
-    }
+    if (mongo !== undefined) await dropMongo(mongo)
+    if (mysqlUrl !== undefined) await dropMysql(mysqlUrl)
     if (dataDir !== undefined) rmSync(dataDir, { recursive: true, force: true })
   }, TIMEOUT_MS)
 

@@ -21,7 +21,6 @@
  */
 import { isDeepStrictEqual } from 'node:util'
 import { MongoClient, type CommandStartedEvent } from 'mongodb'
-import mysql from 'mysql2/promise'
 import { MongoMessageStore } from '../src/store/messages-mongo.js'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import type { MessageStore, MetadataStore } from '../src/store/types.js'
@@ -29,7 +28,7 @@ import type { ConversationSummary } from '../src/protocol/schemas.js'
 import type { MqimServer } from '../src/server.js'
 import { createBot } from '../src/admin/accounts.js'
 import { sleep } from '../scripts/lib/procs.js'
-import { freshMongo, freshMysqlUrl } from './helpers/db.js'
+import { dropMongo, dropMysql, freshMongo, freshMysqlUrl } from './helpers/db.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 
 const BIG = 'lqbig'
@@ -230,23 +229,8 @@ describe('list: store queries per page do not grow with the number of conversati
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
     await server?.stop()
-    if (mongo !== undefined) {
-      const client = new MongoClient(mongo.url)
-      try {
-        await client.connect()
-        await client.db(mongo.dbName).dropDatabase()
-      } finally {
-        await client.close()
-      }
-    }
-    if (mysqlUrl !== undefined) {
-      const conn = await mysql.createConnection(mysqlUrl)
-      try {
-        await conn.query(`DROP DATABASE \`${new URL(mysqlUrl).pathname.slice(1)}\``)
-      } finally {
-        await conn.end()
-      }
-    }
+    if (mongo !== undefined) await dropMongo(mongo)
+    if (mysqlUrl !== undefined) await dropMysql(mysqlUrl)
   }, TIMEOUT_MS)
 
   test(`${BIG_CONVS} and ${SMALL_CONVS} conversations: ${PER_PAGE.length} store calls per page for both, before and after a restart`, async () => {

@@ -46,7 +46,7 @@
  * opaque to the server, so nothing queries inside them.
  */
 import { MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb'
-import type { AnyBulkWriteOperation, Collection, Db, WriteError } from 'mongodb'
+import type { AnyBulkWriteOperation, Collection, Db, Filter, WriteError } from 'mongodb'
 import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
 import { LRUCache } from 'lru-cache'
 import { isStoreUnavailable } from './errors.js'
@@ -616,7 +616,6 @@ export class MongoMessageStore implements MessageStore {
    */
   async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
     const ids = [...new Set(conversationIds)]
-    const found: HeadDoc[] = []
     if (ids.length === 0) return new Map()
     // before the reads: a head still pending now is written after them at the earliest, and one
     // that is not pending now was written before them
@@ -625,14 +624,7 @@ export class MongoMessageStore implements MessageStore {
       const pending = this.pendingHead(c)
       if (pending !== undefined) pendingNow.set(c, pending)
     }
-    if (this.batched) {
-      found.push(...await this.run(async () => await this.heads.find({ _id: { $in: ids } }).toArray()))
-    } else {
-      await forEachLimited(ids, LOOKUP_CONCURRENCY, async (id) => {
-        const head = await this.run(async () => await this.heads.findOne({ _id: id }))
-        if (head !== null) found.push(head)
-      })
-    }
+    const found = await this.findByKeys(this.heads, ids)
     const latest = new Map<string, Omit<MessageDoc, '_id'>>()
     for (const head of found) if (head.h !== undefined) latest.set(head._id, { ...head.h, c: head._id })
     for (const [c, pending] of pendingNow) {
@@ -681,17 +673,23 @@ export class MongoMessageStore implements MessageStore {
       else missing.push(id)
     }
     if (missing.length === 0) return found
-    const read: MessageDoc[] = []
-    if (this.batched) {
-      read.push(...await this.run(async () => await this.messages.find({ _id: { $in: missing } }).toArray()))
-    } else {
-      await forEachLimited(missing, LOOKUP_CONCURRENCY, async (id) => {
-        const doc = await this.run(async () => await this.messages.findOne({ _id: id }))
-        if (doc !== null) read.push(doc)
-      })
-    }
+    const read = await this.findByKeys(this.messages, missing)
     for (const doc of read) this.recentDocs.set(doc._id, doc)
     return found.concat(read)
+  }
+
+  /**
+   * Documents of `collection` by `_id`, in no order, absent ones left out: one `$in` (MongoDB), or
+   * one primary-key read each, LOOKUP_CONCURRENCY at a time (FerretDB pushes nothing else down).
+   */
+  private async findByKeys<T extends { _id: string }> (collection: Collection<T>, ids: string[]): Promise<T[]> {
+    if (this.batched) return await this.run(async () => await collection.find({ _id: { $in: ids } } as Filter<T>).toArray() as T[])
+    const found: T[] = []
+    await forEachLimited(ids, LOOKUP_CONCURRENCY, async (id) => {
+      const doc = await this.run(async () => await collection.findOne({ _id: id } as Filter<T>) as T | null)
+      if (doc !== null) found.push(doc)
+    })
+    return found
   }
 
   /**
