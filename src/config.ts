@@ -127,6 +127,17 @@ export const ConfigSchema = z.object({
     backoffBaseMs: z.number().int().min(1),
     /** Longest backoff. */
     backoffMaxMs: z.number().int().min(1),
+    /**
+     * An MQTT connection from an address in backoff is held unread for up to this long (never
+     * past the backoff) and then closed, so that a guessing client with a fixed number of
+     * connections in parallel waits instead of reconnecting thousands of times a second; 0 closes
+     * it at once.
+     */
+    tarpitMs: z.number().int().min(0).max(60_000),
+    /** Connections held so from one address (an IPv6 /64); beyond it they are closed at once. */
+    tarpitPerAddress: z.number().int().min(0),
+    /** Connections held so in all; beyond it they are closed at once. */
+    tarpitConnections: z.number().int().min(0),
     /** How often the server looks for accounts disabled or reset in the metadata store by someone else. */
     revocationPollMs: z.number().int().min(100)
   }).strict(),

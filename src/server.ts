@@ -144,7 +144,7 @@ export class MqimServer {
     chmodSync(tokenFile, 0o600)
 
     // 6. listeners: MQTT over TCP (and TLS), HTTP with MQTT over WebSocket at /mqtt
-    const listeners = new Listeners(broker, config.limits, sessions.backpressure, (address) => logins.addressInBackoff(address), logger)
+    const listeners = new Listeners(broker, config.limits, sessions.backpressure, (address) => logins.addressBackoffMs(address), config.auth, logger)
     const http = await createHttpApp(config.http, {
       logger,
       admin: { meta, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },

@@ -15,7 +15,7 @@ import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import type { MqimServer } from '../src/server.js'
 import { checkSessionCap } from './helpers/session-cap.js'
 
-const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200 }
+const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200, tarpitMs: 400, tarpitPerAddress: 2 }
 
 /** The CONNACK return code, or 'closed' when the server closed the connection without one. */
 async function loginCode (server: MqimServer, user: string, device: string, password: string, localAddress: string): Promise<number | 'closed'> {
@@ -56,6 +56,26 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     // ...but not where she logged in before, and other users elsewhere are not affected
     expect(await loginCode(server, 'alice', 'home', 'password-alice', '127.0.0.1')).toBe(0)
     expect(await loginCode(server, 'bob', 'x', 'password-bob', '127.0.0.21')).toBe(0)
+  })
+
+  test('an address in backoff: its connections are held unread for auth.tarpitMs and then closed, at most tarpitPerAddress of them; the rest are closed at once', async () => {
+    const from = '127.0.0.31'
+    for (let i = 0; i < AUTH.failuresBeforeBackoff; i++) expect(await loginCode(server, 'ghost-tarpit', 'x', 'wrong-guess', from)).toBe(4)
+    const started = performance.now()
+    const outcomes = await Promise.all(Array.from({ length: AUTH.tarpitPerAddress + 1 }, async () => {
+      const conn = new RawClient(server.ports.mqtt, { localAddress: from })
+      // the right password: it is never read
+      const code = await conn.connect('bob', 'x', 'password-bob', 10_000).then(rc => `CONNACK ${rc}`, () => 'closed')
+      await conn.whenClosed
+      return { code, ms: performance.now() - started }
+    }))
+    expect(outcomes.map(o => o.code)).toEqual(outcomes.map(() => 'closed'))
+    const times = outcomes.map(o => o.ms).sort((a, b) => a - b)
+    // one beyond the per-address bound is closed at once; the held ones only after tarpitMs
+    expect(times[0]).toBeLessThan(AUTH.tarpitMs)
+    expect(times.slice(1).every(t => t >= AUTH.tarpitMs - 5)).toBe(true)
+    // a bystander address is not affected
+    expect(await loginCode(server, 'bob', 'x', 'password-bob', '127.0.0.32')).toBe(0)
   })
 
   test('bounded password hashes in flight: a burst of logins beyond the line is refused at once (CONNACK 3), unknown users included', async () => {

@@ -96,9 +96,9 @@ export class LoginGuard {
     return Math.max(0, until - now)
   }
 
-  /** True while the address itself is in backoff (whoever logs in from it). */
-  addressInBackoff (address: string): boolean {
-    return (this.failures.get(`a\u0000${addressKey(address)}`)?.until ?? 0) > this.now()
+  /** Milliseconds the address itself stays in backoff (whoever logs in from it); 0 if it is not. */
+  addressBackoffMs (address: string): number {
+    return Math.max(0, (this.failures.get(`a\u0000${addressKey(address)}`)?.until ?? 0) - this.now())
   }
 
   failed (userId: string, address: string): void {

@@ -2,7 +2,8 @@
  * Where connections come in: MQTT over TCP and TLS, and MQTT over WebSocket upgraded on the HTTP
  * listener at /mqtt. Every socket is counted per source address (at most
  * `connectionsPerAddress`, HTTP sockets included: closed at once beyond it), gets TCP_NODELAY,
- * and is tracked so that stop() can end it. Every MQTT connection handed to the broker gets the
+ * and is tracked so that stop() can end it; an MQTT connection from an address in login backoff
+ * is held unread for a while and closed (the tarpit, bounded: refuseInBackoff). Every MQTT connection handed to the broker gets the
  * per-connection guards of upstream.ts: a maximum packet size (a small one for CONNECT), SUBACK
  * QoS at most 1, writes that never hold the broker's shared delivery slots (the session bounds
  * what waits to be written instead), and no delivery before the CONNACK.
@@ -15,12 +16,20 @@ import type { Aedes, Client } from 'aedes'
 import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
 import { rawAnswer } from '../http/app.js'
+import { addressKey } from '../auth/login-guard.js'
 import { connackFirst, dropQueueReplays, grantAtMostQos1, keepConnectPacket, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
 
 export interface ListenerLimits {
   connectionsPerAddress: number
   maxConnectPacketBytes: number
   maxPacketBytes: number
+}
+
+/** How connections from an address in login backoff are held before they are closed (config auth.tarpit*). */
+export interface TarpitLimits {
+  tarpitMs: number
+  tarpitPerAddress: number
+  tarpitConnections: number
 }
 
 /** The source address of a client's connection (for WebSocket, of the HTTP request's socket). */
@@ -48,15 +57,19 @@ export class Listeners {
   private readonly perAddress = new Map<string, number>()
   private readonly servers: net.Server[] = []
   private readonly wss: WebSocketServer
-  /** Sockets closed at once because their address had too many, or is in login backoff. */
+  /** Sockets held unread (per address key, and in all) because their address is in login backoff. */
+  private readonly held = new Map<string, number>()
+  private heldTotal = 0
+  /** Sockets closed (at once, or after being held) because their address had too many, or is in login backoff. */
   refused = 0
 
   constructor (
     private readonly broker: Aedes,
     private readonly limits: ListenerLimits,
     private readonly onBackpressure: (client: Client) => void,
-    /** True while an address is in failed-login backoff: its MQTT connections are closed at once. */
-    private readonly inLoginBackoff: (address: string) => boolean,
+    /** Milliseconds an address stays in failed-login backoff (0: it is not): its MQTT connections are refused. */
+    private readonly loginBackoffMs: (address: string) => number,
+    private readonly tarpit: TarpitLimits,
     private readonly logger: Logger
   ) {
     // a frame may carry one whole MQTT packet; the packet limit itself is enforced by the parser
@@ -64,14 +77,45 @@ export class Listeners {
   }
 
   /**
-   * An MQTT connection from an address in failed-login backoff is closed before anything is spent
-   * on it (no CONNECT is read: its answer would be CONNACK 3 anyway).
+   * An MQTT connection from an address in failed-login backoff is refused before anything is spent
+   * on it (no CONNECT is read: its answer would be CONNACK 3 anyway). It is held unread until the
+   * backoff ends or auth.tarpitMs has passed, then closed: a guessing client that keeps a fixed
+   * number of logins in parallel waits that long per attempt instead of reconnecting as fast as
+   * the machine can accept. Held sockets are bounded per address and in all; beyond either they
+   * are closed at once. `hold` false (TLS, where the handshake would go on regardless): closed at once.
    */
-  private refuseInBackoff (socket: { remoteAddress?: string, destroy: () => void }): boolean {
-    if (!this.inLoginBackoff(socket.remoteAddress ?? 'unknown')) return false
+  private refuseInBackoff (socket: net.Socket, hold = true): boolean {
+    const address = socket.remoteAddress ?? 'unknown'
+    const ms = this.loginBackoffMs(address)
+    if (ms <= 0) return false
     this.refused++
-    socket.destroy()
+    const key = addressKey(address)
+    const n = this.held.get(key) ?? 0
+    const { tarpitMs, tarpitPerAddress, tarpitConnections } = this.tarpit
+    if (!hold || tarpitMs === 0 || n >= tarpitPerAddress || this.heldTotal >= tarpitConnections) {
+      socket.destroy()
+      return true
+    }
+    this.held.set(key, n + 1)
+    this.heldTotal++
+    this.sockets.add(socket)
+    socket.pause()
+    socket.on('error', () => {})
+    const timer = setTimeout(() => socket.destroy(), Math.min(ms, tarpitMs))
+    socket.once('close', () => {
+      clearTimeout(timer)
+      this.sockets.delete(socket)
+      this.heldTotal--
+      const left = (this.held.get(key) ?? 1) - 1
+      if (left <= 0) this.held.delete(key)
+      else this.held.set(key, left)
+    })
     return true
+  }
+
+  /** Connections held unread because their address is in login backoff (see refuseInBackoff). */
+  get tarpitted (): number {
+    return this.heldTotal
   }
 
   /** Counts the socket against its address; false (and the socket is destroyed) over the limit. */
@@ -117,7 +161,7 @@ export class Listeners {
   async listenTls (options: tls.TlsOptions, port: number, host: string): Promise<number> {
     // counted at the TCP level, before the TLS handshake costs anything
     const server = tls.createServer(options, socket => this.attach(socket))
-    server.on('connection', (socket: net.Socket) => { if (!this.refuseInBackoff(socket)) this.admit(socket) })
+    server.on('connection', (socket: net.Socket) => { if (!this.refuseInBackoff(socket, false)) this.admit(socket) })
     server.on('tlsClientError', () => {})
     return await this.listen(server, port, host)
   }
