@@ -31,6 +31,7 @@ import { ClusterBus } from './broker/bus.js'
 import { UserRateLimiter } from './broker/rate-limit.js'
 import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
 import { PageGate } from './gateway/page-gate.js'
+import { EnvelopeCache } from './im/envelopes.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -100,7 +101,8 @@ export class MqimServer {
     // 3. sessions, then the IM services from the bottom of the send path up
     const { outboundBufferBytes, pageBytes, maxPacketBytes } = config.limits
     const sessions = new Sessions({ outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs, replyBytes: pageBytes + maxPacketBytes }, logger)
-    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, logger })
+    const envelopes = new EnvelopeCache()
+    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger })
     const directory = new ConversationDirectory(meta, bus)
     const delivery = new Delivery(directory, publisher, bus)
     const sequencer = new Sequencer(messages, delivery, {
@@ -121,7 +123,7 @@ export class MqimServer {
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, now: Date.now }
     const dispatcher = new Dispatcher(services)
 
     // 4. login defence, rate limits, revocation, hooks

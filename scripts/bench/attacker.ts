@@ -12,6 +12,7 @@
  *   subscriptions     one device subscribes as many filters of its own subtree as SUBACK grants
  *                     (100 per SUBSCRIBE, up to 50,000) and holds them while a second device of
  *                     the same user sends requests
+ *   big-pages         6 users each keep 22 history requests in flight for a page of ~1 MiB
  */
 import { randomBytes } from 'node:crypto'
 import { replyTopic, userPrefix } from '../../src/protocol/topics.js'
@@ -77,11 +78,11 @@ async function noConnack (conn: RawClient): Promise<string> {
 }
 
 /**
- * Sends `send` requests on `conn` (logged in as `user`:`device`) with `window` in flight, each
+ * Sends `op` requests on `conn` (logged in as `user`:`device`) with `window` in flight, each
  * followed by the next as soon as its reply arrives, until the attack stops or the connection
  * closes. Replies are read as they come, nothing is kept.
  */
-async function requestLoop (attack: Attack, conn: RawClient, user: string, device: string, bodyOf: (n: number) => Record<string, unknown>, window: number): Promise<void> {
+async function requestLoop (attack: Attack, conn: RawClient, user: string, device: string, bodyOf: (n: number) => Record<string, unknown>, window: number, op = 'send'): Promise<void> {
   const waiting = new Map<string, (code: string) => void>()
   const topic = replyTopic(user, device)
   conn.onPacket = p => {
@@ -98,7 +99,7 @@ async function requestLoop (attack: Attack, conn: RawClient, user: string, devic
     while (attack.running && !conn.closed) {
       const id = String(++n)
       const outcome = new Promise<string>(resolve => waiting.set(id, resolve))
-      conn.request('send', bodyOf(n))
+      conn.request(op, bodyOf(n))
       attack.count('requests')
       const code = await Promise.race([outcome, conn.whenClosed.then(() => 'connection closed'), sleep(REQUEST_TIMEOUT_MS).then(() => 'no reply within 30 s')])
       waiting.delete(id)
@@ -214,6 +215,21 @@ async function subscriptions (attack: Attack, spec: Extract<AttackSpec, { attack
   })())
 }
 
+function bigPages (attack: Attack, spec: Extract<AttackSpec, { attack: 'big-pages' }>): Promise<void> {
+  for (const { account, conv } of spec.users) {
+    attack.tasks.push((async () => {
+      while (attack.running) {
+        const conn = await attack.login(account, 'pager')
+        if (conn === null) continue
+        await requestLoop(attack, conn, account.id, 'pager', n => ({ id: String(n), conv, after: 0 }), spec.window, 'history')
+        conn.end()
+        if (attack.running) attack.count('pager connections lost')
+      }
+    })())
+  }
+  return Promise.resolve()
+}
+
 let current: Attack | null = null
 
 async function handle (c: AttackCommand): Promise<unknown> {
@@ -224,7 +240,9 @@ async function handle (c: AttackCommand): Promise<unknown> {
       const spec = c.spec
       const ready = spec.attack === 'stuck-subscriber'
         ? stuckSubscriber(attack, spec)
-        : spec.attack === 'wrong-passwords' ? wrongPasswords(attack, spec) : subscriptions(attack, spec)
+        : spec.attack === 'wrong-passwords'
+          ? wrongPasswords(attack, spec)
+          : spec.attack === 'subscriptions' ? subscriptions(attack, spec) : bigPages(attack, spec)
       await ready
       attack.setupMs = performance.now() - attack.started
       return { setupMs: attack.setupMs }

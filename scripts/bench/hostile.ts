@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { sleep, stopChild, waitUntil } from '../lib/procs.js'
 import { Bystander, type WindowStats } from './lib/bystander.js'
 import { median } from './lib/hist.js'
-import { createBots, createUsers, openDirects } from './lib/im.js'
+import { createBots, createUsers, ImClient, openDirects } from './lib/im.js'
 import { IpcChild } from './lib/ipc.js'
 import { machineBusySeconds, sampleProc } from './lib/proc-stats.js'
 import type { AttackCommand, AttackName, AttackReport, AttackSpec } from './lib/protocol.js'
@@ -30,7 +30,7 @@ const ATTACKER = fileURLToPath(new URL('./attacker.ts', import.meta.url))
 /** The bystander connects from 127.0.0.1 (mqtt.js' default route); the attacker from here. */
 const ATTACKER_ADDRESS = '127.0.0.2'
 
-export const ATTACKS: readonly AttackName[] = ['stuck-subscriber', 'wrong-passwords', 'subscriptions']
+export const ATTACKS: readonly AttackName[] = ['stuck-subscriber', 'wrong-passwords', 'subscriptions', 'big-pages']
 
 export interface HostileParams {
   rounds: number
@@ -133,6 +133,22 @@ async function attackSpec (target: Target, attack: AttackName): Promise<AttackSp
       const [user, peer] = await createBots(target, ['hx-subscriber', 'hx-peer'])
       const [conv] = await openDirects(target, [[user, peer]])
       return { attack, user, conv, maxFilters: 50_000, filtersPerPacket: 100, window: 4 }
+    }
+    case 'big-pages': {
+      const ids = Array.from({ length: 6 }, (_, i) => `hx-pager${i + 1}`)
+      const [peer, ...pagers] = await createBots(target, ['hx-pagepeer', ...ids])
+      const convs = await openDirects(target, pagers.map(a => [a, peer] as const))
+      // 20 texts of 55,000 characters: the first page (pageBytes 1 MiB) holds 19 of them
+      const body = 'p'.repeat(55_000)
+      await Promise.all(pagers.map(async (a, i) => {
+        const im = await ImClient.connect(target, a, 'fill')
+        try {
+          for (let m = 0; m < 20; m++) await im.request('send', { conv: convs[i], msgId: `fill-${m}`, kind: 'text', body })
+        } finally {
+          await im.end()
+        }
+      }))
+      return { attack, users: pagers.map((account, i) => ({ account, conv: convs[i] as string })), window: 22 }
     }
   }
 }

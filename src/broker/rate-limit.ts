@@ -36,6 +36,12 @@ export class TokenBucket {
     return true
   }
 
+  /** Milliseconds until a token can be taken (0: now). */
+  msUntilToken (): number {
+    this.refill()
+    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / this.rate) * 1000)
+  }
+
   /** Spends tokens used elsewhere (other nodes); the bucket may go into debt, at most -burst. */
   debit (n: number): void {
     this.refill()
@@ -68,6 +74,11 @@ export class UserRateLimiter {
     let b = this.buckets.get(userId)
     if (b === undefined) this.buckets.set(userId, b = new TokenBucket(this.rate, this.burst, this.now))
     return b
+  }
+
+  /** Milliseconds until the user may make a request again (0: now). */
+  msUntilNext (userId: string): number {
+    return this.buckets.get(userId)?.msUntilToken() ?? 0
   }
 
   take (userId: string): boolean {

@@ -29,6 +29,10 @@
  *    11. authenticate cannot turn a persistent session into a clean one: Aedes reads the CONNECT
  *        packet's own flag after it (fetchSubs, cleanIncoming); the packet is kept from the parser
  *        so that the flag can be changed (keepConnectPacket, makeSessionClean).
+ *    12. client.pause()/resume() lose count of the packets in hand: each packet that finishes
+ *        while the client is paused is not counted done, so after resume() the client reads
+ *        again only after that many more chunks have arrived (a client waiting for a reply
+ *        waits for its keepalive): pauseReading resumes with the count reset.
  *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
  *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
  *   mqemitter 7.1.0
@@ -57,6 +61,9 @@ interface ClientInternals {
   deliver0: Deliver
   will?: unknown
   errored?: boolean
+  _parsingBatch: number
+  pause: () => void
+  resume: () => void
 }
 
 /** The parts of mqtt-packet's Parser that limitPacketSize relies on. */
@@ -132,6 +139,28 @@ export function neverWaitForDrain (client: Client, onBackpressure: (client: Clie
     onBackpressure(client)
     setImmediate(callback, null, client)
   }
+}
+
+const pausedReading = new WeakSet<Client>()
+
+/**
+ * 12. Reads nothing more from the client for `ms` (the socket's buffer fills, then TCP holds the
+ * sender back), then reads on. Aedes counts the packets it has handed on and reads the next chunk
+ * when they are done; a packet finishing during pause() is not counted, so resume() alone can
+ * leave the count above zero and the client unread: it is reset (every packet read before has
+ * been handed on; those still running finish as they would). A client already paused here is left
+ * as it is.
+ */
+export function pauseReading (client: Client, ms: number): void {
+  if (ms <= 0 || pausedReading.has(client)) return
+  pausedReading.add(client)
+  const c = internals(client)
+  c.pause()
+  setTimeout(() => {
+    pausedReading.delete(client)
+    c._parsingBatch = 1
+    c.resume()
+  }, ms).unref()
 }
 
 const connectPackets = new WeakMap<object, { clean?: boolean }>()

@@ -30,7 +30,7 @@ import type { OpName, Reply } from '../protocol/schemas.js'
 import type { Sessions, Session } from '../broker/sessions.js'
 import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
-import { isWillOf, makeSessionClean, skipSinkPublishes } from '../broker/upstream.js'
+import { isWillOf, makeSessionClean, pauseReading, skipSinkPublishes } from '../broker/upstream.js'
 import type { SessionQuota } from '../broker/session-quota.js'
 import { PageGateFullError, type PageGate } from './page-gate.js'
 import { addressOf } from './listeners.js'
@@ -55,6 +55,13 @@ export interface HookOptions {
 
 /** Reply bytes that cost one more token of the user's request rate (a 1 MiB page costs 17). */
 const REPLY_BYTES_PER_TOKEN = 64 * 1024
+/**
+ * After a publish refused for the rate (answered RATE_LIMITED at once), its connection is not
+ * read until the user may make a request again, at most this long: a client that keeps asking
+ * beyond its rate is held back by TCP instead of costing a refusal per packet as fast as it can
+ * send them.
+ */
+const RATE_LIMITED_HOLD_MAX_MS = 1000
 /**
  * Above this size (the default request payload limit) a refused request's id is looked for in its
  * first bytes only: refusing a request never costs more than handling one of the largest allowed.
@@ -207,7 +214,10 @@ export class BrokerHooks {
     const { publisher, rates } = this.opts
     if (!topic.startsWith(REQUEST_PREFIX)) {
       // answered within the user's request rate; beyond it dropped (the earlier answers said why)
-      if (!rates.take(session.userId)) return
+      if (!rates.take(session.userId)) {
+        this.holdOverRate(client, session.userId)
+        return
+      }
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
       const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)
       publisher.reply(session, { id: null, op: topic, ok: false, error: toWireError(err) }, client)
@@ -219,6 +229,7 @@ export class BrokerHooks {
     if (!rates.take(session.userId)) {
       const err = new ImError('RATE_LIMITED', `this user's request rate is used up (${this.opts.limits.requestsPerSecond}/s; large requests and replies count more); retry in a second`)
       publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
+      this.holdOverRate(client, session.userId)
       return
     }
     // requests answered with pages run a bounded number at a time (see page-gate.ts), until
@@ -239,6 +250,11 @@ export class BrokerHooks {
     } finally {
       leave?.()
     }
+  }
+
+  /** Reads nothing more from the connection until the user may make a request again (at most RATE_LIMITED_HOLD_MAX_MS). */
+  private holdOverRate (client: Client, userId: string): void {
+    pauseReading(client, Math.min(this.opts.rates.msUntilNext(userId), RATE_LIMITED_HOLD_MAX_MS))
   }
 
   private async answer (client: Client, session: Session, op: string, payload: Buffer, dup: boolean): Promise<void> {

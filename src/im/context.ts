@@ -8,6 +8,7 @@ import type { Sequencer } from './sequencer.js'
 import type { ReceiptAggregator } from './receipts.js'
 import type { PresenceService } from './presence.js'
 import type { ReadCursors } from './read-cursors.js'
+import type { EnvelopeCache } from './envelopes.js'
 
 export interface Caller {
   userId: string
@@ -25,6 +26,8 @@ export interface Services {
   receipts: ReceiptAggregator
   presence: PresenceService
   readCursors: ReadCursors
+  /** Message envelopes serialized once (deliveries, history pages, list previews). */
+  envelopes: EnvelopeCache
   now: () => number
 }
 

@@ -7,22 +7,20 @@
  */
 import type { Aedes, Client } from 'aedes'
 import type { StoredMessage } from '../store/types.js'
-import type { ImEvent, MessageEnvelope, Reply } from '../protocol/schemas.js'
+import type { ImEvent, Reply } from '../protocol/schemas.js'
+import { serializeReply } from '../protocol/raw-json.js'
+import type { EnvelopeCache } from './envelopes.js'
 import { eventTopic, messageTopic } from '../protocol/topics.js'
 import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
-
-export function toEnvelope (m: StoredMessage): MessageEnvelope {
-  const e: MessageEnvelope = { conv: m.conversationId, seq: m.seq, msgId: m.clientMsgId, from: m.senderId, ts: m.ts, kind: m.kind, body: m.body }
-  if (m.replyTo !== null) e.replyTo = m.replyTo
-  return e
-}
 
 export interface PublisherOptions {
   /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
   clustered: boolean
   /** False while the broker cannot route publishes (a cluster whose Redis is down). */
   available: () => boolean
+  /** Serialized envelopes, shared with history and list (a message delivered is often asked for soon after). */
+  envelopes: EnvelopeCache
   logger: Logger
 }
 
@@ -53,7 +51,7 @@ export class Publisher {
 
   /** Delivers one stored message to every member, serialized once. */
   message (message: StoredMessage, memberIds: readonly string[]): void {
-    const payload = Buffer.from(JSON.stringify(toEnvelope(message)))
+    const payload = this.opts.envelopes.of(message)
     this.sessions.hold(memberIds)
     for (const userId of memberIds) this.publish(messageTopic(userId), payload, 1)
   }
@@ -76,7 +74,7 @@ export class Publisher {
   /** Writes a reply to the requester (and its watchers); returns the reply's size in bytes. */
   reply (session: Session, reply: Reply, requester: Client): number {
     const topic = session.replyTopic
-    const payload = Buffer.from(JSON.stringify(reply))
+    const payload = serializeReply(reply)
     this.sessions.writeDirect(requester, topic, payload)
     if (!this.opts.clustered) {
       for (const w of this.sessions.watchers(session.userId, topic, requester)) this.sessions.writeDirect(w, topic, payload)

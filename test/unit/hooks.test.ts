@@ -68,6 +68,25 @@ describe('hooks over in-memory connections', () => {
     expect(replies.map(r => r.ok ? 'ok' : r.error.code)).toEqual(['ok', 'FORBIDDEN'])
   })
 
+  test('a request refused for the rate is answered at once, and the connection is not read again until the bucket has a request', async () => {
+    const { end } = await open('bob:hold', 'bob', 'password-bob')
+    await new Promise(resolve => setTimeout(resolve, 3100)) // a full bucket of 3
+    for (let i = 0; i < 3; i++) end.send({ cmd: 'publish', topic: 'im/req/list', payload: Buffer.from(`{"id":"h${i}"}`), qos: 1, messageId: 30 + i })
+    await end.nth('puback', 3)
+    const t0 = performance.now()
+    end.send({ cmd: 'publish', topic: 'im/req/list', payload: Buffer.from('{"id":"h3"}'), qos: 1, messageId: 33 })
+    const refusal = JSON.parse((await end.nth('publish', 4) as Publish).payload.toString()) as Reply
+    expect(refusal.ok ? 'ok' : [refusal.id, refusal.error.code]).toEqual(['h3', 'RATE_LIMITED'])
+    const answered = performance.now() - t0
+    // sent after the refusal came: read only once a token is back (rate 1/s: most of a second)
+    end.send({ cmd: 'pingreq' })
+    await end.next('pingresp', 3000)
+    const read = performance.now() - t0
+    expect(answered).toBeLessThan(200)
+    expect(read).toBeGreaterThanOrEqual(500)
+    expect(end.received.filter(p => p.cmd === 'puback')).toHaveLength(4)
+  })
+
   test('the rate limit is per user: a second connection of the same user shares the bucket', async () => {
     const { end: one } = await open('alice:r1', 'alice', 'password-alice')
     const { end: two } = await open('alice:r2', 'alice', 'password-alice')

@@ -13,7 +13,7 @@ import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
   BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
-  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, recordQueueReplays, skipSinkPublishes
+  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
 
@@ -312,6 +312,60 @@ describe('mqemitter 7.1.0: releasing a queue of synchronously finished messages 
     mq.emit({ topic: 'hold' })
     for (let i = 0; i < 20_000; i++) mq.emit({ topic: 'nobody' })
     expect(mq.length).toBe(0)
+  })
+})
+
+describe('aedes 1.2.0: pause()/resume() lose count of packets finished while paused (workaround 12)', () => {
+  /**
+   * Three publishes arrive in one chunk and are held by authorizePublish; the client is paused,
+   * they finish, it is resumed (by `resume`), and a PINGREQ is sent: answered or not within 300 ms.
+   */
+  async function pingAnsweredAfterPause (resume: (client: Client) => void): Promise<boolean> {
+    const broker = await Aedes.createBroker()
+    let release: () => void = () => {}
+    const held = new Promise<void>(resolve => { release = resolve })
+    broker.authorizePublish = (_client, _packet, done) => { void held.then(() => done(null)) }
+    const { server, client: end } = duplexPair()
+    const client = broker.handle(server)
+    await connectClean(end, 'p')
+    for (let i = 1; i <= 3; i++) end.send({ cmd: 'publish', topic: 'a', payload: Buffer.from('x'), qos: 1, messageId: i, retain: false, dup: false })
+    await settle()
+    resume(client)
+    release()
+    await end.nth('puback', 3)
+    await settle(250)
+    end.send({ cmd: 'pingreq' })
+    const answered = await end.next('pingresp', 300).then(() => true, () => false)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return answered
+  }
+
+  test('upstream: after pause() and resume(), the next packet is not read', async () => {
+    expect(await pingAnsweredAfterPause(client => {
+      const c = client as unknown as { pause: () => void, resume: () => void }
+      c.pause()
+      setTimeout(() => c.resume(), 200)
+    })).toBe(false)
+  })
+
+  test('workaround: pauseReading reads on once its time is up', async () => {
+    expect(await pingAnsweredAfterPause(client => pauseReading(client, 200))).toBe(true)
+  })
+
+  test('workaround: nothing is read while paused; one pause at a time', async () => {
+    const broker = await Aedes.createBroker()
+    const { server, client: end } = duplexPair()
+    const client = broker.handle(server)
+    await connectClean(end, 'q')
+    pauseReading(client, 300)
+    pauseReading(client, 5000) // already paused: ignored
+    const t0 = performance.now()
+    end.send({ cmd: 'pingreq' })
+    await end.next('pingresp', 2000)
+    const waited = performance.now() - t0
+    expect(waited).toBeGreaterThanOrEqual(250)
+    expect(waited).toBeLessThan(2000)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
   })
 })
 

@@ -85,7 +85,7 @@ export interface Report { window: Counters, totals: Counters, inflight: number, 
 // the hostile scenario's attacker process (scripts/bench/attacker.ts)
 // -------------------------------------------------------------------------------------------------
 
-export type AttackName = 'stuck-subscriber' | 'wrong-passwords' | 'subscriptions'
+export type AttackName = 'stuck-subscriber' | 'wrong-passwords' | 'subscriptions' | 'big-pages'
 
 export interface AttackAccount { id: string, secret: string }
 
@@ -96,6 +96,8 @@ export type AttackSpec =
   | { attack: 'wrong-passwords', user: string, parallel: number, attemptTimeoutMs: number }
   /** One device of `user` subscribes up to `maxFilters` filters im/u/<user>/x/<i>, `filtersPerPacket` per SUBSCRIBE; a second device sends texts in `conv`, `window` requests in flight. */
   | { attack: 'subscriptions', user: AttackAccount, conv: string, maxFilters: number, filtersPerPacket: number, window: number }
+  /** Each of `users` (with its conversation, filled with ~1 MiB of messages) asks for its whole history page, `window` requests in flight on one connection, each followed by the next as soon as its reply came. */
+  | { attack: 'big-pages', users: Array<{ account: AttackAccount, conv: string }>, window: number }
 
 export type AttackCommand =
   | { cmd: 'start', host: string, port: number, localAddress: string, spec: AttackSpec }

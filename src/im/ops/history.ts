@@ -8,12 +8,13 @@
 import type { MessageEnvelope, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { requireMember, lastSeqOf } from '../access.js'
-import { toEnvelope } from '../publisher.js'
+import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
 
 export interface HistoryResult {
   conv: string
-  messages: MessageEnvelope[]
+  /** The envelopes, serialized once per message (see im/envelopes.ts). */
+  messages: RawJsonArray<MessageEnvelope>
   lastSeq: number
   /** More messages exist in the requested direction beyond this page. */
   hasMore: boolean
@@ -29,18 +30,18 @@ export async function history (caller: Caller, req: RequestOf<'history'>, servic
   const fromSeq = (req.after ?? 0) + 1
   const toSeq = Math.min(req.before !== undefined ? req.before - 1 : lastSeq, lastSeq)
   const direction = req.after !== undefined ? 'forward' : 'backward'
-  if (toSeq < fromSeq) return { conv: req.conv, messages: [], lastSeq, hasMore: false, limit }
+  if (toSeq < fromSeq) return { conv: req.conv, messages: new RawJsonArray([]), lastSeq, hasMore: false, limit }
   const found = await services.messages.range(req.conv, { fromSeq, toSeq, limit, direction })
-  const page = withinBytes(found.map(toEnvelope), services.config.limits.pageBytes, direction)
+  const page = withinBytes(found.map(m => services.envelopes.of(m)), services.config.limits.pageBytes, direction)
   const span = toSeq - fromSeq + 1
-  return { conv: req.conv, messages: page, lastSeq, hasMore: span > page.length, limit }
+  return { conv: req.conv, messages: new RawJsonArray(page), lastSeq, hasMore: span > page.length, limit }
 }
 
 /**
  * The page cut to a byte budget, keeping at least one message: the messages nearest the start of
  * the requested direction are kept, so paging on from the page's edge continues where it stopped.
  */
-function withinBytes (messages: MessageEnvelope[], budget: number, direction: 'forward' | 'backward'): MessageEnvelope[] {
+function withinBytes (messages: Buffer[], budget: number, direction: 'forward' | 'backward'): Buffer[] {
   const ordered = direction === 'forward' ? messages : [...messages].reverse()
   const n = countWithin(ordered, budget)
   if (n === messages.length) return messages

@@ -7,11 +7,12 @@
  */
 import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
-import { toEnvelope } from '../publisher.js'
+import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
 
 export interface ListResult {
-  conversations: ConversationSummary[]
+  /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
+  conversations: RawJsonArray<ConversationSummary>
   /** The cursor of the next page, or null when this was the last one. */
   next: string | null
 }
@@ -25,7 +26,7 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const ids = memberships.map(m => m.conversationId)
   const [conversations, latest] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
-  const summaries: ConversationSummary[] = []
+  const summaries: Array<{ conv: string, bytes: Buffer }> = []
   for (const m of memberships) {
     const conversation = byId.get(m.conversationId)
     if (conversation === undefined) continue
@@ -33,13 +34,12 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
     // the head record, or what this node's sequencer knows if that is more (a head lags its
     // messages only after a crash between the two writes, until lastSeq repairs it)
     const lastSeq = Math.max(last?.seq ?? 0, services.sequencer.knownLastSeq(m.conversationId) ?? 0)
-    const summary: ConversationSummary = {
+    const summary: Omit<ConversationSummary, 'last'> = {
       conv: m.conversationId,
       kind: conversation.kind,
       name: conversation.name,
       role: m.role,
       lastSeq,
-      last: last === null ? null : toEnvelope(last),
       readSeq: m.readSeq,
       unread: Math.max(0, lastSeq - m.readSeq),
       muted: m.muted
@@ -47,12 +47,21 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
     // a direct conversation's key is its two members: the peer needs no member lookup
     const peer = conversation.directKey?.split('|').find(u => u !== caller.userId)
     if (conversation.kind === 'direct' && peer !== undefined) summary.peer = peer
-    summaries.push(summary)
+    summaries.push({ conv: m.conversationId, bytes: withPreview(summary, last === null ? null : services.envelopes.of(last)) })
   }
   // a page also stops at the byte budget (previews can be large); the rest follows with `next`
-  const fit = countWithin(summaries, services.config.limits.pageBytes)
+  const fit = countWithin(summaries.map(s => s.bytes), services.config.limits.pageBytes)
   const lastFit = summaries[fit - 1]
-  if (fit < summaries.length && lastFit !== undefined) return { conversations: summaries.slice(0, fit), next: lastFit.conv }
+  if (fit < summaries.length && lastFit !== undefined) return { conversations: new RawJsonArray(summaries.slice(0, fit).map(s => s.bytes)), next: lastFit.conv }
   const next = page.length > limit ? memberships.at(-1)?.conversationId ?? null : null
-  return { conversations: summaries, next }
+  return { conversations: new RawJsonArray(summaries.map(s => s.bytes)), next }
 }
+
+/** A summary as JSON bytes, its `last` (the preview's envelope, already serialized) as the last key. */
+function withPreview (summary: Omit<ConversationSummary, 'last'>, last: Buffer | null): Buffer {
+  const text = JSON.stringify(summary)
+  if (last === null) return Buffer.from(`${text.slice(0, -1)},"last":null}`)
+  return Buffer.concat([Buffer.from(`${text.slice(0, -1)},"last":`), last, CLOSE_BRACE])
+}
+
+const CLOSE_BRACE = Buffer.from('}')
