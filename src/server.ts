@@ -33,6 +33,7 @@ import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js
 import { PageGate } from './gateway/page-gate.js'
 import { EnvelopeCache } from './im/envelopes.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
+import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
 import { createHttpApp } from './http/app.js'
@@ -94,6 +95,7 @@ export class MqimServer {
       connectTimeout: config.broker.connectTimeoutMs,
       heartbeatInterval: 60_000
     })
+    unregisterClosedClients(broker)
     broker.on('clientError', (client, err) => logger.debug({ client: client.id, err }, 'client error'))
     broker.on('connectionError', (_client, err) => logger.debug({ err }, 'connection error'))
     const bus = await ClusterBus.create(broker, { nodeId, clustered, available: backends.available, logger })

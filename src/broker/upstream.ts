@@ -29,6 +29,10 @@
  *    11. authenticate cannot turn a persistent session into a clean one: Aedes reads the CONNECT
  *        packet's own flag after it (fetchSubs, cleanIncoming); the packet is kept from the parser
  *        so that the flag can be changed (keepConnectPacket, makeSessionClean).
+ *    13. a client whose connection closes while its CONNECT is between authenticate and
+ *        registerClient (the persistence calls: slow with aedes-persistence-redis) is registered
+ *        after it closed, and stays in broker.clients for good (close() unregistered nothing, as
+ *        it was not registered yet): unregistered as it is registered (unregisterClosedClients).
  *    12. client.pause()/resume() lose count of the packets in hand: each packet that finishes
  *        while the client is paused is not counted done, so after resume() the client reads
  *        again only after that many more chunks have arrived (a client waiting for a reply
@@ -64,6 +68,12 @@ interface ClientInternals {
   _parsingBatch: number
   pause: () => void
   resume: () => void
+}
+
+/** The parts of the broker that Aedes does not type but workaround 13 touches. */
+interface BrokerInternals {
+  clients: Record<string, Client | undefined>
+  unregisterClient: (client: Client) => void
 }
 
 /** The parts of mqtt-packet's Parser that limitPacketSize relies on. */
@@ -139,6 +149,17 @@ export function neverWaitForDrain (client: Client, onBackpressure: (client: Clie
     onBackpressure(client)
     setImmediate(callback, null, client)
   }
+}
+
+/**
+ * 13. A client registered after its connection closed (see the list above) is unregistered at
+ * once, through Aedes' own unregisterClient (clientDisconnect is emitted as for any other).
+ */
+export function unregisterClosedClients (broker: Aedes): void {
+  const b = broker as unknown as BrokerInternals
+  broker.on('client', (client: Client) => {
+    if (client.closed && b.clients[client.id] === client) b.unregisterClient(client)
+  })
 }
 
 const pausedReading = new WeakSet<Client>()

@@ -13,7 +13,7 @@ import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
   BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
-  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes
+  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes, unregisterClosedClients
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
 
@@ -366,6 +366,40 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
     expect(waited).toBeGreaterThanOrEqual(250)
     expect(waited).toBeLessThan(2000)
     await new Promise<void>(resolve => broker.close(() => resolve()))
+  })
+})
+
+describe('aedes 1.2.0: a client that closes between authenticate and registerClient stays registered (workaround 13)', () => {
+  /**
+   * A persistence whose cleanSubscriptions takes 100 ms (as a Redis round trip can, under load);
+   * the connection closes 20 ms into it. Returns the broker's clients and count afterwards.
+   */
+  async function closedDuringConnect (patch: boolean): Promise<{ ids: string[], connected: number, disconnects: number }> {
+    const persistence = new MemoryPersistence() as unknown as { cleanSubscriptions: (client: unknown) => Promise<unknown> }
+    const clean = persistence.cleanSubscriptions.bind(persistence)
+    persistence.cleanSubscriptions = async (client) => { await settle(100); return await clean(client) }
+    const broker = await Aedes.createBroker({ persistence: persistence as never })
+    if (patch) unregisterClosedClients(broker)
+    let disconnects = 0
+    broker.on('clientDisconnect', () => { disconnects++ })
+    const { server, client: end } = duplexPair()
+    broker.handle(server)
+    end.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'gone', keepalive: 0 })
+    await settle(20)
+    server.destroy()
+    await settle(200)
+    const b = broker as unknown as { clients: Record<string, Client>, connectedClients: number }
+    const out = { ids: Object.keys(b.clients), connected: b.connectedClients, disconnects }
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return out
+  }
+
+  test('upstream: the closed client is in broker.clients and counted', async () => {
+    expect(await closedDuringConnect(false)).toEqual({ ids: ['gone'], connected: 1, disconnects: 0 })
+  })
+
+  test('workaround: unregistered as it is registered (clientDisconnect emitted)', async () => {
+    expect(await closedDuringConnect(true)).toEqual({ ids: [], connected: 0, disconnects: 1 })
   })
 })
 
