@@ -28,6 +28,9 @@
  * at the timeout (10 s). Exit status 0 when the run completed, met or not; 1 when it failed; 2 on
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
+ * Environment: MQIM_SOAK_PROF_DIR=D writes each node's V8 CPU profile into D; MQIM_SOAK_LOG_DIR=D
+ * appends each node's whole log (warnings and up) to D/node<N>.log.
+ *
  * Targets: achieved >= 98 % of offered; last-minute send p99 <= 2x the first minute's and <= 100 ms;
  * heap-after-GC slope <= 1 MB/min on every node; no unexpected error (any error reply, timeout or
  * lost request but a NOT_MEMBER that raced the mix's own removal of the member).

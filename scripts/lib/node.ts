@@ -3,7 +3,7 @@
  * server's own (SIGKILL/SIGTERM reach the server, not a wrapper such as npm).
  */
 import type { ChildProcess } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { freePort, sleep, spawnTracked, stoppingEverything } from './procs.js'
 import { ROOT, type DrillDatabases } from './services.js'
@@ -27,6 +27,8 @@ export interface NodeOptions {
    * is kept as it comes.
    */
   onStdoutLine?: (line: string) => boolean | undefined
+  /** Every line kept in `log` is also appended to this file (whole, not only the last 20,000 characters). */
+  logFile?: string
 }
 
 export interface HealthSample {
@@ -96,7 +98,11 @@ export class MqimNode {
       if (!this.killed && !stoppingEverything()) this.opts.onUnexpectedExit?.(this)
       resolve()
     }))
-    const keep = (chunk: Buffer | string): void => { this.output = (this.output + chunk.toString()).slice(-20_000) }
+    const logFile = this.opts.logFile
+    const keep = (chunk: Buffer | string): void => {
+      this.output = (this.output + chunk.toString()).slice(-20_000)
+      if (logFile !== undefined) appendFileSync(logFile, chunk)
+    }
     const onLine = this.opts.onStdoutLine
     if (onLine === undefined) {
       child.stdout?.on('data', keep)

@@ -124,6 +124,7 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
       config: liftedConfig(ROOT),
       nodeArgs: ['--trace-gc', ...(process.env.MQIM_SOAK_PROF_DIR !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${process.env.MQIM_SOAK_PROF_DIR}`] : [])],
       onStdoutLine: (line) => gc.line(line),
+      logFile: process.env.MQIM_SOAK_LOG_DIR !== undefined ? path.join(process.env.MQIM_SOAK_LOG_DIR, `node${i + 1}.log`) : undefined,
       onUnexpectedExit: (n) => {
         const what = `${n.id} (pid ${n.pid}) exited on its own (${n.exit?.code ?? n.exit?.signal})`
         nodeExits.push(what)

@@ -62,6 +62,7 @@ const REPLY_BYTES_PER_TOKEN = 64 * 1024
  * send them.
  */
 const RATE_LIMITED_HOLD_MAX_MS = 1000
+const RATE_LIMITED_HOLD_MIN_MS = 25
 /**
  * Above this size (the default request payload limit) a refused request's id is looked for in its
  * first bytes only: refusing a request never costs more than handling one of the largest allowed.
@@ -252,9 +253,15 @@ export class BrokerHooks {
     }
   }
 
-  /** Reads nothing more from the connection until the user may make a request again (at most RATE_LIMITED_HOLD_MAX_MS). */
+  /**
+   * Reads nothing more from the connection until the user may make a request again (at most
+   * RATE_LIMITED_HOLD_MAX_MS), when that is at least RATE_LIMITED_HOLD_MIN_MS away: a user just
+   * over the rate is only refused (pausing for a few milliseconds at a time makes the user's
+   * traffic come in bursts, which the bystanders feel more than the refusals).
+   */
   private holdOverRate (client: Client, userId: string): void {
-    pauseReading(client, Math.min(this.opts.rates.msUntilNext(userId), RATE_LIMITED_HOLD_MAX_MS))
+    const ms = Math.min(this.opts.rates.msUntilNext(userId), RATE_LIMITED_HOLD_MAX_MS)
+    if (ms >= RATE_LIMITED_HOLD_MIN_MS) pauseReading(client, ms)
   }
 
   private async answer (client: Client, session: Session, op: string, payload: Buffer, dup: boolean): Promise<void> {
