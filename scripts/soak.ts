@@ -29,7 +29,8 @@
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
  * Environment: MQIM_SOAK_PROF_DIR=D writes each node's V8 CPU profile into D; MQIM_SOAK_LOG_DIR=D
- * appends each node's whole log (warnings and up) to D/node<N>.log.
+ * appends each node's whole log (warnings and up) to D/node<N>.log; MQIM_SOAK_NODE_ARGS="..." adds
+ * node options to each node (e.g. --heapsnapshot-signal=SIGUSR2).
  *
  * Targets: achieved >= 98 % of offered; last-minute send p99 <= 2x the first minute's and <= 100 ms;
  * heap-after-GC slope <= 1 MB/min on every node; no unexpected error (any error reply, timeout or

@@ -60,7 +60,7 @@ export const ConfigSchema = z.object({
         /** Offline QoS 1 messages older than this are dropped from session queues (clients sync by seq). */
         packetTTLSeconds: z.number().int().min(1).default(7 * 24 * 3600),
         /** At most this many queued messages are delivered on reconnect; the rest comes from history. */
-        maxSessionDelivery: z.number().int().min(1).default(1000)
+        maxSessionDelivery: z.number().int().min(1).default(100)
       }).strict()
     ]),
     /** A connection that has had bytes waiting to be written for this long (its reader stopped) is disconnected. */

@@ -1,6 +1,6 @@
 /**
- * The upstream behaviour of mqemitter-redis 7.2.1 (with ioredis 6) that src/broker/upstream.ts
- * works around (workaround 8), on the test Redis: close() calls quit() on both of its connections
+ * The upstream behaviours of mqemitter-redis 7.2.1 (with ioredis 6) and aedes-persistence-redis
+ * 11.2.2 that src/broker/upstream.ts works around (workarounds 8 and 14), on the test Redis. 8: close() calls quit() on both of its connections
  * without handling the promises and waits for both to end. With a connection that is already
  * closed (disconnected, or Redis gone), that quit() rejects, nobody handles it (an unhandled
  * rejection: fatal by default), and close() never calls back, so a graceful stop hangs.
@@ -10,7 +10,8 @@ import { execFileSync } from 'node:child_process'
 import { Redis } from 'ioredis'
 import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
-import { closeEmitterQuietly } from '../src/broker/upstream.js'
+import aedesPersistenceRedis from 'aedes-persistence-redis'
+import { boundRedisQueues, closeEmitterQuietly, redisQueueKey } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -60,5 +61,47 @@ import { Redis } from 'ioredis'
     const { emitter, subConn } = await emitterWithClosedConnection()
     expect(await closesWithin(emitter, 1000)).toBe(true)
     await subConn.quit()
+  })
+})
+
+describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (workaround 14)', () => {
+  /** 50 packets queued for one session (and 3 for another) through a persistence on its own Redis database. */
+  async function queueFifty (patch: boolean, db: number): Promise<{ lengths: number[], newest: string[], packets: number[] }> {
+    const url = new URL(redisUrl())
+    url.pathname = `/${db}`
+    const conn = new Redis(url.toString())
+    await conn.flushdb()
+    const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
+    const persistence = patch ? boundRedisQueues(base, conn, 21) : base
+    const store = persistence as { outgoingEnqueueCombi: (subs: Array<{ clientId: string, topic: string, qos: number }>, packet: unknown) => Promise<void> }
+    for (let i = 1; i <= 50; i++) {
+      const subs = [{ clientId: 'u:a', topic: 't', qos: 1 }, ...(i <= 3 ? [{ clientId: 'u:b', topic: 't', qos: 1 }] : [])]
+      await store.outgoingEnqueueCombi(subs, { cmd: 'publish', topic: 't', payload: Buffer.from(`m${i}`), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: i })
+    }
+    const lengths = [await conn.llen(redisQueueKey('u:a')), await conn.llen(redisQueueKey('u:b'))]
+    const newest = await conn.lrange(redisQueueKey('u:a'), -2, -1)
+    // which packets are still stored (by their counter)
+    const packets: number[] = []
+    for (let i = 1; i <= 50; i++) if (await conn.exists(`packet:b1:${i}`) === 1) packets.push(i)
+    await conn.flushdb()
+    conn.disconnect()
+    return { lengths, newest, packets }
+  }
+
+  const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+  test('upstream: 50 queued, 50 in the list, every packet kept', async () => {
+    const { lengths, packets } = await queueFifty(false, 12)
+    expect(lengths).toEqual([50, 3])
+    expect(packets).toEqual(range(1, 50))
+  })
+
+  test('workaround: trimmed to the newest `max`, shorter lists untouched; a packet trimmed off is deleted unless another queue holds it', async () => {
+    expect(await queueFifty(true, 12)).toEqual({
+      lengths: [21, 3],
+      newest: ['packet:b1:49', 'packet:b1:50'],
+      // 1-3 are still in u:b's queue; 4-29 were only in u:a's
+      packets: [...range(1, 3), ...range(30, 50)]
+    })
   })
 })

@@ -122,7 +122,11 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
       db,
       dataDir: path.join(workDir, `node${i + 1}`),
       config: liftedConfig(ROOT),
-      nodeArgs: ['--trace-gc', ...(process.env.MQIM_SOAK_PROF_DIR !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${process.env.MQIM_SOAK_PROF_DIR}`] : [])],
+      nodeArgs: [
+        '--trace-gc',
+        ...(process.env.MQIM_SOAK_PROF_DIR !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${process.env.MQIM_SOAK_PROF_DIR}`] : []),
+        ...(process.env.MQIM_SOAK_NODE_ARGS ?? '').split(' ').filter(a => a !== '')
+      ],
       onStdoutLine: (line) => gc.line(line),
       logFile: process.env.MQIM_SOAK_LOG_DIR !== undefined ? path.join(process.env.MQIM_SOAK_LOG_DIR, `node${i + 1}.log`) : undefined,
       onUnexpectedExit: (n) => {

@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, boundRedisQueues, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -57,7 +57,7 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   return {
-    persistence: recordQueueReplays(coalesceAddSubscriptions(persistence), config.maxSessionDelivery + 1),
+    persistence: recordQueueReplays(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, config.maxSessionDelivery + 1), config.maxSessionDelivery + 1),
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',

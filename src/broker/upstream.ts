@@ -43,6 +43,11 @@
  *     7. with a concurrency limit, releasing a queue of messages whose handlers finish
  *        synchronously recurses once per message (stack overflow under load): the emitter runs
  *        without a limit (createEmitter), which never queues; 3. keeps deliveries from piling up.
+ *   aedes-persistence-redis 11.2.2
+ *    14. a persistent session's offline queue (a Redis list of packet keys) grows without bound
+ *        (packets expire after packetTTL, their list entries do not; a reconnect replays only the
+ *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows
+ *        (boundRedisQueues).
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
@@ -435,4 +440,56 @@ export function closeEmitterQuietly (mq: unknown): void {
     emitter.closing = true
     emitter._close(cb ?? (() => {}))
   }
+}
+
+interface EnqueueStore {
+  outgoingEnqueueCombi: (subs: Array<{ clientId: string }>, packet: unknown) => Promise<void>
+}
+
+/** The Redis key of a session's offline queue in aedes-persistence-redis 11 (its outgoingKey). */
+export function redisQueueKey (clientId: string): string {
+  return `outgoing:${encodeURIComponent(clientId)}`
+}
+
+/**
+ * Trims one session's queue to its newest ARGV[1] entries; each packet trimmed off loses one
+ * offline reference and is deleted with its count when none is left (as an acknowledgement
+ * would do). Keys other than KEYS[1] are derived from the list's entries, as the persistence
+ * itself does: a single Redis, not Redis Cluster.
+ */
+const TRIM_QUEUE_LUA = `
+local extra = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[1])
+if extra <= 0 then return 0 end
+local old = redis.call('LRANGE', KEYS[1], 0, extra - 1)
+redis.call('LTRIM', KEYS[1], extra, -1)
+for _, key in ipairs(old) do
+  if redis.call('DECR', key .. ':offlineCount') <= 0 then redis.call('DEL', key, key .. ':offlineCount') end
+end
+return extra`
+
+type TrimmingRedis = Redis & { mqimTrimQueue: (key: string, max: number) => Promise<number> }
+
+/**
+ * 14. After aedes-persistence-redis has queued a packet for sessions, each of their lists is
+ * trimmed to its newest `max` entries (one round trip for all of them), the packets trimmed off
+ * released as if acknowledged. What is trimmed is the oldest: a reconnect replays what is left,
+ * the client syncs the rest by seq.
+ */
+export function boundRedisQueues<T> (persistence: T, conn: Redis, max: number): T {
+  const store = persistence as unknown as EnqueueStore
+  const enqueue = store.outgoingEnqueueCombi.bind(store)
+  if (!('mqimTrimQueue' in conn)) conn.defineCommand('mqimTrimQueue', { numberOfKeys: 1, lua: TRIM_QUEUE_LUA })
+  const trimming = conn as TrimmingRedis
+  store.outgoingEnqueueCombi = async (subs, packet) => {
+    await enqueue(subs, packet)
+    if (subs === undefined || subs.length === 0) return
+    if (subs.length === 1) {
+      await trimming.mqimTrimQueue(redisQueueKey(subs[0]!.clientId), max)
+      return
+    }
+    const p = conn.pipeline() as unknown as { mqimTrimQueue: (key: string, max: number) => unknown, exec: () => Promise<unknown> }
+    for (const sub of subs) p.mqimTrimQueue(redisQueueKey(sub.clientId), max)
+    await p.exec()
+  }
+  return persistence
 }
