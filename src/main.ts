@@ -64,7 +64,7 @@ async function main (): Promise<void> {
   if (isEmbedded(config)) {
     process.stderr.write([
       '',
-      `mqim is running on the embedded default: ${config.messageStore.adapter} message store, ${config.metadataStore.adapter} metadata store.`,
+      `mqim is running with in-memory stores: ${config.messageStore.adapter} message store, ${config.metadataStore.adapter} metadata store, ${config.broker.persistence.adapter} broker state.`,
       'In-memory data lasts until this process stops. For durable storage set MQIM_MONGO_URL and MQIM_MYSQL_URL (see README).',
       `  MQTT:            mqtt://localhost:${server.ports.mqtt}`,
       `  MQTT/WebSocket:  ws://localhost:${server.ports.http}/mqtt`,

@@ -9,6 +9,7 @@ import { BACKENDS } from './helpers/backends.js'
 import { freshMysqlUrl } from './helpers/db.js'
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
 import { startServer, addUser, connect, url, waitUntil, type ImClient, type ResultOf } from './helpers/im.js'
+import mqttPacket from 'mqtt-packet'
 import { RawClient } from '../scripts/lib/raw-mqtt.js'
 import { setDisabled } from '../src/admin/accounts.js'
 import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
@@ -119,7 +120,7 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     expect(limited).toBeGreaterThanOrEqual(17)
   })
 
-  test('a large reply costs more of the rate: right after a 1 MiB history page the user is RATE_LIMITED', async () => {
+  test('a large reply costs more of the rate: right after a 1 MiB history page the user is RATE_LIMITED; pages at once are charged up front', async () => {
     await addUser(server, 'pager')
     const [a, b] = [track(await connect(server, 'pager', 'a')), track(await connect(server, 'pager', 'b'))]
     const { conv } = await a.request('direct', { user: 'alice' })
@@ -142,7 +143,30 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
     expect(page.messages.length).toBeGreaterThanOrEqual(15)
     const next = await b.requestRaw('presence', { users: ['alice'] })
     expect(next.ok ? 'ok' : next.error.code).toBe('RATE_LIMITED')
+    // a full bucket (10) again; pages asked for all at once are charged their largest cost (16)
+    // before they run, so one passes and the rest are refused (on one token each, all would pass)
+    await new Promise(resolve => setTimeout(resolve, 4000))
+    const pages = await Promise.all(Array.from({ length: 5 }, async () => await a.requestRaw('history', { conv, after: 0, limit: 200 })))
+    expect(pages.map(r => r.ok ? 'ok' : r.error.code).sort()).toEqual(['RATE_LIMITED', 'RATE_LIMITED', 'RATE_LIMITED', 'RATE_LIMITED', 'ok'])
   }, 30_000)
+
+  test('a request flood: answers stop after 100 refusals, the connection is closed at 2,000, and the user is refused for a while (nobody else)', async () => {
+    await addUser(server, 'flooder')
+    const { client: raw, code } = await RawClient.login(server.ports.mqtt, 'flooder', 'f1', 'password-flooder', { localAddress: '127.0.0.40' })
+    expect(code).toBe(0)
+    let answered = 0
+    raw.onPacket = p => { if (p.cmd === 'publish') answered++ }
+    const one = mqttPacket.generate({ cmd: 'publish', topic: 'im/req/presence', payload: Buffer.from('{"id":"x","users":["flooder"]}'), qos: 0, retain: false, dup: false, messageId: 0 })
+    const chunk = Buffer.concat(Array.from({ length: 500 }, () => one))
+    for (let i = 0; i < 20 && await raw.writeRaw(chunk); i++);
+    await raw.whenClosed
+    // the burst (10) and refill, plus 100 refusals answered; the rest (thousands) got nothing
+    expect(answered).toBeGreaterThanOrEqual(100)
+    expect(answered).toBeLessThanOrEqual(130)
+    // refused for a while even from the address it used, with the right password; others are not
+    expect(await loginCode(server, 'flooder', 'f2', 'password-flooder', '127.0.0.40')).toBe(3)
+    expect(await loginCode(server, 'bob', 'fx', 'password-bob', '127.0.0.40')).toBe(0)
+  })
 
   test('publishes to topics that are not requests count against the rate: beyond it they get no answer', async () => {
     await addUser(server, 'noisy')

@@ -13,10 +13,14 @@
  *                     (100 per SUBSCRIBE, up to 50,000) and holds them while a second device of
  *                     the same user sends requests
  *   big-pages         6 users each keep 22 history requests in flight for a page of ~1 MiB
+ *   request-flood     16 devices of one user write chunks of 200 small QoS 0 publishes (half
+ *                     presence requests, half to a topic that is not a request) as fast as their
+ *                     sockets take them, reading (and dropping) whatever comes back
  */
 import { randomBytes } from 'node:crypto'
 import { replyTopic, userPrefix } from '../../src/protocol/topics.js'
 import { sleep } from '../lib/procs.js'
+import mqttPacket from 'mqtt-packet'
 import { RawClient } from '../lib/raw-mqtt.js'
 import { serveIpc } from './lib/ipc.js'
 import type { AttackAccount, AttackCommand, AttackReport, AttackSpec } from './lib/protocol.js'
@@ -230,6 +234,26 @@ function bigPages (attack: Attack, spec: Extract<AttackSpec, { attack: 'big-page
   return Promise.resolve()
 }
 
+function requestFlood (attack: Attack, spec: Extract<AttackSpec, { attack: 'request-flood' }>): Promise<void> {
+  const pub = (topic: string, body: string): Buffer => mqttPacket.generate({ cmd: 'publish', topic, payload: Buffer.from(body), qos: 0, retain: false, dup: false, messageId: 0 })
+  const chunk = Buffer.concat(Array.from({ length: spec.packetsPerChunk }, (_, k) => k % 2 === 1
+    ? pub('im/req/presence', JSON.stringify({ id: `x${k}`, users: [spec.user.id] }))
+    : pub('junk/topic', 'x')))
+  for (let i = 1; i <= spec.connections; i++) {
+    attack.tasks.push((async () => {
+      while (attack.running) {
+        const conn = await attack.login(spec.user, `flood${i}`)
+        if (conn === null) continue
+        conn.onPacket = () => {}
+        while (attack.running && await conn.writeRaw(chunk)) attack.count('packets written', spec.packetsPerChunk)
+        conn.end()
+        if (attack.running) attack.count('flood connections lost')
+      }
+    })())
+  }
+  return Promise.resolve()
+}
+
 let current: Attack | null = null
 
 async function handle (c: AttackCommand): Promise<unknown> {
@@ -242,7 +266,9 @@ async function handle (c: AttackCommand): Promise<unknown> {
         ? stuckSubscriber(attack, spec)
         : spec.attack === 'wrong-passwords'
           ? wrongPasswords(attack, spec)
-          : spec.attack === 'subscriptions' ? subscriptions(attack, spec) : bigPages(attack, spec)
+          : spec.attack === 'subscriptions'
+            ? subscriptions(attack, spec)
+            : spec.attack === 'big-pages' ? bigPages(attack, spec) : requestFlood(attack, spec)
       await ready
       attack.setupMs = performance.now() - attack.started
       return { setupMs: attack.setupMs }

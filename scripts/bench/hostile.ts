@@ -30,7 +30,7 @@ const ATTACKER = fileURLToPath(new URL('./attacker.ts', import.meta.url))
 /** The bystander connects from 127.0.0.1 (mqtt.js' default route); the attacker from here. */
 const ATTACKER_ADDRESS = '127.0.0.2'
 
-export const ATTACKS: readonly AttackName[] = ['stuck-subscriber', 'wrong-passwords', 'subscriptions', 'big-pages']
+export const ATTACKS: readonly AttackName[] = ['stuck-subscriber', 'wrong-passwords', 'subscriptions', 'big-pages', 'request-flood']
 
 export interface HostileParams {
   rounds: number
@@ -149,6 +149,10 @@ async function attackSpec (target: Target, attack: AttackName): Promise<AttackSp
         }
       }))
       return { attack, users: pagers.map((account, i) => ({ account, conv: convs[i] as string })), window: 22 }
+    }
+    case 'request-flood': {
+      const [user] = await createBots(target, ['hx-flooder'])
+      return { attack, user, connections: 16, packetsPerChunk: 200 }
     }
   }
 }

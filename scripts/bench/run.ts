@@ -5,7 +5,7 @@
  *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
  *   npm run bench -- --only hostile    the bystander's p99 under attack / without (not in the default set)
  *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile
- *            --attacks stuck-subscriber,wrong-passwords,subscriptions,big-pages (which attacks hostile runs)
+ *            --attacks stuck-subscriber,wrong-passwords,subscriptions,big-pages,request-flood (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
  *            --services DIR  (use services already started by `scripts/services.sh start DIR`)

@@ -64,7 +64,7 @@ function cleanEnv (): NodeJS.ProcessEnv {
 }
 
 /** Lines main.ts itself writes to stderr on the embedded default, and Node's inspector notices. */
-const BANNER = /^(mqim is running on the embedded default|In-memory data lasts|\s+MQTT(\/WebSocket)?:|Create a user|Debugger listening on ws:|For help, see: https:\/\/nodejs.org\/en\/docs\/inspector|Debugger attached\.)/
+const BANNER = /^(mqim is running with in-memory stores|In-memory data lasts|\s+MQTT(\/WebSocket)?:|Create a user|Debugger listening on ws:|For help, see: https:\/\/nodejs.org\/en\/docs\/inspector|Debugger attached\.)/
 /** A line that is not pino's and looks like trouble: a stack frame, an exception, a Node.js warning. */
 const TROUBLE = /error|exception|uncaught|unhandled|fatal|abort|warning|^\s+at /i
 

@@ -103,6 +103,19 @@ export class RawClient {
     return (await this.next('connack', timeoutMs)).returnCode ?? -1
   }
 
+  /** Writes raw bytes (e.g. many packets generated at once); resolves when the socket takes more (false: it closed). */
+  async writeRaw (bytes: Buffer): Promise<boolean> {
+    if (this.stream.destroyed) return false
+    if (this.stream.write(bytes)) return true
+    return await new Promise(resolve => {
+      const done = (ok: boolean) => (): void => { this.stream.off('drain', onDrain); this.stream.off('close', onClose); resolve(ok) }
+      const onDrain = done(true)
+      const onClose = done(false)
+      this.stream.once('drain', onDrain)
+      this.stream.once('close', onClose)
+    })
+  }
+
   send (packet: Packet): void {
     this.write(mqttPacket.generate(packet))
   }

@@ -91,9 +91,25 @@ export class LoginGuard {
   retryAfter (userId: string, address: string): number {
     const now = this.now()
     const byAddress = this.failures.get(`a\u0000${addressKey(address)}`)
-    let until = byAddress?.until ?? 0
+    let until = Math.max(byAddress?.until ?? 0, this.failures.get(`f\u0000${userId}`)?.until ?? 0)
     if (!this.knownGood.has(`${userId}\u0000${address}`)) until = Math.max(until, this.failures.get(`u\u0000${userId}`)?.until ?? 0)
     return Math.max(0, until - now)
+  }
+
+  /**
+   * A connection of the user was closed for flooding requests: the user's logins are refused for
+   * a while, from every address (known ones included; no other user is affected). Backoff as
+   * for failed logins, from the first one.
+   */
+  flooded (userId: string): void {
+    const key = `f\u0000${userId}`
+    const f = this.failures.get(key) ?? { count: 0, until: 0 }
+    const now = this.now()
+    // connections cut together (the same flood over several) count once
+    if (f.until > now) return
+    f.count++
+    f.until = now + Math.min(this.opts.backoffBaseMs * 2 ** Math.min(f.count + 1, 30), this.opts.backoffMaxMs)
+    this.failures.set(key, f)
   }
 
   /** Milliseconds the address itself stays in backoff (whoever logs in from it); 0 if it is not. */

@@ -60,7 +60,7 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   return {
-    persistence: recordQueueReplays(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, config.maxSessionDelivery + 1), config.maxSessionDelivery + 1),
+    persistence: recordQueueReplays(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, config.maxSessionDelivery), config.maxSessionDelivery + 1),
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',

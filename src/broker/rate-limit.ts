@@ -29,11 +29,22 @@ export class TokenBucket {
     this.last = t
   }
 
+  /** Requests refused since `refusedSince` (a window of about a second). */
+  refused = 0
+  private refusedSince = 0
+
   take (): boolean {
     this.refill()
-    if (this.tokens < 1) return false
-    this.tokens -= 1
-    return true
+    if (this.tokens >= 1) {
+      this.tokens -= 1
+      return true
+    }
+    if (this.last - this.refusedSince >= 1000) {
+      this.refusedSince = this.last
+      this.refused = 0
+    }
+    this.refused++
+    return false
   }
 
   /** Milliseconds until a token can be taken (0: now). */
@@ -42,10 +53,18 @@ export class TokenBucket {
     return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) / this.rate) * 1000)
   }
 
-  /** Spends tokens used elsewhere (other nodes); the bucket may go into debt, at most -burst. */
-  debit (n: number): void {
+  /** Spends tokens used elsewhere (other nodes); the bucket may go into debt, at most -burst. Returns the tokens actually taken. */
+  debit (n: number): number {
     this.refill()
+    const before = this.tokens
     this.tokens = Math.max(-this.burst, this.tokens - n)
+    return before - this.tokens
+  }
+
+  /** Gives back tokens charged in advance and not used (never above the burst). */
+  credit (n: number): void {
+    this.refill()
+    this.tokens = Math.min(this.burst, this.tokens + n)
   }
 }
 
@@ -81,6 +100,11 @@ export class UserRateLimiter {
     return this.buckets.get(userId)?.msUntilToken() ?? 0
   }
 
+  /** Requests of the user refused within the last second or so. */
+  recentRefusals (userId: string): number {
+    return this.buckets.get(userId)?.refused ?? 0
+  }
+
   take (userId: string): boolean {
     if (!this.bucket(userId).take()) return false
     this.record(userId, 1)
@@ -89,12 +113,21 @@ export class UserRateLimiter {
 
   /**
    * Charges `n` more tokens for a request that turned out to be expensive (a large reply): the
-   * bucket may go into debt, so the user's next requests wait longer.
+   * bucket may go into debt (at most -burst), so the user's next requests wait longer. Returns the
+   * tokens actually taken (what a refund may give back).
    */
-  charge (userId: string, n: number): void {
+  charge (userId: string, n: number): number {
+    if (n <= 0) return 0
+    const taken = this.bucket(userId).debit(n)
+    this.record(userId, taken)
+    return taken
+  }
+
+  /** Gives back `n` tokens charged in advance (see charge) that the request did not use. */
+  refund (userId: string, n: number): void {
     if (n <= 0) return
-    this.bucket(userId).debit(n)
-    this.record(userId, n)
+    this.bucket(userId).credit(n)
+    this.record(userId, -n)
   }
 
   private record (userId: string, n: number): void {

@@ -76,6 +76,8 @@ export class Sessions {
   private readonly revokedAt = new LRUCache<string, number>({ max: 100_000, ttl: 10 * 60_000, ttlAutopurge: false })
   /** Connections cut for not reading (slow consumers), since start. */
   slowConsumersCut = 0
+  /** Connections closed for flooding requests beyond the rate (see BrokerHooks.overRate). */
+  floodsCut = 0
 
   constructor (private readonly limits: SessionLimits, private readonly logger: Logger) {}
 
@@ -311,6 +313,16 @@ export class Sessions {
       if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
       entry.drainTimer = null
     })
+  }
+
+  /** Closes a connection that floods the server with requests beyond its rate. */
+  cutFlood (client: Client, why: string): void {
+    if (client.conn.destroyed) return
+    this.floodsCut++
+    const session = this.entries.get(client)?.session
+    const log = session === undefined ? this.logger : this.logOf(session)
+    log.warn({ reason: why }, 'request flood: connection closed')
+    client.conn.destroy()
   }
 
   private cut (client: Client, why: string): void {

@@ -50,6 +50,7 @@ export interface HookOptions {
     subscriptionsPerConnection: number
     connectionsPerUser: number
     persistentSessionsPerUser: number
+    pageBytes: number
   }
 }
 
@@ -63,6 +64,15 @@ const REPLY_BYTES_PER_TOKEN = 64 * 1024
  */
 const RATE_LIMITED_HOLD_MAX_MS = 1000
 const RATE_LIMITED_HOLD_MIN_MS = 25
+/**
+ * A user refused this many times within a second keeps asking regardless of the answers (a
+ * flood): further refusals get no answer, and each pauses its connection for at least
+ * RATE_LIMITED_FLOOD_HOLD_MS.
+ */
+const RATE_LIMITED_FLOOD_REFUSALS = 100
+const RATE_LIMITED_FLOOD_HOLD_MS = 250
+/** Refusals within a second after which a connection that sends one more is closed. */
+const RATE_LIMITED_CUT_REFUSALS = 2000
 /**
  * Above this size (the default request payload limit) a refused request's id is looked for in its
  * first bytes only: refusing a request never costs more than handling one of the largest allowed.
@@ -143,7 +153,7 @@ export class BrokerHooks {
     const { logins, sessions } = this.opts
     const address = addressOf(client)
     const wait = logins.retryAfter(username, address)
-    if (wait > 0) throw authError(3, `too many failed logins; retry in ${Math.ceil(wait / 1000)} s`)
+    if (wait > 0) throw authError(3, `logins refused for a while (too many failed logins, or a request flood); retry in ${Math.ceil(wait / 1000)} s`)
     const mark = sessions.revocationMark()
     let user: UserRecord | null
     try {
@@ -216,7 +226,7 @@ export class BrokerHooks {
     if (!topic.startsWith(REQUEST_PREFIX)) {
       // answered within the user's request rate; beyond it dropped (the earlier answers said why)
       if (!rates.take(session.userId)) {
-        this.holdOverRate(client, session.userId)
+        this.overRate(client, session.userId)
         return
       }
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
@@ -228,18 +238,24 @@ export class BrokerHooks {
     const payload = packet.payload as Buffer
     packet.payload = EMPTY
     if (!rates.take(session.userId)) {
-      const err = new ImError('RATE_LIMITED', `this user's request rate is used up (${this.opts.limits.requestsPerSecond}/s; large requests and replies count more); retry in a second`)
-      publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
-      this.holdOverRate(client, session.userId)
+      if (this.overRate(client, session.userId)) {
+        const err = new ImError('RATE_LIMITED', `this user's request rate is used up (${this.opts.limits.requestsPerSecond}/s; large requests and replies count more); retry in a second`)
+        publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
+      }
       return
     }
     // requests answered with pages run a bounded number at a time (see page-gate.ts), until
     // their reply is written
+    // a page is charged its largest cost before it runs (the rest is given back once its size
+    // is known), so that many pages asked for at once cannot all pass on one token each
     let leave: (() => void) | undefined
+    let advance = 0
     if (PAGE_OPS.has(op)) {
+      advance = rates.charge(session.userId, Math.floor(this.opts.limits.pageBytes / REPLY_BYTES_PER_TOKEN))
       try {
         leave = await this.opts.pages.enter(session.userId)
       } catch (err) {
+        rates.refund(session.userId, advance)
         if (!(err instanceof PageGateFullError)) throw err
         const busy = new ImError('UNAVAILABLE', 'too many history and list requests are waiting on this server; retry later')
         publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(busy) }, client)
@@ -247,30 +263,51 @@ export class BrokerHooks {
       }
     }
     try {
-      await this.answer(client, session, op, payload, packet.dup)
+      await this.answer(client, session, op, payload, packet.dup, advance)
     } finally {
       leave?.()
     }
   }
 
   /**
+   * A publish of the user was refused for the rate: true if the refusal should be answered.
    * Reads nothing more from the connection until the user may make a request again (at most
    * RATE_LIMITED_HOLD_MAX_MS), when that is at least RATE_LIMITED_HOLD_MIN_MS away: a user just
    * over the rate is only refused (pausing for a few milliseconds at a time makes the user's
-   * traffic come in bursts, which the bystanders feel more than the refusals).
+   * traffic come in bursts, which the bystanders feel more than the refusals). A user refused
+   * RATE_LIMITED_FLOOD_REFUSALS times within a second is held RATE_LIMITED_FLOOD_HOLD_MS at least
+   * and gets no more answers; at RATE_LIMITED_CUT_REFUSALS the connection is closed.
    */
-  private holdOverRate (client: Client, userId: string): void {
-    const ms = Math.min(this.opts.rates.msUntilNext(userId), RATE_LIMITED_HOLD_MAX_MS)
+  private overRate (client: Client, userId: string): boolean {
+    const { rates } = this.opts
+    const refusals = rates.recentRefusals(userId)
+    if (refusals >= RATE_LIMITED_CUT_REFUSALS) {
+      // the user's logins are refused for a while (4 s, doubling): a client that reconnects to
+      // flood again is answered CONNACK 3 before anything else is spent on it
+      if (!client.conn.destroyed) this.opts.logins.flooded(userId)
+      this.sessions.cutFlood(client, `more than ${RATE_LIMITED_CUT_REFUSALS} requests refused for the rate within a second`)
+      return false
+    }
+    const flooding = refusals >= RATE_LIMITED_FLOOD_REFUSALS
+    const ms = Math.min(Math.max(rates.msUntilNext(userId), flooding ? RATE_LIMITED_FLOOD_HOLD_MS : 0), RATE_LIMITED_HOLD_MAX_MS)
     if (ms >= RATE_LIMITED_HOLD_MIN_MS) pauseReading(client, ms)
+    return !flooding
   }
 
-  private async answer (client: Client, session: Session, op: string, payload: Buffer, dup: boolean): Promise<void> {
+  /** Answers a request; `advance` tokens were charged for it beforehand (settled here against its real cost). */
+  private async answer (client: Client, session: Session, op: string, payload: Buffer, dup: boolean, advance = 0): Promise<void> {
     const { publisher, rates } = this.opts
     const cached = !UNCACHED_OPS.has(op)
     // only a DUP publish can be a redelivery; parsing its id twice is fine, it is rare
     const dupKey = cached && dup ? replyKey(session, op, requestIdOf(payload, true)) : null
     const earlier = dupKey === null ? undefined : this.recentReplies.get(dupKey)
-    const reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
+    let reply: Reply
+    try {
+      reply = earlier ?? await this.opts.dispatcher.handle(session, op, payload)
+    } catch (err) {
+      rates.refund(session.userId, advance)
+      throw err
+    }
     const key = cached && earlier === undefined ? replyKey(session, op, reply.id) : null
     if (key !== null) this.recentReplies.set(key, reply)
     // a client that asks faster than it reads its replies waits for its socket here (checked
@@ -281,7 +318,9 @@ export class BrokerHooks {
     this.sessions.holdClient(client)
     const bytes = publisher.reply(session, reply, client)
     // the rate counts requests; a large request or reply costs more of it
-    rates.charge(session.userId, Math.floor((payload.length + bytes) / REPLY_BYTES_PER_TOKEN))
+    const cost = Math.floor((payload.length + bytes) / REPLY_BYTES_PER_TOKEN)
+    if (cost >= advance) rates.charge(session.userId, cost - advance)
+    else rates.refund(session.userId, advance - cost)
   }
 
   private authorizeSubscribe (client: Client, sub: Subscription): Subscription | null {

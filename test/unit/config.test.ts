@@ -150,7 +150,7 @@ describe('npm start', () => {
     const server = start({ MQIM_HOST: '127.0.0.1', MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_DATA_DIR: dataDir })
     try {
       await waitForOutput(server.output, 'npm run admin -- user add')
-      expect(server.output()).toContain('embedded default')
+      expect(server.output()).toContain('running with in-memory stores')
       const httpPort = /ws:\/\/localhost:(\d+)\/mqtt/.exec(server.output())?.[1]
       const health = await fetch(`http://127.0.0.1:${httpPort ?? ''}/healthz`)
       expect(await health.json()).toMatchObject({ status: 'ok', messageStore: 'memory', metadataStore: 'memory' })

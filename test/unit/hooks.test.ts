@@ -71,10 +71,10 @@ describe('hooks over in-memory connections', () => {
   test('a request refused for the rate is answered at once, and the connection is not read again until the bucket has a request', async () => {
     const { end } = await open('bob:hold', 'bob', 'password-bob')
     await new Promise(resolve => setTimeout(resolve, 3100)) // a full bucket of 3
-    for (let i = 0; i < 3; i++) end.send({ cmd: 'publish', topic: 'im/req/list', payload: Buffer.from(`{"id":"h${i}"}`), qos: 1, messageId: 30 + i })
+    for (let i = 0; i < 3; i++) end.send({ cmd: 'publish', topic: 'im/req/presence', payload: Buffer.from(`{"id":"h${i}","users":["bob"]}`), qos: 1, messageId: 30 + i })
     await end.nth('puback', 3)
     const t0 = performance.now()
-    end.send({ cmd: 'publish', topic: 'im/req/list', payload: Buffer.from('{"id":"h3"}'), qos: 1, messageId: 33 })
+    end.send({ cmd: 'publish', topic: 'im/req/presence', payload: Buffer.from('{"id":"h3","users":["bob"]}'), qos: 1, messageId: 33 })
     const refusal = JSON.parse((await end.nth('publish', 4) as Publish).payload.toString()) as Reply
     expect(refusal.ok ? 'ok' : [refusal.id, refusal.error.code]).toEqual(['h3', 'RATE_LIMITED'])
     const answered = performance.now() - t0

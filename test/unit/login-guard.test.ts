@@ -26,6 +26,21 @@ describe('LoginGuard', () => {
     expect(g.retryAfter('alice', '10.0.0.1')).toBe(0)
   })
 
+  test('a request flood refuses the user from every address, known ones too, and nobody else; cuts that come together count once', () => {
+    const g = guard()
+    g.succeeded('mallory', '10.0.0.5')
+    g.flooded('mallory')
+    g.flooded('mallory') // a second connection of the same flood
+    expect(g.retryAfter('mallory', '10.0.0.5')).toBe(4000)
+    expect(g.retryAfter('mallory', '10.9.9.9')).toBe(4000)
+    expect(g.retryAfter('carol', '10.0.0.5')).toBe(0)
+    now += 4000
+    expect(g.retryAfter('mallory', '10.0.0.5')).toBe(0)
+    g.flooded('mallory') // flooding again after the backoff: twice as long, up to the maximum
+    expect(g.retryAfter('mallory', '10.0.0.5')).toBe(8000)
+    now += 8000
+  })
+
   test("a guessed user id is in backoff on new addresses, not on the owner's known one; addresses are separate", () => {
     const g = guard()
     g.succeeded('bob', '10.0.0.9')

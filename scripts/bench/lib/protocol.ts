@@ -85,7 +85,7 @@ export interface Report { window: Counters, totals: Counters, inflight: number, 
 // the hostile scenario's attacker process (scripts/bench/attacker.ts)
 // -------------------------------------------------------------------------------------------------
 
-export type AttackName = 'stuck-subscriber' | 'wrong-passwords' | 'subscriptions' | 'big-pages'
+export type AttackName = 'stuck-subscriber' | 'wrong-passwords' | 'subscriptions' | 'big-pages' | 'request-flood'
 
 export interface AttackAccount { id: string, secret: string }
 
@@ -98,6 +98,8 @@ export type AttackSpec =
   | { attack: 'subscriptions', user: AttackAccount, conv: string, maxFilters: number, filtersPerPacket: number, window: number }
   /** Each of `users` (with its conversation, filled with ~1 MiB of messages) asks for its whole history page, `window` requests in flight on one connection, each followed by the next as soon as its reply came. */
   | { attack: 'big-pages', users: Array<{ account: AttackAccount, conv: string }>, window: number }
+  /** `connections` devices of `user` write chunks of `packetsPerChunk` QoS 0 publishes (half requests, half to a topic that is not one) as fast as their sockets take them. */
+  | { attack: 'request-flood', user: AttackAccount, connections: number, packetsPerChunk: number }
 
 export type AttackCommand =
   | { cmd: 'start', host: string, port: number, localAddress: string, spec: AttackSpec }
