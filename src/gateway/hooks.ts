@@ -245,9 +245,8 @@ export class BrokerHooks {
       return
     }
     // requests answered with pages run a bounded number at a time (see page-gate.ts), until
-    // their reply is written
-    // a page is charged its largest cost before it runs (the rest is given back once its size
-    // is known), so that many pages asked for at once cannot all pass on one token each
+    // their reply is written; each is charged its largest cost before it runs (the rest is given
+    // back once its size is known), so that many asked for at once cannot all pass on one token
     let leave: (() => void) | undefined
     let advance = 0
     if (PAGE_OPS.has(op)) {
