@@ -65,13 +65,12 @@ const REPLY_BYTES_PER_TOKEN = 64 * 1024
 const RATE_LIMITED_HOLD_MAX_MS = 1000
 const RATE_LIMITED_HOLD_MIN_MS = 25
 /**
- * A user refused this many times within a second keeps asking regardless of the answers (a
- * flood): further refusals get no answer, and each pauses its connection for at least
- * RATE_LIMITED_FLOOD_HOLD_MS.
+ * Refusals of a user within a second after which a connection that sends one more is closed (a
+ * flood). Below that every refusal is answered: a client that pipelines requests must never
+ * wait for an answer that does not come. (Holding a flooding connection for longer pauses, or
+ * leaving its refusals unanswered, was tried: its requests then came in bursts, which the
+ * bystanders felt more than the refusals; see BENCHMARKS.md.)
  */
-const RATE_LIMITED_FLOOD_REFUSALS = 100
-const RATE_LIMITED_FLOOD_HOLD_MS = 250
-/** Refusals within a second after which a connection that sends one more is closed. */
 const RATE_LIMITED_CUT_REFUSALS = 2000
 /**
  * Above this size (the default request payload limit) a refused request's id is looked for in its
@@ -273,9 +272,9 @@ export class BrokerHooks {
    * Reads nothing more from the connection until the user may make a request again (at most
    * RATE_LIMITED_HOLD_MAX_MS), when that is at least RATE_LIMITED_HOLD_MIN_MS away: a user just
    * over the rate is only refused (pausing for a few milliseconds at a time makes the user's
-   * traffic come in bursts, which the bystanders feel more than the refusals). A user refused
-   * RATE_LIMITED_FLOOD_REFUSALS times within a second is held RATE_LIMITED_FLOOD_HOLD_MS at least
-   * and gets no more answers; at RATE_LIMITED_CUT_REFUSALS the connection is closed.
+   * traffic come in bursts, which the bystanders feel more than the refusals). At
+   * RATE_LIMITED_CUT_REFUSALS refusals within a second the connection is closed (false: nothing
+   * to answer).
    */
   private overRate (client: Client, userId: string): boolean {
     const { rates } = this.opts
@@ -287,10 +286,9 @@ export class BrokerHooks {
       this.sessions.cutFlood(client, `more than ${RATE_LIMITED_CUT_REFUSALS} requests refused for the rate within a second`)
       return false
     }
-    const flooding = refusals >= RATE_LIMITED_FLOOD_REFUSALS
-    const ms = Math.min(Math.max(rates.msUntilNext(userId), flooding ? RATE_LIMITED_FLOOD_HOLD_MS : 0), RATE_LIMITED_HOLD_MAX_MS)
+    const ms = Math.min(rates.msUntilNext(userId), RATE_LIMITED_HOLD_MAX_MS)
     if (ms >= RATE_LIMITED_HOLD_MIN_MS) pauseReading(client, ms)
-    return !flooding
+    return true
   }
 
   /** Answers a request; `advance` tokens were charged for it beforehand (settled here against its real cost). */
