@@ -317,21 +317,21 @@ export class Sessions {
 
   /** Closes a connection that floods the server with requests beyond its rate. */
   cutFlood (client: Client, why: string): void {
-    if (client.conn.destroyed) return
-    this.floodsCut++
-    const session = this.entries.get(client)?.session
-    const log = session === undefined ? this.logger : this.logOf(session)
-    log.warn({ reason: why }, 'request flood: connection closed')
-    client.conn.destroy()
+    if (this.close(client, { reason: why }, 'request flood: connection closed')) this.floodsCut++
   }
 
   private cut (client: Client, why: string): void {
-    if (client.conn.destroyed) return
-    this.slowConsumersCut++
+    if (this.close(client, { reason: why, queuedBytes: client.conn.writableLength }, 'slow consumer disconnected')) this.slowConsumersCut++
+  }
+
+  /** Destroys the connection with a warning in its session's log; false if it was gone already. */
+  private close (client: Client, fields: Record<string, unknown>, message: string): boolean {
+    if (client.conn.destroyed) return false
     const session = this.entries.get(client)?.session
     const log = session === undefined ? this.logger : this.logOf(session)
-    log.warn({ reason: why, queuedBytes: client.conn.writableLength }, 'slow consumer disconnected')
+    log.warn(fields, message)
     client.conn.destroy()
+    return true
   }
 }
 

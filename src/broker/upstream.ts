@@ -471,9 +471,9 @@ type TrimmingRedis = Redis & { mqimTrimQueue: (key: string, max: number) => Prom
 
 /**
  * 14. After aedes-persistence-redis has queued a packet for sessions, each of their lists is
- * trimmed to its newest `max` entries (one round trip for all of them), the packets trimmed off
- * released as if acknowledged. What is trimmed is the oldest: a reconnect replays what is left,
- * the client syncs the rest by seq.
+ * trimmed to its newest `max` entries (on an auto-pipelining connection, one write for all of
+ * them), the packets trimmed off released as if acknowledged. What is trimmed is the oldest: a
+ * reconnect replays what is left, the client syncs the rest by seq.
  */
 export function boundRedisQueues<T> (persistence: T, conn: Redis, max: number): T {
   const store = persistence as unknown as EnqueueStore
@@ -482,14 +482,7 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, max: number): 
   const trimming = conn as TrimmingRedis
   store.outgoingEnqueueCombi = async (subs, packet) => {
     await enqueue(subs, packet)
-    if (subs === undefined || subs.length === 0) return
-    if (subs.length === 1) {
-      await trimming.mqimTrimQueue(redisQueueKey(subs[0]!.clientId), max)
-      return
-    }
-    const p = conn.pipeline() as unknown as { mqimTrimQueue: (key: string, max: number) => unknown, exec: () => Promise<unknown> }
-    for (const sub of subs) p.mqimTrimQueue(redisQueueKey(sub.clientId), max)
-    await p.exec()
+    await Promise.all((subs ?? []).map(async sub => await trimming.mqimTrimQueue(redisQueueKey(sub.clientId), max)))
   }
   return persistence
 }
