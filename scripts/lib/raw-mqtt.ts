@@ -179,6 +179,12 @@ export class RawClient {
     this.stream.pause()
   }
 
+  /** Reads again what the server sent (after stopReading). */
+  resumeReading (): void {
+    this.socket?.resume()
+    this.stream.resume()
+  }
+
   end (): void {
     this.stream.destroy()
   }

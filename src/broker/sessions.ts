@@ -19,7 +19,7 @@ import { LRUCache } from 'lru-cache'
 import type { Logger } from '../log.js'
 import { WriteCoalescer } from './coalesce.js'
 import { filterMatches, replyTopic, userPrefix } from '../protocol/topics.js'
-import { hasErrored } from './upstream.js'
+import { hasErrored, stopReading } from './upstream.js'
 
 export interface Identity {
   userId: string
@@ -252,7 +252,7 @@ export class Sessions {
   writeDirect (client: Client, topic: string, payload: Buffer): boolean {
     // the same test as Aedes' own writes: `connecting` stays true until a resumed session's queue
     // has been sent, and requests are handled (and answered) during that time
-    if ((!client.connected && !client.connecting) || hasErrored(client) || client.conn.destroyed) return false
+    if ((!client.connected && !client.connecting) || hasErrored(client) || client.conn.destroyed || client.conn.writableEnded) return false
     const flushed = mqttPacket.writeToStream({ cmd: 'publish', topic, payload, qos: 0, retain: false, dup: false }, client.conn)
     if (!flushed) this.backpressure(client)
     return true
@@ -315,22 +315,33 @@ export class Sessions {
     })
   }
 
-  /** Closes a connection that floods the server with requests beyond its rate. */
+  /**
+   * Closes a connection that floods the server with requests beyond its rate. Nothing more it
+   * sends is read; what was written to it (the refusals it was answered) goes out first, then the
+   * connection ends: closed when the peer ends too, or after drainTimeoutMs at the latest.
+   */
   cutFlood (client: Client, why: string): void {
-    if (this.close(client, { reason: why }, 'request flood: connection closed')) this.floodsCut++
+    const conn = client.conn
+    if (conn.writableEnded || !this.close(client, { reason: why }, 'request flood: connection closed', false)) return
+    this.floodsCut++
+    stopReading(client)
+    const timer = setTimeout(() => conn.destroy(), this.limits.drainTimeoutMs)
+    timer.unref()
+    conn.once('close', () => clearTimeout(timer))
+    conn.end()
   }
 
   private cut (client: Client, why: string): void {
     if (this.close(client, { reason: why, queuedBytes: client.conn.writableLength }, 'slow consumer disconnected')) this.slowConsumersCut++
   }
 
-  /** Destroys the connection with a warning in its session's log; false if it was gone already. */
-  private close (client: Client, fields: Record<string, unknown>, message: string): boolean {
+  /** Destroys the connection (unless told not to) with a warning in its session's log; false if it was gone already. */
+  private close (client: Client, fields: Record<string, unknown>, message: string, destroy = true): boolean {
     if (client.conn.destroyed) return false
     const session = this.entries.get(client)?.session
     const log = session === undefined ? this.logger : this.logOf(session)
     log.warn(fields, message)
-    client.conn.destroy()
+    if (destroy) client.conn.destroy()
     return true
   }
 }

@@ -184,9 +184,27 @@ export function pauseReading (client: Client, ms: number): void {
   c.pause()
   setTimeout(() => {
     pausedReading.delete(client)
+    if (stoppedReading.has(client)) return
     c._parsingBatch = 1
     c.resume()
   }, ms).unref()
+}
+
+const stoppedReading = new WeakSet<Client>()
+
+/**
+ * 12. Hands nothing more the client sends to Aedes, for good: what arrives is read and dropped
+ * (so the socket sees the peer's end and closes cleanly instead of being reset with unread data,
+ * which would also drop what was still to be sent to it). Packets already parsed finish as they
+ * would.
+ */
+export function stopReading (client: Client): void {
+  if (stoppedReading.has(client)) return
+  stoppedReading.add(client)
+  internals(client).pause()
+  const conn = client.conn
+  conn.removeAllListeners('readable')
+  conn.on('data', () => {})
 }
 
 const connectPackets = new WeakMap<object, { clean?: boolean }>()

@@ -282,7 +282,7 @@ export class BrokerHooks {
     if (refusals >= RATE_LIMITED_CUT_REFUSALS) {
       // the user's logins are refused for a while (4 s, doubling): a client that reconnects to
       // flood again is answered CONNACK 3 before anything else is spent on it
-      if (!client.conn.destroyed) this.opts.logins.flooded(userId)
+      if (!client.conn.destroyed && !client.conn.writableEnded) this.opts.logins.flooded(userId)
       this.sessions.cutFlood(client, `more than ${RATE_LIMITED_CUT_REFUSALS} requests refused for the rate within a second`)
       return false
     }
