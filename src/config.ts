@@ -88,6 +88,14 @@ export const ConfigSchema = z.object({
     conversationsPerUser: z.number().int().min(1),
     /** Groups one user may create per rolling hour (RATE_LIMITED beyond). */
     groupsCreatedPerHour: z.number().int().min(1),
+    /** Users one user may block (LIMIT_REACHED beyond). */
+    blocksPerUser: z.number().int().min(1).max(100_000),
+    /** How long after sending a message its sender may edit it (NOT_EDITABLE after). */
+    editWindowMs: z.number().int().min(0),
+    /** Different emojis one message may carry as reactions (LIMIT_REACHED for a new one beyond). */
+    reactionsPerMessage: z.number().int().min(1).max(1000),
+    /** `typing` is sent to the other members only in conversations of at most this many members. */
+    typingMembersMax: z.number().int().min(2),
     /** Token bucket per user, across all of the user's connections (and nodes): sustained requests per second. */
     requestsPerSecond: z.number().positive(),
     /** Token bucket size per user (burst). */

@@ -13,6 +13,8 @@ export const ERROR_CODES = {
   CONFLICT: 'the operation conflicts with the current state',
   RATE_LIMITED: 'too many requests; slow down and retry',
   REFUSED: "a user's settings do not allow this",
+  BLOCKED: 'this user has blocked you (or you have blocked them)',
+  NOT_EDITABLE: 'this message cannot be changed that way (not yours, too old, deleted, or not a message)',
   LIMIT_REACHED: 'a limit of this account was reached',
   UNAVAILABLE: 'a storage backend is unavailable; retry later with the same ids',
   INTERNAL: 'unexpected server error'

@@ -19,6 +19,7 @@ import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
 import { Publisher } from './im/publisher.js'
 import { Delivery } from './im/delivery.js'
+import { MentionLog } from './im/mentions.js'
 import { ReadCursors } from './im/read-cursors.js'
 import { ReceiptAggregator } from './im/receipts.js'
 import { Dispatcher } from './im/dispatcher.js'
@@ -32,6 +33,7 @@ import { UserRateLimiter } from './broker/rate-limit.js'
 import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
 import { PageGate } from './gateway/page-gate.js'
 import { EnvelopeCache } from './im/envelopes.js'
+import { BlockService } from './im/blocks.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
@@ -55,6 +57,8 @@ export interface Internals {
   logins: LoginGuard
   revocations: Revocations
   backends: BrokerBackends
+  /** Mention records waiting to be written (unread mention counts of `list`). */
+  mentions: MentionLog
 }
 
 export class MqimServer {
@@ -106,7 +110,8 @@ export class MqimServer {
     const envelopes = new EnvelopeCache()
     const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger })
     const directory = new ConversationDirectory(meta, bus)
-    const delivery = new Delivery(directory, publisher, bus)
+    const mentions = new MentionLog(meta, logger)
+    const delivery = new Delivery(directory, publisher, bus, mentions)
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would
@@ -114,18 +119,20 @@ export class MqimServer {
       peers: clustered ? bus : null,
       logger
     })
+    const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
     const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger)
     const presence = new PresenceService({
       store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),
       meta,
       directory,
+      blocks,
       publisher,
       logger,
       ...config.presence
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, now: Date.now }
     const dispatcher = new Dispatcher(services)
 
     // 4. login defence, rate limits, revocation, hooks
@@ -170,7 +177,7 @@ export class MqimServer {
       ports.tls = await listeners.listenTls({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, config.tls.port, config.host)
     }
     logger.info({ mqtt: ports.mqtt, http: ports.http, websocket: '/mqtt', tls: ports.tls, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter }, 'mqim listening')
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends }, nodeId, broker, http, rates)
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -189,6 +196,7 @@ export class MqimServer {
     this.rates.close()
     await revocations.close()
     await sequencer.close()
+    await this.internals.mentions.close()
     await presence.close()
     publisher.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))

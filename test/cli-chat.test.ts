@@ -49,7 +49,22 @@ describe('terminal chat client', () => {
       const direct = got[0]?.conv
       if (direct === undefined) throw new Error('bob got no message')
       await bob.send(direct, 'hi terminal')
-      await waitOut('[bob] bob: hi terminal')
+      await waitOut('[bob] #2 bob: hi terminal')
+      // changes: edit my message #1, react to bob's #2 (and take it back), delete mine
+      type('/edit 1 hello, edited in the terminal')
+      await waitOut('[bob] alice edited #1: hello, edited in the terminal')
+      type('/react 2 👍')
+      await waitOut('[bob] alice reacted 👍 to #2')
+      await waitUntil(() => bob?.messages(direct).find(m => m.seq === 2)?.reactions?.['👍']?.includes('alice') === true, 10000, 'bob sees the reaction')
+      type('/react 2 👍')
+      await waitOut('[bob] alice took back 👍 from #2')
+      type('/edit 2 not mine')
+      await waitOut('! only the sender may edit a message')
+      type('/react x 👍')
+      await waitOut('usage: /react <seq> <emoji>')
+      type('/delete 1')
+      await waitOut('[bob] alice deleted #1')
+      await waitUntil(() => bob?.messages(direct).find(m => m.seq === 1)?.deleted?.by === 'alice', 10000, 'bob sees the deletion')
 
       type('/group ops bob,carol')
       await waitOut('opened ops (')
@@ -57,14 +72,14 @@ describe('terminal chat client', () => {
       await waitUntil(() => got.some(m => m.conv !== direct && m.body === '/echo this goes to the group as text'), 10000, 'group message')
       const group = got.find(m => m.conv !== direct)?.conv ?? ''
       await bob.send(group, 'group hi')
-      await waitOut('[ops] bob: group hi')
+      await waitOut('[ops] #2 bob: group hi')
 
       type('/list')
       await waitOut(`${group}  group ops`)
       expect(out).toContain(`${direct}  direct with bob`)
 
       type('/open bob')
-      await waitOut('[bob] alice: hello from the terminal')
+      await waitOut('[bob] #1 alice: (deleted)')
       type('/quit')
       expect(await exited).toBe(0)
     } finally {

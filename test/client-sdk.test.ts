@@ -105,6 +105,56 @@ describe('client SDK', () => {
     expect(bGot.filter(m => m.conv === group.conv).map(m => m.seq)).toEqual([1, 2])
   })
 
+  test('edit, delete and react: the local copy changes at once and follows the server; a refusal rolls it back; typing events', async () => {
+    const alice = await client('alice', 'changes', 'tcp')
+    const bob = await client('bob', 'changes', 'ws')
+    const { conv } = await alice.createGroup('changes', ['bob'])
+    await waitUntil(() => bob.messages(conv).length === 0 && bob.state === 'online', 5000, 'bob online')
+    const m1 = await alice.send(conv, 'first')
+    const m2 = await bob.send(conv, 'second')
+    await waitUntil(() => bob.messages(conv).length === 2 && alice.messages(conv).length === 2, 5000, 'both copies hold 2')
+    const aliceUpdates: MessageEnvelope[] = []
+    alice.on('updated', m => { aliceUpdates.push(m) })
+
+    // optimistic: the copy shows the edit before the reply
+    const editing = alice.edit(conv, m1.seq, 'first, edited')
+    expect(alice.messages(conv)[0]).toMatchObject({ seq: 1, body: 'first, edited' })
+    const edited = await editing
+    expect(edited).toMatchObject({ conv, seq: 3, duplicate: false })
+    await bob.react(conv, m1.seq, '🎉')
+    await waitUntil(() => bob.messages(conv)[0]?.reactions?.['🎉']?.[0] === 'bob' && alice.messages(conv)[0]?.reactions?.['🎉']?.[0] === 'bob', 5000, 'the reaction on both copies')
+    expect(bob.messages(conv)[0]).toMatchObject({ body: 'first, edited', edited: { seq: 3 } })
+
+    // refused (not her message): the copy goes back, and the promise rejects with the code
+    const before = alice.messages(conv)[1]
+    const refused = alice.edit(conv, m2.seq, 'not mine')
+    expect(alice.messages(conv)[1]?.body).toBe('not mine')
+    await expect(refused).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    expect(alice.messages(conv)[1]).toStrictEqual(before)
+    expect(aliceUpdates.map(m => m.body)).toEqual(expect.arrayContaining(['not mine', 'second']))
+
+    // delete: both copies show it deleted; a later reaction is refused and rolled back
+    await bob.deleteMessage(conv, m2.seq)
+    await waitUntil(() => alice.messages(conv)[1]?.deleted?.by === 'bob', 5000, 'alice sees the deletion')
+    await expect(alice.react(conv, m2.seq, '👍')).rejects.toMatchObject({ code: 'NOT_EDITABLE' })
+    expect(alice.messages(conv)[1]).toMatchObject({ body: null, deleted: { by: 'bob' } })
+    expect(alice.messages(conv)[1]).not.toHaveProperty('reactions')
+    await expect(alice.react(conv, m1.seq, 'not an emoji')).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+    await expect(alice.edit(conv, m1.seq, 'x', { msgId: 'bad id' })).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+
+    // the server's history equals the copies
+    const page = await alice.history(conv, { after: 0 })
+    expect(alice.messages(conv)).toStrictEqual(page.messages)
+    expect(bob.messages(conv)).toStrictEqual(page.messages)
+
+    // typing
+    const typing: unknown[] = []
+    bob.on('typing', e => { typing.push(e) })
+    expect(await alice.typing(conv)).toStrictEqual({ conv, sent: true })
+    await waitUntil(() => typing.length === 1, 5000, 'bob sees alice typing')
+    expect(typing[0]).toStrictEqual({ type: 'typing', conv, user: 'alice', typing: true, ttlMs: 5000 })
+  })
+
   test('errors reject with ImClientError and a code', async () => {
     const alice = await client('alice', 'laptop', 'tcp')
     const dave = await client('dave', 'phone', 'ws')

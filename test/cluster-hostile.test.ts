@@ -26,32 +26,32 @@ describe('hostile clients against two nodes', () => {
     }
     n1 = await startServer({ ...overrides, nodeId: 'h1' })
     n2 = await startServer({ ...overrides, nodeId: 'h2' })
-    for (const u of ['alice', 'bob', 'carol', 'dave', 'mallory']) await addUser(n1, u)
+    for (const u of ['h.alice', 'h.bob', 'h.carol', 'h.dave', 'h.mallory']) await addUser(n1, u)
   }, 60_000)
   afterEach(async () => { await Promise.allSettled(clients.splice(0).map(async c => await c.end())) })
   afterAll(async () => { await Promise.allSettled([n1.stop(), n2.stop()]) })
 
   test('disabling an account through one node ends its sessions on the other, and logins in flight there', async () => {
-    const onN2 = track(await connect(n2, 'dave', 'phone'))
+    const onN2 = track(await connect(n2, 'h.dave', 'phone'))
     const gone = new Promise<void>(resolve => onN2.mqtt.once('close', () => resolve()))
-    const res = await fetch(`http://127.0.0.1:${n1.ports.http}/admin/users/dave/disable`, { method: 'POST', headers: { authorization: `Bearer ${n1.adminToken}` } })
+    const res = await fetch(`http://127.0.0.1:${n1.ports.http}/admin/users/h.dave/disable`, { method: 'POST', headers: { authorization: `Bearer ${n1.adminToken}` } })
     expect(res.status).toBe(200)
     await gone
-    await waitUntil(() => n2.internals.sessions.countOf('dave') === 0, 5000, 'dave gone from node 2')
-    const { client, code } = await RawClient.login(n2.ports.mqtt, 'dave', 'again', 'password-dave')
+    await waitUntil(() => n2.internals.sessions.countOf('h.dave') === 0, 5000, 'dave gone from node 2')
+    const { client, code } = await RawClient.login(n2.ports.mqtt, 'h.dave', 'again', 'password-h.dave')
     client.end()
     expect(code).toBe(5)
   })
 
   test('the per-user rate limit counts the requests made on every node', async () => {
-    const a1 = track(await connect(n1, 'alice', 'one'))
-    const a2 = track(await connect(n2, 'alice', 'two'))
+    const a1 = track(await connect(n1, 'h.alice', 'one'))
+    const a2 = track(await connect(n2, 'h.alice', 'two'))
     await new Promise(resolve => setTimeout(resolve, 1500)) // full buckets on both nodes
     let ok = 0
     let limited = 0
     // 3 s at 16 requests/s per node: 32/s in all against 10/s per user
     for (let i = 0; i < 48; i++) {
-      const [r1, r2] = await Promise.all([a1.requestRaw('presence', { users: ['alice'] }), a2.requestRaw('presence', { users: ['alice'] })])
+      const [r1, r2] = await Promise.all([a1.requestRaw('presence', { users: ['h.alice'] }), a2.requestRaw('presence', { users: ['h.alice'] })])
       for (const r of [r1, r2]) {
         if (r.ok) ok++
         else if (r.error.code === 'RATE_LIMITED') limited++
@@ -67,23 +67,23 @@ describe('hostile clients against two nodes', () => {
   })
 
   test('a stuck subscriber on one node is cut; deliveries routed through the other node continue', async () => {
-    const mallory = track(await connect(n1, 'mallory', 'm'))
-    const carol = track(await connect(n2, 'carol', 'c'))
-    const bob = track(await connect(n1, 'bob', 'b'))
-    const victim = (await mallory.request('direct', { user: 'bob' })).conv
-    const bystander = (await carol.request('direct', { user: 'mallory' })).conv
-    const { client: stuck, code } = await RawClient.login(n2.ports.mqtt, 'bob', 'stuck', 'password-bob')
+    const mallory = track(await connect(n1, 'h.mallory', 'm'))
+    const carol = track(await connect(n2, 'h.carol', 'c'))
+    const bob = track(await connect(n1, 'h.bob', 'b'))
+    const victim = (await mallory.request('direct', { user: 'h.bob' })).conv
+    const bystander = (await carol.request('direct', { user: 'h.mallory' })).conv
+    const { client: stuck, code } = await RawClient.login(n2.ports.mqtt, 'h.bob', 'stuck', 'password-h.bob')
     expect(code).toBe(0)
-    expect(await stuck.subscribe(['im/u/bob/#'])).toEqual([1])
+    expect(await stuck.subscribe(['im/u/h.bob/#'])).toEqual([1])
     stuck.stopReading()
     const body = 'x'.repeat(60_000)
     let i = 0
     // the rate limit (10/s) paces the flood; the stuck connection fills up all the same
-    while (n2.internals.sessions.countOf('bob') > 0 && i < 400) {
+    while (n2.internals.sessions.countOf('h.bob') > 0 && i < 400) {
       const r = await mallory.requestRaw('send', { conv: victim, msgId: `f${i++}`, kind: 'text', body })
       if (!r.ok && r.error.code === 'RATE_LIMITED') await new Promise(resolve => setTimeout(resolve, 100))
     }
-    expect(n2.internals.sessions.countOf('bob')).toBe(0)
+    expect(n2.internals.sessions.countOf('h.bob')).toBe(0)
     stuck.end()
     // bob's other device (node 1) and the bystanders through node 2 still get their messages
     const sent = await carol.request('send', { conv: bystander, msgId: 'after', kind: 'text', body: 'still here' })

@@ -5,14 +5,20 @@
  */
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
 import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
+import type { StoredMessage } from '../src/store/types.js'
 import { startServer, addUser, connect } from './helpers/im.js'
 
-/** The in-memory store, counting lastSeq queries. */
+/** The in-memory store, counting queries of a conversation's end (lastSeq, or latest: its seq and counts). */
 class CountingStore extends MemoryMessageStore {
   lastSeqCalls = 0
   override async lastSeq (conversationId: string): Promise<number> {
     this.lastSeqCalls++
     return await super.lastSeq(conversationId)
+  }
+
+  override async latest (conversationId: string): Promise<StoredMessage | null> {
+    this.lastSeqCalls++
+    return await super.latest(conversationId)
   }
 }
 

@@ -2,9 +2,10 @@
  * `list` costs a constant number of store queries per page, whatever the number of conversations:
  * on FerretDB + MariaDB, one user in 1,000 direct conversations and one in 100 (half of each
  * user's conversations hold 1-3 messages, some of them partly read) list all their pages over
- * MQTT, and every page makes exactly three store calls: memberPageByUser (MySQL),
- * conversationGetMany (MySQL) and latestMany (the heads collection: one query on MongoDB, one
- * primary-key read per conversation of the page on FerretDB). The count per page is the same for both users, and the summaries carry the right lastSeq, last message, readSeq and unread
+ * MQTT, and every page makes exactly four store calls: memberPageByUser (MySQL),
+ * conversationGetMany (MySQL), mentionCountMany (MySQL) and latestMany (the heads collection: one
+ * query on MongoDB, one primary-key read per conversation of the page on FerretDB); no
+ * conversation here had a change, so no unread count needs a read of the message at a cursor. The count per page is the same for both users, and the summaries carry the right lastSeq, last message, readSeq and unread
  * count. The same again after a restart (a new sequencer that knows no lastSeq: list answers from
  * the head records alone).
  *
@@ -41,7 +42,7 @@ const PAGE_MAX = 200
 const WINDOW = 32
 const TIMEOUT_MS = 240_000
 /** The store calls of one list page, sorted. */
-const PER_PAGE = ['messages.latestMany', 'meta.conversationGetMany', 'meta.memberPageByUser']
+const PER_PAGE = ['messages.latestMany', 'meta.conversationGetMany', 'meta.memberPageByUser', 'meta.mentionCountMany']
 
 const peer = (i: number): string => `lqp${String(i).padStart(4, '0')}`
 /** Peer i's conversation holds messages when i is even: 1 + i % 3 of them. */
@@ -172,6 +173,7 @@ describe('list: store queries per page do not grow with the number of conversati
         last: k === 0 ? null : { conv: ids[i], seq: k, msgId: msgId(i, k), from: user, kind: 'text', body: bodyOf(user, i, k) },
         readSeq: read,
         unread: k - read,
+        mentions: 0,
         muted: false
       }
       const { ts, ...last } = got?.last ?? { ts: 0 }
@@ -191,7 +193,7 @@ describe('list: store queries per page do not grow with the number of conversati
     expectSummaries(SMALL, SMALL_CONVS, smallPages.conversations)
     expect(bigPages.pages.map(p => p.size)).toEqual([PAGE_MAX, PAGE_MAX, PAGE_MAX, PAGE_MAX, PAGE_MAX])
     expect(smallPages.pages.map(p => p.size)).toEqual([SMALL_CONVS])
-    // the same three store calls for every page of either user: 5 pages cost 5 x 3, 1 page 3
+    // the same four store calls for every page of either user: 5 pages cost 5 x 4, 1 page 4
     for (const p of [...bigPages.pages, ...smallPages.pages]) expect(p.calls).toEqual(PER_PAGE)
     // the heads only, never the messages collection. MongoDB's way ('batched'): one find (and a
     // getMore when a page holds more than the first batch's 101 heads). FerretDB's ('single'): one

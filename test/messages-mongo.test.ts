@@ -174,9 +174,9 @@ describe('MongoMessageStore specifics', () => {
           // messages stored without their head write: what a SIGKILL between the two leaves
           await withDb(async db => await db.collection('messages').insertMany(Array.from({ length: 40 }, (_, i) => (
             { _id: `c1:${3 + i}` as unknown as ObjectId, c: 'c1', s: 3 + i, m: `m${3 + i}`, u: 'u', t: 1003 + i, k: 'text', b: `body ${3 + i}`, r: null }))))
-          expect((await store.latestMany(['c1'])).get('c1')?.seq).toBe(2) // the head, as written
+          expect((await store.latestMany(['c1'])).get('c1')?.latest.seq).toBe(2) // the head, as written
           expect(await store.lastSeq('c1')).toBe(42)
-          expect((await store.latestMany(['c1'])).get('c1')).toStrictEqual(msg('c1', 42))
+          expect((await store.latestMany(['c1'])).get('c1')?.latest).toStrictEqual(msg('c1', 42))
           expect(await store.latest('c1')).toStrictEqual(msg('c1', 42))
         } finally {
           await store.close() // writes the heads not written yet
@@ -196,7 +196,7 @@ describe('MongoMessageStore specifics', () => {
         await c.init()
         try {
           const latest = await c.latestMany(ids)
-          return ids.map(id => latest.get(id)?.seq)
+          return ids.map(id => latest.get(id)?.latest.seq)
         } finally {
           await c.close()
         }
@@ -205,7 +205,7 @@ describe('MongoMessageStore specifics', () => {
         // b stores 1..3 and a stores 4..6, but a's head write may land first: the head ends at 6
         await a.insertBatch([msg('c1', 4), msg('c1', 5), msg('c1', 6)])
         await b.insertBatch([msg('c1', 1), msg('c1', 2), msg('c1', 3)])
-        expect((await a.latestMany(['c1'])).get('c1')?.seq).toBe(6)
+        expect((await a.latestMany(['c1'])).get('c1')?.latest.seq).toBe(6)
         // concurrent first writes of new conversations: both heads created, none lost to the upsert race
         for (let round = 0; round < 10; round++) {
           const ids = Array.from({ length: 30 }, (_, i) => `n${round}-${i}`)
@@ -236,7 +236,7 @@ describe('MongoMessageStore specifics', () => {
           await store.init()
         }
         const latest = await store.latestMany(ids)
-        expect(ids.map(c => latest.get(c)?.seq)).toEqual(ids.map(() => 2))
+        expect(ids.map(c => latest.get(c)?.latest.seq)).toEqual(ids.map(() => 2))
       } finally {
         await store.close()
       }
@@ -249,7 +249,7 @@ describe('MongoMessageStore specifics', () => {
         await store.insertBatch([msg('c1', 1)])
         const result = await store.insertBatch([msg('c1', 2), msg('c1', 3, { clientMsgId: 'm1' }), msg('c1', 4)])
         expect(result).toEqual({ inserted: 1, conflict: { kind: 'clientMsgId' } })
-        expect((await store.latestMany(['c1'])).get('c1')?.seq).toBe(2)
+        expect((await store.latestMany(['c1'])).get('c1')?.latest.seq).toBe(2)
         // a retried batch: the conflict comes with the stored message, no lookup by key needed
         const retried = await store.insertBatch([msg('c1', 2), msg('c1', 3)])
         expect(retried).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId', existing: msg('c1', 2) } })
@@ -277,7 +277,7 @@ describe('MongoMessageStore specifics', () => {
       try {
         expect(migrated).toEqual([{ messages: 250, conversations: 3, skipped: 2 }])
         expect([await store.lastSeq('c0'), await store.lastSeq('c1'), await store.lastSeq('c2')]).toEqual([84, 83, 83])
-        expect((await store.latestMany(['c0', 'c1'])).get('c1')?.seq).toBe(83)
+        expect((await store.latestMany(['c0', 'c1'])).get('c1')?.latest.seq).toBe(83)
         expect((await store.range('c1', { fromSeq: 1, toSeq: 3, limit: 3, direction: 'forward' })).map(m => [m.seq, m.body])).toEqual([[1, 'body 1'], [2, { a: 1 }], [3, 'body 3']])
         expect((await store.findByClientMsgId('c2', 'u', 'm7'))?.seq).toBe(7)
         expect(await store.insertBatch([msg('c0', 85, { clientMsgId: 'm3' })])).toEqual({ inserted: 0, conflict: { kind: 'clientMsgId' } })

@@ -137,12 +137,13 @@ describe('MySqlMetadataStore specifics', () => {
   })
 
   describe('migration 2 is safe to run again (MySQL 8 has no ADD COLUMN / ADD INDEX IF NOT EXISTS)', () => {
+    // (the records of later migrations go too: init runs what comes after the highest version recorded)
     test('run twice: with its version record gone, init applies nothing and records it again', async () => {
       const store = open()
       await store.init()
       await store.userCreate({ ...alice(), groupInvites: 'contacts' })
       await onDatabase(url, async (conn, dbName) => {
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 2`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 2`)
       })
 
       await open().init()
@@ -160,7 +161,7 @@ describe('MySqlMetadataStore specifics', () => {
       await onDatabase(url, async (conn, dbName) => {
         await conn.query(`ALTER TABLE \`${dbName}\`.users DROP INDEX idx_users_updated_at`)
         await conn.query(`ALTER TABLE \`${dbName}\`.conversations DROP INDEX idx_conversations_created_by`)
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 2`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 2`)
       })
       expect(await migration2Objects(url)).toStrictEqual(['group_invites', 'updated_at'])
 
@@ -188,6 +189,65 @@ describe('MySqlMetadataStore specifics', () => {
       const { cursor } = await store.userChanges(null)
       await store.userSetGroupInvites('alice', 'contacts')
       expect((await store.userChanges(cursor)).users).toStrictEqual([{ ...alice(), groupInvites: 'contacts' }])
+    })
+  })
+
+  // (as above, the records of later migrations go too)
+  describe('migration 3 (blocks)', () => {
+    test('run again with its record gone: the blocks stay', async () => {
+      const store = open()
+      await store.init()
+      await store.userCreate(alice())
+      expect(await store.blockAdd('alice', 'bob', 5, 10)).toBe('added')
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 3`)
+      })
+      await open().init()
+      expect(await store.blockList('alice')).toStrictEqual([{ blockedId: 'bob', at: 5 }])
+    })
+
+    test('upgrades a version-2 database: the table and its reverse index are created', async () => {
+      await open().init()
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DROP TABLE \`${dbName}\`.blocks`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 3`)
+      })
+      const store = open()
+      await store.init()
+      await store.userCreate(alice())
+      expect(await store.blockAdd('bob', 'alice', 5, 10)).toBe('added')
+      expect(await store.blockersAmong('alice', ['bob'])).toStrictEqual(new Set(['bob']))
+      await onDatabase(url, async (conn, dbName) => {
+        const [indexes] = await conn.query<mysql.RowDataPacket[]>(
+          "SELECT DISTINCT INDEX_NAME AS name FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'blocks'", [dbName])
+        expect(indexes.map((row) => String(row.name)).sort()).toStrictEqual(['PRIMARY', 'idx_blocks_blocked'])
+      })
+    })
+  })
+
+  describe('migration 4 (mentions)', () => {
+    test('run again with its record gone: the mentions stay; a version-3 database gets the table', async () => {
+      const first = open()
+      await first.init()
+      await first.userCreate(alice())
+      await first.conversationCreate({ id: 'g1', kind: 'group', name: 'g', directKey: null, createdBy: 'alice', createdAt: 1 },
+        [{ conversationId: 'g1', userId: 'alice', role: 'owner', readSeq: 0, muted: false, joinedAt: 1 }])
+      await first.mentionAddMany([{ conversationId: 'g1', userId: 'alice', seq: 3, senderId: 'bob' }])
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 4`)
+      })
+      const again = open()
+      await again.init()
+      expect(await again.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map([['g1', 1]]))
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DROP TABLE \`${dbName}\`.mentions`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 4`)
+      })
+      const upgraded = open()
+      await upgraded.init()
+      expect(await upgraded.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map())
+      await upgraded.mentionAddMany([{ conversationId: 'g1', userId: '@all', seq: 4, senderId: 'bob' }])
+      expect(await upgraded.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map([['g1', 1]]))
     })
   })
 

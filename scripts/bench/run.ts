@@ -39,6 +39,8 @@ import {
 // options
 // ---------------------------------------------------------------------------------------------
 
+/** group50-changes: one request in this many is an edit or a reaction (20 %). */
+const CHANGE_EVERY = 5
 const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile'] as const
 type Scenario = typeof SCENARIOS[number]
 /** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it). */
@@ -354,6 +356,10 @@ async function main (): Promise<number> {
           for (const kind of order(r)) {
             await attempt(`group${g.members} ${kind} r${r}`, async () => { flows.push(...await runGroup(ctx, kind, r, g, S.groupTiming)) })
           }
+          // the same shape with 20 % of the requests edits and reactions, right after the plain run
+          if (g.members === 50) {
+            await attempt(`group50-changes mqim r${r}`, async () => { flows.push(...await runGroup(ctx, 'mqim', r, { ...g, changeEvery: CHANGE_EVERY }, S.groupTiming)) })
+          }
         }
       }
     }
@@ -482,6 +488,12 @@ async function main (): Promise<number> {
     cpu_per_msg_vs_aedes_at_max: rnd(median(cpuRatiosAtMax)),
     group50_vs_aedes: rnd(median(perRound('group50', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
     group500_vs_aedes: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec))),
+    // mqim with 20 % edits and reactions against mqim with plain sends, same round (target >= 0.9)
+    group50_changes_vs_sends: rnd(median(Array.from({ length: S.groupRounds }, (_, i) => {
+      const c = pick('group50-changes', 'mqim', i + 1)
+      const m = pick('group50', 'mqim', i + 1)
+      return c !== undefined && m !== undefined ? c.deliveredPerSec / m.deliveredPerSec : NaN
+    }).filter(Number.isFinite))),
     direct_vs_mosquitto: rnd(median(perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     group500_vs_mosquitto: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     aedes_vs_mosquitto_direct: rnd(median(perRound('direct', (_m, b) => b.deliveredPerSec).map((a, i) => a / (perRound('direct', (_m, b) => b.deliveredPerSec, 'mosquitto')[i] ?? NaN)))),

@@ -166,7 +166,14 @@ function closedLoopSender (u: string, mq: boolean, conv: string, rawTopic: strin
   }
 }
 
-export interface GroupParams { members: number, senders: number, window: number, bodyBytes: number }
+export interface GroupParams {
+  members: number
+  senders: number
+  window: number
+  bodyBytes: number
+  /** mqim: every changeEvery-th request edits or reacts to the sender's latest message (see SenderSpec). */
+  changeEvery?: number
+}
 
 async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Shape> {
   const W = ctx.pool.size
@@ -193,7 +200,7 @@ async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Sh
     subscribe: mq ? [`im/u/${u}/m`, `im/u/${u}/r/d`] : ['bench/g/0'],
     me: u
   }))
-  const senders = ids.slice(0, p.senders).map(u => closedLoopSender(u, mq, conv, 'bench/g/0', p, tag))
+  const senders = ids.slice(0, p.senders).map(u => ({ ...closedLoopSender(u, mq, conv, 'bench/g/0', p, tag), changeEvery: mq ? p.changeEvery ?? null : null }))
   return { clients, senders, fanout: p.members, workerOf: (k) => (index.get(k) ?? 0) % W }
 }
 
@@ -402,7 +409,8 @@ export async function runDirect (ctx: Ctx, kind: TargetKind, round: number, p: D
 }
 
 export async function runGroup (ctx: Ctx, kind: TargetKind, round: number, p: GroupParams, timing: FlowTiming): Promise<FlowResult[]> {
-  return await runFlow(ctx, `group${p.members}`, kind, round, async t => await groupShape(ctx, t, p), timing)
+  const name = p.changeEvery === undefined ? `group${p.members}` : `group${p.members}-changes`
+  return await runFlow(ctx, name, kind, round, async t => await groupShape(ctx, t, p), timing)
 }
 
 // ---------------------------------------------------------------------------------------------

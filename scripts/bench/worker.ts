@@ -35,6 +35,19 @@ const OK_FALSE = Buffer.from('"ok":false')
 const CODE = Buffer.from('"code":"')
 const MSG_ID = Buffer.from('"msgId":"')
 const REQ_ID = Buffer.from('"id":"')
+const SEQ = Buffer.from('"seq":')
+const TEXT_KIND = Buffer.from('"kind":"text"')
+
+/** The number after "seq": in an envelope. */
+function seqOf (payload: Buffer): number {
+  const at = payload.indexOf(SEQ)
+  if (at < 0) return 0
+  const start = at + SEQ.length
+  let end = start
+  while (end < payload.length && payload[end] !== undefined && (payload[end] as number) >= 0x30 && (payload[end] as number) <= 0x39) end++
+  const n = Number(payload.toString('latin1', start, end))
+  return Number.isSafeInteger(n) ? n : 0
+}
 
 /** The number n of "<prefix>-<n>" or "<n>" in the JSON string field starting after `needle`. */
 function numberAfter (payload: Buffer, needle: Buffer): number {
@@ -62,7 +75,11 @@ function onMessage (live: Live, topic: string, payload: Buffer): void {
   const echo = payload.indexOf(live.fromNeedle) >= 0
   both(t => { t.c.received++ })
   if (echo) {
-    if (live.sender !== null) release(live.sender, numberAfter(payload, MSG_ID), 'echo')
+    const s = live.sender
+    if (s !== null) {
+      release(s, numberAfter(payload, MSG_ID), 'echo')
+      if (s.spec.changeEvery != null && payload.indexOf(TEXT_KIND) >= 0) s.lastOwnSeq = Math.max(s.lastOwnSeq, seqOf(payload))
+    }
     return
   }
   const at = payload.indexOf(BODY)
@@ -146,6 +163,10 @@ interface Sender {
   outstanding: Set<number>
   tokens: number
   pad: string
+  /** The seq of the latest own message seen come back (a target for changes); 0: none yet. */
+  lastOwnSeq: number
+  /** Changes sent so far (alternating edit, react, edit, unreact ...). */
+  changes: number
 }
 
 const senders: Sender[] = []
@@ -184,12 +205,20 @@ function sendOne (s: Sender): void {
   const n = ++s.n
   const spec = s.spec
   const body = nowMs().toFixed(3) + '|' + s.pad
-  const payload = spec.mode === 'mqim'
+  let topic = spec.topic
+  let payload = spec.mode === 'mqim'
     ? `{"id":"${n}","conv":"${spec.conv}","msgId":"${spec.idPrefix}-${n}","kind":"text","body":"${body}"}`
     : `{"conv":"${spec.conv}","seq":${n},"msgId":"${spec.idPrefix}-${n}","from":"${spec.from}","ts":${Date.now()},"kind":"text","body":"${body}"}`
+  if (spec.mode === 'mqim' && spec.changeEvery != null && n % spec.changeEvery === 0 && s.lastOwnSeq > 0) {
+    // a change of my latest message: edit, react, edit, take the reaction back, ...
+    const k = s.changes++
+    const head = `{"id":"${n}","conv":"${spec.conv}","msgId":"${spec.idPrefix}-${n}","target":${s.lastOwnSeq}`
+    topic = k % 2 === 0 ? 'im/req/edit' : 'im/req/react'
+    payload = k % 2 === 0 ? `${head},"body":"${body}"}` : `${head},"emoji":"👍","remove":${k % 4 === 3}}`
+  }
   s.outstanding.add(n)
   both(t => { t.c.sent++ })
-  s.live.client.publish(spec.topic, payload, { qos: 1 }, (err) => {
+  s.live.client.publish(topic, payload, { qos: 1 }, (err) => {
     if (err) {
       both(t => { t.c.publishErrors++ })
       release(s, n, 'error')
@@ -218,7 +247,7 @@ function start (specs: SenderSpec[]): void {
     if (live === undefined) throw new Error(`no connected client ${spec.key}`)
     const padLen = Math.max(0, spec.bodyBytes - 15)
     // paced senders start at a random phase, so that they do not all send in the same tick
-    const s: Sender = { spec, live, n: 0, outstanding: new Set(), tokens: spec.rate !== null ? Math.random() : 0, pad: 'x'.repeat(padLen) }
+    const s: Sender = { spec, live, n: 0, outstanding: new Set(), tokens: spec.rate !== null ? Math.random() : 0, pad: 'x'.repeat(padLen), lastOwnSeq: 0, changes: 0 }
     live.sender = s
     senders.push(s)
   }

@@ -191,7 +191,14 @@ const FIELDS: Record<string, FieldGen> = {
     valid: fc.oneof({ arbitrary: j(fc.array(validUser, { minLength: 1, maxLength: 8 })), weight: 10 }, { arbitrary: fc.constant<Val>({ t: 'rep-array', item: 'bya', n: 500 }), weight: 1 }),
     bad: fc.oneof(fc.constantFrom<Val>(json([]), { t: 'rep-array', item: 'bya', n: 501 }), j(fc.array(badUser, { minLength: 1, maxLength: 3 })), wrongType)
   },
-  groupInvites: { valid: j(fc.constantFrom('anyone', 'contacts')), bad: fc.oneof(j(fc.constantFrom('everyone', 'ANYONE', '')), wrongType) }
+  groupInvites: { valid: j(fc.constantFrom('anyone', 'contacts')), bad: fc.oneof(j(fc.constantFrom('everyone', 'ANYONE', '')), wrongType) },
+  target: { valid: fc.oneof({ arbitrary: j(fc.integer({ min: 1, max: 4 })), weight: 8 }, { arbitrary: seqVal, weight: 1 }), bad: fc.oneof(badSeq, j(fc.constant(0))) },
+  emoji: {
+    valid: j(fc.constantFrom('👍', '❤️', '🎉', '👨‍👩‍👧', '🇫🇷', '👍🏽')),
+    bad: fc.oneof(j(fc.constantFrom('', 'a', ':+1:', '👍👍', '👍 ', '\u200d', '$', '.', '🇫🇷🇩', '👍'.repeat(17))), j(weird(1, 10)), wrongType)
+  },
+  remove: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0)), wrongType) },
+  typing: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('false', 1, null)), wrongType) }
 }
 
 /** Keys no request has, prototype-pollution names first. */

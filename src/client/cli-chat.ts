@@ -4,15 +4,16 @@
  *   npm run chat -- --user alice [--password P | env MQIM_PASSWORD] [--url mqtt://localhost:1883] [--device term]
  *
  * Lines you type go to the open conversation (a line like `/echo hi` too: bot commands pass through).
- * Commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /quit, /? (this help).
- * Incoming messages print as `[conv] from: text`, where conv is the group name, or the other user
- * of a direct chat.
+ * Commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /edit <seq> <text>,
+ * /delete <seq>, /react <seq> <emoji> (again to take it back), /quit, /? (this help).
+ * Incoming messages print as `[conv] #seq from: text`, where conv is the group name, or the other
+ * user of a direct chat; changes print as `[conv] from edited #seq: text` and the like.
  */
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { ImClient, type ConversationSummary, type MessageEnvelope } from './node.js'
 
-const HELP = 'commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /quit, /? — any other line is sent to the open conversation'
+const HELP = 'commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /edit <seq> <text>, /delete <seq>, /react <seq> <emoji>, /quit, /? — any other line is sent to the open conversation'
 
 const { values: args } = parseArgs({
   options: {
@@ -36,9 +37,29 @@ let current: string | undefined
 const label = (conv: string): string => names.get(conv) ?? conv
 const show = (body: unknown): string => typeof body === 'string' ? body : JSON.stringify(body)
 
+/** One line for a message as it is now, or for a change. */
+function describe (m: MessageEnvelope): string {
+  const where = `[${label(m.conv)}]`
+  if (m.kind === 'edit') return `${where} ${m.from} edited #${m.target ?? '?'}: ${show(m.body)}`
+  if (m.kind === 'delete') return `${where} ${m.from} deleted #${m.target ?? '?'}`
+  if (m.kind === 'react') {
+    const { emoji, remove } = m.body as { emoji: string, remove: boolean }
+    return `${where} ${m.from} ${remove ? 'took back' : 'reacted'} ${emoji} ${remove ? 'from' : 'to'} #${m.target ?? '?'}`
+  }
+  if (m.deleted !== undefined) return `${where} #${m.seq} ${m.from}: (deleted)`
+  const reactions = Object.entries(m.reactions ?? {}).map(([e, users]) => `${e}${users.length}`).join(' ')
+  return `${where} #${m.seq} ${m.from}: ${show(m.body)}${m.edited === undefined ? '' : ' (edited)'}${reactions === '' ? '' : `  ${reactions}`}`
+}
+
 function print (m: MessageEnvelope): void {
-  console.log(`[${label(m.conv)}] ${m.from}: ${show(m.body)}`)
+  console.log(describe(m))
   if (m.conv === current) client.markRead(m.conv, m.seq)
+}
+
+/** A seq typed by the user. */
+function seqOf (text: string | undefined): number | undefined {
+  const seq = Number(text)
+  return text !== undefined && Number.isSafeInteger(seq) && seq >= 1 ? seq : undefined
 }
 
 function remember (list: ConversationSummary[]): void {
@@ -66,7 +87,7 @@ async function open (target: string): Promise<void> {
   current = conv
   console.log(`opened ${label(conv)} (${conv})`)
   const recent = await client.history(conv, { limit: 10 })
-  for (const m of recent.messages) console.log(`[${label(conv)}] ${m.from}: ${show(m.body)}`)
+  for (const m of recent.messages) console.log(describe(m))
   if (recent.lastSeq > 0) client.markRead(conv, recent.lastSeq)
 }
 
@@ -94,6 +115,26 @@ async function handle (line: string): Promise<boolean> {
       names.set(group.conv, group.name)
       current = group.conv
       console.log(`opened ${group.name} (${group.conv}) with ${group.members.join(', ')}`)
+      return true
+    }
+    case '/edit':
+    case '/delete':
+    case '/react': {
+      const seq = seqOf(rest[0])
+      if (current === undefined) {
+        console.log('open a conversation first: /open <user>, or /? for help')
+      } else if (seq === undefined || (command === '/edit' && rest.length < 2) || (command === '/react' && rest.length !== 2)) {
+        console.log(command === '/edit' ? 'usage: /edit <seq> <text>' : command === '/delete' ? 'usage: /delete <seq>' : 'usage: /react <seq> <emoji>')
+      } else if (command === '/edit') {
+        await client.edit(current, seq, line.trim().replace(/^\/edit\s+\S+\s+/, ''))
+      } else if (command === '/delete') {
+        await client.deleteMessage(current, seq)
+      } else {
+        const emoji = rest[1] as string
+        // again: take it back
+        const mine = client.messages(current).find(m => m.seq === seq)?.reactions?.[emoji]?.includes(me) === true
+        await client.react(current, seq, emoji, { remove: mine })
+      }
       return true
     }
     default:

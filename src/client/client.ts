@@ -13,8 +13,9 @@ import { ConversationSync } from './sync.js'
 import type {
   AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
-  Role, SendOptions, SendResult, SetRoleResult
+  Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult
 } from './types.js'
+import { applyChange } from './changes.js'
 
 /** The `result` of each operation's reply (topics.md, "Operations"). */
 export interface Results extends Record<OpName, unknown> {
@@ -33,6 +34,13 @@ export interface Results extends Record<OpName, unknown> {
   members: MembersResult
   receipts: ReceiptsResult
   presence: PresenceResult
+  edit: SendResult
+  delete: SendResult
+  block: BlockResult
+  unblock: BlockResult
+  blocks: BlocksResult
+  react: SendResult
+  typing: TypingResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -102,6 +110,7 @@ export class ImClient {
       store,
       history: async (conv, after) => await this.call('history', { conv, after }),
       emitMessage: (m) => { this.events.emit('message', m) },
+      emitUpdated: (m) => { this.events.emit('updated', m) },
       emitSynced: (conv, seq) => { this.events.emit('synced', conv, seq) },
       emitError,
       maxBackfill: options.maxBackfill,
@@ -139,12 +148,43 @@ export class ImClient {
 
   /** Sends a text message. Resolves with the acknowledged seq; retried (same msgId) until acked; rejects only on permanent errors or close(). */
   async send (conv: string, text: string, opts: SendOptions = {}): Promise<SendResult> {
-    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'text', body: text, ...replyTo(opts) })
+    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'text', body: text, ...replyTo(opts), ...mentions(opts) })
   }
 
   /** Sends any JSON value as a `custom` message (cards, bot commands …). */
   async sendCustom (conv: string, body: unknown, opts: SendOptions = {}): Promise<SendResult> {
-    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'custom', body, ...replyTo(opts) })
+    return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'custom', body, ...replyTo(opts), ...mentions(opts) })
+  }
+
+  /**
+   * Edits my message `target` (within the server's edit window). The local copy shows the new body
+   * at once, and goes back if the server refuses (the promise then rejects with its code). Resending
+   * with the same `msgId` is safe.
+   */
+  async edit (conv: string, target: number, body: unknown, opts: { msgId?: string } = {}): Promise<SendResult> {
+    return await this.change('edit', conv, target, { body }, opts.msgId, m => ({ ...m, body, edited: { seq: 0, ts: Date.now() } }))
+  }
+
+  /** Deletes message `target` for everyone (mine; in groups admins and the owner: anyone's). Optimistic, like edit. */
+  async deleteMessage (conv: string, target: number, opts: { msgId?: string } = {}): Promise<SendResult> {
+    return await this.change('delete', conv, target, {}, opts.msgId, m => applyChange(m, { kind: 'delete', seq: 0, ts: Date.now(), from: this.userId, body: null }))
+  }
+
+  /** Adds my reaction `emoji` to message `target`, or takes it back (`remove`). Optimistic, like edit. */
+  async react (conv: string, target: number, emoji: string, opts: { remove?: boolean, msgId?: string } = {}): Promise<SendResult> {
+    const remove = opts.remove === true
+    return await this.change('react', conv, target, { emoji, remove }, opts.msgId, m => applyChange(m, { kind: 'react', seq: 0, ts: Date.now(), from: this.userId, body: { emoji, remove } }))
+  }
+
+  /** Blocks a user: they cannot open or write to a direct conversation with me, add me to groups, or see my presence. */
+  async block (user: string): Promise<BlockResult> { return await this.call('block', { user }) }
+  async unblock (user: string): Promise<BlockResult> { return await this.call('unblock', { user }) }
+  /** Whom I block, with when. */
+  async blocks (): Promise<BlocksResult> { return await this.call('blocks', {}) }
+
+  /** Tells the other members (online) that I am typing, or stopped. The server sends at most one a second. */
+  async typing (conv: string, typing = true): Promise<TypingResult> {
+    return await this.call('typing', { conv, typing })
   }
 
   /** Messages stored in the outbox and not acknowledged yet. */
@@ -239,6 +279,23 @@ export class ImClient {
     return list
   }
 
+  /**
+   * A change: applied to the local copy at once; when the server refuses it, the copy goes back to
+   * what it was (unless something else changed it meanwhile) and the promise rejects.
+   */
+  private async change<K extends 'edit' | 'delete' | 'react'> (op: K, conv: string, target: number, fields: Record<string, unknown>, msgId: string | undefined, optimistic: (m: MessageEnvelope) => MessageEnvelope): Promise<SendResult> {
+    const id = msgId ?? randomId()
+    if (!MSG_ID_PATTERN.test(id)) throw new ImClientError('BAD_REQUEST', `${op}: msgId must be 1-64 of A-Z a-z 0-9 _ -`, op)
+    let applied: MessageEnvelope | undefined
+    const before = this.sync.updateLocal(conv, target, m => { applied = optimistic(m); return applied })
+    try {
+      return await this.call(op, { conv, msgId: id, target, ...fields } as unknown as Omit<RequestOf<K>, 'id'>)
+    } catch (err) {
+      if (before !== undefined) this.sync.updateLocal(conv, target, m => m === applied ? before : m)
+      throw err
+    }
+  }
+
   /** Checks what would make a stored send fail for ever (msgId, text body) before it enters the outbox. */
   private async enqueue (entry: OutboxEntry): Promise<SendResult> {
     if (this.state === 'closed') throw new ImClientError('CLOSED', 'the client is closed', 'send')
@@ -324,8 +381,18 @@ export class ImClient {
       case 'presence':
         this.events.emit('presence', e)
         break
+      case 'typing':
+        this.events.emit('typing', e)
+        break
+      case 'mention':
+        this.events.emit('mention', e)
+        break
     }
   }
+}
+
+function mentions (opts: SendOptions): { mentions?: string[] } {
+  return opts.mentions === undefined ? {} : { mentions: opts.mentions }
 }
 
 function replyTo (opts: SendOptions): { replyTo?: number } {

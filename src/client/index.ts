@@ -17,9 +17,10 @@
 export { ImClient } from './client.js'
 export { ImClientError, type ImClientErrorCode } from './errors.js'
 export { MemoryStorage, LocalStorageStorage } from './storage.js'
+export { applyChange, isChange } from './changes.js'
 export type {
   ClientStorage, ImClientOptions, IntervalTimer, ConnectionState, ImClientEvents,
-  MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
+  MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
   SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult,
   ConversationSummary, ImEvent, MessageEnvelope

@@ -30,6 +30,7 @@ export interface OutboxEntry {
   kind: 'text' | 'custom'
   body: unknown
   replyTo?: number
+  mentions?: string[]
 }
 
 /** Everything the SDK persists, as one JSON value under one key so that every write is atomic. */

@@ -18,6 +18,7 @@
  *    most `maxBackfill` messages back from the newest seq known.
  */
 import type { MessageEnvelope } from '../protocol/schemas.js'
+import { applyChange, isChange } from './changes.js'
 import { ImClientError } from './errors.js'
 import type { ConversationList } from './list.js'
 import type { StateStore } from './storage.js'
@@ -32,6 +33,8 @@ export interface SyncDeps {
   store: StateStore
   history: (conv: string, after: number) => Promise<HistoryResult>
   emitMessage: (m: MessageEnvelope) => void
+  /** A message of the local copy changed (an edit, delete or reaction was applied to it). */
+  emitUpdated: (m: MessageEnvelope) => void
   emitSynced: (conv: string, seq: number) => void
   emitError: (err: ImClientError) => void
   maxBackfill: number
@@ -137,6 +140,27 @@ export class ConversationSync {
     return true
   }
 
+  /**
+   * Replaces the local copy of message `seq` by `change(it)` (when the copy holds it and it
+   * changes) and announces it; returns the copy as it was (undefined: not held).
+   */
+  updateLocal (conv: string, seq: number, change: (m: MessageEnvelope) => MessageEnvelope): MessageEnvelope | undefined {
+    const c = this.convs.get(conv)
+    return c === undefined ? undefined : this.update(c, seq, change)
+  }
+
+  private update (c: ConvState, seq: number, change: (m: MessageEnvelope) => MessageEnvelope): MessageEnvelope | undefined {
+    const i = indexOf(c.local, seq)
+    const before = i < 0 ? undefined : c.local[i]
+    if (before === undefined) return undefined
+    const after = change(before)
+    if (after !== before) {
+      c.local[i] = after
+      this.deps.emitUpdated(after)
+    }
+    return before
+  }
+
   stop (): void {
     for (const c of this.convs.values()) if (c.retry !== null) clearTimeout(c.retry)
   }
@@ -171,6 +195,7 @@ export class ConversationSync {
       if (c.local.length > LOCAL_MESSAGES_MAX) c.local.shift()
       this.setSynced(conv, c, next.seq)
       this.deps.emitMessage(next)
+      if (isChange(next) && next.target !== undefined) this.update(c, next.target, target => applyChange(target, next))
       this.deps.store.changed()
     }
     for (const seq of c.ahead.keys()) if (seq <= c.synced) c.ahead.delete(seq)
@@ -217,6 +242,19 @@ export class ConversationSync {
     c.target = Math.max(c.target, seq)
     this.deps.store.state.synced[conv] = seq
   }
+}
+
+/** Index of `seq` in a seq-ascending array, or -1. */
+function indexOf (list: MessageEnvelope[], seq: number): number {
+  let lo = 0
+  let hi = list.length
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1
+    const at = list[mid]
+    if (at !== undefined && at.seq < seq) lo = mid + 1
+    else hi = mid
+  }
+  return list[lo]?.seq === seq ? lo : -1
 }
 
 /** Inserts into a seq-ascending array unless that seq is already there. */

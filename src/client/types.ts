@@ -73,6 +73,8 @@ export type MemberEvent = Extract<ImEvent, { type: 'member' }>
 export type ReadEvent = Extract<ImEvent, { type: 'read' }>
 export type ReceiptEvent = Extract<ImEvent, { type: 'receipt' }>
 export type PresenceEvent = Extract<ImEvent, { type: 'presence' }>
+export type TypingEvent = Extract<ImEvent, { type: 'typing' }>
+export type MentionEvent = Extract<ImEvent, { type: 'mention' }>
 
 export interface ImClientEvents {
   /** Each message exactly once per conversation, in seq order (gaps are filled first). */
@@ -85,6 +87,15 @@ export interface ImClientEvents {
   receipt: (e: ReceiptEvent) => void
   /** A contact went online or offline (rate-limited by the server). */
   presence: (e: PresenceEvent) => void
+  /**
+   * A message of the local copy changed: an edit, delete or reaction was applied to it (also
+   * optimistically by this device's own edit/deleteMessage/react, and back when the server refused).
+   */
+  updated: (m: MessageEnvelope) => void
+  /** Another member is typing (typing: true) or stopped; show it for `ttlMs` unless renewed. */
+  typing: (e: TypingEvent) => void
+  /** I was mentioned (also in a muted conversation). */
+  mention: (e: MentionEvent) => void
   /** A conversation is now contiguous up to lastSeq (after a gap fill or a reconnect sync). */
   synced: (conv: string, lastSeq: number) => void
   /** A send was acknowledged: also for sends restored from storage after a restart, which have no promise. */
@@ -100,7 +111,12 @@ export interface SendOptions {
   replyTo?: number
   /** Client message id (1-64 of A-Z a-z 0-9 _ -). Default: a random one. */
   msgId?: string
+  /** Members mentioned (user ids), or '@all' (groups; admins and the owner). */
+  mentions?: string[]
 }
+
+export interface BlockResult { user: string, blocked: boolean }
+export interface BlocksResult { blocks: Array<{ user: string, at: number }> }
 
 export interface SendResult { conv: string, seq: number, msgId: string, ts: number, duplicate: boolean }
 export interface HistoryQuery { after?: number, before?: number, limit?: number }
@@ -115,5 +131,7 @@ export interface SetRoleResult { conv: string, user: string, role: Role }
 export interface MembersResult { conv: string, kind: 'direct' | 'group', name: string | null, members: Array<{ user: string, role: Role }> }
 export interface MuteResult { conv: string, muted: boolean }
 export interface ReadResult { conv: string, readSeq: number, unread: number }
+/** typing: sent false when not sent (more than one a second, or a conversation above limits.typingMembersMax). */
+export interface TypingResult { conv: string, sent: boolean }
 export interface ReceiptsResult { conv: string, seq: number, readBy: number, members: number }
 export interface PresenceResult { users: Array<{ user: string, online: boolean, lastSeen: number | null }> }

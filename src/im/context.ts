@@ -9,6 +9,7 @@ import type { ReceiptAggregator } from './receipts.js'
 import type { PresenceService } from './presence.js'
 import type { ReadCursors } from './read-cursors.js'
 import type { EnvelopeCache } from './envelopes.js'
+import type { BlockService } from './blocks.js'
 
 export interface Caller {
   userId: string
@@ -28,6 +29,8 @@ export interface Services {
   readCursors: ReadCursors
   /** Message envelopes serialized once (deliveries, history pages, list previews). */
   envelopes: EnvelopeCache
+  /** Who blocks whom (cached for the send path). */
+  blocks: BlockService
   now: () => number
 }
 

@@ -15,6 +15,8 @@ import { read, mute, receipts } from './ops/read.js'
 import { list } from './ops/list.js'
 import { presence } from './ops/presence.js'
 import { settings } from './ops/settings.js'
+import { block, unblock, blocks } from './ops/blocks.js'
+import { edit, remove, react, typing } from './ops/changes.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -35,7 +37,14 @@ const HANDLERS: HandlerTable = {
   receipts,
   members,
   presence,
-  settings
+  settings,
+  edit,
+  delete: remove,
+  react,
+  typing,
+  block,
+  unblock,
+  blocks
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */

@@ -3,16 +3,23 @@
  * connection is an entry with an expiry that its node refreshes (heartbeat), so the entries of a
  * node that died lapse on their own. Last-seen is kept per user. Contacts (the members of the
  * user's conversations, up to a size limit) get `presence` events on transitions, at most one per
- * user per `notifyIntervalMs` (the latest state wins).
+ * user per `notifyIntervalMs` (the latest state wins). A user's presence is hidden from the people
+ * they block: those see them offline and never seen, and get no events of theirs.
  */
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
+import type { BlockService } from './blocks.js'
 import type { Publisher } from './publisher.js'
 
 export interface PresenceStatus { user: string, online: boolean, lastSeen: number | null }
+
+/** How a user whose presence is hidden from the viewer looks: offline and never seen. */
+function hidden (user: string): PresenceStatus {
+  return { user, online: false, lastSeen: null }
+}
 
 export interface PresenceStore {
   /** Adds a live connection; true if the user had none before. */
@@ -123,6 +130,8 @@ export interface PresenceOptions {
   store: PresenceStore
   meta: MetadataStore
   directory: ConversationDirectory
+  /** Whom each user blocks: they see none of the user's presence. */
+  blocks: BlockService
   publisher: Publisher
   logger: Logger
   /** Entries live this long unless refreshed. */
@@ -186,6 +195,33 @@ export class PresenceService {
   }
 
   /**
+   * The users' presence as `viewer` may see it, in the order asked: real for the viewer and for
+   * those who share a conversation with them (see contactsOf) and do not block them; everyone else
+   * looks offline and never seen, so presence leaks neither to strangers nor to the blocked.
+   */
+  async statusFor (viewer: string, userIds: string[]): Promise<PresenceStatus[]> {
+    const contacts = await this.contactsOf(viewer)
+    contacts.add(viewer)
+    const candidates = [...new Set(userIds)].filter(u => contacts.has(u))
+    const [statuses, blockers] = await Promise.all([this.status(candidates), this.opts.blocks.blockersAmong(viewer, candidates)])
+    const visible = new Map(statuses.filter(s => !blockers.has(s.user)).map(s => [s.user, s]))
+    return userIds.map(u => visible.get(u) ?? hidden(u))
+  }
+
+  /**
+   * After `userId` blocked or unblocked `viewer`: tells the viewer's devices the user's presence as
+   * they may see it now (offline and never seen while blocked, so a client does not keep showing
+   * the blocker online), if the two share a conversation; strangers are told nothing.
+   */
+  async retell (userId: string, viewer: string): Promise<void> {
+    if (this.closed || !(await this.contactsOf(userId)).has(viewer)) return
+    const blocked = (await this.opts.blocks.blocking(userId)).has(viewer)
+    const [status] = blocked ? [hidden(userId)] : await this.status([userId])
+    if (status === undefined) return
+    this.opts.publisher.event([viewer], { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
+  }
+
+  /**
    * Everyone who shares a conversation (of at most maxAudience members) with the user: four
    * batched store calls at most (memberships, member counts, and the conversations and members of
    * the small ones that are not cached), whatever the number of conversations.
@@ -218,7 +254,9 @@ export class PresenceService {
     if (this.closed) return
     const [status] = await this.status([userId])
     if (status === undefined) return
-    const contacts = await this.contactsOf(userId)
+    const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
+    // the people the user blocks are not told (the list is cached: no store read per event)
+    for (const u of blocking) contacts.delete(u)
     this.opts.publisher.event(contacts, { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
   }
 

@@ -56,6 +56,16 @@ export class Publisher {
     for (const userId of memberIds) this.publish(messageTopic(userId), payload, 1)
   }
 
+  /**
+   * An event only online devices get (QoS 0: never queued for an offline session, dropped for a
+   * connection that cannot take it): typing.
+   */
+  ephemeral (userIds: readonly string[], event: ImEvent): void {
+    const payload = Buffer.from(JSON.stringify(event))
+    this.sessions.hold(userIds)
+    for (const userId of userIds) this.publish(eventTopic(userId), payload, 0)
+  }
+
   event (userIds: Iterable<string>, event: ImEvent): void {
     const ids = Array.isArray(userIds) ? userIds as string[] : [...userIds]
     const payload = Buffer.from(JSON.stringify(event))

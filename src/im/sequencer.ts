@@ -21,7 +21,7 @@
  */
 import { LRUCache } from 'lru-cache'
 import { ImError } from '../errors.js'
-import type { MessageStore, StoredMessage, MessageKind } from '../store/types.js'
+import { countOf, isChangeKind, lastRealOf, type MessageStore, type StoredMessage, type MessageKind } from '../store/types.js'
 import type { Logger } from '../log.js'
 import type { CommitListener } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
@@ -34,6 +34,24 @@ export interface Draft {
   kind: MessageKind
   body: unknown
   replyTo: number | null
+  /** Changes (edit, delete, react): the seq of the message changed. */
+  target?: number
+  /** Messages: who the sender mentioned. */
+  mentions?: string[]
+}
+
+/**
+ * The end of a conversation as this process knows it: its last seq, the real messages up to it
+ * (changes are not counted, see StoredMessage.count) and the seq of the last real message.
+ */
+export interface Tail {
+  seq: number
+  count: number
+  lastReal: number
+}
+
+export function tailOf (m: StoredMessage | null): Tail {
+  return m === null ? { seq: 0, count: 0, lastReal: 0 } : { seq: m.seq, count: countOf(m), lastReal: lastRealOf(m) }
 }
 
 export interface SubmitResult {
@@ -108,8 +126,8 @@ export class Sequencer {
   private readonly opts: SequencerOptions
   private readonly now: () => number
   private readonly sleep: (ms: number) => Promise<void>
-  /** conversation -> highest seq known to be stored; absent = unknown, load from the store. */
-  private readonly lastSeq: LRUCache<string, number>
+  /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
+  private readonly tails: LRUCache<string, Tail>
   /** conversation -> seq conflicts in a row (see writeBatch) */
   private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
   /** key -> pending submit (in the queue or in the batch being written) */
@@ -128,6 +146,8 @@ export class Sequencer {
    * stored is delivered when the conversation's lastSeq is next loaded, before anything newer.
    */
   private readonly orphans = new Map<string, Set<string>>()
+  /** message (conversation:seq) -> the end of the changes of it being applied (see applyChange). */
+  private readonly applying = new Map<string, Promise<void>>()
   private queue: Pending[] = []
   private writing = false
   /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
@@ -145,12 +165,23 @@ export class Sequencer {
     this.now = opts.now ?? Date.now
     const recentMax = opts.recentMax ?? RECENT_MAX
     this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
-    this.lastSeq = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX })
+    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
     opts.peers?.on(SEQ_TOPIC, (notice) => {
-      const seqs = notice.seqs
-      if (typeof seqs !== 'object' || seqs === null) return
-      for (const [conv, seq] of Object.entries(seqs)) if (typeof seq === 'number') this.observe(conv, seq)
+      const { seqs, tails, changed } = notice
+      if (typeof tails === 'object' && tails !== null) {
+        for (const [conv, t] of Object.entries(tails)) {
+          if (Array.isArray(t) && t.length === 3 && t.every(n => Number.isSafeInteger(n))) this.observe(conv, { seq: t[0], count: t[1], lastReal: t[2] })
+        }
+      } else if (typeof seqs === 'object' && seqs !== null) {
+        // a node that sends seqs only (an older version): the counts are not known
+        for (const [conv, seq] of Object.entries(seqs)) if (typeof seq === 'number') this.observe(conv, seq)
+      }
+      // messages another node changed: what this process has cached of them is stale
+      if (Array.isArray(changed)) {
+        const keys = changed.filter((k): k is [string, number] => Array.isArray(k) && typeof k[0] === 'string' && typeof k[1] === 'number')
+        this.store.forget(keys.map(([conversationId, seq]) => ({ conversationId, seq })))
+      }
     })
   }
 
@@ -161,8 +192,10 @@ export class Sequencer {
     const known = this.recent?.get(key)
     if (known !== undefined) {
       // the stored seq and ts; the rest is the resend's own (a resend carries the same message)
-      const { conversationId, senderId, clientMsgId, kind, body, replyTo } = draft
-      return Promise.resolve({ message: { conversationId, senderId, clientMsgId, kind, body, replyTo, seq: known.seq, ts: known.ts }, duplicate: true })
+      const { conversationId, senderId, clientMsgId, kind, body, replyTo, target } = draft
+      const message: StoredMessage = { conversationId, senderId, clientMsgId, kind, body, replyTo, seq: known.seq, ts: known.ts }
+      if (target !== undefined) message.target = target
+      return Promise.resolve({ message, duplicate: true })
     }
     const inFlight = this.pendingByKey.get(key)
     if (inFlight !== undefined) {
@@ -179,18 +212,43 @@ export class Sequencer {
   }
 
   /**
-   * Another node stored `seq` in this conversation, so every seq up to it is stored (stored seqs
-   * are always a prefix). Raises the cached lastSeq so the next write does not collide with it.
-   * Conversations without a cached lastSeq are left alone: they load it (and recover orphans).
+   * The stored entry of this msgId of this sender, if there is one: by primary key when this
+   * process remembers its seq, else by the store's key lookup (which may scan on FerretDB; only
+   * refusals ask, see ops/changes.ts).
    */
-  observe (conversationId: string, seq: number): void {
-    const known = this.lastSeq.get(conversationId)
-    if (known !== undefined && seq > known) this.lastSeq.set(conversationId, seq)
+  async findStored (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {
+    const known = this.recent?.get(keyOf({ conversationId, senderId, clientMsgId }))
+    if (known !== undefined) {
+      const [m] = await this.store.getMany([{ conversationId, seq: known.seq }])
+      if (m !== undefined && m.senderId === senderId && m.clientMsgId === clientMsgId) return m
+    }
+    return await this.store.findByClientMsgId(conversationId, senderId, clientMsgId)
+  }
+
+  /**
+   * Another node stored up to `tail` in this conversation, so every seq up to it is stored (stored
+   * seqs are always a prefix). Raises the cached tail so the next write does not collide with it.
+   * Conversations without a cached tail are left alone: they load it (and recover orphans). A
+   * bare seq (no counts) beyond the cached tail makes it unknown: it is loaded next time.
+   */
+  observe (conversationId: string, tail: Tail | number): void {
+    const known = this.tails.get(conversationId)
+    if (known === undefined) return
+    if (typeof tail === 'number') {
+      if (tail > known.seq) this.tails.delete(conversationId)
+    } else if (tail.seq > known.seq) {
+      this.tails.set(conversationId, tail)
+    }
   }
 
   /** The highest seq this process knows to be stored, if it knows. */
   knownLastSeq (conversationId: string): number | undefined {
-    return this.lastSeq.get(conversationId)
+    return this.tails.get(conversationId)?.seq
+  }
+
+  /** The tail this process knows, if it knows. */
+  knownTail (conversationId: string): Tail | undefined {
+    return this.tails.get(conversationId)
   }
 
   /**
@@ -202,11 +260,16 @@ export class Sequencer {
    * MessageStore.lastSeq), and the answer is kept.
    */
   async lastSeqFor (conversationId: string, atLeast = Number.POSITIVE_INFINITY): Promise<number> {
-    const known = this.lastSeq.get(conversationId)
-    if (known !== undefined && (this.opts.peers == null || known >= atLeast)) return known
-    const stored = await this.store.lastSeq(conversationId)
+    return (await this.tailFor(conversationId, atLeast)).seq
+  }
+
+  /** The conversation's tail, as lastSeqFor finds its seq. */
+  async tailFor (conversationId: string, atLeast = Number.POSITIVE_INFINITY): Promise<Tail> {
+    const known = this.tails.get(conversationId)
+    if (known !== undefined && (this.opts.peers == null || known.seq >= atLeast)) return known
+    const stored = tailOf(await this.store.latest(conversationId))
     // Not while an abandoned write of this conversation waits to be delivered: loadLastSeqs does that.
-    if (!this.orphans.has(conversationId) && stored > (this.lastSeq.get(conversationId) ?? -1)) this.lastSeq.set(conversationId, stored)
+    if (!this.orphans.has(conversationId) && stored.seq > (this.tails.get(conversationId)?.seq ?? -1)) this.tails.set(conversationId, stored)
     return stored
   }
 
@@ -260,12 +323,12 @@ export class Sequencer {
 
   /** Step 1 of a batch: make sure every conversation in it has a known lastSeq. */
   private async loadLastSeqs (batch: Pending[]): Promise<void> {
-    if (batch.every(p => this.lastSeq.has(p.draft.conversationId))) return
-    const unknown = [...new Set(batch.map(p => p.draft.conversationId))].filter(c => !this.lastSeq.has(c))
+    if (batch.every(p => this.tails.has(p.draft.conversationId))) return
+    const unknown = [...new Set(batch.map(p => p.draft.conversationId))].filter(c => !this.tails.has(c))
     await Promise.all(unknown.map(async (c) => {
-      const seq = await this.store.lastSeq(c)
-      await this.recoverOrphans(c, seq)
-      this.lastSeq.set(c, seq)
+      const tail = tailOf(await this.store.latest(c))
+      await this.recoverOrphans(c, tail.seq)
+      this.tails.set(c, tail)
     }))
   }
 
@@ -289,19 +352,36 @@ export class Sequencer {
       this.uncertain.delete(keyOf(m))
       this.remember(keyOf(m), m)
     }
-    if (found.length > 0) await this.deliver(found)
+    if (found.length > 0) {
+      await this.applyChanges(found)
+      await this.deliver(found)
+    }
   }
 
-  /** Step 2: hand out seqs in arrival order; each pending message with its document. */
+  /**
+   * Step 2: hand out seqs in arrival order; each pending message with its document. A change also
+   * gets its target and the seq of the last real message before it; the count of real messages is
+   * stored only where it differs from the seq (the conversation had changes before).
+   */
   private assignSeqs (batch: Pending[], ts: number): Array<[Pending, StoredMessage]> {
-    const next = new Map<string, number>()
+    const next = new Map<string, Tail>()
     return batch.map(p => {
       const d = p.draft
       const c = d.conversationId
-      const seq = (next.get(c) ?? this.lastSeq.get(c) ?? 0) + 1
-      next.set(c, seq)
+      const before = next.get(c) ?? this.tails.get(c) ?? { seq: 0, count: 0, lastReal: 0 }
+      const seq = before.seq + 1
+      const change = isChangeKind(d.kind)
+      const count = change ? before.count : before.count + 1
+      next.set(c, { seq, count, lastReal: change ? before.lastReal : seq })
       // spelled out: a spread of the draft is several times slower on this hot path
-      return [p, { conversationId: c, senderId: d.senderId, clientMsgId: d.clientMsgId, kind: d.kind, body: d.body, replyTo: d.replyTo, seq, ts }]
+      const doc: StoredMessage = { conversationId: c, senderId: d.senderId, clientMsgId: d.clientMsgId, kind: d.kind, body: d.body, replyTo: d.replyTo, seq, ts }
+      if (count !== seq) doc.count = count
+      if (d.mentions !== undefined) doc.mentions = d.mentions
+      if (change) {
+        doc.target = d.target ?? 0
+        doc.lastReal = before.lastReal
+      }
+      return [p, doc]
     })
   }
 
@@ -347,7 +427,7 @@ export class Sequencer {
       } catch (err) {
         // Unknown outcome: an unknown prefix may be stored. Forget the cached lastSeqs of these
         // conversations (reloaded next time) and retry until the deadline.
-        for (const p of remaining) this.lastSeq.delete(p.draft.conversationId)
+        for (const p of remaining) this.tails.delete(p.draft.conversationId)
         for (const [, d] of assigned) this.markUncertain(keyOf(d), { seq: d.seq, ts: d.ts })
         if (!(await backOff(err))) return
         continue
@@ -355,7 +435,7 @@ export class Sequencer {
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
       for (const m of stored) {
-        this.lastSeq.set(m.conversationId, Math.max(m.seq, this.lastSeq.get(m.conversationId) ?? 0))
+        if (m.seq > (this.tails.get(m.conversationId)?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
         this.seqSteps.delete(m.conversationId)
       }
       let rest = remaining.slice(result.inserted)
@@ -369,14 +449,23 @@ export class Sequencer {
           // up to this one is stored: retry at once after it, without a store round trip. (A node
           // that reloads lastSeq while another node keeps writing the conversation can lose every
           // race; on FerretDB lastSeq is a collection scan.) Reload after repeated conflicts.
+          // Its count is what the entry stored there says: one primary-key read.
           const c = doc.conversationId
           const steps = (this.seqSteps.get(c) ?? 0) + 1
-          if (steps > MAX_SEQ_STEPS) {
+          let there: StoredMessage | undefined
+          if (steps <= MAX_SEQ_STEPS) {
+            try {
+              [there] = await this.store.getMany([{ conversationId: c, seq: doc.seq }])
+            } catch (err) {
+              lookupError = err
+            }
+          }
+          if (there === undefined) {
             this.seqSteps.delete(c)
-            this.lastSeq.delete(c)
+            this.tails.delete(c)
           } else {
             this.seqSteps.set(c, steps)
-            this.lastSeq.set(c, Math.max(doc.seq, this.lastSeq.get(c) ?? 0))
+            if (there.seq > (this.tails.get(c)?.seq ?? 0)) this.tails.set(c, tailOf(there))
           }
         } else {
           let existing: StoredMessage | null = result.conflict.existing ?? null
@@ -399,7 +488,7 @@ export class Sequencer {
           if (attempts === undefined && existing === null && lookupError === undefined) {
             // handed to lookUpResend
           } else if (existing === null) {
-            this.lastSeq.delete(doc.conversationId)
+            this.tails.delete(doc.conversationId)
           } else {
             rest = rest.slice(1)
             // Stored by an earlier attempt of ours whose outcome was unknown: it was never
@@ -475,9 +564,15 @@ export class Sequencer {
     return this.closed && attempt >= 3
   }
 
-  /** Step 3: deliver the newly stored messages (in seq order), then answer the senders. */
+  /**
+   * Step 3: apply the newly stored changes to their targets, deliver the newly stored entries (in
+   * seq order), then answer the senders. A client that gets a change can read its target changed.
+   */
   private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>): Promise<void> {
-    if (stored.length > 0) await this.deliver(stored)
+    if (stored.length > 0) {
+      await this.applyChanges(stored)
+      await this.deliver(stored)
+    }
     const anyUncertain = this.uncertain.size > 0
     for (const [p, r] of resolved) {
       if (anyUncertain) this.uncertain.delete(p.key)
@@ -486,6 +581,39 @@ export class Sequencer {
       p.resolve(r)
       for (const f of p.followers) f.resolve({ message: { ...r.message }, duplicate: true })
     }
+  }
+
+  /**
+   * Applies the stored changes among `stored` to their targets (order-free, see store/changes.ts).
+   * A change whose application fails stays stored and is delivered (clients apply it themselves);
+   * it is applied again when its sender resends it (see ops/changes.ts), and until then `history`
+   * shows its target unchanged.
+   */
+  private async applyChanges (stored: StoredMessage[]): Promise<void> {
+    const changes = stored.filter(m => isChangeKind(m.kind))
+    if (changes.length === 0) return
+    await Promise.all(changes.map(async (m) => {
+      try {
+        await this.applyChange(m)
+      } catch (err) {
+        this.opts.logger.error({ conv: m.conversationId, seq: m.seq, target: m.target, err }, 'a stored change was not applied to its target')
+      }
+    }))
+  }
+
+  /**
+   * Applies a stored change to its target, after the changes of the same message already being
+   * applied on this node: one update of a message at a time (FerretDB loses concurrent updates of
+   * one document, see messages-mongo.ts). Entries live only while an application runs.
+   */
+  async applyChange (change: StoredMessage): Promise<StoredMessage | null> {
+    const key = `${change.conversationId}:${change.target ?? 0}`
+    const before = this.applying.get(key) ?? Promise.resolve()
+    const run = before.then(async () => await this.store.applyChange(change))
+    const settled = run.then(() => {}, () => {})
+    this.applying.set(key, settled)
+    void settled.then(() => { if (this.applying.get(key) === settled) this.applying.delete(key) })
+    return await run
   }
 
   private async deliver (stored: StoredMessage[]): Promise<void> {

@@ -21,13 +21,20 @@ export const GroupName = DisplayText
 
 const base = { id: RequestId }
 
+/** Who a message mentions: members' user ids, or `@all` (every member; groups, admins and the owner). */
+export const MENTION_ALL = '@all'
+export const MENTIONS_MAX = 50
+export const Mentions = z.array(z.union([UserId, z.literal(MENTION_ALL)])).min(1).max(MENTIONS_MAX)
+  .refine(list => new Set(list).size === list.length, 'each user at most once')
+
 export const SendRequest = z.object({
   ...base,
   conv: ConvId,
   msgId: ClientMsgId,
   kind: z.enum(['text', 'custom']),
   body: z.json(),
-  replyTo: Seq.min(1).optional()
+  replyTo: Seq.min(1).optional(),
+  mentions: Mentions.optional()
 }).strict().superRefine((v, ctx) => {
   if (v.kind === 'text' && (typeof v.body !== 'string' || v.body.length === 0)) {
     ctx.addIssue({ code: 'custom', path: ['body'], message: 'a text message needs a non-empty string body' })
@@ -67,6 +74,27 @@ export const GroupInvitesSchema = z.enum(['anyone', 'contacts'])
 /** Reads my settings, changing those given. */
 export const SettingsRequest = z.object({ ...base, groupInvites: GroupInvitesSchema.optional() }).strict()
 
+/**
+ * A reaction: one emoji (a pictographic character with its modifiers, joiners and variation
+ * selectors, or a pair of regional indicators), 1-32 UTF-16 units. Nothing else: reactions are
+ * keys of stored documents and are shown to every member.
+ */
+const GRAPHEMES = new Intl.Segmenter('en', { granularity: 'grapheme' })
+export const Emoji = z.string()
+  .refine(s => s.length >= 1 && s.length <= 32, '1-32 UTF-16 code units')
+  .regex(/^(?:\p{Extended_Pictographic}|\p{Emoji_Modifier}|\p{Regional_Indicator}|\u200d|\ufe0f|\u20e3)+$/u, 'one emoji')
+  .refine(s => /\p{Extended_Pictographic}|\p{Regional_Indicator}/u.test(s), 'one emoji')
+  .refine(s => s.length > 32 || [...GRAPHEMES.segment(s)].length === 1, 'one emoji (a single character)')
+/** The seq of the message a change applies to. */
+export const Target = Seq.min(1)
+
+export const EditRequest = z.object({ ...base, conv: ConvId, msgId: ClientMsgId, target: Target, body: z.json() }).strict()
+export const DeleteRequest = z.object({ ...base, conv: ConvId, msgId: ClientMsgId, target: Target }).strict()
+export const ReactRequest = z.object({ ...base, conv: ConvId, msgId: ClientMsgId, target: Target, emoji: Emoji, remove: z.boolean().optional() }).strict()
+export const TypingRequest = z.object({ ...base, conv: ConvId, typing: z.boolean().optional() }).strict()
+export const BlockRequest = z.object({ ...base, user: UserId }).strict()
+export const BlocksRequest = z.object({ ...base }).strict()
+
 /** Operation name (the last level of im/req/<op>) -> request schema. */
 export const REQUESTS = {
   send: SendRequest,
@@ -84,7 +112,14 @@ export const REQUESTS = {
   receipts: ReceiptsRequest,
   members: MembersRequest,
   presence: PresenceRequest,
-  settings: SettingsRequest
+  settings: SettingsRequest,
+  edit: EditRequest,
+  delete: DeleteRequest,
+  react: ReactRequest,
+  typing: TypingRequest,
+  block: BlockRequest,
+  unblock: BlockRequest,
+  blocks: BlocksRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS
@@ -101,9 +136,21 @@ export interface MessageEnvelope {
   msgId: string
   from: string
   ts: number
-  kind: 'text' | 'custom'
+  /** text and custom: messages; edit, delete, react: changes to the message at `target`. */
+  kind: 'text' | 'custom' | 'edit' | 'delete' | 'react'
+  /** Messages: the current body (the latest edit's; null once deleted). Changes: see topics.md. */
   body: unknown
   replyTo?: number
+  /** Messages: who the sender mentioned (user ids, or '@all'). */
+  mentions?: string[]
+  /** Changes: the seq of the message changed. */
+  target?: number
+  /** Messages: the latest edit (seq and time of the change). */
+  edited?: { seq: number, ts: number }
+  /** Messages: the deletion (seq and time of the change, and who deleted it). */
+  deleted?: { seq: number, ts: number, by: string }
+  /** Messages: emoji -> the users reacting with it, in the order they reacted. */
+  reactions?: Record<string, string[]>
 }
 
 export interface ConversationSummary {
@@ -118,6 +165,8 @@ export interface ConversationSummary {
   last: MessageEnvelope | null
   readSeq: number
   unread: number
+  /** Messages after readSeq that mention me (by name or @all). */
+  mentions: number
   muted: boolean
 }
 
@@ -128,6 +177,8 @@ export type ImEvent =
   | { type: 'receipt', conv: string, kind: 'direct', user: string, readSeq: number }
   | { type: 'receipt', conv: string, kind: 'group', lastSeq: number, members: number, readAll: number, minReadSeq: number }
   | { type: 'presence', user: string, online: boolean, lastSeen: number | null }
+  | { type: 'typing', conv: string, user: string, typing: boolean, ttlMs: number }
+  | { type: 'mention', conv: string, seq: number, from: string, all: boolean }
 
 export type Reply =
   | { id: string | null, op: string, ok: true, result: unknown }

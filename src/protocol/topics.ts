@@ -19,6 +19,8 @@ export const INVALIDATE_TOPIC = '$mqim/invalidate'
 export const SEQ_TOPIC = '$mqim/seq'
 /** {user, reason}: end every session of this account (disabled, or its secret reset). */
 export const REVOKE_TOPIC = '$mqim/revoke'
+/** {user}: whom this user blocks changed (drop the cached list). */
+export const BLOCKS_TOPIC = '$mqim/blocks'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/

@@ -13,6 +13,7 @@ export function createMessageStore (config: Config['messageStore'], logger?: Log
     case 'mongodb': return new MongoMessageStore({
       url: config.url,
       database: config.database,
+      onChangeUnverified: (change, err) => logger?.error({ conv: change.conversationId, seq: change.seq, target: change.target, err }, 'mongodb: a change to a message could not be verified (FerretDB loses concurrent updates); the message may not show it'),
       onClientReplaced: (ms) => logger?.warn({ failingForMs: ms }, 'mongodb client replaced: it had not reached the server for a while, although the server answers new connections'),
       onMigrated: (info) => logger?.warn(info, info.skipped === 0
         ? 'mongodb: messages migrated to layout 2; the old collection is dropped'

@@ -29,7 +29,8 @@
  * Reads decode records into fresh StoredMessage objects, so bodies are deep-copied in effect;
  * lastSeq decodes nothing. Bodies are JSON values, which serialization round-trips exactly.
  */
-import type { InsertBatchResult, MessageStore, MessageKind, RangeQuery, StoredMessage } from './types.js'
+import { isChangeKind, lastRealOf, type ConversationHead, type InsertBatchResult, type MessageChanges, type MessageStore, type MessageKind, type RangeQuery, type StoredMessage } from './types.js'
+import { applyChangeTo } from './changes.js'
 
 /** Size of a shared chunk. */
 const CHUNK_BYTES = 1024 * 1024
@@ -42,8 +43,11 @@ const LARGE_RECORD = 64 * 1024
 const INITIAL_CAPACITY = 8
 const NEWLINE = 0x0a
 
-/** The record header: [clientMsgId, senderId, kind, replyTo, bodyIsJson (0 or 1)]. */
-type Header = [string, string, MessageKind, number | null, number]
+/**
+ * The record header: [clientMsgId, senderId, kind, replyTo, bodyIsJson (0 or 1), count (null:
+ * none given), then for changes: target, lastReal; for messages with mentions: null, null, mentions].
+ */
+type Header = [string, string, MessageKind, number | null, number, (number | null)?, (number | null)?, (number | null)?, string[]?]
 
 /** String.prototype.isWellFormed (Node 20) is not in the ES2022 lib this project compiles with. */
 function isWellFormed (text: string): boolean {
@@ -76,6 +80,8 @@ class Conversation {
   records = new Uint32Array(INITIAL_CAPACITY * 3)
   /** senderId -> clientMsgId -> seq. */
   readonly bySender = new Map<string, Map<string, number>>()
+  /** seq -> what changes did to that message (only messages that were changed). */
+  readonly changes = new Map<number, MessageChanges>()
 
   constructor (readonly id: string) {}
 
@@ -172,7 +178,10 @@ export class MemoryMessageStore implements MessageStore {
         text = json
         bodyIsJson = 1
       }
-      const header = JSON.stringify([message.clientMsgId, message.senderId, message.kind, message.replyTo, bodyIsJson])
+      const fields: Header = [message.clientMsgId, message.senderId, message.kind, message.replyTo, bodyIsJson, message.count ?? null]
+      if (isChangeKind(message.kind)) fields.push(message.target ?? 0, message.lastReal ?? 0)
+      else if (message.mentions !== undefined) fields.push(null, null, message.mentions)
+      const header = JSON.stringify(fields)
       this.append(header, text, conversation, at, seq, message.ts)
       if (byClientMsgId === undefined) {
         byClientMsgId = new Map()
@@ -200,14 +209,47 @@ export class MemoryMessageStore implements MessageStore {
     return conversation === undefined || conversation.count === 0 ? null : this.decode(conversation, conversation.count - 1)
   }
 
-  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
-    const result = new Map<string, StoredMessage>()
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
+    const result = new Map<string, ConversationHead>()
     for (const conversationId of conversationIds) {
       const conversation = this.conversations.get(conversationId)
       if (conversation === undefined || conversation.count === 0 || result.has(conversationId)) continue
-      result.set(conversationId, this.decode(conversation, conversation.count - 1))
+      const latest = this.decode(conversation, conversation.count - 1)
+      const real = lastRealOf(latest)
+      const preview = real === latest.seq ? latest : this.at(conversation, real)
+      result.set(conversationId, { latest, preview })
     }
     return result
+  }
+
+  async applyChange (change: StoredMessage): Promise<StoredMessage | null> {
+    const conversation = this.conversations.get(change.conversationId)
+    const target = change.target
+    if (conversation === undefined || target === undefined) return null
+    const index = conversation.bound(target, true)
+    if (index >= conversation.count || conversation.seqs[index] !== target) return null
+    conversation.changes.set(target, applyChangeTo(conversation.changes.get(target), change))
+    return this.decode(conversation, index)
+  }
+
+  async getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]> {
+    const out: StoredMessage[] = []
+    for (const { conversationId, seq } of keys) {
+      const conversation = this.conversations.get(conversationId)
+      const found = conversation === undefined ? null : this.at(conversation, seq)
+      if (found !== null) out.push(found)
+    }
+    return out
+  }
+
+  /** One process holds everything: nothing is cached elsewhere. */
+  forget (_keys: ReadonlyArray<{ conversationId: string, seq: number }>): void {}
+
+  /** The message at `seq`, or null. */
+  private at (conversation: Conversation, seq: number): StoredMessage | null {
+    if (seq < 1) return null
+    const index = conversation.bound(seq, true)
+    return index < conversation.count && conversation.seqs[index] === seq ? this.decode(conversation, index) : null
   }
 
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
@@ -270,11 +312,12 @@ export class MemoryMessageStore implements MessageStore {
     const start = valueAt(records, index * 3 + 1)
     const end = start + valueAt(records, index * 3 + 2)
     const newline = chunk.indexOf(NEWLINE, start)
-    const [clientMsgId, senderId, kind, replyTo, bodyIsJson] = JSON.parse(chunk.toString('utf8', start, newline)) as Header
+    const [clientMsgId, senderId, kind, replyTo, bodyIsJson, count, target, lastReal, mentions] = JSON.parse(chunk.toString('utf8', start, newline)) as Header
     const text = chunk.toString('utf8', newline + 1, end)
-    return {
+    const seq = valueAt(conversation.seqs, index)
+    const message: StoredMessage = {
       conversationId: conversation.id,
-      seq: valueAt(conversation.seqs, index),
+      seq,
       clientMsgId,
       senderId,
       ts: valueAt(conversation.timestamps, index),
@@ -282,5 +325,13 @@ export class MemoryMessageStore implements MessageStore {
       body: bodyIsJson === 1 ? JSON.parse(text) : text,
       replyTo
     }
+    if (count !== undefined && count !== null) message.count = count
+    if (target !== undefined && target !== null) message.target = target
+    if (lastReal !== undefined && lastReal !== null) message.lastReal = lastReal
+    if (mentions !== undefined) message.mentions = mentions
+    const changes = conversation.changes.get(seq)
+    // a copy: callers can never mutate what is stored
+    if (changes !== undefined) message.changes = structuredClone(changes)
+    return message
   }
 }

@@ -36,7 +36,18 @@
  * old collection is dropped. A crash during the copy resumes it at the next start.
  *
  * Document fields: c conversationId, s seq, m clientMsgId, u senderId, t ts, k kind, b body,
- * bj "b holds JSON text", r replyTo.
+ * bj "b holds JSON text", r replyTo, n count (real messages up to this seq; absent: the seq), mn
+ * mentions,
+ * and on changes g target and lr lastReal. What changes did to a message (see store/changes.ts)
+ * is kept on it: e the latest edit {s, t, b: the body as JSON text}, d the first deletion {s, t, u},
+ * x reactions {emoji: {user: state}} (a '.' in a user id is stored as ':', which user ids never
+ * hold, because '.' separates the levels of an update path), w how many changes were applied.
+ * Each part is written with `$max` (`d`: `$min`) by primary key (findOneAndUpdate), so nodes
+ * applying changes at once, or a change applied twice, all end with the same state.
+ *
+ * Previews. A head also holds `p`, the conversation's latest real message (not a change) with
+ * what changes did to it, `{s, w, ...}`: `$max` keeps the highest seq and, of one message, the
+ * version with the most changes applied. A change to the latest real message moves `p` too.
  *
  * Bodies. A text body (a string) is stored as is in `b`. Every other body is stored in `b` as
  * its JSON text, with `bj: true`. Storing custom bodies as BSON would not round-trip every JSON
@@ -47,7 +58,8 @@
  */
 import { MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb'
 import type { AnyBulkWriteOperation, Collection, Db, Filter, WriteError } from 'mongodb'
-import type { InsertBatchResult, MessageKind, MessageStore, RangeQuery, StoredMessage } from './types.js'
+import { isChangeKind, lastRealOf, type ConversationHead, type InsertBatchResult, type MessageChanges, type MessageKind, type MessageStore, type RangeQuery, type StoredMessage } from './types.js'
+import { reactionState, type ReactionBody } from './changes.js'
 import { LRUCache } from 'lru-cache'
 import { isStoreUnavailable } from './errors.js'
 
@@ -65,6 +77,8 @@ export interface MongoMessageStoreOptions {
   lookups?: 'auto' | 'batched' | 'single'
   /** Called when the watchdog replaces a MongoClient that stopped reaching a reachable server. */
   onClientReplaced?: (failingForMs: number) => void
+  /** A change that could not be verified on FerretDB (see verifyLater): logged by the caller. */
+  onChangeUnverified?: (change: StoredMessage, err: unknown) => void
   /** Called after init() migrated messages of layout 1 (see the header). */
   onMigrated?: (info: { messages: number, conversations: number, skipped: number }) => void
 }
@@ -80,7 +94,18 @@ interface MessageDoc {
   b: unknown
   bj?: true
   r: number | null
+  n?: number
+  mn?: string[]
+  g?: number
+  lr?: number
+  e?: { s: number, t: number, b: string }
+  d?: { s: number, t: number, u: string }
+  x?: Record<string, Record<string, number>>
+  w?: number
 }
+
+/** The latest real message of a conversation, with changes: `s`, then `w` (what `$max` compares). */
+type PreviewFields = { s: number, w: number } & Omit<MessageDoc, '_id' | 'c' | 's' | 'w'>
 
 /** A conversation's latest message, without `_id` and `c`; `s` first, which is what `$max` compares first. */
 type HeadFields = Omit<MessageDoc, '_id' | 'c'>
@@ -89,7 +114,16 @@ type HeadFields = Omit<MessageDoc, '_id' | 'c'>
 interface HeadDoc {
   _id: string
   h?: HeadFields
+  p?: PreviewFields
   v?: number
+}
+
+/** What a process knows of a conversation's head and has not written yet. */
+interface PendingHead {
+  /** The latest entry. */
+  h: MessageDoc
+  /** The latest real message, as it is now (when this process knows it). */
+  p?: MessageDoc
 }
 
 const DUPLICATE_KEY = 11000
@@ -164,12 +198,18 @@ const LOOKUP_CONCURRENCY = 16
 /** Looking past a head: at most this many seqs per round trip. */
 const PROBE_MAX = 32
 /**
- * Messages never change once stored, so the documents this process wrote or read by primary key
- * are kept, up to this many bytes (a few minutes of a busy server's messages): history pages of
+ * The documents this process wrote or read by primary key are kept, up to this many bytes (a few minutes of a busy server's messages): history pages of
  * recent messages, the common case of a device that syncs after a reconnect, are then read from
  * memory. Small on purpose: a bigger cache would take longer to fill, its growth looking like a leak.
  */
 const RECENT_DOC_BYTES = 8 * 1024 * 1024
+/** Forgotten ids remembered, so that a read that started before cannot cache the stale copy. */
+const FORGOTTEN_MAX = 100_000
+/** FerretDB: a change is read back this long after it was applied (then twice as long), see verifyLater. */
+const VERIFY_AFTER_MS = 100
+const VERIFY_ATTEMPTS = 4
+/** Verifications waiting at most; beyond, changes are not verified (a burst of reactions). */
+const VERIFY_PENDING_MAX = 10_000
 /** Start-up check of the heads: probes per round, and heads checked at most (the rest: lazily). */
 const HEAL_BATCH = 200
 const HEAL_MAX = 200_000
@@ -196,6 +236,10 @@ function toDoc (message: StoredMessage): MessageDoc {
     b: message.body,
     r: message.replyTo
   }
+  if (message.count !== undefined) doc.n = message.count
+  if (message.mentions !== undefined) doc.mn = message.mentions
+  if (message.target !== undefined) doc.g = message.target
+  if (message.lastReal !== undefined) doc.lr = message.lastReal
   if (message.kind !== 'text' || typeof message.body !== 'string') {
     const json = JSON.stringify(message.body) as string | undefined
     if (json === undefined) throw new TypeError(`message body is not a JSON value: ${conversationId}/${senderId}/${clientMsgId}`)
@@ -206,7 +250,7 @@ function toDoc (message: StoredMessage): MessageDoc {
 }
 
 function fromDoc (doc: Omit<MessageDoc, '_id'>): StoredMessage {
-  return {
+  const message: StoredMessage = {
     conversationId: doc.c,
     seq: doc.s,
     clientMsgId: doc.m,
@@ -216,12 +260,105 @@ function fromDoc (doc: Omit<MessageDoc, '_id'>): StoredMessage {
     body: doc.bj === true ? JSON.parse(doc.b as string) : doc.b,
     replyTo: doc.r ?? null
   }
+  if (doc.n !== undefined) message.count = doc.n
+  if (doc.mn !== undefined) message.mentions = doc.mn
+  if (doc.g !== undefined) message.target = doc.g
+  if (doc.lr !== undefined) message.lastReal = doc.lr
+  const changes = changesOf(doc)
+  if (changes !== undefined) message.changes = changes
+  return message
+}
+
+/** A user id as a key of `x` (see the header). */
+function userKey (userId: string): string {
+  return userId.replaceAll('.', ':')
+}
+
+function changesOf (doc: Omit<MessageDoc, '_id'>): MessageChanges | undefined {
+  if (doc.w === undefined) return undefined
+  const changes: MessageChanges = { version: doc.w }
+  if (doc.e !== undefined) changes.edited = { seq: doc.e.s, ts: doc.e.t, body: JSON.parse(doc.e.b) }
+  if (doc.d !== undefined) changes.deleted = { seq: doc.d.s, ts: doc.d.t, by: doc.d.u }
+  if (doc.x !== undefined) {
+    changes.reactions = {}
+    for (const [emoji, users] of Object.entries(doc.x)) {
+      changes.reactions[emoji] = Object.fromEntries(Object.entries(users).map(([key, state]) => [key.replaceAll(':', '.'), state]))
+    }
+  }
+  return changes
+}
+
+/** The update that applies a change to its target (see store/changes.ts): `$max` (`$min`) of one part. */
+function changeUpdate (change: StoredMessage): Record<string, unknown> {
+  let part: Record<string, unknown>
+  let keep: '$max' | '$min' = '$max'
+  if (change.kind === 'edit') {
+    const json = JSON.stringify(change.body) as string | undefined
+    if (json === undefined) throw new TypeError(`edit body is not a JSON value: ${change.conversationId}:${change.seq}`)
+    part = { e: { s: change.seq, t: change.ts, b: json } }
+  } else if (change.kind === 'delete') {
+    part = { d: { s: change.seq, t: change.ts, u: change.senderId } }
+    keep = '$min' // the first deletion counts
+  } else if (change.kind === 'react') {
+    const { emoji, remove } = change.body as ReactionBody
+    if (emoji.includes('.') || emoji.startsWith('$')) throw new TypeError(`not a reaction: ${emoji}`)
+    part = { [`x.${emoji}.${userKey(change.senderId)}`]: reactionState(change.seq, !remove) }
+  } else {
+    throw new TypeError(`not a change: ${change.kind}`)
+  }
+  return { [keep]: part, $inc: { w: 1 } }
 }
 
 function headFields (doc: MessageDoc): HeadFields {
   const h: HeadFields = { s: doc.s, t: doc.t, u: doc.u, m: doc.m, k: doc.k, b: doc.b, r: doc.r }
   if (doc.bj === true) h.bj = true
+  if (doc.n !== undefined) h.n = doc.n
+  if (doc.g !== undefined) h.g = doc.g
+  if (doc.lr !== undefined) h.lr = doc.lr
   return h
+}
+
+function previewFields (doc: MessageDoc): PreviewFields {
+  const { _id, c, s, w, ...rest } = doc
+  return { s, w: w ?? 0, ...rest }
+}
+
+function fromPreview (c: string, p: PreviewFields): MessageDoc {
+  const { s, w, ...rest } = p
+  const doc: MessageDoc = { _id: idOf(c, s), c, s, ...rest }
+  if (w > 0) doc.w = w
+  return doc
+}
+
+/** Of two versions of a conversation's preview, the later: higher seq, then more changes. */
+function laterPreview (a: MessageDoc | undefined, b: MessageDoc | undefined): MessageDoc | undefined {
+  if (a === undefined) return b
+  if (b === undefined) return a
+  if (a.s !== b.s) return a.s > b.s ? a : b
+  return (a.w ?? 0) >= (b.w ?? 0) ? a : b
+}
+
+/** Whether the document shows what `change` did (or something later of the same kind, user and emoji). */
+function hasChange (doc: MessageDoc, change: StoredMessage): boolean {
+  if (change.kind === 'edit') return (doc.e?.s ?? 0) >= change.seq
+  if (change.kind === 'delete') return doc.d !== undefined
+  const { emoji, remove } = change.body as ReactionBody
+  return (doc.x?.[emoji]?.[userKey(change.senderId)] ?? 0) >= reactionState(change.seq, !remove)
+}
+
+/** The head one stored document makes: the latest entry, and the preview when it is a real message. */
+function headOf (doc: MessageDoc): PendingHead {
+  return isChangeKind(doc.k) ? { h: doc } : { h: doc, p: doc }
+}
+
+/** Two things known of one conversation's head, together. */
+function mergeHeads (a: PendingHead | undefined, b: PendingHead | undefined): PendingHead {
+  if (a === undefined) return b as PendingHead
+  if (b === undefined) return a
+  const head: PendingHead = { h: a.h.s >= b.h.s ? a.h : b.h }
+  const p = laterPreview(a.p, b.p)
+  if (p !== undefined) head.p = p
+  return head
 }
 
 /**
@@ -296,9 +433,9 @@ export class MongoMessageStore implements MessageStore {
    * conversation -> its latest stored message whose head is not written yet (see noteHeads). Read
    * by latestMany and lastSeq, so this process never sees its own heads lag.
    */
-  private readonly pendingHeads = new Map<string, MessageDoc>()
+  private readonly pendingHeads = new Map<string, PendingHead>()
   /** The heads being written by the flush in progress (still read as pending). */
-  private flushingHeads = new Map<string, MessageDoc>()
+  private flushingHeads = new Map<string, PendingHead>()
   private headTimer: NodeJS.Timeout | null = null
   /** The start-up check of the heads (healHeads), while it runs. */
   private healing: Promise<void> | null = null
@@ -307,10 +444,20 @@ export class MongoMessageStore implements MessageStore {
     maxSize: RECENT_DOC_BYTES,
     // the strings at two bytes a character (the body dominates), plus the object, its numbers and
     // the cache entry (~400 bytes, measured roughly: the earlier 200 undercounted by 2-3x)
-    sizeCalculation: doc => 400 + 2 * ((typeof doc.b === 'string' ? doc.b.length : 0) + doc._id.length + doc.c.length + doc.m.length + doc.u.length)
+    sizeCalculation: doc => 400 + 2 * ((typeof doc.b === 'string' ? doc.b.length : 0) + doc._id.length + doc.c.length + doc.m.length + doc.u.length) +
+      (doc.w === undefined ? 0 : 2 * JSON.stringify([doc.e, doc.d, doc.x]).length)
   })
 
   private headFlush: Promise<void> | null = null
+  /** Counts forget() calls; `forgotten` holds the count at which each id was last forgotten. */
+  private forgetClock = 0
+  private readonly forgotten = new LRUCache<string, number>({
+    max: FORGOTTEN_MAX,
+    dispose: (n, _id, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
+  })
+
+  /** The highest count forgotten by `forgotten` (evicted): reads that started before it cache nothing. */
+  private forgottenUpTo = 0
 
   constructor (private readonly options: MongoMessageStoreOptions) {
     this.newClient()
@@ -491,7 +638,7 @@ export class MongoMessageStore implements MessageStore {
     }
     await flush()
     const latestDocs = [...latest.values()]
-    for (let i = 0; i < latestDocs.length; i += COPY_BATCH) await this.writeHeads(latestDocs.slice(i, i + COPY_BATCH), heads)
+    for (let i = 0; i < latestDocs.length; i += COPY_BATCH) await this.writeHeads(latestDocs.slice(i, i + COPY_BATCH).map(headOf), heads)
     const [before, after] = await Promise.all([old.countDocuments({}), messages.countDocuments({})])
     if (after < before - skipped) throw new Error(`migration of ${old.collectionName} left ${after} of ${before - skipped} messages; it resumes at the next start`)
     this.options.onMigrated?.({ messages: copied, conversations: latest.size, skipped })
@@ -503,6 +650,8 @@ export class MongoMessageStore implements MessageStore {
     await this.healing
     if (this.headTimer !== null) clearTimeout(this.headTimer)
     this.headTimer = null
+    for (const timer of this.verifying) clearTimeout(timer)
+    this.verifying.clear()
     await this.headFlush
     // the last heads, best effort: lastSeq repairs what is lost
     await this.flushHeads().catch(() => {})
@@ -517,10 +666,7 @@ export class MongoMessageStore implements MessageStore {
    * after a crash heads lag until lastSeq repairs them (see the header).
    */
   private noteHeads (docs: readonly MessageDoc[]): void {
-    for (const doc of docs) {
-      const known = this.pendingHeads.get(doc.c)
-      if (known === undefined || known.s < doc.s) this.pendingHeads.set(doc.c, doc)
-    }
+    for (const doc of docs) this.pendingHeads.set(doc.c, mergeHeads(this.pendingHeads.get(doc.c), headOf(doc)))
     // bounded: the oldest go unwritten (lastSeq repairs them from the messages)
     for (const c of this.pendingHeads.keys()) {
       if (this.pendingHeads.size <= PENDING_HEADS_MAX) break
@@ -551,23 +697,20 @@ export class MongoMessageStore implements MessageStore {
     try {
       await this.writeHeads([...this.flushingHeads.values()])
     } catch (err) {
-      // written again next round, unless a newer message of the conversation came meanwhile
-      for (const [c, doc] of this.flushingHeads) {
-        const newer = this.pendingHeads.get(c)
-        if (newer === undefined || newer.s < doc.s) this.pendingHeads.set(c, doc)
-      }
+      // written again next round, with what came meanwhile
+      for (const [c, head] of this.flushingHeads) this.pendingHeads.set(c, mergeHeads(head, this.pendingHeads.get(c)))
       throw err
     } finally {
       this.flushingHeads = new Map()
     }
   }
 
-  /** The head this process has stored messages for and not written yet, if any. */
-  private pendingHead (conversationId: string): MessageDoc | undefined {
+  /** The head this process has stored messages (or changes) for and not written yet, if any. */
+  private pendingHead (conversationId: string): PendingHead | undefined {
     const pending = this.pendingHeads.get(conversationId)
     const flushing = this.flushingHeads.get(conversationId)
     if (pending === undefined) return flushing
-    return flushing === undefined || flushing.s < pending.s ? pending : flushing
+    return flushing === undefined ? pending : mergeHeads(flushing, pending)
   }
 
   async insertBatch (messages: StoredMessage[]): Promise<InsertBatchResult> {
@@ -614,23 +757,111 @@ export class MongoMessageStore implements MessageStore {
    * the database, previews included (measured: 0.5-1.9 s with 10,000 conversations, over 5 s with
    * 50,000), where a page of heads by key costs the page (listPageMax bounds it).
    */
-  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
     const ids = [...new Set(conversationIds)]
     if (ids.length === 0) return new Map()
     // before the reads: a head still pending now is written after them at the earliest, and one
     // that is not pending now was written before them
-    const pendingNow = new Map<string, MessageDoc>()
+    const pendingNow = new Map<string, PendingHead>()
     for (const c of ids) {
       const pending = this.pendingHead(c)
       if (pending !== undefined) pendingNow.set(c, pending)
     }
     const found = await this.findByKeys(this.heads, ids)
-    const latest = new Map<string, Omit<MessageDoc, '_id'>>()
-    for (const head of found) if (head.h !== undefined) latest.set(head._id, { ...head.h, c: head._id })
-    for (const [c, pending] of pendingNow) {
-      if (pending.s > (latest.get(c)?.s ?? 0)) latest.set(c, pending)
+    const heads = new Map<string, PendingHead>()
+    for (const head of found) {
+      if (head.h === undefined) continue
+      const h: MessageDoc = { ...head.h, _id: idOf(head._id, head.h.s), c: head._id }
+      // a head written before previews existed holds only `h`, a real message then
+      heads.set(head._id, mergeHeads(headOf(h), head.p === undefined ? undefined : { h, p: fromPreview(head._id, head.p) }))
     }
-    return new Map([...latest].map(([c, doc]) => [c, fromDoc(doc)]))
+    for (const [c, pending] of pendingNow) heads.set(c, mergeHeads(heads.get(c), pending))
+    // a preview older than the latest entry says (a head written late): read it by key
+    const stale = [...heads.values()].filter(head => (head.p?.s ?? 0) < lastRealOf(fromDoc(head.h)))
+    if (stale.length > 0) {
+      const read = await this.byIds(stale.map(head => idOf(head.h.c, lastRealOf(fromDoc(head.h)))))
+      for (const doc of read) {
+        const head = heads.get(doc.c)
+        if (head !== undefined) head.p = laterPreview(head.p, doc)
+      }
+    }
+    return new Map([...heads].map(([c, head]) => [c, { latest: fromDoc(head.h), preview: head.p === undefined ? null : fromDoc(head.p) }]))
+  }
+
+  async applyChange (change: StoredMessage): Promise<StoredMessage | null> {
+    const doc = await this.applyOnce(change)
+    if (doc === null) return null
+    // FerretDB: see verifyChange
+    if (!this.batched) this.verifyLater(change, VERIFY_AFTER_MS, 1)
+    return fromDoc(doc)
+  }
+
+  private async applyOnce (change: StoredMessage): Promise<MessageDoc | null> {
+    if (change.target === undefined) return null
+    const id = idOf(change.conversationId, change.target)
+    const update = changeUpdate(change)
+    const doc = await this.run(async () => await this.messages.findOneAndUpdate({ _id: id }, update, { returnDocument: 'after', writeConcern: DURABLE }))
+    // not cached: a copy read meanwhile (here, or by a page read that started before) is stale
+    this.forgetIds([id])
+    if (doc === null) return null
+    // a change to the latest real message (or one whose place is not known) changes the preview
+    if (change.lastReal === undefined || change.target === change.lastReal) this.noteHeads([doc])
+    return doc
+  }
+
+  /**
+   * FerretDB v1.24 (SQLite) applies an update as read, modify, write without isolation: two
+   * updates of one document at once (two nodes reacting to one message) can lose one of them
+   * (measured: 40 concurrent `$max` of different fields kept 3). On FerretDB each applied change is
+   * read back VERIFY_AFTER_MS later (after the updates running at the same time have ended) and
+   * applied again if it was lost, up to VERIFY_ATTEMPTS times. MongoDB updates one document
+   * atomically and needs none of this.
+   */
+  private verifyLater (change: StoredMessage, delayMs: number, attempt: number): void {
+    if (this.closed || this.verifying.size >= VERIFY_PENDING_MAX) return
+    const timer = setTimeout(() => {
+      this.verifying.delete(timer)
+      if (this.closed) return
+      void (async () => {
+        const id = idOf(change.conversationId, change.target ?? 0)
+        const doc = await this.run(async () => await this.messages.findOne({ _id: id }))
+        if (doc === null || hasChange(doc, change)) return
+        if (attempt >= VERIFY_ATTEMPTS) throw new Error(`change ${change.conversationId}:${change.seq} lost ${attempt} times`)
+        await this.applyOnce(change)
+        this.onChangeLost?.(change)
+        this.verifyLater(change, delayMs * 2, attempt + 1)
+      })().catch(err => this.options.onChangeUnverified?.(change, err))
+    }, delayMs)
+    timer.unref()
+    this.verifying.add(timer)
+  }
+
+  /** Verifications waiting for their time (FerretDB, see verifyLater). */
+  private readonly verifying = new Set<NodeJS.Timeout>()
+
+  /** Test hook: a change was lost by the store and applied again (FerretDB, see verifyLater). */
+  onChangeLost: ((change: StoredMessage) => void) | null = null
+
+  async getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]> {
+    if (keys.length === 0) return []
+    return (await this.byIds([...new Set(keys.map(k => idOf(k.conversationId, k.seq)))])).map(fromDoc)
+  }
+
+  forget (keys: ReadonlyArray<{ conversationId: string, seq: number }>): void {
+    this.forgetIds(keys.map(k => idOf(k.conversationId, k.seq)))
+  }
+
+  /** Drops cached copies, and keeps reads that started before from caching what they get. */
+  private forgetIds (ids: readonly string[]): void {
+    for (const id of ids) {
+      this.recentDocs.delete(id)
+      this.forgotten.set(id, ++this.forgetClock)
+    }
+  }
+
+  /** True if `id` was forgotten after `clock` (or may have been: its record was evicted). */
+  private forgottenSince (id: string, clock: number): boolean {
+    return Math.max(this.forgotten.get(id) ?? 0, this.forgottenUpTo) > clock
   }
 
   /**
@@ -665,6 +896,7 @@ export class MongoMessageStore implements MessageStore {
 
   /** Documents by primary key, in no order; absent ids are left out. */
   private async byIds (ids: readonly string[]): Promise<MessageDoc[]> {
+    const started = this.forgetClock
     const found: MessageDoc[] = []
     const missing: string[] = []
     for (const id of ids) {
@@ -674,7 +906,7 @@ export class MongoMessageStore implements MessageStore {
     }
     if (missing.length === 0) return found
     const read = await this.findByKeys(this.messages, missing)
-    for (const doc of read) this.recentDocs.set(doc._id, doc)
+    for (const doc of read) if (!this.forgottenSince(doc._id, started)) this.recentDocs.set(doc._id, doc)
     return found.concat(read)
   }
 
@@ -701,8 +933,8 @@ export class MongoMessageStore implements MessageStore {
     const pending = this.pendingHead(conversationId) // before the read (see latestMany)
     const head = await this.run(async () => await this.heads.findOne({ _id: conversationId }))
     let latest: MessageDoc | null = head?.h === undefined ? null : { ...head.h, _id: idOf(conversationId, head.h.s), c: conversationId }
-    if (pending !== undefined && pending.s > (latest?.s ?? 0)) latest = pending
-    let past: MessageDoc | null = null
+    if (pending !== undefined && pending.h.s > (latest?.s ?? 0)) latest = pending.h
+    const past: MessageDoc[] = []
     // FerretDB: one lookup first (almost always a miss), then wider steps; MongoDB: one $in per step
     for (let step = this.batched ? PROBE_MAX : 1; ; step = Math.min(step * 4, PROBE_MAX)) {
       const next = (latest?.s ?? 0) + 1
@@ -711,28 +943,29 @@ export class MongoMessageStore implements MessageStore {
       for (const doc of docs) {
         if (doc.s !== next + contiguous) break
         latest = doc
-        past = doc
+        past.push(doc)
         contiguous++
       }
       if (contiguous < step) break
     }
-    if (past !== null) this.noteHeads([past])
+    if (past.length > 0) this.noteHeads(past)
     return latest
   }
 
   /**
-   * Moves each conversation's head up to its latest document among `docs` (which are stored).
+   * Moves each conversation's head (latest entry and preview) up to what `list` holds (stored).
    * `$max` never moves a head back; two nodes upserting a new head at once may see a duplicate
    * key, after which the other's head exists and the update is tried once more.
    */
-  private async writeHeads (docs: readonly MessageDoc[], heads = this.heads): Promise<void> {
-    const latest = new Map<string, MessageDoc>()
-    for (const doc of docs) {
-      const known = latest.get(doc.c)
-      if (known === undefined || known.s < doc.s) latest.set(doc.c, doc)
-    }
-    const ops: Array<AnyBulkWriteOperation<HeadDoc>> = [...latest.values()].map(doc => ({
-      updateOne: { filter: { _id: doc.c }, update: { $max: { h: headFields(doc) } }, upsert: true }
+  private async writeHeads (list: readonly PendingHead[], heads = this.heads): Promise<void> {
+    const merged = new Map<string, PendingHead>()
+    for (const head of list) merged.set(head.h.c, mergeHeads(merged.get(head.h.c), head))
+    const ops: Array<AnyBulkWriteOperation<HeadDoc>> = [...merged.values()].map(head => ({
+      updateOne: {
+        filter: { _id: head.h.c },
+        update: { $max: head.p === undefined ? { h: headFields(head.h) } : { h: headFields(head.h), p: previewFields(head.p) } },
+        upsert: true
+      }
     }))
     for (let start = 0; start < ops.length; start += UPDATES_PER_COMMAND) {
       await this.updateHeads(ops.slice(start, start + UPDATES_PER_COMMAND), heads)

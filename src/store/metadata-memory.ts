@@ -8,13 +8,16 @@
  */
 import {
   StoreConflictError,
+  type BlockRecord,
   type ConversationRecord,
   type GroupInvites,
   type MemberRecord,
+  type MentionRecord,
   type MetadataStore,
   type Role,
   type UserRecord
 } from './types.js'
+import { MENTION_ALL } from '../protocol/schemas.js'
 
 export class MemoryMetadataStore implements MetadataStore {
   private readonly users = new Map<string, UserRecord>()
@@ -29,6 +32,12 @@ export class MemoryMetadataStore implements MetadataStore {
   private userVersion = 0
   /** user id → userVersion of its last change (creation included), like users.updated_at */
   private readonly userChangedAt = new Map<string, number>()
+  /** user id → blocked user id → when, the equivalent of the MySQL table blocks */
+  private readonly blocks = new Map<string, Map<string, number>>()
+  /** blocked user id → who blocks them, the equivalent of the index idx_blocks_blocked */
+  private readonly blockedBy = new Map<string, Set<string>>()
+  /** mentioned user (or '@all') -> conversation -> seq -> sender */
+  private readonly mentions = new Map<string, Map<string, Map<number, string>>>()
 
   async init (): Promise<void> {}
 
@@ -275,6 +284,63 @@ export class MemoryMetadataStore implements MetadataStore {
       }
     }
     return found
+  }
+
+  async blockAdd (userId: string, blockedId: string, at: number, max: number): Promise<'added' | 'exists' | 'full'> {
+    let mine = this.blocks.get(userId)
+    if (mine?.has(blockedId) === true) return 'exists'
+    if ((mine?.size ?? 0) >= max) return 'full'
+    if (mine === undefined) this.blocks.set(userId, mine = new Map())
+    mine.set(blockedId, at)
+    let blockers = this.blockedBy.get(blockedId)
+    if (blockers === undefined) this.blockedBy.set(blockedId, blockers = new Set())
+    blockers.add(userId)
+    return 'added'
+  }
+
+  async blockRemove (userId: string, blockedId: string): Promise<boolean> {
+    const mine = this.blocks.get(userId)
+    if (mine?.delete(blockedId) !== true) return false
+    if (mine.size === 0) this.blocks.delete(userId)
+    const blockers = this.blockedBy.get(blockedId)
+    blockers?.delete(userId)
+    if (blockers?.size === 0) this.blockedBy.delete(blockedId)
+    return true
+  }
+
+  async blockList (userId: string): Promise<BlockRecord[]> {
+    return [...(this.blocks.get(userId) ?? [])]
+      .map(([blockedId, at]) => ({ blockedId, at }))
+      .sort((a, b) => a.at - b.at || compare(a.blockedId, b.blockedId))
+  }
+
+  async blockersAmong (userId: string, others: readonly string[]): Promise<Set<string>> {
+    const blockers = this.blockedBy.get(userId)
+    return new Set(blockers === undefined ? [] : others.filter(u => blockers.has(u)))
+  }
+
+  async mentionAddMany (mentions: readonly MentionRecord[]): Promise<void> {
+    for (const m of mentions) {
+      let byConv = this.mentions.get(m.userId)
+      if (byConv === undefined) this.mentions.set(m.userId, byConv = new Map())
+      let bySeq = byConv.get(m.conversationId)
+      if (bySeq === undefined) byConv.set(m.conversationId, bySeq = new Map())
+      bySeq.set(m.seq, m.senderId)
+    }
+  }
+
+  async mentionCountMany (userId: string, conversationIds: readonly string[]): Promise<Map<string, number>> {
+    const counts = new Map<string, number>()
+    for (const conv of new Set(conversationIds)) {
+      const readSeq = this.findMember(conv, userId)?.readSeq
+      if (readSeq === undefined) continue
+      let n = 0
+      for (const who of [userId, MENTION_ALL]) {
+        for (const [seq, sender] of this.mentions.get(who)?.get(conv) ?? []) if (seq > readSeq && sender !== userId) n++
+      }
+      if (n > 0) counts.set(conv, n)
+    }
+    return counts
   }
 
   /** Sets one field of a user; a change only if the value differs, like MySQL's updated_at. */

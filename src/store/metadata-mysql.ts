@@ -17,15 +17,18 @@ import type { PoolConnection as CallbackPoolConnection } from 'mysql2'
 import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION, type MysqlStatement } from './migrations/mysql.js'
 import {
   StoreConflictError,
+  type BlockRecord,
   type ConversationKind,
   type ConversationRecord,
   type GroupInvites,
   type MemberRecord,
+  type MentionRecord,
   type MetadataStore,
   type Role,
   type UserKind,
   type UserRecord
 } from './types.js'
+import { MENTION_ALL } from '../protocol/schemas.js'
 
 export { MYSQL_SCHEMA_VERSION }
 
@@ -51,6 +54,8 @@ const MIGRATION_LOCK_TIMEOUT_SECONDS = 30
 const TRANSACTION_ATTEMPTS = 3
 /** Ids per statement of a batched read: bounds the statement and packet size. */
 const IN_CHUNK = 1000
+/** mentionAddMany: rows per INSERT. */
+const MENTIONS_CHUNK = 500
 const DEFAULT_USER_CHANGES_MARGIN_MS = 5000
 
 const ER_DUP_ENTRY = 1062
@@ -133,6 +138,11 @@ interface RoleRow extends RowDataPacket {
 
 interface NowRow extends RowDataPacket {
   now: Date
+}
+
+interface BlockRow extends RowDataPacket {
+  blocked_id: string
+  blocked_at: number | string
 }
 
 export class MySqlMetadataStore implements MetadataStore {
@@ -472,6 +482,65 @@ export class MySqlMetadataStore implements MetadataStore {
          JOIN conversations AS c ON c.id = mine.conversation_id
          JOIN members AS theirs ON theirs.conversation_id = mine.conversation_id
          WHERE mine.user_id = ? AND (c.kind = 'group' OR c.created_by = theirs.user_id) AND theirs.user_id IN (?)`, others, [userId])
+    return new Set(rows.map((row) => row.user_id))
+  }
+
+  /**
+   * One transaction: the blocker's users row is locked first, so a user's concurrent calls take
+   * turns and the count they check is exact (a user with no users row is not serialized; mqim
+   * only blocks for signed-in users). The reads after the lock are plain consistent reads: InnoDB
+   * takes the transaction's snapshot at its first one, after the lock was granted, so they see
+   * what the previous holder committed, and they lock no ranges of blocks (locking reads would
+   * take gap locks that deadlock with neighbouring users' inserts). INSERT IGNORE adds nothing
+   * when the pair exists.
+   */
+  async blockAdd (userId: string, blockedId: string, at: number, max: number): Promise<'added' | 'exists' | 'full'> {
+    return await this.transaction(async (conn) => {
+      await conn.execute('SELECT id FROM users WHERE id = ? FOR UPDATE', [userId])
+      const [found] = await conn.execute<RowDataPacket[]>('SELECT 1 FROM blocks WHERE user_id = ? AND blocked_id = ?', [userId, blockedId])
+      if (found.length > 0) return 'exists'
+      const [counted] = await conn.execute<CountRow[]>('SELECT COUNT(*) AS n FROM blocks WHERE user_id = ?', [userId])
+      if (toSafeNumber(counted[0]?.n, 'COUNT(*)') >= max) return 'full'
+      const [result] = await conn.execute<ResultSetHeader>(
+        'INSERT IGNORE INTO blocks (user_id, blocked_id, blocked_at) VALUES (?, ?, ?)', [userId, blockedId, at])
+      return result.affectedRows > 0 ? 'added' : 'exists'
+    })
+  }
+
+  async blockRemove (userId: string, blockedId: string): Promise<boolean> {
+    const [result] = await this.pool.execute<ResultSetHeader>('DELETE FROM blocks WHERE user_id = ? AND blocked_id = ?', [userId, blockedId])
+    return result.affectedRows > 0
+  }
+
+  async blockList (userId: string): Promise<BlockRecord[]> {
+    // the primary key's range of this user (at most limits.blocksPerUser rows), sorted by time
+    const [rows] = await this.pool.execute<BlockRow[]>(
+      'SELECT blocked_id, blocked_at FROM blocks WHERE user_id = ? ORDER BY blocked_at, blocked_id', [userId])
+    return rows.map((row) => ({ blockedId: row.blocked_id, at: toSafeNumber(row.blocked_at, 'blocks.blocked_at') }))
+  }
+
+  /** INSERT IGNORE, MENTIONS_CHUNK rows per statement: the same mention stored twice is one row. */
+  async mentionAddMany (mentions: readonly MentionRecord[]): Promise<void> {
+    for (let start = 0; start < mentions.length; start += MENTIONS_CHUNK) {
+      const rows = mentions.slice(start, start + MENTIONS_CHUNK).map(m => [m.userId, m.conversationId, m.seq, m.senderId])
+      await this.pool.query('INSERT IGNORE INTO mentions (user_id, conversation_id, seq, sender_id) VALUES ?', [rows])
+    }
+  }
+
+  /** One statement per IN_CHUNK conversations: the primary key's ranges past each member's read_seq. */
+  async mentionCountMany (userId: string, conversationIds: readonly string[]): Promise<Map<string, number>> {
+    const rows = await this.selectIn<ConversationCountRow>(
+      `SELECT x.conversation_id, COUNT(*) AS n FROM mentions x
+        JOIN members m ON m.conversation_id = x.conversation_id AND m.user_id = ?
+        WHERE x.user_id IN (?, '${MENTION_ALL}') AND x.seq > m.read_seq AND x.sender_id <> ? AND x.conversation_id IN (?)
+        GROUP BY x.conversation_id`,
+      conversationIds, [userId, userId, userId])
+    return new Map(rows.map((row) => [row.conversation_id, toSafeNumber(row.n, 'COUNT(*)')]))
+  }
+
+  async blockersAmong (userId: string, others: readonly string[]): Promise<Set<string>> {
+    // served by idx_blocks_blocked (blocked_id, user_id)
+    const rows = await this.selectIn<UserIdRow>('SELECT user_id FROM blocks WHERE blocked_id = ? AND user_id IN (?)', others, [userId])
     return new Set(rows.map((row) => row.user_id))
   }
 

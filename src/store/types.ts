@@ -151,9 +151,75 @@ export interface MetadataStore {
    * a direct conversation it opened.
    */
   memberContactOf (userId: string, others: readonly string[]): Promise<Set<string>>
+
+  /**
+   * userId blocks blockedId from `at` on, unless userId already blocks `max` users. 'added';
+   * 'exists' when it did already (nothing changes: the first time is kept, also at the bound);
+   * 'full' when userId blocks `max` others (nothing added). Calls for one user are serialized (on
+   * the user's record in MySQL), so concurrent calls never leave more than `max`.
+   */
+  blockAdd (userId: string, blockedId: string, at: number, max: number): Promise<'added' | 'exists' | 'full'>
+  /** Returns false if userId did not block blockedId. */
+  blockRemove (userId: string, blockedId: string): Promise<boolean>
+  /** Whom userId blocks, oldest first (the same time: by id, byte order). */
+  blockList (userId: string): Promise<BlockRecord[]>
+  /** Of `others`, those who block userId, in one round trip (absent: they do not). */
+  blockersAmong (userId: string, others: readonly string[]): Promise<Set<string>>
+
+  /**
+   * Records mentions (`userId` a member, or '@all' for every member): stored again, nothing
+   * changes (the same conversation, user and seq).
+   */
+  mentionAddMany (mentions: readonly MentionRecord[]): Promise<void>
+  /**
+   * How many mentions of userId (by name or '@all', not by userId itself) each of these
+   * conversations holds after userId's read cursor, in one round trip (absent: none).
+   */
+  mentionCountMany (userId: string, conversationIds: readonly string[]): Promise<Map<string, number>>
 }
 
-export type MessageKind = 'text' | 'custom'
+/** A message that mentions someone (MetadataStore.mentionAddMany). */
+export interface MentionRecord {
+  conversationId: string
+  /** The member mentioned, or '@all'. */
+  userId: string
+  seq: number
+  senderId: string
+}
+
+/** One user blocked by another (MetadataStore.blockList). */
+export interface BlockRecord {
+  blockedId: string
+  /** When it was blocked, epoch milliseconds. */
+  at: number
+}
+
+/** Kinds of real messages (previews, unread) and of changes to them (edit, delete, react). */
+export type MessageKind = 'text' | 'custom' | ChangeKind
+export type ChangeKind = 'edit' | 'delete' | 'react'
+
+export function isChangeKind (kind: string): kind is ChangeKind {
+  return kind === 'edit' || kind === 'delete' || kind === 'react'
+}
+
+/**
+ * What later changes did to a message (absent: nothing). Applied by MessageStore.applyChange, in
+ * any order and any number of times with the same outcome: each part keeps the change with the
+ * highest seq (the deletion: the lowest).
+ */
+export interface MessageChanges {
+  /** The latest edit: its seq and ts, and the body it gave the message. */
+  edited?: { seq: number, ts: number, body: unknown }
+  /** The deletion (the first one, by seq): its seq, ts and who deleted it (the body is then gone). */
+  deleted?: { seq: number, ts: number, by: string }
+  /**
+   * emoji -> user -> 2 * seq + (1 if that change added the reaction, 0 if it removed it): the
+   * user's latest reaction change with that emoji. A user reacts with the emoji when odd.
+   */
+  reactions?: Record<string, Record<string, number>>
+  /** How many changes were applied (a version: caches of the message key on it). */
+  version: number
+}
 
 export interface StoredMessage {
   conversationId: string
@@ -168,6 +234,36 @@ export interface StoredMessage {
   body: unknown
   /** seq of the message this one replies to, or null. */
   replyTo: number | null
+  /** Messages: who the sender mentioned (user ids, or '@all'); absent: nobody. */
+  mentions?: string[]
+  /** Changes (edit, delete, react): the seq of the message changed. */
+  target?: number
+  /**
+   * Real messages (not changes) of the conversation up to and including this seq, so that unread
+   * is a difference of two counts. Absent on messages stored before changes existed, when every
+   * entry was a message: the count is then the seq (see countOf).
+   */
+  count?: number
+  /** Changes: the seq of the last real message before this one (0: none). */
+  lastReal?: number
+  /** Messages: what later changes did to it. */
+  changes?: MessageChanges
+}
+
+/** Real messages up to and including this entry. */
+export function countOf (m: Pick<StoredMessage, 'seq' | 'count'>): number {
+  return m.count ?? m.seq
+}
+
+/** The seq of the last real message up to and including this entry. */
+export function lastRealOf (m: Pick<StoredMessage, 'seq' | 'kind' | 'lastReal'>): number {
+  return isChangeKind(m.kind) ? m.lastReal ?? 0 : m.seq
+}
+
+/** A conversation's head: its latest entry, and its latest real message as it is now (the preview). */
+export interface ConversationHead {
+  latest: StoredMessage
+  preview: StoredMessage | null
 }
 
 /**
@@ -218,11 +314,22 @@ export interface MessageStore {
   /** The message with the highest seq, or null. Exact, like lastSeq. */
   latest (conversationId: string): Promise<StoredMessage | null>
   /**
-   * The latest message of each of several conversations in one query (absent: none), from head
+   * The head of each of several conversations in one query (absent: nothing stored): its latest
+   * entry and its latest real message with the changes applied to it (the preview), from head
    * records where the store keeps them: never ahead of the stored messages, and behind them only
    * after a crash between the two writes, until lastSeq or latest of that conversation repairs it.
    */
-  latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>>
+  latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>>
+  /**
+   * Applies a stored change (kind edit, delete or react) to its target message: idempotent and
+   * order-free (each part keeps the change with the highest seq, see MessageChanges). Resolves
+   * with the target as it is now, or null if the conversation has no message at that seq.
+   */
+  applyChange (change: StoredMessage): Promise<StoredMessage | null>
+  /** Messages by seq, several conversations at once; absent ones left out; no order. */
+  getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]>
+  /** Another process changed these messages: drop what is cached of them (a cluster notice). */
+  forget (keys: ReadonlyArray<{ conversationId: string, seq: number }>): void
   /**
    * Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. Callers keep
    * toSeq <= lastSeq. A store may read the seqs themselves ([fromSeq, fromSeq + limit) forward,

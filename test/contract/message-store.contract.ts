@@ -5,7 +5,7 @@
  * The factory returns a new, empty store that has not been initialized yet; the suite calls
  * init() before each test, then close() and the factory's cleanup() after it.
  */
-import type { InsertBatchResult, MessageStore, StoredMessage } from '../../src/store/types.js'
+import type { ConversationHead, InsertBatchResult, MessageStore, StoredMessage } from '../../src/store/types.js'
 
 export type MessageStoreFactory = () => Promise<{ store: MessageStore, cleanup?: () => Promise<void> }>
 
@@ -30,6 +30,11 @@ function messages (conversationId: string, from: number, to: number): StoredMess
   const out: StoredMessage[] = []
   for (let seq = from; seq <= to; seq++) out.push(message(conversationId, seq))
   return out
+}
+
+/** The latest entry of each head (what latestMany answered before previews). */
+function latestOf (heads: Map<string, ConversationHead>): Map<string, StoredMessage> {
+  return new Map([...heads].map(([c, head]) => [c, head.latest]))
 }
 
 function seqs (list: StoredMessage[]): number[] {
@@ -336,18 +341,18 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         await store.insertBatch([message('c2', 5)])
         await store.insertBatch([message('c3', 1, { body: 'only one' })])
 
-        expect(entries(await store.latestMany(['c1', 'c2', 'c3', 'unknown']))).toStrictEqual([
+        expect(entries(latestOf(await store.latestMany(['c1', 'c2', 'c3', 'unknown'])))).toStrictEqual([
           ['c1', c1[2]],
           ['c2', c2Last],
           ['c3', message('c3', 1, { body: 'only one' })]
         ])
-        expect((await store.latestMany(['c2'])).get('c2')).toStrictEqual(await store.latest('c2'))
+        expect((await store.latestMany(['c2'])).get('c2')).toStrictEqual({ latest: await store.latest('c2'), preview: await store.latest('c2') })
       })
 
       it('leaves out unknown conversations and answers each duplicate id once', async () => {
         await store.insertBatch([message('c1', 1), message('c1', 2)])
         const result = await store.latestMany(['nope', 'c1', 'c1', 'also-nope', 'c1'])
-        expect(entries(result)).toStrictEqual([['c1', message('c1', 2)]])
+        expect(entries(latestOf(result))).toStrictEqual([['c1', message('c1', 2)]])
         expect(await store.latestMany(['nope', 'nope'])).toStrictEqual(new Map())
       })
 
@@ -355,10 +360,10 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         await store.insertBatch([message('c', 1), message('c1', 1), message('c1', 2), message('c10', 1), message('C1', 1), message('C1', 2), message('C1', 3)])
         const result = await store.latestMany(['c', 'c1', 'c10', 'C1', 'c100'])
         expect([...result.keys()].sort()).toStrictEqual(['C1', 'c', 'c1', 'c10'])
-        expect(result.get('c')?.seq).toBe(1)
-        expect(result.get('c1')?.seq).toBe(2)
-        expect(result.get('c10')?.seq).toBe(1)
-        expect(result.get('C1')?.seq).toBe(3)
+        expect(result.get('c')?.latest.seq).toBe(1)
+        expect(result.get('c1')?.latest.seq).toBe(2)
+        expect(result.get('c10')?.latest.seq).toBe(1)
+        expect(result.get('C1')?.latest.seq).toBe(3)
       })
 
       it('answers 2,500+ ids, most of them unknown and some repeated far apart', async () => {
@@ -374,14 +379,99 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         ids[2598] = 'k1'
         const result = await store.latestMany(ids)
         expect([...result.keys()].sort()).toStrictEqual(known)
-        for (const [i, id] of known.entries()) expect(result.get(id)).toStrictEqual(message(id, i + 1))
+        for (const [i, id] of known.entries()) expect(result.get(id)?.latest).toStrictEqual(message(id, i + 1))
       })
 
       it('returns copies', async () => {
         await store.insertBatch([message('c1', 1, { kind: 'custom', body: { list: [1] } })])
         const first = await store.latestMany(['c1']);
-        (first.get('c1')?.body as { list: number[] }).list.push(2)
-        expect((await store.latestMany(['c1'])).get('c1')?.body).toStrictEqual({ list: [1] })
+        (first.get('c1')?.latest.body as { list: number[] }).list.push(2)
+        expect((await store.latestMany(['c1'])).get('c1')?.latest.body).toStrictEqual({ list: [1] })
+      })
+    })
+
+    describe('changes (applyChange), counts and previews', () => {
+      /** A change entry at `seq` of conversation c1: kind, target, body, sender; lastReal and count as the sequencer gives them. */
+      function change (seq: number, kind: 'edit' | 'delete' | 'react', target: number, body: unknown, senderId = 'alice', lastReal = target, count?: number): StoredMessage {
+        const m = message('c1', seq, { kind, body, senderId, target, lastReal, clientMsgId: `ch${seq}` })
+        if (count !== undefined) m.count = count
+        return m
+      }
+
+      it('stores count, target and lastReal and reads them back exactly', async () => {
+        const entries = [message('c1', 1), message('c1', 2), change(3, 'react', 1, { emoji: '👍', remove: false }, 'bob', 2, 2), message('c1', 4, { count: 3 })]
+        await store.insertBatch(entries)
+        expect(await store.range('c1', { fromSeq: 3, toSeq: 4, limit: 10, direction: 'forward' })).toStrictEqual(entries.slice(2))
+        expect(await store.latest('c1')).toStrictEqual(entries[3])
+      })
+
+      it('an edit replaces the body, keeping the latest edit (by seq) whatever the order; a resend changes nothing but the version', async () => {
+        await store.insertBatch([message('c1', 1), change(2, 'edit', 1, 'second'), change(3, 'edit', 1, 'third')])
+        const later = await store.applyChange(change(3, 'edit', 1, 'third'))
+        expect(later?.changes?.edited).toStrictEqual({ seq: 3, ts: T0 + 3, body: 'third' })
+        const earlier = await store.applyChange(change(2, 'edit', 1, 'second'))
+        expect(earlier?.changes?.edited).toStrictEqual({ seq: 3, ts: T0 + 3, body: 'third' })
+        expect(earlier?.changes?.version).toBe(2)
+        // the message itself is unchanged: its body is what was sent
+        expect(earlier?.body).toBe('message 1')
+        const [read] = await store.getMany([{ conversationId: 'c1', seq: 1 }])
+        expect(read?.changes).toStrictEqual(earlier?.changes)
+      })
+
+      it('edits of a custom message keep any JSON body; a deletion is kept with who did it', async () => {
+        await store.insertBatch([message('c1', 1, { kind: 'custom', body: { a: 1 } })])
+        const edited = await store.applyChange(change(2, 'edit', 1, { $x: 1, 'a.b': [null] }))
+        expect(edited?.changes?.edited?.body).toStrictEqual({ $x: 1, 'a.b': [null] })
+        const deleted = await store.applyChange(change(3, 'delete', 1, null, 'admin.one'))
+        expect(deleted?.changes?.deleted).toStrictEqual({ seq: 3, ts: T0 + 3, by: 'admin.one' })
+      })
+
+      it('reactions: one state per user and emoji, the highest seq wins in any order; user ids with dots', async () => {
+        await store.insertBatch([message('c1', 1)])
+        await store.applyChange(change(5, 'react', 1, { emoji: '👍', remove: true }, 'bob.b'))
+        await store.applyChange(change(4, 'react', 1, { emoji: '👍', remove: false }, 'bob.b'))
+        await store.applyChange(change(6, 'react', 1, { emoji: '👍', remove: false }, 'carol'))
+        const now = await store.applyChange(change(7, 'react', 1, { emoji: '👨‍👩‍👧', remove: false }, 'bob.b'))
+        expect(now?.changes?.reactions).toStrictEqual({ '👍': { 'bob.b': 10, carol: 13 }, '👨‍👩‍👧': { 'bob.b': 15 } })
+        expect(now?.changes?.version).toBe(4)
+      })
+
+      it('a change to a seq with no message is answered null and stores nothing', async () => {
+        await store.insertBatch([message('c1', 1)])
+        expect(await store.applyChange(change(2, 'edit', 9, 'x'))).toBeNull()
+        expect(await store.applyChange({ ...change(2, 'edit', 1, 'x'), conversationId: 'nope' })).toBeNull()
+        expect(await store.getMany([{ conversationId: 'c1', seq: 9 }])).toStrictEqual([])
+        expect((await store.getMany([{ conversationId: 'c1', seq: 1 }]))[0]?.changes).toBeUndefined()
+      })
+
+      it('getMany reads several conversations, leaves out what is absent, returns copies', async () => {
+        await store.insertBatch([message('c1', 1), message('c1', 2), message('c2', 1, { kind: 'custom', body: { list: [1] } })])
+        const found = await store.getMany([{ conversationId: 'c1', seq: 2 }, { conversationId: 'c2', seq: 1 }, { conversationId: 'c3', seq: 1 }, { conversationId: 'c1', seq: 0 }])
+        expect(found.sort((a, b) => a.conversationId.localeCompare(b.conversationId))).toStrictEqual([message('c1', 2), message('c2', 1, { kind: 'custom', body: { list: [1] } })]);
+        (found[1]?.body as { list: number[] }).list.push(2)
+        expect((await store.getMany([{ conversationId: 'c2', seq: 1 }]))[0]?.body).toStrictEqual({ list: [1] })
+      })
+
+      it('the preview is the latest real message as it is now; the latest entry may be a change', async () => {
+        await store.insertBatch([message('c1', 1), message('c1', 2), change(3, 'react', 2, { emoji: '🎉', remove: false }, 'bob', 2, 2)])
+        await store.applyChange(change(3, 'react', 2, { emoji: '🎉', remove: false }, 'bob', 2, 2))
+        const head = (await store.latestMany(['c1'])).get('c1')
+        expect(head?.latest.seq).toBe(3)
+        expect(head?.preview?.seq).toBe(2)
+        expect(head?.preview?.changes?.reactions).toStrictEqual({ '🎉': { bob: 7 } })
+        // a change to an older message leaves the preview as it is
+        await store.insertBatch([change(4, 'edit', 1, 'old one edited', 'alice', 2, 2)])
+        await store.applyChange(change(4, 'edit', 1, 'old one edited', 'alice', 2, 2))
+        expect((await store.latestMany(['c1'])).get('c1')?.preview?.seq).toBe(2)
+        // deleting the preview: it stays the preview, deleted
+        await store.insertBatch([change(5, 'delete', 2, null, 'alice', 2, 2)])
+        await store.applyChange(change(5, 'delete', 2, null, 'alice', 2, 2))
+        const after = (await store.latestMany(['c1'])).get('c1')
+        expect(after?.latest.seq).toBe(5)
+        expect(after?.preview?.changes?.deleted?.seq).toBe(5)
+        // a new message is the preview
+        await store.insertBatch([message('c1', 6, { count: 3 })])
+        expect((await store.latestMany(['c1'])).get('c1')?.preview).toStrictEqual(message('c1', 6, { count: 3 }))
       })
     })
 

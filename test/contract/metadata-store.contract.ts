@@ -791,6 +791,133 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
     })
 
+    describe('blocks', () => {
+      beforeEach(async () => {
+        for (const id of ['alice', 'bob', 'carol', 'dave']) await store.userCreate(user(id))
+      })
+
+      test('blockAdd adds once: again it is "exists" and keeps the first time', async () => {
+        expect(await store.blockAdd('alice', 'bob', T0 + 10, 5)).toBe('added')
+        expect(await store.blockAdd('alice', 'bob', T0 + 20, 5)).toBe('exists')
+        expect(await store.blockList('alice')).toStrictEqual([{ blockedId: 'bob', at: T0 + 10 }])
+        // one way only: bob blocks nobody
+        expect(await store.blockList('bob')).toStrictEqual([])
+      })
+
+      test('blockList is oldest first, the same time by id in byte order; ids are exact', async () => {
+        await store.blockAdd('alice', 'dave', T0 + 30, 10)
+        await store.blockAdd('alice', 'carol', T0 + 10, 10)
+        await store.blockAdd('alice', 'bob', T0 + 30, 10)
+        await store.blockAdd('alice', 'Bob', T0 + 30, 10)
+        expect(await store.blockList('alice')).toStrictEqual([
+          { blockedId: 'carol', at: T0 + 10 },
+          { blockedId: 'Bob', at: T0 + 30 },
+          { blockedId: 'bob', at: T0 + 30 },
+          { blockedId: 'dave', at: T0 + 30 }
+        ])
+        expect(await store.blockList('Alice')).toStrictEqual([])
+        expect(await store.blockList('nobody')).toStrictEqual([])
+      })
+
+      test('blockRemove removes that pair only; false when it was not there', async () => {
+        await store.blockAdd('alice', 'bob', T0, 5)
+        await store.blockAdd('alice', 'carol', T0, 5)
+        await store.blockAdd('bob', 'alice', T0, 5)
+        expect(await store.blockRemove('alice', 'bob')).toBe(true)
+        expect(await store.blockRemove('alice', 'bob')).toBe(false)
+        expect(await store.blockRemove('carol', 'alice')).toBe(false)
+        expect(await store.blockList('alice')).toStrictEqual([{ blockedId: 'carol', at: T0 }])
+        expect(await store.blockList('bob')).toStrictEqual([{ blockedId: 'alice', at: T0 }])
+        // removed, then added again: the new time
+        expect(await store.blockAdd('alice', 'bob', T0 + 5, 5)).toBe('added')
+        expect(await store.blockList('alice')).toStrictEqual([{ blockedId: 'carol', at: T0 }, { blockedId: 'bob', at: T0 + 5 }])
+      })
+
+      test('blockAdd refuses past max ("full", nothing added), but answers "exists" at the bound', async () => {
+        expect(await store.blockAdd('alice', 'bob', T0, 2)).toBe('added')
+        expect(await store.blockAdd('alice', 'carol', T0, 2)).toBe('added')
+        expect(await store.blockAdd('alice', 'dave', T0, 2)).toBe('full')
+        expect(await store.blockAdd('alice', 'bob', T0, 2)).toBe('exists')
+        expect((await store.blockList('alice')).map(b => b.blockedId)).toStrictEqual(['bob', 'carol'])
+        // the bound is per user
+        expect(await store.blockAdd('bob', 'dave', T0, 2)).toBe('added')
+        await store.blockRemove('alice', 'carol')
+        expect(await store.blockAdd('alice', 'dave', T0, 2)).toBe('added')
+      })
+
+      test('concurrent blockAdds of one user never pass max', async () => {
+        const targets = Array.from({ length: 12 }, (_, i) => `t${i}`)
+        const outcomes = await Promise.all(targets.map(async (t) => await store.blockAdd('alice', t, T0, 5)))
+        expect(outcomes.filter(o => o === 'added')).toHaveLength(5)
+        expect(outcomes.filter(o => o === 'full')).toHaveLength(7)
+        expect(await store.blockList('alice')).toHaveLength(5)
+      })
+
+      test('blockersAmong: of the others, those who block the user (duplicates, unknown ids, 2,500+)', async () => {
+        await store.blockAdd('bob', 'alice', T0, 5)
+        await store.blockAdd('carol', 'alice', T0, 5)
+        await store.blockAdd('alice', 'dave', T0, 5) // the other way: not a blocker of alice
+        await store.blockAdd('dave', 'bob', T0, 5)
+        expect(await store.blockersAmong('alice', ['bob', 'dave', 'nobody', 'bob', 'Bob'])).toStrictEqual(new Set(['bob']))
+        expect(await store.blockersAmong('alice', [])).toStrictEqual(new Set())
+        expect(await store.blockersAmong('dave', ['alice', 'bob'])).toStrictEqual(new Set(['alice']))
+        expect(await store.blockersAmong('nobody', ['alice', 'bob'])).toStrictEqual(new Set())
+        const others = manyIds(2600, [[0, 'carol'], [999, 'bob'], [1000, 'carol'], [2599, 'dave']])
+        expect(await store.blockersAmong('alice', others)).toStrictEqual(new Set(['bob', 'carol']))
+        await store.blockRemove('bob', 'alice')
+        expect(await store.blockersAmong('alice', ['bob', 'carol'])).toStrictEqual(new Set(['carol']))
+      })
+
+      test('a returned list is a copy', async () => {
+        await store.blockAdd('alice', 'bob', T0, 5)
+        const list = await store.blockList('alice')
+        if (list[0] === undefined) throw new Error('nothing listed')
+        list[0].blockedId = 'mallory'
+        list.push({ blockedId: 'carol', at: T0 })
+        expect(await store.blockList('alice')).toStrictEqual([{ blockedId: 'bob', at: T0 }])
+      })
+    })
+
+    describe('mentions', () => {
+      beforeEach(async () => {
+        for (const id of ['alice', 'bob', 'carol']) await store.userCreate(user(id))
+        await store.conversationCreate(group('g1'), [member('g1', 'alice'), member('g1', 'bob'), member('g1', 'carol')])
+        await store.conversationCreate(group('g2'), [member('g2', 'alice'), member('g2', 'bob')])
+      })
+
+      test('counts mentions by name and @all after the read cursor, not one\'s own, per conversation', async () => {
+        await store.mentionAddMany([
+          { conversationId: 'g1', userId: 'bob', seq: 2, senderId: 'alice' },
+          { conversationId: 'g1', userId: 'bob', seq: 5, senderId: 'carol' },
+          { conversationId: 'g1', userId: '@all', seq: 7, senderId: 'alice' },
+          { conversationId: 'g1', userId: '@all', seq: 9, senderId: 'bob' }, // bob's own @all
+          { conversationId: 'g2', userId: 'bob', seq: 1, senderId: 'alice' },
+          { conversationId: 'g1', userId: 'carol', seq: 3, senderId: 'alice' }
+        ])
+        expect(entries(await store.mentionCountMany('bob', ['g1', 'g2', 'nope']))).toStrictEqual([['g1', 3], ['g2', 1]])
+        expect(entries(await store.mentionCountMany('carol', ['g1', 'g2']))).toStrictEqual([['g1', 3]])
+        expect(entries(await store.mentionCountMany('alice', ['g1', 'g2']))).toStrictEqual([['g1', 1]])
+        // reading moves the cursor past them
+        await store.memberAdvanceRead('g1', 'bob', 5)
+        expect(entries(await store.mentionCountMany('bob', ['g1']))).toStrictEqual([['g1', 1]])
+        await store.memberAdvanceRead('g1', 'bob', 9)
+        expect(entries(await store.mentionCountMany('bob', ['g1']))).toStrictEqual([])
+        // a non-member, an unknown user: nothing
+        expect(entries(await store.mentionCountMany('dave', ['g1']))).toStrictEqual([])
+        expect(entries(await store.mentionCountMany('carol', []))).toStrictEqual([])
+      })
+
+      test('the same mention stored twice counts once; ids are exact', async () => {
+        const m = { conversationId: 'g1', userId: 'bob', seq: 4, senderId: 'alice' }
+        await store.mentionAddMany([m, m])
+        await store.mentionAddMany([m])
+        await store.mentionAddMany([])
+        expect(entries(await store.mentionCountMany('bob', ['g1']))).toStrictEqual([['g1', 1]])
+        expect(entries(await store.mentionCountMany('Bob', ['g1']))).toStrictEqual([])
+        expect(entries(await store.mentionCountMany('bob', ['G1']))).toStrictEqual([])
+      })
+    })
+
     describe('returned records are copies', () => {
       test('mutating a returned or passed-in user does not change the store', async () => {
         const input = user('alice')

@@ -14,7 +14,7 @@
  * `inner` is the truth: tests read it back through the MessageStore interface.
  */
 import { MemoryMessageStore } from '../../src/store/messages-memory.js'
-import type { InsertBatchResult, MessageStore, RangeQuery, StoredMessage } from '../../src/store/types.js'
+import type { ConversationHead, InsertBatchResult, MessageStore, RangeQuery, StoredMessage } from '../../src/store/types.js'
 
 export class InjectedFault extends Error {
   constructor (message: string) {
@@ -91,9 +91,23 @@ export class FaultyMessageStore implements MessageStore {
     return await this.inner.latest(conversationId)
   }
 
-  async latestMany (conversationIds: readonly string[]): Promise<Map<string, StoredMessage>> {
+  async latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
     this.check('latestMany')
     return await this.inner.latestMany(conversationIds)
+  }
+
+  async applyChange (change: StoredMessage): Promise<StoredMessage | null> {
+    this.check('applyChange')
+    return await this.inner.applyChange(change)
+  }
+
+  async getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]> {
+    this.check('getMany')
+    return await this.inner.getMany(keys)
+  }
+
+  forget (keys: ReadonlyArray<{ conversationId: string, seq: number }>): void {
+    this.inner.forget(keys)
   }
 
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {

@@ -11,6 +11,7 @@ const summary = (conv: string, ts?: number): ConversationSummary => ({
   last: ts === undefined ? null : { conv, seq: 1, msgId: 'm', from: 'alice', ts, kind: 'text', body: 'hi' },
   readSeq: 0,
   unread: ts === undefined ? 0 : 1,
+  mentions: 0,
   muted: false
 })
 

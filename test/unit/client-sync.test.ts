@@ -30,6 +30,7 @@ async function setup (opts: { stored?: Record<string, number>, initialized?: boo
       return { conv, messages, lastSeq: server.lastSeq, hasMore: to < server.lastSeq, limit: pageSize }
     },
     emitMessage: (m) => { emitted.push(m) },
+    emitUpdated: () => {},
     emitSynced: (conv, seq) => { synced.push([conv, seq]) },
     emitError: (e) => { errors.push(e) },
     maxBackfill: 10,
@@ -68,7 +69,7 @@ test('a gap is filled from history (paged) before the messages after it are emit
 test('catchUp on a fresh storage starts at lastSeq; later conversations start at the join or maxBackfill back', async () => {
   const t = await setup()
   t.server.lastSeq = 500
-  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, muted: false }], complete: true }))
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'old', kind: 'group', name: 'g', role: 'member', lastSeq: 500, last: null, readSeq: 0, unread: 500, mentions: 0, muted: false }], complete: true }))
   expect(t.emitted).toEqual([])
   expect(t.calls).toEqual([])
   expect(t.store.state).toMatchObject({ initialized: true, synced: { old: 500 } })
@@ -88,7 +89,7 @@ test('catchUp on a fresh storage starts at lastSeq; later conversations start at
 test('catchUp forgets conversations that are no longer listed, and pulls what was missed', async () => {
   const t = await setup({ stored: { gone: 4, c1: 3 } })
   t.server.lastSeq = 6
-  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, muted: false }], complete: true }))
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 6, last: null, readSeq: 0, unread: 6, mentions: 0, muted: false }], complete: true }))
   expect(t.emitted.map(m => m.seq)).toEqual([4, 5, 6])
   expect(t.store.state.synced).toEqual({ c1: 6 })
   expect(t.synced).toEqual([['c1', 6]])
@@ -97,7 +98,7 @@ test('catchUp forgets conversations that are no longer listed, and pulls what wa
 test('catchUp with an incomplete list (the page bound was hit) forgets nothing', async () => {
   const t = await setup({ stored: { unlisted: 4, c1: 3 } })
   t.server.lastSeq = 3
-  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 3, last: null, readSeq: 0, unread: 3, muted: false }], complete: false }))
+  await t.sync.catchUp(async () => ({ conversations: [{ conv: 'c1', kind: 'direct', name: null, role: 'member', lastSeq: 3, last: null, readSeq: 0, unread: 3, mentions: 0, muted: false }], complete: false }))
   expect(t.store.state.synced).toEqual({ unlisted: 4, c1: 3 })
 })
 

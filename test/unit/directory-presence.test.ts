@@ -8,6 +8,7 @@ import { MemoryMetadataStore } from '../../src/store/metadata-memory.js'
 import type { ConversationRecord, MemberRecord, MetadataStore } from '../../src/store/types.js'
 import { ConversationDirectory } from '../../src/im/directory.js'
 import { MemoryPresenceStore, PresenceService } from '../../src/im/presence.js'
+import { BlockService } from '../../src/im/blocks.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import type { Publisher } from '../../src/im/publisher.js'
 import type { ImEvent } from '../../src/protocol/schemas.js'
@@ -100,6 +101,7 @@ describe('PresenceService', () => {
       store: new MemoryPresenceStore(),
       meta: store,
       directory: new ConversationDirectory(store, noBus),
+      blocks: new BlockService(store, noBus, { maxPerUser: 10 }),
       publisher,
       logger: createLogger('silent'),
       maxAudience: 10,
@@ -121,6 +123,7 @@ describe('PresenceService', () => {
       store: new MemoryPresenceStore(),
       meta,
       directory: new ConversationDirectory(meta, noBus),
+      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
       publisher,
       logger: createLogger('silent'),
       notifyIntervalMs: 0

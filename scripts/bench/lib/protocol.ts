@@ -41,6 +41,11 @@ export interface SenderSpec {
   count: number | null
   /** Prefix of msgIds; unique per run. */
   idPrefix: string
+  /**
+   * mqim: every changeEvery-th request is a change of the sender's latest own message instead of
+   * a send, alternately an `edit` and a `react` (a 👍 added, then taken back); null: sends only.
+   */
+  changeEvery?: number | null
 }
 
 export interface Counters {

@@ -9,6 +9,8 @@
  *   - whoever adds people to a group must be allowed by each one's `groupInvites` setting
  *     ('contacts': only people who share a group with them, or a direct conversation they opened;
  *     else REFUSED);
+ *   - nobody opens a direct conversation with someone who blocks them or whom they block, and
+ *     nobody adds to a group someone who blocks them (BLOCKED; see ../blocks.ts);
  *   - nobody joins more than limits.conversationsPerUser conversations (LIMIT_REACHED), and
  *     nobody creates more than limits.groupsCreatedPerHour groups an hour (RATE_LIMITED).
  * Every change is announced as a `member` event to everyone affected.
@@ -19,6 +21,7 @@ import type { RequestOf } from '../../protocol/schemas.js'
 import { StoreConflictError, type ConversationRecord, type MemberRecord, type Role, type UserRecord } from '../../store/types.js'
 import type { Caller, Services } from '../context.js'
 import { outranks, requireGroup, requireMember, requireRole } from '../access.js'
+import { requireUnblocked } from '../blocks.js'
 
 /** 16 characters of [A-Za-z0-9_-], starting with a letter (never '-', which shells read as a flag). */
 export function newConversationId (): string {
@@ -47,11 +50,14 @@ async function requireRoomFor (services: Services, userIds: string[]): Promise<v
 }
 
 /**
- * The caller may add these users to a group: they exist, their invitation setting lets the caller
- * do it ('contacts': only people who already share a conversation with them), and they have room.
+ * The caller may add these users to a group: they exist, none blocks the caller, their invitation
+ * setting lets the caller do it ('contacts': only people who already share a conversation with
+ * them), and they have room.
  */
 async function requireInvitable (services: Services, caller: Caller, userIds: string[]): Promise<void> {
   const users = await requireUsersExist(services, userIds)
+  const blockers = await services.blocks.blockersAmong(caller.userId, userIds)
+  if (blockers.size > 0) throw new ImError('BLOCKED', `they have blocked you: ${[...blockers].sort().join(', ')}`)
   const guarded = users.filter(u => u.groupInvites === 'contacts').map(u => u.id)
   if (guarded.length > 0) {
     // the caller must be their contact: in a group with them, or in a direct conversation they opened
@@ -73,8 +79,11 @@ export async function direct (caller: Caller, req: RequestOf<'direct'>, services
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'a direct conversation needs another user')
   const directKey = [caller.userId, req.user].sort().join('|')
   const existing = await services.meta.conversationGetDirect(directKey)
+  // the users exist before their block lists are read (no cache entries for made-up names);
+  // an existing conversation is refused too: it stays listed and readable, but is not reopened
+  if (existing === null) await requireUsersExist(services, [req.user])
+  await requireUnblocked(services, caller.userId, req.user)
   if (existing !== null) return { conv: existing.id, peer: req.user, created: false }
-  await requireUsersExist(services, [req.user])
   await requireRoomFor(services, [caller.userId, req.user])
   const now = services.now()
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'direct', name: null, directKey, createdBy: caller.userId, createdAt: now }

@@ -1,5 +1,6 @@
 /**
- * list: my conversations with lastSeq, last-message preview, readSeq, unread count and muted
+ * list: my conversations with lastSeq, last-message preview (the latest real message as it is
+ * now: edited, deleted, reactions), readSeq, unread count (real messages only) and muted
  * flag, one page at a time in conversation-id order (a stable order: a page boundary does not
  * move when new messages arrive, as it would in recency order; clients sort by last.ts).
  * Steps: my memberships of the page -> their conversations and head records (latest messages),
@@ -9,6 +10,8 @@ import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
+import { tailOf } from '../sequencer.js'
+import { unreadMany } from '../unread.js'
 
 export interface ListResult {
   /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
@@ -24,30 +27,37 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const page = await services.meta.memberPageByUser(caller.userId, { after: req.cursor ?? null, limit: limit + 1 })
   const memberships = page.slice(0, limit)
   const ids = memberships.map(m => m.conversationId)
-  const [conversations, latest] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids)])
+  const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids), services.meta.mentionCountMany(caller.userId, ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
-  const summaries: Array<{ conv: string, bytes: Buffer }> = []
-  for (const m of memberships) {
+  const shown = memberships.flatMap(m => {
     const conversation = byId.get(m.conversationId)
-    if (conversation === undefined) continue
-    const last = latest.get(m.conversationId) ?? null
+    if (conversation === undefined) return []
+    const head = latest.get(m.conversationId)
     // the head record, or what this node's sequencer knows if that is more (a head lags its
     // messages only after a crash between the two writes, until lastSeq repairs it)
-    const lastSeq = Math.max(last?.seq ?? 0, services.sequencer.knownLastSeq(m.conversationId) ?? 0)
+    const stored = tailOf(head?.latest ?? null)
+    const known = services.sequencer.knownTail(m.conversationId)
+    const tail = known !== undefined && known.seq > stored.seq ? known : stored
+    return [{ m, conversation, preview: head?.preview ?? null, tail }]
+  })
+  const unread = await unreadMany(services, shown.map(s => ({ conversationId: s.m.conversationId, tail: s.tail, readSeq: s.m.readSeq })))
+  const summaries: Array<{ conv: string, bytes: Buffer }> = []
+  for (const [n, { m, conversation, preview, tail }] of shown.entries()) {
     const summary: Omit<ConversationSummary, 'last'> = {
       conv: m.conversationId,
       kind: conversation.kind,
       name: conversation.name,
       role: m.role,
-      lastSeq,
+      lastSeq: tail.seq,
       readSeq: m.readSeq,
-      unread: Math.max(0, lastSeq - m.readSeq),
+      unread: unread[n] ?? 0,
+      mentions: mentions.get(m.conversationId) ?? 0,
       muted: m.muted
     }
     // a direct conversation's key is its two members: the peer needs no member lookup
     const peer = conversation.directKey?.split('|').find(u => u !== caller.userId)
     if (conversation.kind === 'direct' && peer !== undefined) summary.peer = peer
-    summaries.push({ conv: m.conversationId, bytes: withPreview(summary, last === null ? null : services.envelopes.of(last)) })
+    summaries.push({ conv: m.conversationId, bytes: withPreview(summary, preview === null ? null : services.envelopes.of(preview)) })
   }
   // a page also stops at the byte budget (previews can be large); the rest follows with `next`
   const fit = countWithin(summaries.map(s => s.bytes), services.config.limits.pageBytes)

@@ -5,19 +5,20 @@
 import type { RequestOf } from '../../protocol/schemas.js'
 import { ImError } from '../../errors.js'
 import type { Caller, Services } from '../context.js'
-import { requireMember, lastSeqOf } from '../access.js'
+import { requireMember } from '../access.js'
+import { unreadMany } from '../unread.js'
 
 export interface ReadResult { conv: string, readSeq: number, unread: number }
 
 export async function read (caller: Caller, req: RequestOf<'read'>, services: Services): Promise<ReadResult> {
   const { member } = await requireMember(services, caller, req.conv)
-  const lastSeq = await lastSeqOf(services, req.conv, req.seq)
-  const target = Math.min(req.seq, lastSeq)
+  const tail = await services.sequencer.tailFor(req.conv, req.seq)
+  const target = Math.min(req.seq, tail.seq)
   const before = member.readSeq
   const readSeq = await services.readCursors.advance(req.conv, caller.userId, target)
   if (readSeq === null) throw new ImError('NOT_MEMBER')
   services.directory.noteRead(req.conv, caller.userId, readSeq)
-  const unread = Math.max(0, lastSeq - readSeq)
+  const [unread = 0] = await unreadMany(services, [{ conversationId: req.conv, tail, readSeq }])
   if (readSeq > before) {
     // the cursor moved: tell my other devices, and the other members (receipts)
     services.publisher.event([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })

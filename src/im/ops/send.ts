@@ -5,7 +5,10 @@
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
-import { requireMember, lastSeqOf } from '../access.js'
+import { requireMember, lastSeqOf, requireRole } from '../access.js'
+import { requireNotBlocked } from '../blocks.js'
+import type { ConversationEntry } from '../directory.js'
+import { MENTION_ALL } from '../../protocol/schemas.js'
 
 export interface SendResult {
   conv: string
@@ -18,9 +21,12 @@ export interface SendResult {
 
 export async function send (caller: Caller, req: RequestOf<'send'>, services: Services): Promise<SendResult> {
   // 1. authorize: only members may send (without a round of promises when the entry is cached)
-  const cached = services.directory.peek(req.conv)
-  if (cached === undefined) await requireMember(services, caller, req.conv)
-  else if (!cached.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
+  let entry = services.directory.peek(req.conv)
+  if (entry === undefined) entry = (await requireMember(services, caller, req.conv)).entry
+  else if (!entry.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
+  // blocks apply to direct conversations only (no round of promises for groups)
+  if (entry.conversation.kind === 'direct') await requireNotBlocked(services, caller, entry)
+  if (req.mentions !== undefined) requireMentionable(caller, entry, req.mentions)
   // 2. validate what the schema cannot: replyTo must point at an existing message
   if (req.replyTo !== undefined) {
     const last = await lastSeqOf(services, req.conv, req.replyTo)
@@ -36,8 +42,21 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     clientMsgId: req.msgId,
     kind: req.kind,
     body: req.body,
-    replyTo: req.replyTo ?? null
+    replyTo: req.replyTo ?? null,
+    ...(req.mentions === undefined ? {} : { mentions: req.mentions })
   })
   // 6. ack
   return { conv: message.conversationId, seq: message.seq, msgId: message.clientMsgId, ts: message.ts, duplicate }
+}
+
+/** Mentions name members only; `@all` is for groups, by admins and the owner. */
+function requireMentionable (caller: Caller, entry: ConversationEntry, mentions: readonly string[]): void {
+  if (mentions.includes(MENTION_ALL)) {
+    if (entry.conversation.kind !== 'group') throw new ImError('BAD_REQUEST', `mentions: ${MENTION_ALL} is for groups`)
+    const member = entry.members.get(caller.userId)
+    if (member === undefined) throw new ImError('NOT_MEMBER')
+    requireRole(member, 'admin')
+  }
+  const strangers = mentions.filter(u => u !== MENTION_ALL && !entry.members.has(u))
+  if (strangers.length > 0) throw new ImError('BAD_REQUEST', `mentions: not members of this conversation: ${strangers.sort().join(', ')}`)
 }

@@ -103,6 +103,36 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
       // conversationCountCreatedSince: the per-user group-creation quota.
       addIndex('conversations', 'idx_conversations_created_by', ['created_by', 'created_at'])
     ]
+  },
+  {
+    version: 3,
+    name: 'blocks: who blocks whom',
+    statements: [
+      // The primary key serves a user's list (blockList) and the bound on it; idx_blocks_blocked
+      // the other way round: which of some users block this one (blockersAmong).
+      `CREATE TABLE IF NOT EXISTS blocks (
+        user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        blocked_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        blocked_at BIGINT NOT NULL,
+        PRIMARY KEY (user_id, blocked_id),
+        KEY idx_blocks_blocked (blocked_id, user_id)
+      ) ${TABLE_OPTIONS}`
+    ]
+  },
+  {
+    version: 4,
+    name: 'mentions: who a message mentions, for unread mention counts',
+    statements: [
+      // The primary key serves mentionCountMany: one user's (and '@all') mentions in a page of
+      // conversations, past each read cursor.
+      `CREATE TABLE IF NOT EXISTS mentions (
+        user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        conversation_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        seq BIGINT NOT NULL,
+        sender_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        PRIMARY KEY (user_id, conversation_id, seq)
+      ) ${TABLE_OPTIONS}`
+    ]
   }
 ]
 

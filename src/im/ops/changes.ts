@@ -1,0 +1,142 @@
+/**
+ * edit, delete, react: changes to a message, each stored as an entry of the conversation with the
+ * next seq (kinds edit / delete / react, `target` the message's seq), idempotent by msgId exactly
+ * like `send`, and delivered to every member in seq order. The sequencer also applies each to its
+ * target (store/changes.ts), so `history` and `list` show messages as they are now; a device that
+ * syncs forward sees every change in order.
+ *
+ * Rules: only real messages (text, custom) are changed, never a change, never a deleted message.
+ * Edit: the sender, within limits.editWindowMs of sending, with a body of the message's kind.
+ * Delete: the sender; in groups also admins and the owner. React: any member, at most
+ * limits.reactionsPerMessage different emojis per message (one of each per user, by state). In a
+ * direct conversation where one blocks the other, neither may edit or react (BLOCKED); deleting
+ * one's own message stays possible.
+ *
+ * typing: an ephemeral QoS 0 event to the other members' online devices: never stored, never
+ * queued for offline sessions, not sent in conversations above limits.typingMembersMax members,
+ * and sent at most once per TYPING_INTERVAL_MS per user and conversation (more are answered
+ * `sent: false`).
+ */
+import { LRUCache } from 'lru-cache'
+import { ImError } from '../../errors.js'
+import type { RequestOf } from '../../protocol/schemas.js'
+import type { Caller, Services } from '../context.js'
+import type { ConversationEntry } from '../directory.js'
+import { requireMember, requireRole } from '../access.js'
+import { requireNotBlocked } from '../blocks.js'
+import { isChangeKind, type ChangeKind, type StoredMessage } from '../../store/types.js'
+import { emojiCount, reacts } from '../../store/changes.js'
+import type { SendResult } from './send.js'
+
+/** How long a client shows "typing…" after a `typing` event without a newer one. */
+export const TYPING_TTL_MS = 5000
+/** A user's typing events in one conversation are sent at most this often. */
+const TYPING_INTERVAL_MS = 1000
+/** (user, conversation) pairs whose last typing event time is kept. */
+const TYPING_KEYS_MAX = 100_000
+
+/** The caller's membership, and the target message as it is now (checked: a real message, not deleted). */
+async function targetOf (caller: Caller, conv: string, target: number, services: Services, blockable = true): Promise<{ entry: ConversationEntry, role: string, message: StoredMessage }> {
+  const { entry, member } = await requireMember(services, caller, conv)
+  if (blockable) await requireNotBlocked(services, caller, entry)
+  const lastSeq = await services.sequencer.lastSeqFor(conv, target)
+  const [message] = target > lastSeq ? [] : await services.messages.getMany([{ conversationId: conv, seq: target }])
+  if (message === undefined) throw new ImError('NOT_FOUND', `no message at seq ${target} (the last is ${lastSeq})`)
+  if (isChangeKind(message.kind)) throw new ImError('NOT_EDITABLE', `seq ${target} is a change (${message.kind}), not a message`)
+  if (message.changes?.deleted !== undefined) throw new ImError('NOT_EDITABLE', `the message at seq ${target} was deleted`)
+  return { entry, role: member.role, message }
+}
+
+async function submit (caller: Caller, conv: string, msgId: string, kind: ChangeKind, target: number, body: unknown, services: Services): Promise<SendResult> {
+  if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
+  const { message, duplicate } = await services.sequencer.submit({ conversationId: conv, senderId: caller.userId, clientMsgId: msgId, kind, body, replyTo: null, target })
+  // A resend: apply it again, in case the process that stored it died before applying it
+  // (applying is idempotent). A msgId used before for something else is not applied.
+  if (duplicate && message.kind === kind && message.target === target) await services.sequencer.applyChange(message)
+  return { conv: message.conversationId, seq: message.seq, msgId: message.clientMsgId, ts: message.ts, duplicate }
+}
+
+/**
+ * Runs the checks of a change; when they refuse it, a change already stored with this msgId (a
+ * resend after the message was deleted, or after the edit window) is answered as a duplicate
+ * instead, as `send` answers resends.
+ */
+async function checked (caller: Caller, req: { conv: string, msgId: string, target: number }, kind: ChangeKind, services: Services, check: () => Promise<void>): Promise<SendResult | null> {
+  try {
+    await check()
+    return null
+  } catch (err) {
+    if (!(err instanceof ImError) || !REFUSALS_OF_STATE.has(err.code)) throw err
+    const stored = await services.sequencer.findStored(req.conv, caller.userId, req.msgId)
+    if (stored === null || stored.kind !== kind || stored.target !== req.target) throw err
+    return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
+  }
+}
+
+/** Refusals that the state of the target or of the member can cause after a change was stored. */
+const REFUSALS_OF_STATE: ReadonlySet<string> = new Set(['NOT_EDITABLE', 'FORBIDDEN', 'LIMIT_REACHED', 'BLOCKED'])
+
+export async function edit (caller: Caller, req: RequestOf<'edit'>, services: Services): Promise<SendResult> {
+  const resent = await checked(caller, req, 'edit', services, async () => await checkEdit(caller, req, services))
+  return resent ?? await submit(caller, req.conv, req.msgId, 'edit', req.target, req.body, services)
+}
+
+async function checkEdit (caller: Caller, req: RequestOf<'edit'>, services: Services): Promise<void> {
+  const { message } = await targetOf(caller, req.conv, req.target, services)
+  if (message.senderId !== caller.userId) throw new ImError('FORBIDDEN', 'only the sender may edit a message')
+  const window = services.config.limits.editWindowMs
+  if (services.now() - message.ts > window) throw new ImError('NOT_EDITABLE', `messages can be edited for ${Math.round(window / 60_000)} minutes after they are sent`)
+  if (message.kind === 'text' && (typeof req.body !== 'string' || req.body.length === 0)) {
+    throw new ImError('BAD_REQUEST', 'body: a text message needs a non-empty string body')
+  }
+}
+
+export async function remove (caller: Caller, req: RequestOf<'delete'>, services: Services): Promise<SendResult> {
+  const resent = await checked(caller, req, 'delete', services, async () => await checkDelete(caller, req, services))
+  return resent ?? await submit(caller, req.conv, req.msgId, 'delete', req.target, null, services)
+}
+
+async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: Services): Promise<void> {
+  // deleting one's own words stays possible in a conversation with someone blocked
+  const { entry, role, message } = await targetOf(caller, req.conv, req.target, services, false)
+  if (message.senderId !== caller.userId) {
+    if (entry.conversation.kind !== 'group') throw new ImError('FORBIDDEN', 'only the sender may delete a message')
+    requireRole({ role } as Parameters<typeof requireRole>[0], 'admin')
+  }
+}
+
+export async function react (caller: Caller, req: RequestOf<'react'>, services: Services): Promise<SendResult> {
+  const resent = await checked(caller, req, 'react', services, async () => await checkReact(caller, req, services))
+  return resent ?? await submit(caller, req.conv, req.msgId, 'react', req.target, { emoji: req.emoji, remove: req.remove === true }, services)
+}
+
+async function checkReact (caller: Caller, req: RequestOf<'react'>, services: Services): Promise<void> {
+  const { message } = await targetOf(caller, req.conv, req.target, services)
+  const remove = req.remove === true
+  const max = services.config.limits.reactionsPerMessage
+  if (!remove && !reacts(message.changes, req.emoji, caller.userId) && emojiCount(message.changes) >= max &&
+    Object.values(message.changes?.reactions?.[req.emoji] ?? {}).every(state => state % 2 === 0)) {
+    throw new ImError('LIMIT_REACHED', `a message carries at most ${max} different emojis`)
+  }
+}
+
+/** Per server (its Services): (user, conversation) -> when its last typing event went out. */
+const typingTimes = new WeakMap<Services, LRUCache<string, number>>()
+
+export async function typing (caller: Caller, req: RequestOf<'typing'>, services: Services): Promise<{ conv: string, sent: boolean }> {
+  const { entry } = await requireMember(services, caller, req.conv)
+  await requireNotBlocked(services, caller, entry)
+  if (entry.memberIds.length > services.config.limits.typingMembersMax) return { conv: req.conv, sent: false }
+  const on = req.typing !== false
+  let lastTyping = typingTimes.get(services)
+  if (lastTyping === undefined) typingTimes.set(services, lastTyping = new LRUCache({ max: TYPING_KEYS_MAX }))
+  const key = `${caller.userId}\u0000${req.conv}`
+  const now = services.now()
+  // "stopped typing" always goes out (it is what ends the indicator); "typing" once a second
+  if (on && now - (lastTyping.get(key) ?? -Infinity) < TYPING_INTERVAL_MS) return { conv: req.conv, sent: false }
+  if (on) lastTyping.set(key, now)
+  else lastTyping.delete(key)
+  const others = entry.memberIds.filter(u => u !== caller.userId)
+  services.publisher.ephemeral(others, { type: 'typing', conv: req.conv, user: caller.userId, typing: on, ttlMs: TYPING_TTL_MS })
+  return { conv: req.conv, sent: true }
+}

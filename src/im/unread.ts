@@ -1,0 +1,26 @@
+/**
+ * Unread counts: real messages (not changes) after a read cursor. Each entry stores the count of
+ * real messages up to it (StoredMessage.count), so unread is the count at the conversation's tail
+ * minus the count at the cursor: no scan, and without a read at all in the common cases (nothing
+ * unread, or a conversation that never had a change, where counts are seqs).
+ */
+import type { Tail } from './sequencer.js'
+import type { Services } from './context.js'
+import { countOf } from '../store/types.js'
+
+/** The unread count when it needs no read: undefined if the count at readSeq is needed. */
+export function unreadWithoutRead (tail: Tail, readSeq: number): number | undefined {
+  if (readSeq >= tail.seq) return 0
+  if (tail.count === tail.seq || readSeq <= 0) return tail.count - Math.max(0, readSeq)
+  return undefined
+}
+
+/** Unread counts of several (conversation, tail, readSeq), with one store call for those that need one. */
+export async function unreadMany (services: Services, items: ReadonlyArray<{ conversationId: string, tail: Tail, readSeq: number }>): Promise<number[]> {
+  const out = items.map(i => unreadWithoutRead(i.tail, i.readSeq))
+  const needed = items.filter((_, n) => out[n] === undefined)
+  if (needed.length === 0) return out as number[]
+  const found = await services.messages.getMany(needed.map(i => ({ conversationId: i.conversationId, seq: i.readSeq })))
+  const counts = new Map(found.map(m => [`${m.conversationId}:${m.seq}`, countOf(m)]))
+  return items.map((item, n) => out[n] ?? Math.max(0, item.tail.count - (counts.get(`${item.conversationId}:${item.readSeq}`) ?? item.tail.count)))
+}

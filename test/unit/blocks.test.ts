@@ -1,0 +1,205 @@
+/**
+ * BlockService: the cached lists (no store read when cached, bounded, dropped on change here and
+ * through the bus, never caching what a racing change made stale, expiring), and presence events
+ * that leave out the people a user blocks.
+ */
+import { MemoryMetadataStore } from '../../src/store/metadata-memory.js'
+import type { MetadataStore } from '../../src/store/types.js'
+import { BlockService } from '../../src/im/blocks.js'
+import { ConversationDirectory } from '../../src/im/directory.js'
+import { MemoryPresenceStore, PresenceService } from '../../src/im/presence.js'
+import type { ClusterBus, BusHandler } from '../../src/broker/bus.js'
+import type { Publisher } from '../../src/im/publisher.js'
+import type { ImEvent } from '../../src/protocol/schemas.js'
+import { BLOCKS_TOPIC } from '../../src/protocol/topics.js'
+import { createLogger } from '../../src/log.js'
+
+/** The memory store with a count of calls per method, and an optional gate that holds blockList's answer. */
+function counted (inner: MetadataStore): { store: MetadataStore, calls: Map<string, number>, hold: { blockList: Promise<void> | null } } {
+  const calls = new Map<string, number>()
+  const hold: { blockList: Promise<void> | null } = { blockList: null }
+  const store = new Proxy(inner, {
+    get (target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver)
+      if (typeof value !== 'function' || typeof prop !== 'string') return value
+      return async (...args: unknown[]) => {
+        calls.set(prop, (calls.get(prop) ?? 0) + 1)
+        const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+        if (prop === 'blockList' && hold.blockList !== null) await hold.blockList
+        return result
+      }
+    }
+  })
+  return { store, calls, hold }
+}
+
+/** A bus that records what this node publishes and lets the test deliver notices from "other nodes". */
+function fakeBus (): { bus: ClusterBus, published: Array<[string, Record<string, unknown>]>, deliver: (topic: string, message: Record<string, unknown>) => void } {
+  const handlers = new Map<string, BusHandler>()
+  const published: Array<[string, Record<string, unknown>]> = []
+  const bus = {
+    on: (topic: string, h: BusHandler) => { handlers.set(topic, h) },
+    publish: (topic: string, message: Record<string, unknown>) => { published.push([topic, message]) },
+    clustered: true
+  } as unknown as ClusterBus
+  return { bus, published, deliver: (topic, message) => handlers.get(topic)?.(message) }
+}
+
+async function users (meta: MetadataStore, ...ids: string[]): Promise<void> {
+  for (const id of ids) await meta.userCreate({ id, kind: 'user', displayName: id, secretHash: 'h', disabled: false, createdAt: 1, groupInvites: 'anyone' })
+}
+
+describe('BlockService', () => {
+  test('between reads each list once, then answers from the cache; both directions', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob', 'carol')
+    await meta.blockAdd('bob', 'alice', 1, 10)
+    const { store, calls } = counted(meta)
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })
+    expect(await blocks.between('alice', 'bob')).toBe('blockedBy')
+    expect(await blocks.between('bob', 'alice')).toBe('blocking')
+    expect(await blocks.between('alice', 'carol')).toBe('none')
+    expect(calls.get('blockList')).toBe(3) // alice, bob, carol: once each
+    for (let i = 0; i < 100; i++) await blocks.between('alice', 'bob')
+    expect(calls.get('blockList')).toBe(3)
+  })
+
+  test('a change drops the list here and tells the other nodes; a notice from another node drops it here', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob')
+    const { bus, published, deliver } = fakeBus()
+    const blocks = new BlockService(meta, bus, { maxPerUser: 10 })
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    expect(await blocks.add('alice', 'bob', 1)).toBe('added')
+    expect(published).toEqual([[BLOCKS_TOPIC, { user: 'alice' }]])
+    expect(await blocks.between('alice', 'bob')).toBe('blocking')
+    // nothing changed: nobody is told
+    expect(await blocks.add('alice', 'bob', 2)).toBe('exists')
+    expect(await blocks.remove('bob', 'alice')).toBe(false)
+    expect(published).toHaveLength(1)
+    // another node removes it (straight in the store) and says so
+    await meta.blockRemove('alice', 'bob')
+    expect(await blocks.between('alice', 'bob')).toBe('blocking') // still cached here
+    deliver(BLOCKS_TOPIC, { user: 'alice', node: 'n2' })
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    // malformed notices are ignored
+    deliver(BLOCKS_TOPIC, { user: 7 })
+    deliver(BLOCKS_TOPIC, {})
+    expect(await blocks.remove('alice', 'bob')).toBe(false)
+  })
+
+  test('a load that races a change returns what it read but does not cache it', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob')
+    const { store, calls, hold } = counted(meta)
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })
+    let release: () => void = () => {}
+    hold.blockList = new Promise(resolve => { release = resolve })
+    const loading = blocks.blocking('alice')
+    while (calls.get('blockList') !== 1) await new Promise(resolve => setImmediate(resolve))
+    // the list was read (empty); alice blocks bob before the load is done
+    await blocks.add('alice', 'bob', 1)
+    hold.blockList = null
+    release()
+    expect([...await loading]).toEqual([])
+    expect([...await blocks.blocking('alice')]).toEqual(['bob'])
+    expect(calls.get('blockList')).toBe(2)
+  })
+
+  test('the cache is bounded by entries and by ids held; the least recently used go first', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'a', 'b', 'c', 'big')
+    for (let i = 0; i < 8; i++) await meta.blockAdd('big', `u${i}`, 1, 10)
+    const { store, calls } = counted(meta)
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10, maxEntries: 2, maxCachedIds: 8 })
+    await blocks.blocking('a')
+    await blocks.blocking('b')
+    await blocks.blocking('a')
+    await blocks.blocking('c') // evicts b (a was used since)
+    expect(calls.get('blockList')).toBe(3)
+    await blocks.blocking('a')
+    expect(calls.get('blockList')).toBe(3)
+    await blocks.blocking('b')
+    expect(calls.get('blockList')).toBe(4)
+    // a list of 8 ids costs 9: more than the cache holds, so it is read each time, and right
+    expect((await blocks.blocking('big')).size).toBe(8)
+    expect((await blocks.blocking('big')).size).toBe(8)
+    expect(calls.get('blockList')).toBe(6)
+  })
+
+  test('cached lists expire after ttlMs (a node that missed a notice is right again)', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob')
+    const blocks = new BlockService(meta, fakeBus().bus, { maxPerUser: 10, ttlMs: 30 })
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    await meta.blockAdd('alice', 'bob', 1, 10) // as if on another node, its notice lost
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    await new Promise(resolve => setTimeout(resolve, 60))
+    expect(await blocks.between('alice', 'bob')).toBe('blocking')
+  })
+
+  test('add answers "full" at maxPerUser and adds nothing', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice')
+    const blocks = new BlockService(meta, fakeBus().bus, { maxPerUser: 2 })
+    expect(await blocks.add('alice', 'x', 1)).toBe('added')
+    expect(await blocks.add('alice', 'y', 1)).toBe('added')
+    expect(await blocks.add('alice', 'z', 1)).toBe('full')
+    expect((await blocks.list('alice')).map(b => b.blockedId)).toEqual(['x', 'y'])
+    expect([...await blocks.blocking('alice')].sort()).toEqual(['x', 'y'])
+  })
+})
+
+describe('PresenceService with blocks', () => {
+  test('events leave out the people the user blocks; the list costs no store read per event', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob', 'carol')
+    await meta.conversationCreate({ id: 'g', kind: 'group', name: 'g', directKey: null, createdBy: 'alice', createdAt: 1 },
+      ['alice', 'bob', 'carol'].map(userId => ({ conversationId: 'g', userId, role: 'member' as const, readSeq: 0, muted: false, joinedAt: 1 })))
+    const { store, calls } = counted(meta)
+    const events: Array<{ to: string[], event: ImEvent }> = []
+    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to].sort(), event }) } } as unknown as Publisher
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })
+    const presence = new PresenceService({
+      store: new MemoryPresenceStore(),
+      meta: store,
+      directory: new ConversationDirectory(store, fakeBus().bus),
+      blocks,
+      publisher,
+      logger: createLogger('silent'),
+      notifyIntervalMs: 0
+    })
+    const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
+    await blocks.add('alice', 'bob', 1)
+    await presence.connected('alice', 'c1')
+    await told(1)
+    await presence.disconnected('alice', 'c1')
+    await told(2)
+    expect(events.map(e => e.to)).toEqual([['carol'], ['carol']])
+    expect(calls.get('blockList')).toBe(1)
+    // bob asks: alice looks offline and never seen; carol sees her last-seen
+    expect(await presence.statusFor('bob', ['alice', 'carol', 'bob'])).toEqual([
+      { user: 'alice', online: false, lastSeen: null }, { user: 'carol', online: false, lastSeen: null }, { user: 'bob', online: false, lastSeen: null }])
+    expect((await presence.statusFor('carol', ['alice']))[0]?.lastSeen).toEqual(expect.any(Number))
+    // the block goes: bob is told alice's real state, and gets her events again
+    await blocks.remove('alice', 'bob')
+    await presence.retell('alice', 'bob')
+    await told(3)
+    expect(events[2]).toEqual({ to: ['bob'], event: { type: 'presence', user: 'alice', online: false, lastSeen: expect.any(Number) } })
+    await presence.connected('alice', 'c2')
+    await told(4)
+    expect(events[3]?.to).toEqual(['bob', 'carol'])
+    // blocked again: bob is told she is offline, never seen
+    await blocks.add('alice', 'bob', 2)
+    await presence.retell('alice', 'bob')
+    await told(5)
+    expect(events[4]).toEqual({ to: ['bob'], event: { type: 'presence', user: 'alice', online: false, lastSeen: null } })
+    // a stranger is told nothing
+    await users(meta, 'dave')
+    await blocks.add('alice', 'dave', 3)
+    await presence.retell('alice', 'dave')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    expect(events).toHaveLength(5)
+    await presence.close()
+  })
+})
