@@ -10,7 +10,7 @@ import type { Browser } from 'playwright-core'
 import { addUser, connect, startServer } from '../helpers/im.js'
 import type { MqimServer } from '../../src/server.js'
 import {
-  artifactPath, buildWeb, convItem, launchBrowser, login, message, openChat, openContext, sendText, unreadOf,
+  artifactPath, buildWeb, convItem, eventually, launchBrowser, login, message, openChat, openContext, sendText, unreadOf,
   type ChatPage
 } from '../helpers/browser.js'
 
@@ -34,18 +34,6 @@ async function open (user: string, device: string, viewport?: { width: number, h
   opened.push(chat)
   await login(chat, passwordOf(user), device)
   return chat
-}
-
-/** Polls until fn() returns the expected value (playwright's auto-waiting does not cover attributes). */
-async function eventually<T> (fn: () => Promise<T>, expected: T, what: string, timeoutMs = 15000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  let last: T | undefined
-  while (Date.now() < deadline) {
-    last = await fn()
-    if (last === expected) return
-    await new Promise(resolve => setTimeout(resolve, 50))
-  }
-  throw new Error(`timed out waiting for ${what}: expected ${String(expected)}, last ${String(last)}`)
 }
 
 beforeAll(async () => {

@@ -3,7 +3,7 @@
  * by scripts/build-web.mjs and served by a real mqim server.
  */
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
@@ -29,9 +29,56 @@ export function ensureChromium (): void {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is still missing after apt-get install chromium`)
 }
 
-/** Builds web/dist (esbuild; well under a second when warm). */
+/** What the page is built from: its own sources and the SDK and protocol it bundles. */
+const WEB_INPUTS = ['web/src', 'src/client', 'src/protocol'].map(d => path.join(ROOT, d))
+const WEB_OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js'].map(f => path.join(ROOT, 'web', 'dist', f))
+const BUILD_LOCK = path.join(ROOT, 'web', '.build.lock')
+/** A lock older than this was left by a process that died: taken over. */
+const BUILD_LOCK_STALE_MS = 60_000
+
+function newestMtime (dir: string): number {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
+  }
+  return newest
+}
+
+/** web/dist holds a build of the current sources. */
+function webIsFresh (): boolean {
+  if (!WEB_OUTPUTS.every(f => existsSync(f))) return false
+  const built = Math.min(...WEB_OUTPUTS.map(f => statSync(f).mtimeMs))
+  return WEB_INPUTS.every(d => newestMtime(d) <= built)
+}
+
+/**
+ * Builds web/dist (esbuild; well under a second when warm) unless it is up to date. Test files run
+ * in parallel processes, and a build first empties web/dist: one process building while another's
+ * server serves the page would make that page miss its files. So a build happens under a lock
+ * file, and only when the sources are newer than the build: the first test file builds, the
+ * others find it fresh.
+ */
 export function buildWeb (): void {
-  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-web.mjs')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+  const wait = new Int32Array(new SharedArrayBuffer(4))
+  let fd: number | undefined
+  while (fd === undefined) {
+    try {
+      fd = openSync(BUILD_LOCK, 'wx')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      try {
+        if (Date.now() - statSync(BUILD_LOCK).mtimeMs > BUILD_LOCK_STALE_MS) unlinkSync(BUILD_LOCK)
+      } catch { /* released meanwhile */ }
+      Atomics.wait(wait, 0, 0, 100)
+    }
+  }
+  try {
+    if (!webIsFresh()) execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-web.mjs')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+  } finally {
+    closeSync(fd)
+    unlinkSync(BUILD_LOCK)
+  }
 }
 
 export async function launchBrowser (): Promise<Browser> {
@@ -101,4 +148,16 @@ export async function sendText (page: Page, text: string): Promise<void> {
 /** Stored (not pending) messages of the open chat with exactly this text. */
 export function message (page: Page, text: string): Locator {
   return page.getByTestId('message-list').locator('[data-testid="msg"]').filter({ has: page.getByTestId('msg-text').getByText(text, { exact: true }) })
+}
+
+/** Polls until fn() returns the expected value (playwright's auto-waiting does not cover text and attributes). */
+export async function eventually<T> (fn: () => Promise<T>, expected: T, what: string, timeoutMs = 15000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  let last: T | undefined
+  while (Date.now() < deadline) {
+    last = await fn()
+    if (last === expected) return
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  throw new Error(`timed out waiting for ${what}: expected ${String(expected)}, last ${String(last)}`)
 }

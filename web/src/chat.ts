@@ -1,35 +1,49 @@
 /**
  * A logged-in session of the page: the controllers that keep the store in step with the SDK
- * (conversations, messages, members), wired to the SDK's events and to the browser's (visibility,
- * focus, back/forward). Built on login, closed on logout.
+ * (conversations, messages and their changes, members, typing, blocks), wired to the SDK's events
+ * and to the browser's (visibility, focus, back/forward). Built on login, closed on logout.
  */
 import type { ImClient } from '../../src/client/index.js'
+import { Blocks } from './blocks.js'
+import { Changes } from './changes.js'
 import { Conversations } from './conversations.js'
 import { Members } from './members.js'
+import { noteMention } from './mentions.js'
 import { Messages } from './messages.js'
 import type { AppStore } from './store.js'
+import { Typing } from './typing.js'
 
 export class Chat {
   readonly messages: Messages
+  readonly changes: Changes
   readonly members: Members
   readonly conversations: Conversations
+  readonly typing: Typing
+  readonly blocks: Blocks
   private readonly cleanups: Array<() => void> = []
 
   constructor (private readonly client: ImClient, private readonly store: AppStore) {
     this.messages = new Messages(client, store)
+    this.changes = new Changes(client, store)
     this.members = new Members(client, store)
     this.conversations = new Conversations(client, store, this.messages, this.members)
+    this.typing = new Typing(client, store)
+    this.blocks = new Blocks(client, store)
   }
 
   async start (): Promise<void> {
-    const { client, conversations, messages, store } = this
+    const { client, conversations, messages, typing, store } = this
     store.update(state => { state.conn = client.state })
     this.cleanups.push(
       client.on('message', m => {
         // A conversation not listed yet: joined while this page was open.
         if (!conversations.known(m.conv)) conversations.scheduleRefresh(50)
         messages.add(m)
+        typing.onMessage(m)
       }),
+      client.on('updated', m => { messages.onUpdated(m) }),
+      client.on('typing', e => { typing.onTyping(e) }),
+      client.on('mention', e => { store.update(state => { noteMention(state, e) }) }),
       client.on('read', e => {
         messages.onRead(e.conv, e.readSeq)
         conversations.onRead(e)
@@ -53,13 +67,19 @@ export class Chat {
       listen(window, 'popstate', () => { conversations.followHash() })
     )
     store.update(state => { state.pageVisible = document.visibilityState === 'visible' })
-    await conversations.start()
+    await Promise.all([conversations.start(), this.blocks.load()])
+  }
+
+  /** Closes the refused change or block shown in the chat view. */
+  dismissError (): void {
+    this.store.update(state => { state.chatError = null })
   }
 
   close (): void {
     for (const fn of this.cleanups.splice(0)) fn()
     this.conversations.close()
     this.messages.close()
+    this.typing.close()
   }
 }
 

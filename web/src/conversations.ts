@@ -7,7 +7,8 @@ import type { ConversationSummary, ImClient, MemberEvent, ReadEvent } from '../.
 import { describeError } from './format.js'
 import type { Members } from './members.js'
 import type { Messages } from './messages.js'
-import type { AppStore, Presence } from './store.js'
+import { noteListed } from './mentions.js'
+import { heldUnread, realsIn, type AppStore, type ChatState, type Presence } from './store.js'
 
 /** Presence is asked for at most this many direct-chat peers (the server's limit per request). */
 const PRESENCE_MAX = 500
@@ -55,14 +56,8 @@ export class Conversations {
         for (const s of list) {
           seen.add(s.conv)
           this.messages.confirm(s.conv, s.readSeq)
-          const old = state.summaries.get(s.conv)
-          // Never let an older snapshot undo what live events already told us.
-          if (old !== undefined && old.lastSeq > s.lastSeq) {
-            s.lastSeq = old.lastSeq
-            s.last = old.last
-          }
-          if (old !== undefined && old.readSeq > s.readSeq) s.readSeq = old.readSeq
-          s.unread = Math.max(0, s.lastSeq - s.readSeq)
+          noteListed(state, s)
+          merged(s, state.summaries.get(s.conv), state.chats.get(s.conv))
           state.summaries.set(s.conv, s)
         }
         for (const conv of [...state.summaries.keys()]) if (!seen.has(conv)) state.summaries.delete(conv)
@@ -79,10 +74,13 @@ export class Conversations {
   onRead (e: ReadEvent): void {
     const s = this.store.state.summaries.get(e.conv)
     if (s === undefined || e.readSeq < s.readSeq) return
-    this.store.update(() => {
+    this.store.update(state => {
+      const chat = state.chats.get(e.conv)
       s.readSeq = e.readSeq
-      s.unread = Math.max(0, Math.min(e.unread, s.lastSeq - e.readSeq))
-      if (s.lastSeq < e.readSeq + e.unread) s.lastSeq = e.readSeq + e.unread
+      if (s.lastSeq < e.readSeq) s.lastSeq = e.readSeq
+      // e.unread counts real messages up to the server's last seq as it answered; what this page
+      // holds beyond the cursor is at least that many
+      s.unread = heldUnread(chat, e.readSeq, s.lastSeq) ?? Math.max(e.unread, chat === undefined ? 0 : realsIn(chat, e.readSeq))
     })
   }
 
@@ -154,7 +152,7 @@ export class Conversations {
   async openDirect (user: string): Promise<boolean> {
     return await this.guard(async () => {
       const r = await this.client.direct(user)
-      this.added({ conv: r.conv, kind: 'direct', name: null, peer: r.peer, role: 'member', lastSeq: 0, last: null, readSeq: 0, unread: 0, muted: false })
+      this.added({ conv: r.conv, kind: 'direct', name: null, peer: r.peer, role: 'member', lastSeq: 0, last: null, readSeq: 0, unread: 0, mentions: 0, muted: false })
       await this.open(r.conv)
     })
   }
@@ -162,7 +160,7 @@ export class Conversations {
   async createGroup (name: string, members: string[]): Promise<boolean> {
     return await this.guard(async () => {
       const r = await this.client.createGroup(name, members.filter(u => u !== this.store.state.me))
-      this.added({ conv: r.conv, kind: 'group', name: r.name, role: 'owner', lastSeq: 0, last: null, readSeq: 0, unread: 0, muted: false })
+      this.added({ conv: r.conv, kind: 'group', name: r.name, role: 'owner', lastSeq: 0, last: null, readSeq: 0, unread: 0, mentions: 0, muted: false })
       await this.open(r.conv)
     })
   }
@@ -184,6 +182,24 @@ export class Conversations {
       return false
     }
   }
+}
+
+/**
+ * A summary from `list` merged with what this page already knew of the conversation: live
+ * messages newer than the snapshot, and my own read cursor ahead of the server's. Unread counts
+ * real messages only (the server's, the page's own count when it holds them all).
+ */
+function merged (s: ConversationSummary, old: ConversationSummary | undefined, chat: ChatState | undefined): void {
+  if (old !== undefined && old.lastSeq > s.lastSeq) {
+    if (chat !== undefined) s.unread += realsIn(chat, Math.max(s.lastSeq, s.readSeq), old.lastSeq)
+    s.lastSeq = old.lastSeq
+  }
+  if (old?.last != null && (s.last === null || old.last.seq > s.last.seq)) s.last = old.last
+  if (old !== undefined && old.readSeq > s.readSeq) {
+    if (chat !== undefined) s.unread = Math.max(0, s.unread - realsIn(chat, s.readSeq, old.readSeq))
+    s.readSeq = old.readSeq
+  }
+  s.unread = heldUnread(chat, s.readSeq, s.lastSeq) ?? s.unread
 }
 
 function hashOf (conv: string): string {

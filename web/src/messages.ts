@@ -1,14 +1,19 @@
 /**
  * The messages of each conversation: the newest page and scroll-back (SDK `history`), live
  * messages, own sends with their pending/failed state, read receipts, and marking read what is on
- * screen.
+ * screen. Changes (edit, delete, react entries) are applied to the message they target, never shown
+ * as messages of their own, and counted neither as unread nor as the list's preview.
  */
-import type { ImClient, MessageEnvelope, ReceiptEvent } from '../../src/client/index.js'
+import { applyChange, isChange, type ImClient, type MessageEnvelope, type ReceiptEvent } from '../../src/client/index.js'
 import { describeError } from './format.js'
-import { chatOf, lastOwnSeq, type AppStore, type ChatState } from './store.js'
+import { chatOf, heldUnread, lastOwnSeq, realsIn, type AppState, type AppStore, type ChatState, type Pending } from './store.js'
 
-/** Messages fetched per history page (the first page and every scroll-back). */
+/** Entries fetched per history page (the first page and every scroll-back). */
 const PAGE = 50
+/** Scroll-back fetches at most this many pages in a row that bring no message (only changes). */
+const EMPTY_PAGES_MAX = 5
+/** Live changes remembered per conversation, to bring a history page answered before them up to date. */
+const LIVE_CHANGES_MAX = 200
 
 export class Messages {
   /** Seqs of the active chat whose bubbles are on screen right now (reported by the chat view). */
@@ -17,6 +22,8 @@ export class Messages {
   /** My read cursor as the server last confirmed it (list, read events): receipts count me by it. */
   private readonly confirmedRead = new Map<string, number>()
   private readonly receiptTimers = new Map<string, ReturnType<typeof setTimeout>>()
+  /** The latest change entries that arrived live, per conversation (at most LIVE_CHANGES_MAX). */
+  private readonly liveChanges = new Map<string, MessageEnvelope[]>()
 
   constructor (private readonly client: ImClient, private readonly store: AppStore) {}
 
@@ -29,23 +36,69 @@ export class Messages {
     this.receiptTimers.clear()
   }
 
-  /** A stored message (live, or the reply to an own send): joins its chat and the list's preview. */
+  /** A stored entry (live, or the reply to an own send): a message joins its chat and the list's preview; a change is applied. */
   add (m: MessageEnvelope): void {
+    if (isChange(m)) {
+      this.change(m)
+      return
+    }
     let added = false
     this.store.update(state => {
-      const s = state.summaries.get(m.conv)
-      if (s !== undefined && m.seq > s.lastSeq) {
-        s.lastSeq = m.seq
-        s.last = m
-        s.unread = Math.max(0, s.lastSeq - s.readSeq)
-      }
       const chat = chatOf(state, m.conv)
-      if (chat.messages.has(m.seq)) return
-      chat.messages.set(m.seq, m)
+      if (!chat.messages.has(m.seq)) {
+        chat.messages.set(m.seq, m)
+        added = true
+      }
+      if (m.seq > chat.seenSeq) chat.seenSeq = m.seq
       if (m.from === this.me) chat.pending.delete(m.msgId)
-      added = true
+      const s = state.summaries.get(m.conv)
+      if (s === undefined) return
+      // A seq up to lastSeq is counted already (by the list that told of it).
+      if (m.seq > s.lastSeq) {
+        s.lastSeq = m.seq
+        if (m.seq > s.readSeq) s.unread += 1
+      }
+      if (m.seq > (s.last?.seq ?? 0)) s.last = chat.messages.get(m.seq) ?? m
     })
     if (added && m.from === this.me && m.conv === this.store.state.active) this.refreshReceipt(m.conv)
+  }
+
+  /** The SDK's copy of a message changed (a change applied, mine optimistically, or taken back when refused). */
+  onUpdated (m: MessageEnvelope): void {
+    this.store.update(state => { replace(state, m.conv, m.seq, () => m) })
+  }
+
+  /** A change entry: moves lastSeq (not unread, not the preview) and changes the message it targets. */
+  private change (c: MessageEnvelope): void {
+    const recent = this.liveChanges.get(c.conv) ?? []
+    recent.push(c)
+    if (recent.length > LIVE_CHANGES_MAX) recent.shift()
+    this.liveChanges.set(c.conv, recent)
+    this.store.update(state => {
+      const chat = chatOf(state, c.conv)
+      if (c.seq > chat.seenSeq) chat.seenSeq = c.seq
+      const s = state.summaries.get(c.conv)
+      if (s !== undefined && c.seq > s.lastSeq) s.lastSeq = c.seq
+      if (c.target !== undefined) replace(state, c.conv, c.target, m => applyChange(m, c))
+    })
+  }
+
+  /** A message of a history page answered as of `asOf`, with the live changes stored after that applied. */
+  private current (m: MessageEnvelope, asOf: number): MessageEnvelope {
+    let out = m
+    for (const c of this.liveChanges.get(m.conv) ?? []) if (c.target === m.seq && c.seq > asOf) out = applyChange(out, c)
+    return out
+  }
+
+  /** A history page's messages join the chat (changes in it are already applied to them). */
+  private merge (chat: ChatState, messages: MessageEnvelope[], asOf: number): number {
+    let added = 0
+    for (const m of messages) {
+      if (isChange(m) || chat.messages.has(m.seq)) continue
+      chat.messages.set(m.seq, this.current(m, asOf))
+      added++
+    }
+    return added
   }
 
   /** My read cursor as the server has it (from `list`). */
@@ -90,15 +143,22 @@ export class Messages {
       const held = this.client.messages(conv)
       const r = await this.client.history(conv, { limit: PAGE })
       this.store.update(state => {
-        for (const m of [...held, ...r.messages]) if (!chat.messages.has(m.seq)) chat.messages.set(m.seq, m)
+        for (const m of held) if (!isChange(m) && !chat.messages.has(m.seq)) chat.messages.set(m.seq, m)
+        this.merge(chat, r.messages, r.lastSeq)
         chat.loaded = true
-        chat.hasOlder = chat.messages.size > 0 && Math.min(...chat.messages.keys()) > 1
+        chat.coveredFrom = coverage(r.messages, r.hasMore, r.lastSeq)
+        if (r.lastSeq > chat.seenSeq) chat.seenSeq = r.lastSeq
+        chat.hasOlder = hasOlder(chat)
         const s = state.summaries.get(conv)
-        if (s !== undefined && r.lastSeq > s.lastSeq) {
+        if (s === undefined) return
+        if (r.lastSeq > s.lastSeq) {
+          const from = Math.max(s.lastSeq, s.readSeq)
+          s.unread += r.messages.filter(m => !isChange(m) && m.seq > from).length
           s.lastSeq = r.lastSeq
-          s.last = r.messages[r.messages.length - 1] ?? s.last
-          s.unread = Math.max(0, s.lastSeq - s.readSeq)
         }
+        const newest = Math.max(0, ...chat.messages.keys())
+        if (newest > (s.last?.seq ?? 0)) s.last = chat.messages.get(newest) ?? s.last
+        s.unread = heldUnread(chat, s.readSeq, s.lastSeq) ?? s.unread
       })
     } catch (err) {
       this.store.update(state => { state.sidebarError = describeError(err) })
@@ -107,18 +167,22 @@ export class Messages {
     }
   }
 
-  /** Scroll-back: the page before the oldest message held. */
+  /** Scroll-back: the page below the lowest seq fetched (and on while pages bring changes only). */
   async loadOlder (conv: string): Promise<void> {
     const chat = chatOf(this.store.state, conv)
-    if (!chat.loaded || !chat.hasOlder || chat.loading) return
+    if (!chat.loaded || !chat.hasOlder || chat.loading || chat.coveredFrom === null) return
     chat.loading = true
     try {
-      const before = Math.min(...chat.messages.keys())
-      const r = await this.client.history(conv, { before, limit: PAGE })
-      this.store.update(() => {
-        for (const m of r.messages) if (!chat.messages.has(m.seq)) chat.messages.set(m.seq, m)
-        chat.hasOlder = r.hasMore && r.messages.length > 0
-      })
+      for (let pages = 0; pages < EMPTY_PAGES_MAX && chat.hasOlder && chat.coveredFrom !== null; pages++) {
+        const r = await this.client.history(conv, { before: chat.coveredFrom + 1, limit: PAGE })
+        let added = 0
+        this.store.update(() => {
+          added = this.merge(chat, r.messages, r.lastSeq)
+          chat.coveredFrom = Math.min(chat.coveredFrom ?? Infinity, coverage(r.messages, r.hasMore, 0))
+          chat.hasOlder = hasOlder(chat)
+        })
+        if (added > 0 || r.messages.length === 0) break
+      }
     } catch (err) {
       this.store.update(state => { state.sidebarError = describeError(err) })
     } finally {
@@ -149,8 +213,10 @@ export class Messages {
     this.client.markRead(conv, seq)
     // Optimistic: the read event confirms it.
     this.store.update(() => {
+      const chat = chatOf(state, conv)
+      const before = s.readSeq
       s.readSeq = seq
-      s.unread = Math.max(0, s.lastSeq - seq)
+      s.unread = heldUnread(chat, seq, s.lastSeq) ?? Math.max(0, s.unread - realsIn(chat, before, seq))
     })
   }
 
@@ -192,38 +258,68 @@ export class Messages {
   // ------------------------------------------------------------------------------------------------
   // Sending
 
-  /** Sends from the composer: shown as pending at once, stored by the SDK's outbox. */
-  send (conv: string, text: string): void {
+  /** Sends from the composer: shown as pending at once, stored by the SDK's outbox. `mentions`: members (or '@all') the text mentions. */
+  send (conv: string, text: string, mentions: string[] = []): void {
     const msgId = newMsgId()
-    this.store.update(state => { chatOf(state, conv).pending.set(msgId, { msgId, text, failed: false }) })
-    void this.deliver(conv, msgId, text)
+    const p = { msgId, text, failed: false, error: null, ...(mentions.length > 0 ? { mentions } : {}) }
+    this.store.update(state => { chatOf(state, conv).pending.set(msgId, p) })
+    void this.deliver(conv, p)
   }
 
   /** A failed send, clicked. */
   resend (conv: string, msgId: string): void {
     const p = chatOf(this.store.state, conv).pending.get(msgId)
     if (p === undefined) return
-    this.store.update(() => { p.failed = false })
-    void this.deliver(conv, msgId, p.text)
+    this.store.update(() => {
+      p.failed = false
+      p.error = null
+    })
+    void this.deliver(conv, p)
   }
 
-  private async deliver (conv: string, msgId: string, text: string): Promise<void> {
+  private async deliver (conv: string, p: Pending): Promise<void> {
     const chat: ChatState = chatOf(this.store.state, conv)
+    const { msgId, text } = p
+    const mentions = p.mentions === undefined ? {} : { mentions: p.mentions }
     try {
-      const r = await this.client.send(conv, text, { msgId })
+      const r = await this.client.send(conv, text, { msgId, ...mentions })
       // Usually the message event came first; if not, show the stored message now.
-      this.add({ conv, seq: r.seq, msgId, from: this.me, ts: r.ts, kind: 'text', body: text })
+      this.add({ conv, seq: r.seq, msgId, from: this.me, ts: r.ts, kind: 'text', body: text, ...mentions })
       this.store.update(() => { chat.pending.delete(msgId) })
       // My own message counts as read for me once I have seen it.
       this.maybeMarkRead()
     } catch (err) {
       this.store.update(() => {
-        const p = chat.pending.get(msgId)
-        if (p !== undefined) p.failed = true
+        const pending = chat.pending.get(msgId)
+        if (pending === undefined) return
+        pending.failed = true
+        pending.error = describeError(err)
       })
-      console.warn('send failed', describeError(err))
     }
   }
+}
+
+/**
+ * Changes the held copy of message `seq` (and the list's preview when it shows that message) by
+ * `fn`; nothing when neither holds it.
+ */
+function replace (state: AppState, conv: string, seq: number, fn: (m: MessageEnvelope) => MessageEnvelope): void {
+  const chat = state.chats.get(conv)
+  const held = chat?.messages.get(seq)
+  if (chat !== undefined && held !== undefined) chat.messages.set(seq, fn(held))
+  const s = state.summaries.get(conv)
+  if (s?.last != null && s.last.seq === seq) s.last = fn(s.last)
+}
+
+/** Below which seq a history page leaves entries unfetched: 0 when it reached the first. */
+function coverage (entries: MessageEnvelope[], hasMore: boolean, lastSeq: number): number {
+  if (!hasMore) return 0
+  return entries.length === 0 ? lastSeq : Math.min(...entries.map(m => m.seq)) - 1
+}
+
+/** More messages may exist below those held: not every entry fetched, and the first message (seq 1) not held. */
+function hasOlder (chat: ChatState): boolean {
+  return (chat.coveredFrom ?? 0) > 0 && !chat.messages.has(1)
 }
 
 function newMsgId (): string {

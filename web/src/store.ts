@@ -5,13 +5,14 @@
  */
 import type { ConnectionState, ConversationSummary, MessageEnvelope, PresenceEvent, Role } from '../../src/client/index.js'
 
-/** An own send not yet seen as a stored message. */
-export interface Pending { msgId: string, text: string, failed: boolean }
+/** An own send not yet seen as a stored message; `error` says why it failed (shown under it). */
+export interface Pending { msgId: string, text: string, mentions?: string[], failed: boolean, error: string | null }
 
 export interface Member { user: string, role: Role }
 
 /** What the page holds for one conversation. */
 export interface ChatState {
+  /** Real messages (text, custom) in their current state, by seq; never change entries. */
   messages: Map<number, MessageEnvelope>
   /** Own sends not yet seen as stored messages, by msgId, in the order they were written. */
   pending: Map<string, Pending>
@@ -20,6 +21,13 @@ export interface ChatState {
   loading: boolean
   /** More messages exist below the lowest seq held. */
   hasOlder: boolean
+  /**
+   * Every real message with a seq above this one is held (history pages fetched down to here, then
+   * live ones); null until the first page. Unread counts below it come from the server.
+   */
+  coveredFrom: number | null
+  /** The highest seq (message or change) this page has seen for the chat. */
+  seenSeq: number
   /** Direct: the peer's read cursor, as far as we know it. */
   peerReadSeq: number
   /** Group: how many others have read my last message, `receiptSeq`. */
@@ -30,6 +38,12 @@ export interface ChatState {
 }
 
 export type Presence = Omit<PresenceEvent, 'type'>
+
+/**
+ * Mentions of me in one conversation: the unread count `list` gave (when the server sends one) as
+ * of its lastSeq, and the seqs that `mention` events told of since.
+ */
+export interface MentionCount { listed: number, listedSeq: number, seqs: number[] }
 
 export interface LoginState {
   user: string
@@ -55,6 +69,13 @@ export interface AppState {
   membersOpen: boolean
   sidebarError: string | null
   membersError: string | null
+  /** A refused edit, delete, reaction, block or unblock, shown in that conversation's chat view. */
+  chatError: { conv: string, text: string } | null
+  /** Who is typing in each conversation (not me), in the order they started. */
+  typing: Map<string, string[]>
+  mentions: Map<string, MentionCount>
+  /** Users I block. */
+  blocked: Set<string>
   /** document.visibilityState === 'visible' */
   pageVisible: boolean
 }
@@ -73,6 +94,10 @@ export function initialState (): AppState {
     membersOpen: false,
     sidebarError: null,
     membersError: null,
+    chatError: null,
+    typing: new Map(),
+    mentions: new Map(),
+    blocked: new Set(),
     pageVisible: true
   }
 }
@@ -109,7 +134,7 @@ export type AppStore = Store<AppState>
 export function chatOf (state: AppState, conv: string): ChatState {
   let c = state.chats.get(conv)
   if (c === undefined) {
-    c = { messages: new Map(), pending: new Map(), loaded: false, loading: false, hasOlder: false, peerReadSeq: 0, receiptSeq: 0, othersRead: 0 }
+    c = { messages: new Map(), pending: new Map(), loaded: false, loading: false, hasOlder: false, coveredFrom: null, seenSeq: 0, peerReadSeq: 0, receiptSeq: 0, othersRead: 0 }
     state.chats.set(conv, c)
   }
   return c
@@ -136,7 +161,24 @@ export function lastOwnSeq (chat: ChatState, me: string): number {
   return best
 }
 
+/** Real messages held with from < seq <= to. */
+export function realsIn (chat: ChatState, from: number, to = Infinity): number {
+  let n = 0
+  for (const seq of chat.messages.keys()) if (seq > from && seq <= to) n++
+  return n
+}
+
+/**
+ * The exact unread count of (readSeq, lastSeq] when the chat holds every real message of it (the
+ * pages fetched reach down to readSeq, and nothing up to lastSeq is still on its way), else undefined.
+ */
+export function heldUnread (chat: ChatState | undefined, readSeq: number, lastSeq: number): number | undefined {
+  if (chat === undefined || chat.coveredFrom === null || readSeq < chat.coveredFrom || lastSeq > chat.seenSeq) return undefined
+  return realsIn(chat, readSeq, lastSeq)
+}
+
 export function bodyText (m: MessageEnvelope): string {
+  if (m.deleted !== undefined) return 'message deleted'
   if (m.kind === 'text' && typeof m.body === 'string') return m.body
   try {
     return JSON.stringify(m.body)

@@ -1,8 +1,14 @@
-/** The open conversation: its header (title, online state or member count), the members panel, the messages and the composer. */
+/**
+ * The open conversation: its header (title, online state or member count; Block / Unblock in a
+ * direct chat), the members panel, the messages, who is typing, a refused change, and the composer
+ * (with @mention suggestions).
+ */
 import type { ConversationSummary } from '../../../src/client/index.js'
 import type { Chat } from '../chat.js'
 import { shortTime } from '../format.js'
+import { mentionCandidates, mentionsIn } from '../mentions.js'
 import { chatOf, titleOf, type AppState, type ChatState } from '../store.js'
+import { typingText } from '../typing.js'
 import { Composer } from './composer.js'
 import { MembersPanel } from './members-panel.js'
 import { MessageList } from './message-list.js'
@@ -14,6 +20,11 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   }
   const c = chatOf(state, s.conv)
   const group = s.kind === 'group'
+  const peer = group ? undefined : s.peer
+  const blocked = peer !== undefined && state.blocked.has(peer)
+  const candidates = mentionCandidates(state, s)
+  const typing = typingText(state.typing.get(s.conv) ?? [])
+  const error = state.chatError?.conv === s.conv ? state.chatError.text : null
   return (
     <section class='chat' data-testid='chat-view'>
       <div class='chat-pane' data-conv={s.conv} data-kind={s.kind}>
@@ -24,10 +35,30 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
             <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
           </div>
           {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
+          {peer !== undefined && (
+            <button
+              class={`link${blocked ? '' : ' danger'}`} data-testid='block-toggle' type='button' aria-pressed={blocked}
+              title={blocked ? `Unblock ${peer}: you can write to each other again` : `Block ${peer}: neither of you can write here, and ${peer} no longer sees when you are online`}
+              onClick={() => { void chat.blocks.set(s.conv, peer, !blocked) }}
+            >{blocked ? 'Unblock' : 'Block'}
+            </button>
+          )}
         </header>
         {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
-        <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} messages={chat.messages} />
-        <Composer key={s.conv} onSend={text => { chat.messages.send(s.conv, text) }} />
+        {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
+        <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} role={s.role} messages={chat.messages} changes={chat.changes} />
+        <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
+        {error !== null && (
+          <p class='error chat-error' data-testid='chat-error' role='alert'>
+            <span>{error}</span>
+            <button class='link' type='button' aria-label='Dismiss' title='Dismiss' onClick={() => { chat.dismissError() }}>×</button>
+          </p>
+        )}
+        <Composer
+          key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
+          onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
+          onText={text => { chat.typing.composing(s.conv, text) }}
+        />
       </div>
     </section>
   )

@@ -1,8 +1,9 @@
-/** The sidebar: who I am and the connection state, new direct chats and groups, the conversations with unread badges and previews. */
+/** The sidebar: who I am and the connection state, new direct chats and groups, the conversations with unread and mention badges and previews. */
 import type { ConversationSummary } from '../../../src/client/index.js'
 import { useEffect, useRef } from 'preact/hooks'
 import type { Chat } from '../chat.js'
 import { colorFor, parseUserList, shortTime } from '../format.js'
+import { shownMentions } from '../mentions.js'
 import { bodyText, shownUnread, sortedSummaries, titleOf, type AppState } from '../store.js'
 
 export function ConversationList ({ state, chat, onLogout }: { state: AppState, chat: Chat, onLogout: () => void }) {
@@ -31,13 +32,14 @@ export function ConversationList ({ state, chat, onLogout }: { state: AppState, 
 function ConversationItem ({ state, summary: s, onOpen }: { state: AppState, summary: ConversationSummary, onOpen: () => void }) {
   const title = titleOf(s)
   const unread = shownUnread(state, s)
+  const mentions = shownMentions(state, s)
   const online = s.peer !== undefined ? state.presence.get(s.peer)?.online : undefined
   const last = s.last
   const who = last === null ? '' : last.from === state.me ? 'You: ' : s.kind === 'group' ? `${last.from}: ` : ''
   return (
     <li
       class={`conv${s.conv === state.active ? ' active' : ''}${unread > 0 ? ' unread' : ''}`} role='button' tabIndex={0}
-      data-testid='conv-item' data-conv={s.conv} data-name={title} data-kind={s.kind} data-unread={unread}
+      data-testid='conv-item' data-conv={s.conv} data-name={title} data-kind={s.kind} data-unread={unread} data-mentions={mentions}
       data-online={online === undefined ? undefined : String(online)}
       onClick={onOpen}
       onKeyDown={e => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onOpen() } }}
@@ -50,9 +52,14 @@ function ConversationItem ({ state, summary: s, onOpen }: { state: AppState, sum
       <span class='conv-name' data-testid='conv-name'>{title}</span>
       <span class='conv-time'>{last !== null ? shortTime(last.ts) : ''}</span>
       <span class='conv-preview' data-testid='conv-preview'>{last === null ? 'No messages yet' : who + bodyText(last)}</span>
-      {unread > 0
-        ? <span class={`badge${s.muted ? ' muted' : ''}`} data-testid='conv-unread'>{unread > 999 ? '999+' : String(unread)}</span>
-        : <span />}
+      <span class='badges'>
+        {mentions > 0 && (
+          <span class='badge mention' data-testid='conv-mentions' title={`${mentions} unread mention${mentions === 1 ? '' : 's'} of you`} aria-label={`${mentions} unread mention${mentions === 1 ? '' : 's'}`}>
+            @{mentions > 1 ? mentions : ''}
+          </span>
+        )}
+        {unread > 0 && <span class={`badge${s.muted ? ' muted' : ''}`} data-testid='conv-unread' aria-label={`${unread} unread`}>{unread > 999 ? '999+' : String(unread)}</span>}
+      </span>
     </li>
   )
 }

@@ -1,30 +1,40 @@
 /**
  * The messages of the open chat, oldest first, with day separators, sender names in groups, read
- * receipts on own messages and own sends still on their way. Keeps the view at the bottom while the
- * reader is there (and after own sends), keeps it in place when older messages come in, loads older
- * ones near the top, and reports which messages are on screen (for marking read).
+ * receipts on own messages and own sends still on their way (or failed, with why). Keeps the view
+ * at the bottom while the reader is there (and after own sends), keeps it in place when older
+ * messages come in, loads older ones near the top, and reports which messages are on screen (for
+ * marking read). Which message's actions menu is open, and which one is being edited, is kept here.
  */
 import type { JSX } from 'preact'
-import { useLayoutEffect, useRef } from 'preact/hooks'
-import type { MessageEnvelope } from '../../../src/client/index.js'
-import { clockTime, dayLabel } from '../format.js'
+import { useLayoutEffect, useRef, useState } from 'preact/hooks'
+import type { MessageEnvelope, Role } from '../../../src/client/index.js'
+import type { Changes } from '../changes.js'
+import { dayLabel } from '../format.js'
 import type { Messages } from '../messages.js'
-import { bodyText, lastOwnSeq, type ChatState } from '../store.js'
+import { lastOwnSeq, type ChatState } from '../store.js'
+import { MessageItem } from './message-item.js'
 
 interface Props {
   conv: string
   chat: ChatState
   me: string
   group: boolean
+  /** My role in the conversation: a group's admins and owner delete anyone's messages. */
+  role: Role
   messages: Messages
+  changes: Changes
 }
+
+/** Which message has its menu open or is being edited (by seq). */
+interface Focus { menu: number | null, editing: number | null }
 
 /** Within this many pixels of the bottom, new messages scroll into view. */
 const STICK_PX = 120
 /** Within this many pixels of the top, the older page is loaded. */
 const LOAD_OLDER_PX = 80
 
-export function MessageList ({ conv, chat, me, group, messages }: Props) {
+export function MessageList ({ conv, chat, me, group, role, messages, changes }: Props) {
+  const [focus, setFocus] = useState<Focus>({ menu: null, editing: null })
   const box = useRef<HTMLDivElement>(null)
   const list = useRef<HTMLOListElement>(null)
   const observer = useRef<IntersectionObserver | null>(null)
@@ -66,6 +76,9 @@ export function MessageList ({ conv, chat, me, group, messages }: Props) {
       if (stick.current || now.pending > before.pending || newest?.from === me) el.scrollTop = el.scrollHeight
     } else if (now.first < before.first) {
       el.scrollTop = el.scrollHeight - fromBottom.current
+    } else if (stick.current) {
+      // a message at the bottom grew (reactions, an open menu, an edit): stay at the bottom
+      el.scrollTop = el.scrollHeight
     }
     shown.current = now
     fromBottom.current = el.scrollHeight - el.scrollTop
@@ -83,15 +96,18 @@ export function MessageList ({ conv, chat, me, group, messages }: Props) {
     <div ref={box} class='messages' data-testid='messages' onScroll={onScroll}>
       {chat.hasOlder && <button class='link older' data-testid='load-older' type='button' onClick={() => { void messages.loadOlder(conv) }}>Load older messages</button>}
       <ol ref={list} class='message-list' data-testid='message-list' data-loaded={String(chat.loaded)}>
-        {items(sorted, chat, me, group)}
+        {items(sorted, { conv, chat, me, group, role, changes, focus, setFocus })}
         {[...chat.pending.values()].map(p => (
           <li
             key={p.msgId} class={`msg own ${p.failed ? 'failed' : 'pending'}`} data-testid='msg-pending' data-msg-id={p.msgId}
-            title={p.failed ? 'Not sent: click to retry' : 'sending…'}
+            data-failed={p.failed ? '' : undefined} title={p.failed ? 'Not sent: click to retry' : 'sending…'}
             onClick={() => { if (p.failed) messages.resend(conv, p.msgId) }}
           >
             <div class='bubble' data-testid='msg-text'>{p.text}</div>
-            <div class='msg-meta'><span class='msg-status' data-status={p.failed ? 'failed' : 'sending'}>{p.failed ? 'not sent · tap to retry' : 'sending…'}</span></div>
+            <div class='msg-meta'>
+              <span class='msg-status' data-status={p.failed ? 'failed' : 'sending'}>{p.failed ? 'not sent · tap to retry' : 'sending…'}</span>
+            </div>
+            {p.error !== null && <p class='error send-error' data-testid='send-error' role='alert'>{p.error}</p>}
           </li>
         ))}
       </ol>
@@ -99,9 +115,21 @@ export function MessageList ({ conv, chat, me, group, messages }: Props) {
   )
 }
 
+interface ItemsContext {
+  conv: string
+  chat: ChatState
+  me: string
+  group: boolean
+  role: Role
+  changes: Changes
+  focus: Focus
+  setFocus: (f: Focus) => void
+}
+
 /** Stored messages with a day separator before each new day. */
-function items (sorted: MessageEnvelope[], chat: ChatState, me: string, group: boolean): JSX.Element[] {
+function items (sorted: MessageEnvelope[], { conv, chat, me, group, role, changes, focus, setFocus }: ItemsContext): JSX.Element[] {
   const lastOwn = lastOwnSeq(chat, me)
+  const moderator = group && role !== 'member'
   const out: JSX.Element[] = []
   let prevFrom = ''
   let prevDay = ''
@@ -114,14 +142,13 @@ function items (sorted: MessageEnvelope[], chat: ChatState, me: string, group: b
     }
     const own = m.from === me
     out.push(
-      <li key={m.seq} class={`msg${own ? ' own' : ''}`} data-testid='msg' data-seq={m.seq} data-from={m.from} data-own={own ? '' : undefined}>
-        {group && !own && m.from !== prevFrom && <span class='msg-sender' data-testid='msg-sender'>{m.from}</span>}
-        <div class={`bubble${m.kind === 'custom' ? ' custom' : ''}`} data-testid='msg-text'>{bodyText(m)}</div>
-        <div class='msg-meta'>
-          <time dateTime={new Date(m.ts).toISOString()}>{clockTime(m.ts)}</time>
-          {own && <Status seq={m.seq} chat={chat} group={group} lastOwn={lastOwn} />}
-        </div>
-      </li>
+      <MessageItem
+        key={m.seq} conv={conv} m={m} me={me} showSender={group && !own && m.from !== prevFrom} canDelete={own || moderator}
+        status={own ? <Status seq={m.seq} chat={chat} group={group} lastOwn={lastOwn} /> : null}
+        menuOpen={focus.menu === m.seq} editing={focus.editing === m.seq} changes={changes}
+        onMenu={open => { setFocus({ menu: open ? m.seq : null, editing: null }) }}
+        onEditing={editing => { setFocus({ menu: null, editing: editing ? m.seq : null }) }}
+      />
     )
     prevFrom = m.from
   }
