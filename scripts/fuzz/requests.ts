@@ -197,6 +197,19 @@ const FIELDS: Record<string, FieldGen> = {
     valid: j(fc.constantFrom('👍', '❤️', '🎉', '👨‍👩‍👧', '🇫🇷', '👍🏽')),
     bad: fc.oneof(j(fc.constantFrom('', 'a', ':+1:', '👍👍', '👍 ', '\u200d', '$', '.', '🇫🇷🇩', '👍'.repeat(17))), j(weird(1, 10)), wrongType)
   },
+  mentions: {
+    valid: fc.oneof(
+      { arbitrary: j(fc.uniqueArray(validUser, { minLength: 1, maxLength: 5 })), weight: 6 },
+      { arbitrary: j(fc.constant(['@all'])), weight: 2 },
+      { arbitrary: fc.constant<Val>({ t: 'rep-array', item: 'bya', n: 1 }), weight: 1 }
+    ),
+    bad: fc.oneof(
+      j(fc.constantFrom<Json>([], ['bya', 'bya'], ['@everyone'], ['@ALL'], 'bya', [null])),
+      fc.constant<Val>({ t: 'rep-array', item: 'bya', n: 51 }),
+      j(fc.array(badUser, { minLength: 1, maxLength: 3 })),
+      wrongType
+    )
+  },
   remove: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0)), wrongType) },
   typing: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('false', 1, null)), wrongType) }
 }
