@@ -104,8 +104,14 @@ describe.each(BACKENDS)('message changes on $name stores', (backend) => {
     expect(await errorCode(alice, 'edit', { conv, msgId: 'x2', target: text.seq, body: '' })).toBe('BAD_REQUEST')
     expect(await errorCode(alice, 'edit', { conv, msgId: 'x3', target: text.seq, body: { not: 'text' } })).toBe('BAD_REQUEST')
     expect(await errorCode(bob, 'edit', { conv, msgId: 'x4', target: custom.seq, body: [1, { two: 2 }] })).toBe('ok')
-    // members delete only their own messages in groups; the owner (and admins) any
+    // members delete only their own messages in groups; admins members' messages, the owner anyone's
     expect(await errorCode(bob, 'delete', { conv, msgId: 'x5', target: text.seq })).toBe('FORBIDDEN')
+    await alice.request('add-members', { conv, members: ['carol'] })
+    await alice.request('set-role', { conv, user: 'bob', role: 'admin' })
+    const carol = track(await connect(server, 'carol', 'refusals'))
+    const byCarol = await carol.request('send', { conv, msgId: 'cm', kind: 'text', body: 'from a member' })
+    expect(await errorCode(bob, 'delete', { conv, msgId: 'x5b', target: text.seq })).toBe('FORBIDDEN') // the owner's
+    expect(await errorCode(bob, 'delete', { conv, msgId: 'x5c', target: byCarol.seq })).toBe('ok')
     // not a member: as for any conversation
     expect(await errorCode(erin, 'react', { conv, msgId: 'x6', target: text.seq, emoji: '👍' })).toBe('NOT_MEMBER')
     expect(await errorCode(erin, 'edit', { conv, msgId: 'x7', target: text.seq, body: 'x' })).toBe('NOT_MEMBER')
@@ -140,6 +146,11 @@ describe.each(BACKENDS)('message changes on $name stores', (backend) => {
     for (const [i, e] of ['👍', '🎉', '😀'].entries()) expect(await errorCode(bob, 'react', { conv, msgId: `rr${i}`, target: text.seq, emoji: e })).toBe('ok')
     expect(await errorCode(alice, 'react', { conv, msgId: 'rr3', target: text.seq, emoji: '🚀' })).toBe('LIMIT_REACHED')
     expect(await errorCode(alice, 'react', { conv, msgId: 'rr4', target: text.seq, emoji: '🎉' })).toBe('ok')
+    // a msgId is one entry's: a change may not reuse a send's, nor a send a change's, nor one kind
+    // of change another's (the embedded store answers resends from the store, MongoDB from memory)
+    expect(await errorCode(alice, 'edit', { conv, msgId: 't1', target: text.seq, body: 'reusing my send id' })).toBe('CONFLICT')
+    expect(await errorCode(bob, 'send', { conv, msgId: 'x4', kind: 'text', body: 'reusing my edit id' })).toBe('CONFLICT')
+    expect(await errorCode(bob, 'react', { conv, msgId: 'x4', target: text.seq, emoji: '👍' })).toBe('CONFLICT')
     // the edit window
     await new Promise(resolve => setTimeout(resolve, EDIT_WINDOW_MS + 200))
     expect(await errorCode(alice, 'edit', { conv, msgId: 'late', target: text.seq, body: 'too late' })).toBe('NOT_EDITABLE')

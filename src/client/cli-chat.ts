@@ -132,7 +132,9 @@ async function handle (line: string): Promise<boolean> {
       } else {
         const emoji = rest[1] as string
         // again: take it back
-        const mine = client.messages(current).find(m => m.seq === seq)?.reactions?.[emoji]?.includes(me) === true
+        // the message as it is now: from the local copy, or (an older one) from the server
+        const held = client.messages(current).find(m => m.seq === seq) ?? (await client.history(current, { after: seq - 1, limit: 1 })).messages.find(m => m.seq === seq)
+        const mine = held?.reactions?.[emoji]?.includes(me) === true
         await client.react(current, seq, emoji, { remove: mine })
       }
       return true

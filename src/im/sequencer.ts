@@ -97,7 +97,17 @@ interface Pending {
 interface Attempt { seq: number, ts: number }
 
 /** Where a recently stored key is. */
-interface Stored { seq: number, ts: number }
+interface Stored {
+  seq: number
+  ts: number
+  /** Changes: what it changes (`<kind>:<target>`), so that a resend of another request with its msgId is told apart. */
+  change?: string
+}
+
+/** What a change changes, `<kind>:<target>`; undefined for a message. */
+function changeOf (m: { kind: MessageKind, target?: number }): string | undefined {
+  return isChangeKind(m.kind) ? `${m.kind}:${m.target ?? 0}` : undefined
+}
 
 /**
  * Recently stored keys kept for resends: a resend comes within seconds of the original (a reply
@@ -115,6 +125,17 @@ const RESEND_LOOKUPS = 4
 const RESEND_WAITING = 1000
 /** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
 const MAX_SEQ_STEPS = 16
+
+/** CONFLICT: a request reused the msgId of a stored message or change of another kind. */
+export function msgIdInUse (msgId: string, storedChange: string | undefined): ImError {
+  const what = storedChange === undefined ? 'a message' : `a change (${storedChange.replace(':', ' of seq ')})`
+  return new ImError('CONFLICT', `msgId ${msgId} is already used for ${what}; use a new msgId for each send and each change`)
+}
+
+/** The stored copy of a resend is of what the request asks for (same kind of entry, same target). */
+export function sameEntry (stored: StoredMessage, asked: { kind: MessageKind, target?: number }): boolean {
+  return changeOf(stored) === changeOf(asked)
+}
 
 function keyOf (d: { conversationId: string, senderId: string, clientMsgId: string }): string {
   return `${d.conversationId}/${d.senderId}/${d.clientMsgId}`
@@ -191,6 +212,8 @@ export class Sequencer {
     const key = keyOf(draft)
     const known = this.recent?.get(key)
     if (known !== undefined) {
+      // the msgId was used for something else (a send and an edit, two changes of different kinds)
+      if (known.change !== changeOf(draft)) return Promise.reject(msgIdInUse(draft.clientMsgId, known.change))
       // the stored seq and ts; the rest is the resend's own (a resend carries the same message)
       const { conversationId, senderId, clientMsgId, kind, body, replyTo, target } = draft
       const message: StoredMessage = { conversationId, senderId, clientMsgId, kind, body, replyTo, seq: known.seq, ts: known.ts }
@@ -655,6 +678,9 @@ export class Sequencer {
   }
 
   private remember (key: string, message: StoredMessage): void {
-    this.recent?.set(key, { seq: message.seq, ts: message.ts })
+    const stored: Stored = { seq: message.seq, ts: message.ts }
+    const change = changeOf(message)
+    if (change !== undefined) stored.change = change
+    this.recent?.set(key, stored)
   }
 }

@@ -80,11 +80,10 @@ export const SettingsRequest = z.object({ ...base, groupInvites: GroupInvitesSch
  * keys of stored documents and are shown to every member.
  */
 const GRAPHEMES = new Intl.Segmenter('en', { granularity: 'grapheme' })
-export const Emoji = z.string()
-  .refine(s => s.length >= 1 && s.length <= 32, '1-32 UTF-16 code units')
-  .regex(/^(?:\p{Extended_Pictographic}|\p{Emoji_Modifier}|\p{Regional_Indicator}|\u200d|\ufe0f|\u20e3)+$/u, 'one emoji')
-  .refine(s => /\p{Extended_Pictographic}|\p{Regional_Indicator}/u.test(s), 'one emoji')
-  .refine(s => s.length > 32 || [...GRAPHEMES.segment(s)].length === 1, 'one emoji (a single character)')
+const EMOJI_CHARS = /^(?:\p{Extended_Pictographic}|\p{Emoji_Modifier}|\p{Regional_Indicator}|\u200d|\ufe0f|\u20e3)+$/u
+const PICTOGRAPH = /\p{Extended_Pictographic}|\p{Regional_Indicator}/u
+export const Emoji = z.string().refine(s => s.length >= 1 && s.length <= 32 && EMOJI_CHARS.test(s) && PICTOGRAPH.test(s) && [...GRAPHEMES.segment(s)].length === 1,
+  'one emoji (one pictographic character, with its modifiers and joiners), at most 32 UTF-16 units')
 /** The seq of the message a change applies to. */
 export const Target = Seq.min(1)
 

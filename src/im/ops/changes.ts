@@ -7,7 +7,8 @@
  *
  * Rules: only real messages (text, custom) are changed, never a change, never a deleted message.
  * Edit: the sender, within limits.editWindowMs of sending, with a body of the message's kind.
- * Delete: the sender; in groups also admins and the owner. React: any member, at most
+ * Delete: the sender; in groups also whoever outranks the sender (an admin: members' messages, the
+ * owner: anyone's). React: any member, at most
  * limits.reactionsPerMessage different emojis per message (one of each per user, by state). In a
  * direct conversation where one blocks the other, neither may edit or react (BLOCKED); deleting
  * one's own message stays possible.
@@ -22,11 +23,12 @@ import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import type { ConversationEntry } from '../directory.js'
-import { requireMember, requireRole } from '../access.js'
+import { outranks, requireMember } from '../access.js'
 import { requireNotBlocked } from '../blocks.js'
-import { isChangeKind, type ChangeKind, type StoredMessage } from '../../store/types.js'
+import { isChangeKind, type ChangeKind, type Role, type StoredMessage } from '../../store/types.js'
 import { emojiCount, reacts } from '../../store/changes.js'
 import type { SendResult } from './send.js'
+import { msgIdInUse, sameEntry } from '../sequencer.js'
 
 /** How long a client shows "typing…" after a `typing` event without a newer one. */
 export const TYPING_TTL_MS = 5000
@@ -36,7 +38,7 @@ const TYPING_INTERVAL_MS = 1000
 const TYPING_KEYS_MAX = 100_000
 
 /** The caller's membership, and the target message as it is now (checked: a real message, not deleted). */
-async function targetOf (caller: Caller, conv: string, target: number, services: Services, blockable = true): Promise<{ entry: ConversationEntry, role: string, message: StoredMessage }> {
+async function targetOf (caller: Caller, conv: string, target: number, services: Services, blockable = true): Promise<{ entry: ConversationEntry, role: Role, message: StoredMessage }> {
   const { entry, member } = await requireMember(services, caller, conv)
   if (blockable) await requireNotBlocked(services, caller, entry)
   const lastSeq = await services.sequencer.lastSeqFor(conv, target)
@@ -50,9 +52,10 @@ async function targetOf (caller: Caller, conv: string, target: number, services:
 async function submit (caller: Caller, conv: string, msgId: string, kind: ChangeKind, target: number, body: unknown, services: Services): Promise<SendResult> {
   if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
   const { message, duplicate } = await services.sequencer.submit({ conversationId: conv, senderId: caller.userId, clientMsgId: msgId, kind, body, replyTo: null, target })
+  if (duplicate && !sameEntry(message, { kind, target })) throw msgIdInUse(msgId, isChangeKind(message.kind) ? `${message.kind}:${message.target ?? 0}` : undefined)
   // A resend: apply it again, in case the process that stored it died before applying it
-  // (applying is idempotent). A msgId used before for something else is not applied.
-  if (duplicate && message.kind === kind && message.target === target) await services.sequencer.applyChange(message)
+  // (applying is idempotent).
+  if (duplicate) await services.sequencer.applyChange(message)
   return { conv: message.conversationId, seq: message.seq, msgId: message.clientMsgId, ts: message.ts, duplicate }
 }
 
@@ -68,7 +71,7 @@ async function checked (caller: Caller, req: { conv: string, msgId: string, targ
   } catch (err) {
     if (!(err instanceof ImError) || !REFUSALS_OF_STATE.has(err.code)) throw err
     const stored = await services.sequencer.findStored(req.conv, caller.userId, req.msgId)
-    if (stored === null || stored.kind !== kind || stored.target !== req.target) throw err
+    if (stored === null || !sameEntry(stored, { kind, target: req.target })) throw err
     return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
   }
 }
@@ -85,7 +88,7 @@ async function checkEdit (caller: Caller, req: RequestOf<'edit'>, services: Serv
   const { message } = await targetOf(caller, req.conv, req.target, services)
   if (message.senderId !== caller.userId) throw new ImError('FORBIDDEN', 'only the sender may edit a message')
   const window = services.config.limits.editWindowMs
-  if (services.now() - message.ts > window) throw new ImError('NOT_EDITABLE', `messages can be edited for ${Math.round(window / 60_000)} minutes after they are sent`)
+  if (services.now() - message.ts > window) throw new ImError('NOT_EDITABLE', `messages can be edited for ${describeDuration(window)} after they are sent`)
   if (message.kind === 'text' && (typeof req.body !== 'string' || req.body.length === 0)) {
     throw new ImError('BAD_REQUEST', 'body: a text message needs a non-empty string body')
   }
@@ -101,7 +104,10 @@ async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: 
   const { entry, role, message } = await targetOf(caller, req.conv, req.target, services, false)
   if (message.senderId !== caller.userId) {
     if (entry.conversation.kind !== 'group') throw new ImError('FORBIDDEN', 'only the sender may delete a message')
-    requireRole({ role } as Parameters<typeof requireRole>[0], 'admin')
+    // as for removing members: an admin deletes members' messages, the owner anyone's (someone who
+    // left counts as a member)
+    const senderRole = entry.members.get(message.senderId)?.role ?? 'member'
+    if (!outranks(role, senderRole)) throw new ImError('FORBIDDEN', role === 'member' ? 'only the sender, an admin or the owner may delete a message' : `an ${role} may delete only messages of members of lower rank`)
   }
 }
 
@@ -139,4 +145,10 @@ export async function typing (caller: Caller, req: RequestOf<'typing'>, services
   const others = entry.memberIds.filter(u => u !== caller.userId)
   services.publisher.ephemeral(others, { type: 'typing', conv: req.conv, user: caller.userId, typing: on, ttlMs: TYPING_TTL_MS })
   return { conv: req.conv, sent: true }
+}
+
+/** 48 hours, 5 minutes, 30 seconds: the edit window in a refusal. */
+function describeDuration (ms: number): string {
+  const [n, unit] = ms >= 7_200_000 ? [ms / 3_600_000, 'hours'] : ms >= 120_000 ? [ms / 60_000, 'minutes'] : [ms / 1000, 'seconds']
+  return `${Math.round(n)} ${unit}`
 }

@@ -7,6 +7,7 @@ import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { requireMember, lastSeqOf, requireRole } from '../access.js'
 import { requireNotBlocked } from '../blocks.js'
+import { msgIdInUse, sameEntry } from '../sequencer.js'
 import type { ConversationEntry } from '../directory.js'
 import { MENTION_ALL } from '../../protocol/schemas.js'
 
@@ -45,6 +46,8 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     replyTo: req.replyTo ?? null,
     ...(req.mentions === undefined ? {} : { mentions: req.mentions })
   })
+  // a msgId of a stored change (the sequencer tells only what it remembers; the store's copy tells the rest)
+  if (duplicate && !sameEntry(message, { kind: req.kind })) throw msgIdInUse(req.msgId, `${message.kind}:${message.target ?? 0}`)
   // 6. ack
   return { conv: message.conversationId, seq: message.seq, msgId: message.clientMsgId, ts: message.ts, duplicate }
 }
