@@ -3,6 +3,7 @@
  * then environment overrides. Validated by zod; an invalid value stops start-up with a
  * message naming the field and the expected form.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
@@ -24,6 +25,88 @@ const MySqlAdapter = z.object({
   poolSize: z.number().int().min(1).max(200).default(10)
 }).strict()
 
+/** JWS algorithms a JWT login may be signed with; `none` is not one of them. */
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519', 'HS256', 'HS384', 'HS512'] as const
+/** Shortest `auth.jwt.secret` (UTF-8 bytes) per HMAC algorithm: the size of its hash (RFC 7518 3.2). */
+const HS_SECRET_MIN_BYTES: Record<string, number> = { HS256: 32, HS384: 48, HS512: 64 }
+
+/** The curve of each ECDSA algorithm, as node:crypto names it. */
+const EC_CURVES: Record<string, string> = { ES256: 'prime256v1', ES384: 'secp384r1', ES512: 'secp521r1' }
+
+/** Why a PEM public key cannot verify every one of `algorithms` (null: it can). */
+function publicKeyProblem (pem: string, algorithms: readonly string[]): string | null {
+  let key: KeyObject
+  try {
+    key = createPublicKey(pem)
+  } catch (err) {
+    return `not a readable PEM public key or certificate (${(err as Error).message})`
+  }
+  const type = key.asymmetricKeyType ?? 'unknown'
+  const { namedCurve, modulusLength } = key.asymmetricKeyDetails ?? {}
+  if (type === 'rsa' && (modulusLength ?? 0) < 2048) return 'an RSA key must have at least 2048 bits'
+  const fits = (alg: string): boolean => /^(RS|PS)/.test(alg) ? type === 'rsa' : alg.startsWith('ES') ? type === 'ec' && namedCurve === EC_CURVES[alg] : type === 'ed25519'
+  const misfits = algorithms.filter(a => !fits(a))
+  return misfits.length === 0 ? null : `a ${type}${namedCurve === undefined ? '' : ' ' + namedCurve} key cannot verify ${misfits.join(', ')}`
+}
+
+/**
+ * JWT login (src/auth/jwt.ts): off unless `enabled`; then issuer, audience, algorithms and exactly
+ * one key source (jwksUrl, publicKeyPem, or secret for HS*) are required.
+ */
+const JwtConfigSchema = z.object({
+  enabled: z.boolean(),
+  /** The `iss` a token must carry. */
+  issuer: z.string().min(1).optional(),
+  /** The `aud` a token must carry (one of them, if a list). */
+  audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /** Allow-list of JWS algorithms. */
+  algorithms: z.array(z.enum(JWT_ALGORITHMS, { error: `one of ${JWT_ALGORITHMS.join(', ')} ("none" is never accepted)` })).min(1).optional(),
+  /** Keys from a JSON Web Key Set at this URL (asymmetric algorithms only). */
+  jwksUrl: z.url({ protocol: /^https?$/, error: 'an http:// or https:// URL' }).optional(),
+  /** A static public key (SPKI "BEGIN PUBLIC KEY" or an X.509 "BEGIN CERTIFICATE" PEM), for RS/PS/ES/EdDSA. */
+  publicKeyPem: z.string().regex(/-----BEGIN (PUBLIC KEY|CERTIFICATE)-----/, 'a PEM public key (BEGIN PUBLIC KEY) or certificate (BEGIN CERTIFICATE)').optional(),
+  /** A shared secret for HS256/384/512: at least 32/48/64 bytes. */
+  secret: z.string().optional(),
+  /** Leeway for exp, nbf (and the session's end) against clock skew. */
+  clockToleranceSec: z.number().int().min(0).max(300),
+  /** The claim that holds the user id. */
+  userClaim: z.string().min(1).max(64),
+  /** Create an account (kind user, no usable password) on the first login of an unknown user id. */
+  createUsers: z.boolean(),
+  /** Longest token accepted (a JWT-shaped password beyond it is refused unread). */
+  maxTokenBytes: z.number().int().min(256).max(65536),
+  /** A JWKS fetch is given up after this long (the login gets CONNACK 3). */
+  jwksTimeoutMs: z.number().int().min(100).max(60_000),
+  /** After a successful fetch, a token with an unknown `kid` refetches the JWKS only after this long. */
+  jwksCooldownMs: z.number().int().min(0),
+  /** Cached keys are refetched before use once they are this old. */
+  jwksCacheMaxAgeMs: z.number().int().min(1000)
+}).strict().superRefine((j, ctx) => {
+  if (!j.enabled) return
+  const need = (field: 'issuer' | 'audience' | 'algorithms'): void => {
+    if (j[field] === undefined) ctx.addIssue({ code: 'custom', message: 'required when auth.jwt.enabled is true', path: [field] })
+  }
+  need('issuer')
+  need('audience')
+  need('algorithms')
+  const sources = (['jwksUrl', 'publicKeyPem', 'secret'] as const).filter(k => j[k] !== undefined)
+  if (sources.length !== 1) {
+    ctx.addIssue({ code: 'custom', message: `set exactly one of jwksUrl, publicKeyPem, secret (got ${sources.length === 0 ? 'none' : sources.join(', ')})`, path: ['jwksUrl'] })
+    return
+  }
+  const hs = (j.algorithms ?? []).filter(a => a.startsWith('HS'))
+  const asymmetric = (j.algorithms ?? []).filter(a => !a.startsWith('HS'))
+  if (j.secret !== undefined) {
+    if (asymmetric.length > 0) ctx.addIssue({ code: 'custom', message: `a secret verifies HS256/HS384/HS512 only, not ${asymmetric.join(', ')}`, path: ['algorithms'] })
+    const min = Math.max(32, ...hs.map(a => HS_SECRET_MIN_BYTES[a] ?? 32))
+    if (Buffer.byteLength(j.secret, 'utf8') < min) ctx.addIssue({ code: 'custom', message: `at least ${min} bytes for ${hs.join(', ') || 'HS256'}`, path: ['secret'] })
+  } else if (hs.length > 0) {
+    ctx.addIssue({ code: 'custom', message: `${hs.join(', ')} need a shared secret (auth.jwt.secret); they are refused with ${j.jwksUrl !== undefined ? 'jwksUrl' : 'publicKeyPem'}`, path: ['algorithms'] })
+  }
+  const keyProblem = j.publicKeyPem === undefined ? null : publicKeyProblem(j.publicKeyPem, asymmetric)
+  if (keyProblem !== null) ctx.addIssue({ code: 'custom', message: keyProblem, path: ['publicKeyPem'] })
+})
+
 export const ConfigSchema = z.object({
   /** Interface the listeners bind to. */
   host: z.string().min(1),
@@ -44,6 +127,16 @@ export const ConfigSchema = z.object({
   /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
   tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
     .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
+  /** Prometheus metrics at GET /metrics on the HTTP listener (see src/metrics.ts). */
+  metrics: z.object({
+    /** false: nothing is counted, /metrics answers 404. */
+    enabled: z.boolean(),
+    /**
+     * null: only loopback clients may scrape. Set: clients elsewhere may too, with
+     * `Authorization: Bearer <token>` (at least 16 characters).
+     */
+    token: z.string().min(16).nullable()
+  }).strict(),
   /** This node's name in a cluster (logs, presence); null = a random id per start. */
   nodeId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -').nullable(),
   /** Where the server keeps its admin token (and nothing else on the embedded default). */
@@ -147,7 +240,9 @@ export const ConfigSchema = z.object({
     /** Connections held so in all; beyond it they are closed at once. */
     tarpitConnections: z.number().int().min(0),
     /** How often the server looks for accounts disabled or reset in the metadata store by someone else. */
-    revocationPollMs: z.number().int().min(100)
+    revocationPollMs: z.number().int().min(100),
+    /** JWT as the MQTT password; absent or enabled: false = off. */
+    jwt: JwtConfigSchema.optional()
   }).strict(),
   sequencer: z.object({
     /** Group commit: at most this many messages per MongoDB insert. */
@@ -169,6 +264,7 @@ export const ConfigSchema = z.object({
 }).strict()
 
 export type Config = z.infer<typeof ConfigSchema>
+export type JwtConfig = z.infer<typeof JwtConfigSchema>
 
 export class ConfigError extends Error {
   constructor (message: string) {
@@ -177,7 +273,7 @@ export class ConfigError extends Error {
   }
 }
 
-/** config/default.json of the package: found upwards from this file (src/ when run by tsx, dist/src/ when built). */
+/** config/default.json of the package: found upwards from this file (src/ when run by tsx, dist/ when built). */
 function findDefaultConfig (): string {
   let dir = path.dirname(fileURLToPath(import.meta.url))
   for (let i = 0; i < 4; i++) {

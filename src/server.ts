@@ -19,6 +19,7 @@ import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
 import { Publisher } from './im/publisher.js'
 import { Delivery } from './im/delivery.js'
+import { Metrics } from './metrics.js'
 import { MentionLog } from './im/mentions.js'
 import { ReadCursors } from './im/read-cursors.js'
 import { ReceiptAggregator } from './im/receipts.js'
@@ -38,6 +39,7 @@ import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
+import { JwtLogin } from './auth/jwt.js'
 import { createHttpApp } from './http/app.js'
 import { checkHealth } from './http/health.js'
 
@@ -81,9 +83,10 @@ export class MqimServer {
     const logger = (options.logger ?? createLogger(config.log.level)).child({ node: nodeId })
     const clustered = isClustered(config)
 
-    // 1. stores: connect, migrate / ensure indexes
-    const meta = options.stores?.meta ?? createMetadataStore(config.metadataStore)
-    const messages = options.stores?.messages ?? createMessageStore(config.messageStore, logger)
+    // 1. stores: connect, migrate / ensure indexes (timed for the metrics)
+    const metrics = new Metrics(config.metrics)
+    const meta = metrics.instrumentStore(options.stores?.meta ?? createMetadataStore(config.metadataStore), 'meta')
+    const messages = metrics.instrumentStore(options.stores?.messages ?? createMessageStore(config.messageStore, logger), 'messages')
     if (options.stores === undefined) {
       await initStore('metadataStore', config.metadataStore.adapter, () => meta.init())
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())
@@ -108,7 +111,7 @@ export class MqimServer {
     const { outboundBufferBytes, pageBytes, maxPacketBytes } = config.limits
     const sessions = new Sessions({ outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs, replyBytes: pageBytes + maxPacketBytes }, logger)
     const envelopes = new EnvelopeCache()
-    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger })
+    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics })
     const directory = new ConversationDirectory(meta, bus)
     const mentions = new MentionLog(meta, logger)
     const delivery = new Delivery(directory, publisher, bus, mentions)
@@ -117,7 +120,8 @@ export class MqimServer {
       // the in-memory store finds a resent msgId as fast as a cache would
       recentMax: config.messageStore.adapter === 'memory' ? 0 : undefined,
       peers: clustered ? bus : null,
-      logger
+      logger,
+      metrics
     })
     const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
     const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger)
@@ -132,11 +136,12 @@ export class MqimServer {
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, now: Date.now }
     const dispatcher = new Dispatcher(services)
 
     // 4. login defence, rate limits, revocation, hooks
     const logins = new LoginGuard(config.auth)
+    const jwt = config.auth.jwt?.enabled === true ? await JwtLogin.create(config.auth.jwt, { meta, sessions, logger }) : null
     const rates = new UserRateLimiter(config.limits.requestsPerSecond, config.limits.requestBurst, Date.now,
       backends.redis === null ? null : { redis: backends.redis, logger })
     const revocations = new Revocations(sessions, meta, bus, logger, config.auth.revocationPollMs)
@@ -145,7 +150,7 @@ export class MqimServer {
       ? new MemorySessionQuota(config.limits.persistentSessionsPerUser)
       : new RedisSessionQuota(backends.redis, config.limits.persistentSessionsPerUser)
     const pages = new PageGate(config.limits.pagesInFlight, config.limits.pagesInFlightPerUser)
-    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, rates, quota, pages, logger, limits: config.limits }).install(broker)
+    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, logger, metrics, limits: config.limits }).install(broker)
 
     // 5. admin token
     mkdirSync(config.dataDir, { recursive: true })
@@ -156,8 +161,16 @@ export class MqimServer {
 
     // 6. listeners: MQTT over TCP (and TLS), HTTP with MQTT over WebSocket at /mqtt
     const listeners = new Listeners(broker, config.limits, sessions.backpressure, (address) => logins.addressBackoffMs(address), config.auth, logger)
+    metrics.watch({
+      connections: () => ({ ...listeners.open }),
+      sessions: () => sessions.size,
+      slowConsumersCut: () => sessions.slowConsumersCut,
+      floodsCut: () => sessions.floodsCut,
+      tarpitted: () => listeners.tarpitted
+    })
     const http = await createHttpApp(config.http, {
       logger,
+      metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { meta, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
       health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {
         node: nodeId,

@@ -8,7 +8,7 @@
 import { BACKENDS } from './helpers/backends.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
-import type { ConversationSummary, MessageEnvelope } from '../src/protocol/schemas.js'
+import { Emoji, type ConversationSummary, type MessageEnvelope } from '../src/protocol/schemas.js'
 
 const EDIT_WINDOW_MS = 3000
 
@@ -130,6 +130,8 @@ describe.each(BACKENDS)('message changes on $name stores', (backend) => {
       { conv, msgId: 'b5a', target: text.seq, emoji: '👍🎉' },
       { conv, msgId: 'b5b', target: text.seq, emoji: '🇫' + '🇷🇩' },
       { conv, msgId: 'b5c', target: text.seq, emoji: '👍\u0000' },
+      { conv, msgId: 'b5d', target: text.seq, emoji: '🇫' },
+      { conv, msgId: 'b5e', target: text.seq, emoji: '👍' + '\ufe0f'.repeat(18) },
       { conv, msgId: 'b6', target: text.seq, emoji: '$.👍' },
       { conv, msgId: 'b7', target: text.seq, emoji: '\u200d' },
       { conv, msgId: 'b8', target: text.seq, emoji: '👍', extra: 1 },
@@ -157,6 +159,41 @@ describe.each(BACKENDS)('message changes on $name stores', (backend) => {
     // deleting has no window
     expect(await errorCode(alice, 'delete', { conv, msgId: 'd2', target: text.seq })).toBe('ok')
   })
+
+  test('hostile: a resend with another body changes nothing; a burst of emojis stops at the bound; taken-back pairs are bounded; a user named "constructor" reacts like anyone', async () => {
+    await addUser(server, 'constructor')
+    const alice = track(await connect(server, 'alice', 'hostile'))
+    const ctor = track(await connect(server, 'constructor', 'hostile'))
+    const { conv } = await alice.request('create-group', { name: 'hostile', members: ['constructor', 'bob'] })
+    const m = await alice.request('send', { conv, msgId: 'h1', kind: 'text', body: 'original' })
+    const first = await alice.request('edit', { conv, msgId: 'he', target: m.seq, body: 'AAA first edit' })
+    // the same msgId with another body: a resend, answered with the first seq; the stored edit stays
+    expect(await alice.request('edit', { conv, msgId: 'he', target: m.seq, body: 'ZZZ stealth edit' })).toMatchObject({ seq: first.seq, duplicate: true })
+    const r1 = await ctor.request('react', { conv, msgId: 'hr', target: m.seq, emoji: '👍' })
+    expect(await ctor.request('react', { conv, msgId: 'hr', target: m.seq, emoji: '🔥' })).toMatchObject({ seq: r1.seq, duplicate: true })
+    const page = async (): Promise<MessageEnvelope | undefined> => (await alice.request('history', { conv, after: m.seq - 1, limit: 1 }) as Page).messages[0]
+    expect(await page()).toMatchObject({ body: 'AAA first edit', reactions: { '👍': ['constructor'] } })
+    // 30 different emojis at once: at most reactionsPerMessage (3) end up on the message
+    const emojis = Array.from({ length: 30 }, (_, i) => String.fromCodePoint(0x1F600 + i))
+    const replies = await Promise.all(emojis.map(async (emoji, i) => await alice.requestRaw('react', { conv, msgId: `burst${i}`, target: m.seq, emoji })))
+    expect(replies.every(r => r.ok || r.error.code === 'LIMIT_REACHED')).toBe(true)
+    expect(Object.keys((await page())?.reactions ?? {}).length).toBeLessThanOrEqual(3)
+    // taking back reactions one never gave still keeps a (user, emoji) pair: bounded (100 per allowed emoji = 300)
+    const m2 = await alice.request('send', { conv, msgId: 'h2', kind: 'text', body: 'second' })
+    let refused = 0
+    const many = Array.from({ length: 600 }, (_, i) => String.fromCodePoint(0x1F300 + i)).filter(e => Emoji.safeParse(e).success)
+    expect(many.length).toBeGreaterThan(320)
+    for (let i = 0; i < 320 && refused === 0; i++) {
+      const r = await alice.requestRaw('react', { conv, msgId: `gone${i}`, target: m2.seq, emoji: many[i], remove: true })
+      if (!r.ok) {
+        expect(r.error.code).toBe('LIMIT_REACHED')
+        refused = i
+      }
+    }
+    expect(refused).toBe(300)
+    // the emoji bound still leaves room: the pairs bound is about pairs kept, a pair already kept is fine
+    expect((await alice.requestRaw('react', { conv, msgId: 'again', target: m2.seq, emoji: many[0] })).ok).toBe(true)
+  }, 60_000)
 
   test('unread and previews count real messages only; deleting the last message updates the preview', async () => {
     const alice = track(await connect(server, 'alice', 'unread'))

@@ -19,7 +19,8 @@ import type { MetadataStore } from '../store/types.js'
 import { UserId } from '../protocol/schemas.js'
 import { CreateBotInput, CreateUserInput, ResetInput, createBot, createUser, listUsers, resetSecret, setDisabled } from './accounts.js'
 
-const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1'])
+/** Addresses of loopback clients (the admin API and /metrics trust them). */
+export const LOOPBACK: ReadonlySet<string> = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1'])
 
 export interface AdminDeps {
   meta: MetadataStore

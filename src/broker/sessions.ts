@@ -110,6 +110,11 @@ export class Sessions {
     return session
   }
 
+  /** Authenticated sessions on this node. */
+  get size (): number {
+    return this.entries.size
+  }
+
   get (client: Client): Session | undefined {
     return this.entries.get(client)?.session
   }

@@ -1,12 +1,15 @@
 /**
  * Aedes hooks: who may connect, publish, subscribe and receive.
  *
- * - authenticate: username = user id, password = password (users) or API key (bots); clientId
- *   must be `<user>:<device>` [topics.md "Connecting"]. In order: credentials present (else
- *   CONNACK 4) -> clientId bound to the user (2) -> failed-login backoff of the user id and the
- *   source address (3) -> account lookup (3 if the store is down) -> secret check, a bounded
- *   number at a time (4 if wrong, 3 if too many are waiting) -> not disabled (5) -> not revoked
- *   while this login was in flight (3) -> under the per-user connection limit (3) -> a session.
+ * - authenticate: username = user id, password = password (users), API key (bots) or, when
+ *   auth.jwt is on, a JWT (see auth/jwt.ts); clientId must be `<user>:<device>` [topics.md
+ *   "Connecting"]. In order: credentials present (else CONNACK 4) -> clientId bound to the user
+ *   (2) -> failed-login backoff of the user id and the source address (3) -> for a password:
+ *   account lookup (3 if the store is down) -> secret check, a bounded number at a time (4 if
+ *   wrong, 3 if too many are waiting); for a JWT: token check (4 if bad, 3 if its keys cannot be
+ *   fetched) -> account lookup or creation (3 if the store is down, 4 if unknown) -> not disabled,
+ *   and for a JWT not a bot (5) -> not revoked while this login was in flight (3) -> under the
+ *   per-user connection limit (3) -> a session (for a JWT, ended when the token expires).
  * - authorizePublish: clients publish requests to im/req/<op> only, under a per-user rate limit.
  *   The request is handled here, before Aedes writes PUBACK, so for `send` a PUBACK means
  *   "stored"; the reply is written to the connection just before it. The packet is then
@@ -26,10 +29,12 @@ import type { MetadataStore, UserRecord } from '../store/types.js'
 import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId } from '../protocol/topics.js'
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
+import type { Metrics } from '../metrics.js'
 import type { OpName, Reply } from '../protocol/schemas.js'
 import type { Sessions, Session } from '../broker/sessions.js'
 import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
+import { JwtLoginError, type JwtLogin } from '../auth/jwt.js'
 import { isWillOf, makeSessionClean, pauseReading, skipSinkPublishes } from '../broker/upstream.js'
 import type { SessionQuota } from '../broker/session-quota.js'
 import { PageGateFullError, type PageGate } from './page-gate.js'
@@ -45,6 +50,10 @@ export interface HookOptions {
   quota: SessionQuota
   pages: PageGate
   logger: Logger
+  /** JWT login (auth.jwt); absent or null: passwords and API keys only. */
+  jwt?: JwtLogin | null
+  /** Requests answered here rather than by the dispatcher (refusals for the rate, a full page gate). */
+  metrics?: Metrics
   limits: {
     requestsPerSecond: number
     subscriptionsPerConnection: number
@@ -149,11 +158,33 @@ export class BrokerHooks {
     if (bound === null || bound.userId !== username) {
       throw authError(2, 'clientId must be "<username>:<device>" with device of 1-64 of A-Z a-z 0-9 _ -')
     }
-    const { logins, sessions } = this.opts
+    const { logins, sessions, jwt } = this.opts
     const address = addressOf(client)
     const wait = logins.retryAfter(username, address)
     if (wait > 0) throw authError(3, `logins refused for a while (too many failed logins, or a request flood); retry in ${Math.ceil(wait / 1000)} s`)
     const mark = sessions.revocationMark()
+    const secret = password.toString('utf8')
+    const { user, endsAt } = jwt != null && jwt.isToken(secret)
+      ? await this.tokenAccount(jwt, username, secret, address)
+      : { user: await this.passwordAccount(username, secret, address), endsAt: null }
+    logins.succeeded(username, address)
+    if (user.disabled) throw authError(5, 'account disabled')
+    if (endsAt !== null && user.kind !== 'user') throw authError(5, 'bots log in with their API key, not a JWT')
+    if (sessions.revokedSince(user.id, mark)) throw authError(3, 'the account changed during login; retry')
+    if (sessions.countOf(user.id, client.id) >= this.opts.limits.connectionsPerUser) {
+      throw authError(3, `more than ${this.opts.limits.connectionsPerUser} connections of this user`)
+    }
+    await this.boundPersistentSessions(client, user.id)
+    // the connection may have gone while the account was looked up: its 'close' has fired already,
+    // and a session added now would never be removed
+    if (client.closed || client.conn.destroyed) throw authError(3, 'connection closed during login')
+    const session = sessions.add(client, { userId: user.id, deviceId: bound.deviceId, secretHash: user.secretHash, address })
+    if (endsAt !== null) jwt?.endAt(client, session, endsAt)
+  }
+
+  /** The account a password or API key logs in to; CONNACK 4 (a failed login) if it does not match. */
+  private async passwordAccount (username: string, secret: string, address: string): Promise<UserRecord> {
+    const { logins } = this.opts
     let user: UserRecord | null
     try {
       user = await this.opts.meta.userGet(username)
@@ -163,7 +194,7 @@ export class BrokerHooks {
     }
     let ok: boolean
     try {
-      ok = await logins.verify(username, password.toString('utf8'), user?.secretHash ?? null, address)
+      ok = await logins.verify(username, secret, user?.secretHash ?? null, address)
     } catch (err) {
       if (err instanceof LoginBusyError) throw authError(3, err.message)
       throw err
@@ -172,17 +203,37 @@ export class BrokerHooks {
       logins.failed(username, address)
       throw authError(4, 'bad username or password')
     }
-    logins.succeeded(username, address)
-    if (user.disabled) throw authError(5, 'account disabled')
-    if (sessions.revokedSince(user.id, mark)) throw authError(3, 'the account changed during login; retry')
-    if (sessions.countOf(user.id, client.id) >= this.opts.limits.connectionsPerUser) {
-      throw authError(3, `more than ${this.opts.limits.connectionsPerUser} connections of this user`)
+    return user
+  }
+
+  /**
+   * The account a JWT logs in to, and when its session ends. A bad token, or one for an unknown
+   * account (not created: auth.jwt.createUsers is off), is CONNACK 4 and a failed login; keys that
+   * cannot be fetched, or a store that is down, CONNACK 3.
+   */
+  private async tokenAccount (jwt: JwtLogin, username: string, token: string, address: string): Promise<{ user: UserRecord, endsAt: number }> {
+    const { logins, logger } = this.opts
+    let endsAt: number
+    try {
+      ({ endsAt } = await jwt.verify(token, username))
+    } catch (err) {
+      if (!(err instanceof JwtLoginError)) throw err
+      if (err.refusal === 'unavailable') throw authError(3, err.message)
+      logins.failed(username, address)
+      throw authError(4, err.message)
     }
-    await this.boundPersistentSessions(client, user.id)
-    // the connection may have gone while the account was looked up: its 'close' has fired already,
-    // and a session added now would never be removed
-    if (client.closed || client.conn.destroyed) throw authError(3, 'connection closed during login')
-    sessions.add(client, { userId: user.id, deviceId: bound.deviceId, secretHash: user.secretHash, address })
+    let user: UserRecord | null
+    try {
+      user = await jwt.account(username)
+    } catch (err) {
+      logger.error({ err }, 'authentication lookup failed')
+      throw authError(3, 'server unavailable')
+    }
+    if (user === null) {
+      logins.failed(username, address)
+      throw authError(4, 'no such user (and auth.jwt.createUsers is off)')
+    }
+    return { user, endsAt }
   }
 
   /**
@@ -241,6 +292,7 @@ export class BrokerHooks {
         const err = new ImError('RATE_LIMITED', `this user's request rate is used up (${this.opts.limits.requestsPerSecond}/s; large requests and replies count more); retry in a second`)
         publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(err) }, client)
       }
+      this.opts.metrics?.request(op, 'RATE_LIMITED')
       return
     }
     // requests answered with pages run a bounded number at a time (see page-gate.ts), until
@@ -257,6 +309,7 @@ export class BrokerHooks {
         if (!(err instanceof PageGateFullError)) throw err
         const busy = new ImError('UNAVAILABLE', 'too many history and list requests are waiting on this server; retry later')
         publisher.reply(session, { id: requestIdOf(payload), op, ok: false, error: toWireError(busy) }, client)
+        this.opts.metrics?.request(op, 'UNAVAILABLE')
         return
       }
     }

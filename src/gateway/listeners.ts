@@ -52,6 +52,9 @@ export function upgradeProblem (req: IncomingMessage): { status: number, reason:
   return null
 }
 
+/** How an MQTT connection reached the broker. */
+export type Transport = 'tcp' | 'tls' | 'ws'
+
 export class Listeners {
   private readonly sockets = new Set<Duplex>()
   private readonly perAddress = new Map<string, number>()
@@ -114,6 +117,9 @@ export class Listeners {
   }
 
   /** Connections held unread because their address is in login backoff (see refuseInBackoff). */
+  /** MQTT connections handed to the broker and not closed yet, by transport (metrics). */
+  readonly open: Record<Transport, number> = { tcp: 0, tls: 0, ws: 0 }
+
   get tarpitted (): number {
     return this.heldTotal
   }
@@ -144,7 +150,9 @@ export class Listeners {
    * Hands a connection to the broker with the per-connection guards. The listeners call it for
    * every admitted socket; in-process tests call it with an in-memory duplex, as Aedes' own do.
    */
-  attach (stream: Duplex, req?: IncomingMessage): void {
+  attach (stream: Duplex, req?: IncomingMessage, transport: Transport = 'tcp'): void {
+    this.open[transport]++
+    stream.once('close', () => { this.open[transport]-- })
     const client = this.broker.handle(stream, req)
     limitPacketSize(client, this.limits.maxConnectPacketBytes, this.limits.maxPacketBytes)
     grantAtMostQos1(client)
@@ -160,7 +168,7 @@ export class Listeners {
 
   async listenTls (options: tls.TlsOptions, port: number, host: string): Promise<number> {
     // counted at the TCP level, before the TLS handshake costs anything
-    const server = tls.createServer(options, socket => this.attach(socket))
+    const server = tls.createServer(options, socket => this.attach(socket, undefined, 'tls'))
     server.on('connection', (socket: net.Socket) => { if (!this.refuseInBackoff(socket, false)) this.admit(socket) })
     server.on('tlsClientError', () => {})
     return await this.listen(server, port, host)
@@ -185,7 +193,7 @@ export class Listeners {
       this.wss.handleUpgrade(req, socket, head, ws => {
         const stream = createWebSocketStream(ws)
         stream.on('error', () => stream.destroy())
-        this.attach(stream, req)
+        this.attach(stream, req, 'ws')
       })
     })
   }

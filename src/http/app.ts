@@ -15,7 +15,9 @@ import fastifyStatic from '@fastify/static'
 import { serializerCompiler, validatorCompiler, hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod'
 import { ImError, toWireError, type ErrorCode } from '../errors.js'
 import type { Logger } from '../log.js'
-import { adminRoutes, type AdminDeps } from '../admin/http.js'
+import { adminRoutes, LOOPBACK, type AdminDeps } from '../admin/http.js'
+import type { Metrics } from '../metrics.js'
+import { timingSafeEqual } from 'node:crypto'
 
 export interface HttpOptions {
   requestTimeoutMs: number
@@ -31,6 +33,8 @@ export interface HttpDeps {
   health: () => Promise<{ ok: boolean, body: Record<string, unknown> }>
   /** Where the built page lives (default: web/dist of the package). */
   webRoot?: string
+  /** GET /metrics (Prometheus): loopback clients, or anyone with the bearer token when one is set. */
+  metrics?: { registry: Metrics, enabled: boolean, token: string | null }
 }
 
 function findWebDist (): string {
@@ -148,6 +152,20 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   app.setNotFoundHandler((req, reply) => {
     void reply.status(404).send({ code: 'NOT_FOUND', message: `no such page: ${req.method} ${req.url.slice(0, 200)}; MQTT over WebSocket is at /mqtt` })
   })
+
+  const metrics = deps.metrics
+  if (metrics?.enabled === true) {
+    const want = metrics.token === null ? null : Buffer.from(`Bearer ${metrics.token}`)
+    app.get('/metrics', async (req, reply) => {
+      const got = Buffer.from(req.headers.authorization ?? '')
+      const tokenOk = want !== null && want.length === got.length && timingSafeEqual(want, got)
+      if (!tokenOk && !LOOPBACK.has(req.socket.remoteAddress ?? '')) {
+        throw new ImError('FORBIDDEN', metrics.token === null ? 'metrics: loopback only (set metrics.token to scrape from elsewhere)' : 'metrics: loopback, or Authorization: Bearer <metrics.token>')
+      }
+      const text = await metrics.registry.text()
+      return await reply.type(metrics.registry.contentType).send(text)
+    })
+  }
 
   app.get('/healthz', async (_req, reply) => {
     const { ok, body } = await deps.health()

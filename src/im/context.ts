@@ -9,6 +9,7 @@ import type { ReceiptAggregator } from './receipts.js'
 import type { PresenceService } from './presence.js'
 import type { ReadCursors } from './read-cursors.js'
 import type { EnvelopeCache } from './envelopes.js'
+import type { Metrics } from '../metrics.js'
 import type { BlockService } from './blocks.js'
 
 export interface Caller {
@@ -29,6 +30,8 @@ export interface Services {
   readCursors: ReadCursors
   /** Message envelopes serialized once (deliveries, history pages, list previews). */
   envelopes: EnvelopeCache
+  /** Prometheus metrics (absent in unit tests that build Services by hand). */
+  metrics?: Metrics
   /** Who blocks whom (cached for the send path). */
   blocks: BlockService
   now: () => number

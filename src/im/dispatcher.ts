@@ -129,6 +129,7 @@ export class Dispatcher {
       if (!parsed.success) throw new ImError('BAD_REQUEST', describeIssues(parsed.error))
       const handler = HANDLERS[op] as Handler<unknown, unknown>
       const result = await handler(caller, parsed.data, this.services)
+      this.services.metrics?.request(op, 'ok')
       return { id, op, ok: true, result }
     } catch (caught) {
       const err = !(caught instanceof ImError) && isStoreUnavailable(caught)
@@ -139,7 +140,9 @@ export class Dispatcher {
       } else if (err.code === 'UNAVAILABLE' || err.code === 'INTERNAL') {
         this.services.logger.warn({ op, user: caller.userId, code: err.code, err: err.cause }, 'request failed')
       }
-      return { id, op, ok: false, error: toWireError(err) }
+      const wire = toWireError(err)
+      this.services.metrics?.request(op, wire.code)
+      return { id, op, ok: false, error: wire }
     }
   }
 }

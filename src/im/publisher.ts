@@ -13,6 +13,7 @@ import type { EnvelopeCache } from './envelopes.js'
 import { eventTopic, messageTopic } from '../protocol/topics.js'
 import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
+import type { Metrics } from '../metrics.js'
 
 export interface PublisherOptions {
   /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
@@ -22,6 +23,7 @@ export interface PublisherOptions {
   /** Serialized envelopes, shared with history and list (a message delivered is often asked for soon after). */
   envelopes: EnvelopeCache
   logger: Logger
+  metrics?: Metrics
 }
 
 export class Publisher {
@@ -54,6 +56,7 @@ export class Publisher {
     const payload = this.opts.envelopes.of(message)
     this.sessions.hold(memberIds)
     for (const userId of memberIds) this.publish(messageTopic(userId), payload, 1)
+    this.opts.metrics?.delivered(memberIds.length)
   }
 
   /**

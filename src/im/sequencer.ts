@@ -26,6 +26,7 @@ import type { Logger } from '../log.js'
 import type { CommitListener } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { SEQ_TOPIC } from '../protocol/topics.js'
+import type { Metrics } from '../metrics.js'
 
 export interface Draft {
   conversationId: string
@@ -80,6 +81,8 @@ export interface SequencerOptions {
   recentMax?: number
   now?: () => number
   sleep?: (ms: number) => Promise<void>
+  /** Batch sizes and submit -> stored latency. */
+  metrics?: Metrics
 }
 
 interface Pending {
@@ -235,17 +238,17 @@ export class Sequencer {
   }
 
   /**
-   * The stored entry of this msgId of this sender, if there is one: by primary key when this
-   * process remembers its seq, else by the store's key lookup (which may scan on FerretDB; only
-   * refusals ask, see ops/changes.ts).
+   * The stored entry of this msgId of this sender, if this process can tell cheaply: by primary key
+   * when it remembers the seq; without a memory of recent keys (the in-memory store, whose key
+   * lookup is a Map) by the store's key lookup. Never a key lookup on a store that may scan for it
+   * (FerretDB): refusals ask (ops/changes.ts), and a client could make them at will.
    */
   async findStored (conversationId: string, senderId: string, clientMsgId: string): Promise<StoredMessage | null> {
-    const known = this.recent?.get(keyOf({ conversationId, senderId, clientMsgId }))
-    if (known !== undefined) {
-      const [m] = await this.store.getMany([{ conversationId, seq: known.seq }])
-      if (m !== undefined && m.senderId === senderId && m.clientMsgId === clientMsgId) return m
-    }
-    return await this.store.findByClientMsgId(conversationId, senderId, clientMsgId)
+    if (this.recent === null) return await this.store.findByClientMsgId(conversationId, senderId, clientMsgId)
+    const known = this.recent.get(keyOf({ conversationId, senderId, clientMsgId }))
+    if (known === undefined) return null
+    const [m] = await this.store.getMany([{ conversationId, seq: known.seq }])
+    return m !== undefined && m.senderId === senderId && m.clientMsgId === clientMsgId ? m : null
   }
 
   /**
@@ -457,6 +460,7 @@ export class Sequencer {
       }
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
+      if (inserted.length > 0) this.opts.metrics?.committed(inserted.map(([p]) => p.at), this.now())
       for (const m of stored) {
         if (m.seq > (this.tails.get(m.conversationId)?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
         this.seqSteps.delete(m.conversationId)

@@ -82,8 +82,14 @@ export const SettingsRequest = z.object({ ...base, groupInvites: GroupInvitesSch
 const GRAPHEMES = new Intl.Segmenter('en', { granularity: 'grapheme' })
 const EMOJI_CHARS = /^(?:\p{Extended_Pictographic}|\p{Emoji_Modifier}|\p{Regional_Indicator}|\u200d|\ufe0f|\u20e3)+$/u
 const PICTOGRAPH = /\p{Extended_Pictographic}|\p{Regional_Indicator}/u
-export const Emoji = z.string().refine(s => s.length >= 1 && s.length <= 32 && EMOJI_CHARS.test(s) && PICTOGRAPH.test(s) && [...GRAPHEMES.segment(s)].length === 1,
-  'one emoji (one pictographic character, with its modifiers and joiners), at most 32 UTF-16 units')
+const REGIONAL = /\p{Regional_Indicator}/gu
+/** A flag is exactly two regional indicators; a variation selector never repeats. */
+function wellFormedEmoji (s: string): boolean {
+  const regional = s.match(REGIONAL)?.length ?? 0
+  return (regional === 0 || (regional === 2 && [...s].length === 2)) && !s.includes('\ufe0f\ufe0f')
+}
+export const Emoji = z.string().refine(s => s.length >= 1 && s.length <= 32 && EMOJI_CHARS.test(s) && PICTOGRAPH.test(s) && [...GRAPHEMES.segment(s)].length === 1 && wellFormedEmoji(s),
+  'one emoji (one pictographic character, with its modifiers and joiners, or a flag), at most 32 UTF-16 units')
 /** The seq of the message a change applies to. */
 export const Target = Seq.min(1)
 

@@ -26,9 +26,11 @@ export function applyChangeTo (changes: MessageChanges | undefined, change: Stor
   } else if (change.kind === 'react') {
     const { emoji, remove } = change.body as ReactionBody
     next.reactions ??= {}
-    const users = next.reactions[emoji] ??= {}
+    const users = Object.hasOwn(next.reactions, emoji) ? next.reactions[emoji] ?? {} : (next.reactions[emoji] = {})
     const state = reactionState(change.seq, !remove)
-    if ((users[change.senderId] ?? 0) < state) users[change.senderId] = state
+    // own properties only: a user id like "constructor" is a key like any other
+    const before = Object.hasOwn(users, change.senderId) ? users[change.senderId] ?? 0 : 0
+    if (before < state) users[change.senderId] = state
   }
   return next
 }
@@ -51,5 +53,6 @@ export function emojiCount (changes: MessageChanges | undefined): number {
 
 /** Whether `user` reacts with `emoji` now. */
 export function reacts (changes: MessageChanges | undefined, emoji: string, user: string): boolean {
-  return ((changes?.reactions?.[emoji]?.[user] ?? 0) % 2) === 1
+  const users = changes?.reactions?.[emoji]
+  return users !== undefined && Object.hasOwn(users, user) && ((users[user] ?? 0) % 2) === 1
 }

@@ -25,8 +25,8 @@ import type { Caller, Services } from '../context.js'
 import type { ConversationEntry } from '../directory.js'
 import { outranks, requireMember } from '../access.js'
 import { requireNotBlocked } from '../blocks.js'
-import { isChangeKind, type ChangeKind, type Role, type StoredMessage } from '../../store/types.js'
-import { emojiCount, reacts } from '../../store/changes.js'
+import { isChangeKind, type ChangeKind, type MessageChanges, type Role, type StoredMessage } from '../../store/types.js'
+import { emojiCount } from '../../store/changes.js'
 import type { SendResult } from './send.js'
 import { msgIdInUse, sameEntry } from '../sequencer.js'
 
@@ -53,9 +53,12 @@ async function submit (caller: Caller, conv: string, msgId: string, kind: Change
   if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
   const { message, duplicate } = await services.sequencer.submit({ conversationId: conv, senderId: caller.userId, clientMsgId: msgId, kind, body, replyTo: null, target })
   if (duplicate && !sameEntry(message, { kind, target })) throw msgIdInUse(msgId, isChangeKind(message.kind) ? `${message.kind}:${message.target ?? 0}` : undefined)
-  // A resend: apply it again, in case the process that stored it died before applying it
-  // (applying is idempotent).
-  if (duplicate) await services.sequencer.applyChange(message)
+  // A resend: apply the stored change again (never the resend's own body: it may differ), in case
+  // the process that stored it died before applying it (applying is idempotent).
+  if (duplicate) {
+    const [stored] = await services.messages.getMany([{ conversationId: conv, seq: message.seq }])
+    if (stored !== undefined && stored.senderId === caller.userId && stored.clientMsgId === msgId && sameEntry(stored, { kind, target })) await services.sequencer.applyChange(stored)
+  }
   return { conv: message.conversationId, seq: message.seq, msgId: message.clientMsgId, ts: message.ts, duplicate }
 }
 
@@ -112,17 +115,69 @@ async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: 
 }
 
 export async function react (caller: Caller, req: RequestOf<'react'>, services: Services): Promise<SendResult> {
-  const resent = await checked(caller, req, 'react', services, async () => await checkReact(caller, req, services))
-  return resent ?? await submit(caller, req.conv, req.msgId, 'react', req.target, { emoji: req.emoji, remove: req.remove === true }, services)
+  const run = async (): Promise<SendResult> => {
+    const resent = await checked(caller, req, 'react', services, async () => await checkReact(caller, req, services))
+    return resent ?? await submit(caller, req.conv, req.msgId, 'react', req.target, { emoji: req.emoji, remove: req.remove === true }, services)
+  }
+  // counted as pending from its check until it is stored, so that a burst cannot pass the bound
+  return req.remove === true ? await run() : await withPendingEmoji(services, req.conv, req.target, req.emoji, run)
 }
 
 async function checkReact (caller: Caller, req: RequestOf<'react'>, services: Services): Promise<void> {
   const { message } = await targetOf(caller, req.conv, req.target, services)
-  const remove = req.remove === true
   const max = services.config.limits.reactionsPerMessage
-  if (!remove && !reacts(message.changes, req.emoji, caller.userId) && emojiCount(message.changes) >= max &&
-    Object.values(message.changes?.reactions?.[req.emoji] ?? {}).every(state => state % 2 === 0)) {
+  const users = message.changes?.reactions?.[req.emoji]
+  // every (user, emoji) ever used on a message is kept (its latest state decides, whatever the
+  // order changes are applied in): new pairs are bounded too, taken back ones included, so that
+  // adding and taking back emojis cannot grow a message without end
+  if (users === undefined || !Object.hasOwn(users, caller.userId)) {
+    const keysMax = max * REACTION_KEYS_PER_EMOJI
+    if (reactionKeys(message.changes) >= keysMax) throw new ImError('LIMIT_REACHED', `a message keeps at most ${keysMax} reactions (user and emoji pairs, taken back ones included)`)
+  }
+  if (req.remove === true) return
+  const inUse = users !== undefined && Object.values(users).some(state => state % 2 === 1)
+  if (!inUse && emojiCount(message.changes) + pendingEmojis(services, req.conv, req.target, req.emoji) >= max) {
     throw new ImError('LIMIT_REACHED', `a message carries at most ${max} different emojis`)
+  }
+}
+
+/** (user, emoji) pairs a message keeps at most: this many per allowed emoji (2,000 by default). */
+const REACTION_KEYS_PER_EMOJI = 100
+
+function reactionKeys (changes: MessageChanges | undefined): number {
+  let n = 0
+  for (const users of Object.values(changes?.reactions ?? {})) n += Object.keys(users).length
+  return n
+}
+
+/**
+ * Emojis new to a message whose reactions are being stored right now on this node, per message:
+ * reactions checked at the same time all see the count before any of them, so the bound counts
+ * these too (across nodes it can still be passed by what arrives at the same moment on each).
+ */
+const inFlightEmojis = new WeakMap<Services, Map<string, Map<string, number>>>()
+
+function pendingEmojis (services: Services, conv: string, target: number, emoji: string): number {
+  const pending = inFlightEmojis.get(services)?.get(`${conv}:${target}`)
+  if (pending === undefined) return 0
+  return pending.size - (pending.has(emoji) ? 1 : 0)
+}
+
+/** Runs `work` with `emoji` counted as pending on the message (see pendingEmojis). */
+async function withPendingEmoji<T> (services: Services, conv: string, target: number, emoji: string, work: () => Promise<T>): Promise<T> {
+  let byMessage = inFlightEmojis.get(services)
+  if (byMessage === undefined) inFlightEmojis.set(services, byMessage = new Map())
+  const key = `${conv}:${target}`
+  let pending = byMessage.get(key)
+  if (pending === undefined) byMessage.set(key, pending = new Map())
+  pending.set(emoji, (pending.get(emoji) ?? 0) + 1)
+  try {
+    return await work()
+  } finally {
+    const n = (pending.get(emoji) ?? 1) - 1
+    if (n > 0) pending.set(emoji, n)
+    else pending.delete(emoji)
+    if (pending.size === 0) byMessage.delete(key)
   }
 }
 

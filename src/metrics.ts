@@ -1,0 +1,141 @@
+/**
+ * Prometheus metrics (prom-client), served at GET /metrics on the HTTP listener (src/http/app.ts).
+ *
+ * One registry per server (tests and a cluster drill run several servers in one process, and the
+ * library's global registry would mix them). What is counted where:
+ *   - requests by operation and result code: the dispatcher (every request it answers) and the
+ *     hooks (refusals for the rate, answered before the dispatcher);
+ *   - send -> stored latency and commit batch sizes: the sequencer;
+ *   - store operations: every method of both stores, timed, by store and method, and their errors
+ *     (instrumentStore: a Proxy around the store, installed once at start-up);
+ *   - deliveries (one per member a stored entry is published to): the publisher;
+ *   - connections by transport, sessions, slow-consumer and flood cuts, tarpitted sockets: read
+ *     from their owners when scraped (no bookkeeping on the hot path);
+ *   - Node's process metrics (CPU, memory, event-loop lag, GC), prefixed `mqim_`.
+ * With `metrics.enabled: false` every recording method is a no-op and the stores are not wrapped.
+ *
+ * Labels have bounded values only: operation names are the documented ones (an unknown name is
+ * counted as `unknown`), codes are the closed set of src/errors.ts.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { isOpName } from './protocol/schemas.js'
+
+export interface MetricsOptions {
+  enabled: boolean
+}
+
+/** Values read when /metrics is scraped. */
+export interface MetricsSources {
+  connections: () => Record<string, number>
+  sessions: () => number
+  slowConsumersCut: () => number
+  floodsCut: () => number
+  tarpitted: () => number
+}
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly enabled: boolean
+  private readonly requests: Counter<'op' | 'code'>
+  private readonly commitLatency: Histogram
+  private readonly commitBatch: Histogram
+  private readonly storeLatency: Histogram<'store' | 'op'>
+  private readonly storeErrors: Counter<'store' | 'op'>
+  private readonly deliveries: Counter
+
+  constructor (options: MetricsOptions) {
+    this.enabled = options.enabled
+    const registers = [this.registry]
+    this.requests = new Counter({ name: 'mqim_requests_total', help: 'Requests answered, by operation and result code (ok, or the error code)', labelNames: ['op', 'code'], registers })
+    this.commitLatency = new Histogram({ name: 'mqim_send_commit_seconds', help: 'From a send (or change) reaching the sequencer to its entry being stored', buckets: LATENCY_BUCKETS, registers })
+    this.commitBatch = new Histogram({ name: 'mqim_commit_batch_entries', help: 'Entries per sequencer batch write (group commit)', buckets: BATCH_BUCKETS, registers })
+    this.storeLatency = new Histogram({ name: 'mqim_store_operation_seconds', help: 'Store operations by store (messages, meta) and method', labelNames: ['store', 'op'], buckets: LATENCY_BUCKETS, registers })
+    this.storeErrors = new Counter({ name: 'mqim_store_errors_total', help: 'Store operations that failed, by store and method', labelNames: ['store', 'op'], registers })
+    this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers })
+    if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
+  }
+
+  /** Gauges and counters read from their owners at scrape time. */
+  watch (sources: MetricsSources): void {
+    const registers = [this.registry]
+    new Gauge({ // eslint-disable-line no-new
+      name: 'mqim_connections',
+      help: 'Open MQTT connections on this node, by transport',
+      labelNames: ['transport'],
+      registers,
+      collect () { for (const [transport, n] of Object.entries(sources.connections())) this.set({ transport }, n) }
+    })
+    const gauge = (name: string, help: string, read: () => number): void => {
+      new Gauge({ name, help, registers, collect () { this.set(read()) } }) // eslint-disable-line no-new
+    }
+    gauge('mqim_sessions', 'Authenticated sessions on this node', sources.sessions)
+    gauge('mqim_slow_consumers_cut_total', 'Connections closed for not reading (since start)', sources.slowConsumersCut)
+    gauge('mqim_request_floods_cut_total', 'Connections closed for flooding requests beyond the rate (since start)', sources.floodsCut)
+    gauge('mqim_tarpitted_connections', 'Connections held unread during a login backoff', sources.tarpitted)
+  }
+
+  request (op: string, code: string): void {
+    if (this.enabled) this.requests.inc({ op: isOpName(op) ? op : 'unknown', code })
+  }
+
+  /** One batch written: its size, and each entry's time from submit to stored. */
+  committed (submittedAt: readonly number[], now: number): void {
+    if (!this.enabled) return
+    this.commitBatch.observe(submittedAt.length)
+    for (const at of submittedAt) this.commitLatency.observe((now - at) / 1000)
+  }
+
+  delivered (n: number): void {
+    if (this.enabled) this.deliveries.inc(n)
+  }
+
+  /**
+   * The store with every method timed (async ones until they settle) and failures counted; the
+   * store itself when metrics are off. Methods that are not functions pass through.
+   */
+  instrumentStore<T extends object> (store: T, name: 'messages' | 'meta'): T {
+    if (!this.enabled) return store
+    const latency = this.storeLatency
+    const errors = this.storeErrors
+    const wrapped = new Map<PropertyKey, unknown>()
+    return new Proxy(store, {
+      get (target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown
+        if (typeof value !== 'function' || prop === 'constructor' || typeof prop === 'symbol') return value
+        let fn = wrapped.get(prop)
+        if (fn === undefined) {
+          const op = prop
+          const method = value as (...args: unknown[]) => unknown
+          fn = function (this: unknown, ...args: unknown[]): unknown {
+            const end = latency.startTimer({ store: name, op })
+            let result: unknown
+            try {
+              result = method.apply(target, args)
+            } catch (err) {
+              errors.inc({ store: name, op })
+              throw err
+            }
+            if (result instanceof Promise) {
+              return result.then(v => { end(); return v }, (err: unknown) => { end(); errors.inc({ store: name, op }); throw err })
+            }
+            end()
+            return result
+          }
+          wrapped.set(prop, fn)
+        }
+        return fn
+      }
+    })
+  }
+
+  async text (): Promise<string> {
+    return await this.registry.metrics()
+  }
+
+  get contentType (): string {
+    return this.registry.contentType
+  }
+}
