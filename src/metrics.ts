@@ -77,8 +77,17 @@ export class Metrics {
     gauge('mqim_tarpitted_connections', 'Connections held unread during a login backoff', sources.tarpitted)
   }
 
+  /** The counter of each (op, code) seen, so that counting a request does not hash its labels. */
+  private readonly requestCounters = new Map<string, { inc: () => void }>()
+
   request (op: string, code: string): void {
-    if (this.enabled) this.requests.inc({ op: isOpName(op) ? op : 'unknown', code })
+    if (!this.enabled) return
+    const name = isOpName(op) ? op : 'unknown'
+    const key = `${name}\u0000${code}`
+    let counter = this.requestCounters.get(key)
+    // bounded: documented operations times the closed set of codes
+    if (counter === undefined) this.requestCounters.set(key, counter = this.requests.labels({ op: name, code }))
+    counter.inc()
   }
 
   /** One batch written: its size, and each entry's time from submit to stored. */
@@ -107,19 +116,21 @@ export class Metrics {
         if (typeof value !== 'function' || prop === 'constructor' || typeof prop === 'symbol') return value
         let fn = wrapped.get(prop)
         if (fn === undefined) {
-          const op = prop
           const method = value as (...args: unknown[]) => unknown
+          // one labelled child per method, made once
+          const timer = latency.labels({ store: name, op: prop })
+          const failed = errors.labels({ store: name, op: prop })
           fn = function (this: unknown, ...args: unknown[]): unknown {
-            const end = latency.startTimer({ store: name, op })
+            const end = timer.startTimer()
             let result: unknown
             try {
               result = method.apply(target, args)
             } catch (err) {
-              errors.inc({ store: name, op })
+              failed.inc()
               throw err
             }
             if (result instanceof Promise) {
-              return result.then(v => { end(); return v }, (err: unknown) => { end(); errors.inc({ store: name, op }); throw err })
+              return result.then(v => { end(); return v }, (err: unknown) => { end(); failed.inc(); throw err })
             }
             end()
             return result
