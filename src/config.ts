@@ -9,7 +9,22 @@ import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { z } from 'zod'
 
+/** An http(s) URL (webhook receivers). */
+const httpUrl = z.string().url().refine(u => /^https?:\/\//.test(u), 'an http:// or https:// URL')
+
 const port = z.number().int().min(0).max(65535)
+
+/** What a token of `admin.tokens` may do on the admin HTTP API (src/admin/http.ts). */
+export const ADMIN_SCOPES = ['users:read', 'users:write', 'conversations:read', 'conversations:write', 'messages:send'] as const
+export type AdminScope = typeof ADMIN_SCOPES[number]
+/** One token of `admin.tokens`. */
+export const AdminTokenSchema = z.object({
+  /** Who holds it (logs). */
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -'),
+  /** Hex SHA-256 of the token (e.g. `printf %s "$TOKEN" | sha256sum`); the token itself is never stored. */
+  tokenSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, '64 hex digits: the SHA-256 of the token').transform(h => h.toLowerCase()),
+  scopes: z.array(z.enum(ADMIN_SCOPES, { error: `one of ${ADMIN_SCOPES.join(', ')}` })).min(1)
+}).strict()
 
 const MemoryAdapter = z.object({ adapter: z.literal('memory') }).strict()
 const MongoAdapter = z.object({
@@ -112,7 +127,7 @@ export const ConfigSchema = z.object({
   host: z.string().min(1),
   /** MQTT over TCP. 0 = pick a free port. */
   mqtt: z.object({ port }).strict(),
-  /** HTTP: the chat page, MQTT over WebSocket at /mqtt, /healthz, and the loopback-only admin API at /admin. */
+  /** HTTP: the chat page, MQTT over WebSocket at /mqtt, /healthz, /metrics, and the admin API at /admin. */
   http: z.object({
     port,
     /** A request must arrive whole (headers and body) within this time; also the idle time of a socket before its first request. */
@@ -127,6 +142,33 @@ export const ConfigSchema = z.object({
   /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
   tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
     .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
+  /** Signed HTTP callbacks to other services (see src/im/webhooks.ts). */
+  webhooks: z.object({
+    endpoints: z.array(z.object({
+      url: httpUrl,
+      /** HMAC-SHA256 key of the x-mqim-signature header. */
+      secret: z.string().min(32, 'at least 32 characters'),
+      events: z.array(z.enum(['message.stored', 'member.changed', 'user.online', 'user.offline'])).min(1)
+    }).strict()).max(20),
+    /** A delivery attempt waits this long for an answer. */
+    timeoutMs: z.number().int().min(100).max(60_000),
+    /** Retries stop this long after the event; the delivery is then dropped (logged). */
+    retryForMs: z.number().int().min(0),
+    /** Deliveries waiting per node; beyond, new ones are dropped (counted). */
+    queueMax: z.number().int().min(1).max(10_000_000),
+    /** Requests in flight at once per node. */
+    concurrency: z.number().int().min(1).max(1000),
+    /** null: none. Else every send is first asked about (allow, rewrite the body, or refuse). */
+    beforeSend: z.object({
+      url: httpUrl,
+      secret: z.string().min(32, 'at least 32 characters'),
+      timeoutMs: z.number().int().min(10).max(10_000).default(500),
+      /** On a timeout or an error: true stores the message as sent, false refuses it (REFUSED). */
+      failOpen: z.boolean().default(true),
+      /** Sends waiting for the hook at once; beyond, failOpen decides at once. */
+      concurrency: z.number().int().min(1).max(10_000).default(64)
+    }).strict().nullable()
+  }).strict(),
   /** Prometheus metrics at GET /metrics on the HTTP listener (see src/metrics.ts). */
   metrics: z.object({
     /** false: nothing is counted, /metrics answers 404. */
@@ -136,6 +178,20 @@ export const ConfigSchema = z.object({
      * `Authorization: Bearer <token>` (at least 16 characters).
      */
     token: z.string().min(16).nullable()
+  }).strict(),
+  /**
+   * The admin HTTP API at /admin (src/admin/http.ts). The token the server writes to
+   * <dataDir>/admin-token works from loopback with every scope; `tokens` are for other services,
+   * from any address, each with its scopes. The file holds only SHA-256 hashes of the tokens.
+   */
+  admin: z.object({
+    tokens: z.array(AdminTokenSchema).max(100)
+      .refine(ts => new Set(ts.map(t => t.name)).size === ts.length, 'each token name at most once')
+      .refine(ts => new Set(ts.map(t => t.tokenSha256)).size === ts.length, 'each token at most once'),
+    /** The account (a bot) that sends when a request names no sender (announcements); null: none. */
+    systemUser: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id').nullable(),
+    /** Largest page of a paged list (users, members); larger `limit`s are clamped. */
+    pageMax: z.number().int().min(1).max(10_000)
   }).strict(),
   /** This node's name in a cluster (logs, presence); null = a random id per start. */
   nodeId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -').nullable(),
@@ -251,6 +307,21 @@ export const ConfigSchema = z.object({
     batchDelayMs: z.number().min(0).max(1000),
     /** How long a failing write is retried before the senders get UNAVAILABLE. */
     writeRetryMs: z.number().int().min(0)
+  }).strict(),
+  /**
+   * Retention (src/im/retention.ts): messages older than this are removed, per conversation kind;
+   * null keeps them forever (the default). Days may be fractions (0.5 = 12 hours). A conversation's
+   * latest message (and the changes after it) stays until a newer message arrives.
+   */
+  retention: z.object({
+    directDays: z.number().positive().max(100_000).nullable(),
+    groupDays: z.number().positive().max(100_000).nullable(),
+    /** Pause between two sweeps of the conversations that found nothing more to remove. */
+    intervalMs: z.number().int().min(100).max(24 * 3600 * 1000),
+    /** Messages removed per step at most (a step that reaches it is followed by the next a second later). */
+    maxPerRun: z.number().int().min(1).max(100_000),
+    /** Conversations looked at per step at most. */
+    conversationsPerRun: z.number().int().min(1).max(1_000_000)
   }).strict(),
   presence: z.object({
     /** A connection counts as online this long after its node last refreshed it (a dead node's lapse). */

@@ -45,6 +45,7 @@ export class Metrics {
   private readonly storeLatency: Histogram<'store' | 'op'>
   private readonly storeErrors: Counter<'store' | 'op'>
   private readonly deliveries: Counter
+  private readonly webhooks: Counter<'event' | 'outcome'>
 
   constructor (options: MetricsOptions) {
     this.enabled = options.enabled
@@ -55,6 +56,7 @@ export class Metrics {
     this.storeLatency = new Histogram({ name: 'mqim_store_operation_seconds', help: 'Store operations by store (messages, meta) and method', labelNames: ['store', 'op'], buckets: LATENCY_BUCKETS, registers })
     this.storeErrors = new Counter({ name: 'mqim_store_errors_total', help: 'Store operations that failed, by store and method', labelNames: ['store', 'op'], registers })
     this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers })
+    this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
   }
 
@@ -95,6 +97,10 @@ export class Metrics {
     if (!this.enabled) return
     this.commitBatch.observe(submittedAt.length)
     for (const at of submittedAt) this.commitLatency.observe((now - at) / 1000)
+  }
+
+  webhook (event: string, outcome: string): void {
+    if (this.enabled) this.webhooks.inc({ event, outcome })
   }
 
   delivered (n: number): void {

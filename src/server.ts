@@ -20,7 +20,9 @@ import { ConversationDirectory } from './im/directory.js'
 import { Publisher } from './im/publisher.js'
 import { Delivery } from './im/delivery.js'
 import { Metrics } from './metrics.js'
+import { Webhooks } from './im/webhooks.js'
 import { MentionLog } from './im/mentions.js'
+import { RetentionJob, retentionMs } from './im/retention.js'
 import { ReadCursors } from './im/read-cursors.js'
 import { ReceiptAggregator } from './im/receipts.js'
 import { Dispatcher } from './im/dispatcher.js'
@@ -61,6 +63,8 @@ export interface Internals {
   backends: BrokerBackends
   /** Mention records waiting to be written (unread mention counts of `list`). */
   mentions: MentionLog
+  /** Removes expired messages in the background (idle when retention is off). */
+  retention: RetentionJob
 }
 
 export class MqimServer {
@@ -111,10 +115,11 @@ export class MqimServer {
     const { outboundBufferBytes, pageBytes, maxPacketBytes } = config.limits
     const sessions = new Sessions({ outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs, replyBytes: pageBytes + maxPacketBytes }, logger)
     const envelopes = new EnvelopeCache()
-    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics })
+    const webhooks = new Webhooks({ ...config.webhooks, logger, metrics })
+    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks })
     const directory = new ConversationDirectory(meta, bus)
     const mentions = new MentionLog(meta, logger)
-    const delivery = new Delivery(directory, publisher, bus, mentions)
+    const delivery = new Delivery(directory, publisher, bus, mentions, webhooks)
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would
@@ -132,12 +137,15 @@ export class MqimServer {
       blocks,
       publisher,
       logger,
+      onChange: (userId, online) => { webhooks.emit(online ? 'user.online' : 'user.offline', { user: userId }) },
       ...config.presence
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, now: Date.now }
     const dispatcher = new Dispatcher(services)
+    const { directDays, groupDays, ...sweep } = config.retention
+    const retention = new RetentionJob(messages, meta, { directMs: retentionMs(directDays), groupMs: retentionMs(groupDays), ...sweep, logger })
 
     // 4. login defence, rate limits, revocation, hooks
     const logins = new LoginGuard(config.auth)
@@ -171,7 +179,7 @@ export class MqimServer {
     const http = await createHttpApp(config.http, {
       logger,
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
-      admin: { meta, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
+      admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
       health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {
         node: nodeId,
         clients: broker.connectedClients,
@@ -190,7 +198,8 @@ export class MqimServer {
       ports.tls = await listeners.listenTls({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) }, config.tls.port, config.host)
     }
     logger.info({ mqtt: ports.mqtt, http: ports.http, websocket: '/mqtt', tls: ports.tls, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter }, 'mqim listening')
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions }, nodeId, broker, http, rates)
+    retention.start()
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -209,9 +218,11 @@ export class MqimServer {
     this.rates.close()
     await revocations.close()
     await sequencer.close()
+    await this.internals.retention.close()
     await this.internals.mentions.close()
     await presence.close()
     publisher.close()
+    this.services.webhooks?.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     listeners.stopSockets()
     await closing

@@ -3,6 +3,7 @@
  * the admin HTTP API) and against MySQL directly. What it prints is checked by logging in with it.
  */
 import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -11,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import mqtt from 'mqtt'
 import mysql from 'mysql2/promise'
 import type { MqimServer } from '../src/server.js'
+import { newAdminToken } from '../src/admin/auth.js'
 import { freshMysqlUrl } from './helpers/db.js'
 import { startServer } from './helpers/im.js'
 
@@ -57,13 +59,24 @@ async function closedPort (): Promise<number> {
 }
 
 describe('admin CLI on the embedded default (admin HTTP API of a running server)', () => {
+  const service = newAdminToken()
+  const readOnly = newAdminToken()
   let server: MqimServer
   let target: string[]
   const cli = async (...args: string[]): Promise<Run> => await runCli([...args, ...target])
   const login = async (user: string, secret: string): Promise<number> => await connackCode(server.ports.mqtt, user, secret)
 
   beforeAll(async () => {
-    server = await startServer()
+    // a page of 2 users: `user list` walks the pages
+    server = await startServer({
+      admin: {
+        pageMax: 2,
+        tokens: [
+          { name: 'service', tokenSha256: service.tokenSha256, scopes: ['users:read', 'users:write'] },
+          { name: 'read-only', tokenSha256: readOnly.tokenSha256, scopes: ['users:read'] }
+        ]
+      }
+    })
     target = ['--server', `http://127.0.0.1:${server.ports.http}`, '--data-dir', server.services.config.dataDir]
   })
   afterAll(async () => { await server.stop() })
@@ -158,18 +171,48 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
     expect(help.stdout).toContain('MQIM_MYSQL_URL')
   })
 
-  test('the admin HTTP API refuses a wrong token with 403, and so does the tool given the wrong data dir', async () => {
+  test('the admin HTTP API refuses a wrong token with 403 (none: 401), and so does the tool given the wrong data dir', async () => {
     const res = await fetch(`http://127.0.0.1:${server.ports.http}/admin/users`, { headers: { authorization: 'Bearer wrong' } })
     expect(res.status).toBe(403)
     expect(await res.json()).toMatchObject({ code: 'FORBIDDEN' })
     const noAuth = await fetch(`http://127.0.0.1:${server.ports.http}/admin/users`, { method: 'POST', body: JSON.stringify({ id: 'mallory' }) })
-    expect(noAuth.status).toBe(403)
+    expect(noAuth.status).toBe(401)
 
     const otherDir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-'))
     writeFileSync(path.join(otherDir, 'admin-token'), 'not-the-token\n')
     const run = await runCli(['user', 'list', '--server', `http://127.0.0.1:${server.ports.http}`, '--data-dir', otherDir])
     expect(run.code).toBe(1)
     expect(run.stderr).toContain('refused the admin token')
+  })
+
+  test('MQIM_ADMIN_TOKEN: a token of admin.tokens instead of the token file, with its scopes', async () => {
+    const emptyDir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-'))
+    const add = await runCli(['user', 'add', 'by-service', '--json', ...target.slice(0, 2), '--data-dir', emptyDir], { MQIM_ADMIN_TOKEN: service.token })
+    expect(add.code).toBe(0)
+    expect(JSON.parse(add.stdout).user.id).toBe('by-service')
+    const list = await runCli(['user', 'list', '--json', ...target.slice(0, 2)], { MQIM_ADMIN_TOKEN: readOnly.token })
+    expect(JSON.parse(list.stdout).users.map((u: { id: string }) => u.id)).toContain('by-service')
+    const refused = await runCli(['user', 'disable', 'by-service', ...target.slice(0, 2)], { MQIM_ADMIN_TOKEN: readOnly.token })
+    expect(refused.code).toBe(1)
+    expect(refused.stderr.trim()).toMatch(/^error FORBIDDEN: the server at \S+ refused the admin token from MQIM_ADMIN_TOKEN: admin token "read-only" lacks the scope users:write$/)
+    const unknown = await runCli(['user', 'list', ...target.slice(0, 2)], { MQIM_ADMIN_TOKEN: newAdminToken().token })
+    expect(unknown.stderr).toContain('refused the admin token from MQIM_ADMIN_TOKEN: is it one of its admin.tokens?')
+  })
+
+  test('token new: a token and its admin.tokens entry (the SHA-256), made without a server', async () => {
+    const run = await runCli(['token', 'new', 'billing', '--scopes', 'users:read, messages:send', '--json'])
+    expect(run.code).toBe(0)
+    const { token, entry } = JSON.parse(run.stdout) as { token: string, entry: { name: string, tokenSha256: string, scopes: string[] } }
+    expect(token).toMatch(/^mqa_[A-Za-z0-9_-]{43}$/)
+    expect(entry).toEqual({ name: 'billing', tokenSha256: createHash('sha256').update(token).digest('hex'), scopes: ['users:read', 'messages:send'] })
+    const text = await runCli(['token', 'new', 'billing', '--scopes', 'users:read'])
+    expect(text.stdout).toMatch(/^mqa_\S+$/m)
+    expect(text.stdout).toMatch(/^\{"name":"billing","tokenSha256":"[0-9a-f]{64}","scopes":\["users:read"\]\}$/m)
+    expect(await runCli(['token', 'new', 'billing'])).toMatchObject({ code: 2, stderr: expect.stringContaining('token new needs --scopes') })
+    const bad = await runCli(['token', 'new', 'billing', '--scopes', 'users:delete'])
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toMatch(/^error BAD_REQUEST: scopes\.0: one of users:read/)
+    expect((await runCli(['token', 'new', 'bad name!', '--scopes', 'users:read'])).code).toBe(1)
   })
 
   test('with no server running the tool says so', async () => {

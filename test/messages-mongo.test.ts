@@ -5,7 +5,7 @@
 import net from 'node:net'
 import { MongoClient, type Db, type ObjectId } from 'mongodb'
 import { isStoreUnavailable } from '../src/store/errors.js'
-import type { StoredMessage } from '../src/store/types.js'
+import type { ExpiryRule, StoredMessage } from '../src/store/types.js'
 import { MongoMessageStore } from '../src/store/messages-mongo.js'
 import { describeMessageStore } from './contract/message-store.contract.js'
 import { freshMongo } from './helpers/db.js'
@@ -306,5 +306,51 @@ describe('MongoMessageStore specifics', () => {
         await dropDatabase(url, other)
       }
     })
+  })
+
+  describe('retention', () => {
+    const msg = (conversationId: string, seq: number): StoredMessage =>
+      ({ conversationId, seq, clientMsgId: `m${seq}`, senderId: 'u', ts: 1000 + seq, kind: 'text', body: `body ${seq}`, replyTo: null })
+    const olderThan = (cutoff: number): ExpiryRule => ({ before: cutoff, cutoffs: async ids => new Map(ids.map(id => [id, cutoff])) })
+    const wide = { maxRemoved: 10_000, maxExamined: 10_000 }
+
+    it('FerretDB v1.24 has no TTL indexes, which is why retention sweeps (this fails when that changes)', async () => {
+      const client = new MongoClient(url)
+      try {
+        await client.connect()
+        const db = client.db(dbName)
+        const info = await db.admin().command({ buildInfo: 1 })
+        if (info.ferretdbVersion === undefined) return // a real MongoDB: it has them
+        await expect(db.collection('ttl').createIndex({ at: 1 }, { expireAfterSeconds: 1 })).rejects.toThrow(/expireAfterSeconds.*not implemented/)
+      } finally {
+        await client.close()
+      }
+    })
+
+    for (const lookups of ['single', 'batched'] as const) {
+      it(`another store (another node) finds where a conversation starts after one removed its oldest entries, and sweeps on from there (${lookups} lookups)`, async () => {
+        const a = new MongoMessageStore({ url, database: dbName, lookups })
+        const b = new MongoMessageStore({ url, database: dbName, lookups })
+        await Promise.all([a.init(), b.init()])
+        try {
+          await a.insertBatch(Array.from({ length: 300 }, (_, i) => msg('c1', i + 1)))
+          // b remembers where c1 starts (seq 1) before a removes anything
+          expect(await b.firstSeq('c1')).toBe(1)
+          expect(await a.removeExpired(olderThan(1000 + 138), wide)).toMatchObject({ removed: 137 })
+          // b's knowledge is behind: it finds the start again (a binary search by primary key on FerretDB)
+          expect(await b.firstSeq('c1')).toBe(138)
+          expect((await b.range('c1', { fromSeq: 1, toSeq: 300, limit: 3, direction: 'forward' })).map(m => m.seq)).toEqual([138, 139, 140])
+          // a removes more; b's sweep starts from what it remembers (138, gone now) and goes on
+          expect(await a.removeExpired(olderThan(1000 + 200), wide)).toMatchObject({ removed: 62 })
+          let removed = 0
+          for (let i = 0; i < 4; i++) removed += (await b.removeExpired(olderThan(1000 + 250), wide)).removed
+          expect(removed).toBe(50)
+          expect(await a.firstSeq('c1')).toBe(250)
+          expect(await a.lastSeq('c1')).toBe(300)
+        } finally {
+          await Promise.all([a.close(), b.close()])
+        }
+      })
+    }
   })
 })

@@ -20,7 +20,7 @@ export const ResetInput = z.object({
   password: z.string().min(8, 'at least 8 characters').max(256).optional()
 }).strict()
 
-export interface PublicUser { id: string, kind: string, displayName: string, disabled: boolean, createdAt: number }
+export interface PublicUser { id: string, kind: UserRecord['kind'], displayName: string, disabled: boolean, createdAt: number }
 
 function publicUser (u: UserRecord): PublicUser {
   return { id: u.id, kind: u.kind, displayName: u.displayName, disabled: u.disabled, createdAt: u.createdAt }
@@ -71,4 +71,23 @@ export async function resetSecret (meta: MetadataStore, id: string, password?: s
 
 export async function listUsers (meta: MetadataStore): Promise<PublicUser[]> {
   return (await meta.userList()).map(publicUser)
+}
+
+export async function getUser (meta: MetadataStore, id: string): Promise<PublicUser> {
+  const user = await meta.userGet(id)
+  if (user === null) throw new ImError('NOT_FOUND', `no such user: ${id}`)
+  return publicUser(user)
+}
+
+/**
+ * One page of users (and bots) by id in byte order, after `cursor`: each user is on exactly one
+ * page of a walk, however users are added meanwhile (those added behind the cursor are not seen).
+ * The store has no paged read of users: each page reads them all (fine for thousands).
+ */
+export async function userPage (meta: MetadataStore, page: { cursor?: string, limit: number, kind?: UserRecord['kind'] }): Promise<{ users: PublicUser[], next: string | null }> {
+  const after = (await meta.userList())
+    .filter(u => (page.cursor === undefined || u.id > page.cursor) && (page.kind === undefined || u.kind === page.kind))
+    .sort((a, b) => a.id < b.id ? -1 : 1)
+  const users = after.slice(0, page.limit).map(publicUser)
+  return { users, next: after.length > page.limit ? users[users.length - 1]?.id ?? null : null }
 }

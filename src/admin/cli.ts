@@ -4,17 +4,20 @@
  * The commands work on an AccountsBackend chosen from the config:
  *  - metadataStore `mysql`: DirectBackend, the store itself (init() applies pending migrations);
  *  - metadataStore `memory`: HttpBackend, the admin API of the running server (src/admin/http.ts),
- *    because the in-memory store lives inside that process.
+ *    because the in-memory store lives inside that process: with the token of <dataDir>/admin-token,
+ *    or the one in MQIM_ADMIN_TOKEN (a token of admin.tokens, for a server on another host).
+ * `token new` needs neither: it makes a token for admin.tokens here.
  */
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { z } from 'zod'
-import { loadConfig, ConfigError, type Config } from '../config.js'
+import { loadConfig, ConfigError, AdminTokenSchema, ADMIN_SCOPES, type Config } from '../config.js'
 import { ImError, type ErrorCode, ERROR_CODES } from '../errors.js'
 import { createMetadataStore } from '../store/index.js'
 import type { MetadataStore } from '../store/types.js'
 import { CreateBotInput, CreateUserInput, createBot, createUser, listUsers, resetSecret, setDisabled, type PublicUser } from './accounts.js'
+import { newAdminToken } from './auth.js'
 
 const USAGE = `usage: npm run admin -- <command> [options]
 
@@ -29,6 +32,10 @@ commands:
   user reset <id> [--password P]
                        new password for a user (generated unless given), new API key for a bot;
                        the old one stops working at once
+  token new <name> --scopes S[,S...]
+                       make a token for another service: prints it, and the entry to add to
+                       admin.tokens in the config (which holds only its SHA-256); scopes:
+                       ${ADMIN_SCOPES.join(', ')}
 
 options:
   --json               print one JSON object instead of text (errors too: {"error":{code,message}})
@@ -44,6 +51,8 @@ which store the tool changes:
   - metadataStore "memory" (the embedded default): users live inside the running server process, so
     the tool calls its admin API on loopback with the token the server wrote to <dataDir>/admin-token.
     Start the server first (npm start); use --server / --data-dir if it runs with another port or dataDir.
+    MQIM_ADMIN_TOKEN=<token of admin.tokens> is used instead of the token file (e.g. with --server
+    for a server on another host).
 
 exit status: 0 done, 1 the operation failed (e.g. CONFLICT: the user exists), 2 usage or config error
 `
@@ -90,11 +99,23 @@ class DirectBackend implements AccountsBackend {
 
 /** The admin HTTP API of a running server (the only way to reach its in-memory store). */
 class HttpBackend implements AccountsBackend {
-  constructor (private readonly baseUrl: string, private readonly tokenFile: string) {}
+  /** `envToken`: the token in MQIM_ADMIN_TOKEN, else null (read from tokenFile). */
+  constructor (private readonly baseUrl: string, private readonly tokenFile: string, private readonly envToken: string | null) {}
 
   async createUser (input: CreateUser): Promise<{ user: PublicUser, password: string }> { return await this.call('POST', '/admin/users', input) }
   async createBot (input: CreateBot): Promise<{ user: PublicUser, apiKey: string }> { return await this.call('POST', '/admin/bots', input) }
-  async list (): Promise<PublicUser[]> { return (await this.call<{ users: PublicUser[] }>('GET', '/admin/users')).users }
+  /** Every page (the server clamps the limit to its admin.pageMax). */
+  async list (): Promise<PublicUser[]> {
+    const users: PublicUser[] = []
+    let cursor: string | null = null
+    do {
+      const page: { users: PublicUser[], next: string | null } = await this.call('GET', `/admin/users?limit=10000${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)
+      users.push(...page.users)
+      cursor = page.next
+    } while (cursor !== null)
+    return users
+  }
+
   async setDisabled (id: string, disabled: boolean): Promise<void> {
     await this.call('POST', `/admin/users/${encodeURIComponent(id)}/${disabled ? 'disable' : 'enable'}`, {})
   }
@@ -120,10 +141,13 @@ class HttpBackend implements AccountsBackend {
       throw new ImError('INTERNAL', `${this.baseUrl} answered ${method} ${route} with HTTP ${res.status} and no JSON: is it an mqim server?`)
     }
     if (res.ok) return json as T
-    if (res.status === 403) {
-      throw new ImError('FORBIDDEN', `the server at ${this.baseUrl} refused the admin token from ${this.tokenFile}: does it use that data dir (pass --data-dir)?`)
-    }
     const wire = json as { code?: unknown, message?: unknown }
+    if (res.status === 401 || res.status === 403) {
+      const why = typeof wire.message === 'string' && /lacks the scope/.test(wire.message) ? `: ${wire.message}` : ''
+      throw new ImError('FORBIDDEN', this.envToken === null
+        ? `the server at ${this.baseUrl} refused the admin token from ${this.tokenFile}${why || ': does it use that data dir (pass --data-dir)?'}`
+        : `the server at ${this.baseUrl} refused the admin token from MQIM_ADMIN_TOKEN${why || ': is it one of its admin.tokens?'}`)
+    }
     const code = typeof wire.code === 'string' && wire.code in ERROR_CODES ? wire.code as ErrorCode : 'INTERNAL'
     throw new ImError(code, typeof wire.message === 'string' ? wire.message : `HTTP ${res.status}`)
   }
@@ -138,6 +162,7 @@ class HttpBackend implements AccountsBackend {
 
   /** The token, or the clearest reason why there is none (usually: no server has been started). */
   private async token (): Promise<string> {
+    if (this.envToken !== null) return this.envToken
     try {
       return readFileSync(this.tokenFile, 'utf8').trim()
     } catch (err) {
@@ -163,10 +188,11 @@ function redactUrl (url: string): string {
   }
 }
 
-async function openBackend (config: Config, flags: Flags): Promise<AccountsBackend> {
+async function openBackend (config: Config, flags: Flags, env: NodeJS.ProcessEnv): Promise<AccountsBackend> {
   if (config.metadataStore.adapter === 'mysql') return await DirectBackend.open(config.metadataStore)
   const baseUrl = (flags.server ?? `http://127.0.0.1:${config.http.port}`).replace(/\/+$/, '')
-  return new HttpBackend(baseUrl, path.join(flags['data-dir'] ?? config.dataDir, 'admin-token'))
+  const envToken = env.MQIM_ADMIN_TOKEN === undefined || env.MQIM_ADMIN_TOKEN === '' ? null : env.MQIM_ADMIN_TOKEN.trim()
+  return new HttpBackend(baseUrl, path.join(flags['data-dir'] ?? config.dataDir, 'admin-token'), envToken)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -177,25 +203,37 @@ const OPTIONS = {
   password: { type: 'string' },
   name: { type: 'string' },
   json: { type: 'boolean' },
+  scopes: { type: 'string' },
   server: { type: 'string' },
   'data-dir': { type: 'string' },
   help: { type: 'boolean', short: 'h' }
 } as const
 
-interface Flags { password?: string, name?: string, json?: boolean, server?: string, 'data-dir'?: string, help?: boolean }
+interface Flags { password?: string, name?: string, scopes?: string, json?: boolean, server?: string, 'data-dir'?: string, help?: boolean }
 
 /** What a command prints: one JSON object, or lines of text. */
 interface Output { json: Record<string, unknown>, text: string[] }
 
+type CommandFlag = 'password' | 'name' | 'scopes'
+
 interface Command {
   /** Positional arguments after the command words. */
-  args: Array<'id'>
+  args: Array<'id' | 'name'>
   /** Flags beyond the global ones (--json, --server, --data-dir). */
-  flags: Array<'password' | 'name'>
+  flags: CommandFlag[]
   run: (backend: AccountsBackend, id: string, flags: Flags, config: Config) => Promise<Output>
 }
 
-const COMMANDS: Record<string, Command> = {
+/** A command that needs no server, database or config. */
+interface LocalCommand {
+  args: Array<'id' | 'name'>
+  flags: CommandFlag[]
+  /** Of `flags`, those that must be given. */
+  required: CommandFlag[]
+  local: (arg: string, flags: Flags) => Output
+}
+
+const COMMANDS: Record<string, Command | LocalCommand> = {
   'user add': {
     args: ['id'],
     flags: ['password', 'name'],
@@ -248,6 +286,24 @@ const COMMANDS: Record<string, Command> = {
       }
       return { json: { id, password: secret.password }, text: [`new password for ${id}: ${secret.password ?? ''}`] }
     }
+  },
+  'token new': {
+    args: ['name'],
+    flags: ['scopes'],
+    required: ['scopes'],
+    local: (name, flags) => {
+      const { token, tokenSha256 } = newAdminToken()
+      const entry = validate(AdminTokenSchema, { name, tokenSha256, scopes: (flags.scopes ?? '').split(',').map(s => s.trim()).filter(s => s !== '') })
+      return {
+        json: { token, entry },
+        text: [
+          `token for ${name} (give it to that service; it is shown only now and stored nowhere):`,
+          token,
+          'add this entry to admin.tokens in the config file (MQIM_CONFIG), then restart the server:',
+          JSON.stringify(entry)
+        ]
+      }
+    }
   }
 }
 
@@ -285,7 +341,7 @@ function table (users: PublicUser[]): string[] {
 class UsageError extends Error {}
 
 /** Parses argv into a command, its id and flags; throws UsageError. */
-function parse (argv: string[]): { command: Command, id: string, flags: Flags } | { help: true } {
+function parse (argv: string[]): { command: Command | LocalCommand, id: string, flags: Flags } | { help: true } {
   let parsed
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
@@ -302,8 +358,9 @@ function parse (argv: string[]): { command: Command, id: string, flags: Flags } 
   if (args.length !== command.args.length) {
     throw new UsageError(`${name} takes ${command.args.length === 0 ? 'no arguments' : command.args.map(a => `<${a}>`).join(' ')}`)
   }
-  for (const flag of ['password', 'name'] as const) {
+  for (const flag of ['password', 'name', 'scopes'] as const) {
     if (flags[flag] !== undefined && !command.flags.includes(flag)) throw new UsageError(`${name} has no --${flag} option`)
+    if (flags[flag] === undefined && 'required' in command && command.required.includes(flag)) throw new UsageError(`${name} needs --${flag}`)
   }
   return { command, id: args[0] ?? '', flags }
 }
@@ -330,6 +387,17 @@ async function main (argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
     process.stdout.write(USAGE)
     return 0
   }
+  const { command } = request
+  if ('local' in command) {
+    try {
+      print(command.local(request.id, request.flags), process.stdout)
+      return 0
+    } catch (err) {
+      if (!(err instanceof ImError)) throw err
+      print(errorOutput(err.code, err.message), wantJson ? process.stdout : process.stderr)
+      return 1
+    }
+  }
   let config: Config
   try {
     config = loadConfig({ env })
@@ -344,8 +412,8 @@ async function main (argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   }
   let backend: AccountsBackend | undefined
   try {
-    backend = await openBackend(config, request.flags)
-    print(await request.command.run(backend, request.id, request.flags, config), process.stdout)
+    backend = await openBackend(config, request.flags, env)
+    print(await command.run(backend, request.id, request.flags, config), process.stdout)
     return 0
   } catch (err) {
     const out = err instanceof ImError ? errorOutput(err.code, err.message) : errorOutput('INTERNAL', err instanceof Error ? err.message : String(err))

@@ -1,74 +1,92 @@
 /**
- * Admin API on the HTTP listener, for `npm run admin` against a running server (the only way to
- * reach the embedded in-memory store). Loopback clients only, and a bearer token that the server
- * writes to <dataDir>/admin-token (mode 0600) at start-up.
- *
- *   GET  /admin/users                 -> list users and bots
- *   POST /admin/users   {id, password?, displayName?} -> {user, password}
- *   POST /admin/bots    {id, displayName?}            -> {user, apiKey}
- *   POST /admin/users/<id>/disable | /enable | /reset {password?}
- *
- * Disabling an account or resetting its secret ends its sessions on every node.
+ * The admin HTTP API under /admin: the routes of routes.ts, for other services and for
+ * `npm run admin` (src/admin/cli.ts). Each request, in order:
+ *   1. authorize (onRequest, before the body is read): a bearer token and the route's scope
+ *      (auth.ts): 401 without a token, 403 for a wrong one or a missing scope;
+ *   2. read the body: JSON only, nesting at most limits.maxJsonDepth (checked on the text, as the
+ *      MQTT dispatcher does), then fastify's own JSON parser (which refuses `__proto__` keys);
+ *   3. validate params, query and body with the route's zod schemas (unknown fields refused);
+ *   4. run the handler; the answer is serialized through the route's response schema.
+ * Failures answer {code, message} through the one error handler of src/http/app.ts. The
+ * document of all this is GET /admin/openapi.json (openapi.ts).
  */
-import { timingSafeEqual } from 'node:crypto'
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
 import type { ZodTypeProvider } from 'fastify-type-provider-zod'
-import { z } from 'zod'
-import { ImError } from '../errors.js'
-import type { MetadataStore } from '../store/types.js'
-import { UserId } from '../protocol/schemas.js'
-import { CreateBotInput, CreateUserInput, ResetInput, createBot, createUser, listUsers, resetSecret, setDisabled } from './accounts.js'
+import { ADMIN_SCOPES, type AdminScope } from '../config.js'
+import { ImError, toWireError } from '../errors.js'
+import { nestsDeeperThan } from '../im/dispatcher.js'
+import { AdminAuth, AdminAuthError, type Principal } from './auth.js'
+import { ADMIN_ROUTES, type AdminDeps } from './routes.js'
 
-/** Addresses of loopback clients (the admin API and /metrics trust them). */
-export const LOOPBACK: ReadonlySet<string> = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1'])
+export { LOOPBACK } from './auth.js'
+export type { AdminDeps } from './routes.js'
 
-export interface AdminDeps {
-  meta: MetadataStore
-  token: string
-  /** Ends every session of the account (on every node). */
-  revoke: (userId: string, reason: string) => void
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Admin API: the scope a token needs for the route (null: any valid token; absent: every scope). */
+    adminScope?: AdminScope | null
+  }
 }
-
-const UserParams = z.object({ id: UserId }).strict()
-/** A body that may be left out (no content): read as {}. */
-const orEmpty = (v: unknown): unknown => v ?? {}
 
 export const adminRoutes: FastifyPluginAsync<AdminDeps> = async (instance, deps) => {
   const app = instance.withTypeProvider<ZodTypeProvider>()
-  const want = Buffer.from(`Bearer ${deps.token}`)
-  const authorized = (req: FastifyRequest): boolean => {
-    if (!LOOPBACK.has(req.socket.remoteAddress ?? '')) return false
-    const got = Buffer.from(req.headers.authorization ?? '')
-    return want.length === got.length && timingSafeEqual(want, got)
+  const { config, logger } = deps.services
+  const log = logger.child({ component: 'admin-api' })
+  const auth = new AdminAuth(deps.token, config.admin.tokens)
+  const principals = new WeakMap<FastifyRequest, Principal>()
+
+  // 1. authorize
+  app.addHook('onRequest', async (req, reply) => {
+    // a route registered here without a scope fails closed: it needs every scope
+    const scope = req.routeOptions.config.adminScope
+    const needed = scope === undefined ? ADMIN_SCOPES : scope === null ? [] : [scope]
+    try {
+      principals.set(req, auth.authorize(req.headers.authorization, req.socket.remoteAddress, needed))
+    } catch (err) {
+      if (!(err instanceof AdminAuthError)) throw err
+      return await reply.code(err.status).header('www-authenticate', err.challenge).send(toWireError(err))
+    }
+  })
+
+  // 2. JSON bodies only, bounded in depth before they are parsed
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    const text = body as string
+    if (nestsDeeperThan(text, config.limits.maxJsonDepth)) {
+      done(new ImError('BAD_REQUEST', `arrays and objects nest deeper than ${config.limits.maxJsonDepth} levels`), undefined)
+      return
+    }
+    void parseJson(req, text, done)
+  })
+
+  // who changed what (GETs are not logged)
+  app.addHook('onResponse', async (req, reply) => {
+    if (req.method === 'GET') return
+    log.info({ token: principals.get(req)?.name, method: req.method, route: req.routeOptions.url, url: req.url.slice(0, 200), status: reply.statusCode }, 'admin request')
+  })
+
+  // 3, 4. the routes
+  for (const r of ADMIN_ROUTES) {
+    app.route({
+      method: r.method,
+      url: r.url,
+      exposeHeadRoute: false,
+      config: { adminScope: r.scope },
+      schema: {
+        ...(r.params === undefined ? {} : { params: r.params }),
+        ...(r.query === undefined ? {} : { querystring: r.query }),
+        ...(r.body === undefined ? {} : { body: r.body }),
+        response: Object.fromEntries(r.success.map(status => [status, r.response]))
+      },
+      // a body that may be left out (every field optional) is read as {}
+      ...(r.body === undefined ? {} : { preValidation: async (req: FastifyRequest) => { req.body ??= {} } }),
+      handler: async (req, reply) => {
+        const principal = principals.get(req)
+        if (principal === undefined) throw new ImError('INTERNAL', 'admin request without a principal')
+        const result = await r.handler({ params: req.params, query: req.query, body: req.body }, deps, principal)
+        return await reply.status(r.statusOf?.(result) ?? r.success[0]).send(result)
+      }
+    })
   }
-  app.addHook('onRequest', async (req) => {
-    if (!authorized(req)) throw new ImError('FORBIDDEN', 'admin API: loopback only, with the token from <dataDir>/admin-token')
-  })
-
-  app.get('/users', async () => ({ users: await listUsers(deps.meta) }))
-
-  app.post('/users', { schema: { body: z.preprocess(orEmpty, CreateUserInput) } }, async (req, reply) => {
-    return await reply.status(201).send(await createUser(deps.meta, req.body))
-  })
-
-  app.post('/bots', { schema: { body: z.preprocess(orEmpty, CreateBotInput) } }, async (req, reply) => {
-    return await reply.status(201).send(await createBot(deps.meta, req.body))
-  })
-
-  app.post('/users/:id/disable', { schema: { params: UserParams } }, async (req) => {
-    await setDisabled(deps.meta, req.params.id, true)
-    deps.revoke(req.params.id, 'account disabled')
-    return { id: req.params.id, disabled: true }
-  })
-
-  app.post('/users/:id/enable', { schema: { params: UserParams } }, async (req) => {
-    await setDisabled(deps.meta, req.params.id, false)
-    return { id: req.params.id, disabled: false }
-  })
-
-  app.post('/users/:id/reset', { schema: { params: UserParams, body: z.preprocess(orEmpty, ResetInput) } }, async (req) => {
-    const result = await resetSecret(deps.meta, req.params.id, req.body.password)
-    deps.revoke(req.params.id, 'secret reset')
-    return { id: req.params.id, ...result }
-  })
 }

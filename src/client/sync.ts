@@ -4,7 +4,8 @@
  * For each conversation the device keeps `synced`, the highest seq it holds without a gap (persisted):
  * a message with seq <= synced is a duplicate and dropped, seq = synced + 1 is emitted, and a higher
  * seq is held back while `history {after: synced}` is paged until `hasMore` is false (topics.md,
- * "Delivery guarantees"). `synced` is persisted after the `message` listeners ran, coalesced
+ * "Delivery guarantees"). A page with `firstSeq` (retention removed the messages before it) moves
+ * `synced` up to firstSeq - 1 first: those messages are gone, and waiting for them would never end. `synced` is persisted after the `message` listeners ran, coalesced
  * (StateStore.changed: about one write per 200 ms however many messages arrive), which makes
  * delivery to the app exactly once while the process lives and at least once across a crash: what
  * was emitted after the last write is emitted again after a restart.
@@ -215,8 +216,13 @@ export class ConversationSync {
       while (c.synced !== undefined && (c.synced < c.target || c.ahead.size > 0) && this.convs.get(conv) === c) {
         const page = await this.deps.history(conv, c.synced)
         c.target = Math.max(c.target, page.lastSeq)
-        for (const m of page.messages) if (m.seq > c.synced) c.ahead.set(m.seq, m)
         const before = c.synced
+        // retention removed the seqs below firstSeq: they can never be filled, the run goes on from there
+        if (page.firstSeq !== undefined && page.firstSeq - 1 > c.synced) {
+          this.setSynced(conv, c, page.firstSeq - 1)
+          this.deps.store.changed()
+        }
+        for (const m of page.messages) if (m.seq > c.synced) c.ahead.set(m.seq, m)
         this.drain(conv, c)
         if (!page.hasMore && c.synced === before) {
           // The server says nothing lies beyond: what is still held back cannot be completed.

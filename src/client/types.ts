@@ -120,7 +120,8 @@ export interface BlocksResult { blocks: Array<{ user: string, at: number }> }
 
 export interface SendResult { conv: string, seq: number, msgId: string, ts: number, duplicate: boolean }
 export interface HistoryQuery { after?: number, before?: number, limit?: number }
-export interface HistoryResult { conv: string, messages: MessageEnvelope[], lastSeq: number, hasMore: boolean, limit: number }
+/** `firstSeq`: present when retention removed messages of the range asked for; the lowest seq the server still holds. */
+export interface HistoryResult { conv: string, messages: MessageEnvelope[], lastSeq: number, hasMore: boolean, limit: number, firstSeq?: number }
 export interface DirectResult { conv: string, peer: string, created: boolean }
 export interface CreateGroupResult { conv: string, name: string, members: string[] }
 export interface AddMembersResult { conv: string, added: string[] }

@@ -10,6 +10,7 @@ import type { PresenceService } from './presence.js'
 import type { ReadCursors } from './read-cursors.js'
 import type { EnvelopeCache } from './envelopes.js'
 import type { Metrics } from '../metrics.js'
+import type { Webhooks } from './webhooks.js'
 import type { BlockService } from './blocks.js'
 
 export interface Caller {
@@ -32,6 +33,8 @@ export interface Services {
   envelopes: EnvelopeCache
   /** Prometheus metrics (absent in unit tests that build Services by hand). */
   metrics?: Metrics
+  /** Webhooks, and the before-send hook of `send` (absent when none is configured). */
+  webhooks?: Webhooks
   /** Who blocks whom (cached for the send path). */
   blocks: BlockService
   now: () => number

@@ -12,6 +12,8 @@ import type { ClusterBus } from '../broker/bus.js'
 import { SEQ_TOPIC } from '../protocol/topics.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 import type { MentionLog } from './mentions.js'
+import type { Webhooks } from './webhooks.js'
+import { toEnvelope } from './envelopes.js'
 
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
@@ -35,7 +37,8 @@ export class Delivery implements CommitListener {
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    private readonly mentions: MentionLog | null = null
+    private readonly mentions: MentionLog | null = null,
+    private readonly webhooks: Webhooks | null = null
   ) {}
 
   async committed (stored: StoredMessage[]): Promise<void> {
@@ -43,6 +46,7 @@ export class Delivery implements CommitListener {
       const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
       if (entry === null) continue
       this.publisher.message(m, entry.memberIds)
+      this.webhooks?.emit('message.stored', toEnvelope(m))
       if (m.mentions !== undefined) {
         this.mentioned(m, entry.memberIds)
         this.mentions?.note(m)

@@ -127,6 +127,8 @@ export class RedisPresenceStore implements PresenceStore {
 }
 
 export interface PresenceOptions {
+  /** Called when a user's first device connects anywhere in the cluster (true), or the last one goes (false): webhooks. */
+  onChange?: (userId: string, online: boolean) => void
   store: PresenceStore
   meta: MetadataStore
   directory: ConversationDirectory
@@ -168,7 +170,10 @@ export class PresenceService {
     if (this.closed) return
     this.local.set(connId, userId)
     try {
-      if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) this.scheduleNotify(userId)
+      if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) {
+        this.scheduleNotify(userId)
+        this.opts.onChange?.(userId, true)
+      }
     } catch (err) {
       this.opts.logger.warn({ userId, err }, 'presence update failed')
     }
@@ -179,7 +184,10 @@ export class PresenceService {
     // close() has marked this node's connections gone already
     if (this.closed) return
     try {
-      if (await this.opts.store.remove(userId, connId, this.now())) this.scheduleNotify(userId)
+      if (await this.opts.store.remove(userId, connId, this.now())) {
+        this.scheduleNotify(userId)
+        this.opts.onChange?.(userId, false)
+      }
     } catch (err) {
       this.opts.logger.warn({ userId, err }, 'presence update failed')
     }

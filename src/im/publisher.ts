@@ -14,6 +14,7 @@ import { eventTopic, messageTopic } from '../protocol/topics.js'
 import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { Metrics } from '../metrics.js'
+import type { Webhooks } from './webhooks.js'
 
 export interface PublisherOptions {
   /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
@@ -24,6 +25,8 @@ export interface PublisherOptions {
   envelopes: EnvelopeCache
   logger: Logger
   metrics?: Metrics
+  /** member events also go to the webhooks (member.changed). */
+  webhooks?: Webhooks
 }
 
 export class Publisher {
@@ -70,6 +73,7 @@ export class Publisher {
   }
 
   event (userIds: Iterable<string>, event: ImEvent): void {
+    if (event.type === 'member') this.opts.webhooks?.emit('member.changed', event)
     const ids = Array.isArray(userIds) ? userIds as string[] : [...userIds]
     const payload = Buffer.from(JSON.stringify(event))
     this.sessions.hold(ids)

@@ -6,7 +6,7 @@
  */
 import type { Tail } from './sequencer.js'
 import type { Services } from './context.js'
-import { countOf } from '../store/types.js'
+import { countOf, isChangeKind } from '../store/types.js'
 
 /** The unread count when it needs no read: undefined if the count at readSeq is needed. */
 export function unreadWithoutRead (tail: Tail, readSeq: number): number | undefined {
@@ -22,5 +22,21 @@ export async function unreadMany (services: Services, items: ReadonlyArray<{ con
   if (needed.length === 0) return out as number[]
   const found = await services.messages.getMany(needed.map(i => ({ conversationId: i.conversationId, seq: i.readSeq })))
   const counts = new Map(found.map(m => [`${m.conversationId}:${m.seq}`, countOf(m)]))
+  // Retention removed the entry at the cursor and everything up to the first kept entry. Removed
+  // messages still count as unread (as lastSeq - readSeq counts them without changes): the count at
+  // the cursor is taken from the first kept entry's, as if every removed entry after the cursor was
+  // a real message (exact then; otherwise unread is somewhat high until the cursor moves).
+  const gone = [...new Set(needed.filter(i => !counts.has(`${i.conversationId}:${i.readSeq}`)).map(i => i.conversationId))]
+  if (gone.length > 0) {
+    const firsts = new Map(await Promise.all(gone.map(async c => [c, await services.messages.firstSeq(c)] as const)))
+    const kept = await services.messages.getMany([...firsts].filter(([, seq]) => seq > 0).map(([conversationId, seq]) => ({ conversationId, seq })))
+    // real messages before the first kept entry
+    const realBefore = new Map(kept.map(m => [m.conversationId, countOf(m) - (isChangeKind(m.kind) ? 0 : 1)]))
+    for (const item of needed) {
+      const real = realBefore.get(item.conversationId)
+      const first = firsts.get(item.conversationId) ?? 0
+      if (real !== undefined && item.readSeq < first) counts.set(`${item.conversationId}:${item.readSeq}`, Math.max(0, real - (first - 1 - item.readSeq)))
+    }
+  }
   return items.map((item, n) => out[n] ?? Math.max(0, item.tail.count - (counts.get(`${item.conversationId}:${item.readSeq}`) ?? item.tail.count)))
 }

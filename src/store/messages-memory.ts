@@ -1,7 +1,7 @@
 /**
  * In-process MessageStore: the embedded default (no database) and the store of the tests.
- * Nothing survives a restart, and nothing is ever deleted: the server keeps every message of its
- * lifetime here.
+ * Nothing survives a restart. Messages are deleted only by retention (removeExpired, when it is
+ * configured): otherwise the server keeps every message of its lifetime here.
  *
  * It mirrors the MongoDB adapter's semantics exactly (see the shared contract suite in
  * test/contract/message-store.contract.ts): two unique keys per message, (conversation, sender,
@@ -28,8 +28,14 @@
  *     one small string per message, the caller's clientMsgId itself (no key string is built).
  * Reads decode records into fresh StoredMessage objects, so bodies are deep-copied in effect;
  * lastSeq decodes nothing. Bodies are JSON values, which serialization round-trips exactly.
+ *
+ * Retention (removeExpired) removes the oldest entries of a conversation from the front of its
+ * arrays. Each chunk counts its live bytes: a chunk with none left is released, and the live
+ * records of a chunk that is less than a quarter live are copied to the chunk being filled as the
+ * sweep passes their conversations (the latest message of a conversation that went quiet would
+ * otherwise keep a whole chunk), so the chunks held stay within about four times what is live.
  */
-import { isChangeKind, lastRealOf, type ConversationHead, type InsertBatchResult, type MessageChanges, type MessageStore, type MessageKind, type RangeQuery, type StoredMessage } from './types.js'
+import { isChangeKind, keptFrom, lastRealOf, type ConversationHead, type ExpiryBounds, type ExpiryRule, type ExpirySweep, type InsertBatchResult, type MessageChanges, type MessageStore, type MessageKind, type RangeQuery, type StoredMessage } from './types.js'
 import { applyChangeTo } from './changes.js'
 
 /** Size of a shared chunk. */
@@ -42,6 +48,12 @@ const LARGE_RECORD = 64 * 1024
 /** Initial capacity (messages) of a conversation's arrays; they double when full. */
 const INITIAL_CAPACITY = 8
 const NEWLINE = 0x0a
+/** A shared chunk less live than this is emptied by moving its records (see the header). */
+const SPARSE_BYTES = CHUNK_BYTES / 4
+/** Bytes of records moved out of sparse chunks per removeExpired step at most. */
+const RELOCATE_BYTES_MAX = 4 * CHUNK_BYTES
+/** What a released chunk is replaced with (chunk indexes stay as they are). */
+const RELEASED = Buffer.alloc(0)
 
 /**
  * The record header: [clientMsgId, senderId, kind, replyTo, bodyIsJson (0 or 1), count (null:
@@ -82,8 +94,11 @@ class Conversation {
   readonly bySender = new Map<string, Map<string, number>>()
   /** seq -> what changes did to that message (only messages that were changed). */
   readonly changes = new Map<number, MessageChanges>()
+  /** Retention keeps the seqs from here on (see keptFrom): set when the latest entry is stored. */
+  keepFrom = 0
 
-  constructor (readonly id: string) {}
+  /** `index`: this conversation's place in the store's sweep order. */
+  constructor (readonly id: string, readonly index: number) {}
 
   /**
    * Index of the first message whose seq is >= `seq` (inclusive) or > `seq` (exclusive);
@@ -101,6 +116,28 @@ class Conversation {
       else hi = mid
     }
     return lo
+  }
+
+  /** Removes the first `n` messages from the arrays (the caller released their records); arrays a quarter full shrink. */
+  dropFirst (n: number): void {
+    const count = this.count - n
+    if (this.seqs.length > INITIAL_CAPACITY && count * 4 < this.seqs.length) {
+      const size = Math.max(INITIAL_CAPACITY, count * 2)
+      const seqs = new Float64Array(size)
+      seqs.set(this.seqs.subarray(n, n + count))
+      this.seqs = seqs
+      const timestamps = new Float64Array(size)
+      timestamps.set(this.timestamps.subarray(n, n + count))
+      this.timestamps = timestamps
+      const records = new Uint32Array(size * 3)
+      records.set(this.records.subarray(n * 3, (n + count) * 3))
+      this.records = records
+    } else {
+      this.seqs.copyWithin(0, n, n + count)
+      this.timestamps.copyWithin(0, n, n + count)
+      this.records.copyWithin(0, n * 3, (n + count) * 3)
+    }
+    this.count = count
   }
 
   /** Inserts a message at index `at` (the caller keeps the seqs sorted). */
@@ -136,8 +173,14 @@ class Conversation {
 
 export class MemoryMessageStore implements MessageStore {
   private readonly conversations = new Map<string, Conversation>()
-  /** Records, appended to the last shared chunk (or to a chunk of their own). */
+  /** Every conversation, in the order they were first written: the order of the retention sweep. */
+  private readonly order: Conversation[] = []
+  /** Where the next removeExpired step starts in `order`. */
+  private sweepAt = 0
+  /** Records, appended to the last shared chunk (or to a chunk of their own); RELEASED once none is live. */
   private readonly chunks: Buffer[] = []
+  /** Bytes of live records in each chunk. */
+  private readonly live: number[] = []
   /** Index in `chunks` of the shared chunk being filled, -1 before the first. */
   private current = -1
   /** Bytes used in the current shared chunk. */
@@ -182,6 +225,7 @@ export class MemoryMessageStore implements MessageStore {
       if (isChangeKind(message.kind)) fields.push(message.target ?? 0, message.lastReal ?? 0)
       else if (message.mentions !== undefined) fields.push(null, null, message.mentions)
       const header = JSON.stringify(fields)
+      if (at === count) conversation.keepFrom = keptFrom(message)
       this.append(header, text, conversation, at, seq, message.ts)
       if (byClientMsgId === undefined) {
         byClientMsgId = new Map()
@@ -265,11 +309,133 @@ export class MemoryMessageStore implements MessageStore {
     return out
   }
 
+  async firstSeq (conversationId: string): Promise<number> {
+    const conversation = this.conversations.get(conversationId)
+    return conversation === undefined || conversation.count === 0 ? 0 : valueAt(conversation.seqs, 0)
+  }
+
+  /** Conversations are swept in the order they were first written; a step looks at `maxExamined` of them. */
+  async removeExpired (rule: ExpiryRule, bounds: ExpiryBounds): Promise<ExpirySweep> {
+    const start = this.sweepAt < this.order.length ? this.sweepAt : 0
+    const end = Math.min(this.order.length, start + Math.max(1, bounds.maxExamined))
+    const candidates: Conversation[] = []
+    for (let i = start; i < end; i++) {
+      const c = this.order[i]
+      if (c !== undefined && this.expiring(c, rule.before)) candidates.push(c)
+    }
+    const cutoffs = candidates.length === 0 ? new Map<string, number>() : await rule.cutoffs(candidates.map(c => c.id))
+    // from here on synchronous: nothing is stored meanwhile
+    let removed = 0
+    for (const c of candidates) {
+      const cutoff = cutoffs.get(c.id)
+      if (cutoff === undefined) continue
+      const until = Math.min(cutoff, rule.before)
+      removed += this.removePrefix(c, until, bounds.maxRemoved - removed)
+      if (removed >= bounds.maxRemoved) {
+        // out of budget: the next step starts here (at this conversation if it has more to remove)
+        const next = this.expiring(c, until) ? c.index : c.index + 1
+        this.sweepAt = next
+        this.compact(start, next)
+        return { removed, examined: next - start, done: false }
+      }
+    }
+    this.sweepAt = end
+    this.compact(start, end)
+    return { removed, examined: end - start, done: end >= this.order.length }
+  }
+
+  /** Bytes of record chunks held (what retention gives back as it removes messages). */
+  get heldBytes (): number {
+    let bytes = 0
+    for (const chunk of this.chunks) bytes += chunk.length
+    return bytes
+  }
+
+  /** Whether the conversation's oldest entry is older than `before` and below what retention keeps. */
+  private expiring (c: Conversation, before: number): boolean {
+    return c.count > 0 && valueAt(c.timestamps, 0) < before && valueAt(c.seqs, 0) < c.keepFrom
+  }
+
+  /** Removes the conversation's entries from the first while older than `cutoff`, below keepFrom, at most `max`. */
+  private removePrefix (c: Conversation, cutoff: number, max: number): number {
+    let n = 0
+    const limit = Math.min(max, c.count)
+    while (n < limit && valueAt(c.timestamps, n) < cutoff && valueAt(c.seqs, n) < c.keepFrom) n++
+    for (let i = 0; i < n; i++) {
+      const seq = valueAt(c.seqs, i)
+      const [clientMsgId, senderId] = this.header(c, i)
+      const bySender = c.bySender.get(senderId)
+      if (bySender?.get(clientMsgId) === seq) {
+        bySender.delete(clientMsgId)
+        if (bySender.size === 0) c.bySender.delete(senderId)
+      }
+      c.changes.delete(seq)
+      this.release(valueAt(c.records, i * 3), valueAt(c.records, i * 3 + 2))
+    }
+    if (n > 0) c.dropFirst(n)
+    return n
+  }
+
+  /** A record of `length` bytes in chunk `index` is gone: a chunk with nothing live is released. */
+  private release (index: number, length: number): void {
+    const left = (this.live[index] ?? 0) - length
+    this.live[index] = left
+    if (left <= 0 && index !== this.current) this.chunks[index] = RELEASED
+  }
+
+  /**
+   * Moves the records of conversations order[from, to) that sit in sparse shared chunks to the chunk
+   * being filled, up to RELOCATE_BYTES_MAX, so that those chunks empty and are released.
+   */
+  private compact (from: number, to: number): void {
+    const sparse = new Set<number>()
+    for (let i = 0; i < this.chunks.length; i++) {
+      const live = this.live[i] ?? 0
+      if (i !== this.current && live > 0 && live < SPARSE_BYTES && this.chunks[i]?.length === CHUNK_BYTES) sparse.add(i)
+    }
+    if (sparse.size === 0) return
+    let moved = 0
+    for (let n = from; n < to && moved < RELOCATE_BYTES_MAX; n++) {
+      const c = this.order[n]
+      if (c === undefined) continue
+      const records = c.records
+      for (let i = 0; i < c.count && moved < RELOCATE_BYTES_MAX; i++) {
+        const index = valueAt(records, i * 3)
+        if (!sparse.has(index)) continue
+        const offset = valueAt(records, i * 3 + 1)
+        const length = valueAt(records, i * 3 + 2)
+        this.reserve(length)
+        const target = this.chunkAt(this.current)
+        this.chunkAt(index).copy(target, this.used, offset, offset + length)
+        records[i * 3] = this.current
+        records[i * 3 + 1] = this.used
+        this.used += length
+        this.live[this.current] = (this.live[this.current] ?? 0) + length
+        this.release(index, length)
+        if (this.live[index] === 0) sparse.delete(index)
+        moved += length
+      }
+    }
+  }
+
+  /** Makes room for `bytes` (<= CHUNK_BYTES) in the current shared chunk, starting a new one if needed. */
+  private reserve (bytes: number): void {
+    if (bytes <= CHUNK_BYTES - this.used) return
+    // the chunk being left is released now if nothing in it is live
+    const left = this.current
+    this.chunks.push(Buffer.allocUnsafeSlow(CHUNK_BYTES))
+    this.live.push(0)
+    this.current = this.chunks.length - 1
+    this.used = 0
+    if (left >= 0 && (this.live[left] ?? 0) <= 0) this.chunks[left] = RELEASED
+  }
+
   private conversation (conversationId: string): Conversation {
     let conversation = this.conversations.get(conversationId)
     if (conversation === undefined) {
-      conversation = new Conversation(conversationId)
+      conversation = new Conversation(conversationId, this.order.length)
       this.conversations.set(conversationId, conversation)
+      this.order.push(conversation)
     }
     return conversation
   }
@@ -285,18 +451,16 @@ export class MemoryMessageStore implements MessageStore {
       if (bytes > LARGE_RECORD) {
         const own = Buffer.allocUnsafeSlow(bytes)
         this.chunks.push(own)
+        this.live.push(bytes)
         conversation.insert(at, seq, ts, this.chunks.length - 1, 0, writeRecord(own, 0, header, text))
         return
       }
-      if (bytes > CHUNK_BYTES - this.used) {
-        this.chunks.push(Buffer.allocUnsafeSlow(CHUNK_BYTES))
-        this.current = this.chunks.length - 1
-        this.used = 0
-      }
+      this.reserve(bytes)
     }
     const offset = this.used
     const length = writeRecord(this.chunkAt(this.current), offset, header, text)
     this.used = offset + length
+    this.live[this.current] = (this.live[this.current] ?? 0) + length
     conversation.insert(at, seq, ts, this.current, offset, length)
   }
 
@@ -304,6 +468,14 @@ export class MemoryMessageStore implements MessageStore {
     const chunk = this.chunks[index]
     if (chunk === undefined) throw new RangeError(`no chunk ${index} (${this.chunks.length} chunks)`)
     return chunk
+  }
+
+  /** The record header of the message at `index`. */
+  private header (conversation: Conversation, index: number): Header {
+    const records = conversation.records
+    const chunk = this.chunkAt(valueAt(records, index * 3))
+    const start = valueAt(records, index * 3 + 1)
+    return JSON.parse(chunk.toString('utf8', start, chunk.indexOf(NEWLINE, start))) as Header
   }
 
   private decode (conversation: Conversation, index: number): StoredMessage {

@@ -35,6 +35,21 @@
  * `<collection>_layout1`, copied into a new one, heads are built, the marker is written, and the
  * old collection is dropped. A crash during the copy resumes it at the next start.
  *
+ * Retention (removeExpired). FerretDB v1.24 has no TTL indexes (createIndex with
+ * expireAfterSeconds answers "not implemented yet", code 238), and a TTL index would remove a
+ * conversation's latest entry too, leaving its seq to the head record alone (a head that a crash
+ * left behind would then let a seq be handed out twice). So on MongoDB and FerretDB alike a sweep
+ * removes expired entries: it pages through the heads by `_id` (an index range on MongoDB, a scan
+ * of the heads on FerretDB, which pushes nothing but `_id` equality down), `maxExamined` at a time,
+ * and for each conversation whose first stored entry is old enough removes the run of expired
+ * entries from the first one up, never reaching the latest real message (the head's, so a head
+ * that lags only keeps more). Removing: MongoDB one deleteMany on conv_seq per run of seqs,
+ * FerretDB ordered deletes by primary key, UPDATES_PER_COMMAND per command; either way the oldest
+ * first, so that what a conversation keeps stays one run of seqs. The first stored entry of each
+ * conversation is remembered (`floors`, a lower bound: another node may have removed more), and
+ * found on MongoDB by one query on conv_seq, on FerretDB by primary-key reads (the remembered
+ * floor, else seq 1, else a binary search up to the latest seq: stored seqs are one run).
+ *
  * Document fields: c conversationId, s seq, m clientMsgId, u senderId, t ts, k kind, b body,
  * bj "b holds JSON text", r replyTo, n count (real messages up to this seq; absent: the seq), mn
  * mentions,
@@ -58,7 +73,7 @@
  */
 import { MongoBulkWriteError, MongoClient, MongoServerError } from 'mongodb'
 import type { AnyBulkWriteOperation, Collection, Db, Filter, WriteError } from 'mongodb'
-import { isChangeKind, lastRealOf, type ConversationHead, type InsertBatchResult, type MessageChanges, type MessageKind, type MessageStore, type RangeQuery, type StoredMessage } from './types.js'
+import { isChangeKind, keptFrom, lastRealOf, type ConversationHead, type ExpiryBounds, type ExpiryRule, type ExpirySweep, type InsertBatchResult, type MessageChanges, type MessageKind, type MessageStore, type RangeQuery, type StoredMessage } from './types.js'
 import { reactionState, type ReactionBody } from './changes.js'
 import { LRUCache } from 'lru-cache'
 import { isStoreUnavailable } from './errors.js'
@@ -217,6 +232,10 @@ const HEAL_MAX = 200_000
 const HEAL_PAUSE_MS = 50
 /** Migration: documents per insert. */
 const COPY_BATCH = 1000
+/** Retention: conversations whose first stored entry is remembered (see floorOf). */
+const FLOORS_MAX = 200_000
+/** Retention: seqs read (and removed) per round trip while removing a conversation's expired run. */
+const REMOVE_CHUNK = 500
 
 function idOf (conversationId: string, seq: number): string {
   return `${conversationId}:${seq}`
@@ -459,6 +478,14 @@ export class MongoMessageStore implements MessageStore {
   /** The highest count forgotten by `forgotten` (evicted): reads that started before it cache nothing. */
   private forgottenUpTo = 0
 
+  /**
+   * Retention: conversation -> its first stored entry as this process last saw it (`t` unknown when
+   * it was not read): a lower bound, since another process may have removed more since.
+   */
+  private readonly floors = new LRUCache<string, { s: number, t?: number }>({ max: FLOORS_MAX })
+  /** Retention: the sweep goes on after this head `_id` ('' : from the first). */
+  private sweepAfter = ''
+
   constructor (private readonly options: MongoMessageStoreOptions) {
     this.newClient()
   }
@@ -679,15 +706,30 @@ export class MongoMessageStore implements MessageStore {
     if (this.closed || this.headTimer !== null || this.headFlush !== null || this.pendingHeads.size === 0) return
     this.headTimer = setTimeout(() => {
       this.headTimer = null
-      let failed = false
-      this.headFlush = this.flushHeads()
-        .catch(() => { failed = true })
-        .finally(() => {
-          this.headFlush = null
-          this.scheduleHeads(failed ? HEAD_RETRY_MS : HEAD_FLUSH_DELAY_MS)
-        })
+      this.startHeadFlush()
     }, delayMs)
     this.headTimer.unref()
+  }
+
+  /** A flush round now; the next is scheduled when it ends. */
+  private startHeadFlush (): void {
+    let failed = false
+    this.headFlush = this.flushHeads()
+      .catch(() => { failed = true })
+      .finally(() => {
+        this.headFlush = null
+        this.scheduleHeads(failed ? HEAD_RETRY_MS : HEAD_FLUSH_DELAY_MS)
+      })
+  }
+
+  /** Writes the heads pending now without waiting for their round (a retention step sees every conversation this process wrote). */
+  private async writePendingHeads (): Promise<void> {
+    await this.headFlush
+    if (this.closed || this.pendingHeads.size === 0) return
+    if (this.headTimer !== null) clearTimeout(this.headTimer)
+    this.headTimer = null
+    if (this.headFlush === null) this.startHeadFlush()
+    await this.headFlush
   }
 
   private async flushHeads (): Promise<void> {
@@ -867,17 +909,20 @@ export class MongoMessageStore implements MessageStore {
   /**
    * On MongoDB one query on conv_seq. On FerretDB the seqs of the window are read by primary key:
    * a conversation's seqs are gapless (the sequencer's invariant), so the window
-   * [fromSeq, fromSeq + limit) (forward) or (toSeq - limit, toSeq] (backward) holds the page.
+   * [fromSeq, fromSeq + limit) (forward) or (toSeq - limit, toSeq] (backward) holds the page. A
+   * forward window whose first seq is missing may start below what retention kept: it is read
+   * again from the first stored seq.
    */
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     // limit(0) means "no limit" to MongoDB, so an empty request never reaches the server.
     if (query.limit <= 0 || query.fromSeq > query.toSeq) return []
     const forward = query.direction === 'forward'
     if (!this.batched) {
-      const count = Math.min(query.limit, query.toSeq - query.fromSeq + 1)
-      const first = forward ? query.fromSeq : query.toSeq - count + 1
-      const docs = await this.byIds(seqsFrom(first, count).map(seq => idOf(conversationId, seq)))
-      return docs.sort((a, b) => a.s - b.s).map(fromDoc)
+      const page = await this.rangeByKeys(conversationId, query)
+      if (!forward || page[0]?.seq === query.fromSeq) return page
+      const floor = await this.floorOf(conversationId)
+      if (floor === null || floor.s <= query.fromSeq || floor.s > query.toSeq) return page
+      return await this.rangeByKeys(conversationId, { ...query, fromSeq: floor.s })
     }
     const docs = await this.run(async () => await this.messages
       .find({ c: conversationId, s: { $gte: query.fromSeq, $lte: query.toSeq } })
@@ -886,6 +931,164 @@ export class MongoMessageStore implements MessageStore {
       .toArray())
     if (!forward) docs.reverse()
     return docs.map(fromDoc)
+  }
+
+  async firstSeq (conversationId: string): Promise<number> {
+    return (await this.floorOf(conversationId))?.s ?? 0
+  }
+
+  /**
+   * The conversation's first stored entry (seq and ts), null if none. MongoDB: one query on
+   * conv_seq. FerretDB: the remembered floor (or seq 1) by primary key; when that is gone, a binary
+   * search by primary key between it and the latest seq (what is stored is one run of seqs, and the
+   * latest entry is never removed). Read past the recent-documents cache: a copy there may have been
+   * removed by another process.
+   */
+  private async floorOf (conversationId: string): Promise<{ s: number, t: number } | null> {
+    let floor: { s: number, t: number } | null
+    if (this.batched) {
+      const doc = await this.run(async () => await this.messages.findOne({ c: conversationId }, { sort: { s: 1 }, projection: { s: 1, t: 1 } }))
+      floor = doc === null ? null : { s: doc.s, t: doc.t }
+    } else {
+      const read = async (seq: number): Promise<MessageDoc | null> => await this.run(async () => await this.messages.findOne({ _id: idOf(conversationId, seq) }))
+      const hint = this.floors.get(conversationId)?.s ?? 1
+      const atHint = await read(hint)
+      if (atHint !== null) {
+        floor = { s: atHint.s, t: atHint.t }
+      } else {
+        const latest = await this.latestDoc(conversationId)
+        if (latest === null || latest.s <= hint) {
+          floor = latest === null ? null : { s: latest.s, t: latest.t }
+        } else {
+          // stored(hi) holds; nothing below lo is stored
+          let lo = hint + 1
+          let hi = latest.s
+          let found = { s: latest.s, t: latest.t }
+          while (lo < hi) {
+            const mid = Math.floor((lo + hi) / 2)
+            const doc = await read(mid)
+            if (doc === null) {
+              lo = mid + 1
+            } else {
+              hi = mid
+              found = { s: doc.s, t: doc.t }
+            }
+          }
+          floor = found
+        }
+      }
+    }
+    if (floor === null) this.floors.delete(conversationId)
+    else this.floors.set(conversationId, floor)
+    return floor
+  }
+
+  /**
+   * One step of the retention sweep (see the header): the next `maxExamined` heads by `_id`; of
+   * those whose first stored entry is older than `rule.before` and below what retention keeps, the
+   * cutoffs; then each conversation's expired run, oldest first, until `maxRemoved`.
+   */
+  async removeExpired (rule: ExpiryRule, bounds: ExpiryBounds): Promise<ExpirySweep> {
+    const limit = Math.max(1, bounds.maxExamined)
+    await this.writePendingHeads()
+    const start = this.sweepAfter
+    const heads = await this.run(async () => await this.heads
+      .find({ _id: { $gt: start } }, { projection: { 'h.s': 1, 'h.k': 1, 'h.lr': 1 } })
+      .sort({ _id: 1 })
+      .limit(limit)
+      .toArray())
+    const atEnd = heads.length < limit
+    const keep = new Map<string, number>()
+    const unknown: string[] = []
+    for (const head of heads) {
+      if (head._id === LAYOUT_ID || head.h === undefined) continue
+      // the head may lag its messages: it then keeps more, never less
+      const keepFrom = keptFrom({ seq: head.h.s, kind: head.h.k, lastReal: head.h.lr })
+      keep.set(head._id, keepFrom)
+      // where it starts, unless nothing can be removed anyway
+      const known = this.floors.get(head._id)
+      if (keepFrom > 1 && (known?.s ?? 1) < keepFrom && known?.t === undefined) unknown.push(head._id)
+    }
+    await forEachLimited(unknown, LOOKUP_CONCURRENCY, async (c) => { await this.floorOf(c) })
+    const expiring: string[] = []
+    for (const [c, keepFrom] of keep) {
+      const floor = this.floors.get(c)
+      if (floor?.t !== undefined && floor.s < keepFrom && floor.t < rule.before) expiring.push(c)
+    }
+    const cutoffs = expiring.length === 0 ? new Map<string, number>() : await rule.cutoffs(expiring)
+    let removed = 0
+    let after = start // the last head passed: every expired entry of it is gone
+    for (const head of heads) {
+      const c = head._id
+      const cutoff = cutoffs.get(c)
+      const keepFrom = keep.get(c)
+      if (cutoff !== undefined && keepFrom !== undefined) {
+        const until = Math.min(cutoff, rule.before)
+        removed += await this.removeRun(c, keepFrom, until, bounds.maxRemoved - removed)
+        if (removed >= bounds.maxRemoved) {
+          const floor = this.floors.get(c)
+          const more = floor === undefined || floor.t === undefined || (floor.s < keepFrom && floor.t < until)
+          this.sweepAfter = more ? after : c
+          return { removed, examined: heads.findIndex(h => h._id === c) + (more ? 0 : 1), done: false }
+        }
+      }
+      after = c
+    }
+    this.sweepAfter = atEnd ? '' : after
+    return { removed, examined: heads.length, done: atEnd }
+  }
+
+  /**
+   * Removes the conversation's entries from its first stored one up while each is older than
+   * `until`, below `keepFrom`, at most `max`, oldest first; the floor is remembered as it moves.
+   */
+  private async removeRun (conversationId: string, keepFrom: number, until: number, max: number): Promise<number> {
+    let removed = 0
+    let floor = this.floors.get(conversationId) ?? await this.floorOf(conversationId)
+    while (floor !== null && removed < max) {
+      const from = floor.s
+      const to = Math.min(keepFrom - 1, from + Math.min(REMOVE_CHUNK, max - removed) - 1)
+      if (to < from) break
+      const docs = this.batched
+        ? await this.run(async () => await this.messages.find({ c: conversationId, s: { $gte: from, $lte: to } }, { projection: { s: 1, t: 1 } }).sort({ s: 1 }).toArray())
+        : (await this.findByKeys(this.messages, seqsFrom(from, to - from + 1).map(seq => idOf(conversationId, seq)))).sort((a, b) => a.s - b.s)
+      let n = 0
+      for (const doc of docs) {
+        if (doc.s !== from + n || doc.t >= until) break
+        n++
+      }
+      if (n === 0) {
+        // the remembered floor is gone (another process removed it): found again next time
+        if (docs[0]?.s !== from) this.floors.delete(conversationId)
+        break
+      }
+      const last = from + n - 1
+      const ids = seqsFrom(from, n).map(seq => idOf(conversationId, seq))
+      if (this.batched) {
+        await this.run(async () => await this.messages.deleteMany({ c: conversationId, s: { $gte: from, $lte: last } }))
+      } else {
+        for (let i = 0; i < ids.length; i += UPDATES_PER_COMMAND) {
+          const ops = ids.slice(i, i + UPDATES_PER_COMMAND).map(id => ({ deleteOne: { filter: { _id: id } } }))
+          await this.run(async () => await this.messages.bulkWrite(ops, { ordered: true }))
+        }
+      }
+      this.forgetIds(ids)
+      removed += n
+      const next = docs[n]
+      floor = next?.s === last + 1 ? { s: next.s, t: next.t } : { s: last + 1 }
+      this.floors.set(conversationId, floor)
+      if (last < to) break // an entry that is not expired (or a hole) ends the run
+      if (floor.t === undefined) floor = await this.floorOf(conversationId)
+    }
+    return removed
+  }
+
+  /** The seqs of the window by primary key (FerretDB's range). */
+  private async rangeByKeys (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
+    const count = Math.min(query.limit, query.toSeq - query.fromSeq + 1)
+    const first = query.direction === 'forward' ? query.fromSeq : query.toSeq - count + 1
+    const docs = await this.byIds(seqsFrom(first, count).map(seq => idOf(conversationId, seq)))
+    return docs.sort((a, b) => a.s - b.s).map(fromDoc)
   }
 
   /** Stored documents: kept (recentDocs) and their heads noted. */
@@ -997,8 +1200,8 @@ export class MongoMessageStore implements MessageStore {
    * v1.24 names no index at all ("E11000 duplicate key error collection: db.messages"). So unless
    * the message names conv_key, the answer comes from a primary-key lookup of the seq: a message
    * there with this key is this message, stored before (a retried batch): a clientMsgId conflict,
-   * answered with it. Another message there: a seq conflict. Nothing there (messages are never
-   * deleted): the key index conflicted. When both keys collide the answer is 'clientMsgId' on every
+   * answered with it. Another message there: a seq conflict. Nothing there (retention removes only
+   * old entries, never one at a seq being written): the key index conflicted. When both keys collide the answer is 'clientMsgId' on every
    * server, which is what lets a retried batch report it. Undefined for an index this store does
    * not know.
    */

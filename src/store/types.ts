@@ -260,6 +260,16 @@ export function lastRealOf (m: Pick<StoredMessage, 'seq' | 'kind' | 'lastReal'>)
   return isChangeKind(m.kind) ? m.lastReal ?? 0 : m.seq
 }
 
+/**
+ * The lowest seq retention keeps of a conversation whose latest entry is `latest`: its latest real
+ * message (the preview) and everything after it stay (the latest entry itself when no real message
+ * is known).
+ */
+export function keptFrom (latest: Pick<StoredMessage, 'seq' | 'kind' | 'lastReal'>): number {
+  const real = lastRealOf(latest)
+  return real > 0 ? real : latest.seq
+}
+
 /** A conversation's head: its latest entry, and its latest real message as it is now (the preview). */
 export interface ConversationHead {
   latest: StoredMessage
@@ -334,7 +344,61 @@ export interface MessageStore {
    * Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. Callers keep
    * toSeq <= lastSeq. A store may read the seqs themselves ([fromSeq, fromSeq + limit) forward,
    * (toSeq - limit, toSeq] backward): a conversation's seqs are gapless (the sequencer's
-   * invariant), so that is the same page; where seqs are missing, the page is then shorter.
+   * invariant), so that is the same page; where seqs are missing, the page is then shorter. Seqs
+   * below firstSeq (removed by retention) are not missing but gone: a forward page of a range that
+   * starts below firstSeq starts at firstSeq.
    */
   range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]>
+
+  /**
+   * Retention. The lowest seq of the conversation still stored, 0 if none is. Entries are removed
+   * only by removeExpired, a prefix at a time, so what a conversation keeps is always the seqs
+   * firstSeq..lastSeq (1..lastSeq when nothing was removed): `range` below firstSeq finds nothing.
+   */
+  firstSeq (conversationId: string): Promise<number>
+  /**
+   * Retention: removes the entries older than their conversation's cutoff, one bounded step of a
+   * sweep over the conversations that resumes where the previous call stopped (each store instance
+   * keeps its own place). Per conversation it removes a prefix: the entries from firstSeq up while
+   * each is older than the cutoff (ts < cutoff), and never the latest real message (the preview)
+   * nor anything after it, so lastSeq, latest, latestMany and the counts stay as they were, and no
+   * seq is ever handed out twice. Removed entries are gone for every read, by seq and by
+   * clientMsgId. Several processes may sweep at once: removing is idempotent.
+   */
+  removeExpired (rule: ExpiryRule, bounds: ExpiryBounds): Promise<ExpirySweep>
+}
+
+/** What MessageStore.removeExpired removes. */
+export interface ExpiryRule {
+  /**
+   * Nothing this recent or newer (ts >= before, epoch ms) is removed, whatever the cutoffs: the
+   * latest cutoff of any conversation. Conversations whose oldest entry is not older are skipped
+   * without asking `cutoffs`.
+   */
+  before: number
+  /**
+   * The cutoff (epoch ms; entries with ts < cutoff go) of each of these conversations; absent:
+   * keep everything. Asked once per step, for the conversations that have entries older than
+   * `before` below their latest real message.
+   */
+  cutoffs: (conversationIds: readonly string[]) => Promise<ReadonlyMap<string, number>>
+}
+
+/** How much one removeExpired step may do. */
+export interface ExpiryBounds {
+  /** Entries removed at most (>= 1). */
+  maxRemoved: number
+  /** Conversations looked at at most (>= 1). */
+  maxExamined: number
+}
+
+export interface ExpirySweep {
+  removed: number
+  /** Conversations looked at. */
+  examined: number
+  /**
+   * True when this step reached the end of the conversations (the next starts from the first) and
+   * removed everything it found expired: the sweep is done until more entries expire.
+   */
+  done: boolean
 }

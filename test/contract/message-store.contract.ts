@@ -5,7 +5,7 @@
  * The factory returns a new, empty store that has not been initialized yet; the suite calls
  * init() before each test, then close() and the factory's cleanup() after it.
  */
-import type { ConversationHead, InsertBatchResult, MessageStore, StoredMessage } from '../../src/store/types.js'
+import type { ConversationHead, ExpiryBounds, ExpiryRule, InsertBatchResult, MessageStore, StoredMessage } from '../../src/store/types.js'
 
 export type MessageStoreFactory = () => Promise<{ store: MessageStore, cleanup?: () => Promise<void> }>
 
@@ -592,6 +592,150 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         expect([[9], [6, 9]]).toContainEqual(backward)
         const forward = seqs(await store.range('c2', { fromSeq: 3, toSeq: 9, limit: 3, direction: 'forward' }))
         expect([[5], [5, 6, 9]]).toContainEqual(forward)
+      })
+    })
+
+    describe('retention (removeExpired, firstSeq)', () => {
+      const WIDE: ExpiryBounds = { maxRemoved: 10_000, maxExamined: 10_000 }
+
+      /** Entries with ts < cutoff go, in every conversation (or those `cutoffs` answers for); records what was asked. */
+      function olderThan (cutoff: number, asked: string[] = [], only?: (id: string) => number | undefined): ExpiryRule {
+        return {
+          before: cutoff,
+          cutoffs: async (ids) => {
+            asked.push(...ids)
+            const out = new Map<string, number>()
+            for (const id of ids) {
+              const c = only === undefined ? cutoff : only(id)
+              if (c !== undefined) out.set(id, c)
+            }
+            return out
+          }
+        }
+      }
+
+      /** Steps until a whole sweep (from the first conversation) is done; the total removed. */
+      async function sweep (rule: ExpiryRule, bounds = WIDE): Promise<number> {
+        let removed = 0
+        let done = 0
+        for (let step = 0; done < 2; step++) {
+          if (step > 10_000) throw new Error('the sweep does not end')
+          const result = await store.removeExpired(rule, bounds)
+          expect(result.removed).toBeLessThanOrEqual(bounds.maxRemoved)
+          expect(result.examined).toBeLessThanOrEqual(bounds.maxExamined)
+          removed += result.removed
+          if (result.done) done++
+        }
+        return removed
+      }
+
+      function change (conversationId: string, seq: number, kind: 'edit' | 'react', target: number, lastReal: number, count: number): StoredMessage {
+        return message(conversationId, seq, { kind, target, lastReal, count, clientMsgId: `ch${seq}`, body: kind === 'edit' ? 'edited' : { emoji: '👍', remove: false } })
+      }
+
+      it('firstSeq: 0 for a conversation with nothing stored, else the lowest seq', async () => {
+        expect(await store.firstSeq('c1')).toBe(0)
+        await store.insertBatch(messages('c1', 1, 3))
+        expect(await store.firstSeq('c1')).toBe(1)
+        expect(await store.removeExpired(olderThan(T0), WIDE)).toEqual({ removed: 0, examined: expect.any(Number), done: true })
+      })
+
+      it('removes the expired entries oldest first and keeps the rest; every read agrees', async () => {
+        const all = messages('c1', 1, 10)
+        await store.insertBatch(all)
+        await store.insertBatch(messages('c2', 1, 3))
+        expect(await sweep(olderThan(T0 + 6))).toBe(5 + 2) // c1: seqs 1-5; c2: 1-2 (3 is its latest)
+        expect(await store.firstSeq('c1')).toBe(6)
+        expect(await store.firstSeq('c2')).toBe(3)
+        expect(await store.lastSeq('c1')).toBe(10)
+        expect(await store.latest('c1')).toStrictEqual(all[9])
+        expect(latestOf(await store.latestMany(['c1', 'c2']))).toStrictEqual(new Map([['c1', all[9]], ['c2', message('c2', 3)]]))
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 3, direction: 'forward' })).toStrictEqual(all.slice(5, 8))
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 3, direction: 'backward' }))).toEqual([8, 9, 10])
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 10, limit: 20, direction: 'backward' }))).toEqual(seqRange(6, 10))
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 5, limit: 10, direction: 'forward' })).toStrictEqual([])
+        expect(await store.range('c1', { fromSeq: 2, toSeq: 5, limit: 10, direction: 'backward' })).toStrictEqual([])
+        expect(seqs(await store.getMany([{ conversationId: 'c1', seq: 3 }, { conversationId: 'c1', seq: 6 }]))).toEqual([6])
+        expect(await store.findByClientMsgId('c1', 'alice', 'm3')).toBeNull()
+        expect(await store.findByClientMsgId('c1', 'alice', 'm7')).toStrictEqual(all[6])
+        // a change to a removed message finds nothing
+        expect(await store.applyChange(change('c1', 11, 'edit', 2, 10, 10))).toBeNull()
+        // nothing more is expired; the conversation goes on
+        expect(await sweep(olderThan(T0 + 6))).toBe(0)
+        expect(await insert(messages('c1', 11, 12))).toEqual({ inserted: 2 })
+        expect(await insert([message('c1', 8, { clientMsgId: 'x' })])).toEqual({ inserted: 0, conflict: { kind: 'seq' } })
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 12, limit: 100, direction: 'forward' }))).toEqual(seqRange(6, 12))
+      })
+
+      it('never removes the latest real message nor the changes after it, until a newer message comes', async () => {
+        const entries = [message('c1', 1), message('c1', 2), message('c1', 3), change('c1', 4, 'react', 2, 3, 3), change('c1', 5, 'edit', 1, 3, 3)]
+        await store.insertBatch(entries)
+        await store.insertBatch([message('lonely', 1)])
+        const asked: string[] = []
+        expect(await sweep(olderThan(T0 + 1000, asked))).toBe(2)
+        // nothing to remove below a lone latest message: not even asked about
+        expect(asked).not.toContain('lonely')
+        expect(await store.firstSeq('c1')).toBe(3)
+        expect(await store.firstSeq('lonely')).toBe(1)
+        expect(await store.latest('c1')).toStrictEqual(entries[4])
+        const head = (await store.latestMany(['c1'])).get('c1')
+        expect(head?.latest).toStrictEqual(entries[4])
+        expect(head?.preview?.seq).toBe(3)
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 5, limit: 10, direction: 'forward' })).toStrictEqual(entries.slice(2))
+        // a newer message: the old ones may go now
+        await store.insertBatch([message('c1', 6, { count: 4 })])
+        expect(await sweep(olderThan(T0 + 1000))).toBe(3)
+        expect(await store.firstSeq('c1')).toBe(6)
+        expect(await store.range('c1', { fromSeq: 1, toSeq: 6, limit: 10, direction: 'forward' })).toStrictEqual([message('c1', 6, { count: 4 })])
+        expect((await store.latestMany(['c1'])).get('c1')?.preview).toStrictEqual(message('c1', 6, { count: 4 }))
+      })
+
+      it('removes a prefix only: an entry that is not expired keeps the ones after it', async () => {
+        // seq 3 was stamped later than seq 4 (two nodes' clocks): nothing from 3 on goes yet
+        await store.insertBatch([message('c1', 1), message('c1', 2), message('c1', 3, { ts: T0 + 100 }), message('c1', 4), message('c1', 5, { ts: T0 + 200 })])
+        expect(await sweep(olderThan(T0 + 50))).toBe(2)
+        expect(await store.firstSeq('c1')).toBe(3)
+        expect(await sweep(olderThan(T0 + 150))).toBe(2)
+        expect(seqs(await store.range('c1', { fromSeq: 1, toSeq: 5, limit: 10, direction: 'forward' }))).toEqual([5])
+      })
+
+      it('asks the cutoffs only for conversations with old entries; a conversation without a cutoff keeps everything', async () => {
+        await store.insertBatch([...messages('c1', 1, 5), ...messages('c2', 1, 5), ...messages('c3', 1, 5).map(m => ({ ...m, ts: T0 + 10_000 + m.seq }))])
+        const asked: string[] = []
+        // c1: a cutoff later than `before` is held to it; c2: none
+        const rule = olderThan(T0 + 3, asked, id => id === 'c1' ? T0 + 10_000 : undefined)
+        expect(await sweep(rule)).toBe(2)
+        expect([...new Set(asked)].sort()).toEqual(['c1', 'c2'])
+        expect([await store.firstSeq('c1'), await store.firstSeq('c2'), await store.firstSeq('c3')]).toEqual([3, 1, 1])
+      })
+
+      it('each step is bounded, and the sweep goes on where the last step stopped', async () => {
+        for (let c = 1; c <= 5; c++) await store.insertBatch(messages(`c${c}`, 1, 10))
+        const bounds = { maxRemoved: 7, maxExamined: 2 }
+        let steps = 0
+        let removed = 0
+        for (;;) {
+          const result = await store.removeExpired(olderThan(T0 + 1000), bounds)
+          expect(result.removed).toBeLessThanOrEqual(7)
+          expect(result.examined).toBeLessThanOrEqual(2)
+          removed += result.removed
+          if (++steps > 100) throw new Error('the sweep does not end')
+          if (result.done && removed === 45) break
+        }
+        expect(steps).toBeGreaterThanOrEqual(7)
+        for (let c = 1; c <= 5; c++) expect(await store.firstSeq(`c${c}`)).toBe(10)
+      })
+
+      it('removes a long run over several steps', async () => {
+        const total = 1200
+        for (let start = 1; start <= total; start += 400) await store.insertBatch(messages('big', start, start + 399))
+        const first = await store.removeExpired(olderThan(T0 + 1101), { maxRemoved: 1000, maxExamined: 10 })
+        expect(first).toEqual({ removed: 1000, examined: expect.any(Number), done: false })
+        expect(await store.firstSeq('big')).toBe(1001)
+        expect(await sweep(olderThan(T0 + 1101), { maxRemoved: 1000, maxExamined: 10 })).toBe(100)
+        expect(await store.firstSeq('big')).toBe(1101)
+        expect(seqs(await store.range('big', { fromSeq: 1, toSeq: total, limit: 3, direction: 'forward' }))).toEqual([1101, 1102, 1103])
+        expect(await store.lastSeq('big')).toBe(total)
       })
     })
 

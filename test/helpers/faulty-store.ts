@@ -14,7 +14,7 @@
  * `inner` is the truth: tests read it back through the MessageStore interface.
  */
 import { MemoryMessageStore } from '../../src/store/messages-memory.js'
-import type { ConversationHead, InsertBatchResult, MessageStore, RangeQuery, StoredMessage } from '../../src/store/types.js'
+import type { ConversationHead, ExpiryBounds, ExpiryRule, ExpirySweep, InsertBatchResult, MessageStore, RangeQuery, StoredMessage } from '../../src/store/types.js'
 
 export class InjectedFault extends Error {
   constructor (message: string) {
@@ -113,6 +113,16 @@ export class FaultyMessageStore implements MessageStore {
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     this.check('range')
     return await this.inner.range(conversationId, query)
+  }
+
+  async firstSeq (conversationId: string): Promise<number> {
+    this.check('firstSeq')
+    return await this.inner.firstSeq(conversationId)
+  }
+
+  async removeExpired (rule: ExpiryRule, bounds: ExpiryBounds): Promise<ExpirySweep> {
+    this.check('removeExpired')
+    return await this.inner.removeExpired(rule, bounds)
   }
 
   /** Every stored message of a conversation, in seq order (read from the inner store). */

@@ -46,3 +46,48 @@ describe('MemoryMessageStore layout', () => {
     expect(await store.findByClientMsgId('c1', 'alice', 'm2')).toBeNull()
   })
 })
+
+describe('MemoryMessageStore retention', () => {
+  const T0 = 1_767_225_600_000
+  const sweep = async (store: MemoryMessageStore, cutoff: number): Promise<number> => {
+    let removed = 0
+    for (let i = 0, done = 0; done < 2; i++) {
+      if (i > 1000) throw new Error('the sweep does not end')
+      const step = await store.removeExpired({ before: cutoff, cutoffs: async ids => new Map(ids.map(id => [id, cutoff])) }, { maxRemoved: 5000, maxExamined: 50 })
+      removed += step.removed
+      if (step.done) done++
+    }
+    return removed
+  }
+
+  it('gives memory back: emptied chunks are released, and the records still live in sparse ones are moved out', async () => {
+    const store = new MemoryMessageStore()
+    const body = (c: number, seq: number): string => `${c}/${seq} ${'x'.repeat(1000)}`
+    // 200 conversations that go quiet one after the other: their latest messages end up spread over every chunk
+    const latest = new Map<string, StoredMessage>()
+    for (let round = 1; round <= 50; round++) {
+      const batch: StoredMessage[] = []
+      for (let c = 0; c < 200; c++) {
+        if (round > 1 + c % 50) continue
+        const m: StoredMessage = { conversationId: `c${c}`, seq: round, clientMsgId: `m${round}`, senderId: 'alice', ts: T0 + round, kind: 'text', body: body(c, round), replyTo: null }
+        batch.push(m)
+        latest.set(m.conversationId, m)
+      }
+      await store.insertBatch(batch)
+    }
+    const before = store.heldBytes
+    expect(before).toBeGreaterThan(5 * 1024 * 1024)
+    const removed = await sweep(store, T0 + 1000)
+    expect(removed).toBe([...latest.values()].reduce((n, m) => n + m.seq - 1, 0))
+    // ~200 kept records of ~1 KB: the chunk being filled and one more at most
+    expect(store.heldBytes).toBeLessThanOrEqual(2 * 1024 * 1024)
+    for (const [c, m] of latest) {
+      expect(await store.latest(c)).toStrictEqual(m)
+      expect(await store.firstSeq(c)).toBe(m.seq)
+      expect(await store.findByClientMsgId(c, 'alice', m.clientMsgId)).toStrictEqual(m)
+    }
+    // and the store goes on storing and reading
+    await store.insertBatch([{ ...latest.get('c7') as StoredMessage, seq: 9, clientMsgId: 'again', body: 'after' }])
+    expect((await store.range('c7', { fromSeq: 1, toSeq: 9, limit: 10, direction: 'forward' })).map(m => m.body)).toEqual([body(7, 8), 'after'])
+  })
+})

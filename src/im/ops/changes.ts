@@ -25,7 +25,7 @@ import type { Caller, Services } from '../context.js'
 import type { ConversationEntry } from '../directory.js'
 import { outranks, requireMember } from '../access.js'
 import { requireNotBlocked } from '../blocks.js'
-import { isChangeKind, type ChangeKind, type MessageChanges, type Role, type StoredMessage } from '../../store/types.js'
+import { isChangeKind, type ChangeKind, type MemberRecord, type MessageChanges, type Role, type StoredMessage } from '../../store/types.js'
 import { emojiCount } from '../../store/changes.js'
 import type { SendResult } from './send.js'
 import { msgIdInUse, sameEntry } from '../sequencer.js'
@@ -39,9 +39,14 @@ const TYPING_KEYS_MAX = 100_000
 
 /** The caller's membership, and the target message as it is now (checked: a real message, not deleted). */
 async function targetOf (caller: Caller, conv: string, target: number, services: Services, blockable = true): Promise<{ entry: ConversationEntry, role: Role, message: StoredMessage }> {
-  const { entry, member } = await requireMember(services, caller, conv)
-  if (blockable) await requireNotBlocked(services, caller, entry)
-  const lastSeq = await services.sequencer.lastSeqFor(conv, target)
+  // as in send: no round of promises for what is cached (the member, the tail)
+  const cached = services.directory.peek(conv)
+  const { entry, member } = cached?.members.has(caller.userId) === true
+    ? { entry: cached, member: cached.members.get(caller.userId) as MemberRecord }
+    : await requireMember(services, caller, conv)
+  if (blockable && entry.conversation.kind === 'direct') await requireNotBlocked(services, caller, entry)
+  const known = services.sequencer.knownLastSeq(conv)
+  const lastSeq = known !== undefined && known >= target ? known : await services.sequencer.lastSeqFor(conv, target)
   const [message] = target > lastSeq ? [] : await services.messages.getMany([{ conversationId: conv, seq: target }])
   if (message === undefined) throw new ImError('NOT_FOUND', `no message at seq ${target} (the last is ${lastSeq})`)
   if (isChangeKind(message.kind)) throw new ImError('NOT_EDITABLE', `seq ${target} is a change (${message.kind}), not a message`)

@@ -33,6 +33,12 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     const last = await lastSeqOf(services, req.conv, req.replyTo)
     if (req.replyTo > last) throw new ImError('BAD_REQUEST', `replyTo ${req.replyTo} is beyond the last message (${last})`)
   }
+  // the before-send hook (webhooks.beforeSend) may refuse or rewrite the message
+  let body = req.body
+  if (services.webhooks?.hasBeforeSend === true) {
+    body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body: req.body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
+    if (req.kind === 'text' && (typeof body !== 'string' || body.length === 0)) throw new ImError('REFUSED', 'the before-send hook answered a body that is not a non-empty string for a text message')
+  }
   // Routing (Redis) is down: the message could be stored but neither delivered nor acknowledged
   // (the publishes would wait for Redis). Refuse it for now; the sender resends the same msgId.
   if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
@@ -42,7 +48,7 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     senderId: caller.userId,
     clientMsgId: req.msgId,
     kind: req.kind,
-    body: req.body,
+    body,
     replyTo: req.replyTo ?? null,
     ...(req.mentions === undefined ? {} : { mentions: req.mentions })
   })

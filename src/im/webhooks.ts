@@ -1,0 +1,231 @@
+/**
+ * Webhooks: signed HTTP callbacks to other services, off the send path.
+ *
+ * Events: `message.stored` (every stored entry: messages and changes, as its envelope),
+ * `member.changed` (the `member` event of a conversation change), `user.online` and `user.offline`
+ * (the first device of a user connected anywhere in the cluster, the last one gone). Each endpoint
+ * of `webhooks.endpoints` gets the events it lists, as `POST <url>` with a JSON body
+ * `{id, event, at, data}` and the headers
+ *   x-mqim-event: <event>
+ *   x-mqim-delivery: <id>                  (the same on every retry: receivers dedupe by it)
+ *   x-mqim-signature: t=<ms>,v1=<hex>      HMAC-SHA256 of `<t>.<body>` with the endpoint's secret
+ * A 2xx answer delivers it. Anything else (an error status, no answer within `timeoutMs`, a
+ * connection refused) is retried with back-off (1 s doubling, at most 60 s apart) until
+ * `retryForMs` after the event, then dropped and logged. At most `queueMax` deliveries wait per
+ * node (beyond, new ones are dropped and counted): a receiver that is down or slow never slows
+ * sends, whose only cost is a queue push. At most `concurrency` requests are in flight per node.
+ * The queue is in memory: deliveries waiting when a node stops are lost (documented).
+ *
+ * before-send (optional, `webhooks.beforeSend`): every `send` is first posted (signed the same way,
+ * event `message.before-send`) and waits at most `timeoutMs` for `{allow: true}` (optionally with a
+ * new `body`) or `{allow: false, reason}`; on a timeout, an error or more than `concurrency`
+ * waiting, `failOpen` decides. It runs before the message is stored: a refusal stores nothing.
+ */
+import { createHmac, randomUUID } from 'node:crypto'
+import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
+import { ImError } from '../errors.js'
+
+export type WebhookEvent = 'message.stored' | 'member.changed' | 'user.online' | 'user.offline'
+export const WEBHOOK_EVENTS: readonly WebhookEvent[] = ['message.stored', 'member.changed', 'user.online', 'user.offline']
+
+export interface WebhookEndpoint { url: string, secret: string, events: WebhookEvent[] }
+
+export interface WebhookOptions {
+  endpoints: WebhookEndpoint[]
+  timeoutMs: number
+  retryForMs: number
+  queueMax: number
+  concurrency: number
+  beforeSend: { url: string, secret: string, timeoutMs: number, failOpen: boolean, concurrency: number } | null
+  logger: Logger
+  metrics?: Metrics
+  now?: () => number
+}
+
+interface Delivery {
+  id: string
+  endpoint: WebhookEndpoint
+  event: WebhookEvent
+  body: string
+  /** When the event happened: given up on after retryForMs. */
+  at: number
+  attempts: number
+  /** Not before this time (back-off). */
+  due: number
+}
+
+const BACKOFF_BASE_MS = 1000
+const BACKOFF_MAX_MS = 60_000
+
+/** `t=<ms>,v1=<hex>`: HMAC-SHA256 of `<t>.<body>` (a receiver recomputes it and checks t is recent). */
+export function signature (secret: string, body: string, t: number): string {
+  return `t=${t},v1=${createHmac('sha256', secret).update(`${t}.${body}`).digest('hex')}`
+}
+
+/** What a before-send hook may answer. */
+export interface BeforeSendVerdict { allow: boolean, body?: unknown, reason?: string }
+
+export class Webhooks {
+  private readonly queue: Delivery[] = []
+  private inFlight = 0
+  private beforeSendInFlight = 0
+  private timer: NodeJS.Timeout | null = null
+  private closed = false
+  private readonly now: () => number
+  /** Deliveries dropped since start: the queue was full, or retries ran out. */
+  dropped = 0
+  /** Deliveries made since start. */
+  delivered = 0
+
+  constructor (private readonly opts: WebhookOptions) {
+    this.now = opts.now ?? Date.now
+  }
+
+  get enabled (): boolean {
+    return this.opts.endpoints.length > 0
+  }
+
+  get hasBeforeSend (): boolean {
+    return this.opts.beforeSend !== null
+  }
+
+  /** Queues `data` for every endpoint that wants `event`. Never waits, never throws. */
+  emit (event: WebhookEvent, data: unknown): void {
+    if (this.closed) return
+    const targets = this.opts.endpoints.filter(e => e.events.includes(event))
+    if (targets.length === 0) return
+    const at = this.now()
+    const id = randomUUID()
+    const body = JSON.stringify({ id, event, at, data })
+    for (const endpoint of targets) {
+      if (this.queue.length >= this.opts.queueMax) {
+        this.dropped++
+        this.opts.metrics?.webhook(event, 'dropped')
+        continue
+      }
+      this.queue.push({ id, endpoint, event, body, at, attempts: 0, due: at })
+    }
+    this.pump()
+  }
+
+  /** Deliveries waiting (queued or backing off). */
+  get waiting (): number {
+    return this.queue.length
+  }
+
+  private pump (): void {
+    if (this.closed) return
+    const now = this.now()
+    let nextDue = Infinity
+    for (let i = 0; i < this.queue.length && this.inFlight < this.opts.concurrency;) {
+      const d = this.queue[i] as Delivery
+      if (d.due > now) {
+        nextDue = Math.min(nextDue, d.due)
+        i++
+        continue
+      }
+      this.queue.splice(i, 1)
+      this.inFlight++
+      void this.attempt(d).finally(() => {
+        this.inFlight--
+        this.pump()
+      })
+    }
+    if (nextDue < Infinity && this.timer === null) {
+      this.timer = setTimeout(() => { this.timer = null; this.pump() }, Math.max(10, nextDue - now))
+      this.timer.unref()
+    }
+  }
+
+  private async attempt (d: Delivery): Promise<void> {
+    d.attempts++
+    let problem: string
+    try {
+      const status = await this.post(d.endpoint.url, d.endpoint.secret, d.event, d.id, d.body, this.opts.timeoutMs)
+      if (status >= 200 && status < 300) {
+        this.delivered++
+        this.opts.metrics?.webhook(d.event, 'delivered')
+        return
+      }
+      problem = `status ${status}`
+    } catch (err) {
+      problem = (err as Error).name === 'TimeoutError' ? `no answer within ${this.opts.timeoutMs} ms` : String((err as Error).message ?? err)
+    }
+    const now = this.now()
+    const delay = Math.min(BACKOFF_BASE_MS * 2 ** (d.attempts - 1), BACKOFF_MAX_MS)
+    if (this.closed || now + delay - d.at > this.opts.retryForMs) {
+      this.dropped++
+      this.opts.metrics?.webhook(d.event, 'dropped')
+      if (!this.closed) this.opts.logger.warn({ url: d.endpoint.url, event: d.event, delivery: d.id, attempts: d.attempts, problem }, 'webhook given up')
+      return
+    }
+    this.opts.metrics?.webhook(d.event, 'retried')
+    d.due = now + delay
+    this.queue.push(d)
+  }
+
+  private async post (url: string, secret: string, event: string, id: string, body: string, timeoutMs: number): Promise<number> {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-mqim-event': event, 'x-mqim-delivery': id, 'x-mqim-signature': signature(secret, body, this.now()) },
+      body,
+      redirect: 'manual',
+      signal: AbortSignal.timeout(timeoutMs)
+    })
+    // the body is not needed; read it away so the connection can be reused
+    await res.arrayBuffer().catch(() => {})
+    return res.status
+  }
+
+  /**
+   * Asks the before-send hook about a message; resolves with the body to store (the same, or the
+   * hook's), or throws REFUSED (the hook said no, or failed while failing closed).
+   */
+  async beforeSend (message: { conv: string, from: string, msgId: string, kind: string, body: unknown, mentions?: string[] }): Promise<unknown> {
+    const hook = this.opts.beforeSend
+    if (hook === null) return message.body
+    const fail = (why: string): unknown => {
+      this.opts.metrics?.webhook('message.before-send', hook.failOpen ? 'failed-open' : 'failed-closed')
+      if (hook.failOpen) return message.body
+      throw new ImError('REFUSED', `the message was not checked by the before-send hook (${why}); retry later`)
+    }
+    if (this.beforeSendInFlight >= hook.concurrency) return fail('too many waiting')
+    this.beforeSendInFlight++
+    try {
+      const id = randomUUID()
+      const body = JSON.stringify({ id, event: 'message.before-send', at: this.now(), data: message })
+      const res = await fetch(hook.url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-mqim-event': 'message.before-send', 'x-mqim-delivery': id, 'x-mqim-signature': signature(hook.secret, body, this.now()) },
+        body,
+        redirect: 'manual',
+        signal: AbortSignal.timeout(hook.timeoutMs)
+      })
+      if (res.status < 200 || res.status >= 300) {
+        await res.arrayBuffer().catch(() => {})
+        return fail(`status ${res.status}`)
+      }
+      const verdict = await res.json() as BeforeSendVerdict
+      if (typeof verdict !== 'object' || verdict === null || typeof verdict.allow !== 'boolean') return fail('not a verdict')
+      if (!verdict.allow) {
+        this.opts.metrics?.webhook('message.before-send', 'refused')
+        const reason = typeof verdict.reason === 'string' ? verdict.reason.slice(0, 200) : 'no reason given'
+        throw new ImError('REFUSED', `the message was refused by the before-send hook: ${reason}`)
+      }
+      this.opts.metrics?.webhook('message.before-send', 'allowed')
+      return Object.prototype.hasOwnProperty.call(verdict, 'body') ? verdict.body : message.body
+    } catch (err) {
+      if (err instanceof ImError) throw err
+      return fail((err as Error).name === 'TimeoutError' ? `no answer within ${hook.timeoutMs} ms` : 'unreachable')
+    } finally {
+      this.beforeSendInFlight--
+    }
+  }
+
+  close (): void {
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+  }
+}
