@@ -14,7 +14,7 @@ import { ConfigError, loadConfig } from '../src/config.js'
 import { newAdminToken } from '../src/admin/auth.js'
 import { adminRoutes } from '../src/admin/http.js'
 import type { MqimServer } from '../src/server.js'
-import { addUser, connect, startServer, type ImClient } from './helpers/im.js'
+import { addUser, connackCode, connect, startServer, type ImClient } from './helpers/im.js'
 
 type Json = Record<string, unknown>
 interface Answer { status: number, json: Json, headers: Headers }
@@ -53,19 +53,6 @@ async function call (base: string, method: string, path: string, options: { toke
   const res = await fetch(base + path, { method, headers, body })
   const text = await res.text()
   return { status: res.status, json: text === '' ? {} : JSON.parse(text) as Json, headers: res.headers }
-}
-
-/** The CONNACK return code for these credentials (0: accepted). */
-async function connack (port: number, username: string, password: string): Promise<number> {
-  try {
-    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: `${username}:probe`, username, password, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10000 })
-    await client.endAsync()
-    return 0
-  } catch (err) {
-    const code = (err as { code?: unknown }).code
-    if (typeof code !== 'number') throw err
-    return code
-  }
 }
 
 describe('admin HTTP API', () => {
@@ -153,11 +140,11 @@ describe('admin HTTP API', () => {
       const created = await api('POST', '/users', { body: { id: 'u.alice', displayName: 'Alice' } })
       expect(created.status).toBe(201)
       expect(created.json).toEqual({ user: { id: 'u.alice', kind: 'user', displayName: 'Alice', disabled: false, createdAt: expect.any(Number) }, password: expect.any(String) })
-      expect(await connack(server.ports.mqtt, 'u.alice', created.json.password as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.alice', created.json.password as string)).toBe(0)
       const bot = await api('POST', '/bots', { body: { id: 'u.bot' } })
       expect(bot.status).toBe(201)
       expect(bot.json.apiKey).toMatch(/^mqk_/)
-      expect(await connack(server.ports.mqtt, 'u.bot', bot.json.apiKey as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', bot.json.apiKey as string)).toBe(0)
       expect((await api('GET', '/users/u.alice')).json).toEqual(created.json.user)
       expect((await api('GET', '/users/u.bot', { token: reader.token })).json).toMatchObject({ id: 'u.bot', kind: 'bot' })
     })
@@ -195,22 +182,22 @@ describe('admin HTTP API', () => {
       expect([disabled.status, disabled.json]).toEqual([200, { id: 'u.carol', disabled: true }])
       await closed
       await live.endAsync(true)
-      expect(await connack(server.ports.mqtt, 'u.carol', password)).toBe(5)
+      expect(await connackCode(server.ports.mqtt, 'u.carol', password)).toBe(5)
       expect((await api('GET', '/users/u.carol')).json.disabled).toBe(true)
       expect((await api('POST', '/users/u.carol/enable', { body: {} })).json).toEqual({ id: 'u.carol', disabled: false })
-      expect(await connack(server.ports.mqtt, 'u.carol', password)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.carol', password)).toBe(0)
     })
 
     test('reset: a new password (given or generated) for a user, a new API key for a bot; the old one stops', async () => {
       const old = await user('u.dave')
       const given = await api('POST', '/users/u.dave/reset', { body: { password: 'a-new-password' } })
       expect(given.json).toEqual({ id: 'u.dave', password: 'a-new-password' })
-      expect(await connack(server.ports.mqtt, 'u.dave', old)).toBe(4)
+      expect(await connackCode(server.ports.mqtt, 'u.dave', old)).toBe(4)
       const generated = await api('POST', '/users/u.dave/reset')
-      expect(await connack(server.ports.mqtt, 'u.dave', generated.json.password as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.dave', generated.json.password as string)).toBe(0)
       const key = await api('POST', '/users/u.bot/reset', { body: {} })
       expect(key.json).toEqual({ id: 'u.bot', apiKey: expect.stringMatching(/^mqk_/) })
-      expect(await connack(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
     })
 
     test('paging: every account exactly once, by id; limit clamped to admin.pageMax; kind filter; bad paging input', async () => {

@@ -14,7 +14,7 @@ import mysql from 'mysql2/promise'
 import type { MqimServer } from '../src/server.js'
 import { newAdminToken } from '../src/admin/auth.js'
 import { freshMysqlUrl } from './helpers/db.js'
-import { startServer } from './helpers/im.js'
+import { connackCode, startServer } from './helpers/im.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
@@ -35,20 +35,6 @@ function runCli (args: string[], env: Record<string, string> = {}): Promise<Run>
 }
 
 /** The CONNACK return code the server answers for these credentials (0 = accepted). */
-async function connackCode (port: number, username: string, password: string): Promise<number> {
-  try {
-    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
-      clientId: `${username}:t`, username, password, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10000
-    })
-    await client.endAsync()
-    return 0
-  } catch (err) {
-    const code = (err as { code?: unknown }).code
-    if (typeof code !== 'number') throw err
-    return code
-  }
-}
-
 /** A port on which nothing listens (bound, then released). */
 async function closedPort (): Promise<number> {
   const server = net.createServer()

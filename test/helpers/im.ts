@@ -115,3 +115,16 @@ export async function connect (server: MqimServer, userId: string, deviceId: str
   }
   return im
 }
+
+/** The CONNACK return code a login with these credentials gets over TCP (0: accepted). */
+export async function connackCode (port: number, username: string, password: string, device = 'probe'): Promise<number> {
+  try {
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: `${username}:${device}`, username, password, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10000 })
+    await client.endAsync()
+    return 0
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    if (typeof code !== 'number') throw err
+    return code
+  }
+}
