@@ -179,6 +179,51 @@ describe('webhooks', () => {
     await bob.end()
   }, 30_000)
 
+  test('hostile: one user\'s burst neither switches the check off nor blocks others; resends skip the hook; answers are held to the request limits', async () => {
+    let mode = 'normal'
+    const hook = await receiver(HOOK_SECRET, {
+      delayMs: () => 300,
+      answer: (b) => {
+        const text = String(b.data.body)
+        if (text.includes('bad')) return { allow: false, reason: 'bad word' }
+        if (mode === 'huge') return { allow: true, body: 'y'.repeat(200_000) }
+        if (mode === 'deep') return { allow: true, body: JSON.parse('['.repeat(40) + ']'.repeat(40)) as unknown }
+        return { allow: true }
+      }
+    })
+    closers.push(hook.close)
+    const server = await startServer({ webhooks: { beforeSend: { url: hook.url, secret: HOOK_SECRET, timeoutMs: 2000 } } })
+    closers.push(async () => await server.stop())
+    for (const u of ['mallory', 'bob']) await addUser(server, u)
+    const mallory = await connect(server, 'mallory', 'm')
+    const bob = await connect(server, 'bob', 'b')
+    const { conv } = await mallory.request('direct', { user: 'bob' })
+    // 40 at once, one of them bad: at most 4 of hers wait for the hook, the rest are refused for
+    // the rate (never stored unchecked), and bob's bad message in the middle is still checked
+    const burst = Promise.all(Array.from({ length: 40 }, async (_, i) => await mallory.requestRaw('send', { conv, msgId: `b${i}`, kind: 'text', body: i === 39 ? 'bad hidden in burst' : `fine ${i}` })))
+    const bobs = await bob.requestRaw('send', { conv, msgId: 'bob-bad', kind: 'text', body: 'a bad word from bob' })
+    const replies = await burst
+    expect(bobs.ok ? 'ok' : bobs.error.code).toBe('REFUSED')
+    expect(replies.every(r => r.ok || r.error.code === 'RATE_LIMITED' || r.error.code === 'REFUSED')).toBe(true)
+    expect(replies.filter(r => !r.ok && r.error.code === 'RATE_LIMITED').length).toBeGreaterThanOrEqual(30)
+    const page = await bob.request('history', { conv, after: 0 }) as { messages: Array<{ body: unknown }> }
+    expect(page.messages.map(m => String(m.body)).some(b => b.includes('bad'))).toBe(false)
+    // a resend of a stored message: a duplicate at once, the hook not asked (it would refuse now)
+    const first = await mallory.request('send', { conv, msgId: 'again', kind: 'text', body: 'fine' })
+    const asked = hook.got.length
+    expect(await mallory.request('send', { conv, msgId: 'again', kind: 'text', body: 'bad now' })).toMatchObject({ seq: first.seq, duplicate: true })
+    expect(hook.got.length).toBe(asked)
+    // a rewritten body beyond the request limits (size, nesting) is not stored: fail open keeps the message as sent
+    mode = 'huge'
+    const huge = await mallory.request('send', { conv, msgId: 'h', kind: 'text', body: 'as sent 1' })
+    mode = 'deep'
+    const deep = await mallory.request('send', { conv, msgId: 'd', kind: 'custom', body: { as: 'sent' } })
+    const after = await bob.request('history', { conv, after: huge.seq - 1 }) as { messages: Array<{ seq: number, body: unknown }> }
+    expect(after.messages.filter(m => m.seq === huge.seq || m.seq === deep.seq).map(m => m.body)).toEqual(['as sent 1', { as: 'sent' }])
+    await mallory.end()
+    await bob.end()
+  }, 30_000)
+
   test('bad webhook configuration fails at start-up naming the field', async () => {
     await expect(startServer({ webhooks: { endpoints: [{ url: 'ftp://x', secret: SECRET, events: ['message.stored'] }] } })).rejects.toThrow(/webhooks\.endpoints\.0\.url/)
     await expect(startServer({ webhooks: { endpoints: [{ url: 'http://x', secret: 'short', events: ['message.stored'] }] } })).rejects.toThrow(/webhooks\.endpoints\.0\.secret/)

@@ -25,6 +25,23 @@ import { createHmac, randomUUID } from 'node:crypto'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { ImError } from '../errors.js'
+import { nestsDeeperThan } from './dispatcher.js'
+
+/** The body of `res` as text, or null once it passes `maxBytes` (the rest is not read). */
+async function readCapped (res: Response, maxBytes: number): Promise<string | null> {
+  if (res.body === null) return ''
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.byteLength
+    if (size > maxBytes) {
+      await res.body.cancel().catch(() => {})
+      return null
+    }
+    chunks.push(chunk)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
 
 export type WebhookEvent = 'message.stored' | 'member.changed' | 'user.online' | 'user.offline'
 export const WEBHOOK_EVENTS: readonly WebhookEvent[] = ['message.stored', 'member.changed', 'user.online', 'user.offline']
@@ -38,6 +55,8 @@ export interface WebhookOptions {
   queueMax: number
   concurrency: number
   beforeSend: { url: string, secret: string, timeoutMs: number, failOpen: boolean, concurrency: number } | null
+  /** A before-send answer (and the body it gives) is held to a request's limits. */
+  limits: { maxPayloadBytes: number, maxJsonDepth: number }
   logger: Logger
   metrics?: Metrics
   now?: () => number
@@ -70,6 +89,8 @@ export class Webhooks {
   private readonly queue: Delivery[] = []
   private inFlight = 0
   private beforeSendInFlight = 0
+  /** user -> their sends waiting for the before-send hook (an entry only while some wait). */
+  private readonly beforeSendByUser = new Map<string, number>()
   private timer: NodeJS.Timeout | null = null
   private closed = false
   private readonly now: () => number
@@ -190,8 +211,17 @@ export class Webhooks {
       if (hook.failOpen) return message.body
       throw new ImError('REFUSED', `the message was not checked by the before-send hook (${why}); retry later`)
     }
+    // one user holds at most a sixteenth of the hook's places: a burst of theirs neither turns the
+    // check off for everyone (fail open) nor refuses everyone (fail closed); their own sends beyond
+    // their share are refused, whatever failOpen says
+    const mine = this.beforeSendByUser.get(message.from) ?? 0
+    if (mine >= Math.max(1, Math.ceil(hook.concurrency / 16))) {
+      this.opts.metrics?.webhook('message.before-send', 'refused-busy')
+      throw new ImError('RATE_LIMITED', 'too many of your messages are waiting for the before-send check; resend in a moment')
+    }
     if (this.beforeSendInFlight >= hook.concurrency) return fail('too many waiting')
     this.beforeSendInFlight++
+    this.beforeSendByUser.set(message.from, mine + 1)
     try {
       const id = randomUUID()
       const body = JSON.stringify({ id, event: 'message.before-send', at: this.now(), data: message })
@@ -203,23 +233,41 @@ export class Webhooks {
         signal: AbortSignal.timeout(hook.timeoutMs)
       })
       if (res.status < 200 || res.status >= 300) {
-        await res.arrayBuffer().catch(() => {})
+        await res.body?.cancel().catch(() => {})
         return fail(`status ${res.status}`)
       }
-      const verdict = await res.json() as BeforeSendVerdict
+      // an answer is at most a request's size (plus room for the verdict), read as it comes
+      const text = await readCapped(res, this.opts.limits.maxPayloadBytes + 1024)
+      if (text === null) return fail('answer too large')
+      let verdict: BeforeSendVerdict
+      try {
+        verdict = JSON.parse(text) as BeforeSendVerdict
+      } catch {
+        return fail('not JSON')
+      }
       if (typeof verdict !== 'object' || verdict === null || typeof verdict.allow !== 'boolean') return fail('not a verdict')
       if (!verdict.allow) {
         this.opts.metrics?.webhook('message.before-send', 'refused')
         const reason = typeof verdict.reason === 'string' ? verdict.reason.slice(0, 200) : 'no reason given'
         throw new ImError('REFUSED', `the message was refused by the before-send hook: ${reason}`)
       }
+      if (!Object.prototype.hasOwnProperty.call(verdict, 'body')) {
+        this.opts.metrics?.webhook('message.before-send', 'allowed')
+        return message.body
+      }
+      // a rewritten body is held to what a client's request may hold
+      const json = JSON.stringify(verdict.body) as string | undefined
+      if (json === undefined || Buffer.byteLength(json) > this.opts.limits.maxPayloadBytes || nestsDeeperThan(json, this.opts.limits.maxJsonDepth)) return fail('the rewritten body is not a JSON value within the request limits')
       this.opts.metrics?.webhook('message.before-send', 'allowed')
-      return Object.prototype.hasOwnProperty.call(verdict, 'body') ? verdict.body : message.body
+      return verdict.body
     } catch (err) {
       if (err instanceof ImError) throw err
       return fail((err as Error).name === 'TimeoutError' ? `no answer within ${hook.timeoutMs} ms` : 'unreachable')
     } finally {
       this.beforeSendInFlight--
+      const left = (this.beforeSendByUser.get(message.from) ?? 1) - 1
+      if (left > 0) this.beforeSendByUser.set(message.from, left)
+      else this.beforeSendByUser.delete(message.from)
     }
   }
 

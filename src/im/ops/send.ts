@@ -35,6 +35,12 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
   }
   // the before-send hook (webhooks.beforeSend) may refuse or rewrite the message
   let body = req.body
+  // a resend of a stored message is answered as a duplicate without asking the hook again
+  const stored = services.webhooks?.hasBeforeSend === true ? await services.sequencer.findStored(req.conv, caller.userId, req.msgId) : null
+  if (stored !== null) {
+    if (!sameEntry(stored, { kind: req.kind })) throw msgIdInUse(req.msgId, `${stored.kind}:${stored.target ?? 0}`)
+    return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
+  }
   if (services.webhooks?.hasBeforeSend === true) {
     body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body: req.body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
     if (req.kind === 'text' && (typeof body !== 'string' || body.length === 0)) throw new ImError('REFUSED', 'the before-send hook answered a body that is not a non-empty string for a text message')
