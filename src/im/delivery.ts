@@ -42,11 +42,13 @@ export class Delivery implements CommitListener {
   ) {}
 
   async committed (stored: StoredMessage[]): Promise<void> {
+    // per message: the webhook's envelope is built only when an endpoint wants it
+    const hooked = this.webhooks?.wants('message.stored') === true
     for (const m of stored) {
       const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
       if (entry === null) continue
       this.publisher.message(m, entry.memberIds)
-      this.webhooks?.emit('message.stored', toEnvelope(m))
+      if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
       if (m.mentions !== undefined) {
         this.mentioned(m, entry.memberIds)
         this.mentions?.note(m)

@@ -460,7 +460,7 @@ export class Sequencer {
       }
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
-      if (inserted.length > 0) this.opts.metrics?.committed(inserted.map(([p]) => p.at), this.now())
+      if (inserted.length > 0 && this.opts.metrics?.enabled === true) this.opts.metrics.committed(inserted.map(([p]) => p.at), this.now())
       for (const m of stored) {
         if (m.seq > (this.tails.get(m.conversationId)?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
         this.seqSteps.delete(m.conversationId)

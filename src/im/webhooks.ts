@@ -107,6 +107,11 @@ export class Webhooks {
     return this.opts.endpoints.length > 0
   }
 
+  /** Some endpoint wants `event` (so that callers build its data only then). */
+  wants (event: WebhookEvent): boolean {
+    return this.opts.endpoints.some(e => e.events.includes(event))
+  }
+
   get hasBeforeSend (): boolean {
     return this.opts.beforeSend !== null
   }

@@ -13,25 +13,7 @@ import type { Publisher } from '../../src/im/publisher.js'
 import type { ImEvent } from '../../src/protocol/schemas.js'
 import { BLOCKS_TOPIC } from '../../src/protocol/topics.js'
 import { createLogger } from '../../src/log.js'
-
-/** The memory store with a count of calls per method, and an optional gate that holds blockList's answer. */
-function counted (inner: MetadataStore): { store: MetadataStore, calls: Map<string, number>, hold: { blockList: Promise<void> | null } } {
-  const calls = new Map<string, number>()
-  const hold: { blockList: Promise<void> | null } = { blockList: null }
-  const store = new Proxy(inner, {
-    get (target, prop, receiver) {
-      const value: unknown = Reflect.get(target, prop, receiver)
-      if (typeof value !== 'function' || typeof prop !== 'string') return value
-      return async (...args: unknown[]) => {
-        calls.set(prop, (calls.get(prop) ?? 0) + 1)
-        const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
-        if (prop === 'blockList' && hold.blockList !== null) await hold.blockList
-        return result
-      }
-    }
-  })
-  return { store, calls, hold }
-}
+import { counted } from '../helpers/counted-store.js'
 
 /** A bus that records what this node publishes and lets the test deliver notices from "other nodes". */
 function fakeBus (): { bus: ClusterBus, published: Array<[string, Record<string, unknown>]>, deliver: (topic: string, message: Record<string, unknown>) => void } {
@@ -54,7 +36,7 @@ describe('BlockService', () => {
     const meta = new MemoryMetadataStore()
     await users(meta, 'alice', 'bob', 'carol')
     await meta.blockAdd('bob', 'alice', 1, 10)
-    const { store, calls } = counted(meta)
+    const { store, calls } = counted(meta, 'blockList')
     const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })
     expect(await blocks.between('alice', 'bob')).toBe('blockedBy')
     expect(await blocks.between('bob', 'alice')).toBe('blocking')
@@ -91,7 +73,7 @@ describe('BlockService', () => {
   test('a load that races a change returns what it read but does not cache it', async () => {
     const meta = new MemoryMetadataStore()
     await users(meta, 'alice', 'bob')
-    const { store, calls, hold } = counted(meta)
+    const { store, calls, hold } = counted(meta, 'blockList')
     const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })
     let release: () => void = () => {}
     hold.blockList = new Promise(resolve => { release = resolve })
@@ -110,7 +92,7 @@ describe('BlockService', () => {
     const meta = new MemoryMetadataStore()
     await users(meta, 'a', 'b', 'c', 'big')
     for (let i = 0; i < 8; i++) await meta.blockAdd('big', `u${i}`, 1, 10)
-    const { store, calls } = counted(meta)
+    const { store, calls } = counted(meta, 'blockList')
     const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10, maxEntries: 2, maxCachedIds: 8 })
     await blocks.blocking('a')
     await blocks.blocking('b')
@@ -156,7 +138,7 @@ describe('PresenceService with blocks', () => {
     await users(meta, 'alice', 'bob', 'carol')
     await meta.conversationCreate({ id: 'g', kind: 'group', name: 'g', directKey: null, createdBy: 'alice', createdAt: 1 },
       ['alice', 'bob', 'carol'].map(userId => ({ conversationId: 'g', userId, role: 'member' as const, readSeq: 0, muted: false, joinedAt: 1 })))
-    const { store, calls } = counted(meta)
+    const { store, calls } = counted(meta, 'blockList')
     const events: Array<{ to: string[], event: ImEvent }> = []
     const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to].sort(), event }) } } as unknown as Publisher
     const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10 })

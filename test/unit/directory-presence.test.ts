@@ -5,7 +5,7 @@
  * size, and presence finds a user's contacts in a fixed number of calls.
  */
 import { MemoryMetadataStore } from '../../src/store/metadata-memory.js'
-import type { ConversationRecord, MemberRecord, MetadataStore } from '../../src/store/types.js'
+import type { ConversationRecord, MemberRecord } from '../../src/store/types.js'
 import { ConversationDirectory } from '../../src/im/directory.js'
 import { MemoryPresenceStore, PresenceService } from '../../src/im/presence.js'
 import { BlockService } from '../../src/im/blocks.js'
@@ -13,26 +13,7 @@ import type { ClusterBus } from '../../src/broker/bus.js'
 import type { Publisher } from '../../src/im/publisher.js'
 import type { ImEvent } from '../../src/protocol/schemas.js'
 import { createLogger } from '../../src/log.js'
-
-/** The memory store with a count of calls per method, and an optional gate that holds memberList's answer. */
-function counted (inner: MetadataStore): { store: MetadataStore, calls: Map<string, number>, hold: { memberList: Promise<void> | null } } {
-  const calls = new Map<string, number>()
-  const hold: { memberList: Promise<void> | null } = { memberList: null }
-  const store = new Proxy(inner, {
-    get (target, prop, receiver) {
-      const value: unknown = Reflect.get(target, prop, receiver)
-      if (typeof value !== 'function' || typeof prop !== 'string') return value
-      return async (...args: unknown[]) => {
-        calls.set(prop, (calls.get(prop) ?? 0) + 1)
-        const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
-        // held after reading: what comes back may be stale by the time it is used
-        if (prop === 'memberList' && hold.memberList !== null) await hold.memberList
-        return result
-      }
-    }
-  })
-  return { store, calls, hold }
-}
+import { counted } from '../helpers/counted-store.js'
 
 const noBus = { on: () => {}, publish: () => {}, clustered: false } as unknown as ClusterBus
 
@@ -47,7 +28,7 @@ describe('ConversationDirectory', () => {
   test('a load that races an invalidation returns what it read but does not cache it', async () => {
     const meta = new MemoryMetadataStore()
     await meta.conversationCreate(group('g'), [member('g', 'alice')])
-    const { store, calls, hold } = counted(meta)
+    const { store, calls, hold } = counted(meta, 'memberList')
     const directory = new ConversationDirectory(store, noBus)
     let release: () => void = () => {}
     hold.memberList = new Promise(resolve => { release = resolve })
@@ -78,7 +59,7 @@ describe('ConversationDirectory', () => {
     const meta = new MemoryMetadataStore()
     const ids = Array.from({ length: 300 }, (_, i) => `g${i}`)
     for (const id of ids) await meta.conversationCreate(group(id), [member(id, 'alice'), member(id, `u${id}`)])
-    const { store, calls } = counted(meta)
+    const { store, calls } = counted(meta, 'memberList')
     const directory = new ConversationDirectory(store, noBus)
     await directory.get('g0')
     calls.clear()
@@ -94,7 +75,7 @@ describe('PresenceService', () => {
     const meta = new MemoryMetadataStore()
     for (let i = 0; i < 200; i++) await meta.conversationCreate(group(`g${i}`), [member(`g${i}`, 'alice'), member(`g${i}`, `friend${i % 50}`)])
     await meta.conversationCreate(group('big'), ['alice', ...Array.from({ length: 20 }, (_, i) => `crowd${i}`)].map(u => member('big', u)))
-    const { store, calls } = counted(meta)
+    const { store, calls } = counted(meta, 'memberList')
     const events: Array<{ to: string[], event: ImEvent }> = []
     const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
     const presence = new PresenceService({
