@@ -169,6 +169,61 @@ export const ConfigSchema = z.object({
       concurrency: z.number().int().min(1).max(10_000).default(64)
     }).strict().nullable()
   }).strict(),
+  /** Offline push: Web Push to browsers, a push gateway for mobile apps (see src/im/push.ts). */
+  push: z.object({
+    /** false: no pushes, and the push-* requests answer FORBIDDEN. */
+    enabled: z.boolean(),
+    /** A conversation's first push waits this long (a device coming online or a read meanwhile stops it). */
+    delayMs: z.number().int().min(0).max(60_000),
+    /** At most one push per conversation per user this often; the latest message wins. */
+    collapseMs: z.number().int().min(0).max(600_000),
+    /** false: pushes carry the sender and the conversation, never message text. */
+    includeText: z.boolean(),
+    /** The longest text preview, in characters (a Web Push payload holds about 3,000 bytes). */
+    previewChars: z.number().int().min(0).max(1000),
+    /** Devices with a push target per user; beyond, push-register answers LIMIT_REACHED. */
+    targetsPerUser: z.number().int().min(1).max(100),
+    /** Conversations with messages waiting to be pushed, per node; beyond, pushes are dropped (counted). */
+    pendingMax: z.number().int().min(1).max(1_000_000),
+    /** Pushes waiting to be sent (in Redis when clustered); beyond, new ones are dropped (counted). */
+    queueMax: z.number().int().min(1).max(10_000_000),
+    /** Push requests in flight at once per node. */
+    concurrency: z.number().int().min(1).max(1000),
+    /** A push request waits this long for an answer. */
+    timeoutMs: z.number().int().min(100).max(60_000),
+    /** Retries stop this long after the push was queued; it is then dropped (logged, counted). */
+    retryForMs: z.number().int().min(0),
+    /** The badge (total unread) counts at most this many of the user's conversations. */
+    badgeConversationsMax: z.number().int().min(0).max(10_000),
+    webPush: z.object({
+      enabled: z.boolean(),
+      /** The VAPID contact the push services see: a mailto: or https: URL. */
+      subject: z.string().regex(/^(mailto:|https:\/\/)\S+$/, 'a mailto: or https: URL'),
+      /**
+       * The VAPID key pair (base64url, as `npx web-push generate-vapid-keys` prints). null: generated
+       * on first start into <dataDir>/vapid.json, or into Redis when clustered (every node must sign
+       * with the same key: set them here in production).
+       */
+      publicKey: z.string().regex(/^[A-Za-z0-9_-]{87}$/, 'a base64url P-256 public key (87 characters)').nullable(),
+      privateKey: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'a base64url P-256 private key (43 characters)').nullable(),
+      /** How long a push service keeps an undelivered push, seconds. */
+      ttlSeconds: z.number().int().min(0).max(2_419_200),
+      /**
+       * Hosts a subscription's endpoint may be at: exact names, or `*.` + a domain for its
+       * subdomains. mqim POSTs to these hosts only (a client cannot make it call anywhere else).
+       */
+      allowedHosts: z.array(z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d+)?$/, 'a host name, *.domain, or host:port')).max(100),
+      /** true: http:// endpoints too (tests, a push service on a private network). */
+      allowHttp: z.boolean()
+    }).strict().refine(w => (w.publicKey === null) === (w.privateKey === null), 'publicKey and privateKey: both or neither'),
+    /** Push gateways of mobile apps (they hold the FCM/APNs credentials); a device names one. */
+    gateways: z.array(z.object({
+      name: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, '1-32 of a-z 0-9 _ . -'),
+      url: httpUrl,
+      /** HMAC-SHA256 key of the x-mqim-signature header. */
+      secret: z.string().min(32, 'at least 32 characters')
+    }).strict()).max(20).refine(gs => new Set(gs.map(g => g.name)).size === gs.length, 'each gateway name at most once')
+  }).strict(),
   /** Prometheus metrics at GET /metrics on the HTTP listener (see src/metrics.ts). */
   metrics: z.object({
     /** false: nothing is counted, /metrics answers 404. */

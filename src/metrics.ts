@@ -46,6 +46,7 @@ export class Metrics {
   private readonly storeErrors: Counter<'store' | 'op'>
   private readonly deliveries: Counter
   private readonly webhooks: Counter<'event' | 'outcome'>
+  private readonly pushes: Counter<'kind' | 'outcome'>
 
   constructor (options: MetricsOptions) {
     this.enabled = options.enabled
@@ -57,6 +58,7 @@ export class Metrics {
     this.storeErrors = new Counter({ name: 'mqim_store_errors_total', help: 'Store operations that failed, by store and method', labelNames: ['store', 'op'], registers })
     this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers })
     this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers })
+    this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
   }
 
@@ -101,6 +103,10 @@ export class Metrics {
 
   webhook (event: string, outcome: string): void {
     if (this.enabled) this.webhooks.inc({ event, outcome })
+  }
+
+  push (kind: string, outcome: string, n = 1): void {
+    if (this.enabled && n > 0) this.pushes.inc({ kind, outcome }, n)
   }
 
   delivered (n: number): void {

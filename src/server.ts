@@ -22,6 +22,8 @@ import { Delivery } from './im/delivery.js'
 import { Metrics } from './metrics.js'
 import { Webhooks } from './im/webhooks.js'
 import { MentionLog } from './im/mentions.js'
+import { PushService, loadVapidKeys } from './im/push.js'
+import { MemoryJobQueue, RedisJobQueue } from './im/jobs.js'
 import { RetentionJob, retentionMs } from './im/retention.js'
 import { ReadCursors } from './im/read-cursors.js'
 import { ReceiptAggregator } from './im/receipts.js'
@@ -119,7 +121,16 @@ export class MqimServer {
     const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks })
     const directory = new ConversationDirectory(meta, bus)
     const mentions = new MentionLog(meta, logger)
-    const delivery = new Delivery(directory, publisher, bus, mentions, webhooks)
+    mkdirSync(config.dataDir, { recursive: true })
+    const push = new PushService({
+      config: config.push,
+      queue: backends.redis === null ? new MemoryJobQueue(config.push.queueMax) : new RedisJobQueue(backends.redis, 'push', config.push.queueMax),
+      redis: backends.redis,
+      vapid: config.push.enabled && config.push.webPush.enabled ? await loadVapidKeys(config.push.webPush, config.dataDir, backends.redis, logger) : null,
+      logger,
+      metrics
+    })
+    const delivery = new Delivery(directory, publisher, bus, mentions, webhooks, push)
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would
@@ -142,7 +153,7 @@ export class MqimServer {
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, push, now: Date.now }
     const dispatcher = new Dispatcher(services)
     const { directDays, groupDays, ...sweep } = config.retention
     const retention = new RetentionJob(messages, meta, { directMs: retentionMs(directDays), groupMs: retentionMs(groupDays), ...sweep, logger })
@@ -161,7 +172,6 @@ export class MqimServer {
     new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, logger, metrics, limits: config.limits }).install(broker)
 
     // 5. admin token
-    mkdirSync(config.dataDir, { recursive: true })
     const adminToken = randomBytes(24).toString('base64url')
     const tokenFile = path.join(config.dataDir, 'admin-token')
     writeFileSync(tokenFile, adminToken + '\n', { mode: 0o600 })
@@ -199,6 +209,7 @@ export class MqimServer {
     }
     logger.info({ mqtt: ports.mqtt, http: ports.http, websocket: '/mqtt', tls: ports.tls, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter }, 'mqim listening')
     retention.start()
+    push.start(services)
     return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention }, nodeId, broker, http, rates)
   }
 
@@ -223,6 +234,7 @@ export class MqimServer {
     await presence.close()
     publisher.close()
     this.services.webhooks?.close()
+    this.services.push?.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     listeners.stopSockets()
     await closing

@@ -13,7 +13,8 @@ import { ConversationSync } from './sync.js'
 import type {
   AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
-  Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult
+  Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult,
+  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult
 } from './types.js'
 import { applyChange } from './changes.js'
 
@@ -41,6 +42,9 @@ export interface Results extends Record<OpName, unknown> {
   blocks: BlocksResult
   react: SendResult
   typing: TypingResult
+  'push-register': PushRegisterResult
+  'push-unregister': PushUnregisterResult
+  'push-targets': PushTargetsResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -181,6 +185,23 @@ export class ImClient {
   async unblock (user: string): Promise<BlockResult> { return await this.call('unblock', { user }) }
   /** Whom I block, with when. */
   async blocks (): Promise<BlocksResult> { return await this.call('blocks', {}) }
+
+  /**
+   * Pushes to this device (or `device`) while I am offline: a browser's PushSubscription.toJSON()
+   * as `{webPush}`, or an app's token as `{gateway: {name, token, platform}}`. Registering again
+   * replaces the device's target.
+   */
+  async pushRegister (target: PushTargetInput, device?: string): Promise<PushRegisterResult> {
+    return await this.call('push-register', { ...target, ...(device === undefined ? {} : { device }) })
+  }
+
+  /** No more pushes to this device (or `device`). */
+  async pushUnregister (device?: string): Promise<PushUnregisterResult> {
+    return await this.call('push-unregister', device === undefined ? {} : { device })
+  }
+
+  /** My devices' push targets, the VAPID public key browsers subscribe with, and the server's gateways. */
+  async pushTargets (): Promise<PushTargetsResult> { return await this.call('push-targets', {}) }
 
   /** Tells the other members (online) that I am typing, or stopped. The server sends at most one a second. */
   async typing (conv: string, typing = true): Promise<TypingResult> {

@@ -20,7 +20,7 @@ export { MemoryStorage, LocalStorageStorage } from './storage.js'
 export { applyChange, isChange } from './changes.js'
 export type {
   ClientStorage, ImClientOptions, IntervalTimer, ConnectionState, ImClientEvents,
-  MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
+  MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PushTargetInput, PushRegisterResult, PushUnregisterResult, PushTargetsResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
   SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult,
   ConversationSummary, ImEvent, MessageEnvelope

@@ -118,6 +118,19 @@ export interface SendOptions {
 export interface BlockResult { user: string, blocked: boolean }
 export interface BlocksResult { blocks: Array<{ user: string, at: number }> }
 
+/** Where a device gets pushes while its user is offline: a browser's PushSubscription, or a token at a push gateway. */
+export type PushTargetInput =
+  | { webPush: { endpoint: string, expirationTime?: number | null, keys: { p256dh: string, auth: string } } }
+  | { gateway: { name: string, token: string, platform: 'ios' | 'android' | 'other' } }
+export interface PushRegisterResult { device: string, registered: 'added' | 'replaced' }
+export interface PushUnregisterResult { device: string, removed: boolean }
+export interface PushTargetsResult {
+  targets: Array<{ device: string, kind: 'webpush' | 'gateway', endpoint?: string, gateway?: string, platform?: string, token?: string, at: number }>
+  /** The applicationServerKey for PushManager.subscribe, or null when the server has no Web Push. */
+  vapidPublicKey: string | null
+  gateways: string[]
+}
+
 export interface SendResult { conv: string, seq: number, msgId: string, ts: number, duplicate: boolean }
 export interface HistoryQuery { after?: number, before?: number, limit?: number }
 /** `firstSeq`: present when retention removed messages of the range asked for; the lowest seq the server still holds. */

@@ -13,6 +13,7 @@ import { SEQ_TOPIC } from '../protocol/topics.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 import type { MentionLog } from './mentions.js'
 import type { Webhooks } from './webhooks.js'
+import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 
 /** What the sequencer calls with each batch of newly stored messages. */
@@ -38,7 +39,8 @@ export class Delivery implements CommitListener {
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
     private readonly mentions: MentionLog | null = null,
-    private readonly webhooks: Webhooks | null = null
+    private readonly webhooks: Webhooks | null = null,
+    private readonly push: PushService | null = null
   ) {}
 
   async committed (stored: StoredMessage[]): Promise<void> {
@@ -49,6 +51,7 @@ export class Delivery implements CommitListener {
       if (entry === null) continue
       this.publisher.message(m, entry.memberIds)
       if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
+      this.push?.noteStored(m)
       if (m.mentions !== undefined) {
         this.mentioned(m, entry.memberIds)
         this.mentions?.note(m)

@@ -4,9 +4,20 @@
  * minus the count at the cursor: no scan, and without a read at all in the common cases (nothing
  * unread, or a conversation that never had a change, where counts are seqs).
  */
-import type { Tail } from './sequencer.js'
+import { tailOf, type Tail } from './sequencer.js'
 import type { Services } from './context.js'
-import { countOf, isChangeKind } from '../store/types.js'
+import { countOf, isChangeKind, type StoredMessage } from '../store/types.js'
+
+/**
+ * A conversation's tail: its head record's latest entry, or what this node's sequencer knows if
+ * that is more (a head lags its messages only after a crash between the two writes, until
+ * lastSeq repairs it).
+ */
+export function tailNow (services: Services, conversationId: string, headLatest: StoredMessage | null): Tail {
+  const stored = tailOf(headLatest)
+  const known = services.sequencer.knownTail(conversationId)
+  return known !== undefined && known.seq > stored.seq ? known : stored
+}
 
 /** The unread count when it needs no read: undefined if the count at readSeq is needed. */
 export function unreadWithoutRead (tail: Tail, readSeq: number): number | undefined {
@@ -39,4 +50,27 @@ export async function unreadMany (services: Services, items: ReadonlyArray<{ con
     }
   }
   return items.map((item, n) => out[n] ?? Math.max(0, item.tail.count - (counts.get(`${item.conversationId}:${item.readSeq}`) ?? item.tail.count)))
+}
+
+/**
+ * A user's unread messages over their conversations that are not muted (a push's badge), counting
+ * at most `maxConversations` memberships (in id order): one page of memberships, heads and reads
+ * per listPageMax conversations.
+ */
+export async function totalUnread (services: Services, userId: string, maxConversations: number): Promise<number> {
+  let total = 0
+  let after: string | null = null
+  let left = maxConversations
+  while (left > 0) {
+    const limit = Math.min(left, services.config.limits.listPageMax)
+    const page = await services.meta.memberPageByUser(userId, { after, limit })
+    const counted = page.filter(m => !m.muted)
+    const heads = await services.messages.latestMany(counted.map(m => m.conversationId))
+    const items = counted.map(m => ({ conversationId: m.conversationId, tail: tailNow(services, m.conversationId, heads.get(m.conversationId)?.latest ?? null), readSeq: m.readSeq }))
+    for (const n of await unreadMany(services, items)) total += n
+    if (page.length < limit) break
+    left -= page.length
+    after = page.at(-1)?.conversationId ?? null
+  }
+  return total
 }

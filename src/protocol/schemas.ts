@@ -100,6 +100,32 @@ export const TypingRequest = z.object({ ...base, conv: ConvId, typing: z.boolean
 export const BlockRequest = z.object({ ...base, user: UserId }).strict()
 export const BlocksRequest = z.object({ ...base }).strict()
 
+/** A device of the caller (the last level of its client id, `<user>/<device>`). */
+export const DeviceId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a device id: 1-64 of A-Z a-z 0-9 _ -')
+const Base64Url = z.string().regex(/^[A-Za-z0-9_-]+={0,2}$/, 'base64url')
+/** A browser's PushSubscription (its toJSON(): endpoint, expirationTime, keys). */
+export const WebPushSubscription = z.object({
+  endpoint: z.string().min(1).max(2048),
+  expirationTime: z.number().nullable().optional(),
+  keys: z.object({ p256dh: Base64Url.max(100), auth: Base64Url.max(100) }).strict()
+}).strict()
+export const PushGatewayTarget = z.object({
+  /** One of the server's push.gateways. */
+  name: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a gateway name'),
+  /** The app's device token at its push service (FCM registration token, APNs device token). */
+  token: z.string().regex(/^[\x21-\x7e]{1,1024}$/, '1-1024 printable ASCII characters'),
+  platform: z.enum(['ios', 'android', 'other'])
+}).strict()
+export const PushRegisterRequest = z.object({
+  ...base,
+  /** Default: the device of the connection. */
+  device: DeviceId.optional(),
+  webPush: WebPushSubscription.optional(),
+  gateway: PushGatewayTarget.optional()
+}).strict().refine(r => (r.webPush === undefined) !== (r.gateway === undefined), 'exactly one of webPush and gateway')
+export const PushUnregisterRequest = z.object({ ...base, device: DeviceId.optional() }).strict()
+export const PushTargetsRequest = z.object({ ...base }).strict()
+
 /** Operation name (the last level of im/req/<op>) -> request schema. */
 export const REQUESTS = {
   send: SendRequest,
@@ -124,7 +150,10 @@ export const REQUESTS = {
   typing: TypingRequest,
   block: BlockRequest,
   unblock: BlockRequest,
-  blocks: BlocksRequest
+  blocks: BlocksRequest,
+  'push-register': PushRegisterRequest,
+  'push-unregister': PushUnregisterRequest,
+  'push-targets': PushTargetsRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS

@@ -8,12 +8,15 @@
  */
 import {
   StoreConflictError,
+  pushTargetKey,
   type BlockRecord,
   type ConversationRecord,
   type GroupInvites,
   type MemberRecord,
   type MentionRecord,
   type MetadataStore,
+  type PushTarget,
+  type PushTargetRecord,
   type Role,
   type UserRecord
 } from './types.js'
@@ -38,6 +41,10 @@ export class MemoryMetadataStore implements MetadataStore {
   private readonly blockedBy = new Map<string, Set<string>>()
   /** mentioned user (or '@all') -> conversation -> seq -> sender */
   private readonly mentions = new Map<string, Map<string, Map<number, string>>>()
+  /** user id → device → push target, the equivalent of the MySQL table push_targets */
+  private readonly pushTargets = new Map<string, Map<string, PushTargetRecord>>()
+  /** pushTargetKey → [user id, device], the equivalent of its unique key */
+  private readonly pushTargetOwners = new Map<string, [string, string]>()
 
   async init (): Promise<void> {}
 
@@ -341,6 +348,40 @@ export class MemoryMetadataStore implements MetadataStore {
       if (n > 0) counts.set(conv, n)
     }
     return counts
+  }
+
+  async pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'> {
+    const mine = this.pushTargets.get(record.userId)
+    const replacing = mine?.has(record.device) === true
+    if (!replacing && (mine?.size ?? 0) >= max) return 'full'
+    // the target moves here from wherever it was registered before
+    const key = pushTargetKey(record.target)
+    const owner = this.pushTargetOwners.get(key)
+    if (owner !== undefined && (owner[0] !== record.userId || owner[1] !== record.device)) await this.pushTargetRemove(owner[0], owner[1])
+    const old = mine?.get(record.device)
+    if (old !== undefined) this.pushTargetOwners.delete(pushTargetKey(old.target))
+    let devices = this.pushTargets.get(record.userId)
+    if (devices === undefined) this.pushTargets.set(record.userId, devices = new Map())
+    devices.set(record.device, { ...record, target: { ...record.target } })
+    this.pushTargetOwners.set(key, [record.userId, record.device])
+    return replacing ? 'replaced' : 'added'
+  }
+
+  async pushTargetRemove (userId: string, device: string, only?: PushTarget): Promise<boolean> {
+    const devices = this.pushTargets.get(userId)
+    const held = devices?.get(device)
+    if (devices === undefined || held === undefined) return false
+    if (only !== undefined && pushTargetKey(only) !== pushTargetKey(held.target)) return false
+    devices.delete(device)
+    if (devices.size === 0) this.pushTargets.delete(userId)
+    this.pushTargetOwners.delete(pushTargetKey(held.target))
+    return true
+  }
+
+  async pushTargetsOf (userIds: readonly string[]): Promise<PushTargetRecord[]> {
+    return [...new Set(userIds)].sort(compare).flatMap(u => [...(this.pushTargets.get(u)?.values() ?? [])]
+      .sort((a, b) => compare(a.device, b.device))
+      .map(r => ({ ...r, target: { ...r.target } })))
   }
 
   /** Sets one field of a user; a change only if the value differs, like MySQL's updated_at. */

@@ -11,12 +11,16 @@
  * own clock whenever a row changes, whoever changes it: see userChanges().
  */
 import { readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import mysql from 'mysql2/promise'
 import type { Pool, PoolConnection, ResultSetHeader, RowDataPacket } from 'mysql2/promise'
 import type { PoolConnection as CallbackPoolConnection } from 'mysql2'
 import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION, type MysqlStatement } from './migrations/mysql.js'
 import {
   StoreConflictError,
+  pushTargetKey,
+  type PushTarget,
+  type PushTargetRecord,
   type BlockRecord,
   type ConversationKind,
   type ConversationRecord,
@@ -538,6 +542,35 @@ export class MySqlMetadataStore implements MetadataStore {
     return new Map(rows.map((row) => [row.conversation_id, toSafeNumber(row.n, 'COUNT(*)')]))
   }
 
+  async pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'> {
+    const key = targetKeyHash(record.target)
+    return await this.transaction(async (conn) => {
+      await conn.execute('SELECT id FROM users WHERE id = ? FOR UPDATE', [record.userId])
+      const [held] = await conn.execute<RowDataPacket[]>('SELECT device FROM push_targets WHERE user_id = ?', [record.userId])
+      const replacing = held.some(row => row.device === record.device)
+      if (!replacing && held.length >= max) return 'full'
+      // the target moves here from wherever it was registered before
+      await conn.execute('DELETE FROM push_targets WHERE target_key = ? AND NOT (user_id = ? AND device = ?)', [key, record.userId, record.device])
+      await conn.execute(
+        `INSERT INTO push_targets (user_id, device, target_key, target, created_at) VALUES (?, ?, ?, ?, ?)
+          ON DUPLICATE KEY UPDATE target_key = VALUES(target_key), target = VALUES(target), created_at = VALUES(created_at)`,
+        [record.userId, record.device, key, JSON.stringify(record.target), record.at])
+      return replacing ? 'replaced' : 'added'
+    })
+  }
+
+  async pushTargetRemove (userId: string, device: string, only?: PushTarget): Promise<boolean> {
+    if (only === undefined) return await this.update('DELETE FROM push_targets WHERE user_id = ? AND device = ?', [userId, device])
+    return await this.update('DELETE FROM push_targets WHERE user_id = ? AND device = ? AND target_key = ?', [userId, device, targetKeyHash(only)])
+  }
+
+  async pushTargetsOf (userIds: readonly string[]): Promise<PushTargetRecord[]> {
+    const rows = await this.selectIn<PushTargetRow>('SELECT user_id, device, target, created_at FROM push_targets WHERE user_id IN (?)', userIds)
+    return rows
+      .map(row => ({ userId: row.user_id, device: row.device, target: JSON.parse(row.target) as PushTarget, at: toSafeNumber(row.created_at, 'created_at') }))
+      .sort((a, b) => compareBytes(a.userId, b.userId) || compareBytes(a.device, b.device))
+  }
+
   async blockersAmong (userId: string, others: readonly string[]): Promise<Set<string>> {
     // served by idx_blocks_blocked (blocked_id, user_id)
     const rows = await this.selectIn<UserIdRow>('SELECT user_id FROM blocks WHERE blocked_id = ? AND user_id IN (?)', others, [userId])
@@ -763,4 +796,16 @@ function toMember (row: MemberRow): MemberRecord {
     muted: row.muted !== 0,
     joinedAt: toSafeNumber(row.joined_at, 'members.joined_at')
   }
+}
+
+interface PushTargetRow extends RowDataPacket {
+  user_id: string
+  device: string
+  target: string
+  created_at: number | string
+}
+
+/** The unique key of a push target: SHA-256 of what makes it the same target (pushTargetKey). */
+function targetKeyHash (target: PushTarget): string {
+  return createHash('sha256').update(pushTargetKey(target)).digest('hex')
 }

@@ -176,6 +176,42 @@ export interface MetadataStore {
    * conversations holds after userId's read cursor, in one round trip (absent: none).
    */
   mentionCountMany (userId: string, conversationIds: readonly string[]): Promise<Map<string, number>>
+
+  /**
+   * Registers (or replaces) the push target of a user's device. A target (a Web Push endpoint, a
+   * gateway token) belongs to one device of one user: registering it again elsewhere moves it,
+   * so a browser or phone that changes accounts stops getting the previous account's pushes.
+   * 'full' when the user already has `max` devices with targets and this is a new one (nothing
+   * changes). Calls for one user are serialized (on the user's record in MySQL).
+   */
+  pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'>
+  /**
+   * Removes a device's target; with `only`, only while the device still holds that target (a
+   * push service's "gone" for an old subscription must not remove the one that replaced it).
+   * Returns false if nothing was removed.
+   */
+  pushTargetRemove (userId: string, device: string, only?: PushTarget): Promise<boolean>
+  /** The push targets of several users, in one round trip, by user then device (byte order). */
+  pushTargetsOf (userIds: readonly string[]): Promise<PushTargetRecord[]>
+}
+
+/** Where a device gets pushes: a Web Push subscription, or a token at a configured push gateway. */
+export type PushTarget =
+  | { kind: 'webpush', endpoint: string, p256dh: string, auth: string }
+  | { kind: 'gateway', gateway: string, token: string, platform: 'ios' | 'android' | 'other' }
+
+/** One device's push target (MetadataStore.pushTarget*). */
+export interface PushTargetRecord {
+  userId: string
+  device: string
+  target: PushTarget
+  /** When it was registered, epoch milliseconds. */
+  at: number
+}
+
+/** What makes a push target the same wherever it is registered: its endpoint, or gateway and token. */
+export function pushTargetKey (t: PushTarget): string {
+  return t.kind === 'webpush' ? `webpush ${t.endpoint}` : `gateway ${t.gateway} ${t.token}`
 }
 
 /** A message that mentions someone (MetadataStore.mentionAddMany). */

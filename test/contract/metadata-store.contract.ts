@@ -12,6 +12,7 @@ import {
   type ConversationRecord,
   type MemberRecord,
   type MetadataStore,
+  type PushTarget,
   type UserRecord
 } from '../../src/store/types.js'
 
@@ -788,6 +789,81 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       test('answers 2,500+ others, the contacts repeated across chunks', async () => {
         const others = manyIds(2600, [[0, 'bob'], [999, 'dave'], [1000, 'erin'], [1001, 'bob'], [2000, 'carol'], [2599, 'dave']])
         expect(await store.memberContactOf('alice', others)).toStrictEqual(new Set(['bob', 'carol', 'dave']))
+      })
+    })
+
+    describe('push targets', () => {
+      const web = (n: number): PushTarget => ({ kind: 'webpush', endpoint: `https://push.example/send/${n}`, p256dh: `key${n}`, auth: `auth${n}` })
+      const gw = (token: string): PushTarget => ({ kind: 'gateway', gateway: 'app', token, platform: 'ios' })
+      beforeEach(async () => {
+        for (const id of ['alice', 'bob', 'carol']) await store.userCreate(user(id))
+      })
+
+      test('pushTargetPut adds a device, replaces its target, and pushTargetsOf reads several users in order', async () => {
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t1'), at: T0 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 + 1 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t2'), at: T0 + 2 }, 5)).toBe('replaced')
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'Phone', target: web(2), at: T0 + 3 }, 5)).toBe('added')
+        expect(await store.pushTargetsOf(['bob', 'alice', 'nobody', 'alice'])).toStrictEqual([
+          { userId: 'alice', device: 'browser', target: web(1), at: T0 + 1 },
+          { userId: 'alice', device: 'phone', target: gw('t2'), at: T0 + 2 },
+          { userId: 'bob', device: 'Phone', target: web(2), at: T0 + 3 }
+        ])
+        expect(await store.pushTargetsOf([])).toStrictEqual([])
+        // the replaced token is free again: carol may register it
+        expect(await store.pushTargetPut({ userId: 'carol', device: 'd', target: gw('t1'), at: T0 }, 5)).toBe('added')
+        expect((await store.pushTargetsOf(['alice'])).map(r => r.device)).toStrictEqual(['browser', 'phone'])
+      })
+
+      test('a target registered again elsewhere moves there: one device never gets two accounts\' pushes', async () => {
+        await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 }, 5)
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'laptop', target: web(1), at: T0 + 1 }, 5)).toBe('added')
+        expect(await store.pushTargetsOf(['alice'])).toStrictEqual([])
+        expect(await store.pushTargetsOf(['bob'])).toStrictEqual([{ userId: 'bob', device: 'laptop', target: web(1), at: T0 + 1 }])
+        // and to another device of the same user
+        await store.pushTargetPut({ userId: 'bob', device: 'other', target: web(1), at: T0 + 2 }, 5)
+        expect((await store.pushTargetsOf(['bob'])).map(r => r.device)).toStrictEqual(['other'])
+        // the same token at another gateway is another target
+        await store.pushTargetPut({ userId: 'alice', device: 'p', target: gw('x'), at: T0 }, 5)
+        await store.pushTargetPut({ userId: 'bob', device: 'p', target: { ...gw('x'), gateway: 'other-app' } as PushTarget, at: T0 }, 5)
+        expect(await store.pushTargetsOf(['alice'])).toHaveLength(1)
+      })
+
+      test('pushTargetRemove: the device, or only while it holds the given target', async () => {
+        await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('old'), at: T0 }, 5)
+        await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('new'), at: T0 + 1 }, 5)
+        expect(await store.pushTargetRemove('alice', 'phone', gw('old'))).toBe(false)
+        expect(await store.pushTargetsOf(['alice'])).toHaveLength(1)
+        expect(await store.pushTargetRemove('alice', 'phone', gw('new'))).toBe(true)
+        expect(await store.pushTargetsOf(['alice'])).toStrictEqual([])
+        await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('old'), at: T0 }, 5)
+        expect(await store.pushTargetRemove('alice', 'phone')).toBe(true)
+        expect(await store.pushTargetRemove('alice', 'phone')).toBe(false)
+        expect(await store.pushTargetRemove('bob', 'phone')).toBe(false)
+        // a removed target may be registered again, by anyone
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'phone', target: gw('old'), at: T0 }, 5)).toBe('added')
+      })
+
+      test('pushTargetPut refuses a new device past max ("full"), concurrent calls included; replacing at the bound works', async () => {
+        const outcomes = await Promise.all(Array.from({ length: 8 }, async (_, i) => await store.pushTargetPut({ userId: 'alice', device: `d${i}`, target: web(i), at: T0 }, 3)))
+        expect(outcomes.filter(o => o === 'added')).toHaveLength(3)
+        expect(outcomes.filter(o => o === 'full')).toHaveLength(5)
+        const held = await store.pushTargetsOf(['alice'])
+        expect(held).toHaveLength(3)
+        const first = held[0]
+        if (first === undefined) throw new Error('no target')
+        expect(await store.pushTargetPut({ userId: 'alice', device: first.device, target: web(99), at: T0 }, 3)).toBe('replaced')
+        // a full user's target still moves away when someone else registers it
+        await store.pushTargetPut({ userId: 'bob', device: 'b', target: web(99), at: T0 }, 3)
+        expect(await store.pushTargetsOf(['alice'])).toHaveLength(2)
+      })
+
+      test('returned records are copies', async () => {
+        await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t'), at: T0 }, 5)
+        const [got] = await store.pushTargetsOf(['alice'])
+        if (got === undefined || got.target.kind !== 'gateway') throw new Error('no target')
+        got.target.token = 'changed'
+        expect(await store.pushTargetsOf(['alice'])).toStrictEqual([{ userId: 'alice', device: 'phone', target: gw('t'), at: T0 }])
       })
     })
 

@@ -10,8 +10,7 @@ import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
-import { tailOf } from '../sequencer.js'
-import { unreadMany } from '../unread.js'
+import { tailNow, unreadMany } from '../unread.js'
 
 export interface ListResult {
   /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
@@ -33,12 +32,7 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
     const conversation = byId.get(m.conversationId)
     if (conversation === undefined) return []
     const head = latest.get(m.conversationId)
-    // the head record, or what this node's sequencer knows if that is more (a head lags its
-    // messages only after a crash between the two writes, until lastSeq repairs it)
-    const stored = tailOf(head?.latest ?? null)
-    const known = services.sequencer.knownTail(m.conversationId)
-    const tail = known !== undefined && known.seq > stored.seq ? known : stored
-    return [{ m, conversation, preview: head?.preview ?? null, tail }]
+    return [{ m, conversation, preview: head?.preview ?? null, tail: tailNow(services, m.conversationId, head?.latest ?? null) }]
   })
   const unread = await unreadMany(services, shown.map(s => ({ conversationId: s.m.conversationId, tail: s.tail, readSeq: s.m.readSeq })))
   const summaries: Array<{ conv: string, bytes: Buffer }> = []

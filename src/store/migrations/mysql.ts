@@ -133,6 +133,24 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
         PRIMARY KEY (user_id, conversation_id, seq)
       ) ${TABLE_OPTIONS}`
     ]
+  },
+  {
+    version: 5,
+    name: 'push_targets: where each device gets pushes',
+    statements: [
+      // The primary key serves a user's targets (pushTargetsOf, the bound per user); the unique
+      // target_key (SHA-256 of the endpoint, or of gateway and token) moves a target between
+      // accounts instead of pushing one device for two of them.
+      `CREATE TABLE IF NOT EXISTS push_targets (
+        user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        device VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        target_key CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        target TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (user_id, device),
+        UNIQUE KEY uq_push_targets_key (target_key)
+      ) ${TABLE_OPTIONS}`
+    ]
   }
 ]
 
