@@ -2,7 +2,8 @@
 /**
  * Builds the browser chat page: web/src/main.tsx (Preact views; it imports the client SDK from
  * src/client/) is bundled by esbuild into web/dist/app.js (minified, with a source map), the
- * keepalive worker web/src/timer-worker.ts into web/dist/timer-worker.js, and web/src/index.html and
+ * keepalive worker web/src/timer-worker.ts into web/dist/timer-worker.js, the service worker web/src/sw.ts
+ * (Web Push notifications) into web/dist/sw.js, and web/src/index.html and
  * web/src/style.css are copied next to them. The server serves web/dist/ at `/` (src/http/static.ts).
  *
  *   node scripts/build-web.mjs            build once
@@ -45,7 +46,7 @@ const copyStatic = {
 /** @type {import('esbuild').BuildOptions} */
 const options = {
   absWorkingDir: root,
-  entryPoints: { app: path.join(src, 'main.tsx'), 'timer-worker': path.join(src, 'timer-worker.ts') },
+  entryPoints: { app: path.join(src, 'main.tsx'), 'timer-worker': path.join(src, 'timer-worker.ts'), sw: path.join(src, 'sw.ts') },
   outdir: out,
   bundle: true,
   format: 'esm',

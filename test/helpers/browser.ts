@@ -31,7 +31,7 @@ export function ensureChromium (): void {
 
 /** What the page is built from: its own sources and the SDK and protocol it bundles. */
 const WEB_INPUTS = ['web/src', 'src/client', 'src/protocol'].map(d => path.join(ROOT, d))
-const WEB_OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js'].map(f => path.join(ROOT, 'web', 'dist', f))
+const WEB_OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js', 'sw.js'].map(f => path.join(ROOT, 'web', 'dist', f))
 const BUILD_LOCK = path.join(ROOT, 'web', '.build.lock')
 /** A lock older than this was left by a process that died: taken over. */
 const BUILD_LOCK_STALE_MS = 60_000

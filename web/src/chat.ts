@@ -12,6 +12,7 @@ import { noteMention } from './mentions.js'
 import { Messages } from './messages.js'
 import type { AppStore } from './store.js'
 import { Typing } from './typing.js'
+import { Push } from './push.js'
 
 export class Chat {
   readonly messages: Messages
@@ -20,6 +21,7 @@ export class Chat {
   readonly conversations: Conversations
   readonly typing: Typing
   readonly blocks: Blocks
+  readonly push: Push
   private readonly cleanups: Array<() => void> = []
 
   constructor (private readonly client: ImClient, private readonly store: AppStore) {
@@ -29,6 +31,7 @@ export class Chat {
     this.conversations = new Conversations(client, store, this.messages, this.members)
     this.typing = new Typing(client, store)
     this.blocks = new Blocks(client, store)
+    this.push = new Push(client, store, conv => { void this.conversations.open(conv) })
   }
 
   async start (): Promise<void> {
@@ -67,7 +70,7 @@ export class Chat {
       listen(window, 'popstate', () => { conversations.followHash() })
     )
     store.update(state => { state.pageVisible = document.visibilityState === 'visible' })
-    await Promise.all([conversations.start(), this.blocks.load()])
+    await Promise.all([conversations.start(), this.blocks.load(), this.push.start()])
   }
 
   /** Closes the refused change or block shown in the chat view. */
@@ -80,6 +83,7 @@ export class Chat {
     this.conversations.close()
     this.messages.close()
     this.typing.close()
+    this.push.close()
   }
 }
 

@@ -85,6 +85,8 @@ export class Session {
 
   async logout (clearSession = true): Promise<void> {
     if (clearSession) {
+      // a browser that logs out gets no more pushes of this user
+      if (this.store.state.push.status === 'on') await this.chat?.push.disable()
       storageSet(sessionStorage, SESSION_KEY, null)
       if (location.hash !== '') history.replaceState(null, '', location.pathname + location.search)
     }

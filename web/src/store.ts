@@ -78,6 +78,14 @@ export interface AppState {
   blocked: Set<string>
   /** document.visibilityState === 'visible' */
   pageVisible: boolean
+  /** Notifications through Web Push on this device (web/src/push.ts). */
+  push: PushState
+}
+
+export interface PushState {
+  status: 'unsupported' | 'off' | 'working' | 'on' | 'denied' | 'error'
+  /** Why (unsupported, denied, error). */
+  detail: string | null
 }
 
 export function initialState (): AppState {
@@ -98,6 +106,7 @@ export function initialState (): AppState {
     typing: new Map(),
     mentions: new Map(),
     blocked: new Set(),
+    push: { status: 'off', detail: null },
     pageVisible: true
   }
 }

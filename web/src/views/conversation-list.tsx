@@ -18,6 +18,7 @@ export function ConversationList ({ state, chat, onLogout }: { state: AppState, 
           <span class='dot' data-testid='conn-state' data-state={state.conn} title={state.conn} />
           <b data-testid='me'>{state.me}</b>
         </span>
+        <PushToggle state={state} chat={chat} />
         <button class='link' data-testid='logout' type='button' onClick={onLogout}>Log out</button>
       </header>
       <NewConversation chat={chat} error={state.sidebarError} />
@@ -26,6 +27,23 @@ export function ConversationList ({ state, chat, onLogout }: { state: AppState, 
       </ul>
       {items.length === 0 && <p class='hint pad' data-testid='conv-empty'>No conversations yet. Open a chat by user id, or create a group.</p>}
     </aside>
+  )
+}
+
+/** The bell: notifications through Web Push while this page is closed (web/src/push.ts). */
+function PushToggle ({ state, chat }: { state: AppState, chat: Chat }) {
+  const { status, detail } = state.push
+  if (status === 'unsupported') return null
+  const on = status === 'on'
+  const label = status === 'working' ? 'Turning on…' : on ? 'Notifications on' : status === 'denied' ? 'Notifications blocked' : 'Notifications off'
+  const title = detail ?? (on ? 'This browser shows a notification when a message arrives while mqim is closed. Click to turn off.' : 'Show a notification when a message arrives while mqim is closed')
+  return (
+    <button
+      class='link' data-testid='push-toggle' data-status={status} type='button' aria-pressed={on} title={title}
+      disabled={status === 'working' || status === 'denied'}
+      onClick={() => { void (on ? chat.push.disable() : chat.push.enable()) }}
+    >{label}
+    </button>
   )
 }
 
