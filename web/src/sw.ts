@@ -36,7 +36,7 @@ sw.addEventListener('activate', e => { e.waitUntil(sw.clients.claim()) })
 sw.addEventListener('push', e => {
   let payload: PushPayload = {}
   try {
-    payload = (e.data?.json() ?? {}) as PushPayload
+    payload = (e.data?.json() ?? {})
   } catch {
     // not JSON: shown as a bare "new message"
   }
