@@ -157,7 +157,6 @@ describe('admin HTTP API', () => {
       expectError(await api('POST', '/users', { body: { id: 'u.zed', displayName: 'evil\u202ename' } }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { body: ['u.zed'] }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { raw: '{"id":' }), 400, 'BAD_JSON')
-      expectError(await api('POST', '/users', { raw: '{"id":"u.zed","__proto__":{"admin":true}}' }), 400, 'BAD_JSON')
       expectError(await api('POST', '/users', { raw: 'id=u.zed', headers: { 'content-type': 'application/x-www-form-urlencoded' } }), 400, 'BAD_REQUEST', /send JSON/)
       expectError(await api('POST', '/users', { raw: '"u.zed"', headers: { 'content-type': 'text/plain' } }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { raw: '['.repeat(40) + ']'.repeat(40) }), 400, 'BAD_REQUEST', /nest deeper than 32/)
@@ -172,6 +171,27 @@ describe('admin HTTP API', () => {
       expectError(await api('DELETE', '/users/u.alice'), 404, 'NOT_FOUND')
       // nothing was created by any of it
       expectError(await api('GET', '/users/u.zed'), 404, 'NOT_FOUND')
+    })
+
+    test('__proto__, constructor and prototype keys are unknown fields: 400 BAD_REQUEST naming the key, at any level of a request; nothing is polluted', async () => {
+      const bodies: Array<[string, string, RegExp]> = [
+        ['/users', '{"id":"u.zed","__proto__":{"admin":true}}', /Unrecognized key: "__proto__"/],
+        ['/users', '{"id":"u.zed","constructor":{"prototype":{"admin":true}}}', /Unrecognized key: "constructor"/],
+        ['/users', '{"id":"u.zed","prototype":{"admin":true}}', /Unrecognized key: "prototype"/],
+        ['/users', '{"__proto__":{"id":"u.zed"}}', /__proto__/],
+        ['/bots', '{"id":"u.zed","__proto__":{"kind":"user"}}', /Unrecognized key: "__proto__"/],
+        ['/users/u.alice/reset', '{"__proto__":{"password":"polluted-pw"}}', /Unrecognized key: "__proto__"/],
+        ['/conversations', '{"name":"x","members":[],"__proto__":{"owner":"u.alice"}}', /Unrecognized key: "__proto__"/],
+        // the same key twice: JSON.parse keeps the last, the schema still refuses it
+        ['/users', '{"id":"u.zed","__proto__":1,"__proto__":{"admin":true}}', /Unrecognized key: "__proto__"/]
+      ]
+      for (const [path, raw, message] of bodies) expectError(await api('POST', path, { raw }), 400, 'BAD_REQUEST', message)
+      expectError(await api('GET', '/users?__proto__=x'), 400, 'BAD_REQUEST', /__proto__/)
+      expectError(await api('GET', '/users?constructor=x'), 400, 'BAD_REQUEST', /constructor/)
+      expectError(await api('GET', '/users/u.zed'), 404, 'NOT_FOUND')
+      expect(await connackCode(server.ports.mqtt, 'u.alice', 'polluted-pw')).toBe(4)
+      const probe: Record<string, unknown> = {}
+      expect([probe.admin, probe.kind, probe.owner, probe.password, Object.getPrototypeOf(probe)]).toEqual([undefined, undefined, undefined, undefined, Object.prototype])
     })
 
     test('disable ends the open session and refuses logins (CONNACK 5); enable lets them in again', async () => {
@@ -198,6 +218,14 @@ describe('admin HTTP API', () => {
       const key = await api('POST', '/users/u.bot/reset', { body: {} })
       expect(key.json).toEqual({ id: 'u.bot', apiKey: expect.stringMatching(/^mqk_/) })
       expect(await connackCode(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
+      // a bot's secret is a generated API key: a password for it is refused, and nothing changes
+      expectError(await api('POST', '/users/u.bot/reset', { body: { password: 'chosen-by-caller' } }), 400, 'BAD_REQUEST', /u\.bot is a bot.*API key/)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', 'chosen-by-caller')).toBe(4)
+      // a user's password is held to the rules of user creation
+      expectError(await api('POST', '/users/u.dave/reset', { body: { password: 'short' } }), 400, 'BAD_REQUEST', /at least 8/)
+      expectError(await api('POST', '/users/u.dave/reset', { body: { password: 'x'.repeat(257) } }), 400, 'BAD_REQUEST')
+      expect(await connackCode(server.ports.mqtt, 'u.dave', generated.json.password as string)).toBe(0)
     })
 
     test('paging: every account exactly once, by id; limit clamped to admin.pageMax; kind filter; bad paging input', async () => {
@@ -380,9 +408,22 @@ describe('admin HTTP API', () => {
       let deep: unknown = 1
       for (let i = 0; i < 40; i++) deep = { d: deep }
       expectError(await send({ msgId: 'h1', kind: 'custom', body: deep }), 400, 'BAD_REQUEST', /nest deeper/)
-      expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: '{"msgId":"h1","kind":"custom","body":{"constructor":{"prototype":{"x":1}}}}' }), 400, 'BAD_JSON')
+      expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: '{"msgId":"h1","kind":"custom","body":{},"__proto__":{"from":"s.eve"}}' }), 400, 'BAD_REQUEST', /Unrecognized key: "__proto__"/)
       expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token }), 400, 'BAD_REQUEST')
       expect((await api('GET', `/conversations/${conv}`)).json.lastSeq).toBe(before)
+    })
+
+    test('in a custom body, constructor and prototype are data and __proto__ is dropped, as over MQTT; nothing is polluted', async () => {
+      const raw = '{"keep":1,"constructor":{"prototype":{"x":1}},"prototype":2,"__proto__":{"polluted":true},"nested":{"__proto__":{"polluted":true},"y":2}}'
+      const viaApi = await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: `{"msgId":"proto-api","kind":"custom","body":${raw}}` })
+      expect(viaApi.status).toBe(201)
+      const viaMqtt = await dee.request('send', { conv, msgId: 'proto-mqtt', kind: 'custom', body: JSON.parse(raw) as unknown })
+      const stored = (await dee.request('history', { conv, after: 0 })).messages
+      const bodyOf = (msgId: string): unknown => stored.find(m => m.msgId === msgId)?.body
+      const expected = { keep: 1, constructor: { prototype: { x: 1 } }, prototype: 2, nested: { y: 2 } }
+      expect([bodyOf('proto-api'), bodyOf('proto-mqtt'), viaMqtt.seq]).toEqual([expected, expected, viaApi.json.seq as number + 1])
+      const probe: Record<string, unknown> = {}
+      expect([probe.polluted, probe.x]).toEqual([undefined, undefined])
     })
 
     test('no sender and no admin.systemUser: 400 naming the field (a server without one, reached from a non-loopback address)', async () => {

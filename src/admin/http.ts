@@ -3,8 +3,11 @@
  * `npm run admin` (src/admin/cli.ts). Each request, in order:
  *   1. authorize (onRequest, before the body is read): a bearer token and the route's scope
  *      (auth.ts): 401 without a token, 403 for a wrong one or a missing scope;
- *   2. read the body: JSON only, nesting at most limits.maxJsonDepth (checked on the text, as the
- *      MQTT dispatcher does), then fastify's own JSON parser (which refuses `__proto__` keys);
+ *   2. read the body: JSON only, nesting at most limits.maxJsonDepth (checked on the text), then
+ *      JSON.parse, as the MQTT dispatcher does: it makes `__proto__` an own data property like any
+ *      other key and never sets a prototype, so the key is refused in step 3 like any unknown
+ *      field (`constructor` and `prototype` too), and kept or dropped in a custom message body as
+ *      over MQTT (see schemas.ts);
  *   3. validate params, query and body with the route's zod schemas (unknown fields refused);
  *   4. run the handler; the answer is serialized through the route's response schema.
  * Failures answer {code, message} through the one error handler of src/http/app.ts. The
@@ -48,16 +51,24 @@ export const adminRoutes: FastifyPluginAsync<AdminDeps> = async (instance, deps)
     }
   })
 
-  // 2. JSON bodies only, bounded in depth before they are parsed
-  const parseJson = app.getDefaultJsonParser('error', 'error')
+  // 2. JSON bodies only, bounded in depth before they are parsed. Not fastify's parser: it answers
+  // valid JSON with a `__proto__` or `constructor.prototype` key BAD_JSON, which misleads; the
+  // strict schemas name such a key as the unknown field it is.
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
     const text = body as string
     if (nestsDeeperThan(text, config.limits.maxJsonDepth)) {
       done(new ImError('BAD_REQUEST', `arrays and objects nest deeper than ${config.limits.maxJsonDepth} levels`), undefined)
       return
     }
-    void parseJson(req, text, done)
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      done(new ImError('BAD_JSON'), undefined)
+      return
+    }
+    done(null, json)
   })
 
   // who changed what (GETs are not logged)
