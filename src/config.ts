@@ -191,7 +191,11 @@ export const ConfigSchema = z.object({
     /** The account (a bot) that sends when a request names no sender (announcements); null: none. */
     systemUser: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id').nullable(),
     /** Largest page of a paged list (users, members); larger `limit`s are clamped. */
-    pageMax: z.number().int().min(1).max(10_000)
+    pageMax: z.number().int().min(1).max(10_000),
+    /** Requests per second each token may make (a token bucket per token; beyond: 429 RATE_LIMITED). */
+    requestsPerSecond: z.number().int().min(1).max(1_000_000),
+    /** Requests a token may make at once after being idle (the bucket's size). */
+    requestBurst: z.number().int().min(1).max(1_000_000)
   }).strict(),
   /** This node's name in a cluster (logs, presence); null = a random id per start. */
   nodeId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -').nullable(),

@@ -490,7 +490,8 @@ describe('admin HTTP API', () => {
           const where = `${m} ${p}`
           expect({ where, id: typeof op.operationId }).toEqual({ where, id: 'string' })
           const responses = op.responses as Record<string, Json>
-          expect({ where, codes: Object.keys(responses) }).toEqual({ where, codes: expect.arrayContaining(['400', '401', '403', 'default']) })
+          expect({ where, codes: Object.keys(responses) }).toEqual({ where, codes: expect.arrayContaining(['400', '401', '403', '429', 'default']) })
+          expect({ where, retryAfter: (responses['429']?.headers as Json | undefined)?.['Retry-After'] }).toEqual({ where, retryAfter: expect.objectContaining({ schema: { type: 'integer', minimum: 1 } }) })
           const params = (op.parameters ?? []) as Json[]
           for (const name of [...p.matchAll(/\{(\w+)\}/g)].map(x => x[1])) expect({ where, path: params.some(x => x.name === name && x.in === 'path' && x.required === true) }).toEqual({ where, path: true })
         }
@@ -532,6 +533,123 @@ describe('admin HTTP API', () => {
       check(schemas.Error as Json, error.json)
       expect(((schemas.Error as Json).properties as { code: { enum: string[] } }).code.enum).toContain(error.json.code)
     })
+  })
+})
+
+/** What the flooding process reports: requests made, seconds taken, answers by status, a few 429s. */
+interface Flood { n: number, elapsed: number, statuses: Record<string, number>, refusals: Array<{ json: Json, retryAfter: string | null }> }
+
+/** Sends text messages to URL with TOKEN, CONCURRENCY at a time, for FLOOD_MS; prints a Flood. */
+const FLOODER = `
+const { URL: url, TOKEN, FLOOD_MS, CONCURRENCY } = process.env
+const statuses = {}
+const refusals = []
+let n = 0
+const started = Date.now()
+async function loop () {
+  while (Date.now() - started < Number(FLOOD_MS)) {
+    const res = await fetch(url, { method: 'POST', headers: { authorization: 'Bearer ' + TOKEN, 'content-type': 'application/json' }, body: JSON.stringify({ msgId: 'f' + n++, kind: 'text', body: 'flood' }) })
+    const json = await res.json()
+    statuses[res.status] = (statuses[res.status] ?? 0) + 1
+    if (res.status === 429 && refusals.length < 5) refusals.push({ json, retryAfter: res.headers.get('retry-after') })
+  }
+}
+await Promise.all(Array.from({ length: Number(CONCURRENCY) }, loop))
+process.stdout.write(JSON.stringify({ n, elapsed: (Date.now() - started) / 1000, statuses, refusals }))
+`
+
+describe('admin HTTP API: per-token rate limit', () => {
+  const RATE = 100
+  const BURST = 50
+  const flooder = newAdminToken()
+  const quiet = newAdminToken()
+  let server: MqimServer
+  let base: string
+  let conv: string
+
+  beforeAll(async () => {
+    server = await startServer({
+      admin: {
+        tokens: [
+          { name: 'flooder', tokenSha256: flooder.tokenSha256, scopes: ALL_SCOPES },
+          { name: 'quiet', tokenSha256: quiet.tokenSha256, scopes: ['users:read'] }
+        ],
+        systemUser: 'system',
+        pageMax: PAGE_MAX,
+        requestsPerSecond: RATE,
+        requestBurst: BURST
+      }
+    })
+    base = `http://127.0.0.1:${server.ports.http}/admin`
+    const loopback = { token: server.adminToken }
+    expect((await call(base, 'POST', '/bots', { ...loopback, body: { id: 'system' } })).status).toBe(201)
+    conv = (await call(base, 'POST', '/conversations', { ...loopback, body: { name: 'flood', members: [] } })).json.conv as string
+  })
+  afterAll(async () => { await server.stop() })
+
+  test("one token's flood of sends gets 429 RATE_LIMITED with Retry-After beyond its bucket; another token's requests go through at their usual speed", async () => {
+    const quietGet = async (): Promise<{ status: number, ms: number }> => {
+      const started = performance.now()
+      const res = await call(base, 'GET', '/users/system', { token: quiet.token })
+      return { status: res.status, ms: performance.now() - started }
+    }
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN
+    const baseline: number[] = []
+    for (let i = 0; i < 20; i++) baseline.push((await quietGet()).ms)
+
+    // the flood comes from another process (16 requests in flight), as another service's would
+    const FLOOD_MS = 1500
+    const flood = new Promise<Flood>((resolve, reject) => {
+      execFile(process.execPath, ['--input-type=module', '-e', FLOODER], {
+        env: { ...process.env, NODE_OPTIONS: '', URL: `${base}/conversations/${conv}/messages`, TOKEN: flooder.token, FLOOD_MS: String(FLOOD_MS), CONCURRENCY: '16' },
+        timeout: 30_000
+      }, (err, stdout) => { if (err !== null) reject(err); else resolve(JSON.parse(stdout) as Flood) })
+    })
+    const state = { flooding: true }
+    flood.then(() => { state.flooding = false }, () => { state.flooding = false })
+    const during: Array<{ status: number, ms: number }> = []
+    while (state.flooding) {
+      during.push(await quietGet())
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    const { n, elapsed, statuses, refusals } = await flood
+
+    const stored = statuses['201'] ?? 0
+    const limited = statuses['429'] ?? 0
+    console.log(`admin rate limit (${RATE}/s, burst ${BURST}): one token sent ${n} requests in ${elapsed.toFixed(2)} s: ${stored} stored, ${limited} refused 429; ` +
+      `another token's GET: median ${median(baseline).toFixed(1)} ms before, ${median(during.map(d => d.ms)).toFixed(1)} ms (max ${Math.max(...during.map(d => d.ms)).toFixed(1)} ms) during the flood, ${during.length} requests`)
+    expect(Object.keys(statuses).sort()).toEqual(['201', '429'])
+    expect(stored).toBeGreaterThanOrEqual(BURST)
+    expect(stored).toBeLessThanOrEqual(BURST + Math.ceil(RATE * elapsed) + 5)
+    expect(refusals.length).toBeGreaterThan(0)
+    for (const r of refusals) {
+      expect(r.json).toEqual({ code: 'RATE_LIMITED', message: expect.stringMatching(/"flooder".*admin\.requestsPerSecond/) })
+      expect(r.retryAfter).toMatch(/^[1-9]\d*$/)
+    }
+    // the other token is never refused, and not slowed beyond noise
+    expect(during.length).toBeGreaterThan(10)
+    expect(during.every(d => d.status === 200)).toBe(true)
+    expect(median(during.map(d => d.ms))).toBeLessThan(Math.max(50, 5 * median(baseline)))
+    // the messages that were let through are stored once each, with no gap
+    expect((await call(base, 'GET', `/conversations/${conv}`, { token: quiet.token })).status).toBe(403)
+    expect((await call(base, 'GET', `/conversations/${conv}`, { token: server.adminToken })).json.lastSeq).toBe(stored)
+  })
+
+  test('the bucket refills: after Retry-After the token is let through again', async () => {
+    let res: Answer
+    let tries = 0
+    do res = await call(base, 'GET', '/users/system', { token: flooder.token })
+    while (res.status === 200 && ++tries < 4 * BURST)
+    expect(res.status).toBe(429)
+    const wait = Number(res.headers.get('retry-after'))
+    await new Promise(resolve => setTimeout(resolve, wait * 1000))
+    expect((await call(base, 'GET', '/users/system', { token: flooder.token })).status).toBe(200)
+  })
+
+  test('config: requestsPerSecond and requestBurst are positive integers; defaults 200 and 400', () => {
+    expect(loadConfig({ env: {} }).admin).toMatchObject({ requestsPerSecond: 200, requestBurst: 400 })
+    expect(() => loadConfig({ env: {}, overrides: { admin: { requestsPerSecond: 0 } } })).toThrow(/admin\.requestsPerSecond/)
+    expect(() => loadConfig({ env: {}, overrides: { admin: { requestBurst: 0.5 } } })).toThrow(/admin\.requestBurst/)
   })
 })
 
