@@ -14,6 +14,9 @@ import { ConfigError, loadConfig } from '../src/config.js'
 import { newAdminToken } from '../src/admin/auth.js'
 import { adminRoutes } from '../src/admin/http.js'
 import type { MqimServer } from '../src/server.js'
+import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
+import { MemoryMessageStore } from '../src/store/messages-memory.js'
+import { counted } from './helpers/counted-store.js'
 import { addUser, connackCode, connect, startServer, type ImClient } from './helpers/im.js'
 
 type Json = Record<string, unknown>
@@ -650,6 +653,31 @@ describe('admin HTTP API: per-token rate limit', () => {
     expect(loadConfig({ env: {} }).admin).toMatchObject({ requestsPerSecond: 200, requestBurst: 400 })
     expect(() => loadConfig({ env: {}, overrides: { admin: { requestsPerSecond: 0 } } })).toThrow(/admin\.requestsPerSecond/)
     expect(() => loadConfig({ env: {}, overrides: { admin: { requestBurst: 0.5 } } })).toThrow(/admin\.requestBurst/)
+  })
+})
+
+describe('admin HTTP API: users paging reads the store a page at a time', () => {
+  test('each page is one keyset read of limit + 1 users (MetadataStore.userPage); the whole list is never read', async () => {
+    const { store, calls } = counted(new MemoryMetadataStore(), 'userPage')
+    for (let i = 0; i < 30; i++) await store.userCreate({ id: `k.${String(i).padStart(2, '0')}`, kind: i % 10 === 0 ? 'bot' : 'user', displayName: 'k', secretHash: 'x', disabled: false, createdAt: 1, groupInvites: 'anyone' })
+    const server = await startServer({ admin: adminConfig(null) }, { meta: store, messages: new MemoryMessageStore() })
+    try {
+      calls.clear()
+      const base = `http://127.0.0.1:${server.ports.http}/admin`
+      const pages: string[][] = []
+      let cursor: string | null = null
+      do {
+        const res = await call(base, 'GET', `/users?limit=7${cursor === null ? '' : `&cursor=${cursor}`}`, { token: reader.token })
+        pages.push((res.json.users as Json[]).map(u => u.id as string))
+        cursor = res.json.next as string | null
+      } while (cursor !== null)
+      expect(pages.map(p => p.length)).toEqual([7, 7, 7, 7, 2])
+      const bots = await call(base, 'GET', '/users?kind=bot&limit=2', { token: reader.token })
+      expect([(bots.json.users as Json[]).map(u => u.id), bots.json.next]).toEqual([['k.00', 'k.10'], 'k.10'])
+      expect(Object.fromEntries(calls)).toEqual({ userPage: 6 })
+    } finally {
+      await server.stop()
+    }
   })
 })
 

@@ -90,12 +90,11 @@ export async function getUser (meta: MetadataStore, id: string): Promise<PublicU
 /**
  * One page of users (and bots) by id in byte order, after `cursor`: each user is on exactly one
  * page of a walk, however users are added meanwhile (those added behind the cursor are not seen).
- * The store has no paged read of users: each page reads them all (fine for thousands).
+ * One keyset read of the store (MetadataStore.userPage) of `limit` + 1 users: the one beyond the
+ * page says whether another follows.
  */
 export async function userPage (meta: MetadataStore, page: { cursor?: string, limit: number, kind?: UserRecord['kind'] }): Promise<{ users: PublicUser[], next: string | null }> {
-  const after = (await meta.userList())
-    .filter(u => (page.cursor === undefined || u.id > page.cursor) && (page.kind === undefined || u.kind === page.kind))
-    .sort((a, b) => a.id < b.id ? -1 : 1)
-  const users = after.slice(0, page.limit).map(publicUser)
-  return { users, next: after.length > page.limit ? users[users.length - 1]?.id ?? null : null }
+  const found = await meta.userPage({ after: page.cursor ?? null, limit: page.limit + 1, ...(page.kind === undefined ? {} : { kind: page.kind }) })
+  const users = found.slice(0, page.limit).map(publicUser)
+  return { users, next: found.length > page.limit ? users.at(-1)?.id ?? null : null }
 }

@@ -133,6 +133,11 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
         PRIMARY KEY (user_id, conversation_id, seq)
       ) ${TABLE_OPTIONS}`
     ]
+  },
+  {
+    version: 5,
+    name: 'users by kind, in id order (userPage of one kind)',
+    statements: [addIndex('users', 'idx_users_kind', ['kind', 'id'])]
   }
 ]
 
