@@ -95,7 +95,11 @@ const JwtConfigSchema = z.object({
   /** After a successful fetch, a token with an unknown `kid` refetches the JWKS only after this long. */
   jwksCooldownMs: z.number().int().min(0),
   /** Cached keys are refetched before use once they are this old. */
-  jwksCacheMaxAgeMs: z.number().int().min(1000)
+  jwksCacheMaxAgeMs: z.number().int().min(1000),
+  /** Largest JWKS answer read (bytes, streamed); a larger one is refused (the login gets CONNACK 3). */
+  jwksMaxBytes: z.number().int().min(1024).max(16 * 1024 * 1024),
+  /** Most keys a JWKS may hold; one with more is refused (the login gets CONNACK 3). */
+  jwksMaxKeys: z.number().int().min(1).max(10_000)
 }).strict().superRefine((j, ctx) => {
   if (!j.enabled) return
   const need = (field: 'issuer' | 'audience' | 'algorithms'): void => {
