@@ -95,7 +95,11 @@ const JwtConfigSchema = z.object({
   /** After a successful fetch, a token with an unknown `kid` refetches the JWKS only after this long. */
   jwksCooldownMs: z.number().int().min(0),
   /** Cached keys are refetched before use once they are this old. */
-  jwksCacheMaxAgeMs: z.number().int().min(1000)
+  jwksCacheMaxAgeMs: z.number().int().min(1000),
+  /** Largest JWKS answer read (bytes, streamed); a larger one is refused (the login gets CONNACK 3). */
+  jwksMaxBytes: z.number().int().min(1024).max(16 * 1024 * 1024),
+  /** Most keys a JWKS may hold; one with more is refused (the login gets CONNACK 3). */
+  jwksMaxKeys: z.number().int().min(1).max(10_000)
 }).strict().superRefine((j, ctx) => {
   if (!j.enabled) return
   const need = (field: 'issuer' | 'audience' | 'algorithms'): void => {
@@ -246,7 +250,11 @@ export const ConfigSchema = z.object({
     /** The account (a bot) that sends when a request names no sender (announcements); null: none. */
     systemUser: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id').nullable(),
     /** Largest page of a paged list (users, members); larger `limit`s are clamped. */
-    pageMax: z.number().int().min(1).max(10_000)
+    pageMax: z.number().int().min(1).max(10_000),
+    /** Requests per second each token may make (a token bucket per token; beyond: 429 RATE_LIMITED). */
+    requestsPerSecond: z.number().int().min(1).max(1_000_000),
+    /** Requests a token may make at once after being idle (the bucket's size). */
+    requestBurst: z.number().int().min(1).max(1_000_000)
   }).strict(),
   /** This node's name in a cluster (logs, presence); null = a random id per start. */
   nodeId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -').nullable(),

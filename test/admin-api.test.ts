@@ -14,6 +14,9 @@ import { ConfigError, loadConfig } from '../src/config.js'
 import { newAdminToken } from '../src/admin/auth.js'
 import { adminRoutes } from '../src/admin/http.js'
 import type { MqimServer } from '../src/server.js'
+import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
+import { MemoryMessageStore } from '../src/store/messages-memory.js'
+import { counted } from './helpers/counted-store.js'
 import { addUser, connackCode, connect, startServer, type ImClient } from './helpers/im.js'
 
 type Json = Record<string, unknown>
@@ -157,7 +160,6 @@ describe('admin HTTP API', () => {
       expectError(await api('POST', '/users', { body: { id: 'u.zed', displayName: 'evil\u202ename' } }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { body: ['u.zed'] }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { raw: '{"id":' }), 400, 'BAD_JSON')
-      expectError(await api('POST', '/users', { raw: '{"id":"u.zed","__proto__":{"admin":true}}' }), 400, 'BAD_JSON')
       expectError(await api('POST', '/users', { raw: 'id=u.zed', headers: { 'content-type': 'application/x-www-form-urlencoded' } }), 400, 'BAD_REQUEST', /send JSON/)
       expectError(await api('POST', '/users', { raw: '"u.zed"', headers: { 'content-type': 'text/plain' } }), 400, 'BAD_REQUEST')
       expectError(await api('POST', '/users', { raw: '['.repeat(40) + ']'.repeat(40) }), 400, 'BAD_REQUEST', /nest deeper than 32/)
@@ -172,6 +174,27 @@ describe('admin HTTP API', () => {
       expectError(await api('DELETE', '/users/u.alice'), 404, 'NOT_FOUND')
       // nothing was created by any of it
       expectError(await api('GET', '/users/u.zed'), 404, 'NOT_FOUND')
+    })
+
+    test('__proto__, constructor and prototype keys are unknown fields: 400 BAD_REQUEST naming the key, at any level of a request; nothing is polluted', async () => {
+      const bodies: Array<[string, string, RegExp]> = [
+        ['/users', '{"id":"u.zed","__proto__":{"admin":true}}', /Unrecognized key: "__proto__"/],
+        ['/users', '{"id":"u.zed","constructor":{"prototype":{"admin":true}}}', /Unrecognized key: "constructor"/],
+        ['/users', '{"id":"u.zed","prototype":{"admin":true}}', /Unrecognized key: "prototype"/],
+        ['/users', '{"__proto__":{"id":"u.zed"}}', /__proto__/],
+        ['/bots', '{"id":"u.zed","__proto__":{"kind":"user"}}', /Unrecognized key: "__proto__"/],
+        ['/users/u.alice/reset', '{"__proto__":{"password":"polluted-pw"}}', /Unrecognized key: "__proto__"/],
+        ['/conversations', '{"name":"x","members":[],"__proto__":{"owner":"u.alice"}}', /Unrecognized key: "__proto__"/],
+        // the same key twice: JSON.parse keeps the last, the schema still refuses it
+        ['/users', '{"id":"u.zed","__proto__":1,"__proto__":{"admin":true}}', /Unrecognized key: "__proto__"/]
+      ]
+      for (const [path, raw, message] of bodies) expectError(await api('POST', path, { raw }), 400, 'BAD_REQUEST', message)
+      expectError(await api('GET', '/users?__proto__=x'), 400, 'BAD_REQUEST', /__proto__/)
+      expectError(await api('GET', '/users?constructor=x'), 400, 'BAD_REQUEST', /constructor/)
+      expectError(await api('GET', '/users/u.zed'), 404, 'NOT_FOUND')
+      expect(await connackCode(server.ports.mqtt, 'u.alice', 'polluted-pw')).toBe(4)
+      const probe: Record<string, unknown> = {}
+      expect([probe.admin, probe.kind, probe.owner, probe.password, Object.getPrototypeOf(probe)]).toEqual([undefined, undefined, undefined, undefined, Object.prototype])
     })
 
     test('disable ends the open session and refuses logins (CONNACK 5); enable lets them in again', async () => {
@@ -198,6 +221,14 @@ describe('admin HTTP API', () => {
       const key = await api('POST', '/users/u.bot/reset', { body: {} })
       expect(key.json).toEqual({ id: 'u.bot', apiKey: expect.stringMatching(/^mqk_/) })
       expect(await connackCode(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
+      // a bot's secret is a generated API key: a password for it is refused, and nothing changes
+      expectError(await api('POST', '/users/u.bot/reset', { body: { password: 'chosen-by-caller' } }), 400, 'BAD_REQUEST', /u\.bot is a bot.*API key/)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', key.json.apiKey as string)).toBe(0)
+      expect(await connackCode(server.ports.mqtt, 'u.bot', 'chosen-by-caller')).toBe(4)
+      // a user's password is held to the rules of user creation
+      expectError(await api('POST', '/users/u.dave/reset', { body: { password: 'short' } }), 400, 'BAD_REQUEST', /at least 8/)
+      expectError(await api('POST', '/users/u.dave/reset', { body: { password: 'x'.repeat(257) } }), 400, 'BAD_REQUEST')
+      expect(await connackCode(server.ports.mqtt, 'u.dave', generated.json.password as string)).toBe(0)
     })
 
     test('paging: every account exactly once, by id; limit clamped to admin.pageMax; kind filter; bad paging input', async () => {
@@ -380,9 +411,22 @@ describe('admin HTTP API', () => {
       let deep: unknown = 1
       for (let i = 0; i < 40; i++) deep = { d: deep }
       expectError(await send({ msgId: 'h1', kind: 'custom', body: deep }), 400, 'BAD_REQUEST', /nest deeper/)
-      expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: '{"msgId":"h1","kind":"custom","body":{"constructor":{"prototype":{"x":1}}}}' }), 400, 'BAD_JSON')
+      expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: '{"msgId":"h1","kind":"custom","body":{},"__proto__":{"from":"s.eve"}}' }), 400, 'BAD_REQUEST', /Unrecognized key: "__proto__"/)
       expectError(await api('POST', `/conversations/${conv}/messages`, { token: sender.token }), 400, 'BAD_REQUEST')
       expect((await api('GET', `/conversations/${conv}`)).json.lastSeq).toBe(before)
+    })
+
+    test('in a custom body, constructor and prototype are data and __proto__ is dropped, as over MQTT; nothing is polluted', async () => {
+      const raw = '{"keep":1,"constructor":{"prototype":{"x":1}},"prototype":2,"__proto__":{"polluted":true},"nested":{"__proto__":{"polluted":true},"y":2}}'
+      const viaApi = await api('POST', `/conversations/${conv}/messages`, { token: sender.token, raw: `{"msgId":"proto-api","kind":"custom","body":${raw}}` })
+      expect(viaApi.status).toBe(201)
+      const viaMqtt = await dee.request('send', { conv, msgId: 'proto-mqtt', kind: 'custom', body: JSON.parse(raw) as unknown })
+      const stored = (await dee.request('history', { conv, after: 0 })).messages
+      const bodyOf = (msgId: string): unknown => stored.find(m => m.msgId === msgId)?.body
+      const expected = { keep: 1, constructor: { prototype: { x: 1 } }, prototype: 2, nested: { y: 2 } }
+      expect([bodyOf('proto-api'), bodyOf('proto-mqtt'), viaMqtt.seq]).toEqual([expected, expected, viaApi.json.seq as number + 1])
+      const probe: Record<string, unknown> = {}
+      expect([probe.polluted, probe.x]).toEqual([undefined, undefined])
     })
 
     test('no sender and no admin.systemUser: 400 naming the field (a server without one, reached from a non-loopback address)', async () => {
@@ -449,7 +493,8 @@ describe('admin HTTP API', () => {
           const where = `${m} ${p}`
           expect({ where, id: typeof op.operationId }).toEqual({ where, id: 'string' })
           const responses = op.responses as Record<string, Json>
-          expect({ where, codes: Object.keys(responses) }).toEqual({ where, codes: expect.arrayContaining(['400', '401', '403', 'default']) })
+          expect({ where, codes: Object.keys(responses) }).toEqual({ where, codes: expect.arrayContaining(['400', '401', '403', '429', 'default']) })
+          expect({ where, retryAfter: (responses['429']?.headers as Json | undefined)?.['Retry-After'] }).toEqual({ where, retryAfter: expect.objectContaining({ schema: { type: 'integer', minimum: 1 } }) })
           const params = (op.parameters ?? []) as Json[]
           for (const name of [...p.matchAll(/\{(\w+)\}/g)].map(x => x[1])) expect({ where, path: params.some(x => x.name === name && x.in === 'path' && x.required === true) }).toEqual({ where, path: true })
         }
@@ -491,6 +536,148 @@ describe('admin HTTP API', () => {
       check(schemas.Error as Json, error.json)
       expect(((schemas.Error as Json).properties as { code: { enum: string[] } }).code.enum).toContain(error.json.code)
     })
+  })
+})
+
+/** What the flooding process reports: requests made, seconds taken, answers by status, a few 429s. */
+interface Flood { n: number, elapsed: number, statuses: Record<string, number>, refusals: Array<{ json: Json, retryAfter: string | null }> }
+
+/** Sends text messages to URL with TOKEN, CONCURRENCY at a time, for FLOOD_MS; prints a Flood. */
+const FLOODER = `
+const { URL: url, TOKEN, FLOOD_MS, CONCURRENCY } = process.env
+const statuses = {}
+const refusals = []
+let n = 0
+const started = Date.now()
+async function loop () {
+  while (Date.now() - started < Number(FLOOD_MS)) {
+    const res = await fetch(url, { method: 'POST', headers: { authorization: 'Bearer ' + TOKEN, 'content-type': 'application/json' }, body: JSON.stringify({ msgId: 'f' + n++, kind: 'text', body: 'flood' }) })
+    const json = await res.json()
+    statuses[res.status] = (statuses[res.status] ?? 0) + 1
+    if (res.status === 429 && refusals.length < 5) refusals.push({ json, retryAfter: res.headers.get('retry-after') })
+  }
+}
+await Promise.all(Array.from({ length: Number(CONCURRENCY) }, loop))
+process.stdout.write(JSON.stringify({ n, elapsed: (Date.now() - started) / 1000, statuses, refusals }))
+`
+
+describe('admin HTTP API: per-token rate limit', () => {
+  const RATE = 100
+  const BURST = 50
+  const flooder = newAdminToken()
+  const quiet = newAdminToken()
+  let server: MqimServer
+  let base: string
+  let conv: string
+
+  beforeAll(async () => {
+    server = await startServer({
+      admin: {
+        tokens: [
+          { name: 'flooder', tokenSha256: flooder.tokenSha256, scopes: ALL_SCOPES },
+          { name: 'quiet', tokenSha256: quiet.tokenSha256, scopes: ['users:read'] }
+        ],
+        systemUser: 'system',
+        pageMax: PAGE_MAX,
+        requestsPerSecond: RATE,
+        requestBurst: BURST
+      }
+    })
+    base = `http://127.0.0.1:${server.ports.http}/admin`
+    const loopback = { token: server.adminToken }
+    expect((await call(base, 'POST', '/bots', { ...loopback, body: { id: 'system' } })).status).toBe(201)
+    conv = (await call(base, 'POST', '/conversations', { ...loopback, body: { name: 'flood', members: [] } })).json.conv as string
+  })
+  afterAll(async () => { await server.stop() })
+
+  test("one token's flood of sends gets 429 RATE_LIMITED with Retry-After beyond its bucket; another token's requests go through at their usual speed", async () => {
+    const quietGet = async (): Promise<{ status: number, ms: number }> => {
+      const started = performance.now()
+      const res = await call(base, 'GET', '/users/system', { token: quiet.token })
+      return { status: res.status, ms: performance.now() - started }
+    }
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN
+    const baseline: number[] = []
+    for (let i = 0; i < 20; i++) baseline.push((await quietGet()).ms)
+
+    // the flood comes from another process (16 requests in flight), as another service's would
+    const FLOOD_MS = 1500
+    const flood = new Promise<Flood>((resolve, reject) => {
+      execFile(process.execPath, ['--input-type=module', '-e', FLOODER], {
+        env: { ...process.env, NODE_OPTIONS: '', URL: `${base}/conversations/${conv}/messages`, TOKEN: flooder.token, FLOOD_MS: String(FLOOD_MS), CONCURRENCY: '16' },
+        timeout: 30_000
+      }, (err, stdout) => { if (err !== null) reject(err); else resolve(JSON.parse(stdout) as Flood) })
+    })
+    const state = { flooding: true }
+    flood.then(() => { state.flooding = false }, () => { state.flooding = false })
+    const during: Array<{ status: number, ms: number }> = []
+    while (state.flooding) {
+      during.push(await quietGet())
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+    const { n, elapsed, statuses, refusals } = await flood
+
+    const stored = statuses['201'] ?? 0
+    const limited = statuses['429'] ?? 0
+    console.log(`admin rate limit (${RATE}/s, burst ${BURST}): one token sent ${n} requests in ${elapsed.toFixed(2)} s: ${stored} stored, ${limited} refused 429; ` +
+      `another token's GET: median ${median(baseline).toFixed(1)} ms before, ${median(during.map(d => d.ms)).toFixed(1)} ms (max ${Math.max(...during.map(d => d.ms)).toFixed(1)} ms) during the flood, ${during.length} requests`)
+    expect(Object.keys(statuses).sort()).toEqual(['201', '429'])
+    expect(stored).toBeGreaterThanOrEqual(BURST)
+    expect(stored).toBeLessThanOrEqual(BURST + Math.ceil(RATE * elapsed) + 5)
+    expect(refusals.length).toBeGreaterThan(0)
+    for (const r of refusals) {
+      expect(r.json).toEqual({ code: 'RATE_LIMITED', message: expect.stringMatching(/"flooder".*admin\.requestsPerSecond/) })
+      expect(r.retryAfter).toMatch(/^[1-9]\d*$/)
+    }
+    // the other token is never refused, and not slowed beyond noise
+    expect(during.length).toBeGreaterThan(10)
+    expect(during.every(d => d.status === 200)).toBe(true)
+    expect(median(during.map(d => d.ms))).toBeLessThan(Math.max(50, 5 * median(baseline)))
+    // the messages that were let through are stored once each, with no gap
+    expect((await call(base, 'GET', `/conversations/${conv}`, { token: quiet.token })).status).toBe(403)
+    expect((await call(base, 'GET', `/conversations/${conv}`, { token: server.adminToken })).json.lastSeq).toBe(stored)
+  })
+
+  test('the bucket refills: after Retry-After the token is let through again', async () => {
+    let res: Answer
+    let tries = 0
+    do res = await call(base, 'GET', '/users/system', { token: flooder.token })
+    while (res.status === 200 && ++tries < 4 * BURST)
+    expect(res.status).toBe(429)
+    const wait = Number(res.headers.get('retry-after'))
+    await new Promise(resolve => setTimeout(resolve, wait * 1000))
+    expect((await call(base, 'GET', '/users/system', { token: flooder.token })).status).toBe(200)
+  })
+
+  test('config: requestsPerSecond and requestBurst are positive integers; defaults 200 and 400', () => {
+    expect(loadConfig({ env: {} }).admin).toMatchObject({ requestsPerSecond: 200, requestBurst: 400 })
+    expect(() => loadConfig({ env: {}, overrides: { admin: { requestsPerSecond: 0 } } })).toThrow(/admin\.requestsPerSecond/)
+    expect(() => loadConfig({ env: {}, overrides: { admin: { requestBurst: 0.5 } } })).toThrow(/admin\.requestBurst/)
+  })
+})
+
+describe('admin HTTP API: users paging reads the store a page at a time', () => {
+  test('each page is one keyset read of limit + 1 users (MetadataStore.userPage); the whole list is never read', async () => {
+    const { store, calls } = counted(new MemoryMetadataStore(), 'userPage')
+    for (let i = 0; i < 30; i++) await store.userCreate({ id: `k.${String(i).padStart(2, '0')}`, kind: i % 10 === 0 ? 'bot' : 'user', displayName: 'k', secretHash: 'x', disabled: false, createdAt: 1, groupInvites: 'anyone' })
+    const server = await startServer({ admin: adminConfig(null) }, { meta: store, messages: new MemoryMessageStore() })
+    try {
+      calls.clear()
+      const base = `http://127.0.0.1:${server.ports.http}/admin`
+      const pages: string[][] = []
+      let cursor: string | null = null
+      do {
+        const res = await call(base, 'GET', `/users?limit=7${cursor === null ? '' : `&cursor=${cursor}`}`, { token: reader.token })
+        pages.push((res.json.users as Json[]).map(u => u.id as string))
+        cursor = res.json.next as string | null
+      } while (cursor !== null)
+      expect(pages.map(p => p.length)).toEqual([7, 7, 7, 7, 2])
+      const bots = await call(base, 'GET', '/users?kind=bot&limit=2', { token: reader.token })
+      expect([(bots.json.users as Json[]).map(u => u.id), bots.json.next]).toEqual([['k.00', 'k.10'], 'k.10'])
+      expect(Object.fromEntries(calls)).toEqual({ userPage: 6 })
+    } finally {
+      await server.stop()
+    }
   })
 })
 

@@ -13,6 +13,7 @@ import { SignJWT, exportJWK, exportSPKI, generateKeyPair, type CryptoKey, type J
 import { RawClient } from '../scripts/lib/raw-mqtt.js'
 import { createBot, setDisabled } from '../src/admin/accounts.js'
 import { JWT_ONLY_SECRET_HASH } from '../src/auth/jwt.js'
+import { loadConfig } from '../src/config.js'
 import type { MqimServer } from '../src/server.js'
 import { addUser, connect, startServer, waitUntil, type ImClient } from './helpers/im.js'
 
@@ -22,11 +23,20 @@ const JWKS_TIMEOUT_MS = 1500
 const JWKS_COOLDOWN_MS = 1000
 const MAX_TOKEN_BYTES = 2048
 
-/** A JWKS endpoint: serves `keys`, counts requests, and can be told to hang. */
+/**
+ * A JWKS endpoint: serves `keys`, counts requests, and can be told to hang, to answer an endless
+ * body (`endless`: 64 KiB chunks as fast as the socket takes them; `sent` counts the bytes and
+ * `closed` resolves when the client cut the connection), or a set padded with `padKeys` keys
+ * (`padded`, chunked, or with its Content-Length when `withLength`).
+ */
 class JwksServer {
   keys: JWK[] = []
-  mode: 'ok' | 'hang' = 'ok'
+  mode: 'ok' | 'hang' | 'endless' | 'padded' = 'ok'
+  padKeys = 0
+  withLength = true
   requests = 0
+  sent = 0
+  closed: Promise<number> = Promise.resolve(0)
   private constructor (private readonly server: http.Server, readonly url: string) {}
 
   static async start (): Promise<JwksServer> {
@@ -36,7 +46,25 @@ class JwksServer {
     server.on('request', (req, res) => {
       jwks.requests++
       if (jwks.mode === 'hang') return
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: jwks.keys }))
+      if (jwks.mode === 'endless') {
+        jwks.sent = 0
+        jwks.closed = new Promise(resolve => res.once('close', () => resolve(Date.now())))
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.write('{"keys":[')
+        const chunk = Buffer.alloc(64 * 1024, ' ')
+        const pump = (): void => {
+          while (!res.destroyed) {
+            const more = res.write(chunk)
+            jwks.sent += chunk.length
+            if (!more) { res.once('drain', pump); return }
+          }
+        }
+        pump()
+        return
+      }
+      const pad = Array.from({ length: jwks.padKeys }, (_, i) => ({ ...jwks.keys[0], kid: `pad-${i}` }))
+      const body = JSON.stringify({ keys: [...jwks.keys, ...pad] })
+      res.writeHead(200, { 'content-type': 'application/json', ...(jwks.withLength ? { 'content-length': Buffer.byteLength(body) } : {}) }).end(body)
     })
     return jwks
   }
@@ -223,6 +251,71 @@ describe('JWT login with keys from a JWKS URL', () => {
     expect(closedAt).toBeGreaterThanOrEqual(exp * 1000 - 5)
     expect(closedAt).toBeLessThan(exp * 1000 + 1000)
     expect(server.internals.sessions.sessionsOf('alice').some(s => s.deviceId === 'short')).toBe(false)
+  })
+})
+
+describe('JWT login with a JWKS that answers too much', () => {
+  const MAX_BYTES = 262_144
+  const MAX_KEYS = 100
+  let jwks: JwksServer
+  let server: MqimServer
+  let k1: Signer
+
+  beforeAll(async () => {
+    jwks = await JwksServer.start()
+    k1 = await signer('k1')
+    jwks.keys.push(k1.jwk)
+    // the documented defaults of jwksMaxBytes and jwksMaxKeys
+    server = await startServer({ auth: { failuresBeforeBackoff: 1000, jwt: jwtConfig({ algorithms: ['RS256'], jwksUrl: jwks.url }) } })
+    expect([server.services.config.auth.jwt?.jwksMaxBytes, server.services.config.auth.jwt?.jwksMaxKeys]).toEqual([MAX_BYTES, MAX_KEYS])
+    await addUser(server, 'alice')
+    await addUser(server, 'bob')
+  })
+  afterAll(async () => {
+    await server.stop()
+    await jwks.close()
+  })
+
+  test('an endless body: the JWT login gets CONNACK 3 as soon as jwksMaxBytes are read, the connection is cut; a password login meanwhile is unaffected', async () => {
+    jwks.mode = 'endless'
+    const started = Date.now()
+    const [jwt, password] = await Promise.all([timed(loginCode(server, 'alice', await token(k1))), timed(loginCode(server, 'bob', 'password-bob'))])
+    const closedAt = await jwks.closed
+    console.log(`JWKS endless: JWT login refused (CONNACK ${String(jwt.value)}) after ${jwt.ms} ms, the JWKS connection cut after ${closedAt - started} ms having written ${jwks.sent} bytes (timeout ${JWKS_TIMEOUT_MS} ms); a password login meanwhile took ${password.ms} ms`)
+    expect({ jwt: jwt.value, password: password.value }).toEqual({ jwt: 3, password: 0 })
+    // refused for the size, not after the timeout
+    expect(jwt.ms).toBeLessThan(JWKS_TIMEOUT_MS / 2)
+    expect(closedAt - started).toBeLessThan(JWKS_TIMEOUT_MS / 2)
+    // what was written: what was read (at most the cap) and what the socket buffers held
+    expect(jwks.sent).toBeLessThan(64 * MAX_BYTES)
+    expect(password.ms).toBeLessThan(JWKS_TIMEOUT_MS / 2)
+  })
+
+  test('a set larger than jwksMaxBytes (with or without Content-Length) or with more than jwksMaxKeys keys is refused (CONNACK 3), though it holds the right key; a set within both is used', async () => {
+    jwks.mode = 'padded'
+    const got: Record<string, number | 'closed'> = {}
+    // about 1 MiB of keys, the signing key first
+    jwks.padKeys = Math.ceil((4 * MAX_BYTES) / JSON.stringify(k1.jwk).length)
+    jwks.withLength = true
+    got.largeWithLength = await loginCode(server, 'alice', await token(k1))
+    jwks.withLength = false
+    got.largeChunked = await loginCode(server, 'alice', await token(k1))
+    // under the byte cap, one key too many
+    jwks.padKeys = MAX_KEYS
+    expect(JSON.stringify({ keys: [k1.jwk, ...Array.from({ length: MAX_KEYS }, () => k1.jwk)] }).length).toBeLessThan(MAX_BYTES)
+    got.tooManyKeys = await loginCode(server, 'alice', await token(k1))
+    jwks.padKeys = MAX_KEYS - 1
+    got.atTheLimits = await loginCode(server, 'alice', await token(k1))
+    expect(got).toEqual({ largeWithLength: 3, largeChunked: 3, tooManyKeys: 3, atTheLimits: 0 })
+    expect(await loginCode(server, 'bob', 'password-bob')).toBe(0)
+  })
+
+  test('config: jwksMaxBytes 1 KiB to 16 MiB, jwksMaxKeys 1 to 10,000', async () => {
+    const load = (more: Record<string, unknown>): unknown => loadConfig({ env: {}, overrides: { auth: { jwt: jwtConfig({ algorithms: ['RS256'], jwksUrl: jwks.url }, more) } } })
+    expect(() => load({ jwksMaxBytes: 1023 })).toThrow(/auth\.jwt\.jwksMaxBytes/)
+    expect(() => load({ jwksMaxBytes: 16 * 1024 * 1024 + 1 })).toThrow(/auth\.jwt\.jwksMaxBytes/)
+    expect(() => load({ jwksMaxKeys: 0 })).toThrow(/auth\.jwt\.jwksMaxKeys/)
+    expect(() => load({ jwksMaxKeys: 1.5 })).toThrow(/auth\.jwt\.jwksMaxKeys/)
   })
 })
 

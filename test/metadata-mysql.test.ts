@@ -234,20 +234,60 @@ describe('MySqlMetadataStore specifics', () => {
         [{ conversationId: 'g1', userId: 'alice', role: 'owner', readSeq: 0, muted: false, joinedAt: 1 }])
       await first.mentionAddMany([{ conversationId: 'g1', userId: 'alice', seq: 3, senderId: 'bob' }])
       await onDatabase(url, async (conn, dbName) => {
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 4`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 4`)
       })
       const again = open()
       await again.init()
       expect(await again.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map([['g1', 1]]))
       await onDatabase(url, async (conn, dbName) => {
         await conn.query(`DROP TABLE \`${dbName}\`.mentions`)
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 4`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 4`)
       })
       const upgraded = open()
       await upgraded.init()
       expect(await upgraded.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map())
       await upgraded.mentionAddMany([{ conversationId: 'g1', userId: '@all', seq: 4, senderId: 'bob' }])
       expect(await upgraded.mentionCountMany('alice', ['g1'])).toStrictEqual(new Map([['g1', 1]]))
+    })
+  })
+
+  describe('migration 6 (users by kind)', () => {
+    test('a version-5 database gets idx_users_kind; run again with its record gone, nothing changes; userPage of a kind reads that index', async () => {
+      const indexColumns = async (): Promise<string[]> => {
+        let columns: string[] = []
+        await onDatabase(url, async (conn, dbName) => {
+          const [rows] = await conn.query<mysql.RowDataPacket[]>(
+            "SELECT COLUMN_NAME AS name FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'users' AND INDEX_NAME = 'idx_users_kind' ORDER BY SEQ_IN_INDEX", [dbName])
+          columns = rows.map((r) => String(r.name))
+        })
+        return columns
+      }
+      const first = open()
+      await first.init()
+      await first.userCreate(alice())
+      expect(await indexColumns()).toStrictEqual(['kind', 'id'])
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`ALTER TABLE \`${dbName}\`.users DROP INDEX idx_users_kind`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 6`)
+      })
+      const upgraded = open()
+      await upgraded.init()
+      expect(await indexColumns()).toStrictEqual(['kind', 'id'])
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 6`)
+      })
+      const again = open()
+      await again.init()
+      expect(await indexColumns()).toStrictEqual(['kind', 'id'])
+      expect((await again.userPage({ after: null, limit: 10, kind: 'user' })).map((u) => u.id)).toStrictEqual(['alice'])
+      await onDatabase(url, async (conn, dbName) => {
+        // enough users, few of them bots, for the optimizer to prefer the index
+        const rows = Array.from({ length: 500 }, (_, i) => [`u${i}`, i % 100 === 0 ? 'bot' : 'user', 'U', 'h', 0, 1])
+        await conn.query(`INSERT INTO \`${dbName}\`.users (id, kind, display_name, secret_hash, disabled, created_at) VALUES ?`, [rows])
+        await conn.query(`ANALYZE TABLE \`${dbName}\`.users`)
+        const [plan] = await conn.query<mysql.RowDataPacket[]>(`EXPLAIN SELECT id FROM \`${dbName}\`.users WHERE kind = 'bot' AND id > 'a' ORDER BY id LIMIT 5`)
+        expect(plan[0]?.key).toBe('idx_users_kind')
+      })
     })
   })
 

@@ -18,6 +18,7 @@ export const CreateBotInput = z.object({
 
 export const ResetInput = z.object({
   password: z.string().min(8, 'at least 8 characters').max(256).optional()
+    .meta({ description: 'users only: the new password (absent: a generated one); refused for a bot, whose API key is always generated' })
 }).strict()
 
 export interface PublicUser { id: string, kind: UserRecord['kind'], displayName: string, disabled: boolean, createdAt: number }
@@ -54,12 +55,19 @@ export async function setDisabled (meta: MetadataStore, id: string, disabled: bo
   if (!(await meta.userSetDisabled(id, disabled))) throw new ImError('NOT_FOUND', `no such user: ${id}`)
 }
 
-/** New password (users) or new API key (bots); the old one stops working at once. */
+/**
+ * New password (users: the given one, or a generated one) or new API key (bots: always generated;
+ * a password given for a bot is refused, nothing changes); the old one stops working at once.
+ */
 export async function resetSecret (meta: MetadataStore, id: string, password?: string): Promise<{ password?: string, apiKey?: string }> {
-  if (password !== undefined && !ResetInput.safeParse({ password }).success) throw new ImError('BAD_REQUEST', 'password: at least 8 characters')
+  if (password !== undefined) {
+    const checked = ResetInput.shape.password.safeParse(password)
+    if (!checked.success) throw new ImError('BAD_REQUEST', `password: ${checked.error.issues[0]?.message ?? 'invalid'}`)
+  }
   const user = await meta.userGet(id)
   if (user === null) throw new ImError('NOT_FOUND', `no such user: ${id}`)
   if (user.kind === 'bot') {
+    if (password !== undefined) throw new ImError('BAD_REQUEST', `password: ${id} is a bot; it logs in with a generated API key, not a password (leave password out to get a new API key)`)
     const apiKey = generateApiKey()
     await meta.userSetSecret(id, hashApiKey(apiKey))
     return { apiKey }
@@ -82,12 +90,11 @@ export async function getUser (meta: MetadataStore, id: string): Promise<PublicU
 /**
  * One page of users (and bots) by id in byte order, after `cursor`: each user is on exactly one
  * page of a walk, however users are added meanwhile (those added behind the cursor are not seen).
- * The store has no paged read of users: each page reads them all (fine for thousands).
+ * One keyset read of the store (MetadataStore.userPage) of `limit` + 1 users: the one beyond the
+ * page says whether another follows.
  */
 export async function userPage (meta: MetadataStore, page: { cursor?: string, limit: number, kind?: UserRecord['kind'] }): Promise<{ users: PublicUser[], next: string | null }> {
-  const after = (await meta.userList())
-    .filter(u => (page.cursor === undefined || u.id > page.cursor) && (page.kind === undefined || u.kind === page.kind))
-    .sort((a, b) => a.id < b.id ? -1 : 1)
-  const users = after.slice(0, page.limit).map(publicUser)
-  return { users, next: after.length > page.limit ? users[users.length - 1]?.id ?? null : null }
+  const found = await meta.userPage({ after: page.cursor ?? null, limit: page.limit + 1, ...(page.kind === undefined ? {} : { kind: page.kind }) })
+  const users = found.slice(0, page.limit).map(publicUser)
+  return { users, next: found.length > page.limit ? users.at(-1)?.id ?? null : null }
 }

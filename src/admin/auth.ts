@@ -52,6 +52,11 @@ export class AdminAuth {
     this.tokens = tokens.map(t => ({ hash: Buffer.from(t.tokenSha256, 'hex'), principal: { name: t.name, scopes: new Set(t.scopes) } }))
   }
 
+  /** Every caller authorize() may answer: one per token of admin.tokens, and the loopback token's. */
+  get principals (): Principal[] {
+    return [...this.tokens.map(t => t.principal), LOOPBACK_PRINCIPAL]
+  }
+
   /** The caller, or AdminAuthError. `scopes` empty: any valid token will do. */
   authorize (authorization: string | undefined, remoteAddress: string | undefined, scopes: readonly AdminScope[]): Principal {
     const principal = this.authenticate(authorization, remoteAddress)

@@ -30,8 +30,9 @@ commands:
   user disable <id>    refuse new connections of a user or bot (CONNACK 5) and end the open ones
   user enable <id>     allow them again
   user reset <id> [--password P]
-                       new password for a user (generated unless given), new API key for a bot;
-                       the old one stops working at once
+                       new password for a user (generated unless given), new API key for a bot
+                       (always generated: --password is refused for a bot); the old one stops
+                       working at once
   token new <name> --scopes S[,S...]
                        make a token for another service: prints it, and the entry to add to
                        admin.tokens in the config (which holds only its SHA-256); scopes:
@@ -280,10 +281,7 @@ const COMMANDS: Record<string, Command | LocalCommand> = {
     run: async (backend, id, flags) => {
       const password = flags.password === undefined ? undefined : validate(CreateUserInput.shape.password, flags.password)
       const secret = await backend.reset(id, password)
-      if (secret.apiKey !== undefined) {
-        const note = password === undefined ? [] : ['(a bot has no password: --password was ignored)']
-        return { json: { id, apiKey: secret.apiKey }, text: [`new api key for bot ${id}: ${secret.apiKey}`, ...note] }
-      }
+      if (secret.apiKey !== undefined) return { json: { id, apiKey: secret.apiKey }, text: [`new api key for bot ${id}: ${secret.apiKey}`] }
       return { json: { id, password: secret.password }, text: [`new password for ${id}: ${secret.password ?? ''}`] }
     }
   },

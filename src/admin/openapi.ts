@@ -27,11 +27,14 @@ const ERROR_STATUS: Record<number, string> = {
   404: 'NOT_FOUND: no such user or conversation',
   409: 'CONFLICT: it exists already',
   413: 'TOO_LARGE: the body is over http.bodyLimitBytes (or the message over limits.maxPayloadBytes)',
-  429: 'RATE_LIMITED',
+  429: 'RATE_LIMITED: the token is over admin.requestsPerSecond (burst admin.requestBurst; Retry-After says in how many seconds to try again), or a limit of the operation (e.g. limits.groupsCreatedPerHour)',
   503: 'UNAVAILABLE: a store or the message routing is down; retry with the same ids'
 }
 
 const ref = (id: string): Json => ({ $ref: `#/components/schemas/${id}` })
+
+/** The header of a 429 for the token's rate (absent on a 429 for a limit of the operation). */
+const RETRY_AFTER: Json = { description: 'seconds until the token may make a request again', schema: { type: 'integer', minimum: 1 } }
 
 function pascal (s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1)
@@ -83,7 +86,7 @@ export function buildOpenApi (routes: readonly AdminRoute[]): z.input<typeof Ope
   const paths: Record<string, Record<string, Json>> = {}
   for (const { route: r, body, response } of named) {
     const path = '/admin' + r.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')
-    const errors = [...new Set([400, 401, 403, ...(r.errors ?? [])])].sort((a, b) => a - b)
+    const errors = [...new Set([400, 401, 403, 429, ...(r.errors ?? [])])].sort((a, b) => a - b)
     const operation: Json = {
       operationId: r.operationId,
       tags: [r.tag],
@@ -96,7 +99,11 @@ export function buildOpenApi (routes: readonly AdminRoute[]): z.input<typeof Ope
         : { requestBody: { required: !r.body.safeParse({}).success, content: { 'application/json': { schema: ref(body) } } } }),
       responses: {
         ...Object.fromEntries(r.success.map(status => [String(status), { description: status === 201 ? 'created' : 'done', content: { 'application/json': { schema: ref(response) } } }])),
-        ...Object.fromEntries(errors.map(status => [String(status), { description: ERROR_STATUS[status] ?? 'error', content: { 'application/json': { schema: ref('Error') } } }])),
+        ...Object.fromEntries(errors.map(status => [String(status), {
+          description: ERROR_STATUS[status] ?? 'error',
+          ...(status === 429 ? { headers: { 'Retry-After': RETRY_AFTER } } : {}),
+          content: { 'application/json': { schema: ref('Error') } }
+        }])),
         default: { description: 'any other failure ({code, message})', content: { 'application/json': { schema: ref('Error') } } }
       }
     }
@@ -112,6 +119,7 @@ export function buildOpenApi (routes: readonly AdminRoute[]): z.input<typeof Ope
       version: ADMIN_API_VERSION,
       description: 'Accounts, conversations and messages of an mqim server, for other services. ' +
         'Authorization: Bearer <token>: a token of config admin.tokens (from any address, with its scopes), or the token in <dataDir>/admin-token (loopback clients, every scope). ' +
+        'Each token may make admin.requestsPerSecond requests per second (default 200), admin.requestBurst at once (default 400); beyond, 429 RATE_LIMITED with Retry-After. ' +
         'Every error answers {code, message}.'
     },
     servers: [{ url: '/' }],

@@ -144,7 +144,7 @@ const USERS: AdminRoute[] = [
     scope: 'users:write',
     tag: 'users',
     summary: "Replace an account's secret",
-    description: 'A user gets a new password (the given one, or a generated one), a bot a new API key. The old one stops working at once, and the connections made with it end.',
+    description: 'A user gets a new password: the given one (8-256 characters, as when creating a user), or a generated one. A bot gets a new API key, always generated: a `password` for a bot is refused (400 BAD_REQUEST naming the field) and nothing changes. The old secret stops working at once, and the connections made with it end.',
     params: UserParams,
     body: ResetInput,
     response: NewSecret,

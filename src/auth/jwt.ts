@@ -6,7 +6,8 @@
  *   a JSON object (a JOSE header). Anything else goes the password / API key way.
  * - Keys: a JSON Web Key Set fetched from `jwksUrl` (jose's createRemoteJWKSet: kept for
  *   `jwksCacheMaxAgeMs`, fetched again for an unknown `kid` at most once per `jwksCooldownMs`,
- *   each fetch given up after `jwksTimeoutMs`, logins arriving meanwhile share one fetch), or a
+ *   each fetch given up after `jwksTimeoutMs`, logins arriving meanwhile share one fetch; the
+ *   answer is read as a stream and refused beyond `jwksMaxBytes` or `jwksMaxKeys`), or a
  *   static key: `publicKeyPem` (imported once per allowed algorithm at start-up, so a key that does
  *   not fit stops the start) or `secret` (HS*).
  * - Checks: the algorithm against the allow-list (before any key is looked up), the signature,
@@ -21,7 +22,7 @@
  *   does (Sessions.disconnectWhere).
  */
 import type { Client } from 'aedes'
-import { createRemoteJWKSet, errors, importSPKI, importX509, jwtVerify, type CryptoKey, type JWTVerifyGetKey } from 'jose'
+import { createRemoteJWKSet, customFetch, errors, importSPKI, importX509, jwtVerify, type CryptoKey, type FetchImplementation, type JWTVerifyGetKey } from 'jose'
 import { ConfigError, type JwtConfig } from '../config.js'
 import type { Logger } from '../log.js'
 import { USER_ID_PATTERN } from '../protocol/topics.js'
@@ -207,7 +208,8 @@ function remoteKeys (url: URL, config: JwtConfig): JWTVerifyGetKey {
   const jwks = createRemoteJWKSet(url, {
     timeoutDuration: config.jwksTimeoutMs,
     cooldownDuration: config.jwksCooldownMs,
-    cacheMaxAge: config.jwksCacheMaxAgeMs
+    cacheMaxAge: config.jwksCacheMaxAgeMs,
+    [customFetch]: boundedFetch(config.jwksMaxBytes, config.jwksMaxKeys)
   })
   return async (header, token) => {
     try {
@@ -216,6 +218,46 @@ function remoteKeys (url: URL, config: JwtConfig): JWTVerifyGetKey {
       if (err instanceof errors.JOSEError && KEY_MISS_CODES.has(err.code)) throw err
       throw new KeysUnavailable('JWKS unavailable', { cause: err })
     }
+  }
+}
+
+/**
+ * fetch for jose's key set that reads at most `maxBytes` of the answer (a Content-Length above it
+ * is refused unread; the body is streamed and the connection cut at the first byte beyond) and
+ * accepts at most `maxKeys` keys, so a provider answering a huge or endless body costs a bounded
+ * read, not the memory of the server. What it passes on is the same JSON, re-serialized.
+ */
+function boundedFetch (maxBytes: number, maxKeys: number): FetchImplementation {
+  return async (url, options) => {
+    const response = await fetch(url, options)
+    if (response.status !== 200) return response
+    const declared = Number(response.headers.get('content-length') ?? NaN)
+    if (declared > maxBytes) {
+      await response.body?.cancel()
+      throw new Error(`the JWKS answer is ${declared} bytes; at most ${maxBytes} are read (auth.jwt.jwksMaxBytes)`)
+    }
+    const chunks: Uint8Array[] = []
+    let bytes = 0
+    const reader = response.body?.getReader()
+    for (let chunk = await reader?.read(); chunk !== undefined && !chunk.done; chunk = await reader?.read()) {
+      bytes += chunk.value.byteLength
+      if (bytes > maxBytes) {
+        await reader?.cancel()
+        throw new Error(`the JWKS answer is larger than ${maxBytes} bytes (auth.jwt.jwksMaxBytes); not read further`)
+      }
+      chunks.push(chunk.value)
+    }
+    let json: unknown
+    try {
+      json = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    } catch (err) {
+      throw new Error('the JWKS answer is not JSON', { cause: err })
+    }
+    const keys = (json as { keys?: unknown } | null)?.keys
+    if (Array.isArray(keys) && keys.length > maxKeys) {
+      throw new Error(`the JWKS holds ${keys.length} keys; at most ${maxKeys} are accepted (auth.jwt.jwksMaxKeys)`)
+    }
+    return new Response(JSON.stringify(json), { status: 200, headers: { 'content-type': 'application/json' } })
   }
 }
 

@@ -18,12 +18,16 @@ import {
   type PushTarget,
   type PushTargetRecord,
   type Role,
-  type UserRecord
+  type UserKind,
+  type UserRecord,
+  userPageWanted
 } from './types.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 
 export class MemoryMetadataStore implements MetadataStore {
   private readonly users = new Map<string, UserRecord>()
+  /** User ids in byte order, all of them and per kind, the equivalent of the MySQL indexes userPage reads (users are never removed, nor change kind). */
+  private readonly userIds: Record<'all' | UserKind, string[]> = { all: [], user: [], bot: [] }
   private readonly conversations = new Map<string, ConversationRecord>()
   /** directKey → conversation id */
   private readonly directKeys = new Map<string, string>()
@@ -53,6 +57,7 @@ export class MemoryMetadataStore implements MetadataStore {
   async userCreate (user: UserRecord): Promise<void> {
     if (this.users.has(user.id)) throw new StoreConflictError(`user "${user.id}" already exists`)
     this.users.set(user.id, { ...user })
+    for (const ids of [this.userIds.all, this.userIds[user.kind]]) ids.splice(firstAfter(ids, user.id), 0, user.id)
     this.userChanged(user.id)
   }
 
@@ -72,6 +77,16 @@ export class MemoryMetadataStore implements MetadataStore {
 
   async userList (): Promise<UserRecord[]> {
     return [...this.users.values()].sort((a, b) => compare(a.id, b.id)).map((u) => ({ ...u }))
+  }
+
+  async userPage (page: { after: string | null, limit: number, kind?: UserKind }): Promise<UserRecord[]> {
+    if (!userPageWanted(page.limit)) return []
+    const ids = this.userIds[page.kind ?? 'all']
+    const start = page.after === null ? 0 : firstAfter(ids, page.after)
+    return ids.slice(start, start + page.limit).flatMap((id) => {
+      const user = this.users.get(id)
+      return user === undefined ? [] : [{ ...user }]
+    })
   }
 
   async userSetDisabled (id: string, disabled: boolean): Promise<boolean> {
@@ -439,6 +454,18 @@ export class MemoryMetadataStore implements MetadataStore {
  * compares UTF-16 code units, which agrees except where a surrogate (a code point above U+FFFF)
  * meets U+E000..U+FFFF; rank() moves the surrogates above those. ('B' < 'a' here, as in MySQL.)
  */
+/** The index of the first of `sorted` (byte order) that sorts after `id`: binary search. */
+function firstAfter (sorted: readonly string[], id: string): number {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (compare(sorted[mid] as string, id) <= 0) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 function compare (a: string, b: string): number {
   const length = Math.min(a.length, b.length)
   for (let i = 0; i < length; i++) {

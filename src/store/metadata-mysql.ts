@@ -30,7 +30,8 @@ import {
   type MetadataStore,
   type Role,
   type UserKind,
-  type UserRecord
+  type UserRecord,
+  userPageWanted
 } from './types.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 
@@ -229,6 +230,19 @@ export class MySqlMetadataStore implements MetadataStore {
 
   async userList (): Promise<UserRecord[]> {
     const [rows] = await this.pool.execute<UserRow[]>(`SELECT ${USER_COLUMNS} FROM users ORDER BY id`)
+    return rows.map(toUser)
+  }
+
+  async userPage (page: { after: string | null, limit: number, kind?: UserKind }): Promise<UserRecord[]> {
+    if (!userPageWanted(page.limit)) return []
+    // one index range, read in id order (utf8mb4_bin: byte order): the primary key, or
+    // idx_users_kind (kind, id) for one kind
+    const where: string[] = []
+    const values: unknown[] = []
+    if (page.kind !== undefined) { where.push('kind = ?'); values.push(page.kind) }
+    if (page.after !== null) { where.push('id > ?'); values.push(page.after) }
+    const [rows] = await this.pool.query<UserRow[]>(
+      `SELECT ${USER_COLUMNS} FROM users ${where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`} ORDER BY id LIMIT ?`, [...values, page.limit])
     return rows.map(toUser)
   }
 

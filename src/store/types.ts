@@ -55,6 +55,15 @@ export class StoreConflictError extends Error {
   }
 }
 
+/** Largest page of userPage: a bound on one read (the admin API asks for admin.pageMax + 1 at most). */
+export const USER_PAGE_MAX = 10_001
+
+/** A userPage limit: false for an empty page; RangeError if not an integer or above USER_PAGE_MAX. */
+export function userPageWanted (limit: number): boolean {
+  if (!Number.isSafeInteger(limit) || limit > USER_PAGE_MAX) throw new RangeError(`user page limit must be an integer of at most ${USER_PAGE_MAX}, got ${String(limit)}`)
+  return limit > 0
+}
+
 export interface MetadataStore {
   /** Connect, apply pending schema migrations, verify the schema version. */
   init (): Promise<void>
@@ -66,6 +75,13 @@ export interface MetadataStore {
   /** Several users in one round trip; unknown ids are left out; no order. */
   userGetMany (ids: readonly string[]): Promise<UserRecord[]>
   userList (): Promise<UserRecord[]>
+  /**
+   * One page of users by id ascending, ids > `after` (null: from the start), only of `kind` when
+   * given: keyset paging, so a walk lists every user that exists throughout it exactly once,
+   * whatever is created meanwhile. Byte order (MySQL utf8mb4_bin). A limit of 0 or less gives an
+   * empty page; one that is not an integer, or above USER_PAGE_MAX, throws RangeError.
+   */
+  userPage (page: { after: string | null, limit: number, kind?: UserKind }): Promise<UserRecord[]>
   /** Returns false if no such user. */
   userSetDisabled (id: string, disabled: boolean): Promise<boolean>
   /** Returns false if no such user. */

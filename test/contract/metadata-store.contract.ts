@@ -9,6 +9,7 @@
  */
 import {
   StoreConflictError,
+  USER_PAGE_MAX,
   type ConversationRecord,
   type MemberRecord,
   type MetadataStore,
@@ -123,6 +124,78 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         for (const u of users) await store.userCreate(u)
         const listed = await store.userList()
         expect([...listed].sort((a, b) => a.id.localeCompare(b.id))).toStrictEqual([users[1], users[2], users[0]])
+      })
+
+      describe('userPage', () => {
+        // ids that sort differently byte-wise (utf8mb4_bin) and locale-wise; every third a bot
+        const ids = ['a', 'b', 'z', '_x', '-x', '0', '9', 'ab', 'a-b', 'a_b', 'a.b', 'zz', 'z'.repeat(32), 'a0', 'bot.1', 'm']
+        const kindOf = (id: string): 'user' | 'bot' => ids.indexOf(id) % 3 === 0 ? 'bot' : 'user'
+        const ordered = [...ids].sort(byteOrder)
+
+        beforeEach(async () => {
+          for (const id of ids) await store.userCreate(user(id, { kind: kindOf(id), disabled: id === 'm' }))
+        })
+
+        /** Every id of a walk with pages of `limit`, and the size of each page. */
+        async function walk (limit: number, kind?: 'user' | 'bot'): Promise<{ seen: string[], sizes: number[] }> {
+          const seen: string[] = []
+          const sizes: number[] = []
+          let after: string | null = null
+          for (;;) {
+            const page: UserRecord[] = await store.userPage({ after, limit, ...(kind === undefined ? {} : { kind }) })
+            sizes.push(page.length)
+            seen.push(...page.map((u) => u.id))
+            const last = page.at(-1)
+            if (page.length < limit || last === undefined) break
+            after = last.id
+          }
+          return { seen, sizes }
+        }
+
+        test('pages by id in byte order, each user once, whole records', async () => {
+          expect(ordered).not.toStrictEqual([...ids].sort((x, y) => x.localeCompare(y)))
+          for (const limit of [1, 3, ids.length, ids.length + 1, 1000]) {
+            const { seen, sizes } = await walk(limit)
+            expect(seen).toStrictEqual(ordered)
+            expect(sizes.slice(0, -1).every((n) => n === limit)).toBe(true)
+          }
+          expect(await store.userPage({ after: null, limit: 2 })).toStrictEqual(ordered.slice(0, 2).map((id) => user(id, { kind: kindOf(id), disabled: id === 'm' })))
+        })
+
+        test('kind: only users, or only bots, in the same order', async () => {
+          for (const kind of ['user', 'bot'] as const) {
+            const want = ordered.filter((id) => kindOf(id) === kind)
+            expect((await walk(2, kind)).seen).toStrictEqual(want)
+            expect((await store.userPage({ after: null, limit: 100, kind })).every((u) => u.kind === kind)).toBe(true)
+          }
+        })
+
+        test('after is a position, not a user: an unknown id, the last id, the empty string; limit 0', async () => {
+          expect((await store.userPage({ after: 'a1', limit: 2 })).map((u) => u.id)).toStrictEqual(ordered.filter((id) => byteOrder(id, 'a1') > 0).slice(0, 2))
+          expect(await store.userPage({ after: ordered.at(-1) ?? null, limit: 10 })).toStrictEqual([])
+          expect((await store.userPage({ after: '', limit: 1 })).map((u) => u.id)).toStrictEqual([ordered[0]])
+          expect((await store.userPage({ after: 'A', limit: 1, kind: 'bot' })).map((u) => u.id)).toStrictEqual([ordered.filter((id) => kindOf(id) === 'bot' && byteOrder(id, 'A') > 0)[0]])
+          expect(await store.userPage({ after: null, limit: 0 })).toStrictEqual([])
+        })
+
+        test('hostile input: a limit that is not an integer or above USER_PAGE_MAX throws RangeError; odd cursors are plain values', async () => {
+          await expect(store.userPage({ after: null, limit: 1.5 })).rejects.toThrow(RangeError)
+          await expect(store.userPage({ after: null, limit: Number.NaN })).rejects.toThrow(RangeError)
+          await expect(store.userPage({ after: null, limit: USER_PAGE_MAX + 1 })).rejects.toThrow(RangeError)
+          expect(await store.userPage({ after: null, limit: USER_PAGE_MAX })).toHaveLength(ids.length)
+          for (const after of ["' OR 1=1 --", '%', '\\', '😀', '\u0000']) {
+            expect((await store.userPage({ after, limit: 100 })).map((u) => u.id)).toStrictEqual(ordered.filter((id) => byteOrder(id, after) > 0))
+          }
+        })
+
+        test('returns copies, and sees users created later past the cursor', async () => {
+          const [first] = await store.userPage({ after: null, limit: 1 })
+          if (first === undefined) throw new Error('no page')
+          first.displayName = 'changed'
+          expect((await store.userGet(first.id))?.displayName).toBe(`User ${first.id}`)
+          await store.userCreate(user('zzz'))
+          expect((await store.userPage({ after: 'zz', limit: 10 })).map((u) => u.id)).toStrictEqual(['zzz', 'z'.repeat(32)].sort(byteOrder))
+        })
       })
 
       test('userSetDisabled flips the flag and reports unknown users', async () => {

@@ -40,7 +40,7 @@ function pem (type: 'rsa' | 'ec' | 'ed25519', options: Record<string, unknown> =
 describe('auth.jwt configuration', () => {
   test('off by default; the defaults are documented in config/default.json', () => {
     expect(loadConfig({ env: {} }).auth.jwt).toEqual({
-      enabled: false, clockToleranceSec: 30, userClaim: 'sub', createUsers: false, maxTokenBytes: 4096, jwksTimeoutMs: 2000, jwksCooldownMs: 30000, jwksCacheMaxAgeMs: 600000
+      enabled: false, clockToleranceSec: 30, userClaim: 'sub', createUsers: false, maxTokenBytes: 4096, jwksTimeoutMs: 2000, jwksCooldownMs: 30000, jwksCacheMaxAgeMs: 600000, jwksMaxBytes: 262144, jwksMaxKeys: 100
     })
   })
 

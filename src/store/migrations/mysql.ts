@@ -151,6 +151,11 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
         UNIQUE KEY uq_push_targets_key (target_key)
       ) ${TABLE_OPTIONS}`
     ]
+  },
+  {
+    version: 6,
+    name: 'users by kind, in id order (userPage of one kind)',
+    statements: [addIndex('users', 'idx_users_kind', ['kind', 'id'])]
   }
 ]
 
