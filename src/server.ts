@@ -117,7 +117,13 @@ export class MqimServer {
     const { outboundBufferBytes, pageBytes, maxPacketBytes } = config.limits
     const sessions = new Sessions({ outboundBufferBytes, drainTimeoutMs: config.broker.drainTimeoutMs, replyBytes: pageBytes + maxPacketBytes }, logger)
     const envelopes = new EnvelopeCache()
-    const webhooks = new Webhooks({ ...config.webhooks, limits: config.limits, logger, metrics })
+    const webhooks = new Webhooks({
+      ...config.webhooks,
+      limits: config.limits,
+      logger,
+      metrics,
+      ...(backends.redis === null ? {} : { queue: new RedisJobQueue(backends.redis, 'webhooks', config.webhooks.queueMax), pollMs: 250 })
+    })
     const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks })
     const directory = new ConversationDirectory(meta, bus)
     const mentions = new MentionLog(meta, logger)

@@ -9,16 +9,21 @@ import { GatewayReceiver } from './helpers/push-service.js'
 import type { MqimServer } from '../src/server.js'
 
 const SECRET = 'cluster-gateway-secret-0123456789-abcdef'
+const HOOK_SECRET = 'cluster-webhook-secret-0123456789-abcdef'
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
 
 describe('offline push on two nodes', () => {
   let n1: MqimServer
   let n2: MqimServer
   let gateway: GatewayReceiver
+  let hooks: GatewayReceiver
   const clients: ImClient[] = []
   beforeAll(async () => {
     gateway = await GatewayReceiver.start(SECRET)
+    // webhooks are signed the same way as gateway pushes: the same receiver checks them
+    hooks = await GatewayReceiver.start(HOOK_SECRET)
     const overrides = await clusterOverrides(11, {
+      webhooks: { endpoints: [{ url: hooks.url, secret: HOOK_SECRET, events: ['message.stored'] }], timeoutMs: 500 },
       push: { delayMs: 100, collapseMs: 1500, timeoutMs: 500, webPush: { allowedHosts: ['127.0.0.1'], allowHttp: true }, gateways: [{ name: 'app', url: gateway.url, secret: SECRET }] }
     })
     n1 = await startServer({ ...overrides, nodeId: 'p1' })
@@ -29,6 +34,7 @@ describe('offline push on two nodes', () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
     await Promise.allSettled([n1.stop(), n2.stop()])
     await gateway.close()
+    await hooks.close()
   })
 
   async function online (server: MqimServer, user: string, device: string): Promise<ImClient> {
@@ -74,11 +80,12 @@ describe('offline push on two nodes', () => {
     expect(gateway.received.every(r => r.verified)).toBe(true)
   })
 
-  test('pushes queued by a node that stops are sent by the other node once the gateway is back', async () => {
+  test('pushes and webhook deliveries queued by a node that stops are made by the other node once their receivers are back', async () => {
     const dave = await online(n1, 'cp.dave', 'phone')
     await dave.request('push-register', { gateway: { name: 'app', token: 'dave-token', platform: 'ios' } })
     await dave.end()
     gateway.status = () => 503
+    hooks.status = () => 503
     const alice = await online(n1, 'cp.alice', 'a2')
     const { conv } = await alice.request('direct', { user: 'cp.dave' })
     const attemptsBefore = gateway.attempts
@@ -89,8 +96,14 @@ describe('offline push on two nodes', () => {
     await alice.end()
     await n1.stop()
     const before = gateway.received.length
+    const hooksBefore = hooks.received.length
     gateway.status = () => 200
+    hooks.status = () => 200
     const [got] = (await gateway.waitFor(before + 1, 20_000)).slice(before)
+    await hooks.waitFor(hooksBefore + 1, 20_000)
+    const stored = hooks.received.slice(hooksBefore).map(r => r.body as { event: string, data: { conv: string, msgId: string } })
+    expect(stored.filter(r => r.data.msgId === 'queued')).toMatchObject([{ event: 'message.stored', data: { conv, msgId: 'queued' } }])
+    expect(hooks.received.every(r => r.verified)).toBe(true)
     expect(got?.body).toMatchObject({ user: 'cp.dave', token: 'dave-token', notification: { conv, text: 'sent while the gateway is down' } })
     await sleep(1000)
     expect(gateway.received.filter(r => (r.body.user === 'cp.dave'))).toHaveLength(1)

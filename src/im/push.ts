@@ -150,6 +150,7 @@ export class PushService {
   private closed = false
   private readonly now: () => number
   private services: Services | null = null
+  private warnedFullAt = 0
 
   constructor (private readonly opts: PushServiceOptions) {
     this.now = opts.now ?? Date.now
@@ -282,7 +283,10 @@ export class PushService {
     this.opts.metrics?.push('any', 'queued', added)
     if (added < jobs.length) {
       this.opts.metrics?.push('any', 'dropped', jobs.length - added)
-      this.opts.logger.warn({ conv, dropped: jobs.length - added }, 'push: the queue is full (push.queueMax); pushes dropped')
+      if (this.now() - this.warnedFullAt > 10_000) {
+        this.warnedFullAt = this.now()
+        this.opts.logger.warn({ conv, dropped: jobs.length - added }, 'push: the queue is full (push.queueMax); pushes dropped (warned at most every 10 s)')
+      }
     }
     if (added > 0) this.runner.kick()
   }

@@ -11,10 +11,11 @@
  *   x-mqim-signature: t=<ms>,v1=<hex>      HMAC-SHA256 of `<t>.<body>` with the endpoint's secret
  * A 2xx answer delivers it. Anything else (an error status, no answer within `timeoutMs`, a
  * connection refused) is retried with back-off (1 s doubling, at most 60 s apart) until
- * `retryForMs` after the event, then dropped and logged. At most `queueMax` deliveries wait per
- * node (beyond, new ones are dropped and counted): a receiver that is down or slow never slows
- * sends, whose only cost is a queue push. At most `concurrency` requests are in flight per node.
- * The queue is in memory: deliveries waiting when a node stops are lost (documented).
+ * `retryForMs` after the event, then dropped and logged. Deliveries wait in a bounded job queue
+ * (src/im/jobs.ts; `queueMax`, beyond which new ones are dropped and counted): in memory on one
+ * node (lost when it stops), in Redis when clustered (a delivery claimed by a node that dies is
+ * made by another once its lease runs out). A receiver that is down or slow never slows sends,
+ * whose only cost is a queue push. At most `concurrency` requests are in flight per node.
  *
  * before-send (optional, `webhooks.beforeSend`): every `send` is first posted (signed the same way,
  * event `message.before-send`) and waits at most `timeoutMs` for `{allow: true}` (optionally with a
@@ -26,6 +27,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { ImError } from '../errors.js'
 import { nestsDeeperThan } from './dispatcher.js'
+import { JobRunner, MemoryJobQueue, type Job, type JobOutcome, type JobQueue } from './jobs.js'
 
 /** The body of `res` as text, or null once it passes `maxBytes` (the rest is not read). */
 async function readCapped (res: Response, maxBytes: number): Promise<string | null> {
@@ -59,23 +61,15 @@ export interface WebhookOptions {
   limits: { maxPayloadBytes: number, maxJsonDepth: number }
   logger: Logger
   metrics?: Metrics
+  /** Where deliveries wait (default: in memory, queueMax); Redis when clustered. */
+  queue?: JobQueue
+  /** How often to look for deliveries queued by other nodes (clustered). */
+  pollMs?: number
   now?: () => number
 }
 
-interface Delivery {
-  id: string
-  endpoint: WebhookEndpoint
-  event: WebhookEvent
-  body: string
-  /** When the event happened: given up on after retryForMs. */
-  at: number
-  attempts: number
-  /** Not before this time (back-off). */
-  due: number
-}
-
-const BACKOFF_BASE_MS = 1000
-const BACKOFF_MAX_MS = 60_000
+/** A queued delivery: the endpoint by its URL (its secret is read from the configuration when sent). */
+interface DeliveryData { url: string, event: WebhookEvent, delivery: string, body: string }
 
 /** `t=<ms>,v1=<hex>`: HMAC-SHA256 of `<t>.<body>` (a receiver recomputes it and checks t is recent). */
 export function signature (secret: string, body: string, t: number): string {
@@ -86,21 +80,39 @@ export function signature (secret: string, body: string, t: number): string {
 export interface BeforeSendVerdict { allow: boolean, body?: unknown, reason?: string }
 
 export class Webhooks {
-  private readonly queue: Delivery[] = []
-  private inFlight = 0
+  private readonly queue: JobQueue
+  private readonly runner: JobRunner
   private beforeSendInFlight = 0
   /** user -> their sends waiting for the before-send hook (an entry only while some wait). */
   private readonly beforeSendByUser = new Map<string, number>()
-  private timer: NodeJS.Timeout | null = null
   private closed = false
   private readonly now: () => number
-  /** Deliveries dropped since start: the queue was full, or retries ran out. */
+  /** Deliveries dropped by this node since start: the queue was full, or retries ran out. */
   dropped = 0
-  /** Deliveries made since start. */
+  /** Deliveries made by this node since start. */
   delivered = 0
+  private warnedFullAt = 0
 
   constructor (private readonly opts: WebhookOptions) {
     this.now = opts.now ?? Date.now
+    this.queue = opts.queue ?? new MemoryJobQueue(opts.queueMax)
+    this.runner = new JobRunner(this.queue, {
+      name: 'webhooks',
+      concurrency: opts.concurrency,
+      // an attempt takes at most timeoutMs; the lease leaves room for the outcome to be recorded
+      leaseMs: opts.timeoutMs * 2 + 5000,
+      pollMs: opts.pollMs ?? 1000,
+      retryForMs: opts.retryForMs,
+      handle: async (job) => await this.attempt(job),
+      onOutcome: (outcome) => {
+        if (outcome !== 'expired') return
+        this.dropped++
+        opts.metrics?.webhook('any', 'dropped')
+      },
+      logger: opts.logger,
+      now: this.now
+    })
+    if (this.enabled) this.runner.start()
   }
 
   get enabled (): boolean {
@@ -121,74 +133,48 @@ export class Webhooks {
     if (this.closed) return
     const targets = this.opts.endpoints.filter(e => e.events.includes(event))
     if (targets.length === 0) return
-    const at = this.now()
     const id = randomUUID()
-    const body = JSON.stringify({ id, event, at, data })
-    for (const endpoint of targets) {
-      if (this.queue.length >= this.opts.queueMax) {
-        this.dropped++
+    const body = JSON.stringify({ id, event, at: this.now(), data })
+    const jobs = targets.map((endpoint, n) => ({ id: `${id}.${n}`, data: JSON.stringify({ url: endpoint.url, event, delivery: id, body } satisfies DeliveryData) }))
+    this.queue.add(jobs, this.now()).then(added => {
+      if (added < jobs.length) {
+        this.dropped += jobs.length - added
         this.opts.metrics?.webhook(event, 'dropped')
-        continue
+        if (this.now() - this.warnedFullAt > 10_000) {
+          this.warnedFullAt = this.now()
+          this.opts.logger.warn({ event, dropped: this.dropped }, 'webhooks: the queue is full (webhooks.queueMax); deliveries dropped (warned at most every 10 s)')
+        }
       }
-      this.queue.push({ id, endpoint, event, body, at, attempts: 0, due: at })
-    }
-    this.pump()
+      if (added > 0) this.runner.kick()
+    }, (err: unknown) => { this.opts.logger.warn({ err, event }, 'webhooks: could not queue a delivery') })
   }
 
-  /** Deliveries waiting (queued or backing off). */
-  get waiting (): number {
-    return this.queue.length
+  /** Deliveries waiting (queued, backing off, or being made). */
+  async waiting (): Promise<number> {
+    return await this.queue.size()
   }
 
-  private pump (): void {
-    if (this.closed) return
-    const now = this.now()
-    let nextDue = Infinity
-    for (let i = 0; i < this.queue.length && this.inFlight < this.opts.concurrency;) {
-      const d = this.queue[i] as Delivery
-      if (d.due > now) {
-        nextDue = Math.min(nextDue, d.due)
-        i++
-        continue
-      }
-      this.queue.splice(i, 1)
-      this.inFlight++
-      void this.attempt(d).finally(() => {
-        this.inFlight--
-        this.pump()
-      })
-    }
-    if (nextDue < Infinity && this.timer === null) {
-      this.timer = setTimeout(() => { this.timer = null; this.pump() }, Math.max(10, nextDue - now))
-      this.timer.unref()
-    }
-  }
-
-  private async attempt (d: Delivery): Promise<void> {
-    d.attempts++
+  /** One attempt of one delivery. */
+  private async attempt (job: Job): Promise<JobOutcome> {
+    const d = JSON.parse(job.data) as DeliveryData
+    const endpoint = this.opts.endpoints.find(e => e.url === d.url && e.events.includes(d.event))
+    // an endpoint taken out of the configuration (another node's, or before a restart) gets nothing
+    if (endpoint === undefined) return 'drop'
     let problem: string
     try {
-      const status = await this.post(d.endpoint.url, d.endpoint.secret, d.event, d.id, d.body, this.opts.timeoutMs)
+      const status = await this.post(endpoint.url, endpoint.secret, d.event, d.delivery, d.body, this.opts.timeoutMs)
       if (status >= 200 && status < 300) {
         this.delivered++
         this.opts.metrics?.webhook(d.event, 'delivered')
-        return
+        return 'done'
       }
       problem = `status ${status}`
     } catch (err) {
       problem = (err as Error).name === 'TimeoutError' ? `no answer within ${this.opts.timeoutMs} ms` : String((err as Error).message ?? err)
     }
-    const now = this.now()
-    const delay = Math.min(BACKOFF_BASE_MS * 2 ** (d.attempts - 1), BACKOFF_MAX_MS)
-    if (this.closed || now + delay - d.at > this.opts.retryForMs) {
-      this.dropped++
-      this.opts.metrics?.webhook(d.event, 'dropped')
-      if (!this.closed) this.opts.logger.warn({ url: d.endpoint.url, event: d.event, delivery: d.id, attempts: d.attempts, problem }, 'webhook given up')
-      return
-    }
     this.opts.metrics?.webhook(d.event, 'retried')
-    d.due = now + delay
-    this.queue.push(d)
+    this.opts.logger.debug({ url: endpoint.url, event: d.event, delivery: d.delivery, attempts: job.attempts, problem }, 'webhook failed; retrying')
+    return 'retry'
   }
 
   private async post (url: string, secret: string, event: string, id: string, body: string, timeoutMs: number): Promise<number> {
@@ -278,7 +264,6 @@ export class Webhooks {
 
   close (): void {
     this.closed = true
-    if (this.timer !== null) clearTimeout(this.timer)
-    this.timer = null
+    this.runner.close()
   }
 }
