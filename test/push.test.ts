@@ -5,7 +5,8 @@
  * only when mentioned), targets pruned on 404/410, a dead gateway retried, and the push-* requests'
  * answers to bad and hostile input.
  */
-import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { startServer, addUser, connect, url, type ImClient } from './helpers/im.js'
+import { ImClient as SdkClient } from '../src/client/index.js'
 import { LocalPushService, GatewayReceiver } from './helpers/push-service.js'
 import type { MqimServer } from '../src/server.js'
 
@@ -195,6 +196,31 @@ describe('offline push', () => {
     expect(got?.body).toMatchObject({ user: 'frank', device: 'phone2', token: 'frank-apns-token', platform: 'ios', notification: { conv, convName: 'Gone', text: 'to the gateway', from: 'alice' } })
     expect(got?.delivery).toBe(got?.body.id)
     expect(gateway.attempts).toBeGreaterThanOrEqual(2)
+  })
+})
+
+describe('offline push: the SDK', () => {
+  test('pushRegister, pushTargets and pushUnregister; a refusal is an ImClientError with the code', async () => {
+    const service = await LocalPushService.start()
+    const server = await startServer(pushConfig({}, {}, [{ name: 'app', url: 'http://127.0.0.1:1/unused', secret: GATEWAY_SECRET }]))
+    try {
+      await addUser(server, 'sdk')
+      const client = await SdkClient.connect({ url: url(server, 'ws'), userId: 'sdk', password: 'password-sdk', deviceId: 'tab' })
+      const sub = service.subscribe()
+      expect(await client.pushRegister({ webPush: sub.json })).toStrictEqual({ device: 'tab', registered: 'added' })
+      expect(await client.pushRegister({ gateway: { name: 'app', token: 'tok', platform: 'other' } }, 'phone')).toStrictEqual({ device: 'phone', registered: 'added' })
+      const listed = await client.pushTargets()
+      expect(listed.targets.map(t => [t.device, t.kind, t.endpoint ?? t.token])).toStrictEqual([['phone', 'gateway', 'tok'], ['tab', 'webpush', sub.json.endpoint]])
+      expect(listed.gateways).toStrictEqual(['app'])
+      await expect(client.pushRegister({ gateway: { name: 'nope', token: 'tok', platform: 'ios' } })).rejects.toMatchObject({ code: 'BAD_REQUEST' })
+      expect(await client.pushUnregister('phone')).toStrictEqual({ device: 'phone', removed: true })
+      expect(await client.pushUnregister()).toStrictEqual({ device: 'tab', removed: true })
+      expect((await client.pushTargets()).targets).toStrictEqual([])
+      await client.close()
+    } finally {
+      await server.stop()
+      await service.close()
+    }
   })
 })
 
