@@ -4,7 +4,8 @@
  *   npm run bench                      full run: table on stdout, JSON in bench-results/
  *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
  *   npm run bench -- --only hostile    the bystander's p99 under attack / without (not in the default set)
- *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile
+ *   npm run bench -- --only push       send p99 with the push gateway down or hanging / up (not in the default set)
+ *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile,push
  *            --attacks stuck-subscriber,wrong-passwords,subscriptions,big-pages,request-flood (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
@@ -26,6 +27,7 @@ import { headerComment, intOption, listOption, parseCommandLine, printUsage } fr
 import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
 import { createMysqlDatabase, readServicesEnv, servicesOfDir, startServices, stopServices, type ServiceUrls } from '../lib/services.js'
 import { ATTACKS, runHostile, type HostileParams, type HostileResult } from './hostile.js'
+import { runPush, type PushParams, type PushResult } from './push.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
 import type { AttackName } from './lib/protocol.js'
@@ -41,9 +43,9 @@ import {
 
 /** group50-changes: one request in this many is an edit or a reaction (20 %). */
 const CHANGE_EVERY = 5
-const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile'] as const
+const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile', 'push'] as const
 type Scenario = typeof SCENARIOS[number]
-/** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it). */
+/** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it), push too. */
 const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'connections', 'sync', 'store']
 const BROKERS: readonly TargetKind[] = ['mqim', 'aedes', 'mosquitto']
 
@@ -112,6 +114,7 @@ interface Sizes {
   storeTiming: FlowTiming
   rawInsert: { batch: number, seconds: number }
   hostile: HostileParams
+  push: PushParams
 }
 
 const BODY = 100
@@ -133,7 +136,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       store: { pairs: 200, window: 8, bodyBytes: BODY },
       storeTiming: { warmMs: 1500, measureMs: 4000 },
       rawInsert: { batch: 500, seconds: 4 },
-      hostile: { rounds: rounds ?? 3, windowMs: 3000, warmMs: 1000, settleMaxMs: 10_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
+      hostile: { rounds: rounds ?? 3, windowMs: 3000, warmMs: 1000, settleMaxMs: 10_000, bystanderRate: 100, requestTimeoutMs: 10_000 },
+      push: { rounds: rounds ?? 2, pairs: 100, rate: 200, warmMs: 2000, measureMs: 5000 }
     }
   }
   return {
@@ -151,7 +155,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
     store: { pairs: 200, window: 8, bodyBytes: BODY },
     storeTiming: { warmMs: 3000, measureMs: 10_000 },
     rawInsert: { batch: 500, seconds: 8 },
-    hostile: { rounds: rounds ?? 5, windowMs: 5000, warmMs: 1000, settleMaxMs: 15_000, bystanderRate: 100, requestTimeoutMs: 10_000 }
+    hostile: { rounds: rounds ?? 5, windowMs: 5000, warmMs: 1000, settleMaxMs: 15_000, bystanderRate: 100, requestTimeoutMs: 10_000 },
+    push: { rounds: rounds ?? 3, pairs: 200, rate: 300, warmMs: 3000, measureMs: 10_000 }
   }
 }
 
@@ -318,6 +323,7 @@ async function main (): Promise<number> {
   const syncs: SyncResult[] = []
   const raws: RawInsertResult[] = []
   const hostile: HostileResult[] = []
+  let push: PushResult | null = null
   const failures: string[] = []
   // alternate the order each round so that drift on a noisy machine hits every broker alike
   const enabled = (list: TargetKind[]): TargetKind[] => list.filter(k => opts.brokers.has(k))
@@ -404,6 +410,11 @@ async function main (): Promise<number> {
         await attempt(`hostile ${attack}`, async () => { hostile.push(await runHostile(ctx, attack, h)) })
       }
     }
+    if (opts.only.has('push')) {
+      const pp = S.push
+      log(`push: ${pp.pairs} direct conversations to offline peers with a gateway target, ${pp.rate} sends/s; the gateway up, down (refusing) and hanging (never answering), ${pp.rounds} rounds`)
+      await attempt('push', async () => { push = await runPush(ctx, pp) })
+    }
   } finally {
     await pool.close()
   }
@@ -451,6 +462,11 @@ async function main (): Promise<number> {
   // hostile: the bystander's p99 under attack / without, per attack (only when it ran: the quick
   // line of the default scenarios keeps its shape)
   for (const h of hostile) ratios[hostileKey(h.attack)] = h.ratio === null ? null : rnd(h.ratio, 2)
+  const pushed = push as PushResult | null
+  if (pushed !== null) {
+    ratios.push_p99_down_vs_up = pushed.p99DownVsUp === null ? null : rnd(pushed.p99DownVsUp, 2)
+    ratios.push_p99_hanging_vs_up = pushed.p99HangingVsUp === null ? null : rnd(pushed.p99HangingVsUp, 2)
+  }
   const goals: Array<[string, '>=' | '<=', number]> = [
     ['direct_vs_aedes', '>=', 0.6],
     ['cpu_per_msg_vs_aedes', '<=', 2],
@@ -519,6 +535,7 @@ async function main (): Promise<number> {
     sync: syncs,
     rawInsert: raws,
     hostile,
+    push,
     profiles: cpuProfDir ?? null
   }
   const stamp = new Date(started).toISOString().replace(/[:.]/g, '-')

@@ -138,6 +138,9 @@ export interface PushServiceOptions {
 
 /** Flushes (store reads to decide who gets a push) in progress at once. */
 const FLUSHES_AT_ONCE = 4
+/** A host that failed is rested this long, doubling while it keeps failing, up to the max. */
+const HOST_PAUSE_MIN_MS = 500
+const HOST_PAUSE_MAX_MS = 30_000
 
 export class PushService {
   private readonly pending = new Map<string, Pending>()
@@ -151,6 +154,8 @@ export class PushService {
   private readonly now: () => number
   private services: Services | null = null
   private warnedFullAt = 0
+  /** Push services and gateways that failed just now: left alone until `until` (bounded). */
+  private readonly resting = new LRUCache<string, { until: number, pauseMs: number }>({ max: 10_000 })
 
   constructor (private readonly opts: PushServiceOptions) {
     this.now = opts.now ?? Date.now
@@ -350,17 +355,29 @@ export class PushService {
       this.opts.logger.warn({ user: data.user, device: data.device, kind, problem: unsendable }, 'push not sent')
       return 'drop'
     }
+    // a push service or gateway that just failed to answer is left alone for a moment: its
+    // pushes wait for their next turn without a request each
+    const host = this.hostOf(data.target)
+    const now = this.now()
+    const resting = this.resting.get(host)
+    if (resting !== undefined && resting.until > now) {
+      this.opts.metrics?.push(kind, 'retry')
+      return 'retry'
+    }
     let outcome: { status: number } | { error: string }
     try {
       outcome = data.target.kind === 'webpush' ? await this.sendWebPush(data.target, data.notification) : await this.sendGateway(job, data, data.target)
     } catch (err) {
       outcome = { error: (err as Error).name === 'TimeoutError' ? `no answer within ${this.opts.config.timeoutMs} ms` : String((err as Error).message ?? err) }
     }
-    if ('error' in outcome) {
+    if ('error' in outcome || outcome.status === 429 || outcome.status >= 500) {
+      const pause = Math.min((resting?.pauseMs ?? HOST_PAUSE_MIN_MS / 2) * 2, HOST_PAUSE_MAX_MS)
+      this.resting.set(host, { until: this.now() + pause, pauseMs: pause })
       this.opts.metrics?.push(kind, 'retry')
-      this.opts.logger.debug({ user: data.user, device: data.device, kind, problem: outcome.error }, 'push failed; retrying')
+      this.opts.logger.debug({ user: data.user, device: data.device, kind, problem: 'error' in outcome ? outcome.error : `status ${outcome.status}`, pauseMs: pause }, 'push failed; retrying')
       return 'retry'
     }
+    this.resting.delete(host)
     const { status } = outcome
     if (status >= 200 && status < 300) {
       this.opts.metrics?.push(kind, 'delivered')
@@ -372,13 +389,19 @@ export class PushService {
       await this.services?.meta.pushTargetRemove(data.user, data.device, data.target)
       return 'drop'
     }
-    if (status === 429 || status >= 500) {
-      this.opts.metrics?.push(kind, 'retry')
-      return 'retry'
-    }
     this.opts.metrics?.push(kind, 'rejected')
     this.opts.logger.warn({ user: data.user, device: data.device, kind, status }, 'push refused by the push service; not retried')
     return 'drop'
+  }
+
+  /** Where a target's pushes go: its gateway, or its push service's origin. */
+  private hostOf (target: PushTarget): string {
+    if (target.kind === 'gateway') return `gateway ${target.gateway}`
+    try {
+      return new URL(target.endpoint).origin
+    } catch {
+      return target.endpoint
+    }
   }
 
   /** Why a push to this target cannot be sent with the configuration of now, or null. */
