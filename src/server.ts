@@ -22,7 +22,7 @@ import { Delivery } from './im/delivery.js'
 import { Metrics } from './metrics.js'
 import { Webhooks } from './im/webhooks.js'
 import { MentionLog } from './im/mentions.js'
-import { PushService, loadVapidKeys } from './im/push.js'
+import { PushService, PushTargetCache, loadVapidKeys } from './im/push.js'
 import { MemoryJobQueue, RedisJobQueue } from './im/jobs.js'
 import { RetentionJob, retentionMs } from './im/retention.js'
 import { ReadCursors } from './im/read-cursors.js'
@@ -131,6 +131,7 @@ export class MqimServer {
     const push = new PushService({
       config: config.push,
       queue: backends.redis === null ? new MemoryJobQueue(config.push.queueMax) : new RedisJobQueue(backends.redis, 'push', config.push.queueMax),
+      targets: new PushTargetCache(meta, bus),
       redis: backends.redis,
       vapid: config.push.enabled && config.push.webPush.enabled ? await loadVapidKeys(config.push.webPush, config.dataDir, backends.redis, logger) : null,
       logger,

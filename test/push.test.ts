@@ -168,6 +168,30 @@ describe('offline push', () => {
     expect(mine[0]?.headers.urgency).toBe('high')
   })
 
+  test('a subscription registered by another account moves there at once: the first account\'s messages no longer reach that browser', async () => {
+    const alice = await online('alice', 'd5')
+    const shared = service.subscribe()
+    const dave = await online('dave', 'shared-browser')
+    await dave.request('push-register', { webPush: shared.json })
+    await dave.end()
+    const { conv } = await alice.request('direct', { user: 'dave' })
+    await alice.request('send', { conv, msgId: 'mv1', kind: 'text', body: 'for dave, before' })
+    const deadline = Date.now() + 5000
+    while (!service.received.some(r => r.subscription === shared.id) && Date.now() < deadline) await sleep(50)
+    expect(service.received.filter(r => r.subscription === shared.id).map(r => r.payload.text)).toStrictEqual(['for dave, before'])
+    // the same browser now logs in as erin and registers the same subscription
+    const erin = await online('erin', 'shared-browser')
+    expect(await erin.request('push-register', { webPush: shared.json })).toStrictEqual({ device: 'shared-browser', registered: 'added' })
+    await erin.end()
+    await sleep(1600)
+    await alice.request('send', { conv, msgId: 'mv2', kind: 'text', body: 'for dave, after' })
+    await sleep(1500)
+    // dave's cached targets were dropped: nothing of his reaches erin's browser
+    expect(service.received.filter(r => r.subscription === shared.id).map(r => r.payload.text)).toStrictEqual(['for dave, before'])
+    expect((await server.services.meta.pushTargetsOf(['dave'])).map(t => t.device)).not.toContain('shared-browser')
+    expect((await server.services.meta.pushTargetsOf(['erin'])).map(t => t.device)).toContain('shared-browser')
+  })
+
   test('404 and 410 remove the target; a gateway push is signed; a gateway that is down is retried, sends unaffected', async () => {
     const alice = await online('alice', 'd4')
     const frank = await online('frank', 'phone2')

@@ -211,7 +211,24 @@ const FIELDS: Record<string, FieldGen> = {
     )
   },
   remove: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0)), wrongType) },
-  typing: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('false', 1, null)), wrongType) }
+  typing: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('false', 1, null)), wrongType) },
+  device: {
+    valid: j(fc.oneof(fc.constantFrom('phone', 'web1'), fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/))),
+    bad: fc.oneof(j(fc.constantFrom('', 'a b', 'd'.repeat(65), '../x', 'a/b', '+', '#')), wrongType)
+  },
+  // the fuzzer's server allows no Web Push host: a valid subscription is refused (BAD_REQUEST), which the
+  // oracle accepts for a request without schema faults
+  webPush: {
+    valid: j(fc.record({
+      endpoint: fc.constantFrom('https://fcm.googleapis.com/fcm/send/abc', 'http://127.0.0.1:1/push', 'https://169.254.169.254/'),
+      keys: fc.record({ p256dh: fc.constantFrom('BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM', 'AAAA'), auth: fc.constantFrom('tBHItJI5svbpez7KI4CCXg', 'x') })
+    })),
+    bad: fc.oneof(j(fc.constantFrom<Json>({}, { endpoint: 'x' }, { endpoint: 'x', keys: {} }, { endpoint: 'x'.repeat(3000), keys: { p256dh: 'a', auth: 'b' } }, 'https://x')), wrongType)
+  },
+  gateway: {
+    valid: j(fc.record({ name: fc.constantFrom('app', 'gw'), token: fc.stringMatching(/^[!-~]{1,40}$/), platform: fc.constantFrom('ios', 'android', 'other') })),
+    bad: fc.oneof(j(fc.constantFrom<Json>({}, { name: 'app', token: 'a b', platform: 'ios' }, { name: 'app', token: 't', platform: 'web' }, { name: 'APP', token: 't', platform: 'ios' })), wrongType)
+  }
 }
 
 /** Keys no request has, prototype-pollution names first. */

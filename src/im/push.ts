@@ -25,7 +25,9 @@ import { LRUCache } from 'lru-cache'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { isChangeKind, type PushTarget, type PushTargetRecord, type StoredMessage } from '../store/types.js'
+import type { ClusterBus } from '../broker/bus.js'
+import { PUSH_TARGETS_TOPIC } from '../protocol/topics.js'
+import { isChangeKind, type MetadataStore, type PushTarget, type PushTargetRecord, type StoredMessage } from '../store/types.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 import type { Services } from './context.js'
 import type { ConversationEntry } from './directory.js'
@@ -125,9 +127,61 @@ export function webPushEndpointProblem (endpoint: string, config: PushConfig['we
   return allowed ? null : `the host ${hostPort} is not one of push.webPush.allowedHosts`
 }
 
+/**
+ * Users' push targets, cached: deciding who gets a push reads the targets of every member of a
+ * conversation, and most members have none. A change made on this node drops the users' entries
+ * here and, over the cluster bus, on the other nodes; entries also expire after a minute (a missed
+ * notice). A read that raced a change caches nothing. Bounded by entries and by targets held.
+ */
+export class PushTargetCache {
+  private readonly byUser = new LRUCache<string, PushTargetRecord[]>({ max: 100_000, maxSize: 200_000, sizeCalculation: (list) => list.length + 1, ttl: 60_000 })
+  private generation = 0
+
+  constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus) {
+    bus.on(PUSH_TARGETS_TOPIC, (notice) => {
+      if (Array.isArray(notice.users)) for (const u of notice.users) if (typeof u === 'string') this.dropLocal(u)
+    })
+  }
+
+  /** The targets of these users: cached ones, and the others in one store read. */
+  async of (userIds: readonly string[]): Promise<PushTargetRecord[]> {
+    const out: PushTargetRecord[] = []
+    const missing: string[] = []
+    for (const u of userIds) {
+      const hit = this.byUser.get(u)
+      if (hit === undefined) missing.push(u)
+      else out.push(...hit)
+    }
+    if (missing.length === 0) return out
+    const started = this.generation
+    const loaded = await this.meta.pushTargetsOf(missing)
+    const cache = this.generation === started
+    const byUser = new Map<string, PushTargetRecord[]>(missing.map(u => [u, []]))
+    for (const r of loaded) byUser.get(r.userId)?.push(r)
+    for (const [u, list] of byUser) {
+      if (cache) this.byUser.set(u, list)
+      out.push(...list)
+    }
+    return out
+  }
+
+  /** These users' targets changed: dropped here and on every other node. */
+  changed (userIds: readonly string[]): void {
+    if (userIds.length === 0) return
+    for (const u of userIds) this.dropLocal(u)
+    this.bus.publish(PUSH_TARGETS_TOPIC, { users: userIds })
+  }
+
+  private dropLocal (userId: string): void {
+    this.byUser.delete(userId)
+    this.generation++
+  }
+}
+
 export interface PushServiceOptions {
   config: PushConfig
   queue: JobQueue
+  targets: PushTargetCache
   /** Clustered: the collapse bound per user and conversation holds across nodes. */
   redis: Redis | null
   vapid: VapidKeys | null
@@ -176,6 +230,11 @@ export class PushService {
 
   get enabled (): boolean {
     return this.opts.config.enabled
+  }
+
+  /** Registered and removed targets go through here, so that the cache follows. */
+  get targets (): PushTargetCache {
+    return this.opts.targets
   }
 
   /** The VAPID public key browsers subscribe with, or null when Web Push is off. */
@@ -263,7 +322,7 @@ export class PushService {
     if (entry === null) return
     const who = this.recipients(entry, p)
     if (who.size === 0) return
-    const targets = await services.meta.pushTargetsOf([...who.keys()])
+    const targets = await this.opts.targets.of([...who.keys()])
     if (targets.length === 0) return
     const withTargets = [...new Set(targets.map(t => t.userId))]
     const offline = (await services.presence.status(withTargets)).filter(s => !s.online).map(s => s.user)
@@ -386,7 +445,7 @@ export class PushService {
     if (status === 404 || status === 410) {
       this.opts.metrics?.push(kind, 'gone')
       this.opts.logger.info({ user: data.user, device: data.device, kind, status }, 'push target gone: removed')
-      await this.services?.meta.pushTargetRemove(data.user, data.device, data.target)
+      if (await this.services?.meta.pushTargetRemove(data.user, data.device, data.target) === true) this.opts.targets.changed([data.user])
       return 'drop'
     }
     this.opts.metrics?.push(kind, 'rejected')

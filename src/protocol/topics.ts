@@ -21,6 +21,8 @@ export const SEQ_TOPIC = '$mqim/seq'
 export const REVOKE_TOPIC = '$mqim/revoke'
 /** {user}: whom this user blocks changed (drop the cached list). */
 export const BLOCKS_TOPIC = '$mqim/blocks'
+/** {users}: these users' push targets changed (drop the cached targets). */
+export const PUSH_TARGETS_TOPIC = '$mqim/push-targets'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/

@@ -16,6 +16,7 @@ import {
   type MentionRecord,
   type MetadataStore,
   type PushTarget,
+  type PushTargetPutResult,
   type PushTargetRecord,
   type Role,
   type UserKind,
@@ -365,21 +366,25 @@ export class MemoryMetadataStore implements MetadataStore {
     return counts
   }
 
-  async pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'> {
+  async pushTargetPut (record: PushTargetRecord, max: number): Promise<PushTargetPutResult> {
     const mine = this.pushTargets.get(record.userId)
     const replacing = mine?.has(record.device) === true
-    if (!replacing && (mine?.size ?? 0) >= max) return 'full'
+    if (!replacing && (mine?.size ?? 0) >= max) return { outcome: 'full', moved: [] }
     // the target moves here from wherever it was registered before
     const key = pushTargetKey(record.target)
     const owner = this.pushTargetOwners.get(key)
-    if (owner !== undefined && (owner[0] !== record.userId || owner[1] !== record.device)) await this.pushTargetRemove(owner[0], owner[1])
+    const moved: PushTargetPutResult['moved'] = []
+    if (owner !== undefined && (owner[0] !== record.userId || owner[1] !== record.device)) {
+      await this.pushTargetRemove(owner[0], owner[1])
+      moved.push({ userId: owner[0], device: owner[1] })
+    }
     const old = mine?.get(record.device)
     if (old !== undefined) this.pushTargetOwners.delete(pushTargetKey(old.target))
     let devices = this.pushTargets.get(record.userId)
     if (devices === undefined) this.pushTargets.set(record.userId, devices = new Map())
     devices.set(record.device, { ...record, target: { ...record.target } })
     this.pushTargetOwners.set(key, [record.userId, record.device])
-    return replacing ? 'replaced' : 'added'
+    return { outcome: replacing ? 'replaced' : 'added', moved }
   }
 
   async pushTargetRemove (userId: string, device: string, only?: PushTarget): Promise<boolean> {

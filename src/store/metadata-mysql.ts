@@ -20,6 +20,7 @@ import {
   StoreConflictError,
   pushTargetKey,
   type PushTarget,
+  type PushTargetPutResult,
   type PushTargetRecord,
   type BlockRecord,
   type ConversationKind,
@@ -556,20 +557,22 @@ export class MySqlMetadataStore implements MetadataStore {
     return new Map(rows.map((row) => [row.conversation_id, toSafeNumber(row.n, 'COUNT(*)')]))
   }
 
-  async pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'> {
+  async pushTargetPut (record: PushTargetRecord, max: number): Promise<PushTargetPutResult> {
     const key = targetKeyHash(record.target)
     return await this.transaction(async (conn) => {
       await conn.execute('SELECT id FROM users WHERE id = ? FOR UPDATE', [record.userId])
       const [held] = await conn.execute<RowDataPacket[]>('SELECT device FROM push_targets WHERE user_id = ?', [record.userId])
       const replacing = held.some(row => row.device === record.device)
-      if (!replacing && held.length >= max) return 'full'
+      if (!replacing && held.length >= max) return { outcome: 'full', moved: [] }
       // the target moves here from wherever it was registered before
-      await conn.execute('DELETE FROM push_targets WHERE target_key = ? AND NOT (user_id = ? AND device = ?)', [key, record.userId, record.device])
+      const [others] = await conn.execute<RowDataPacket[]>(
+        'SELECT user_id, device FROM push_targets WHERE target_key = ? AND NOT (user_id = ? AND device = ?) FOR UPDATE', [key, record.userId, record.device])
+      if (others.length > 0) await conn.execute('DELETE FROM push_targets WHERE target_key = ? AND NOT (user_id = ? AND device = ?)', [key, record.userId, record.device])
       await conn.execute(
         `INSERT INTO push_targets (user_id, device, target_key, target, created_at) VALUES (?, ?, ?, ?, ?)
           ON DUPLICATE KEY UPDATE target_key = VALUES(target_key), target = VALUES(target), created_at = VALUES(created_at)`,
         [record.userId, record.device, key, JSON.stringify(record.target), record.at])
-      return replacing ? 'replaced' : 'added'
+      return { outcome: replacing ? 'replaced' : 'added', moved: others.map(row => ({ userId: String(row.user_id), device: String(row.device) })) }
     })
   }
 

@@ -196,11 +196,12 @@ export interface MetadataStore {
   /**
    * Registers (or replaces) the push target of a user's device. A target (a Web Push endpoint, a
    * gateway token) belongs to one device of one user: registering it again elsewhere moves it,
-   * so a browser or phone that changes accounts stops getting the previous account's pushes.
-   * 'full' when the user already has `max` devices with targets and this is a new one (nothing
-   * changes). Calls for one user are serialized (on the user's record in MySQL).
+   * so a browser or phone that changes accounts stops getting the previous account's pushes
+   * (`moved` says from where, so caches of those users can be dropped). 'full' when the user
+   * already has `max` devices with targets and this is a new one (nothing changes). Calls for one
+   * user are serialized (on the user's record in MySQL).
    */
-  pushTargetPut (record: PushTargetRecord, max: number): Promise<'added' | 'replaced' | 'full'>
+  pushTargetPut (record: PushTargetRecord, max: number): Promise<PushTargetPutResult>
   /**
    * Removes a device's target; with `only`, only while the device still holds that target (a
    * push service's "gone" for an old subscription must not remove the one that replaced it).
@@ -215,6 +216,12 @@ export interface MetadataStore {
 export type PushTarget =
   | { kind: 'webpush', endpoint: string, p256dh: string, auth: string }
   | { kind: 'gateway', gateway: string, token: string, platform: 'ios' | 'android' | 'other' }
+
+export interface PushTargetPutResult {
+  outcome: 'added' | 'replaced' | 'full'
+  /** Devices that held the same target before (now removed from them). */
+  moved: Array<{ userId: string, device: string }>
+}
 
 /** One device's push target (MetadataStore.pushTarget*). */
 export interface PushTargetRecord {

@@ -873,10 +873,10 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
 
       test('pushTargetPut adds a device, replaces its target, and pushTargetsOf reads several users in order', async () => {
-        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t1'), at: T0 }, 5)).toBe('added')
-        expect(await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 + 1 }, 5)).toBe('added')
-        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t2'), at: T0 + 2 }, 5)).toBe('replaced')
-        expect(await store.pushTargetPut({ userId: 'bob', device: 'Phone', target: web(2), at: T0 + 3 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t1'), at: T0 }, 5)).toMatchObject({ outcome: 'added' })
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 + 1 }, 5)).toMatchObject({ outcome: 'added' })
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'phone', target: gw('t2'), at: T0 + 2 }, 5)).toMatchObject({ outcome: 'replaced' })
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'Phone', target: web(2), at: T0 + 3 }, 5)).toMatchObject({ outcome: 'added' })
         expect(await store.pushTargetsOf(['bob', 'alice', 'nobody', 'alice'])).toStrictEqual([
           { userId: 'alice', device: 'browser', target: web(1), at: T0 + 1 },
           { userId: 'alice', device: 'phone', target: gw('t2'), at: T0 + 2 },
@@ -884,17 +884,17 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         ])
         expect(await store.pushTargetsOf([])).toStrictEqual([])
         // the replaced token is free again: carol may register it
-        expect(await store.pushTargetPut({ userId: 'carol', device: 'd', target: gw('t1'), at: T0 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'carol', device: 'd', target: gw('t1'), at: T0 }, 5)).toMatchObject({ outcome: 'added' })
         expect((await store.pushTargetsOf(['alice'])).map(r => r.device)).toStrictEqual(['browser', 'phone'])
       })
 
       test('a target registered again elsewhere moves there: one device never gets two accounts\' pushes', async () => {
-        await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 }, 5)
-        expect(await store.pushTargetPut({ userId: 'bob', device: 'laptop', target: web(1), at: T0 + 1 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'alice', device: 'browser', target: web(1), at: T0 }, 5)).toStrictEqual({ outcome: 'added', moved: [] })
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'laptop', target: web(1), at: T0 + 1 }, 5)).toStrictEqual({ outcome: 'added', moved: [{ userId: 'alice', device: 'browser' }] })
         expect(await store.pushTargetsOf(['alice'])).toStrictEqual([])
         expect(await store.pushTargetsOf(['bob'])).toStrictEqual([{ userId: 'bob', device: 'laptop', target: web(1), at: T0 + 1 }])
         // and to another device of the same user
-        await store.pushTargetPut({ userId: 'bob', device: 'other', target: web(1), at: T0 + 2 }, 5)
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'other', target: web(1), at: T0 + 2 }, 5)).toStrictEqual({ outcome: 'added', moved: [{ userId: 'bob', device: 'laptop' }] })
         expect((await store.pushTargetsOf(['bob'])).map(r => r.device)).toStrictEqual(['other'])
         // the same token at another gateway is another target
         await store.pushTargetPut({ userId: 'alice', device: 'p', target: gw('x'), at: T0 }, 5)
@@ -914,18 +914,18 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(await store.pushTargetRemove('alice', 'phone')).toBe(false)
         expect(await store.pushTargetRemove('bob', 'phone')).toBe(false)
         // a removed target may be registered again, by anyone
-        expect(await store.pushTargetPut({ userId: 'bob', device: 'phone', target: gw('old'), at: T0 }, 5)).toBe('added')
+        expect(await store.pushTargetPut({ userId: 'bob', device: 'phone', target: gw('old'), at: T0 }, 5)).toMatchObject({ outcome: 'added' })
       })
 
       test('pushTargetPut refuses a new device past max ("full"), concurrent calls included; replacing at the bound works', async () => {
         const outcomes = await Promise.all(Array.from({ length: 8 }, async (_, i) => await store.pushTargetPut({ userId: 'alice', device: `d${i}`, target: web(i), at: T0 }, 3)))
-        expect(outcomes.filter(o => o === 'added')).toHaveLength(3)
-        expect(outcomes.filter(o => o === 'full')).toHaveLength(5)
+        expect(outcomes.filter(o => o.outcome === 'added')).toHaveLength(3)
+        expect(outcomes.filter(o => o.outcome === 'full')).toHaveLength(5)
         const held = await store.pushTargetsOf(['alice'])
         expect(held).toHaveLength(3)
         const first = held[0]
         if (first === undefined) throw new Error('no target')
-        expect(await store.pushTargetPut({ userId: 'alice', device: first.device, target: web(99), at: T0 }, 3)).toBe('replaced')
+        expect(await store.pushTargetPut({ userId: 'alice', device: first.device, target: web(99), at: T0 }, 3)).toMatchObject({ outcome: 'replaced' })
         // a full user's target still moves away when someone else registers it
         await store.pushTargetPut({ userId: 'bob', device: 'b', target: web(99), at: T0 }, 3)
         expect(await store.pushTargetsOf(['alice'])).toHaveLength(2)

@@ -77,14 +77,17 @@ export async function pushRegister (caller: Caller, req: RequestOf<'push-registe
   const target = targetOf(req, services, push)
   const device = req.device ?? caller.deviceId
   const max = services.config.push.targetsPerUser
-  const outcome = await services.meta.pushTargetPut({ userId: caller.userId, device, target, at: services.now() }, max)
+  const { outcome, moved } = await services.meta.pushTargetPut({ userId: caller.userId, device, target, at: services.now() }, max)
   if (outcome === 'full') throw new ImError('LIMIT_REACHED', `you have push targets on ${max} devices (the most per user); push-unregister one first`)
+  push.targets.changed([caller.userId, ...moved.map(m => m.userId).filter(u => u !== caller.userId)])
   return { device, registered: outcome }
 }
 
 export async function pushUnregister (caller: Caller, req: RequestOf<'push-unregister'>, services: Services): Promise<PushUnregisterResult> {
   const device = req.device ?? caller.deviceId
-  return { device, removed: await services.meta.pushTargetRemove(caller.userId, device) }
+  const removed = await services.meta.pushTargetRemove(caller.userId, device)
+  if (removed) services.push?.targets.changed([caller.userId])
+  return { device, removed }
 }
 
 export async function pushTargets (caller: Caller, _req: RequestOf<'push-targets'>, services: Services): Promise<PushTargetsResult> {
