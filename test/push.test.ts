@@ -126,6 +126,10 @@ describe('offline push', () => {
     await alice.request('send', { conv, msgId: 'after', kind: 'text', body: 'later' })
     const [later] = (await service.waitFor(before + 2)).slice(before + 1)
     expect(later?.payload).toMatchObject({ seq: 6, text: 'later', badge: 6 })
+    // counted: the two pushes delivered, the four messages folded into the first
+    const metrics = await (await fetch(`http://127.0.0.1:${server.ports.http}/metrics`)).text()
+    expect(Number(/^mqim_push_total\{kind="webpush",outcome="delivered"\} (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(2)
+    expect(Number(/^mqim_push_total\{kind="any",outcome="collapsed"\} (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(4)
   })
 
   test('a member with a device online gets no push; once offline they do', async () => {

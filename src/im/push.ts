@@ -192,6 +192,8 @@ export interface PushServiceOptions {
 
 /** Flushes (store reads to decide who gets a push) in progress at once. */
 const FLUSHES_AT_ONCE = 4
+/** Badges (total unread) computed at once per flush. */
+const BADGES_AT_ONCE = 8
 /** A host that failed is rested this long, doubling while it keeps failing, up to the max. */
 const HOST_PAUSE_MIN_MS = 500
 const HOST_PAUSE_MAX_MS = 30_000
@@ -335,13 +337,20 @@ export class PushService {
       if (list === undefined) byUser.set(t.userId, [t])
       else list.push(t)
     }
+    // badges (a few store reads per user), BADGES_AT_ONCE users at a time
+    const users = [...byUser.keys()].filter(u => who.has(u))
+    const badges = new Map<string, number>()
+    for (let i = 0; i < users.length; i += BADGES_AT_ONCE) {
+      const chunk = users.slice(i, i + BADGES_AT_ONCE)
+      const counted = await Promise.all(chunk.map(async u => await totalUnread(services, u, this.opts.config.badgeConversationsMax)))
+      chunk.forEach((u, n) => badges.set(u, counted[n] ?? 0))
+    }
     const jobs: Array<{ id: string, data: string }> = []
-    for (const [user, list] of byUser) {
+    for (const user of users) {
       const pick = who.get(user)
       if (pick === undefined) continue
-      const badge = await totalUnread(services, user, this.opts.config.badgeConversationsMax)
-      const notification = this.notification(entry, pick.message, pick.mention, badge)
-      for (const t of list) jobs.push({ id: randomUUID(), data: JSON.stringify({ user, device: t.device, target: t.target, notification } satisfies PushJobData) })
+      const notification = this.notification(entry, pick.message, pick.mention, badges.get(user) ?? 0)
+      for (const t of byUser.get(user) ?? []) jobs.push({ id: randomUUID(), data: JSON.stringify({ user, device: t.device, target: t.target, notification } satisfies PushJobData) })
     }
     const added = await this.opts.queue.add(jobs, this.now())
     this.opts.metrics?.push('any', 'queued', added)
