@@ -4,6 +4,11 @@
  * member's inbox (Publisher), then, in a cluster, the other nodes learn the highest seq stored
  * per conversation, so that their sequencers do not collide with it (Sequencer.observe), and
  * which messages were changed (edit, delete, react), so that they drop cached copies of them.
+ *
+ * Order across nodes: when members on two nodes write to one conversation at once, node B may
+ * store seq S right after node A stored S-1 but before A has published it. B then waits (at most
+ * ORDER_WAIT_MS) for A's notice of S-1, which A sends after publishing S-1 on the same route, so
+ * every device gets S-1 before S. Only a conversation another node wrote to lately can wait.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -15,6 +20,10 @@ import type { MentionLog } from './mentions.js'
 import type { Webhooks } from './webhooks.js'
 import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
+import { LRUCache } from 'lru-cache'
+
+/** Longest wait for another node's notice that it published the seqs before ours (a lost notice). */
+const ORDER_WAIT_MS = 2000
 
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
@@ -41,9 +50,65 @@ export class Delivery implements CommitListener {
     private readonly mentions: MentionLog | null = null,
     private readonly webhooks: Webhooks | null = null,
     private readonly push: PushService | null = null
-  ) {}
+  ) {
+    if (bus.clustered) {
+      bus.on(SEQ_TOPIC, (notice) => {
+        const { seqs } = notice
+        if (typeof seqs !== 'object' || seqs === null) return
+        for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) if (typeof seq === 'number') this.notePublished(conv, seq)
+      })
+    }
+  }
+
+  /** Clustered: conversation -> the highest seq known published (by this node, or another's notice). */
+  private readonly published = new LRUCache<string, number>({ max: 200_000 })
+  /** Deliveries waiting for another node's notice, per conversation. */
+  private readonly orderWaits = new Map<string, Array<{ seq: number, go: () => void }>>()
+
+  private notePublished (conv: string, seq: number): void {
+    if (seq <= (this.published.get(conv) ?? 0)) return
+    this.published.set(conv, seq)
+    const waits = this.orderWaits.get(conv)
+    if (waits === undefined) return
+    const left = waits.filter(w => {
+      if (w.seq > seq) return true
+      w.go()
+      return false
+    })
+    if (left.length > 0) this.orderWaits.set(conv, left)
+    else this.orderWaits.delete(conv)
+  }
+
+  /** Resolves once `seq` of the conversation is known published, or after ORDER_WAIT_MS. */
+  private async publishedUpTo (conv: string, seq: number): Promise<void> {
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(() => {
+        const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
+        if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
+        else this.orderWaits.delete(conv)
+        resolve()
+      }, ORDER_WAIT_MS)
+      timer.unref()
+      const go = (): void => { clearTimeout(timer); resolve() }
+      const waits = this.orderWaits.get(conv)
+      if (waits === undefined) this.orderWaits.set(conv, [{ seq, go }])
+      else waits.push({ seq, go })
+    })
+  }
 
   async committed (stored: StoredMessage[]): Promise<void> {
+    if (this.bus.clustered) {
+      // the seqs before each conversation's first entry here, if another node stored them lately
+      // and has not said yet that it published them
+      const first = new Map<string, number>()
+      for (const m of stored) if (!first.has(m.conversationId)) first.set(m.conversationId, m.seq)
+      const waits: Array<Promise<void>> = []
+      for (const [conv, seq] of first) {
+        const known = this.published.get(conv)
+        if (known !== undefined && known < seq - 1) waits.push(this.publishedUpTo(conv, seq - 1))
+      }
+      if (waits.length > 0) await Promise.all(waits)
+    }
     // per message: the webhook's envelope is built only when an endpoint wants it
     const hooked = this.webhooks?.wants('message.stored') === true
     for (const m of stored) {
@@ -70,6 +135,7 @@ export class Delivery implements CommitListener {
         if (m.target !== undefined) changed.push([m.conversationId, m.target])
       }
       this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed } : { seqs, tails })
+      for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
     }
   }
 }

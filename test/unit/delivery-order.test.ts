@@ -1,0 +1,65 @@
+/**
+ * Delivery order across nodes (src/im/delivery.ts): a node that stores seq S of a conversation
+ * right after another node stored S-1 waits for that node's notice (sent after it published S-1)
+ * before publishing S, at most ORDER_WAIT_MS; a conversation no other node wrote to lately does
+ * not wait. The bus and the publisher are stand-ins that record what happens, in order.
+ */
+import { Delivery } from '../../src/im/delivery.js'
+import type { ClusterBus } from '../../src/broker/bus.js'
+import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
+import type { Publisher } from '../../src/im/publisher.js'
+import { SEQ_TOPIC } from '../../src/protocol/topics.js'
+import type { StoredMessage } from '../../src/store/types.js'
+
+function setup (): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void } {
+  const handlers: Array<(m: Record<string, unknown>) => void> = []
+  const notices: Array<Record<string, unknown>> = []
+  const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
+  const published: number[] = []
+  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) } }
+  const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
+  const directory = { peek: () => entry, get: async () => entry }
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus)
+  return { delivery, published, notices, notify: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) } }
+}
+
+const msg = (seq: number): StoredMessage => ({ conversationId: 'c', seq, clientMsgId: `m${seq}`, senderId: 'u', ts: seq, kind: 'text', body: 'x', replyTo: null })
+
+test('seq S waits for the notice that another node published S-1, then goes', async () => {
+  const { delivery, published, notify } = setup()
+  notify({ c: 5 }) // another node published 1..5
+  const done = delivery.committed([msg(9), msg(10)]) // 6..8 stored elsewhere, not said yet
+  await new Promise(resolve => setTimeout(resolve, 50))
+  expect(published).toStrictEqual([])
+  notify({ c: 7 })
+  await new Promise(resolve => setTimeout(resolve, 20))
+  expect(published).toStrictEqual([])
+  notify({ c: 8 })
+  await done
+  expect(published).toStrictEqual([9, 10])
+})
+
+test('no wait for what this node published itself, or for a conversation no node wrote to lately', async () => {
+  const { delivery, published, notices } = setup()
+  const t0 = Date.now()
+  await delivery.committed([msg(1), msg(2)])
+  await delivery.committed([msg(3)])
+  expect(Date.now() - t0).toBeLessThan(500)
+  expect(published).toStrictEqual([1, 2, 3])
+  expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }, { c: 3 }])
+})
+
+test('a notice that never comes holds the delivery at most about 2 s', async () => {
+  const { delivery, published, notify } = setup()
+  notify({ c: 1 })
+  const t0 = Date.now()
+  await delivery.committed([msg(5)])
+  const waited = Date.now() - t0
+  expect(published).toStrictEqual([5])
+  expect(waited).toBeGreaterThanOrEqual(1900)
+  expect(waited).toBeLessThan(4000)
+  // and the next one does not wait again
+  const t1 = Date.now()
+  await delivery.committed([msg(6)])
+  expect(Date.now() - t1).toBeLessThan(500)
+})
