@@ -184,7 +184,7 @@ export const ConfigSchema = z.object({
     /** false: pushes carry the sender and the conversation, never message text. */
     includeText: z.boolean(),
     /** The longest text preview, in characters (a Web Push payload holds about 3,000 bytes). */
-    previewChars: z.number().int().min(0).max(1000),
+    previewChars: z.number().int().min(0).max(500),
     /** Devices with a push target per user; beyond, push-register answers LIMIT_REACHED. */
     targetsPerUser: z.number().int().min(1).max(100),
     /** Conversations with messages waiting to be pushed, per node; beyond, pushes are dropped (counted). */
@@ -214,9 +214,10 @@ export const ConfigSchema = z.object({
       ttlSeconds: z.number().int().min(0).max(2_419_200),
       /**
        * Hosts a subscription's endpoint may be at: exact names, or `*.` + a domain for its
-       * subdomains. mqim POSTs to these hosts only (a client cannot make it call anywhere else).
+       * subdomains, on the scheme's default port unless `:port` (or `:*`, any port) is written.
+       * mqim POSTs to these hosts only (a client cannot make it call anywhere else).
        */
-      allowedHosts: z.array(z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d+)?$/, 'a host name, *.domain, or host:port')).max(100),
+      allowedHosts: z.array(z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+(:(\d+|\*))?$/, 'a host name, *.domain, host:port or host:*')).max(100),
       /** true: http:// endpoints too (tests, a push service on a private network). */
       allowHttp: z.boolean()
     }).strict().refine(w => (w.publicKey === null) === (w.privateKey === null), 'publicKey and privateKey: both or neither'),

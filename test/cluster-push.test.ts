@@ -24,7 +24,7 @@ describe('offline push on two nodes', () => {
     hooks = await GatewayReceiver.start(HOOK_SECRET)
     const overrides = await clusterOverrides(11, {
       webhooks: { endpoints: [{ url: hooks.url, secret: HOOK_SECRET, events: ['message.stored'] }], timeoutMs: 500 },
-      push: { delayMs: 100, collapseMs: 1500, timeoutMs: 500, webPush: { allowedHosts: ['127.0.0.1'], allowHttp: true }, gateways: [{ name: 'app', url: gateway.url, secret: SECRET }] }
+      push: { delayMs: 100, collapseMs: 1500, timeoutMs: 500, webPush: { allowedHosts: ['127.0.0.1:*'], allowHttp: true }, gateways: [{ name: 'app', url: gateway.url, secret: SECRET }] }
     })
     n1 = await startServer({ ...overrides, nodeId: 'p1' })
     n2 = await startServer({ ...overrides, nodeId: 'p2' })

@@ -14,7 +14,7 @@ const GATEWAY_SECRET = 'gateway-secret-0123456789-abcdefghijkl'
 
 /** Push settings for tests: quick windows, the local push service allowed. */
 function pushConfig (extra: Record<string, unknown> = {}, webPush: Record<string, unknown> = {}, gateways: unknown[] = []): Record<string, unknown> {
-  return { push: { delayMs: 150, collapseMs: 1500, ...extra, webPush: { allowedHosts: ['127.0.0.1'], allowHttp: true, ...webPush }, gateways } }
+  return { push: { delayMs: 150, collapseMs: 1500, ...extra, webPush: { allowedHosts: ['127.0.0.1:*'], allowHttp: true, ...webPush }, gateways } }
 }
 
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
@@ -29,7 +29,7 @@ describe('offline push', () => {
     service = await LocalPushService.start()
     gateway = await GatewayReceiver.start(GATEWAY_SECRET)
     server = await startServer(pushConfig({}, {}, [{ name: 'app', url: gateway.url, secret: GATEWAY_SECRET }]))
-    for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) await addUser(server, u)
+    for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank']) await addUser(server, u)
   })
   afterAll(async () => {
     for (const c of clients) await c.end().catch(() => {})
@@ -194,6 +194,41 @@ describe('offline push', () => {
     expect(service.received.filter(r => r.subscription === shared.id).map(r => r.payload.text)).toStrictEqual(['for dave, before'])
     expect((await server.services.meta.pushTargetsOf(['dave'])).map(t => t.device)).not.toContain('shared-browser')
     expect((await server.services.meta.pushTargetsOf(['erin'])).map(t => t.device)).toContain('shared-browser')
+  })
+
+  test('targets their push service refuses (500) back off alone: another user\'s push to the same service arrives at once, and the queue holds one push per target', async () => {
+    const alice = await online('alice', 'd6')
+    const gina = await online('gina', 'g')
+    const failing = [0, 1, 2].map(() => service.subscribe())
+    for (const [i, f] of failing.entries()) {
+      service.statusFor.set(f.id, 500)
+      await gina.request('push-register', { device: `g${i}`, webPush: f.json })
+    }
+    await gina.end()
+    const hank = await online('hank', 'h')
+    const ok = service.subscribe()
+    await hank.request('push-register', { webPush: ok.json })
+    await hank.end()
+    // gina gets messages in five conversations, again and again; hank one message now and then
+    const groups: string[] = []
+    for (let i = 0; i < 5; i++) groups.push((await alice.request('create-group', { name: `busy ${i}`, members: ['gina'] })).conv)
+    const { conv: toHank } = await alice.request('direct', { user: 'hank' })
+    const latencies: number[] = []
+    for (let round = 0; round < 4; round++) {
+      for (const [i, conv] of groups.entries()) await alice.request('send', { conv, msgId: `busy${round}x${i}`, kind: 'text', body: 'for gina' })
+      const before = service.received.filter(r => r.subscription === ok.id).length
+      const t0 = Date.now()
+      await alice.request('send', { conv: toHank, msgId: `hank${round}`, kind: 'text', body: `for hank ${round}` })
+      const deadline = Date.now() + 5000
+      while (service.received.filter(r => r.subscription === ok.id).length === before && Date.now() < deadline) await sleep(20)
+      latencies.push(Date.now() - t0)
+      await sleep(1600)
+    }
+    console.log(`push to hank while gina's three targets fail with 500: ${latencies.join(', ')} ms (delayMs 150)`)
+    expect(Math.max(...latencies)).toBeLessThan(2000)
+    // one job per target: gina's three (backing off) at most, whatever she was sent
+    expect(await server.services.push?.queued()).toBeLessThanOrEqual(3)
+    expect(service.received.some(r => failing.some(f => f.id === r.subscription))).toBe(false)
   })
 
   test('404 and 410 remove the target; a gateway push is signed; a gateway that is down is retried, sends unaffected', async () => {

@@ -26,13 +26,21 @@ export interface Job {
 }
 
 export interface JobQueue {
-  /** Adds jobs, due now, while the queue holds fewer than its bound: how many were added. */
+  /**
+   * Adds jobs, due now, while the queue holds fewer than its bound. A job whose id is queued
+   * already replaces its data (the latest wins; its due time, first time and attempts stay), so a
+   * caller that names jobs after what they are for (a push target) holds at most one each. Returns
+   * how many were taken (added or replaced).
+   */
   add (jobs: ReadonlyArray<{ id: string, data: string }>, now: number): Promise<number>
   /** Up to `max` jobs due at `now`, each leased until now + leaseMs (claimed by no one else till then). */
   claim (max: number, now: number, leaseMs: number): Promise<Job[]>
-  /** The job is finished (delivered, or given up): removed. */
-  done (id: string): Promise<void>
-  /** The job is due again at `due`, with its attempts counted. */
+  /**
+   * The job is finished (delivered, or given up): removed, unless its data was replaced since it
+   * was claimed (`data`: what was claimed); then the new data is due at once.
+   */
+  done (id: string, data: string, now: number): Promise<void>
+  /** The job is due again at `due`, with `attempts` (its data as it is now). */
   retry (job: Job, due: number): Promise<void>
   /** Jobs waiting or leased. */
   size (): Promise<number>
@@ -44,14 +52,19 @@ export class MemoryJobQueue implements JobQueue {
   constructor (private readonly max: number) {}
 
   async add (jobs: ReadonlyArray<{ id: string, data: string }>, now: number): Promise<number> {
-    let added = 0
+    let taken = 0
     for (const j of jobs) {
-      if (this.jobs.size >= this.max) break
-      if (this.jobs.has(j.id)) continue
+      const held = this.jobs.get(j.id)
+      if (held !== undefined) {
+        held.job.data = j.data
+        taken++
+        continue
+      }
+      if (this.jobs.size >= this.max) continue
       this.jobs.set(j.id, { job: { id: j.id, data: j.data, at: now, attempts: 0 }, due: now })
-      added++
+      taken++
     }
-    return added
+    return taken
   }
 
   async claim (max: number, now: number, leaseMs: number): Promise<Job[]> {
@@ -66,8 +79,11 @@ export class MemoryJobQueue implements JobQueue {
     return out
   }
 
-  async done (id: string): Promise<void> {
-    this.jobs.delete(id)
+  async done (id: string, data: string, now: number): Promise<void> {
+    const entry = this.jobs.get(id)
+    if (entry === undefined) return
+    if (entry.job.data === data) this.jobs.delete(id)
+    else entry.due = now
   }
 
   async retry (job: Job, due: number): Promise<void> {
@@ -98,7 +114,7 @@ export class RedisJobQueue implements JobQueue {
 
   async add (jobs: ReadonlyArray<{ id: string, data: string }>, now: number): Promise<number> {
     if (jobs.length === 0) return 0
-    const args = jobs.flatMap(j => [j.id, JSON.stringify({ data: j.data, at: now, attempts: 0 })])
+    const args = jobs.flatMap(j => [j.id, j.data])
     return Number(await this.redis.eval(ADD_SCRIPT, 2, this.due, this.data, String(this.max), String(now), ...args))
   }
 
@@ -107,18 +123,26 @@ export class RedisJobQueue implements JobQueue {
     const out: Job[] = []
     for (let i = 0; i + 1 < found.length; i += 2) {
       const id = found[i] as string
-      const stored = JSON.parse(found[i + 1] as string) as { data: string, at: number, attempts: number }
-      out.push({ id, data: stored.data, at: stored.at, attempts: stored.attempts })
+      try {
+        const stored = JSON.parse(found[i + 1] as string) as { data: unknown, at: unknown, attempts: unknown }
+        if (typeof stored.data === 'string' && typeof stored.at === 'number' && typeof stored.attempts === 'number') {
+          out.push({ id, data: stored.data, at: stored.at, attempts: stored.attempts })
+          continue
+        }
+      } catch {
+        // not ours: dropped below
+      }
+      await this.redis.multi().zrem(this.due, id).hdel(this.data, id).exec()
     }
     return out
   }
 
-  async done (id: string): Promise<void> {
-    await this.redis.multi().zrem(this.due, id).hdel(this.data, id).exec()
+  async done (id: string, data: string, now: number): Promise<void> {
+    await this.redis.eval(DONE_SCRIPT, 2, this.due, this.data, id, data, String(now))
   }
 
   async retry (job: Job, due: number): Promise<void> {
-    await this.redis.eval(RETRY_SCRIPT, 2, this.due, this.data, job.id, JSON.stringify({ data: job.data, at: job.at, attempts: job.attempts }), String(due))
+    await this.redis.eval(RETRY_SCRIPT, 2, this.due, this.data, job.id, String(job.attempts), String(due))
   }
 
   async size (): Promise<number> {
@@ -126,33 +150,43 @@ export class RedisJobQueue implements JobQueue {
   }
 }
 
-/** KEYS due, data; ARGV max, now, then id, record pairs. Adds while below max; returns how many. */
+/**
+ * KEYS due, data; ARGV max, now, then id, data pairs. A queued id gets the new data (its time and
+ * attempts stay); a new one is added while the queue is below max. Returns how many were taken.
+ */
 const ADD_SCRIPT = `
 local size = redis.call('ZCARD', KEYS[1])
 local max = tonumber(ARGV[1])
-local added = 0
+local taken = 0
 for i = 3, #ARGV, 2 do
-  if size >= max then break end
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-    size = size + 1
-    added = added + 1
+  local raw = redis.call('HGET', KEYS[2], ARGV[i])
+  local ok, rec = false, nil
+  if raw then ok, rec = pcall(cjson.decode, raw) end
+  if ok and type(rec) == 'table' then
+    rec.data = ARGV[i + 1]
+    redis.call('HSET', KEYS[2], ARGV[i], cjson.encode(rec))
+    taken = taken + 1
+  elseif size < max then
+    redis.call('HSET', KEYS[2], ARGV[i], cjson.encode({ data = ARGV[i + 1], at = tonumber(ARGV[2]), attempts = 0 }))
+    if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]) == 1 then size = size + 1 end
+    taken = taken + 1
   end
 end
-return added`
+return taken`
 
 /**
  * KEYS due, data; ARGV now, max, leased-until. Takes up to max due ids, moves them to
- * leased-until, counts the attempt, and returns id, record pairs. An id without a record (never
- * expected) is removed.
+ * leased-until, counts the attempt, and returns id, record pairs. An id without a readable record
+ * is removed.
  */
 const CLAIM_SCRIPT = `
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', KEYS[2], id)
-  if raw then
-    local rec = cjson.decode(raw)
+  local ok, rec = false, nil
+  if raw then ok, rec = pcall(cjson.decode, raw) end
+  if ok and type(rec) == 'table' and type(rec.attempts) == 'number' then
     rec.attempts = rec.attempts + 1
     raw = cjson.encode(rec)
     redis.call('HSET', KEYS[2], id, raw)
@@ -161,20 +195,43 @@ for _, id in ipairs(ids) do
     out[#out + 1] = raw
   else
     redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
   end
 end
 return out`
 
-/** KEYS due, data; ARGV id, record, due. Only a job still queued (not done meanwhile) comes back. */
-const RETRY_SCRIPT = `
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+/** KEYS due, data; ARGV id, claimed data, now. Removed if its data is still what was claimed; else due now. */
+const DONE_SCRIPT = `
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
 end
+local ok, rec = pcall(cjson.decode, raw)
+if ok and type(rec) == 'table' and rec.data ~= ARGV[2] then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 0`
 
-/** What a handler says about one attempt. */
-export type JobOutcome = 'done' | 'retry' | 'drop'
+/** KEYS due, data; ARGV id, attempts, due. Only a job still queued (not done meanwhile) comes back, with its data as it is now. */
+const RETRY_SCRIPT = `
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return 0 end
+local ok, rec = pcall(cjson.decode, raw)
+if not ok or type(rec) ~= 'table' then return 0 end
+rec.attempts = tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(rec))
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1`
+
+/**
+ * What a handler says about one attempt: done, retry (after a back-off), drop (give up), or
+ * `{deferUntil}`: not attempted (the receiver is resting): due again then, the attempt not counted.
+ */
+export type JobOutcome = 'done' | 'retry' | 'drop' | { deferUntil: number }
 
 export interface JobRunnerOptions {
   /** For logs. */
@@ -188,8 +245,8 @@ export interface JobRunnerOptions {
   /** Retries stop this long after the job was added; it is then dropped. */
   retryForMs: number
   handle: (job: Job) => Promise<JobOutcome>
-  /** Each attempt's outcome ('dropped' when retries ran out), for metrics. */
-  onOutcome?: (outcome: JobOutcome | 'expired') => void
+  /** Each attempt's outcome ('expired' when retries ran out), for metrics. */
+  onOutcome?: (outcome: 'done' | 'retry' | 'drop' | 'defer' | 'expired') => void
   logger: Logger
   now?: () => number
 }
@@ -267,21 +324,22 @@ export class JobRunner {
       outcome = 'retry'
     }
     try {
-      if (outcome !== 'retry') {
+      const now = this.now()
+      if (outcome === 'done' || outcome === 'drop') {
         this.opts.onOutcome?.(outcome)
-        await this.queue.done(job.id)
+        await this.queue.done(job.id, job.data, now)
         return
       }
-      const now = this.now()
-      const due = now + Math.min(BACKOFF_BASE_MS * 2 ** Math.max(0, job.attempts - 1), BACKOFF_MAX_MS)
+      const deferred = typeof outcome === 'object'
+      const due = typeof outcome === 'object' ? outcome.deferUntil : now + Math.min(BACKOFF_BASE_MS * 2 ** Math.max(0, job.attempts - 1), BACKOFF_MAX_MS)
       if (due - job.at > this.opts.retryForMs) {
         this.opts.onOutcome?.('expired')
         this.opts.logger.warn({ queue: this.opts.name, job: job.id, attempts: job.attempts }, 'job given up: retries ran out')
-        await this.queue.done(job.id)
+        await this.queue.done(job.id, job.data, now)
         return
       }
-      this.opts.onOutcome?.('retry')
-      await this.queue.retry(job, due)
+      this.opts.onOutcome?.(deferred ? 'defer' : 'retry')
+      await this.queue.retry(deferred ? { ...job, attempts: job.attempts - 1 } : job, due)
     } catch (err) {
       // the lease runs out and the job comes due again by itself
       this.opts.logger.warn({ err, queue: this.opts.name, job: job.id }, 'job outcome not recorded')

@@ -16,7 +16,7 @@
  *
  * A target that the push service or gateway says is gone (404, 410) is removed.
  */
-import { createHash, randomUUID } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { Redis } from 'ioredis'
@@ -27,7 +27,7 @@ import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { PUSH_TARGETS_TOPIC } from '../protocol/topics.js'
-import { isChangeKind, type MetadataStore, type PushTarget, type PushTargetRecord, type StoredMessage } from '../store/types.js'
+import { isChangeKind, pushTargetKey, type MetadataStore, type PushTarget, type PushTargetRecord, type StoredMessage } from '../store/types.js'
 import { MENTION_ALL } from '../protocol/schemas.js'
 import type { Services } from './context.js'
 import type { ConversationEntry } from './directory.js'
@@ -36,6 +36,9 @@ import { totalUnread } from './unread.js'
 import { signature } from './webhooks.js'
 
 export type PushConfig = Config['push']
+
+/** A target that no push can be made for (its keys or endpoint do not work): removed, not retried. */
+class UnsendableTarget extends Error {}
 
 /** What a push says (the Web Push payload, decrypted by the service worker; a gateway's `notification`). */
 export interface PushNotification {
@@ -107,7 +110,12 @@ export async function loadVapidKeys (config: PushConfig['webPush'], dataDir: str
   return { ...fresh, subject }
 }
 
-/** Whether mqim may POST to a Web Push endpoint: a URL on an allowed host (https unless allowHttp). */
+/**
+ * Whether mqim may POST to a Web Push endpoint: a URL in canonical form (as browsers give it: no
+ * percent-encoded or upper-case host, no default port written out, so that one endpoint has one
+ * spelling) on an allowed host. A rule `host` or `*.domain` allows the scheme's default port only;
+ * `host:port` that port, `host:*` any.
+ */
 export function webPushEndpointProblem (endpoint: string, config: PushConfig['webPush']): string | null {
   let url: URL
   try {
@@ -115,14 +123,18 @@ export function webPushEndpointProblem (endpoint: string, config: PushConfig['we
   } catch {
     return 'not a URL'
   }
+  if (url.href !== endpoint) return 'not a URL in canonical form (send the endpoint as the browser gives it)'
   if (url.protocol !== 'https:' && !(config.allowHttp && url.protocol === 'http:')) return config.allowHttp ? 'not an http(s) URL' : 'not an https URL'
   if (url.username !== '' || url.password !== '') return 'a URL with credentials'
-  const host = url.hostname.toLowerCase()
+  const host = url.hostname
   const hostPort = url.port === '' ? host : `${host}:${url.port}`
   const allowed = config.allowedHosts.some(rule => {
     const r = rule.toLowerCase()
-    if (r.startsWith('*.')) return host.endsWith(r.slice(1))
-    return r === host || r === hostPort
+    const colon = r.lastIndexOf(':')
+    const ruleHost = colon === -1 ? r : r.slice(0, colon)
+    const rulePort = colon === -1 ? '' : r.slice(colon + 1)
+    if (rulePort !== '*' && rulePort !== url.port) return false
+    return ruleHost.startsWith('*.') ? host.endsWith(ruleHost.slice(1)) : ruleHost === host
   })
   return allowed ? null : `the host ${hostPort} is not one of push.webPush.allowedHosts`
 }
@@ -350,7 +362,9 @@ export class PushService {
       const pick = who.get(user)
       if (pick === undefined) continue
       const notification = this.notification(entry, pick.message, pick.mention, badges.get(user) ?? 0)
-      for (const t of byUser.get(user) ?? []) jobs.push({ id: randomUUID(), data: JSON.stringify({ user, device: t.device, target: t.target, notification } satisfies PushJobData) })
+      // one job per target: a newer push replaces one still waiting (a device that cannot be reached
+      // holds one push, the latest, and a user at most targetsPerUser)
+      for (const t of byUser.get(user) ?? []) jobs.push({ id: jobIdOf(user, t.device, t.target), data: JSON.stringify({ user, device: t.device, target: t.target, notification } satisfies PushJobData) })
     }
     const added = await this.opts.queue.add(jobs, this.now())
     this.opts.metrics?.push('any', 'queued', added)
@@ -423,26 +437,37 @@ export class PushService {
       this.opts.logger.warn({ user: data.user, device: data.device, kind, problem: unsendable }, 'push not sent')
       return 'drop'
     }
-    // a push service or gateway that just failed to answer is left alone for a moment: its
-    // pushes wait for their next turn without a request each
+    // a push service or gateway that could not be reached just now is left alone for a moment: its
+    // pushes wait for their next turn without a request each (the attempt not counted)
     const host = this.hostOf(data.target)
     const now = this.now()
     const resting = this.resting.get(host)
-    if (resting !== undefined && resting.until > now) {
-      this.opts.metrics?.push(kind, 'retry')
-      return 'retry'
-    }
+    if (resting !== undefined && resting.until > now) return { deferUntil: resting.until }
     let outcome: { status: number } | { error: string }
     try {
       outcome = data.target.kind === 'webpush' ? await this.sendWebPush(data.target, data.notification) : await this.sendGateway(job, data, data.target)
     } catch (err) {
+      if (err instanceof UnsendableTarget) {
+        // the target itself is at fault (it cannot be encrypted for or addressed): removed
+        this.opts.metrics?.push(kind, 'rejected')
+        this.opts.logger.warn({ user: data.user, device: data.device, kind, problem: err.message }, 'push target unusable: removed')
+        if (await this.services?.meta.pushTargetRemove(data.user, data.device, data.target) === true) this.opts.targets.changed([data.user])
+        return 'drop'
+      }
       outcome = { error: (err as Error).name === 'TimeoutError' ? `no answer within ${this.opts.config.timeoutMs} ms` : String((err as Error).message ?? err) }
     }
-    if ('error' in outcome || outcome.status === 429 || outcome.status >= 500) {
+    if ('error' in outcome) {
+      // unreachable (no connection, no answer): the host rests, doubling while it stays so
       const pause = Math.min((resting?.pauseMs ?? HOST_PAUSE_MIN_MS / 2) * 2, HOST_PAUSE_MAX_MS)
       this.resting.set(host, { until: this.now() + pause, pauseMs: pause })
       this.opts.metrics?.push(kind, 'retry')
-      this.opts.logger.debug({ user: data.user, device: data.device, kind, problem: 'error' in outcome ? outcome.error : `status ${outcome.status}`, pauseMs: pause }, 'push failed; retrying')
+      this.opts.logger.debug({ user: data.user, device: data.device, kind, problem: outcome.error, pauseMs: pause }, 'push service unreachable; retrying')
+      return 'retry'
+    }
+    if (outcome.status === 429 || outcome.status >= 500) {
+      // an answer about this push (a quota, a failure of this token): this target backs off alone
+      this.opts.metrics?.push(kind, 'retry')
+      this.opts.logger.debug({ user: data.user, device: data.device, kind, status: outcome.status }, 'push failed; retrying')
       return 'retry'
     }
     this.resting.delete(host)
@@ -483,13 +508,18 @@ export class PushService {
   private async sendWebPush (target: Extract<PushTarget, { kind: 'webpush' }>, notification: PushNotification): Promise<{ status: number } | { error: string }> {
     const vapid = this.opts.vapid
     if (vapid === null) return { error: 'no VAPID keys' }
-    const details = webpush.generateRequestDetails({ endpoint: target.endpoint, keys: { p256dh: target.p256dh, auth: target.auth } }, JSON.stringify(notification), {
-      vapidDetails: vapid,
-      TTL: this.opts.config.webPush.ttlSeconds,
-      urgency: notification.mention || notification.convKind === 'direct' ? 'high' : 'normal',
-      // a push service replaces an undelivered push of the same topic: one per conversation
-      topic: createHash('sha256').update(notification.conv).digest('base64url').slice(0, 32)
-    })
+    let details: ReturnType<typeof webpush.generateRequestDetails>
+    try {
+      details = webpush.generateRequestDetails({ endpoint: target.endpoint, keys: { p256dh: target.p256dh, auth: target.auth } }, JSON.stringify(notification), {
+        vapidDetails: vapid,
+        TTL: this.opts.config.webPush.ttlSeconds,
+        urgency: notification.mention || notification.convKind === 'direct' ? 'high' : 'normal',
+        // a push service replaces an undelivered push of the same topic: one per conversation
+        topic: createHash('sha256').update(notification.conv).digest('base64url').slice(0, 32)
+      })
+    } catch (err) {
+      throw new UnsendableTarget(String((err as Error).message ?? err))
+    }
     const headers: Record<string, string> = {}
     for (const [k, v] of Object.entries(details.headers)) headers[k] = String(v)
     const res = await fetch(details.endpoint, {
@@ -523,6 +553,11 @@ export class PushService {
     return this.pending.size
   }
 
+  /** Pushes queued to be sent (waiting, backing off, or being sent); in Redis: the cluster's. */
+  async queued (): Promise<number> {
+    return await this.opts.queue.size()
+  }
+
   close (): void {
     this.closed = true
     this.runner.close()
@@ -533,8 +568,16 @@ export class PushService {
   }
 }
 
-/** The first `max` characters of a text, whole code points, with an ellipsis when cut. */
+/** The queue id of a target's push: the same for every push to it (see JobQueue.add). */
+function jobIdOf (user: string, device: string, target: PushTarget): string {
+  return createHash('sha256').update(`${user}\u0000${device}\u0000${pushTargetKey(target)}`).digest('base64url')
+}
+
+/**
+ * The first `max` characters of a text, whole code points, with an ellipsis when cut; control
+ * characters (which JSON writes as 6 bytes each) become spaces, so the payload stays small.
+ */
 function preview (text: string, max: number): string {
-  const chars = [...text]
-  return chars.length <= max ? text : chars.slice(0, max).join('') + '…'
+  const chars = [...text.replace(/\p{Cc}/gu, ' ')]
+  return chars.length <= max ? chars.join('') : chars.slice(0, max).join('') + '…'
 }

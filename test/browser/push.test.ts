@@ -25,7 +25,7 @@ const passwords: Record<string, string> = {}
 beforeAll(async () => {
   buildWeb()
   service = await LocalPushService.start()
-  server = await startServer({ push: { delayMs: 100, collapseMs: 1000, webPush: { allowedHosts: ['127.0.0.1', 'fcm.googleapis.com', '*.googleapis.com'], allowHttp: true } } })
+  server = await startServer({ push: { delayMs: 100, collapseMs: 1000, webPush: { allowedHosts: ['127.0.0.1:*', 'fcm.googleapis.com', '*.googleapis.com'], allowHttp: true } } })
   baseUrl = `http://127.0.0.1:${server.ports.http}`
   for (const u of ['alice', 'bob']) passwords[u] = await addUser(server, u)
   browser = await launchBrowser()

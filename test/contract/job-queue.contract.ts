@@ -18,13 +18,28 @@ export function describeJobQueue (name: string, factory: (max: number) => Promis
     })
     afterEach(async () => { await cleanup?.() })
 
-    test('add is bounded: beyond max nothing is added, and an id already queued is not added twice', async () => {
-      expect(await queue.add([{ id: 'a', data: '1' }, { id: 'b', data: '2' }, { id: 'a', data: 'again' }], T)).toBe(2)
-      expect(await queue.add(Array.from({ length: 6 }, (_, i) => ({ id: `x${i}`, data: String(i) })), T)).toBe(3)
+    test('add is bounded: beyond max nothing new is added; an id already queued gets the new data, also at the bound', async () => {
+      expect(await queue.add([{ id: 'a', data: '1' }, { id: 'b', data: '2' }, { id: 'a', data: 'again' }], T)).toBe(3)
+      expect(await queue.add(Array.from({ length: 6 }, (_, i) => ({ id: `x${i}`, data: String(i) })), T + 5)).toBe(3)
       expect(await queue.size()).toBe(5)
       expect(await queue.add([{ id: 'late', data: '' }], T)).toBe(0)
-      const claimed = await queue.claim(10, T, 1000)
-      expect(claimed.find(j => j.id === 'a')).toStrictEqual({ id: 'a', data: '1', at: T, attempts: 1 })
+      expect(await queue.add([{ id: 'b', data: 'latest' }], T + 9)).toBe(1)
+      const claimed = await queue.claim(10, T + 10, 1000)
+      expect(claimed.find(j => j.id === 'a')).toStrictEqual({ id: 'a', data: 'again', at: T, attempts: 1 })
+      // replaced: the data only (first time and attempts stay)
+      expect(claimed.find(j => j.id === 'b')).toStrictEqual({ id: 'b', data: 'latest', at: T, attempts: 1 })
+      expect(await queue.size()).toBe(5)
+    })
+
+    test('done removes the job unless its data was replaced after the claim: then the new data is due at once', async () => {
+      await queue.add([{ id: 'p', data: 'old' }], T)
+      const [claimed] = await queue.claim(1, T, 60_000)
+      if (claimed === undefined) throw new Error('nothing claimed')
+      await queue.add([{ id: 'p', data: 'new' }], T + 1)
+      await queue.done('p', claimed.data, T + 2)
+      expect(await queue.claim(1, T + 2, 60_000)).toStrictEqual([{ id: 'p', data: 'new', at: T, attempts: 2 }])
+      await queue.done('p', 'new', T + 3)
+      expect(await queue.size()).toBe(0)
     })
 
     test('a claimed job is leased: no one else gets it until the lease lapses, then it comes again with the attempt counted', async () => {
@@ -45,14 +60,15 @@ export function describeJobQueue (name: string, factory: (max: number) => Promis
       expect(await queue.claim(2, T - 1, 1000)).toStrictEqual([])
     })
 
-    test('retry makes a job due at the given time with its attempts; done removes it (a retry after done does nothing)', async () => {
+    test('retry makes a job due at the given time with its attempts (and its data as it is now); done removes it (a retry after done does nothing)', async () => {
       await queue.add([{ id: 'r', data: 'd' }], T)
       const [job] = await queue.claim(1, T, 60_000)
       if (job === undefined) throw new Error('nothing claimed')
+      await queue.add([{ id: 'r', data: 'd' }], T + 1)
       await queue.retry(job, T + 500)
       expect(await queue.claim(1, T + 499, 60_000)).toStrictEqual([])
       expect(await queue.claim(1, T + 500, 60_000)).toStrictEqual([{ id: 'r', data: 'd', at: T, attempts: 2 }])
-      await queue.done('r')
+      await queue.done('r', 'd', T + 500)
       expect(await queue.size()).toBe(0)
       await queue.retry(job, T)
       expect(await queue.size()).toBe(0)
