@@ -16,7 +16,7 @@
  *
  * A target that the push service or gateway says is gone (404, 410) is removed.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { Redis } from 'ioredis'
@@ -61,6 +61,10 @@ export interface PushNotification {
 }
 
 interface PushJobData {
+  /** This push's id: the gateway's x-mqim-delivery, the same on every retry of it. */
+  id: string
+  /** When it was queued. */
+  at: number
   user: string
   device: string
   target: PushTarget
@@ -364,7 +368,7 @@ export class PushService {
       const notification = this.notification(entry, pick.message, pick.mention, badges.get(user) ?? 0)
       // one job per target: a newer push replaces one still waiting (a device that cannot be reached
       // holds one push, the latest, and a user at most targetsPerUser)
-      for (const t of byUser.get(user) ?? []) jobs.push({ id: jobIdOf(user, t.device, t.target), data: JSON.stringify({ user, device: t.device, target: t.target, notification } satisfies PushJobData) })
+      for (const t of byUser.get(user) ?? []) jobs.push({ id: jobIdOf(user, t.device, t.target), data: JSON.stringify({ id: randomUUID(), at: this.now(), user, device: t.device, target: t.target, notification } satisfies PushJobData) })
     }
     const added = await this.opts.queue.add(jobs, this.now())
     this.opts.metrics?.push('any', 'queued', added)
@@ -445,7 +449,7 @@ export class PushService {
     if (resting !== undefined && resting.until > now) return { deferUntil: resting.until }
     let outcome: { status: number } | { error: string }
     try {
-      outcome = data.target.kind === 'webpush' ? await this.sendWebPush(data.target, data.notification) : await this.sendGateway(job, data, data.target)
+      outcome = data.target.kind === 'webpush' ? await this.sendWebPush(data.target, data.notification) : await this.sendGateway(data, data.target)
     } catch (err) {
       if (err instanceof UnsendableTarget) {
         // the target itself is at fault (it cannot be encrypted for or addressed): removed
@@ -533,13 +537,13 @@ export class PushService {
     return { status: res.status }
   }
 
-  private async sendGateway (job: Job, data: PushJobData, target: Extract<PushTarget, { kind: 'gateway' }>): Promise<{ status: number } | { error: string }> {
+  private async sendGateway (data: PushJobData, target: Extract<PushTarget, { kind: 'gateway' }>): Promise<{ status: number } | { error: string }> {
     const gateway = this.opts.config.gateways.find(g => g.name === target.gateway)
     if (gateway === undefined) return { error: `no gateway ${target.gateway}` }
-    const body = JSON.stringify({ id: job.id, at: job.at, user: data.user, device: data.device, token: target.token, platform: target.platform, notification: data.notification })
+    const body = JSON.stringify({ id: data.id, at: data.at, user: data.user, device: data.device, token: target.token, platform: target.platform, notification: data.notification })
     const res = await fetch(gateway.url, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-mqim-delivery': job.id, 'x-mqim-signature': signature(gateway.secret, body, this.now()) },
+      headers: { 'content-type': 'application/json', 'x-mqim-delivery': data.id, 'x-mqim-signature': signature(gateway.secret, body, this.now()) },
       body,
       redirect: 'manual',
       signal: AbortSignal.timeout(this.opts.config.timeoutMs)
