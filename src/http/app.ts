@@ -63,7 +63,7 @@ const SECURITY_HEADERS: Record<string, string> = {
   'cross-origin-resource-policy': 'same-origin'
 }
 
-const STATUS: Partial<Record<ErrorCode, number>> = { NOT_FOUND: 404, CONFLICT: 409, FORBIDDEN: 403, NOT_MEMBER: 403, BLOCKED: 403, REFUSED: 403, NOT_EDITABLE: 409, LIMIT_REACHED: 409, TOO_LARGE: 413, RATE_LIMITED: 429, UNAVAILABLE: 503, INTERNAL: 500 }
+const STATUS: Partial<Record<ErrorCode, number>> = { NOT_FOUND: 404, CONFLICT: 409, FORBIDDEN: 403, NOT_MEMBER: 403, BLOCKED: 403, REFUSED: 403, NOT_EDITABLE: 409, LIMIT_REACHED: 409, TOO_LARGE: 413, UNSUPPORTED_TYPE: 415, RATE_LIMITED: 429, UNAVAILABLE: 503, INTERNAL: 500 }
 
 export function statusOf (code: ErrorCode): number {
   return STATUS[code] ?? 400
