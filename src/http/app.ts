@@ -24,6 +24,8 @@ export interface HttpOptions {
   keepAliveTimeoutMs: number
   bodyLimitBytes: number
   maxHeaderBytes: number
+  /** How long a request body may take (uploads to the local file store); default requestTimeoutMs. */
+  bodyTimeoutMs?: number
 }
 
 export interface HttpDeps {
@@ -35,6 +37,8 @@ export interface HttpDeps {
   webRoot?: string
   /** GET /metrics (Prometheus): loopback clients, or anyone with the bearer token when one is set. */
   metrics?: { registry: Metrics, enabled: boolean, token: string | null }
+  /** More routes (the local file store's /files/, src/files/routes.ts), registered in their own scope. */
+  routes?: Array<(app: FastifyInstance) => Promise<void>>
 }
 
 function findWebDist (): string {
@@ -113,11 +117,13 @@ function sendError (reply: FastifyReply, err: ImError): void {
 }
 
 export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Promise<FastifyInstance> {
+  // headers must arrive within requestTimeoutMs; a body (an upload) may take up to bodyTimeoutMs
+  const bodyTimeoutMs = Math.max(options.requestTimeoutMs, options.bodyTimeoutMs ?? 0)
   const app = fastify({
     logger: false,
     bodyLimit: options.bodyLimitBytes,
     routerOptions: { maxParamLength: 200 },
-    requestTimeout: options.requestTimeoutMs,
+    requestTimeout: bodyTimeoutMs,
     keepAliveTimeout: options.keepAliveTimeoutMs,
     // a socket that sends nothing at all is closed after this long too
     connectionTimeout: options.requestTimeoutMs,
@@ -129,7 +135,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
     serverFactory: (handler) => http.createServer({
       maxHeaderSize: options.maxHeaderBytes,
       headersTimeout: options.requestTimeoutMs,
-      requestTimeout: options.requestTimeoutMs,
+      requestTimeout: bodyTimeoutMs,
       // how often Node checks the two timeouts above (default 30 s)
       connectionsCheckingInterval: Math.min(1000, options.requestTimeoutMs)
     }, handler)
@@ -171,6 +177,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   })
 
   await app.register(adminRoutes, { prefix: '/admin', ...deps.admin })
+  for (const routes of deps.routes ?? []) await app.register(routes)
 
   const root = deps.webRoot ?? WEB_DIST
   if (existsSync(path.join(root, 'index.html'))) {

@@ -12,6 +12,7 @@ import type { EnvelopeCache } from './envelopes.js'
 import type { Metrics } from '../metrics.js'
 import type { Webhooks } from './webhooks.js'
 import type { BlockService } from './blocks.js'
+import type { FileService } from '../files/service.js'
 
 export interface Caller {
   userId: string
@@ -37,6 +38,8 @@ export interface Services {
   webhooks?: Webhooks
   /** Who blocks whom (cached for the send path). */
   blocks: BlockService
+  /** Attachments (absent in unit tests that build Services by hand: upload answers UNAVAILABLE). */
+  files?: FileService
   now: () => number
 }
 

@@ -17,6 +17,7 @@ import { presence } from './ops/presence.js'
 import { settings } from './ops/settings.js'
 import { block, unblock, blocks } from './ops/blocks.js'
 import { edit, remove, react, typing } from './ops/changes.js'
+import { upload, fileUrl } from './ops/files.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -44,7 +45,9 @@ const HANDLERS: HandlerTable = {
   typing,
   block,
   unblock,
-  blocks
+  blocks,
+  upload,
+  'file-url': fileUrl
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */

@@ -10,6 +10,7 @@ import { requireNotBlocked } from '../blocks.js'
 import { msgIdInUse, sameEntry } from '../sequencer.js'
 import type { ConversationEntry } from '../directory.js'
 import { MENTION_ALL } from '../../protocol/schemas.js'
+import { filesOf } from './files.js'
 
 export interface SendResult {
   conv: string
@@ -41,8 +42,13 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     if (!sameEntry(stored, { kind: req.kind })) throw msgIdInUse(req.msgId, `${stored.kind}:${stored.target ?? 0}`)
     return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
   }
+  // a file: the upload must be the sender's, for this conversation, complete; the message carries its description
+  if (req.kind === 'file') body = await filesOf(services).attach(caller.userId, req.conv, req.msgId, (req.body as { id: string }).id) as unknown as typeof body
+  const described = body
   if (services.webhooks?.hasBeforeSend === true) {
-    body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body: req.body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
+    body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
+    // the hook may refuse a file, not change what it describes
+    if (req.kind === 'file') body = described
     if (req.kind === 'text' && (typeof body !== 'string' || body.length === 0)) throw new ImError('REFUSED', 'the before-send hook answered a body that is not a non-empty string for a text message')
   }
   // Routing (Redis) is down: the message could be stored but neither delivered nor acknowledged
