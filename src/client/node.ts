@@ -58,7 +58,7 @@ export const nodeUploader: Uploader = async (req) => await new Promise((resolve,
   void (async () => {
     let sent = 0
     req.onProgress(0)
-    const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = req.body instanceof Uint8Array ? slices(req.body) : (req.body.stream() as unknown as AsyncIterable<Uint8Array>)
+    const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = req.body instanceof Uint8Array ? slices(req.body) : (req.body.stream())
     for await (const chunk of chunks) {
       if (request.destroyed) return
       const ok = request.write(chunk)
