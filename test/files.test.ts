@@ -63,14 +63,14 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
   }
 
   async function uploadAndSend (c: ImClient, bytes: Buffer, opts: { name?: string, mime?: string, msgId?: string, inConv?: string } = {}): Promise<{ grant: UploadGrant, seq: number }> {
-    const grant = await c.request('upload', { conv: opts.inConv ?? conv, name: opts.name ?? 'notes.txt', size: bytes.length, mime: opts.mime ?? 'text/plain' }) as UploadGrant
+    const grant = await c.request('upload', { conv: opts.inConv ?? conv, name: opts.name ?? 'notes.txt', size: bytes.length, mime: opts.mime ?? 'text/plain' })
     expect((await put(grant, bytes)).status).toBeLessThan(300)
     const sent = await c.request('send', { conv: opts.inConv ?? conv, msgId: opts.msgId ?? `f${randomBytes(6).toString('hex')}`, kind: 'file', body: { id: grant.id } })
     return { grant, seq: sent.seq }
   }
 
   async function download (c: ImClient, file: string, variant?: 'thumb', inConv = conv): Promise<Response> {
-    const got = await c.request('file-url', { conv: inConv, file, ...(variant === undefined ? {} : { variant }) }) as { url: string }
+    const got = await c.request('file-url', { conv: inConv, file, ...(variant === undefined ? {} : { variant }) })
     return await fetch(new URL(got.url, origin))
   }
 
@@ -111,7 +111,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
 
   test('tampered and expired download URLs are refused', async () => {
     const { grant } = await uploadAndSend(alice, randomBytes(2000))
-    const got = await bob.request('file-url', { conv, file: grant.id }) as { url: string }
+    const got = await bob.request('file-url', { conv, file: grant.id })
     const tampered = got.url.replace(/(Signature=|[?&]s=)([0-9a-f])/, (_m, a: string, c: string) => a + (c === '0' ? '1' : '0'))
     expect(tampered).not.toBe(got.url)
     expect((await fetch(new URL(tampered, origin))).status).toBe(403)
@@ -125,7 +125,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
       await addUser(short, 'finn')
       const erin = await connect(short, 'erin', 'e')
       const c = (await erin.request('direct', { user: 'finn' })).conv
-      const g = await erin.request('upload', { conv: c, name: 'e.txt', size: 5, mime: 'text/plain' }) as UploadGrant
+      const g = await erin.request('upload', { conv: c, name: 'e.txt', size: 5, mime: 'text/plain' })
       await new Promise(resolve => setTimeout(resolve, 2500))
       expect((await fetch(new URL(g.url, `http://127.0.0.1:${short.ports.http}`), { method: 'PUT', headers: g.headers, body: 'hello' })).status).toBe(403)
       expect(await erin.requestRaw('send', { conv: c, msgId: 'e1', kind: 'file', body: { id: g.id } })).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } })
@@ -137,7 +137,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
 
   test('wrong size, wrong type and oversize uploads are refused and leave no file to send', async () => {
     // the PUT differs from what was announced
-    const g1 = await alice.request('upload', { conv, name: 'a.txt', size: 1000, mime: 'text/plain' }) as UploadGrant
+    const g1 = await alice.request('upload', { conv, name: 'a.txt', size: 1000, mime: 'text/plain' })
     expect((await put(g1, randomBytes(500))).status).toBeGreaterThanOrEqual(400)
     expect((await put(g1, randomBytes(1500))).status).toBeGreaterThanOrEqual(400)
     expect((await put(g1, randomBytes(1000), { 'content-type': 'text/html' })).status).toBeGreaterThanOrEqual(400)
@@ -187,7 +187,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
   })
 
   test("someone else's upload cannot be sent; one upload goes with one message, a resend is a duplicate", async () => {
-    const g = await alice.request('upload', { conv, name: 'mine.txt', size: 4, mime: 'text/plain' }) as UploadGrant
+    const g = await alice.request('upload', { conv, name: 'mine.txt', size: 4, mime: 'text/plain' })
     expect((await put(g, Buffer.from('mine'))).status).toBeLessThan(300)
     expect(await bob.requestRaw('send', { conv, msgId: 'bobsteal', kind: 'file', body: { id: g.id } })).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } })
     const first = await alice.request('send', { conv, msgId: 'once1', kind: 'file', body: { id: g.id } })
@@ -200,7 +200,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
 
   test('the announced sha256 is kept with the upload; the bytes per user per day are bounded', async () => {
     const bytes = randomBytes(100)
-    const g = await alice.request('upload', { conv, name: 'h.txt', size: bytes.length, mime: 'text/plain', sha256: createHash('sha256').update(bytes).digest('hex') }) as UploadGrant
+    const g = await alice.request('upload', { conv, name: 'h.txt', size: bytes.length, mime: 'text/plain', sha256: createHash('sha256').update(bytes).digest('hex') })
     expect((await put(g, bytes)).status).toBeLessThan(300)
     // dave uses up his day in two large announcements
     const dave = await connect(server, 'dave', 'd')
@@ -237,7 +237,7 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
 
   test('uploads no message refers to are removed by the sweep; sent ones stay', async () => {
     const sent = await uploadAndSend(alice, randomBytes(300))
-    const g = await alice.request('upload', { conv, name: 'orphan.txt', size: 10, mime: 'text/plain' }) as UploadGrant
+    const g = await alice.request('upload', { conv, name: 'orphan.txt', size: 10, mime: 'text/plain' })
     expect((await put(g, randomBytes(10))).status).toBeLessThan(300)
     expect((await download(bob, g.id)).status).toBe(200)
     await new Promise(resolve => setTimeout(resolve, 2000))
@@ -253,8 +253,8 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
   test('deleting a file message removes its objects', async () => {
     const png = await pngWithGps(100, 50)
     const { grant, seq } = await uploadAndSend(alice, png, { name: 'del.png', mime: 'image/png' })
-    const url = (await bob.request('file-url', { conv, file: grant.id }) as { url: string }).url
-    const thumbUrl = (await bob.request('file-url', { conv, file: grant.id, variant: 'thumb' }) as { url: string }).url
+    const url = (await bob.request('file-url', { conv, file: grant.id })).url
+    const thumbUrl = (await bob.request('file-url', { conv, file: grant.id, variant: 'thumb' })).url
     await alice.request('delete', { conv, msgId: `del-${seq}`, target: seq })
     expect(await bob.requestRaw('file-url', { conv, file: grant.id })).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } })
     expect((await fetch(new URL(url, origin))).status).toBe(404)

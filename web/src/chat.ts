@@ -12,6 +12,7 @@ import { noteMention } from './mentions.js'
 import { Messages } from './messages.js'
 import type { AppStore } from './store.js'
 import { Typing } from './typing.js'
+import { Files } from './files.js'
 
 export class Chat {
   readonly messages: Messages
@@ -20,6 +21,7 @@ export class Chat {
   readonly conversations: Conversations
   readonly typing: Typing
   readonly blocks: Blocks
+  readonly files: Files
   private readonly cleanups: Array<() => void> = []
 
   constructor (private readonly client: ImClient, private readonly store: AppStore) {
@@ -29,6 +31,7 @@ export class Chat {
     this.conversations = new Conversations(client, store, this.messages, this.members)
     this.typing = new Typing(client, store)
     this.blocks = new Blocks(client, store)
+    this.files = new Files(client, store)
   }
 
   async start (): Promise<void> {

@@ -78,7 +78,11 @@ export interface AppState {
   blocked: Set<string>
   /** document.visibilityState === 'visible' */
   pageVisible: boolean
+  /** Files being uploaded (web/src/files.ts), by a local id. */
+  uploads: Map<string, Upload>
 }
+
+export interface Upload { conv: string, name: string, sent: number, total: number }
 
 export function initialState (): AppState {
   return {
@@ -98,6 +102,7 @@ export function initialState (): AppState {
     typing: new Map(),
     mentions: new Map(),
     blocked: new Set(),
+    uploads: new Map(),
     pageVisible: true
   }
 }
@@ -180,6 +185,10 @@ export function heldUnread (chat: ChatState | undefined, readSeq: number, lastSe
 export function bodyText (m: MessageEnvelope): string {
   if (m.deleted !== undefined) return 'message deleted'
   if (m.kind === 'text' && typeof m.body === 'string') return m.body
+  if (m.kind === 'file') {
+    const f = m.body as { name?: unknown, mime?: unknown } | null
+    return `${typeof f?.mime === 'string' && f.mime.startsWith('image/') ? 'Photo' : 'File'}: ${typeof f?.name === 'string' ? f.name : 'file'}`
+  }
   try {
     return JSON.stringify(m.body)
   } catch {
