@@ -44,7 +44,7 @@ import { Revocations } from './auth/revocation.js'
 import { JwtLogin } from './auth/jwt.js'
 import { createHttpApp } from './http/app.js'
 import { checkHealth } from './http/health.js'
-import { createObjectStore } from './files/index.js'
+import { createObjectStore, fileOrigins } from './files/index.js'
 import { FileService, FileSweeper } from './files/service.js'
 import { MemoryUploadQuota, RedisUploadQuota } from './files/quota.js'
 
@@ -189,6 +189,7 @@ export class MqimServer {
     const http = await createHttpApp({ ...config.http, ...(objects.routes === null ? {} : { bodyTimeoutMs: config.files.uploadTimeoutMs }) }, {
       logger,
       routes: objects.routes === null ? [] : [objects.routes],
+      fileOrigins: fileOrigins(config.files),
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
       health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {

@@ -91,6 +91,19 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
     expect(history.messages[0]).toMatchObject({ kind: 'file', body: { id: grant.id } })
   })
 
+  test("the page's content security policy allows the store's origin for images, media and uploads (S3), and nothing more for local disk", async () => {
+    const csp = (await fetch(`${origin}/healthz`)).headers.get('content-security-policy') ?? ''
+    const store = server.services.config.files.store
+    if (store.adapter === 's3') {
+      const s3 = new URL(store.endpoint ?? '').origin
+      for (const d of ['img-src', 'media-src', 'connect-src']) expect(csp).toContain(`${d} 'self'${d === 'img-src' ? ' data:' : ''} ${s3}`)
+      expect(csp).toContain("script-src 'self';")
+    } else {
+      expect(csp).toContain("img-src 'self' data:;")
+      expect(csp).toContain("connect-src 'self';")
+    }
+  })
+
   test('a non-member gets no upload URL, no download URL and no object', async () => {
     const { grant } = await uploadAndSend(alice, randomBytes(1000))
     for (const op of ['upload', 'file-url'] as const) {

@@ -33,6 +33,19 @@ function localSecret (config: FilesConfig['store'] & { adapter: 'local' }, dataD
   return secret
 }
 
+/** Where browsers fetch and upload files of an S3 store (the page's CSP must allow it); none for the local store. */
+export function fileOrigins (config: FilesConfig): string[] {
+  const s = config.store
+  if (s.adapter !== 's3') return []
+  const endpoint = s.publicEndpoint ?? s.endpoint
+  if (endpoint !== null) {
+    const u = new URL(endpoint)
+    // virtual-hosted style puts the bucket in the host name
+    return [s.forcePathStyle ? u.origin : `${u.protocol}//${s.bucket}.${u.host}`]
+  }
+  return [s.forcePathStyle ? `https://s3.${s.region}.amazonaws.com` : `https://${s.bucket}.s3.${s.region}.amazonaws.com`]
+}
+
 export function createObjectStore (config: FilesConfig, dataDir: string): ObjectStoreSetup {
   const s = config.store
   switch (s.adapter) {

@@ -39,6 +39,8 @@ export interface HttpDeps {
   metrics?: { registry: Metrics, enabled: boolean, token: string | null }
   /** More routes (the local file store's /files/, src/files/routes.ts), registered in their own scope. */
   routes?: Array<(app: FastifyInstance) => Promise<void>>
+  /** Origins the page may load files from and upload to (an S3 store's), added to its CSP. */
+  fileOrigins?: string[]
 }
 
 function findWebDist (): string {
@@ -52,11 +54,18 @@ function findWebDist (): string {
 
 export const WEB_DIST = findWebDist()
 
-/** The page loads only its own script, styles and images and talks to its own origin. */
-export const CONTENT_SECURITY_POLICY = [
-  "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
-  "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", "object-src 'none'"
-].join('; ')
+/**
+ * The page loads only its own script, styles and images and talks to its own origin, plus the
+ * origins of `fileOrigins` for images, media and uploads (an S3 store's endpoint).
+ */
+export function contentSecurityPolicy (fileOrigins: readonly string[] = []): string {
+  const files = fileOrigins.map(o => ' ' + o).join('')
+  return [
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", `img-src 'self' data:${files}`, `media-src 'self'${files}`, `connect-src 'self'${files}`,
+    "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", "object-src 'none'"
+  ].join('; ')
+}
+export const CONTENT_SECURITY_POLICY = contentSecurityPolicy()
 
 const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': CONTENT_SECURITY_POLICY,
@@ -144,8 +153,11 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 
+  const headers = deps.fileOrigins === undefined || deps.fileOrigins.length === 0
+    ? SECURITY_HEADERS
+    : { ...SECURITY_HEADERS, 'content-security-policy': contentSecurityPolicy(deps.fileOrigins) }
   app.addHook('onSend', async (_req, reply, payload) => {
-    reply.headers(SECURITY_HEADERS)
+    reply.headers(headers)
     return payload
   })
   app.setErrorHandler((err: FastifyError, req, reply) => {
