@@ -15,7 +15,8 @@
 #
 # Files under DIR:
 #   env               `source` it: MQIM_{MYSQL,MONGO,REDIS}_{URL,PORT,PID}, MQIM_SERVICES_DIR, and for S3
-#                     MQIM_S3_{ENDPOINT,PORT,PID,ACCESS_KEY,SECRET_KEY,BUCKET,REGION}
+#                     MQIM_S3_{ENDPOINT,PORT,PID,ACCESS_KEY,SECRET_KEY,REGION} and MQIM_S3_TEST_BUCKET (not
+#                     MQIM_S3_BUCKET, which would switch a server started from this environment to S3)
 #   NAME.port         the port chosen for NAME (mysql, mongo, redis, s3); kept so start-one reuses it
 #   s3.ports          SeaweedFS's other ports (master, volume, filer, and the gRPC ports of those and of S3)
 #   s3.json           SeaweedFS's S3 identities (the test credentials)
@@ -381,7 +382,7 @@ export MQIM_S3_PORT=$s3_port
 export MQIM_S3_ENDPOINT=http://127.0.0.1:$s3_port
 export MQIM_S3_ACCESS_KEY=$S3_ACCESS_KEY
 export MQIM_S3_SECRET_KEY=$S3_SECRET_KEY
-export MQIM_S3_BUCKET=$S3_BUCKET
+export MQIM_S3_TEST_BUCKET=$S3_BUCKET
 export MQIM_S3_REGION=$S3_REGION
 export MQIM_S3_PID=$(pid_of s3)
 EOF
