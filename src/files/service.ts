@@ -98,8 +98,9 @@ export class FileService {
     if (ref !== null && (ref.meta.msgid !== msgId || ref.meta.conv !== conv)) throw new ImError('CONFLICT', `file ${id} is attached to another message already; upload it again`)
     if (ref === null) {
       await this.deps.store.put(`r/${id}`, Buffer.alloc(0), { mime: 'application/octet-stream', meta: { conv, msgid: msgId, owner: userId } })
-      // the sweep may have removed the upload meanwhile (only when older than unreferencedTtlMs)
-      if (await this.deps.store.head(`f/${id}`) === null) {
+      // the sweep may have removed the upload meanwhile (only one near unreferencedTtlMs old)
+      const nearExpiry = info.modified < this.deps.now() - this.deps.config.unreferencedTtlMs / 2
+      if (nearExpiry && await this.deps.store.head(`f/${id}`) === null) {
         await this.deps.store.delete([`r/${id}`])
         throw new ImError('NOT_FOUND', `file ${id} has expired; upload it again`)
       }

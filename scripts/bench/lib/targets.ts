@@ -54,6 +54,8 @@ export interface MqimOptions {
   root?: string
   /** extra node options for the server process, e.g. --max-semi-space-size=64 */
   nodeArgs?: string[]
+  /** more configuration, merged over the lifted limits (e.g. a `files` section) */
+  config?: Record<string, unknown>
 }
 
 function makeTarget (kind: TargetKind, label: string, child: ChildProcess, port: number, logFile: string, extra: Partial<Target> = {}): Target {
@@ -150,7 +152,7 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
   const dataDir = path.join(dir, 'data')
   const configFile = path.join(dir, 'config.json')
   const root = options.root ?? ROOT
-  writeFileSync(configFile, JSON.stringify(options.limits === 'defaults' ? {} : liftedConfig(root), null, 2))
+  writeFileSync(configFile, JSON.stringify({ ...(options.limits === 'defaults' ? {} : liftedConfig(root)), ...options.config }, null, 2))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
     MQIM_CONFIG: configFile,
