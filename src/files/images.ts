@@ -2,8 +2,9 @@
  * Images (sharp): the width and height of an upload, and a thumbnail of it. The thumbnail is made
  * from the decoded pixels and written as WebP without any of the original's metadata (EXIF, GPS,
  * XMP, ICC), turned upright as the EXIF orientation says. Width and height are the upright ones.
- * Decoding is bounded by a pixel limit; at most `concurrency` run at once, and at most
- * 16 × concurrency wait (the rest are refused: the message goes out without a thumbnail).
+ * Decoding is bounded by a pixel limit; at most `concurrency` run at once (each holding one image's
+ * bytes, read only once its turn has come), and at most 16 × concurrency wait, holding nothing
+ * (the rest are refused: the message goes out without a thumbnail).
  */
 import sharp from 'sharp'
 
@@ -22,8 +23,11 @@ export class ImageWorker {
 
   constructor (private readonly options: { concurrency: number, maxPixels: number, thumbMaxPx: number }) {}
 
-  /** Width, height and a thumbnail; null when the bytes are not a decodable image or the queue is full. */
-  async process (bytes: Buffer): Promise<ImageInfo | null> {
+  /**
+   * Width, height and a thumbnail of the bytes `load` reads (called once this image's turn has
+   * come); null when they are not a decodable image, or too many wait already.
+   */
+  async process (load: () => Promise<Buffer | null>): Promise<ImageInfo | null> {
     if (this.running >= this.options.concurrency) {
       if (this.waiting.length >= this.options.concurrency * 16) return null
       await new Promise<void>(resolve => this.waiting.push(resolve))
@@ -31,7 +35,8 @@ export class ImageWorker {
       this.running++
     }
     try {
-      return await this.run(bytes)
+      const bytes = await load()
+      return bytes === null ? null : await this.run(bytes)
     } catch {
       return null
     } finally {

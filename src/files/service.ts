@@ -165,9 +165,7 @@ export class FileService {
     if (!THUMBNAIL_TYPES.has(info.mime) || info.size > config.imageMaxBytes || info.size === 0) return {}
     const made = await store.head(`t/${id}`)
     if (made !== null) return factsOf(made.meta)
-    const bytes = await store.read(`f/${id}`, config.imageMaxBytes)
-    if (bytes === null) return {}
-    const image = await this.images.process(bytes)
+    const image = await this.images.process(async () => await store.read(`f/${id}`, config.imageMaxBytes))
     if (image === null) {
       logger.debug({ file: id, mime: info.mime }, 'no thumbnail: not a decodable image (or too many at once)')
       return {}
