@@ -35,6 +35,8 @@ export interface UploadRound {
   rssBeforeMiB: number
   rssPeakMiB: number
   rssGrowthMiB: number
+  /** medians of the three steps through mqim, ms */
+  stepsMs: { upload: number, put: number, send: number, directPut: number }
 }
 
 export interface UploadResult { store: 'local' | 's3', rounds: UploadRound[], medianRatio: number, medianMqimPerSec: number, medianDirectPerSec: number, maxRssGrowthMiB: number }
@@ -114,18 +116,28 @@ export async function runUpload (ctx: Ctx, store: 'local' | 's3', p: UploadParam
         const im = await ImClient.connect(target, alice, 'bench')
         const origin = `http://127.0.0.1:${target.httpPort ?? 0}`
         let seq = 0
+        const steps = { upload: [] as number[], put: [] as number[], send: [] as number[], directPut: [] as number[] }
         const viaMqim = async (): Promise<void> => {
+          const t0 = performance.now()
           const grant = await im.request<{ id: string, url: string, headers: Record<string, string> }>('upload', { conv, name: 'bench.bin', size: p.bytes, mime: 'application/octet-stream' })
+          const t1 = performance.now()
           await put(new URL(grant.url, origin).toString(), grant.headers, body)
+          const t2 = performance.now()
           await im.request('send', { conv, msgId: `u${r}-${seq++}`, kind: 'file', body: { id: grant.id } })
+          steps.upload.push(t1 - t0)
+          steps.put.push(t2 - t1)
+          steps.send.push(performance.now() - t2)
         }
         const direct = async (i: number): Promise<void> => {
           const url = await directUrl(r * 100_000 + i)
+          const t0 = performance.now()
           await put(url, { 'content-type': 'application/octet-stream' }, body)
+          steps.directPut.push(performance.now() - t0)
         }
         // warm up both paths (JIT, connections), unmeasured
         await timed(5, p.concurrency, async () => { await viaMqim() })
         await timed(5, p.concurrency, direct)
+        for (const list of Object.values(steps)) list.length = 0
         const measureMqim = async (): Promise<{ perSec: number, before: number, peak: number }> => {
           const before = target.sample().rssBytes
           let peak = before
@@ -148,8 +160,8 @@ export async function runUpload (ctx: Ctx, store: 'local' | 's3', p: UploadParam
           m = await measureMqim()
         }
         await im.end()
-        const round: UploadRound = { store, round: r, mqimPerSec: m.perSec, directPerSec: d, ratio: m.perSec / d, rssBeforeMiB: m.before / MiB, rssPeakMiB: m.peak / MiB, rssGrowthMiB: (m.peak - m.before) / MiB }
-        ctx.log(`upload ${store} r${r}: mqim ${round.mqimPerSec.toFixed(1)}/s, direct ${round.directPerSec.toFixed(1)}/s, ratio ${round.ratio.toFixed(2)}; server RSS ${round.rssBeforeMiB.toFixed(0)} -> peak ${round.rssPeakMiB.toFixed(0)} MiB (+${round.rssGrowthMiB.toFixed(1)})`)
+        const round: UploadRound = { store, round: r, mqimPerSec: m.perSec, directPerSec: d, ratio: m.perSec / d, rssBeforeMiB: m.before / MiB, rssPeakMiB: m.peak / MiB, rssGrowthMiB: (m.peak - m.before) / MiB, stepsMs: { upload: median(steps.upload), put: median(steps.put), send: median(steps.send), directPut: median(steps.directPut) } }
+        ctx.log(`upload ${store} r${r}: mqim ${round.mqimPerSec.toFixed(1)}/s, direct ${round.directPerSec.toFixed(1)}/s, ratio ${round.ratio.toFixed(2)}; server RSS ${round.rssBeforeMiB.toFixed(0)} -> peak ${round.rssPeakMiB.toFixed(0)} MiB (+${round.rssGrowthMiB.toFixed(1)}); median ms: upload ${round.stepsMs.upload.toFixed(1)}, PUT ${round.stepsMs.put.toFixed(1)}, send ${round.stepsMs.send.toFixed(1)} | direct PUT ${round.stepsMs.directPut.toFixed(1)}`)
         rounds.push(round)
       } finally {
         await target.stop()

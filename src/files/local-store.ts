@@ -40,6 +40,8 @@ export class LocalObjectStore implements ObjectStore {
   readonly signer: UrlSigner
   private readonly dir: string
   private readonly tmp: string
+  /** Prefix directories known to exist (at most one per key prefix letter). */
+  private readonly made = new Set<string>()
 
   constructor (private readonly options: LocalStoreOptions) {
     this.dir = path.resolve(options.dir)
@@ -124,23 +126,37 @@ export class LocalObjectStore implements ObjectStore {
     }
   }
 
+  /**
+   * A server write (thumbnails, markers) replaces what was there: both files are written aside and
+   * renamed into place, the sidecar first; a reader between the two renames finds sizes that
+   * differ and sees no object yet.
+   */
   async put (key: string, body: Buffer, binding: { mime: string, meta: Record<string, string> }): Promise<void> {
     const final = this.pathOf(key)
+    const sidecar: Sidecar = { mime: binding.mime, meta: checkMeta(binding.meta), size: body.length }
     const tmp = path.join(this.tmp, randomBytes(12).toString('hex'))
+    await this.dirOf(final)
     try {
-      await writeFile(tmp, body, { mode: 0o600, flag: 'wx' })
-      // a server write replaces what was there (a thumbnail made again is the same)
-      await rm(final, { force: true })
-      await this.commit(tmp, key, { mime: binding.mime, meta: checkMeta(binding.meta), size: body.length })
-    } finally {
-      await rm(tmp, { force: true })
+      await Promise.all([writeFile(tmp, body, { mode: 0o600, flag: 'wx' }), writeFile(`${tmp}.json`, JSON.stringify(sidecar), { mode: 0o600, flag: 'wx' })])
+      await rename(`${tmp}.json`, `${final}.json`)
+      await rename(tmp, final)
+    } catch (err) {
+      await Promise.all([rm(tmp, { force: true }), rm(`${tmp}.json`, { force: true })])
+      throw err
     }
   }
 
-  /** The sidecar first, then the bytes linked into place (fails if another upload got there first). */
+  private async dirOf (file: string): Promise<void> {
+    const dir = path.dirname(file)
+    if (this.made.has(dir)) return
+    await mkdir(dir, { recursive: true })
+    this.made.add(dir)
+  }
+
+  /** The bytes linked into place (fails if another upload got there first), then the sidecar: only then is it an object. */
   private async commit (tmp: string, key: string, sidecar: Sidecar): Promise<void> {
     const final = this.pathOf(key)
-    await mkdir(path.dirname(final), { recursive: true })
+    await this.dirOf(final)
     const sideTmp = `${tmp}.json`
     try {
       await writeFile(sideTmp, JSON.stringify(sidecar), { mode: 0o600 })
@@ -151,8 +167,9 @@ export class LocalObjectStore implements ObjectStore {
         throw err
       }
       await rename(sideTmp, `${final}.json`)
-    } finally {
+    } catch (err) {
       await rm(sideTmp, { force: true })
+      throw err
     }
   }
 

@@ -32,6 +32,17 @@ export interface FileDescriptor {
   thumb?: { w: number, h: number }
 }
 
+/** What `send` of kind file stores (the file's description), and how it records the reference. */
+export interface Attachment {
+  file: FileDescriptor
+  /**
+   * Writes the reference (r/<id>) that keeps the sweep off the upload; run alongside storing the
+   * message (nothing to do for a resend). Throws UNAVAILABLE when the store does not take it: the
+   * client resends with the same msgId, which finds the message stored and writes it again.
+   */
+  refer: () => Promise<void>
+}
+
 export interface UploadGrant {
   id: string
   url: string
@@ -90,23 +101,37 @@ export class FileService {
   /**
    * send (kind file): the upload must exist, be the caller's, for this conversation, with the
    * size announced; it is then referenced by this message (one message per upload). Images get
-   * width, height and a thumbnail. A resend with the same msgId finds the same answer.
+   * width, height and a thumbnail. A resend with the same msgId finds the same answer. (Two
+   * sends of one upload with different msgIds at the same moment may both pass: the check and
+   * the reference are not one step.)
    */
-  async attach (userId: string, conv: string, msgId: string, id: string): Promise<FileDescriptor> {
-    const info = await this.ownUpload(userId, conv, id)
-    const ref = await this.deps.store.head(`r/${id}`)
+  async attach (userId: string, conv: string, msgId: string, id: string): Promise<Attachment> {
+    const { store, now, config } = this.deps
+    // the upload and its reference are looked up together (one round trip to S3 instead of two)
+    const [info, ref] = await Promise.all([this.ownUpload(userId, conv, id), isFileId(id) ? store.head(`r/${id}`) : null])
     if (ref !== null && (ref.meta.msgid !== msgId || ref.meta.conv !== conv)) throw new ImError('CONFLICT', `file ${id} is attached to another message already; upload it again`)
+    const write = async (): Promise<void> => { await store.put(`r/${id}`, Buffer.alloc(0), { mime: 'application/octet-stream', meta: { conv, msgid: msgId, owner: userId } }) }
+    let refer = async (): Promise<void> => {}
     if (ref === null) {
-      await this.deps.store.put(`r/${id}`, Buffer.alloc(0), { mime: 'application/octet-stream', meta: { conv, msgid: msgId, owner: userId } })
-      // the sweep may have removed the upload meanwhile (only one near unreferencedTtlMs old)
-      const nearExpiry = info.modified < this.deps.now() - this.deps.config.unreferencedTtlMs / 2
-      if (nearExpiry && await this.deps.store.head(`f/${id}`) === null) {
-        await this.deps.store.delete([`r/${id}`])
-        throw new ImError('NOT_FOUND', `file ${id} has expired; upload it again`)
+      // an upload near the sweep's age: referenced first, then checked to be still there
+      if (info.modified < now() - config.unreferencedTtlMs / 2) {
+        await write()
+        if (await store.head(`f/${id}`) === null) {
+          await store.delete([`r/${id}`])
+          throw new ImError('NOT_FOUND', `file ${id} has expired; upload it again`)
+        }
+      } else {
+        // a younger one cannot be swept before the message is stored: referenced meanwhile
+        refer = async () => {
+          try {
+            await write()
+          } catch (err) {
+            throw new ImError('UNAVAILABLE', 'the file store did not record the message\'s file; resend with the same msgId', { cause: err })
+          }
+        }
       }
     }
-    const descriptor = describe(id, info)
-    return { ...descriptor, ...await this.imageFacts(id, info) }
+    return { file: { ...describe(id, info), ...await this.imageFacts(id, info) }, refer }
   }
 
   /** file-url: a short-lived URL of the file (or of its thumbnail), when it belongs to `conv`. */
