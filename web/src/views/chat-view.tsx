@@ -12,7 +12,6 @@ import { typingText } from '../typing.js'
 import { Composer } from './composer.js'
 import { MembersPanel } from './members-panel.js'
 import { MessageList } from './message-list.js'
-import { FilesContext } from './file-body.js'
 import { byteSize } from '../files.js'
 
 export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
@@ -31,56 +30,54 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   const sendFiles = blocked ? undefined : (files: File[]) => { void chat.files.send(s.conv, files) }
   return (
     <section class='chat' data-testid='chat-view'>
-      <FilesContext.Provider value={chat.files}>
-        <div
-          class='chat-pane' data-conv={s.conv} data-kind={s.kind}
-          onDragOver={e => { if (sendFiles !== undefined && e.dataTransfer?.types.includes('Files') === true) e.preventDefault() }}
-          onDrop={e => {
-            const dropped = [...(e.dataTransfer?.files ?? [])]
-            if (sendFiles === undefined || dropped.length === 0) return
-            e.preventDefault()
-            sendFiles(dropped)
-          }}
-        >
-          <header class='bar'>
-            <button class='back' data-testid='chat-back' type='button' aria-label='Back' onClick={() => { chat.conversations.closeChat() }}>‹</button>
-            <div class='title'>
-              <b data-testid='chat-title'>{titleOf(s)}</b>
-              <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
-            </div>
-            {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
-            {peer !== undefined && (
-              <button
-                class={`link${blocked ? '' : ' danger'}`} data-testid='block-toggle' type='button' aria-pressed={blocked}
-                title={blocked ? `Unblock ${peer}: you can write to each other again` : `Block ${peer}: neither of you can write here, and ${peer} no longer sees when you are online`}
-                onClick={() => { void chat.blocks.set(s.conv, peer, !blocked) }}
-              >{blocked ? 'Unblock' : 'Block'}
-              </button>
-            )}
-          </header>
-          {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
-          {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
-          <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} role={s.role} messages={chat.messages} changes={chat.changes} />
-          <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
-          {uploads.map((u, i) => (
-            <p key={i} class='upload' data-testid='upload' role='status'>
-              Sending {u.name}… <progress max={u.total} value={u.sent} /> {byteSize(u.sent)} / {byteSize(u.total)}
-            </p>
-          ))}
-          {error !== null && (
-            <p class='error chat-error' data-testid='chat-error' role='alert'>
-              <span>{error}</span>
-              <button class='link' type='button' aria-label='Dismiss' title='Dismiss' onClick={() => { chat.dismissError() }}>×</button>
-            </p>
+      <div
+        class='chat-pane' data-conv={s.conv} data-kind={s.kind}
+        onDragOver={e => { if (sendFiles !== undefined && e.dataTransfer?.types.includes('Files') === true) e.preventDefault() }}
+        onDrop={e => {
+          const dropped = [...(e.dataTransfer?.files ?? [])]
+          if (sendFiles === undefined || dropped.length === 0) return
+          e.preventDefault()
+          sendFiles(dropped)
+        }}
+      >
+        <header class='bar'>
+          <button class='back' data-testid='chat-back' type='button' aria-label='Back' onClick={() => { chat.conversations.closeChat() }}>‹</button>
+          <div class='title'>
+            <b data-testid='chat-title'>{titleOf(s)}</b>
+            <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
+          </div>
+          {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
+          {peer !== undefined && (
+            <button
+              class={`link${blocked ? '' : ' danger'}`} data-testid='block-toggle' type='button' aria-pressed={blocked}
+              title={blocked ? `Unblock ${peer}: you can write to each other again` : `Block ${peer}: neither of you can write here, and ${peer} no longer sees when you are online`}
+              onClick={() => { void chat.blocks.set(s.conv, peer, !blocked) }}
+            >{blocked ? 'Unblock' : 'Block'}
+            </button>
           )}
-          <Composer
-            key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
-            onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
-            onText={text => { chat.typing.composing(s.conv, text) }}
-            onFiles={sendFiles}
-          />
-        </div>
-      </FilesContext.Provider>
+        </header>
+        {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
+        {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
+        <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} role={s.role} messages={chat.messages} changes={chat.changes} />
+        <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
+        {uploads.map((u, i) => (
+          <p key={i} class='upload' data-testid='upload' role='status'>
+            Sending {u.name}… <progress max={u.total} value={u.sent} /> {byteSize(u.sent)} / {byteSize(u.total)}
+          </p>
+        ))}
+        {error !== null && (
+          <p class='error chat-error' data-testid='chat-error' role='alert'>
+            <span>{error}</span>
+            <button class='link' type='button' aria-label='Dismiss' title='Dismiss' onClick={() => { chat.dismissError() }}>×</button>
+          </p>
+        )}
+        <Composer
+          key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
+          onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
+          onText={text => { chat.typing.composing(s.conv, text) }}
+          onFiles={sendFiles}
+        />
+      </div>
     </section>
   )
 }
