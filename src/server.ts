@@ -150,7 +150,14 @@ export class MqimServer {
     // attachments: the object store (local disk under dataDir, or S3) and what uses it
     const objects = createObjectStore(config.files, config.dataDir)
     await initStore('files.store', config.files.store.adapter, () => objects.store.init())
-    const files = new FileService({ store: objects.store, config: config.files, quota: backends.redis === null ? new MemoryUploadQuota() : new RedisUploadQuota(backends.redis), logger, now: Date.now })
+    const files = new FileService({
+      store: objects.store,
+      config: config.files,
+      quota: backends.redis === null ? new MemoryUploadQuota() : new RedisUploadQuota(backends.redis),
+      logger,
+      now: Date.now,
+      messageStored: async (conv, senderId, msgId) => (await messages.findByClientMsgId(conv, senderId, msgId)) !== null
+    })
     const fileSweeper = new FileSweeper(files, config.files.sweepIntervalMs, logger)
     const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, files, now: Date.now }
     const dispatcher = new Dispatcher(services)

@@ -8,7 +8,8 @@
  *           keeps it
  *
  * The sweep (FileSweeper) removes uploads without a reference once they are older than
- * files.unreferencedTtlMs, a bounded number per step.
+ * files.unreferencedTtlMs, a bounded number per step, and also those whose reference names a
+ * message that is not stored (a send that failed for good, or a message retention removed).
  */
 import { randomBytes } from 'node:crypto'
 import { ImError } from '../errors.js'
@@ -74,6 +75,8 @@ export interface FileServiceDeps {
   quota: UploadQuota
   logger: Logger
   now: () => number
+  /** Whether the message (conversation, sender, msgId) is stored (the message store, not a cache). */
+  messageStored: (conv: string, senderId: string, msgId: string) => Promise<boolean>
 }
 
 export class FileService {
@@ -159,7 +162,8 @@ export class FileService {
 
   /**
    * One step of the sweep: looks at up to sweepMaxPerRun uploads after `cursor`, removes those
-   * older than unreferencedTtlMs without a reference; returns the next cursor (null: start again).
+   * older than unreferencedTtlMs without a reference, or with a reference at least that old whose
+   * message is not stored; returns the next cursor (null: start again).
    */
   async sweep (cursor: string | null): Promise<{ removed: number, next: string | null }> {
     const { store, config, now } = this.deps
@@ -169,7 +173,8 @@ export class FileService {
     for (const item of page.items) {
       if (item.modified > before) continue
       const id = item.key.slice(2)
-      if (await store.head(`r/${id}`) !== null) continue
+      const ref = await store.head(`r/${id}`)
+      if (ref !== null && (ref.modified > before || await this.deps.messageStored(ref.meta.conv ?? '', ref.meta.owner ?? '', ref.meta.msgid ?? ''))) continue
       await this.discard(id)
       removed++
     }

@@ -20,6 +20,8 @@ describe('FileService', () => {
   let now: number
   let failRefs: boolean
   let files: FileService
+  /** Messages "stored": conv/sender/msgId. */
+  let stored: Set<string>
 
   beforeEach(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'mqim-files-svc-'))
@@ -27,6 +29,7 @@ describe('FileService', () => {
     await store.init()
     now = Date.now()
     failRefs = false
+    stored = new Set()
     // the store, refusing reference writes while failRefs is set
     const flaky: ObjectStore = Object.assign(Object.create(store) as ObjectStore, {
       put: async (key: string, body: Buffer, binding: { mime: string, meta: Record<string, string> }) => {
@@ -35,7 +38,7 @@ describe('FileService', () => {
       }
     })
     const config = loadConfig({ env: {}, overrides: { files: { unreferencedTtlMs: 60_000, sweepMaxPerRun: 2 } } }).files
-    files = new FileService({ store: flaky, config, quota: new MemoryUploadQuota(), logger: createLogger('silent'), now: () => now })
+    files = new FileService({ store: flaky, config, quota: new MemoryUploadQuota(), logger: createLogger('silent'), now: () => now, messageStored: async (conv, sender, msgId) => stored.has(`${conv}/${sender}/${msgId}`) })
   })
 
   afterEach(() => { rmSync(dir, { recursive: true, force: true }) })
@@ -75,6 +78,7 @@ describe('FileService', () => {
   test('the sweep removes unreferenced uploads older than the limit, a page per step, and keeps referenced ones', async () => {
     const ids = [await uploaded(), await uploaded(), await uploaded()]
     await (await files.attach('alice', 'c1', 'keep', ids[0] as string)).refer()
+    stored.add('c1/alice/keep')
     expect((await files.sweep(null)).removed).toBe(0)
     now += 61_000
     let removed = 0
@@ -91,5 +95,36 @@ describe('FileService', () => {
     expect(removed).toBe(2)
     expect(await store.head(`f/${ids[0] as string}`)).not.toBeNull()
     for (const id of ids.slice(1)) expect(await store.head(`f/${id}`)).toBeNull()
+  })
+})
+
+describe('FileService sweep of references without a message', () => {
+  test('an upload whose reference names a message that is not stored (a failed send, a message retention removed) goes once the reference is old', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'mqim-files-svc-'))
+    try {
+      const store = new LocalObjectStore({ dir, secret: randomBytes(32), publicUrl: '' })
+      await store.init()
+      let now = Date.now()
+      const stored = new Set<string>(['c1/alice/kept'])
+      const config = loadConfig({ env: {}, overrides: { files: { unreferencedTtlMs: 60_000 } } }).files
+      const files = new FileService({ store, config, quota: new MemoryUploadQuota(), logger: createLogger('silent'), now: () => now, messageStored: async (c, u, m) => stored.has(`${c}/${u}/${m}`) })
+      const ids: string[] = []
+      for (const msgId of ['kept', 'lost']) {
+        const grant = await files.grantUpload('alice', { conv: 'c1', name: 'a.txt', size: 3, mime: 'text/plain' })
+        await store.put(`f/${grant.id}`, Buffer.from('abc'), { mime: 'text/plain', meta: { owner: 'alice', conv: 'c1', size: '3', name: 'YQ' } })
+        await (await files.attach('alice', 'c1', msgId, grant.id)).refer()
+        ids.push(grant.id)
+      }
+      // young references are not judged yet
+      now += 30_000
+      expect((await files.sweep(null)).removed).toBe(0)
+      now += 31_000
+      expect((await files.sweep(null)).removed).toBe(1)
+      expect(await store.head(`f/${ids[0] as string}`)).not.toBeNull()
+      expect(await store.head(`f/${ids[1] as string}`)).toBeNull()
+      expect(await store.head(`r/${ids[1] as string}`)).toBeNull()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
