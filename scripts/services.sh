@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Test services for mqim: MariaDB (stands in for MySQL), Redis and FerretDB (stands in for MongoDB).
+# Test services for mqim: MariaDB (stands in for MySQL), Redis, FerretDB (stands in for MongoDB) and
+# SeaweedFS (an S3-compatible object store, for the attachment tests).
 #
 # Usage:
-#   scripts/services.sh install                      install what is missing (apt packages, FerretDB build)
-#   scripts/services.sh start DIR                    start all three on free ports, state under DIR, write DIR/env
-#   scripts/services.sh stop DIR                     stop all three (never fails if already stopped)
-#   scripts/services.sh stop-one DIR mysql|mongo|redis
-#   scripts/services.sh start-one DIR mysql|mongo|redis   restart one service on the SAME port and data
+#   scripts/services.sh install                      install what is missing (apt packages, FerretDB and SeaweedFS builds)
+#   scripts/services.sh start DIR                    start all four on free ports, state under DIR, write DIR/env
+#   scripts/services.sh stop DIR                     stop all four (never fails if already stopped)
+#   scripts/services.sh stop-one DIR mysql|mongo|redis|s3
+#   scripts/services.sh start-one DIR mysql|mongo|redis|s3   restart one service on the SAME port and data
+#   scripts/services.sh build-seaweedfs              build (or find) the SeaweedFS binary only
 #
 # Everything a service writes (data, socket, pid file, log) lives under DIR. Nothing is installed as a
 # system service and nothing listens on a fixed port, so several runs can share one machine.
 #
 # Files under DIR:
-#   env               `source` it: MQIM_{MYSQL,MONGO,REDIS}_{URL,PORT,PID} and MQIM_SERVICES_DIR
-#   NAME.port         the port chosen for NAME (mysql, mongo, redis); kept so start-one reuses it
+#   env               `source` it: MQIM_{MYSQL,MONGO,REDIS}_{URL,PORT,PID}, MQIM_SERVICES_DIR, and for S3
+#                     MQIM_S3_{ENDPOINT,PORT,PID,ACCESS_KEY,SECRET_KEY,REGION} and MQIM_S3_TEST_BUCKET (not
+#                     MQIM_S3_BUCKET, which would switch a server started from this environment to S3)
+#   NAME.port         the port chosen for NAME (mysql, mongo, redis, s3); kept so start-one reuses it
+#   s3.ports          SeaweedFS's other ports (master, volume, filer, and the gRPC ports of those and of S3)
+#   s3.json           SeaweedFS's S3 identities (the test credentials)
 #   NAME.pid          pid of the running NAME process (removed when it is stopped)
 #   NAME.log          its log
-#   mysql/ redis/ ferret/   data directories; mysql.sock the MariaDB socket
+#   mysql/ redis/ ferret/ s3/   data directories; mysql.sock the MariaDB socket
 #
 # Environment:
-#   MQIM_CACHE_DIR          where the FerretDB binary is cached (default: ~/.cache/mqim)
+#   MQIM_CACHE_DIR          where the FerretDB and SeaweedFS binaries are cached (default: ~/.cache/mqim)
 #   MQIM_SERVICE_TIMEOUT    seconds to wait for each service to accept connections (default: 60)
 set -euo pipefail
 
@@ -33,8 +39,18 @@ CACHE="${MQIM_CACHE_DIR:-$HOME/.cache/mqim}"
 # without them is not reused. MQIM_FERRETDB_STOCK=1 builds and runs FerretDB as published. (The file
 # itself stays named ferretdb: the process name is how this script recognizes it.)
 if [ "${MQIM_FERRETDB_STOCK:-0}" = 1 ]; then FERRETDB="$CACHE/bin/ferretdb"; else FERRETDB="$CACHE/bin/idindex/ferretdb"; fi
+# SeaweedFS (Apache-2.0) plays S3 for the object-store tests. `go install …@version` refuses it (its go.mod has
+# replace directives), so it is built from the module source like FerretDB.
+SEAWEEDFS_VERSION=v0.0.0-20261109003541-7506e5f91cd6
+SEAWEEDFS_MODULE=github.com/seaweedfs/seaweedfs
+WEED="$CACHE/bin/seaweedfs-$SEAWEEDFS_VERSION/weed"
 TIMEOUT="${MQIM_SERVICE_TIMEOUT:-60}"
-SERVICES=(mysql mongo redis)
+SERVICES=(mysql mongo redis s3)
+# The S3 credentials and bucket of the test SeaweedFS (test data only; it listens on 127.0.0.1).
+S3_ACCESS_KEY=mqim-test
+S3_SECRET_KEY=mqim-test-secret-key
+S3_BUCKET=mqim-test
+S3_REGION=us-east-1
 
 log () { echo "services.sh: $*" >&2; }
 die () { log "ERROR: $*"; exit 1; }
@@ -111,21 +127,47 @@ build_ferretdb () {
   log "FerretDB $FERRETDB_VERSION is at $FERRETDB"
 }
 
+weed_works () { [ -x "$WEED" ] && "$WEED" version >/dev/null 2>&1; }
+
+# Builds SeaweedFS's `weed` into $WEED: download the module, copy it out of the read-only module cache,
+# `go build ./weed` there (about 8.5 minutes on 2 cores the first time; Go's build cache makes a rebuild
+# quick). The binary is about 230 MB; only the binary is kept.
+build_seaweedfs () {
+  local go src work
+  go="$(go_cmd)"
+  mkdir -p "$(dirname "$WEED")" "$CACHE/src"
+  log "building SeaweedFS $SEAWEEDFS_VERSION with $go (the first build takes about 9 minutes)"
+  src="$(cd "$CACHE" && GOFLAGS=-mod=mod "$go" mod download -json "$SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')"
+  [ -n "$src" ] && [ -d "$src" ] || die "could not download $SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION"
+  work="$CACHE/src/seaweedfs-$SEAWEEDFS_VERSION"
+  rm -rf "$work"
+  cp -r "$src" "$work"
+  chmod -R u+w "$work"
+  (cd "$work" && GOFLAGS=-mod=mod "$go" build -buildvcs=false -trimpath -o "$WEED.tmp" ./weed)
+  mv -f "$WEED.tmp" "$WEED"
+  rm -rf "$work"
+  weed_works || die "the SeaweedFS binary at $WEED does not run: $("$WEED" version 2>&1 | head -3)"
+  log "SeaweedFS is at $WEED"
+}
+
 cmd_install () {
   local pkgs=()
   have mariadbd && have mariadb-install-db && have mariadb && have mariadb-admin || pkgs+=(mariadb-server)
   have redis-server && have redis-cli || pkgs+=(redis-server)
   have mosquitto_pub || pkgs+=(mosquitto-clients)
+  have curl || pkgs+=(curl)
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
   [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
   /usr/bin/python3 -c 'import paho.mqtt' >/dev/null 2>&1 || pkgs+=(python3-paho-mqtt)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing ${pkgs[*]}"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients chromium mosquitto python3-paho-mqtt
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server redis-server mosquitto-clients chromium mosquitto python3-paho-mqtt curl
   fi
   # Rebuild when the binary is missing or does not run (e.g. one made by a plain `go install`, see above).
   ferretdb_works || build_ferretdb
+  weed_works || build_seaweedfs
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,6 +181,7 @@ comm_of () {
     mysql) echo mariadbd ;;
     redis) echo redis-server ;;
     mongo) echo ferretdb ;;
+    s3) echo weed ;;
   esac
 }
 
@@ -191,6 +234,10 @@ ready () {
              --user=root --connect-timeout=2 ping >/dev/null 2>&1 ;;
     redis) [ "$(timeout 5 redis-cli -h 127.0.0.1 -p "$3" ping 2>/dev/null)" = PONG ] ;;
     mongo) return 0 ;;  # FerretDB listens only once its storage is ready
+    # S3 answers (403 without credentials) once the gateway reached the filer; 000 means no answer
+    s3) local code
+        code="$(curl -s -o /dev/null -m 5 -w '%{http_code}' "http://127.0.0.1:$3/" 2>/dev/null || true)"
+        [ -n "$code" ] && [ "$code" != 000 ] && [ "$code" -lt 500 ] ;;
   esac
 }
 
@@ -226,6 +273,24 @@ launch () {
       "$FERRETDB" --handler=sqlite --sqlite-url="file:$DIR/ferret/" --listen-addr="127.0.0.1:$port" \
         --state-dir=- --debug-addr=- --telemetry=disable --log-level=warn \
         </dev/null >>"$DIR/mongo.log" 2>&1 &
+      ;;
+    s3)
+      [ -x "$WEED" ] || die "SeaweedFS is not installed at $WEED; run: $0 install"
+      mkdir -p "$DIR/s3"
+      # every port is given (gRPC ports default to port + 10000, Iceberg and Lance to fixed ones)
+      [ -s "$DIR/s3.ports" ] || free_ports 7 > "$DIR/s3.ports"
+      local p
+      read -r -a p < "$DIR/s3.ports"
+      cat > "$DIR/s3.json" <<JSON
+{"identities":[{"name":"mqim","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+JSON
+      # the filer keeps its store in the working directory: run from DIR/s3 (exec: the pid is weed's)
+      (cd "$DIR/s3" && exec "$WEED" server -dir="$DIR/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" -volume.port.grpc="${p[3]}" \
+        -filer -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" -filer.localSocket="$DIR/s3/filer.sock" \
+        -s3 -s3.port="$port" -s3.port.grpc="${p[6]}" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$DIR/s3.json" \
+        -master.volumeSizeLimitMB=64 -volume.max=0 -volume.preStopSeconds=0 -master.telemetry=false \
+        </dev/null >>"$DIR/s3.log" 2>&1) &
       ;;
   esac
   echo $! > "$DIR/$svc.pid"
@@ -296,10 +361,11 @@ stop_svc () {
 
 # (Re)writes DIR/env from the port and pid files.
 write_env () {
-  local mysql_port mongo_port redis_port
+  local mysql_port mongo_port redis_port s3_port
   mysql_port="$(cat "$DIR/mysql.port")"
   mongo_port="$(cat "$DIR/mongo.port")"
   redis_port="$(cat "$DIR/redis.port")"
+  s3_port="$(cat "$DIR/s3.port")"
   cat > "$DIR/env.tmp" <<EOF
 # Written by scripts/services.sh; source it.
 export MQIM_SERVICES_DIR='$DIR'
@@ -312,6 +378,13 @@ export MQIM_REDIS_URL=redis://127.0.0.1:$redis_port
 export MQIM_MYSQL_PID=$(pid_of mysql)
 export MQIM_MONGO_PID=$(pid_of mongo)
 export MQIM_REDIS_PID=$(pid_of redis)
+export MQIM_S3_PORT=$s3_port
+export MQIM_S3_ENDPOINT=http://127.0.0.1:$s3_port
+export MQIM_S3_ACCESS_KEY=$S3_ACCESS_KEY
+export MQIM_S3_SECRET_KEY=$S3_SECRET_KEY
+export MQIM_S3_TEST_BUCKET=$S3_BUCKET
+export MQIM_S3_REGION=$S3_REGION
+export MQIM_S3_PID=$(pid_of s3)
 EOF
   mv -f "$DIR/env.tmp" "$DIR/env"
 }
@@ -327,8 +400,8 @@ set_dir () {
 
 check_svc () {
   case "${1:-}" in
-    mysql|mongo|redis) ;;
-    *) die "unknown service '${1:-}' (expected mysql, mongo or redis)" ;;
+    mysql|mongo|redis|s3) ;;
+    *) die "unknown service '${1:-}' (expected mysql, mongo, redis or s3)" ;;
   esac
 }
 
@@ -344,7 +417,8 @@ cmd_start () {
   done
   # If any service fails, stop the ones already started so nothing is left behind.
   trap 'rc=$?; if [ $rc -ne 0 ]; then for s in "${SERVICES[@]}"; do stop_svc "$s"; done; fi' EXIT
-  read -r -a ports <<<"$(free_ports 3)"
+  read -r -a ports <<<"$(free_ports 4)"
+  rm -f "$DIR/s3.ports"
   local i=0
   for svc in "${SERVICES[@]}"; do
     # The port could be grabbed by someone else between picking and binding: retry on a new one.
@@ -354,6 +428,7 @@ cmd_start () {
       [ "$rc" -eq 2 ] || break
       log "port ${ports[$i]} for $svc was taken; trying another"
       ports[i]="$(free_ports 1)"
+      rm -f "$DIR/s3.ports"
     done
     [ "$rc" -eq 0 ] || die "$svc could not bind a free port after 3 attempts"
     i=$((i + 1))
@@ -391,6 +466,7 @@ cmd_start_one () {
 
 case "${1:-}" in
   install)   cmd_install ;;
+  build-seaweedfs) weed_works || build_seaweedfs ;;
   start)     cmd_start "${2:-}" ;;
   stop)      cmd_stop "${2:-}" ;;
   stop-one)  cmd_stop_one "${2:-}" "${3:-}" ;;

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { z } from 'zod'
+import { FilesConfigSchema, filesEnvOverrides } from './files/config.js'
 
 /** An http(s) URL (webhook receivers). */
 const httpUrl = z.string().url().refine(u => /^https?:\/\//.test(u), 'an http:// or https:// URL')
@@ -146,6 +147,8 @@ export const ConfigSchema = z.object({
   /** MQTT over TLS; enabled when both cert and key (PEM file paths) are set. */
   tls: z.object({ port, cert: z.string().min(1).nullable(), key: z.string().min(1).nullable() }).strict()
     .refine(t => (t.cert === null) === (t.key === null), { message: 'set both tls.cert and tls.key, or neither' }),
+  /** Attachments (src/files/): the object store and the limits of uploads. */
+  files: FilesConfigSchema,
   /** Signed HTTP callbacks to other services (see src/im/webhooks.ts). */
   webhooks: z.object({
     endpoints: z.array(z.object({
@@ -481,6 +484,8 @@ export function envOverrides (env: NodeJS.ProcessEnv): Json {
   if (env.MQIM_REDIS_URL) o.broker = { persistence: { adapter: 'redis', url: env.MQIM_REDIS_URL } }
   if (env.MQIM_NODE_ID) o.nodeId = env.MQIM_NODE_ID
   if (env.MQIM_LOG_LEVEL) o.log = { level: env.MQIM_LOG_LEVEL }
+  const files = filesEnvOverrides(env)
+  if (files !== undefined) o.files = files
   return o
 }
 

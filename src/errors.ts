@@ -9,13 +9,14 @@ export const ERROR_CODES = {
   UNKNOWN_OP: 'no such operation topic',
   NOT_MEMBER: 'you are not a member of this conversation (or it does not exist)',
   FORBIDDEN: 'your role does not allow this operation',
-  NOT_FOUND: 'no such user or conversation',
+  NOT_FOUND: 'no such user, conversation or file',
   CONFLICT: 'the operation conflicts with the current state',
   RATE_LIMITED: 'too many requests; slow down and retry',
   REFUSED: "a user's settings do not allow this",
   BLOCKED: 'this user has blocked you (or you have blocked them)',
   NOT_EDITABLE: 'this message cannot be changed that way (not yours, too old, deleted, or not a message)',
   LIMIT_REACHED: 'a limit of this account was reached',
+  UNSUPPORTED_TYPE: 'this type of file is not allowed here',
   UNAVAILABLE: 'a storage backend is unavailable; retry later with the same ids',
   INTERNAL: 'unexpected server error'
 } as const

@@ -23,8 +23,9 @@ const USAGE = `Usage: npm start [-- --help]
 Starts mqim. It takes no arguments: it is configured by config/default.json, the JSON file named
 by MQIM_CONFIG (merged over it), and environment variables, among them:
   MQIM_MQTT_PORT, MQIM_HTTP_PORT, MQIM_HOST      where it listens (1883, 8080, 0.0.0.0)
-  MQIM_DATA_DIR                                  where the admin token is kept (.mqim)
+  MQIM_DATA_DIR                                  where the admin token (and files on disk) are kept (.mqim)
   MQIM_MONGO_URL, MQIM_MYSQL_URL, MQIM_REDIS_URL durable stores and clustering (default: in memory)
+  MQIM_S3_BUCKET (+ _REGION, _ENDPOINT, _ACCESS_KEY, _SECRET_KEY)  attachments on S3 (default: on disk)
   MQIM_LOG_LEVEL                                 debug, info, warn, error or silent
 Every key, its default and its variable: README.md, "Configuration".
 `

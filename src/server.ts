@@ -46,6 +46,9 @@ import { Revocations } from './auth/revocation.js'
 import { JwtLogin } from './auth/jwt.js'
 import { createHttpApp } from './http/app.js'
 import { checkHealth } from './http/health.js'
+import { createObjectStore, fileOrigins } from './files/index.js'
+import { FileService, FileSweeper } from './files/service.js'
+import { MemoryUploadQuota, RedisUploadQuota } from './files/quota.js'
 
 export interface StartOptions {
   config: Config
@@ -67,6 +70,8 @@ export interface Internals {
   mentions: MentionLog
   /** Removes expired messages in the background (idle when retention is off). */
   retention: RetentionJob
+  /** Removes uploads no message refers to, in the background. */
+  fileSweeper: FileSweeper
 }
 
 export class MqimServer {
@@ -160,7 +165,19 @@ export class MqimServer {
     })
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, push, now: Date.now }
+    // attachments: the object store (local disk under dataDir, or S3) and what uses it
+    const objects = createObjectStore(config.files, config.dataDir)
+    await initStore('files.store', config.files.store.adapter, () => objects.store.init())
+    const files = new FileService({
+      store: objects.store,
+      config: config.files,
+      quota: backends.redis === null ? new MemoryUploadQuota() : new RedisUploadQuota(backends.redis),
+      logger,
+      now: Date.now,
+      messageStored: async (conv, senderId, msgId) => (await messages.findByClientMsgId(conv, senderId, msgId)) !== null
+    })
+    const fileSweeper = new FileSweeper(files, config.files.sweepIntervalMs, logger)
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, push, files, now: Date.now }
     const dispatcher = new Dispatcher(services)
     const { directDays, groupDays, ...sweep } = config.retention
     const retention = new RetentionJob(messages, meta, { directMs: retentionMs(directDays), groupMs: retentionMs(groupDays), ...sweep, logger })
@@ -193,8 +210,10 @@ export class MqimServer {
       floodsCut: () => sessions.floodsCut,
       tarpitted: () => listeners.tarpitted
     })
-    const http = await createHttpApp(config.http, {
+    const http = await createHttpApp({ ...config.http, ...(objects.routes === null ? {} : { bodyTimeoutMs: config.files.uploadTimeoutMs }) }, {
       logger,
+      routes: objects.routes === null ? [] : [objects.routes],
+      fileOrigins: fileOrigins(config.files),
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
       health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {
@@ -217,7 +236,8 @@ export class MqimServer {
     logger.info({ mqtt: ports.mqtt, http: ports.http, websocket: '/mqtt', tls: ports.tls, messageStore: config.messageStore.adapter, metadataStore: config.metadataStore.adapter }, 'mqim listening')
     retention.start()
     push.start(services)
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention }, nodeId, broker, http, rates)
+    fileSweeper.start()
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -237,6 +257,7 @@ export class MqimServer {
     await revocations.close()
     await sequencer.close()
     await this.internals.retention.close()
+    await this.internals.fileSweeper.close()
     await this.internals.mentions.close()
     await presence.close()
     publisher.close()
@@ -245,7 +266,7 @@ export class MqimServer {
     await new Promise<void>(resolve => this.broker.close(() => resolve()))
     listeners.stopSockets()
     await closing
-    await Promise.allSettled([meta.close(), messages.close(), backends.close()])
+    await Promise.allSettled([meta.close(), messages.close(), backends.close(), this.services.files?.store.close()])
     logger.info('mqim stopped')
   }
 }

@@ -5,7 +5,9 @@
  *   npm run bench -- --quick           every scenario at a small size (< 5 min); last line = JSON ratios
  *   npm run bench -- --only hostile    the bystander's p99 under attack / without (not in the default set)
  *   npm run bench -- --only push       send p99 with the push gateway down or hanging / up (not in the default set)
- *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile,push
+ *   npm run bench -- --only upload     100 uploads of 1 MiB through mqim vs direct PUTs to the same store (local
+ *                                      disk; and S3 when MQIM_S3_* are set): rate ratio and server RSS growth
+ *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile,push,upload
  *            --attacks stuck-subscriber,wrong-passwords,subscriptions,big-pages,request-flood (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
@@ -36,6 +38,7 @@ import {
   runConnections, runDirect, runGroup, runRawInsert, runSync,
   type ConnParams, type ConnResult, type Ctx, type DirectParams, type FlowResult, type FlowTiming, type GroupParams, type RawInsertResult, type SyncParams, type SyncResult
 } from './scenarios.js'
+import { runUpload, s3FromEnv, uploadTable, type UploadParams, type UploadResult } from './upload.js'
 
 // ---------------------------------------------------------------------------------------------
 // options
@@ -43,7 +46,7 @@ import {
 
 /** group50-changes: one request in this many is an edit or a reaction (20 %). */
 const CHANGE_EVERY = 5
-const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile', 'push'] as const
+const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile', 'push', 'upload'] as const
 type Scenario = typeof SCENARIOS[number]
 /** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it), push too. */
 const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'connections', 'sync', 'store']
@@ -115,6 +118,7 @@ interface Sizes {
   rawInsert: { batch: number, seconds: number }
   hostile: HostileParams
   push: PushParams
+  upload: UploadParams
 }
 
 const BODY = 100
@@ -137,7 +141,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
       storeTiming: { warmMs: 1500, measureMs: 4000 },
       rawInsert: { batch: 500, seconds: 4 },
       hostile: { rounds: rounds ?? 3, windowMs: 3000, warmMs: 1000, settleMaxMs: 10_000, bystanderRate: 100, requestTimeoutMs: 10_000 },
-      push: { rounds: rounds ?? 2, pairs: 100, rate: 200, warmMs: 2000, measureMs: 5000 }
+      push: { rounds: rounds ?? 2, pairs: 100, rate: 200, warmMs: 2000, measureMs: 5000 },
+      upload: { uploads: 50, bytes: 1024 * 1024, concurrency: 4, rounds: rounds ?? 1 }
     }
   }
   return {
@@ -156,7 +161,8 @@ function sizes (quick: boolean, rounds: number | null): Sizes {
     storeTiming: { warmMs: 3000, measureMs: 10_000 },
     rawInsert: { batch: 500, seconds: 8 },
     hostile: { rounds: rounds ?? 5, windowMs: 5000, warmMs: 1000, settleMaxMs: 15_000, bystanderRate: 100, requestTimeoutMs: 10_000 },
-    push: { rounds: rounds ?? 3, pairs: 200, rate: 300, warmMs: 3000, measureMs: 10_000 }
+    push: { rounds: rounds ?? 3, pairs: 200, rate: 300, warmMs: 3000, measureMs: 10_000 },
+    upload: { uploads: 100, bytes: 1024 * 1024, concurrency: 4, rounds: rounds ?? 3 }
   }
 }
 
@@ -324,6 +330,7 @@ async function main (): Promise<number> {
   const raws: RawInsertResult[] = []
   const hostile: HostileResult[] = []
   let push: PushResult | null = null
+  const uploads: UploadResult[] = []
   const failures: string[] = []
   // alternate the order each round so that drift on a noisy machine hits every broker alike
   const enabled = (list: TargetKind[]): TargetKind[] => list.filter(k => opts.brokers.has(k))
@@ -414,6 +421,12 @@ async function main (): Promise<number> {
       const pp = S.push
       log(`push: ${pp.pairs} direct conversations to offline peers with a gateway target, ${pp.rate} sends/s; the gateway up, down (refusing) and hanging (never answering), ${pp.rounds} rounds`)
       await attempt('push', async () => { push = await runPush(ctx, pp) })
+    }
+    if (opts.only.has('upload')) {
+      const s3 = s3FromEnv()
+      log(`upload: ${S.upload.uploads} uploads of ${S.upload.bytes} bytes, ${S.upload.concurrency} at a time, through mqim vs direct, ${S.upload.rounds} round(s); stores: local${s3 === null ? ' (s3 not run: MQIM_S3_* not set)' : ', s3'}`)
+      await attempt('upload local', async () => { uploads.push(await runUpload(ctx, 'local', S.upload, s3)) })
+      if (s3 !== null) await attempt('upload s3', async () => { uploads.push(await runUpload(ctx, 's3', S.upload, s3)) })
     }
   } finally {
     await pool.close()
@@ -536,6 +549,7 @@ async function main (): Promise<number> {
     rawInsert: raws,
     hostile,
     push,
+    uploads,
     profiles: cpuProfDir ?? null
   }
   const stamp = new Date(started).toISOString().replace(/[:.]/g, '-')
@@ -545,6 +559,7 @@ async function main (): Promise<number> {
 
   process.stdout.write('\n' + table(flows, conns, syncs, raws) + '\n\n')
   if (hostile.length > 0) process.stdout.write(hostileTable(hostile) + '\n\n')
+  if (uploads.length > 0) process.stdout.write(uploadTable(uploads, S.upload) + '\n\n')
   const foreign = median(flows.map(f => f.foreignCpuUtil))
   if (foreign > 0.2) {
     process.stdout.write(`NOTE: other jobs on this machine used ${foreign.toFixed(2)} cores (median over the measurement windows): the figures are disturbed; rerun on a quiet machine\n\n`)

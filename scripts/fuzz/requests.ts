@@ -175,7 +175,7 @@ const FIELDS: Record<string, FieldGen> = {
     valid: fc.oneof({ arbitrary: fc.nat().map(n => json(`m${n}`)), weight: 4 }, { arbitrary: j(fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/)), weight: 1 }),
     bad: fc.oneof(j(fc.constantFrom('', 'a b', 'm'.repeat(65), 'ü', 'a/b', 'a\u0000')), wrongType)
   },
-  kind: { valid: j(fc.constantFrom('text', 'custom')), bad: fc.oneof(j(fc.constantFrom('TEXT', '', 'image', 'text ')), wrongType) },
+  kind: { valid: j(fc.constantFrom('text', 'custom', 'file')), bad: fc.oneof(j(fc.constantFrom('TEXT', '', 'image', 'text ')), wrongType) },
   body: { valid: body, bad: body },
   replyTo: { valid: fc.oneof({ arbitrary: j(fc.integer({ min: 1, max: 3 })), weight: 3 }, { arbitrary: seqVal, weight: 1 }), bad: badSeq },
   seq: { valid: seqVal, bad: badSeq },
@@ -228,7 +228,22 @@ const FIELDS: Record<string, FieldGen> = {
   gateway: {
     valid: j(fc.record({ name: fc.constantFrom('app', 'gw'), token: fc.stringMatching(/^[!-~]{1,40}$/), platform: fc.constantFrom('ios', 'android', 'other') })),
     bad: fc.oneof(j(fc.constantFrom<Json>({}, { name: 'app', token: 'a b', platform: 'ios' }, { name: 'app', token: 't', platform: 'web' }, { name: 'APP', token: 't', platform: 'ios' })), wrongType)
-  }
+  },
+  // upload and file-url (attachments)
+  size: {
+    valid: fc.oneof({ arbitrary: j(fc.integer({ min: 1, max: 5000 })), weight: 6 }, { arbitrary: j(fc.constantFrom(104_857_600, 104_857_601, 2 ** 40, Number.MAX_SAFE_INTEGER)), weight: 1 }),
+    bad: fc.oneof(j(fc.constantFrom<Json>(0, -1, 2.5, '10', Number.MAX_SAFE_INTEGER + 2)), fc.constant(raw('1e400')), wrongType)
+  },
+  mime: {
+    valid: j(fc.constantFrom('text/plain', 'image/png', 'image/jpeg', 'application/pdf', 'application/x-msdownload', 'text/html', 'video/mp4')),
+    bad: fc.oneof(j(fc.constantFrom('TEXT/PLAIN', 'text', 'text/plain; charset=utf-8', '', '/', 'text/plain\r\nx: 1', 'a'.repeat(300) + '/b')), j(weird(1, 20)), wrongType)
+  },
+  sha256: { valid: j(fc.stringMatching(/^[0-9a-f]{64}$/)), bad: fc.oneof(j(fc.constantFrom('abc', 'z'.repeat(64), 'a'.repeat(65))), wrongType) },
+  file: {
+    valid: j(fc.stringMatching(/^[A-Za-z0-9_-]{22}$/)),
+    bad: fc.oneof(j(fc.constantFrom('', '../../etc/passwd', 'f/' + 'a'.repeat(20), 'a'.repeat(23), 'a'.repeat(21))), j(weird(1, 30)), wrongType)
+  },
+  variant: { valid: j(fc.constantFrom('original', 'thumb')), bad: fc.oneof(j(fc.constantFrom('raw', 'THUMB', '')), wrongType) }
 }
 
 /** Keys no request has, prototype-pollution names first. */

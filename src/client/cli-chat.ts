@@ -2,25 +2,29 @@
  * A small terminal chat client on the SDK, for operators and the README walk-through.
  *
  *   npm run chat -- --user alice [--password P | env MQIM_PASSWORD] [--url mqtt://localhost:1883] [--device term]
+ *                   [--http http://localhost:8080]   (the HTTP listener, for files; default: the url's host, port 8080)
  *
  * Lines you type go to the open conversation (a line like `/echo hi` too: bot commands pass through).
  * Commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /edit <seq> <text>,
- * /delete <seq>, /react <seq> <emoji> (again to take it back), /quit, /? (this help).
+ * /delete <seq>, /react <seq> <emoji> (again to take it back), /file <path> (send a file), /quit, /? (this help).
  * Incoming messages print as `[conv] #seq from: text`, where conv is the group name, or the other
  * user of a direct chat; changes print as `[conv] from edited #seq: text` and the like.
  */
 import { createInterface } from 'node:readline'
+import { openAsBlob } from 'node:fs'
+import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { ImClient, type ConversationSummary, type MessageEnvelope } from './node.js'
+import { ImClient, nodeUploader, type ConversationSummary, type FileDescriptor, type MessageEnvelope } from './node.js'
 
-const HELP = 'commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /edit <seq> <text>, /delete <seq>, /react <seq> <emoji>, /quit, /? — any other line is sent to the open conversation'
+const HELP = 'commands: /open <conv|user|group name>, /group <name> <user1,user2>, /list, /edit <seq> <text>, /delete <seq>, /react <seq> <emoji>, /file <path>, /quit, /? — any other line is sent to the open conversation'
 
 const { values: args } = parseArgs({
   options: {
     user: { type: 'string' },
     password: { type: 'string' },
     url: { type: 'string', default: 'mqtt://localhost:1883' },
-    device: { type: 'string', default: 'term' }
+    device: { type: 'string', default: 'term' },
+    http: { type: 'string' }
   }
 })
 const password = args.password ?? process.env.MQIM_PASSWORD
@@ -47,6 +51,10 @@ function describe (m: MessageEnvelope): string {
     return `${where} ${m.from} ${remove ? 'took back' : 'reacted'} ${emoji} ${remove ? 'from' : 'to'} #${m.target ?? '?'}`
   }
   if (m.deleted !== undefined) return `${where} #${m.seq} ${m.from}: (deleted)`
+  if (m.kind === 'file') {
+    const f = m.body as FileDescriptor
+    return `${where} #${m.seq} ${m.from}: [file] ${f.name} (${f.mime}, ${f.size} bytes${f.w === undefined ? '' : `, ${f.w}x${f.h ?? '?'}`})`
+  }
   const reactions = Object.entries(m.reactions ?? {}).map(([e, users]) => `${e}${users.length}`).join(' ')
   return `${where} #${m.seq} ${m.from}: ${show(m.body)}${m.edited === undefined ? '' : ' (edited)'}${reactions === '' ? '' : `  ${reactions}`}`
 }
@@ -139,6 +147,13 @@ async function handle (line: string): Promise<boolean> {
       }
       return true
     }
+    case '/file': {
+      const file = line.trim().replace(/^\/file\s*/, '')
+      if (current === undefined) console.log('open a conversation first: /open <user>, or /? for help')
+      else if (file === '') console.log('usage: /file <path>')
+      else await sendFile(current, file)
+      return true
+    }
     default:
       if (current === undefined) console.log('open a conversation first: /open <user>, or /? for help')
       else await client.send(current, line)
@@ -146,7 +161,27 @@ async function handle (line: string): Promise<boolean> {
   }
 }
 
-const client = await ImClient.connect({ url: args.url, userId: me, password, deviceId: args.device })
+/** Media types by file extension (others: application/octet-stream). */
+const TYPES: Record<string, string> = { '.png': 'image/png', '.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.gif': 'image/gif', '.webp': 'image/webp', '.pdf': 'application/pdf', '.txt': 'text/plain', '.zip': 'application/zip', '.mp4': 'video/mp4', '.mp3': 'audio/mpeg' }
+
+/** /file: streamed from disk (never read whole into memory), with progress in quarters. */
+async function sendFile (conv: string, file: string): Promise<void> {
+  const blob = await openAsBlob(file)
+  const name = path.basename(file)
+  let shown = -1
+  const sent = await client.sendFile(conv, blob, {
+    name,
+    mime: TYPES[path.extname(file).toLowerCase()] ?? 'application/octet-stream',
+    onProgress: ({ sent, total }) => {
+      const quarter = total === 0 ? 4 : Math.floor((sent / total) * 4)
+      if (quarter > shown) { shown = quarter; console.log(`* uploading ${name}: ${quarter * 25}%`) }
+    }
+  })
+  console.log(`* sent ${name} as #${sent.seq}`)
+}
+
+const httpUrl = args.http ?? `http://${new URL(args.url).hostname}:8080`
+const client = await ImClient.connect({ url: args.url, userId: me, password, deviceId: args.device, httpUrl, uploader: nodeUploader })
 client.on('message', print)
 client.on('member', e => {
   if (e.name !== undefined) names.set(e.conv, e.name)

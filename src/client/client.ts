@@ -17,6 +17,8 @@ import type {
   PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult
 } from './types.js'
 import { applyChange } from './changes.js'
+import { defaultUploader, describeSource, httpBaseOf, resolveFileUrl, uploadError, type FileSource, type SendFileOptions } from './files.js'
+import type { DownloadGrant, UploadGrant } from '../files/service.js'
 
 /** The `result` of each operation's reply (topics.md, "Operations"). */
 export interface Results extends Record<OpName, unknown> {
@@ -45,6 +47,8 @@ export interface Results extends Record<OpName, unknown> {
   'push-register': PushRegisterResult
   'push-unregister': PushUnregisterResult
   'push-targets': PushTargetsResult
+  upload: UploadGrant
+  'file-url': DownloadGrant
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -158,6 +162,39 @@ export class ImClient {
   /** Sends any JSON value as a `custom` message (cards, bot commands …). */
   async sendCustom (conv: string, body: unknown, opts: SendOptions = {}): Promise<SendResult> {
     return await this.enqueue({ conv, msgId: opts.msgId ?? randomId(), kind: 'custom', body, ...replyTo(opts), ...mentions(opts) })
+  }
+
+  /**
+   * Sends a file: asks for an upload URL (`upload`), PUTs the bytes (progress: `onProgress` and
+   * the `upload` event), then sends a message of kind `file` through the outbox like `send`.
+   * Rejects with the server's code when the upload is refused (TOO_LARGE, UNSUPPORTED_TYPE, LIMIT_REACHED …).
+   */
+  async sendFile (conv: string, file: FileSource, opts: SendFileOptions = {}): Promise<SendResult & { file: string }> {
+    const { name, mime, size } = describeSource(file, opts)
+    const msgId = opts.msgId ?? randomId()
+    if (!MSG_ID_PATTERN.test(msgId)) throw new ImClientError('BAD_REQUEST', 'sendFile: msgId must be 1-64 of A-Z a-z 0-9 _ -', 'send')
+    const grant = await this.call('upload', { conv, name, size, mime })
+    const progress = (sent: number): void => {
+      const p = { conv, file: grant.id, name, sent, total: size }
+      opts.onProgress?.(p)
+      this.events.emit('upload', p)
+    }
+    const uploader = this.options.uploader ?? defaultUploader()
+    const url = resolveFileUrl(grant.url, this.httpBase())
+    const { status, text } = await uploader({ url, method: grant.method, headers: grant.headers, body: file, size, onProgress: progress })
+    if (status < 200 || status >= 300) throw uploadError(status, text)
+    const sent = await this.enqueue({ conv, msgId, kind: 'file', body: { id: grant.id } })
+    return { ...sent, file: grant.id }
+  }
+
+  /** A short-lived URL of a file of a message (or of its thumbnail), absolute. Members only. */
+  async fileUrl (conv: string, file: string, variant: 'original' | 'thumb' = 'original'): Promise<DownloadGrant> {
+    const grant = await this.call('file-url', { conv, file, variant })
+    return { ...grant, url: resolveFileUrl(grant.url, this.httpBase()) }
+  }
+
+  private httpBase (): string | null {
+    return this.options.httpUrl ?? httpBaseOf(this.options.url)
   }
 
   /**

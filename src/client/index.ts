@@ -18,6 +18,8 @@ export { ImClient } from './client.js'
 export { ImClientError, type ImClientErrorCode } from './errors.js'
 export { MemoryStorage, LocalStorageStorage } from './storage.js'
 export { applyChange, isChange } from './changes.js'
+export { xhrUploader, fetchUploader, type FileSource, type SendFileOptions, type Uploader, type UploadProgress } from './files.js'
+export type { FileDescriptor, UploadGrant, DownloadGrant } from '../files/service.js'
 export type {
   ClientStorage, ImClientOptions, IntervalTimer, ConnectionState, ImClientEvents,
   MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PushTargetInput, PushRegisterResult, PushUnregisterResult, PushTargetsResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,

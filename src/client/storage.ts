@@ -27,7 +27,7 @@ export class LocalStorageStorage implements ClientStorage {
 export interface OutboxEntry {
   conv: string
   msgId: string
-  kind: 'text' | 'custom'
+  kind: 'text' | 'custom' | 'file'
   body: unknown
   replyTo?: number
   mentions?: string[]

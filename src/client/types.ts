@@ -1,6 +1,7 @@
 /** Public types of the client SDK. Wire payload types come from src/protocol/schemas.ts (one source of truth). */
 import type { ConversationSummary, ImEvent, MessageEnvelope } from '../protocol/schemas.js'
 import type { ImClientError } from './errors.js'
+import type { Uploader, UploadProgress } from './files.js'
 
 export type { ConversationSummary, ImEvent, MessageEnvelope }
 
@@ -59,6 +60,13 @@ export interface ImClientOptions {
    * the initial sync, i.e. before `ImClient.connect` resolves: listen here to see them.
    */
   on?: Partial<ImClientEvents>
+  /**
+   * The server's HTTP address (http://host:8080), against which file URLs that are paths are resolved.
+   * Default: derived from a ws:// or wss:// `url`, or the page's origin.
+   */
+  httpUrl?: string
+  /** Uploads a file's bytes (sendFile). Default: XMLHttpRequest in browsers, else fetch; in Node use `nodeUploader` (./node.ts) for progress. */
+  uploader?: Uploader
 }
 
 /** setInterval/clearInterval, the shape mqtt.js takes as `timerVariant`. */
@@ -77,6 +85,8 @@ export type TypingEvent = Extract<ImEvent, { type: 'typing' }>
 export type MentionEvent = Extract<ImEvent, { type: 'mention' }>
 
 export interface ImClientEvents {
+  /** Progress of a file being uploaded by sendFile. */
+  upload: (p: UploadProgress) => void
   /** Each message exactly once per conversation, in seq order (gaps are filled first). */
   message: (m: MessageEnvelope) => void
   state: (s: ConnectionState) => void

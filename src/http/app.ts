@@ -24,6 +24,8 @@ export interface HttpOptions {
   keepAliveTimeoutMs: number
   bodyLimitBytes: number
   maxHeaderBytes: number
+  /** How long a request body may take (uploads to the local file store); default requestTimeoutMs. */
+  bodyTimeoutMs?: number
 }
 
 export interface HttpDeps {
@@ -35,6 +37,10 @@ export interface HttpDeps {
   webRoot?: string
   /** GET /metrics (Prometheus): loopback clients, or anyone with the bearer token when one is set. */
   metrics?: { registry: Metrics, enabled: boolean, token: string | null }
+  /** More routes (the local file store's /files/, src/files/routes.ts), registered in their own scope. */
+  routes?: Array<(app: FastifyInstance) => Promise<void>>
+  /** Origins the page may load files from and upload to (an S3 store's), added to its CSP. */
+  fileOrigins?: string[]
 }
 
 function findWebDist (): string {
@@ -48,11 +54,18 @@ function findWebDist (): string {
 
 export const WEB_DIST = findWebDist()
 
-/** The page loads only its own script, styles and images and talks to its own origin. */
-export const CONTENT_SECURITY_POLICY = [
-  "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
-  "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", "object-src 'none'"
-].join('; ')
+/**
+ * The page loads only its own script, styles and images and talks to its own origin, plus the
+ * origins of `fileOrigins` for images, media and uploads (an S3 store's endpoint).
+ */
+export function contentSecurityPolicy (fileOrigins: readonly string[] = []): string {
+  const files = fileOrigins.map(o => ' ' + o).join('')
+  return [
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", `img-src 'self' data:${files}`, `media-src 'self'${files}`, `connect-src 'self'${files}`,
+    "frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'", "object-src 'none'"
+  ].join('; ')
+}
+export const CONTENT_SECURITY_POLICY = contentSecurityPolicy()
 
 const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': CONTENT_SECURITY_POLICY,
@@ -63,7 +76,7 @@ const SECURITY_HEADERS: Record<string, string> = {
   'cross-origin-resource-policy': 'same-origin'
 }
 
-const STATUS: Partial<Record<ErrorCode, number>> = { NOT_FOUND: 404, CONFLICT: 409, FORBIDDEN: 403, NOT_MEMBER: 403, BLOCKED: 403, REFUSED: 403, NOT_EDITABLE: 409, LIMIT_REACHED: 409, TOO_LARGE: 413, RATE_LIMITED: 429, UNAVAILABLE: 503, INTERNAL: 500 }
+const STATUS: Partial<Record<ErrorCode, number>> = { NOT_FOUND: 404, CONFLICT: 409, FORBIDDEN: 403, NOT_MEMBER: 403, BLOCKED: 403, REFUSED: 403, NOT_EDITABLE: 409, LIMIT_REACHED: 409, TOO_LARGE: 413, UNSUPPORTED_TYPE: 415, RATE_LIMITED: 429, UNAVAILABLE: 503, INTERNAL: 500 }
 
 export function statusOf (code: ErrorCode): number {
   return STATUS[code] ?? 400
@@ -113,11 +126,13 @@ function sendError (reply: FastifyReply, err: ImError): void {
 }
 
 export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Promise<FastifyInstance> {
+  // headers must arrive within requestTimeoutMs; a body (an upload) may take up to bodyTimeoutMs
+  const bodyTimeoutMs = Math.max(options.requestTimeoutMs, options.bodyTimeoutMs ?? 0)
   const app = fastify({
     logger: false,
     bodyLimit: options.bodyLimitBytes,
     routerOptions: { maxParamLength: 200 },
-    requestTimeout: options.requestTimeoutMs,
+    requestTimeout: bodyTimeoutMs,
     keepAliveTimeout: options.keepAliveTimeoutMs,
     // a socket that sends nothing at all is closed after this long too
     connectionTimeout: options.requestTimeoutMs,
@@ -129,7 +144,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
     serverFactory: (handler) => http.createServer({
       maxHeaderSize: options.maxHeaderBytes,
       headersTimeout: options.requestTimeoutMs,
-      requestTimeout: options.requestTimeoutMs,
+      requestTimeout: bodyTimeoutMs,
       // how often Node checks the two timeouts above (default 30 s)
       connectionsCheckingInterval: Math.min(1000, options.requestTimeoutMs)
     }, handler)
@@ -138,8 +153,11 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 
+  const headers = deps.fileOrigins === undefined || deps.fileOrigins.length === 0
+    ? SECURITY_HEADERS
+    : { ...SECURITY_HEADERS, 'content-security-policy': contentSecurityPolicy(deps.fileOrigins) }
   app.addHook('onSend', async (_req, reply, payload) => {
-    reply.headers(SECURITY_HEADERS)
+    reply.headers(headers)
     return payload
   })
   app.setErrorHandler((err: FastifyError, req, reply) => {
@@ -171,6 +189,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   })
 
   await app.register(adminRoutes, { prefix: '/admin', ...deps.admin })
+  for (const routes of deps.routes ?? []) await app.register(routes)
 
   const root = deps.webRoot ?? WEB_DIST
   if (existsSync(path.join(root, 'index.html'))) {

@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics.js'
 import type { Webhooks } from './webhooks.js'
 import type { BlockService } from './blocks.js'
 import type { PushService } from './push.js'
+import type { FileService } from '../files/service.js'
 
 export interface Caller {
   userId: string
@@ -40,6 +41,8 @@ export interface Services {
   blocks: BlockService
   /** Offline push (absent in unit tests that build Services by hand). */
   push?: PushService
+  /** Attachments (absent in unit tests that build Services by hand: upload answers UNAVAILABLE). */
+  files?: FileService
   now: () => number
 }
 

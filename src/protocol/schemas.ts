@@ -27,11 +27,21 @@ export const MENTIONS_MAX = 50
 export const Mentions = z.array(z.union([UserId, z.literal(MENTION_ALL)])).min(1).max(MENTIONS_MAX)
   .refine(list => new Set(list).size === list.length, 'each user at most once')
 
+/** An upload's id (the `id` of the `upload` result). */
+export const FileId = z.string().regex(/^[A-Za-z0-9_-]{22}$/, 'a file id (the id `upload` answered)')
+/** The body of a `send` of kind file: the upload it refers to (the stored message carries the file's description). */
+export const FileRef = z.object({ id: FileId }).strict()
+/** A file's name as shown: 1-255 characters, no control characters, slashes or bidirectional overrides. */
+export const FileName = z.string().min(1).max(255)
+  .refine(s => !/[\p{Cc}\p{Zl}\p{Zp}\u202a-\u202e\u2066-\u2069/\\]/u.test(s) && s.trim() === s && s !== '.' && s !== '..', 'a file name without control characters, slashes or surrounding spaces')
+/** A media type: type/subtype, lower case, no parameters. */
+export const MimeType = z.string().regex(/^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$/, 'a media type in lower case, e.g. image/png')
+
 export const SendRequest = z.object({
   ...base,
   conv: ConvId,
   msgId: ClientMsgId,
-  kind: z.enum(['text', 'custom']),
+  kind: z.enum(['text', 'custom', 'file']),
   body: z.json(),
   replyTo: Seq.min(1).optional(),
   mentions: Mentions.optional()
@@ -39,7 +49,22 @@ export const SendRequest = z.object({
   if (v.kind === 'text' && (typeof v.body !== 'string' || v.body.length === 0)) {
     ctx.addIssue({ code: 'custom', path: ['body'], message: 'a text message needs a non-empty string body' })
   }
+  if (v.kind === 'file' && !FileRef.safeParse(v.body).success) {
+    ctx.addIssue({ code: 'custom', path: ['body'], message: 'a file message needs a body {"id": <the id upload answered>}' })
+  }
 })
+
+/** Asks for a URL to upload one file to, for a message in `conv`. */
+export const UploadRequest = z.object({
+  ...base,
+  conv: ConvId,
+  name: FileName,
+  size: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  mime: MimeType,
+  sha256: z.string().regex(/^[0-9a-fA-F]{64}$/, '64 hex digits').optional()
+}).strict()
+/** Asks for a URL to download a file of a message in `conv` (or its thumbnail). */
+export const FileUrlRequest = z.object({ ...base, conv: ConvId, file: FileId, variant: z.enum(['original', 'thumb']).optional() }).strict()
 
 export const HistoryRequest = z.object({
   ...base,
@@ -153,7 +178,9 @@ export const REQUESTS = {
   blocks: BlocksRequest,
   'push-register': PushRegisterRequest,
   'push-unregister': PushUnregisterRequest,
-  'push-targets': PushTargetsRequest
+  'push-targets': PushTargetsRequest,
+  upload: UploadRequest,
+  'file-url': FileUrlRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS
@@ -171,7 +198,7 @@ export interface MessageEnvelope {
   from: string
   ts: number
   /** text and custom: messages; edit, delete, react: changes to the message at `target`. */
-  kind: 'text' | 'custom' | 'edit' | 'delete' | 'react'
+  kind: 'text' | 'custom' | 'file' | 'edit' | 'delete' | 'react'
   /** Messages: the current body (the latest edit's; null once deleted). Changes: see topics.md. */
   body: unknown
   replyTo?: number

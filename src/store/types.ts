@@ -254,7 +254,7 @@ export interface BlockRecord {
 }
 
 /** Kinds of real messages (previews, unread) and of changes to them (edit, delete, react). */
-export type MessageKind = 'text' | 'custom' | ChangeKind
+export type MessageKind = 'text' | 'custom' | 'file' | ChangeKind
 export type ChangeKind = 'edit' | 'delete' | 'react'
 
 export function isChangeKind (kind: string): kind is ChangeKind {

@@ -13,6 +13,7 @@ import { Messages } from './messages.js'
 import type { AppStore } from './store.js'
 import { Typing } from './typing.js'
 import { Push } from './push.js'
+import { Files } from './files.js'
 
 export class Chat {
   readonly messages: Messages
@@ -22,6 +23,7 @@ export class Chat {
   readonly typing: Typing
   readonly blocks: Blocks
   readonly push: Push
+  readonly files: Files
   private readonly cleanups: Array<() => void> = []
 
   constructor (private readonly client: ImClient, private readonly store: AppStore) {
@@ -32,6 +34,7 @@ export class Chat {
     this.typing = new Typing(client, store)
     this.blocks = new Blocks(client, store)
     this.push = new Push(client, store, conv => { void this.conversations.open(conv) })
+    this.files = new Files(client, store)
   }
 
   async start (): Promise<void> {

@@ -78,6 +78,8 @@ export interface AppState {
   blocked: Set<string>
   /** document.visibilityState === 'visible' */
   pageVisible: boolean
+  /** Files being uploaded (web/src/files.ts), by a local id. */
+  uploads: Map<string, Upload>
   /** Notifications through Web Push on this device (web/src/push.ts). */
   push: PushState
 }
@@ -87,6 +89,8 @@ export interface PushState {
   /** Why (unsupported, denied, error). */
   detail: string | null
 }
+
+export interface Upload { conv: string, name: string, sent: number, total: number }
 
 export function initialState (): AppState {
   return {
@@ -107,6 +111,7 @@ export function initialState (): AppState {
     mentions: new Map(),
     blocked: new Set(),
     push: { status: 'off', detail: null },
+    uploads: new Map(),
     pageVisible: true
   }
 }
@@ -189,6 +194,10 @@ export function heldUnread (chat: ChatState | undefined, readSeq: number, lastSe
 export function bodyText (m: MessageEnvelope): string {
   if (m.deleted !== undefined) return 'message deleted'
   if (m.kind === 'text' && typeof m.body === 'string') return m.body
+  if (m.kind === 'file') {
+    const f = m.body as { name?: unknown, mime?: unknown } | null
+    return `${typeof f?.mime === 'string' && f.mime.startsWith('image/') ? 'Photo' : 'File'}: ${typeof f?.name === 'string' ? f.name : 'file'}`
+  }
   try {
     return JSON.stringify(m.body)
   } catch {

@@ -96,6 +96,7 @@ async function checkEdit (caller: Caller, req: RequestOf<'edit'>, services: Serv
   const { message } = await targetOf(caller, req.conv, req.target, services)
   if (message.senderId !== caller.userId) throw new ImError('FORBIDDEN', 'only the sender may edit a message')
   const window = services.config.limits.editWindowMs
+  if (message.kind === 'file') throw new ImError('NOT_EDITABLE', 'a file message cannot be edited; delete it and send another')
   if (services.now() - message.ts > window) throw new ImError('NOT_EDITABLE', `messages can be edited for ${describeDuration(window)} after they are sent`)
   if (message.kind === 'text' && (typeof req.body !== 'string' || req.body.length === 0)) {
     throw new ImError('BAD_REQUEST', 'body: a text message needs a non-empty string body')
@@ -103,11 +104,27 @@ async function checkEdit (caller: Caller, req: RequestOf<'edit'>, services: Serv
 }
 
 export async function remove (caller: Caller, req: RequestOf<'delete'>, services: Services): Promise<SendResult> {
-  const resent = await checked(caller, req, 'delete', services, async () => await checkDelete(caller, req, services))
-  return resent ?? await submit(caller, req.conv, req.msgId, 'delete', req.target, null, services)
+  let target: StoredMessage | undefined
+  const resent = await checked(caller, req, 'delete', services, async () => { target = await checkDelete(caller, req, services) })
+  if (resent !== null) return resent
+  const result = await submit(caller, req.conv, req.msgId, 'delete', req.target, null, services)
+  // a deleted file message takes its objects with it (once the deletion is stored)
+  if (target?.kind === 'file') await discardFile(services, target)
+  return result
 }
 
-async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: Services): Promise<void> {
+async function discardFile (services: Services, message: StoredMessage): Promise<void> {
+  const id = (message.body as { id?: unknown } | null)?.id
+  if (typeof id !== 'string' || services.files === undefined) return
+  try {
+    await services.files.discard(id)
+  } catch (err) {
+    // the deletion stands; the objects stay until someone removes them (logged with the id)
+    services.logger.error({ conv: message.conversationId, seq: message.seq, file: id, err }, 'the objects of a deleted file message were not removed')
+  }
+}
+
+async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: Services): Promise<StoredMessage> {
   // deleting one's own words stays possible in a conversation with someone blocked
   const { entry, role, message } = await targetOf(caller, req.conv, req.target, services, false)
   if (message.senderId !== caller.userId) {
@@ -117,6 +134,7 @@ async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: 
     const senderRole = entry.members.get(message.senderId)?.role ?? 'member'
     if (!outranks(role, senderRole)) throw new ImError('FORBIDDEN', role === 'member' ? 'only the sender, an admin or the owner may delete a message' : `an ${role} may delete only messages of members of lower rank`)
   }
+  return message
 }
 
 export async function react (caller: Caller, req: RequestOf<'react'>, services: Services): Promise<SendResult> {

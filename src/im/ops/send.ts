@@ -10,6 +10,7 @@ import { requireNotBlocked } from '../blocks.js'
 import { msgIdInUse, sameEntry } from '../sequencer.js'
 import type { ConversationEntry } from '../directory.js'
 import { MENTION_ALL } from '../../protocol/schemas.js'
+import { filesOf } from './files.js'
 
 export interface SendResult {
   conv: string
@@ -41,15 +42,25 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     if (!sameEntry(stored, { kind: req.kind })) throw msgIdInUse(req.msgId, `${stored.kind}:${stored.target ?? 0}`)
     return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
   }
+  // a file: the upload must be the sender's, for this conversation, complete; the message carries its description
+  let referFile: (() => Promise<void>) | null = null
+  if (req.kind === 'file') {
+    const attached = await filesOf(services).attach(caller.userId, req.conv, req.msgId, (req.body as { id: string }).id)
+    body = attached.file as unknown as typeof body
+    referFile = attached.refer
+  }
+  const described = body
   if (services.webhooks?.hasBeforeSend === true) {
-    body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body: req.body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
+    body = await services.webhooks.beforeSend({ conv: req.conv, from: caller.userId, msgId: req.msgId, kind: req.kind, body, ...(req.mentions === undefined ? {} : { mentions: req.mentions }) }) as typeof body
+    // the hook may refuse a file, not change what it describes
+    if (req.kind === 'file') body = described
     if (req.kind === 'text' && (typeof body !== 'string' || body.length === 0)) throw new ImError('REFUSED', 'the before-send hook answered a body that is not a non-empty string for a text message')
   }
   // Routing (Redis) is down: the message could be stored but neither delivered nor acknowledged
   // (the publishes would wait for Redis). Refuse it for now; the sender resends the same msgId.
   if (!services.publisher.available()) throw new ImError('UNAVAILABLE', 'message routing (Redis) is unavailable; resend with the same msgId')
   // 3-5. assign seq, persist, deliver (in the sequencer's commit step)
-  const { message, duplicate } = await services.sequencer.submit({
+  const submitted = services.sequencer.submit({
     conversationId: req.conv,
     senderId: caller.userId,
     clientMsgId: req.msgId,
@@ -58,6 +69,8 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     replyTo: req.replyTo ?? null,
     ...(req.mentions === undefined ? {} : { mentions: req.mentions })
   })
+  // a file's reference is recorded while the message is stored (a failure: resend the same msgId)
+  const [{ message, duplicate }] = await Promise.all([submitted, referFile?.()])
   // a msgId of a stored change (the sequencer tells only what it remembers; the store's copy tells the rest)
   if (duplicate && !sameEntry(message, { kind: req.kind })) throw msgIdInUse(req.msgId, `${message.kind}:${message.target ?? 0}`)
   // 6. ack

@@ -5,6 +5,7 @@ import type { AppStore } from '../store.js'
 import { ChatView } from './chat-view.js'
 import { ConversationList } from './conversation-list.js'
 import { LoginView } from './login.js'
+import { FilesContext } from './file-body.js'
 
 export function App ({ store, session }: { store: AppStore, session: Session }) {
   const [, setVersion] = useState(0)
@@ -20,7 +21,9 @@ export function App ({ store, session }: { store: AppStore, session: Session }) 
   return (
     <div class={`app${state.active !== null ? ' chat-open' : ''}`} data-testid='app-view'>
       <ConversationList state={state} chat={chat} onLogout={() => { void session.logout() }} />
-      <ChatView state={state} chat={chat} />
+      <FilesContext.Provider value={chat.files}>
+        <ChatView state={state} chat={chat} />
+      </FilesContext.Provider>
     </div>
   )
 }

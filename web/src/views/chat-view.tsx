@@ -12,6 +12,7 @@ import { typingText } from '../typing.js'
 import { Composer } from './composer.js'
 import { MembersPanel } from './members-panel.js'
 import { MessageList } from './message-list.js'
+import { byteSize } from '../files.js'
 
 export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   const s = state.active === null ? undefined : state.summaries.get(state.active)
@@ -25,9 +26,20 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   const candidates = mentionCandidates(state, s)
   const typing = typingText(state.typing.get(s.conv) ?? [])
   const error = state.chatError?.conv === s.conv ? state.chatError.text : null
+  const uploads = [...state.uploads.values()].filter(u => u.conv === s.conv)
+  const sendFiles = blocked ? undefined : (files: File[]) => { void chat.files.send(s.conv, files) }
   return (
     <section class='chat' data-testid='chat-view'>
-      <div class='chat-pane' data-conv={s.conv} data-kind={s.kind}>
+      <div
+        class='chat-pane' data-conv={s.conv} data-kind={s.kind}
+        onDragOver={e => { if (sendFiles !== undefined && e.dataTransfer?.types.includes('Files') === true) e.preventDefault() }}
+        onDrop={e => {
+          const dropped = [...(e.dataTransfer?.files ?? [])]
+          if (sendFiles === undefined || dropped.length === 0) return
+          e.preventDefault()
+          sendFiles(dropped)
+        }}
+      >
         <header class='bar'>
           <button class='back' data-testid='chat-back' type='button' aria-label='Back' onClick={() => { chat.conversations.closeChat() }}>‹</button>
           <div class='title'>
@@ -48,6 +60,11 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
         {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
         <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} role={s.role} messages={chat.messages} changes={chat.changes} />
         <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
+        {uploads.map((u, i) => (
+          <p key={i} class='upload' data-testid='upload' role='status'>
+            Sending {u.name}… <progress max={u.total} value={u.sent} /> {byteSize(u.sent)} / {byteSize(u.total)}
+          </p>
+        ))}
         {error !== null && (
           <p class='error chat-error' data-testid='chat-error' role='alert'>
             <span>{error}</span>
@@ -58,6 +75,7 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
           key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
           onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
           onText={text => { chat.typing.composing(s.conv, text) }}
+          onFiles={sendFiles}
         />
       </div>
     </section>

@@ -1,7 +1,8 @@
 /**
  * The message box: Enter sends, Shift+Enter makes a new line, the box grows with its text. Typing
  * `@` offers the members to mention (arrows choose, Enter or Tab inserts, Escape closes); the
- * view reports every change of the text (for "typing…").
+ * view reports every change of the text (for "typing…"). Files come in through the attach button or
+ * pasted into the box (dropping them anywhere on the chat is handled by the chat view).
  */
 import { useEffect, useRef, useState } from 'preact/hooks'
 import { MENTION_ALL, mentionQuery, mentionToken, suggestions } from '../mentions.js'
@@ -14,6 +15,8 @@ interface Props {
   onSend: (text: string) => void
   /** The text changed (typed, emptied, sent). */
   onText: (text: string) => void
+  /** Files chosen or pasted (absent: attaching is not possible). */
+  onFiles?: (files: File[]) => void
 }
 
 /** The open suggestion list: which `@word` it completes (from its `@` to the caret), the options, the highlighted one. */
@@ -21,8 +24,9 @@ interface Picker { start: number, end: number, options: string[], active: number
 
 const PICKER_ID = 'mention-picker'
 
-export function Composer ({ candidates, disabledReason, onSend, onText }: Props) {
+export function Composer ({ candidates, disabledReason, onSend, onText, onFiles }: Props) {
   const input = useRef<HTMLTextAreaElement>(null)
+  const picker$ = useRef<HTMLInputElement>(null)
   const [picker, setPicker] = useState<Picker | null>(null)
   useEffect(() => {
     if (matchMedia('(min-width: 721px)').matches) input.current?.focus()
@@ -125,7 +129,22 @@ export function Composer ({ candidates, disabledReason, onSend, onText }: Props)
         onKeyUp={e => { if (['ArrowLeft', 'ArrowRight', 'Home', 'End'].includes(e.key)) suggest() }}
         onClick={suggest}
         onBlur={() => { setPicker(null) }}
+        onPaste={e => {
+          const pasted = [...(e.clipboardData?.files ?? [])]
+          if (onFiles === undefined || pasted.length === 0) return
+          e.preventDefault()
+          onFiles(pasted)
+        }}
       />
+      <input
+        ref={picker$} type='file' multiple hidden data-testid='composer-file-input'
+        onChange={e => { const chosen = [...(e.currentTarget.files ?? [])]; e.currentTarget.value = ''; if (chosen.length > 0) onFiles?.(chosen) }}
+      />
+      <button
+        class='attach' data-testid='composer-attach' type='button' aria-label='Attach a file' title='Attach a file (or paste or drop one)'
+        disabled={onFiles === undefined} onClick={() => { picker$.current?.click() }}
+      >+
+      </button>
       <button data-testid='composer-send' type='submit' disabled={disabledReason !== undefined}>Send</button>
     </form>
   )

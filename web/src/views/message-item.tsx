@@ -11,6 +11,8 @@ import { REACTIONS, type Changes } from '../changes.js'
 import { clockTime } from '../format.js'
 import { mentionParts, mentionsMe, MENTION_ALL } from '../mentions.js'
 import { bodyText } from '../store.js'
+import { FileBody } from './file-body.js'
+import type { FileDescriptor } from '../../../src/client/index.js'
 
 export interface MessageItemProps {
   conv: string
@@ -50,8 +52,10 @@ export function MessageItem ({ conv, m, me, showSender, canDelete, status, menuO
         {editing && !deleted
           ? <EditForm initial={typeof m.body === 'string' ? m.body : ''} onCancel={() => { onEditing(false) }} onSave={text => { onEditing(false); void changes.edit(conv, m.seq, text) }} />
           : (
-            <div class={`bubble${m.kind === 'custom' && !deleted ? ' custom' : ''}${deleted ? ' deleted' : ''}`} data-testid='msg-text' onContextMenu={openMenu}>
-              {deleted || m.kind !== 'text' ? bodyText(m) : <MessageText text={bodyText(m)} mentions={m.mentions} me={me} />}
+            <div class={`bubble${m.kind === 'custom' && !deleted ? ' custom' : ''}${m.kind === 'file' && !deleted ? ' file' : ''}${deleted ? ' deleted' : ''}`} data-testid='msg-text' onContextMenu={openMenu}>
+              {m.kind === 'file' && !deleted
+                ? <FileBody conv={conv} file={m.body as FileDescriptor} />
+                : deleted || m.kind !== 'text' ? bodyText(m) : <MessageText text={bodyText(m)} mentions={m.mentions} me={me} />}
             </div>
             )}
         {!deleted && !editing && (
