@@ -427,6 +427,9 @@ export class PushService {
       badge
     }
     if (this.opts.config.includeText && m.kind === 'text' && typeof m.body === 'string') n.text = preview(m.body, this.opts.config.previewChars)
+    // a file: its name (the kind says it is one)
+    const name = (m.body as { name?: unknown } | null)?.name
+    if (this.opts.config.includeText && m.kind === 'file' && typeof name === 'string') n.text = preview(name, this.opts.config.previewChars)
     return n
   }
 

@@ -25,7 +25,7 @@ function notificationOf (p: PushPayload): { title: string, body: string, tag: st
   const conv = typeof p.conv === 'string' ? p.conv : ''
   const from = typeof p.from === 'string' ? p.from : 'someone'
   const title = p.convKind === 'group' && typeof p.convName === 'string' ? p.convName : from
-  const what = typeof p.text === 'string' ? p.text : p.kind === 'text' ? 'sent a message' : `sent a ${p.kind ?? 'message'}`
+  const what = p.kind === 'file' ? `sent a file${typeof p.text === 'string' ? `: ${p.text}` : ''}` : typeof p.text === 'string' ? p.text : p.kind === 'text' ? 'sent a message' : `sent a ${p.kind ?? 'message'}`
   const body = `${p.mention === true ? '(mentioned you) ' : ''}${p.convKind === 'group' ? `${from}: ` : ''}${what}`
   return { title, body, tag: `conv:${conv}` }
 }
