@@ -14,7 +14,7 @@ import type {
   AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
   Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult,
-  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult
+  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult, CreateChannelResult, JoinResult, ChannelInfoResult
 } from './types.js'
 import { applyChange } from './changes.js'
 
@@ -45,6 +45,9 @@ export interface Results extends Record<OpName, unknown> {
   'push-register': PushRegisterResult
   'push-unregister': PushUnregisterResult
   'push-targets': PushTargetsResult
+  'create-channel': CreateChannelResult
+  join: JoinResult
+  'channel-info': ChannelInfoResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */

@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics.js'
 import type { Webhooks } from './webhooks.js'
 import type { BlockService } from './blocks.js'
 import type { PushService } from './push.js'
+import type { ChannelSubscriptions } from '../gateway/channels.js'
 
 export interface Caller {
   userId: string
@@ -40,6 +41,8 @@ export interface Services {
   blocks: BlockService
   /** Offline push (absent in unit tests that build Services by hand). */
   push?: PushService
+  /** Subscribes and unsubscribes channel members' connections (gateway/channels.ts). */
+  channels: ChannelSubscriptions
   now: () => number
 }
 

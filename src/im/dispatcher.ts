@@ -18,6 +18,7 @@ import { settings } from './ops/settings.js'
 import { block, unblock, blocks } from './ops/blocks.js'
 import { edit, remove, react, typing } from './ops/changes.js'
 import { pushRegister, pushUnregister, pushTargets } from './ops/push.js'
+import { createChannel, join, channelInfo } from './ops/channels.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -48,7 +49,10 @@ const HANDLERS: HandlerTable = {
   blocks,
   'push-register': pushRegister,
   'push-unregister': pushUnregister,
-  'push-targets': pushTargets
+  'push-targets': pushTargets,
+  'create-channel': createChannel,
+  join,
+  'channel-info': channelInfo
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */
