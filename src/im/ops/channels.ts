@@ -53,6 +53,16 @@ export function requirePoster (entry: ConversationEntry, member: MemberRecord): 
   if (entry.conversation.kind === 'channel' && !mayPost(entry, member)) throw new ImError('FORBIDDEN', 'only the admins and the owner may post in this channel')
 }
 
+/**
+ * The caller's membership read from the store, for the admin operations: a role changed through
+ * another node a moment ago counts at once (the cached copy follows over the cluster bus).
+ */
+async function current (services: Services, conv: string, userId: string): Promise<MemberRecord> {
+  const member = await services.meta.memberGet(conv, userId)
+  if (member === null) throw new ImError('NOT_MEMBER')
+  return member
+}
+
 async function memberCount (services: Services, conv: string): Promise<number> {
   return (await services.meta.memberCountMany([conv])).get(conv) ?? 0
 }
@@ -115,6 +125,7 @@ export async function channelInfo (caller: Caller, req: RequestOf<'channel-info'
 // ---- the conversation admin operations, for channels (called by ops/conversations.ts) ----------
 
 export async function channelAddMembers (caller: Caller, req: RequestOf<'add-members'>, member: MemberRecord, entry: ConversationEntry, services: Services): Promise<{ conv: string, added: string[] }> {
+  member = await current(services, req.conv, caller.userId)
   requireRole(member, 'admin')
   const candidates = [...new Set(req.members)].filter(u => u !== caller.userId)
   const max = services.config.channels.membersMax
@@ -130,9 +141,10 @@ export async function channelAddMembers (caller: Caller, req: RequestOf<'add-mem
 }
 
 export async function channelRemoveMember (caller: Caller, req: RequestOf<'remove-member'>, member: MemberRecord, services: Services): Promise<{ conv: string, removed: string }> {
+  member = await current(services, req.conv, caller.userId)
   requireRole(member, 'admin')
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'use leave to remove yourself')
-  const target = await services.directory.channelMember(req.conv, req.user)
+  const target = await services.meta.memberGet(req.conv, req.user)
   if (target === null) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
   if (!outranks(member.role, target.role)) throw new ImError('FORBIDDEN', `your role (${member.role}) cannot remove a member with role ${target.role}`)
   const removed = await services.meta.memberRemove(req.conv, req.user)
@@ -144,6 +156,7 @@ export async function channelRemoveMember (caller: Caller, req: RequestOf<'remov
 }
 
 export async function channelLeave (caller: Caller, req: RequestOf<'leave'>, member: MemberRecord, services: Services): Promise<{ conv: string }> {
+  member = await current(services, req.conv, caller.userId)
   if (member.role === 'owner' && await memberCount(services, req.conv) > 1) {
     throw new ImError('FORBIDDEN', 'the owner of a channel hands over ownership (set-role owner) before leaving')
   }
@@ -155,9 +168,10 @@ export async function channelLeave (caller: Caller, req: RequestOf<'leave'>, mem
 }
 
 export async function channelSetRole (caller: Caller, req: RequestOf<'set-role'>, member: MemberRecord, services: Services): Promise<{ conv: string, user: string, role: Role }> {
+  member = await current(services, req.conv, caller.userId)
   requireRole(member, 'owner')
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'the owner hands over ownership by giving the owner role to another member')
-  if (await services.directory.channelMember(req.conv, req.user) === null) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
+  if (await services.meta.memberGet(req.conv, req.user) === null) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
   const changed = req.role === 'owner'
     ? await services.meta.memberTransferOwnership(req.conv, caller.userId, req.user)
     : await services.meta.memberSetRole(req.conv, req.user, req.role)
@@ -168,6 +182,7 @@ export async function channelSetRole (caller: Caller, req: RequestOf<'set-role'>
 }
 
 export async function channelRename (caller: Caller, req: RequestOf<'rename'>, member: MemberRecord, services: Services): Promise<{ conv: string, name: string }> {
+  member = await current(services, req.conv, caller.userId)
   requireRole(member, 'admin')
   await services.meta.conversationRename(req.conv, req.name)
   services.directory.invalidate(req.conv)
