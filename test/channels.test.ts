@@ -254,6 +254,30 @@ describe('channels on one node', () => {
     expect(new Set(live).size).toBe(live.length)
   })
 
+  test('persistent sessions: a restored channel subscription delivers to members and is refused after removal', async () => {
+    const owner = await open('chowner', 'persist')
+    const c = await owner.request('create-channel', { name: 'Persist', public: true }) as Channel
+    const first = await connect(server, 'chm3', 'keep', { clean: false })
+    const firstSub = await connect(server, 'chm2', 'keep', { clean: false })
+    await first.request('join', { conv: c.conv })
+    await firstSub.request('join', { conv: c.conv })
+    await first.end()
+    await firstSub.end()
+    // chm2 is removed while away; chm3 stays
+    await owner.request('remove-member', { conv: c.conv, user: 'chm2' })
+    // both come back with their sessions and subscribe nothing themselves
+    const back3 = await connect(server, 'chm3', 'keep', { clean: false, subscribe: false })
+    const back2 = await connect(server, 'chm2', 'keep', { clean: false, subscribe: false })
+    clients.push(back3, back2)
+    const got3 = collect(back3)
+    const got2 = collect(back2)
+    await new Promise(resolve => setTimeout(resolve, 100))
+    const posted = await owner.request('send', { conv: c.conv, msgId: 'p1', kind: 'text', body: 'restored' }) as { seq: number }
+    await back3.waitFor(() => seqsOf(got3, c.topic).includes(posted.seq), 5000, 'the restored subscription delivers')
+    await new Promise(resolve => setTimeout(resolve, 100))
+    expect(seqsOf(got2, c.topic)).toEqual([])
+  })
+
   test('members: a page at a time with the count; membersMax is enforced on add and join', async () => {
     const owner = await open('chowner', 'pages')
     const c = await owner.request('create-channel', { name: 'Pages', public: true }) as Channel
