@@ -24,6 +24,9 @@ import { CHANNEL_MEMBERS_TOPIC, channelTopic, parseChannelTopic } from '../proto
 const AUTHORIZE_TRIES = 3
 
 export class ChannelSubscriptions {
+  /** Channel topics whose subscribe check is in flight, per connection. */
+  private readonly checking = new WeakMap<Session, Set<string>>()
+
   constructor (
     private readonly sessions: Sessions,
     private readonly directory: ConversationDirectory,
@@ -44,7 +47,19 @@ export class ChannelSubscriptions {
   async authorize (client: Client, session: Session, sub: Subscription): Promise<Subscription | null> {
     const conv = parseChannelTopic(sub.topic)
     if (conv === null) return null
-    if (!session.channels.has(sub.topic) && session.channels.size >= this.limits.subscriptionsPerConnection) return null
+    // checks in flight count against the bound too (one SUBSCRIBE's topics are checked at once)
+    let pending = this.checking.get(session)
+    if (pending === undefined) this.checking.set(session, pending = new Set())
+    if (!session.channels.has(sub.topic) && !pending.has(sub.topic) && session.channels.size + pending.size >= this.limits.subscriptionsPerConnection) return null
+    pending.add(sub.topic)
+    try {
+      return await this.check(client, session, sub, conv)
+    } finally {
+      pending.delete(sub.topic)
+    }
+  }
+
+  private async check (client: Client, session: Session, sub: Subscription, conv: string): Promise<Subscription | null> {
     for (let i = 0; i < AUTHORIZE_TRIES; i++) {
       const mark = this.directory.mark()
       const found = await this.directory.member(conv, session.userId)

@@ -228,7 +228,7 @@ export interface ConversationSummary {
 
 /** Events on im/u/<user>/e. */
 export type ImEvent =
-  | { type: 'member', conv: string, action: 'added' | 'removed' | 'left' | 'role' | 'renamed', by: string, users: string[], role?: string, name?: string, kind: 'direct' | 'group' | 'channel' }
+  | { type: 'member', conv: string, action: 'added' | 'removed' | 'left' | 'role' | 'renamed', by: string, users: string[], role?: string, name?: string, kind: 'direct' | 'group' | 'channel', lastSeq?: number }
   | { type: 'read', conv: string, readSeq: number, unread: number }
   | { type: 'receipt', conv: string, kind: 'direct', user: string, readSeq: number }
   | { type: 'receipt', conv: string, kind: 'group', lastSeq: number, members: number, readAll: number, minReadSeq: number }

@@ -82,7 +82,7 @@ export async function createChannel (caller: Caller, req: RequestOf<'create-chan
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'channel', name: req.name, directKey: null, createdBy: caller.userId, createdAt: now, channel: settings }
   await services.meta.conversationCreate(conversation, [newMember(conversation.id, caller.userId, 'owner', now)])
   services.channels.joined(conversation.id, [caller.userId])
-  services.publisher.event([caller.userId], { type: 'member', conv: conversation.id, kind: 'channel', action: 'added', by: caller.userId, users: [caller.userId], name: req.name })
+  services.publisher.event([caller.userId], { type: 'member', conv: conversation.id, kind: 'channel', action: 'added', by: caller.userId, users: [caller.userId], name: req.name, lastSeq: 0 })
   return { conv: conversation.id, name: req.name, ...settings, topic: channelTopic(conversation.id) }
 }
 
@@ -98,9 +98,10 @@ export async function join (caller: Caller, req: RequestOf<'join'>, services: Se
   if (await memberCount(services, req.conv) >= max) throw new ImError('LIMIT_REACHED', `the channel has ${max} members, the most a channel may have`)
   const added = await services.meta.memberAdd([newMember(req.conv, caller.userId, 'member', services.now())])
   services.channels.joined(req.conv, added)
-  if (added.length > 0) services.publisher.event([caller.userId], { type: 'member', conv: req.conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined })
-  // the last seq is read after the subscription: a client that pulls history {after: lastSeq} misses nothing
-  return { conv: req.conv, name: entry.conversation.name, joined: added.length > 0, topic, lastSeq: await lastSeqOf(services, req.conv) }
+  // the last seq is read once the membership is stored: everything after it is the member's to receive
+  const lastSeq = await lastSeqOf(services, req.conv)
+  if (added.length > 0) services.publisher.event([caller.userId], { type: 'member', conv: req.conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined, lastSeq })
+  return { conv: req.conv, name: entry.conversation.name, joined: added.length > 0, topic, lastSeq }
 }
 
 export async function channelInfo (caller: Caller, req: RequestOf<'channel-info'>, services: Services): Promise<ChannelInfo> {
@@ -135,7 +136,9 @@ export async function channelAddMembers (caller: Caller, req: RequestOf<'add-mem
   const added = await services.meta.memberAdd(candidates.map(u => newMember(req.conv, u, 'member', now)))
   services.channels.joined(req.conv, added)
   if (added.length > 0) {
-    services.publisher.event([caller.userId, ...added], { type: 'member', conv: req.conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined })
+    // with the last seq once they are members: a client pulls history {after: lastSeq} after subscribing
+    const lastSeq = await lastSeqOf(services, req.conv)
+    services.publisher.event([caller.userId, ...added], { type: 'member', conv: req.conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined, lastSeq })
   }
   return { conv: req.conv, added }
 }
