@@ -213,7 +213,11 @@ async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Sh
 export interface ChannelParams { members: number, senders: number, window: number, bodyBytes: number }
 
 async function channelShape (ctx: Ctx, target: Target, p: ChannelParams): Promise<Shape> {
-  if (target.kind !== 'mqim') return await groupShape(ctx, target, p)
+  if (target.kind !== 'mqim') {
+    // the same publish to the same subscribers, delivered at QoS 0 as mqim delivers a channel
+    const shape = await groupShape(ctx, target, p)
+    return { ...shape, clients: shape.clients.map(c => ({ ...c, subscribeQos: 0 })) }
+  }
   const W = ctx.pool.size
   const ids = Array.from({ length: p.members }, (_, i) => `ch${i}`)
   const tag = nonce()
@@ -409,9 +413,11 @@ export async function runFlow (
 ): Promise<FlowResult[]> {
   return await withTarget(ctx, kind, targetDir(ctx, scenario, kind, round), options.mqim ?? { stores: null }, async (target) => {
     const shape = await makeShape(target)
+    if (options.perSubscriber === true) await sleep(1000) // setup's work settles
     const rssBefore = target.sample().rssBytes
     await connectShape(ctx, shape)
-    // what the connected, subscribed clients hold in the server (setup's garbage aside)
+    if (options.perSubscriber === true) await sleep(1000)
+    // what the connected, subscribed clients hold in the server
     const kibPerSubscriber = options.perSubscriber === true ? (target.sample().rssBytes - rssBefore) / 1024 / shape.clients.length : undefined
     // prime: one message per sender, so every conversation is active before the clock starts
     // (the sequencer loads a conversation's lastSeq from the store on its first message)
