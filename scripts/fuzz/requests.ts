@@ -211,6 +211,20 @@ const FIELDS: Record<string, FieldGen> = {
     )
   },
   remove: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0)), wrongType) },
+  // create-channel
+  public: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0, null)), wrongType) },
+  postPolicy: { valid: j(fc.constantFrom('admins', 'members')), bad: fc.oneof(j(fc.constantFrom<Json>('everyone', 'Admins', '', null)), wrongType) },
+  // push-register, push-unregister (valid targets that no push is ever sent to: a host outside
+  // push.webPush.allowedHosts, a gateway the fuzz server does not configure)
+  device: { valid: j(fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/)), bad: fc.oneof(j(fc.constantFrom('', 'a b', 'd'.repeat(65), 'a/b', 'ü')), wrongType) },
+  webPush: {
+    valid: j(fc.constant<Json>({ endpoint: 'https://push.example.invalid/s/1', keys: { p256dh: 'BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM', auth: 'tBHItJI5svbpez7KI4CCXg' } })),
+    bad: fc.oneof(j(fc.constantFrom<Json>({}, { endpoint: '' }, { endpoint: 'https://x', keys: {} }, { endpoint: 'https://x', keys: { p256dh: 'a b', auth: 'x' } })), wrongType)
+  },
+  gateway: {
+    valid: j(fc.constant<Json>({ name: 'nosuchgateway', token: 'tok-1', platform: 'android' })),
+    bad: fc.oneof(j(fc.constantFrom<Json>({}, { name: 'Bad Name', token: 't', platform: 'android' }, { name: 'g', token: '', platform: 'ios' }, { name: 'g', token: 't', platform: 'web' })), wrongType)
+  },
   typing: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('false', 1, null)), wrongType) }
 }
 

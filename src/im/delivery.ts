@@ -1,9 +1,10 @@
 /**
  * Delivery: what happens once messages are stored. The sequencer hands each committed batch here
  * (in seq order per conversation, before it answers the senders): every message goes to every
- * member's inbox (Publisher), a channel's once to its topic, then, in a cluster, the other nodes learn the highest seq stored
- * per conversation, so that their sequencers do not collide with it (Sequencer.observe), and
- * which messages were changed (edit, delete, react), so that they drop cached copies of them.
+ * member's inbox (Publisher), a channel's once to the channel's topic; then, in a cluster, the
+ * other nodes learn the highest seq stored per conversation, so that their sequencers do not
+ * collide with it (Sequencer.observe), and which messages were changed (edit, delete, react), so
+ * that they drop cached copies of them.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
