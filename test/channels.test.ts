@@ -1,12 +1,15 @@
 /**
  * Channels (issue 14) on one node, embedded default: create, join, subscribe rules, posting
  * policy, delivery once per post on the channel topic (never to inboxes), removal that stops
- * delivery at once, history for members only, list unread, paged members, limits, and hostile
- * values for every new input. The two-node test with 2,000 members is cluster-channels.test.ts.
+ * delivery at once, history for members only, list unread, paged members, limits, hostile values
+ * for every new input, and a member's requests costing the same store calls whatever the size. The two-node test with 2,000 members is cluster-channels.test.ts.
  */
 import type { MqimServer } from '../src/server.js'
 import type { MessageEnvelope, Reply } from '../src/protocol/schemas.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
+import { MemoryMessageStore } from '../src/store/messages-memory.js'
+import type { MemberRecord } from '../src/store/types.js'
 
 interface Channel { conv: string, name: string, public: boolean, postPolicy: string, topic: string }
 
@@ -306,5 +309,72 @@ describe('channels on one node', () => {
       expect(await errorOf(owner, 'add-members', { conv: c.conv, members })).toBe('BAD_REQUEST')
     }
     expect(await errorOf(owner, 'add-members', { conv: c.conv, members: ['nosuchuser'] })).toBe('NOT_FOUND')
+  })
+})
+
+/** Logs the name of every store method called through the proxy (calls inside the store are not logged). */
+function counting<T extends object> (target: T, log: string[]): T {
+  return new Proxy(target, {
+    get (t, prop) {
+      const value: unknown = Reflect.get(t, prop, t)
+      if (typeof value !== 'function' || typeof prop !== 'string') return value
+      return (...args: unknown[]): unknown => {
+        log.push(prop)
+        return (value as (...a: unknown[]) => unknown).apply(t, args)
+      }
+    }
+  })
+}
+
+describe('channels: what a member\'s requests cost does not depend on the member count', () => {
+  let server: MqimServer
+  const calls: string[] = []
+  const clients: ImClient[] = []
+  beforeAll(async () => {
+    const meta = new MemoryMetadataStore()
+    server = await startServer({}, { meta: counting(meta, calls), messages: counting(new MemoryMessageStore(), calls) })
+    for (const u of ['cqowner', 'cqreader']) await addUser(server, u)
+  })
+  afterAll(async () => {
+    await Promise.allSettled(clients.map(c => c.end()))
+    await server.stop()
+  })
+
+  test('history, list, read and send in a channel of 3 and of 3,000 members make the same store calls, none over the member list', async () => {
+    const owner = await connect(server, 'cqowner', 'o')
+    const reader = await connect(server, 'cqreader', 'r')
+    clients.push(owner, reader)
+    const small = await owner.request('create-channel', { name: 'small', postPolicy: 'members' }) as Channel
+    const big = await owner.request('create-channel', { name: 'big', postPolicy: 'members' }) as Channel
+    const extra = (conv: string, n: number): MemberRecord[] => Array.from({ length: n }, (_, i) => ({ conversationId: conv, userId: `cq${i}`, role: 'member' as const, readSeq: 0, muted: false, joinedAt: 1 }))
+    // members straight into the store: the users need not exist for this
+    await server.services.meta.memberAdd([...extra(small.conv, 1), ...extra(big.conv, 2998)])
+    await owner.request('add-members', { conv: small.conv, members: ['cqreader'] })
+    await owner.request('add-members', { conv: big.conv, members: ['cqreader'] })
+    expect(await owner.request('channel-info', { conv: big.conv })).toMatchObject({ members: 3000 })
+    for (const c of [small, big]) {
+      for (let i = 0; i < 3; i++) await owner.request('send', { conv: c.conv, msgId: `w${i}`, kind: 'text', body: 'warm' })
+      // warm: memberships cached, the conversation's tail known
+      await reader.request('history', { conv: c.conv, after: 0 })
+      await reader.request('read', { conv: c.conv, seq: 1 })
+    }
+    const cost = async (conv: string): Promise<string[]> => {
+      // the conversation is loaded again within what is counted (memberships stay cached)
+      server.services.directory.invalidateLocal(conv)
+      calls.length = 0
+      await reader.request('history', { conv, after: 0 })
+      await reader.request('history', { conv })
+      await reader.request('read', { conv, seq: 2 })
+      await reader.request('send', { conv, msgId: 'r1', kind: 'text', body: 'hi' })
+      return [...calls].sort()
+    }
+    const smallCost = await cost(small.conv)
+    const bigCost = await cost(big.conv)
+    expect(bigCost).toEqual(smallCost)
+    for (const method of ['memberList', 'memberListMany', 'memberCountMany', 'memberPage']) expect(bigCost).not.toContain(method)
+    calls.length = 0
+    const page = await reader.request('list', {})
+    expect(page.conversations.map(s => s.conv).sort()).toEqual([small.conv, big.conv].sort())
+    for (const method of ['memberList', 'memberListMany', 'memberCountMany', 'memberPage']) expect(calls).not.toContain(method)
   })
 })
