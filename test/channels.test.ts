@@ -104,7 +104,9 @@ describe('channels on one node', () => {
     }
     for (const conv of ['', '+', '#', 'a/b', 'x'.repeat(41), 7, null, ['c']]) {
       expect(await errorOf(m1, 'join', { conv })).toBe('BAD_REQUEST')
+      expect(await errorOf(m1, 'channel-info', { conv })).toBe('BAD_REQUEST')
     }
+    expect(await errorOf(m1, 'channel-info', { conv: pub.conv, members: 1 })).toBe('BAD_REQUEST')
     expect(await errorOf(m1, 'join', { conv: pub.conv, extra: true })).toBe('BAD_REQUEST')
     // a non-member sees a public channel's info, not its role
     const out = await open('chout', 'join')
