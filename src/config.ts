@@ -398,6 +398,16 @@ export const ConfigSchema = z.object({
     /** Members of conversations larger than this get no presence events of each other. */
     maxAudience: z.number().int().min(2)
   }).strict(),
+  channels: z.object({
+    /** Most members a channel may have (add-members and join beyond it: LIMIT_REACHED). */
+    membersMax: z.number().int().min(2).max(10_000_000),
+    /** (channel, user) memberships cached per node for subscribe checks and requests (least recently used evicted). */
+    membershipCacheMax: z.number().int().min(100).max(10_000_000),
+    /** Largest `members` page of a channel; larger requests are clamped. */
+    membersPageMax: z.number().int().min(1).max(10_000),
+    /** Channel topics one connection may subscribe (beyond limits.subscriptionsPerConnection; SUBACK 0x80 beyond). */
+    subscriptionsPerConnection: z.number().int().min(1).max(100_000)
+  }).strict(),
   log: z.object({ level: z.enum(['debug', 'info', 'warn', 'error', 'silent']) }).strict()
 }).strict()
 

@@ -17,6 +17,7 @@ import type { MessageStore, MetadataStore } from './store/types.js'
 import { createMessageStore, createMetadataStore } from './store/index.js'
 import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
+import { ChannelSubscriptions } from './gateway/channels.js'
 import { Publisher } from './im/publisher.js'
 import { Delivery } from './im/delivery.js'
 import { Metrics } from './metrics.js'
@@ -130,7 +131,8 @@ export class MqimServer {
       ...(backends.redis === null ? {} : { queue: new RedisJobQueue(backends.redis, 'webhooks', config.webhooks.queueMax), pollMs: 250 })
     })
     const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks })
-    const directory = new ConversationDirectory(meta, bus)
+    const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)
+    const channels = new ChannelSubscriptions(sessions, directory, bus, logger, config.channels)
     const mentions = new MentionLog(meta, logger)
     mkdirSync(config.dataDir, { recursive: true })
     const push = new PushService({
@@ -177,7 +179,7 @@ export class MqimServer {
       messageStored: async (conv, senderId, msgId) => (await messages.findByClientMsgId(conv, senderId, msgId)) !== null
     })
     const fileSweeper = new FileSweeper(files, config.files.sweepIntervalMs, logger)
-    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, push, files, now: Date.now }
+    const services: Services = { config, logger, meta, messages, sequencer, directory, publisher, receipts, presence, readCursors: new ReadCursors(meta), envelopes, blocks, metrics, webhooks, push, files, channels, now: Date.now }
     const dispatcher = new Dispatcher(services)
     const { directDays, groupDays, ...sweep } = config.retention
     const retention = new RetentionJob(messages, meta, { directMs: retentionMs(directDays), groupMs: retentionMs(groupDays), ...sweep, logger })
@@ -193,7 +195,7 @@ export class MqimServer {
       ? new MemorySessionQuota(config.limits.persistentSessionsPerUser)
       : new RedisSessionQuota(backends.redis, config.limits.persistentSessionsPerUser)
     const pages = new PageGate(config.limits.pagesInFlight, config.limits.pagesInFlightPerUser)
-    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, logger, metrics, limits: config.limits }).install(broker)
+    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, channels, logger, metrics, limits: config.limits }).install(broker)
 
     // 5. admin token
     const adminToken = randomBytes(24).toString('base64url')

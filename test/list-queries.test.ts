@@ -105,8 +105,10 @@ describe('list: store queries per page do not grow with the number of conversati
 
   const overrides = {
     limits: { requestsPerSecond: 100_000, requestBurst: 100_000 },
-    // no background metadata queries while pages are counted (the revocation poll)
-    auth: { revocationPollMs: 3_600_000 }
+    // no background metadata queries while pages are counted (the revocation poll; offline push,
+    // whose flushes read push targets after the setup's messages, later when the machine is busy)
+    auth: { revocationPollMs: 3_600_000 },
+    push: { enabled: false }
   }
 
   /** Fresh store instances on the test's databases, wrapped in counting proxies. */

@@ -268,13 +268,13 @@ describe('MySqlMetadataStore specifics', () => {
       expect(await indexColumns()).toStrictEqual(['kind', 'id'])
       await onDatabase(url, async (conn, dbName) => {
         await conn.query(`ALTER TABLE \`${dbName}\`.users DROP INDEX idx_users_kind`)
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 6`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 6`)
       })
       const upgraded = open()
       await upgraded.init()
       expect(await indexColumns()).toStrictEqual(['kind', 'id'])
       await onDatabase(url, async (conn, dbName) => {
-        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version = 6`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 6`)
       })
       const again = open()
       await again.init()
@@ -288,6 +288,31 @@ describe('MySqlMetadataStore specifics', () => {
         const [plan] = await conn.query<mysql.RowDataPacket[]>(`EXPLAIN SELECT id FROM \`${dbName}\`.users WHERE kind = 'bot' AND id > 'a' ORDER BY id LIMIT 5`)
         expect(plan[0]?.key).toBe('idx_users_kind')
       })
+    })
+  })
+
+  describe('migration 7 (channels)', () => {
+    test('a version-6 database gets the channel kind and columns, keeps its conversations; run again with its record gone, nothing changes', async () => {
+      const first = open()
+      await first.init()
+      await first.conversationCreate({ id: 'g1', kind: 'group', name: 'G', directKey: null, createdBy: 'alice', createdAt: 1 }, [])
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`ALTER TABLE \`${dbName}\`.conversations DROP COLUMN channel_public, DROP COLUMN channel_post`)
+        await conn.query(`ALTER TABLE \`${dbName}\`.conversations MODIFY kind ENUM('direct', 'group') NOT NULL`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 7`)
+      })
+      const channel = { id: 'c1', kind: 'channel' as const, name: 'C', directKey: null, createdBy: 'alice', createdAt: 2, channel: { public: true, postPolicy: 'members' as const } }
+      const upgraded = open()
+      await upgraded.init()
+      await upgraded.conversationCreate(channel, [])
+      expect(await upgraded.conversationGet('c1')).toStrictEqual(channel)
+      expect(await upgraded.conversationGet('g1')).toStrictEqual({ id: 'g1', kind: 'group', name: 'G', directKey: null, createdBy: 'alice', createdAt: 1 })
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 7`)
+      })
+      const again = open()
+      await again.init()
+      expect(await again.conversationGet('c1')).toStrictEqual(channel)
     })
   })
 

@@ -11,6 +11,10 @@
  *               and publish the envelope there (peer + own copy); they have no reply.
  *   group       one group of M members, S of them sending. mqim: `send`, delivered to all M
  *               inboxes. Baselines: all M subscribe to one topic, the S senders publish to it.
+ *   channel     one channel of M members, all connected and subscribed to its topic, S of them
+ *               sending (postPolicy members). mqim: `send`, published once to im/c/<conv>/m and
+ *               fanned out by the broker. Baselines: the group's shape (the same publish to the
+ *               same subscribers). Also the server's memory per connected subscriber.
  *   connections C idle connections, clean=false, 3 subscriptions each (inbox, events, replies).
  *   sync        mqim only: 10,000 messages in 20 conversations arrive while a device is offline;
  *               it reconnects, lists, and pages everything with `history {after}`.
@@ -27,7 +31,7 @@ import type { ClientSpec, SenderSpec } from './lib/protocol.js'
 import { sleep } from '../lib/procs.js'
 import { machineBusySeconds, sampleProc, type ProcSample } from './lib/proc-stats.js'
 import { startTarget, type MqimOptions, type Target, type TargetKind } from './lib/targets.js'
-import { ImClient, createBots, createGroup, createUsers, openDirects, type Account } from './lib/im.js'
+import { ImClient, createBots, createChannel, createGroup, createUsers, openDirects, type Account } from './lib/im.js'
 
 export interface Ctx {
   pool: LoaderPool
@@ -75,6 +79,8 @@ export interface FlowResult {
    */
   foreignCpuUtil: number
   peakRssMiB: number
+  /** channel: the server's RSS growth per subscriber while they connected and subscribed, KiB */
+  kibPerSubscriber?: number
   errors: ErrorCounts
 }
 
@@ -201,6 +207,39 @@ async function groupShape (ctx: Ctx, target: Target, p: GroupParams): Promise<Sh
     me: u
   }))
   const senders = ids.slice(0, p.senders).map(u => ({ ...closedLoopSender(u, mq, conv, 'bench/g/0', p, tag), changeEvery: mq ? p.changeEvery ?? null : null }))
+  return { clients, senders, fanout: p.members, workerOf: (k) => (index.get(k) ?? 0) % W }
+}
+
+export interface ChannelParams { members: number, senders: number, window: number, bodyBytes: number }
+
+async function channelShape (ctx: Ctx, target: Target, p: ChannelParams): Promise<Shape> {
+  if (target.kind !== 'mqim') {
+    // the same publish to the same subscribers, delivered at QoS 0 as mqim delivers a channel
+    const shape = await groupShape(ctx, target, p)
+    return { ...shape, clients: shape.clients.map(c => ({ ...c, subscribeQos: 0 })) }
+  }
+  const W = ctx.pool.size
+  const ids = Array.from({ length: p.members }, (_, i) => `ch${i}`)
+  const tag = nonce()
+  const accounts = await createBots(target, ids)
+  const [owner] = accounts
+  if (owner === undefined) throw new Error('a channel needs at least one member')
+  const secretOf = new Map(accounts.map(a => [a.id, a.secret]))
+  const conv = await createChannel(target, owner, ids.slice(1), 'bench channel')
+  const index = new Map(ids.map((u, i) => [u, i]))
+  const senderIds = new Set(ids.slice(0, p.senders))
+  const clients: ClientSpec[] = ids.map(u => ({
+    key: u,
+    url: target.mqttUrl,
+    clientId: `${u}:d`,
+    username: u,
+    password: secretOf.get(u),
+    clean: true,
+    // replies are written to the requester whether or not it subscribed; the senders watch for failures
+    subscribe: senderIds.has(u) ? [`im/c/${conv}/m`, `im/u/${u}/r/d`] : [`im/c/${conv}/m`],
+    me: u
+  }))
+  const senders = ids.slice(0, p.senders).map(u => closedLoopSender(u, true, conv, '', p, tag))
   return { clients, senders, fanout: p.members, workerOf: (k) => (index.get(k) ?? 0) % W }
 }
 
@@ -370,11 +409,16 @@ export async function runFlow (
   round: number,
   makeShape: (t: Target) => Promise<Shape>,
   timing: FlowTiming,
-  options: { paced?: 'half' | number | null, mqim?: MqimOptions } = {}
+  options: { paced?: 'half' | number | null, mqim?: MqimOptions, perSubscriber?: boolean } = {}
 ): Promise<FlowResult[]> {
   return await withTarget(ctx, kind, targetDir(ctx, scenario, kind, round), options.mqim ?? { stores: null }, async (target) => {
     const shape = await makeShape(target)
+    if (options.perSubscriber === true) await sleep(1000) // setup's work settles
+    const rssBefore = target.sample().rssBytes
     await connectShape(ctx, shape)
+    if (options.perSubscriber === true) await sleep(1000)
+    // what the connected, subscribed clients hold in the server
+    const kibPerSubscriber = options.perSubscriber === true ? (target.sample().rssBytes - rssBefore) / 1024 / shape.clients.length : undefined
     // prime: one message per sender, so every conversation is active before the clock starts
     // (the sequencer loads a conversation's lastSeq from the store on its first message)
     await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
@@ -397,9 +441,9 @@ export async function runFlow (
     // errors over the whole connection set (all windows), lost deliveries included
     const errors = errorsOf(totals, lost)
     const peak = target.sample().peakRssBytes / 1048576
-    for (const r of results) { r.errors = errors; r.peakRssMiB = peak }
+    for (const r of results) { r.errors = errors; r.peakRssMiB = peak; if (kibPerSubscriber !== undefined) r.kibPerSubscriber = kibPerSubscriber }
     const others = (r: FlowResult): string => Object.entries(r.storeCpuUtil).map(([k, v]) => `, ${k} ${v.toFixed(2)}`).join('')
-    ctx.log(`  ${scenario} ${target.label} r${round}: ${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)} (${(r.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k, ${r.syscallsPerDelivered.write.toFixed(2)} w/${r.syscallsPerDelivered.read.toFixed(2)} r syscalls per delivery), loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}, other jobs ${r.foreignCpuUtil.toFixed(2)}`).join('; ')}; errors ${errors.total}`)
+    ctx.log(`  ${scenario} ${target.label} r${round}: ${kibPerSubscriber === undefined ? '' : `${kibPerSubscriber.toFixed(1)} KiB/subscriber; `}${results.map(r => `${r.load} ${Math.round(r.deliveredPerSec)} deliveries/s, ${Math.round(r.sendsPerSec)} sends/s, p99 ${r.latencyMs.p99.toFixed(1)} ms, cpu ${r.serverCpuUtil.toFixed(2)} (${(r.cpuSecondsPer1kDelivered * 1000).toFixed(1)} ms/1k, ${r.syscallsPerDelivered.write.toFixed(2)} w/${r.syscallsPerDelivered.read.toFixed(2)} r syscalls per delivery), loader ${r.loaderCpuUtil.toFixed(2)}${others(r)}, other jobs ${r.foreignCpuUtil.toFixed(2)}`).join('; ')}; errors ${errors.total}`)
     return results
   })
 }
@@ -411,6 +455,11 @@ export async function runDirect (ctx: Ctx, kind: TargetKind, round: number, p: D
 export async function runGroup (ctx: Ctx, kind: TargetKind, round: number, p: GroupParams, timing: FlowTiming): Promise<FlowResult[]> {
   const name = p.changeEvery === undefined ? `group${p.members}` : `group${p.members}-changes`
   return await runFlow(ctx, name, kind, round, async t => await groupShape(ctx, t, p), timing)
+}
+
+/** One channel of p.members connected subscribers (mqim), against the same publish to the same subscribers (baselines). */
+export async function runChannel (ctx: Ctx, kind: TargetKind, round: number, p: ChannelParams, timing: FlowTiming): Promise<FlowResult[]> {
+  return await runFlow(ctx, `channel${p.members}`, kind, round, async t => await channelShape(ctx, t, p), timing, { perSubscriber: true })
 }
 
 // ---------------------------------------------------------------------------------------------

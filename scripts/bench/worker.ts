@@ -124,7 +124,7 @@ function connectOne (spec: ClientSpec): Promise<void> {
         resolve()
       }
       if (spec.subscribe.length === 0) { done(); return }
-      client.subscribe(spec.subscribe, { qos: 1 }, (err, granted) => {
+      client.subscribe(spec.subscribe, { qos: spec.subscribeQos ?? 1 }, (err, granted) => {
         if (err) { fail(err); return }
         if (granted?.some(g => g.qos === 128)) { fail(new Error(`subscription refused for ${spec.clientId}`)); return }
         done()

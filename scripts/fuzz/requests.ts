@@ -220,7 +220,7 @@ const FIELDS: Record<string, FieldGen> = {
   // oracle accepts for a request without schema faults
   webPush: {
     valid: j(fc.record({
-      endpoint: fc.constantFrom('https://fcm.googleapis.com/fcm/send/abc', 'http://127.0.0.1:1/push', 'https://169.254.169.254/'),
+      endpoint: fc.constantFrom('https://push.example.invalid/s/1', 'http://127.0.0.1:1/push', 'https://169.254.169.254/'),
       keys: fc.record({ p256dh: fc.constantFrom('BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM', 'AAAA'), auth: fc.constantFrom('tBHItJI5svbpez7KI4CCXg', 'x') })
     })),
     bad: fc.oneof(j(fc.constantFrom<Json>({}, { endpoint: 'x' }, { endpoint: 'x', keys: {} }, { endpoint: 'x'.repeat(3000), keys: { p256dh: 'a', auth: 'b' } }, 'https://x')), wrongType)
@@ -243,7 +243,10 @@ const FIELDS: Record<string, FieldGen> = {
     valid: j(fc.stringMatching(/^[A-Za-z0-9_-]{22}$/)),
     bad: fc.oneof(j(fc.constantFrom('', '../../etc/passwd', 'f/' + 'a'.repeat(20), 'a'.repeat(23), 'a'.repeat(21))), j(weird(1, 30)), wrongType)
   },
-  variant: { valid: j(fc.constantFrom('original', 'thumb')), bad: fc.oneof(j(fc.constantFrom('raw', 'THUMB', '')), wrongType) }
+  variant: { valid: j(fc.constantFrom('original', 'thumb')), bad: fc.oneof(j(fc.constantFrom('raw', 'THUMB', '')), wrongType) },
+  // create-channel
+  public: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0, null)), wrongType) },
+  postPolicy: { valid: j(fc.constantFrom('admins', 'members')), bad: fc.oneof(j(fc.constantFrom<Json>('everyone', 'Admins', '', null)), wrongType) }
 }
 
 /** Keys no request has, prototype-pollution names first. */

@@ -63,12 +63,20 @@ export async function openDirect (services: Services, input: z.output<typeof Ope
 export async function getConversation (services: Services, conv: string): Promise<z.input<typeof Conversation>> {
   const { conversation, members } = await requireConversation(services, conv)
   const lastSeq = await services.sequencer.lastSeqFor(conv)
-  return { id: conversation.id, kind: conversation.kind, name: conversation.name, createdBy: conversation.createdBy, createdAt: conversation.createdAt, memberCount: members.size, lastSeq }
+  // a channel's entry holds no members: count them in the store
+  const memberCount = conversation.kind === 'channel' ? (await services.meta.memberCountMany([conv])).get(conv) ?? 0 : members.size
+  return { id: conversation.id, kind: conversation.kind, name: conversation.name, createdBy: conversation.createdBy, createdAt: conversation.createdAt, memberCount, lastSeq }
 }
 
 /** One page of members by user id (byte order), after `cursor`. */
 export async function memberPage (services: Services, conv: string, cursor: string | undefined, limit: number): Promise<{ conv: string, members: Array<z.input<typeof Member>>, next: string | null }> {
-  const { members } = await requireConversation(services, conv)
+  const { conversation, members } = await requireConversation(services, conv)
+  if (conversation.kind === 'channel') {
+    // a channel's entry holds no members: one page of the store
+    const read = await services.meta.memberPage(conv, { after: cursor ?? null, limit: limit + 1 })
+    const shown = read.slice(0, limit)
+    return { conv, members: shown.map(m => ({ user: m.userId, role: m.role, joinedAt: m.joinedAt })), next: read.length > limit ? shown[shown.length - 1]?.userId ?? null : null }
+  }
   const after = [...members.values()].filter(m => cursor === undefined || m.userId > cursor).sort((a, b) => a.userId < b.userId ? -1 : 1)
   const page = after.slice(0, limit)
   const next = after.length > limit ? page[page.length - 1]?.userId ?? null : null

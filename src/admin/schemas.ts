@@ -76,7 +76,7 @@ export const OpenedDirect = z.object({ conv: ConvId, peer: UserId, created: z.bo
 
 export const Conversation = z.object({
   id: ConvId,
-  kind: z.enum(['direct', 'group']),
+  kind: z.enum(['direct', 'group', 'channel']),
   name: z.string().nullable(),
   createdBy: UserId,
   createdAt: z.number().int(),

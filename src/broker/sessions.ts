@@ -43,6 +43,8 @@ export interface Session extends Identity {
   filters: Set<string>
   /** Of those, the filters that match other devices' reply topics (watchers, e.g. im/u/<user>/#). */
   watchFilters: Set<string>
+  /** Channel topics (im/c/<conv>/m) this connection may receive: subscribed as a member, not left since. */
+  channels: Set<string>
 }
 
 export interface SessionLimits {
@@ -100,7 +102,8 @@ export class Sessions {
       prefix: userPrefix(identity.userId),
       replyTopic: replyTopic(identity.userId, identity.deviceId),
       filters: new Set(),
-      watchFilters: new Set()
+      watchFilters: new Set(),
+      channels: new Set()
     }
     this.entries.set(client, { session, started: false, drainTimer: null, drained: null })
     let set = this.byUser.get(identity.userId)
@@ -145,6 +148,11 @@ export class Sessions {
     let n = 0
     for (const c of clients) if (c.id !== exceptClientId) n++
     return n
+  }
+
+  /** Open connections of the user on this node. */
+  clientsOf (userId: string): Client[] {
+    return [...(this.byUser.get(userId) ?? [])]
   }
 
   sessionsOf (userId: string): Session[] {
@@ -215,6 +223,7 @@ export class Sessions {
     for (const f of filters) {
       s.filters.delete(f)
       s.watchFilters.delete(f)
+      s.channels.delete(f)
     }
     if (s.watchFilters.size === 0) removeFrom(this.watching, s.userId, client)
   }

@@ -13,8 +13,8 @@ import { ConversationSync } from './sync.js'
 import type {
   AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
-  Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult,
-  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult
+  Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult, PostPolicy,
+  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult, CreateChannelResult, JoinResult, ChannelInfoResult
 } from './types.js'
 import { applyChange } from './changes.js'
 import { defaultUploader, describeSource, httpBaseOf, resolveFileUrl, uploadError, type FileSource, type SendFileOptions } from './files.js'
@@ -49,6 +49,9 @@ export interface Results extends Record<OpName, unknown> {
   'push-targets': PushTargetsResult
   upload: UploadGrant
   'file-url': DownloadGrant
+  'create-channel': CreateChannelResult
+  join: JoinResult
+  'channel-info': ChannelInfoResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -274,7 +277,25 @@ export class ImClient {
   async leave (conv: string): Promise<LeaveResult> { return await this.call('leave', { conv }) }
   async rename (conv: string, name: string): Promise<RenameResult> { return await this.call('rename', { conv, name }) }
   async setRole (conv: string, user: string, role: Role): Promise<SetRoleResult> { return await this.call('set-role', { conv, user, role }) }
-  async members (conv: string): Promise<MembersResult> { return await this.call('members', { conv }) }
+  /** Members of a group (all of them), or one page of a channel's (`after`: the previous page's `next`). */
+  async members (conv: string, page: { after?: string, limit?: number } = {}): Promise<MembersResult> { return await this.call('members', { conv, ...page }) }
+  /**
+   * Creates a channel (see topics.md "Channels"): by default private (members are added by admins)
+   * and posted to by its admins and owner only.
+   */
+  async createChannel (name: string, opts: { public?: boolean, postPolicy?: PostPolicy } = {}): Promise<CreateChannelResult> {
+    return await this.call('create-channel', { name, ...opts })
+  }
+
+  /** Joins a public channel; its messages arrive as `message` events from the join on. */
+  async join (conv: string): Promise<JoinResult> {
+    const r = await this.call('join', { conv })
+    await this.channelJoined(conv, r.lastSeq)
+    return r
+  }
+
+  /** A channel's settings, member count, last seq and the caller's role (public channels also for non-members). */
+  async channelInfo (conv: string): Promise<ChannelInfoResult> { return await this.call('channel-info', { conv }) }
   async mute (conv: string, muted: boolean): Promise<MuteResult> { return await this.call('mute', { conv, muted }) }
   async receipts (conv: string, seq: number): Promise<ReceiptsResult> { return await this.call('receipts', { conv, seq }) }
   /** Online state and last-seen of users who share a conversation with me (others look offline). */
@@ -332,6 +353,11 @@ export class ImClient {
   /** All pages of `list`; an incomplete list (the page bound was hit) is reported as an error event. */
   private async listAll (): Promise<ConversationList> {
     const list = await listAll(async (cursor) => await this.call('list', cursor === undefined ? {} : { cursor, limit: LIST_PAGE_LIMIT }))
+    // channels arrive on their own topics: subscribed before their history is pulled (catchUp),
+    // so that nothing falls between the two
+    const channels = list.conversations.filter(c => c.kind === 'channel').map(c => c.conv)
+    const refused = await this.conn.subscribeChannels(channels)
+    if (refused.length > 0) this.events.emit('error', new ImClientError('LIMIT_REACHED', `${refused.length} channel(s) not subscribed (server limit channels.subscriptionsPerConnection): their messages arrive on reconnect only`))
     for (const c of list.conversations) this.reads.known(c.conv, c.readSeq)
     if (!list.complete) this.events.emit('error', new ImClientError('INTERNAL', `list: gave up after ${LIST_PAGES_MAX} pages; the list is incomplete`, 'list'))
     return list
@@ -361,6 +387,19 @@ export class ImClient {
     if (entry.kind === 'text' && (typeof entry.body !== 'string' || entry.body.length === 0)) throw new ImClientError('BAD_REQUEST', 'send: a text message needs a non-empty string', 'send')
     if (entry.replyTo !== undefined && !(Number.isSafeInteger(entry.replyTo) && entry.replyTo >= 1)) throw new ImClientError('BAD_REQUEST', 'send: replyTo must be a seq >= 1', 'send')
     return await this.outbox.add(entry)
+  }
+
+  /**
+   * This user is a member of channel `conv` from seq `lastSeq` on: the conversation starts there;
+   * its topic is subscribed (the server subscribed this connection already; this covers a reconnect
+   * in between) and then what was posted since is pulled, so that a post made before the
+   * subscription took effect is not missed.
+   */
+  private async channelJoined (conv: string, lastSeq: number): Promise<void> {
+    this.sync.joinedAt(conv, lastSeq)
+    await this.conn.subscribeChannels([conv])
+    const page = await this.call('history', { conv, after: lastSeq })
+    this.sync.merge(conv, page.messages)
   }
 
   private async whenOnline (): Promise<void> {
@@ -426,6 +465,15 @@ export class ImClient {
         if (e.users.includes(this.userId)) {
           if (e.action === 'added') this.sync.joined(e.conv)
           else if (e.action === 'removed' || e.action === 'left') this.sync.forget(e.conv)
+          if (e.kind === 'channel') {
+            if (e.action === 'added' && e.lastSeq !== undefined) {
+              this.channelJoined(e.conv, e.lastSeq).catch((err: unknown) => {
+                this.events.emit('error', err instanceof ImClientError ? err : new ImClientError('INTERNAL', String(err), 'history'))
+              })
+            } else if (e.action === 'removed' || e.action === 'left') {
+              this.conn.unsubscribeChannel(e.conv)
+            }
+          }
         }
         this.events.emit('member', e)
         break

@@ -1,13 +1,18 @@
 /**
  * The MQTT connection and request/reply matching. One persistent session (clean: false) per device,
- * subscribed at QoS 1 to the user's messages, events and this device's replies. Requests carry a
- * random `id` and resolve on the reply with the same id, or reject with TIMEOUT.
+ * subscribed at QoS 1 to the user's messages, events and this device's replies, and to the topics of
+ * the user's channels (im/c/<conv>/m, see subscribeChannels). Requests carry a random `id` and
+ * resolve on the reply with the same id, or reject with TIMEOUT.
  */
 import mqtt, { type MqttClient } from 'mqtt'
 import type { OpName, Reply } from '../protocol/schemas.js'
 import { ImClientError, type ImClientErrorCode } from './errors.js'
 import { randomId } from './ids.js'
 import type { IntervalTimer } from './types.js'
+import { channelTopic, parseChannelTopic } from '../protocol/topics.js'
+
+/** Channel topics per SUBSCRIBE packet. */
+const CHANNEL_TOPICS_PER_SUBSCRIBE = 100
 
 export interface ConnectionOptions {
   url: string
@@ -26,6 +31,7 @@ export interface ConnectionHandlers {
   down: () => void
   /** CONNACK refused or another error mqtt.js reports. */
   failure: (err: ImClientError) => void
+  /** A message of any conversation: from the user's inbox, or from a channel topic. */
   message: (payload: unknown) => void
   event: (payload: unknown) => void
 }
@@ -90,6 +96,33 @@ export class Connection {
     })
   }
 
+  /**
+   * Subscribes the topics of these channels (the server grants members only, up to its
+   * channels.subscriptionsPerConnection); resolves with the channels refused. Subscribe first, then
+   * pull `history {after}`: together they miss nothing (ConversationSync drops the overlap).
+   */
+  async subscribeChannels (convs: readonly string[]): Promise<string[]> {
+    const refused: string[] = []
+    for (let i = 0; i < convs.length; i += CHANNEL_TOPICS_PER_SUBSCRIBE) {
+      const chunk = convs.slice(i, i + CHANNEL_TOPICS_PER_SUBSCRIBE)
+      const granted = await new Promise<number[] | null>((resolve) => {
+        // mqtt.js reports a refused filter as an error; either way the SUBACK's codes are on its packet
+        this.mqtt.subscribe(chunk.map(channelTopic), { qos: 0 }, (_err, _grants, packet) => {
+          const codes = (packet as { granted?: Array<number | object> } | undefined)?.granted
+          resolve(codes?.map(g => typeof g === 'number' ? g : 128) ?? null)
+        })
+      })
+      if (granted === null) return [...refused, ...convs.slice(i)] // connection lost: the next connect subscribes again
+      chunk.forEach((conv, n) => { if (granted[n] === 128) refused.push(conv) })
+    }
+    return refused
+  }
+
+  /** Stops receiving a channel (the server also does this when the user leaves or is removed). */
+  unsubscribeChannel (conv: string): void {
+    if (this.mqtt.connected) this.mqtt.unsubscribe(channelTopic(conv))
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
@@ -125,6 +158,7 @@ export class Connection {
     if (topic === this.topics.m) this.handlers.message(data)
     else if (topic === this.topics.e) this.handlers.event(data)
     else if (topic === this.topics.r) this.onReply(data as Reply)
+    else if (parseChannelTopic(topic) !== null) this.handlers.message(data)
   }
 
   private onReply (reply: Reply): void {

@@ -24,6 +24,6 @@ export type {
   ClientStorage, ImClientOptions, IntervalTimer, ConnectionState, ImClientEvents,
   MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PushTargetInput, PushRegisterResult, PushUnregisterResult, PushTargetsResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
-  SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult,
+  SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult, CreateChannelResult, JoinResult, ChannelInfoResult, PostPolicy,
   ConversationSummary, ImEvent, MessageEnvelope
 } from './types.js'

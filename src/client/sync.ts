@@ -92,6 +92,15 @@ export class ConversationSync {
     if (c.synced === undefined) c.joinedLive = true
   }
 
+  /**
+   * This user joined a channel whose last seq was `lastSeq` once its topic was subscribed: the
+   * conversation starts there (unless it started already).
+   */
+  joinedAt (conv: string, lastSeq: number): void {
+    const c = this.conv(conv)
+    if (c.synced === undefined) this.setSynced(conv, c, lastSeq)
+  }
+
   /** This user left or was removed: forget the conversation (a later re-add starts afresh). */
   forget (conv: string): void {
     const c = this.convs.get(conv)

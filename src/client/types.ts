@@ -152,7 +152,13 @@ export interface RemoveMemberResult { conv: string, removed: string }
 export interface LeaveResult { conv: string, newOwner?: string }
 export interface RenameResult { conv: string, name: string }
 export interface SetRoleResult { conv: string, user: string, role: Role }
-export interface MembersResult { conv: string, kind: 'direct' | 'group', name: string | null, members: Array<{ user: string, role: Role }> }
+/** Channels answer one page (`after`/`limit`) with `count` (all members) and `next` (null: the last page). */
+export interface MembersResult { conv: string, kind: 'direct' | 'group' | 'channel', name: string | null, members: Array<{ user: string, role: Role }>, count?: number, next?: string | null }
+export type PostPolicy = 'admins' | 'members'
+export interface CreateChannelResult { conv: string, name: string, public: boolean, postPolicy: PostPolicy, topic: string }
+/** joined: false when already a member; lastSeq read after the subscription (pull history {after} from here). */
+export interface JoinResult { conv: string, name: string | null, joined: boolean, topic: string, lastSeq: number }
+export interface ChannelInfoResult { conv: string, name: string | null, public: boolean, postPolicy: PostPolicy, members: number, lastSeq: number, role: Role | null, canPost: boolean, topic: string }
 export interface MuteResult { conv: string, muted: boolean }
 export interface ReadResult { conv: string, readSeq: number, unread: number }
 /** typing: sent false when not sent (more than one a second, or a conversation above limits.typingMembersMax). */

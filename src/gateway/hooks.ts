@@ -17,16 +17,19 @@
  *   anywhere else are answered with an error reply and dropped; the connection stays up
  *   [MQTT-3.3.5-2 allows dropping].
  * - authorizeSubscribe: only filters inside the caller's own im/u/<user>/ subtree, at most
- *   `subscriptionsPerConnection` of them; anything else gets SUBACK 0x80 and the connection stays.
+ *   `subscriptionsPerConnection` of them, and the topics of channels the user is a member of (see
+ *   channels.ts); anything else gets SUBACK 0x80 and the connection stays.
  * - authorizeForward: O(1): only topics of the receiving user's subtree, and never a device's own
- *   reply topic (its replies are written to it directly).
+ *   reply topic (its replies are written to it directly); a channel topic only to a connection
+ *   that holds it (a member that has not left since).
  */
 import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
 import { LRUCache } from 'lru-cache'
 import { ImError, toWireError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore, UserRecord } from '../store/types.js'
-import { REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId } from '../protocol/topics.js'
+import { CHANNEL_PREFIX, REQUEST_PREFIX, SINK_TOPIC, isOwnFilter, parseClientId } from '../protocol/topics.js'
+import type { ChannelSubscriptions } from './channels.js'
 import type { Dispatcher } from '../im/dispatcher.js'
 import type { Publisher } from '../im/publisher.js'
 import type { Metrics } from '../metrics.js'
@@ -49,6 +52,8 @@ export interface HookOptions {
   rates: UserRateLimiter
   quota: SessionQuota
   pages: PageGate
+  /** Who may receive channel topics. */
+  channels: ChannelSubscriptions
   logger: Logger
   /** JWT login (auth.jwt); absent or null: passwords and API keys only. */
   jwt?: JwtLogin | null
@@ -122,7 +127,7 @@ const EMPTY = Buffer.alloc(0)
  * `send` is idempotent by itself (the sequencer answers a resent msgId with its seq, as a
  * duplicate).
  */
-const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks'] satisfies OpName[])
+const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info'] satisfies OpName[])
 /** Requests answered with pages of up to limits.pageBytes: they go through the PageGate. */
 const PAGE_OPS: ReadonlySet<string> = new Set(['history', 'list'] satisfies OpName[])
 
@@ -146,7 +151,22 @@ export class BrokerHooks {
     broker.authorizePublish = (client, packet, done) => {
       this.authorizePublish(client, packet).then(() => done(null), (err: Error) => done(err))
     }
-    broker.authorizeSubscribe = (client, sub, done) => { done(null, this.authorizeSubscribe(client, sub)) }
+    broker.authorizeSubscribe = (client, sub, done) => {
+      if (!sub.topic.startsWith(CHANNEL_PREFIX)) {
+        done(null, this.authorizeSubscribe(client, sub))
+        return
+      }
+      const session = this.sessions.get(client)
+      if (session === undefined) {
+        done(null, null)
+        return
+      }
+      // a store that cannot answer refuses this one subscription (SUBACK 0x80), not the connection
+      this.opts.channels.authorize(client, session, sub).then(granted => done(null, granted), (err: unknown) => {
+        this.opts.logger.warn({ err, topic: sub.topic }, 'channel subscription check failed')
+        done(null, null)
+      })
+    }
     broker.authorizeForward = (client, packet) => this.authorizeForward(client, packet)
     broker.on('clientReady', (client) => this.sessions.start(client))
     broker.on('unsubscribe', (filters, client) => this.sessions.removeFilters(client, filters))
@@ -385,7 +405,8 @@ export class BrokerHooks {
 
   private authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
     const session = this.sessions.get(client)
-    if (session === undefined || !packet.topic.startsWith(session.prefix)) return null
+    if (session === undefined) return null
+    if (!packet.topic.startsWith(session.prefix)) return session.channels.has(packet.topic) ? packet : null
     // this device got its replies directly (Publisher.reply); the routed copy is for watchers
     if (packet.topic === session.replyTopic) return null
     return packet

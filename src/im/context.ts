@@ -14,6 +14,7 @@ import type { Webhooks } from './webhooks.js'
 import type { BlockService } from './blocks.js'
 import type { PushService } from './push.js'
 import type { FileService } from '../files/service.js'
+import type { ChannelSubscriptions } from '../gateway/channels.js'
 
 export interface Caller {
   userId: string
@@ -43,6 +44,8 @@ export interface Services {
   push?: PushService
   /** Attachments (absent in unit tests that build Services by hand: upload answers UNAVAILABLE). */
   files?: FileService
+  /** Subscribes and unsubscribes channel members' connections (gateway/channels.ts). */
+  channels: ChannelSubscriptions
   now: () => number
 }
 

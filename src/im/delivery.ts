@@ -1,9 +1,10 @@
 /**
  * Delivery: what happens once messages are stored. The sequencer hands each committed batch here
  * (in seq order per conversation, before it answers the senders): every message goes to every
- * member's inbox (Publisher), then, in a cluster, the other nodes learn the highest seq stored
- * per conversation, so that their sequencers do not collide with it (Sequencer.observe), and
- * which messages were changed (edit, delete, react), so that they drop cached copies of them.
+ * member's inbox (Publisher), a channel's once to the channel's topic; then, in a cluster, the
+ * other nodes learn the highest seq stored per conversation, so that their sequencers do not
+ * collide with it (Sequencer.observe), and which messages were changed (edit, delete, react), so
+ * that they drop cached copies of them.
  *
  * Order across nodes: when members on two nodes write to one conversation at once, node B may
  * store seq S right after node A stored S-1 but before A has published it. B then waits (at most
@@ -114,6 +115,12 @@ export class Delivery implements CommitListener {
     for (const m of stored) {
       const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
       if (entry === null) continue
+      if (entry.conversation.kind === 'channel') {
+        // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
+        this.publisher.channelMessage(m)
+        if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
+        continue
+      }
       this.publisher.message(m, entry.memberIds)
       if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
       this.push?.noteStored(m)

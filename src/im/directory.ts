@@ -8,6 +8,11 @@
  * invalidation takes a number from a counter, and a load stores its result only if no
  * invalidation of that conversation (or, after eviction of the record, possibly of it) came
  * after the load started.
+ *
+ * Channels (kind 'channel', up to channels.membersMax members) are cached without their members:
+ * their entries hold the conversation only, and memberships are looked up one (channel, user) at
+ * a time through a separate LRU of channels.membershipCacheMax entries (what a subscribe check or
+ * a request needs), invalidated per user when the membership changes.
  */
 import { LRUCache } from 'lru-cache'
 import type { ConversationRecord, MemberRecord, MetadataStore } from '../store/types.js'
@@ -16,9 +21,15 @@ import { INVALIDATE_TOPIC } from '../protocol/topics.js'
 
 export interface ConversationEntry {
   conversation: ConversationRecord
+  /** Every member; empty for a channel (see ConversationDirectory.member). */
   members: ReadonlyMap<string, MemberRecord>
-  /** The members' ids (every message is published to each of them). */
+  /** The members' ids (every message is published to each of them); empty for a channel. */
   memberIds: readonly string[]
+}
+
+/** A (channel, user) key of the membership cache. */
+function memberKey (conversationId: string, userId: string): string {
+  return `${conversationId}\u0000${userId}`
 }
 
 export class ConversationDirectory {
@@ -30,15 +41,22 @@ export class ConversationDirectory {
   /** The highest invalidation number forgotten by invalidatedAt (evicted). */
   private forgottenUpTo = 0
 
-  constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus, maxEntries = 50_000) {
+  /** channel + user -> the membership, or null for "not a member" (channels only). */
+  private readonly memberships: LRUCache<string, MemberRecord | false>
+  private readonly loadingMembers = new Map<string, Promise<MemberRecord | null>>()
+
+  constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus, maxEntries = 50_000, maxMemberships = 200_000) {
     this.entries = new LRUCache({ max: maxEntries })
+    this.memberships = new LRUCache({ max: maxMemberships })
     this.invalidatedAt = new LRUCache({
-      max: maxEntries * 2,
+      max: maxEntries * 2 + maxMemberships,
       // only a record evicted for room is forgotten (an overwrite keeps a newer number)
       dispose: (n, _conv, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
     })
     bus.on(INVALIDATE_TOPIC, (notice) => {
-      if (typeof notice.conv === 'string') this.invalidateLocal(notice.conv)
+      if (typeof notice.conv !== 'string') return
+      if (Array.isArray(notice.users)) this.invalidateMembersLocal(notice.conv, notice.users.filter((u): u is string => typeof u === 'string'))
+      else this.invalidateLocal(notice.conv)
     })
   }
 
@@ -56,7 +74,7 @@ export class ConversationDirectory {
     const load = (async () => {
       const conversation = await this.meta.conversationGet(conversationId)
       if (conversation === null) return null
-      const entry = toEntry(conversation, await this.meta.memberList(conversationId))
+      const entry = toEntry(conversation, conversation.kind === 'channel' ? [] : await this.meta.memberList(conversationId))
       if (!this.changedSince(conversationId, started)) this.entries.set(conversationId, entry)
       return entry
     })()
@@ -94,9 +112,63 @@ export class ConversationDirectory {
   /** The member record if `userId` is a member, else null (also for unknown conversations). */
   async member (conversationId: string, userId: string): Promise<{ entry: ConversationEntry, member: MemberRecord } | null> {
     const entry = await this.get(conversationId)
-    const member = entry?.members.get(userId)
-    if (entry === null || member === undefined) return null
+    if (entry === null) return null
+    const member = entry.conversation.kind === 'channel' ? await this.channelMember(conversationId, userId) : entry.members.get(userId)
+    if (member === undefined || member === null) return null
     return { entry, member }
+  }
+
+  /** A channel membership without I/O: the record, null (not a member), or undefined (not cached). */
+  peekChannelMember (conversationId: string, userId: string): MemberRecord | null | undefined {
+    const hit = this.memberships.get(memberKey(conversationId, userId))
+    return hit === false ? null : hit
+  }
+
+  /** The user's membership of a channel, or null (one store read per miss; cached either way). */
+  async channelMember (conversationId: string, userId: string): Promise<MemberRecord | null> {
+    const key = memberKey(conversationId, userId)
+    const hit = this.memberships.get(key)
+    if (hit !== undefined) return hit === false ? null : hit
+    const inFlight = this.loadingMembers.get(key)
+    if (inFlight !== undefined) return await inFlight
+    const started = this.clock
+    const load = (async () => {
+      const member = await this.meta.memberGet(conversationId, userId)
+      if (!this.changedSince(key, started)) this.memberships.set(key, member ?? false)
+      return member
+    })()
+    this.loadingMembers.set(key, load)
+    try {
+      return await load
+    } finally {
+      if (this.loadingMembers.get(key) === load) this.loadingMembers.delete(key)
+    }
+  }
+
+  /** The invalidation clock: a check started at this mark is stale if channelMemberChangedSince says so. */
+  mark (): number {
+    return this.clock
+  }
+
+  /** True if this (channel, user) membership was invalidated after `mark` (or may have been). */
+  channelMemberChangedSince (conversationId: string, userId: string, mark: number): boolean {
+    return this.changedSince(memberKey(conversationId, userId), mark)
+  }
+
+  /** After channel memberships changed: drop them here and on every node. */
+  invalidateMembers (conversationId: string, userIds: readonly string[]): void {
+    if (userIds.length === 0) return
+    this.invalidateMembersLocal(conversationId, userIds)
+    this.bus.publish(INVALIDATE_TOPIC, { conv: conversationId, users: userIds })
+  }
+
+  invalidateMembersLocal (conversationId: string, userIds: readonly string[]): void {
+    for (const userId of userIds) {
+      const key = memberKey(conversationId, userId)
+      this.memberships.delete(key)
+      this.loadingMembers.delete(key)
+      this.invalidatedAt.set(key, ++this.clock)
+    }
   }
 
   /** After a change of the conversation or its members: drop the entry here and on every node. */
@@ -113,20 +185,21 @@ export class ConversationDirectory {
 
   /** Keeps a cached read cursor current without reloading the entry. */
   noteRead (conversationId: string, userId: string, readSeq: number): void {
-    const m = this.entries.peek(conversationId)?.members.get(userId)
-    if (m !== undefined && readSeq > m.readSeq) m.readSeq = readSeq
+    const m = this.entries.peek(conversationId)?.members.get(userId) ?? this.memberships.peek(memberKey(conversationId, userId))
+    if (m !== undefined && m !== false && readSeq > m.readSeq) m.readSeq = readSeq
   }
 
   noteMuted (conversationId: string, userId: string, muted: boolean): void {
-    const m = this.entries.peek(conversationId)?.members.get(userId)
-    if (m !== undefined) m.muted = muted
+    const m = this.entries.peek(conversationId)?.members.get(userId) ?? this.memberships.peek(memberKey(conversationId, userId))
+    if (m !== undefined && m !== false) m.muted = muted
   }
 
-  private changedSince (conversationId: string, started: number): boolean {
-    return (this.invalidatedAt.get(conversationId) ?? this.forgottenUpTo) > started
+  private changedSince (key: string, started: number): boolean {
+    return (this.invalidatedAt.get(key) ?? this.forgottenUpTo) > started
   }
 }
 
 function toEntry (conversation: ConversationRecord, list: MemberRecord[]): ConversationEntry {
+  if (conversation.kind === 'channel') return { conversation, members: new Map(), memberIds: [] }
   return { conversation, members: new Map(list.map(m => [m.userId, m])), memberIds: list.map(m => m.userId) }
 }

@@ -19,6 +19,7 @@ import { block, unblock, blocks } from './ops/blocks.js'
 import { edit, remove, react, typing } from './ops/changes.js'
 import { pushRegister, pushUnregister, pushTargets } from './ops/push.js'
 import { upload, fileUrl } from './ops/files.js'
+import { createChannel, join, channelInfo } from './ops/channels.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -51,7 +52,10 @@ const HANDLERS: HandlerTable = {
   'push-unregister': pushUnregister,
   'push-targets': pushTargets,
   upload,
-  'file-url': fileUrl
+  'file-url': fileUrl,
+  'create-channel': createChannel,
+  join,
+  'channel-info': channelInfo
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */

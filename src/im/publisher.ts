@@ -10,7 +10,7 @@ import type { StoredMessage } from '../store/types.js'
 import type { ImEvent, Reply } from '../protocol/schemas.js'
 import { serializeReply } from '../protocol/raw-json.js'
 import type { EnvelopeCache } from './envelopes.js'
-import { eventTopic, messageTopic } from '../protocol/topics.js'
+import { channelTopic, eventTopic, messageTopic } from '../protocol/topics.js'
 import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { Metrics } from '../metrics.js'
@@ -60,6 +60,15 @@ export class Publisher {
     this.sessions.hold(memberIds)
     for (const userId of memberIds) this.publish(messageTopic(userId), payload, 1)
     this.opts.metrics?.delivered(memberIds.length)
+  }
+
+  /**
+   * Delivers one stored channel message: one publish to the channel topic, which the broker fans
+   * out to the members' subscribed connections (one Redis publish in a cluster). QoS 0: never
+   * queued for offline sessions; members that were away pull with history {after}.
+   */
+  channelMessage (message: StoredMessage): void {
+    this.publish(channelTopic(message.conversationId), this.opts.envelopes.of(message), 0)
   }
 
   /**

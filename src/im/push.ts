@@ -46,7 +46,7 @@ export interface PushNotification {
   conv: string
   /** group: its name; direct: null. */
   convName: string | null
-  convKind: 'direct' | 'group'
+  convKind: 'direct' | 'group' | 'channel'
   seq: number
   from: string
   kind: string
@@ -337,7 +337,8 @@ export class PushService {
     const services = this.services
     if (services === null) return
     const entry = await services.directory.get(conv)
-    if (entry === null) return
+    // channels are read by pull (history): no pushes, and their member lists are never read whole
+    if (entry === null || entry.conversation.kind === 'channel') return
     const who = this.recipients(entry, p)
     if (who.size === 0) return
     const targets = await this.opts.targets.of([...who.keys()])

@@ -93,7 +93,26 @@ export const LeaveRequest = z.object({ ...base, conv: ConvId }).strict()
 export const RenameRequest = z.object({ ...base, conv: ConvId, name: GroupName }).strict()
 export const SetRoleRequest = z.object({ ...base, conv: ConvId, user: UserId, role: RoleSchema }).strict()
 export const ReceiptsRequest = z.object({ ...base, conv: ConvId, seq: Seq.min(1) }).strict()
-export const MembersRequest = z.object({ ...base, conv: ConvId }).strict()
+export const MembersRequest = z.object({
+  ...base,
+  conv: ConvId,
+  /** Channels: the page starts after this user id (the `next` of the previous page). */
+  after: UserId.optional(),
+  /** Channels: page size; default and maximum channels.membersPageMax. */
+  limit: z.number().int().min(1).optional()
+}).strict()
+export const PostPolicySchema = z.enum(['admins', 'members'])
+/** A channel: read diffusion, one publish per message to im/c/<conv>/m (see topics.md "Channels"). */
+export const CreateChannelRequest = z.object({
+  ...base,
+  name: GroupName,
+  /** Anyone may join by id (default false: members are added by admins). */
+  public: z.boolean().optional(),
+  /** Who may post (default 'admins': the admins and the owner). */
+  postPolicy: PostPolicySchema.optional()
+}).strict()
+export const JoinRequest = z.object({ ...base, conv: ConvId }).strict()
+export const ChannelInfoRequest = z.object({ ...base, conv: ConvId }).strict()
 export const PresenceRequest = z.object({ ...base, users: z.array(UserId).min(1).max(500) }).strict()
 export const GroupInvitesSchema = z.enum(['anyone', 'contacts'])
 /** Reads my settings, changing those given. */
@@ -180,7 +199,10 @@ export const REQUESTS = {
   'push-unregister': PushUnregisterRequest,
   'push-targets': PushTargetsRequest,
   upload: UploadRequest,
-  'file-url': FileUrlRequest
+  'file-url': FileUrlRequest,
+  'create-channel': CreateChannelRequest,
+  join: JoinRequest,
+  'channel-info': ChannelInfoRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS
@@ -216,7 +238,7 @@ export interface MessageEnvelope {
 
 export interface ConversationSummary {
   conv: string
-  kind: 'direct' | 'group'
+  kind: 'direct' | 'group' | 'channel'
   /** Group name; for direct conversations null (see `peer`). */
   name: string | null
   /** Direct conversations: the other member. */
@@ -233,7 +255,7 @@ export interface ConversationSummary {
 
 /** Events on im/u/<user>/e. */
 export type ImEvent =
-  | { type: 'member', conv: string, action: 'added' | 'removed' | 'left' | 'role' | 'renamed', by: string, users: string[], role?: string, name?: string, kind: 'direct' | 'group' }
+  | { type: 'member', conv: string, action: 'added' | 'removed' | 'left' | 'role' | 'renamed', by: string, users: string[], role?: string, name?: string, kind: 'direct' | 'group' | 'channel', lastSeq?: number }
   | { type: 'read', conv: string, readSeq: number, unread: number }
   | { type: 'receipt', conv: string, kind: 'direct', user: string, readSeq: number }
   | { type: 'receipt', conv: string, kind: 'group', lastSeq: number, members: number, readAll: number, minReadSeq: number }

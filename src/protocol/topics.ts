@@ -5,8 +5,10 @@
  *   im/u/<user>/m            messages of all the user's conversations (server -> every device)
  *   im/u/<user>/e            events: membership, read-cursor moves, receipts (server -> every device)
  *   im/u/<user>/r/<device>   replies to requests made by one device (server -> that device)
+ *   im/c/<conv>/m            messages of one channel (server -> every subscribed member, QoS 0)
  *
- * A client may subscribe to filters inside its own im/u/<user>/ subtree only.
+ * A client may subscribe to filters inside its own im/u/<user>/ subtree, and to the topic of each
+ * channel it is a member of (no wildcards).
  */
 export const REQUEST_PREFIX = 'im/req/'
 /** Requests are re-pointed here after handling so that Aedes routes them nowhere. `$` topics never match `#` [MQTT-4.7.2-1]. */
@@ -39,6 +41,19 @@ export function eventTopic (userId: string): string {
 export function replyTopic (userId: string, deviceId: string): string {
   return `im/u/${userId}/r/${deviceId}`
 }
+
+/** Channel messages: published once per message, fanned out by the broker to subscribed members. */
+export const CHANNEL_PREFIX = 'im/c/'
+const CHANNEL_TOPIC = /^im\/c\/([A-Za-z0-9_-]{1,40})\/m$/
+export function channelTopic (conversationId: string): string {
+  return `${CHANNEL_PREFIX}${conversationId}/m`
+}
+/** The conversation id of a channel topic `im/c/<conv>/m` (no wildcards), else null. */
+export function parseChannelTopic (topic: string): string | null {
+  return CHANNEL_TOPIC.exec(topic)?.[1] ?? null
+}
+/** {conv, users, action: 'joined' | 'left'}: channel memberships changed (subscribe or unsubscribe these users' sessions). */
+export const CHANNEL_MEMBERS_TOPIC = '$mqim/channel-members'
 
 /** clientId scheme: `<user>:<device>`. Binds every session to the authenticated user. */
 export function parseClientId (clientId: string): { userId: string, deviceId: string } | null {

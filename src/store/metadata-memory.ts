@@ -133,21 +133,21 @@ export class MemoryMetadataStore implements MetadataStore {
       userIds.add(member.userId)
     }
 
-    this.conversations.set(conversation.id, { ...conversation })
+    this.conversations.set(conversation.id, copyConversation(conversation))
     if (conversation.directKey !== null) this.directKeys.set(conversation.directKey, conversation.id)
     for (const member of members) this.insertMember(member)
   }
 
   async conversationGet (id: string): Promise<ConversationRecord | null> {
     const conversation = this.conversations.get(id)
-    return conversation === undefined ? null : { ...conversation }
+    return conversation === undefined ? null : copyConversation(conversation)
   }
 
   async conversationGetMany (ids: readonly string[]): Promise<ConversationRecord[]> {
     const result: ConversationRecord[] = []
     for (const id of new Set(ids)) {
       const conversation = this.conversations.get(id)
-      if (conversation !== undefined) result.push({ ...conversation })
+      if (conversation !== undefined) result.push(copyConversation(conversation))
     }
     return result
   }
@@ -155,7 +155,7 @@ export class MemoryMetadataStore implements MetadataStore {
   async conversationCountCreatedSince (userId: string, since: number): Promise<number> {
     let count = 0
     for (const c of this.conversations.values()) {
-      if (c.kind === 'group' && c.createdBy === userId && c.createdAt >= since) count++
+      if (c.kind !== 'direct' && c.createdBy === userId && c.createdAt >= since) count++
     }
     return count
   }
@@ -179,6 +179,19 @@ export class MemoryMetadataStore implements MetadataStore {
   async memberGet (conversationId: string, userId: string): Promise<MemberRecord | null> {
     const member = this.findMember(conversationId, userId)
     return member === undefined ? null : { ...member }
+  }
+
+  async memberPage (conversationId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]> {
+    if (!Number.isSafeInteger(page.limit)) throw new RangeError(`page limit must be an integer, got ${String(page.limit)}`)
+    if (page.limit <= 0) return []
+    const after = page.after
+    const byUser = this.members.get(conversationId)
+    if (byUser === undefined) return []
+    return [...byUser.keys()]
+      .filter((id) => after === null || compare(id, after) > 0)
+      .sort(compare)
+      .slice(0, page.limit)
+      .map((id) => ({ ...(byUser.get(id) as MemberRecord) }))
   }
 
   async memberAdd (members: MemberRecord[]): Promise<string[]> {
@@ -452,6 +465,10 @@ export class MemoryMetadataStore implements MetadataStore {
     conversationIds?.delete(conversationId)
     if (conversationIds?.size === 0) this.membershipsByUser.delete(userId)
   }
+}
+
+function copyConversation (c: ConversationRecord): ConversationRecord {
+  return c.channel === undefined ? { ...c } : { ...c, channel: { ...c.channel } }
 }
 
 /**

@@ -24,6 +24,7 @@ import {
   type PushTargetRecord,
   type BlockRecord,
   type ConversationKind,
+  type PostPolicy,
   type ConversationRecord,
   type GroupInvites,
   type MemberRecord,
@@ -68,7 +69,7 @@ const ER_DUP_ENTRY = 1062
 const ER_LOCK_DEADLOCK = 1213
 
 const USER_COLUMNS = 'id, kind, display_name, secret_hash, disabled, created_at, group_invites'
-const CONVERSATION_COLUMNS = 'id, kind, name, direct_key, created_by, created_at'
+const CONVERSATION_COLUMNS = 'id, kind, name, direct_key, created_by, created_at, channel_public, channel_post'
 const MEMBER_COLUMNS = 'conversation_id, user_id, role, read_seq, muted, joined_at'
 
 interface UserRow extends RowDataPacket {
@@ -88,6 +89,8 @@ interface ConversationRow extends RowDataPacket {
   direct_key: string | null
   created_by: string
   created_at: number | string
+  channel_public: number | null
+  channel_post: PostPolicy | null
 }
 
 interface MemberRow extends RowDataPacket {
@@ -287,8 +290,9 @@ export class MySqlMetadataStore implements MetadataStore {
     try {
       await this.transaction(async (conn) => {
         await conn.execute(
-          `INSERT INTO conversations (${CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`,
-          [conversation.id, conversation.kind, conversation.name, conversation.directKey, conversation.createdBy, conversation.createdAt]
+          `INSERT INTO conversations (${CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+          [conversation.id, conversation.kind, conversation.name, conversation.directKey, conversation.createdBy, conversation.createdAt,
+            conversation.channel === undefined ? null : conversation.channel.public, conversation.channel?.postPolicy ?? null]
         )
         if (members.length > 0) {
           await conn.query(`INSERT INTO members (${MEMBER_COLUMNS}) VALUES ?`, [members.map(memberValues)])
@@ -312,7 +316,7 @@ export class MySqlMetadataStore implements MetadataStore {
   async conversationCountCreatedSince (userId: string, since: number): Promise<number> {
     // Served by idx_conversations_created_by (created_by, created_at).
     const [rows] = await this.pool.execute<CountRow[]>(
-      "SELECT COUNT(*) AS n FROM conversations WHERE created_by = ? AND created_at >= ? AND kind = 'group'", [userId, since])
+      "SELECT COUNT(*) AS n FROM conversations WHERE created_by = ? AND created_at >= ? AND kind <> 'direct'", [userId, since])
     return toSafeNumber(rows[0]?.n, 'COUNT(*)')
   }
 
@@ -335,6 +339,16 @@ export class MySqlMetadataStore implements MetadataStore {
     const [rows] = await this.pool.execute<MemberRow[]>(
       `SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? AND user_id = ?`, [conversationId, userId])
     return rows[0] === undefined ? null : toMember(rows[0])
+  }
+
+  async memberPage (conversationId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]> {
+    if (!Number.isSafeInteger(page.limit)) throw new RangeError(`page limit must be an integer, got ${String(page.limit)}`)
+    if (page.limit <= 0) return []
+    // one range of the primary key (conversation_id, user_id)
+    const [rows] = page.after === null
+      ? await this.pool.query<MemberRow[]>(`SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? ORDER BY user_id LIMIT ?`, [conversationId, page.limit])
+      : await this.pool.query<MemberRow[]>(`SELECT ${MEMBER_COLUMNS} FROM members WHERE conversation_id = ? AND user_id > ? ORDER BY user_id LIMIT ?`, [conversationId, page.after, page.limit])
+    return rows.map(toMember)
   }
 
   async memberAdd (members: MemberRecord[]): Promise<string[]> {
@@ -800,7 +814,8 @@ function toConversation (row: ConversationRow): ConversationRecord {
     name: row.name,
     directKey: row.direct_key,
     createdBy: row.created_by,
-    createdAt: toSafeNumber(row.created_at, 'conversations.created_at')
+    createdAt: toSafeNumber(row.created_at, 'conversations.created_at'),
+    ...(row.kind === 'channel' ? { channel: { public: row.channel_public === 1, postPolicy: row.channel_post ?? 'admins' } } : {})
   }
 }
 

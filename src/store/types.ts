@@ -6,7 +6,9 @@
  */
 
 export type UserKind = 'user' | 'bot'
-export type ConversationKind = 'direct' | 'group'
+export type ConversationKind = 'direct' | 'group' | 'channel'
+/** Who may post in a channel: its admins and owner (the default), or every member. */
+export type PostPolicy = 'admins' | 'members'
 export type Role = 'owner' | 'admin' | 'member'
 /** Who may add a user to groups: anyone, or only people who already share a conversation with them. */
 export type GroupInvites = 'anyone' | 'contacts'
@@ -35,6 +37,14 @@ export interface ConversationRecord {
   directKey: string | null
   createdBy: string
   createdAt: number
+  /** Channels only (kind 'channel'): who may join by id, and who may post. */
+  channel?: ChannelSettings
+}
+
+export interface ChannelSettings {
+  /** Anyone may join by id (`join`); otherwise only admins add members. */
+  public: boolean
+  postPolicy: PostPolicy
 }
 
 export interface MemberRecord {
@@ -116,6 +126,12 @@ export interface MetadataStore {
 
   memberList (conversationId: string): Promise<MemberRecord[]>
   memberGet (conversationId: string, userId: string): Promise<MemberRecord | null>
+  /**
+   * One page of a conversation's members by user id ascending (byte order), ids > `after` (null:
+   * from the start): keyset paging for channels, whose member lists are not read whole. A limit
+   * of 0 or less gives an empty page; one that is not an integer throws RangeError.
+   */
+  memberPage (conversationId: string, page: { after: string | null, limit: number }): Promise<MemberRecord[]>
   /** Adds members that are not members yet; returns the user ids actually added. */
   memberAdd (members: MemberRecord[]): Promise<string[]>
   /** Members of several conversations in one round trip: conversation id -> members (absent: none). */

@@ -579,6 +579,60 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
     })
 
+    describe('channels', () => {
+      function channel (id: string, settings: ConversationRecord['channel'] = { public: true, postPolicy: 'members' }): ConversationRecord {
+        return { id, kind: 'channel', name: `Channel ${id}`, directKey: null, createdBy: 'alice', createdAt: T0 + 4, channel: settings }
+      }
+
+      test('a channel round-trips its kind and settings, alone and in batches, as copies', async () => {
+        await store.conversationCreate(channel('c1'), [member('c1', 'alice', { role: 'owner' })])
+        await store.conversationCreate(channel('c2', { public: false, postPolicy: 'admins' }), [])
+        expect(await store.conversationGet('c1')).toStrictEqual(channel('c1'))
+        expect(await store.conversationGet('c2')).toStrictEqual(channel('c2', { public: false, postPolicy: 'admins' }))
+        const many = await store.conversationGetMany(['c2', 'c1'])
+        expect(many.sort((a, b) => byteOrder(a.id, b.id))).toStrictEqual([channel('c1'), channel('c2', { public: false, postPolicy: 'admins' })])
+        const got = await store.conversationGet('c1')
+        if (got?.channel !== undefined) got.channel.public = false
+        expect(await store.conversationGet('c1')).toStrictEqual(channel('c1'))
+        // groups have no settings
+        await store.conversationCreate(group('g1'), [])
+        expect((await store.conversationGet('g1'))?.channel).toBeUndefined()
+      })
+
+      test('channels count in conversationCountCreatedSince like groups', async () => {
+        await store.conversationCreate(channel('c1'), [])
+        await store.conversationCreate(group('g1'), [])
+        expect(await store.conversationCountCreatedSince('alice', 0)).toBe(2)
+      })
+
+      test('memberPage pages by user id in byte order, each member once, whole records', async () => {
+        const ids = ['b', 'B', 'a', '_x', '0', 'a-b', 'zz', 'A']
+        await store.conversationCreate(channel('c1'), ids.map((u, i) => member('c1', u, { readSeq: i })))
+        await store.conversationCreate(channel('c2'), [member('c2', 'other')])
+        const seen: MemberRecord[] = []
+        let after: string | null = null
+        for (;;) {
+          const page: MemberRecord[] = await store.memberPage('c1', { after, limit: 3 })
+          seen.push(...page)
+          if (page.length < 3) break
+          after = page[page.length - 1]?.userId ?? null
+        }
+        expect(seen.map(m => m.userId)).toStrictEqual([...ids].sort(byteOrder))
+        expect(seen.find(m => m.userId === 'zz')).toStrictEqual(member('c1', 'zz', { readSeq: 6 }))
+        expect(await store.memberPage('c1', { after: 'zz', limit: 10 })).toStrictEqual([])
+        expect(await store.memberPage('c1', { after: 'a', limit: 1 })).toStrictEqual([member('c1', 'a-b', { readSeq: 5 })])
+        expect(await store.memberPage('nope', { after: null, limit: 10 })).toStrictEqual([])
+        expect(await store.memberPage('c1', { after: null, limit: 0 })).toStrictEqual([])
+        expect(await store.memberPage('c1', { after: null, limit: -5 })).toStrictEqual([])
+        await expect(store.memberPage('c1', { after: null, limit: 1.5 })).rejects.toThrow(RangeError)
+        await expect(store.memberPage('c1', { after: null, limit: Number.NaN })).rejects.toThrow(RangeError)
+        // a copy: changing it changes nothing stored
+        const [first] = await store.memberPage('c1', { after: null, limit: 1 })
+        if (first !== undefined) first.role = 'owner'
+        expect((await store.memberPage('c1', { after: null, limit: 1 }))[0]?.role).toBe('member')
+      })
+    })
+
     describe('batched member reads', () => {
       beforeEach(async () => {
         await store.conversationCreate(group('g1'), [member('g1', 'bob'), member('g1', 'alice', { role: 'owner', readSeq: 4 })])

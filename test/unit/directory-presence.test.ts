@@ -71,10 +71,14 @@ describe('ConversationDirectory', () => {
 })
 
 describe('PresenceService', () => {
-  test('contacts of a user in 200 conversations cost four store calls, and big groups are left out', async () => {
+  test('contacts of a user in 200 conversations cost five store calls; big groups and channels are left out, channels not even counted', async () => {
     const meta = new MemoryMetadataStore()
     for (let i = 0; i < 200; i++) await meta.conversationCreate(group(`g${i}`), [member(`g${i}`, 'alice'), member(`g${i}`, `friend${i % 50}`)])
     await meta.conversationCreate(group('big'), ['alice', ...Array.from({ length: 20 }, (_, i) => `crowd${i}`)].map(u => member('big', u)))
+    await meta.conversationCreate({ ...group('chan'), kind: 'channel', channel: { public: true, postPolicy: 'admins' } }, [member('chan', 'alice'), member('chan', 'reader')])
+    const counted0 = meta.memberCountMany.bind(meta)
+    const countedIds: string[] = []
+    meta.memberCountMany = async (ids) => { countedIds.push(...ids); return await counted0(ids) }
     const { store, calls } = counted(meta, 'memberList')
     const events: Array<{ to: string[], event: ImEvent }> = []
     const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
@@ -91,7 +95,9 @@ describe('PresenceService', () => {
     const contacts = await presence.contactsOf('alice')
     expect(contacts.size).toBe(50)
     expect([...contacts].some(u => u.startsWith('crowd'))).toBe(false)
-    expect(Object.fromEntries(calls)).toEqual({ memberListByUser: 1, memberCountMany: 1, conversationGetMany: 1, memberListMany: 1 })
+    expect(contacts.has('reader')).toBe(false)
+    expect(countedIds).not.toContain('chan')
+    expect(Object.fromEntries(calls)).toEqual({ memberListByUser: 1, memberCountMany: 1, conversationGetMany: 2, memberListMany: 1 })
     await presence.close()
   })
 

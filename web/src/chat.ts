@@ -6,6 +6,7 @@
 import type { ImClient } from '../../src/client/index.js'
 import { Blocks } from './blocks.js'
 import { Changes } from './changes.js'
+import { Channels } from './channels.js'
 import { Conversations } from './conversations.js'
 import { Members } from './members.js'
 import { noteMention } from './mentions.js'
@@ -19,6 +20,7 @@ export class Chat {
   readonly messages: Messages
   readonly changes: Changes
   readonly members: Members
+  readonly channels: Channels
   readonly conversations: Conversations
   readonly typing: Typing
   readonly blocks: Blocks
@@ -30,7 +32,8 @@ export class Chat {
     this.messages = new Messages(client, store)
     this.changes = new Changes(client, store)
     this.members = new Members(client, store)
-    this.conversations = new Conversations(client, store, this.messages, this.members)
+    this.channels = new Channels(client, store)
+    this.conversations = new Conversations(client, store, this.messages, this.members, this.channels)
     this.typing = new Typing(client, store)
     this.blocks = new Blocks(client, store)
     this.push = new Push(client, store, conv => { void this.conversations.open(conv) })

@@ -7,6 +7,7 @@ import type { ConversationSummary, ImClient, MemberEvent, ReadEvent } from '../.
 import { describeError } from './format.js'
 import type { Members } from './members.js'
 import type { Messages } from './messages.js'
+import type { Channels } from './channels.js'
 import { noteListed } from './mentions.js'
 import { heldUnread, realsIn, type AppStore, type ChatState, type Presence } from './store.js'
 
@@ -21,7 +22,8 @@ export class Conversations {
     private readonly client: ImClient,
     private readonly store: AppStore,
     private readonly messages: Messages,
-    private readonly members: Members
+    private readonly members: Members,
+    private readonly channels: Channels
   ) {}
 
   async start (): Promise<void> {
@@ -92,6 +94,7 @@ export class Conversations {
     }
     this.scheduleRefresh(0)
     if (e.conv === this.store.state.active && e.kind === 'group') void this.members.load()
+    if (e.conv === this.store.state.active && e.kind === 'channel') void this.channels.load(e.conv)
   }
 
   onPresence (statuses: Presence[]): void {
@@ -124,6 +127,7 @@ export class Conversations {
       if (switching) state.membersOpen = false
     })
     if (s.kind === 'group' && switching) void this.members.load()
+    if (s.kind === 'channel' && switching) void this.channels.load(conv)
     await this.messages.opened(conv)
   }
 
@@ -163,6 +167,37 @@ export class Conversations {
       this.added({ conv: r.conv, kind: 'group', name: r.name, role: 'owner', lastSeq: 0, last: null, readSeq: 0, unread: 0, mentions: 0, muted: false })
       await this.open(r.conv)
     })
+  }
+
+  /** Creates a channel (public: anyone may join by its id) and opens it. */
+  async createChannel (name: string, isPublic: boolean): Promise<boolean> {
+    return await this.guard(async () => {
+      const r = await this.client.createChannel(name, { public: isPublic })
+      this.added({ conv: r.conv, kind: 'channel', name: r.name, role: 'owner', lastSeq: 0, last: null, readSeq: 0, unread: 0, mentions: 0, muted: false })
+      await this.open(r.conv)
+    })
+  }
+
+  /** Joins a public channel by its id and opens it. */
+  async joinChannel (conv: string): Promise<boolean> {
+    return await this.guard(async () => {
+      const r = await this.client.join(conv)
+      this.added({ conv: r.conv, kind: 'channel', name: r.name, role: 'member', lastSeq: r.lastSeq, last: null, readSeq: r.lastSeq, unread: 0, mentions: 0, muted: false })
+      await this.open(r.conv)
+    })
+  }
+
+  async leaveChannel (conv: string): Promise<void> {
+    try {
+      await this.client.leave(conv)
+      this.closeChat()
+      this.store.update(state => {
+        state.summaries.delete(conv)
+        state.channels.delete(conv)
+      })
+    } catch (err) {
+      this.store.update(state => { state.chatError = { conv, text: describeError(err) } })
+    }
   }
 
   private added (s: ConversationSummary): void {

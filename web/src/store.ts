@@ -3,7 +3,7 @@
  * change the state through `update`; the views read it and re-render when the store notifies them,
  * once per microtask however many updates ran. Nothing else holds what is shown.
  */
-import type { ConnectionState, ConversationSummary, MessageEnvelope, PresenceEvent, Role } from '../../src/client/index.js'
+import type { ChannelInfoResult, ConnectionState, ConversationSummary, MessageEnvelope, PresenceEvent, Role } from '../../src/client/index.js'
 
 /** An own send not yet seen as a stored message; `error` says why it failed (shown under it). */
 export interface Pending { msgId: string, text: string, mentions?: string[], failed: boolean, error: string | null }
@@ -82,6 +82,8 @@ export interface AppState {
   uploads: Map<string, Upload>
   /** Notifications through Web Push on this device (web/src/push.ts). */
   push: PushState
+  /** Channels opened here: settings, member count, my role (web/src/channels.ts). */
+  channels: Map<string, ChannelInfoResult>
 }
 
 export interface PushState {
@@ -112,7 +114,8 @@ export function initialState (): AppState {
     blocked: new Set(),
     push: { status: 'off', detail: null },
     uploads: new Map(),
-    pageVisible: true
+    pageVisible: true,
+    channels: new Map()
   }
 }
 
@@ -155,7 +158,7 @@ export function chatOf (state: AppState, conv: string): ChatState {
 }
 
 export function titleOf (s: ConversationSummary): string {
-  return s.kind === 'direct' ? (s.peer ?? 'direct chat') : (s.name ?? 'group')
+  return s.kind === 'direct' ? (s.peer ?? 'direct chat') : (s.name ?? s.kind)
 }
 
 /** Unread as shown: nothing for the chat being looked at. */

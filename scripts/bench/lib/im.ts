@@ -119,6 +119,18 @@ export async function openDirects<const T extends ReadonlyArray<readonly [Accoun
   })
 }
 
+/** A channel every member may post in (the bench's senders are members), the members added in requests of 1,000. */
+export async function createChannel (target: Target, owner: Account, members: string[], name: string): Promise<string> {
+  const im = await ImClient.connect(target, owner, 'setup')
+  try {
+    const { conv } = await im.request<{ conv: string }>('create-channel', { name, postPolicy: 'members' })
+    for (let i = 0; i < members.length; i += 1000) await im.request('add-members', { conv, members: members.slice(i, i + 1000) })
+    return conv
+  } finally {
+    await im.end()
+  }
+}
+
 export async function createGroup (target: Target, owner: Account, members: string[], name: string): Promise<string> {
   const im = await ImClient.connect(target, owner, 'setup')
   try {

@@ -9,8 +9,10 @@ export interface ClientSpec {
   username?: string
   password?: string
   clean: boolean
-  /** Filters subscribed at QoS 1 after CONNACK. */
+  /** Filters subscribed at QoS 1 (or `subscribeQos`) after CONNACK. */
   subscribe: string[]
+  /** 0: deliveries at QoS 0 whatever the publish's QoS (the channel scenario's baselines: mqim delivers channels at QoS 0). */
+  subscribeQos?: 0 | 1
   /** The user this client belongs to: deliveries whose envelope says "from":me are echoes. */
   me: string
 }

@@ -24,6 +24,7 @@ import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import type { ConversationEntry } from '../directory.js'
 import { outranks, requireMember } from '../access.js'
+import { requirePoster } from './channels.js'
 import { requireNotBlocked } from '../blocks.js'
 import { isChangeKind, type ChangeKind, type MemberRecord, type MessageChanges, type Role, type StoredMessage } from '../../store/types.js'
 import { emojiCount } from '../../store/changes.js'
@@ -44,6 +45,7 @@ async function targetOf (caller: Caller, conv: string, target: number, services:
   const { entry, member } = cached?.members.has(caller.userId) === true
     ? { entry: cached, member: cached.members.get(caller.userId) as MemberRecord }
     : await requireMember(services, caller, conv)
+  requirePoster(entry, member)
   if (blockable && entry.conversation.kind === 'direct') await requireNotBlocked(services, caller, entry)
   const known = services.sequencer.knownLastSeq(conv)
   const lastSeq = known !== undefined && known >= target ? known : await services.sequencer.lastSeqFor(conv, target)
@@ -128,10 +130,11 @@ async function checkDelete (caller: Caller, req: RequestOf<'delete'>, services: 
   // deleting one's own words stays possible in a conversation with someone blocked
   const { entry, role, message } = await targetOf(caller, req.conv, req.target, services, false)
   if (message.senderId !== caller.userId) {
-    if (entry.conversation.kind !== 'group') throw new ImError('FORBIDDEN', 'only the sender may delete a message')
+    if (entry.conversation.kind === 'direct') throw new ImError('FORBIDDEN', 'only the sender may delete a message')
     // as for removing members: an admin deletes members' messages, the owner anyone's (someone who
     // left counts as a member)
-    const senderRole = entry.members.get(message.senderId)?.role ?? 'member'
+    const sender = entry.conversation.kind === 'channel' ? await services.directory.channelMember(req.conv, message.senderId) : entry.members.get(message.senderId)
+    const senderRole = sender?.role ?? 'member'
     if (!outranks(role, senderRole)) throw new ImError('FORBIDDEN', role === 'member' ? 'only the sender, an admin or the owner may delete a message' : `an ${role} may delete only messages of members of lower rank`)
   }
   return message
@@ -209,6 +212,7 @@ const typingTimes = new WeakMap<Services, LRUCache<string, number>>()
 
 export async function typing (caller: Caller, req: RequestOf<'typing'>, services: Services): Promise<{ conv: string, sent: boolean }> {
   const { entry } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') throw new ImError('FORBIDDEN', 'channels have no typing indicators')
   await requireNotBlocked(services, caller, entry)
   if (entry.memberIds.length > services.config.limits.typingMembersMax) return { conv: req.conv, sent: false }
   const on = req.typing !== false

@@ -22,13 +22,14 @@ import { StoreConflictError, type ConversationRecord, type MemberRecord, type Ro
 import type { Caller, Services } from '../context.js'
 import { outranks, requireGroup, requireMember, requireRole } from '../access.js'
 import { requireUnblocked } from '../blocks.js'
+import { channelAddMembers, channelLeave, channelMembers, channelRemoveMember, channelRename, channelSetRole } from './channels.js'
 
 /** 16 characters of [A-Za-z0-9_-], starting with a letter (never '-', which shells read as a flag). */
 export function newConversationId (): string {
   return 'c' + randomBytes(12).toString('base64url').slice(0, 15)
 }
 
-function newMember (conversationId: string, userId: string, role: Role, now: number): MemberRecord {
+export function newMember (conversationId: string, userId: string, role: Role, now: number): MemberRecord {
   return { conversationId, userId, role, readSeq: 0, muted: false, joinedAt: now }
 }
 
@@ -42,7 +43,7 @@ async function requireUsersExist (services: Services, userIds: string[]): Promis
 }
 
 /** Each of these users may join one more conversation (limits.conversationsPerUser). */
-async function requireRoomFor (services: Services, userIds: string[]): Promise<void> {
+export async function requireRoomFor (services: Services, userIds: string[]): Promise<void> {
   const max = services.config.limits.conversationsPerUser
   const counts = await services.meta.memberCountByUsers(userIds)
   const full = userIds.filter(u => (counts.get(u) ?? 0) >= max)
@@ -54,7 +55,7 @@ async function requireRoomFor (services: Services, userIds: string[]): Promise<v
  * setting lets the caller do it ('contacts': only people who already share a conversation with
  * them), and they have room.
  */
-async function requireInvitable (services: Services, caller: Caller, userIds: string[]): Promise<void> {
+export async function requireInvitable (services: Services, caller: Caller, userIds: string[]): Promise<void> {
   const users = await requireUsersExist(services, userIds)
   const blockers = await services.blocks.blockersAmong(caller.userId, userIds)
   if (blockers.size > 0) throw new ImError('BLOCKED', `they have blocked you: ${[...blockers].sort().join(', ')}`)
@@ -69,7 +70,7 @@ async function requireInvitable (services: Services, caller: Caller, userIds: st
 }
 
 /** limits.groupsCreatedPerHour, over a rolling hour, counted in the store (so across nodes and restarts). */
-async function requireGroupQuota (services: Services, caller: Caller): Promise<void> {
+export async function requireGroupQuota (services: Services, caller: Caller): Promise<void> {
   const max = services.config.limits.groupsCreatedPerHour
   const created = await services.meta.conversationCountCreatedSince(caller.userId, services.now() - 3_600_000)
   if (created >= max) throw new ImError('RATE_LIMITED', `at most ${max} groups per hour; retry later`)
@@ -118,6 +119,7 @@ export async function createGroup (caller: Caller, req: RequestOf<'create-group'
 
 export async function addMembers (caller: Caller, req: RequestOf<'add-members'>, services: Services): Promise<{ conv: string, added: string[] }> {
   const { entry, member } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelAddMembers(caller, req, member, entry, services)
   requireGroup(entry)
   requireRole(member, 'admin')
   const candidates = [...new Set(req.members)].filter(u => !entry.members.has(u))
@@ -137,6 +139,7 @@ export async function addMembers (caller: Caller, req: RequestOf<'add-members'>,
 
 export async function removeMember (caller: Caller, req: RequestOf<'remove-member'>, services: Services): Promise<{ conv: string, removed: string }> {
   const { entry, member } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelRemoveMember(caller, req, member, services)
   requireGroup(entry)
   requireRole(member, 'admin')
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'use leave to remove yourself')
@@ -151,6 +154,7 @@ export async function removeMember (caller: Caller, req: RequestOf<'remove-membe
 
 export async function leave (caller: Caller, req: RequestOf<'leave'>, services: Services): Promise<{ conv: string, newOwner?: string }> {
   const { entry, member } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelLeave(caller, req, member, services)
   requireGroup(entry)
   let newOwner: string | undefined
   if (member.role === 'owner') {
@@ -171,6 +175,7 @@ export async function leave (caller: Caller, req: RequestOf<'leave'>, services: 
 
 export async function rename (caller: Caller, req: RequestOf<'rename'>, services: Services): Promise<{ conv: string, name: string }> {
   const { entry, member } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelRename(caller, req, member, services)
   requireGroup(entry)
   requireRole(member, 'admin')
   await services.meta.conversationRename(req.conv, req.name)
@@ -181,6 +186,7 @@ export async function rename (caller: Caller, req: RequestOf<'rename'>, services
 
 export async function setRole (caller: Caller, req: RequestOf<'set-role'>, services: Services): Promise<{ conv: string, user: string, role: Role }> {
   const { entry, member } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelSetRole(caller, req, member, services)
   requireGroup(entry)
   requireRole(member, 'owner')
   if (req.user === caller.userId) throw new ImError('BAD_REQUEST', 'the owner hands over ownership by giving the owner role to another member')
@@ -197,8 +203,10 @@ export async function setRole (caller: Caller, req: RequestOf<'set-role'>, servi
   return { conv: req.conv, user: req.user, role: req.role }
 }
 
-export async function members (caller: Caller, req: RequestOf<'members'>, services: Services): Promise<{ conv: string, kind: string, name: string | null, members: Array<{ user: string, role: Role }> }> {
+export async function members (caller: Caller, req: RequestOf<'members'>, services: Services): Promise<{ conv: string, kind: string, name: string | null, members: Array<{ user: string, role: Role }>, count?: number, next?: string | null }> {
   const { entry } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') return await channelMembers(req, entry, services)
+  if (req.after !== undefined || req.limit !== undefined) throw new ImError('BAD_REQUEST', 'after and limit page the members of channels; a group answers all of its members')
   const list = [...entry.members.values()].sort((a, b) => a.joinedAt - b.joinedAt || a.userId.localeCompare(b.userId))
   return { conv: req.conv, kind: entry.conversation.kind, name: entry.conversation.name, members: list.map(m => ({ user: m.userId, role: m.role })) }
 }

@@ -11,7 +11,7 @@ import { unreadMany } from '../unread.js'
 export interface ReadResult { conv: string, readSeq: number, unread: number }
 
 export async function read (caller: Caller, req: RequestOf<'read'>, services: Services): Promise<ReadResult> {
-  const { member } = await requireMember(services, caller, req.conv)
+  const { entry, member } = await requireMember(services, caller, req.conv)
   const tail = await services.sequencer.tailFor(req.conv, req.seq)
   const target = Math.min(req.seq, tail.seq)
   const before = member.readSeq
@@ -22,7 +22,8 @@ export async function read (caller: Caller, req: RequestOf<'read'>, services: Se
   if (readSeq > before) {
     // the cursor moved: tell my other devices, and the other members (receipts)
     services.publisher.event([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })
-    await services.receipts.noteRead(req.conv, caller.userId, readSeq)
+    // channels have no receipts: nobody is told who read what
+    if (entry.conversation.kind !== 'channel') await services.receipts.noteRead(req.conv, caller.userId, readSeq)
   }
   return { conv: req.conv, readSeq, unread }
 }
@@ -36,7 +37,8 @@ export async function mute (caller: Caller, req: RequestOf<'mute'>, services: Se
 }
 
 export async function receipts (caller: Caller, req: RequestOf<'receipts'>, services: Services): Promise<{ conv: string, seq: number, readBy: number, members: number }> {
-  await requireMember(services, caller, req.conv)
+  const { entry } = await requireMember(services, caller, req.conv)
+  if (entry.conversation.kind === 'channel') throw new ImError('FORBIDDEN', 'channels have no read receipts')
   // read cursors move on every node: count from the store, not the cache
   const members = await services.meta.memberList(req.conv)
   let readBy = 0

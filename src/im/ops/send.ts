@@ -11,6 +11,7 @@ import { msgIdInUse, sameEntry } from '../sequencer.js'
 import type { ConversationEntry } from '../directory.js'
 import { MENTION_ALL } from '../../protocol/schemas.js'
 import { filesOf } from './files.js'
+import { requirePoster } from './channels.js'
 
 export interface SendResult {
   conv: string
@@ -23,9 +24,13 @@ export interface SendResult {
 
 export async function send (caller: Caller, req: RequestOf<'send'>, services: Services): Promise<SendResult> {
   // 1. authorize: only members may send (without a round of promises when the entry is cached)
+  // (a channel's entry holds no members: its membership is looked up on its own, and decides posting)
   let entry = services.directory.peek(req.conv)
-  if (entry === undefined) entry = (await requireMember(services, caller, req.conv)).entry
-  else if (!entry.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
+  if (entry === undefined || entry.conversation.kind === 'channel') {
+    const found = await requireMember(services, caller, req.conv)
+    entry = found.entry
+    requirePoster(entry, found.member)
+  } else if (!entry.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
   // blocks apply to direct conversations only (no round of promises for groups)
   if (entry.conversation.kind === 'direct') await requireNotBlocked(services, caller, entry)
   if (req.mentions !== undefined) requireMentionable(caller, entry, req.mentions)
@@ -79,6 +84,7 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
 
 /** Mentions name members only; `@all` is for groups, by admins and the owner. */
 function requireMentionable (caller: Caller, entry: ConversationEntry, mentions: readonly string[]): void {
+  if (entry.conversation.kind === 'channel') throw new ImError('BAD_REQUEST', 'mentions: channels have no mentions')
   if (mentions.includes(MENTION_ALL)) {
     if (entry.conversation.kind !== 'group') throw new ImError('BAD_REQUEST', `mentions: ${MENTION_ALL} is for groups`)
     const member = entry.members.get(caller.userId)

@@ -156,6 +156,16 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
     version: 6,
     name: 'users by kind, in id order (userPage of one kind)',
     statements: [addIndex('users', 'idx_users_kind', ['kind', 'id'])]
+  },
+  {
+    version: 7,
+    name: 'channels: conversations of kind channel, with their join and post settings',
+    statements: [
+      // MODIFY is safe to re-run: the same definition again changes nothing
+      "ALTER TABLE conversations MODIFY kind ENUM('direct', 'group', 'channel') NOT NULL",
+      addColumn('conversations', 'channel_public', 'TINYINT(1) NULL'),
+      addColumn('conversations', 'channel_post', "ENUM('admins', 'members') NULL")
+    ]
   }
 ]
 

@@ -1,7 +1,7 @@
 /**
  * The open conversation: its header (title, online state or member count; Block / Unblock in a
- * direct chat), the members panel, the messages, who is typing, a refused change, and the composer
- * (with @mention suggestions).
+ * direct chat; Leave in a channel), the members panel, the messages, who is typing, a refused
+ * change, and the composer (with @mention suggestions; in a channel only for those who may post).
  */
 import type { ConversationSummary } from '../../../src/client/index.js'
 import type { Chat } from '../chat.js'
@@ -21,9 +21,11 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
   }
   const c = chatOf(state, s.conv)
   const group = s.kind === 'group'
-  const peer = group ? undefined : s.peer
+  const channel = s.kind === 'channel' ? state.channels.get(s.conv) : undefined
+  const peer = s.kind === 'direct' ? s.peer : undefined
   const blocked = peer !== undefined && state.blocked.has(peer)
-  const candidates = mentionCandidates(state, s)
+  // channels have no mentions and no "typing…"
+  const candidates = s.kind === 'channel' ? [] : mentionCandidates(state, s)
   const typing = typingText(state.typing.get(s.conv) ?? [])
   const error = state.chatError?.conv === s.conv ? state.chatError.text : null
   const uploads = [...state.uploads.values()].filter(u => u.conv === s.conv)
@@ -47,6 +49,7 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
             <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
           </div>
           {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
+          {s.kind === 'channel' && <button class='link danger' data-testid='channel-leave' type='button' title='Leave this channel' onClick={() => { void chat.conversations.leaveChannel(s.conv) }}>Leave</button>}
           {peer !== undefined && (
             <button
               class={`link${blocked ? '' : ' danger'}`} data-testid='block-toggle' type='button' aria-pressed={blocked}
@@ -58,7 +61,7 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
         </header>
         {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
         {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
-        <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={group} role={s.role} messages={chat.messages} changes={chat.changes} />
+        <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={s.kind !== 'direct'} role={s.role} messages={chat.messages} changes={chat.changes} />
         <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
         {uploads.map((u, i) => (
           <p key={i} class='upload' data-testid='upload' role='status'>
@@ -71,18 +74,27 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
             <button class='link' type='button' aria-label='Dismiss' title='Dismiss' onClick={() => { chat.dismissError() }}>×</button>
           </p>
         )}
-        <Composer
-          key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
-          onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
-          onText={text => { chat.typing.composing(s.conv, text) }}
-          onFiles={sendFiles}
-        />
+        {s.kind === 'channel' && channel?.canPost !== true
+          ? <p class='notice' data-testid='channel-readonly' role='status'>{channel === undefined ? 'Loading the channel…' : 'Only the admins and the owner post in this channel.'}</p>
+          : (
+            <Composer
+              key={s.conv} candidates={candidates} disabledReason={blocked ? `Unblock ${peer ?? ''} to send messages` : undefined}
+              onSend={text => { chat.messages.send(s.conv, text, mentionsIn(text, candidates)) }}
+              onText={text => { if (s.kind !== 'channel') chat.typing.composing(s.conv, text) }}
+              onFiles={sendFiles}
+            />
+            )}
       </div>
     </section>
   )
 }
 
 function subtitle (state: AppState, s: ConversationSummary, c: ChatState): string {
+  if (s.kind === 'channel') {
+    const info = state.channels.get(s.conv)
+    if (info === undefined) return 'channel'
+    return `${info.public ? 'public' : 'private'} channel · ${info.members} member${info.members === 1 ? '' : 's'}${info.public ? ` · id ${s.conv}` : ''}`
+  }
   if (s.kind === 'group') return c.members !== undefined ? `group · ${c.members.length} members` : 'group'
   const st = s.peer === undefined ? undefined : state.presence.get(s.peer)
   if (st === undefined) return 'direct chat'

@@ -64,7 +64,7 @@ function ConversationItem ({ state, summary: s, onOpen }: { state: AppState, sum
     >
       {/* a CSSOM style (not a style attribute in markup): allowed by the CSP's style-src 'self' */}
       <span class='avatar' style={{ background: colorFor(title) }} aria-hidden='true'>
-        {s.kind === 'group' ? '#' : title.slice(0, 1)}
+        {s.kind === 'group' ? '#' : s.kind === 'channel' ? '»' : title.slice(0, 1)}
         {online === true && <span class='presence' data-testid='conv-presence' title='online' />}
       </span>
       <span class='conv-name' data-testid='conv-name'>{title}</span>
@@ -89,6 +89,11 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
   const groupForm = useRef<HTMLFormElement>(null)
   const groupName = useRef<HTMLInputElement>(null)
   const groupMembers = useRef<HTMLInputElement>(null)
+  const channelDetails = useRef<HTMLDetailsElement>(null)
+  const channelForm = useRef<HTMLFormElement>(null)
+  const channelName = useRef<HTMLInputElement>(null)
+  const channelPublic = useRef<HTMLInputElement>(null)
+  const joinId = useRef<HTMLInputElement>(null)
 
   const openDirect = async (e: Event): Promise<void> => {
     e.preventDefault()
@@ -107,6 +112,23 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
     }
   }
 
+  const createChannel = async (e: Event): Promise<void> => {
+    e.preventDefault()
+    const name = channelName.current?.value.trim() ?? ''
+    if (name === '') return
+    if (await chat.conversations.createChannel(name, channelPublic.current?.checked === true)) {
+      channelForm.current?.reset()
+      if (channelDetails.current !== null) channelDetails.current.open = false
+    }
+  }
+  const joinChannel = async (e: Event): Promise<void> => {
+    e.preventDefault()
+    const input = joinId.current
+    const conv = input?.value.trim() ?? ''
+    if (input === null || conv === '') return
+    if (await chat.conversations.joinChannel(conv)) input.value = ''
+  }
+
   return (
     <div class='actions'>
       <form class='row' data-testid='direct-form' onSubmit={e => { void openDirect(e) }}>
@@ -119,6 +141,18 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
           <input ref={groupName} data-testid='group-name' placeholder='Group name' maxLength={100} required />
           <input ref={groupMembers} data-testid='group-members' placeholder='Members: bob, carol' autoCapitalize='none' spellcheck={false} />
           <button data-testid='group-create' type='submit'>Create group</button>
+        </form>
+      </details>
+      <details ref={channelDetails} data-testid='channel-new'>
+        <summary data-testid='channel-new-toggle'>Channels</summary>
+        <form ref={channelForm} class='stack' data-testid='channel-form' onSubmit={e => { void createChannel(e) }}>
+          <input ref={channelName} data-testid='channel-name' placeholder='Channel name' maxLength={100} required />
+          <label class='check'><input ref={channelPublic} data-testid='channel-public' type='checkbox' /> Public: anyone may join by its id</label>
+          <button data-testid='channel-create' type='submit'>Create channel</button>
+        </form>
+        <form class='row' data-testid='join-form' onSubmit={e => { void joinChannel(e) }}>
+          <input ref={joinId} data-testid='join-id' placeholder='Join channel by id…' autoCapitalize='none' spellcheck={false} required />
+          <button data-testid='join-submit' type='submit'>Join</button>
         </form>
       </details>
       {error !== null && <p class='error' data-testid='sidebar-error' role='alert'>{error}</p>}
