@@ -25,18 +25,21 @@ export class ImageWorker {
 
   /**
    * Width, height and a thumbnail of the bytes `load` reads (called once this image's turn has
-   * come); null when they are not a decodable image, or too many wait already.
+   * come); null when they are not a decodable image (of the type `mime`, when given: the bytes
+   * must start as that format does, so nothing else, SVG say, reaches a decoder); 'busy' when too
+   * many wait already.
    */
-  async process (load: () => Promise<Buffer | null>): Promise<ImageInfo | null> {
+  async process (load: () => Promise<Buffer | null>, mime?: string): Promise<ImageInfo | 'busy' | null> {
     if (this.running >= this.options.concurrency) {
-      if (this.waiting.length >= this.options.concurrency * 16) return null
+      if (this.waiting.length >= this.options.concurrency * 16) return 'busy'
       await new Promise<void>(resolve => this.waiting.push(resolve))
     } else {
       this.running++
     }
     try {
       const bytes = await load()
-      return bytes === null ? null : await this.run(bytes)
+      if (bytes === null || (mime !== undefined && !startsAs(bytes, mime))) return null
+      return await this.run(bytes)
     } catch {
       return null
     } finally {
@@ -62,5 +65,19 @@ export class ImageWorker {
       .webp({ quality: 75 })
       .toBuffer({ resolveWithObject: true })
     return { w, h, thumb: { bytes: data, w: info.width, h: info.height, mime: 'image/webp' } }
+  }
+}
+
+/** Whether the bytes begin as files of this image type do (its signature). */
+function startsAs (b: Buffer, mime: string): boolean {
+  const ascii = (from: number, text: string): boolean => b.subarray(from, from + text.length).toString('latin1') === text
+  switch (mime) {
+    case 'image/png': return b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))
+    case 'image/jpeg': return b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff
+    case 'image/gif': return ascii(0, 'GIF87a') || ascii(0, 'GIF89a')
+    case 'image/webp': return ascii(0, 'RIFF') && ascii(8, 'WEBP')
+    case 'image/tiff': return ascii(0, 'II*\u0000') || ascii(0, 'MM\u0000*')
+    case 'image/avif': return ascii(4, 'ftyp') && ['avif', 'avis', 'mif1', 'msf1'].some(brand => ascii(8, brand))
+    default: return false
   }
 }

@@ -27,13 +27,17 @@ export interface LocalStoreOptions {
 
 /** Why an upload was refused (the route maps it to an HTTP answer). */
 export class UploadRefusedError extends Error {
-  constructor (readonly reason: 'too large' | 'too short' | 'checksum' | 'exists' | 'aborted', message: string) {
+  constructor (readonly reason: 'too large' | 'too short' | 'too slow' | 'checksum' | 'exists' | 'aborted', message: string) {
     super(message)
     this.name = 'UploadRefusedError'
   }
 }
 
 interface Sidecar { mime: string, meta: Record<string, string>, size: number }
+
+/** An upload must bring at least this many bytes (or the rest of the file) in every window. */
+const MIN_BYTES_PER_WINDOW = 16 * 1024
+const SLOW_WINDOW_MS = 10_000
 
 export class LocalObjectStore implements ObjectStore {
   readonly adapter = 'local' as const
@@ -88,7 +92,9 @@ export class LocalObjectStore implements ObjectStore {
     const tmp = path.join(this.tmp, randomBytes(12).toString('hex'))
     const hash = binding.sha256 === undefined ? null : createHash('sha256')
     const out = createWriteStream(tmp, { flags: 'wx', mode: 0o600 })
+    const closed = new Promise<void>(resolve => out.once('close', () => resolve()))
     let received = 0
+    let progress: NodeJS.Timeout | undefined
     try {
       await new Promise<void>((resolve, reject) => {
         let done = false
@@ -99,6 +105,14 @@ export class LocalObjectStore implements ObjectStore {
           out.destroy()
           reject(err)
         }
+        // a body that trickles (less than MIN_BYTES_PER_WINDOW, or the rest, per window) is cut
+        let lastWindow = 0
+        progress = setInterval(() => {
+          const need = Math.min(MIN_BYTES_PER_WINDOW, binding.size - lastWindow)
+          if (received - lastWindow < need) fail(new UploadRefusedError('too slow', `fewer than ${need} bytes arrived in ${SLOW_WINDOW_MS / 1000} s`))
+          lastWindow = received
+        }, SLOW_WINDOW_MS)
+        progress.unref()
         body.on('data', (chunk: Buffer) => {
           received += chunk.length
           if (received > binding.size) {
@@ -122,6 +136,10 @@ export class LocalObjectStore implements ObjectStore {
       if (hash !== null && hash.digest('hex') !== binding.sha256?.toLowerCase()) throw new UploadRefusedError('checksum', 'the bytes do not have the announced sha256')
       await this.commit(tmp, key, { mime: binding.mime, meta: checkMeta(binding.meta), size: binding.size })
     } finally {
+      clearInterval(progress)
+      // the file may still be opening: removed once the stream has let go of it
+      out.destroy()
+      await closed
       await rm(tmp, { force: true })
     }
   }

@@ -60,6 +60,11 @@ export async function fileRoutes (app: FastifyInstance, options: FileRoutesOptio
   const { store } = options
   const now = options.now ?? Date.now
   let inFlight = 0
+  /** Keys whose body is being received (at most uploadsInFlight). */
+  const receiving = new Set<string>()
+  /** Uploads streaming per owner (an entry only while some do). */
+  const byOwner = new Map<string, number>()
+  const perOwner = Math.max(1, Math.ceil(options.uploadsInFlight / 16))
 
   // bodies are streamed by the PUT handler itself, whatever their type
   app.removeAllContentTypeParsers()
@@ -96,6 +101,20 @@ export async function fileRoutes (app: FastifyInstance, options: FileRoutesOptio
       reply.header('connection', 'close')
       throw new ImError('UNAVAILABLE', 'too many uploads at once on this server; retry shortly')
     }
+    // one body per upload at a time, and each user a share of the places (a slow sender holding
+    // many connections to one URL, or many URLs, cannot take them all)
+    const owner = grant.meta?.owner ?? ''
+    if (receiving.has(key)) {
+      reply.header('connection', 'close')
+      throw new ImError('CONFLICT', 'this upload is being received already')
+    }
+    const mine = byOwner.get(owner) ?? 0
+    if (mine >= perOwner) {
+      reply.header('connection', 'close')
+      throw new ImError('RATE_LIMITED', `at most ${perOwner} of your uploads stream at once; retry when one has finished`)
+    }
+    receiving.add(key)
+    byOwner.set(owner, mine + 1)
     inFlight++
     try {
       await store.receive(key, req.raw, { size, mime: grant.t, meta: grant.meta ?? {}, ...(grant.h === undefined ? {} : { sha256: grant.h }) })
@@ -110,6 +129,10 @@ export async function fileRoutes (app: FastifyInstance, options: FileRoutesOptio
       }
     } finally {
       inFlight--
+      receiving.delete(key)
+      const left = (byOwner.get(owner) ?? 1) - 1
+      if (left > 0) byOwner.set(owner, left)
+      else byOwner.delete(owner)
     }
     return await reply.code(201).send({ key, size })
   })
@@ -123,7 +146,8 @@ export async function fileRoutes (app: FastifyInstance, options: FileRoutesOptio
       .header('content-type', grant.t)
       .header('content-disposition', contentDisposition(grant.d ?? 'attachment', grant.n ?? 'file'))
     if (range === 'unsatisfiable') {
-      return await reply.code(416).header('content-range', `bytes */${info.size}`).send({ code: 'BAD_REQUEST', message: 'range not satisfiable' })
+      return await reply.code(416).header('content-range', `bytes */${info.size}`).header('content-type', 'application/json; charset=utf-8').header('content-disposition', 'inline')
+        .send(JSON.stringify({ code: 'BAD_REQUEST', message: 'range not satisfiable' }))
     }
     const [start, end] = range ?? [0, info.size - 1]
     if (range !== null) void reply.code(206).header('content-range', `bytes ${start}-${end}/${info.size}`)

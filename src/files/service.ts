@@ -79,6 +79,9 @@ export interface FileServiceDeps {
   messageStored: (conv: string, senderId: string, msgId: string) => Promise<boolean>
 }
 
+/** What an upload costs of the daily quota at least. */
+const MIN_CHARGE = 4096
+
 export class FileService {
   readonly store: ObjectStore
   private readonly images: ImageWorker
@@ -93,7 +96,8 @@ export class FileService {
     const { config, quota, now } = this.deps
     if (!typeAllowed(req.mime, config.allowedTypes)) throw new ImError('UNSUPPORTED_TYPE', `files of type ${req.mime} are not allowed; allowed: ${config.allowedTypes.join(', ')}`)
     if (req.size > config.maxFileBytes) throw new ImError('TOO_LARGE', `the file is ${req.size} bytes; the limit is ${config.maxFileBytes}`)
-    if (!await quota.take(userId, req.size, config.bytesPerUserPerDay, now())) throw new ImError('LIMIT_REACHED', `uploads are limited to ${config.bytesPerUserPerDay} bytes per user per day`)
+    // every upload costs at least MIN_CHARGE: a flood of tiny uploads runs into the quota too
+    if (!await quota.take(userId, Math.max(req.size, MIN_CHARGE), config.bytesPerUserPerDay, now())) throw new ImError('LIMIT_REACHED', `uploads are limited to ${config.bytesPerUserPerDay} bytes per user per day (each upload counts at least ${MIN_CHARGE} bytes)`)
     const id = randomBytes(16).toString('base64url')
     const expiresAt = now() + config.urlTtlMs
     const meta: Record<string, string> = { owner: userId, conv: req.conv, size: String(req.size), name: Buffer.from(req.name).toString('base64url'), ...(req.sha256 === undefined ? {} : { sha256: req.sha256.toLowerCase() }) }
@@ -146,7 +150,7 @@ export class FileService {
     const expiresAt = now() + config.urlTtlMs
     if (variant === 'thumb') {
       const thumb = await store.head(`t/${id}`)
-      if (thumb === null) throw new ImError('NOT_FOUND', `file ${id} has no thumbnail`)
+      if (thumb === null || thumb.meta.undecodable === '1' || thumb.size === 0) throw new ImError('NOT_FOUND', `file ${id} has no thumbnail`)
       const url = await store.downloadUrl(`t/${id}`, { expiresAt, mime: thumb.mime, name: `${d.name}.thumb.webp`, disposition: 'inline' })
       return { url, expiresAt, mime: thumb.mime, size: thumb.size, name: d.name }
     }
@@ -195,9 +199,15 @@ export class FileService {
     if (!THUMBNAIL_TYPES.has(info.mime) || info.size > config.imageMaxBytes || info.size === 0) return {}
     const made = await store.head(`t/${id}`)
     if (made !== null) return factsOf(made.meta)
-    const image = await this.images.process(async () => await store.read(`f/${id}`, config.imageMaxBytes))
+    const image = await this.images.process(async () => await store.read(`f/${id}`, config.imageMaxBytes), info.mime)
+    if (image === 'busy') {
+      logger.debug({ file: id, mime: info.mime }, 'no thumbnail: too many images at once')
+      return {}
+    }
     if (image === null) {
-      logger.debug({ file: id, mime: info.mime }, 'no thumbnail: not a decodable image (or too many at once)')
+      // remembered, so that resends do not decode it again (an empty marker: no thumbnail to serve)
+      logger.debug({ file: id, mime: info.mime }, 'no thumbnail: not a decodable image of its type')
+      await store.put(`t/${id}`, Buffer.alloc(0), { mime: 'application/octet-stream', meta: { undecodable: '1' } })
       return {}
     }
     const meta = { w: String(image.w), h: String(image.h), tw: String(image.thumb.w), th: String(image.thumb.h) }
@@ -220,7 +230,7 @@ function describe (id: string, info: ObjectInfo): FileDescriptor {
   return { id, name, size: info.size, mime: info.mime }
 }
 
-/** Runs FileService.sweep every files.sweepIntervalMs (at once again while a step removes a full page). */
+/** Runs FileService.sweep every files.sweepIntervalMs (a second later again while a step removed some and the sweep has more to look at). */
 export class FileSweeper {
   private timer: NodeJS.Timeout | null = null
   private cursor: string | null = null
@@ -229,9 +239,9 @@ export class FileSweeper {
 
   constructor (private readonly files: FileService, private readonly intervalMs: number, private readonly logger: Logger) {}
 
-  start (): void {
+  start (delayMs = this.intervalMs): void {
     if (this.closed || this.timer !== null) return
-    this.timer = setTimeout(() => { this.running = this.step() }, this.intervalMs)
+    this.timer = setTimeout(() => { this.running = this.step() }, delayMs)
     this.timer.unref()
   }
 
@@ -244,14 +254,17 @@ export class FileSweeper {
 
   private async step (): Promise<void> {
     this.timer = null
+    let again = false
     try {
       const removed = await this.runOnce()
       if (removed > 0) this.logger.info({ removed }, 'files: unreferenced uploads removed')
+      // more to look at and this step found some: the next step a second later
+      again = removed > 0 && this.cursor !== null
     } catch (err) {
       this.logger.warn({ err }, 'files: the sweep of unreferenced uploads failed; it runs again later')
     }
     this.running = null
-    this.start()
+    this.start(again ? Math.min(1000, this.intervalMs) : this.intervalMs)
   }
 
   async close (): Promise<void> {

@@ -151,7 +151,7 @@ describe('local object store specifics', () => {
   })
 
   test('uploads at once are bounded (503 beyond); a URL without a signature is 403', async () => {
-    const ups = await Promise.all([0, 1, 2].map(async i => await store.uploadUrl(`f/inflightinflight0${i}`, { size: 200_000, mime: 'text/plain', meta: {}, expiresAt: Date.now() + 60_000 })))
+    const ups = await Promise.all([0, 1, 2].map(async i => await store.uploadUrl(`f/inflightinflight0${i}`, { size: 200_000, mime: 'text/plain', meta: { owner: `u${i}` }, expiresAt: Date.now() + 60_000 })))
     const held: http.ClientRequest[] = []
     for (const up of ups.slice(0, 2)) {
       const req = http.request(new URL(up.url, origin), { method: 'PUT', headers: { 'content-type': 'text/plain', 'content-length': '200000' } })
@@ -165,6 +165,45 @@ describe('local object store specifics', () => {
     for (const r of held) r.destroy()
     expect((await fetch(`${origin}/files/f/inflightinflight00`)).status).toBe(403)
   })
+
+  test('one body per upload at a time (409), a share of the places per user (429), nothing left in tmp/', async () => {
+    const up = async (key: string, owner: string, size = 100_000): Promise<string> => (await store.uploadUrl(key, { size, mime: 'text/plain', meta: { owner }, expiresAt: Date.now() + 60_000 })).url
+    const hold = (url: string, size = 100_000): http.ClientRequest => {
+      const req = http.request(new URL(url, origin), { method: 'PUT', headers: { 'content-type': 'text/plain', 'content-length': String(size) } })
+      req.on('error', () => {})
+      req.write(Buffer.alloc(10))
+      return req
+    }
+    const same = await up('f/samekeysamekey01', 'eve')
+    const first = hold(same)
+    await new Promise(resolve => setTimeout(resolve, 200))
+    // a second body for the same URL while the first streams
+    const second = await fetch(new URL(same, origin), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: new Uint8Array(100_000) })
+    expect(second.status).toBe(409)
+    // eve's share of the places (8 / 16, at least 1) is taken; bob's upload goes through
+    const eveAgain = await fetch(new URL(await up('f/samekeysamekey02', 'eve'), origin), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: new Uint8Array(100_000) })
+    expect(eveAgain.status).toBe(429)
+    expect(await eveAgain.json()).toMatchObject({ code: 'RATE_LIMITED' })
+    const bobs = await fetch(new URL(await up('f/samekeysamekey03', 'bob'), origin), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: new Uint8Array(100_000) })
+    expect(bobs.status).toBe(201)
+    first.destroy()
+    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(tmpFiles()).toEqual([])
+  })
+
+  test('a body that trickles is cut after its window', async () => {
+    const url = (await store.uploadUrl('f/tricklertrickler1', { size: 100_000, mime: 'text/plain', meta: { owner: 'slow' }, expiresAt: Date.now() + 60_000 })).url
+    const status = await new Promise<number>((resolve) => {
+      const req = http.request(new URL(url, origin), { method: 'PUT', headers: { 'content-type': 'text/plain', 'content-length': '100000' } }, res => { resolve(res.statusCode ?? 0); res.resume() })
+      req.on('error', () => { resolve(-1) })
+      const timer = setInterval(() => { req.write(Buffer.alloc(1)) }, 1000)
+      req.on('close', () => { clearInterval(timer) })
+      setTimeout(() => { clearInterval(timer) }, 15_000)
+    })
+    // cut: an answer (400) or the connection closed
+    expect([400, -1]).toContain(status)
+    expect(tmpFiles()).toEqual([])
+  }, 20_000)
 
   test('init() removes what a crash left in tmp/', async () => {
     writeFileSync(path.join(dir, 'tmp', 'leftover'), 'half')

@@ -96,6 +96,31 @@ describe('FileService', () => {
     expect(await store.head(`f/${ids[0] as string}`)).not.toBeNull()
     for (const id of ids.slice(1)) expect(await store.head(`f/${id}`)).toBeNull()
   })
+
+  test('an image that does not decode is tried once: a resend finds the marker (no decoding), and there is no thumbnail to download', async () => {
+    const grant = await files.grantUpload('alice', { conv: 'c1', name: 'broken.png', size: 20, mime: 'image/png' })
+    // the PNG signature, then garbage
+    const bytes = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.alloc(12, 7)])
+    await store.put(`f/${grant.id}`, bytes, { mime: 'image/png', meta: { owner: 'alice', conv: 'c1', size: '20', name: Buffer.from('broken.png').toString('base64url') } })
+    let reads = 0
+    const read = store.read.bind(store)
+    store.read = async (key, max) => { reads++; return await read(key, max) }
+    const first = await files.attach('alice', 'c1', 'm1', grant.id)
+    expect(first.file).toEqual({ id: grant.id, name: 'broken.png', size: 20, mime: 'image/png' })
+    expect(reads).toBe(1)
+    const again = await files.attach('alice', 'c1', 'm1', grant.id)
+    expect(again.file).toEqual(first.file)
+    expect(reads).toBe(1)
+    await expect(files.grantDownload('c1', grant.id, 'thumb')).rejects.toMatchObject({ code: 'NOT_FOUND' })
+  })
+
+  test('every upload is charged at least 4 KiB of the daily quota', async () => {
+    const quota = new MemoryUploadQuota()
+    const config = loadConfig({ env: {}, overrides: { files: { bytesPerUserPerDay: 40_960 } } }).files
+    const small = new FileService({ store, config, quota, logger: createLogger('silent'), now: () => now, messageStored: async () => false })
+    for (let i = 0; i < 10; i++) await small.grantUpload('eve', { conv: 'c1', name: 'x', size: 1, mime: 'text/plain' })
+    await expect(small.grantUpload('eve', { conv: 'c1', name: 'x', size: 1, mime: 'text/plain' })).rejects.toMatchObject({ code: 'LIMIT_REACHED' })
+  })
 })
 
 describe('FileService sweep of references without a message', () => {

@@ -42,7 +42,8 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
   // the before-send hook (webhooks.beforeSend) may refuse or rewrite the message
   let body = req.body
   // a resend of a stored message is answered as a duplicate without asking the hook again
-  const stored = services.webhooks?.hasBeforeSend === true ? await services.sequencer.findStored(req.conv, caller.userId, req.msgId) : null
+  // (a file too: a resend must not make the file's thumbnail again)
+  const stored = services.webhooks?.hasBeforeSend === true || req.kind === 'file' ? await services.sequencer.findStored(req.conv, caller.userId, req.msgId) : null
   if (stored !== null) {
     if (!sameEntry(stored, { kind: req.kind })) throw msgIdInUse(req.msgId, `${stored.kind}:${stored.target ?? 0}`)
     return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
