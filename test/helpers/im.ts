@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { loadConfig } from '../../src/config.js'
+import { deepMerge, loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
 import { MqimServer } from '../../src/server.js'
 import { createUser } from '../../src/admin/accounts.js'
@@ -16,7 +16,8 @@ import { waitUntil } from '../../scripts/lib/procs.js'
 export async function startServer (overrides: Record<string, unknown> = {}, stores?: { meta: MetadataStore, messages: MessageStore }): Promise<MqimServer> {
   const config = loadConfig({
     env: {},
-    overrides: { host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir: mkdtempSync(path.join(tmpdir(), 'mqim-')), log: { level: 'warn' }, ...overrides }
+    // merged key by key: a test's own http or mqtt settings keep the free ports (port 0)
+    overrides: deepMerge({ host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir: mkdtempSync(path.join(tmpdir(), 'mqim-')), log: { level: 'warn' } }, overrides)
   })
   return await MqimServer.start({ config, logger: createLogger(config.log.level), stores })
 }
