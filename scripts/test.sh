@@ -3,7 +3,7 @@
 #   1. installs the npm dependencies when node_modules is missing or older than package-lock.json;
 #   2. typechecks the whole project (src/, test/, scripts/, examples/, and web/ with its own tsconfig)
 #      and lints it (eslint.config.js: neostandard plus type-aware typescript-eslint rules);
-#   3. installs the test services if missing (scripts/services.sh install);
+#   3. builds the page (web/dist), then installs the test services if missing (scripts/services.sh install);
 #   4. unless MQIM_MYSQL_URL, MQIM_MONGO_URL and MQIM_REDIS_URL are all set already, starts MariaDB,
 #      FerretDB and Redis on free ports in a temporary directory, and stops them on exit;
 #   5. runs jest, passing through any arguments:  npm test -- test/foo.test.ts
@@ -24,6 +24,10 @@ npx tsc -p web/tsconfig.json
 
 echo "test.sh: linting" >&2
 npx eslint .
+
+# the page the server serves (tests of the HTTP listener look at it, as npm start does)
+echo "test.sh: building the page (web/dist)" >&2
+node scripts/build-web.mjs
 
 bash scripts/services.sh install
 
