@@ -105,19 +105,25 @@ patch_ferretdb () {
   grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$file" || die "FerretDB patch did not apply to $file"
 }
 
-build_ferretdb () {
-  local go src work
-  go="$(go_cmd)"
-  mkdir -p "$(dirname "$FERRETDB")" "$CACHE/src"
-  log "building FerretDB $FERRETDB_VERSION with $go (the first build takes several minutes)"
-  # Download the module (a no-op when cached) and find where its source was unpacked.
-  src="$(cd "$CACHE" && GOFLAGS=-mod=mod "$go" mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" \
+# Downloads a Go module (a no-op when cached) and copies its source out of the read-only module
+# cache into a writable directory: module_copy GO MODULE@VERSION DIR
+module_copy () {
+  local go="$1" module="$2" work="$3" src
+  src="$(cd "$CACHE" && GOFLAGS=-mod=mod "$go" mod download -json "$module" \
     | sed -n 's/^[[:space:]]*"Dir":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')"
-  [ -n "$src" ] && [ -d "$src" ] || die "could not download $FERRETDB_MODULE@$FERRETDB_VERSION"
-  work="$CACHE/src/ferretdb-$FERRETDB_VERSION"
+  [ -n "$src" ] && [ -d "$src" ] || die "could not download $module"
   rm -rf "$work"
   cp -r "$src" "$work"
   chmod -R u+w "$work"
+}
+
+build_ferretdb () {
+  local go work
+  go="$(go_cmd)"
+  mkdir -p "$(dirname "$FERRETDB")" "$CACHE/src"
+  log "building FerretDB $FERRETDB_VERSION with $go (the first build takes several minutes)"
+  work="$CACHE/src/ferretdb-$FERRETDB_VERSION"
+  module_copy "$go" "$FERRETDB_MODULE@$FERRETDB_VERSION" "$work"
   echo "$FERRETDB_VERSION" > "$work/build/version/version.txt"
   [ "${MQIM_FERRETDB_STOCK:-0}" = 1 ] || patch_ferretdb "$work"
   (cd "$work" && GOFLAGS=-mod=mod "$go" build -buildvcs=false -trimpath -o "$FERRETDB.tmp" ./cmd/ferretdb)
@@ -133,17 +139,12 @@ weed_works () { [ -x "$WEED" ] && "$WEED" version >/dev/null 2>&1; }
 # `go build ./weed` there (about 8.5 minutes on 2 cores the first time; Go's build cache makes a rebuild
 # quick). The binary is about 230 MB; only the binary is kept.
 build_seaweedfs () {
-  local go src work
+  local go work
   go="$(go_cmd)"
   mkdir -p "$(dirname "$WEED")" "$CACHE/src"
   log "building SeaweedFS $SEAWEEDFS_VERSION with $go (the first build takes about 9 minutes)"
-  src="$(cd "$CACHE" && GOFLAGS=-mod=mod "$go" mod download -json "$SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION" \
-    | sed -n 's/^[[:space:]]*"Dir":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')"
-  [ -n "$src" ] && [ -d "$src" ] || die "could not download $SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION"
   work="$CACHE/src/seaweedfs-$SEAWEEDFS_VERSION"
-  rm -rf "$work"
-  cp -r "$src" "$work"
-  chmod -R u+w "$work"
+  module_copy "$go" "$SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION" "$work"
   (cd "$work" && GOFLAGS=-mod=mod "$go" build -buildvcs=false -trimpath -o "$WEED.tmp" ./weed)
   mv -f "$WEED.tmp" "$WEED"
   rm -rf "$work"

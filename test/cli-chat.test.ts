@@ -1,11 +1,7 @@
 /** The terminal client (src/client/cli-chat.ts) as a child process fed through stdin, chatting with an SDK client. */
-import { spawn } from 'node:child_process'
-import path from 'node:path'
-import { startServer, addUser, url, waitUntil } from './helpers/im.js'
+import { startServer, addUser, url, waitUntil, spawnChatCli } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { ImClient, type MessageEnvelope } from '../src/client/index.js'
-
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 
 describe('terminal chat client', () => {
   let server: MqimServer
@@ -27,15 +23,9 @@ describe('terminal chat client', () => {
     const got: MessageEnvelope[] = []
     bob.on('message', m => { got.push(m) })
 
-    const proc = spawn(process.execPath, ['--import', 'tsx', 'src/client/cli-chat.ts', '--user', 'alice', '--url', url(server, 'tcp')], {
-      cwd: ROOT, env: { ...process.env, NODE_OPTIONS: '', MQIM_PASSWORD: 'password-alice' }, stdio: ['pipe', 'pipe', 'pipe']
-    })
-    let out = ''
-    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
-    proc.stderr.on('data', (d: Buffer) => { out += d.toString() })
-    const exited = new Promise<number | null>(resolve => proc.on('exit', resolve))
-    const type = (line: string): void => { proc.stdin.write(line + '\n') }
-    const waitOut = async (text: string): Promise<void> => { await waitUntil(() => out.includes(text), 15000, `output "${text}" in:\n${out}`) }
+    const cli = spawnChatCli(['--user', 'alice', '--url', url(server, 'tcp')], 'password-alice')
+    const { type, exited } = cli
+    const waitOut = async (text: string): Promise<void> => { await cli.waitOut(text, 15000) }
 
     try {
       await waitOut('no conversations yet')
@@ -76,14 +66,14 @@ describe('terminal chat client', () => {
 
       type('/list')
       await waitOut(`${group}  group ops`)
-      expect(out).toContain(`${direct}  direct with bob`)
+      expect(cli.output()).toContain(`${direct}  direct with bob`)
 
       type('/open bob')
       await waitOut('[bob] #1 alice: (deleted)')
       type('/quit')
       expect(await exited).toBe(0)
     } finally {
-      if (proc.exitCode === null) proc.kill('SIGKILL')
+      cli.kill()
     }
   })
 })

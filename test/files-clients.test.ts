@@ -3,17 +3,14 @@
  * and the fetch fallback) and the terminal client's /file, against a real server (local disk
  * store) over MQTT on TCP and WebSocket.
  */
-import { spawn } from 'node:child_process'
 import { writeFileSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import sharp from 'sharp'
-import { startServer, addUser, url, waitUntil } from './helpers/im.js'
+import { startServer, addUser, url, waitUntil, spawnChatCli } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { ImClient, nodeUploader, type MessageEnvelope, type UploadProgress, type FileDescriptor } from '../src/client/node.js'
-
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 
 describe('sendFile in the SDK and /file in the terminal client', () => {
   let server: MqimServer
@@ -78,15 +75,8 @@ describe('sendFile in the SDK and /file in the terminal client', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-file-'))
     const file = path.join(dir, 'report.txt')
     writeFileSync(file, 'x'.repeat(300_000))
-    const proc = spawn(process.execPath, ['--import', 'tsx', 'src/client/cli-chat.ts', '--user', 'alice', '--device', 'cli', '--url', url(server, 'tcp'), '--http', `http://127.0.0.1:${server.ports.http}`], {
-      cwd: ROOT, env: { ...process.env, NODE_OPTIONS: '', MQIM_PASSWORD: 'password-alice' }, stdio: ['pipe', 'pipe', 'pipe']
-    })
-    let out = ''
-    proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
-    proc.stderr.on('data', (d: Buffer) => { out += d.toString() })
-    const exited = new Promise<number | null>(resolve => proc.on('exit', resolve))
-    const type = (line: string): void => { proc.stdin.write(line + '\n') }
-    const waitOut = async (text: string): Promise<void> => { await waitUntil(() => out.includes(text), 20_000, `output "${text}" in:\n${out}`) }
+    const cli = spawnChatCli(['--user', 'alice', '--device', 'cli', '--url', url(server, 'tcp'), '--http', `http://127.0.0.1:${server.ports.http}`], 'password-alice')
+    const { type, waitOut, exited } = cli
     try {
       await waitOut('signed in as alice')
       type('/file ' + file)
@@ -103,7 +93,7 @@ describe('sendFile in the SDK and /file in the terminal client', () => {
       type('/quit')
       expect(await exited).toBe(0)
     } finally {
-      proc.kill()
+      cli.kill()
     }
   })
 })

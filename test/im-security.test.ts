@@ -6,21 +6,9 @@
  */
 import mqtt from 'mqtt'
 import { MEMORY } from './helpers/backends.js'
-import { startServer, addUser, connect, url, type ImClient } from './helpers/im.js'
+import { startServer, addUser, connect, url, subackCodes, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { createBot, setDisabled } from '../src/admin/accounts.js'
-
-/** SUBACK return codes for one SUBSCRIBE (mqtt.js rejects on 0x80; the packet is on the error). */
-async function subackCodes (client: ImClient, filters: string[]): Promise<number[]> {
-  try {
-    const granted = await client.mqtt.subscribeAsync(filters, { qos: 1 })
-    return granted.map(g => g.qos)
-  } catch (err) {
-    const packet = (err as { packet?: { granted?: number[] } }).packet
-    if (packet?.granted === undefined) throw err
-    return packet.granted
-  }
-}
 
 async function connectError (server: MqimServer, opts: { clientId: string, username?: string, password?: string }): Promise<number | undefined> {
   try {

@@ -346,11 +346,6 @@ export class JobRunner {
     }
   }
 
-  /** Jobs being handled by this node right now. */
-  get active (): number {
-    return this.inFlight
-  }
-
   close (): void {
     this.closed = true
     if (this.timer !== null) clearTimeout(this.timer)

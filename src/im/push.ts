@@ -556,11 +556,6 @@ export class PushService {
     return { status: res.status }
   }
 
-  /** Pushes waiting to be decided (conversations). */
-  get pendingConversations (): number {
-    return this.pending.size
-  }
-
   /** Pushes queued to be sent (waiting, backing off, or being sent); in Redis: the cluster's. */
   async queued (): Promise<number> {
     return await this.opts.queue.size()

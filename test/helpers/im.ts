@@ -1,5 +1,6 @@
 /** Integration-test helpers: a real server on port 0 and real mqtt.js clients over TCP or WebSocket. */
 import mqtt, { type MqttClient } from 'mqtt'
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -9,6 +10,8 @@ import { createLogger } from '../../src/log.js'
 import { MqimServer } from '../../src/server.js'
 import { createUser } from '../../src/admin/accounts.js'
 import type { MessageStore, MetadataStore } from '../../src/store/types.js'
+
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..')
 import type { MessageEnvelope, OpName, Reply } from '../../src/protocol/schemas.js'
 import type { Results } from '../../src/client/client.js'
 import { waitUntil } from '../../scripts/lib/procs.js'
@@ -127,5 +130,34 @@ export async function connackCode (port: number, username: string, password: str
     const code = (err as { code?: unknown }).code
     if (typeof code !== 'number') throw err
     return code
+  }
+}
+
+/** SUBACK return codes for one SUBSCRIBE (mqtt.js rejects on 0x80; the packet is on the error). */
+export async function subackCodes (client: ImClient, filters: string[]): Promise<number[]> {
+  try {
+    const granted = await client.mqtt.subscribeAsync(filters, { qos: 1 })
+    return granted.map(g => g.qos)
+  } catch (err) {
+    const packet = (err as { packet?: { granted?: number[] } }).packet
+    if (packet?.granted === undefined) throw err
+    return packet.granted
+  }
+}
+
+/** The terminal client (src/client/cli-chat.ts) as a child process: type lines, wait for output. */
+export function spawnChatCli (args: string[], password: string): { type: (line: string) => void, waitOut: (text: string, timeoutMs?: number) => Promise<void>, output: () => string, exited: Promise<number | null>, kill: () => void } {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/client/cli-chat.ts', ...args], {
+    cwd: ROOT, env: { ...process.env, NODE_OPTIONS: '', MQIM_PASSWORD: password }, stdio: ['pipe', 'pipe', 'pipe']
+  })
+  let out = ''
+  proc.stdout.on('data', (d: Buffer) => { out += d.toString() })
+  proc.stderr.on('data', (d: Buffer) => { out += d.toString() })
+  return {
+    type: (line) => { proc.stdin.write(line + '\n') },
+    waitOut: async (text, timeoutMs = 20_000) => { await waitUntil(() => out.includes(text), timeoutMs, `output "${text}" in:\n${out}`) },
+    output: () => out,
+    exited: new Promise<number | null>(resolve => proc.on('exit', resolve)),
+    kill: () => { proc.kill() }
   }
 }
