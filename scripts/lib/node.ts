@@ -5,7 +5,7 @@
 import type { ChildProcess } from 'node:child_process'
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { freePort, sleep, spawnTracked, stoppingEverything } from './procs.js'
+import { SERVER_NODE_FLAGS, freePort, sleep, spawnTracked, stoppingEverything } from './procs.js'
 import { ROOT, type DrillDatabases } from './services.js'
 import { deepMerge } from '../../src/config.js'
 
@@ -89,7 +89,7 @@ export class MqimNode {
     }
     // jest's --experimental-vm-modules must not leak into the server process
     delete env.NODE_OPTIONS
-    const child = spawnTracked(process.execPath, [...(this.opts.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawnTracked(process.execPath, [...SERVER_NODE_FLAGS, ...(this.opts.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
     this.child = child
     this.exit = null
     this.killed = false

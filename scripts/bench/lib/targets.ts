@@ -9,7 +9,7 @@
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import type { ChildProcess } from 'node:child_process'
-import { canConnect, freePorts, spawnTracked, stopChild, waitUntil } from '../../lib/procs.js'
+import { SERVER_NODE_FLAGS, canConnect, freePorts, spawnTracked, stopChild, waitUntil } from '../../lib/procs.js'
 import { ROOT } from '../../lib/services.js'
 import { describeProc, sampleProc, type ProcSample } from './proc-stats.js'
 
@@ -177,6 +177,7 @@ export async function startMqim (dir: string, options: MqimOptions): Promise<Tar
     env.MQIM_MYSQL_URL = options.stores.mysqlUrl
   }
   const args = [
+    ...SERVER_NODE_FLAGS,
     ...(options.cpuProfDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []),
     ...(options.nodeArgs ?? []),
     '--import', 'tsx', 'src/main.ts'
