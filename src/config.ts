@@ -406,8 +406,14 @@ export const ConfigSchema = z.object({
     /** Largest `members` page of a channel; larger requests are clamped. */
     membersPageMax: z.number().int().min(1).max(10_000),
     /** Channel topics one connection may subscribe (beyond limits.subscriptionsPerConnection; SUBACK 0x80 beyond). */
-    subscriptionsPerConnection: z.number().int().min(1).max(100_000)
-  }).strict(),
+    subscriptionsPerConnection: z.number().int().min(1).max(100_000),
+    /** Live invite codes one channel may have (create-invite beyond it: LIMIT_REACHED). */
+    invitesPerChannel: z.number().int().min(1).max(10_000),
+    /** How long an invite code works when create-invite gives no expiresInMs. */
+    inviteTtlMs: z.number().int().min(1000).max(366 * 24 * 3600 * 1000),
+    /** The longest expiresInMs create-invite accepts (beyond: BAD_REQUEST). */
+    inviteTtlMaxMs: z.number().int().min(1000).max(366 * 24 * 3600 * 1000)
+  }).strict().refine(c => c.inviteTtlMs <= c.inviteTtlMaxMs, { message: 'must be at most channels.inviteTtlMaxMs', path: ['inviteTtlMs'] }),
   log: z.object({ level: z.enum(['debug', 'info', 'warn', 'error', 'silent']) }).strict()
 }).strict()
 

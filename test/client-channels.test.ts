@@ -2,7 +2,8 @@
  * The client SDK with channels against a real server: create, join, receive every post once and
  * in order as `message` events (from the channel topic, not the inbox), a member added while
  * connected, a device that was away catching up exactly once on reconnect (subscribe, then
- * history), and a channel left or removed from that stops producing events.
+ * history), a channel left or removed from that stops producing events, and a private channel
+ * joined with an invite code (createInvite, joinByInvite, invites, revokeInvite).
  */
 import { startServer, addUser, url, waitUntil } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
@@ -26,7 +27,7 @@ describe('client SDK with channels', () => {
 
   beforeAll(async () => {
     server = await startServer({ channels: { membersMax: 100, membershipCacheMax: 1000, membersPageMax: 2, subscriptionsPerConnection: 3 } })
-    for (const u of ['sdkowner', 'sdkfan', 'sdkadded', 'sdkmany']) await addUser(server, u)
+    for (const u of ['sdkowner', 'sdkfan', 'sdkadded', 'sdkmany', 'sdkinvited', 'sdklate']) await addUser(server, u)
   })
   afterEach(async () => {
     await Promise.allSettled(open.splice(0).map(async c => { await c.close() }))
@@ -95,5 +96,24 @@ describe('client SDK with channels', () => {
     const many = await client('sdkmany', 'm', { on: { error: (e) => { errors.push(e) } } })
     expect(many.state).toBe('online')
     expect(errors.map(e => e.code)).toEqual(['LIMIT_REACHED'])
+  })
+
+  test('an invite code: made, joined with (posts from the join on), listed, revoked', async () => {
+    const owner = await client('sdkowner', 'o3')
+    const c = await owner.createChannel('By invitation')
+    await owner.send(c.conv, 'before')
+    const made = await owner.createInvite(c.conv, { maxUses: 5, expiresInMs: 60_000 })
+    expect(made).toMatchObject({ conv: c.conv, maxUses: 5, uses: 0, createdBy: 'sdkowner' })
+    expect(made.expiresAt - made.createdAt).toBe(60_000)
+    const invited = await client('sdkinvited', 'i')
+    const got = collect(invited, c.conv)
+    expect(await invited.joinByInvite(made.code)).toMatchObject({ conv: c.conv, joined: true, lastSeq: 1 })
+    await owner.send(c.conv, 'after')
+    await waitUntil(() => got.includes(2), 5000, 'the post after the join')
+    expect(await owner.invites(c.conv)).toEqual({ conv: c.conv, invites: [{ codeId: made.codeId, createdBy: 'sdkowner', createdAt: made.createdAt, expiresAt: made.expiresAt, maxUses: 5, uses: 1 }] })
+    await expect(invited.invites(c.conv)).rejects.toMatchObject({ code: 'FORBIDDEN' })
+    expect(await owner.revokeInvite(c.conv, made.codeId)).toEqual({ conv: c.conv, codeId: made.codeId })
+    const late = await client('sdklate', 'l')
+    await expect(late.joinByInvite(made.code)).rejects.toMatchObject({ code: 'NOT_FOUND' })
   })
 })

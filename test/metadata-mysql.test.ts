@@ -316,6 +316,33 @@ describe('MySqlMetadataStore specifics', () => {
     })
   })
 
+  describe('migration 8 (invites)', () => {
+    test('a version-7 database gets the table; run again with its record gone, the invites stay; only the hash of a code is stored', async () => {
+      const invite = { codeHash: 'ab12cd34' + '0'.repeat(56), conversationId: 'c1', createdBy: 'alice', createdAt: 1, expiresAt: 1000, maxUses: 3, uses: 0 }
+      const first = open()
+      await first.init()
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DROP TABLE \`${dbName}\`.invites`)
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 8`)
+      })
+      const upgraded = open()
+      await upgraded.init()
+      await upgraded.conversationCreate({ id: 'c1', kind: 'channel', name: 'C', directKey: null, createdBy: 'alice', createdAt: 1, channel: { public: false, postPolicy: 'admins' } }, [])
+      expect(await upgraded.inviteCreate(invite, 5, 0)).toBe('added')
+      await onDatabase(url, async (conn, dbName) => {
+        await conn.query(`DELETE FROM \`${dbName}\`.schema_migrations WHERE version >= 8`)
+      })
+      const again = open()
+      await again.init()
+      expect(await again.inviteGet(invite.codeHash)).toStrictEqual(invite)
+      await onDatabase(url, async (conn, dbName) => {
+        const [columns] = await conn.query<mysql.RowDataPacket[]>(
+          "SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'invites' ORDER BY ORDINAL_POSITION", [dbName])
+        expect(columns.map((c) => String(c.name))).toStrictEqual(['code_hash', 'conversation_id', 'code_id', 'created_by', 'created_at', 'expires_at', 'max_uses', 'uses'])
+      })
+    })
+  })
+
   describe('userChanges', () => {
     test('sees changes made by another store on the same database (another process)', async () => {
       const watcher = open()

@@ -21,7 +21,7 @@ export const REQUEST_PREFIX = 'im/req/'
 /** Aedes' maxTopicLevels (its default; mqim does not change it). */
 export const MAX_TOPIC_LEVELS = 100
 /** Requests that only read, and send (idempotent by msgId): answered afresh, never from the reply cache (topics.md). */
-export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info'])
+export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'])
 
 export interface OracleLimits {
   maxPayloadBytes: number

@@ -246,7 +246,24 @@ const FIELDS: Record<string, FieldGen> = {
   variant: { valid: j(fc.constantFrom('original', 'thumb')), bad: fc.oneof(j(fc.constantFrom('raw', 'THUMB', '')), wrongType) },
   // create-channel
   public: { valid: j(fc.boolean()), bad: fc.oneof(j(fc.constantFrom<Json>('true', 1, 0, null)), wrongType) },
-  postPolicy: { valid: j(fc.constantFrom('admins', 'members')), bad: fc.oneof(j(fc.constantFrom<Json>('everyone', 'Admins', '', null)), wrongType) }
+  postPolicy: { valid: j(fc.constantFrom('admins', 'members')), bad: fc.oneof(j(fc.constantFrom<Json>('everyone', 'Admins', '', null)), wrongType) },
+  // join {invite}, create-invite, revoke-invite: codes that exist are never guessed (NOT_FOUND)
+  invite: {
+    valid: j(fc.stringMatching(/^[A-Za-z0-9_-]{24}$/)),
+    bad: fc.oneof(j(fc.constantFrom('', 'a'.repeat(23), 'a'.repeat(25), 'a'.repeat(23) + '=', 'a'.repeat(23) + '+', 'a'.repeat(23) + '/', ' '.repeat(24))), LONG(10_000), j(weird(1, 30)), wrongType)
+  },
+  maxUses: {
+    valid: j(fc.oneof(fc.integer({ min: 1, max: 5 }), fc.constantFrom(100_000))),
+    bad: fc.oneof(j(fc.constantFrom<Json>(0, -1, 1.5, 100_001, 2 ** 53, '3', null)), fc.constant(raw('1e400')), wrongType)
+  },
+  expiresInMs: {
+    valid: j(fc.oneof(fc.integer({ min: 1, max: 2_592_000_000 }), fc.constantFrom(2_592_000_001, Number.MAX_SAFE_INTEGER))),
+    bad: fc.oneof(j(fc.constantFrom<Json>(0, -1, -1000, 0.5, 1000.5, Number.MAX_SAFE_INTEGER + 2, '1000', null)), fc.constant(raw('1e400')), wrongType)
+  },
+  codeId: {
+    valid: j(fc.stringMatching(/^[0-9a-f]{8}$/)),
+    bad: fc.oneof(j(fc.constantFrom('', 'ABCDEF12', 'abcdef1', 'abcdef123', 'ghijklmn', '0x123456')), j(weird(1, 12)), wrongType)
+  }
 }
 
 /** Keys no request has, prototype-pollution names first. */

@@ -14,7 +14,8 @@ import type {
   AddMembersResult, ClientStorage, ConnectionState, CreateGroupResult, DirectResult, HistoryQuery, HistoryResult, ImClientEvents,
   ImClientOptions, LeaveResult, MembersResult, MuteResult, PresenceResult, ReadResult, ReceiptsResult, RemoveMemberResult, RenameResult,
   Role, SendOptions, SendResult, SetRoleResult, TypingResult, BlockResult, BlocksResult, PostPolicy,
-  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult, CreateChannelResult, JoinResult, ChannelInfoResult
+  PushRegisterResult, PushTargetInput, PushTargetsResult, PushUnregisterResult, CreateChannelResult, JoinResult, ChannelInfoResult,
+  CreateInviteResult, InvitesResult, RevokeInviteResult
 } from './types.js'
 import { applyChange } from './changes.js'
 import { defaultUploader, describeSource, httpBaseOf, resolveFileUrl, uploadError, type FileSource, type SendFileOptions } from './files.js'
@@ -52,6 +53,9 @@ export interface Results extends Record<OpName, unknown> {
   'create-channel': CreateChannelResult
   join: JoinResult
   'channel-info': ChannelInfoResult
+  'create-invite': CreateInviteResult
+  invites: InvitesResult
+  'revoke-invite': RevokeInviteResult
 }
 
 /** Same pattern as ClientMsgId in src/protocol/schemas.ts. */
@@ -296,6 +300,27 @@ export class ImClient {
 
   /** A channel's settings, member count, last seq and the caller's role (public channels also for non-members). */
   async channelInfo (conv: string): Promise<ChannelInfoResult> { return await this.call('channel-info', { conv }) }
+
+  /**
+   * A new invite code of a channel (admins and the owner): it admits `maxUses` joins (default: any
+   * number) until `expiresInMs` from now (default: the server's, 7 days). The code is in this
+   * result only; share it (e.g. as a link) and keep its codeId to revoke it.
+   */
+  async createInvite (conv: string, opts: { maxUses?: number, expiresInMs?: number } = {}): Promise<CreateInviteResult> {
+    return await this.call('create-invite', { conv, ...opts })
+  }
+
+  /** Joins the channel an invite code belongs to (public or private); its messages arrive as `message` events from the join on. */
+  async joinByInvite (code: string): Promise<JoinResult> {
+    const r = await this.call('join', { invite: code })
+    await this.channelJoined(r.conv, r.lastSeq)
+    return r
+  }
+
+  /** The live invites of a channel (admins and the owner), without their codes. */
+  async invites (conv: string): Promise<InvitesResult> { return await this.call('invites', { conv }) }
+  /** Revokes an invite by its codeId: the code stops working at once. */
+  async revokeInvite (conv: string, codeId: string): Promise<RevokeInviteResult> { return await this.call('revoke-invite', { conv, codeId }) }
   async mute (conv: string, muted: boolean): Promise<MuteResult> { return await this.call('mute', { conv, muted }) }
   async receipts (conv: string, seq: number): Promise<ReceiptsResult> { return await this.call('receipts', { conv, seq }) }
   /** Online state and last-seen of users who share a conversation with me (others look offline). */

@@ -25,5 +25,6 @@ export type {
   MemberEvent, ReadEvent, ReceiptEvent, PresenceEvent, TypingEvent, TypingResult, MentionEvent, BlockResult, BlocksResult, PushTargetInput, PushRegisterResult, PushUnregisterResult, PushTargetsResult, PresenceResult, Role, SendOptions, SendResult, HistoryQuery, HistoryResult,
   DirectResult, CreateGroupResult, AddMembersResult, RemoveMemberResult, LeaveResult, RenameResult,
   SetRoleResult, MembersResult, MuteResult, ReadResult, ReceiptsResult, CreateChannelResult, JoinResult, ChannelInfoResult, PostPolicy,
+  CreateInviteResult, InvitesResult, InviteSummary, RevokeInviteResult,
   ConversationSummary, ImEvent, MessageEnvelope
 } from './types.js'

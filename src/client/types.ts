@@ -158,6 +158,12 @@ export type PostPolicy = 'admins' | 'members'
 export interface CreateChannelResult { conv: string, name: string, public: boolean, postPolicy: PostPolicy, topic: string }
 /** joined: false when already a member; lastSeq read after the subscription (pull history {after} from here). */
 export interface JoinResult { conv: string, name: string | null, joined: boolean, topic: string, lastSeq: number }
+/** An invite of a channel as `invites` lists it: codeId names it for revoke-invite (it is not the code). */
+export interface InviteSummary { codeId: string, createdBy: string, createdAt: number, expiresAt: number, maxUses: number | null, uses: number }
+/** A new invite: `code` is shown this once (the server keeps only its hash); joinByInvite(code) joins. */
+export interface CreateInviteResult extends InviteSummary { code: string, conv: string }
+export interface InvitesResult { conv: string, invites: InviteSummary[] }
+export interface RevokeInviteResult { conv: string, codeId: string }
 export interface ChannelInfoResult { conv: string, name: string | null, public: boolean, postPolicy: PostPolicy, members: number, lastSeq: number, role: Role | null, canPost: boolean, topic: string }
 export interface MuteResult { conv: string, muted: boolean }
 export interface ReadResult { conv: string, readSeq: number, unread: number }

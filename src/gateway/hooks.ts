@@ -127,7 +127,7 @@ const EMPTY = Buffer.alloc(0)
  * `send` is idempotent by itself (the sequencer answers a resent msgId with its seq, as a
  * duplicate).
  */
-const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info'] satisfies OpName[])
+const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'] satisfies OpName[])
 /** Requests answered with pages of up to limits.pageBytes: they go through the PageGate. */
 const PAGE_OPS: ReadonlySet<string> = new Set(['history', 'list'] satisfies OpName[])
 

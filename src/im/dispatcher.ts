@@ -20,6 +20,7 @@ import { edit, remove, react, typing } from './ops/changes.js'
 import { pushRegister, pushUnregister, pushTargets } from './ops/push.js'
 import { upload, fileUrl } from './ops/files.js'
 import { createChannel, join, channelInfo } from './ops/channels.js'
+import { createInvite, invites, revokeInvite } from './ops/invites.js'
 import { direct, createGroup, addMembers, removeMember, leave, rename, setRole, members } from './ops/conversations.js'
 
 type HandlerTable = { [K in OpName]: Handler<RequestOf<K>, unknown> }
@@ -55,7 +56,10 @@ const HANDLERS: HandlerTable = {
   'file-url': fileUrl,
   'create-channel': createChannel,
   join,
-  'channel-info': channelInfo
+  'channel-info': channelInfo,
+  'create-invite': createInvite,
+  invites,
+  'revoke-invite': revokeInvite
 }
 
 /** Decoding is stateless with stream: false, so one decoder serves every request. */

@@ -111,8 +111,27 @@ export const CreateChannelRequest = z.object({
   /** Who may post (default 'admins': the admins and the owner). */
   postPolicy: PostPolicySchema.optional()
 }).strict()
-export const JoinRequest = z.object({ ...base, conv: ConvId }).strict()
+/** An invite code, as create-invite answered it: 24 characters of base64url (144 random bits). */
+export const InviteCode = z.string().regex(/^[A-Za-z0-9_-]{24}$/, 'an invite code: 24 of A-Z a-z 0-9 _ -')
+/** An invite's short name in `invites` and `revoke-invite` (not the code): 8 hex digits. */
+export const InviteCodeId = z.string().regex(/^[0-9a-f]{8}$/, 'a codeId: 8 lower-case hex digits, as `invites` lists it')
+/** The most joins one invite may admit (maxUses); without maxUses, any number until it expires. */
+export const INVITE_USES_MAX = 100_000
+/** Joins a channel: a public one by its id (`conv`), or any channel with an invite code (`invite`). */
+export const JoinRequest = z.object({ ...base, conv: ConvId.optional(), invite: InviteCode.optional() }).strict()
+  .refine(r => (r.conv === undefined) !== (r.invite === undefined), 'exactly one of conv and invite')
 export const ChannelInfoRequest = z.object({ ...base, conv: ConvId }).strict()
+/** A new invite code of a channel (admins and the owner). */
+export const CreateInviteRequest = z.object({
+  ...base,
+  conv: ConvId,
+  /** How many joins it admits (default: any number until it expires). */
+  maxUses: z.number().int().min(1).max(INVITE_USES_MAX).optional(),
+  /** How long it works, in ms (default channels.inviteTtlMs; at most channels.inviteTtlMaxMs). */
+  expiresInMs: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional()
+}).strict()
+export const InvitesRequest = z.object({ ...base, conv: ConvId }).strict()
+export const RevokeInviteRequest = z.object({ ...base, conv: ConvId, codeId: InviteCodeId }).strict()
 export const PresenceRequest = z.object({ ...base, users: z.array(UserId).min(1).max(500) }).strict()
 export const GroupInvitesSchema = z.enum(['anyone', 'contacts'])
 /** Reads my settings, changing those given. */
@@ -202,7 +221,10 @@ export const REQUESTS = {
   'file-url': FileUrlRequest,
   'create-channel': CreateChannelRequest,
   join: JoinRequest,
-  'channel-info': ChannelInfoRequest
+  'channel-info': ChannelInfoRequest,
+  'create-invite': CreateInviteRequest,
+  invites: InvitesRequest,
+  'revoke-invite': RevokeInviteRequest
 } as const
 
 export type OpName = keyof typeof REQUESTS

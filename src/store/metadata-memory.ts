@@ -8,10 +8,13 @@
  */
 import {
   StoreConflictError,
+  inviteCodeId,
+  inviteLive,
   pushTargetKey,
   type BlockRecord,
   type ConversationRecord,
   type GroupInvites,
+  type InviteRecord,
   type MemberRecord,
   type MentionRecord,
   type MetadataStore,
@@ -50,6 +53,10 @@ export class MemoryMetadataStore implements MetadataStore {
   private readonly pushTargets = new Map<string, Map<string, PushTargetRecord>>()
   /** pushTargetKey → [user id, device], the equivalent of its unique key */
   private readonly pushTargetOwners = new Map<string, [string, string]>()
+  /** code hash → invite, the equivalent of the MySQL table invites */
+  private readonly invites = new Map<string, InviteRecord>()
+  /** conversation id → codeId → code hash, the equivalent of its unique key (conversation_id, code_id) */
+  private readonly invitesByConversation = new Map<string, Map<string, string>>()
 
   async init (): Promise<void> {}
 
@@ -415,6 +422,77 @@ export class MemoryMetadataStore implements MetadataStore {
     return [...new Set(userIds)].sort(compare).flatMap(u => [...(this.pushTargets.get(u)?.values() ?? [])]
       .sort((a, b) => compare(a.device, b.device))
       .map(r => ({ ...r, target: { ...r.target } })))
+  }
+
+  async inviteCreate (invite: InviteRecord, max: number, now: number): Promise<'added' | 'full'> {
+    const codeId = inviteCodeId(invite.codeHash)
+    const mine = this.invitesByConversation.get(invite.conversationId)
+    for (const hash of [...(mine?.values() ?? [])]) {
+      const held = this.invites.get(hash)
+      if (held !== undefined && !inviteLive(held, now)) this.deleteInvite(held)
+    }
+    if ((mine?.size ?? 0) >= max) return 'full'
+    if (this.invites.has(invite.codeHash) || mine?.has(codeId) === true) {
+      throw new StoreConflictError(`an invite with code id "${codeId}" (or this code) exists already`)
+    }
+    this.invites.set(invite.codeHash, { ...invite })
+    let byId = this.invitesByConversation.get(invite.conversationId)
+    if (byId === undefined) this.invitesByConversation.set(invite.conversationId, byId = new Map())
+    byId.set(codeId, invite.codeHash)
+    return 'added'
+  }
+
+  async inviteGet (codeHash: string): Promise<InviteRecord | null> {
+    const invite = this.invites.get(codeHash)
+    return invite === undefined ? null : { ...invite }
+  }
+
+  async inviteList (conversationId: string, now: number): Promise<InviteRecord[]> {
+    return [...(this.invitesByConversation.get(conversationId)?.values() ?? [])]
+      .flatMap(hash => {
+        const invite = this.invites.get(hash)
+        return invite !== undefined && inviteLive(invite, now) ? [{ ...invite }] : []
+      })
+      .sort((a, b) => a.createdAt - b.createdAt || compare(inviteCodeId(a.codeHash), inviteCodeId(b.codeHash)))
+  }
+
+  async inviteUse (codeHash: string, now: number): Promise<boolean> {
+    const invite = this.invites.get(codeHash)
+    if (invite === undefined || !inviteLive(invite, now)) return false
+    invite.uses++
+    return true
+  }
+
+  async inviteRelease (codeHash: string): Promise<void> {
+    const invite = this.invites.get(codeHash)
+    if (invite !== undefined && invite.uses > 0) invite.uses--
+  }
+
+  async inviteRemove (conversationId: string, codeId: string): Promise<boolean> {
+    const hash = this.invitesByConversation.get(conversationId)?.get(codeId)
+    const invite = hash === undefined ? undefined : this.invites.get(hash)
+    if (invite === undefined) return false
+    this.deleteInvite(invite)
+    return true
+  }
+
+  async inviteRemoveByCreator (conversationId: string, userId: string): Promise<number> {
+    let removed = 0
+    for (const hash of [...(this.invitesByConversation.get(conversationId)?.values() ?? [])]) {
+      const invite = this.invites.get(hash)
+      if (invite?.createdBy === userId) {
+        this.deleteInvite(invite)
+        removed++
+      }
+    }
+    return removed
+  }
+
+  private deleteInvite (invite: InviteRecord): void {
+    this.invites.delete(invite.codeHash)
+    const byId = this.invitesByConversation.get(invite.conversationId)
+    byId?.delete(inviteCodeId(invite.codeHash))
+    if (byId?.size === 0) this.invitesByConversation.delete(invite.conversationId)
   }
 
   /** Sets one field of a user; a change only if the value differs, like MySQL's updated_at. */

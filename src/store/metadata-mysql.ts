@@ -18,6 +18,8 @@ import type { PoolConnection as CallbackPoolConnection } from 'mysql2'
 import { MYSQL_MIGRATIONS, MYSQL_SCHEMA_VERSION, type MysqlStatement } from './migrations/mysql.js'
 import {
   StoreConflictError,
+  inviteCodeId,
+  inviteLive,
   pushTargetKey,
   type PushTarget,
   type PushTargetPutResult,
@@ -27,6 +29,7 @@ import {
   type PostPolicy,
   type ConversationRecord,
   type GroupInvites,
+  type InviteRecord,
   type MemberRecord,
   type MentionRecord,
   type MetadataStore,
@@ -71,6 +74,7 @@ const ER_LOCK_DEADLOCK = 1213
 const USER_COLUMNS = 'id, kind, display_name, secret_hash, disabled, created_at, group_invites'
 const CONVERSATION_COLUMNS = 'id, kind, name, direct_key, created_by, created_at, channel_public, channel_post'
 const MEMBER_COLUMNS = 'conversation_id, user_id, role, read_seq, muted, joined_at'
+const INVITE_COLUMNS = 'code_hash, conversation_id, code_id, created_by, created_at, expires_at, max_uses, uses'
 
 interface UserRow extends RowDataPacket {
   id: string
@@ -609,6 +613,65 @@ export class MySqlMetadataStore implements MetadataStore {
   }
 
   /**
+   * One transaction: the conversation's row is locked first, so the creations of one conversation
+   * take turns and the count they check is exact. As in blockAdd, the reads after the lock are
+   * plain consistent reads, and dead invites are deleted by primary key: no ranges of invites are
+   * locked (a range lock would deadlock with a neighbouring conversation's insert).
+   */
+  async inviteCreate (invite: InviteRecord, max: number, now: number): Promise<'added' | 'full'> {
+    try {
+      return await this.transaction(async (conn) => {
+        await conn.execute('SELECT id FROM conversations WHERE id = ? FOR UPDATE', [invite.conversationId])
+        const [held] = await conn.execute<InviteRow[]>(`SELECT ${INVITE_COLUMNS} FROM invites WHERE conversation_id = ?`, [invite.conversationId])
+        const dead = held.map(toInvite).filter(i => !inviteLive(i, now)).map(i => i.codeHash)
+        if (dead.length > 0) await conn.query('DELETE FROM invites WHERE code_hash IN (?)', [dead])
+        if (held.length - dead.length >= max) return 'full'
+        await conn.execute(`INSERT INTO invites (${INVITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, [
+          invite.codeHash, invite.conversationId, inviteCodeId(invite.codeHash), invite.createdBy, invite.createdAt, invite.expiresAt, invite.maxUses, invite.uses])
+        return 'added'
+      })
+    } catch (err) {
+      throw mapConflict(err, `an invite with code id "${inviteCodeId(invite.codeHash)}" (or this code) exists already`)
+    }
+  }
+
+  async inviteGet (codeHash: string): Promise<InviteRecord | null> {
+    const [rows] = await this.pool.execute<InviteRow[]>(`SELECT ${INVITE_COLUMNS} FROM invites WHERE code_hash = ?`, [codeHash])
+    return rows[0] === undefined ? null : toInvite(rows[0])
+  }
+
+  async inviteList (conversationId: string, now: number): Promise<InviteRecord[]> {
+    // uq_invites_code_id's range of the conversation: at most channels.invitesPerChannel rows (inviteCreate removes the dead ones)
+    const [rows] = await this.pool.execute<InviteRow[]>(
+      `SELECT ${INVITE_COLUMNS} FROM invites WHERE conversation_id = ? AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)
+        ORDER BY created_at, code_id`, [conversationId, now])
+    return rows.map(toInvite)
+  }
+
+  /** One conditional UPDATE: InnoDB checks the condition on the row as the last committer left it, so the last use goes once. */
+  async inviteUse (codeHash: string, now: number): Promise<boolean> {
+    return await this.update(
+      'UPDATE invites SET uses = uses + 1 WHERE code_hash = ? AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)', [codeHash, now])
+  }
+
+  async inviteRelease (codeHash: string): Promise<void> {
+    await this.pool.execute('UPDATE invites SET uses = uses - 1 WHERE code_hash = ? AND uses > 0', [codeHash])
+  }
+
+  async inviteRemove (conversationId: string, codeId: string): Promise<boolean> {
+    return await this.update('DELETE FROM invites WHERE conversation_id = ? AND code_id = ?', [conversationId, codeId])
+  }
+
+  /** Found by a consistent read, deleted by primary key (no range locks, as in inviteCreate). */
+  async inviteRemoveByCreator (conversationId: string, userId: string): Promise<number> {
+    const [rows] = await this.pool.execute<InviteRow[]>(
+      'SELECT code_hash FROM invites WHERE conversation_id = ? AND created_by = ?', [conversationId, userId])
+    if (rows.length === 0) return 0
+    const [result] = await this.pool.query<ResultSetHeader>('DELETE FROM invites WHERE code_hash IN (?)', [rows.map(r => r.code_hash)])
+    return result.affectedRows
+  }
+
+  /**
    * Runs a SELECT whose last placeholder is an `IN (?)` list once per IN_CHUNK distinct ids and
    * concatenates the rows; with no ids it runs nothing. `leading` fills the placeholders before
    * the list. Each id is in exactly one chunk, so rows keyed by it are never repeated.
@@ -835,6 +898,29 @@ interface PushTargetRow extends RowDataPacket {
   device: string
   target: string
   created_at: number | string
+}
+
+interface InviteRow extends RowDataPacket {
+  code_hash: string
+  conversation_id: string
+  code_id: string
+  created_by: string
+  created_at: number | string
+  expires_at: number | string
+  max_uses: number | null
+  uses: number
+}
+
+function toInvite (row: InviteRow): InviteRecord {
+  return {
+    codeHash: row.code_hash,
+    conversationId: row.conversation_id,
+    createdBy: row.created_by,
+    createdAt: toSafeNumber(row.created_at, 'invites.created_at'),
+    expiresAt: toSafeNumber(row.expires_at, 'invites.expires_at'),
+    maxUses: row.max_uses,
+    uses: row.uses
+  }
 }
 
 /** The unique key of a push target: SHA-256 of what makes it the same target (pushTargetKey). */

@@ -226,6 +226,61 @@ export interface MetadataStore {
   pushTargetRemove (userId: string, device: string, only?: PushTarget): Promise<boolean>
   /** The push targets of several users, in one round trip, by user then device (byte order). */
   pushTargetsOf (userIds: readonly string[]): Promise<PushTargetRecord[]>
+
+  /**
+   * Stores a new invite of its conversation, unless that conversation has `max` live invites
+   * (inviteLive at `now`): then 'full' and nothing is added. The conversation's dead invites
+   * (expired or used up) are removed first, so it never holds more than `max` invites at all.
+   * Calls for one conversation are serialized (on the conversation's record in MySQL), so
+   * concurrent calls never leave more than `max`. Throws StoreConflictError if the code hash
+   * exists, or the conversation has an invite with the same codeId (inviteCodeId).
+   */
+  inviteCreate (invite: InviteRecord, max: number, now: number): Promise<'added' | 'full'>
+  /** The invite with this code hash as stored (also dead ones not removed yet), or null. */
+  inviteGet (codeHash: string): Promise<InviteRecord | null>
+  /** The live invites of a conversation at `now`, oldest first (the same time: by codeId). */
+  inviteList (conversationId: string, now: number): Promise<InviteRecord[]>
+  /**
+   * Takes one use of the invite, only while it is live at `now`: a single conditional change, so
+   * of concurrent calls for its last use exactly one gets true. False (nothing changes) when it
+   * does not exist or is dead.
+   */
+  inviteUse (codeHash: string, now: number): Promise<boolean>
+  /** Gives back one use taken by inviteUse (that joined nobody); nothing if the invite is gone or unused. */
+  inviteRelease (codeHash: string): Promise<void>
+  /** Removes (revokes) the conversation's invite with this codeId; false if it has none. */
+  inviteRemove (conversationId: string, codeId: string): Promise<boolean>
+  /** Removes the conversation's invites that this user created; returns how many. */
+  inviteRemoveByCreator (conversationId: string, userId: string): Promise<number>
+}
+
+/**
+ * An invite code of a channel, as stored: never the code itself, only its SHA-256, so a copy of
+ * the store gives no working code (MetadataStore.invite*).
+ */
+export interface InviteRecord {
+  /** SHA-256 of the code, 64 lower-case hex digits: the key. */
+  codeHash: string
+  conversationId: string
+  createdBy: string
+  /** epoch milliseconds */
+  createdAt: number
+  /** It admits while now < expiresAt (epoch milliseconds). */
+  expiresAt: number
+  /** How many joins it admits; null: any number until it expires. */
+  maxUses: number | null
+  /** Joins it admitted so far. */
+  uses: number
+}
+
+/** An invite's short, non-secret name (listing, revoking): the first 8 hex digits of its code hash, unique per conversation. */
+export function inviteCodeId (codeHash: string): string {
+  return codeHash.slice(0, 8)
+}
+
+/** Whether an invite still admits at `now`: not expired, not used up (a revoked one is gone). */
+export function inviteLive (invite: Pick<InviteRecord, 'expiresAt' | 'maxUses' | 'uses'>, now: number): boolean {
+  return now < invite.expiresAt && (invite.maxUses === null || invite.uses < invite.maxUses)
 }
 
 /** Where a device gets pushes: a Web Push subscription, or a token at a configured push gateway. */

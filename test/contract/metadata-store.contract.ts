@@ -7,10 +7,13 @@
  *
  * The interface promises no order for lists, so the suite sorts before comparing.
  */
+import { createHash } from 'node:crypto'
 import {
   StoreConflictError,
   USER_PAGE_MAX,
+  inviteCodeId,
   type ConversationRecord,
+  type InviteRecord,
   type MemberRecord,
   type MetadataStore,
   type PushTarget,
@@ -1118,6 +1121,130 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect(entries(await store.mentionCountMany('bob', ['g1']))).toStrictEqual([['g1', 1]])
         expect(entries(await store.mentionCountMany('Bob', ['g1']))).toStrictEqual([])
         expect(entries(await store.mentionCountMany('bob', ['G1']))).toStrictEqual([])
+      })
+    })
+
+    describe('invites', () => {
+      const NOW = T0 + 10_000
+      /** A code hash: the SHA-256 of `code`, as the server makes them. */
+      const hashOf = (code: string): string => createHash('sha256').update(code).digest('hex')
+      function invite (code: string, overrides: Partial<InviteRecord> = {}): InviteRecord {
+        return { codeHash: hashOf(code), conversationId: 'c1', createdBy: 'alice', createdAt: NOW, expiresAt: NOW + 60_000, maxUses: null, uses: 0, ...overrides }
+      }
+      function channel (id: string): ConversationRecord {
+        return { id, kind: 'channel', name: `Channel ${id}`, directKey: null, createdBy: 'alice', createdAt: T0, channel: { public: false, postPolicy: 'admins' } }
+      }
+      beforeEach(async () => {
+        await store.conversationCreate(channel('c1'), [member('c1', 'alice', { role: 'owner' })])
+        await store.conversationCreate(channel('c2'), [member('c2', 'alice', { role: 'owner' })])
+      })
+
+      test('an invite round-trips every field, by its hash and in its conversation\'s list, as copies', async () => {
+        const one = invite('one', { maxUses: 5, createdBy: 'bob', expiresAt: NOW + 1 })
+        expect(await store.inviteCreate(one, 10, NOW)).toBe('added')
+        expect(await store.inviteGet(one.codeHash)).toStrictEqual(one)
+        expect(await store.inviteList('c1', NOW)).toStrictEqual([one])
+        expect(await store.inviteGet(hashOf('other'))).toBeNull()
+        expect(await store.inviteList('c2', NOW)).toStrictEqual([])
+        expect(await store.inviteList('nope', NOW)).toStrictEqual([])
+        const got = await store.inviteGet(one.codeHash)
+        if (got !== null) got.uses = 3
+        one.maxUses = 1
+        expect(await store.inviteGet(hashOf('one'))).toStrictEqual(invite('one', { maxUses: 5, createdBy: 'bob', expiresAt: NOW + 1 }))
+      })
+
+      test('the list holds live invites only, oldest first', async () => {
+        await store.inviteCreate(invite('late', { createdAt: NOW + 2 }), 10, NOW)
+        await store.inviteCreate(invite('early', { createdAt: NOW - 5 }), 10, NOW)
+        await store.inviteCreate(invite('expiring', { expiresAt: NOW + 100 }), 10, NOW)
+        await store.inviteCreate(invite('once', { maxUses: 1 }), 10, NOW)
+        await store.inviteCreate(invite('elsewhere', { conversationId: 'c2' }), 10, NOW)
+        expect(await store.inviteUse(hashOf('once'), NOW)).toBe(true)
+        expect((await store.inviteList('c1', NOW)).map(i => i.codeHash)).toStrictEqual([hashOf('early'), hashOf('expiring'), hashOf('late')])
+        // expiresAt is the first moment it no longer admits
+        expect((await store.inviteList('c1', NOW + 100)).map(i => i.codeHash)).toStrictEqual([hashOf('early'), hashOf('late')])
+        // used up and expired ones are still stored (until the next inviteCreate of their conversation)
+        expect(await store.inviteGet(hashOf('once'))).toStrictEqual(invite('once', { maxUses: 1, uses: 1 }))
+      })
+
+      test('inviteCreate keeps at most max live invites per conversation, removing the dead ones first', async () => {
+        expect(await store.inviteCreate(invite('a'), 2, NOW)).toBe('added')
+        expect(await store.inviteCreate(invite('b', { expiresAt: NOW + 10 }), 2, NOW)).toBe('added')
+        expect(await store.inviteCreate(invite('c'), 2, NOW)).toBe('full')
+        expect(await store.inviteGet(hashOf('c'))).toBeNull()
+        // another conversation has its own bound
+        expect(await store.inviteCreate(invite('d', { conversationId: 'c2' }), 2, NOW)).toBe('added')
+        // once b has expired it no longer counts, and it is removed
+        expect(await store.inviteCreate(invite('c'), 2, NOW + 10)).toBe('added')
+        expect(await store.inviteGet(hashOf('b'))).toBeNull()
+        // a used-up invite does not count either
+        await store.inviteRemove('c1', inviteCodeId(hashOf('c')))
+        await store.inviteCreate(invite('once', { maxUses: 1 }), 2, NOW)
+        expect(await store.inviteUse(hashOf('once'), NOW)).toBe(true)
+        expect(await store.inviteCreate(invite('e'), 2, NOW)).toBe('added')
+        expect(await store.inviteGet(hashOf('once'))).toBeNull()
+        expect((await store.inviteList('c1', NOW)).map(i => i.codeHash).sort()).toStrictEqual([hashOf('a'), hashOf('e')].sort())
+      })
+
+      test('concurrent inviteCreate calls of one conversation never pass the bound', async () => {
+        const outcomes = await Promise.all(Array.from({ length: 8 }, async (_, i) => await store.inviteCreate(invite(`race-${i}`), 3, NOW)))
+        expect(outcomes.filter(o => o === 'added')).toHaveLength(3)
+        expect(await store.inviteList('c1', NOW)).toHaveLength(3)
+      })
+
+      test('the same code, or the same codeId in one conversation, is a conflict; in another conversation the codeId is free', async () => {
+        await store.inviteCreate(invite('a'), 10, NOW)
+        await expect(store.inviteCreate(invite('a', { conversationId: 'c2' }), 10, NOW)).rejects.toThrow(StoreConflictError)
+        // another hash with the same first 8 hex digits
+        const twin = invite('twin', { codeHash: hashOf('a').slice(0, 8) + 'f'.repeat(56) })
+        await expect(store.inviteCreate(twin, 10, NOW)).rejects.toThrow(StoreConflictError)
+        expect(await store.inviteCreate({ ...twin, conversationId: 'c2' }, 10, NOW)).toBe('added')
+        expect(await store.inviteList('c1', NOW)).toStrictEqual([invite('a')])
+      })
+
+      test('inviteUse takes uses while the invite is live, then refuses; inviteRelease gives one back', async () => {
+        await store.inviteCreate(invite('two', { maxUses: 2 }), 10, NOW)
+        await store.inviteCreate(invite('open', { expiresAt: NOW + 50 }), 10, NOW)
+        expect(await store.inviteUse(hashOf('two'), NOW)).toBe(true)
+        expect(await store.inviteUse(hashOf('two'), NOW)).toBe(true)
+        expect(await store.inviteUse(hashOf('two'), NOW)).toBe(false)
+        expect((await store.inviteGet(hashOf('two')))?.uses).toBe(2)
+        await store.inviteRelease(hashOf('two'))
+        expect((await store.inviteGet(hashOf('two')))?.uses).toBe(1)
+        expect(await store.inviteUse(hashOf('two'), NOW)).toBe(true)
+        // no limit: until it expires
+        for (let i = 0; i < 5; i++) expect(await store.inviteUse(hashOf('open'), NOW + 49)).toBe(true)
+        expect(await store.inviteUse(hashOf('open'), NOW + 50)).toBe(false)
+        expect((await store.inviteGet(hashOf('open')))?.uses).toBe(5)
+        expect(await store.inviteUse(hashOf('nope'), NOW)).toBe(false)
+        // never below zero; unknown hashes change nothing
+        await store.inviteCreate(invite('fresh'), 10, NOW)
+        await store.inviteRelease(hashOf('fresh'))
+        await store.inviteRelease(hashOf('nope'))
+        expect((await store.inviteGet(hashOf('fresh')))?.uses).toBe(0)
+      })
+
+      test('of concurrent inviteUse calls for the last use, exactly one gets it', async () => {
+        await store.inviteCreate(invite('last', { maxUses: 3, uses: 2 }), 10, NOW)
+        const got = await Promise.all(Array.from({ length: 10 }, async () => await store.inviteUse(hashOf('last'), NOW)))
+        expect(got.filter(Boolean)).toHaveLength(1)
+        expect((await store.inviteGet(hashOf('last')))?.uses).toBe(3)
+      })
+
+      test('inviteRemove revokes by codeId within the conversation; inviteRemoveByCreator removes one creator\'s', async () => {
+        await store.inviteCreate(invite('a'), 10, NOW)
+        await store.inviteCreate(invite('b', { createdBy: 'bob' }), 10, NOW)
+        await store.inviteCreate(invite('c', { createdBy: 'bob' }), 10, NOW)
+        await store.inviteCreate(invite('d', { createdBy: 'bob', conversationId: 'c2' }), 10, NOW)
+        expect(await store.inviteRemove('c2', inviteCodeId(hashOf('a')))).toBe(false)
+        expect(await store.inviteRemove('c1', inviteCodeId(hashOf('a')))).toBe(true)
+        expect(await store.inviteRemove('c1', inviteCodeId(hashOf('a')))).toBe(false)
+        expect(await store.inviteGet(hashOf('a'))).toBeNull()
+        expect(await store.inviteUse(hashOf('a'), NOW)).toBe(false)
+        expect(await store.inviteRemoveByCreator('c1', 'bob')).toBe(2)
+        expect(await store.inviteRemoveByCreator('c1', 'bob')).toBe(0)
+        expect(await store.inviteList('c1', NOW)).toStrictEqual([])
+        expect(await store.inviteList('c2', NOW)).toStrictEqual([invite('d', { createdBy: 'bob', conversationId: 'c2' })])
       })
     })
 

@@ -7,7 +7,7 @@ import type { ConversationSummary, ImClient, MemberEvent, ReadEvent } from '../.
 import { describeError } from './format.js'
 import type { Members } from './members.js'
 import type { Messages } from './messages.js'
-import type { Channels } from './channels.js'
+import { inviteCodeOf, JOIN_HASH, type Channels } from './channels.js'
 import { noteListed } from './mentions.js'
 import { heldUnread, realsIn, type AppStore, type ChatState, type Presence } from './store.js'
 
@@ -28,6 +28,7 @@ export class Conversations {
 
   async start (): Promise<void> {
     await this.refresh()
+    await this.joinFromHash()
   }
 
   close (): void {
@@ -124,7 +125,10 @@ export class Conversations {
     if (switching) this.messages.closed()
     this.store.update(state => {
       state.active = conv
-      if (switching) state.membersOpen = false
+      if (switching) {
+        state.membersOpen = false
+        state.invite = null
+      }
     })
     if (s.kind === 'group' && switching) void this.members.load()
     if (s.kind === 'channel' && switching) void this.channels.load(conv)
@@ -133,15 +137,34 @@ export class Conversations {
 
   closeChat (push = true): void {
     this.messages.closed()
-    this.store.update(state => { state.active = null })
+    this.store.update(state => {
+      state.active = null
+      state.invite = null
+    })
     if (push && location.hash !== '') history.pushState(null, '', location.pathname + location.search)
   }
 
-  /** Back/forward: the hash says which chat is open. */
+  /** Back/forward: the hash says which chat is open (or, `#join=<code>`, which channel to join). */
   followHash (): void {
+    if (location.hash.startsWith(JOIN_HASH)) {
+      void this.joinFromHash()
+      return
+    }
     const conv = convFromHash()
     if (conv !== '' && this.known(conv)) void this.open(conv, false)
     else this.closeChat(false)
+  }
+
+  /** A page opened with an invite link (`#join=<code>`): joins that channel and opens it (the code leaves the address bar). */
+  private async joinFromHash (): Promise<void> {
+    if (!location.hash.startsWith(JOIN_HASH)) return
+    const code = inviteCodeOf(location.hash)
+    history.replaceState(null, '', location.pathname + location.search)
+    if (code === null) {
+      this.store.update(state => { state.sidebarError = 'That invite link is not valid.' })
+      return
+    }
+    await this.joinByInvite(code)
   }
 
   private openFromHash (): void {
@@ -182,6 +205,24 @@ export class Conversations {
   async joinChannel (conv: string): Promise<boolean> {
     return await this.guard(async () => {
       const r = await this.client.join(conv)
+      this.added({ conv: r.conv, kind: 'channel', name: r.name, role: 'member', lastSeq: r.lastSeq, last: null, readSeq: r.lastSeq, unread: 0, mentions: 0, muted: false })
+      await this.open(r.conv)
+    })
+  }
+
+  /** Joins the channel of an invite code (or link) and opens it; resolves false on failure (shown in the sidebar). */
+  async joinWithInvite (text: string): Promise<boolean> {
+    const code = inviteCodeOf(text)
+    if (code === null) {
+      this.store.update(state => { state.sidebarError = 'Paste an invite link (…#join=…) or its 24-character code.' })
+      return false
+    }
+    return await this.joinByInvite(code)
+  }
+
+  private async joinByInvite (code: string): Promise<boolean> {
+    return await this.guard(async () => {
+      const r = await this.client.joinByInvite(code)
       this.added({ conv: r.conv, kind: 'channel', name: r.name, role: 'member', lastSeq: r.lastSeq, last: null, readSeq: r.lastSeq, unread: 0, mentions: 0, muted: false })
       await this.open(r.conv)
     })

@@ -84,7 +84,11 @@ export interface AppState {
   push: PushState
   /** Channels opened here: settings, member count, my role (web/src/channels.ts). */
   channels: Map<string, ChannelInfoResult>
+  /** The invite link made in the open channel (shown until another chat opens; the code is not kept anywhere else). */
+  invite: InviteLink | null
 }
+
+export interface InviteLink { conv: string, link: string, expiresAt: number }
 
 export interface PushState {
   status: 'unsupported' | 'off' | 'working' | 'on' | 'denied' | 'error'
@@ -115,7 +119,8 @@ export function initialState (): AppState {
     push: { status: 'off', detail: null },
     uploads: new Map(),
     pageVisible: true,
-    channels: new Map()
+    channels: new Map(),
+    invite: null
   }
 }
 

@@ -5,7 +5,8 @@
  * gateway/channels.ts); offline members pull with `history {after}`. Rules:
  *   - create-channel: anyone (within limits.groupsCreatedPerHour, shared with groups) creates a
  *     channel and is its owner;
- *   - join: anyone joins a public channel by id; private ones only through add-members;
+ *   - join: anyone joins a public channel by id, and any channel with an invite code (see
+ *     ops/invites.ts); private ones otherwise only through add-members;
  *   - add-members, remove-member, set-role, rename: as in groups (admins add and remove members of
  *     lower rank; the owner sets roles), with the member's record read one at a time, never the
  *     whole member list;
@@ -13,15 +14,19 @@
  *     successor is not searched among 100,000 members);
  *   - posting (send, edit, delete, react): the admins and the owner, or every member when the
  *     channel's postPolicy is 'members';
- *   - member events go to the users concerned and the actor only, never to every member.
+ *   - member events go to the users concerned and the actor only, never to every member;
+ *   - invites die with their creator's rank: when an admin or the owner is removed, leaves or
+ *     becomes a plain member, the invites they made are removed (and `join` checks the creator's
+ *     role too, for a change that raced with the creation).
  */
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import { channelTopic } from '../../protocol/topics.js'
-import type { ConversationRecord, MemberRecord, PostPolicy, Role } from '../../store/types.js'
+import { inviteLive, type ConversationRecord, type InviteRecord, type MemberRecord, type PostPolicy, type Role } from '../../store/types.js'
 import type { Caller, Services } from '../context.js'
 import type { ConversationEntry } from '../directory.js'
 import { lastSeqOf, outranks, requireRole } from '../access.js'
+import { inviteHash } from '../invites.js'
 import { newConversationId, newMember, requireGroupQuota, requireInvitable, requireRoomFor } from './conversations.js'
 
 export interface ChannelInfo {
@@ -57,7 +62,7 @@ export function requirePoster (entry: ConversationEntry, member: MemberRecord): 
  * The caller's membership read from the store, for the admin operations: a role changed through
  * another node a moment ago counts at once (the cached copy follows over the cluster bus).
  */
-async function current (services: Services, conv: string, userId: string): Promise<MemberRecord> {
+export async function current (services: Services, conv: string, userId: string): Promise<MemberRecord> {
   const member = await services.meta.memberGet(conv, userId)
   if (member === null) throw new ImError('NOT_MEMBER')
   return member
@@ -86,22 +91,56 @@ export async function createChannel (caller: Caller, req: RequestOf<'create-chan
   return { conv: conversation.id, name: req.name, ...settings, topic: channelTopic(conversation.id) }
 }
 
+/** The one answer to every code that does not admit: nobody learns which codes exist, nor why one fails. */
+const NO_INVITE = 'no such invite (or it expired, was revoked or was used up)'
+
+/** The channel a join asks for, and the invite that admits it (null: by id, public channels only). */
+async function joinTarget (services: Services, req: RequestOf<'join'>): Promise<{ entry: ConversationEntry, invite: InviteRecord | null }> {
+  if (req.conv !== undefined) return { entry: await channelEntry(services, req.conv), invite: null }
+  if (req.invite === undefined) throw new ImError('BAD_REQUEST', 'exactly one of conv and invite') // as the schema says
+  const invite = await services.meta.inviteGet(inviteHash(req.invite))
+  if (invite === null || !inviteLive(invite, services.now())) throw new ImError('NOT_FOUND', NO_INVITE)
+  // its creator must still be an admin or the owner: read from the store, so a change made a
+  // moment ago through another node counts (invites are never cached either: a revoke counts at once)
+  const [entry, creator] = await Promise.all([services.directory.get(invite.conversationId), services.meta.memberGet(invite.conversationId, invite.createdBy)])
+  if (entry === null || entry.conversation.kind !== 'channel' || creator === null || creator.role === 'member') throw new ImError('NOT_FOUND', NO_INVITE)
+  return { entry, invite }
+}
+
+/**
+ * Joins a channel: a public one by id, any one with an invite code. Steps: find the channel (and
+ * the invite) → already a member: joined false, no use taken → by id, private: NOT_FOUND → room
+ * for one more (the user's conversations, the channel's members) → take one use of the invite →
+ * add the member (a use that added nobody is given back) → subscribe the connected devices → the
+ * member event with lastSeq.
+ */
 export async function join (caller: Caller, req: RequestOf<'join'>, services: Services): Promise<{ conv: string, name: string | null, joined: boolean, topic: string, lastSeq: number }> {
-  const entry = await channelEntry(services, req.conv)
-  const topic = channelTopic(req.conv)
-  if (await services.directory.channelMember(req.conv, caller.userId) !== null) {
-    return { conv: req.conv, name: entry.conversation.name, joined: false, topic, lastSeq: await lastSeqOf(services, req.conv) }
+  const { entry, invite } = await joinTarget(services, req)
+  const conv = entry.conversation.id
+  const topic = channelTopic(conv)
+  if (await services.directory.channelMember(conv, caller.userId) !== null) {
+    return { conv, name: entry.conversation.name, joined: false, topic, lastSeq: await lastSeqOf(services, conv) }
   }
-  if (!settingsOf(entry).public) throw new ImError('NOT_FOUND', 'no such channel')
+  if (invite === null && !settingsOf(entry).public) throw new ImError('NOT_FOUND', 'no such channel')
   await requireRoomFor(services, [caller.userId])
   const max = services.config.channels.membersMax
-  if (await memberCount(services, req.conv) >= max) throw new ImError('LIMIT_REACHED', `the channel has ${max} members, the most a channel may have`)
-  const added = await services.meta.memberAdd([newMember(req.conv, caller.userId, 'member', services.now())])
-  services.channels.joined(req.conv, added)
+  if (await memberCount(services, conv) >= max) throw new ImError('LIMIT_REACHED', `the channel has ${max} members, the most a channel may have`)
+  if (invite !== null && !(await services.meta.inviteUse(invite.codeHash, services.now()))) throw new ImError('NOT_FOUND', NO_INVITE)
+  let added: string[]
+  try {
+    added = await services.meta.memberAdd([newMember(conv, caller.userId, 'member', services.now())])
+  } catch (err) {
+    // the use goes back if the store lets it; the failure of the join is what the caller hears of
+    if (invite !== null) await services.meta.inviteRelease(invite.codeHash).catch(() => {})
+    throw err
+  }
+  // a member already (another device joined at the same moment): the use admitted nobody
+  if (invite !== null && added.length === 0) await services.meta.inviteRelease(invite.codeHash)
+  services.channels.joined(conv, added)
   // the last seq is read once the membership is stored: everything after it is the member's to receive
-  const lastSeq = await lastSeqOf(services, req.conv)
-  if (added.length > 0) services.publisher.event([caller.userId], { type: 'member', conv: req.conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined, lastSeq })
-  return { conv: req.conv, name: entry.conversation.name, joined: added.length > 0, topic, lastSeq }
+  const lastSeq = await lastSeqOf(services, conv)
+  if (added.length > 0) services.publisher.event([caller.userId], { type: 'member', conv, kind: 'channel', action: 'added', by: caller.userId, users: added, name: entry.conversation.name ?? undefined, lastSeq })
+  return { conv, name: entry.conversation.name, joined: added.length > 0, topic, lastSeq }
 }
 
 export async function channelInfo (caller: Caller, req: RequestOf<'channel-info'>, services: Services): Promise<ChannelInfo> {
@@ -153,6 +192,7 @@ export async function channelRemoveMember (caller: Caller, req: RequestOf<'remov
   const removed = await services.meta.memberRemove(req.conv, req.user)
   // also when someone else removed them meanwhile: their connections stop receiving either way
   services.channels.left(req.conv, [req.user])
+  if (target.role !== 'member') await services.meta.inviteRemoveByCreator(req.conv, req.user)
   if (!removed) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
   services.publisher.event([caller.userId, req.user], { type: 'member', conv: req.conv, kind: 'channel', action: 'removed', by: caller.userId, users: [req.user] })
   return { conv: req.conv, removed: req.user }
@@ -165,6 +205,7 @@ export async function channelLeave (caller: Caller, req: RequestOf<'leave'>, mem
   }
   const removed = await services.meta.memberRemove(req.conv, caller.userId)
   services.channels.left(req.conv, [caller.userId])
+  if (member.role !== 'member') await services.meta.inviteRemoveByCreator(req.conv, caller.userId)
   if (!removed) throw new ImError('NOT_MEMBER')
   services.publisher.event([caller.userId], { type: 'member', conv: req.conv, kind: 'channel', action: 'left', by: caller.userId, users: [caller.userId] })
   return { conv: req.conv }
@@ -180,6 +221,8 @@ export async function channelSetRole (caller: Caller, req: RequestOf<'set-role'>
     : await services.meta.memberSetRole(req.conv, req.user, req.role)
   services.directory.invalidateMembers(req.conv, req.role === 'owner' ? [req.user, caller.userId] : [req.user])
   if (!changed) throw new ImError('CONFLICT', 'the membership changed meanwhile; retry')
+  // a plain member makes no invites: those they made as an admin stop working
+  if (req.role === 'member') await services.meta.inviteRemoveByCreator(req.conv, req.user)
   services.publisher.event([caller.userId, req.user], { type: 'member', conv: req.conv, kind: 'channel', action: 'role', by: caller.userId, users: [req.user], role: req.role })
   return { conv: req.conv, user: req.user, role: req.role }
 }

@@ -166,6 +166,27 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
       addColumn('conversations', 'channel_public', 'TINYINT(1) NULL'),
       addColumn('conversations', 'channel_post', "ENUM('admins', 'members') NULL")
     ]
+  },
+  {
+    version: 8,
+    name: 'invites: invite codes of channels, by the SHA-256 of the code',
+    statements: [
+      // The primary key serves a join by code (inviteGet, inviteUse: one row by its hash; the code
+      // itself is never stored); uq_invites_code_id a conversation's invites (listing, the bound
+      // per channel, revoking by codeId, the first 8 hex digits of the hash).
+      `CREATE TABLE IF NOT EXISTS invites (
+        code_hash CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        conversation_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        code_id CHAR(8) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+        created_by VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        max_uses INT NULL,
+        uses INT NOT NULL DEFAULT 0,
+        PRIMARY KEY (code_hash),
+        UNIQUE KEY uq_invites_code_id (conversation_id, code_id)
+      ) ${TABLE_OPTIONS}`
+    ]
   }
 ]
 

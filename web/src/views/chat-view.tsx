@@ -1,8 +1,10 @@
 /**
  * The open conversation: its header (title, online state or member count; Block / Unblock in a
- * direct chat; Leave in a channel), the members panel, the messages, who is typing, a refused
- * change, and the composer (with @mention suggestions; in a channel only for those who may post).
+ * direct chat; Leave in a channel, and Invite link for its admins), the members panel, an invite
+ * link just made, the messages, who is typing, a refused change, and the composer (with @mention
+ * suggestions; in a channel only for those who may post).
  */
+import { useRef, useState } from 'preact/hooks'
 import type { ConversationSummary } from '../../../src/client/index.js'
 import type { Chat } from '../chat.js'
 import { shortTime } from '../format.js'
@@ -49,6 +51,9 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
             <small data-testid='chat-subtitle'>{subtitle(state, s, c)}</small>
           </div>
           {group && <button class='link' data-testid='members-toggle' type='button' onClick={() => { chat.members.toggle() }}>Members</button>}
+          {channel !== undefined && channel.role !== null && channel.role !== 'member' && (
+            <button class='link' data-testid='invite-create' type='button' title='Make a link that lets anyone who has it join this channel' onClick={() => { void chat.channels.createInvite(s.conv) }}>Invite link</button>
+          )}
           {s.kind === 'channel' && <button class='link danger' data-testid='channel-leave' type='button' title='Leave this channel' onClick={() => { void chat.conversations.leaveChannel(s.conv) }}>Leave</button>}
           {peer !== undefined && (
             <button
@@ -60,6 +65,7 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
           )}
         </header>
         {group && state.membersOpen && <MembersPanel summary={s} chat={c} me={state.me} error={state.membersError} onAdd={async users => await chat.members.add(users)} />}
+        {state.invite?.conv === s.conv && <InvitePanel link={state.invite.link} expiresAt={state.invite.expiresAt} onClose={() => { chat.channels.closeInvite() }} />}
         {blocked && <p class='notice' data-testid='blocked-notice' role='status'>You blocked {peer}. Neither of you can send messages here until you unblock them.</p>}
         <MessageList key={s.conv} conv={s.conv} chat={c} me={state.me} group={s.kind !== 'direct'} role={s.role} messages={chat.messages} changes={chat.changes} />
         <div class='typing' aria-live='polite'>{typing !== '' && <span data-testid='typing'>{typing}</span>}</div>
@@ -86,6 +92,31 @@ export function ChatView ({ state, chat }: { state: AppState, chat: Chat }) {
             )}
       </div>
     </section>
+  )
+}
+
+/** A new invite link: shown this once (the server keeps no copy of the code), to copy and share. */
+function InvitePanel ({ link, expiresAt, onClose }: { link: string, expiresAt: number, onClose: () => void }) {
+  const [copied, setCopied] = useState(false)
+  const field = useRef<HTMLInputElement>(null)
+  const copy = (): void => {
+    // the clipboard exists in secure contexts only (https, localhost): elsewhere the link is selected to copy by hand
+    const clipboard = (navigator as Partial<Navigator>).clipboard
+    if (clipboard === undefined) {
+      field.current?.select()
+      return
+    }
+    clipboard.writeText(link).then(() => { setCopied(true) }, () => { field.current?.select() })
+  }
+  return (
+    <div class='notice invite' data-testid='invite-panel' role='status'>
+      <span>Anyone with this link can join until {shortTime(expiresAt)}. It is shown only now:</span>
+      <div class='row'>
+        <input ref={field} data-testid='invite-link' readOnly value={link} onFocus={e => { e.currentTarget.select() }} />
+        <button type='button' data-testid='invite-copy' onClick={copy}>{copied ? 'Copied' : 'Copy'}</button>
+        <button class='link' type='button' aria-label='Close' title='Close' onClick={onClose}>×</button>
+      </div>
+    </div>
   )
 }
 

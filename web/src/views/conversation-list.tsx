@@ -94,6 +94,7 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
   const channelName = useRef<HTMLInputElement>(null)
   const channelPublic = useRef<HTMLInputElement>(null)
   const joinId = useRef<HTMLInputElement>(null)
+  const joinCode = useRef<HTMLInputElement>(null)
 
   const openDirect = async (e: Event): Promise<void> => {
     e.preventDefault()
@@ -128,6 +129,13 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
     if (input === null || conv === '') return
     if (await chat.conversations.joinChannel(conv)) input.value = ''
   }
+  const joinWithInvite = async (e: Event): Promise<void> => {
+    e.preventDefault()
+    const input = joinCode.current
+    const text = input?.value.trim() ?? ''
+    if (input === null || text === '') return
+    if (await chat.conversations.joinWithInvite(text)) input.value = ''
+  }
 
   return (
     <div class='actions'>
@@ -153,6 +161,10 @@ function NewConversation ({ chat, error }: { chat: Chat, error: string | null })
         <form class='row' data-testid='join-form' onSubmit={e => { void joinChannel(e) }}>
           <input ref={joinId} data-testid='join-id' placeholder='Join channel by id…' autoCapitalize='none' spellcheck={false} required />
           <button data-testid='join-submit' type='submit'>Join</button>
+        </form>
+        <form class='row' data-testid='join-invite-form' onSubmit={e => { void joinWithInvite(e) }}>
+          <input ref={joinCode} data-testid='join-invite' placeholder='Join with invite link or code…' autoCapitalize='none' spellcheck={false} required />
+          <button data-testid='join-invite-submit' type='submit'>Join</button>
         </form>
       </details>
       {error !== null && <p class='error' data-testid='sidebar-error' role='alert'>{error}</p>}

@@ -1,0 +1,90 @@
+/**
+ * Invite links on the chat page, in headless Chromium against a real server: alice creates a
+ * private channel, posts, and makes an invite link ("Invite link"); bob opens the page with that
+ * link (…/#join=<code>), logs in, and lands in the channel with its posts; carol pastes the link
+ * into "Join with invite link or code…" and joins too; bob, a plain member, gets no "Invite link".
+ * A screenshot is saved to test-artifacts/channel-invite.png.
+ */
+import type { Browser } from 'playwright-core'
+import { addUser, startServer } from '../helpers/im.js'
+import type { MqimServer } from '../../src/server.js'
+import { artifactPath, buildWeb, convItem, launchBrowser, login, message, openContext, sendText, type ChatPage } from '../helpers/browser.js'
+
+let server: MqimServer
+let browser: Browser
+let baseUrl: string
+const passwords: Record<string, string> = {}
+const opened: ChatPage[] = []
+
+async function open (user: string, path?: string): Promise<ChatPage> {
+  const chat = await openContext(browser, baseUrl, user)
+  opened.push(chat)
+  if (path !== undefined) await chat.page.goto(path)
+  await login(chat, passwords[user] ?? '', `${user}-web`)
+  return chat
+}
+
+beforeAll(async () => {
+  buildWeb()
+  server = await startServer()
+  baseUrl = `http://127.0.0.1:${server.ports.http}`
+  for (const user of ['alice', 'bob', 'carol']) passwords[user] = await addUser(server, user)
+  browser = await launchBrowser()
+})
+
+afterAll(async () => {
+  for (const chat of opened) await chat.context.close().catch(() => {})
+  await browser?.close()
+  await server?.stop()
+})
+
+afterEach(() => {
+  const errors = opened.flatMap(c => c.errors.map(e => `${c.user}: ${e}`))
+  expect(errors).toEqual([])
+})
+
+test('an admin makes an invite link to a private channel; others join with it', async () => {
+  const alice = await open('alice')
+  await alice.page.getByTestId('channel-new-toggle').click()
+  await alice.page.getByTestId('channel-name').fill('Insiders')
+  await alice.page.getByTestId('channel-create').click()
+  await alice.page.getByTestId('chat-subtitle').filter({ hasText: 'private channel · 1 member' }).waitFor()
+  await sendText(alice.page, 'welcome, insiders')
+  await message(alice.page, 'welcome, insiders').waitFor()
+
+  await alice.page.getByTestId('invite-create').click()
+  const field = alice.page.getByTestId('invite-link')
+  await field.waitFor()
+  const link = await field.inputValue()
+  expect(link).toMatch(new RegExp(`^${baseUrl}/#join=[A-Za-z0-9_-]{24}$`))
+  await alice.page.screenshot({ path: artifactPath('channel-invite-admin.png') })
+
+  // bob opens the link, logs in, and is in the channel
+  const bob = await open('bob', link)
+  await bob.page.getByTestId('chat-title').filter({ hasText: 'Insiders' }).waitFor()
+  await bob.page.getByTestId('chat-subtitle').filter({ hasText: 'private channel · 2 members' }).waitFor()
+  await message(bob.page, 'welcome, insiders').waitFor()
+  // the code left the address bar; a plain member makes no links
+  expect(new URL(bob.page.url()).hash).not.toContain('join=')
+  await bob.page.getByTestId('channel-readonly').waitFor()
+  expect(await bob.page.getByTestId('invite-create').count()).toBe(0)
+
+  // carol pastes the link into the sidebar
+  const carol = await open('carol')
+  await carol.page.getByTestId('channel-new-toggle').click()
+  await carol.page.getByTestId('join-invite').fill(link)
+  await carol.page.getByTestId('join-invite-submit').click()
+  await carol.page.getByTestId('chat-subtitle').filter({ hasText: 'private channel · 3 members' }).waitFor()
+  expect(await convItem(carol.page, 'Insiders').getAttribute('data-kind')).toBe('channel')
+
+  // a post arrives live for both
+  await sendText(alice.page, 'second post')
+  await message(bob.page, 'second post').waitFor()
+  await message(carol.page, 'second post').waitFor()
+  await bob.page.screenshot({ path: artifactPath('channel-invite.png') })
+
+  // a link that does not admit says so in the sidebar
+  await carol.page.getByTestId('join-invite').fill(`${baseUrl}/#join=${'A'.repeat(24)}`)
+  await carol.page.getByTestId('join-invite-submit').click()
+  await carol.page.getByTestId('sidebar-error').filter({ hasText: 'no such invite' }).waitFor()
+})
