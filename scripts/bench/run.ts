@@ -7,8 +7,9 @@
  *   npm run bench -- --only push       send p99 with the push gateway down or hanging / up (not in the default set)
  *   npm run bench -- --only upload     100 uploads of 1 MiB through mqim vs direct PUTs to the same store (local
  *                                      disk; and S3 when MQIM_S3_* are set): rate ratio and server RSS growth
+ *   npm run bench -- --only changes    group50 with 20 % edits and reactions vs plain sends, windows interleaved on one broker (also part of group)
  *   npm run bench -- --only channel    one channel of 10,000 (quick) / 18,000 (full) connected subscribers vs raw Aedes
- *   options: --rounds N   --workers N   --only direct,group,connections,sync,store,hostile,channel,push,upload
+ *   options: --rounds N   --workers N   --only direct,group,changes,connections,sync,store,hostile,channel,push,upload
  *            --attacks stuck-subscriber,wrong-passwords,subscriptions,big-pages,request-flood (which attacks hostile runs)
  *            --profile    (V8 CPU profile of every mqim server, into bench-results/profiles/)
  *            --keep       (keep the scratch directory with broker logs)
@@ -36,7 +37,7 @@ import { LoaderPool } from './lib/loader.js'
 import type { AttackName } from './lib/protocol.js'
 import { MOSQUITTO, ROOT, type MqimStores, type TargetKind } from './lib/targets.js'
 import {
-  runChannel, runConnections, runDirect, runGroup, runRawInsert, runSync,
+  runChannel, runConnections, runDirect, runGroup, runGroupChanges, runRawInsert, runSync,
   type ChannelParams, type ConnParams, type ConnResult, type Ctx, type DirectParams, type FlowResult, type FlowTiming, type GroupParams, type RawInsertResult, type SyncParams, type SyncResult
 } from './scenarios.js'
 import { runUpload, s3FromEnv, uploadTable, type UploadParams, type UploadResult } from './upload.js'
@@ -47,10 +48,10 @@ import { runUpload, s3FromEnv, uploadTable, type UploadParams, type UploadResult
 
 /** group50-changes: one request in this many is an edit or a reaction (20 %). */
 const CHANGE_EVERY = 5
-const SCENARIOS = ['direct', 'group', 'connections', 'sync', 'store', 'hostile', 'channel', 'push', 'upload'] as const
+const SCENARIOS = ['direct', 'group', 'changes', 'connections', 'sync', 'store', 'hostile', 'channel', 'push', 'upload'] as const
 type Scenario = typeof SCENARIOS[number]
 /** What runs without --only: hostile is asked for by name (it runs the server at its default limits, and may kill it), push and upload too. */
-const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'connections', 'sync', 'store', 'channel']
+const DEFAULT_SCENARIOS: readonly Scenario[] = ['direct', 'group', 'changes', 'connections', 'sync', 'store', 'channel']
 const BROKERS: readonly TargetKind[] = ['mqim', 'aedes', 'mosquitto']
 
 interface Options {
@@ -379,11 +380,19 @@ async function main (): Promise<number> {
           for (const kind of order(r)) {
             await attempt(`group${g.members} ${kind} r${r}`, async () => { flows.push(...await runGroup(ctx, kind, r, g, S.groupTiming)) })
           }
-          // the same shape with 20 % of the requests edits and reactions, right after the plain run
-          if (g.members === 50) {
-            await attempt(`group50-changes mqim r${r}`, async () => { flows.push(...await runGroup(ctx, 'mqim', r, { ...g, changeEvery: CHANGE_EVERY }, S.groupTiming)) })
+          // the same shape with 20 % of the requests edits and reactions, against plain sends on the same broker
+          if (g.members === 50 && opts.only.has('changes')) {
+            await attempt(`group50-changes mqim r${r}`, async () => { flows.push(...await runGroupChanges(ctx, r, { ...g, changeEvery: CHANGE_EVERY }, S.groupTiming)) })
           }
         }
+      }
+    }
+    if (opts.only.has('changes') && !opts.only.has('group')) {
+      const g = S.groups.find(x => x.members === 50)
+      if (g === undefined) throw new Error('no group of 50 in this mode')
+      log(`group50 sends vs changes: 50 members, ${g.senders} senders, window ${g.window}, every ${CHANGE_EVERY}th request an edit or a reaction`)
+      for (let r = 1; r <= S.groupRounds; r++) {
+        await attempt(`group50-changes mqim r${r}`, async () => { flows.push(...await runGroupChanges(ctx, r, { ...g, changeEvery: CHANGE_EVERY }, S.groupTiming)) })
       }
     }
     if (opts.only.has('channel')) {
@@ -465,6 +474,13 @@ async function main (): Promise<number> {
   }
   const rnd = (x: number, d = 3): number | null => Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null
   const directRatios = perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec)
+  // per round: the changes windows' deliveries over the plain windows' on the same broker
+  const changeRatios: number[] = []
+  for (let r = 1; r <= S.groupRounds; r++) {
+    const of = (scenario: string): number => flows.filter(x => x.scenario === scenario && x.target === 'mqim' && x.round === r).reduce((a, x) => a + x.deliveredPerSec, 0)
+    const ratio = of('group50-changes') / of('group50-sends')
+    if (Number.isFinite(ratio)) changeRatios.push(ratio)
+  }
   // CPU per delivered message at equal load: both paced at half of mqim's max send rate
   const cpuRatios: number[] = []
   for (let r = 1; r <= S.rounds; r++) {
@@ -504,6 +520,7 @@ async function main (): Promise<number> {
     ratios.channel_vs_aedes = rnd(median(perRound(channelScenario, (m, b) => m.deliveredPerSec / b.deliveredPerSec)))
     ratios.kib_per_channel_subscriber = rnd(median(flows.filter(x => x.scenario === channelScenario && x.target === 'mqim' && x.load === 'max').map(x => x.kibPerSubscriber ?? NaN)), 1)
   }
+  if (opts.only.has('changes')) ratios.group50_changes_vs_sends = rnd(median(changeRatios))
   const goals: Array<[string, '>=' | '<=', number]> = [
     ['direct_vs_aedes', '>=', 0.6],
     ['cpu_per_msg_vs_aedes', '<=', 2],
@@ -512,7 +529,8 @@ async function main (): Promise<number> {
     ['kib_per_connection', '<=', 50],
     ['sync_10k_s', '<=', 2],
     ...hostile.map(h => [hostileKey(h.attack), '<=', 3] as [string, '<=', number]),
-    ...(opts.only.has('channel') ? [['channel_vs_aedes', '>=', 0.8], ['kib_per_channel_subscriber', '<=', 20]] as Array<[string, '>=' | '<=', number]> : [])
+    ...(opts.only.has('channel') ? [['channel_vs_aedes', '>=', 0.8], ['kib_per_channel_subscriber', '<=', 20]] as Array<[string, '>=' | '<=', number]> : []),
+    ...(opts.only.has('changes') ? [['group50_changes_vs_sends', '>=', 0.9]] as Array<[string, '>=' | '<=', number]> : [])
   ]
   const targets = goals.map(([key, op, goal]) => {
     const v = ratios[key] ?? null
@@ -546,17 +564,11 @@ async function main (): Promise<number> {
     channel_p50_ms: rnd(median(flows.filter(x => x.scenario === channelScenario && x.target === 'mqim' && x.load === 'max').map(x => x.latencyMs.p50)), 1),
     channel_p99_ms: rnd(median(flows.filter(x => x.scenario === channelScenario && x.target === 'mqim' && x.load === 'max').map(x => x.latencyMs.p99)), 1),
     channel_aedes_p99_ms: rnd(median(flows.filter(x => x.scenario === channelScenario && x.target === 'aedes' && x.load === 'max').map(x => x.latencyMs.p99)), 1),
-    // mqim with 20 % edits and reactions against mqim with plain sends, same round (target >= 0.9)
-    group50_changes_vs_sends: rnd(median(Array.from({ length: S.groupRounds }, (_, i) => {
-      const c = pick('group50-changes', 'mqim', i + 1)
-      const m = pick('group50', 'mqim', i + 1)
-      return c !== undefined && m !== undefined ? c.deliveredPerSec / m.deliveredPerSec : NaN
-    }).filter(Number.isFinite))),
     direct_vs_mosquitto: rnd(median(perRound('direct', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     group500_vs_mosquitto: rnd(median(perRound('group500', (m, b) => m.deliveredPerSec / b.deliveredPerSec, 'mosquitto'))),
     aedes_vs_mosquitto_direct: rnd(median(perRound('direct', (_m, b) => b.deliveredPerSec).map((a, i) => a / (perRound('direct', (_m, b) => b.deliveredPerSec, 'mosquitto')[i] ?? NaN)))),
     sync_ferretdb_s: rnd(median(syncs.filter(s => s.scenario === 'sync-ferret').map(s => s.syncSeconds)), 3),
-    per_round: { direct_vs_aedes: directRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes: cpuRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes_at_max: cpuRatiosAtMax.map(x => rnd(x)), store_vs_raw_insert: storeRatios.map(x => rnd(x)), p99_ms_at_half_load: halfP99.map(x => rnd(x, 1)) }
+    per_round: { direct_vs_aedes: directRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes: cpuRatios.map(x => rnd(x)), cpu_per_msg_vs_aedes_at_max: cpuRatiosAtMax.map(x => rnd(x)), store_vs_raw_insert: storeRatios.map(x => rnd(x)), p99_ms_at_half_load: halfP99.map(x => rnd(x, 1)), group50_changes_vs_sends: changeRatios.map(x => rnd(x)) }
   }
 
   const report = {

@@ -457,6 +457,43 @@ export async function runGroup (ctx: Ctx, kind: TargetKind, round: number, p: Gr
   return await runFlow(ctx, name, kind, round, async t => await groupShape(ctx, t, p), timing)
 }
 
+/**
+ * Edits and reactions against plain sends on one mqim broker: the group's shape, measured in
+ * windows of plain sends (`group<N>-sends`) and of sends with every changeEvery-th request an edit
+ * or a reaction (`group<N>-changes`), in the order sends, changes, changes, sends, so that what
+ * drifts during a run (the stored messages, the heap, the machine) weighs on both alike, after a
+ * warm-up window that is not counted. The ratio of the two is taken within one broker, not between
+ * two brokers started a minute apart.
+ */
+export async function runGroupChanges (ctx: Ctx, round: number, p: GroupParams & { changeEvery: number }, timing: FlowTiming): Promise<FlowResult[]> {
+  const name = `group${p.members}`
+  return await withTarget(ctx, 'mqim', targetDir(ctx, `${name}-changes`, 'mqim', round), { stores: null }, async (target) => {
+    const shape = await groupShape(ctx, target, p)
+    await connectShape(ctx, shape)
+    await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, changeEvery: null, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
+    await ctx.pool.waitDone(60_000)
+    await ctx.pool.stop(5000)
+    const results: FlowResult[] = []
+    // drain's figures are over the whole connection set: the last one covers every window
+    let drained: { lost: number, totals: Totals } | null = null
+    // a first window of both kinds, not counted: the first measured window would otherwise carry
+    // the warm-up (code not optimized yet, caches and heap still growing) for one side only
+    for (const [i, changes] of [null, false, true, true, false].entries()) {
+      const tag = `${i}${nonce()}`
+      const senders = shape.senders.map(s => ({ ...s, changeEvery: changes === false ? null : p.changeEvery, idPrefix: `${s.idPrefix}w${tag}` }))
+      const w = await measureWindow(ctx, target, shape, senders, timing.warmMs, timing.measureMs)
+      if (changes !== null) results.push(resultOf(`${name}-${changes ? 'changes' : 'sends'}`, target, round, w, 'max', null))
+      drained = await drain(ctx, shape.fanout)
+    }
+    if (drained === null) throw new Error('no window was measured')
+    const errors = errorsOf(drained.totals, drained.lost)
+    const peak = target.sample().peakRssBytes / 1048576
+    for (const r of results) { r.errors = errors; r.peakRssMiB = peak }
+    ctx.log(`  ${name} sends/changes mqim r${round}: ${results.map(r => `${r.scenario.slice(name.length + 1)} ${Math.round(r.deliveredPerSec)} deliveries/s (${r.syscallsPerDelivered.write.toFixed(2)} w/delivery, other jobs ${r.foreignCpuUtil.toFixed(2)})`).join(', ')}; errors ${errors.total}`)
+    return results
+  })
+}
+
 /** One channel of p.members connected subscribers (mqim), against the same publish to the same subscribers (baselines). */
 export async function runChannel (ctx: Ctx, kind: TargetKind, round: number, p: ChannelParams, timing: FlowTiming): Promise<FlowResult[]> {
   return await runFlow(ctx, `channel${p.members}`, kind, round, async t => await channelShape(ctx, t, p), timing, { perSubscriber: true })
