@@ -7,9 +7,9 @@
 #
 # Two stages. `build` installs every dependency and runs `npm run build` (tsc -p tsconfig.build.json
 # into dist/, scripts/build-web.mjs into web/dist/); `runtime` holds only the compiled server, the
-# page, config/ and the production dependencies, and runs `node dist/main.js` as the unprivileged
+# page, config/ and the production dependencies, and runs `node --min-semi-space-size=16 dist/main.js` as the unprivileged
 # `node` user. These are the commands test/build.test.ts runs and checks (the build into a
-# temporary directory laid out like /app below, then `node dist/main.js`); no Docker engine was
+# temporary directory laid out like /app below, then `node --min-semi-space-size=16 dist/main.js`); no Docker engine was
 # available where this file was written, so the image itself has not been built there.
 
 ARG NODE_VERSION=20

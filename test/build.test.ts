@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadConfig } from '../src/config.js'
-import { freePorts, run, spawnTracked, stopChild, waitUntil } from '../scripts/lib/procs.js'
+import { freePorts, run, spawnTracked, stopChild, waitUntil, SERVER_NODE_FLAGS } from '../scripts/lib/procs.js'
 import { buildWeb } from './helpers/browser.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -110,7 +110,7 @@ describe('production build: node dist/main.js', () => {
 
   test('the walk-through against the built server: admin tool, mqtt.js over TCP and WebSocket, the page, SIGTERM', async () => {
     // 1. Start the server, from a working directory that is not the package root.
-    const child = spawnTracked(process.execPath, [path.join(pkg, 'dist', 'main.js')], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawnTracked(process.execPath, [...SERVER_NODE_FLAGS, path.join(pkg, 'dist', 'main.js')], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] })
     server = child
     const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
     child.stdout?.on('data', (d: Buffer) => { log += d.toString('utf8') })

@@ -226,6 +226,59 @@ describe.each(BACKENDS)('channel invites on $name stores', (backend) => {
     expect(await errorOf(joiner, 'join', { invite: raced.code })).toBe('NOT_FOUND')
   })
 
+  test('removed by an admin: kept out by code and by id until an admin adds them again (leaving is no removal)', async () => {
+    const conv = await channel(true)
+    const made = await invite(owner, conv)
+    const [bob, carol] = [await newcomer(), await newcomer()]
+    expect((await bob.request('join', { invite: made.code })).joined).toBe(true)
+    expect((await carol.request('join', { conv })).joined).toBe(true)
+    await owner.request('remove-member', { conv, user: bob.userId })
+    const kept = { code: 'FORBIDDEN', message: 'an admin removed you from this channel: only an admin can add you again' }
+    expect(await failure(bob, 'join', { invite: made.code })).toStrictEqual(kept)
+    expect(await failure(bob, 'join', { conv })).toStrictEqual(kept)
+    // no use was taken by the refused joins
+    expect((await owner.request('invites', { conv })).invites[0]?.uses).toBe(1)
+    // carol left by herself: she may come back
+    await carol.request('leave', { conv })
+    expect((await carol.request('join', { invite: made.code })).joined).toBe(true)
+    // added again by an admin, bob is a member; after leaving he may join again with the code
+    expect((await owner.request('add-members', { conv, members: [bob.userId] })).added).toStrictEqual([bob.userId])
+    await bob.request('leave', { conv })
+    expect((await bob.request('join', { invite: made.code })).joined).toBe(true)
+  })
+
+  test('a disabled creator\'s codes admit nobody; enabled again, they work', async () => {
+    const conv = await channel()
+    const admin = await newcomer()
+    await owner.request('add-members', { conv, members: [admin.userId] })
+    await owner.request('set-role', { conv, user: admin.userId, role: 'admin' })
+    const made = await invite(admin, conv)
+    await server.services.meta.userSetDisabled(admin.userId, true)
+    const joiner = await newcomer()
+    expect(await failure(joiner, 'join', { invite: made.code })).toStrictEqual({ code: 'NOT_FOUND', message: NO_INVITE })
+    await server.services.meta.userSetDisabled(admin.userId, false)
+    expect((await joiner.request('join', { invite: made.code })).joined).toBe(true)
+  })
+
+  test('a public channel whose last member left cannot be joined again (nobody could ever run it)', async () => {
+    const conv = await channel(true)
+    const helper = await newcomer()
+    await helper.request('join', { conv })
+    await owner.request('set-role', { conv, user: helper.userId, role: 'owner' })
+    await owner.request('leave', { conv })
+    await helper.request('leave', { conv })
+    const late = await newcomer()
+    expect(await failure(late, 'join', { conv })).toStrictEqual({ code: 'NOT_FOUND', message: 'no such channel' })
+    expect(await failure(late, 'channel-info', { conv })).toStrictEqual({ code: 'NOT_FOUND', message: 'no such channel' })
+  })
+
+  test('a member asking for invites is told what the roles are', async () => {
+    const conv = await channel(true)
+    const member = await newcomer()
+    await member.request('join', { conv })
+    expect(await failure(member, 'create-invite', { conv })).toStrictEqual({ code: 'FORBIDDEN', message: 'only the admins and the owner of a channel manage its invite codes' })
+  })
+
   test('hostile values are BAD_REQUEST', async () => {
     const conv = await channel()
     const bad: Array<[string, Record<string, unknown>]> = [
@@ -324,6 +377,43 @@ describe.each(BACKENDS)('channel invites on $name stores', (backend) => {
     expect((await owner.request('invites', { conv })).invites).toMatchObject([{ uses: 0 }])
     await others[0]?.request('leave', { conv })
     expect(await (await newcomer()).request('join', { invite: made.code })).toMatchObject({ joined: true })
+  })
+})
+
+describe('create-invite racing a demotion', () => {
+  let server: MqimServer
+  const clients: ImClient[] = []
+  beforeAll(async () => {
+    // metrics off: the store is then the store itself, and this test may wrap one of its methods
+    server = await startServer({ metrics: { enabled: false } })
+    for (const u of ['rcowner', 'rcadmin', 'rcjoiner']) await addUser(server, u)
+  })
+  afterAll(async () => {
+    await Promise.allSettled(clients.map(c => c.end()))
+    await server.stop()
+  })
+
+  test('a demotion that lands while the code is being stored leaves no code behind', async () => {
+    const [owner, admin] = [await connect(server, 'rcowner', 'd1'), await connect(server, 'rcadmin', 'd1')]
+    clients.push(owner, admin)
+    const { conv } = await owner.request('create-channel', { name: 'Race' })
+    await owner.request('add-members', { conv, members: ['rcadmin'] })
+    await owner.request('set-role', { conv, user: 'rcadmin', role: 'admin' })
+    const meta = server.services.meta
+    const store = meta.inviteCreate.bind(meta)
+    // the demotion (its role change and the removal of the creator's codes) runs after create-invite
+    // checked the role and before the code is stored
+    meta.inviteCreate = async (...args) => {
+      await meta.memberSetRole(conv, 'rcadmin', 'member')
+      await meta.inviteRemoveByCreator(conv, 'rcadmin')
+      return await store(...args)
+    }
+    try {
+      expect(await errorOf(admin, 'create-invite', { conv })).toBe('FORBIDDEN')
+    } finally {
+      meta.inviteCreate = store
+    }
+    expect(await meta.inviteList(conv, Date.now())).toStrictEqual([])
   })
 })
 

@@ -2,6 +2,7 @@
  * Payload schemas: the single source of truth for the wire format (server, client SDK and
  * topics.md). Requests are strict: unknown fields are refused with BAD_REQUEST.
  */
+import { LRUCache } from 'lru-cache'
 import { z } from 'zod'
 
 export const UserId = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id: 1-32 of a-z 0-9 _ . - starting with a letter or digit')
@@ -155,16 +156,16 @@ function isEmoji (s: string): boolean {
   return s.length >= 1 && s.length <= 32 && EMOJI_CHARS.test(s) && PICTOGRAPH.test(s) && [...GRAPHEMES.segment(s)].length === 1 && wellFormedEmoji(s)
 }
 /**
- * Emojis found good: checking one costs ~6 µs (the grapheme segmenter), ten times the rest of a
- * reaction's validation, and a server sees the same few hundred again and again. Bounded: once
- * full, further ones are checked each time (only good ones are kept, so nobody can fill it with junk).
+ * Emojis found good, the most recently used: checking one costs ~6 µs (the grapheme segmenter),
+ * ten times the rest of a reaction's validation, and a server sees the same few hundred again and
+ * again. Only good ones are kept; least recently used first out, so a client that sends thousands
+ * of distinct emojis costs itself the full check and does not keep the common ones out.
  */
-const GOOD_EMOJIS = new Set<string>()
-const GOOD_EMOJIS_MAX = 4096
+const GOOD_EMOJIS = new LRUCache<string, true>({ max: 4096 })
 export function validEmoji (s: string): boolean {
-  if (GOOD_EMOJIS.has(s)) return true
+  if (GOOD_EMOJIS.get(s) === true) return true
   if (!isEmoji(s)) return false
-  if (GOOD_EMOJIS.size < GOOD_EMOJIS_MAX) GOOD_EMOJIS.add(s)
+  GOOD_EMOJIS.set(s, true)
   return true
 }
 export const Emoji = z.string().refine(validEmoji,

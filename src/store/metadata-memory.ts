@@ -53,6 +53,8 @@ export class MemoryMetadataStore implements MetadataStore {
   private readonly pushTargets = new Map<string, Map<string, PushTargetRecord>>()
   /** pushTargetKey → [user id, device], the equivalent of its unique key */
   private readonly pushTargetOwners = new Map<string, [string, string]>()
+  /** conversation → user → when an admin removed them (the MySQL table removals) */
+  private readonly removals = new Map<string, Map<string, number>>()
   /** code hash → invite, the equivalent of the MySQL table invites */
   private readonly invites = new Map<string, InviteRecord>()
   /** conversation id → codeId → code hash, the equivalent of its unique key (conversation_id, code_id) */
@@ -486,6 +488,23 @@ export class MemoryMetadataStore implements MetadataStore {
       }
     }
     return removed
+  }
+
+  async removalMark (conversationId: string, userId: string, at: number): Promise<void> {
+    let users = this.removals.get(conversationId)
+    if (users === undefined) this.removals.set(conversationId, users = new Map())
+    users.set(userId, at)
+  }
+
+  async removalClear (conversationId: string, userIds: readonly string[]): Promise<void> {
+    const users = this.removals.get(conversationId)
+    if (users === undefined) return
+    for (const u of userIds) users.delete(u)
+    if (users.size === 0) this.removals.delete(conversationId)
+  }
+
+  async removalGet (conversationId: string, userId: string): Promise<number | null> {
+    return this.removals.get(conversationId)?.get(userId) ?? null
   }
 
   private deleteInvite (invite: InviteRecord): void {

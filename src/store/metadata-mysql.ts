@@ -671,6 +671,26 @@ export class MySqlMetadataStore implements MetadataStore {
     return result.affectedRows
   }
 
+  async removalMark (conversationId: string, userId: string, at: number): Promise<void> {
+    await this.pool.execute(
+      'INSERT INTO removals (conversation_id, user_id, removed_at) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE removed_at = VALUES(removed_at)',
+      [conversationId, userId, at])
+  }
+
+  async removalClear (conversationId: string, userIds: readonly string[]): Promise<void> {
+    const ids = [...new Set(userIds)]
+    for (let i = 0; i < ids.length; i += IN_CHUNK) {
+      await this.pool.query('DELETE FROM removals WHERE conversation_id = ? AND user_id IN (?)', [conversationId, ids.slice(i, i + IN_CHUNK)])
+    }
+  }
+
+  async removalGet (conversationId: string, userId: string): Promise<number | null> {
+    const [rows] = await this.pool.execute<Array<RowDataPacket & { removed_at: number | string }>>(
+      'SELECT removed_at FROM removals WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
+    const [row] = rows
+    return row === undefined ? null : Number(row.removed_at)
+  }
+
   /**
    * Runs a SELECT whose last placeholder is an `IN (?)` list once per IN_CHUNK distinct ids and
    * concatenates the rows; with no ids it runs nothing. `leading` fills the placeholders before

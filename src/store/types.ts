@@ -252,6 +252,16 @@ export interface MetadataStore {
   inviteRemove (conversationId: string, codeId: string): Promise<boolean>
   /** Removes the conversation's invites that this user created; returns how many. */
   inviteRemoveByCreator (conversationId: string, userId: string): Promise<number>
+  /**
+   * Channels: remembers that an admin removed this user from the conversation (at `at`), so that
+   * they do not come back through `join` (by id or with an invite code) until an admin adds them
+   * again (removalClear). Marking again keeps one record, with the new time.
+   */
+  removalMark (conversationId: string, userId: string, at: number): Promise<void>
+  /** Forgets the removals of these users from the conversation (an admin added them again). */
+  removalClear (conversationId: string, userIds: readonly string[]): Promise<void>
+  /** When an admin removed this user from the conversation (removalMark), or null. */
+  removalGet (conversationId: string, userId: string): Promise<number | null>
 }
 
 /**

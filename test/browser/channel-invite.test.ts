@@ -59,8 +59,12 @@ test('an admin makes an invite link to a private channel; others join with it', 
   expect(link).toMatch(new RegExp(`^${baseUrl}/#join=[A-Za-z0-9_-]{24}$`))
   await alice.page.screenshot({ path: artifactPath('channel-invite-admin.png') })
 
-  // bob opens the link, logs in, and is in the channel
+  // bob opens the link and logs in: nothing is joined until he says so
   const bob = await open('bob', link)
+  await bob.page.getByTestId('invite-pending').waitFor()
+  expect(await convItem(bob.page, 'Insiders').count()).toBe(0)
+  await bob.page.screenshot({ path: artifactPath('channel-invite-pending.png') })
+  await bob.page.getByTestId('invite-accept').click()
   await bob.page.getByTestId('chat-title').filter({ hasText: 'Insiders' }).waitFor()
   await bob.page.getByTestId('chat-subtitle').filter({ hasText: 'private channel · 2 members' }).waitFor()
   await message(bob.page, 'welcome, insiders').waitFor()

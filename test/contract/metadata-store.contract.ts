@@ -1248,6 +1248,26 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
       })
     })
 
+    describe('removals', () => {
+      test('marked per conversation and user, marked again with the new time, cleared for the users given', async () => {
+        expect(await store.removalGet('c1', 'bob')).toBeNull()
+        await store.removalMark('c1', 'bob', 1000)
+        await store.removalMark('c1', 'carol', 1001)
+        await store.removalMark('c2', 'bob', 1002)
+        expect(await store.removalGet('c1', 'bob')).toBe(1000)
+        await store.removalMark('c1', 'bob', 2000)
+        expect(await store.removalGet('c1', 'bob')).toBe(2000)
+        expect(await store.removalGet('c1', 'dave')).toBeNull()
+        await store.removalClear('c1', ['bob', 'bob', 'dave'])
+        expect(await store.removalGet('c1', 'bob')).toBeNull()
+        expect(await store.removalGet('c1', 'carol')).toBe(1001)
+        expect(await store.removalGet('c2', 'bob')).toBe(1002)
+        await store.removalClear('c3', ['bob'])
+        await store.removalClear('c2', [])
+        expect(await store.removalGet('c2', 'bob')).toBe(1002)
+      })
+    })
+
     describe('returned records are copies', () => {
       test('mutating a returned or passed-in user does not change the store', async () => {
         const input = user('alice')

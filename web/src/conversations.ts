@@ -155,7 +155,10 @@ export class Conversations {
     else this.closeChat(false)
   }
 
-  /** A page opened with an invite link (`#join=<code>`): joins that channel and opens it (the code leaves the address bar). */
+  /**
+   * A page opened with an invite link (`#join=<code>`): the code leaves the address bar and waits
+   * for the user to press Join (a link someone else sent must not join anything by itself).
+   */
   private async joinFromHash (): Promise<void> {
     if (!location.hash.startsWith(JOIN_HASH)) return
     const code = inviteCodeOf(location.hash)
@@ -164,7 +167,14 @@ export class Conversations {
       this.store.update(state => { state.sidebarError = 'That invite link is not valid.' })
       return
     }
-    await this.joinByInvite(code)
+    this.store.update(state => { state.pendingInvite = code })
+  }
+
+  /** The invite link the page was opened with: joined (true) or set aside (false). */
+  async answerPendingInvite (join: boolean): Promise<void> {
+    const code = this.store.state.pendingInvite
+    this.store.update(state => { state.pendingInvite = null })
+    if (join && code !== null) await this.joinByInvite(code)
   }
 
   private openFromHash (): void {

@@ -68,6 +68,8 @@ export interface AppState {
   presence: Map<string, Presence>
   membersOpen: boolean
   sidebarError: string | null
+  /** An invite link the page was opened with (`#join=<code>`), waiting for the user to say Join. */
+  pendingInvite: string | null
   membersError: string | null
   /** A refused edit, delete, reaction, block or unblock, shown in that conversation's chat view. */
   chatError: { conv: string, text: string } | null
@@ -111,6 +113,7 @@ export function initialState (): AppState {
     presence: new Map(),
     membersOpen: false,
     sidebarError: null,
+    pendingInvite: null,
     membersError: null,
     chatError: null,
     typing: new Map(),

@@ -102,8 +102,13 @@ async function joinTarget (services: Services, req: RequestOf<'join'>): Promise<
   if (invite === null || !inviteLive(invite, services.now())) throw new ImError('NOT_FOUND', NO_INVITE)
   // its creator must still be an admin or the owner: read from the store, so a change made a
   // moment ago through another node counts (invites are never cached either: a revoke counts at once)
-  const [entry, creator] = await Promise.all([services.directory.get(invite.conversationId), services.meta.memberGet(invite.conversationId, invite.createdBy)])
-  if (entry === null || entry.conversation.kind !== 'channel' || creator === null || creator.role === 'member') throw new ImError('NOT_FOUND', NO_INVITE)
+  // and an account that is enabled: disabling a (compromised) admin stops the codes they made
+  const [entry, creator, account] = await Promise.all([
+    services.directory.get(invite.conversationId),
+    services.meta.memberGet(invite.conversationId, invite.createdBy),
+    services.meta.userGet(invite.createdBy)
+  ])
+  if (entry === null || entry.conversation.kind !== 'channel' || creator === null || creator.role === 'member' || account === null || account.disabled) throw new ImError('NOT_FOUND', NO_INVITE)
   return { entry, invite }
 }
 
@@ -122,9 +127,14 @@ export async function join (caller: Caller, req: RequestOf<'join'>, services: Se
     return { conv, name: entry.conversation.name, joined: false, topic, lastSeq: await lastSeqOf(services, conv) }
   }
   if (invite === null && !settingsOf(entry).public) throw new ImError('NOT_FOUND', 'no such channel')
+  // removed by an admin: kept out (by id and by code) until an admin adds them again
+  if (await services.meta.removalGet(conv, caller.userId) !== null) throw new ImError('FORBIDDEN', 'an admin removed you from this channel: only an admin can add you again')
   await requireRoomFor(services, [caller.userId])
   const max = services.config.channels.membersMax
-  if (await memberCount(services, conv) >= max) throw new ImError('LIMIT_REACHED', `the channel has ${max} members, the most a channel may have`)
+  const count = await memberCount(services, conv)
+  // its last member left: it has no owner, and nobody could ever post in it or run it again
+  if (count === 0) throw new ImError('NOT_FOUND', 'no such channel')
+  if (count >= max) throw new ImError('LIMIT_REACHED', `the channel has ${max} members, the most a channel may have`)
   if (invite !== null && !(await services.meta.inviteUse(invite.codeHash, services.now()))) throw new ImError('NOT_FOUND', NO_INVITE)
   let added: string[]
   try {
@@ -150,6 +160,8 @@ export async function channelInfo (caller: Caller, req: RequestOf<'channel-info'
   // a private channel is shown to its members only
   if (member === null && !settings.public) throw new ImError('NOT_FOUND', 'no such channel')
   const [members, lastSeq] = await Promise.all([memberCount(services, req.conv), lastSeqOf(services, req.conv)])
+  // a public channel whose last member left is gone for good (see join)
+  if (members === 0) throw new ImError('NOT_FOUND', 'no such channel')
   return {
     conv: req.conv,
     name: entry.conversation.name,
@@ -172,6 +184,8 @@ export async function channelAddMembers (caller: Caller, req: RequestOf<'add-mem
   if (await memberCount(services, req.conv) + candidates.length > max) throw new ImError('LIMIT_REACHED', `a channel has at most ${max} members`)
   await requireInvitable(services, caller, candidates)
   const now = services.now()
+  // added by an admin: a removal no longer keeps them out of join
+  await services.meta.removalClear(req.conv, candidates)
   const added = await services.meta.memberAdd(candidates.map(u => newMember(req.conv, u, 'member', now)))
   services.channels.joined(req.conv, added)
   if (added.length > 0) {
@@ -189,6 +203,8 @@ export async function channelRemoveMember (caller: Caller, req: RequestOf<'remov
   const target = await services.meta.memberGet(req.conv, req.user)
   if (target === null) throw new ImError('NOT_FOUND', `${req.user} is not a member`)
   if (!outranks(member.role, target.role)) throw new ImError('FORBIDDEN', `your role (${member.role}) cannot remove a member with role ${target.role}`)
+  // marked before the membership goes, so that no join can slip in between
+  await services.meta.removalMark(req.conv, req.user, services.now())
   const removed = await services.meta.memberRemove(req.conv, req.user)
   // also when someone else removed them meanwhile: their connections stop receiving either way
   services.channels.left(req.conv, [req.user])

@@ -15,7 +15,7 @@ import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import { StoreConflictError, inviteCodeId, type InviteRecord } from '../../store/types.js'
 import type { Caller, Services } from '../context.js'
-import { requireMember, requireRole } from '../access.js'
+import { requireMember } from '../access.js'
 import { inviteHash, newInviteCode } from '../invites.js'
 import { current } from './channels.js'
 
@@ -36,7 +36,7 @@ export interface InviteSummary {
 async function requireChannelAdmin (caller: Caller, conv: string, services: Services): Promise<void> {
   const { entry } = await requireMember(services, caller, conv)
   if (entry.conversation.kind !== 'channel') throw new ImError('FORBIDDEN', 'invite codes are for channels; add members to a group with add-members')
-  requireRole(await current(services, conv, caller.userId), 'admin')
+  if ((await current(services, conv, caller.userId)).role === 'member') throw new ImError('FORBIDDEN', 'only the admins and the owner of a channel manage its invite codes')
 }
 
 function summaryOf (invite: InviteRecord): InviteSummary {
@@ -55,6 +55,13 @@ export async function createInvite (caller: Caller, req: RequestOf<'create-invit
     try {
       if (await services.meta.inviteCreate(invite, invitesPerChannel, now) === 'full') {
         throw new ImError('LIMIT_REACHED', `the channel has ${invitesPerChannel} live invites, the most it may have; revoke one first`)
+      }
+      // demoted or removed while the code was being stored: that change removed the creator's codes
+      // before this one existed, so this one goes now (a change after this read removes it itself)
+      const after = await services.meta.memberGet(req.conv, caller.userId)
+      if (after === null || after.role === 'member') {
+        await services.meta.inviteRemove(req.conv, inviteCodeId(invite.codeHash))
+        throw new ImError('FORBIDDEN', 'your role changed while the invite was made: only the admins and the owner of a channel manage its invite codes')
       }
       // the only time the code is shown: the store keeps its hash
       return { code, conv: req.conv, ...summaryOf(invite) }

@@ -187,6 +187,18 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
         UNIQUE KEY uq_invites_code_id (conversation_id, code_id)
       ) ${TABLE_OPTIONS}`
     ]
+  },
+  {
+    version: 9,
+    name: 'removals: users an admin removed from a channel, kept out of join until added again',
+    statements: [
+      `CREATE TABLE IF NOT EXISTS removals (
+        conversation_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        removed_at BIGINT NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+      ) ${TABLE_OPTIONS}`
+    ]
   }
 ]
 

@@ -21,6 +21,15 @@ export function ConversationList ({ state, chat, onLogout }: { state: AppState, 
         <PushToggle state={state} chat={chat} />
         <button class='link' data-testid='logout' type='button' onClick={onLogout}>Log out</button>
       </header>
+      {state.pendingInvite !== null && (
+        <div class='actions' data-testid='invite-pending' role='alert'>
+          <p>You opened an invite link to a channel. Join it?</p>
+          <div class='row'>
+            <button data-testid='invite-accept' type='button' onClick={() => { void chat.conversations.answerPendingInvite(true) }}>Join</button>
+            <button class='link' data-testid='invite-dismiss' type='button' onClick={() => { void chat.conversations.answerPendingInvite(false) }}>Not now</button>
+          </div>
+        </div>
+      )}
       <NewConversation chat={chat} error={state.sidebarError} />
       <ul class='conv-list' data-testid='conv-list'>
         {items.map(s => <ConversationItem key={s.conv} state={state} summary={s} onOpen={() => { void chat.conversations.open(s.conv) }} />)}
