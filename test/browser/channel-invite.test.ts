@@ -5,43 +5,10 @@
  * into "Join with invite link or code…" and joins too; bob, a plain member, gets no "Invite link".
  * A screenshot is saved to test-artifacts/channel-invite.png.
  */
-import type { Browser } from 'playwright-core'
-import { addUser, startServer } from '../helpers/im.js'
-import type { MqimServer } from '../../src/server.js'
-import { artifactPath, buildWeb, convItem, launchBrowser, login, message, openContext, sendText, type ChatPage } from '../helpers/browser.js'
+import { artifactPath, chatSuite, convItem, message, sendText, type ChatPage } from '../helpers/browser.js'
 
-let server: MqimServer
-let browser: Browser
-let baseUrl: string
-const passwords: Record<string, string> = {}
-const opened: ChatPage[] = []
-
-async function open (user: string, path?: string): Promise<ChatPage> {
-  const chat = await openContext(browser, baseUrl, user)
-  opened.push(chat)
-  if (path !== undefined) await chat.page.goto(path)
-  await login(chat, passwords[user] ?? '', `${user}-web`)
-  return chat
-}
-
-beforeAll(async () => {
-  buildWeb()
-  server = await startServer()
-  baseUrl = `http://127.0.0.1:${server.ports.http}`
-  for (const user of ['alice', 'bob', 'carol']) passwords[user] = await addUser(server, user)
-  browser = await launchBrowser()
-})
-
-afterAll(async () => {
-  for (const chat of opened) await chat.context.close().catch(() => {})
-  await browser?.close()
-  await server?.stop()
-})
-
-afterEach(() => {
-  const errors = opened.flatMap(c => c.errors.map(e => `${c.user}: ${e}`))
-  expect(errors).toEqual([])
-})
+const suite = chatSuite(['alice', 'bob', 'carol'])
+const open = async (user: string, path?: string): Promise<ChatPage> => await suite.open(user, { path })
 
 test('an admin makes an invite link to a private channel; others join with it', async () => {
   const alice = await open('alice')
@@ -56,7 +23,7 @@ test('an admin makes an invite link to a private channel; others join with it', 
   const field = alice.page.getByTestId('invite-link')
   await field.waitFor()
   const link = await field.inputValue()
-  expect(link).toMatch(new RegExp(`^${baseUrl}/#join=[A-Za-z0-9_-]{24}$`))
+  expect(link).toMatch(new RegExp(`^${suite.baseUrl}/#join=[A-Za-z0-9_-]{24}$`))
   await alice.page.screenshot({ path: artifactPath('channel-invite-admin.png') })
 
   // bob opens the link and logs in: nothing is joined until he says so
@@ -88,7 +55,7 @@ test('an admin makes an invite link to a private channel; others join with it', 
   await bob.page.screenshot({ path: artifactPath('channel-invite.png') })
 
   // a link that does not admit says so in the sidebar
-  await carol.page.getByTestId('join-invite').fill(`${baseUrl}/#join=${'A'.repeat(24)}`)
+  await carol.page.getByTestId('join-invite').fill(`${suite.baseUrl}/#join=${'A'.repeat(24)}`)
   await carol.page.getByTestId('join-invite-submit').click()
   await carol.page.getByTestId('sidebar-error').filter({ hasText: 'no such invite' }).waitFor()
 })

@@ -4,42 +4,10 @@
  * composer (only admins post) and gets a new post live; bob leaves and the channel is gone from
  * his list. A screenshot is saved to test-artifacts/channel.png.
  */
-import type { Browser } from 'playwright-core'
-import { addUser, startServer } from '../helpers/im.js'
-import type { MqimServer } from '../../src/server.js'
-import { artifactPath, buildWeb, convItem, eventually, launchBrowser, login, message, openContext, sendText, type ChatPage } from '../helpers/browser.js'
+import { artifactPath, chatSuite, convItem, eventually, message, sendText, type ChatPage } from '../helpers/browser.js'
 
-let server: MqimServer
-let browser: Browser
-let baseUrl: string
-const passwords: Record<string, string> = {}
-const opened: ChatPage[] = []
-
-async function open (user: string): Promise<ChatPage> {
-  const chat = await openContext(browser, baseUrl, user)
-  opened.push(chat)
-  await login(chat, passwords[user] ?? '', `${user}-web`)
-  return chat
-}
-
-beforeAll(async () => {
-  buildWeb()
-  server = await startServer()
-  baseUrl = `http://127.0.0.1:${server.ports.http}`
-  for (const user of ['alice', 'bob']) passwords[user] = await addUser(server, user)
-  browser = await launchBrowser()
-})
-
-afterAll(async () => {
-  for (const chat of opened) await chat.context.close().catch(() => {})
-  await browser?.close()
-  await server?.stop()
-})
-
-afterEach(() => {
-  const errors = opened.flatMap(c => c.errors.map(e => `${c.user}: ${e}`))
-  expect(errors).toEqual([])
-})
+const suite = chatSuite(['alice', 'bob'])
+const open = async (user: string): Promise<ChatPage> => await suite.open(user)
 
 test('create a public channel, join it by id, read posts live without a composer, leave', async () => {
   const alice = await open('alice')

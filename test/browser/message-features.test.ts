@@ -10,19 +10,10 @@
  * The tests run in order and share the server, the browser and the two pages. Screenshots go to
  * test-artifacts/message-*.png.
  */
-import type { Browser, Locator, Page } from 'playwright-core'
-import { addUser, startServer } from '../helpers/im.js'
-import type { MqimServer } from '../../src/server.js'
-import {
-  artifactPath, buildWeb, convItem, eventually, launchBrowser, login, message, openChat, openContext, sendText, unreadOf,
-  type ChatPage
-} from '../helpers/browser.js'
+import type { Locator, Page } from 'playwright-core'
+import { artifactPath, chatSuite, convItem, eventually, message, openChat, sendText, unreadOf, type ChatPage } from '../helpers/browser.js'
 
-let server: MqimServer
-let browser: Browser
-let baseUrl: string
-const passwords: Record<string, string> = {}
-const opened: ChatPage[] = []
+const suite = chatSuite(['alice', 'bob', 'carol'])
 let alice: ChatPage
 let bob: ChatPage
 
@@ -30,12 +21,7 @@ const THUMBS = '👍'
 const HEART = '\u2764\ufe0f'
 
 async function open (user: string, device: string): Promise<ChatPage> {
-  const chat = await openContext(browser, baseUrl, user)
-  opened.push(chat)
-  const password = passwords[user]
-  if (password === undefined) throw new Error(`no password for ${user}`)
-  await login(chat, password, device)
-  return chat
+  return await suite.open(user, { device })
 }
 
 /** The stored message with this seq in the open chat. */
@@ -70,24 +56,8 @@ async function storedTexts (page: Page): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  buildWeb()
-  server = await startServer()
-  baseUrl = `http://127.0.0.1:${server.ports.http}`
-  for (const user of ['alice', 'bob', 'carol']) passwords[user] = await addUser(server, user)
-  browser = await launchBrowser()
   alice = await open('alice', 'alice-web')
   bob = await open('bob', 'bob-web')
-})
-
-afterAll(async () => {
-  for (const chat of opened) await chat.context.close().catch(() => {})
-  await browser?.close()
-  await server?.stop()
-})
-
-afterEach(() => {
-  const errors = opened.flatMap(c => c.errors.map(e => `${c.user}: ${e}`))
-  expect(errors).toEqual([])
 })
 
 test('an edit shows on the other page with an "edited" mark, updates the preview and leaves unread alone', async () => {

@@ -7,6 +7,8 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, unli
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
+import type { MqimServer } from '../../src/server.js'
+import { addUser, startServer } from './im.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const ARTIFACTS = path.join(ROOT, 'test-artifacts')
@@ -160,4 +162,61 @@ export async function eventually<T> (fn: () => Promise<T>, expected: T, what: st
     await new Promise(resolve => setTimeout(resolve, 50))
   }
   throw new Error(`timed out waiting for ${what}: expected ${String(expected)}, last ${String(last)}`)
+}
+
+/** A browser test file's server, browser and pages (see chatSuite). */
+export interface ChatSuite {
+  readonly server: MqimServer
+  readonly baseUrl: string
+  /** A fresh context as `user`: the page (at `path`, if given), logged in from device `device` (default `<user>-web`). */
+  open: (user: string, options?: { device?: string, path?: string, viewport?: { width: number, height: number } }) => Promise<ChatPage>
+}
+
+/**
+ * Registers a browser test file's hooks: before all, the page is built, a server started (default
+ * settings, embedded stores) with `users` (password users), and Chromium launched; after each
+ * test, any page or console error of a page opened through the suite fails it; after all, every
+ * context, the browser and the server are closed. Hooks the file registers after this call run
+ * after these.
+ */
+export function chatSuite (users: readonly string[]): ChatSuite {
+  let server: MqimServer | undefined
+  let browser: Browser | undefined
+  let baseUrl = ''
+  const passwords = new Map<string, string>()
+  const opened: ChatPage[] = []
+  beforeAll(async () => {
+    buildWeb()
+    server = await startServer()
+    baseUrl = `http://127.0.0.1:${server.ports.http}`
+    for (const user of users) passwords.set(user, await addUser(server, user))
+    browser = await launchBrowser()
+  })
+  afterAll(async () => {
+    for (const chat of opened) await chat.context.close().catch(() => {})
+    await browser?.close()
+    await server?.stop()
+  })
+  afterEach(() => {
+    // page errors make a failure easier to understand; they never pass silently
+    const errors = opened.flatMap(c => c.errors.map(e => `${c.user}: ${e}`))
+    expect(errors).toEqual([])
+  })
+  return {
+    get server () {
+      if (server === undefined) throw new Error('the server starts in beforeAll')
+      return server
+    },
+    get baseUrl () { return baseUrl },
+    async open (user, options = {}) {
+      if (browser === undefined) throw new Error('the browser starts in beforeAll')
+      const password = passwords.get(user)
+      if (password === undefined) throw new Error(`${user} is not one of this suite's users`)
+      const chat = await openContext(browser, baseUrl, user, options.viewport)
+      opened.push(chat)
+      if (options.path !== undefined) await chat.page.goto(options.path)
+      await login(chat, password, options.device ?? `${user}-web`)
+      return chat
+    }
+  }
 }
