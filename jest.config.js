@@ -17,6 +17,10 @@ const common = {
 export default {
   testTimeout: 60000,
   maxWorkers: 2,
+  // a worker whose memory has grown past this after a test file is replaced by a fresh one: in ESM
+  // mode every file's module graph stays behind in the worker, and one worker that ran ~40 files
+  // reached the 4 GB heap limit and crashed mid-file (CI, 2026-11-30)
+  workerIdleMemoryLimit: '1GB',
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'] },
     { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/**/*.test.ts'], testPathIgnorePatterns: ['<rootDir>/test/unit/'] }
