@@ -6,7 +6,8 @@
  *   - create-channel: anyone (within limits.groupsCreatedPerHour, shared with groups) creates a
  *     channel and is its owner;
  *   - join: anyone joins a public channel by id, and any channel with an invite code (see
- *     ops/invites.ts); private ones otherwise only through add-members;
+ *     ops/invites.ts); private ones otherwise only through add-members; never a user an admin
+ *     removed (until an admin adds them again), never a channel whose last member left;
  *   - add-members, remove-member, set-role, rename: as in groups (admins add and remove members of
  *     lower rank; the owner sets roles), with the member's record read one at a time, never the
  *     whole member list;
