@@ -115,8 +115,9 @@ async function joinTarget (services: Services, req: RequestOf<'join'>): Promise<
 
 /**
  * Joins a channel: a public one by id, any one with an invite code. Steps: find the channel (and
- * the invite) → already a member: joined false, no use taken → by id, private: NOT_FOUND → room
- * for one more (the user's conversations, the channel's members) → take one use of the invite →
+ * the invite) → already a member: joined false, no use taken → by id, private: NOT_FOUND → removed
+ * by an admin: FORBIDDEN → no member left: NOT_FOUND → room for one more (the user's
+ * conversations, the channel's members) → take one use of the invite →
  * add the member (a use that added nobody is given back) → subscribe the connected devices → the
  * member event with lastSeq.
  */
