@@ -266,6 +266,16 @@ function errorsOf (t: Totals, lost: number): ErrorCounts {
   }
 }
 
+/**
+ * One plain message per sender, so every conversation is active before the clock starts (the
+ * sequencer loads a conversation's lastSeq from the store on its first message).
+ */
+async function prime (ctx: Ctx, shape: Shape): Promise<void> {
+  await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, changeEvery: null, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
+  await ctx.pool.waitDone(60_000)
+  await ctx.pool.stop(5000)
+}
+
 async function connectShape (ctx: Ctx, shape: Shape, concurrency = 50): Promise<void> {
   const r = await ctx.pool.connect(shape.clients, concurrency, (c) => shape.workerOf(c.key))
   if (r.failed > 0) throw new Error(`${r.failed} of ${shape.clients.length} clients failed to connect: ${r.errors.join('; ')}`)
@@ -419,11 +429,7 @@ export async function runFlow (
     if (options.perSubscriber === true) await sleep(1000)
     // what the connected, subscribed clients hold in the server
     const kibPerSubscriber = options.perSubscriber === true ? (target.sample().rssBytes - rssBefore) / 1024 / shape.clients.length : undefined
-    // prime: one message per sender, so every conversation is active before the clock starts
-    // (the sequencer loads a conversation's lastSeq from the store on its first message)
-    await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
-    await ctx.pool.waitDone(60_000)
-    await ctx.pool.stop(5000)
+    await prime(ctx, shape)
     const max = await measureWindow(ctx, target, shape, shape.senders, timing.warmMs, timing.measureMs)
     const atMax = resultOf(scenario, target, round, max, 'max', null)
     const results = [atMax]
@@ -452,9 +458,9 @@ export async function runDirect (ctx: Ctx, kind: TargetKind, round: number, p: D
   return await runFlow(ctx, scenario, kind, round, async t => await directShape(ctx, t, p), timing, { paced, mqim })
 }
 
+/** Plain sends in a group (edits and reactions against them: runGroupChanges). */
 export async function runGroup (ctx: Ctx, kind: TargetKind, round: number, p: GroupParams, timing: FlowTiming): Promise<FlowResult[]> {
-  const name = p.changeEvery === undefined ? `group${p.members}` : `group${p.members}-changes`
-  return await runFlow(ctx, name, kind, round, async t => await groupShape(ctx, t, p), timing)
+  return await runFlow(ctx, `group${p.members}`, kind, round, async t => await groupShape(ctx, t, p), timing)
 }
 
 /**
@@ -470,9 +476,7 @@ export async function runGroupChanges (ctx: Ctx, round: number, p: GroupParams &
   return await withTarget(ctx, 'mqim', targetDir(ctx, `${name}-changes`, 'mqim', round), { stores: null }, async (target) => {
     const shape = await groupShape(ctx, target, p)
     await connectShape(ctx, shape)
-    await ctx.pool.start(shape.senders.map(s => ({ ...s, count: 1, changeEvery: null, idPrefix: `${s.idPrefix}p` })), shape.workerOf)
-    await ctx.pool.waitDone(60_000)
-    await ctx.pool.stop(5000)
+    await prime(ctx, shape)
     const results: FlowResult[] = []
     // drain's figures are over the whole connection set: the last one covers every window
     let drained: { lost: number, totals: Totals } | null = null

@@ -688,7 +688,7 @@ export class MySqlMetadataStore implements MetadataStore {
     const [rows] = await this.pool.execute<Array<RowDataPacket & { removed_at: number | string }>>(
       'SELECT removed_at FROM removals WHERE conversation_id = ? AND user_id = ?', [conversationId, userId])
     const [row] = rows
-    return row === undefined ? null : Number(row.removed_at)
+    return row === undefined ? null : toSafeNumber(row.removed_at, 'removals.removed_at')
   }
 
   /**
