@@ -6,7 +6,7 @@
  * server or stall the bystanders; each is cut off or refused with a documented answer.
  */
 import { BACKENDS, MEMORY } from './helpers/backends.js'
-import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import { RawClient, fixedHeader } from '../scripts/lib/raw-mqtt.js'
 import type { MqimServer } from '../src/server.js'
 
@@ -198,5 +198,25 @@ describe('persistent-session queues of the embedded broker are bounded', () => {
     const page = await back.request('history', { conv, after: 10 })
     expect(page.messages.map((m: { seq: number }) => m.seq)).toEqual(Array.from({ length: 16 }, (_, i) => 11 + i))
     await Promise.all([alice.end(), back.end()])
+  })
+
+  test('a device whose queue is full (it acknowledges nothing) stays connected and gets live messages', async () => {
+    await addUser(server, 'fred')
+    const alice = await connect(server, 'alice', 'a2')
+    const conv = (await alice.request('direct', { user: 'fred' })).conv
+    const first = await connect(server, 'fred', 'phone', { clean: false })
+    await first.end()
+    for (let i = 0; i < 12; i++) await alice.request('send', { conv, msgId: `f${i}`, kind: 'text', body: `queued ${i}` })
+    // back with the same session, sending no PUBACK: the 10 queued stay in flight, the queue stays full
+    const { client: raw, code } = await RawClient.login(server.ports.mqtt, 'fred', 'phone', 'password-fred', { clean: false })
+    expect(code).toBe(0)
+    const seqs = (): number[] => raw.packets.filter(p => p.cmd === 'publish' && p.topic === 'im/u/fred/m').map(p => (JSON.parse((p as { payload: Buffer }).payload.toString()) as { seq: number }).seq)
+    await waitUntil(() => seqs().length >= 10, 10_000, 'the queued messages')
+    const live = await alice.request('send', { conv, msgId: 'live', kind: 'text', body: 'live' })
+    await waitUntil(() => seqs().includes(live.seq), 10_000, 'the live message')
+    expect(seqs()).toEqual([...Array.from({ length: 10 }, (_, i) => i + 1), live.seq])
+    expect(raw.closed).toBe(false)
+    raw.end()
+    await alice.end()
   })
 })

@@ -11,7 +11,7 @@ import { Redis } from 'ioredis'
 import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
-import { boundRedisQueues, closeEmitterQuietly, redisQueueKey } from '../src/broker/upstream.js'
+import { boundRedisQueues, closeEmitterQuietly, leanRedisAcks, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -72,7 +72,7 @@ describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (wor
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const persistence = patch ? boundRedisQueues(base, conn, 21) : base
+    const persistence = patch ? boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }) : base
     const store = persistence as { outgoingEnqueueCombi: (subs: Array<{ clientId: string, topic: string, qos: number }>, packet: unknown) => Promise<void> }
     for (let i = 1; i <= 50; i++) {
       const subs = [{ clientId: 'u:a', topic: 't', qos: 1 }, ...(i <= 3 ? [{ clientId: 'u:b', topic: 't', qos: 1 }] : [])]
@@ -103,5 +103,66 @@ describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (wor
       // 1-3 are still in u:b's queue; 4-29 were only in u:a's
       packets: [...range(1, 3), ...range(30, 50)]
     })
+  })
+})
+
+describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session costs a packet read and four commands to acknowledge (workaround 15)', () => {
+  type Store = {
+    outgoingEnqueueCombi: (subs: Array<{ clientId: string, topic: string, qos: number }>, packet: unknown) => Promise<void>
+    outgoingUpdate: (client: { id: string }, packet: Record<string, unknown>) => Promise<void>
+    outgoingClearMessageId: (client: { id: string }, packet: { messageId: number }) => Promise<unknown>
+    outgoingStream: (client: { id: string }) => AsyncIterable<Record<string, unknown>>
+  }
+  const packet = (counter: number): Record<string, unknown> =>
+    ({ cmd: 'publish', topic: 'im/u/a/m', payload: Buffer.from(`m${counter}`), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: counter })
+
+  /**
+   * Packets 1-3 queued for session u:a and sent to it (message ids 11-13), 1 and 2 acknowledged;
+   * packet 4 sent live to u:a without being queued (a session that connected after the queueing)
+   * and acknowledged. Then what is left in Redis, and what the persistence replays.
+   */
+  async function deliverAndAck (patch: boolean, db: number): Promise<Record<string, unknown>> {
+    const url = new URL(redisUrl())
+    url.pathname = `/${db}`
+    const conn = new Redis(url.toString())
+    await conn.flushdb()
+    const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
+    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn, { ttlSeconds: 60 }) : base) as Store
+    const client = { id: 'u:a' }
+    const acks: unknown[] = []
+    for (const i of [1, 2, 3]) await store.outgoingEnqueueCombi([{ clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }], packet(i))
+    for (const i of [1, 2, 3]) await store.outgoingUpdate(client, { ...packet(i), messageId: 10 + i })
+    for (const i of [1, 2]) acks.push(await store.outgoingClearMessageId(client, { messageId: 10 + i }))
+    await store.outgoingUpdate(client, { ...packet(4), messageId: 14 })
+    acks.push(await store.outgoingClearMessageId(client, { messageId: 14 }))
+    // an id nobody sent: nothing happens
+    acks.push(await store.outgoingClearMessageId(client, { messageId: 99 }))
+    const keys = (await conn.keys('packet:*')).sort()
+    const ttls: Record<string, number> = {}
+    for (const k of keys) ttls[k] = await conn.ttl(k)
+    const queue = await conn.lrange(redisQueueKey('u:a'), 0, -1)
+    const replayed: Array<Record<string, unknown>> = []
+    for await (const p of store.outgoingStream(client)) replayed.push({ topic: p.topic, payload: Buffer.from(p.payload as Buffer).toString(), counter: Number(p.brokerCounter), messageId: p.messageId })
+    await conn.flushdb()
+    conn.disconnect()
+    return { acks: acks.map(a => a === undefined ? undefined : Number((a as { brokerCounter: unknown }).brokerCounter)), keys, ttls, queue, replayed }
+  }
+
+  test('upstream: each ack reads the packet back (returned); a live delivery leaves its packet until it expires and its count at -1 with no expiry', async () => {
+    const r = await deliverAndAck(false, 13)
+    expect(r.acks).toEqual([1, 2, 4, undefined])
+    expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`, redisPacketKey('b1', 4), `${redisPacketKey('b1', 4)}:offlineCount`])
+    expect((r.ttls as Record<string, number>)[`${redisPacketKey('b1', 4)}:offlineCount`]).toBe(-1)
+    expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: 13 }])
+  })
+
+  test('workaround: one script per ack with no read; the same keys left for what is unacknowledged, nothing for the live delivery; replays unchanged', async () => {
+    const r = await deliverAndAck(true, 13)
+    expect(r.acks).toEqual([undefined, undefined, undefined, undefined])
+    expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`])
+    for (const ttl of Object.values(r.ttls as Record<string, number>)) expect(ttl).toBeGreaterThan(0)
+    expect(r.queue).toEqual([redisPacketKey('b1', 3)])
+    // the persistence's own reader reads what the scripts wrote: packet 3, with the id it was sent with
+    expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: 13 }])
   })
 })

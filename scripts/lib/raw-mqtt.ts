@@ -21,6 +21,8 @@ export interface RawOptions {
   localAddress?: string
   /** Default 'tcp'; 'ws' connects to ws://127.0.0.1:<port>/mqtt. */
   transport?: 'tcp' | 'ws'
+  /** Default true; false: a persistent session (what it receives is acknowledged only by `send`ing PUBACKs). */
+  clean?: boolean
 }
 
 /** How long `open` waits for the TCP connection or the WebSocket handshake. */
@@ -90,16 +92,17 @@ export class RawClient {
   /** Opens a connection and logs in as `<user>:<device>`; resolves with the CONNACK return code. */
   static async login (port: number, user: string, device: string, password: string, options: RawOptions = {}): Promise<{ client: RawClient, code: number }> {
     const client = await RawClient.open(port, options)
-    return { client, code: await client.connect(user, device, password) }
+    return { client, code: await client.connect(user, device, password, 10_000, options.clean ?? true) }
   }
 
   /**
-   * Sends a clean-session CONNECT as `<user>:<device>`, keepalive 0 (the server never times out a
-   * silent connection: one that holds subscriptions, one that stopped reading); resolves with the
-   * CONNACK return code. The timeout counts from here, so it covers a connection still opening.
+   * Sends a CONNECT (clean session unless told otherwise) as `<user>:<device>`, keepalive 0 (the
+   * server never times out a silent connection: one that holds subscriptions, one that stopped
+   * reading); resolves with the CONNACK return code. The timeout counts from here, so it covers a
+   * connection still opening.
    */
-  async connect (user: string, device: string, password: string, timeoutMs = 10_000): Promise<number> {
-    this.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: `${user}:${device}`, keepalive: 0, username: user, password: Buffer.from(password) })
+  async connect (user: string, device: string, password: string, timeoutMs = 10_000, clean = true): Promise<number> {
+    this.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean, clientId: `${user}:${device}`, keepalive: 0, username: user, password: Buffer.from(password) })
     return (await this.next('connack', timeoutMs)).returnCode ?? -1
   }
 

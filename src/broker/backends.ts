@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, boundRedisQueues, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -60,7 +60,9 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   return {
-    persistence: recordQueueReplays(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, config.maxSessionDelivery), config.maxSessionDelivery + 1),
+    persistence: recordQueueReplays(
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { ttlSeconds: ttl }),
+      config.maxSessionDelivery + 1),
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',

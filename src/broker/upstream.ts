@@ -46,8 +46,11 @@
  *   aedes-persistence-redis 11.2.2
  *    14. a persistent session's offline queue (a Redis list of packet keys) grows without bound
  *        (packets expire after packetTTL, their list entries do not; a reconnect replays only the
- *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows
- *        (boundRedisQueues).
+ *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows,
+ *        in the one script that queues the packet (boundRedisQueues);
+ *    15. acknowledging a delivery to a persistent session reads the packet back to find its keys
+ *        and takes four sequential commands (and a live delivery's count stays at -1 for good):
+ *        one script from a key remembered at delivery (leanRedisAcks).
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
@@ -59,6 +62,9 @@ import { Transform, pipeline, type Readable } from 'node:stream'
 import mqemitter from 'mqemitter'
 import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
+import msgpack from 'msgpack-lite'
+import Packet from 'aedes-packet'
+import { LRUCache } from 'lru-cache'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
 type Deliver = (packet: unknown, done: () => void) => void
@@ -401,6 +407,25 @@ export class BoundedMemoryPersistence extends MemoryPersistence {
     if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet)
   }
 
+  /**
+   * A live delivery to a connected persistent session whose queue was full (so the message was not
+   * queued): the memory persistence throws "no such packet", and Aedes then errors the client,
+   * which closes the connection (a session replaying a full queue lost its connection to the next
+   * live message). Such a message is sent untracked instead: if the device goes before it
+   * acknowledges it, it syncs it by seq like everything else the bound kept out.
+   */
+  override async outgoingUpdate (client: { id: string }, packet: QueuedPacket): Promise<void> {
+    try {
+      await super.outgoingUpdate(client, packet)
+    } catch (err) {
+      if ((err as Error).message !== 'no such packet') throw err
+      this.untracked++
+    }
+  }
+
+  /** Live deliveries sent untracked because the session's queue was full (see outgoingUpdate). */
+  untracked = 0
+
   override async outgoingClearMessageId (client: { id: string }, packet: { messageId?: number }): Promise<QueuedPacket | undefined> {
     const removed: QueuedPacket | undefined = await super.outgoingClearMessageId(client, packet)
     const q = this.queued.get(client.id)
@@ -460,47 +485,132 @@ export function closeEmitterQuietly (mq: unknown): void {
   }
 }
 
-interface EnqueueStore {
-  outgoingEnqueueCombi: (subs: Array<{ clientId: string }>, packet: unknown) => Promise<void>
+/** The parts of aedes-persistence-redis 11 that workarounds 14 and 15 replace. */
+interface RedisOutgoingStore {
+  outgoingEnqueueCombi: (subs: Array<{ clientId: string }> | null | undefined, packet: object) => Promise<void>
+  outgoingUpdate: (client: { id: string }, packet: OutgoingPacket) => Promise<void>
+  outgoingClearMessageId: (client: { id: string }, packet: { messageId?: number }) => Promise<unknown>
 }
+
+interface OutgoingPacket { cmd?: string, qos?: number, messageId?: number, brokerId?: string, brokerCounter?: number }
 
 /** The Redis key of a session's offline queue in aedes-persistence-redis 11 (its outgoingKey). */
 export function redisQueueKey (clientId: string): string {
   return `outgoing:${encodeURIComponent(clientId)}`
 }
 
+/** The key of a stored packet in aedes-persistence-redis 11 (its packetKey); its count of queues is `<key>:offlineCount`. */
+export function redisPacketKey (brokerId: string, brokerCounter: number | string): string {
+  return `packet:${brokerId}:${brokerCounter}`
+}
+
 /**
- * Trims one session's queue to its newest ARGV[1] entries; each packet trimmed off loses one
- * offline reference and is deleted with its count when none is left (as an acknowledgement
- * would do). Keys other than KEYS[1] are derived from the list's entries, as the persistence
- * itself does: a single Redis, not Redis Cluster.
+ * Stores a packet (KEYS[1], ARGV[1]) and its count of queues (KEYS[2]), both expiring after
+ * ARGV[2] seconds (0: never), appends it to each session's queue (KEYS[3..]), and trims each queue
+ * to its newest ARGV[3] entries; each packet trimmed off loses one reference and is deleted with
+ * its count when none is left (as an acknowledgement would do). Keys of trimmed packets are
+ * derived from the list's entries, as the persistence itself does: a single Redis, not Redis Cluster.
  */
-const TRIM_QUEUE_LUA = `
-local extra = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[1])
-if extra <= 0 then return 0 end
-local old = redis.call('LRANGE', KEYS[1], 0, extra - 1)
-redis.call('LTRIM', KEYS[1], extra, -1)
-for _, key in ipairs(old) do
-  if redis.call('DECR', key .. ':offlineCount') <= 0 then redis.call('DEL', key, key .. ':offlineCount') end
+const ENQUEUE_LUA = `
+local queues = #KEYS - 2
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+  redis.call('SET', KEYS[2], queues, 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], queues)
 end
-return extra`
-
-type TrimmingRedis = Redis & { mqimTrimQueue: (key: string, max: number) => Promise<number> }
+local max = tonumber(ARGV[3])
+for i = 3, #KEYS do
+  redis.call('RPUSH', KEYS[i], KEYS[1])
+  local extra = redis.call('LLEN', KEYS[i]) - max
+  if extra > 0 then
+    local old = redis.call('LRANGE', KEYS[i], 0, extra - 1)
+    redis.call('LTRIM', KEYS[i], extra, -1)
+    for _, key in ipairs(old) do
+      if redis.call('DECR', key .. ':offlineCount') <= 0 then redis.call('DEL', key, key .. ':offlineCount') end
+    end
+  end
+end
+return queues`
 
 /**
- * 14. After aedes-persistence-redis has queued a packet for sessions, each of their lists is
- * trimmed to its newest `max` entries (on an auto-pipelining connection, one write for all of
- * them), the packets trimmed off released as if acknowledged. What is trimmed is the oldest: a
- * reconnect replays what is left, the client syncs the rest by seq.
+ * An acknowledged packet (KEYS[2]) leaves its session's queue (KEYS[1]) and loses one reference
+ * (KEYS[3]); with none left it is deleted, its count too (also a count that was never set: a
+ * packet delivered live to a session it was not queued for).
  */
-export function boundRedisQueues<T> (persistence: T, conn: Redis, max: number): T {
-  const store = persistence as unknown as EnqueueStore
-  const enqueue = store.outgoingEnqueueCombi.bind(store)
-  if (!('mqimTrimQueue' in conn)) conn.defineCommand('mqimTrimQueue', { numberOfKeys: 1, lua: TRIM_QUEUE_LUA })
-  const trimming = conn as TrimmingRedis
+const ACK_LUA = `
+redis.call('LREM', KEYS[1], 0, KEYS[2])
+if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+return 1`
+
+type ScriptedRedis = Redis & {
+  mqimEnqueue: (...args: Array<string | number | Buffer>) => Promise<number>
+  mqimAck: (queue: string, packet: string, count: string) => Promise<number>
+}
+
+function scripted (conn: Redis): ScriptedRedis {
+  if (!('mqimEnqueue' in conn)) conn.defineCommand('mqimEnqueue', { lua: ENQUEUE_LUA })
+  if (!('mqimAck' in conn)) conn.defineCommand('mqimAck', { numberOfKeys: 3, lua: ACK_LUA })
+  return conn as ScriptedRedis
+}
+
+/**
+ * 14. A packet queued for sessions is stored, counted, appended to each session's queue and each
+ * queue trimmed to its newest `max` entries, in one script (one command instead of 4 + 2 per
+ * session; the packets trimmed off released as if acknowledged). What is trimmed is the oldest: a
+ * reconnect replays what is left, the client syncs the rest by seq. The packet is stored as the
+ * persistence stores it (msgpack of an aedes-packet Packet), so its own reader (outgoingStream)
+ * reads it unchanged.
+ */
+export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: number, ttlSeconds: number }): T {
+  const store = persistence as unknown as RedisOutgoingStore
+  const redis = scripted(conn)
   store.outgoingEnqueueCombi = async (subs, packet) => {
-    await enqueue(subs, packet)
-    await Promise.all((subs ?? []).map(async sub => await trimming.mqimTrimQueue(redisQueueKey(sub.clientId), max)))
+    if (subs === null || subs === undefined || subs.length === 0) return
+    const p = packet as { brokerId: string, brokerCounter: number }
+    const key = redisPacketKey(p.brokerId, p.brokerCounter)
+    const keys = [key, `${key}:offlineCount`, ...subs.map(sub => redisQueueKey(sub.clientId))]
+    await redis.mqimEnqueue(keys.length, ...keys, msgpack.encode(new Packet(packet)), opts.ttlSeconds, opts.max)
+  }
+  return persistence
+}
+
+/**
+ * 15. Each QoS 1 delivery to a persistent session is written to Redis before it is sent (the
+ * packet with its message id: outgoingUpdate) and released when acknowledged
+ * (outgoingClearMessageId: a GET and msgpack decode of the packet only to find its keys again,
+ * then LREM, DECR and DEL: four sequential commands). Here the update keeps the packet's key by
+ * (client, message id) in a bounded map of its own, and the acknowledgement is one script from
+ * it with no read of the packet (Aedes passes the packet read only to its 'ack' event, which mqim
+ * does not use: it gets undefined). A count that was never set no longer stays at -1 without
+ * expiry. Anything else (QoS 2, an id the map does not have) goes to the persistence's own code.
+ */
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSeconds: number, remember?: number }): T {
+  const store = persistence as unknown as RedisOutgoingStore
+  const redis = scripted(conn)
+  const update = store.outgoingUpdate.bind(store)
+  const clear = store.outgoingClearMessageId.bind(store)
+  const keys = new LRUCache<string, string>({ max: opts.remember ?? 100_000 })
+  store.outgoingUpdate = async (client, packet) => {
+    if (packet.cmd !== 'publish' || packet.qos !== 1 || packet.brokerId === undefined || packet.brokerCounter === undefined || packet.messageId === undefined) {
+      await update(client, packet)
+      return
+    }
+    const key = redisPacketKey(packet.brokerId, packet.brokerCounter)
+    keys.set(`${client.id}\u0000${packet.messageId}`, key)
+    const encoded = msgpack.encode(packet)
+    if (opts.ttlSeconds > 0) await redis.set(key, encoded, 'EX', opts.ttlSeconds)
+    else await redis.set(key, encoded)
+  }
+  store.outgoingClearMessageId = async (client, packet) => {
+    const id = `${client.id}\u0000${packet.messageId}`
+    const key = keys.get(id)
+    if (key === undefined) return await clear(client, packet)
+    keys.delete(id)
+    await redis.mqimAck(redisQueueKey(client.id), key, `${key}:offlineCount`)
+    return undefined
   }
   return persistence
 }

@@ -294,6 +294,22 @@ describe('aedes-persistence 11.0.0: offline queues are unbounded (workaround 6)'
     for (let i = 1; i <= 5; i++) await small.outgoingEnqueue({ clientId: 'c' }, packet(i))
     expect(small.queuedOf('c')).toEqual({ messages: 2, bytes: 200 })
   })
+
+  test('upstream: a live delivery of a message that is not in the session\'s queue throws "no such packet" (Aedes then errors the client)', async () => {
+    const p = new MemoryPersistence()
+    await p.outgoingEnqueueCombi([{ clientId: 'c' }], packet(1))
+    await expect(p.outgoingUpdate({ id: 'c' }, packet(2))).rejects.toThrow('no such packet')
+  })
+
+  test('workaround: a full queue\'s live deliveries are sent untracked; their acknowledgement finds nothing and changes nothing', async () => {
+    const p = new BoundedMemoryPersistence({ messages: 10, bytes: 1_000_000 })
+    for (let i = 1; i <= 11; i++) await p.outgoingEnqueueCombi([{ clientId: 'c' }], packet(i))
+    expect(p.queuedOf('c')).toEqual({ messages: 10, bytes: 1000 })
+    await expect(p.outgoingUpdate({ id: 'c' }, packet(11))).resolves.toBeUndefined()
+    expect(p.untracked).toBe(1)
+    expect(await p.outgoingClearMessageId({ id: 'c' }, { messageId: 11 })).toBeUndefined()
+    expect(p.queuedOf('c')).toEqual({ messages: 10, bytes: 1000 })
+  })
 })
 
 describe('mqemitter 7.1.0: releasing a queue of synchronously finished messages recurses (workaround 7)', () => {

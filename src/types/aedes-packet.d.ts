@@ -1,0 +1,16 @@
+declare module 'aedes-packet' {
+  /** The packet shape aedes-persistence-redis stores (fields copied from `original`). */
+  class Packet {
+    constructor (original: object, broker?: unknown)
+    cmd: string
+    brokerId: string
+    brokerCounter: number
+    topic: string
+    payload: Buffer
+    qos: number
+    retain: boolean
+    dup: boolean
+    messageId?: number
+  }
+  export default Packet
+}
