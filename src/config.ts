@@ -276,7 +276,9 @@ export const ConfigSchema = z.object({
         /** Offline QoS 1 messages older than this are dropped from session queues (clients sync by seq). */
         packetTTLSeconds: z.number().int().min(1).default(7 * 24 * 3600),
         /** At most this many queued messages are delivered on reconnect; the rest comes from history. */
-        maxSessionDelivery: z.number().int().min(1).default(100)
+        maxSessionDelivery: z.number().int().min(1).default(100),
+        /** How often each node tells the others which users it has reply watchers for (a node routes every reply copy for this long plus a second after it starts). */
+        watchersListMs: z.number().int().min(100).max(600_000).default(10_000)
       }).strict()
     ]),
     /** A connection that has had bytes waiting to be written for this long (its reader stopped) is disconnected. */

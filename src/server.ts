@@ -35,6 +35,7 @@ import { BrokerHooks } from './gateway/hooks.js'
 import { Sessions } from './broker/sessions.js'
 import { Listeners } from './gateway/listeners.js'
 import { ClusterBus } from './broker/bus.js'
+import { ReplyWatchers } from './broker/reply-watchers.js'
 import { UserRateLimiter } from './broker/rate-limit.js'
 import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
 import { PageGate } from './gateway/page-gate.js'
@@ -73,6 +74,8 @@ export interface Internals {
   retention: RetentionJob
   /** Removes uploads no message refers to, in the background. */
   fileSweeper: FileSweeper
+  /** Which users have reply watchers on other nodes (clustered). */
+  replyWatchers: ReplyWatchers
 }
 
 export class MqimServer {
@@ -130,7 +133,11 @@ export class MqimServer {
       metrics,
       ...(backends.redis === null ? {} : { queue: new RedisJobQueue(backends.redis, 'webhooks', config.webhooks.queueMax), pollMs: 250 })
     })
-    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks })
+    const persistence = config.broker.persistence
+    const replyWatchers = new ReplyWatchers(bus, { watchedUsers: () => sessions.watchedUsers(), watchedCount: () => sessions.watchedCount },
+      { periodMs: persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000 })
+    sessions.onWatching((userId, on) => replyWatchers.changed(userId, on))
+    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
     const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)
     const channels = new ChannelSubscriptions(sessions, directory, bus, logger, config.channels)
     const mentions = new MentionLog(meta, logger)
@@ -239,7 +246,7 @@ export class MqimServer {
     retention.start()
     push.start(services)
     fileSweeper.start()
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper }, nodeId, broker, http, rates)
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper, replyWatchers }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -260,6 +267,7 @@ export class MqimServer {
     await sequencer.close()
     await this.internals.retention.close()
     await this.internals.fileSweeper.close()
+    this.internals.replyWatchers.close()
     await this.internals.mentions.close()
     await presence.close()
     publisher.close()

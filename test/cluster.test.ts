@@ -122,6 +122,59 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect(requester.replies.map(r => r.id)).toEqual(['w1', 'w2', 'w3', 'marker'])
   })
 
+  test('a reply crosses Redis only while another node has a watcher of its user', async () => {
+    await addUser(n1, 'hana')
+    const requester = await connect(n1, 'hana', 'cli')
+    const near = await connect(n1, 'hana', 'near', { subscribe: false })
+    clients.push(requester, near)
+    const seenBy = (c: ImClient): string[] => {
+      const seen: string[] = []
+      c.mqtt.on('message', (topic, payload) => { if (topic === 'im/u/hana/r/cli') seen.push(JSON.parse(payload.toString()).id) })
+      return seen
+    }
+    const nearSeen = seenBy(near)
+    const watchers = n1.internals.replyWatchers
+    const routed = (): number => n1.services.publisher.repliesRouted
+    // past n1's first period (clusterOverrides: 500 ms), it knows n2's list
+    await requester.waitFor(() => !watchers.elsewhere('nobody-at-all'), 10000, 'n1 knows the other node\'s watchers')
+    // nobody watches: nothing routed
+    const before = routed()
+    for (const id of ['a1', 'a2']) await requester.request('list', { id })
+    expect(routed()).toBe(before)
+    // a watcher on the same node: written to it directly, still nothing routed
+    await near.mqtt.subscribeAsync('im/u/hana/r/+', { qos: 1 })
+    await requester.request('list', { id: 'b1' })
+    await near.waitFor(() => nearSeen.includes('b1'), 10000, 'the copy on node 1')
+    expect(routed()).toBe(before)
+    // a watcher on the other node: routed (and the one here gets the routed copy, once)
+    const far = await connect(n2, 'hana', 'far', { subscribe: false })
+    clients.push(far)
+    const farSeen = seenBy(far)
+    await far.mqtt.subscribeAsync('im/u/hana/#', { qos: 1 })
+    await requester.waitFor(() => watchers.elsewhere('hana'), 10000, 'n1 learns of the watcher on n2')
+    await requester.request('list', { id: 'c1' })
+    await far.waitFor(() => farSeen.includes('c1'), 10000, 'the copy on node 2')
+    await near.waitFor(() => nearSeen.includes('c1'), 10000, 'the routed copy on node 1')
+    expect(routed()).toBe(before + 1)
+    // it unsubscribes: no longer routed; the watcher here still gets its copies
+    await far.mqtt.unsubscribeAsync('im/u/hana/#')
+    await requester.waitFor(() => !watchers.elsewhere('hana'), 10000, 'n1 learns the watcher left')
+    await requester.request('list', { id: 'd1' })
+    await near.waitFor(() => nearSeen.includes('d1'), 10000, 'the copy on node 1 again')
+    expect(routed()).toBe(before + 1)
+    // a watcher whose connection ends takes its filter with it
+    await far.mqtt.subscribeAsync('im/u/hana/r/cli', { qos: 0 })
+    await requester.waitFor(() => watchers.elsewhere('hana'), 10000, 'n1 learns of the watcher by name')
+    await far.end()
+    await requester.waitFor(() => !watchers.elsewhere('hana'), 10000, 'n1 learns the watcher is gone')
+    await requester.request('list', { id: 'e1' })
+    await near.waitFor(() => nearSeen.includes('e1'), 10000, 'the last copy on node 1')
+    expect(routed()).toBe(before + 1)
+    expect(nearSeen).toEqual(['b1', 'c1', 'd1', 'e1'])
+    expect(farSeen).toEqual(['c1'])
+    expect(requester.replies.map(r => r.id)).toEqual(['a1', 'a2', 'b1', 'c1', 'd1', 'e1'])
+  })
+
   test('clientId takeover across nodes: the newer connection wins', async () => {
     const old = await connect(n1, 'bob', 'same')
     const closed = new Promise<void>(resolve => old.mqtt.once('close', () => resolve()))

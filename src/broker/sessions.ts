@@ -137,7 +137,7 @@ export class Sessions {
     if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
     const { userId } = entry.session
     removeFrom(this.byUser, userId, client)
-    removeFrom(this.watching, userId, client)
+    this.unwatch(userId, client)
     if (entry.started) for (const l of this.listeners.ended) l(entry.session)
   }
 
@@ -212,9 +212,35 @@ export class Sessions {
     if (filterMatches(filter, anyDevice) || (filter.startsWith(`${s.prefix}r/`) && filter !== s.replyTopic)) {
       s.watchFilters.add(filter)
       let set = this.watching.get(s.userId)
-      if (set === undefined) this.watching.set(s.userId, set = new Set())
+      if (set === undefined) {
+        this.watching.set(s.userId, set = new Set())
+        this.watchListener?.(s.userId, true)
+      }
       set.add(client)
     }
+  }
+
+  private unwatch (userId: string, client: Client): void {
+    const set = this.watching.get(userId)
+    if (set === undefined || !set.delete(client) || set.size > 0) return
+    this.watching.delete(userId)
+    this.watchListener?.(userId, false)
+  }
+
+  private watchListener: ((userId: string, on: boolean) => void) | null = null
+
+  /** Told when a user's watching connections on this node go from none to some (true) and back (false). */
+  onWatching (listener: (userId: string, on: boolean) => void): void {
+    this.watchListener = listener
+  }
+
+  /** Users with a connection on this node that watches other devices' replies. */
+  watchedUsers (): IterableIterator<string> {
+    return this.watching.keys()
+  }
+
+  get watchedCount (): number {
+    return this.watching.size
   }
 
   removeFilters (client: Client, filters: readonly string[]): void {
@@ -225,7 +251,7 @@ export class Sessions {
       s.watchFilters.delete(f)
       s.channels.delete(f)
     }
-    if (s.watchFilters.size === 0) removeFrom(this.watching, s.userId, client)
+    if (s.watchFilters.size === 0) this.unwatch(s.userId, client)
   }
 
   /**

@@ -27,6 +27,8 @@ export interface PublisherOptions {
   metrics?: Metrics
   /** member events also go to the webhooks (member.changed). */
   webhooks?: Webhooks
+  /** Clustered: whether a connection on another node may watch this user's replies (ReplyWatchers). */
+  watchedElsewhere?: (userId: string) => boolean
 }
 
 export class Publisher {
@@ -45,6 +47,8 @@ export class Publisher {
   }
 
   private closed = false
+  /** Reply copies routed through the cluster for watchers (since start). */
+  repliesRouted = 0
 
   /**
    * The node is stopping: its stored messages have been delivered (the sequencer is closed), what
@@ -94,20 +98,22 @@ export class Publisher {
    * client that has the PUBACK has the reply; a client that lost the connection first resends
    * the request and gets the same reply from the hooks' reply cache). Other connections of the
    * same user that watch the reply topic (mosquitto_sub on `im/u/<user>/#`) get a QoS 0 copy:
-   * written to them directly on a single node, else routed (the requester skips the routed
-   * copy, see BrokerHooks.authorizeForward).
+   * written to them directly, unless one may be connected to another node (a cluster, see
+   * ReplyWatchers): then the copy is routed, to the watchers here too (the requester skips the
+   * routed copy, see BrokerHooks.authorizeForward).
    */
   /** Writes a reply to the requester (and its watchers); returns the reply's size in bytes. */
   reply (session: Session, reply: Reply, requester: Client): number {
     const topic = session.replyTopic
     const payload = serializeReply(reply)
     this.sessions.writeDirect(requester, topic, payload)
-    if (!this.opts.clustered) {
-      for (const w of this.sessions.watchers(session.userId, topic, requester)) this.sessions.writeDirect(w, topic, payload)
-    } else if (this.opts.available()) {
-      // (routing known to be down: a publish would wait for Redis, as Aedes' publish pipeline can
-      // hang until it is back; the watchers miss this reply)
+    // (routing known to be down: a publish would wait for Redis, as Aedes' publish pipeline can
+    // hang until it is back; the watchers elsewhere miss this reply)
+    if (this.opts.clustered && this.opts.available() && this.opts.watchedElsewhere?.(session.userId) !== false) {
+      this.repliesRouted++
       this.publish(topic, payload, 0)
+    } else {
+      for (const w of this.sessions.watchers(session.userId, topic, requester)) this.sessions.writeDirect(w, topic, payload)
     }
     return payload.length
   }

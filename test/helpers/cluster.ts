@@ -12,7 +12,8 @@ export async function clusterOverrides (redisDb: number, extra: Record<string, u
   return {
     messageStore: { adapter: 'mongodb', url: mongo.url, database: mongo.dbName },
     metadataStore: { adapter: 'mysql', url: await freshMysqlUrl() },
-    broker: { persistence: { adapter: 'redis', url: redis.toString() } },
+    // reply watchers listed twice a second: a node knows the others' within 1.5 s of its start
+    broker: { persistence: { adapter: 'redis', url: redis.toString(), watchersListMs: 500 } },
     limits: { requestsPerSecond: 100000, requestBurst: 100000 },
     presence: { ttlMs: 90000, notifyIntervalMs: 50, maxAudience: 500 },
     ...extra
