@@ -165,4 +165,24 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     // the persistence's own reader reads what the scripts wrote: packet 3, with the id it was sent with
     expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: 13 }])
   })
+
+  test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
+    const url = new URL(redisUrl())
+    url.pathname = '/13'
+    const conn = new Redis(url.toString())
+    await conn.flushdb()
+    const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
+    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 1, ttlSeconds: 60 }), conn, { ttlSeconds: 60 }) as Store
+    const sub = (clientId: string): { clientId: string, topic: string, qos: number } => ({ clientId, topic: 'im/u/a/m', qos: 1 })
+    await store.outgoingEnqueueCombi([sub('u:a'), sub('u:b')], packet(1))
+    await store.outgoingUpdate({ id: 'u:a' }, { ...packet(1), messageId: 1 }) // sent to a, not acknowledged yet
+    await store.outgoingEnqueueCombi([sub('u:a')], packet(2)) // a's queue keeps 1 entry: packet 1 is trimmed off it
+    await store.outgoingClearMessageId({ id: 'u:a' }, { messageId: 1 }) // a acknowledges it now
+    expect(await conn.get(`${redisPacketKey('b1', 1)}:offlineCount`)).toBe('1')
+    const replayed: number[] = []
+    for await (const p of store.outgoingStream({ id: 'u:b' })) replayed.push(Number(p.brokerCounter))
+    expect(replayed).toEqual([1])
+    await conn.flushdb()
+    conn.disconnect()
+  })
 })

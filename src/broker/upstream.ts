@@ -536,14 +536,19 @@ end
 return queues`
 
 /**
- * An acknowledged packet (KEYS[2]) leaves its session's queue (KEYS[1]) and loses one reference
- * (KEYS[3]); with none left it is deleted, its count too (also a count that was never set: a
- * packet delivered live to a session it was not queued for).
+ * An acknowledged packet (KEYS[2]) leaves its session's queue (KEYS[1]) and loses the references
+ * (KEYS[3]) its entries there held; with none left it is deleted with its count. A packet no longer
+ * in this queue (trimmed off, which released its reference already; or delivered live to a session
+ * it was not queued for) loses nothing, and is deleted only if no queue counts it at all.
  */
 const ACK_LUA = `
-redis.call('LREM', KEYS[1], 0, KEYS[2])
-if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
-return 1`
+local removed = redis.call('LREM', KEYS[1], 0, KEYS[2])
+if removed > 0 then
+  if redis.call('DECRBY', KEYS[3], removed) <= 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+elseif redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[2])
+end
+return removed`
 
 type ScriptedRedis = Redis & {
   mqimEnqueue: (...args: Array<string | number | Buffer>) => Promise<number>
