@@ -499,9 +499,14 @@ export function redisQueueKey (clientId: string): string {
   return `outgoing:${encodeURIComponent(clientId)}`
 }
 
-/** The key of a stored packet in aedes-persistence-redis 11 (its packetKey); its count of queues is `<key>:offlineCount`. */
+/** The key of a stored packet in aedes-persistence-redis 11 (its packetKey). */
 export function redisPacketKey (brokerId: string, brokerCounter: number | string): string {
   return `packet:${brokerId}:${brokerCounter}`
+}
+
+/** The key of a stored packet's count of queues holding it (its packetCountKey; ENQUEUE_LUA derives it the same way). */
+function redisCountKey (packetKey: string): string {
+  return `${packetKey}:offlineCount`
 }
 
 /**
@@ -576,7 +581,7 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
     if (subs === null || subs === undefined || subs.length === 0) return
     const p = packet as { brokerId: string, brokerCounter: number }
     const key = redisPacketKey(p.brokerId, p.brokerCounter)
-    const keys = [key, `${key}:offlineCount`, ...subs.map(sub => redisQueueKey(sub.clientId))]
+    const keys = [key, redisCountKey(key), ...subs.map(sub => redisQueueKey(sub.clientId))]
     await redis.mqimEnqueue(keys.length, ...keys, msgpack.encode(new Packet(packet)), opts.ttlSeconds, opts.max)
   }
   return persistence
@@ -614,7 +619,7 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSecond
     const key = keys.get(id)
     if (key === undefined) return await clear(client, packet)
     keys.delete(id)
-    await redis.mqimAck(redisQueueKey(client.id), key, `${key}:offlineCount`)
+    await redis.mqimAck(redisQueueKey(client.id), key, redisCountKey(key))
     return undefined
   }
   return persistence
