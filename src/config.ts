@@ -397,6 +397,8 @@ export const ConfigSchema = z.object({
     ttlMs: z.number().int().min(3000),
     /** At most one presence event per user per interval (the latest state wins). */
     notifyIntervalMs: z.number().int().min(0),
+    /** Going offline is told once the user has been gone this long (a reconnect within it causes no events). */
+    offlineGraceMs: z.number().int().min(0).max(3_600_000),
     /** Members of conversations larger than this get no presence events of each other. */
     maxAudience: z.number().int().min(2)
   }).strict(),

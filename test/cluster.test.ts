@@ -211,3 +211,52 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect((await dave.request('presence', { users: ['fred'] })).users[0]).toEqual({ user: 'fred', online: false, lastSeen: null })
   })
 })
+
+describe('presence grace on two nodes (Redis)', () => {
+  const GRACE_MS = 1500
+  let n1: MqimServer
+  let n2: MqimServer
+  const clients: ImClient[] = []
+  beforeAll(async () => {
+    const overrides = await clusterOverrides(9, { presence: { ttlMs: 90000, notifyIntervalMs: 0, offlineGraceMs: GRACE_MS, maxAudience: 500 } })
+    n1 = await startServer({ ...overrides, nodeId: 'g1' })
+    n2 = await startServer({ ...overrides, nodeId: 'g2' })
+    for (const u of ['gail', 'hank']) await addUser(n1, u)
+  }, 60000)
+  afterAll(async () => {
+    await Promise.allSettled(clients.map(c => c.end()))
+    await Promise.allSettled([n1.stop(), n2.stop()])
+  })
+
+  test('a reconnect within offlineGraceMs, to the other node, tells the contacts nothing; going away for longer tells them once', async () => {
+    const hank = await connect(n1, 'hank', 'h')
+    clients.push(hank)
+    const gailA = await connect(n1, 'gail', 'a')
+    await gailA.request('direct', { user: 'hank' })
+    const told = (): Array<{ online: boolean }> => hank.events.filter(e => e.type === 'presence' && e.user === 'gail') as unknown as Array<{ online: boolean }>
+    // hank was connected before the conversation existed: gail's first coming is told from the next transition on
+    await gailA.end()
+    const gailB = await connect(n2, 'gail', 'b')
+    await new Promise(resolve => setTimeout(resolve, GRACE_MS + 1000))
+    // n1 saw gail leave and n2 saw her come back: whatever either told, nobody was told she was offline
+    expect(told().some(e => !e.online)).toBe(false)
+    const before = told().length
+    // away again for a moment and back on n1: no event at all
+    await gailB.end()
+    const gailC = await connect(n1, 'gail', 'c')
+    await new Promise(resolve => setTimeout(resolve, GRACE_MS + 1000))
+    expect(told().length).toBe(before)
+    expect((await hank.request('presence', { users: ['gail'] })).users[0]?.online).toBe(true)
+    // gone for good: one offline event, not before the grace has passed
+    const leftAt = Date.now()
+    await gailC.end()
+    await hank.waitFor(() => told().some(e => !e.online), 10_000, 'offline event after the grace')
+    expect(Date.now() - leftAt).toBeGreaterThanOrEqual(GRACE_MS - 100)
+    expect(told().slice(before)).toEqual([expect.objectContaining({ online: false, lastSeen: expect.any(Number) })])
+    // and coming back is told at once (the state differs from the one told)
+    const gailD = await connect(n2, 'gail', 'd')
+    clients.push(gailD)
+    await hank.waitFor(() => told().at(-1)?.online === true, 5000, 'online event')
+    expect(told().length).toBe(before + 2)
+  }, 30000)
+})

@@ -48,7 +48,7 @@ describe.each(BACKENDS)('blocking on $name stores', (backend) => {
   const USERS = ['ann', 'ben', 'cat', 'dan', 'eve', 'fay', 'gus', 'hal', 'ivy', 'jon', 'kim', 'lea', 'max', 'pia', 'quin', 'ray', 'sue']
 
   beforeAll(async () => {
-    server = await startServer({ limits: { blocksPerUser: BLOCKS_PER_USER }, presence: { ttlMs: 90000, notifyIntervalMs: 20, maxAudience: 500 } }, await backend.make())
+    server = await startServer({ limits: { blocksPerUser: BLOCKS_PER_USER }, presence: { ttlMs: 90000, notifyIntervalMs: 20, offlineGraceMs: 0, maxAudience: 500 } }, await backend.make())
     for (const u of USERS) {
       await addUser(server, u)
       c[u] = await connect(server, u, 'd1', { transport: u === 'ben' ? 'ws' : 'tcp' })

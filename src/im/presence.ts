@@ -3,7 +3,10 @@
  * connection is an entry with an expiry that its node refreshes (heartbeat), so the entries of a
  * node that died lapse on their own. Last-seen is kept per user. Contacts (the members of the
  * user's conversations, up to a size limit) get `presence` events on transitions, at most one per
- * user per `notifyIntervalMs` (the latest state wins). A user's presence is hidden from the people
+ * user per `notifyIntervalMs` (the latest state wins). Going offline is told only once the user has
+ * been gone for `offlineGraceMs`, and an event is sent only when the state differs from the one
+ * last told (kept in the store, so every node agrees): a phone that drops and reconnects within
+ * the grace causes no events and no contact lookups. A user's presence is hidden from the people
  * they block: those see them offline and never seen, and get no events of theirs.
  */
 import type { Redis } from 'ioredis'
@@ -28,12 +31,19 @@ export interface PresenceStore {
   remove (userId: string, connId: string, now: number): Promise<boolean>
   refresh (entries: Array<{ userId: string, connId: string }>, expiresAt: number): Promise<void>
   status (userIds: string[], now: number): Promise<PresenceStatus[]>
+  /** Records the state the user's contacts were last told; returns the one recorded before (null: none). */
+  swapTold (userId: string, online: boolean): Promise<boolean | null>
   close (): Promise<void>
 }
+
+/** How long a told state is remembered (a lost one only costs one repeated event). */
+const TOLD_TTL_MS = 86_400_000
 
 export class MemoryPresenceStore implements PresenceStore {
   private readonly live = new Map<string, Map<string, number>>()
   private readonly lastSeen = new Map<string, number>()
+  /** Bounded like the store's other per-user state by the accounts; an evicted entry repeats one event. */
+  private readonly told = new LRUCache<string, boolean>({ max: 100_000 })
 
   private liveCount (userId: string, now: number): number {
     const conns = this.live.get(userId)
@@ -69,6 +79,12 @@ export class MemoryPresenceStore implements PresenceStore {
     return userIds.map(user => ({ user, online: this.liveCount(user, now) > 0, lastSeen: this.lastSeen.get(user) ?? null }))
   }
 
+  async swapTold (userId: string, online: boolean): Promise<boolean | null> {
+    const before = this.told.get(userId) ?? null
+    this.told.set(userId, online)
+    return before
+  }
+
   async close (): Promise<void> {}
 }
 
@@ -78,6 +94,7 @@ export class RedisPresenceStore implements PresenceStore {
 
   private key (userId: string): string { return `${this.prefix}presence:${userId}` }
   private seenKey (userId: string): string { return `${this.prefix}lastseen:${userId}` }
+  private toldKey (userId: string): string { return `${this.prefix}presence-told:${userId}` }
 
   async add (userId: string, connId: string, expiresAt: number, now: number): Promise<boolean> {
     const res = await this.redis.multi()
@@ -123,6 +140,12 @@ export class RedisPresenceStore implements PresenceStore {
     })
   }
 
+  async swapTold (userId: string, online: boolean): Promise<boolean | null> {
+    // one atomic SET ... GET (Redis 6.2+): two nodes telling at once see each other's value
+    const before = await this.redis.call('SET', this.toldKey(userId), online ? '1' : '0', 'PX', String(TOLD_TTL_MS), 'GET')
+    return before === '1' ? true : before === '0' ? false : null
+  }
+
   async close (): Promise<void> {}
 }
 
@@ -139,6 +162,8 @@ export interface PresenceOptions {
   /** Entries live this long unless refreshed. */
   ttlMs?: number
   notifyIntervalMs?: number
+  /** Going offline is told once the user has been gone this long (a reconnect within it is not seen). */
+  offlineGraceMs?: number
   /** Conversations larger than this do not get presence events of their members. */
   maxAudience?: number
   now?: () => number
@@ -153,12 +178,14 @@ export class PresenceService {
   private readonly heartbeat: NodeJS.Timeout
   private readonly ttlMs: number
   private readonly notifyIntervalMs: number
+  private readonly offlineGraceMs: number
   private readonly maxAudience: number
   private readonly now: () => number
 
   constructor (private readonly opts: PresenceOptions) {
     this.ttlMs = opts.ttlMs ?? 90_000
     this.notifyIntervalMs = opts.notifyIntervalMs ?? 5_000
+    this.offlineGraceMs = opts.offlineGraceMs ?? 10_000
     this.maxAudience = opts.maxAudience ?? 500
     this.now = opts.now ?? Date.now
     this.lastNotified = new LRUCache({ max: 100_000, ttl: Math.max(1, this.notifyIntervalMs), ttlAutopurge: false })
@@ -171,7 +198,7 @@ export class PresenceService {
     this.local.set(connId, userId)
     try {
       if (await this.opts.store.add(userId, connId, this.now() + this.ttlMs, this.now())) {
-        this.scheduleNotify(userId)
+        this.scheduleNotify(userId, 0)
         this.opts.onChange?.(userId, true)
       }
     } catch (err) {
@@ -185,7 +212,7 @@ export class PresenceService {
     if (this.closed) return
     try {
       if (await this.opts.store.remove(userId, connId, this.now())) {
-        this.scheduleNotify(userId)
+        this.scheduleNotify(userId, this.offlineGraceMs)
         this.opts.onChange?.(userId, false)
       }
     } catch (err) {
@@ -250,12 +277,12 @@ export class PresenceService {
     return contacts
   }
 
-  private scheduleNotify (userId: string): void {
-    if (this.pendingNotify.has(userId)) return
-    const wait = Math.max(0, (this.lastNotified.get(userId) ?? 0) + this.notifyIntervalMs - this.now())
+  /** Tells the user's contacts their state in `minWait` ms at the earliest (and one interval after the last event). */
+  private scheduleNotify (userId: string, minWait: number): void {
+    if (this.pendingNotify.has(userId) || this.closed) return
+    const wait = Math.max(minWait, (this.lastNotified.get(userId) ?? 0) + this.notifyIntervalMs - this.now())
     const timer = setTimeout(() => {
       this.pendingNotify.delete(userId)
-      this.lastNotified.set(userId, this.now())
       this.notify(userId).catch((err: unknown) => this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed'))
     }, wait)
     timer.unref()
@@ -266,6 +293,15 @@ export class PresenceService {
     if (this.closed) return
     const [status] = await this.status([userId])
     if (status === undefined) return
+    // gone for less than the grace (a timer set while the user was online fired): wait out the rest
+    const away = status.lastSeen === null ? Infinity : this.now() - status.lastSeen
+    if (!status.online && away < this.offlineGraceMs) {
+      this.scheduleNotify(userId, Math.min(this.offlineGraceMs, this.offlineGraceMs - away))
+      return
+    }
+    // the contacts know this state already (a reconnect within the grace, or another node told them)
+    if (await this.opts.store.swapTold(userId, status.online) === status.online) return
+    this.lastNotified.set(userId, this.now())
     const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
     // the people the user blocks are not told (the list is cached: no store read per event)
     for (const u of blocking) contacts.delete(u)

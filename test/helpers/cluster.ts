@@ -15,7 +15,7 @@ export async function clusterOverrides (redisDb: number, extra: Record<string, u
     // reply watchers listed twice a second: a node knows the others' within 1.5 s of its start
     broker: { persistence: { adapter: 'redis', url: redis.toString(), watchersListMs: 500 } },
     limits: { requestsPerSecond: 100000, requestBurst: 100000 },
-    presence: { ttlMs: 90000, notifyIntervalMs: 50, maxAudience: 500 },
+    presence: { ttlMs: 90000, notifyIntervalMs: 50, offlineGraceMs: 0, maxAudience: 500 },
     ...extra
   }
 }

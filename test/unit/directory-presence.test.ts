@@ -131,4 +131,50 @@ describe('PresenceService', () => {
     expect(events.map(e => [e.to, (e.event as { online: boolean }).online])).toEqual([[['bob'], true], [['bob'], false], [['bob'], true]])
     await presence.close()
   })
+
+  test('offlineGraceMs: a reconnect within it tells nobody, on the same node or another sharing the store', async () => {
+    const meta = new MemoryMetadataStore()
+    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
+    const events: Array<{ to: string[], event: ImEvent }> = []
+    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+    const store = new MemoryPresenceStore()
+    // two nodes: two services over one store (Redis in a cluster)
+    const [n1, n2] = [0, 1].map(() => new PresenceService({
+      store,
+      meta,
+      directory: new ConversationDirectory(meta, noBus),
+      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
+      publisher,
+      logger: createLogger('silent'),
+      notifyIntervalMs: 0,
+      offlineGraceMs: 150
+    })) as [PresenceService, PresenceService]
+    const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+    const states = (): boolean[] => events.map(e => (e.event as { online: boolean }).online)
+    await n1.connected('alice', 'c1')
+    await sleep(30)
+    expect(states()).toEqual([true])
+    // dropped and back within the grace, on the same node, then on the other one
+    await n1.disconnected('alice', 'c1')
+    await sleep(50)
+    await n1.connected('alice', 'c2')
+    await n1.disconnected('alice', 'c2')
+    await n2.connected('alice', 'c3')
+    await sleep(300)
+    expect(states()).toEqual([true])
+    // gone: told once, after the grace
+    const left = Date.now()
+    await n2.disconnected('alice', 'c3')
+    await sleep(60)
+    expect(states()).toEqual([true])
+    while (events.length < 2 && Date.now() - left < 2000) await sleep(5)
+    expect(Date.now() - left).toBeGreaterThanOrEqual(140)
+    expect(states()).toEqual([true, false])
+    expect(events[1]?.to).toEqual(['bob'])
+    // back on the other node: told at once, once
+    await n1.connected('alice', 'c4')
+    await sleep(230)
+    expect(states()).toEqual([true, false, true])
+    await Promise.all([n1.close(), n2.close()])
+  })
 })
