@@ -129,6 +129,7 @@ async function main (): Promise<number> {
     await sleep(durationMs - (Date.now() - t0))
     mix.stop()
     const loadMs = Date.now() - t0
+    const promText = await Promise.all(soak.nodes.map(async n => await n.metricsText()))
     if (Date.now() - t0 - ((sampler.samples.at(-1)?.t ?? 0) * 1000) > 5000) sampler.take()
     sampler.stop()
     log(`load stopped after ${(loadMs / 1000).toFixed(1)} s; waiting for the requests in flight (at most ${REQUEST_TIMEOUT_MS / 1000 + 2} s)`)
@@ -136,7 +137,7 @@ async function main (): Promise<number> {
     const drainUntil = Date.now() + REQUEST_TIMEOUT_MS + 2000
     while (devices.some(d => d.inFlight > 0) && Date.now() < drainUntil) await sleep(50)
     world.loading = false
-    const report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs })
+    const report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText })
     for (const [name, t] of Object.entries(report.targets)) {
       process.stderr.write(`soak: ${t.met ? 'MET ' : 'MISS'}  ${name.padEnd(28)} ${String(t.value).padStart(10)}   target ${t.goal}\n`)
     }

@@ -145,6 +145,16 @@ export class MqimNode {
     await this.exited
   }
 
+  /** GET /metrics (Prometheus text; loopback needs no token), or null if it does not answer. */
+  async metricsText (): Promise<string | null> {
+    try {
+      const res = await fetch(`http://127.0.0.1:${this.httpPort}/metrics`, { signal: AbortSignal.timeout(5000) })
+      return res.ok ? await res.text() : null
+    } catch {
+      return null
+    }
+  }
+
   async health (): Promise<HealthSample> {
     const t = Date.now()
     try {

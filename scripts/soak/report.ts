@@ -17,6 +17,28 @@ export interface ReportInput {
   nodeExits: string[]
   world: World
   gcs: GcTrace[]
+  /** Each node's /metrics text at the end of the load (null: it did not answer). */
+  promText?: Array<string | null>
+}
+
+/**
+ * Store calls over the whole run, summed over the nodes, from mqim_store_operation_seconds:
+ * `store.op` -> calls per second of load and mean ms, the `top` most called first.
+ */
+export function storeOps (texts: Array<string | null>, seconds: number, top = 15): Record<string, { per_s: number, mean_ms: number }> {
+  const count = new Map<string, number>()
+  const sum = new Map<string, number>()
+  for (const text of texts) {
+    for (const line of (text ?? '').split('\n')) {
+      const m = /^mqim_store_operation_seconds_(count|sum)\{store="(\w+)",op="(\w+)"\} ([\d.e+-]+)$/.exec(line)
+      if (m === null) continue
+      const key = `${m[2] ?? ''}.${m[3] ?? ''}`
+      const into = m[1] === 'count' ? count : sum
+      into.set(key, (into.get(key) ?? 0) + Number(m[4]))
+    }
+  }
+  return Object.fromEntries([...count].sort((a, b) => b[1] - a[1]).slice(0, top)
+    .map(([key, n]) => [key, { per_s: round(n / seconds, 1), mean_ms: round(((sum.get(key) ?? 0) / Math.max(1, n)) * 1000, 1) }]))
 }
 
 /** MB/min over the samples after the warm-up. */
@@ -126,6 +148,7 @@ export function buildReport (r: ReportInput) {
     lists: { done: c.lists ?? 0, pages: c.list_pages ?? 0 },
     histories: { done: c.histories ?? 0, pages: c.history_pages ?? 0, messages: c.history_messages ?? 0, truncated: c.history_truncated ?? 0 },
     changes: { direct: c.changes_direct ?? 0, add: c.changes_add ?? 0, remove: c.changes_remove ?? 0, skipped: c.changes_skipped ?? 0 },
+    store_ops: storeOps(r.promText ?? [], seconds),
     rss_slope_mb_per_min: rssSlope,
     heap_after_gc_slope_mb_per_min: heapSlope,
     slope_warmup_s: warmupS,

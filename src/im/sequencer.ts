@@ -283,7 +283,7 @@ export class Sequencer {
    * what it knows is what is stored. In a cluster the other nodes' seqs arrive over the bus a
    * little after they are stored, so what it knows answers only a caller that needs no more than
    * `atLeast` (read: the seq being marked). Otherwise the store answers (exactly: see
-   * MessageStore.lastSeq), and the answer is kept.
+   * MessageStore.lastSeq; past the known tail only, when there is one), and the answer is kept.
    */
   async lastSeqFor (conversationId: string, atLeast = Number.POSITIVE_INFINITY): Promise<number> {
     return (await this.tailFor(conversationId, atLeast)).seq
@@ -293,7 +293,10 @@ export class Sequencer {
   async tailFor (conversationId: string, atLeast = Number.POSITIVE_INFINITY): Promise<Tail> {
     const known = this.tails.get(conversationId)
     if (known !== undefined && (this.opts.peers == null || known.seq >= atLeast)) return known
-    const stored = tailOf(await this.store.latest(conversationId))
+    // a known tail is stored: only what other nodes stored past it is to be found
+    const stored = known === undefined
+      ? tailOf(await this.store.latest(conversationId))
+      : await this.store.latestPast(conversationId, known.seq).then(past => past === null ? known : tailOf(past))
     // Not while an abandoned write of this conversation waits to be delivered: loadLastSeqs does that.
     if (!this.orphans.has(conversationId) && stored.seq > (this.tails.get(conversationId)?.seq ?? -1)) this.tails.set(conversationId, stored)
     return stored

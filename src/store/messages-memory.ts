@@ -253,6 +253,11 @@ export class MemoryMessageStore implements MessageStore {
     return conversation === undefined || conversation.count === 0 ? null : this.decode(conversation, conversation.count - 1)
   }
 
+  async latestPast (conversationId: string, seq: number): Promise<StoredMessage | null> {
+    const latest = await this.latest(conversationId)
+    return latest !== null && latest.seq > seq ? latest : null
+  }
+
   async latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
     const result = new Map<string, ConversationHead>()
     for (const conversationId of conversationIds) {

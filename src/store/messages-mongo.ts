@@ -1137,11 +1137,20 @@ export class MongoMessageStore implements MessageStore {
     const head = await this.run(async () => await this.heads.findOne({ _id: conversationId }))
     let latest: MessageDoc | null = head?.h === undefined ? null : { ...head.h, _id: idOf(conversationId, head.h.s), c: conversationId }
     if (pending !== undefined && pending.h.s > (latest?.s ?? 0)) latest = pending.h
+    return (await this.probePast(conversationId, latest?.s ?? 0)) ?? latest
+  }
+
+  /**
+   * The latest document past `from` (a stored seq, or 0), null if none: seqs are gapless, so looking
+   * past it stops at the first hole. What it finds is written to the head.
+   */
+  private async probePast (conversationId: string, from: number): Promise<MessageDoc | null> {
+    let latest: MessageDoc | null = null
     const past: MessageDoc[] = []
     // FerretDB: one lookup first (almost always a miss), then wider steps; MongoDB: one $in per step
     for (let step = this.batched ? PROBE_MAX : 1; ; step = Math.min(step * 4, PROBE_MAX)) {
-      const next = (latest?.s ?? 0) + 1
-      const docs = (await this.byIds(seqsFrom(next, step).map(seq => idOf(conversationId, seq)))).sort((a, b) => a.s - b.s)
+      const next: number = (latest?.s ?? from) + 1
+      const docs: MessageDoc[] = (await this.byIds(seqsFrom(next, step).map(seq => idOf(conversationId, seq)))).sort((a, b) => a.s - b.s)
       let contiguous = 0
       for (const doc of docs) {
         if (doc.s !== next + contiguous) break
@@ -1153,6 +1162,14 @@ export class MongoMessageStore implements MessageStore {
     }
     if (past.length > 0) this.noteHeads(past)
     return latest
+  }
+
+  async latestPast (conversationId: string, seq: number): Promise<StoredMessage | null> {
+    // what this process stored and has not written to the head yet is stored (see noteHeads)
+    const pending = this.pendingHead(conversationId)?.h
+    const from = Math.max(seq, pending?.s ?? 0)
+    const doc = (await this.probePast(conversationId, from)) ?? (pending !== undefined && pending.s > seq ? pending : null)
+    return doc === null ? null : fromDoc(doc)
   }
 
   /**

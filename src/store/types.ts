@@ -464,6 +464,13 @@ export interface MessageStore {
   /** The message with the highest seq, or null. Exact, like lastSeq. */
   latest (conversationId: string): Promise<StoredMessage | null>
   /**
+   * The message with the highest seq when it is above `seq`, a seq known to be stored (a tail this
+   * process wrote or was told of); null when nothing is stored past it. Exact, like latest, without
+   * reading a head record: the store looks past `seq` only (on FerretDB one primary-key read, a
+   * miss unless someone stored more).
+   */
+  latestPast (conversationId: string, seq: number): Promise<StoredMessage | null>
+  /**
    * The head of each of several conversations in one query (absent: nothing stored): its latest
    * entry and its latest real message with the changes applied to it (the preview), from head
    * records where the store keeps them: never ahead of the stored messages, and behind them only

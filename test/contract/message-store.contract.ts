@@ -321,6 +321,21 @@ export function describeMessageStore (name: string, factory: MessageStoreFactory
         await store.insertBatch(messages('c1', 1, 12))
         expect(await store.lastSeq('c1')).toBe(12)
       })
+
+      it('latestPast: the latest message when it is past a stored seq, else null', async () => {
+        expect(await store.latestPast('c1', 0)).toBeNull()
+        const batch = messages('c1', 1, 12)
+        await store.insertBatch(batch)
+        expect(await store.latestPast('c1', 0)).toStrictEqual(batch[11])
+        expect(await store.latestPast('c1', 3)).toStrictEqual(batch[11])
+        expect(await store.latestPast('c1', 11)).toStrictEqual(batch[11])
+        expect(await store.latestPast('c1', 12)).toBeNull()
+        // more stored past a seq it has already answered for (another node's write)
+        await store.insertBatch(messages('c1', 13, 40))
+        expect((await store.latestPast('c1', 12))?.seq).toBe(40)
+        expect(await store.latestPast('c1', 40)).toBeNull()
+        expect(await store.latestPast('other', 5)).toBeNull()
+      })
     })
 
     describe('latestMany', () => {

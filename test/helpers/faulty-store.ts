@@ -91,6 +91,11 @@ export class FaultyMessageStore implements MessageStore {
     return await this.inner.latest(conversationId)
   }
 
+  async latestPast (conversationId: string, seq: number): Promise<StoredMessage | null> {
+    this.check('latestPast')
+    return await this.inner.latestPast(conversationId, seq)
+  }
+
   async latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
     this.check('latestMany')
     return await this.inner.latestMany(conversationIds)

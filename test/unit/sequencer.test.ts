@@ -19,6 +19,8 @@ import { ImError } from '../../src/errors.js'
 import { createLogger } from '../../src/log.js'
 import type { StoredMessage } from '../../src/store/types.js'
 import { FaultyMessageStore } from '../helpers/faulty-store.js'
+import { MemoryMessageStore } from '../../src/store/messages-memory.js'
+import type { ClusterBus } from '../../src/broker/bus.js'
 import { sleep } from '../../scripts/lib/procs.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
@@ -613,5 +615,45 @@ describe('Sequencer', () => {
       await h.sequencer.close()
       await expect(pending).rejects.toMatchObject({ code: 'UNAVAILABLE' })
     })
+  })
+})
+
+describe('Sequencer in a cluster: tails of other nodes', () => {
+  test('a known tail is looked past (latestPast), never re-read from the head; an unknown one is read (latest)', async () => {
+    const inner = new MemoryMessageStore()
+    const calls: string[] = []
+    const store = new Proxy(inner, {
+      get (target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown
+        if (typeof v !== 'function') return v
+        return (...args: unknown[]) => { calls.push(String(prop)); return (v as (...a: unknown[]) => unknown).apply(target, args) }
+      }
+    })
+    // a bus that carries nothing: this node never hears of the other's writes
+    const deaf = { on: () => {}, publish: () => {} } as unknown as ClusterBus
+    const make = (): Sequencer => new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: deaf })
+    const a = make()
+    const b = make()
+    for (let i = 1; i <= 3; i++) await a.submit(draft('c', 'u', `a${i}`))
+    expect(a.knownLastSeq('c')).toBe(3)
+    for (let i = 1; i <= 4; i++) await b.submit(draft('c', 'u', `b${i}`))
+    calls.length = 0
+    // a reader that needs the exact tail: a knows 3 is stored and looks past it only
+    expect(await a.lastSeqFor('c')).toBe(7)
+    expect(calls).toEqual(['latestPast'])
+    expect(a.knownLastSeq('c')).toBe(7)
+    // nothing past it now: still one look, the known tail answers
+    calls.length = 0
+    expect(await a.tailFor('c')).toEqual(expect.objectContaining({ seq: 7 }))
+    expect(calls).toEqual(['latestPast'])
+    // a reader that needs no more than what it knows: no store call
+    calls.length = 0
+    expect(await a.lastSeqFor('c', 5)).toBe(7)
+    expect(calls).toEqual([])
+    // a conversation it knows nothing of: the head is read
+    await b.submit(draft('d', 'u', 'b1'))
+    calls.length = 0
+    expect(await a.lastSeqFor('d')).toBe(1)
+    expect(calls).toEqual(['latest'])
   })
 })
