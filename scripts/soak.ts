@@ -29,13 +29,16 @@
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
  * Environment: MQIM_SOAK_PROF_DIR=D writes each node's V8 CPU profile into D; MQIM_SOAK_LOG_DIR=D
- * appends each node's whole log (warnings and up) to D/node<N>.log; MQIM_SOAK_NODE_ARGS="..." adds
+ * appends each node's whole log (warnings and up) to D/node<N>.log and writes its /metrics at the end
+ * of the load to D/node<N>.metrics.txt; MQIM_SOAK_NODE_ARGS="..." adds
  * node options to each node (e.g. --heapsnapshot-signal=SIGUSR2).
  *
  * Targets: achieved >= 98 % of offered; last-minute send p99 <= 2x the first minute's and <= 100 ms;
  * heap-after-GC slope <= 1 MB/min on every node; no unexpected error (any error reply, timeout or
  * lost request but a NOT_MEMBER that raced the mix's own removal of the member).
  */
+import { writeFileSync } from 'node:fs'
+import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, parseCommandLine, positiveNumber, printUsage } from './lib/cli.js'
 import { installSignalHandlers, runCleanups, sleep } from './lib/procs.js'
@@ -130,6 +133,8 @@ async function main (): Promise<number> {
     mix.stop()
     const loadMs = Date.now() - t0
     const promText = await Promise.all(soak.nodes.map(async n => await n.metricsText()))
+    const logDir = process.env.MQIM_SOAK_LOG_DIR
+    if (logDir !== undefined) promText.forEach((text, i) => { if (text !== null) writeFileSync(path.join(logDir, `node${i + 1}.metrics.txt`), text) })
     if (Date.now() - t0 - ((sampler.samples.at(-1)?.t ?? 0) * 1000) > 5000) sampler.take()
     sampler.stop()
     log(`load stopped after ${(loadMs / 1000).toFixed(1)} s; waiting for the requests in flight (at most ${REQUEST_TIMEOUT_MS / 1000 + 2} s)`)
