@@ -239,8 +239,18 @@ export class PresenceService {
     contacts.add(viewer)
     const candidates = [...new Set(userIds)].filter(u => contacts.has(u))
     const [statuses, blockers] = await Promise.all([this.status(candidates), this.opts.blocks.blockersAmong(viewer, candidates)])
-    const visible = new Map(statuses.filter(s => !blockers.has(s.user)).map(s => [s.user, s]))
+    const visible = new Map(statuses.filter(s => !blockers.has(s.user)).map(s => [s.user, this.asTold(s)]))
     return userIds.map(u => visible.get(u) ?? hidden(u))
+  }
+
+  /**
+   * A status as contacts are told it: a user gone for less than offlineGraceMs is still online to
+   * them (their offline event comes when the grace is over; had the request said offline, a return
+   * within the grace would leave the viewer with no event to correct it).
+   */
+  private asTold (s: PresenceStatus): PresenceStatus {
+    if (s.online || s.lastSeen === null || this.now() - s.lastSeen >= this.offlineGraceMs) return s
+    return { ...s, online: true }
   }
 
   /**
@@ -251,7 +261,7 @@ export class PresenceService {
   async retell (userId: string, viewer: string): Promise<void> {
     if (this.closed || !(await this.contactsOf(userId)).has(viewer)) return
     const blocked = (await this.opts.blocks.blocking(userId)).has(viewer)
-    const [status] = blocked ? [hidden(userId)] : await this.status([userId])
+    const [status] = blocked ? [hidden(userId)] : (await this.status([userId])).map(st => this.asTold(st))
     if (status === undefined) return
     this.opts.publisher.event([viewer], { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
   }
