@@ -161,9 +161,7 @@ export class MqimServer {
       metrics
     })
     const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
-    // a group receipt's lastSeq is the one it counts against: the tail this node knows will do (in a
-    // cluster it may be some ms behind another node's latest send, which the next receipt counts)
-    const receipts = new ReceiptAggregator(directory, meta, async (conv) => sequencer.knownLastSeq(conv) ?? await sequencer.lastSeqFor(conv), publisher, logger)
+    const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger)
     const presence = new PresenceService({
       store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),
       meta,

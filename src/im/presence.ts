@@ -175,6 +175,8 @@ export class PresenceService {
   /** When each user's contacts were last told (kept while it can still delay the next event). */
   private readonly lastNotified: LRUCache<string, number>
   private readonly pendingNotify = new Map<string, NodeJS.Timeout>()
+  /** Users whose next notify tells their state even if it is the one last told (at most one per pending notify). */
+  private readonly forced = new Set<string>()
   private readonly heartbeat: NodeJS.Timeout
   private readonly ttlMs: number
   private readonly notifyIntervalMs: number
@@ -287,35 +289,51 @@ export class PresenceService {
     return contacts
   }
 
-  /** Tells the user's contacts their state in `minWait` ms at the earliest (and one interval after the last event). */
-  private scheduleNotify (userId: string, minWait: number): void {
-    if (this.pendingNotify.has(userId) || this.closed) return
+  /**
+   * Tells the user's contacts their state in `minWait` ms at the earliest (and one interval after
+   * the last event); `force`: even if it is the state last told (see notify).
+   */
+  private scheduleNotify (userId: string, minWait: number, force = false): void {
+    if (this.closed) return
+    if (force) this.forced.add(userId)
+    if (this.pendingNotify.has(userId)) return
     const wait = Math.max(minWait, (this.lastNotified.get(userId) ?? 0) + this.notifyIntervalMs - this.now())
     const timer = setTimeout(() => {
       this.pendingNotify.delete(userId)
-      this.notify(userId).catch((err: unknown) => this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed'))
+      const forced = this.forced.delete(userId)
+      this.notify(userId, forced).catch((err: unknown) => {
+        this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed')
+        // nothing was recorded as told (the audience is found first): try again
+        if (!this.closed) this.scheduleNotify(userId, this.notifyIntervalMs, forced)
+      })
     }, wait)
     timer.unref()
     this.pendingNotify.set(userId, timer)
   }
 
-  private async notify (userId: string): Promise<void> {
+  private async notify (userId: string, force: boolean): Promise<void> {
     if (this.closed) return
     const [status] = await this.status([userId])
     if (status === undefined) return
     // gone for less than the grace (a timer set while the user was online fired): wait out the rest
     const away = status.lastSeen === null ? Infinity : this.now() - status.lastSeen
     if (!status.online && away < this.offlineGraceMs) {
-      this.scheduleNotify(userId, Math.min(this.offlineGraceMs, this.offlineGraceMs - away))
+      this.scheduleNotify(userId, Math.min(this.offlineGraceMs, this.offlineGraceMs - away), force)
       return
     }
-    // the contacts know this state already (a reconnect within the grace, or another node told them)
-    if (await this.opts.store.swapTold(userId, status.online) === status.online) return
-    this.lastNotified.set(userId, this.now())
+    // the audience first: a failure here leaves the told state as it was (and is retried)
     const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
+    // the contacts know this state already (a reconnect within the grace, or another node told them)
+    if (await this.opts.store.swapTold(userId, status.online) === status.online && !force) return
+    this.lastNotified.set(userId, this.now())
     // the people the user blocks are not told (the list is cached: no store read per event)
     for (const u of blocking) contacts.delete(u)
     this.opts.publisher.event(contacts, { type: 'presence', user: userId, online: status.online, lastSeen: status.lastSeen })
+    // Another node may have read the other state and told it in the meantime, or skipped telling it
+    // because this node's swap had not happened yet: whichever event the contacts get last, the
+    // state now is told once more if it is not the one just sent.
+    const [now] = await this.status([userId])
+    if (now !== undefined && this.asTold(now).online !== status.online) this.scheduleNotify(userId, 0, true)
   }
 
   private async refresh (): Promise<void> {
@@ -334,6 +352,7 @@ export class PresenceService {
     clearInterval(this.heartbeat)
     for (const t of this.pendingNotify.values()) clearTimeout(t)
     this.pendingNotify.clear()
+    this.forced.clear()
     // this node's connections end with it: mark them gone rather than waiting for expiry
     await Promise.allSettled([...this.local].map(async ([connId, userId]) => await this.opts.store.remove(userId, connId, this.now())))
     this.local.clear()

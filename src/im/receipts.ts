@@ -32,7 +32,7 @@ export class ReceiptAggregator {
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly meta: MetadataStore,
-    /** The conversation's last stored seq, as far as this node knows (the summary says which it counted against). */
+    /** The conversation's last stored seq (Sequencer.lastSeqFor). */
     private readonly lastSeqOf: (conversationId: string) => Promise<number>,
     private readonly publisher: Publisher,
     private readonly logger: Logger,

@@ -122,6 +122,8 @@ const RECENT_MAX = 20_000
 const UNCERTAIN_MAX = 200_000
 /** Conversations whose lastSeq is cached. */
 const CONVERSATIONS_MAX = 200_000
+/** A cached tail is forgotten this long after it was last set (see the constructor). */
+const TAIL_TTL_MS = 60_000
 /** Resends of unremembered messages looked up at once (each may scan the collection on FerretDB). */
 const RESEND_LOOKUPS = 4
 /** Resends waiting for a lookup; beyond, UNAVAILABLE. */
@@ -189,7 +191,11 @@ export class Sequencer {
     this.now = opts.now ?? Date.now
     const recentMax = opts.recentMax ?? RECENT_MAX
     this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
-    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX })
+    // In a cluster a tail is forgotten a minute after it was last set: readers look past a known
+    // tail only (latestPast), which is exact as long as the seq after it cannot have been removed
+    // by retention since; a tail that old is read again from the head instead. (A single node
+    // writes every message itself: its tails are exact however old.)
+    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX, ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
     opts.peers?.on(SEQ_TOPIC, (notice) => {
       const { seqs, tails, changed } = notice

@@ -149,7 +149,8 @@ describe('PresenceService with blocks', () => {
       blocks,
       publisher,
       logger: createLogger('silent'),
-      notifyIntervalMs: 0
+      notifyIntervalMs: 0,
+      offlineGraceMs: 0
     })
     const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
     await blocks.add('alice', 'bob', 1)

@@ -113,7 +113,8 @@ describe('PresenceService', () => {
       blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
       publisher,
       logger: createLogger('silent'),
-      notifyIntervalMs: 0
+      notifyIntervalMs: 0,
+      offlineGraceMs: 0
     })
     const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
     await presence.connected('alice', 'c1')
@@ -180,5 +181,50 @@ describe('PresenceService', () => {
     await sleep(230)
     expect(states()).toEqual([true, false, true])
     await Promise.all([n1.close(), n2.close()])
+  })
+
+  test('a timer that fires during the grace waits out the rest; a failed contact lookup is retried, not recorded as told', async () => {
+    const meta = new MemoryMetadataStore()
+    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
+    const events: Array<{ to: string[], event: ImEvent }> = []
+    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+    let failLookups = 0
+    const byUser = meta.memberListByUser.bind(meta)
+    meta.memberListByUser = async (userId) => {
+      if (failLookups > 0) { failLookups--; throw new Error('metadata store down') }
+      return await byUser(userId)
+    }
+    const presence = new PresenceService({
+      store: new MemoryPresenceStore(),
+      meta,
+      directory: new ConversationDirectory(meta, noBus),
+      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
+      publisher,
+      logger: createLogger('silent'),
+      notifyIntervalMs: 50,
+      offlineGraceMs: 300
+    })
+    const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+    const states = (): boolean[] => events.map(e => (e.event as { online: boolean }).online)
+    // the first lookup fails: the online event still comes (retried one interval later)
+    failLookups = 1
+    await presence.connected('alice', 'c1')
+    while (events.length < 1) await sleep(5)
+    expect(states()).toEqual([true])
+    // gone at t=0 (timer for t=300), back at 20, gone again at 200: the timer finds her gone for
+    // 100 ms only and waits until 500
+    await presence.disconnected('alice', 'c1')
+    const left = Date.now()
+    await sleep(20)
+    await presence.connected('alice', 'c2')
+    await sleep(180)
+    await presence.disconnected('alice', 'c2')
+    const leftAgain = Date.now()
+    await sleep(450 - (Date.now() - left))
+    expect(states()).toEqual([true])
+    while (events.length < 2 && Date.now() - left < 3000) await sleep(5)
+    expect(Date.now() - leftAgain).toBeGreaterThanOrEqual(290)
+    expect(states()).toEqual([true, false])
+    await presence.close()
   })
 })
