@@ -24,6 +24,24 @@ function member (conversationId: string, userId: string): MemberRecord {
   return { conversationId, userId, role: 'member', readSeq: 0, muted: false, joinedAt: 1 }
 }
 
+/** Presence over one group g of alice and bob on the in-memory stores; events go to `events`. */
+async function alicesGroup (): Promise<{ meta: MemoryMetadataStore, events: Array<{ to: string[], event: ImEvent }>, make: (opts: { notifyIntervalMs: number, offlineGraceMs: number, store?: MemoryPresenceStore }) => PresenceService }> {
+  const meta = new MemoryMetadataStore()
+  await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
+  const events: Array<{ to: string[], event: ImEvent }> = []
+  const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+  const make = (opts: { notifyIntervalMs: number, offlineGraceMs: number, store?: MemoryPresenceStore }): PresenceService => new PresenceService({
+    store: opts.store ?? new MemoryPresenceStore(),
+    meta,
+    directory: new ConversationDirectory(meta, noBus),
+    blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
+    publisher,
+    logger: createLogger('silent'),
+    notifyIntervalMs: opts.notifyIntervalMs,
+    offlineGraceMs: opts.offlineGraceMs
+  })
+  return { meta, events, make }
+}
 describe('ConversationDirectory', () => {
   test('a load that races an invalidation returns what it read but does not cache it', async () => {
     const meta = new MemoryMetadataStore()
@@ -102,20 +120,8 @@ describe('PresenceService', () => {
   })
 
   test('online while any connection is up; one event per transition to the contacts', async () => {
-    const meta = new MemoryMetadataStore()
-    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
-    const events: Array<{ to: string[], event: ImEvent }> = []
-    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
-    const presence = new PresenceService({
-      store: new MemoryPresenceStore(),
-      meta,
-      directory: new ConversationDirectory(meta, noBus),
-      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
-      publisher,
-      logger: createLogger('silent'),
-      notifyIntervalMs: 0,
-      offlineGraceMs: 0
-    })
+    const { events, make } = await alicesGroup()
+    const presence = make({ notifyIntervalMs: 0, offlineGraceMs: 0 })
     const told = async (n: number): Promise<void> => { while (events.length < n) await new Promise(resolve => setTimeout(resolve, 5)) }
     await presence.connected('alice', 'c1')
     await told(1)
@@ -134,22 +140,10 @@ describe('PresenceService', () => {
   })
 
   test('offlineGraceMs: a reconnect within it tells nobody, on the same node or another sharing the store', async () => {
-    const meta = new MemoryMetadataStore()
-    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
-    const events: Array<{ to: string[], event: ImEvent }> = []
-    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
-    const store = new MemoryPresenceStore()
+    const { events, make } = await alicesGroup()
     // two nodes: two services over one store (Redis in a cluster)
-    const [n1, n2] = [0, 1].map(() => new PresenceService({
-      store,
-      meta,
-      directory: new ConversationDirectory(meta, noBus),
-      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
-      publisher,
-      logger: createLogger('silent'),
-      notifyIntervalMs: 0,
-      offlineGraceMs: 150
-    })) as [PresenceService, PresenceService]
+    const store = new MemoryPresenceStore()
+    const [n1, n2] = [make({ notifyIntervalMs: 0, offlineGraceMs: 150, store }), make({ notifyIntervalMs: 0, offlineGraceMs: 150, store })]
     const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
     const states = (): boolean[] => events.map(e => (e.event as { online: boolean }).online)
     await n1.connected('alice', 'c1')
@@ -184,26 +178,14 @@ describe('PresenceService', () => {
   })
 
   test('a timer that fires during the grace waits out the rest; a failed contact lookup is retried, not recorded as told', async () => {
-    const meta = new MemoryMetadataStore()
-    await meta.conversationCreate(group('g'), [member('g', 'alice'), member('g', 'bob')])
-    const events: Array<{ to: string[], event: ImEvent }> = []
-    const publisher = { event: (to: Iterable<string>, event: ImEvent) => { events.push({ to: [...to], event }) } } as unknown as Publisher
+    const { meta, events, make } = await alicesGroup()
     let failLookups = 0
     const byUser = meta.memberListByUser.bind(meta)
     meta.memberListByUser = async (userId) => {
       if (failLookups > 0) { failLookups--; throw new Error('metadata store down') }
       return await byUser(userId)
     }
-    const presence = new PresenceService({
-      store: new MemoryPresenceStore(),
-      meta,
-      directory: new ConversationDirectory(meta, noBus),
-      blocks: new BlockService(meta, noBus, { maxPerUser: 10 }),
-      publisher,
-      logger: createLogger('silent'),
-      notifyIntervalMs: 50,
-      offlineGraceMs: 300
-    })
+    const presence = make({ notifyIntervalMs: 50, offlineGraceMs: 300 })
     const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
     const states = (): boolean[] => events.map(e => (e.event as { online: boolean }).online)
     // the first lookup fails: the online event still comes (retried one interval later)
