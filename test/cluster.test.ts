@@ -218,14 +218,16 @@ describe('presence grace on two nodes (Redis)', () => {
   let n2: MqimServer
   const clients: ImClient[] = []
   beforeAll(async () => {
-    const overrides = await clusterOverrides(9, { presence: { ttlMs: 90000, notifyIntervalMs: 0, offlineGraceMs: GRACE_MS, maxAudience: 500 } })
+    // ttlMs 3 s: a heartbeat (and a sweep of the offline checks a stopped node left) every second
+    const overrides = await clusterOverrides(9, { presence: { ttlMs: 3000, notifyIntervalMs: 0, offlineGraceMs: GRACE_MS, maxAudience: 500 } })
     n1 = await startServer({ ...overrides, nodeId: 'g1' })
     n2 = await startServer({ ...overrides, nodeId: 'g2' })
-    for (const u of ['gail', 'hank']) await addUser(n1, u)
+    for (const u of ['gail', 'hank', 'ivy', 'jack']) await addUser(n1, u)
   }, 60000)
+  let n1Stopped = false
   afterAll(async () => {
     await Promise.allSettled(clients.map(c => c.end()))
-    await Promise.allSettled([n1.stop(), n2.stop()])
+    await Promise.allSettled([n1Stopped ? Promise.resolve() : n1.stop(), n2.stop()])
   })
 
   test('a reconnect within offlineGraceMs, to the other node, tells the contacts nothing; going away for longer tells them once', async () => {
@@ -258,5 +260,25 @@ describe('presence grace on two nodes (Redis)', () => {
     clients.push(gailD)
     await hank.waitFor(() => told().at(-1)?.online === true, 5000, 'online event')
     expect(told().length).toBe(before + 2)
+  }, 30000)
+
+  test('a node that stops within the grace leaves its offline checks to the other node', async () => {
+    const hank = await connect(n2, 'hank', 'h2')
+    clients.push(hank)
+    const ivy = await connect(n1, 'ivy', 'i')
+    const jack = await connect(n1, 'jack', 'j')
+    await ivy.request('direct', { user: 'hank' })
+    await jack.request('direct', { user: 'hank' })
+    const offline = (user: string): boolean => hank.events.some(e => e.type === 'presence' && e.user === user && e.online === false)
+    // ivy leaves (n1's grace timer runs), then n1 stops with jack still connected to it
+    await ivy.end()
+    n1Stopped = true
+    await n1.stop()
+    const stoppedAt = Date.now()
+    await jack.end().catch(() => {})
+    // n2's heartbeat takes both checks once they are a heartbeat overdue, and tells them
+    await hank.waitFor(() => offline('ivy') && offline('jack'), 10_000, 'offline events for the users of the stopped node')
+    expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(GRACE_MS - 200)
+    expect((await hank.request('presence', { users: ['ivy', 'jack'] })).users.map((u: { online: boolean }) => u.online)).toEqual([false, false])
   }, 30000)
 })

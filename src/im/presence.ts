@@ -33,8 +33,20 @@ export interface PresenceStore {
   status (userIds: string[], now: number): Promise<PresenceStatus[]>
   /** Records the state the user's contacts were last told; returns the one recorded before (null: none). */
   swapTold (userId: string, online: boolean): Promise<boolean | null>
+  /**
+   * Offline checks due (a user whose last device went, to be told when the grace is over), kept
+   * where every node sees them: the node that set one normally does it, and any node's heartbeat
+   * does those it left behind (stopped in the meantime). One entry per user.
+   */
+  addDue (userId: string, at: number): Promise<void>
+  removeDue (userId: string): Promise<void>
+  /** Takes (removes and returns) up to `max` users whose check was due before `before`. */
+  takeDue (before: number, max: number): Promise<string[]>
   close (): Promise<void>
 }
+
+/** Offline checks a heartbeat takes over at most (the rest wait for the next one). */
+const DUE_PER_SWEEP = 1000
 
 /** How long a told state is remembered (a lost one only costs one repeated event). */
 const TOLD_TTL_MS = 86_400_000
@@ -77,6 +89,26 @@ export class MemoryPresenceStore implements PresenceStore {
 
   async status (userIds: string[], now: number): Promise<PresenceStatus[]> {
     return userIds.map(user => ({ user, online: this.liveCount(user, now) > 0, lastSeen: this.lastSeen.get(user) ?? null }))
+  }
+
+  private readonly due = new Map<string, number>()
+
+  async addDue (userId: string, at: number): Promise<void> {
+    this.due.set(userId, at)
+  }
+
+  async removeDue (userId: string): Promise<void> {
+    this.due.delete(userId)
+  }
+
+  async takeDue (before: number, max: number): Promise<string[]> {
+    const taken: string[] = []
+    for (const [user, at] of this.due) {
+      if (taken.length >= max) break
+      if (at < before) taken.push(user)
+    }
+    for (const user of taken) this.due.delete(user)
+    return taken
   }
 
   async swapTold (userId: string, online: boolean): Promise<boolean | null> {
@@ -140,6 +172,24 @@ export class RedisPresenceStore implements PresenceStore {
     })
   }
 
+  private get dueKey (): string { return `${this.prefix}presence-due` }
+
+  async addDue (userId: string, at: number): Promise<void> {
+    await this.redis.zadd(this.dueKey, at, userId)
+  }
+
+  async removeDue (userId: string): Promise<void> {
+    await this.redis.zrem(this.dueKey, userId)
+  }
+
+  async takeDue (before: number, max: number): Promise<string[]> {
+    const users = await this.redis.zrangebyscore(this.dueKey, '-inf', `(${before}`, 'LIMIT', 0, max)
+    if (users.length === 0) return []
+    // whoever removes an entry takes it (two nodes sweeping at once take each user once)
+    const removed = await Promise.all(users.map(async u => await this.redis.zrem(this.dueKey, u)))
+    return users.filter((_, i) => removed[i] === 1)
+  }
+
   async swapTold (userId: string, online: boolean): Promise<boolean | null> {
     // one atomic SET ... GET (Redis 6.2+): two nodes telling at once see each other's value
     const before = await this.redis.call('SET', this.toldKey(userId), online ? '1' : '0', 'PX', String(TOLD_TTL_MS), 'GET')
@@ -178,6 +228,7 @@ export class PresenceService {
   /** Users whose next notify tells their state even if it is the one last told (at most one per pending notify). */
   private readonly forced = new Set<string>()
   private readonly heartbeat: NodeJS.Timeout
+  private readonly heartbeatMs: number
   private readonly ttlMs: number
   private readonly notifyIntervalMs: number
   private readonly offlineGraceMs: number
@@ -191,7 +242,8 @@ export class PresenceService {
     this.maxAudience = opts.maxAudience ?? 500
     this.now = opts.now ?? Date.now
     this.lastNotified = new LRUCache({ max: 100_000, ttl: Math.max(1, this.notifyIntervalMs), ttlAutopurge: false })
-    this.heartbeat = setInterval(() => { void this.refresh() }, Math.max(1000, this.ttlMs / 3))
+    this.heartbeatMs = Math.max(1000, this.ttlMs / 3)
+    this.heartbeat = setInterval(() => { void this.refresh() }, this.heartbeatMs)
     this.heartbeat.unref()
   }
 
@@ -215,6 +267,7 @@ export class PresenceService {
     try {
       if (await this.opts.store.remove(userId, connId, this.now())) {
         this.scheduleNotify(userId, this.offlineGraceMs)
+        await this.opts.store.addDue(userId, this.now() + this.offlineGraceMs)
         this.opts.onChange?.(userId, false)
       }
     } catch (err) {
@@ -321,6 +374,7 @@ export class PresenceService {
       this.scheduleNotify(userId, Math.min(this.offlineGraceMs, this.offlineGraceMs - away), force)
       return
     }
+    await this.opts.store.removeDue(userId)
     // the audience first: a failure here leaves the told state as it was (and is retried)
     const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
     // the contacts know this state already (a reconnect within the grace, or another node told them)
@@ -340,6 +394,9 @@ export class PresenceService {
     const entries = [...this.local].map(([connId, userId]) => ({ userId, connId }))
     try {
       await this.opts.store.refresh(entries, this.now() + this.ttlMs)
+      // offline checks a stopped node left behind (its own are a heartbeat late at most)
+      const due = await this.opts.store.takeDue(this.now() - this.heartbeatMs, DUE_PER_SWEEP)
+      for (const userId of due) this.scheduleNotify(userId, 0)
     } catch (err) {
       this.opts.logger.warn({ err }, 'presence heartbeat failed')
     }
@@ -353,8 +410,11 @@ export class PresenceService {
     for (const t of this.pendingNotify.values()) clearTimeout(t)
     this.pendingNotify.clear()
     this.forced.clear()
-    // this node's connections end with it: mark them gone rather than waiting for expiry
-    await Promise.allSettled([...this.local].map(async ([connId, userId]) => await this.opts.store.remove(userId, connId, this.now())))
+    // this node's connections end with it: mark them gone rather than waiting for expiry, and leave
+    // the offline checks to the other nodes (those who reconnect there in time are not told)
+    await Promise.allSettled([...this.local].map(async ([connId, userId]) => {
+      if (await this.opts.store.remove(userId, connId, this.now())) await this.opts.store.addDue(userId, this.now() + this.offlineGraceMs)
+    }))
     this.local.clear()
     await this.opts.store.close()
   }

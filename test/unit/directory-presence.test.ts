@@ -209,4 +209,17 @@ describe('PresenceService', () => {
     expect(states()).toEqual([true, false])
     await presence.close()
   })
+
+  test('offline checks due: taken once, at most `max` at a time, only those due', async () => {
+    const store = new MemoryPresenceStore()
+    await store.addDue('a', 100)
+    await store.addDue('b', 200)
+    await store.addDue('c', 300)
+    await store.addDue('a', 150) // one entry per user: the latest time
+    await store.removeDue('b')
+    expect(await store.takeDue(400, 1)).toEqual(['a'])
+    expect(await store.takeDue(250, 10)).toEqual([])
+    expect(await store.takeDue(400, 10)).toEqual(['c'])
+    expect(await store.takeDue(1000, 10)).toEqual([])
+  })
 })
