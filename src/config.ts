@@ -318,6 +318,8 @@ export const ConfigSchema = z.object({
     requestsPerSecond: z.number().positive(),
     /** Token bucket size per user (burst). */
     requestBurst: z.number().int().min(1),
+    /** A request costs one token more per this many bytes of its payload (a 60 KB message: 14 more). */
+    requestBytesPerToken: z.number().int().min(256).max(16 * 1024 * 1024),
     /** Subscription filters one connection may hold (SUBACK 0x80 beyond). */
     subscriptionsPerConnection: z.number().int().min(1).max(100_000),
     /** Open connections per user on one node (CONNACK 3 beyond). */

@@ -20,7 +20,7 @@ describe('hostile clients against two nodes', () => {
     const base = await clusterOverrides(6)
     const overrides = {
       ...base,
-      limits: { requestsPerSecond: 10, requestBurst: 10, outboundBufferBytes: 512 * 1024, pageBytes: 200_000, persistentSessionsPerUser: 3 },
+      limits: { requestsPerSecond: 10, requestBurst: 10, requestBytesPerToken: 65536, outboundBufferBytes: 512 * 1024, pageBytes: 200_000, persistentSessionsPerUser: 3 },
       // only the byte bound may cut the stuck subscriber below
       broker: { ...(base.broker as Record<string, unknown>), drainTimeoutMs: 120_000 }
     }

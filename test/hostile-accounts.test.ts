@@ -38,7 +38,7 @@ describe.each(BACKENDS)('hostile users ($name)', (backend) => {
   beforeAll(async () => {
     server = await startServer({
       auth: AUTH,
-      limits: { requestsPerSecond: 5, requestBurst: 10, groupsCreatedPerHour: 3, conversationsPerUser: 6, listPageMax: 4, connectionsPerUser: 8, persistentSessionsPerUser: 3 }
+      limits: { requestsPerSecond: 5, requestBurst: 10, requestBytesPerToken: 65536, groupsCreatedPerHour: 3, conversationsPerUser: 6, listPageMax: 4, connectionsPerUser: 8, persistentSessionsPerUser: 3 }
     }, await backend.make())
     for (const u of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'gina', 'hank', 'ivan', 'judy', 'kate', 'stranger']) await addUser(server, u)
   })
@@ -296,5 +296,33 @@ describe('revocation through MySQL directly (another process changes the databas
     expect(server.internals.sessions.countOf('mike')).toBe(0)
     await lena.end()
     await mike.end()
+  })
+})
+
+describe('large requests cost the rate by their size (limits.requestBytesPerToken, 4 KiB by default)', () => {
+  let server: MqimServer
+  beforeAll(async () => {
+    // the default requestBytesPerToken; a bucket of 20 refilled at 5/s
+    server = await startServer({ limits: { requestsPerSecond: 5, requestBurst: 20 } })
+    for (const u of ['big.a', 'big.b']) await addUser(server, u)
+  })
+  afterAll(async () => { await server.stop() })
+
+  test('two 60 KB messages from a full bucket overdraw it (1 + 14 tokens each): the next small request is RATE_LIMITED', async () => {
+    const a = await connect(server, 'big.a', 'a')
+    try {
+      const { conv } = await a.request('direct', { user: 'big.b' })
+      await new Promise(resolve => setTimeout(resolve, 1000)) // full again
+      const body = 'x'.repeat(60_000)
+      expect((await a.requestRaw('send', { conv, msgId: 'big1', kind: 'text', body })).ok).toBe(true)
+      expect((await a.requestRaw('send', { conv, msgId: 'big2', kind: 'text', body })).ok).toBe(true)
+      const next = await a.requestRaw('presence', { users: ['big.b'] })
+      expect(next.ok ? 'ok' : next.error.code).toBe('RATE_LIMITED')
+      // small requests cost one each: after the debt is paid back (about 2 s) they pass again
+      await new Promise(resolve => setTimeout(resolve, 2500))
+      expect((await a.requestRaw('presence', { users: ['big.b'] })).ok).toBe(true)
+    } finally {
+      await a.end()
+    }
   })
 })

@@ -61,6 +61,8 @@ export interface HookOptions {
   metrics?: Metrics
   limits: {
     requestsPerSecond: number
+    /** A request costs one token more per this many bytes of its payload. */
+    requestBytesPerToken: number
     subscriptionsPerConnection: number
     connectionsPerUser: number
     persistentSessionsPerUser: number
@@ -387,8 +389,9 @@ export class BrokerHooks {
     // leave in one write
     this.sessions.holdClient(client)
     const bytes = publisher.reply(session, reply, client)
-    // the rate counts requests; a large request or reply costs more of it
-    const cost = Math.floor((payload.length + bytes) / REPLY_BYTES_PER_TOKEN)
+    // the rate counts requests; a large request or reply costs more of it (a large request more
+    // so: what it carries is parsed, stored and delivered to every member)
+    const cost = Math.floor(payload.length / this.opts.limits.requestBytesPerToken) + Math.floor(bytes / REPLY_BYTES_PER_TOKEN)
     if (cost >= advance) rates.charge(session.userId, cost - advance)
     else rates.refund(session.userId, advance - cost)
   }
