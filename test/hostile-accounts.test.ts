@@ -325,4 +325,16 @@ describe('large requests cost the rate by their size (limits.requestBytesPerToke
       await a.end()
     }
   })
+  test('the size is charged before the request runs: four 60 KB messages sent at once from a full bucket, the third and fourth refused', async () => {
+    const a = await connect(server, 'big.a', 'b')
+    try {
+      const { conv } = await a.request('direct', { user: 'big.b' })
+      await new Promise(resolve => setTimeout(resolve, 5000)) // the debt of the test before paid, the bucket full
+      const body = 'y'.repeat(60_000)
+      const replies = await Promise.all([1, 2, 3, 4].map(async i => await a.requestRaw('send', { conv, msgId: `at-once-${i}`, kind: 'text', body })))
+      expect(replies.map(r => r.ok ? 'ok' : r.error.code)).toEqual(['ok', 'ok', 'RATE_LIMITED', 'RATE_LIMITED'])
+    } finally {
+      await a.end()
+    }
+  }, 20000)
 })

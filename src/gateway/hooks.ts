@@ -295,12 +295,16 @@ export class BrokerHooks {
     packet.retain = false
     if (session === undefined || client === null || isWill) return
     const { publisher, rates } = this.opts
+    // what the publish carries (topic and payload) costs one token more per requestBytesPerToken,
+    // charged before it is handled: publishes that arrive together cannot all pass on one token each
+    const sizeCost = Math.floor((topic.length + (packet.payload as Buffer).length) / this.opts.limits.requestBytesPerToken)
     if (!topic.startsWith(REQUEST_PREFIX)) {
       // answered within the user's request rate; beyond it dropped (the earlier answers said why)
       if (!rates.take(session.userId)) {
         this.overRate(client, session.userId)
         return
       }
+      rates.charge(session.userId, sizeCost)
       const code = topic.startsWith('im/') || topic.startsWith('$') ? 'FORBIDDEN' : 'UNKNOWN_OP'
       const err = new ImError(code, `clients may publish only to im/req/<op>; "${topic}" is not allowed`)
       publisher.reply(session, { id: null, op: topic, ok: false, error: toWireError(err) }, client)
@@ -321,6 +325,7 @@ export class BrokerHooks {
     // their reply is written; each is charged its largest cost before it runs (the rest is given
     // back once its size is known), so that many asked for at once cannot all pass on one token
     let leave: (() => void) | undefined
+    rates.charge(session.userId, sizeCost)
     let advance = 0
     if (PAGE_OPS.has(op)) {
       advance = rates.charge(session.userId, Math.floor(this.opts.limits.pageBytes / REPLY_BYTES_PER_TOKEN))
@@ -389,9 +394,9 @@ export class BrokerHooks {
     // leave in one write
     this.sessions.holdClient(client)
     const bytes = publisher.reply(session, reply, client)
-    // the rate counts requests; a large request or reply costs more of it (a large request more
-    // so: what it carries is parsed, stored and delivered to every member)
-    const cost = Math.floor(payload.length / this.opts.limits.requestBytesPerToken) + Math.floor(bytes / REPLY_BYTES_PER_TOKEN)
+    // the rate counts requests; a large reply costs more of it (a large request was charged its
+    // size before it ran: what it carries is parsed, stored and delivered to every member)
+    const cost = Math.floor(bytes / REPLY_BYTES_PER_TOKEN)
     if (cost >= advance) rates.charge(session.userId, cost - advance)
     else rates.refund(session.userId, advance - cost)
   }

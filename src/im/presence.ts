@@ -267,8 +267,8 @@ export class PresenceService {
     try {
       if (await this.opts.store.remove(userId, connId, this.now())) {
         this.scheduleNotify(userId, this.offlineGraceMs)
-        await this.opts.store.addDue(userId, this.now() + this.offlineGraceMs)
         this.opts.onChange?.(userId, false)
+        await this.opts.store.addDue(userId, this.now() + this.offlineGraceMs)
       }
     } catch (err) {
       this.opts.logger.warn({ userId, err }, 'presence update failed')
@@ -408,8 +408,12 @@ export class PresenceService {
     this.closed = true
     clearInterval(this.heartbeat)
     for (const t of this.pendingNotify.values()) clearTimeout(t)
+    // the checks this node was still to make (its own, retries, and those its sweep took) are left
+    // to the other nodes
+    const pending = [...this.pendingNotify.keys()]
     this.pendingNotify.clear()
     this.forced.clear()
+    await Promise.allSettled(pending.map(async userId => await this.opts.store.addDue(userId, this.now())))
     // this node's connections end with it: mark them gone rather than waiting for expiry, and leave
     // the offline checks to the other nodes (those who reconnect there in time are not told)
     await Promise.allSettled([...this.local].map(async ([connId, userId]) => {
