@@ -45,6 +45,9 @@ export interface PresenceStore {
   close (): Promise<void>
 }
 
+/** A failed notify is tried again after at least this long. */
+const NOTIFY_RETRY_MS = 1000
+
 /** Offline checks a heartbeat takes over at most (the rest wait for the next one). */
 const DUE_PER_SWEEP = 1000
 
@@ -356,8 +359,9 @@ export class PresenceService {
       const forced = this.forced.delete(userId)
       this.notify(userId, forced).catch((err: unknown) => {
         this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed')
-        // nothing was recorded as told (the audience is found first): try again
-        if (!this.closed) this.scheduleNotify(userId, this.notifyIntervalMs, forced)
+        // try again (a failure before the swap recorded nothing; after it, the swap tells what is
+        // left to tell), no sooner than a second later while the store is failing
+        if (!this.closed) this.scheduleNotify(userId, Math.max(NOTIFY_RETRY_MS, this.notifyIntervalMs), forced)
       })
     }, wait)
     timer.unref()
