@@ -359,9 +359,9 @@ export class PresenceService {
       const forced = this.forced.delete(userId)
       this.notify(userId, forced).catch((err: unknown) => {
         this.opts.logger[this.closed ? 'debug' : 'warn']({ userId, err }, 'presence notify failed')
-        // try again (a failure before the swap recorded nothing; after it, the swap tells what is
-        // left to tell), no sooner than a second later while the store is failing
-        if (!this.closed) this.scheduleNotify(userId, Math.max(NOTIFY_RETRY_MS, this.notifyIntervalMs), forced)
+        // try again, forced (the swap may have recorded a state nobody was told), no sooner than a
+        // second later while the store is failing
+        if (!this.closed) this.scheduleNotify(userId, Math.max(NOTIFY_RETRY_MS, this.notifyIntervalMs), true)
       })
     }, wait)
     timer.unref()
@@ -379,10 +379,10 @@ export class PresenceService {
       return
     }
     await this.opts.store.removeDue(userId)
-    // the audience first: a failure here leaves the told state as it was (and is retried)
-    const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
-    // the contacts know this state already (a reconnect within the grace, or another node told them)
+    // the contacts know this state already (a reconnect within the grace, or another node told
+    // them): nothing to look up. A lookup that fails after the swap is retried forced (below).
     if (await this.opts.store.swapTold(userId, status.online) === status.online && !force) return
+    const [contacts, blocking] = await Promise.all([this.contactsOf(userId), this.opts.blocks.blocking(userId)])
     this.lastNotified.set(userId, this.now())
     // the people the user blocks are not told (the list is cached: no store read per event)
     for (const u of blocking) contacts.delete(u)
