@@ -75,4 +75,15 @@ describe('EnvelopeCache', () => {
     expect(cache.of(first)).toBe(again)
     expect(cache.size).toBeGreaterThan(50_000)
   })
+
+  test('a cached envelope holds only its own bytes, not a slab of the shared Buffer pool', () => {
+    const cache = new EnvelopeCache()
+    for (const body of ['hi', 'héllo', 'x'.repeat(3000)]) {
+      const bytes = cache.of(message(body.length, body))
+      // a pool slice sits in an 8 KiB ArrayBuffer shared with unrelated short-lived buffers
+      expect(bytes.byteOffset).toBe(0)
+      expect(bytes.buffer.byteLength).toBe(bytes.length)
+      expect(JSON.parse(bytes.toString('utf8'))).toEqual(toEnvelope(message(body.length, body)))
+    }
+  })
 })
