@@ -3,7 +3,10 @@
  * server gets hundreds a second. Each used to cost two metadata statements of its own; here the
  * cursors that arrive while a group is being written go into the next group, written with
  * memberAdvanceReadMany (two statements per group, however many cursors). One group is written at
- * a time; the first waits for the end of the current event-loop turn, so a lone read is not delayed.
+ * a time, and groups start at least `groupIntervalMs` apart: a read that comes after a quiet spell
+ * waits only for the end of the current event-loop turn, while under load the reads of that
+ * interval share a group (at ~1,000 reads/s, ~10 per group instead of ~3: a third of the
+ * statements, for at most the interval of latency).
  */
 import { ImError } from '../errors.js'
 import type { MetadataStore } from '../store/types.js'
@@ -20,13 +23,21 @@ interface Pending {
 const GROUP_MAX = 1000
 /** Cursors waiting at most; beyond, a read is answered UNAVAILABLE (the metadata store is not keeping up). */
 const QUEUE_MAX = 50_000
+/** Shortest time between the starts of two groups. */
+export const GROUP_INTERVAL_MS = 10
 
 export class ReadCursors {
   private queue: Pending[] = []
   private writing = false
   private scheduled = false
+  /** When the last group started (0: never). */
+  private lastStart = 0
 
-  constructor (private readonly meta: MetadataStore) {}
+  constructor (
+    private readonly meta: MetadataStore,
+    private readonly groupIntervalMs = GROUP_INTERVAL_MS,
+    private readonly now: () => number = Date.now
+  ) {}
 
   /** readSeq = max(readSeq, seq); the resulting readSeq, or null if not a member. */
   async advance (conversationId: string, userId: string, seq: number): Promise<number | null> {
@@ -40,10 +51,13 @@ export class ReadCursors {
   private schedule (): void {
     if (this.writing || this.scheduled) return
     this.scheduled = true
-    setImmediate(() => {
+    const go = (): void => {
       this.scheduled = false
       void this.flush()
-    })
+    }
+    const wait = this.lastStart + this.groupIntervalMs - this.now()
+    if (wait > 0) setTimeout(go, wait)
+    else setImmediate(go)
   }
 
   /** One group; once more after a deadlock (InnoDB picked this group to roll back; nothing was changed). */
@@ -61,6 +75,9 @@ export class ReadCursors {
     this.writing = true
     try {
       while (this.queue.length > 0) {
+        const wait = this.lastStart + this.groupIntervalMs - this.now()
+        if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
+        this.lastStart = this.now()
         const group = this.queue.splice(0, GROUP_MAX)
         try {
           const results = await this.write(group)

@@ -75,3 +75,29 @@ test('at most 50,000 cursors wait: beyond, a read is refused UNAVAILABLE at once
   const done = await Promise.all(waiting)
   expect(done.at(-1)).toBe(50_000)
 })
+
+test('groups start at least the interval apart (the reads between share one); after a quiet spell a read goes at the end of the turn', async () => {
+  const users = Array.from({ length: 5 }, (_, i) => `u${i}`)
+  const starts: number[] = []
+  const { meta, groups } = recording(await storeWithMembers(users), async () => { starts.push(performance.now()) })
+  const cursors = new ReadCursors(meta, 80)
+  const t0 = performance.now()
+  expect(await cursors.advance('g1', 'u0', 1)).toBe(1)
+  // the first group went without waiting for the interval
+  expect(starts[0]! - t0).toBeLessThan(40)
+  // four reads, one per turn, right after it: they wait for the interval and go as one group
+  const later: Array<Promise<number | null>> = []
+  for (const u of users.slice(1)) {
+    later.push(cursors.advance('g1', u, 2))
+    await new Promise(resolve => setImmediate(resolve))
+  }
+  expect(await Promise.all(later)).toEqual([2, 2, 2, 2])
+  expect(groups.map(g => g.length)).toEqual([1, 4])
+  expect(starts[1]! - starts[0]!).toBeGreaterThanOrEqual(75)
+  // quiet for longer than the interval: the next read is written at once
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const t1 = performance.now()
+  expect(await cursors.advance('g1', 'u0', 3)).toBe(3)
+  expect(starts[2]! - t1).toBeLessThan(40)
+  expect(groups.map(g => g.length)).toEqual([1, 4, 1])
+})
