@@ -106,7 +106,7 @@ describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (wor
   })
 })
 
-describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session costs a packet read and four commands to acknowledge (workaround 15)', () => {
+describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session costs a packet write, and a packet read and four commands to acknowledge (workaround 15)', () => {
   type Store = {
     outgoingEnqueueCombi: (subs: Array<{ clientId: string, topic: string, qos: number }>, packet: unknown) => Promise<void>
     outgoingUpdate: (client: { id: string }, packet: Record<string, unknown>) => Promise<void>
@@ -134,6 +134,8 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     for (const i of [1, 2, 3]) await store.outgoingUpdate(client, { ...packet(i), messageId: 10 + i })
     for (const i of [1, 2]) acks.push(await store.outgoingClearMessageId(client, { messageId: 10 + i }))
     await store.outgoingUpdate(client, { ...packet(4), messageId: 14 })
+    // whether the delivery wrote the packet (it was never queued: nothing would ever replay it)
+    const liveWritten = await conn.exists(redisPacketKey('b1', 4))
     acks.push(await store.outgoingClearMessageId(client, { messageId: 14 }))
     // an id nobody sent: nothing happens
     acks.push(await store.outgoingClearMessageId(client, { messageId: 99 }))
@@ -145,25 +147,28 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     for await (const p of store.outgoingStream(client)) replayed.push({ topic: p.topic, payload: Buffer.from(p.payload as Buffer).toString(), counter: Number(p.brokerCounter), messageId: p.messageId })
     await conn.flushdb()
     conn.disconnect()
-    return { acks: acks.map(a => a === undefined ? undefined : Number((a as { brokerCounter: unknown }).brokerCounter)), keys, ttls, queue, replayed }
+    return { acks: acks.map(a => a === undefined ? undefined : Number((a as { brokerCounter: unknown }).brokerCounter)), keys, ttls, queue, replayed, liveWritten }
   }
 
-  test('upstream: each ack reads the packet back (returned); a live delivery leaves its packet until it expires and its count at -1 with no expiry', async () => {
+  test('upstream: each delivery writes the packet (with its id); each ack reads it back (returned); a live delivery leaves its packet until it expires and its count at -1 with no expiry', async () => {
     const r = await deliverAndAck(false, 13)
+    expect(r.liveWritten).toBe(1)
     expect(r.acks).toEqual([1, 2, 4, undefined])
     expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`, redisPacketKey('b1', 4), `${redisPacketKey('b1', 4)}:offlineCount`])
     expect((r.ttls as Record<string, number>)[`${redisPacketKey('b1', 4)}:offlineCount`]).toBe(-1)
     expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: 13 }])
   })
 
-  test('workaround: one script per ack with no read; the same keys left for what is unacknowledged, nothing for the live delivery; replays unchanged', async () => {
+  test('workaround: no write per delivery, one script per ack with no read; the same keys left for what is unacknowledged, nothing for the live delivery; the replay is the queued packet under a fresh id', async () => {
     const r = await deliverAndAck(true, 13)
+    expect(r.liveWritten).toBe(0)
     expect(r.acks).toEqual([undefined, undefined, undefined, undefined])
     expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`])
     for (const ttl of Object.values(r.ttls as Record<string, number>)) expect(ttl).toBeGreaterThan(0)
     expect(r.queue).toEqual([redisPacketKey('b1', 3)])
-    // the persistence's own reader reads what the scripts wrote: packet 3, with the id it was sent with
-    expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: 13 }])
+    // the persistence's own reader reads what the script queued: packet 3, without the id it was
+    // sent with on the earlier connection (Aedes gives it the new connection's next id)
+    expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: null }])
   })
 
   test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {

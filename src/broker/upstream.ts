@@ -48,9 +48,10 @@
  *        (packets expire after packetTTL, their list entries do not; a reconnect replays only the
  *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows,
  *        in the one script that queues the packet (boundRedisQueues);
- *    15. acknowledging a delivery to a persistent session reads the packet back to find its keys
- *        and takes four sequential commands (and a live delivery's count stays at -1 for good):
- *        one script from a key remembered at delivery (leanRedisAcks).
+ *    15. each delivery to a persistent session writes the packet again, and acknowledging it reads
+ *        the packet back to find its keys and takes four sequential commands (and a live
+ *        delivery's count stays at -1 for good): no write at delivery, one script from a key
+ *        remembered then (leanRedisAcks).
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
@@ -589,13 +590,15 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
 
 /**
  * 15. Each QoS 1 delivery to a persistent session is written to Redis before it is sent (the
- * packet with its message id: outgoingUpdate) and released when acknowledged
- * (outgoingClearMessageId: a GET and msgpack decode of the packet only to find its keys again,
- * then LREM, DECR and DEL: four sequential commands). Here the update keeps the packet's key by
- * (client, message id) in a bounded map of its own, and the acknowledgement is one script from
- * it with no read of the packet (Aedes passes the packet read only to its 'ack' event, which mqim
- * does not use: it gets undefined). A count that was never set no longer stays at -1 without
- * expiry. Anything else (QoS 2, an id the map does not have) goes to the persistence's own code.
+ * whole packet again, payload included, with its message id: outgoingUpdate; a fifth of a busy
+ * cluster's Redis commands) and released when acknowledged (outgoingClearMessageId: a GET and
+ * msgpack decode of the packet only to find its keys again, then LREM, DECR and DEL: four
+ * sequential commands). Here the update only keeps the packet's key by (client, message id) in a
+ * bounded map of its own, and the acknowledgement is one script from it with no read of the
+ * packet (Aedes passes the packet read only to its 'ack' event, which mqim does not use: it gets
+ * undefined). A count that was never set no longer stays at -1 without expiry. What a reconnect
+ * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
+ * the map does not have) goes to the persistence's own code.
  */
 export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSeconds: number, remember?: number }): T {
   const store = persistence as unknown as RedisOutgoingStore
@@ -608,11 +611,11 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSecond
       await update(client, packet)
       return
     }
-    const key = redisPacketKey(packet.brokerId, packet.brokerCounter)
-    keys.set(`${client.id}\u0000${packet.messageId}`, key)
-    const encoded = msgpack.encode(packet)
-    if (opts.ttlSeconds > 0) await redis.set(key, encoded, 'EX', opts.ttlSeconds)
-    else await redis.set(key, encoded)
+    // The packet is not written again with its message id: every queue entry was stored when it was
+    // queued (a copy written for a delivery that was never queued is never replayed: a replay reads
+    // the queue), and a replay after a reconnect takes a fresh id (Aedes numbers a new connection
+    // from 1: the id of the earlier connection could be one it is using for a live delivery).
+    keys.set(`${client.id}\u0000${packet.messageId}`, redisPacketKey(packet.brokerId, packet.brokerCounter))
   }
   store.outgoingClearMessageId = async (client, packet) => {
     const id = `${client.id}\u0000${packet.messageId}`
