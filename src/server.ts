@@ -27,7 +27,7 @@ import { PushService, PushTargetCache, loadVapidKeys } from './im/push.js'
 import { MemoryJobQueue, RedisJobQueue } from './im/jobs.js'
 import { RetentionJob, retentionMs } from './im/retention.js'
 import { ReadCursors } from './im/read-cursors.js'
-import { ReceiptAggregator } from './im/receipts.js'
+import { localReceiptWindows, ReceiptAggregator, RedisReceiptWindows } from './im/receipts.js'
 import { Dispatcher } from './im/dispatcher.js'
 import type { Services } from './im/context.js'
 import { MemoryPresenceStore, PresenceService, RedisPresenceStore } from './im/presence.js'
@@ -161,7 +161,8 @@ export class MqimServer {
       metrics
     })
     const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
-    const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger)
+    const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger, 1000, undefined,
+      backends.redis === null ? localReceiptWindows : new RedisReceiptWindows(backends.redis))
     const presence = new PresenceService({
       store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),
       meta,

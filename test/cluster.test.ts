@@ -92,6 +92,36 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect((await dave.requestRaw('send', { conv: g.conv, msgId: 'nope', kind: 'text', body: 'x' })).ok).toBe(false)
   })
 
+  test('group receipts: at most one a second per conversation across both nodes, counting the reads made on either', async () => {
+    const alice = await connect(n1, 'alice', 'rc1')
+    const bob = await connect(n1, 'bob', 'rc2')
+    const carol = await connect(n2, 'carol', 'rc3')
+    clients.push(alice, bob, carol)
+    const g = await alice.request('create-group', { name: 'receipts', members: ['bob', 'carol'] })
+    const sent = await alice.request('send', { conv: g.conv, msgId: 'r1', kind: 'text', body: 'read me' })
+    const times: number[] = []
+    alice.mqtt.on('message', (topic, payload) => {
+      if (topic !== 'im/u/alice/e') return
+      const e = JSON.parse(payload.toString()) as Record<string, unknown>
+      if (e.type === 'receipt' && e.conv === g.conv) times.push(Date.now())
+    })
+    await bob.waitFor(() => bob.messages.some(m => m.conv === g.conv && m.seq === sent.seq))
+    await carol.waitFor(() => carol.messages.some(m => m.conv === g.conv && m.seq === sent.seq))
+    // bob reads through node 1, carol through node 2, 300 ms apart: each node has a receipt to send
+    await bob.request('read', { conv: g.conv, seq: sent.seq })
+    await new Promise(resolve => setTimeout(resolve, 300))
+    await carol.request('read', { conv: g.conv, seq: sent.seq })
+    const receipts = (): Array<Record<string, unknown>> => alice.events.filter(e => e.type === 'receipt' && e.conv === g.conv)
+    // (the sender's own cursor does not move with a send: alice has read nothing)
+    await alice.waitFor(() => receipts().some(e => e.readAll === 2), 5000, 'a receipt counting both reads')
+    await new Promise(resolve => setTimeout(resolve, 1500))
+    // each node used to send its own within the second (two receipts 300 ms apart); now the
+    // second node waits for the cluster's window to end
+    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(900)
+    expect(receipts().length).toBeLessThanOrEqual(2)
+    expect(receipts().at(-1)).toEqual({ type: 'receipt', conv: g.conv, kind: 'group', lastSeq: sent.seq, members: 3, readAll: 2, minReadSeq: 0 })
+  })
+
   test('a persistent session queued on one node is delivered on the other', async () => {
     const alice = await connect(n1, 'alice', 'p')
     clients.push(alice)

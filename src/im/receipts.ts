@@ -1,12 +1,17 @@
 /**
  * Read receipts. Direct conversations: the other member gets the reader's readSeq at once.
  * Groups: an aggregate (how many members have read everything, the lowest read cursor), sent to
- * the members at most once per `windowMs` per conversation, never per-message reader lists.
+ * the members at most once per `windowMs` per conversation, never per-message reader lists. In a
+ * cluster the window is the cluster's (ReceiptWindows: a Redis key per conversation): the node
+ * whose reads come second waits for the window to end, and its summary, read from the store,
+ * counts every node's reads. (Before, each node sent its own: twice the events and the member
+ * lists with two nodes.)
  */
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
 import type { MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
+import type { Redis } from 'ioredis'
 
 export interface GroupReceiptSummary {
   lastSeq: number
@@ -26,6 +31,37 @@ const realTimers: Timers = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout)
 }
 
+/** Who may send a conversation's group receipt now. */
+export interface ReceiptWindows {
+  /** 0: this node sends it now (and the window of `ms` starts); else how many ms the current window has left. */
+  claim: (conversationId: string, ms: number) => Promise<number>
+}
+
+/** One node: the aggregator's own timer spaces a conversation's receipts. */
+export const localReceiptWindows: ReceiptWindows = { claim: async () => 0 }
+
+const CLAIM_LUA = `
+if redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'NX') then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left < 1 then return 1 end
+return left`
+
+type ClaimingRedis = Redis & { mqimReceiptClaim: (key: string, ms: number) => Promise<number> }
+
+/** The cluster's windows: one key per conversation, set if absent, expiring with the window. */
+export class RedisReceiptWindows implements ReceiptWindows {
+  private readonly redis: ClaimingRedis
+
+  constructor (redis: Redis, private readonly prefix = 'mqim:receipt-window:') {
+    if (!('mqimReceiptClaim' in redis)) redis.defineCommand('mqimReceiptClaim', { numberOfKeys: 1, lua: CLAIM_LUA })
+    this.redis = redis as ClaimingRedis
+  }
+
+  async claim (conversationId: string, ms: number): Promise<number> {
+    return Number(await this.redis.mqimReceiptClaim(this.prefix + conversationId, ms))
+  }
+}
+
 export class ReceiptAggregator {
   private readonly pending = new Map<string, unknown>()
 
@@ -37,7 +73,8 @@ export class ReceiptAggregator {
     private readonly publisher: Publisher,
     private readonly logger: Logger,
     private readonly windowMs = 1000,
-    private readonly timers: Timers = realTimers
+    private readonly timers: Timers = realTimers,
+    private readonly windows: ReceiptWindows = localReceiptWindows
   ) {}
 
   /** Counts members that have read up to `seq`. */
@@ -60,11 +97,31 @@ export class ReceiptAggregator {
       return
     }
     if (this.pending.has(conversationId)) return
-    this.pending.set(conversationId, this.timers.setTimeout(() => {
-      this.pending.delete(conversationId)
-      this.flushGroup(conversationId).catch((err: unknown) => this.logger.warn({ conversationId, err }, 'group receipt failed'))
-    }, this.windowMs))
+    this.arm(conversationId, this.windowMs)
   }
+
+  /** The conversation's receipt goes out in `ms`, or when the cluster's window for it ends. */
+  private arm (conversationId: string, ms: number): void {
+    this.pending.set(conversationId, this.timers.setTimeout(() => {
+      this.windows.claim(conversationId, this.windowMs).then(left => {
+        if (this.closed) return
+        if (left > 0) {
+          this.arm(conversationId, left)
+          return
+        }
+        this.pending.delete(conversationId)
+        this.flushGroup(conversationId).catch((err: unknown) => this.logger.warn({ conversationId, err }, 'group receipt failed'))
+      }, (err: unknown) => {
+        // the window cannot be told (Redis down): send it rather than lose it
+        this.logger.debug({ conversationId, err }, 'receipt window unknown')
+        if (this.closed) return
+        this.pending.delete(conversationId)
+        this.flushGroup(conversationId).catch((e: unknown) => this.logger.warn({ conversationId, err: e }, 'group receipt failed'))
+      })
+    }, ms))
+  }
+
+  private closed = false
 
   private async flushGroup (conversationId: string): Promise<void> {
     const members = await this.meta.memberList(conversationId)
@@ -74,6 +131,7 @@ export class ReceiptAggregator {
   }
 
   close (): void {
+    this.closed = true
     for (const h of this.pending.values()) this.timers.clearTimeout(h)
     this.pending.clear()
   }

@@ -1,0 +1,89 @@
+/**
+ * ReceiptAggregator: a group's receipt goes out one window after the first read; when the
+ * cluster's window for the conversation is taken (another node sent one), it waits for the rest
+ * of it and asks again; when the window cannot be told (Redis down), it is sent rather than lost.
+ */
+import { ReceiptAggregator, type ReceiptWindows, type Timers } from '../../src/im/receipts.js'
+import type { ConversationDirectory } from '../../src/im/directory.js'
+import type { Publisher } from '../../src/im/publisher.js'
+import type { MetadataStore } from '../../src/store/types.js'
+import { createLogger } from '../../src/log.js'
+
+/** Timers run by hand: `run()` fires the earliest, returning its delay. */
+function manualTimers (): Timers & { pending: () => number[], run: () => Promise<number> } {
+  let queue: Array<{ fn: () => void, ms: number }> = []
+  return {
+    setTimeout: (fn, ms) => { const t = { fn, ms }; queue.push(t); return t },
+    clearTimeout: (h) => { queue = queue.filter(t => t !== h) },
+    pending: () => queue.map(t => t.ms),
+    run: async () => {
+      const t = queue.shift()
+      if (t === undefined) throw new Error('no timer')
+      t.fn()
+      // the claim, the member list and the publish are promises
+      for (let i = 0; i < 10; i++) await Promise.resolve()
+      return t.ms
+    }
+  }
+}
+
+function setUp (claims: Array<number | Error>): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[] } {
+  const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory
+  const meta = { memberList: async () => [{ userId: 'a', readSeq: 3 }, { userId: 'b', readSeq: 5 }] } as unknown as MetadataStore
+  const sent: unknown[] = []
+  const publisher = { event: (_to: string[], e: unknown) => { sent.push(e) } } as unknown as Publisher
+  const asked: number[] = []
+  const windows: ReceiptWindows = {
+    claim: async (_conv, ms) => {
+      asked.push(ms)
+      const next = claims.shift() ?? 0
+      if (next instanceof Error) throw next
+      return next
+    }
+  }
+  const timers = manualTimers()
+  const agg = new ReceiptAggregator(directory, meta, async () => 5, publisher, createLogger('silent'), 1000, timers, windows)
+  return { agg, timers, sent, asked }
+}
+
+test('the window is free: one receipt, a window after the first read; reads meanwhile add nothing', async () => {
+  const { agg, timers, sent, asked } = setUp([0])
+  await agg.noteRead('g', 'a', 3)
+  await agg.noteRead('g', 'b', 5)
+  expect(timers.pending()).toEqual([1000])
+  await timers.run()
+  expect(asked).toEqual([1000])
+  expect(sent).toEqual([{ type: 'receipt', conv: 'g', kind: 'group', lastSeq: 5, members: 2, readAll: 1, minReadSeq: 3 }])
+  expect(timers.pending()).toEqual([])
+})
+
+test('another node holds the window: wait for the rest of it, ask again, then send once', async () => {
+  const { agg, timers, sent, asked } = setUp([640, 0])
+  await agg.noteRead('g', 'a', 3)
+  await timers.run()
+  expect(sent).toEqual([])
+  expect(timers.pending()).toEqual([640])
+  // a read while waiting does not start a second timer
+  await agg.noteRead('g', 'b', 5)
+  expect(timers.pending()).toEqual([640])
+  await timers.run()
+  expect(asked).toEqual([1000, 1000])
+  expect(sent).toHaveLength(1)
+  expect(timers.pending()).toEqual([])
+})
+
+test('the window cannot be told (the claim fails): the receipt is sent anyway', async () => {
+  const { agg, timers, sent } = setUp([new Error('redis down')])
+  await agg.noteRead('g', 'a', 3)
+  await timers.run()
+  expect(sent).toHaveLength(1)
+})
+
+test('closed while waiting: nothing is sent', async () => {
+  const { agg, timers, sent } = setUp([640])
+  await agg.noteRead('g', 'a', 3)
+  await timers.run()
+  agg.close()
+  expect(timers.pending()).toEqual([])
+  expect(sent).toEqual([])
+})
