@@ -112,13 +112,15 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     await new Promise(resolve => setTimeout(resolve, 300))
     await carol.request('read', { conv: g.conv, seq: sent.seq })
     const receipts = (): Array<Record<string, unknown>> => alice.events.filter(e => e.type === 'receipt' && e.conv === g.conv)
-    // (the sender's own cursor does not move with a send: alice has read nothing)
-    await alice.waitFor(() => receipts().some(e => e.readAll === 2), 5000, 'a receipt counting both reads')
-    await new Promise(resolve => setTimeout(resolve, 1500))
+    // one receipt from each node (each had a cursor move to tell), the second no sooner than the
+    // window allows; (the sender's own cursor does not move with a send: alice has read nothing)
+    await alice.waitFor(() => receipts().length >= 2, 8000, 'a receipt from each node')
+    await new Promise(resolve => setTimeout(resolve, 500))
+    expect(times).toHaveLength(2)
     // each node used to send its own within the second (two receipts 300 ms apart); now the
-    // second node waits for the cluster's window to end
-    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(900)
-    expect(receipts().length).toBeLessThanOrEqual(2)
+    // second node waits for the cluster's window to end (the window is taken before the first
+    // node reads the members, so the margin allows its store reads to be slow)
+    expect(times[1]! - times[0]!).toBeGreaterThanOrEqual(600)
     expect(receipts().at(-1)).toEqual({ type: 'receipt', conv: g.conv, kind: 'group', lastSeq: sent.seq, members: 3, readAll: 2, minReadSeq: 0 })
   })
 

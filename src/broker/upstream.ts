@@ -613,8 +613,10 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSecond
     }
     // The packet is not written again with its message id: every queue entry was stored when it was
     // queued (a copy written for a delivery that was never queued is never replayed: a replay reads
-    // the queue), and a replay after a reconnect takes a fresh id (Aedes numbers a new connection
-    // from 1: the id of the earlier connection could be one it is using for a live delivery).
+    // the queue), and a replay after a reconnect takes a fresh id from the new connection's own
+    // counter (the earlier connection's id could be one the new one uses for a live delivery).
+    // MQTT-4.4.0-1 asks for the original id on a resend; a QoS 1 client that de-duplicates by
+    // message, as mqim's must (by conv and seq), does not see the difference.
     keys.set(`${client.id}\u0000${packet.messageId}`, redisPacketKey(packet.brokerId, packet.brokerCounter))
   }
   store.outgoingClearMessageId = async (client, packet) => {

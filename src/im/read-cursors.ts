@@ -30,14 +30,20 @@ export class ReadCursors {
   private queue: Pending[] = []
   private writing = false
   private scheduled = false
-  /** When the last group started (0: never). */
-  private lastStart = 0
+  /** When the last group started (by `now`; -Infinity: never). */
+  private lastStart = Number.NEGATIVE_INFINITY
 
   constructor (
     private readonly meta: MetadataStore,
     private readonly groupIntervalMs = GROUP_INTERVAL_MS,
-    private readonly now: () => number = Date.now
+    /** A monotonic clock: a wall clock stepped back would hold every read for the size of the step. */
+    private readonly now: () => number = () => performance.now()
   ) {}
+
+  /** How long the next group waits: never more than the interval, whatever the clock did. */
+  private waitMs (): number {
+    return Math.min(this.groupIntervalMs, this.lastStart + this.groupIntervalMs - this.now())
+  }
 
   /** readSeq = max(readSeq, seq); the resulting readSeq, or null if not a member. */
   async advance (conversationId: string, userId: string, seq: number): Promise<number | null> {
@@ -55,7 +61,7 @@ export class ReadCursors {
       this.scheduled = false
       void this.flush()
     }
-    const wait = this.lastStart + this.groupIntervalMs - this.now()
+    const wait = this.waitMs()
     if (wait > 0) setTimeout(go, wait)
     else setImmediate(go)
   }
@@ -75,7 +81,7 @@ export class ReadCursors {
     this.writing = true
     try {
       while (this.queue.length > 0) {
-        const wait = this.lastStart + this.groupIntervalMs - this.now()
+        const wait = this.waitMs()
         if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
         this.lastStart = this.now()
         const group = this.queue.splice(0, GROUP_MAX)

@@ -43,8 +43,10 @@ export const localReceiptWindows: ReceiptWindows = { claim: async () => 0 }
 const CLAIM_LUA = `
 if redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'NX') then return 0 end
 local left = redis.call('PTTL', KEYS[1])
-if left < 1 then return 1 end
-return left`
+if left > 0 then return left end
+-- a key without an expiry (written by something else): take the window
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 0`
 
 type ClaimingRedis = Redis & { mqimReceiptClaim: (key: string, ms: number) => Promise<number> }
 
@@ -64,6 +66,7 @@ export class RedisReceiptWindows implements ReceiptWindows {
 
 export class ReceiptAggregator {
   private readonly pending = new Map<string, unknown>()
+  private closed = false
 
   constructor (
     private readonly directory: ConversationDirectory,
@@ -89,6 +92,7 @@ export class ReceiptAggregator {
   }
 
   async noteRead (conversationId: string, readerId: string, readSeq: number): Promise<void> {
+    if (this.closed) return
     const entry = await this.directory.get(conversationId)
     if (entry === null) return
     if (entry.conversation.kind === 'direct') {
@@ -103,7 +107,7 @@ export class ReceiptAggregator {
   /** The conversation's receipt goes out in `ms`, or when the cluster's window for it ends. */
   private arm (conversationId: string, ms: number): void {
     this.pending.set(conversationId, this.timers.setTimeout(() => {
-      this.windows.claim(conversationId, this.windowMs).then(left => {
+      this.claim(conversationId).then(left => {
         if (this.closed) return
         if (left > 0) {
           this.arm(conversationId, left)
@@ -112,7 +116,7 @@ export class ReceiptAggregator {
         this.pending.delete(conversationId)
         this.flushGroup(conversationId).catch((err: unknown) => this.logger.warn({ conversationId, err }, 'group receipt failed'))
       }, (err: unknown) => {
-        // the window cannot be told (Redis down): send it rather than lose it
+        // the window cannot be told (Redis down or not answering): send it rather than lose it
         this.logger.debug({ conversationId, err }, 'receipt window unknown')
         if (this.closed) return
         this.pending.delete(conversationId)
@@ -121,7 +125,21 @@ export class ReceiptAggregator {
     }, ms))
   }
 
-  private closed = false
+  /** The window, or an error when it is not told within a window's time (Redis unreachable). */
+  private async claim (conversationId: string): Promise<number> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      return await Promise.race([
+        this.windows.claim(conversationId, this.windowMs),
+        new Promise<never>((_resolve, reject) => {
+          timer = setTimeout(() => reject(new Error('no answer about the receipt window')), this.windowMs)
+          timer.unref()
+        })
+      ])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
 
   private async flushGroup (conversationId: string): Promise<void> {
     const members = await this.meta.memberList(conversationId)

@@ -79,11 +79,38 @@ test('the window cannot be told (the claim fails): the receipt is sent anyway', 
   expect(sent).toHaveLength(1)
 })
 
-test('closed while waiting: nothing is sent', async () => {
-  const { agg, timers, sent } = setUp([640])
-  await agg.noteRead('g', 'a', 3)
+test('the window is not told within a window\'s time (Redis not answering): the receipt is sent anyway', async () => {
+  const { timers, sent } = setUp([])
+  const quick = new ReceiptAggregator(
+    { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory,
+    { memberList: async () => [{ userId: 'a', readSeq: 1 }] } as unknown as MetadataStore,
+    async () => 1, { event: (_to: string[], e: unknown) => { sent.push(e) } } as unknown as Publisher, createLogger('silent'), 50, timers,
+    { claim: async () => await new Promise<number>(() => {}) })
+  await quick.noteRead('g', 'a', 1)
   await timers.run()
-  agg.close()
-  expect(timers.pending()).toEqual([])
-  expect(sent).toEqual([])
+  await new Promise(resolve => setTimeout(resolve, 120))
+  expect(sent).toEqual([{ type: 'receipt', conv: 'g', kind: 'group', lastSeq: 1, members: 1, readAll: 1, minReadSeq: 1 }])
+})
+
+test('closed while waiting for the window, or while asking for it: nothing is sent, no new window', async () => {
+  const a = setUp([640])
+  await a.agg.noteRead('g', 'a', 3)
+  await a.timers.run()
+  a.agg.close()
+  expect(a.timers.pending()).toEqual([])
+  expect(a.sent).toEqual([])
+  await a.agg.noteRead('g', 'b', 5)
+  expect(a.timers.pending()).toEqual([])
+
+  // the claim is still being answered when the aggregator closes
+  const b = setUp([])
+  let answer: (left: number) => void = () => {}
+  ;(b.agg as unknown as { windows: ReceiptWindows }).windows = { claim: async () => await new Promise<number>(resolve => { answer = resolve }) }
+  await b.agg.noteRead('g', 'a', 3)
+  await b.timers.run()
+  b.agg.close()
+  answer(0)
+  for (let i = 0; i < 10; i++) await Promise.resolve()
+  expect(b.sent).toEqual([])
+  expect(b.timers.pending()).toEqual([])
 })
