@@ -127,7 +127,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn, { ttlSeconds: 60 }) : base) as Store
+    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn) : base) as Store
     const client = { id: 'u:a' }
     const acks: unknown[] = []
     for (const i of [1, 2, 3]) await store.outgoingEnqueueCombi([{ clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }], packet(i))
@@ -177,7 +177,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 1, ttlSeconds: 60 }), conn, { ttlSeconds: 60 }) as Store
+    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 1, ttlSeconds: 60 }), conn) as Store
     const sub = (clientId: string): { clientId: string, topic: string, qos: number } => ({ clientId, topic: 'im/u/a/m', qos: 1 })
     await store.outgoingEnqueueCombi([sub('u:a'), sub('u:b')], packet(1))
     await store.outgoingUpdate({ id: 'u:a' }, { ...packet(1), messageId: 1 }) // sent to a, not acknowledged yet

@@ -61,7 +61,7 @@ export function createBrokerBackends (
   })
   return {
     persistence: recordQueueReplays(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { ttlSeconds: ttl }),
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn),
       config.maxSessionDelivery + 1),
     mq,
     redis,

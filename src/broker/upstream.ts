@@ -600,7 +600,7 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { ttlSeconds: number, remember?: number }): T {
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { remember?: number } = {}): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)

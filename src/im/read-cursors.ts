@@ -57,13 +57,11 @@ export class ReadCursors {
   private schedule (): void {
     if (this.writing || this.scheduled) return
     this.scheduled = true
-    const go = (): void => {
+    // (flush waits for the interval, if a group started less than that ago)
+    setImmediate(() => {
       this.scheduled = false
       void this.flush()
-    }
-    const wait = this.waitMs()
-    if (wait > 0) setTimeout(go, wait)
-    else setImmediate(go)
+    })
   }
 
   /** One group; once more after a deadlock (InnoDB picked this group to roll back; nothing was changed). */

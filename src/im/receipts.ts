@@ -107,7 +107,7 @@ export class ReceiptAggregator {
   /** The conversation's receipt goes out in `ms`, or when the cluster's window for it ends. */
   private arm (conversationId: string, ms: number): void {
     this.pending.set(conversationId, this.timers.setTimeout(() => {
-      this.claim(conversationId).then(left => {
+      void this.claim(conversationId).then(left => {
         if (this.closed) return
         if (left > 0) {
           this.arm(conversationId, left)
@@ -115,17 +115,14 @@ export class ReceiptAggregator {
         }
         this.pending.delete(conversationId)
         this.flushGroup(conversationId).catch((err: unknown) => this.logger.warn({ conversationId, err }, 'group receipt failed'))
-      }, (err: unknown) => {
-        // the window cannot be told (Redis down or not answering): send it rather than lose it
-        this.logger.debug({ conversationId, err }, 'receipt window unknown')
-        if (this.closed) return
-        this.pending.delete(conversationId)
-        this.flushGroup(conversationId).catch((e: unknown) => this.logger.warn({ conversationId, err: e }, 'group receipt failed'))
       })
     }, ms))
   }
 
-  /** The window, or an error when it is not told within a window's time (Redis unreachable). */
+  /**
+   * The window (see ReceiptWindows.claim). One that cannot be told (Redis down, or no answer
+   * within a window's time) counts as free: the receipt is sent rather than lost.
+   */
   private async claim (conversationId: string): Promise<number> {
     let timer: NodeJS.Timeout | undefined
     try {
@@ -136,6 +133,9 @@ export class ReceiptAggregator {
           timer.unref()
         })
       ])
+    } catch (err) {
+      this.logger.debug({ conversationId, err }, 'receipt window unknown')
+      return 0
     } finally {
       clearTimeout(timer)
     }

@@ -27,22 +27,24 @@ function manualTimers (): Timers & { pending: () => number[], run: () => Promise
   }
 }
 
-function setUp (claims: Array<number | Error>): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[] } {
+function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[] } {
   const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory
   const meta = { memberList: async () => [{ userId: 'a', readSeq: 3 }, { userId: 'b', readSeq: 5 }] } as unknown as MetadataStore
   const sent: unknown[] = []
   const publisher = { event: (_to: string[], e: unknown) => { sent.push(e) } } as unknown as Publisher
   const asked: number[] = []
-  const windows: ReceiptWindows = {
-    claim: async (_conv, ms) => {
-      asked.push(ms)
-      const next = claims.shift() ?? 0
-      if (next instanceof Error) throw next
-      return next
-    }
-  }
+  const windows: ReceiptWindows = !Array.isArray(claims)
+    ? claims
+    : {
+        claim: async (_conv, ms) => {
+          asked.push(ms)
+          const next = claims.shift() ?? 0
+          if (next instanceof Error) throw next
+          return next
+        }
+      }
   const timers = manualTimers()
-  const agg = new ReceiptAggregator(directory, meta, async () => 5, publisher, createLogger('silent'), 1000, timers, windows)
+  const agg = new ReceiptAggregator(directory, meta, async () => 5, publisher, createLogger('silent'), windowMs, timers, windows)
   return { agg, timers, sent, asked }
 }
 
@@ -80,16 +82,11 @@ test('the window cannot be told (the claim fails): the receipt is sent anyway', 
 })
 
 test('the window is not told within a window\'s time (Redis not answering): the receipt is sent anyway', async () => {
-  const { timers, sent } = setUp([])
-  const quick = new ReceiptAggregator(
-    { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory,
-    { memberList: async () => [{ userId: 'a', readSeq: 1 }] } as unknown as MetadataStore,
-    async () => 1, { event: (_to: string[], e: unknown) => { sent.push(e) } } as unknown as Publisher, createLogger('silent'), 50, timers,
-    { claim: async () => await new Promise<number>(() => {}) })
-  await quick.noteRead('g', 'a', 1)
+  const { agg, timers, sent } = setUp({ claim: async () => await new Promise<number>(() => {}) }, 50)
+  await agg.noteRead('g', 'a', 3)
   await timers.run()
   await new Promise(resolve => setTimeout(resolve, 120))
-  expect(sent).toEqual([{ type: 'receipt', conv: 'g', kind: 'group', lastSeq: 1, members: 1, readAll: 1, minReadSeq: 1 }])
+  expect(sent).toEqual([{ type: 'receipt', conv: 'g', kind: 'group', lastSeq: 5, members: 2, readAll: 1, minReadSeq: 3 }])
 })
 
 test('closed while waiting for the window, or while asking for it: nothing is sent, no new window', async () => {
@@ -103,9 +100,8 @@ test('closed while waiting for the window, or while asking for it: nothing is se
   expect(a.timers.pending()).toEqual([])
 
   // the claim is still being answered when the aggregator closes
-  const b = setUp([])
   let answer: (left: number) => void = () => {}
-  ;(b.agg as unknown as { windows: ReceiptWindows }).windows = { claim: async () => await new Promise<number>(resolve => { answer = resolve }) }
+  const b = setUp({ claim: async () => await new Promise<number>(resolve => { answer = resolve }) })
   await b.agg.noteRead('g', 'a', 3)
   await b.timers.run()
   b.agg.close()
