@@ -1,6 +1,6 @@
 /**
  * The upstream behaviours of mqemitter-redis 7.2.1 (with ioredis 6) and aedes-persistence-redis
- * 11.2.2 that src/broker/upstream.ts works around (workarounds 8 and 14), on the test Redis. 8: close() calls quit() on both of its connections
+ * 11.2.2 that src/broker/upstream.ts works around (workarounds 8, 14, 15 and 16), on the test Redis. 8: close() calls quit() on both of its connections
  * without handling the promises and waits for both to end. With a connection that is already
  * closed (disconnected, or Redis gone), that quit() rejects, nobody handles it (an unhandled
  * rejection: fatal by default), and close() never calls back, so a graceful stop hangs.
@@ -11,7 +11,7 @@ import { Redis } from 'ioredis'
 import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
-import { boundRedisQueues, closeEmitterQuietly, leanRedisAcks, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
+import { boundRedisQueues, closeEmitterQuietly, fastEmitterCodec, leanRedisAcks, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -189,5 +189,101 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     expect(replayed).toEqual([1])
     await conn.flushdb()
     conn.disconnect()
+  })
+})
+
+describe('mqemitter-redis 7.2.1: msgpack-lite codec, and a message that is not one kills the process (workaround 16)', () => {
+  interface Packet { topic: string, payload: Buffer, qos: number, brokerId: string, brokerCounter: number, messageId?: number | null, retain: boolean }
+  interface Mq {
+    on: (topic: string, cb: (msg: Packet, done: () => void) => void, ready: () => void) => void
+    emit: (msg: Packet, done?: (err?: Error) => void) => void
+    state: NodeJS.EventEmitter
+    subConn: Redis
+    pubConn: Redis
+    close: (cb: () => void) => void
+  }
+  const opened: Redis[] = []
+  function emitter (patch: boolean, undecodable: string[] = []): Mq {
+    const pubConn = new Redis(redisUrl())
+    const subConn = new Redis(redisUrl())
+    opened.push(pubConn, subConn)
+    const mq = mqemitterRedis({ pubConn, subConn } as unknown as Parameters<typeof mqemitterRedis>[0]) as unknown as Mq
+    closeEmitterQuietly(mq)
+    return patch ? fastEmitterCodec(mq, (err, topic) => { undecodable.push(`${topic}: ${err.message}`) }) : mq
+  }
+  async function listen (mq: Mq, filter: string, into: Packet[]): Promise<void> {
+    await new Promise<void>(resolve => { mq.on(filter, (msg, done) => { into.push(msg); done() }, resolve) })
+  }
+  const packet = (n: number, messageId?: number): Packet =>
+    ({ topic: `t16/x/${n}`, payload: Buffer.from(`{"n":${n},"s":"h\u00e9 ✓"}`), qos: 1, retain: false, brokerId: 'b-16', brokerCounter: 2 ** 40 + n, ...(messageId === undefined ? {} : { messageId }) })
+  const until = async (check: () => boolean): Promise<void> => {
+    for (let i = 0; i < 200 && !check(); i++) await new Promise(resolve => setTimeout(resolve, 10))
+  }
+  afterAll(async () => { await Promise.all(opened.map(async c => { await c.quit().catch(() => {}) })) })
+
+  test('upstream: a message on a subscribed channel that is not msgpack throws out of the subscriber connection (an uncaught exception)', () => {
+    const script = `
+      import { Redis } from 'ioredis'
+      import mqemitterRedis from 'mqemitter-redis'
+      const pubConn = new Redis(process.env.URL), subConn = new Redis(process.env.URL)
+      const mq = mqemitterRedis({ pubConn, subConn }); mq.state.on('error', () => {})
+      process.on('uncaughtException', (e) => { console.log('uncaught'); process.exit(0) })
+      await new Promise(r => mq.on('t16/+', (m, cb) => { console.log('delivered'); cb() }, r))
+      await pubConn.publish('t16/x', Buffer.from(process.env.BODY))
+      setTimeout(() => { console.log('end'); process.exit(0) }, 1000)`
+    for (const body of ['hello', '\u0092']) {
+      const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, URL: redisUrl(), BODY: body }, encoding: 'utf8' })
+      expect(out.trim()).toBe('uncaught')
+    }
+  })
+
+  test('workaround: a patched node and a stock one read each other\'s messages unchanged, both ways (a cluster upgraded one node at a time)', async () => {
+    const stock = emitter(false)
+    const patched = emitter(true)
+    const atStock: Packet[] = []
+    const atPatched: Packet[] = []
+    await listen(stock, 't16/x/+', atStock)
+    await listen(patched, 't16/x/+', atPatched)
+    patched.emit(packet(1))
+    stock.emit(packet(2, 7))
+    await until(() => atStock.length === 2 && atPatched.length === 2)
+    const seen = (list: Packet[]): unknown[] => list.map(p => ({ ...p, payload: Buffer.isBuffer(p.payload) ? p.payload.toString('utf8') : p.payload })).sort((a, b) => a.brokerCounter - b.brokerCounter)
+    const want = [
+      { ...packet(1), payload: packet(1).payload.toString('utf8') },
+      { ...packet(2, 7), payload: packet(2, 7).payload.toString('utf8') }
+    ]
+    expect(seen(atStock)).toEqual(want)
+    expect(seen(atPatched)).toEqual(want)
+    // an undefined field is written as nil by both (Aedes' packets carry some)
+    const withUndefined = { ...packet(3), messageId: undefined } as unknown as Packet
+    patched.emit(withUndefined)
+    stock.emit({ ...withUndefined, brokerCounter: 4 })
+    await until(() => atStock.length === 4 && atPatched.length === 4)
+    for (const p of [...atStock.slice(2), ...atPatched.slice(2)]) expect(p.messageId).toBeNull()
+  })
+
+  test('workaround: a message that does not decode is dropped and reported, the next one is delivered, once to each listener although Redis sends it once per matching subscription', async () => {
+    const undecodable: string[] = []
+    const patched = emitter(true, undecodable)
+    const got: Packet[] = []
+    await listen(patched, 't16/y/+', got)
+    await listen(patched, 't16/y/exact', got)
+    const raw = opened[opened.length - 2] as Redis
+    await raw.publish('t16/y/exact', Buffer.from('hello'))
+    await raw.publish('t16/y/exact', Buffer.from([0x92]))
+    patched.emit({ ...packet(5), topic: 't16/y/exact' })
+    await until(() => got.length >= 2)
+    await new Promise(resolve => setTimeout(resolve, 100))
+    // Redis sent it twice (the pattern and the channel matched): emitted once, to each of the two listeners
+    expect(got.map(p => p.brokerCounter)).toEqual([2 ** 40 + 5, 2 ** 40 + 5])
+    // each bad message came through both Redis subscriptions
+    expect(undecodable).toHaveLength(4)
+    expect(undecodable.every(u => u.startsWith('t16/y/exact: '))).toBe(true)
+  })
+
+  test('workaround: an emitter whose subscriber connection has other listeners than the one expected is refused (the package changed)', () => {
+    const mq = emitter(false)
+    mq.subConn.on('messageBuffer', () => {})
+    expect(() => fastEmitterCodec(mq, () => {})).toThrow(/expected one 'messageBuffer' listener/)
   })
 })
