@@ -161,7 +161,7 @@ export class MqimServer {
       metrics
     })
     const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
-    const receipts = new ReceiptAggregator(directory, meta, async (conv) => await sequencer.lastSeqFor(conv), publisher, logger, 1000, undefined,
+    const receipts = new ReceiptAggregator(directory, meta, async (conv, atLeast) => await sequencer.lastSeqFor(conv, atLeast), publisher, logger, 1000, undefined,
       backends.redis === null ? localReceiptWindows : new RedisReceiptWindows(backends.redis))
     const presence = new PresenceService({
       store: backends.redis === null ? new MemoryPresenceStore() : new RedisPresenceStore(backends.redis),

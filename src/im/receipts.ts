@@ -71,8 +71,11 @@ export class ReceiptAggregator {
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly meta: MetadataStore,
-    /** The conversation's last stored seq (Sequencer.lastSeqFor). */
-    private readonly lastSeqOf: (conversationId: string) => Promise<number>,
+    /**
+     * The conversation's last stored seq, at least `atLeast` (Sequencer.lastSeqFor: in a cluster,
+     * what this node knows when that covers `atLeast`, with no store read).
+     */
+    private readonly lastSeqOf: (conversationId: string, atLeast: number) => Promise<number>,
     private readonly publisher: Publisher,
     private readonly logger: Logger,
     private readonly windowMs = 1000,
@@ -143,7 +146,12 @@ export class ReceiptAggregator {
 
   private async flushGroup (conversationId: string): Promise<void> {
     const members = await this.meta.memberList(conversationId)
-    const lastSeq = await this.lastSeqOf(conversationId)
+    // No cursor is past the last seq: what this node knows of the tail is enough when it covers
+    // every cursor (in a cluster, a message another node stored in the last moments may be counted
+    // by the next aggregate only, which the first read of it starts).
+    let highest = 0
+    for (const m of members) if (m.readSeq > highest) highest = m.readSeq
+    const lastSeq = await this.lastSeqOf(conversationId, highest)
     const s = ReceiptAggregator.summarize(members.map(m => m.readSeq), lastSeq)
     this.publisher.event(members.map(m => m.userId), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
   }

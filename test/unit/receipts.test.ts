@@ -27,7 +27,7 @@ function manualTimers (): Timers & { pending: () => number[], run: () => Promise
   }
 }
 
-function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[] } {
+function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[], tails: number[] } {
   const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory
   const meta = { memberList: async () => [{ userId: 'a', readSeq: 3 }, { userId: 'b', readSeq: 5 }] } as unknown as MetadataStore
   const sent: unknown[] = []
@@ -44,8 +44,9 @@ function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000)
         }
       }
   const timers = manualTimers()
-  const agg = new ReceiptAggregator(directory, meta, async () => 5, publisher, createLogger('silent'), windowMs, timers, windows)
-  return { agg, timers, sent, asked }
+  const tails: number[] = []
+  const agg = new ReceiptAggregator(directory, meta, async (_conv, atLeast) => { tails.push(atLeast); return 5 }, publisher, createLogger('silent'), windowMs, timers, windows)
+  return { agg, timers, sent, asked, tails }
 }
 
 test('the window is free: one receipt, a window after the first read; reads meanwhile add nothing', async () => {
@@ -57,6 +58,14 @@ test('the window is free: one receipt, a window after the first read; reads mean
   expect(asked).toEqual([1000])
   expect(sent).toEqual([{ type: 'receipt', conv: 'g', kind: 'group', lastSeq: 5, members: 2, readAll: 1, minReadSeq: 3 }])
   expect(timers.pending()).toEqual([])
+})
+
+test('the tail is asked for at least the highest cursor (what a node knows is enough when it covers every cursor)', async () => {
+  const { agg, timers, sent, tails } = setUp([0])
+  await agg.noteRead('g', 'a', 3)
+  await timers.run()
+  expect(tails).toEqual([5])
+  expect(sent).toHaveLength(1)
 })
 
 test('another node holds the window: wait for the rest of it, ask again, then send once', async () => {
