@@ -224,6 +224,38 @@ describe('MongoMessageStore specifics', () => {
       }
     })
 
+    it('remember(): another node\'s messages are read without a query; one told changed is not kept, nor one held already', async () => {
+      const a = new MongoMessageStore({ url, database: dbName })
+      const b = new MongoMessageStore({ url, database: dbName })
+      const finds: string[] = []
+      const client = (b as unknown as { client: MongoClient }).client
+      client.options.monitorCommands = true // before init(): the pool's connections take it from here
+      client.on('commandStarted', (e: { commandName: string, command: Record<string, unknown> }) => {
+        if (e.commandName === 'find') finds.push(JSON.stringify(e.command.filter))
+      })
+      await Promise.all([a.init(), b.init()])
+      try {
+        // a stores 1-3 and tells b (its commit notice); a edits 2 and b is told (forget) before the notice of 2 came
+        const stored = [msg('r1', 1), msg('r1', 2), msg('r1', 3)]
+        await a.insertBatch(stored)
+        await a.insertBatch([msg('r1', 4, { kind: 'edit', body: 'two, edited', target: 2, lastReal: 3, count: 3 })])
+        await a.applyChange(msg('r1', 4, { kind: 'edit', body: 'two, edited', target: 2, lastReal: 3, count: 3 }))
+        b.forget([{ conversationId: 'r1', seq: 2 }])
+        // what b holds already stays as it is (a copy from a notice does not replace it)
+        const held = (await b.getMany([{ conversationId: 'r1', seq: 3 }]))[0]
+        b.remember(stored.map(m => m.seq === 3 ? { ...m, body: 'not what is stored' } : m))
+        b.remember([{ ...msg('r1:x', 1) }]) // an id toDoc refuses: skipped, nothing thrown
+        finds.length = 0
+        const got = (await b.getMany([1, 2, 3].map(seq => ({ conversationId: 'r1', seq })))).sort((x, y) => x.seq - y.seq)
+        expect(got.map(m => [m.seq, m.body, m.changes?.edited?.body])).toEqual([[1, 'body 1', undefined], [2, 'body 2', 'two, edited'], [3, 'body 3', undefined]])
+        expect(held?.body).toBe('body 3')
+        // only 2 was read (it changed); 1 came with the notice, 3 was held
+        expect(finds.filter(f => f.includes('r1:'))).toEqual([JSON.stringify({ _id: 'r1:2' })])
+      } finally {
+        await Promise.all([a.close(), b.close()])
+      }
+    })
+
     it('a batch over 300 conversations updates their heads (FerretDB hangs on an update command of ~100 updates: they are split)', async () => {
       let store = new MongoMessageStore({ url, database: dbName })
       await store.init()

@@ -91,13 +91,13 @@ describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (wor
   const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
   test('upstream: 50 queued, 50 in the list, every packet kept', async () => {
-    const { lengths, packets } = await queueFifty(false, 12)
+    const { lengths, packets } = await queueFifty(false, 15)
     expect(lengths).toEqual([50, 3])
     expect(packets).toEqual(range(1, 50))
   })
 
   test('workaround: trimmed to the newest `max`, shorter lists untouched; a packet trimmed off is deleted unless another queue holds it', async () => {
-    expect(await queueFifty(true, 12)).toEqual({
+    expect(await queueFifty(true, 15)).toEqual({
       lengths: [21, 3],
       newest: ['packet:b1:49', 'packet:b1:50'],
       // 1-3 are still in u:b's queue; 4-29 were only in u:a's
@@ -151,7 +151,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
   }
 
   test('upstream: each delivery writes the packet (with its id); each ack reads it back (returned); a live delivery leaves its packet until it expires and its count at -1 with no expiry', async () => {
-    const r = await deliverAndAck(false, 13)
+    const r = await deliverAndAck(false, 15)
     expect(r.liveWritten).toBe(1)
     expect(r.acks).toEqual([1, 2, 4, undefined])
     expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`, redisPacketKey('b1', 4), `${redisPacketKey('b1', 4)}:offlineCount`])
@@ -160,7 +160,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
   })
 
   test('workaround: no write per delivery, one script per ack with no read; the same keys left for what is unacknowledged, nothing for the live delivery; the replay is the queued packet under a fresh id', async () => {
-    const r = await deliverAndAck(true, 13)
+    const r = await deliverAndAck(true, 15)
     expect(r.liveWritten).toBe(0)
     expect(r.acks).toEqual([undefined, undefined, undefined, undefined])
     expect(r.keys).toEqual([redisPacketKey('b1', 3), `${redisPacketKey('b1', 3)}:offlineCount`])
@@ -173,7 +173,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
 
   test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
     const url = new URL(redisUrl())
-    url.pathname = '/13'
+    url.pathname = '/15'
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })

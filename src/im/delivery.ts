@@ -3,8 +3,9 @@
  * (in seq order per conversation, before it answers the senders): every message goes to every
  * member's inbox (Publisher), a channel's once to the channel's topic; then, in a cluster, the
  * other nodes learn the highest seq stored per conversation, so that their sequencers do not
- * collide with it (Sequencer.observe), and which messages were changed (edit, delete, react), so
- * that they drop cached copies of them.
+ * collide with it (Sequencer.observe), which messages were changed (edit, delete, react), so
+ * that they drop cached copies of them, and the small messages themselves, which they keep
+ * (MessageStore.remember: their history reads then find them without a store query).
  *
  * Order across nodes: when members on two nodes write to one conversation at once, node B may
  * store seq S right after node A stored S-1 but before A has published it. B then waits (at most
@@ -25,6 +26,13 @@ import { LRUCache } from 'lru-cache'
 
 /** Longest wait for another node's notice that it published the seqs before ours (a lost notice). */
 const ORDER_WAIT_MS = 2000
+/**
+ * A commit notice carries the batch's messages for the other nodes' document caches (history there
+ * then reads no store for them), bodies up to this many characters each ...
+ */
+const NOTICE_BODY_MAX = 2048
+/** ... and at most this many characters of bodies in all (the rest are read from the store as before). */
+const NOTICE_BODIES_MAX = 64 * 1024
 
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
@@ -134,15 +142,29 @@ export class Delivery implements CommitListener {
       const seqs: Record<string, number> = {}
       const tails: Record<string, [number, number, number]> = {}
       const changed: Array<[string, number]> = []
+      const docs: StoredMessage[] = []
+      let bodies = 0
       for (const m of stored) {
         if (m.seq > (seqs[m.conversationId] ?? 0)) {
           seqs[m.conversationId] = m.seq
           tails[m.conversationId] = [m.seq, countOf(m), lastRealOf(m)]
         }
         if (m.target !== undefined) changed.push([m.conversationId, m.target])
+        const size = bodySize(m)
+        if (size <= NOTICE_BODY_MAX && bodies + size <= NOTICE_BODIES_MAX) {
+          docs.push(m)
+          bodies += size
+        }
       }
-      this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed } : { seqs, tails })
+      this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
       for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
     }
   }
+}
+
+/** A message's body in characters (a text's length; other kinds' JSON). */
+function bodySize (m: StoredMessage): number {
+  if (typeof m.body === 'string') return m.body.length
+  const json = JSON.stringify(m.body) as string | undefined
+  return json === undefined ? Number.POSITIVE_INFINITY : json.length
 }

@@ -21,7 +21,7 @@
  */
 import { LRUCache } from 'lru-cache'
 import { ImError } from '../errors.js'
-import { countOf, isChangeKind, lastRealOf, type MessageStore, type StoredMessage, type MessageKind } from '../store/types.js'
+import { countOf, isChangeKind, isStoredMessage, lastRealOf, type MessageStore, type StoredMessage, type MessageKind } from '../store/types.js'
 import type { Logger } from '../log.js'
 import type { CommitListener } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
@@ -198,7 +198,7 @@ export class Sequencer {
     this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX, ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
     opts.peers?.on(SEQ_TOPIC, (notice) => {
-      const { seqs, tails, changed } = notice
+      const { seqs, tails, changed, docs } = notice
       if (typeof tails === 'object' && tails !== null) {
         for (const [conv, t] of Object.entries(tails)) {
           if (Array.isArray(t) && t.length === 3 && t.every(n => Number.isSafeInteger(n))) this.observe(conv, { seq: t[0], count: t[1], lastReal: t[2] })
@@ -207,6 +207,9 @@ export class Sequencer {
         // a node that sends seqs only (an older version): the counts are not known
         for (const [conv, seq] of Object.entries(seqs)) if (typeof seq === 'number') this.observe(conv, seq)
       }
+      // what it stored (its small messages), before what it changed: a message changed in the
+      // batch that stored it is sent as it was stored, and is forgotten right after
+      if (Array.isArray(docs)) this.store.remember(docs.filter(isStoredMessage))
       // messages another node changed: what this process has cached of them is stale
       if (Array.isArray(changed)) {
         const keys = changed.filter((k): k is [string, number] => Array.isArray(k) && typeof k[0] === 'string' && typeof k[1] === 'number')

@@ -294,6 +294,9 @@ export class MemoryMessageStore implements MessageStore {
   /** One process holds everything: nothing is cached elsewhere. */
   forget (_keys: ReadonlyArray<{ conversationId: string, seq: number }>): void {}
 
+  /** Nothing is stored elsewhere either. */
+  remember (_messages: readonly StoredMessage[]): void {}
+
   /** The message at `seq`, or null. */
   private at (conversation: Conversation, seq: number): StoredMessage | null {
     if (seq < 1) return null

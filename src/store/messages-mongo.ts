@@ -901,6 +901,24 @@ export class MongoMessageStore implements MessageStore {
     }
   }
 
+  /**
+   * Documents another node stored (its commit notice): kept like this process's own, except one
+   * this process was told changed (a notice of the change can overtake the one of the message) or
+   * holds already.
+   */
+  remember (messages: readonly StoredMessage[]): void {
+    for (const message of messages) {
+      let doc: MessageDoc
+      try {
+        doc = toDoc(message)
+      } catch {
+        continue
+      }
+      if (this.forgotten.has(doc._id) || this.recentDocs.has(doc._id)) continue
+      this.recentDocs.set(doc._id, doc)
+    }
+  }
+
   /** True if `id` was forgotten after `clock` (or may have been: its record was evicted). */
   private forgottenSince (id: string, clock: number): boolean {
     return Math.max(this.forgotten.get(id) ?? 0, this.forgottenUpTo) > clock

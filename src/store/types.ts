@@ -390,6 +390,22 @@ export interface StoredMessage {
   changes?: MessageChanges
 }
 
+/**
+ * A StoredMessage as another node sends it over the cluster bus (JSON), checked field by field:
+ * what is cached is served to clients.
+ */
+export function isStoredMessage (x: unknown): x is StoredMessage {
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) return false
+  const m = x as Record<string, unknown>
+  const seqOrAbsent = (v: unknown): boolean => v === undefined || (Number.isSafeInteger(v) && (v as number) >= 0)
+  return typeof m.conversationId === 'string' && Number.isSafeInteger(m.seq) && (m.seq as number) >= 1 &&
+    typeof m.clientMsgId === 'string' && typeof m.senderId === 'string' && typeof m.ts === 'number' &&
+    typeof m.kind === 'string' && m.body !== undefined && (m.replyTo === null || Number.isSafeInteger(m.replyTo)) &&
+    (m.mentions === undefined || (Array.isArray(m.mentions) && m.mentions.every(u => typeof u === 'string'))) &&
+    seqOrAbsent(m.target) && seqOrAbsent(m.count) && seqOrAbsent(m.lastReal) &&
+    (m.changes === undefined || (typeof m.changes === 'object' && m.changes !== null))
+}
+
 /** Real messages up to and including this entry. */
 export function countOf (m: Pick<StoredMessage, 'seq' | 'count'>): number {
   return m.count ?? m.seq
@@ -487,6 +503,11 @@ export interface MessageStore {
   getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]>
   /** Another process changed these messages: drop what is cached of them (a cluster notice). */
   forget (keys: ReadonlyArray<{ conversationId: string, seq: number }>): void
+  /**
+   * Another process stored these messages (a cluster notice): a store that caches documents may
+   * keep them, so that reads here find them without a query. Not for messages it was told changed.
+   */
+  remember (messages: readonly StoredMessage[]): void
   /**
    * Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. Callers keep
    * toSeq <= lastSeq. A store may read the seqs themselves ([fromSeq, fromSeq + limit) forward,

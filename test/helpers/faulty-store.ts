@@ -115,6 +115,10 @@ export class FaultyMessageStore implements MessageStore {
     this.inner.forget(keys)
   }
 
+  remember (messages: readonly StoredMessage[]): void {
+    this.inner.remember(messages)
+  }
+
   async range (conversationId: string, query: RangeQuery): Promise<StoredMessage[]> {
     this.check('range')
     return await this.inner.range(conversationId, query)

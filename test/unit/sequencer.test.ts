@@ -619,6 +619,28 @@ describe('Sequencer', () => {
 })
 
 describe('Sequencer in a cluster: tails of other nodes', () => {
+  test('a commit notice: the messages it carries are remembered before the ones it says changed are forgotten (a message changed in the batch that stored it is dropped), and what is not a message is left out', () => {
+    const calls: unknown[] = []
+    const store = new Proxy(new MemoryMessageStore(), {
+      get (target, prop, receiver) {
+        if (prop === 'remember') return (messages: StoredMessage[]) => { calls.push(['remember', messages.map(m => m.seq)]) }
+        if (prop === 'forget') return (keys: Array<{ seq: number }>) => { calls.push(['forget', keys.map(k => k.seq)]) }
+        return Reflect.get(target, prop, receiver) as unknown
+      }
+    })
+    let handler: ((notice: Record<string, unknown>) => void) | undefined
+    const bus = { on: (_topic: string, h: typeof handler) => { handler = h }, publish: () => {} } as unknown as ClusterBus
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus })
+    const m = (n: number, extra: Partial<StoredMessage> = {}): StoredMessage => ({ conversationId: 'c', seq: n, clientMsgId: `m${n}`, senderId: 'u', ts: n, kind: 'text', body: `b${n}`, replyTo: null, ...extra })
+    handler?.({
+      tails: { c: [2, 1, 1] },
+      changed: [['c', 1]],
+      docs: [m(1), m(2, { kind: 'edit', target: 1, lastReal: 1, count: 1 }), { seq: 3 }, null, m(4, { replyTo: 'x' as unknown as number }), m(5, { seq: 0 })]
+    })
+    expect(calls).toEqual([['remember', [1, 2]], ['forget', [1]]])
+    void seq.close()
+  })
+
   test('a known tail is looked past (latestPast), never re-read from the head; an unknown one is read (latest)', async () => {
     const inner = new MemoryMessageStore()
     const calls: string[] = []
