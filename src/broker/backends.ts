@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, fastEmitterCodec, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -48,7 +48,7 @@ export function createBrokerBackends (
   const pub = connect('pub')
   const sub = connect('sub', false)
   const redis = connect('mqim')
-  const mq = fastEmitterCodec(createRedisEmitter(pub, sub), (err, topic) => logger.warn({ err, topic }, 'a message on the cluster emitter that is not one: dropped'))
+  const mq = guardEmitterDecode(createRedisEmitter(pub, sub), (err, topic) => logger.warn({ err, topic }, 'a message on the cluster emitter that is not one: dropped'))
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
   // while Redis is down. ioredis reconnects by itself.
   emitterState(mq).on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))

@@ -55,22 +55,19 @@
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
- *    16. every message routed in a cluster is encoded and decoded with msgpack-lite (a fresh
- *        zero-filled buffer per encode; 7 % of a node's CPU in the cluster soak), and a payload
- *        that is not msgpack throws out of the subscriber connection's handler: the same
- *        MessagePack (maps, bin payloads, undefined as nil) with msgpackr, and anything that
- *        does not decode is dropped (fastEmitterCodec). The offline queues' entries (14) are
- *        written with it too; aedes-persistence-redis reads them with its own msgpack-lite.
+ *    16. a message on one of its Redis channels that is not one of its own (not msgpack, or not
+ *        {id, msg}) throws out of the subscriber connection's handler, an uncaught exception that
+ *        ends the process: its two handlers are replaced by the same steps, and such a message is
+ *        dropped and reported (guardEmitterDecode).
  */
 import type { Aedes, Client, PublishPacket } from 'aedes'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import type { Redis } from 'ioredis'
-import { randomUUID } from 'node:crypto'
 import { Transform, pipeline, type Readable } from 'node:stream'
 import mqemitter from 'mqemitter'
 import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
-import { Packr } from 'msgpackr'
+import msgpack from 'msgpack-lite'
 import Packet from 'aedes-packet'
 import { LRUCache } from 'lru-cache'
 
@@ -481,35 +478,25 @@ export function emitterState (mq: unknown): NodeJS.EventEmitter {
   return (mq as { state: NodeJS.EventEmitter }).state
 }
 
-/**
- * MessagePack as msgpack-lite writes and reads it (maps as objects, Buffers as bin, undefined as
- * nil, no msgpackr records), so a node reads what an unpatched one or aedes-persistence-redis writes
- * and the other way round (a cluster can be upgraded one node at a time).
- */
-const codec = new Packr({ useRecords: false, encodeUndefinedAsNil: true, moreTypes: false, int64AsType: 'number' })
-
 /** What workaround 16 replaces of mqemitter-redis 7.2.1 (none of it is in its typings). */
 interface RedisEmitterInternals {
   subConn: Redis
-  pubConn: Redis
-  closed?: boolean
   _ignoredTopicsSet: Set<string>
   _cache: { get: (id: string) => unknown, set: (id: string, value: boolean) => unknown }
   _emit: (msg: unknown) => void
-  _onError: (err: Error) => void
-  emit: (msg: { topic: string }, done?: (err?: Error) => void) => void
 }
 
 type Listener = (...args: unknown[]) => void
 
 /**
- * 16. mqemitter-redis' codec swapped for msgpackr: its two subscriber listeners (`messageBuffer`,
- * `pmessageBuffer`, one each: anything else means the package changed, and start-up fails) are
- * replaced by the same steps with msgpackr's decode, and emit() by the same publish with its
- * encode. A message that does not decode (not from an mqim node) is dropped with a warning instead of
- * throwing inside ioredis' reply handler. Returns the emitter.
+ * 16. mqemitter-redis' two subscriber listeners (`messageBuffer`, `pmessageBuffer`, one each:
+ * anything else means the package changed, and start-up fails) are replaced by the same steps
+ * with the decode guarded: a message that is not one of the emitter's (anything published on its
+ * channels by something else with access to Redis) is reported and dropped instead of throwing
+ * inside ioredis' reply handler. The codec stays msgpack-lite (msgpackr was tried: no CPU saved in
+ * the cluster soak, and each node's RSS 200 MB higher). Returns the emitter.
  */
-export function fastEmitterCodec<T> (mq: T, onUndecodable: (err: Error, topic: string) => void): T {
+export function guardEmitterDecode<T> (mq: T, onUndecodable: (err: Error, topic: string) => void): T {
   const e = mq as unknown as RedisEmitterInternals
   for (const event of ['messageBuffer', 'pmessageBuffer']) {
     if (e.subConn.listenerCount(event) !== 1) throw new Error(`mqemitter-redis: expected one '${event}' listener on its subscriber connection, found ${e.subConn.listenerCount(event)} (workaround 16 needs revisiting)`)
@@ -520,26 +507,23 @@ export function fastEmitterCodec<T> (mq: T, onUndecodable: (err: Error, topic: s
     if (e._ignoredTopicsSet.has(topic)) return
     let packet: { id?: unknown, msg?: unknown }
     try {
-      packet = codec.unpack(payload) as typeof packet
+      packet = msgpack.decode(payload) as typeof packet
     } catch (err) {
       onUndecodable(err as Error, topic)
       return
     }
-    if (typeof packet?.id !== 'string' || typeof packet.msg !== 'object' || packet.msg === null) {
+    if (typeof packet !== 'object' || packet === null || packet.id === undefined || packet.id === null ||
+      typeof packet.msg !== 'object' || packet.msg === null || typeof (packet.msg as { topic?: unknown }).topic !== 'string') {
       onUndecodable(new Error('not an mqemitter-redis message'), topic)
       return
     }
+    const id = String(packet.id)
     // a message that matches several of this connection's subscriptions comes once per match
-    if (e._cache.get(packet.id) === undefined) e._emit(packet.msg)
-    e._cache.set(packet.id, true)
+    if (e._cache.get(id) === undefined) e._emit(packet.msg)
+    e._cache.set(id, true)
   }
   e.subConn.on('messageBuffer', ((topic: Buffer, message: Buffer) => { handle(topic, message) }) as Listener)
   e.subConn.on('pmessageBuffer', ((_pattern: Buffer, topic: Buffer, message: Buffer) => { handle(topic, message) }) as Listener)
-  e.emit = (msg, done) => {
-    const callback = done ?? e._onError
-    if (e.closed === true) { callback(new Error('mqemitter-redis is closed')); return }
-    e.pubConn.publish(msg.topic, codec.pack({ id: randomUUID(), msg })).then(() => { done?.() }, callback)
-  }
   return mq
 }
 
@@ -652,7 +636,7 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
     const p = packet as { brokerId: string, brokerCounter: number }
     const key = redisPacketKey(p.brokerId, p.brokerCounter)
     const keys = [key, redisCountKey(key), ...subs.map(sub => redisQueueKey(sub.clientId))]
-    await redis.mqimEnqueue(keys.length, ...keys, codec.pack(new Packet(packet)), opts.ttlSeconds, opts.max)
+    await redis.mqimEnqueue(keys.length, ...keys, msgpack.encode(new Packet(packet)), opts.ttlSeconds, opts.max)
   }
   return persistence
 }
