@@ -245,12 +245,17 @@ describe('MongoMessageStore specifics', () => {
         const held = (await b.getMany([{ conversationId: 'r1', seq: 3 }]))[0]
         b.remember(stored.map(m => m.seq === 3 ? { ...m, body: 'not what is stored' } : m))
         b.remember([{ ...msg('r1:x', 1) }]) // an id toDoc refuses: skipped, nothing thrown
+        // a message with changes is not one as stored: not kept (its document would lose them)
+        b.remember([msg('r2', 1, { changes: { version: 2, edited: { seq: 2, ts: 2, body: 'e' } } })])
         finds.length = 0
         const got = (await b.getMany([1, 2, 3].map(seq => ({ conversationId: 'r1', seq })))).sort((x, y) => x.seq - y.seq)
         expect(got.map(m => [m.seq, m.body, m.changes?.edited?.body])).toEqual([[1, 'body 1', undefined], [2, 'body 2', 'two, edited'], [3, 'body 3', undefined]])
         expect(held?.body).toBe('body 3')
         // only 2 was read (it changed); 1 came with the notice, 3 was held
         expect(finds.filter(f => f.includes('r1:'))).toEqual([JSON.stringify({ _id: 'r1:2' })])
+        finds.length = 0
+        expect(await b.getMany([{ conversationId: 'r2', seq: 1 }])).toEqual([])
+        expect(finds).toEqual([JSON.stringify({ _id: 'r2:1' })])
       } finally {
         await Promise.all([a.close(), b.close()])
       }

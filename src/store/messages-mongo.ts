@@ -908,6 +908,8 @@ export class MongoMessageStore implements MessageStore {
    */
   remember (messages: readonly StoredMessage[]): void {
     for (const message of messages) {
+      // as stored, before any change (a document here holds its changes in fields toDoc does not write)
+      if (message.changes !== undefined) continue
       let doc: MessageDoc
       try {
         doc = toDoc(message)
