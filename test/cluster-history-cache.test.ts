@@ -1,8 +1,10 @@
 /**
  * In a cluster, a node keeps copies of the messages another node stored: they come with that
  * node's commit notice, small bodies only. `history` there then reads none of them from the store
- * (on FerretDB each would be one primary-key read). A copy is dropped when the message changes, on
- * whichever node the change was made; a large message is read from the store as before.
+ * (on FerretDB each would be one primary-key read). A copy is dropped when the message changes,
+ * whether the change was made on the node that stored it (an edit) or on this one (a reaction); a
+ * large message is read from the store as before; a copy is kept a minute at most (tested on the
+ * store, test/messages-mongo.test.ts).
  *
  * Node 2's message store is made here with the driver's command monitoring on (as in
  * test/list-queries.test.ts), so that every `find` it sends is seen with its filter.
@@ -82,6 +84,11 @@ test('history on the other node reads none of the messages node 1 stored; an edi
   const second = after.messages.find((m: MessageEnvelope) => m.seq === 2) as MessageEnvelope & { edited?: { seq: number } }
   expect([second.body, second.edited?.seq]).toEqual(['small 2, edited', edit.seq])
   expect(asked).toContain(`${conv}:2`)
+
+  // a reaction on node 2 itself, to a message it holds a copy of
+  await bob.request('react', { conv, msgId: 'r3', target: 3, emoji: '👍' })
+  const reacted = (await bob.request('history', { conv, after: 2 })).messages.find((m: MessageEnvelope) => m.seq === 3) as MessageEnvelope & { reactions?: Record<string, string[]> }
+  expect(reacted.reactions).toEqual({ '👍': ['hc.bob'] })
 
   // a body over the notice's bound (2,048 characters) is not carried: node 2 reads that one
   const big = 'x'.repeat(3000)

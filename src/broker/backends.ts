@@ -48,7 +48,16 @@ export function createBrokerBackends (
   const pub = connect('pub')
   const sub = connect('sub', false)
   const redis = connect('mqim')
-  const mq = guardEmitterDecode(createRedisEmitter(pub, sub), (err, topic) => logger.warn({ err, topic }, 'a message on the cluster emitter that is not one: dropped'))
+  // a foreign publisher could send many: one warning a minute, with the count since the last
+  let undecodable = 0
+  let warnedAt = Number.NEGATIVE_INFINITY
+  const mq = guardEmitterDecode(createRedisEmitter(pub, sub), (err, topic) => {
+    undecodable++
+    if (performance.now() - warnedAt < 60_000) return
+    warnedAt = performance.now()
+    logger.warn({ err: err.message, topic, dropped: undecodable }, 'messages on the cluster emitter that are not its own: dropped')
+    undecodable = 0
+  })
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
   // while Redis is down. ioredis reconnects by itself.
   emitterState(mq).on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))

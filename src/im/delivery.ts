@@ -31,8 +31,10 @@ const ORDER_WAIT_MS = 2000
  * then reads no store for them), bodies up to this many characters each ...
  */
 const NOTICE_BODY_MAX = 2048
-/** ... and at most this many characters of bodies in all (the rest are read from the store as before). */
+/** ... at most this many characters in all (bodies, mentions, ~100 for the rest of each) ... */
 const NOTICE_BODIES_MAX = 64 * 1024
+/** ... and at most this many messages (the rest are read from the store as before). */
+const NOTICE_DOCS_MAX = 256
 
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
@@ -151,9 +153,10 @@ export class Delivery implements CommitListener {
         }
         if (m.target !== undefined) changed.push([m.conversationId, m.target])
         const size = bodySize(m)
-        if (size <= NOTICE_BODY_MAX && bodies + size <= NOTICE_BODIES_MAX) {
+        const weight = size + 100 + (m.mentions?.reduce((n, u) => n + u.length + 3, 0) ?? 0)
+        if (size <= NOTICE_BODY_MAX && bodies + weight <= NOTICE_BODIES_MAX && docs.length < NOTICE_DOCS_MAX) {
           docs.push(m)
-          bodies += size
+          bodies += weight
         }
       }
       this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })

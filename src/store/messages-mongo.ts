@@ -96,6 +96,8 @@ export interface MongoMessageStoreOptions {
   onChangeUnverified?: (change: StoredMessage, err: unknown) => void
   /** Called after init() migrated messages of layout 1 (see the header). */
   onMigrated?: (info: { messages: number, conversations: number, skipped: number }) => void
+  /** How long a copy of another node's message (remember) is kept. Default REMEMBER_MS. */
+  rememberMs?: number
 }
 
 interface MessageDoc {
@@ -218,6 +220,13 @@ const PROBE_MAX = 32
  * memory. Small on purpose: a bigger cache would take longer to fill, its growth looking like a leak.
  */
 const RECENT_DOC_BYTES = 8 * 1024 * 1024
+/**
+ * A copy of a message another node stored (remember) is kept this long at most: it is the sync
+ * after a short absence that reads it, and a change or removal whose notice this node missed (Redis
+ * reconnecting, a notice overtaken and its forget record evicted) is then served for a minute at
+ * most. Retention removes only messages older than its period (hours or days).
+ */
+const REMEMBER_MS = 60_000
 /** Forgotten ids remembered, so that a read that started before cannot cache the stale copy. */
 const FORGOTTEN_MAX = 100_000
 /** FerretDB: a change is read back this long after it was applied (then twice as long), see verifyLater. */
@@ -464,6 +473,7 @@ export class MongoMessageStore implements MessageStore {
     // the strings at two bytes a character (the body dominates), plus the object, its numbers and
     // the cache entry (~400 bytes, measured roughly: the earlier 200 undercounted by 2-3x)
     sizeCalculation: doc => 400 + 2 * ((typeof doc.b === 'string' ? doc.b.length : 0) + doc._id.length + doc.c.length + doc.m.length + doc.u.length) +
+      (doc.mn === undefined ? 0 : doc.mn.reduce((n, u) => n + 24 + 2 * u.length, 0)) +
       (doc.w === undefined ? 0 : 2 * JSON.stringify([doc.e, doc.d, doc.x]).length)
   })
 
@@ -902,9 +912,9 @@ export class MongoMessageStore implements MessageStore {
   }
 
   /**
-   * Documents another node stored (its commit notice): kept like this process's own, except one
-   * this process was told changed (a notice of the change can overtake the one of the message) or
-   * holds already.
+   * Documents another node stored (its commit notice): kept like this process's own, but for
+   * REMEMBER_MS only, and not one this process was told changed (a notice of the change can
+   * overtake the one of the message) or holds already.
    */
   remember (messages: readonly StoredMessage[]): void {
     for (const message of messages) {
@@ -917,7 +927,7 @@ export class MongoMessageStore implements MessageStore {
         continue
       }
       if (this.forgotten.has(doc._id) || this.recentDocs.has(doc._id)) continue
-      this.recentDocs.set(doc._id, doc)
+      this.recentDocs.set(doc._id, doc, { ttl: this.options.rememberMs ?? REMEMBER_MS })
     }
   }
 

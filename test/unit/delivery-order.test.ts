@@ -63,3 +63,25 @@ test('a notice that never comes holds the delivery at most about 2 s', async () 
   await delivery.committed([msg(6)])
   expect(Date.now() - t1).toBeLessThan(500)
 })
+
+test('the notice carries the batch\'s small messages for the other nodes\' caches: bodies up to 2,048 characters, 64 KiB with mentions and overhead, 256 messages', async () => {
+  const { delivery, notices } = setup()
+  const body = (n: number): string => 'b'.repeat(n)
+  const batch: StoredMessage[] = [
+    { ...msg(1), body: body(2048) },
+    { ...msg(2), body: body(2049) }, // over the bound of one body: read from the store there
+    { ...msg(3), kind: 'custom', body: { a: [1, 2, 3] } },
+    { ...msg(4), mentions: ['u1', 'u2'] }
+  ]
+  await delivery.committed(batch)
+  expect((notices[0]?.docs as StoredMessage[]).map(m => m.seq)).toStrictEqual([1, 3, 4])
+  // 40 bodies of 2,000: about 32 fit in 64 KiB
+  await delivery.committed(Array.from({ length: 40 }, (_, i) => ({ ...msg(5 + i), body: body(2000) })))
+  const fitted = (notices[1]?.docs as StoredMessage[]).length
+  expect(fitted).toBeGreaterThanOrEqual(30)
+  expect(fitted).toBeLessThan(33)
+  // many tiny ones: 256 at most
+  await delivery.committed(Array.from({ length: 400 }, (_, i) => msg(45 + i)))
+  expect((notices[2]?.docs as StoredMessage[]).length).toBe(256)
+  expect(notices[2]?.tails).toStrictEqual({ c: [444, 444, 444] })
+})
