@@ -224,9 +224,10 @@ describe('MongoMessageStore specifics', () => {
       }
     })
 
-    it('remember(): another node\'s messages are read without a query; one told changed is not kept, nor one held already', async () => {
+    /** Two stores (two nodes); b's `find` filters are logged (its pool made with command monitoring on). */
+    async function twoNodes (rememberMs?: number): Promise<{ a: MongoMessageStore, b: MongoMessageStore, finds: string[] }> {
       const a = new MongoMessageStore({ url, database: dbName })
-      const b = new MongoMessageStore({ url, database: dbName })
+      const b = new MongoMessageStore({ url, database: dbName, ...(rememberMs === undefined ? {} : { rememberMs }) })
       const finds: string[] = []
       const client = (b as unknown as { client: MongoClient }).client
       client.options.monitorCommands = true // before init(): the pool's connections take it from here
@@ -234,6 +235,11 @@ describe('MongoMessageStore specifics', () => {
         if (e.commandName === 'find') finds.push(JSON.stringify(e.command.filter))
       })
       await Promise.all([a.init(), b.init()])
+      return { a, b, finds }
+    }
+
+    it('remember(): another node\'s messages are read without a query; one told changed is not kept, nor one held already', async () => {
+      const { a, b, finds } = await twoNodes()
       try {
         // a stores 1-3 and tells b (its commit notice); a edits 2 and b is told (forget) before the notice of 2 came
         const stored = [msg('r1', 1), msg('r1', 2), msg('r1', 3)]
@@ -261,15 +267,7 @@ describe('MongoMessageStore specifics', () => {
     })
 
     it('remember(): a copy of another node\'s message is kept for rememberMs only (a change or removal whose notice was missed is served that long at most)', async () => {
-      const a = new MongoMessageStore({ url, database: dbName })
-      const b = new MongoMessageStore({ url, database: dbName, rememberMs: 300 })
-      const finds: string[] = []
-      const client = (b as unknown as { client: MongoClient }).client
-      client.options.monitorCommands = true // before init(): the pool's connections take it from here
-      client.on('commandStarted', (e: { commandName: string, command: Record<string, unknown> }) => {
-        if (e.commandName === 'find') finds.push(JSON.stringify(e.command.filter))
-      })
-      await Promise.all([a.init(), b.init()])
+      const { a, b, finds } = await twoNodes(300)
       try {
         const stored = [msg('t1', 1), msg('t1', 2)]
         await a.insertBatch(stored)
