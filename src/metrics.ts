@@ -81,17 +81,22 @@ export class Metrics {
     gauge('mqim_tarpitted_connections', 'Connections held unread during a login backoff', sources.tarpitted)
   }
 
-  /** The counter of each (op, code) seen, so that counting a request does not hash its labels. */
-  private readonly requestCounters = new Map<string, { inc: () => void }>()
+  /**
+   * The labelled child of each label pair seen, so that counting does not hash labels each time
+   * (bounded: every label value is one of a closed set, see the top of this file). Keyed by the
+   * first label's name, which differs between the counters.
+   */
+  private readonly children = new Map<string, { inc: (n?: number) => void }>()
+
+  private child<L extends string> (counter: Counter<L>, a: L, b: L, av: string, bv: string): { inc: (n?: number) => void } {
+    const key = `${a}\u0000${av}\u0000${bv}`
+    let found = this.children.get(key)
+    if (found === undefined) this.children.set(key, found = counter.labels({ [a]: av, [b]: bv } as Partial<Record<L, string>>))
+    return found
+  }
 
   request (op: string, code: string): void {
-    if (!this.enabled) return
-    const name = isOpName(op) ? op : 'unknown'
-    const key = `${name}\u0000${code}`
-    let counter = this.requestCounters.get(key)
-    // bounded: documented operations times the closed set of codes
-    if (counter === undefined) this.requestCounters.set(key, counter = this.requests.labels({ op: name, code }))
-    counter.inc()
+    if (this.enabled) this.child(this.requests, 'op', 'code', isOpName(op) ? op : 'unknown', code).inc()
   }
 
   /** One batch written: its size, and each entry's time from submit to stored. */
@@ -102,11 +107,11 @@ export class Metrics {
   }
 
   webhook (event: string, outcome: string): void {
-    if (this.enabled) this.webhooks.inc({ event, outcome })
+    if (this.enabled) this.child(this.webhooks, 'event', 'outcome', event, outcome).inc()
   }
 
   push (kind: string, outcome: string, n = 1): void {
-    if (this.enabled && n > 0) this.pushes.inc({ kind, outcome }, n)
+    if (this.enabled && n > 0) this.child(this.pushes, 'kind', 'outcome', kind, outcome).inc(n)
   }
 
   delivered (n: number): void {
