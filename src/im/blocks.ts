@@ -87,10 +87,15 @@ export class BlockService {
 
   /** Whether either of the two blocks the other (both lists, read at once when not cached). */
   async between (userId: string, other: string): Promise<BlockState> {
-    const [mine, theirs] = await Promise.all([this.blocking(userId), this.blocking(other)])
-    if (mine.has(other)) return 'blocking'
-    if (theirs.has(userId)) return 'blockedBy'
-    return 'none'
+    return this.cachedBetween(userId, other) ?? stateOf(userId, other, ...await Promise.all([this.blocking(userId), this.blocking(other)]))
+  }
+
+  /** between() without a promise when both lists are cached; undefined when one is not. */
+  cachedBetween (userId: string, other: string): BlockState | undefined {
+    const mine = this.lists.get(userId)
+    if (mine === undefined) return undefined
+    const theirs = this.lists.get(other)
+    return theirs === undefined ? undefined : stateOf(userId, other, mine, theirs)
   }
 
   /** Of `others`, those who block the user: one store read (not cached: many users at once, rarely). */
@@ -131,20 +136,33 @@ export class BlockService {
   }
 }
 
+function stateOf (userId: string, other: string, mine: ReadonlySet<string>, theirs: ReadonlySet<string>): BlockState {
+  if (mine.has(other)) return 'blocking'
+  if (theirs.has(userId)) return 'blockedBy'
+  return 'none'
+}
+
 /**
  * The caller may write to this conversation as far as blocks go: in a direct conversation,
- * neither member blocks the other (BLOCKED otherwise). Groups are not affected. Costs no store
- * read when both members' lists are cached.
+ * neither member blocks the other (BLOCKED otherwise). Groups are not affected. When both
+ * members' lists are cached it costs no store read and no promise (it returns undefined, or
+ * throws): the send path awaits only what it gets back.
  */
-export async function requireNotBlocked (services: Services, caller: Caller, entry: ConversationEntry): Promise<void> {
+export function requireNotBlocked (services: Services, caller: Caller, entry: ConversationEntry): Promise<void> | undefined {
   if (entry.conversation.kind !== 'direct') return
   const peer = entry.memberIds.find(u => u !== caller.userId)
-  if (peer !== undefined) await requireUnblocked(services, caller.userId, peer)
+  if (peer === undefined) return
+  const state = services.blocks.cachedBetween(caller.userId, peer)
+  if (state === undefined) return requireUnblocked(services, caller.userId, peer)
+  refuseBlocked(state, peer)
 }
 
 /** Neither user blocks the other; BLOCKED says which way it is. */
 export async function requireUnblocked (services: Services, userId: string, peer: string): Promise<void> {
-  const state = await services.blocks.between(userId, peer)
+  refuseBlocked(await services.blocks.between(userId, peer), peer)
+}
+
+function refuseBlocked (state: BlockState, peer: string): void {
   if (state === 'blocking') throw new ImError('BLOCKED', `you have blocked ${peer}; unblock them first`)
   if (state === 'blockedBy') throw new ImError('BLOCKED', `${peer} has blocked you`)
 }

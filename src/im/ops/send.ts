@@ -31,8 +31,11 @@ export async function send (caller: Caller, req: RequestOf<'send'>, services: Se
     entry = found.entry
     requirePoster(entry, found.member)
   } else if (!entry.members.has(caller.userId)) throw new ImError('NOT_MEMBER')
-  // blocks apply to direct conversations only (no round of promises for groups)
-  if (entry.conversation.kind === 'direct') await requireNotBlocked(services, caller, entry)
+  // blocks apply to direct conversations only (no promise at all when both members' lists are cached)
+  if (entry.conversation.kind === 'direct') {
+    const checking = requireNotBlocked(services, caller, entry)
+    if (checking !== undefined) await checking
+  }
   if (req.mentions !== undefined) requireMentionable(caller, entry, req.mentions)
   // 2. validate what the schema cannot: replyTo must point at an existing message
   if (req.replyTo !== undefined) {
