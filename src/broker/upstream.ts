@@ -380,6 +380,9 @@ export interface SessionQueueLimits {
  * keeps at most `limits.messages` queued messages and `limits.bytes` of their payloads; messages
  * beyond are not queued (the client fills the gap by seq with `history`). Counts go down when a
  * queued message is acknowledged (outgoingClearMessageId), the only way one leaves the queue.
+ * A payload that is a view of a larger buffer (an envelope in the envelope cache's slab, a slice
+ * of Node's Buffer pool) is queued as a copy of its own: a queued message holds its bytes only,
+ * not the whole slab, so the byte bound is what the queue holds.
  */
 export class BoundedMemoryPersistence extends MemoryPersistence {
   private readonly queued = new Map<string, { messages: number, bytes: number }>()
@@ -404,12 +407,12 @@ export class BoundedMemoryPersistence extends MemoryPersistence {
   }
 
   override async outgoingEnqueue (sub: { clientId: string }, packet: QueuedPacket): Promise<void> {
-    if (this.admit(sub.clientId, packet)) await super.outgoingEnqueue(sub, packet)
+    if (this.admit(sub.clientId, packet)) await super.outgoingEnqueue(sub, ownPayload(packet))
   }
 
   override async outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: QueuedPacket): Promise<void> {
     const admitted = subs.filter(s => this.admit(s.clientId, packet))
-    if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, packet)
+    if (admitted.length > 0) await super.outgoingEnqueueCombi(admitted, ownPayload(packet))
   }
 
   /**
@@ -446,6 +449,16 @@ export class BoundedMemoryPersistence extends MemoryPersistence {
   queuedOf (clientId: string): { messages: number, bytes: number } {
     return { ...(this.queued.get(clientId) ?? { messages: 0, bytes: 0 }) }
   }
+}
+
+/** The packet with its payload in a buffer of its own (the same packet when it already is). */
+function ownPayload (packet: QueuedPacket): QueuedPacket {
+  const payload = packet.payload
+  if (!Buffer.isBuffer(payload) || payload.byteLength === payload.buffer.byteLength) return packet
+  const own = Buffer.allocUnsafeSlow(payload.length)
+  payload.copy(own)
+  packet.payload = own
+  return packet
 }
 
 function payloadSize (packet: QueuedPacket): number {

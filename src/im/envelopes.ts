@@ -1,30 +1,65 @@
 /**
  * Message envelopes as the wire carries them (topics.md "Message envelope"), serialized once per
  * message: the delivery to members, history pages and list previews all reuse the same bytes
- * while the message is in this cache (bounded by bytes, least recently used first out). A
- * changed message (edit, delete, react) has a new version, and the version is part of the key,
- * so an entry never goes stale.
+ * while the message is in this cache (bounded by bytes). A changed message (edit, delete, react)
+ * has a new version, and the version is part of the key, so an entry never goes stale.
+ *
+ * Two generations, each holding its entries' bytes in slabs of its own: when the newer one is
+ * full, the older one is dropped whole and a new one started; an entry found in the older one is
+ * copied into the newer one. Every operation is O(1), and there is one ArrayBuffer per slab
+ * (64 KiB), not per message: the garbage collector tracks each ArrayBuffer on its own, and one per
+ * delivered message was a measurable part of its work.
  */
-import { LRUCache } from 'lru-cache'
 import type { MessageEnvelope } from '../protocol/schemas.js'
 import type { StoredMessage } from '../store/types.js'
 import { reactionsOf } from '../store/changes.js'
 
 /** Bytes of serialized envelopes kept per node by default. */
 export const ENVELOPE_CACHE_BYTES = 16 * 1024 * 1024
-/** What an entry costs beyond its bytes (key, Buffer object, its own ArrayBuffer, LRU node). */
-const ENTRY_OVERHEAD = 300
+/** Slab size (smaller for a small cache: at most an eighth of it). */
+const SLAB_BYTES = 64 * 1024
+/** What an entry costs beyond its bytes (key, Buffer object, map entry). */
+const ENTRY_OVERHEAD = 200
 
 /**
- * The JSON as bytes in a buffer of its own. Buffer.from(string) takes a small string's bytes from
- * a shared 8 KiB pool slab, and a cached slice keeps the whole slab alive (measured: ~5 KB of
- * memory held per cached envelope of ~250 bytes, so the cache's byte bound said nothing about its
- * memory); a buffer of its own is freed with its entry.
+ * One generation: its entries and the slabs their bytes live in. A Buffer.from(string) would take
+ * a small string's bytes from Node's shared 8 KiB pool, and a cached slice would keep the whole
+ * pool slab (and its unrelated short-lived neighbours) alive: the cache's byte bound would then
+ * say nothing about its memory. Here every byte counted is a byte held, slabs included whole.
  */
-function ownBytes (text: string): Buffer {
-  const bytes = Buffer.allocUnsafeSlow(Buffer.byteLength(text))
-  bytes.write(text)
-  return bytes
+class Generation {
+  readonly entries = new Map<string, Buffer>()
+  /** slab bytes, entries too large for a slab, and each entry's overhead */
+  bytes = 0
+  private slab: Buffer | null = null
+  private used = 0
+
+  constructor (private readonly slabBytes: number) {}
+
+  /** What holding `n` more bytes under a key of `keyLength` would add to `bytes`. */
+  cost (n: number, keyLength: number): number {
+    const own = n > this.slabBytes / 4
+    const fits = this.slab !== null && this.used + n <= this.slab.length
+    return (own ? n : fits ? 0 : this.slabBytes) + keyLength + ENTRY_OVERHEAD
+  }
+
+  add (key: string, n: number, fill: (bytes: Buffer) => void): Buffer {
+    this.bytes += this.cost(n, key.length)
+    let bytes: Buffer
+    if (n > this.slabBytes / 4) {
+      bytes = Buffer.allocUnsafeSlow(n)
+    } else {
+      if (this.slab === null || this.used + n > this.slab.length) {
+        this.slab = Buffer.allocUnsafeSlow(this.slabBytes)
+        this.used = 0
+      }
+      bytes = this.slab.subarray(this.used, this.used + n)
+      this.used += n
+    }
+    fill(bytes)
+    this.entries.set(key, bytes)
+    return bytes
+  }
 }
 
 /** A message as it is now (with what changes did to it), or a change as it was made. */
@@ -54,24 +89,45 @@ export function toEnvelope (m: StoredMessage): MessageEnvelope {
 }
 
 export class EnvelopeCache {
-  private readonly cache: LRUCache<string, Buffer>
+  private readonly half: number
+  private readonly slabBytes: number
+  private current: Generation
+  private older: Generation
 
   constructor (maxBytes = ENVELOPE_CACHE_BYTES) {
-    this.cache = new LRUCache({ maxSize: maxBytes, sizeCalculation: (b, key) => b.length + key.length + ENTRY_OVERHEAD })
+    this.half = maxBytes / 2
+    this.slabBytes = Math.max(1024, Math.min(SLAB_BYTES, Math.floor(maxBytes / 8)))
+    this.current = new Generation(this.slabBytes)
+    this.older = new Generation(this.slabBytes)
   }
 
   /** The message's envelope as JSON bytes. */
   of (m: StoredMessage): Buffer {
     const key = `${m.conversationId}\u0000${m.seq}\u0000${m.changes?.version ?? 0}`
-    let bytes = this.cache.get(key)
-    if (bytes === undefined) {
-      bytes = ownBytes(JSON.stringify(toEnvelope(m)))
-      this.cache.set(key, bytes)
-    }
-    return bytes
+    const hit = this.current.entries.get(key)
+    if (hit !== undefined) return hit
+    const aged = this.older.entries.get(key)
+    if (aged !== undefined) return this.keep(key, aged.length, bytes => aged.copy(bytes))
+    const text = JSON.stringify(toEnvelope(m))
+    return this.keep(key, Buffer.byteLength(text), bytes => bytes.write(text))
   }
 
+  private keep (key: string, n: number, fill: (bytes: Buffer) => void): Buffer {
+    if (this.current.bytes + this.current.cost(n, key.length) > this.half) {
+      this.older = this.current
+      this.current = new Generation(this.slabBytes)
+      // larger than a generation may hold (not with the default bound): not kept
+      if (this.current.cost(n, key.length) > this.half) {
+        const bytes = Buffer.allocUnsafeSlow(n)
+        fill(bytes)
+        return bytes
+      }
+    }
+    return this.current.add(key, n, fill)
+  }
+
+  /** Bytes held (slabs whole), at most the bound given to the constructor. */
   get size (): number {
-    return this.cache.calculatedSize
+    return this.current.bytes + this.older.bytes
   }
 }

@@ -76,14 +76,39 @@ describe('EnvelopeCache', () => {
     expect(cache.size).toBeGreaterThan(50_000)
   })
 
-  test('a cached envelope holds only its own bytes, not a slab of the shared Buffer pool', () => {
+  test('cached envelopes live in the cache\'s own slabs, counted whole, never in the shared Buffer pool', () => {
     const cache = new EnvelopeCache()
-    for (const body of ['hi', 'héllo', 'x'.repeat(3000)]) {
-      const bytes = cache.of(message(body.length, body))
+    const poolSize = Buffer.poolSize
+    const kept: Array<[Buffer, StoredMessage]> = []
+    for (const body of ['hi', 'héllo', 'x'.repeat(3000), 'y'.repeat(40_000)]) {
+      const m = message(body.length, body)
+      const bytes = cache.of(m)
+      kept.push([bytes, m])
       // a pool slice sits in an 8 KiB ArrayBuffer shared with unrelated short-lived buffers
-      expect(bytes.byteOffset).toBe(0)
-      expect(bytes.buffer.byteLength).toBe(bytes.length)
-      expect(JSON.parse(bytes.toString('utf8'))).toEqual(toEnvelope(message(body.length, body)))
+      expect(bytes.buffer.byteLength).not.toBe(poolSize)
+      expect(JSON.parse(bytes.toString('utf8'))).toEqual(toEnvelope(m))
     }
+    // the three small ones share one 64 KiB slab; the large one has a buffer of its own
+    expect(kept[1]?.[0].buffer).toBe(kept[0]?.[0].buffer)
+    expect(kept[2]?.[0].buffer).toBe(kept[0]?.[0].buffer)
+    expect(kept[0]?.[0].buffer.byteLength).toBe(64 * 1024)
+    expect(kept[3]?.[0].buffer.byteLength).toBe(kept[3]?.[0].length)
+    expect(cache.size).toBeGreaterThanOrEqual(64 * 1024 + 40_000)
+    // neighbours in a slab do not overwrite each other
+    for (const [bytes, m] of kept) expect(JSON.parse(bytes.toString('utf8'))).toEqual(toEnvelope(m))
+  })
+
+  test('an entry of the older generation is copied into the newer one, the same bytes', () => {
+    const cache = new EnvelopeCache(64 * 1024)
+    const first = message(1, 'f'.repeat(500))
+    const before = cache.of(first)
+    // enough others to start a new generation, not two
+    let seq = 2
+    while (cache.of(first) === before && seq < 1000) cache.of(message(seq++, 'x'.repeat(500)))
+    const copied = cache.of(first)
+    expect(copied).not.toBe(before)
+    expect(copied.equals(before)).toBe(true)
+    expect(cache.of(first)).toBe(copied)
+    expect(cache.size).toBeLessThanOrEqual(64 * 1024)
   })
 })

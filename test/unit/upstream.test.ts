@@ -295,6 +295,23 @@ describe('aedes-persistence 11.0.0: offline queues are unbounded (workaround 6)'
     expect(small.queuedOf('c')).toEqual({ messages: 2, bytes: 200 })
   })
 
+  test('workaround: a payload that is a view of a larger buffer is queued as a copy of its own, the same bytes', async () => {
+    const p = new BoundedMemoryPersistence({ messages: 10, bytes: 1_000_000 })
+    const slab = Buffer.alloc(64 * 1024, 0x61)
+    const view = slab.subarray(100, 200)
+    const own = Buffer.allocUnsafeSlow(100).fill(0x62)
+    await p.outgoingEnqueueCombi([{ clientId: 'c' }, { clientId: 'd' }], { ...packet(1), payload: view })
+    await p.outgoingEnqueue({ clientId: 'c' }, { ...packet(2), payload: own })
+    const kept: Buffer[] = []
+    for await (const q of p.outgoingStream({ id: 'c' })) kept.push((q as { payload: Buffer }).payload)
+    expect(kept.map(b => b.buffer.byteLength)).toEqual([100, 100])
+    expect(kept[0]?.equals(view)).toBe(true)
+    expect(kept[0]?.buffer).not.toBe(slab.buffer)
+    // a buffer of its own is queued as it is
+    expect(kept[1]?.buffer).toBe(own.buffer)
+    expect(p.queuedOf('c')).toEqual({ messages: 2, bytes: 200 })
+  })
+
   test('upstream: a live delivery of a message that is not in the session\'s queue throws "no such packet" (Aedes then errors the client)', async () => {
     const p = new MemoryPersistence()
     await p.outgoingEnqueueCombi([{ clientId: 'c' }], packet(1))
