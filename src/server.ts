@@ -6,6 +6,8 @@
  * Start-up is a named series of steps; stop() is the reverse, draining the sequencer before
  * clients are disconnected so nothing acknowledged is lost.
  */
+// first: before Aedes loads mqtt-packet (workaround 17, see the file)
+import './broker/quiet-debug.js'
 import { readFileSync, mkdirSync, writeFileSync, chmodSync } from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'

@@ -8,6 +8,7 @@
 import { Aedes, type Client } from 'aedes'
 import mqemitter from 'mqemitter'
 import mqttPacket from 'mqtt-packet'
+import { spawnSync } from 'node:child_process'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
@@ -447,5 +448,59 @@ describe('aedes 1.2.0: handled requests need no routing (workaround 1)', () => {
     await turn()
     expect(seen).toEqual(['$mqim/other'])
     await new Promise<void>(resolve => broker.close(() => resolve()))
+  })
+})
+
+describe('mqtt-packet 9.0.2 + debug 4.4.3: debug() runs for every packet even when disabled (workaround 17)', () => {
+  // in a child process: the workaround acts when the debug module is first loaded
+  function child (script: string, debug: string | undefined): { out: Record<string, unknown>, err: string } {
+    const env: NodeJS.ProcessEnv = { ...process.env }
+    delete env.DEBUG
+    if (debug !== undefined) env.DEBUG = debug
+    const run = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+      import { createRequire } from 'node:module'
+      const require = createRequire(process.cwd() + '/src/server.ts')
+      ${script}
+      const packet = require('mqtt-packet')
+      const parser = packet.parser({ protocolVersion: 4 })
+      let parsed = 0
+      parser.on('packet', () => parsed++)
+      parser.parse(packet.generate({ cmd: 'publish', topic: 't', payload: Buffer.from('x'), qos: 1, messageId: 1, retain: false, dup: false }))
+      const debug = require(createRequire(require.resolve('mqtt-packet/parser.js')).resolve('debug'))
+      console.log(JSON.stringify({ installed: typeof installed === 'boolean' ? installed : null, parsed, parserDebug: debug('mqtt-packet:parser').name, other: debug('ioredis:redis').name }))`],
+    { env, encoding: 'utf8' })
+    expect(run.status).toBe(0)
+    return { out: JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>, err: run.stderr }
+  }
+  const first = "const { quietDebugInstalled: installed } = await import(process.cwd() + '/src/broker/quiet-debug.ts')"
+  const linesOf = (err: string, namespace: string): number => err.split('\n').filter(l => l.includes(namespace)).length
+
+  test('upstream: with DEBUG on, parsing and writing one packet log several lines from each of mqtt-packet\'s two instances', () => {
+    const { out, err } = child('', 'mqtt-packet:*')
+    expect(out).toMatchObject({ installed: null, parsed: 1, parserDebug: 'debug' })
+    expect(linesOf(err, 'mqtt-packet:parser')).toBeGreaterThanOrEqual(3)
+    expect(linesOf(err, 'mqtt-packet:writeToStream')).toBeGreaterThanOrEqual(3)
+  })
+
+  test('workaround: loaded first, mqtt-packet gets no-op instances and still parses; other namespaces get debug\'s own', () => {
+    const { out, err } = child(first, undefined)
+    expect(out).toEqual({ installed: true, parsed: 1, parserDebug: 'quieted', other: 'debug' })
+    expect(linesOf(err, 'mqtt-packet')).toBe(0)
+  })
+
+  test('workaround: DEBUG given at start-up still reaches mqtt-packet', () => {
+    const { out, err } = child(first, 'mqtt-packet:*')
+    expect(out).toMatchObject({ installed: true, parsed: 1, parserDebug: 'debug' })
+    expect(linesOf(err, 'mqtt-packet:parser')).toBeGreaterThanOrEqual(3)
+  })
+
+  test('workaround: nothing is installed when mqtt-packet was loaded first', () => {
+    const { out } = child(`require('mqtt-packet'); ${first}`, undefined)
+    expect(out).toEqual({ installed: false, parsed: 1, parserDebug: 'debug', other: 'debug' })
+  })
+
+  test('server.ts loads it before Aedes', () => {
+    const { out } = child(`await import(process.cwd() + '/src/server.ts'); ${first}`, undefined)
+    expect(out).toEqual({ installed: true, parsed: 1, parserDebug: 'quieted', other: 'debug' })
   })
 })
