@@ -41,6 +41,10 @@
  *    17. debug() is called several times per packet parsed or written, and gathers its arguments
  *        even when disabled (~9 % of the broker's throughput): mqtt-packet gets no-op instances
  *        unless DEBUG enables them at start-up (src/broker/quiet-debug.ts, loaded before Aedes).
+ *    18. writeToStream writes a PUBLISH in six stream writes (header, length, topic length, topic,
+ *        message id, payload) and a PUBACK in three; on a held (corked) connection each becomes a
+ *        buffered write request with its own objects: the PUBLISH and PUBACK packets of MQTT
+ *        3.1.1 that the broker writes are built in one buffer and written once (wholePacketWrites).
  *   aedes-persistence 11.0.0 (the embedded broker's memory persistence)
  *     6. offline queues of persistent sessions are unbounded (BoundedMemoryPersistence).
  *   mqemitter 7.1.0
@@ -73,6 +77,7 @@ import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
 import msgpack from 'msgpack-lite'
 import Packet from 'aedes-packet'
+import mqttPacket from 'mqtt-packet'
 import { LRUCache } from 'lru-cache'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
@@ -116,6 +121,90 @@ export function isWillOf (client: Client, packet: PublishPacket): boolean {
 /** Aedes' own `errored` flag: set once the connection failed (writes would be lost). */
 export function hasErrored (client: Client): boolean {
   return internals(client).errored === true
+}
+
+/** The largest remaining length MQTT can encode (four bytes of variable-length integer). */
+const MAX_REMAINING_LENGTH = 268_435_455
+
+type PacketWriter = (packet: object, stream: NodeJS.WritableStream, opts?: unknown) => boolean
+const wholeWriter = Symbol('mqim.wholePacketWrites')
+
+function uncork (stream: NodeJS.WritableStream & { uncork: () => void }): void {
+  stream.uncork()
+}
+
+/**
+ * The PUBLISH or PUBACK packet of MQTT 3.1.1 in one buffer, or null for anything else (another
+ * packet type, MQTT 5 options or properties, a payload that is not a Buffer, an invalid field):
+ * those are left to mqtt-packet, errors included. The bytes are mqtt-packet's own
+ * (test/unit/upstream.test.ts compares them with generate()).
+ */
+export function wholePacket (packet: { cmd?: unknown, properties?: unknown, topic?: unknown, payload?: unknown, qos?: unknown, messageId?: unknown, dup?: unknown, retain?: unknown }): Buffer | null {
+  if (packet.properties !== undefined) return null
+  const id = packet.messageId
+  if (packet.cmd === 'puback') {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffff) return null
+    const bytes = Buffer.allocUnsafe(4)
+    bytes[0] = 0x40
+    bytes[1] = 2
+    bytes.writeUInt16BE(id, 2)
+    return bytes
+  }
+  if (packet.cmd !== 'publish') return null
+  const { topic, payload } = packet
+  const qos = packet.qos === undefined ? 0 : packet.qos
+  if (typeof topic !== 'string' || !Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1 && qos !== 2)) return null
+  if (qos > 0 && (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffff)) return null
+  const topicBytes = Buffer.byteLength(topic)
+  if (topicBytes > 0xffff) return null
+  const length = 2 + topicBytes + (qos > 0 ? 2 : 0) + payload.length
+  if (length > MAX_REMAINING_LENGTH) return null
+  const lengthBytes = length < 128 ? 1 : length < 16_384 ? 2 : length < 2_097_152 ? 3 : 4
+  const bytes = Buffer.allocUnsafe(1 + lengthBytes + length)
+  // dup and retain as mqtt-packet reads them (truthy)
+  const dup = Boolean(packet.dup)
+  const retain = Boolean(packet.retain)
+  bytes[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 0x01 : 0)
+  let at = 1
+  let left = length
+  do {
+    const digit = left % 128
+    left = Math.floor(left / 128)
+    bytes[at++] = left > 0 ? digit | 0x80 : digit
+  } while (left > 0)
+  bytes.writeUInt16BE(topicBytes, at)
+  at += 2
+  at += bytes.write(topic, at)
+  if (qos > 0) {
+    bytes.writeUInt16BE(id as number, at)
+    at += 2
+  }
+  payload.copy(bytes, at)
+  return bytes
+}
+
+/**
+ * 18. mqtt-packet's writeToStream, as Aedes calls it (no options: MQTT 3.1.1), writes a PUBLISH or
+ * PUBACK in one buffer, corking the stream until the next tick as writeToStream does (packets
+ * written in the same tick still leave together); everything else goes to mqtt-packet. The module
+ * export is replaced (Aedes looks it up at each write), once per process.
+ */
+export function wholePacketWrites (): void {
+  const target = mqttPacket as unknown as { writeToStream: PacketWriter & { [wholeWriter]?: true } }
+  if (target.writeToStream[wholeWriter] === true) return
+  const original = target.writeToStream
+  const write: PacketWriter & { [wholeWriter]?: true } = (packet, stream, opts) => {
+    const bytes = opts === undefined ? wholePacket(packet) : null
+    if (bytes === null) return original(packet, stream, opts)
+    const corkable = stream as NodeJS.WritableStream & { cork?: () => void, uncork: () => void }
+    if (typeof corkable.cork === 'function') {
+      corkable.cork()
+      process.nextTick(uncork, corkable)
+    }
+    return stream.write(bytes)
+  }
+  write[wholeWriter] = true
+  target.writeToStream = write
 }
 
 /** 1. Publishes to SINK_TOPIC complete at once without routing (handled requests). */

@@ -38,7 +38,7 @@ import type { Sessions, Session } from '../broker/sessions.js'
 import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
 import { JwtLoginError, type JwtLogin } from '../auth/jwt.js'
-import { isWillOf, makeSessionClean, pauseReading, skipSinkPublishes } from '../broker/upstream.js'
+import { isWillOf, makeSessionClean, pauseReading, skipSinkPublishes, wholePacketWrites } from '../broker/upstream.js'
 import type { SessionQuota } from '../broker/session-quota.js'
 import { PageGateFullError, type PageGate } from './page-gate.js'
 import { addressOf } from './listeners.js'
@@ -147,6 +147,7 @@ export class BrokerHooks {
 
   install (broker: Aedes): void {
     skipSinkPublishes(broker)
+    wholePacketWrites()
     broker.authenticate = (client, username, password, done) => {
       this.authenticate(client, username, password).then(() => done(null, true), (err: AuthenticateError) => done(err, false))
     }

@@ -8,13 +8,16 @@
 import { Aedes, type Client } from 'aedes'
 import mqemitter from 'mqemitter'
 import mqttPacket from 'mqtt-packet'
+import fc from 'fast-check'
+import { Writable } from 'node:stream'
 import { spawnSync } from 'node:child_process'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
   BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
-  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes, unregisterClosedClients
+  grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes, unregisterClosedClients,
+  wholePacket, wholePacketWrites
 } from '../../src/broker/upstream.js'
 import { SINK_TOPIC } from '../../src/protocol/topics.js'
 
@@ -502,5 +505,95 @@ describe('mqtt-packet 9.0.2 + debug 4.4.3: debug() runs for every packet even wh
   test('server.ts loads it before Aedes', () => {
     const { out } = child(`await import(process.cwd() + '/src/server.ts'); ${first}`, undefined)
     expect(out).toEqual({ installed: true, parsed: 1, parserDebug: 'quieted', other: 'debug' })
+  })
+})
+
+describe('mqtt-packet 9.0.2: writeToStream writes a packet in several stream writes (workaround 18)', () => {
+  /** A stream that records each write (and corks) and keeps the bytes. */
+  function recorder (): { stream: Writable, writes: Buffer[], corks: number } {
+    const seen = { writes: [] as Buffer[], corks: 0 }
+    const stream = new Writable({ write (chunk: Buffer, _enc, cb) { cb() } })
+    const write = stream.write.bind(stream)
+    stream.write = ((chunk: Buffer | string, ...rest: unknown[]) => {
+      seen.writes.push(Buffer.from(chunk))
+      return (write as (...a: unknown[]) => boolean)(chunk, ...rest)
+    }) as typeof stream.write
+    const cork = stream.cork.bind(stream)
+    stream.cork = () => { seen.corks++; cork() }
+    return { stream, writes: seen.writes, get corks () { return seen.corks } }
+  }
+  const publish = { cmd: 'publish', topic: 'im/u/bob/m', payload: Buffer.from('{"seq":1}'), qos: 1, messageId: 7, dup: false, retain: false } as const
+
+  test('upstream: six writes for a QoS 1 PUBLISH, three for a PUBACK', () => {
+    const writeToStream = mqttPacket.writeToStream as unknown as (p: object, s: Writable) => boolean
+    const a = recorder()
+    writeToStream(publish, a.stream)
+    expect(a.writes.length).toBe(6)
+    const b = recorder()
+    writeToStream({ cmd: 'puback', messageId: 7 }, b.stream)
+    expect(b.writes.length).toBe(3)
+  })
+
+  test('workaround: the bytes are mqtt-packet\'s own, for any PUBLISH and PUBACK of MQTT 3.1.1', () => {
+    const around = (n: number): fc.Arbitrary<number> => fc.integer({ min: Math.max(0, n - 3), max: n + 3 })
+    const payloadLength = fc.oneof(fc.integer({ min: 0, max: 300 }), around(127 - 20), around(16_383 - 20), around(2_097_151 - 20))
+    fc.assert(fc.property(
+      fc.string({ unit: 'grapheme', maxLength: 40 }), payloadLength, fc.constantFrom(0, 1, 2), fc.integer({ min: 0, max: 0xffff }), fc.boolean(), fc.boolean(),
+      (topic, length, qos, messageId, dup, retain) => {
+        const packet = { cmd: 'publish' as const, topic, payload: Buffer.alloc(length, 0x5a), qos, messageId, dup, retain }
+        expect(wholePacket(packet)?.equals(mqttPacket.generate(packet))).toBe(true)
+      }), { seed: 18, numRuns: 300 })
+    for (const messageId of [0, 1, 255, 256, 0xffff]) {
+      expect(wholePacket({ cmd: 'puback', messageId })?.equals(mqttPacket.generate({ cmd: 'puback', messageId }))).toBe(true)
+    }
+    // a payload in a slab (a view at an offset) is copied from where it starts
+    const slab = Buffer.from('xxxxhelloyyyy')
+    const view = { ...publish, payload: slab.subarray(4, 9) }
+    expect(wholePacket(view)?.equals(mqttPacket.generate({ ...publish, payload: Buffer.from('hello') }))).toBe(true)
+  })
+
+  test('workaround: anything else is left to mqtt-packet (other packets, MQTT 5 properties, string payloads, bad fields)', () => {
+    const left = [
+      { cmd: 'pingresp' },
+      { cmd: 'connack', returnCode: 0, sessionPresent: false },
+      { ...publish, properties: { userProperties: { a: 'b' } } },
+      { ...publish, payload: 'text' },
+      { ...publish, qos: 3 },
+      { ...publish, messageId: undefined },
+      { ...publish, messageId: 70_000 },
+      { ...publish, topic: Buffer.from('t') },
+      { ...publish, topic: 'x'.repeat(70_000) },
+      { cmd: 'puback' },
+      { cmd: 'puback', messageId: -1 },
+      { cmd: 'puback', messageId: 1, properties: {} }
+    ]
+    for (const packet of left) expect(wholePacket(packet)).toBeNull()
+  })
+
+  test('workaround: installed once, the broker\'s PUBLISH and PUBACK leave in one write each, corked until the next tick; the rest as before', async () => {
+    wholePacketWrites()
+    const installed = mqttPacket.writeToStream
+    wholePacketWrites()
+    expect(mqttPacket.writeToStream).toBe(installed)
+    const writeToStream = mqttPacket.writeToStream as unknown as (p: object, s: Writable, o?: object) => boolean
+    const a = recorder()
+    writeToStream(publish, a.stream)
+    writeToStream({ cmd: 'puback', messageId: 7 }, a.stream)
+    expect(a.writes.map(w => w.length)).toEqual([mqttPacket.generate(publish).length, 4])
+    expect(Buffer.concat(a.writes).equals(Buffer.concat([mqttPacket.generate(publish), mqttPacket.generate({ cmd: 'puback', messageId: 7 })]))).toBe(true)
+    expect(a.corks).toBe(2)
+    expect(a.stream.writableCorked).toBe(2)
+    await new Promise(resolve => process.nextTick(resolve))
+    expect(a.stream.writableCorked).toBe(0)
+    // with options (an MQTT 5 writer such as mqtt.js) or another packet: mqtt-packet's writes
+    const b = recorder()
+    writeToStream(publish, b.stream, { protocolVersion: 4 })
+    writeToStream({ cmd: 'pingresp' }, b.stream)
+    expect(b.writes.length).toBe(6 + 1)
+    // an invalid packet still fails as mqtt-packet fails it (the stream is destroyed)
+    const c = recorder()
+    c.stream.on('error', () => {})
+    expect(writeToStream({ ...publish, topic: 42 }, c.stream)).toBe(false)
+    expect(c.stream.destroyed).toBe(true)
   })
 })
