@@ -51,14 +51,14 @@ export class Metrics {
   constructor (options: MetricsOptions) {
     this.enabled = options.enabled
     const registers = [this.registry]
-    this.requests = new Counter({ name: 'mqim_requests_total', help: 'Requests answered, by operation and result code (ok, or the error code)', labelNames: ['op', 'code'], registers })
+    this.requests = new Counter({ name: 'mqim_requests_total', help: 'Requests answered, by operation and result code (ok, or the error code)', labelNames: ['op', 'code'], registers, collect: this.flush })
     this.commitLatency = new Histogram({ name: 'mqim_send_commit_seconds', help: 'From a send (or change) reaching the sequencer to its entry being stored', buckets: LATENCY_BUCKETS, registers })
     this.commitBatch = new Histogram({ name: 'mqim_commit_batch_entries', help: 'Entries per sequencer batch write (group commit)', buckets: BATCH_BUCKETS, registers })
     this.storeLatency = new Histogram({ name: 'mqim_store_operation_seconds', help: 'Store operations by store (messages, meta) and method', labelNames: ['store', 'op'], buckets: LATENCY_BUCKETS, registers })
     this.storeErrors = new Counter({ name: 'mqim_store_errors_total', help: 'Store operations that failed, by store and method', labelNames: ['store', 'op'], registers })
-    this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers })
-    this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers })
-    this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers })
+    this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers, collect: this.flush })
+    this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers, collect: this.flush })
+    this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers, collect: this.flush })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
   }
 
@@ -82,21 +82,35 @@ export class Metrics {
   }
 
   /**
-   * The labelled child of each label pair seen, so that counting does not hash labels each time
-   * (bounded: every label value is one of a closed set, see the top of this file). Keyed by the
-   * first label's name, which differs between the counters.
+   * Counts of the labelled counters, kept as plain numbers where they happen (the send path) and
+   * added to their counter when it is read (/metrics): counting costs no label hashing. Bounded:
+   * every label value is one of a closed set (see the top of this file). Keyed by the first
+   * label's name, which differs between the counters.
    */
-  private readonly children = new Map<string, { inc: (n?: number) => void }>()
+  private readonly tallies = new Map<string, { n: number, add: (n: number) => void }>()
 
-  private child<L extends string> (counter: Counter<L>, a: L, b: L, av: string, bv: string): { inc: (n?: number) => void } {
+  private count<L extends string> (counter: Counter<L>, a: L, b: L, av: string, bv: string, n = 1): void {
     const key = `${a}\u0000${av}\u0000${bv}`
-    let found = this.children.get(key)
-    if (found === undefined) this.children.set(key, found = counter.labels({ [a]: av, [b]: bv } as Partial<Record<L, string>>))
-    return found
+    const tally = this.tallies.get(key)
+    if (tally !== undefined) tally.n += n
+    else this.tallies.set(key, { n, add: (k) => counter.inc({ [a]: av, [b]: bv } as Partial<Record<L, string>>, k) })
+  }
+
+  /** Deliveries counted since the counter was last read. */
+  private deliveredSince = 0
+
+  /** Adds what was counted since the last read to the counters (each counter's collect()). */
+  private readonly flush = (): void => {
+    for (const tally of this.tallies.values()) {
+      if (tally.n > 0) tally.add(tally.n)
+      tally.n = 0
+    }
+    if (this.deliveredSince > 0) this.deliveries.inc(this.deliveredSince)
+    this.deliveredSince = 0
   }
 
   request (op: string, code: string): void {
-    if (this.enabled) this.child(this.requests, 'op', 'code', isOpName(op) ? op : 'unknown', code).inc()
+    if (this.enabled) this.count(this.requests, 'op', 'code', isOpName(op) ? op : 'unknown', code)
   }
 
   /** One batch written: its size, and each entry's time from submit to stored. */
@@ -107,15 +121,15 @@ export class Metrics {
   }
 
   webhook (event: string, outcome: string): void {
-    if (this.enabled) this.child(this.webhooks, 'event', 'outcome', event, outcome).inc()
+    if (this.enabled) this.count(this.webhooks, 'event', 'outcome', event, outcome)
   }
 
   push (kind: string, outcome: string, n = 1): void {
-    if (this.enabled && n > 0) this.child(this.pushes, 'kind', 'outcome', kind, outcome).inc(n)
+    if (this.enabled && n > 0) this.count(this.pushes, 'kind', 'outcome', kind, outcome, n)
   }
 
   delivered (n: number): void {
-    if (this.enabled) this.deliveries.inc(n)
+    if (this.enabled) this.deliveredSince += n
   }
 
   /**
