@@ -179,14 +179,39 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
     const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 1, ttlSeconds: 60 }), conn) as Store
     const sub = (clientId: string): { clientId: string, topic: string, qos: number } => ({ clientId, topic: 'im/u/a/m', qos: 1 })
+    const a = { id: 'u:a' }
     await store.outgoingEnqueueCombi([sub('u:a'), sub('u:b')], packet(1))
-    await store.outgoingUpdate({ id: 'u:a' }, { ...packet(1), messageId: 1 }) // sent to a, not acknowledged yet
+    await store.outgoingUpdate(a, { ...packet(1), messageId: 1 }) // sent to a, not acknowledged yet
     await store.outgoingEnqueueCombi([sub('u:a')], packet(2)) // a's queue keeps 1 entry: packet 1 is trimmed off it
-    await store.outgoingClearMessageId({ id: 'u:a' }, { messageId: 1 }) // a acknowledges it now
+    await store.outgoingClearMessageId(a, { messageId: 1 }) // a acknowledges it now
     expect(await conn.get(`${redisPacketKey('b1', 1)}:offlineCount`)).toBe('1')
     const replayed: number[] = []
     for await (const p of store.outgoingStream({ id: 'u:b' })) replayed.push(Number(p.brokerCounter))
     expect(replayed).toEqual([1])
+    await conn.flushdb()
+    conn.disconnect()
+  })
+
+  test('workaround: kept per connection: a later connection of the session acknowledging an id it was not sent releases nothing the earlier one was sent', async () => {
+    const url = new URL(redisUrl())
+    url.pathname = '/15'
+    const conn = new Redis(url.toString())
+    await conn.flushdb()
+    const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
+    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn) as Store
+    const sub = { clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }
+    for (const i of [1, 2]) await store.outgoingEnqueueCombi([sub], packet(i))
+    // the first connection is sent packet 1 as id 7 and ends before acknowledging it
+    await store.outgoingUpdate({ id: 'u:a' }, { ...packet(1), messageId: 7 })
+    // the next connection of the session is sent packet 2 as id 8, and acknowledges 7 and 8
+    const next = { id: 'u:a' }
+    await store.outgoingUpdate(next, { ...packet(2), messageId: 8 })
+    await store.outgoingClearMessageId(next, { messageId: 7 })
+    await store.outgoingClearMessageId(next, { messageId: 8 })
+    // packet 1 is still queued (replayed on the next reconnect), packet 2 is released
+    expect(await conn.lrange(redisQueueKey('u:a'), 0, -1)).toEqual([redisPacketKey('b1', 1)])
+    expect(await conn.exists(redisPacketKey('b1', 1))).toBe(1)
+    expect(await conn.exists(redisPacketKey('b1', 2))).toBe(0)
     await conn.flushdb()
     conn.disconnect()
   })

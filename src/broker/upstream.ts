@@ -78,7 +78,6 @@ import { SINK_TOPIC } from '../protocol/topics.js'
 import msgpack from 'msgpack-lite'
 import Packet from 'aedes-packet'
 import mqttPacket from 'mqtt-packet'
-import { LRUCache } from 'lru-cache'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
 type Deliver = (packet: unknown, done: () => void) => void
@@ -752,19 +751,24 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
  * whole packet again, payload included, with its message id: outgoingUpdate; a fifth of a busy
  * cluster's Redis commands) and released when acknowledged (outgoingClearMessageId: a GET and
  * msgpack decode of the packet only to find its keys again, then LREM, DECR and DEL: four
- * sequential commands). Here the update only keeps the packet's key by (client, message id) in a
- * bounded map of its own, and the acknowledgement is one script from it with no read of the
+ * sequential commands). Here the update only keeps the packet's key by message id in a map of
+ * the connection's own (it goes with the connection: a delivery never acknowledged, because the
+ * connection ended first, leaves nothing behind; at most 65,536 entries, one per message id, while
+ * it lasts), and the acknowledgement is one script from it with no read of the
  * packet (Aedes passes the packet read only to its 'ack' event, which mqim does not use: it gets
  * undefined). A count that was never set no longer stays at -1 without expiry. What a reconnect
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { remember?: number } = {}): T {
+export function leanRedisAcks<T> (persistence: T, conn: Redis): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)
   const clear = store.outgoingClearMessageId.bind(store)
-  const keys = new LRUCache<string, string>({ max: opts.remember ?? 100_000 })
+  // Aedes passes its Client object: one map per connection, not per client id (a reconnect is a
+  // new connection, whose ids restart elsewhere; what the old one left unacknowledged is replayed
+  // from the queue under new ids)
+  const keys = new WeakMap<object, Map<number, string>>()
   store.outgoingUpdate = async (client, packet) => {
     if (packet.cmd !== 'publish' || packet.qos !== 1 || packet.brokerId === undefined || packet.brokerCounter === undefined || packet.messageId === undefined) {
       await update(client, packet)
@@ -776,13 +780,16 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { remember?
     // counter (the earlier connection's id could be one the new one uses for a live delivery).
     // MQTT-4.4.0-1 asks for the original id on a resend; a QoS 1 client that de-duplicates by
     // message, as mqim's must (by conv and seq), does not see the difference.
-    keys.set(`${client.id}\u0000${packet.messageId}`, redisPacketKey(packet.brokerId, packet.brokerCounter))
+    let mine = keys.get(client)
+    if (mine === undefined) keys.set(client, mine = new Map())
+    mine.set(packet.messageId, redisPacketKey(packet.brokerId, packet.brokerCounter))
   }
   store.outgoingClearMessageId = async (client, packet) => {
-    const id = `${client.id}\u0000${packet.messageId}`
-    const key = keys.get(id)
-    if (key === undefined) return await clear(client, packet)
-    keys.delete(id)
+    const mine = keys.get(client)
+    const id = packet.messageId
+    const key = id === undefined ? undefined : mine?.get(id)
+    if (id === undefined || mine === undefined || key === undefined) return await clear(client, packet)
+    mine.delete(id)
     await redis.mqimAck(redisQueueKey(client.id), key, redisCountKey(key))
     return undefined
   }
