@@ -171,13 +171,18 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: null }])
   })
 
-  test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
+  /** Both workarounds on a fresh database 15, queues kept to `max` entries. */
+  async function patchedStore (max: number): Promise<{ conn: Redis, store: Store }> {
     const url = new URL(redisUrl())
     url.pathname = '/15'
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 1, ttlSeconds: 60 }), conn) as Store
+    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn) as Store }
+  }
+
+  test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
+    const { conn, store } = await patchedStore(1)
     const sub = (clientId: string): { clientId: string, topic: string, qos: number } => ({ clientId, topic: 'im/u/a/m', qos: 1 })
     const a = { id: 'u:a' }
     await store.outgoingEnqueueCombi([sub('u:a'), sub('u:b')], packet(1))
@@ -193,12 +198,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
   })
 
   test('workaround: kept per connection: a later connection of the session acknowledging an id it was not sent releases nothing the earlier one was sent', async () => {
-    const url = new URL(redisUrl())
-    url.pathname = '/15'
-    const conn = new Redis(url.toString())
-    await conn.flushdb()
-    const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn) as Store
+    const { conn, store } = await patchedStore(21)
     const sub = { clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }
     for (const i of [1, 2]) await store.outgoingEnqueueCombi([sub], packet(i))
     // the first connection is sent packet 1 as id 7 and ends before acknowledging it
