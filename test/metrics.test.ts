@@ -71,10 +71,16 @@ describe('metrics', () => {
     // 10 messages to both members of a direct conversation
     expect(valueOf(body, 'mqim_deliveries_total')).toBe(20)
     expect(valueOf(body, 'mqim_send_commit_seconds_count')).toBe(10)
-    // counts are added to the counters when scraped: a second scrape with no traffic adds nothing
+    // counts are added to the counters when scraped: a second scrape with no traffic adds nothing,
+    // one after more traffic adds exactly that
     const again = (await scrape(server)).body
     expect(valueOf(again, 'mqim_requests_total{op="send",code="ok"}')).toBe(10)
     expect(valueOf(again, 'mqim_deliveries_total')).toBe(20)
+    for (let i = 10; i < 13; i++) await alice.request('send', { conv, msgId: `m${i}`, kind: 'text', body: `hi ${i}` })
+    await bob.waitFor(() => bob.messages.length === 13, 5000, 'bob gets 13')
+    const later = (await scrape(server)).body
+    expect(valueOf(later, 'mqim_requests_total{op="send",code="ok"}')).toBe(13)
+    expect(valueOf(later, 'mqim_deliveries_total')).toBe(26)
     expect(valueOf(body, 'mqim_commit_batch_entries_sum')).toBe(10)
     expect(valueOf(body, 'mqim_store_operation_seconds_count{store="messages",op="insertBatch"}')).toBeGreaterThanOrEqual(1)
     expect(valueOf(body, 'mqim_store_operation_seconds_count{store="meta",op="conversationCreate"}')).toBe(1)

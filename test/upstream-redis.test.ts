@@ -127,7 +127,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn) : base) as Store
+    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn, { perConnection: 1024 }) : base) as Store
     const client = { id: 'u:a' }
     const acks: unknown[] = []
     for (const i of [1, 2, 3]) await store.outgoingEnqueueCombi([{ clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }], packet(i))
@@ -171,14 +171,14 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     expect(r.replayed).toEqual([{ topic: 'im/u/a/m', payload: 'm3', counter: 3, messageId: null }])
   })
 
-  /** Both workarounds on a fresh database 15, queues kept to `max` entries. */
-  async function patchedStore (max: number): Promise<{ conn: Redis, store: Store }> {
+  /** Both workarounds on a fresh database 15, queues kept to `max` entries, `perConnection` ack keys. */
+  async function patchedStore (max: number, perConnection = 1024): Promise<{ conn: Redis, store: Store }> {
     const url = new URL(redisUrl())
     url.pathname = '/15'
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn) as Store }
+    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn, { perConnection }) as Store }
   }
 
   test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
@@ -212,6 +212,21 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     expect(await conn.lrange(redisQueueKey('u:a'), 0, -1)).toEqual([redisPacketKey('b1', 1)])
     expect(await conn.exists(redisPacketKey('b1', 1))).toBe(1)
     expect(await conn.exists(redisPacketKey('b1', 2))).toBe(0)
+    await conn.flushdb()
+    conn.disconnect()
+  })
+
+  test('workaround: a connection keeps at most `perConnection` keys, the oldest forgotten first; acknowledging a forgotten one releases nothing (the message stays queued)', async () => {
+    const { conn, store } = await patchedStore(21, 3)
+    const sub = { clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }
+    for (const i of [1, 2, 3, 4]) await store.outgoingEnqueueCombi([sub], packet(i))
+    const a = { id: 'u:a' }
+    // a client that does not acknowledge: four deliveries, three keys kept (1 forgotten)
+    for (const i of [1, 2, 3, 4]) await store.outgoingUpdate(a, { ...packet(i), messageId: i })
+    for (const i of [1, 2, 3, 4]) await store.outgoingClearMessageId(a, { messageId: i })
+    expect(await conn.lrange(redisQueueKey('u:a'), 0, -1)).toEqual([redisPacketKey('b1', 1)])
+    expect(await conn.exists(redisPacketKey('b1', 1))).toBe(1)
+    for (const i of [2, 3, 4]) expect(await conn.exists(redisPacketKey('b1', i))).toBe(0)
     await conn.flushdb()
     conn.disconnect()
   })

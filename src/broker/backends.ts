@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -70,7 +70,7 @@ export function createBrokerBackends (
   })
   return {
     persistence: recordQueueReplays(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn),
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
       config.maxSessionDelivery + 1),
     mq,
     redis,

@@ -9,8 +9,11 @@
  * own, as before. (debug.enable() called later at run time does not reach them.) Every other
  * package gets debug's own instances.
  *
- * Nothing is installed if mqtt-packet was loaded first (its instances exist already);
- * `quietDebugInstalled` says whether it was.
+ * Nothing is installed if mqtt-packet was loaded first (its instances exist already), or if the
+ * packages are not laid out as expected (the server then starts as it would without this);
+ * `quietDebugInstalled` says whether it was. `mqttPacketTraced` says whether DEBUG enabled one of
+ * mqtt-packet's namespaces at start-up (workaround 18 then leaves writing to mqtt-packet, so
+ * that the trace shows every packet).
  */
 import { createRequire } from 'node:module'
 
@@ -26,17 +29,33 @@ interface DebugInstance {
 /** The namespaces quieted: mqtt-packet's (mqtt-packet:parser, mqtt-packet:writeToStream). */
 export const QUIET_PREFIX = 'mqtt-packet:'
 
+/** debug as mqtt-packet requires it, and whether mqtt-packet was loaded before this module. */
+function locate (): { debug: DebugFactory, debugPath: string, loadedFirst: boolean } | null {
+  try {
+    const require = createRequire(import.meta.url)
+    const parserPath = require.resolve('mqtt-packet/parser.js')
+    const debugPath = createRequire(parserPath).resolve('debug')
+    return { debug: require(debugPath) as DebugFactory, debugPath, loadedFirst: require.cache[parserPath] !== undefined }
+  } catch {
+    return null
+  }
+}
+
+const found = locate()
+
+/** Whether DEBUG (read by debug at start-up) enables the mqtt-packet namespace. */
+export function mqttPacketTraced (namespace: 'mqtt-packet:parser' | 'mqtt-packet:writeToStream'): boolean {
+  return found !== null && found.debug(namespace).enabled === true
+}
+
 function install (): boolean {
-  const require = createRequire(import.meta.url)
-  const parserPath = require.resolve('mqtt-packet/parser.js')
-  if (require.cache[parserPath] !== undefined) return false
-  const debugPath = createRequire(parserPath).resolve('debug')
-  const debug = require(debugPath) as DebugFactory
-  const cached = require.cache[debugPath]
+  if (found === null || found.loadedFirst) return false
+  const { debug, debugPath } = found
+  const cached = createRequire(import.meta.url).cache[debugPath]
   if (cached === undefined) return false
   const quiet = function (namespace: string): DebugInstance {
     const own = debug(namespace)
-    if (own.enabled || !String(namespace).startsWith(QUIET_PREFIX)) return own
+    if (own.enabled === true || !String(namespace).startsWith(QUIET_PREFIX)) return own
     return Object.assign(function quieted (): void {}, { enabled: false, namespace })
   }
   // debug's own functions and settings (enable, disable, formatters, ...) stay reachable

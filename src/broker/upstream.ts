@@ -747,20 +747,31 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
 }
 
 /**
+ * 15. Keys kept per connection for its acknowledgements: well beyond what a session's queue holds
+ * (a session's queue keeps its newest maxSessionDelivery; older keys release nothing more there),
+ * ~120 KB per connection at most.
+ */
+export function ackKeysPerConnection (maxSessionDelivery: number): number {
+  return Math.max(1024, 2 * maxSessionDelivery)
+}
+
+/**
  * 15. Each QoS 1 delivery to a persistent session is written to Redis before it is sent (the
  * whole packet again, payload included, with its message id: outgoingUpdate; a fifth of a busy
  * cluster's Redis commands) and released when acknowledged (outgoingClearMessageId: a GET and
  * msgpack decode of the packet only to find its keys again, then LREM, DECR and DEL: four
  * sequential commands). Here the update only keeps the packet's key by message id in a map of
  * the connection's own (it goes with the connection: a delivery never acknowledged, because the
- * connection ended first, leaves nothing behind; at most 65,536 entries, one per message id, while
- * it lasts), and the acknowledgement is one script from it with no read of the
+ * connection ended first, leaves nothing behind; at most `perConnection` entries, the oldest
+ * forgotten first: a client that never acknowledges holds no more, and an acknowledgement of a
+ * forgotten one goes to the persistence's own code, which finds nothing to release: the message
+ * stays queued and comes again after a reconnect), and the acknowledgement is one script from it with no read of the
  * packet (Aedes passes the packet read only to its 'ack' event, which mqim does not use: it gets
  * undefined). A count that was never set no longer stays at -1 without expiry. What a reconnect
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis): T {
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number }): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)
@@ -782,6 +793,8 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis): T {
     // message, as mqim's must (by conv and seq), does not see the difference.
     let mine = keys.get(client)
     if (mine === undefined) keys.set(client, mine = new Map())
+    // (a Map iterates in insertion order: its first key is the oldest)
+    if (mine.size >= opts.perConnection && !mine.has(packet.messageId)) mine.delete(mine.keys().next().value as number)
     mine.set(packet.messageId, redisPacketKey(packet.brokerId, packet.brokerCounter))
   }
   store.outgoingClearMessageId = async (client, packet) => {

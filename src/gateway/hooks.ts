@@ -39,6 +39,7 @@ import type { UserRateLimiter } from '../broker/rate-limit.js'
 import { LoginBusyError, type LoginGuard } from '../auth/login-guard.js'
 import { JwtLoginError, type JwtLogin } from '../auth/jwt.js'
 import { isWillOf, makeSessionClean, pauseReading, skipSinkPublishes, wholePacketWrites } from '../broker/upstream.js'
+import { mqttPacketTraced } from '../broker/quiet-debug.js'
 import type { SessionQuota } from '../broker/session-quota.js'
 import { PageGateFullError, type PageGate } from './page-gate.js'
 import { addressOf } from './listeners.js'
@@ -147,7 +148,8 @@ export class BrokerHooks {
 
   install (broker: Aedes): void {
     skipSinkPublishes(broker)
-    wholePacketWrites()
+    // (not while DEBUG traces mqtt-packet's writes: the trace would miss the broker's packets)
+    if (!mqttPacketTraced('mqtt-packet:writeToStream')) wholePacketWrites()
     broker.authenticate = (client, username, password, done) => {
       this.authenticate(client, username, password).then(() => done(null, true), (err: AuthenticateError) => done(err, false))
     }

@@ -456,7 +456,7 @@ describe('aedes 1.2.0: handled requests need no routing (workaround 1)', () => {
 
 describe('mqtt-packet 9.0.2 + debug 4.4.3: debug() runs for every packet even when disabled (workaround 17)', () => {
   // in a child process: the workaround acts when the debug module is first loaded
-  function child (script: string, debug: string | undefined): { out: Record<string, unknown>, err: string } {
+  function child (script: string, debug: string | undefined): { out: Record<string, unknown>, err: string, late: string } {
     const env: NodeJS.ProcessEnv = { ...process.env }
     delete env.DEBUG
     if (debug !== undefined) env.DEBUG = debug
@@ -470,41 +470,49 @@ describe('mqtt-packet 9.0.2 + debug 4.4.3: debug() runs for every packet even wh
       parser.on('packet', () => parsed++)
       parser.parse(packet.generate({ cmd: 'publish', topic: 't', payload: Buffer.from('x'), qos: 1, messageId: 1, retain: false, dup: false }))
       const debug = require(createRequire(require.resolve('mqtt-packet/parser.js')).resolve('debug'))
-      console.log(JSON.stringify({ installed: typeof installed === 'boolean' ? installed : null, parsed, parserDebug: debug('mqtt-packet:parser').name, other: debug('ioredis:redis').name }))`],
+      console.log(JSON.stringify({ installed: typeof installed === 'boolean' ? installed : null, traced: typeof traced === 'boolean' ? traced : null, parsed, parserDebug: debug('mqtt-packet:parser').name, other: debug('ioredis:redis').name }))
+      // enabled at run time: reaches the instances mqtt-packet made unless they are no-ops
+      debug.enable('mqtt-packet:*')
+      console.error('-- enabled at run time --')
+      parser.parse(packet.generate({ cmd: 'publish', topic: 't', payload: Buffer.from('y'), qos: 1, messageId: 2, retain: false, dup: false }))`],
     { env, encoding: 'utf8' })
     expect(run.status).toBe(0)
-    return { out: JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>, err: run.stderr }
+    const [err = '', late = ''] = run.stderr.split('-- enabled at run time --')
+    return { out: JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>, err, late }
   }
-  const first = "const { quietDebugInstalled: installed } = await import(process.cwd() + '/src/broker/quiet-debug.ts')"
+  const first = "const { quietDebugInstalled: installed, mqttPacketTraced } = await import(process.cwd() + '/src/broker/quiet-debug.ts'); const traced = mqttPacketTraced('mqtt-packet:writeToStream')"
   const linesOf = (err: string, namespace: string): number => err.split('\n').filter(l => l.includes(namespace)).length
 
-  test('upstream: with DEBUG on, parsing and writing one packet log several lines from each of mqtt-packet\'s two instances', () => {
+  test('upstream: with DEBUG on, parsing and writing one packet log several lines from each of mqtt-packet\'s two instances; enabled at run time, the same', () => {
     const { out, err } = child('', 'mqtt-packet:*')
     expect(out).toMatchObject({ installed: null, parsed: 1, parserDebug: 'debug' })
     expect(linesOf(err, 'mqtt-packet:parser')).toBeGreaterThanOrEqual(3)
     expect(linesOf(err, 'mqtt-packet:writeToStream')).toBeGreaterThanOrEqual(3)
+    expect(linesOf(child('', undefined).late, 'mqtt-packet:parser')).toBeGreaterThanOrEqual(3)
   })
 
-  test('workaround: loaded first, mqtt-packet gets no-op instances and still parses; other namespaces get debug\'s own', () => {
-    const { out, err } = child(first, undefined)
-    expect(out).toEqual({ installed: true, parsed: 1, parserDebug: 'quieted', other: 'debug' })
+  test('workaround: loaded first, mqtt-packet gets no-op instances (silent even when enabled later) and still parses; other namespaces get debug\'s own', () => {
+    const { out, err, late } = child(first, undefined)
+    expect(out).toEqual({ installed: true, traced: false, parsed: 1, parserDebug: 'quieted', other: 'debug' })
     expect(linesOf(err, 'mqtt-packet')).toBe(0)
+    expect(linesOf(late, 'mqtt-packet')).toBe(0)
   })
 
-  test('workaround: DEBUG given at start-up still reaches mqtt-packet', () => {
+  test('workaround: DEBUG given at start-up still reaches mqtt-packet (and says so: the broker then leaves writing to mqtt-packet)', () => {
     const { out, err } = child(first, 'mqtt-packet:*')
-    expect(out).toMatchObject({ installed: true, parsed: 1, parserDebug: 'debug' })
+    expect(out).toMatchObject({ installed: true, traced: true, parsed: 1, parserDebug: 'debug' })
     expect(linesOf(err, 'mqtt-packet:parser')).toBeGreaterThanOrEqual(3)
+    expect(child(first, 'mqtt-packet:parser').out).toMatchObject({ traced: false })
   })
 
   test('workaround: nothing is installed when mqtt-packet was loaded first', () => {
     const { out } = child(`require('mqtt-packet'); ${first}`, undefined)
-    expect(out).toEqual({ installed: false, parsed: 1, parserDebug: 'debug', other: 'debug' })
+    expect(out).toEqual({ installed: false, traced: false, parsed: 1, parserDebug: 'debug', other: 'debug' })
   })
 
   test('server.ts loads it before Aedes', () => {
     const { out } = child(`await import(process.cwd() + '/src/server.ts'); ${first}`, undefined)
-    expect(out).toEqual({ installed: true, parsed: 1, parserDebug: 'quieted', other: 'debug' })
+    expect(out).toEqual({ installed: true, traced: false, parsed: 1, parserDebug: 'quieted', other: 'debug' })
   })
 })
 
