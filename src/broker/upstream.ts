@@ -765,8 +765,8 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
  * connection ended first, leaves nothing behind; at most `perConnection` entries, the oldest
  * forgotten first: a client that never acknowledges holds no more, and an acknowledgement of a
  * forgotten one goes to the persistence's own code, which finds nothing to release: the message
- * stays queued and comes again after a reconnect), and the acknowledgement is one script from it with no read of the
- * packet (Aedes passes the packet read only to its 'ack' event, which mqim does not use: it gets
+ * stays queued and comes again after a reconnect), and the acknowledgement is one script from it
+ * with no read of the packet (Aedes passes the packet read only to its 'ack' event, which mqim does not use: it gets
  * undefined). A count that was never set no longer stays at -1 without expiry. What a reconnect
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
