@@ -27,7 +27,7 @@ interface DebugInstance {
 }
 
 /** The namespaces quieted: mqtt-packet's (mqtt-packet:parser, mqtt-packet:writeToStream). */
-export const QUIET_PREFIX = 'mqtt-packet:'
+const QUIET_PREFIX = 'mqtt-packet:'
 
 /** debug as mqtt-packet requires it, and whether mqtt-packet was loaded before this module. */
 function locate (): { debug: DebugFactory, debugPath: string, loadedFirst: boolean } | null {

@@ -132,6 +132,11 @@ function uncork (stream: NodeJS.WritableStream & { uncork: () => void }): void {
   stream.uncork()
 }
 
+/** An MQTT packet identifier (two bytes). */
+function isPacketId (id: unknown): id is number {
+  return Number.isInteger(id) && (id as number) >= 0 && (id as number) <= 0xffff
+}
+
 /**
  * The PUBLISH or PUBACK packet of MQTT 3.1.1 in one buffer, or null for anything else (another
  * packet type, MQTT 5 options or properties, a payload that is not a Buffer, an invalid field):
@@ -142,7 +147,7 @@ export function wholePacket (packet: { cmd?: unknown, properties?: unknown, topi
   if (packet.properties !== undefined) return null
   const id = packet.messageId
   if (packet.cmd === 'puback') {
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffff) return null
+    if (!isPacketId(id)) return null
     const bytes = Buffer.allocUnsafe(4)
     bytes[0] = 0x40
     bytes[1] = 2
@@ -153,7 +158,7 @@ export function wholePacket (packet: { cmd?: unknown, properties?: unknown, topi
   const { topic, payload } = packet
   const qos = packet.qos === undefined ? 0 : packet.qos
   if (typeof topic !== 'string' || !Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1 && qos !== 2)) return null
-  if (qos > 0 && (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0xffff)) return null
+  if (qos > 0 && !isPacketId(id)) return null
   const topicBytes = Buffer.byteLength(topic)
   if (topicBytes > 0xffff) return null
   const length = 2 + topicBytes + (qos > 0 ? 2 : 0) + payload.length
