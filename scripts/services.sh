@@ -27,6 +27,8 @@
 # Environment:
 #   MQIM_CACHE_DIR          where the FerretDB and SeaweedFS binaries are cached (default: ~/.cache/mqim)
 #   MQIM_SERVICE_TIMEOUT    seconds to wait for each service to accept connections (default: 60)
+#   MQIM_FERRETDB_DEBUG_ADDR  host:port for FerretDB's debug HTTP handlers (/debug/metrics, Go's
+#                           /debug/pprof: where FerretDB spends its time under a soak); off by default
 set -euo pipefail
 
 # mariadbd and mariadb-install-db live in /usr/sbin, which is not on every user's PATH.
@@ -272,7 +274,7 @@ launch () {
       [ -x "$FERRETDB" ] || die "FerretDB is not installed at $FERRETDB; run: $0 install"
       mkdir -p "$DIR/ferret"
       "$FERRETDB" --handler=sqlite --sqlite-url="file:$DIR/ferret/" --listen-addr="127.0.0.1:$port" \
-        --state-dir=- --debug-addr=- --telemetry=disable --log-level=warn \
+        --state-dir=- --debug-addr="${MQIM_FERRETDB_DEBUG_ADDR:--}" --telemetry=disable --log-level=warn \
         </dev/null >>"$DIR/mongo.log" 2>&1 &
       ;;
     s3)

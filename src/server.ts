@@ -159,6 +159,7 @@ export class MqimServer {
       // the in-memory store finds a resent msgId as fast as a cache would
       recentMax: config.messageStore.adapter === 'memory' ? 0 : undefined,
       peers: clustered ? bus : null,
+      peersSince: backends.connectedSince,
       logger,
       metrics
     })

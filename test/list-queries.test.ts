@@ -114,7 +114,9 @@ describe('list: store queries per page do not grow with the number of conversati
   /** Fresh store instances on the test's databases, wrapped in counting proxies. */
   async function makeStores (lookups: 'batched' | 'single'): Promise<{ meta: MetadataStore, messages: MessageStore }> {
     const meta = new MySqlMetadataStore({ url: mysqlUrl })
-    const messages = new MongoMessageStore({ url: mongo.url, database: mongo.dbName, lookups })
+    // heads written 100 ms after their last message (default 10 s): the setup's are all written
+    // by the time quiet() sees no store traffic for 400 ms, not while pages are counted
+    const messages = new MongoMessageStore({ url: mongo.url, database: mongo.dbName, lookups, headMaxWaitMs: 100 })
     const client = (messages as unknown as { client: MongoClient }).client
     client.options.monitorCommands = true // before init(): the pool's connections take it from here
     client.on('commandStarted', (e: CommandStartedEvent) => {

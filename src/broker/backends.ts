@@ -18,6 +18,11 @@ export interface BrokerBackends {
   redis: Redis | null
   /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
   available: () => boolean
+  /**
+   * Since when (Date.now clock) this node has heard every other node's publishes without a break:
+   * its start, or the last time the subscriber connection to Redis was ready again.
+   */
+  connectedSince: () => number
   close: () => Promise<void>
 }
 
@@ -32,6 +37,7 @@ export function createBrokerBackends (
       mq: createEmitter(),
       redis: null,
       available: () => true,
+      connectedSince: () => 0,
       close: async () => {}
     }
   }
@@ -47,6 +53,8 @@ export function createBrokerBackends (
   const persistenceConn = connect('persistence')
   const pub = connect('pub')
   const sub = connect('sub', false)
+  let subReadySince = Date.now()
+  sub.on('ready', () => { subReadySince = Date.now() })
   const redis = connect('mqim')
   // a foreign publisher could send many: one warning a minute, with the count since the last
   let undecodable = 0
@@ -75,6 +83,7 @@ export function createBrokerBackends (
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
+    connectedSince: () => subReadySince,
     close: async () => {
       await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }

@@ -71,6 +71,8 @@ export interface SequencerOptions {
   logger: Logger
   /** The other nodes' committed seqs arrive here (cluster); null on a single node. */
   peers?: ClusterBus | null
+  /** Cluster: since when (the `now` clock) the notices of the other nodes have arrived without a break (BrokerBackends.connectedSince). */
+  peersSince?: () => number
   /** Conversations whose lastSeq is kept (least recently written evicted; reloaded from the store). */
   conversationsMax?: number
   /**
@@ -262,13 +264,18 @@ export class Sequencer {
 
   /**
    * Another node stored up to `tail` in this conversation, so every seq up to it is stored (stored
-   * seqs are always a prefix). Raises the cached tail so the next write does not collide with it.
-   * Conversations without a cached tail are left alone: they load it (and recover orphans). A
-   * bare seq (no counts) beyond the cached tail makes it unknown: it is loaded next time.
+   * seqs are always a prefix). Raises the cached tail so the next write does not collide with it,
+   * and caches it for a conversation without one (readers take it instead of a head record that may
+   * lag: see tailsComplete), except while an abandoned write of it waits to be delivered (the
+   * conversation loads its tail then, and recovers those first). A bare seq (no counts) beyond the
+   * cached tail makes it unknown: it is loaded next time.
    */
   observe (conversationId: string, tail: Tail | number): void {
     const known = this.tails.get(conversationId)
-    if (known === undefined) return
+    if (known === undefined) {
+      if (typeof tail !== 'number' && !this.orphans.has(conversationId)) this.tails.set(conversationId, tail)
+      return
+    }
     if (typeof tail === 'number') {
       if (tail > known.seq) this.tails.delete(conversationId)
     } else if (tail.seq > known.seq) {
@@ -284,6 +291,22 @@ export class Sequencer {
   /** The tail this process knows, if it knows. */
   knownTail (conversationId: string): Tail | undefined {
     return this.tails.get(conversationId)
+  }
+
+  /**
+   * Whether a tail this process does not know is the one in the store's head record (see
+   * MessageStore.headLagMs). Always on one node. In a cluster, a head record may lag what another
+   * node stored by up to headLagMs, and whatever another node stores reaches this one's tails
+   * (kept TAIL_TTL_MS): so once the notices have arrived without a break for longer than that,
+   * every conversation whose head may lag has a known tail. Until then (a node that just started,
+   * or whose link to Redis just came back) readers ask tailFor instead.
+   */
+  tailsComplete (): boolean {
+    if (this.opts.peers == null) return true
+    const lag = this.store.headLagMs ?? 0
+    if (lag === 0) return true
+    if (lag >= TAIL_TTL_MS) return false
+    return this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > lag
   }
 
   /**

@@ -10,13 +10,28 @@ import { countOf, isChangeKind, type StoredMessage } from '../store/types.js'
 
 /**
  * A conversation's tail: its head record's latest entry, or what this node's sequencer knows if
- * that is more (a head lags its messages only after a crash between the two writes, until
- * lastSeq repairs it).
+ * that is more (a head lags what another node stored by up to the store's headLagMs, and after a
+ * crash between the two writes until lastSeq repairs it).
  */
 export function tailNow (services: Services, conversationId: string, headLatest: StoredMessage | null): Tail {
   const stored = tailOf(headLatest)
   const known = services.sequencer.knownTail(conversationId)
   return known !== undefined && known.seq > stored.seq ? known : stored
+}
+
+/**
+ * tailNow for several conversations. While this node's sequencer may not know every tail a lagging
+ * head hides (a cluster node that just started or reconnected: Sequencer.tailsComplete), a tail it
+ * does not know is read from the store, exactly (one call per such conversation, only then).
+ */
+export async function tailsNow (services: Services, items: ReadonlyArray<{ conversationId: string, headLatest: StoredMessage | null }>): Promise<Tail[]> {
+  const complete = services.sequencer.tailsComplete()
+  return await Promise.all(items.map(async ({ conversationId, headLatest }) => {
+    if (complete || services.sequencer.knownTail(conversationId) !== undefined) return tailNow(services, conversationId, headLatest)
+    const exact = await services.sequencer.tailFor(conversationId)
+    const stored = tailOf(headLatest)
+    return exact.seq > stored.seq ? exact : stored
+  }))
 }
 
 /** The unread count when it needs no read: undefined if the count at readSeq is needed. */
@@ -66,7 +81,8 @@ export async function totalUnread (services: Services, userId: string, maxConver
     const page = await services.meta.memberPageByUser(userId, { after, limit })
     const counted = page.filter(m => !m.muted)
     const heads = await services.messages.latestMany(counted.map(m => m.conversationId))
-    const items = counted.map(m => ({ conversationId: m.conversationId, tail: tailNow(services, m.conversationId, heads.get(m.conversationId)?.latest ?? null), readSeq: m.readSeq }))
+    const tails = await tailsNow(services, counted.map(m => ({ conversationId: m.conversationId, headLatest: heads.get(m.conversationId)?.latest ?? null })))
+    const items = counted.map((m, n) => ({ conversationId: m.conversationId, tail: tails[n] ?? tailNow(services, m.conversationId, null), readSeq: m.readSeq }))
     for (const n of await unreadMany(services, items)) total += n
     if (page.length < limit) break
     left -= page.length

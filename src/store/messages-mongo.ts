@@ -19,12 +19,15 @@
  * written after its messages are stored, with `$max` on `h` (documents compare field by field,
  * and `s` comes first, on MongoDB and on FerretDB alike): concurrent writers of one conversation
  * on several nodes only ever move it forward, and it is never ahead of the messages. Heads are
- * written off the send path, each conversation's once per flush round however many batches the
- * round covers (see noteHeads): the process that stored the messages answers from the heads it
- * has not written yet; another process may see a head one round (some ms) behind. A head lags its
- * messages for longer only when the process dies before the round (or the write fails): lastSeq
- * then looks past the head by primary key (seqs are gapless, see the sequencer), and writes the
- * head it finds. The sequencer loads lastSeq that way before it writes a conversation again.
+ * written off the send path and lazily: a conversation's once it lags by HEAD_MAX_LAG entries or
+ * for HEAD_MAX_WAIT_MS (see noteHeads). The process that stored the messages answers from the
+ * heads it has not written yet; another process may see a head that lags by up to that much
+ * (`headLagMs`): it knows those conversations' tails from the cluster's notices (see
+ * Sequencer.tailsComplete), and lastSeq and latestPast look past the head by primary key (seqs are
+ * gapless, see the sequencer), a few lookups at most. A head lags its messages for longer only when
+ * the process dies before the round (or the write fails): lastSeq then looks past it the same way,
+ * and writes the head it finds. The sequencer loads lastSeq that way before it writes a
+ * conversation again.
  *
  * Lookups. On MongoDB several ids are read with one `$in` and a range of seqs with one query on
  * conv_seq; on FerretDB (detected at init from buildInfo) each id is read by itself, a bounded
@@ -98,6 +101,8 @@ export interface MongoMessageStoreOptions {
   onMigrated?: (info: { messages: number, conversations: number, skipped: number }) => void
   /** How long a copy of another node's message (remember) is kept. Default REMEMBER_MS. */
   rememberMs?: number
+  /** How long a conversation's head may wait to be written (see noteHeads). Default HEAD_MAX_WAIT_MS. */
+  headMaxWaitMs?: number
 }
 
 interface MessageDoc {
@@ -202,8 +207,18 @@ const INSERT_CHUNK = 100
  * second node's command running at the same time.
  */
 const UPDATES_PER_COMMAND = 25
-/** A head flush round starts this long after the first message that needs one (more messages join it). */
+/** A head flush round starts this long after a head became due (more heads join it). */
 const HEAD_FLUSH_DELAY_MS = 20
+/**
+ * A conversation's head is written once it lags its messages by this many entries, or has lagged
+ * for HEAD_MAX_WAIT_MS, whichever comes first (see noteHeads). Each head update costs FerretDB a
+ * transaction of its own (a read, a JSON rewrite and an fsync): in the cluster soak, head updates
+ * written every 20 ms were 45 % of FerretDB's CPU, more than the messages' inserts.
+ */
+const HEAD_MAX_LAG = 16
+const HEAD_MAX_WAIT_MS = 10_000
+/** headLagMs: the head's wait and time for the round that writes it. */
+const HEAD_WRITE_MARGIN_MS = 5_000
 /** After a failed head flush, the next round waits this long. */
 const HEAD_RETRY_MS = 1000
 /** At most this many conversations wait for their heads to be written. */
@@ -462,9 +477,21 @@ export class MongoMessageStore implements MessageStore {
    * by latestMany and lastSeq, so this process never sees its own heads lag.
    */
   private readonly pendingHeads = new Map<string, PendingHead>()
+  /**
+   * conversation -> when its pending head is due and how many entries it lags by, in the order
+   * the heads became pending (so in due order but for heads put back after a failed write).
+   */
+  private readonly headWaits = new Map<string, { due: number, entries: number }>()
+  /** Conversations whose pending head lags by HEAD_MAX_LAG entries or more: due now. */
+  private readonly laggingHeads = new Set<string>()
   /** The heads being written by the flush in progress (still read as pending). */
   private flushingHeads = new Map<string, PendingHead>()
+  /** See MessageStore.headLagMs. */
+  readonly headLagMs: number
+  private readonly headMaxWaitMs: number
   private headTimer: NodeJS.Timeout | null = null
+  /** When headTimer fires (Date.now() clock). */
+  private headTimerAt = 0
   /** The start-up check of the heads (healHeads), while it runs. */
   private healing: Promise<void> | null = null
   /** `_id` -> a stored message document (see RECENT_DOC_BYTES). */
@@ -497,6 +524,8 @@ export class MongoMessageStore implements MessageStore {
   private sweepAfter = ''
 
   constructor (private readonly options: MongoMessageStoreOptions) {
+    this.headMaxWaitMs = options.headMaxWaitMs ?? HEAD_MAX_WAIT_MS
+    this.headLagMs = this.headMaxWaitMs + HEAD_WRITE_MARGIN_MS
     this.newClient()
   }
 
@@ -691,44 +720,76 @@ export class MongoMessageStore implements MessageStore {
     this.verifying.clear()
     await this.headFlush
     // the last heads, best effort: lastSeq repairs what is lost
-    await this.flushHeads().catch(() => {})
+    await this.flushHeads(true).catch(() => {})
     await this.client.close()
   }
 
   /**
-   * Heads are written after their messages, off the send path: a background flush writes each
-   * conversation's latest head once per round (HEAD_FLUSH_DELAY_MS after the first message that
-   * needs one, then as long as there are more), however many batches it covers. Until then this
-   * process answers from pendingHeads; other processes may see a head that lags by a round, and
-   * after a crash heads lag until lastSeq repairs them (see the header).
+   * Heads are written after their messages, off the send path, and lazily: a conversation's head
+   * is written once it lags its messages by HEAD_MAX_LAG entries or has lagged for
+   * HEAD_MAX_WAIT_MS (a quiet conversation's soon after its last message, a busy one's every
+   * HEAD_MAX_LAG entries), in flush rounds that write every head due (HEAD_FLUSH_DELAY_MS after the
+   * first one). Until then this process answers from pendingHeads; another process may see a head
+   * that lags, by at most that much, and looks past it by primary key (a few lookups: probePast)
+   * where it needs the exact latest entry, as it does after a crash (see the header).
    */
   private noteHeads (docs: readonly MessageDoc[]): void {
-    for (const doc of docs) this.pendingHeads.set(doc.c, mergeHeads(this.pendingHeads.get(doc.c), headOf(doc)))
+    let lagging = false
+    for (const doc of docs) {
+      this.pendingHeads.set(doc.c, mergeHeads(this.pendingHeads.get(doc.c), headOf(doc)))
+      const wait = this.headWaits.get(doc.c)
+      if (wait === undefined) this.headWaits.set(doc.c, { due: Date.now() + this.headMaxWaitMs, entries: 1 })
+      else wait.entries++
+      if ((wait?.entries ?? 1) >= HEAD_MAX_LAG && !this.laggingHeads.has(doc.c)) {
+        this.laggingHeads.add(doc.c)
+        lagging = true
+      }
+    }
     // bounded: the oldest go unwritten (lastSeq repairs them from the messages)
     for (const c of this.pendingHeads.keys()) {
       if (this.pendingHeads.size <= PENDING_HEADS_MAX) break
-      this.pendingHeads.delete(c)
+      this.forgetPendingHead(c)
     }
-    this.scheduleHeads(HEAD_FLUSH_DELAY_MS)
+    this.scheduleHeads(lagging ? HEAD_FLUSH_DELAY_MS : this.nextHeadDueIn())
   }
 
+  private forgetPendingHead (conversationId: string): void {
+    this.pendingHeads.delete(conversationId)
+    this.headWaits.delete(conversationId)
+    this.laggingHeads.delete(conversationId)
+  }
+
+  /** Milliseconds until the first pending head is due (at least HEAD_FLUSH_DELAY_MS); Infinity if none is pending. */
+  private nextHeadDueIn (): number {
+    if (this.laggingHeads.size > 0) return HEAD_FLUSH_DELAY_MS
+    const first = this.headWaits.values().next()
+    return first.done === true ? Number.POSITIVE_INFINITY : Math.max(HEAD_FLUSH_DELAY_MS, first.value.due - Date.now())
+  }
+
+  /** A round in `delayMs`, unless one is running or set to start sooner. */
   private scheduleHeads (delayMs: number): void {
-    if (this.closed || this.headTimer !== null || this.headFlush !== null || this.pendingHeads.size === 0) return
+    if (this.closed || this.headFlush !== null || this.pendingHeads.size === 0 || !Number.isFinite(delayMs)) return
+    const at = Date.now() + delayMs
+    if (this.headTimer !== null) {
+      if (this.headTimerAt <= at) return
+      clearTimeout(this.headTimer)
+    }
+    this.headTimerAt = at
     this.headTimer = setTimeout(() => {
       this.headTimer = null
-      this.startHeadFlush()
+      this.startHeadFlush(false)
     }, delayMs)
     this.headTimer.unref()
   }
 
-  /** A flush round now; the next is scheduled when it ends. */
-  private startHeadFlush (): void {
+  /** A flush round now (of the heads due, or of all); the next is scheduled when it ends. */
+  private startHeadFlush (all: boolean): void {
     let failed = false
-    this.headFlush = this.flushHeads()
+    this.headFlush = this.flushHeads(all)
       .catch(() => { failed = true })
       .finally(() => {
         this.headFlush = null
-        this.scheduleHeads(failed ? HEAD_RETRY_MS : HEAD_FLUSH_DELAY_MS)
+        this.scheduleHeads(failed ? HEAD_RETRY_MS : this.nextHeadDueIn())
       })
   }
 
@@ -738,19 +799,40 @@ export class MongoMessageStore implements MessageStore {
     if (this.closed || this.pendingHeads.size === 0) return
     if (this.headTimer !== null) clearTimeout(this.headTimer)
     this.headTimer = null
-    if (this.headFlush === null) this.startHeadFlush()
+    if (this.headFlush === null) this.startHeadFlush(true)
     await this.headFlush
   }
 
-  private async flushHeads (): Promise<void> {
+  /** Writes the pending heads that are due (lagging too far or too long), or all of them. */
+  private async flushHeads (all: boolean): Promise<void> {
     if (this.pendingHeads.size === 0) return
-    this.flushingHeads = new Map(this.pendingHeads)
-    this.pendingHeads.clear()
+    const now = Date.now()
+    const due: string[] = all ? [...this.pendingHeads.keys()] : [...this.laggingHeads]
+    if (!all) {
+      for (const [c, wait] of this.headWaits) {
+        if (wait.due > now) break
+        if (!this.laggingHeads.has(c)) due.push(c)
+      }
+    }
+    if (due.length === 0) return
+    const waits = new Map<string, { due: number, entries: number }>()
+    for (const c of due) {
+      const head = this.pendingHeads.get(c)
+      if (head !== undefined) this.flushingHeads.set(c, head)
+      waits.set(c, this.headWaits.get(c) ?? { due: now, entries: 1 })
+      this.forgetPendingHead(c)
+    }
     try {
       await this.writeHeads([...this.flushingHeads.values()])
     } catch (err) {
-      // written again next round, with what came meanwhile
-      for (const [c, head] of this.flushingHeads) this.pendingHeads.set(c, mergeHeads(head, this.pendingHeads.get(c)))
+      // written again in the next round (HEAD_RETRY_MS on), with what came meanwhile
+      for (const [c, head] of this.flushingHeads) {
+        this.pendingHeads.set(c, mergeHeads(head, this.pendingHeads.get(c)))
+        const entries = (waits.get(c)?.entries ?? 1) + (this.headWaits.get(c)?.entries ?? 0)
+        this.headWaits.delete(c)
+        this.headWaits.set(c, { due: now, entries })
+        this.laggingHeads.add(c)
+      }
       throw err
     } finally {
       this.flushingHeads = new Map()

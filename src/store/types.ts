@@ -489,10 +489,16 @@ export interface MessageStore {
   /**
    * The head of each of several conversations in one query (absent: nothing stored): its latest
    * entry and its latest real message with the changes applied to it (the preview), from head
-   * records where the store keeps them: never ahead of the stored messages, and behind them only
-   * after a crash between the two writes, until lastSeq or latest of that conversation repairs it.
+   * records where the store keeps them: never ahead of the stored messages; behind what other
+   * processes stored by up to headLagMs, and after a crash between the two writes until lastSeq
+   * or latest of that conversation repairs it. What this process stored it always includes.
    */
   latestMany (conversationIds: readonly string[]): Promise<Map<string, ConversationHead>>
+  /**
+   * How long a head record may lag what another process stored, in normal operation (head records
+   * written lazily); 0 or absent: never (no head records, or one process).
+   */
+  readonly headLagMs?: number
   /**
    * Applies a stored change (kind edit, delete or react) to its target message: idempotent and
    * order-free (each part keeps the change with the highest seq, see MessageChanges). Resolves

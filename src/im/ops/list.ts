@@ -4,13 +4,14 @@
  * flag, one page at a time in conversation-id order (a stable order: a page boundary does not
  * move when new messages arrive, as it would in recency order; clients sort by last.ts).
  * Steps: my memberships of the page -> their conversations and head records (latest messages),
- * each in one batched store call, whatever the page size.
+ * each in one batched store call, whatever the page size (and in a cluster, one more for the
+ * previews of heads that lag what another node stored).
  */
 import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
-import { tailNow, unreadMany } from '../unread.js'
+import { tailNow, tailsNow, unreadMany } from '../unread.js'
 
 export interface ListResult {
   /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
@@ -28,12 +29,22 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const ids = memberships.map(m => m.conversationId)
   const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids), services.meta.mentionCountMany(caller.userId, ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
-  const shown = memberships.flatMap(m => {
+  const found = memberships.flatMap(m => {
     const conversation = byId.get(m.conversationId)
-    if (conversation === undefined) return []
-    const head = latest.get(m.conversationId)
-    return [{ m, conversation, preview: head?.preview ?? null, tail: tailNow(services, m.conversationId, head?.latest ?? null) }]
+    return conversation === undefined ? [] : [{ m, conversation, head: latest.get(m.conversationId) }]
   })
+  const tails = await tailsNow(services, found.map(f => ({ conversationId: f.m.conversationId, headLatest: f.head?.latest ?? null })))
+  const shown = found.map(({ m, conversation, head }, n) => ({
+    m, conversation, preview: head?.preview ?? null, tail: tails[n] ?? tailNow(services, m.conversationId, null), headSeq: head?.latest.seq ?? 0
+  }))
+  // In a cluster a head record may lag what another node stored (heads are written lazily, see the
+  // message store): when this node's sequencer knows of later entries, the preview is read by key
+  // (the latest real message with every change applied), all of them in one store call.
+  const lagging = shown.filter(s => s.tail.seq > s.headSeq && s.tail.lastReal > 0)
+  if (lagging.length > 0) {
+    const read = new Map((await services.messages.getMany(lagging.map(s => ({ conversationId: s.m.conversationId, seq: s.tail.lastReal })))).map(msg => [msg.conversationId, msg]))
+    for (const s of lagging) s.preview = read.get(s.m.conversationId) ?? s.preview
+  }
   const unread = await unreadMany(services, shown.map(s => ({ conversationId: s.m.conversationId, tail: s.tail, readSeq: s.m.readSeq })))
   const summaries: Array<{ conv: string, bytes: Buffer }> = []
   for (const [n, { m, conversation, preview, tail }] of shown.entries()) {
