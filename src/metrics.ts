@@ -47,6 +47,8 @@ export class Metrics {
   private readonly deliveries: Counter
   private readonly webhooks: Counter<'event' | 'outcome'>
   private readonly pushes: Counter<'kind' | 'outcome'>
+  private readonly seqConflicts: Counter
+  private readonly orderWait: Histogram
 
   constructor (options: MetricsOptions) {
     this.enabled = options.enabled
@@ -58,6 +60,8 @@ export class Metrics {
     this.storeErrors = new Counter({ name: 'mqim_store_errors_total', help: 'Store operations that failed, by store and method', labelNames: ['store', 'op'], registers })
     this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers, collect: this.flush })
     this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers, collect: this.flush })
+    this.seqConflicts = new Counter({ name: 'mqim_seq_conflicts_total', help: 'Batch writes that met a seq another node had stored first (cluster: both wrote one conversation at once)', registers })
+    this.orderWait = new Histogram({ name: 'mqim_delivery_order_wait_seconds', help: "Cluster: deliveries that waited for another node's notice that it published the seqs before theirs, and how long", buckets: LATENCY_BUCKETS, registers })
     this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers, collect: this.flush })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
   }
@@ -118,6 +122,16 @@ export class Metrics {
     if (!this.enabled) return
     this.commitBatch.observe(submittedAt.length)
     for (const at of submittedAt) this.commitLatency.observe((now - at) / 1000)
+  }
+
+  /** A batch write met another node's seq (see the sequencer). */
+  seqConflict (): void {
+    if (this.enabled) this.seqConflicts.inc()
+  }
+
+  /** A delivery waited this long for another node's publish notice (see Delivery). */
+  orderWaited (ms: number): void {
+    if (this.enabled) this.orderWait.observe(ms / 1000)
   }
 
   webhook (event: string, outcome: string): void {

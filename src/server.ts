@@ -153,7 +153,7 @@ export class MqimServer {
       logger,
       metrics
     })
-    const delivery = new Delivery(directory, publisher, bus, mentions, webhooks, push)
+    const delivery = new Delivery(directory, publisher, bus, mentions, webhooks, push, metrics)
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would

@@ -23,6 +23,7 @@ import type { Webhooks } from './webhooks.js'
 import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 import { LRUCache } from 'lru-cache'
+import type { Metrics } from '../metrics.js'
 
 /** Longest wait for another node's notice that it published the seqs before ours (a lost notice). */
 const ORDER_WAIT_MS = 2000
@@ -60,7 +61,8 @@ export class Delivery implements CommitListener {
     private readonly bus: ClusterBus,
     private readonly mentions: MentionLog | null = null,
     private readonly webhooks: Webhooks | null = null,
-    private readonly push: PushService | null = null
+    private readonly push: PushService | null = null,
+    private readonly metrics: Metrics | null = null
   ) {
     if (bus.clustered) {
       bus.on(SEQ_TOPIC, (notice) => {
@@ -118,7 +120,11 @@ export class Delivery implements CommitListener {
         const known = this.published.get(conv)
         if (known !== undefined && known < seq - 1) waits.push(this.publishedUpTo(conv, seq - 1))
       }
-      if (waits.length > 0) await Promise.all(waits)
+      if (waits.length > 0) {
+        const started = performance.now()
+        await Promise.all(waits)
+        this.metrics?.orderWaited(performance.now() - started)
+      }
     }
     // per message: the webhook's envelope is built only when an endpoint wants it
     const hooked = this.webhooks?.wants('message.stored') === true

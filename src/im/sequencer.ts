@@ -507,6 +507,7 @@ export class Sequencer {
       if (result.conflict !== undefined && conflicting !== undefined) {
         const [p, doc] = conflicting
         if (result.conflict.kind === 'seq') {
+          this.opts.metrics?.seqConflict()
           // Another node stored this seq first. Stored seqs are always a prefix 1..M, so every seq
           // up to this one is stored: retry at once after it, without a store round trip. (A node
           // that reloads lastSeq while another node keeps writing the conversation can lose every
