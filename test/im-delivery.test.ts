@@ -164,4 +164,40 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
     await back.waitFor(() => back.messages.filter(m => m.conv === d.conv).length === 5, 10000, 'queued messages')
     assertInOrderOnce(back.messages, d.conv, 5)
   })
+
+  test('read events and group receipts are QoS 0, never queued for a session that is away; a direct receipt is QoS 1 and queued', async () => {
+    const alice = await connect(server, 'alice', 'qos-a')
+    const carol = await connect(server, 'carol', 'qos-live')
+    clients.push(alice, carol)
+    const qosOf = new Map<string, number[]>()
+    carol.mqtt.on('message', (topic, payload, packet) => {
+      if (topic !== 'im/u/carol/e') return
+      const type = (JSON.parse(payload.toString()) as { type: string, kind?: string }).type
+      const key = type === 'receipt' ? `receipt:${(JSON.parse(payload.toString()) as { kind: string }).kind}` : type
+      qosOf.set(key, [...(qosOf.get(key) ?? []), packet.qos])
+    })
+    const direct = await alice.request('direct', { user: 'carol' })
+    const group = await alice.request('create-group', { name: 'qos', members: ['carol'] })
+    // carol's second device, persistent, goes away
+    const away = await connect(server, 'carol', 'qos-away', { clean: false })
+    await away.end()
+    for (const conv of [direct.conv, group.conv]) await alice.request('send', { conv, msgId: `q-${conv}`, kind: 'text', body: 'hi' })
+    // carol reads both (read events to her devices), alice reads both (a direct receipt and a group aggregate to carol)
+    for (const conv of [direct.conv, group.conv]) await carol.request('read', { conv, seq: 1 })
+    for (const conv of [direct.conv, group.conv]) await alice.request('read', { conv, seq: 1 })
+    await carol.waitFor(() => (qosOf.get('read')?.length ?? 0) >= 2 && qosOf.has('receipt:direct') && qosOf.has('receipt:group'), 10000, 'the events, live')
+    expect(qosOf.get('read')).toEqual([0, 0])
+    expect(qosOf.get('receipt:direct')).toEqual([1])
+    expect(new Set(qosOf.get('receipt:group'))).toEqual(new Set([0]))
+    expect(qosOf.get('member')?.every(q => q === 1)).toBe(true) // member events stay QoS 1
+
+    // the persistent device comes back: its queue has the two messages and alice's direct receipt, no read event, no group aggregate
+    const back = await connect(server, 'carol', 'qos-away', { clean: false, subscribe: false })
+    clients.push(back)
+    await back.waitFor(() => back.messages.length >= 2 && back.events.some(e => e.type === 'receipt'), 10000, 'the queue')
+    const marker = await alice.request('send', { conv: direct.conv, msgId: 'q-marker', kind: 'text', body: 'after' })
+    await back.waitFor(() => back.messages.some(m => m.seq === marker.seq && m.conv === direct.conv), 10000, 'a live message after the queue')
+    expect(back.events.filter(e => e.type === 'read')).toEqual([])
+    expect(back.events.filter(e => e.type === 'receipt')).toEqual([{ type: 'receipt', conv: direct.conv, kind: 'direct', user: 'alice', readSeq: 1 }])
+  })
 })

@@ -153,7 +153,9 @@ export class ReceiptAggregator {
     for (const m of members) if (m.readSeq > highest) highest = m.readSeq
     const lastSeq = await this.lastSeqOf(conversationId, highest)
     const s = ReceiptAggregator.summarize(members.map(m => m.readSeq), lastSeq)
-    this.publisher.event(members.map(m => m.userId), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
+    // QoS 0 (the next aggregate supersedes it; a device that comes back asks `receipts`); a direct
+    // receipt stays QoS 1, queued for a persistent session: it is the peer's one tick
+    this.publisher.ephemeral(members.map(m => m.userId), { type: 'receipt', conv: conversationId, kind: 'group', ...s })
   }
 
   close (): void {

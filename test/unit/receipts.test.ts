@@ -31,7 +31,11 @@ function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000)
   const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory
   const meta = { memberList: async () => [{ userId: 'a', readSeq: 3 }, { userId: 'b', readSeq: 5 }] } as unknown as MetadataStore
   const sent: unknown[] = []
-  const publisher = { event: (_to: string[], e: unknown) => { sent.push(e) } } as unknown as Publisher
+  // group aggregates go out at QoS 0 (ephemeral); a QoS 1 event here would be a mistake
+  const publisher = {
+    ephemeral: (_to: string[], e: unknown) => { sent.push(e) },
+    event: (_to: string[], e: unknown) => { throw new Error(`group receipt sent at QoS 1: ${JSON.stringify(e)}`) }
+  } as unknown as Publisher
   const asked: number[] = []
   const windows: ReceiptWindows = !Array.isArray(claims)
     ? claims

@@ -20,8 +20,9 @@ export async function read (caller: Caller, req: RequestOf<'read'>, services: Se
   services.directory.noteRead(req.conv, caller.userId, readSeq)
   const [unread = 0] = await unreadMany(services, [{ conversationId: req.conv, tail, readSeq }])
   if (readSeq > before) {
-    // the cursor moved: tell my other devices, and the other members (receipts)
-    services.publisher.event([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })
+    // the cursor moved: tell my other devices (QoS 0: those connected now; a device that comes back
+    // gets the cursors from list), and the other members (receipts)
+    services.publisher.ephemeral([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })
     // channels have no receipts: nobody is told who read what
     if (entry.conversation.kind !== 'channel') await services.receipts.noteRead(req.conv, caller.userId, readSeq)
   }
