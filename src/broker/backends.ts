@@ -20,7 +20,8 @@ export interface BrokerBackends {
   available: () => boolean
   /**
    * Since when (Date.now clock) this node has heard every other node's publishes without a break:
-   * its start, or the last time the subscriber connection to Redis was ready again.
+   * its start, or the last time the subscriber connection to Redis was ready again; +Infinity
+   * while it is down.
    */
   connectedSince: () => number
   close: () => Promise<void>
@@ -83,7 +84,8 @@ export function createBrokerBackends (
     mq,
     redis,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
-    connectedSince: () => subReadySince,
+    // while the subscriber is down, notices are being missed: "not connected" (the future)
+    connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,
     close: async () => {
       await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }

@@ -197,7 +197,8 @@ export class Sequencer {
     // tail only (latestPast), which is exact as long as the seq after it cannot have been removed
     // by retention since; a tail that old is read again from the head instead. (A single node
     // writes every message itself: its tails are exact however old.)
-    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX, ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false })
+    // (An expired tail stays until evicted: lowerTail still answers with it.)
+    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX, ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false, noDeleteOnStaleGet: true })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
     opts.peers?.on(SEQ_TOPIC, (notice) => {
       const { seqs, tails, changed, docs } = notice
@@ -294,14 +295,26 @@ export class Sequencer {
   }
 
   /**
-   * Whether a tail this process does not know is the one in the store's head record (see
-   * MessageStore.headLagMs). Always on one node. In a cluster, a head record may lag what another
-   * node stored by up to headLagMs, and whatever another node stores reaches this one's tails
-   * (kept TAIL_TTL_MS): so once the notices have arrived without a break for longer than that,
-   * every conversation whose head may lag has a known tail. Until then (a node that just started,
-   * or whose link to Redis just came back) readers ask tailFor instead.
+   * A tail this process wrote or was told of, however long ago (expired ones included): a lower
+   * bound of the conversation's tail, as seqs never go back. What list and unread counts raise a
+   * head record to.
+   */
+  lowerTail (conversationId: string): Tail | undefined {
+    return this.tails.get(conversationId, { allowStale: true })
+  }
+
+  /**
+   * Whether a tail this process does not know is the one in the store's head record, or one above
+   * it this process knows (lowerTail). Not while the store has not checked its heads since it
+   * started (a process that died may have left heads behind, see MessageStore.headsChecked). Then
+   * always on one node. In a cluster, a head record may lag what another node stored by up to
+   * headLagMs, and whatever another node stores reaches this one's tails: so once the notices have
+   * arrived without a break for longer than that, every conversation whose head may lag has a
+   * tail here. Until then (a node that just started, or whose link to Redis is down or just came
+   * back) readers ask tailFor instead.
    */
   tailsComplete (): boolean {
+    if (this.store.headsChecked === false) return false
     if (this.opts.peers == null) return true
     const lag = this.store.headLagMs ?? 0
     if (lag === 0) return true

@@ -15,23 +15,34 @@ import { countOf, isChangeKind, type StoredMessage } from '../store/types.js'
  */
 export function tailNow (services: Services, conversationId: string, headLatest: StoredMessage | null): Tail {
   const stored = tailOf(headLatest)
-  const known = services.sequencer.knownTail(conversationId)
+  const known = services.sequencer.lowerTail(conversationId)
   return known !== undefined && known.seq > stored.seq ? known : stored
 }
 
+/** Tails read from the store at a time by tailsNow. */
+const EXACT_TAILS_CONCURRENCY = 16
+
 /**
- * tailNow for several conversations. While this node's sequencer may not know every tail a lagging
- * head hides (a cluster node that just started or reconnected: Sequencer.tailsComplete), a tail it
- * does not know is read from the store, exactly (one call per such conversation, only then).
+ * tailNow for several conversations. While this node may not know every tail a lagging head hides
+ * (Sequencer.tailsComplete: a node that just started, or whose link to the other nodes is down or
+ * just came back), each tail is read from the store instead, exactly (sequencer.tailFor: past the
+ * tail it knows, else the head and past it), EXACT_TAILS_CONCURRENCY at a time.
  */
 export async function tailsNow (services: Services, items: ReadonlyArray<{ conversationId: string, headLatest: StoredMessage | null }>): Promise<Tail[]> {
-  const complete = services.sequencer.tailsComplete()
-  return await Promise.all(items.map(async ({ conversationId, headLatest }) => {
-    if (complete || services.sequencer.knownTail(conversationId) !== undefined) return tailNow(services, conversationId, headLatest)
-    const exact = await services.sequencer.tailFor(conversationId)
-    const stored = tailOf(headLatest)
-    return exact.seq > stored.seq ? exact : stored
+  if (services.sequencer.tailsComplete()) return items.map(i => tailNow(services, i.conversationId, i.headLatest))
+  const out: Tail[] = new Array<Tail>(items.length)
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(EXACT_TAILS_CONCURRENCY, items.length) }, async () => {
+    while (next < items.length) {
+      const n = next++
+      const item = items[n]
+      if (item === undefined) continue
+      const exact = await services.sequencer.tailFor(item.conversationId)
+      const stored = tailNow(services, item.conversationId, item.headLatest)
+      out[n] = exact.seq > stored.seq ? exact : stored
+    }
   }))
+  return out
 }
 
 /** The unread count when it needs no read: undefined if the count at readSeq is needed. */
@@ -81,8 +92,8 @@ export async function totalUnread (services: Services, userId: string, maxConver
     const page = await services.meta.memberPageByUser(userId, { after, limit })
     const counted = page.filter(m => !m.muted)
     const heads = await services.messages.latestMany(counted.map(m => m.conversationId))
-    const tails = await tailsNow(services, counted.map(m => ({ conversationId: m.conversationId, headLatest: heads.get(m.conversationId)?.latest ?? null })))
-    const items = counted.map((m, n) => ({ conversationId: m.conversationId, tail: tails[n] ?? tailNow(services, m.conversationId, null), readSeq: m.readSeq }))
+    // a badge: the head records raised to what this node knows, without reading tails from the store
+    const items = counted.map(m => ({ conversationId: m.conversationId, tail: tailNow(services, m.conversationId, heads.get(m.conversationId)?.latest ?? null), readSeq: m.readSeq }))
     for (const n of await unreadMany(services, items)) total += n
     if (page.length < limit) break
     left -= page.length

@@ -221,8 +221,10 @@ const HEAD_MAX_WAIT_MS = 10_000
 const HEAD_WRITE_MARGIN_MS = 5_000
 /** After a failed head flush, the next round waits this long. */
 const HEAD_RETRY_MS = 1000
-/** At most this many conversations wait for their heads to be written. */
+/** At most this many conversations wait for their heads to be written (beyond, the oldest go unwritten: lastSeq repairs them). */
 const PENDING_HEADS_MAX = 100_000
+/** From this many pending heads on, every round writes all of them (not only those due). */
+const PENDING_HEADS_FLUSH_ALL = 20_000
 /** Rounds of a head update command that meet duplicate keys (see updateHeads) before it fails. */
 const HEAD_WRITE_ATTEMPTS = 5
 /** Primary-key lookups kept in flight by one call in 'single' mode. */
@@ -490,8 +492,12 @@ export class MongoMessageStore implements MessageStore {
   readonly headLagMs: number
   private readonly headMaxWaitMs: number
   private headTimer: NodeJS.Timeout | null = null
-  /** When headTimer fires (Date.now() clock). */
+  /** When headTimer fires (performance.now() clock). */
   private headTimerAt = 0
+  /** After a failed round, no round before this (performance.now() clock). */
+  private headRetryAt = 0
+  /** Whether the start-up check of the heads has ended (see headsChecked). */
+  private healed = false
   /** The start-up check of the heads (healHeads), while it runs. */
   private healing: Promise<void> | null = null
   /** `_id` -> a stored message document (see RECENT_DOC_BYTES). */
@@ -601,7 +607,16 @@ export class MongoMessageStore implements MessageStore {
     }
     if (await this.heads.findOne({ _id: LAYOUT_ID }) === null) await this.upgradeLayout()
     await this.createIndexes()
-    this.healing = this.healHeads().catch(() => {}) // in the background; lastSeq repairs lazily too
+    this.healing = this.healHeads().catch(() => {}).finally(() => { this.healed = true }) // in the background; lastSeq repairs lazily too
+  }
+
+  /**
+   * False while the start-up check of the heads runs (healHeads): until then a head record may lag
+   * what a process that died had stored (heads are written lazily), and readers that need the exact
+   * latest entry ask lastSeq or latest (see Sequencer.tailsComplete). True for good once it ended.
+   */
+  get headsChecked (): boolean {
+    return this.healed
   }
 
   /**
@@ -738,19 +753,22 @@ export class MongoMessageStore implements MessageStore {
     for (const doc of docs) {
       this.pendingHeads.set(doc.c, mergeHeads(this.pendingHeads.get(doc.c), headOf(doc)))
       const wait = this.headWaits.get(doc.c)
-      if (wait === undefined) this.headWaits.set(doc.c, { due: Date.now() + this.headMaxWaitMs, entries: 1 })
+      if (wait === undefined) this.headWaits.set(doc.c, { due: performance.now() + this.headMaxWaitMs, entries: 1 })
       else wait.entries++
-      if ((wait?.entries ?? 1) >= HEAD_MAX_LAG && !this.laggingHeads.has(doc.c)) {
+      // a conversation's first entry: its head is written at once, so that every conversation has
+      // a head record for the start-up check to look past after a crash (healHeads)
+      if (((wait?.entries ?? 1) >= HEAD_MAX_LAG || doc.s === 1) && !this.laggingHeads.has(doc.c)) {
         this.laggingHeads.add(doc.c)
         lagging = true
       }
     }
-    // bounded: the oldest go unwritten (lastSeq repairs them from the messages)
+    // bounded: the oldest go unwritten (lastSeq repairs them from the messages); rounds write all
+    // of them long before that (PENDING_HEADS_FLUSH_ALL), so this happens only while writes fail
     for (const c of this.pendingHeads.keys()) {
       if (this.pendingHeads.size <= PENDING_HEADS_MAX) break
       this.forgetPendingHead(c)
     }
-    this.scheduleHeads(lagging ? HEAD_FLUSH_DELAY_MS : this.nextHeadDueIn())
+    this.scheduleHeads(lagging || this.pendingHeads.size >= PENDING_HEADS_FLUSH_ALL ? HEAD_FLUSH_DELAY_MS : this.nextHeadDueIn())
   }
 
   private forgetPendingHead (conversationId: string): void {
@@ -761,15 +779,16 @@ export class MongoMessageStore implements MessageStore {
 
   /** Milliseconds until the first pending head is due (at least HEAD_FLUSH_DELAY_MS); Infinity if none is pending. */
   private nextHeadDueIn (): number {
-    if (this.laggingHeads.size > 0) return HEAD_FLUSH_DELAY_MS
+    if (this.laggingHeads.size > 0 || this.pendingHeads.size >= PENDING_HEADS_FLUSH_ALL) return HEAD_FLUSH_DELAY_MS
     const first = this.headWaits.values().next()
-    return first.done === true ? Number.POSITIVE_INFINITY : Math.max(HEAD_FLUSH_DELAY_MS, first.value.due - Date.now())
+    return first.done === true ? Number.POSITIVE_INFINITY : Math.max(HEAD_FLUSH_DELAY_MS, first.value.due - performance.now())
   }
 
-  /** A round in `delayMs`, unless one is running or set to start sooner. */
+  /** A round in `delayMs` (not before headRetryAt), unless one is running or set to start sooner. */
   private scheduleHeads (delayMs: number): void {
     if (this.closed || this.headFlush !== null || this.pendingHeads.size === 0 || !Number.isFinite(delayMs)) return
-    const at = Date.now() + delayMs
+    const at = Math.max(performance.now() + delayMs, this.headRetryAt)
+    delayMs = at - performance.now()
     if (this.headTimer !== null) {
       if (this.headTimerAt <= at) return
       clearTimeout(this.headTimer)
@@ -789,7 +808,8 @@ export class MongoMessageStore implements MessageStore {
       .catch(() => { failed = true })
       .finally(() => {
         this.headFlush = null
-        this.scheduleHeads(failed ? HEAD_RETRY_MS : this.nextHeadDueIn())
+        if (failed) this.headRetryAt = performance.now() + HEAD_RETRY_MS
+        this.scheduleHeads(this.nextHeadDueIn())
       })
   }
 
@@ -806,7 +826,8 @@ export class MongoMessageStore implements MessageStore {
   /** Writes the pending heads that are due (lagging too far or too long), or all of them. */
   private async flushHeads (all: boolean): Promise<void> {
     if (this.pendingHeads.size === 0) return
-    const now = Date.now()
+    const now = performance.now()
+    all ||= this.pendingHeads.size >= PENDING_HEADS_FLUSH_ALL
     const due: string[] = all ? [...this.pendingHeads.keys()] : [...this.laggingHeads]
     if (!all) {
       for (const [c, wait] of this.headWaits) {

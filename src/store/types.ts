@@ -500,6 +500,11 @@ export interface MessageStore {
    */
   readonly headLagMs?: number
   /**
+   * False while the store has not yet checked its head records against the messages past them
+   * (after a start: a process that died may have left heads behind); absent: always checked.
+   */
+  readonly headsChecked?: boolean
+  /**
    * Applies a stored change (kind edit, delete or react) to its target message: idempotent and
    * order-free (each part keeps the change with the highest seq, see MessageChanges). Resolves
    * with the target as it is now, or null if the conversation has no message at that seq.
