@@ -641,6 +641,41 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     void seq.close()
   })
 
+  test('a notice caches the tail of a conversation this node did not know; tailsComplete waits for the store\'s check of its heads and for a link older than a head may lag', () => {
+    let handler: ((notice: Record<string, unknown>) => void) | undefined
+    const bus = { on: (_topic: string, h: typeof handler) => { handler = h }, publish: () => {} } as unknown as ClusterBus
+    const state = { headsChecked: false, headLagMs: 15_000 }
+    const store = new Proxy(new MemoryMessageStore(), {
+      get (target, prop, receiver) {
+        if (prop === 'headsChecked') return state.headsChecked
+        if (prop === 'headLagMs') return state.headLagMs
+        return Reflect.get(target, prop, receiver) as unknown
+      }
+    })
+    let now = 1_000_000
+    let since = now
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, now: () => now })
+    expect(seq.knownTail('c')).toBeUndefined()
+    handler?.({ tails: { c: [5, 4, 5] } })
+    expect(seq.knownTail('c')).toEqual({ seq: 5, count: 4, lastReal: 5 })
+    expect(seq.lowerTail('c')).toEqual({ seq: 5, count: 4, lastReal: 5 })
+    handler?.({ seqs: { d: 3 } }) // a bare seq (no counts) of an unknown conversation: left unknown
+    expect(seq.knownTail('d')).toBeUndefined()
+
+    expect(seq.tailsComplete()).toBe(false) // the store has not checked its heads
+    state.headsChecked = true
+    expect(seq.tailsComplete()).toBe(false) // the link is younger than a head may lag
+    now += 15_001
+    expect(seq.tailsComplete()).toBe(true)
+    since = Number.POSITIVE_INFINITY // the subscriber is down
+    expect(seq.tailsComplete()).toBe(false)
+    since = now - 1000 // back a second ago
+    expect(seq.tailsComplete()).toBe(false)
+    state.headLagMs = 0 // a store whose heads never lag
+    expect(seq.tailsComplete()).toBe(true)
+    void seq.close()
+  })
+
   test('a known tail is looked past (latestPast), never re-read from the head; an unknown one is read (latest)', async () => {
     const inner = new MemoryMessageStore()
     const calls: string[] = []
