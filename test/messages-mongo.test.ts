@@ -3,7 +3,7 @@
  * plus what is specific to MongoDB. Each test gets a fresh database, dropped afterwards.
  */
 import net from 'node:net'
-import { MongoClient, type Db, type ObjectId } from 'mongodb'
+import { MongoClient, type Collection, type Db, type ObjectId } from 'mongodb'
 import { isStoreUnavailable } from '../src/store/errors.js'
 import type { ExpiryRule, StoredMessage } from '../src/store/types.js'
 import { MongoMessageStore } from '../src/store/messages-mongo.js'
@@ -225,6 +225,35 @@ describe('MongoMessageStore specifics', () => {
       }
       // close writes what is still pending (busy's last 4 entries)
       expect(await headSeq('busy')).toBe(20)
+    })
+
+    it('a head round that fails part-way writes again only what it had not written, a second later', async () => {
+      const store = new MongoMessageStore({ url, database: dbName })
+      await store.init()
+      const calls: Array<{ ops: number, at: number, failed: boolean }> = []
+      const inner = (store as unknown as { heads: Collection }).heads
+      ;(store as unknown as { heads: Collection }).heads = new Proxy(inner, {
+        get (target, prop, receiver) {
+          if (prop !== 'bulkWrite') return Reflect.get(target, prop, receiver) as unknown
+          return async (ops: unknown[], options: unknown) => {
+            const failed = calls.length === 1 // the round's second command
+            calls.push({ ops: ops.length, at: performance.now(), failed })
+            if (failed) throw new Error('write failed (test)')
+            return await target.bulkWrite(ops as Parameters<Collection['bulkWrite']>[0], options as Parameters<Collection['bulkWrite']>[1])
+          }
+        }
+      })
+      const headsWritten = async (): Promise<number> => await withDb(async db => await db.collection('messages_heads').countDocuments({ _id: { $regex: '^fail' } as unknown as ObjectId }))
+      try {
+        // 30 new conversations: their first heads are due at once, one round of two commands (25 + 5)
+        await store.insertBatch(Array.from({ length: 30 }, (_, i) => msg(`fail${i}`, 1)))
+        for (let i = 0; i < 300 && (await headsWritten()) < 30; i++) await new Promise(resolve => setTimeout(resolve, 10))
+        expect(await headsWritten()).toBe(30)
+        expect(calls.map(c => [c.ops, c.failed])).toEqual([[25, false], [5, true], [5, false]])
+        expect((calls[2]?.at ?? 0) - (calls[1]?.at ?? 0)).toBeGreaterThanOrEqual(900)
+      } finally {
+        await store.close()
+      }
     })
 
     it('a head never moves back: two stores (two nodes) writing one conversation in any order', async () => {

@@ -844,9 +844,15 @@ export class MongoMessageStore implements MessageStore {
       this.forgetPendingHead(c)
     }
     try {
-      await this.writeHeads([...this.flushingHeads.values()])
+      // a command at a time; each one written is done with, whatever happens to the next
+      const list = [...this.flushingHeads]
+      for (let start = 0; start < list.length; start += UPDATES_PER_COMMAND) {
+        const chunk = list.slice(start, start + UPDATES_PER_COMMAND)
+        await this.writeHeads(chunk.map(([, head]) => head))
+        for (const [c] of chunk) this.flushingHeads.delete(c)
+      }
     } catch (err) {
-      // written again in the next round (HEAD_RETRY_MS on), with what came meanwhile
+      // what was not written goes again in the next round (HEAD_RETRY_MS on), with what came meanwhile
       for (const [c, head] of this.flushingHeads) {
         this.pendingHeads.set(c, mergeHeads(head, this.pendingHeads.get(c)))
         const entries = (waits.get(c)?.entries ?? 1) + (this.headWaits.get(c)?.entries ?? 0)
