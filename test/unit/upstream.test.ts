@@ -355,9 +355,10 @@ describe('mqemitter 7.1.0: releasing a queue of synchronously finished messages 
 describe('aedes 1.2.0: pause()/resume() lose count of packets finished while paused (workaround 12)', () => {
   /**
    * Three publishes arrive in one chunk and are held by authorizePublish; the client is paused,
-   * they finish, it is resumed (by `resume`), and a PINGREQ is sent: answered or not within 300 ms.
+   * they finish, it is resumed (by `resume`, which is told when all three have been acknowledged),
+   * and a PINGREQ is sent: answered or not within 300 ms.
    */
-  async function pingAnsweredAfterPause (resume: (client: Client) => void): Promise<boolean> {
+  async function pingAnsweredAfterPause (resume: (client: Client, finished: Promise<void>) => void): Promise<boolean> {
     const broker = await Aedes.createBroker()
     let release: () => void = () => {}
     const held = new Promise<void>(resolve => { release = resolve })
@@ -367,9 +368,10 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
     await connectClean(end, 'p')
     for (let i = 1; i <= 3; i++) end.send({ cmd: 'publish', topic: 'a', payload: Buffer.from('x'), qos: 1, messageId: i, retain: false, dup: false })
     await settle()
-    resume(client)
+    const acked = end.nth('puback', 3)
+    resume(client, acked.then(() => {}))
     release()
-    await end.nth('puback', 3)
+    await acked
     await settle(250)
     end.send({ cmd: 'pingreq' })
     const answered = await end.next('pingresp', 300).then(() => true, () => false)
@@ -378,10 +380,12 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
   }
 
   test('upstream: after pause() and resume(), the next packet is not read', async () => {
-    expect(await pingAnsweredAfterPause(client => {
+    expect(await pingAnsweredAfterPause((client, finished) => {
       const c = client as unknown as { pause: () => void, resume: () => void }
       c.pause()
-      setTimeout(() => c.resume(), 200)
+      // resumed once the three have finished while paused (acknowledged, then 100 ms for Aedes to
+      // finish them), however slow the machine is
+      void finished.then(() => { setTimeout(() => { c.resume() }, 100) })
     })).toBe(false)
   })
 
