@@ -7,6 +7,7 @@
 import { tailOf, type Tail } from './sequencer.js'
 import type { Services } from './context.js'
 import { countOf, isChangeKind, type StoredMessage } from '../store/types.js'
+import { forEachLimited } from '../store/limited.js'
 
 /**
  * A conversation's tail: its head record's latest entry, or what this node's sequencer knows if
@@ -19,29 +20,22 @@ export function tailNow (services: Services, conversationId: string, headLatest:
   return known !== undefined && known.seq > stored.seq ? known : stored
 }
 
-/** Tails read from the store at a time by tailsNow. */
+/** Tails read from the store at a time by withTails. */
 const EXACT_TAILS_CONCURRENCY = 16
 
 /**
- * tailNow for several conversations. While this node may not know every tail a lagging head hides
+ * Each item with its tail (tailNow). While this node may not know every tail a lagging head hides
  * (Sequencer.tailsComplete: a node that just started, or whose link to the other nodes is down or
  * just came back), each tail is read from the store instead, exactly (sequencer.tailFor: past the
  * tail it knows, else the head and past it), EXACT_TAILS_CONCURRENCY at a time.
  */
-export async function tailsNow (services: Services, items: ReadonlyArray<{ conversationId: string, headLatest: StoredMessage | null }>): Promise<Tail[]> {
-  if (services.sequencer.tailsComplete()) return items.map(i => tailNow(services, i.conversationId, i.headLatest))
-  const out: Tail[] = new Array<Tail>(items.length)
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(EXACT_TAILS_CONCURRENCY, items.length) }, async () => {
-    while (next < items.length) {
-      const n = next++
-      const item = items[n]
-      if (item === undefined) continue
-      const exact = await services.sequencer.tailFor(item.conversationId)
-      const stored = tailNow(services, item.conversationId, item.headLatest)
-      out[n] = exact.seq > stored.seq ? exact : stored
-    }
-  }))
+export async function withTails<T extends { conversationId: string, headLatest: StoredMessage | null }> (services: Services, items: readonly T[]): Promise<Array<T & { tail: Tail }>> {
+  const out = items.map(item => ({ ...item, tail: tailNow(services, item.conversationId, item.headLatest) }))
+  if (services.sequencer.tailsComplete()) return out
+  await forEachLimited(out, EXACT_TAILS_CONCURRENCY, async (item) => {
+    const exact = await services.sequencer.tailFor(item.conversationId)
+    if (exact.seq > item.tail.seq) item.tail = exact
+  })
   return out
 }
 

@@ -79,6 +79,7 @@ import type { AnyBulkWriteOperation, Collection, Db, Filter, WriteError } from '
 import { isChangeKind, keptFrom, lastRealOf, type ConversationHead, type ExpiryBounds, type ExpiryRule, type ExpirySweep, type InsertBatchResult, type MessageChanges, type MessageKind, type MessageStore, type RangeQuery, type StoredMessage } from './types.js'
 import { reactionState, type ReactionBody } from './changes.js'
 import { LRUCache } from 'lru-cache'
+import { forEachLimited } from './limited.js'
 import { isStoreUnavailable } from './errors.js'
 
 export interface MongoMessageStoreOptions {
@@ -424,27 +425,6 @@ function writeErrorsOf (err: unknown): readonly WriteError[] | undefined {
   if (err.result.getWriteConcernError() !== undefined) return undefined
   const errors = err.writeErrors
   return Array.isArray(errors) ? errors : [errors as WriteError]
-}
-
-/**
- * Runs `work` on every item, at most `limit` at a time; stops starting new items after the
- * first failure, which it rethrows.
- */
-async function forEachLimited<T> (items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  const queue = items.values() // shared by the workers: each item is taken by one of them
-  let failed = false
-  const worker = async (): Promise<void> => {
-    for (const item of queue) {
-      if (failed) return
-      try {
-        await work(item)
-      } catch (err) {
-        failed = true
-        throw err
-      }
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
 
 /** A write that failed only on a duplicate key, as MongoDB (a write error) or FerretDB (the command) reports it. */

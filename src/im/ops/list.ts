@@ -11,7 +11,7 @@ import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
-import { tailNow, tailsNow, unreadMany } from '../unread.js'
+import { unreadMany, withTails } from '../unread.js'
 
 export interface ListResult {
   /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
@@ -29,18 +29,16 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const ids = memberships.map(m => m.conversationId)
   const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids), services.meta.mentionCountMany(caller.userId, ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
-  const found = memberships.flatMap(m => {
+  const shown = await withTails(services, memberships.flatMap(m => {
     const conversation = byId.get(m.conversationId)
-    return conversation === undefined ? [] : [{ m, conversation, head: latest.get(m.conversationId) }]
-  })
-  const tails = await tailsNow(services, found.map(f => ({ conversationId: f.m.conversationId, headLatest: f.head?.latest ?? null })))
-  const shown = found.map(({ m, conversation, head }, n) => ({
-    m, conversation, preview: head?.preview ?? null, tail: tails[n] ?? tailNow(services, m.conversationId, null), headSeq: head?.latest.seq ?? 0
+    if (conversation === undefined) return []
+    const head = latest.get(m.conversationId)
+    return [{ m, conversation, conversationId: m.conversationId, headLatest: head?.latest ?? null, preview: head?.preview ?? null }]
   }))
   // In a cluster a head record may lag what another node stored (heads are written lazily, see the
   // message store): when this node's sequencer knows of later entries, the preview is read by key
   // (the latest real message with every change applied), all of them in one store call.
-  const lagging = shown.filter(s => s.tail.seq > s.headSeq && s.tail.lastReal > 0)
+  const lagging = shown.filter(s => s.tail.seq > (s.headLatest?.seq ?? 0) && s.tail.lastReal > 0)
   if (lagging.length > 0) {
     const read = new Map((await services.messages.getMany(lagging.map(s => ({ conversationId: s.m.conversationId, seq: s.tail.lastReal })))).map(msg => [msg.conversationId, msg]))
     for (const s of lagging) s.preview = read.get(s.m.conversationId) ?? s.preview
