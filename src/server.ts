@@ -44,6 +44,8 @@ import { PageGate } from './gateway/page-gate.js'
 import { EnvelopeCache } from './im/envelopes.js'
 import { BlockService } from './im/blocks.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
+import { FanOut } from './broker/fanout.js'
+import { userOfTopic } from './protocol/topics.js'
 import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -139,7 +141,12 @@ export class MqimServer {
     const replyWatchers = new ReplyWatchers(bus, { watchedUsers: () => sessions.watchedUsers(), watchedCount: () => sessions.watchedCount },
       { periodMs: persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000 })
     sessions.onWatching((userId, on) => replyWatchers.changed(userId, on))
-    const publisher = new Publisher(broker, sessions, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
+    const fan = await FanOut.create(broker, backends.mq, backends.persistence, {
+      clustered,
+      logger,
+      beforeDeliver: (topics) => { sessions.hold(topics.map(userOfTopic).filter((u): u is string => u !== null)) }
+    })
+    const publisher = new Publisher(broker, sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
     const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)
     const channels = new ChannelSubscriptions(sessions, directory, bus, logger, config.channels)
     const mentions = new MentionLog(meta, logger)
@@ -274,7 +281,7 @@ export class MqimServer {
     this.internals.replyWatchers.close()
     await this.internals.mentions.close()
     await presence.close()
-    publisher.close()
+    await publisher.close()
     this.services.webhooks?.close()
     this.services.push?.close()
     await new Promise<void>(resolve => this.broker.close(() => resolve()))

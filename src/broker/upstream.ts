@@ -588,6 +588,18 @@ export function emitterState (mq: unknown): NodeJS.EventEmitter {
   return (mq as { state: NodeJS.EventEmitter }).state
 }
 
+/**
+ * The emitter's delivery to this node's own subscribers only (mqemitter-redis keeps MQEmitter's
+ * emit as `_emit`, which is what it calls with each message its subscriber connection receives;
+ * on the in-process emitter, emit itself). Used by the fan-out (src/broker/fanout.ts).
+ */
+export function localEmitter (mq: unknown): (message: object) => void {
+  const e = mq as { _emit?: (message: object) => void, emit: (message: object) => void }
+  const emit = e._emit ?? e.emit
+  if (typeof emit !== 'function') throw new Error('emitter without emit: src/broker/fanout.ts needs revisiting')
+  return (message) => { emit.call(e, message) }
+}
+
 /** What workaround 16 replaces of mqemitter-redis 7.2.1 (none of it is in its typings). */
 interface RedisEmitterInternals {
   subConn: Redis

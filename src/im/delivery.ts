@@ -165,7 +165,8 @@ export class Delivery implements CommitListener {
           bodies += weight
         }
       }
-      this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
+      // after the batch's fan-outs, which may wait for their queueing: on the same Redis connection
+      this.publisher.after(() => { this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs }) })
       for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
     }
   }

@@ -2,8 +2,11 @@
  * Everything the server sends to clients goes through here: messages to members' inboxes,
  * events, and replies to one device. Per-user inbox topics (see topics.md, "Diffusion"): one QoS 1
  * publish per member, so membership changes take effect at once and authorizeForward is a prefix
- * check. Before publishing to a set of users, their connections on this node are held
- * (Sessions.hold) so that everything written to each for one commit leaves in one socket write.
+ * check. What goes to several users goes through the fan-out (src/broker/fanout.ts: in a cluster
+ * it crosses Redis once, not once per member); a message's inbox publishes always do, so that they
+ * stay in order with each other and with after(). Before publishing to a set of users, their
+ * connections on this node are held (Sessions.hold; in a cluster, on each node as the fan-out
+ * arrives) so that everything written to each for one commit leaves in one socket write.
  */
 import type { Aedes, Client } from 'aedes'
 import type { StoredMessage } from '../store/types.js'
@@ -15,6 +18,7 @@ import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { Metrics } from '../metrics.js'
 import type { Webhooks } from './webhooks.js'
+import type { FanOut } from '../broker/fanout.js'
 
 export interface PublisherOptions {
   /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
@@ -31,8 +35,11 @@ export interface PublisherOptions {
   watchedElsewhere?: (userId: string) => boolean
 }
 
+/** How long close() waits for fan-outs still being queued for persistent sessions. */
+const CLOSE_DRAIN_MS = 2000
+
 export class Publisher {
-  constructor (private readonly broker: Aedes, private readonly sessions: Sessions, private readonly opts: PublisherOptions) {}
+  constructor (private readonly broker: Aedes, private readonly sessions: Sessions, private readonly fan: FanOut, private readonly opts: PublisherOptions) {}
 
   /** False while the broker cannot route publishes (a cluster whose Redis is down). */
   available (): boolean {
@@ -54,15 +61,30 @@ export class Publisher {
    * The node is stopping: its stored messages have been delivered (the sequencer is closed), what
    * is left are events about connections ending with it (clients sync by seq on reconnect).
    */
-  close (): void {
+  async close (): Promise<void> {
+    await this.fan.drain(CLOSE_DRAIN_MS)
     this.closed = true
+  }
+
+  /** Runs `run` once everything published before it has been handed to the broker's routing (in a cluster: to Redis, in order). */
+  after (run: () => void): void {
+    this.fan.after(run)
+  }
+
+  /** To several users: through the fan-out (held here first on one node); to one: a plain publish. */
+  private publishTo (userIds: readonly string[], topicOf: (userId: string) => string, payload: Buffer, qos: 0 | 1): void {
+    if (this.closed) return
+    if (!this.opts.clustered) this.sessions.hold(userIds)
+    const [only] = userIds
+    if (userIds.length === 1 && only !== undefined) this.publish(topicOf(only), payload, qos)
+    else this.fan.publish(userIds.map(topicOf), payload, qos)
   }
 
   /** Delivers one stored message to every member, serialized once. */
   message (message: StoredMessage, memberIds: readonly string[]): void {
-    const payload = this.opts.envelopes.of(message)
-    this.sessions.hold(memberIds)
-    for (const userId of memberIds) this.publish(messageTopic(userId), payload, 1)
+    if (this.closed) return
+    if (!this.opts.clustered) this.sessions.hold(memberIds)
+    this.fan.publish(memberIds.map(messageTopic), this.opts.envelopes.of(message), 1)
     this.opts.metrics?.delivered(memberIds.length)
   }
 
@@ -83,17 +105,13 @@ export class Publisher {
    * cost no queue entry and acknowledgement in Redis, and no PUBACK.
    */
   ephemeral (userIds: readonly string[], event: ImEvent): void {
-    const payload = Buffer.from(JSON.stringify(event))
-    this.sessions.hold(userIds)
-    for (const userId of userIds) this.publish(eventTopic(userId), payload, 0)
+    this.publishTo(userIds, eventTopic, Buffer.from(JSON.stringify(event)), 0)
   }
 
   event (userIds: Iterable<string>, event: ImEvent): void {
     if (event.type === 'member') this.opts.webhooks?.emit('member.changed', event)
     const ids = Array.isArray(userIds) ? userIds as string[] : [...userIds]
-    const payload = Buffer.from(JSON.stringify(event))
-    this.sessions.hold(ids)
-    for (const userId of ids) this.publish(eventTopic(userId), payload, 1)
+    if (ids.length > 0) this.publishTo(ids, eventTopic, Buffer.from(JSON.stringify(event)), 1)
   }
 
   /**

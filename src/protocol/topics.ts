@@ -27,6 +27,11 @@ export const BLOCKS_TOPIC = '$mqim/blocks'
 export const WATCHERS_TOPIC = '$mqim/watchers'
 /** {users}: these users' push targets changed (drop the cached targets). */
 export const PUSH_TARGETS_TOPIC = '$mqim/push-targets'
+/**
+ * One payload to many users' topics, once across the cluster (src/broker/fanout.ts). Outside
+ * CONTROL_FILTER (each Redis message would otherwise arrive twice: by pattern and by channel).
+ */
+export const FAN_TOPIC = '$mqim-fan'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
@@ -39,6 +44,12 @@ export function messageTopic (userId: string): string {
 }
 export function eventTopic (userId: string): string {
   return `im/u/${userId}/e`
+}
+/** The user of a topic in a user's subtree (`im/u/<user>/...`), else null. */
+export function userOfTopic (topic: string): string | null {
+  if (!topic.startsWith('im/u/')) return null
+  const end = topic.indexOf('/', 5)
+  return end > 5 ? topic.slice(5, end) : null
 }
 export function replyTopic (userId: string, deviceId: string): string {
   return `im/u/${userId}/r/${deviceId}`

@@ -16,7 +16,7 @@ function setup (): { delivery: Delivery, published: number[], notices: Array<Rec
   const notices: Array<Record<string, unknown>> = []
   const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
   const published: number[] = []
-  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) } }
+  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, after: (run: () => void) => { run() } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   const directory = { peek: () => entry, get: async () => entry }
   const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus)

@@ -1,0 +1,213 @@
+/**
+ * Fan-out: one payload to the topics of many users (a message to every member's inbox, an event
+ * to every member).
+ *
+ * On one node this is a broker publish per topic (the in-process emitter: cheap). In a cluster a
+ * publish per topic crosses Redis once per member: encoded, sent, received and decoded again for
+ * each of a group's members (28 on average in the cluster soak), a third of all the Redis traffic.
+ * Here it crosses once: each topic's packet is first queued for the persistent sessions that
+ * subscribe to it, as Aedes does for every QoS 1 publish before it routes it (the same two
+ * persistence calls), then one message on FAN_TOPIC carries the payload once with every topic and
+ * each packet's identity (brokerId, brokerCounter: what the queued copies are known by), and every
+ * node, this one too, hands it to its own subscribers of those topics as if each had been
+ * published there: the same authorizeForward, QoS and acknowledgement of queued copies.
+ *
+ * Order: fan-outs reach the emitter in the order they were made (one waits for the queueing of
+ * those before it), and after() runs a step once everything fanned out before it was handed on:
+ * the delivery's cluster notice that seqs were published goes that way, so a node that waits for
+ * it has the messages first (they travel the same Redis connection).
+ *
+ * Bounds: at most MAX_PENDING fan-outs wait for their queueing (Redis slow or down); beyond that
+ * new ones are dropped and counted (the messages are stored: devices sync them by seq). A fan-out
+ * names at most MAX_TOPICS topics (a group's members are bounded well below).
+ */
+import type { Aedes } from 'aedes'
+import Packet from 'aedes-packet'
+import type { Logger } from '../log.js'
+import { FAN_TOPIC } from '../protocol/topics.js'
+import { localEmitter } from './upstream.js'
+
+/** Fan-outs waiting for their queueing at most; beyond, new ones are dropped (see above). */
+export const MAX_PENDING = 10_000
+/** Topics of one fan-out at most (also what a received one may name). */
+export const MAX_TOPICS = 100_000
+
+interface Subscription { clientId: string, topic: string, qos: number }
+
+/** The two calls of the persistence Aedes makes to queue a QoS 1 publish (aedes.js enqueueOffline). */
+interface QueueingPersistence {
+  subscriptionsByTopic: (topic: string) => Promise<Subscription[]>
+  outgoingEnqueueCombi: (subs: Subscription[], packet: Packet) => Promise<void>
+}
+
+interface Emitter {
+  emit: (message: object, done: (err?: Error) => void) => void
+  on: (topic: string, handler: (message: FanMessage, done: () => void) => void, done?: () => void) => void
+}
+
+/** What crosses Redis once per fan-out. */
+interface FanMessage {
+  topic: string
+  payload: Buffer
+  qos: 0 | 1
+  brokerId: string
+  topics: string[]
+  counters: number[]
+}
+
+interface Step {
+  /** A fan-out, or a step after() queued. */
+  message?: FanMessage
+  run?: () => void
+  ready: boolean
+}
+
+export interface FanOutOptions {
+  /** False on one node: publish() is a broker publish per topic. */
+  clustered: boolean
+  logger: Logger
+  /** Called with the topics of each fan-out received, before they are delivered (Publisher: hold the writes). */
+  beforeDeliver?: (topics: readonly string[]) => void
+}
+
+export class FanOut {
+  private readonly steps: Array<Step | undefined> = []
+  private head = 0
+  private pending = 0
+  private readonly deliverLocally: (message: object) => void
+  private drained: Array<() => void> = []
+  /** Fan-outs dropped because MAX_PENDING were waiting (since start). */
+  dropped = 0
+  private warnedAt = Number.NEGATIVE_INFINITY
+  private foreign = 0
+  private foreignWarnedAt = Number.NEGATIVE_INFINITY
+
+  private constructor (private readonly broker: Aedes, private readonly mq: Emitter, private readonly persistence: QueueingPersistence, private readonly opts: FanOutOptions) {
+    this.deliverLocally = localEmitter(mq)
+  }
+
+  static async create (broker: Aedes, mq: unknown, persistence: unknown, opts: FanOutOptions): Promise<FanOut> {
+    const fan = new FanOut(broker, mq as Emitter, persistence as QueueingPersistence, opts)
+    if (opts.clustered) {
+      await new Promise<void>(resolve => fan.mq.on(FAN_TOPIC, (message, done) => {
+        fan.received(message)
+        done()
+      }, resolve))
+    }
+    return fan
+  }
+
+  /** Publishes `payload` to each topic at `qos` (see above). */
+  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1): void {
+    if (!this.opts.clustered) {
+      for (const topic of topics) {
+        this.broker.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, (err?: Error) => {
+          if (err) this.opts.logger.warn({ topic, err }, 'publish failed')
+        })
+      }
+      return
+    }
+    if (topics.length === 0) return
+    if (topics.length > MAX_TOPICS) throw new Error(`fan-out to ${topics.length} topics (at most ${MAX_TOPICS})`)
+    if (this.pending >= MAX_PENDING) {
+      this.dropped++
+      if (performance.now() - this.warnedAt >= 60_000) {
+        this.warnedAt = performance.now()
+        this.opts.logger.warn({ dropped: this.dropped, waiting: this.pending }, 'fan-outs dropped: too many wait for Redis (devices sync the messages by seq)')
+      }
+      return
+    }
+    const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
+    const step: Step = {
+      message: { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter) },
+      ready: qos === 0
+    }
+    this.steps.push(step)
+    this.pending++
+    if (qos === 0) {
+      this.pump()
+      return
+    }
+    Promise.all(packets.map(async p => { await this.queue(p) })).catch((err: Error) => {
+      // as if Redis had been down a moment later: the live copies still go out, the queued ones
+      // are missing (a device that was away syncs by seq)
+      this.opts.logger.warn({ err, topics: topics.length }, 'fan-out: queueing for persistent sessions failed')
+    }).finally(() => {
+      step.ready = true
+      this.pump()
+    })
+  }
+
+  /** Runs `run` once everything fanned out before it was handed on (at once on one node, or with nothing waiting). */
+  after (run: () => void): void {
+    if (this.head === this.steps.length) {
+      run()
+      return
+    }
+    this.steps.push({ run, ready: true })
+  }
+
+  /** Resolves once nothing waits for its queueing (or after `timeoutMs`). */
+  async drain (timeoutMs: number): Promise<void> {
+    if (this.head === this.steps.length) return
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(resolve, timeoutMs)
+      timer.unref()
+      this.drained.push(() => { clearTimeout(timer); resolve() })
+    })
+  }
+
+  private async queue (packet: Packet): Promise<void> {
+    const subs = await this.persistence.subscriptionsByTopic(packet.topic)
+    if (subs.length > 0) await this.persistence.outgoingEnqueueCombi(subs, packet)
+  }
+
+  private pump (): void {
+    for (let step = this.steps[this.head]; step?.ready === true; step = this.steps[this.head]) {
+      this.steps[this.head++] = undefined
+      if (step.message !== undefined) {
+        this.pending--
+        this.mq.emit(step.message, (err?: Error) => {
+          if (err) this.opts.logger.warn({ err, topics: step.message?.topics.length }, 'fan-out publish failed')
+        })
+      } else {
+        try {
+          step.run?.()
+        } catch (err) {
+          this.opts.logger.error({ err }, 'fan-out: a step after failed')
+        }
+      }
+    }
+    if (this.head === this.steps.length) {
+      this.steps.length = 0
+      this.head = 0
+      const drained = this.drained
+      this.drained = []
+      for (const d of drained) d()
+    } else if (this.head >= 1024 && this.head * 2 >= this.steps.length) {
+      this.steps.splice(0, this.head)
+      this.head = 0
+    }
+  }
+
+  /** A fan-out from any node (this one too): each topic's packet to this node's subscribers. */
+  private received (message: FanMessage): void {
+    const { payload, qos, brokerId, topics, counters } = message
+    if (!Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1) || typeof brokerId !== 'string' ||
+      !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > MAX_TOPICS ||
+      !topics.every(t => typeof t === 'string' && t.length > 0 && !t.startsWith('$')) || !counters.every(c => Number.isSafeInteger(c))) {
+      // something else with access to Redis: one warning a minute, with the count since the last
+      this.foreign++
+      if (performance.now() - this.foreignWarnedAt >= 60_000) {
+        this.foreignWarnedAt = performance.now()
+        this.opts.logger.warn({ topic: FAN_TOPIC, dropped: this.foreign }, 'a fan-out message that is not one of ours: dropped')
+        this.foreign = 0
+      }
+      return
+    }
+    this.opts.beforeDeliver?.(topics)
+    for (let i = 0; i < topics.length; i++) {
+      this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined })
+    }
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * The cluster fan-out (src/broker/fanout.ts) against stand-ins for the broker, its persistence and
+ * the Redis emitter that record what happens: a fan-out reaches the emitter once, only after each
+ * topic's packet was queued for the persistent sessions subscribed to it, in the order fan-outs
+ * were made; after() runs behind them; what is received from Redis is delivered per topic with
+ * each packet's identity, and anything not of that shape is dropped.
+ */
+import type { Aedes } from 'aedes'
+import { FanOut, MAX_PENDING } from '../../src/broker/fanout.js'
+import { FAN_TOPIC } from '../../src/protocol/topics.js'
+import type { Logger } from '../../src/log.js'
+
+interface Emitted { topic: string, topics?: string[], counters?: number[], qos?: number, brokerId?: string, payload?: Buffer }
+
+function stand () {
+  const broker = { id: 'node-a', counter: 0, publish: () => { throw new Error('a cluster fan-out must not publish per topic') } }
+  const emitted: Emitted[] = []
+  const local: Array<Record<string, unknown>> = []
+  let handler: ((m: unknown, done: () => void) => void) | undefined
+  const mq = {
+    emit: (m: Emitted, done: (err?: Error) => void) => { emitted.push(m); done() },
+    on: (topic: string, h: (m: unknown, done: () => void) => void, done: () => void) => { if (topic === FAN_TOPIC) handler = h; done() },
+    _emit: (m: Record<string, unknown>) => { local.push(m) }
+  }
+  // subscriptions of persistent sessions by topic; queueing waits until release() is called
+  const subs = new Map<string, Array<{ clientId: string, topic: string, qos: number }>>()
+  const queued: Array<{ clientIds: string[], topic: string, brokerCounter: number }> = []
+  const waiting: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+  const persistence = {
+    subscriptionsByTopic: async (topic: string) => subs.get(topic) ?? [],
+    outgoingEnqueueCombi: async (s: Array<{ clientId: string }>, packet: { topic: string, brokerCounter: number }) => {
+      await new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }))
+      queued.push({ clientIds: s.map(x => x.clientId), topic: packet.topic, brokerCounter: packet.brokerCounter })
+    }
+  }
+  const warnings: string[] = []
+  const logger = { warn: (_o: unknown, msg: string) => { warnings.push(msg) }, error: (_o: unknown, msg: string) => { warnings.push(msg) }, debug: () => {}, info: () => {} } as unknown as Logger
+  const held: string[][] = []
+  const create = async (): Promise<FanOut> => await FanOut.create(broker as unknown as Aedes, mq, persistence, { clustered: true, logger, beforeDeliver: (t) => { held.push([...t]) } })
+  const receive = (m: unknown): void => { handler?.(m, () => {}) }
+  const settle = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise(resolve => setImmediate(resolve)) }
+  return { broker, emitted, local, subs, queued, waiting, warnings, held, create, receive, settle }
+}
+
+describe('cluster fan-out', () => {
+  test('one emit per fan-out, after its packets were queued; in the order made; after() behind them', async () => {
+    const s = stand()
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    s.subs.set('im/u/c/m', [{ clientId: 'c:tab', topic: 'im/u/c/m', qos: 1 }, { clientId: 'c:pc', topic: 'im/u/#', qos: 1 }])
+    const payload = Buffer.from('{"seq":1}')
+    fan.publish(['im/u/a/m', 'im/u/b/m', 'im/u/c/m'], payload, 1)
+    fan.publish(['im/u/a/e', 'im/u/b/e'], Buffer.from('{"type":"typing"}'), 0)
+    const order: string[] = []
+    fan.after(() => order.push(`after, ${s.emitted.length} emitted`))
+    await s.settle()
+    // the QoS 1 fan-out waits for its two queueings; the QoS 0 one and the step wait behind it
+    expect(s.waiting).toHaveLength(2)
+    expect(s.emitted).toEqual([])
+    expect(order).toEqual([])
+    for (const w of s.waiting.splice(0)) w.resolve()
+    await s.settle()
+    expect(s.queued).toEqual([
+      { clientIds: ['b:phone'], topic: 'im/u/b/m', brokerCounter: 2 },
+      { clientIds: ['c:tab', 'c:pc'], topic: 'im/u/c/m', brokerCounter: 3 }
+    ])
+    expect(s.emitted.map(m => [m.topic, m.topics, m.counters, m.qos, m.brokerId])).toEqual([
+      [FAN_TOPIC, ['im/u/a/m', 'im/u/b/m', 'im/u/c/m'], [1, 2, 3], 1, 'node-a'],
+      [FAN_TOPIC, ['im/u/a/e', 'im/u/b/e'], [4, 5], 0, 'node-a']
+    ])
+    expect(s.emitted[0]?.payload).toBe(payload)
+    expect(order).toEqual(['after, 2 emitted'])
+    // nothing waiting: after() runs at once
+    fan.after(() => order.push('at once'))
+    expect(order).toEqual(['after, 2 emitted', 'at once'])
+  })
+
+  test('a queueing that fails still lets the live copies go, in order, with a warning', async () => {
+    const s = stand()
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('1'), 1)
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('2'), 1)
+    await s.settle()
+    s.waiting[0]?.reject(new Error('redis down'))
+    s.waiting[1]?.resolve()
+    await s.settle()
+    expect(s.emitted.map(m => m.payload?.toString())).toEqual(['1', '2'])
+    expect(s.warnings).toEqual(['fan-out: queueing for persistent sessions failed'])
+  })
+
+  test(`at most ${MAX_PENDING} wait for their queueing: the next is dropped and counted; drain() ends at its timeout`, async () => {
+    const s = stand()
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    for (let i = 0; i < MAX_PENDING; i++) fan.publish(['im/u/b/m'], Buffer.from(String(i)), 1)
+    fan.publish(['im/u/b/m'], Buffer.from('one too many'), 1)
+    expect(fan.dropped).toBe(1)
+    expect(s.warnings).toEqual(['fan-outs dropped: too many wait for Redis (devices sync the messages by seq)'])
+    const started = performance.now()
+    await fan.drain(200)
+    expect(performance.now() - started).toBeGreaterThanOrEqual(190)
+    expect(s.emitted).toEqual([])
+    await s.settle()
+    for (const w of s.waiting.splice(0)) w.resolve()
+    await fan.drain(5000)
+    expect(s.emitted).toHaveLength(MAX_PENDING)
+    expect(s.emitted.at(-1)?.payload?.toString()).toBe(String(MAX_PENDING - 1))
+    // room again
+    fan.publish(['im/u/b/e'], Buffer.from('x'), 0)
+    expect(s.emitted).toHaveLength(MAX_PENDING + 1)
+  })
+
+  test('a fan-out received is delivered to each topic here with its packet identity, after beforeDeliver', async () => {
+    const s = stand()
+    await s.create()
+    const payload = Buffer.from('{"seq":7}')
+    s.receive({ topic: FAN_TOPIC, payload, qos: 1, brokerId: 'node-b', topics: ['im/u/a/m', 'im/u/b/m'], counters: [41, 42] })
+    expect(s.held).toEqual([['im/u/a/m', 'im/u/b/m']])
+    expect(s.local).toEqual([
+      { cmd: 'publish', brokerId: 'node-b', brokerCounter: 41, topic: 'im/u/a/m', payload, qos: 1, retain: false, dup: false, messageId: undefined },
+      { cmd: 'publish', brokerId: 'node-b', brokerCounter: 42, topic: 'im/u/b/m', payload, qos: 1, retain: false, dup: false, messageId: undefined }
+    ])
+  })
+
+  test.each([
+    ['a payload that is not bytes', { payload: 'text' }],
+    ['QoS 2', { qos: 2 }],
+    ['no broker id', { brokerId: 7 }],
+    ['topics not a list', { topics: 'im/u/a/m' }],
+    ['fewer counters than topics', { counters: [1] }],
+    ['a $ topic', { topics: ['im/u/a/m', '$SYS/x'] }],
+    ['an empty topic', { topics: ['im/u/a/m', ''] }],
+    ['a counter that is not an integer', { counters: [1, 1.5] }],
+    ['a counter that is a string', { counters: [1, '2'] }]
+  ])('a received fan-out with %s is dropped with a warning', async (_what, change) => {
+    const s = stand()
+    await s.create()
+    s.receive({ topic: FAN_TOPIC, payload: Buffer.from('x'), qos: 1, brokerId: 'node-b', topics: ['im/u/a/m', 'im/u/b/m'], counters: [1, 2], ...change })
+    expect(s.local).toEqual([])
+    expect(s.held).toEqual([])
+    expect(s.warnings).toEqual(['a fan-out message that is not one of ours: dropped'])
+  })
+
+  test('on one node: a broker publish per topic, nothing subscribed, after() at once', async () => {
+    const published: Array<{ topic: string, qos: number }> = []
+    const broker = { id: 'solo', counter: 0, publish: (p: { topic: string, qos: number }, cb: () => void) => { published.push({ topic: p.topic, qos: p.qos }); cb() } }
+    let subscribed = false
+    const mq = { emit: () => { throw new Error('no emit on one node') }, on: () => { subscribed = true }, _emit: () => {} }
+    const fan = await FanOut.create(broker as unknown as Aedes, mq, {}, { clustered: false, logger: {} as unknown as Logger })
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('x'), 1)
+    let ran = false
+    fan.after(() => { ran = true })
+    expect(published).toEqual([{ topic: 'im/u/a/m', qos: 1 }, { topic: 'im/u/b/m', qos: 1 }])
+    expect(ran).toBe(true)
+    expect(subscribed).toBe(false)
+  })
+})
