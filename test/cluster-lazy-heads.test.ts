@@ -26,7 +26,7 @@ let mongo: MongoClient
 const clients: ImClient[] = []
 
 beforeAll(async () => {
-  overrides = await clusterOverrides(15)
+  overrides = await clusterOverrides(1)
   n1 = await startServer({ ...overrides, nodeId: 'lh1' })
   n2 = await startServer({ ...overrides, nodeId: 'lh2' })
   for (const u of ['lh.alice', 'lh.bob', 'lh.carol']) await addUser(n1, u)

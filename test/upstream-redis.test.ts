@@ -106,6 +106,56 @@ describe('aedes-persistence-redis 11.2.2: offline queues grow without bound (wor
   })
 })
 
+describe('workaround 14, several topics at once (the fan-out): outgoingEnqueueMany', () => {
+  test('the packets of several topics queued in one script, as one by one: counted, trimmed, replayed with their own topics', async () => {
+    const url = new URL(redisUrl())
+    url.pathname = '/15'
+    const conn = new Redis(url.toString())
+    await conn.flushdb()
+    try {
+      const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
+      type Sub = { clientId: string, topic: string, qos: number }
+      interface Store {
+        outgoingEnqueueMany: (entries: Array<{ subs: Sub[], packet: unknown }>) => Promise<void>
+        outgoingStream: (client: { id: string }) => AsyncIterable<Record<string, unknown>>
+      }
+      const store = boundRedisQueues(base as Store, conn, { max: 3, ttlSeconds: 60 })
+      const scripts: number[] = []
+      const redis = conn as unknown as { mqimEnqueue: (...args: unknown[]) => Promise<number> }
+      const enqueue = redis.mqimEnqueue.bind(conn)
+      redis.mqimEnqueue = async (...args) => { scripts.push(args.length); return await enqueue(...args) }
+      const pkt = (topic: string, counter: number): Record<string, unknown> =>
+        ({ cmd: 'publish', topic, payload: Buffer.from(`${topic} ${counter}`), qos: 1, retain: false, dup: false, brokerId: 'b1', brokerCounter: counter })
+      const sub = (clientId: string, topic: string): Sub => ({ clientId, topic, qos: 1 })
+      // four fan-outs, each to a (two persistent devices), b (one) and c (none)
+      for (let k = 0; k < 4; k++) {
+        await store.outgoingEnqueueMany([
+          { subs: [sub('u:a1', 'im/u/a/m'), sub('u:a2', 'im/u/a/#')], packet: pkt('im/u/a/m', 10 * k + 1) },
+          { subs: [sub('u:b', 'im/u/b/m')], packet: pkt('im/u/b/m', 10 * k + 2) },
+          { subs: [], packet: pkt('im/u/c/m', 10 * k + 3) }
+        ])
+      }
+      expect(scripts).toHaveLength(4)
+      // each queue keeps its newest 3; packets of the first fan-out are trimmed off everywhere and deleted
+      expect(await conn.lrange(redisQueueKey('u:a1'), 0, -1)).toEqual(['packet:b1:11', 'packet:b1:21', 'packet:b1:31'])
+      expect(await conn.lrange(redisQueueKey('u:a2'), 0, -1)).toEqual(['packet:b1:11', 'packet:b1:21', 'packet:b1:31'])
+      expect(await conn.lrange(redisQueueKey('u:b'), 0, -1)).toEqual(['packet:b1:12', 'packet:b1:22', 'packet:b1:32'])
+      expect(await conn.exists('packet:b1:1', 'packet:b1:1:offlineCount', 'packet:b1:2', 'packet:b1:3', 'packet:b1:13')).toBe(0)
+      expect([await conn.get('packet:b1:31:offlineCount'), await conn.get('packet:b1:32:offlineCount')]).toEqual(['2', '1'])
+      expect(await conn.ttl('packet:b1:31')).toBeGreaterThan(50)
+      const replayed: Array<[unknown, string]> = []
+      for await (const p of store.outgoingStream({ id: 'u:a2' })) replayed.push([p.topic, String(p.payload)])
+      expect(replayed).toEqual([['im/u/a/m', 'im/u/a/m 11'], ['im/u/a/m', 'im/u/a/m 21'], ['im/u/a/m', 'im/u/a/m 31']])
+      // nothing to queue: no script at all
+      await store.outgoingEnqueueMany([{ subs: [], packet: pkt('im/u/c/m', 99) }])
+      expect(scripts).toHaveLength(4)
+    } finally {
+      await conn.flushdb()
+      conn.disconnect()
+    }
+  })
+})
+
 describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session costs a packet write, and a packet read and four commands to acknowledge (workaround 15)', () => {
   type Store = {
     outgoingEnqueueCombi: (subs: Array<{ clientId: string, topic: string, qos: number }>, packet: unknown) => Promise<void>

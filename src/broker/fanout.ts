@@ -6,16 +6,21 @@
  * publish per topic crosses Redis once per member: encoded, sent, received and decoded again for
  * each of a group's members (28 on average in the cluster soak), a third of all the Redis traffic.
  * Here it crosses once: each topic's packet is first queued for the persistent sessions that
- * subscribe to it, as Aedes does for every QoS 1 publish before it routes it (the same two
- * persistence calls), then one message on FAN_TOPIC carries the payload once with every topic and
+ * subscribe to it, as Aedes does for every QoS 1 publish before it routes it (the same
+ * persistence calls; on Redis, the packets of all the topics in one script), then one message on FAN_TOPIC carries the payload once with every topic and
  * each packet's identity (brokerId, brokerCounter: what the queued copies are known by), and every
  * node, this one too, hands it to its own subscribers of those topics as if each had been
  * published there: the same authorizeForward, QoS and acknowledgement of queued copies.
  *
- * Order: fan-outs reach the emitter in the order they were made (one waits for the queueing of
- * those before it), and after() runs a step once everything fanned out before it was handed on:
- * the delivery's cluster notice that seqs were published goes that way, so a node that waits for
- * it has the messages first (they travel the same Redis connection).
+ * Order: in a cluster everything the server publishes to clients goes through here (a publish to
+ * one topic too, as the packet itself on that topic's channel), and reaches the emitter in the
+ * order it was made: one waits for the queueing of those before it. Aedes needs that: a
+ * connection drops as a duplicate any packet whose brokerCounter is not above the last one it got
+ * from the same node (client.js dedupe), so a QoS 0 event made after a message but routed before
+ * it (the message waiting for its queue entry) would cost that connection the message. after()
+ * runs a step once everything published before it was handed on: the delivery's cluster notice
+ * that seqs were published goes that way, so a node that waits for it has the messages first
+ * (they travel the same Redis connection).
  *
  * Bounds: at most MAX_PENDING fan-outs wait for their queueing (Redis slow or down); beyond that
  * new ones are dropped and counted (the messages are stored: devices sync them by seq). A fan-out
@@ -34,10 +39,14 @@ export const MAX_TOPICS = 100_000
 
 interface Subscription { clientId: string, topic: string, qos: number }
 
-/** The two calls of the persistence Aedes makes to queue a QoS 1 publish (aedes.js enqueueOffline). */
+/**
+ * The two calls of the persistence Aedes makes to queue a QoS 1 publish (aedes.js enqueueOffline),
+ * and on Redis the one that queues the packets of several topics at once (upstream.ts 14).
+ */
 interface QueueingPersistence {
   subscriptionsByTopic: (topic: string) => Promise<Subscription[]>
   outgoingEnqueueCombi: (subs: Subscription[], packet: Packet) => Promise<void>
+  outgoingEnqueueMany?: (entries: Array<{ subs: Subscription[], packet: Packet }>) => Promise<void>
 }
 
 interface Emitter {
@@ -56,8 +65,8 @@ interface FanMessage {
 }
 
 interface Step {
-  /** A fan-out, or a step after() queued. */
-  message?: FanMessage
+  /** A fan-out (several topics), a publish to one topic, or a step after() queued. */
+  message?: FanMessage | Packet
   run?: () => void
   ready: boolean
 }
@@ -118,8 +127,12 @@ export class FanOut {
       return
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
+    // one topic: the packet itself, on the topic's own channel (only nodes with a subscriber get it)
+    const [only] = packets
     const step: Step = {
-      message: { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter) },
+      message: packets.length === 1 && only !== undefined
+        ? only
+        : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter) },
       ready: qos === 0
     }
     this.steps.push(step)
@@ -128,7 +141,7 @@ export class FanOut {
       this.pump()
       return
     }
-    Promise.all(packets.map(async p => { await this.queue(p) })).catch((err: Error) => {
+    this.queue(packets).catch((err: Error) => {
       // as if Redis had been down a moment later: the live copies still go out, the queued ones
       // are missing (a device that was away syncs by seq)
       this.opts.logger.warn({ err, topics: topics.length }, 'fan-out: queueing for persistent sessions failed')
@@ -157,9 +170,16 @@ export class FanOut {
     })
   }
 
-  private async queue (packet: Packet): Promise<void> {
-    const subs = await this.persistence.subscriptionsByTopic(packet.topic)
-    if (subs.length > 0) await this.persistence.outgoingEnqueueCombi(subs, packet)
+  /** Each packet queued for the persistent sessions subscribed to its topic (one script on Redis). */
+  private async queue (packets: Packet[]): Promise<void> {
+    const entries: Array<{ subs: Subscription[], packet: Packet }> = []
+    for (const packet of packets) {
+      const subs = await this.persistence.subscriptionsByTopic(packet.topic)
+      if (subs.length > 0) entries.push({ subs, packet })
+    }
+    if (entries.length === 0) return
+    if (this.persistence.outgoingEnqueueMany !== undefined) await this.persistence.outgoingEnqueueMany(entries)
+    else await Promise.all(entries.map(async e => { await this.persistence.outgoingEnqueueCombi(e.subs, e.packet) }))
   }
 
   private pump (): void {
@@ -167,8 +187,9 @@ export class FanOut {
       this.steps[this.head++] = undefined
       if (step.message !== undefined) {
         this.pending--
-        this.mq.emit(step.message, (err?: Error) => {
-          if (err) this.opts.logger.warn({ err, topics: step.message?.topics.length }, 'fan-out publish failed')
+        const message = step.message
+        this.mq.emit(message, (err?: Error) => {
+          if (err) this.opts.logger.warn({ err, topic: message.topic }, 'fan-out publish failed')
         })
       } else {
         try {

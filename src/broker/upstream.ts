@@ -664,6 +664,8 @@ export function closeEmitterQuietly (mq: unknown): void {
 /** The parts of aedes-persistence-redis 11 that workarounds 14 and 15 replace. */
 interface RedisOutgoingStore {
   outgoingEnqueueCombi: (subs: Array<{ clientId: string }> | null | undefined, packet: object) => Promise<void>
+  /** Added by boundRedisQueues: several packets, each with the subscriptions it is queued for, in one script. */
+  outgoingEnqueueMany: (entries: Array<{ subs: Array<{ clientId: string }>, packet: object }>) => Promise<void>
   outgoingUpdate: (client: { id: string }, packet: OutgoingPacket) => Promise<void>
   outgoingClearMessageId: (client: { id: string }, packet: { messageId?: number }) => Promise<unknown>
 }
@@ -686,35 +688,44 @@ function redisCountKey (packetKey: string): string {
 }
 
 /**
- * Stores a packet (KEYS[1], ARGV[1]) and its count of queues (KEYS[2]), both expiring after
- * ARGV[2] seconds (0: never), appends it to each session's queue (KEYS[3..]), and trims each queue
- * to its newest ARGV[3] entries; each packet trimmed off loses one reference and is deleted with
- * its count when none is left (as an acknowledgement would do). Keys of trimmed packets are
- * derived from the list's entries, as the persistence itself does: a single Redis, not Redis Cluster.
+ * Stores packets and queues them: ARGV[1] is the expiry in seconds (0: never) and ARGV[2] the
+ * bound of a queue, then per packet ARGV holds its number of queues n and its encoded bytes, and
+ * KEYS its key, its count's key and its n queues. Each packet is stored with its count of queues
+ * (both expiring), appended to each of its queues, and each queue trimmed to its newest entries;
+ * each packet trimmed off loses one reference and is deleted with its count when none is left (as
+ * an acknowledgement would do). Keys of trimmed packets are derived from the list's entries, as
+ * the persistence itself does: a single Redis, not Redis Cluster. Returns the entries appended.
  */
 const ENQUEUE_LUA = `
-local queues = #KEYS - 2
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-  redis.call('SET', KEYS[2], queues, 'EX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], queues)
-end
-local max = tonumber(ARGV[3])
-for i = 3, #KEYS do
-  redis.call('RPUSH', KEYS[i], KEYS[1])
-  local extra = redis.call('LLEN', KEYS[i]) - max
-  if extra > 0 then
-    local old = redis.call('LRANGE', KEYS[i], 0, extra - 1)
-    redis.call('LTRIM', KEYS[i], extra, -1)
-    for _, key in ipairs(old) do
-      if redis.call('DECR', key .. ':offlineCount') <= 0 then redis.call('DEL', key, key .. ':offlineCount') end
+local ttl = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+local k = 1
+local appended = 0
+for a = 3, #ARGV, 2 do
+  local queues = tonumber(ARGV[a])
+  local packet = KEYS[k]
+  if ttl > 0 then
+    redis.call('SET', packet, ARGV[a + 1], 'EX', ttl)
+    redis.call('SET', KEYS[k + 1], queues, 'EX', ttl)
+  else
+    redis.call('SET', packet, ARGV[a + 1])
+    redis.call('SET', KEYS[k + 1], queues)
+  end
+  for i = k + 2, k + 1 + queues do
+    redis.call('RPUSH', KEYS[i], packet)
+    local extra = redis.call('LLEN', KEYS[i]) - max
+    if extra > 0 then
+      local old = redis.call('LRANGE', KEYS[i], 0, extra - 1)
+      redis.call('LTRIM', KEYS[i], extra, -1)
+      for _, key in ipairs(old) do
+        if redis.call('DECR', key .. ':offlineCount') <= 0 then redis.call('DEL', key, key .. ':offlineCount') end
+      end
     end
   end
+  k = k + 2 + queues
+  appended = appended + queues
 end
-return queues`
+return appended`
 
 /**
  * An acknowledged packet (KEYS[2]) leaves its session's queue (KEYS[1]) and loses the references
@@ -745,7 +756,8 @@ function scripted (conn: Redis): ScriptedRedis {
 /**
  * 14. A packet queued for sessions is stored, counted, appended to each session's queue and each
  * queue trimmed to its newest `max` entries, in one script (one command instead of 4 + 2 per
- * session; the packets trimmed off released as if acknowledged). What is trimmed is the oldest: a
+ * session; the packets trimmed off released as if acknowledged). outgoingEnqueueMany (added here,
+ * used by the fan-out) queues the packets of several topics in one script. What is trimmed is the oldest: a
  * reconnect replays what is left, the client syncs the rest by seq. The packet is stored as the
  * persistence stores it (msgpack of an aedes-packet Packet), so its own reader (outgoingStream)
  * reads it unchanged.
@@ -755,10 +767,20 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
   const redis = scripted(conn)
   store.outgoingEnqueueCombi = async (subs, packet) => {
     if (subs === null || subs === undefined || subs.length === 0) return
-    const p = packet as { brokerId: string, brokerCounter: number }
-    const key = redisPacketKey(p.brokerId, p.brokerCounter)
-    const keys = [key, redisCountKey(key), ...subs.map(sub => redisQueueKey(sub.clientId))]
-    await redis.mqimEnqueue(keys.length, ...keys, msgpack.encode(new Packet(packet)), opts.ttlSeconds, opts.max)
+    await store.outgoingEnqueueMany([{ subs, packet }])
+  }
+  store.outgoingEnqueueMany = async (entries) => {
+    const keys: string[] = []
+    const args: Array<string | number | Buffer> = [opts.ttlSeconds, opts.max]
+    for (const { subs, packet } of entries) {
+      if (subs.length === 0) continue
+      const p = packet as { brokerId: string, brokerCounter: number }
+      const key = redisPacketKey(p.brokerId, p.brokerCounter)
+      keys.push(key, redisCountKey(key))
+      for (const sub of subs) keys.push(redisQueueKey(sub.clientId))
+      args.push(subs.length, msgpack.encode(new Packet(packet)))
+    }
+    if (keys.length > 0) await redis.mqimEnqueue(keys.length, ...keys, ...args)
   }
   return persistence
 }

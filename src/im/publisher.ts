@@ -8,7 +8,7 @@
  * connections on this node are held (Sessions.hold; in a cluster, on each node as the fan-out
  * arrives) so that everything written to each for one commit leaves in one socket write.
  */
-import type { Aedes, Client } from 'aedes'
+import type { Client } from 'aedes'
 import type { StoredMessage } from '../store/types.js'
 import type { ImEvent, Reply } from '../protocol/schemas.js'
 import { serializeReply } from '../protocol/raw-json.js'
@@ -39,18 +39,17 @@ export interface PublisherOptions {
 const CLOSE_DRAIN_MS = 2000
 
 export class Publisher {
-  constructor (private readonly broker: Aedes, private readonly sessions: Sessions, private readonly fan: FanOut, private readonly opts: PublisherOptions) {}
+  constructor (private readonly sessions: Sessions, private readonly fan: FanOut, private readonly opts: PublisherOptions) {}
 
   /** False while the broker cannot route publishes (a cluster whose Redis is down). */
   available (): boolean {
     return this.opts.available()
   }
 
+  /** Through the fan-out too (in a cluster, what this node publishes must reach the emitter in the order it was made). */
   private publish (topic: string, payload: Buffer, qos: 0 | 1): void {
     if (this.closed) return
-    this.broker.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, (err?: Error) => {
-      if (err) this.opts.logger[this.closed ? 'debug' : 'warn']({ topic, err }, 'publish failed')
-    })
+    this.fan.publish([topic], payload, qos)
   }
 
   private closed = false
@@ -71,13 +70,11 @@ export class Publisher {
     this.fan.after(run)
   }
 
-  /** To several users: through the fan-out (held here first on one node); to one: a plain publish. */
+  /** Through the fan-out (held here first on one node). */
   private publishTo (userIds: readonly string[], topicOf: (userId: string) => string, payload: Buffer, qos: 0 | 1): void {
     if (this.closed) return
     if (!this.opts.clustered) this.sessions.hold(userIds)
-    const [only] = userIds
-    if (userIds.length === 1 && only !== undefined) this.publish(topicOf(only), payload, qos)
-    else this.fan.publish(userIds.map(topicOf), payload, qos)
+    this.fan.publish(userIds.map(topicOf), payload, qos)
   }
 
   /** Delivers one stored message to every member, serialized once. */

@@ -75,6 +75,25 @@ describe('cluster fan-out', () => {
     expect(order).toEqual(['after, 2 emitted', 'at once'])
   })
 
+  test('one topic: the packet itself, on its own topic, in order with the fan-outs (a connection drops a lower brokerCounter after a higher one)', async () => {
+    const s = stand()
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('message'), 1)
+    fan.publish(['im/u/b/e'], Buffer.from('read event'), 0)
+    fan.publish(['im/u/b/r/phone'], Buffer.from('reply copy'), 0)
+    await s.settle()
+    expect(s.emitted).toEqual([])
+    for (const w of s.waiting.splice(0)) w.resolve()
+    await s.settle()
+    expect(s.emitted.map(m => [m.topic, (m as { brokerCounter?: number }).brokerCounter ?? m.counters])).toEqual([
+      [FAN_TOPIC, [1, 2]],
+      ['im/u/b/e', 3],
+      ['im/u/b/r/phone', 4]
+    ])
+    expect(s.emitted[1]).toMatchObject({ cmd: 'publish', brokerId: 'node-a', qos: 0, retain: false, dup: false })
+  })
+
   test('a queueing that fails still lets the live copies go, in order, with a warning', async () => {
     const s = stand()
     const fan = await s.create()
