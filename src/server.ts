@@ -146,7 +146,7 @@ export class MqimServer {
       logger,
       beforeDeliver: (topics) => { sessions.hold(topics.map(userOfTopic).filter((u): u is string => u !== null)) }
     })
-    const publisher = new Publisher(broker, sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
+    const publisher = new Publisher(sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
     const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)
     const channels = new ChannelSubscriptions(sessions, directory, bus, logger, config.channels)
     const mentions = new MentionLog(meta, logger)
