@@ -11,6 +11,7 @@ import { Redis } from 'ioredis'
 import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
+import msgpack from 'msgpack-lite'
 import { boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
@@ -361,14 +362,18 @@ describe('mqemitter-redis 7.2.1: a message on its channels that is not one of it
     const raw = opened[opened.length - 2] as Redis
     await raw.publish('t16/y/exact', Buffer.from('hello'))
     await raw.publish('t16/y/exact', Buffer.from([0x92]))
+    // well-formed, but its topic has more levels than the emitter's matcher takes (it throws)
+    await raw.publish('t16/y/exact', msgpack.encode({ id: 'deep', msg: { ...packet(6), topic: 'd/'.repeat(150) + 'd' } }))
     patched.emit({ ...packet(5), topic: 't16/y/exact' })
     await until(() => got.length >= 2)
     await new Promise(resolve => setTimeout(resolve, 100))
     // Redis sent it twice (the pattern and the channel matched): emitted once, to each of the two listeners
     expect(got.map(p => p.brokerCounter)).toEqual([2 ** 40 + 5, 2 ** 40 + 5])
-    // each bad message came through both Redis subscriptions
-    expect(undecodable).toHaveLength(4)
+    // each bad message came through both Redis subscriptions; the deep one is reported once (the
+    // second copy has its id seen already)
+    expect(undecodable).toHaveLength(5)
     expect(undecodable.every(u => u.startsWith('t16/y/exact: '))).toBe(true)
+    expect(undecodable.filter(u => u.includes('too many words'))).toHaveLength(1)
   })
 
   test('workaround: an emitter whose subscriber connection has other listeners than the one expected is refused (the package changed)', () => {

@@ -17,10 +17,12 @@
  * order it was made: one waits for the queueing of those before it. Aedes needs that: a
  * connection drops as a duplicate any packet whose brokerCounter is not above the last one it got
  * from the same node (client.js dedupe), so a QoS 0 event made after a message but routed before
- * it (the message waiting for its queue entry) would cost that connection the message. after()
- * runs a step once everything published before it was handed on: the delivery's cluster notice
- * that seqs were published goes that way, so a node that waits for it has the messages first
- * (they travel the same Redis connection).
+ * it (the message waiting for its queue entry) would cost that connection the message.
+ *
+ * A fan-out may carry a mark (a conversation and seq): every node that receives it hands the mark
+ * on (onMark) once it has delivered the fan-out, and the delivery's order across nodes waits for
+ * those marks (src/im/delivery.ts): a mark received means the message is in Redis's stream ahead
+ * of anything this node publishes next.
  *
  * Bounds: at most MAX_PENDING fan-outs wait for their queueing (Redis slow or down); beyond that
  * new ones are dropped and counted (the messages are stored: devices sync them by seq). A fan-out
@@ -62,12 +64,13 @@ interface FanMessage {
   brokerId: string
   topics: string[]
   counters: number[]
+  /** What it publishes: [conversation, seq] (see onMark). */
+  mark?: [string, number]
 }
 
 interface Step {
-  /** A fan-out (several topics), a publish to one topic, or a step after() queued. */
-  message?: FanMessage | Packet
-  run?: () => void
+  /** A fan-out (several topics, or marked), or a publish to one topic. */
+  message: FanMessage | Packet
   ready: boolean
 }
 
@@ -79,12 +82,16 @@ export interface FanOutOptions {
   beforeDeliver?: (topics: readonly string[]) => void
 }
 
+/** Told the mark of each marked fan-out received (this node's own too), after its local deliveries. */
+export type MarkListener = (conversationId: string, seq: number) => void
+
 export class FanOut {
   private readonly steps: Array<Step | undefined> = []
   private head = 0
   private pending = 0
   private readonly deliverLocally: (message: object) => void
   private drained: Array<() => void> = []
+  private readonly markListeners: MarkListener[] = []
   /** Fan-outs dropped because MAX_PENDING were waiting (since start). */
   dropped = 0
   private warnedAt = Number.NEGATIVE_INFINITY
@@ -106,8 +113,13 @@ export class FanOut {
     return fan
   }
 
-  /** Publishes `payload` to each topic at `qos` (see above). */
-  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1): void {
+  /** Listens to the marks of the fan-outs received (see above; in a cluster only). */
+  onMark (listener: MarkListener): void {
+    this.markListeners.push(listener)
+  }
+
+  /** Publishes `payload` to each topic at `qos` (see above), with `mark` if given (a cluster only). */
+  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number]): void {
     if (!this.opts.clustered) {
       for (const topic of topics) {
         this.broker.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, (err?: Error) => {
@@ -127,12 +139,12 @@ export class FanOut {
       return
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
-    // one topic: the packet itself, on the topic's own channel (only nodes with a subscriber get it)
+    // one topic, unmarked: the packet itself, on the topic's own channel (only nodes with a subscriber get it)
     const [only] = packets
     const step: Step = {
-      message: packets.length === 1 && only !== undefined
+      message: packets.length === 1 && only !== undefined && mark === undefined
         ? only
-        : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter) },
+        : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }) },
       ready: qos === 0
     }
     this.steps.push(step)
@@ -149,15 +161,6 @@ export class FanOut {
       step.ready = true
       this.pump()
     })
-  }
-
-  /** Runs `run` once everything fanned out before it was handed on (at once on one node, or with nothing waiting). */
-  after (run: () => void): void {
-    if (this.head === this.steps.length) {
-      run()
-      return
-    }
-    this.steps.push({ run, ready: true })
   }
 
   /** Resolves once nothing waits for its queueing (or after `timeoutMs`). */
@@ -185,19 +188,11 @@ export class FanOut {
   private pump (): void {
     for (let step = this.steps[this.head]; step?.ready === true; step = this.steps[this.head]) {
       this.steps[this.head++] = undefined
-      if (step.message !== undefined) {
-        this.pending--
-        const message = step.message
-        this.mq.emit(message, (err?: Error) => {
-          if (err) this.opts.logger.warn({ err, topic: message.topic }, 'fan-out publish failed')
-        })
-      } else {
-        try {
-          step.run?.()
-        } catch (err) {
-          this.opts.logger.error({ err }, 'fan-out: a step after failed')
-        }
-      }
+      this.pending--
+      const message = step.message
+      this.mq.emit(message, (err?: Error) => {
+        if (err) this.opts.logger.warn({ err, topic: message.topic }, 'fan-out publish failed')
+      })
     }
     if (this.head === this.steps.length) {
       this.steps.length = 0
@@ -213,10 +208,11 @@ export class FanOut {
 
   /** A fan-out from any node (this one too): each topic's packet to this node's subscribers. */
   private received (message: FanMessage): void {
-    const { payload, qos, brokerId, topics, counters } = message
+    const { payload, qos, brokerId, topics, counters, mark } = message
     if (!Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1) || typeof brokerId !== 'string' ||
+      (mark !== undefined && mark !== null && !(Array.isArray(mark) && mark.length === 2 && typeof mark[0] === 'string' && Number.isSafeInteger(mark[1]))) ||
       !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > MAX_TOPICS ||
-      !topics.every(t => typeof t === 'string' && t.length > 0 && !t.startsWith('$')) || !counters.every(c => Number.isSafeInteger(c))) {
+      !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
       // something else with access to Redis: one warning a minute, with the count since the last
       this.foreign++
       if (performance.now() - this.foreignWarnedAt >= 60_000) {
@@ -228,7 +224,32 @@ export class FanOut {
     }
     this.opts.beforeDeliver?.(topics)
     for (let i = 0; i < topics.length; i++) {
-      this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined })
+      try {
+        this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined })
+      } catch (err) {
+        // (a subscriber's handler that throws: the other topics still get theirs)
+        this.opts.logger.error({ err, topic: topics[i] }, 'fan-out: local delivery failed')
+      }
+    }
+    if (mark !== undefined && mark !== null) {
+      for (const listener of this.markListeners) {
+        try {
+          listener(mark[0], mark[1])
+        } catch (err) {
+          this.opts.logger.error({ err }, 'fan-out: a mark listener failed')
+        }
+      }
     }
   }
+}
+
+/** Topic levels at most in a received fan-out (qlobber, under Aedes' emitter, throws beyond 100). */
+const MAX_LEVELS = 16
+
+/** A topic a client could subscribe to and the local emitter can match: no `$`, no wildcard, no NUL, a few levels. */
+function isDeliverableTopic (t: unknown): boolean {
+  if (typeof t !== 'string' || t.length === 0 || t.length > 1024 || t.startsWith('$') || t.includes('+') || t.includes('#') || t.includes('\u0000')) return false
+  let levels = 1
+  for (let i = 0; i < t.length; i++) if (t.charCodeAt(i) === 47 && ++levels > MAX_LEVELS) return false
+  return true
 }

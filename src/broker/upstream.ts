@@ -615,7 +615,8 @@ type Listener = (...args: unknown[]) => void
  * anything else means the package changed, and start-up fails) are replaced by the same steps
  * with the decode guarded: a message that is not one of the emitter's (anything published on its
  * channels by something else with access to Redis) is reported and dropped instead of throwing
- * inside ioredis' reply handler. The codec stays msgpack-lite (msgpackr was tried: no CPU saved in
+ * inside ioredis' reply handler; so is one whose local delivery throws (a topic of more levels than
+ * the emitter's matcher takes). The codec stays msgpack-lite (msgpackr was tried: no CPU saved in
  * the cluster soak, and each node's RSS 200 MB higher). Returns the emitter.
  */
 export function guardEmitterDecode<T> (mq: T, onUndecodable: (err: Error, topic: string) => void): T {
@@ -641,8 +642,14 @@ export function guardEmitterDecode<T> (mq: T, onUndecodable: (err: Error, topic:
     }
     const id = String(packet.id)
     // a message that matches several of this connection's subscriptions comes once per match
-    if (e._cache.get(id) === undefined) e._emit(packet.msg)
+    if (e._cache.get(id) !== undefined) return
     e._cache.set(id, true)
+    try {
+      e._emit(packet.msg)
+    } catch (err) {
+      // e.g. a topic of more levels than the emitter's matcher takes (it throws `too many words`)
+      onUndecodable(err as Error, topic)
+    }
   }
   e.subConn.on('messageBuffer', ((topic: Buffer, message: Buffer) => { handle(topic, message) }) as Listener)
   e.subConn.on('pmessageBuffer', ((_pattern: Buffer, topic: Buffer, message: Buffer) => { handle(topic, message) }) as Listener)

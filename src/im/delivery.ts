@@ -9,8 +9,10 @@
  *
  * Order across nodes: when members on two nodes write to one conversation at once, node B may
  * store seq S right after node A stored S-1 but before A has published it. B then waits (at most
- * ORDER_WAIT_MS) for A's notice of S-1, which A sends after publishing S-1 on the same route, so
- * every device gets S-1 before S. Only a conversation another node wrote to lately can wait.
+ * ORDER_WAIT_MS) until A's fan-out of S-1 has reached B (its mark, src/broker/fanout.ts): B's
+ * publish of S then follows it through Redis, so every device gets S-1 before S. Only a
+ * conversation another node wrote to lately can wait (B learns that from A's commit notice,
+ * which A sends at once: its `seqs` no longer say "published").
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -64,13 +66,8 @@ export class Delivery implements CommitListener {
     private readonly push: PushService | null = null,
     private readonly metrics: Metrics | null = null
   ) {
-    if (bus.clustered) {
-      bus.on(SEQ_TOPIC, (notice) => {
-        const { seqs } = notice
-        if (typeof seqs !== 'object' || seqs === null) return
-        for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) if (typeof seq === 'number') this.notePublished(conv, seq)
-      })
-    }
+    // what another node published has reached this node (the marks of its fan-outs, behind them)
+    if (bus.clustered) publisher.onPublished((conv, seq) => { this.notePublished(conv, seq) })
   }
 
   /** Clustered: conversation -> the highest seq known published (by this node, or another's notice). */
@@ -165,8 +162,9 @@ export class Delivery implements CommitListener {
           bodies += weight
         }
       }
-      // after the batch's fan-outs, which may wait for their queueing: on the same Redis connection
-      this.publisher.after(() => { this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs }) })
+      // at once (the other nodes' sequencers learn the tails: fewer seq conflicts); that the seqs
+      // were published, they learn from the fan-outs' marks
+      this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
       for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
     }
   }

@@ -3,8 +3,8 @@
  * events, and replies to one device. Per-user inbox topics (see topics.md, "Diffusion"): one QoS 1
  * publish per member, so membership changes take effect at once and authorizeForward is a prefix
  * check. What goes to several users goes through the fan-out (src/broker/fanout.ts: in a cluster
- * it crosses Redis once, not once per member); a message's inbox publishes always do, so that they
- * stay in order with each other and with after(). Before publishing to a set of users, their
+ * it crosses Redis once, not once per member), and in a cluster everything else does too, so that
+ * packets reach Redis in the order they were made (see fanout.ts). Before publishing to a set of users, their
  * connections on this node are held (Sessions.hold; in a cluster, on each node as the fan-out
  * arrives) so that everything written to each for one commit leaves in one socket write.
  */
@@ -65,9 +65,12 @@ export class Publisher {
     this.closed = true
   }
 
-  /** Runs `run` once everything published before it has been handed to the broker's routing (in a cluster: to Redis, in order). */
-  after (run: () => void): void {
-    this.fan.after(run)
+  /**
+   * Cluster: `listener(conversation, seq)` once a node's message (this node's too) was routed and
+   * delivered here: the order of deliveries across nodes waits for these (Delivery).
+   */
+  onPublished (listener: (conversationId: string, seq: number) => void): void {
+    this.fan.onMark(listener)
   }
 
   /** Through the fan-out (held here first on one node). */
@@ -81,7 +84,7 @@ export class Publisher {
   message (message: StoredMessage, memberIds: readonly string[]): void {
     if (this.closed) return
     if (!this.opts.clustered) this.sessions.hold(memberIds)
-    this.fan.publish(memberIds.map(messageTopic), this.opts.envelopes.of(message), 1)
+    this.fan.publish(memberIds.map(messageTopic), this.opts.envelopes.of(message), 1, [message.conversationId, message.seq])
     this.opts.metrics?.delivered(memberIds.length)
   }
 
@@ -91,7 +94,8 @@ export class Publisher {
    * queued for offline sessions; members that were away pull with history {after}.
    */
   channelMessage (message: StoredMessage): void {
-    this.publish(channelTopic(message.conversationId), this.opts.envelopes.of(message), 0)
+    if (this.closed) return
+    this.fan.publish([channelTopic(message.conversationId)], this.opts.envelopes.of(message), 0, [message.conversationId, message.seq])
   }
 
   /**

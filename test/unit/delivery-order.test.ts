@@ -1,31 +1,32 @@
 /**
  * Delivery order across nodes (src/im/delivery.ts): a node that stores seq S of a conversation
- * right after another node stored S-1 waits for that node's notice (sent after it published S-1)
- * before publishing S, at most ORDER_WAIT_MS; a conversation no other node wrote to lately does
- * not wait. The bus and the publisher are stand-ins that record what happens, in order.
+ * right after another node stored S-1 waits until that node's fan-out of S-1 has reached it (its
+ * mark, told by the publisher) before publishing S, at most ORDER_WAIT_MS; a conversation no other
+ * node wrote to lately does not wait. A commit notice goes out at once (the other sequencers'
+ * tails), and marks are what count as published, not the notice. The bus and the publisher are
+ * stand-ins that record what happens, in order.
  */
 import { Delivery } from '../../src/im/delivery.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
 import type { Publisher } from '../../src/im/publisher.js'
-import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { StoredMessage } from '../../src/store/types.js'
 
 function setup (): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void } {
-  const handlers: Array<(m: Record<string, unknown>) => void> = []
+  const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
-  const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
+  const bus = { clustered: true, on: () => {}, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
   const published: number[] = []
-  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, after: (run: () => void) => { run() } }
+  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   const directory = { peek: () => entry, get: async () => entry }
   const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus)
-  return { delivery, published, notices, notify: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) } }
+  return { delivery, published, notices, notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) } }
 }
 
 const msg = (seq: number): StoredMessage => ({ conversationId: 'c', seq, clientMsgId: `m${seq}`, senderId: 'u', ts: seq, kind: 'text', body: 'x', replyTo: null })
 
-test('seq S waits for the notice that another node published S-1, then goes', async () => {
+test('seq S waits for the mark that another node\'s fan-out of S-1 arrived, then goes', async () => {
   const { delivery, published, notify } = setup()
   notify({ c: 5 }) // another node published 1..5
   const done = delivery.committed([msg(9), msg(10)]) // 6..8 stored elsewhere, not said yet
@@ -49,7 +50,7 @@ test('no wait for what this node published itself, or for a conversation no node
   expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }, { c: 3 }])
 })
 
-test('a notice that never comes holds the delivery at most about 2 s', async () => {
+test('a mark that never comes holds the delivery at most about 2 s', async () => {
   const { delivery, published, notify } = setup()
   notify({ c: 1 })
   const t0 = Date.now()

@@ -2,8 +2,8 @@
  * The cluster fan-out (src/broker/fanout.ts) against stand-ins for the broker, its persistence and
  * the Redis emitter that record what happens: a fan-out reaches the emitter once, only after each
  * topic's packet was queued for the persistent sessions subscribed to it, in the order fan-outs
- * were made; after() runs behind them; what is received from Redis is delivered per topic with
- * each packet's identity, and anything not of that shape is dropped.
+ * were made; what is received from Redis is delivered per topic with each packet's identity, its
+ * mark told after, and anything not of that shape is dropped.
  */
 import type { Aedes } from 'aedes'
 import { FanOut, MAX_PENDING } from '../../src/broker/fanout.js'
@@ -43,7 +43,7 @@ function stand () {
 }
 
 describe('cluster fan-out', () => {
-  test('one emit per fan-out, after its packets were queued; in the order made; after() behind them', async () => {
+  test('one emit per fan-out, after its packets were queued; in the order made', async () => {
     const s = stand()
     const fan = await s.create()
     s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
@@ -51,13 +51,10 @@ describe('cluster fan-out', () => {
     const payload = Buffer.from('{"seq":1}')
     fan.publish(['im/u/a/m', 'im/u/b/m', 'im/u/c/m'], payload, 1)
     fan.publish(['im/u/a/e', 'im/u/b/e'], Buffer.from('{"type":"typing"}'), 0)
-    const order: string[] = []
-    fan.after(() => order.push(`after, ${s.emitted.length} emitted`))
     await s.settle()
-    // the QoS 1 fan-out waits for its two queueings; the QoS 0 one and the step wait behind it
+    // the QoS 1 fan-out waits for its two queueings; the QoS 0 one waits behind it
     expect(s.waiting).toHaveLength(2)
     expect(s.emitted).toEqual([])
-    expect(order).toEqual([])
     for (const w of s.waiting.splice(0)) w.resolve()
     await s.settle()
     expect(s.queued).toEqual([
@@ -69,10 +66,17 @@ describe('cluster fan-out', () => {
       [FAN_TOPIC, ['im/u/a/e', 'im/u/b/e'], [4, 5], 0, 'node-a']
     ])
     expect(s.emitted[0]?.payload).toBe(payload)
-    expect(order).toEqual(['after, 2 emitted'])
-    // nothing waiting: after() runs at once
-    fan.after(() => order.push('at once'))
-    expect(order).toEqual(['after, 2 emitted', 'at once'])
+  })
+
+  test('a marked fan-out goes as a fan-out even to one topic; each node tells its mark after delivering it', async () => {
+    const s = stand()
+    const fan = await s.create()
+    const told: Array<[string, number, number]> = []
+    fan.onMark((conv, seq) => told.push([conv, seq, s.local.length]))
+    fan.publish(['im/c/ch1/m'], Buffer.from('channel message'), 0, ['ch1', 12])
+    expect(s.emitted.map(m => [m.topic, m.topics, (m as { mark?: unknown }).mark])).toEqual([[FAN_TOPIC, ['im/c/ch1/m'], ['ch1', 12]]])
+    s.receive({ topic: FAN_TOPIC, payload: Buffer.from('x'), qos: 1, brokerId: 'node-b', topics: ['im/u/a/m', 'im/u/b/m'], counters: [7, 8], mark: ['g1', 3] })
+    expect(told).toEqual([['g1', 3, 2]])
   })
 
   test('one topic: the packet itself, on its own topic, in order with the fan-outs (a connection drops a lower brokerCounter after a higher one)', async () => {
@@ -149,9 +153,16 @@ describe('cluster fan-out', () => {
     ['topics not a list', { topics: 'im/u/a/m' }],
     ['fewer counters than topics', { counters: [1] }],
     ['a $ topic', { topics: ['im/u/a/m', '$SYS/x'] }],
+    ['a wildcard topic', { topics: ['im/u/a/m', 'im/u/#'] }],
+    ['a + topic', { topics: ['im/u/+/m', 'im/u/b/m'] }],
+    ['a topic of 200 levels (qlobber throws beyond 100)', { topics: ['im/u/a/m', 'x/'.repeat(199) + 'x'] }],
+    ['a topic with NUL', { topics: ['im/u/a/m', 'im/u/b\u0000/m'] }],
+    ['a topic that is not a string', { topics: ['im/u/a/m', 7] }],
     ['an empty topic', { topics: ['im/u/a/m', ''] }],
     ['a counter that is not an integer', { counters: [1, 1.5] }],
-    ['a counter that is a string', { counters: [1, '2'] }]
+    ['a counter that is a string', { counters: [1, '2'] }],
+    ['a mark that is not [conversation, seq]', { mark: ['g1'] }],
+    ['a mark whose seq is not an integer', { mark: ['g1', '3'] }]
   ])('a received fan-out with %s is dropped with a warning', async (_what, change) => {
     const s = stand()
     await s.create()
@@ -161,17 +172,15 @@ describe('cluster fan-out', () => {
     expect(s.warnings).toEqual(['a fan-out message that is not one of ours: dropped'])
   })
 
-  test('on one node: a broker publish per topic, nothing subscribed, after() at once', async () => {
+  test('on one node: a broker publish per topic (marks unused), nothing subscribed', async () => {
     const published: Array<{ topic: string, qos: number }> = []
     const broker = { id: 'solo', counter: 0, publish: (p: { topic: string, qos: number }, cb: () => void) => { published.push({ topic: p.topic, qos: p.qos }); cb() } }
     let subscribed = false
     const mq = { emit: () => { throw new Error('no emit on one node') }, on: () => { subscribed = true }, _emit: () => {} }
     const fan = await FanOut.create(broker as unknown as Aedes, mq, {}, { clustered: false, logger: {} as unknown as Logger })
     fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('x'), 1)
-    let ran = false
-    fan.after(() => { ran = true })
-    expect(published).toEqual([{ topic: 'im/u/a/m', qos: 1 }, { topic: 'im/u/b/m', qos: 1 }])
-    expect(ran).toBe(true)
+    fan.publish(['im/c/ch/m'], Buffer.from('x'), 0, ['ch', 1])
+    expect(published).toEqual([{ topic: 'im/u/a/m', qos: 1 }, { topic: 'im/u/b/m', qos: 1 }, { topic: 'im/c/ch/m', qos: 0 }])
     expect(subscribed).toBe(false)
   })
 })
