@@ -1,32 +1,34 @@
 /**
- * Fan-out: one payload to the topics of many users (a message to every member's inbox, an event
- * to every member).
+ * Everything the server publishes to clients (src/im/publisher.ts): one payload to the topics of
+ * one or many users (a message to every member's inbox, an event to every member, a reply copy).
  *
- * On one node this is a broker publish per topic (the in-process emitter: cheap). In a cluster a
- * publish per topic crosses Redis once per member: encoded, sent, received and decoded again for
- * each of a group's members (28 on average in the cluster soak), a third of all the Redis traffic.
- * Here it crosses once: each topic's packet is first queued for the persistent sessions that
- * subscribe to it, as Aedes does for every QoS 1 publish before it routes it (the same
- * persistence calls; on Redis, the packets of all the topics in one script), then one message on FAN_TOPIC carries the payload once with every topic and
- * each packet's identity (brokerId, brokerCounter: what the queued copies are known by), and every
- * node, this one too, hands it to its own subscribers of those topics as if each had been
- * published there: the same authorizeForward, QoS and acknowledgement of queued copies.
+ * What Aedes' own publish does, kept: each topic's packet (its own brokerCounter) is queued for the
+ * persistent sessions subscribed to it (the same persistence calls; on Redis, the packets of all
+ * the topics in one script), then routed, and delivered through the same authorizeForward, QoS and
+ * acknowledgement of queued copies.
  *
- * Order: in a cluster everything the server publishes to clients goes through here (a publish to
- * one topic too, as the packet itself on that topic's channel), and reaches the emitter in the
- * order it was made: one waits for the queueing of those before it. Aedes needs that: a
- * connection drops as a duplicate any packet whose brokerCounter is not above the last one it got
- * from the same node (client.js dedupe), so a QoS 0 event made after a message but routed before
- * it (the message waiting for its queue entry) would cost that connection the message.
+ * What changes: (1) order. Publishes are routed in the order they were made, each waiting for the
+ * queueing of those before it. Aedes needs that: a connection drops as a duplicate any packet whose
+ * brokerCounter is not above the last one it got from the same node (client.js dedupe), and Aedes'
+ * publish routes a QoS 0 packet at once but a QoS 1 packet only after its queueing: a QoS 0 event
+ * made just after a message (a channel message committed with a group message, a read event, a
+ * reply copy) reached the device first and cost it the message, live. (2) In a cluster a publish
+ * per topic crossed Redis once per member: encoded, sent, received and decoded again for each of a
+ * group's members (28 on average in the cluster soak). A publish to several topics now crosses
+ * once: one message on FAN_TOPIC carries the payload with every topic and each packet's identity
+ * (brokerId, brokerCounter: what the queued copies are known by), and every node, this one too,
+ * hands it to its own subscribers of those topics. A publish to one topic is the packet itself on
+ * that topic's channel, as before (only nodes with a subscriber get it).
  *
  * A fan-out may carry a mark (a conversation and seq): every node that receives it hands the mark
  * on (onMark) once it has delivered the fan-out, and the delivery's order across nodes waits for
  * those marks (src/im/delivery.ts): a mark received means the message is in Redis's stream ahead
  * of anything this node publishes next.
  *
- * Bounds: at most MAX_PENDING fan-outs wait for their queueing (Redis slow or down); beyond that
- * new ones are dropped and counted (the messages are stored: devices sync them by seq). A fan-out
- * names at most MAX_TOPICS topics (a group's members are bounded well below).
+ * Bounds: the publishes waiting for their queueing name at most MAX_PENDING_TOPICS topics (QoS 0
+ * ones half of that); beyond, new ones are dropped and counted (messages are stored: devices sync
+ * them by seq). A queueing unanswered for QUEUE_TIMEOUT_MS counts as failed (the live copies go).
+ * A fan-out names at most FAN_CHUNK topics: a larger audience gets several.
  */
 import type { Aedes } from 'aedes'
 import Packet from 'aedes-packet'
@@ -34,10 +36,15 @@ import type { Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { localEmitter } from './upstream.js'
 
-/** Fan-outs waiting for their queueing at most; beyond, new ones are dropped (see above). */
-export const MAX_PENDING = 10_000
-/** Topics of one fan-out at most (also what a received one may name). */
-export const MAX_TOPICS = 100_000
+/**
+ * Topics of the publishes waiting for their queue entries at most: beyond, new publishes are
+ * dropped (QoS 0 ones from half of it, so that events give way to messages first).
+ */
+export const MAX_PENDING_TOPICS = 100_000
+/** Topics of one fan-out at most (also what a received one may name): more go in several. */
+export const FAN_CHUNK = 5000
+/** How long a publish waits for its queue entries: then it goes live without them. */
+export const QUEUE_TIMEOUT_MS = 5000
 
 interface Subscription { clientId: string, topic: string, qos: number }
 
@@ -69,8 +76,10 @@ interface FanMessage {
 }
 
 interface Step {
-  /** A fan-out (several topics, or marked), or a publish to one topic. */
-  message: FanMessage | Packet
+  packets: Packet[]
+  /** Cluster: what crosses Redis when it is not the one packet itself. */
+  message: FanMessage | null
+  /** Its packets queued (QoS 0: at once). */
   ready: boolean
 }
 
@@ -78,6 +87,8 @@ export interface FanOutOptions {
   /** False on one node: publish() is a broker publish per topic. */
   clustered: boolean
   logger: Logger
+  /** How long a publish waits for its queue entries (default QUEUE_TIMEOUT_MS). */
+  queueTimeoutMs?: number
   /** Called with the topics of each fan-out received, before they are delivered (Publisher: hold the writes). */
   beforeDeliver?: (topics: readonly string[]) => void
 }
@@ -88,11 +99,15 @@ export type MarkListener = (conversationId: string, seq: number) => void
 export class FanOut {
   private readonly steps: Array<Step | undefined> = []
   private head = 0
-  private pending = 0
   private readonly deliverLocally: (message: object) => void
-  private drained: Array<() => void> = []
+  private drains: Array<{ target: number, done: () => void }> = []
+  /** Publishes made and handed on (since start). */
+  private made = 0
+  private routed = 0
+  /** Topics of the publishes waiting (see MAX_PENDING_TOPICS). */
+  private pendingTopics = 0
   private readonly markListeners: MarkListener[] = []
-  /** Fan-outs dropped because MAX_PENDING were waiting (since start). */
+  /** Publishes dropped because too many were waiting (since start). */
   dropped = 0
   private warnedAt = Number.NEGATIVE_INFINITY
   private foreign = 0
@@ -118,67 +133,78 @@ export class FanOut {
     this.markListeners.push(listener)
   }
 
-  /** Publishes `payload` to each topic at `qos` (see above), with `mark` if given (a cluster only). */
+  /** Publishes `payload` to each topic at `qos` (see above), with `mark` if given (told in a cluster only). */
   publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number]): void {
-    if (!this.opts.clustered) {
-      for (const topic of topics) {
-        this.broker.publish({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, (err?: Error) => {
-          if (err) this.opts.logger.warn({ topic, err }, 'publish failed')
-        })
-      }
-      return
+    // a very large audience in several fan-outs (the mark with the last)
+    for (let from = 0; from < topics.length; from += FAN_CHUNK) {
+      const last = from + FAN_CHUNK >= topics.length
+      this.publishChunk(topics.slice(from, from + FAN_CHUNK), payload, qos, last ? mark : undefined)
     }
-    if (topics.length === 0) return
-    if (topics.length > MAX_TOPICS) throw new Error(`fan-out to ${topics.length} topics (at most ${MAX_TOPICS})`)
-    if (this.pending >= MAX_PENDING) {
+  }
+
+  private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined): void {
+    if (this.pendingTopics + topics.length > (qos === 0 ? MAX_PENDING_TOPICS / 2 : MAX_PENDING_TOPICS)) {
       this.dropped++
       if (performance.now() - this.warnedAt >= 60_000) {
         this.warnedAt = performance.now()
-        this.opts.logger.warn({ dropped: this.dropped, waiting: this.pending }, 'fan-outs dropped: too many wait for Redis (devices sync the messages by seq)')
+        this.opts.logger.warn({ dropped: this.dropped, waitingTopics: this.pendingTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       }
       return
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
-    // one topic, unmarked: the packet itself, on the topic's own channel (only nodes with a subscriber get it)
+    // cluster: one topic unmarked, the packet itself on the topic's own channel (only nodes with a
+    // subscriber get it); else one fan-out. One node: each packet to the in-process emitter.
     const [only] = packets
-    const step: Step = {
-      message: packets.length === 1 && only !== undefined && mark === undefined
-        ? only
-        : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics: [...topics], counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }) },
-      ready: qos === 0
-    }
+    const message = !this.opts.clustered || (only !== undefined && packets.length === 1 && mark === undefined)
+      ? null
+      : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics, counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }) }
+    const step: Step = { packets, message, ready: qos === 0 }
     this.steps.push(step)
-    this.pending++
+    this.made++
+    this.pendingTopics += packets.length
     if (qos === 0) {
       this.pump()
       return
     }
-    this.queue(packets).catch((err: Error) => {
-      // as if Redis had been down a moment later: the live copies still go out, the queued ones
-      // are missing (a device that was away syncs by seq)
-      this.opts.logger.warn({ err, topics: topics.length }, 'fan-out: queueing for persistent sessions failed')
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      const ms = this.opts.queueTimeoutMs ?? QUEUE_TIMEOUT_MS
+      timer = setTimeout(() => { reject(new Error(`no answer in ${ms} ms`)) }, ms)
+    })
+    Promise.race([this.queue(packets), timeout]).catch((err: Error) => {
+      // as if the store had failed a moment later: the live copies still go out, the queued ones
+      // may be missing (a device that was away syncs by seq)
+      this.opts.logger.warn({ err, topics: topics.length }, 'publish: queueing for persistent sessions failed')
     }).finally(() => {
+      clearTimeout(timer)
       step.ready = true
       this.pump()
     })
   }
 
-  /** Resolves once nothing waits for its queueing (or after `timeoutMs`). */
+  /** Resolves once everything published before the call has been handed on (or after `timeoutMs`). */
   async drain (timeoutMs: number): Promise<void> {
-    if (this.head === this.steps.length) return
+    const target = this.made
+    if (this.routed >= target) return
     await new Promise<void>(resolve => {
       const timer = setTimeout(resolve, timeoutMs)
       timer.unref()
-      this.drained.push(() => { clearTimeout(timer); resolve() })
+      this.drains.push({ target, done: () => { clearTimeout(timer); resolve() } })
     })
   }
 
-  /** Each packet queued for the persistent sessions subscribed to its topic (one script on Redis). */
+  /**
+   * Each packet queued for the persistent sessions subscribed to its topic (one script on Redis).
+   * The lookups are made together (each persistence answers from memory), so the scripts leave in
+   * the order the publishes were made, whatever their number of topics.
+   */
   private async queue (packets: Packet[]): Promise<void> {
+    const subs = await Promise.all(packets.map(async p => await this.persistence.subscriptionsByTopic(p.topic)))
     const entries: Array<{ subs: Subscription[], packet: Packet }> = []
-    for (const packet of packets) {
-      const subs = await this.persistence.subscriptionsByTopic(packet.topic)
-      if (subs.length > 0) entries.push({ subs, packet })
+    for (let i = 0; i < packets.length; i++) {
+      const s = subs[i]
+      const packet = packets[i]
+      if (s !== undefined && packet !== undefined && s.length > 0) entries.push({ subs: s, packet })
     }
     if (entries.length === 0) return
     if (this.persistence.outgoingEnqueueMany !== undefined) await this.persistence.outgoingEnqueueMany(entries)
@@ -188,22 +214,31 @@ export class FanOut {
   private pump (): void {
     for (let step = this.steps[this.head]; step?.ready === true; step = this.steps[this.head]) {
       this.steps[this.head++] = undefined
-      this.pending--
-      const message = step.message
-      this.mq.emit(message, (err?: Error) => {
-        if (err) this.opts.logger.warn({ err, topic: message.topic }, 'fan-out publish failed')
-      })
+      this.pendingTopics -= step.packets.length
+      this.routed++
+      if (step.message !== null) this.emit(step.message)
+      else for (const packet of step.packets) this.emit(packet)
     }
     if (this.head === this.steps.length) {
       this.steps.length = 0
       this.head = 0
-      const drained = this.drained
-      this.drained = []
-      for (const d of drained) d()
     } else if (this.head >= 1024 && this.head * 2 >= this.steps.length) {
       this.steps.splice(0, this.head)
       this.head = 0
     }
+    if (this.drains.length > 0) {
+      this.drains = this.drains.filter(d => {
+        if (d.target > this.routed) return true
+        d.done()
+        return false
+      })
+    }
+  }
+
+  private emit (message: FanMessage | Packet): void {
+    this.mq.emit(message, (err?: Error) => {
+      if (err) this.opts.logger.warn({ err, topic: message.topic }, 'publish failed')
+    })
   }
 
   /** A fan-out from any node (this one too): each topic's packet to this node's subscribers. */
@@ -211,7 +246,7 @@ export class FanOut {
     const { payload, qos, brokerId, topics, counters, mark } = message
     if (!Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1) || typeof brokerId !== 'string' ||
       (mark !== undefined && mark !== null && !(Array.isArray(mark) && mark.length === 2 && typeof mark[0] === 'string' && Number.isSafeInteger(mark[1]))) ||
-      !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > MAX_TOPICS ||
+      !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > FAN_CHUNK ||
       !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
       // something else with access to Redis: one warning a minute, with the count since the last
       this.foreign++

@@ -760,6 +760,9 @@ function scripted (conn: Redis): ScriptedRedis {
   return conn as ScriptedRedis
 }
 
+/** Keys of one enqueue script at most (outgoingEnqueueMany sends more in several). */
+const ENQUEUE_KEYS_PER_SCRIPT = 4096
+
 /**
  * 14. A packet queued for sessions is stored, counted, appended to each session's queue and each
  * queue trimmed to its newest `max` entries, in one script (one command instead of 4 + 2 per
@@ -777,8 +780,10 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
     await store.outgoingEnqueueMany([{ subs, packet }])
   }
   store.outgoingEnqueueMany = async (entries) => {
-    const keys: string[] = []
-    const args: Array<string | number | Buffer> = [opts.ttlSeconds, opts.max]
+    // several scripts for many entries (a script's arguments are spread into one call), sent in order
+    const scripts: Array<Promise<number>> = []
+    let keys: string[] = []
+    let args: Array<string | number | Buffer> = [opts.ttlSeconds, opts.max]
     for (const { subs, packet } of entries) {
       if (subs.length === 0) continue
       const p = packet as { brokerId: string, brokerCounter: number }
@@ -786,8 +791,14 @@ export function boundRedisQueues<T> (persistence: T, conn: Redis, opts: { max: n
       keys.push(key, redisCountKey(key))
       for (const sub of subs) keys.push(redisQueueKey(sub.clientId))
       args.push(subs.length, msgpack.encode(new Packet(packet)))
+      if (keys.length >= ENQUEUE_KEYS_PER_SCRIPT) {
+        scripts.push(redis.mqimEnqueue(keys.length, ...keys, ...args))
+        keys = []
+        args = [opts.ttlSeconds, opts.max]
+      }
     }
-    if (keys.length > 0) await redis.mqimEnqueue(keys.length, ...keys, ...args)
+    if (keys.length > 0) scripts.push(redis.mqimEnqueue(keys.length, ...keys, ...args))
+    await Promise.all(scripts)
   }
   return persistence
 }

@@ -11,8 +11,9 @@
  * store seq S right after node A stored S-1 but before A has published it. B then waits (at most
  * ORDER_WAIT_MS) until A's fan-out of S-1 has reached B (its mark, src/broker/fanout.ts): B's
  * publish of S then follows it through Redis, so every device gets S-1 before S. Only a
- * conversation another node wrote to lately can wait (B learns that from A's commit notice,
- * which A sends at once: its `seqs` no longer say "published").
+ * conversation another node wrote to lately can wait: B knows the seqs published from the marks,
+ * and for a conversation it has no mark of yet, takes A's commit notice of S-1 (sent at once, before
+ * A publishes) to mean S-2 was.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -66,8 +67,20 @@ export class Delivery implements CommitListener {
     private readonly push: PushService | null = null,
     private readonly metrics: Metrics | null = null
   ) {
-    // what another node published has reached this node (the marks of its fan-outs, behind them)
-    if (bus.clustered) publisher.onPublished((conv, seq) => { this.notePublished(conv, seq) })
+    if (bus.clustered) {
+      // what another node published has reached this node (the marks of its fan-outs, behind them)
+      publisher.onPublished((conv, seq) => { this.notePublished(conv, seq) })
+      // another node stored up to seq (its notice, sent before it publishes): for a conversation
+      // this node knows nothing of, the seqs before are taken as published, so that its next seq
+      // waits for this one's mark
+      bus.on(SEQ_TOPIC, (notice) => {
+        const { seqs } = notice
+        if (typeof seqs !== 'object' || seqs === null) return
+        for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) {
+          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.published.get(conv) === undefined) this.published.set(conv, seq - 1)
+        }
+      })
+    }
   }
 
   /** Clustered: conversation -> the highest seq known published (by this node, or another's notice). */

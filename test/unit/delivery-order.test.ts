@@ -11,17 +11,25 @@ import type { ClusterBus } from '../../src/broker/bus.js'
 import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
 import type { Publisher } from '../../src/im/publisher.js'
 import type { StoredMessage } from '../../src/store/types.js'
+import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 
-function setup (): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void } {
+function setup (): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void } {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
-  const bus = { clustered: true, on: () => {}, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
+  const handlers: Array<(m: Record<string, unknown>) => void> = []
+  const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
   const published: number[] = []
   const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   const directory = { peek: () => entry, get: async () => entry }
   const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus)
-  return { delivery, published, notices, notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) } }
+  return {
+    delivery,
+    published,
+    notices,
+    notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
+    notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) }
+  }
 }
 
 const msg = (seq: number): StoredMessage => ({ conversationId: 'c', seq, clientMsgId: `m${seq}`, senderId: 'u', ts: seq, kind: 'text', body: 'x', replyTo: null })
@@ -85,4 +93,20 @@ test('the notice carries the batch\'s small messages for the other nodes\' cache
   await delivery.committed(Array.from({ length: 400 }, (_, i) => msg(45 + i)))
   expect((notices[2]?.docs as StoredMessage[]).length).toBe(256)
   expect(notices[2]?.tails).toStrictEqual({ c: [444, 444, 444] })
+})
+
+test('a commit notice of a conversation known from no mark: its seqs before count as published, the next waits for its mark', async () => {
+  const { delivery, published, notify, notice } = setup()
+  notice({ c: 4 }) // another node stored 4, not published yet; 1..3 taken as published
+  const done = delivery.committed([msg(5)])
+  await new Promise(resolve => setTimeout(resolve, 50))
+  expect(published).toStrictEqual([])
+  notify({ c: 4 })
+  await done
+  expect(published).toStrictEqual([5])
+  // a notice never lowers what marks said
+  notice({ c: 2 })
+  const t0 = Date.now()
+  await delivery.committed([msg(6)])
+  expect(Date.now() - t0).toBeLessThan(500)
 })

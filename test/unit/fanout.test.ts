@@ -6,13 +6,13 @@
  * mark told after, and anything not of that shape is dropped.
  */
 import type { Aedes } from 'aedes'
-import { FanOut, MAX_PENDING } from '../../src/broker/fanout.js'
+import { FAN_CHUNK, FanOut, MAX_PENDING_TOPICS } from '../../src/broker/fanout.js'
 import { FAN_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
 interface Emitted { topic: string, topics?: string[], counters?: number[], qos?: number, brokerId?: string, payload?: Buffer }
 
-function stand () {
+function stand (opts: { clustered?: boolean, many?: boolean, queueTimeoutMs?: number } = {}) {
   const broker = { id: 'node-a', counter: 0, publish: () => { throw new Error('a cluster fan-out must not publish per topic') } }
   const emitted: Emitted[] = []
   const local: Array<Record<string, unknown>> = []
@@ -31,12 +31,21 @@ function stand () {
     outgoingEnqueueCombi: async (s: Array<{ clientId: string }>, packet: { topic: string, brokerCounter: number }) => {
       await new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }))
       queued.push({ clientIds: s.map(x => x.clientId), topic: packet.topic, brokerCounter: packet.brokerCounter })
-    }
+    },
+    // Redis' one script for all of a publish's packets (upstream.ts)
+    ...(opts.many === true
+      ? {
+          outgoingEnqueueMany: async (entries: Array<{ subs: Array<{ clientId: string }>, packet: { topic: string, brokerCounter: number } }>) => {
+            await new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }))
+            for (const e of entries) queued.push({ clientIds: e.subs.map(x => x.clientId), topic: e.packet.topic, brokerCounter: e.packet.brokerCounter })
+          }
+        }
+      : {})
   }
   const warnings: string[] = []
   const logger = { warn: (_o: unknown, msg: string) => { warnings.push(msg) }, error: (_o: unknown, msg: string) => { warnings.push(msg) }, debug: () => {}, info: () => {} } as unknown as Logger
   const held: string[][] = []
-  const create = async (): Promise<FanOut> => await FanOut.create(broker as unknown as Aedes, mq, persistence, { clustered: true, logger, beforeDeliver: (t) => { held.push([...t]) } })
+  const create = async (): Promise<FanOut> => await FanOut.create(broker as unknown as Aedes, mq, persistence, { clustered: opts.clustered ?? true, logger, queueTimeoutMs: opts.queueTimeoutMs, beforeDeliver: (t) => { held.push([...t]) } })
   const receive = (m: unknown): void => { handler?.(m, () => {}) }
   const settle = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise(resolve => setImmediate(resolve)) }
   return { broker, emitted, local, subs, queued, waiting, warnings, held, create, receive, settle }
@@ -109,29 +118,73 @@ describe('cluster fan-out', () => {
     s.waiting[1]?.resolve()
     await s.settle()
     expect(s.emitted.map(m => m.payload?.toString())).toEqual(['1', '2'])
-    expect(s.warnings).toEqual(['fan-out: queueing for persistent sessions failed'])
+    expect(s.warnings).toEqual(['publish: queueing for persistent sessions failed'])
   })
 
-  test(`at most ${MAX_PENDING} wait for their queueing: the next is dropped and counted; drain() ends at its timeout`, async () => {
+  test(`waiting publishes name at most ${MAX_PENDING_TOPICS} topics, QoS 0 ones half of that: the next are dropped and counted`, async () => {
+    const s = stand({ many: true })
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    const fanOut = (n: number): string[] => Array.from({ length: n }, () => 'im/u/b/m')
+    for (let i = 0; i < MAX_PENDING_TOPICS / FAN_CHUNK / 2; i++) fan.publish(fanOut(FAN_CHUNK), Buffer.from(String(i)), 1)
+    fan.publish(['im/u/b/e'], Buffer.from('an event'), 0)
+    expect(fan.dropped).toBe(1)
+    for (let i = 0; i < MAX_PENDING_TOPICS / FAN_CHUNK / 2; i++) fan.publish(fanOut(FAN_CHUNK), Buffer.from(String(i)), 1)
+    expect(fan.dropped).toBe(1)
+    fan.publish(['im/u/b/m'], Buffer.from('one too many'), 1)
+    expect(fan.dropped).toBe(2)
+    expect(s.warnings).toEqual(['publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)'])
+    await s.settle()
+    // one script per publish
+    expect(s.waiting).toHaveLength(MAX_PENDING_TOPICS / FAN_CHUNK)
+    for (const w of s.waiting.splice(0)) w.resolve()
+    await s.settle()
+    expect(s.emitted).toHaveLength(MAX_PENDING_TOPICS / FAN_CHUNK)
+    expect(s.queued).toHaveLength(MAX_PENDING_TOPICS)
+    // room again
+    fan.publish(['im/u/b/e'], Buffer.from('x'), 0)
+    expect(s.emitted).toHaveLength(MAX_PENDING_TOPICS / FAN_CHUNK + 1)
+  })
+
+  test('drain() waits for what was published before it, not after, and ends at its timeout', async () => {
     const s = stand()
     const fan = await s.create()
     s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
-    for (let i = 0; i < MAX_PENDING; i++) fan.publish(['im/u/b/m'], Buffer.from(String(i)), 1)
-    fan.publish(['im/u/b/m'], Buffer.from('one too many'), 1)
-    expect(fan.dropped).toBe(1)
-    expect(s.warnings).toEqual(['fan-outs dropped: too many wait for Redis (devices sync the messages by seq)'])
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('1'), 1)
+    await s.settle()
     const started = performance.now()
     await fan.drain(200)
     expect(performance.now() - started).toBeGreaterThanOrEqual(190)
-    expect(s.emitted).toEqual([])
+    const drained = fan.drain(5000)
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('2'), 1) // after: not waited for
     await s.settle()
-    for (const w of s.waiting.splice(0)) w.resolve()
-    await fan.drain(5000)
-    expect(s.emitted).toHaveLength(MAX_PENDING)
-    expect(s.emitted.at(-1)?.payload?.toString()).toBe(String(MAX_PENDING - 1))
-    // room again
-    fan.publish(['im/u/b/e'], Buffer.from('x'), 0)
-    expect(s.emitted).toHaveLength(MAX_PENDING + 1)
+    s.waiting[0]?.resolve()
+    const t0 = performance.now()
+    await drained
+    expect(performance.now() - t0).toBeLessThan(1000)
+    expect(s.emitted.map(m => m.payload?.toString())).toEqual(['1'])
+  })
+
+  test('a queueing unanswered for queueTimeoutMs counts as failed: the live copies go, in order', async () => {
+    const s = stand({ queueTimeoutMs: 100 })
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('stuck'), 1)
+    fan.publish(['im/u/b/e'], Buffer.from('event'), 0)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    expect(s.emitted).toEqual([])
+    await new Promise(resolve => setTimeout(resolve, 150))
+    expect(s.emitted.map(m => m.payload?.toString())).toEqual(['stuck', 'event'])
+    expect(s.warnings).toEqual(['publish: queueing for persistent sessions failed'])
+  })
+
+  test(`more than ${FAN_CHUNK} topics go in several fan-outs, the mark with the last`, async () => {
+    const s = stand()
+    const fan = await s.create()
+    const topics = Array.from({ length: 2 * FAN_CHUNK + 7 }, (_, i) => `im/u/u${i}/m`)
+    fan.publish(topics, Buffer.from('big'), 0, ['g', 9])
+    expect(s.emitted.map(m => [m.topics?.length, (m as { mark?: unknown }).mark])).toEqual([[FAN_CHUNK, undefined], [FAN_CHUNK, undefined], [7, ['g', 9]]])
+    expect(s.emitted.flatMap(m => m.topics)).toEqual(topics)
   })
 
   test('a fan-out received is delivered to each topic here with its packet identity, after beforeDeliver', async () => {
@@ -172,15 +225,26 @@ describe('cluster fan-out', () => {
     expect(s.warnings).toEqual(['a fan-out message that is not one of ours: dropped'])
   })
 
-  test('on one node: a broker publish per topic (marks unused), nothing subscribed', async () => {
-    const published: Array<{ topic: string, qos: number }> = []
-    const broker = { id: 'solo', counter: 0, publish: (p: { topic: string, qos: number }, cb: () => void) => { published.push({ topic: p.topic, qos: p.qos }); cb() } }
-    let subscribed = false
-    const mq = { emit: () => { throw new Error('no emit on one node') }, on: () => { subscribed = true }, _emit: () => {} }
-    const fan = await FanOut.create(broker as unknown as Aedes, mq, {}, { clustered: false, logger: {} as unknown as Logger })
-    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('x'), 1)
-    fan.publish(['im/c/ch/m'], Buffer.from('x'), 0, ['ch', 1])
-    expect(published).toEqual([{ topic: 'im/u/a/m', qos: 1 }, { topic: 'im/u/b/m', qos: 1 }, { topic: 'im/c/ch/m', qos: 0 }])
-    expect(subscribed).toBe(false)
+  test('on one node: each packet to the in-process emitter, in the order made (a QoS 0 event never overtakes a message still being queued), nothing subscribed', async () => {
+    const s = stand({ clustered: false })
+    const fan = await s.create()
+    s.subs.set('im/u/b/m', [{ clientId: 'b:phone', topic: 'im/u/b/m', qos: 1 }])
+    fan.publish(['im/u/a/m', 'im/u/b/m'], Buffer.from('group message'), 1, ['g', 1])
+    fan.publish(['im/c/ch/m'], Buffer.from('channel message'), 0, ['ch', 1])
+    fan.publish(['im/u/b/e'], Buffer.from('read event'), 0)
+    await s.settle()
+    expect(s.emitted).toEqual([])
+    for (const w of s.waiting.splice(0)) w.resolve()
+    await s.settle()
+    expect(s.emitted.map(m => [m.topic, (m as { brokerCounter?: number }).brokerCounter, m.payload?.toString()])).toEqual([
+      ['im/u/a/m', 1, 'group message'],
+      ['im/u/b/m', 2, 'group message'],
+      ['im/c/ch/m', 3, 'channel message'],
+      ['im/u/b/e', 4, 'read event']
+    ])
+    expect(s.queued).toEqual([{ clientIds: ['b:phone'], topic: 'im/u/b/m', brokerCounter: 2 }])
+    expect(s.held).toEqual([])
+    s.receive({ topic: FAN_TOPIC, payload: Buffer.from('x'), qos: 1, brokerId: 'node-b', topics: ['im/u/a/m'], counters: [1] })
+    expect(s.local).toEqual([])
   })
 })
