@@ -144,7 +144,8 @@ export class MqimServer {
     const fan = await FanOut.create(broker, backends.mq, backends.persistence, {
       clustered,
       logger,
-      beforeDeliver: (topics) => { sessions.hold(topics.map(userOfTopic).filter((u): u is string => u !== null)) }
+      beforeDeliver: (topics) => { sessions.hold(topics.map(userOfTopic).filter((u): u is string => u !== null)) },
+      onDropped: (qos) => { metrics.publishDropped(qos) }
     })
     const publisher = new Publisher(sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
     const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)

@@ -87,6 +87,8 @@ export interface FanOutOptions {
   /** False on one node: publish() is a broker publish per topic. */
   clustered: boolean
   logger: Logger
+  /** Told of each publish dropped (metrics). */
+  onDropped?: (qos: 0 | 1) => void
   /** How long a publish waits for its queue entries (default QUEUE_TIMEOUT_MS). */
   queueTimeoutMs?: number
   /** Called with the topics of each fan-out received, before they are delivered (Publisher: hold the writes). */
@@ -145,6 +147,7 @@ export class FanOut {
   private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined): void {
     if (this.pendingTopics + topics.length > (qos === 0 ? MAX_PENDING_TOPICS / 2 : MAX_PENDING_TOPICS)) {
       this.dropped++
+      this.opts.onDropped?.(qos)
       if (performance.now() - this.warnedAt >= 60_000) {
         this.warnedAt = performance.now()
         this.opts.logger.warn({ dropped: this.dropped, waitingTopics: this.pendingTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')

@@ -45,10 +45,11 @@ function stand (opts: { clustered?: boolean, many?: boolean, queueTimeoutMs?: nu
   const warnings: string[] = []
   const logger = { warn: (_o: unknown, msg: string) => { warnings.push(msg) }, error: (_o: unknown, msg: string) => { warnings.push(msg) }, debug: () => {}, info: () => {} } as unknown as Logger
   const held: string[][] = []
-  const create = async (): Promise<FanOut> => await FanOut.create(broker as unknown as Aedes, mq, persistence, { clustered: opts.clustered ?? true, logger, queueTimeoutMs: opts.queueTimeoutMs, beforeDeliver: (t) => { held.push([...t]) } })
+  const droppedQos: number[] = []
+  const create = async (): Promise<FanOut> => await FanOut.create(broker as unknown as Aedes, mq, persistence, { clustered: opts.clustered ?? true, logger, queueTimeoutMs: opts.queueTimeoutMs, onDropped: (q) => { droppedQos.push(q) }, beforeDeliver: (t) => { held.push([...t]) } })
   const receive = (m: unknown): void => { handler?.(m, () => {}) }
   const settle = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise(resolve => setImmediate(resolve)) }
-  return { broker, emitted, local, subs, queued, waiting, warnings, held, create, receive, settle }
+  return { broker, emitted, local, subs, queued, waiting, warnings, held, droppedQos, create, receive, settle }
 }
 
 describe('cluster fan-out', () => {
@@ -133,6 +134,7 @@ describe('cluster fan-out', () => {
     expect(fan.dropped).toBe(1)
     fan.publish(['im/u/b/m'], Buffer.from('one too many'), 1)
     expect(fan.dropped).toBe(2)
+    expect(s.droppedQos).toEqual([0, 1])
     expect(s.warnings).toEqual(['publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)'])
     await s.settle()
     // one script per publish
