@@ -108,6 +108,24 @@ describe('cluster fan-out', () => {
     expect(s.emitted[1]).toMatchObject({ cmd: 'publish', brokerId: 'node-a', qos: 0, retain: false, dup: false })
   })
 
+  test('scripts leave in the order the publishes were made, whatever their number of topics (one script each on Redis)', async () => {
+    const s = stand({ many: true })
+    const fan = await s.create()
+    for (const u of ['a', 'b', 'c', 'd']) s.subs.set(`im/u/${u}/m`, [{ clientId: `${u}:phone`, topic: `im/u/${u}/m`, qos: 1 }])
+    fan.publish(['im/u/a/m', 'im/u/b/m', 'im/u/c/m'], Buffer.from('three'), 1)
+    fan.publish(['im/u/d/m'], Buffer.from('one'), 1)
+    await s.settle()
+    expect(s.waiting).toHaveLength(2)
+    s.waiting[0]?.resolve()
+    await s.settle()
+    // the first script sent was the first publish's
+    expect(s.queued.map(q => q.topic)).toEqual(['im/u/a/m', 'im/u/b/m', 'im/u/c/m'])
+    expect(s.emitted.map(m => m.payload?.toString())).toEqual(['three'])
+    s.waiting[1]?.resolve()
+    await s.settle()
+    expect(s.emitted.map(m => m.payload?.toString())).toEqual(['three', 'one'])
+  })
+
   test('a queueing that fails still lets the live copies go, in order, with a warning', async () => {
     const s = stand()
     const fan = await s.create()
