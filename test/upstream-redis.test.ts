@@ -150,6 +150,12 @@ describe('workaround 14, several topics at once (the fan-out): outgoingEnqueueMa
       // nothing to queue: no script at all
       await store.outgoingEnqueueMany([{ subs: [], packet: pkt('im/u/c/m', 99) }])
       expect(scripts).toHaveLength(4)
+      // a large audience: 1,500 packets of 3 keys each in two scripts (4,096 keys at most each), all queued
+      await store.outgoingEnqueueMany(Array.from({ length: 1500 }, (_, i) => ({ subs: [sub(`big:${i}`, `im/u/big${i}/m`)], packet: pkt(`im/u/big${i}/m`, 1000 + i) })))
+      expect(scripts).toHaveLength(6)
+      const lengths = await Promise.all(Array.from({ length: 1500 }, async (_, i) => await conn.llen(redisQueueKey(`big:${i}`))))
+      expect(lengths.every(n => n === 1)).toBe(true)
+      expect(await conn.get('packet:b1:2499:offlineCount')).toBe('1')
     } finally {
       await conn.flushdb()
       conn.disconnect()

@@ -79,14 +79,19 @@ interface Step {
   packets: Packet[]
   /** Cluster: what crosses Redis when it is not the one packet itself. */
   message: FanMessage | null
-  /** Its packets queued (QoS 0: at once). */
+  /** May be routed: its queueing settled or timed out (QoS 0: at once). */
   ready: boolean
+  /** Its queueing settled (QoS 0: nothing to queue). */
+  settled: boolean
+  routed?: boolean
 }
 
 export interface FanOutOptions {
-  /** False on one node: publish() is a broker publish per topic. */
+  /** True in a cluster (Redis): fan-outs cross it once, `$mqim-fan` is subscribed, queueings time out. */
   clustered: boolean
   logger: Logger
+  /** The bound on topics held (default MAX_PENDING_TOPICS; QoS 0 at half). */
+  maxHeldTopics?: number
   /** Told of each publish dropped (metrics). */
   onDropped?: (qos: 0 | 1) => void
   /** How long a publish waits for its queue entries (default QUEUE_TIMEOUT_MS). */
@@ -106,8 +111,8 @@ export class FanOut {
   /** Publishes made and handed on (since start). */
   private made = 0
   private routed = 0
-  /** Topics of the publishes waiting (see MAX_PENDING_TOPICS). */
-  private pendingTopics = 0
+  /** Topics of the publishes not routed yet or whose queueing has not settled (see MAX_PENDING_TOPICS). */
+  private heldTopics = 0
   private readonly markListeners: MarkListener[] = []
   /** Publishes dropped because too many were waiting (since start). */
   dropped = 0
@@ -136,23 +141,28 @@ export class FanOut {
   }
 
   /** Publishes `payload` to each topic at `qos` (see above), with `mark` if given (told in a cluster only). */
-  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number]): void {
+  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number]): number {
     // a very large audience in several fan-outs (the mark with the last)
+    let accepted = 0
     for (let from = 0; from < topics.length; from += FAN_CHUNK) {
       const last = from + FAN_CHUNK >= topics.length
-      this.publishChunk(topics.slice(from, from + FAN_CHUNK), payload, qos, last ? mark : undefined)
+      const chunk = topics.slice(from, from + FAN_CHUNK)
+      if (this.publishChunk(chunk, payload, qos, last ? mark : undefined)) accepted += chunk.length
     }
+    return accepted
   }
 
-  private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined): void {
-    if (this.pendingTopics + topics.length > (qos === 0 ? MAX_PENDING_TOPICS / 2 : MAX_PENDING_TOPICS)) {
+  /** False if dropped (the bound). */
+  private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined): boolean {
+    const max = this.opts.maxHeldTopics ?? MAX_PENDING_TOPICS
+    if (this.heldTopics + topics.length > (qos === 0 ? max / 2 : max)) {
       this.dropped++
       this.opts.onDropped?.(qos)
       if (performance.now() - this.warnedAt >= 60_000) {
         this.warnedAt = performance.now()
-        this.opts.logger.warn({ dropped: this.dropped, waitingTopics: this.pendingTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
+        this.opts.logger.warn({ dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       }
-      return
+      return false
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
     // cluster: one topic unmarked, the packet itself on the topic's own channel (only nodes with a
@@ -161,28 +171,52 @@ export class FanOut {
     const message = !this.opts.clustered || (only !== undefined && packets.length === 1 && mark === undefined)
       ? null
       : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics, counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }) }
-    const step: Step = { packets, message, ready: qos === 0 }
+    const step: Step = { packets, message, ready: qos === 0, settled: qos === 0 }
     this.steps.push(step)
     this.made++
-    this.pendingTopics += packets.length
+    this.heldTopics += packets.length
     if (qos === 0) {
       this.pump()
-      return
+      return true
     }
-    let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<never>((_resolve, reject) => {
-      const ms = this.opts.queueTimeoutMs ?? QUEUE_TIMEOUT_MS
-      timer = setTimeout(() => { reject(new Error(`no answer in ${ms} ms`)) }, ms)
+    // the queueing: on one node the memory persistence answers within this turn; on Redis it may
+    // not answer (a stalled server): after the timeout the live copies go, and the topics stay
+    // counted against the bound until the queueing itself has settled
+    const queued = this.queue(packets).then(() => undefined, (err: Error) => err)
+    void queued.then(() => {
+      step.settled = true
+      if (step.routed === true) this.heldTopics -= packets.length
     })
-    Promise.race([this.queue(packets), timeout]).catch((err: Error) => {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = this.opts.clustered
+      ? new Promise<Error>(resolve => {
+        const ms = this.opts.queueTimeoutMs ?? QUEUE_TIMEOUT_MS
+        timer = setTimeout(() => { resolve(new Error(`no answer in ${ms} ms`)) }, ms)
+        timer.unref()
+      })
+      : null
+    void (timeout === null ? queued : Promise.race([queued, timeout])).then((err) => {
+      clearTimeout(timer)
       // as if the store had failed a moment later: the live copies still go out, the queued ones
       // may be missing (a device that was away syncs by seq)
-      this.opts.logger.warn({ err, topics: topics.length }, 'publish: queueing for persistent sessions failed')
-    }).finally(() => {
-      clearTimeout(timer)
+      if (err !== undefined) this.warnEveryMinute('queueing', { err: err.message, topics: topics.length }, 'publish: queueing for persistent sessions failed or timed out (the live copies went without it)')
       step.ready = true
       this.pump()
     })
+    return true
+  }
+
+  private readonly warned = new Map<string, { at: number, count: number }>()
+
+  /** A warning at most once a minute per kind, with the count since the last. */
+  private warnEveryMinute (kind: string, fields: Record<string, unknown>, msg: string): void {
+    const w = this.warned.get(kind) ?? { at: Number.NEGATIVE_INFINITY, count: 0 }
+    w.count++
+    this.warned.set(kind, w)
+    if (performance.now() - w.at < 60_000) return
+    this.opts.logger.warn({ ...fields, times: w.count }, msg)
+    w.at = performance.now()
+    w.count = 0
   }
 
   /** Resolves once everything published before the call has been handed on (or after `timeoutMs`). */
@@ -217,7 +251,8 @@ export class FanOut {
   private pump (): void {
     for (let step = this.steps[this.head]; step?.ready === true; step = this.steps[this.head]) {
       this.steps[this.head++] = undefined
-      this.pendingTopics -= step.packets.length
+      step.routed = true
+      if (step.settled) this.heldTopics -= step.packets.length
       this.routed++
       if (step.message !== null) this.emit(step.message)
       else for (const packet of step.packets) this.emit(packet)
@@ -239,9 +274,14 @@ export class FanOut {
   }
 
   private emit (message: FanMessage | Packet): void {
-    this.mq.emit(message, (err?: Error) => {
-      if (err) this.opts.logger.warn({ err, topic: message.topic }, 'publish failed')
-    })
+    try {
+      this.mq.emit(message, (err?: Error) => {
+        if (err) this.warnEveryMinute('emit', { err: err.message, topic: message.topic }, 'publish failed')
+      })
+    } catch (err) {
+      // (a local subscriber's handler that throws: the rest still go)
+      this.opts.logger.error({ err, topic: message.topic }, 'publish: local delivery failed')
+    }
   }
 
   /** A fan-out from any node (this one too): each topic's packet to this node's subscribers. */

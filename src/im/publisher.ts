@@ -2,9 +2,10 @@
  * Everything the server sends to clients goes through here: messages to members' inboxes,
  * events, and replies to one device. Per-user inbox topics (see topics.md, "Diffusion"): one QoS 1
  * publish per member, so membership changes take effect at once and authorizeForward is a prefix
- * check. What goes to several users goes through the fan-out (src/broker/fanout.ts: in a cluster
- * it crosses Redis once, not once per member), and in a cluster everything else does too, so that
- * packets reach Redis in the order they were made (see fanout.ts). Before publishing to a set of users, their
+ * check. Every publish goes through the fan-out (src/broker/fanout.ts), which routes them in the
+ * order they were made (Aedes drops a packet whose brokerCounter is lower than the last one a
+ * device got), and in a cluster sends what goes to several users across Redis once. Before
+ * publishing to a set of users, their
  * connections on this node are held (Sessions.hold; in a cluster, on each node as the fan-out
  * arrives) so that everything written to each for one commit leaves in one socket write.
  */
@@ -46,7 +47,7 @@ export class Publisher {
     return this.opts.available()
   }
 
-  /** Through the fan-out too (in a cluster, what this node publishes must reach the emitter in the order it was made). */
+  /** Through the fan-out too (what this node publishes must reach the emitter in the order it was made). */
   private publish (topic: string, payload: Buffer, qos: 0 | 1): void {
     if (this.closed) return
     this.fan.publish([topic], payload, qos)
@@ -84,8 +85,8 @@ export class Publisher {
   message (message: StoredMessage, memberIds: readonly string[]): void {
     if (this.closed) return
     if (!this.opts.clustered) this.sessions.hold(memberIds)
-    this.fan.publish(memberIds.map(messageTopic), this.opts.envelopes.of(message), 1, [message.conversationId, message.seq])
-    this.opts.metrics?.delivered(memberIds.length)
+    const accepted = this.fan.publish(memberIds.map(messageTopic), this.opts.envelopes.of(message), 1, [message.conversationId, message.seq])
+    this.opts.metrics?.delivered(accepted)
   }
 
   /**
