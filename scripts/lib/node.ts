@@ -62,8 +62,27 @@ export class MqimNode {
   /** The last 20,000 characters of the node's stdout and stderr. */
   get log (): string { return this.output }
 
-  /** Starts the process (on the same ports when restarted) and waits for /healthz to answer 200. */
+  /**
+   * Starts the process (on the same ports when restarted) and waits for /healthz to answer 200. A
+   * first start whose ports were taken between their choice and the node's listen (another test
+   * process got them: EADDRINUSE) is tried again on other ports, up to 3 times.
+   */
   async start (timeoutMs = 60_000): Promise<void> {
+    const fresh = this.mqttPort === 0
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.startOnce(timeoutMs)
+        return
+      } catch (err) {
+        if (!fresh || attempt >= 3 || this.exit === null || !this.output.includes('EADDRINUSE')) throw err
+        this.mqttPort = 0
+        this.httpPort = 0
+        this.output = ''
+      }
+    }
+  }
+
+  private async startOnce (timeoutMs: number): Promise<void> {
     if (this.running) throw new Error(`${this.id} is already running`)
     if (this.mqttPort === 0) {
       this.mqttPort = await freePort()
