@@ -5,9 +5,9 @@
  * check. Every publish goes through the fan-out (src/broker/fanout.ts), which routes them in the
  * order they were made (Aedes drops a packet whose brokerCounter is lower than the last one a
  * device got), and in a cluster sends what goes to several users across Redis once. Before
- * publishing to a set of users, their
- * connections on this node are held (Sessions.hold; in a cluster, on each node as the fan-out
- * arrives) so that everything written to each for one commit leaves in one socket write.
+ * publishing to a set of users, their connections on this node are held (Sessions.hold; in a
+ * cluster, on each node as the fan-out arrives) so that everything written to each for one commit
+ * leaves in one socket write.
  */
 import type { Client } from 'aedes'
 import type { StoredMessage } from '../store/types.js'
