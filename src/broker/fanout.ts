@@ -116,9 +116,6 @@ export class FanOut {
   private readonly markListeners: MarkListener[] = []
   /** Publishes dropped because too many were waiting (since start). */
   dropped = 0
-  private warnedAt = Number.NEGATIVE_INFINITY
-  private foreign = 0
-  private foreignWarnedAt = Number.NEGATIVE_INFINITY
 
   private constructor (private readonly broker: Aedes, private readonly mq: Emitter, private readonly persistence: QueueingPersistence, private readonly opts: FanOutOptions) {
     this.deliverLocally = localEmitter(mq)
@@ -158,10 +155,7 @@ export class FanOut {
     if (this.heldTopics + topics.length > (qos === 0 ? max / 2 : max)) {
       this.dropped++
       this.opts.onDropped?.(qos)
-      if (performance.now() - this.warnedAt >= 60_000) {
-        this.warnedAt = performance.now()
-        this.opts.logger.warn({ dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
-      }
+      this.warnEveryMinute('dropped', { dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       return false
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
@@ -291,13 +285,8 @@ export class FanOut {
       (mark !== undefined && mark !== null && !(Array.isArray(mark) && mark.length === 2 && typeof mark[0] === 'string' && Number.isSafeInteger(mark[1]))) ||
       !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > FAN_CHUNK ||
       !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
-      // something else with access to Redis: one warning a minute, with the count since the last
-      this.foreign++
-      if (performance.now() - this.foreignWarnedAt >= 60_000) {
-        this.foreignWarnedAt = performance.now()
-        this.opts.logger.warn({ topic: FAN_TOPIC, dropped: this.foreign }, 'a fan-out message that is not one of ours: dropped')
-        this.foreign = 0
-      }
+      // something else with access to Redis
+      this.warnEveryMinute('foreign', { topic: FAN_TOPIC }, 'a fan-out message that is not one of ours: dropped')
       return
     }
     this.opts.beforeDeliver?.(topics)
