@@ -352,20 +352,25 @@ describe.each(BACKENDS)('channel invites on $name stores', (backend) => {
 
   test('a channel holds at most channels.invitesPerChannel live codes; expired ones make room', async () => {
     const conv = await channel()
-    const short = await invite(owner, conv, { expiresInMs: 100 })
+    // long enough to still count while the channel fills up on a loaded machine (a 100 ms code
+    // expired before the LIMIT_REACHED check on CI), short enough to wait for
+    const short = await invite(owner, conv, { expiresInMs: 2000 })
     await invite(owner, conv)
     const third = await invite(owner, conv)
     const full = await failure(owner, 'create-invite', { conv })
     expect(full.code).toBe('LIMIT_REACHED')
-    await owner.request('revoke-invite', { conv, codeId: third.codeId })
-    await invite(owner, conv)
-    expect(await errorOf(owner, 'create-invite', { conv })).toBe('LIMIT_REACHED')
-    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(Date.now()).toBeLessThan(short.expiresAt) // the short code counted: it was live
+    await new Promise(resolve => setTimeout(resolve, Math.max(0, short.expiresAt - Date.now()) + 50))
     // the expired one no longer counts (and is removed)
     const next = await invite(owner, conv)
     expect((await owner.request('invites', { conv })).invites.map(i => i.codeId)).not.toContain(short.codeId)
     expect((await owner.request('invites', { conv })).invites.map(i => i.codeId)).toContain(next.codeId)
     expect(await server.services.meta.inviteGet(createHash('sha256').update(short.code).digest('hex'))).toBeNull()
+    // full again; a revoked code makes room too
+    expect(await errorOf(owner, 'create-invite', { conv })).toBe('LIMIT_REACHED')
+    await owner.request('revoke-invite', { conv, codeId: third.codeId })
+    await invite(owner, conv)
+    expect(await errorOf(owner, 'create-invite', { conv })).toBe('LIMIT_REACHED')
   })
 
   test('a full channel is LIMIT_REACHED and takes no use', async () => {
