@@ -6,13 +6,18 @@
  * (Web Push notifications) into web/dist/sw.js, and web/src/index.html and
  * web/src/style.css are copied next to them. The server serves web/dist/ at `/` (src/http/static.ts).
  *
- *   node scripts/build-web.mjs            build once
- *   node scripts/build-web.mjs --watch    rebuild on change (development)
+ *   node scripts/build-web.mjs             build once
+ *   node scripts/build-web.mjs --if-stale  build only when a source is newer than the build (npm start)
+ *   node scripts/build-web.mjs --watch     rebuild on change (development)
+ *
+ * A build writes its files over the old ones and then removes what it no longer makes: web/dist is
+ * never empty, so a server already serving it (another `npm start`, a test) keeps finding its page.
  *
  * mqtt resolves to its browser build through the "browser" export condition (dist/mqtt.esm.js); the
  * build fails if anything tries to pull a Node built-in module into the bundle.
  */
 import * as esbuild from 'esbuild'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { copyFile, mkdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -21,7 +26,27 @@ import { parseArgs } from 'node:util'
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const src = path.join(root, 'web', 'src')
 const out = path.join(root, 'web', 'dist')
-const watch = parseArgs({ options: { watch: { type: 'boolean' } } }).values.watch === true
+const args = parseArgs({ options: { watch: { type: 'boolean' }, 'if-stale': { type: 'boolean' } } }).values
+const watch = args.watch === true
+/** What the page is built from: its own sources and the SDK and protocol it bundles. */
+const INPUTS = [src, path.join(root, 'src', 'client'), path.join(root, 'src', 'protocol')]
+const OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js', 'sw.js'].map(f => path.join(out, f))
+
+function newestMtime (dir) {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
+  }
+  return newest
+}
+
+/** web/dist holds a build of the current sources. */
+function isFresh () {
+  if (!OUTPUTS.every(f => existsSync(f))) return false
+  const built = Math.min(...OUTPUTS.map(f => statSync(f).mtimeMs))
+  return INPUTS.every(d => newestMtime(d) <= built)
+}
 
 /** Fails the build on any Node built-in (node:fs, crypto, ...) instead of letting it slip in. */
 const noNodeBuiltins = {
@@ -66,8 +91,11 @@ const options = {
   plugins: [noNodeBuiltins, copyStatic]
 }
 
+if (args['if-stale'] === true && !watch && isFresh()) {
+  console.log('build-web: web/dist is up to date')
+  process.exit(0)
+}
 const started = Date.now()
-if (!watch) await rm(out, { recursive: true, force: true })
 await mkdir(out, { recursive: true })
 if (watch) {
   const ctx = await esbuild.context(options)
@@ -75,6 +103,9 @@ if (watch) {
   console.log('build-web: watching web/src and src/client')
 } else {
   const result = await esbuild.build(options)
+  // what an older build made and this one did not (a renamed entry point, an old chunk) goes
+  const made = new Set([...Object.keys(result.metafile.outputs).map(f => path.resolve(root, f)), ...['index.html', 'style.css'].map(f => path.join(out, f))])
+  await Promise.all(readdirSync(out).map(f => path.join(out, f)).filter(f => !made.has(f)).map(f => rm(f, { recursive: true, force: true })))
   const bytes = result.metafile.outputs[path.relative(root, path.join(out, 'app.js'))]?.bytes ?? 0
   console.log(`build-web: web/dist/app.js ${(bytes / 1024).toFixed(1)} KiB in ${Date.now() - started} ms`)
 }

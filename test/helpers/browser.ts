@@ -3,7 +3,7 @@
  * by scripts/build-web.mjs and served by a real mqim server.
  */
 import { execFileSync } from 'node:child_process'
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, unlinkSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, statSync, unlinkSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
@@ -31,35 +31,14 @@ export function ensureChromium (): void {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is still missing after apt-get install chromium`)
 }
 
-/** What the page is built from: its own sources and the SDK and protocol it bundles. */
-const WEB_INPUTS = ['web/src', 'src/client', 'src/protocol'].map(d => path.join(ROOT, d))
-const WEB_OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js', 'sw.js'].map(f => path.join(ROOT, 'web', 'dist', f))
 const BUILD_LOCK = path.join(ROOT, 'web', '.build.lock')
 /** A lock older than this was left by a process that died: taken over. */
 const BUILD_LOCK_STALE_MS = 60_000
 
-function newestMtime (dir: string): number {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name)
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
-  }
-  return newest
-}
-
-/** web/dist holds a build of the current sources. */
-function webIsFresh (): boolean {
-  if (!WEB_OUTPUTS.every(f => existsSync(f))) return false
-  const built = Math.min(...WEB_OUTPUTS.map(f => statSync(f).mtimeMs))
-  return WEB_INPUTS.every(d => newestMtime(d) <= built)
-}
-
 /**
- * Builds web/dist (esbuild; well under a second when warm) unless it is up to date. Test files run
- * in parallel processes, and a build first empties web/dist: one process building while another's
- * server serves the page would make that page miss its files. So a build happens under a lock
- * file, and only when the sources are newer than the build: the first test file builds, the
- * others find it fresh.
+ * Builds web/dist (esbuild; well under a second when warm) unless it is up to date
+ * (`build-web.mjs --if-stale`). Test files run in parallel processes: a build happens under a lock
+ * file, so the first test file builds and the others find it fresh.
  */
 export function buildWeb (): void {
   const wait = new Int32Array(new SharedArrayBuffer(4))
@@ -76,7 +55,7 @@ export function buildWeb (): void {
     }
   }
   try {
-    if (!webIsFresh()) execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-web.mjs')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
+    execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'build-web.mjs'), '--if-stale'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] })
   } finally {
     closeSync(fd)
     unlinkSync(BUILD_LOCK)
