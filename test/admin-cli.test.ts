@@ -4,9 +4,8 @@
  */
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import net from 'node:net'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import mqtt from 'mqtt'
@@ -15,6 +14,7 @@ import type { MqimServer } from '../src/server.js'
 import { newAdminToken } from '../src/admin/auth.js'
 import { freshMysqlUrl } from './helpers/db.js'
 import { connackCode, startServer } from './helpers/im.js'
+import { tempDir } from './helpers/tmp.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
@@ -164,7 +164,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
     const noAuth = await fetch(`http://127.0.0.1:${server.ports.http}/admin/users`, { method: 'POST', body: JSON.stringify({ id: 'mallory' }) })
     expect(noAuth.status).toBe(401)
 
-    const otherDir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-'))
+    const otherDir = tempDir('mqim-cli-')
     writeFileSync(path.join(otherDir, 'admin-token'), 'not-the-token\n')
     const run = await runCli(['user', 'list', '--server', `http://127.0.0.1:${server.ports.http}`, '--data-dir', otherDir])
     expect(run.code).toBe(1)
@@ -172,7 +172,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
   })
 
   test('MQIM_ADMIN_TOKEN: a token of admin.tokens instead of the token file, with its scopes', async () => {
-    const emptyDir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-'))
+    const emptyDir = tempDir('mqim-cli-')
     const add = await runCli(['user', 'add', 'by-service', '--json', ...target.slice(0, 2), '--data-dir', emptyDir], { MQIM_ADMIN_TOKEN: service.token })
     expect(add.code).toBe(0)
     expect(JSON.parse(add.stdout).user.id).toBe('by-service')
@@ -207,7 +207,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
     expect(run.code).toBe(1)
     expect(run.stderr.trim()).toBe(`error UNAVAILABLE: no mqim server is running at http://127.0.0.1:${port} (start it with npm start, or pass --server)`)
     // the default address comes from the config (http.port)
-    const byConfig = await runCli(['user', 'list'], { MQIM_HTTP_PORT: String(port), MQIM_DATA_DIR: mkdtempSync(path.join(tmpdir(), 'mqim-cli-')) })
+    const byConfig = await runCli(['user', 'list'], { MQIM_HTTP_PORT: String(port), MQIM_DATA_DIR: tempDir('mqim-cli-') })
     expect(byConfig.stderr.trim()).toBe(`error UNAVAILABLE: no mqim server is running at http://127.0.0.1:${port} (start it with npm start, or pass --server)`)
   })
 })

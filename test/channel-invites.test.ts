@@ -11,8 +11,7 @@
  */
 import { execFile } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -22,6 +21,7 @@ import type { CreateInviteResult } from '../src/client/types.js'
 import { BACKENDS } from './helpers/backends.js'
 import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { tempDir } from './helpers/tmp.js'
 
 async function failure (client: ImClient, op: string, body: Record<string, unknown>): Promise<{ code: string, message: string }> {
   const reply: Reply = await client.requestRaw(op, body)
@@ -506,7 +506,7 @@ describe("topics.md's invite example", () => {
     await addUser(server, 'bob', 'bob-secret')
     const script = block.replaceAll('-h localhost -p 1883', `-h 127.0.0.1 -p ${server.ports.mqtt}`)
     expect(script).not.toContain('1883')
-    const dir = mkdtempSync(path.join(tmpdir(), 'mqim-invite-example-'))
+    const dir = tempDir('mqim-invite-example-')
     await promisify(execFile)('bash', ['-euo', 'pipefail', '-c', script], { cwd: dir, timeout: 60_000 })
     const read = (file: string): { ok: boolean, result: Record<string, unknown> } => JSON.parse(readFileSync(path.join(dir, file), 'utf8'))
     const conv = read('channel.json').result.conv

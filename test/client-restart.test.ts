@@ -8,12 +8,12 @@
  * once across a crash).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { startServer, addUser, url, waitUntil } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { ImClient, type MessageEnvelope } from '../src/client/index.js'
+import { tempDir } from './helpers/tmp.js'
 
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 const CHILD = path.join(ROOT, 'test/fixtures/sdk-child.ts')
@@ -62,7 +62,7 @@ describe('SDK kill and restart', () => {
   })
 
   test('SIGKILL mid-conversation with unacked sends, restart: every message exactly once, in order, on both sides', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'mqim-sdk-child-'))
+    const dir = tempDir('mqim-sdk-child-')
     alice = await ImClient.connect({ url: url(server, 'tcp'), userId: 'alice', password: 'password-alice', deviceId: 'laptop', reconnectPeriodMs: 100 })
     const aGot: MessageEnvelope[] = []
     alice.on('message', m => { aGot.push(m) })

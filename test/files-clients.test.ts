@@ -3,14 +3,14 @@
  * and the fetch fallback) and the terminal client's /file, against a real server (local disk
  * store) over MQTT on TCP and WebSocket.
  */
-import { writeFileSync, mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import sharp from 'sharp'
 import { startServer, addUser, url, waitUntil, spawnChatCli } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { ImClient, nodeUploader, type MessageEnvelope, type UploadProgress, type FileDescriptor } from '../src/client/node.js'
+import { tempDir } from './helpers/tmp.js'
 
 describe('sendFile in the SDK and /file in the terminal client', () => {
   let server: MqimServer
@@ -72,7 +72,7 @@ describe('sendFile in the SDK and /file in the terminal client', () => {
   })
 
   test('the terminal client sends a file by path, with progress', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'mqim-cli-file-'))
+    const dir = tempDir('mqim-cli-file-')
     const file = path.join(dir, 'report.txt')
     writeFileSync(file, 'x'.repeat(300_000))
     const cli = spawnChatCli(['--user', 'alice', '--device', 'cli', '--url', url(server, 'tcp'), '--http', `http://127.0.0.1:${server.ports.http}`], 'password-alice')

@@ -5,13 +5,13 @@
  */
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import sharp from 'sharp'
 import { startServer, addUser, connect } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
+import { tempDir } from './helpers/tmp.js'
 
 const TOPICS = readFileSync(fileURLToPath(new URL('../topics.md', import.meta.url)), 'utf8')
 
@@ -31,7 +31,7 @@ describe("topics.md's files example", () => {
     server = await startServer({ files: { store: { adapter: 'local' } } })
     await addUser(server, 'alice', 'alice-secret')
     await addUser(server, 'bob', 'bob-secret')
-    const dir = mkdtempSync(path.join(tmpdir(), 'mqim-files-example-'))
+    const dir = tempDir('mqim-files-example-')
     // the step before the block: the reply of `direct`, saved as direct.json
     const alice = await connect(server, 'alice', 'setup', { password: 'alice-secret' })
     const direct = await alice.requestRaw('direct', { user: 'bob' })

@@ -1,13 +1,13 @@
 /** MQTT over TLS when a certificate is configured (self-signed here, made with openssl). */
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import mqtt from 'mqtt'
 import { startServer, addUser } from './helpers/im.js'
+import { tempDir } from './helpers/tmp.js'
 
 test('mqtts:// with the configured certificate: login, request, reply', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'mqim-tls-'))
+  const dir = tempDir('mqim-tls-')
   const cert = path.join(dir, 'cert.pem')
   const key = path.join(dir, 'key.pem')
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' })

@@ -2,7 +2,7 @@
 import mqtt, { type MqttClient } from 'mqtt'
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { deepMerge, loadConfig } from '../../src/config.js'
@@ -17,12 +17,27 @@ import type { Results } from '../../src/client/client.js'
 import { waitUntil } from '../../scripts/lib/procs.js'
 
 export async function startServer (overrides: Record<string, unknown> = {}, stores?: { meta: MetadataStore, messages: MessageStore }): Promise<MqimServer> {
+  // a data dir of its own unless the test gives one; removed when the server stops
+  const ownDir = overrides.dataDir === undefined ? mkdtempSync(path.join(tmpdir(), 'mqim-')) : undefined
   const config = loadConfig({
     env: {},
     // merged key by key: a test's own http or mqtt settings keep the free ports (port 0)
-    overrides: deepMerge({ host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir: mkdtempSync(path.join(tmpdir(), 'mqim-')), log: { level: 'warn' } }, overrides)
+    overrides: deepMerge({ host: '127.0.0.1', mqtt: { port: 0 }, http: { port: 0 }, dataDir: ownDir, log: { level: 'warn' } }, overrides)
   })
-  return await MqimServer.start({ config, logger: createLogger(config.log.level), stores })
+  let server: MqimServer
+  try {
+    server = await MqimServer.start({ config, logger: createLogger(config.log.level), stores })
+  } catch (err) {
+    if (ownDir !== undefined) rmSync(ownDir, { recursive: true, force: true })
+    throw err
+  }
+  if (ownDir !== undefined) {
+    const stop = server.stop.bind(server)
+    server.stop = async () => {
+      try { await stop() } finally { rmSync(ownDir, { recursive: true, force: true }) }
+    }
+  }
+  return server
 }
 
 export async function addUser (server: MqimServer, id: string, password = 'password-' + id): Promise<string> {

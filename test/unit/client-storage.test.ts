@@ -1,9 +1,9 @@
 /** The SDK's ClientStorage implementations and its persisted state. */
-import { mkdtempSync, readdirSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readdirSync } from 'node:fs'
 import path from 'node:path'
 import { FileStorage, LocalStorageStorage, MemoryStorage, type ClientStorage } from '../../src/client/node.js'
 import { StateStore } from '../../src/client/storage.js'
+import { tempDir } from '../helpers/tmp.js'
 
 const fakeLocalStorage = (): { getItem: (k: string) => string | null, setItem: (k: string, v: string) => void } => {
   const m = new Map<string, string>()
@@ -13,7 +13,7 @@ const fakeLocalStorage = (): { getItem: (k: string) => string | null, setItem: (
 describe.each<[string, () => ClientStorage]>([
   ['MemoryStorage', () => new MemoryStorage()],
   ['LocalStorageStorage', () => new LocalStorageStorage(fakeLocalStorage())],
-  ['FileStorage', () => new FileStorage(path.join(mkdtempSync(path.join(tmpdir(), 'mqim-fs-')), 'state'))]
+  ['FileStorage', () => new FileStorage(path.join(tempDir('mqim-fs-'), 'state'))]
 ])('%s', (_name, make) => {
   test('get/set, missing keys, overwrite', async () => {
     const s = make()
@@ -39,7 +39,7 @@ describe.each<[string, () => ClientStorage]>([
 })
 
 test('FileStorage writes whole files (temp file + rename) and leaves no temp file behind', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fs-'))
+  const dir = tempDir('mqim-fs-')
   const s = new FileStorage(dir)
   for (let i = 0; i < 20; i++) await s.set('mqim:alice:term', JSON.stringify({ i }))
   expect(readdirSync(dir)).toEqual([encodeURIComponent('mqim:alice:term') + '.json'])

@@ -3,20 +3,20 @@
  * and what `npm start` (the real entry point, as a child process) does with them.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, type LoadOptions } from '../../src/config.js'
+import { tempDir } from '../helpers/tmp.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
-function tempDir (): string {
-  return mkdtempSync(path.join(tmpdir(), 'mqim-config-'))
+function configDir (): string {
+  return tempDir('mqim-config-')
 }
 
 function configFile (content: unknown): string {
-  const file = path.join(tempDir(), 'mqim.json')
+  const file = path.join(configDir(), 'mqim.json')
   writeFileSync(file, typeof content === 'string' ? content : JSON.stringify(content))
   return file
 }
@@ -149,7 +149,7 @@ describe('npm start', () => {
   })
 
   test('on the embedded default it prints how to add a user, serves, and stops cleanly on SIGTERM', async () => {
-    const dataDir = tempDir()
+    const dataDir = configDir()
     const server = start({ MQIM_HOST: '127.0.0.1', MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_DATA_DIR: dataDir })
     try {
       await waitForOutput(server.output, 'npm run admin -- user add')
