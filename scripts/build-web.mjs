@@ -7,7 +7,7 @@
  * web/src/style.css are copied next to them. The server serves web/dist/ at `/` (src/http/static.ts).
  *
  *   node scripts/build-web.mjs             build once
- *   node scripts/build-web.mjs --if-stale  build only when a source is newer than the build (npm start)
+ *   node scripts/build-web.mjs --if-stale  build only when something it was built from changed (npm start)
  *   node scripts/build-web.mjs --watch     rebuild on change (development)
  *
  * A build writes its files over the old ones and then removes what it no longer makes: web/dist is
@@ -17,7 +17,7 @@
  * build fails if anything tries to pull a Node built-in module into the bundle.
  */
 import * as esbuild from 'esbuild'
-import { existsSync, readdirSync, statSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
 import { copyFile, mkdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -28,24 +28,36 @@ const src = path.join(root, 'web', 'src')
 const out = path.join(root, 'web', 'dist')
 const args = parseArgs({ options: { watch: { type: 'boolean' }, 'if-stale': { type: 'boolean' } } }).values
 const watch = args.watch === true
-/** What the page is built from: its own sources and the SDK and protocol it bundles. */
-const INPUTS = [src, path.join(root, 'src', 'client'), path.join(root, 'src', 'protocol')]
 const OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js', 'sw.js'].map(f => path.join(out, f))
+/**
+ * What the last build was made from (esbuild's inputs: web/src, the SDK and protocol it bundles,
+ * the packages it takes from node_modules), with this script and package-lock.json: outside
+ * web/dist, which the server serves.
+ */
+const INPUTS_FILE = path.join(root, 'web', '.build-inputs.json')
+const ALWAYS = [fileURLToPath(import.meta.url), path.join(root, 'package-lock.json')]
 
-function newestMtime (dir) {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name)
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs)
+function mtimeOrNull (file) {
+  try {
+    return statSync(file).mtimeMs
+  } catch {
+    return null
   }
-  return newest
 }
 
-/** web/dist holds a build of the current sources. */
+/** web/dist holds a build of what it was built from, none of which changed since. */
 function isFresh () {
-  if (!OUTPUTS.every(f => existsSync(f))) return false
+  if (!existsSync(INPUTS_FILE) || !OUTPUTS.every(f => existsSync(f))) return false
+  let inputs
+  try {
+    inputs = JSON.parse(readFileSync(INPUTS_FILE, 'utf8'))
+  } catch {
+    return false
+  }
+  if (!Array.isArray(inputs) || inputs.length === 0) return false
   const built = Math.min(...OUTPUTS.map(f => statSync(f).mtimeMs))
-  return INPUTS.every(d => newestMtime(d) <= built)
+  // an input gone or newer than the build (a new file counts once a listed one imports it)
+  return inputs.every(f => typeof f === 'string' && (mtimeOrNull(f) ?? Infinity) <= built)
 }
 
 /** Fails the build on any Node built-in (node:fs, crypto, ...) instead of letting it slip in. */
@@ -98,6 +110,8 @@ if (args['if-stale'] === true && !watch && isFresh()) {
 const started = Date.now()
 await mkdir(out, { recursive: true })
 if (watch) {
+  // what the watcher builds is not listed: the next --if-stale builds again
+  await rm(INPUTS_FILE, { force: true })
   const ctx = await esbuild.context(options)
   await ctx.watch()
   console.log('build-web: watching web/src and src/client')
@@ -106,6 +120,10 @@ if (watch) {
   // what an older build made and this one did not (a renamed entry point, an old chunk) goes
   const made = new Set([...Object.keys(result.metafile.outputs).map(f => path.resolve(root, f)), ...['index.html', 'style.css'].map(f => path.join(out, f))])
   await Promise.all(readdirSync(out).map(f => path.join(out, f)).filter(f => !made.has(f)).map(f => rm(f, { recursive: true, force: true })))
+  // (esbuild's inputs are paths from root; a virtual one, such as a define, is no file: left out)
+  const inputs = [...Object.keys(result.metafile.inputs).map(f => path.resolve(root, f)), ...['index.html', 'style.css'].map(f => path.join(src, f)), ...ALWAYS]
+    .filter(f => mtimeOrNull(f) !== null)
+  writeFileSync(INPUTS_FILE, JSON.stringify(inputs))
   const bytes = result.metafile.outputs[path.relative(root, path.join(out, 'app.js'))]?.bytes ?? 0
   console.log(`build-web: web/dist/app.js ${(bytes / 1024).toFixed(1)} KiB in ${Date.now() - started} ms`)
 }

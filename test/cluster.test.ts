@@ -21,7 +21,7 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     const overrides = await clusterOverrides(5)
     n1 = await startServer({ ...overrides, nodeId: 'n1' })
     n2 = await startServer({ ...overrides, nodeId: 'n2' })
-    for (const u of ['alice', 'bob', 'carol', 'dave']) await addUser(n1, u)
+    for (const u of ['alice', 'bob', 'carol', 'dave', 'rita']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(c => c.end()))
@@ -122,6 +122,25 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     // node reads the members, so the margin allows its store reads to be slow)
     expect(times[1]! - times[0]!).toBeGreaterThanOrEqual(600)
     expect(receipts().at(-1)).toEqual({ type: 'receipt', conv: g.conv, kind: 'group', lastSeq: sent.seq, members: 3, readAll: 2, minReadSeq: 0 })
+  })
+
+  test('a read event reaches the user\'s devices on both nodes but not the one that sent read', async () => {
+    const alice = await connect(n1, 'alice', 'rd-a')
+    const phone = await connect(n1, 'rita', 'rd-phone')
+    const laptop = await connect(n1, 'rita', 'rd-laptop')
+    const tablet = await connect(n2, 'rita', 'rd-tablet')
+    clients.push(alice, phone, laptop, tablet)
+    const d = await alice.request('direct', { user: 'rita' })
+    const sent = await alice.request('send', { conv: d.conv, msgId: 'rd-1', kind: 'text', body: 'read me' })
+    const reply = await phone.request('read', { conv: d.conv, seq: sent.seq })
+    const event = { type: 'read', conv: d.conv, readSeq: reply.readSeq, unread: reply.unread }
+    for (const other of [laptop, tablet]) await other.waitFor(() => other.events.some(e => e.type === 'read'), 10000, 'the read event')
+    // a marker published after the event, to every device of rita's: the phone got no event before it
+    const marker = await alice.request('send', { conv: d.conv, msgId: 'rd-marker', kind: 'text', body: 'marker' })
+    for (const c of [phone, laptop, tablet]) await c.waitFor(() => c.messages.some(m => m.conv === d.conv && m.seq === marker.seq), 10000, 'the marker')
+    expect(phone.events.filter(e => e.type === 'read')).toEqual([])
+    expect(laptop.events.filter(e => e.type === 'read')).toEqual([event])
+    expect(tablet.events.filter(e => e.type === 'read')).toEqual([event])
   })
 
   test('a persistent session queued on one node is delivered on the other', async () => {

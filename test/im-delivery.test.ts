@@ -168,7 +168,9 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
   test('read events and group receipts are QoS 0, never queued for a session that is away; a direct receipt is QoS 1 and queued', async () => {
     const alice = await connect(server, 'alice', 'qos-a')
     const carol = await connect(server, 'carol', 'qos-live')
-    clients.push(alice, carol)
+    // carol reads on another device: read events go to a user's other devices
+    const reader = await connect(server, 'carol', 'qos-reader')
+    clients.push(alice, carol, reader)
     const qosOf = new Map<string, number[]>()
     carol.mqtt.on('message', (topic, payload, packet) => {
       if (topic !== 'im/u/carol/e') return
@@ -183,7 +185,7 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
     await away.end()
     for (const conv of [direct.conv, group.conv]) await alice.request('send', { conv, msgId: `q-${conv}`, kind: 'text', body: 'hi' })
     // carol reads both (read events to her devices), alice reads both (a direct receipt and a group aggregate to carol)
-    for (const conv of [direct.conv, group.conv]) await carol.request('read', { conv, seq: 1 })
+    for (const conv of [direct.conv, group.conv]) await reader.request('read', { conv, seq: 1 })
     for (const conv of [direct.conv, group.conv]) await alice.request('read', { conv, seq: 1 })
     await carol.waitFor(() => (qosOf.get('read')?.length ?? 0) >= 2 && qosOf.has('receipt:direct') && qosOf.has('receipt:group'), 10000, 'the events, live')
     expect(qosOf.get('read')).toEqual([0, 0])
@@ -199,5 +201,34 @@ describe.each(BACKENDS)('delivery on $name stores', (backend) => {
     await back.waitFor(() => back.messages.some(m => m.seq === marker.seq && m.conv === direct.conv), 10000, 'a live message after the queue')
     expect(back.events.filter(e => e.type === 'read')).toEqual([])
     expect(back.events.filter(e => e.type === 'receipt')).toEqual([{ type: 'receipt', conv: direct.conv, kind: 'direct', user: 'alice', readSeq: 1 }])
+  })
+
+  test('the device that sent read gets no read event (the reply has it); the user\'s other devices do', async () => {
+    const alice = await connect(server, 'alice', 'own-a')
+    const carol = await connect(server, 'carol', 'own-c')
+    clients.push(alice, carol)
+    const { conv } = await alice.request('direct', { user: 'carol' })
+    const sent = []
+    for (let i = 1; i <= 3; i++) sent.push(await alice.request('send', { conv, msgId: `own-${i}`, kind: 'text', body: `m${i}` }))
+    const [first, second, third] = sent.map(r => r.seq) as [number, number, number]
+    // carol's only device reads: nothing is published for her (on one node nothing at all)
+    expect(await carol.request('read', { conv, seq: first })).toEqual({ conv, readSeq: first, unread: 2 })
+    // a marker: a read event made before this message would have come first
+    const marker = await alice.request('send', { conv, msgId: 'own-marker', kind: 'text', body: 'marker' })
+    await carol.waitFor(() => carol.messages.some(m => m.conv === conv && m.seq === marker.seq), 5000, 'the marker')
+    // a second device: the next read reaches it, not the reader
+    const tablet = await connect(server, 'carol', 'own-t')
+    clients.push(tablet)
+    expect(await carol.request('read', { conv, seq: second })).toEqual({ conv, readSeq: second, unread: 2 })
+    await tablet.waitFor(() => tablet.events.some(e => e.type === 'read'), 5000, 'the read event')
+    // and the tablet's read reaches the phone, not the tablet
+    expect(await tablet.request('read', { conv, seq: marker.seq })).toEqual({ conv, readSeq: marker.seq, unread: 0 })
+    await carol.waitFor(() => carol.events.some(e => e.type === 'read'), 5000, 'the phone\'s read event')
+    const last = await alice.request('send', { conv, msgId: 'own-marker-2', kind: 'text', body: 'marker 2' })
+    await tablet.waitFor(() => tablet.messages.some(m => m.conv === conv && m.seq === last.seq), 5000, 'the last marker')
+    await carol.waitFor(() => carol.messages.some(m => m.conv === conv && m.seq === last.seq), 5000, 'the last marker')
+    expect(carol.events.filter(e => e.type === 'read')).toEqual([{ type: 'read', conv, readSeq: marker.seq, unread: 0 }])
+    expect(tablet.events.filter(e => e.type === 'read')).toEqual([{ type: 'read', conv, readSeq: second, unread: 2 }])
+    expect(third).toBe(second + 1)
   })
 })

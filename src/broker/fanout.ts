@@ -20,6 +20,11 @@
  * hands it to its own subscribers of those topics. A publish to one topic is the packet itself on
  * that topic's channel, as before (only nodes with a subscriber get it).
  *
+ * A publish may leave out one connection, by clientId (`except`: the device that caused a QoS 0
+ * event and has its reply): its packets carry that clientId (a field Aedes keeps when it copies a
+ * packet for each subscriber), and BrokerHooks.authorizeForward turns the packet away from that
+ * connection, on every node.
+ *
  * A fan-out may carry a mark (a conversation and seq): every node that receives it hands the mark
  * on (onMark) once it has delivered the fan-out, and the delivery's order across nodes waits for
  * those marks (src/im/delivery.ts): a mark received means the message is in Redis's stream ahead
@@ -73,6 +78,8 @@ interface FanMessage {
   counters: number[]
   /** What it publishes: [conversation, seq] (see onMark). */
   mark?: [string, number]
+  /** The clientId of a connection left out (see publish). */
+  except?: string
 }
 
 interface Step {
@@ -137,20 +144,23 @@ export class FanOut {
     this.markListeners.push(listener)
   }
 
-  /** Publishes `payload` to each topic at `qos` (see above), with `mark` if given (told in a cluster only). */
-  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number]): number {
+  /**
+   * Publishes `payload` to each topic at `qos` (see above), with `mark` if given (told in a cluster
+   * only), to every subscriber but the connection whose clientId is `except` (QoS 0 only).
+   */
+  publish (topics: readonly string[], payload: Buffer, qos: 0 | 1, mark?: [string, number], except?: string): number {
     // a very large audience in several fan-outs (the mark with the last)
     let accepted = 0
     for (let from = 0; from < topics.length; from += FAN_CHUNK) {
       const last = from + FAN_CHUNK >= topics.length
       const chunk = topics.slice(from, from + FAN_CHUNK)
-      if (this.publishChunk(chunk, payload, qos, last ? mark : undefined)) accepted += chunk.length
+      if (this.publishChunk(chunk, payload, qos, last ? mark : undefined, qos === 0 ? except : undefined)) accepted += chunk.length
     }
     return accepted
   }
 
   /** False if dropped (the bound). */
-  private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined): boolean {
+  private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined, except: string | undefined): boolean {
     const max = this.opts.maxHeldTopics ?? MAX_PENDING_TOPICS
     if (this.heldTopics + topics.length > (qos === 0 ? max / 2 : max)) {
       this.dropped++
@@ -158,13 +168,13 @@ export class FanOut {
       this.warnEveryMinute('dropped', { dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       return false
     }
-    const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
+    const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false, ...(except === undefined ? {} : { clientId: except }) }, this.broker))
     // cluster: one topic unmarked, the packet itself on the topic's own channel (only nodes with a
     // subscriber get it); else one fan-out. One node: each packet to the in-process emitter.
     const [only] = packets
     const message = !this.opts.clustered || (only !== undefined && packets.length === 1 && mark === undefined)
       ? null
-      : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics, counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }) }
+      : { topic: FAN_TOPIC, payload, qos, brokerId: this.broker.id, topics, counters: packets.map(p => p.brokerCounter), ...(mark === undefined ? {} : { mark }), ...(except === undefined ? {} : { except }) }
     const step: Step = { packets, message, ready: qos === 0, settled: qos === 0 }
     this.steps.push(step)
     this.made++
@@ -280,8 +290,9 @@ export class FanOut {
 
   /** A fan-out from any node (this one too): each topic's packet to this node's subscribers. */
   private received (message: FanMessage): void {
-    const { payload, qos, brokerId, topics, counters, mark } = message
+    const { payload, qos, brokerId, topics, counters, mark, except } = message
     if (!Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1) || typeof brokerId !== 'string' ||
+      (except !== undefined && except !== null && !(typeof except === 'string' && except.length <= MAX_CLIENT_ID)) ||
       (mark !== undefined && mark !== null && !(Array.isArray(mark) && mark.length === 2 && typeof mark[0] === 'string' && Number.isSafeInteger(mark[1]))) ||
       !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > FAN_CHUNK ||
       !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
@@ -292,7 +303,7 @@ export class FanOut {
     this.opts.beforeDeliver?.(topics)
     for (let i = 0; i < topics.length; i++) {
       try {
-        this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined })
+        this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined, ...(typeof except === 'string' ? { clientId: except } : {}) })
       } catch (err) {
         // (a subscriber's handler that throws: the other topics still get theirs)
         this.opts.logger.error({ err, topic: topics[i] }, 'fan-out: local delivery failed')
@@ -309,6 +320,9 @@ export class FanOut {
     }
   }
 }
+
+/** A clientId is `<user>:<device>`: 32 + 1 + 64 characters (src/protocol/topics.ts). */
+const MAX_CLIENT_ID = 97
 
 /** Topic levels at most in a received fan-out (qlobber, under Aedes' emitter, throws beyond 100). */
 const MAX_LEVELS = 16

@@ -143,7 +143,12 @@ export class ImClient {
     })
     this.reads = new ReadBatcher({
       debounceMs: options.readDebounceMs,
-      read: async (conv, seq) => await this.call('read', { conv, seq }),
+      read: async (conv, seq) => {
+        const r = await this.call('read', { conv, seq })
+        // the server's read event goes to this user's other devices: this one has the reply
+        this.events.emit('read', { type: 'read', conv: r.conv, readSeq: r.readSeq, unread: r.unread })
+        return r
+      },
       emitError,
       isClosed
     })

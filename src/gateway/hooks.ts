@@ -420,6 +420,9 @@ export class BrokerHooks {
     if (!packet.topic.startsWith(session.prefix)) return session.channels.has(packet.topic) ? packet : null
     // this device got its replies directly (Publisher.reply); the routed copy is for watchers
     if (packet.topic === session.replyTopic) return null
+    // an event for the user's other devices (FanOut.publish `except`: the packet names the device
+    // that caused it; clients publish to nothing they can subscribe to, so no other packet does)
+    if (packet.clientId === client.id) return null
     return packet
   }
 }

@@ -14,7 +14,7 @@ import type { StoredMessage } from '../store/types.js'
 import type { ImEvent, Reply } from '../protocol/schemas.js'
 import { serializeReply } from '../protocol/raw-json.js'
 import type { EnvelopeCache } from './envelopes.js'
-import { channelTopic, eventTopic, messageTopic } from '../protocol/topics.js'
+import { channelTopic, clientIdOf, eventTopic, messageTopic } from '../protocol/topics.js'
 import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { Metrics } from '../metrics.js'
@@ -75,10 +75,10 @@ export class Publisher {
   }
 
   /** Through the fan-out (held here first on one node). */
-  private publishTo (userIds: readonly string[], topicOf: (userId: string) => string, payload: Buffer, qos: 0 | 1): void {
+  private publishTo (userIds: readonly string[], topicOf: (userId: string) => string, payload: Buffer, qos: 0 | 1, except?: string): void {
     if (this.closed) return
     if (!this.opts.clustered) this.sessions.hold(userIds)
-    this.fan.publish(userIds.map(topicOf), payload, qos)
+    this.fan.publish(userIds.map(topicOf), payload, qos, undefined, except)
   }
 
   /** Delivers one stored message to every member, serialized once. */
@@ -108,6 +108,17 @@ export class Publisher {
    */
   ephemeral (userIds: readonly string[], event: ImEvent): void {
     this.publishTo(userIds, eventTopic, Buffer.from(JSON.stringify(event)), 0)
+  }
+
+  /**
+   * A QoS 0 event for the user's devices other than the one that caused it (its `read`: the reply
+   * has the same figures). On one node, with no other connection of the user, nothing is published
+   * at all (most `read` requests come from a user's only device); else that device is left out.
+   */
+  toOtherDevices (userId: string, deviceId: string, event: ImEvent): void {
+    const requester = clientIdOf(userId, deviceId)
+    if (!this.opts.clustered && this.sessions.countOf(userId, requester) === 0) return
+    this.publishTo([userId], eventTopic, Buffer.from(JSON.stringify(event)), 0, requester)
   }
 
   event (userIds: Iterable<string>, event: ImEvent): void {

@@ -69,6 +69,11 @@ export function parseChannelTopic (topic: string): string | null {
 export const CHANNEL_MEMBERS_TOPIC = '$mqim/channel-members'
 
 /** clientId scheme: `<user>:<device>`. Binds every session to the authenticated user. */
+/** The MQTT clientId of a user's device (see parseClientId). */
+export function clientIdOf (userId: string, deviceId: string): string {
+  return `${userId}:${deviceId}`
+}
+
 export function parseClientId (clientId: string): { userId: string, deviceId: string } | null {
   const i = clientId.indexOf(':')
   if (i < 0) return null

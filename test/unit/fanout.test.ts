@@ -235,6 +235,26 @@ describe('cluster fan-out', () => {
     ])
   })
 
+  test('except: the packets name the connection left out (QoS 0 only), in the fan-out and its local deliveries', async () => {
+    const s = stand()
+    const fan = await s.create()
+    const payload = Buffer.from('{"type":"read"}')
+    fan.publish(['im/u/a/e'], payload, 0, undefined, 'a:phone')
+    fan.publish(['im/u/a/e', 'im/u/b/e'], payload, 0, undefined, 'a:phone')
+    // a QoS 1 publish leaves out nobody (its queued copies are not checked against it)
+    fan.publish(['im/u/c/e'], payload, 1, undefined, 'c:phone')
+    await s.settle()
+    s.waiting.forEach(w => w.resolve())
+    await s.settle()
+    expect(s.emitted.map(e => ('topics' in e ? { fan: e.topics, except: e.except } : { topic: e.topic, clientId: (e as { clientId?: string }).clientId }))).toEqual([
+      { topic: 'im/u/a/e', clientId: 'a:phone' },
+      { fan: ['im/u/a/e', 'im/u/b/e'], except: 'a:phone' },
+      { topic: 'im/u/c/e', clientId: undefined }
+    ])
+    s.receive({ topic: FAN_TOPIC, payload, qos: 0, brokerId: 'node-b', topics: ['im/u/a/e', 'im/u/b/e'], counters: [5, 6], except: 'a:phone' })
+    expect(s.local.map(m => [m.topic, m.clientId])).toEqual([['im/u/a/e', 'a:phone'], ['im/u/b/e', 'a:phone']])
+  })
+
   test.each([
     ['a payload that is not bytes', { payload: 'text' }],
     ['QoS 2', { qos: 2 }],
@@ -251,7 +271,9 @@ describe('cluster fan-out', () => {
     ['a counter that is not an integer', { counters: [1, 1.5] }],
     ['a counter that is a string', { counters: [1, '2'] }],
     ['a mark that is not [conversation, seq]', { mark: ['g1'] }],
-    ['a mark whose seq is not an integer', { mark: ['g1', '3'] }]
+    ['a mark whose seq is not an integer', { mark: ['g1', '3'] }],
+    ['an except that is not a string', { except: 7 }],
+    ['an except longer than any clientId', { except: 'u:' + 'd'.repeat(200) }]
   ])('a received fan-out with %s is dropped with a warning', async (_what, change) => {
     const s = stand()
     await s.create()

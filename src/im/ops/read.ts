@@ -21,8 +21,8 @@ export async function read (caller: Caller, req: RequestOf<'read'>, services: Se
   const [unread = 0] = await unreadMany(services, [{ conversationId: req.conv, tail, readSeq }])
   if (readSeq > before) {
     // the cursor moved: tell my other devices (QoS 0: those connected now; a device that comes back
-    // gets the cursors from list), and the other members (receipts)
-    services.publisher.ephemeral([caller.userId], { type: 'read', conv: req.conv, readSeq, unread })
+    // gets the cursors from list; this one has the reply), and the other members (receipts)
+    services.publisher.toOtherDevices(caller.userId, caller.deviceId, { type: 'read', conv: req.conv, readSeq, unread })
     // channels have no receipts: nobody is told who read what
     if (entry.conversation.kind !== 'channel') await services.receipts.noteRead(req.conv, caller.userId, readSeq)
   }
