@@ -10,7 +10,7 @@ import { FAN_CHUNK, FanOut, MAX_PENDING_TOPICS } from '../../src/broker/fanout.j
 import { FAN_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Emitted { topic: string, topics?: string[], counters?: number[], qos?: number, brokerId?: string, payload?: Buffer }
+interface Emitted { topic: string, topics?: string[], counters?: number[], qos?: number, brokerId?: string, payload?: Buffer, except?: string }
 
 function stand (opts: { clustered?: boolean, many?: boolean, queueTimeoutMs?: number, maxHeldTopics?: number } = {}) {
   const broker = { id: 'node-a', counter: 0, publish: () => { throw new Error('a cluster fan-out must not publish per topic') } }
