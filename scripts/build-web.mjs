@@ -10,15 +10,16 @@
  *   node scripts/build-web.mjs --if-stale  build only when something it was built from changed (npm start)
  *   node scripts/build-web.mjs --watch     rebuild on change (development)
  *
- * A build writes its files over the old ones and then removes what it no longer makes: web/dist is
- * never empty, so a server already serving it (another `npm start`, a test) keeps finding its page.
+ * A build replaces each file of web/dist whole (written aside, then renamed over the old one) and
+ * then removes what it no longer makes: a server already serving web/dist (another `npm start`, a
+ * test) finds the old page or the new one, never a missing or half-written file.
  *
  * mqtt resolves to its browser build through the "browser" export condition (dist/mqtt.esm.js); the
  * build fails if anything tries to pull a Node built-in module into the bundle.
  */
 import * as esbuild from 'esbuild'
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
-import { copyFile, mkdir, rm } from 'node:fs/promises'
+import { existsSync, lstatSync, readFileSync, readdirSync, statSync } from 'node:fs'
+import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
@@ -30,34 +31,47 @@ const args = parseArgs({ options: { watch: { type: 'boolean' }, 'if-stale': { ty
 const watch = args.watch === true
 const OUTPUTS = ['app.js', 'index.html', 'style.css', 'timer-worker.js', 'sw.js'].map(f => path.join(out, f))
 /**
- * What the last build was made from (esbuild's inputs: web/src, the SDK and protocol it bundles,
- * the packages it takes from node_modules), with this script and package-lock.json: outside
- * web/dist, which the server serves.
+ * What the last build was made from, and when it started (web/.build-inputs.json, outside web/dist,
+ * which the server serves): esbuild's inputs (web/src, the SDK and protocol it bundles, the packages
+ * it takes from node_modules) and what steers esbuild without being one (this script, the tsconfig
+ * files, package.json, package-lock.json). Paths relative to the repository, so a copy of it checks
+ * its own files.
  */
 const INPUTS_FILE = path.join(root, 'web', '.build-inputs.json')
-const ALWAYS = [fileURLToPath(import.meta.url), path.join(root, 'package-lock.json')]
+const ALWAYS = ['scripts/build-web.mjs', 'tsconfig.json', 'web/tsconfig.json', 'package.json', 'package-lock.json']
+const STATIC = ['index.html', 'style.css']
 
 function mtimeOrNull (file) {
   try {
-    return statSync(file).mtimeMs
+    return statSync(path.resolve(root, file)).mtimeMs
   } catch {
     return null
   }
 }
 
-/** web/dist holds a build of what it was built from, none of which changed since. */
+/**
+ * web/dist holds a build of what it was built from, none of which changed since that build started
+ * (a file saved while esbuild ran may not be in the build: it counts as changed).
+ */
 function isFresh () {
-  if (!existsSync(INPUTS_FILE) || !OUTPUTS.every(f => existsSync(f))) return false
-  let inputs
+  if (!OUTPUTS.every(f => existsSync(f))) return false
+  let record
   try {
-    inputs = JSON.parse(readFileSync(INPUTS_FILE, 'utf8'))
+    record = JSON.parse(readFileSync(INPUTS_FILE, 'utf8'))
   } catch {
     return false
   }
-  if (!Array.isArray(inputs) || inputs.length === 0) return false
-  const built = Math.min(...OUTPUTS.map(f => statSync(f).mtimeMs))
-  // an input gone or newer than the build (a new file counts once a listed one imports it)
-  return inputs.every(f => typeof f === 'string' && (mtimeOrNull(f) ?? Infinity) <= built)
+  const { startedAt, inputs } = record ?? {}
+  if (typeof startedAt !== 'number' || !Array.isArray(inputs) || inputs.length === 0) return false
+  // an input gone or changed since (a new file counts once a listed one imports it)
+  return inputs.every(f => typeof f === 'string' && (mtimeOrNull(f) ?? Infinity) < startedAt)
+}
+
+/** Writes `file` whole: aside first, then renamed over the old one (atomic on one filesystem). */
+async function replaceFile (file, contents) {
+  const aside = `${file}.${process.pid}.tmp`
+  await writeFile(aside, contents)
+  await rename(aside, file)
 }
 
 /** Fails the build on any Node built-in (node:fs, crypto, ...) instead of letting it slip in. */
@@ -70,12 +84,13 @@ const noNodeBuiltins = {
   }
 }
 
+/** Watch mode: index.html and style.css copied after each rebuild. */
 const copyStatic = {
   name: 'copy-static',
   setup (build) {
     build.onEnd(async result => {
       if (result.errors.length > 0) return
-      await Promise.all(['index.html', 'style.css'].map(f => copyFile(path.join(src, f), path.join(out, f))))
+      await Promise.all(STATIC.map(f => copyFile(path.join(src, f), path.join(out, f))))
     })
   }
 }
@@ -100,7 +115,7 @@ const options = {
   define: { 'process.env.NODE_ENV': '"production"', global: 'globalThis' },
   logLevel: 'warning',
   metafile: true,
-  plugins: [noNodeBuiltins, copyStatic]
+  plugins: [noNodeBuiltins]
 }
 
 if (args['if-stale'] === true && !watch && isFresh()) {
@@ -112,18 +127,28 @@ await mkdir(out, { recursive: true })
 if (watch) {
   // what the watcher builds is not listed: the next --if-stale builds again
   await rm(INPUTS_FILE, { force: true })
-  const ctx = await esbuild.context(options)
+  const ctx = await esbuild.context({ ...options, plugins: [noNodeBuiltins, copyStatic] })
   await ctx.watch()
   console.log('build-web: watching web/src and src/client')
 } else {
-  const result = await esbuild.build(options)
-  // what an older build made and this one did not (a renamed entry point, an old chunk) goes
-  const made = new Set([...Object.keys(result.metafile.outputs).map(f => path.resolve(root, f)), ...['index.html', 'style.css'].map(f => path.join(out, f))])
-  await Promise.all(readdirSync(out).map(f => path.join(out, f)).filter(f => !made.has(f)).map(f => rm(f, { recursive: true, force: true })))
+  // no list while the outputs change: a build that dies half-way is built again next time
+  await rm(INPUTS_FILE, { force: true })
+  const result = await esbuild.build({ ...options, write: false })
+  const written = [
+    ...result.outputFiles.map(f => ({ file: f.path, contents: f.contents })),
+    ...await Promise.all(STATIC.map(async f => ({ file: path.join(out, f), contents: await readFile(path.join(src, f)) })))
+  ]
+  for (const { file, contents } of written) await replaceFile(file, contents)
+  // what an older build made and this one did not (a renamed entry point, an old chunk) goes; not
+  // through a web/dist that is a link to somewhere else
+  if (!lstatSync(out).isSymbolicLink()) {
+    const made = new Set(written.map(w => w.file))
+    await Promise.all(readdirSync(out).map(f => path.join(out, f)).filter(f => !made.has(f)).map(f => rm(f, { recursive: true, force: true })))
+  }
   // (esbuild's inputs are paths from root; a virtual one, such as a define, is no file: left out)
-  const inputs = [...Object.keys(result.metafile.inputs).map(f => path.resolve(root, f)), ...['index.html', 'style.css'].map(f => path.join(src, f)), ...ALWAYS]
+  const inputs = [...Object.keys(result.metafile.inputs), ...STATIC.map(f => path.posix.join('web/src', f)), ...ALWAYS]
     .filter(f => mtimeOrNull(f) !== null)
-  writeFileSync(INPUTS_FILE, JSON.stringify(inputs))
+  await replaceFile(INPUTS_FILE, JSON.stringify({ startedAt: started, inputs }))
   const bytes = result.metafile.outputs[path.relative(root, path.join(out, 'app.js'))]?.bytes ?? 0
   console.log(`build-web: web/dist/app.js ${(bytes / 1024).toFixed(1)} KiB in ${Date.now() - started} ms`)
 }

@@ -421,7 +421,9 @@ cmd_start () {
   # If any service fails, stop the ones already started so nothing is left behind.
   trap 'rc=$?; if [ $rc -ne 0 ]; then for s in "${SERVICES[@]}"; do stop_svc "$s"; done; fi' EXIT
   read -r -a ports <<<"$(free_ports 4)"
-  rm -f "$DIR/s3.ports"
+  # SeaweedFS gets new ports: data it kept under older ones makes its master refuse to grow volumes
+  # ("volume growth is frozen after master state loss"), so a DIR started again gets an empty store
+  rm -rf "$DIR/s3.ports" "$DIR/s3"
   local i=0
   for svc in "${SERVICES[@]}"; do
     # The port could be grabbed by someone else between picking and binding: retry on a new one.
@@ -431,7 +433,7 @@ cmd_start () {
       [ "$rc" -eq 2 ] || break
       log "port ${ports[$i]} for $svc was taken; trying another"
       ports[i]="$(free_ports 1)"
-      rm -f "$DIR/s3.ports"
+      rm -rf "$DIR/s3.ports" "$DIR/s3"
     done
     [ "$rc" -eq 0 ] || die "$svc could not bind a free port after 3 attempts"
     i=$((i + 1))

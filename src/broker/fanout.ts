@@ -38,7 +38,7 @@
 import type { Aedes } from 'aedes'
 import Packet from 'aedes-packet'
 import type { Logger } from '../log.js'
-import { FAN_TOPIC } from '../protocol/topics.js'
+import { CLIENT_ID_MAX, FAN_TOPIC } from '../protocol/topics.js'
 import { localEmitter } from './upstream.js'
 
 /**
@@ -292,7 +292,7 @@ export class FanOut {
   private received (message: FanMessage): void {
     const { payload, qos, brokerId, topics, counters, mark, except } = message
     if (!Buffer.isBuffer(payload) || (qos !== 0 && qos !== 1) || typeof brokerId !== 'string' ||
-      (except !== undefined && except !== null && !(typeof except === 'string' && except.length <= MAX_CLIENT_ID)) ||
+      (except !== undefined && except !== null && !(typeof except === 'string' && except.length <= CLIENT_ID_MAX)) ||
       (mark !== undefined && mark !== null && !(Array.isArray(mark) && mark.length === 2 && typeof mark[0] === 'string' && Number.isSafeInteger(mark[1]))) ||
       !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > FAN_CHUNK ||
       !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
@@ -320,9 +320,6 @@ export class FanOut {
     }
   }
 }
-
-/** A clientId is `<user>:<device>`: 32 + 1 + 64 characters (src/protocol/topics.ts). */
-const MAX_CLIENT_ID = 97
 
 /** Topic levels at most in a received fan-out (qlobber, under Aedes' emitter, throws beyond 100). */
 const MAX_LEVELS = 16

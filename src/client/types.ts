@@ -91,7 +91,10 @@ export interface ImClientEvents {
   message: (m: MessageEnvelope) => void
   state: (s: ConnectionState) => void
   member: (e: MemberEvent) => void
-  /** My own read cursor moved (this device or another one of mine). */
+  /**
+   * My own read cursor moved: on another device of mine (the server's `read` event), or on this one
+   * (from the reply to its `read` request; also when that moved nothing: keep the highest).
+   */
   read: (e: ReadEvent) => void
   /** Other members' reading progress. */
   receipt: (e: ReceiptEvent) => void

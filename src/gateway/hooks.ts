@@ -19,9 +19,10 @@
  * - authorizeSubscribe: only filters inside the caller's own im/u/<user>/ subtree, at most
  *   `subscriptionsPerConnection` of them, and the topics of channels the user is a member of (see
  *   channels.ts); anything else gets SUBACK 0x80 and the connection stays.
- * - authorizeForward: O(1): only topics of the receiving user's subtree, and never a device's own
- *   reply topic (its replies are written to it directly); a channel topic only to a connection
- *   that holds it (a member that has not left since).
+ * - authorizeForward: O(1): only topics of the receiving user's subtree, never a device's own
+ *   reply topic (its replies are written to it directly), never the connection a packet names as
+ *   left out (FanOut.publish `except`: the device that sent `read` gets no `read` event); a
+ *   channel topic only to a connection that holds it (a member that has not left since).
  */
 import type { Aedes, AedesPublishPacket, Client, PublishPacket, Subscription, AuthenticateError } from 'aedes'
 import { LRUCache } from 'lru-cache'

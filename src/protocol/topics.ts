@@ -35,6 +35,8 @@ export const FAN_TOPIC = '$mqim-fan'
 
 export const USER_ID_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,31}$/
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/
+/** The longest clientId the two patterns allow: `<user>:<device>`, 32 + 1 + 64 characters. */
+export const CLIENT_ID_MAX = 32 + 1 + 64
 
 export function userPrefix (userId: string): string {
   return `im/u/${userId}/`
@@ -68,12 +70,12 @@ export function parseChannelTopic (topic: string): string | null {
 /** {conv, users, action: 'joined' | 'left'}: channel memberships changed (subscribe or unsubscribe these users' sessions). */
 export const CHANNEL_MEMBERS_TOPIC = '$mqim/channel-members'
 
-/** clientId scheme: `<user>:<device>`. Binds every session to the authenticated user. */
 /** The MQTT clientId of a user's device (see parseClientId). */
 export function clientIdOf (userId: string, deviceId: string): string {
   return `${userId}:${deviceId}`
 }
 
+/** clientId scheme: `<user>:<device>`. Binds every session to the authenticated user. */
 export function parseClientId (clientId: string): { userId: string, deviceId: string } | null {
   const i = clientId.indexOf(':')
   if (i < 0) return null

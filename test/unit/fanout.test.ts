@@ -7,7 +7,7 @@
  */
 import type { Aedes } from 'aedes'
 import { FAN_CHUNK, FanOut, MAX_PENDING_TOPICS } from '../../src/broker/fanout.js'
-import { FAN_TOPIC } from '../../src/protocol/topics.js'
+import { CLIENT_ID_MAX, FAN_TOPIC, clientIdOf, parseClientId } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
 interface Emitted { topic: string, topics?: string[], counters?: number[], qos?: number, brokerId?: string, payload?: Buffer, except?: string }
@@ -253,6 +253,19 @@ describe('cluster fan-out', () => {
     ])
     s.receive({ topic: FAN_TOPIC, payload, qos: 0, brokerId: 'node-b', topics: ['im/u/a/e', 'im/u/b/e'], counters: [5, 6], except: 'a:phone' })
     expect(s.local.map(m => [m.topic, m.clientId])).toEqual([['im/u/a/e', 'a:phone'], ['im/u/b/e', 'a:phone']])
+  })
+
+  test('a received except as long as the longest clientId is delivered (CLIENT_ID_MAX follows the id patterns)', async () => {
+    const longest = clientIdOf('u'.repeat(32), 'd'.repeat(64))
+    expect(longest.length).toBe(CLIENT_ID_MAX)
+    expect(parseClientId(longest)).not.toBeNull()
+    expect(parseClientId(clientIdOf('u'.repeat(33), 'd'.repeat(64)))).toBeNull()
+    expect(parseClientId(clientIdOf('u'.repeat(32), 'd'.repeat(65)))).toBeNull()
+    const s = stand()
+    await s.create()
+    s.receive({ topic: FAN_TOPIC, payload: Buffer.from('x'), qos: 0, brokerId: 'node-b', topics: ['im/u/a/e'], counters: [1], except: longest })
+    expect(s.local.map(m => m.clientId)).toEqual([longest])
+    expect(s.warnings).toEqual([])
   })
 
   test.each([
