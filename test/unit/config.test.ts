@@ -115,13 +115,15 @@ describe('loadConfig', () => {
 // ---------------------------------------------------------------------------------------------------
 
 /**
- * `npm start` runs `tsx src/main.ts`; this spawns the same tsx directly (npx and npm do not pass
- * SIGTERM on), in its own process group so a failed test can kill it and tsx's node child together.
+ * `npm start` runs `exec node --import tsx src/main.ts` (package.json); this spawns the same node
+ * directly (npm does not pass SIGTERM on), in its own process group so a failed test can kill it.
+ * (Not the tsx command: it relays a signal to its child only if the child says within 30 ms that it
+ * got it, else kills it, exit 143: on a loaded machine the server then never stops cleanly.)
  * Only the given MQIM_* variables apply.
  */
 function start (env: Record<string, string>): { child: ChildProcessWithoutNullStreams, output: () => string, exited: Promise<number | null> } {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_') && k !== 'NODE_OPTIONS'))
-  const child = spawn(path.join(ROOT, 'node_modules', '.bin', 'tsx'), ['src/main.ts'], { cwd: ROOT, env: { ...base, ...env }, detached: true })
+  const child = spawn(process.execPath, ['--min-semi-space-size=16', '--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env: { ...base, ...env }, detached: true })
   let out = ''
   child.stdout.on('data', (d: Buffer) => { out += d.toString() })
   child.stderr.on('data', (d: Buffer) => { out += d.toString() })
