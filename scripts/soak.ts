@@ -7,6 +7,8 @@
  *     --rate N      sends per second offered, in all (default 300)
  *     --users N     accounts, one device each, every 10th a bot (default 300)
  *     --cluster     two nodes sharing Redis, FerretDB and MariaDB (default: one node, no Redis)
+ *     --seed N      the seed of the world and the mix's choices (default 1): runs with one seed
+ *                   compare the same load (group sizes, who sends where)
  *     -h, --help
  *
  * It starts its own FerretDB, MariaDB (and Redis with --cluster) through scripts/services.sh on
@@ -45,10 +47,11 @@ import { installSignalHandlers, runCleanups, sleep } from './lib/procs.js'
 import { REQUEST_TIMEOUT_MS } from './soak/device.js'
 import { Metrics, Sampler, pct, round, type Sample } from './soak/metrics.js'
 import { Mix } from './soak/mix.js'
+import { seedRandom } from './lib/random.js'
 import { buildReport } from './soak/report.js'
 import { setUp } from './soak/setup.js'
 
-interface Options { minutes: number, rate: number, users: number, cluster: boolean }
+interface Options { minutes: number, rate: number, users: number, cluster: boolean, seed: number }
 
 function options (argv: string[]): Options {
   const usage = headerComment(new URL(import.meta.url))
@@ -61,6 +64,7 @@ function options (argv: string[]): Options {
         rate: { type: 'string' },
         users: { type: 'string' },
         cluster: { type: 'boolean' },
+        seed: { type: 'string' },
         help: { type: 'boolean', short: 'h' }
       }
     })
@@ -70,7 +74,8 @@ function options (argv: string[]): Options {
       minutes: values.quick === true ? 3 : intOption('minutes', values.minutes, 10),
       rate: positiveNumber('rate', values.rate, 300),
       users: intOption('users', values.users, 300, 10),
-      cluster: values.cluster === true
+      cluster: values.cluster === true,
+      seed: intOption('seed', values.seed, 1, 0)
     }
   })
 }
@@ -82,10 +87,11 @@ async function main (): Promise<number> {
   const began = Date.now()
   const log = (s: string): void => { process.stderr.write(`soak: [${((Date.now() - began) / 1000).toFixed(1)}s] ${s}\n`) }
   installSignalHandlers('soak')
+  seedRandom(opts.seed)
   const metrics = new Metrics()
   const groupMax = Math.min(MIX.groupMaxDefault, opts.users)
   const groups = Math.min(30, Math.floor(opts.users / 2))
-  log(`${opts.cluster ? 'cluster of 2 nodes' : 'single node'}, ${opts.users} accounts, ${opts.rate} sends/s offered for ${opts.minutes} min`)
+  log(`${opts.cluster ? 'cluster of 2 nodes' : 'single node'}, ${opts.users} accounts, ${opts.rate} sends/s offered for ${opts.minutes} min, seed ${opts.seed}`)
   const soak = await setUp({
     users: opts.users,
     groups,

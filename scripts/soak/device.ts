@@ -8,6 +8,7 @@ import type { MessageEnvelope } from '../../src/protocol/schemas.js'
 import { DrillClient, RequestError } from '../lib/client.js'
 import { sleep } from '../lib/procs.js'
 import type { Metrics, Op } from './metrics.js'
+import { random } from '../lib/random.js'
 
 /** Sends one device may have in flight; a send due while its window is full is not made. */
 export const SEND_WINDOW = 4
@@ -112,9 +113,9 @@ let msgCounter = 0
 const WORDS = 'ok sure see you at the meeting tomorrow lunch build passed shipping now thanks on my way can you review the pull request please done later'.split(' ')
 
 function textBody (): string {
-  const n = 3 + Math.floor(Math.random() * 25)
+  const n = 3 + Math.floor(random() * 25)
   const words: string[] = []
-  for (let i = 0; i < n; i++) words.push(WORDS[Math.floor(Math.random() * WORDS.length)] ?? 'ok')
+  for (let i = 0; i < n; i++) words.push(WORDS[Math.floor(random() * WORDS.length)] ?? 'ok')
   return words.join(' ')
 }
 

@@ -13,6 +13,7 @@
  */
 import type { Metrics } from './metrics.js'
 import { World, type Conv, type Device } from './device.js'
+import { random } from '../lib/random.js'
 
 export interface MixOptions {
   rate: number
@@ -28,7 +29,7 @@ export interface MixOptions {
 const CHANGES_IN_FLIGHT = 8
 
 function pick<T> (items: readonly T[]): T | undefined {
-  return items.length === 0 ? undefined : items[Math.floor(Math.random() * items.length)]
+  return items.length === 0 ? undefined : items[Math.floor(random() * items.length)]
 }
 
 export class Mix {
@@ -75,7 +76,7 @@ export class Mix {
   /** One send: a conversation with a member online (drawn again, up to 20 times, while none is), from a random online member. */
   private sendOne (): void {
     const { world } = this
-    const useDirect = Math.random() < this.opts.directShare ? world.directs.length > 0 : world.groups.length === 0
+    const useDirect = random() < this.opts.directShare ? world.directs.length > 0 : world.groups.length === 0
     for (let draw = 0; draw < 20; draw++) {
       const conv = pick(useDirect ? world.directs : world.groups)
       if (conv === undefined) break
@@ -105,7 +106,7 @@ export class Mix {
         continue
       }
       this.metrics.count(device.clean ? 'reconnects_clean' : 'reconnects_persistent')
-      const offlineMs = 1000 + Math.random() * 4000
+      const offlineMs = 1000 + random() * 4000
       void device.churn(offlineMs, this.opts.reconnectTimeoutMs).then(ok => this.metrics.count(ok ? 'reconnects' : 'reconnects_failed'))
     }
   }
@@ -118,7 +119,7 @@ export class Mix {
         continue
       }
       const kinds = ['direct', 'add', 'remove'] as const
-      const first = Math.floor(Math.random() * kinds.length)
+      const first = Math.floor(random() * kinds.length)
       let started = false
       // the chosen kind first; when it cannot be made now (owner offline, ...), the next one
       for (let i = 0; i < kinds.length && !started; i++) {

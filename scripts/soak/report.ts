@@ -6,7 +6,7 @@ import type { Mix } from './mix.js'
 export interface Target { value: number | null, goal: string, met: boolean }
 
 export interface ReportInput {
-  opts: { minutes: number, rate: number, users: number, cluster: boolean }
+  opts: { minutes: number, rate: number, users: number, cluster: boolean, seed: number }
   mix: Mix
   metrics: Metrics
   samples: Sample[]
@@ -123,6 +123,7 @@ export function buildReport (r: ReportInput) {
     nodes: r.nodes.length,
     duration_s: round(seconds, 1),
     users: opts.users,
+    seed: opts.seed,
     conversations: { groups: r.world.groups.length, directs: r.world.directs.length, group_members: r.world.groups.reduce((a, g) => a + g.members.length, 0) },
     offered_sends_per_s: opts.rate,
     achieved_sends_per_s: achieved,

@@ -16,6 +16,7 @@ import { onCleanup } from '../lib/procs.js'
 import { freshDatabases, installServices, readServicesEnv, ROOT, startServices, stopService, stopServices } from '../lib/services.js'
 import { Device, World, type Account } from './device.js'
 import { GcTrace, type Metrics, type ProcRef } from './metrics.js'
+import { random } from '../lib/random.js'
 
 export interface SetupOptions {
   users: number
@@ -55,7 +56,7 @@ export async function eachLimited<T> (items: readonly T[], concurrency: number, 
 function sample<T> (items: readonly T[], n: number): T[] {
   const copy = [...items]
   for (let i = copy.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1))
+    const j = Math.floor(random() * (i + 1))
     const t = copy[i] as T
     copy[i] = copy[j] as T
     copy[j] = t
@@ -164,7 +165,7 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
     const ids = accounts.map(a => a.id)
     const owners = sample(ids, opts.groups)
     await eachLimited(owners, 8, async (owner, k) => {
-      const size = opts.groupMin + Math.floor(Math.random() * (opts.groupMax - opts.groupMin + 1))
+      const size = opts.groupMin + Math.floor(random() * (opts.groupMax - opts.groupMin + 1))
       const members = sample(ids.filter(id => id !== owner), size - 1)
       const client = world.devices.get(owner)?.client
       if (client == null) throw new Error(`no device for ${owner}`)
