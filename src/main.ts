@@ -1,10 +1,12 @@
 /** `npm start`: load config, start mqim, stop gracefully on SIGINT/SIGTERM. */
+import { existsSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { loadConfig, ConfigError, type Config } from './config.js'
 import { createLogger } from './log.js'
 import { MqimServer } from './server.js'
 import { isEmbedded } from './store/index.js'
+import { WEB_DIST } from './http/app.js'
 
 /**
  * How to add a user to this server with the admin tool: with --server / --data-dir when they are
@@ -69,6 +71,8 @@ async function main (): Promise<void> {
       'In-memory data lasts until this process stops. For durable storage set MQIM_MONGO_URL and MQIM_MYSQL_URL (see README).',
       `  MQTT:            mqtt://localhost:${server.ports.mqtt}`,
       `  MQTT/WebSocket:  ws://localhost:${server.ports.http}/mqtt`,
+      // (the HTTP listener serves web/dist when it holds the page, see http/app.ts)
+      ...(existsSync(path.join(WEB_DIST, 'index.html')) ? [`  Chat page:       http://localhost:${server.ports.http}/`] : []),
       `Create a user (in another terminal):  ${addUserCommand(config, server.ports.http)}`,
       ''
     ].join('\n') + '\n')

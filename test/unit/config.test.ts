@@ -157,6 +157,8 @@ describe('npm start', () => {
       await waitForOutput(server.output, 'npm run admin -- user add')
       expect(server.output()).toContain('running with in-memory stores')
       const httpPort = /ws:\/\/localhost:(\d+)\/mqtt/.exec(server.output())?.[1]
+      // the chat page's address, where the page is (npm test builds web/dist first)
+      if (existsSync(path.join(ROOT, 'web', 'dist', 'index.html'))) expect(server.output()).toContain(`Chat page:       http://localhost:${httpPort ?? ''}/`)
       const health = await fetch(`http://127.0.0.1:${httpPort ?? ''}/healthz`)
       expect(await health.json()).toMatchObject({ status: 'ok', messageStore: 'memory', metadataStore: 'memory' })
       expect(existsSync(path.join(dataDir, 'admin-token'))).toBe(true)
