@@ -47,6 +47,8 @@ export class DrillClient {
   failovers = 0
   /** CONNECT attempts that failed (refused, CONNACK error, timeout). */
   failedAttempts = 0
+  /** Why the last failed CONNECT attempt failed (for a drill's diagnostics). */
+  lastFailure = ''
   private client: MqttClient | null = null
   /** QoS 1 publishes of the current connection still waiting for their PUBACK. */
   private awaitingPuback = 0
@@ -146,8 +148,9 @@ export class DrillClient {
       try {
         await this.attempt(port)
         return
-      } catch {
+      } catch (err) {
         this.failedAttempts++
+        this.lastFailure = `${new Date().toISOString()} port ${port}: ${(err as Error).message}`
         await sleep((i + 1) % ports.length === 0 ? 250 : 50)
       }
     }

@@ -147,6 +147,10 @@ export class DrillCluster {
     await waitUntil(() => this.receivers.every(r => behind(r).length === 0), catchUpMs, 'the receivers to catch up').catch(() => {})
     const lagging = this.receivers.reduce((n, r) => n + behind(r).length, 0)
     this.log(`history read (${audits.reduce((n, a) => n + a.history.length, 0)} messages); receivers ${lagging === 0 ? 'caught up' : `behind in ${lagging} conversations`} after ${Date.now() - t0} ms`)
+    if (lagging > 0) {
+      for (const r of this.receivers) this.log(r.describe(lastSeq))
+      for (const n of this.nodes) this.log(`${n.id} (pid ${n.pid}) last output:\n${n.log.slice(-3000)}`)
+    }
     // the client-side backstop: every conversation whose lastSeq is above what the device holds is
     // synced by history from its highest contiguous seq (retried if a connection drops)
     for (let i = 0; i < 5 && this.receivers.some(r => behind(r).length > 0); i++) {

@@ -211,6 +211,8 @@ export class Receiver {
   fromHistory = 0
   syncs = 0
   syncErrors = 0
+  /** The last failed sync, for a drill's diagnostics. */
+  lastSyncError = ''
   readonly problems: string[] = []
   private readonly running = new Map<string, Promise<void>>()
   private readonly again = new Set<string>()
@@ -307,9 +309,10 @@ export class Receiver {
             if (!page.hasMore || page.messages.length === 0) break
           }
         } while (this.again.has(conv) && (this.ahead.get(conv)?.size ?? 0) > 0)
-      } catch {
+      } catch (err) {
         // the connection dropped: the next connect syncs again
         this.syncErrors++
+        this.lastSyncError = `${new Date().toISOString()} ${conv}: ${(err as Error).message}`
       } finally {
         this.running.delete(conv)
         this.again.delete(conv)
@@ -317,6 +320,14 @@ export class Receiver {
     })()
     this.running.set(conv, p)
     return await p
+  }
+
+  /** One line on where this receiver stands (for a drill's log when it lags). */
+  describe (lastSeq: Map<string, number>): string {
+    const c = this.client
+    const convs = [...this.held].map(([conv, list]) => `${conv} ${list.length}/${lastSeq.get(conv) ?? '?'} (ahead ${this.ahead.get(conv)?.size ?? 0}${this.running.has(conv) ? ', syncing' : ''})`)
+    return `${this.userId}: ${c.connected ? 'connected' : 'NOT connected'} port ${c.port}, connects ${c.connects}, failed attempts ${c.failedAttempts}${c.lastFailure === '' ? '' : ` (last: ${c.lastFailure})`}, ` +
+      `pushes ${this.pushes}, syncs ${this.syncs}, sync errors ${this.syncErrors}${this.lastSyncError === '' ? '' : ` (last: ${this.lastSyncError})`}; ${convs.join('; ')}`
   }
 
   async syncAll (): Promise<void> {
