@@ -474,9 +474,16 @@ export class MySqlMetadataStore implements MetadataStore {
     for (let start = 0; start < cursors.length; start += READ_MANY_CHUNK) {
       const chunk = cursors.slice(start, start + READ_MANY_CHUNK)
       const rows = chunk.map(() => 'SELECT ? AS c, ? AS u, ? AS s').join(' UNION ALL ')
-      await this.pool.query(
+      const [updated] = await this.pool.query<ResultSetHeader>(
         `UPDATE members m JOIN (${rows}) v ON m.conversation_id = v.c AND m.user_id = v.u SET m.read_seq = GREATEST(m.read_seq, v.s)`,
         chunk.flatMap(c => [c.conversationId, c.userId, c.seq]))
+      // every row moved (the usual case: a read marks what is new): each cursor is now its seq,
+      // and the SELECT's round trip is saved ("Changed: N" of the server's OK packet; a server
+      // that does not say gives 0, and the rows are read)
+      if (updated.changedRows === chunk.length) {
+        for (const c of chunk) result.set(`${c.conversationId}\n${c.userId}`, c.seq)
+        continue
+      }
       const [found] = await this.pool.query<Array<ReadSeqRow & { conversation_id: string, user_id: string }>>(
         `SELECT conversation_id, user_id, read_seq FROM members WHERE (conversation_id, user_id) IN (${chunk.map(() => '(?, ?)').join(', ')})`,
         chunk.flatMap(c => [c.conversationId, c.userId]))

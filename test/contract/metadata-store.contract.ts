@@ -436,6 +436,19 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect((await store.memberGet('g1', 'B0b'))?.readSeq).toBe(11)
         expect(await store.memberGet('g1', 'carol')).toBeNull()
         expect(await store.memberAdvanceReadMany([])).toStrictEqual([])
+        // every cursor moves (MySQL: the rows are not read back): each is its seq
+        expect(await store.memberAdvanceReadMany([
+          { conversationId: 'g1', userId: 'bob', seq: 8 },
+          { conversationId: 'g1', userId: 'B0b', seq: 12 },
+          { conversationId: 'g1', userId: 'bob', seq: 9 }
+        ])).toStrictEqual([9, 12, 9])
+        expect((await store.memberGet('g1', 'bob'))?.readSeq).toBe(9)
+        expect((await store.memberGet('g1', 'B0b'))?.readSeq).toBe(12)
+        // one stays where it is (already there): the others move, it keeps its cursor
+        expect(await store.memberAdvanceReadMany([
+          { conversationId: 'g1', userId: 'bob', seq: 9 },
+          { conversationId: 'g1', userId: 'B0b', seq: 13 }
+        ])).toStrictEqual([9, 13])
       })
 
       test('memberAdvanceReadMany over more cursors than one statement takes, racing single calls', async () => {
