@@ -267,7 +267,7 @@ launch () {
       ;;
     redis)
       mkdir -p "$DIR/redis"
-      redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$DIR/redis" \
+      redis-server --port "$port" --bind 127.0.0.1 --databases 32 --save '' --appendonly no --dir "$DIR/redis" \
         --daemonize no --logfile '' </dev/null >>"$DIR/redis.log" 2>&1 &
       ;;
     mongo)

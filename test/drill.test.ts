@@ -40,7 +40,7 @@ describe('crash drill: 2 nodes under load, node 1 dies', () => {
   test('SIGKILL: no acknowledged message lost, no duplicate, no gap; the survivor keeps serving', async () => {
     const report = await runCrashDrill({
       services: services(),
-      redisDb: 6,
+      redisDb: 16,
       messages: 2000,
       conversations: 4,
       nodes: 2,
@@ -69,7 +69,7 @@ describe('crash drill: 2 nodes under load, node 1 dies', () => {
   test('SIGTERM: the node exits 0, nothing acknowledged is lost, its clients continue on the other node', async () => {
     const report = await runCrashDrill({
       services: services(),
-      redisDb: 7,
+      redisDb: 17,
       messages: 1500,
       conversations: 4,
       nodes: 2,

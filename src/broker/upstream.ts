@@ -17,7 +17,8 @@
  *        to QoS 1 before Aedes sees them (grantAtMostQos1);
  *     5. Aedes calls persistence.addSubscriptions once per topic of a SUBSCRIBE, which with
  *        aedes-persistence-redis 11.2.2 + mqemitter-redis hangs multi-topic SUBSCRIBEs of
- *        persistent sessions (coalesceAddSubscriptions).
+ *        persistent sessions; and its (un)subscribe calls wait without a bound for a broadcast
+ *        that a Redis outage can lose (coalesceAddSubscriptions).
  *     9. a message routed to a persistent session between the restore of its subscriptions and
  *        its CONNACK is written before the CONNACK [against MQTT-3.2.0-1]; mqtt.js then waits for
  *        the PUBACK it queued for that PUBLISH and never reads the CONNACK (the connect times out):
@@ -438,6 +439,30 @@ export function dropQueueReplays (client: Client, windowMs = 10_000): void {
 
 interface SubscriptionStore {
   addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>
+  removeSubscriptions?: (client: { id: string }, topics: string[]) => Promise<unknown>
+  cleanSubscriptions?: (client: { id: string }) => Promise<unknown>
+}
+
+/** How long a persistent session's (un)subscribe waits for its broadcast to come back (5.). */
+export const SUBSCRIPTION_BROADCAST_TIMEOUT_MS = 5000
+
+/** Thrown when a (un)subscribe's broadcast did not come back in time (5.). */
+export class SubscriptionBroadcastTimeoutError extends Error {
+  constructor (call: string, ms: number) {
+    super(`${call}: the subscription broadcast did not come back within ${ms} ms`)
+    this.name = 'SubscriptionBroadcastTimeoutError'
+  }
+}
+
+async function within<T> (p: Promise<T>, ms: number, call: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new SubscriptionBroadcastTimeoutError(call, ms)), ms)
+    })])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /**
@@ -447,8 +472,16 @@ interface SubscriptionStore {
  * with mqemitter-redis the replies arrive after all the calls have registered, the waiters
  * overwrite each other, and a multi-topic SUBSCRIBE of a clean=false client never gets its
  * SUBACK. Identical concurrent calls are therefore made once and share the result.
+ *
+ * That wait (and removeSubscriptions', for an UNSUBSCRIBE, and so cleanSubscriptions', for a clean
+ * CONNECT of a session that was persistent) has no bound: a broadcast published while this node's subscriber connection to Redis
+ * is down, or re-subscribing after an outage, never comes back. The call then hung for good, and
+ * with it, shared, every later SUBSCRIBE of the same client and topics: the session could not
+ * subscribe again until the process restarted (the CI run of 4624558: a drill's two persistent
+ * receivers, after a Redis outage). Each call now fails after `timeoutMs` (Aedes closes the
+ * connection; the client reconnects and subscribes again, afresh).
  */
-export function coalesceAddSubscriptions<T> (persistence: T): T {
+export function coalesceAddSubscriptions<T> (persistence: T, timeoutMs = SUBSCRIPTION_BROADCAST_TIMEOUT_MS): T {
   const store = persistence as unknown as SubscriptionStore
   const add = store.addSubscriptions.bind(store)
   const inFlight = new Map<string, Promise<unknown>>()
@@ -456,10 +489,14 @@ export function coalesceAddSubscriptions<T> (persistence: T): T {
     const key = `${client.id}\u0000${subs.map(s => `${s.topic}\u0001${s.qos}`).join('\u0000')}`
     const running = inFlight.get(key)
     if (running !== undefined) return await running
-    const p = add(client, subs).finally(() => inFlight.delete(key))
+    const p = within(add(client, subs), timeoutMs, 'addSubscriptions').finally(() => inFlight.delete(key))
     inFlight.set(key, p)
     return await p
   }
+  const remove = store.removeSubscriptions?.bind(store)
+  if (remove !== undefined) store.removeSubscriptions = async (client, topics) => await within(remove(client, topics), timeoutMs, 'removeSubscriptions')
+  const clean = store.cleanSubscriptions?.bind(store)
+  if (clean !== undefined) store.cleanSubscriptions = async (client) => await within(clean(client), timeoutMs, 'cleanSubscriptions')
   return persistence
 }
 

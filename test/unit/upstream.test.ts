@@ -15,7 +15,7 @@ import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
-  BoundedMemoryPersistence, PacketTooLargeError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
+  BoundedMemoryPersistence, PacketTooLargeError, SubscriptionBroadcastTimeoutError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
   grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes, unregisterClosedClients,
   wholePacket, wholePacketWrites
 } from '../../src/broker/upstream.js'
@@ -265,6 +265,33 @@ describe('aedes 1.2.0: addSubscriptions is called once per topic of a SUBSCRIBE 
     const subs = [{ topic: 'a', qos: 1 }, { topic: 'b', qos: 1 }]
     await Promise.all([store.addSubscriptions(client, subs), store.addSubscriptions(client, subs), store.addSubscriptions(client, subs)])
     expect(underlying).toBe(1)
+  })
+
+  test('workaround: a call that never ends (its broadcast was lost) fails after the bound, and the next identical call is made afresh; unsubscribe and clean too', async () => {
+    const never = new Promise<never>(() => {})
+    let adds = 0
+    let answer: 'hang' | 'ok' = 'hang'
+    const calls: string[] = []
+    const store = coalesceAddSubscriptions({
+      addSubscriptions: async (_c: { id: string }, _s: Array<{ topic: string, qos: number }>) => { adds++; if (answer === 'hang') await never },
+      removeSubscriptions: async (_c: { id: string }, topics: string[]) => { calls.push(`remove ${topics.join(',')}`); await never },
+      cleanSubscriptions: async (_c: { id: string }) => { calls.push('clean'); await never }
+    }, 50)
+    const client = { id: 'p' }
+    const subs = [{ topic: 'a', qos: 1 }]
+    const t0 = performance.now()
+    const [first, shared] = await Promise.allSettled([store.addSubscriptions(client, subs), store.addSubscriptions(client, subs)])
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(45)
+    expect(first).toMatchObject({ status: 'rejected', reason: expect.any(SubscriptionBroadcastTimeoutError) })
+    expect(shared).toMatchObject({ status: 'rejected', reason: expect.any(SubscriptionBroadcastTimeoutError) })
+    expect(adds).toBe(1)
+    // the broadcasts come back: the next SUBSCRIBE does not wait on the lost one
+    answer = 'ok'
+    await expect(store.addSubscriptions(client, subs)).resolves.toBeUndefined()
+    expect(adds).toBe(2)
+    await expect(store.removeSubscriptions(client, ['a'])).rejects.toThrow(/removeSubscriptions: the subscription broadcast did not come back within 50 ms/)
+    await expect(store.cleanSubscriptions(client)).rejects.toThrow(SubscriptionBroadcastTimeoutError)
+    expect(calls).toEqual(['remove a', 'clean'])
   })
 })
 
