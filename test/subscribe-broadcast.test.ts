@@ -64,6 +64,12 @@ describe('a persistent session subscribes again after a lost subscription broadc
     const { conv } = await quinn.request('direct', { user: 'pat' })
     await quinn.request('send', { conv, msgId: 'after-lost-broadcast', kind: 'text', body: 'hello again' })
     await again.waitFor(() => again.messages.some(m => m.msgId === 'after-lost-broadcast'), 10_000, 'the message on the resubscribed session')
-    await Promise.all([again.end(), quinn.end()])
+    // and the broker's matcher of offline sessions knows the subscription again: a message sent
+    // while the device is away is queued for it, and comes on its next connect
+    await again.end()
+    await quinn.request('send', { conv, msgId: 'while-away', kind: 'text', body: 'queued' })
+    const back = await connect(server, 'pat', 'phone', { clean: false, subscribe: false })
+    await back.waitFor(() => back.messages.some(m => m.msgId === 'while-away'), 10_000, 'the message queued while the device was away')
+    await Promise.all([back.end(), quinn.end()])
   }, 30_000)
 })

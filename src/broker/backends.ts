@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
-import { BoundedMemoryPersistence, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -71,6 +71,16 @@ export function createBrokerBackends (
   // while Redis is down. ioredis reconnects by itself.
   emitterState(mq).on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))
   closeEmitterQuietly(mq)
+  // a lost subscription broadcast (upstream.ts 5): one warning a minute, with the count since the last
+  let lostBroadcasts = 0
+  let lostWarnedAt = Number.NEGATIVE_INFINITY
+  const broadcastLost = (call: string, clientId: string): void => {
+    lostBroadcasts++
+    if (performance.now() - lostWarnedAt < 60_000) return
+    lostWarnedAt = performance.now()
+    logger.warn({ call, client: clientId, lost: lostBroadcasts }, 'a subscription broadcast did not come back through Redis: the connection is closed (the client subscribes again)')
+    lostBroadcasts = 0
+  }
   const persistence = aedesPersistenceRedis({
     conn: persistenceConn,
     maxSessionDelivery: config.maxSessionDelivery,
@@ -79,7 +89,7 @@ export function createBrokerBackends (
   })
   return {
     persistence: recordQueueReplays(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
       config.maxSessionDelivery + 1),
     mq,
     redis,

@@ -438,9 +438,9 @@ export function dropQueueReplays (client: Client, windowMs = 10_000): void {
 }
 
 interface SubscriptionStore {
-  addSubscriptions: (client: { id: string }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>
-  removeSubscriptions?: (client: { id: string }, topics: string[]) => Promise<unknown>
-  cleanSubscriptions?: (client: { id: string }) => Promise<unknown>
+  addSubscriptions: (client: { id: string, closed?: boolean }, subs: Array<{ topic: string, qos: number }>) => Promise<unknown>
+  removeSubscriptions?: (client: { id: string, closed?: boolean }, topics: string[]) => Promise<unknown>
+  cleanSubscriptions?: (client: { id: string, closed?: boolean }) => Promise<unknown>
 }
 
 /** How long a persistent session's (un)subscribe waits for its broadcast to come back (5.). */
@@ -459,6 +459,7 @@ async function within<T> (p: Promise<T>, ms: number, call: string): Promise<T> {
   try {
     return await Promise.race([p, new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(new SubscriptionBroadcastTimeoutError(call, ms)), ms)
+      timer.unref()
     })])
   } finally {
     clearTimeout(timer)
@@ -469,34 +470,59 @@ async function within<T> (p: Promise<T>, ms: number, call: string): Promise<T> {
  * 5. Aedes 1.2 calls persistence.addSubscriptions(client, allSubscriptionsOfThePacket) once per
  * subscription of a SUBSCRIBE packet, concurrently. aedes-persistence-redis then waits for its
  * own `$SYS/sub/add` broadcast to come back through the emitter, keyed by (client, first topic):
- * with mqemitter-redis the replies arrive after all the calls have registered, the waiters
- * overwrite each other, and a multi-topic SUBSCRIBE of a clean=false client never gets its
- * SUBACK. Identical concurrent calls are therefore made once and share the result.
+ * a second call with the same key overwrites the first's waiter, the first broadcast back answers
+ * the second call, and the first call waits for good. With mqemitter-redis the broadcasts come
+ * back after all the calls have registered, so a multi-topic SUBSCRIBE of a clean=false client
+ * never got its SUBACK; two SUBSCRIBEs of one client that start with the same topic (in one
+ * read, or a client's and the server's own on a channel join) do the same. So a client's calls
+ * run one after the other (removals likewise, on a lane of their own), and identical calls
+ * waiting or running together are made once and share the result.
  *
  * That wait (and removeSubscriptions', for an UNSUBSCRIBE, and so cleanSubscriptions', for a clean
- * CONNECT of a session that was persistent) has no bound: a broadcast published while this node's subscriber connection to Redis
- * is down, or re-subscribing after an outage, never comes back. The call then hung for good, and
- * with it, shared, every later SUBSCRIBE of the same client and topics: the session could not
- * subscribe again until the process restarted (the CI run of 4624558: a drill's two persistent
- * receivers, after a Redis outage). Each call now fails after `timeoutMs` (Aedes closes the
- * connection; the client reconnects and subscribes again, afresh).
+ * CONNECT of a session that was persistent) has no bound: a broadcast published while this node's
+ * subscriber connection to Redis is down, or re-subscribing after an outage, never comes back.
+ * The call then hung for good, and with it, shared, every later SUBSCRIBE of the same client and
+ * topics: the session could not subscribe again until the process restarted (the CI run of
+ * 4624558: a drill's two persistent receivers, after a Redis outage). Each call now fails after
+ * `timeoutMs` (`onTimeout` is told; Aedes closes the connection; the client reconnects and
+ * subscribes again, afresh); a call whose turn comes after its connection closed fails at once.
+ * What a lost broadcast leaves (the subscription stored in Redis, the nodes' matchers of offline
+ * sessions not told) is repaired by the next SUBSCRIBE of the same topics.
  */
-export function coalesceAddSubscriptions<T> (persistence: T, timeoutMs = SUBSCRIPTION_BROADCAST_TIMEOUT_MS): T {
+export function coalesceAddSubscriptions<T> (persistence: T, timeoutMs = SUBSCRIPTION_BROADCAST_TIMEOUT_MS, onTimeout?: (call: string, clientId: string) => void): T {
   const store = persistence as unknown as SubscriptionStore
+  /** `add|rm \0 clientId` -> the end of the client's last call on that lane */
+  const lanes = new Map<string, Promise<unknown>>()
+  const inLane = async (lane: 'add' | 'rm', client: { id: string, closed?: boolean }, call: string, run: () => Promise<unknown>): Promise<unknown> => {
+    const key = `${lane}\u0000${client.id}`
+    const p = (lanes.get(key) ?? Promise.resolve()).catch(() => {}).then(async () => {
+      if (client.closed === true) throw new Error(`${call}: the connection closed`)
+      try {
+        return await within(run(), timeoutMs, call)
+      } catch (err) {
+        if (err instanceof SubscriptionBroadcastTimeoutError) onTimeout?.(call, client.id)
+        throw err
+      }
+    })
+    lanes.set(key, p)
+    const forget = (): void => { if (lanes.get(key) === p) lanes.delete(key) }
+    p.then(forget, forget)
+    return await p
+  }
   const add = store.addSubscriptions.bind(store)
   const inFlight = new Map<string, Promise<unknown>>()
   store.addSubscriptions = async (client, subs) => {
     const key = `${client.id}\u0000${subs.map(s => `${s.topic}\u0001${s.qos}`).join('\u0000')}`
     const running = inFlight.get(key)
     if (running !== undefined) return await running
-    const p = within(add(client, subs), timeoutMs, 'addSubscriptions').finally(() => inFlight.delete(key))
+    const p = inLane('add', client, 'addSubscriptions', async () => await add(client, subs)).finally(() => inFlight.delete(key))
     inFlight.set(key, p)
     return await p
   }
   const remove = store.removeSubscriptions?.bind(store)
-  if (remove !== undefined) store.removeSubscriptions = async (client, topics) => await within(remove(client, topics), timeoutMs, 'removeSubscriptions')
+  if (remove !== undefined) store.removeSubscriptions = async (client, topics) => await inLane('rm', client, 'removeSubscriptions', async () => await remove(client, topics))
   const clean = store.cleanSubscriptions?.bind(store)
-  if (clean !== undefined) store.cleanSubscriptions = async (client) => await within(clean(client), timeoutMs, 'cleanSubscriptions')
+  if (clean !== undefined) store.cleanSubscriptions = async (client) => await inLane('rm', client, 'cleanSubscriptions', async () => await clean(client))
   return persistence
 }
 

@@ -19,6 +19,7 @@ import type { ClusterBus } from '../broker/bus.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { ConversationDirectory } from '../im/directory.js'
 import { CHANNEL_MEMBERS_TOPIC, channelTopic, parseChannelTopic } from '../protocol/topics.js'
+import { SubscriptionBroadcastTimeoutError } from '../broker/upstream.js'
 
 /** Times a subscribe check runs again when the membership changed while it was read. */
 const AUTHORIZE_TRIES = 3
@@ -98,7 +99,11 @@ export class ChannelSubscriptions {
         if (action === 'joined') {
           // through authorizeSubscribe like a client's own SUBSCRIBE (no SUBACK: no message id)
           client.subscribe({ topic, qos: 0 }, (err?: Error | null) => {
-            if (err) this.logger.debug({ client: client.id, topic, err }, 'channel subscription failed')
+            if (!err) return
+            this.logger.debug({ client: client.id, topic, err }, 'channel subscription failed')
+            // not confirmed through Redis (a lost broadcast, see upstream.ts 5): the connection
+            // would stay without the channel; closed, the client reconnects and subscribes again
+            if (err instanceof SubscriptionBroadcastTimeoutError) client.close()
           })
           continue
         }

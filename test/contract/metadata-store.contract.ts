@@ -428,7 +428,7 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
           { conversationId: 'g1', userId: 'carol', seq: 5 }, // not a member
           { conversationId: 'nope', userId: 'alice', seq: 5 },
           { conversationId: 'g1', userId: 'bob', seq: 3 }, // a repeat: the cursor's result
-          { conversationId: 'g1', userId: 'B0b', seq: 11 }, // ids differ in case only
+          { conversationId: 'g1', userId: 'B0b', seq: 11 }, // a look-alike id (a zero for the o)
           { conversationId: 'g1', userId: 'alice', seq: 2 ** 40 + 1 }
         ])
         expect(result).toStrictEqual([2 ** 40 + 1, 7, null, null, 7, 11, 2 ** 40 + 1])
@@ -436,14 +436,18 @@ export function describeMetadataStore (name: string, factory: () => Promise<Meta
         expect((await store.memberGet('g1', 'B0b'))?.readSeq).toBe(11)
         expect(await store.memberGet('g1', 'carol')).toBeNull()
         expect(await store.memberAdvanceReadMany([])).toStrictEqual([])
-        // every cursor moves (MySQL: the rows are not read back): each is its seq
+        // every cursor moves (MySQL: the rows are not read back): each is its seq; ids that differ
+        // in case only are different members
+        await store.memberAdd([member('g1', 'BOB')])
         expect(await store.memberAdvanceReadMany([
           { conversationId: 'g1', userId: 'bob', seq: 8 },
           { conversationId: 'g1', userId: 'B0b', seq: 12 },
+          { conversationId: 'g1', userId: 'BOB', seq: 3 },
           { conversationId: 'g1', userId: 'bob', seq: 9 }
-        ])).toStrictEqual([9, 12, 9])
+        ])).toStrictEqual([9, 12, 3, 9])
         expect((await store.memberGet('g1', 'bob'))?.readSeq).toBe(9)
         expect((await store.memberGet('g1', 'B0b'))?.readSeq).toBe(12)
+        expect((await store.memberGet('g1', 'BOB'))?.readSeq).toBe(3)
         // one stays where it is (already there): the others move, it keeps its cursor
         expect(await store.memberAdvanceReadMany([
           { conversationId: 'g1', userId: 'bob', seq: 9 },

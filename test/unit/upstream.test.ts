@@ -293,6 +293,44 @@ describe('aedes 1.2.0: addSubscriptions is called once per topic of a SUBSCRIBE 
     await expect(store.cleanSubscriptions(client)).rejects.toThrow(SubscriptionBroadcastTimeoutError)
     expect(calls).toEqual(['remove a', 'clean'])
   })
+
+  test('workaround: two different calls of one client run one after the other (aedes-persistence keys its waiter by client and first topic); other clients do not wait; a call whose turn comes after its connection closed fails at once; timeouts are told', async () => {
+    const log: string[] = []
+    const timeouts: string[] = []
+    const hang = new Set<string>()
+    const store = coalesceAddSubscriptions({
+      addSubscriptions: async (c: { id: string }, subs: Array<{ topic: string, qos: number }>) => {
+        const name = `${c.id}:${subs.map(x => x.topic).join('+')}`
+        log.push(`start ${name}`)
+        if (hang.has(name)) await new Promise<never>(() => {})
+        await settle(20)
+        log.push(`end ${name}`)
+      }
+    }, 60, (call, clientId) => timeouts.push(`${call} ${clientId}`))
+    const p = { id: 'p', closed: false }
+    const q = { id: 'q', closed: false }
+    await Promise.all([
+      store.addSubscriptions(p, [{ topic: 'a', qos: 1 }]),
+      store.addSubscriptions(p, [{ topic: 'a', qos: 1 }, { topic: 'b', qos: 1 }]),
+      store.addSubscriptions(q, [{ topic: 'a', qos: 1 }])
+    ])
+    expect(new Set(log)).toEqual(new Set(['start p:a', 'end p:a', 'start p:a+b', 'end p:a+b', 'start q:a', 'end q:a']))
+    const at = (entry: string): number => log.indexOf(entry)
+    expect(at('start p:a+b')).toBeGreaterThan(at('end p:a')) // p's second waits for its first
+    expect(at('start q:a')).toBeLessThan(at('end p:a')) // q does not wait for p
+    // p's first call never ends: it fails after the bound; the connection closes meanwhile, so the
+    // call queued behind it fails at once, without running
+    log.length = 0
+    hang.add('p:a')
+    const both = Promise.allSettled([store.addSubscriptions(p, [{ topic: 'a', qos: 1 }]), store.addSubscriptions(p, [{ topic: 'b', qos: 1 }])])
+    while (!log.includes('start p:a')) await settle(1)
+    p.closed = true
+    const [first, queued] = await both
+    expect(first).toMatchObject({ status: 'rejected', reason: expect.any(SubscriptionBroadcastTimeoutError) })
+    expect(queued).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: 'addSubscriptions: the connection closed' }) })
+    expect(log).toEqual(['start p:a'])
+    expect(timeouts).toEqual(['addSubscriptions p'])
+  })
 })
 
 describe('aedes-persistence 11.0.0: offline queues are unbounded (workaround 6)', () => {
