@@ -63,7 +63,8 @@ function isFresh () {
   }
   const { startedAt, inputs } = record ?? {}
   if (typeof startedAt !== 'number' || !Array.isArray(inputs) || inputs.length === 0) return false
-  // an input gone or changed since (a new file counts once a listed one imports it)
+  // an input gone or changed since; a file added or removed next to one (its directory changed: a
+  // new main.tsx is taken before main.ts, a new file is imported by an edited one, a page asset)
   return inputs.every(f => typeof f === 'string' && (mtimeOrNull(f) ?? Infinity) < startedAt)
 }
 
@@ -146,8 +147,11 @@ if (watch) {
     await Promise.all(readdirSync(out).map(f => path.join(out, f)).filter(f => !made.has(f)).map(f => rm(f, { recursive: true, force: true })))
   }
   // (esbuild's inputs are paths from root; a virtual one, such as a define, is no file: left out)
-  const inputs = [...Object.keys(result.metafile.inputs), ...STATIC.map(f => path.posix.join('web/src', f)), ...ALWAYS]
-    .filter(f => mtimeOrNull(f) !== null)
+  const sources = [...Object.keys(result.metafile.inputs), ...STATIC.map(f => path.posix.join('web/src', f))]
+  // and the directories of the sources (not of the packages, which npm changes with
+  // package-lock.json; not the repository's or web/, where other things come and go)
+  const dirs = new Set(sources.filter(f => !f.split('/').includes('node_modules')).map(f => path.posix.dirname(f)))
+  const inputs = [...sources, ...ALWAYS, ...dirs].filter(f => mtimeOrNull(f) !== null)
   await replaceFile(INPUTS_FILE, JSON.stringify({ startedAt: started, inputs }))
   const bytes = result.metafile.outputs[path.relative(root, path.join(out, 'app.js'))]?.bytes ?? 0
   console.log(`build-web: web/dist/app.js ${(bytes / 1024).toFixed(1)} KiB in ${Date.now() - started} ms`)
