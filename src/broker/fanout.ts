@@ -168,7 +168,8 @@ export class FanOut {
       this.warnEveryMinute('dropped', { dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       return false
     }
-    const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false, ...(except === undefined ? {} : { clientId: except }) }, this.broker))
+    const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
+    if (except !== undefined) for (const p of packets) p.clientId = except
     // cluster: one topic unmarked, the packet itself on the topic's own channel (only nodes with a
     // subscriber get it); else one fan-out. One node: each packet to the in-process emitter.
     const [only] = packets
@@ -303,7 +304,9 @@ export class FanOut {
     this.opts.beforeDeliver?.(topics)
     for (let i = 0; i < topics.length; i++) {
       try {
-        this.deliverLocally({ cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined, ...(typeof except === 'string' ? { clientId: except } : {}) })
+        const packet: Record<string, unknown> = { cmd: 'publish', brokerId, brokerCounter: counters[i], topic: topics[i], payload, qos, retain: false, dup: false, messageId: undefined }
+        if (typeof except === 'string') packet.clientId = except
+        this.deliverLocally(packet)
       } catch (err) {
         // (a subscriber's handler that throws: the other topics still get theirs)
         this.opts.logger.error({ err, topic: topics[i] }, 'fan-out: local delivery failed')

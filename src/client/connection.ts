@@ -9,7 +9,7 @@ import type { OpName, Reply } from '../protocol/schemas.js'
 import { ImClientError, type ImClientErrorCode } from './errors.js'
 import { randomId } from './ids.js'
 import type { IntervalTimer } from './types.js'
-import { channelTopic, parseChannelTopic } from '../protocol/topics.js'
+import { channelTopic, clientIdOf, parseChannelTopic } from '../protocol/topics.js'
 
 /** Channel topics per SUBSCRIBE packet. */
 const CHANNEL_TOPICS_PER_SUBSCRIBE = 100
@@ -57,7 +57,7 @@ export class Connection {
     const { userId, deviceId } = options
     this.topics = { m: `im/u/${userId}/m`, e: `im/u/${userId}/e`, r: `im/u/${userId}/r/${deviceId}` }
     this.mqtt = mqtt.connect(options.url, {
-      clientId: `${userId}:${deviceId}`,
+      clientId: clientIdOf(userId, deviceId),
       username: userId,
       password: options.password,
       protocolVersion: 4,

@@ -11,6 +11,8 @@ declare module 'aedes-packet' {
     retain: boolean
     dup: boolean
     messageId?: number
+    /** Kept when Aedes copies a packet for each subscriber (the connection FanOut leaves out). */
+    clientId?: string
   }
   export default Packet
 }
