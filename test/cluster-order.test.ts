@@ -2,11 +2,15 @@
  * Delivery order across nodes (Redis + MongoDB + MySQL): members on two nodes write to one
  * conversation as fast as they can, so each node keeps storing seqs right after the other's; every
  * device, on either node, must still receive the conversation's entries in seq order, each once
- * (topics.md, "Delivery guarantees").
+ * (topics.md, "Delivery guarantees"). And a node whose first write to a conversation finds the
+ * other node's seqs in the store before any word of them has come through Redis (the other node's
+ * publishes held up) still delivers after them.
  */
+import type { Redis } from 'ioredis'
 import { clusterOverrides } from './helpers/cluster.js'
-import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
+import type { MessageEnvelope } from '../src/protocol/schemas.js'
 
 describe('delivery order with writers on two nodes', () => {
   let n1: MqimServer
@@ -16,7 +20,7 @@ describe('delivery order with writers on two nodes', () => {
     const overrides = await clusterOverrides(13)
     n1 = await startServer({ ...overrides, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
-    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3']) await addUser(n1, u)
+    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
@@ -58,6 +62,62 @@ describe('delivery order with writers on two nodes', () => {
       const firstOutOfOrder = seqs.findIndex((s, i) => s !== i + 1)
       const around = firstOutOfOrder === -1 ? [] : seqs.slice(Math.max(0, firstOutOfOrder - 2), firstOutOfOrder + 3)
       expect({ device: `${c.userId}:${c.deviceId}`, count: seqs.length, firstOutOfOrder, around }).toEqual({ device: `${c.userId}:${c.deviceId}`, count: total, firstOutOfOrder: -1, around: [] })
+    }
+  }, 60000)
+
+  test('a node waits for the other node\'s fan-out of the seqs before its own: when its first write finds them in the store before any notice of them arrived, and when they are held longer than 2 s', async () => {
+    const owner = await connect(n1, 'co.owner', 'o')
+    const admin = await connect(n2, 'co.admin', 'a')
+    const reader1 = await connect(n1, 'co.reader1', 'r')
+    const reader2 = await connect(n2, 'co.reader2', 'r')
+    clients.push(owner, admin, reader1, reader2)
+    // a channel: no entry is stored before the first post, so n2 has no mark or notice of it
+    const c = await owner.request('create-channel', { name: 'first-write' })
+    await owner.request('add-members', { conv: c.conv, members: ['co.admin', 'co.reader1', 'co.reader2'] })
+    await owner.request('set-role', { conv: c.conv, user: 'co.admin', role: 'admin' })
+    const received = new Map<ImClient, number[]>()
+    for (const d of [owner, admin, reader1, reader2]) {
+      const seqs: number[] = []
+      received.set(d, seqs)
+      d.mqtt.on('message', (t, payload) => { if (t === c.topic) seqs.push((JSON.parse(payload.toString('utf8')) as MessageEnvelope).seq) })
+      await d.mqtt.subscribeAsync(c.topic, { qos: 1 })
+    }
+    // n1's publishes (fan-outs, commit notices, replies) held in its socket to Redis
+    const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
+    pub.stream.cork()
+    let sent: Array<Promise<unknown>> = []
+    try {
+      sent = [owner.request('send', { conv: c.conv, msgId: 'o1', kind: 'text', body: 'one' }), owner.request('send', { conv: c.conv, msgId: 'o2', kind: 'text', body: 'two' })]
+      await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === 2, 10000, 'n1 to store 1 and 2')
+      // n2 finds 1..2 in the store and stores 3
+      sent.push(admin.request('send', { conv: c.conv, msgId: 'a1', kind: 'text', body: 'three' }))
+      await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === 3, 10000, 'n2 to store 3')
+      await new Promise(resolve => setTimeout(resolve, 300))
+    } finally {
+      pub.stream.uncork()
+    }
+    await Promise.all(sent)
+    for (const [d, seqs] of received) {
+      await d.waitFor(() => seqs.length >= 3, 15000, `${d.userId} gets 3 posts`)
+      expect({ device: d.userId, seqs }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
+    }
+
+    // n2 knows the conversation now; n1's next post is held for 3 s (longer than the order wait
+    // was: a fan-out may wait up to QUEUE_TIMEOUT_MS for the queueing of the ones before it)
+    pub.stream.cork()
+    try {
+      sent = [owner.request('send', { conv: c.conv, msgId: 'o3', kind: 'text', body: 'four' })]
+      await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === 4, 10000, 'n1 to store 4')
+      sent.push(admin.request('send', { conv: c.conv, msgId: 'a2', kind: 'text', body: 'five' }))
+      await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === 5, 10000, 'n2 to store 5')
+      await new Promise(resolve => setTimeout(resolve, 3000))
+    } finally {
+      pub.stream.uncork()
+    }
+    await Promise.all(sent)
+    for (const [d, seqs] of received) {
+      await d.waitFor(() => seqs.length >= 5, 15000, `${d.userId} gets 5 posts`)
+      expect({ device: d.userId, seqs }).toEqual({ device: d.userId, seqs: [1, 2, 3, 4, 5] })
     }
   }, 60000)
 })

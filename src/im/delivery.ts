@@ -13,7 +13,9 @@
  * publish of S then follows it through Redis, so every device gets S-1 before S. Only a
  * conversation another node wrote to lately can wait: B knows the seqs published from the marks,
  * and for a conversation it has no mark of yet, takes A's commit notice of S-1 (sent at once, before
- * A publishes) to mean S-2 was.
+ * A publishes) to mean S-2 was. A notice can come after B has found S-1 in the store (B's first
+ * write of the conversation, its notices queued behind other traffic): then the time S-1 was
+ * stored, which B's sequencer read with it, tells whether A may still be publishing it.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -27,9 +29,20 @@ import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 import { LRUCache } from 'lru-cache'
 import type { Metrics } from '../metrics.js'
+import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
 
-/** Longest wait for another node's notice that it published the seqs before ours (a lost notice). */
-const ORDER_WAIT_MS = 2000
+/**
+ * Longest wait for another node's mark that it published the seqs before ours (a lost mark, a node
+ * that died between storing and publishing). Longer than a fan-out can be held behind the queueing
+ * of the publishes before it (QUEUE_TIMEOUT_MS): a wait that ran out while the other node still held
+ * its publish would deliver out of order.
+ */
+export const ORDER_WAIT_MS = QUEUE_TIMEOUT_MS + 1000
+/**
+ * A seq another node stored this recently (its clock against ours), in a conversation this node has
+ * no mark or notice of, may not be published yet: the next one waits for its mark.
+ */
+const UNPUBLISHED_MS = 2 * ORDER_WAIT_MS
 /**
  * A commit notice carries the batch's messages for the other nodes' document caches (history there
  * then reads no store for them), bodies up to this many characters each ...
@@ -42,7 +55,11 @@ const NOTICE_DOCS_MAX = 256
 
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
-  committed: (messages: StoredMessage[]) => void | Promise<void>
+  /**
+   * `before`: for a conversation whose entry before its first one here the sequencer wrote or read
+   * from the store, when that entry was stored (Tail.ts).
+   */
+  committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | Promise<void>
 }
 
 export class Delivery implements CommitListener {
@@ -65,7 +82,8 @@ export class Delivery implements CommitListener {
     private readonly mentions: MentionLog | null = null,
     private readonly webhooks: Webhooks | null = null,
     private readonly push: PushService | null = null,
-    private readonly metrics: Metrics | null = null
+    private readonly metrics: Metrics | null = null,
+    private readonly orderWaitMs = ORDER_WAIT_MS
   ) {
     if (bus.clustered) {
       // what another node published has reached this node (the marks of its fan-outs, behind them)
@@ -102,15 +120,19 @@ export class Delivery implements CommitListener {
     else this.orderWaits.delete(conv)
   }
 
-  /** Resolves once `seq` of the conversation is known published, or after ORDER_WAIT_MS. */
+  /** Since when this node hears the marks (a mark sent before that never comes). */
+  private readonly since = Date.now()
+
+  /** Resolves once `seq` of the conversation is known published, or after orderWaitMs. */
   private async publishedUpTo (conv: string, seq: number): Promise<void> {
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => {
+        this.metrics?.orderWaitTimedOut()
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
         resolve()
-      }, ORDER_WAIT_MS)
+      }, this.orderWaitMs)
       timer.unref()
       const go = (): void => { clearTimeout(timer); resolve() }
       const waits = this.orderWaits.get(conv)
@@ -119,16 +141,17 @@ export class Delivery implements CommitListener {
     })
   }
 
-  async committed (stored: StoredMessage[]): Promise<void> {
+  async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<void> {
     if (this.bus.clustered) {
       // the seqs before each conversation's first entry here, if another node stored them lately
       // and has not said yet that it published them
       const first = new Map<string, number>()
       for (const m of stored) if (!first.has(m.conversationId)) first.set(m.conversationId, m.seq)
       const waits: Array<Promise<void>> = []
+      const now = Date.now()
       for (const [conv, seq] of first) {
         const known = this.published.get(conv)
-        if (known !== undefined && known < seq - 1) waits.push(this.publishedUpTo(conv, seq - 1))
+        if (known === undefined ? this.mayBeUnpublished(seq, before?.get(conv), now) : known < seq - 1) waits.push(this.publishedUpTo(conv, seq - 1))
       }
       if (waits.length > 0) {
         const started = performance.now()
@@ -180,6 +203,15 @@ export class Delivery implements CommitListener {
       this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
       for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
     }
+  }
+
+  /**
+   * A conversation this node has no mark or notice of: whether seq-1, stored at `storedAt` (when
+   * known), may be another node's still on its way. Not when it was stored before this node
+   * listened (its mark went by), nor long ago.
+   */
+  private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number): boolean {
+    return seq > 1 && storedAt !== undefined && storedAt >= this.since && now - storedAt < UNPUBLISHED_MS
   }
 }
 

@@ -49,10 +49,15 @@ export interface Tail {
   seq: number
   count: number
   lastReal: number
+  /**
+   * When the entry at `seq` was stored (the clock of the node that stored it), when this process
+   * wrote it or read it from the store; not from another node's notice. See Delivery.committed.
+   */
+  ts?: number
 }
 
 export function tailOf (m: StoredMessage | null): Tail {
-  return m === null ? { seq: 0, count: 0, lastReal: 0 } : { seq: m.seq, count: countOf(m), lastReal: lastRealOf(m) }
+  return m === null ? { seq: 0, count: 0, lastReal: 0 } : { seq: m.seq, count: countOf(m), lastReal: lastRealOf(m), ts: m.ts }
 }
 
 export interface SubmitResult {
@@ -428,7 +433,7 @@ export class Sequencer {
     }
     if (found.length > 0) {
       await this.applyChanges(found)
-      await this.deliver(found)
+      await this.deliver(found, new Map())
     }
   }
 
@@ -509,8 +514,12 @@ export class Sequencer {
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
       if (inserted.length > 0 && this.opts.metrics?.enabled === true) this.opts.metrics.committed(inserted.map(([p]) => p.at), this.now())
+      /** For delivery's order: when the entry before each conversation's first one here was stored, if known. */
+      const before = new Map<string, number>()
       for (const m of stored) {
-        if (m.seq > (this.tails.get(m.conversationId)?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
+        const tail = this.tails.get(m.conversationId)
+        if (tail?.ts !== undefined && tail.seq === m.seq - 1 && !before.has(m.conversationId)) before.set(m.conversationId, tail.ts)
+        if (m.seq > (tail?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
         this.seqSteps.delete(m.conversationId)
       }
       let rest = remaining.slice(result.inserted)
@@ -576,7 +585,7 @@ export class Sequencer {
           }
         }
       }
-      await this.commit(stored, resolved)
+      await this.commit(stored, resolved, before)
       remaining = rest
       if (lookupError !== undefined && remaining.length > 0 && !(await backOff(lookupError))) return
     }
@@ -644,10 +653,10 @@ export class Sequencer {
    * Step 3: apply the newly stored changes to their targets, deliver the newly stored entries (in
    * seq order), then answer the senders. A client that gets a change can read its target changed.
    */
-  private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>): Promise<void> {
+  private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>, before: ReadonlyMap<string, number>): Promise<void> {
     if (stored.length > 0) {
       await this.applyChanges(stored)
-      await this.deliver(stored)
+      await this.deliver(stored, before)
     }
     const anyUncertain = this.uncertain.size > 0
     for (const [p, r] of resolved) {
@@ -692,10 +701,10 @@ export class Sequencer {
     return await run
   }
 
-  private async deliver (stored: StoredMessage[]): Promise<void> {
+  private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<void> {
     stored.sort((a, b) => a.seq - b.seq)
     try {
-      await this.delivery.committed(stored)
+      await this.delivery.committed(stored, before)
     } catch (err) {
       this.opts.logger.error({ err }, 'delivery of committed messages threw')
     }

@@ -141,9 +141,9 @@ export class FaultyMessageStore implements MessageStore {
 
   /**
    * Another node takes the next `count` seqs of the conversation: it writes straight into the
-   * inner store, as a sequencer on another process would, with sender `senderId`.
+   * inner store, as a sequencer on another process would, with sender `senderId`, stored at `ts`.
    */
-  async otherNodeInsert (conversationId: string, count: number, senderId = 'other-node'): Promise<StoredMessage[]> {
+  async otherNodeInsert (conversationId: string, count: number, senderId = 'other-node', ts = 0): Promise<StoredMessage[]> {
     const out: StoredMessage[] = []
     for (let i = 0; i < count; i++) {
       for (;;) {
@@ -153,7 +153,7 @@ export class FaultyMessageStore implements MessageStore {
           seq,
           clientMsgId: `n${seq}-${Math.random().toString(36).slice(2, 10)}`,
           senderId,
-          ts: 0,
+          ts,
           kind: 'text',
           body: `from another node, seq ${seq}`,
           replyTo: null

@@ -6,14 +6,15 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery } from '../../src/im/delivery.js'
+import { Delivery, ORDER_WAIT_MS } from '../../src/im/delivery.js'
+import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
 import type { Publisher } from '../../src/im/publisher.js'
 import type { StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 
-function setup (): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void } {
+function setup (orderWaitMs?: number): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void } {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
@@ -22,7 +23,7 @@ function setup (): { delivery: Delivery, published: number[], notices: Array<Rec
   const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   const directory = { peek: () => entry, get: async () => entry }
-  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus)
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, null, null, null, null, orderWaitMs)
   return {
     delivery,
     published,
@@ -58,15 +59,20 @@ test('no wait for what this node published itself, or for a conversation no node
   expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }, { c: 3 }])
 })
 
-test('a mark that never comes holds the delivery at most about 2 s', async () => {
-  const { delivery, published, notify } = setup()
+test('the wait outlasts how long another node may hold its fan-out behind earlier queueings', () => {
+  // else a wait that ran out while the other node still held S-1 would deliver S first
+  expect(ORDER_WAIT_MS).toBeGreaterThan(QUEUE_TIMEOUT_MS)
+})
+
+test('a mark that never comes holds the delivery at most the order wait (1 s here)', async () => {
+  const { delivery, published, notify } = setup(1000)
   notify({ c: 1 })
   const t0 = Date.now()
   await delivery.committed([msg(5)])
   const waited = Date.now() - t0
   expect(published).toStrictEqual([5])
-  expect(waited).toBeGreaterThanOrEqual(1900)
-  expect(waited).toBeLessThan(4000)
+  expect(waited).toBeGreaterThanOrEqual(950)
+  expect(waited).toBeLessThan(3000)
   // and the next one does not wait again
   const t1 = Date.now()
   await delivery.committed([msg(6)])
@@ -109,4 +115,33 @@ test('a commit notice of a conversation known from no mark: its seqs before coun
   const t0 = Date.now()
   await delivery.committed([msg(6)])
   expect(Date.now() - t0).toBeLessThan(500)
+})
+
+test('a conversation known from no mark or notice yet: when the seq before was stored by another node moments ago (its notice still on the way), the next waits for its mark', async () => {
+  const { delivery, published, notify } = setup()
+  await new Promise(resolve => setTimeout(resolve, 100))
+  // this node's sequencer found 1..4 in the store, seq 4 stored just now (after this node started)
+  const done = delivery.committed([msg(5)], new Map([['c', Date.now() - 50]]))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  expect(published).toStrictEqual([])
+  notify({ c: 4 })
+  await done
+  expect(published).toStrictEqual([5])
+})
+
+test('no wait when the seq before was stored long ago, before this node listened, or when nothing says when', async () => {
+  const { delivery, published } = setup()
+  const t0 = Date.now()
+  await delivery.committed([msg(3)], new Map([['c', Date.now() - 60_000]]))
+  expect(Date.now() - t0).toBeLessThan(500)
+  const other = setup()
+  // stored 100 ms before this node started: its mark went by before this node listened
+  const startedAt = Date.now()
+  const late = setup()
+  await late.delivery.committed([msg(3)], new Map([['c', startedAt - 100]]))
+  await other.delivery.committed([msg(3)])
+  expect(Date.now() - t0).toBeLessThan(500)
+  expect(published).toStrictEqual([3])
+  expect(late.published).toStrictEqual([3])
+  expect(other.published).toStrictEqual([3])
 })

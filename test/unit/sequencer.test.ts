@@ -81,6 +81,8 @@ class Harness {
   /** Every message passed to the commit listener, in call order. */
   readonly delivered: StoredMessage[] = []
   readonly batches: StoredMessage[][] = []
+  /** What each commit listener call was told of the entries before its batch (Delivery's order). */
+  readonly befores: Array<Map<string, number>> = []
   /** Deliveries that were not above the previous delivery of the same conversation. */
   readonly outOfOrder: string[] = []
   private readonly lastDelivered = new Map<string, number>()
@@ -90,8 +92,9 @@ class Harness {
 
   constructor (readonly store: FaultyMessageStore, options: HarnessOptions = {}) {
     const delivery = {
-      committed: (messages: StoredMessage[]) => {
+      committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => {
         this.batches.push(messages.map(m => ({ ...m })))
+        this.befores.push(new Map(before))
         for (const m of messages) {
           const before = this.lastDelivered.get(m.conversationId) ?? 0
           if (m.seq <= before) this.outOfOrder.push(`${m.conversationId}: seq ${m.seq} delivered after ${before}`)
@@ -354,6 +357,34 @@ describe('Sequencer', () => {
   })
 
   describe('another node takes seqs', () => {
+    test('delivery is told when the entry before a batch was stored, when it was read from the store or written here; not from a notice', async () => {
+      const h = harness()
+      // cold: the tail is loaded from the store, where another node stored seqs 1-2 at 111
+      await h.store.otherNodeInsert('c', 2, 'other-node', 111)
+      expect((await h.submit(draft('c', 'u', 'a'))).message.seq).toBe(3)
+      expect(h.befores.at(-1)).toStrictEqual(new Map([['c', 111]]))
+      // a seq conflict: the other node took seq 4 (at 222); the retry after it knows when
+      let once = true
+      h.store.beforeInsert = async (messages) => {
+        if (once && messages[0] !== undefined) {
+          once = false
+          await h.store.otherNodeInsert('c', 1, 'other-node', 222)
+        }
+      }
+      expect((await h.submit(draft('c', 'u', 'b'))).message.seq).toBe(5)
+      expect(h.befores.at(-1)).toStrictEqual(new Map([['c', 222]]))
+      // written here: its own time
+      h.store.beforeInsert = null
+      const written = (await h.submit(draft('c', 'u', 'c'))).message
+      expect(h.befores.at(-1)).toStrictEqual(new Map([['c', (await h.store.getMany([{ conversationId: 'c', seq: 5 }]))[0]?.ts]]))
+      expect(written.seq).toBe(6)
+      // a tail told by a notice carries no time
+      h.sequencer.observe('d', { seq: 3, count: 3, lastReal: 3 })
+      await h.store.otherNodeInsert('d', 3, 'other-node', 333)
+      expect((await h.submit(draft('d', 'u', 'a'))).message.seq).toBe(4)
+      expect(h.befores.at(-1)).toStrictEqual(new Map())
+    })
+
     test('between batches: seq conflicts are resolved by reloading, stored seqs stay gapless', async () => {
       const h = harness()
       const others = new Set<string>()
