@@ -289,6 +289,15 @@ export class Sequencer {
     }
   }
 
+  /**
+   * A conversation just created under a new random id (newConversationId): nothing is stored under
+   * it on any node, so its tail is known, and its first write reads no store (a head and a probe,
+   * in the write loop, where every conversation's batch waits for them).
+   */
+  created (conversationId: string): void {
+    if (!this.tails.has(conversationId)) this.tails.set(conversationId, { seq: 0, count: 0, lastReal: 0 })
+  }
+
   /** The highest seq this process knows to be stored, if it knows. */
   knownLastSeq (conversationId: string): number | undefined {
     return this.tails.get(conversationId)?.seq

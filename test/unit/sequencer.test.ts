@@ -356,6 +356,22 @@ describe('Sequencer', () => {
     })
   })
 
+  test('a conversation just created (a new random id): its first write reads no tail from the store', async () => {
+    const h = harness()
+    const latest = h.store.latest.bind(h.store)
+    const asked: string[] = []
+    h.store.latest = async (c: string) => { asked.push(c); return await latest(c) }
+    h.sequencer.created('new')
+    expect((await h.submit(draft('new', 'u', 'a'))).message.seq).toBe(1)
+    expect((await h.submit(draft('new', 'u', 'b'))).message.seq).toBe(2)
+    expect((await h.submit(draft('old', 'u', 'a'))).message.seq).toBe(1)
+    expect(asked).toStrictEqual(['old'])
+    // a known tail is never lowered by it
+    h.sequencer.created('new')
+    expect((await h.submit(draft('new', 'u', 'c'))).message.seq).toBe(3)
+    expect(await expectConsistent(h, ['new', 'old'])).toBeInstanceOf(Map)
+  })
+
   describe('another node takes seqs', () => {
     test('delivery is told when the entry before a batch was stored, when it was read from the store or written here; not from a notice', async () => {
       const h = harness()

@@ -87,6 +87,7 @@ export async function createChannel (caller: Caller, req: RequestOf<'create-chan
   const settings = { public: req.public ?? false, postPolicy: req.postPolicy ?? 'admins' }
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'channel', name: req.name, directKey: null, createdBy: caller.userId, createdAt: now, channel: settings }
   await services.meta.conversationCreate(conversation, [newMember(conversation.id, caller.userId, 'owner', now)])
+  services.sequencer.created(conversation.id)
   services.channels.joined(conversation.id, [caller.userId])
   services.publisher.event([caller.userId], { type: 'member', conv: conversation.id, kind: 'channel', action: 'added', by: caller.userId, users: [caller.userId], name: req.name, lastSeq: 0 })
   return { conv: conversation.id, name: req.name, ...settings, topic: channelTopic(conversation.id) }

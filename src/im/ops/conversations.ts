@@ -96,6 +96,7 @@ export async function direct (caller: Caller, req: RequestOf<'direct'>, services
     if (raced === null) throw err
     return { conv: raced.id, peer: req.user, created: false }
   }
+  services.sequencer.created(conversation.id)
   services.publisher.event([caller.userId, req.user], { type: 'member', conv: conversation.id, kind: 'direct', action: 'added', by: caller.userId, users: [caller.userId, req.user] })
   return { conv: conversation.id, peer: req.user, created: true }
 }
@@ -112,6 +113,7 @@ export async function createGroup (caller: Caller, req: RequestOf<'create-group'
   const conversation: ConversationRecord = { id: newConversationId(), kind: 'group', name: req.name, directKey: null, createdBy: caller.userId, createdAt: now }
   const members = [newMember(conversation.id, caller.userId, 'owner', now), ...others.map(u => newMember(conversation.id, u, 'member', now))]
   await services.meta.conversationCreate(conversation, members)
+  services.sequencer.created(conversation.id)
   const all = members.map(m => m.userId)
   services.publisher.event(all, { type: 'member', conv: conversation.id, kind: 'group', action: 'added', by: caller.userId, users: all, name: req.name })
   return { conv: conversation.id, name: req.name, members: all }
