@@ -15,7 +15,13 @@
  * and for a conversation it has no mark of yet, takes A's commit notice of S-1 (sent at once, before
  * A publishes) to mean S-2 was. A notice can come after B has found S-1 in the store (B's first
  * write of the conversation, its notices queued behind other traffic): then the time S-1 was
- * stored, which B's sequencer read with it, tells whether A may still be publishing it.
+ * stored, which B's sequencer read with it, tells whether A may still be publishing it. That time
+ * is A's clock: the nodes' clocks must agree (NTP). A clock of A's ahead of B's makes B wait for
+ * nothing (at most orderWaitMs, once per conversation); one behind by more than UNPUBLISHED_MS
+ * turns this rule off, as before it existed.
+ *
+ * The waits are best effort: A may itself wait for an earlier seq before publishing S-1, and the
+ * wait holds this node's write loop (every conversation's next batch) while it lasts.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -43,6 +49,16 @@ export const ORDER_WAIT_MS = QUEUE_TIMEOUT_MS + 1000
  * no mark or notice of, may not be published yet: the next one waits for its mark.
  */
 const UNPUBLISHED_MS = 2 * ORDER_WAIT_MS
+
+export interface OrderOptions {
+  /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
+  waitMs?: number
+  /**
+   * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
+   * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
+   */
+  listeningSince?: () => number
+}
 /**
  * A commit notice carries the batch's messages for the other nodes' document caches (history there
  * then reads no store for them), bodies up to this many characters each ...
@@ -83,8 +99,11 @@ export class Delivery implements CommitListener {
     private readonly webhooks: Webhooks | null = null,
     private readonly push: PushService | null = null,
     private readonly metrics: Metrics | null = null,
-    private readonly orderWaitMs = ORDER_WAIT_MS
+    order: OrderOptions = {}
   ) {
+    this.orderWaitMs = order.waitMs ?? ORDER_WAIT_MS
+    const made = Date.now()
+    this.listeningSince = order.listeningSince ?? (() => made)
     if (bus.clustered) {
       // what another node published has reached this node (the marks of its fan-outs, behind them)
       publisher.onPublished((conv, seq) => { this.notePublished(conv, seq) })
@@ -120,8 +139,9 @@ export class Delivery implements CommitListener {
     else this.orderWaits.delete(conv)
   }
 
-  /** Since when this node hears the marks (a mark sent before that never comes). */
-  private readonly since = Date.now()
+  private readonly orderWaitMs: number
+  /** Since when this node hears the marks (a mark sent before that, or during a break, never comes). */
+  private readonly listeningSince: () => number
 
   /** Resolves once `seq` of the conversation is known published, or after orderWaitMs. */
   private async publishedUpTo (conv: string, seq: number): Promise<void> {
@@ -159,25 +179,35 @@ export class Delivery implements CommitListener {
         this.metrics?.orderWaited(performance.now() - started)
       }
     }
-    // per message: the webhook's envelope is built only when an endpoint wants it
-    const hooked = this.webhooks?.wants('message.stored') === true
-    for (const m of stored) {
-      const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
-      if (entry === null) continue
-      if (entry.conversation.kind === 'channel') {
-        // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
-        this.publisher.channelMessage(m)
+    try {
+      // per message: the webhook's envelope is built only when an endpoint wants it
+      const hooked = this.webhooks?.wants('message.stored') === true
+      for (const m of stored) {
+        const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
+        if (entry === null) continue
+        if (entry.conversation.kind === 'channel') {
+          // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
+          this.publisher.channelMessage(m)
+          if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
+          continue
+        }
+        this.publisher.message(m, entry.memberIds)
         if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
-        continue
+        this.push?.noteStored(m)
+        if (m.mentions !== undefined) {
+          this.mentioned(m, entry.memberIds)
+          this.mentions?.note(m)
+        }
       }
-      this.publisher.message(m, entry.memberIds)
-      if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
-      this.push?.noteStored(m)
-      if (m.mentions !== undefined) {
-        this.mentioned(m, entry.memberIds)
-        this.mentions?.note(m)
-      }
+    } finally {
+      // also when a lookup failed half-way: the other nodes learn the tails, and this node does
+      // not wait later for marks of seqs it was the one to deliver
+      this.noticeStored(stored)
     }
+  }
+
+  /** Cluster: the commit notice (at once), and this node's own seqs taken as published. */
+  private noticeStored (stored: StoredMessage[]): void {
     if (this.bus.clustered) {
       // seqs: what nodes of the version before counts read; tails: [seq, count, lastReal]
       const seqs: Record<string, number> = {}
@@ -208,10 +238,10 @@ export class Delivery implements CommitListener {
   /**
    * A conversation this node has no mark or notice of: whether seq-1, stored at `storedAt` (when
    * known), may be another node's still on its way. Not when it was stored before this node
-   * listened (its mark went by), nor long ago.
+   * listened without a break (its mark went by, or was lost), nor long ago.
    */
   private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number): boolean {
-    return seq > 1 && storedAt !== undefined && storedAt >= this.since && now - storedAt < UNPUBLISHED_MS
+    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < UNPUBLISHED_MS
   }
 }
 

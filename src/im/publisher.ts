@@ -19,7 +19,7 @@ import type { Logger } from '../log.js'
 import type { Session, Sessions } from '../broker/sessions.js'
 import type { Metrics } from '../metrics.js'
 import type { Webhooks } from './webhooks.js'
-import type { FanOut } from '../broker/fanout.js'
+import { QUEUE_TIMEOUT_MS, type FanOut } from '../broker/fanout.js'
 
 export interface PublisherOptions {
   /** True when other nodes share the broker (Redis): reply watchers may be connected elsewhere. */
@@ -36,8 +36,11 @@ export interface PublisherOptions {
   watchedElsewhere?: (userId: string) => boolean
 }
 
-/** How long close() waits for fan-outs still being queued for persistent sessions. */
-const CLOSE_DRAIN_MS = 2000
+/**
+ * How long close() waits for fan-outs still being queued for persistent sessions: as long as one
+ * may be held (QUEUE_TIMEOUT_MS), so that the other nodes get the marks they may be waiting for.
+ */
+const CLOSE_DRAIN_MS = QUEUE_TIMEOUT_MS + 1000
 
 export class Publisher {
   constructor (private readonly sessions: Sessions, private readonly fan: FanOut, private readonly opts: PublisherOptions) {}

@@ -51,7 +51,8 @@ export interface Tail {
   lastReal: number
   /**
    * When the entry at `seq` was stored (the clock of the node that stored it), when this process
-   * wrote it or read it from the store; not from another node's notice. See Delivery.committed.
+   * read it from the store; not when it wrote it itself, nor from another node's notice. See
+   * Delivery.committed.
    */
   ts?: number
 }
@@ -523,12 +524,12 @@ export class Sequencer {
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
       if (inserted.length > 0 && this.opts.metrics?.enabled === true) this.opts.metrics.committed(inserted.map(([p]) => p.at), this.now())
-      /** For delivery's order: when the entry before each conversation's first one here was stored, if known. */
+      /** For delivery's order: when the entry before each conversation's first one here was stored, if read from the store. */
       const before = new Map<string, number>()
       for (const m of stored) {
         const tail = this.tails.get(m.conversationId)
         if (tail?.ts !== undefined && tail.seq === m.seq - 1 && !before.has(m.conversationId)) before.set(m.conversationId, tail.ts)
-        if (m.seq > (tail?.seq ?? 0)) this.tails.set(m.conversationId, tailOf(m))
+        if (m.seq > (tail?.seq ?? 0)) this.tails.set(m.conversationId, { seq: m.seq, count: countOf(m), lastReal: lastRealOf(m) })
         this.seqSteps.delete(m.conversationId)
       }
       let rest = remaining.slice(result.inserted)

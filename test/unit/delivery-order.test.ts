@@ -6,7 +6,8 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, ORDER_WAIT_MS } from '../../src/im/delivery.js'
+import { Delivery, ORDER_WAIT_MS, type OrderOptions } from '../../src/im/delivery.js'
+import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
@@ -14,7 +15,7 @@ import type { Publisher } from '../../src/im/publisher.js'
 import type { StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 
-function setup (orderWaitMs?: number): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void } {
+function setup (order: OrderOptions = {}, metrics: Metrics | null = null): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void } {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
@@ -22,14 +23,24 @@ function setup (orderWaitMs?: number): { delivery: Delivery, published: number[]
   const published: number[] = []
   const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
-  const directory = { peek: () => entry, get: async () => entry }
-  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, null, null, null, null, orderWaitMs)
+  // failNext: the next lookup finds nothing cached and the metadata store down
+  let fail = false
+  const directory = {
+    peek: () => fail ? undefined : entry,
+    get: async () => {
+      if (!fail) return entry
+      fail = false
+      throw new Error('metadata store down')
+    }
+  }
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, null, null, null, metrics, order)
   return {
     delivery,
     published,
     notices,
     notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
-    notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) }
+    notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) },
+    failNext: () => { fail = true }
   }
 }
 
@@ -64,8 +75,9 @@ test('the wait outlasts how long another node may hold its fan-out behind earlie
   expect(ORDER_WAIT_MS).toBeGreaterThan(QUEUE_TIMEOUT_MS)
 })
 
-test('a mark that never comes holds the delivery at most the order wait (1 s here)', async () => {
-  const { delivery, published, notify } = setup(1000)
+test('a mark that never comes holds the delivery at most the order wait (1 s here), counted', async () => {
+  const metrics = new Metrics({ enabled: true })
+  const { delivery, published, notify } = setup({ waitMs: 1000 }, metrics)
   notify({ c: 1 })
   const t0 = Date.now()
   await delivery.committed([msg(5)])
@@ -73,6 +85,7 @@ test('a mark that never comes holds the delivery at most the order wait (1 s her
   expect(published).toStrictEqual([5])
   expect(waited).toBeGreaterThanOrEqual(950)
   expect(waited).toBeLessThan(3000)
+  expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 1$/m)
   // and the next one does not wait again
   const t1 = Date.now()
   await delivery.committed([msg(6)])
@@ -129,19 +142,43 @@ test('a conversation known from no mark or notice yet: when the seq before was s
   expect(published).toStrictEqual([5])
 })
 
-test('no wait when the seq before was stored long ago, before this node listened, or when nothing says when', async () => {
-  const { delivery, published } = setup()
+test('no wait when the seq before was stored long ago, before this node listened, during a break in listening, or when nothing says when', async () => {
   const t0 = Date.now()
-  await delivery.committed([msg(3)], new Map([['c', Date.now() - 60_000]]))
-  expect(Date.now() - t0).toBeLessThan(500)
-  const other = setup()
+  // listening since ever: only the age counts
+  const old = setup({ listeningSince: () => 0 })
+  await old.delivery.committed([msg(3)], new Map([['c', Date.now() - 13_000]]))
   // stored 100 ms before this node started: its mark went by before this node listened
   const startedAt = Date.now()
   const late = setup()
   await late.delivery.committed([msg(3)], new Map([['c', startedAt - 100]]))
-  await other.delivery.committed([msg(3)])
+  // not listening now (Redis link down): no mark can come
+  const deaf = setup({ listeningSince: () => Number.POSITIVE_INFINITY })
+  await deaf.delivery.committed([msg(3)], new Map([['c', Date.now()]]))
+  // listening again since a moment ago: a seq stored before that may have had its mark lost
+  const back = setup({ listeningSince: () => Date.now() - 10 })
+  await back.delivery.committed([msg(3)], new Map([['c', Date.now() - 500]]))
+  const none = setup()
+  await none.delivery.committed([msg(3)])
+  expect(Date.now() - t0).toBeLessThan(500)
+  for (const s of [old, late, deaf, back, none]) expect(s.published).toStrictEqual([3])
+})
+
+test('a seq stored "later" than now (the other node\'s clock ahead) is waited for, at most the order wait', async () => {
+  const { delivery, published } = setup({ waitMs: 300, listeningSince: () => 0 })
+  const t0 = Date.now()
+  await delivery.committed([msg(3)], new Map([['c', Date.now() + 30_000]]))
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(280)
+  expect(published).toStrictEqual([3])
+})
+
+test('the own seqs count as published even when delivering them failed half-way: the next does not wait for them', async () => {
+  const { delivery, published, notices, failNext } = setup()
+  failNext()
+  await expect(delivery.committed([msg(1), msg(2)])).rejects.toThrow('metadata store down')
+  expect(published).toStrictEqual([])
+  expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }])
+  const t0 = Date.now()
+  await delivery.committed([msg(3)], new Map([['c', Date.now()]]))
   expect(Date.now() - t0).toBeLessThan(500)
   expect(published).toStrictEqual([3])
-  expect(late.published).toStrictEqual([3])
-  expect(other.published).toStrictEqual([3])
 })
