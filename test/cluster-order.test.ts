@@ -82,42 +82,34 @@ describe('delivery order with writers on two nodes', () => {
       d.mqtt.on('message', (t, payload) => { if (t === c.topic) seqs.push((JSON.parse(payload.toString('utf8')) as MessageEnvelope).seq) })
       await d.mqtt.subscribeAsync(c.topic, { qos: 1 })
     }
-    // n1's publishes (fan-outs, commit notices, replies) held in its socket to Redis
+    // n1's publishes (fan-outs, commit notices, replies) held in its socket to Redis while n1 stores
+    // `owners` posts and then n2 stores one after them; released `heldMs` later
     const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
-    pub.stream.cork()
-    let sent: Array<Promise<unknown>> = []
-    try {
-      sent = [owner.request('send', { conv: c.conv, msgId: 'o1', kind: 'text', body: 'one' }), owner.request('send', { conv: c.conv, msgId: 'o2', kind: 'text', body: 'two' })]
-      await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === 2, 10000, 'n1 to store 1 and 2')
-      // n2 finds 1..2 in the store and stores 3
-      sent.push(admin.request('send', { conv: c.conv, msgId: 'a1', kind: 'text', body: 'three' }))
-      await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === 3, 10000, 'n2 to store 3')
-      await new Promise(resolve => setTimeout(resolve, 300))
-    } finally {
-      pub.stream.uncork()
+    let last = 0
+    const round = async (owners: number, heldMs: number): Promise<void> => {
+      const sent: Array<Promise<unknown>> = []
+      pub.stream.cork()
+      try {
+        for (let i = 1; i <= owners; i++) sent.push(owner.request('send', { conv: c.conv, msgId: `o${last + i}`, kind: 'text', body: `owner ${last + i}` }))
+        await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === last + owners, 10000, `n1 to store up to ${last + owners}`)
+        sent.push(admin.request('send', { conv: c.conv, msgId: `a${last + owners + 1}`, kind: 'text', body: 'admin' }))
+        await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === last + owners + 1, 10000, `n2 to store ${last + owners + 1}`)
+        await new Promise(resolve => setTimeout(resolve, heldMs))
+      } finally {
+        pub.stream.uncork()
+      }
+      await Promise.all(sent)
+      last += owners + 1
+      const all = Array.from({ length: last }, (_, i) => i + 1)
+      for (const [d, seqs] of received) {
+        await d.waitFor(() => seqs.length >= last, 15000, `${d.userId} gets ${last} posts`)
+        expect({ device: d.userId, seqs }).toEqual({ device: d.userId, seqs: all })
+      }
     }
-    await Promise.all(sent)
-    for (const [d, seqs] of received) {
-      await d.waitFor(() => seqs.length >= 3, 15000, `${d.userId} gets 3 posts`)
-      expect({ device: d.userId, seqs }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
-    }
-
+    // n2 finds 1..2 in the store (no notice of them yet) and stores 3
+    await round(2, 300)
     // n2 knows the conversation now; n1's next post is held for 3 s (longer than the order wait
     // was: a fan-out may wait up to QUEUE_TIMEOUT_MS for the queueing of the ones before it)
-    pub.stream.cork()
-    try {
-      sent = [owner.request('send', { conv: c.conv, msgId: 'o3', kind: 'text', body: 'four' })]
-      await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === 4, 10000, 'n1 to store 4')
-      sent.push(admin.request('send', { conv: c.conv, msgId: 'a2', kind: 'text', body: 'five' }))
-      await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === 5, 10000, 'n2 to store 5')
-      await new Promise(resolve => setTimeout(resolve, 3000))
-    } finally {
-      pub.stream.uncork()
-    }
-    await Promise.all(sent)
-    for (const [d, seqs] of received) {
-      await d.waitFor(() => seqs.length >= 5, 15000, `${d.userId} gets 5 posts`)
-      expect({ device: d.userId, seqs }).toEqual({ device: d.userId, seqs: [1, 2, 3, 4, 5] })
-    }
+    await round(1, 3000)
   }, 60000)
 })

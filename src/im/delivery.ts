@@ -72,8 +72,8 @@ const NOTICE_DOCS_MAX = 256
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
   /**
-   * `before`: for a conversation whose entry before its first one here the sequencer wrote or read
-   * from the store, when that entry was stored (Tail.ts).
+   * `before`: for a conversation whose entry before its first one here the sequencer read from the
+   * store, when that entry was stored (Tail.ts).
    */
   committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | Promise<void>
 }
