@@ -21,7 +21,9 @@
  * turns this rule off, as before it existed.
  *
  * The waits are best effort: A may itself wait for an earlier seq before publishing S-1, and the
- * wait holds this node's write loop (every conversation's next batch) while it lasts.
+ * wait holds this node's write loop (every conversation's next batch) while it lasts. Once a wait
+ * has run out, the marks are probably not coming (A died): the waits of the next AFTER_TIMEOUT_MS
+ * are short.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -49,10 +51,19 @@ export const ORDER_WAIT_MS = QUEUE_TIMEOUT_MS + 1000
  * no mark or notice of, may not be published yet: the next one waits for its mark.
  */
 const UNPUBLISHED_MS = 2 * ORDER_WAIT_MS
+/**
+ * After a wait ran out, the marks this node waits for are likely not coming (the node that stored
+ * those seqs died, or its link to Redis broke): for this long, waits end after AFTER_TIMEOUT_WAIT_MS,
+ * so that a node's death costs the others one full wait, not one per conversation it had written.
+ */
+const AFTER_TIMEOUT_MS = 2 * ORDER_WAIT_MS
+const AFTER_TIMEOUT_WAIT_MS = 200
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
   waitMs?: number
+  /** The longest wait for a while after one ran out (default AFTER_TIMEOUT_WAIT_MS). */
+  afterTimeoutWaitMs?: number
   /**
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
    * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
@@ -102,6 +113,7 @@ export class Delivery implements CommitListener {
     order: OrderOptions = {}
   ) {
     this.orderWaitMs = order.waitMs ?? ORDER_WAIT_MS
+    this.afterTimeoutWaitMs = Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, this.orderWaitMs)
     const made = Date.now()
     this.listeningSince = order.listeningSince ?? (() => made)
     if (bus.clustered) {
@@ -140,19 +152,27 @@ export class Delivery implements CommitListener {
   }
 
   private readonly orderWaitMs: number
+  private readonly afterTimeoutWaitMs: number
+  /** When a wait last ran out (performance.now()). */
+  private lastTimeoutAt = Number.NEGATIVE_INFINITY
   /** Since when this node hears the marks (a mark sent before that, or during a break, never comes). */
   private readonly listeningSince: () => number
 
-  /** Resolves once `seq` of the conversation is known published, or after orderWaitMs. */
+  /**
+   * Resolves once `seq` of the conversation is known published, or after orderWaitMs
+   * (afterTimeoutWaitMs within AFTER_TIMEOUT_MS of a wait that ran out).
+   */
   private async publishedUpTo (conv: string, seq: number): Promise<void> {
+    const bound = performance.now() - this.lastTimeoutAt < AFTER_TIMEOUT_MS ? this.afterTimeoutWaitMs : this.orderWaitMs
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => {
         this.metrics?.orderWaitTimedOut()
+        this.lastTimeoutAt = performance.now()
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
         resolve()
-      }, this.orderWaitMs)
+      }, bound)
       timer.unref()
       const go = (): void => { clearTimeout(timer); resolve() }
       const waits = this.orderWaits.get(conv)

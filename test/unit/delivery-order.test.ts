@@ -182,3 +182,23 @@ test('the own seqs count as published even when delivering them failed half-way:
   expect(Date.now() - t0).toBeLessThan(500)
   expect(published).toStrictEqual([3])
 })
+
+test('once a wait has run out, the next ones for a while are short: a node that died costs one full wait, not one per conversation it wrote', async () => {
+  const metrics = new Metrics({ enabled: true })
+  const { delivery, published, notify } = setup({ waitMs: 600, afterTimeoutWaitMs: 50 }, metrics)
+  notify({ c: 1, d: 1, e: 1 })
+  const t0 = Date.now()
+  await delivery.committed([msg(5)])
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(570)
+  const t1 = Date.now()
+  await delivery.committed([{ ...msg(5), conversationId: 'd' }])
+  const second = Date.now() - t1
+  expect(second).toBeGreaterThanOrEqual(40)
+  expect(second).toBeLessThan(400)
+  // a mark that does come still ends the wait, as before
+  const done = delivery.committed([{ ...msg(3), conversationId: 'e' }])
+  notify({ e: 2 })
+  await done
+  expect(published).toStrictEqual([5, 5, 3])
+  expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 2$/m)
+})
