@@ -62,8 +62,12 @@ const AFTER_TIMEOUT_WAIT_MS = 200
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
   waitMs?: number
-  /** The longest wait for a while after one ran out (default AFTER_TIMEOUT_WAIT_MS). */
+  /** The longest wait for a while after one ran out (default AFTER_TIMEOUT_WAIT_MS) ... */
   afterTimeoutWaitMs?: number
+  /** ... that while (default AFTER_TIMEOUT_MS). */
+  afterTimeoutMs?: number
+  /** How recent a seq read from the store must be to be waited for (default UNPUBLISHED_MS). */
+  unpublishedMs?: number
   /**
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
    * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
@@ -114,8 +118,12 @@ export class Delivery implements CommitListener {
   ) {
     this.orderWaitMs = order.waitMs ?? ORDER_WAIT_MS
     this.afterTimeoutWaitMs = Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, this.orderWaitMs)
+    this.afterTimeoutMs = order.afterTimeoutMs ?? AFTER_TIMEOUT_MS
+    this.unpublishedMs = order.unpublishedMs ?? UNPUBLISHED_MS
+    // made after the subscriptions that bring the marks: the link may have been up before them
     const made = Date.now()
-    this.listeningSince = order.listeningSince ?? (() => made)
+    const since = order.listeningSince
+    this.listeningSince = since === undefined ? () => made : () => Math.max(made, since())
     if (bus.clustered) {
       // what another node published has reached this node (the marks of its fan-outs, behind them)
       publisher.onPublished((conv, seq) => { this.notePublished(conv, seq) })
@@ -153,21 +161,24 @@ export class Delivery implements CommitListener {
 
   private readonly orderWaitMs: number
   private readonly afterTimeoutWaitMs: number
-  /** When a wait last ran out (performance.now()). */
+  private readonly afterTimeoutMs: number
+  private readonly unpublishedMs: number
+  /** When a full wait last ran out (performance.now()). */
   private lastTimeoutAt = Number.NEGATIVE_INFINITY
   /** Since when this node hears the marks (a mark sent before that, or during a break, never comes). */
   private readonly listeningSince: () => number
 
   /**
    * Resolves once `seq` of the conversation is known published, or after orderWaitMs
-   * (afterTimeoutWaitMs within AFTER_TIMEOUT_MS of a wait that ran out).
+   * (afterTimeoutWaitMs within afterTimeoutMs of a full wait that ran out).
    */
   private async publishedUpTo (conv: string, seq: number): Promise<void> {
-    const bound = performance.now() - this.lastTimeoutAt < AFTER_TIMEOUT_MS ? this.afterTimeoutWaitMs : this.orderWaitMs
+    const bound = performance.now() - this.lastTimeoutAt < this.afterTimeoutMs ? this.afterTimeoutWaitMs : this.orderWaitMs
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => {
         this.metrics?.orderWaitTimedOut()
-        this.lastTimeoutAt = performance.now()
+        // a short wait that runs out does not renew the while: the next full wait tells again
+        if (bound === this.orderWaitMs) this.lastTimeoutAt = performance.now()
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
@@ -261,7 +272,7 @@ export class Delivery implements CommitListener {
    * listened without a break (its mark went by, or was lost), nor long ago.
    */
   private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number): boolean {
-    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < UNPUBLISHED_MS
+    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < this.unpublishedMs
   }
 }
 

@@ -144,9 +144,10 @@ test('a conversation known from no mark or notice yet: when the seq before was s
 
 test('no wait when the seq before was stored long ago, before this node listened, during a break in listening, or when nothing says when', async () => {
   const t0 = Date.now()
-  // listening since ever: only the age counts
-  const old = setup({ listeningSince: () => 0 })
-  await old.delivery.committed([msg(3)], new Map([['c', Date.now() - 13_000]]))
+  // stored after this node listened, but longer ago than it may take to publish (100 ms here)
+  const old = setup({ listeningSince: () => 0, unpublishedMs: 100 })
+  await new Promise(resolve => setTimeout(resolve, 150))
+  await old.delivery.committed([msg(3)], new Map([['c', Date.now() - 140]]))
   // stored 100 ms before this node started: its mark went by before this node listened
   const startedAt = Date.now()
   const late = setup()
@@ -159,7 +160,7 @@ test('no wait when the seq before was stored long ago, before this node listened
   await back.delivery.committed([msg(3)], new Map([['c', Date.now() - 500]]))
   const none = setup()
   await none.delivery.committed([msg(3)])
-  expect(Date.now() - t0).toBeLessThan(500)
+  expect(Date.now() - t0).toBeLessThan(650)
   for (const s of [old, late, deaf, back, none]) expect(s.published).toStrictEqual([3])
 })
 
@@ -201,4 +202,28 @@ test('once a wait has run out, the next ones for a while are short: a node that 
   await done
   expect(published).toStrictEqual([5, 5, 3])
   expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 2$/m)
+})
+
+test('short waits that run out do not prolong the while: after it, a wait is full again', async () => {
+  const { delivery, published, notify } = setup({ waitMs: 300, afterTimeoutWaitMs: 50, afterTimeoutMs: 500 })
+  notify({ c: 1, d: 1, e: 1 })
+  await delivery.committed([msg(5)]) // full: runs out at ~300 ms, the while lasts to ~800 ms
+  const t1 = Date.now()
+  await delivery.committed([{ ...msg(5), conversationId: 'd' }]) // short: runs out at ~350 ms
+  expect(Date.now() - t1).toBeLessThan(250)
+  await new Promise(resolve => setTimeout(resolve, 550)) // past ~800 ms
+  const t2 = Date.now()
+  await delivery.committed([{ ...msg(5), conversationId: 'e' }])
+  expect(Date.now() - t2).toBeGreaterThanOrEqual(280)
+  expect(published).toStrictEqual([5, 5, 5])
+})
+
+test('listening counts from when this Delivery was made at the earliest (the link may be up before the subscriptions that bring the marks)', async () => {
+  const { delivery, published } = setup({ listeningSince: () => 0 })
+  await new Promise(resolve => setTimeout(resolve, 30))
+  const t0 = Date.now()
+  // stored just before this Delivery was made: its mark may have gone by
+  await delivery.committed([msg(3)], new Map([['c', t0 - 200]]))
+  expect(Date.now() - t0).toBeLessThan(150)
+  expect(published).toStrictEqual([3])
 })
