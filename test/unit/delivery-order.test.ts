@@ -205,16 +205,17 @@ test('once a wait has run out, the next ones for a while are short: a node that 
 })
 
 test('short waits that run out do not prolong the while: after it, a wait is full again', async () => {
-  const { delivery, published, notify } = setup({ waitMs: 600, afterTimeoutWaitMs: 50, afterTimeoutMs: 1000 })
+  const { delivery, published, notify } = setup({ waitMs: 1000, afterTimeoutWaitMs: 300, afterTimeoutMs: 1500 })
   notify({ c: 1, d: 1, e: 1 })
-  await delivery.committed([msg(5)]) // full: runs out at ~600 ms, the while lasts to ~1,600 ms
+  await delivery.committed([msg(5)]) // full: runs out at ~1,000 ms; short waits until ~2,500 ms
   const t1 = Date.now()
-  await delivery.committed([{ ...msg(5), conversationId: 'd' }]) // short: runs out at ~650 ms
-  expect(Date.now() - t1).toBeLessThan(450)
-  await new Promise(resolve => setTimeout(resolve, 1000)) // past ~1,600 ms, had the short one not renewed it
+  await delivery.committed([{ ...msg(5), conversationId: 'd' }]) // short: runs out at ~1,300 ms
+  expect(Date.now() - t1).toBeLessThan(800)
+  // ~2,600 ms: past the while, but within the one a renewal by the short wait would make (~2,800 ms)
+  await new Promise(resolve => setTimeout(resolve, 1300))
   const t2 = Date.now()
   await delivery.committed([{ ...msg(5), conversationId: 'e' }])
-  expect(Date.now() - t2).toBeGreaterThanOrEqual(570)
+  expect(Date.now() - t2).toBeGreaterThanOrEqual(950)
   expect(published).toStrictEqual([5, 5, 5])
 })
 
