@@ -50,3 +50,24 @@ export function createLogger (level: LogLevel, options: LoggerOptions = {}): Log
   if (pretty) return pino({ ...settings, transport: { target: 'pino-pretty', options: { destination: 2, translateTime: 'SYS:HH:MM:ss.l' } } })
   return pino(settings, options.destination ?? pino.destination({ fd: 2, sync: true }))
 }
+
+/** Warns (`kind`, `fields`, `msg`) at most once a minute per kind. */
+export type MinuteWarner = (kind: string, fields: Record<string, unknown>, msg: string) => void
+
+/**
+ * For what a failing dependency or a foreign peer can cause many times a second: a warning at
+ * most once a minute per kind (a fixed name from the code), with `times`, how often it came up
+ * since the last one.
+ */
+export function warnEveryMinute (logger: Logger): MinuteWarner {
+  const warned = new Map<string, { at: number, count: number }>()
+  return (kind, fields, msg) => {
+    const w = warned.get(kind) ?? { at: Number.NEGATIVE_INFINITY, count: 0 }
+    w.count++
+    warned.set(kind, w)
+    if (performance.now() - w.at < 60_000) return
+    logger.warn({ ...fields, times: w.count }, msg)
+    w.at = performance.now()
+    w.count = 0
+  }
+}

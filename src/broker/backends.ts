@@ -8,7 +8,7 @@
 import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
-import type { Logger } from '../log.js'
+import { warnEveryMinute, type Logger } from '../log.js'
 import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
@@ -57,29 +57,19 @@ export function createBrokerBackends (
   let subReadySince = Date.now()
   sub.on('ready', () => { subReadySince = Date.now() })
   const redis = connect('mqim')
-  // a foreign publisher could send many: one warning a minute, with the count since the last
-  let undecodable = 0
-  let warnedAt = Number.NEGATIVE_INFINITY
+  // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
+  // minute of each, with the count since the last
+  const warn = warnEveryMinute(logger)
   const mq = guardEmitterDecode(createRedisEmitter(pub, sub), (err, topic) => {
-    undecodable++
-    if (performance.now() - warnedAt < 60_000) return
-    warnedAt = performance.now()
-    logger.warn({ err: err.message, topic, dropped: undecodable }, 'messages on the cluster emitter that are not its own: dropped')
-    undecodable = 0
+    warn('undecodable', { err: err.message, topic }, 'messages on the cluster emitter that are not its own: dropped')
   })
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process
   // while Redis is down. ioredis reconnects by itself.
   emitterState(mq).on('error', (err: Error) => logger.warn({ err }, 'redis emitter error'))
   closeEmitterQuietly(mq)
-  // a lost subscription broadcast (upstream.ts 5): one warning a minute, with the count since the last
-  let lostBroadcasts = 0
-  let lostWarnedAt = Number.NEGATIVE_INFINITY
+  // a lost subscription broadcast (upstream.ts 5)
   const broadcastLost = (call: string, clientId: string): void => {
-    lostBroadcasts++
-    if (performance.now() - lostWarnedAt < 60_000) return
-    lostWarnedAt = performance.now()
-    logger.warn({ call, client: clientId, lost: lostBroadcasts }, 'a subscription broadcast did not come back through Redis: the connection is closed (the client subscribes again)')
-    lostBroadcasts = 0
+    warn('broadcast', { call, client: clientId }, 'a subscription broadcast did not come back through Redis: the connection is closed (the client subscribes again)')
   }
   const persistence = aedesPersistenceRedis({
     conn: persistenceConn,

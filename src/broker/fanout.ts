@@ -37,7 +37,7 @@
  */
 import type { Aedes } from 'aedes'
 import Packet from 'aedes-packet'
-import type { Logger } from '../log.js'
+import { warnEveryMinute, type Logger, type MinuteWarner } from '../log.js'
 import { CLIENT_ID_MAX, FAN_TOPIC } from '../protocol/topics.js'
 import { localEmitter } from './upstream.js'
 
@@ -124,8 +124,12 @@ export class FanOut {
   /** Publishes dropped because too many were waiting (since start). */
   dropped = 0
 
+  /** A warning at most once a minute per kind. */
+  private readonly warn: MinuteWarner
+
   private constructor (private readonly broker: Aedes, private readonly mq: Emitter, private readonly persistence: QueueingPersistence, private readonly opts: FanOutOptions) {
     this.deliverLocally = localEmitter(mq)
+    this.warn = warnEveryMinute(opts.logger)
   }
 
   static async create (broker: Aedes, mq: unknown, persistence: unknown, opts: FanOutOptions): Promise<FanOut> {
@@ -165,7 +169,7 @@ export class FanOut {
     if (this.heldTopics + topics.length > (qos === 0 ? max / 2 : max)) {
       this.dropped++
       this.opts.onDropped?.(qos)
-      this.warnEveryMinute('dropped', { dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
+      this.warn('dropped', { dropped: this.dropped, waitingTopics: this.heldTopics }, 'publishes dropped: too many wait for their queue entries (Redis slow or down; devices sync messages by seq)')
       return false
     }
     const packets = topics.map(topic => new Packet({ cmd: 'publish', topic, payload, qos, retain: false, dup: false }, this.broker))
@@ -204,24 +208,11 @@ export class FanOut {
       clearTimeout(timer)
       // as if the store had failed a moment later: the live copies still go out, the queued ones
       // may be missing (a device that was away syncs by seq)
-      if (err !== undefined) this.warnEveryMinute('queueing', { err: err.message, topics: topics.length }, 'publish: queueing for persistent sessions failed or timed out (the live copies went without it)')
+      if (err !== undefined) this.warn('queueing', { err: err.message, topics: topics.length }, 'publish: queueing for persistent sessions failed or timed out (the live copies went without it)')
       step.ready = true
       this.pump()
     })
     return true
-  }
-
-  private readonly warned = new Map<string, { at: number, count: number }>()
-
-  /** A warning at most once a minute per kind, with the count since the last. */
-  private warnEveryMinute (kind: string, fields: Record<string, unknown>, msg: string): void {
-    const w = this.warned.get(kind) ?? { at: Number.NEGATIVE_INFINITY, count: 0 }
-    w.count++
-    this.warned.set(kind, w)
-    if (performance.now() - w.at < 60_000) return
-    this.opts.logger.warn({ ...fields, times: w.count }, msg)
-    w.at = performance.now()
-    w.count = 0
   }
 
   /** Resolves once everything published before the call has been handed on (or after `timeoutMs`). */
@@ -281,7 +272,7 @@ export class FanOut {
   private emit (message: FanMessage | Packet): void {
     try {
       this.mq.emit(message, (err?: Error) => {
-        if (err) this.warnEveryMinute('emit', { err: err.message, topic: message.topic }, 'publish failed')
+        if (err) this.warn('emit', { err: err.message, topic: message.topic }, 'publish failed')
       })
     } catch (err) {
       // (a local subscriber's handler that throws: the rest still go)
@@ -298,7 +289,7 @@ export class FanOut {
       !Array.isArray(topics) || !Array.isArray(counters) || topics.length !== counters.length || topics.length > FAN_CHUNK ||
       !topics.every(isDeliverableTopic) || !counters.every(c => Number.isSafeInteger(c))) {
       // something else with access to Redis
-      this.warnEveryMinute('foreign', { topic: FAN_TOPIC }, 'a fan-out message that is not one of ours: dropped')
+      this.warn('foreign', { topic: FAN_TOPIC }, 'a fan-out message that is not one of ours: dropped')
       return
     }
     this.opts.beforeDeliver?.(topics)

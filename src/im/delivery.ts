@@ -17,7 +17,7 @@
  * write of the conversation, its notices queued behind other traffic): then the time S-1 was
  * stored, which B's sequencer read with it, tells whether A may still be publishing it. That time
  * is A's clock: the nodes' clocks must agree (NTP). A clock of A's ahead of B's makes B wait for
- * nothing (at most orderWaitMs, once per conversation); one behind by more than UNPUBLISHED_MS
+ * nothing (at most order.waitMs, once per conversation); one behind by more than UNPUBLISHED_MS
  * turns this rule off, as before it existed.
  *
  * The waits are best effort: A may itself wait for an earlier seq before publishing S-1, and the
@@ -116,10 +116,13 @@ export class Delivery implements CommitListener {
     private readonly metrics: Metrics | null = null,
     order: OrderOptions = {}
   ) {
-    this.orderWaitMs = order.waitMs ?? ORDER_WAIT_MS
-    this.afterTimeoutWaitMs = Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, this.orderWaitMs)
-    this.afterTimeoutMs = order.afterTimeoutMs ?? AFTER_TIMEOUT_MS
-    this.unpublishedMs = order.unpublishedMs ?? UNPUBLISHED_MS
+    const waitMs = order.waitMs ?? ORDER_WAIT_MS
+    this.order = {
+      waitMs,
+      afterTimeoutWaitMs: Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, waitMs),
+      afterTimeoutMs: order.afterTimeoutMs ?? AFTER_TIMEOUT_MS,
+      unpublishedMs: order.unpublishedMs ?? UNPUBLISHED_MS
+    }
     // made after the subscriptions that bring the marks: the link may have been up before them
     const made = Date.now()
     const since = order.listeningSince
@@ -159,26 +162,23 @@ export class Delivery implements CommitListener {
     else this.orderWaits.delete(conv)
   }
 
-  private readonly orderWaitMs: number
-  private readonly afterTimeoutWaitMs: number
-  private readonly afterTimeoutMs: number
-  private readonly unpublishedMs: number
+  private readonly order: Required<Omit<OrderOptions, 'listeningSince'>>
   /** When a full wait last ran out (performance.now()). */
   private lastTimeoutAt = Number.NEGATIVE_INFINITY
   /** Since when this node hears the marks (a mark sent before that, or during a break, never comes). */
   private readonly listeningSince: () => number
 
   /**
-   * Resolves once `seq` of the conversation is known published, or after orderWaitMs
+   * Resolves once `seq` of the conversation is known published, or after order.waitMs
    * (afterTimeoutWaitMs within afterTimeoutMs of a full wait that ran out).
    */
   private async publishedUpTo (conv: string, seq: number): Promise<void> {
-    const bound = performance.now() - this.lastTimeoutAt < this.afterTimeoutMs ? this.afterTimeoutWaitMs : this.orderWaitMs
+    const bound = performance.now() - this.lastTimeoutAt < this.order.afterTimeoutMs ? this.order.afterTimeoutWaitMs : this.order.waitMs
     await new Promise<void>(resolve => {
       const timer = setTimeout(() => {
         this.metrics?.orderWaitTimedOut()
         // a short wait that runs out does not renew the while: the next full wait tells again
-        if (bound === this.orderWaitMs) this.lastTimeoutAt = performance.now()
+        if (bound === this.order.waitMs) this.lastTimeoutAt = performance.now()
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
@@ -272,7 +272,7 @@ export class Delivery implements CommitListener {
    * listened without a break (its mark went by, or was lost), nor long ago.
    */
   private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number): boolean {
-    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < this.unpublishedMs
+    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < this.order.unpublishedMs
   }
 }
 
