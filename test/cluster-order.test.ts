@@ -86,7 +86,7 @@ describe('delivery order with writers on two nodes', () => {
     // `owners` posts and then n2 stores one after them; released `heldMs` later
     const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
     let last = 0
-    const round = async (owners: number, heldMs: number): Promise<void> => {
+    const round = async (owners: number, heldMs: number, whileHeld?: (adminSent: Promise<unknown>) => Promise<void>): Promise<void> => {
       const sent: Array<Promise<unknown>> = []
       pub.stream.cork()
       try {
@@ -94,7 +94,9 @@ describe('delivery order with writers on two nodes', () => {
         await waitUntil(() => n1.services.sequencer.knownLastSeq(c.conv) === last + owners, 10000, `n1 to store up to ${last + owners}`)
         sent.push(admin.request('send', { conv: c.conv, msgId: `a${last + owners + 1}`, kind: 'text', body: 'admin' }))
         await waitUntil(() => n2.services.sequencer.knownLastSeq(c.conv) === last + owners + 1, 10000, `n2 to store ${last + owners + 1}`)
-        await new Promise(resolve => setTimeout(resolve, heldMs))
+        const waited = new Promise(resolve => setTimeout(resolve, heldMs))
+        await whileHeld?.(sent[sent.length - 1] as Promise<unknown>)
+        await waited
       } finally {
         pub.stream.uncork()
       }
@@ -109,7 +111,17 @@ describe('delivery order with writers on two nodes', () => {
     // n2 finds 1..2 in the store (no notice of them yet) and stores 3
     await round(2, 300)
     // n2 knows the conversation now; n1's next post is held for 3 s (longer than the order wait
-    // was: a fan-out may wait up to QUEUE_TIMEOUT_MS for the queueing of the ones before it)
-    await round(1, 3000)
+    // was: a fan-out may wait up to QUEUE_TIMEOUT_MS for the queueing of the ones before it).
+    // Meanwhile n2's wait holds that channel only: a message to another conversation, sent on n2
+    // after the held post, is stored, delivered and answered while the post is still held.
+    const { conv: bystanders } = await admin.request('create-group', { name: 'bystanders', members: ['co.reader2'] })
+    await round(1, 3000, async (adminSent) => {
+      let answered = false
+      void adminSent.then(() => { answered = true })
+      const other = await reader2.request('send', { conv: bystanders, msgId: 'b1', kind: 'text', body: 'meanwhile' })
+      await admin.waitFor(() => admin.messages.some(m => m.conv === bystanders && m.seq === other.seq), 2000, 'the bystander message')
+      expect(answered).toBe(false)
+      expect(received.get(admin)).toHaveLength(last) // neither n1's post nor its own held one yet
+    })
   }, 60000)
 })

@@ -20,10 +20,12 @@
  * nothing (at most order.waitMs, once per conversation); one behind by more than UNPUBLISHED_MS
  * turns this rule off, as before it existed.
  *
- * The waits are best effort: A may itself wait for an earlier seq before publishing S-1, and the
- * wait holds this node's write loop (every conversation's next batch) while it lasts. Once a wait
- * has run out, the marks are probably not coming (A died): the waits of the next AFTER_TIMEOUT_MS
- * are short.
+ * A wait holds that conversation only: its messages of the batch, and of the batches after it until
+ * the wait is over, are delivered after it, and the sequencer answers their senders then (`held`
+ * in the result of committed); the batch's other conversations are delivered at once, and the
+ * sequencer goes on with its next batch. The waits are best effort: A may itself wait for an
+ * earlier seq before publishing S-1. Once a wait has run out, the marks are probably not coming
+ * (A died): the waits of the next AFTER_TIMEOUT_MS are short.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -37,6 +39,7 @@ import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 import { LRUCache } from 'lru-cache'
 import type { Metrics } from '../metrics.js'
+import type { Logger } from '../log.js'
 import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
 
 /**
@@ -84,13 +87,32 @@ const NOTICE_BODIES_MAX = 64 * 1024
 /** ... and at most this many messages (the rest are read from the store as before). */
 const NOTICE_DOCS_MAX = 256
 
+/**
+ * Conversations of a batch whose delivery waits (order across nodes): conversation -> when its
+ * messages of the batch have been delivered (never rejects).
+ */
+export type HeldDeliveries = ReadonlyMap<string, Promise<void>>
+const NONE_HELD: HeldDeliveries = new Map()
+
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
   /**
-   * `before`: for a conversation whose entry before its first one here the sequencer read from the
-   * store, when that entry was stored (Tail.ts).
+   * Delivers the batch: resolves once the conversations delivered at once are, with those that
+   * wait (void: none). `before`: for a conversation whose entry before its first one here the
+   * sequencer read from the store, when that entry was stored (Tail.ts).
    */
-  committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | Promise<void>
+  committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | HeldDeliveries | Promise<void | HeldDeliveries>
+}
+
+/** What Delivery hands messages to besides the publisher, and how it keeps order across nodes. */
+export interface DeliveryParts {
+  mentions?: MentionLog | null
+  webhooks?: Webhooks | null
+  push?: PushService | null
+  metrics?: Metrics | null
+  /** Where a delivery that failed (a conversation's lookup) is told. */
+  logger?: Logger | null
+  order?: OrderOptions
 }
 
 export class Delivery implements CommitListener {
@@ -106,16 +128,23 @@ export class Delivery implements CommitListener {
     if (to.length > 0) this.publisher.event(to, { type: 'mention', conv: m.conversationId, seq: m.seq, from: m.senderId, all })
   }
 
+  private readonly mentions: MentionLog | null
+  private readonly webhooks: Webhooks | null
+  private readonly push: PushService | null
+  private readonly metrics: Metrics | null
+  private readonly logger: Logger | null
+
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    private readonly mentions: MentionLog | null = null,
-    private readonly webhooks: Webhooks | null = null,
-    private readonly push: PushService | null = null,
-    private readonly metrics: Metrics | null = null,
-    order: OrderOptions = {}
+    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {} }: DeliveryParts = {}
   ) {
+    this.mentions = mentions
+    this.webhooks = webhooks
+    this.push = push
+    this.metrics = metrics
+    this.logger = logger
     const waitMs = order.waitMs ?? ORDER_WAIT_MS
     this.order = {
       waitMs,
@@ -147,6 +176,12 @@ export class Delivery implements CommitListener {
   private readonly published = new LRUCache<string, number>({ max: 200_000 })
   /** Deliveries waiting for another node's notice, per conversation. */
   private readonly orderWaits = new Map<string, Array<{ seq: number, go: () => void }>>()
+  /**
+   * Conversations whose delivery is held (an order wait, or behind one): conversation -> the end
+   * of its last held delivery. An entry lives while its wait and delivery last (ORDER_WAIT_MS at
+   * most, then a delivery).
+   */
+  private readonly held = new Map<string, Promise<void>>()
 
   private notePublished (conv: string, seq: number): void {
     if (seq <= (this.published.get(conv) ?? 0)) return
@@ -192,53 +227,103 @@ export class Delivery implements CommitListener {
     })
   }
 
-  async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<void> {
-    if (this.bus.clustered) {
-      // the seqs before each conversation's first entry here, if another node stored them lately
-      // and has not said yet that it published them
-      const first = new Map<string, number>()
-      for (const m of stored) if (!first.has(m.conversationId)) first.set(m.conversationId, m.seq)
-      const waits: Array<Promise<void>> = []
-      const now = Date.now()
-      for (const [conv, seq] of first) {
-        const known = this.published.get(conv)
-        if (known === undefined ? this.mayBeUnpublished(seq, before?.get(conv), now) : known < seq - 1) waits.push(this.publishedUpTo(conv, seq - 1))
-      }
-      if (waits.length > 0) {
-        const started = performance.now()
-        await Promise.all(waits)
-        this.metrics?.orderWaited(performance.now() - started)
-      }
-    }
+  async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<HeldDeliveries> {
+    const gates = this.bus.clustered ? this.orderGates(stored, before) : NONE_HELD
+    // held conversations first, registered before anything is awaited: the next batch of one of
+    // them is delivered behind this one
+    const held = gates.size === 0 ? NONE_HELD : this.hold(stored, gates)
     try {
-      // per message: the webhook's envelope is built only when an endpoint wants it
-      const hooked = this.webhooks?.wants('message.stored') === true
-      for (const m of stored) {
-        const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
-        if (entry === null) continue
-        if (entry.conversation.kind === 'channel') {
-          // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
-          this.publisher.channelMessage(m)
-          if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
-          continue
-        }
-        this.publisher.message(m, entry.memberIds)
-        if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
-        this.push?.noteStored(m)
-        if (m.mentions !== undefined) {
-          this.mentioned(m, entry.memberIds)
-          this.mentions?.note(m)
-        }
-      }
+      await this.deliverNow(gates.size === 0 ? stored : stored.filter(m => !gates.has(m.conversationId)))
+    } catch (err) {
+      this.logger?.error({ err }, 'delivery of committed messages failed half-way (devices sync by seq)')
     } finally {
       // also when a lookup failed half-way: the other nodes learn the tails, and this node does
       // not wait later for marks of seqs it was the one to deliver
-      this.noticeStored(stored)
+      this.noticeStored(stored, gates)
+    }
+    return held
+  }
+
+  /**
+   * Cluster: per conversation of the batch, what its delivery waits for: its held delivery before
+   * (this node's own seqs, not published yet), or the seqs before its first one here, if another
+   * node stored them lately and has not said yet that it published them.
+   */
+  private orderGates (stored: StoredMessage[], before: ReadonlyMap<string, number> | undefined): Map<string, Promise<void>> {
+    const gates = new Map<string, Promise<void>>()
+    const seen = new Set<string>()
+    for (const m of stored) {
+      // the conversation's first seq here (stored is in seq order)
+      const conv = m.conversationId
+      if (seen.has(conv)) continue
+      seen.add(conv)
+      const behind = this.held.get(conv)
+      // behind this node's own held seqs, and then, as any other, behind another node's that came
+      // between them and these (its notice of them is no mark)
+      const gate = behind !== undefined ? behind.then(async () => { await this.orderWait(conv, m.seq) }) : this.orderWait(conv, m.seq, before?.get(conv))
+      if (gate !== undefined) gates.set(conv, gate)
+    }
+    return gates
+  }
+
+  /** The wait for the seqs before `seq` to be known published, if another node may still be publishing them. */
+  private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
+    const known = this.published.get(conv)
+    if (known === undefined ? !this.mayBeUnpublished(seq, storedAt, Date.now()) : known >= seq - 1) return undefined
+    const started = performance.now()
+    return this.publishedUpTo(conv, seq - 1).then(() => { this.metrics?.orderWaited(performance.now() - started) })
+  }
+
+  /** Delivers each gated conversation's messages of the batch once its gate opens. */
+  private hold (stored: StoredMessage[], gates: ReadonlyMap<string, Promise<void>>): HeldDeliveries {
+    const held = new Map<string, Promise<void>>()
+    for (const [conv, gate] of gates) {
+      const messages = stored.filter(m => m.conversationId === conv)
+      const done = (async () => {
+        await gate
+        try {
+          await this.deliverNow(messages)
+        } catch (err) {
+          this.logger?.error({ err, conv }, 'delivery of committed messages failed (devices sync by seq)')
+        } finally {
+          this.notePublished(conv, messages[messages.length - 1]?.seq ?? 0)
+        }
+      })()
+      this.held.set(conv, done)
+      void done.then(() => { if (this.held.get(conv) === done) this.held.delete(conv) })
+      held.set(conv, done)
+    }
+    return held
+  }
+
+  /** Hands the messages (in seq order per conversation) to the publisher and the rest. */
+  private async deliverNow (stored: StoredMessage[]): Promise<void> {
+    // per message: the webhook's envelope is built only when an endpoint wants it
+    const hooked = this.webhooks?.wants('message.stored') === true
+    for (const m of stored) {
+      const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
+      if (entry === null) continue
+      if (entry.conversation.kind === 'channel') {
+        // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
+        this.publisher.channelMessage(m)
+        if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
+        continue
+      }
+      this.publisher.message(m, entry.memberIds)
+      if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
+      this.push?.noteStored(m)
+      if (m.mentions !== undefined) {
+        this.mentioned(m, entry.memberIds)
+        this.mentions?.note(m)
+      }
     }
   }
 
-  /** Cluster: the commit notice (at once), and this node's own seqs taken as published. */
-  private noticeStored (stored: StoredMessage[]): void {
+  /**
+   * Cluster: the commit notice (at once, held conversations too), and this node's own seqs taken
+   * as published (a held conversation's once it is delivered).
+   */
+  private noticeStored (stored: StoredMessage[], held: ReadonlyMap<string, unknown>): void {
     if (this.bus.clustered) {
       // seqs: what nodes of the version before counts read; tails: [seq, count, lastReal]
       const seqs: Record<string, number> = {}
@@ -262,7 +347,7 @@ export class Delivery implements CommitListener {
       // at once (the other nodes' sequencers learn the tails: fewer seq conflicts); that the seqs
       // were published, they learn from the fan-outs' marks
       this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
-      for (const [conv, seq] of Object.entries(seqs)) this.notePublished(conv, seq)
+      for (const [conv, seq] of Object.entries(seqs)) if (!held.has(conv)) this.notePublished(conv, seq)
     }
   }
 

@@ -23,7 +23,7 @@ import { LRUCache } from 'lru-cache'
 import { ImError } from '../errors.js'
 import { countOf, isChangeKind, isStoredMessage, lastRealOf, type MessageStore, type StoredMessage, type MessageKind } from '../store/types.js'
 import type { Logger } from '../log.js'
-import type { CommitListener } from './delivery.js'
+import type { CommitListener, HeldDeliveries } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { SEQ_TOPIC } from '../protocol/topics.js'
 import type { Metrics } from '../metrics.js'
@@ -187,6 +187,8 @@ export class Sequencer {
   /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
   private timer: { kind: 'timeout', handle: NodeJS.Timeout } | { kind: 'immediate', handle: NodeJS.Immediate } | null = null
   private idleWaiters: Array<() => void> = []
+  /** Answers waiting for their conversation's held delivery (Delivery: order across nodes). */
+  private readonly heldAnswers = new Set<Promise<void>>()
   /** Resend lookups running outside the write loop (lookUpResend), and those waiting for their turn. */
   private resendLookups = 0
   private readonly resendWaiting: Pending[] = []
@@ -378,6 +380,8 @@ export class Sequencer {
       void this.flush()
     }
     await this.drain()
+    // the senders of held deliveries (at most an order wait away)
+    await Promise.all([...this.heldAnswers])
   }
 
   private schedule (): void {
@@ -664,18 +668,32 @@ export class Sequencer {
    * seq order), then answer the senders. A client that gets a change can read its target changed.
    */
   private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>, before: ReadonlyMap<string, number>): Promise<void> {
+    let held: HeldDeliveries | undefined
     if (stored.length > 0) {
       await this.applyChanges(stored)
-      await this.deliver(stored, before)
+      held = await this.deliver(stored, before)
     }
     const anyUncertain = this.uncertain.size > 0
     for (const [p, r] of resolved) {
       if (anyUncertain) this.uncertain.delete(p.key)
-      this.remember(p.key, r.message)
-      this.pendingByKey.delete(p.key)
-      p.resolve(r)
-      for (const f of p.followers) f.resolve({ message: { ...r.message }, duplicate: true })
+      // a conversation whose delivery waits (order across nodes): its senders are answered once
+      // it is delivered; the write loop goes on meanwhile
+      const after = held?.get(r.message.conversationId)
+      if (after === undefined) {
+        this.answer(p, r)
+        continue
+      }
+      const answered = after.then(() => { this.answer(p, r) })
+      this.heldAnswers.add(answered)
+      void answered.then(() => this.heldAnswers.delete(answered))
     }
+  }
+
+  private answer (p: Pending, r: SubmitResult): void {
+    this.remember(p.key, r.message)
+    this.pendingByKey.delete(p.key)
+    p.resolve(r)
+    for (const f of p.followers) f.resolve({ message: { ...r.message }, duplicate: true })
   }
 
   /**
@@ -711,12 +729,14 @@ export class Sequencer {
     return await run
   }
 
-  private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<void> {
+  /** Hands the batch to delivery; resolves with the conversations whose delivery waits. */
+  private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<HeldDeliveries | undefined> {
     stored.sort((a, b) => a.seq - b.seq)
     try {
-      await this.delivery.committed(stored, before)
+      return (await this.delivery.committed(stored, before)) ?? undefined
     } catch (err) {
       this.opts.logger.error({ err }, 'delivery of committed messages threw')
+      return undefined
     }
   }
 

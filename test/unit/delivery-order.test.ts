@@ -14,14 +14,18 @@ import type { ConversationDirectory, ConversationEntry } from '../../src/im/dire
 import type { Publisher } from '../../src/im/publisher.js'
 import type { StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
+import type { Logger } from '../../src/log.js'
 
-function setup (order: OrderOptions = {}, metrics: Metrics | null = null): { delivery: Delivery, published: number[], notices: Array<Record<string, unknown>>, notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void } {
+interface Setup { delivery: Delivery, published: number[], delivered: string[], notices: Array<Record<string, unknown>>, errors: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
+
+function setup (order: OrderOptions = {}, metrics: Metrics | null = null): Setup {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
   const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
   const published: number[] = []
-  const publisher = { message: (m: StoredMessage) => { published.push(m.seq) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
+  const delivered: string[] = []
+  const publisher = { message: (m: StoredMessage) => { published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   // failNext: the next lookup finds nothing cached and the metadata store down
   let fail = false
@@ -33,15 +37,25 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null): { del
       throw new Error('metadata store down')
     }
   }
-  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, null, null, null, metrics, order)
+  const errors: string[] = []
+  const logger = { error: (_o: unknown, message: string) => { errors.push(message) } } as unknown as Logger
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, { metrics, logger, order })
   return {
     delivery,
     published,
+    delivered,
     notices,
+    errors,
     notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
     notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) },
     failNext: () => { fail = true }
   }
+}
+
+/** The batch delivered: the conversations delivered at once, then those held (order waits). */
+async function deliver (delivery: Delivery, batch: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<void> {
+  const held = await delivery.committed(batch, before)
+  await Promise.all(held.values())
 }
 
 const msg = (seq: number): StoredMessage => ({ conversationId: 'c', seq, clientMsgId: `m${seq}`, senderId: 'u', ts: seq, kind: 'text', body: 'x', replyTo: null })
@@ -49,7 +63,7 @@ const msg = (seq: number): StoredMessage => ({ conversationId: 'c', seq, clientM
 test('seq S waits for the mark that another node\'s fan-out of S-1 arrived, then goes', async () => {
   const { delivery, published, notify } = setup()
   notify({ c: 5 }) // another node published 1..5
-  const done = delivery.committed([msg(9), msg(10)]) // 6..8 stored elsewhere, not said yet
+  const done = deliver(delivery, [msg(9), msg(10)]) // 6..8 stored elsewhere, not said yet
   await new Promise(resolve => setTimeout(resolve, 50))
   expect(published).toStrictEqual([])
   notify({ c: 7 })
@@ -63,8 +77,8 @@ test('seq S waits for the mark that another node\'s fan-out of S-1 arrived, then
 test('no wait for what this node published itself, or for a conversation no node wrote to lately', async () => {
   const { delivery, published, notices } = setup()
   const t0 = Date.now()
-  await delivery.committed([msg(1), msg(2)])
-  await delivery.committed([msg(3)])
+  await deliver(delivery, [msg(1), msg(2)])
+  await deliver(delivery, [msg(3)])
   expect(Date.now() - t0).toBeLessThan(500)
   expect(published).toStrictEqual([1, 2, 3])
   expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }, { c: 3 }])
@@ -80,7 +94,7 @@ test('a mark that never comes holds the delivery at most the order wait (1 s her
   const { delivery, published, notify } = setup({ waitMs: 1000 }, metrics)
   notify({ c: 1 })
   const t0 = Date.now()
-  await delivery.committed([msg(5)])
+  await deliver(delivery, [msg(5)])
   const waited = Date.now() - t0
   expect(published).toStrictEqual([5])
   expect(waited).toBeGreaterThanOrEqual(950)
@@ -88,7 +102,7 @@ test('a mark that never comes holds the delivery at most the order wait (1 s her
   expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 1$/m)
   // and the next one does not wait again
   const t1 = Date.now()
-  await delivery.committed([msg(6)])
+  await deliver(delivery, [msg(6)])
   expect(Date.now() - t1).toBeLessThan(500)
 })
 
@@ -101,15 +115,15 @@ test('the notice carries the batch\'s small messages for the other nodes\' cache
     { ...msg(3), kind: 'custom', body: { a: [1, 2, 3] } },
     { ...msg(4), mentions: ['u1', 'u2'] }
   ]
-  await delivery.committed(batch)
+  await deliver(delivery, batch)
   expect((notices[0]?.docs as StoredMessage[]).map(m => m.seq)).toStrictEqual([1, 3, 4])
   // 40 bodies of 2,000: about 32 fit in 64 KiB
-  await delivery.committed(Array.from({ length: 40 }, (_, i) => ({ ...msg(5 + i), body: body(2000) })))
+  await deliver(delivery, Array.from({ length: 40 }, (_, i) => ({ ...msg(5 + i), body: body(2000) })))
   const fitted = (notices[1]?.docs as StoredMessage[]).length
   expect(fitted).toBeGreaterThanOrEqual(30)
   expect(fitted).toBeLessThan(33)
   // many tiny ones: 256 at most
-  await delivery.committed(Array.from({ length: 400 }, (_, i) => msg(45 + i)))
+  await deliver(delivery, Array.from({ length: 400 }, (_, i) => msg(45 + i)))
   expect((notices[2]?.docs as StoredMessage[]).length).toBe(256)
   expect(notices[2]?.tails).toStrictEqual({ c: [444, 444, 444] })
 })
@@ -117,7 +131,7 @@ test('the notice carries the batch\'s small messages for the other nodes\' cache
 test('a commit notice of a conversation known from no mark: its seqs before count as published, the next waits for its mark', async () => {
   const { delivery, published, notify, notice } = setup()
   notice({ c: 4 }) // another node stored 4, not published yet; 1..3 taken as published
-  const done = delivery.committed([msg(5)])
+  const done = deliver(delivery, [msg(5)])
   await new Promise(resolve => setTimeout(resolve, 50))
   expect(published).toStrictEqual([])
   notify({ c: 4 })
@@ -126,7 +140,7 @@ test('a commit notice of a conversation known from no mark: its seqs before coun
   // a notice never lowers what marks said
   notice({ c: 2 })
   const t0 = Date.now()
-  await delivery.committed([msg(6)])
+  await deliver(delivery, [msg(6)])
   expect(Date.now() - t0).toBeLessThan(500)
 })
 
@@ -134,7 +148,7 @@ test('a conversation known from no mark or notice yet: when the seq before was s
   const { delivery, published, notify } = setup()
   await new Promise(resolve => setTimeout(resolve, 100))
   // this node's sequencer found 1..4 in the store, seq 4 stored just now (after this node started)
-  const done = delivery.committed([msg(5)], new Map([['c', Date.now() - 50]]))
+  const done = deliver(delivery, [msg(5)], new Map([['c', Date.now() - 50]]))
   await new Promise(resolve => setTimeout(resolve, 50))
   expect(published).toStrictEqual([])
   notify({ c: 4 })
@@ -147,19 +161,19 @@ test('no wait when the seq before was stored long ago, before this node listened
   // stored after this node listened, but longer ago than it may take to publish (100 ms here)
   const old = setup({ listeningSince: () => 0, unpublishedMs: 100 })
   await new Promise(resolve => setTimeout(resolve, 150))
-  await old.delivery.committed([msg(3)], new Map([['c', Date.now() - 140]]))
+  await deliver(old.delivery, [msg(3)], new Map([['c', Date.now() - 140]]))
   // stored 100 ms before this node started: its mark went by before this node listened
   const startedAt = Date.now()
   const late = setup()
-  await late.delivery.committed([msg(3)], new Map([['c', startedAt - 100]]))
+  await deliver(late.delivery, [msg(3)], new Map([['c', startedAt - 100]]))
   // not listening now (Redis link down): no mark can come
   const deaf = setup({ listeningSince: () => Number.POSITIVE_INFINITY })
-  await deaf.delivery.committed([msg(3)], new Map([['c', Date.now()]]))
+  await deliver(deaf.delivery, [msg(3)], new Map([['c', Date.now()]]))
   // listening again since a moment ago: a seq stored before that may have had its mark lost
   const back = setup({ listeningSince: () => Date.now() - 10 })
-  await back.delivery.committed([msg(3)], new Map([['c', Date.now() - 500]]))
+  await deliver(back.delivery, [msg(3)], new Map([['c', Date.now() - 500]]))
   const none = setup()
-  await none.delivery.committed([msg(3)])
+  await deliver(none.delivery, [msg(3)])
   expect(Date.now() - t0).toBeLessThan(650)
   for (const s of [old, late, deaf, back, none]) expect(s.published).toStrictEqual([3])
 })
@@ -167,19 +181,20 @@ test('no wait when the seq before was stored long ago, before this node listened
 test('a seq stored "later" than now (the other node\'s clock ahead) is waited for, at most the order wait', async () => {
   const { delivery, published } = setup({ waitMs: 300, listeningSince: () => 0 })
   const t0 = Date.now()
-  await delivery.committed([msg(3)], new Map([['c', Date.now() + 30_000]]))
+  await deliver(delivery, [msg(3)], new Map([['c', Date.now() + 30_000]]))
   expect(Date.now() - t0).toBeGreaterThanOrEqual(280)
   expect(published).toStrictEqual([3])
 })
 
 test('the own seqs count as published even when delivering them failed half-way: the next does not wait for them', async () => {
-  const { delivery, published, notices, failNext } = setup()
+  const { delivery, published, notices, errors, failNext } = setup()
   failNext()
-  await expect(delivery.committed([msg(1), msg(2)])).rejects.toThrow('metadata store down')
+  await deliver(delivery, [msg(1), msg(2)])
+  expect(errors).toStrictEqual(['delivery of committed messages failed half-way (devices sync by seq)'])
   expect(published).toStrictEqual([])
   expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 2 }])
   const t0 = Date.now()
-  await delivery.committed([msg(3)], new Map([['c', Date.now()]]))
+  await deliver(delivery, [msg(3)], new Map([['c', Date.now()]]))
   expect(Date.now() - t0).toBeLessThan(500)
   expect(published).toStrictEqual([3])
 })
@@ -189,15 +204,15 @@ test('once a wait has run out, the next ones for a while are short: a node that 
   const { delivery, published, notify } = setup({ waitMs: 600, afterTimeoutWaitMs: 50 }, metrics)
   notify({ c: 1, d: 1, e: 1 })
   const t0 = Date.now()
-  await delivery.committed([msg(5)])
+  await deliver(delivery, [msg(5)])
   expect(Date.now() - t0).toBeGreaterThanOrEqual(570)
   const t1 = Date.now()
-  await delivery.committed([{ ...msg(5), conversationId: 'd' }])
+  await deliver(delivery, [{ ...msg(5), conversationId: 'd' }])
   const second = Date.now() - t1
   expect(second).toBeGreaterThanOrEqual(40)
   expect(second).toBeLessThan(400)
   // a mark that does come still ends the wait, as before
-  const done = delivery.committed([{ ...msg(3), conversationId: 'e' }])
+  const done = deliver(delivery, [{ ...msg(3), conversationId: 'e' }])
   notify({ e: 2 })
   await done
   expect(published).toStrictEqual([5, 5, 3])
@@ -207,14 +222,14 @@ test('once a wait has run out, the next ones for a while are short: a node that 
 test('short waits that run out do not prolong the while: after it, a wait is full again', async () => {
   const { delivery, published, notify } = setup({ waitMs: 1000, afterTimeoutWaitMs: 300, afterTimeoutMs: 1500 })
   notify({ c: 1, d: 1, e: 1 })
-  await delivery.committed([msg(5)]) // full: runs out at ~1,000 ms; short waits until ~2,500 ms
+  await deliver(delivery, [msg(5)]) // full: runs out at ~1,000 ms; short waits until ~2,500 ms
   const t1 = Date.now()
-  await delivery.committed([{ ...msg(5), conversationId: 'd' }]) // short: runs out at ~1,300 ms
+  await deliver(delivery, [{ ...msg(5), conversationId: 'd' }]) // short: runs out at ~1,300 ms
   expect(Date.now() - t1).toBeLessThan(800)
   // ~2,600 ms: past the while, but within the one a renewal by the short wait would make (~2,800 ms)
   await new Promise(resolve => setTimeout(resolve, 1300))
   const t2 = Date.now()
-  await delivery.committed([{ ...msg(5), conversationId: 'e' }])
+  await deliver(delivery, [{ ...msg(5), conversationId: 'e' }])
   expect(Date.now() - t2).toBeGreaterThanOrEqual(950)
   expect(published).toStrictEqual([5, 5, 5])
 })
@@ -224,7 +239,37 @@ test('listening counts from when this Delivery was made at the earliest (the lin
   await new Promise(resolve => setTimeout(resolve, 30))
   const t0 = Date.now()
   // stored just before this Delivery was made: its mark may have gone by
-  await delivery.committed([msg(3)], new Map([['c', t0 - 200]]))
+  await deliver(delivery, [msg(3)], new Map([['c', t0 - 200]]))
   expect(Date.now() - t0).toBeLessThan(150)
   expect(published).toStrictEqual([3])
+})
+
+test('a wait holds its conversation only: the batch\'s other conversations and the next batches go at once, the held one\'s next seqs follow it in order', async () => {
+  const { delivery, delivered, notify, notices } = setup()
+  notify({ c: 4, d: 1 }) // another node published c 1..4 and d 1; c 5 stored there, not published yet
+  const first = await delivery.committed([msg(6), { ...msg(2), conversationId: 'd' }])
+  expect([...first.keys()]).toStrictEqual(['c'])
+  expect(delivered).toStrictEqual(['d2'])
+  // the notice goes at once, the held conversation's too (the other sequencers' tails)
+  expect(notices.map(n => n.seqs)).toStrictEqual([{ c: 6, d: 2 }])
+  const second = await delivery.committed([msg(7), { ...msg(3), conversationId: 'd' }])
+  expect([...second.keys()]).toStrictEqual(['c']) // behind the held 6, which is this node's own
+  expect(delivered).toStrictEqual(['d2', 'd3'])
+  notify({ c: 5 })
+  await Promise.all([...first.values(), ...second.values()])
+  expect(delivered).toStrictEqual(['d2', 'd3', 'c6', 'c7'])
+  // delivered: the own seqs count as published, nothing is held any more
+  const third = await delivery.committed([msg(8)])
+  expect(third.size).toBe(0)
+  expect(delivered).toStrictEqual(['d2', 'd3', 'c6', 'c7', 'c8'])
+})
+
+test('a batch of several seqs of one conversation waits for the seqs before its first only, not for its own', async () => {
+  const { delivery, delivered, notify } = setup()
+  notify({ c: 20 })
+  const t0 = Date.now()
+  const held = await delivery.committed([msg(21), msg(22), msg(23)])
+  expect(held.size).toBe(0)
+  expect(Date.now() - t0).toBeLessThan(500)
+  expect(delivered).toStrictEqual(['c21', 'c22', 'c23'])
 })

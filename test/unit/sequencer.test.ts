@@ -760,3 +760,38 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     expect(calls).toEqual(['latest'])
   })
 })
+
+test('a conversation whose delivery is held (order across nodes) has its senders answered once it is delivered; the write loop, and the other conversations\' senders, go on meanwhile; close waits for them', async () => {
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const delivered: string[] = []
+  const delivery = {
+    committed: (messages: StoredMessage[]) => {
+      const held = new Map<string, Promise<void>>()
+      for (const m of messages) {
+        if (m.conversationId === 'slow') held.set('slow', gate.then(() => { delivered.push(`slow${m.seq}`) }))
+        else delivered.push(`${m.conversationId}${m.seq}`)
+      }
+      return held
+    }
+  }
+  const seq = new Sequencer(new MemoryMessageStore(), delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent') })
+  const answered: string[] = []
+  const slow = seq.submit(draft('slow', 'alice', 'a1')).then(r => { answered.push(`slow${r.message.seq}`) })
+  await sleep(20)
+  // a later batch of another conversation: stored, delivered and answered while 'slow' is held
+  const fast = await seq.submit(draft('fast', 'bob', 'b1'))
+  expect(fast.message.seq).toBe(1)
+  expect(answered).toStrictEqual([])
+  expect(delivered).toStrictEqual(['fast1'])
+  // a resend of the held message waits for the same answer
+  const resend = seq.submit(draft('slow', 'alice', 'a1'))
+  const closed = seq.close().then(() => { answered.push('closed') })
+  await sleep(20)
+  expect(answered).toStrictEqual([])
+  release()
+  await Promise.all([slow, closed])
+  expect(answered).toStrictEqual(['slow1', 'closed'])
+  expect(await resend).toMatchObject({ duplicate: true, message: { seq: 1 } })
+  expect(delivered).toStrictEqual(['fast1', 'slow1'])
+})
