@@ -666,6 +666,8 @@ export class Sequencer {
   /**
    * Step 3: apply the newly stored changes to their targets, deliver the newly stored entries (in
    * seq order), then answer the senders. A client that gets a change can read its target changed.
+   * A conversation whose delivery waits for another node (Delivery: order across nodes) is answered
+   * once it is delivered, without holding the next batch; delivery keeps its order.
    */
   private async commit (stored: StoredMessage[], resolved: Array<[Pending, SubmitResult]>, before: ReadonlyMap<string, number>): Promise<void> {
     let held: HeldDeliveries | undefined
