@@ -9,11 +9,13 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
   mq: unknown
+  /** Cluster: the repairs of the matcher of offline sessions' subscriptions after breaks in the Redis link (upstream.ts 19). */
+  matcherRepairs: () => number
   /** A Redis connection for mqim's own use (presence, rate limits, health), or null on the embedded default. */
   redis: Redis | null
   /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
@@ -37,6 +39,7 @@ export function createBrokerBackends (
       persistence: recordQueueReplays(new BoundedMemoryPersistence({ messages: limits.sessionQueueMessages, bytes: limits.sessionQueueBytes }), limits.sessionQueueMessages),
       mq: createEmitter(),
       redis: null,
+      matcherRepairs: () => 0,
       available: () => true,
       connectedSince: () => 0,
       close: async () => {}
@@ -77,16 +80,20 @@ export function createBrokerBackends (
     // offline QoS 1 messages expire; clients sync by seq for anything older
     packetTTL: () => ttl
   })
+  // broadcasts missed while the subscriber connection was down (upstream.ts 19)
+  const matcher = repairSubscriptionMatcher(mq, persistenceConn, sub, logger)
   return {
     persistence: recordQueueReplays(
       leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
       config.maxSessionDelivery + 1),
     mq,
     redis,
+    matcherRepairs: matcher.repairs,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
     connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,
     close: async () => {
+      matcher.close()
       await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }
   }

@@ -57,7 +57,10 @@
  *        (packets expire after packetTTL, their list entries do not; a reconnect replays only the
  *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows,
  *        in the one script that queues the packet (boundRedisQueues);
- *    15. each delivery to a persistent session writes the packet again, and acknowledging it reads
+ *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
+        only: what was broadcast while this node's Redis subscriber connection was down is missed
+        for good; after each reconnect it is put right from Redis (repairSubscriptionMatcher).
+    15. each delivery to a persistent session writes the packet again, and acknowledging it reads
  *        the packet back to find its keys and takes four sequential commands (and a live
  *        delivery's count stays at -1 for good): no write at delivery, one script from a key
  *        remembered then (leanRedisAcks).
@@ -79,6 +82,7 @@ import { SINK_TOPIC } from '../protocol/topics.js'
 import msgpack from 'msgpack-lite'
 import Packet from 'aedes-packet'
 import mqttPacket from 'mqtt-packet'
+import type { Logger } from '../log.js'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
 type Deliver = (packet: unknown, done: () => void) => void
@@ -927,4 +931,198 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
     return undefined
   }
   return persistence
+}
+
+/** An emitter handler (mqemitter's notify). */
+type Notify = (packet: { topic: string, payload: unknown }, cb: () => void) => void
+/** A subscription as aedes-persistence-redis 11 keeps it (msgpack in the session's hash) and broadcasts it. */
+interface StoredSubscription { topic: string, qos: number, [field: string]: unknown }
+/** What the matcher holds (QoS > 0 only, see repairSubscriptionMatcher): clientId -> topic -> subscription. */
+type MatcherState = Map<string, Map<string, StoredSubscription>>
+
+/** Applies one `$SYS/sub/add|rm` broadcast to `state` as BroadcastPersistence applies it to its trie. */
+function applySubscriptionBroadcast (state: MatcherState, add: boolean, clientId: string, subs: readonly StoredSubscription[]): void {
+  let topics = state.get(clientId)
+  for (const sub of subs) {
+    if (add && sub.qos > 0) {
+      if (topics === undefined) state.set(clientId, topics = new Map())
+      topics.set(sub.topic, sub)
+    } else {
+      topics?.delete(sub.topic)
+    }
+  }
+  if (topics !== undefined && topics.size === 0) state.delete(clientId)
+}
+
+/** The subscription broadcasts' payload ({clientId, subs}), or null when it is not one. */
+function subscriptionBroadcast (payload: unknown): { clientId: string, subs: StoredSubscription[] } | null {
+  try {
+    const text = Buffer.isBuffer(payload) ? payload.toString('utf8') : typeof payload === 'string' ? payload : null
+    if (text === null) return null
+    const decoded = JSON.parse(text) as { clientId?: unknown, subs?: unknown }
+    if (typeof decoded.clientId !== 'string' || !Array.isArray(decoded.subs)) return null
+    const subs = decoded.subs.filter((s): s is StoredSubscription => typeof s === 'object' && s !== null && typeof (s as { topic?: unknown }).topic === 'string' && typeof (s as { qos?: unknown }).qos === 'number')
+    return { clientId: decoded.clientId, subs }
+  } catch {
+    return null
+  }
+}
+
+export const SUBSCRIPTION_ADD_TOPIC = '$SYS/sub/add'
+export const SUBSCRIPTION_RM_TOPIC = '$SYS/sub/rm'
+/** Sessions whose subscriptions are read from Redis per round of a repair. */
+const REPAIR_PAGE = 500
+/**
+ * How long after the subscriber connection is ready again the repair reads Redis: ioredis sends
+ * the connection's subscriptions again as it becomes ready; a broadcast sent before they are in
+ * place is found in Redis, one after comes through.
+ */
+const REPAIR_DELAY_MS = 250
+
+export interface SubscriptionMatcherRepair {
+  /** Repairs done after a break (each reconnect of the subscriber connection after the first). */
+  repairs: () => number
+  close: () => void
+}
+
+/**
+ * 19. aedes-persistence-redis matches the subscriptions of sessions (for queueing a message for the
+ * offline ones) with a trie of its own, private: built from Redis at start, then kept by the
+ * `$SYS/sub/add|rm` broadcasts that every node sends through the emitter when a session
+ * (un)subscribes. A broadcast sent while this node's subscriber connection to Redis is down (an
+ * outage, a failover) never reaches it, and nothing reads Redis again: this node then queues
+ * nothing for a session whose SUBSCRIBE it missed (the device gets those messages only when it
+ * syncs), and keeps queueing for one that unsubscribed. Here a copy of what the trie holds is kept
+ * from the same broadcasts; after each reconnect of the subscriber connection every session's
+ * subscriptions are read from Redis (REPAIR_PAGE sessions at a time; the broadcasts that arrive
+ * meanwhile are applied on top, in order: Redis is written before a broadcast is sent), and the
+ * difference is handed to this node's own emitter as `$SYS/sub/add|rm`, which the trie applies.
+ * Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the trie (the
+ * start-up build adds them; left as they are). Bounded like the trie: one entry per subscription of
+ * a persistent session.
+ */
+export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger): SubscriptionMatcherRepair {
+  const emitter = mq as { on: (topic: string, notify: Notify, done?: () => void) => void, removeListener: (topic: string, notify: Notify, done?: () => void) => void }
+  const emitLocal = localEmitter(mq)
+  const held: MatcherState = new Map()
+  /** The broadcasts that arrived since a read of Redis started, in order. */
+  let during: Array<[boolean, string, StoredSubscription[]]> | null = null
+  const onBroadcast: Notify = (packet, cb) => {
+    const message = subscriptionBroadcast(packet.payload)
+    const add = packet.topic === SUBSCRIPTION_ADD_TOPIC
+    if (message !== null && (add || packet.topic === SUBSCRIPTION_RM_TOPIC)) {
+      applySubscriptionBroadcast(held, add, message.clientId, message.subs)
+      during?.push([add, message.clientId, message.subs])
+    }
+    cb()
+  }
+  emitter.on('$SYS/sub/+', onBroadcast)
+
+  /** What the trie should hold: Redis, then the broadcasts that came during the read. */
+  const truth = async (): Promise<MatcherState> => {
+    const events: Array<[boolean, string, StoredSubscription[]]> = []
+    during = events
+    try {
+      const state: MatcherState = new Map()
+      const clientIds = await conn.smembers('clients')
+      for (let start = 0; start < clientIds.length; start += REPAIR_PAGE) {
+        const page = clientIds.slice(start, start + REPAIR_PAGE)
+        const hashes = await Promise.all(page.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
+        page.forEach((clientId, i) => {
+          const subs: StoredSubscription[] = []
+          for (const value of Object.values(hashes[i] ?? {})) {
+            try {
+              const sub = msgpack.decode(value) as StoredSubscription
+              if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
+            } catch {
+              // not one of the persistence's entries: the trie's start-up build would throw on it; skipped
+            }
+          }
+          applySubscriptionBroadcast(state, true, clientId, subs)
+        })
+      }
+      for (const [add, clientId, subs] of events) applySubscriptionBroadcast(state, add, clientId, subs)
+      return state
+    } finally {
+      during = null
+    }
+  }
+
+  let repairs = 0
+  let closed = false
+  let running: Promise<void> | null = null
+  let again = false
+  /** The first read sets the copy; each later one puts the trie right. */
+  let first = true
+  const sync = async (): Promise<void> => {
+    const wanted = await truth()
+    if (closed) return
+    if (first) {
+      first = false
+      held.clear()
+      for (const [clientId, topics] of wanted) held.set(clientId, topics)
+      return
+    }
+    let added = 0
+    let removed = 0
+    for (const [clientId, topics] of wanted) {
+      const have = held.get(clientId)
+      const missing = [...topics.values()].filter(sub => have?.get(sub.topic)?.qos !== sub.qos)
+      if (missing.length > 0) {
+        emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
+        added += missing.length
+      }
+    }
+    for (const [clientId, topics] of [...held]) {
+      const keep = wanted.get(clientId)
+      const gone = [...topics.values()].filter(sub => keep?.has(sub.topic) !== true).map(sub => ({ topic: sub.topic, qos: sub.qos }))
+      if (gone.length > 0) {
+        emitLocal(new Packet({ topic: SUBSCRIPTION_RM_TOPIC, payload: JSON.stringify({ clientId, subs: gone }) }))
+        removed += gone.length
+      }
+    }
+    repairs++
+    if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions broadcast while the Redis link was down: this node\'s matcher of offline sessions put right from Redis')
+  }
+  const run = (): void => {
+    if (closed) return
+    if (running !== null) {
+      again = true
+      return
+    }
+    running = sync().catch((err: unknown) => {
+      // Redis went again: the next reconnect reads it again
+      logger.warn({ err }, 'reading the sessions\' subscriptions from Redis failed; read again at the next reconnect')
+    }).finally(() => {
+      running = null
+      if (again) {
+        again = false
+        run()
+      }
+    })
+  }
+  // the first read (now) sets the copy; each time the connection is ready again after that, a repair
+  let connected = subConn.status === 'ready'
+  const timers = new Set<NodeJS.Timeout>()
+  const onReady = (): void => {
+    if (!connected) {
+      connected = true
+      // the first read failed (Redis not there yet): it is read now
+      if (first && running === null) run()
+      return
+    }
+    const timer = setTimeout(() => { timers.delete(timer); run() }, REPAIR_DELAY_MS)
+    timers.add(timer)
+  }
+  subConn.on('ready', onReady)
+  run()
+  return {
+    repairs: () => repairs,
+    close: () => {
+      closed = true
+      for (const timer of timers) clearTimeout(timer)
+      subConn.removeListener('ready', onReady)
+      emitter.removeListener('$SYS/sub/+', onBroadcast)
+    }
+  }
 }
