@@ -166,7 +166,8 @@ export class Delivery implements CommitListener {
         const { seqs } = notice
         if (typeof seqs !== 'object' || seqs === null) return
         for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) {
-          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.published.get(conv) === undefined) this.published.set(conv, seq - 1)
+          // (not while this node waits or holds deliveries of it: it knows more than the notice)
+          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.published.get(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, seq - 1)
         }
       })
     }
@@ -184,8 +185,8 @@ export class Delivery implements CommitListener {
   private readonly held = new Map<string, Promise<void>>()
 
   private notePublished (conv: string, seq: number): void {
-    if (seq <= (this.published.get(conv) ?? 0)) return
-    this.published.set(conv, seq)
+    if (seq > (this.published.get(conv) ?? 0)) this.published.set(conv, seq)
+    // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
     const left = waits.filter(w => {
@@ -280,8 +281,8 @@ export class Delivery implements CommitListener {
     for (const [conv, gate] of gates) {
       const messages = stored.filter(m => m.conversationId === conv)
       const done = (async () => {
-        await gate
         try {
+          await gate
           await this.deliverNow(messages)
         } catch (err) {
           this.logger?.error({ err, conv }, 'delivery of committed messages failed (devices sync by seq)')

@@ -187,8 +187,14 @@ export class Sequencer {
   /** The scheduled flush: a timer (batchDelayMs) or an immediate (a full batch, or batchDelayMs 0). */
   private timer: { kind: 'timeout', handle: NodeJS.Timeout } | { kind: 'immediate', handle: NodeJS.Immediate } | null = null
   private idleWaiters: Array<() => void> = []
-  /** Answers waiting for their conversation's held delivery (Delivery: order across nodes). */
-  private readonly heldAnswers = new Set<Promise<void>>()
+  /**
+   * Conversations whose delivery is held (Delivery: order across nodes) -> the end of it. Their
+   * queued messages are not written meanwhile: they go as one block after it (one wait for the other
+   * node's seqs per block, not one per batch). Entries live as long as their hold.
+   */
+  private readonly heldConversations = new Map<string, Promise<void>>()
+  /** Held deliveries and the answers waiting for them: close() waits for them. */
+  private readonly heldWork = new Set<Promise<void>>()
   /** Resend lookups running outside the write loop (lookUpResend), and those waiting for their turn. */
   private resendLookups = 0
   private readonly resendWaiting: Pending[] = []
@@ -380,8 +386,8 @@ export class Sequencer {
       void this.flush()
     }
     await this.drain()
-    // the senders of held deliveries (at most an order wait away)
-    await Promise.all([...this.heldAnswers])
+    // held deliveries and their senders (at most an order wait away)
+    await Promise.all([...this.heldWork])
   }
 
   private schedule (): void {
@@ -398,20 +404,27 @@ export class Sequencer {
     if (this.writing) return
     this.writing = true
     try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, this.opts.batchMaxMessages)
-        await this.writeBatch(batch)
-      }
+      for (let batch = this.takeBatch(); batch.length > 0; batch = this.takeBatch()) await this.writeBatch(batch)
     } finally {
       this.writing = false
-      if (this.queue.length > 0) {
+      if (this.queue.some(p => !this.heldConversations.has(p.draft.conversationId))) {
         this.schedule()
-      } else {
+      } else if (this.queue.length === 0) {
         const waiters = this.idleWaiters
         this.idleWaiters = []
         for (const w of waiters) w()
       }
     }
+  }
+
+  /** The next batch: the oldest queued messages, those of held conversations left queued. */
+  private takeBatch (): Pending[] {
+    if (this.heldConversations.size === 0) return this.queue.splice(0, this.opts.batchMaxMessages)
+    const batch: Pending[] = []
+    const rest: Pending[] = []
+    for (const p of this.queue) (batch.length < this.opts.batchMaxMessages && !this.heldConversations.has(p.draft.conversationId) ? batch : rest).push(p)
+    this.queue = rest
+    return batch
   }
 
   /** Step 1 of a batch: make sure every conversation in it has a known lastSeq. */
@@ -681,14 +694,16 @@ export class Sequencer {
       // a conversation whose delivery waits (order across nodes): its senders are answered once
       // it is delivered; the write loop goes on meanwhile
       const after = held?.get(r.message.conversationId)
-      if (after === undefined) {
-        this.answer(p, r)
-        continue
-      }
-      const answered = after.then(() => { this.answer(p, r) })
-      this.heldAnswers.add(answered)
-      void answered.then(() => this.heldAnswers.delete(answered))
+      if (after === undefined) this.answer(p, r)
+      else this.track(after.then(() => { this.answer(p, r) }))
     }
+  }
+
+  /** Kept until it settles (close waits for it); never rejects. */
+  private track (work: Promise<void>): void {
+    const settled = work.catch((err: unknown) => { this.opts.logger.error({ err }, 'a held delivery failed') })
+    this.heldWork.add(settled)
+    void settled.then(() => this.heldWork.delete(settled))
   }
 
   private answer (p: Pending, r: SubmitResult): void {
@@ -735,7 +750,18 @@ export class Sequencer {
   private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<HeldDeliveries | undefined> {
     stored.sort((a, b) => a.seq - b.seq)
     try {
-      return (await this.delivery.committed(stored, before)) ?? undefined
+      const held = (await this.delivery.committed(stored, before)) ?? undefined
+      for (const [conv, done] of held ?? []) {
+        this.track(done)
+        // its queued messages wait for it; written after it as one block
+        this.heldConversations.set(conv, done)
+        void done.catch(() => {}).then(() => {
+          if (this.heldConversations.get(conv) !== done) return
+          this.heldConversations.delete(conv)
+          this.schedule()
+        })
+      }
+      return held
     } catch (err) {
       this.opts.logger.error({ err }, 'delivery of committed messages threw')
       return undefined

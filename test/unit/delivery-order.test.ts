@@ -273,3 +273,17 @@ test('a batch of several seqs of one conversation waits for the seqs before its 
   expect(Date.now() - t0).toBeLessThan(500)
   expect(delivered).toStrictEqual(['c21', 'c22', 'c23'])
 })
+
+test('a commit notice that comes while this node waits for a conversation does not swallow the mark that ends the wait', async () => {
+  const { delivery, published, notify, notice } = setup({ waitMs: 3000 })
+  await new Promise(resolve => setTimeout(resolve, 100))
+  // 1..4 found in the store, 4 stored just now by another node: 5 waits for its mark
+  const t0 = Date.now()
+  const done = deliver(delivery, [msg(5)], new Map([['c', Date.now() - 20]]))
+  // a third node stored 6 and says so at once; then the mark of 4 comes
+  notice({ c: 6 })
+  notify({ c: 4 })
+  await done
+  expect(Date.now() - t0).toBeLessThan(1500)
+  expect(published).toStrictEqual([5])
+})

@@ -761,31 +761,35 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
   })
 })
 
-test('a conversation whose delivery is held (order across nodes) has its senders answered once it is delivered; the write loop, and the other conversations\' senders, go on meanwhile; close waits for them', async () => {
+test('a conversation whose delivery is held (order across nodes) has its senders answered once it is delivered, and its next messages written after it as one block; the write loop, and the other conversations, go on meanwhile; close waits for them', async () => {
   let release = (): void => {}
   const gate = new Promise<void>(resolve => { release = resolve })
-  const delivered: string[] = []
+  const batches: string[][] = []
   const delivery = {
     committed: (messages: StoredMessage[]) => {
-      const held = new Map<string, Promise<void>>()
-      for (const m of messages) {
-        if (m.conversationId === 'slow') held.set('slow', gate.then(() => { delivered.push(`slow${m.seq}`) }))
-        else delivered.push(`${m.conversationId}${m.seq}`)
-      }
-      return held
+      batches.push(messages.map(m => `${m.conversationId}${m.seq}`))
+      // the first message of 'slow' waits for the gate
+      return messages.some(m => m.conversationId === 'slow' && m.seq === 1) ? new Map([['slow', gate]]) : undefined
     }
   }
-  const seq = new Sequencer(new MemoryMessageStore(), delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent') })
+  const store = new MemoryMessageStore()
+  const seq = new Sequencer(store, delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 60_000, logger: createLogger('silent') })
   const answered: string[] = []
   const slow = seq.submit(draft('slow', 'alice', 'a1')).then(r => { answered.push(`slow${r.message.seq}`) })
   await sleep(20)
   // a later batch of another conversation: stored, delivered and answered while 'slow' is held
   const fast = await seq.submit(draft('fast', 'bob', 'b1'))
   expect(fast.message.seq).toBe(1)
-  expect(answered).toStrictEqual([])
-  expect(delivered).toStrictEqual(['fast1'])
+  // more for 'slow', one turn apart: queued, not written while it is held
+  const more = [seq.submit(draft('slow', 'carol', 'c1'))]
+  await sleep(5)
+  more.push(seq.submit(draft('slow', 'carol', 'c2')))
   // a resend of the held message waits for the same answer
   const resend = seq.submit(draft('slow', 'alice', 'a1'))
+  await sleep(30)
+  expect(await store.lastSeq('slow')).toBe(1)
+  expect(answered).toStrictEqual([])
+  expect(batches).toStrictEqual([['slow1'], ['fast1']])
   const closed = seq.close().then(() => { answered.push('closed') })
   await sleep(20)
   expect(answered).toStrictEqual([])
@@ -793,5 +797,7 @@ test('a conversation whose delivery is held (order across nodes) has its senders
   await Promise.all([slow, closed])
   expect(answered).toStrictEqual(['slow1', 'closed'])
   expect(await resend).toMatchObject({ duplicate: true, message: { seq: 1 } })
-  expect(delivered).toStrictEqual(['fast1', 'slow1'])
+  expect((await Promise.all(more)).map(r => r.message.seq)).toStrictEqual([2, 3])
+  // after the hold, the two queued ones in one batch
+  expect(batches).toStrictEqual([['slow1'], ['fast1'], ['slow2', 'slow3']])
 })
