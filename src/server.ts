@@ -122,6 +122,7 @@ export class MqimServer {
       heartbeatInterval: 60_000
     })
     unregisterClosedClients(broker)
+    backends.brokerStarted()
     broker.on('clientError', (client, err) => logger.debug({ client: client.id, err }, 'client error'))
     broker.on('connectionError', (_client, err) => logger.debug({ err }, 'connection error'))
     const bus = await ClusterBus.create(broker, { nodeId, clustered, available: backends.available, logger })

@@ -14,7 +14,9 @@ import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubs
 export interface BrokerBackends {
   persistence: unknown
   mq: unknown
-  /** Cluster: the repairs of the matcher of offline sessions' subscriptions after breaks in the Redis link (upstream.ts 19). */
+  /** To call once the broker is made (its persistence set up): the matcher of offline sessions' subscriptions is checked against Redis (upstream.ts 19). */
+  brokerStarted: () => void
+  /** Cluster: the reads of Redis that checked that matcher (at start, then after each break in the Redis link). */
   matcherRepairs: () => number
   /** A Redis connection for mqim's own use (presence, rate limits, health), or null on the embedded default. */
   redis: Redis | null
@@ -39,6 +41,7 @@ export function createBrokerBackends (
       persistence: recordQueueReplays(new BoundedMemoryPersistence({ messages: limits.sessionQueueMessages, bytes: limits.sessionQueueBytes }), limits.sessionQueueMessages),
       mq: createEmitter(),
       redis: null,
+      brokerStarted: () => {},
       matcherRepairs: () => 0,
       available: () => true,
       connectedSince: () => 0,
@@ -81,13 +84,14 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   // broadcasts missed while the subscriber connection was down (upstream.ts 19)
-  const matcher = repairSubscriptionMatcher(mq, persistenceConn, sub, logger)
+  const matcher = repairSubscriptionMatcher(mq, redis, sub, logger)
   return {
     persistence: recordQueueReplays(
       leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
       config.maxSessionDelivery + 1),
     mq,
     redis,
+    brokerStarted: matcher.start,
     matcherRepairs: matcher.repairs,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)

@@ -57,13 +57,14 @@
  *        (packets expire after packetTTL, their list entries do not; a reconnect replays only the
  *        oldest maxSessionDelivery): each list is trimmed to its newest `max` entries as it grows,
  *        in the one script that queues the packet (boundRedisQueues);
- *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
-        only: what was broadcast while this node's Redis subscriber connection was down is missed
-        for good; after each reconnect it is put right from Redis (repairSubscriptionMatcher).
-    15. each delivery to a persistent session writes the packet again, and acknowledging it reads
+ *    15. each delivery to a persistent session writes the packet again, and acknowledging it reads
  *        the packet back to find its keys and takes four sequential commands (and a live
  *        delivery's count stays at -1 for good): no write at delivery, one script from a key
  *        remembered then (leanRedisAcks).
+ *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
+ *        only: what was broadcast while this node's Redis subscriber connection was down, or
+ *        while the trie was being built at start, is missed for good; once built and after each
+ *        reconnect it is put right from Redis (repairSubscriptionMatcher).
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
@@ -954,14 +955,18 @@ function applySubscriptionBroadcast (state: MatcherState, add: boolean, clientId
   if (topics !== undefined && topics.size === 0) state.delete(clientId)
 }
 
-/** The subscription broadcasts' payload ({clientId, subs}), or null when it is not one. */
-function subscriptionBroadcast (payload: unknown): { clientId: string, subs: StoredSubscription[] } | null {
+/**
+ * The subscription broadcasts' payload ({clientId, subs}), or null when it is not one. An add's
+ * subscriptions carry a QoS; a removal's may carry the topic only (aedes-persistence's own do).
+ */
+function subscriptionBroadcast (payload: unknown, add: boolean): { clientId: string, subs: StoredSubscription[] } | null {
   try {
     const text = Buffer.isBuffer(payload) ? payload.toString('utf8') : typeof payload === 'string' ? payload : null
     if (text === null) return null
     const decoded = JSON.parse(text) as { clientId?: unknown, subs?: unknown }
     if (typeof decoded.clientId !== 'string' || !Array.isArray(decoded.subs)) return null
-    const subs = decoded.subs.filter((s): s is StoredSubscription => typeof s === 'object' && s !== null && typeof (s as { topic?: unknown }).topic === 'string' && typeof (s as { qos?: unknown }).qos === 'number')
+    const subs = decoded.subs.filter((s): s is StoredSubscription => typeof s === 'object' && s !== null && typeof (s as { topic?: unknown }).topic === 'string' &&
+      (!add || typeof (s as { qos?: unknown }).qos === 'number'))
     return { clientId: decoded.clientId, subs }
   } catch {
     return null
@@ -970,36 +975,45 @@ function subscriptionBroadcast (payload: unknown): { clientId: string, subs: Sto
 
 export const SUBSCRIPTION_ADD_TOPIC = '$SYS/sub/add'
 export const SUBSCRIPTION_RM_TOPIC = '$SYS/sub/rm'
-/** Sessions whose subscriptions are read from Redis per round of a repair. */
-const REPAIR_PAGE = 500
+/** Session ids asked per SSCAN step, and sessions whose subscriptions are read at once. */
+const REPAIR_PAGE = 100
 /**
- * How long after the subscriber connection is ready again the repair reads Redis: ioredis sends
- * the connection's subscriptions again as it becomes ready; a broadcast sent before they are in
- * place is found in Redis, one after comes through.
+ * How long after the subscriber connection is ready again the repair reads Redis (plus up to as
+ * much again at random, so that the nodes of a cluster do not all read at once): ioredis sends the
+ * connection's subscriptions again as it becomes ready; a broadcast sent before they are in place
+ * is found in Redis, one after comes through.
  */
 const REPAIR_DELAY_MS = 250
+/** A read that failed is tried again after this long, doubling up to REPAIR_RETRY_MAX_MS. */
+const REPAIR_RETRY_MS = 1000
+const REPAIR_RETRY_MAX_MS = 30_000
 
 export interface SubscriptionMatcherRepair {
-  /** Repairs done after a break (each reconnect of the subscriber connection after the first). */
+  /** Called once the persistence's own start-up build of its trie is done: the first read. */
+  start: () => void
+  /** Reads of Redis done (the first, then one after each reconnect of the subscriber connection). */
   repairs: () => number
   close: () => void
 }
 
 /**
  * 19. aedes-persistence-redis matches the subscriptions of sessions (for queueing a message for the
- * offline ones) with a trie of its own, private: built from Redis at start, then kept by the
- * `$SYS/sub/add|rm` broadcasts that every node sends through the emitter when a session
- * (un)subscribes. A broadcast sent while this node's subscriber connection to Redis is down (an
- * outage, a failover) never reaches it, and nothing reads Redis again: this node then queues
- * nothing for a session whose SUBSCRIBE it missed (the device gets those messages only when it
- * syncs), and keeps queueing for one that unsubscribed. Here a copy of what the trie holds is kept
- * from the same broadcasts; after each reconnect of the subscriber connection every session's
- * subscriptions are read from Redis (REPAIR_PAGE sessions at a time; the broadcasts that arrive
- * meanwhile are applied on top, in order: Redis is written before a broadcast is sent), and the
- * difference is handed to this node's own emitter as `$SYS/sub/add|rm`, which the trie applies.
- * Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the trie (the
- * start-up build adds them; left as they are). Bounded like the trie: one entry per subscription of
- * a persistent session.
+ * offline ones) with a trie of its own, private: built from Redis at start (one session after
+ * another, before it listens to the broadcasts), then kept by the `$SYS/sub/add|rm` broadcasts
+ * that every node sends through the emitter when a session (un)subscribes. A broadcast sent while
+ * this node's subscriber connection to Redis is down (an outage, a failover), or during that
+ * start-up build, never reaches it, and nothing reads Redis again: this node then queues nothing
+ * for a session whose SUBSCRIBE it missed (the device gets those messages only when it syncs),
+ * and keeps queueing for one that unsubscribed. Here a copy of what the trie holds is kept from
+ * the same broadcasts. Once the trie is built (start), and after each reconnect of the subscriber
+ * connection, every session's subscriptions are read from Redis (REPAIR_PAGE at a time, on `conn`,
+ * not the broker's; the broadcasts that arrive meanwhile are applied on top, in order: Redis is
+ * written before a broadcast is sent), and the difference is handed to this node's own emitter as
+ * `$SYS/sub/add|rm`, which the trie applies (the first read hands it every subscription: adding
+ * one it has replaces it). A read that fails is tried again (REPAIR_RETRY_MS, doubling). Only
+ * QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the trie (the
+ * start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
+ * subscription of a persistent session (the read makes a second copy while it runs).
  */
 export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger): SubscriptionMatcherRepair {
   const emitter = mq as { on: (topic: string, notify: Notify, done?: () => void) => void, removeListener: (topic: string, notify: Notify, done?: () => void) => void }
@@ -1008,9 +1022,9 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
   /** The broadcasts that arrived since a read of Redis started, in order. */
   let during: Array<[boolean, string, StoredSubscription[]]> | null = null
   const onBroadcast: Notify = (packet, cb) => {
-    const message = subscriptionBroadcast(packet.payload)
     const add = packet.topic === SUBSCRIPTION_ADD_TOPIC
-    if (message !== null && (add || packet.topic === SUBSCRIPTION_RM_TOPIC)) {
+    const message = add || packet.topic === SUBSCRIPTION_RM_TOPIC ? subscriptionBroadcast(packet.payload, add) : null
+    if (message !== null) {
       applySubscriptionBroadcast(held, add, message.clientId, message.subs)
       during?.push([add, message.clientId, message.subs])
     }
@@ -1024,23 +1038,24 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     during = events
     try {
       const state: MatcherState = new Map()
-      const clientIds = await conn.smembers('clients')
-      for (let start = 0; start < clientIds.length; start += REPAIR_PAGE) {
-        const page = clientIds.slice(start, start + REPAIR_PAGE)
-        const hashes = await Promise.all(page.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
-        page.forEach((clientId, i) => {
+      let cursor = '0'
+      do {
+        const [next, clientIds] = await conn.sscan('clients', cursor, 'COUNT', REPAIR_PAGE)
+        cursor = next
+        const hashes = await Promise.all(clientIds.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
+        clientIds.forEach((clientId, i) => {
           const subs: StoredSubscription[] = []
           for (const value of Object.values(hashes[i] ?? {})) {
             try {
-              const sub = msgpack.decode(value) as StoredSubscription
+              const sub = msgpack.decode(value) as StoredSubscription | null
               if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
             } catch {
-              // not one of the persistence's entries: the trie's start-up build would throw on it; skipped
+              // not one of the persistence's entries: skipped (its start-up build throws on it)
             }
           }
           applySubscriptionBroadcast(state, true, clientId, subs)
         })
-      }
+      } while (cursor !== '0')
       for (const [add, clientId, subs] of events) applySubscriptionBroadcast(state, add, clientId, subs)
       return state
     } finally {
@@ -1048,76 +1063,84 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     }
   }
 
-  let repairs = 0
+  let reads = 0
+  let started = false
   let closed = false
-  let running: Promise<void> | null = null
-  let again = false
-  /** The first read sets the copy; each later one puts the trie right. */
-  let first = true
+  /** A read is wanted (start, a reconnect, a failed read), and the loop that does them. */
+  let wanted = false
+  let loop: Promise<void> | null = null
+  const timers = new Set<NodeJS.Timeout>()
+  const later = (ms: number, f: () => void): void => {
+    const timer = setTimeout(() => { timers.delete(timer); f() }, ms)
+    timers.add(timer)
+  }
   const sync = async (): Promise<void> => {
-    const wanted = await truth()
+    const state = await truth()
     if (closed) return
-    if (first) {
-      first = false
-      held.clear()
-      for (const [clientId, topics] of wanted) held.set(clientId, topics)
-      return
-    }
+    // the first read: every subscription, as the trie may have missed broadcasts while it was built
+    const everything = reads === 0
     let added = 0
     let removed = 0
-    for (const [clientId, topics] of wanted) {
+    for (const [clientId, topics] of state) {
       const have = held.get(clientId)
-      const missing = [...topics.values()].filter(sub => have?.get(sub.topic)?.qos !== sub.qos)
+      const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic)?.qos !== sub.qos)
       if (missing.length > 0) {
         emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
-        added += missing.length
+        if (!everything) added += missing.length
       }
     }
     for (const [clientId, topics] of [...held]) {
-      const keep = wanted.get(clientId)
-      const gone = [...topics.values()].filter(sub => keep?.has(sub.topic) !== true).map(sub => ({ topic: sub.topic, qos: sub.qos }))
+      const keep = state.get(clientId)
+      const gone = [...topics.keys()].filter(topic => keep?.has(topic) !== true).map(topic => ({ topic }))
       if (gone.length > 0) {
         emitLocal(new Packet({ topic: SUBSCRIPTION_RM_TOPIC, payload: JSON.stringify({ clientId, subs: gone }) }))
         removed += gone.length
       }
     }
-    repairs++
-    if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions broadcast while the Redis link was down: this node\'s matcher of offline sessions put right from Redis')
+    reads++
+    if (!everything && added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
   }
   const run = (): void => {
-    if (closed) return
-    if (running !== null) {
-      again = true
-      return
-    }
-    running = sync().catch((err: unknown) => {
-      // Redis went again: the next reconnect reads it again
-      logger.warn({ err }, 'reading the sessions\' subscriptions from Redis failed; read again at the next reconnect')
-    }).finally(() => {
-      running = null
-      if (again) {
-        again = false
-        run()
+    if (closed || loop !== null) return
+    loop = (async () => {
+      let retryMs = REPAIR_RETRY_MS
+      while (wanted) {
+        wanted = false
+        if (closed) return
+        try {
+          await sync()
+          retryMs = REPAIR_RETRY_MS
+        } catch (err) {
+          logger.warn({ err, retryMs }, 'reading the sessions\' subscriptions from Redis failed; read again later')
+          wanted = true
+          await new Promise<void>(resolve => { later(retryMs, resolve) })
+          retryMs = Math.min(retryMs * 2, REPAIR_RETRY_MAX_MS)
+        }
       }
-    })
+    })().finally(() => { loop = null })
   }
-  // the first read (now) sets the copy; each time the connection is ready again after that, a repair
+  // each time the connection is ready again after a break (its first ready is the start's)
   let connected = subConn.status === 'ready'
-  const timers = new Set<NodeJS.Timeout>()
   const onReady = (): void => {
     if (!connected) {
       connected = true
-      // the first read failed (Redis not there yet): it is read now
-      if (first && running === null) run()
       return
     }
-    const timer = setTimeout(() => { timers.delete(timer); run() }, REPAIR_DELAY_MS)
-    timers.add(timer)
+    if (!started) return
+    later(REPAIR_DELAY_MS * (1 + Math.random()), () => {
+      wanted = true
+      run()
+    })
   }
   subConn.on('ready', onReady)
-  run()
   return {
-    repairs: () => repairs,
+    start: () => {
+      if (started) return
+      started = true
+      wanted = true
+      run()
+    },
+    repairs: () => reads,
     close: () => {
       closed = true
       for (const timer of timers) clearTimeout(timer)

@@ -1,0 +1,114 @@
+/**
+ * The repair of aedes-persistence-redis' matcher of offline sessions (src/broker/upstream.ts, 19)
+ * against a stand-in for its Redis reads and the in-process emitter: what it hands the emitter as
+ * `$SYS/sub/add|rm` at start and after a reconnect, how broadcasts keep its copy (removals carry
+ * the topic only), broadcasts during a read, and a read that fails. The real thing, with Redis and
+ * two nodes, is test/subscription-repair.test.ts.
+ */
+import { EventEmitter } from 'node:events'
+import msgpack from 'msgpack-lite'
+import type { Redis } from 'ioredis'
+import { createEmitter, repairSubscriptionMatcher, SUBSCRIPTION_ADD_TOPIC, SUBSCRIPTION_RM_TOPIC } from '../../src/broker/upstream.js'
+import { createLogger } from '../../src/log.js'
+import { waitUntil } from '../../scripts/lib/procs.js'
+
+type Subs = Record<string, Record<string, number>>
+
+function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, onRead: (f: () => void) => void, seen: string[], mq: { emit: (m: object) => void }, subConn: EventEmitter & { status: string }, broadcast: (add: boolean, clientId: string, subs: object[]) => void } {
+  const redis: Subs = structuredClone(initial)
+  let failures = 0
+  let duringRead = (): void => {}
+  const conn = {
+    sscan: async (_key: string, cursor: string) => {
+      if (failures > 0) {
+        failures--
+        throw new Error('Connection is closed.')
+      }
+      // two steps, to have broadcasts land between them
+      const ids = Object.keys(redis)
+      if (cursor === '0') return ['1', ids.slice(0, 1)]
+      duringRead()
+      duringRead = () => {}
+      return ['0', ids.slice(1)]
+    },
+    hgetallBuffer: async (key: string) => {
+      const id = decodeURIComponent(key.slice('client:'.length))
+      return Object.fromEntries(Object.entries(redis[id] ?? {}).map(([topic, qos]) => [topic, msgpack.encode({ topic, qos, rh: 0 })]))
+    }
+  }
+  const mq = createEmitter() as { on: (t: string, f: (p: { topic: string, payload: unknown }, cb: () => void) => void) => void, emit: (m: object) => void }
+  const seen: string[] = []
+  mq.on('$SYS/sub/+', (packet, cb) => {
+    const { clientId, subs } = JSON.parse(String(packet.payload)) as { clientId: string, subs: Array<{ topic: string, qos?: number }> }
+    seen.push(`${packet.topic === SUBSCRIPTION_ADD_TOPIC ? 'add' : 'rm'} ${clientId} ${subs.map(s => s.qos === undefined ? s.topic : `${s.topic}@${s.qos}`).join(',')}`)
+    cb()
+  })
+  const subConn = Object.assign(new EventEmitter(), { status: 'ready' })
+  const repair = repairSubscriptionMatcher(mq, conn as unknown as Redis, subConn as unknown as Redis, createLogger('silent'))
+  afterEachClose.push(() => { repair.close() })
+  started = repair
+  return {
+    redis,
+    failNext: (n) => { failures = n },
+    onRead: (f) => { duringRead = f },
+    seen,
+    mq,
+    subConn,
+    // a broadcast as aedes-persistence sends it (a removal names the topics only)
+    broadcast: (add, clientId, subs) => { mq.emit({ topic: add ? SUBSCRIPTION_ADD_TOPIC : SUBSCRIPTION_RM_TOPIC, payload: Buffer.from(JSON.stringify({ clientId, subs })) }) }
+  }
+}
+
+let started: ReturnType<typeof repairSubscriptionMatcher> | undefined
+const afterEachClose: Array<() => void> = []
+afterEach(() => { for (const f of afterEachClose.splice(0)) f() })
+
+async function reconnect (subConn: EventEmitter, seen: string[], reads: number): Promise<void> {
+  seen.length = 0
+  subConn.emit('ready')
+  await waitUntil(() => (started?.repairs() ?? 0) >= reads, 5000, `read ${reads}`)
+}
+
+test('the first read hands the matcher every QoS 1 subscription in Redis; a reconnect hands it what it missed, both ways', async () => {
+  const { redis, seen, subConn, broadcast } = setup({ 'a:1': { 'im/u/a/m': 1, 'im/u/a/x': 0 }, 'b:1': { 'im/u/b/m': 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  expect(seen.sort()).toStrictEqual(['add a:1 im/u/a/m@1', 'add b:1 im/u/b/m@1'])
+  // heard: c subscribes, then unsubscribes (the removal names the topic only)
+  redis['c:1'] = { 'ch/1': 1 }
+  broadcast(true, 'c:1', [{ topic: 'ch/1', qos: 1 }])
+  delete redis['c:1']
+  broadcast(false, 'c:1', [{ topic: 'ch/1' }])
+  // missed (the link down): c subscribes again, b unsubscribes, a moves to QoS 0
+  redis['c:1'] = { 'ch/1': 1 }
+  delete redis['b:1']
+  redis['a:1'] = { 'im/u/a/m': 0 }
+  await reconnect(subConn, seen, 2)
+  expect(seen.sort()).toStrictEqual(['add c:1 ch/1@1', 'rm a:1 im/u/a/m', 'rm b:1 im/u/b/m'])
+  // nothing missed: nothing handed over
+  await reconnect(subConn, seen, 3)
+  expect(seen).toStrictEqual([])
+})
+
+test('broadcasts during a read are applied on top of it, in order; a read that fails is done again', async () => {
+  const { redis, seen, subConn, broadcast, onRead, failNext } = setup({ 'a:1': { t1: 1 }, 'b:1': { t2: 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // missed: d subscribed
+  redis['d:1'] = { t4: 1 }
+  // during the next read (after its first step): b unsubscribes, e subscribes (in Redis first, as the persistence does)
+  onRead(() => {
+    delete redis['b:1']
+    broadcast(false, 'b:1', [{ topic: 't2' }])
+    redis['e:1'] = { t5: 1 }
+    broadcast(true, 'e:1', [{ topic: 't5', qos: 1 }])
+  })
+  // the first try fails (Redis not back yet on that connection): tried again after a second
+  failNext(1)
+  const t0 = Date.now()
+  subConn.emit('ready')
+  await waitUntil(() => started?.repairs() === 2, 5000, 'the read after the failed one')
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(1000)
+  // the broadcasts themselves reached the emitter (as the matcher saw them); the repair added d only
+  expect(seen.filter(l => l.includes('d:1') || l.includes('e:1') || l.includes('b:1'))).toStrictEqual(['add b:1 t2@1', 'rm b:1 t2', 'add e:1 t5@1', 'add d:1 t4@1'])
+})
