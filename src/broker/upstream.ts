@@ -938,22 +938,24 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
 type Notify = (packet: { topic: string, payload: unknown }, cb: () => void) => void
 /** A subscription as aedes-persistence-redis 11 keeps it (msgpack in the session's hash) and broadcasts it. */
 interface StoredSubscription { topic: string, qos: number, [field: string]: unknown }
-/** What the matcher holds (QoS > 0 only, see repairSubscriptionMatcher): clientId -> topic -> subscription. */
-type MatcherState = Map<string, Map<string, StoredSubscription>>
+/** QoS > 0 subscriptions (what the matcher holds, see repairSubscriptionMatcher): clientId -> topic -> V. */
+type MatcherState<V> = Map<string, Map<string, V>>
 
 /** Applies one `$SYS/sub/add|rm` broadcast to `state` as BroadcastPersistence applies it to its trie. */
-function applySubscriptionBroadcast (state: MatcherState, add: boolean, clientId: string, subs: readonly StoredSubscription[]): void {
+function applySubscriptionBroadcast<V> (state: MatcherState<V>, add: boolean, clientId: string, subs: readonly StoredSubscription[], value: (sub: StoredSubscription) => V): void {
   let topics = state.get(clientId)
   for (const sub of subs) {
     if (add && sub.qos > 0) {
       if (topics === undefined) state.set(clientId, topics = new Map())
-      topics.set(sub.topic, sub)
+      topics.set(sub.topic, value(sub))
     } else {
       topics?.delete(sub.topic)
     }
   }
   if (topics !== undefined && topics.size === 0) state.delete(clientId)
 }
+const asQos = (sub: StoredSubscription): number => sub.qos
+const asIs = (sub: StoredSubscription): StoredSubscription => sub
 
 /**
  * The subscription broadcasts' payload ({clientId, subs}), or null when it is not one. An add's
@@ -987,6 +989,8 @@ const REPAIR_DELAY_MS = 250
 /** A read that failed is tried again after this long, doubling up to REPAIR_RETRY_MAX_MS. */
 const REPAIR_RETRY_MS = 1000
 const REPAIR_RETRY_MAX_MS = 30_000
+/** Removals remembered until the first read (beyond: not remembered; the node's restart rebuilds). */
+const REMOVED_EARLY_MAX = 100_000
 
 export interface SubscriptionMatcherRepair {
   /** Called once the persistence's own start-up build of its trie is done: the first read. */
@@ -1009,58 +1013,73 @@ export interface SubscriptionMatcherRepair {
  * connection, every session's subscriptions are read from Redis (REPAIR_PAGE at a time, on `conn`,
  * not the broker's; the broadcasts that arrive meanwhile are applied on top, in order: Redis is
  * written before a broadcast is sent), and the difference is handed to this node's own emitter as
- * `$SYS/sub/add|rm`, which the trie applies (the first read hands it every subscription: adding
- * one it has replaces it). A read that fails is tried again (REPAIR_RETRY_MS, doubling). Only
+ * `$SYS/sub/add|rm`, which the trie applies (the first read hands it every subscription, adding
+ * one it has replaces it, and the removals broadcast before it that Redis agrees with). The
+ * hand-over yields every REPAIR_PAGE sessions, applying the broadcasts that came meanwhile. A
+ * read that fails is tried again (REPAIR_RETRY_MS, doubling). Only
  * QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the trie (the
  * start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
- * subscription of a persistent session (the read makes a second copy while it runs).
+ * subscription of a persistent session (its QoS; the read makes a copy of the subscriptions while it runs).
  */
 export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger): SubscriptionMatcherRepair {
   const emitter = mq as { on: (topic: string, notify: Notify, done?: () => void) => void, removeListener: (topic: string, notify: Notify, done?: () => void) => void }
   const emitLocal = localEmitter(mq)
-  const held: MatcherState = new Map()
+  /** The copy of what the trie holds (QoS of each subscription). */
+  const held: MatcherState<number> = new Map()
+  /**
+   * Until the first read: the subscriptions broadcast as removed (while the trie was being built it
+   * may have missed those), handed to the trie as removed by the first read if Redis agrees.
+   */
+  let removedEarly: MatcherState<true> | null = new Map()
+  let removedEarlyCount = 0
   /** The broadcasts that arrived since a read of Redis started, in order. */
   let during: Array<[boolean, string, StoredSubscription[]]> | null = null
   const onBroadcast: Notify = (packet, cb) => {
     const add = packet.topic === SUBSCRIPTION_ADD_TOPIC
     const message = add || packet.topic === SUBSCRIPTION_RM_TOPIC ? subscriptionBroadcast(packet.payload, add) : null
     if (message !== null) {
-      applySubscriptionBroadcast(held, add, message.clientId, message.subs)
+      applySubscriptionBroadcast(held, add, message.clientId, message.subs, asQos)
       during?.push([add, message.clientId, message.subs])
+      if (removedEarly !== null) {
+        for (const sub of message.subs) {
+          const gone = !add || sub.qos === 0
+          if (gone && removedEarlyCount < REMOVED_EARLY_MAX) {
+            let topics = removedEarly.get(message.clientId)
+            if (topics === undefined) removedEarly.set(message.clientId, topics = new Map())
+            if (!topics.has(sub.topic)) removedEarlyCount++
+            topics.set(sub.topic, true)
+          } else if (!gone && removedEarly.get(message.clientId)?.delete(sub.topic) === true) {
+            removedEarlyCount--
+          }
+        }
+      }
     }
     cb()
   }
   emitter.on('$SYS/sub/+', onBroadcast)
 
-  /** What the trie should hold: Redis, then the broadcasts that came during the read. */
-  const truth = async (): Promise<MatcherState> => {
-    const events: Array<[boolean, string, StoredSubscription[]]> = []
-    during = events
-    try {
-      const state: MatcherState = new Map()
-      let cursor = '0'
-      do {
-        const [next, clientIds] = await conn.sscan('clients', cursor, 'COUNT', REPAIR_PAGE)
-        cursor = next
-        const hashes = await Promise.all(clientIds.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
-        clientIds.forEach((clientId, i) => {
-          const subs: StoredSubscription[] = []
-          for (const value of Object.values(hashes[i] ?? {})) {
-            try {
-              const sub = msgpack.decode(value) as StoredSubscription | null
-              if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
-            } catch {
-              // not one of the persistence's entries: skipped (its start-up build throws on it)
-            }
+  /** Every session's QoS 1 subscriptions in Redis (the broadcasts meanwhile recorded in `events`). */
+  const readRedis = async (): Promise<MatcherState<StoredSubscription>> => {
+    const state: MatcherState<StoredSubscription> = new Map()
+    let cursor = '0'
+    do {
+      const [next, clientIds] = await conn.sscan('clients', cursor, 'COUNT', REPAIR_PAGE)
+      cursor = next
+      const hashes = await Promise.all(clientIds.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
+      clientIds.forEach((clientId, i) => {
+        const subs: StoredSubscription[] = []
+        for (const value of Object.values(hashes[i] ?? {})) {
+          try {
+            const sub = msgpack.decode(value) as StoredSubscription | null
+            if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
+          } catch {
+            // not one of the persistence's entries: skipped (its start-up build throws on it)
           }
-          applySubscriptionBroadcast(state, true, clientId, subs)
-        })
-      } while (cursor !== '0')
-      for (const [add, clientId, subs] of events) applySubscriptionBroadcast(state, add, clientId, subs)
-      return state
-    } finally {
-      during = null
-    }
+        }
+        applySubscriptionBroadcast(state, true, clientId, subs, asIs)
+      })
+    } while (cursor !== '0')
+    return state
   }
 
   let reads = 0
@@ -1072,33 +1091,59 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
   const timers = new Set<NodeJS.Timeout>()
   const later = (ms: number, f: () => void): void => {
     const timer = setTimeout(() => { timers.delete(timer); f() }, ms)
+    timer.unref()
     timers.add(timer)
   }
   const sync = async (): Promise<void> => {
-    const state = await truth()
-    if (closed) return
-    // the first read: every subscription, as the trie may have missed broadcasts while it was built
-    const everything = reads === 0
-    let added = 0
-    let removed = 0
-    for (const [clientId, topics] of state) {
-      const have = held.get(clientId)
-      const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic)?.qos !== sub.qos)
-      if (missing.length > 0) {
+    // behind the subscriptions ioredis sends again on a reconnect: a broadcast after them comes through
+    await subConn.ping().catch(() => {})
+    const events: Array<[boolean, string, StoredSubscription[]]> = []
+    during = events
+    try {
+      const state = await readRedis()
+      if (closed) return
+      // the broadcasts since the read began, on top of it (and, while handing over, those that come
+      // in between: both the copy and `state` then have them)
+      const catchUp = (): void => {
+        for (const [add, clientId, subs] of events.splice(0)) applySubscriptionBroadcast(state, add, clientId, subs, asIs)
+      }
+      catchUp()
+      // the first read: every subscription, as the trie may have missed broadcasts while it was built
+      const everything = reads === 0
+      let added = 0
+      let removed = 0
+      let step = 0
+      for (const clientId of [...state.keys()]) {
+        if (++step % REPAIR_PAGE === 0) {
+          await new Promise(resolve => setImmediate(resolve))
+          if (closed) return
+          catchUp()
+        }
+        const topics = state.get(clientId)
+        if (topics === undefined) continue
+        const have = held.get(clientId)
+        const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic) !== sub.qos)
+        if (missing.length === 0) continue
         emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
         if (!everything) added += missing.length
       }
-    }
-    for (const [clientId, topics] of [...held]) {
-      const keep = state.get(clientId)
-      const gone = [...topics.keys()].filter(topic => keep?.has(topic) !== true).map(topic => ({ topic }))
-      if (gone.length > 0) {
+      catchUp()
+      const early = removedEarly ?? new Map<string, Map<string, true>>()
+      for (const clientId of new Set([...held.keys(), ...early.keys()])) {
+        const keep = state.get(clientId)
+        const topics = new Set([...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])])
+        const gone = [...topics].filter(topic => keep?.has(topic) !== true).map(topic => ({ topic }))
+        if (gone.length === 0) continue
         emitLocal(new Packet({ topic: SUBSCRIPTION_RM_TOPIC, payload: JSON.stringify({ clientId, subs: gone }) }))
-        removed += gone.length
+        if (!everything) removed += gone.length
       }
+      removedEarly = null
+      removedEarlyCount = 0
+      reads++
+      if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
+    } finally {
+      during = null
     }
-    reads++
-    if (!everything && added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
   }
   const run = (): void => {
     if (closed || loop !== null) return
@@ -1111,6 +1156,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
           await sync()
           retryMs = REPAIR_RETRY_MS
         } catch (err) {
+          if (closed) return
           logger.warn({ err, retryMs }, 'reading the sessions\' subscriptions from Redis failed; read again later')
           wanted = true
           await new Promise<void>(resolve => { later(retryMs, resolve) })

@@ -100,8 +100,14 @@ interface Pending {
   reject: (e: unknown) => void
   /** Other submits of the same key that arrived while this one was pending. */
   followers: Array<{ resolve: (r: SubmitResult) => void, reject: (e: unknown) => void }>
-  /** When it was submitted: it is answered (stored or UNAVAILABLE) about writeRetryMs later at the latest. */
+  /** When it was submitted. */
   at: number
+  /**
+   * When it could be written first: its submit, or the end of the hold of its conversation it was
+   * queued behind (see heldConversations). It is answered (stored or UNAVAILABLE) about
+   * writeRetryMs after this at the latest.
+   */
+  since: number
 }
 
 /** A seq and ts this process tried to store a key under, in a write whose outcome is unknown. */
@@ -256,7 +262,8 @@ export class Sequencer {
       })
     }
     return new Promise((resolve, reject) => {
-      const p: Pending = { draft, key, resolve, reject, followers: [], at: this.now() }
+      const at = this.now()
+      const p: Pending = { draft, key, resolve, reject, followers: [], at, since: at }
       this.pendingByKey.set(key, p)
       this.queue.push(p)
       this.schedule()
@@ -392,7 +399,7 @@ export class Sequencer {
 
   private schedule (): void {
     if (this.writing || this.timer !== null) return
-    if (this.queue.length >= this.opts.batchMaxMessages || this.opts.batchDelayMs === 0) {
+    if (this.writableQueued() >= this.opts.batchMaxMessages || this.opts.batchDelayMs === 0) {
       // at the end of this loop turn: whatever the turn's reads submitted is in the batch
       this.timer = { kind: 'immediate', handle: setImmediate(() => { this.timer = null; void this.flush() }) }
     } else {
@@ -407,7 +414,7 @@ export class Sequencer {
       for (let batch = this.takeBatch(); batch.length > 0; batch = this.takeBatch()) await this.writeBatch(batch)
     } finally {
       this.writing = false
-      if (this.queue.some(p => !this.heldConversations.has(p.draft.conversationId))) {
+      if (this.writableQueued() > 0) {
         this.schedule()
       } else if (this.queue.length === 0) {
         const waiters = this.idleWaiters
@@ -415,6 +422,14 @@ export class Sequencer {
         for (const w of waiters) w()
       }
     }
+  }
+
+  /** Queued messages that may be written now (not of a held conversation). */
+  private writableQueued (): number {
+    if (this.heldConversations.size === 0) return this.queue.length
+    let n = 0
+    for (const p of this.queue) if (!this.heldConversations.has(p.draft.conversationId)) n++
+    return n
   }
 
   /** The next batch: the oldest queued messages, those of held conversations left queued. */
@@ -492,11 +507,10 @@ export class Sequencer {
   }
 
   private async writeBatch (batch: Pending[]): Promise<void> {
-    // Counted from the oldest submit: messages queued behind a failing write do not wait for
-    // that write's retries and then for their own.
-    const first = batch[0]
-    if (first === undefined) return
-    const deadline = first.at + this.opts.writeRetryMs // the queue is in arrival order
+    // Counted from the oldest submit (or end of a hold): messages queued behind a failing write do
+    // not wait for that write's retries and then for their own.
+    if (batch.length === 0) return
+    const deadline = batch.reduce((t, p) => Math.min(t, p.since), Number.POSITIVE_INFINITY) + this.opts.writeRetryMs
     let attempt = 0
     let remaining = batch
     /** After a failed store call: false (senders answered UNAVAILABLE) past the deadline, else back off. */
@@ -511,7 +525,7 @@ export class Sequencer {
         // Queued messages whose time is up as well are answered now rather than after one more
         // failing attempt each (they were never written, so nothing of them can be stored).
         const now = this.now()
-        const expired = this.queue.filter(p => p.at + this.opts.writeRetryMs <= now && !this.uncertain.has(p.key))
+        const expired = this.queue.filter(p => p.since + this.opts.writeRetryMs <= now && !this.uncertain.has(p.key) && !this.heldConversations.has(p.draft.conversationId))
         if (expired.length > 0) {
           this.queue = this.queue.filter(p => !expired.includes(p))
           for (const p of expired) this.fail(p, error)
@@ -658,7 +672,7 @@ export class Sequencer {
           for (const f of p.followers) f.resolve({ message: { ...existing }, duplicate: true })
           return
         } catch (err) {
-          if (this.now() >= p.at + this.opts.writeRetryMs || this.closedAndStuck(attempt)) {
+          if (this.now() >= p.since + this.opts.writeRetryMs || this.closedAndStuck(attempt)) {
             this.fail(p, new ImError('UNAVAILABLE', 'message store unavailable; resend with the same msgId', { cause: err }))
             return
           }
@@ -693,7 +707,8 @@ export class Sequencer {
       if (anyUncertain) this.uncertain.delete(p.key)
       // a conversation whose delivery waits (order across nodes): its senders are answered once
       // it is delivered; the write loop goes on meanwhile
-      const after = held?.get(r.message.conversationId)
+      // (a resend found stored earlier was delivered then: answered at once)
+      const after = r.duplicate ? undefined : held?.get(r.message.conversationId)
       if (after === undefined) this.answer(p, r)
       else this.track(after.then(() => { this.answer(p, r) }))
     }
@@ -758,6 +773,9 @@ export class Sequencer {
         void done.catch(() => {}).then(() => {
           if (this.heldConversations.get(conv) !== done) return
           this.heldConversations.delete(conv)
+          // what waited for the hold gets its own writeRetryMs from now
+          const now = this.now()
+          for (const p of this.queue) if (p.draft.conversationId === conv) p.since = Math.max(p.since, now)
           this.schedule()
         })
       }

@@ -801,3 +801,37 @@ test('a conversation whose delivery is held (order across nodes) has its senders
   // after the hold, the two queued ones in one batch
   expect(batches).toStrictEqual([['slow1'], ['fast1'], ['slow2', 'slow3']])
 })
+
+test('a message queued behind a hold gets its writeRetryMs from the end of the hold: a store failure right after fails neither it nor a fresh message of another conversation', async () => {
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const delivery = {
+    committed: (messages: StoredMessage[]) => messages.some(m => m.conversationId === 'slow' && m.seq === 1) ? new Map([['slow', gate]]) : undefined
+  }
+  let failNext = false
+  const store = new Proxy(new MemoryMessageStore(), {
+    get (target, prop, receiver) {
+      if (prop === 'insertBatch') {
+        return async (docs: StoredMessage[]) => {
+          if (failNext) {
+            failNext = false
+            throw new Error('primary stepped down')
+          }
+          return await target.insertBatch(docs)
+        }
+      }
+      return Reflect.get(target, prop, receiver) as unknown
+    }
+  })
+  const seq = new Sequencer(store, delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 300, logger: createLogger('silent') })
+  const first = seq.submit(draft('slow', 'alice', 'a1'))
+  await sleep(20)
+  const queued = seq.submit(draft('slow', 'carol', 'c1'))
+  // held longer than writeRetryMs
+  await sleep(450)
+  failNext = true
+  release()
+  const fresh = seq.submit(draft('fresh', 'bob', 'b1'))
+  expect((await Promise.all([first, queued, fresh])).map(r => `${r.message.conversationId}${r.message.seq}`)).toStrictEqual(['slow1', 'slow2', 'fresh1'])
+  await seq.close()
+})

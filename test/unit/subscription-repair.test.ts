@@ -43,7 +43,7 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
     seen.push(`${packet.topic === SUBSCRIPTION_ADD_TOPIC ? 'add' : 'rm'} ${clientId} ${subs.map(s => s.qos === undefined ? s.topic : `${s.topic}@${s.qos}`).join(',')}`)
     cb()
   })
-  const subConn = Object.assign(new EventEmitter(), { status: 'ready' })
+  const subConn = Object.assign(new EventEmitter(), { status: 'ready', ping: async () => 'PONG' })
   const repair = repairSubscriptionMatcher(mq, conn as unknown as Redis, subConn as unknown as Redis, createLogger('silent'))
   afterEachClose.push(() => { repair.close() })
   started = repair
@@ -111,4 +111,31 @@ test('broadcasts during a read are applied on top of it, in order; a read that f
   expect(Date.now() - t0).toBeGreaterThanOrEqual(1000)
   // the broadcasts themselves reached the emitter (as the matcher saw them); the repair added d only
   expect(seen.filter(l => l.includes('d:1') || l.includes('e:1') || l.includes('b:1'))).toStrictEqual(['add b:1 t2@1', 'rm b:1 t2', 'add e:1 t5@1', 'add d:1 t4@1'])
+})
+
+test('removals broadcast before the first read (the trie may have missed them while it was built) are handed over by it when Redis agrees', async () => {
+  const { seen, broadcast } = setup({ 'a:1': { t1: 1 }, 'y:1': { yt: 1 } })
+  broadcast(false, 'z:1', [{ topic: 'zt' }])
+  // removed, then subscribed again: Redis has it, nothing to remove
+  broadcast(false, 'y:1', [{ topic: 'yt' }])
+  broadcast(true, 'y:1', [{ topic: 'yt', qos: 1 }])
+  seen.length = 0
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  expect(seen.sort()).toStrictEqual(['add a:1 t1@1', 'add y:1 yt@1', 'rm z:1 zt'])
+})
+
+test('broadcasts of one subscription during a read are applied in their order (removed, then made again: nothing to repair)', async () => {
+  const { redis, seen, subConn, broadcast, onRead } = setup({ 'a:1': { t1: 1 }, 'c:1': { ct: 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  onRead(() => {
+    delete redis['c:1']
+    broadcast(false, 'c:1', [{ topic: 'ct' }])
+    redis['c:1'] = { ct: 1 }
+    broadcast(true, 'c:1', [{ topic: 'ct', qos: 1 }])
+  })
+  await reconnect(subConn, seen, 2)
+  // the two broadcasts themselves, and no repair
+  expect(seen).toStrictEqual(['rm c:1 ct', 'add c:1 ct@1'])
 })
