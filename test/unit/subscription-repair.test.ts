@@ -39,7 +39,15 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
   const mq = createEmitter() as { on: (t: string, f: (p: { topic: string, payload: unknown }, cb: () => void) => void) => void, emit: (m: object) => void }
   const seen: string[] = []
   mq.on('$SYS/sub/+', (packet, cb) => {
-    const { clientId, subs } = JSON.parse(String(packet.payload)) as { clientId: string, subs: Array<{ topic: string, qos?: number }> }
+    let parsed: { clientId: string, subs: Array<{ topic: string, qos?: number }> }
+    try {
+      parsed = JSON.parse(String(packet.payload)) as typeof parsed
+      if (typeof parsed.clientId !== 'string' || !Array.isArray(parsed.subs) || !parsed.subs.every(s => typeof s?.topic === 'string')) throw new Error('not a broadcast')
+    } catch {
+      cb() // the malformed ones (test 'malformed ...'): not recorded
+      return
+    }
+    const { clientId, subs } = parsed
     seen.push(`${packet.topic === SUBSCRIPTION_ADD_TOPIC ? 'add' : 'rm'} ${clientId} ${subs.map(s => s.qos === undefined ? s.topic : `${s.topic}@${s.qos}`).join(',')}`)
     cb()
   })
@@ -138,4 +146,33 @@ test('broadcasts of one subscription during a read are applied in their order (r
   await reconnect(subConn, seen, 2)
   // the two broadcasts themselves, and no repair
   expect(seen).toStrictEqual(['rm c:1 ct', 'add c:1 ct@1'])
+})
+
+test('malformed subscription broadcasts (not JSON, wrong shapes, a huge payload) change nothing and throw nothing', async () => {
+  const { seen, subConn, mq } = setup({ 'a:1': { t1: 1 } })
+  const junk: unknown[] = [
+    Buffer.from('not json'), 'also not json', 42, null, undefined,
+    Buffer.from(JSON.stringify({ clientId: 7, subs: [] })),
+    Buffer.from(JSON.stringify({ clientId: 'x:1', subs: 'nope' })),
+    Buffer.from(JSON.stringify({ clientId: 'x:1', subs: [null, 3, { topic: 5, qos: 1 }, { qos: 1 }] })),
+    Buffer.from('['.repeat(100_000)),
+    Buffer.alloc(1024 * 1024, 'x')
+  ]
+  const flood = (): void => {
+    for (const payload of junk) {
+      for (const topic of ['$SYS/sub/add', '$SYS/sub/rm']) expect(() => { mq.emit({ topic, payload }) }).not.toThrow()
+    }
+    // an add without a QoS (a removal may name the topic only; an add may not)
+    mq.emit({ topic: '$SYS/sub/add', payload: Buffer.from(JSON.stringify({ clientId: 'x:1', subs: [{ topic: 'q' }] })) })
+  }
+  flood()
+  seen.length = 0 // what the stand-in recorded of the junk itself
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // the first read hands over Redis as it is: a:1 only
+  expect(seen).toStrictEqual(['add a:1 t1@1'])
+  flood()
+  // and the copy took none of it in: nothing to put right
+  await reconnect(subConn, seen, 2)
+  expect(seen).toStrictEqual([])
 })
