@@ -11,13 +11,13 @@
  * - Group commit: messages that arrive while a batch is being written (or within batchDelayMs)
  *   go into the next batch: one ordered insert for many senders and conversations.
  * - Gapless under failure: inserts are ordered and stop at the first conflict, so what is stored
- *   of a conversation is always a prefix of the seqs handed out; the unstored rest is re-queued
- *   and gets the same seqs again. A write that fails for another reason is retried with the
- *   same documents (safe: a stored one reports a clientMsgId conflict with its own seq) until
- *   writeRetryMs has passed; then the senders get UNAVAILABLE and the conversations' lastSeq is
- *   reloaded from the store before the next write. Whatever such an abandoned write did store
- *   ("orphans") is delivered, in seq order, when that lastSeq is reloaded; a later resend of it
- *   is then answered as a duplicate.
+ *   of a conversation is always a prefix of the seqs handed out; the unstored rest is written
+ *   next (that of a conversation whose delivery was just held: after the hold). A write that
+ *   fails for another reason is retried with the same documents (safe: a stored one reports a
+ *   clientMsgId conflict with its own seq) until writeRetryMs has passed; then the senders get
+ *   UNAVAILABLE and the conversations' lastSeq is reloaded from the store before the next write.
+ *   Whatever such an abandoned write did store ("orphans") is delivered, in seq order, when that
+ *   lastSeq is reloaded; a later resend of it is then answered as a duplicate.
  */
 import { LRUCache } from 'lru-cache'
 import { ImError } from '../errors.js'
@@ -628,6 +628,18 @@ export class Sequencer {
       }
       await this.commit(stored, resolved, before)
       remaining = rest
+      // After a conflict, the rest of a conversation that commit just held goes back to the front
+      // of the queue: it is written after the hold, as one block with what queued behind it (per
+      // conversation it stays ahead of that: the batch was taken in queue order). The others are
+      // retried at once. (Putting the whole rest back to ride with what arrived meanwhile was
+      // measured worse: bigger batches met more conflicts, 0.5 → 0.87 per commit in the cluster soak.)
+      if (remaining.length > 0 && this.heldConversations.size > 0) {
+        const waiting = remaining.filter(p => this.heldConversations.has(p.draft.conversationId))
+        if (waiting.length > 0) {
+          remaining = remaining.filter(p => !this.heldConversations.has(p.draft.conversationId))
+          this.queue.unshift(...waiting)
+        }
+      }
       if (lookupError !== undefined && remaining.length > 0 && !(await backOff(lookupError))) return
     }
   }

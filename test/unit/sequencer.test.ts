@@ -835,3 +835,38 @@ test('a message queued behind a hold gets its writeRetryMs from the end of the h
   expect((await Promise.all([first, queued, fresh])).map(r => `${r.message.conversationId}${r.message.seq}`)).toStrictEqual(['slow1', 'slow2', 'fresh1'])
   await seq.close()
 })
+
+describe('after a seq conflict', () => {
+  test('a conversation that the conflicting batch left held is not written with the rest: its next message waits for the hold, the rest goes on', async () => {
+    let release = (): void => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    const batches: string[][] = []
+    const delivery = {
+      committed: (messages: StoredMessage[]) => {
+        batches.push(messages.map(m => `${m.conversationId}${m.seq}`))
+        return messages.some(m => m.conversationId === 'slow' && m.seq === 1) ? new Map([['slow', gate]]) : undefined
+      }
+    }
+    const store = new FaultyMessageStore()
+    let conflicted = false
+    store.beforeInsert = async () => {
+      if (conflicted) return
+      conflicted = true
+      await store.otherNodeInsert('x', 1)
+    }
+    const seq = new Sequencer(store, delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 60_000, logger: createLogger('silent') })
+    const answered: string[] = []
+    const sent = [draft('slow', 'alice', 'a1'), draft('x', 'bob', 'b1'), draft('slow', 'carol', 'c1')]
+      .map(d => seq.submit(d).then(r => { answered.push(`${r.message.conversationId}${r.message.seq}`) }))
+    await sleep(30)
+    // slow1 stored and held; x's conflict retried at once; slow's next one queued behind the hold
+    expect(batches).toStrictEqual([['slow1'], ['x2']])
+    expect(store.insertBatchSizes).toStrictEqual([3, 1])
+    expect(answered).toStrictEqual(['x2'])
+    release()
+    await Promise.all(sent)
+    expect(batches).toStrictEqual([['slow1'], ['x2'], ['slow2']])
+    expect(answered).toStrictEqual(['x2', 'slow1', 'slow2'])
+    await seq.close()
+  })
+})
