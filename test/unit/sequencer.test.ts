@@ -870,3 +870,25 @@ describe('after a seq conflict', () => {
     await seq.close()
   })
 })
+
+test('a write given up while its outcome is unknown: the conversations it may have stored in are reloaded before their next write, so what it stored is delivered before what comes next (found in review: b1 at seq 1 after b2 at seq 2)', async () => {
+  const store = new FaultyMessageStore()
+  const h = new Harness(store, { writeRetryMs: 50, recentMax: 0 })
+  // both stored, then the call throws (unknown outcome); on the retry x1's key conflicts and the
+  // lookup of where it went fails: past writeRetryMs, both are answered UNAVAILABLE
+  store.failInserts(1, { storePrefix: 2 })
+  store.beforeInsert = async (messages) => {
+    if (messages.length === 2 && store.pendingFaults() === 0) store.setDown(true, ['range'])
+  }
+  const first = await Promise.allSettled([h.submit(draft('c1', 'u', 'x1')), h.submit(draft('c2', 'u', 'b1'))])
+  expect(first.map(r => r.status)).toStrictEqual(['rejected', 'rejected'])
+  expect((await store.all('c2')).map(m => `${m.clientMsgId}@${m.seq}`)).toStrictEqual(['b1@1'])
+  store.setDown(false)
+  store.beforeInsert = null
+  const next = await h.submit(draft('c2', 'u', 'b2'))
+  expect(next.message.seq).toBe(2)
+  // b1 (stored by the write given up) is delivered, and before b2
+  expect(h.delivered.filter(m => m.conversationId === 'c2').map(m => `${m.clientMsgId}@${m.seq}`)).toStrictEqual(['b1@1', 'b2@2'])
+  expect(h.outOfOrder).toStrictEqual([])
+  await h.sequencer.close()
+})
