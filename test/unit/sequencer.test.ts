@@ -761,7 +761,8 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
   })
 })
 
-test('a conversation whose delivery is held (order across nodes) has its senders answered once it is delivered, and its next messages written after it as one block; the write loop, and the other conversations, go on meanwhile; close waits for them', async () => {
+/** A commit listener that records each batch ("conv" + seq) and holds 'slow' seq 1's delivery until release(). */
+function holdingSlow (): { delivery: { committed: (messages: StoredMessage[]) => Map<string, Promise<void>> | undefined }, batches: string[][], release: () => void } {
   let release = (): void => {}
   const gate = new Promise<void>(resolve => { release = resolve })
   const batches: string[][] = []
@@ -772,6 +773,11 @@ test('a conversation whose delivery is held (order across nodes) has its senders
       return messages.some(m => m.conversationId === 'slow' && m.seq === 1) ? new Map([['slow', gate]]) : undefined
     }
   }
+  return { delivery, batches, release }
+}
+
+test('a conversation whose delivery is held (order across nodes) has its senders answered once it is delivered, and its next messages written after it as one block; the write loop, and the other conversations, go on meanwhile; close waits for them', async () => {
+  const { delivery, batches, release } = holdingSlow()
   const store = new MemoryMessageStore()
   const seq = new Sequencer(store, delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 60_000, logger: createLogger('silent') })
   const answered: string[] = []
@@ -838,15 +844,7 @@ test('a message queued behind a hold gets its writeRetryMs from the end of the h
 
 describe('after a seq conflict', () => {
   test('a conversation that the conflicting batch left held is not written with the rest: its next message waits for the hold, the rest goes on', async () => {
-    let release = (): void => {}
-    const gate = new Promise<void>(resolve => { release = resolve })
-    const batches: string[][] = []
-    const delivery = {
-      committed: (messages: StoredMessage[]) => {
-        batches.push(messages.map(m => `${m.conversationId}${m.seq}`))
-        return messages.some(m => m.conversationId === 'slow' && m.seq === 1) ? new Map([['slow', gate]]) : undefined
-      }
-    }
+    const { delivery, batches, release } = holdingSlow()
     const store = new FaultyMessageStore()
     let conflicted = false
     store.beforeInsert = async () => {
