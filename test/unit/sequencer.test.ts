@@ -21,7 +21,7 @@ import type { StoredMessage } from '../../src/store/types.js'
 import { FaultyMessageStore } from '../helpers/faulty-store.js'
 import { MemoryMessageStore } from '../../src/store/messages-memory.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
-import { sleep } from '../../scripts/lib/procs.js'
+import { sleep, waitUntil } from '../../scripts/lib/procs.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
 function prng (seed: number): () => number {
@@ -856,7 +856,7 @@ describe('after a seq conflict', () => {
     const answered: string[] = []
     const sent = [draft('slow', 'alice', 'a1'), draft('x', 'bob', 'b1'), draft('slow', 'carol', 'c1')]
       .map(d => seq.submit(d).then(r => { answered.push(`${r.message.conversationId}${r.message.seq}`) }))
-    await sleep(30)
+    await waitUntil(() => answered.length > 0, 5000, 'the first answer')
     // slow1 stored and held; x's conflict retried at once; slow's next one queued behind the hold
     expect(batches).toStrictEqual([['slow1'], ['x2']])
     expect(store.insertBatchSizes).toStrictEqual([3, 1])
