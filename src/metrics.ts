@@ -19,6 +19,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { isOpName } from './protocol/schemas.js'
+import type { SubscriptionRepairStats } from './broker/upstream.js'
 
 export interface MetricsOptions {
   enabled: boolean
@@ -31,6 +32,8 @@ export interface MetricsSources {
   slowConsumersCut: () => number
   floodsCut: () => number
   tarpitted: () => number
+  /** Cluster: the repairs of the matcher of offline sessions after a Redis break (src/broker/upstream.ts, 19). */
+  subscriptionRepair?: () => SubscriptionRepairStats | null
 }
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
@@ -87,6 +90,16 @@ export class Metrics {
     gauge('mqim_slow_consumers_cut_total', 'Connections closed for not reading (since start)', sources.slowConsumersCut)
     gauge('mqim_request_floods_cut_total', 'Connections closed for flooding requests beyond the rate (since start)', sources.floodsCut)
     gauge('mqim_tarpitted_connections', 'Connections held unread during a login backoff', sources.tarpitted)
+    const repair = sources.subscriptionRepair
+    if (repair !== undefined && repair() !== null) {
+      const stat = (key: keyof SubscriptionRepairStats) => (): number => repair()?.[key] ?? 0
+      gauge('mqim_subscription_repairs_total', 'Cluster: reads of every session\'s subscriptions from Redis (one at start, one after each reconnect of the subscriber connection)', stat('reads'))
+      gauge('mqim_subscription_repair_failures_total', 'Cluster: reads of the sessions\' subscriptions that failed (each tried again, backing off to 30 s)', stat('failures'))
+      gauge('mqim_subscription_repair_added_total', 'Cluster: subscriptions this node had missed (their broadcast lost while its Redis link was down) and a repair added to its matcher of offline sessions', stat('added'))
+      gauge('mqim_subscription_repair_removed_total', 'Cluster: subscriptions gone from Redis that this node still matched (a lost broadcast) and a repair removed', stat('removed'))
+      gauge('mqim_subscription_repair_last_sessions', 'Cluster: persistent sessions with QoS 1 subscriptions that the last repair found in Redis', stat('lastSessions'))
+      gauge('mqim_subscription_repair_last_seconds', 'Cluster: how long the last repair took, reading Redis and handing the differences over', stat('lastSeconds'))
+    }
   }
 
   /**

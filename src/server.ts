@@ -230,7 +230,8 @@ export class MqimServer {
       sessions: () => sessions.size,
       slowConsumersCut: () => sessions.slowConsumersCut,
       floodsCut: () => sessions.floodsCut,
-      tarpitted: () => listeners.tarpitted
+      tarpitted: () => listeners.tarpitted,
+      subscriptionRepair: backends.matcherStats
     })
     const http = await createHttpApp({ ...config.http, ...(objects.routes === null ? {} : { bodyTimeoutMs: config.files.uploadTimeoutMs }) }, {
       logger,

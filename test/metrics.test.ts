@@ -12,6 +12,7 @@ import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
 import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
+import { valueOf } from './helpers/metrics.js'
 
 const TOKEN = 'scrape-token-0123456789'
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -27,12 +28,6 @@ async function scrape (server: MqimServer, options: { localAddress?: string, aut
     })
     req.on('error', reject)
   })
-}
-
-/** The value of one series (`name{labels}` exactly as printed), or undefined. */
-function valueOf (text: string, series: string): number | undefined {
-  const line = text.split('\n').find(l => l.startsWith(series + ' '))
-  return line === undefined ? undefined : Number(line.slice(series.length + 1))
 }
 
 describe('metrics', () => {
@@ -68,6 +63,8 @@ describe('metrics', () => {
     // an unknown operation name is not a label value of its own
     expect(requests('unknown', 'UNKNOWN_OP')).toBe(1)
     expect(body).not.toContain('no-such-op')
+    // one node: no Redis, no subscription repairs (those series are a cluster's)
+    expect(body).not.toContain('mqim_subscription_repair')
     // 10 messages to both members of a direct conversation
     expect(valueOf(body, 'mqim_deliveries_total')).toBe(20)
     expect(valueOf(body, 'mqim_send_commit_seconds_count')).toBe(10)

@@ -15,8 +15,16 @@ import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, waitUntil } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { redisQueueKey } from '../src/broker/upstream.js'
+import { valueOf } from './helpers/metrics.js'
 
 const REDIS_DB = 11
+
+/** GET /metrics from loopback. */
+async function scrapeMetrics (server: MqimServer): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${server.ports.http}/metrics`)
+  expect(res.status).toBe(200)
+  return await res.text()
+}
 
 interface RedisEmitter { subConn: Redis, _subTopic: (topic: string) => string }
 
@@ -72,6 +80,15 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
     const before = n2.internals.backends.matcherRepairs()
     mq2.subConn.disconnect(true)
     await waitUntil(() => n2.internals.backends.matcherRepairs() > before, 15_000, 'n2 to repair its matcher after the reconnect')
+    // what the repair did, on /metrics for the on-call engineer: the phone's and the watch's
+    // subscriptions added, the tablet's removed
+    const metrics = await scrapeMetrics(n2)
+    expect(valueOf(metrics, 'mqim_subscription_repairs_total')).toBe(before + 1)
+    expect(valueOf(metrics, 'mqim_subscription_repair_added_total')).toBe(2)
+    expect(valueOf(metrics, 'mqim_subscription_repair_removed_total')).toBe(1)
+    expect(valueOf(metrics, 'mqim_subscription_repair_failures_total')).toBe(0)
+    expect(valueOf(metrics, 'mqim_subscription_repair_last_sessions')).toBeGreaterThanOrEqual(2)
+    expect(valueOf(metrics, 'mqim_subscription_repair_last_seconds')).toBeGreaterThan(0)
     await send('repaired')
     expect(await queues()).toStrictEqual({ phone: 1, tablet: 1, watch: 1 })
     // and the phone gets it from its queue when it comes back

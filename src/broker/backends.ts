@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -18,6 +18,8 @@ export interface BrokerBackends {
   brokerStarted: () => void
   /** Cluster: the reads of Redis that checked that matcher (at start, then after each break in the Redis link). */
   matcherRepairs: () => number
+  /** What the matcher's repairs did (cluster only; null on one node). */
+  matcherStats: () => SubscriptionRepairStats | null
   /** A Redis connection for mqim's own use (presence, rate limits, health), or null on the embedded default. */
   redis: Redis | null
   /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
@@ -43,6 +45,7 @@ export function createBrokerBackends (
       redis: null,
       brokerStarted: () => {},
       matcherRepairs: () => 0,
+      matcherStats: () => null,
       available: () => true,
       connectedSince: () => 0,
       close: async () => {}
@@ -93,6 +96,7 @@ export function createBrokerBackends (
     redis,
     brokerStarted: matcher.start,
     matcherRepairs: matcher.repairs,
+    matcherStats: matcher.stats,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
     connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,

@@ -997,7 +997,23 @@ export interface SubscriptionMatcherRepair {
   start: () => void
   /** Reads of Redis done (the first, then one after each reconnect of the subscriber connection). */
   repairs: () => number
+  /** What the reads did, for /metrics. */
+  stats: () => SubscriptionRepairStats
   close: () => void
+}
+
+/** Counts since start (see repairSubscriptionMatcher). */
+export interface SubscriptionRepairStats {
+  /** Reads of Redis done. */
+  reads: number
+  /** Reads that failed (each tried again later). */
+  failures: number
+  /** Subscriptions handed to the matcher by the reads after the first (missed broadcasts), added and removed. */
+  added: number
+  removed: number
+  /** Sessions with QoS 1 subscriptions the last read found, and how long it took (seconds, reading and handing over). */
+  lastSessions: number
+  lastSeconds: number
 }
 
 /**
@@ -1083,6 +1099,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
   }
 
   let reads = 0
+  const stats: SubscriptionRepairStats = { reads: 0, failures: 0, added: 0, removed: 0, lastSessions: 0, lastSeconds: 0 }
   let started = false
   let closed = false
   /** A read is wanted (start, a reconnect, a failed read), and the loop that does them. */
@@ -1099,8 +1116,10 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     await subConn.ping().catch(() => {})
     const events: Array<[boolean, string, StoredSubscription[]]> = []
     during = events
+    const began = performance.now()
     try {
       const state = await readRedis()
+      const sessions = state.size
       if (closed) return
       // the broadcasts since the read began, on top of it (and, while handing over, those that come
       // in between: both the copy and `state` then have them)
@@ -1140,6 +1159,11 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       removedEarly = null
       removedEarlyCount = 0
       reads++
+      stats.reads = reads
+      stats.added += added
+      stats.removed += removed
+      stats.lastSessions = sessions
+      stats.lastSeconds = (performance.now() - began) / 1000
       if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
     } finally {
       during = null
@@ -1157,6 +1181,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
           retryMs = REPAIR_RETRY_MS
         } catch (err) {
           if (closed) return
+          stats.failures++
           logger.warn({ err, retryMs }, 'reading the sessions\' subscriptions from Redis failed; read again later')
           wanted = true
           await new Promise<void>(resolve => { later(retryMs, resolve) })
@@ -1187,6 +1212,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       run()
     },
     repairs: () => reads,
+    stats: () => ({ ...stats }),
     close: () => {
       closed = true
       for (const timer of timers) clearTimeout(timer)

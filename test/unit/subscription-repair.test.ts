@@ -93,9 +93,13 @@ test('the first read hands the matcher every QoS 1 subscription in Redis; a reco
   redis['a:1'] = { 'im/u/a/m': 0 }
   await reconnect(subConn, seen, 2)
   expect(seen.sort()).toStrictEqual(['add c:1 ch/1@1', 'rm a:1 im/u/a/m', 'rm b:1 im/u/b/m'])
+  // counted for /metrics: the first read's hand-over is not a correction, this one's are
+  expect(started?.stats()).toMatchObject({ reads: 2, failures: 0, added: 1, removed: 2, lastSessions: 1 })
   // nothing missed: nothing handed over
   await reconnect(subConn, seen, 3)
   expect(seen).toStrictEqual([])
+  expect(started?.stats()).toMatchObject({ reads: 3, failures: 0, added: 1, removed: 2 })
+  expect(started?.stats().lastSeconds).toBeGreaterThan(0)
 })
 
 test('broadcasts during a read are applied on top of it, in order; a read that fails is done again', async () => {
@@ -119,6 +123,7 @@ test('broadcasts during a read are applied on top of it, in order; a read that f
   expect(Date.now() - t0).toBeGreaterThanOrEqual(1000)
   // the broadcasts themselves reached the emitter (as the matcher saw them); the repair added d only
   expect(seen.filter(l => l.includes('d:1') || l.includes('e:1') || l.includes('b:1'))).toStrictEqual(['add b:1 t2@1', 'rm b:1 t2', 'add e:1 t5@1', 'add d:1 t4@1'])
+  expect(started?.stats()).toMatchObject({ reads: 2, failures: 1, added: 1, removed: 0 })
 })
 
 test('removals broadcast before the first read (the trie may have missed them while it was built) are handed over by it when Redis agrees', async () => {
