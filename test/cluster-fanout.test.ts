@@ -13,6 +13,7 @@ import { redisUrl } from './helpers/db.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import { redisQueueKey } from '../src/broker/upstream.js'
 import { FAN_TOPIC } from '../src/protocol/topics.js'
+import { emitterChannel } from '../src/broker/upstream.js'
 import type { MqimServer } from '../src/server.js'
 
 const REDIS_DB = 3
@@ -39,14 +40,14 @@ describe('fan-out across two nodes', () => {
     sub = new Redis(redisUrl())
     sub.on('pmessageBuffer', (_pattern: Buffer, channel: Buffer) => { perUser.push(channel.toString()) })
     sub.on('messageBuffer', (channel: Buffer, message: Buffer) => {
-      if (channel.toString() !== FAN_TOPIC) return
+      if (channel.toString() !== emitterChannel(REDIS_DB, FAN_TOPIC)) return
       try {
         const { msg } = msgpack.decode(message) as { msg: { topics?: unknown, counters: number[], qos: number } }
         if (Array.isArray(msg.topics) && msg.topics.some(t => typeof t === 'string' && t.startsWith('im/u/fo.'))) fanned.push({ topics: msg.topics as string[], counters: msg.counters, qos: msg.qos })
       } catch {}
     })
-    await sub.psubscribe('im/u/fo.*')
-    await sub.subscribe(FAN_TOPIC)
+    await sub.psubscribe(emitterChannel(REDIS_DB, 'im/u/fo.*'))
+    await sub.subscribe(emitterChannel(REDIS_DB, FAN_TOPIC))
   }, 60_000)
   afterEach(async () => { await Promise.allSettled(clients.splice(0).map(async c => await c.end())) })
   afterAll(async () => {
@@ -113,7 +114,7 @@ describe('fan-out across two nodes', () => {
         msgpack.encode({ id: 'x4', msg: { topic: FAN_TOPIC, payload, qos: 2, brokerId: 'evil', topics: ['im/u/fo.b/m'], counters: [1] } }),
         msgpack.encode({ id: 'x5', msg: { topic: FAN_TOPIC, payload: 'text', qos: 1, brokerId: 'evil', topics: ['im/u/fo.b/m'], counters: [1] } })
       ]
-      for (const f of forged) await pub.publish(FAN_TOPIC, f)
+      for (const f of forged) await pub.publish(emitterChannel(REDIS_DB, FAN_TOPIC), f)
     } finally {
       pub.disconnect()
     }

@@ -36,7 +36,7 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
     const overrides = await clusterOverrides(REDIS_DB)
     n1 = await startServer({ ...overrides, nodeId: 'rep1' })
     n2 = await startServer({ ...overrides, nodeId: 'rep2' })
-    for (const u of ['pat', 'quinn']) await addUser(n1, u)
+    for (const u of ['sr.pat', 'sr.quinn']) await addUser(n1, u)
   }, 60_000)
 
   afterAll(async () => {
@@ -46,33 +46,33 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
   test('SUBSCRIBEs and an UNSUBSCRIBE missed by n2 (one after an UNSUBSCRIBE it heard): before the repair n2 queues by its stale matcher, after it by Redis', async () => {
     const mq2 = n2.internals.backends.mq as RedisEmitter
     const pattern = mq2._subTopic('$SYS/sub/+')
-    const quinn = await connect(n2, 'quinn', 'app')
-    const { conv } = await quinn.request('direct', { user: 'pat' })
+    const quinn = await connect(n2, 'sr.quinn', 'app')
+    const { conv } = await quinn.request('direct', { user: 'sr.pat' })
     const send = async (msgId: string): Promise<void> => { await quinn.request('send', { conv, msgId, kind: 'text', body: msgId }) }
     // n2's first read of Redis (at its start) is done
     await waitUntil(() => n2.internals.backends.matcherRepairs() >= 1, 10_000, 'n2 to read the sessions\' subscriptions at start')
     // while n2 listens: the tablet subscribes; the watch subscribes and unsubscribes
-    const tablet = await connect(n1, 'pat', 'tablet', { clean: false, subscribe: false })
-    await tablet.mqtt.subscribeAsync('im/u/pat/m', { qos: 1 })
-    const watch = await connect(n1, 'pat', 'watch', { clean: false, subscribe: false })
-    await watch.mqtt.subscribeAsync('im/u/pat/m', { qos: 1 })
-    await watch.mqtt.unsubscribeAsync('im/u/pat/m')
+    const tablet = await connect(n1, 'sr.pat', 'tablet', { clean: false, subscribe: false })
+    await tablet.mqtt.subscribeAsync('im/u/sr.pat/m', { qos: 1 })
+    const watch = await connect(n1, 'sr.pat', 'watch', { clean: false, subscribe: false })
+    await watch.mqtt.subscribeAsync('im/u/sr.pat/m', { qos: 1 })
+    await watch.mqtt.unsubscribeAsync('im/u/sr.pat/m')
     // n2 deaf to the broadcasts: the phone's first SUBSCRIBE, the tablet's UNSUBSCRIBE, the watch's SUBSCRIBE again
     await mq2.subConn.punsubscribe(pattern)
     try {
-      const phone = await connect(n1, 'pat', 'phone', { clean: false, subscribe: false })
-      await phone.mqtt.subscribeAsync('im/u/pat/m', { qos: 1 })
+      const phone = await connect(n1, 'sr.pat', 'phone', { clean: false, subscribe: false })
+      await phone.mqtt.subscribeAsync('im/u/sr.pat/m', { qos: 1 })
       await phone.end()
-      await tablet.mqtt.unsubscribeAsync('im/u/pat/m')
+      await tablet.mqtt.unsubscribeAsync('im/u/sr.pat/m')
       await tablet.end()
-      await watch.mqtt.subscribeAsync('im/u/pat/m', { qos: 1 })
+      await watch.mqtt.subscribeAsync('im/u/sr.pat/m', { qos: 1 })
       await watch.end()
     } finally {
       await mq2.subConn.psubscribe(pattern)
     }
     // the stale matcher: queued for the tablet, not for the phone or the watch (the sessions' queues in Redis)
     const redis = n2.internals.backends.redis as Redis
-    const queued = async (device: string): Promise<number> => await redis.llen(redisQueueKey(`pat:${device}`))
+    const queued = async (device: string): Promise<number> => await redis.llen(redisQueueKey(`sr.pat:${device}`))
     const queues = async (): Promise<Record<string, number>> => ({ phone: await queued('phone'), tablet: await queued('tablet'), watch: await queued('watch') })
     await send('stale')
     expect(await queues()).toStrictEqual({ phone: 0, tablet: 1, watch: 0 })
@@ -92,7 +92,7 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
     await send('repaired')
     expect(await queues()).toStrictEqual({ phone: 1, tablet: 1, watch: 1 })
     // and the phone gets it from its queue when it comes back
-    const phone = await connect(n1, 'pat', 'phone', { clean: false, subscribe: false })
+    const phone = await connect(n1, 'sr.pat', 'phone', { clean: false, subscribe: false })
     await phone.waitFor(() => phone.messages.some(m => m.msgId === 'repaired'), 10_000, 'the message queued for the phone after the repair')
     expect(phone.messages.map(m => m.msgId)).toStrictEqual(['repaired'])
     await Promise.all([phone.end(), quinn.end()])

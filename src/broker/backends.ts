@@ -9,7 +9,7 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterState, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -69,7 +69,7 @@ export function createBrokerBackends (
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
   // minute of each, with the count since the last
   const warn = warnEveryMinute(logger)
-  const mq = guardEmitterDecode(createRedisEmitter(pub, sub), (err, topic) => {
+  const mq = guardEmitterDecode(scopeChannelsToDatabase(createRedisEmitter(pub, sub), pub.options.db ?? 0), (err, topic) => {
     warn('undecodable', { err: err.message, topic }, 'messages on the cluster emitter that are not its own: dropped')
   })
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process

@@ -72,11 +72,17 @@
  *        {id, msg}) throws out of the subscriber connection's handler, an uncaught exception that
  *        ends the process: its two handlers are replaced by the same steps, and such a message is
  *        dropped and reported (guardEmitterDecode).
+ *    20. its channels are named by the topics alone, and Redis pub/sub ignores the database: two
+ *        deployments (or test clusters) on one Redis server with different databases hear each
+ *        other (a message to a user delivered to the other's devices of that user id, sequencer
+ *        notices, subscription broadcasts): on a database other than 0 the channels are named
+ *        after it too (scopeChannelsToDatabase).
  */
 import type { Aedes, Client, PublishPacket } from 'aedes'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import type { Redis } from 'ioredis'
 import { Transform, pipeline, type Readable } from 'node:stream'
+import { randomUUID } from 'node:crypto'
 import mqemitter from 'mqemitter'
 import mqemitterRedis from 'mqemitter-redis'
 import { SINK_TOPIC } from '../protocol/topics.js'
@@ -651,6 +657,35 @@ export function createRedisEmitter (pubConn: Redis, subConn: Redis): unknown {
   return mqemitterRedis({ pubConn, subConn, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
 }
 
+/** The Redis channel (or pattern) of an emitter topic on database `db` (see scopeChannelsToDatabase). */
+export function emitterChannel (db: number, topic: string): string {
+  return db === 0 ? topic : `mqim/db${db}/${topic}`
+}
+
+/**
+ * 20. The emitter's Redis channels prefixed with `mqim/db<db>/` when `db` is not 0 (on 0 they stay
+ * as they were: nodes of an earlier version on database 0 still hear these). Subscriptions go
+ * through _subTopic, publishes through emit (mqemitter-redis 7.2.1's steps, on the prefixed
+ * channel); what is received carries its own topic, so delivery is unchanged. Returns the emitter.
+ */
+export function scopeChannelsToDatabase<T> (mq: T, db: number): T {
+  if (db === 0) return mq
+  const prefix = emitterChannel(db, '')
+  const e = mq as unknown as { _subTopic: (topic: string) => string, emit: (msg: { topic: string }, done?: (err?: Error) => void) => void, closed?: boolean, pubConn: Redis, _onError: (err?: Error) => void }
+  if (typeof e._subTopic !== 'function' || typeof e._onError !== 'function' || typeof e.pubConn?.publish !== 'function') throw new Error('mqemitter-redis without _subTopic, _onError or pubConn (workaround 20 needs revisiting)')
+  const subTopic = e._subTopic.bind(e)
+  e._subTopic = (topic) => prefix + subTopic(topic)
+  e.emit = (msg, done) => {
+    const callback = done ?? e._onError
+    if (e.closed === true) {
+      callback(new Error('mqemitter-redis is closed'))
+      return
+    }
+    e.pubConn.publish(prefix + msg.topic, msgpack.encode({ id: randomUUID(), msg })).then(() => { callback() }, callback)
+  }
+  return mq
+}
+
 /** mqemitter-redis' `state` emitter (not in its typings), where it re-emits its connections' errors. */
 export function emitterState (mq: unknown): NodeJS.EventEmitter {
   return (mq as { state: NodeJS.EventEmitter }).state
@@ -1026,16 +1061,18 @@ export interface SubscriptionRepairStats {
  * for a session whose SUBSCRIBE it missed (the device gets those messages only when it syncs),
  * and keeps queueing for one that unsubscribed. Here a copy of what the trie holds is kept from
  * the same broadcasts. Once the trie is built (start), and after each reconnect of the subscriber
- * connection, every session's subscriptions are read from Redis (REPAIR_PAGE at a time, on `conn`,
- * not the broker's; the broadcasts that arrive meanwhile are applied on top, in order: Redis is
- * written before a broadcast is sent), and the difference is handed to this node's own emitter as
- * `$SYS/sub/add|rm`, which the trie applies (the first read hands it every subscription, adding
- * one it has replaces it, and the removals broadcast before it that Redis agrees with). The
- * hand-over yields every REPAIR_PAGE sessions, applying the broadcasts that came meanwhile. A
- * read that fails is tried again (REPAIR_RETRY_MS, doubling). Only
- * QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the trie (the
- * start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
- * subscription of a persistent session (its QoS; the read makes a copy of the subscriptions while it runs).
+ * connection, every session's subscriptions are read from Redis, a page of REPAIR_PAGE sessions at
+ * a time (SSCAN of `clients`, then their hashes, on `conn`, not the broker's), each page compared
+ * with the copy as it arrives (the broadcasts since it was asked for applied on top, in order:
+ * Redis is written before a broadcast is sent), and the difference handed to this node's own
+ * emitter as `$SYS/sub/add|rm`, which the trie applies (the first read hands it every
+ * subscription, adding one it has replaces it, and the removals broadcast before it that Redis
+ * agrees with). Sessions the copy holds that no page showed are handed over as removed, but for
+ * what was broadcast of them during the read. A read that fails is tried again (REPAIR_RETRY_MS,
+ * doubling). Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the
+ * trie (the start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
+ * subscription of a persistent session (its QoS); a read adds one page, the broadcasts of a page's
+ * time, and the set of sessions of the copy that no page has shown yet (a reference each).
  */
 export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger): SubscriptionMatcherRepair {
   const emitter = mq as { on: (topic: string, notify: Notify, done?: () => void) => void, removeListener: (topic: string, notify: Notify, done?: () => void) => void }
@@ -1048,14 +1085,14 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
    */
   let removedEarly: MatcherState<true> | null = new Map()
   let removedEarlyCount = 0
-  /** The broadcasts that arrived since a read of Redis started, in order. */
-  let during: Array<[boolean, string, StoredSubscription[]]> | null = null
+  /** While a read of Redis runs: told of every broadcast (see sync). */
+  let during: ((add: boolean, clientId: string, subs: StoredSubscription[]) => void) | null = null
   const onBroadcast: Notify = (packet, cb) => {
     const add = packet.topic === SUBSCRIPTION_ADD_TOPIC
     const message = add || packet.topic === SUBSCRIPTION_RM_TOPIC ? subscriptionBroadcast(packet.payload, add) : null
     if (message !== null) {
       applySubscriptionBroadcast(held, add, message.clientId, message.subs, asQos)
-      during?.push([add, message.clientId, message.subs])
+      during?.(add, message.clientId, message.subs)
       if (removedEarly !== null) {
         for (const sub of message.subs) {
           const gone = !add || sub.qos === 0
@@ -1074,27 +1111,22 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
   }
   emitter.on('$SYS/sub/+', onBroadcast)
 
-  /** Every session's QoS 1 subscriptions in Redis (the broadcasts meanwhile recorded in `events`). */
-  const readRedis = async (): Promise<MatcherState<StoredSubscription>> => {
+  /** The QoS 1 subscriptions of these sessions in Redis (a session without any is left out). */
+  const readSessions = async (clientIds: readonly string[]): Promise<MatcherState<StoredSubscription>> => {
     const state: MatcherState<StoredSubscription> = new Map()
-    let cursor = '0'
-    do {
-      const [next, clientIds] = await conn.sscan('clients', cursor, 'COUNT', REPAIR_PAGE)
-      cursor = next
-      const hashes = await Promise.all(clientIds.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
-      clientIds.forEach((clientId, i) => {
-        const subs: StoredSubscription[] = []
-        for (const value of Object.values(hashes[i] ?? {})) {
-          try {
-            const sub = msgpack.decode(value) as StoredSubscription | null
-            if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
-          } catch {
-            // not one of the persistence's entries: skipped (its start-up build throws on it)
-          }
+    const hashes = await Promise.all(clientIds.map(async id => await conn.hgetallBuffer(`client:${encodeURIComponent(id)}`)))
+    clientIds.forEach((clientId, i) => {
+      const subs: StoredSubscription[] = []
+      for (const value of Object.values(hashes[i] ?? {})) {
+        try {
+          const sub = msgpack.decode(value) as StoredSubscription | null
+          if (typeof sub?.topic === 'string' && typeof sub.qos === 'number') subs.push(sub)
+        } catch {
+          // not one of the persistence's entries: skipped (its start-up build throws on it)
         }
-        applySubscriptionBroadcast(state, true, clientId, subs, asIs)
-      })
-    } while (cursor !== '0')
+      }
+      applySubscriptionBroadcast(state, true, clientId, subs, asIs)
+    })
     return state
   }
 
@@ -1111,50 +1143,75 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     timer.unref()
     timers.add(timer)
   }
+  /** Hands the trie the subscriptions of `clientId` as removed. */
+  const emitRemoved = (clientId: string, topics: Iterable<string>): number => {
+    const gone = [...new Set(topics)].map(topic => ({ topic }))
+    if (gone.length > 0) emitLocal(new Packet({ topic: SUBSCRIPTION_RM_TOPIC, payload: JSON.stringify({ clientId, subs: gone }) }))
+    return gone.length
+  }
   const sync = async (): Promise<void> => {
     // behind the subscriptions ioredis sends again on a reconnect: a broadcast after them comes through
     await subConn.ping().catch(() => {})
-    const events: Array<[boolean, string, StoredSubscription[]]> = []
-    during = events
     const began = performance.now()
+    // the first read: every subscription, as the trie may have missed broadcasts while it was built
+    const everything = reads === 0
+    const early = removedEarly ?? new Map<string, Map<string, true>>()
+    /** Sessions the copy holds (or whose removal the trie may have missed) that no page has shown yet. */
+    const unseen = new Set([...held.keys(), ...early.keys()])
+    /**
+     * The broadcasts since the read began of sessions not shown yet, applied to nothing: what Redis
+     * holds of a session that no page shows (SSCAN shows every session there from its start to its
+     * end; one that was not is known by its broadcasts).
+     */
+    const heard: MatcherState<StoredSubscription> = new Map()
+    /** The broadcasts since the current page's subscriptions were asked for, in order. */
+    let window: Array<[boolean, string, StoredSubscription[]]> = []
+    during = (add, clientId, subs) => {
+      window.push([add, clientId, subs])
+      if (unseen.has(clientId)) applySubscriptionBroadcast(heard, add, clientId, subs, asIs)
+    }
+    let added = 0
+    let removed = 0
+    let sessions = 0
     try {
-      const state = await readRedis()
-      const sessions = state.size
-      if (closed) return
-      // the broadcasts since the read began, on top of it (and, while handing over, those that come
-      // in between: both the copy and `state` then have them)
-      const catchUp = (): void => {
-        for (const [add, clientId, subs] of events.splice(0)) applySubscriptionBroadcast(state, add, clientId, subs, asIs)
-      }
-      catchUp()
-      // the first read: every subscription, as the trie may have missed broadcasts while it was built
-      const everything = reads === 0
-      let added = 0
-      let removed = 0
-      let step = 0
-      for (const clientId of [...state.keys()]) {
-        if (++step % REPAIR_PAGE === 0) {
-          await new Promise(resolve => setImmediate(resolve))
-          if (closed) return
-          catchUp()
+      let cursor = '0'
+      do {
+        const [next, clientIds] = await conn.sscan('clients', cursor, 'COUNT', REPAIR_PAGE)
+        if (closed) return
+        cursor = next
+        window = []
+        const page = await readSessions(clientIds)
+        if (closed) return
+        // the page's sessions as Redis holds them now: the broadcasts since it was asked for on top
+        // (Redis is written before a broadcast is sent)
+        const ids = new Set(clientIds)
+        for (const [add, clientId, subs] of window) if (ids.has(clientId)) applySubscriptionBroadcast(page, add, clientId, subs, asIs)
+        // compared with the copy now: a broadcast from here on is of a change made after the read
+        // (or one the page already has: handing it over again changes nothing)
+        for (const clientId of ids) {
+          unseen.delete(clientId)
+          heard.delete(clientId)
+          const topics = page.get(clientId)
+          const have = held.get(clientId)
+          if (topics !== undefined) {
+            sessions++
+            const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic) !== sub.qos)
+            if (missing.length > 0) {
+              emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
+              if (!everything) added += missing.length
+            }
+          }
+          const stale = [...(have?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => topics?.has(topic) !== true)
+          const n = emitRemoved(clientId, stale)
+          if (!everything) removed += n
         }
-        const topics = state.get(clientId)
-        if (topics === undefined) continue
-        const have = held.get(clientId)
-        const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic) !== sub.qos)
-        if (missing.length === 0) continue
-        emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
-        if (!everything) added += missing.length
-      }
-      catchUp()
-      const early = removedEarly ?? new Map<string, Map<string, true>>()
-      for (const clientId of new Set([...held.keys(), ...early.keys()])) {
-        const keep = state.get(clientId)
-        const topics = new Set([...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])])
-        const gone = [...topics].filter(topic => keep?.has(topic) !== true).map(topic => ({ topic }))
-        if (gone.length === 0) continue
-        emitLocal(new Packet({ topic: SUBSCRIPTION_RM_TOPIC, payload: JSON.stringify({ clientId, subs: gone }) }))
-        if (!everything) removed += gone.length
+      } while (cursor !== '0')
+      during = null
+      // sessions no page showed: gone from Redis, but for what was broadcast of them meanwhile
+      for (const clientId of unseen) {
+        const keep = heard.get(clientId)
+        const n = emitRemoved(clientId, [...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => keep?.has(topic) !== true))
+        if (!everything) removed += n
       }
       removedEarly = null
       removedEarlyCount = 0

@@ -181,3 +181,23 @@ test('malformed subscription broadcasts (not JSON, wrong shapes, a huge payload)
   await reconnect(subConn, seen, 2)
   expect(seen).toStrictEqual([])
 })
+
+test('a session no page shows (gone from Redis when the scan began) loses what the copy held of it, but keeps what was broadcast of it during the read', async () => {
+  const { redis, seen, subConn, broadcast, onRead } = setup({ 'a:1': { t1: 1 }, 'b:1': { t2: 1 }, 'x:1': { old: 1, other: 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // missed: x unsubscribed from everything (its hash and its place in `clients` gone)
+  delete redis['x:1']
+  // during the read (after its first page; the scan does not show x): x subscribes again, to `new` and `other`
+  onRead(() => {
+    redis['x:1'] = { new: 1, other: 1 }
+    broadcast(true, 'x:1', [{ topic: 'new', qos: 1 }, { topic: 'other', qos: 1 }])
+  })
+  await reconnect(subConn, seen, 2)
+  // the broadcast itself, then only `old` removed: `new` and `other` are what Redis holds
+  expect(seen).toStrictEqual(['add x:1 new@1,other@1', 'rm x:1 old'])
+  expect(started?.stats()).toMatchObject({ reads: 2, added: 0, removed: 1 })
+  // and the copy agrees with Redis now: nothing more to put right
+  await reconnect(subConn, seen, 3)
+  expect(seen).toStrictEqual([])
+})
