@@ -12,7 +12,7 @@ import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import msgpack from 'msgpack-lite'
-import { boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
+import { boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -386,5 +386,59 @@ describe('mqemitter-redis 7.2.1: a message on its channels that is not one of it
     const mq = emitter(false)
     mq.subConn.on('messageBuffer', () => {})
     expect(() => guardEmitterDecode(mq, () => {})).toThrow(/expected one 'messageBuffer' listener/)
+  })
+})
+
+describe('mqemitter-redis 7.2.1: its channels ignore the Redis database (workaround 20)', () => {
+  const opened: Redis[] = []
+  afterAll(async () => { await Promise.all(opened.map(async c => { await c.quit().catch(() => {}) })) })
+  const on = (db: number): { url: string } => {
+    const url = new URL(redisUrl())
+    url.pathname = `/${db}`
+    return { url: url.toString() }
+  }
+  /** An emitter on database `db`, scoped or stock, and what its listener on `t20/#` receives. */
+  async function emitterOn (db: number, scoped: boolean): Promise<{ mq: { emit: (msg: object, done: (err?: Error) => void) => void }, got: string[] }> {
+    const pubConn = new Redis(on(db).url)
+    const subConn = new Redis(on(db).url)
+    opened.push(pubConn, subConn)
+    const stock = mqemitterRedis({ pubConn, subConn, matchEmptyLevels: true } as unknown as Parameters<typeof mqemitterRedis>[0])
+    closeEmitterQuietly(stock)
+    const mq = (scoped ? scopeChannelsToDatabase(stock, db) : stock) as unknown as { emit: (msg: object, done: (err?: Error) => void) => void, on: (topic: string, notify: (msg: { topic: string }, done: () => void) => void, ready: () => void) => void }
+    const got: string[] = []
+    await new Promise<void>(resolve => { mq.on('t20/#', (msg, done) => { got.push(msg.topic); done() }, resolve) })
+    return { mq, got }
+  }
+  const settle = async (got: string[], n: number): Promise<void> => {
+    for (let i = 0; i < 200 && got.length < n; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  }
+
+  test('upstream: two emitters on different databases hear each other', async () => {
+    const a = await emitterOn(19, false)
+    const b = await emitterOn(20, false)
+    a.mq.emit({ topic: 't20/stock' }, () => {})
+    await settle(b.got, 1)
+    expect(b.got).toStrictEqual(['t20/stock'])
+  })
+
+  test('workaround: scoped, they hear only their own database (0 stays as the stock emitter names it)', async () => {
+    const a = await emitterOn(19, true)
+    const b = await emitterOn(20, true)
+    const zero = await emitterOn(0, true)
+    const stockZero = await emitterOn(0, false)
+    const sent = async (mq: { emit: (msg: object, done: (err?: Error) => void) => void }, topic: string): Promise<void> => {
+      await new Promise<void>((resolve, reject) => { mq.emit({ topic }, err => { if (err === undefined || err === null) resolve(); else reject(err) }) })
+    }
+    for (const [e, topic] of [[a, 't20/a'], [b, 't20/b'], [zero, 't20/zero']] as const) await sent(e.mq, topic)
+    // then a fence of each on its own channel: Redis pushed the three to their subscribers before it
+    for (const [e, topic] of [[a, 't20/a-fence'], [b, 't20/b-fence'], [zero, 't20/zero-fence']] as const) await sent(e.mq, topic)
+    await settle(a.got, 2)
+    await settle(b.got, 2)
+    await settle(zero.got, 2)
+    await settle(stockZero.got, 2)
+    expect(a.got).toStrictEqual(['t20/a', 't20/a-fence'])
+    expect(b.got).toStrictEqual(['t20/b', 't20/b-fence'])
+    expect(zero.got).toStrictEqual(['t20/zero', 't20/zero-fence'])
+    expect(stockZero.got).toStrictEqual(['t20/zero', 't20/zero-fence'])
   })
 })
