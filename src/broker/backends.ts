@@ -9,7 +9,8 @@ import { Redis } from 'ioredis'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { FAN_TOPIC } from '../protocol/topics.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -69,7 +70,9 @@ export function createBrokerBackends (
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
   // minute of each, with the count since the last
   const warn = warnEveryMinute(logger)
-  const mq = guardEmitterDecode(scopeChannelsToDatabase(createRedisEmitter(pub, sub), pub.options.db ?? 0), (err, topic) => {
+  const db = pub.options.db ?? 0
+  logger.info({ db, channels: emitterChannel(db, FAN_TOPIC) }, 'cluster pub/sub channels named after the Redis database (none on 0): deployments on other databases of this Redis server do not hear these')
+  const mq = guardEmitterDecode(scopeChannelsToDatabase(createRedisEmitter(pub, sub), db), (err, topic) => {
     warn('undecodable', { err: err.message, topic }, 'messages on the cluster emitter that are not its own: dropped')
   })
   // mqemitter-redis re-emits connection errors on `state`; unheard, they would crash the process

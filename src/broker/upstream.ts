@@ -1206,9 +1206,17 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
           if (!everything) removed += n
         }
       } while (cursor !== '0')
-      during = null
-      // sessions no page showed: gone from Redis, but for what was broadcast of them meanwhile
+      // sessions no page showed: gone from Redis, but for what was broadcast of them meanwhile (and
+      // while this hands them over, yielding now and then: those broadcasts still count)
+      during = (add, clientId, subs) => {
+        if (unseen.has(clientId)) applySubscriptionBroadcast(heard, add, clientId, subs, asIs)
+      }
+      let step = 0
       for (const clientId of unseen) {
+        if (++step % REPAIR_PAGE === 0) {
+          await new Promise(resolve => setImmediate(resolve))
+          if (closed) return
+        }
         const keep = heard.get(clientId)
         const n = emitRemoved(clientId, [...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => keep?.has(topic) !== true))
         if (!everything) removed += n

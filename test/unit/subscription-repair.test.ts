@@ -201,3 +201,34 @@ test('a session no page shows (gone from Redis when the scan began) loses what t
   await reconnect(subConn, seen, 3)
   expect(seen).toStrictEqual([])
 })
+
+test('a session subscribing while the removals of sessions no page showed are handed over (the hand-over yields) keeps its new subscription', async () => {
+  const initial: Subs = {}
+  for (let i = 0; i < 250; i++) initial[`s${i}:1`] = { [`t${i}`]: 1 }
+  const { redis, seen, subConn, broadcast, mq } = setup(initial)
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // missed: every session unsubscribed, gone from Redis
+  for (const id of Object.keys(redis)) delete redis[id]
+  // as the first removal is handed over, s249 (one of the last) subscribes again, to a new topic:
+  // its broadcast arrives while the hand-over yields
+  let once = false
+  ;(mq as unknown as { on: (t: string, f: (p: { topic: string }, cb: () => void) => void) => void }).on('$SYS/sub/rm', (_packet, cb) => {
+    if (!once) {
+      once = true
+      setImmediate(() => {
+        redis['s249:1'] = { fresh: 1 }
+        broadcast(true, 's249:1', [{ topic: 'fresh', qos: 1 }])
+      })
+    }
+    cb()
+  })
+  await reconnect(subConn, seen, 2)
+  expect(seen.filter(l => l.startsWith('rm'))).toHaveLength(250)
+  expect(seen).toContain('rm s249:1 t249')
+  expect(seen).toContain('add s249:1 fresh@1')
+  expect(seen.filter(l => l.includes('fresh'))).toStrictEqual(['add s249:1 fresh@1'])
+  // and nothing left to put right: the copy holds `fresh` as Redis does
+  await reconnect(subConn, seen, 3)
+  expect(seen).toStrictEqual([])
+})
