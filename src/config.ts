@@ -27,6 +27,19 @@ export const AdminTokenSchema = z.object({
   scopes: z.array(z.enum(ADMIN_SCOPES, { error: `one of ${ADMIN_SCOPES.join(', ')}` })).min(1)
 }).strict()
 
+/** A Redis URL's database, where it gives one (the path, or `?db=`), is a whole number. */
+function redisDatabaseValid (url: string): boolean {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return false
+  }
+  const path = parsed.pathname
+  const db = parsed.searchParams.get('db')
+  return (path === '' || path === '/' || /^\/\d{1,5}$/.test(path)) && (db === null || /^\d{1,5}$/.test(db))
+}
+
 const MemoryAdapter = z.object({ adapter: z.literal('memory') }).strict()
 const MongoAdapter = z.object({
   adapter: z.literal('mongodb'),
@@ -272,7 +285,8 @@ export const ConfigSchema = z.object({
       z.object({ adapter: z.literal('memory') }).strict(),
       z.object({
         adapter: z.literal('redis'),
-        url: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL'),
+        /** The database is the path's number (none: 0), or `?db=`; it also names the nodes' pub/sub channels (README, "One Redis database per deployment"). */
+        url: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL').refine(redisDatabaseValid, 'the database (the path, or ?db=) must be a whole number, as in redis://host:6379/2'),
         /** Offline QoS 1 messages older than this are dropped from session queues (clients sync by seq). */
         packetTTLSeconds: z.number().int().min(1).default(7 * 24 * 3600),
         /** At most this many queued messages are delivered on reconnect; the rest comes from history. */

@@ -666,7 +666,11 @@ export function emitterChannel (db: number, topic: string): string {
  * 20. The emitter's Redis channels prefixed with `mqim/db<db>/` when `db` is not 0 (on 0 they stay
  * as they were: nodes of an earlier version on database 0 still hear these). Subscriptions go
  * through _subTopic, publishes through emit (mqemitter-redis 7.2.1's steps, on the prefixed
- * channel); what is received carries its own topic, so delivery is unchanged. Returns the emitter.
+ * channel); what is received carries its own topic, so delivery is unchanged. (A filter starting
+ * with a wildcard on database 0 would match other databases' channels, Redis' `*` matching `/`:
+ * the filters that reach the emitter are mqim's own and those authorizeSubscribe grants clients,
+ * none of which starts with one.)
+ * Returns the emitter.
  */
 export function scopeChannelsToDatabase<T> (mq: T, db: number): T {
   if (db === 0) return mq
@@ -682,6 +686,7 @@ export function scopeChannelsToDatabase<T> (mq: T, db: number): T {
       return
     }
     e.pubConn.publish(prefix + msg.topic, msgpack.encode({ id: randomUUID(), msg })).then(() => { callback() }, callback)
+      .catch((err: Error) => { e._onError(err) })
   }
   return mq
 }
@@ -1043,10 +1048,16 @@ export interface SubscriptionRepairStats {
   reads: number
   /** Reads that failed (each tried again later). */
   failures: number
-  /** Subscriptions handed to the matcher by the reads after the first (missed broadcasts), added and removed. */
+  /**
+   * Subscriptions handed to the matcher by the reads after the first (missed broadcasts), added and
+   * removed; may include a few (un)made while the read ran, whose broadcast had not arrived yet.
+   */
   added: number
   removed: number
-  /** Sessions with QoS 1 subscriptions the last read found, and how long it took (seconds, reading and handing over). */
+  /**
+   * Sessions with QoS 1 subscriptions the last read found (about: SSCAN may show a session twice
+   * when Redis rehashes the set meanwhile), and how long it took (seconds, reading and handing over).
+   */
   lastSessions: number
   lastSeconds: number
 }
@@ -1069,7 +1080,9 @@ export interface SubscriptionRepairStats {
  * subscription, adding one it has replaces it, and the removals broadcast before it that Redis
  * agrees with). Sessions the copy holds that no page showed are handed over as removed, but for
  * what was broadcast of them during the read. A read that fails is tried again (REPAIR_RETRY_MS,
- * doubling). Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the
+ * doubling); so is one during which `conn` closed (after a failover ioredis sends an unanswered
+ * SSCAN again, to a server whose set may be laid out differently, so sessions there all along may
+ * be skipped): what its pages showed is handed over, not the removals of sessions no page showed. Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the
  * trie (the start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
  * subscription of a persistent session (its QoS); a read adds one page, the broadcasts of a page's
  * time, and the set of sessions of the copy that no page has shown yet (a reference each).
@@ -1130,6 +1143,10 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     return state
   }
 
+  /** Times `conn` closed (a read that spans one does not remove what it did not see). */
+  let connBreaks = 0
+  const onConnClose = (): void => { connBreaks++ }
+  conn.on('close', onConnClose)
   let reads = 0
   const stats: SubscriptionRepairStats = { reads: 0, failures: 0, added: 0, removed: 0, lastSessions: 0, lastSeconds: 0 }
   let started = false
@@ -1153,6 +1170,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     // behind the subscriptions ioredis sends again on a reconnect: a broadcast after them comes through
     await subConn.ping().catch(() => {})
     const began = performance.now()
+    const breaksAtStart = connBreaks
     // the first read: every subscription, as the trie may have missed broadcasts while it was built
     const everything = reads === 0
     const early = removedEarly ?? new Map<string, Map<string, true>>()
@@ -1172,6 +1190,14 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     }
     let added = 0
     let removed = 0
+    /** Corrections (not the first read's hand-over), counted as they are handed over: a read that fails later has made them. */
+    const corrected = (a: number, r: number): void => {
+      if (everything) return
+      added += a
+      removed += r
+      stats.added += a
+      stats.removed += r
+    }
     let sessions = 0
     try {
       let cursor = '0'
@@ -1198,14 +1224,17 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
             const missing = [...topics.values()].filter(sub => everything || have?.get(sub.topic) !== sub.qos)
             if (missing.length > 0) {
               emitLocal(new Packet({ topic: SUBSCRIPTION_ADD_TOPIC, payload: JSON.stringify({ clientId, subs: missing }) }))
-              if (!everything) added += missing.length
+              corrected(missing.length, 0)
             }
           }
           const stale = [...(have?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => topics?.has(topic) !== true)
-          const n = emitRemoved(clientId, stale)
-          if (!everything) removed += n
+          corrected(0, emitRemoved(clientId, stale))
         }
       } while (cursor !== '0')
+      // A scan that went on over a new connection (ioredis sends an unanswered SSCAN again, after a
+      // failover to a server whose set is laid out differently) may have skipped sessions that were
+      // there all along: what the pages showed is handed over, the removals wait for a whole read.
+      if (connBreaks !== breaksAtStart) throw new Error('the Redis connection closed during the read')
       // sessions no page showed: gone from Redis, but for what was broadcast of them meanwhile (and
       // while this hands them over, yielding now and then: those broadcasts still count)
       during = (add, clientId, subs) => {
@@ -1218,15 +1247,12 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
           if (closed) return
         }
         const keep = heard.get(clientId)
-        const n = emitRemoved(clientId, [...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => keep?.has(topic) !== true))
-        if (!everything) removed += n
+        corrected(0, emitRemoved(clientId, [...(held.get(clientId)?.keys() ?? []), ...(early.get(clientId)?.keys() ?? [])].filter(topic => keep?.has(topic) !== true)))
       }
       removedEarly = null
       removedEarlyCount = 0
       reads++
       stats.reads = reads
-      stats.added += added
-      stats.removed += removed
       stats.lastSessions = sessions
       stats.lastSeconds = (performance.now() - began) / 1000
       if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
@@ -1282,6 +1308,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       closed = true
       for (const timer of timers) clearTimeout(timer)
       subConn.removeListener('ready', onReady)
+      conn.removeListener('close', onConnClose)
       emitter.removeListener('$SYS/sub/+', onBroadcast)
     }
   }

@@ -74,6 +74,12 @@ describe('loadConfig', () => {
     expect(loadConfig({ env: { MQIM_CONFIG: file, MQIM_MQTT_PORT: '3000' } }).mqtt.port).toBe(3000)
   })
 
+  test('a Redis URL with its database in the path, in ?db= or not at all is taken', () => {
+    for (const url of ['redis://cache:6379', 'redis://cache:6379/', 'redis://cache:6379/2', 'rediss://u:p@cache:6380/15', 'redis://cache:6379?db=3']) {
+      expect(loadConfig({ env: { MQIM_REDIS_URL: url } }).broker.persistence).toMatchObject({ adapter: 'redis', url })
+    }
+  })
+
   test('TLS is configured by both cert and key', () => {
     expect(loadConfig({ env: { MQIM_TLS_CERT: '/etc/mqim/cert.pem', MQIM_TLS_KEY: '/etc/mqim/key.pem' } }).tls).toEqual({ port: 8883, cert: '/etc/mqim/cert.pem', key: '/etc/mqim/key.pem' })
   })
@@ -86,6 +92,9 @@ describe('loadConfig', () => {
     ['messageStore.url', { env: { MQIM_MONGO_URL: 'http://db.example/' } }],
     ['metadataStore.url', { env: { MQIM_MYSQL_URL: 'mysql://u:p@db.example:3306/' } }],
     ['messageStore.adapter', { overrides: { messageStore: { adapter: 'redis' } } }],
+    ['broker.persistence.url', { env: { MQIM_REDIS_URL: 'redis://cache:6379/abc' } }],
+    ['broker.persistence.url', { env: { MQIM_REDIS_URL: 'redis://cache:6379/?db=-1' } }],
+    ['broker.persistence.url', { env: { MQIM_REDIS_URL: 'redis://cache:6379/2/x' } }],
     ['log.level', { env: { MQIM_LOG_LEVEL: 'verbose' } }],
     ['channels.invitesPerChannel', { overrides: { channels: { invitesPerChannel: 0 } } }],
     ['channels.inviteTtlMs', { overrides: { channels: { inviteTtlMs: 3_000_000_000 } } }],

@@ -14,18 +14,20 @@ import { waitUntil } from '../../scripts/lib/procs.js'
 
 type Subs = Record<string, Record<string, number>>
 
-function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, onRead: (f: () => void) => void, seen: string[], mq: { emit: (m: object) => void }, subConn: EventEmitter & { status: string }, broadcast: (add: boolean, clientId: string, subs: object[]) => void } {
+function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, onRead: (f: () => void) => void, hidden: Set<string>, conn: EventEmitter, seen: string[], mq: { emit: (m: object) => void }, subConn: EventEmitter & { status: string }, broadcast: (add: boolean, clientId: string, subs: object[]) => void } {
   const redis: Subs = structuredClone(initial)
   let failures = 0
   let duringRead = (): void => {}
-  const conn = {
+  // sessions the scan skips although they are there (as after a failover mid-scan)
+  const hidden = new Set<string>()
+  const conn = Object.assign(new EventEmitter(), {
     sscan: async (_key: string, cursor: string) => {
       if (failures > 0) {
         failures--
         throw new Error('Connection is closed.')
       }
       // two steps, to have broadcasts land between them
-      const ids = Object.keys(redis)
+      const ids = Object.keys(redis).filter(id => !hidden.has(id))
       if (cursor === '0') return ['1', ids.slice(0, 1)]
       duringRead()
       duringRead = () => {}
@@ -35,7 +37,7 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
       const id = decodeURIComponent(key.slice('client:'.length))
       return Object.fromEntries(Object.entries(redis[id] ?? {}).map(([topic, qos]) => [topic, msgpack.encode({ topic, qos, rh: 0 })]))
     }
-  }
+  })
   const mq = createEmitter() as { on: (t: string, f: (p: { topic: string, payload: unknown }, cb: () => void) => void) => void, emit: (m: object) => void }
   const seen: string[] = []
   mq.on('$SYS/sub/+', (packet, cb) => {
@@ -59,6 +61,8 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
     redis,
     failNext: (n) => { failures = n },
     onRead: (f) => { duringRead = f },
+    hidden,
+    conn,
     seen,
     mq,
     subConn,
@@ -231,4 +235,26 @@ test('a session subscribing while the removals of sessions no page showed are ha
   // and nothing left to put right: the copy holds `fresh` as Redis does
   await reconnect(subConn, seen, 3)
   expect(seen).toStrictEqual([])
+})
+
+test('a read during which the Redis connection closed hands over what its pages showed but removes nothing it did not see; the read after it does', async () => {
+  const { redis, seen, subConn, onRead, hidden, conn } = setup({ 'a:1': { t1: 1 }, 'b:1': { t2: 1 }, 'x:1': { tx: 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // missed: x unsubscribed; a moved to a new topic
+  delete redis['x:1']
+  redis['a:1'] = { t9: 1 }
+  // the connection breaks during the next read, and the scan then skips b (there all along)
+  hidden.add('b:1')
+  onRead(() => {
+    conn.emit('close')
+    setTimeout(() => { hidden.clear() }, 200)
+  })
+  const t0 = Date.now()
+  await reconnect(subConn, seen, 2)
+  // the first try: a's page handed over; neither b (skipped) nor x (not seen either) removed; then
+  // the read again after a second, whole: x removed, b kept
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(1000)
+  expect(seen).toStrictEqual(['add a:1 t9@1', 'rm a:1 t1', 'rm x:1 tx'])
+  expect(started?.stats()).toMatchObject({ reads: 2, failures: 1, added: 1, removed: 2 })
 })
