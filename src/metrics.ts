@@ -34,6 +34,8 @@ export interface MetricsSources {
   tarpitted: () => number
   /** Cluster: the repairs of the matcher of offline sessions after a Redis break (src/broker/upstream.ts, 19). */
   subscriptionRepair?: () => SubscriptionRepairStats | null
+  /** Cluster: this node's clock minus the Redis server's, in seconds (null until measured). */
+  clockOffset?: () => number | null
 }
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
@@ -90,6 +92,10 @@ export class Metrics {
     gauge('mqim_slow_consumers_cut_total', 'Connections closed for not reading (since start)', sources.slowConsumersCut)
     gauge('mqim_request_floods_cut_total', 'Connections closed for flooding requests beyond the rate (since start)', sources.floodsCut)
     gauge('mqim_tarpitted_connections', 'Connections held unread during a login backoff', sources.tarpitted)
+    const clockOffset = sources.clockOffset
+    if (clockOffset !== undefined) {
+      gauge('mqim_clock_offset_seconds', "Cluster: this node's clock minus the Redis server's (NaN until measured); the nodes' values should agree within 0.1 s, as delivery order across nodes compares their clocks", () => clockOffset() ?? Number.NaN)
+    }
     const repair = sources.subscriptionRepair
     if (repair !== undefined && repair() !== null) {
       const stat = (key: keyof SubscriptionRepairStats) => (): number => repair()?.[key] ?? 0

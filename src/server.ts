@@ -231,7 +231,8 @@ export class MqimServer {
       slowConsumersCut: () => sessions.slowConsumersCut,
       floodsCut: () => sessions.floodsCut,
       tarpitted: () => listeners.tarpitted,
-      subscriptionRepair: backends.matcherStats
+      subscriptionRepair: backends.matcherStats,
+      ...(backends.redis === null ? {} : { clockOffset: backends.clockOffset })
     })
     const http = await createHttpApp({ ...config.http, ...(objects.routes === null ? {} : { bodyTimeoutMs: config.files.uploadTimeoutMs }) }, {
       logger,

@@ -65,6 +65,7 @@ describe('metrics', () => {
     expect(body).not.toContain('no-such-op')
     // one node: no Redis, no subscription repairs (those series are a cluster's)
     expect(body).not.toContain('mqim_subscription_repair')
+    expect(body).not.toContain('mqim_clock_offset_seconds')
     // 10 messages to both members of a direct conversation
     expect(valueOf(body, 'mqim_deliveries_total')).toBe(20)
     expect(valueOf(body, 'mqim_send_commit_seconds_count')).toBe(10)

@@ -89,6 +89,8 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
     expect(valueOf(metrics, 'mqim_subscription_repair_failures_total')).toBe(0)
     expect(valueOf(metrics, 'mqim_subscription_repair_last_sessions')).toBeGreaterThanOrEqual(2)
     expect(valueOf(metrics, 'mqim_subscription_repair_last_seconds')).toBeGreaterThan(0)
+    // and the node's clock against Redis' (both on this machine: the same clock)
+    expect(Math.abs(valueOf(metrics, 'mqim_clock_offset_seconds') ?? Number.NaN)).toBeLessThan(0.05)
     await send('repaired')
     expect(await queues()).toStrictEqual({ phone: 1, tablet: 1, watch: 1 })
     // and the phone gets it from its queue when it comes back

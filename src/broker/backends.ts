@@ -10,6 +10,7 @@ import aedesPersistenceRedis from 'aedes-persistence-redis'
 import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
+import { startClockCheck } from './clock-check.js'
 import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
@@ -21,6 +22,8 @@ export interface BrokerBackends {
   matcherRepairs: () => number
   /** What the matcher's repairs did (cluster only; null on one node). */
   matcherStats: () => SubscriptionRepairStats | null
+  /** Cluster: this node's clock minus the Redis server's, in seconds (null on one node, or before the first check). */
+  clockOffset: () => number | null
   /** A Redis connection for mqim's own use (presence, rate limits, health), or null on the embedded default. */
   redis: Redis | null
   /** False while a Redis connection the broker routes through is down (publishes would hang or be lost). */
@@ -47,6 +50,7 @@ export function createBrokerBackends (
       brokerStarted: () => {},
       matcherRepairs: () => 0,
       matcherStats: () => null,
+      clockOffset: () => null,
       available: () => true,
       connectedSince: () => 0,
       close: async () => {}
@@ -91,6 +95,8 @@ export function createBrokerBackends (
   })
   // broadcasts missed while the subscriber connection was down (upstream.ts 19)
   const matcher = repairSubscriptionMatcher(mq, redis, sub, logger)
+  // delivery order across nodes compares their clocks: each node's against Redis' (clock-check.ts)
+  const clock = startClockCheck(redis, logger)
   return {
     persistence: recordQueueReplays(
       leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
@@ -100,11 +106,13 @@ export function createBrokerBackends (
     brokerStarted: matcher.start,
     matcherRepairs: matcher.repairs,
     matcherStats: matcher.stats,
+    clockOffset: clock.offsetSeconds,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
     connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,
     close: async () => {
       matcher.close()
+      clock.close()
       await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }
   }
