@@ -78,9 +78,53 @@ test('round trips over the limit are not used: no offset until a usable one; a f
   const junk = start({ time: async () => ['soon', 'x'] }, logger, { intervalMs: 3_600_000 })
   await junk.check()
   expect(junk.offsetSeconds()).toBeNull()
+  // a failing TIME, on the timer's path: logged (debug), not thrown out of the timer
   const failing = start({ time: async () => { throw new Error('Connection is closed.') } }, logger, { intervalMs: 3_600_000 })
-  await expect(failing.check()).rejects.toThrow('Connection is closed.')
+  await waitFor(() => lines.some(l => l.msg === 'clock check: Redis TIME failed'))
   expect(failing.offsetSeconds()).toBeNull()
+})
+
+test('a measured offset stays through two checks without a usable sample, and is unknown after the third', async () => {
+  const { logger } = recordingLogger()
+  let fail = false
+  let clock = 1_800_000_000_000
+  const redis = {
+    time: async (): Promise<string[]> => {
+      if (fail) throw new Error('Connection is closed.')
+      clock += 1
+      const r = clock - 20
+      clock += 1
+      return [String(Math.floor(r / 1000)), String(Math.round((r % 1000) * 1000))]
+    }
+  }
+  const check = start(redis, logger, { now: () => clock, intervalMs: 3_600_000 })
+  await waitFor(() => check.offsetSeconds() !== null)
+  fail = true
+  await expect(check.check()).rejects.toThrow('Connection is closed.')
+  await expect(check.check()).rejects.toThrow('Connection is closed.')
+  expect(check.offsetSeconds()).toBeCloseTo(0.020, 3)
+  await expect(check.check()).rejects.toThrow('Connection is closed.')
+  expect(check.offsetSeconds()).toBeNull()
+  // and measured again once TIME answers
+  fail = false
+  await check.check()
+  expect(check.offsetSeconds()).toBeCloseTo(0.020, 3)
+})
+
+test('one check at a time (a stalled TIME holds no more than one), and none after close', async () => {
+  const { logger } = recordingLogger()
+  let calls = 0
+  const stalled = start({ time: async () => { calls++; return await new Promise<string[]>(() => {}) } }, logger, { intervalMs: 10 })
+  await new Promise(resolve => setTimeout(resolve, 150))
+  expect(calls).toBe(1)
+  stalled.close()
+  let answered = 0
+  const quick = start({ time: async () => { answered++; return ['1800000000', '0'] } }, logger, { intervalMs: 10 })
+  await waitFor(() => answered >= 3)
+  quick.close()
+  const after = answered
+  await new Promise(resolve => setTimeout(resolve, 100))
+  expect(answered).toBe(after)
 })
 
 test('checked again every interval: a clock that drifts shows in the next check', async () => {
