@@ -16,6 +16,7 @@ import { startServer, addUser, connect, waitUntil } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import { redisQueueKey } from '../src/broker/upstream.js'
 import { valueOf } from './helpers/metrics.js'
+import { MAX_RTT_MS } from '../src/broker/clock-check.js'
 
 const REDIS_DB = 11
 
@@ -89,8 +90,9 @@ describe('a node that missed subscription broadcasts puts its matcher of offline
     expect(valueOf(metrics, 'mqim_subscription_repair_failures_total')).toBe(0)
     expect(valueOf(metrics, 'mqim_subscription_repair_last_sessions')).toBeGreaterThanOrEqual(2)
     expect(valueOf(metrics, 'mqim_subscription_repair_last_seconds')).toBeGreaterThan(0)
-    // and the node's clock against Redis' (both on this machine: the same clock)
-    expect(Math.abs(valueOf(metrics, 'mqim_clock_offset_seconds') ?? Number.NaN)).toBeLessThan(0.05)
+    // and the node's clock against Redis' (both on this machine: the same clock, so what it shows is
+    // the measurement's error, at most half the longest round trip it uses; CI saw 86 ms on a busy machine)
+    expect(Math.abs(valueOf(metrics, 'mqim_clock_offset_seconds') ?? Number.NaN)).toBeLessThanOrEqual(MAX_RTT_MS / 2 / 1000)
     await send('repaired')
     expect(await queues()).toStrictEqual({ phone: 1, tablet: 1, watch: 1 })
     // and the phone gets it from its queue when it comes back
