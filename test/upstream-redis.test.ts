@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process'
 import { Redis } from 'ioredis'
 import mqemitterRedis from 'mqemitter-redis'
 import { redisUrl } from './helpers/db.js'
+import { waitUntil } from '../scripts/lib/procs.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import msgpack from 'msgpack-lite'
 import { boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
@@ -409,9 +410,8 @@ describe('mqemitter-redis 7.2.1: its channels ignore the Redis database (workaro
     await new Promise<void>(resolve => { mq.on('t20/#', (msg, done) => { got.push(msg.topic); done() }, resolve) })
     return { mq, got }
   }
-  const settle = async (got: string[], n: number): Promise<void> => {
-    for (let i = 0; i < 200 && got.length < n; i++) await new Promise(resolve => setTimeout(resolve, 10))
-  }
+  /** Up to 2 s for `got` to hold `n` (the assertions after say what it holds). */
+  const settle = async (got: string[], n: number): Promise<void> => { await waitUntil(() => got.length >= n, 2000).catch(() => {}) }
 
   test('upstream: two emitters on different databases hear each other', async () => {
     const a = await emitterOn(19, false)

@@ -1147,7 +1147,6 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
   let connBreaks = 0
   const onConnClose = (): void => { connBreaks++ }
   conn.on('close', onConnClose)
-  let reads = 0
   const stats: SubscriptionRepairStats = { reads: 0, failures: 0, added: 0, removed: 0, lastSessions: 0, lastSeconds: 0 }
   let started = false
   let closed = false
@@ -1172,7 +1171,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     const began = performance.now()
     const breaksAtStart = connBreaks
     // the first read: every subscription, as the trie may have missed broadcasts while it was built
-    const everything = reads === 0
+    const everything = stats.reads === 0
     const early = removedEarly ?? new Map<string, Map<string, true>>()
     /** Sessions the copy holds (or whose removal the trie may have missed) that no page has shown yet. */
     const unseen = new Set([...held.keys(), ...early.keys()])
@@ -1251,8 +1250,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       }
       removedEarly = null
       removedEarlyCount = 0
-      reads++
-      stats.reads = reads
+      stats.reads++
       stats.lastSessions = sessions
       stats.lastSeconds = (performance.now() - began) / 1000
       if (added + removed > 0) logger.warn({ added, removed }, 'subscriptions (un)made on other nodes while this node\'s Redis link was down: its matcher of offline sessions put right from Redis')
@@ -1302,7 +1300,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       wanted = true
       run()
     },
-    repairs: () => reads,
+    repairs: () => stats.reads,
     stats: () => ({ ...stats }),
     close: () => {
       closed = true

@@ -6,6 +6,7 @@
 import { Writable } from 'node:stream'
 import { startClockCheck, MAX_RTT_MS, type ClockCheck } from '../../src/broker/clock-check.js'
 import { createLogger, type Logger } from '../../src/log.js'
+import { waitUntil } from '../../scripts/lib/procs.js'
 
 /** A logger whose lines are kept (JSON objects). */
 function recordingLogger (): { logger: Logger, lines: Array<Record<string, unknown>> } {
@@ -49,7 +50,7 @@ test('the offset is this clock minus Redis\', from the sample with the shortest 
   const { redis, now } = fakeRedis(40, [30, 2, 12])
   // the check runs at start (and every interval)
   const check = start(redis, logger, { now, intervalMs: 3_600_000 })
-  await waitFor(() => check.offsetSeconds() !== null)
+  await waitUntil(() => check.offsetSeconds() !== null, 2000)
   expect(check.offsetSeconds()).toBeCloseTo(0.040, 3)
   expect(lines.filter(l => l.level === 40)).toStrictEqual([])
 })
@@ -59,7 +60,7 @@ test('a clock ahead by 350 ms (or behind) is logged as a warning; the offset say
     const { logger, lines } = recordingLogger()
     const { redis, now } = fakeRedis(offset, [2])
     const check = start(redis, logger, { now, intervalMs: 3_600_000 })
-    await waitFor(() => check.offsetSeconds() !== null)
+    await waitUntil(() => check.offsetSeconds() !== null, 2000)
     expect(check.offsetSeconds()).toBeCloseTo(offset / 1000, 3)
     const warned = lines.filter(l => l.level === 40)
     expect(warned).toHaveLength(1)
@@ -80,7 +81,7 @@ test('round trips over the limit are not used: no offset until a usable one; a f
   expect(junk.offsetSeconds()).toBeNull()
   // a failing TIME, on the timer's path: logged (debug), not thrown out of the timer
   const failing = start({ time: async () => { throw new Error('Connection is closed.') } }, logger, { intervalMs: 3_600_000 })
-  await waitFor(() => lines.some(l => l.msg === 'clock check: Redis TIME failed'))
+  await waitUntil(() => lines.some(l => l.msg === 'clock check: Redis TIME failed'), 2000)
   expect(failing.offsetSeconds()).toBeNull()
 })
 
@@ -98,7 +99,7 @@ test('a measured offset stays through two checks without a usable sample, and is
     }
   }
   const check = start(redis, logger, { now: () => clock, intervalMs: 3_600_000 })
-  await waitFor(() => check.offsetSeconds() !== null)
+  await waitUntil(() => check.offsetSeconds() !== null, 2000)
   fail = true
   await expect(check.check()).rejects.toThrow('Connection is closed.')
   await expect(check.check()).rejects.toThrow('Connection is closed.')
@@ -120,7 +121,7 @@ test('one check at a time (a stalled TIME holds no more than one), and none afte
   stalled.close()
   let answered = 0
   const quick = start({ time: async () => { answered++; return ['1800000000', '0'] } }, logger, { intervalMs: 10 })
-  await waitFor(() => answered >= 3)
+  await waitUntil(() => answered >= 3, 2000)
   quick.close()
   const after = answered
   await new Promise(resolve => setTimeout(resolve, 100))
@@ -133,13 +134,8 @@ test('checked again every interval: a clock that drifts shows in the next check'
   let clock = 1_800_000_000_000
   const redis = { time: async () => { clock += 1; const r = clock - offset; clock += 1; return [String(Math.floor(r / 1000)), String(Math.round((r % 1000) * 1000))] } }
   const check = start(redis, logger, { now: () => clock, intervalMs: 20 })
-  await waitFor(() => check.offsetSeconds() !== null)
+  await waitUntil(() => check.offsetSeconds() !== null, 2000)
   expect(check.offsetSeconds()).toBeCloseTo(0.010, 3)
   offset = 180
-  await waitFor(() => Math.abs((check.offsetSeconds() ?? 0) - 0.180) < 0.001)
+  await waitUntil(() => Math.abs((check.offsetSeconds() ?? 0) - 0.180) < 0.001, 2000)
 })
-
-async function waitFor (ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !ok(); i++) await new Promise(resolve => setTimeout(resolve, 10))
-  expect(ok()).toBe(true)
-}
