@@ -54,6 +54,7 @@ export class Metrics {
   private readonly pushes: Counter<'kind' | 'outcome'>
   private readonly seqConflicts: Counter
   private readonly orderWait: Histogram
+  private readonly orderFills: Counter
   private readonly orderTimeouts: Counter
   private readonly publishesDropped: Counter<'qos'>
 
@@ -69,7 +70,8 @@ export class Metrics {
     this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers, collect: this.flush })
     this.seqConflicts = new Counter({ name: 'mqim_seq_conflicts_total', help: 'Batch writes that met a seq another node had stored first (cluster: both wrote one conversation at once)', registers })
     this.orderWait = new Histogram({ name: 'mqim_delivery_order_wait_seconds', help: "Cluster: conversations of committed batches whose delivery waited (that conversation only) until another node's fan-out of the seqs before theirs had arrived, and how long", buckets: LATENCY_BUCKETS, registers })
-    this.orderTimeouts = new Counter({ name: 'mqim_delivery_order_timeouts_total', help: "Cluster: order waits that ran out (another node's fan-out never came: a lost mark, a node that died; its devices may see that seq after the next)", registers })
+    this.orderTimeouts = new Counter({ name: 'mqim_delivery_order_timeouts_total', help: "Cluster: order waits that ran out (another node's fan-out never came: a lost mark, a node that died; that node then delivers the seqs before from the store, see mqim_delivery_order_filled_total)", registers })
+    this.orderFills = new Counter({ name: 'mqim_delivery_order_filled_total', help: 'Cluster: entries another node had stored and not published when an order wait ran out, read from the store and delivered by this node before the seq that waited', registers })
     this.publishesDropped = new Counter({ name: 'mqim_publishes_dropped_total', help: 'Publishes to clients dropped, neither delivered live nor queued, because too many waited for their queue entries (Redis stalled), by QoS', labelNames: ['qos'], registers })
     this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers, collect: this.flush })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
@@ -165,6 +167,11 @@ export class Metrics {
   /** An order wait ran out (see Delivery). */
   orderWaitTimedOut (): void {
     if (this.enabled) this.orderTimeouts.inc()
+  }
+
+  /** After an order wait ran out, `n` entries were read from the store and delivered (see Delivery). */
+  orderFilled (n: number): void {
+    if (this.enabled) this.orderFills.inc(n)
   }
 
   webhook (event: string, outcome: string): void {

@@ -162,7 +162,7 @@ export class MqimServer {
       logger,
       metrics
     })
-    const delivery = new Delivery(directory, publisher, bus, { mentions, webhooks, push, metrics, logger, order: { listeningSince: backends.connectedSince } })
+    const delivery = new Delivery(directory, publisher, bus, { mentions, webhooks, push, metrics, logger, messages, order: { listeningSince: backends.connectedSince } })
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would

@@ -11,6 +11,7 @@ import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import type { MessageEnvelope } from '../src/protocol/schemas.js'
+import { valueOf } from './helpers/metrics.js'
 
 describe('delivery order with writers on two nodes', () => {
   let n1: MqimServer
@@ -20,7 +21,7 @@ describe('delivery order with writers on two nodes', () => {
     const overrides = await clusterOverrides(13)
     n1 = await startServer({ ...overrides, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
-    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2']) await addUser(n1, u)
+    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
@@ -124,4 +125,52 @@ describe('delivery order with writers on two nodes', () => {
       expect(received.get(admin)).toHaveLength(last) // neither n1's post nor its own held one yet
     })
   }, 60000)
+
+  test('a node that stored a seq and never published it (its link to Redis held past the order wait): the other node waits 6 s, then delivers it from the store before its own: every device gets them in order', async () => {
+    const pat = await connect(n1, 'co.pat', 'p')
+    const rae = await connect(n1, 'co.rae', 'r')
+    const quinn = await connect(n2, 'co.quinn', 'q')
+    const sam = await connect(n2, 'co.sam', 's')
+    const devices = [pat, rae, quinn, sam]
+    clients.push(...devices)
+    const { conv } = await pat.request('create-group', { name: 'filled', members: ['co.quinn', 'co.rae', 'co.sam'] })
+    const seqsOf = (d: ImClient): number[] => d.messages.filter(m => m.conv === conv).map(m => m.seq)
+    // both nodes write once: n2 knows what was published of the conversation
+    await pat.request('send', { conv, msgId: 'p1', kind: 'text', body: 'one' })
+    await quinn.request('send', { conv, msgId: 'q2', kind: 'text', body: 'two' })
+    for (const d of devices) await d.waitFor(() => seqsOf(d).length >= 2, 10000, `${d.userId} gets 1 and 2`)
+    const filledBefore = await filled(n2)
+    // n1 stores 3, but its fan-out (and commit notice) stays in its socket to Redis; n2 stores 4
+    const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
+    pub.stream.cork()
+    let patSent: Promise<unknown> = Promise.resolve()
+    try {
+      patSent = pat.request('send', { conv, msgId: 'p3', kind: 'text', body: 'three' })
+      await waitUntil(() => n1.services.sequencer.knownLastSeq(conv) === 3, 10000, 'n1 to store 3')
+      const t0 = Date.now()
+      const four = await quinn.request('send', { conv, msgId: 'q4', kind: 'text', body: 'four' }, 15000)
+      expect(four.seq).toBe(4)
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(5000) // the order wait ran out (6 s)
+      // n2 delivered 3, read from the store, before 4: to its own devices and, through Redis, to n1's
+      for (const d of devices) {
+        await d.waitFor(() => seqsOf(d).length >= 4, 10000, `${d.userId} gets 3 and 4`)
+        expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 4] })
+      }
+      expect(await filled(n2) - filledBefore).toBe(1)
+    } finally {
+      pub.stream.uncork()
+    }
+    await patSent
+    // n1 was only held: its own fan-out of 3 comes now, a duplicate every device drops by conv and seq
+    for (const d of devices) {
+      await d.waitFor(() => seqsOf(d).length >= 5, 10000, `${d.userId} gets n1's late 3`)
+      expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 4, 3] })
+    }
+  }, 60000)
 })
+
+/** mqim_delivery_order_filled_total of the node (GET /metrics from loopback). */
+async function filled (server: MqimServer): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${server.ports.http}/metrics`)
+  return valueOf(await res.text(), 'mqim_delivery_order_filled_total') ?? Number.NaN
+}

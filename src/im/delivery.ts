@@ -26,6 +26,13 @@
  * sequencer goes on with its next batch. The waits are best effort: A may itself wait for an
  * earlier seq before publishing S-1. Once a wait has run out, the marks are probably not coming
  * (A died): the waits of the next AFTER_TIMEOUT_MS are short.
+ *
+ * A wait that ran out does not give up the order: B reads the seqs A may not have published (above
+ * the highest B knows published, the last FILL_MAX at most) from the store and delivers them itself,
+ * with everything a delivery does (inboxes and offline queues on every node, webhooks, push,
+ * mentions), before S. When A was only late, its own delivery of them comes after: devices get
+ * those seqs twice (they de-duplicate by conversation and seq, topics.md) and receivers of webhooks
+ * may get `message.stored` twice.
  */
 import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -39,8 +46,10 @@ import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 import { LRUCache } from 'lru-cache'
 import type { Metrics } from '../metrics.js'
-import type { Logger } from '../log.js'
+import { warnEveryMinute, type Logger } from '../log.js'
 import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
+import type { MessageStore } from '../store/types.js'
+import { GapReads, type SeqKey } from './gap-reads.js'
 
 /**
  * Longest wait for another node's mark that it published the seqs before ours (a lost mark, a node
@@ -61,6 +70,11 @@ const UNPUBLISHED_MS = 2 * ORDER_WAIT_MS
  */
 const AFTER_TIMEOUT_MS = 2 * ORDER_WAIT_MS
 const AFTER_TIMEOUT_WAIT_MS = 200
+/**
+ * After a wait ran out, at most this many seqs before the waiting one are read and delivered here
+ * (a history page: a longer gap devices fill with `history {after}`, as they fill any).
+ */
+export const FILL_MAX = 100
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -113,6 +127,8 @@ export interface DeliveryParts {
   /** Where a delivery that failed (a conversation's lookup) is told. */
   logger?: Logger | null
   order?: OrderOptions
+  /** Where the seqs another node stored and never published are read from (absent: not filled). */
+  messages?: Pick<MessageStore, 'getMany'> | null
 }
 
 export class Delivery implements CommitListener {
@@ -133,18 +149,21 @@ export class Delivery implements CommitListener {
   private readonly push: PushService | null
   private readonly metrics: Metrics | null
   private readonly logger: Logger | null
+  private readonly gapReads: GapReads | null
 
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {} }: DeliveryParts = {}
+    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null }: DeliveryParts = {}
   ) {
     this.mentions = mentions
     this.webhooks = webhooks
     this.push = push
     this.metrics = metrics
     this.logger = logger
+    const warn = logger === null ? null : warnEveryMinute(logger)
+    this.gapReads = messages === null ? null : new GapReads(messages, (err) => { warn?.('gap-read', { err }, 'an order wait ran out and the seqs before could not be read from the store: devices get them when they sync') })
     const waitMs = order.waitMs ?? ORDER_WAIT_MS
     this.order = {
       waitMs,
@@ -205,12 +224,12 @@ export class Delivery implements CommitListener {
   private readonly listeningSince: () => number
 
   /**
-   * Resolves once `seq` of the conversation is known published, or after order.waitMs
+   * Resolves true once `seq` of the conversation is known published, or false after order.waitMs
    * (afterTimeoutWaitMs within afterTimeoutMs of a full wait that ran out).
    */
-  private async publishedUpTo (conv: string, seq: number): Promise<void> {
+  private async publishedUpTo (conv: string, seq: number): Promise<boolean> {
     const bound = performance.now() - this.lastTimeoutAt < this.order.afterTimeoutMs ? this.order.afterTimeoutWaitMs : this.order.waitMs
-    await new Promise<void>(resolve => {
+    return await new Promise<boolean>(resolve => {
       const timer = setTimeout(() => {
         this.metrics?.orderWaitTimedOut()
         // a short wait that runs out does not renew the while: the next full wait tells again
@@ -218,10 +237,10 @@ export class Delivery implements CommitListener {
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
-        resolve()
+        resolve(false)
       }, bound)
       timer.unref()
-      const go = (): void => { clearTimeout(timer); resolve() }
+      const go = (): void => { clearTimeout(timer); resolve(true) }
       const waits = this.orderWaits.get(conv)
       if (waits === undefined) this.orderWaits.set(conv, [{ seq, go }])
       else waits.push({ seq, go })
@@ -272,7 +291,37 @@ export class Delivery implements CommitListener {
     const known = this.published.get(conv)
     if (known === undefined ? !this.mayBeUnpublished(seq, storedAt, Date.now()) : known >= seq - 1) return undefined
     const started = performance.now()
-    return this.publishedUpTo(conv, seq - 1).then(() => { this.metrics?.orderWaited(performance.now() - started) })
+    return this.publishedUpTo(conv, seq - 1).then(async (arrived) => {
+      this.metrics?.orderWaited(performance.now() - started)
+      if (!arrived) await this.fillGap(conv, seq, known)
+    })
+  }
+
+  /**
+   * An order wait for the seqs before `seq` ran out: those that may not be published (above
+   * `known`, the highest known published when the wait began, and above what marks said since;
+   * with no such knowledge, those stored lately, as mayBeUnpublished says), the last FILL_MAX at
+   * most, are read from the store and delivered here. Never rejects (a failure: not filled).
+   */
+  private async fillGap (conv: string, seq: number, known: number | undefined): Promise<void> {
+    if (this.gapReads === null) return
+    try {
+      const keys: SeqKey[] = []
+      for (let s = Math.max(known ?? 0, seq - 1 - FILL_MAX) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
+      const found = await this.gapReads.read(keys)
+      if (found === null) return
+      const now = Date.now()
+      // marks that came meanwhile: those seqs are published
+      const published = this.published.get(conv) ?? 0
+      const missing = found
+        .filter(m => m.seq > published && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, now)))
+        .sort((a, b) => a.seq - b.seq)
+      if (missing.length === 0) return
+      this.metrics?.orderFilled(missing.length)
+      await this.deliverNow(missing)
+    } catch (err) {
+      this.logger?.error({ err, conv }, 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)')
+    }
   }
 
   /** Delivers each gated conversation's messages of the batch once its gate opens. */

@@ -6,19 +6,23 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, ORDER_WAIT_MS, type OrderOptions } from '../../src/im/delivery.js'
+import { Delivery, FILL_MAX, ORDER_WAIT_MS, type OrderOptions } from '../../src/im/delivery.js'
+import { GapReads, QUEUE_MAX, READ_KEYS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import type { ConversationDirectory, ConversationEntry } from '../../src/im/directory.js'
 import type { Publisher } from '../../src/im/publisher.js'
-import type { StoredMessage } from '../../src/store/types.js'
+import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Setup { delivery: Delivery, published: number[], delivered: string[], notices: Array<Record<string, unknown>>, errors: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
+interface Setup { delivery: Delivery, published: number[], delivered: string[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
 
-function setup (order: OrderOptions = {}, metrics: Metrics | null = null): Setup {
+/** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
+type Messages = Pick<MessageStore, 'getMany'>
+
+function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messages: Messages | null = null): Setup {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
@@ -38,14 +42,16 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null): Setup
     }
   }
   const errors: string[] = []
-  const logger = { error: (_o: unknown, message: string) => { errors.push(message) } } as unknown as Logger
-  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, { metrics, logger, order })
+  const warnings: string[] = []
+  const logger = { error: (_o: unknown, message: string) => { errors.push(message) }, warn: (_o: unknown, message: string) => { warnings.push(message) } } as unknown as Logger
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, { metrics, logger, order, messages })
   return {
     delivery,
     published,
     delivered,
     notices,
     errors,
+    warnings,
     notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
     notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) },
     failNext: () => { fail = true }
@@ -286,4 +292,154 @@ test('a commit notice that comes while this node waits for a conversation does n
   await done
   expect(Date.now() - t0).toBeLessThan(1500)
   expect(published).toStrictEqual([5])
+})
+
+/**
+ * A stand-in message store holding `stored` (by conversation and seq): its getMany records the
+ * keys of each call and answers after `delayMs`, or fails while `failing`.
+ */
+function store (stored: StoredMessage[], delayMs = 0): Messages & { calls: SeqKey[][], failing: boolean } {
+  const s = {
+    calls: [] as SeqKey[][],
+    failing: false,
+    getMany: async (keys: ReadonlyArray<{ conversationId: string, seq: number }>) => {
+      s.calls.push([...keys])
+      if (delayMs > 0) await new Promise(resolve => setTimeout(resolve, delayMs))
+      if (s.failing) throw new Error('message store down')
+      const byKey = new Map(stored.map(m => [`${m.conversationId}/${m.seq}`, m]))
+      return keys.map(k => byKey.get(`${k.conversationId}/${k.seq}`)).filter((m): m is StoredMessage => m !== undefined)
+    }
+  }
+  return s
+}
+const seqs = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+describe('after a wait ran out, the seqs before are delivered from the store', () => {
+  test('the seqs another node stored and never published come first, in order, each once, counted', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const messages = store(seqs(1, 7).map(msg))
+    const { delivery, published, notify } = setup({ waitMs: 300 }, metrics, messages)
+    notify({ c: 4 }) // published 1..4; 5..7 stored by another node that died before publishing them
+    await deliver(delivery, [msg(8), msg(9)])
+    expect(published).toStrictEqual([5, 6, 7, 8, 9])
+    expect(messages.calls).toStrictEqual([[5, 6, 7].map(seq => ({ conversationId: 'c', seq }))])
+    expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 1$/m)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_order_filled_total 3$/m)
+    // they count as published now: the next does not wait, nothing is read again
+    await deliver(delivery, [msg(10)])
+    expect(published).toStrictEqual([5, 6, 7, 8, 9, 10])
+    expect(messages.calls).toHaveLength(1)
+  })
+
+  test('marks that come while the store is read: those seqs are not delivered again', async () => {
+    const messages = store(seqs(1, 7).map(msg), 200)
+    const { delivery, published, notify } = setup({ waitMs: 200 }, null, messages)
+    notify({ c: 4 })
+    const done = deliver(delivery, [msg(8)])
+    await new Promise(resolve => setTimeout(resolve, 300)) // the wait has run out, the read is on
+    expect(messages.calls).toHaveLength(1)
+    notify({ c: 6 }) // the other node was only late: its fan-out of 5 and 6 arrived
+    await done
+    expect(published).toStrictEqual([7, 8])
+  })
+
+  test('a conversation known from no mark: only the seqs stored lately (by their time) are filled', async () => {
+    const stored: StoredMessage[] = []
+    const messages = store(stored)
+    const { delivery, published } = setup({ waitMs: 200, listeningSince: () => 0 }, null, messages)
+    await new Promise(resolve => setTimeout(resolve, 100))
+    // 1..3 stored a minute ago (published then), 4 and 5 just now by a node that died
+    const now = Date.now()
+    stored.push(...seqs(1, 5).map(seq => ({ ...msg(seq), ts: seq <= 3 ? now - 60_000 : now - 20 })))
+    await deliver(delivery, [msg(6)], new Map([['c', now - 20]]))
+    expect(published).toStrictEqual([4, 5, 6])
+    expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual([1, 2, 3, 4, 5])
+  })
+
+  test(`a gap longer than ${FILL_MAX}: the last ${FILL_MAX} seqs before (devices fill the rest with history)`, async () => {
+    const messages = store(seqs(1, 249).map(msg))
+    const { delivery, published, notify } = setup({ waitMs: 100 }, null, messages)
+    notify({ c: 1 })
+    await deliver(delivery, [msg(250)])
+    expect(published).toStrictEqual(seqs(250 - FILL_MAX, 250))
+  })
+
+  test('a store that fails, or a delivery from it that fails: the seq that waited goes anyway, once a minute a warning', async () => {
+    const messages = store(seqs(1, 7).map(msg))
+    messages.failing = true
+    const { delivery, published, notify, warnings, errors } = setup({ waitMs: 100, afterTimeoutWaitMs: 100 }, null, messages)
+    notify({ c: 4, d: 4 })
+    await deliver(delivery, [msg(8)])
+    await deliver(delivery, [{ ...msg(8), conversationId: 'd' }])
+    expect(published).toStrictEqual([8, 8])
+    expect(warnings).toStrictEqual(['an order wait ran out and the seqs before could not be read from the store: devices get them when they sync'])
+    // read, but the conversation's lookup fails for the first of them
+    messages.failing = false
+    const e = setup({ waitMs: 100 }, null, messages)
+    e.notify({ c: 4 })
+    e.failNext()
+    await deliver(e.delivery, [msg(8)])
+    expect(e.published).toStrictEqual([8])
+    expect(e.errors).toStrictEqual(['delivery of the seqs before an order wait that ran out failed (devices sync by seq)'])
+    expect(errors).toStrictEqual([])
+  })
+
+  test('without a message store nothing is read (as before)', async () => {
+    const { delivery, published, notify } = setup({ waitMs: 100 })
+    notify({ c: 4 })
+    await deliver(delivery, [msg(8)])
+    expect(published).toStrictEqual([8])
+  })
+})
+
+describe('GapReads: the reads of many conversations whose waits ran out at once', () => {
+  const keysOf = (conv: string, n: number): SeqKey[] => seqs(1, n).map(seq => ({ conversationId: conv, seq }))
+
+  test(`one read in flight; the requests meanwhile merged, at most ${READ_KEYS} seqs a read, a request never split; each gets its own messages`, async () => {
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    const calls: number[] = []
+    const reads = new GapReads({
+      getMany: async (keys) => {
+        calls.push(keys.length)
+        if (calls.length === 1) await gate
+        return keys.map(k => ({ ...msg(k.seq), conversationId: k.conversationId }))
+      }
+    }, () => {})
+    const first = reads.read(keysOf('a', 20))
+    const more = Array.from({ length: 30 }, async (_, i) => await reads.read(keysOf(`b${i}`, 20)))
+    const big = reads.read(keysOf('z', READ_KEYS + 1)) // more than a read: alone
+    await new Promise(resolve => setTimeout(resolve, 20))
+    expect(calls).toStrictEqual([20])
+    release()
+    const answers = await Promise.all([first, ...more, big])
+    expect(calls).toStrictEqual([20, READ_KEYS, 100, READ_KEYS + 1])
+    answers.forEach((found, i) => {
+      const conv = i === 0 ? 'a' : i === answers.length - 1 ? 'z' : `b${i - 1}`
+      expect(found?.map(m => `${m.conversationId}/${m.seq}`)).toStrictEqual(keysOf(conv, i === answers.length - 1 ? READ_KEYS + 1 : 20).map(k => `${k.conversationId}/${k.seq}`))
+    })
+    expect(await reads.read([])).toStrictEqual([])
+  })
+
+  test(`at most ${QUEUE_MAX} requests wait: one more is answered null at once; a failed read answers null to all it held and is told`, async () => {
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    const told: unknown[] = []
+    let calls = 0
+    const reads = new GapReads({
+      getMany: async () => {
+        if (++calls === 1) await gate
+        throw new Error('down')
+      }
+    }, (err) => { told.push(err) })
+    const first = reads.read(keysOf('a', 1))
+    await new Promise(resolve => setImmediate(resolve))
+    const waiting = Array.from({ length: QUEUE_MAX }, async (_, i) => await reads.read(keysOf(`w${i}`, 1)))
+    expect(await reads.read(keysOf('over', 1))).toBeNull()
+    release()
+    const answers = await Promise.all([first, ...waiting])
+    expect(answers.every(a => a === null)).toBe(true)
+    expect(calls).toBe(1 + Math.ceil(QUEUE_MAX / READ_KEYS))
+    expect(told).toHaveLength(calls)
+  })
 })

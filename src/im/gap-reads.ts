@@ -1,0 +1,67 @@
+/**
+ * Store reads for the seqs another node stored and never published (Delivery, after an order wait
+ * ran out). When a node dies, the waits of every conversation it had just written run out within a
+ * few seconds of each other: their reads are merged, one store read in flight per node, at most
+ * READ_KEYS seqs a read, and at most QUEUE_MAX requests waiting (beyond, a request is answered null
+ * at once: not read, as for a store error; the wait's delivery then goes on without it).
+ */
+import type { MessageStore, StoredMessage } from '../store/types.js'
+
+export interface SeqKey { conversationId: string, seq: number }
+
+/** Seqs per store read (several requests' seqs together; a request is never split). */
+export const READ_KEYS = 500
+/** Requests waiting for a read at most. */
+export const QUEUE_MAX = 10_000
+
+interface Request { keys: readonly SeqKey[], done: (found: StoredMessage[] | null) => void }
+
+export class GapReads {
+  private queue: Request[] = []
+  private reading = false
+
+  constructor (
+    private readonly store: Pick<MessageStore, 'getMany'>,
+    private readonly onError: (err: unknown) => void
+  ) {}
+
+  /** The stored messages of `keys` (absent ones left out, no order), or null when not read. */
+  async read (keys: readonly SeqKey[]): Promise<StoredMessage[] | null> {
+    if (keys.length === 0) return []
+    if (this.queue.length >= QUEUE_MAX) return null
+    const found = new Promise<StoredMessage[] | null>(resolve => { this.queue.push({ keys, done: resolve }) })
+    if (!this.reading) void this.drain()
+    return await found
+  }
+
+  private async drain (): Promise<void> {
+    this.reading = true
+    try {
+      while (this.queue.length > 0) {
+        // requests in arrival order until READ_KEYS (the first one always, however many it has)
+        let count = 0
+        let taken = 0
+        while (taken < this.queue.length && (taken === 0 || count + (this.queue[taken] as Request).keys.length <= READ_KEYS)) {
+          count += (this.queue[taken] as Request).keys.length
+          taken++
+        }
+        const batch = this.queue.splice(0, taken)
+        let found: StoredMessage[] | null
+        try {
+          found = await this.store.getMany(batch.flatMap(r => r.keys))
+        } catch (err) {
+          this.onError(err)
+          found = null
+        }
+        if (found === null) {
+          for (const r of batch) r.done(null)
+          continue
+        }
+        const byKey = new Map(found.map(m => [`${m.seq}:${m.conversationId}`, m]))
+        for (const r of batch) r.done(r.keys.map(k => byKey.get(`${k.seq}:${k.conversationId}`)).filter((m): m is StoredMessage => m !== undefined))
+      }
+    } finally {
+      this.reading = false
+    }
+  }
+}
