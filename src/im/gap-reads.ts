@@ -3,7 +3,9 @@
  * ran out). When a node dies, the waits of every conversation it had just written run out within a
  * few seconds of each other: their reads are merged, one store read in flight per node, at most
  * READ_KEYS seqs a read, and at most QUEUE_MAX requests waiting (beyond, a request is answered null
- * at once: not read, as for a store error; the wait's delivery then goes on without it).
+ * at once: not read, as for a store error; the wait's delivery then goes on without it). A request
+ * not answered within READ_TIMEOUT_MS is answered null then (a slow or hanging store adds that much
+ * to the wait at most); if it was still queued, it is not read.
  */
 import type { MessageStore, StoredMessage } from '../store/types.js'
 
@@ -13,8 +15,10 @@ export interface SeqKey { conversationId: string, seq: number }
 export const READ_KEYS = 500
 /** Requests waiting for a read at most. */
 export const QUEUE_MAX = 10_000
+/** A request's answer at the latest (null after that). */
+export const READ_TIMEOUT_MS = 2000
 
-interface Request { keys: readonly SeqKey[], done: (found: StoredMessage[] | null) => void }
+interface Request { keys: readonly SeqKey[], done: (found: StoredMessage[] | null) => void, answered: boolean }
 
 export class GapReads {
   private queue: Request[] = []
@@ -22,14 +26,34 @@ export class GapReads {
 
   constructor (
     private readonly store: Pick<MessageStore, 'getMany'>,
-    private readonly onError: (err: unknown) => void
+    private readonly onError: (err: unknown) => void,
+    private readonly timeoutMs = READ_TIMEOUT_MS
   ) {}
 
-  /** The stored messages of `keys` (absent ones left out, no order), or null when not read. */
+  /** The stored messages of `keys` in the order of `keys` (absent ones left out), or null when not read. */
   async read (keys: readonly SeqKey[]): Promise<StoredMessage[] | null> {
     if (keys.length === 0) return []
     if (this.queue.length >= QUEUE_MAX) return null
-    const found = new Promise<StoredMessage[] | null>(resolve => { this.queue.push({ keys, done: resolve }) })
+    const found = new Promise<StoredMessage[] | null>(resolve => {
+      const request: Request = {
+        keys,
+        answered: false,
+        done: (answer) => {
+          if (request.answered) return
+          request.answered = true
+          clearTimeout(timer)
+          resolve(answer)
+        }
+      }
+      const timer = setTimeout(() => {
+        request.done(null)
+        // not read if still queued
+        const at = this.queue.indexOf(request)
+        if (at !== -1) this.queue.splice(at, 1)
+      }, this.timeoutMs)
+      timer.unref()
+      this.queue.push(request)
+    })
     if (!this.reading) void this.drain()
     return await found
   }

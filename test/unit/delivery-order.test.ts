@@ -7,7 +7,7 @@
  * stand-ins that record what happens, in order.
  */
 import { Delivery, FILL_MAX, ORDER_WAIT_MS, type OrderOptions } from '../../src/im/delivery.js'
-import { GapReads, QUEUE_MAX, READ_KEYS, type SeqKey } from '../../src/im/gap-reads.js'
+import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
@@ -441,5 +441,28 @@ describe('GapReads: the reads of many conversations whose waits ran out at once'
     expect(answers.every(a => a === null)).toBe(true)
     expect(calls).toBe(1 + Math.ceil(QUEUE_MAX / READ_KEYS))
     expect(told).toHaveLength(calls)
+  })
+
+  test(`a request not answered within its time (${READ_TIMEOUT_MS} ms; 100 ms here) is answered null then; one still queued is not read`, async () => {
+    let calls = 0
+    const reads = new GapReads({
+      getMany: async (keys) => {
+        calls++
+        await new Promise(resolve => setTimeout(resolve, 400))
+        return keys.map(k => ({ ...msg(k.seq), conversationId: k.conversationId }))
+      }
+    }, () => {}, 100)
+    const t0 = Date.now()
+    const first = reads.read(keysOf('a', 2))
+    await new Promise(resolve => setImmediate(resolve))
+    const second = reads.read(keysOf('b', 2))
+    expect(await first).toBeNull()
+    expect(await second).toBeNull()
+    expect(Date.now() - t0).toBeLessThan(350)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    expect(calls).toBe(1)
+    // and the reads go on afterwards
+    expect(await reads.read(keysOf('c', 1))).toBeNull() // read again (a 400 ms store, a 100 ms bound)
+    expect(calls).toBe(2)
   })
 })
