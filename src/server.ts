@@ -15,7 +15,7 @@ import { Aedes } from 'aedes'
 import type { FastifyInstance } from 'fastify'
 import { isClustered, type Config } from './config.js'
 import { createLogger, type Logger } from './log.js'
-import type { MessageStore, MetadataStore } from './store/types.js'
+import type { MessageStore, MetadataStore, StoredMessage } from './store/types.js'
 import { createMessageStore, createMetadataStore } from './store/index.js'
 import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
@@ -162,7 +162,17 @@ export class MqimServer {
       logger,
       metrics
     })
-    const delivery = new Delivery(directory, publisher, bus, { mentions, webhooks, push, metrics, logger, messages, order: { listeningSince: backends.connectedSince } })
+    const delivery = new Delivery(directory, publisher, bus, {
+      mentions,
+      webhooks,
+      push,
+      metrics,
+      logger,
+      messages,
+      // (the sequencer is made next: called only after both exist)
+      applyChange: async (change: StoredMessage): Promise<unknown> => await sequencer.applyChange(change),
+      order: { listeningSince: backends.connectedSince }
+    })
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would

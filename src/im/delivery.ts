@@ -30,11 +30,13 @@
  * A wait that ran out does not give up the order: B reads the seqs A may not have published (above
  * the highest B knows published, the last FILL_MAX at most) from the store and delivers them itself,
  * with everything a delivery does (inboxes and offline queues on every node, webhooks, push,
- * mentions), before S. When A was only late, its own delivery of them comes after: devices get
- * those seqs twice (they de-duplicate by conversation and seq, topics.md) and receivers of webhooks
- * may get `message.stored` twice.
+ * mentions), before S: those stored lately but not a moment ago (fillGap). When A was only late,
+ * its own delivery of them comes after: devices get those seqs twice (they de-duplicate by
+ * conversation and seq, topics.md) and receivers of webhooks may get `message.stored` twice. What
+ * B knows published counts only while it listened without a break since it learnt it: the marks
+ * of a break went by unheard, and a stale value would make it wait and fill for nothing.
  */
-import { countOf, lastRealOf, type StoredMessage } from '../store/types.js'
+import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
 import type { ClusterBus } from '../broker/bus.js'
@@ -75,6 +77,17 @@ const AFTER_TIMEOUT_WAIT_MS = 200
  * (a history page: a longer gap devices fill with `history {after}`, as they fill any).
  */
 export const FILL_MAX = 100
+/**
+ * ... for a conversation this node knows no published seq of (its time rule made it wait), this
+ * many at most: what a node that died had just stored of one conversation.
+ */
+export const FILL_UNKNOWN_MAX = 10
+/**
+ * A seq is filled only once it was stored this long ago (the other node's clock against ours): a
+ * node that is alive may hold its fan-out that long behind queueing (QUEUE_TIMEOUT_MS). A short
+ * wait (AFTER_TIMEOUT_WAIT_MS) that runs out does not fill what a live peer stored a moment ago.
+ */
+const FILL_MIN_AGE_MS = QUEUE_TIMEOUT_MS
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -85,6 +98,8 @@ export interface OrderOptions {
   afterTimeoutMs?: number
   /** How recent a seq read from the store must be to be waited for (default UNPUBLISHED_MS). */
   unpublishedMs?: number
+  /** How long ago a seq must have been stored to be filled after a wait ran out (default FILL_MIN_AGE_MS). */
+  fillMinAgeMs?: number
   /**
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
    * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
@@ -129,6 +144,8 @@ export interface DeliveryParts {
   order?: OrderOptions
   /** Where the seqs another node stored and never published are read from (absent: not filled). */
   messages?: Pick<MessageStore, 'getMany'> | null
+  /** Applies a stored change to its target (Sequencer.applyChange): for changes among those filled. */
+  applyChange?: ((change: StoredMessage) => Promise<unknown>) | null
 }
 
 export class Delivery implements CommitListener {
@@ -150,18 +167,20 @@ export class Delivery implements CommitListener {
   private readonly metrics: Metrics | null
   private readonly logger: Logger | null
   private readonly gapReads: GapReads | null
+  private readonly applyChange: ((change: StoredMessage) => Promise<unknown>) | null
 
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null }: DeliveryParts = {}
+    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null, applyChange = null }: DeliveryParts = {}
   ) {
     this.mentions = mentions
     this.webhooks = webhooks
     this.push = push
     this.metrics = metrics
     this.logger = logger
+    this.applyChange = applyChange
     const warn = logger === null ? null : warnEveryMinute(logger)
     this.gapReads = messages === null ? null : new GapReads(messages, (err) => { warn?.('gap-read', { err }, 'an order wait ran out and the seqs before could not be read from the store: devices get them when they sync') })
     const waitMs = order.waitMs ?? ORDER_WAIT_MS
@@ -169,7 +188,8 @@ export class Delivery implements CommitListener {
       waitMs,
       afterTimeoutWaitMs: Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, waitMs),
       afterTimeoutMs: order.afterTimeoutMs ?? AFTER_TIMEOUT_MS,
-      unpublishedMs: order.unpublishedMs ?? UNPUBLISHED_MS
+      unpublishedMs: order.unpublishedMs ?? UNPUBLISHED_MS,
+      fillMinAgeMs: order.fillMinAgeMs ?? FILL_MIN_AGE_MS
     }
     // made after the subscriptions that bring the marks: the link may have been up before them
     const made = Date.now()
@@ -186,14 +206,25 @@ export class Delivery implements CommitListener {
         if (typeof seqs !== 'object' || seqs === null) return
         for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) {
           // (not while this node waits or holds deliveries of it: it knows more than the notice)
-          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.published.get(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, seq - 1)
+          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.knownPublished(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, { seq: seq - 1, at: Date.now() })
         }
       })
     }
   }
 
-  /** Clustered: conversation -> the highest seq known published (by this node, or another's notice). */
-  private readonly published = new LRUCache<string, number>({ max: 200_000 })
+  /**
+   * Clustered: conversation -> the highest seq known published (by this node, or another's notice),
+   * and when that was learnt (Date.now). What was learnt before a break in listening is not known
+   * any more (knownPublished): the marks of the break went by unheard.
+   */
+  private readonly published = new LRUCache<string, { seq: number, at: number }>({ max: 200_000 })
+
+  /** The highest seq of the conversation known published, if learnt while listening without a break since. */
+  private knownPublished (conv: string): number | undefined {
+    const p = this.published.get(conv)
+    return p === undefined || p.at < this.listeningSince() ? undefined : p.seq
+  }
+
   /** Deliveries waiting for another node's notice, per conversation. */
   private readonly orderWaits = new Map<string, Array<{ seq: number, go: () => void }>>()
   /**
@@ -204,7 +235,9 @@ export class Delivery implements CommitListener {
   private readonly held = new Map<string, Promise<void>>()
 
   private notePublished (conv: string, seq: number): void {
-    if (seq > (this.published.get(conv) ?? 0)) this.published.set(conv, seq)
+    const known = this.published.get(conv)
+    // (learnt again now: what was learnt before a break counts once more, as a mark confirms it)
+    this.published.set(conv, { seq: Math.max(seq, known?.seq ?? 0), at: Date.now() })
     // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
@@ -286,38 +319,56 @@ export class Delivery implements CommitListener {
     return gates
   }
 
-  /** The wait for the seqs before `seq` to be known published, if another node may still be publishing them. */
+  /**
+   * The wait for the seqs before `seq` to be known published, if another node may still be
+   * publishing them (none while this node does not listen: no mark could come).
+   */
   private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
-    const known = this.published.get(conv)
-    if (known === undefined ? !this.mayBeUnpublished(seq, storedAt, Date.now()) : known >= seq - 1) return undefined
+    const known = this.knownPublished(conv)
+    const now = Date.now()
+    if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now) : known >= seq - 1)) return undefined
     const started = performance.now()
     return this.publishedUpTo(conv, seq - 1).then(async (arrived) => {
       this.metrics?.orderWaited(performance.now() - started)
-      if (!arrived) await this.fillGap(conv, seq, known)
+      if (!arrived) await this.fillGap(conv, seq, known, now)
     })
   }
 
   /**
-   * An order wait for the seqs before `seq` ran out: those that may not be published (above
-   * `known`, the highest known published when the wait began, and above what marks said since;
-   * with no such knowledge, those stored lately, as mayBeUnpublished says), the last FILL_MAX at
-   * most, are read from the store and delivered here. Never rejects (a failure: not filled).
+   * An order wait for the seqs before `seq`, begun at `began` (Date.now), ran out. Read from the
+   * store: those above `known` (the highest known published then), the last FILL_MAX at most;
+   * with no such knowledge, the last FILL_UNKNOWN_MAX. Delivered here: those no mark said since were
+   * published, that were stored while this node listened and lately when the wait began (as
+   * mayBeUnpublished says: older ones were published, or their marks went by unheard), and at
+   * least fillMinAgeMs ago (a live peer may still hold a younger one). Changes among them are
+   * applied to their targets first (idempotent: the node that stored them may have died before).
+   * Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined): Promise<void> {
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number): Promise<void> {
     if (this.gapReads === null) return
     try {
       const keys: SeqKey[] = []
-      for (let s = Math.max(known ?? 0, seq - 1 - FILL_MAX) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
+      for (let s = Math.max(known ?? 0, seq - 1 - (known === undefined ? FILL_UNKNOWN_MAX : FILL_MAX)) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
       const found = await this.gapReads.read(keys)
       if (found === null) return
-      const now = Date.now()
       // marks that came meanwhile: those seqs are published
-      const published = this.published.get(conv) ?? 0
+      const published = this.knownPublished(conv) ?? 0
+      const youngest = Date.now() - this.order.fillMinAgeMs
       const missing = found
-        .filter(m => m.seq > published && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, now)))
+        .filter(m => m.seq > published && m.ts <= youngest && this.mayBeUnpublished(m.seq + 1, m.ts, began))
         .sort((a, b) => a.seq - b.seq)
       if (missing.length === 0) return
       this.metrics?.orderFilled(missing.length)
+      if (this.applyChange !== null) {
+        for (const m of missing) {
+          if (!isChangeKind(m.kind)) continue
+          try {
+            await this.applyChange(m)
+          } catch (err) {
+            this.logger?.error({ err, conv, seq: m.seq, target: m.target }, 'a stored change was not applied to its target')
+          }
+        }
+      }
       await this.deliverNow(missing)
     } catch (err) {
       this.logger?.error({ err, conv }, 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)')
@@ -361,7 +412,10 @@ export class Delivery implements CommitListener {
       }
       this.publisher.message(m, entry.memberIds)
       if (hooked) this.webhooks?.emit('message.stored', toEnvelope(m))
-      this.push?.noteStored(m)
+      // (one read back from the store after an order wait may have been deleted or edited since:
+      // no push or mention of a deleted one; its edited text in a push)
+      if (m.changes?.deleted !== undefined) continue
+      this.push?.noteStored(m.changes?.edited === undefined ? m : { ...m, body: m.changes.edited.body })
       if (m.mentions !== undefined) {
         this.mentioned(m, entry.memberIds)
         this.mentions?.note(m)

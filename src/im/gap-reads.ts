@@ -74,7 +74,9 @@ export class GapReads {
         try {
           found = await this.store.getMany(batch.flatMap(r => r.keys))
         } catch (err) {
-          this.onError(err)
+          try {
+            this.onError(err)
+          } catch {}
           found = null
         }
         if (found === null) {

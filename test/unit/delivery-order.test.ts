@@ -6,7 +6,7 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, FILL_MAX, ORDER_WAIT_MS, type OrderOptions } from '../../src/im/delivery.js'
+import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
 import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
@@ -22,7 +22,7 @@ interface Setup { delivery: Delivery, published: number[], delivered: string[], 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
 
-function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messages: Messages | null = null): Setup {
+function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messages: Messages | null = null, parts: DeliveryParts = {}): Setup {
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
@@ -44,7 +44,7 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   const errors: string[] = []
   const warnings: string[] = []
   const logger = { error: (_o: unknown, message: string) => { errors.push(message) }, warn: (_o: unknown, message: string) => { warnings.push(message) } } as unknown as Logger
-  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, { metrics, logger, order, messages })
+  const delivery = new Delivery(directory as unknown as ConversationDirectory, publisher as unknown as Publisher, bus as unknown as ClusterBus, { metrics, logger, order, messages, ...parts })
   return {
     delivery,
     published,
@@ -314,11 +314,24 @@ function store (stored: StoredMessage[], delayMs = 0): Messages & { calls: SeqKe
 }
 const seqs = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
+/**
+ * A node whose waits can run out and fill from `stored` (a stand-in store, filled by the test after
+ * the Delivery was made: what was stored before this node listened is never filled).
+ */
+function filling (order: OrderOptions = {}, metrics: Metrics | null = null, delayMs = 0, parts: DeliveryParts = {}): Setup & { stored: StoredMessage[], messages: ReturnType<typeof store>, storeNow: (seqs: number[], ageMs?: number) => void } {
+  const stored: StoredMessage[] = []
+  const messages = store(stored, delayMs)
+  const s = setup({ fillMinAgeMs: 0, ...order }, metrics, messages, parts)
+  return { ...s, stored, messages, storeNow: (seqs, ageMs = 0) => { stored.push(...seqs.map(seq => ({ ...msg(seq), ts: Date.now() - ageMs }))) } }
+}
+const tick = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+
 describe('after a wait ran out, the seqs before are delivered from the store', () => {
   test('the seqs another node stored and never published come first, in order, each once, counted', async () => {
     const metrics = new Metrics({ enabled: true })
-    const messages = store(seqs(1, 7).map(msg))
-    const { delivery, published, notify } = setup({ waitMs: 300 }, metrics, messages)
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 300 }, metrics)
+    await tick(5)
+    storeNow(seqs(1, 7))
     notify({ c: 4 }) // published 1..4; 5..7 stored by another node that died before publishing them
     await deliver(delivery, [msg(8), msg(9)])
     expect(published).toStrictEqual([5, 6, 7, 8, 9])
@@ -332,56 +345,125 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
   })
 
   test('marks that come while the store is read: those seqs are not delivered again', async () => {
-    const messages = store(seqs(1, 7).map(msg), 200)
-    const { delivery, published, notify } = setup({ waitMs: 200 }, null, messages)
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 200 }, null, 200)
+    await tick(5)
+    storeNow(seqs(1, 7))
     notify({ c: 4 })
     const done = deliver(delivery, [msg(8)])
-    await new Promise(resolve => setTimeout(resolve, 300)) // the wait has run out, the read is on
+    await tick(300) // the wait has run out, the read is on
     expect(messages.calls).toHaveLength(1)
     notify({ c: 6 }) // the other node was only late: its fan-out of 5 and 6 arrived
     await done
     expect(published).toStrictEqual([7, 8])
   })
 
-  test('a conversation known from no mark: only the seqs stored lately (by their time) are filled', async () => {
-    const stored: StoredMessage[] = []
-    const messages = store(stored)
-    const { delivery, published } = setup({ waitMs: 200, listeningSince: () => 0 }, null, messages)
-    await new Promise(resolve => setTimeout(resolve, 100))
-    // 1..3 stored a minute ago (published then), 4 and 5 just now by a node that died
-    const now = Date.now()
-    stored.push(...seqs(1, 5).map(seq => ({ ...msg(seq), ts: seq <= 3 ? now - 60_000 : now - 20 })))
-    await deliver(delivery, [msg(6)], new Map([['c', now - 20]]))
-    expect(published).toStrictEqual([4, 5, 6])
-    expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual([1, 2, 3, 4, 5])
+  test(`a conversation known from no mark: the last ${FILL_UNKNOWN_MAX} seqs are read, those stored lately (by their time) filled`, async () => {
+    const { delivery, published, messages, storeNow } = filling({ waitMs: 200, unpublishedMs: 1000 })
+    await tick(5)
+    storeNow(seqs(1, 12), 60_000) // (stored before this node listened: never filled)
+    await tick(1100)
+    storeNow([13, 14], 1050) // listening, but too long ago when the wait began: published then
+    storeNow([15, 16]) // just now by a node that died
+    await deliver(delivery, [msg(17)], new Map([['c', Date.now()]]))
+    expect(published).toStrictEqual([15, 16, 17])
+    expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual(seqs(17 - FILL_UNKNOWN_MAX, 16))
+  })
+
+  test('how recent a seq must be is judged when the wait began, not after it', async () => {
+    const { delivery, published, storeNow } = filling({ waitMs: 400, unpublishedMs: 300 })
+    await tick(150)
+    storeNow([3], 100) // 100 ms old when the wait begins, 500 ms when it runs out
+    await deliver(delivery, [msg(4)], new Map([['c', Date.now() - 100]]))
+    expect(published).toStrictEqual([3, 4])
+  })
+
+  test('a seq stored a moment ago is not filled (a live node may still hold its fan-out): after a short wait runs out, only the older ones', async () => {
+    const { delivery, published, notify, storeNow } = filling({ waitMs: 100, fillMinAgeMs: 300 })
+    await tick(5)
+    storeNow([5])
+    notify({ c: 4 })
+    await tick(400)
+    storeNow([6]) // stored just now by a node that is alive (its fan-out may take up to fillMinAgeMs)
+    await deliver(delivery, [msg(7)])
+    expect(published).toStrictEqual([5, 7])
+  })
+
+  test('what was known published before a break in listening is not known after it: seqs published during the break are not delivered again', async () => {
+    let since = 0
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 200, listeningSince: () => since })
+    await tick(5)
+    notify({ c: 10 }) // then the link broke; 11..500 were stored and published meanwhile, unheard
+    storeNow(seqs(1, 500), 0)
+    await tick(20)
+    since = Date.now() // listening again
+    const t0 = Date.now()
+    // the seq before was stored before this node listened again: nothing to wait for
+    await deliver(delivery, [msg(501)], new Map([['c', Date.now() - 15]]))
+    expect(Date.now() - t0).toBeLessThan(150)
+    expect(published).toStrictEqual([501])
+    expect(messages.calls).toHaveLength(0)
+    // and while not listening at all, no wait either (no mark can come)
+    since = Number.POSITIVE_INFINITY
+    notify({ c: 501 })
+    const t1 = Date.now()
+    await deliver(delivery, [msg(503)])
+    expect(Date.now() - t1).toBeLessThan(150)
   })
 
   test(`a gap longer than ${FILL_MAX}: the last ${FILL_MAX} seqs before (devices fill the rest with history)`, async () => {
-    const messages = store(seqs(1, 249).map(msg))
-    const { delivery, published, notify } = setup({ waitMs: 100 }, null, messages)
+    const { delivery, published, notify, storeNow } = filling({ waitMs: 100 })
+    await tick(5)
+    storeNow(seqs(1, 249))
     notify({ c: 1 })
     await deliver(delivery, [msg(250)])
     expect(published).toStrictEqual(seqs(250 - FILL_MAX, 250))
   })
 
   test('a store that fails, or a delivery from it that fails: the seq that waited goes anyway, once a minute a warning', async () => {
-    const messages = store(seqs(1, 7).map(msg))
+    const { delivery, published, notify, warnings, errors, messages, storeNow } = filling({ waitMs: 100, afterTimeoutWaitMs: 100 })
+    await tick(5)
+    storeNow(seqs(1, 7))
     messages.failing = true
-    const { delivery, published, notify, warnings, errors } = setup({ waitMs: 100, afterTimeoutWaitMs: 100 }, null, messages)
     notify({ c: 4, d: 4 })
     await deliver(delivery, [msg(8)])
     await deliver(delivery, [{ ...msg(8), conversationId: 'd' }])
     expect(published).toStrictEqual([8, 8])
     expect(warnings).toStrictEqual(['an order wait ran out and the seqs before could not be read from the store: devices get them when they sync'])
+    expect(errors).toStrictEqual([])
     // read, but the conversation's lookup fails for the first of them
-    messages.failing = false
-    const e = setup({ waitMs: 100 }, null, messages)
+    const e = filling({ waitMs: 100 })
+    await tick(5)
+    e.storeNow(seqs(1, 7))
     e.notify({ c: 4 })
     e.failNext()
     await deliver(e.delivery, [msg(8)])
     expect(e.published).toStrictEqual([8])
     expect(e.errors).toStrictEqual(['delivery of the seqs before an order wait that ran out failed (devices sync by seq)'])
-    expect(errors).toStrictEqual([])
+  })
+
+  test('changes among them are applied to their targets first; a deleted message is delivered without push or mention, an edited one pushed with its edited text', async () => {
+    const applied: number[] = []
+    const pushed: Array<[number, unknown]> = []
+    const mentioned: number[] = []
+    const { delivery, published, notify, stored } = filling({ waitMs: 100 }, null, 0, {
+      applyChange: async (m) => { applied.push(m.seq) },
+      push: { noteStored: (m: StoredMessage) => { pushed.push([m.seq, m.body]) } } as unknown as DeliveryParts['push'],
+      mentions: { note: (m: StoredMessage) => { mentioned.push(m.seq) } } as unknown as DeliveryParts['mentions']
+    })
+    await tick(5)
+    const ts = Date.now()
+    stored.push(
+      { ...msg(5), ts, mentions: ['v'], changes: { deleted: { seq: 7, ts, by: 'u' }, version: 1 } },
+      { ...msg(6), ts, body: 'old', mentions: ['v'], changes: { edited: { seq: 8, ts, body: 'new' }, version: 1 } },
+      { ...msg(7), ts, kind: 'delete', target: 5 },
+      { ...msg(8), ts, kind: 'edit', target: 6, body: 'new' }
+    )
+    notify({ c: 4 })
+    await deliver(delivery, [msg(9)])
+    expect(published).toStrictEqual([5, 6, 7, 8, 9])
+    expect(applied).toStrictEqual([7, 8])
+    expect(pushed).toStrictEqual([[6, 'new'], [7, 'x'], [8, 'new'], [9, 'x']])
+    expect(mentioned).toStrictEqual([6])
   })
 
   test('without a message store nothing is read (as before)', async () => {
