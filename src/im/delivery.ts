@@ -37,6 +37,7 @@
  * of a break went by unheard, and a stale value would make it wait and fill for nothing.
  */
 import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
+import { applyChangeTo } from '../store/changes.js'
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
 import type { ClusterBus } from '../broker/bus.js'
@@ -206,23 +207,26 @@ export class Delivery implements CommitListener {
         if (typeof seqs !== 'object' || seqs === null) return
         for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) {
           // (not while this node waits or holds deliveries of it: it knows more than the notice)
-          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.knownPublished(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, { seq: seq - 1, at: Date.now() })
+          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.knownPublished(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, { seq: seq - 1, at: Date.now(), guess: true })
         }
       })
     }
   }
 
   /**
-   * Clustered: conversation -> the highest seq known published (by this node, or another's notice),
-   * and when that was learnt (Date.now). What was learnt before a break in listening is not known
-   * any more (knownPublished): the marks of the break went by unheard.
+   * Clustered: conversation -> the highest seq known published (by this node, or, a guess, from
+   * another's notice), and when that was learnt (Date.now). What was learnt before a break in
+   * listening is not known any more (knownPublished): the marks of the break went by unheard.
    */
-  private readonly published = new LRUCache<string, { seq: number, at: number }>({ max: 200_000 })
+  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true }>({ max: 200_000 })
 
-  /** The highest seq of the conversation known published, if learnt while listening without a break since. */
-  private knownPublished (conv: string): number | undefined {
+  /**
+   * The highest seq of the conversation known published, if learnt while listening without a
+   * break since (`confirmed`: and from a mark, not a notice's guess).
+   */
+  private knownPublished (conv: string, confirmed = false): number | undefined {
     const p = this.published.get(conv)
-    return p === undefined || p.at < this.listeningSince() ? undefined : p.seq
+    return p === undefined || p.at < this.listeningSince() || (confirmed && p.guess === true) ? undefined : p.seq
   }
 
   /** Deliveries waiting for another node's notice, per conversation. */
@@ -236,8 +240,9 @@ export class Delivery implements CommitListener {
 
   private notePublished (conv: string, seq: number): void {
     const known = this.published.get(conv)
-    // (learnt again now: what was learnt before a break counts once more, as a mark confirms it)
-    this.published.set(conv, { seq: Math.max(seq, known?.seq ?? 0), at: Date.now() })
+    // learnt now (also what was learnt before a break, or guessed, when a mark confirms it); a mark
+    // below what is known (a late one) leaves that as it was
+    if (known === undefined || seq >= known.seq) this.published.set(conv, { seq, at: Date.now() })
     // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
@@ -257,21 +262,27 @@ export class Delivery implements CommitListener {
   private readonly listeningSince: () => number
 
   /**
-   * Resolves true once `seq` of the conversation is known published, or false after order.waitMs
-   * (afterTimeoutWaitMs within afterTimeoutMs of a full wait that ran out).
+   * Resolves 'arrived' once `seq` of the conversation is known published, or, after order.waitMs
+   * ('full') or afterTimeoutWaitMs within afterTimeoutMs of a full wait that ran out ('short').
    */
-  private async publishedUpTo (conv: string, seq: number): Promise<boolean> {
-    const bound = performance.now() - this.lastTimeoutAt < this.order.afterTimeoutMs ? this.order.afterTimeoutWaitMs : this.order.waitMs
+  private async publishedUpTo (conv: string, seq: number): Promise<'arrived' | 'full' | 'short'> {
+    const full = performance.now() - this.lastTimeoutAt >= this.order.afterTimeoutMs
+    if (await this.markWithin(conv, seq, full ? this.order.waitMs : this.order.afterTimeoutWaitMs)) return 'arrived'
+    this.metrics?.orderWaitTimedOut()
+    // a short wait that runs out does not renew the while: the next full wait tells again
+    if (full) this.lastTimeoutAt = performance.now()
+    return full ? 'full' : 'short'
+  }
+
+  /** Resolves true once `seq` of the conversation is known published, false after `ms`. */
+  private async markWithin (conv: string, seq: number, ms: number): Promise<boolean> {
     return await new Promise<boolean>(resolve => {
       const timer = setTimeout(() => {
-        this.metrics?.orderWaitTimedOut()
-        // a short wait that runs out does not renew the while: the next full wait tells again
-        if (bound === this.order.waitMs) this.lastTimeoutAt = performance.now()
         const waits = this.orderWaits.get(conv)?.filter(w => w.go !== go)
         if (waits !== undefined && waits.length > 0) this.orderWaits.set(conv, waits)
         else this.orderWaits.delete(conv)
         resolve(false)
-      }, bound)
+      }, ms)
       timer.unref()
       const go = (): void => { clearTimeout(timer); resolve(true) }
       const waits = this.orderWaits.get(conv)
@@ -328,51 +339,76 @@ export class Delivery implements CommitListener {
     const now = Date.now()
     if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now) : known >= seq - 1)) return undefined
     const started = performance.now()
-    return this.publishedUpTo(conv, seq - 1).then(async (arrived) => {
+    // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
+    const confirmed = this.knownPublished(conv, true)
+    return this.publishedUpTo(conv, seq - 1).then(async (ended) => {
       this.metrics?.orderWaited(performance.now() - started)
-      if (!arrived) await this.fillGap(conv, seq, known, now)
+      if (ended !== 'arrived') await this.fillGap(conv, seq, confirmed, now, ended === 'full')
     })
   }
 
   /**
    * An order wait for the seqs before `seq`, begun at `began` (Date.now), ran out. Read from the
-   * store: those above `known` (the highest known published then), the last FILL_MAX at most;
-   * with no such knowledge, the last FILL_UNKNOWN_MAX. Delivered here: those no mark said since were
-   * published, that were stored while this node listened and lately when the wait began (as
-   * mayBeUnpublished says: older ones were published, or their marks went by unheard), and at
-   * least fillMinAgeMs ago (a live peer may still hold a younger one). Changes among them are
-   * applied to their targets first (idempotent: the node that stored them may have died before).
-   * Never rejects (a failure: not filled).
+   * store: those above `known` (the highest known published from a mark when the wait began), the
+   * last FILL_MAX at most; with no such knowledge, the last FILL_UNKNOWN_MAX, of which only those
+   * stored while this node listened and lately when the wait began count (as mayBeUnpublished says:
+   * older ones were published, or their marks went by unheard). Delivered here: those no mark said
+   * since were published. After a short wait (`full` false: another wait ran out lately, so the
+   * node that stored them is probably dead, but this one may be alive and only late) their marks
+   * are waited for until the youngest of them is fillMinAgeMs old (a live node may hold its fan-out
+   * that long). Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined, began: number): Promise<void> {
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean): Promise<void> {
     if (this.gapReads === null) return
     try {
       const keys: SeqKey[] = []
       for (let s = Math.max(known ?? 0, seq - 1 - (known === undefined ? FILL_UNKNOWN_MAX : FILL_MAX)) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
       const found = await this.gapReads.read(keys)
       if (found === null) return
-      // marks that came meanwhile: those seqs are published
-      const published = this.knownPublished(conv) ?? 0
-      const youngest = Date.now() - this.order.fillMinAgeMs
-      const missing = found
-        .filter(m => m.seq > published && m.ts <= youngest && this.mayBeUnpublished(m.seq + 1, m.ts, began))
-        .sort((a, b) => a.seq - b.seq)
-      if (missing.length === 0) return
-      this.metrics?.orderFilled(missing.length)
-      if (this.applyChange !== null) {
-        for (const m of missing) {
-          if (!isChangeKind(m.kind)) continue
-          try {
-            await this.applyChange(m)
-          } catch (err) {
-            this.logger?.error({ err, conv, seq: m.seq, target: m.target }, 'a stored change was not applied to its target')
-          }
-        }
+      // (any mark heard, before a break too, says its seq was published)
+      const unmarked = (m: StoredMessage): boolean => m.seq > (this.published.get(conv)?.guess === true ? 0 : this.published.get(conv)?.seq ?? 0)
+      let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began)))
+      if (!full && missing.length > 0) {
+        const left = Math.min(this.order.fillMinAgeMs, Math.max(...missing.map(m => m.ts)) + this.order.fillMinAgeMs - Date.now())
+        if (left > 0 && await this.markWithin(conv, seq - 1, left)) return
+        missing = missing.filter(unmarked)
       }
+      if (missing.length === 0) return
+      missing.sort((a, b) => a.seq - b.seq)
+      this.metrics?.orderFilled(missing.length)
+      this.foldChanges(conv, missing)
       await this.deliverNow(missing)
     } catch (err) {
       this.logger?.error({ err, conv }, 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)')
     }
+  }
+
+  /**
+   * Changes among filled entries: folded into the copies of their targets delivered with them (a
+   * message deleted since goes as deleted, without push or mention), and applied to their targets
+   * in the store (idempotent: the node that stored them may have died before), not waited for;
+   * then the other nodes are told to drop what they cached of those targets.
+   */
+  private foldChanges (conv: string, missing: StoredMessage[]): void {
+    const changes = missing.filter(m => isChangeKind(m.kind) && m.target !== undefined)
+    if (changes.length === 0) return
+    const at = new Map(missing.map((m, i) => [m.seq, i]))
+    for (const c of changes) {
+      const i = at.get(c.target as number)
+      const target = i === undefined ? undefined : missing[i]
+      if (i !== undefined && target !== undefined) missing[i] = { ...target, changes: applyChangeTo(target.changes, c) }
+    }
+    const apply = this.applyChange
+    if (apply === null) return
+    void Promise.all(changes.map(async (c) => {
+      try {
+        await apply(c)
+      } catch (err) {
+        this.logger?.error({ err, conv, seq: c.seq, target: c.target }, 'a stored change was not applied to its target')
+      }
+    })).then(() => {
+      this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed: changes.map(c => [conv, c.target as number]) })
+    })
   }
 
   /** Delivers each gated conversation's messages of the batch once its gate opens. */

@@ -17,7 +17,7 @@ import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Setup { delivery: Delivery, published: number[], delivered: string[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
+interface Setup { delivery: Delivery, published: number[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
@@ -29,7 +29,8 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
   const published: number[] = []
   const delivered: string[] = []
-  const publisher = { message: (m: StoredMessage) => { published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
+  const sent: StoredMessage[] = []
+  const publisher = { message: (m: StoredMessage) => { published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`); sent.push(m) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   // failNext: the next lookup finds nothing cached and the metadata store down
   let fail = false
@@ -49,6 +50,7 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
     delivery,
     published,
     delivered,
+    sent,
     notices,
     errors,
     warnings,
@@ -377,15 +379,48 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
     expect(published).toStrictEqual([3, 4])
   })
 
-  test('a seq stored a moment ago is not filled (a live node may still hold its fan-out): after a short wait runs out, only the older ones', async () => {
-    const { delivery, published, notify, storeNow } = filling({ waitMs: 100, fillMinAgeMs: 300 })
+  test('after a short wait (another ran out lately) a seq stored a moment ago has its mark waited for until it is old enough (a live node may hold its fan-out that long): filled then if none came', async () => {
+    const { delivery, published, delivered, notify, stored } = filling({ waitMs: 100, afterTimeoutWaitMs: 50, fillMinAgeMs: 400 })
     await tick(5)
-    storeNow([5])
-    notify({ c: 4 })
+    notify({ d: 1, c: 4, e: 4 })
+    await deliver(delivery, [{ ...msg(3), conversationId: 'd' }]) // a full wait runs out: short waits from now
+    stored.push({ ...msg(5), ts: Date.now() })
+    const t0 = Date.now()
+    await deliver(delivery, [msg(6)]) // nothing comes: 5 is filled once 400 ms old
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(330)
+    stored.push({ ...msg(5), conversationId: 'e', ts: Date.now() })
+    const e = deliver(delivery, [{ ...msg(6), conversationId: 'e' }])
+    await tick(100)
+    notify({ e: 5 }) // the live node's fan-out of 5 arrives late: not filled
+    await e
+    expect(delivered).toStrictEqual(['d3', 'c5', 'c6', 'e6'])
+    expect(published).toStrictEqual([3, 5, 6, 6])
+  })
+
+  test('a full wait fills what the other node stored before it began, however long ago (within the node\'s listening) and whatever its clock says', async () => {
+    const old = filling({ waitMs: 100, unpublishedMs: 300, fillMinAgeMs: 5000 })
+    await tick(5)
+    old.notify({ c: 5 })
+    old.storeNow([6]) // stored 400 ms before the next write: the node died then
     await tick(400)
-    storeNow([6]) // stored just now by a node that is alive (its fan-out may take up to fillMinAgeMs)
-    await deliver(delivery, [msg(7)])
-    expect(published).toStrictEqual([5, 7])
+    await deliver(old.delivery, [msg(7)])
+    expect(old.published).toStrictEqual([6, 7])
+    const ahead = filling({ waitMs: 100, fillMinAgeMs: 5000 })
+    await tick(5)
+    ahead.notify({ c: 4 })
+    ahead.stored.push({ ...msg(5), ts: Date.now() + 1500 }) // its clock 1.5 s ahead of this node's
+    await deliver(ahead.delivery, [msg(6)])
+    expect(ahead.published).toStrictEqual([5, 6])
+  })
+
+  test('a commit notice\'s guess is waited on but not filled from: the seqs before it may be unpublished too', async () => {
+    const { delivery, published, notice, storeNow } = filling({ waitMs: 100 })
+    await tick(5)
+    storeNow(seqs(1, 4), 60_000) // long ago, before this node listened
+    storeNow(seqs(5, 7)) // just now, by a node that then died
+    notice({ c: 7 }) // its notice: 6 taken as published (a guess), 7 waited for
+    await deliver(delivery, [msg(8)])
+    expect(published).toStrictEqual([5, 6, 7, 8])
   })
 
   test('what was known published before a break in listening is not known after it: seqs published during the break are not delivered again', async () => {
@@ -402,6 +437,10 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
     expect(Date.now() - t0).toBeLessThan(150)
     expect(published).toStrictEqual([501])
     expect(messages.calls).toHaveLength(0)
+    // a late mark below what was known does not make the knowledge from before the break count again
+    notify({ c: 3 })
+    await deliver(delivery, [msg(502)], new Map([['c', Date.now() - 15]]))
+    expect(published).toStrictEqual([501, 502])
     // and while not listening at all, no wait either (no mark can come)
     since = Number.POSITIVE_INFINITY
     notify({ c: 501 })
@@ -441,29 +480,38 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
     expect(e.errors).toStrictEqual(['delivery of the seqs before an order wait that ran out failed (devices sync by seq)'])
   })
 
-  test('changes among them are applied to their targets first; a deleted message is delivered without push or mention, an edited one pushed with its edited text', async () => {
+  test('changes among them: folded into their targets delivered with them (a deleted one without push or mention, an edited one pushed with its edited text), applied to the targets in the store, then the other nodes told', async () => {
     const applied: number[] = []
     const pushed: Array<[number, unknown]> = []
     const mentioned: number[] = []
-    const { delivery, published, notify, stored } = filling({ waitMs: 100 }, null, 0, {
-      applyChange: async (m) => { applied.push(m.seq) },
+    const { delivery, published, sent, notify, notices, stored, errors } = filling({ waitMs: 100 }, null, 0, {
+      applyChange: async (m) => {
+        applied.push(m.seq)
+        if (m.seq === 8) throw new Error('store down')
+      },
       push: { noteStored: (m: StoredMessage) => { pushed.push([m.seq, m.body]) } } as unknown as DeliveryParts['push'],
       mentions: { note: (m: StoredMessage) => { mentioned.push(m.seq) } } as unknown as DeliveryParts['mentions']
     })
     await tick(5)
     const ts = Date.now()
+    // the node that stored 5..8 died before applying 7 and 8 to 5 and 6, and before publishing
     stored.push(
-      { ...msg(5), ts, mentions: ['v'], changes: { deleted: { seq: 7, ts, by: 'u' }, version: 1 } },
-      { ...msg(6), ts, body: 'old', mentions: ['v'], changes: { edited: { seq: 8, ts, body: 'new' }, version: 1 } },
-      { ...msg(7), ts, kind: 'delete', target: 5 },
+      { ...msg(5), ts, body: 'secret', mentions: ['v'] },
+      { ...msg(6), ts, body: 'old', mentions: ['v'] },
+      { ...msg(7), ts, kind: 'delete', target: 5, body: null },
       { ...msg(8), ts, kind: 'edit', target: 6, body: 'new' }
     )
     notify({ c: 4 })
     await deliver(delivery, [msg(9)])
     expect(published).toStrictEqual([5, 6, 7, 8, 9])
-    expect(applied).toStrictEqual([7, 8])
-    expect(pushed).toStrictEqual([[6, 'new'], [7, 'x'], [8, 'new'], [9, 'x']])
+    expect(sent[0]?.changes?.deleted).toStrictEqual({ seq: 7, ts, by: 'u' })
+    expect(sent[1]?.changes?.edited).toStrictEqual({ seq: 8, ts, body: 'new' })
+    expect(pushed).toStrictEqual([[6, 'new'], [7, null], [8, 'new'], [9, 'x']])
     expect(mentioned).toStrictEqual([6])
+    expect(applied).toStrictEqual([7, 8])
+    await tick(10)
+    expect(errors).toStrictEqual(['a stored change was not applied to its target'])
+    expect(notices.at(-1)).toStrictEqual({ seqs: {}, tails: {}, changed: [['c', 5], ['c', 6]] })
   })
 
   test('without a message store nothing is read (as before)', async () => {
@@ -523,6 +571,18 @@ describe('GapReads: the reads of many conversations whose waits ran out at once'
     expect(answers.every(a => a === null)).toBe(true)
     expect(calls).toBe(1 + Math.ceil(QUEUE_MAX / READ_KEYS))
     expect(told).toHaveLength(calls)
+  })
+
+  test('an error callback that throws does not stall the reads', async () => {
+    let calls = 0
+    const reads = new GapReads({
+      getMany: async (keys) => {
+        if (++calls === 1) throw new Error('down')
+        return keys.map(k => ({ ...msg(k.seq), conversationId: k.conversationId }))
+      }
+    }, () => { throw new Error('a logger that throws') })
+    expect(await reads.read(keysOf('a', 1))).toBeNull()
+    expect((await reads.read(keysOf('b', 1)))?.map(m => m.seq)).toStrictEqual([1])
   })
 
   test(`a request not answered within its time (${READ_TIMEOUT_MS} ms; 100 ms here) is answered null then; one still queued is not read`, async () => {
