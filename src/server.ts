@@ -80,6 +80,8 @@ export interface Internals {
   fileSweeper: FileSweeper
   /** Which users have reply watchers on other nodes (clustered). */
   replyWatchers: ReplyWatchers
+  /** What follows a commit (the sequencer's listener): its last store writes are waited for at stop. */
+  delivery: Delivery
 }
 
 export class MqimServer {
@@ -271,7 +273,7 @@ export class MqimServer {
     retention.start()
     push.start(services)
     fileSweeper.start()
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper, replyWatchers }, nodeId, broker, http, rates)
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper, replyWatchers, delivery }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -290,6 +292,7 @@ export class MqimServer {
     this.rates.close()
     await revocations.close()
     await sequencer.close()
+    await this.internals.delivery.close()
     await this.internals.retention.close()
     await this.internals.fileSweeper.close()
     this.internals.replyWatchers.close()

@@ -30,7 +30,7 @@
  * A wait that ran out does not give up the order: B reads the seqs A may not have published (above
  * the highest B knows published, the last FILL_MAX at most) from the store and delivers them itself,
  * with everything a delivery does (inboxes and offline queues on every node, webhooks, push,
- * mentions), before S: those stored lately but not a moment ago (fillGap). When A was only late,
+ * mentions), before S (which ones: fillGap). When A was only late,
  * its own delivery of them comes after: devices get those seqs twice (they de-duplicate by
  * conversation and seq, topics.md) and receivers of webhooks may get `message.stored` twice. What
  * B knows published counts only while it listened without a break since it learnt it: the marks
@@ -84,9 +84,9 @@ export const FILL_MAX = 100
  */
 export const FILL_UNKNOWN_MAX = 10
 /**
- * A seq is filled only once it was stored this long ago (the other node's clock against ours): a
- * node that is alive may hold its fan-out that long behind queueing (QUEUE_TIMEOUT_MS). A short
- * wait (AFTER_TIMEOUT_WAIT_MS) that runs out does not fill what a live peer stored a moment ago.
+ * After a short wait (AFTER_TIMEOUT_WAIT_MS) ran out, the mark is waited for on until the youngest
+ * seq to fill was stored this long ago (the other node's clock against ours): a node that is alive
+ * may hold its fan-out that long behind queueing (QUEUE_TIMEOUT_MS).
  */
 const FILL_MIN_AGE_MS = QUEUE_TIMEOUT_MS
 
@@ -215,10 +215,11 @@ export class Delivery implements CommitListener {
 
   /**
    * Clustered: conversation -> the highest seq known published (by this node, or, a guess, from
-   * another's notice), and when that was learnt (Date.now). What was learnt before a break in
-   * listening is not known any more (knownPublished): the marks of the break went by unheard.
+   * another's notice; with a guess, the highest seq a mark said, `marked`), and when that was
+   * learnt (Date.now). What was learnt before a break in listening is not known any more
+   * (knownPublished): the marks of the break went by unheard.
    */
-  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true }>({ max: 200_000 })
+  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true, marked?: number }>({ max: 200_000 })
 
   /**
    * The highest seq of the conversation known published, if learnt while listening without a
@@ -243,6 +244,7 @@ export class Delivery implements CommitListener {
     // learnt now (also what was learnt before a break, or guessed, when a mark confirms it); a mark
     // below what is known (a late one) leaves that as it was
     if (known === undefined || seq >= known.seq) this.published.set(conv, { seq, at: Date.now() })
+    else if (known.guess === true && seq > (known.marked ?? 0)) known.marked = seq
     // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
@@ -365,8 +367,12 @@ export class Delivery implements CommitListener {
       for (let s = Math.max(known ?? 0, seq - 1 - (known === undefined ? FILL_UNKNOWN_MAX : FILL_MAX)) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
       const found = await this.gapReads.read(keys)
       if (found === null) return
-      // (any mark heard, before a break too, says its seq was published)
-      const unmarked = (m: StoredMessage): boolean => m.seq > (this.published.get(conv)?.guess === true ? 0 : this.published.get(conv)?.seq ?? 0)
+      // (any mark heard, before a break too, says its seq was published; a guess does not)
+      const marked = (): number => {
+        const p = this.published.get(conv)
+        return p === undefined ? 0 : p.guess === true ? p.marked ?? 0 : p.seq
+      }
+      const unmarked = (m: StoredMessage): boolean => m.seq > marked()
       let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began)))
       if (!full && missing.length > 0) {
         const left = Math.min(this.order.fillMinAgeMs, Math.max(...missing.map(m => m.ts)) + this.order.fillMinAgeMs - Date.now())
@@ -400,7 +406,7 @@ export class Delivery implements CommitListener {
     }
     const apply = this.applyChange
     if (apply === null) return
-    void Promise.all(changes.map(async (c) => {
+    const applied = Promise.all(changes.map(async (c) => {
       try {
         await apply(c)
       } catch (err) {
@@ -409,6 +415,25 @@ export class Delivery implements CommitListener {
     })).then(() => {
       this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed: changes.map(c => [conv, c.target as number]) })
     })
+    this.applying.add(applied)
+    void applied.finally(() => this.applying.delete(applied))
+  }
+
+  /** Changes of filled entries being applied (foldChanges): close() waits for them. */
+  private readonly applying = new Set<Promise<void>>()
+
+  /**
+   * Resolves when the changes of filled entries being applied are (at most `ms`): before the
+   * stores close. (The deliveries themselves are waited for by Sequencer.close.)
+   */
+  async close (ms = 2000): Promise<void> {
+    if (this.applying.size === 0) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.all([...this.applying]),
+      new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })
+    ])
+    clearTimeout(timer)
   }
 
   /** Delivers each gated conversation's messages of the batch once its gate opens. */

@@ -514,6 +514,37 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
     expect(notices.at(-1)).toStrictEqual({ seqs: {}, tails: {}, changed: [['c', 5], ['c', 6]] })
   })
 
+  test('a mark below a notice\'s guess still counts: what the dead node did publish is not delivered again', async () => {
+    const { delivery, published, notice, notify, storeNow } = filling({ waitMs: 100 })
+    await tick(5)
+    storeNow(seqs(1, 10), 60_000)
+    storeNow([11, 12, 13]) // one batch of a node: its notice says 13, it publishes 11 and dies
+    notice({ c: 13 })
+    notify({ c: 11 })
+    await deliver(delivery, [msg(14)])
+    expect(published).toStrictEqual([12, 13, 14])
+  })
+
+  test('close waits for the changes of filled entries being applied (at most its bound)', async () => {
+    let release: () => void = () => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    let applied = false
+    const { delivery, notify, stored } = filling({ waitMs: 100 }, null, 0, { applyChange: async () => { await gate; applied = true } })
+    await tick(5)
+    stored.push({ ...msg(5), ts: Date.now() }, { ...msg(6), kind: 'delete', target: 5, body: null, ts: Date.now() })
+    notify({ c: 4 })
+    await deliver(delivery, [msg(7)])
+    const t0 = Date.now()
+    await delivery.close(100) // still being applied: close gives up after 100 ms
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(90)
+    expect(applied).toBe(false)
+    const closed = delivery.close(5000)
+    setTimeout(release, 50)
+    await closed
+    expect(applied).toBe(true)
+    await delivery.close() // nothing left: at once
+  })
+
   test('without a message store nothing is read (as before)', async () => {
     const { delivery, published, notify } = setup({ waitMs: 100 })
     notify({ c: 4 })
