@@ -392,8 +392,9 @@ export class Delivery implements CommitListener {
   /**
    * Changes among filled entries: folded into the copies of their targets delivered with them (a
    * message deleted since goes as deleted, without push or mention), and applied to their targets
-   * in the store (idempotent: the node that stored them may have died before), not waited for;
-   * then the other nodes are told to drop what they cached of those targets.
+   * in the store (idempotent: the node that stored them may have died before; the delivery does
+   * not wait for that, close() does); then the other nodes are told to drop what they cached of
+   * those targets. Never rejects.
    */
   private foldChanges (conv: string, missing: StoredMessage[]): void {
     const changes = missing.filter(m => isChangeKind(m.kind) && m.target !== undefined)
@@ -413,7 +414,11 @@ export class Delivery implements CommitListener {
         this.logger?.error({ err, conv, seq: c.seq, target: c.target }, 'a stored change was not applied to its target')
       }
     })).then(() => {
-      this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed: changes.map(c => [conv, c.target as number]) })
+      try {
+        this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed: changes.map(c => [conv, c.target as number]) })
+      } catch (err) {
+        this.logger?.error({ err, conv }, 'the other nodes could not be told of changes applied (their cached copies expire within a minute)')
+      }
     })
     this.applying.add(applied)
     void applied.finally(() => this.applying.delete(applied))
