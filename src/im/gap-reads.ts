@@ -5,7 +5,9 @@
  * READ_KEYS seqs a read, and at most QUEUE_MAX requests waiting (beyond, a request is answered null
  * at once: not read, as for a store error; the wait's delivery then goes on without it). A request
  * not answered within READ_TIMEOUT_MS is answered null then (a slow or hanging store adds that much
- * to the wait at most); if it was still queued, it is not read.
+ * to the wait at most); if it was still queued, it is not read. A store read that does not answer
+ * within that time is given up too, so that the next one is not stuck behind it (at most one
+ * abandoned read a READ_TIMEOUT_MS while the store hangs; the driver's own timeout ends it).
  */
 import type { MessageStore, StoredMessage } from '../store/types.js'
 
@@ -71,13 +73,24 @@ export class GapReads {
         }
         const batch = this.queue.splice(0, taken)
         let found: StoredMessage[] | null
+        let timer: NodeJS.Timeout | undefined
         try {
-          found = await this.store.getMany(batch.flatMap(r => r.keys))
+          // a read that does not answer within a request's time is given up (its requests are
+          // answered null by then): the next goes on, not stuck behind a store that hangs
+          found = await Promise.race([
+            this.store.getMany(batch.flatMap(r => r.keys)),
+            new Promise<never>((_resolve, reject) => {
+              timer = setTimeout(() => reject(new Error(`no answer from the store within ${this.timeoutMs} ms`)), this.timeoutMs)
+              timer.unref()
+            })
+          ])
         } catch (err) {
           try {
             this.onError(err)
           } catch {}
           found = null
+        } finally {
+          clearTimeout(timer)
         }
         if (found === null) {
           for (const r of batch) r.done(null)
