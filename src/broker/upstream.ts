@@ -90,6 +90,7 @@ import msgpack from 'msgpack-lite'
 import Packet from 'aedes-packet'
 import mqttPacket from 'mqtt-packet'
 import type { Logger } from '../log.js'
+import { within } from '../within.js'
 
 /** The parts of an Aedes client that Aedes does not type but the workarounds touch. */
 type Deliver = (packet: unknown, done: () => void) => void
@@ -465,18 +466,6 @@ export class SubscriptionBroadcastTimeoutError extends Error {
   }
 }
 
-async function within<T> (p: Promise<T>, ms: number, call: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  try {
-    return await Promise.race([p, new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new SubscriptionBroadcastTimeoutError(call, ms)), ms)
-      timer.unref()
-    })])
-  } finally {
-    clearTimeout(timer)
-  }
-}
-
 /**
  * 5. Aedes 1.2 calls persistence.addSubscriptions(client, allSubscriptionsOfThePacket) once per
  * subscription of a SUBSCRIBE packet, concurrently. aedes-persistence-redis then waits for its
@@ -509,7 +498,7 @@ export function coalesceAddSubscriptions<T> (persistence: T, timeoutMs = SUBSCRI
     const p = (lanes.get(key) ?? Promise.resolve()).catch(() => {}).then(async () => {
       if (client.closed === true) throw new Error(`${call}: the connection closed`)
       try {
-        return await within(run(), timeoutMs, call)
+        return await within(run(), timeoutMs, () => new SubscriptionBroadcastTimeoutError(call, timeoutMs))
       } catch (err) {
         if (err instanceof SubscriptionBroadcastTimeoutError) onTimeout?.(call, client.id)
         throw err

@@ -38,6 +38,7 @@
  */
 import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
 import { applyChangeTo } from '../store/changes.js'
+import { within } from '../within.js'
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
 import type { ClusterBus } from '../broker/bus.js'
@@ -433,12 +434,8 @@ export class Delivery implements CommitListener {
    */
   async close (ms = 2000): Promise<void> {
     if (this.applying.size === 0) return
-    let timer: NodeJS.Timeout | undefined
-    await Promise.race([
-      Promise.all([...this.applying]),
-      new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })
-    ])
-    clearTimeout(timer)
+    // (what is still being applied then is given up: the stores close)
+    await within(Promise.all([...this.applying]), ms, () => new Error('changes still being applied')).catch(() => {})
   }
 
   /** Delivers each gated conversation's messages of the batch once its gate opens. */

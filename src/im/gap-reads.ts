@@ -10,6 +10,7 @@
  * abandoned read a READ_TIMEOUT_MS while the store hangs; the driver's own timeout ends it).
  */
 import type { MessageStore, StoredMessage } from '../store/types.js'
+import { within } from '../within.js'
 
 export interface SeqKey { conversationId: string, seq: number }
 
@@ -73,24 +74,15 @@ export class GapReads {
         }
         const batch = this.queue.splice(0, taken)
         let found: StoredMessage[] | null
-        let timer: NodeJS.Timeout | undefined
         try {
           // a read that does not answer within a request's time is given up (its requests are
           // answered null by then): the next goes on, not stuck behind a store that hangs
-          found = await Promise.race([
-            this.store.getMany(batch.flatMap(r => r.keys)),
-            new Promise<never>((_resolve, reject) => {
-              timer = setTimeout(() => reject(new Error(`no answer from the store within ${this.timeoutMs} ms`)), this.timeoutMs)
-              timer.unref()
-            })
-          ])
+          found = await within(this.store.getMany(batch.flatMap(r => r.keys)), this.timeoutMs, () => new Error(`no answer from the store within ${this.timeoutMs} ms`))
         } catch (err) {
           try {
             this.onError(err)
           } catch {}
           found = null
-        } finally {
-          clearTimeout(timer)
         }
         if (found === null) {
           for (const r of batch) r.done(null)

@@ -12,6 +12,7 @@ import type { Publisher } from './publisher.js'
 import type { MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
 import type { Redis } from 'ioredis'
+import { within } from '../within.js'
 
 export interface GroupReceiptSummary {
   lastSeq: number
@@ -127,20 +128,11 @@ export class ReceiptAggregator {
    * within a window's time) counts as free: the receipt is sent rather than lost.
    */
   private async claim (conversationId: string): Promise<number> {
-    let timer: NodeJS.Timeout | undefined
     try {
-      return await Promise.race([
-        this.windows.claim(conversationId, this.windowMs),
-        new Promise<never>((_resolve, reject) => {
-          timer = setTimeout(() => reject(new Error('no answer about the receipt window')), this.windowMs)
-          timer.unref()
-        })
-      ])
+      return await within(this.windows.claim(conversationId, this.windowMs), this.windowMs, () => new Error('no answer about the receipt window'))
     } catch (err) {
       this.logger.debug({ conversationId, err }, 'receipt window unknown')
       return 0
-    } finally {
-      clearTimeout(timer)
     }
   }
 
