@@ -55,6 +55,7 @@ export class Metrics {
   private readonly seqConflicts: Counter
   private readonly orderWait: Histogram
   private readonly orderFills: Counter
+  private readonly resendFills: Counter
   private readonly orderTimeouts: Counter
   private readonly publishesDropped: Counter<'qos'>
 
@@ -72,6 +73,7 @@ export class Metrics {
     this.orderWait = new Histogram({ name: 'mqim_delivery_order_wait_seconds', help: "Cluster: conversations of committed batches whose delivery waited (that conversation only) until another node's fan-out of the seqs before theirs had arrived, and how long", buckets: LATENCY_BUCKETS, registers })
     this.orderTimeouts = new Counter({ name: 'mqim_delivery_order_timeouts_total', help: "Cluster: order waits that ran out (another node's fan-out never came: a lost mark, a node that died; that node then delivers the seqs before from the store, see mqim_delivery_order_filled_total)", registers })
     this.orderFills = new Counter({ name: 'mqim_delivery_order_filled_total', help: 'Cluster: entries this node read from the store and delivered itself after an order wait ran out, before the seq that waited (another node stored them and their delivery had not arrived; some may come from that node too if it was only late)', registers })
+    this.resendFills = new Counter({ name: 'mqim_delivery_resend_filled_total', help: 'Cluster: entries this node read from the store and delivered itself after a resend was answered with an entry another node stored whose delivery had not arrived 10 s later (that node died before delivering it; some may come from that node too if it was only late)', registers })
     this.publishesDropped = new Counter({ name: 'mqim_publishes_dropped_total', help: 'Publishes to clients dropped, neither delivered live nor queued, because too many waited for their queue entries (Redis stalled), by QoS', labelNames: ['qos'], registers })
     this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers, collect: this.flush })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
@@ -172,6 +174,11 @@ export class Metrics {
   /** After an order wait ran out, `n` entries were read from the store and delivered (see Delivery). */
   orderFilled (n: number): void {
     if (this.enabled) this.orderFills.inc(n)
+  }
+
+  /** After a resend of an entry whose delivery had not arrived, `n` entries were read from the store and delivered (see Delivery.resent). */
+  resendFilled (n: number): void {
+    if (this.enabled) this.resendFills.inc(n)
   }
 
   webhook (event: string, outcome: string): void {

@@ -21,7 +21,7 @@ describe('delivery order with writers on two nodes', () => {
     const overrides = await clusterOverrides(13)
     n1 = await startServer({ ...overrides, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
-    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam']) await addUser(n1, u)
+    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
@@ -167,10 +167,61 @@ describe('delivery order with writers on two nodes', () => {
       expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 4, 3] })
     }
   }, 60000)
+
+  test('a node that stored a seq and never delivered it, its sender sending it again through the other node: answered there as a resend at once, and delivered from there 10 s later, when no delivery of it came', async () => {
+    const tia = await connect(n1, 'co.tia', 't')
+    const uma = await connect(n1, 'co.uma', 'u')
+    const vic = await connect(n2, 'co.vic', 'v')
+    const wes = await connect(n2, 'co.wes', 'w')
+    clients.push(tia, uma, vic, wes)
+    const { conv } = await tia.request('create-group', { name: 'resent', members: ['co.uma', 'co.vic', 'co.wes'] })
+    const seqsOf = (d: ImClient): number[] => d.messages.filter(m => m.conv === conv).map(m => m.seq)
+    await tia.request('send', { conv, msgId: 't1', kind: 'text', body: 'one' })
+    await vic.request('send', { conv, msgId: 'v2', kind: 'text', body: 'two' })
+    for (const d of [tia, uma, vic, wes]) await d.waitFor(() => seqsOf(d).length >= 2, 10000, `${d.userId} gets 1 and 2`)
+    const before = await metric(n2, 'mqim_delivery_resend_filled_total')
+    // n1 stores 3, and its delivery stays in its socket to Redis: for the others, n1 died there
+    const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
+    pub.stream.cork()
+    const tiaAgain = await connect(n2, 'co.tia', 't2')
+    clients.push(tiaAgain)
+    let tiaSent: Promise<unknown> = Promise.resolve()
+    try {
+      tiaSent = tia.request('send', { conv, msgId: 't3', kind: 'text', body: 'three' })
+      await waitUntil(() => n1.services.sequencer.knownLastSeq(conv) === 3, 10000, 'n1 to store 3')
+      // tia's phone, unanswered by a dead node, sends it again through n2
+      const t0 = Date.now()
+      const again = await tiaAgain.request('send', { conv, msgId: 't3', kind: 'text', body: 'three' })
+      expect(again).toMatchObject({ seq: 3, duplicate: true })
+      expect(Date.now() - t0).toBeLessThan(5000)
+      // n2 waits for n1's delivery of 3 (a live node may hold one 8 s), then delivers it itself
+      for (const d of [tia, uma, vic, wes]) {
+        await d.waitFor(() => seqsOf(d).length >= 3, 20000, `${d.userId} gets 3 from n2`)
+        expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
+      }
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(9000)
+      expect(seqsOf(tiaAgain)).toStrictEqual([3])
+      expect(vic.messages.find(m => m.conv === conv && m.seq === 3)).toMatchObject({ body: 'three', from: 'co.tia' })
+      expect(await metric(n2, 'mqim_delivery_resend_filled_total') - before).toBe(1)
+    } finally {
+      pub.stream.uncork()
+    }
+    await tiaSent
+    // n1 was only held here: its own delivery of 3 comes now, a duplicate every device drops by conv and seq
+    for (const d of [tia, uma, vic, wes]) {
+      await d.waitFor(() => seqsOf(d).length >= 4, 10000, `${d.userId} gets n1's late 3`)
+      expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 3] })
+    }
+  }, 60000)
 })
 
-/** mqim_delivery_order_filled_total of the node (GET /metrics from loopback). */
+/** mqim_delivery_order_filled_total of the node. */
 async function filled (server: MqimServer): Promise<number> {
+  return await metric(server, 'mqim_delivery_order_filled_total')
+}
+
+/** A metric of the node (GET /metrics from loopback). */
+async function metric (server: MqimServer, name: string): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${server.ports.http}/metrics`)
-  return valueOf(await res.text(), 'mqim_delivery_order_filled_total') ?? Number.NaN
+  return valueOf(await res.text(), name) ?? Number.NaN
 }

@@ -35,6 +35,11 @@
  * conversation and seq, topics.md) and receivers of webhooks may get `message.stored` twice. What
  * B knows published counts only while it listened without a break since it learnt it: the marks
  * of a break went by unheard, and a stale value would make it wait and fill for nothing.
+ *
+ * When nobody writes to the conversation again, no wait runs out: what A stored and never published
+ * would reach the other members only when they sync. But its sender, unanswered, sends it again
+ * through another node, which answers it as a resend (the sequencer tells `resent`): if no mark of
+ * it has come RESEND_CHECK_MS later, that node fills it as above.
  */
 import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
 import { applyChangeTo } from '../store/changes.js'
@@ -53,7 +58,7 @@ import type { Metrics } from '../metrics.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
 import type { MessageStore } from '../store/types.js'
-import { GapReads, type SeqKey } from './gap-reads.js'
+import { GapReads, READ_TIMEOUT_MS, type SeqKey } from './gap-reads.js'
 
 /**
  * Longest wait for another node's mark that it published the seqs before ours (a lost mark, a node
@@ -90,6 +95,21 @@ export const FILL_UNKNOWN_MAX = 10
  * may hold its fan-out that long behind queueing (QUEUE_TIMEOUT_MS).
  */
 const FILL_MIN_AGE_MS = QUEUE_TIMEOUT_MS
+/**
+ * A resend answered with an entry another node stored and this node has seen no delivery of (that
+ * node may have died between storing it and delivering it; its sender, unanswered, sent it again
+ * here): after this long without a mark of it, this node reads and delivers it, with what may be
+ * unpublished before it (as after an order wait, fillGap). Longer than a live node can hold a
+ * delivery (an order wait, ORDER_WAIT_MS, then its gap read, READ_TIMEOUT_MS).
+ */
+export const RESEND_CHECK_MS = ORDER_WAIT_MS + READ_TIMEOUT_MS + 2000
+/**
+ * ... for a conversation this node has seen no delivery of since it listens, only entries stored
+ * this recently (a device resends its unanswered sends as it reconnects; older ones it syncs).
+ */
+export const RESEND_RECENT_MS = 5 * 60_000
+/** Conversations whose resends wait for RESEND_CHECK_MS at most (beyond: not checked; devices sync). */
+export const RESEND_CHECKS_MAX = 10_000
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -102,6 +122,8 @@ export interface OrderOptions {
   unpublishedMs?: number
   /** How long ago a seq must have been stored to be filled after a wait ran out (default FILL_MIN_AGE_MS). */
   fillMinAgeMs?: number
+  /** How long a resend's entry waits for its mark before it is filled (default RESEND_CHECK_MS). */
+  resendCheckMs?: number
   /**
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
    * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
@@ -133,6 +155,8 @@ export interface CommitListener {
    * sequencer read from the store, when that entry was stored (Tail.ts).
    */
   committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | HeldDeliveries | Promise<void | HeldDeliveries>
+  /** A resend was answered with this entry, stored before (not delivered again by the sequencer). */
+  resent?: (message: StoredMessage) => void
 }
 
 /** What Delivery hands messages to besides the publisher, and how it keeps order across nodes. */
@@ -191,7 +215,8 @@ export class Delivery implements CommitListener {
       afterTimeoutWaitMs: Math.min(order.afterTimeoutWaitMs ?? AFTER_TIMEOUT_WAIT_MS, waitMs),
       afterTimeoutMs: order.afterTimeoutMs ?? AFTER_TIMEOUT_MS,
       unpublishedMs: order.unpublishedMs ?? UNPUBLISHED_MS,
-      fillMinAgeMs: order.fillMinAgeMs ?? FILL_MIN_AGE_MS
+      fillMinAgeMs: order.fillMinAgeMs ?? FILL_MIN_AGE_MS,
+      resendCheckMs: order.resendCheckMs ?? RESEND_CHECK_MS
     }
     // made after the subscriptions that bring the marks: the link may have been up before them
     const made = Date.now()
@@ -361,20 +386,16 @@ export class Delivery implements CommitListener {
    * are waited for until the youngest of them is fillMinAgeMs old (a live node may hold its fan-out
    * that long). Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean): Promise<void> {
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, why: 'wait' | 'resend' = 'wait'): Promise<void> {
     if (this.gapReads === null) return
     try {
       const keys: SeqKey[] = []
       for (let s = Math.max(known ?? 0, seq - 1 - (known === undefined ? FILL_UNKNOWN_MAX : FILL_MAX)) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
       const found = await this.gapReads.read(keys)
       if (found === null) return
-      // (any mark heard, before a break too, says its seq was published; a guess does not)
-      const marked = (): number => {
-        const p = this.published.get(conv)
-        return p === undefined ? 0 : p.guess === true ? p.marked ?? 0 : p.seq
-      }
-      const unmarked = (m: StoredMessage): boolean => m.seq > marked()
-      let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began)))
+      const unmarked = (m: StoredMessage): boolean => m.seq > this.markedUpTo(conv)
+      const recentMs = why === 'resend' ? RESEND_RECENT_MS : this.order.unpublishedMs
+      let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began, recentMs)))
       if (!full && missing.length > 0) {
         const left = Math.min(this.order.fillMinAgeMs, Math.max(...missing.map(m => m.ts)) + this.order.fillMinAgeMs - Date.now())
         if (left > 0 && await this.markWithin(conv, seq - 1, left)) return
@@ -382,12 +403,63 @@ export class Delivery implements CommitListener {
       }
       if (missing.length === 0) return
       missing.sort((a, b) => a.seq - b.seq)
-      this.metrics?.orderFilled(missing.length)
+      if (why === 'wait') this.metrics?.orderFilled(missing.length)
+      else this.metrics?.resendFilled(missing.length)
       this.foldChanges(conv, missing)
       await this.deliverNow(missing)
+      // (after an order wait, the seq that waited is delivered next, and counts then)
+      if (why === 'resend') this.notePublished(conv, missing[missing.length - 1]?.seq ?? 0)
     } catch (err) {
-      this.logger?.error({ err, conv }, 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)')
+      this.logger?.error({ err, conv }, why === 'wait' ? 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)' : 'delivery of a resent entry another node stored and never delivered failed (devices sync by seq)')
     }
+  }
+
+  /** The highest seq of the conversation a mark said was published (before a break too; a notice's guess is none). */
+  private markedUpTo (conv: string): number {
+    const p = this.published.get(conv)
+    return p === undefined ? 0 : p.guess === true ? p.marked ?? 0 : p.seq
+  }
+
+  /** Resends waiting for the mark of their entry (resent): conversation -> the highest seq, and what was known then. */
+  private readonly resends = new Map<string, { seq: number, known: number | undefined, began: number, timer: NodeJS.Timeout }>()
+  private closed = false
+
+  /**
+   * Cluster: a resend was answered with `m`, stored before. If this node has seen no delivery of it
+   * (another node stored it and may have died before publishing it; its sender, unanswered, sent it
+   * again here), it is read and delivered here after order.resendCheckMs unless its mark comes
+   * meanwhile, with what before it may be unpublished too (fillGap: above the highest seq known
+   * published, or, for a conversation this node knows no delivery of, the last FILL_UNKNOWN_MAX
+   * stored while it listened, within RESEND_RECENT_MS). One check per conversation at a time (for
+   * its highest seq), RESEND_CHECKS_MAX at most; none while this node does not listen.
+   */
+  resent (m: StoredMessage): void {
+    if (!this.bus.clustered || this.gapReads === null || this.closed) return
+    const conv = m.conversationId
+    const now = Date.now()
+    if (this.listeningSince() > now || this.markedUpTo(conv) >= m.seq) return
+    const known = this.knownPublished(conv, true)
+    if (known === undefined && !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS)) return
+    const waiting = this.resends.get(conv)
+    if (waiting !== undefined) {
+      waiting.seq = Math.max(waiting.seq, m.seq)
+      return
+    }
+    if (this.resends.size >= RESEND_CHECKS_MAX) return
+    const check = {
+      seq: m.seq,
+      known,
+      began: now,
+      timer: setTimeout(() => {
+        this.resends.delete(conv)
+        // not when a break in listening may have hidden its mark, nor when an order wait of the
+        // conversation (or a delivery behind one) is under way here: that one fills what is missing
+        if (this.closed || this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+        this.track(this.fillGap(conv, check.seq + 1, check.known, check.began, true, 'resend'))
+      }, this.order.resendCheckMs)
+    }
+    check.timer.unref()
+    this.resends.set(conv, check)
   }
 
   /**
@@ -421,21 +493,29 @@ export class Delivery implements CommitListener {
         this.logger?.error({ err, conv }, 'the other nodes could not be told of changes applied (their cached copies expire within a minute)')
       }
     })
-    this.applying.add(applied)
-    void applied.finally(() => this.applying.delete(applied))
+    this.track(applied)
   }
 
-  /** Changes of filled entries being applied (foldChanges): close() waits for them. */
-  private readonly applying = new Set<Promise<void>>()
+  /** Work in the background (changes of filled entries applied, resends filled): close() waits for it. */
+  private readonly background = new Set<Promise<void>>()
+
+  /** Kept until it settles (never rejects). */
+  private track (work: Promise<void>): void {
+    this.background.add(work)
+    void work.finally(() => this.background.delete(work))
+  }
 
   /**
-   * Resolves when the changes of filled entries being applied are (at most `ms`): before the
-   * stores close. (The deliveries themselves are waited for by Sequencer.close.)
+   * Checks no more resends, and resolves when the background work is done (at most `ms`): before
+   * the stores close. (The deliveries themselves are waited for by Sequencer.close.)
    */
   async close (ms = 2000): Promise<void> {
-    if (this.applying.size === 0) return
-    // (what is still being applied then is given up: the stores close)
-    await within(Promise.all([...this.applying]), ms, () => new Error('changes still being applied')).catch(() => {})
+    this.closed = true
+    for (const { timer } of this.resends.values()) clearTimeout(timer)
+    this.resends.clear()
+    if (this.background.size === 0) return
+    // (what is still under way then is given up: the stores close)
+    await within(Promise.all([...this.background]), ms, () => new Error('background work still under way')).catch(() => {})
   }
 
   /** Delivers each gated conversation's messages of the batch once its gate opens. */
@@ -523,8 +603,8 @@ export class Delivery implements CommitListener {
    * known), may be another node's still on its way. Not when it was stored before this node
    * listened without a break (its mark went by, or was lost), nor long ago.
    */
-  private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number): boolean {
-    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < this.order.unpublishedMs
+  private mayBeUnpublished (seq: number, storedAt: number | undefined, now: number, recentMs = this.order.unpublishedMs): boolean {
+    return seq > 1 && storedAt !== undefined && storedAt >= this.listeningSince() && now - storedAt < recentMs
   }
 }
 

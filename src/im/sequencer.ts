@@ -7,7 +7,8 @@
  * - Across processes, the unique index (conversation, seq) is the arbiter: a seq conflict means
  *   another node got there first; the cached lastSeq is reloaded and the message retried.
  * - Idempotency rests on the unique key (conversation, sender, clientMsgId): a resend finds the
- *   stored message and gets its seq back, and is not delivered again.
+ *   stored message and gets its seq back, and is not delivered again (but for a cluster's rule:
+ *   Delivery.resent).
  * - Group commit: messages that arrive while a batch is being written (or within batchDelayMs)
  *   go into the next batch: one ordered insert for many senders and conversations.
  * - Gapless under failure: inserts are ordered and stop at the first conflict, so what is stored
@@ -241,8 +242,18 @@ export class Sequencer {
     })
   }
 
-  /** Stores the message (or finds the earlier copy of a resend) and resolves with its seq. */
-  submit (draft: Draft): Promise<SubmitResult> {
+  /**
+   * Stores the message (or finds the earlier copy of a resend) and resolves with its seq. A resend
+   * is told to delivery (CommitListener.resent): in a cluster, the node that stored it may have died
+   * before delivering it.
+   */
+  async submit (draft: Draft): Promise<SubmitResult> {
+    const result = await this.enqueue(draft)
+    if (result.duplicate) this.delivery.resent?.(result.message)
+    return result
+  }
+
+  private enqueue (draft: Draft): Promise<SubmitResult> {
     if (this.closed) return Promise.reject(new ImError('UNAVAILABLE', 'server is shutting down'))
     const key = keyOf(draft)
     const known = this.recent?.get(key)

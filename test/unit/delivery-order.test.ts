@@ -6,7 +6,7 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
+import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, RESEND_CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
 import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
@@ -550,6 +550,139 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
     notify({ c: 4 })
     await deliver(delivery, [msg(8)])
     expect(published).toStrictEqual([8])
+  })
+})
+
+describe('a resend answered with an entry another node stored whose delivery never came: delivered here', () => {
+  test('the check outlasts the longest a live node holds a delivery (an order wait, then its gap read)', () => {
+    expect(RESEND_CHECK_MS).toBeGreaterThan(ORDER_WAIT_MS + READ_TIMEOUT_MS)
+  })
+
+  test('after the check time without its mark: read with what before it is missing, delivered once, counted; then it counts as published', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 200 }, metrics)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 }) // published 1..4; 5 and 6 stored by a node that died before publishing them
+    delivery.resent({ ...msg(5), ts: Date.now() }) // 5's sender, unanswered, sent it again here
+    delivery.resent({ ...msg(6), ts: Date.now() }) // and 6's: one check, up to 6
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(100)
+    expect(published).toStrictEqual([])
+    await tick(250)
+    expect(published).toStrictEqual([5, 6])
+    expect(messages.calls).toStrictEqual([[5, 6].map(seq => ({ conversationId: 'c', seq }))])
+    expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 2$/m)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_order_filled_total 0$/m)
+    // delivered here: the next seq does not wait, a resend of 6 again reads nothing
+    await deliver(delivery, [msg(7)])
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(300)
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
+  })
+
+  test('its mark before the check time (the node was alive, only slow): nothing read or delivered', async () => {
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 200 })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(50)
+    notify({ c: 6 })
+    await tick(300)
+    expect(published).toStrictEqual([])
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test('a resend of what this node delivered, or another node\'s whose mark came: no check at all', async () => {
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 50 })
+    await tick(5)
+    storeNow(seqs(1, 3))
+    notify({ c: 2 })
+    await deliver(delivery, [msg(3)]) // this node's own
+    delivery.resent({ ...msg(3), ts: Date.now() })
+    delivery.resent({ ...msg(2), ts: Date.now() })
+    await tick(150)
+    expect(published).toStrictEqual([3])
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test('a conversation known from no mark: an entry stored while this node listened, within 5 minutes, is checked; one stored before it listened, or long ago, is not', async () => {
+    const { delivery, published, messages, storeNow } = filling({ resendCheckMs: 50 })
+    await tick(5)
+    delivery.resent({ ...msg(3), ts: Date.now() - 60_000 }) // before this Delivery listened
+    delivery.resent({ ...msg(3), conversationId: 'old', ts: Date.now() + 1 - RESEND_RECENT_MS - 1000 })
+    await tick(150)
+    expect(messages.calls).toHaveLength(0)
+    storeNow([1, 2], 60_000) // (stored before this node listened: never filled)
+    storeNow([3, 4], 100)
+    delivery.resent({ ...msg(4), ts: Date.now() - 100 })
+    await tick(150)
+    expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual(seqs(1, 4))
+    expect(published).toStrictEqual([3, 4])
+  })
+
+  test('no check while not listening, nor across a break in listening (its mark may have gone by unheard)', async () => {
+    let since = 0
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    since = Number.POSITIVE_INFINITY
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    since = 0
+    delivery.resent({ ...msg(5), ts: Date.now() })
+    await tick(20)
+    since = Date.now() // the link broke and came back while the check waited
+    await tick(200)
+    expect(published).toStrictEqual([])
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test('an order wait of the conversation under way when the check comes: it fills, not the check (once)', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 100, waitMs: 300 }, metrics)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(50)
+    await deliver(delivery, [msg(7)]) // waits 300 ms for 6's mark, the check comes meanwhile
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_order_filled_total 2$/m)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 0$/m)
+  })
+
+  test(`at most ${RESEND_CHECKS_MAX} conversations checked at once; close drops the checks waiting`, async () => {
+    const { delivery, published, messages } = filling({ resendCheckMs: 100 })
+    await tick(5)
+    for (let i = 0; i <= RESEND_CHECKS_MAX; i++) delivery.resent({ ...msg(2), conversationId: `k${i}`, ts: Date.now() })
+    await tick(400)
+    expect(new Set(messages.calls.flat().map(k => k.conversationId)).size).toBe(RESEND_CHECKS_MAX)
+    expect(published).toStrictEqual([]) // (nothing of those in the store)
+    const other = filling({ resendCheckMs: 50 })
+    await tick(5)
+    other.storeNow([1, 2])
+    other.delivery.resent({ ...msg(2), ts: Date.now() })
+    await other.delivery.close()
+    other.delivery.resent({ ...msg(2), ts: Date.now() })
+    await tick(150)
+    expect(other.messages.calls).toHaveLength(0)
+    expect(other.published).toStrictEqual([])
+  })
+
+  test('a store that fails: nothing delivered, a warning', async () => {
+    const { delivery, published, notify, messages, storeNow, warnings } = filling({ resendCheckMs: 50 })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    messages.failing = true
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(200)
+    expect(published).toStrictEqual([])
+    expect(warnings).toHaveLength(1)
   })
 })
 

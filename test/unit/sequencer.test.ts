@@ -85,6 +85,8 @@ class Harness {
   readonly befores: Array<Map<string, number>> = []
   /** Deliveries that were not above the previous delivery of the same conversation. */
   readonly outOfOrder: string[] = []
+  /** Every entry a resend was answered with (the commit listener's `resent`), in call order. */
+  readonly resent: StoredMessage[] = []
   private readonly lastDelivered = new Map<string, number>()
   /** Virtual time: advanced only by the sequencer's back-off sleeps. */
   clock = 1_767_225_600_000
@@ -101,7 +103,8 @@ class Harness {
           this.lastDelivered.set(m.conversationId, m.seq)
           this.delivered.push({ ...m })
         }
-      }
+      },
+      resent: (m: StoredMessage) => { this.resent.push({ ...m }) }
     }
     this.sequencer = new Sequencer(store, delivery, {
       batchMaxMessages: options.batchMaxMessages ?? 100,
@@ -473,6 +476,8 @@ describe('Sequencer', () => {
       })
       expect(freshResults.every(r => !r.duplicate)).toBe(true)
       expect(h.delivered.length).toBe(deliveredBefore + fresh.length)
+      // each resend told to delivery (a cluster delivers it if its node never did), the new ones not
+      expect(h.resent.map(replyOf).sort()).toEqual(results.map(r => replyOf(r.message)).sort())
       await expectConsistent(h, conversationsOf(sent))
     })
 
@@ -487,6 +492,7 @@ describe('Sequencer', () => {
       expect(ra.duplicate).toBe(false)
       expect(rb).toEqual({ message: ra.message, duplicate: true })
       expect(h.delivered.map(keyOf)).toEqual([keyOf(d)])
+      expect(h.resent).toEqual([ra.message])
     })
 
     test('a resend after a restart is answered from the store', async () => {
@@ -498,6 +504,7 @@ describe('Sequencer', () => {
       const results = await Promise.all(sent.map(s => restarted.submit(s.draft)))
       results.forEach((r, i) => expect(r).toEqual({ message: originals[i]?.message, duplicate: true }))
       expect(restarted.delivered).toEqual([])
+      expect(restarted.resent).toEqual(originals.map(r => r.message))
       const next = await restarted.submit(draft('conv0', 'user0', 'after-restart'))
       expect(next.message.seq).toBe((await store.all('conv0')).length)
       expect(next.duplicate).toBe(false)
