@@ -21,7 +21,7 @@ describe('delivery order with writers on two nodes', () => {
     const overrides = await clusterOverrides(13)
     n1 = await startServer({ ...overrides, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
-    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes']) await addUser(n1, u)
+    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes', 'co.xan', 'co.yve']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
@@ -168,7 +168,7 @@ describe('delivery order with writers on two nodes', () => {
     }
   }, 60000)
 
-  test('a node that stored a seq and never delivered it, its sender sending it again through the other node: answered there as a resend at once, and delivered from there 10 s later, when no delivery of it came', async () => {
+  test('a node that stored a seq and never delivered it, its sender sending it again through the other node: answered there as a resend at once, and delivered from there 15 s later, when no delivery of it came', async () => {
     const tia = await connect(n1, 'co.tia', 't')
     const uma = await connect(n1, 'co.uma', 'u')
     const vic = await connect(n2, 'co.vic', 'v')
@@ -194,12 +194,12 @@ describe('delivery order with writers on two nodes', () => {
       const again = await tiaAgain.request('send', { conv, msgId: 't3', kind: 'text', body: 'three' })
       expect(again).toMatchObject({ seq: 3, duplicate: true })
       expect(Date.now() - t0).toBeLessThan(5000)
-      // n2 waits for n1's delivery of 3 (a live node may hold one 8 s), then delivers it itself
+      // n2 waits for n1's delivery of 3 (a live node may hold one 13 s), then delivers it itself
       for (const d of [tia, uma, vic, wes]) {
-        await d.waitFor(() => seqsOf(d).length >= 3, 20000, `${d.userId} gets 3 from n2`)
+        await d.waitFor(() => seqsOf(d).length >= 3, 25000, `${d.userId} gets 3 from n2`)
         expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
       }
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(9000)
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(14000)
       expect(seqsOf(tiaAgain)).toStrictEqual([3])
       expect(vic.messages.find(m => m.conv === conv && m.seq === 3)).toMatchObject({ body: 'three', from: 'co.tia' })
       expect(await metric(n2, 'mqim_delivery_resend_filled_total') - before).toBe(1)
@@ -212,6 +212,35 @@ describe('delivery order with writers on two nodes', () => {
       await d.waitFor(() => seqsOf(d).length >= 4, 10000, `${d.userId} gets n1's late 3`)
       expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 3] })
     }
+  }, 60000)
+
+  test('a delete stored (and applied) on a node that never delivered it, resent through the other node: answered there as a resend, not refused as a delete of a deleted message, and delivered from there 15 s later', async () => {
+    const xan = await connect(n1, 'co.xan', 'x')
+    const yve = await connect(n2, 'co.yve', 'y')
+    clients.push(xan, yve)
+    const { conv } = await xan.request('create-group', { name: 'deleted', members: ['co.yve'] })
+    const seqsOf = (d: ImClient): number[] => d.messages.filter(m => m.conv === conv).map(m => m.seq)
+    await xan.request('send', { conv, msgId: 'x1', kind: 'text', body: 'oops' })
+    await yve.waitFor(() => seqsOf(yve).length >= 1, 10000, 'yve gets 1')
+    const pub = (n1.internals.backends.mq as { pubConn: Redis }).pubConn
+    pub.stream.cork()
+    const xanAgain = await connect(n2, 'co.xan', 'x2')
+    clients.push(xanAgain)
+    let xanDeleted: Promise<unknown> = Promise.resolve()
+    try {
+      xanDeleted = xan.request('delete', { conv, msgId: 'xd', target: 1 })
+      await waitUntil(() => n1.services.sequencer.knownLastSeq(conv) === 2, 10000, 'n1 to store the delete')
+      // n2's cached copy of 1 (from n1's notice of it) is stale, and expires within a minute: gone now,
+      // n2 reads 1 as n1 left it, deleted
+      n2.services.messages.forget([{ conversationId: conv, seq: 1 }])
+      const again = await xanAgain.request('delete', { conv, msgId: 'xd', target: 1 })
+      expect(again).toMatchObject({ seq: 2, duplicate: true })
+      await yve.waitFor(() => seqsOf(yve).length >= 2, 25000, 'yve gets the delete from n2')
+      expect(yve.messages.find(m => m.conv === conv && m.seq === 2)).toMatchObject({ kind: 'delete', target: 1, from: 'co.xan' })
+    } finally {
+      pub.stream.uncork()
+    }
+    await xanDeleted
   }, 60000)
 })
 

@@ -99,13 +99,16 @@ const FILL_MIN_AGE_MS = QUEUE_TIMEOUT_MS
  * A resend answered with an entry another node stored and this node has seen no delivery of (that
  * node may have died between storing it and delivering it; its sender, unanswered, sent it again
  * here): after this long without a mark of it, this node reads and delivers it, with what may be
- * unpublished before it (as after an order wait, fillGap). Longer than a live node can hold a
- * delivery (an order wait, ORDER_WAIT_MS, then its gap read, READ_TIMEOUT_MS).
+ * unpublished before it (as after an order wait, fillGap). Longer than a live node holds a
+ * delivery: an order wait (ORDER_WAIT_MS), its gap read (READ_TIMEOUT_MS), then its fan-out held
+ * behind queueing (QUEUE_TIMEOUT_MS). (A live node slower still: its copy comes too, a duplicate.)
  */
-export const RESEND_CHECK_MS = ORDER_WAIT_MS + READ_TIMEOUT_MS + 2000
+export const RESEND_CHECK_MS = ORDER_WAIT_MS + READ_TIMEOUT_MS + QUEUE_TIMEOUT_MS + 2000
 /**
  * ... for a conversation this node has seen no delivery of since it listens, only entries stored
- * this recently (a device resends its unanswered sends as it reconnects; older ones it syncs).
+ * this recently (a device resends its unanswered sends as it reconnects; older ones it syncs), and
+ * after this node last forgot a conversation's marks (its LRU full: the marks of one stored before
+ * may be what it forgot).
  */
 export const RESEND_RECENT_MS = 5 * 60_000
 /** Conversations whose resends wait for RESEND_CHECK_MS at most (beyond: not checked; devices sync). */
@@ -194,6 +197,7 @@ export class Delivery implements CommitListener {
   private readonly logger: Logger | null
   private readonly gapReads: GapReads | null
   private readonly applyChange: ((change: StoredMessage) => Promise<unknown>) | null
+  private readonly warn: ReturnType<typeof warnEveryMinute> | null
 
   constructor (
     private readonly directory: ConversationDirectory,
@@ -207,7 +211,7 @@ export class Delivery implements CommitListener {
     this.metrics = metrics
     this.logger = logger
     this.applyChange = applyChange
-    const warn = logger === null ? null : warnEveryMinute(logger)
+    const warn = this.warn = logger === null ? null : warnEveryMinute(logger)
     this.gapReads = messages === null ? null : new GapReads(messages, (err) => { warn?.('gap-read', { err }, 'an order wait ran out and the seqs before could not be read from the store: devices get them when they sync') })
     const waitMs = order.waitMs ?? ORDER_WAIT_MS
     this.order = {
@@ -245,7 +249,13 @@ export class Delivery implements CommitListener {
    * learnt (Date.now). What was learnt before a break in listening is not known any more
    * (knownPublished): the marks of the break went by unheard.
    */
-  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true, marked?: number }>({ max: 200_000 })
+  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true, marked?: number }>({
+    max: 200_000,
+    dispose: (_v, _k, reason) => { if (reason === 'evict') this.forgotAt = Date.now() }
+  })
+
+  /** When `published` last forgot a conversation to make room (Date.now). */
+  private forgotAt = Number.NEGATIVE_INFINITY
 
   /**
    * The highest seq of the conversation known published, if learnt while listening without a
@@ -365,13 +375,15 @@ export class Delivery implements CommitListener {
   private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
     const known = this.knownPublished(conv)
     const now = Date.now()
-    if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now) : known >= seq - 1)) return undefined
+    // a resend of this conversation waiting for its delivery (resent): its seqs as recent as it counts them
+    const recentMs = this.resends.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
+    if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now, recentMs) : known >= seq - 1)) return undefined
     const started = performance.now()
     // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
     const confirmed = this.knownPublished(conv, true)
     return this.publishedUpTo(conv, seq - 1).then(async (ended) => {
       this.metrics?.orderWaited(performance.now() - started)
-      if (ended !== 'arrived') await this.fillGap(conv, seq, confirmed, now, ended === 'full')
+      if (ended !== 'arrived') await this.fillGap(conv, seq, confirmed, now, ended === 'full', recentMs)
     })
   }
 
@@ -386,7 +398,7 @@ export class Delivery implements CommitListener {
    * are waited for until the youngest of them is fillMinAgeMs old (a live node may hold its fan-out
    * that long). Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, why: 'wait' | 'resend' = 'wait'): Promise<void> {
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, recentMs: number, why: 'wait' | 'resend' = 'wait'): Promise<void> {
     if (this.gapReads === null) return
     try {
       const keys: SeqKey[] = []
@@ -394,7 +406,6 @@ export class Delivery implements CommitListener {
       const found = await this.gapReads.read(keys)
       if (found === null) return
       const unmarked = (m: StoredMessage): boolean => m.seq > this.markedUpTo(conv)
-      const recentMs = why === 'resend' ? RESEND_RECENT_MS : this.order.unpublishedMs
       let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began, recentMs)))
       if (!full && missing.length > 0) {
         const left = Math.min(this.order.fillMinAgeMs, Math.max(...missing.map(m => m.ts)) + this.order.fillMinAgeMs - Date.now())
@@ -403,10 +414,10 @@ export class Delivery implements CommitListener {
       }
       if (missing.length === 0) return
       missing.sort((a, b) => a.seq - b.seq)
-      if (why === 'wait') this.metrics?.orderFilled(missing.length)
-      else this.metrics?.resendFilled(missing.length)
       this.foldChanges(conv, missing)
-      await this.deliverNow(missing)
+      const delivered = await this.deliverNow(missing)
+      if (why === 'wait') this.metrics?.orderFilled(delivered)
+      else this.metrics?.resendFilled(delivered)
       // (after an order wait, the seq that waited is delivered next, and counts then)
       if (why === 'resend') this.notePublished(conv, missing[missing.length - 1]?.seq ?? 0)
     } catch (err) {
@@ -420,18 +431,23 @@ export class Delivery implements CommitListener {
     return p === undefined ? 0 : p.guess === true ? p.marked ?? 0 : p.seq
   }
 
-  /** Resends waiting for the mark of their entry (resent): conversation -> the highest seq, and what was known then. */
-  private readonly resends = new Map<string, { seq: number, known: number | undefined, began: number, timer: NodeJS.Timeout }>()
+  /**
+   * Resends waiting for the mark of their entry (resent): conversation -> the highest seq, what was
+   * known published then, when the first came (Date.now) and when the check is due.
+   */
+  private readonly resends = new Map<string, { seq: number, known: number | undefined, began: number, due: number, timer: NodeJS.Timeout }>()
   private closed = false
 
   /**
    * Cluster: a resend was answered with `m`, stored before. If this node has seen no delivery of it
    * (another node stored it and may have died before publishing it; its sender, unanswered, sent it
-   * again here), it is read and delivered here after order.resendCheckMs unless its mark comes
-   * meanwhile, with what before it may be unpublished too (fillGap: above the highest seq known
-   * published, or, for a conversation this node knows no delivery of, the last FILL_UNKNOWN_MAX
-   * stored while it listened, within RESEND_RECENT_MS). One check per conversation at a time (for
-   * its highest seq), RESEND_CHECKS_MAX at most; none while this node does not listen.
+   * again here), it is read and delivered here once order.resendCheckMs has passed without its mark
+   * (also for a later resend of a higher seq of the same conversation: the check waits on), with
+   * what before it may be unpublished too (fillGap: above the highest seq known published, or, for
+   * a conversation this node knows no delivery of, of the last FILL_UNKNOWN_MAX those stored while
+   * it listened, within RESEND_RECENT_MS and since it last forgot a conversation). The fill holds the
+   * conversation's next deliveries here behind it, as an order wait does. One check per
+   * conversation at a time, RESEND_CHECKS_MAX at most; none while this node does not listen.
    */
   resent (m: StoredMessage): void {
     if (!this.bus.clustered || this.gapReads === null || this.closed) return
@@ -439,25 +455,39 @@ export class Delivery implements CommitListener {
     const now = Date.now()
     if (this.listeningSince() > now || this.markedUpTo(conv) >= m.seq) return
     const known = this.knownPublished(conv, true)
-    if (known === undefined && !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS)) return
+    if (known === undefined && (m.ts <= this.forgotAt || !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS))) return
     const waiting = this.resends.get(conv)
     if (waiting !== undefined) {
-      waiting.seq = Math.max(waiting.seq, m.seq)
+      if (m.seq > waiting.seq) {
+        waiting.seq = m.seq
+        waiting.due = now + this.order.resendCheckMs
+      }
       return
     }
-    if (this.resends.size >= RESEND_CHECKS_MAX) return
-    const check = {
-      seq: m.seq,
-      known,
-      began: now,
-      timer: setTimeout(() => {
-        this.resends.delete(conv)
-        // not when a break in listening may have hidden its mark, nor when an order wait of the
-        // conversation (or a delivery behind one) is under way here: that one fills what is missing
-        if (this.closed || this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
-        this.track(this.fillGap(conv, check.seq + 1, check.known, check.began, true, 'resend'))
-      }, this.order.resendCheckMs)
+    if (this.resends.size >= RESEND_CHECKS_MAX) {
+      this.warn?.('resend-checks', { max: RESEND_CHECKS_MAX }, 'too many conversations with resends waiting for their delivery: this one not checked (its members get it when they sync)')
+      return
     }
+    const check = { seq: m.seq, known, began: now, due: now + this.order.resendCheckMs, timer: undefined as unknown as NodeJS.Timeout }
+    const fire = (): void => {
+      // a resend of a higher seq came meanwhile: its time too
+      const left = check.due - Date.now()
+      if (left > 0 && !this.closed) {
+        check.timer = setTimeout(fire, left)
+        check.timer.unref()
+        return
+      }
+      this.resends.delete(conv)
+      // not when a break in listening may have hidden its mark, nor when an order wait of the
+      // conversation (or a delivery behind one) is under way here: that one fills what is missing
+      if (this.closed || this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+      // held as an order wait is: the conversation's next deliveries here go behind it
+      const fill = this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, 'resend')
+      this.held.set(conv, fill)
+      void fill.then(() => { if (this.held.get(conv) === fill) this.held.delete(conv) })
+      this.track(fill)
+    }
+    check.timer = setTimeout(fire, this.order.resendCheckMs)
     check.timer.unref()
     this.resends.set(conv, check)
   }
@@ -540,13 +570,18 @@ export class Delivery implements CommitListener {
     return held
   }
 
-  /** Hands the messages (in seq order per conversation) to the publisher and the rest. */
-  private async deliverNow (stored: StoredMessage[]): Promise<void> {
+  /**
+   * Hands the messages (in seq order per conversation) to the publisher and the rest; resolves
+   * with how many were (not those of a conversation gone).
+   */
+  private async deliverNow (stored: StoredMessage[]): Promise<number> {
     // per message: the webhook's envelope is built only when an endpoint wants it
     const hooked = this.webhooks?.wants('message.stored') === true
+    let delivered = 0
     for (const m of stored) {
       const entry = this.directory.peek(m.conversationId) ?? await this.directory.get(m.conversationId)
       if (entry === null) continue
+      delivered++
       if (entry.conversation.kind === 'channel') {
         // read diffusion: one publish to the channel topic, fanned out by the broker; no push, no mentions
         this.publisher.channelMessage(m)
@@ -564,6 +599,7 @@ export class Delivery implements CommitListener {
         this.mentions?.note(m)
       }
     }
+    return delivered
   }
 
   /**

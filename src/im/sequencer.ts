@@ -249,8 +249,18 @@ export class Sequencer {
    */
   async submit (draft: Draft): Promise<SubmitResult> {
     const result = await this.enqueue(draft)
-    if (result.duplicate) this.delivery.resent?.(result.message)
+    if (result.duplicate) this.resent(result.message)
     return result
+  }
+
+  /** Tells delivery that a resend was answered with `message` (submit; a change's refusal that found it). */
+  resent (message: StoredMessage): void {
+    try {
+      this.delivery.resent?.(message)
+    } catch (err) {
+      // the sender's answer stands
+      this.opts.logger.error({ err, conv: message.conversationId, seq: message.seq }, 'a resend could not be told to delivery')
+    }
   }
 
   private enqueue (draft: Draft): Promise<SubmitResult> {

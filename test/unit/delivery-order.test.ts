@@ -328,6 +328,17 @@ function filling (order: OrderOptions = {}, metrics: Metrics | null = null, dela
 }
 const tick = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
+/** What `make` makes, as if made (and listening since) `ms` ago: Date.now set back while it runs. */
+function madeAgo<T> (ms: number, make: () => T): T {
+  const now = Date.now
+  Date.now = () => now() - ms
+  try {
+    return make()
+  } finally {
+    Date.now = now
+  }
+}
+
 describe('after a wait ran out, the seqs before are delivered from the store', () => {
   test('the seqs another node stored and never published come first, in order, each once, counted', async () => {
     const metrics = new Metrics({ enabled: true })
@@ -554,8 +565,8 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
 })
 
 describe('a resend answered with an entry another node stored whose delivery never came: delivered here', () => {
-  test('the check outlasts the longest a live node holds a delivery (an order wait, then its gap read)', () => {
-    expect(RESEND_CHECK_MS).toBeGreaterThan(ORDER_WAIT_MS + READ_TIMEOUT_MS)
+  test('the check outlasts the longest a live node holds a delivery (an order wait, its gap read, then its fan-out held behind queueing)', () => {
+    expect(RESEND_CHECK_MS).toBeGreaterThan(ORDER_WAIT_MS + READ_TIMEOUT_MS + QUEUE_TIMEOUT_MS)
   })
 
   test('after the check time without its mark: read with what before it is missing, delivered once, counted; then it counts as published', async () => {
@@ -612,15 +623,71 @@ describe('a resend answered with an entry another node stored whose delivery nev
     const { delivery, published, messages, storeNow } = filling({ resendCheckMs: 50 })
     await tick(5)
     delivery.resent({ ...msg(3), ts: Date.now() - 60_000 }) // before this Delivery listened
-    delivery.resent({ ...msg(3), conversationId: 'old', ts: Date.now() + 1 - RESEND_RECENT_MS - 1000 })
     await tick(150)
     expect(messages.calls).toHaveLength(0)
+    // listening for long: 5 minutes is the bound
+    const listening = madeAgo(10 * 60_000, () => filling({ resendCheckMs: 50 }))
+    listening.delivery.resent({ ...msg(3), conversationId: 'old', ts: Date.now() - RESEND_RECENT_MS - 1000 })
+    listening.delivery.resent({ ...msg(3), conversationId: 'recent', ts: Date.now() - RESEND_RECENT_MS + 60_000 })
+    await tick(150)
+    expect(listening.messages.calls.map(keys => keys[0]?.conversationId)).toStrictEqual(['recent'])
     storeNow([1, 2], 60_000) // (stored before this node listened: never filled)
     storeNow([3, 4], 100)
     delivery.resent({ ...msg(4), ts: Date.now() - 100 })
     await tick(150)
     expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual(seqs(1, 4))
     expect(published).toStrictEqual([3, 4])
+  })
+
+  test('a resend of a higher seq while a check waits: that seq gets its own time', async () => {
+    const { delivery, published, notify, storeNow } = filling({ resendCheckMs: 300 })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(5), ts: Date.now() })
+    await tick(200)
+    delivery.resent({ ...msg(6), ts: Date.now() }) // 6 stored by a live node moments ago
+    await tick(200) // 5's time is up, 6's is not
+    expect(published).toStrictEqual([])
+    notify({ c: 5 }) // 5 was delivered after all; 6 never is
+    await tick(250)
+    expect(published).toStrictEqual([6])
+  })
+
+  test('a conversation this node forgot the marks of (its memory of 200,000 conversations full): a resend of one stored before it forgot is not checked', async () => {
+    const { delivery, notify, messages } = madeAgo(60_000, () => filling({ resendCheckMs: 50 }))
+    const before = Date.now() - 1000
+    delivery.resent({ ...msg(3), conversationId: 'kept', ts: before })
+    await tick(10)
+    for (let i = 0; i <= 200_000; i++) notify({ [`n${i}`]: 1 }) // the first is forgotten
+    await tick(5)
+    delivery.resent({ ...msg(3), conversationId: 'forgot', ts: before })
+    delivery.resent({ ...msg(3), conversationId: 'after', ts: Date.now() })
+    await tick(150)
+    expect(messages.calls.map(keys => keys[0]?.conversationId).sort()).toStrictEqual(['after', 'kept'])
+  })
+
+  test('while a resend is filled, this node\'s next seq of the conversation goes behind it: each delivered once, in order', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 50, waitMs: 100 }, metrics, 200)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await tick(100) // the check's read is under way (200 ms)
+    await deliver(delivery, [msg(7)])
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 2$/m)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_order_timeouts_total 0$/m)
+  })
+
+  test('a check waiting makes an order wait of the conversation count its seqs as recent as the check does (not 12 s): the resent seq is filled before the next', async () => {
+    const { delivery, published, storeNow } = madeAgo(10 * 60_000, () => filling({ resendCheckMs: 5000, waitMs: 100, unpublishedMs: 50 }))
+    storeNow([1, 2], 60_000) // a minute ago, by a node that died; this node knows nothing of the conversation
+    delivery.resent({ ...msg(2), ts: Date.now() - 60_000 })
+    await deliver(delivery, [msg(3)], new Map([['c', Date.now() - 60_000]]))
+    expect(published).toStrictEqual([1, 2, 3])
   })
 
   test('no check while not listening, nor across a break in listening (its mark may have gone by unheard)', async () => {
@@ -653,6 +720,18 @@ describe('a resend answered with an entry another node stored whose delivery nev
     expect(messages.calls).toHaveLength(1)
     expect(await metrics.text()).toMatch(/^mqim_delivery_order_filled_total 2$/m)
     expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 0$/m)
+  })
+
+  test('a check that comes while an order wait that ran out is reading the seqs before: it leaves them to that fill', async () => {
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 150, waitMs: 100 }, null, 300)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    await deliver(delivery, [msg(7)]) // the wait runs out at 100 ms, its read lasts until 400 ms; the check comes at 150 ms
+    await tick(100)
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
   })
 
   test(`at most ${RESEND_CHECKS_MAX} conversations checked at once; close drops the checks waiting`, async () => {

@@ -510,6 +510,16 @@ describe('Sequencer', () => {
       expect(next.duplicate).toBe(false)
     })
 
+    test('a commit listener whose `resent` throws: the resend is still answered as a duplicate', async () => {
+      const store = new FaultyMessageStore()
+      const original = await harness(store).submit(draft('conv', 'alice', 'm1'))
+      const errors: string[] = []
+      const logger = { ...createLogger('silent'), error: (_o: unknown, message: string) => { errors.push(message) } } as unknown as ReturnType<typeof createLogger>
+      const seq = new Sequencer(store, { committed: () => {}, resent: () => { throw new Error('boom') } }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger })
+      expect(await seq.submit(draft('conv', 'alice', 'm1'))).toEqual({ message: original.message, duplicate: true })
+      expect(errors).toStrictEqual(['a resend could not be told to delivery'])
+    })
+
     test('a failing lookup of a resent message is retried with back-off, not in a tight loop', async () => {
       const store = new FaultyMessageStore()
       const original = await harness(store).submit(draft('conv', 'alice', 'm1'))

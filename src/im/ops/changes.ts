@@ -80,10 +80,26 @@ async function checked (caller: Caller, req: { conv: string, msgId: string, targ
     return null
   } catch (err) {
     if (!(err instanceof ImError) || !REFUSALS_OF_STATE.has(err.code)) throw err
-    const stored = await services.sequencer.findStored(req.conv, caller.userId, req.msgId)
+    const stored = await services.sequencer.findStored(req.conv, caller.userId, req.msgId) ?? await lastChangeOf(caller, req, kind, services)
     if (stored === null || !sameEntry(stored, { kind, target: req.target })) throw err
+    // (in a cluster the node that stored it may have died before delivering it)
+    services.sequencer.resent(stored)
     return { conv: stored.conversationId, seq: stored.seq, msgId: stored.clientMsgId, ts: stored.ts, duplicate: true }
   }
+}
+
+/**
+ * A change this sender stored with this msgId that the sequencer does not remember (another node
+ * stored it, or before a restart): the target's last delete or edit, if it is that one (two reads
+ * by primary key; never a lookup by msgId, which may scan).
+ */
+async function lastChangeOf (caller: Caller, req: { conv: string, msgId: string, target: number }, kind: ChangeKind, services: Services): Promise<StoredMessage | null> {
+  if (kind !== 'delete' && kind !== 'edit') return null
+  const [target] = await services.messages.getMany([{ conversationId: req.conv, seq: req.target }])
+  const last = kind === 'delete' ? target?.changes?.deleted : target?.changes?.edited
+  if (last === undefined) return null
+  const [change] = await services.messages.getMany([{ conversationId: req.conv, seq: last.seq }])
+  return change !== undefined && change.senderId === caller.userId && change.clientMsgId === req.msgId && change.target === req.target ? change : null
 }
 
 /** Refusals that the state of the target or of the member can cause after a change was stored. */
