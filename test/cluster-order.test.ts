@@ -230,6 +230,8 @@ describe('delivery order with writers on two nodes', () => {
     try {
       xanDeleted = xan.request('delete', { conv, msgId: 'xd', target: 1 })
       await waitUntil(() => n1.services.sequencer.knownLastSeq(conv) === 2, 10000, 'n1 to store the delete')
+      // and to apply it (before its delivery): 1 is deleted in the store
+      await waitUntil(async () => (await n1.services.messages.getMany([{ conversationId: conv, seq: 1 }]))[0]?.changes?.deleted !== undefined, 10000, 'n1 to apply the delete')
       // n2's cached copy of 1 (from n1's notice of it) is stale, and expires within a minute: gone now,
       // n2 reads 1 as n1 left it, deleted
       n2.services.messages.forget([{ conversationId: conv, seq: 1 }])

@@ -111,6 +111,8 @@ export const RESEND_CHECK_MS = ORDER_WAIT_MS + READ_TIMEOUT_MS + QUEUE_TIMEOUT_M
  * may be what it forgot).
  */
 export const RESEND_RECENT_MS = 5 * 60_000
+/** How far the clock of the node that stored an entry may be behind this node's (mayHaveForgotten). */
+const FORGOT_SKEW_MS = 1000
 /** Conversations whose resends wait for RESEND_CHECK_MS at most (beyond: not checked; devices sync). */
 export const RESEND_CHECKS_MAX = 10_000
 
@@ -251,11 +253,19 @@ export class Delivery implements CommitListener {
    */
   private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true, marked?: number }>({
     max: 200_000,
-    dispose: (_v, _k, reason) => { if (reason === 'evict') this.forgotAt = Date.now() }
+    dispose: (v, _k, reason) => { if (reason === 'evict') this.forgotAt = Math.max(this.forgotAt, v.at) }
   })
 
-  /** When `published` last forgot a conversation to make room (Date.now). */
+  /**
+   * The latest time a mark was learnt (Date.now) of a conversation `published` forgot to make room:
+   * an entry stored after it had no mark forgotten (a mark is learnt after its entry was stored).
+   */
   private forgotAt = Number.NEGATIVE_INFINITY
+
+  /** Whether the marks of an entry stored at `ts` (the storing node's clock) may have been forgotten. */
+  private mayHaveForgotten (ts: number): boolean {
+    return ts <= this.forgotAt + FORGOT_SKEW_MS
+  }
 
   /**
    * The highest seq of the conversation known published, if learnt while listening without a
@@ -362,7 +372,7 @@ export class Delivery implements CommitListener {
       const behind = this.held.get(conv)
       // behind this node's own held seqs, and then, as any other, behind another node's that came
       // between them and these (its notice of them is no mark)
-      const gate = behind !== undefined ? behind.then(async () => { await this.orderWait(conv, m.seq) }) : this.orderWait(conv, m.seq, before?.get(conv))
+      const gate = behind !== undefined ? behind.then(async () => { await this.orderWait(conv, m.seq, before?.get(conv)) }) : this.orderWait(conv, m.seq, before?.get(conv))
       if (gate !== undefined) gates.set(conv, gate)
     }
     return gates
@@ -435,7 +445,7 @@ export class Delivery implements CommitListener {
    * Resends waiting for the mark of their entry (resent): conversation -> the highest seq, what was
    * known published then, when the first came (Date.now) and when the check is due.
    */
-  private readonly resends = new Map<string, { seq: number, known: number | undefined, began: number, due: number, timer: NodeJS.Timeout }>()
+  private readonly resends = new Map<string, { seq: number, ts: number, known: number | undefined, began: number, due: number, timer: NodeJS.Timeout }>()
   private closed = false
 
   /**
@@ -455,11 +465,12 @@ export class Delivery implements CommitListener {
     const now = Date.now()
     if (this.listeningSince() > now || this.markedUpTo(conv) >= m.seq) return
     const known = this.knownPublished(conv, true)
-    if (known === undefined && (m.ts <= this.forgotAt || !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS))) return
+    if (known === undefined && (this.mayHaveForgotten(m.ts) || !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS))) return
     const waiting = this.resends.get(conv)
     if (waiting !== undefined) {
       if (m.seq > waiting.seq) {
         waiting.seq = m.seq
+        waiting.ts = Math.min(waiting.ts, m.ts)
         waiting.due = now + this.order.resendCheckMs
       }
       return
@@ -468,7 +479,7 @@ export class Delivery implements CommitListener {
       this.warn?.('resend-checks', { max: RESEND_CHECKS_MAX }, 'too many conversations with resends waiting for their delivery: this one not checked (its members get it when they sync)')
       return
     }
-    const check = { seq: m.seq, known, began: now, due: now + this.order.resendCheckMs, timer: undefined as unknown as NodeJS.Timeout }
+    const check = { seq: m.seq, ts: m.ts, known, began: now, due: now + this.order.resendCheckMs, timer: undefined as unknown as NodeJS.Timeout }
     const fire = (): void => {
       // a resend of a higher seq came meanwhile: its time too
       const left = check.due - Date.now()
@@ -481,6 +492,8 @@ export class Delivery implements CommitListener {
       // not when a break in listening may have hidden its mark, nor when an order wait of the
       // conversation (or a delivery behind one) is under way here: that one fills what is missing
       if (this.closed || this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+      // nothing known published, and a mark learnt since may have been forgotten meanwhile
+      if (check.known === undefined && this.mayHaveForgotten(check.ts)) return
       // held as an order wait is: the conversation's next deliveries here go behind it
       const fill = this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, 'resend')
       this.held.set(conv, fill)

@@ -17,7 +17,7 @@ import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Setup { delivery: Delivery, published: number[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void }
+interface Setup { delivery: Delivery, published: number[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
@@ -34,9 +34,12 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   // failNext: the next lookup finds nothing cached and the metadata store down
   let fail = false
+  // conversations deleted: their lookups find nothing
+  const gone = new Set<string>()
   const directory = {
-    peek: () => fail ? undefined : entry,
-    get: async () => {
+    peek: (conv: string) => fail || gone.has(conv) ? undefined : entry,
+    get: async (conv: string) => {
+      if (gone.has(conv)) return null
       if (!fail) return entry
       fail = false
       throw new Error('metadata store down')
@@ -56,7 +59,8 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
     warnings,
     notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
     notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) },
-    failNext: () => { fail = true }
+    failNext: () => { fail = true },
+    gone
   }
 }
 
@@ -654,17 +658,42 @@ describe('a resend answered with an entry another node stored whose delivery nev
     expect(published).toStrictEqual([6])
   })
 
-  test('a conversation this node forgot the marks of (its memory of 200,000 conversations full): a resend of one stored before it forgot is not checked', async () => {
+  test('a conversation this node forgot the marks of (its memory of 200,000 conversations full): a resend of one stored before it forgot is not checked, nor filled when the forgetting came while it waited', async () => {
     const { delivery, notify, messages } = madeAgo(60_000, () => filling({ resendCheckMs: 50 }))
     const before = Date.now() - 1000
     delivery.resent({ ...msg(3), conversationId: 'kept', ts: before })
-    await tick(10)
+    await tick(150) // checked and read before anything was forgotten
+    delivery.resent({ ...msg(3), conversationId: 'pending', ts: before })
     for (let i = 0; i <= 200_000; i++) notify({ [`n${i}`]: 1 }) // the first is forgotten
-    await tick(5)
+    await tick(1100) // (the storing node's clock may be 1 s behind)
     delivery.resent({ ...msg(3), conversationId: 'forgot', ts: before })
     delivery.resent({ ...msg(3), conversationId: 'after', ts: Date.now() })
     await tick(150)
-    expect(messages.calls.map(keys => keys[0]?.conversationId).sort()).toStrictEqual(['after', 'kept'])
+    expect(messages.calls.map(keys => keys[0]?.conversationId)).toStrictEqual(['kept', 'after'])
+  })
+
+  test('a mark learnt again (replacing what was known) forgets nothing: a resend stored before it is checked', async () => {
+    const { delivery, notify, messages } = madeAgo(60_000, () => filling({ resendCheckMs: 50 }))
+    const before = Date.now() - 5000
+    notify({ other: 1 })
+    notify({ other: 2 })
+    delivery.resent({ ...msg(3), ts: before })
+    await tick(150)
+    expect(messages.calls).toHaveLength(1)
+  })
+
+  test('entries of a conversation deleted meanwhile: read, not delivered, not counted', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const { delivery, published, notify, messages, storeNow, gone } = filling({ resendCheckMs: 50 }, metrics)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    delivery.resent({ ...msg(6), ts: Date.now() })
+    gone.add('c')
+    await tick(150)
+    expect(messages.calls).toHaveLength(1)
+    expect(published).toStrictEqual([])
+    expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 0$/m)
   })
 
   test('while a resend is filled, this node\'s next seq of the conversation goes behind it: each delivered once, in order', async () => {

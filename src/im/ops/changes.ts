@@ -90,16 +90,21 @@ async function checked (caller: Caller, req: { conv: string, msgId: string, targ
 
 /**
  * A change this sender stored with this msgId that the sequencer does not remember (another node
- * stored it, or before a restart): the target's last delete or edit, if it is that one (two reads
- * by primary key; never a lookup by msgId, which may scan).
+ * stored it, or before a restart): the target's delete that took effect or its last edit, if it is
+ * that one (two reads by primary key; never a lookup by msgId, which may scan). A read that fails:
+ * none (the refusal stands).
  */
 async function lastChangeOf (caller: Caller, req: { conv: string, msgId: string, target: number }, kind: ChangeKind, services: Services): Promise<StoredMessage | null> {
   if (kind !== 'delete' && kind !== 'edit') return null
-  const [target] = await services.messages.getMany([{ conversationId: req.conv, seq: req.target }])
-  const last = kind === 'delete' ? target?.changes?.deleted : target?.changes?.edited
-  if (last === undefined) return null
-  const [change] = await services.messages.getMany([{ conversationId: req.conv, seq: last.seq }])
-  return change !== undefined && change.senderId === caller.userId && change.clientMsgId === req.msgId && change.target === req.target ? change : null
+  try {
+    const [target] = await services.messages.getMany([{ conversationId: req.conv, seq: req.target }])
+    const last = kind === 'delete' ? target?.changes?.deleted : target?.changes?.edited
+    if (last === undefined) return null
+    const [change] = await services.messages.getMany([{ conversationId: req.conv, seq: last.seq }])
+    return change !== undefined && change.senderId === caller.userId && change.clientMsgId === req.msgId && change.target === req.target ? change : null
+  } catch {
+    return null
+  }
 }
 
 /** Refusals that the state of the target or of the member can cause after a change was stored. */
