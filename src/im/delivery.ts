@@ -214,7 +214,7 @@ export class Delivery implements CommitListener {
     this.logger = logger
     this.applyChange = applyChange
     const warn = this.warn = logger === null ? null : warnEveryMinute(logger)
-    this.gapReads = messages === null ? null : new GapReads(messages, (err) => { warn?.('gap-read', { err }, 'an order wait ran out and the seqs before could not be read from the store: devices get them when they sync') })
+    this.gapReads = messages === null ? null : new GapReads(messages, (err) => { warn?.('gap-read', { err }, 'the seqs another node may not have delivered (an order wait ran out, or a resend found none) could not be read from the store: devices get them when they sync') })
     const waitMs = order.waitMs ?? ORDER_WAIT_MS
     this.order = {
       waitMs,
