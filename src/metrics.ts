@@ -56,6 +56,7 @@ export class Metrics {
   private readonly orderWait: Histogram
   private readonly orderFills: Counter
   private readonly resendFills: Counter
+  private readonly noticeFills: Counter
   private readonly orderTimeouts: Counter
   private readonly publishesDropped: Counter<'qos'>
 
@@ -74,6 +75,7 @@ export class Metrics {
     this.orderTimeouts = new Counter({ name: 'mqim_delivery_order_timeouts_total', help: "Cluster: order waits that ran out (another node's fan-out never came: a lost mark, a node that died; that node then delivers the seqs before from the store, see mqim_delivery_order_filled_total)", registers })
     this.orderFills = new Counter({ name: 'mqim_delivery_order_filled_total', help: 'Cluster: entries this node read from the store and delivered itself after an order wait ran out, before the seq that waited (another node stored them and their delivery had not arrived; some may come from that node too if it was only late)', registers })
     this.resendFills = new Counter({ name: 'mqim_delivery_resend_filled_total', help: 'Cluster: entries this node read from the store and delivered itself after a resend was answered with an entry another node stored whose delivery had not arrived 15 s later (that node died before delivering it; some may come from that node too if it was only late)', registers })
+    this.noticeFills = new Counter({ name: 'mqim_delivery_notice_filled_total', help: 'Cluster: entries this node read from the store and delivered itself because another node said it stored them (its commit notice) and no delivery of them had arrived 15 s later (that node died or lost Redis before delivering them; some may come from that node too if it was only late)', registers })
     this.publishesDropped = new Counter({ name: 'mqim_publishes_dropped_total', help: 'Publishes to clients dropped, neither delivered live nor queued, because too many waited for their queue entries (Redis stalled), by QoS', labelNames: ['qos'], registers })
     this.pushes = new Counter({ name: 'mqim_push_total', help: 'Pushes by kind (webpush, gateway) and outcome (queued, delivered, retry, gone: target removed, rejected, expired: retries ran out, dropped: queue full, collapsed)', labelNames: ['kind', 'outcome'], registers, collect: this.flush })
     if (this.enabled) collectDefaultMetrics({ register: this.registry, prefix: 'mqim_' })
@@ -179,6 +181,11 @@ export class Metrics {
   /** After a resend of an entry whose delivery had not arrived, `n` entries were read from the store and delivered (see Delivery.resent). */
   resendFilled (n: number): void {
     if (this.enabled) this.resendFills.inc(n)
+  }
+
+  /** Another node's notice told of entries whose delivery had not arrived 15 s later: `n` were read from the store and delivered (see Delivery.watch). */
+  noticeFilled (n: number): void {
+    if (this.enabled) this.noticeFills.inc(n)
   }
 
   webhook (event: string, outcome: string): void {

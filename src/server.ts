@@ -21,7 +21,7 @@ import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
 import { ChannelSubscriptions } from './gateway/channels.js'
 import { Publisher } from './im/publisher.js'
-import { Delivery } from './im/delivery.js'
+import { Delivery, claimIn } from './im/delivery.js'
 import { Metrics } from './metrics.js'
 import { Webhooks } from './im/webhooks.js'
 import { MentionLog } from './im/mentions.js'
@@ -173,7 +173,9 @@ export class MqimServer {
       messages,
       // (the sequencer is made next: called only after both exist)
       applyChange: async (change: StoredMessage): Promise<unknown> => await sequencer.applyChange(change),
-      order: { listeningSince: backends.connectedSince }
+      order: { listeningSince: backends.connectedSince },
+      // one node fills what a dead node stored and never delivered, not every node that heard of it
+      claim: backends.redis === null ? null : claimIn(backends.redis)
     })
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,

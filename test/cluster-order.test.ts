@@ -17,11 +17,12 @@ describe('delivery order with writers on two nodes', () => {
   let n1: MqimServer
   let n2: MqimServer
   const clients: ImClient[] = []
+  let overrides: Record<string, unknown>
   beforeAll(async () => {
-    const overrides = await clusterOverrides(13)
+    overrides = await clusterOverrides(13)
     n1 = await startServer({ ...overrides, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
-    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes', 'co.xan', 'co.yve']) await addUser(n1, u)
+    for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes', 'co.xan', 'co.yve', 'co.zed', 'co.amy', 'co.ben', 'co.cat']) await addUser(n1, u)
   }, 60000)
   afterAll(async () => {
     await Promise.allSettled(clients.map(async c => await c.end()))
@@ -211,6 +212,50 @@ describe('delivery order with writers on two nodes', () => {
     for (const d of [tia, uma, vic, wes]) {
       await d.waitFor(() => seqsOf(d).length >= 4, 10000, `${d.userId} gets n1's late 3`)
       expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3, 3] })
+    }
+  }, 60000)
+
+  test('a node that stored a seq and told the others (its commit notice), then never delivered it, nobody writing again: one other node, the first to claim it in Redis, delivers it 15 s later, once', async () => {
+    const n3 = await startServer({ ...overrides, nodeId: 'o3' })
+    try {
+      const zed = await connect(n1, 'co.zed', 'z')
+      const cat = await connect(n1, 'co.cat', 'c')
+      const amy = await connect(n2, 'co.amy', 'a')
+      const ben = await connect(n3, 'co.ben', 'b')
+      const devices = [zed, cat, amy, ben]
+      clients.push(...devices)
+      const { conv } = await zed.request('create-group', { name: 'told', members: ['co.cat', 'co.amy', 'co.ben'] })
+      const seqsOf = (d: ImClient): number[] => d.messages.filter(m => m.conv === conv).map(m => m.seq)
+      await zed.request('send', { conv, msgId: 'z1', kind: 'text', body: 'one' })
+      await amy.request('send', { conv, msgId: 'a2', kind: 'text', body: 'two' })
+      for (const d of devices) await d.waitFor(() => seqsOf(d).length >= 2, 10000, `${d.userId} gets 1 and 2`)
+      const others = [n2, n3]
+      const before = await Promise.all(others.map(async n => await metric(n, 'mqim_delivery_notice_filled_total')))
+      // from here n1's deliveries never leave it (as if it died right after its notice)
+      const publisher = n1.services.publisher
+      const message = publisher.message.bind(publisher)
+      publisher.message = () => {}
+      try {
+        const t0 = Date.now()
+        const three = await zed.request('send', { conv, msgId: 'z3', kind: 'text', body: 'three' })
+        expect(three.seq).toBe(3)
+        for (const d of devices) {
+          await d.waitFor(() => seqsOf(d).length >= 3, 25000, `${d.userId} gets 3 from another node`)
+          expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
+        }
+        expect(Date.now() - t0).toBeGreaterThanOrEqual(14000)
+        expect(ben.messages.find(m => m.conv === conv && m.seq === 3)).toMatchObject({ body: 'three', from: 'co.zed' })
+        const after = await Promise.all(others.map(async n => await metric(n, 'mqim_delivery_notice_filled_total')))
+        expect(after.reduce((sum, n, i) => sum + n - (before[i] ?? 0), 0)).toBe(1)
+        expect(await n2.internals.backends.redis?.pttl(`mqim:delivery-fill:${conv}:3`)).toBeGreaterThan(0)
+        // the node that did not claim it delivers nothing: no second copy
+        await new Promise(resolve => setTimeout(resolve, 3000))
+        for (const d of devices) expect({ device: d.userId, seqs: seqsOf(d) }).toEqual({ device: d.userId, seqs: [1, 2, 3] })
+      } finally {
+        publisher.message = message
+      }
+    } finally {
+      await n3.stop()
     }
   }, 60000)
 

@@ -37,9 +37,13 @@
  * of a break went by unheard, and a stale value would make it wait and fill for nothing.
  *
  * When nobody writes to the conversation again, no wait runs out: what A stored and never published
- * would reach the other members only when they sync. But its sender, unanswered, sends it again
- * through another node, which answers it as a resend (the sequencer tells `resent`): if no mark of
- * it has come RESEND_CHECK_MS later, that node fills it as above.
+ * would reach the other members only when they sync. Two things bring it sooner. A's commit notice
+ * goes out as soon as the batch is stored, before A delivers it: every other node that hears of seqs
+ * without their mark keeps a check of them, and one of them (the first to claim the seq in Redis)
+ * fills them as above if no mark has come RESEND_CHECK_MS after the latest notice. And A's sender,
+ * unanswered, sends it again through another node, which answers it as a resend (the sequencer
+ * tells `resent`): the same check. What A stored and died before its notice left (the store's reply
+ * on its way) waits for a resend or the next write.
  */
 import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
 import { applyChangeTo } from '../store/changes.js'
@@ -54,6 +58,7 @@ import type { Webhooks } from './webhooks.js'
 import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
 import { LRUCache } from 'lru-cache'
+import type { Redis } from 'ioredis'
 import type { Metrics } from '../metrics.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
@@ -113,8 +118,16 @@ export const RESEND_CHECK_MS = ORDER_WAIT_MS + READ_TIMEOUT_MS + QUEUE_TIMEOUT_M
 export const RESEND_RECENT_MS = 5 * 60_000
 /** How far the clock of the node that stored an entry may be behind this node's (mayHaveForgotten). */
 const FORGOT_SKEW_MS = 1000
-/** Conversations whose resends wait for RESEND_CHECK_MS at most (beyond: not checked; devices sync). */
-export const RESEND_CHECKS_MAX = 10_000
+/**
+ * Conversations with a check waiting at most (resends, and notices of seqs whose mark has not come;
+ * beyond: not checked, devices sync). A notice's check ends with its mark, within milliseconds in
+ * normal operation: what waits is a dead node's last batches.
+ */
+export const CHECKS_MAX = 10_000
+/** How long a claim of a seq to fill lasts in Redis (the other nodes' checks of it end well before). */
+const CLAIM_MS = 5 * 60_000
+/** How long the claim's Redis command may take (beyond: not filled here). */
+const CLAIM_TIMEOUT_MS = 2000
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -152,6 +165,21 @@ const NOTICE_DOCS_MAX = 256
 export type HeldDeliveries = ReadonlyMap<string, Promise<void>>
 const NONE_HELD: HeldDeliveries = new Map()
 
+/** What made a check (Delivery.watch): a resend answered with the entry, or its node's notice. */
+type CheckCause = 'resend' | 'notice'
+
+/** DeliveryParts.claim on Redis: SET key NX PX ms (the first node to ask gets it). */
+export function claimIn (redis: Pick<Redis, 'set'>): (key: string, ms: number) => Promise<boolean> {
+  return async (key, ms) => await redis.set(key, '1', 'PX', ms, 'NX') === 'OK'
+}
+
+/** The highest seq of each conversation among `stored`. */
+function lastSeqs (stored: readonly StoredMessage[]): Map<string, number> {
+  const last = new Map<string, number>()
+  for (const m of stored) if (m.seq > (last.get(m.conversationId) ?? 0)) last.set(m.conversationId, m.seq)
+  return last
+}
+
 /** What the sequencer calls with each batch of newly stored messages. */
 export interface CommitListener {
   /**
@@ -177,6 +205,12 @@ export interface DeliveryParts {
   messages?: Pick<MessageStore, 'getMany'> | null
   /** Applies a stored change to its target (Sequencer.applyChange): for changes among those filled. */
   applyChange?: ((change: StoredMessage) => Promise<unknown>) | null
+  /**
+   * Cluster: claims `key` for `ms` for this node, true if no node had (Redis SET NX); a check fills
+   * only what it claimed, so that one node fills a dead node's seqs, not every node that heard of them.
+   * Absent: every check fills.
+   */
+  claim?: ((key: string, ms: number) => Promise<boolean>) | null
 }
 
 export class Delivery implements CommitListener {
@@ -199,14 +233,16 @@ export class Delivery implements CommitListener {
   private readonly logger: Logger | null
   private readonly gapReads: GapReads | null
   private readonly applyChange: ((change: StoredMessage) => Promise<unknown>) | null
+  private readonly claim: ((key: string, ms: number) => Promise<boolean>) | null
   private readonly warn: ReturnType<typeof warnEveryMinute> | null
 
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null, applyChange = null }: DeliveryParts = {}
+    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null, applyChange = null, claim = null }: DeliveryParts = {}
   ) {
+    this.claim = claim
     this.mentions = mentions
     this.webhooks = webhooks
     this.push = push
@@ -238,8 +274,12 @@ export class Delivery implements CommitListener {
         const { seqs } = notice
         if (typeof seqs !== 'object' || seqs === null) return
         for (const [conv, seq] of Object.entries(seqs as Record<string, unknown>)) {
+          if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq <= 0) continue
+          // a check of it (ended by its mark: if none comes, that node died before delivering it),
+          // stored about now (the notice goes out as soon as it is)
+          this.watch(conv, seq, Date.now(), 'notice')
           // (not while this node waits or holds deliveries of it: it knows more than the notice)
-          if (typeof seq === 'number' && Number.isSafeInteger(seq) && seq > 0 && this.knownPublished(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, { seq: seq - 1, at: Date.now(), guess: true })
+          if (this.knownPublished(conv) === undefined && !this.orderWaits.has(conv) && !this.held.has(conv)) this.published.set(conv, { seq: seq - 1, at: Date.now(), guess: true })
         }
       })
     }
@@ -291,6 +331,8 @@ export class Delivery implements CommitListener {
     // below what is known (a late one) leaves that as it was
     if (known === undefined || seq >= known.seq) this.published.set(conv, { seq, at: Date.now() })
     else if (known.guess === true && seq > (known.marked ?? 0)) known.marked = seq
+    const check = this.checks.get(conv)
+    if (check !== undefined && seq >= check.seq) this.checks.delete(conv)
     // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
@@ -344,14 +386,21 @@ export class Delivery implements CommitListener {
     // held conversations first, registered before anything is awaited: the next batch of one of
     // them is delivered behind this one
     const held = gates.size === 0 ? NONE_HELD : this.hold(stored, gates)
+    // the other nodes learn the tails before anything is delivered: if this node dies while it
+    // delivers, they know what to check (watch)
+    try {
+      this.noticeStored(stored)
+    } catch (err) {
+      this.logger?.error({ err }, 'the commit notice could not be sent (the other nodes learn the tails from the store)')
+    }
     try {
       await this.deliverNow(gates.size === 0 ? stored : stored.filter(m => !gates.has(m.conversationId)))
     } catch (err) {
       this.logger?.error({ err }, 'delivery of committed messages failed half-way (devices sync by seq)')
     } finally {
-      // also when a lookup failed half-way: the other nodes learn the tails, and this node does
-      // not wait later for marks of seqs it was the one to deliver
-      this.noticeStored(stored, gates)
+      // also when a lookup failed half-way: this node does not wait later for marks of seqs it was
+      // the one to deliver (a held conversation's count once delivered)
+      if (this.bus.clustered) for (const [conv, seq] of lastSeqs(stored)) if (!gates.has(conv)) this.notePublished(conv, seq)
     }
     return held
   }
@@ -385,8 +434,8 @@ export class Delivery implements CommitListener {
   private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
     const known = this.knownPublished(conv)
     const now = Date.now()
-    // a resend of this conversation waiting for its delivery (resent): its seqs as recent as it counts them
-    const recentMs = this.resends.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
+    // a check of this conversation waiting (a resend, a notice): its seqs as recent as it counts them
+    const recentMs = this.checks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
     if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now, recentMs) : known >= seq - 1)) return undefined
     const started = performance.now()
     // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
@@ -408,7 +457,7 @@ export class Delivery implements CommitListener {
    * are waited for until the youngest of them is fillMinAgeMs old (a live node may hold its fan-out
    * that long). Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, recentMs: number, why: 'wait' | 'resend' = 'wait'): Promise<void> {
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, recentMs: number, why: 'wait' | CheckCause = 'wait'): Promise<void> {
     if (this.gapReads === null) return
     try {
       const keys: SeqKey[] = []
@@ -427,11 +476,12 @@ export class Delivery implements CommitListener {
       this.foldChanges(conv, missing)
       const delivered = await this.deliverNow(missing)
       if (why === 'wait') this.metrics?.orderFilled(delivered)
-      else this.metrics?.resendFilled(delivered)
+      else if (why === 'resend') this.metrics?.resendFilled(delivered)
+      else this.metrics?.noticeFilled(delivered)
       // (after an order wait, the seq that waited is delivered next, and counts then)
-      if (why === 'resend') this.notePublished(conv, missing[missing.length - 1]?.seq ?? 0)
+      if (why !== 'wait') this.notePublished(conv, missing[missing.length - 1]?.seq ?? 0)
     } catch (err) {
-      this.logger?.error({ err, conv }, why === 'wait' ? 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)' : 'delivery of a resent entry another node stored and never delivered failed (devices sync by seq)')
+      this.logger?.error({ err, conv }, why === 'wait' ? 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)' : 'delivery of entries another node stored and never delivered failed (devices sync by seq)')
     }
   }
 
@@ -442,67 +492,99 @@ export class Delivery implements CommitListener {
   }
 
   /**
-   * Resends waiting for the mark of their entry (resent): conversation -> the highest seq, what was
-   * known published then, when the first came (Date.now) and when the check is due.
+   * Checks waiting for the mark of an entry another node stored (a resend answered with it, or that
+   * node's notice of it): conversation -> the highest seq, what was known published when the first
+   * came, when it came (Date.now), the stored-at time of the first entry, when the check is due, and
+   * whether a resend made it.
    */
-  private readonly resends = new Map<string, { seq: number, ts: number, known: number | undefined, began: number, due: number, timer: NodeJS.Timeout }>()
+  private readonly checks = new Map<string, { seq: number, ts: number, known: number | undefined, began: number, due: number, cause: CheckCause }>()
+  /** Runs the checks that are due (one timer for all), while there are any. */
+  private sweeper: NodeJS.Timeout | null = null
   private closed = false
 
   /**
    * Cluster: a resend was answered with `m`, stored before. If this node has seen no delivery of it
    * (another node stored it and may have died before publishing it; its sender, unanswered, sent it
    * again here), it is read and delivered here once order.resendCheckMs has passed without its mark
-   * (also for a later resend of a higher seq of the same conversation: the check waits on), with
-   * what before it may be unpublished too (fillGap: above the highest seq known published, or, for
-   * a conversation this node knows no delivery of, of the last FILL_UNKNOWN_MAX those stored while
-   * it listened, within RESEND_RECENT_MS and since it last forgot a conversation). The fill holds the
-   * conversation's next deliveries here behind it, as an order wait does. One check per
-   * conversation at a time, RESEND_CHECKS_MAX at most; none while this node does not listen.
+   * (watch).
    */
   resent (m: StoredMessage): void {
+    this.watch(m.conversationId, m.seq, m.ts, 'resend')
+  }
+
+  /**
+   * Cluster: `seq` of the conversation, stored at `ts` (the storing node's clock) by another node,
+   * was resent here or told in its notice. Unless its mark came, it is read and delivered here once
+   * order.resendCheckMs has passed without its mark since the latest resend or notice of the
+   * conversation (which may raise the seq), and if this node claims it first, with what before it
+   * may be unpublished too (fillGap: above the highest seq known published, or, for a conversation
+   * this node knows no delivery of, of the last FILL_UNKNOWN_MAX those stored while it listened,
+   * within RESEND_RECENT_MS and since it last forgot a conversation). The fill holds the
+   * conversation's next deliveries here behind it, as an order wait does. One check per
+   * conversation at a time, CHECKS_MAX at most; none while this node does not listen.
+   */
+  private watch (conv: string, seq: number, ts: number, cause: CheckCause): void {
     if (!this.bus.clustered || this.gapReads === null || this.closed) return
-    const conv = m.conversationId
     const now = Date.now()
-    if (this.listeningSince() > now || this.markedUpTo(conv) >= m.seq) return
-    const known = this.knownPublished(conv, true)
-    if (known === undefined && (this.mayHaveForgotten(m.ts) || !this.mayBeUnpublished(m.seq + 1, m.ts, now, RESEND_RECENT_MS))) return
-    const waiting = this.resends.get(conv)
+    if (this.listeningSince() > now || this.markedUpTo(conv) >= seq) return
+    const waiting = this.checks.get(conv)
     if (waiting !== undefined) {
-      if (m.seq > waiting.seq) {
-        waiting.seq = m.seq
-        waiting.ts = Math.min(waiting.ts, m.ts)
+      if (seq > waiting.seq) {
+        waiting.seq = seq
+        waiting.ts = Math.min(waiting.ts, ts)
         waiting.due = now + this.order.resendCheckMs
       }
+      if (cause === 'resend') waiting.cause = cause
       return
     }
-    if (this.resends.size >= RESEND_CHECKS_MAX) {
-      this.warn?.('resend-checks', { max: RESEND_CHECKS_MAX }, 'too many conversations with resends waiting for their delivery: this one not checked (its members get it when they sync)')
+    const known = this.knownPublished(conv, true)
+    if (known === undefined && (this.mayHaveForgotten(ts) || !this.mayBeUnpublished(seq + 1, ts, now, RESEND_RECENT_MS))) return
+    if (this.checks.size >= CHECKS_MAX) {
+      this.warn?.('delivery-checks', { max: CHECKS_MAX }, 'too many conversations with entries another node stored waiting for their delivery: this one not checked (its members get it when they sync)')
       return
     }
-    const check = { seq: m.seq, ts: m.ts, known, began: now, due: now + this.order.resendCheckMs, timer: undefined as unknown as NodeJS.Timeout }
-    const fire = (): void => {
-      // a resend of a higher seq came meanwhile: its time too
-      const left = check.due - Date.now()
-      if (left > 0 && !this.closed) {
-        check.timer = setTimeout(fire, left)
-        check.timer.unref()
-        return
-      }
-      this.resends.delete(conv)
+    this.checks.set(conv, { seq, ts, known, began: now, due: now + this.order.resendCheckMs, cause })
+    if (this.sweeper === null) {
+      const every = Math.min(1000, Math.max(10, Math.floor(this.order.resendCheckMs / 5)))
+      this.sweeper = setInterval(() => { this.sweep() }, every)
+      this.sweeper.unref()
+    }
+  }
+
+  /** Runs the checks that are due. */
+  private sweep (): void {
+    const now = Date.now()
+    for (const [conv, check] of this.checks) {
+      if (check.due > now) continue
+      this.checks.delete(conv)
       // not when a break in listening may have hidden its mark, nor when an order wait of the
       // conversation (or a delivery behind one) is under way here: that one fills what is missing
-      if (this.closed || this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+      if (this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) continue
       // nothing known published, and a mark learnt since may have been forgotten meanwhile
-      if (check.known === undefined && this.mayHaveForgotten(check.ts)) return
+      if (check.known === undefined && this.mayHaveForgotten(check.ts)) continue
       // held as an order wait is: the conversation's next deliveries here go behind it
-      const fill = this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, 'resend')
+      const fill = (async () => {
+        if (await this.claimed(conv, check.seq)) await this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, check.cause)
+      })()
       this.held.set(conv, fill)
       void fill.then(() => { if (this.held.get(conv) === fill) this.held.delete(conv) })
       this.track(fill)
     }
-    check.timer = setTimeout(fire, this.order.resendCheckMs)
-    check.timer.unref()
-    this.resends.set(conv, check)
+    if (this.checks.size === 0 && this.sweeper !== null) {
+      clearInterval(this.sweeper)
+      this.sweeper = null
+    }
+  }
+
+  /** Whether this node is the one to fill `seq` of the conversation (claim); a failure: not. Never rejects. */
+  private async claimed (conv: string, seq: number): Promise<boolean> {
+    if (this.claim === null) return true
+    try {
+      return await within(this.claim(`mqim:delivery-fill:${conv}:${seq}`, CLAIM_MS), CLAIM_TIMEOUT_MS, () => new Error(`no answer within ${CLAIM_TIMEOUT_MS} ms`))
+    } catch (err) {
+      this.warn?.('delivery-claim', { err, conv }, 'could not claim entries another node stored and never delivered, to deliver them here: not delivered (devices sync)')
+      return false
+    }
   }
 
   /**
@@ -554,8 +636,9 @@ export class Delivery implements CommitListener {
    */
   async close (ms = 2000): Promise<void> {
     this.closed = true
-    for (const { timer } of this.resends.values()) clearTimeout(timer)
-    this.resends.clear()
+    if (this.sweeper !== null) clearInterval(this.sweeper)
+    this.sweeper = null
+    this.checks.clear()
     if (this.background.size === 0) return
     // (what is still under way then is given up: the stores close)
     await within(Promise.all([...this.background]), ms, () => new Error('background work still under way')).catch(() => {})
@@ -615,11 +698,8 @@ export class Delivery implements CommitListener {
     return delivered
   }
 
-  /**
-   * Cluster: the commit notice (at once, held conversations too), and this node's own seqs taken
-   * as published (a held conversation's once it is delivered).
-   */
-  private noticeStored (stored: StoredMessage[], held: ReadonlyMap<string, unknown>): void {
+  /** Cluster: the commit notice (at once, held conversations too). */
+  private noticeStored (stored: StoredMessage[]): void {
     if (this.bus.clustered) {
       // seqs: what nodes of the version before counts read; tails: [seq, count, lastReal]
       const seqs: Record<string, number> = {}
@@ -643,7 +723,6 @@ export class Delivery implements CommitListener {
       // at once (the other nodes' sequencers learn the tails: fewer seq conflicts); that the seqs
       // were published, they learn from the fan-outs' marks
       this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
-      for (const [conv, seq] of Object.entries(seqs)) if (!held.has(conv)) this.notePublished(conv, seq)
     }
   }
 

@@ -6,7 +6,7 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, RESEND_CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
+import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
 import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
@@ -17,7 +17,7 @@ import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Setup { delivery: Delivery, published: number[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
+interface Setup { delivery: Delivery, published: number[], events: string[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
@@ -26,11 +26,13 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   const marks: Array<(conv: string, seq: number) => void> = []
   const notices: Array<Record<string, unknown>> = []
   const handlers: Array<(m: Record<string, unknown>) => void> = []
-  const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m) } }
+  // what the stand-ins were handed, in order: `notice` and `message <seq>`
+  const events: string[] = []
+  const bus = { clustered: true, on: (topic: string, h: (m: Record<string, unknown>) => void) => { if (topic === SEQ_TOPIC) handlers.push(h) }, publish: (_t: string, m: Record<string, unknown>) => { notices.push(m); events.push('notice') } }
   const published: number[] = []
   const delivered: string[] = []
   const sent: StoredMessage[] = []
-  const publisher = { message: (m: StoredMessage) => { published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`); sent.push(m) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
+  const publisher = { message: (m: StoredMessage) => { events.push(`message ${m.seq}`); published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`); sent.push(m) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   // failNext: the next lookup finds nothing cached and the metadata store down
   let fail = false
@@ -52,6 +54,7 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   return {
     delivery,
     published,
+    events,
     delivered,
     sent,
     notices,
@@ -763,12 +766,12 @@ describe('a resend answered with an entry another node stored whose delivery nev
     expect(messages.calls).toHaveLength(1)
   })
 
-  test(`at most ${RESEND_CHECKS_MAX} conversations checked at once; close drops the checks waiting`, async () => {
+  test(`at most ${CHECKS_MAX} conversations checked at once; close drops the checks waiting`, async () => {
     const { delivery, published, messages } = filling({ resendCheckMs: 100 })
     await tick(5)
-    for (let i = 0; i <= RESEND_CHECKS_MAX; i++) delivery.resent({ ...msg(2), conversationId: `k${i}`, ts: Date.now() })
+    for (let i = 0; i <= CHECKS_MAX; i++) delivery.resent({ ...msg(2), conversationId: `k${i}`, ts: Date.now() })
     await tick(400)
-    expect(new Set(messages.calls.flat().map(k => k.conversationId)).size).toBe(RESEND_CHECKS_MAX)
+    expect(new Set(messages.calls.flat().map(k => k.conversationId)).size).toBe(CHECKS_MAX)
     expect(published).toStrictEqual([]) // (nothing of those in the store)
     const other = filling({ resendCheckMs: 50 })
     await tick(5)
@@ -791,6 +794,135 @@ describe('a resend answered with an entry another node stored whose delivery nev
     await tick(200)
     expect(published).toStrictEqual([])
     expect(warnings).toHaveLength(1)
+  })
+})
+
+describe('another node\'s notice of entries whose delivery never came: delivered here', () => {
+  test('the commit notice goes out before the batch is delivered (a node that dies delivering it has told the others what to check)', async () => {
+    const { delivery, events } = setup()
+    await deliver(delivery, [msg(1), msg(2)])
+    expect(events).toStrictEqual(['notice', 'message 1', 'message 2'])
+  })
+
+  test('after the check time without their mark: read, delivered once, counted; a mark in time: nothing read', async () => {
+    const metrics = new Metrics({ enabled: true })
+    const { delivery, published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 200 }, metrics)
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4, d: 1 })
+    // the other node stored c 5..6 and d 2, told so, and published only d 2
+    notice({ c: 6, d: 2 })
+    await tick(50)
+    notify({ d: 2 })
+    await tick(100)
+    expect(published).toStrictEqual([])
+    await tick(150)
+    expect(published).toStrictEqual([5, 6])
+    expect(messages.calls).toStrictEqual([[5, 6].map(seq => ({ conversationId: 'c', seq }))])
+    expect(await metrics.text()).toMatch(/^mqim_delivery_notice_filled_total 2$/m)
+    expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 0$/m)
+    // they count as published now: this node's next does not wait, nothing is read again
+    const t0 = Date.now()
+    await deliver(delivery, [msg(7)])
+    expect(Date.now() - t0).toBeLessThan(100)
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
+  })
+
+  test('a node writing on: each notice restarts the time, the mark of the latest ends the check', async () => {
+    const { published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 200 })
+    await tick(5)
+    storeNow(seqs(1, 10))
+    notify({ c: 1 })
+    for (let seq = 2; seq <= 6; seq++) {
+      notice({ c: seq })
+      await tick(60)
+      notify({ c: seq - 1 }) // each mark one behind the notices
+    }
+    await tick(50)
+    notify({ c: 6 })
+    await tick(300)
+    expect(published).toStrictEqual([])
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test(`a check ends with its mark (the usual case, within milliseconds): ${CHECKS_MAX} notices whose marks came leave room for the next`, async () => {
+    const { notify, notice, messages, storeNow } = filling({ resendCheckMs: 100 })
+    await tick(5)
+    for (let i = 0; i < CHECKS_MAX; i++) {
+      notice({ [`k${i}`]: 1 })
+      notify({ [`k${i}`]: 1 })
+    }
+    storeNow([1])
+    notice({ c: 1 })
+    await tick(250)
+    expect(messages.calls).toStrictEqual([[{ conversationId: 'c', seq: 1 }]])
+  })
+
+  test('with a claim: only what this node claimed first is filled; a claim refused, or failing, or unanswered: not filled here, a warning for the failure', async () => {
+    const claims: string[] = []
+    let answer: 'yes' | 'no' | 'fail' | 'hang' = 'no'
+    const claim = async (key: string, ms: number): Promise<boolean> => {
+      claims.push(`${key} ${ms}`)
+      if (answer === 'fail') throw new Error('redis down')
+      if (answer === 'hang') return await new Promise<boolean>(() => {})
+      return answer === 'yes'
+    }
+    const { published, notify, notice, messages, storeNow, warnings } = filling({ resendCheckMs: 50 }, null, 0, { claim })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    notice({ c: 5 }) // another node claimed it first
+    await tick(150)
+    expect(claims).toStrictEqual(['mqim:delivery-fill:c:5 300000'])
+    expect(messages.calls).toHaveLength(0)
+    answer = 'fail'
+    notice({ c: 5 })
+    await tick(150)
+    expect(messages.calls).toHaveLength(0)
+    expect(warnings).toHaveLength(1)
+    answer = 'yes'
+    notice({ c: 6 })
+    await tick(150)
+    expect(claims.at(-1)).toBe('mqim:delivery-fill:c:6 300000')
+    expect(published).toStrictEqual([5, 6])
+    answer = 'hang'
+    storeNow([7])
+    notice({ c: 7 })
+    await tick(2300)
+    expect(claims).toHaveLength(4)
+    expect(published).toStrictEqual([5, 6])
+  })
+
+  test('none while not listening, nor across a break in listening, nor after close', async () => {
+    let since = 0
+    const { delivery, published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    since = Number.POSITIVE_INFINITY
+    notice({ c: 5 })
+    since = 0
+    notice({ c: 6 })
+    await tick(20)
+    since = Date.now() // the link broke and came back while the check waited
+    await tick(200)
+    expect(published).toStrictEqual([])
+    expect(messages.calls).toHaveLength(0)
+    await delivery.close()
+    notice({ c: 6 })
+    await tick(200)
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test('a conversation known from no mark: the entries stored lately are read (the last 10), those with no mark delivered', async () => {
+    const { published, notice, messages, storeNow } = madeAgo(10 * 60_000, () => filling({ resendCheckMs: 50 }))
+    storeNow([1, 2], 20 * 60_000) // long ago: published then
+    storeNow([3, 4], 100)
+    notice({ c: 4 })
+    await tick(150)
+    expect(messages.calls[0]?.map(k => k.seq)).toStrictEqual(seqs(1, 4))
+    expect(published).toStrictEqual([3, 4])
   })
 })
 
