@@ -101,9 +101,9 @@ export const FILL_UNKNOWN_MAX = 10
  */
 const FILL_MIN_AGE_MS = QUEUE_TIMEOUT_MS
 /**
- * A resend answered with an entry another node stored and this node has seen no delivery of (that
- * node may have died between storing it and delivering it; its sender, unanswered, sent it again
- * here): after this long without a mark of it, this node reads and delivers it, with what may be
+ * An entry another node stored and this node has seen no delivery of (that node may have died
+ * between storing it and delivering it), told of in that node's notice or resent here by its
+ * sender: after this long without a mark of it, this node reads and delivers it, with what may be
  * unpublished before it (as after an order wait, fillGap). Longer than a live node holds a
  * delivery: an order wait (ORDER_WAIT_MS), its gap read (READ_TIMEOUT_MS), then its fan-out held
  * behind queueing (QUEUE_TIMEOUT_MS). (A live node slower still: its copy comes too, a duplicate.)
@@ -140,7 +140,7 @@ export interface OrderOptions {
   unpublishedMs?: number
   /** How long ago a seq must have been stored to be filled after a wait ran out (default FILL_MIN_AGE_MS). */
   fillMinAgeMs?: number
-  /** How long a resend's entry waits for its mark before it is filled (default RESEND_CHECK_MS). */
+  /** How long a check (a resend, a notice) waits for its mark before it is filled (default RESEND_CHECK_MS). */
   resendCheckMs?: number
   /**
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
@@ -631,7 +631,7 @@ export class Delivery implements CommitListener {
   }
 
   /**
-   * Checks no more resends, and resolves when the background work is done (at most `ms`): before
+   * Checks nothing more, and resolves when the background work is done (at most `ms`): before
    * the stores close. (The deliveries themselves are waited for by Sequencer.close.)
    */
   async close (ms = 2000): Promise<void> {
