@@ -21,7 +21,7 @@ import { Sequencer } from './im/sequencer.js'
 import { ConversationDirectory } from './im/directory.js'
 import { ChannelSubscriptions } from './gateway/channels.js'
 import { Publisher } from './im/publisher.js'
-import { Delivery, claimIn } from './im/delivery.js'
+import { Delivery, claimsIn } from './im/delivery.js'
 import { Metrics } from './metrics.js'
 import { Webhooks } from './im/webhooks.js'
 import { MentionLog } from './im/mentions.js'
@@ -45,7 +45,7 @@ import { EnvelopeCache } from './im/envelopes.js'
 import { BlockService } from './im/blocks.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { FanOut } from './broker/fanout.js'
-import { userOfTopic } from './protocol/topics.js'
+import { SEQ_TOPIC, userOfTopic } from './protocol/topics.js'
 import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -175,8 +175,15 @@ export class MqimServer {
       applyChange: async (change: StoredMessage): Promise<unknown> => await sequencer.applyChange(change),
       order: { listeningSince: backends.connectedSince },
       // one node fills what a dead node stored and never delivered, not every node that heard of it
-      claim: backends.redis === null ? null : claimIn(backends.redis)
+      claims: backends.redis === null ? null : claimsIn(backends.redis)
     })
+    // a change FerretDB lost and had applied again: the other nodes drop what they cached of its
+    // target meanwhile (as after any change: src/im/sequencer.ts, the `changed` of a notice)
+    if (clustered && 'onChangeLost' in messages) {
+      messages.onChangeLost = (change) => {
+        if (change.target !== undefined) bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed: [[change.conversationId, change.target]] })
+      }
+    }
     const sequencer = new Sequencer(messages, delivery, {
       ...config.sequencer,
       // the in-memory store finds a resent msgId as fast as a cache would

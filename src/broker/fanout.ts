@@ -163,6 +163,11 @@ export class FanOut {
     return accepted
   }
 
+  /** Whether more than a quarter of the topics the bound allows wait for their queueing (Redis slow). */
+  get backlogged (): boolean {
+    return this.heldTopics > (this.opts.maxHeldTopics ?? MAX_PENDING_TOPICS) / 4
+  }
+
   /** False if dropped (the bound). */
   private publishChunk (topics: string[], payload: Buffer, qos: 0 | 1, mark: [string, number] | undefined, except: string | undefined): boolean {
     const max = this.opts.maxHeldTopics ?? MAX_PENDING_TOPICS

@@ -119,8 +119,8 @@ export const RESEND_RECENT_MS = 5 * 60_000
 /** How far the clock of the node that stored an entry may be behind this node's (mayHaveForgotten). */
 const FORGOT_SKEW_MS = 1000
 /**
- * Conversations with a check waiting at most (resends, and notices of seqs whose mark has not come;
- * beyond: not checked, devices sync). A notice's check ends with its mark, within milliseconds in
+ * Conversations with a check waiting at most, for resends and for notices of seqs whose mark has
+ * not come, each (beyond: not checked, devices sync). A notice's check ends with its mark, within milliseconds in
  * normal operation: what waits is a dead node's last batches.
  */
 export const CHECKS_MAX = 10_000
@@ -128,6 +128,8 @@ export const CHECKS_MAX = 10_000
 const CLAIM_MS = 5 * 60_000
 /** How long the claim's Redis command may take (beyond: not filled here). */
 const CLAIM_TIMEOUT_MS = 2000
+/** Times a check comes due at most (another node's claim, this node's publishes backed up: it waits again). */
+const CHECK_TRIES = 3
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -168,9 +170,20 @@ const NONE_HELD: HeldDeliveries = new Map()
 /** What made a check (Delivery.watch): a resend answered with the entry, or its node's notice. */
 type CheckCause = 'resend' | 'notice'
 
-/** DeliveryParts.claim on Redis: SET key NX PX ms (the first node to ask gets it). */
-export function claimIn (redis: Pick<Redis, 'set'>): (key: string, ms: number) => Promise<boolean> {
-  return async (key, ms) => await redis.set(key, '1', 'PX', ms, 'NX') === 'OK'
+/** A check waiting (Delivery.watch). */
+interface Check { seq: number, ts: number, known: number | undefined, began: number, due: number, tries: number }
+
+/** DeliveryParts.claims on Redis: SET key NX PX ms (the first node to ask gets it), DEL. */
+export function claimsIn (redis: Pick<Redis, 'set' | 'del'>): FillClaims {
+  return {
+    claim: async (key, ms) => await redis.set(key, '1', 'PX', ms, 'NX') === 'OK',
+    release: async (key) => { await redis.del(key) }
+  }
+}
+
+/** The claim of the seqs of a conversation up to `seq` (FillClaims). */
+function fillKey (conv: string, seq: number): string {
+  return `mqim:delivery-fill:${conv}:${seq}`
 }
 
 /** The highest seq of each conversation among `stored`. */
@@ -187,7 +200,14 @@ export interface CommitListener {
    * wait (void: none). `before`: for a conversation whose entry before its first one here the
    * sequencer read from the store, when that entry was stored (Tail.ts).
    */
-  committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>) => void | HeldDeliveries | Promise<void | HeldDeliveries>
+  committed: (messages: StoredMessage[], before?: ReadonlyMap<string, number>, told?: boolean) => void | HeldDeliveries | Promise<void | HeldDeliveries>
+  /**
+   * Entries just stored, told at once: before the changes among them are applied and before any
+   * other read or write for their batch (in a cluster the commit notice goes out: the other nodes
+   * learn the tails, and what to check for should this node die before delivering them). They then
+   * come to `committed` with `told` true.
+   */
+  stored?: (messages: StoredMessage[]) => void
   /** A resend was answered with this entry, stored before (not delivered again by the sequencer). */
   resent?: (message: StoredMessage) => void
 }
@@ -206,11 +226,18 @@ export interface DeliveryParts {
   /** Applies a stored change to its target (Sequencer.applyChange): for changes among those filled. */
   applyChange?: ((change: StoredMessage) => Promise<unknown>) | null
   /**
-   * Cluster: claims `key` for `ms` for this node, true if no node had (Redis SET NX); a check fills
-   * only what it claimed, so that one node fills a dead node's seqs, not every node that heard of them.
-   * Absent: every check fills.
+   * Cluster: who fills what another node stored and never delivered (Redis), so that one node
+   * does, not every node that heard of it. Absent: every node that finds it missing fills it.
    */
-  claim?: ((key: string, ms: number) => Promise<boolean>) | null
+  claims?: FillClaims | null
+}
+
+/** Claims of seqs to fill (DeliveryParts.claims). */
+export interface FillClaims {
+  /** Claims `key` for `ms` for this node: true if no node had (Redis SET NX). */
+  claim: (key: string, ms: number) => Promise<boolean>
+  /** Gives a claim up (this node filled nothing: another may). */
+  release: (key: string) => Promise<void>
 }
 
 export class Delivery implements CommitListener {
@@ -233,16 +260,16 @@ export class Delivery implements CommitListener {
   private readonly logger: Logger | null
   private readonly gapReads: GapReads | null
   private readonly applyChange: ((change: StoredMessage) => Promise<unknown>) | null
-  private readonly claim: ((key: string, ms: number) => Promise<boolean>) | null
+  private readonly claims: FillClaims | null
   private readonly warn: ReturnType<typeof warnEveryMinute> | null
 
   constructor (
     private readonly directory: ConversationDirectory,
     private readonly publisher: Publisher,
     private readonly bus: ClusterBus,
-    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null, applyChange = null, claim = null }: DeliveryParts = {}
+    { mentions = null, webhooks = null, push = null, metrics = null, logger = null, order = {}, messages = null, applyChange = null, claims = null }: DeliveryParts = {}
   ) {
-    this.claim = claim
+    this.claims = claims
     this.mentions = mentions
     this.webhooks = webhooks
     this.push = push
@@ -331,8 +358,10 @@ export class Delivery implements CommitListener {
     // below what is known (a late one) leaves that as it was
     if (known === undefined || seq >= known.seq) this.published.set(conv, { seq, at: Date.now() })
     else if (known.guess === true && seq > (known.marked ?? 0)) known.marked = seq
-    const check = this.checks.get(conv)
-    if (check !== undefined && seq >= check.seq) this.checks.delete(conv)
+    for (const checks of [this.noticeChecks, this.resendChecks]) {
+      const check = checks.get(conv)
+      if (check !== undefined && seq >= check.seq) checks.delete(conv)
+    }
     // also when not above what is known: that may be a notice's guess, or evicted
     const waits = this.orderWaits.get(conv)
     if (waits === undefined) return
@@ -381,18 +410,19 @@ export class Delivery implements CommitListener {
     })
   }
 
-  async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<HeldDeliveries> {
+  stored (messages: StoredMessage[]): void {
+    this.noticeStored(messages, false)
+  }
+
+  async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>, told = false): Promise<HeldDeliveries> {
     const gates = this.bus.clustered ? this.orderGates(stored, before) : NONE_HELD
     // held conversations first, registered before anything is awaited: the next batch of one of
     // them is delivered behind this one
     const held = gates.size === 0 ? NONE_HELD : this.hold(stored, gates)
     // the other nodes learn the tails before anything is delivered: if this node dies while it
     // delivers, they know what to check (watch)
-    try {
-      this.noticeStored(stored)
-    } catch (err) {
-      this.logger?.error({ err }, 'the commit notice could not be sent (the other nodes learn the tails from the store)')
-    }
+    // (told: the changes among them, now applied, only)
+    this.noticeStored(stored, true, told)
     try {
       await this.deliverNow(gates.size === 0 ? stored : stored.filter(m => !gates.has(m.conversationId)))
     } catch (err) {
@@ -434,15 +464,22 @@ export class Delivery implements CommitListener {
   private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
     const known = this.knownPublished(conv)
     const now = Date.now()
-    // a check of this conversation waiting (a resend, a notice): its seqs as recent as it counts them
-    const recentMs = this.checks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
+    // a resend of this conversation waiting for its delivery (resent): its seqs as recent as it counts them
+    const recentMs = this.resendChecks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
     if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now, recentMs) : known >= seq - 1)) return undefined
     const started = performance.now()
     // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
     const confirmed = this.knownPublished(conv, true)
     return this.publishedUpTo(conv, seq - 1).then(async (ended) => {
       this.metrics?.orderWaited(performance.now() - started)
-      if (ended !== 'arrived') await this.fillGap(conv, seq, confirmed, now, ended === 'full', recentMs)
+      if (ended === 'arrived') return
+      // another node filling them now (a check of its own): its delivery is waited for a little
+      const key = fillKey(conv, seq - 1)
+      if (await this.claimed(key) === 'taken') {
+        await this.markWithin(conv, seq - 1, READ_TIMEOUT_MS + 1000)
+        return
+      }
+      if (await this.fillGap(conv, seq, confirmed, now, ended === 'full', recentMs) === null) await this.release(key)
     })
   }
 
@@ -457,21 +494,21 @@ export class Delivery implements CommitListener {
    * are waited for until the youngest of them is fillMinAgeMs old (a live node may hold its fan-out
    * that long). Never rejects (a failure: not filled).
    */
-  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, recentMs: number, why: 'wait' | CheckCause = 'wait'): Promise<void> {
-    if (this.gapReads === null) return
+  private async fillGap (conv: string, seq: number, known: number | undefined, began: number, full: boolean, recentMs: number, why: 'wait' | CheckCause = 'wait'): Promise<number | null> {
+    if (this.gapReads === null) return null
     try {
       const keys: SeqKey[] = []
       for (let s = Math.max(known ?? 0, seq - 1 - (known === undefined ? FILL_UNKNOWN_MAX : FILL_MAX)) + 1; s < seq; s++) keys.push({ conversationId: conv, seq: s })
       const found = await this.gapReads.read(keys)
-      if (found === null) return
+      if (found === null) return null
       const unmarked = (m: StoredMessage): boolean => m.seq > this.markedUpTo(conv)
       let missing = found.filter(m => unmarked(m) && (known !== undefined || this.mayBeUnpublished(m.seq + 1, m.ts, began, recentMs)))
       if (!full && missing.length > 0) {
         const left = Math.min(this.order.fillMinAgeMs, Math.max(...missing.map(m => m.ts)) + this.order.fillMinAgeMs - Date.now())
-        if (left > 0 && await this.markWithin(conv, seq - 1, left)) return
+        if (left > 0 && await this.markWithin(conv, seq - 1, left)) return 0
         missing = missing.filter(unmarked)
       }
-      if (missing.length === 0) return
+      if (missing.length === 0) return 0
       missing.sort((a, b) => a.seq - b.seq)
       this.foldChanges(conv, missing)
       const delivered = await this.deliverNow(missing)
@@ -480,8 +517,10 @@ export class Delivery implements CommitListener {
       else this.metrics?.noticeFilled(delivered)
       // (after an order wait, the seq that waited is delivered next, and counts then)
       if (why !== 'wait') this.notePublished(conv, missing[missing.length - 1]?.seq ?? 0)
+      return delivered
     } catch (err) {
       this.logger?.error({ err, conv }, why === 'wait' ? 'delivery of the seqs before an order wait that ran out failed (devices sync by seq)' : 'delivery of entries another node stored and never delivered failed (devices sync by seq)')
+      return null
     }
   }
 
@@ -492,12 +531,13 @@ export class Delivery implements CommitListener {
   }
 
   /**
-   * Checks waiting for the mark of an entry another node stored (a resend answered with it, or that
-   * node's notice of it): conversation -> the highest seq, what was known published when the first
-   * came, when it came (Date.now), the stored-at time of the first entry, when the check is due, and
-   * whether a resend made it.
+   * Checks waiting for the mark of an entry another node stored, told of in its notice, and resent
+   * here (two budgets: resends are not crowded out by a burst of notices): conversation -> the
+   * highest seq, what was known published when the first came, when it came (Date.now), the
+   * stored-at time of the first entry, when the check is due, and how many times it was due.
    */
-  private readonly checks = new Map<string, { seq: number, ts: number, known: number | undefined, began: number, due: number, cause: CheckCause }>()
+  private readonly noticeChecks = new Map<string, Check>()
+  private readonly resendChecks = new Map<string, Check>()
   /** Runs the checks that are due (one timer for all), while there are any. */
   private sweeper: NodeJS.Timeout | null = null
   private closed = false
@@ -514,77 +554,120 @@ export class Delivery implements CommitListener {
 
   /**
    * Cluster: `seq` of the conversation, stored at `ts` (the storing node's clock) by another node,
-   * was resent here or told in its notice. Unless its mark came, it is read and delivered here once
-   * order.resendCheckMs has passed without its mark since the latest resend or notice of the
-   * conversation (which may raise the seq), and if this node claims it first, with what before it
-   * may be unpublished too (fillGap: above the highest seq known published, or, for a conversation
-   * this node knows no delivery of, of the last FILL_UNKNOWN_MAX those stored while it listened,
-   * within RESEND_RECENT_MS and since it last forgot a conversation). The fill holds the
-   * conversation's next deliveries here behind it, as an order wait does. One check per
-   * conversation at a time, CHECKS_MAX at most; none while this node does not listen.
+   * was resent here or told in its notice. Unless its mark comes, it is read and delivered here
+   * once order.resendCheckMs has passed without one since the latest resend (or notice) of the
+   * conversation that raised the seq, if this node claims it first (else the check waits again, as
+   * when this node's publishes back up: CHECK_TRIES times at most), with what before it may be
+   * unpublished too (fillGap: above the highest seq known published, or, for a conversation this
+   * node knows no delivery of, of the last FILL_UNKNOWN_MAX those stored while it listened, within
+   * RESEND_RECENT_MS and since it last forgot a conversation). The fill holds the conversation's
+   * next deliveries here behind it, as an order wait does. One check per conversation and cause at
+   * a time, CHECKS_MAX per cause at most; none while this node does not listen.
    */
   private watch (conv: string, seq: number, ts: number, cause: CheckCause): void {
     if (!this.bus.clustered || this.gapReads === null || this.closed) return
     const now = Date.now()
     if (this.listeningSince() > now || this.markedUpTo(conv) >= seq) return
-    const waiting = this.checks.get(conv)
+    const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
+    const waiting = checks.get(conv)
     if (waiting !== undefined) {
       if (seq > waiting.seq) {
         waiting.seq = seq
         waiting.ts = Math.min(waiting.ts, ts)
         waiting.due = now + this.order.resendCheckMs
       }
-      if (cause === 'resend') waiting.cause = cause
       return
     }
     const known = this.knownPublished(conv, true)
     if (known === undefined && (this.mayHaveForgotten(ts) || !this.mayBeUnpublished(seq + 1, ts, now, RESEND_RECENT_MS))) return
-    if (this.checks.size >= CHECKS_MAX) {
-      this.warn?.('delivery-checks', { max: CHECKS_MAX }, 'too many conversations with entries another node stored waiting for their delivery: this one not checked (its members get it when they sync)')
+    if (checks.size >= CHECKS_MAX) {
+      this.warn?.(`delivery-checks-${cause}`, { max: CHECKS_MAX, cause }, 'too many conversations with entries another node stored waiting for their delivery: this one not checked (its members get it when they sync)')
       return
     }
-    this.checks.set(conv, { seq, ts, known, began: now, due: now + this.order.resendCheckMs, cause })
-    if (this.sweeper === null) {
-      const every = Math.min(1000, Math.max(10, Math.floor(this.order.resendCheckMs / 5)))
-      this.sweeper = setInterval(() => { this.sweep() }, every)
-      this.sweeper.unref()
-    }
+    checks.set(conv, { seq, ts, known, began: now, due: now + this.order.resendCheckMs, tries: 0 })
+    this.sweepSoon()
+  }
+
+  private sweepSoon (): void {
+    if (this.sweeper !== null || this.closed) return
+    const every = Math.min(1000, Math.max(10, Math.floor(this.order.resendCheckMs / 5)))
+    this.sweeper = setInterval(() => { this.sweep() }, every)
+    this.sweeper.unref()
   }
 
   /** Runs the checks that are due. */
   private sweep (): void {
     const now = Date.now()
-    for (const [conv, check] of this.checks) {
-      if (check.due > now) continue
-      this.checks.delete(conv)
-      // not when a break in listening may have hidden its mark, nor when an order wait of the
-      // conversation (or a delivery behind one) is under way here: that one fills what is missing
-      if (this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) continue
-      // nothing known published, and a mark learnt since may have been forgotten meanwhile
-      if (check.known === undefined && this.mayHaveForgotten(check.ts)) continue
-      // held as an order wait is: the conversation's next deliveries here go behind it
-      const fill = (async () => {
-        if (await this.claimed(conv, check.seq)) await this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, check.cause)
-      })()
-      this.held.set(conv, fill)
-      void fill.then(() => { if (this.held.get(conv) === fill) this.held.delete(conv) })
-      this.track(fill)
+    for (const [checks, cause] of [[this.noticeChecks, 'notice'], [this.resendChecks, 'resend']] as const) {
+      for (const [conv, check] of checks) {
+        if (check.due > now) continue
+        checks.delete(conv)
+        this.fire(conv, check, cause)
+      }
     }
-    if (this.checks.size === 0 && this.sweeper !== null) {
+    if (this.noticeChecks.size + this.resendChecks.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper)
       this.sweeper = null
     }
   }
 
-  /** Whether this node is the one to fill `seq` of the conversation (claim); a failure: not. Never rejects. */
-  private async claimed (conv: string, seq: number): Promise<boolean> {
-    if (this.claim === null) return true
+  /** A check is due: the conversation's missing seqs filled here (watch), unless a guard says not. */
+  private fire (conv: string, check: Check, cause: CheckCause): void {
+    // not when a break in listening may have hidden its mark, nor when an order wait of the
+    // conversation (or a delivery behind one, or the other cause's fill) is under way here: that
+    // one fills what is missing
+    if (this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+    // nothing known published, and a mark learnt since may have been forgotten meanwhile
+    if (check.known === undefined && this.mayHaveForgotten(check.ts)) return
+    // held as an order wait is: the conversation's next deliveries here go behind it
+    const fill = (async () => {
+      // this node's publishes backed up (Redis slow: the marks may only be late, and a fill would
+      // add to the backlog): later
+      if (this.publisher.backlogged()) {
+        this.again(conv, check, cause)
+        return
+      }
+      // a conversation gone: its entries are delivered to nobody
+      if (this.directory.peek(conv) === undefined && await this.directory.get(conv).catch(() => undefined) === null) return
+      const key = fillKey(conv, check.seq)
+      const claimed = await this.claimed(key)
+      // another node fills it: its marks end the check when it waits again (if that node gives
+      // its claim up, this one may fill then)
+      if (claimed === 'taken') this.again(conv, check, cause)
+      if (claimed !== 'yes') return
+      if (await this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, cause) === null) await this.release(key)
+    })()
+    this.held.set(conv, fill)
+    void fill.then(() => { if (this.held.get(conv) === fill) this.held.delete(conv) })
+    this.track(fill)
+  }
+
+  /** The check waits once more (CHECK_TRIES at most), unless a newer one of the conversation does. */
+  private again (conv: string, check: Check, cause: CheckCause): void {
+    if (this.closed || ++check.tries >= CHECK_TRIES) return
+    const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
+    if (checks.has(conv) || checks.size >= CHECKS_MAX) return
+    checks.set(conv, { ...check, due: Date.now() + this.order.resendCheckMs })
+    this.sweepSoon()
+  }
+
+  /** Whether this node is the one to fill what `key` names: yes, taken (by another node), or failed (no answer). Never rejects. */
+  private async claimed (key: string): Promise<'yes' | 'taken' | 'failed'> {
+    if (this.claims === null) return 'yes'
     try {
-      return await within(this.claim(`mqim:delivery-fill:${conv}:${seq}`, CLAIM_MS), CLAIM_TIMEOUT_MS, () => new Error(`no answer within ${CLAIM_TIMEOUT_MS} ms`))
+      return await within(this.claims.claim(key, CLAIM_MS), CLAIM_TIMEOUT_MS, () => new Error(`no answer within ${CLAIM_TIMEOUT_MS} ms`)) ? 'yes' : 'taken'
     } catch (err) {
-      this.warn?.('delivery-claim', { err, conv }, 'could not claim entries another node stored and never delivered, to deliver them here: not delivered (devices sync)')
-      return false
+      this.warn?.('delivery-claim', { err, key }, 'could not claim entries another node stored and never delivered, to deliver them here: not delivered (devices sync)')
+      return 'failed'
     }
+  }
+
+  /** Gives a claim up (nothing was filled: the read failed). Never rejects. */
+  private async release (key: string): Promise<void> {
+    if (this.claims === null) return
+    await within(this.claims.release(key), CLAIM_TIMEOUT_MS, () => new Error(`no answer within ${CLAIM_TIMEOUT_MS} ms`)).catch((err: unknown) => {
+      this.warn?.('delivery-release', { err, key }, 'could not give up a claim of entries to deliver (the other nodes do not deliver them before it lapses)')
+    })
   }
 
   /**
@@ -638,7 +721,8 @@ export class Delivery implements CommitListener {
     this.closed = true
     if (this.sweeper !== null) clearInterval(this.sweeper)
     this.sweeper = null
-    this.checks.clear()
+    this.noticeChecks.clear()
+    this.resendChecks.clear()
     if (this.background.size === 0) return
     // (what is still under way then is given up: the stores close)
     await within(Promise.all([...this.background]), ms, () => new Error('background work still under way')).catch(() => {})
@@ -698,13 +782,25 @@ export class Delivery implements CommitListener {
     return delivered
   }
 
-  /** Cluster: the commit notice (at once, held conversations too). */
-  private noticeStored (stored: StoredMessage[]): void {
-    if (this.bus.clustered) {
+  /**
+   * Cluster: the commit notice (at once, held conversations too), with the changes among the
+   * entries if `withChanged` (once they are applied: the other nodes drop what they cached of their
+   * targets), or of those changes only if `changesOnly` (the rest was told by stored()). Never throws.
+   */
+  private noticeStored (stored: StoredMessage[], withChanged: boolean, changesOnly = false): void {
+    if (!this.bus.clustered) return
+    try {
+      const changed: Array<[string, number]> = []
+      for (const m of stored) if (m.target !== undefined) changed.push([m.conversationId, m.target])
+      if (changesOnly) {
+        if (changed.length > 0) this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed })
+        return
+      }
+      // (a target changed in this batch is not sent before the change is applied: read from the store there)
+      const targets = withChanged || changed.length === 0 ? null : new Set(changed.map(([conv, seq]) => `${conv}\u0000${seq}`))
       // seqs: what nodes of the version before counts read; tails: [seq, count, lastReal]
       const seqs: Record<string, number> = {}
       const tails: Record<string, [number, number, number]> = {}
-      const changed: Array<[string, number]> = []
       const docs: StoredMessage[] = []
       let bodies = 0
       for (const m of stored) {
@@ -712,7 +808,7 @@ export class Delivery implements CommitListener {
           seqs[m.conversationId] = m.seq
           tails[m.conversationId] = [m.seq, countOf(m), lastRealOf(m)]
         }
-        if (m.target !== undefined) changed.push([m.conversationId, m.target])
+        if (targets?.has(`${m.conversationId}\u0000${m.seq}`) === true) continue
         const size = bodySize(m)
         const weight = size + 100 + (m.mentions?.reduce((n, u) => n + u.length + 3, 0) ?? 0)
         if (size <= NOTICE_BODY_MAX && bodies + weight <= NOTICE_BODIES_MAX && docs.length < NOTICE_DOCS_MAX) {
@@ -722,7 +818,9 @@ export class Delivery implements CommitListener {
       }
       // at once (the other nodes' sequencers learn the tails: fewer seq conflicts); that the seqs
       // were published, they learn from the fan-outs' marks
-      this.bus.publish(SEQ_TOPIC, changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
+      this.bus.publish(SEQ_TOPIC, withChanged && changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
+    } catch (err) {
+      this.logger?.error({ err }, 'the commit notice could not be sent (the other nodes learn the tails from the store)')
     }
   }
 

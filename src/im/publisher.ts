@@ -50,6 +50,11 @@ export class Publisher {
     return this.opts.available()
   }
 
+  /** Whether many publishes wait for their queue entries (Redis slow): new work had better wait. */
+  backlogged (): boolean {
+    return this.fan.backlogged
+  }
+
   /** Through the fan-out too (what this node publishes must reach the emitter in the order it was made). */
   private publish (topic: string, payload: Buffer, qos: 0 | 1): void {
     if (this.closed) return

@@ -579,6 +579,8 @@ export class Sequencer {
       }
       const inserted = assigned.slice(0, result.inserted)
       const stored = inserted.map(([, m]) => m)
+      // at once, before anything else is read or written: in a cluster the other nodes learn of them
+      this.tellStored(stored)
       if (inserted.length > 0 && this.opts.metrics?.enabled === true) this.opts.metrics.committed(inserted.map(([p]) => p.at), this.now())
       /** For delivery's order: when the entry before each conversation's first one here was stored, if read from the store. */
       const before = new Map<string, number>()
@@ -647,7 +649,10 @@ export class Sequencer {
             const ours = this.isOurs(p.key, existing)
             this.uncertain.delete(p.key)
             resolved.push([p, { message: existing, duplicate: !ours }])
-            if (ours) stored.push(existing)
+            if (ours) {
+              stored.push(existing)
+              this.tellStored([existing])
+            }
           }
         }
       }
@@ -800,10 +805,20 @@ export class Sequencer {
   }
 
   /** Hands the batch to delivery; resolves with the conversations whose delivery waits. */
+  /** Tells delivery of newly stored entries (CommitListener.stored), if it listens; never throws. */
+  private tellStored (stored: StoredMessage[]): void {
+    if (stored.length === 0 || this.delivery.stored === undefined) return
+    try {
+      this.delivery.stored(stored)
+    } catch (err) {
+      this.opts.logger.error({ err }, 'delivery could not be told of entries just stored')
+    }
+  }
+
   private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<HeldDeliveries | undefined> {
     stored.sort((a, b) => a.seq - b.seq)
     try {
-      const held = (await this.delivery.committed(stored, before)) ?? undefined
+      const held = (await this.delivery.committed(stored, before, this.delivery.stored !== undefined)) ?? undefined
       for (const [conv, done] of held ?? []) {
         this.track(done)
         // its queued messages wait for it; written after it as one block

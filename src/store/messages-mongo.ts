@@ -980,7 +980,7 @@ export class MongoMessageStore implements MessageStore {
   /** Verifications waiting for their time (FerretDB, see verifyLater). */
   private readonly verifying = new Set<NodeJS.Timeout>()
 
-  /** Test hook: a change was lost by the store and applied again (FerretDB, see verifyLater). */
+  /** A change was lost by the store and applied again (FerretDB, see verifyLater): MessageStore.onChangeLost. */
   onChangeLost: ((change: StoredMessage) => void) | null = null
 
   async getMany (keys: ReadonlyArray<{ conversationId: string, seq: number }>): Promise<StoredMessage[]> {

@@ -520,6 +520,12 @@ export interface MessageStore {
    */
   remember (messages: readonly StoredMessage[]): void
   /**
+   * Told of a change the store lost to a concurrent update and applied again later (FerretDB,
+   * see MongoMessageStore.verifyLater): other processes may have cached its target in between.
+   * Absent: the store never does that.
+   */
+  onChangeLost?: ((change: StoredMessage) => void) | null
+  /**
    * Messages with fromSeq <= seq <= toSeq, sorted by seq ascending, at most `limit`. Callers keep
    * toSeq <= lastSeq. A store may read the seqs themselves ([fromSeq, fromSeq + limit) forward,
    * (toSeq - limit, toSeq] backward): a conversation's seqs are gapless (the sequencer's

@@ -6,7 +6,7 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type OrderOptions } from '../../src/im/delivery.js'
+import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type FillClaims, type OrderOptions } from '../../src/im/delivery.js'
 import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
@@ -17,7 +17,7 @@ import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
 
-interface Setup { delivery: Delivery, published: number[], events: string[], delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
+interface Setup { delivery: Delivery, published: number[], events: string[], flags: { backlogged: boolean }, delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
@@ -32,7 +32,9 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
   const published: number[] = []
   const delivered: string[] = []
   const sent: StoredMessage[] = []
-  const publisher = { message: (m: StoredMessage) => { events.push(`message ${m.seq}`); published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`); sent.push(m) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
+  // backlogged: this node's publishes wait for Redis
+  const flags = { backlogged: false }
+  const publisher = { backlogged: () => flags.backlogged, message: (m: StoredMessage) => { events.push(`message ${m.seq}`); published.push(m.seq); delivered.push(`${m.conversationId}${m.seq}`); sent.push(m) }, onPublished: (l: (conv: string, seq: number) => void) => { marks.push(l) } }
   const entry = { conversation: { id: 'c', kind: 'group' }, members: new Map(), memberIds: ['u'] } as unknown as ConversationEntry
   // failNext: the next lookup finds nothing cached and the metadata store down
   let fail = false
@@ -55,6 +57,7 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
     delivery,
     published,
     events,
+    flags,
     delivered,
     sent,
     notices,
@@ -685,7 +688,7 @@ describe('a resend answered with an entry another node stored whose delivery nev
     expect(messages.calls).toHaveLength(1)
   })
 
-  test('entries of a conversation deleted meanwhile: read, not delivered, not counted', async () => {
+  test('entries of a conversation deleted meanwhile: not read, not delivered, not counted', async () => {
     const metrics = new Metrics({ enabled: true })
     const { delivery, published, notify, messages, storeNow, gone } = filling({ resendCheckMs: 50 }, metrics)
     await tick(5)
@@ -694,7 +697,7 @@ describe('a resend answered with an entry another node stored whose delivery nev
     delivery.resent({ ...msg(6), ts: Date.now() })
     gone.add('c')
     await tick(150)
-    expect(messages.calls).toHaveLength(1)
+    expect(messages.calls).toHaveLength(0)
     expect(published).toStrictEqual([])
     expect(await metrics.text()).toMatch(/^mqim_delivery_resend_filled_total 0$/m)
   })
@@ -859,38 +862,101 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     expect(messages.calls).toStrictEqual([[{ conversationId: 'c', seq: 1 }]])
   })
 
-  test('with a claim: only what this node claimed first is filled; a claim refused, or failing, or unanswered: not filled here, a warning for the failure', async () => {
-    const claims: string[] = []
-    let answer: 'yes' | 'no' | 'fail' | 'hang' = 'no'
-    const claim = async (key: string, ms: number): Promise<boolean> => {
-      claims.push(`${key} ${ms}`)
-      if (answer === 'fail') throw new Error('redis down')
-      if (answer === 'hang') return await new Promise<boolean>(() => {})
-      return answer === 'yes'
+  /** Claims as Redis answers them: `answer` says how the next claim goes; claims and releases recorded. */
+  function claimsThat (): { claims: FillClaims, log: string[], answer: { next: 'yes' | 'no' | 'fail' | 'hang' } } {
+    const log: string[] = []
+    const answer = { next: 'no' as 'yes' | 'no' | 'fail' | 'hang' }
+    return {
+      log,
+      answer,
+      claims: {
+        claim: async (key, ms) => {
+          log.push(`claim ${key} ${ms}`)
+          if (answer.next === 'fail') throw new Error('redis down')
+          if (answer.next === 'hang') return await new Promise<boolean>(() => {})
+          return answer.next === 'yes'
+        },
+        release: async (key) => { log.push(`release ${key}`) }
+      }
     }
-    const { published, notify, notice, messages, storeNow, warnings } = filling({ resendCheckMs: 50 }, null, 0, { claim })
+  }
+
+  test('with claims: what this node claims is filled here, for 5 minutes; a claim another node has: the check waits again (3 times in all), and that node\'s delivery ends it', async () => {
+    const { claims, log, answer } = claimsThat()
+    const { published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 50 }, null, 0, { claims })
+    await tick(5)
+    storeNow(seqs(1, 8))
+    notify({ c: 4, d: 1 })
+    notice({ c: 5, d: 2 }) // another node claims both first
+    await tick(300)
+    expect(log).toStrictEqual(['c', 'd', 'c', 'd', 'c', 'd'].map(conv => `claim mqim:delivery-fill:${conv}:${conv === 'c' ? 5 : 2} 300000`))
+    expect(messages.calls).toHaveLength(0)
+    log.length = 0
+    notice({ c: 6 })
+    await tick(80)
+    expect(log).toHaveLength(1)
+    notify({ c: 6 }) // the node that claimed it delivered it
+    await tick(200)
+    expect(log).toHaveLength(1)
+    answer.next = 'yes'
+    notice({ c: 8 })
+    await tick(150)
+    expect(log.at(-1)).toBe('claim mqim:delivery-fill:c:8 300000')
+    expect(published).toStrictEqual([7, 8])
+  })
+
+  test('a claim that fails, or is not answered within 2 s: not filled here, not waited again, a warning; a read that fails after a claim: the claim given up', async () => {
+    const { claims, log, answer } = claimsThat()
+    const { published, notify, notice, messages, storeNow, warnings } = filling({ resendCheckMs: 50 }, null, 0, { claims })
     await tick(5)
     storeNow(seqs(1, 6))
     notify({ c: 4 })
-    notice({ c: 5 }) // another node claimed it first
-    await tick(150)
-    expect(claims).toStrictEqual(['mqim:delivery-fill:c:5 300000'])
-    expect(messages.calls).toHaveLength(0)
-    answer = 'fail'
+    answer.next = 'fail'
     notice({ c: 5 })
-    await tick(150)
+    await tick(250)
+    expect(log).toHaveLength(1)
     expect(messages.calls).toHaveLength(0)
     expect(warnings).toHaveLength(1)
-    answer = 'yes'
+    answer.next = 'hang'
+    notice({ c: 6 })
+    await tick(2300)
+    expect(log).toHaveLength(2)
+    expect(published).toStrictEqual([])
+    answer.next = 'yes'
+    messages.failing = true
     notice({ c: 6 })
     await tick(150)
-    expect(claims.at(-1)).toBe('mqim:delivery-fill:c:6 300000')
-    expect(published).toStrictEqual([5, 6])
-    answer = 'hang'
-    storeNow([7])
-    notice({ c: 7 })
-    await tick(2300)
-    expect(claims).toHaveLength(4)
+    expect(log.slice(2)).toStrictEqual(['claim mqim:delivery-fill:c:6 300000', 'release mqim:delivery-fill:c:6'])
+    expect(published).toStrictEqual([])
+  })
+
+  test('an order wait that ran out while another node fills those seqs (it has the claim): this node waits for that delivery, then delivers its own after it, and reads nothing', async () => {
+    const { claims, log } = claimsThat()
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 100 }, null, 0, { claims })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    const done = deliver(delivery, [msg(7)]) // waits for 6's mark 100 ms, then finds 5..6 claimed
+    await tick(300)
+    expect(log).toStrictEqual(['claim mqim:delivery-fill:c:6 300000'])
+    expect(published).toStrictEqual([])
+    notify({ c: 6 }) // the claiming node delivered 5 and 6
+    await done
+    expect(published).toStrictEqual([7])
+    expect(messages.calls).toHaveLength(0)
+  })
+
+  test('while this node\'s own publishes back up (Redis slow), a check waits again rather than add to them', async () => {
+    const { published, notify, notice, storeNow, flags } = filling({ resendCheckMs: 50 })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    flags.backlogged = true
+    notice({ c: 6 })
+    await tick(80)
+    expect(published).toStrictEqual([])
+    flags.backlogged = false
+    await tick(100)
     expect(published).toStrictEqual([5, 6])
   })
 
@@ -900,9 +966,10 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     await tick(5)
     storeNow(seqs(1, 6))
     notify({ c: 4 })
+    notify({ f: 1 })
     since = Number.POSITIVE_INFINITY
-    notice({ c: 5 })
-    since = 0
+    notice({ c: 5, f: 2 })
+    since = 0 // (f: nothing more of it; had the notice made a check, it would be read now)
     notice({ c: 6 })
     await tick(20)
     since = Date.now() // the link broke and came back while the check waited
@@ -913,6 +980,18 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     notice({ c: 6 })
     await tick(200)
     expect(messages.calls).toHaveLength(0)
+  })
+
+  test(`resends and notices have ${CHECKS_MAX} checks each: notices without marks do not crowd a resend out`, async () => {
+    const { delivery, notice, messages, storeNow } = filling({ resendCheckMs: 100 })
+    await tick(5)
+    for (let i = 0; i < CHECKS_MAX + 5; i++) notice({ [`k${i}`]: 2 })
+    storeNow([1, 2])
+    delivery.resent({ ...msg(2), ts: Date.now() })
+    await tick(350)
+    const read = new Set(messages.calls.flat().map(k => k.conversationId))
+    expect(read.has('c')).toBe(true)
+    expect(read.size).toBe(CHECKS_MAX + 1)
   })
 
   test('a conversation known from no mark: the entries stored lately are read (the last 10), those with no mark delivered', async () => {

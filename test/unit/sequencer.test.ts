@@ -510,6 +510,30 @@ describe('Sequencer', () => {
       expect(next.duplicate).toBe(false)
     })
 
+    test('a commit listener with `stored` is told of each batch as soon as the store has it, before the changes among it are applied; `committed` then gets `told`', async () => {
+      const store = new FaultyMessageStore()
+      const events: string[] = []
+      let release = (): void => {}
+      const apply = store.applyChange.bind(store)
+      store.applyChange = async (change) => {
+        events.push(`apply ${change.seq}`)
+        await new Promise<void>(resolve => { release = resolve })
+        return await apply(change)
+      }
+      const listener = {
+        stored: (ms: StoredMessage[]) => { events.push(`stored ${ms.map(m => m.seq).join(',')}`) },
+        committed: (ms: StoredMessage[], _before?: ReadonlyMap<string, number>, told?: boolean) => { events.push(`committed ${ms.map(m => m.seq).join(',')} ${String(told)}`) }
+      }
+      const seq = new Sequencer(store, listener, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent') })
+      await seq.submit(draft('conv', 'alice', 'm1'))
+      const edit = seq.submit({ ...draft('conv', 'alice', 'e1'), kind: 'edit', body: 'changed', target: 1 })
+      await waitUntil(() => events.includes('apply 2'), 2000, 'the edit to be applied')
+      expect(events).toStrictEqual(['stored 1', 'committed 1 true', 'stored 2', 'apply 2'])
+      release()
+      await edit
+      expect(events.at(-1)).toBe('committed 2 true')
+    })
+
     test('a commit listener whose `resent` throws: the resend is still answered as a duplicate', async () => {
       const store = new FaultyMessageStore()
       const original = await harness(store).submit(draft('conv', 'alice', 'm1'))
