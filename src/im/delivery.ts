@@ -38,12 +38,13 @@
  *
  * When nobody writes to the conversation again, no wait runs out: what A stored and never published
  * would reach the other members only when they sync. Two things bring it sooner. A's commit notice
- * goes out as soon as the batch is stored, before A delivers it: every other node that hears of seqs
- * without their mark keeps a check of them, and one of them (the first to claim the seq in Redis)
- * fills them as above if no mark has come RESEND_CHECK_MS after the latest notice. And A's sender,
- * unanswered, sends it again through another node, which answers it as a resend (the sequencer
- * tells `resent`): the same check. What A stored and died before its notice left (the store's reply
- * on its way) waits for a resend or the next write.
+ * goes out as soon as the store has the batch (`stored`, before its changes are applied and before
+ * it is delivered): every other node that hears of seqs without their mark keeps a check of them,
+ * and one of them (the first to claim the seqs in Redis; the others check again later) fills them
+ * as above if no mark has come RESEND_CHECK_MS after the latest notice that raised the seq. And
+ * A's sender, unanswered, sends it again through another node, which answers it as a resend (the
+ * sequencer tells `resent`): the same check. What A stored and died before its notice left (the
+ * store's reply on its way) waits for a resend or the next write (an order wait, which claims too).
  */
 import { countOf, isChangeKind, lastRealOf, type StoredMessage } from '../store/types.js'
 import { applyChangeTo } from '../store/changes.js'
