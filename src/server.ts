@@ -175,7 +175,7 @@ export class MqimServer {
       applyChange: async (change: StoredMessage): Promise<unknown> => await sequencer.applyChange(change),
       order: { listeningSince: backends.connectedSince },
       // one node fills what a dead node stored and never delivered, not every node that heard of it
-      claims: backends.redis === null ? null : claimsIn(backends.redis)
+      claims: backends.redis === null ? null : claimsIn(backends.redis, nodeId)
     })
     // a change FerretDB lost and had applied again: the other nodes drop what they cached of its
     // target meanwhile (as after any change: src/im/sequencer.ts, the `changed` of a notice)

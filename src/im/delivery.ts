@@ -125,12 +125,22 @@ const FORGOT_SKEW_MS = 1000
  * normal operation: what waits is a dead node's last batches.
  */
 export const CHECKS_MAX = 10_000
-/** How long a claim of a seq to fill lasts in Redis (the other nodes' checks of it end well before). */
-const CLAIM_MS = 5 * 60_000
 /** How long the claim's Redis command may take (beyond: not filled here). */
 const CLAIM_TIMEOUT_MS = 2000
-/** Times a check comes due at most (another node's claim, this node's publishes backed up: it waits again). */
-const CHECK_TRIES = 3
+/**
+ * Times a check comes due at most (another node's claim, a claim or read that failed: it waits
+ * again). While this node's publishes back up it waits again too, without counting, but for
+ * RESEND_RECENT_MS in all at most.
+ */
+export const CHECK_TRIES = 3
+/** How long an order wait that found the seqs claimed by another node waits for that node's delivery. */
+const CLAIMED_WAIT_MS = READ_TIMEOUT_MS + QUEUE_TIMEOUT_MS + 1000
+/**
+ * How long a claim of seqs to fill lasts in Redis: longer than a fill takes (its gap read, then the
+ * delivery), shorter than the other nodes' checks wait again in all (CHECK_TRIES): when the node that
+ * claimed dies before it delivers, the claim lapses and the next of them fills.
+ */
+export const CLAIM_MS = RESEND_CHECK_MS + 5000
 
 export interface OrderOptions {
   /** The longest wait for another node's mark (default ORDER_WAIT_MS). */
@@ -174,17 +184,17 @@ type CheckCause = 'resend' | 'notice'
 /** A check waiting (Delivery.watch). */
 interface Check { seq: number, ts: number, known: number | undefined, began: number, due: number, tries: number }
 
-/** DeliveryParts.claims on Redis: SET key NX PX ms (the first node to ask gets it), DEL. */
-export function claimsIn (redis: Pick<Redis, 'set' | 'del'>): FillClaims {
+/** DeliveryParts.claims on Redis: SET key <node id> NX PX ms (the first node to ask gets it), DEL. */
+export function claimsIn (redis: Pick<Redis, 'set' | 'del'>, nodeId: string): FillClaims {
   return {
-    claim: async (key, ms) => await redis.set(key, '1', 'PX', ms, 'NX') === 'OK',
+    claim: async (key, ms) => await redis.set(key, nodeId, 'PX', ms, 'NX') === 'OK',
     release: async (key) => { await redis.del(key) }
   }
 }
 
-/** The claim of the seqs of a conversation up to `seq` (FillClaims). */
-function fillKey (conv: string, seq: number): string {
-  return `mqim:delivery-fill:${conv}:${seq}`
+/** The claim of the seqs of a conversation to fill (FillClaims): one at a time per conversation. */
+function fillKey (conv: string): string {
+  return `mqim:delivery-fill:${conv}`
 }
 
 /** The highest seq of each conversation among `stored`. */
@@ -465,8 +475,9 @@ export class Delivery implements CommitListener {
   private orderWait (conv: string, seq: number, storedAt?: number): Promise<void> | undefined {
     const known = this.knownPublished(conv)
     const now = Date.now()
-    // a resend of this conversation waiting for its delivery (resent): its seqs as recent as it counts them
-    const recentMs = this.resendChecks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
+    // a check of this conversation waiting (a resend, or a notice whose delivery has not come): its
+    // seqs as recent as it counts them
+    const recentMs = this.resendChecks.has(conv) || this.noticeChecks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
     if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now, recentMs) : known >= seq - 1)) return undefined
     const started = performance.now()
     // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
@@ -474,13 +485,13 @@ export class Delivery implements CommitListener {
     return this.publishedUpTo(conv, seq - 1).then(async (ended) => {
       this.metrics?.orderWaited(performance.now() - started)
       if (ended === 'arrived') return
-      // another node filling them now (a check of its own): its delivery is waited for a little
-      const key = fillKey(conv, seq - 1)
-      if (await this.claimed(key) === 'taken') {
-        await this.markWithin(conv, seq - 1, READ_TIMEOUT_MS + 1000)
-        return
+      // another node filling them now (a check of its own): its delivery is waited for, as long as
+      // a fill takes (its read, then its fan-out held behind queueing); then, if it has not come
+      // (that node died, or gave its claim up), filled here if the claim is free by then
+      if (await this.claimed(fillKey(conv)) === 'taken') {
+        if (await this.markWithin(conv, seq - 1, CLAIMED_WAIT_MS) || await this.claimed(fillKey(conv)) === 'taken') return
       }
-      if (await this.fillGap(conv, seq, confirmed, now, ended === 'full', recentMs) === null) await this.release(key)
+      if (await this.fillGap(conv, seq, confirmed, now, ended === 'full', recentMs) === null) await this.release(fillKey(conv))
     })
   }
 
@@ -572,7 +583,8 @@ export class Delivery implements CommitListener {
     const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
     const waiting = checks.get(conv)
     if (waiting !== undefined) {
-      if (seq > waiting.seq) {
+      // (a notice of the same seq: the second of a batch with changes, once they were applied)
+      if (seq > waiting.seq || (cause === 'notice' && seq === waiting.seq)) {
         waiting.seq = seq
         waiting.ts = Math.min(waiting.ts, ts)
         waiting.due = now + this.order.resendCheckMs
@@ -614,40 +626,67 @@ export class Delivery implements CommitListener {
 
   /** A check is due: the conversation's missing seqs filled here (watch), unless a guard says not. */
   private fire (conv: string, check: Check, cause: CheckCause): void {
-    // not when a break in listening may have hidden its mark, nor when an order wait of the
-    // conversation (or a delivery behind one, or the other cause's fill) is under way here: that
-    // one fills what is missing
-    if (this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq || this.orderWaits.has(conv) || this.held.has(conv)) return
+    // not when a break in listening may have hidden its mark, nor when its mark came
+    if (this.listeningSince() > check.began || this.markedUpTo(conv) >= check.seq) return
+    // an order wait of the conversation (or a delivery behind one, or the other cause's fill) is
+    // under way here: it fills what is missing, and its delivery ends this check; if not, later
+    // (not counted as a try)
+    if (this.orderWaits.has(conv) || this.held.has(conv)) {
+      this.again(conv, check, cause, false)
+      return
+    }
     // nothing known published, and a mark learnt since may have been forgotten meanwhile
     if (check.known === undefined && this.mayHaveForgotten(check.ts)) return
     // held as an order wait is: the conversation's next deliveries here go behind it
     const fill = (async () => {
-      // this node's publishes backed up (Redis slow: the marks may only be late, and a fill would
-      // add to the backlog): later
-      if (this.publisher.backlogged()) {
-        this.again(conv, check, cause)
-        return
+      try {
+        // this node's publishes backed up (Redis slow: the marks may only be late, and a fill would
+        // add to the backlog): later, without counting a try
+        if (this.publisher.backlogged()) {
+          this.again(conv, check, cause, false)
+          return
+        }
+        const key = fillKey(conv)
+        const claimed = await this.claimed(key)
+        // another node fills it: its delivery ends the check when it waits again; if that node gave
+        // its claim up or died (the claim lapses), this one may fill then
+        if (claimed !== 'yes') {
+          this.again(conv, check, cause)
+          return
+        }
+        // stopping, or a conversation gone (its entries are delivered to nobody): the claim given up
+        if (this.closed || (this.directory.peek(conv) === undefined && await this.directory.get(conv).catch(() => undefined) === null)) {
+          await this.release(key)
+          return
+        }
+        if (await this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, cause) === null) {
+          // not read (the store failed, or too many reads wait): another node, or this one later
+          await this.release(key)
+          this.again(conv, check, cause)
+        }
+      } catch (err) {
+        this.logger?.error({ err, conv }, 'a check of entries another node stored failed (devices sync by seq)')
       }
-      // a conversation gone: its entries are delivered to nobody
-      if (this.directory.peek(conv) === undefined && await this.directory.get(conv).catch(() => undefined) === null) return
-      const key = fillKey(conv, check.seq)
-      const claimed = await this.claimed(key)
-      // another node fills it: its marks end the check when it waits again (if that node gives
-      // its claim up, this one may fill then)
-      if (claimed === 'taken') this.again(conv, check, cause)
-      if (claimed !== 'yes') return
-      if (await this.fillGap(conv, check.seq + 1, check.known, check.began, true, RESEND_RECENT_MS, cause) === null) await this.release(key)
     })()
     this.held.set(conv, fill)
     void fill.then(() => { if (this.held.get(conv) === fill) this.held.delete(conv) })
     this.track(fill)
   }
 
-  /** The check waits once more (CHECK_TRIES at most), unless a newer one of the conversation does. */
-  private again (conv: string, check: Check, cause: CheckCause): void {
-    if (this.closed || ++check.tries >= CHECK_TRIES) return
+  /**
+   * The check waits once more (CHECK_TRIES in all, when `counted`; RESEND_RECENT_MS since it began
+   * at most), merged into a newer one of the conversation if there is one.
+   */
+  private again (conv: string, check: Check, cause: CheckCause, counted = true): void {
+    if (this.closed || (counted && ++check.tries >= CHECK_TRIES) || Date.now() - check.began > RESEND_RECENT_MS) return
     const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
-    if (checks.has(conv) || checks.size >= CHECKS_MAX) return
+    const newer = checks.get(conv)
+    if (newer !== undefined) {
+      newer.seq = Math.max(newer.seq, check.seq)
+      newer.ts = Math.min(newer.ts, check.ts)
+      return
+    }
+    if (checks.size >= CHECKS_MAX) return
     checks.set(conv, { ...check, due: Date.now() + this.order.resendCheckMs })
     this.sweepSoon()
   }
@@ -658,7 +697,7 @@ export class Delivery implements CommitListener {
     try {
       return await within(this.claims.claim(key, CLAIM_MS), CLAIM_TIMEOUT_MS, () => new Error(`no answer within ${CLAIM_TIMEOUT_MS} ms`)) ? 'yes' : 'taken'
     } catch (err) {
-      this.warn?.('delivery-claim', { err, key }, 'could not claim entries another node stored and never delivered, to deliver them here: not delivered (devices sync)')
+      this.warn?.('delivery-claim', { err, key }, 'could not claim entries another node stored and never delivered, to deliver them here (a check tries again later; an order wait fills them anyway)')
       return 'failed'
     }
   }
@@ -794,7 +833,9 @@ export class Delivery implements CommitListener {
       const changed: Array<[string, number]> = []
       for (const m of stored) if (m.target !== undefined) changed.push([m.conversationId, m.target])
       if (changesOnly) {
-        if (changed.length > 0) this.bus.publish(SEQ_TOPIC, { seqs: {}, tails: {}, changed })
+        // (with the batch's seqs again: the checks of them on the other nodes count from now, as
+        // applying the changes held the batch's delivery)
+        if (changed.length > 0) this.bus.publish(SEQ_TOPIC, { seqs: Object.fromEntries(lastSeqs(stored)), tails: {}, changed })
         return
       }
       // (a target changed in this batch is not sent before the change is applied: read from the store there)

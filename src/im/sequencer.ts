@@ -495,6 +495,7 @@ export class Sequencer {
       this.remember(keyOf(m), m)
     }
     if (found.length > 0) {
+      this.tellStored(found)
       await this.applyChanges(found)
       await this.deliver(found, new Map())
     }
@@ -804,7 +805,6 @@ export class Sequencer {
     return await run
   }
 
-  /** Hands the batch to delivery; resolves with the conversations whose delivery waits. */
   /** Tells delivery of newly stored entries (CommitListener.stored), if it listens; never throws. */
   private tellStored (stored: StoredMessage[]): void {
     if (stored.length === 0 || this.delivery.stored === undefined) return
@@ -815,6 +815,7 @@ export class Sequencer {
     }
   }
 
+  /** Hands the batch, told already (tellStored), to delivery; resolves with the conversations whose delivery waits. */
   private async deliver (stored: StoredMessage[], before: ReadonlyMap<string, number>): Promise<HeldDeliveries | undefined> {
     stored.sort((a, b) => a.seq - b.seq)
     try {

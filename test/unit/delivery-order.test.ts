@@ -6,7 +6,7 @@
  * tails), and marks are what count as published, not the notice. The bus and the publisher are
  * stand-ins that record what happens, in order.
  */
-import { Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type FillClaims, type OrderOptions } from '../../src/im/delivery.js'
+import { CHECK_TRIES, CLAIM_MS, Delivery, FILL_MAX, FILL_UNKNOWN_MAX, ORDER_WAIT_MS, RESEND_CHECK_MS, CHECKS_MAX, RESEND_RECENT_MS, type DeliveryParts, type FillClaims, type OrderOptions } from '../../src/im/delivery.js'
 import { GapReads, QUEUE_MAX, READ_KEYS, READ_TIMEOUT_MS, type SeqKey } from '../../src/im/gap-reads.js'
 import { Metrics } from '../../src/metrics.js'
 import { QUEUE_TIMEOUT_MS } from '../../src/broker/fanout.js'
@@ -71,8 +71,8 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
 }
 
 /** The batch delivered: the conversations delivered at once, then those held (order waits). */
-async function deliver (delivery: Delivery, batch: StoredMessage[], before?: ReadonlyMap<string, number>): Promise<void> {
-  const held = await delivery.committed(batch, before)
+async function deliver (delivery: Delivery, batch: StoredMessage[], before?: ReadonlyMap<string, number>, told?: boolean): Promise<void> {
+  const held = await delivery.committed(batch, before, told)
   await Promise.all(held.values())
 }
 
@@ -807,6 +807,58 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     expect(events).toStrictEqual(['notice', 'message 1', 'message 2'])
   })
 
+  test('told as soon as stored (`stored`): the notice without the changes and without the targets changed in the batch; `committed` with `told` then sends the changes, with the batch\'s seqs again (the checks elsewhere count from then)', async () => {
+    const { delivery, notices, events } = setup()
+    const edit: StoredMessage = { ...msg(3), kind: 'edit', target: 2, body: 'changed' }
+    const batch = [msg(1), msg(2), edit]
+    delivery.stored(batch)
+    expect(notices).toHaveLength(1)
+    expect(notices[0]?.changed).toBeUndefined()
+    expect(notices[0]?.seqs).toStrictEqual({ c: 3 })
+    expect((notices[0]?.docs as StoredMessage[]).map(m => m.seq)).toStrictEqual([1, 3])
+    await deliver(delivery, batch, undefined, true)
+    expect(notices[1]).toStrictEqual({ seqs: { c: 3 }, tails: {}, changed: [['c', 2]] })
+    expect(events).toStrictEqual(['notice', 'notice', 'message 1', 'message 2', 'message 3'])
+    // a batch without changes: nothing more is sent
+    delivery.stored([msg(4)])
+    await deliver(delivery, [msg(4)], undefined, true)
+    expect(notices).toHaveLength(3)
+  })
+
+  test('a check due while another fill of the conversation runs here waits for it, then fills what that one did not', async () => {
+    const { delivery, published, notify, notice, storeNow } = filling({ resendCheckMs: 100 }, null, 300)
+    await tick(5)
+    storeNow(seqs(1, 8))
+    notify({ c: 4 })
+    notice({ c: 6 }) // its fill reads for 300 ms
+    delivery.resent({ ...msg(8), ts: Date.now() }) // due meanwhile
+    await tick(1000)
+    expect(published).toStrictEqual([5, 6, 7, 8])
+  })
+
+  test('a second notice of the same seq (after the batch\'s changes were applied) restarts the time', async () => {
+    const { published, notify, notice, storeNow } = filling({ resendCheckMs: 200 })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    notice({ c: 6 })
+    await tick(150)
+    notice({ c: 6 })
+    await tick(150)
+    expect(published).toStrictEqual([])
+    await tick(150)
+    expect(published).toStrictEqual([5, 6])
+  })
+
+  test('a conversation known from no mark, a check of it waiting: this node\'s order wait counts its seqs as recent as the check does, and fills them before its own', async () => {
+    const { delivery, published, notice, storeNow } = madeAgo(10 * 60_000, () => filling({ resendCheckMs: 5000, waitMs: 100, unpublishedMs: 50 }))
+    storeNow([5, 6], 200) // by a node that died, 200 ms ago (older than `unpublishedMs` here)
+    notice({ c: 6 })
+    const sixAt = Date.now() - 200
+    await deliver(delivery, [msg(7)], new Map([['c', sixAt]]))
+    expect(published).toStrictEqual([5, 6, 7])
+  })
+
   test('after the check time without their mark: read, delivered once, counted; a mark in time: nothing read', async () => {
     const metrics = new Metrics({ enabled: true })
     const { delivery, published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 200 }, metrics)
@@ -881,7 +933,12 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     }
   }
 
-  test('with claims: what this node claims is filled here, for 5 minutes; a claim another node has: the check waits again (3 times in all), and that node\'s delivery ends it', async () => {
+  test('a claim lasts longer than a fill (its read, then the delivery) and lapses before the other nodes\' last check: a node that claimed and died leaves the seqs to the next', () => {
+    expect(CLAIM_MS).toBeGreaterThan(READ_TIMEOUT_MS + 2000 + 5000)
+    expect(CLAIM_MS).toBeLessThan((CHECK_TRIES - 1) * RESEND_CHECK_MS)
+  })
+
+  test('with claims (one per conversation): what this node claims is filled here; a claim another node has: the check waits again (3 times in all), and that node\'s delivery ends it', async () => {
     const { claims, log, answer } = claimsThat()
     const { published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 50 }, null, 0, { claims })
     await tick(5)
@@ -889,7 +946,7 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     notify({ c: 4, d: 1 })
     notice({ c: 5, d: 2 }) // another node claims both first
     await tick(300)
-    expect(log).toStrictEqual(['c', 'd', 'c', 'd', 'c', 'd'].map(conv => `claim mqim:delivery-fill:${conv}:${conv === 'c' ? 5 : 2} 300000`))
+    expect(log).toStrictEqual(['c', 'd', 'c', 'd', 'c', 'd'].map(conv => `claim mqim:delivery-fill:${conv} ${CLAIM_MS}`))
     expect(messages.calls).toHaveLength(0)
     log.length = 0
     notice({ c: 6 })
@@ -901,33 +958,47 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     answer.next = 'yes'
     notice({ c: 8 })
     await tick(150)
-    expect(log.at(-1)).toBe('claim mqim:delivery-fill:c:8 300000')
+    expect(log.at(-1)).toBe(`claim mqim:delivery-fill:c ${CLAIM_MS}`)
     expect(published).toStrictEqual([7, 8])
   })
 
-  test('a claim that fails, or is not answered within 2 s: not filled here, not waited again, a warning; a read that fails after a claim: the claim given up', async () => {
+  test('a claim that fails, or a read that fails after a claim (the claim given up): tried again later, 3 times in all; a warning once a minute', async () => {
     const { claims, log, answer } = claimsThat()
     const { published, notify, notice, messages, storeNow, warnings } = filling({ resendCheckMs: 50 }, null, 0, { claims })
     await tick(5)
-    storeNow(seqs(1, 6))
+    storeNow(seqs(1, 7))
     notify({ c: 4 })
     answer.next = 'fail'
     notice({ c: 5 })
-    await tick(250)
-    expect(log).toHaveLength(1)
+    await tick(300)
+    expect(log).toStrictEqual(Array(3).fill(`claim mqim:delivery-fill:c ${CLAIM_MS}`))
     expect(messages.calls).toHaveLength(0)
     expect(warnings).toHaveLength(1)
-    answer.next = 'hang'
-    notice({ c: 6 })
-    await tick(2300)
-    expect(log).toHaveLength(2)
-    expect(published).toStrictEqual([])
+    log.length = 0
     answer.next = 'yes'
     messages.failing = true
     notice({ c: 6 })
-    await tick(150)
-    expect(log.slice(2)).toStrictEqual(['claim mqim:delivery-fill:c:6 300000', 'release mqim:delivery-fill:c:6'])
+    await tick(300)
+    expect(log).toStrictEqual(Array(3).fill([`claim mqim:delivery-fill:c ${CLAIM_MS}`, 'release mqim:delivery-fill:c']).flat())
     expect(published).toStrictEqual([])
+    messages.failing = false
+    notice({ c: 7 })
+    await tick(150)
+    expect(published).toStrictEqual([5, 6, 7])
+  })
+
+  test('a claim not answered within 2 s: not filled meanwhile', async () => {
+    const { claims, log, answer } = claimsThat()
+    const { published, notify, notice, storeNow, warnings } = filling({ resendCheckMs: 50 }, null, 0, { claims })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    answer.next = 'hang'
+    notice({ c: 6 })
+    await tick(2200)
+    expect(log.length).toBeGreaterThanOrEqual(1)
+    expect(published).toStrictEqual([])
+    expect(warnings).toHaveLength(1)
   })
 
   test('an order wait that ran out while another node fills those seqs (it has the claim): this node waits for that delivery, then delivers its own after it, and reads nothing', async () => {
@@ -938,13 +1009,28 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     notify({ c: 4 })
     const done = deliver(delivery, [msg(7)]) // waits for 6's mark 100 ms, then finds 5..6 claimed
     await tick(300)
-    expect(log).toStrictEqual(['claim mqim:delivery-fill:c:6 300000'])
+    expect(log).toStrictEqual([`claim mqim:delivery-fill:c ${CLAIM_MS}`])
     expect(published).toStrictEqual([])
     notify({ c: 6 }) // the claiming node delivered 5 and 6
     await done
     expect(published).toStrictEqual([7])
     expect(messages.calls).toHaveLength(0)
   })
+
+  test('an order wait that found the seqs claimed, whose claiming node never delivers them (it died): after 8 s the claim is free, and they are filled here before its own seq', async () => {
+    const { claims, log, answer } = claimsThat()
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 100 }, null, 0, { claims })
+    await tick(5)
+    storeNow(seqs(1, 6))
+    notify({ c: 4 })
+    const done = deliver(delivery, [msg(7)])
+    await tick(300)
+    answer.next = 'yes' // the claim lapsed
+    await done
+    expect(log).toStrictEqual(Array(2).fill(`claim mqim:delivery-fill:c ${CLAIM_MS}`))
+    expect(published).toStrictEqual([5, 6, 7])
+    expect(messages.calls).toHaveLength(1)
+  }, 15000)
 
   test('while this node\'s own publishes back up (Redis slow), a check waits again rather than add to them', async () => {
     const { published, notify, notice, storeNow, flags } = filling({ resendCheckMs: 50 })
