@@ -369,7 +369,7 @@ export class Delivery implements CommitListener {
     // below what is known (a late one) leaves that as it was
     if (known === undefined || seq >= known.seq) this.published.set(conv, { seq, at: Date.now() })
     else if (known.guess === true && seq > (known.marked ?? 0)) known.marked = seq
-    for (const checks of [this.noticeChecks, this.resendChecks]) {
+    for (const checks of Object.values(this.checks)) {
       const check = checks.get(conv)
       if (check !== undefined && seq >= check.seq) checks.delete(conv)
     }
@@ -422,7 +422,7 @@ export class Delivery implements CommitListener {
   }
 
   stored (messages: StoredMessage[]): void {
-    this.noticeStored(messages, false)
+    this.noticeStored(messages, 'stored')
   }
 
   async committed (stored: StoredMessage[], before?: ReadonlyMap<string, number>, told = false): Promise<HeldDeliveries> {
@@ -433,7 +433,7 @@ export class Delivery implements CommitListener {
     // the other nodes learn the tails before anything is delivered: if this node dies while it
     // delivers, they know what to check (watch)
     // (told: the changes among them, now applied, only)
-    this.noticeStored(stored, true, told)
+    this.noticeStored(stored, told ? 'changes' : 'all')
     try {
       await this.deliverNow(gates.size === 0 ? stored : stored.filter(m => !gates.has(m.conversationId)))
     } catch (err) {
@@ -477,7 +477,7 @@ export class Delivery implements CommitListener {
     const now = Date.now()
     // a check of this conversation waiting (a resend, or a notice whose delivery has not come): its
     // seqs as recent as it counts them
-    const recentMs = this.resendChecks.has(conv) || this.noticeChecks.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
+    const recentMs = this.checks.resend.has(conv) || this.checks.notice.has(conv) ? RESEND_RECENT_MS : this.order.unpublishedMs
     if (this.listeningSince() > now || (known === undefined ? !this.mayBeUnpublished(seq, storedAt, now, recentMs) : known >= seq - 1)) return undefined
     const started = performance.now()
     // (what a notice guessed is waited on, but not filled from: the seqs before it may be unpublished too)
@@ -548,8 +548,7 @@ export class Delivery implements CommitListener {
    * highest seq, what was known published when the first came, when it came (Date.now), the
    * stored-at time of the first entry, when the check is due, and how many times it was due.
    */
-  private readonly noticeChecks = new Map<string, Check>()
-  private readonly resendChecks = new Map<string, Check>()
+  private readonly checks: Readonly<Record<CheckCause, Map<string, Check>>> = { notice: new Map(), resend: new Map() }
   /** Runs the checks that are due (one timer for all), while there are any. */
   private sweeper: NodeJS.Timeout | null = null
   private closed = false
@@ -580,7 +579,7 @@ export class Delivery implements CommitListener {
     if (!this.bus.clustered || this.gapReads === null || this.closed) return
     const now = Date.now()
     if (this.listeningSince() > now || this.markedUpTo(conv) >= seq) return
-    const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
+    const checks = this.checks[cause]
     const waiting = checks.get(conv)
     if (waiting !== undefined) {
       // (a notice of the same seq: the second of a batch with changes, once they were applied)
@@ -611,14 +610,15 @@ export class Delivery implements CommitListener {
   /** Runs the checks that are due. */
   private sweep (): void {
     const now = Date.now()
-    for (const [checks, cause] of [[this.noticeChecks, 'notice'], [this.resendChecks, 'resend']] as const) {
+    for (const cause of ['notice', 'resend'] as const) {
+      const checks = this.checks[cause]
       for (const [conv, check] of checks) {
         if (check.due > now) continue
         checks.delete(conv)
         this.fire(conv, check, cause)
       }
     }
-    if (this.noticeChecks.size + this.resendChecks.size === 0 && this.sweeper !== null) {
+    if (this.checks.notice.size + this.checks.resend.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper)
       this.sweeper = null
     }
@@ -679,7 +679,7 @@ export class Delivery implements CommitListener {
    */
   private again (conv: string, check: Check, cause: CheckCause, counted = true): void {
     if (this.closed || (counted && ++check.tries >= CHECK_TRIES) || Date.now() - check.began > RESEND_RECENT_MS) return
-    const checks = cause === 'notice' ? this.noticeChecks : this.resendChecks
+    const checks = this.checks[cause]
     const newer = checks.get(conv)
     if (newer !== undefined) {
       newer.seq = Math.max(newer.seq, check.seq)
@@ -761,8 +761,7 @@ export class Delivery implements CommitListener {
     this.closed = true
     if (this.sweeper !== null) clearInterval(this.sweeper)
     this.sweeper = null
-    this.noticeChecks.clear()
-    this.resendChecks.clear()
+    for (const checks of Object.values(this.checks)) checks.clear()
     if (this.background.size === 0) return
     // (what is still under way then is given up: the stores close)
     await within(Promise.all([...this.background]), ms, () => new Error('background work still under way')).catch(() => {})
@@ -823,23 +822,24 @@ export class Delivery implements CommitListener {
   }
 
   /**
-   * Cluster: the commit notice (at once, held conversations too), with the changes among the
-   * entries if `withChanged` (once they are applied: the other nodes drop what they cached of their
-   * targets), or of those changes only if `changesOnly` (the rest was told by stored()). Never throws.
+   * Cluster: the commit notice (at once, held conversations too): `all`, with the changes among the
+   * entries (once they are applied: the other nodes drop what they cached of their targets);
+   * `stored`, without them (before they are applied); `changes`, those changes only, with the
+   * batch's seqs again (the rest was told by stored()). Never throws.
    */
-  private noticeStored (stored: StoredMessage[], withChanged: boolean, changesOnly = false): void {
+  private noticeStored (stored: StoredMessage[], what: 'all' | 'stored' | 'changes'): void {
     if (!this.bus.clustered) return
     try {
       const changed: Array<[string, number]> = []
       for (const m of stored) if (m.target !== undefined) changed.push([m.conversationId, m.target])
-      if (changesOnly) {
+      if (what === 'changes') {
         // (with the batch's seqs again: the checks of them on the other nodes count from now, as
         // applying the changes held the batch's delivery)
         if (changed.length > 0) this.bus.publish(SEQ_TOPIC, { seqs: Object.fromEntries(lastSeqs(stored)), tails: {}, changed })
         return
       }
       // (a target changed in this batch is not sent before the change is applied: read from the store there)
-      const targets = withChanged || changed.length === 0 ? null : new Set(changed.map(([conv, seq]) => `${conv}\u0000${seq}`))
+      const targets = what === 'all' || changed.length === 0 ? null : new Set(changed.map(([conv, seq]) => `${conv}\u0000${seq}`))
       // seqs: what nodes of the version before counts read; tails: [seq, count, lastReal]
       const seqs: Record<string, number> = {}
       const tails: Record<string, [number, number, number]> = {}
@@ -860,7 +860,7 @@ export class Delivery implements CommitListener {
       }
       // at once (the other nodes' sequencers learn the tails: fewer seq conflicts); that the seqs
       // were published, they learn from the fan-outs' marks
-      this.bus.publish(SEQ_TOPIC, withChanged && changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
+      this.bus.publish(SEQ_TOPIC, what === 'all' && changed.length > 0 ? { seqs, tails, changed, docs } : { seqs, tails, docs })
     } catch (err) {
       this.logger?.error({ err }, 'the commit notice could not be sent (the other nodes learn the tails from the store)')
     }

@@ -879,7 +879,7 @@ describe('another node\'s notice of entries whose delivery never came: delivered
     // they count as published now: this node's next does not wait, nothing is read again
     const t0 = Date.now()
     await deliver(delivery, [msg(7)])
-    expect(Date.now() - t0).toBeLessThan(100)
+    expect(Date.now() - t0).toBeLessThan(3000) // (an order wait would take 6 s)
     expect(published).toStrictEqual([5, 6, 7])
     expect(messages.calls).toHaveLength(1)
   })
