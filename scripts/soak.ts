@@ -26,7 +26,10 @@
  * (`npm run -s soak` leaves out npm's own banner): offered and achieved sends/s, send and read
  * p50/p99 of the first and the last minute, RSS and heap-after-GC slopes (MB/min, least squares
  * after the first minute), errors by operation and code, reconnects, lists and histories,
- * per-minute figures. Latencies include timed-out requests
+ * per-minute figures, and what of the last minute's send latency was the server's own (`last_minute`:
+ * each node's send-to-stored p50/p99 from its mqim_send_commit_seconds histogram, scraped when the
+ * minute began and at the end, as fine as its buckets; the generator's event-loop delay; the
+ * machine's load). Latencies include timed-out requests
  * at the timeout (10 s). Exit status 0 when the run completed, met or not; 1 when it failed; 2 on
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
@@ -135,6 +138,9 @@ async function main (): Promise<number> {
     }
     sampler.start(10_000, (s: Sample) => { void progress(s) })
     const durationMs = opts.minutes * 60_000
+    // the nodes' counters when the last minute begins: the report tells the server's own part of it
+    await sleep(durationMs - 60_000 - (Date.now() - t0))
+    const promTextLastMinute = await Promise.all(soak.nodes.map(async n => await n.metricsText()))
     await sleep(durationMs - (Date.now() - t0))
     mix.stop()
     const loadMs = Date.now() - t0
@@ -148,10 +154,13 @@ async function main (): Promise<number> {
     const drainUntil = Date.now() + REQUEST_TIMEOUT_MS + 2000
     while (devices.some(d => d.inFlight > 0) && Date.now() < drainUntil) await sleep(50)
     world.loading = false
-    const report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText })
+    const report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText, promTextLastMinute })
     for (const [name, t] of Object.entries(report.targets)) {
       process.stderr.write(`soak: ${t.met ? 'MET ' : 'MISS'}  ${name.padEnd(28)} ${String(t.value).padStart(10)}   target ${t.goal}\n`)
     }
+    const lm = report.last_minute
+    log(`last minute: the server's part, a send reaching the sequencer to stored (p50/p99, interpolated in the histogram's buckets): ${(lm.server_send_commit_ms ?? []).map(n => `${n.id.replace(/^soak-\w+-/, '')} ${n.p50_ms ?? '-'}/${n.p99_ms ?? '-'}${n.p99_above_buckets === true ? '+' : ''} ms`).join(', ') || '-'}; ` +
+      `generator loop p99 up to ${lm.generator_loop_delay_p99_max_ms ?? '-'} ms; machine ${lm.machine_pct ?? '-'}%`)
     if (report.targets.unexpected_errors.value !== 0 || soak.nodeExits.length > 0) {
       for (const n of soak.nodes) log(`--- last output of ${n.id} (GC trace lines left out) ---\n${n.log.slice(-3000)}`)
     }

@@ -53,6 +53,7 @@ export class Metrics {
   private readonly webhooks: Counter<'event' | 'outcome'>
   private readonly pushes: Counter<'kind' | 'outcome'>
   private readonly seqConflicts: Counter
+  private readonly seqConflictsTold: Counter
   private readonly orderWait: Histogram
   private readonly orderFills: Counter
   private readonly resendFills: Counter
@@ -71,6 +72,7 @@ export class Metrics {
     this.deliveries = new Counter({ name: 'mqim_deliveries_total', help: 'Stored entries published to members (one per member)', registers, collect: this.flush })
     this.webhooks = new Counter({ name: 'mqim_webhooks_total', help: 'Webhook deliveries by event and outcome (delivered, retried, dropped; before-send: allowed, refused, failed-open, failed-closed)', labelNames: ['event', 'outcome'], registers, collect: this.flush })
     this.seqConflicts = new Counter({ name: 'mqim_seq_conflicts_total', help: 'Batch writes that met a seq another node had stored first (cluster: both wrote one conversation at once)', registers })
+    this.seqConflictsTold = new Counter({ name: 'mqim_seq_conflicts_told_total', help: "Seq conflicts whose retry took the other node's tail from its commit notice, which came while the write was on its way (no store read; the rest of mqim_seq_conflicts_total read the entry that won)", registers })
     this.orderWait = new Histogram({ name: 'mqim_delivery_order_wait_seconds', help: "Cluster: conversations of committed batches whose delivery waited (that conversation only) until another node's fan-out of the seqs before theirs had arrived, and how long", buckets: LATENCY_BUCKETS, registers })
     this.orderTimeouts = new Counter({ name: 'mqim_delivery_order_timeouts_total', help: "Cluster: order waits that ran out (another node's fan-out never came: a lost mark, a node that died; that node then delivers the seqs before from the store, see mqim_delivery_order_filled_total)", registers })
     this.orderFills = new Counter({ name: 'mqim_delivery_order_filled_total', help: 'Cluster: entries this node read from the store and delivered itself after an order wait ran out, before the seq that waited (another node stored them and their delivery had not arrived; some may come from that node too if it was only late)', registers })
@@ -156,6 +158,11 @@ export class Metrics {
   /** A batch write met another node's seq (see the sequencer). */
   seqConflict (): void {
     if (this.enabled) this.seqConflicts.inc()
+  }
+
+  /** A seq conflict resolved from another node's notice, without a store read (see the sequencer). */
+  seqConflictTold (): void {
+    if (this.enabled) this.seqConflictsTold.inc()
   }
 
   /** A publish to clients was dropped (see src/broker/fanout.ts). */

@@ -19,6 +19,69 @@ export interface ReportInput {
   gcs: GcTrace[]
   /** Each node's /metrics text at the end of the load (null: it did not answer). */
   promText?: Array<string | null>
+  /** Each node's /metrics text when the last minute of the load began (null: it did not answer). */
+  promTextLastMinute?: Array<string | null>
+}
+
+/** A histogram's cumulative bucket counts by upper bound (seconds; +Inf as Infinity), summed over its label sets. */
+export function histogramBuckets (text: string | null, name: string): Map<number, number> {
+  const buckets = new Map<number, number>()
+  const prefix = `${name}_bucket{`
+  for (const line of (text ?? '').split('\n')) {
+    if (!line.startsWith(prefix)) continue
+    const m = /le="([^"]+)"\} ([\d.e+-]+)$/.exec(line)
+    if (m === null) continue
+    const le = m[1] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[1])
+    const n = Number(m[2])
+    if (!Number.isFinite(n) || Number.isNaN(le)) continue
+    buckets.set(le, (buckets.get(le) ?? 0) + n)
+  }
+  return buckets
+}
+
+/**
+ * The q-quantile (0 < q < 1) in ms of what a histogram counted between two scrapes, interpolated
+ * linearly inside its bucket as Prometheus' histogram_quantile does (so it is only as fine as the
+ * buckets: between 50 and 100 ms, say); the count is `n`. A quantile in the +Inf bucket is the
+ * highest finite bound, marked `above`. Null without observations in between.
+ */
+export function quantileBetween (before: Map<number, number>, after: Map<number, number>, q: number): { ms: number, n: number, above?: true } | null {
+  const bounds = [...after.keys()].sort((a, b) => a - b)
+  const counts = bounds.map(le => Math.max(0, (after.get(le) ?? 0) - (before.get(le) ?? 0)))
+  const n = counts.at(-1) ?? 0
+  if (n <= 0) return null
+  const rank = q * n
+  let lower = 0
+  let below = 0
+  for (let i = 0; i < bounds.length; i++) {
+    const le = bounds[i] as number
+    const c = counts[i] as number
+    if (c >= rank) {
+      if (!Number.isFinite(le)) return { ms: round(lower * 1000, 1), n, above: true }
+      const within = c - below
+      const at = within <= 0 ? le : lower + (le - lower) * ((rank - below) / within)
+      return { ms: round(at * 1000, 1), n }
+    }
+    lower = le
+    below = c
+  }
+  return null
+}
+
+/**
+ * Where the last minute's send latency went, per node: the server's own part (a send reaching the
+ * sequencer to its entry stored, mqim_send_commit_seconds between the two scrapes), which the
+ * generator's figure includes along with the way in, the reply's way out and its own event loop.
+ */
+function serverCommitLastMinute (before: Array<string | null> | undefined, after: Array<string | null> | undefined, nodes: string[]) {
+  if (before === undefined || after === undefined) return null
+  return nodes.map((id, i) => {
+    const b = histogramBuckets(before[i] ?? null, 'mqim_send_commit_seconds')
+    const a = histogramBuckets(after[i] ?? null, 'mqim_send_commit_seconds')
+    const p50 = before[i] == null ? null : quantileBetween(b, a, 0.5)
+    const p99 = before[i] == null ? null : quantileBetween(b, a, 0.99)
+    return { id, p50_ms: p50?.ms ?? null, p99_ms: p99?.ms ?? null, ...(p99?.above === true ? { p99_above_buckets: true } : {}), n: p99?.n ?? 0 }
+  })
 }
 
 /**
@@ -89,6 +152,8 @@ export function buildReport (r: ReportInput) {
   const first = { send: lat('send', 0), read: lat('read', 0) }
   const lastMin = { send: lat('send', last), read: lat('read', last) }
   const unexpected = metrics.unexpectedTotal()
+  // the 10 s samples whose window lies (mostly) in the last minute
+  const lastMinuteSamples = samples.filter(s => s.t >= last * 60 + 5)
   const p99Last = lastMin.send.p99
   const p99First = first.send.p99
   const targets = {
@@ -162,6 +227,11 @@ export function buildReport (r: ReportInput) {
       machine: mean(samples.map(s => s.machinePct))
     },
     generator_loop_delay_ms: { p99_max: maxOf(samples.map(s => s.loopP99Ms)), max: maxOf(samples.map(s => s.loopMaxMs)) },
+    last_minute: {
+      server_send_commit_ms: serverCommitLastMinute(r.promTextLastMinute, r.promText, r.nodes),
+      generator_loop_delay_p99_max_ms: maxOf(lastMinuteSamples.map(s => s.loopP99Ms)),
+      machine_pct: mean(lastMinuteSamples.map(s => s.machinePct))
+    },
     errors: metrics.errors,
     expected_errors: metrics.expected,
     healthz: r.health,

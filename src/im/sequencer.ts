@@ -145,6 +145,8 @@ const RESEND_LOOKUPS = 4
 const RESEND_WAITING = 1000
 /** Seq conflicts in a row after which a conversation's lastSeq is reloaded from the store. */
 const MAX_SEQ_STEPS = 16
+/** How long after another node's notice of a conversation (or a seq conflict) its messages go last in a batch. */
+const CONTENDED_MS = 2000
 
 /** CONFLICT: a request reused the msgId of a stored message or change of another kind. */
 export function msgIdInUse (msgId: string, storedChange: string | undefined): ImError {
@@ -171,6 +173,8 @@ export class Sequencer {
   private readonly tails: LRUCache<string, Tail>
   /** conversation -> seq conflicts in a row (see writeBatch) */
   private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
+  /** conversation -> when another node last said it wrote it, or a write here met its seq (see contendedLast) */
+  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000 })
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
@@ -314,6 +318,7 @@ export class Sequencer {
    * cached tail makes it unknown: it is loaded next time.
    */
   observe (conversationId: string, tail: Tail | number): void {
+    this.contendedAt.set(conversationId, this.now())
     const known = this.tails.get(conversationId)
     if (known === undefined) {
       if (typeof tail !== 'number' && !this.orphans.has(conversationId)) this.tails.set(conversationId, tail)
@@ -455,12 +460,31 @@ export class Sequencer {
 
   /** The next batch: the oldest queued messages, those of held conversations left queued. */
   private takeBatch (): Pending[] {
-    if (this.heldConversations.size === 0) return this.queue.splice(0, this.opts.batchMaxMessages)
+    if (this.heldConversations.size === 0) return this.contendedLast(this.queue.splice(0, this.opts.batchMaxMessages))
     const batch: Pending[] = []
     const rest: Pending[] = []
     for (const p of this.queue) (batch.length < this.opts.batchMaxMessages && !this.heldConversations.has(p.draft.conversationId) ? batch : rest).push(p)
     this.queue = rest
-    return batch
+    return this.contendedLast(batch)
+  }
+
+  /**
+   * The batch with the messages of conversations another node writes too (its notice of them, or
+   * a seq conflict here, within CONTENDED_MS) after the others, each conversation's in their order.
+   * An ordered insert stops at a seq conflict and the rest of the batch takes another round trip:
+   * behind the ones that may conflict, the others are stored in the first. (Only the order across
+   * conversations changes, which nothing depends on: seqs are per conversation.)
+   */
+  private contendedLast (batch: Pending[]): Pending[] {
+    if (batch.length < 2 || this.contendedAt.size === 0) return batch
+    const since = this.now() - CONTENDED_MS
+    const first: Pending[] = []
+    let last: Pending[] | null = null
+    for (const p of batch) {
+      if ((this.contendedAt.get(p.draft.conversationId) ?? -Infinity) >= since) (last ??= []).push(p)
+      else first.push(p)
+    }
+    return last === null || first.length === 0 ? batch : first.concat(last)
   }
 
   /** Step 1 of a batch: make sure every conversation in it has a known lastSeq. */
@@ -603,15 +627,27 @@ export class Sequencer {
           // up to this one is stored: retry at once after it, without a store round trip. (A node
           // that reloads lastSeq while another node keeps writing the conversation can lose every
           // race; on FerretDB lastSeq is a collection scan.) Reload after repeated conflicts.
-          // Its count is what the entry stored there says: one primary-key read.
+          // Its count is what the entry stored there says: one primary-key read, unless the other
+          // node's commit notice came while this write was on its way (it goes out as soon as that
+          // node's write returns): its tail is then known, up to whatever else it stored, with no
+          // read and no second conflict on the seqs it took after this one. (Delivery's order needs
+          // no stored time then: the same notice told it to wait for that node's fan-out.)
           const c = doc.conversationId
+          this.contendedAt.set(c, this.now())
           const steps = (this.seqSteps.get(c) ?? 0) + 1
-          let there: StoredMessage | undefined
+          const told = this.tails.get(c)
+          let there: Tail | undefined
           if (steps <= MAX_SEQ_STEPS) {
-            try {
-              [there] = await this.store.getMany([{ conversationId: c, seq: doc.seq }])
-            } catch (err) {
-              lookupError = err
+            if (told !== undefined && told.seq >= doc.seq) {
+              there = told
+              this.opts.metrics?.seqConflictTold()
+            } else {
+              try {
+                const [stored] = await this.store.getMany([{ conversationId: c, seq: doc.seq }])
+                if (stored !== undefined) there = tailOf(stored)
+              } catch (err) {
+                lookupError = err
+              }
             }
           }
           if (there === undefined) {
@@ -619,7 +655,7 @@ export class Sequencer {
             this.tails.delete(c)
           } else {
             this.seqSteps.set(c, steps)
-            if (there.seq > (this.tails.get(c)?.seq ?? 0)) this.tails.set(c, tailOf(there))
+            if (there.seq > (this.tails.get(c)?.seq ?? 0)) this.tails.set(c, there)
           }
         } else {
           let existing: StoredMessage | null = result.conflict.existing ?? null

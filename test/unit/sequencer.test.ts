@@ -403,6 +403,84 @@ describe('Sequencer', () => {
       expect(h.befores.at(-1)).toStrictEqual(new Map())
     })
 
+    test("a seq conflict whose winner's notice came while the write was on its way: retried after that node's tail, no read, no second conflict", async () => {
+      const h = harness()
+      expect((await h.submit(draft('c', 'u', 'a'))).message.seq).toBe(1)
+      // another node stores seqs 2-4 and its notice (tail 4) arrives while this node writes seq 2
+      let once = true
+      h.store.beforeInsert = async () => {
+        if (!once) return
+        once = false
+        await h.store.otherNodeInsert('c', 3, 'other-node', 222)
+        h.sequencer.observe('c', { seq: 4, count: 4, lastReal: 4 })
+      }
+      const reads: number[] = []
+      const getMany = h.store.getMany.bind(h.store)
+      h.store.getMany = async (keys) => { reads.push(...keys.map(k => k.seq)); return await getMany(keys) }
+      const inserts = h.store.insertCalls
+      expect((await h.submit(draft('c', 'u', 'b'))).message.seq).toBe(5)
+      expect(reads).toStrictEqual([])
+      // the write that conflicted and its one retry
+      expect(h.store.insertCalls - inserts).toBe(2)
+      // delivery gets no stored time from a notice (its own notice handler knows that node's seqs)
+      expect(h.befores.at(-1)).toStrictEqual(new Map())
+      // without the notice, the entry that won is read (seq 6 taken by the other node, told nothing)
+      once = true
+      h.store.beforeInsert = async () => {
+        if (!once) return
+        once = false
+        await h.store.otherNodeInsert('c', 1, 'other-node', 333)
+      }
+      expect((await h.submit(draft('c', 'u', 'c'))).message.seq).toBe(7)
+      expect(reads).toStrictEqual([6])
+      expect(h.befores.at(-1)).toStrictEqual(new Map([['c', 333]]))
+      await expectConsistent(h, ['c'], new Set((await h.store.all('c')).filter(m => m.senderId === 'other-node').map(keyOf)))
+    })
+
+    test('messages of conversations another node writes too go after the others in a batch (each conversation in order): a seq conflict there costs the others no round trip', async () => {
+      const h = harness()
+      await h.store.otherNodeInsert('x', 1, 'other-node', 111)
+      // its notice: this node knows x's tail, and that another node writes x
+      h.sequencer.observe('x', { seq: 1, count: 1, lastReal: 1 })
+      const inserts: string[][] = []
+      h.store.beforeInsert = async (messages) => {
+        inserts.push(messages.map(m => `${m.conversationId}${m.seq}`))
+        // meanwhile that node takes x's seq 2, and this time no notice comes
+        if (inserts.length === 1) await h.store.otherNodeInsert('x', 1, 'other-node', 222)
+      }
+      const send = (conv: string, sender: string, id: string): Sent => { const d = draft(conv, sender, id); return { draft: d, result: h.submit(d) } }
+      const sent = [send('x', 'u', 'x1'), send('a', 'u', 'a1'), send('x', 'v', 'x2'), send('b', 'u', 'b1')]
+      const results = await Promise.all(sent.map(s => s.result))
+      // a and b stored by the first insert, before x's conflict; x retried after the seq that won
+      expect(inserts).toStrictEqual([['a1', 'b1', 'x2', 'x3'], ['x3', 'x4']])
+      expect(results.map(r => `${r.message.conversationId}${r.message.seq}`)).toStrictEqual(['x3', 'a1', 'x4', 'b1'])
+      expectSubmitOrderKept(sent, results)
+      // for 2 s after its notice and its conflict; then x is like any other again: arrival order
+      h.clock += 1999
+      const again = [send('x', 'u', 'x3'), send('c', 'u', 'c1')]
+      await Promise.all(again.map(s => s.result))
+      expect(inserts.at(-1)).toStrictEqual(['c1', 'x5'])
+      h.clock += 2001
+      const later = [send('x', 'u', 'x4'), send('d', 'u', 'd1')]
+      await Promise.all(later.map(s => s.result))
+      expect(inserts.at(-1)).toStrictEqual(['x6', 'd1'])
+      // a seq conflict alone (no notice came) counts too
+      let taken = false
+      h.store.beforeInsert = async (messages) => {
+        inserts.push(messages.map(m => `${m.conversationId}${m.seq}`))
+        if (!taken && messages.some(m => m.conversationId === 'y')) {
+          taken = true
+          await h.store.otherNodeInsert('y', 1, 'other-node', 333)
+        }
+      }
+      expect((await h.submit(draft('y', 'u', 'y1'))).message.seq).toBe(2)
+      const after = [send('y', 'u', 'y2'), send('e', 'u', 'e1')]
+      await Promise.all(after.map(s => s.result))
+      expect(inserts.at(-1)).toStrictEqual(['e1', 'y3'])
+      const others = [...await h.store.all('x'), ...await h.store.all('y')].filter(m => m.senderId === 'other-node').map(keyOf)
+      await expectConsistent(h, ['x', 'a', 'b', 'c', 'd', 'y', 'e'], new Set(others))
+    })
+
     test('between batches: seq conflicts are resolved by reloading, stored seqs stay gapless', async () => {
       const h = harness()
       const others = new Set<string>()

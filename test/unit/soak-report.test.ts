@@ -1,0 +1,39 @@
+/**
+ * The soak's reading of a node's Prometheus histogram between two scrapes (scripts/soak/report.ts):
+ * what it says of the last minute's server-side send latency.
+ */
+import { histogramBuckets, quantileBetween } from '../../scripts/soak/report.js'
+
+const scrape = (counts: Record<string, number>, labels = ''): string =>
+  ['# HELP mqim_send_commit_seconds x', '# TYPE mqim_send_commit_seconds histogram',
+    ...Object.entries(counts).map(([le, n]) => `mqim_send_commit_seconds_bucket{${labels}le="${le}"} ${n}`),
+    'mqim_send_commit_seconds_sum 1', 'mqim_other_bucket{le="0.01"} 999'].join('\n')
+
+describe('soak report: histogram quantiles between two scrapes', () => {
+  test('reads the cumulative buckets of one histogram, summing label sets, ignoring others', () => {
+    const text = scrape({ 0.01: 2, 0.1: 5, '+Inf': 6 }, 'op="a",') + '\n' + scrape({ 0.01: 1, 0.1: 1, '+Inf': 1 }, 'op="b",')
+    const b = histogramBuckets(text, 'mqim_send_commit_seconds')
+    expect([...b.entries()].sort((x, y) => x[0] - y[0])).toEqual([[0.01, 3], [0.1, 6], [Number.POSITIVE_INFINITY, 7]])
+    expect(histogramBuckets(null, 'mqim_send_commit_seconds').size).toBe(0)
+    expect(histogramBuckets('mqim_send_commit_seconds_bucket{le="x"} 3\nmqim_send_commit_seconds_bucket{le="0.1"} nope', 'mqim_send_commit_seconds').size).toBe(0)
+  })
+
+  test('interpolates inside the bucket of the rank, over what was counted in between only', () => {
+    const before = histogramBuckets(scrape({ 0.01: 100, 0.05: 100, 0.1: 100, '+Inf': 100 }), 'mqim_send_commit_seconds')
+    // in between: 50 under 10 ms, 40 in 10-50 ms, 10 in 50-100 ms
+    const after = histogramBuckets(scrape({ 0.01: 150, 0.05: 190, 0.1: 200, '+Inf': 200 }), 'mqim_send_commit_seconds')
+    expect(quantileBetween(before, after, 0.5)).toEqual({ ms: 10, n: 100 })
+    // rank 99: the 9th of the 10 in 50-100 ms
+    expect(quantileBetween(before, after, 0.99)).toEqual({ ms: 95, n: 100 })
+    expect(quantileBetween(before, after, 0.7)).toEqual({ ms: 30, n: 100 })
+  })
+
+  test('a rank in +Inf is the highest finite bound, marked; nothing in between is null', () => {
+    const before = histogramBuckets(scrape({ 0.1: 0, '+Inf': 0 }), 'mqim_send_commit_seconds')
+    const after = histogramBuckets(scrape({ 0.1: 90, '+Inf': 100 }), 'mqim_send_commit_seconds')
+    expect(quantileBetween(before, after, 0.99)).toEqual({ ms: 100, n: 100, above: true })
+    expect(quantileBetween(after, after, 0.99)).toBeNull()
+    // a counter reset (a restarted node) counts nothing negative
+    expect(quantileBetween(after, before, 0.5)).toBeNull()
+  })
+})
