@@ -26,10 +26,17 @@
  * (`npm run -s soak` leaves out npm's own banner): offered and achieved sends/s, send and read
  * p50/p99 of the first and the last minute, RSS and heap-after-GC slopes (MB/min, least squares
  * after the first minute), errors by operation and code, reconnects, lists and histories,
- * per-minute figures, and what of the last minute's send latency was the server's own (`last_minute`:
- * each node's send-to-stored p50/p99 from its mqim_send_commit_seconds histogram, scraped when the
- * minute began and at the end, as fine as its buckets; the generator's event-loop delay; the
- * machine's load). Latencies include timed-out requests
+ * per-minute figures, and what of the last minute's send latency (send_ms.last_minute: the
+ * generator's end-to-end figure) was the server's own: `last_minute.server_send_commit_ms`, per node
+ * {id, p50_ms, p99_ms, n, p99_above_buckets if over the highest finite bucket} from its
+ * mqim_send_commit_seconds histogram (arrival at the sequencer to stored), scraped when the minute
+ * began and when the load stopped (sends still in flight then are not counted), interpolated
+ * inside a bucket (between 100 and 250 ms it only says "in that bucket");
+ * `generator_loop_delay_p99_max_ms` (the largest 10 s p99 of the generator's event-loop delay);
+ * `machine_pct` (mean CPU busy, % of all cores); `other_pct` and `steal_pct` (% of one core: the
+ * machine busy with anything but the soak's processes, and the hypervisor's steal; the progress
+ * lines and cpu_pct_mean have them too: a run whose `other` jumps was disturbed). Latencies include
+ * timed-out requests
  * at the timeout (10 s). Exit status 0 when the run completed, met or not; 1 when it failed; 2 on
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
@@ -132,7 +139,7 @@ async function main (): Promise<number> {
       log(`t=${s.t}s sends ${((ok - prevOk) / 10).toFixed(0)}/s ok (due ${mix.sendsDue}, not made ${mix.notSentNoMemberOnline + mix.notSentWindowFull}), ` +
         `send p50/p99 ${pct(w.get('send'), 50) ?? '-'}/${pct(w.get('send'), 99) ?? '-'} ms, reads ${((w.get('read')?.total ?? 0) / 10).toFixed(0)}/s p99 ${pct(w.get('read'), 99) ?? '-'} ms, ` +
         `reconnects ${metrics.counts.reconnects ?? 0}, lists ${metrics.counts.lists ?? 0}, errors ${metrics.unexpectedTotal()}; ${node}; ` +
-        `ferretdb ${s.cpuPct.ferretdb ?? '-'}% mariadb ${s.cpuPct.mariadb ?? '-'}%${s.cpuPct.redis === undefined ? '' : ` redis ${s.cpuPct.redis ?? '-'}%`} generator ${s.cpuPct.generator}% (loop p99 ${s.loopP99Ms} ms), machine ${s.machinePct ?? '-'}%; ` +
+        `ferretdb ${s.cpuPct.ferretdb ?? '-'}% mariadb ${s.cpuPct.mariadb ?? '-'}%${s.cpuPct.redis === undefined ? '' : ` redis ${s.cpuPct.redis ?? '-'}%`} generator ${s.cpuPct.generator}% (loop p99 ${s.loopP99Ms} ms), other ${s.otherPct ?? '-'}% (steal ${s.stealPct ?? '-'}%), machine ${s.machinePct ?? '-'}%; ` +
         `healthz ${states.join(', ')}`)
       prevOk = ok
     }
@@ -160,7 +167,7 @@ async function main (): Promise<number> {
     }
     const lm = report.last_minute
     log(`last minute: the server's part, a send reaching the sequencer to stored (p50/p99, interpolated in the histogram's buckets): ${(lm.server_send_commit_ms ?? []).map(n => `${n.id.replace(/^soak-\w+-/, '')} ${n.p50_ms ?? '-'}/${n.p99_ms ?? '-'}${n.p99_above_buckets === true ? '+' : ''} ms`).join(', ') || '-'}; ` +
-      `generator loop p99 up to ${lm.generator_loop_delay_p99_max_ms ?? '-'} ms; machine ${lm.machine_pct ?? '-'}%`)
+      `generator loop p99 up to ${lm.generator_loop_delay_p99_max_ms ?? '-'} ms; other work ${lm.other_pct ?? '-'}% of a core (steal ${lm.steal_pct ?? '-'}%); machine ${lm.machine_pct ?? '-'}%`)
     if (report.targets.unexpected_errors.value !== 0 || soak.nodeExits.length > 0) {
       for (const n of soak.nodes) log(`--- last output of ${n.id} (GC trace lines left out) ---\n${n.log.slice(-3000)}`)
     }

@@ -7,7 +7,7 @@
 import os from 'node:os'
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
 import { Histogram } from '../bench/lib/hist.js'
-import { sampleProc, machineBusySeconds } from '../bench/lib/proc-stats.js'
+import { sampleProc, machineBusySeconds, machineStealSeconds } from '../bench/lib/proc-stats.js'
 
 const CORES = Math.max(1, os.availableParallelism())
 
@@ -166,8 +166,15 @@ export interface Sample {
   nodes: Array<{ id: string, rssMb: number | null, heapAfterGcMb: number | null, cpuPct: number | null }>
   /** CPU % (of one core) of the services and of the load generator over the last window */
   cpuPct: Record<string, number | null>
-  /** whole machine busy, % of all cores */
+  /** whole machine busy, % of all cores (steal included) */
   machinePct: number | null
+  /**
+   * What the machine was busy with besides the soak's own processes (nodes, services, generator),
+   * % of one core: the kernel's network work for them, other jobs, and steal (next)
+   */
+  otherPct: number | null
+  /** CPU time the hypervisor gave to other machines, % of one core (a shared host) */
+  stealPct: number | null
   /** the load generator's event-loop delay over the window */
   loopP99Ms: number
   loopMaxMs: number
@@ -180,6 +187,7 @@ export class Sampler {
   private prevCpu = new Map<number, number>()
   private prevGen = process.cpuUsage()
   private prevMachine: number | null = null
+  private prevSteal: number | null = null
   private prevAt = 0
   private readonly loop: IntervalHistogram
 
@@ -225,6 +233,7 @@ export class Sampler {
     }
     this.prevGen = process.cpuUsage()
     try { this.prevMachine = machineBusySeconds() } catch { this.prevMachine = null }
+    try { this.prevSteal = machineStealSeconds() } catch { this.prevSteal = null }
   }
 
   /** CPU % of `pid` since the previous sample. */
@@ -255,16 +264,24 @@ export class Sampler {
     this.prevGen = process.cpuUsage()
     cpuPct.generator = round(100 * (gen.user + gen.system) / 1e6 / seconds, 1)
     let machinePct: number | null = null
+    let stealPct: number | null = null
     try {
       const busy = machineBusySeconds()
       if (this.prevMachine !== null) machinePct = round(100 * (busy - this.prevMachine) / seconds / CORES, 1)
       this.prevMachine = busy
+      const steal = machineStealSeconds()
+      if (this.prevSteal !== null && Number.isFinite(steal)) stealPct = round(100 * (steal - this.prevSteal) / seconds, 1)
+      this.prevSteal = Number.isFinite(steal) ? steal : null
     } catch { /* no /proc/stat */ }
+    const ours = [...nodes.map(n => n.cpuPct), ...Object.values(cpuPct)]
+    const otherPct = machinePct === null || ours.some(v => v === null) ? null : round(machinePct * CORES - ours.reduce((a: number, v) => a + (v ?? 0), 0), 1)
     const sample: Sample = {
       t: round((Date.now() - this.t0()) / 1000, 1),
       nodes,
       cpuPct,
       machinePct,
+      otherPct,
+      stealPct,
       loopP99Ms: round(this.loop.percentile(99) / 1e6, 1),
       loopMaxMs: round(this.loop.max / 1e6, 1)
     }

@@ -43,13 +43,18 @@ export function histogramBuckets (text: string | null, name: string): Map<number
  * The q-quantile (0 < q < 1) in ms of what a histogram counted between two scrapes, interpolated
  * linearly inside its bucket as Prometheus' histogram_quantile does (so it is only as fine as the
  * buckets: between 50 and 100 ms, say); the count is `n`. A quantile in the +Inf bucket is the
- * highest finite bound, marked `above`. Null without observations in between.
+ * highest finite bound, marked `above`. Null without observations in between, or without a finite
+ * bucket. A bucket lower after than before means a restart in between: what it counted since.
  */
 export function quantileBetween (before: Map<number, number>, after: Map<number, number>, q: number): { ms: number, n: number, above?: true } | null {
   const bounds = [...after.keys()].sort((a, b) => a - b)
-  const counts = bounds.map(le => Math.max(0, (after.get(le) ?? 0) - (before.get(le) ?? 0)))
+  // a bucket that went down: the process restarted in between, and counted from 0 since (as
+  // Prometheus takes a counter reset)
+  const reset = bounds.some(le => (after.get(le) ?? 0) < (before.get(le) ?? 0))
+  const counts = bounds.map(le => (after.get(le) ?? 0) - (reset ? 0 : before.get(le) ?? 0))
   const n = counts.at(-1) ?? 0
-  if (n <= 0) return null
+  // (no finite bucket: nothing to tell)
+  if (n <= 0 || !bounds.some(Number.isFinite)) return null
   const rank = q * n
   let lower = 0
   let below = 0
@@ -224,13 +229,17 @@ export function buildReport (r: ReportInput) {
       mariadb: mean(samples.map(s => s.cpuPct.mariadb)),
       ...(opts.cluster ? { redis: mean(samples.map(s => s.cpuPct.redis)) } : {}),
       generator: mean(samples.map(s => s.cpuPct.generator)),
+      other: mean(samples.map(s => s.otherPct)),
+      steal: mean(samples.map(s => s.stealPct)),
       machine: mean(samples.map(s => s.machinePct))
     },
     generator_loop_delay_ms: { p99_max: maxOf(samples.map(s => s.loopP99Ms)), max: maxOf(samples.map(s => s.loopMaxMs)) },
     last_minute: {
       server_send_commit_ms: serverCommitLastMinute(r.promTextLastMinute, r.promText, r.nodes),
       generator_loop_delay_p99_max_ms: maxOf(lastMinuteSamples.map(s => s.loopP99Ms)),
-      machine_pct: mean(lastMinuteSamples.map(s => s.machinePct))
+      machine_pct: mean(lastMinuteSamples.map(s => s.machinePct)),
+      other_pct: mean(lastMinuteSamples.map(s => s.otherPct)),
+      steal_pct: mean(lastMinuteSamples.map(s => s.stealPct))
     },
     errors: metrics.errors,
     expected_errors: metrics.expected,

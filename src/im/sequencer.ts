@@ -5,7 +5,9 @@
  * - One writer per conversation inside this process: seqs are assigned from a cached lastSeq,
  *   and only one batch is being written at a time, so commits (and deliveries) happen in seq order.
  * - Across processes, the unique index (conversation, seq) is the arbiter: a seq conflict means
- *   another node got there first; the cached lastSeq is reloaded and the message retried.
+ *   another node got there first; the message is retried after that node's tail (from its commit
+ *   notice when it came during the write, else the entry that won, read by key; the whole tail
+ *   reloaded after MAX_SEQ_STEPS conflicts in a row).
  * - Idempotency rests on the unique key (conversation, sender, clientMsgId): a resend finds the
  *   stored message and gets its seq back, and is not delivered again (but for a cluster's rule:
  *   Delivery.resent).
@@ -56,6 +58,13 @@ export interface Tail {
    * Delivery.committed.
    */
   ts?: number
+}
+
+/** A notice's tail, [seq, count, lastReal], as a node writes it: anything else is ignored. */
+function isTail (t: unknown): t is [number, number, number] {
+  if (!Array.isArray(t) || t.length !== 3 || !t.every(n => Number.isSafeInteger(n))) return false
+  const [seq, count, lastReal] = t as [number, number, number]
+  return seq >= 1 && count >= 0 && count <= seq && lastReal >= 0 && lastReal <= seq
 }
 
 export function tailOf (m: StoredMessage | null): Tail {
@@ -174,7 +183,7 @@ export class Sequencer {
   /** conversation -> seq conflicts in a row (see writeBatch) */
   private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
   /** conversation -> when another node last said it wrote it, or a write here met its seq (see contendedLast) */
-  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000 })
+  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000, ttl: CONTENDED_MS })
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
@@ -229,7 +238,7 @@ export class Sequencer {
       const { seqs, tails, changed, docs } = notice
       if (typeof tails === 'object' && tails !== null) {
         for (const [conv, t] of Object.entries(tails)) {
-          if (Array.isArray(t) && t.length === 3 && t.every(n => Number.isSafeInteger(n))) this.observe(conv, { seq: t[0], count: t[1], lastReal: t[2] })
+          if (isTail(t)) this.observe(conv, { seq: t[0], count: t[1], lastReal: t[2] })
         }
       } else if (typeof seqs === 'object' && seqs !== null) {
         // a node that sends seqs only (an older version): the counts are not known
@@ -473,7 +482,9 @@ export class Sequencer {
    * a seq conflict here, within CONTENDED_MS) after the others, each conversation's in their order.
    * An ordered insert stops at a seq conflict and the rest of the batch takes another round trip:
    * behind the ones that may conflict, the others are stored in the first. (Only the order across
-   * conversations changes, which nothing depends on: seqs are per conversation.)
+   * conversations changes: one sender's sends to two conversations may be stored and answered in
+   * the other order, which nothing depends on: seqs, delivery order and reply ids are per
+   * conversation and request.)
    */
   private contendedLast (batch: Pending[]): Pending[] {
     if (batch.length < 2 || this.contendedAt.size === 0) return batch
@@ -629,17 +640,20 @@ export class Sequencer {
           // race; on FerretDB lastSeq is a collection scan.) Reload after repeated conflicts.
           // Its count is what the entry stored there says: one primary-key read, unless the other
           // node's commit notice came while this write was on its way (it goes out as soon as that
-          // node's write returns): its tail is then known, up to whatever else it stored, with no
-          // read and no second conflict on the seqs it took after this one. (Delivery's order needs
-          // no stored time then: the same notice told it to wait for that node's fan-out.)
+          // node's write returns): its tail is then known, up to what its notices told, with no
+          // read and no second conflict on the seqs they told of. Delivery's order gets now as the
+          // time the entry before the retry was stored (an upper bound: the notice goes out as soon
+          // as that node's write returns, during this one): if it knows nothing else of the
+          // conversation, it waits for that node's fan-out, as it would with the time read.
           const c = doc.conversationId
-          this.contendedAt.set(c, this.now())
+          const now = this.now()
+          this.contendedAt.set(c, now)
           const steps = (this.seqSteps.get(c) ?? 0) + 1
           const told = this.tails.get(c)
           let there: Tail | undefined
           if (steps <= MAX_SEQ_STEPS) {
             if (told !== undefined && told.seq >= doc.seq) {
-              there = told
+              there = told.ts === undefined ? { ...told, ts: now } : told
               this.opts.metrics?.seqConflictTold()
             } else {
               try {
@@ -655,7 +669,8 @@ export class Sequencer {
             this.tails.delete(c)
           } else {
             this.seqSteps.set(c, steps)
-            if (there.seq > (this.tails.get(c)?.seq ?? 0)) this.tails.set(c, there)
+            // (the same seq too: with the time it was stored)
+            if (there.seq >= (this.tails.get(c)?.seq ?? 0)) this.tails.set(c, there)
           }
         } else {
           let existing: StoredMessage | null = result.conflict.existing ?? null

@@ -422,8 +422,9 @@ describe('Sequencer', () => {
       expect(reads).toStrictEqual([])
       // the write that conflicted and its one retry
       expect(h.store.insertCalls - inserts).toBe(2)
-      // delivery gets no stored time from a notice (its own notice handler knows that node's seqs)
-      expect(h.befores.at(-1)).toStrictEqual(new Map())
+      // delivery gets the time the notice was taken as the time seq 4 was stored (an upper bound):
+      // knowing nothing else of c, it would wait for that node's fan-out
+      expect(h.befores.at(-1)).toStrictEqual(new Map([['c', h.clock]]))
       // without the notice, the entry that won is read (seq 6 taken by the other node, told nothing)
       once = true
       h.store.beforeInsert = async () => {
@@ -803,6 +804,18 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
       docs: [m(1), m(2, { kind: 'edit', target: 1, lastReal: 1, count: 1 }), { seq: 3 }, null, m(4, { replyTo: 'x' as unknown as number }), m(5, { seq: 0 })]
     })
     expect(calls).toEqual([['remember', [1, 2]], ['forget', [1]]])
+    void seq.close()
+  })
+
+  test('a notice\'s tail that no node writes (seq below 1, a count or last real seq above the seq or below 0, not integers) is ignored', () => {
+    let handler: ((notice: Record<string, unknown>) => void) | undefined
+    const bus = { on: (_topic: string, h: typeof handler) => { handler = h }, publish: () => {} } as unknown as ClusterBus
+    const seq = new Sequencer(new MemoryMessageStore(), { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus })
+    handler?.({ tails: { a: [0, 0, 0], b: [5, 6, 5], c: [5, 4, 6], d: [5, -1, 5], e: [5, 4, -1], f: [5.5, 4, 5], g: [5, 4], h: '5', i: [2 ** 60, 1, 1], ok: [5, 4, 5], start: [1, 0, 0] } })
+    for (const c of ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i']) expect(seq.knownTail(c)).toBeUndefined()
+    expect(seq.knownTail('ok')).toEqual({ seq: 5, count: 4, lastReal: 5 })
+    // (the bounds themselves are allowed)
+    expect(seq.knownTail('start')).toEqual({ seq: 1, count: 0, lastReal: 0 })
     void seq.close()
   })
 

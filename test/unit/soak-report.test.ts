@@ -33,7 +33,16 @@ describe('soak report: histogram quantiles between two scrapes', () => {
     const after = histogramBuckets(scrape({ 0.1: 90, '+Inf': 100 }), 'mqim_send_commit_seconds')
     expect(quantileBetween(before, after, 0.99)).toEqual({ ms: 100, n: 100, above: true })
     expect(quantileBetween(after, after, 0.99)).toBeNull()
-    // a counter reset (a restarted node) counts nothing negative
-    expect(quantileBetween(after, before, 0.5)).toBeNull()
+    // a histogram of +Inf only tells nothing
+    const onlyInf = histogramBuckets(scrape({ '+Inf': 5 }), 'mqim_send_commit_seconds')
+    expect(quantileBetween(new Map(), onlyInf, 0.5)).toBeNull()
+  })
+
+  test('a node restarted between the scrapes (a bucket went down): what it counted since', () => {
+    const before = histogramBuckets(scrape({ 0.01: 5, 0.1: 1000, '+Inf': 1000 }), 'mqim_send_commit_seconds')
+    // since the restart: 10 under 10 ms, 10 in 10-100 ms (the lowest bucket went up, the others down)
+    const after = histogramBuckets(scrape({ 0.01: 10, 0.1: 20, '+Inf': 20 }), 'mqim_send_commit_seconds')
+    expect(quantileBetween(before, after, 0.5)).toEqual({ ms: 10, n: 20 })
+    expect(quantileBetween(before, after, 0.99)).toEqual({ ms: 98.2, n: 20 })
   })
 })

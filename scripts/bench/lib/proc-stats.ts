@@ -61,6 +61,13 @@ export function machineBusySeconds (): number {
   return busy / ticksPerSecond()
 }
 
+/** Seconds (summed over cores) the hypervisor gave this machine's CPUs to others since boot (/proc/stat steal). */
+export function machineStealSeconds (): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
+  const steal = Number(line.trim().split(/\s+/)[8] ?? NaN)
+  return steal / ticksPerSecond()
+}
+
 /** The executable name and command line of a process, to check that a pid is the one we mean. */
 export function describeProc (pid: number): { comm: string, cmdline: string } {
   return {
