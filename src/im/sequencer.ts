@@ -182,8 +182,11 @@ export class Sequencer {
   private readonly tails: LRUCache<string, Tail>
   /** conversation -> seq conflicts in a row (see writeBatch) */
   private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
-  /** conversation -> when another node last said it wrote it, or a write here met its seq (see contendedLast) */
-  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000, ttl: CONTENDED_MS })
+  /**
+   * conversation -> when another node last said it wrote it, or a write here met its seq (see
+   * contendedLast, which compares the time; the TTL only lets go of the entries in time)
+   */
+  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000, ttl: 10 * CONTENDED_MS })
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
