@@ -53,19 +53,20 @@ export function sampleProc (pid: number): ProcSample {
   return { cpuSeconds: (utime + stime) / ticksPerSecond(), rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM'), syscr, syscw, at: performance.now() }
 }
 
-/** CPU seconds the whole machine spent busy (all cores, all processes) since boot, from /proc/stat. */
+/** The machine's CPU times since boot, in ticks: /proc/stat's first line (cpu user nice system idle iowait irq softirq steal ...). */
+function machineTicks (): number[] {
+  return (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number)
+}
+
+/** CPU seconds the whole machine spent busy (all cores, all processes, steal included) since boot, from /proc/stat. */
 export function machineBusySeconds (): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '' // cpu user nice system idle iowait irq softirq steal ...
-  const [user = NaN, nice = NaN, system = NaN, , , irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1).map(Number)
-  const busy = user + nice + system + irq + softirq + steal
-  return busy / ticksPerSecond()
+  const [user = NaN, nice = NaN, system = NaN, , , irq = 0, softirq = 0, steal = 0] = machineTicks()
+  return (user + nice + system + irq + softirq + steal) / ticksPerSecond()
 }
 
 /** Seconds (summed over cores) the hypervisor gave this machine's CPUs to others since boot (/proc/stat steal). */
 export function machineStealSeconds (): number {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
-  const steal = Number(line.trim().split(/\s+/)[8] ?? NaN)
-  return steal / ticksPerSecond()
+  return (machineTicks()[7] ?? NaN) / ticksPerSecond()
 }
 
 /** The executable name and command line of a process, to check that a pid is the one we mean. */
