@@ -16,8 +16,11 @@ import type { Publisher } from '../../src/im/publisher.js'
 import type { MessageStore, StoredMessage } from '../../src/store/types.js'
 import { SEQ_TOPIC } from '../../src/protocol/topics.js'
 import type { Logger } from '../../src/log.js'
+import { Sequencer } from '../../src/im/sequencer.js'
+import { createLogger } from '../../src/log.js'
+import { FaultyMessageStore } from '../helpers/faulty-store.js'
 
-interface Setup { delivery: Delivery, published: number[], events: string[], flags: { backlogged: boolean }, delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, failNext: () => void, gone: Set<string> }
+interface Setup { delivery: Delivery, published: number[], events: string[], flags: { backlogged: boolean }, delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, noticeRaw: (m: Record<string, unknown>) => void, bus: ClusterBus, failNext: () => void, gone: Set<string> }
 
 /** The message store's part Delivery reads after a wait ran out: `getMany` (recorded). */
 type Messages = Pick<MessageStore, 'getMany'>
@@ -65,6 +68,8 @@ function setup (order: OrderOptions = {}, metrics: Metrics | null = null, messag
     warnings,
     notify: (seqs) => { for (const [conv, seq] of Object.entries(seqs)) for (const l of marks) l(conv, seq) },
     notice: (seqs) => { for (const h of handlers) h({ seqs, node: 'other' }) },
+    noticeRaw: (m) => { for (const h of handlers) h(m) },
+    bus: bus as unknown as ClusterBus,
     failNext: () => { fail = true },
     gone
   }
@@ -1170,5 +1175,40 @@ describe('GapReads: the reads of many conversations whose waits ran out at once'
     hang = false
     expect((await reads.read(keysOf('b', 1)))?.map(m => `${m.conversationId}/${m.seq}`)).toStrictEqual(['b/1'])
     expect(calls).toStrictEqual(['a', 'b'])
+  })
+})
+
+describe('the sequencer and delivery together (a seq conflict resolved from the winner\'s notice)', () => {
+  test('node B\'s write of seq 1 meets seqs 1-3 that node A stored, whose notice came during the write: B retries at seq 4 without reading the store, and delivers it only once A\'s fan-out of 3 has arrived', async () => {
+    const { delivery, published, notify, noticeRaw, bus } = setup()
+    const store = new FaultyMessageStore()
+    const reads: string[] = []
+    const getMany = store.getMany.bind(store)
+    store.getMany = async (keys) => { reads.push(keys.map(k => `${k.conversationId}${k.seq}`).join(',')); return await getMany(keys) }
+    const sequencer = new Sequencer(store, delivery, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 5000, logger: createLogger('silent'), peers: bus })
+    sequencer.created('c')
+    let inserts = 0
+    store.beforeInsert = async () => {
+      if (++inserts > 1) return
+      // node A stores 1-3 while B's write is on its way, and its notice arrives before B's answer
+      await store.otherNodeInsert('c', 3, 'a', Date.now())
+      noticeRaw({ seqs: { c: 3 }, tails: { c: [3, 3, 3] }, node: 'a' })
+    }
+    const result = sequencer.submit({ conversationId: 'c', senderId: 'b', clientMsgId: 'b1', kind: 'text', body: 'x', replyTo: null })
+    await new Promise(resolve => setTimeout(resolve, 100))
+    // stored at 4 after one conflict: two inserts, no read of the entry that won
+    expect(inserts).toBe(2)
+    expect(reads).toStrictEqual([])
+    expect((await store.all('c')).map(m => `${m.senderId}${m.seq}`)).toStrictEqual(['a1', 'a2', 'a3', 'b4'])
+    // A's fan-out of 1-3 has not reached B: 4 waits (and its sender with it)
+    expect(published).toStrictEqual([])
+    let answered = false
+    void result.then(() => { answered = true })
+    await new Promise(resolve => setTimeout(resolve, 20))
+    expect(answered).toBe(false)
+    notify({ c: 3 })
+    expect((await result).message.seq).toBe(4)
+    expect(published).toStrictEqual([4])
+    await sequencer.close()
   })
 })
