@@ -35,7 +35,10 @@
  * `generator_loop_delay_p99_max_ms` (the largest 10 s p99 of the generator's event-loop delay);
  * `machine_pct` (mean CPU busy, % of all cores); `other_pct` and `steal_pct` (% of one core: the
  * machine busy with anything but the soak's processes, and the hypervisor's steal; the progress
- * lines and cpu_pct_mean have them too: a run whose `other` jumps was disturbed). Latencies include
+ * lines and cpu_pct_mean have them too: a run whose `other` jumps was disturbed); `calibration`
+ * {before, after}: the machine's own speed before the services start and after the nodes stop
+ * (a fixed CPU workload in ms, loopback TCP round trips p50/p99 in µs: scripts/bench/lib/calibrate.ts),
+ * to compare runs of different days. Latencies include
  * timed-out requests
  * at the timeout (10 s). Exit status 0 when the run completed, met or not; 1 when it failed; 2 on
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
@@ -58,6 +61,7 @@ import { REQUEST_TIMEOUT_MS } from './soak/device.js'
 import { Metrics, Sampler, pct, round, type Sample } from './soak/metrics.js'
 import { Mix } from './soak/mix.js'
 import { seedRandom } from './lib/random.js'
+import { calibrate, type Calibration } from './bench/lib/calibrate.js'
 import { buildReport } from './soak/report.js'
 import { setUp } from './soak/setup.js'
 
@@ -102,6 +106,18 @@ async function main (): Promise<number> {
   const groupMax = Math.min(MIX.groupMaxDefault, opts.users)
   const groups = Math.min(30, Math.floor(opts.users / 2))
   log(`${opts.cluster ? 'cluster of 2 nodes' : 'single node'}, ${opts.users} accounts, ${opts.rate} sends/s offered for ${opts.minutes} min, seed ${opts.seed}`)
+  const measureMachine = async (when: string): Promise<Calibration | null> => {
+    try {
+      const c = await calibrate()
+      log(`machine ${when}: CPU workload ${c.cpu_ms} ms, loopback round trip p50/p99 ${c.loopback_rtt_us.p50}/${c.loopback_rtt_us.p99} µs`)
+      return c
+    } catch (err) {
+      log(`machine ${when}: not measured (${err instanceof Error ? err.message : String(err)})`)
+      return null
+    }
+  }
+  // before anything of the soak runs: what this machine gives today
+  const before = await measureMachine('before the services start')
   const soak = await setUp({
     users: opts.users,
     groups,
@@ -114,6 +130,7 @@ async function main (): Promise<number> {
     log
   })
   const { world } = soak
+  let report: ReturnType<typeof buildReport>
   try {
     const mix = new Mix(world, metrics, { ...MIX, rate: opts.rate, groupMax })
     const t0 = Date.now()
@@ -161,7 +178,7 @@ async function main (): Promise<number> {
     const drainUntil = Date.now() + REQUEST_TIMEOUT_MS + 2000
     while (devices.some(d => d.inFlight > 0) && Date.now() < drainUntil) await sleep(50)
     world.loading = false
-    const report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText, promTextLastMinute })
+    report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText, promTextLastMinute, calibration: { before, after: null } })
     for (const [name, t] of Object.entries(report.targets)) {
       process.stderr.write(`soak: ${t.met ? 'MET ' : 'MISS'}  ${name.padEnd(28)} ${String(t.value).padStart(10)}   target ${t.goal}\n`)
     }
@@ -171,12 +188,14 @@ async function main (): Promise<number> {
     if (report.targets.unexpected_errors.value !== 0 || soak.nodeExits.length > 0) {
       for (const n of soak.nodes) log(`--- last output of ${n.id} (GC trace lines left out) ---\n${n.log.slice(-3000)}`)
     }
-    process.stdout.write(JSON.stringify(report) + '\n')
-    log(`done (${round((Date.now() - began) / 1000, 1)} s in all); stopping`)
-    return 0
   } finally {
     await soak.close()
   }
+  // the nodes and devices stopped (the databases idle until the clean-up): the machine as it is now
+  report.calibration.after = await measureMachine('after the nodes stopped (the databases idle)')
+  process.stdout.write(JSON.stringify(report) + '\n')
+  log(`done (${round((Date.now() - began) / 1000, 1)} s in all)`)
+  return 0
 }
 
 let status = 1

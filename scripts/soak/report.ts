@@ -2,6 +2,7 @@
 import type { World } from './device.js'
 import { pct, round, slope, type GcTrace, type Metrics, type Op, type Sample } from './metrics.js'
 import type { Mix } from './mix.js'
+import type { Calibration } from '../bench/lib/calibrate.js'
 
 export interface Target { value: number | null, goal: string, met: boolean }
 
@@ -21,6 +22,8 @@ export interface ReportInput {
   promText?: Array<string | null>
   /** Each node's /metrics text when the last minute of the load began (null: it did not answer). */
   promTextLastMinute?: Array<string | null>
+  /** The machine's own speed before the services started and after the nodes stopped (scripts/bench/lib/calibrate.ts); `after` is set last. */
+  calibration?: { before: Calibration | null, after: Calibration | null }
 }
 
 /** A histogram's cumulative bucket counts by upper bound (seconds; +Inf as Infinity), summed over its label sets. */
@@ -234,6 +237,7 @@ export function buildReport (r: ReportInput) {
       machine: mean(samples.map(s => s.machinePct))
     },
     generator_loop_delay_ms: { p99_max: maxOf(samples.map(s => s.loopP99Ms)), max: maxOf(samples.map(s => s.loopMaxMs)) },
+    calibration: r.calibration ?? { before: null, after: null },
     last_minute: {
       server_send_commit_ms: serverCommitLastMinute(r.promTextLastMinute, r.promText, r.nodes),
       generator_loop_delay_p99_max_ms: maxOf(lastMinuteSamples.map(s => s.loopP99Ms)),
