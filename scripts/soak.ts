@@ -56,7 +56,7 @@ import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, parseCommandLine, positiveNumber, printUsage } from './lib/cli.js'
-import { installSignalHandlers, runCleanups, sleep } from './lib/procs.js'
+import { installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
 import { REQUEST_TIMEOUT_MS } from './soak/device.js'
 import { Metrics, Sampler, pct, round, type Sample } from './soak/metrics.js'
 import { Mix } from './soak/mix.js'
@@ -109,7 +109,7 @@ async function main (): Promise<number> {
   const measureMachine = async (when: string): Promise<Calibration | null> => {
     try {
       const c = await calibrate()
-      log(`machine ${when}: CPU workload ${c.cpu_ms} ms, loopback round trip p50/p99 ${c.loopback_rtt_us.p50}/${c.loopback_rtt_us.p99} µs`)
+      log(`machine ${when}: CPU workload ${c.cpu_ms} ms (fastest ${c.cpu_ms_min} ms; the rest of the machine meanwhile ${c.cpu_others_pct ?? '-'}% of a core), loopback round trip p50/p99 ${c.loopback_rtt_us.p50}/${c.loopback_rtt_us.p99} µs`)
       return c
     } catch (err) {
       log(`machine ${when}: not measured (${err instanceof Error ? err.message : String(err)})`)
@@ -130,7 +130,15 @@ async function main (): Promise<number> {
     log
   })
   const { world } = soak
-  let report: ReturnType<typeof buildReport>
+  let report: ReturnType<typeof buildReport> | undefined
+  // the one JSON line, once: after the last calibration, or by the clean-up of a run stopped
+  // (Ctrl-C, a timeout) between the report and then, without that calibration
+  let printed = false
+  const print = (): void => {
+    if (printed || report === undefined) return
+    printed = true
+    process.stdout.write(JSON.stringify(report) + '\n')
+  }
   try {
     const mix = new Mix(world, metrics, { ...MIX, rate: opts.rate, groupMax })
     const t0 = Date.now()
@@ -179,6 +187,7 @@ async function main (): Promise<number> {
     while (devices.some(d => d.inFlight > 0) && Date.now() < drainUntil) await sleep(50)
     world.loading = false
     report = buildReport({ opts, mix, metrics, samples: sampler.samples, loadMs, health, nodes: soak.nodes.map(n => n.id), nodeExits: soak.nodeExits, world, gcs: soak.gcs, promText, promTextLastMinute, calibration: { before, after: null } })
+    onCleanup(print)
     for (const [name, t] of Object.entries(report.targets)) {
       process.stderr.write(`soak: ${t.met ? 'MET ' : 'MISS'}  ${name.padEnd(28)} ${String(t.value).padStart(10)}   target ${t.goal}\n`)
     }
@@ -193,7 +202,7 @@ async function main (): Promise<number> {
   }
   // the nodes and devices stopped (the databases idle until the clean-up): the machine as it is now
   report.calibration.after = await measureMachine('after the nodes stopped (the databases idle)')
-  process.stdout.write(JSON.stringify(report) + '\n')
+  print()
   log(`done (${round((Date.now() - began) / 1000, 1)} s in all)`)
   return 0
 }

@@ -1195,20 +1195,24 @@ describe('the sequencer and delivery together (a seq conflict resolved from the 
       noticeRaw({ seqs: { c: 3 }, tails: { c: [3, 3, 3] }, node: 'a' })
     }
     const result = sequencer.submit({ conversationId: 'c', senderId: 'b', clientMsgId: 'b1', kind: 'text', body: 'x', replyTo: null })
-    await new Promise(resolve => setTimeout(resolve, 100))
-    // stored at 4 after one conflict: two inserts, no read of the entry that won
-    expect(inserts).toBe(2)
-    expect(reads).toStrictEqual([])
-    expect((await store.all('c')).map(m => `${m.senderId}${m.seq}`)).toStrictEqual(['a1', 'a2', 'a3', 'b4'])
-    // A's fan-out of 1-3 has not reached B: 4 waits (and its sender with it)
-    expect(published).toStrictEqual([])
     let answered = false
-    void result.then(() => { answered = true })
-    await new Promise(resolve => setTimeout(resolve, 20))
-    expect(answered).toBe(false)
-    notify({ c: 3 })
-    expect((await result).message.seq).toBe(4)
-    expect(published).toStrictEqual([4])
-    await sequencer.close()
+    result.then(() => { answered = true }, () => {})
+    try {
+      await new Promise(resolve => setTimeout(resolve, 100))
+      // stored at 4 after one conflict: two inserts, no read of the entry that won
+      expect(inserts).toBe(2)
+      expect(reads).toStrictEqual([])
+      expect((await store.all('c')).map(m => `${m.senderId}${m.seq}`)).toStrictEqual(['a1', 'a2', 'a3', 'b4'])
+      // A's fan-out of 1-3 has not reached B: 4 waits (and its sender with it)
+      expect(published).toStrictEqual([])
+      await new Promise(resolve => setTimeout(resolve, 20))
+      expect(answered).toBe(false)
+      notify({ c: 3 })
+      expect((await result).message.seq).toBe(4)
+      expect(published).toStrictEqual([4])
+    } finally {
+      notify({ c: 3 })
+      await sequencer.close()
+    }
   })
 })

@@ -1,24 +1,32 @@
 /**
  * How fast the machine itself is, measured the same way around a benchmark's load, so that runs
  * on different days (or a run whose figures moved) can be told apart from a change in the code:
- * this shared 2-core machine has been measured twice as slow on one day as on the night before,
- * with the same code and the same load.
+ * on this shared 2-core machine the same code and load have taken about twice the CPU on one day
+ * as on the night before (inferred from the nodes' CPU share; nothing measured the machine then).
  *
- * - `cpu_ms`: a fixed single-threaded workload (JSON encoding and decoding of message-like
- *   objects, what a node does most of besides system calls), the median of 3 rounds after one
- *   round of warm-up.
+ * - `cpu_ms`, `cpu_ms_min`: a fixed single-threaded workload (JSON encoding and decoding of
+ *   message-like objects, what a node does most of besides system calls), the median and the
+ *   fastest of 5 rounds after one round of warm-up (noise only slows a round: the fastest is the
+ *   steadier figure); `cpu_others_pct`, the CPU the rest of the machine used meanwhile (% of one
+ *   core, /proc/stat: near 0 on an idle machine; a reading taken beside other work says so).
  * - `loopback_rtt_us`: p50/p99 of sequential round trips of 32 bytes over TCP on 127.0.0.1 with
  *   a child process that echoes them: two system calls each way, a wake-up of the other process
  *   and the scheduler, which is what every hop of a send (client, node, store, Redis) pays.
  *
- * Taken while nothing else of the benchmark runs (before its services start, after they stop).
+ * The soak takes it as it starts (before its services) and once its load and nodes have stopped
+ * (the databases still up, idle). Lower is faster; one reading can be half again as slow for a few
+ * seconds on this shared machine, so compare runs by several readings, with their `other` CPU.
  */
 import { spawn } from 'node:child_process'
 import net from 'node:net'
 import { once } from 'node:events'
+import { machineBusySeconds } from './proc-stats.js'
 
 export interface Calibration {
   cpu_ms: number
+  cpu_ms_min: number
+  /** null where /proc/stat cannot be read */
+  cpu_others_pct: number | null
   loopback_rtt_us: { p50: number, p99: number, n: number }
 }
 
@@ -27,13 +35,22 @@ export interface CalibrationOptions {
   cpuObjects?: number
   /** Loopback round trips (default 4,000; the first 5 % are left out as warm-up). */
   roundTrips?: number
-  /** Give up after this long (default 30 s). */
+  /** The loopback part is given up (and its child killed) after this long (default 30 s; 1 ms to 10 minutes). */
   timeoutMs?: number
 }
 
 /** The echo server run in the child: prints its port, then echoes every byte until stdin closes. */
 const ECHO = "const s=require('net').createServer(c=>{c.setNoDelay(true);c.on('data',d=>c.write(d));c.on('error',()=>{})});" +
   "s.listen(0,'127.0.0.1',()=>process.stdout.write(s.address().port+'\\n'));process.stdin.on('end',()=>process.exit(0));process.stdin.resume()"
+
+function machineBusyOrNull (): number | null {
+  try {
+    const s = machineBusySeconds()
+    return Number.isFinite(s) ? s : null
+  } catch {
+    return null
+  }
+}
 
 function median (xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -120,9 +137,23 @@ export async function calibrate (options: CalibrationOptions = {}): Promise<Cali
   const roundTrips = options.roundTrips ?? 4000
   if (!Number.isInteger(objects) || objects < 1) throw new RangeError(`cpuObjects must be a positive integer, not ${objects}`)
   if (!Number.isInteger(roundTrips) || roundTrips < 20) throw new RangeError(`roundTrips must be an integer of at least 20, not ${roundTrips}`)
+  const timeoutMs = options.timeoutMs ?? 30_000
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 1 || timeoutMs > 600_000) throw new RangeError(`timeoutMs must be between 1 and 600,000, not ${timeoutMs}`)
   cpuRound(objects) // warm-up: optimized before it is timed
-  const cpuMs = median([cpuRound(objects), cpuRound(objects), cpuRound(objects)])
-  const rtts = await loopback(roundTrips, options.timeoutMs ?? 30_000)
+  const busy0 = machineBusyOrNull()
+  const own0 = process.cpuUsage()
+  const wall0 = performance.now()
+  const rounds = Array.from({ length: 5 }, () => cpuRound(objects))
+  const wallS = (performance.now() - wall0) / 1000
+  const ownS = ((u) => (u.user + u.system) / 1e6)(process.cpuUsage(own0))
+  const busy1 = machineBusyOrNull()
+  const others = busy0 === null || busy1 === null || wallS <= 0 ? null : Math.max(0, (busy1 - busy0 - ownS) / wallS * 100)
+  const rtts = await loopback(roundTrips, timeoutMs)
   const round1 = (x: number): number => Math.round(x * 10) / 10
-  return { cpu_ms: round1(cpuMs), loopback_rtt_us: { p50: round1(quantile(rtts, 0.5)), p99: round1(quantile(rtts, 0.99)), n: rtts.length } }
+  return {
+    cpu_ms: round1(median(rounds)),
+    cpu_ms_min: round1(Math.min(...rounds)),
+    cpu_others_pct: others === null ? null : round1(others),
+    loopback_rtt_us: { p50: round1(quantile(rtts, 0.5)), p99: round1(quantile(rtts, 0.99)), n: rtts.length }
+  }
 }
