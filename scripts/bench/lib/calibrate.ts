@@ -9,7 +9,7 @@
  *   fastest of 5 rounds after one round of warm-up (noise only slows a round: the fastest is the
  *   steadier figure); `cpu_others_pct`, the CPU the rest of the machine used meanwhile (% of one
  *   core, /proc/stat: near 0 on an idle machine; a reading taken beside other work says so).
- * - `loopback_rtt_us`: p50/p99 of sequential round trips of 32 bytes over TCP on 127.0.0.1 with
+ * - `loopback_rtt_us`: p50/p99 (to about 1 %, hist.ts) of sequential round trips of 32 bytes over TCP on 127.0.0.1 with
  *   a child process that echoes them: two system calls each way, a wake-up of the other process
  *   and the scheduler, which is what every hop of a send (client, node, store, Redis) pays.
  *
@@ -21,6 +21,7 @@ import { spawn } from 'node:child_process'
 import net from 'node:net'
 import { once } from 'node:events'
 import { machineBusySeconds } from './proc-stats.js'
+import { Histogram, median } from './hist.js'
 
 export interface Calibration {
   cpu_ms: number
@@ -52,15 +53,6 @@ function machineBusyOrNull (): number | null {
   }
 }
 
-function median (xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  return s[Math.floor(s.length / 2)] ?? Number.NaN
-}
-
-function quantile (sorted: readonly number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN
-}
-
 /** Milliseconds of one round of the CPU workload. */
 export function cpuRound (objects: number): number {
   const t0 = performance.now()
@@ -75,8 +67,8 @@ export function cpuRound (objects: number): number {
   return performance.now() - t0
 }
 
-/** Sequential round trips to an echo child; microseconds each, warm-up left out, sorted. */
-async function loopback (roundTrips: number, timeoutMs: number): Promise<number[]> {
+/** Sequential round trips to an echo child, the warm-up left out. */
+async function loopback (roundTrips: number, timeoutMs: number): Promise<Histogram> {
   const child = spawn(process.execPath, ['-e', ECHO], { stdio: ['pipe', 'pipe', 'ignore'] })
   const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)
   let socket: net.Socket | undefined
@@ -97,7 +89,9 @@ async function loopback (roundTrips: number, timeoutMs: number): Promise<number[
     s.setNoDelay(true)
     await once(s, 'connect')
     const ping = Buffer.alloc(32, 7)
-    const times: number[] = []
+    const times = new Histogram()
+    const warmUp = Math.floor(roundTrips / 20)
+    let done = 0
     let got = 0
     let sent = 0n
     let next: (() => void) | null = null
@@ -105,7 +99,7 @@ async function loopback (roundTrips: number, timeoutMs: number): Promise<number[
       got += d.length
       if (got >= 32) {
         got -= 32
-        times.push(Number(process.hrtime.bigint() - sent) / 1000)
+        if (done++ >= warmUp) times.add(Number(process.hrtime.bigint() - sent) / 1e6)
         next?.()
       }
     })
@@ -118,7 +112,7 @@ async function loopback (roundTrips: number, timeoutMs: number): Promise<number[
       s.write(ping)
       await Promise.race([back, closed])
     }
-    return times.slice(Math.floor(roundTrips / 20)).sort((a, b) => a - b)
+    return times
   } finally {
     clearTimeout(timer)
     socket?.destroy()
@@ -154,6 +148,6 @@ export async function calibrate (options: CalibrationOptions = {}): Promise<Cali
     cpu_ms: round1(median(rounds)),
     cpu_ms_min: round1(Math.min(...rounds)),
     cpu_others_pct: others === null ? null : round1(others),
-    loopback_rtt_us: { p50: round1(quantile(rtts, 0.5)), p99: round1(quantile(rtts, 0.99)), n: rtts.length }
+    loopback_rtt_us: { p50: round1(rtts.percentile(50) * 1000), p99: round1(rtts.percentile(99) * 1000), n: rtts.total }
   }
 }
