@@ -291,7 +291,7 @@ export const ConfigSchema = z.object({
         packetTTLSeconds: z.number().int().min(1).default(7 * 24 * 3600),
         /** At most this many queued messages are delivered on reconnect; the rest comes from history. */
         maxSessionDelivery: z.number().int().min(1).default(100),
-        /** How often each node tells the others which users it has reply watchers for (a node routes every reply copy for this long plus a second after it starts). */
+        /** How often each node tells the others which users it has reply watchers and connections for (a node routes every reply copy and read event for this long plus a second after it starts). */
         watchersListMs: z.number().int().min(100).max(600_000).default(10_000)
       }).strict()
     ]),

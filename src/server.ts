@@ -37,7 +37,7 @@ import { BrokerHooks } from './gateway/hooks.js'
 import { Sessions } from './broker/sessions.js'
 import { Listeners } from './gateway/listeners.js'
 import { ClusterBus } from './broker/bus.js'
-import { ReplyWatchers } from './broker/reply-watchers.js'
+import { UsersElsewhere } from './broker/users-elsewhere.js'
 import { UserRateLimiter } from './broker/rate-limit.js'
 import { MemorySessionQuota, RedisSessionQuota } from './broker/session-quota.js'
 import { PageGate } from './gateway/page-gate.js'
@@ -45,7 +45,7 @@ import { EnvelopeCache } from './im/envelopes.js'
 import { BlockService } from './im/blocks.js'
 import { createBrokerBackends, type BrokerBackends } from './broker/backends.js'
 import { FanOut } from './broker/fanout.js'
-import { SEQ_TOPIC, userOfTopic } from './protocol/topics.js'
+import { CONNECTED_TOPIC, SEQ_TOPIC, WATCHERS_TOPIC, userOfTopic } from './protocol/topics.js'
 import { unregisterClosedClients } from './broker/upstream.js'
 import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
@@ -79,7 +79,8 @@ export interface Internals {
   /** Removes uploads no message refers to, in the background. */
   fileSweeper: FileSweeper
   /** Which users have reply watchers on other nodes (clustered). */
-  replyWatchers: ReplyWatchers
+  replyWatchers: UsersElsewhere
+  connectedUsers: UsersElsewhere
   /** What follows a commit (the sequencer's listener): its last store writes are waited for at stop. */
   delivery: Delivery
 }
@@ -141,16 +142,18 @@ export class MqimServer {
       ...(backends.redis === null ? {} : { queue: new RedisJobQueue(backends.redis, 'webhooks', config.webhooks.queueMax), pollMs: 250 })
     })
     const persistence = config.broker.persistence
-    const replyWatchers = new ReplyWatchers(bus, { watchedUsers: () => sessions.watchedUsers(), watchedCount: () => sessions.watchedCount },
-      { periodMs: persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000 })
+    const listMs = persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000
+    const replyWatchers = new UsersElsewhere(bus, { users: () => sessions.watchedUsers(), count: () => sessions.watchedCount }, { topic: WATCHERS_TOPIC, periodMs: listMs })
     sessions.onWatching((userId, on) => replyWatchers.changed(userId, on))
+    const connectedUsers = new UsersElsewhere(bus, { users: () => sessions.connectedUsers(), count: () => sessions.connectedCount }, { topic: CONNECTED_TOPIC, periodMs: listMs })
+    sessions.onConnected((userId, on) => connectedUsers.changed(userId, on))
     const fan = await FanOut.create(broker, backends.mq, backends.persistence, {
       clustered,
       logger,
       beforeDeliver: (topics) => { sessions.hold(topics.map(userOfTopic).filter((u): u is string => u !== null)) },
       onDropped: (qos) => { metrics.publishDropped(qos) }
     })
-    const publisher = new Publisher(sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u) })
+    const publisher = new Publisher(sessions, fan, { clustered, available: backends.available, envelopes, logger, metrics, webhooks, watchedElsewhere: (u) => replyWatchers.elsewhere(u), connectedElsewhere: (u) => connectedUsers.elsewhere(u) })
     const directory = new ConversationDirectory(meta, bus, undefined, config.channels.membershipCacheMax)
     const channels = new ChannelSubscriptions(sessions, directory, bus, logger, config.channels)
     const mentions = new MentionLog(meta, logger)
@@ -282,7 +285,7 @@ export class MqimServer {
     retention.start()
     push.start(services)
     fileSweeper.start()
-    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper, replyWatchers, delivery }, nodeId, broker, http, rates)
+    return new MqimServer(ports, adminToken, services, { sessions, listeners, logins, revocations, backends, mentions, retention, fileSweeper, replyWatchers, connectedUsers, delivery }, nodeId, broker, http, rates)
   }
 
   /** Graceful stop: stop accepting, finish in-flight writes, disconnect clients, close stores. */
@@ -305,6 +308,7 @@ export class MqimServer {
     await this.internals.retention.close()
     await this.internals.fileSweeper.close()
     this.internals.replyWatchers.close()
+    this.internals.connectedUsers.close()
     await this.internals.mentions.close()
     await presence.close()
     await publisher.close()

@@ -143,6 +143,37 @@ describe('two nodes on Redis + MongoDB + MySQL', () => {
     expect(tablet.events.filter(e => e.type === 'read')).toEqual([event])
   })
 
+  test('a read event is published only while the reader has another connection, here or on the other node', async () => {
+    await addUser(n1, 'ivan')
+    const alice = await connect(n1, 'alice', 'iv-a')
+    const phone = await connect(n1, 'ivan', 'iv-phone')
+    clients.push(alice, phone)
+    const d = await alice.request('direct', { user: 'ivan' })
+    const connected = n1.internals.connectedUsers
+    const none = (): number => n1.services.publisher.noOtherDevices
+    // past n1's first period (clusterOverrides: 500 ms), it knows n2's list
+    await phone.waitFor(() => !connected.elsewhere('nobody-at-all'), 10000, 'n1 knows the other node\'s connections')
+    expect(connected.elsewhere('ivan')).toBe(false)
+    const send = async (id: string): Promise<number> => (await alice.request('send', { conv: d.conv, msgId: id, kind: 'text', body: id })).seq
+    // the only device: nothing published
+    const before = none()
+    await phone.request('read', { conv: d.conv, seq: await send('iv-1') })
+    expect(none()).toBe(before + 1)
+    // a second device on the other node: n2 tells n1 at its login, and the event goes there
+    const tablet = await connect(n2, 'ivan', 'iv-tablet')
+    clients.push(tablet)
+    await phone.waitFor(() => connected.elsewhere('ivan'), 10000, 'n1 learns of the device on n2')
+    const r2 = await phone.request('read', { conv: d.conv, seq: await send('iv-2') })
+    await tablet.waitFor(() => tablet.events.some(e => e.type === 'read' && e.readSeq === r2.readSeq), 10000, 'the read event on n2')
+    expect(none()).toBe(before + 1)
+    // it leaves: nothing published again
+    await tablet.end()
+    await phone.waitFor(() => !connected.elsewhere('ivan'), 10000, 'n1 learns the device on n2 is gone')
+    await phone.request('read', { conv: d.conv, seq: await send('iv-3') })
+    expect(none()).toBe(before + 2)
+    expect(phone.events.filter(e => e.type === 'read')).toEqual([])
+  })
+
   test('a persistent session queued on one node is delivered on the other', async () => {
     const alice = await connect(n1, 'alice', 'p')
     clients.push(alice)

@@ -107,7 +107,10 @@ export class Sessions {
     }
     this.entries.set(client, { session, started: false, drainTimer: null, drained: null })
     let set = this.byUser.get(identity.userId)
-    if (set === undefined) this.byUser.set(identity.userId, set = new Set())
+    if (set === undefined) {
+      this.byUser.set(identity.userId, set = new Set())
+      this.connectedListener?.(identity.userId, true)
+    }
     set.add(client)
     client.conn.once('close', () => this.remove(client))
     return session
@@ -137,6 +140,7 @@ export class Sessions {
     if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
     const { userId } = entry.session
     removeFrom(this.byUser, userId, client)
+    if (!this.byUser.has(userId)) this.connectedListener?.(userId, false)
     this.unwatch(userId, client)
     if (entry.started) for (const l of this.listeners.ended) l(entry.session)
   }
@@ -148,6 +152,22 @@ export class Sessions {
     let n = 0
     for (const c of clients) if (c.id !== exceptClientId) n++
     return n
+  }
+
+  private connectedListener: ((userId: string, on: boolean) => void) | null = null
+
+  /** Told when a user's connections on this node go from none to some (true, at authentication) and back (false). */
+  onConnected (listener: (userId: string, on: boolean) => void): void {
+    this.connectedListener = listener
+  }
+
+  /** Users with at least one connection on this node. */
+  connectedUsers (): IterableIterator<string> {
+    return this.byUser.keys()
+  }
+
+  get connectedCount (): number {
+    return this.byUser.size
   }
 
   /** Open connections of the user on this node. */

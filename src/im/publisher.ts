@@ -32,8 +32,10 @@ export interface PublisherOptions {
   metrics?: Metrics
   /** member events also go to the webhooks (member.changed). */
   webhooks?: Webhooks
-  /** Clustered: whether a connection on another node may watch this user's replies (ReplyWatchers). */
+  /** Clustered: whether a connection on another node may watch this user's replies (UsersElsewhere). */
   watchedElsewhere?: (userId: string) => boolean
+  /** Clustered: whether this user may have a connection on another node (UsersElsewhere). */
+  connectedElsewhere?: (userId: string) => boolean
 }
 
 /**
@@ -64,6 +66,8 @@ export class Publisher {
   private closed = false
   /** Reply copies routed through the cluster for watchers (since start). */
   repliesRouted = 0
+  /** Events for a user's other devices not published: there was none, here or elsewhere (since start). */
+  noOtherDevices = 0
 
   /**
    * The node is stopping: its stored messages have been delivered (the sequencer is closed), what
@@ -120,12 +124,16 @@ export class Publisher {
 
   /**
    * A QoS 0 event for the user's devices other than the one that caused it (its `read`: the reply
-   * has the same figures). On one node, with no other connection of the user, nothing is published
-   * at all (most `read` requests come from a user's only device); else that device is left out.
+   * has the same figures). With no other connection of the user, here or (in a cluster) possibly
+   * on another node, nothing is published at all (most `read` requests come from a user's only
+   * device); else that device is left out.
    */
   toOtherDevices (userId: string, deviceId: string, event: ImEvent): void {
     const requester = clientIdOf(userId, deviceId)
-    if (!this.opts.clustered && this.sessions.countOf(userId, requester) === 0) return
+    if (this.sessions.countOf(userId, requester) === 0 && !(this.opts.clustered && this.opts.connectedElsewhere?.(userId) !== false)) {
+      this.noOtherDevices++
+      return
+    }
     this.publishTo([userId], eventTopic, Buffer.from(JSON.stringify(event)), 0, requester)
   }
 
@@ -141,7 +149,7 @@ export class Publisher {
    * the request and gets the same reply from the hooks' reply cache). Other connections of the
    * same user that watch the reply topic (mosquitto_sub on `im/u/<user>/#`) get a QoS 0 copy:
    * written to them directly, unless one may be connected to another node (a cluster, see
-   * ReplyWatchers): then the copy is routed, to the watchers here too (the requester skips the
+   * UsersElsewhere): then the copy is routed, to the watchers here too (the requester skips the
    * routed copy, see BrokerHooks.authorizeForward).
    */
   /** Writes a reply to the requester (and its watchers); returns the reply's size in bytes. */

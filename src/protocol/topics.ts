@@ -23,8 +23,10 @@ export const SEQ_TOPIC = '$mqim/seq'
 export const REVOKE_TOPIC = '$mqim/revoke'
 /** {user}: whom this user blocks changed (drop the cached list). */
 export const BLOCKS_TOPIC = '$mqim/blocks'
-/** {user, on} | {users} | {all} | {hello}: which users have reply watchers on the sending node (src/broker/reply-watchers.ts). */
+/** {user, on} | {users} | {bloom, bits, k} | {hello}: which users have reply watchers on the sending node (src/broker/users-elsewhere.ts). */
 export const WATCHERS_TOPIC = '$mqim/watchers'
+/** {user, on} | {users} | {bloom, bits, k} | {hello}: which users have connections on the sending node (the same module). */
+export const CONNECTED_TOPIC = '$mqim/connected'
 /** {users}: these users' push targets changed (drop the cached targets). */
 export const PUSH_TARGETS_TOPIC = '$mqim/push-targets'
 /**
