@@ -52,6 +52,8 @@
  * heap-after-GC slope <= 1 MB/min on every node; no unexpected error (any error reply, timeout or
  * lost request but a NOT_MEMBER that raced the mix's own removal of the member).
  */
+// first: mqtt-packet's debug() calls cost the load generator as they cost the server (see the module)
+import '../src/broker/quiet-debug.js'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
