@@ -854,6 +854,50 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     void seq.close()
   })
 
+  test('history\'s last seq: the known tail without a store query once the link has been up longer than a tail is kept; the store otherwise', async () => {
+    let handler: ((notice: Record<string, unknown>) => void) | undefined
+    const bus = { on: (_topic: string, h: typeof handler) => { handler = h }, publish: () => {} } as unknown as ClusterBus
+    const inner = new MemoryMessageStore()
+    const calls: string[] = []
+    const store = new Proxy(inner, {
+      get (target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown
+        if (typeof v !== 'function') return v
+        return (...args: unknown[]) => { calls.push(String(prop)); return (v as (...a: unknown[]) => unknown).apply(target, args) }
+      }
+    })
+    // the store holds seqs 1-7 of c (written by "another node"); this node was told of 5 only
+    await inner.insertBatch(Array.from({ length: 7 }, (_, i) => ({ conversationId: 'c', seq: i + 1, senderId: 'u', clientMsgId: `m${i}`, kind: 'text' as const, body: 'x', ts: 1, replyTo: null })))
+    let now = 1_000_000
+    let since = now
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, now: () => now })
+    handler?.({ tails: { c: [5, 5, 5] } })
+    calls.length = 0
+    // a link younger than a tail is kept: the store is asked, past the known tail
+    now += 60_000
+    expect(await seq.lastSeqForSync('c')).toBe(7)
+    expect(calls).toEqual(['latestPast'])
+    // (the store's answer is kept); told of 8, which the store does not have (a notice that came first)
+    handler?.({ tails: { c: [8, 8, 8] } })
+    calls.length = 0
+    now += 1
+    expect(await seq.lastSeqForSync('c')).toBe(8)
+    expect(calls).toEqual([])
+    // the subscriber is down, or came back less than a minute ago: the store again
+    since = Number.POSITIVE_INFINITY
+    expect(await seq.lastSeqForSync('c')).toBe(8)
+    since = now - 59_000
+    expect(await seq.lastSeqForSync('c')).toBe(8)
+    expect(calls).toEqual(['latestPast', 'latestPast'])
+    // an unknown conversation is read from the store (a tail is forgotten a minute after it was
+    // set: the cache's own clock, not this test's)
+    calls.length = 0
+    since = 0
+    expect(await seq.lastSeqForSync('unknown')).toBe(0)
+    expect(calls).toEqual(['latest'])
+    void seq.close()
+  })
+
   test('a known tail is looked past (latestPast), never re-read from the head; an unknown one is read (latest)', async () => {
     const inner = new MemoryMessageStore()
     const calls: string[] = []

@@ -12,7 +12,7 @@
  */
 import type { MessageEnvelope, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
-import { requireMember, lastSeqOf } from '../access.js'
+import { requireMember } from '../access.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
 import type { StoredMessage } from '../../store/types.js'
@@ -38,7 +38,7 @@ export async function history (caller: Caller, req: RequestOf<'history'>, servic
   await requireMember(services, caller, req.conv)
   const max = services.config.limits.historyPageMax
   const limit = Math.min(req.limit ?? max, max)
-  const lastSeq = await lastSeqOf(services, req.conv)
+  const lastSeq = await services.sequencer.lastSeqForSync(req.conv)
   const fromSeq = (req.after ?? 0) + 1
   const toSeq = Math.min(req.before !== undefined ? req.before - 1 : lastSeq, lastSeq)
   const direction = req.after !== undefined ? 'forward' : 'backward'
