@@ -143,9 +143,9 @@ export class MqimServer {
     })
     const persistence = config.broker.persistence
     const listMs = persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000
-    const replyWatchers = new UsersElsewhere(bus, { users: () => sessions.watchedUsers(), count: () => sessions.watchedCount }, { topic: WATCHERS_TOPIC, periodMs: listMs })
+    const replyWatchers = new UsersElsewhere(bus, { users: () => sessions.watchedUsers(), count: () => sessions.watchedCount }, { topic: WATCHERS_TOPIC, periodMs: listMs, linkSince: backends.connectedSince })
     sessions.onWatching((userId, on) => replyWatchers.changed(userId, on))
-    const connectedUsers = new UsersElsewhere(bus, { users: () => sessions.connectedUsers(), count: () => sessions.connectedCount }, { topic: CONNECTED_TOPIC, periodMs: listMs })
+    const connectedUsers = new UsersElsewhere(bus, { users: () => sessions.connectedUsers(), count: () => sessions.connectedCount }, { topic: CONNECTED_TOPIC, periodMs: listMs, linkSince: backends.connectedSince })
     sessions.onConnected((userId, on) => connectedUsers.changed(userId, on))
     const fan = await FanOut.create(broker, backends.mq, backends.persistence, {
       clustered,
@@ -196,6 +196,8 @@ export class MqimServer {
       logger,
       metrics
     })
+    // (a fan-out whose commit notice did not come first: history asks the store, see noteMarked)
+    if (clustered) publisher.onPublished((conv, seq) => { sequencer.noteMarked(conv, seq) })
     const blocks = new BlockService(meta, bus, { maxPerUser: config.limits.blocksPerUser })
     const receipts = new ReceiptAggregator(directory, meta, async (conv, atLeast) => await sequencer.lastSeqFor(conv, atLeast), publisher, logger, 1000, undefined,
       backends.redis === null ? localReceiptWindows : new RedisReceiptWindows(backends.redis))

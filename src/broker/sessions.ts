@@ -107,12 +107,11 @@ export class Sessions {
     }
     this.entries.set(client, { session, started: false, drainTimer: null, drained: null })
     let set = this.byUser.get(identity.userId)
-    if (set === undefined) {
-      this.byUser.set(identity.userId, set = new Set())
-      this.connectedListener?.(identity.userId, true)
-    }
+    const first = set === undefined
+    if (set === undefined) this.byUser.set(identity.userId, set = new Set())
     set.add(client)
     client.conn.once('close', () => this.remove(client))
+    if (first) this.tellConnected(identity.userId, true)
     return session
   }
 
@@ -140,9 +139,9 @@ export class Sessions {
     if (entry.drainTimer !== null) clearTimeout(entry.drainTimer)
     const { userId } = entry.session
     removeFrom(this.byUser, userId, client)
-    if (!this.byUser.has(userId)) this.connectedListener?.(userId, false)
     this.unwatch(userId, client)
     if (entry.started) for (const l of this.listeners.ended) l(entry.session)
+    if (!this.byUser.has(userId)) this.tellConnected(userId, false)
   }
 
   /** Open connections of the user on this node, not counting one with the same clientId (it is being taken over). */
@@ -155,6 +154,15 @@ export class Sessions {
   }
 
   private connectedListener: ((userId: string, on: boolean) => void) | null = null
+
+  /** (last, and never throwing: the session's own bookkeeping is done by then) */
+  private tellConnected (userId: string, on: boolean): void {
+    try {
+      this.connectedListener?.(userId, on)
+    } catch (err) {
+      this.logger.error({ err, userId }, 'connected-users listener failed')
+    }
+  }
 
   /** Told when a user's connections on this node go from none to some (true, at authentication) and back (false). */
   onConnected (listener: (userId: string, on: boolean) => void): void {

@@ -25,10 +25,13 @@
  * list it cannot read), it says "elsewhere" and the publish is routed, as before. What these lists
  * save stays best effort (QoS 0 copies and events): a connection that arrives on one node is
  * counted on another from about when its notice arrives there, a few milliseconds (the notice is
- * sent when the connection authenticates, before its first subscription reaches Redis).
+ * sent when the connection authenticates, before its first subscription reaches Redis); after a
+ * break in a node's link to Redis, within a second of its return (its list; meanwhile the others
+ * keep what they had, and it routes everything for a period).
  */
 import type { ClusterBus } from './bus.js'
 import { Bloom } from './bloom.js'
+import { USER_ID_PATTERN } from '../protocol/topics.js'
 
 /** Users named in one list; beyond, a node sends a Bloom filter. */
 export const SNAPSHOT_MAX = 2000
@@ -46,7 +49,17 @@ export interface UsersElsewhereOptions {
   topic: string
   periodMs: number
   now?: () => number
+  /**
+   * Since when this node's link to the others has been up, by `now` (+Infinity while it is down):
+   * notices of a break went by unheard, and this node's own were dropped. For a period and a
+   * second after the link is back it says "elsewhere", as after its start, and it sends its list
+   * within a second.
+   */
+  linkSince?: () => number
 }
+
+/** How often a node looks whether its link came back (to send its list then). */
+const LINK_CHECK_MS = 1000
 
 interface NodeEntry { users: Set<string>, bloom: Bloom | null, all: boolean, seenAt: number }
 
@@ -64,11 +77,22 @@ export class UsersElsewhere {
     private readonly opts: UsersElsewhereOptions
   ) {
     this.startedAt = this.now()
+    this.lastList = this.startedAt
     if (!bus.clustered) return
     bus.on(opts.topic, (m) => this.received(m))
     bus.publish(opts.topic, { hello: true })
-    this.timer = setInterval(() => this.tick(), opts.periodMs)
+    this.timer = setInterval(() => this.check(), Math.min(opts.periodMs, LINK_CHECK_MS))
     this.timer.unref()
+  }
+
+  /** When this node last sent its list (by `now`). */
+  private lastList = 0
+
+  /** Every second at most: the periodic list, or the list at once after the link came back. */
+  /** (run by the timer; public for tests) */
+  check (): void {
+    const link = this.opts.linkSince?.() ?? this.startedAt
+    if (this.now() - this.lastList >= this.opts.periodMs || (Number.isFinite(link) && link > this.lastList)) this.tick()
   }
 
   private now (): number {
@@ -84,7 +108,8 @@ export class UsersElsewhere {
   elsewhere (userId: string): boolean {
     if (!this.bus.clustered) return false
     const now = this.now()
-    if (now - this.startedAt < this.opts.periodMs + 1000 || this.overflow) return true
+    const since = Math.max(this.startedAt, this.opts.linkSince?.() ?? this.startedAt)
+    if (!(now - since >= this.opts.periodMs + 1000) || this.overflow) return true
     const stale = now - this.opts.periodMs * 3.5
     for (const e of this.nodes.values()) {
       if (e.seenAt >= stale && (e.all || e.users.has(userId) || e.bloom?.has(userId) === true)) return true
@@ -110,6 +135,7 @@ export class UsersElsewhere {
   }
 
   private sendList (): void {
+    this.lastList = this.now()
     const n = this.local.count()
     if (n <= SNAPSHOT_MAX) {
       this.bus.publish(this.opts.topic, { users: [...this.local.users()] })
@@ -164,14 +190,14 @@ export class UsersElsewhere {
     if (m.all === true) {
       this.replace(e, new Set(), null, true)
     } else if (Array.isArray(m.users)) {
-      const users = m.users.filter((u): u is string => typeof u === 'string')
+      const users = m.users.filter((u): u is string => typeof u === 'string' && USER_ID_PATTERN.test(u))
       const all = users.length > SNAPSHOT_MAX
       this.replace(e, all ? new Set() : new Set(users), null, all)
     } else if (m.bloom !== undefined) {
       // a filter that does not parse tells nothing: assume everyone there until the next list
       const bloom = Bloom.fromWire(m)
       this.replace(e, new Set(), bloom, bloom === null)
-    } else if (typeof m.user === 'string' && typeof m.on === 'boolean') {
+    } else if (typeof m.user === 'string' && USER_ID_PATTERN.test(m.user) && typeof m.on === 'boolean') {
       if (m.on) {
         // (a filter cannot forget: a user gone stays counted in until the next list)
         if (e.bloom !== null) e.bloom.add(m.user)

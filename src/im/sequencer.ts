@@ -146,6 +146,8 @@ const RECENT_MAX = 20_000
 const UNCERTAIN_MAX = 200_000
 /** Conversations whose lastSeq is cached. */
 const CONVERSATIONS_MAX = 200_000
+/** Conversations whose fan-out marks went past the known tail (see noteMarked), remembered at most. */
+const MARKED_PAST_MAX = 50_000
 /** A cached tail is forgotten this long after it was last set (see the constructor). */
 const TAIL_TTL_MS = 60_000
 /** Resends of unremembered messages looked up at once (each may scan the collection on FerretDB). */
@@ -180,6 +182,8 @@ export class Sequencer {
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
   private readonly tails: LRUCache<string, Tail>
+  /** conversation -> the highest fan-out mark past the tail known then (see noteMarked). */
+  private readonly markedPast = new LRUCache<string, number>({ max: MARKED_PAST_MAX })
   /** conversation -> seq conflicts in a row (see writeBatch) */
   private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
   /**
@@ -407,18 +411,33 @@ export class Sequencer {
    * rest: in a cluster, the tail this node knows, without a store query, when it has heard the
    * other nodes without a break for longer than a tail is kept (so the tail was set, and every
    * notice since has arrived, while it listened); else as lastSeqFor. What another node stored and
-   * this one has not heard of yet reaches the caller live: the other node sends its notice before
-   * its fan-out, on one Redis connection, and this node gets both, in that order, on one
-   * subscriber connection with the caller's subscriptions. Either the notice came before the
-   * caller's subscription took effect (then it came before this request, and the tail has it), or
-   * the fan-out comes after it (the message is delivered). A caller that polls without
-   * subscribing may see such a message on its next request, milliseconds later. This took a store
-   * lookup off every `history`: in the cluster soak, 46 a second, each a FerretDB query.
+   * this one has not heard of yet reaches the caller live: that node publishes its commit notice
+   * (`$mqim/seq`) before the message's fan-out, on its one Redis publishing connection, and every
+   * stored message's fan-out goes on `$mqim-fan` (it carries a mark; see FanOut.publishChunk),
+   * which this node, like the notices' `$mqim/+`, hears on its one subscriber connection: it
+   * handles the notice before the fan-out. If it handled the fan-out before the caller's
+   * subscription took effect, it handled the notice before too, so before this request (made
+   * after the subscription), and the tail has the seq; else the fan-out is delivered to the
+   * caller. A caller that polls without subscribing may see such a message on its next request,
+   * milliseconds later. This took a store lookup off every `history`: in the cluster soak, 46 a
+   * second, each a FerretDB query that waited behind the inserts.
    */
   async lastSeqForSync (conversationId: string): Promise<number> {
     const known = this.tails.get(conversationId)
-    if (known !== undefined && this.opts.peers != null && this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > TAIL_TTL_MS) return known.seq
+    if (known !== undefined && this.opts.peers != null && known.seq >= (this.markedPast.get(conversationId) ?? 0) &&
+      this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > TAIL_TTL_MS) return known.seq
     return await this.lastSeqFor(conversationId)
+  }
+
+  /**
+   * Cluster: a fan-out of `seq` arrived (its mark; called as it is delivered here, in the same
+   * turn). Past the tail this node knows, its commit notice did not come first (dropped while the
+   * storing node's link was partly down, or a tail set lower since by another node's late notice):
+   * lastSeqForSync asks the store for this conversation until a tail at least that high is known.
+   */
+  noteMarked (conversationId: string, seq: number): void {
+    const known = this.tails.get(conversationId)
+    if ((known === undefined || seq > known.seq) && seq > (this.markedPast.get(conversationId) ?? 0)) this.markedPast.set(conversationId, seq)
   }
 
   /** The conversation's tail, as lastSeqFor finds its seq. */

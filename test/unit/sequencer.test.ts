@@ -889,6 +889,18 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     since = now - 59_000
     expect(await seq.lastSeqForSync('c')).toBe(8)
     expect(calls).toEqual(['latestPast', 'latestPast'])
+    // a fan-out past the known tail (its notice did not come first): the store until a tail that high is known
+    calls.length = 0
+    since = 0
+    seq.noteMarked('c', 8) // not past: nothing
+    expect(await seq.lastSeqForSync('c')).toBe(8)
+    expect(calls).toEqual([])
+    await inner.insertBatch([9, 10].map(n => ({ conversationId: 'c', seq: n, senderId: 'u', clientMsgId: `m${n}`, kind: 'text' as const, body: 'x', ts: 1, replyTo: null })))
+    seq.noteMarked('c', 10)
+    expect(await seq.lastSeqForSync('c')).toBe(10)
+    expect(calls).toEqual(['latestPast'])
+    expect(await seq.lastSeqForSync('c')).toBe(10) // (the store's answer is kept: 10 known)
+    expect(calls).toEqual(['latestPast'])
     // an unknown conversation is read from the store (a tail is forgotten a minute after it was
     // set: the cache's own clock, not this test's)
     calls.length = 0

@@ -102,6 +102,39 @@ describe('UsersElsewhere', () => {
     expect(net.sent.filter(m => m.node === 'b').length).toBe(net.sent.slice(0, sent).filter(m => m.node === 'b').length)
   })
 
+  test('after a break in its link a node routes everything for a period and a second, and sends its list within a second', () => {
+    const net = new Net()
+    let link = net.now
+    const users = new Set(['ann'])
+    const a = new UsersElsewhere(net.bus('a'), { users: () => users.values(), count: () => users.size }, { topic: WATCHERS_TOPIC, periodMs: PERIOD, now: () => net.now, linkSince: () => link })
+    made.push(a)
+    const b = make(net, 'b')
+    net.now += PERIOD + 1000
+    net.inject({ node: 'c', hello: true })
+    expect(a.elsewhere('zed')).toBe(false)
+    expect(b.w.elsewhere('ann')).toBe(true)
+    // the link is down: every publish is "elsewhere" (notices go by unheard meanwhile)
+    link = Number.POSITIVE_INFINITY
+    expect(a.elsewhere('zed')).toBe(true)
+    // ann leaves while it is down (her notice is lost); the link is back
+    users.delete('ann')
+    net.now += 500
+    link = net.now
+    expect(a.elsewhere('zed')).toBe(true)
+    const before = net.sent.filter(m => m.node === 'a').length
+    a.check() // within a second: the list goes out
+    expect(net.sent.filter(m => m.node === 'a').length).toBe(before + 1)
+    expect(b.w.elsewhere('ann')).toBe(false)
+    a.check() // and not again until the period
+    expect(net.sent.filter(m => m.node === 'a').length).toBe(before + 1)
+    net.now += PERIOD + 999
+    expect(a.elsewhere('zed')).toBe(true)
+    net.now += 1
+    expect(a.elsewhere('zed')).toBe(false)
+    a.check()
+    expect(net.sent.filter(m => m.node === 'a').length).toBe(before + 2)
+  })
+
   test('a node that stops sending its list is forgotten after 3.5 periods', () => {
     const net = new Net()
     const a = make(net, 'a')
@@ -239,8 +272,15 @@ describe('UsersElsewhere', () => {
     ]
     for (const m of bad) expect(() => net.inject(m)).not.toThrow()
     expect(a.w.elsewhere('x')).toBe(true) // from __proto__: a node id like any other
-    expect(a.w.elsewhere('__proto__')).toBe(true)
+    expect(a.w.elsewhere('__proto__')).toBe(false) // not a user id: ignored
     expect(a.w.elsewhere('y')).toBe(false)
+    // names no user can have are not kept (a list of 2,000 long strings would be megabytes)
+    net.inject({ node: 'long', users: ['x'.repeat(100_000), 'Upper', 'ok.name'] })
+    net.inject({ node: 'long', user: 'y'.repeat(33), on: true })
+    expect(a.w.elsewhere('ok.name')).toBe(true)
+    expect(a.w.elsewhere('Upper')).toBe(false)
+    expect(a.w.elsewhere('y'.repeat(33))).toBe(false)
+    net.inject({ node: 'long', users: [] })
     // a list of non-strings counts as empty
     net.inject({ node: '__proto__', users: [] })
     net.inject({ node: 'constructor', users: [] })
