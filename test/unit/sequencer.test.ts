@@ -784,6 +784,20 @@ describe('Sequencer', () => {
   })
 })
 
+/** An in-memory store whose every method call is named in `calls`. */
+function countingStore (): { inner: MemoryMessageStore, calls: string[], store: MemoryMessageStore } {
+  const inner = new MemoryMessageStore()
+  const calls: string[] = []
+  const store = new Proxy(inner, {
+    get (target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown
+      if (typeof v !== 'function') return v
+      return (...args: unknown[]) => { calls.push(String(prop)); return (v as (...a: unknown[]) => unknown).apply(target, args) }
+    }
+  })
+  return { inner, calls, store }
+}
+
 describe('Sequencer in a cluster: tails of other nodes', () => {
   test('a commit notice: the messages it carries are remembered before the ones it says changed are forgotten (a message changed in the batch that stored it is dropped), and what is not a message is left out', () => {
     const calls: unknown[] = []
@@ -857,15 +871,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
   test('history\'s last seq: the known tail without a store query once the link has been up longer than a tail is kept; the store otherwise', async () => {
     let handler: ((notice: Record<string, unknown>) => void) | undefined
     const bus = { on: (_topic: string, h: typeof handler) => { handler = h }, publish: () => {} } as unknown as ClusterBus
-    const inner = new MemoryMessageStore()
-    const calls: string[] = []
-    const store = new Proxy(inner, {
-      get (target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver) as unknown
-        if (typeof v !== 'function') return v
-        return (...args: unknown[]) => { calls.push(String(prop)); return (v as (...a: unknown[]) => unknown).apply(target, args) }
-      }
-    })
+    const { inner, calls, store } = countingStore()
     // the store holds seqs 1-7 of c (written by "another node"); this node was told of 5 only
     await inner.insertBatch(Array.from({ length: 7 }, (_, i) => ({ conversationId: 'c', seq: i + 1, senderId: 'u', clientMsgId: `m${i}`, kind: 'text' as const, body: 'x', ts: 1, replyTo: null })))
     let now = 1_000_000
@@ -911,15 +917,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
   })
 
   test('a known tail is looked past (latestPast), never re-read from the head; an unknown one is read (latest)', async () => {
-    const inner = new MemoryMessageStore()
-    const calls: string[] = []
-    const store = new Proxy(inner, {
-      get (target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver) as unknown
-        if (typeof v !== 'function') return v
-        return (...args: unknown[]) => { calls.push(String(prop)); return (v as (...a: unknown[]) => unknown).apply(target, args) }
-      }
-    })
+    const { calls, store } = countingStore()
     // a bus that carries nothing: this node never hears of the other's writes
     const deaf = { on: () => {}, publish: () => {} } as unknown as ClusterBus
     const make = (): Sequencer => new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: deaf })
