@@ -70,6 +70,8 @@ export class UsersElsewhere {
   private timer: NodeJS.Timeout | null = null
   private lastAnswer = 0
   private closed = false
+  /** When this node last sent its list (by `now`). */
+  private lastList = 0
 
   constructor (
     private readonly bus: Pick<ClusterBus, 'clustered' | 'on' | 'publish'>,
@@ -85,11 +87,7 @@ export class UsersElsewhere {
     this.timer.unref()
   }
 
-  /** When this node last sent its list (by `now`). */
-  private lastList = 0
-
-  /** Every second at most: the periodic list, or the list at once after the link came back. */
-  /** (run by the timer; public for tests) */
+  /** Every second at most (the timer; public for tests): the periodic list, or the list at once after the link came back. */
   check (): void {
     const link = this.opts.linkSince?.() ?? this.startedAt
     if (this.now() - this.lastList >= this.opts.periodMs || (Number.isFinite(link) && link > this.lastList)) this.tick()
