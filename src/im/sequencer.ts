@@ -423,10 +423,21 @@ export class Sequencer {
    * second, each a FerretDB query that waited behind the inserts.
    */
   async lastSeqForSync (conversationId: string): Promise<number> {
+    return this.syncTail(conversationId)?.seq ?? await this.lastSeqFor(conversationId)
+  }
+
+  /**
+   * The tail a reader that syncs (history's lastSeq, list) is answered with without a store query,
+   * if there is one: on one node the tail this process knows (every write goes through it); in a
+   * cluster the one it knows once it has heard the other nodes without a break for longer than a
+   * tail is kept, as lastSeqForSync argues, and no fan-out mark past it has arrived (noteMarked).
+   */
+  syncTail (conversationId: string): Tail | undefined {
     const known = this.tails.get(conversationId)
-    if (known !== undefined && this.opts.peers != null && known.seq >= (this.markedPast.get(conversationId) ?? 0) &&
-      this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > TAIL_TTL_MS) return known.seq
-    return await this.lastSeqFor(conversationId)
+    if (known === undefined || this.opts.peers == null) return known
+    return known.seq >= (this.markedPast.get(conversationId) ?? 0) && this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > TAIL_TTL_MS
+      ? known
+      : undefined
   }
 
   /**

@@ -881,6 +881,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     calls.length = 0
     // a link younger than a tail is kept: the store is asked, past the known tail
     now += 60_000
+    expect(seq.syncTail('c')).toBeUndefined()
     expect(await seq.lastSeqForSync('c')).toBe(7)
     expect(calls).toEqual(['latestPast'])
     // (the store's answer is kept); told of 8, which the store does not have (a notice that came first)
@@ -888,12 +889,14 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     calls.length = 0
     now += 1
     expect(await seq.lastSeqForSync('c')).toBe(8)
+    expect(seq.syncTail('c')).toEqual({ seq: 8, count: 8, lastReal: 8 }) // (what list answers with)
     expect(calls).toEqual([])
     // the subscriber is down, or came back less than a minute ago: the store again
     since = Number.POSITIVE_INFINITY
     expect(await seq.lastSeqForSync('c')).toBe(8)
     since = now - 59_000
     expect(await seq.lastSeqForSync('c')).toBe(8)
+    expect(seq.syncTail('c')).toBeUndefined()
     expect(calls).toEqual(['latestPast', 'latestPast'])
     // a fan-out past the known tail (its notice did not come first): the store until a tail that high is known
     calls.length = 0
@@ -903,6 +906,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     expect(calls).toEqual([])
     await inner.insertBatch([9, 10].map(n => ({ conversationId: 'c', seq: n, senderId: 'u', clientMsgId: `m${n}`, kind: 'text' as const, body: 'x', ts: 1, replyTo: null })))
     seq.noteMarked('c', 10)
+    expect(seq.syncTail('c')).toBeUndefined()
     expect(await seq.lastSeqForSync('c')).toBe(10)
     expect(calls).toEqual(['latestPast'])
     expect(await seq.lastSeqForSync('c')).toBe(10) // (the store's answer is kept: 10 known)
@@ -912,6 +916,18 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     calls.length = 0
     since = 0
     expect(await seq.lastSeqForSync('unknown')).toBe(0)
+    expect(calls).toEqual(['latest'])
+    void seq.close()
+  })
+
+  test('one node: the tail a syncing reader gets without a store query is the one this process knows (it writes every message)', async () => {
+    const { calls, store } = countingStore()
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent') })
+    expect(seq.syncTail('c')).toBeUndefined() // never seen: list reads its head record
+    seq.created('c')
+    expect(seq.syncTail('c')).toEqual({ seq: 0, count: 0, lastReal: 0 })
+    expect(await seq.lastSeqForSync('c')).toBe(0)
+    expect(await seq.lastSeqForSync('other')).toBe(0) // unknown: the store
     expect(calls).toEqual(['latest'])
     void seq.close()
   })

@@ -3,15 +3,16 @@
  * now: edited, deleted, reactions), readSeq, unread count (real messages only) and muted
  * flag, one page at a time in conversation-id order (a stable order: a page boundary does not
  * move when new messages arrive, as it would in recency order; clients sort by last.ts).
- * Steps: my memberships of the page -> their conversations and head records (latest messages),
- * each in one batched store call, whatever the page size (and in a cluster, one more for the
- * previews of heads that lag what another node stored).
+ * Steps: my memberships of the page -> their conversations and the head records (latest messages)
+ * of those whose tail this node does not know (headsNotKnown), each in one batched store call,
+ * whatever the page size -> one more for the previews of the others and of heads that lag what
+ * another node stored (read by key: recent ones from the store's memory).
  */
 import type { ConversationSummary, RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
 import { RawJsonArray } from '../../protocol/raw-json.js'
 import { countWithin } from './pages.js'
-import { unreadMany, withTails } from '../unread.js'
+import { headsNotKnown, unreadMany, withTails } from '../unread.js'
 
 export interface ListResult {
   /** The summaries, each serialized with its preview's envelope bytes (see im/envelopes.ts). */
@@ -27,7 +28,7 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const page = await services.meta.memberPageByUser(caller.userId, { after: req.cursor ?? null, limit: limit + 1 })
   const memberships = page.slice(0, limit)
   const ids = memberships.map(m => m.conversationId)
-  const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), services.messages.latestMany(ids), services.meta.mentionCountMany(caller.userId, ids)])
+  const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), headsNotKnown(services, ids), services.meta.mentionCountMany(caller.userId, ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
   const shown = await withTails(services, memberships.flatMap(m => {
     const conversation = byId.get(m.conversationId)
@@ -35,9 +36,10 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
     const head = latest.get(m.conversationId)
     return [{ m, conversation, conversationId: m.conversationId, headLatest: head?.latest ?? null, preview: head?.preview ?? null }]
   }))
-  // In a cluster a head record may lag what another node stored (heads are written lazily, see the
-  // message store): when this node's sequencer knows of later entries, the preview is read by key
-  // (the latest real message with every change applied), all of them in one store call.
+  // A conversation whose tail this node knows has no head record read here; in a cluster a head
+  // record may lag what another node stored (heads are written lazily, see the message store). When
+  // this node's sequencer knows of later entries, the preview is read by key (the latest real
+  // message with every change applied), all of them in one store call.
   const lagging = shown.filter(s => s.tail.seq > (s.headLatest?.seq ?? 0) && s.tail.lastReal > 0)
   if (lagging.length > 0) {
     const read = new Map((await services.messages.getMany(lagging.map(s => ({ conversationId: s.m.conversationId, seq: s.tail.lastReal })))).map(msg => [msg.conversationId, msg]))
