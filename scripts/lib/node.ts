@@ -118,6 +118,7 @@ export class MqimNode {
       resolve()
     }))
     const logFile = this.opts.logFile
+    if (logFile !== undefined) mkdirSync(path.dirname(logFile), { recursive: true })
     const keep = (chunk: Buffer | string): void => {
       this.output = (this.output + chunk.toString()).slice(-20_000)
       if (logFile !== undefined) appendFileSync(logFile, chunk)

@@ -148,7 +148,8 @@ export async function runCleanups (): Promise<void> {
 
 /**
  * SIGINT/SIGTERM/SIGHUP: SIGTERM to every child, SIGKILL after 1.5 s to those still running, the
- * cleanups, exit status 130. For scripts only: inside jest, the test's afterAll cleans up.
+ * cleanups, exit status 130; an uncaught exception: the children killed, the cleanups, exit status
+ * 1. For scripts only: inside jest, the test's afterAll cleans up.
  */
 export function installSignalHandlers (name: string): void {
   if (signalHandlers) return
@@ -164,4 +165,10 @@ export function installSignalHandlers (name: string): void {
       })().finally(() => process.exit(130))
     })
   }
+  // a throw nothing catches (an event handler's) would end the process without the cleanups,
+  // leaving the services it started running
+  process.once('uncaughtException', (err) => {
+    process.stderr.write(`\n${name}: uncaught exception, stopping every child process and cleaning up: ${err.stack ?? String(err)}\n`)
+    void runCleanups().finally(() => process.exit(1))
+  })
 }

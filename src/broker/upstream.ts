@@ -145,6 +145,13 @@ function uncork (stream: NodeJS.WritableStream & { uncork: () => void }): void {
   stream.uncork()
 }
 
+/** Options of an MQTT 3.1 or 3.1.1 writer (mqtt.js passes its client's): no MQTT 5 fields. */
+function isMqtt3 (opts: unknown): boolean {
+  if (typeof opts !== 'object' || opts === null) return false
+  const version = (opts as { protocolVersion?: unknown }).protocolVersion
+  return version === undefined || version === 3 || version === 4
+}
+
 /** An MQTT packet identifier (two bytes). */
 function isPacketId (id: unknown): id is number {
   return Number.isInteger(id) && (id as number) >= 0 && (id as number) <= 0xffff
@@ -204,14 +211,16 @@ export function wholePacket (packet: { cmd?: unknown, properties?: unknown, topi
  * 18. mqtt-packet's writeToStream, as Aedes calls it (no options: MQTT 3.1.1), writes a PUBLISH or
  * PUBACK in one buffer, corking the stream until the next tick as writeToStream does (packets
  * written in the same tick still leave together); everything else goes to mqtt-packet. The module
- * export is replaced (Aedes looks it up at each write), once per process.
+ * export is replaced (Aedes looks it up at each write, and so does mqtt.js, which passes its
+ * options: those of MQTT 3.1 and 3.1.1, whose PUBLISH and PUBACK are the same, are written whole
+ * too), once per process.
  */
 export function wholePacketWrites (): void {
   const target = mqttPacket as unknown as { writeToStream: PacketWriter & { [wholeWriter]?: true } }
   if (target.writeToStream[wholeWriter] === true) return
   const original = target.writeToStream
   const write: PacketWriter & { [wholeWriter]?: true } = (packet, stream, opts) => {
-    const bytes = opts === undefined ? wholePacket(packet) : null
+    const bytes = opts === undefined || isMqtt3(opts) ? wholePacket(packet) : null
     if (bytes === null) return original(packet, stream, opts)
     const corkable = stream as NodeJS.WritableStream & { cork?: () => void, uncork: () => void }
     if (typeof corkable.cork === 'function') {

@@ -647,7 +647,7 @@ describe('mqtt-packet 9.0.2: writeToStream writes a packet in several stream wri
     for (const packet of left) expect(wholePacket(packet)).toBeNull()
   })
 
-  test('workaround: installed once, the broker\'s PUBLISH and PUBACK leave in one write each, corked until the next tick; the rest as before', async () => {
+  test('workaround: installed once, the broker\'s (and an MQTT 3.1.1 client\'s) PUBLISH and PUBACK leave in one write each, corked until the next tick; the rest as before', async () => {
     wholePacketWrites()
     const installed = mqttPacket.writeToStream
     wholePacketWrites()
@@ -662,11 +662,22 @@ describe('mqtt-packet 9.0.2: writeToStream writes a packet in several stream wri
     expect(a.stream.writableCorked).toBe(2)
     await new Promise(resolve => process.nextTick(resolve))
     expect(a.stream.writableCorked).toBe(0)
-    // with options (an MQTT 5 writer such as mqtt.js) or another packet: mqtt-packet's writes
+    // a client's options (mqtt.js passes its own) of MQTT 3.1.1 or 3.1: whole too
+    for (const opts of [{ protocolVersion: 4, clean: true }, { protocolVersion: 3 }, {}]) {
+      const m = recorder()
+      writeToStream(publish, m.stream, opts)
+      expect(m.writes.map(w => w.length)).toEqual([mqttPacket.generate(publish).length])
+    }
+    // MQTT 5 options, options that are not an object, or another packet: mqtt-packet's writes
+    for (const opts of [{ protocolVersion: 5 }, 'v4' as unknown as object]) {
+      const m = recorder()
+      writeToStream(publish, m.stream, opts)
+      expect(m.writes.length).toBeGreaterThanOrEqual(6) // (MQTT 5: seven, with the properties' length)
+    }
     const b = recorder()
-    writeToStream(publish, b.stream, { protocolVersion: 4 })
     writeToStream({ cmd: 'pingresp' }, b.stream)
-    expect(b.writes.length).toBe(6 + 1)
+    expect(b.writes.length).toBe(1)
+    expect(Buffer.concat(b.writes).equals(mqttPacket.generate({ cmd: 'pingresp' }))).toBe(true)
     // an invalid packet still fails as mqtt-packet fails it (the stream is destroyed)
     const c = recorder()
     c.stream.on('error', () => {})
