@@ -288,6 +288,50 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     await conn.flushdb()
     conn.disconnect()
   })
+
+  /** Counts the acknowledgement scripts sent (their sizes), or fails them with `fail`. */
+  function watchAckScripts (conn: Redis): { sizes: number[], fail: (err: Error | null) => void } {
+    const target = conn as unknown as { mqimAcks: (...args: unknown[]) => Promise<number> }
+    const original = target.mqimAcks.bind(conn)
+    const sizes: number[] = []
+    let failure: Error | null = null
+    target.mqimAcks = async (...args) => {
+      sizes.push((args[0] as number) / 3)
+      if (failure !== null) throw failure
+      return await original(...args)
+    }
+    return { sizes, fail: (err) => { failure = err } }
+  }
+
+  test('workaround: the acknowledgements of one turn of the event loop are released by one script; each settles with it, a failure fails all of its batch', async () => {
+    const { conn, store } = await patchedStore(21, 4096)
+    const scripts = watchAckScripts(conn)
+    const clients = ['u:a', 'u:b', 'u:c'].map(id => ({ id }))
+    for (const [n, client] of clients.entries()) {
+      for (const i of [1, 2, 3]) {
+        await store.outgoingEnqueueCombi([{ clientId: client.id, topic: 'im/u/a/m', qos: 1 }], packet(10 * n + i))
+        await store.outgoingUpdate(client, { ...packet(10 * n + i), messageId: i })
+      }
+    }
+    // six in one turn: one script, and each released
+    await Promise.all(clients.flatMap(client => [1, 2].map(async i => await store.outgoingClearMessageId(client, { messageId: i }))))
+    expect(scripts.sizes).toEqual([6])
+    for (const [n, client] of clients.entries()) expect(await conn.lrange(redisQueueKey(client.id), 0, -1)).toEqual([redisPacketKey('b1', 10 * n + 3)])
+    expect((await conn.keys('packet:*')).filter(k => !k.endsWith(':offlineCount')).sort()).toEqual([3, 13, 23].map(c => redisPacketKey('b1', c)).sort())
+    // a failing script rejects every acknowledgement of its batch (Aedes then errors those clients)
+    scripts.fail(new Error('redis went away'))
+    const settled = await Promise.allSettled(clients.map(async client => await store.outgoingClearMessageId(client, { messageId: 3 })))
+    expect(settled.map(r => r.status)).toEqual(['rejected', 'rejected', 'rejected'])
+    expect(scripts.sizes).toEqual([6, 3])
+    // more than a script takes in one turn: several scripts, every one settled
+    scripts.fail(null)
+    const many = { id: 'u:many' }
+    for (let i = 1; i <= 2500; i++) await store.outgoingUpdate(many, { ...packet(1000 + i), messageId: i % 65536 })
+    await Promise.all(Array.from({ length: 2500 }, async (_, i) => await store.outgoingClearMessageId(many, { messageId: (i + 1) % 65536 })))
+    expect(scripts.sizes).toEqual([6, 3, 1000, 1000, 500])
+    await conn.flushdb()
+    conn.disconnect()
+  })
 })
 
 describe('mqemitter-redis 7.2.1: a message on its channels that is not one of its own kills the process (workaround 16)', () => {
