@@ -108,7 +108,7 @@ export class MqimServer {
     // 1. stores: connect, migrate / ensure indexes (timed for the metrics)
     const metrics = new Metrics(config.metrics)
     const meta = metrics.instrumentStore(options.stores?.meta ?? createMetadataStore(config.metadataStore), 'meta')
-    const messages = metrics.instrumentStore(options.stores?.messages ?? createMessageStore(config.messageStore, logger), 'messages')
+    const messages = metrics.instrumentStore(options.stores?.messages ?? createMessageStore(config.messageStore, logger, { clustered }), 'messages')
     if (options.stores === undefined) {
       await initStore('metadataStore', config.metadataStore.adapter, () => meta.init())
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())

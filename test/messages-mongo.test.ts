@@ -305,9 +305,9 @@ describe('MongoMessageStore specifics', () => {
     })
 
     /** Two stores (two nodes); b's `find` filters are logged (its pool made with command monitoring on). */
-    async function twoNodes (rememberMs?: number): Promise<{ a: MongoMessageStore, b: MongoMessageStore, finds: string[] }> {
+    async function twoNodes (rememberMs?: number, clustered?: boolean): Promise<{ a: MongoMessageStore, b: MongoMessageStore, finds: string[] }> {
       const a = new MongoMessageStore({ url, database: dbName })
-      const b = new MongoMessageStore({ url, database: dbName, ...(rememberMs === undefined ? {} : { rememberMs }) })
+      const b = new MongoMessageStore({ url, database: dbName, ...(rememberMs === undefined ? {} : { rememberMs }), ...(clustered === undefined ? {} : { clustered }) })
       const finds: string[] = []
       const client = (b as unknown as { client: MongoClient }).client
       client.options.monitorCommands = true // before init(): the pool's connections take it from here
@@ -364,6 +364,34 @@ describe('MongoMessageStore specifics', () => {
         expect(finds).toEqual([JSON.stringify({ _id: 't1:1' })])
       } finally {
         await Promise.all([a.close(), b.close()])
+      }
+    })
+
+    it('clustered: what this node stored or read is served for rememberMs at most too (another node\'s change whose notice was lost); one node keeps it', async () => {
+      for (const clustered of [true, false]) {
+        const conv = clustered ? 'k1' : 'k2'
+        const { a, b, finds } = await twoNodes(300, clustered)
+        try {
+          // b stores 1, and reads 2, which a stored; then a edits both, and b misses the notices
+          await b.insertBatch([msg(conv, 1)])
+          await a.insertBatch([msg(conv, 2)])
+          expect((await b.getMany([{ conversationId: conv, seq: 2 }])).map(m => m.body)).toEqual(['body 2'])
+          for (const [seq, target] of [[3, 1], [4, 2]] as const) {
+            const edit = msg(conv, seq, { kind: 'edit', body: `edited ${target}`, target, lastReal: 2, count: 2 })
+            await a.insertBatch([edit])
+            await a.applyChange(edit)
+          }
+          finds.length = 0
+          const now = await b.getMany([1, 2].map(seq => ({ conversationId: conv, seq })))
+          expect(now.map(m => m.changes?.edited?.body)).toEqual([undefined, undefined]) // served from memory
+          expect(finds).toEqual([])
+          await new Promise(resolve => setTimeout(resolve, 400))
+          const later = (await b.getMany([1, 2].map(seq => ({ conversationId: conv, seq })))).sort((x, y) => x.seq - y.seq)
+          expect(later.map(m => m.changes?.edited?.body)).toEqual(clustered ? ['edited 1', 'edited 2'] : [undefined, undefined])
+          expect(finds.length).toBe(clustered ? 2 : 0)
+        } finally {
+          await Promise.all([a.close(), b.close()])
+        }
       }
     })
 

@@ -13,7 +13,7 @@ import { redisUrl } from './helpers/db.js'
 import { waitUntil } from '../scripts/lib/procs.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import msgpack from 'msgpack-lite'
-import { boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
+import { acksPerScript, boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -185,7 +185,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn, { perConnection: 1024 }) : base) as Store
+    const store = (patch ? leanRedisAcks(boundRedisQueues(base, conn, { max: 21, ttlSeconds: 60 }), conn, { perConnection: 1024, queueMax: 21 }) : base) as Store
     const client = { id: 'u:a' }
     const acks: unknown[] = []
     for (const i of [1, 2, 3]) await store.outgoingEnqueueCombi([{ clientId: 'u:a', topic: 'im/u/a/m', qos: 1 }], packet(i))
@@ -236,7 +236,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn, { perConnection }) as Store }
+    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn, { perConnection, queueMax: max }) as Store }
   }
 
   test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
@@ -329,6 +329,8 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     for (let i = 1; i <= 2500; i++) await store.outgoingUpdate(many, { ...packet(1000 + i), messageId: i % 65536 })
     await Promise.all(Array.from({ length: 2500 }, async (_, i) => await store.outgoingClearMessageId(many, { messageId: (i + 1) % 65536 })))
     expect(scripts.sizes).toEqual([6, 3, 1000, 1000, 500])
+    // a script walks about a million queue entries at most: fewer acknowledgements per script for longer queues
+    expect([1, 21, 100, 1000, 10_000, 100_000, 10_000_000].map(acksPerScript)).toEqual([1000, 1000, 1000, 1000, 100, 16, 16])
     await conn.flushdb()
     conn.disconnect()
   })

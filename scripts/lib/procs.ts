@@ -167,8 +167,14 @@ export function installSignalHandlers (name: string): void {
   }
   // a throw nothing catches (an event handler's) would end the process without the cleanups,
   // leaving the services it started running
-  process.once('uncaughtException', (err) => {
-    process.stderr.write(`\n${name}: uncaught exception, stopping every child process and cleaning up: ${err.stack ?? String(err)}\n`)
+  let uncaught = false
+  process.on('uncaughtException', (err: unknown) => {
+    process.exitCode = 1
+    process.stderr.write(`\n${name}: uncaught exception${uncaught ? ' during the clean-up' : ', stopping every child process and cleaning up'}: ${String((err as { stack?: unknown } | null)?.stack ?? err)}\n`)
+    if (uncaught) return
+    uncaught = true
+    // a clean-up that hangs does not keep the process: it ends within 30 s whatever happens
+    setTimeout(() => process.exit(1), 30_000).unref()
     void runCleanups().finally(() => process.exit(1))
   })
 }

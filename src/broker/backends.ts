@@ -99,7 +99,7 @@ export function createBrokerBackends (
   const clock = startClockCheck(redis, logger)
   return {
     persistence: recordQueueReplays(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery) }),
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery), queueMax: config.maxSessionDelivery }),
       config.maxSessionDelivery + 1),
     mq,
     redis,

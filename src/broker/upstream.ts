@@ -230,6 +230,11 @@ export function wholePacketWrites (): void {
     return stream.write(bytes)
   }
   write[wholeWriter] = true
+  // mqtt.js sets writeToStream.cacheNumbers (its writeCache option): mqtt-packet's own writer reads it
+  Object.defineProperty(write, 'cacheNumbers', {
+    get: () => (original as unknown as { cacheNumbers: boolean }).cacheNumbers,
+    set: (value: boolean) => { (original as unknown as { cacheNumbers: boolean }).cacheNumbers = value }
+  })
   target.writeToStream = write
 }
 
@@ -869,8 +874,14 @@ function scripted (conn: Redis): ScriptedRedis {
   return conn as ScriptedRedis
 }
 
-/** Acknowledgements released by one script at most (a bigger batch goes in several). */
-const ACKS_PER_SCRIPT = 1000
+/**
+ * Acknowledgements released by one script at most (a bigger batch goes in several): each LREM
+ * walks its queue, up to `max` entries, and a script holds Redis for all of them, so a script
+ * walks about a million entries at most, whatever the queues' bound.
+ */
+export function acksPerScript (queueMax: number): number {
+  return Math.max(16, Math.min(1000, Math.floor(1_000_000 / Math.max(1, queueMax))))
+}
 
 /** Keys of one enqueue script at most (outgoingEnqueueMany sends more in several). */
 const ENQUEUE_KEYS_PER_SCRIPT = 4096
@@ -940,7 +951,7 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number }): T {
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number }): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)
@@ -970,13 +981,18 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   // sockets) are released by one script, after it: each with its own command cost the node more
   // than the release itself (a cluster soak sends ~1,000 a second). A failure fails the batch's.
   let batch: Array<{ keys: [string, string, string], settle: (err?: unknown) => void }> = []
+  const perScript = acksPerScript(opts.queueMax)
   const release = (): void => {
     const taken = batch
     batch = []
-    for (let start = 0; start < taken.length; start += ACKS_PER_SCRIPT) {
-      const chunk = taken.slice(start, start + ACKS_PER_SCRIPT)
-      redis.mqimAcks(chunk.length * 3, ...chunk.flatMap(a => a.keys))
-        .then(() => { for (const a of chunk) a.settle() }, (err: unknown) => { for (const a of chunk) a.settle(err ?? new Error('acknowledgement failed')) })
+    for (let start = 0; start < taken.length; start += perScript) {
+      const chunk = taken.slice(start, start + perScript)
+      const failed = (err: unknown): void => { for (const a of chunk) a.settle(err ?? new Error('acknowledgement failed')) }
+      try {
+        redis.mqimAcks(chunk.length * 3, ...chunk.flatMap(a => a.keys)).then(() => { for (const a of chunk) a.settle() }, failed)
+      } catch (err) {
+        failed(err)
+      }
     }
   }
   store.outgoingClearMessageId = async (client, packet) => {

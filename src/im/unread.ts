@@ -14,10 +14,12 @@ import { forEachLimited } from '../store/limited.js'
  * that is more (a head lags what another node stored by up to the store's headLagMs, and after a
  * crash between the two writes until lastSeq repairs it).
  */
-export function tailNow (services: Services, conversationId: string, headLatest: StoredMessage | null): Tail {
-  const stored = tailOf(headLatest)
-  const known = services.sequencer.lowerTail(conversationId)
-  return known !== undefined && known.seq > stored.seq ? known : stored
+export function tailNow (services: Services, conversationId: string, headLatest: StoredMessage | null, taken?: Tail): Tail {
+  let tail = tailOf(headLatest)
+  // `taken`: the tail headsNotKnown found (no head record was read for it), in case this node
+  // has dropped it since (a failed write drops a conversation's tail until it is read again)
+  for (const t of [services.sequencer.lowerTail(conversationId), taken]) if (t !== undefined && t.seq > tail.seq) tail = t
+  return tail
 }
 
 /**
@@ -27,9 +29,14 @@ export function tailNow (services: Services, conversationId: string, headLatest:
  * (list reads it by key with the previews of lagging heads). This took the head reads off `list` in
  * the cluster soak: ~60 of FerretDB's ~135 requests a second, each a primary-key read.
  */
-export async function headsNotKnown (services: Services, conversationIds: readonly string[]): Promise<Map<string, ConversationHead>> {
-  const unknown = conversationIds.filter(c => services.sequencer.syncTail(c) === undefined)
-  return unknown.length === 0 ? new Map() : await services.messages.latestMany(unknown)
+export async function headsNotKnown (services: Services, conversationIds: readonly string[]): Promise<{ heads: Map<string, ConversationHead>, known: Map<string, Tail> }> {
+  const known = new Map<string, Tail>()
+  for (const c of conversationIds) {
+    const tail = services.sequencer.syncTail(c)
+    if (tail !== undefined) known.set(c, tail)
+  }
+  const unknown = conversationIds.filter(c => !known.has(c))
+  return { heads: unknown.length === 0 ? new Map() : await services.messages.latestMany(unknown), known }
 }
 
 /** Tails read from the store at a time by withTails. */
@@ -41,8 +48,8 @@ const EXACT_TAILS_CONCURRENCY = 16
  * just came back), each tail is read from the store instead, exactly (sequencer.tailFor: past the
  * tail it knows, else the head and past it), EXACT_TAILS_CONCURRENCY at a time.
  */
-export async function withTails<T extends { conversationId: string, headLatest: StoredMessage | null }> (services: Services, items: readonly T[]): Promise<Array<T & { tail: Tail }>> {
-  const out = items.map(item => ({ ...item, tail: tailNow(services, item.conversationId, item.headLatest) }))
+export async function withTails<T extends { conversationId: string, headLatest: StoredMessage | null, taken?: Tail }> (services: Services, items: readonly T[]): Promise<Array<T & { tail: Tail }>> {
+  const out = items.map(item => ({ ...item, tail: tailNow(services, item.conversationId, item.headLatest, item.taken) }))
   if (services.sequencer.tailsComplete()) return out
   await forEachLimited(out, EXACT_TAILS_CONCURRENCY, async (item) => {
     const exact = await services.sequencer.tailFor(item.conversationId)
@@ -97,9 +104,9 @@ export async function totalUnread (services: Services, userId: string, maxConver
     const limit = Math.min(left, services.config.limits.listPageMax)
     const page = await services.meta.memberPageByUser(userId, { after, limit })
     const counted = page.filter(m => !m.muted)
-    const heads = await headsNotKnown(services, counted.map(m => m.conversationId))
+    const { heads, known } = await headsNotKnown(services, counted.map(m => m.conversationId))
     // a badge: the head records raised to what this node knows, without reading tails from the store
-    const items = counted.map(m => ({ conversationId: m.conversationId, tail: tailNow(services, m.conversationId, heads.get(m.conversationId)?.latest ?? null), readSeq: m.readSeq }))
+    const items = counted.map(m => ({ conversationId: m.conversationId, tail: tailNow(services, m.conversationId, heads.get(m.conversationId)?.latest ?? null, known.get(m.conversationId)), readSeq: m.readSeq }))
     for (const n of await unreadMany(services, items)) total += n
     if (page.length < limit) break
     left -= page.length

@@ -7,12 +7,13 @@ import { MongoMessageStore } from './messages-mongo.js'
 import { MemoryMetadataStore } from './metadata-memory.js'
 import { MySqlMetadataStore } from './metadata-mysql.js'
 
-export function createMessageStore (config: Config['messageStore'], logger?: Logger): MessageStore {
+export function createMessageStore (config: Config['messageStore'], logger?: Logger, opts: { clustered?: boolean } = {}): MessageStore {
   switch (config.adapter) {
     case 'memory': return new MemoryMessageStore()
     case 'mongodb': return new MongoMessageStore({
       url: config.url,
       database: config.database,
+      clustered: opts.clustered,
       onChangeUnverified: (change, err) => logger?.error({ conv: change.conversationId, seq: change.seq, target: change.target, err }, 'mongodb: a change to a message could not be verified (FerretDB loses concurrent updates); the message may not show it'),
       onClientReplaced: (ms) => logger?.warn({ failingForMs: ms }, 'mongodb client replaced: it had not reached the server for a while, although the server answers new connections'),
       onMigrated: (info) => logger?.warn(info, info.skipped === 0

@@ -102,6 +102,13 @@ export interface MongoMessageStoreOptions {
   onMigrated?: (info: { messages: number, conversations: number, skipped: number }) => void
   /** How long a copy of another node's message (remember) is kept. Default REMEMBER_MS. */
   rememberMs?: number
+  /**
+   * Other processes write this database (a cluster): every cached message document is served for
+   * rememberMs at most, not only those remembered from notices. Another node's change to a message
+   * reaches this cache only through its notice (`forget`); one that is lost (the notice could not
+   * be published) leaves a stale copy that long at most, in `history` pages and `list` previews.
+   */
+  clustered?: boolean
   /** How long a conversation's head may wait to be written (see noteHeads). Default HEAD_MAX_WAIT_MS. */
   headMaxWaitMs?: number
 }
@@ -1212,11 +1219,17 @@ export class MongoMessageStore implements MessageStore {
 
   /** Stored documents: kept (recentDocs) and their heads noted. */
   private noteStored (docs: readonly MessageDoc[]): void {
-    for (const doc of docs) this.recentDocs.set(doc._id, doc)
+    const cached = this.cachedDoc
+    for (const doc of docs) this.recentDocs.set(doc._id, doc, cached)
     this.noteHeads(docs)
   }
 
   /** Documents by primary key, in no order; absent ids are left out. */
+  /** Options of recentDocs.set for documents stored or read here (see MongoMessageStoreOptions.clustered). */
+  private get cachedDoc (): { ttl?: number } {
+    return this.options.clustered === true ? { ttl: this.options.rememberMs ?? REMEMBER_MS } : {}
+  }
+
   private async byIds (ids: readonly string[]): Promise<MessageDoc[]> {
     const started = this.forgetClock
     const found: MessageDoc[] = []
@@ -1228,7 +1241,8 @@ export class MongoMessageStore implements MessageStore {
     }
     if (missing.length === 0) return found
     const read = await this.findByKeys(this.messages, missing)
-    for (const doc of read) if (!this.forgottenSince(doc._id, started)) this.recentDocs.set(doc._id, doc)
+    const cached = this.cachedDoc
+    for (const doc of read) if (!this.forgottenSince(doc._id, started)) this.recentDocs.set(doc._id, doc, cached)
     return found.concat(read)
   }
 

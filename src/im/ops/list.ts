@@ -28,13 +28,13 @@ export async function list (caller: Caller, req: RequestOf<'list'>, services: Se
   const page = await services.meta.memberPageByUser(caller.userId, { after: req.cursor ?? null, limit: limit + 1 })
   const memberships = page.slice(0, limit)
   const ids = memberships.map(m => m.conversationId)
-  const [conversations, latest, mentions] = await Promise.all([services.meta.conversationGetMany(ids), headsNotKnown(services, ids), services.meta.mentionCountMany(caller.userId, ids)])
+  const [conversations, { heads: latest, known }, mentions] = await Promise.all([services.meta.conversationGetMany(ids), headsNotKnown(services, ids), services.meta.mentionCountMany(caller.userId, ids)])
   const byId = new Map(conversations.map(c => [c.id, c]))
   const shown = await withTails(services, memberships.flatMap(m => {
     const conversation = byId.get(m.conversationId)
     if (conversation === undefined) return []
     const head = latest.get(m.conversationId)
-    return [{ m, conversation, conversationId: m.conversationId, headLatest: head?.latest ?? null, preview: head?.preview ?? null }]
+    return [{ m, conversation, conversationId: m.conversationId, headLatest: head?.latest ?? null, taken: known.get(m.conversationId), preview: head?.preview ?? null }]
   }))
   // A conversation whose tail this node knows has no head record read here; in a cluster a head
   // record may lag what another node stored (heads are written lazily, see the message store). When
