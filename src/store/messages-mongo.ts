@@ -487,6 +487,8 @@ export class MongoMessageStore implements MessageStore {
   private healed = false
   /** The start-up check of the heads (healHeads), while it runs. */
   private healing: Promise<void> | null = null
+  /** Options of recentDocs.set for documents stored or read here (see MongoMessageStoreOptions.clustered). */
+  private readonly cachedDoc: { ttl?: number }
   /** `_id` -> a stored message document (see RECENT_DOC_BYTES). */
   private readonly recentDocs = new LRUCache<string, MessageDoc>({
     maxSize: RECENT_DOC_BYTES,
@@ -518,6 +520,7 @@ export class MongoMessageStore implements MessageStore {
 
   constructor (private readonly options: MongoMessageStoreOptions) {
     this.headMaxWaitMs = options.headMaxWaitMs ?? HEAD_MAX_WAIT_MS
+    this.cachedDoc = options.clustered === true ? { ttl: options.rememberMs ?? REMEMBER_MS } : {}
     this.headLagMs = this.headMaxWaitMs + HEAD_WRITE_MARGIN_MS
     this.newClient()
   }
@@ -1219,17 +1222,11 @@ export class MongoMessageStore implements MessageStore {
 
   /** Stored documents: kept (recentDocs) and their heads noted. */
   private noteStored (docs: readonly MessageDoc[]): void {
-    const cached = this.cachedDoc
-    for (const doc of docs) this.recentDocs.set(doc._id, doc, cached)
+    for (const doc of docs) this.recentDocs.set(doc._id, doc, this.cachedDoc)
     this.noteHeads(docs)
   }
 
   /** Documents by primary key, in no order; absent ids are left out. */
-  /** Options of recentDocs.set for documents stored or read here (see MongoMessageStoreOptions.clustered). */
-  private get cachedDoc (): { ttl?: number } {
-    return this.options.clustered === true ? { ttl: this.options.rememberMs ?? REMEMBER_MS } : {}
-  }
-
   private async byIds (ids: readonly string[]): Promise<MessageDoc[]> {
     const started = this.forgetClock
     const found: MessageDoc[] = []
@@ -1241,8 +1238,7 @@ export class MongoMessageStore implements MessageStore {
     }
     if (missing.length === 0) return found
     const read = await this.findByKeys(this.messages, missing)
-    const cached = this.cachedDoc
-    for (const doc of read) if (!this.forgottenSince(doc._id, started)) this.recentDocs.set(doc._id, doc, cached)
+    for (const doc of read) if (!this.forgottenSince(doc._id, started)) this.recentDocs.set(doc._id, doc, this.cachedDoc)
     return found.concat(read)
   }
 
