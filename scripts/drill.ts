@@ -26,7 +26,7 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { describeCrash, describeOutage, OutageDrill, runCrashDrill } from './lib/drills.js'
 import { intOption, oneOf, positiveNumber } from './lib/cli.js'
-import { installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
+import { exitStatus, installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
 import { installServices, servicesFromEnv, startServices, stopServices, SERVICE_NAMES, type ServiceName, type ServiceUrls } from './lib/services.js'
 import { finalLine } from './lib/verify.js'
 
@@ -173,4 +173,4 @@ try {
 } finally {
   await runCleanups()
 }
-process.exit(status)
+process.exit(exitStatus(status))

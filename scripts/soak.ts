@@ -58,7 +58,7 @@ import { writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, parseCommandLine, positiveNumber, printUsage } from './lib/cli.js'
-import { installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
+import { exitStatus, installSignalHandlers, onCleanup, runCleanups, sleep } from './lib/procs.js'
 import { REQUEST_TIMEOUT_MS } from './soak/device.js'
 import { Metrics, Sampler, pct, round, type Sample } from './soak/metrics.js'
 import { Mix } from './soak/mix.js'
@@ -218,4 +218,4 @@ try {
 } finally {
   await runCleanups()
 }
-process.exit(status)
+process.exit(exitStatus(status))

@@ -143,9 +143,9 @@ export class MqimServer {
     })
     const persistence = config.broker.persistence
     const listMs = persistence.adapter === 'redis' ? persistence.watchersListMs : 10_000
-    const replyWatchers = new UsersElsewhere(bus, { users: () => sessions.watchedUsers(), count: () => sessions.watchedCount }, { topic: WATCHERS_TOPIC, periodMs: listMs, linkSince: backends.connectedSince })
+    const replyWatchers = new UsersElsewhere(bus, { users: () => sessions.watchedUsers(), count: () => sessions.watchedCount }, { topic: WATCHERS_TOPIC, periodMs: listMs, linkSince: backends.linkUpSince })
     sessions.onWatching((userId, on) => replyWatchers.changed(userId, on))
-    const connectedUsers = new UsersElsewhere(bus, { users: () => sessions.connectedUsers(), count: () => sessions.connectedCount }, { topic: CONNECTED_TOPIC, periodMs: listMs, linkSince: backends.connectedSince })
+    const connectedUsers = new UsersElsewhere(bus, { users: () => sessions.connectedUsers(), count: () => sessions.connectedCount }, { topic: CONNECTED_TOPIC, periodMs: listMs, linkSince: backends.linkUpSince })
     sessions.onConnected((userId, on) => connectedUsers.changed(userId, on))
     const fan = await FanOut.create(broker, backends.mq, backends.persistence, {
       clustered,
@@ -192,7 +192,7 @@ export class MqimServer {
       // the in-memory store finds a resent msgId as fast as a cache would
       recentMax: config.messageStore.adapter === 'memory' ? 0 : undefined,
       peers: clustered ? bus : null,
-      peersSince: backends.connectedSince,
+      peersSince: backends.linkUpSince,
       logger,
       metrics
     })

@@ -28,7 +28,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, listOption, parseCommandLine, printUsage } from '../lib/cli.js'
-import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
+import { exitStatus, installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
 import { createMysqlDatabase, readServicesEnv, servicesOfDir, startServices, stopServices, type ServiceUrls } from '../lib/services.js'
 import { ATTACKS, runHostile, type HostileParams, type HostileResult } from './hostile.js'
 import { runPush, type PushParams, type PushResult } from './push.js'
@@ -640,4 +640,4 @@ try {
   await runCleanups()
 }
 // exit now: a client or timer left behind by a failed step must not keep the runner alive
-process.exit(status)
+process.exit(exitStatus(status))

@@ -146,6 +146,17 @@ export async function runCleanups (): Promise<void> {
   await cleaning
 }
 
+let uncaughtSeen = false
+
+/**
+ * The status a script ends with (its `process.exit(exitStatus(status))`): 1 at least once an
+ * exception went uncaught (see installSignalHandlers), even if the script's own work had ended
+ * well and its clean-up was already running when it came.
+ */
+export function exitStatus (status: number): number {
+  return uncaughtSeen && status === 0 ? 1 : status
+}
+
 /**
  * SIGINT/SIGTERM/SIGHUP: SIGTERM to every child, SIGKILL after 1.5 s to those still running, the
  * cleanups, exit status 130; an uncaught exception: the children killed, the cleanups, exit status
@@ -169,6 +180,7 @@ export function installSignalHandlers (name: string): void {
   // leaving the services it started running
   let uncaught = false
   process.on('uncaughtException', (err: unknown) => {
+    uncaughtSeen = true
     process.exitCode = 1
     process.stderr.write(`\n${name}: uncaught exception${uncaught ? ' during the clean-up' : ', stopping every child process and cleaning up'}: ${String((err as { stack?: unknown } | null)?.stack ?? err)}\n`)
     if (uncaught) return

@@ -34,6 +34,11 @@ export interface BrokerBackends {
    * while it is down.
    */
   connectedSince: () => number
+  /**
+   * The same on the monotonic clock (performance.now), for how long the link has been up: a wall
+   * clock stepped forward would make a link that just came back look old.
+   */
+  linkUpSince: () => number
   close: () => Promise<void>
 }
 
@@ -53,6 +58,7 @@ export function createBrokerBackends (
       clockOffset: () => null,
       available: () => true,
       connectedSince: () => 0,
+      linkUpSince: () => 0,
       close: async () => {}
     }
   }
@@ -69,7 +75,11 @@ export function createBrokerBackends (
   const pub = connect('pub')
   const sub = connect('sub', false)
   let subReadySince = Date.now()
-  sub.on('ready', () => { subReadySince = Date.now() })
+  let subReadyAt = performance.now()
+  sub.on('ready', () => {
+    subReadySince = Date.now()
+    subReadyAt = performance.now()
+  })
   const redis = connect('mqim')
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
   // minute of each, with the count since the last
@@ -110,6 +120,7 @@ export function createBrokerBackends (
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
     connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,
+    linkUpSince: () => sub.status === 'ready' ? subReadyAt : Number.POSITIVE_INFINITY,
     close: async () => {
       matcher.close()
       clock.close()

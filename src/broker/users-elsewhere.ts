@@ -48,6 +48,11 @@ export interface UsersElsewhereOptions {
   /** The bus topic of this list (WATCHERS_TOPIC, CONNECTED_TOPIC). */
   topic: string
   periodMs: number
+  /**
+   * A monotonic clock (default performance.now): a wall clock stepped forward would expire every
+   * node's list at once (routing everything for a period) or make a link that just came back look
+   * old; stepped back, it would keep a stopped node's list.
+   */
   now?: () => number
   /**
    * Since when this node's link to the others has been up, by `now` (+Infinity while it is down):
@@ -68,7 +73,7 @@ export class UsersElsewhere {
   private readonly startedAt: number
   private overflow = false
   private timer: NodeJS.Timeout | null = null
-  private lastAnswer = 0
+  private lastAnswer = Number.NEGATIVE_INFINITY
   private closed = false
   /** When this node last sent its list (by `now`). */
   private lastList = 0
@@ -94,7 +99,7 @@ export class UsersElsewhere {
   }
 
   private now (): number {
-    return (this.opts.now ?? Date.now)()
+    return this.opts.now?.() ?? performance.now()
   }
 
   /** This node's list gained (true) or lost (false) `userId`. */

@@ -87,8 +87,17 @@ export interface SequencerOptions {
   logger: Logger
   /** The other nodes' committed seqs arrive here (cluster); null on a single node. */
   peers?: ClusterBus | null
-  /** Cluster: since when (the `now` clock) the notices of the other nodes have arrived without a break (BrokerBackends.connectedSince). */
+  /**
+   * Cluster: since when (by `clock`) the notices of the other nodes have arrived without a break
+   * (BrokerBackends.linkUpSince; +Infinity while they do not).
+   */
   peersSince?: () => number
+  /**
+   * The monotonic clock `peersSince` is read on (default performance.now): how long the link has
+   * been up decides whether the tails here are complete, and a wall clock stepped forward would
+   * say so too early.
+   */
+  clock?: () => number
   /** Conversations whose lastSeq is kept (least recently written evicted; reloaded from the store). */
   conversationsMax?: number
   /**
@@ -179,6 +188,7 @@ export class Sequencer {
   private readonly delivery: CommitListener
   private readonly opts: SequencerOptions
   private readonly now: () => number
+  private readonly clock: () => number
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
   private readonly tails: LRUCache<string, Tail>
@@ -232,6 +242,7 @@ export class Sequencer {
     this.delivery = delivery
     this.opts = opts
     this.now = opts.now ?? Date.now
+    this.clock = opts.clock ?? (() => performance.now())
     const recentMax = opts.recentMax ?? RECENT_MAX
     this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
     // In a cluster a tail is forgotten a minute after it was last set: readers look past a known
@@ -375,6 +386,11 @@ export class Sequencer {
     return this.tails.get(conversationId, { allowStale: true })
   }
 
+  /** How long the other nodes' notices have arrived without a break, by the monotonic clock (-Infinity: not now). */
+  private linkUpMs (): number {
+    return this.clock() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY)
+  }
+
   /**
    * Whether a tail this process does not know is the one in the store's head record, or one above
    * it this process knows (lowerTail). Not while the store has not checked its heads since it
@@ -391,7 +407,7 @@ export class Sequencer {
     const lag = this.store.headLagMs ?? 0
     if (lag === 0) return true
     if (lag >= TAIL_TTL_MS) return false
-    return this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > lag
+    return this.linkUpMs() > lag
   }
 
   /**
@@ -435,7 +451,7 @@ export class Sequencer {
   syncTail (conversationId: string): Tail | undefined {
     const known = this.tails.get(conversationId)
     if (known === undefined || this.opts.peers == null) return known
-    return known.seq >= (this.markedPast.get(conversationId) ?? 0) && this.now() - (this.opts.peersSince?.() ?? Number.POSITIVE_INFINITY) > TAIL_TTL_MS
+    return known.seq >= (this.markedPast.get(conversationId) ?? 0) && this.linkUpMs() > TAIL_TTL_MS
       ? known
       : undefined
   }

@@ -844,9 +844,11 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
         return Reflect.get(target, prop, receiver) as unknown
       }
     })
+    // `now` is the monotonic clock the link's age is read on; `wall` the wall clock (message times)
     let now = 1_000_000
+    let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, now: () => now })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, clock: () => now, now: () => wall })
     expect(seq.knownTail('c')).toBeUndefined()
     handler?.({ tails: { c: [5, 4, 5] } })
     expect(seq.knownTail('c')).toEqual({ seq: 5, count: 4, lastReal: 5 })
@@ -857,6 +859,8 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     expect(seq.tailsComplete()).toBe(false) // the store has not checked its heads
     state.headsChecked = true
     expect(seq.tailsComplete()).toBe(false) // the link is younger than a head may lag
+    wall += 3_600_000 // the wall clock stepped an hour forward: the link is as young as it was
+    expect(seq.tailsComplete()).toBe(false)
     now += 15_001
     expect(seq.tailsComplete()).toBe(true)
     since = Number.POSITIVE_INFINITY // the subscriber is down
@@ -874,12 +878,17 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     const { inner, calls, store } = countingStore()
     // the store holds seqs 1-7 of c (written by "another node"); this node was told of 5 only
     await inner.insertBatch(Array.from({ length: 7 }, (_, i) => ({ conversationId: 'c', seq: i + 1, senderId: 'u', clientMsgId: `m${i}`, kind: 'text' as const, body: 'x', ts: 1, replyTo: null })))
+    // `now` is the monotonic clock the link's age is read on; `wall` the wall clock (message times)
     let now = 1_000_000
+    let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, now: () => now })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, clock: () => now, now: () => wall })
     handler?.({ tails: { c: [5, 5, 5] } })
     calls.length = 0
-    // a link younger than a tail is kept: the store is asked, past the known tail
+    // a link younger than a tail is kept: the store is asked, past the known tail (also when the
+    // wall clock stepped forward meanwhile)
+    wall += 3_600_000
+    expect(seq.syncTail('c')).toBeUndefined()
     now += 60_000
     expect(seq.syncTail('c')).toBeUndefined()
     expect(await seq.lastSeqForSync('c')).toBe(7)

@@ -3,6 +3,7 @@
  * the cluster bus. Nodes here share an in-memory bus (a notice reaches every other node at once,
  * as JSON, like the real one) and a clock the test moves.
  */
+import { jest } from '@jest/globals'
 import { UsersElsewhere, SNAPSHOT_MAX } from '../../src/broker/users-elsewhere.js'
 import { Bloom, BLOOM_BITS_MAX, BLOOM_BITS_MIN } from '../../src/broker/bloom.js'
 import { CONNECTED_TOPIC, WATCHERS_TOPIC } from '../../src/protocol/topics.js'
@@ -297,6 +298,37 @@ describe('UsersElsewhere', () => {
     // the periodic tick expires them (run by hand: the timer is real time)
     a.w.tick()
     expect(a.w.elsewhere('anybody')).toBe(false)
+  })
+
+  test('without a clock of its own it reads the monotonic one: a wall clock stepped forward or back changes nothing', () => {
+    let mono = 5_000
+    const monoSpy = jest.spyOn(performance, 'now').mockImplementation(() => mono)
+    const wallSpy = jest.spyOn(Date, 'now')
+    try {
+      const net = new Net()
+      const lists = (id: string, users: Set<string>): UsersElsewhere => {
+        const w = new UsersElsewhere(net.bus(id), { users: () => users.values(), count: () => users.size }, { topic: WATCHERS_TOPIC, periodMs: PERIOD })
+        made.push(w)
+        return w
+      }
+      lists('b', new Set(['bob']))
+      const a = lists('a', new Set()) // (b answers a's hello with its list)
+      // the wall clock an hour ahead: a node that just started still routes everything
+      wallSpy.mockReturnValue(Date.UTC(2030, 0, 1))
+      expect(a.elsewhere('alice')).toBe(true)
+      mono += PERIOD + 1000
+      expect(a.elsewhere('alice')).toBe(false)
+      expect(a.elsewhere('bob')).toBe(true)
+      // the wall clock stepped a day forward: b's list is as fresh as it was
+      wallSpy.mockReturnValue(Date.UTC(2030, 0, 2))
+      expect(a.elsewhere('bob')).toBe(true)
+      // while the monotonic clock passing 3.5 periods expires it
+      mono += PERIOD * 3.5 + 1
+      expect(a.elsewhere('bob')).toBe(false)
+    } finally {
+      monoSpy.mockRestore()
+      wallSpy.mockRestore()
+    }
   })
 
   test('on one node nothing is sent and nothing is elsewhere', () => {

@@ -1,0 +1,54 @@
+/**
+ * The cluster's link to Redis as the rest of the node reads it (src/broker/backends.ts): since when
+ * the subscriber connection has heard the other nodes without a break, on the wall clock (compared
+ * with stored messages' times) and on the monotonic clock (how long the link has been up: the
+ * sequencer's complete tails and the users-elsewhere lists; a wall clock stepped forward must not
+ * make a link that just came back look old). On the test Redis, a database no other test uses.
+ */
+import { Redis } from 'ioredis'
+import { createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
+import { createLogger } from '../src/log.js'
+import { redisUrl } from './helpers/db.js'
+import { waitUntil } from '../scripts/lib/procs.js'
+
+const REDIS_DB = 27
+
+describe('broker backends on Redis: the link\'s age', () => {
+  let backends: BrokerBackends | null = null
+  let admin: Redis | null = null
+  afterAll(async () => {
+    await backends?.close()
+    await admin?.quit()
+  })
+
+  test('up since its start on both clocks, +Infinity while the subscriber is down, and since its return after', async () => {
+    const url = new URL(redisUrl())
+    url.pathname = `/${REDIS_DB}`
+    const before = { wall: Date.now(), mono: performance.now() }
+    backends = createBrokerBackends({ adapter: 'redis', url: url.toString(), packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 },
+      { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, createLogger('silent'))
+    const b = backends
+    await waitUntil(() => b.available(), 10_000)
+    // a performance.now time (this process's), not an epoch time; the wall one an epoch time
+    expect(b.linkUpSince()).toBeGreaterThanOrEqual(before.mono)
+    expect(b.linkUpSince()).toBeLessThanOrEqual(performance.now())
+    expect(b.connectedSince()).toBeGreaterThanOrEqual(before.wall)
+    expect(b.connectedSince()).toBeLessThanOrEqual(Date.now())
+    const first = b.linkUpSince()
+
+    // the subscriber connection cut by Redis (found by its name and database): down, then back later
+    admin = new Redis(url.toString())
+    const list = await admin.client('LIST') as string
+    const subs = list.split('\n').filter(l => / name=mqim-sub /.test(l) && new RegExp(` db=${REDIS_DB} `).test(l))
+    expect(subs).toHaveLength(1)
+    const id = /\bid=(\d+)/.exec(subs[0] ?? '')?.[1]
+    expect(id).toBeDefined()
+    await admin.client('KILL', 'ID', String(id))
+    await waitUntil(() => b.linkUpSince() === Number.POSITIVE_INFINITY, 5_000)
+    expect(b.connectedSince()).toBe(Number.POSITIVE_INFINITY)
+    await waitUntil(() => Number.isFinite(b.linkUpSince()), 10_000)
+    expect(b.linkUpSince()).toBeGreaterThan(first)
+    expect(b.linkUpSince()).toBeLessThanOrEqual(performance.now())
+    expect(b.connectedSince()).toBeLessThanOrEqual(Date.now())
+  })
+})
