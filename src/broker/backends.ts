@@ -109,7 +109,11 @@ export function createBrokerBackends (
   const clock = startClockCheck(redis, logger)
   return {
     persistence: recordQueueReplays(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, { perConnection: ackKeysPerConnection(config.maxSessionDelivery), queueMax: config.maxSessionDelivery }),
+      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, {
+        perConnection: ackKeysPerConnection(config.maxSessionDelivery),
+        queueMax: config.maxSessionDelivery,
+        onFailure: (err, acks) => { warn('acks', { err: String((err as Error | null)?.message ?? err), acks }, 'acknowledgements not released in Redis: those messages stay queued and come again after the clients\' next reconnect') }
+      }),
       config.maxSessionDelivery + 1),
     mq,
     redis,

@@ -952,7 +952,7 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number }): T {
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number, onFailure?: (err: unknown, acks: number) => void }): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)
@@ -980,17 +980,25 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   }
   // The acknowledgements that arrive in one turn of the event loop (the PUBACKs of one read of many
   // sockets) are released by one script, after it: each with its own command cost the node more
-  // than the release itself (~1,500 a second in the cluster soak). A failure fails the batch's.
-  let batch: Array<{ keys: [string, string, string], settle: (err?: unknown) => void }> = []
+  // than the release itself (~1,500 a second in the cluster soak). A script that fails (Redis down
+  // or gone away) leaves its messages queued, and they come again after the next reconnect, which
+  // QoS 1 allows and clients de-duplicate by seq; it is reported (onFailure), and costs no client
+  // its connection: failing the acknowledgements made Aedes close every connection of the batch
+  // at once, up to a thousand clients reconnecting into a Redis that is not there.
+  let batch: Array<{ keys: [string, string, string], settle: () => void }> = []
   const perScript = acksPerScript(opts.queueMax)
   const release = (): void => {
     const taken = batch
     batch = []
     for (let start = 0; start < taken.length; start += perScript) {
       const chunk = taken.slice(start, start + perScript)
-      const failed = (err: unknown): void => { for (const a of chunk) a.settle(err ?? new Error('acknowledgement failed')) }
+      const settled = (): void => { for (const a of chunk) a.settle() }
+      const failed = (err: unknown): void => {
+        try { opts.onFailure?.(err, chunk.length) } catch {}
+        settled()
+      }
       try {
-        redis.mqimAcks(chunk.length * 3, ...chunk.flatMap(a => a.keys)).then(() => { for (const a of chunk) a.settle() }, failed)
+        redis.mqimAcks(chunk.length * 3, ...chunk.flatMap(a => a.keys)).then(settled, failed)
       } catch (err) {
         failed(err)
       }
@@ -1002,9 +1010,9 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
     const key = id === undefined ? undefined : mine?.get(id)
     if (id === undefined || mine === undefined || key === undefined) return await clear(client, packet)
     mine.delete(id)
-    await new Promise<void>((resolve, reject) => {
+    await new Promise<void>(resolve => {
       if (batch.length === 0) setImmediate(release)
-      batch.push({ keys: [redisQueueKey(client.id), key, redisCountKey(key)], settle: (err) => { if (err === undefined) resolve(); else reject(err) } })
+      batch.push({ keys: [redisQueueKey(client.id), key, redisCountKey(key)], settle: resolve })
     })
     return undefined
   }
