@@ -121,6 +121,63 @@ describe('BlockService', () => {
     expect(await blocks.between('alice', 'bob')).toBe('blocking')
   })
 
+  test('a list used in the last quarter of its time is read again in the background: the cached one answers, never a wait for the store while the user is active', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob')
+    const { store, calls } = counted(meta, 'blockList')
+    let now = 1_000
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10, ttlMs: 60_000, now: () => now })
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    expect(calls.get('blockList')).toBe(2)
+    await meta.blockAdd('alice', 'bob', 1, 10) // as if on another node, its notice lost
+    // three quarters of the time: answered from the cache, nothing read
+    now += 45_000
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('none')
+    expect(calls.get('blockList')).toBe(2)
+    // past them: still answered from the cache at once, and both lists read in the background (once each)
+    now += 1
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('none')
+    expect(blocks.cachedBetween('bob', 'alice')).toBe('none')
+    expect(calls.get('blockList')).toBe(4)
+    await new Promise(resolve => setImmediate(resolve))
+    // the lists read then are cached for a full time from now: the block is seen, without a wait
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('blocking')
+    now += 59_000
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('blocking')
+    expect(calls.get('blockList')).toBe(6) // (renewed again: used in their last quarter)
+    await new Promise(resolve => setImmediate(resolve))
+    // a list nobody used in its time expires as before: the next use reads it and waits
+    now += 60_001
+    expect(blocks.cachedBetween('alice', 'bob')).toBeUndefined()
+    expect(await blocks.between('alice', 'bob')).toBe('blocking')
+    expect(calls.get('blockList')).toBe(8)
+  })
+
+  test('a background read that fails leaves the cached list to expire; the next use after that reads and reports the failure', async () => {
+    const meta = new MemoryMetadataStore()
+    await users(meta, 'alice', 'bob')
+    let down = false
+    const store = new Proxy(meta, {
+      get (target, prop, receiver) {
+        if (prop === 'blockList' && down) return async () => { throw new Error('store down') }
+        return Reflect.get(target, prop, receiver) as unknown
+      }
+    })
+    let now = 1_000
+    const blocks = new BlockService(store, fakeBus().bus, { maxPerUser: 10, ttlMs: 60_000, now: () => now })
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+    down = true
+    now += 50_000
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('none') // (the reads start and fail, unseen)
+    await new Promise(resolve => setImmediate(resolve))
+    expect(blocks.cachedBetween('alice', 'bob')).toBe('none') // kept until its time is up
+    now += 10_001
+    expect(blocks.cachedBetween('alice', 'bob')).toBeUndefined()
+    await expect(blocks.between('alice', 'bob')).rejects.toThrow('store down')
+    down = false
+    expect(await blocks.between('alice', 'bob')).toBe('none')
+  })
+
   test('add answers "full" at maxPerUser and adds nothing', async () => {
     const meta = new MemoryMetadataStore()
     await users(meta, 'alice')
