@@ -6,7 +6,7 @@
  * make a link that just came back look old). On the test Redis, a database no other test uses.
  */
 import { Redis } from 'ioredis'
-import { createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
+import { ackReports, createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
 import { createLogger } from '../src/log.js'
 import { redisUrl } from './helpers/db.js'
 import { waitUntil } from '../scripts/lib/procs.js'
@@ -50,5 +50,24 @@ describe('broker backends on Redis: the link\'s age', () => {
     expect(b.linkUpSince()).toBeGreaterThan(first)
     expect(b.linkUpSince()).toBeLessThanOrEqual(performance.now())
     expect(b.connectedSince()).toBeLessThanOrEqual(Date.now())
+  })
+
+  test('acknowledgements Redis did not release: one warning a minute with how many since the last, and a line when they are released after all', () => {
+    const lines: Array<[string, Record<string, unknown>, string]> = []
+    const logger = {
+      warn: (fields: Record<string, unknown>, msg: string) => { lines.push(['warn', fields, msg]) },
+      info: (fields: Record<string, unknown>, msg: string) => { lines.push(['info', fields, msg]) }
+    } as unknown as Parameters<typeof ackReports>[0]
+    let now = 0
+    const r = ackReports(logger, () => now)
+    r.onFailure?.(new Error('down'), 1000)
+    r.onFailure?.(new Error('down'), 300)
+    r.onGivenUp?.(7)
+    expect(lines.map(([level, fields]) => [level, fields])).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }]])
+    now += 60_000
+    r.onFailure?.(new Error('still down'), 5)
+    expect(lines.map(([level, fields]) => [level, fields])).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }], ['warn', { err: 'still down', acks: 305, givenUp: 7 }]])
+    r.onRetried?.(1305)
+    expect(lines[2]?.slice(0, 2)).toEqual(['info', { acks: 1305 }])
   })
 })

@@ -13,7 +13,7 @@ import { redisUrl } from './helpers/db.js'
 import { waitUntil } from '../scripts/lib/procs.js'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import msgpack from 'msgpack-lite'
-import { acksPerScript, boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
+import { acksPerScript, type AckReports, boundRedisQueues, closeEmitterQuietly, guardEmitterDecode, leanRedisAcks, redisPacketKey, redisQueueKey, scopeChannelsToDatabase } from '../src/broker/upstream.js'
 
 interface Emitter { close: (cb: () => void) => void, state: NodeJS.EventEmitter }
 
@@ -230,13 +230,13 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
   })
 
   /** Both workarounds on a fresh database 15, queues kept to `max` entries, `perConnection` ack keys. */
-  async function patchedStore (max: number, perConnection = 1024, onFailure?: (err: unknown, acks: number) => void): Promise<{ conn: Redis, store: Store }> {
+  async function patchedStore (max: number, perConnection = 1024, reports: AckReports = {}): Promise<{ conn: Redis, store: Store }> {
     const url = new URL(redisUrl())
     url.pathname = '/15'
     const conn = new Redis(url.toString())
     await conn.flushdb()
     const base = aedesPersistenceRedis({ conn, maxSessionDelivery: 20, packetTTL: () => 60 })
-    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn, { perConnection, queueMax: max, onFailure }) as Store }
+    return { conn, store: leanRedisAcks(boundRedisQueues(base, conn, { max, ttlSeconds: 60 }), conn, { perConnection, queueMax: max, ...reports }) as Store }
   }
 
   test('workaround: an ack of a packet its queue trimmed off (already released there) leaves it for the other sessions that queue it', async () => {
@@ -303,9 +303,10 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     return { sizes, fail: (err) => { failure = err } }
   }
 
-  test('workaround: the acknowledgements of one turn of the event loop are released by one script; each settles with it; a failed script leaves its messages queued, reported, and fails no connection', async () => {
+  test('workaround: the acknowledgements of one turn of the event loop are released by one script; each settles with it; a failed script fails no connection, its releases are run again after the next script that succeeds', async () => {
     const failures: Array<[string, number]> = []
-    const { conn, store } = await patchedStore(21, 4096, (err, acks) => { failures.push([(err as Error).message, acks]) })
+    const retried: number[] = []
+    const { conn, store } = await patchedStore(21, 4096, { onFailure: (err, acks) => { failures.push([(err as Error).message, acks]) }, onRetried: (acks) => { retried.push(acks) } })
     const scripts = watchAckScripts(conn)
     const first = { id: 'u:a' }
     const clients = [first, { id: 'u:b' }, { id: 'u:c' }]
@@ -321,7 +322,7 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     for (const [n, client] of clients.entries()) expect(await conn.lrange(redisQueueKey(client.id), 0, -1)).toEqual([redisPacketKey('b1', 10 * n + 3)])
     expect((await conn.keys('packet:*')).filter(k => !k.endsWith(':offlineCount')).sort()).toEqual([3, 13, 23].map(c => redisPacketKey('b1', c)).sort())
     // a failing script: each acknowledgement settles without an error (Aedes keeps those clients
-    // connected), the messages stay queued (a reconnect replays them), the failure is reported once
+    // connected), the messages stay queued for now, the failure is reported once
     scripts.fail(new Error('redis went away'))
     const settled = await Promise.allSettled(clients.map(async client => await store.outgoingClearMessageId(client, { messageId: 3 })))
     expect(settled.map(r => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled'])
@@ -331,12 +332,42 @@ describe('aedes-persistence-redis 11.2.2: a delivery to a persistent session cos
     // (the id is forgotten with its acknowledgement: the same PUBACK again goes to the persistence's own code, which finds nothing)
     expect(await store.outgoingClearMessageId(first, { messageId: 3 })).toBeUndefined()
     expect(scripts.sizes).toEqual([6, 3])
+    // Redis answers again: the next script that succeeds is followed by the kept releases, and those messages leave their queues
+    scripts.fail(null)
+    const later = { id: 'u:later' }
+    await store.outgoingEnqueueCombi([{ clientId: later.id, topic: 'im/u/later/m', qos: 1 }], packet(40))
+    await store.outgoingUpdate(later, { ...packet(40), messageId: 1 })
+    await store.outgoingClearMessageId(later, { messageId: 1 })
+    await waitUntil(() => retried.length > 0, 5000, 'the kept releases run again')
+    expect(retried).toEqual([3])
+    expect(scripts.sizes).toEqual([6, 3, 1, 3])
+    for (const client of [...clients, later]) expect(await conn.lrange(redisQueueKey(client.id), 0, -1)).toEqual([])
+    expect((await conn.keys('packet:*')).filter(k => !k.endsWith(':offlineCount'))).toEqual([])
+    // a release the persistence's own code makes (an id this connection's map does not have) fails no connection either
+    const ownFailures: number[] = []
+    const failingOwn = leanRedisAcks({
+      outgoingUpdate: async (_c: object, _p: object) => {},
+      outgoingClearMessageId: async (_c: object, _p: object): Promise<unknown> => { throw new Error('redis went away') }
+    }, conn, { perConnection: 16, queueMax: 21, onFailure: (_err, acks) => { ownFailures.push(acks) } })
+    await expect(failingOwn.outgoingClearMessageId({ id: 'u:stranger' }, { messageId: 7 })).resolves.toBeUndefined()
+    expect(ownFailures).toEqual([1])
+    // kept releases also run again when the connection is ready again (after a reconnect), with no other script
+    scripts.fail(new Error('redis went away'))
+    await store.outgoingEnqueueCombi([{ clientId: later.id, topic: 'im/u/later/m', qos: 1 }], packet(41))
+    await store.outgoingUpdate(later, { ...packet(41), messageId: 2 })
+    await store.outgoingClearMessageId(later, { messageId: 2 })
+    expect(await conn.lrange(redisQueueKey(later.id), 0, -1)).toEqual([redisPacketKey('b1', 41)])
+    scripts.fail(null)
+    conn.emit('ready')
+    await waitUntil(() => retried.length > 1, 5000, 'the kept release runs again on ready')
+    expect(retried).toEqual([3, 1])
+    expect(await conn.lrange(redisQueueKey(later.id), 0, -1)).toEqual([])
     // more than a script takes in one turn: several scripts, every one settled
     scripts.fail(null)
     const many = { id: 'u:many' }
     for (let i = 1; i <= 2500; i++) await store.outgoingUpdate(many, { ...packet(1000 + i), messageId: i % 65536 })
     await Promise.all(Array.from({ length: 2500 }, async (_, i) => await store.outgoingClearMessageId(many, { messageId: (i + 1) % 65536 })))
-    expect(scripts.sizes).toEqual([6, 3, 1000, 1000, 500])
+    expect(scripts.sizes).toEqual([6, 3, 1, 3, 1, 1, 1000, 1000, 500])
     // a script walks about a million queue entries at most: fewer acknowledgements per script for longer queues
     expect([1, 21, 100, 1000, 10_000, 100_000, 10_000_000].map(acksPerScript)).toEqual([1000, 1000, 1000, 1000, 100, 16, 16])
     await conn.flushdb()

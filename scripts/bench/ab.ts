@@ -13,7 +13,7 @@ import path from 'node:path'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { headerComment, intOption, parseCommandLine, printUsage } from '../lib/cli.js'
-import { installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
+import { exitStatus, installSignalHandlers, onCleanup, runCleanups } from '../lib/procs.js'
 import { median } from './lib/hist.js'
 import { LoaderPool } from './lib/loader.js'
 import { runDirect, type Ctx, type FlowResult } from './scenarios.js'
@@ -96,4 +96,4 @@ const out = [
 ]
 process.stdout.write(out.join('\n') + '\n')
 await runCleanups()
-process.exit(0)
+process.exit(exitStatus(0))

@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -40,6 +40,29 @@ export interface BrokerBackends {
    */
   linkUpSince: () => number
   close: () => Promise<void>
+}
+
+/**
+ * The log of acknowledgements Redis did not release (leanRedisAcks): a warning a minute at most,
+ * with how many failed since the last one, and a line when the kept ones were released after all.
+ */
+export function ackReports (logger: Logger, now: () => number = () => performance.now()): AckReports {
+  let failed = 0
+  let givenUp = 0
+  let warnedAt = Number.NEGATIVE_INFINITY
+  const warn = (err?: unknown): void => {
+    if (now() - warnedAt < 60_000) return
+    warnedAt = now()
+    logger.warn({ ...(err === undefined ? {} : { err: String((err as Error | null)?.message ?? err) }), acks: failed, givenUp },
+      'acknowledgements not released in Redis: kept and released again when Redis answers; those given up stay queued and come again after the clients\' next reconnect')
+    failed = 0
+    givenUp = 0
+  }
+  return {
+    onFailure: (err, acks) => { failed += acks; warn(err) },
+    onGivenUp: (acks) => { givenUp += acks; warn() },
+    onRetried: (acks) => { logger.info({ acks }, 'acknowledgements that had failed in Redis released') }
+  }
 }
 
 export function createBrokerBackends (
@@ -74,11 +97,17 @@ export function createBrokerBackends (
   const persistenceConn = connect('persistence')
   const pub = connect('pub')
   const sub = connect('sub', false)
-  let subReadySince = Date.now()
-  let subReadyAt = performance.now()
+  // (ioredis sets status 'ready' a tick before it emits 'ready': the times of the connection before
+  // a break must not be read in between)
+  let subReadySince = Number.POSITIVE_INFINITY
+  let subReadyAt = Number.POSITIVE_INFINITY
   sub.on('ready', () => {
     subReadySince = Date.now()
     subReadyAt = performance.now()
+  })
+  sub.on('close', () => {
+    subReadySince = Number.POSITIVE_INFINITY
+    subReadyAt = Number.POSITIVE_INFINITY
   })
   const redis = connect('mqim')
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
@@ -112,7 +141,7 @@ export function createBrokerBackends (
       leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, {
         perConnection: ackKeysPerConnection(config.maxSessionDelivery),
         queueMax: config.maxSessionDelivery,
-        onFailure: (err, acks) => { warn('acks', { err: String((err as Error | null)?.message ?? err), acks }, 'acknowledgements not released in Redis: those messages stay queued and come again after the clients\' next reconnect') }
+        ...ackReports(logger)
       }),
       config.maxSessionDelivery + 1),
     mq,

@@ -952,7 +952,19 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number, onFailure?: (err: unknown, acks: number) => void }): T {
+export interface AckReports {
+  /** A release (a script of them, or one the persistence's own code made) failed: `acks` wait for Redis. */
+  onFailure?: (err: unknown, acks: number) => void
+  /** Releases that had failed were run again and done. */
+  onRetried?: (acks: number) => void
+  /** Failed releases given up (more waiting than UNRELEASED_MAX): their messages come again after a reconnect. */
+  onGivenUp?: (acks: number) => void
+}
+
+/** Failed releases kept to run again (~150 bytes each); beyond, the oldest are given up. */
+export const UNRELEASED_MAX = 50_000
+
+export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number } & AckReports): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
   const update = store.outgoingUpdate.bind(store)
@@ -981,12 +993,51 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   // The acknowledgements that arrive in one turn of the event loop (the PUBACKs of one read of many
   // sockets) are released by one script, after it: each with its own command cost the node more
   // than the release itself (~1,500 a second in the cluster soak). A script that fails (Redis down
-  // or gone away) leaves its messages queued, and they come again after the next reconnect, which
-  // QoS 1 allows and clients de-duplicate by seq; it is reported (onFailure), and costs no client
-  // its connection: failing the acknowledgements made Aedes close every connection of the batch
-  // at once, up to a thousand clients reconnecting into a Redis that is not there.
+  // or gone away) costs no client its connection: failing the acknowledgements made Aedes close
+  // every connection of the batch at once, up to a thousand clients reconnecting into a Redis that
+  // is not there. Its releases are kept (at most UNRELEASED_MAX) and run again when the connection
+  // is ready again, or after the next script that succeeds: the script can run twice (a second
+  // LREM finds nothing and counts nothing). Only what this process could not release before it
+  // ended, or gave up, stays queued and comes again after the client's next reconnect.
   let batch: Array<{ keys: [string, string, string], settle: () => void }> = []
   const perScript = acksPerScript(opts.queueMax)
+  const report = (fn: (() => void)): void => { try { fn() } catch {} }
+  let unreleased: Array<[string, string, string]> = []
+  let retrying = false
+  const keep = (failed: Array<[string, string, string]>): void => {
+    for (const k of failed) unreleased.push(k)
+    const over = unreleased.length - UNRELEASED_MAX
+    if (over > 0) {
+      unreleased.splice(0, over)
+      report(() => opts.onGivenUp?.(over))
+    }
+  }
+  const script = async (keys: Array<[string, string, string]>): Promise<void> => {
+    await redis.mqimAcks(keys.length * 3, ...keys.flat())
+  }
+  const retry = (): void => {
+    if (retrying || unreleased.length === 0) return
+    retrying = true
+    const taken = unreleased
+    unreleased = []
+    let done = 0
+    void (async () => {
+      for (let start = 0; start < taken.length; start += perScript) {
+        const chunk = taken.slice(start, start + perScript)
+        try {
+          await script(chunk)
+          done += chunk.length
+        } catch {
+          keep(taken.slice(start))
+          break
+        }
+      }
+    })().finally(() => {
+      retrying = false
+      if (done > 0) report(() => opts.onRetried?.(done))
+    })
+  }
+  conn.on('ready', retry)
   const release = (): void => {
     const taken = batch
     batch = []
@@ -994,11 +1045,15 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
       const chunk = taken.slice(start, start + perScript)
       const settled = (): void => { for (const a of chunk) a.settle() }
       const failed = (err: unknown): void => {
-        try { opts.onFailure?.(err, chunk.length) } catch {}
+        keep(chunk.map(a => a.keys))
+        report(() => opts.onFailure?.(err, chunk.length))
         settled()
       }
       try {
-        redis.mqimAcks(chunk.length * 3, ...chunk.flatMap(a => a.keys)).then(settled, failed)
+        script(chunk.map(a => a.keys)).then(() => {
+          settled()
+          retry()
+        }, failed)
       } catch (err) {
         failed(err)
       }
@@ -1008,7 +1063,13 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
     const mine = keys.get(client)
     const id = packet.messageId
     const key = id === undefined ? undefined : mine?.get(id)
-    if (id === undefined || mine === undefined || key === undefined) return await clear(client, packet)
+    if (id === undefined || mine === undefined || key === undefined) {
+      // (the persistence's own release: no keys to keep; what it did not release comes again after a reconnect)
+      return await clear(client, packet).catch((err: unknown) => {
+        report(() => opts.onFailure?.(err, 1))
+        return undefined
+      })
+    }
     mine.delete(id)
     await new Promise<void>(resolve => {
       if (batch.length === 0) setImmediate(release)
