@@ -85,6 +85,17 @@ export interface Internals {
   delivery: Delivery
 }
 
+/**
+ * The Aedes broker id of one start of a node: its node id and a random part. Queued QoS 1 packets
+ * are kept in Redis under (broker id, counter), and Aedes counts from 0 at every start: with the
+ * node id alone, a node restarted under a fixed MQIM_NODE_ID wrote its new packets over packets it
+ * had queued before (kept for packetTTLSeconds), and a session that reconnected was sent, in place
+ * of its own message, what was queued for someone else.
+ */
+export function brokerIdFor (nodeId: string): string {
+  return `${nodeId}.${randomBytes(6).toString('hex')}`
+}
+
 export class MqimServer {
   private stopping: Promise<void> | null = null
 
@@ -117,7 +128,7 @@ export class MqimServer {
     // 2. broker (in-memory, or sessions and routing shared through Redis) and the cluster bus
     const backends = createBrokerBackends(config.broker.persistence, config.limits, logger)
     const broker = await Aedes.createBroker({
-      id: nodeId,
+      id: brokerIdFor(nodeId),
       persistence: backends.persistence,
       mq: backends.mq,
       drainTimeout: config.broker.drainTimeoutMs,
