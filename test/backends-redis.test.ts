@@ -5,6 +5,7 @@
  * sequencer's complete tails and the users-elsewhere lists; a wall clock stepped forward must not
  * make a link that just came back look old). On the test Redis, a database no other test uses.
  */
+import { jest } from '@jest/globals'
 import { Redis } from 'ioredis'
 import { ackReports, createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
 import { createLogger } from '../src/log.js'
@@ -52,22 +53,34 @@ describe('broker backends on Redis: the link\'s age', () => {
     expect(b.connectedSince()).toBeLessThanOrEqual(Date.now())
   })
 
-  test('acknowledgements Redis did not release: one warning a minute with how many since the last, and a line when they are released after all', () => {
-    const lines: Array<[string, Record<string, unknown>, string]> = []
-    const logger = {
-      warn: (fields: Record<string, unknown>, msg: string) => { lines.push(['warn', fields, msg]) },
-      info: (fields: Record<string, unknown>, msg: string) => { lines.push(['info', fields, msg]) }
-    } as unknown as Parameters<typeof ackReports>[0]
-    let now = 0
-    const r = ackReports(logger, () => now)
-    r.onFailure?.(new Error('down'), 1000)
-    r.onFailure?.(new Error('down'), 300)
-    r.onGivenUp?.(7)
-    expect(lines.map(([level, fields]) => [level, fields])).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }]])
-    now += 60_000
-    r.onFailure?.(new Error('still down'), 5)
-    expect(lines.map(([level, fields]) => [level, fields])).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }], ['warn', { err: 'still down', acks: 305, givenUp: 7 }]])
-    r.onRetried?.(1305)
-    expect(lines[2]?.slice(0, 2)).toEqual(['info', { acks: 1305 }])
+  test('acknowledgements Redis did not release: one warning a minute with how many since the last, told at the end of the minute also when nothing fails after, and a line when they are released after all', () => {
+    jest.useFakeTimers()
+    try {
+      const lines: Array<[string, Record<string, unknown>]> = []
+      const logger = {
+        warn: (fields: Record<string, unknown>) => { lines.push(['warn', fields]) },
+        info: (fields: Record<string, unknown>) => { lines.push(['info', fields]) }
+      } as unknown as Parameters<typeof ackReports>[0]
+      let now = 0
+      const r = ackReports(logger, () => now)
+      r.onFailure?.(new Error('down'), 1000)
+      r.onFailure?.(new Error('down'), 300)
+      r.onGivenUp?.(7)
+      expect(lines).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }]])
+      // the rest of the minute's count, at its end, with nothing failing after
+      now += 60_000
+      jest.advanceTimersByTime(60_000)
+      expect(lines).toEqual([['warn', { err: 'down', acks: 1000, givenUp: 0 }], ['warn', { err: 'down', acks: 300, givenUp: 7 }]])
+      // a failure a minute after that is told at once
+      now += 60_000
+      r.onFailure?.(new Error('still down'), 5)
+      expect(lines[2]).toEqual(['warn', { err: 'still down', acks: 5, givenUp: 0 }])
+      jest.advanceTimersByTime(120_000)
+      expect(lines).toHaveLength(3) // (nothing pending: no line)
+      r.onRetried?.(1305)
+      expect(lines[3]).toEqual(['info', { acks: 1305 }])
+    } finally {
+      jest.useRealTimers()
+    }
   })
 })

@@ -49,14 +49,29 @@ export interface BrokerBackends {
 export function ackReports (logger: Logger, now: () => number = () => performance.now()): AckReports {
   let failed = 0
   let givenUp = 0
+  let lastErr: string | undefined
   let warnedAt = Number.NEGATIVE_INFINITY
-  const warn = (err?: unknown): void => {
-    if (now() - warnedAt < 60_000) return
+  let pending: NodeJS.Timeout | null = null
+  const flush = (): void => {
+    if (failed === 0 && givenUp === 0) return
     warnedAt = now()
-    logger.warn({ ...(err === undefined ? {} : { err: String((err as Error | null)?.message ?? err) }), acks: failed, givenUp },
+    logger.warn({ ...(lastErr === undefined ? {} : { err: lastErr }), acks: failed, givenUp },
       'acknowledgements not released in Redis: kept and released again when Redis answers; those given up stay queued and come again after the clients\' next reconnect')
     failed = 0
     givenUp = 0
+  }
+  const warn = (err?: unknown): void => {
+    if (err !== undefined) lastErr = String((err as Error | null)?.message ?? err)
+    const wait = warnedAt + 60_000 - now()
+    if (wait <= 0) {
+      flush()
+      return
+    }
+    // what failed since the last warning is told at the end of its minute, also when nothing fails after
+    if (pending === null) {
+      pending = setTimeout(() => { pending = null; flush() }, wait)
+      pending.unref()
+    }
   }
   return {
     onFailure: (err, acks) => { failed += acks; warn(err) },

@@ -80,7 +80,7 @@
  */
 import type { Aedes, Client, PublishPacket } from 'aedes'
 import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
-import type { Redis } from 'ioredis'
+import { ReplyError, type Redis } from 'ioredis'
 import { Transform, pipeline, type Readable } from 'node:stream'
 import { randomUUID } from 'node:crypto'
 import mqemitter from 'mqemitter'
@@ -1004,8 +1004,10 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   const report = (fn: (() => void)): void => { try { fn() } catch {} }
   let unreleased: Array<[string, string, string]> = []
   let retrying = false
-  const keep = (failed: Array<[string, string, string]>): void => {
-    for (const k of failed) unreleased.push(k)
+  let readyMeanwhile = false
+  /** Keeps failed releases, `older` before those kept meanwhile; beyond UNRELEASED_MAX the oldest are given up. */
+  const keep = (failed: Array<[string, string, string]>, older = false): void => {
+    unreleased = older ? failed.concat(unreleased) : unreleased.concat(failed)
     const over = unreleased.length - UNRELEASED_MAX
     if (over > 0) {
       unreleased.splice(0, over)
@@ -1015,9 +1017,17 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   const script = async (keys: Array<[string, string, string]>): Promise<void> => {
     await redis.mqimAcks(keys.length * 3, ...keys.flat())
   }
+  // Runs the kept releases, a script at a time. Redis unreachable: the rest is kept for the next
+  // 'ready' or success. An error Redis answered (the script refused or failed, e.g. out of memory):
+  // that script's releases are given up, or they would fail again at every retry; the rest go on.
   const retry = (): void => {
-    if (retrying || unreleased.length === 0) return
+    if (retrying) {
+      readyMeanwhile = true
+      return
+    }
+    if (unreleased.length === 0) return
     retrying = true
+    readyMeanwhile = false
     const taken = unreleased
     unreleased = []
     let done = 0
@@ -1027,14 +1037,21 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
         try {
           await script(chunk)
           done += chunk.length
-        } catch {
-          keep(taken.slice(start))
-          break
+        } catch (err) {
+          report(() => opts.onFailure?.(err, chunk.length))
+          if (err instanceof ReplyError) {
+            report(() => opts.onGivenUp?.(chunk.length))
+            continue
+          }
+          keep(taken.slice(start), true)
+          return
         }
       }
     })().finally(() => {
       retrying = false
       if (done > 0) report(() => opts.onRetried?.(done))
+      // releases kept while this ran, or a reconnect meanwhile: once more, after this turn
+      if (unreleased.length > 0 && (readyMeanwhile || done > 0)) setImmediate(retry)
     })
   }
   conn.on('ready', retry)

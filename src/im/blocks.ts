@@ -36,6 +36,9 @@ export interface BlockServiceOptions {
   now?: () => number
 }
 
+/** How long background reads pause after one failed. */
+const RENEW_PAUSE_MS = 1000
+
 /** Between a user and another: nothing, the user blocks the other, or the other blocks the user. */
 export type BlockState = 'none' | 'blocking' | 'blockedBy'
 
@@ -47,6 +50,9 @@ export class BlockService {
   private readonly lists: LRUCache<string, ReadonlySet<string>>
   /** A list with less than this left of its time is read again in the background when used (a quarter of ttlMs). */
   private readonly renewWithinMs: number
+  private readonly now: () => number
+  /** After a background read failed (the store down), none is started before this (by `now`): one a second at most, not one per use. */
+  private renewPausedUntil = Number.NEGATIVE_INFINITY
   private readonly loading = new Map<string, Promise<ReadonlySet<string>>>()
   /** user -> number of the last invalidation of their list */
   private readonly invalidatedAt: LRUCache<string, number>
@@ -59,6 +65,7 @@ export class BlockService {
     const maxEntries = options.maxEntries ?? 100_000
     const ttl = options.ttlMs ?? 60_000
     this.renewWithinMs = ttl / 4
+    this.now = options.now ?? (() => performance.now())
     this.lists = new LRUCache({
       max: maxEntries,
       maxSize: options.maxCachedIds ?? 1_000_000,
@@ -78,9 +85,9 @@ export class BlockService {
   /** The cached list, if any; one near its expiry starts a read in the background (see the top). */
   private cached (userId: string): ReadonlySet<string> | undefined {
     const list = this.lists.get(userId)
-    if (list !== undefined && !this.loading.has(userId) && this.lists.getRemainingTTL(userId) < this.renewWithinMs) {
+    if (list !== undefined && !this.loading.has(userId) && this.lists.getRemainingTTL(userId) < this.renewWithinMs && this.now() >= this.renewPausedUntil) {
       // (a failed read leaves the list to expire: the next use after that reads and reports it)
-      this.load(userId).catch(() => {})
+      this.load(userId).catch(() => { this.renewPausedUntil = this.now() + RENEW_PAUSE_MS })
     }
     return list
   }
