@@ -89,8 +89,8 @@ export interface Internals {
  * The Aedes broker id of one start of a node: its node id and a random part. Queued QoS 1 packets
  * are kept in Redis under (broker id, counter), and Aedes counts from 0 at every start: with the
  * node id alone, a node restarted under a fixed MQIM_NODE_ID wrote its new packets over packets it
- * had queued before (kept for packetTTLSeconds), and a session that reconnected was sent, in place
- * of its own message, what was queued for someone else.
+ * had queued before (kept for packetTTLSeconds), and a session that reconnected could be sent, in
+ * place of its own message, what was queued for someone else.
  */
 export function brokerIdFor (nodeId: string): string {
   return `${nodeId}.${randomBytes(6).toString('hex')}`
