@@ -935,6 +935,18 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
   return Math.max(1024, 2 * maxSessionDelivery)
 }
 
+export interface AckReports {
+  /** A release (a script of them, or one the persistence's own code made) failed: `acks` wait for Redis. */
+  onFailure?: (err: unknown, acks: number) => void
+  /** Releases that had failed were run again and done. */
+  onRetried?: (acks: number) => void
+  /** Failed releases given up (more waiting than UNRELEASED_MAX): their messages come again after a reconnect. */
+  onGivenUp?: (acks: number) => void
+}
+
+/** Failed releases kept to run again (~300 bytes each, ~15 MB at most); beyond, the oldest are given up. */
+export const UNRELEASED_MAX = 50_000
+
 /**
  * 15. Each QoS 1 delivery to a persistent session is written to Redis before it is sent (the
  * whole packet again, payload included, with its message id: outgoingUpdate; a fifth of a busy
@@ -952,18 +964,6 @@ export function ackKeysPerConnection (maxSessionDelivery: number): number {
  * replays is the packet as it was queued, under a fresh message id. Anything else (QoS 2, an id
  * the map does not have) goes to the persistence's own code.
  */
-export interface AckReports {
-  /** A release (a script of them, or one the persistence's own code made) failed: `acks` wait for Redis. */
-  onFailure?: (err: unknown, acks: number) => void
-  /** Releases that had failed were run again and done. */
-  onRetried?: (acks: number) => void
-  /** Failed releases given up (more waiting than UNRELEASED_MAX): their messages come again after a reconnect. */
-  onGivenUp?: (acks: number) => void
-}
-
-/** Failed releases kept to run again (~150 bytes each); beyond, the oldest are given up. */
-export const UNRELEASED_MAX = 50_000
-
 export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnection: number, queueMax: number } & AckReports): T {
   const store = persistence as unknown as RedisOutgoingStore
   const redis = scripted(conn)
@@ -1066,14 +1066,11 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
         report(() => opts.onFailure?.(err, chunk.length))
         settled()
       }
-      try {
-        script(chunk.map(a => a.keys)).then(() => {
-          settled()
-          retry()
-        }, failed)
-      } catch (err) {
-        failed(err)
-      }
+      // (an async function: a throw inside it is a rejection)
+      script(chunk.map(a => a.keys)).then(() => {
+        settled()
+        retry()
+      }, failed)
     }
   }
   store.outgoingClearMessageId = async (client, packet) => {

@@ -31,11 +31,12 @@ export function tailNow (services: Services, conversationId: string, headLatest:
  */
 export async function headsNotKnown (services: Services, conversationIds: readonly string[]): Promise<{ heads: Map<string, ConversationHead>, known: Map<string, Tail> }> {
   const known = new Map<string, Tail>()
+  const unknown: string[] = []
   for (const c of conversationIds) {
     const tail = services.sequencer.syncTail(c)
     if (tail !== undefined) known.set(c, tail)
+    else unknown.push(c)
   }
-  const unknown = conversationIds.filter(c => !known.has(c))
   return { heads: unknown.length === 0 ? new Map() : await services.messages.latestMany(unknown), known }
 }
 
