@@ -12,6 +12,7 @@ import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
 import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { monotonicNow, NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -33,12 +34,12 @@ export interface BrokerBackends {
    * its start, or the last time the subscriber connection to Redis was ready again; +Infinity
    * while it is down.
    */
-  connectedSince: () => number
+  connectedSince: () => WallMs
   /**
    * The same on the monotonic clock (performance.now), for how long the link has been up: a wall
    * clock stepped forward would make a link that just came back look old.
    */
-  linkUpSince: () => number
+  linkUpSince: () => MonotonicMs
   close: () => Promise<void>
 }
 
@@ -95,8 +96,8 @@ export function createBrokerBackends (
       matcherStats: () => null,
       clockOffset: () => null,
       available: () => true,
-      connectedSince: () => 0,
-      linkUpSince: () => 0,
+      connectedSince: () => 0 as WallMs,
+      linkUpSince: () => 0 as MonotonicMs,
       close: async () => {}
     }
   }
@@ -114,15 +115,15 @@ export function createBrokerBackends (
   const sub = connect('sub', false)
   // (ioredis sets status 'ready' a tick before it emits 'ready': the times of the connection before
   // a break must not be read in between)
-  let subReadySince = Number.POSITIVE_INFINITY
-  let subReadyAt = Number.POSITIVE_INFINITY
+  let subReadySince: WallMs = NEVER
+  let subReadyAt: MonotonicMs = NEVER
   sub.on('ready', () => {
-    subReadySince = Date.now()
-    subReadyAt = performance.now()
+    subReadySince = wallNow()
+    subReadyAt = monotonicNow()
   })
   sub.on('close', () => {
-    subReadySince = Number.POSITIVE_INFINITY
-    subReadyAt = Number.POSITIVE_INFINITY
+    subReadySince = NEVER
+    subReadyAt = NEVER
   })
   const redis = connect('mqim')
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
@@ -167,8 +168,8 @@ export function createBrokerBackends (
     clockOffset: clock.offsetSeconds,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
-    connectedSince: () => sub.status === 'ready' ? subReadySince : Number.POSITIVE_INFINITY,
-    linkUpSince: () => sub.status === 'ready' ? subReadyAt : Number.POSITIVE_INFINITY,
+    connectedSince: () => sub.status === 'ready' ? subReadySince : NEVER,
+    linkUpSince: () => sub.status === 'ready' ? subReadyAt : NEVER,
     close: async () => {
       matcher.close()
       clock.close()

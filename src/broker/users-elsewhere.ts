@@ -32,6 +32,7 @@
 import type { ClusterBus } from './bus.js'
 import { Bloom } from './bloom.js'
 import { USER_ID_PATTERN } from '../protocol/topics.js'
+import { monotonicNow, type MonotonicMs } from '../clocks.js'
 
 /** Users named in one list; beyond, a node sends a Bloom filter. */
 export const SNAPSHOT_MAX = 2000
@@ -53,14 +54,14 @@ export interface UsersElsewhereOptions {
    * node's list at once (routing everything for a period) or make a link that just came back look
    * old; stepped back, it would keep a stopped node's list.
    */
-  now?: () => number
+  now?: () => MonotonicMs
   /**
    * Since when this node's link to the others has been up, by `now` (+Infinity while it is down):
    * notices of a break went by unheard, and this node's own were dropped. For a period and a
    * second after the link is back it says "elsewhere", as after its start, and it sends its list
    * within a second.
    */
-  linkSince?: () => number
+  linkSince?: () => MonotonicMs
 }
 
 /** How often a node looks whether its link came back (to send its list then). */
@@ -98,8 +99,8 @@ export class UsersElsewhere {
     if (this.now() - this.lastList >= this.opts.periodMs || (Number.isFinite(link) && link > this.lastList)) this.tick()
   }
 
-  private now (): number {
-    return this.opts.now?.() ?? performance.now()
+  private now (): MonotonicMs {
+    return this.opts.now?.() ?? monotonicNow()
   }
 
   /** This node's list gained (true) or lost (false) `userId`. */

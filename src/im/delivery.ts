@@ -65,6 +65,7 @@ import { warnEveryMinute, type Logger } from '../log.js'
 import { QUEUE_TIMEOUT_MS } from '../broker/fanout.js'
 import type { MessageStore } from '../store/types.js'
 import { GapReads, READ_TIMEOUT_MS, type SeqKey } from './gap-reads.js'
+import type { WallMs } from '../clocks.js'
 
 /**
  * Longest wait for another node's mark that it published the seqs before ours (a lost mark, a node
@@ -159,7 +160,7 @@ export interface OrderOptions {
    * Since when this node hears the other nodes' marks without a break, by Date.now (+Infinity
    * while it does not: BrokerBackends.connectedSince); default: since this Delivery was made.
    */
-  listeningSince?: () => number
+  listeningSince?: () => WallMs
 }
 /**
  * A commit notice carries the batch's messages for the other nodes' document caches (history there

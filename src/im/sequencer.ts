@@ -30,6 +30,7 @@ import type { CommitListener, HeldDeliveries } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { SEQ_TOPIC } from '../protocol/topics.js'
 import type { Metrics } from '../metrics.js'
+import { monotonicNow, type MonotonicMs } from '../clocks.js'
 
 export interface Draft {
   conversationId: string
@@ -91,13 +92,13 @@ export interface SequencerOptions {
    * Cluster: since when (by `clock`) the notices of the other nodes have arrived without a break
    * (BrokerBackends.linkUpSince; +Infinity while they do not).
    */
-  peersSince?: () => number
+  peersSince?: () => MonotonicMs
   /**
    * The monotonic clock `peersSince` is read on (default performance.now): how long the link has
    * been up decides whether the tails here are complete, and a wall clock stepped forward would
    * say so too early.
    */
-  clock?: () => number
+  clock?: () => MonotonicMs
   /** Conversations whose lastSeq is kept (least recently written evicted; reloaded from the store). */
   conversationsMax?: number
   /**
@@ -188,7 +189,7 @@ export class Sequencer {
   private readonly delivery: CommitListener
   private readonly opts: SequencerOptions
   private readonly now: () => number
-  private readonly clock: () => number
+  private readonly clock: () => MonotonicMs
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
   private readonly tails: LRUCache<string, Tail>
@@ -242,7 +243,7 @@ export class Sequencer {
     this.delivery = delivery
     this.opts = opts
     this.now = opts.now ?? Date.now
-    this.clock = opts.clock ?? (() => performance.now())
+    this.clock = opts.clock ?? monotonicNow
     const recentMax = opts.recentMax ?? RECENT_MAX
     this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
     // In a cluster a tail is forgotten a minute after it was last set: readers look past a known

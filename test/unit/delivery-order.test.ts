@@ -19,6 +19,7 @@ import type { Logger } from '../../src/log.js'
 import { Sequencer } from '../../src/im/sequencer.js'
 import { createLogger } from '../../src/log.js'
 import { FaultyMessageStore } from '../helpers/faulty-store.js'
+import { NEVER, type WallMs } from '../../src/clocks.js'
 
 interface Setup { delivery: Delivery, published: number[], events: string[], flags: { backlogged: boolean }, delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, noticeRaw: (m: Record<string, unknown>) => void, bus: ClusterBus, failNext: () => void, gone: Set<string> }
 
@@ -182,7 +183,7 @@ test('a conversation known from no mark or notice yet: when the seq before was s
 test('no wait when the seq before was stored long ago, before this node listened, during a break in listening, or when nothing says when', async () => {
   const t0 = Date.now()
   // stored after this node listened, but longer ago than it may take to publish (100 ms here)
-  const old = setup({ listeningSince: () => 0, unpublishedMs: 100 })
+  const old = setup({ listeningSince: () => 0 as WallMs, unpublishedMs: 100 })
   await new Promise(resolve => setTimeout(resolve, 150))
   await deliver(old.delivery, [msg(3)], new Map([['c', Date.now() - 140]]))
   // stored 100 ms before this node started: its mark went by before this node listened
@@ -190,10 +191,10 @@ test('no wait when the seq before was stored long ago, before this node listened
   const late = setup()
   await deliver(late.delivery, [msg(3)], new Map([['c', startedAt - 100]]))
   // not listening now (Redis link down): no mark can come
-  const deaf = setup({ listeningSince: () => Number.POSITIVE_INFINITY })
+  const deaf = setup({ listeningSince: () => NEVER })
   await deliver(deaf.delivery, [msg(3)], new Map([['c', Date.now()]]))
   // listening again since a moment ago: a seq stored before that may have had its mark lost
-  const back = setup({ listeningSince: () => Date.now() - 10 })
+  const back = setup({ listeningSince: () => (Date.now() - 10) as WallMs })
   await deliver(back.delivery, [msg(3)], new Map([['c', Date.now() - 500]]))
   const none = setup()
   await deliver(none.delivery, [msg(3)])
@@ -202,7 +203,7 @@ test('no wait when the seq before was stored long ago, before this node listened
 })
 
 test('a seq stored "later" than now (the other node\'s clock ahead) is waited for, at most the order wait', async () => {
-  const { delivery, published } = setup({ waitMs: 300, listeningSince: () => 0 })
+  const { delivery, published } = setup({ waitMs: 300, listeningSince: () => 0 as WallMs })
   const t0 = Date.now()
   await deliver(delivery, [msg(3)], new Map([['c', Date.now() + 30_000]]))
   expect(Date.now() - t0).toBeGreaterThanOrEqual(280)
@@ -258,7 +259,7 @@ test('short waits that run out do not prolong the while: after it, a wait is ful
 })
 
 test('listening counts from when this Delivery was made at the earliest (the link may be up before the subscriptions that bring the marks)', async () => {
-  const { delivery, published } = setup({ listeningSince: () => 0 })
+  const { delivery, published } = setup({ listeningSince: () => 0 as WallMs })
   await new Promise(resolve => setTimeout(resolve, 30))
   const t0 = Date.now()
   // stored just before this Delivery was made: its mark may have gone by
@@ -451,7 +452,7 @@ describe('after a wait ran out, the seqs before are delivered from the store', (
 
   test('what was known published before a break in listening is not known after it: seqs published during the break are not delivered again', async () => {
     let since = 0
-    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 200, listeningSince: () => since })
+    const { delivery, published, notify, messages, storeNow } = filling({ waitMs: 200, listeningSince: () => since as WallMs })
     await tick(5)
     notify({ c: 10 }) // then the link broke; 11..500 were stored and published meanwhile, unheard
     storeNow(seqs(1, 500), 0)
@@ -732,7 +733,7 @@ describe('a resend answered with an entry another node stored whose delivery nev
 
   test('no check while not listening, nor across a break in listening (its mark may have gone by unheard)', async () => {
     let since = 0
-    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since })
+    const { delivery, published, notify, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since as WallMs })
     await tick(5)
     storeNow(seqs(1, 6))
     notify({ c: 4 })
@@ -1053,7 +1054,7 @@ describe('another node\'s notice of entries whose delivery never came: delivered
 
   test('none while not listening, nor across a break in listening, nor after close', async () => {
     let since = 0
-    const { delivery, published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since })
+    const { delivery, published, notify, notice, messages, storeNow } = filling({ resendCheckMs: 100, listeningSince: () => since as WallMs })
     await tick(5)
     storeNow(seqs(1, 6))
     notify({ c: 4 })

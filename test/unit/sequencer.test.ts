@@ -22,6 +22,7 @@ import { FaultyMessageStore } from '../helpers/faulty-store.js'
 import { MemoryMessageStore } from '../../src/store/messages-memory.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import { sleep, waitUntil } from '../../scripts/lib/procs.js'
+import type { MonotonicMs } from '../../src/clocks.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
 function prng (seed: number): () => number {
@@ -848,7 +849,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     let now = 1_000_000
     let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, clock: () => now, now: () => wall })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall })
     expect(seq.knownTail('c')).toBeUndefined()
     handler?.({ tails: { c: [5, 4, 5] } })
     expect(seq.knownTail('c')).toEqual({ seq: 5, count: 4, lastReal: 5 })
@@ -882,7 +883,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     let now = 1_000_000
     let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since, clock: () => now, now: () => wall })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall })
     handler?.({ tails: { c: [5, 5, 5] } })
     calls.length = 0
     // a link younger than a tail is kept: the store is asked, past the known tail (also when the

@@ -8,6 +8,7 @@ import { UsersElsewhere, SNAPSHOT_MAX } from '../../src/broker/users-elsewhere.j
 import { Bloom, BLOOM_BITS_MAX, BLOOM_BITS_MIN } from '../../src/broker/bloom.js'
 import { CONNECTED_TOPIC, WATCHERS_TOPIC } from '../../src/protocol/topics.js'
 import type { BusHandler } from '../../src/broker/bus.js'
+import type { MonotonicMs } from '../../src/clocks.js'
 
 const PERIOD = 1000
 
@@ -37,7 +38,7 @@ class Net {
 }
 
 function node (net: Net, id: string, users: Set<string> = new Set(), topic = WATCHERS_TOPIC): { w: UsersElsewhere, users: Set<string> } {
-  const w = new UsersElsewhere(net.bus(id), { users: () => users.values(), count: () => users.size }, { topic, periodMs: PERIOD, now: () => net.now })
+  const w = new UsersElsewhere(net.bus(id), { users: () => users.values(), count: () => users.size }, { topic, periodMs: PERIOD, now: () => net.now as MonotonicMs })
   return { w, users }
 }
 
@@ -107,7 +108,7 @@ describe('UsersElsewhere', () => {
     const net = new Net()
     let link = net.now
     const users = new Set(['ann'])
-    const a = new UsersElsewhere(net.bus('a'), { users: () => users.values(), count: () => users.size }, { topic: WATCHERS_TOPIC, periodMs: PERIOD, now: () => net.now, linkSince: () => link })
+    const a = new UsersElsewhere(net.bus('a'), { users: () => users.values(), count: () => users.size }, { topic: WATCHERS_TOPIC, periodMs: PERIOD, now: () => net.now as MonotonicMs, linkSince: () => link as MonotonicMs })
     made.push(a)
     const b = make(net, 'b')
     net.now += PERIOD + 1000

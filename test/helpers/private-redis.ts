@@ -1,0 +1,48 @@
+/**
+ * A Redis server of a test's own, for what cannot be done to the shared test Redis without
+ * disturbing the tests running beside it: a memory limit, writes refused. `redis-server` is the
+ * one scripts/services.sh installs (Debian's), on a free port, with no persistence.
+ */
+import type { ChildProcess } from 'node:child_process'
+import { Redis } from 'ioredis'
+import { freePort, spawnTracked, stopChild, waitUntil } from '../../scripts/lib/procs.js'
+import { tempDir } from './tmp.js'
+
+export interface PrivateRedis {
+  url: string
+  /** A connection for the test's own commands (CONFIG SET, looking at keys). */
+  admin: Redis
+  stop: () => Promise<void>
+}
+
+export async function startPrivateRedis (): Promise<PrivateRedis> {
+  const dir = tempDir('mqim-redis-')
+  let lastErr: unknown
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort()
+    const child: ChildProcess = spawnTracked('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' })
+    const url = `redis://127.0.0.1:${port}`
+    const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => 50 })
+    admin.on('error', () => {})
+    try {
+      await waitUntil(async () => {
+        if (child.exitCode !== null) throw new Error(`redis-server on ${port} exited (${child.exitCode})`)
+        return await admin.ping().then(() => true, () => false)
+      }, 10_000, `redis-server on ${port}`, 50)
+      return {
+        url,
+        admin,
+        stop: async () => {
+          admin.disconnect()
+          await stopChild(child)
+        }
+      }
+    } catch (err) {
+      // the port was taken between freePort and the server's bind: another one
+      lastErr = err
+      admin.disconnect()
+      await stopChild(child)
+    }
+  }
+  throw lastErr
+}
