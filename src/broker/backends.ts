@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills } from './upstream.js'
 import { monotonicNow, NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface BrokerBackends {
@@ -153,12 +153,12 @@ export function createBrokerBackends (
   // delivery order across nodes compares their clocks: each node's against Redis' (clock-check.ts)
   const clock = startClockCheck(redis, logger)
   return {
-    persistence: recordQueueReplays(
+    persistence: recordQueueReplays(noRedisWills(
       leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, {
         perConnection: ackKeysPerConnection(config.maxSessionDelivery),
         queueMax: config.maxSessionDelivery,
         ...ackReports(logger)
-      }),
+      }), persistenceConn),
       config.maxSessionDelivery + 1),
     mq,
     redis,

@@ -61,6 +61,9 @@
  *        the packet back to find its keys and takes four sequential commands (and a live
  *        delivery's count stays at -1 for good): no write at delivery, a key remembered then, and
  *        one script for the acknowledgements of one turn of the event loop (leanRedisAcks).
+ *    21. a will is stored at each CONNECT that has one and deleted at each CONNECT with commands
+ *        it does not await (rejected unhandled when Redis refuses a write), and a refused write
+ *        fails the connect: mqim, which never publishes wills, stores none (noRedisWills).
  *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
  *        only: what was broadcast while this node's Redis subscriber connection was down, or
  *        while the trie was being built at start, is missed for good; once built and after each
@@ -1092,6 +1095,53 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
       batch.push({ keys: [redisQueueKey(client.id), key, redisCountKey(key)], settle: resolve })
     })
     return undefined
+  }
+  return persistence
+}
+
+/** aedes-persistence-redis 11's list of stored wills, and a will's key (its willKey). */
+const REDIS_WILLS = 'will'
+function redisWillKey (brokerId: string, clientId: string): string {
+  return `will:${brokerId}:${encodeURIComponent(clientId)}`
+}
+
+interface RedisWillStore {
+  putWill: (client: { id: string }, packet: object) => Promise<void>
+  delWill: (client: { id: string, brokerId?: string }) => Promise<unknown>
+  streamWill: (brokers?: Record<string, unknown>) => AsyncIterable<unknown>
+}
+
+/**
+ * 21. aedes-persistence-redis stores a will at every CONNECT that has one (LREM, RPUSH and SET,
+ * the first two not awaited) and deletes at every CONNECT, will or not (LREM not awaited, then GET
+ * and DEL; Aedes passes its Client there, which has no broker id, so the key it deletes is
+ * `will:undefined:<id>`). A write Redis refuses or cannot take (writes refused, Redis gone) makes
+ * the promises nobody awaits reject unhandled (a line of error per connect in mqim's log; fatal
+ * in a process that has no handler), and fails the connect of a client with a will. mqim never
+ * publishes a will (the gateway's authorizePublish sinks it): nothing is stored; what an
+ * earlier version stored is still found (streamWill) and deleted (delWill), every command awaited.
+ */
+export function noRedisWills<T> (persistence: T, conn: Redis): T {
+  const store = persistence as unknown as RedisWillStore
+  store.putWill = async () => {}
+  store.delWill = async (client) => {
+    // (Aedes' connect-time call: its Client has no broker id; nothing was stored under it)
+    if (typeof client.brokerId !== 'string') return null
+    const key = redisWillKey(client.brokerId, client.id)
+    const replies = await conn.multi().lrem(REDIS_WILLS, 0, key).getBuffer(key).del(key).exec()
+    const packet = replies?.[1]?.[1]
+    return Buffer.isBuffer(packet) ? msgpack.decode(packet) as unknown : null
+  }
+  store.streamWill = async function * (brokers) {
+    // (as many as the persistence reads at a time, its maxWills default)
+    for (const key of await conn.lrange(REDIS_WILLS, 0, 9_999)) {
+      const value = await conn.getBuffer(key)
+      if (value === null) {
+        await conn.lrem(REDIS_WILLS, 0, key)
+        continue
+      }
+      if (brokers?.[key.split(':')[1] ?? ''] === undefined) yield msgpack.decode(value) as unknown
+    }
   }
   return persistence
 }
