@@ -255,11 +255,12 @@ describe('wills (workaround 21): mqim never publishes one, and stores none', () 
 
   test('workaround: a will an earlier version stored is still found and deleted, every command awaited', async () => {
     const conn = new Redis(redis.url)
-    const store = noRedisWills(aedesPersistenceRedis({ conn }), conn) as unknown as {
+    interface WillStore {
       putWill: (client: { id: string }, packet: object) => Promise<void>
       delWill: (client: { id: string, brokerId?: string }) => Promise<unknown>
       streamWill: (brokers?: Record<string, unknown>) => AsyncIterable<Record<string, unknown>>
     }
+    const store = noRedisWills(aedesPersistenceRedis({ conn }) as WillStore, conn)
     const old = { clientId: 'u:x', brokerId: 'old.b', topic: 'im/req/x', payload: Buffer.from('gone'), qos: 1 }
     await redis.admin.rpush('will', 'will:old.b:u%3Ax', 'will:old.b:u%3Agone', 'will:live.b:u%3Ay')
     await redis.admin.set('will:old.b:u%3Ax', msgpack.encode(old))

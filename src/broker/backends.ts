@@ -152,14 +152,14 @@ export function createBrokerBackends (
   const matcher = repairSubscriptionMatcher(mq, redis, sub, logger)
   // delivery order across nodes compares their clocks: each node's against Redis' (clock-check.ts)
   const clock = startClockCheck(redis, logger)
+  const queues = boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl })
+  const acks = leanRedisAcks(queues, persistenceConn, {
+    perConnection: ackKeysPerConnection(config.maxSessionDelivery),
+    queueMax: config.maxSessionDelivery,
+    ...ackReports(logger)
+  })
   return {
-    persistence: recordQueueReplays(noRedisWills(
-      leanRedisAcks(boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl }), persistenceConn, {
-        perConnection: ackKeysPerConnection(config.maxSessionDelivery),
-        queueMax: config.maxSessionDelivery,
-        ...ackReports(logger)
-      }), persistenceConn),
-      config.maxSessionDelivery + 1),
+    persistence: recordQueueReplays(noRedisWills(acks, persistenceConn), config.maxSessionDelivery + 1),
     mq,
     redis,
     brokerStarted: matcher.start,

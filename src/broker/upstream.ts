@@ -1130,7 +1130,7 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
     const key = redisWillKey(client.brokerId, client.id)
     const replies = await conn.multi().lrem(REDIS_WILLS, 0, key).getBuffer(key).del(key).exec()
     const packet = replies?.[1]?.[1]
-    return Buffer.isBuffer(packet) ? msgpack.decode(packet) as unknown : null
+    return Buffer.isBuffer(packet) ? msgpack.decode(packet) : null
   }
   store.streamWill = async function * (brokers) {
     // (as many as the persistence reads at a time, its maxWills default)
@@ -1140,7 +1140,7 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
         await conn.lrem(REDIS_WILLS, 0, key)
         continue
       }
-      if (brokers?.[key.split(':')[1] ?? ''] === undefined) yield msgpack.decode(value) as unknown
+      if (brokers?.[key.split(':')[1] ?? ''] === undefined) yield msgpack.decode(value)
     }
   }
   return persistence
