@@ -1119,7 +1119,8 @@ interface RedisWillStore {
  * the promises nobody awaits reject unhandled (a line of error per connect in mqim's log; fatal
  * in a process that has no handler), and fails the connect of a client with a will. mqim never
  * publishes a will (the gateway's authorizePublish sinks it): nothing is stored; what an
- * earlier version stored is still found (streamWill) and deleted (delWill), every command awaited.
+ * earlier version stored is deleted (delWill, and streamWill once its broker has stopped) and
+ * never handed to Aedes, every command awaited.
  */
 export function noRedisWills<T> (persistence: T, conn: Redis): T {
   const store = persistence as unknown as RedisWillStore
@@ -1132,16 +1133,20 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
     const packet = replies?.[1]?.[1]
     return Buffer.isBuffer(packet) ? msgpack.decode(packet) : null
   }
+  // Aedes' sweep (every 4 heartbeats) publishes each will streamed here whose broker stopped, after
+  // authorizePublish: with a device of that client id connected to this node, the gateway would
+  // take a will read back from Redis (not the object it knows as the device's will) for a publish
+  // of that device, a request. Nothing is streamed: a stopped broker's wills are deleted here. (An
+  // error waits for the next sweep: thrown, it would reach Aedes' 'error' event.)
   store.streamWill = async function * (brokers) {
-    // (as many as the persistence reads at a time, its maxWills default)
-    for (const key of await conn.lrange(REDIS_WILLS, 0, 9_999)) {
-      const value = await conn.getBuffer(key)
-      if (value === null) {
-        await conn.lrem(REDIS_WILLS, 0, key)
-        continue
+    try {
+      // (as many as the persistence reads at a time, its maxWills default)
+      for (const key of await conn.lrange(REDIS_WILLS, 0, 10_000)) {
+        if (brokers?.[key.split(':')[1] ?? ''] !== undefined) continue
+        await conn.multi().lrem(REDIS_WILLS, 0, key).del(key).exec()
       }
-      if (brokers?.[key.split(':')[1] ?? ''] === undefined) yield msgpack.decode(value)
-    }
+    } catch {}
+    yield * []
   }
   return persistence
 }
