@@ -13,5 +13,6 @@ export type WallMs = number & { readonly clock: 'wall' }
 export const monotonicNow = (): MonotonicMs => performance.now() as MonotonicMs
 export const wallNow = (): WallMs => Date.now() as WallMs
 
-/** "Not now" on either clock: a link that is down has been up since the future. */
-export const NEVER = Number.POSITIVE_INFINITY as MonotonicMs & WallMs
+/** "Not now" on each clock: a link that is down has been up since the future. */
+export const MONOTONIC_NEVER = Number.POSITIVE_INFINITY as MonotonicMs
+export const WALL_NEVER = Number.POSITIVE_INFINITY as WallMs

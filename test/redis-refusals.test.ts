@@ -19,7 +19,7 @@ import mqtt, { type MqttClient } from 'mqtt'
 import { Redis } from 'ioredis'
 import msgpack from 'msgpack-lite'
 import { boundRedisQueues, leanRedisAcks, noRedisWills, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
-import { createBrokerBackends } from '../src/broker/backends.js'
+import { checkEvictionPolicy, createBrokerBackends } from '../src/broker/backends.js'
 import { createLogger } from '../src/log.js'
 import { sleep, waitUntil } from '../scripts/lib/procs.js'
 import { startPrivateRedis, type PrivateRedis } from './helpers/private-redis.js'
@@ -41,6 +41,7 @@ afterEach(async () => {
   if (redis === undefined) return
   await redis.admin.config('SET', 'maxmemory', '0')
   await redis.admin.config('SET', 'min-replicas-to-write', '0')
+  await redis.admin.config('SET', 'maxmemory-policy', 'noeviction')
   await redis.admin.flushall()
 })
 /** The private Redis (started in beforeAll). */
@@ -92,6 +93,34 @@ describe('out of memory', () => {
     // still out of memory
     await expect(r().admin.set('probe', 'x')).rejects.toThrow(/^OOM /)
     conn.disconnect()
+  })
+})
+
+describe('maxmemory-policy', () => {
+  const evicts = (lines: Array<Record<string, unknown>>): unknown[] => lines.filter(l => typeof l.msg === 'string' && l.msg.startsWith('Redis evicts keys')).map(l => l.maxmemoryPolicy)
+
+  test('anything but noeviction is warned about at start; noeviction is not; an unreadable one is left alone', async () => {
+    const quiet = capture()
+    expect(await checkEvictionPolicy(r().admin, quiet.logger)).toBe('noeviction')
+    expect(evicts(quiet.lines)).toEqual([])
+    await r().admin.config('SET', 'maxmemory-policy', 'volatile-lru')
+    const warned = capture()
+    expect(await checkEvictionPolicy(r().admin, warned.logger)).toBe('volatile-lru')
+    expect(evicts(warned.lines)).toEqual(['volatile-lru'])
+    const gone = new Redis(r().url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false })
+    gone.on('error', () => {})
+    expect(await checkEvictionPolicy(gone, warned.logger)).toBeNull()
+    gone.disconnect()
+    // wired into the cluster backends
+    await r().admin.config('SET', 'maxmemory-policy', 'allkeys-lru')
+    const started = capture()
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, started.logger)
+    try {
+      await waitUntil(() => evicts(started.lines).length > 0, 10_000, 'the warning')
+      expect(evicts(started.lines)).toEqual(['allkeys-lru'])
+    } finally {
+      await backends.close()
+    }
   })
 })
 

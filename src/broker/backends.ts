@@ -12,7 +12,7 @@ import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
 import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills } from './upstream.js'
-import { monotonicNow, NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
+import { MONOTONIC_NEVER, monotonicNow, WALL_NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface BrokerBackends {
   persistence: unknown
@@ -81,6 +81,26 @@ export function ackReports (logger: Logger, now: () => number = () => performanc
   }
 }
 
+/**
+ * What Redis does when it is full (`maxmemory-policy`), read once at start (INFO needs no CONFIG
+ * permission). Anything but noeviction evicts keys in place of refusing writes: sessions,
+ * subscriptions, queued messages and their counts can vanish (a count evicted makes the next
+ * acknowledgement delete a packet other queues still hold), so it is warned about. Returns the
+ * policy, or null when it could not be read.
+ */
+export async function checkEvictionPolicy (conn: Pick<Redis, 'info'>, logger: Logger): Promise<string | null> {
+  try {
+    const policy = /maxmemory_policy:(\S+)/.exec(await conn.info('memory'))?.[1] ?? null
+    if (policy !== null && policy !== 'noeviction') {
+      logger.warn({ maxmemoryPolicy: policy }, 'Redis evicts keys when it is full: sessions, subscriptions and queued messages can vanish without a trace; set maxmemory-policy noeviction on this Redis (README, "Redis memory")')
+    }
+    return policy
+  } catch (err) {
+    logger.debug({ err }, 'could not read Redis\' maxmemory-policy')
+    return null
+  }
+}
+
 export function createBrokerBackends (
   config: Config['broker']['persistence'],
   limits: Pick<Config['limits'], 'sessionQueueMessages' | 'sessionQueueBytes'>,
@@ -115,17 +135,18 @@ export function createBrokerBackends (
   const sub = connect('sub', false)
   // (ioredis sets status 'ready' a tick before it emits 'ready': the times of the connection before
   // a break must not be read in between)
-  let subReadySince: WallMs = NEVER
-  let subReadyAt: MonotonicMs = NEVER
+  let subReadySince: WallMs = WALL_NEVER
+  let subReadyAt: MonotonicMs = MONOTONIC_NEVER
   sub.on('ready', () => {
     subReadySince = wallNow()
     subReadyAt = monotonicNow()
   })
   sub.on('close', () => {
-    subReadySince = NEVER
-    subReadyAt = NEVER
+    subReadySince = WALL_NEVER
+    subReadyAt = MONOTONIC_NEVER
   })
   const redis = connect('mqim')
+  void checkEvictionPolicy(redis, logger)
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
   // minute of each, with the count since the last
   const warn = warnEveryMinute(logger)
@@ -168,8 +189,8 @@ export function createBrokerBackends (
     clockOffset: clock.offsetSeconds,
     available: () => persistenceConn.status === 'ready' && pub.status === 'ready' && sub.status === 'ready',
     // while the subscriber is down, notices are being missed: "not connected" (the future)
-    connectedSince: () => sub.status === 'ready' ? subReadySince : NEVER,
-    linkUpSince: () => sub.status === 'ready' ? subReadyAt : NEVER,
+    connectedSince: () => sub.status === 'ready' ? subReadySince : WALL_NEVER,
+    linkUpSince: () => sub.status === 'ready' ? subReadyAt : MONOTONIC_NEVER,
     close: async () => {
       matcher.close()
       clock.close()

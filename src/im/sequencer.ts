@@ -30,7 +30,7 @@ import type { CommitListener, HeldDeliveries } from './delivery.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { SEQ_TOPIC } from '../protocol/topics.js'
 import type { Metrics } from '../metrics.js'
-import { monotonicNow, type MonotonicMs } from '../clocks.js'
+import { monotonicNow, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface Draft {
   conversationId: string
@@ -107,7 +107,8 @@ export interface SequencerOptions {
    * (the in-memory store): a resend then costs one insert that reports the conflict.
    */
   recentMax?: number
-  now?: () => number
+  /** The wall clock messages are stamped with (default Date.now). */
+  now?: () => WallMs
   sleep?: (ms: number) => Promise<void>
   /** Batch sizes and submit -> stored latency. */
   metrics?: Metrics
@@ -242,7 +243,7 @@ export class Sequencer {
     this.store = store
     this.delivery = delivery
     this.opts = opts
-    this.now = opts.now ?? Date.now
+    this.now = opts.now ?? wallNow
     this.clock = opts.clock ?? monotonicNow
     const recentMax = opts.recentMax ?? RECENT_MAX
     this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null

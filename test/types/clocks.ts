@@ -3,13 +3,14 @@
  * of src/clocks.ts cannot stand in for each other, so the places that read one (the sequencer's
  * and UsersElsewhere's link age: monotonic; Delivery's order window: wall) cannot be wired to the
  * other, in server.ts or anywhere. Each `@ts-expect-error` fails the typecheck if its line
- * compiles, which it would if a brand were dropped or a wiring swapped.
+ * compiles, which it would if a brand were dropped or a wiring swapped. (Options typed as plain
+ * numbers accept either clock: the ones that read a clock are typed with the one they need.)
  */
 import type { BrokerBackends } from '../../src/broker/backends.js'
 import type { SequencerOptions } from '../../src/im/sequencer.js'
 import type { UsersElsewhereOptions } from '../../src/broker/users-elsewhere.js'
 import type { OrderOptions } from '../../src/im/delivery.js'
-import { monotonicNow, wallNow } from '../../src/clocks.js'
+import { monotonicNow, WALL_NEVER, wallNow } from '../../src/clocks.js'
 
 export function wirings (backends: BrokerBackends): unknown[] {
   return [
@@ -30,6 +31,11 @@ export function wirings (backends: BrokerBackends): unknown[] {
     { now: wallNow } satisfies Pick<UsersElsewhereOptions, 'now'>,
     // @ts-expect-error plain numbers say neither
     { peersSince: () => performance.now() } satisfies Pick<SequencerOptions, 'peersSince'>,
+    // @ts-expect-error the monotonic clock as the one messages are stamped with
+    { now: monotonicNow } satisfies Pick<SequencerOptions, 'now'>,
+    // @ts-expect-error "not now" on one clock is not "not now" on the other
+    { peersSince: () => WALL_NEVER } satisfies Pick<SequencerOptions, 'peersSince'>,
+    { now: wallNow } satisfies Pick<SequencerOptions, 'now'>,
     { clock: monotonicNow } satisfies Pick<SequencerOptions, 'clock'>
   ]
 }

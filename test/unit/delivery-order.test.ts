@@ -19,7 +19,7 @@ import type { Logger } from '../../src/log.js'
 import { Sequencer } from '../../src/im/sequencer.js'
 import { createLogger } from '../../src/log.js'
 import { FaultyMessageStore } from '../helpers/faulty-store.js'
-import { NEVER, type WallMs } from '../../src/clocks.js'
+import { WALL_NEVER, type WallMs } from '../../src/clocks.js'
 
 interface Setup { delivery: Delivery, published: number[], events: string[], flags: { backlogged: boolean }, delivered: string[], sent: StoredMessage[], notices: Array<Record<string, unknown>>, errors: string[], warnings: string[], notify: (seqs: Record<string, number>) => void, notice: (seqs: Record<string, number>) => void, noticeRaw: (m: Record<string, unknown>) => void, bus: ClusterBus, failNext: () => void, gone: Set<string> }
 
@@ -191,7 +191,7 @@ test('no wait when the seq before was stored long ago, before this node listened
   const late = setup()
   await deliver(late.delivery, [msg(3)], new Map([['c', startedAt - 100]]))
   // not listening now (Redis link down): no mark can come
-  const deaf = setup({ listeningSince: () => NEVER })
+  const deaf = setup({ listeningSince: () => WALL_NEVER })
   await deliver(deaf.delivery, [msg(3)], new Map([['c', Date.now()]]))
   // listening again since a moment ago: a seq stored before that may have had its mark lost
   const back = setup({ listeningSince: () => (Date.now() - 10) as WallMs })

@@ -22,7 +22,7 @@ import { FaultyMessageStore } from '../helpers/faulty-store.js'
 import { MemoryMessageStore } from '../../src/store/messages-memory.js'
 import type { ClusterBus } from '../../src/broker/bus.js'
 import { sleep, waitUntil } from '../../scripts/lib/procs.js'
-import type { MonotonicMs } from '../../src/clocks.js'
+import type { MonotonicMs, WallMs } from '../../src/clocks.js'
 
 /** mulberry32: a small seeded PRNG returning floats in [0, 1). */
 function prng (seed: number): () => number {
@@ -113,7 +113,7 @@ class Harness {
       writeRetryMs: options.writeRetryMs ?? 1_000_000_000,
       recentMax: options.recentMax,
       logger: createLogger('silent'),
-      now: () => this.clock,
+      now: () => this.clock as WallMs,
       sleep: async (ms) => {
         this.sleeps++
         this.clock += ms
@@ -849,7 +849,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     let now = 1_000_000
     let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall as WallMs })
     expect(seq.knownTail('c')).toBeUndefined()
     handler?.({ tails: { c: [5, 4, 5] } })
     expect(seq.knownTail('c')).toEqual({ seq: 5, count: 4, lastReal: 5 })
@@ -883,7 +883,7 @@ describe('Sequencer in a cluster: tails of other nodes', () => {
     let now = 1_000_000
     let wall = 1_700_000_000_000
     let since = now
-    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall })
+    const seq = new Sequencer(store, { committed: () => {} }, { batchMaxMessages: 100, batchDelayMs: 0, writeRetryMs: 1000, logger: createLogger('silent'), peers: bus, peersSince: () => since as MonotonicMs, clock: () => now as MonotonicMs, now: () => wall as WallMs })
     handler?.({ tails: { c: [5, 5, 5] } })
     calls.length = 0
     // a link younger than a tail is kept: the store is asked, past the known tail (also when the
