@@ -62,8 +62,10 @@
  *        delivery's count stays at -1 for good): no write at delivery, a key remembered then, and
  *        one script for the acknowledgements of one turn of the event loop (leanRedisAcks).
  *    21. a will is stored at each CONNECT that has one and deleted at each CONNECT with commands
- *        it does not await (rejected unhandled when Redis refuses a write), and a refused write
- *        fails the connect: mqim, which never publishes wills, stores none (noRedisWills).
+ *        it does not await (rejected unhandled when Redis refuses a write), a refused write fails
+ *        the connect, and a stopped broker's wills go to Aedes' sweep, whose authorizePublish
+ *        sees a device connected under that client id as their publisher: mqim, which never
+ *        publishes wills, stores none and hands none out (noRedisWills).
  *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
  *        only: what was broadcast while this node's Redis subscriber connection was down, or
  *        while the trie was being built at start, is missed for good; once built and after each
