@@ -82,8 +82,8 @@ export function ackReports (logger: Logger, now: () => number = () => performanc
 }
 
 /**
- * What Redis does when it is full (`maxmemory-policy`), read once at start (INFO needs no CONFIG
- * permission). Anything but noeviction evicts keys in place of refusing writes: sessions,
+ * What Redis does when it is full (`maxmemory-policy`), read whenever the connection is ready
+ * (INFO needs no CONFIG permission). Anything but noeviction evicts keys in place of refusing writes: sessions,
  * subscriptions, queued messages and their counts can vanish (a count evicted makes the next
  * acknowledgement delete a packet other queues still hold), so it is warned about. Returns the
  * policy, or null when it could not be read.
@@ -146,7 +146,8 @@ export function createBrokerBackends (
     subReadyAt = MONOTONIC_NEVER
   })
   const redis = connect('mqim')
-  void checkEvictionPolicy(redis, logger)
+  // at start and after each reconnect (a failover may land on a server configured otherwise)
+  redis.on('ready', () => { void checkEvictionPolicy(redis, logger) })
   // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
   // minute of each, with the count since the last
   const warn = warnEveryMinute(logger)

@@ -1101,11 +1101,8 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   return persistence
 }
 
-/** aedes-persistence-redis 11's list of stored wills, and a will's key (its willKey). */
+/** aedes-persistence-redis 11's list of stored wills (each entry `will:<broker id>:<client id>`, the will's key). */
 const REDIS_WILLS = 'will'
-function redisWillKey (brokerId: string, clientId: string): string {
-  return `will:${brokerId}:${encodeURIComponent(clientId)}`
-}
 
 interface RedisWillStore {
   putWill: (client: { id: string }, packet: object) => Promise<void>
@@ -1120,21 +1117,17 @@ interface RedisWillStore {
  * `will:undefined:<id>`). A write Redis refuses or cannot take (writes refused, Redis gone) makes
  * the promises nobody awaits reject unhandled (a line of error per connect in mqim's log; fatal
  * in a process that has no handler), and fails the connect of a client with a will. mqim never
- * publishes a will (the gateway's authorizePublish sinks it): nothing is stored; what an
- * earlier version stored is deleted (delWill, and streamWill once its broker has stopped) and
- * never handed to Aedes, every command awaited.
+ * publishes a will (the gateway's authorizePublish sinks it): nothing is stored or deleted at
+ * connect or close; what an earlier version stored is deleted by streamWill once its broker has
+ * stopped, every command awaited, and never handed to Aedes.
  */
 export function noRedisWills<T> (persistence: T, conn: Redis): T {
   const store = persistence as unknown as RedisWillStore
   store.putWill = async () => {}
-  store.delWill = async (client) => {
-    // (Aedes' connect-time call: its Client has no broker id; nothing was stored under it)
-    if (typeof client.brokerId !== 'string') return null
-    const key = redisWillKey(client.brokerId, client.id)
-    const replies = await conn.multi().lrem(REDIS_WILLS, 0, key).getBuffer(key).del(key).exec()
-    const packet = replies?.[1]?.[1]
-    return Buffer.isBuffer(packet) ? msgpack.decode(packet) : null
-  }
+  // (Aedes asks at connect, with no broker id, and at each close of a client with a will, with this
+  // start's broker id, under which nothing is ever stored; what Aedes' sweep would delete, streamWill
+  // does)
+  store.delWill = async () => null
   // Aedes' sweep (every 4 heartbeats) publishes each will streamed here whose broker stopped, after
   // authorizePublish: with a device of that client id connected to this node, the gateway would
   // take a will read back from Redis (not the object it knows as the device's will) for a publish

@@ -189,7 +189,7 @@ export class Sequencer {
   private readonly store: MessageStore
   private readonly delivery: CommitListener
   private readonly opts: SequencerOptions
-  private readonly now: () => number
+  private readonly now: () => WallMs
   private readonly clock: () => MonotonicMs
   private readonly sleep: (ms: number) => Promise<void>
   /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
