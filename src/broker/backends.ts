@@ -83,10 +83,10 @@ export function ackReports (logger: Logger, now: () => number = () => performanc
 
 /**
  * What Redis does when it is full (`maxmemory-policy`), read whenever the connection is ready
- * (INFO needs no CONFIG permission). Anything but noeviction evicts keys in place of refusing writes: sessions,
- * subscriptions, queued messages and their counts can vanish (a count evicted makes the next
- * acknowledgement delete a packet other queues still hold), so it is warned about. Returns the
- * policy, or null when it could not be read.
+ * (INFO needs no CONFIG permission). Anything but noeviction evicts keys in place of refusing
+ * writes: sessions, subscriptions, queued messages and their counts can vanish (a count evicted
+ * makes the next acknowledgement delete a packet other queues still hold), so it is warned about.
+ * Returns the policy, or null when it could not be read.
  */
 export async function checkEvictionPolicy (conn: Pick<Redis, 'info'>, logger: Logger): Promise<string | null> {
   try {

@@ -1025,7 +1025,7 @@ export function leanRedisAcks<T> (persistence: T, conn: Redis, opts: { perConnec
   // Runs the kept releases, a script at a time. Redis unreachable: the rest is kept for the next
   // 'ready' or success. An error Redis answered (the script refused, e.g. writes refused on a
   // replica; not out of memory: the script's first write is an LREM, which Redis does not refuse
-  // for memory, and once a script has written Redis stops it for nothing):
+  // for memory, and once a script has written Redis no longer refuses it for memory or writes):
   // that script's releases are given up, or they would fail again at every retry; the rest go on.
   const retry = (): void => {
     if (retrying) {
