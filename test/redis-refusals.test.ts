@@ -9,6 +9,10 @@
  * - Through Aedes (the real broker with createBrokerBackends' Redis persistence, a real mqtt.js
  *   client over TCP): a PUBACK whose release Redis refuses costs the client nothing; with the
  *   stock persistence, Aedes closes the connection (workaround 15, src/broker/upstream.ts).
+ * - Wills (workaround 21): none stored or deleted at connect and close, none handed to Aedes'
+ *   sweep (which would authorize one as a publish of the device connected under its client id),
+ *   stale ones deleted; the stock persistence's behaviour alongside.
+ * - A maxmemory-policy that evicts is warned about (checkEvictionPolicy).
  */
 import { execFileSync } from 'node:child_process'
 import net from 'node:net'
