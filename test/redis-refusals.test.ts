@@ -16,7 +16,6 @@
  */
 import { execFileSync } from 'node:child_process'
 import net from 'node:net'
-import { Writable } from 'node:stream'
 import { Aedes } from 'aedes'
 import aedesPersistenceRedis from 'aedes-persistence-redis'
 import mqtt, { type MqttClient } from 'mqtt'
@@ -24,7 +23,7 @@ import { Redis } from 'ioredis'
 import msgpack from 'msgpack-lite'
 import { boundRedisQueues, leanRedisAcks, noRedisWills, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 import { checkEvictionPolicy, createBrokerBackends } from '../src/broker/backends.js'
-import { createLogger } from '../src/log.js'
+import { recordingLogger } from './helpers/recording-logger.js'
 import { sleep, waitUntil } from '../scripts/lib/procs.js'
 import { startPrivateRedis, type PrivateRedis } from './helpers/private-redis.js'
 
@@ -104,11 +103,11 @@ describe('maxmemory-policy', () => {
   const evicts = (lines: Array<Record<string, unknown>>): unknown[] => lines.filter(l => typeof l.msg === 'string' && l.msg.startsWith('Redis evicts keys')).map(l => l.maxmemoryPolicy)
 
   test('anything but noeviction is warned about at start; noeviction is not; an unreadable one is left alone', async () => {
-    const quiet = capture()
+    const quiet = recordingLogger('info')
     expect(await checkEvictionPolicy(r().admin, quiet.logger)).toBe('noeviction')
     expect(evicts(quiet.lines)).toEqual([])
     await r().admin.config('SET', 'maxmemory-policy', 'volatile-lru')
-    const warned = capture()
+    const warned = recordingLogger('info')
     expect(await checkEvictionPolicy(r().admin, warned.logger)).toBe('volatile-lru')
     expect(evicts(warned.lines)).toEqual(['volatile-lru'])
     const gone = new Redis(r().url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false })
@@ -117,7 +116,7 @@ describe('maxmemory-policy', () => {
     gone.disconnect()
     // wired into the cluster backends
     await r().admin.config('SET', 'maxmemory-policy', 'allkeys-lru')
-    const started = capture()
+    const started = recordingLogger('info')
     const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, started.logger)
     try {
       await waitUntil(() => evicts(started.lines).length > 0, 10_000, 'the warning')
@@ -127,13 +126,6 @@ describe('maxmemory-policy', () => {
     }
   })
 })
-
-/** Lines a logger wrote, parsed. */
-function capture (): { lines: Array<Record<string, unknown>>, logger: ReturnType<typeof createLogger> } {
-  const lines: Array<Record<string, unknown>> = []
-  const sink = new Writable({ write (chunk: Buffer, _enc, cb) { for (const l of chunk.toString().split('\n')) if (l !== '') lines.push(JSON.parse(l) as Record<string, unknown>); cb() } })
-  return { lines, logger: createLogger('info', { destination: sink }) }
-}
 
 interface Rig { broker: Aedes, port: number, close: () => Promise<void> }
 
@@ -211,7 +203,7 @@ describe('a PUBACK whose release Redis refuses (writes refused: NOREPLICAS)', ()
   })
 
   test('workaround: with createBrokerBackends\' persistence the connection stays; the release is kept, reported, and done once Redis takes writes again', async () => {
-    const { lines, logger } = capture()
+    const { lines, logger } = recordingLogger('info')
     const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, logger)
     const rig = await broker(backends.persistence, backends.mq, async () => { await backends.close() })
     try {
@@ -284,7 +276,7 @@ describe('wills (workaround 21): mqim never publishes one, and stores none', () 
   })
 
   test('workaround: nothing stored; with writes refused a client with a will (persistent session) still connects, no rejection unhandled', async () => {
-    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, capture().logger)
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, recordingLogger('info').logger)
     const rig = await broker(backends.persistence, backends.mq, async () => { await backends.close() })
     try {
       const first = await connectWithWill(rig)
@@ -367,7 +359,6 @@ describe('wills (workaround 21): mqim never publishes one, and stores none', () 
       await waitUntil(() => device.connected, 10_000, 'u:x connected')
       // a few sweeps (200 ms apart): until old.b's will is gone from Redis
       await waitUntil(async () => await r().admin.exists('will:old.b:u%3Ax') === 0, 10_000, 'old.b\'s will deleted')
-      await sleep(500)
       device.end(true)
     } finally {
       await new Promise<void>(resolve => b.close(() => resolve()))

@@ -3,17 +3,9 @@
  * virtual clock: the offset of the sample with the shortest round trip, round trips too long to
  * say anything, a warning beyond 100 ms, answers that are not numbers, and a failing TIME.
  */
-import { Writable } from 'node:stream'
 import { startClockCheck, MAX_RTT_MS, type ClockCheck } from '../../src/broker/clock-check.js'
-import { createLogger, type Logger } from '../../src/log.js'
+import { recordingLogger } from '../helpers/recording-logger.js'
 import { waitUntil } from '../../scripts/lib/procs.js'
-
-/** A logger whose lines are kept (JSON objects). */
-function recordingLogger (): { logger: Logger, lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = []
-  const sink = new Writable({ write (chunk: Buffer, _enc, cb) { lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>); cb() } })
-  return { logger: createLogger('debug', { destination: sink }), lines }
-}
 
 /**
  * Redis' clock is `offsetMs` behind this node's; each TIME takes the next of `rtts` (ms, on the
