@@ -277,7 +277,7 @@ export class MqimServer {
       fileOrigins: fileOrigins(config.files),
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
-      health: async () => await checkHealth({ meta, messages, redis: backends.redis, node: nodeId }, {
+      health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {
         node: nodeId,
         clients: broker.connectedClients,
         messageStore: config.messageStore.adapter,
