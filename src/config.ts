@@ -292,7 +292,14 @@ export const ConfigSchema = z.object({
         /** At most this many queued messages are delivered on reconnect; the rest comes from history. */
         maxSessionDelivery: z.number().int().min(1).default(100),
         /** How often each node tells the others which users it has reply watchers and connections for (a node routes every reply copy and read event for this long plus a second after it starts). */
-        watchersListMs: z.number().int().min(100).max(600_000).default(10_000)
+        watchersListMs: z.number().int().min(100).max(600_000).default(10_000),
+        /**
+         * A Redis connection that has a command waiting and receives nothing for this long is
+         * closed and opened again (a Redis stuck, or cut off by a network that drops packets, would
+         * otherwise hold it for the kernel's ~15 minutes; after a failover the node finds the new
+         * primary). Each connection is pinged every half of it, so an idle one is checked too.
+         */
+        socketTimeoutMs: z.number().int().min(1000).max(600_000).default(10_000)
       }).strict()
     ]),
     /** A connection that has had bytes waiting to be written for this long (its reader stopped) is disconnected. */

@@ -277,7 +277,7 @@ export class MqimServer {
       fileOrigins: fileOrigins(config.files),
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
-      health: async () => await checkHealth({ meta, messages, redis: backends.redis }, {
+      health: async () => await checkHealth({ meta, messages, redis: backends.redis, node: nodeId }, {
         node: nodeId,
         clients: broker.connectedClients,
         messageStore: config.messageStore.adapter,

@@ -26,7 +26,7 @@ describe('broker backends on Redis: the link\'s age', () => {
     const url = new URL(redisUrl())
     url.pathname = `/${REDIS_DB}`
     const before = { wall: Date.now(), mono: performance.now() }
-    backends = createBrokerBackends({ adapter: 'redis', url: url.toString(), packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 },
+    backends = createBrokerBackends({ adapter: 'redis', url: url.toString(), packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000, socketTimeoutMs: 10_000 },
       { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, createLogger('silent'))
     const b = backends
     await waitUntil(() => b.available(), 10_000)

@@ -1,7 +1,8 @@
 /**
  * Dependency outages: MongoDB (FerretDB), MySQL (MariaDB) and Redis are each stopped for ~5 s
  * (scripts/services.sh stop-one) under a light, steady load and started again (start-one), one
- * after the other, while the same mqim node keeps running. For each outage:
+ * after the other, while the same mqim node keeps running; then Redis is frozen (SIGSTOP) for 15 s
+ * and thawed (SIGCONT). For each outage:
  *   - the server process stays up (same pid);
  *   - every send published during the outage is either acknowledged (and is then in history under
  *     that seq) or answered with an error (UNAVAILABLE or INTERNAL): no silence, no other error;
@@ -23,6 +24,8 @@ import { killAllChildren } from '../scripts/lib/procs.js'
 import { finalLine } from '../scripts/lib/verify.js'
 
 const OUTAGE_MS = 5000
+/** Longer than the drill's request timeout (12 s). */
+const HANG_MS = 15_000
 const RECOVERY_MS = 30_000
 const ALLOWED = new Set(['ok', 'error:UNAVAILABLE', 'error:INTERNAL'])
 
@@ -94,6 +97,14 @@ describe('dependency outages under load (private services)', () => {
   outage('mongo')
   outage('mysql')
   outage('redis')
+
+  // Redis frozen (SIGSTOP) longer than a device waits for an answer: its sockets stay open and
+  // nothing is answered, as when it is stuck or a network drops packets. The node must notice
+  // (health, UNAVAILABLE) rather than wait on it, and lose nothing.
+  test(`redis frozen for ${HANG_MS / 1000} s: redis degraded, sends acked or refused, never unanswered, recovery without restart`, async () => {
+    if (drill === undefined) throw new Error('the drill did not start')
+    check(await drill.outage('redis', HANG_MS, RECOVERY_MS, 'hang'))
+  }, 120_000)
 
   test('after the outages: every acknowledged message is in history under its seq; no gap, no duplicate', async () => {
     if (drill === undefined) throw new Error('the drill did not start')

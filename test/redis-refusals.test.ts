@@ -13,6 +13,8 @@
  *   sweep (which would authorize one as a publish of the device connected under its client id),
  *   stale ones deleted; the stock persistence's behaviour alongside.
  * - A maxmemory-policy that evicts is warned about (checkEvictionPolicy).
+ * - /healthz reports a Redis that answers but refuses writes ("refuses writes"), which a PING
+ *   would call healthy.
  */
 import { execFileSync } from 'node:child_process'
 import net from 'node:net'
@@ -23,6 +25,9 @@ import { Redis } from 'ioredis'
 import msgpack from 'msgpack-lite'
 import { boundRedisQueues, leanRedisAcks, noRedisWills, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 import { checkEvictionPolicy, createBrokerBackends } from '../src/broker/backends.js'
+import { checkHealth } from '../src/http/health.js'
+import { MemoryMessageStore } from '../src/store/messages-memory.js'
+import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
 import { recordingLogger } from './helpers/recording-logger.js'
 import { sleep, waitUntil } from '../scripts/lib/procs.js'
 import { startPrivateRedis, type PrivateRedis } from './helpers/private-redis.js'
@@ -117,13 +122,39 @@ describe('maxmemory-policy', () => {
     // wired into the cluster backends
     await r().admin.config('SET', 'maxmemory-policy', 'allkeys-lru')
     const started = recordingLogger('info')
-    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, started.logger)
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000, socketTimeoutMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, started.logger)
     try {
       await waitUntil(() => evicts(started.lines).length > 0, 10_000, 'the warning')
       expect(evicts(started.lines)).toEqual(['allkeys-lru'])
     } finally {
       await backends.close()
     }
+  })
+})
+
+describe('/healthz (checkHealth) on a Redis that refuses writes', () => {
+  const health = async (conn: Redis): Promise<{ ok: boolean, body: Record<string, unknown> }> =>
+    await checkHealth({ meta: new MemoryMetadataStore(), messages: new MemoryMessageStore(), redis: conn, node: 'n1' }, { node: 'n1' })
+
+  test('ok while it writes; degraded, "refuses writes", when it answers but will not write (NOREPLICAS, OOM); the probe key expires', async () => {
+    const conn = track(new Redis(r().url))
+    expect(await health(conn)).toEqual({ ok: true, body: { status: 'ok', node: 'n1', checks: { messageStore: 'ok', metadataStore: 'ok', redis: 'ok' } } })
+    const ttl = await r().admin.pttl('mqim:health:n1')
+    expect(ttl).toBeGreaterThan(50_000)
+    expect(ttl).toBeLessThanOrEqual(60_000)
+    // a PING still answers: a probe that pinged would call this healthy
+    await r().admin.config('SET', 'min-replicas-to-write', '1')
+    expect(await conn.ping()).toBe('PONG')
+    expect(await health(conn)).toEqual({ ok: false, body: { status: 'degraded', node: 'n1', checks: { messageStore: 'ok', metadataStore: 'ok', redis: 'refuses writes' } } })
+    await r().admin.config('SET', 'min-replicas-to-write', '0')
+    expect((await health(conn)).ok).toBe(true)
+    await outOfMemory(r().admin)
+    expect((await health(conn)).body.checks).toMatchObject({ redis: 'refuses writes' })
+    // not reachable at all: down
+    conn.disconnect()
+    const gone = track(new Redis(r().url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false }))
+    gone.on('error', () => {})
+    expect((await health(gone)).body.checks).toMatchObject({ redis: 'down' })
   })
 })
 
@@ -204,7 +235,7 @@ describe('a PUBACK whose release Redis refuses (writes refused: NOREPLICAS)', ()
 
   test('workaround: with createBrokerBackends\' persistence the connection stays; the release is kept, reported, and done once Redis takes writes again', async () => {
     const { lines, logger } = recordingLogger('info')
-    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, logger)
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000, socketTimeoutMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, logger)
     const rig = await broker(backends.persistence, backends.mq, async () => { await backends.close() })
     try {
       const res = await refusedPuback(rig, () => lines.some(l => typeof l.msg === 'string' && l.msg.startsWith('acknowledgements not released in Redis')))
@@ -276,7 +307,7 @@ describe('wills (workaround 21): mqim never publishes one, and stores none', () 
   })
 
   test('workaround: nothing stored; with writes refused a client with a will (persistent session) still connects, no rejection unhandled', async () => {
-    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, recordingLogger('info').logger)
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000, socketTimeoutMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, recordingLogger('info').logger)
     const rig = await broker(backends.persistence, backends.mq, async () => { await backends.close() })
     try {
       const first = await connectWithWill(rig)

@@ -19,7 +19,7 @@ import { Receiver, Recorder, SendLoad, type SenderSpec } from './load.js'
 import { HealthMonitor, MqimNode, type HealthSample } from './node.js'
 import { sleep, waitUntil } from './procs.js'
 import {
-  HEALTH_CHECK_OF, countStored, freshDatabases, startService, stopService,
+  HEALTH_CHECK_OF, countStored, freshDatabases, servicePid, startService, stopService,
   type DrillDatabases, type ServiceName, type ServiceUrls
 } from './services.js'
 import { readHistory, verify, type Figures } from './verify.js'
@@ -385,22 +385,35 @@ export class OutageDrill {
 
   get log (): Log { return this.cluster.log }
 
-  /** Stops `service` for `outageMs` under the running load, starts it again, waits for recovery. */
-  async outage (service: ServiceName, outageMs: number, recoveryWaitMs = 30_000): Promise<OutageResult> {
+  /**
+   * Stops `service` for `outageMs` under the running load, starts it again, waits for recovery.
+   * `how`: 'stop' ends the process (services.sh stop-one, then start-one: connections refused,
+   * then a fresh process); 'hang' freezes it (SIGSTOP, then SIGCONT: its sockets stay open and
+   * connections are still accepted by the kernel, but nothing is answered, as a server stuck or
+   * cut off by a network that drops packets).
+   */
+  async outage (service: ServiceName, outageMs: number, recoveryWaitMs = 30_000, how: 'stop' | 'hang' = 'stop'): Promise<OutageResult> {
     const dir = this.cluster.opts.services.dir as string
     const { rec, cluster } = this
     const problems: string[] = []
     const check = HEALTH_CHECK_OF[service]
     const before = rec.acked.size
     await waitUntil(() => rec.acked.size >= before + 20, 30_000, 'acks before the outage')
-    this.log(`stopping ${service} (${rec.acked.size} acked so far)`)
+    this.log(`${how === 'hang' ? 'freezing' : 'stopping'} ${service} (${rec.acked.size} acked so far)`)
     const stoppingAt = Date.now()
-    await stopService(dir, service)
+    const pid = how === 'hang' ? servicePid(dir, service) : null
+    if (pid === null) await stopService(dir, service)
+    else process.kill(pid, 'SIGSTOP')
     const downAt = Date.now()
-    this.log(`${service} stopped (services.sh stop-one took ${downAt - stoppingAt} ms)`)
-    await sleep(outageMs)
-    this.log(`starting ${service} again after ${Date.now() - downAt} ms (${rec.acked.size} acked; during the outage: ${JSON.stringify(rec.outcomes(downAt))})`)
-    await startService(dir, service)
+    this.log(`${service} ${how === 'hang' ? 'frozen' : 'stopped'} (took ${downAt - stoppingAt} ms)`)
+    try {
+      await sleep(outageMs)
+    } finally {
+      // never left frozen, whatever happens to the caller
+      if (pid !== null) process.kill(pid, 'SIGCONT')
+    }
+    this.log(`${how === 'hang' ? 'thawing' : 'starting'} ${service} again after ${Date.now() - downAt} ms (${rec.acked.size} acked; during the outage: ${JSON.stringify(rec.outcomes(downAt))})`)
+    if (pid === null) await startService(dir, service)
     const upAt = Date.now()
     const healthy = (s: HealthSample): boolean => s.status === 200
     let healthyAt: number | null = null

@@ -75,6 +75,13 @@ export async function stopService (dir: string, svc: ServiceName): Promise<void>
   await servicesSh('stop-one', dir, svc)
 }
 
+/** The pid of one service that services.sh started in `dir` (its NAME.pid file: a restart changes it). */
+export function servicePid (dir: string, svc: ServiceName): number {
+  const pid = Number(readFileSync(path.join(dir, `${svc}.pid`), 'utf8').trim())
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`${dir}/${svc}.pid holds no pid`)
+  return pid
+}
+
 /** Restarts one service on the same port and data. */
 export async function startService (dir: string, svc: ServiceName): Promise<void> {
   await servicesSh('start-one', dir, svc)

@@ -125,9 +125,20 @@ export function createBrokerBackends (
   // commands issued in one event-loop turn leave in one write (auto-pipelining): the persistence
   // sends several per delivery, one write each otherwise (a fifth of a node's CPU in the cluster
   // soak). Not on the subscriber connection, which only subscribes.
+  // A connection waiting for an answer that receives nothing for socketTimeoutMs is closed, and
+  // ioredis opens it again (its unanswered commands are sent again on the new connection, or fail
+  // after 3 attempts): a Redis stuck or cut off no longer holds a node until the kernel gives up
+  // (~15 minutes), and a failover's new primary is found. Sends are answered UNAVAILABLE
+  // meanwhile (`available`), acknowledgements kept (workaround 15).
+  // a minute's warnings of each kind, with the count since the last
+  const warn = warnEveryMinute(logger)
   const connect = (name: string, pipelined = true): Redis => {
-    const conn = new Redis(config.url, { connectionName: `mqim-${name}`, maxRetriesPerRequest: 3, lazyConnect: false, enableAutoPipelining: pipelined })
-    conn.on('error', (err: Error) => logger.debug({ conn: name, err }, 'redis error'))
+    const conn = new Redis(config.url, { connectionName: `mqim-${name}`, maxRetriesPerRequest: 3, lazyConnect: false, enableAutoPipelining: pipelined, socketTimeout: config.socketTimeoutMs })
+    conn.on('error', (err: Error) => {
+      if (err.message.startsWith('Socket timeout')) {
+        warn('socket-timeout', { conn: name, socketTimeoutMs: config.socketTimeoutMs }, 'Redis sent nothing back for socketTimeoutMs while a command waited (stuck, or cut off): connection closed and opened again (README, "Redis stuck or cut off")')
+      } else logger.debug({ conn: name, err }, 'redis error')
+    })
     return conn
   }
   const persistenceConn = connect('persistence')
@@ -146,11 +157,17 @@ export function createBrokerBackends (
     subReadyAt = MONOTONIC_NEVER
   })
   const redis = connect('mqim')
+  // the timeout counts only while a command waits: a PING on each ready connection every half of
+  // it, so that an idle one (the subscriber only ever waits for messages) is found cut off too
+  const conns = [persistenceConn, pub, sub, redis]
+  const liveness = setInterval(() => {
+    for (const c of conns) if (c.status === 'ready') c.ping().catch(() => {})
+  }, Math.floor(config.socketTimeoutMs / 2))
+  liveness.unref()
   // at start and after each reconnect (a failover may land on a server configured otherwise)
   redis.on('ready', () => { void checkEvictionPolicy(redis, logger) })
-  // a foreign publisher could send many, and many broadcasts are lost in an outage: one warning a
-  // minute of each, with the count since the last
-  const warn = warnEveryMinute(logger)
+  // (a foreign publisher could send many undecodable messages, and many broadcasts are lost in an
+  // outage: warned once a minute each)
   const db = pub.options.db ?? 0
   logger.info({ db, channels: emitterChannel(db, FAN_TOPIC) }, 'cluster pub/sub channels named after the Redis database (none on 0): deployments on other databases of this Redis server do not hear these')
   const mq = guardEmitterDecode(scopeChannelsToDatabase(createRedisEmitter(pub, sub), db), (err, topic) => {
@@ -193,9 +210,10 @@ export function createBrokerBackends (
     connectedSince: () => sub.status === 'ready' ? subReadySince : WALL_NEVER,
     linkUpSince: () => sub.status === 'ready' ? subReadyAt : MONOTONIC_NEVER,
     close: async () => {
+      clearInterval(liveness)
       matcher.close()
       clock.close()
-      await Promise.allSettled([persistenceConn, pub, sub, redis].map(async c => { await c.quit().catch(() => c.disconnect()) }))
+      await Promise.allSettled(conns.map(async c => { await c.quit().catch(() => c.disconnect()) }))
     }
   }
 }

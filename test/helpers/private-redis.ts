@@ -1,6 +1,6 @@
 /**
  * A Redis server of a test's own, for what cannot be done to the shared test Redis without
- * disturbing the tests running beside it: a memory limit, writes refused. `redis-server` is the
+ * disturbing the tests running beside it: a memory limit, writes refused, a server frozen. `redis-server` is the
  * one scripts/services.sh installs (Debian's), on a free port, with no persistence.
  */
 import type { ChildProcess } from 'node:child_process'
@@ -10,6 +10,8 @@ import { tempDir } from './tmp.js'
 
 export interface PrivateRedis {
   url: string
+  /** The server's process (to freeze it with SIGSTOP, as a Redis stuck or cut off). */
+  pid: number
   /** A connection for the test's own commands (CONFIG SET, looking at keys). */
   admin: Redis
   stop: () => Promise<void>
@@ -41,6 +43,7 @@ export async function startPrivateRedis (): Promise<PrivateRedis> {
       }, 10_000, `redis-server on ${port}`, 50)
       return {
         url,
+        pid: child.pid as number,
         admin,
         stop: async () => {
           admin.disconnect()

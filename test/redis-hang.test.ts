@@ -1,0 +1,168 @@
+/**
+ * Redis that stops answering without going away: a server frozen (SIGSTOP: its sockets stay open,
+ * nothing is answered) or a network that drops every packet (test/helpers/tcp-proxy.ts: no FIN,
+ * no RST). Servers of this file's own (test/helpers/private-redis.ts). What must hold:
+ *
+ * - A device's PUBACK does not wait for its release in Redis (workaround 15): Aedes reads a
+ *   connection's next packet only once the PUBACK is handled, so with the stock persistence a
+ *   frozen Redis leaves the device's next packets unread, its keepalive unanswered, and the
+ *   connection is lost; with createBrokerBackends' persistence they are answered, and the release
+ *   is done once Redis answers again.
+ * - A Redis connection cut off is found within `socketTimeoutMs` and opened again, idle ones too
+ *   (the subscriber only waits for messages): every connection of the node moves to the server
+ *   now behind the address (a failover), a command made while cut off is done there, and the
+ *   cluster emitter routes through it.
+ */
+import net from 'node:net'
+import { Aedes } from 'aedes'
+import mqtt, { type MqttClient } from 'mqtt'
+import { Redis } from 'ioredis'
+import { createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
+import { redisQueueKey } from '../src/broker/upstream.js'
+import { createLogger } from '../src/log.js'
+import { sleep, waitUntil } from '../scripts/lib/procs.js'
+import { startPrivateRedis, type PrivateRedis } from './helpers/private-redis.js'
+import { startTcpProxy, type TcpProxy } from './helpers/tcp-proxy.js'
+import { recordingLogger } from './helpers/recording-logger.js'
+
+const servers: PrivateRedis[] = []
+beforeAll(async () => { servers.push(await startPrivateRedis(), await startPrivateRedis()) })
+afterAll(async () => { await Promise.all(servers.map(async s => { await s.stop() })) })
+/** What a test opened, closed after it whatever its outcome (frozen servers thawed first). */
+const cleanups: Array<() => Promise<void> | void> = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c()
+  for (const s of servers) await s.admin.flushall()
+})
+function server (i: 0 | 1): PrivateRedis {
+  const s = servers[i]
+  if (s === undefined) throw new Error('the private Redis servers did not start')
+  return s
+}
+/** Freezes a server (SIGSTOP); thawed by the returned function, and after the test in any case. */
+function freeze (s: PrivateRedis): () => void {
+  let frozen = true
+  process.kill(s.pid, 'SIGSTOP')
+  const thaw = (): void => {
+    if (!frozen) return
+    frozen = false
+    process.kill(s.pid, 'SIGCONT')
+  }
+  cleanups.push(thaw)
+  return thaw
+}
+const redisConfig = (url: string, socketTimeoutMs: number): Parameters<typeof createBrokerBackends>[0] =>
+  ({ adapter: 'redis', url, packetTTLSeconds: 60, maxSessionDelivery: 100, watchersListMs: 10_000, socketTimeoutMs })
+const limits = { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }
+
+async function broker (persistence: unknown, mq: unknown): Promise<{ broker: Aedes, port: number }> {
+  const b = await Aedes.createBroker({ id: 'hang', persistence: persistence as never, ...(mq === undefined ? {} : { mq: mq as never }) })
+  const listener = net.createServer(b.handle as (socket: net.Socket) => void)
+  await new Promise<void>(resolve => listener.listen(0, '127.0.0.1', resolve))
+  cleanups.push(async () => {
+    await new Promise<void>(resolve => b.close(() => resolve()))
+    await new Promise<void>(resolve => listener.close(() => resolve()))
+  })
+  return { broker: b, port: (listener.address() as net.AddressInfo).port }
+}
+
+/**
+ * A persistent session subscribed at QoS 1 (keepalive 1 s) is sent a message; Redis is frozen
+ * before its PUBACK goes, for FROZEN_MS, with the node's socket timeout shorter than that.
+ */
+const FROZEN_MS = 6000
+const FROZEN_SOCKET_TIMEOUT_MS = 1500
+
+describe('a PUBACK while Redis is frozen', () => {
+  test('the device\'s keepalive is answered throughout and its connection kept; the node finds Redis gone, and the release is done once it answers', async () => {
+    const backends = createBrokerBackends(redisConfig(server(0).url, FROZEN_SOCKET_TIMEOUT_MS), limits, createLogger('silent'))
+    cleanups.push(async () => { await backends.close() })
+    await waitUntil(() => backends.available(), 10_000, 'Redis connected')
+    const rig = await broker(backends.persistence, backends.mq)
+    const client: MqttClient = mqtt.connect(`mqtt://127.0.0.1:${rig.port}`, { clientId: 'u:a', clean: false, keepalive: 1, reconnectPeriod: 0 })
+    cleanups.push(() => { client.end(true) })
+    client.on('error', () => {})
+    let thaw: (() => void) | null = null
+    // (mqtt.js sends the PUBACK when handleMessage calls back: Redis is frozen before it)
+    client.handleMessage = (_packet, done) => {
+      if (thaw === null) thaw = freeze(server(0))
+      done()
+    }
+    await new Promise<void>((resolve, reject) => { client.once('connect', () => resolve()); client.once('close', () => reject(new Error('not connected'))) })
+    await client.subscribeAsync('t/a', { qos: 1 })
+    let pingresps = 0
+    let closes = 0
+    client.on('packetreceive', p => { if (p.cmd === 'pingresp' && thaw !== null) pingresps++ })
+    client.on('close', () => { closes++ })
+    await new Promise<void>((resolve, reject) => rig.broker.publish({ cmd: 'publish', topic: 't/a', payload: Buffer.from('one'), qos: 1, retain: false, dup: false }, err => err == null ? resolve() : reject(err)))
+    await waitUntil(() => thaw !== null, 10_000, 'the message, and Redis frozen')
+    let unavailable = false
+    const until = Date.now() + FROZEN_MS
+    while (Date.now() < until) {
+      if (!backends.available()) unavailable = true
+      await sleep(50)
+    }
+    ;(thaw as unknown as () => void)()
+    // keepalive 1 s: a PINGREQ a second at least, each answered
+    expect(pingresps).toBeGreaterThanOrEqual(4)
+    expect(closes).toBe(0)
+    expect(unavailable).toBe(true)
+    await waitUntil(() => backends.available(), 15_000, 'Redis connected again')
+    await waitUntil(async () => await server(0).admin.llen(redisQueueKey('u:a')) === 0, 15_000, 'u:a\'s queue empty')
+    expect(client.connected).toBe(true)
+  }, 60_000)
+})
+
+describe('a Redis connection cut off (no packet through, no FIN, no RST)', () => {
+  const SOCKET_TIMEOUT_MS = 1500
+
+  /** Names of the connections open on a server (CLIENT SETNAME: mqim-persistence, mqim-pub, ...). */
+  async function names (s: PrivateRedis): Promise<string[]> {
+    const list = await s.admin.client('LIST') as string
+    return list.split('\n').map(l => /\bname=(\S*)/.exec(l)?.[1] ?? '').filter(n => n.startsWith('mqim-')).sort()
+  }
+  const ALL = ['mqim-mqim', 'mqim-persistence', 'mqim-pub', 'mqim-sub']
+
+  test(`every connection is opened again within ${SOCKET_TIMEOUT_MS} ms and a little, on the server now behind the address; what was asked meanwhile is done there`, async () => {
+    const proxy: TcpProxy = await startTcpProxy(Number(new URL(server(0).url).port))
+    cleanups.push(async () => { await proxy.close() })
+    const { lines, logger } = recordingLogger('info')
+    const backends: BrokerBackends = createBrokerBackends(redisConfig(`redis://127.0.0.1:${proxy.port}`, SOCKET_TIMEOUT_MS), limits, logger)
+    cleanups.push(async () => { await backends.close() })
+    const redis = backends.redis as Redis
+    await waitUntil(async () => backends.available() && (await names(server(0))).length === 4, 10_000, 'connected through the relay')
+    expect(await names(server(0))).toEqual(ALL)
+    const mq = backends.mq as { on: (t: string, cb: (p: { payload: Buffer }, done: () => void) => void, ready: () => void) => void, emit: (p: object, cb: (err?: Error) => void) => void }
+    const heard: string[] = []
+    await new Promise<void>(resolve => mq.on('t/x', (p, done) => { heard.push(p.payload.toString()); done() }, resolve))
+    // the primary is lost to the network; the address now leads to the other server
+    proxy.cut()
+    proxy.target = Number(new URL(server(1).url).port)
+    const cutAt = Date.now()
+    const write = redis.set('written-while-cut', 'yes')
+    let unavailableAt: number | null = null
+    await waitUntil(async () => {
+      if (unavailableAt === null && !backends.available()) unavailableAt = Date.now()
+      return backends.available() && (await names(server(1))).length === 4
+    }, 20_000, 'every connection on the other server', 20)
+    const movedAfter = Date.now() - cutAt
+    expect(await names(server(1))).toEqual(ALL)
+    // sends were refused meanwhile (not answered later), and not for longer than the timeout and reconnecting take
+    expect(unavailableAt).not.toBeNull()
+    expect((unavailableAt as unknown as number) - cutAt).toBeGreaterThanOrEqual(SOCKET_TIMEOUT_MS / 2)
+    expect(movedAfter).toBeLessThan(SOCKET_TIMEOUT_MS + 8000)
+    // the on-call engineer is told, once a minute per kind at most
+    const warned = lines.filter(l => typeof l.msg === 'string' && l.msg.startsWith('Redis sent nothing back for socketTimeoutMs'))
+    expect(warned.length).toBeGreaterThanOrEqual(1)
+    expect(warned[0]).toMatchObject({ level: 40, socketTimeoutMs: SOCKET_TIMEOUT_MS, times: 1 })
+    // the command made while cut off was sent again on the new connection
+    await expect(write).resolves.toBe('OK')
+    expect(await server(1).admin.get('written-while-cut')).toBe('yes')
+    // the cluster emitter routes through the new server (the subscriber subscribed again there)
+    await waitUntil(async () => {
+      await new Promise<void>((resolve, reject) => mq.emit({ topic: 't/x', payload: Buffer.from('after'), qos: 0, retain: false, cmd: 'publish' }, err => err == null ? resolve() : reject(err)))
+      await sleep(100)
+      return heard.includes('after')
+    }, 10_000, 'a message through the new server')
+  }, 40_000)
+})
