@@ -20,7 +20,11 @@ describe('delivery order with writers on two nodes', () => {
   let overrides: Record<string, unknown>
   beforeAll(async () => {
     overrides = await clusterOverrides(13)
-    n1 = await startServer({ ...overrides, nodeId: 'o1' })
+    // these tests hold n1's publishes in its socket to Redis (cork) for up to 15 s, to play a node
+    // whose deliveries never leave it; n1's socket timeout (default 10 s) would see the held socket
+    // as a Redis that stopped answering and resend them through a new connection, so it is longer
+    const persistence = (overrides.broker as { persistence: Record<string, unknown> }).persistence
+    n1 = await startServer({ ...overrides, broker: { persistence: { ...persistence, socketTimeoutMs: 60000 } }, nodeId: 'o1' })
     n2 = await startServer({ ...overrides, nodeId: 'o2' })
     for (const u of ['co.alice', 'co.bob', 'co.carol', 'co.extra0', 'co.extra1', 'co.extra2', 'co.extra3', 'co.owner', 'co.admin', 'co.reader1', 'co.reader2', 'co.pat', 'co.quinn', 'co.rae', 'co.sam', 'co.tia', 'co.uma', 'co.vic', 'co.wes', 'co.xan', 'co.yve', 'co.zed', 'co.amy', 'co.ben', 'co.cat']) await addUser(n1, u)
   }, 60000)
