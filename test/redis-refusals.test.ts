@@ -411,3 +411,84 @@ describe('wills (workaround 21): mqim never publishes one, and stores none', () 
     expect(await r().admin.keys('will*')).toEqual([])
   })
 })
+
+describe('a persistent session\'s queue replayed at reconnect (workaround 22)', () => {
+  /** Calls of each command since the last CONFIG RESETSTAT. */
+  async function calls (): Promise<Record<string, number>> {
+    const out: Record<string, number> = {}
+    for (const m of (await r().admin.info('commandstats')).matchAll(/cmdstat_(\w+):calls=(\d+)/g)) out[m[1] as string] = Number(m[2])
+    return out
+  }
+  type Replaying = Store & { outgoingStream: (client: { id: string, clean?: boolean }) => AsyncIterable<{ brokerCounter?: number }> }
+  async function replay (store: Replaying): Promise<number[]> {
+    const counters: number[] = []
+    for await (const p of store.outgoingStream({ id: 'u:a', clean: false })) counters.push(Number(p.brokerCounter))
+    return counters
+  }
+  const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+  test('upstream: the stock persistence reads one packet per GET; an expired one, with writes refused, leaves a rejection nobody handles', async () => {
+    const conn = track(new Redis(r().url))
+    const store = aedesPersistenceRedis({ conn, maxSessionDelivery: 200, packetTTL: () => 60 }) as Replaying
+    for (const i of range(1, 150)) await store.outgoingEnqueueCombi([sub], packet(i))
+    await r().admin.config('RESETSTAT')
+    expect(await replay(store)).toEqual(range(1, 150))
+    expect(await calls()).toMatchObject({ get: 150 })
+    // packet 2 expired, writes refused: in a child process (its unhandled rejections are what is looked at)
+    await r().admin.del(redisPacketKey('b1', 2))
+    await r().admin.config('SET', 'min-replicas-to-write', '1')
+    const script = `
+      import aedesPersistenceRedis from 'aedes-persistence-redis'
+      import { Redis } from 'ioredis'
+      const unhandled = []
+      process.on('unhandledRejection', r => unhandled.push(String(r.message).split(' ')[0]))
+      const conn = new Redis(process.env.URL)
+      const replayed = []
+      for await (const p of aedesPersistenceRedis({ conn }).outgoingStream({ id: 'u:a' })) replayed.push(p.brokerCounter)
+      await new Promise(r => setTimeout(r, 300))
+      console.log(JSON.stringify({ replayed: replayed.length, unhandled }))
+      process.exit(0)`
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, URL: r().url }, encoding: 'utf8', timeout: 20_000 })
+    expect(JSON.parse(out.trim().split('\n').pop() ?? '')).toEqual({ replayed: 149, unhandled: ['NOREPLICAS'] })
+  })
+
+  test('workaround: a page of packets per MGET, in queue order; expired and undecodable entries removed once writes are taken, kept (and no rejection unhandled) while refused', async () => {
+    const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 200, watchersListMs: 10_000, socketTimeoutMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, recordingLogger('info').logger)
+    try {
+      const store = backends.persistence as Replaying
+      for (const i of range(1, 150)) await store.outgoingEnqueueCombi([sub], packet(i))
+      const queue = redisQueueKey('u:a')
+      // 2 expired; 3 not a packet (hostile or corrupt bytes: 0xc1 is no msgpack type); 4 msgpack of no object
+      await r().admin.del(redisPacketKey('b1', 2))
+      await r().admin.set(redisPacketKey('b1', 3), Buffer.from([0xc1, 0x00]))
+      await r().admin.set(redisPacketKey('b1', 4), msgpack.encode('text'))
+      const kept = range(5, 150)
+
+      // writes refused: every packet there handed over; the removals refused, the entries kept
+      await r().admin.config('SET', 'min-replicas-to-write', '1')
+      expect(await replay(store)).toEqual([1, ...kept])
+      expect(await r().admin.llen(queue)).toBe(150)
+      // (jest fails this file on a rejection nobody handled)
+      await sleep(200)
+
+      // writes taken: one LRANGE, two MGETs (100 + 50 entries), no GET; the three entries removed
+      await r().admin.config('SET', 'min-replicas-to-write', '0')
+      await r().admin.config('RESETSTAT')
+      expect(await replay(store)).toEqual([1, ...kept])
+      const stats = await calls()
+      expect({ lrange: stats.lrange, mget: stats.mget, get: stats.get ?? 0, lrem: stats.lrem }).toEqual({ lrange: 1, mget: 2, get: 0, lrem: 3 })
+      expect(await r().admin.lrange(queue, 0, -1)).toEqual([1, ...kept].map(i => redisPacketKey('b1', i)))
+      // a queue grown past its bound (workaround 14 keeps its newest maxSessionDelivery): all of it, in order
+      for (const i of range(151, 260)) await store.outgoingEnqueueCombi([sub], packet(i))
+      expect(await replay(store)).toEqual(range(61, 260))
+      // an empty queue: nothing, and its LRANGE the one command of the replay
+      await r().admin.del(queue)
+      await r().admin.config('RESETSTAT')
+      expect(await replay(store)).toEqual([])
+      const empty = await calls()
+      expect({ lrange: empty.lrange, mget: empty.mget ?? 0, lrem: empty.lrem ?? 0 }).toEqual({ lrange: 1, mget: 0, lrem: 0 })
+    } finally {
+      await backends.close()
+    }
+  })
+})

@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills, batchRedisReplays } from './upstream.js'
 import { MONOTONIC_NEVER, monotonicNow, WALL_NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface BrokerBackends {
@@ -198,7 +198,7 @@ export function createBrokerBackends (
     ...ackReports(logger)
   })
   return {
-    persistence: recordQueueReplays(noRedisWills(acks, persistenceConn), config.maxSessionDelivery + 1),
+    persistence: recordQueueReplays(batchRedisReplays(noRedisWills(acks, persistenceConn), persistenceConn, config.maxSessionDelivery), config.maxSessionDelivery + 1),
     mq,
     redis,
     brokerStarted: matcher.start,

@@ -66,6 +66,10 @@
  *        the connect, and a stopped broker's wills go to Aedes' sweep, whose authorizePublish
  *        sees a device connected under that client id as their publisher: mqim, which never
  *        publishes wills, stores none and hands none out (noRedisWills).
+ *    22. a reconnecting session's queue is replayed one GET per packet, each after the last, and
+ *        an entry whose packet expired is removed with an LREM it does not await (rejected
+ *        unhandled while Redis refuses writes): MGET a page at a time, removals awaited
+ *        (batchRedisReplays).
  *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
  *        only: what was broadcast while this node's Redis subscriber connection was down, or
  *        while the trie was being built at start, is missed for good; once built and after each
@@ -1144,6 +1148,57 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
     yield * []
   }
   return persistence
+}
+
+/** Packets read by one MGET of a queue replay (batchRedisReplays). */
+const REPLAY_PAGE = 100
+
+interface RedisReplayStore { outgoingStream: (client: { id: string }) => AsyncIterable<unknown> | NodeJS.ReadableStream }
+
+/**
+ * 22. aedes-persistence-redis 11 replays a reconnecting persistent session's queue (outgoingStream)
+ * one GET per queued packet, each waiting for the last (up to maxSessionDelivery + 1 round trips
+ * before the session has its messages), and removes an entry whose packet is gone (expired) with an
+ * LREM it does not await: while Redis refuses writes, each such entry leaves a rejection nobody
+ * handles. Here the packets are read in queue order with MGET, REPLAY_PAGE at a time; entries whose
+ * packet is gone, or is not one the persistence could decode, are removed in one pipeline, awaited,
+ * after the last packet is handed over; a removal Redis refuses is left for the next replay (such an
+ * entry costs that replay one key read). A failed LRANGE or MGET ends the stream with its error,
+ * as the stock one does.
+ */
+export function batchRedisReplays<T> (persistence: T, conn: Redis, maxSessionDelivery: number): T {
+  const store = persistence as unknown as RedisReplayStore
+  store.outgoingStream = async function * (client) {
+    const queue = redisQueueKey(client.id)
+    // (the stock range: entries 0..maxSessionDelivery)
+    const keys = await conn.lrange(queue, 0, maxSessionDelivery)
+    const gone: string[] = []
+    for (let i = 0; i < keys.length; i += REPLAY_PAGE) {
+      const page = keys.slice(i, i + REPLAY_PAGE)
+      const values = await conn.mgetBuffer(...page)
+      for (let j = 0; j < page.length; j++) {
+        const packet = decodeStored(values[j])
+        if (packet === undefined) gone.push(page[j] as string)
+        else yield packet
+      }
+    }
+    if (gone.length === 0) return
+    const removals = conn.pipeline()
+    for (const key of gone) removals.lrem(queue, 0, key)
+    await removals.exec().catch(() => {})
+  }
+  return persistence
+}
+
+/** A stored packet as the persistence decodes it, or undefined when gone or not msgpack of an object. */
+function decodeStored (value: Buffer | null | undefined): object | undefined {
+  if (value === null || value === undefined) return undefined
+  try {
+    const decoded: unknown = msgpack.decode(value)
+    return typeof decoded === 'object' && decoded !== null ? decoded : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** An emitter handler (mqemitter's notify). */
