@@ -51,7 +51,7 @@ import { LoginGuard } from './auth/login-guard.js'
 import { Revocations } from './auth/revocation.js'
 import { JwtLogin } from './auth/jwt.js'
 import { createHttpApp } from './http/app.js'
-import { checkHealth } from './http/health.js'
+import { checkHealth, sharedCheck } from './http/health.js'
 import { createObjectStore, fileOrigins } from './files/index.js'
 import { FileService, FileSweeper } from './files/service.js'
 import { MemoryUploadQuota, RedisUploadQuota } from './files/quota.js'
@@ -277,13 +277,13 @@ export class MqimServer {
       fileOrigins: fileOrigins(config.files),
       metrics: { registry: metrics, enabled: config.metrics.enabled, token: config.metrics.token },
       admin: { services, token: adminToken, revoke: (userId, reason) => { revocations.revoke(userId, reason) } },
-      health: async () => await checkHealth({ meta, messages, redis: backends.redis, node: nodeId }, {
+      health: sharedCheck(async () => await checkHealth({ meta, messages, redis: backends.redis, node: nodeId, redisRouting: backends.available }, {
         node: nodeId,
         clients: broker.connectedClients,
         messageStore: config.messageStore.adapter,
         metadataStore: config.metadataStore.adapter,
         broker: config.broker.persistence.adapter
-      })
+      }))
     })
     listeners.acceptWebSocket(http.server)
     const ports: Ports = {

@@ -25,7 +25,7 @@ import { Redis } from 'ioredis'
 import msgpack from 'msgpack-lite'
 import { boundRedisQueues, leanRedisAcks, noRedisWills, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 import { checkEvictionPolicy, createBrokerBackends } from '../src/broker/backends.js'
-import { checkHealth } from '../src/http/health.js'
+import { checkHealth, sharedCheck } from '../src/http/health.js'
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
 import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
 import { recordingLogger } from './helpers/recording-logger.js'
@@ -138,6 +138,7 @@ describe('/healthz (checkHealth) on a Redis that refuses writes', () => {
 
   test('ok while it writes; degraded, "refuses writes", when it answers but will not write (NOREPLICAS, OOM); the probe key expires', async () => {
     const conn = track(new Redis(r().url))
+    await conn.ping()
     expect(await health(conn)).toEqual({ ok: true, body: { status: 'ok', node: 'n1', checks: { messageStore: 'ok', metadataStore: 'ok', redis: 'ok' } } })
     const ttl = await r().admin.pttl('mqim:health:n1')
     expect(ttl).toBeGreaterThan(50_000)
@@ -155,6 +156,56 @@ describe('/healthz (checkHealth) on a Redis that refuses writes', () => {
     const gone = track(new Redis(r().url, { lazyConnect: true, maxRetriesPerRequest: 0, enableOfflineQueue: false }))
     gone.on('error', () => {})
     expect((await health(gone)).body.checks).toMatchObject({ redis: 'down' })
+  })
+
+  test('down at once, with nothing left queued, when not connected or when the broker\'s routing connections are down; down at the 2 s deadline when Redis does not answer', async () => {
+    // not connected (nothing listens there): no probe waits in the offline queue for 2 s
+    const closed = track(new Redis({ port: 1, lazyConnect: true, retryStrategy: () => null }))
+    closed.on('error', () => {})
+    let t0 = performance.now()
+    expect((await health(closed)).body.checks).toMatchObject({ redis: 'down' })
+    expect(performance.now() - t0).toBeLessThan(1000)
+    // connected, but the broker's routing is down (sends refused): down
+    const conn = track(new Redis(r().url))
+    await conn.ping()
+    let routing = false
+    const deps = { meta: new MemoryMetadataStore(), messages: new MemoryMessageStore(), redis: conn, node: 'n1', redisRouting: () => routing }
+    expect((await checkHealth(deps, {})).body.checks).toMatchObject({ redis: 'down' })
+    routing = true
+    expect((await checkHealth(deps, {})).body.checks).toMatchObject({ redis: 'ok' })
+    // Redis frozen (SIGSTOP): the probe's SET gets no answer; down at the deadline
+    process.kill(r().pid, 'SIGSTOP')
+    try {
+      t0 = performance.now()
+      expect((await checkHealth(deps, {})).body.checks).toMatchObject({ redis: 'down' })
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(1900)
+    } finally {
+      process.kill(r().pid, 'SIGCONT')
+    }
+    expect((await checkHealth(deps, {})).body.checks).toMatchObject({ redis: 'ok' })
+  })
+
+  test('/healthz asked by anyone, as often as they like: one probe for requests at once, its result reused for a second', async () => {
+    const conn = track(new Redis(r().url))
+    await conn.ping()
+    let clock = 0
+    const shared = sharedCheck(async () => await checkHealth({ meta: new MemoryMetadataStore(), messages: new MemoryMessageStore(), redis: conn, node: 'n1' }, {}), 1000, () => clock)
+    await r().admin.config('RESETSTAT')
+    const answers = await Promise.all(Array.from({ length: 50 }, async () => await shared()))
+    expect(new Set(answers.map(a => a.body.status))).toEqual(new Set(['ok']))
+    clock = 999
+    await shared()
+    // (SETs run, and refused: Redis counts a refused one apart)
+    const sets = async (): Promise<number> => {
+      const line = /cmdstat_set:(\S+)/.exec(await r().admin.info('commandstats'))?.[1] ?? ''
+      return Number(/\bcalls=(\d+)/.exec(line)?.[1] ?? 0) + Number(/rejected_calls=(\d+)/.exec(line)?.[1] ?? 0)
+    }
+    expect(await sets()).toBe(1)
+    // a second on: asked again, and its outcome seen (writes refused now)
+    await r().admin.config('SET', 'min-replicas-to-write', '1')
+    clock = 1000
+    expect((await shared()).body.checks).toMatchObject({ redis: 'refuses writes' })
+    expect(await sets()).toBe(2)
   })
 })
 

@@ -75,10 +75,16 @@ export async function stopService (dir: string, svc: ServiceName): Promise<void>
   await servicesSh('stop-one', dir, svc)
 }
 
+/** The process name of each service (services.sh's comm_of). */
+const SERVICE_COMM: Record<ServiceName, string> = { mysql: 'mariadbd', redis: 'redis-server', mongo: 'ferretdb' }
+
 /** The pid of one service that services.sh started in `dir` (its NAME.pid file: a restart changes it). */
 export function servicePid (dir: string, svc: ServiceName): number {
   const pid = Number(readFileSync(path.join(dir, `${svc}.pid`), 'utf8').trim())
   if (!Number.isInteger(pid) || pid <= 0) throw new Error(`${dir}/${svc}.pid holds no pid`)
+  // (services.sh's own check: that pid is still the service, not a process that reused it)
+  const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  if (comm !== SERVICE_COMM[svc]) throw new Error(`${dir}/${svc}.pid: pid ${pid} is ${comm}, not ${SERVICE_COMM[svc]}`)
   return pid
 }
 

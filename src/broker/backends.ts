@@ -11,7 +11,7 @@ import type { Config } from '../config.js'
 import { warnEveryMinute, type Logger } from '../log.js'
 import { FAN_TOPIC } from '../protocol/topics.js'
 import { startClockCheck } from './clock-check.js'
-import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills, batchRedisReplays } from './upstream.js'
+import { BoundedMemoryPersistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, repairSubscriptionMatcher, ackKeysPerConnection, boundRedisQueues, leanRedisAcks, closeEmitterQuietly, coalesceAddSubscriptions, createEmitter, type SubscriptionRepairStats, type AckReports, createRedisEmitter, emitterChannel, emitterState, scopeChannelsToDatabase, guardEmitterDecode, recordQueueReplays, noRedisWills, batchRedisReplays, socketTimeoutAfterReads, failUnanswered } from './upstream.js'
 import { MONOTONIC_NEVER, monotonicNow, WALL_NEVER, wallNow, type MonotonicMs, type WallMs } from '../clocks.js'
 
 export interface BrokerBackends {
@@ -126,24 +126,39 @@ export function createBrokerBackends (
   // sends several per delivery, one write each otherwise (a fifth of a node's CPU in the cluster
   // soak). Not on the subscriber connection, which only subscribes.
   // A connection waiting for an answer that receives nothing for socketTimeoutMs is closed, and
-  // ioredis opens it again (its unanswered commands are sent again on the new connection, or fail
-  // after 3 attempts): a Redis stuck or cut off no longer holds a node until the kernel gives up
-  // (~15 minutes), and a failover's new primary is found. Sends are answered UNAVAILABLE
-  // meanwhile (`available`), acknowledgements kept (workaround 15).
+  // ioredis opens it again: a Redis stuck or cut off no longer holds a node until the kernel gives
+  // up (~15 minutes), and a failover's new primary is found. Sends are answered UNAVAILABLE
+  // meanwhile (`available`), acknowledgements kept (workaround 15). Commands that were waiting are
+  // not sent again on the new connection where running one twice would do harm: a Redis that was
+  // only paused runs what it had received when it resumes, so a resent script, INCRBY or SET NX would
+  // run twice (a packet queued twice with its count reset, a claim a node takes for another's, a
+  // quota charged twice); they fail instead, as when Redis is unreachable, and their callers act on
+  // that. Only the publisher's (PUBLISH: a copy twice at worst, which clients drop by conv and seq)
+  // and the subscriber's are sent again. The timeout does not fire for an answer that a stalled event
+  // loop has not read yet (workaround 23).
   // a minute's warnings of each kind, with the count since the last
   const warn = warnEveryMinute(logger)
-  const connect = (name: string, pipelined = true): Redis => {
-    const conn = new Redis(config.url, { connectionName: `mqim-${name}`, maxRetriesPerRequest: 3, lazyConnect: false, enableAutoPipelining: pipelined, socketTimeout: config.socketTimeoutMs })
+  const connect = (name: string, opts: { pipelined: boolean, resend: boolean }): Redis => {
+    const conn = new Redis(config.url, {
+      connectionName: `mqim-${name}`,
+      maxRetriesPerRequest: 3,
+      lazyConnect: false,
+      enableAutoPipelining: opts.pipelined,
+      autoResendUnfulfilledCommands: opts.resend,
+      socketTimeout: config.socketTimeoutMs
+    })
+    socketTimeoutAfterReads(conn)
+    if (!opts.resend) failUnanswered(conn)
     conn.on('error', (err: Error) => {
       if (err.message.startsWith('Socket timeout')) {
-        warn('socket-timeout', { conn: name, socketTimeoutMs: config.socketTimeoutMs }, 'Redis sent nothing back for socketTimeoutMs while a command waited (stuck, or cut off): connection closed and opened again (README, "Redis stuck or cut off")')
+        warn(`socket-timeout:${name}`, { conn: name, socketTimeoutMs: config.socketTimeoutMs }, 'Redis sent nothing back for socketTimeoutMs while a command waited (stuck, or cut off): connection closed and opened again (README, "Redis stuck or cut off")')
       } else logger.debug({ conn: name, err }, 'redis error')
     })
     return conn
   }
-  const persistenceConn = connect('persistence')
-  const pub = connect('pub')
-  const sub = connect('sub', false)
+  const persistenceConn = connect('persistence', { pipelined: true, resend: false })
+  const pub = connect('pub', { pipelined: true, resend: true })
+  const sub = connect('sub', { pipelined: false, resend: true })
   // (ioredis sets status 'ready' a tick before it emits 'ready': the times of the connection before
   // a break must not be read in between)
   let subReadySince: WallMs = WALL_NEVER
@@ -156,7 +171,7 @@ export function createBrokerBackends (
     subReadySince = WALL_NEVER
     subReadyAt = MONOTONIC_NEVER
   })
-  const redis = connect('mqim')
+  const redis = connect('mqim', { pipelined: true, resend: false })
   // the timeout counts only while a command waits: a PING on each ready connection every half of
   // it, so that an idle one (the subscriber only ever waits for messages) is found cut off too
   const conns = [persistenceConn, pub, sub, redis]

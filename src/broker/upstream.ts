@@ -70,6 +70,14 @@
  *        an entry whose packet expired is removed with an LREM it does not await (rejected
  *        unhandled while Redis refuses writes): MGET a page at a time, removals awaited
  *        (batchRedisReplays).
+ *   ioredis 6.0.0
+ *    23. socketTimeout destroys a connection from an expired timer, which Node runs before it reads
+ *        sockets: after an event-loop stall as long as the timeout, connections whose answers are
+ *        already waiting are destroyed: the timer looks again after the socket reads
+ *        (socketTimeoutAfterReads).
+ *    24. with autoResendUnfulfilledCommands false, the commands a lost connection had written and
+ *        not had answered are forgotten at the next connection, their promises never settled: they
+ *        fail when it closes (failUnanswered).
  *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
  *        only: what was broadcast while this node's Redis subscriber connection was down, or
  *        while the trie was being built at start, is missed for good; once built and after each
@@ -1199,6 +1207,69 @@ function decodeStored (value: Buffer | null | undefined): object | undefined {
   } catch {
     return undefined
   }
+}
+
+interface SocketTimeoutInternals {
+  stream: NodeJS.EventEmitter & { destroy: (err: Error) => void }
+  socketTimeoutTimer: NodeJS.Timeout | undefined
+  commandQueue: { length: number }
+  options: { socketTimeout?: number }
+  setSocketTimeout: () => void
+}
+
+/**
+ * 23. ioredis 6.0's socketTimeout destroys the connection from a timer that runs when it expires,
+ * and Node runs expired timers before it reads sockets: an event loop stalled for the timeout (a
+ * long GC pause, a throttled container) after a command was written destroys a connection whose
+ * answer is already waiting to be read, and with the liveness pings every connection of the node
+ * at once. Here the expired timer looks again after this turn's socket reads (setImmediate runs
+ * after them): an answer read meanwhile has cleared or replaced the timer, and nothing is
+ * destroyed. Same timer, same error, same re-arming on data as ioredis' own.
+ */
+export function socketTimeoutAfterReads (conn: Redis): void {
+  const c = conn as unknown as SocketTimeoutInternals
+  const ms = c.options.socketTimeout
+  if (ms === undefined) return
+  c.setSocketTimeout = function () {
+    const stream = c.stream
+    const timer: NodeJS.Timeout = setTimeout(() => {
+      setImmediate(() => {
+        if (c.socketTimeoutTimer !== timer) return
+        stream.destroy(new Error(`Socket timeout. Expecting data, but didn't receive any in ${ms}ms.`))
+        c.socketTimeoutTimer = undefined
+      })
+    }, ms)
+    c.socketTimeoutTimer = timer
+    stream.once('data', () => {
+      clearTimeout(c.socketTimeoutTimer)
+      c.socketTimeoutTimer = undefined
+      if (c.commandQueue.length === 0) return
+      c.setSocketTimeout()
+    })
+  }
+}
+
+interface UnansweredInternals {
+  prevCommandQueue: { shift: () => { command: { reject: (err: Error) => void } } | undefined } | null
+}
+
+/** What a command written to a Redis connection that was lost before it answered fails with (failUnanswered). */
+export const UNANSWERED_MESSAGE = 'Redis connection lost before it answered: not sent again (it may have run)'
+
+/**
+ * 24. ioredis 6.0 with autoResendUnfulfilledCommands false drops the commands a lost connection had
+ * written and not had answered: when the next connection is ready it forgets them, and their
+ * promises never settle (a caller awaiting one waits for good). Here they fail when the connection
+ * closes (its 'close' event comes after ioredis has set them aside), with UNANSWERED_MESSAGE.
+ */
+export function failUnanswered (conn: Redis): void {
+  const c = conn as unknown as UnansweredInternals
+  conn.on('close', () => {
+    const queue = c.prevCommandQueue
+    if (queue === null || queue === undefined) return
+    c.prevCommandQueue = null
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) item.command.reject(new Error(UNANSWERED_MESSAGE))
+  })
 }
 
 /** An emitter handler (mqemitter's notify). */

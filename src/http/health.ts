@@ -16,6 +16,8 @@ export interface HealthDeps {
   redis: Redis | null
   /** This node's id: the Redis probe writes a key of its own (`mqim:health:<node>`, gone after a minute). */
   node: string
+  /** False while a Redis connection the broker routes through is down (sends are refused then): Redis is 'down'. */
+  redisRouting?: () => boolean
 }
 
 /**
@@ -25,7 +27,9 @@ export interface HealthDeps {
  */
 const REFUSES_WRITES = /^(READONLY|NOREPLICAS|MISCONF|OOM)\b/
 
-async function probeRedis (redis: Redis, node: string): Promise<CheckOutcome> {
+async function probeRedis (redis: Redis, node: string, routing: () => boolean): Promise<CheckOutcome> {
+  // (not connected: down at once, no probe left waiting in the connection's offline queue)
+  if (redis.status !== 'ready' || !routing()) return 'down'
   try {
     await redis.set(`mqim:health:${node}`, String(Date.now()), 'PX', 60_000)
     return 'ok'
@@ -42,7 +46,7 @@ export async function checkHealth (deps: HealthDeps, info: Record<string, unknow
     metadataStore: async () => await up(async () => await deps.meta.userGet('health'))
   }
   const redis = deps.redis
-  if (redis !== null) probes.redis = async () => await probeRedis(redis, deps.node)
+  if (redis !== null) probes.redis = async () => await probeRedis(redis, deps.node, deps.redisRouting ?? (() => true))
   let timer: NodeJS.Timeout | undefined
   const deadline = new Promise<'down'>(resolve => { timer = setTimeout(() => resolve('down'), deadlineMs) })
   try {
@@ -55,5 +59,23 @@ export async function checkHealth (deps: HealthDeps, info: Record<string, unknow
     return { ok, body: { status: ok ? 'ok' : 'degraded', ...info, checks } }
   } finally {
     clearTimeout(timer)
+  }
+}
+
+/**
+ * `check` shared: requests arriving while one runs get its result, and a result is reused for
+ * `reuseMs` after it came; so that however often /healthz is asked (it answers anyone), the
+ * dependencies are asked at most about once per `reuseMs` (a Redis write, two store reads).
+ */
+export function sharedCheck<T> (check: () => Promise<T>, reuseMs = 1000, now: () => number = () => performance.now()): () => Promise<T> {
+  let running: Promise<T> | null = null
+  let last: { value: T, at: number } | null = null
+  return async () => {
+    if (last !== null && now() - last.at < reuseMs) return last.value
+    running ??= check().then(value => {
+      last = { value, at: now() }
+      return value
+    }).finally(() => { running = null })
+    return await running
   }
 }
