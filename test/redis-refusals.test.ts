@@ -26,6 +26,8 @@ import msgpack from 'msgpack-lite'
 import { boundRedisQueues, leanRedisAcks, noRedisWills, redisPacketKey, redisQueueKey } from '../src/broker/upstream.js'
 import { checkEvictionPolicy, createBrokerBackends } from '../src/broker/backends.js'
 import { checkHealth, sharedCheck } from '../src/http/health.js'
+import { RedisUploadQuota } from '../src/files/quota.js'
+import { isStoreUnavailable } from '../src/store/errors.js'
 import { MemoryMessageStore } from '../src/store/messages-memory.js'
 import { MemoryMetadataStore } from '../src/store/metadata-memory.js'
 import { recordingLogger } from './helpers/recording-logger.js'
@@ -541,5 +543,32 @@ describe('a persistent session\'s queue replayed at reconnect (workaround 22)', 
     } finally {
       await backends.close()
     }
+  })
+})
+
+describe('the upload quota in Redis (RedisUploadQuota)', () => {
+  test('counts per user and day, refuses past the limit without counting; the counter always expires; writes refused: an error clients get as UNAVAILABLE', async () => {
+    const conn = track(new Redis(r().url))
+    const quota = new RedisUploadQuota(conn)
+    const now = Date.UTC(2026, 11, 4, 12)
+    const key = `mqim:upload-bytes:u1:${Math.floor(now / 86_400_000)}`
+    expect(await quota.take('u1', 600, 1000, now)).toBe(true)
+    expect(await quota.take('u1', 500, 1000, now)).toBe(false)
+    expect(await quota.take('u1', 400, 1000, now)).toBe(true)
+    expect(await r().admin.get(key)).toBe('1000')
+    // a counter left without expiry (as a count run twice could leave one before): given one at the next upload
+    await r().admin.persist(key)
+    expect(await quota.take('u1', 1, 1000, now)).toBe(false)
+    const ttl = await r().admin.pttl(key)
+    expect(ttl).toBeGreaterThan(2 * 86_400_000 - 60_000)
+    expect(ttl).toBeLessThanOrEqual(2 * 86_400_000)
+    // another user, another day: counted apart
+    expect(await quota.take('u2', 1000, 1000, now)).toBe(true)
+    expect(await quota.take('u1', 1000, 1000, now + 86_400_000)).toBe(true)
+    await r().admin.config('SET', 'min-replicas-to-write', '1')
+    const err = await quota.take('u1', 1, 1000, now).then(() => null, (e: unknown) => e)
+    expect(String(err)).toMatch(/NOREPLICAS/)
+    expect(isStoreUnavailable(err)).toBe(true)
+    expect(await r().admin.get(key)).toBe('1000')
   })
 })

@@ -1254,13 +1254,16 @@ interface UnansweredInternals {
 }
 
 /** What a command written to a Redis connection that was lost before it answered fails with (failUnanswered). */
-export const UNANSWERED_MESSAGE = 'Redis connection lost before it answered: not sent again (it may have run)'
+export class RedisUnansweredError extends Error {
+  override name = 'RedisUnansweredError'
+  constructor () { super('Redis connection lost before it answered: not sent again (it may have run)') }
+}
 
 /**
  * 24. ioredis 6.0 with autoResendUnfulfilledCommands false drops the commands a lost connection had
  * written and not had answered: when the next connection is ready it forgets them, and their
  * promises never settle (a caller awaiting one waits for good). Here they fail when the connection
- * closes (its 'close' event comes after ioredis has set them aside), with UNANSWERED_MESSAGE.
+ * closes (its 'close' event comes after ioredis has set them aside), with RedisUnansweredError.
  */
 export function failUnanswered (conn: Redis): void {
   const c = conn as unknown as UnansweredInternals
@@ -1268,7 +1271,7 @@ export function failUnanswered (conn: Redis): void {
     const queue = c.prevCommandQueue
     if (queue === null || queue === undefined) return
     c.prevCommandQueue = null
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) item.command.reject(new Error(UNANSWERED_MESSAGE))
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) item.command.reject(new RedisUnansweredError())
   })
 }
 

@@ -28,17 +28,32 @@ export class MemoryUploadQuota implements UploadQuota {
   }
 }
 
+/**
+ * Counts ARGV[1] bytes on KEYS[1] unless the total would pass ARGV[3] (then nothing is counted):
+ * 1 counted, 0 refused. The counter's expiry (ARGV[2] ms) is set every time, so that none outlives
+ * two quiet days whatever ran before.
+ */
+const TAKE_LUA = `
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if used > tonumber(ARGV[3]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  return 0
+end
+return 1`
+
+type QuotaRedis = Redis & { mqimUploadTake: (key: string, bytes: number, ttlMs: number, limit: number) => Promise<number> }
+
 export class RedisUploadQuota implements UploadQuota {
-  constructor (private readonly redis: Redis) {}
+  private readonly redis: QuotaRedis
+
+  constructor (redis: Redis) {
+    if (!('mqimUploadTake' in redis)) redis.defineCommand('mqimUploadTake', { numberOfKeys: 1, lua: TAKE_LUA })
+    this.redis = redis as QuotaRedis
+  }
 
   async take (userId: string, bytes: number, limit: number, now: number): Promise<boolean> {
     const key = `mqim:upload-bytes:${userId}:${Math.floor(now / DAY_MS)}`
-    const used = await this.redis.incrby(key, bytes)
-    if (used === bytes) await this.redis.pexpire(key, 2 * DAY_MS)
-    if (used > limit) {
-      await this.redis.decrby(key, bytes)
-      return false
-    }
-    return true
+    return await this.redis.mqimUploadTake(key, bytes, 2 * DAY_MS, limit) === 1
   }
 }

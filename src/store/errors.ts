@@ -1,11 +1,17 @@
 /**
- * Recognizes "the database is not reachable right now" across the MongoDB driver and mysql2, so
- * that clients get UNAVAILABLE (retry later) instead of INTERNAL (a bug).
+ * Recognizes "the database is not reachable right now" across the MongoDB driver, mysql2 and
+ * ioredis, so that clients get UNAVAILABLE (retry later) instead of INTERNAL (a bug).
  */
 const MONGO_UNAVAILABLE = new Set([
   'MongoNetworkError', 'MongoNetworkTimeoutError', 'MongoServerSelectionError', 'MongoTopologyClosedError',
   'MongoNotConnectedError', 'MongoPoolClearedError', 'MongoClientClosedError', 'MongoWriteConcernError'
 ])
+/** ioredis: retries used up, a command lost with its connection (src/broker/upstream.ts 24). */
+const REDIS_UNAVAILABLE = new Set(['MaxRetriesPerRequestError', 'RedisUnansweredError'])
+/** ioredis' message for a command on a connection closed for good (its CONNECTION_CLOSED_ERROR_MSG). */
+const REDIS_CLOSED = 'Connection is closed.'
+/** Redis answering that it will not take writes (or any command) for now: a replica, replicas missing, a failed save, loading. */
+const REDIS_REFUSING = /^(READONLY|NOREPLICAS|MISCONF|LOADING|MASTERDOWN)\b/
 const SOCKET_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN',
   'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT', 'ER_CON_COUNT_ERROR', 'POOL_CLOSED', 'ER_SERVER_SHUTDOWN',
@@ -15,7 +21,8 @@ const SOCKET_CODES = new Set([
 export function isStoreUnavailable (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false
   const e = err as { name?: unknown, code?: unknown, fatal?: unknown, cause?: unknown, errorLabels?: unknown }
-  if (typeof e.name === 'string' && MONGO_UNAVAILABLE.has(e.name)) return true
+  if (typeof e.name === 'string' && (MONGO_UNAVAILABLE.has(e.name) || REDIS_UNAVAILABLE.has(e.name))) return true
+  if (err instanceof Error && (err.message === REDIS_CLOSED || (e.name === 'ReplyError' && REDIS_REFUSING.test(err.message)))) return true
   if (typeof e.code === 'string' && SOCKET_CODES.has(e.code)) return true
   if (e.fatal === true) return true
   if (Array.isArray(e.errorLabels) && e.errorLabels.includes('RetryableWriteError')) return true
