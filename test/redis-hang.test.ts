@@ -161,7 +161,7 @@ describe('a Redis connection cut off (no packet through, no FIN, no RST)', () =>
     expect(warned[0]).toMatchObject({ level: 40, socketTimeoutMs: SOCKET_TIMEOUT_MS, times: 1 })
     // the command written before the cut was noticed is not sent again (it may have been run: see
     // the next test): it failed, and its caller was told
-    await expect(write).rejects.toThrow()
+    await expect(write).rejects.toBeInstanceOf(RedisUnansweredError)
     expect(await server(1).admin.get('written-while-cut')).toBeNull()
     await redis.set('written-after', 'yes')
     expect(await server(1).admin.get('written-after')).toBe('yes')
@@ -181,6 +181,8 @@ describe('a Redis frozen past the timeout, then thawed', () => {
     cleanups.push(async () => { await backends.close() })
     await waitUntil(() => backends.available(), 10_000, 'Redis connected')
     const redis = backends.redis as Redis
+    // (workaround 23 installed on the node's connections: the timer that looks again after reads)
+    expect(Object.hasOwn(redis, 'setSocketTimeout')).toBe(true)
     await redis.set('counter', '0')
     const thaw = freeze(server(0))
     const incr = redis.incr('counter')

@@ -505,7 +505,7 @@ describe('a persistent session\'s queue replayed at reconnect (workaround 22)', 
     expect(JSON.parse(out.trim().split('\n').pop() ?? '')).toEqual({ replayed: 149, unhandled: ['NOREPLICAS'] })
   })
 
-  test('workaround: a page of packets per MGET, in queue order; expired and undecodable entries removed once writes are taken, kept (and no rejection unhandled) while refused', async () => {
+  test('workaround: 16 packets per MGET, in queue order; expired and undecodable entries removed once writes are taken, kept (and no rejection unhandled) while refused', async () => {
     const backends = createBrokerBackends({ adapter: 'redis', url: r().url, packetTTLSeconds: 60, maxSessionDelivery: 200, watchersListMs: 10_000, socketTimeoutMs: 10_000 }, { sessionQueueMessages: 100, sessionQueueBytes: 1 << 20 }, recordingLogger('info').logger)
     try {
       const store = backends.persistence as Replaying
@@ -524,12 +524,13 @@ describe('a persistent session\'s queue replayed at reconnect (workaround 22)', 
       // (jest fails this file on a rejection nobody handled)
       await sleep(200)
 
-      // writes taken: one LRANGE, two MGETs (100 + 50 entries), no GET; the three entries removed
+      // writes taken: one LRANGE, ten MGETs (16 entries each, 6 in the last), no GET; the three entries removed
       await r().admin.config('SET', 'min-replicas-to-write', '0')
       await r().admin.config('RESETSTAT')
       expect(await replay(store)).toEqual([1, ...kept])
+      await waitUntil(async () => await r().admin.llen(queue) === 147, 5000, 'the three entries removed')
       const stats = await calls()
-      expect({ lrange: stats.lrange, mget: stats.mget, get: stats.get ?? 0, lrem: stats.lrem }).toEqual({ lrange: 1, mget: 2, get: 0, lrem: 3 })
+      expect({ lrange: stats.lrange, mget: stats.mget, get: stats.get ?? 0, lrem: stats.lrem }).toEqual({ lrange: 1, mget: 10, get: 0, lrem: 3 })
       expect(await r().admin.lrange(queue, 0, -1)).toEqual([1, ...kept].map(i => redisPacketKey('b1', i)))
       // a queue grown past its bound (workaround 14 keeps its newest maxSessionDelivery): all of it, in order
       for (const i of range(151, 260)) await store.outgoingEnqueueCombi([sub], packet(i))
@@ -570,5 +571,31 @@ describe('the upload quota in Redis (RedisUploadQuota)', () => {
     expect(String(err)).toMatch(/NOREPLICAS/)
     expect(isStoreUnavailable(err)).toBe(true)
     expect(await r().admin.get(key)).toBe('1000')
+  })
+})
+
+describe('Redis errors a request meets (isStoreUnavailable: UNAVAILABLE, retry later; else INTERNAL, a bug)', () => {
+  test('refusals, a refused MULTI, a closed connection, retries used up: unavailable; a wrong type or a script error: not', async () => {
+    const conn = track(new Redis(r().url))
+    const failure = async (p: Promise<unknown>): Promise<unknown> => await p.then(() => null, (e: unknown) => e)
+    await conn.set('s', 'x')
+    expect(isStoreUnavailable(await failure(conn.lpush('s', 'y')))).toBe(false)
+    expect(isStoreUnavailable(await failure(conn.eval('return redis.call("NOPE")', 0)))).toBe(false)
+    await r().admin.config('SET', 'min-replicas-to-write', '1')
+    expect(isStoreUnavailable(await failure(conn.set('a', '1')))).toBe(true)
+    const multi = await failure(conn.multi().incr('n').expire('n', 60).exec())
+    expect(String(multi)).toMatch(/EXECABORT/)
+    expect(isStoreUnavailable(multi)).toBe(true)
+    await r().admin.config('SET', 'min-replicas-to-write', '0')
+    await outOfMemory(r().admin)
+    expect(isStoreUnavailable(await failure(conn.set('big', 'y'.repeat(1000))))).toBe(true)
+    await r().admin.config('SET', 'maxmemory', '0')
+    conn.disconnect()
+    expect(isStoreUnavailable(await failure(conn.get('a')))).toBe(true)
+    const none = track(new Redis({ port: 1, maxRetriesPerRequest: 1, retryStrategy: () => 10 }))
+    none.on('error', () => {})
+    const retried = await failure(none.get('a'))
+    expect(String(retried)).toMatch(/MaxRetriesPerRequest|max retries/i)
+    expect(isStoreUnavailable(retried)).toBe(true)
   })
 })

@@ -203,7 +203,7 @@ export function createBrokerBackends (
     packetTTL: () => ttl
   })
   // broadcasts missed while the subscriber connection was down (upstream.ts 19)
-  const matcher = repairSubscriptionMatcher(mq, redis, sub, logger)
+  const matcher = repairSubscriptionMatcher(mq, redis, sub, logger, [persistenceConn])
   // delivery order across nodes compares their clocks: each node's against Redis' (clock-check.ts)
   const clock = startClockCheck(redis, logger)
   const queues = boundRedisQueues(coalesceAddSubscriptions(persistence, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, broadcastLost), persistenceConn, { max: config.maxSessionDelivery, ttlSeconds: ttl })

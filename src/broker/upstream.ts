@@ -68,8 +68,8 @@
  *        publishes wills, stores none and hands none out (noRedisWills).
  *    22. a reconnecting session's queue is replayed one GET per packet, each after the last, and
  *        an entry whose packet expired is removed with an LREM it does not await (rejected
- *        unhandled while Redis refuses writes): MGET a page at a time, removals awaited
- *        (batchRedisReplays).
+ *        unhandled while Redis refuses writes): MGET a page at a time, the removals' errors
+ *        kept in a pipeline's results (batchRedisReplays).
  *   ioredis 6.0.0
  *    23. socketTimeout destroys a connection from an expired timer, which Node runs before it reads
  *        sockets: after an event-loop stall as long as the timeout, connections whose answers are
@@ -1158,8 +1158,11 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
   return persistence
 }
 
-/** Packets read by one MGET of a queue replay (batchRedisReplays). */
-const REPLAY_PAGE = 100
+/**
+ * Packets read by one MGET of a queue replay (batchRedisReplays): as many as the stock stream
+ * reads ahead (a Readable's 16 objects), so a replay holds no more packets at a time than it did.
+ */
+const REPLAY_PAGE = 16
 
 interface RedisReplayStore { outgoingStream: (client: { id: string }) => AsyncIterable<unknown> | NodeJS.ReadableStream }
 
@@ -1167,11 +1170,11 @@ interface RedisReplayStore { outgoingStream: (client: { id: string }) => AsyncIt
  * 22. aedes-persistence-redis 11 replays a reconnecting persistent session's queue (outgoingStream)
  * one GET per queued packet, each waiting for the last (up to maxSessionDelivery + 1 round trips
  * before the session has its messages), and removes an entry whose packet is gone (expired) with an
- * LREM it does not await: while Redis refuses writes, each such entry leaves a rejection nobody
- * handles. Here the packets are read in queue order with MGET, REPLAY_PAGE at a time; entries whose
- * packet is gone, or is not one the persistence could decode, are removed in one pipeline, awaited,
- * after the last packet is handed over; a removal Redis refuses is left for the next replay (such an
- * entry costs that replay one key read). A failed LRANGE or MGET ends the stream with its error,
+ * LREM whose rejection nobody handles (one per such entry while Redis refuses writes). Here the
+ * packets are read in queue order with MGET, REPLAY_PAGE at a time; entries whose packet is gone,
+ * or is not one the persistence could decode, are removed in one pipeline once the last packet is
+ * handed over (its errors kept in its results); a removal Redis refuses is left for the next replay
+ * (such an entry costs that replay one key read). A failed LRANGE or MGET ends the stream with its error,
  * as the stock one does.
  */
 export function batchRedisReplays<T> (persistence: T, conn: Redis, maxSessionDelivery: number): T {
@@ -1191,9 +1194,11 @@ export function batchRedisReplays<T> (persistence: T, conn: Redis, maxSessionDel
       }
     }
     if (gone.length === 0) return
+    // (not awaited: the connect does not wait on them; a pipeline's exec settles with each
+    // command's error in its results, never rejecting unhandled)
     const removals = conn.pipeline()
     for (const key of gone) removals.lrem(queue, 0, key)
-    await removals.exec().catch(() => {})
+    void removals.exec().catch(() => {})
   }
   return persistence
 }
@@ -1379,16 +1384,18 @@ export interface SubscriptionRepairStats {
  * Redis is written before a broadcast is sent), and the difference handed to this node's own
  * emitter as `$SYS/sub/add|rm`, which the trie applies (the first read hands it every
  * subscription, adding one it has replaces it, and the removals broadcast before it that Redis
- * agrees with). Sessions the copy holds that no page showed are handed over as removed, but for
+ * agrees with). A read is also made after each reconnect of the connections `alsoAfterBreaksOf`
+ * (the broker's persistence connection: a subscription written just before it broke is reported
+ * failed, not sent again, although Redis may hold it, and no broadcast of it was sent). Sessions the copy holds that no page showed are handed over as removed, but for
  * what was broadcast of them during the read. A read that fails is tried again (REPAIR_RETRY_MS,
- * doubling); so is one during which `conn` closed (after a failover ioredis sends an unanswered
- * SSCAN again, to a server whose set may be laid out differently, so sessions there all along may
+ * doubling); so is one during which `conn` closed (a cursor of one server means nothing to
+ * another after a failover, whose set may be laid out differently, so sessions there all along may
  * be skipped): what its pages showed is handed over, not the removals of sessions no page showed. Only QoS 1 subscriptions are compared: a broadcast of a QoS 0 one removes it from the
  * trie (the start-up build adds them; left as they are). Bounded like the trie: one entry per QoS 1
  * subscription of a persistent session (its QoS); a read adds one page, the broadcasts of a page's
  * time, and the set of sessions of the copy that no page has shown yet (a reference each).
  */
-export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger): SubscriptionMatcherRepair {
+export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Redis, logger: Logger, alsoAfterBreaksOf: readonly Redis[] = []): SubscriptionMatcherRepair {
   const emitter = mq as { on: (topic: string, notify: Notify, done?: () => void) => void, removeListener: (topic: string, notify: Notify, done?: () => void) => void }
   const emitLocal = localEmitter(mq)
   /** The copy of what the trie holds (QoS of each subscription). */
@@ -1580,20 +1587,23 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
       }
     })().finally(() => { loop = null })
   }
-  // each time the connection is ready again after a break (its first ready is the start's)
-  let connected = subConn.status === 'ready'
-  const onReady = (): void => {
-    if (!connected) {
-      connected = true
-      return
+  // each time a watched connection is ready again after a break (its first ready is the start's)
+  const watched = [subConn, ...alsoAfterBreaksOf].map(c => {
+    let connected = c.status === 'ready'
+    const onReady = (): void => {
+      if (!connected) {
+        connected = true
+        return
+      }
+      if (!started) return
+      later(REPAIR_DELAY_MS * (1 + Math.random()), () => {
+        wanted = true
+        run()
+      })
     }
-    if (!started) return
-    later(REPAIR_DELAY_MS * (1 + Math.random()), () => {
-      wanted = true
-      run()
-    })
-  }
-  subConn.on('ready', onReady)
+    c.on('ready', onReady)
+    return { c, onReady }
+  })
   return {
     start: () => {
       if (started) return
@@ -1606,7 +1616,7 @@ export function repairSubscriptionMatcher (mq: unknown, conn: Redis, subConn: Re
     close: () => {
       closed = true
       for (const timer of timers) clearTimeout(timer)
-      subConn.removeListener('ready', onReady)
+      for (const { c, onReady } of watched) c.removeListener('ready', onReady)
       conn.removeListener('close', onConnClose)
       emitter.removeListener('$SYS/sub/+', onBroadcast)
     }

@@ -10,8 +10,13 @@ const MONGO_UNAVAILABLE = new Set([
 const REDIS_UNAVAILABLE = new Set(['MaxRetriesPerRequestError', 'RedisUnansweredError'])
 /** ioredis' message for a command on a connection closed for good (its CONNECTION_CLOSED_ERROR_MSG). */
 const REDIS_CLOSED = 'Connection is closed.'
-/** Redis answering that it will not take writes (or any command) for now: a replica, replicas missing, a failed save, loading. */
-const REDIS_REFUSING = /^(READONLY|NOREPLICAS|MISCONF|LOADING|MASTERDOWN)\b/
+/**
+ * Redis answering that it will not take this command for now: a replica, replicas missing, a failed
+ * save, loading, full (noeviction), busy with a long script.
+ */
+const REDIS_REFUSING = /^(READONLY|NOREPLICAS|MISCONF|LOADING|MASTERDOWN|OOM|BUSY)\b/
+/** ioredis: the unanswered rest of a pipeline whose connection closed mid-answer (redis-errors' AbortError). */
+const REDIS_ABORTED = 'Command aborted due to connection close'
 const SOCKET_CODES = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN',
   'PROTOCOL_CONNECTION_LOST', 'PROTOCOL_SEQUENCE_TIMEOUT', 'ER_CON_COUNT_ERROR', 'POOL_CLOSED', 'ER_SERVER_SHUTDOWN',
@@ -22,7 +27,10 @@ export function isStoreUnavailable (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false
   const e = err as { name?: unknown, code?: unknown, fatal?: unknown, cause?: unknown, errorLabels?: unknown }
   if (typeof e.name === 'string' && (MONGO_UNAVAILABLE.has(e.name) || REDIS_UNAVAILABLE.has(e.name))) return true
-  if (err instanceof Error && (err.message === REDIS_CLOSED || (e.name === 'ReplyError' && REDIS_REFUSING.test(err.message)))) return true
+  if (err instanceof Error && (err.message === REDIS_CLOSED || (e.name === 'AbortError' && err.message === REDIS_ABORTED) || (e.name === 'ReplyError' && REDIS_REFUSING.test(err.message)))) return true
+  // a MULTI whose commands Redis refused: EXECABORT, the refusals in previousErrors
+  const previous = (err as { previousErrors?: unknown }).previousErrors
+  if (e.name === 'ReplyError' && Array.isArray(previous) && previous.some(p => p !== err && isStoreUnavailable(p))) return true
   if (typeof e.code === 'string' && SOCKET_CODES.has(e.code)) return true
   if (e.fatal === true) return true
   if (Array.isArray(e.errorLabels) && e.errorLabels.includes('RetryableWriteError')) return true

@@ -14,7 +14,7 @@ import { waitUntil } from '../../scripts/lib/procs.js'
 
 type Subs = Record<string, Record<string, number>>
 
-function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, onRead: (f: () => void) => void, hidden: Set<string>, conn: EventEmitter, seen: string[], mq: { emit: (m: object) => void }, subConn: EventEmitter & { status: string }, broadcast: (add: boolean, clientId: string, subs: object[]) => void } {
+function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, onRead: (f: () => void) => void, hidden: Set<string>, conn: EventEmitter, seen: string[], mq: { emit: (m: object) => void }, subConn: EventEmitter & { status: string }, persistenceConn: EventEmitter, broadcast: (add: boolean, clientId: string, subs: object[]) => void } {
   const redis: Subs = structuredClone(initial)
   let failures = 0
   let duringRead = (): void => {}
@@ -54,7 +54,8 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
     cb()
   })
   const subConn = Object.assign(new EventEmitter(), { status: 'ready', ping: async () => 'PONG' })
-  const repair = repairSubscriptionMatcher(mq, conn as unknown as Redis, subConn as unknown as Redis, createLogger('silent'))
+  const persistenceConn = Object.assign(new EventEmitter(), { status: 'ready' })
+  const repair = repairSubscriptionMatcher(mq, conn as unknown as Redis, subConn as unknown as Redis, createLogger('silent'), [persistenceConn as unknown as Redis])
   afterEachClose.push(() => { repair.close() })
   started = repair
   return {
@@ -66,6 +67,7 @@ function setup (initial: Subs): { redis: Subs, failNext: (n: number) => void, on
     seen,
     mq,
     subConn,
+    persistenceConn,
     // a broadcast as aedes-persistence sends it (a removal names the topics only)
     broadcast: (add, clientId, subs) => { mq.emit({ topic: add ? SUBSCRIPTION_ADD_TOPIC : SUBSCRIPTION_RM_TOPIC, payload: Buffer.from(JSON.stringify({ clientId, subs })) }) }
   }
@@ -257,4 +259,14 @@ test('a read during which the Redis connection closed hands over what its pages 
   expect(Date.now() - t0).toBeGreaterThanOrEqual(1000)
   expect(seen).toStrictEqual(['add a:1 t9@1', 'rm a:1 t1', 'rm x:1 tx'])
   expect(started?.stats()).toMatchObject({ reads: 2, failures: 1, added: 1, removed: 2 })
+})
+
+test('the broker\'s persistence connection ready again after a break: a read too (a subscription written just before the break was reported failed, not sent again, and never broadcast)', async () => {
+  const { redis, seen, persistenceConn } = setup({ 'a:1': { t1: 1 } })
+  started?.start()
+  await waitUntil(() => started?.repairs() === 1, 5000, 'the first read')
+  // in Redis, never broadcast
+  redis['a:1'] = { t1: 1, t2: 1 }
+  await reconnect(persistenceConn, seen, 2)
+  expect(seen).toStrictEqual(['add a:1 t2@1'])
 })
