@@ -13,6 +13,8 @@
  *   now behind the address (a failover), and the cluster emitter routes through it.
  * - What Redis had received when it froze it runs once it resumes: a command the node had written
  *   is not sent again on the new connection (it fails), so nothing runs twice.
+ * - A failover that demotes the primary without closing its connections (READONLY to every write):
+ *   every connection is opened again, to the server now behind the address.
  * - An event loop stalled longer than the timeout, with an answer waiting in the socket, does not
  *   cost the connection (workaround 23).
  */
@@ -223,4 +225,30 @@ describe('an event loop stalled longer than the socket timeout (workaround 23)',
   test('workaround: the answer read in that turn keeps the connection', async () => {
     expect(await stalled(true)).toEqual({ answer: 'PONG', errors: [] })
   })
+})
+
+describe('a primary demoted to a replica, its connections left open (READONLY)', () => {
+  test('a READONLY answer opens every connection again, to the server now behind the address; writes go there', async () => {
+    const proxy: TcpProxy = await startTcpProxy(Number(new URL(server(0).url).port))
+    cleanups.push(async () => { await proxy.close() })
+    const { lines, logger } = recordingLogger('info')
+    const backends = createBrokerBackends(redisConfig(`redis://127.0.0.1:${proxy.port}`, 10_000), limits, logger)
+    cleanups.push(async () => { await backends.close() })
+    const redis = backends.redis as Redis
+    const names = async (s: PrivateRedis): Promise<string[]> =>
+      ((await s.admin.client('LIST')) as string).split('\n').map(l => /\bname=(\S*)/.exec(l)?.[1] ?? '').filter(n => n.startsWith('mqim-')).sort()
+    await waitUntil(async () => backends.available() && (await names(server(0))).length === 4, 10_000, 'connected through the relay')
+    await redis.set('before', '1')
+    // the failover: server 1 is the primary now, server 0 its replica (connections kept), the address leads to server 1
+    cleanups.push(async () => { await server(0).admin.replicaof('NO', 'ONE') })
+    await server(0).admin.replicaof('127.0.0.1', new URL(server(1).url).port)
+    proxy.target = Number(new URL(server(1).url).port)
+    await expect(redis.set('refused', '1')).rejects.toThrow(/^READONLY/)
+    await waitUntil(async () => backends.available() && (await names(server(1))).length === 4, 10_000, 'every connection on the new primary')
+    expect(await names(server(1))).toEqual(['mqim-mqim', 'mqim-persistence', 'mqim-pub', 'mqim-sub'])
+    expect(await names(server(0))).toEqual([])
+    await redis.set('after', '1')
+    expect(await server(1).admin.get('after')).toBe('1')
+    expect(lines.filter(l => typeof l.msg === 'string' && l.msg.startsWith('Redis answered READONLY'))).toEqual([expect.objectContaining({ level: 40, conn: 'mqim' })])
+  }, 30_000)
 })

@@ -138,6 +138,20 @@ export function createBrokerBackends (
   // loop has not read yet (workaround 23).
   // a minute's warnings of each kind, with the count since the last
   const warn = warnEveryMinute(logger)
+  // A failover that demotes the primary without closing its connections leaves the node on a
+  // replica, READONLY to every write, for good: a READONLY answer on any connection opens all four
+  // again (the pub/sub ones too: a PUBLISH on a replica reaches only that server's subscribers), to
+  // whatever the URL leads to now; at most once per half socket timeout (the URL may still lead to
+  // the replica for a while).
+  const conns: Redis[] = []
+  let movedAt = Number.NEGATIVE_INFINITY
+  let closing = false
+  const followFailover = (name: string): void => {
+    if (closing || performance.now() - movedAt < config.socketTimeoutMs / 2) return
+    movedAt = performance.now()
+    warn('readonly', { conn: name }, 'Redis answered READONLY (the URL leads to a replica: a failover?): every Redis connection opened again (README, "Redis stuck or cut off")')
+    setImmediate(() => { if (!closing) for (const c of conns) c.disconnect(true) })
+  }
   const connect = (name: string, opts: { pipelined: boolean, resend: boolean }): Redis => {
     const conn = new Redis(config.url, {
       connectionName: `mqim-${name}`,
@@ -145,8 +159,13 @@ export function createBrokerBackends (
       lazyConnect: false,
       enableAutoPipelining: opts.pipelined,
       autoResendUnfulfilledCommands: opts.resend,
-      socketTimeout: config.socketTimeoutMs
+      socketTimeout: config.socketTimeoutMs,
+      reconnectOnError: (err: Error) => {
+        if (err.message.startsWith('READONLY')) followFailover(name)
+        return false
+      }
     })
+    conns.push(conn)
     socketTimeoutAfterReads(conn)
     if (!opts.resend) failUnanswered(conn)
     conn.on('error', (err: Error) => {
@@ -174,7 +193,6 @@ export function createBrokerBackends (
   const redis = connect('mqim', { pipelined: true, resend: false })
   // the timeout counts only while a command waits: a PING on each ready connection every half of
   // it, so that an idle one (the subscriber only ever waits for messages) is found cut off too
-  const conns = [persistenceConn, pub, sub, redis]
   const liveness = setInterval(() => {
     for (const c of conns) if (c.status === 'ready') c.ping().catch(() => {})
   }, Math.floor(config.socketTimeoutMs / 2))
@@ -225,6 +243,7 @@ export function createBrokerBackends (
     connectedSince: () => sub.status === 'ready' ? subReadySince : WALL_NEVER,
     linkUpSince: () => sub.status === 'ready' ? subReadyAt : MONOTONIC_NEVER,
     close: async () => {
+      closing = true
       clearInterval(liveness)
       matcher.close()
       clock.close()
