@@ -251,4 +251,27 @@ describe('a primary demoted to a replica, its connections left open (READONLY)',
     expect(await server(1).admin.get('after')).toBe('1')
     expect(lines.filter(l => typeof l.msg === 'string' && l.msg.startsWith('Redis answered READONLY'))).toEqual([expect.objectContaining({ level: 40, conn: 'mqim' })])
   }, 30_000)
+
+  test('a URL that leads to a replica for good: the node opens its connections again less and less often (twice the wait each time), not every few seconds', async () => {
+    cleanups.push(async () => { await server(0).admin.replicaof('NO', 'ONE') })
+    await server(0).admin.replicaof('127.0.0.1', new URL(server(1).url).port)
+    // socket timeout 1 s: waits of 0.5, 1, 2, 4 s between reconnects
+    const backends = createBrokerBackends(redisConfig(server(0).url, 1000), limits, createLogger('silent'))
+    cleanups.push(async () => { await backends.close() })
+    const redis = backends.redis as Redis
+    await waitUntil(() => redis.status === 'ready', 10_000, 'connected to the replica')
+    let readies = 0
+    redis.on('ready', () => { readies++ })
+    // a write every 50 ms for 4.5 s, each refused
+    const until = Date.now() + 4500
+    let refused = 0
+    while (Date.now() < until) {
+      await redis.set('w', '1').catch((err: Error) => { if (err.message.startsWith('READONLY')) refused++ })
+      await sleep(50)
+    }
+    expect(refused).toBeGreaterThan(20)
+    // reconnects after the first refusal and 0.5, 1.5 and 3.5 s later (every 0.5 s without the doubling: 9)
+    expect(readies).toBeGreaterThanOrEqual(3)
+    expect(readies).toBeLessThanOrEqual(5)
+  }, 30_000)
 })

@@ -141,14 +141,18 @@ export function createBrokerBackends (
   // A failover that demotes the primary without closing its connections leaves the node on a
   // replica, READONLY to every write, for good: a READONLY answer on any connection opens all four
   // again (the pub/sub ones too: a PUBLISH on a replica reaches only that server's subscribers), to
-  // whatever the URL leads to now; at most once per half socket timeout (the URL may still lead to
-  // the replica for a while).
+  // whatever the URL leads to now; at most once per half socket timeout, twice as long each time it
+  // comes again within a minute, up to 5 minutes (a URL that leads to a replica for good must not
+  // have the node reconnect, and read every session's subscriptions again, every few seconds).
   const conns: Redis[] = []
   let movedAt = Number.NEGATIVE_INFINITY
+  let followWaitMs = config.socketTimeoutMs / 2
   let closing = false
   const followFailover = (name: string): void => {
-    if (closing || performance.now() - movedAt < config.socketTimeoutMs / 2) return
-    movedAt = performance.now()
+    const now = performance.now()
+    if (closing || now - movedAt < followWaitMs) return
+    followWaitMs = now - movedAt < followWaitMs + 60_000 ? Math.min(followWaitMs * 2, 300_000) : config.socketTimeoutMs / 2
+    movedAt = now
     warn('readonly', { conn: name }, 'Redis answered READONLY (the URL leads to a replica: a failover?): every Redis connection opened again (README, "Redis stuck or cut off")')
     setImmediate(() => { if (!closing) for (const c of conns) c.disconnect(true) })
   }
