@@ -70,6 +70,10 @@
  *        an entry whose packet expired is removed with an LREM it does not await (rejected
  *        unhandled while Redis refuses writes): MGET a page at a time, the removals' errors
  *        kept in a pipeline's results (batchRedisReplays).
+ *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
+ *        only: what was broadcast while this node's Redis subscriber connection was down, or
+ *        while the trie was being built at start, is missed for good; once built and after each
+ *        reconnect it is put right from Redis (repairSubscriptionMatcher).
  *   ioredis 6.0.0
  *    23. socketTimeout destroys a connection from an expired timer, which Node runs before it reads
  *        sockets: after an event-loop stall as long as the timeout, connections whose answers are
@@ -78,10 +82,6 @@
  *    24. with autoResendUnfulfilledCommands false, the commands a lost connection had written and
  *        not had answered are forgotten at the next connection, their promises never settled: they
  *        fail when it closes (failUnanswered).
- *    19. its matcher of offline sessions' subscriptions (a private trie) is kept by broadcasts
- *        only: what was broadcast while this node's Redis subscriber connection was down, or
- *        while the trie was being built at start, is missed for good; once built and after each
- *        reconnect it is put right from Redis (repairSubscriptionMatcher).
  *   mqemitter-redis 7.2.1
  *     8. close() quits its Redis connections without handling the promises: an already closed
  *        connection rejects unhandled and kills the process on a graceful stop (closeEmitterQuietly).
@@ -1164,7 +1164,7 @@ export function noRedisWills<T> (persistence: T, conn: Redis): T {
  */
 const REPLAY_PAGE = 16
 
-interface RedisReplayStore { outgoingStream: (client: { id: string }) => AsyncIterable<unknown> | NodeJS.ReadableStream }
+interface RedisReplayStore { outgoingStream: (client: { id: string }) => AsyncIterable<unknown> }
 
 /**
  * 22. aedes-persistence-redis 11 replays a reconnecting persistent session's queue (outgoingStream)
