@@ -165,6 +165,21 @@ describe.each(BACKENDS)('hostile MQTT clients ($name)', (backend) => {
     for (const c of mine) c.end()
   })
 
+  test('TCP health probes (open, close, no CONNECT) are not held against their address: 3x the cap of them, then a login from it works', async () => {
+    const refusedBefore = server.internals.listeners.refused
+    for (let i = 0; i < LIMITS.connectionsPerAddress * 3; i++) {
+      const probe = await RawClient.open(server.ports.mqtt, { localAddress: '127.0.0.9' })
+      probe.end()
+      await probe.waitClosed(5000)
+    }
+    // each probe's slot is given back when it closes: none was refused, and the address is not in login backoff
+    expect(server.internals.listeners.refused).toBe(refusedBefore)
+    expect(server.internals.logins.addressBackoffMs('127.0.0.9')).toBe(0)
+    const { client, code } = await RawClient.login(server.ports.mqtt, 'dave', 'after-probes', 'password-dave', { localAddress: '127.0.0.9' })
+    track(client)
+    expect(code).toBe(0)
+  })
+
   test('connections per user are capped (CONNACK 3); taking over an own clientId still works', async () => {
     const held: ImClient[] = []
     for (let i = 0; i < LIMITS.connectionsPerUser; i++) held.push(track(await connect(server, 'erin', `d${i}`)))
