@@ -69,6 +69,20 @@ describe('bad input', () => {
     expect(h.lastSeq).toBe(0)
   })
 
+  test.each([
+    ['a missing body (a field of several forms)', 'send', '{"id":"m1","conv":"CONV","msgId":"k","kind":"text"}', 'body: required'],
+    ['a missing conv', 'send', '{"id":"m2","msgId":"k","kind":"text","body":"x"}', 'conv: required'],
+    ['a missing seq', 'read', '{"id":"m3","conv":"CONV"}', 'seq: required'],
+    ['two missing fields', 'read', '{"id":"m4"}', 'conv: required; seq: required'],
+    ['a group name of spaces only', 'create-group', '{"id":"m5","name":"   ","members":[]}', 'name: empty (white space only)'],
+    ['an empty group name', 'create-group', '{"id":"m6","name":"","members":[]}', 'name: empty'],
+    ['a null conv (present, wrong type)', 'read', '{"id":"m7","conv":null,"seq":1}', 'conv: Invalid input: expected string, received null']
+  ])('%s (im/req/%s) is named plainly', async (_name, op, payload, message) => {
+    const reply = await raw(op, payload.replace('CONV', conv))
+    expect(reply).toMatchObject({ ok: false, op, error: { code: 'BAD_REQUEST', message } })
+    expect(alice.mqtt.connected).toBe(true)
+  })
+
   test('the request id is echoed when it can be read, so clients can correlate errors', async () => {
     const reply = await raw('send', '{"id":"corr-1","conv":"x"}')
     expect(reply).toMatchObject({ id: 'corr-1', ok: false, op: 'send' })

@@ -95,10 +95,31 @@ export function nestsDeeperThan (text: string, max: number): boolean {
   return false
 }
 
-function describeIssues (error: z.ZodError): string {
+/** What `input` holds at `path`: `absent` when the last step is a field its object does not have. */
+function valueAt (input: unknown, path: readonly PropertyKey[]): { absent: boolean, value: unknown } {
+  let value = input
+  for (const [n, key] of path.entries()) {
+    if (typeof value !== 'object' || value === null) return { absent: false, value: undefined }
+    if (n === path.length - 1 && !Array.isArray(value) && !Object.hasOwn(value, key)) return { absent: true, value: undefined }
+    value = (value as Record<PropertyKey, unknown>)[key]
+  }
+  return { absent: false, value }
+}
+
+/**
+ * The issues as `field: problem`, at most five: a field left out is `required` (zod says what type
+ * it expected, or only "Invalid input" for a field of several forms), and an empty string where one
+ * is needed says so (a name of spaces only, which is trimmed, too).
+ */
+function describeIssues (error: z.ZodError, input: unknown): string {
   return error.issues.slice(0, 5).map(i => {
     const field = i.path.length > 0 ? i.path.join('.') : 'payload'
     if (i.code === 'unrecognized_keys') return `unknown field(s): ${i.keys.join(', ')}`
+    const at = i.path.length > 0 ? valueAt(input, i.path) : { absent: false, value: input }
+    if (at.absent) return `${field}: required`
+    if (i.code === 'too_small' && i.origin === 'string' && Number(i.minimum) === 1) {
+      return typeof at.value === 'string' && at.value.length > 0 ? `${field}: empty (white space only)` : `${field}: empty`
+    }
     return `${field}: ${i.message}`
   }).join('; ')
 }
@@ -141,7 +162,7 @@ export class Dispatcher {
       if (json === undefined) throw new ImError('BAD_JSON')
       if (!isOpName(op)) throw new ImError('UNKNOWN_OP', `unknown operation "${op}"; see topics.md for the list`)
       const parsed = REQUESTS[op].safeParse(json)
-      if (!parsed.success) throw new ImError('BAD_REQUEST', describeIssues(parsed.error))
+      if (!parsed.success) throw new ImError('BAD_REQUEST', describeIssues(parsed.error, json))
       const handler = HANDLERS[op] as Handler<unknown, unknown>
       const result = await handler(caller, parsed.data, this.services)
       this.services.metrics?.request(op, 'ok')
