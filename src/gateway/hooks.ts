@@ -113,6 +113,11 @@ function requestIdOf (payload: Buffer, whole = false): string | null {
   }
 }
 
+/** The connection has closed (Aedes' close ran, or the socket is destroyed): a reply has nowhere to go. */
+function isGone (client: Client): boolean {
+  return client.closed || client.conn.destroyed
+}
+
 function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateError {
   const err = new Error(message) as AuthenticateError
   err.returnCode = returnCode
@@ -345,6 +350,11 @@ export class BrokerHooks {
       }
     }
     try {
+      // a page request that waited for its turn while its connection went away is not run: a
+      // connection can bring hundreds at once (one read of its socket), and each builds a page of
+      // up to limits.pageBytes that nobody will get (an attacker's slow readers, closed together,
+      // held the event loop for seconds that way); its PUBACK was never sent
+      if (leave !== undefined && isGone(client)) return
       await this.answer(client, session, op, payload, packet.dup, advance)
     } finally {
       leave?.()
@@ -394,6 +404,8 @@ export class BrokerHooks {
     // a client that asks faster than it reads its replies waits for its socket here (checked
     // with no await between the check and the write: replies finishing together take turns)
     while (!this.sessions.hasRoom(client)) await this.sessions.drained(client)
+    // (gone while it ran or waited: nothing to write it to, and no watcher copy of it either)
+    if (isGone(client)) return
     // the reply, the PUBACK (written when this resolves) and the sender's own copy of a message
     // leave in one write
     this.sessions.holdClient(client)
