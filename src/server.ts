@@ -252,7 +252,7 @@ export class MqimServer {
       ? new MemorySessionQuota(config.limits.persistentSessionsPerUser)
       : new RedisSessionQuota(backends.redis, config.limits.persistentSessionsPerUser)
     const pages = new PageGate(config.limits.pagesInFlight, config.limits.pagesInFlightPerUser)
-    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, channels, logger, metrics, limits: config.limits }).install(broker)
+    new BrokerHooks({ meta, sessions, dispatcher, publisher, logins, jwt, rates, quota, pages, channels, logger, metrics, limits: config.limits, brokerAvailable: backends.available }).install(broker)
 
     // 5. admin token
     const adminToken = randomBytes(24).toString('base64url')

@@ -281,3 +281,53 @@ describe('a primary demoted to a replica, its connections left open (READONLY)',
     expect(readies).toBeLessThanOrEqual(5)
   }, 30_000)
 })
+
+describe('while Redis hangs, what needs it is refused within about socketTimeoutMs', () => {
+  const T = 1500
+
+  test('a command on the mqim connection made while it is down fails when the attempt under way fails, not after three more', async () => {
+    const backends = createBrokerBackends(redisConfig(server(0).url, T), limits, createLogger('silent'))
+    cleanups.push(async () => { await backends.close() })
+    const redis = backends.redis as Redis
+    await waitUntil(() => backends.available() && redis.status === 'ready', 10_000, 'Redis connected')
+    freeze(server(0))
+    // the pings find it: the connection is closed and opened again (to the same frozen server)
+    await waitUntil(() => redis.status !== 'ready', 3 * T, 'the mqim connection to notice', 20)
+    // each attempt waits T for its handshake, after ioredis' retry delay (up to 2 s): the command
+    // fails when the attempt it is queued for closes; it may wait for one more, as the connection
+    // pipelines (a command waits for the pipeline being sent, here the pings, to be done with):
+    // with ioredis' default of 3 retries it is failed by the fourth
+    let closes = 0
+    const counting = (): void => { closes++ }
+    redis.on('close', counting)
+    const failed = await redis.get('quota').then(() => null, (e: unknown) => e)
+    redis.off('close', counting)
+    // (answered UNAVAILABLE by a request that needed it)
+    expect(isStoreUnavailable(failed)).toBe(true)
+    expect(closes).toBeLessThanOrEqual(2)
+  }, 40_000)
+
+  test('a login while the broker\'s Redis connections are down is answered CONNACK 3 at once (not closed without one after 5 s)', async () => {
+    const im = await import('./helpers/im.js')
+    const mqimServer = await im.startServer({ broker: { persistence: redisConfig(server(0).url, T) } })
+    cleanups.push(async () => { await mqimServer.stop() })
+    await im.addUser(mqimServer, 'alice')
+    const login = async (clean: boolean): Promise<{ code: number | null, ms: number }> => {
+      const t0 = performance.now()
+      const client = mqtt.connect(`mqtt://127.0.0.1:${mqimServer.ports.mqtt}`, { clientId: `alice:${clean ? 'c' : 'p'}`, username: 'alice', password: 'password-alice', clean, reconnectPeriod: 0, connectTimeout: 20_000 })
+      return await new Promise(resolve => {
+        client.on('connect', () => { client.end(true); resolve({ code: 0, ms: performance.now() - t0 }) })
+        client.on('error', (err: Error & { code?: number }) => { client.end(true); resolve({ code: typeof err.code === 'number' ? err.code : null, ms: performance.now() - t0 }) })
+        client.on('close', () => { resolve({ code: null, ms: performance.now() - t0 }) })
+      })
+    }
+    expect((await login(true)).code).toBe(0)
+    freeze(server(0))
+    await waitUntil(() => !mqimServer.internals.backends.available(), 3 * T, 'the outage to be noticed', 20)
+    for (const clean of [true, false]) {
+      const r = await login(clean)
+      expect(r.code).toBe(3)
+      expect(r.ms).toBeLessThan(T)
+    }
+  }, 40_000)
+})

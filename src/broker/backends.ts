@@ -88,6 +88,24 @@ export function ackReports (logger: Logger, now: () => number = () => performanc
  * makes the next acknowledgement delete a packet other queues still hold), so it is warned about.
  * Returns the policy, or null when it could not be read.
  */
+/** What a command made while its Redis connection was down fails with (failQueuedOnClose). */
+export class RedisDownError extends Error {
+  override name = 'RedisDownError'
+  constructor () { super('Redis connection down: not sent (retry later)') }
+}
+
+interface OfflineQueueInternals { flushQueue: (err: Error, options: { offlineQueue: boolean, commandQueue: boolean }) => void }
+
+/**
+ * The commands waiting for the connection to be back (ioredis' offline queue) fail each time an
+ * attempt to connect fails, rather than after maxRetriesPerRequest more attempts (each of them
+ * socketTimeoutMs long against a Redis that hangs). The commands the lost connection had written
+ * are failUnanswered's (its 'close' comes after ioredis set them aside).
+ */
+function failQueuedOnClose (conn: Redis): void {
+  conn.on('close', () => { (conn as unknown as OfflineQueueInternals).flushQueue(new RedisDownError(), { offlineQueue: true, commandQueue: false }) })
+}
+
 export async function checkEvictionPolicy (conn: Pick<Redis, 'info'>, logger: Logger): Promise<string | null> {
   try {
     const policy = /maxmemory_policy:(\S+)/.exec(await conn.info('memory'))?.[1] ?? null
@@ -156,7 +174,7 @@ export function createBrokerBackends (
     warn('readonly', { conn: name }, 'Redis answered READONLY (the URL leads to a replica: a failover?): every Redis connection opened again (README, "Redis stuck or cut off")')
     setImmediate(() => { if (!closing) for (const c of conns) c.disconnect(true) })
   }
-  const connect = (name: string, opts: { pipelined: boolean, resend: boolean }): Redis => {
+  const connect = (name: string, opts: { pipelined: boolean, resend: boolean, waitForReconnect?: boolean }): Redis => {
     const conn = new Redis(config.url, {
       connectionName: `mqim-${name}`,
       maxRetriesPerRequest: 3,
@@ -172,6 +190,7 @@ export function createBrokerBackends (
     conns.push(conn)
     socketTimeoutAfterReads(conn)
     if (!opts.resend) failUnanswered(conn)
+    if (opts.waitForReconnect === false) failQueuedOnClose(conn)
     conn.on('error', (err: Error) => {
       if (err.message.startsWith('Socket timeout')) {
         warn(`socket-timeout:${name}`, { conn: name, socketTimeoutMs: config.socketTimeoutMs }, 'Redis sent nothing back for socketTimeoutMs while a command waited (stuck, or cut off): connection closed and opened again (README, "Redis stuck or cut off")')
@@ -194,7 +213,11 @@ export function createBrokerBackends (
     subReadySince = WALL_NEVER
     subReadyAt = MONOTONIC_NEVER
   })
-  const redis = connect('mqim', { pipelined: true, resend: false })
+  // A command made while this one is down fails when the reconnect attempt under way fails, not
+  // after three more: against a Redis that hangs, each attempt waits socketTimeoutMs, and requests
+  // that need Redis (presence, an upload's quota, a clean=false login's session count) were
+  // answered UNAVAILABLE after ~4 × socketTimeoutMs (30-57 s), or held until it was back
+  const redis = connect('mqim', { pipelined: true, resend: false, waitForReconnect: false })
   // the timeout counts only while a command waits: a PING on each ready connection every half of
   // it, so that an idle one (the subscriber only ever waits for messages) is found cut off too
   const liveness = setInterval(() => {

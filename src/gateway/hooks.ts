@@ -61,6 +61,12 @@ export interface HookOptions {
   jwt?: JwtLogin | null
   /** Requests answered here rather than by the dispatcher (refusals for the rate, a full page gate). */
   metrics?: Metrics
+  /**
+   * False while the broker's Redis connections are not ready (BrokerBackends.available): a login
+   * is then answered CONNACK 3 at once (Aedes could not set its session up: a clean one was closed
+   * without a CONNACK after 5 s, a persistent one held for up to a minute).
+   */
+  brokerAvailable?: () => boolean
   limits: {
     requestsPerSecond: number
     /** A request costs one token more per this many bytes of its payload. */
@@ -193,6 +199,8 @@ export class BrokerHooks {
     const address = addressOf(client)
     const wait = logins.retryAfter(username, address)
     if (wait > 0) throw authError(3, `logins refused for a while (too many failed logins, or a request flood); retry in ${Math.ceil(wait / 1000)} s`)
+    // (before the password is checked: a reconnect storm into an outage costs no hashing)
+    if (this.opts.brokerAvailable?.() === false) throw authError(3, 'server unavailable: its Redis cannot be reached; retry later')
     const mark = sessions.revocationMark()
     const secret = password.toString('utf8')
     const { user, endsAt } = jwt != null && jwt.isToken(secret)

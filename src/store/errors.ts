@@ -6,8 +6,8 @@ const MONGO_UNAVAILABLE = new Set([
   'MongoNetworkError', 'MongoNetworkTimeoutError', 'MongoServerSelectionError', 'MongoTopologyClosedError',
   'MongoNotConnectedError', 'MongoPoolClearedError', 'MongoClientClosedError', 'MongoWriteConcernError'
 ])
-/** ioredis: retries used up, a command lost with its connection (src/broker/upstream.ts 24). */
-const REDIS_UNAVAILABLE = new Set(['MaxRetriesPerRequestError', 'RedisUnansweredError'])
+/** ioredis: retries used up, a command lost with its connection (src/broker/upstream.ts 24), one made while it was down (broker/backends.ts). */
+const REDIS_UNAVAILABLE = new Set(['MaxRetriesPerRequestError', 'RedisUnansweredError', 'RedisDownError'])
 /** ioredis' message for a command on a connection closed for good (its CONNECTION_CLOSED_ERROR_MSG). */
 const REDIS_CLOSED = 'Connection is closed.'
 /**
