@@ -81,13 +81,6 @@ export function ackReports (logger: Logger, now: () => number = () => performanc
   }
 }
 
-/**
- * What Redis does when it is full (`maxmemory-policy`), read whenever the connection is ready
- * (INFO needs no CONFIG permission). Anything but noeviction evicts keys in place of refusing
- * writes: sessions, subscriptions, queued messages and their counts can vanish (a count evicted
- * makes the next acknowledgement delete a packet other queues still hold), so it is warned about.
- * Returns the policy, or null when it could not be read.
- */
 /** What a command made while its Redis connection was down fails with (failQueuedOnClose). */
 export class RedisDownError extends Error {
   override name = 'RedisDownError'
@@ -106,6 +99,13 @@ function failQueuedOnClose (conn: Redis): void {
   conn.on('close', () => { (conn as unknown as OfflineQueueInternals).flushQueue(new RedisDownError(), { offlineQueue: true, commandQueue: false }) })
 }
 
+/**
+ * What Redis does when it is full (`maxmemory-policy`), read whenever the connection is ready
+ * (INFO needs no CONFIG permission). Anything but noeviction evicts keys in place of refusing
+ * writes: sessions, subscriptions, queued messages and their counts can vanish (a count evicted
+ * makes the next acknowledgement delete a packet other queues still hold), so it is warned about.
+ * Returns the policy, or null when it could not be read.
+ */
 export async function checkEvictionPolicy (conn: Pick<Redis, 'info'>, logger: Logger): Promise<string | null> {
   try {
     const policy = /maxmemory_policy:(\S+)/.exec(await conn.info('memory'))?.[1] ?? null
