@@ -11,7 +11,7 @@ import { clusterOverrides } from './helpers/cluster.js'
 import { startServer, addUser, connect, waitUntil, type ImClient } from './helpers/im.js'
 import type { MqimServer } from '../src/server.js'
 import type { MessageEnvelope } from '../src/protocol/schemas.js'
-import { valueOf } from './helpers/metrics.js'
+import { metricOf } from './helpers/metrics.js'
 
 describe('delivery order with writers on two nodes', () => {
   let n1: MqimServer
@@ -305,6 +305,5 @@ async function filled (server: MqimServer): Promise<number> {
 
 /** A metric of the node (GET /metrics from loopback). */
 async function metric (server: MqimServer, name: string): Promise<number> {
-  const res = await fetch(`http://127.0.0.1:${server.ports.http}/metrics`)
-  return valueOf(await res.text(), name) ?? Number.NaN
+  return await metricOf(server, name) ?? Number.NaN
 }

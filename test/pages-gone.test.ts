@@ -4,26 +4,14 @@
  * for nobody when it closes (the attacker review: ten such connections closed together held the
  * event loop for ~2 s). Those not started are dropped; a bystander is answered meanwhile.
  */
-import http from 'node:http'
 import { MEMORY } from './helpers/backends.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
 import { RawClient } from '../scripts/lib/raw-mqtt.js'
-import { valueOf } from './helpers/metrics.js'
+import { metricOf } from './helpers/metrics.js'
 import type { MqimServer } from '../src/server.js'
 import mqttPacket from 'mqtt-packet'
 
-async function metrics (server: MqimServer): Promise<string> {
-  return await new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: server.ports.http, path: '/metrics' }, res => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d: string) => { body += d })
-      res.on('end', () => { resolve(body) })
-    }).on('error', reject)
-  })
-}
-
-const historyAnswered = async (server: MqimServer): Promise<number> => valueOf(await metrics(server), 'mqim_requests_total{op="history",code="ok"}') ?? 0
+const historyAnswered = async (server: MqimServer): Promise<number> => await metricOf(server, 'mqim_requests_total{op="history",code="ok"}') ?? 0
 
 describe('page requests of a connection that closed', () => {
   let server: MqimServer

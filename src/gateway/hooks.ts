@@ -216,7 +216,7 @@ export class BrokerHooks {
     await this.boundPersistentSessions(client, user.id)
     // the connection may have gone while the account was looked up: its 'close' has fired already,
     // and a session added now would never be removed
-    if (client.closed || client.conn.destroyed) throw authError(3, 'connection closed during login')
+    if (isGone(client)) throw authError(3, 'connection closed during login')
     const session = sessions.add(client, { userId: user.id, deviceId: bound.deviceId, secretHash: user.secretHash, address })
     if (endsAt !== null) jwt?.endAt(client, session, endsAt)
   }
