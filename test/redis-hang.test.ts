@@ -23,7 +23,7 @@ import { Aedes } from 'aedes'
 import mqtt, { type MqttClient } from 'mqtt'
 import { Redis } from 'ioredis'
 import { createBrokerBackends, type BrokerBackends } from '../src/broker/backends.js'
-import { RedisUnansweredError, redisQueueKey, socketTimeoutAfterReads } from '../src/broker/upstream.js'
+import { RedisUnansweredError, SUBSCRIPTION_BROADCAST_TIMEOUT_MS, redisQueueKey, socketTimeoutAfterReads } from '../src/broker/upstream.js'
 import { isStoreUnavailable } from '../src/store/errors.js'
 import { createLogger } from '../src/log.js'
 import { sleep, waitUntil } from '../scripts/lib/procs.js'
@@ -337,19 +337,22 @@ describe('while Redis hangs, what needs it is refused within about socketTimeout
     expect(closes).toBeLessThanOrEqual(2)
   }, 40_000)
 
+  /** Logs alice in (clean or persistent): the CONNACK's code (null: closed without one) and how long it took. */
+  async function loginAt (port: number, clean: boolean): Promise<{ code: number | null, ms: number }> {
+    const t0 = performance.now()
+    const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { clientId: `alice:${clean ? 'c' : 'p'}`, username: 'alice', password: 'password-alice', clean, reconnectPeriod: 0, connectTimeout: 20_000 })
+    return await new Promise(resolve => {
+      client.on('connect', () => { client.end(true); resolve({ code: 0, ms: performance.now() - t0 }) })
+      client.on('error', (err: Error & { code?: number }) => { client.end(true); resolve({ code: typeof err.code === 'number' ? err.code : null, ms: performance.now() - t0 }) })
+      client.on('close', () => { resolve({ code: null, ms: performance.now() - t0 }) })
+    })
+  }
+
   test('a login while the broker\'s Redis connections are down is answered CONNACK 3 at once (not closed without one after 5 s)', async () => {
     const mqimServer = await startServer({ broker: { persistence: redisConfig(server(0).url, T) } })
     cleanups.push(async () => { await mqimServer.stop() })
     await addUser(mqimServer, 'alice')
-    const login = async (clean: boolean): Promise<{ code: number | null, ms: number }> => {
-      const t0 = performance.now()
-      const client = mqtt.connect(`mqtt://127.0.0.1:${mqimServer.ports.mqtt}`, { clientId: `alice:${clean ? 'c' : 'p'}`, username: 'alice', password: 'password-alice', clean, reconnectPeriod: 0, connectTimeout: 20_000 })
-      return await new Promise(resolve => {
-        client.on('connect', () => { client.end(true); resolve({ code: 0, ms: performance.now() - t0 }) })
-        client.on('error', (err: Error & { code?: number }) => { client.end(true); resolve({ code: typeof err.code === 'number' ? err.code : null, ms: performance.now() - t0 }) })
-        client.on('close', () => { resolve({ code: null, ms: performance.now() - t0 }) })
-      })
-    }
+    const login = async (clean: boolean): Promise<{ code: number | null, ms: number }> => await loginAt(mqimServer.ports.mqtt, clean)
     expect((await login(true)).code).toBe(0)
     freeze(server(0))
     await waitUntil(() => !mqimServer.internals.backends.available(), 3 * T, 'the outage to be noticed', 20)
@@ -358,5 +361,22 @@ describe('while Redis hangs, what needs it is refused within about socketTimeout
       expect(r.code).toBe(3)
       expect(r.ms).toBeLessThan(T)
     }
+  }, 40_000)
+
+  test('a login made before the node has noticed a hung Redis is answered CONNACK 3 when the connect\'s Redis call fails (not closed without one)', async () => {
+    const mqimServer = await startServer({ broker: { persistence: redisConfig(server(0).url, T) } })
+    cleanups.push(async () => { await mqimServer.stop() })
+    await addUser(mqimServer, 'alice')
+    expect((await loginAt(mqimServer.ports.mqtt, true)).code).toBe(0)
+    freeze(server(0))
+    // at once: the node notices within T to 1.5 T, and the login passes authenticate before that
+    // (a clean one: a persistent one asks the session quota, in Redis, which refuses it with 3 itself)
+    expect(mqimServer.internals.backends.available()).toBe(true)
+    const [clean, persistent] = await Promise.all([loginAt(mqimServer.ports.mqtt, true), loginAt(mqimServer.ports.mqtt, false)])
+    expect(clean.code).toBe(3)
+    expect(persistent.code).toBe(3)
+    // Aedes' cleanSubscriptions fails when the hung connection is closed (T to 1.5 T), or at the
+    // subscription broadcast's bound (5 s), whichever comes first
+    expect(Math.max(clean.ms, persistent.ms)).toBeLessThan(SUBSCRIPTION_BROADCAST_TIMEOUT_MS + T)
   }, 40_000)
 })

@@ -30,6 +30,10 @@
  *    11. authenticate cannot turn a persistent session into a clean one: Aedes reads the CONNECT
  *        packet's own flag after it (fetchSubs, cleanIncoming); the packet is kept from the parser
  *        so that the flag can be changed (keepConnectPacket, makeSessionClean).
+ *    25. a CONNECT that fails after authenticate (a persistence call of the connect fails: Redis
+ *        down, or hung until the node notices) ends the connection without a CONNACK, so the
+ *        client cannot tell the server's outage from a lost network: it is answered CONNACK 3
+ *        (server unavailable) first, as a refused login is (answerFailedConnect).
  *    13. a client whose connection closes while its CONNECT is between authenticate and
  *        registerClient (the persistence calls: slow with aedes-persistence-redis) is registered
  *        after it closed, and stays in broker.clients for good (close() unregistered nothing, as
@@ -357,6 +361,26 @@ export function stopReading (client: Client): void {
   const conn = client.conn
   conn.removeAllListeners('readable')
   conn.on('data', () => {})
+}
+
+/** CONNACK with return code 3 (server unavailable) and no session present, as MQTT 3.1 and 3.1.1 write it. */
+const CONNACK_UNAVAILABLE = Buffer.from([0x20, 0x02, 0x00, 0x03])
+
+/**
+ * 25. An error while the client's CONNECT is set up after authenticate (Aedes' persistence calls:
+ * fetchSubs, storeWill, cleanIncoming; or its keepalive running out meanwhile) is answered
+ * CONNACK 3 before Aedes closes the connection: written to the connection directly, as Aedes'
+ * error handler destroys it in the same turn. Not once a CONNACK has gone (or a refused login's),
+ * nor to a connection already gone; the listener goes once the client is connected.
+ */
+export function answerFailedConnect (client: Client): void {
+  const c = client as unknown as ClientInternals & { _authorized?: boolean, connackSent?: boolean }
+  const answer = (): void => {
+    const conn = client.conn as NodeJS.WritableStream & { destroyed?: boolean }
+    if (c._authorized === true && c.connackSent !== true && c.errored !== true && conn.destroyed !== true && conn.writable) conn.write(CONNACK_UNAVAILABLE)
+  }
+  client.prependListener('error', answer)
+  client.once('connected', () => { client.off('error', answer) })
 }
 
 const connectPackets = new WeakMap<object, { clean?: boolean }>()

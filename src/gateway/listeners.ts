@@ -17,7 +17,7 @@ import { WebSocketServer, createWebSocketStream } from 'ws'
 import type { Logger } from '../log.js'
 import { rawAnswer } from '../http/app.js'
 import { addressKey } from '../auth/login-guard.js'
-import { connackFirst, dropQueueReplays, grantAtMostQos1, keepConnectPacket, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
+import { answerFailedConnect, connackFirst, dropQueueReplays, grantAtMostQos1, keepConnectPacket, limitPacketSize, neverWaitForDrain } from '../broker/upstream.js'
 
 export interface ListenerLimits {
   connectionsPerAddress: number
@@ -160,6 +160,7 @@ export class Listeners {
     neverWaitForDrain(client, this.onBackpressure)
     dropQueueReplays(client)
     connackFirst(client)
+    answerFailedConnect(client)
   }
 
   async listenTcp (port: number, host: string): Promise<number> {

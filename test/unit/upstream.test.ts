@@ -15,7 +15,7 @@ import MemoryPersistence from 'aedes-persistence/asyncPersistence.js'
 import { duplexPair, type PacketEnd } from '../helpers/duplex-pair.js'
 import { fixedHeader } from '../../scripts/lib/raw-mqtt.js'
 import {
-  BoundedMemoryPersistence, PacketTooLargeError, SubscriptionBroadcastTimeoutError, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
+  BoundedMemoryPersistence, PacketTooLargeError, SubscriptionBroadcastTimeoutError, answerFailedConnect, coalesceAddSubscriptions, connackFirst, createEmitter, dropQueueReplays,
   grantAtMostQos1, keepConnectPacket, limitPacketSize, makeSessionClean, neverWaitForDrain, pauseReading, recordQueueReplays, skipSinkPublishes, unregisterClosedClients,
   wholePacket, wholePacketWrites
 } from '../../src/broker/upstream.js'
@@ -506,6 +506,46 @@ describe('aedes 1.2.0: a client that closes between authenticate and registerCli
 
   test('workaround: unregistered as it is registered (clientDisconnect emitted)', async () => {
     expect(await closedDuringConnect(true)).toEqual({ ids: [], connected: 0, disconnects: 1 })
+  })
+})
+
+describe('aedes 1.2.0: a CONNECT that fails after authenticate ends without a CONNACK (workaround 25)', () => {
+  /**
+   * A persistence whose cleanSubscriptions fails (as a Redis call does when the node finds its
+   * connection hung), or a broker whose authenticate refuses; then, for one that connects, a
+   * malformed packet after the CONNACK. Returns the packets the client got and whether the broker closed the connection.
+   */
+  async function connectOnce (patch: boolean, how: 'persistence fails' | 'login refused' | 'error after connect' | 'no CONNECT in time'): Promise<{ got: Array<{ cmd: string, returnCode?: number }>, closed: boolean }> {
+    const persistence = new MemoryPersistence() as unknown as { cleanSubscriptions: (client: unknown) => Promise<unknown> }
+    if (how === 'persistence fails') persistence.cleanSubscriptions = async () => { throw new Error('Redis did not answer') }
+    const broker = await Aedes.createBroker({ persistence: persistence as never, ...(how === 'no CONNECT in time' ? { connectTimeout: 20 } : {}) })
+    if (how === 'login refused') broker.authenticate = (_client, _user, _password, done) => { done(Object.assign(new Error('no'), { returnCode: 4 }), false) }
+    const { server, client: end } = duplexPair()
+    const client = broker.handle(server)
+    if (patch) answerFailedConnect(client)
+    if (how !== 'no CONNECT in time') end.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'c', keepalive: 0 })
+    await settle(50)
+    // a PUBLISH with QoS 3: the parser's error, which closes the connection
+    if (how === 'error after connect') end.stream.write(Buffer.from([0x36, 0x00]))
+    await settle(50)
+    // (the in-memory pair tells its other end nothing when one is destroyed: the broker's end is asked)
+    const closed = server.destroyed || server.writableEnded
+    await new Promise<void>(resolve => broker.close(() => resolve()))
+    return { got: end.received.map(p => ({ cmd: p.cmd, ...(p.cmd === 'connack' ? { returnCode: p.returnCode } : {}) })), closed }
+  }
+
+  test('upstream: the connection is closed with no CONNACK', async () => {
+    expect(await connectOnce(false, 'persistence fails')).toEqual({ got: [], closed: true })
+  })
+
+  test('workaround: CONNACK 3 first, then closed', async () => {
+    expect(await connectOnce(true, 'persistence fails')).toEqual({ got: [{ cmd: 'connack', returnCode: 3 }], closed: true })
+  })
+
+  test('workaround: nothing more where Aedes answers itself (a refused login) or has answered (an error after the CONNACK), nor before a login (no CONNECT in time)', async () => {
+    expect(await connectOnce(true, 'login refused')).toEqual({ got: [{ cmd: 'connack', returnCode: 4 }], closed: true })
+    expect(await connectOnce(true, 'no CONNECT in time')).toEqual({ got: [], closed: true })
+    expect(await connectOnce(true, 'error after connect')).toEqual({ got: [{ cmd: 'connack', returnCode: 0 }], closed: true })
   })
 })
 
