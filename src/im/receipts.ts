@@ -5,7 +5,8 @@
  * cluster the window is the cluster's (ReceiptWindows: a Redis key per conversation): the node
  * whose reads come second waits for the window to end, and its summary, read from the store,
  * counts every node's reads. (Before, each node sent its own: twice the events and the member
- * lists with two nodes.)
+ * lists with two nodes.) A group of more than RECEIPT_MEMBERS_PER_SECOND members gets its aggregate
+ * less often, so that one group's receipts cost about that many events a second at most.
  */
 import type { ConversationDirectory } from './directory.js'
 import type { Publisher } from './publisher.js'
@@ -13,6 +14,14 @@ import type { MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
 import type { Redis } from 'ioredis'
 import { within } from '../within.js'
+
+/**
+ * A group's aggregate goes to every member: one of 1,000 members that people keep reading would
+ * cost 1,000 events a second for as long as they do (ten times its messages' deliveries at a
+ * message every ten seconds). The window is a second per this many members (or part of it): 1 s
+ * up to 100 members, 10 s at 1,000, as typing stops at 100 members.
+ */
+export const RECEIPT_MEMBERS_PER_SECOND = 100
 
 export interface GroupReceiptSummary {
   lastSeq: number
@@ -105,16 +114,22 @@ export class ReceiptAggregator {
       return
     }
     if (this.pending.has(conversationId)) return
-    this.arm(conversationId, this.windowMs)
+    const window = this.windowOf(entry.members.size)
+    this.arm(conversationId, window, window)
   }
 
-  /** The conversation's receipt goes out in `ms`, or when the cluster's window for it ends. */
-  private arm (conversationId: string, ms: number): void {
+  /** A group's window: `windowMs` per RECEIPT_MEMBERS_PER_SECOND members or part of them. */
+  windowOf (members: number): number {
+    return this.windowMs * Math.max(1, Math.ceil(members / RECEIPT_MEMBERS_PER_SECOND))
+  }
+
+  /** The conversation's receipt goes out in `ms`, or when the cluster's window (`window` long) for it ends. */
+  private arm (conversationId: string, ms: number, window: number): void {
     this.pending.set(conversationId, this.timers.setTimeout(() => {
-      void this.claim(conversationId).then(left => {
+      void this.claim(conversationId, window).then(left => {
         if (this.closed) return
         if (left > 0) {
-          this.arm(conversationId, left)
+          this.arm(conversationId, left, window)
           return
         }
         this.pending.delete(conversationId)
@@ -127,9 +142,9 @@ export class ReceiptAggregator {
    * The window (see ReceiptWindows.claim). One that cannot be told (Redis down, or no answer
    * within a window's time) counts as free: the receipt is sent rather than lost.
    */
-  private async claim (conversationId: string): Promise<number> {
+  private async claim (conversationId: string, window: number): Promise<number> {
     try {
-      return await within(this.windows.claim(conversationId, this.windowMs), this.windowMs, () => new Error('no answer about the receipt window'))
+      return await within(this.windows.claim(conversationId, window), this.windowMs, () => new Error('no answer about the receipt window'))
     } catch (err) {
       this.logger.debug({ conversationId, err }, 'receipt window unknown')
       return 0

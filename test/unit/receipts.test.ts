@@ -3,7 +3,7 @@
  * cluster's window for the conversation is taken (another node sent one), it waits for the rest
  * of it and asks again; when the window cannot be told (Redis down), it is sent rather than lost.
  */
-import { ReceiptAggregator, type ReceiptWindows, type Timers } from '../../src/im/receipts.js'
+import { RECEIPT_MEMBERS_PER_SECOND, ReceiptAggregator, type ReceiptWindows, type Timers } from '../../src/im/receipts.js'
 import type { ConversationDirectory } from '../../src/im/directory.js'
 import type { Publisher } from '../../src/im/publisher.js'
 import type { MetadataStore } from '../../src/store/types.js'
@@ -27,8 +27,8 @@ function manualTimers (): Timers & { pending: () => number[], run: () => Promise
   }
 }
 
-function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[], tails: number[] } {
-  const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map() }) } as unknown as ConversationDirectory
+function setUp (claims: Array<number | Error> | ReceiptWindows, windowMs = 1000, members = 2): { agg: ReceiptAggregator, timers: ReturnType<typeof manualTimers>, sent: unknown[], asked: number[], tails: number[] } {
+  const directory = { get: async () => ({ conversation: { kind: 'group' }, members: new Map(Array.from({ length: members }, (_, i) => [`u${i}`, {}])) }) } as unknown as ConversationDirectory
   const meta = { memberList: async () => [{ userId: 'a', readSeq: 3 }, { userId: 'b', readSeq: 5 }] } as unknown as MetadataStore
   const sent: unknown[] = []
   // group aggregates go out at QoS 0 (ephemeral); a QoS 1 event here would be a mistake
@@ -122,4 +122,24 @@ test('closed while waiting for the window, or while asking for it: nothing is se
   for (let i = 0; i < 10; i++) await Promise.resolve()
   expect(b.sent).toEqual([])
   expect(b.timers.pending()).toEqual([])
+})
+
+test('a group of more than 100 members gets its aggregate less often: a window of a second per 100 members or part of them, the cluster\'s too', async () => {
+  expect(RECEIPT_MEMBERS_PER_SECOND).toBe(100)
+  for (const [members, ms] of [[0, 1000], [1, 1000], [100, 1000], [101, 2000], [250, 3000], [1000, 10_000]] as const) {
+    const { agg, timers, sent, asked } = setUp([0], 1000, members)
+    await agg.noteRead('g', 'a', 3)
+    expect({ members, pending: timers.pending() }).toEqual({ members, pending: [ms] })
+    await timers.run()
+    expect({ members, asked }).toEqual({ members, asked: [ms] })
+    expect(sent).toHaveLength(1)
+  }
+  // another node holds the window of a group of 250: the rest of it, then the same window asked for again
+  const { agg, timers, sent, asked } = setUp([640, 0], 1000, 250)
+  await agg.noteRead('g', 'a', 3)
+  await timers.run()
+  expect(timers.pending()).toEqual([640])
+  await timers.run()
+  expect(asked).toEqual([3000, 3000])
+  expect(sent).toHaveLength(1)
 })
