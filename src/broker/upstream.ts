@@ -370,17 +370,34 @@ const CONNACK_UNAVAILABLE = Buffer.from([0x20, 0x02, 0x00, 0x03])
  * 25. An error while the client's CONNECT is set up after authenticate (Aedes' persistence calls:
  * fetchSubs, storeWill, cleanIncoming; or its keepalive running out meanwhile) is answered
  * CONNACK 3 before Aedes closes the connection: written to the connection directly, as Aedes'
- * error handler destroys it in the same turn. Not once a CONNACK has gone (or a refused login's),
- * nor to a connection already gone; the listener goes once the client is connected.
+ * error handler destroys it in the same turn. Not once anything was written to the connection
+ * (a CONNACK: nothing else goes before it, see connackFirst; Aedes marks it sent only a turn after
+ * writing it, so its flag is not enough), nor before a login, nor to a connection closed or gone.
+ * The watch on the connection's writes ends once the client is connected.
  */
 export function answerFailedConnect (client: Client): void {
-  const c = client as unknown as ClientInternals & { _authorized?: boolean, connackSent?: boolean }
+  const c = client as unknown as ClientInternals & { _authorized?: boolean, closed?: boolean }
+  type Write = (...args: unknown[]) => boolean
+  const conn = client.conn as unknown as { write: Write, destroyed?: boolean, writable?: boolean }
+  const write = conn.write
+  const own = Object.prototype.hasOwnProperty.call(conn, 'write')
+  let wrote = false
+  const watched: Write = function (this: unknown, ...args) {
+    wrote = true
+    return write.apply(this, args)
+  }
+  conn.write = watched
   const answer = (): void => {
-    const conn = client.conn as NodeJS.WritableStream & { destroyed?: boolean }
-    if (c._authorized === true && c.connackSent !== true && c.errored !== true && conn.destroyed !== true && conn.writable) conn.write(CONNACK_UNAVAILABLE)
+    if (!wrote && c._authorized === true && c.closed !== true && c.errored !== true && conn.destroyed !== true && conn.writable === true) write.call(conn, CONNACK_UNAVAILABLE)
   }
   client.prependListener('error', answer)
-  client.once('connected', () => { client.off('error', answer) })
+  client.once('connected', () => {
+    client.off('error', answer)
+    // (the stream's write as it was, unless something wrapped it since)
+    if (conn.write !== watched) return
+    if (own) conn.write = write
+    else delete (conn as { write?: Write }).write
+  })
 }
 
 const connectPackets = new WeakMap<object, { clean?: boolean }>()

@@ -515,13 +515,23 @@ describe('aedes 1.2.0: a CONNECT that fails after authenticate ends without a CO
    * connection hung), or a broker whose authenticate refuses; then, for one that connects, a
    * malformed packet after the CONNACK. Returns the packets the client got and whether the broker closed the connection.
    */
-  async function connectOnce (patch: boolean, how: 'persistence fails' | 'login refused' | 'error after connect' | 'no CONNECT in time'): Promise<{ got: Array<{ cmd: string, returnCode?: number }>, closed: boolean }> {
+  async function connectOnce (patch: boolean, how: 'persistence fails' | 'login refused' | 'error after connect' | 'no CONNECT in time' | 'error as CONNACK 0 leaves'): Promise<{ got: Array<{ cmd: string, returnCode?: number }>, closed: boolean }> {
     const persistence = new MemoryPersistence() as unknown as { cleanSubscriptions: (client: unknown) => Promise<unknown> }
     if (how === 'persistence fails') persistence.cleanSubscriptions = async () => { throw new Error('Redis did not answer') }
     const broker = await Aedes.createBroker({ persistence: persistence as never, ...(how === 'no CONNECT in time' ? { connectTimeout: 20 } : {}) })
     if (how === 'login refused') broker.authenticate = (_client, _user, _password, done) => { done(Object.assign(new Error('no'), { returnCode: 4 }), false) }
     const { server, client: end } = duplexPair()
     const client = broker.handle(server)
+    if (how === 'error as CONNACK 0 leaves') {
+      // an error in the turn Aedes writes CONNACK 0 (it marks it sent a turn later): its keepalive
+      // running out then, after an event-loop stall, is one way (found by the attacker review)
+      const write = server.write.bind(server) as (chunk: Buffer) => boolean
+      server.write = ((chunk: Buffer) => {
+        const ok = write(chunk)
+        if (chunk[0] === 0x20) process.nextTick(() => client.emit('error', new Error('keep alive timeout')))
+        return ok
+      }) as typeof server.write
+    }
     if (patch) answerFailedConnect(client)
     if (how !== 'no CONNECT in time') end.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'c', keepalive: 0 })
     await settle(50)
@@ -542,10 +552,23 @@ describe('aedes 1.2.0: a CONNECT that fails after authenticate ends without a CO
     expect(await connectOnce(true, 'persistence fails')).toEqual({ got: [{ cmd: 'connack', returnCode: 3 }], closed: true })
   })
 
-  test('workaround: nothing more where Aedes answers itself (a refused login) or has answered (an error after the CONNACK), nor before a login (no CONNECT in time)', async () => {
+  test('workaround: nothing more where Aedes answers itself (a refused login) or has answered (an error after the CONNACK, or in the turn it is written), nor before a login (no CONNECT in time)', async () => {
     expect(await connectOnce(true, 'login refused')).toEqual({ got: [{ cmd: 'connack', returnCode: 4 }], closed: true })
     expect(await connectOnce(true, 'no CONNECT in time')).toEqual({ got: [], closed: true })
+    expect(await connectOnce(true, 'error as CONNACK 0 leaves')).toEqual({ got: [{ cmd: 'connack', returnCode: 0 }], closed: true })
     expect(await connectOnce(true, 'error after connect')).toEqual({ got: [{ cmd: 'connack', returnCode: 0 }], closed: true })
+  })
+
+  test('workaround: the connection\'s writes are watched until it is connected, not after', async () => {
+    const broker = await Aedes.createBroker({ persistence: new MemoryPersistence() as never })
+    const { server, client: end } = duplexPair()
+    answerFailedConnect(broker.handle(server))
+    expect(Object.prototype.hasOwnProperty.call(server, 'write')).toBe(true)
+    end.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'w', keepalive: 0 })
+    await end.next('connack')
+    await settle(20)
+    expect(Object.prototype.hasOwnProperty.call(server, 'write')).toBe(false)
+    await new Promise<void>(resolve => broker.close(() => resolve()))
   })
 })
 
