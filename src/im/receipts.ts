@@ -22,6 +22,8 @@ import { within } from '../within.js'
  * up to 100 members, 10 s at 1,000, as typing stops at 100 members.
  */
 export const RECEIPT_MEMBERS_PER_SECOND = 100
+/** The longest window, whatever the group's size (limits.groupMembersMax may be raised far beyond 1,000): a minute. */
+export const RECEIPT_WINDOW_MAX_MS = 60_000
 
 export interface GroupReceiptSummary {
   lastSeq: number
@@ -118,9 +120,10 @@ export class ReceiptAggregator {
     this.arm(conversationId, window, window)
   }
 
-  /** A group's window: `windowMs` per RECEIPT_MEMBERS_PER_SECOND members or part of them. */
+  /** A group's window: `windowMs` per RECEIPT_MEMBERS_PER_SECOND members or part of them, at most RECEIPT_WINDOW_MAX_MS (or `windowMs`, if longer). */
   windowOf (members: number): number {
-    return this.windowMs * Math.max(1, Math.ceil(members / RECEIPT_MEMBERS_PER_SECOND))
+    const window = this.windowMs * Math.max(1, Math.ceil(members / RECEIPT_MEMBERS_PER_SECOND))
+    return Math.min(window, Math.max(this.windowMs, RECEIPT_WINDOW_MAX_MS))
   }
 
   /** The conversation's receipt goes out in `ms`, or when the cluster's window (`window` long) for it ends. */
