@@ -380,7 +380,6 @@ export function answerFailedConnect (client: Client): void {
   type Write = (...args: unknown[]) => boolean
   const conn = client.conn as unknown as { write: Write, destroyed?: boolean, writable?: boolean }
   const write = conn.write
-  const own = Object.prototype.hasOwnProperty.call(conn, 'write')
   let wrote = false
   const watched: Write = function (this: unknown, ...args) {
     wrote = true
@@ -393,10 +392,9 @@ export function answerFailedConnect (client: Client): void {
   client.prependListener('error', answer)
   client.once('connected', () => {
     client.off('error', answer)
-    // (the stream's write as it was, unless something wrapped it since)
-    if (conn.write !== watched) return
-    if (own) conn.write = write
-    else delete (conn as { write?: Write }).write
+    // the stream's own write again, unless something wrapped it since (assigned, not deleted: a
+    // deleted property turns a socket's object into a slower dictionary in V8)
+    if (conn.write === watched) conn.write = write
   })
 }
 
