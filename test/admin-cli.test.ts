@@ -50,7 +50,7 @@ describe('admin CLI on the embedded default (admin HTTP API of a running server)
   let server: MqimServer
   let target: string[]
   const cli = async (...args: string[]): Promise<Run> => await runCli([...args, ...target])
-  const login = async (user: string, secret: string): Promise<number> => await connackCode(server.ports.mqtt, user, secret)
+  const login = async (user: string, secret: string): Promise<number | null> => await connackCode(server.ports.mqtt, user, secret)
 
   beforeAll(async () => {
     // a page of 2 users: `user list` walks the pages

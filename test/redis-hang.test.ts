@@ -30,7 +30,8 @@ import { sleep, waitUntil } from '../scripts/lib/procs.js'
 import { startPrivateRedis, type PrivateRedis } from './helpers/private-redis.js'
 import { startTcpProxy, type TcpProxy } from './helpers/tcp-proxy.js'
 import { recordingLogger } from './helpers/recording-logger.js'
-import { startServer, addUser } from './helpers/im.js'
+import { startServer, addUser, connackCode } from './helpers/im.js'
+import type { MqimServer } from '../src/server.js'
 
 const servers: PrivateRedis[] = []
 beforeAll(async () => { servers.push(await startPrivateRedis(), await startPrivateRedis()) })
@@ -340,33 +341,32 @@ describe('while Redis hangs, what needs it is refused within about socketTimeout
   /** Logs alice in (clean or persistent): the CONNACK's code (null: closed without one) and how long it took. */
   async function loginAt (port: number, clean: boolean): Promise<{ code: number | null, ms: number }> {
     const t0 = performance.now()
-    const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { clientId: `alice:${clean ? 'c' : 'p'}`, username: 'alice', password: 'password-alice', clean, reconnectPeriod: 0, connectTimeout: 20_000 })
-    return await new Promise(resolve => {
-      client.on('connect', () => { client.end(true); resolve({ code: 0, ms: performance.now() - t0 }) })
-      client.on('error', (err: Error & { code?: number }) => { client.end(true); resolve({ code: typeof err.code === 'number' ? err.code : null, ms: performance.now() - t0 }) })
-      client.on('close', () => { resolve({ code: null, ms: performance.now() - t0 }) })
-    })
+    const code = await connackCode(port, 'alice', 'password-alice', clean ? 'c' : 'p', clean)
+    return { code, ms: performance.now() - t0 }
   }
 
-  test('a login while the broker\'s Redis connections are down is answered CONNACK 3 at once (not closed without one after 5 s)', async () => {
+  /** A server on the first private Redis (socket timeout T), with alice. */
+  async function serverWithAlice (): Promise<MqimServer> {
     const mqimServer = await startServer({ broker: { persistence: redisConfig(server(0).url, T) } })
     cleanups.push(async () => { await mqimServer.stop() })
     await addUser(mqimServer, 'alice')
-    const login = async (clean: boolean): Promise<{ code: number | null, ms: number }> => await loginAt(mqimServer.ports.mqtt, clean)
-    expect((await login(true)).code).toBe(0)
+    return mqimServer
+  }
+
+  test('a login while the broker\'s Redis connections are down is answered CONNACK 3 at once (not closed without one after 5 s)', async () => {
+    const mqimServer = await serverWithAlice()
+    expect((await loginAt(mqimServer.ports.mqtt, true)).code).toBe(0)
     freeze(server(0))
     await waitUntil(() => !mqimServer.internals.backends.available(), 3 * T, 'the outage to be noticed', 20)
     for (const clean of [true, false]) {
-      const r = await login(clean)
+      const r = await loginAt(mqimServer.ports.mqtt, clean)
       expect(r.code).toBe(3)
       expect(r.ms).toBeLessThan(T)
     }
   }, 40_000)
 
   test('a login made before the node has noticed a hung Redis is answered CONNACK 3 when the connect\'s Redis call fails (not closed without one)', async () => {
-    const mqimServer = await startServer({ broker: { persistence: redisConfig(server(0).url, T) } })
-    cleanups.push(async () => { await mqimServer.stop() })
-    await addUser(mqimServer, 'alice')
+    const mqimServer = await serverWithAlice()
     expect((await loginAt(mqimServer.ports.mqtt, true)).code).toBe(0)
     freeze(server(0))
     // at once: the node notices within T to 1.5 T, and the login passes authenticate before that

@@ -135,17 +135,17 @@ export async function connect (server: MqimServer, userId: string, deviceId: str
   return im
 }
 
-/** The CONNACK return code a login with these credentials gets over TCP (0: accepted). */
-export async function connackCode (port: number, username: string, password: string, device = 'probe'): Promise<number> {
-  try {
-    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: `${username}:${device}`, username, password, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 10000 })
-    await client.endAsync()
-    return 0
-  } catch (err) {
-    const code = (err as { code?: unknown }).code
-    if (typeof code !== 'number') throw err
-    return code
-  }
+/**
+ * The CONNACK return code a login with these credentials gets over TCP (0: accepted; null: the
+ * connection closed without a CONNACK). `clean` false logs in with a persistent session.
+ */
+export async function connackCode (port: number, username: string, password: string, device = 'probe', clean = true): Promise<number | null> {
+  const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, { clientId: `${username}:${device}`, username, password, clean, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 20_000 })
+  return await new Promise(resolve => {
+    client.on('connect', () => { client.end(true); resolve(0) })
+    client.on('error', (err: Error & { code?: number }) => { client.end(true); resolve(typeof err.code === 'number' ? err.code : null) })
+    client.on('close', () => { resolve(null) })
+  })
 }
 
 /** SUBACK return codes for one SUBSCRIBE (mqtt.js rejects on 0x80; the packet is on the error). */
