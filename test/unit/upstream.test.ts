@@ -420,8 +420,9 @@ describe('mqemitter 7.1.0: releasing a queue of synchronously finished messages 
 describe('aedes 1.2.0: pause()/resume() lose count of packets finished while paused (workaround 12)', () => {
   /**
    * Three publishes arrive in one chunk and are held by authorizePublish; the client is paused,
-   * they finish, it is resumed (by `resume`, which is told when all three have been acknowledged),
-   * and a PINGREQ is sent: answered or not within 300 ms.
+   * they finish, it is resumed (by `resume`, which is told when all three have finished: Aedes
+   * has called each one's completion callback, which it reads from `client._nextBatch` as each
+   * packet is parsed), and a PINGREQ is sent: answered or not within 300 ms.
    */
   async function pingAnsweredAfterPause (resume: (client: Client, finished: Promise<void>) => void): Promise<boolean> {
     const broker = await Aedes.createBroker()
@@ -431,12 +432,21 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
     const { server, client: end } = duplexPair()
     const client = broker.handle(server)
     await connectClean(end, 'p')
+    const c = client as unknown as { _nextBatch: (err?: Error) => void }
+    const nextBatch = c._nextBatch
+    let done = 0
+    let allDone: () => void = () => {}
+    const finished = new Promise<void>(resolve => { allDone = resolve })
+    c._nextBatch = (err) => {
+      nextBatch(err)
+      if (++done === 3) allDone()
+    }
     for (let i = 1; i <= 3; i++) end.send({ cmd: 'publish', topic: 'a', payload: Buffer.from('x'), qos: 1, messageId: i, retain: false, dup: false })
     await settle()
-    const acked = end.nth('puback', 3)
-    resume(client, acked.then(() => {}))
+    resume(client, finished)
     release()
-    await acked
+    await end.nth('puback', 3)
+    await finished
     await settle(250)
     end.send({ cmd: 'pingreq' })
     const answered = await end.next('pingresp', 300).then(() => true, () => false)
@@ -448,9 +458,8 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
     expect(await pingAnsweredAfterPause((client, finished) => {
       const c = client as unknown as { pause: () => void, resume: () => void }
       c.pause()
-      // resumed once the three have finished while paused (acknowledged, then 100 ms for Aedes to
-      // finish them), however slow the machine is
-      void finished.then(() => { setTimeout(() => { c.resume() }, 100) })
+      // resumed once the three have finished while paused, however slow the machine is
+      void finished.then(() => { c.resume() })
     })).toBe(false)
   })
 
