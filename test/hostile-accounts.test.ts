@@ -16,7 +16,7 @@ import { MySqlMetadataStore } from '../src/store/metadata-mysql.js'
 import type { MqimServer } from '../src/server.js'
 import { checkSessionCap } from './helpers/session-cap.js'
 
-const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200, tarpitMs: 400, tarpitPerAddress: 2 }
+const AUTH = { failuresBeforeBackoff: 3, backoffBaseMs: 60_000, backoffMaxMs: 60_000, maxConcurrentHashes: 1, maxQueuedLogins: 2, revocationPollMs: 200, tarpitMs: 1000, tarpitPerAddress: 2 }
 
 /** The CONNACK return code, or 'closed' when the server closed the connection without one. */
 async function loginCode (server: MqimServer, user: string, device: string, password: string, localAddress: string): Promise<number | 'closed'> {

@@ -19,7 +19,7 @@ import { addUser, connect, startServer, waitUntil, type ImClient } from './helpe
 
 const ISSUER = 'https://idp.test'
 const AUDIENCE = 'mqim'
-const JWKS_TIMEOUT_MS = 1500
+const JWKS_TIMEOUT_MS = 3000
 const JWKS_COOLDOWN_MS = 1000
 const MAX_TOKEN_BYTES = 2048
 

@@ -305,6 +305,11 @@ describe('MongoMessageStore specifics', () => {
     })
 
     /** Two stores (two nodes); b's `find` filters are logged (its pool made with command monitoring on). */
+    /**
+     * rememberMs of the tests of remembered copies: long enough for the durable writes made between
+     * caching a copy and checking it is still served, on a loaded machine (300 ms left little room).
+     */
+    const REMEMBER_TEST_MS = 2000
     async function twoNodes (rememberMs?: number, clustered?: boolean): Promise<{ a: MongoMessageStore, b: MongoMessageStore, finds: string[] }> {
       const a = new MongoMessageStore({ url, database: dbName })
       const b = new MongoMessageStore({ url, database: dbName, ...(rememberMs === undefined ? {} : { rememberMs }), ...(clustered === undefined ? {} : { clustered }) })
@@ -347,7 +352,7 @@ describe('MongoMessageStore specifics', () => {
     })
 
     it('remember(): a copy of another node\'s message is kept for rememberMs only (a change or removal whose notice was missed is served that long at most)', async () => {
-      const { a, b, finds } = await twoNodes(300)
+      const { a, b, finds } = await twoNodes(REMEMBER_TEST_MS)
       try {
         const stored = [msg('t1', 1), msg('t1', 2)]
         await a.insertBatch(stored)
@@ -358,7 +363,7 @@ describe('MongoMessageStore specifics', () => {
         finds.length = 0
         expect((await b.getMany([{ conversationId: 't1', seq: 1 }]))[0]?.changes?.deleted).toBeUndefined()
         expect(finds).toEqual([])
-        await new Promise(resolve => setTimeout(resolve, 400))
+        await new Promise(resolve => setTimeout(resolve, REMEMBER_TEST_MS + 100))
         const later = (await b.getMany([{ conversationId: 't1', seq: 1 }]))[0]
         expect(later?.changes?.deleted?.seq).toBe(3)
         expect(finds).toEqual([JSON.stringify({ _id: 't1:1' })])
@@ -370,7 +375,7 @@ describe('MongoMessageStore specifics', () => {
     it('clustered: what this node stored or read is served for rememberMs at most too (another node\'s change whose notice was lost); one node keeps it', async () => {
       for (const clustered of [true, false]) {
         const conv = clustered ? 'k1' : 'k2'
-        const { a, b, finds } = await twoNodes(300, clustered)
+        const { a, b, finds } = await twoNodes(REMEMBER_TEST_MS, clustered)
         try {
           // b stores 1, and reads 2, which a stored; then a edits both, and b misses the notices
           await b.insertBatch([msg(conv, 1)])
@@ -385,7 +390,7 @@ describe('MongoMessageStore specifics', () => {
           const now = await b.getMany([1, 2].map(seq => ({ conversationId: conv, seq })))
           expect(now.map(m => m.changes?.edited?.body)).toEqual([undefined, undefined]) // served from memory
           expect(finds).toEqual([])
-          await new Promise(resolve => setTimeout(resolve, 400))
+          await new Promise(resolve => setTimeout(resolve, REMEMBER_TEST_MS + 100))
           const later = (await b.getMany([1, 2].map(seq => ({ conversationId: conv, seq })))).sort((x, y) => x.seq - y.seq)
           expect(later.map(m => m.changes?.edited?.body)).toEqual(clustered ? ['edited 1', 'edited 2'] : [undefined, undefined])
           expect(finds.length).toBe(clustered ? 2 : 0)

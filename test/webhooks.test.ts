@@ -109,8 +109,9 @@ describe('webhooks', () => {
       await alice.end()
     }
     console.log(`webhooks: median send latency ${latencies[0]?.toFixed(1) ?? '?'} ms without, ${latencies[1]?.toFixed(1) ?? '?'} ms with a receiver answering 503`)
-    // the same order of magnitude: the receiver is not on the send path
-    expect(latencies[1]).toBeLessThan(Math.max(20, 3 * (latencies[0] ?? 0)))
+    // the same order of magnitude: the receiver is not on the send path (the floor allows for a
+    // loaded machine during one of the two runs only)
+    expect(latencies[1]).toBeLessThan(Math.max(100, 3 * (latencies[0] ?? 0)))
     await waitUntil(() => r.got.length >= 20, 5000, 'first attempts')
     expect(hooked.services.webhooks?.delivered).toBe(0)
     up = true
@@ -130,7 +131,7 @@ describe('webhooks', () => {
     const { conv } = await alice.request('direct', { user: 'bob' })
     const median = await sendLatency(alice, conv, 'slow')
     console.log(`webhooks: median send latency ${median.toFixed(1)} ms with a slow and a refusing receiver`)
-    expect(median).toBeLessThan(100)
+    expect(median).toBeLessThan(400) // (on the send path, each send would wait for the 500 ms timeout)
     // 40 deliveries asked for (20 messages x 2 endpoints), at most 30 waiting and 2 in flight: the
     // rest dropped, counted
     expect(await server.services.webhooks?.waiting()).toBeLessThanOrEqual(30)

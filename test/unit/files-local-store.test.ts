@@ -71,6 +71,11 @@ describe('local object store specifics', () => {
   })
 
   const tmpFiles = (): string[] => readdirSync(path.join(dir, 'tmp'))
+  /** tmp/ once the server has noticed an abort and removed its file (a socket event, then an async rm), or after 5 s. */
+  const tmpFilesSettled = async (): Promise<string[]> => {
+    for (const until = Date.now() + 5000; tmpFiles().length > 0 && Date.now() < until;) await new Promise(resolve => setTimeout(resolve, 20))
+    return tmpFiles()
+  }
 
   test('an oversize body without content-length is refused while streaming (413), and nothing is left in tmp/ or in place', async () => {
     const key = 'f/oversizeoversize01'
@@ -84,8 +89,7 @@ describe('local object store specifics', () => {
       expect(JSON.parse(res.body)).toMatchObject({ code: 'TOO_LARGE' })
     }
     expect(await store.head(key)).toBeNull()
-    await new Promise(resolve => setTimeout(resolve, 100))
-    expect(tmpFiles()).toEqual([])
+    expect(await tmpFilesSettled()).toEqual([])
     expect(existsSync(store.pathOf(key))).toBe(false)
   })
 
@@ -105,9 +109,8 @@ describe('local object store specifics', () => {
       req.on('error', () => { resolve() })
       req.write(randomBytes(300_000), () => { setTimeout(() => { req.destroy(); resolve() }, 50) })
     })
-    await new Promise(resolve => setTimeout(resolve, 200))
+    expect(await tmpFilesSettled()).toEqual([])
     expect(await store.head(key)).toBeNull()
-    expect(tmpFiles()).toEqual([])
   })
 
   test('the announced sha256 is checked; a second upload to the same key is refused (409)', async () => {
@@ -187,8 +190,7 @@ describe('local object store specifics', () => {
     const bobs = await fetch(new URL(await up('f/samekeysamekey03', 'bob'), origin), { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: new Uint8Array(100_000) })
     expect(bobs.status).toBe(201)
     first.destroy()
-    await new Promise(resolve => setTimeout(resolve, 200))
-    expect(tmpFiles()).toEqual([])
+    expect(await tmpFilesSettled()).toEqual([])
   })
 
   test('a body that trickles is cut after its window', async () => {

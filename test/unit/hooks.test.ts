@@ -82,7 +82,7 @@ describe('hooks over in-memory connections', () => {
     end.send({ cmd: 'pingreq' })
     await end.next('pingresp', 3000)
     const read = performance.now() - t0
-    expect(answered).toBeLessThan(200)
+    expect(answered).toBeLessThan(600) // (waiting for a token would take most of a second)
     expect(read).toBeGreaterThanOrEqual(500)
     expect(end.received.filter(p => p.cmd === 'puback')).toHaveLength(4)
   })
