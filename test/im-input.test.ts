@@ -115,6 +115,26 @@ describe('bad input', () => {
     expect(groups).toHaveLength(1)
   })
 
+  test('a redelivered read runs again: answered with the cursor as it is now, the other member told once per move', async () => {
+    const seqs: number[] = []
+    for (const n of [1, 2, 3]) seqs.push((await bob.request('send', { conv, msgId: `dup-read-${n}`, kind: 'text', body: `read me ${n}` })).seq)
+    const [s1, s2, s3] = seqs as [number, number, number]
+    const receipts = (): number[] => bob.events.filter(e => e.type === 'receipt' && e.conv === conv && e.user === 'alice').map(e => e.readSeq as number)
+    const told = receipts().length
+    const body = JSON.stringify({ id: 'read-dup', conv, seq: s1 })
+    expect(await raw('read', body)).toMatchObject({ id: 'read-dup', ok: true, result: { conv, readSeq: s1 } })
+    await alice.request('read', { conv, seq: s2 })
+    // MQTT redelivers the first read: not the first reply (readSeq s1), the cursor now
+    const before = alice.replies.length
+    await alice.mqtt.publishAsync('im/req/read', body, { qos: 1, dup: true })
+    await alice.waitFor(() => alice.replies.length > before, 5000, 'reply to the redelivery')
+    expect(alice.replies[before]).toMatchObject({ id: 'read-dup', ok: true, result: { conv, readSeq: s2, unread: 1 } })
+    // a later move is told after anything the redelivery could have told: nothing was
+    await alice.request('read', { conv, seq: s3 })
+    await bob.waitFor(() => receipts().includes(s3), 5000, 'the receipt of the last read')
+    expect(receipts().slice(told)).toEqual([s1, s2, s3])
+  })
+
   test('over the rate limit: RATE_LIMITED with the request id, connection kept', async () => {
     const limited = await startServer({ limits: { requestsPerSecond: 1, requestBurst: 3 } }, await MEMORY.make())
     await addUser(limited, 'zoe')

@@ -21,6 +21,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import { API_KEY_PREFIX, hashApiKey, hashPassword, verifySecret } from './secrets.js'
 
 export interface LoginGuardOptions {
@@ -70,8 +71,8 @@ export class LoginGuard {
   private readonly now: () => number
   private readonly failures: LRUCache<string, Failures>
   /** `user\0address` pairs that logged in successfully. */
-  private readonly knownGood = new LRUCache<string, true>({ max: FAILURES_MAX })
-  private readonly verified = new LRUCache<string, true>({ max: VERIFIED_MAX })
+  private readonly knownGood = lruCache<string, true>(FAILURES_MAX)
+  private readonly verified = lruCache<string, true>(VERIFIED_MAX)
   private readonly cacheKey = randomBytes(32)
   private readonly dummyPasswordHash: Promise<string>
   private readonly dummyApiKeyHash = hashApiKey(API_KEY_PREFIX + randomBytes(32).toString('base64url'))
@@ -83,7 +84,7 @@ export class LoginGuard {
   constructor (private readonly opts: LoginGuardOptions) {
     this.now = opts.now ?? Date.now
     // a failure record is forgotten once its backoff could no longer matter
-    this.failures = new LRUCache({ max: FAILURES_MAX, ttl: Math.max(opts.backoffMaxMs * 4, 60_000), ttlAutopurge: false })
+    this.failures = lruCache(FAILURES_MAX, { ttl: Math.max(opts.backoffMaxMs * 4, 60_000), ttlAutopurge: false })
     this.dummyPasswordHash = hashPassword(randomBytes(18).toString('base64url'))
   }
 

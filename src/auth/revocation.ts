@@ -10,7 +10,7 @@
  * - Logins in flight: Sessions marks the user revoked; a login that started before the mark is
  *   refused when it completes (BrokerHooks.authenticate).
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore, UserRecord } from '../store/types.js'
 import type { Sessions } from '../broker/sessions.js'
@@ -22,7 +22,7 @@ export class Revocations {
   private timer: NodeJS.Timeout | null = null
   private polling: Promise<void> | null = null
   /** The (disabled, secret) state last seen per user: what changed since the last report. */
-  private readonly seen = new LRUCache<string, { disabled: boolean, secretHash: string }>({ max: 100_000 })
+  private readonly seen = lruCache<string, { disabled: boolean, secretHash: string }>(100_000)
 
   constructor (
     private readonly sessions: Sessions,

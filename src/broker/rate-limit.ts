@@ -9,7 +9,7 @@
  * debt). So a user spreading requests over nodes gets the configured rate overall, give or take
  * two seconds' worth.
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
 import type { Logger } from '../log.js'
 
@@ -72,7 +72,7 @@ export class TokenBucket {
 const USERS_MAX = 200_000
 
 export class UserRateLimiter {
-  private readonly buckets = new LRUCache<string, TokenBucket>({ max: USERS_MAX })
+  private readonly buckets = lruCache<string, TokenBucket>(USERS_MAX)
   /** second -> user -> requests granted here (cluster only) */
   private readonly granted = new Map<number, Map<string, number>>()
   private timer: NodeJS.Timeout | null = null

@@ -9,7 +9,7 @@
  * is there, shared by the nodes and kept across restarts; in memory otherwise, like the embedded
  * persistence itself) and forgotten when a clean connect with the same clientId wipes one.
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
 
 export interface SessionQuota {
@@ -23,7 +23,7 @@ export interface SessionQuota {
 const USERS_MAX = 200_000
 
 export class MemorySessionQuota implements SessionQuota {
-  private readonly byUser = new LRUCache<string, Set<string>>({ max: USERS_MAX })
+  private readonly byUser = lruCache<string, Set<string>>(USERS_MAX)
 
   constructor (private readonly max: number) {}
 

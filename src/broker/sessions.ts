@@ -15,7 +15,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Client } from 'aedes'
 import mqttPacket from 'mqtt-packet'
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Logger } from '../log.js'
 import { WriteCoalescer } from './coalesce.js'
 import { filterMatches, replyTopic, userPrefix } from '../protocol/topics.js'
@@ -75,7 +75,7 @@ export class Sessions {
   private readonly listeners: { started: Listener[], ended: Listener[] } = { started: [], ended: [] }
   /** Revocation marks: a counter, and the mark at which each user was last revoked. */
   private mark = 0
-  private readonly revokedAt = new LRUCache<string, number>({ max: 100_000, ttl: 10 * 60_000, ttlAutopurge: false })
+  private readonly revokedAt = lruCache<string, number>(100_000, { ttl: 10 * 60_000, ttlAutopurge: false })
   /** Connections cut for not reading (slow consumers), since start. */
   slowConsumersCut = 0
   /** Connections closed for flooding requests beyond the rate (see BrokerHooks.overRate). */

@@ -3,7 +3,7 @@
  * node: an LRU of (user, day) counters (bounded); in a cluster: Redis counters that expire after
  * two days, shared by every node.
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
 
 export interface UploadQuota {
@@ -17,7 +17,7 @@ const DAY_MS = 24 * 3600 * 1000
 const USERS_MAX = 100_000
 
 export class MemoryUploadQuota implements UploadQuota {
-  private readonly used = new LRUCache<string, number>({ max: USERS_MAX })
+  private readonly used = lruCache<string, number>(USERS_MAX)
 
   async take (userId: string, bytes: number, limit: number, now: number): Promise<boolean> {
     const key = `${userId}\u0000${Math.floor(now / DAY_MS)}`

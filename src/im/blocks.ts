@@ -16,6 +16,7 @@
  * invalidations as ConversationDirectory).
  */
 import { LRUCache } from 'lru-cache'
+import { lruCache, lruCacheSized } from '../lru.js'
 import { ImError } from '../errors.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { BLOCKS_TOPIC } from '../protocol/topics.js'
@@ -66,15 +67,11 @@ export class BlockService {
     const ttl = options.ttlMs ?? 60_000
     this.renewWithinMs = ttl / 4
     this.now = options.now ?? (() => performance.now())
-    this.lists = new LRUCache({
-      max: maxEntries,
-      maxSize: options.maxCachedIds ?? 1_000_000,
-      sizeCalculation: (list) => list.size + 1,
+    this.lists = lruCacheSized(maxEntries, options.maxCachedIds ?? 1_000_000, (list) => list.size + 1, {
       ttl,
       ...(options.now === undefined ? {} : { perf: { now: options.now }, ttlResolution: 0 })
     })
-    this.invalidatedAt = new LRUCache({
-      max: maxEntries * 2,
+    this.invalidatedAt = lruCache(maxEntries * 2, {
       dispose: (n, _user, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
     })
     bus.on(BLOCKS_TOPIC, (notice) => {

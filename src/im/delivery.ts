@@ -58,7 +58,7 @@ import type { MentionLog } from './mentions.js'
 import type { Webhooks } from './webhooks.js'
 import type { PushService } from './push.js'
 import { toEnvelope } from './envelopes.js'
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
 import type { Metrics } from '../metrics.js'
 import { warnEveryMinute, type Logger } from '../log.js'
@@ -330,8 +330,7 @@ export class Delivery implements CommitListener {
    * learnt (Date.now). What was learnt before a break in listening is not known any more
    * (knownPublished): the marks of the break went by unheard.
    */
-  private readonly published = new LRUCache<string, { seq: number, at: number, guess?: true, marked?: number }>({
-    max: 200_000,
+  private readonly published = lruCache<string, { seq: number, at: number, guess?: true, marked?: number }>(200_000, {
     dispose: (v, _k, reason) => { if (reason === 'evict') this.forgotAt = Math.max(this.forgotAt, v.at) }
   })
 

@@ -15,6 +15,7 @@
  * a request needs), invalidated per user when the membership changes.
  */
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { ConversationRecord, MemberRecord, MetadataStore } from '../store/types.js'
 import type { ClusterBus } from '../broker/bus.js'
 import { INVALIDATE_TOPIC } from '../protocol/topics.js'
@@ -46,10 +47,9 @@ export class ConversationDirectory {
   private readonly loadingMembers = new Map<string, Promise<MemberRecord | null>>()
 
   constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus, maxEntries = 50_000, maxMemberships = 200_000) {
-    this.entries = new LRUCache({ max: maxEntries })
-    this.memberships = new LRUCache({ max: maxMemberships })
-    this.invalidatedAt = new LRUCache({
-      max: maxEntries * 2 + maxMemberships,
+    this.entries = lruCache(maxEntries)
+    this.memberships = lruCache(maxMemberships)
+    this.invalidatedAt = lruCache(maxEntries * 2 + maxMemberships, {
       // only a record evicted for room is forgotten (an overwrite keeps a newer number)
       dispose: (n, _conv, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
     })

@@ -11,6 +11,7 @@
  */
 import type { Redis } from 'ioredis'
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { Logger } from '../log.js'
 import type { MetadataStore } from '../store/types.js'
 import type { ConversationDirectory } from './directory.js'
@@ -58,7 +59,7 @@ export class MemoryPresenceStore implements PresenceStore {
   private readonly live = new Map<string, Map<string, number>>()
   private readonly lastSeen = new Map<string, number>()
   /** Bounded like the store's other per-user state by the accounts; an evicted entry repeats one event. */
-  private readonly told = new LRUCache<string, boolean>({ max: 100_000 })
+  private readonly told = lruCache<string, boolean>(100_000)
 
   private liveCount (userId: string, now: number): number {
     const conns = this.live.get(userId)
@@ -244,7 +245,7 @@ export class PresenceService {
     this.offlineGraceMs = opts.offlineGraceMs ?? 10_000
     this.maxAudience = opts.maxAudience ?? 500
     this.now = opts.now ?? Date.now
-    this.lastNotified = new LRUCache({ max: 100_000, ttl: Math.max(1, this.notifyIntervalMs), ttlAutopurge: false })
+    this.lastNotified = lruCache(100_000, { ttl: Math.max(1, this.notifyIntervalMs), ttlAutopurge: false })
     this.heartbeatMs = Math.max(1000, this.ttlMs / 3)
     this.heartbeat = setInterval(() => { void this.refresh() }, this.heartbeatMs)
     this.heartbeat.unref()

@@ -22,6 +22,7 @@ import path from 'node:path'
 import type { Redis } from 'ioredis'
 import webpush from 'web-push'
 import { LRUCache } from 'lru-cache'
+import { lruCache, lruCacheSized } from '../lru.js'
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -150,7 +151,7 @@ export function webPushEndpointProblem (endpoint: string, config: PushConfig['we
  * notice). A read that raced a change caches nothing. Bounded by entries and by targets held.
  */
 export class PushTargetCache {
-  private readonly byUser = new LRUCache<string, PushTargetRecord[]>({ max: 100_000, maxSize: 200_000, sizeCalculation: (list) => list.length + 1, ttl: 60_000 })
+  private readonly byUser = lruCacheSized<string, PushTargetRecord[]>(100_000, 200_000, (list) => list.length + 1, { ttl: 60_000 })
   private generation = 0
 
   constructor (private readonly meta: MetadataStore, private readonly bus: ClusterBus) {
@@ -227,11 +228,11 @@ export class PushService {
   private services: Services | null = null
   private warnedFullAt = 0
   /** Push services and gateways that failed just now: left alone until `until` (bounded). */
-  private readonly resting = new LRUCache<string, { until: number, pauseMs: number }>({ max: 10_000 })
+  private readonly resting = lruCache<string, { until: number, pauseMs: number }>(10_000)
 
   constructor (private readonly opts: PushServiceOptions) {
     this.now = opts.now ?? Date.now
-    this.lastFlush = new LRUCache({ max: opts.config.pendingMax * 2, ttl: Math.max(1, opts.config.collapseMs) })
+    this.lastFlush = lruCache(opts.config.pendingMax * 2, { ttl: Math.max(1, opts.config.collapseMs) })
     this.runner = new JobRunner(opts.queue, {
       name: 'push',
       concurrency: opts.config.concurrency,

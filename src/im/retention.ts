@@ -13,7 +13,7 @@
  * Every node of a cluster runs the job: two nodes removing the same entries is harmless (removing
  * is idempotent), only redundant.
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import type { ConversationKind, ExpirySweep, MessageStore, MetadataStore } from '../store/types.js'
 import type { Logger } from '../log.js'
 
@@ -44,7 +44,7 @@ export function retentionMs (days: number | null): number | null {
 
 export class RetentionJob {
   private readonly now: () => number
-  private readonly kinds = new LRUCache<string, ConversationKind>({ max: KINDS_MAX })
+  private readonly kinds = lruCache<string, ConversationKind>(KINDS_MAX)
   private timer: NodeJS.Timeout | null = null
   private running: Promise<void> | null = null
   private closed = false

@@ -23,6 +23,7 @@
  *   lastSeq is reloaded; a later resend of it is then answered as a duplicate.
  */
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import { ImError } from '../errors.js'
 import { countOf, isChangeKind, isStoredMessage, lastRealOf, type MessageStore, type StoredMessage, type MessageKind } from '../store/types.js'
 import type { Logger } from '../log.js'
@@ -195,14 +196,14 @@ export class Sequencer {
   /** conversation -> its tail (highest seq known to be stored); absent = unknown, load from the store. */
   private readonly tails: LRUCache<string, Tail>
   /** conversation -> the highest fan-out mark past the tail known then (see noteMarked). */
-  private readonly markedPast = new LRUCache<string, number>({ max: MARKED_PAST_MAX })
+  private readonly markedPast = lruCache<string, number>(MARKED_PAST_MAX)
   /** conversation -> seq conflicts in a row (see writeBatch) */
-  private readonly seqSteps = new LRUCache<string, number>({ max: 10_000 })
+  private readonly seqSteps = lruCache<string, number>(10_000)
   /**
    * conversation -> when another node last said it wrote it, or a write here met its seq (see
    * contendedLast, which compares the time; the TTL only lets go of the entries in time)
    */
-  private readonly contendedAt = new LRUCache<string, number>({ max: 10_000, ttl: 10 * CONTENDED_MS })
+  private readonly contendedAt = lruCache<string, number>(10_000, { ttl: 10 * CONTENDED_MS })
   /** key -> pending submit (in the queue or in the batch being written) */
   private readonly pendingByKey = new Map<string, Pending>()
   /** Recently stored keys -> message, so that a resend is answered without a store round trip. */
@@ -213,7 +214,7 @@ export class Sequencer {
    * stored it and never delivered it: it is delivered then. Stored under anything else, it was
    * stored (and delivered) by someone else: a plain resend.
    */
-  private readonly uncertain = new LRUCache<string, Attempt[]>({ max: UNCERTAIN_MAX })
+  private readonly uncertain = lruCache<string, Attempt[]>(UNCERTAIN_MAX)
   /**
    * conversation -> uncertain keys whose senders were answered UNAVAILABLE. Whatever of them is
    * stored is delivered when the conversation's lastSeq is next loaded, before anything newer.
@@ -246,13 +247,13 @@ export class Sequencer {
     this.now = opts.now ?? wallNow
     this.clock = opts.clock ?? monotonicNow
     const recentMax = opts.recentMax ?? RECENT_MAX
-    this.recent = recentMax > 0 ? new LRUCache({ max: recentMax }) : null
+    this.recent = recentMax > 0 ? lruCache(recentMax) : null
     // In a cluster a tail is forgotten a minute after it was last set: readers look past a known
     // tail only (latestPast), which is exact as long as the seq after it cannot have been removed
     // by retention since; a tail that old is read again from the head instead. (A single node
     // writes every message itself: its tails are exact however old.)
     // (An expired tail stays until evicted: lowerTail still answers with it.)
-    this.tails = new LRUCache({ max: opts.conversationsMax ?? CONVERSATIONS_MAX, ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false, noDeleteOnStaleGet: true })
+    this.tails = lruCache(opts.conversationsMax ?? CONVERSATIONS_MAX, { ttl: opts.peers != null ? TAIL_TTL_MS : 0, ttlAutopurge: false, noDeleteOnStaleGet: true })
     this.sleep = opts.sleep ?? ((ms) => new Promise(resolve => setTimeout(resolve, ms)))
     opts.peers?.on(SEQ_TOPIC, (notice) => {
       const { seqs, tails, changed, docs } = notice

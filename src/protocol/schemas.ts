@@ -2,7 +2,7 @@
  * Payload schemas: the single source of truth for the wire format (server, client SDK and
  * topics.md). Requests are strict: unknown fields are refused with BAD_REQUEST.
  */
-import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import { z } from 'zod'
 
 export const UserId = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,31}$/, 'a user id: 1-32 of a-z 0-9 _ . - starting with a letter or digit')
@@ -161,7 +161,7 @@ function isEmoji (s: string): boolean {
  * again. Only good ones are kept; least recently used first out, so a client that sends thousands
  * of distinct emojis costs itself the full check and does not keep the common ones out.
  */
-const GOOD_EMOJIS = new LRUCache<string, true>({ max: 4096 })
+const GOOD_EMOJIS = lruCache<string, true>(4096)
 export function validEmoji (s: string): boolean {
   if (GOOD_EMOJIS.get(s) === true) return true
   if (!isEmoji(s)) return false

@@ -79,6 +79,7 @@ import type { AnyBulkWriteOperation, Collection, Db, Filter, WriteError } from '
 import { isChangeKind, keptFrom, lastRealOf, type ConversationHead, type ExpiryBounds, type ExpiryRule, type ExpirySweep, type InsertBatchResult, type MessageChanges, type MessageKind, type MessageStore, type RangeQuery, type StoredMessage } from './types.js'
 import { reactionState, type ReactionBody } from './changes.js'
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../lru.js'
 import { forEachLimited } from './limited.js'
 import { isStoreUnavailable } from './errors.js'
 
@@ -502,8 +503,7 @@ export class MongoMessageStore implements MessageStore {
   private headFlush: Promise<void> | null = null
   /** Counts forget() calls; `forgotten` holds the count at which each id was last forgotten. */
   private forgetClock = 0
-  private readonly forgotten = new LRUCache<string, number>({
-    max: FORGOTTEN_MAX,
+  private readonly forgotten = lruCache<string, number>(FORGOTTEN_MAX, {
     dispose: (n, _id, reason) => { if (reason === 'evict') this.forgottenUpTo = Math.max(this.forgottenUpTo, n) }
   })
 
@@ -514,7 +514,7 @@ export class MongoMessageStore implements MessageStore {
    * Retention: conversation -> its first stored entry as this process last saw it (`t` unknown when
    * it was not read): a lower bound, since another process may have removed more since.
    */
-  private readonly floors = new LRUCache<string, { s: number, t?: number }>({ max: FLOORS_MAX })
+  private readonly floors = lruCache<string, { s: number, t?: number }>(FLOORS_MAX)
   /** Retention: the sweep goes on after this head `_id` ('' : from the first). */
   private sweepAfter = ''
 

@@ -19,6 +19,7 @@
  * `sent: false`).
  */
 import { LRUCache } from 'lru-cache'
+import { lruCache } from '../../lru.js'
 import { ImError } from '../../errors.js'
 import type { RequestOf } from '../../protocol/schemas.js'
 import type { Caller, Services } from '../context.js'
@@ -238,7 +239,7 @@ export async function typing (caller: Caller, req: RequestOf<'typing'>, services
   if (entry.memberIds.length > services.config.limits.typingMembersMax) return { conv: req.conv, sent: false }
   const on = req.typing !== false
   let lastTyping = typingTimes.get(services)
-  if (lastTyping === undefined) typingTimes.set(services, lastTyping = new LRUCache({ max: TYPING_KEYS_MAX }))
+  if (lastTyping === undefined) typingTimes.set(services, lastTyping = lruCache(TYPING_KEYS_MAX))
   const key = `${caller.userId}\u0000${req.conv}`
   const now = services.now()
   // "stopped typing" always goes out (it is what ends the indicator); "typing" once a second
