@@ -11,8 +11,9 @@
  *
  * Bounded by size instead (each entry counting 1, or its own measure), lru-cache keeps the same
  * bound and grows its storage as entries come. The trade: its index arrays are then plain arrays,
- * so a cache filled to its bound takes ~25-45 bytes more per entry than a preallocated one (on
- * entries of ~150-250 bytes with their keys and values); the bounds are unchanged.
+ * so a cache filled to its bound takes ~20 bytes more per entry than a preallocated one (measured:
+ * 100,000 entries of a 20-character key and a small object, 169 bytes each with `max`, 188 by
+ * size); the bounds are unchanged.
  */
 import { LRUCache } from 'lru-cache'
 
