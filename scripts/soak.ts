@@ -25,7 +25,8 @@
  * Progress goes to stderr every 10 s, and whether each target is met. stdout gets ONE JSON line
  * (`npm run -s soak` leaves out npm's own banner): offered and achieved sends/s, send and read
  * p50/p99 of the first and the last minute, RSS and heap-after-GC slopes (MB/min, least squares
- * after the first minute), errors by operation and code, reconnects, lists and histories,
+ * after the first minute; per node with its major GCs, their count and mean main-thread ms, pause
+ * plus marking steps, from --trace-gc), errors by operation and code, reconnects, lists and histories,
  * per-minute figures, and what of the last minute's send latency (send_ms.last_minute: the
  * generator's end-to-end figure) was the server's own: `last_minute.server_send_commit_ms`, per node
  * {id, p50_ms, p99_ms, n, p99_above_buckets if over the highest finite bucket} from its

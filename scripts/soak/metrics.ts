@@ -127,10 +127,10 @@ export function slope (points: Array<[number, number]>): number | null {
  * the one with the most GCs (it does nearly all the allocating).
  */
 export class GcTrace {
-  private readonly isolates = new Map<string, { gcs: number, majorGcs: number, lastAfterMb: number | null }>()
+  private readonly isolates = new Map<string, Isolate>()
 
-  private get main (): { gcs: number, majorGcs: number, lastAfterMb: number | null } | undefined {
-    let best: { gcs: number, majorGcs: number, lastAfterMb: number | null } | undefined
+  private get main (): Isolate | undefined {
+    let best: Isolate | undefined
     for (const i of this.isolates.values()) if (best === undefined || i.gcs > best.gcs) best = i
     return best
   }
@@ -138,24 +138,36 @@ export class GcTrace {
   /** MB after the most recent Mark-Compact of the main isolate, null until its first one. */
   get lastAfterMb (): number | null { return this.main?.lastAfterMb ?? null }
   get majorGcs (): number { return this.main?.majorGcs ?? 0 }
+  /**
+   * Main-thread ms of the main isolate's Mark-Compacts, summed: each one's pause and its
+   * incremental marking steps before it (what delays the node's requests; V8's marking threads
+   * take CPU besides).
+   */
+  get majorGcMs (): number { return this.main?.majorGcMs ?? 0 }
 
   /** Takes a stdout line; true when it was a GC trace line (consumed). */
   line (line: string): boolean {
-    // "[pid:0x...]  1234 ms: Mark-Compact 45.2 (60.1) -> 30.1 (61.0) MB, ..."
+    // "[pid:0x...]  1234 ms: Mark-Compact 45.2 (60.1) -> 30.1 (61.0) MB, pooled: 0 MB, 19.39 / 0.09 ms
+    //  (+ 73.1 ms in 67 steps since start of marking, ...) ..."
     const tag = /^\[\d+:(0x[0-9a-f]+)\]\s+[\d.]+ ms: /.exec(line)
     if (tag === null) return false
     const key = tag[1] as string
     let isolate = this.isolates.get(key)
-    if (isolate === undefined) this.isolates.set(key, isolate = { gcs: 0, majorGcs: 0, lastAfterMb: null })
+    if (isolate === undefined) this.isolates.set(key, isolate = { gcs: 0, majorGcs: 0, majorGcMs: 0, lastAfterMb: null })
     isolate.gcs++
     const m = / Mark-Compact(?: \(reduce\))? [\d.]+ \([\d.]+\) -> ([\d.]+) \([\d.]+\) MB/.exec(line)
     if (m !== null) {
       isolate.lastAfterMb = Number(m[1])
       isolate.majorGcs++
+      const pause = / MB, (?:pooled: [\d.]+ MB, )?([\d.]+) \/ [\d.]+ ms/.exec(line)
+      const steps = /\(\+ ([\d.]+) ms in \d+ steps/.exec(line)
+      isolate.majorGcMs += (pause === null ? 0 : Number(pause[1])) + (steps === null ? 0 : Number(steps[1]))
     }
     return true
   }
 }
+
+interface Isolate { gcs: number, majorGcs: number, majorGcMs: number, lastAfterMb: number | null }
 
 export interface ProcRef { name: string, pid: number }
 

@@ -149,6 +149,7 @@ export function buildReport (r: ReportInput) {
     heap_after_gc_end_mb: samples.at(-1)?.nodes[i]?.heapAfterGcMb ?? null,
     heap_after_gc_slope_mb_per_min: slopeOf(samples, warmupS, s => s.nodes[i]?.heapAfterGcMb ?? null),
     major_gcs: r.gcs[i]?.majorGcs ?? 0,
+    major_gc_main_thread_ms_mean: (r.gcs[i]?.majorGcs ?? 0) === 0 ? null : round((r.gcs[i]?.majorGcMs ?? 0) / (r.gcs[i]?.majorGcs ?? 1), 1),
     cpu_pct_mean: mean(samples.map(s => s.nodes[i]?.cpuPct))
   }))
   const maxOf = (vals: Array<number | null>): number | null => {

@@ -3,6 +3,7 @@
  * what it says of the last minute's server-side send latency.
  */
 import { histogramBuckets, quantileBetween } from '../../scripts/soak/report.js'
+import { GcTrace } from '../../scripts/soak/metrics.js'
 
 const scrape = (counts: Record<string, number>, labels = ''): string =>
   ['# HELP mqim_send_commit_seconds x', '# TYPE mqim_send_commit_seconds histogram',
@@ -44,5 +45,27 @@ describe('soak report: histogram quantiles between two scrapes', () => {
     const after = histogramBuckets(scrape({ 0.01: 10, 0.1: 20, '+Inf': 20 }), 'mqim_send_commit_seconds')
     expect(quantileBetween(before, after, 0.5)).toEqual({ ms: 10, n: 20 })
     expect(quantileBetween(before, after, 0.99)).toEqual({ ms: 98.2, n: 20 })
+  })
+})
+
+describe('soak: a node\'s --trace-gc lines', () => {
+  const lines = [
+    '[4242:0x7f0000000f00]      676 ms: Scavenge 8.1 (9.0) -> 7.9 (10.0) MB, 0.91 / 0.00 ms  (average mu = 1.000, current mu = 1.000) allocation failure;',
+    '[4242:0x3b6fcf90]     1200 ms: Scavenge 20.1 (30.0) -> 18.9 (31.0) MB, 1.20 / 0.00 ms  (average mu = 1.000, current mu = 1.000) allocation failure;',
+    '[4242:0x3b6fcf90]    52944 ms: Mark-Compact 271.3 (301.1) -> 156.4 (292.6) MB, 19.39 / 0.09 ms  (+ 73.1 ms in 67 steps since start of marking, biggest step 9.5 ms, walltime since start of marking 221 ms) (average mu = 0.998, current mu = 0.999) finalize incremental marking via stack guard; GC in old space requested',
+    '[4242:0x3b6fcf90]    62193 ms: Mark-Compact (reduce) 187.8 (292.6) -> 150.1 (264.3) MB, pooled: 0 MB, 26.67 / 0.13 ms  (average mu = 0.997, current mu = 0.993) memory reducer',
+    '[4242:0x3b6fcf90]    63000 ms: Scavenge 160.0 (270.0) -> 151.0 (270.0) MB, 2.00 / 0.00 ms  (average mu = 0.997, current mu = 0.993) allocation failure;'
+  ]
+
+  test('the main isolate\'s (most GCs) heap after its last Mark-Compact, their count and main-thread time (pause + marking steps); other lines are not consumed', () => {
+    const gc = new GcTrace()
+    expect(gc.lastAfterMb).toBeNull()
+    expect(gc.majorGcMs).toBe(0)
+    for (const l of lines) expect(gc.line(l)).toBe(true)
+    expect(gc.line('{"level":30,"msg":"listening"}')).toBe(false)
+    expect(gc.line('[4242:0x3b6fcf90] not a gc line')).toBe(false)
+    expect(gc.lastAfterMb).toBe(150.1)
+    expect(gc.majorGcs).toBe(2)
+    expect(gc.majorGcMs).toBeCloseTo(19.39 + 73.1 + 26.67, 5)
   })
 })
