@@ -432,7 +432,10 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
     const { server, client: end } = duplexPair()
     const client = broker.handle(server)
     await connectClean(end, 'p')
-    const c = client as unknown as { _nextBatch: (err?: Error) => void }
+    const c = client as unknown as { _nextBatch: (err?: Error) => void, connackSent?: boolean }
+    // Aedes marks the CONNACK sent a turn after writing it: before that, packets after the first
+    // of a chunk are queued rather than handled (and counted otherwise)
+    for (let i = 0; i < 400 && c.connackSent !== true; i++) await settle(5)
     const nextBatch = c._nextBatch
     let done = 0
     let allDone: () => void = () => {}
@@ -441,7 +444,8 @@ describe('aedes 1.2.0: pause()/resume() lose count of packets finished while pau
       nextBatch(err)
       if (++done === 3) allDone()
     }
-    for (let i = 1; i <= 3; i++) end.send({ cmd: 'publish', topic: 'a', payload: Buffer.from('x'), qos: 1, messageId: i, retain: false, dup: false })
+    // the three in one write: one chunk for Aedes to read, however the machine schedules the test
+    end.stream.write(Buffer.concat([1, 2, 3].map(i => mqttPacket.generate({ cmd: 'publish', topic: 'a', payload: Buffer.from('x'), qos: 1, messageId: i, retain: false, dup: false }))))
     await settle()
     resume(client, finished)
     release()
