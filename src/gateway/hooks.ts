@@ -150,7 +150,8 @@ const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members',
 const PAGE_OPS: ReadonlySet<string> = new Set(['history', 'list'] satisfies OpName[])
 
 function replyKey (session: Session, op: string, id: string | null): string | null {
-  return id === null ? null : `${session.clientId}\u0000${op}\u0000${id}`
+  // flat (join), not a tree of string objects kept by the reply memory (see Sequencer's keyOf)
+  return id === null ? null : [session.clientId, op, id].join('\u0000')
 }
 
 export class BrokerHooks {

@@ -30,7 +30,8 @@ export interface ConversationEntry {
 
 /** A (channel, user) key of the membership cache. */
 function memberKey (conversationId: string, userId: string): string {
-  return `${conversationId}\u0000${userId}`
+  // flat (join), not a tree of string objects kept by the cache (see Sequencer's keyOf)
+  return [conversationId, userId].join('\u0000')
 }
 
 export class ConversationDirectory {

@@ -103,7 +103,8 @@ export class EnvelopeCache {
 
   /** The message's envelope as JSON bytes. */
   of (m: StoredMessage): Buffer {
-    const key = `${m.conversationId}\u0000${m.seq}\u0000${m.changes?.version ?? 0}`
+    // flat (join), not a tree of string objects kept with the entry (see Sequencer's keyOf)
+    const key = [m.conversationId, m.seq, m.changes?.version ?? 0].join('\u0000')
     const hit = this.current.entries.get(key)
     if (hit !== undefined) return hit
     const aged = this.older.entries.get(key)

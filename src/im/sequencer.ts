@@ -183,7 +183,9 @@ export function sameEntry (stored: StoredMessage, asked: { kind: MessageKind, ta
 }
 
 function keyOf (d: { conversationId: string, senderId: string, clientMsgId: string }): string {
-  return `${d.conversationId}/${d.senderId}/${d.clientMsgId}`
+  // one flat string: a template literal builds a tree of four string objects that the key keeps for
+  // as long as the memory of recent keys does (20,000 keys: 80,000 objects for every full GC to mark)
+  return [d.conversationId, d.senderId, d.clientMsgId].join('/')
 }
 
 export class Sequencer {
