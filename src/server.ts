@@ -118,8 +118,8 @@ export class MqimServer {
 
     // 1. stores: connect, migrate / ensure indexes (timed for the metrics)
     const metrics = new Metrics(config.metrics)
-    const meta = metrics.instrumentStore(options.stores?.meta ?? createMetadataStore(config.metadataStore), 'meta')
-    const messages = metrics.instrumentStore(options.stores?.messages ?? createMessageStore(config.messageStore, logger, { clustered }), 'messages')
+    const meta = metrics.instrumentStore(options.stores?.meta ?? await createMetadataStore(config.metadataStore), 'meta')
+    const messages = metrics.instrumentStore(options.stores?.messages ?? await createMessageStore(config.messageStore, logger, { clustered }), 'messages')
     if (options.stores === undefined) {
       await initStore('metadataStore', config.metadataStore.adapter, () => meta.init())
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())
@@ -225,7 +225,7 @@ export class MqimServer {
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
     // attachments: the object store (local disk under dataDir, or S3) and what uses it
-    const objects = createObjectStore(config.files, config.dataDir)
+    const objects = await createObjectStore(config.files, config.dataDir)
     await initStore('files.store', config.files.store.adapter, () => objects.store.init())
     const files = new FileService({
       store: objects.store,

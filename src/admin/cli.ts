@@ -79,7 +79,7 @@ class DirectBackend implements AccountsBackend {
   private constructor (private readonly meta: MetadataStore) {}
 
   static async open (config: Config['metadataStore']): Promise<DirectBackend> {
-    const meta = createMetadataStore(config)
+    const meta = await createMetadataStore(config)
     try {
       await meta.init()
     } catch (err) {

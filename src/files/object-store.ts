@@ -116,3 +116,9 @@ export function checkMeta (meta: Record<string, string>): Record<string, string>
   }
   return meta
 }
+
+/** RFC 6266 content-disposition with an ASCII fallback and the UTF-8 name. */
+export function contentDisposition (disposition: 'inline' | 'attachment', name: string): string {
+  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_')
+  return `${disposition}; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`
+}

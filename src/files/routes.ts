@@ -13,7 +13,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { createReadStream } from 'node:fs'
 import { ImError } from '../errors.js'
 import { statusOf } from '../http/app.js'
-import { contentDisposition } from './s3-store.js'
+import { contentDisposition } from './object-store.js'
 import { LocalObjectStore, UploadRefusedError } from './local-store.js'
 
 export interface FileRoutesOptions {

@@ -7,7 +7,7 @@
 import type { Readable } from 'node:stream'
 import { S3Client, PutObjectCommand, GetObjectCommand, HeadObjectCommand, DeleteObjectCommand, ListObjectsV2Command, CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3'
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner'
-import { checkKey, checkMeta, ObjectTooLargeError, type DownloadBinding, type ObjectInfo, type ObjectStore, type UploadBinding, type UploadUrl } from './object-store.js'
+import { checkKey, checkMeta, contentDisposition, ObjectTooLargeError, type DownloadBinding, type ObjectInfo, type ObjectStore, type UploadBinding, type UploadUrl } from './object-store.js'
 
 export interface S3StoreOptions {
   bucket: string
@@ -168,10 +168,4 @@ export class S3ObjectStore implements ObjectStore {
     const items = (out.Contents ?? []).filter(o => o.Key !== undefined).map(o => ({ key: o.Key as string, size: o.Size ?? 0, modified: o.LastModified?.getTime() ?? 0 }))
     return { items, next: out.IsTruncated === true ? (items.at(-1)?.key ?? null) : null }
   }
-}
-
-/** RFC 6266 content-disposition with an ASCII fallback and the UTF-8 name. */
-export function contentDisposition (disposition: 'inline' | 'attachment', name: string): string {
-  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_')
-  return `${disposition}; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`
 }

@@ -1,16 +1,20 @@
-/** Adapters chosen by name from config; each validates its own sub-config. */
+/**
+ * Adapters chosen by name from config; each validates its own sub-config. The MongoDB and MySQL
+ * adapters (and their drivers) are loaded only when the config names them: the embedded default
+ * would otherwise carry both drivers (mongodb 7.0 MB of heap after GC, 23 MB of RSS and ~210 ms of
+ * start-up; mysql2 2.8 MB, 16 MB and ~115 ms; each measured by importing it under
+ * node --expose-gc).
+ */
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
 import type { MessageStore, MetadataStore } from './types.js'
 import { MemoryMessageStore } from './messages-memory.js'
-import { MongoMessageStore } from './messages-mongo.js'
 import { MemoryMetadataStore } from './metadata-memory.js'
-import { MySqlMetadataStore } from './metadata-mysql.js'
 
-export function createMessageStore (config: Config['messageStore'], logger?: Logger, opts: { clustered?: boolean } = {}): MessageStore {
+export async function createMessageStore (config: Config['messageStore'], logger?: Logger, opts: { clustered?: boolean } = {}): Promise<MessageStore> {
   switch (config.adapter) {
     case 'memory': return new MemoryMessageStore()
-    case 'mongodb': return new MongoMessageStore({
+    case 'mongodb': return new (await import('./messages-mongo.js')).MongoMessageStore({
       url: config.url,
       database: config.database,
       clustered: opts.clustered,
@@ -23,10 +27,10 @@ export function createMessageStore (config: Config['messageStore'], logger?: Log
   }
 }
 
-export function createMetadataStore (config: Config['metadataStore']): MetadataStore {
+export async function createMetadataStore (config: Config['metadataStore']): Promise<MetadataStore> {
   switch (config.adapter) {
     case 'memory': return new MemoryMetadataStore()
-    case 'mysql': return new MySqlMetadataStore({ url: config.url, poolSize: config.poolSize })
+    case 'mysql': return new (await import('./metadata-mysql.js')).MySqlMetadataStore({ url: config.url, poolSize: config.poolSize })
   }
 }
 

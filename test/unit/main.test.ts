@@ -1,9 +1,12 @@
 /**
  * `npm start`'s command line: --help prints the usage and exits without starting anything; any
- * other argument is refused (exit 2) instead of being ignored by a server that then starts.
+ * other argument is refused (exit 2) instead of being ignored by a server that then starts. The
+ * node options it runs with, and what the embedded default loads.
  */
-import { spawnSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import { SERVER_NODE_FLAGS } from '../../scripts/lib/procs.js'
 
 function run (...args: string[]): { status: number | null, stdout: string, stderr: string } {
@@ -51,4 +54,34 @@ describe('the node options the server runs with', () => {
     expect(r.stderr).toBe('')
     expect(r.status).toBe(0)
   })
+})
+
+describe('what the embedded default loads', () => {
+  test('no database driver and no S3 SDK: they are loaded only when the config names them', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-main-'))
+    const child = spawn(process.execPath, ['--import', './test/helpers/module-log.mjs', '--import', 'tsx', 'src/main.ts'], {
+      env: { ...process.env, NODE_OPTIONS: '', MQIM_CONFIG: '', MQIM_MONGO_URL: '', MQIM_MYSQL_URL: '', MQIM_REDIS_URL: '', MQIM_DATA_DIR: dataDir, MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d: Buffer) => { out += d.toString() })
+    child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+    const exited = new Promise<void>(resolve => child.on('exit', () => { resolve() }))
+    try {
+      const deadline = Date.now() + 30_000
+      // the log goes to stdout or stderr (see src/log.ts)
+      while (!(out + err).includes('mqim listening') && child.exitCode === null && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+      expect(out + err).toContain('mqim listening')
+      const loaded = new Set([...err.matchAll(/^module-log: (\S+)$/gm)].map(m => m[1] ?? ''))
+      // the log works: the broker and the image library are loaded at start
+      expect(loaded).toContain('aedes')
+      expect(loaded).toContain('sharp')
+      expect([...loaded].filter(p => ['mongodb', 'mysql2', '@aws-sdk/client-s3', '@aws-sdk/s3-request-presigner'].includes(p))).toEqual([])
+    } finally {
+      child.kill('SIGTERM')
+      await exited
+      rmSync(dataDir, { recursive: true, force: true })
+    }
+  }, 60_000)
 })
