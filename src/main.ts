@@ -6,6 +6,7 @@ import { loadConfig, ConfigError, type Config } from './config.js'
 import { createLogger } from './log.js'
 import { MqimServer } from './server.js'
 import { isEmbedded } from './store/index.js'
+import { ModuleLoadError } from './load-module.js'
 import { WEB_DIST } from './http/app.js'
 
 /**
@@ -93,5 +94,7 @@ async function main (): Promise<void> {
 
 main().catch((err: unknown) => {
   process.stderr.write(`mqim: failed to start: ${err instanceof Error ? err.message : String(err)}\n`)
+  // a module that could not be loaded: where (a broken build's file and line)
+  if (err instanceof ModuleLoadError && err.cause instanceof Error) process.stderr.write(`${err.cause.stack ?? ''}\n`)
   process.exit(1)
 })

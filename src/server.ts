@@ -120,6 +120,9 @@ export class MqimServer {
     const metrics = new Metrics(config.metrics)
     const meta = metrics.instrumentStore(options.stores?.meta ?? await createMetadataStore(config.metadataStore), 'meta')
     const messages = metrics.instrumentStore(options.stores?.messages ?? await createMessageStore(config.messageStore, logger, { clustered }), 'messages')
+    // the object store (local disk under dataDir, or S3) is made here, with the other stores, so that
+    // its module loads before anything is started; it is initialised with the attachments below
+    const objects = await createObjectStore(config.files, config.dataDir)
     if (options.stores === undefined) {
       await initStore('metadataStore', config.metadataStore.adapter, () => meta.init())
       await initStore('messageStore', config.messageStore.adapter, () => messages.init())
@@ -225,7 +228,6 @@ export class MqimServer {
     sessions.on('started', s => { void presence.connected(s.userId, s.connId) })
     sessions.on('ended', s => { void presence.disconnected(s.userId, s.connId) })
     // attachments: the object store (local disk under dataDir, or S3) and what uses it
-    const objects = await createObjectStore(config.files, config.dataDir)
     await initStore('files.store', config.files.store.adapter, () => objects.store.init())
     const files = new FileService({
       store: objects.store,

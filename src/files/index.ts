@@ -7,6 +7,7 @@ import type { FilesConfig } from './config.js'
 import type { ObjectStore } from './object-store.js'
 import { LocalObjectStore } from './local-store.js'
 import { fileRoutes } from './routes.js'
+import { loadModule } from '../load-module.js'
 
 export interface ObjectStoreSetup {
   store: ObjectStore
@@ -58,7 +59,7 @@ export async function createObjectStore (config: FilesConfig, dataDir: string): 
       return { store, routes: async (app) => { await app.register(fileRoutes, { store, uploadsInFlight: config.uploadsInFlight }) } }
     }
     case 's3': {
-      const { S3ObjectStore } = await import('./s3-store.js')
+      const { S3ObjectStore } = await loadModule('files.store', s.adapter, async () => await import('./s3-store.js'))
       return { store: new S3ObjectStore(s), routes: null }
     }
   }

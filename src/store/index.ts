@@ -7,6 +7,7 @@
  */
 import type { Config } from '../config.js'
 import type { Logger } from '../log.js'
+import { loadModule } from '../load-module.js'
 import type { MessageStore, MetadataStore } from './types.js'
 import { MemoryMessageStore } from './messages-memory.js'
 import { MemoryMetadataStore } from './metadata-memory.js'
@@ -14,7 +15,7 @@ import { MemoryMetadataStore } from './metadata-memory.js'
 export async function createMessageStore (config: Config['messageStore'], logger?: Logger, opts: { clustered?: boolean } = {}): Promise<MessageStore> {
   switch (config.adapter) {
     case 'memory': return new MemoryMessageStore()
-    case 'mongodb': return new (await import('./messages-mongo.js')).MongoMessageStore({
+    case 'mongodb': return new (await loadModule('messageStore', config.adapter, async () => await import('./messages-mongo.js'))).MongoMessageStore({
       url: config.url,
       database: config.database,
       clustered: opts.clustered,
@@ -30,7 +31,7 @@ export async function createMessageStore (config: Config['messageStore'], logger
 export async function createMetadataStore (config: Config['metadataStore']): Promise<MetadataStore> {
   switch (config.adapter) {
     case 'memory': return new MemoryMetadataStore()
-    case 'mysql': return new (await import('./metadata-mysql.js')).MySqlMetadataStore({ url: config.url, poolSize: config.poolSize })
+    case 'mysql': return new (await loadModule('metadataStore', config.adapter, async () => await import('./metadata-mysql.js'))).MySqlMetadataStore({ url: config.url, poolSize: config.poolSize })
   }
 }
 

@@ -59,15 +59,17 @@ describe('the node options the server runs with', () => {
 describe('what the embedded default loads', () => {
   test('no database driver and no S3 SDK: they are loaded only when the config names them', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-main-'))
+    // none of the caller's MQIM_ settings (a store URL, an S3 bucket, TLS files): the embedded default
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_')))
     const child = spawn(process.execPath, ['--import', './test/helpers/module-log.mjs', '--import', 'tsx', 'src/main.ts'], {
-      env: { ...process.env, NODE_OPTIONS: '', MQIM_CONFIG: '', MQIM_MONGO_URL: '', MQIM_MYSQL_URL: '', MQIM_REDIS_URL: '', MQIM_DATA_DIR: dataDir, MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_LOG_LEVEL: 'info' },
+      env: { ...env, NODE_OPTIONS: '', MQIM_HOST: '127.0.0.1', MQIM_DATA_DIR: dataDir, MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     let out = ''
     let err = ''
     child.stdout.on('data', (d: Buffer) => { out += d.toString() })
     child.stderr.on('data', (d: Buffer) => { err += d.toString() })
-    const exited = new Promise<void>(resolve => child.on('exit', () => { resolve() }))
+    const exited = new Promise<void>(resolve => { child.on('exit', () => { resolve() }); child.on('error', () => { resolve() }) })
     try {
       const deadline = Date.now() + 30_000
       // the log goes to stdout or stderr (see src/log.ts)
@@ -80,7 +82,9 @@ describe('what the embedded default loads', () => {
       expect([...loaded].filter(p => ['mongodb', 'mysql2', '@aws-sdk/client-s3', '@aws-sdk/s3-request-presigner'].includes(p))).toEqual([])
     } finally {
       child.kill('SIGTERM')
+      const hard = setTimeout(() => child.kill('SIGKILL'), 10_000)
       await exited
+      clearTimeout(hard)
       rmSync(dataDir, { recursive: true, force: true })
     }
   }, 60_000)
