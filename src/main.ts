@@ -96,5 +96,6 @@ main().catch((err: unknown) => {
   process.stderr.write(`mqim: failed to start: ${err instanceof Error ? err.message : String(err)}\n`)
   // a module that could not be loaded: where (a broken build's file and line)
   if (err instanceof ModuleLoadError && err.cause instanceof Error) process.stderr.write(`${err.cause.stack ?? ''}\n`)
-  process.exit(1)
+  // a missing or broken module is an install to fix, as a bad setting is (2: not restarted by systemd)
+  process.exit(err instanceof ModuleLoadError ? 2 : 1)
 })

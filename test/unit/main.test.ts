@@ -89,3 +89,33 @@ describe('what the embedded default loads', () => {
     }
   }, 60_000)
 })
+
+describe('a store module that cannot be loaded', () => {
+  test('stops the start with exit status 2, naming the config field, before anything listens', () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-main-'))
+    try {
+      const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_')))
+      const r = spawnSync(process.execPath, ['--import', './test/helpers/module-refuse.mjs', '--import', 'tsx', 'src/main.ts'], {
+        encoding: 'utf8',
+        timeout: 30_000,
+        env: {
+          ...env,
+          NODE_OPTIONS: '',
+          MQIM_TEST_REFUSE_MODULES: 'mongodb',
+          // nothing listens on port 1: the stores are never reached, their modules fail first
+          MQIM_MONGO_URL: 'mongodb://127.0.0.1:1/',
+          MQIM_MYSQL_URL: 'mysql://mqim:mqim@127.0.0.1:1/mqim',
+          MQIM_HOST: '127.0.0.1',
+          MQIM_DATA_DIR: dataDir,
+          MQIM_MQTT_PORT: '0',
+          MQIM_HTTP_PORT: '0'
+        }
+      })
+      expect(r.stderr).toContain('mqim: failed to start: messageStore (mongodb): its module could not be loaded: Cannot find package "mongodb"')
+      expect(r.stderr).not.toContain('mqim listening')
+      expect(r.status).toBe(2)
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true })
+    }
+  }, 60_000)
+})
