@@ -36,8 +36,9 @@ export function lruCacheSized<K extends {}, V extends {}> (max: number, maxSize:
     maxSize: total,
     sizeCalculation: (value, key) => {
       const n = Math.ceil(size(value, key))
-      // NaN or Infinity: more than the whole, so not kept (lru-cache would throw)
-      return n >= 1 && n <= total ? n : n < 1 ? 1 : total + 1
+      // more than the whole, NaN or Infinity: not kept (lru-cache would throw for the last two)
+      if (!(n <= total)) return total + 1
+      return n >= 1 ? n : 1
     }
   })
 }

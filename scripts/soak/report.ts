@@ -128,6 +128,11 @@ function mean (values: Array<number | null | undefined>): number | null {
   return v.length === 0 ? null : round(v.reduce((a, b) => a + b, 0) / v.length, 1)
 }
 
+/** Mean main-thread ms of a node's major GCs; null without one. */
+function meanGcMs (gc: GcTrace | undefined): number | null {
+  return gc === undefined || gc.majorGcs === 0 ? null : round(gc.majorGcMs / gc.majorGcs, 1)
+}
+
 export function buildReport (r: ReportInput) {
   const { metrics, mix, samples, opts } = r
   const seconds = r.loadMs / 1000
@@ -149,7 +154,7 @@ export function buildReport (r: ReportInput) {
     heap_after_gc_end_mb: samples.at(-1)?.nodes[i]?.heapAfterGcMb ?? null,
     heap_after_gc_slope_mb_per_min: slopeOf(samples, warmupS, s => s.nodes[i]?.heapAfterGcMb ?? null),
     major_gcs: r.gcs[i]?.majorGcs ?? 0,
-    major_gc_main_thread_ms_mean: (r.gcs[i]?.majorGcs ?? 0) === 0 ? null : round((r.gcs[i]?.majorGcMs ?? 0) / (r.gcs[i]?.majorGcs ?? 1), 1),
+    major_gc_main_thread_ms_mean: meanGcMs(r.gcs[i]),
     cpu_pct_mean: mean(samples.map(s => s.nodes[i]?.cpuPct))
   }))
   const maxOf = (vals: Array<number | null>): number | null => {

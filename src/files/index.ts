@@ -48,8 +48,9 @@ export function fileOrigins (config: FilesConfig): string[] {
 
 /**
  * The S3 store's module (and with it the AWS SDK) is loaded only when the config names it: loaded
- * by every server, the SDK takes 4.7 MB of heap after GC, 20-24 MB of RSS and ~190 ms of start-up (measured by
- * importing its two packages under node --expose-gc), which a server storing files on disk never uses.
+ * by every server, the SDK takes 4.7 MB of heap after GC, 20-24 MB of RSS and ~190 ms of start-up
+ * (measured by importing its two packages under node --expose-gc), which a server storing files on
+ * disk never uses.
  */
 export async function createObjectStore (config: FilesConfig, dataDir: string): Promise<ObjectStoreSetup> {
   const s = config.store

@@ -9,6 +9,13 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { SERVER_NODE_FLAGS } from '../../scripts/lib/procs.js'
 
+/** The environment of a server started here: none of the caller's MQIM_ settings (a store URL, an
+ * S3 bucket, TLS files), loopback, any free port, `extra` on top. */
+function serverEnv (dataDir: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_')))
+  return { ...env, NODE_OPTIONS: '', MQIM_HOST: '127.0.0.1', MQIM_DATA_DIR: dataDir, MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', ...extra }
+}
+
 function run (...args: string[]): { status: number | null, stdout: string, stderr: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
     encoding: 'utf8',
@@ -59,10 +66,8 @@ describe('the node options the server runs with', () => {
 describe('what the embedded default loads', () => {
   test('no database driver and no S3 SDK: they are loaded only when the config names them', async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-main-'))
-    // none of the caller's MQIM_ settings (a store URL, an S3 bucket, TLS files): the embedded default
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_')))
     const child = spawn(process.execPath, ['--import', './test/helpers/module-log.mjs', '--import', 'tsx', 'src/main.ts'], {
-      env: { ...env, NODE_OPTIONS: '', MQIM_HOST: '127.0.0.1', MQIM_DATA_DIR: dataDir, MQIM_MQTT_PORT: '0', MQIM_HTTP_PORT: '0', MQIM_LOG_LEVEL: 'info' },
+      env: serverEnv(dataDir, { MQIM_LOG_LEVEL: 'info' }),
       stdio: ['ignore', 'pipe', 'pipe']
     })
     let out = ''
@@ -94,22 +99,15 @@ describe('a store module that cannot be loaded', () => {
   test('stops the start with exit status 2, naming the config field, before anything listens', () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'mqim-main-'))
     try {
-      const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MQIM_')))
       const r = spawnSync(process.execPath, ['--import', './test/helpers/module-refuse.mjs', '--import', 'tsx', 'src/main.ts'], {
         encoding: 'utf8',
         timeout: 30_000,
-        env: {
-          ...env,
-          NODE_OPTIONS: '',
+        env: serverEnv(dataDir, {
           MQIM_TEST_REFUSE_MODULES: 'mongodb',
           // nothing listens on port 1: the stores are never reached, their modules fail first
           MQIM_MONGO_URL: 'mongodb://127.0.0.1:1/',
-          MQIM_MYSQL_URL: 'mysql://mqim:mqim@127.0.0.1:1/mqim',
-          MQIM_HOST: '127.0.0.1',
-          MQIM_DATA_DIR: dataDir,
-          MQIM_MQTT_PORT: '0',
-          MQIM_HTTP_PORT: '0'
-        }
+          MQIM_MYSQL_URL: 'mysql://mqim:mqim@127.0.0.1:1/mqim'
+        })
       })
       expect(r.stderr).toContain('mqim: failed to start: messageStore (mongodb): its module could not be loaded: Cannot find package "mongodb"')
       expect(r.stderr).not.toContain('mqim listening')
