@@ -8,6 +8,13 @@
  * reported by then: what the other nodes granted is taken from the local bucket (it may go into
  * debt). So a user spreading requests over nodes gets the configured rate overall, give or take
  * two seconds' worth.
+ *
+ * The counters of one second are one Redis hash (`<prefix><second>`, a field per user, expiring
+ * after COUNT_TTL_SECONDS), written and read by a script per EXCHANGE_USERS users: a node's
+ * exchange is one command a second per EXCHANGE_USERS users. (It was a MULTI of an INCRBY and an
+ * EXPIRE per user reported and a GET per user settled, each on a key of its own: about 450
+ * commands a second per node in the cluster soak, each an ioredis command object, all made at
+ * once and all alive until the EXEC came back; up to 600,000 in one MULTI at USERS_MAX users.)
  */
 import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
@@ -70,6 +77,33 @@ export class TokenBucket {
 
 /** Active users tracked at once; an evicted (idle) user starts again with a full bucket. */
 const USERS_MAX = 200_000
+/** Users reported, and users settled, by one exchange script at most (more go in several). */
+export const EXCHANGE_USERS = 1000
+/** How long a second's counters stay in Redis (they are read one second after they are written). */
+const COUNT_TTL_SECONDS = 10
+
+/**
+ * KEYS[1]: the hash of the second reported, KEYS[2]: the hash of the second settled (one Redis, as
+ * the persistence's scripts). ARGV[1]: the expiry in seconds, ARGV[2]: the number r of users
+ * reported, then r pairs (user, tokens granted here: a float, negative for a refund), then the
+ * users settled. Returns the settled users' totals over all nodes, in their order (false where no
+ * node reported one).
+ */
+const EXCHANGE_LUA = `
+local r = tonumber(ARGV[2])
+for i = 3, 2 + 2 * r, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if r > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if #ARGV < 3 + 2 * r then return {} end
+return redis.call('HMGET', KEYS[2], unpack(ARGV, 3 + 2 * r))`
+
+type ExchangeRedis = Redis & { mqimRateExchange: (...args: Array<string | number>) => Promise<Array<string | null>> }
+
+function exchanging (conn: Redis): ExchangeRedis {
+  if (!('mqimRateExchange' in conn)) conn.defineCommand('mqimRateExchange', { numberOfKeys: 2, lua: EXCHANGE_LUA })
+  return conn as ExchangeRedis
+}
 
 export class UserRateLimiter {
   private readonly buckets = lruCache<string, TokenBucket>(USERS_MAX)
@@ -138,32 +172,38 @@ export class UserRateLimiter {
     users.set(userId, (users.get(userId) ?? 0) + n)
   }
 
-  /** Reports the last complete second, and charges what other nodes granted the second before. */
-  private async exchange (): Promise<void> {
+  /**
+   * Reports the last complete second, and charges what other nodes granted the second before.
+   * Run every second by the timer (public for tests). A script that fails (Redis down) loses its
+   * users' reports and settlements for that second only: their buckets count this node alone.
+   */
+  async exchange (): Promise<void> {
     if (this.sync === null) return
     const { redis, logger } = this.sync
     const prefix = this.sync.prefix ?? 'mqim:rl:'
     const current = Math.floor(this.now() / 1000)
     const report = current - 1
     const settle = current - 2
-    const mine = this.granted.get(report)
-    const settled = this.granted.get(settle)
+    const mine = [...(this.granted.get(report) ?? [])]
+    const settled = this.granted.get(settle) ?? new Map<string, number>()
     for (const s of this.granted.keys()) if (s < settle) this.granted.delete(s)
     this.granted.delete(settle)
-    try {
-      const m = redis.multi()
-      for (const [user, n] of mine ?? []) m.incrby(`${prefix}${report}:${user}`, n).expire(`${prefix}${report}:${user}`, 10)
-      const settleUsers = [...(settled ?? new Map<string, number>()).keys()]
-      for (const user of settleUsers) m.get(`${prefix}${settle}:${user}`)
-      const res = await m.exec()
-      const offset = 2 * (mine?.size ?? 0)
-      settleUsers.forEach((user, i) => {
-        const total = Number(res?.[offset + i]?.[1] ?? 0)
-        const others = total - (settled?.get(user) ?? 0)
-        if (others > 0) this.bucket(user).debit(others)
-      })
-    } catch (err) {
-      logger.debug({ err }, 'rate limit exchange failed')
+    const settleUsers = [...settled.keys()]
+    const conn = exchanging(redis)
+    const scripts: Array<Promise<void>> = []
+    for (let start = 0; start < Math.max(mine.length, settleUsers.length); start += EXCHANGE_USERS) {
+      const reported = mine.slice(start, start + EXCHANGE_USERS)
+      const users = settleUsers.slice(start, start + EXCHANGE_USERS)
+      scripts.push(conn.mqimRateExchange(`${prefix}${report}`, `${prefix}${settle}`, COUNT_TTL_SECONDS, reported.length, ...reported.flat(), ...users)
+        .then(totals => {
+          users.forEach((user, i) => {
+            const others = Number(totals[i] ?? 0) - (settled.get(user) ?? 0)
+            if (others > 0) this.bucket(user).debit(others)
+          })
+        }))
+    }
+    for (const result of await Promise.allSettled(scripts)) {
+      if (result.status === 'rejected') logger.debug({ err: result.reason }, 'rate limit exchange failed')
     }
   }
 
