@@ -45,9 +45,11 @@
  * a bad command line. Everything it starts is stopped on exit, Ctrl-C included.
  *
  * Environment: MQIM_SOAK_PROF_DIR=D writes each node's V8 CPU profile into D; MQIM_SOAK_LOG_DIR=D
- * appends each node's whole log (warnings and up) to D/node<N>.log and writes its /metrics at the end
- * of the load to D/node<N>.metrics.txt; MQIM_SOAK_NODE_ARGS="..." adds
- * node options to each node (e.g. --heapsnapshot-signal=SIGUSR2).
+ * appends each node's whole log (warnings and up) to D/node<N>.log and its V8 GC trace lines to
+ * D/node<N>.gc.log, and writes its /metrics at the end of the load to D/node<N>.metrics.txt;
+ * MQIM_SOAK_NODE_ARGS="..." adds node options to each node (e.g. --heapsnapshot-signal=SIGUSR2;
+ * --trace-gc-nvp puts each GC's phases in the GC log, but the report's heap-after-GC figures and
+ * major GC counts need --trace-gc's own lines, which it replaces).
  *
  * Targets: achieved >= 98 % of offered; last-minute send p99 <= 2x the first minute's and <= 100 ms;
  * heap-after-GC slope <= 1 MB/min on every node; no unexpected error (any error reply, timeout or

@@ -5,7 +5,7 @@
  * device per account, groups and direct chats.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { appendFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { createBot, createUser } from '../../src/admin/accounts.js'
@@ -115,9 +115,12 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
   onCleanup(() => rmSync(workDir, { recursive: true, force: true }))
   const nodeExits: string[] = []
   const gcs: GcTrace[] = []
+  const logDir = process.env.MQIM_SOAK_LOG_DIR
   const nodes = Array.from({ length: opts.cluster ? 2 : 1 }, (_, i) => {
     const gc = new GcTrace()
     gcs.push(gc)
+    // the GC trace lines (consumed here, not part of the node's log) kept beside it
+    const gcLog = logDir !== undefined ? path.join(logDir, `node${i + 1}.gc.log`) : undefined
     return new MqimNode({
       id: `soak-${tag}-n${i + 1}`,
       db,
@@ -128,8 +131,12 @@ export async function setUp (opts: SetupOptions): Promise<Soak> {
         ...(process.env.MQIM_SOAK_PROF_DIR !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${process.env.MQIM_SOAK_PROF_DIR}`] : []),
         ...(process.env.MQIM_SOAK_NODE_ARGS ?? '').split(' ').filter(a => a !== '')
       ],
-      onStdoutLine: (line) => gc.line(line),
-      logFile: process.env.MQIM_SOAK_LOG_DIR !== undefined ? path.join(process.env.MQIM_SOAK_LOG_DIR, `node${i + 1}.log`) : undefined,
+      onStdoutLine: (line) => {
+        const consumed = gc.line(line)
+        if (consumed && gcLog !== undefined) appendFileSync(gcLog, line + '\n')
+        return consumed
+      },
+      logFile: logDir !== undefined ? path.join(logDir, `node${i + 1}.log`) : undefined,
       onUnexpectedExit: (n) => {
         const what = `${n.id} (pid ${n.pid}) exited on its own (${n.exit?.code ?? n.exit?.signal})`
         nodeExits.push(what)
