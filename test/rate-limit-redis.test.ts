@@ -1,12 +1,13 @@
 /**
  * The per-user rate limit's exchange between nodes (src/broker/rate-limit.ts) on the test Redis:
  * two limiters stand for two nodes, with a clock of the test's own; each exchange is run by hand
- * (the timer of one second is what calls it in a server).
+ * (their timers stopped at once: an exchange of the timer's own would run with the test's clock
+ * and report the same second again), but in the test of the timer itself.
  */
 import { jest } from '@jest/globals'
 import { Redis } from 'ioredis'
 import { randomBytes } from 'node:crypto'
-import { EXCHANGE_USERS, UserRateLimiter } from '../src/broker/rate-limit.js'
+import { EXCHANGE_PHASE_MS, EXCHANGE_USERS, UserRateLimiter } from '../src/broker/rate-limit.js'
 import { redisUrl } from './helpers/db.js'
 import { recordingLogger } from './helpers/recording-logger.js'
 
@@ -33,7 +34,7 @@ function twoNodes (rate: number, burst: number): { a: UserRateLimiter, b: UserRa
   conns.push(redis)
   const make = (): UserRateLimiter => {
     const l = new UserRateLimiter(rate, burst, () => clock.t, { redis, logger, prefix })
-    limiters.push(l)
+    l.close() // the timer only: exchange() still runs
     return l
   }
   return { a: make(), b: make(), redis, clock }
@@ -66,6 +67,79 @@ test('what each node granted in a second is charged to the other node\'s bucket 
   expect(b.msUntilNext('u1')).toBe(6000)
   expect(a.take('u1')).toBe(false)
   expect(a.msUntilNext('solo')).toBe(0)
+})
+
+test('a second is reported once, however often the exchange runs in the next one', async () => {
+  const { a, redis, clock } = twoNodes(1, 20)
+  const second = Math.floor(clock.t / 1000)
+  for (let i = 0; i < 5; i++) a.take('u')
+  clock.t += 1000
+  await a.exchange()
+  await a.exchange()
+  clock.t += 300
+  await a.exchange()
+  expect(await redis.hget(`${prefix}${second}`, 'u')).toBe('5')
+})
+
+test('while an exchange waits for Redis, the next second is not exchanged (one exchange at a time)', async () => {
+  const { a, redis, clock } = twoNodes(1, 20)
+  const second = Math.floor(clock.t / 1000)
+  a.take('u')
+  clock.t += 1000
+  a.take('u') // in second + 1
+  await redis.ping() // connected: the next command sent is the exchange's
+  // the first exchange's script is held until the test lets it go
+  let release = (): void => {}
+  const held = new Promise<void>(resolve => { release = resolve })
+  const send = redis.sendCommand.bind(redis)
+  const spy = jest.spyOn(redis, 'sendCommand').mockImplementationOnce((command, ...rest) => {
+    void held.then(() => send(command, ...rest))
+    return command.promise
+  })
+  const first = a.exchange()
+  clock.t += 1000
+  await a.exchange() // second + 1: skipped, the first still waits
+  release()
+  await first
+  spy.mockRestore()
+  expect(await redis.hget(`${prefix}${second}`, 'u')).toBe('1')
+  expect(await redis.exists(`${prefix}${second + 1}`)).toBe(0)
+  // and the exchanges go on after it
+  a.take('u')
+  clock.t += 1000
+  await a.exchange()
+  expect(await redis.hget(`${prefix}${second + 2}`, 'u')).toBe('1') // taken in second + 2
+})
+
+test('the limiter\'s own timer exchanges every second, a quarter of a second into it', async () => {
+  prefix = `test-rl-${randomBytes(6).toString('hex')}:`
+  const { logger } = recordingLogger('warn')
+  const redis = new Redis(redisUrl())
+  conns.push(redis)
+  // a clock that starts 900 ms into a second and runs at the real pace
+  const base = 1_800_000_000_900
+  const t0 = performance.now()
+  const now = (): number => base + (performance.now() - t0)
+  const timeouts = jest.spyOn(globalThis, 'setTimeout')
+  const l = new UserRateLimiter(1, 20, now, { redis, logger, prefix })
+  limiters.push(l)
+  const delay = Number(timeouts.mock.calls[0]?.[1])
+  timeouts.mockRestore()
+  // the first exchange 100 ms to the next second and 250 ms into it
+  expect(delay).toBeGreaterThan(1000 - 900 + EXCHANGE_PHASE_MS - 20)
+  expect(delay).toBeLessThanOrEqual(1000 - 900 + EXCHANGE_PHASE_MS)
+  // a request in every second until one of them is reported (an exchange that a stalled machine
+  // runs past the next second reports that one, not the one before)
+  const seconds = new Set<number>()
+  let reported: string | undefined
+  const until = performance.now() + 5000
+  while (reported === undefined && performance.now() < until) {
+    const second = Math.floor(now() / 1000)
+    if (!seconds.has(second) && l.take('u')) seconds.add(second)
+    await new Promise(resolve => setTimeout(resolve, 50))
+    for (const s of seconds) if (await redis.hget(`${prefix}${s}`, 'u') === '1') reported = String(s)
+  }
+  expect(reported).toBeDefined()
 })
 
 test('fractional charges and refunds are reported as they are', async () => {
@@ -125,7 +199,7 @@ test(`thousands of users: each settled with its own count, in scripts of ${EXCHA
   }
 })
 
-test('an exchange while Redis is unreachable fails quietly: each node counts its own requests only', async () => {
+test('an exchange while Redis is unreachable warns (once a minute) and each node counts its own requests only', async () => {
   prefix = `test-rl-${randomBytes(6).toString('hex')}:`
   const { logger, lines } = recordingLogger('debug')
   // a connection that has ended: every command fails at once ("Connection is closed")
@@ -133,13 +207,15 @@ test('an exchange while Redis is unreachable fails quietly: each node counts its
   await down.quit()
   const clock = { t: 1_800_000_000_000 }
   const l = new UserRateLimiter(1, 5, () => clock.t, { redis: down, logger, prefix })
-  limiters.push(l)
+  l.close()
   for (let i = 0; i < 5; i++) expect(l.take('u')).toBe(true)
   clock.t += 1000
   await expect(l.exchange()).resolves.toBeUndefined()
   clock.t += 1000
   await expect(l.exchange()).resolves.toBeUndefined()
-  expect(lines.some(line => line.msg === 'rate limit exchange failed')).toBe(true)
+  const warnings = lines.filter(line => typeof line.msg === 'string' && line.msg.startsWith('request rates could not be exchanged'))
+  expect(warnings).toHaveLength(1)
+  expect(warnings[0]?.err).toMatch(/closed/i)
   // 2 s refilled, nothing charged from elsewhere
   expect(l.take('u')).toBe(true)
   expect(l.take('u')).toBe(true)

@@ -12,13 +12,19 @@
  * The counters of one second are one Redis hash (`<prefix><second>`, a field per user, expiring
  * after COUNT_TTL_SECONDS), written and read by a script per EXCHANGE_USERS users: a node's
  * exchange is one command a second per EXCHANGE_USERS users. (It was a MULTI of an INCRBY and an
- * EXPIRE per user reported and a GET per user settled, each on a key of its own: about 450
+ * EXPIRE per user reported and a GET per user settled, each on a key of its own: about 400
  * commands a second per node in the cluster soak, each an ioredis command object, all made at
  * once and all alive until the EXEC came back; up to 600,000 in one MULTI at USERS_MAX users.)
+ *
+ * The exchange runs EXCHANGE_PHASE_MS after each second begins (on the node's clock), not on a
+ * free-running interval: an interval whose ticks fall just before a second's end skipped a
+ * second's report whenever a tick came a little late. One exchange at a time: while one waits
+ * for Redis, the next seconds are not exchanged (their grants are counted by this node alone),
+ * so a slow Redis holds one exchange's scripts, not one more each second.
  */
 import { lruCache } from '../lru.js'
 import type { Redis } from 'ioredis'
-import type { Logger } from '../log.js'
+import { warnEveryMinute, type Logger, type MinuteWarner } from '../log.js'
 
 /** Token bucket: `rate` tokens per second, at most `burst` saved up, at most `burst` owed. Clock injectable for tests. */
 export class TokenBucket {
@@ -77,8 +83,13 @@ export class TokenBucket {
 
 /** Active users tracked at once; an evicted (idle) user starts again with a full bucket. */
 const USERS_MAX = 200_000
-/** Users reported, and users settled, by one exchange script at most (more go in several). */
+/**
+ * Users reported, and users settled, by one exchange script at most (more go in several; the
+ * script's `unpack` of the settled users stays far below Lua 5.1's limit of ~8,000 values).
+ */
 export const EXCHANGE_USERS = 1000
+/** When in each second the exchange runs (ms after the second begins). */
+export const EXCHANGE_PHASE_MS = 250
 /** How long a second's counters stay in Redis (they are read one second after they are written). */
 const COUNT_TTL_SECONDS = 10
 
@@ -93,8 +104,9 @@ const EXCHANGE_LUA = `
 local r = tonumber(ARGV[2])
 for i = 3, 2 + 2 * r, 2 do
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+  -- the expiry with the first write: a later write that fails leaves nothing without one
+  if i == 3 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 end
-if r > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 if #ARGV < 3 + 2 * r then return {} end
 return redis.call('HMGET', KEYS[2], unpack(ARGV, 3 + 2 * r))`
 
@@ -110,6 +122,12 @@ export class UserRateLimiter {
   /** second -> user -> requests granted here (cluster only) */
   private readonly granted = new Map<number, Map<string, number>>()
   private timer: NodeJS.Timeout | null = null
+  private closed = false
+  /** An exchange waits for Redis (the next ones are skipped until it is done). */
+  private inFlight = false
+  /** The last second reported (a clock stepped back does not report one twice). */
+  private lastReported = Number.NEGATIVE_INFINITY
+  private readonly warn: MinuteWarner | null
 
   constructor (
     private readonly rate: number,
@@ -117,10 +135,18 @@ export class UserRateLimiter {
     private readonly now: () => number = Date.now,
     private readonly sync: { redis: Redis, logger: Logger, prefix?: string } | null = null
   ) {
-    if (sync !== null) {
-      this.timer = setInterval(() => { void this.exchange() }, 1000)
-      this.timer.unref()
-    }
+    this.warn = sync === null ? null : warnEveryMinute(sync.logger)
+    if (sync !== null) this.schedule()
+  }
+
+  /** The next exchange, EXCHANGE_PHASE_MS into the next second. */
+  private schedule (): void {
+    if (this.closed) return
+    const t = this.now()
+    this.timer = setTimeout(() => {
+      void this.exchange().finally(() => { this.schedule() })
+    }, 1000 - (((t % 1000) + 1000) % 1000) + EXCHANGE_PHASE_MS)
+    this.timer.unref()
   }
 
   private bucket (userId: string): TokenBucket {
@@ -165,7 +191,7 @@ export class UserRateLimiter {
   }
 
   private record (userId: string, n: number): void {
-    if (this.sync === null) return
+    if (this.sync === null || !Number.isFinite(n) || n === 0) return
     const second = Math.floor(this.now() / 1000)
     let users = this.granted.get(second)
     if (users === undefined) this.granted.set(second, users = new Map())
@@ -174,20 +200,33 @@ export class UserRateLimiter {
 
   /**
    * Reports the last complete second, and charges what other nodes granted the second before.
-   * Run every second by the timer (public for tests). A script that fails (Redis down) loses its
-   * users' reports and settlements for that second only: their buckets count this node alone.
+   * Run every second by the timer (public for tests). A script that fails (Redis down, writes
+   * refused) loses its users' reports and settlements for that second only: their buckets count
+   * this node alone.
    */
   async exchange (): Promise<void> {
     if (this.sync === null) return
-    const { redis, logger } = this.sync
+    const { redis } = this.sync
     const prefix = this.sync.prefix ?? 'mqim:rl:'
     const current = Math.floor(this.now() / 1000)
     const report = current - 1
     const settle = current - 2
     const mine = [...(this.granted.get(report) ?? [])]
     const settled = this.granted.get(settle) ?? new Map<string, number>()
+    // (before anything else: what is not exchanged is not kept either)
     for (const s of this.granted.keys()) if (s < settle) this.granted.delete(s)
     this.granted.delete(settle)
+    if (this.inFlight || report <= this.lastReported) return
+    this.lastReported = report
+    this.inFlight = true
+    try {
+      await this.exchangeSeconds(prefix, redis, report, mine, settle, settled)
+    } finally {
+      this.inFlight = false
+    }
+  }
+
+  private async exchangeSeconds (prefix: string, redis: Redis, report: number, mine: Array<[string, number]>, settle: number, settled: Map<string, number>): Promise<void> {
     const settleUsers = [...settled.keys()]
     const conn = exchanging(redis)
     const scripts: Array<Promise<void>> = []
@@ -203,11 +242,15 @@ export class UserRateLimiter {
         }))
     }
     for (const result of await Promise.allSettled(scripts)) {
-      if (result.status === 'rejected') logger.debug({ err: result.reason }, 'rate limit exchange failed')
+      if (result.status === 'rejected') {
+        this.warn?.('exchange', { err: String((result.reason as Error | null)?.message ?? result.reason) },
+          'request rates could not be exchanged with the other nodes through Redis: each node counts its own for now (README, "Request rates across nodes")')
+      }
     }
   }
 
   close (): void {
-    if (this.timer !== null) clearInterval(this.timer)
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
   }
 }
