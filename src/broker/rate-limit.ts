@@ -144,7 +144,9 @@ export class UserRateLimiter {
     if (this.closed) return
     const t = this.now()
     this.timer = setTimeout(() => {
-      void this.exchange().finally(() => { this.schedule() })
+      this.exchange()
+        .catch((err: unknown) => { this.warn?.('exchange', { err: String(err) }, 'request rate exchange failed') })
+        .finally(() => { this.schedule() })
     }, 1000 - (((t % 1000) + 1000) % 1000) + EXCHANGE_PHASE_MS)
     this.timer.unref()
   }
