@@ -144,9 +144,10 @@ export class UserRateLimiter {
     if (this.closed) return
     const t = this.now()
     this.timer = setTimeout(() => {
-      this.exchange()
-        .catch((err: unknown) => { this.warn?.('exchange', { err: String(err) }, 'request rate exchange failed') })
-        .finally(() => { this.schedule() })
+      // every second, also while an exchange waits for Redis: that one skips (see exchange), but
+      // forgets the seconds it will not report
+      this.schedule()
+      this.exchange().catch((err: unknown) => { this.warn?.('exchange', { err: String(err) }, 'request rate exchange failed') })
     }, 1000 - (((t % 1000) + 1000) % 1000) + EXCHANGE_PHASE_MS)
     this.timer.unref()
   }
@@ -196,7 +197,11 @@ export class UserRateLimiter {
     if (this.sync === null || !Number.isFinite(n) || n === 0) return
     const second = Math.floor(this.now() / 1000)
     let users = this.granted.get(second)
-    if (users === undefined) this.granted.set(second, users = new Map())
+    if (users === undefined) {
+      // a new second: none older than the one to settle is kept, whether exchanges run or not
+      for (const s of this.granted.keys()) if (s < second - 2) this.granted.delete(s)
+      this.granted.set(second, users = new Map())
+    }
     users.set(userId, (users.get(userId) ?? 0) + n)
   }
 
