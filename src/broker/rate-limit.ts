@@ -144,8 +144,7 @@ export class UserRateLimiter {
     if (this.closed) return
     const t = this.now()
     this.timer = setTimeout(() => {
-      // every second, also while an exchange waits for Redis: that one skips (see exchange), but
-      // forgets the seconds it will not report
+      // every second, also while an earlier exchange still waits for Redis (this one then skips)
       this.schedule()
       this.exchange().catch((err: unknown) => { this.warn?.('exchange', { err: String(err) }, 'request rate exchange failed') })
     }, 1000 - (((t % 1000) + 1000) % 1000) + EXCHANGE_PHASE_MS)
@@ -213,42 +212,37 @@ export class UserRateLimiter {
    */
   async exchange (): Promise<void> {
     if (this.sync === null) return
-    const { redis } = this.sync
-    const prefix = this.sync.prefix ?? 'mqim:rl:'
     const current = Math.floor(this.now() / 1000)
     const report = current - 1
     const settle = current - 2
-    const mine = [...(this.granted.get(report) ?? [])]
-    const settled = this.granted.get(settle) ?? new Map<string, number>()
-    // (before anything else: what is not exchanged is not kept either)
-    for (const s of this.granted.keys()) if (s < settle) this.granted.delete(s)
-    this.granted.delete(settle)
+    // (the grants of seconds not exchanged are dropped by record, as new seconds begin)
     if (this.inFlight || report <= this.lastReported) return
     this.lastReported = report
     this.inFlight = true
+    let results: Array<PromiseSettledResult<void>>
     try {
-      await this.exchangeSeconds(prefix, redis, report, mine, settle, settled)
+      const mine = [...(this.granted.get(report) ?? [])]
+      const settled = this.granted.get(settle) ?? new Map<string, number>()
+      const settleUsers = [...settled.keys()]
+      const prefix = this.sync.prefix ?? 'mqim:rl:'
+      const conn = exchanging(this.sync.redis)
+      const scripts: Array<Promise<void>> = []
+      for (let start = 0; start < Math.max(mine.length, settleUsers.length); start += EXCHANGE_USERS) {
+        const reported = mine.slice(start, start + EXCHANGE_USERS)
+        const users = settleUsers.slice(start, start + EXCHANGE_USERS)
+        scripts.push(conn.mqimRateExchange(`${prefix}${report}`, `${prefix}${settle}`, COUNT_TTL_SECONDS, reported.length, ...reported.flat(), ...users)
+          .then(totals => {
+            users.forEach((user, i) => {
+              const others = Number(totals[i] ?? 0) - (settled.get(user) ?? 0)
+              if (others > 0) this.bucket(user).debit(others)
+            })
+          }))
+      }
+      results = await Promise.allSettled(scripts)
     } finally {
       this.inFlight = false
     }
-  }
-
-  private async exchangeSeconds (prefix: string, redis: Redis, report: number, mine: Array<[string, number]>, settle: number, settled: Map<string, number>): Promise<void> {
-    const settleUsers = [...settled.keys()]
-    const conn = exchanging(redis)
-    const scripts: Array<Promise<void>> = []
-    for (let start = 0; start < Math.max(mine.length, settleUsers.length); start += EXCHANGE_USERS) {
-      const reported = mine.slice(start, start + EXCHANGE_USERS)
-      const users = settleUsers.slice(start, start + EXCHANGE_USERS)
-      scripts.push(conn.mqimRateExchange(`${prefix}${report}`, `${prefix}${settle}`, COUNT_TTL_SECONDS, reported.length, ...reported.flat(), ...users)
-        .then(totals => {
-          users.forEach((user, i) => {
-            const others = Number(totals[i] ?? 0) - (settled.get(user) ?? 0)
-            if (others > 0) this.bucket(user).debit(others)
-          })
-        }))
-    }
-    for (const result of await Promise.allSettled(scripts)) {
+    for (const result of results) {
       if (result.status === 'rejected') {
         this.warn?.('exchange', { err: String((result.reason as Error | null)?.message ?? result.reason) },
           'request rates could not be exchanged with the other nodes through Redis: each node counts its own for now (README, "Request rates across nodes")')
