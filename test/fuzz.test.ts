@@ -7,11 +7,12 @@
  */
 import fc from 'fast-check'
 import { runFuzz, type FuzzReport } from '../scripts/fuzz/run.js'
-import { expectationOf, judge } from '../scripts/fuzz/oracle.js'
+import { readFileSync } from 'node:fs'
+import { expectationOf, judge, UNCACHED_OPS } from '../scripts/fuzz/oracle.js'
 import { packetCase } from '../scripts/fuzz/packets.js'
 import { requestCase } from '../scripts/fuzz/requests.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
-import type { Reply } from '../src/protocol/schemas.js'
+import { isOpName, type Reply } from '../src/protocol/schemas.js'
 
 const LIMITS = { maxPayloadBytes: 65536, maxPacketBytes: 131072, maxJsonDepth: 32 }
 
@@ -46,6 +47,23 @@ describe('fuzz oracle', () => {
     expect(expectationOf('im/req/' + 'a/'.repeat(100), Buffer.from('{}'), 1, LIMITS).kind).toBe('close')
     expect(expectationOf('im/req/send', Buffer.alloc(140_000), 1, LIMITS).kind).toBe('close')
     expect(expectation('im/req/list', '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]')).toMatchObject({ id: null, stages: [['BAD_REQUEST']] })
+  })
+
+  test('expects a redelivery to run again exactly for the requests topics.md says run again', () => {
+    // topics.md, "A request comes again": the items that say a request is safe either way or runs again
+    const text = readFileSync(new URL('../topics.md', import.meta.url), 'utf8')
+    const section = text.slice(text.indexOf('A client that gets no reply'), text.indexOf('## Operations'))
+    const again = new Set<string>()
+    for (const item of section.split('\n- ').slice(1)) {
+      // the item's first sentence, up to its verdict: the requests it names
+      const head = item.split(/\.\s/)[0] ?? ''
+      const verdict = head.search(/safe either way|runs? again/)
+      if (verdict < 0) continue
+      for (const [, name] of head.slice(0, verdict).matchAll(/`([a-z-]+)`/g)) if (name !== undefined && isOpName(name)) again.add(name)
+    }
+    expect(again.has('read')).toBe(true)
+    expect(again.has('create-group')).toBe(false)
+    expect([...UNCACHED_OPS].sort()).toEqual([...again].sort())
   })
 
   test('a seed names the same cases', () => {

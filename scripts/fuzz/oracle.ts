@@ -20,8 +20,13 @@ import { REQUESTS, isOpName, type Reply } from '../../src/protocol/schemas.js'
 export const REQUEST_PREFIX = 'im/req/'
 /** Aedes' maxTopicLevels (its default; mqim does not change it). */
 export const MAX_TOPIC_LEVELS = 100
-/** Requests that only read, and send (idempotent by msgId): answered afresh, never from the reply cache (topics.md). */
-export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'])
+/**
+ * Requests that run again when redelivered, never answered from the reply cache (topics.md, "A
+ * request comes again"): `send` and the changes (idempotent by msgId), `read` (it only moves the
+ * cursor forward; its reply is the cursor as it is now), and the requests that only read or have no
+ * lasting effect.
+ */
+export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'])
 
 export interface OracleLimits {
   maxPayloadBytes: number
