@@ -21,6 +21,11 @@
  *     --probe-ms N                wait for the probe PINGREQ's answer before "unanswered" (300)
  *     --stall-ms N                slowest bystander exchange allowed (2000)
  *     --shrink N                  failures to shrink per stream, 0 for none (3)
+ *     --stores                    the server on MongoDB, MySQL and Redis instead of the embedded
+ *                                 default: those of MQIM_MONGO_URL, MQIM_MYSQL_URL, MQIM_REDIS_URL
+ *                                 (`bash scripts/services.sh start DIR; source DIR/env`); fresh
+ *                                 databases for the run, dropped after it unless something failed
+ *     --redis-db N                the Redis database of a --stores run, flushed (0)
  *     --json FILE                 the whole report as JSON
  *
  * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
@@ -31,6 +36,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { DEFAULT_OPTIONS, runFuzz } from './fuzz/run.js'
 import { killAllChildren } from './lib/procs.js'
+import { servicesFromEnv } from './lib/services.js'
 import { formatReport, summaryLine } from './fuzz/report.js'
 
 function int (name: string, raw: string | undefined, dflt: number, min = 0): number {
@@ -52,6 +58,8 @@ async function main (): Promise<number> {
       'probe-ms': { type: 'string' },
       'stall-ms': { type: 'string' },
       shrink: { type: 'string' },
+      stores: { type: 'boolean' },
+      'redis-db': { type: 'string' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h' }
     }
@@ -62,6 +70,9 @@ async function main (): Promise<number> {
     return 0
   }
   const size = int('size', values.size, DEFAULT_OPTIONS.packets)
+  const stores = values.stores === true ? servicesFromEnv() : null
+  if (values.stores === true && stores === null) throw new Error('--stores: set MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL (bash scripts/services.sh start DIR; source DIR/env)')
+  const redisDb = int('redis-db', values['redis-db'], DEFAULT_OPTIONS.redisDb)
   const started = Date.now()
   const log = (s: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }
   const report = await runFuzz({
@@ -73,6 +84,8 @@ async function main (): Promise<number> {
     probeMs: int('probe-ms', values['probe-ms'], DEFAULT_OPTIONS.probeMs, 1),
     stallMs: int('stall-ms', values['stall-ms'], DEFAULT_OPTIONS.stallMs, 1),
     shrink: int('shrink', values.shrink, DEFAULT_OPTIONS.shrink),
+    stores,
+    redisDb,
     log
   })
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(report, null, 2))

@@ -12,6 +12,7 @@ import { expectationOf, judge, UNCACHED_OPS } from '../scripts/fuzz/oracle.js'
 import { packetCase } from '../scripts/fuzz/packets.js'
 import { requestCase } from '../scripts/fuzz/requests.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
+import { servicesFromEnv } from '../scripts/lib/services.js'
 import { isOpName, type Reply } from '../src/protocol/schemas.js'
 
 const LIMITS = { maxPayloadBytes: 65536, maxPacketBytes: 131072, maxJsonDepth: 32 }
@@ -85,7 +86,7 @@ describe('npm run fuzz, bounded', () => {
     // on failure the diff shows every failure with its input (and the seed below)
     expect({ seed: report.seed, failures: report.failures }).toEqual({ seed: report.seed, failures: [] })
     expect(report.ok).toBe(true)
-    expect(report.server).toMatchObject({ alive: true, health: 200, errorLines: [], exit: { code: 0 } })
+    expect(report.server).toMatchObject({ alive: true, health: 200, errorLines: [], exit: { code: 0 }, inMemoryStores: true })
   })
 
   test('stream 1 reached every outcome, before and after a login, over TCP and WebSocket', () => {
@@ -117,5 +118,42 @@ describe('npm run fuzz, bounded', () => {
     expect(report.bystander.failures).toEqual([])
     expect(report.bystander.exchanges).toBeGreaterThan(10)
     expect(report.bystander.delivery.p99).toBeLessThan(2000)
+  })
+})
+
+/** The Redis database of the fuzz on the real stores (flushed; no other test file uses it). */
+const REDIS_DB = 24
+
+describe('npm run fuzz --stores, bounded: MongoDB (FerretDB), MySQL (MariaDB) and Redis', () => {
+  let report: FuzzReport
+
+  beforeAll(async () => {
+    const stores = servicesFromEnv()
+    if (stores === null) throw new Error('MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL are not set: run the tests with "npm test", which starts the services')
+    report = await runFuzz({ packets: 2000, requests: 2000, shrink: 1, seed: 20261205, stores, redisDb: REDIS_DB })
+  }, 180_000)
+
+  afterAll(() => { killAllChildren('SIGKILL') })
+
+  test('nothing failed on the stores people deploy: every request answered as documented, no error logged, a clean stop', () => {
+    expect({ seed: report.seed, failures: report.failures }).toEqual({ seed: report.seed, failures: [] })
+    expect(report.stores).toBe('mongodb+mysql+redis')
+    expect(report.server).toMatchObject({ alive: true, health: 200, errorLines: [], exit: { code: 0 }, inMemoryStores: false })
+    // (the server's own word that it kept state in Redis)
+    expect(Object.keys(report.server.warnings).some(w => w.includes('kept in Redis'))).toBe(true)
+  })
+
+  test('it reached what it aims at there too: logins, closes, replies of every kind, bystanders served', () => {
+    const p = report.packets
+    expect(p.outcomes.closed).toBeGreaterThan(0)
+    expect(p.outcomes.alive).toBeGreaterThan(0)
+    expect(p.loggedIn).toBeGreaterThan(0)
+    expect(p.mustStayAlive).toBeGreaterThan(0)
+    const q = report.requests
+    expect(q.replies + q.closedViolations).toBe(q.sent)
+    expect(Object.keys(q.codes)).toEqual(expect.arrayContaining(['ok', 'BAD_REQUEST', 'BAD_JSON', 'TOO_LARGE', 'NOT_MEMBER', 'NOT_FOUND']))
+    expect(q.codes.INTERNAL).toBeUndefined()
+    expect(report.bystander.failures).toEqual([])
+    expect(report.bystander.exchanges).toBeGreaterThan(10)
   })
 })

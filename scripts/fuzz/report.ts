@@ -12,6 +12,7 @@ export function summaryLine (r: FuzzReport): string {
   return [
     `fuzz: ${r.ok ? 'PASS' : 'FAIL'}`,
     `seed=${r.seed}`,
+    `stores=${r.stores}`,
     `packets=${p.packets} (closed ${p.outcomes.closed}, alive ${p.outcomes.alive}, unanswered ${p.outcomes.unanswered})`,
     `requests=${q.sent} (replies ${q.replies}, closed ${q.closedViolations})`,
     `bystander=${b.exchanges} p50=${b.delivery.p50}ms p99=${b.delivery.p99}ms`,
@@ -26,7 +27,7 @@ export function formatReport (r: FuzzReport): string[] {
   const q = r.requests
   const b = r.bystander
   const lines = [
-    `seed ${r.seed}, ${(r.durationMs / 1000).toFixed(1)} s`,
+    `seed ${r.seed}, ${(r.durationMs / 1000).toFixed(1)} s, stores: ${r.stores}`,
     `server config over the defaults: ${JSON.stringify(r.config)}`,
     '',
     `stream 1, mutated MQTT packets: ${p.packets} packets (${p.bytes} bytes) in ${p.cases} connections (tcp ${p.byTransport.tcp}, ws ${p.byTransport.ws}; ${p.loggedIn} logged in first)`,

@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import mqtt from 'mqtt'
 import { FuzzServer, FUZZ_CONFIG } from './server.js'
+import { freshDatabases, type DrillDatabases, type ServiceUrls } from '../lib/services.js'
 import { keepsConnection, packetCase, RAW_USER, WILL_PAYLOAD, WILL_TOPIC, type PacketCase } from './packets.js'
 import { runPacketCase, type PacketContext, type PacketOutcome, type PacketResult } from './packet-stream.js'
 import { checkFieldCoverage, describeCase, FUZZ_USER, OPS, requestCase, SHY_USER, type RequestCase } from './requests.js'
@@ -37,6 +38,13 @@ export interface FuzzOptions {
   stallMs: number
   /** Failures to shrink per stream (0: none). */
   shrink: number
+  /**
+   * The server on MongoDB, MySQL and Redis at these URLs (fresh databases made for the run and
+   * dropped after it, Redis database `redisDb` flushed), instead of the embedded default.
+   */
+  stores: ServiceUrls | null
+  /** The Redis logical database of a run on `stores` (flushed before and after). */
+  redisDb: number
   log: (line: string) => void
 }
 
@@ -49,7 +57,9 @@ export const DEFAULT_OPTIONS: Omit<FuzzOptions, 'log'> = {
   probeMs: 300,
   replyTimeoutMs: 10_000,
   stallMs: 2000,
-  shrink: 3
+  shrink: 3,
+  stores: null,
+  redisDb: 0
 }
 
 export interface Failure {
@@ -66,6 +76,8 @@ export interface Failure {
 export interface FuzzReport {
   ok: boolean
   seed: number
+  /** What the server stored its data in. */
+  stores: 'embedded' | 'mongodb+mysql+redis'
   durationMs: number
   config: typeof FUZZ_CONFIG
   packets: {
@@ -107,6 +119,8 @@ export interface FuzzReport {
     exit: { code: number | null, signal: string | null } | null
     errorLines: string[]
     warnings: Record<string, number>
+    /** The server said it ran on in-memory stores (the embedded default). */
+    inMemoryStores: boolean | null
   }
   failures: Failure[]
 }
@@ -159,8 +173,10 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const rCases = opts.requests > 0 ? fc.sample(requestCase, { seed, numRuns: opts.requests }) : []
   log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests`)
 
+  const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb)
+  if (databases !== null) log(`fuzz: on MongoDB database ${databases.mongoDb}, MySQL ${new URL(databases.mysqlUrl).pathname.slice(1)}, Redis ${databases.redisUrl}`)
   const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-'))
-  const server = new FuzzServer(dir)
+  const server = new FuzzServer(dir, databases)
   let crashed = false
   /** What each lane was doing, for a report if the server dies. */
   const inFlight = new Map<string, string>()
@@ -173,12 +189,13 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const report: FuzzReport = {
     ok: false,
     seed,
+    stores: databases === null ? 'embedded' : 'mongodb+mysql+redis',
     durationMs: 0,
     config: FUZZ_CONFIG,
     packets: { cases: 0, packets: 0, bytes: 0, outcomes: { closed: 0, alive: 0, unanswered: 0 }, byTransport: { tcp: 0, ws: 0 }, loggedIn: 0, connacks: {}, replies: 0, mustStayAlive: 0, armedWills: 0, mustClose: 0 },
     requests: { sent: 0, replies: 0, closedViolations: 0, reconnects: 0, fromCache: 0, codes: {}, byOp: {}, deviations: { count: 0, examples: [] } },
     bystander: { exchanges: 0, historyChecks: 0, failures: [], request: { p50: NaN, p99: NaN, max: NaN }, delivery: { p50: NaN, p99: NaN, max: NaN } },
-    server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {} },
+    server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {}, inMemoryStores: null },
     failures
   }
   const lanes: RequestLane[] = []
@@ -315,6 +332,9 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   }
 
   const exit = await server.stop()
+  // kept for a look when something failed, as the server directory is
+  if (databases !== null && failures.length === 0) await databases.drop()
+  else if (databases !== null) log(`fuzz: databases kept: MongoDB ${databases.mongoDb}, ${databases.mysqlUrl.replace(/\/\/[^@]*@/, '//')}, ${databases.redisUrl}`)
   report.server.exit = { code: exit.code, signal: exit.signal }
   if (!crashed && exit.code !== 0) failures.push({ stream: 'server', problem: `the server did not stop cleanly on SIGTERM (exit ${exit.code ?? exit.signal})`, detail: server.log.slice(-3000) })
   for (const f of server.findings()) {
@@ -322,6 +342,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
     failures.push({ stream: 'server', problem: `server log: ${f.msg}`, detail: f.line })
   }
   report.server.warnings = server.warnings()
+  report.server.inMemoryStores = server.inMemoryStores
   report.durationMs = Math.round(performance.now() - started)
   report.ok = failures.length === 0
   if (report.ok) rmSync(dir, { recursive: true, force: true })

@@ -1,7 +1,7 @@
 /**
  * The server under fuzz: one mqim process (`node --import tsx src/main.ts`, so the child's pid is
- * the server's own) on the embedded default stores, on free ports, with the fuzz settings of
- * FUZZ_CONFIG written to a MQIM_CONFIG file. Its stderr (pino JSON lines at level warn and above)
+ * the server's own) on the embedded default stores or (`--stores`) on MongoDB, MySQL and Redis,
+ * on free ports, with the fuzz settings of FUZZ_CONFIG written to a MQIM_CONFIG file. Its stderr (pino JSON lines at level warn and above)
  * is kept whole and judged at the end: any error or fatal line, or anything that looks like a
  * stack trace or a Node.js warning, is a finding.
  */
@@ -13,6 +13,7 @@ import { sampleProc, type ProcSample } from '../bench/lib/proc-stats.js'
 import { freePorts, waitUntil } from '../lib/procs.js'
 import { spawnTracked } from '../lib/procs.js'
 import { ROOT } from '../bench/lib/targets.js'
+import type { DrillDatabases } from '../lib/services.js'
 
 /**
  * Deep-merged over config/default.json. What is lifted, and why:
@@ -80,7 +81,8 @@ export class FuzzServer {
   onUnexpectedExit: (exit: { code: number | null, signal: NodeJS.Signals | null }) => void = () => {}
   private stopping = false
 
-  constructor (private readonly dir: string) {
+  /** `databases`: run on MongoDB, MySQL and Redis there (null: the embedded default). */
+  constructor (private readonly dir: string, private readonly databases: DrillDatabases | null = null) {
     const defaults = JSON.parse(readFileSync(path.join(ROOT, 'config', 'default.json'), 'utf8')) as { limits: ServerLimits }
     const { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth } = defaults.limits
     this.limits = { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth }
@@ -106,7 +108,10 @@ export class FuzzServer {
       MQIM_HTTP_PORT: String(httpPort),
       MQIM_TLS_PORT: String(tlsPort),
       MQIM_DATA_DIR: dataDir,
-      MQIM_LOG_LEVEL: 'warn'
+      MQIM_LOG_LEVEL: 'warn',
+      ...(this.databases === null
+        ? {}
+        : { MQIM_MONGO_URL: this.databases.mongoUrl, MQIM_MONGO_DB: this.databases.mongoDb, MQIM_MYSQL_URL: this.databases.mysqlUrl, MQIM_REDIS_URL: this.databases.redisUrl })
     }
     // the inspector (loopback, a free port) only serves heapAfterGc
     const child = spawnTracked(process.execPath, ['--inspect=127.0.0.1:0', '--import', 'tsx', 'src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -228,6 +233,11 @@ export class FuzzServer {
       }
     }
     return out
+  }
+
+  /** Whether the server said it runs on in-memory stores (main.ts's banner on the embedded default). */
+  get inMemoryStores (): boolean {
+    return /^mqim is running with in-memory stores/m.test(this.stderr)
   }
 
   /** Warning lines (level 40) counted by message. */
