@@ -23,9 +23,12 @@
  *     --shrink N                  failures to shrink per stream, 0 for none (3)
  *     --stores                    the server on MongoDB, MySQL and Redis instead of the embedded
  *                                 default: those of MQIM_MONGO_URL, MQIM_MYSQL_URL, MQIM_REDIS_URL
- *                                 (`bash scripts/services.sh start DIR; source DIR/env`); fresh
- *                                 databases for the run, dropped after it unless something failed
- *     --redis-db N                the Redis database of a --stores run, flushed (0)
+ *                                 (`bash scripts/services.sh start DIR; source DIR/env`); a MongoDB
+ *                                 and a MySQL database of its own (mqimfuzz_<time>_<random>),
+ *                                 dropped after a run without failures, kept for a look otherwise
+ *     --redis-db N                with --stores, required: the Redis database (a number) it uses;
+ *                                 EMPTIED (FLUSHDB) at the start and after a run without failures:
+ *                                 never name one that holds data
  *     --json FILE                 the whole report as JSON
  *
  * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
@@ -72,6 +75,7 @@ async function main (): Promise<number> {
   const size = int('size', values.size, DEFAULT_OPTIONS.packets)
   const stores = values.stores === true ? servicesFromEnv() : null
   if (values.stores === true && stores === null) throw new Error('--stores: set MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL (bash scripts/services.sh start DIR; source DIR/env)')
+  if (stores !== null && values['redis-db'] === undefined) throw new Error('--stores needs --redis-db N: the Redis database the run empties (FLUSHDB) and uses; pick one that holds nothing')
   const redisDb = int('redis-db', values['redis-db'], DEFAULT_OPTIONS.redisDb)
   const started = Date.now()
   const log = (s: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }

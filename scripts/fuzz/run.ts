@@ -173,7 +173,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const rCases = opts.requests > 0 ? fc.sample(requestCase, { seed, numRuns: opts.requests }) : []
   log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests`)
 
-  const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb)
+  const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb, 'mqimfuzz')
   if (databases !== null) log(`fuzz: on MongoDB database ${databases.mongoDb}, MySQL ${new URL(databases.mysqlUrl).pathname.slice(1)}, Redis ${databases.redisUrl}`)
   const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-'))
   const server = new FuzzServer(dir, databases)

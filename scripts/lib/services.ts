@@ -136,12 +136,13 @@ export async function createMysqlDatabase (serverUrl: string, prefix: string): P
 }
 
 /**
- * Creates a MySQL database and picks a MongoDB database name; flushes Redis database `redisDb`.
+ * Creates a MySQL database and picks a MongoDB database name (both `<prefix>_<time>_<random>`);
+ * flushes Redis database `redisDb`.
  * Redis pub/sub is not scoped by database: runs that share a Redis server must also use distinct
  * user ids and node ids (the drills prefix both with a random run tag).
  */
-export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<DrillDatabases> {
-  const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, 'mqimdrill')
+export async function freshDatabases (urls: ServiceUrls, redisDb = 0, prefix = 'mqimdrill'): Promise<DrillDatabases> {
+  const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, prefix)
   const redisUrl = new URL(urls.redisUrl)
   redisUrl.pathname = `/${redisDb}`
   const flush = async (): Promise<void> => {
@@ -155,7 +156,7 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0): Promise<D
     }
   }
   await flush()
-  const mongoDb = uniqueName('mqimdrill')
+  const mongoDb = uniqueName(prefix)
   return {
     mysqlUrl,
     mongoUrl: urls.mongoUrl,
