@@ -26,9 +26,9 @@
  *                                 (`bash scripts/services.sh start DIR; source DIR/env`); a MongoDB
  *                                 and a MySQL database of its own (mqimfuzz_<time>_<random>),
  *                                 dropped after a run without failures, kept for a look otherwise
- *     --redis-db N                with --stores, required: the Redis database (a number) it uses;
- *                                 EMPTIED (FLUSHDB) at the start and after a run without failures:
- *                                 never name one that holds data
+ *     --redis-db N                with --stores, required: the Redis database (1 or more, holding
+ *                                 no key: checked) the run uses and empties after a run without
+ *                                 failures (a failed run's keys stay there for a look)
  *     --json FILE                 the whole report as JSON
  *
  * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
@@ -39,6 +39,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { DEFAULT_OPTIONS, runFuzz } from './fuzz/run.js'
 import { killAllChildren } from './lib/procs.js'
+import { Redis } from 'ioredis'
 import { servicesFromEnv } from './lib/services.js'
 import { formatReport, summaryLine } from './fuzz/report.js'
 
@@ -47,6 +48,27 @@ function int (name: string, raw: string | undefined, dflt: number, min = 0): num
   const n = Number(raw)
   if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got "${raw}"`)
   return n
+}
+
+/**
+ * The Redis database a --stores run will empty: not 0 (where a deployment on that Redis most likely
+ * keeps its sessions, and whose pub/sub channels every database-0 deployment shares) and holding no
+ * key (a database that holds data is not the fuzzer's to empty; a failed run's keys stay until
+ * emptied by hand: `redis-cli -n N FLUSHDB`).
+ */
+async function checkEmptyRedisDb (redisUrl: string, db: number): Promise<void> {
+  if (db === 0) throw new Error('--redis-db 0: pick another database (1-15 on a stock Redis): 0 is where a deployment keeps its data')
+  const url = new URL(redisUrl)
+  url.pathname = `/${db}`
+  const conn = new Redis(url.toString(), { lazyConnect: true, maxRetriesPerRequest: 1 })
+  conn.on('error', () => {})
+  try {
+    await conn.connect()
+    const keys = await conn.dbsize()
+    if (keys > 0) throw new Error(`--redis-db ${db}: that database holds ${keys} keys; the fuzzer empties the database it runs on, so it only takes an empty one (empty it yourself if it is a fuzz run's: redis-cli -n ${db} FLUSHDB)`)
+  } finally {
+    conn.disconnect()
+  }
 }
 
 async function main (): Promise<number> {
@@ -75,8 +97,10 @@ async function main (): Promise<number> {
   const size = int('size', values.size, DEFAULT_OPTIONS.packets)
   const stores = values.stores === true ? servicesFromEnv() : null
   if (values.stores === true && stores === null) throw new Error('--stores: set MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL (bash scripts/services.sh start DIR; source DIR/env)')
+  if (stores === null && values['redis-db'] !== undefined) throw new Error('--redis-db is for --stores runs')
   if (stores !== null && values['redis-db'] === undefined) throw new Error('--stores needs --redis-db N: the Redis database the run empties (FLUSHDB) and uses; pick one that holds nothing')
   const redisDb = int('redis-db', values['redis-db'], DEFAULT_OPTIONS.redisDb)
+  if (stores !== null) await checkEmptyRedisDb(stores.redisUrl, redisDb)
   const started = Date.now()
   const log = (s: string): void => { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`) }
   const report = await runFuzz({

@@ -22,7 +22,8 @@ describe('offline push on two nodes', () => {
     gateway = await GatewayReceiver.start(SECRET)
     // webhooks are signed the same way as gateway pushes: the same receiver checks them
     hooks = await GatewayReceiver.start(HOOK_SECRET)
-    const overrides = await clusterOverrides(11, {
+    // (Redis database 21: no other test file uses it; subscription-repair.test.ts empties 11)
+    const overrides = await clusterOverrides(21, {
       webhooks: { endpoints: [{ url: hooks.url, secret: HOOK_SECRET, events: ['message.stored'] }], timeoutMs: 500 },
       push: { delayMs: 100, collapseMs: 1500, timeoutMs: 500, webPush: { allowedHosts: ['127.0.0.1:*'], allowHttp: true }, gateways: [{ name: 'app', url: gateway.url, secret: SECRET }] }
     })

@@ -14,6 +14,7 @@ import { requestCase } from '../scripts/fuzz/requests.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
 import { servicesFromEnv } from '../scripts/lib/services.js'
 import { isOpName, type Reply } from '../src/protocol/schemas.js'
+import { UNCACHED_OPS as SERVER_UNCACHED_OPS } from '../src/gateway/hooks.js'
 
 const LIMITS = { maxPayloadBytes: 65536, maxPacketBytes: 131072, maxJsonDepth: 32 }
 
@@ -50,7 +51,7 @@ describe('fuzz oracle', () => {
     expect(expectation('im/req/list', '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]')).toMatchObject({ id: null, stages: [['BAD_REQUEST']] })
   })
 
-  test('expects a redelivery to run again exactly for the requests topics.md says run again', () => {
+  test('expects a redelivery to run again exactly for the requests topics.md says run again, as the server does', () => {
     // topics.md, "A request comes again": the items that say a request is safe either way or runs again
     const text = readFileSync(new URL('../topics.md', import.meta.url), 'utf8')
     const section = text.slice(text.indexOf('A client that gets no reply'), text.indexOf('## Operations'))
@@ -65,6 +66,8 @@ describe('fuzz oracle', () => {
     expect(again.has('read')).toBe(true)
     expect(again.has('create-group')).toBe(false)
     expect([...UNCACHED_OPS].sort()).toEqual([...again].sort())
+    // and the server's own list
+    expect([...SERVER_UNCACHED_OPS].sort()).toEqual([...again].sort())
   })
 
   test('a seed names the same cases', () => {
@@ -139,7 +142,9 @@ describe('npm run fuzz --stores, bounded: MongoDB (FerretDB), MySQL (MariaDB) an
     expect({ seed: report.seed, failures: report.failures }).toEqual({ seed: report.seed, failures: [] })
     expect(report.stores).toBe('mongodb+mysql+redis')
     expect(report.server).toMatchObject({ alive: true, health: 200, errorLines: [], exit: { code: 0 }, inMemoryStores: false })
-    // (the server's own word that it kept state in Redis)
+    // what the server wrote into the run's own databases, and its own word that it kept state in Redis
+    expect(report.stored?.messages).toBeGreaterThan(0)
+    expect(report.stored?.users).toBeGreaterThan(0)
     expect(Object.keys(report.server.warnings).some(w => w.includes('kept in Redis'))).toBe(true)
   })
 

@@ -26,7 +26,7 @@ export const MAX_TOPIC_LEVELS = 100
  * cursor forward; its reply is the cursor as it is now), and the requests that only read or have no
  * lasting effect.
  */
-export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'])
+export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites', 'file-url'])
 
 export interface OracleLimits {
   maxPayloadBytes: number

@@ -27,7 +27,7 @@ export function formatReport (r: FuzzReport): string[] {
   const q = r.requests
   const b = r.bystander
   const lines = [
-    `seed ${r.seed}, ${(r.durationMs / 1000).toFixed(1)} s, stores: ${r.stores}`,
+    `seed ${r.seed}, ${(r.durationMs / 1000).toFixed(1)} s, stores: ${r.stores}${r.stored === null ? '' : ` (the run's own databases hold ${r.stored.messages} messages and ${r.stored.users} users)`}${r.server.inMemoryStores === true ? ', the server said it ran in memory' : ''}`,
     `server config over the defaults: ${JSON.stringify(r.config)}`,
     '',
     `stream 1, mutated MQTT packets: ${p.packets} packets (${p.bytes} bytes) in ${p.cases} connections (tcp ${p.byTransport.tcp}, ws ${p.byTransport.ws}; ${p.loggedIn} logged in first)`,

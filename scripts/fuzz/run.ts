@@ -16,7 +16,8 @@ import { randomBytes } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import mqtt from 'mqtt'
 import { FuzzServer, FUZZ_CONFIG } from './server.js'
-import { freshDatabases, type DrillDatabases, type ServiceUrls } from '../lib/services.js'
+import mysql from 'mysql2/promise'
+import { countStored, freshDatabases, type DrillDatabases, type ServiceUrls } from '../lib/services.js'
 import { keepsConnection, packetCase, RAW_USER, WILL_PAYLOAD, WILL_TOPIC, type PacketCase } from './packets.js'
 import { runPacketCase, type PacketContext, type PacketOutcome, type PacketResult } from './packet-stream.js'
 import { checkFieldCoverage, describeCase, FUZZ_USER, OPS, requestCase, SHY_USER, type RequestCase } from './requests.js'
@@ -122,6 +123,8 @@ export interface FuzzReport {
     /** The server said it ran on in-memory stores (the embedded default). */
     inMemoryStores: boolean | null
   }
+  /** --stores: what the run's own databases held at the end (messages in MongoDB, users in MySQL). */
+  stored: { messages: number, users: number } | null
   failures: Failure[]
 }
 
@@ -174,9 +177,42 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests`)
 
   const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb, 'mqimfuzz')
-  if (databases !== null) log(`fuzz: on MongoDB database ${databases.mongoDb}, MySQL ${new URL(databases.mysqlUrl).pathname.slice(1)}, Redis ${databases.redisUrl}`)
+  if (databases !== null) log(`fuzz: on ${namesOf(databases)}`)
   const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-'))
   const server = new FuzzServer(dir, databases)
+  try {
+    return await fuzzWith(server, dir, databases, opts, { started, failures, pCases, rCases })
+  } catch (err) {
+    // a start-up, account or stream step that threw: the server does not outlive the run, and what
+    // it left is named
+    await server.stop().catch(() => {})
+    log(`fuzz: the run stopped on an error; server directory kept: ${dir}${databases === null ? '' : `; databases kept: ${namesOf(databases)}`}`)
+    throw err
+  }
+}
+
+/** The databases of a --stores run, named for a log (no credentials). */
+function namesOf (db: DrillDatabases): string {
+  const redis = new URL(db.redisUrl)
+  return `MongoDB database ${db.mongoDb}, MySQL database ${new URL(db.mysqlUrl).pathname.slice(1)}, Redis ${redis.host} database ${redis.pathname.slice(1) || '0'}`
+}
+
+/** What the server wrote into the run's own databases: messages in MongoDB, users in MySQL. */
+async function storedCounts (db: DrillDatabases): Promise<{ messages: number, users: number }> {
+  const messages = [...(await countStored(db)).values()].reduce((a, b) => a + b, 0)
+  const conn = await mysql.createConnection(db.mysqlUrl)
+  try {
+    const [rows] = await conn.query('SELECT COUNT(*) AS n FROM users')
+    return { messages, users: Number((rows as Array<{ n: number }>)[0]?.n ?? 0) }
+  } finally {
+    await conn.end()
+  }
+}
+
+async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDatabases | null, opts: FuzzOptions,
+  run: { started: number, failures: Failure[], pCases: PacketCase[], rCases: RequestCase[] }): Promise<FuzzReport> {
+  const { log, seed } = opts
+  const { started, failures, pCases, rCases } = run
   let crashed = false
   /** What each lane was doing, for a report if the server dies. */
   const inFlight = new Map<string, string>()
@@ -196,6 +232,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
     requests: { sent: 0, replies: 0, closedViolations: 0, reconnects: 0, fromCache: 0, codes: {}, byOp: {}, deviations: { count: 0, examples: [] } },
     bystander: { exchanges: 0, historyChecks: 0, failures: [], request: { p50: NaN, p99: NaN, max: NaN }, delivery: { p50: NaN, p99: NaN, max: NaN } },
     server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {}, inMemoryStores: null },
+    stored: null,
     failures
   }
   const lanes: RequestLane[] = []
@@ -332,9 +369,6 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   }
 
   const exit = await server.stop()
-  // kept for a look when something failed, as the server directory is
-  if (databases !== null && failures.length === 0) await databases.drop()
-  else if (databases !== null) log(`fuzz: databases kept: MongoDB ${databases.mongoDb}, ${databases.mysqlUrl.replace(/\/\/[^@]*@/, '//')}, ${databases.redisUrl}`)
   report.server.exit = { code: exit.code, signal: exit.signal }
   if (!crashed && exit.code !== 0) failures.push({ stream: 'server', problem: `the server did not stop cleanly on SIGTERM (exit ${exit.code ?? exit.signal})`, detail: server.log.slice(-3000) })
   for (const f of server.findings()) {
@@ -343,10 +377,20 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   }
   report.server.warnings = server.warnings()
   report.server.inMemoryStores = server.inMemoryStores
+  if (databases !== null) {
+    // the server wrote into the run's own databases, not into memory or some other database
+    if (report.server.inMemoryStores) failures.push({ stream: 'server', problem: 'the server ran on in-memory stores although the run was given MongoDB, MySQL and Redis' })
+    report.stored = await storedCounts(databases)
+    if (report.stored.messages === 0 || report.stored.users === 0) failures.push({ stream: 'server', problem: `the run's own databases hold ${report.stored.messages} messages and ${report.stored.users} users: the server stored its data elsewhere` })
+  }
   report.durationMs = Math.round(performance.now() - started)
   report.ok = failures.length === 0
+  // what a failed run leaves is kept for a look
   if (report.ok) rmSync(dir, { recursive: true, force: true })
   else log(`fuzz: server directory kept: ${dir}`)
+  if (databases !== null && report.ok) {
+    for (const problem of await databases.drop()) log(`fuzz: could not drop ${problem}`)
+  } else if (databases !== null) log(`fuzz: databases kept: ${namesOf(databases)}`)
   return report
 }
 

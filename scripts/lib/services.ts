@@ -108,8 +108,8 @@ export interface DrillDatabases {
   mongoDb: string
   /** redis:// URL naming the (flushed) logical database. */
   redisUrl: string
-  /** Drops the MySQL and MongoDB databases and flushes the Redis database. */
-  drop: () => Promise<void>
+  /** Drops the MySQL and MongoDB databases and flushes the Redis database; resolves with what failed (empty when all went). */
+  drop: () => Promise<string[]>
 }
 
 export function uniqueName (prefix: string): string {
@@ -142,7 +142,6 @@ export async function createMysqlDatabase (serverUrl: string, prefix: string): P
  * user ids and node ids (the drills prefix both with a random run tag).
  */
 export async function freshDatabases (urls: ServiceUrls, redisDb = 0, prefix = 'mqimdrill'): Promise<DrillDatabases> {
-  const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, prefix)
   const redisUrl = new URL(urls.redisUrl)
   redisUrl.pathname = `/${redisDb}`
   const flush = async (): Promise<void> => {
@@ -155,7 +154,9 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0, prefix = '
       conn.disconnect()
     }
   }
+  // Redis first: a Redis that cannot be reached leaves no MySQL database behind
   await flush()
+  const { url: mysqlUrl, dbName } = await createMysqlDatabase(urls.mysqlUrl, prefix)
   const mongoDb = uniqueName(prefix)
   return {
     mysqlUrl,
@@ -164,7 +165,8 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0, prefix = '
     redisUrl: redisUrl.toString(),
     drop: async () => {
       const mongo = new MongoClient(urls.mongoUrl, { serverSelectionTimeoutMS: 5000 })
-      await Promise.allSettled([
+      const steps = ['MongoDB database ' + mongoDb, 'MySQL database ' + dbName, `Redis database ${redisDb}`]
+      const settled = await Promise.allSettled([
         (async () => {
           try {
             await mongo.connect()
@@ -183,6 +185,7 @@ export async function freshDatabases (urls: ServiceUrls, redisDb = 0, prefix = '
         })(),
         flush()
       ])
+      return settled.flatMap((r, i) => r.status === 'rejected' ? [`${steps[i] ?? '?'}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`] : [])
     }
   }
 }

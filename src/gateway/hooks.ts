@@ -145,7 +145,7 @@ const EMPTY = Buffer.alloc(0)
 // (`read` only moves a cursor forward: run again, it answers the cursor as it is now. Cached, the
 // replies of a device reading as messages come, ~2,000 a second in the soak, pushed out of the
 // cache in 20 s the replies that do need it, and were each kept long enough to burden the GC.)
-const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites'] satisfies OpName[])
+export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites', 'file-url'] satisfies OpName[])
 /** Requests answered with pages of up to limits.pageBytes: they go through the PageGate. */
 const PAGE_OPS: ReadonlySet<string> = new Set(['history', 'list'] satisfies OpName[])
 
