@@ -59,7 +59,7 @@ describe('fuzz oracle', () => {
     for (const item of section.split('\n- ').slice(1)) {
       // the item's first sentence, up to its verdict: the requests it names
       const head = item.split(/\.\s/)[0] ?? ''
-      const verdict = head.search(/safe either way|runs? again/)
+      const verdict = head.search(/safe either way|(?<!not |never )runs? again/)
       if (verdict < 0) continue
       for (const [, name] of head.slice(0, verdict).matchAll(/`([a-z-]+)`/g)) if (name !== undefined && isOpName(name)) again.add(name)
     }
