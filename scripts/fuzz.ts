@@ -29,6 +29,8 @@
  *     --redis-db N                with --stores, required: the Redis database (1 or more, holding
  *                                 no key: checked) the run uses and empties after a run without
  *                                 failures (a failed run's keys stay there for a look)
+ *     --cluster                   with --stores: a second node on the same stores; the streams hit
+ *                                 the first, the bystander byb chats through the second
  *     --json FILE                 the whole report as JSON
  *
  * The server runs with the settings of FUZZ_CONFIG (scripts/fuzz/server.ts) over the defaults.
@@ -84,6 +86,7 @@ async function main (): Promise<number> {
       'stall-ms': { type: 'string' },
       shrink: { type: 'string' },
       stores: { type: 'boolean' },
+      cluster: { type: 'boolean' },
       'redis-db': { type: 'string' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h' }
@@ -98,6 +101,7 @@ async function main (): Promise<number> {
   const stores = values.stores === true ? servicesFromEnv() : null
   if (values.stores === true && stores === null) throw new Error('--stores: set MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL (bash scripts/services.sh start DIR; source DIR/env)')
   if (stores === null && values['redis-db'] !== undefined) throw new Error('--redis-db is for --stores runs')
+  if (stores === null && values.cluster === true) throw new Error('--cluster needs --stores (the nodes share MongoDB, MySQL and Redis)')
   if (stores !== null && values['redis-db'] === undefined) throw new Error('--stores needs --redis-db N: the Redis database the run empties (FLUSHDB) and uses; pick one that holds nothing')
   const redisDb = int('redis-db', values['redis-db'], DEFAULT_OPTIONS.redisDb)
   if (stores !== null) await checkEmptyRedisDb(stores.redisUrl, redisDb)
@@ -114,6 +118,7 @@ async function main (): Promise<number> {
     shrink: int('shrink', values.shrink, DEFAULT_OPTIONS.shrink),
     stores,
     redisDb,
+    cluster: values.cluster === true,
     log
   })
   if (values.json !== undefined) writeFileSync(values.json, JSON.stringify(report, null, 2))

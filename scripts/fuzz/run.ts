@@ -46,6 +46,12 @@ export interface FuzzOptions {
   stores: ServiceUrls | null
   /** The Redis logical database of a run on `stores` (flushed before and after). */
   redisDb: number
+  /**
+   * With `stores`: a second node on the same stores and Redis (a cluster of two). The fuzz streams
+   * hit the first; one bystander (byb, WebSocket) chats through the second, so their exchanges
+   * cross Redis while the first node is under fire.
+   */
+  cluster: boolean
   log: (line: string) => void
 }
 
@@ -60,7 +66,8 @@ export const DEFAULT_OPTIONS: Omit<FuzzOptions, 'log'> = {
   stallMs: 2000,
   shrink: 3,
   stores: null,
-  redisDb: 0
+  redisDb: 0,
+  cluster: false
 }
 
 export interface Failure {
@@ -125,6 +132,8 @@ export interface FuzzReport {
   }
   /** --stores: what the run's own databases held at the end (messages in MongoDB, users in MySQL). */
   stored: { messages: number, users: number } | null
+  /** --cluster: the second node after the run (the bystander byb's). */
+  secondNode: { alive: boolean, health: number, exit: { code: number | null, signal: string | null } | null, errorLines: string[] } | null
   failures: Failure[]
 }
 
@@ -179,13 +188,15 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb, 'mqimfuzz')
   if (databases !== null) log(`fuzz: on ${namesOf(databases)}`)
   const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-'))
-  const server = new FuzzServer(dir, databases)
+  if (opts.cluster && databases === null) throw new Error('a cluster run needs stores (MongoDB, MySQL and Redis)')
+  const server = new FuzzServer(dir, databases, opts.cluster ? 'fuzz-n1' : null)
+  const second = opts.cluster ? new FuzzServer(path.join(dir, 'node2'), databases, 'fuzz-n2') : null
   try {
-    return await fuzzWith(server, dir, databases, opts, { started, failures, pCases, rCases })
+    return await fuzzWith(server, second, dir, databases, opts, { started, failures, pCases, rCases })
   } catch (err) {
-    // a start-up, account or stream step that threw: the server does not outlive the run, and what
-    // it left is named
-    await server.stop().catch(() => {})
+    // a start-up, account or stream step that threw: the servers do not outlive the run, and what
+    // they left is named
+    await Promise.all([server.stop().catch(() => {}), second?.stop().catch(() => {})])
     log(`fuzz: the run stopped on an error; server directory kept: ${dir}${databases === null ? '' : `; databases kept: ${namesOf(databases)}`}`)
     throw err
   }
@@ -209,7 +220,7 @@ async function storedCounts (db: DrillDatabases): Promise<{ messages: number, us
   }
 }
 
-async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDatabases | null, opts: FuzzOptions,
+async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: string, databases: DrillDatabases | null, opts: FuzzOptions,
   run: { started: number, failures: Failure[], pCases: PacketCase[], rCases: RequestCase[] }): Promise<FuzzReport> {
   const { log, seed } = opts
   const { started, failures, pCases, rCases } = run
@@ -219,6 +230,11 @@ async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDataba
   server.onUnexpectedExit = (exit) => {
     crashed = true
     failures.push({ stream: 'server', problem: `the server exited during the run (${exit.code ?? exit.signal})`, detail: `in flight when it died:\n${[...inFlight.values()].join('\n')}\nlast output:\n${server.log.slice(-4000)}` })
+  }
+  if (second !== null) {
+    second.onUnexpectedExit = (exit) => {
+      failures.push({ stream: 'server', problem: `the second node exited during the run (${exit.code ?? exit.signal})`, detail: `last output:\n${second.log.slice(-4000)}` })
+    }
   }
   const abort = (): boolean => crashed
 
@@ -233,6 +249,7 @@ async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDataba
     bystander: { exchanges: 0, historyChecks: 0, failures: [], request: { p50: NaN, p99: NaN, max: NaN }, delivery: { p50: NaN, p99: NaN, max: NaN } },
     server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {}, inMemoryStores: null },
     stored: null,
+    secondNode: null,
     failures
   }
   const lanes: RequestLane[] = []
@@ -246,6 +263,10 @@ async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDataba
     log(`fuzz: server pid ${server.pid} on mqtt ${server.mqttPort}, http ${server.httpPort} (config in ${dir})`)
     const mqttUrl = `mqtt://127.0.0.1:${server.mqttPort}`
     const wsUrl = `ws://127.0.0.1:${server.httpPort}/mqtt`
+    if (second !== null) {
+      await second.start()
+      log(`fuzz: second node pid ${second.pid} on mqtt ${second.mqttPort}, http ${second.httpPort}: the bystander byb's`)
+    }
 
     // accounts: the fuzzers and their peers are bots (a login costs one SHA-256), the bystanders people
     fzKey = await server.addBot(FUZZ_USER)
@@ -264,7 +285,9 @@ async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDataba
     const before = server.sample()
     report.server.rssStartMB = before === null ? null : Math.round(before.rssBytes / MB)
 
-    bystander = new Bystander({ mqttUrl, wsUrl, passwords, stallMs: opts.stallMs, pauseMs: 20, timeoutMs: opts.replyTimeoutMs })
+    // (in a cluster byb is on the second node: every exchange crosses Redis)
+    const bystanderWsUrl = second === null ? wsUrl : `ws://127.0.0.1:${second.httpPort}/mqtt`
+    bystander = new Bystander({ mqttUrl, wsUrl: bystanderWsUrl, passwords, stallMs: opts.stallMs, pauseMs: 20, timeoutMs: opts.replyTimeoutMs })
     await bystander.start()
     await bystander.warm(3)
 
@@ -368,6 +391,16 @@ async function fuzzWith (server: FuzzServer, dir: string, databases: DrillDataba
     await shrinkFailures(failures, opts, pCases, rCases, pctx, { url: `mqtt://127.0.0.1:${server.mqttPort}`, key: fzKey, device: 'shrink', limits: server.limits, replyTimeoutMs: opts.replyTimeoutMs, convs })
   }
 
+  if (second !== null) {
+    const health = second.alive ? await second.health() : 0
+    const alive = second.alive
+    if (alive && health !== 200) failures.push({ stream: 'server', problem: `the second node's /healthz answered ${health} after the run` })
+    const exit2 = await second.stop()
+    if (alive && exit2.code !== 0) failures.push({ stream: 'server', problem: `the second node did not stop cleanly on SIGTERM (exit ${exit2.code ?? exit2.signal})`, detail: second.log.slice(-3000) })
+    const findings = second.findings()
+    for (const f of findings) failures.push({ stream: 'server', problem: `second node's log: ${f.msg}`, detail: f.line })
+    report.secondNode = { alive, health, exit: { code: exit2.code, signal: exit2.signal }, errorLines: findings.map(f => f.line) }
+  }
   const exit = await server.stop()
   report.server.exit = { code: exit.code, signal: exit.signal }
   if (!crashed && exit.code !== 0) failures.push({ stream: 'server', problem: `the server did not stop cleanly on SIGTERM (exit ${exit.code ?? exit.signal})`, detail: server.log.slice(-3000) })

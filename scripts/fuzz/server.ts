@@ -82,7 +82,7 @@ export class FuzzServer {
   private stopping = false
 
   /** `databases`: run on MongoDB, MySQL and Redis there (null: the embedded default). */
-  constructor (private readonly dir: string, private readonly databases: DrillDatabases | null = null) {
+  constructor (private readonly dir: string, private readonly databases: DrillDatabases | null = null, private readonly nodeId: string | null = null) {
     const defaults = JSON.parse(readFileSync(path.join(ROOT, 'config', 'default.json'), 'utf8')) as { limits: ServerLimits }
     const { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth } = defaults.limits
     this.limits = { maxPayloadBytes, maxPacketBytes, maxConnectPacketBytes, maxJsonDepth }
@@ -109,6 +109,7 @@ export class FuzzServer {
       MQIM_TLS_PORT: String(tlsPort),
       MQIM_DATA_DIR: dataDir,
       MQIM_LOG_LEVEL: 'warn',
+      ...(this.nodeId === null ? {} : { MQIM_NODE_ID: this.nodeId }),
       ...(this.databases === null
         ? {}
         : { MQIM_MONGO_URL: this.databases.mongoUrl, MQIM_MONGO_DB: this.databases.mongoDb, MQIM_MYSQL_URL: this.databases.mysqlUrl, MQIM_REDIS_URL: this.databases.redisUrl })
