@@ -29,7 +29,7 @@ export function formatReport (r: FuzzReport): string[] {
   const lines = [
     `seed ${r.seed}, ${(r.durationMs / 1000).toFixed(1)} s, stores: ${r.stores}${r.stored === null ? '' : ` (the run's own databases hold ${r.stored.messages} messages and ${r.stored.users} users)`}${r.server.inMemoryStores === true ? ', the server said it ran in memory' : ''}`,
     `server config over the defaults: ${JSON.stringify(r.config)}`,
-    ...(r.secondNode === null ? [] : [`a cluster of two nodes: the streams on the first, the bystander byb on the second (after the run: ${r.secondNode.alive ? 'alive' : 'DEAD'}, /healthz ${r.secondNode.health}, exit ${r.secondNode.exit?.code ?? r.secondNode.exit?.signal ?? '?'}, ${r.secondNode.errorLines.length} error lines)`]),
+    ...(r.secondNode === null ? [] : [`a cluster of two nodes: the streams on the first, the bystander byb on the second (its connections while they chatted: ${JSON.stringify(r.secondNode.connectionsDuringRun)}; after the run: ${r.secondNode.alive ? 'alive' : 'DEAD'}, /healthz ${r.secondNode.health}, exit ${r.secondNode.exit?.code ?? r.secondNode.exit?.signal ?? '?'}, ${r.secondNode.errorLines.length} error lines)`]),
     '',
     `stream 1, mutated MQTT packets: ${p.packets} packets (${p.bytes} bytes) in ${p.cases} connections (tcp ${p.byTransport.tcp}, ws ${p.byTransport.ws}; ${p.loggedIn} logged in first)`,
     `  connections: closed by the server ${p.outcomes.closed}, alive (answered PINGREQ) ${p.outcomes.alive}, unanswered (waiting for bytes) ${p.outcomes.unanswered}`,

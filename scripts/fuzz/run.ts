@@ -9,7 +9,7 @@
  * (fc.check with `path: "i"`).
  */
 import fc from 'fast-check'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -133,7 +133,16 @@ export interface FuzzReport {
   /** --stores: what the run's own databases held at the end (messages in MongoDB, users in MySQL). */
   stored: { messages: number, users: number } | null
   /** --cluster: the second node after the run (the bystander byb's). */
-  secondNode: { alive: boolean, health: number, exit: { code: number | null, signal: string | null } | null, errorLines: string[] } | null
+  secondNode: {
+    /** Its MQTT connections by transport (its /metrics) once the bystanders were chatting: byb's is there. */
+    connectionsDuringRun: Record<string, number> | null
+    alive: boolean
+    health: number
+    exit: { code: number | null, signal: string | null } | null
+    errorLines: string[]
+    warnings: Record<string, number>
+    inMemoryStores: boolean
+  } | null
   failures: Failure[]
 }
 
@@ -185,10 +194,10 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const rCases = opts.requests > 0 ? fc.sample(requestCase, { seed, numRuns: opts.requests }) : []
   log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests`)
 
+  if (opts.cluster && opts.stores === null) throw new Error('a cluster run needs stores (MongoDB, MySQL and Redis)')
   const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb, 'mqimfuzz')
   if (databases !== null) log(`fuzz: on ${namesOf(databases)}`)
   const dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-'))
-  if (opts.cluster && databases === null) throw new Error('a cluster run needs stores (MongoDB, MySQL and Redis)')
   const server = new FuzzServer(dir, databases, opts.cluster ? 'fuzz-n1' : null)
   const second = opts.cluster ? new FuzzServer(path.join(dir, 'node2'), databases, 'fuzz-n2') : null
   try {
@@ -197,6 +206,11 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
     // a start-up, account or stream step that threw: the servers do not outlive the run, and what
     // they left is named
     await Promise.all([server.stop().catch(() => {}), second?.stop().catch(() => {})])
+    // the nodes' own words, kept beside their config
+    try {
+      writeFileSync(path.join(dir, 'node1.log'), server.log)
+      if (second !== null) writeFileSync(path.join(dir, 'node2.log'), second.log)
+    } catch {}
     log(`fuzz: the run stopped on an error; server directory kept: ${dir}${databases === null ? '' : `; databases kept: ${namesOf(databases)}`}`)
     throw err
   }
@@ -257,6 +271,7 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
   let fzKey = ''
   let convs: string[] = []
   let pctx: PacketContext | null = null
+  let secondConnections: Record<string, number> | null = null
 
   try {
     await server.start()
@@ -290,6 +305,7 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     bystander = new Bystander({ mqttUrl, wsUrl: bystanderWsUrl, passwords, stallMs: opts.stallMs, pauseMs: 20, timeoutMs: opts.replyTimeoutMs })
     await bystander.start()
     await bystander.warm(3)
+    if (second !== null) secondConnections = await second.connections()
 
     const limits = server.limits
     for (let k = 0; k < opts.requestLanes; k++) {
@@ -399,7 +415,17 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     if (alive && exit2.code !== 0) failures.push({ stream: 'server', problem: `the second node did not stop cleanly on SIGTERM (exit ${exit2.code ?? exit2.signal})`, detail: second.log.slice(-3000) })
     const findings = second.findings()
     for (const f of findings) failures.push({ stream: 'server', problem: `second node's log: ${f.msg}`, detail: f.line })
-    report.secondNode = { alive, health, exit: { code: exit2.code, signal: exit2.signal }, errorLines: findings.map(f => f.line) }
+    if (second.inMemoryStores) failures.push({ stream: 'server', problem: 'the second node ran on in-memory stores although the run was given MongoDB, MySQL and Redis' })
+    if ((secondConnections?.ws ?? 0) === 0) failures.push({ stream: 'bystander', problem: `the second node had no WebSocket connection while the bystanders chatted (${JSON.stringify(secondConnections)}): byb was not on it` })
+    report.secondNode = {
+      connectionsDuringRun: secondConnections,
+      alive,
+      health,
+      exit: { code: exit2.code, signal: exit2.signal },
+      errorLines: findings.map(f => f.line),
+      warnings: second.warnings(),
+      inMemoryStores: second.inMemoryStores
+    }
   }
   const exit = await server.stop()
   report.server.exit = { code: exit.code, signal: exit.signal }

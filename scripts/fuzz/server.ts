@@ -133,6 +133,20 @@ export class FuzzServer {
     this.adminToken = readFileSync(tokenFile, 'utf8').trim()
   }
 
+  /** Open MQTT connections by transport, from the node's own /metrics (loopback); null when it does not answer. */
+  async connections (): Promise<Record<string, number> | null> {
+    try {
+      const res = await fetch(`http://127.0.0.1:${this.httpPort}/metrics`, { signal: AbortSignal.timeout(5000) })
+      const text = await res.text()
+      if (res.status !== 200) return null
+      const out: Record<string, number> = {}
+      for (const [, transport, n] of text.matchAll(/^mqim_connections\{transport="([^"]+)"\} (\d+)$/gm)) if (transport !== undefined) out[transport] = Number(n)
+      return out
+    } catch {
+      return null
+    }
+  }
+
   /** HTTP status of /healthz, 0 when it does not answer within 5 s. */
   async health (): Promise<number> {
     try {
