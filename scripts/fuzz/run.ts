@@ -15,8 +15,8 @@ import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import mqtt from 'mqtt'
-import { FuzzServer, FUZZ_CONFIG } from './server.js'
 import mysql from 'mysql2/promise'
+import { FuzzServer, FUZZ_CONFIG } from './server.js'
 import { countStored, freshDatabases, type DrillDatabases, type ServiceUrls } from '../lib/services.js'
 import { keepsConnection, packetCase, RAW_USER, WILL_PAYLOAD, WILL_TOPIC, type PacketCase } from './packets.js'
 import { runPacketCase, type PacketContext, type PacketOutcome, type PacketResult } from './packet-stream.js'
@@ -40,11 +40,12 @@ export interface FuzzOptions {
   /** Failures to shrink per stream (0: none). */
   shrink: number
   /**
-   * The server on MongoDB, MySQL and Redis at these URLs (fresh databases made for the run and
-   * dropped after it, Redis database `redisDb` flushed), instead of the embedded default.
+   * The server on MongoDB, MySQL and Redis at these URLs instead of the embedded default: a MongoDB
+   * and a MySQL database made for the run, Redis database `redisDb`; all three emptied (dropped)
+   * after a run without failures, kept otherwise.
    */
   stores: ServiceUrls | null
-  /** The Redis logical database of a run on `stores` (flushed before and after). */
+  /** The Redis logical database of a run on `stores`: emptied at the start (the CLI takes only an empty one other than 0). */
   redisDb: number
   /**
    * With `stores`: a second node on the same stores and Redis (a cluster of two). The fuzz streams
