@@ -2,8 +2,8 @@
  * The server under fuzz: one mqim process (`node --import tsx src/main.ts`, so the child's pid is
  * the server's own) on the embedded default stores or (`--stores`) on MongoDB, MySQL and Redis,
  * on free ports, with the fuzz settings of FUZZ_CONFIG written to a MQIM_CONFIG file. Its stderr
- * (pino JSON lines at level warn and above) is kept whole and judged at the end: any error or fatal line, or anything that looks like a
- * stack trace or a Node.js warning, is a finding.
+ * (pino JSON lines at level warn and above) is kept whole and judged at the end: any error or
+ * fatal line, or anything that looks like a stack trace or a Node.js warning, is a finding.
  */
 import type { ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync, existsSync, writeFileSync } from 'node:fs'
