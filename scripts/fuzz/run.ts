@@ -235,6 +235,19 @@ async function storedCounts (db: DrillDatabases): Promise<{ messages: number, us
   }
 }
 
+/**
+ * Stops a node and judges how: a clean exit on SIGTERM (when it was up), no error in its log, and
+ * (on stores) not on in-memory stores. Failures are added to `failures`; returns its exit and error lines.
+ */
+async function stopAndJudge (node: FuzzServer, name: string, wasUp: boolean, onStores: boolean, failures: Failure[]): Promise<{ exit: { code: number | null, signal: NodeJS.Signals | null }, errorLines: string[] }> {
+  const exit = await node.stop()
+  if (wasUp && exit.code !== 0) failures.push({ stream: 'server', problem: `${name} did not stop cleanly on SIGTERM (exit ${exit.code ?? exit.signal})`, detail: node.log.slice(-3000) })
+  const findings = node.findings()
+  for (const f of findings) failures.push({ stream: 'server', problem: `${name}'s log: ${f.msg}`, detail: f.line })
+  if (onStores && node.inMemoryStores) failures.push({ stream: 'server', problem: `${name} ran on in-memory stores although the run was given MongoDB, MySQL and Redis` })
+  return { exit, errorLines: findings.map(f => f.line) }
+}
+
 async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: string, databases: DrillDatabases | null, opts: FuzzOptions,
   run: { started: number, failures: Failure[], pCases: PacketCase[], rCases: RequestCase[] }): Promise<FuzzReport> {
   const { log, seed } = opts
@@ -412,34 +425,25 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     const health = second.alive ? await second.health() : 0
     const alive = second.alive
     if (alive && health !== 200) failures.push({ stream: 'server', problem: `the second node's /healthz answered ${health} after the run` })
-    const exit2 = await second.stop()
-    if (alive && exit2.code !== 0) failures.push({ stream: 'server', problem: `the second node did not stop cleanly on SIGTERM (exit ${exit2.code ?? exit2.signal})`, detail: second.log.slice(-3000) })
-    const findings = second.findings()
-    for (const f of findings) failures.push({ stream: 'server', problem: `second node's log: ${f.msg}`, detail: f.line })
-    if (second.inMemoryStores) failures.push({ stream: 'server', problem: 'the second node ran on in-memory stores although the run was given MongoDB, MySQL and Redis' })
+    const { exit: exit2, errorLines } = await stopAndJudge(second, 'the second node', alive, true, failures)
     if ((secondConnections?.ws ?? 0) === 0) failures.push({ stream: 'bystander', problem: `the second node had no WebSocket connection while the bystanders chatted (${JSON.stringify(secondConnections)}): byb was not on it` })
     report.secondNode = {
       connectionsDuringRun: secondConnections,
       alive,
       health,
       exit: { code: exit2.code, signal: exit2.signal },
-      errorLines: findings.map(f => f.line),
+      errorLines,
       warnings: second.warnings(),
       inMemoryStores: second.inMemoryStores
     }
   }
-  const exit = await server.stop()
+  const { exit, errorLines } = await stopAndJudge(server, 'the server', !crashed, databases !== null, failures)
   report.server.exit = { code: exit.code, signal: exit.signal }
-  if (!crashed && exit.code !== 0) failures.push({ stream: 'server', problem: `the server did not stop cleanly on SIGTERM (exit ${exit.code ?? exit.signal})`, detail: server.log.slice(-3000) })
-  for (const f of server.findings()) {
-    report.server.errorLines.push(f.line)
-    failures.push({ stream: 'server', problem: `server log: ${f.msg}`, detail: f.line })
-  }
+  report.server.errorLines.push(...errorLines)
   report.server.warnings = server.warnings()
   report.server.inMemoryStores = server.inMemoryStores
   if (databases !== null) {
     // the server wrote into the run's own databases, not into memory or some other database
-    if (report.server.inMemoryStores) failures.push({ stream: 'server', problem: 'the server ran on in-memory stores although the run was given MongoDB, MySQL and Redis' })
     report.stored = await storedCounts(databases)
     if (report.stored.messages === 0 || report.stored.users === 0) failures.push({ stream: 'server', problem: `the run's own databases hold ${report.stored.messages} messages and ${report.stored.users} users: the server stored its data elsewhere` })
   }
