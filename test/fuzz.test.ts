@@ -7,14 +7,18 @@
  */
 import fc from 'fast-check'
 import { runFuzz, type FuzzReport } from '../scripts/fuzz/run.js'
-import { readFileSync } from 'node:fs'
-import { expectationOf, judge, UNCACHED_OPS } from '../scripts/fuzz/oracle.js'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { expectationOf, judge, REDELIVERY_MEMORY, ReplyMemory, UNCACHED_OPS } from '../scripts/fuzz/oracle.js'
 import { packetCase } from '../scripts/fuzz/packets.js'
-import { requestCase } from '../scripts/fuzz/requests.js'
+import { FUZZ_USER, requestCase, type RequestCase } from '../scripts/fuzz/requests.js'
+import { RequestLane } from '../scripts/fuzz/request-stream.js'
+import { FuzzServer } from '../scripts/fuzz/server.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
 import { servicesFromEnv } from '../scripts/lib/services.js'
 import { isOpName, type Reply } from '../src/protocol/schemas.js'
-import { UNCACHED_OPS as SERVER_UNCACHED_OPS } from '../src/gateway/hooks.js'
+import { RECENT_REPLIES_MAX, UNCACHED_OPS as SERVER_UNCACHED_OPS } from '../src/gateway/hooks.js'
 
 const LIMITS = { maxPayloadBytes: 65536, maxPacketBytes: 131072, maxJsonDepth: 32 }
 
@@ -70,10 +74,78 @@ describe('fuzz oracle', () => {
     expect([...SERVER_UNCACHED_OPS].sort()).toEqual([...again].sort())
   })
 
+  test("knows when the server's reply memory surely still holds a reply: topics.md's size, the server's own", () => {
+    const text = readFileSync(new URL('../topics.md', import.meta.url), 'utf8')
+    const row = text.split('\n').find(l => l.startsWith('| replies kept for MQTT redeliveries')) ?? ''
+    const documented = /the last ([\d,]+) such requests/.exec(row)?.[1]
+    expect(Number(documented?.replace(/,/g, ''))).toBe(REDELIVERY_MEMORY)
+    expect(RECENT_REPLIES_MAX).toBe(REDELIVERY_MEMORY)
+    const memory = new ReplyMemory(3)
+    const stamp = memory.now()
+    memory.notePublishes(2)
+    expect(memory.sure(stamp)).toBe(true)
+    memory.notePublishes(1)
+    expect(memory.sure(stamp)).toBe(false)
+    expect(memory.sure(memory.now())).toBe(true)
+  })
+
   test('a seed names the same cases', () => {
     expect(fc.sample(requestCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(requestCase, { seed: 5, numRuns: 50 }))
     expect(fc.sample(packetCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(packetCase, { seed: 5, numRuns: 50 }))
   })
+})
+
+describe("a request lane judges a redelivery by what the server's reply memory surely holds", () => {
+  let dir: string
+  let server: FuzzServer
+  let key: string
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-memory-'))
+    server = new FuzzServer(dir)
+    await server.start()
+    key = await server.addBot(FUZZ_USER)
+  }, 60_000)
+
+  afterAll(async () => {
+    await server?.stop()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  const settings = (id: string, groupInvites: string, dup: boolean): RequestCase =>
+    ({ topic: { kind: 'op', op: 'settings' }, payload: { kind: 'json', value: { id, groupInvites } }, qos: 1, retain: false, dup })
+
+  // Two lanes of one device: b's request under a's id replaces a's reply in the server's memory, so
+  // a's redelivery gets b's reply: what a server that forgot a's reply and ran it again could answer.
+  test.each([
+    ['surely kept (the server must answer the earlier reply): a failure', REDELIVERY_MEMORY, false],
+    ['perhaps forgotten (one publish since, in a memory of one): a new answer, judged as one', 1, true]
+  ])('%s', async (_name, capacity, accepted) => {
+    const memory = new ReplyMemory(capacity)
+    const options = { url: `mqtt://127.0.0.1:${server.mqttPort}`, key, device: `mem${capacity}`, limits: server.limits, replyTimeoutMs: 10_000, convs: [], memory }
+    const a = new RequestLane(options)
+    const b = new RequestLane(options)
+    try {
+      const id = `m${capacity}`
+      expect(await a.run(settings(id, 'contacts', false))).toMatchObject({ outcome: 'reply', problem: null })
+      await a.stop() // (one connection of the device at a time; a lane reconnects for its next case)
+      expect(await b.run(settings(id, 'anyone', false))).toMatchObject({ outcome: 'reply', problem: null })
+      await b.stop()
+      const again = await a.run(settings(id, 'contacts', true))
+      expect(again.reply).toMatchObject({ ok: true, result: { groupInvites: 'anyone' } })
+      if (accepted) {
+        expect(again).toMatchObject({ outcome: 'reply', problem: null, fromCache: false })
+        // and the server's answer is what a's next redelivery must match, from its memory
+        expect(await a.run(settings(id, 'contacts', true))).toMatchObject({ outcome: 'reply', problem: null, fromCache: true })
+      } else {
+        expect(again.outcome).toBe('failed')
+        expect(again.problem).toMatch(/instead of its earlier reply/)
+      }
+    } finally {
+      await a.stop()
+      await b.stop()
+    }
+  }, 60_000)
 })
 
 describe('npm run fuzz, bounded', () => {

@@ -8,6 +8,7 @@
 import mqtt, { type MqttClient } from 'mqtt'
 import type { MessageEnvelope, Reply } from '../../src/protocol/schemas.js'
 import { Histogram } from '../bench/lib/hist.js'
+import type { ReplyMemory } from './oracle.js'
 
 export const BYSTANDERS = ['bya', 'byb'] as const
 
@@ -28,6 +29,8 @@ export interface BystanderOptions {
   /** Pause between exchanges. */
   pauseMs: number
   timeoutMs: number
+  /** Counts the bystanders' publishes for the oracle's model of the server's reply memory. */
+  memory?: ReplyMemory
 }
 
 export interface BystanderStats {
@@ -107,6 +110,7 @@ export class Bystander {
   private async request (side: Side, op: string, body: Record<string, unknown>): Promise<{ reply: Reply | null, ms: number }> {
     const id = `b${this.nextId++}`
     const started = performance.now()
+    this.opts.memory?.notePublishes(1)
     side.client.publish(`im/req/${op}`, JSON.stringify({ id, ...body }), { qos: 1 })
     await this.until(() => side.replies.has(id) || side.closed, this.opts.timeoutMs)
     const reply = side.replies.get(id) ?? null

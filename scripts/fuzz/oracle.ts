@@ -28,6 +28,35 @@ export const MAX_TOPIC_LEVELS = 100
  */
 export const UNCACHED_OPS: ReadonlySet<string> = new Set(['history', 'list', 'members', 'receipts', 'presence', 'send', 'edit', 'delete', 'react', 'read', 'typing', 'blocks', 'push-targets', 'channel-info', 'invites', 'file-url'])
 
+/**
+ * How many requests that change something the server keeps replies for, for redeliveries
+ * (topics.md, "Limits": "the last 40,000 such requests per node"; one memory for all clients).
+ */
+export const REDELIVERY_MEMORY = 40_000
+
+/**
+ * What the oracle can know of the server's memory of replies: the server keeps the last
+ * REDELIVERY_MEMORY replies of every client together, the least recently used going first, so a
+ * reply is surely still there while fewer publishes than that, of any client, have been made
+ * since it was stored or last answered a redelivery (each publish stores at most one reply).
+ * Past that, the server may answer a redelivery from memory or run it again: both are right.
+ * The fuzz run counts every publish its streams make here, before making it.
+ */
+export class ReplyMemory {
+  private published = 0
+
+  constructor (readonly capacity = REDELIVERY_MEMORY) {}
+
+  /** `n` publishes are about to be made (any topic, any client of the run). */
+  notePublishes (n: number): void { this.published += n }
+
+  /** The point from which a reply stored (or read back) now counts. */
+  now (): number { return this.published }
+
+  /** Whether a reply stored at `stamp` is surely still in the server's memory. */
+  sure (stamp: number): boolean { return this.published - stamp < this.capacity }
+}
+
 export interface OracleLimits {
   maxPayloadBytes: number
   maxPacketBytes: number

@@ -13,7 +13,7 @@ import mqtt, { type MqttClient } from 'mqtt'
 import type { Packet } from 'mqtt-packet'
 import { isDeepStrictEqual } from 'node:util'
 import type { Reply } from '../../src/protocol/schemas.js'
-import { expectationOf, judge, redeliveryId, replyShapeProblem, UNCACHED_OPS, type OracleLimits } from './oracle.js'
+import { expectationOf, judge, redeliveryId, replyShapeProblem, UNCACHED_OPS, type OracleLimits, type ReplyMemory } from './oracle.js'
 import { FUZZ_USER, payloadBytes, topicOf, type RequestCase } from './requests.js'
 
 export type RequestOutcome =
@@ -49,6 +49,8 @@ export interface LaneOptions {
   replyTimeoutMs: number
   /** Conversation ids the fuzz user has seen (shared by all lanes; grows). */
   convs: string[]
+  /** The server's reply memory as far as the run can tell (shared by every stream of the run). */
+  memory: ReplyMemory
 }
 
 export class RequestLane {
@@ -57,8 +59,11 @@ export class RequestLane {
   /** Packets of the current case, in arrival order. */
   private seen: Array<{ cmd: string, reply?: Reply | string }> = []
   private waiters: Array<() => void> = []
-  /** The server's reply cache, as far as this device's requests filled it: `op\0id` -> reply. */
-  private readonly cache = new Map<string, Reply>()
+  /**
+   * The server's reply cache, as far as this device's requests filled it: `op\0id` -> the reply and
+   * when it was stored or last read back (`memory.now()`).
+   */
+  private readonly cache = new Map<string, { reply: Reply, stamp: number }>()
   reconnects = 0
   readonly replyTopic: string
 
@@ -115,6 +120,15 @@ export class RequestLane {
     // events and messages of the fuzz user are not needed; its replies come without a subscription
   }
 
+  /**
+   * Notes a reply the server now holds (stored, or read back). Kept for the whole run (one entry per
+   * request at most): the run cannot tell when the server has surely forgotten one, and a reply it
+   * still holds may answer a later request that reuses the id, whatever that request says.
+   */
+  private remember (key: string, reply: Reply): void {
+    this.cache.set(key, { reply, stamp: this.opts.memory.now() })
+  }
+
   async stop (): Promise<void> {
     const c = this.client
     this.client = null
@@ -133,9 +147,15 @@ export class RequestLane {
     const result: RequestResult = { outcome: 'failed', problem: null, code: null, op: exp.kind === 'reply' ? exp.op : topic.slice(0, 100), deviation: null, fromCache: false, topic, payload, reply: null }
     // the server looks a redelivered (DUP) request up in its reply cache by the payload's id
     const dupId = c.dup && exp.kind === 'reply' && exp.request && !UNCACHED_OPS.has(exp.op) ? redeliveryId(payload) : null
-    const earlier = dupId === null || exp.kind !== 'reply' ? undefined : this.cache.get(`${exp.op}\u0000${dupId}`)
+    const cacheKey = dupId === null || exp.kind !== 'reply' ? null : `${exp.op}\u0000${dupId}`
+    const kept = cacheKey === null ? undefined : this.cache.get(cacheKey)
+    // surely still in the server's memory: the earlier reply is the only right answer; perhaps
+    // forgotten: the earlier reply, or the request run again (judged as a new one)
+    const sure = kept !== undefined && this.opts.memory.sure(kept.stamp)
+    const earlier = kept?.reply
 
     this.seen = []
+    this.opts.memory.notePublishes(1)
     let acked = false
     let ackError: Error | null = null
     client.publish(topic, payload, { qos: c.qos, retain: c.retain, dup: c.dup }, (err?: Error) => { acked = true; ackError = err ?? null; this.wake() })
@@ -170,17 +190,19 @@ export class RequestLane {
       else if (ackError !== null) result.problem = `the publish failed: ${(ackError as Error).message}`
       if (result.problem !== null) return result
     }
-    if (earlier !== undefined) {
-      // a redelivery of a request answered before: the earlier reply, unchanged
+    if (earlier !== undefined && (sure || isDeepStrictEqual(reply, earlier))) {
+      // a redelivery of a request answered before: the earlier reply, unchanged (and the server's
+      // memory has just used it: it counts from now)
       result.fromCache = true
       const shape = replyShapeProblem(reply)
       if (shape !== null) result.problem = shape
       else if (!isDeepStrictEqual(reply, earlier)) result.problem = `a redelivered request got ${JSON.stringify(reply).slice(0, 300)} instead of its earlier reply ${JSON.stringify(earlier).slice(0, 300)}`
+      else if (cacheKey !== null) this.remember(cacheKey, earlier)
     } else {
       const verdict = judge(exp, reply)
       if (!verdict.ok) result.problem = verdict.problem
       else result.deviation = verdict.deviation
-      if (exp.request && !UNCACHED_OPS.has(exp.op) && reply.id !== null && result.code !== 'RATE_LIMITED') this.cache.set(`${exp.op}\u0000${reply.id}`, reply)
+      if (exp.request && !UNCACHED_OPS.has(exp.op) && reply.id !== null && result.code !== 'RATE_LIMITED') this.remember(`${exp.op}\u0000${reply.id}`, reply)
     }
     if (result.problem !== null) return result
     result.outcome = 'reply'

@@ -23,6 +23,7 @@ import { runPacketCase, type PacketContext, type PacketOutcome, type PacketResul
 import { checkFieldCoverage, describeCase, FUZZ_USER, OPS, requestCase, SHY_USER, type RequestCase } from './requests.js'
 import { RequestLane, type LaneOptions, type RequestResult } from './request-stream.js'
 import { Bystander, BYSTANDERS, type BystanderStats } from './bystander.js'
+import { ReplyMemory } from './oracle.js'
 import type { OpName, Reply } from '../../src/protocol/schemas.js'
 
 export interface FuzzOptions {
@@ -281,6 +282,8 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     failures
   }
   const lanes: RequestLane[] = []
+  // what the oracle can tell of the server's reply memory: every publish of the run counts
+  const memory = new ReplyMemory()
   let bystander: Bystander | null = null
   let fzKey = ''
   let convs: string[] = []
@@ -316,14 +319,14 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
 
     // (in a cluster byb is on the second node: every exchange crosses Redis)
     const bystanderWsUrl = second === null ? wsUrl : `ws://127.0.0.1:${second.httpPort}/mqtt`
-    bystander = new Bystander({ mqttUrl, wsUrl: bystanderWsUrl, passwords, stallMs: opts.stallMs, pauseMs: 20, timeoutMs: opts.replyTimeoutMs })
+    bystander = new Bystander({ mqttUrl, wsUrl: bystanderWsUrl, passwords, stallMs: opts.stallMs, pauseMs: 20, timeoutMs: opts.replyTimeoutMs, memory })
     await bystander.start()
     await bystander.warm(3)
     if (second !== null) secondConnections = await second.connections()
 
     const limits = server.limits
     for (let k = 0; k < opts.requestLanes; k++) {
-      lanes.push(new RequestLane({ url: k % 2 === 0 ? mqttUrl : wsUrl, key: fzKey, device: `c${k}`, limits, replyTimeoutMs: opts.replyTimeoutMs, convs }))
+      lanes.push(new RequestLane({ url: k % 2 === 0 ? mqttUrl : wsUrl, key: fzKey, device: `c${k}`, limits, replyTimeoutMs: opts.replyTimeoutMs, convs, memory }))
     }
     pctx = { mqttPort: server.mqttPort, httpPort: server.httpPort, key: rawKey, probeMs: opts.probeMs, legalProbeMs: opts.replyTimeoutMs, maxConnectPacketBytes: limits.maxConnectPacketBytes, maxPacketBytes: limits.maxPacketBytes }
     const packetResults: Array<PacketResult | undefined> = []
@@ -333,6 +336,7 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     await Promise.all([
       inLanes(pCases, opts.packetLanes, abort, async (lane, pCase, i) => {
         inFlight.set(`p${lane}`, `packet case ${i}: ${JSON.stringify(pCase).slice(0, 1500)}`)
+        memory.notePublishes(pCase.packets.length) // (an upper bound: not every packet is a publish)
         const r = await runPacketCase(pCase, `r${i}`, pctx as PacketContext)
         // once the server is dead, what the cases in flight saw is its death, reported once above
         if (!crashed) packetResults[i] = r
@@ -418,7 +422,7 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
   if (server.alive && report.server.health !== 200) failures.push({ stream: 'server', problem: `/healthz answered ${report.server.health} after the run` })
 
   if (server.alive && opts.shrink > 0 && pctx !== null) {
-    await shrinkFailures(failures, opts, pCases, rCases, pctx, { url: `mqtt://127.0.0.1:${server.mqttPort}`, key: fzKey, device: 'shrink', limits: server.limits, replyTimeoutMs: opts.replyTimeoutMs, convs })
+    await shrinkFailures(failures, opts, pCases, rCases, pctx, { url: `mqtt://127.0.0.1:${server.mqttPort}`, key: fzKey, device: 'shrink', limits: server.limits, replyTimeoutMs: opts.replyTimeoutMs, convs, memory })
   }
 
   if (second !== null) {

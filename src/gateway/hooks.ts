@@ -135,7 +135,7 @@ function authError (returnCode: 2 | 3 | 4 | 5, message: string): AuthenticateErr
  * mqtt.js resending unacknowledged publishes of a persistent session after a reconnect) is
  * answered again instead of run again (a second create-group would make a second group).
  */
-const RECENT_REPLIES_MAX = 40_000
+export const RECENT_REPLIES_MAX = 40_000
 const EMPTY = Buffer.alloc(0)
 /**
  * Requests whose replies are not kept: those that change nothing are simply run again, and a
