@@ -1,23 +1,28 @@
 /**
  * `npm run fuzz`: attacks a real mqim server (a child process on the embedded default, free
- * ports) over real sockets with two fuzz streams at once, while two bystanders chat:
+ * ports) over real sockets with three fuzz streams at once, while two bystanders chat:
  *
  *   1. mutated MQTT packets on raw TCP and WebSocket connections, before and after a login;
  *   2. fuzzed requests (every operation of src/protocol/schemas.ts, and bad payloads and topics)
- *      from mqtt.js clients of a logged-in user.
+ *      from mqtt.js clients of a logged-in user;
+ *   3. fuzzed HTTP requests (the page, /healthz, /metrics, the admin API with its token and
+ *      without, the file routes, WebSocket upgrades) on raw TCP connections.
  *
  * Passes when the server never dies, answers every well-formed publish with a reply of the
  * documented form and code (never INTERNAL, never silence; only a protocol violation may close
- * the connection), logs no error, stops cleanly, and the bystanders' every exchange succeeds
- * within --stall-ms. See scripts/fuzz/*.ts for what each part generates and checks.
+ * the connection), answers every HTTP request (never a 5xx; errors as {code, message}; no
+ * secret or path on disk in an answer), logs no error, stops cleanly, and the bystanders' every
+ * exchange succeeds within --stall-ms. See scripts/fuzz/*.ts for what each part generates and checks.
  *
- *   npm run fuzz                          5,000 packets + 5,000 requests, seed 20240601
- *   npm run fuzz -- --size 20000          20,000 of each
+ *   npm run fuzz                          5,000 packets + 5,000 requests + 2,000 HTTP requests, seed 20240601
+ *   npm run fuzz -- --size 20000          20,000 packets and requests, 8,000 HTTP requests
  *   npm run fuzz -- --seed 7              other inputs (a seed always names the same inputs)
  *   options:
- *     --packets N, --requests N   each stream's size on its own (default: --size)
+ *     --packets N, --requests N   each MQTT stream's size on its own (default: --size)
+ *     --http N                    HTTP requests (default: --size x 0.4)
  *     --packet-lanes N            raw connections at once (24)
  *     --request-lanes N           mqtt.js clients of the fuzz user at once (4)
+ *     --http-lanes N              HTTP connections at once (4)
  *     --probe-ms N                wait for the probe PINGREQ's answer before "unanswered" (300)
  *     --stall-ms N                slowest bystander exchange allowed (2000)
  *     --shrink N                  failures to shrink per stream, 0 for none (3)
@@ -80,8 +85,10 @@ async function main (): Promise<number> {
       size: { type: 'string' },
       packets: { type: 'string' },
       requests: { type: 'string' },
+      http: { type: 'string' },
       'packet-lanes': { type: 'string' },
       'request-lanes': { type: 'string' },
+      'http-lanes': { type: 'string' },
       'probe-ms': { type: 'string' },
       'stall-ms': { type: 'string' },
       shrink: { type: 'string' },
@@ -111,8 +118,10 @@ async function main (): Promise<number> {
     seed: int('seed', values.seed, DEFAULT_OPTIONS.seed),
     packets: int('packets', values.packets, size),
     requests: int('requests', values.requests, size),
+    http: int('http', values.http, Math.round(size * 0.4)),
     packetLanes: int('packet-lanes', values['packet-lanes'], DEFAULT_OPTIONS.packetLanes, 1),
     requestLanes: int('request-lanes', values['request-lanes'], DEFAULT_OPTIONS.requestLanes, 1),
+    httpLanes: int('http-lanes', values['http-lanes'], DEFAULT_OPTIONS.httpLanes, 1),
     probeMs: int('probe-ms', values['probe-ms'], DEFAULT_OPTIONS.probeMs, 1),
     stallMs: int('stall-ms', values['stall-ms'], DEFAULT_OPTIONS.stallMs, 1),
     shrink: int('shrink', values.shrink, DEFAULT_OPTIONS.shrink),

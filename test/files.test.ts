@@ -12,13 +12,14 @@ import type { MqimServer } from '../src/server.js'
 import type { FileDescriptor, UploadGrant } from '../src/files/service.js'
 import type { MessageEnvelope } from '../src/protocol/schemas.js'
 
-interface Setup { name: string, backend: Backend, files: () => Record<string, unknown> }
+interface Setup { name: string, backend: Backend, files: () => Record<string, unknown>, /** mqim serves /files/ itself */ filesRoute: boolean }
 
 const SETUPS: Setup[] = [
-  { name: 'local disk, embedded stores', backend: MEMORY, files: () => ({ store: { adapter: 'local' } }) },
+  { name: 'local disk, embedded stores', backend: MEMORY, files: () => ({ store: { adapter: 'local' } }), filesRoute: true },
   {
     name: 'SeaweedFS S3, FerretDB + MariaDB',
     backend: DATABASES,
+    filesRoute: false,
     files: () => {
       const o = s3Options(`mqimt-${randomBytes(6).toString('hex')}`)
       return { store: { adapter: 's3', bucket: o.bucket, region: o.region, endpoint: o.endpoint, forcePathStyle: true, accessKeyId: o.accessKeyId, secretAccessKey: o.secretAccessKey, createBucket: true } }
@@ -33,7 +34,7 @@ async function pngWithGps (w: number, h: number): Promise<Buffer> {
     .png().toBuffer()
 }
 
-describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
+describe.each(SETUPS)('attachments on $name', ({ backend, files, filesRoute }) => {
   let server: MqimServer
   let alice: ImClient
   let bob: ImClient
@@ -159,6 +160,17 @@ describe.each(SETUPS)('attachments on $name', ({ backend, files }) => {
     expect(await alice.requestRaw('upload', { conv, name: 'big.pdf', size: 3_000_001, mime: 'application/pdf' })).toMatchObject({ ok: false, error: { code: 'TOO_LARGE' } })
     expect(await alice.requestRaw('upload', { conv, name: 'page.html', size: 10, mime: 'text/html' })).toMatchObject({ ok: false, error: { code: 'UNSUPPORTED_TYPE' } })
     expect(await alice.requestRaw('upload', { conv, name: 'x.exe', size: 10, mime: 'application/x-msdownload' })).toMatchObject({ ok: false, error: { code: 'UNSUPPORTED_TYPE' } })
+  })
+
+  test('an upload whose content-type is not a media type: a 4xx with {code, message}, never a 500 (npm run fuzz found one)', async () => {
+    const g = await alice.request('upload', { conv, name: 'a.txt', size: 2, mime: 'text/plain' })
+    const path = filesRoute ? new URL(g.url, origin).pathname + new URL(g.url, origin).search : '/files/ab/x'
+    for (const type of ['', ';;;', '/', 'text/']) {
+      const res = await fetch(`${origin}${path}`, { method: 'PUT', headers: { 'content-type': type }, body: 'hi' })
+      // (without a route of mqim's own, /files/ is nothing here: the body is refused before that is found)
+      expect([type, res.status]).toEqual([type, filesRoute ? 415 : 400])
+      expect(await res.json()).toEqual({ code: filesRoute ? 'UNSUPPORTED_TYPE' : 'BAD_REQUEST', message: expect.any(String) })
+    }
   })
 
   test('hostile values are refused with BAD_REQUEST and the connection stays', async () => {

@@ -14,6 +14,7 @@ import { expectationOf, judge, REDELIVERY_MEMORY, ReplyMemory, UNCACHED_OPS } fr
 import { packetCase } from '../scripts/fuzz/packets.js'
 import { FUZZ_USER, requestCase, type RequestCase } from '../scripts/fuzz/requests.js'
 import { RequestLane } from '../scripts/fuzz/request-stream.js'
+import { httpCase, judgeHttp, parseResponse } from '../scripts/fuzz/http.js'
 import { FuzzServer } from '../scripts/fuzz/server.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
 import { servicesFromEnv } from '../scripts/lib/services.js'
@@ -89,7 +90,32 @@ describe('fuzz oracle', () => {
     expect(memory.sure(memory.now())).toBe(true)
   })
 
+  test('judges HTTP answers: a 5xx, an error that is not {code, message} with a documented code, no nosniff, a secret or a path in the body', () => {
+    const answer = (status: number, body: string, headers: Record<string, string> = { 'x-content-type-options': 'nosniff' }): Parameters<typeof judgeHttp>[1] =>
+      ({ status, headers: new Map(Object.entries(headers)), body: Buffer.from(body), complete: true })
+    const secrets = ['s3cr3t-token-value', '/srv/mqim']
+    expect(judgeHttp('GET', answer(404, '{"code":"NOT_FOUND","message":"no such page"}'), secrets)).toEqual({ problem: null, code: 'NOT_FOUND' })
+    expect(judgeHttp('GET', answer(200, '<html></html>'), secrets).problem).toBeNull()
+    expect(judgeHttp('GET', answer(500, '{"code":"INTERNAL","message":"x"}'), secrets).problem).toMatch(/never the server's fault/)
+    expect(judgeHttp('GET', answer(503, ''), secrets).problem).toMatch(/never the server's fault/)
+    expect(judgeHttp('GET', answer(400, 'Bad Request'), secrets).problem).toMatch(/not JSON/)
+    expect(judgeHttp('GET', answer(400, '{"error":"x"}'), secrets).problem).toMatch(/not \{code, message\}/)
+    expect(judgeHttp('GET', answer(400, '{"code":"OOPS","message":"x"}'), secrets).problem).toMatch(/undocumented code/)
+    expect(judgeHttp('HEAD', answer(404, ''), secrets).problem).toBeNull()
+    expect(judgeHttp('GET', answer(404, '{"code":"NOT_FOUND","message":"x"}', {}), secrets).problem).toMatch(/nosniff/)
+    expect(judgeHttp('GET', answer(200, 'token: s3cr3t-token-value'), secrets).problem).toMatch(/a secret or a path/)
+    expect(judgeHttp('GET', answer(403, '{"code":"FORBIDDEN","message":"see /srv/mqim/web"}'), secrets).problem).toMatch(/secrets\[1\]/)
+    // the report names a secret by its place, never by its value
+    expect(judgeHttp('GET', answer(200, 'token: s3cr3t-token-value'), secrets).problem).not.toContain('s3cr3t')
+    // interim answers are skipped; a body is read by its length or its chunks
+    const parsed = parseResponse(Buffer.from('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{"a\r\n2\r\n":\r\n0\r\n\r\n'), false)
+    expect(parsed).toMatchObject({ status: 404, complete: true })
+    expect(parsed?.body.toString()).toBe('{"a":')
+    expect(() => parseResponse(Buffer.from('SSH-2.0\r\n\r\n'), false)).toThrow(/not an HTTP response/)
+  })
+
   test('a seed names the same cases', () => {
+    expect(fc.sample(httpCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(httpCase, { seed: 5, numRuns: 50 }))
     expect(fc.sample(requestCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(requestCase, { seed: 5, numRuns: 50 }))
     expect(fc.sample(packetCase, { seed: 5, numRuns: 50 })).toEqual(fc.sample(packetCase, { seed: 5, numRuns: 50 }))
   })
@@ -152,7 +178,7 @@ describe('npm run fuzz, bounded', () => {
   let report: FuzzReport
 
   beforeAll(async () => {
-    report = await runFuzz({ packets: 2000, requests: 2000, shrink: 1 })
+    report = await runFuzz({ packets: 2000, requests: 2000, http: 1000, shrink: 1 })
   }, 120_000)
 
   afterAll(() => { killAllChildren('SIGKILL') })
@@ -189,6 +215,15 @@ describe('npm run fuzz, bounded', () => {
     expect(Object.keys(q.byOp)).toEqual(expect.arrayContaining(['send', 'history', 'read', 'mute', 'list', 'direct', 'create-group', 'add-members', 'remove-member', 'leave', 'rename', 'set-role', 'receipts', 'members', 'presence', 'settings']))
   })
 
+  test('stream 3 got an answer to every HTTP request, with the refusals it aimed at and pages and admin answers that went through', () => {
+    const h = report.http
+    expect(h.cases).toBe(1000)
+    expect(h.statuses.none).toBeUndefined()
+    expect(Object.keys(h.statuses)).toEqual(expect.arrayContaining(['200', '201', '400', '401', '403', '404', '413', '431']))
+    expect(Object.keys(h.statuses).filter(s => s >= '500')).toEqual([])
+    expect(Object.keys(h.codes)).toEqual(expect.arrayContaining(['BAD_REQUEST', 'BAD_JSON', 'FORBIDDEN', 'NOT_FOUND', 'TOO_LARGE']))
+  })
+
   test('the bystanders chatted throughout without a failure', () => {
     expect(report.bystander.failures).toEqual([])
     expect(report.bystander.exchanges).toBeGreaterThan(10)
@@ -205,7 +240,7 @@ describe('npm run fuzz --stores --cluster, bounded: two nodes on MongoDB (Ferret
   beforeAll(async () => {
     const stores = servicesFromEnv()
     if (stores === null) throw new Error('MQIM_MONGO_URL, MQIM_MYSQL_URL and MQIM_REDIS_URL are not set: run the tests with "npm test", which starts the services')
-    report = await runFuzz({ packets: 2000, requests: 2000, shrink: 1, seed: 20261205, stores, redisDb: REDIS_DB, cluster: true })
+    report = await runFuzz({ packets: 2000, requests: 2000, http: 1000, shrink: 1, seed: 20261205, stores, redisDb: REDIS_DB, cluster: true })
   }, 300_000)
 
   afterAll(() => { killAllChildren('SIGKILL') })
@@ -233,6 +268,9 @@ describe('npm run fuzz --stores --cluster, bounded: two nodes on MongoDB (Ferret
     expect(q.replies + q.closedViolations).toBe(q.sent)
     expect(Object.keys(q.codes)).toEqual(expect.arrayContaining(['ok', 'BAD_REQUEST', 'BAD_JSON', 'TOO_LARGE', 'NOT_MEMBER', 'NOT_FOUND']))
     expect(q.codes.INTERNAL).toBeUndefined()
+    // the admin API on MySQL: accounts and conversations made (201), refusals as {code, message}
+    expect(report.http.cases).toBe(1000)
+    expect(Object.keys(report.http.statuses)).toEqual(expect.arrayContaining(['200', '201', '400', '403', '404']))
     expect(report.bystander.failures).toEqual([])
     expect(report.bystander.exchanges).toBeGreaterThan(10)
   })

@@ -15,6 +15,7 @@ export function summaryLine (r: FuzzReport): string {
     `stores=${r.stores}${r.secondNode === null ? '' : ' nodes=2'}`,
     `packets=${p.packets} (closed ${p.outcomes.closed}, alive ${p.outcomes.alive}, unanswered ${p.outcomes.unanswered})`,
     `requests=${q.sent} (replies ${q.replies}, closed ${q.closedViolations})`,
+    `http=${r.http.cases}`,
     `bystander=${b.exchanges} p50=${b.delivery.p50}ms p99=${b.delivery.p99}ms`,
     `rss=${r.server.rssMB ?? '?'}MB`,
     `failures=${r.failures.length}`,
@@ -44,6 +45,10 @@ export function formatReport (r: FuzzReport): string[] {
   lines.push(`  precedence deviations (a later fault's code than topics.md's order gives first): ${q.deviations.count}`)
   for (const e of q.deviations.examples) lines.push(`    e.g. ${e}`)
   lines.push(
+    '',
+    `stream 3, fuzzed HTTP requests: ${r.http.cases} (every one answered, no 5xx, errors as {code, message}, nosniff, no secret or path on disk in an answer)`,
+    `  statuses: ${counts(r.http.statuses)}`,
+    `  error codes: ${counts(r.http.codes)}`,
     '',
     `bystander (bya over TCP, byb over WebSocket): ${b.exchanges} exchanges, ${b.historyChecks} history checks, ${b.failures.length} failures`,
     `  send -> reply: p50 ${b.request.p50} ms, p99 ${b.request.p99} ms, max ${b.request.max} ms`,

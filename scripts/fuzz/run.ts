@@ -24,6 +24,8 @@ import { checkFieldCoverage, describeCase, FUZZ_USER, OPS, requestCase, SHY_USER
 import { RequestLane, type LaneOptions, type RequestResult } from './request-stream.js'
 import { Bystander, BYSTANDERS, type BystanderStats } from './bystander.js'
 import { ReplyMemory } from './oracle.js'
+import { httpCase, runHttpCase, type HttpCase, type HttpContext, type HttpResult } from './http.js'
+import { ROOT } from '../bench/lib/targets.js'
 import type { OpName, Reply } from '../../src/protocol/schemas.js'
 
 export interface FuzzOptions {
@@ -32,8 +34,11 @@ export interface FuzzOptions {
   packets: number
   /** Fuzzed requests to publish (stream 2). */
   requests: number
+  /** Fuzzed HTTP requests (stream 3). */
+  http: number
   packetLanes: number
   requestLanes: number
+  httpLanes: number
   /** How long a fuzzed connection may take to answer the probe PINGREQ before it counts as unanswered. */
   probeMs: number
   replyTimeoutMs: number
@@ -61,8 +66,10 @@ export const DEFAULT_OPTIONS: Omit<FuzzOptions, 'log'> = {
   seed: 20240601,
   packets: 5000,
   requests: 5000,
+  http: 2000,
   packetLanes: 24,
   requestLanes: 4,
+  httpLanes: 4,
   probeMs: 300,
   replyTimeoutMs: 10_000,
   stallMs: 2000,
@@ -73,7 +80,7 @@ export const DEFAULT_OPTIONS: Omit<FuzzOptions, 'log'> = {
 }
 
 export interface Failure {
-  stream: 'packets' | 'requests' | 'bystander' | 'server'
+  stream: 'packets' | 'requests' | 'http' | 'bystander' | 'server'
   /** Index of the case in its stream (fast-check run index), when there is one. */
   index?: number
   problem: string
@@ -114,6 +121,13 @@ export interface FuzzReport {
     codes: Record<string, number>
     byOp: Record<string, Record<string, number>>
     deviations: { count: number, examples: string[] }
+  }
+  http: {
+    cases: number
+    /** Answers by status ('none' without one). */
+    statuses: Record<string, number>
+    /** Error answers by code. */
+    codes: Record<string, number>
   }
   bystander: BystanderStats
   server: {
@@ -194,7 +208,8 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const failures: Failure[] = []
   const pCases = packetCases(seed, opts.packets)
   const rCases = opts.requests > 0 ? fc.sample(requestCase, { seed, numRuns: opts.requests }) : []
-  log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests`)
+  const hCases = opts.http > 0 ? fc.sample(httpCase, { seed, numRuns: opts.http }) : []
+  log(`fuzz: seed ${seed}: ${pCases.length} packet cases (${pCases.reduce((s, c) => s + c.packets.length, 0)} packets), ${rCases.length} requests, ${hCases.length} HTTP requests`)
 
   if (opts.cluster && opts.stores === null) throw new Error('a cluster run needs stores (MongoDB, MySQL and Redis)')
   const databases: DrillDatabases | null = opts.stores === null ? null : await freshDatabases(opts.stores, opts.redisDb, 'mqimfuzz')
@@ -203,7 +218,7 @@ export async function runFuzz (options: Partial<FuzzOptions> = {}): Promise<Fuzz
   const server = new FuzzServer(dir, databases, opts.cluster ? 'fuzz-n1' : null)
   const second = opts.cluster ? new FuzzServer(path.join(dir, 'node2'), databases, 'fuzz-n2') : null
   try {
-    return await fuzzWith(server, second, dir, databases, opts, { started, failures, pCases, rCases })
+    return await fuzzWith(server, second, dir, databases, opts, { started, failures, pCases, rCases, hCases })
   } catch (err) {
     // a start-up, account or stream step that threw: the servers do not outlive the run, and what
     // they left is named
@@ -250,9 +265,9 @@ async function stopAndJudge (node: FuzzServer, name: string, wasUp: boolean, onS
 }
 
 async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: string, databases: DrillDatabases | null, opts: FuzzOptions,
-  run: { started: number, failures: Failure[], pCases: PacketCase[], rCases: RequestCase[] }): Promise<FuzzReport> {
+  run: { started: number, failures: Failure[], pCases: PacketCase[], rCases: RequestCase[], hCases: HttpCase[] }): Promise<FuzzReport> {
   const { log, seed } = opts
-  const { started, failures, pCases, rCases } = run
+  const { started, failures, pCases, rCases, hCases } = run
   let crashed = false
   /** What each lane was doing, for a report if the server dies. */
   const inFlight = new Map<string, string>()
@@ -275,6 +290,7 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     config: FUZZ_CONFIG,
     packets: { cases: 0, packets: 0, bytes: 0, outcomes: { closed: 0, alive: 0, unanswered: 0 }, byTransport: { tcp: 0, ws: 0 }, loggedIn: 0, connacks: {}, replies: 0, mustStayAlive: 0, armedWills: 0, mustClose: 0 },
     requests: { sent: 0, replies: 0, closedViolations: 0, reconnects: 0, fromCache: 0, codes: {}, byOp: {}, deviations: { count: 0, examples: [] } },
+    http: { cases: 0, statuses: {}, codes: {} },
     bystander: { exchanges: 0, historyChecks: 0, failures: [], request: { p50: NaN, p99: NaN, max: NaN }, delivery: { p50: NaN, p99: NaN, max: NaN } },
     server: { alive: false, health: 0, rssStartMB: null, heapStartMB: null, heapEndMB: null, rssMB: null, peakRssMB: null, exit: null, errorLines: [], warnings: {}, inMemoryStores: null },
     stored: null,
@@ -331,6 +347,9 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
     pctx = { mqttPort: server.mqttPort, httpPort: server.httpPort, key: rawKey, probeMs: opts.probeMs, legalProbeMs: opts.replyTimeoutMs, maxConnectPacketBytes: limits.maxConnectPacketBytes, maxPacketBytes: limits.maxPacketBytes }
     const packetResults: Array<PacketResult | undefined> = []
     const requestResults: Array<RequestResult | undefined> = []
+    const httpResults: Array<HttpResult | undefined> = []
+    // no answer may hold the admin token or where the server keeps its code and data (secrets[0-2])
+    const hctx: HttpContext = { httpPort: server.httpPort, adminToken: server.token, convs, secrets: [server.token, ROOT, dir], timeoutMs: opts.replyTimeoutMs }
 
     const t0 = performance.now()
     await Promise.all([
@@ -354,6 +373,12 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
           if (!crashed) failures.push({ stream: 'requests', index: i, problem: `lane c${lane} failed: ${(err as Error).message}`, input: describeCase(rCase) })
         }
         inFlight.delete(`r${lane}`)
+      }),
+      inLanes(hCases, opts.httpLanes, abort, async (lane, hCase, i) => {
+        inFlight.set(`h${lane}`, `HTTP case ${i}: ${JSON.stringify(hCase).slice(0, 1500)}`)
+        const r = await runHttpCase(hCase, hctx)
+        if (!crashed) httpResults[i] = r
+        inFlight.delete(`h${lane}`)
       })
     ])
     log(`fuzz: streams done in ${Math.round(performance.now() - t0)} ms`)
@@ -397,6 +422,17 @@ async function fuzzWith (server: FuzzServer, second: FuzzServer | null, dir: str
       if (r.problem !== null) failures.push({ stream: 'requests', index: i, problem: r.problem, input: describeCase(rCase), detail: describeRequestFailure(rCase, r) })
     }
     q.reconnects = lanes.reduce((s, l) => s + l.reconnects, 0)
+    // ---- stream 3 figures
+    const h = report.http
+    for (const [i, hCase] of hCases.entries()) {
+      const r = httpResults[i]
+      if (r === undefined) continue
+      h.cases++
+      const status = r.status === null ? 'none' : String(r.status)
+      h.statuses[status] = (h.statuses[status] ?? 0) + 1
+      if (r.code !== null) h.codes[r.code] = (h.codes[r.code] ?? 0) + 1
+      if (r.problem !== null) failures.push({ stream: 'http', index: i, problem: r.problem, input: JSON.stringify(hCase).slice(0, 3000), detail: `request: ${JSON.stringify(r.request)}` })
+    }
 
     // ---- no will was ever published: RAW_USER's setting is still the default
     if (!crashed) {

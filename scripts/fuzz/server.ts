@@ -158,6 +158,9 @@ export class FuzzServer {
     }
   }
 
+  /** The admin token (the data directory's admin-token file), once started. */
+  get token (): string { return this.adminToken }
+
   private async admin (route: string, body: unknown): Promise<Record<string, unknown>> {
     const res = await fetch(`http://127.0.0.1:${this.httpPort}/admin/${route}`, {
       method: 'POST',

@@ -9,10 +9,10 @@
  * `content-security-policy: sandbox; default-src 'none'`, nosniff, and anything but images, audio,
  * video and PDF is sent as an attachment.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { createReadStream } from 'node:fs'
 import { ImError } from '../errors.js'
-import { statusOf } from '../http/app.js'
+import { fromFastify, statusOf } from '../http/app.js'
 import { contentDisposition } from './object-store.js'
 import { LocalObjectStore, UploadRefusedError } from './local-store.js'
 
@@ -73,8 +73,11 @@ export async function fileRoutes (app: FastifyInstance, options: FileRoutesOptio
     reply.headers(FILE_HEADERS)
     return payload
   })
-  app.setErrorHandler((err: Error, _req, reply) => {
-    const imErr = err instanceof ImError ? err : new ImError('INTERNAL', undefined, { cause: err })
+  app.setErrorHandler((err: FastifyError, _req, reply) => {
+    // fastify's own refusals are the client's (a content-type that is not a media type, a bad URL)
+    const imErr = err instanceof ImError
+      ? err
+      : err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? new ImError('UNSUPPORTED_TYPE', 'the content-type is not a media type (type/subtype)') : fromFastify(err)
     if (imErr.code === 'INTERNAL') app.log.error({ err }, 'file request failed')
     void reply.code(statusOf(imErr.code)).send({ code: imErr.code, message: imErr.message })
   })
