@@ -10,22 +10,26 @@
  *
  * Passes when the server never dies, answers every well-formed publish with a reply of the
  * documented form and code (never INTERNAL, never silence; only a protocol violation may close
- * the connection), answers every HTTP request (never a 5xx; errors as {code, message}; no
- * secret or path on disk in an answer), logs no error, stops cleanly, and the bystanders' every
- * exchange succeeds within --stall-ms. See scripts/fuzz/*.ts for what each part generates and checks.
+ * the connection), answers every HTTP request (never a 5xx while the stores are up; errors as
+ * {code, message}; nosniff on every answer; no admin token or server directory path in any
+ * answer), logs no error, stops cleanly, and the bystanders' every exchange succeeds within
+ * --stall-ms. Failures are tagged with their stream: [packets …], [requests …], [http …]. See scripts/fuzz/*.ts for what each part generates and checks.
  *
  *   npm run fuzz                          5,000 packets + 5,000 requests + 2,000 HTTP requests, seed 20240601
  *   npm run fuzz -- --size 20000          20,000 packets and requests, 8,000 HTTP requests
  *   npm run fuzz -- --seed 7              other inputs (a seed always names the same inputs)
  *   options:
+ *     --seed N                    the inputs (20240601); the same seed and options, the same run
+ *     --size N                    --packets and --requests (5000); --http defaults to 0.4 N, rounded
  *     --packets N, --requests N   each MQTT stream's size on its own (default: --size)
  *     --http N                    HTTP requests (default: --size x 0.4)
  *     --packet-lanes N            raw connections at once (24)
  *     --request-lanes N           mqtt.js clients of the fuzz user at once (4)
- *     --http-lanes N              HTTP connections at once (4)
- *     --probe-ms N                wait for the probe PINGREQ's answer before "unanswered" (300)
+ *     --http-lanes N              HTTP requests in flight at once, one connection each (4)
+ *     --probe-ms N                stream 1: wait for the probe PINGREQ's answer before "unanswered" (300)
  *     --stall-ms N                slowest bystander exchange allowed (2000)
- *     --shrink N                  failures to shrink per stream, 0 for none (3)
+ *     --shrink N                  failures to shrink per MQTT stream, 0 for none (3); HTTP
+ *                                 failures are reported as sent
  *     --stores                    the server on MongoDB, MySQL and Redis instead of the embedded
  *                                 default: those of MQIM_MONGO_URL, MQIM_MYSQL_URL, MQIM_REDIS_URL
  *                                 (`bash scripts/services.sh start DIR; source DIR/env`); a MongoDB

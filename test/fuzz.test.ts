@@ -1,6 +1,6 @@
 /**
- * `npm run fuzz` at a bounded size: a real server process, 2,000 mutated MQTT packets and 2,000
- * fuzzed requests at once while two bystanders chat. Asserts on the fuzzer's report: nothing
+ * `npm run fuzz` at a bounded size: a real server process, 2,000 mutated MQTT packets, 2,000
+ * fuzzed requests and 1,000 fuzzed HTTP requests at once while two bystanders chat. Asserts on the fuzzer's report: nothing
  * failed, and the run reached what it is meant to reach (every connection outcome, the refusal
  * codes, connections closed for protocol violations, bystander exchanges). A few checks of the
  * oracle itself first, so that a pass means the checks could have failed.
