@@ -48,6 +48,8 @@ export interface HttpCase {
   chunked: boolean
   /** Written in this many pieces. */
   pieces: number
+  /** Send `host: 127.0.0.1` (HTTP/1.1 requires a Host header; false: none). */
+  host: boolean
 }
 
 export interface HttpResult {
@@ -165,14 +167,15 @@ const wellFormed: fc.Arbitrary<HttpCase> = fc.record({
   n: fc.nat({ max: 999 }),
   chunked: fc.boolean(),
   pieces: fc.integer({ min: 1, max: 3 })
-}).map(({ template, n, chunked, pieces }) => ({ ...(WELL_FORMED[template] as (n: number) => Pick<HttpCase, 'method' | 'target' | 'body'>)(n), auth: 'admin', contentType: 'application/json', headers: [], chunked, pieces }))
+}).map(({ template, n, chunked, pieces }) => ({ ...(WELL_FORMED[template] as (n: number) => Pick<HttpCase, 'method' | 'target' | 'body'>)(n), auth: 'admin', contentType: 'application/json', headers: [], chunked, pieces, host: true }))
 
 const fuzzed: fc.Arbitrary<HttpCase> = fc.record({
   method,
   target,
   auth,
   contentType,
-  headers: fc.array(headerLine, { maxLength: 3 }),
+  headers: fc.array(headerLine, { maxLength: 4 }),
+  host: fc.oneof({ arbitrary: fc.constant(true), weight: 19 }, { arbitrary: fc.constant(false), weight: 1 }),
   body,
   chunked: fc.boolean(),
   pieces: fc.integer({ min: 1, max: 3 })
@@ -180,9 +183,9 @@ const fuzzed: fc.Arbitrary<HttpCase> = fc.record({
 
 export const httpCase: fc.Arbitrary<HttpCase> = fc.oneof({ arbitrary: wellFormed, weight: 3 }, { arbitrary: fuzzed, weight: 7 })
 
-/** A target that would name one of the run's own users is pointed at an `hz` user instead. */
+/** A target with a path segment or query value naming one of the run's own users names an `hz` user instead. */
 function userSafe (t: string): string {
-  return t.replace(/\/users\/([^/?]*)/g, (m, u: string) => (PROTECTED.has(decodeURIComponentSafe(u)) ? '/users/hz1' : m))
+  return t.replace(/[^/?&=#]+/g, (part) => (PROTECTED.has(decodeURIComponentSafe(part)) ? 'hz1' : part))
 }
 
 function decodeURIComponentSafe (s: string): string {
@@ -213,7 +216,7 @@ function bodyBytes (b: Body): Buffer | null {
 export function requestBytes (c: HttpCase, ctx: Pick<HttpContext, 'adminToken' | 'convs'>): Buffer {
   const conv = ctx.convs[c.target.length % Math.max(1, ctx.convs.length)] ?? 'noconv'
   const target = c.target.replaceAll('{conv}', conv)
-  const lines = [`${c.method} ${target} HTTP/1.1`, 'host: 127.0.0.1']
+  const lines = [`${c.method} ${target} HTTP/1.1`, ...(c.host ? ['host: 127.0.0.1'] : [])]
   const a = authHeader(c.auth, ctx.adminToken)
   if (a !== null) lines.push(a)
   if (c.contentType !== null) lines.push(`content-type: ${c.contentType}`)
@@ -308,8 +311,24 @@ export function judgeHttp (method: string, parsed: Parsed, secrets: readonly str
 export async function runHttpCase (c: HttpCase, ctx: HttpContext): Promise<HttpResult> {
   const bytes = requestBytes(c, ctx)
   // (for the report: the token is the fuzzed server's, but a report is no place for a token)
-  const request = bytes.subarray(0, 600).toString('latin1').replaceAll(ctx.adminToken, '<admin token>')
+  const request = redact(bytes.toString('latin1'), ctx).slice(0, 600)
   const result: HttpResult = { outcome: 'failed', problem: null, status: null, code: null, request }
+  try {
+    await answerAndJudge(c, ctx, bytes, result)
+  } finally {
+    if (result.problem !== null) result.problem = redact(result.problem, ctx)
+  }
+  return result
+}
+
+/** `text` with the admin token and the run's other secrets (paths on disk) replaced by names. */
+export function redact (text: string, ctx: Pick<HttpContext, 'adminToken' | 'secrets'>): string {
+  let out = text
+  for (const [i, s] of [ctx.adminToken, ...ctx.secrets].entries()) if (s.length > 0) out = out.replaceAll(s, i === 0 ? '<admin token>' : `<secrets[${i - 1}]>`)
+  return out
+}
+
+async function answerAndJudge (c: HttpCase, ctx: HttpContext, bytes: Buffer, result: HttpResult): Promise<void> {
   const head = c.method === 'HEAD'
   const data: Buffer[] = []
   let size = 0
@@ -348,18 +367,17 @@ export async function runHttpCase (c: HttpCase, ctx: HttpContext): Promise<HttpR
     parsed = parseResponse(got.data, head)
   } catch (err) {
     result.problem = (err as Error).message
-    return result
+    return
   }
   if (parsed === null) {
     result.problem = got.data.length === 0
       ? (got.ended ? `the connection closed without an answer${got.error !== null ? ` (${got.error})` : ''}` : `no answer within ${ctx.timeoutMs} ms`)
       : `an incomplete answer: ${JSON.stringify(got.data.subarray(0, 200).toString('latin1'))}`
-    return result
+    return
   }
   result.status = parsed.status
   const verdict = judgeHttp(c.method, parsed, ctx.secrets)
   result.code = verdict.code
   result.problem = verdict.problem
   if (result.problem === null) result.outcome = 'answered'
-  return result
 }

@@ -45,7 +45,12 @@ export const REDELIVERY_MEMORY = 40_000
 export class ReplyMemory {
   private published = 0
 
-  constructor (readonly capacity = REDELIVERY_MEMORY) {}
+  /**
+   * `slack`: publishes the count may miss or see late (those of other lanes counted before a reply's
+   * stamp but reaching the server after it; a mutated packet that becomes two publishes; a
+   * client's resend after a reconnect): a reply is sure only while `capacity - slack` are made.
+   */
+  constructor (readonly capacity = REDELIVERY_MEMORY, readonly slack = Math.min(2000, Math.floor(capacity / 10))) {}
 
   /** `n` publishes are about to be made (any topic, any client of the run). */
   notePublishes (n: number): void { this.published += n }
@@ -54,7 +59,7 @@ export class ReplyMemory {
   now (): number { return this.published }
 
   /** Whether a reply stored at `stamp` is surely still in the server's memory. */
-  sure (stamp: number): boolean { return this.published - stamp < this.capacity }
+  sure (stamp: number): boolean { return this.published - stamp < this.capacity - this.slack }
 }
 
 export interface OracleLimits {

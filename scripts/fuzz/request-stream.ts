@@ -125,8 +125,8 @@ export class RequestLane {
    * request at most): the run cannot tell when the server has surely forgotten one, and a reply it
    * still holds may answer a later request that reuses the id, whatever that request says.
    */
-  private remember (key: string, reply: Reply): void {
-    this.cache.set(key, { reply, stamp: this.opts.memory.now() })
+  private remember (key: string, reply: Reply, stamp: number): void {
+    this.cache.set(key, { reply, stamp })
   }
 
   async stop (): Promise<void> {
@@ -155,6 +155,8 @@ export class RequestLane {
     const earlier = kept?.reply
 
     this.seen = []
+    // a reply stored or read back for this publish counts from before it (see ReplyMemory)
+    const stamp = this.opts.memory.now()
     this.opts.memory.notePublishes(1)
     let acked = false
     let ackError: Error | null = null
@@ -197,12 +199,12 @@ export class RequestLane {
       const shape = replyShapeProblem(reply)
       if (shape !== null) result.problem = shape
       else if (!isDeepStrictEqual(reply, earlier)) result.problem = `a redelivered request got ${JSON.stringify(reply).slice(0, 300)} instead of its earlier reply ${JSON.stringify(earlier).slice(0, 300)}`
-      else if (cacheKey !== null) this.remember(cacheKey, earlier)
+      else if (cacheKey !== null) this.remember(cacheKey, earlier, stamp)
     } else {
       const verdict = judge(exp, reply)
       if (!verdict.ok) result.problem = verdict.problem
       else result.deviation = verdict.deviation
-      if (exp.request && !UNCACHED_OPS.has(exp.op) && reply.id !== null && result.code !== 'RATE_LIMITED') this.remember(`${exp.op}\u0000${reply.id}`, reply)
+      if (exp.request && !UNCACHED_OPS.has(exp.op) && reply.id !== null && result.code !== 'RATE_LIMITED') this.remember(`${exp.op}\u0000${reply.id}`, reply, stamp)
     }
     if (result.problem !== null) return result
     result.outcome = 'reply'

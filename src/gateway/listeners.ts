@@ -49,6 +49,12 @@ export function upgradeProblem (req: IncomingMessage): { status: number, reason:
   const key = req.headers['sec-websocket-key']
   if (key === undefined || !/^[A-Za-z0-9+/]{22}==$/.test(key.trim())) return bad('Sec-WebSocket-Key must be 16 bytes in base64')
   if (req.headers['sec-websocket-version'] !== '13') return bad('Sec-WebSocket-Version must be 13')
+  // (ws refuses a malformed list itself, with a text/html answer)
+  const protocols = req.headers['sec-websocket-protocol']
+  if (protocols !== undefined) {
+    const list = protocols.split(',').map(p => p.trim())
+    if (list.some(p => !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(p)) || new Set(list).size !== list.length) return bad('Sec-WebSocket-Protocol must be a list of distinct tokens, e.g. "mqtt"')
+  }
   return null
 }
 

@@ -109,14 +109,21 @@ export const LINGER_BYTES = 1024 * 1024
 
 /**
  * Closes a connection after its answer without resetting it: the answer goes out with a FIN, and
- * what the client still sends (the rest of a body answered early) is read and dropped until the
- * client closes its side, for at most LINGER_MS and LINGER_BYTES. A socket closed with unread bytes
- * waiting makes the kernel send a reset, and a reset that reaches the client before it has read
- * the answer destroys the answer with it: a client that sent 300 KB to a refused URL got a reset
- * instead of its 400 or 413 about one time in three (`npm run fuzz`, stream 3).
+ * the socket stays until the client closes its side, for at most LINGER_MS; what the client still
+ * sends (the rest of a body answered early) is dropped, never parsed: read and counted where Node
+ * has handed the socket over (a raw answer), and cut off past LINGER_BYTES; left in the kernel's
+ * receive buffer where Node's HTTP parser still holds the stream (an answer through a route, whose
+ * parser reads no more once it is answered). A socket closed with unread bytes waiting makes the
+ * kernel send a reset, and a reset that reaches the client before it has read the answer destroys
+ * the answer with it: a client that sent 300 KB to a refused URL got a reset instead of its 400 or
+ * 413 about one time in three (`npm run fuzz`, stream 3).
  */
 export function lingeringClose (socket: Duplex): void {
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy())
+  // the socket is ours now: what else it carries is dropped, never parsed. Node's HTTP parser would
+  // otherwise run requests pipelined behind the answered one (their answers thrown away), and it
+  // asserts on data that reaches it while it has paused the socket, which resume() below allows.
+  socket.removeAllListeners('data')
   const counted = socket as Duplex & { bytesRead?: number }
   const start = counted.bytesRead ?? 0
   const timer = setTimeout(() => socket.destroy(), LINGER_MS)
@@ -144,10 +151,8 @@ export function rawAnswer (socket: Duplex, status: number, reason: string, wire:
     socket.end(answer, () => socket.destroy())
     return
   }
-  // the socket is ours now: whatever else it carries is dropped, not parsed (a parser that failed
-  // would fail again on it, and call this again)
-  socket.removeAllListeners('data')
   socket.write(answer)
+  // (what follows is dropped, not parsed: a parser that failed would fail again on it, and call this again)
   lingeringClose(socket)
 }
 
@@ -199,7 +204,9 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
         headersTimeout: options.requestTimeoutMs,
         requestTimeout: bodyTimeoutMs,
         // how often Node checks the two timeouts above (default 30 s)
-        connectionsCheckingInterval: Math.min(1000, options.requestTimeoutMs)
+        connectionsCheckingInterval: Math.min(1000, options.requestTimeoutMs),
+        // Node's own answer to a request without Host is a bare 400: ours is {code, message} (onRequest below)
+        requireHostHeader: false
       }, (req, res) => {
         if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) lingerOnClose(req.socket)
         handler(req, res)
@@ -207,6 +214,7 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
       // Node answers what never reaches a route itself, without a body (an Expect other than
       // 100-continue: a bare 417) or not at all (CONNECT: the socket closed): our answer instead
       server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+        lingerOnClose(req.socket)
         const body = JSON.stringify({ code: 'BAD_REQUEST', message: 'only "Expect: 100-continue" is supported' })
         res.writeHead(417, { ...SECURITY_HEADERS, 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' })
         res.end(body)
@@ -225,6 +233,10 @@ export async function createHttpApp (options: HttpOptions, deps: HttpDeps): Prom
   app.addHook('onSend', async (_req, reply, payload) => {
     reply.headers(headers)
     return payload
+  })
+  app.addHook('onRequest', async (req) => {
+    // HTTP/1.1 requires Host (RFC 9112, 3.2); HTTP/1.0 may leave it out
+    if (req.raw.httpVersionMinor >= 1 && req.headers.host === undefined) throw new ImError('BAD_REQUEST', 'an HTTP/1.1 request needs a Host header')
   })
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const imErr = err instanceof ImError ? err : fromFastify(err)
