@@ -120,9 +120,10 @@ export const LINGER_BYTES = 1024 * 1024
  */
 export function lingeringClose (socket: Duplex): void {
   if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy())
-  // the socket is ours now: what else it carries is dropped, never parsed. Node's HTTP parser would
-  // otherwise run requests pipelined behind the answered one (their answers thrown away), and it
-  // asserts on data that reaches it while it has paused the socket, which resume() below allows.
+  // the socket is ours now: what else it carries is dropped, never parsed. (A guard: a parser
+  // listener still attached could run requests pipelined behind the answered one, and Node 20's
+  // asserts on data reaching it while it has paused the socket, which resume() below allows; read
+  // in Node's source, not seen here, where the parser reads no more once it has answered.)
   socket.removeAllListeners('data')
   const counted = socket as Duplex & { bytesRead?: number }
   const start = counted.bytesRead ?? 0
