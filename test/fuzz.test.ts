@@ -7,9 +7,7 @@
  */
 import fc from 'fast-check'
 import { runFuzz, type FuzzReport } from '../scripts/fuzz/run.js'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
+import { readFileSync } from 'node:fs'
 import { expectationOf, judge, REDELIVERY_MEMORY, ReplyMemory, UNCACHED_OPS } from '../scripts/fuzz/oracle.js'
 import { packetCase } from '../scripts/fuzz/packets.js'
 import { FUZZ_USER, requestCase, type RequestCase } from '../scripts/fuzz/requests.js'
@@ -18,6 +16,7 @@ import { httpCase, judgeHttp, parseResponse, redact } from '../scripts/fuzz/http
 import { FuzzServer } from '../scripts/fuzz/server.js'
 import { killAllChildren } from '../scripts/lib/procs.js'
 import { servicesFromEnv } from '../scripts/lib/services.js'
+import { tempDir } from './helpers/tmp.js'
 import { isOpName, type Reply } from '../src/protocol/schemas.js'
 import { RECENT_REPLIES_MAX, UNCACHED_OPS as SERVER_UNCACHED_OPS } from '../src/gateway/hooks.js'
 
@@ -134,21 +133,16 @@ describe('fuzz oracle', () => {
 })
 
 describe("a request lane judges a redelivery by what the server's reply memory surely holds", () => {
-  let dir: string
   let server: FuzzServer
   let key: string
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'mqim-fuzz-memory-'))
-    server = new FuzzServer(dir)
+    server = new FuzzServer(tempDir('mqim-fuzz-memory-'))
     await server.start()
     key = await server.addBot(FUZZ_USER)
   }, 60_000)
 
-  afterAll(async () => {
-    await server?.stop()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  afterAll(async () => { await server?.stop() })
 
   const settings = (id: string, groupInvites: string, dup: boolean): RequestCase =>
     ({ topic: { kind: 'op', op: 'settings' }, payload: { kind: 'json', value: { id, groupInvites } }, qos: 1, retain: false, dup })

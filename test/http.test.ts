@@ -5,14 +5,12 @@
  * it all stays connected and answered.
  */
 import net from 'node:net'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
 import { PassThrough } from 'node:stream'
 import { createHttpApp, LINGER_MS, rawAnswer } from '../src/http/app.js'
 import { FuzzServer } from '../scripts/fuzz/server.js'
 import { MEMORY } from './helpers/backends.js'
 import { startServer, addUser, connect, type ImClient } from './helpers/im.js'
+import { tempDir } from './helpers/tmp.js'
 import type { MqimServer } from '../src/server.js'
 
 /** Sends raw bytes to the HTTP port; resolves with everything the server wrote before closing (or after `waitMs`). */
@@ -195,7 +193,7 @@ describe('HTTP listener', () => {
   })
 
   test('without a built page, / is a 404 with {code, message} saying how to build it', async () => {
-    const empty = mkdtempSync(path.join(tmpdir(), 'mqim-noweb-'))
+    const empty = tempDir('mqim-noweb-')
     const app = await createHttpApp({ requestTimeoutMs: 1000, keepAliveTimeoutMs: 500, bodyLimitBytes: 4096, maxHeaderBytes: 4096 }, {
       logger: server.services.logger,
       admin: { services: server.services, token: 'unused', revoke: () => {} },
@@ -210,7 +208,6 @@ describe('HTTP listener', () => {
       expect(await res.json()).toEqual({ code: 'NOT_FOUND', message: expect.stringContaining('npm run build:web') })
     } finally {
       await app.close()
-      rmSync(empty, { recursive: true, force: true })
     }
   })
 })
@@ -218,19 +215,14 @@ describe('HTTP listener', () => {
 // In a process of its own, as in production: a client and a server on one event loop take turns
 // and never show the race below.
 describe('HTTP listener, early answers to a request still arriving (a server process of its own)', () => {
-  let dir: string
   let node: FuzzServer
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'mqim-http-linger-'))
-    node = new FuzzServer(dir)
+    node = new FuzzServer(tempDir('mqim-http-linger-'))
     await node.start()
   }, 60_000)
 
-  afterAll(async () => {
-    await node?.stop()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  afterAll(async () => { await node?.stop() })
 
   // Node closes a connection whose request it answered early; with the rest of the body still
   // arriving that used to be a reset, which took the answer with it about one time in three
